@@ -1,0 +1,1 @@
+"""Shared fixtures: small random-weight checkpoints and the real default model."""
