@@ -1,0 +1,96 @@
+"""Model configuration read from an HF-style `config.json`."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minirun.errors import MinirunError
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+@dataclass
+class ModelConfig:
+    """Everything the decoder needs; Llama, Qwen2 and Qwen3 differ only in these fields."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    torch_dtype: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        """Map HF field names (both the transformers 4 and 5 spellings) onto ours."""
+        model_type = raw.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise MinirunError(
+                f"unsupported model_type {model_type!r}: minirun supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if raw.get("use_sliding_window"):
+            raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json")
+        heads = raw["num_attention_heads"]
+        rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+        theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear", "llama3"):
+            raise MinirunError(f"unsupported rope type {rope_type!r}: minirun supports default, linear, llama3")
+        attention_bias = bool(raw.get("attention_bias", False))
+        eos = raw.get("eos_token_id")
+        return cls(
+            model_type=model_type,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6 if model_type != "llama" else 1e-5),
+            rope_theta=theta,
+            rope_scaling={**rope, "rope_type": rope_type} if rope_type != "default" else None,
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qkv_bias=True if model_type == "qwen2" else attention_bias,
+            o_bias=attention_bias if model_type != "qwen2" else False,
+            mlp_bias=bool(raw.get("mlp_bias", False)) if model_type == "llama" else False,
+            qk_norm=model_type == "qwen3",
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+            torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+        )
+
+
+def load_config(checkpoint_dir: str | Path) -> ModelConfig:
+    """Read `config.json` (and `generation_config.json` for extra eos ids) from a checkpoint dir."""
+    path = Path(checkpoint_dir) / "config.json"
+    if not path.is_file():
+        raise MinirunError(f"no config.json in {checkpoint_dir}: point --model at an HF-style checkpoint directory")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MinirunError(f"{path} is not valid JSON ({e}): re-download or fix the file") from None
+    config = ModelConfig.from_dict(raw)
+    gen_path = Path(checkpoint_dir) / "generation_config.json"
+    if gen_path.is_file():
+        eos = json.loads(gen_path.read_text()).get("eos_token_id")
+        extra = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        config.eos_token_ids = list(dict.fromkeys(config.eos_token_ids + extra))
+    return config

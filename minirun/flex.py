@@ -1,0 +1,39 @@
+"""FlexAttention entry points, eager or compiled, chosen once per process.
+
+Eager FlexAttention is a dense reference path (fine for tests and tiny inputs); the compiled one
+runs the block-sparse kernels. `set_compiled(True)` switches both attention and mask building.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+
+_state = {"compiled": False}
+_compiled_flex = torch.compile(flex_attention, dynamic=False)
+_compiled_block_mask = torch.compile(create_block_mask)
+
+
+def set_compiled(enabled: bool) -> None:
+    """Use compiled FlexAttention kernels (fast) or the eager reference path."""
+    _state["compiled"] = enabled
+
+
+def is_compiled() -> bool:
+    return _state["compiled"]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, score_mod: Callable | None = None) -> torch.Tensor:
+    """q [B, H, T, D] against k/v [B, Hkv, S, D] under `block_mask`; GQA handled by the kernel."""
+    fn = _compiled_flex if _state["compiled"] and not torch.compiler.is_compiling() else flex_attention
+    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
+
+
+def block_mask(mask_mod: Callable, batch: int, q_len: int, kv_len: int, device: torch.device) -> BlockMask:
+    """Build a BlockMask (compiled builder when compiled, so no dense Q×KV temporary)."""
+    fn = _compiled_block_mask if _state["compiled"] and not torch.compiler.is_compiling() else create_block_mask
+    return fn(mask_mod, batch, None, q_len, kv_len, device=device)

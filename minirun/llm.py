@@ -1,0 +1,103 @@
+"""`minirun.load(...)` and the `LLM` facade that tools and tests call."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minirun.engine import Session, cache_size
+from minirun.errors import MinirunError
+from minirun.generate import Completion, Stopper, decode_loop, left_padded
+from minirun.loader import load_model
+from minirun.models import Decoder
+from minirun.sampling import SamplingParams, sample
+from minirun.tokenizer import Tokenizer
+
+
+class LLM:
+    """A loaded model with its tokenizer; `generate` runs batched prefill + decode."""
+
+    def __init__(self, model: Decoder, tokenizer: Tokenizer, path: Path):
+        self.model, self.tokenizer, self.path = model, tokenizer, path
+        self.config = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def eos_ids(self) -> set[int]:
+        ids = set(self.config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else 0
+
+    def prompt_ids(self, prompt: str, chat: bool | None = None) -> list[int]:
+        """Token ids of a user prompt, inside the chat template when `chat` (default: if it has one)."""
+        if chat is None:
+            chat = self.tokenizer.chat_template is not None
+        if chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def check_context(self, prompt_len: int, max_new_tokens: int) -> None:
+        limit = self.config.max_position_embeddings
+        if prompt_len + max_new_tokens > limit:
+            raise MinirunError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                               f"context of {limit}: shorten the prompt, lower --max-new-tokens or pass --truncate")
+
+    def fit(self, ids: list[int], max_new_tokens: int, truncate: bool) -> list[int]:
+        """Keep the prompt's end when `truncate`, else refuse a prompt that does not fit."""
+        room = self.config.max_position_embeddings - max_new_tokens
+        if truncate and len(ids) > room > 0:
+            return ids[-room:]
+        self.check_context(len(ids), max_new_tokens)
+        return ids
+
+    def session(self, batch: int, slots: int) -> Session:
+        return Session(self.model, batch, cache_size(slots))
+
+    def stopper(self, stop: tuple[str, ...] | list[str] = ()) -> Stopper:
+        return Stopper(self.tokenizer, self.eos_ids, tuple(stop))
+
+    @torch.inference_mode()
+    def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, stop: tuple[str, ...] | list[str] = (), truncate: bool = False,
+                 on_text: Callable[[str], None] | None = None) -> Completion | list[Completion]:
+        """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
+        single = isinstance(prompts, str)
+        batch = [prompts] if single else list(prompts)
+        if not batch:
+            raise MinirunError("no prompts given: pass at least one prompt")
+        ids = [self.fit(self.prompt_ids(p, chat), max_new_tokens, truncate) for p in batch]
+        results = self.generate_ids(ids, max_new_tokens, SamplingParams(temperature, top_k, top_p, seed), stop, on_text)
+        return results[0] if single else results
+
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
+                     stop: tuple[str, ...] | list[str] = (), on_text: Callable[[str], None] | None = None) -> list[Completion]:
+        """Independent rows of different lengths, left-padded into one batch."""
+        layout = left_padded(prompts, self.pad_id, self.device)
+        session = self.session(len(prompts), layout.length + max_new_tokens)
+        logits = session.prefill(layout.tokens, layout.positions, layout.segments)
+        generator = params.generator(self.device)
+        results = decode_loop(session, logits, layout.next_positions, lambda l: sample(l, params, generator),
+                              max_new_tokens, self.stopper(stop), on_text=on_text)
+        for result, ids in zip(results, prompts):
+            result.prompt_tokens = len(ids)
+        return results
+
+
+def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> LLM:
+    """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference."""
+    from minirun.hub import resolve_model
+
+    checkpoint = resolve_model(path)
+    return LLM(load_model(checkpoint, device, dtype), Tokenizer(checkpoint), checkpoint)

@@ -1,0 +1,118 @@
+"""Load HF safetensors checkpoints straight into the decoder, without random initialisation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from minirun.config import ModelConfig, load_config
+from minirun.errors import MinirunError
+from minirun.models import Decoder
+from minirun.models.rope import inv_frequencies
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, config: ModelConfig, device: torch.device) -> torch.dtype:
+    """User choice, else the checkpoint's dtype on GPU and float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        dtype = (config.torch_dtype or "float32") if device.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise MinirunError(f"unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _weight_files(checkpoint: Path) -> dict[str, Path]:
+    """Map every tensor name to the file holding it (single file or sharded index)."""
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        for shard in sorted(set(weight_map.values())):
+            if not (checkpoint / shard).is_file():
+                raise MinirunError(f"missing shard {shard} listed in {index}: download it again")
+        return {name: checkpoint / shard for name, shard in weight_map.items()}
+    single = checkpoint / "model.safetensors"
+    if not single.is_file():
+        raise MinirunError(f"no model.safetensors or model.safetensors.index.json in {checkpoint}")
+    return {name: single for name in _open(single).keys()}
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise MinirunError(f"cannot read {path} ({e}): the file is truncated or corrupt, download it again") from None
+
+
+def _hf_names(c: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Our parameter name -> the HF tensor names that form it (concatenated along dim 0)."""
+    names: dict[str, tuple[str, ...]] = {"embed.weight": ("model.embed_tokens.weight",), "norm.weight": ("model.norm.weight",)}
+    if not c.tie_word_embeddings:
+        names["lm_head.weight"] = ("lm_head.weight",)
+    for i in range(c.num_layers):
+        hf, ours = f"model.layers.{i}.", f"layers.{i}."
+        names[ours + "attn_norm.weight"] = (hf + "input_layernorm.weight",)
+        names[ours + "mlp_norm.weight"] = (hf + "post_attention_layernorm.weight",)
+        kinds = ["weight"] + (["bias"] if c.qkv_bias else [])
+        for kind in kinds:
+            names[ours + f"attn.wqkv.{kind}"] = tuple(hf + f"self_attn.{p}_proj.{kind}" for p in "qkv")
+        for kind in ["weight"] + (["bias"] if c.o_bias else []):
+            names[ours + f"attn.wo.{kind}"] = (hf + f"self_attn.o_proj.{kind}",)
+        if c.qk_norm:
+            names[ours + "attn.q_norm.weight"] = (hf + "self_attn.q_norm.weight",)
+            names[ours + "attn.k_norm.weight"] = (hf + "self_attn.k_norm.weight",)
+        for kind in ["weight"] + (["bias"] if c.mlp_bias else []):
+            names[ours + f"mlp.w_gate_up.{kind}"] = (hf + f"mlp.gate_proj.{kind}", hf + f"mlp.up_proj.{kind}")
+            names[ours + f"mlp.w_down.{kind}"] = (hf + f"mlp.down_proj.{kind}",)
+    return names
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Decoder:
+    """Build the decoder on the meta device and assign checkpoint tensors into it."""
+    checkpoint = Path(checkpoint)
+    config = load_config(checkpoint)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MinirunError("device 'cuda' requested but no CUDA GPU is available: use --device cpu")
+    torch_dtype = resolve_dtype(dtype, config, device)
+    with torch.device("meta"):
+        model = Decoder(config)
+    expected = {n: p.shape for n, p in model.state_dict().items()}
+    files = _weight_files(checkpoint)
+    names = _hf_names(config)
+    needed = {hf for group in names.values() for hf in group}
+    optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    unexpected = sorted(n for n in files if n not in needed and n not in optional and not n.endswith("rotary_emb.inv_freq"))
+    if unexpected:
+        raise MinirunError(f"unexpected tensor {unexpected[0]} in {files[unexpected[0]].name} ({len(unexpected)} in all): "
+                           f"is this really a {config.model_type} checkpoint?")
+    missing = sorted(n for n in needed if n not in files)
+    if missing:
+        raise MinirunError(f"missing tensor {missing[0]} ({len(missing)} in all) in {checkpoint}: the checkpoint is incomplete")
+    handles = {path: _open(path) for path in set(files.values())}
+    state = {}
+    for ours, group in names.items():
+        parts = [_read(handles[files[hf]], hf, files[hf]) for hf in group]
+        tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if tensor.shape != expected[ours]:
+            raise MinirunError(f"tensor {group[0]} has shape {tuple(parts[0].shape)}, expected a shape giving "
+                               f"{tuple(expected[ours])} for {ours}: config.json does not match the weights")
+        state[ours] = tensor.to(device=device, dtype=torch_dtype)
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.inv_freq = inv_frequencies(config).to(device)  # buffers are not in the checkpoint
+    return model.eval().requires_grad_(False)
+
+
+def _read(handle, name: str, path: Path) -> torch.Tensor:
+    try:
+        return handle.get_tensor(name)
+    except (SafetensorError, OSError) as e:
+        raise MinirunError(f"cannot read tensor {name} from {path} ({e}): the file is truncated or corrupt") from None

@@ -1,0 +1,49 @@
+"""Attention masks as FlexAttention `mask_mod` functions over cache slots.
+
+Every row of a batch carries a segment id per cache slot:
+  PAD (-1)   padding: never visible to other tokens;
+  SHARED (0) prompt prefix and generated tokens: visible to every later token, and a SHARED
+             query sees every earlier non-padding token (this is what fuses paraphrases);
+  k > 0      paraphrase segment k: sees SHARED tokens and earlier tokens of segment k only.
+Plain causal attention is the special case where every slot is SHARED. Queries and keys are
+indexed by cache slot, never by RoPE position, so packed paraphrases may share positions.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+PAD = -1
+SHARED = 0
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def segment_mask(segments: torch.Tensor) -> MaskMod:
+    """mask_mod for per-slot segment ids `segments` [B, S] (causal in slot order)."""
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        seg_q, seg_kv = segments[b, q], segments[b, kv]
+        visible = (seg_kv != PAD) & ((seg_kv == SHARED) | (seg_q == SHARED) | (seg_kv == seg_q))
+        # A query always sees itself, so no row is fully masked (fully masked rows give NaN).
+        return (kv <= q) & (visible | (kv == q))
+
+    return mask_mod
+
+
+def offset_queries(mask_mod: MaskMod, offset: torch.Tensor) -> MaskMod:
+    """Shift query indices by `offset` (a tensor, so compiled graphs are reused across steps)."""
+
+    def shifted(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return mask_mod(b, h, q + offset, kv)
+
+    return shifted
+
+
+def materialize(mask_mod: MaskMod, batch: int, q_len: int, kv_len: int) -> torch.Tensor:
+    """Dense boolean mask [B, Q, KV]; for tests and pictures, never on the hot path."""
+    b = torch.arange(batch)[:, None, None]
+    q = torch.arange(q_len)[None, :, None]
+    kv = torch.arange(kv_len)[None, None, :]
+    return mask_mod(b, torch.zeros_like(b), q, kv).expand(batch, q_len, kv_len)

@@ -1,0 +1,135 @@
+"""The one decoder: RMSNorm, RoPE, GQA attention through FlexAttention, SwiGLU MLP.
+
+Llama, Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm, free head_dim) are configurations of
+this module, not copies. Shape comments: B batch, T query tokens, S cache slots, H heads,
+K kv heads, D head_dim, E hidden size.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
+
+from minirun import flex
+from minirun.config import ModelConfig
+from minirun.kv_cache import KVCache
+from minirun.masks import SHARED, segment_mask
+from minirun.models.rope import apply_rope, inv_frequencies, rope_cos_sin
+
+
+class RMSNorm(nn.Module):
+    """Normalise in float32, cast back, then scale in the model dtype (transformers' order)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        self.wqkv = nn.Linear(c.hidden_size, q_dim + 2 * kv_dim, bias=c.qkv_bias)  # q, k, v fused
+        self.wo = nn.Linear(q_dim, c.hidden_size, bias=c.o_bias)
+        self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None
+        self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
+                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+        c = self.c
+        B, T, _ = x.shape
+        q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(B, T, c.num_heads, c.head_dim)
+        k = k.view(B, T, c.num_kv_heads, c.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, D]
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, D]
+        v = v.view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)  # [B, K, T, D]
+        if slots is not None:
+            k, v = self.kv_cache.update(slots, k, v)  # [B, K, S, D]
+        y = flex.attention(q, k, v, block_mask, score_mod)  # [B, H, T, D]
+        return self.wo(y.transpose(1, 2).reshape(B, T, q_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.w_gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)  # gate, up fused
+        self.w_down = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.attn = Attention(c)
+        self.mlp_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
+                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, block_mask, slots, score_mod)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.register_buffer("inv_freq", inv_frequencies(config), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def setup_cache(self, batch: int, max_seq_len: int) -> None:
+        """Allocate every layer's KV cache once for a whole generation."""
+        c, w = self.config, self.embed.weight
+        for layer in self.layers:
+            layer.attn.kv_cache = KVCache(batch, c.num_kv_heads, max_seq_len, c.head_dim, w.dtype, w.device)
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
+               slots: torch.Tensor | None = None, score_mod: Callable | None = None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, E].
+
+        Without `slots` the tokens attend to each other only (no cache); with `slots` [T] their
+        keys/values are written at those cache slots and attention runs over the whole cache.
+        """
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+        if block_mask is None:
+            segments = torch.full((B, T), SHARED, device=tokens.device)
+            block_mask = flex.block_mask(segment_mask(segments), B, T, T, tokens.device)
+        x = self.embed(tokens)  # [B, T, E]
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, block_mask, slots, score_mod)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
+                slots: torch.Tensor | None = None, score_mod: Callable | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`, skipping the vocab matmul elsewhere)."""
+        h = self.hidden(tokens, positions, block_mask, slots, score_mod)
+        return self.lm_head(h[:, -1:] if last_only else h)

@@ -1,0 +1,104 @@
+"""Tokenizer from `tokenizer.json` plus the chat template, rendered the way transformers renders it."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as HFTokenizer
+
+from minirun.errors import MinirunError
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def _token_text(value: Any) -> str | None:
+    """tokenizer_config.json stores special tokens as strings or as AddedToken dicts."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _raise(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+    # Jinja's own tojson escapes HTML characters; chat templates expect plain JSON.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def compile_template(source: str) -> jinja2.Template:
+    """Same environment options as transformers, so templates render byte-identically."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+class Tokenizer:
+    """Encode/decode with exactly the ids and text transformers' fast tokenizer gives."""
+
+    def __init__(self, checkpoint: str | Path):
+        checkpoint = Path(checkpoint)
+        path = checkpoint / "tokenizer.json"
+        if not path.is_file():
+            raise MinirunError(f"no tokenizer.json in {checkpoint}: the checkpoint needs its tokenizer files")
+        self._tok = HFTokenizer.from_file(str(path))
+        config_path = checkpoint / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        self.special_tokens = {k: _token_text(config.get(k)) for k in SPECIAL_KEYS if config.get(k) is not None}
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+        self.chat_template = self._find_template(checkpoint, config)
+        self._template = compile_template(self.chat_template) if self.chat_template else None
+
+    @staticmethod
+    def _find_template(checkpoint: Path, config: dict) -> str | None:
+        jinja_file = checkpoint / "chat_template.jinja"
+        if jinja_file.is_file():
+            return jinja_file.read_text()
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: transformers uses "default"
+            template = {t["name"]: t["template"] for t in template}.get("default")
+        return template
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self.special_tokens.get("eos_token")
+        return None if eos is None else self.token_id(eos)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        pad = self.special_tokens.get("pad_token") or self.special_tokens.get("eos_token")
+        return None if pad is None else self.token_id(pad)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return _clean_up(text) if self.clean_up_spaces else text
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        if self._template is None:
+            raise MinirunError("this tokenizer has no chat template: pass --raw (or chat=False) to use plain prompts")
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     tools=None, documents=None, **{**self.special_tokens, **kwargs})
+
+
+def _clean_up(text: str) -> str:
+    """transformers' clean_up_tokenization: drop spaces before punctuation and contractions."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text

@@ -1,0 +1,50 @@
+"""Small random-weight checkpoints written with transformers' own configs and save_pretrained."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+ARCHS = {
+    # GQA group size 2, untied embeddings, llama3 rope scaling
+    "llama3": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                   tie_word_embeddings=False, rms_norm_eps=1e-5,
+                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 64}),
+    # tied embeddings, GQA group size 3 (SmolLM2's shape family), linear rope scaling
+    "llama_tied": dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=6, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                       tie_word_embeddings=True,
+                       rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+    # q/k/v bias, MHA (group size 1)
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, vocab_size=256, max_position_embeddings=512,
+                  tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    # q/k norm, head_dim != hidden/heads, GQA group size 4
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=8, num_key_value_heads=2, head_dim=32, vocab_size=256,
+                  max_position_embeddings=512, tie_word_embeddings=False,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+}
+
+
+def hf_config(arch: str):
+    from transformers import AutoConfig
+
+    kwargs = dict(ARCHS[arch])
+    return AutoConfig.for_model(kwargs.pop("model_type"), bos_token_id=1, eos_token_id=2, **kwargs)
+
+
+def write_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
+    """Random weights (scaled up so logits are not flat) saved as safetensors + config.json."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(arch), dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
+    model.save_pretrained(out)
+    return out
