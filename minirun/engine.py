@@ -69,6 +69,6 @@ class Session:
         if self._decode_mask is None:
             self._decode_mask = flex.block_mask(base, self.batch, self.max_slots, self.max_slots, self.device)
         step = self._decode_mask[:, :, slot // self._decode_mask.BLOCK_SIZE[0]]
-        step.mask_mod = offset_queries(base, slot)
+        step.mask_mod = offset_queries(base, slot[0])
         step.seq_lengths = (1, self.max_slots)
         return step

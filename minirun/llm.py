@@ -97,7 +97,9 @@ class LLM:
 
 def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> LLM:
     """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference."""
-    from minirun.hub import resolve_model
+    checkpoint = Path(path)
+    if not checkpoint.is_dir():
+        from minirun.hub import resolve_model
 
-    checkpoint = resolve_model(path)
+        checkpoint = resolve_model(path)
     return LLM(load_model(checkpoint, device, dtype), Tokenizer(checkpoint), checkpoint)

@@ -8,33 +8,63 @@ import torch
 ARCHS = {
     # GQA group size 2, untied embeddings, llama3 rope scaling
     "llama3": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                   num_attention_heads=4, num_key_value_heads=2, vocab_size=320, max_position_embeddings=512,
                    tie_word_embeddings=False, rms_norm_eps=1e-5,
                    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                     "original_max_position_embeddings": 64}),
     # tied embeddings, GQA group size 3 (SmolLM2's shape family), linear rope scaling
     "llama_tied": dict(model_type="llama", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                       num_attention_heads=6, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                       num_attention_heads=6, num_key_value_heads=2, vocab_size=320, max_position_embeddings=512,
                        tie_word_embeddings=True,
                        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
     # q/k/v bias, MHA (group size 1)
     "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, vocab_size=256, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=4, vocab_size=320, max_position_embeddings=512,
                   tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     # q/k norm, head_dim != hidden/heads, GQA group size 4
     "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=8, num_key_value_heads=2, head_dim=32, vocab_size=256,
+                  num_attention_heads=8, num_key_value_heads=2, head_dim=32, vocab_size=320,
                   max_position_embeddings=512, tie_word_embeddings=False,
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
 }
+
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CORPUS = [
+    "The capital of France is Paris. The capital of Japan is Tokyo.",
+    "Who wrote Hamlet? William Shakespeare wrote Hamlet in 1600.",
+    "Water boils at 100 degrees Celsius; ice melts at 0 degrees.",
+    "def add(a, b):\n    return a + b  # numbers 12345 67890",
+] * 20
+
+
+def write_tokenizer(out: Path) -> None:
+    """A small byte-level BPE trained here, saved by transformers with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
 
 
 def hf_config(arch: str):
     from transformers import AutoConfig
 
     kwargs = dict(ARCHS[arch])
-    return AutoConfig.for_model(kwargs.pop("model_type"), bos_token_id=1, eos_token_id=2, **kwargs)
+    return AutoConfig.for_model(kwargs.pop("model_type"), bos_token_id=1, eos_token_id=2, pad_token_id=0, **kwargs)
 
 
 def write_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
@@ -47,4 +77,5 @@ def write_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
         for p in model.parameters():
             p.normal_(0, 0.2 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
     model.save_pretrained(out)
+    write_tokenizer(out)
     return out

@@ -1,1 +1,18 @@
 """Shared fixtures: small random-weight checkpoints and the real default model."""
+from __future__ import annotations
+
+import pytest
+
+from checkpoints import ARCHS, write_checkpoint
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dirs(tmp_path_factory) -> dict:
+    """One random-weight checkpoint per architecture variant, written once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {arch: write_checkpoint(arch, root / arch) for arch in ARCHS}
+
+
+@pytest.fixture(params=list(ARCHS))
+def arch_dir(request, checkpoint_dirs):
+    return request.param, checkpoint_dirs[request.param]

@@ -1,0 +1,214 @@
+"""Convert a llama.cpp GGUF file into an HF-style checkpoint directory that minirun (and transformers) load.
+
+GGUF is how many small models ship (often only that way), but minirun reads safetensors plus
+`config.json`/`tokenizer.json`. Conversion dequantizes every tensor to a plain float dtype, undoes
+llama.cpp's renaming and Llama q/k row permutation, and rebuilds config and tokenizer from the metadata.
+It works tensor by tensor, streaming into the safetensors file, so peak memory stays near one tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from gguf import GGUFReader, GGUFValueType
+from gguf.quants import dequantize
+
+from minirun.errors import MinirunError
+from minirun.gguf_tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+DTYPES = {"bfloat16": (torch.bfloat16, "BF16"), "float16": (torch.float16, "F16"), "float32": (torch.float32, "F32")}
+_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LAYER = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def hf_name(gguf_name: str) -> str:
+    """llama.cpp tensor name -> HF name, e.g. `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`."""
+    stem, _, kind = gguf_name.rpartition(".")
+    if stem in _TOP_LEVEL and kind == "weight":
+        return f"{_TOP_LEVEL[stem]}.weight"
+    match = _LAYER_NAME.fullmatch(gguf_name)
+    if match and match[2] in _LAYER:
+        return f"model.layers.{match[1]}.{_LAYER[match[2]]}.{match[3]}"
+    raise MinirunError(f"GGUF tensor {gguf_name!r} has no HF counterpart minirun knows: this model variant is not supported")
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Invert llama.cpp's q/k permutation (its rotary layout interleaves each head's two halves)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _value(field: Any) -> Any:
+    """A GGUF metadata value as a plain Python value (arrays of strings/ints as lists)."""
+    value = field.contents()
+    if field.types and field.types[0] == GGUFValueType.FLOAT32:
+        return float(str(np.float32(value)))  # 1e-05, not 9.999999747378752e-06
+    return value
+
+
+def read_gguf(path: str | Path) -> tuple[GGUFReader, dict[str, Any]]:
+    """Open a GGUF (memory-mapped) and decode its metadata, turning unreadable files into MinirunError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MinirunError(f"GGUF file {path} does not exist: check the path")
+    try:
+        reader = GGUFReader(path)
+        meta = {name: _value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as e:
+        raise MinirunError(f"cannot read {path} as GGUF ({e}): the file is truncated or corrupt, download it again") from None
+    return reader, meta
+
+
+def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, dtype: str) -> dict[str, Any]:
+    """HF `config.json` from GGUF metadata (`<arch>.*` keys as written by llama.cpp's convert script)."""
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise MinirunError(
+            f"GGUF architecture {arch!r} is not supported: minirun converts {', '.join(ARCHITECTURES)}"
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise MinirunError(f"GGUF metadata lacks {arch}.{key}: the file is incomplete, download it again")
+        return value
+
+    hidden, heads = get("embedding_length"), get("attention.head_count")
+    config = {
+        "architectures": [ARCHITECTURES[arch]],
+        "model_type": arch,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "head_dim": get("attention.key_length", hidden // heads),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+        "rope_theta": get("rope.freq_base", 10000.0),
+        "max_position_embeddings": get("context_length"),
+        "vocab_size": meta.get(f"{arch}.vocab_size", vocab_size),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "torch_dtype": dtype,
+    }
+    if meta.get(f"{arch}.rope.scaling.type") == "linear":
+        config["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
+    if arch == "llama":
+        config.update(attention_bias=False, mlp_bias=False)
+    else:
+        config.update(use_sliding_window=False, attention_bias=arch == "qwen2")
+    return config
+
+
+def _dequantize(data: np.ndarray, tensor: Any) -> np.ndarray:
+    try:
+        return dequantize(data, tensor.tensor_type)
+    except NotImplementedError:
+        raise MinirunError(f"GGUF tensor type {tensor.tensor_type.name} cannot be dequantized by the gguf package") from None
+
+
+def _float32_chunks(tensor: Any, config: dict[str, Any], chunk_elements: int = 1 << 22) -> Iterator[np.ndarray]:
+    """One GGUF tensor as float32 rows in HF layout, a few MB at a time so memory stays flat."""
+    rows = tensor.data.reshape(-1, tensor.data.shape[-1])
+    if config["model_type"] == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
+        heads = config["num_attention_heads" if ".attn_q." in tensor.name else "num_key_value_heads"]
+        yield unpermute_rows(_dequantize(rows, tensor).reshape(rows.shape[0], -1), heads)
+        return
+    step = max(1, chunk_elements // int(tensor.shape[0]))
+    for start in range(0, rows.shape[0], step):
+        yield _dequantize(rows[start : start + step], tensor)
+
+
+def write_safetensors(path: Path, reader: GGUFReader, config: dict[str, Any], dtype: str) -> None:
+    """Stream every tensor into `path`: the header is known from the GGUF shapes, data follows tensor by tensor."""
+    torch_dtype, code = DTYPES[dtype]
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    entries = sorted(((hf_name(t.name), t) for t in reader.tensors), key=lambda item: item[0])
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, tensor in entries:
+        shape = [int(d) for d in reversed(tensor.shape)]
+        size = int(np.prod(shape)) * itemsize
+        header[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for _, tensor in entries:
+            for chunk in _float32_chunks(tensor, config):
+                f.write(torch.from_numpy(np.ascontiguousarray(chunk, np.float32)).to(torch_dtype).view(torch.uint8).numpy())
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty sibling temp dir that becomes `final` only if the block finishes.
+
+    An interrupted run (error, Ctrl-C) removes the temp dir, so `final` never exists half-written.
+    """
+    final = Path(final)
+    if final.exists() and any(final.iterdir()):
+        raise MinirunError(f"{final} already exists and is not empty: remove it or choose another output directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model dir
+    try:
+        yield tmp
+        if final.exists():
+            final.rmdir()
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
+    """Write `out_dir` as an HF checkpoint (config, safetensors, tokenizer) converted from a GGUF file."""
+    if dtype not in DTYPES:
+        raise MinirunError(f"unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    start = time.perf_counter()
+    reader, meta = read_gguf(gguf_path)
+    names = {t.name for t in reader.tensors}
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise MinirunError(f"{gguf_path} has no tokenizer.ggml.tokens vocabulary: cannot build a tokenizer")
+    config = build_config(meta, names, len(tokens), dtype)
+    tokenizer, tokenizer_config = build_tokenizer(meta)
+    tokenizer_config["model_max_length"] = config["max_position_embeddings"]
+    specials = {k: tokenizer_config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if k in tokenizer_config}
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config[k] is not None}
+    if meta.get("tokenizer.ggml.padding_token_id") is not None:
+        generation["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]
+    with staged_dir(Path(out_dir)) as tmp:
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "generation_config.json", generation)
+        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
+        _write_json(tmp / "special_tokens_map.json", specials)
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        write_safetensors(tmp / "model.safetensors", reader, config, dtype)
+    log.info("converted %s -> %s (%s) in %.1fs", gguf_path, out_dir, dtype, time.perf_counter() - start)
+    return Path(out_dir)
