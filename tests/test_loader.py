@@ -1,0 +1,103 @@
+"""Loader and config errors: each a one-line MinirunError naming the problem."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import minirun
+from minirun.config import ModelConfig
+from minirun.errors import MinirunError
+
+
+@pytest.fixture
+def copy(checkpoint_dirs, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_dirs["llama3"], dst)
+    return dst
+
+
+def _config(path):
+    return json.loads((path / "config.json").read_text())
+
+
+def test_unsupported_model_type(copy):
+    raw = _config(copy)
+    raw["model_type"] = "mamba"
+    (copy / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(MinirunError, match=r"unsupported model_type 'mamba'.*llama, qwen2, qwen3"):
+        minirun.load(copy)
+
+
+def test_wrong_shape_names_tensor(copy):
+    state = load_file(copy / "model.safetensors")
+    state["model.layers.1.mlp.down_proj.weight"] = torch.zeros(3, 3)
+    save_file(state, copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MinirunError, match=r"model\.layers\.1\.mlp\.down_proj\.weight has shape \(3, 3\)"):
+        minirun.load(copy)
+
+
+def test_missing_tensor_named(copy):
+    state = load_file(copy / "model.safetensors")
+    del state["model.norm.weight"]
+    save_file(state, copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MinirunError, match=r"missing tensor model\.norm\.weight"):
+        minirun.load(copy)
+
+
+def _shard(path):
+    """Split the checkpoint into two shards with an index, as large models ship."""
+    state = load_file(path / "model.safetensors")
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: state[k] for k in keys}, path / shard, metadata={"format": "pt"})
+    (path / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {k: s for s, keys in halves.items() for k in keys}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_sharded_checkpoint_loads_identically(copy, checkpoint_dirs):
+    _shard(copy)
+    tokens = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        a = minirun.load(copy).model(tokens)
+        b = minirun.load(checkpoint_dirs["llama3"]).model(tokens)
+    assert torch.equal(a, b)
+
+
+def test_missing_shard_named(copy):
+    _shard(copy)
+    (copy / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(MinirunError, match=r"missing shard model-00002-of-00002\.safetensors"):
+        minirun.load(copy)
+
+
+def test_truncated_file_named(copy):
+    data = (copy / "model.safetensors").read_bytes()
+    (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MinirunError, match=r"model\.safetensors.*truncated or corrupt"):
+        minirun.load(copy)
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(MinirunError, match="no config.json"):
+        minirun.load(tmp_path)
+
+
+def test_config_fields_qwen3_head_dim_and_eos_list():
+    raw = {"model_type": "qwen3", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+           "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32, "eos_token_id": [5, 7],
+           "rope_scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 64}, "rope_theta": 5e5}
+    c = ModelConfig.from_dict(raw)
+    assert (c.head_dim, c.num_kv_heads, c.qk_norm, c.qkv_bias, c.eos_token_ids) == (32, 2, True, False, [5, 7])
+    assert c.rope_theta == 5e5 and c.rope_scaling["rope_type"] == "llama3"
+
+
+def test_unknown_dtype(copy):
+    with pytest.raises(MinirunError, match="unsupported dtype 'int8'"):
+        minirun.load(copy, dtype="int8")
