@@ -157,7 +157,7 @@ def write_safetensors(path: Path, reader: GGUFReader, config: dict[str, Any], dt
         f.write(struct.pack("<Q", len(blob)) + blob)
         for _, tensor in entries:
             for chunk in _float32_chunks(tensor, config):
-                f.write(torch.from_numpy(np.ascontiguousarray(chunk, np.float32)).to(torch_dtype).view(torch.uint8).numpy())
+                f.write(torch.from_numpy(np.require(chunk, np.float32, ["C", "W"])).to(torch_dtype).view(torch.uint8).numpy())
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from minirun import flex
 from minirun.errors import MinirunError
-from minirun.masks import SHARED, offset_queries, segment_mask
+from minirun.masks import SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
 SLOT_BUCKET = 128  # cache sizes are rounded up to this, so compiled shapes repeat across prompts
@@ -28,13 +28,13 @@ def cache_size(needed: int, limit: int | None = None) -> int:
 class Session:
     """Cache + masks for `batch` rows of at most `max_slots` tokens each."""
 
-    def __init__(self, model: Decoder, batch: int, max_slots: int, score_mod: Callable | None = None):
+    def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None):
         self.model, self.batch, self.max_slots = model, batch, max_slots
         self.device = model.device
         model.setup_cache(batch, max_slots)
         # Slots not yet written default to SHARED: that is what generated tokens are.
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
-        self.score_mod = score_mod
+        self.log_weights = log_weights  # [B, N+1] attention bias per segment, see masks.segment_bias
         self.length = 0
         self._decode_mask: BlockMask | None = None
 
@@ -46,9 +46,10 @@ class Session:
                                "shorten the prompt or lower max_new_tokens")
         slots = torch.arange(self.length, self.length + T, device=self.device)
         self.segments[:, slots] = segments.to(self.segments)
-        mask_mod = offset_queries(segment_mask(self.segments[:rows]), torch.tensor(self.length, device=self.device))
+        offset = torch.tensor(self.length, device=self.device)
+        mask_mod = offset_queries(segment_mask(self.segments[:rows]), offset)
         block_mask = flex.block_mask(mask_mod, rows, T, self.max_slots, self.device)
-        logits = self.model(tokens, positions, block_mask, slots, self.score_mod, last_only=True)
+        logits = self.model(tokens, positions, block_mask, slots, self._score_mod(offset, rows), last_only=True)
         self.length += T
         self._decode_mask = None
         return logits[:, -1].float()
@@ -59,9 +60,14 @@ class Session:
             raise MinirunError(f"the cache is full ({self.max_slots} slots): lower max_new_tokens")
         slot = torch.tensor([self.length], device=self.device)
         block_mask = self._step_mask(slot)
-        logits = self.model(tokens[:, None], positions[:, None], block_mask, slot, self.score_mod)
+        logits = self.model(tokens[:, None], positions[:, None], block_mask, slot, self._score_mod(slot[0], self.batch))
         self.length += 1
         return logits[:, -1].float()
+
+    def _score_mod(self, offset: torch.Tensor, rows: int) -> Callable | None:
+        if self.log_weights is None:
+            return None
+        return segment_bias(self.segments[:rows], self.log_weights[:rows], offset)
 
     def _step_mask(self, slot: torch.Tensor) -> BlockMask:
         """Slice this step's query row out of a mask built once over all slots."""

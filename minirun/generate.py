@@ -25,22 +25,40 @@ class Layout:
         return self.tokens.shape[1]
 
 
-def left_padded(prompts: list[list[int]], pad_id: int, device: torch.device, start: int = 0) -> Layout:
-    """Rows of different lengths right-aligned in slots, so all rows decode at the same slot.
+@dataclass
+class Row:
+    """One row's prompt before padding: token ids, RoPE positions, segment ids."""
 
-    `start` is the RoPE position of each row's first token (a shared prefix's length).
-    """
-    width = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(prompts), width), dtype=torch.long)
-    segments = torch.full((len(prompts), width), PAD, dtype=torch.int32)
-    for row, ids in enumerate(prompts):
-        n = len(ids)
-        tokens[row, width - n:] = torch.tensor(ids, dtype=torch.long)
-        positions[row, width - n:] = torch.arange(start, start + n)
-        segments[row, width - n:] = SHARED
-    next_positions = torch.tensor([start + len(p) for p in prompts])
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]
+    next_position: int
+
+
+def plain_row(ids: list[int], start: int = 0) -> Row:
+    """An ordinary prompt: contiguous positions from `start`, all SHARED (plain causal)."""
+    return Row(list(ids), list(range(start, start + len(ids))), [SHARED] * len(ids), start + len(ids))
+
+
+def stack_rows(rows: list[Row], pad_id: int, device: torch.device) -> Layout:
+    """Left-pad rows so every row ends at the same slot and all decode at the same slot."""
+    width = max(len(r.tokens) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), PAD, dtype=torch.int32)
+    for i, r in enumerate(rows):
+        n = len(r.tokens)
+        if n:
+            tokens[i, width - n:] = torch.tensor(r.tokens)
+            positions[i, width - n:] = torch.tensor(r.positions)
+            segments[i, width - n:] = torch.tensor(r.segments, dtype=torch.int32)
+    next_positions = torch.tensor([r.next_position for r in rows])
     return Layout(tokens.to(device), positions.to(device), segments.to(device), next_positions.to(device))
+
+
+def left_padded(prompts: list[list[int]], pad_id: int, device: torch.device, start: int = 0) -> Layout:
+    """Independent prompts of different lengths as one batch; `start` = a shared prefix's length."""
+    return stack_rows([plain_row(p, start) for p in prompts], pad_id, device)
 
 
 @dataclass
@@ -79,15 +97,15 @@ class Completion:
 
 def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor,
                 choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, stopper: Stopper,
-                outputs: int | None = None, check_every: int = 1,
+                outputs: list[int] | None = None, check_every: int = 1,
                 on_text: Callable[[str], None] | None = None) -> list[Completion]:
     """Pick a token per row with `choose`, feed it back, until every tracked row is done.
 
-    `outputs` rows (default all) are tracked; fusion methods track one because every row carries
-    the same fused token. Finished rows keep decoding harmlessly until all are done. Tokens stay on
+    `outputs` rows (default all) are tracked; fusion methods track one row per question because
+    all rows of a question carry the same fused token. Finished rows keep decoding harmlessly until all are done. Tokens stay on
     the device and are copied to the host every `check_every` steps only.
     """
-    rows = session.batch if outputs is None else outputs
+    rows = list(range(session.batch)) if outputs is None else outputs
     generated = torch.empty((session.batch, max_new_tokens), dtype=torch.long, device=session.device)
     done: dict[int, Completion] = {}
     shown = ""
@@ -97,12 +115,13 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
         generated[:, step] = token
         steps = step + 1
         if steps % check_every == 0 or steps == max_new_tokens:
-            host = generated[:rows, :steps].tolist()
-            for row in range(rows):
+            host = generated[:, :steps].tolist()
+            for row in rows:
                 if row not in done and (finished := stopper.finish(host[row])):
                     done[row] = Completion(finished[1], finished[0], finished[2])
             if on_text is not None:
-                current = done[0].text if 0 in done else stopper.text(host[0])
+                first = rows[0]
+                current = done[first].text if first in done else stopper.text(host[first])
                 if current.startswith(shown) and len(current) > len(shown):
                     on_text(current[len(shown):])
                     shown = current
@@ -110,5 +129,5 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
                 break
         if steps < max_new_tokens:
             logits = session.decode(token, next_positions + step)
-    host = generated[:rows, :steps].tolist()
-    return [done.get(r) or Completion(stopper.text(host[r]), host[r], "length") for r in range(rows)]
+    host = generated[:, :steps].tolist()
+    return [done.get(r) or Completion(stopper.text(host[r]), host[r], "length") for r in rows]

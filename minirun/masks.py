@@ -18,6 +18,7 @@ PAD = -1
 SHARED = 0
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def segment_mask(segments: torch.Tensor) -> MaskMod:
@@ -39,6 +40,21 @@ def offset_queries(mask_mod: MaskMod, offset: torch.Tensor) -> MaskMod:
         return mask_mod(b, h, q + offset, kv)
 
     return shifted
+
+
+def segment_bias(segments: torch.Tensor, log_weights: torch.Tensor, offset: torch.Tensor) -> ScoreMod:
+    """score_mod adding log(w_k) to scores from SHARED queries (generated tokens) to segment k.
+
+    `log_weights` [B, N+1] is indexed by segment id; rebalances how much the fused softmax draws
+    from each paraphrase. `offset` shifts query indices as in `offset_queries`.
+    """
+
+    def score_mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        seg_q, seg_kv = segments[b, q + offset], segments[b, kv]
+        fused = (seg_q == SHARED) & (seg_kv > SHARED)
+        return score + torch.where(fused, log_weights[b, seg_kv.clamp(min=0)], 0.0)
+
+    return score_mod
 
 
 def materialize(mask_mod: MaskMod, batch: int, q_len: int, kv_len: int) -> torch.Tensor:

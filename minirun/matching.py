@@ -1,0 +1,105 @@
+"""Answer extraction and answer-vs-gold matching.
+
+A prediction counts as correct when some gold answer's lemma sequence appears contiguously
+inside the prediction's: "the cats" matches "cat", "Paris, France" matches "Paris", but
+"Parisian" does not match "Paris" because whole lemmas are compared, never substrings.
+"""
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+ARTICLES = frozenset({"a", "an", "the"})
+_PUNCT = "".join(ch for ch in string.punctuation if ch not in "-/") + "“”‘’«»…–—"
+_DELETE = str.maketrans("", "", _PUNCT)
+_SPACE = str.maketrans("-/–—", "    ")
+_SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
+_LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
+_WRAP = "\"'`*“”‘’ \t"
+
+
+def extract_answer(text: str, stop: Iterable[str] = ("\n", "Q:")) -> str:
+    """The answer part of a generation: text before the first stop string, without special
+    tokens, "A:"/"Answer:" labels, wrapping quotes or markdown, and trailing punctuation."""
+    text = _SPECIAL_TOKEN.sub("", text).lstrip()
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    text = text[:cut].strip()
+    while m := _LABEL.match(text):
+        text = text[m.end():].lstrip()
+    return text.strip(_WRAP).rstrip(".,;:!").strip(_WRAP)
+
+
+def _clean(token: str) -> str:
+    """Lowercase with punctuation removed and hyphens/slashes as spaces ("U.S." -> "us")."""
+    return unicodedata.normalize("NFKC", token).lower().translate(_SPACE).translate(_DELETE)
+
+
+def normalize(text: str) -> str:
+    """The plain comparator: lowercase, no punctuation, no articles, single spaces."""
+    return " ".join(w for w in _clean(text).split() if w not in ARTICLES)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    exact: bool  # normalised string equal to some gold
+    lemma: bool  # some gold's lemmas contained in the prediction's (the headline "correct")
+
+
+def _contains(seq: tuple[str, ...], sub: tuple[str, ...]) -> bool:
+    n = len(sub)
+    return n > 0 and any(seq[i:i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def _load_nlp():
+    """A full English pipeline when one is installed, else the offline lookup lemmatizer."""
+    import spacy
+
+    for name in ("en_core_web_lg", "en_core_web_sm"):
+        if spacy.util.is_package(name):
+            return spacy.load(name, disable=["parser", "ner"])
+    nlp = spacy.blank("en")
+    nlp.add_pipe("lemmatizer", config={"mode": "lookup"})
+    nlp.initialize()  # loads the tables from spacy-lookups-data, no network
+    return nlp
+
+
+class Matcher:
+    """Lemma matcher; lemmatises unseen strings in batches and caches them, because sweeps
+    compare the same gold answers and frequent predictions many times."""
+
+    def __init__(self, nlp=None, batch_size: int = 256) -> None:
+        self.nlp = nlp if nlp is not None else _load_nlp()
+        self.batch_size = batch_size
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    def lemmas(self, texts: list[str]) -> list[tuple[str, ...]]:
+        """Lemma sequences with punctuation and articles dropped, in input order."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        lowered = [unicodedata.normalize("NFKC", t).lower() for t in todo]
+        for text, doc in zip(todo, self.nlp.pipe(lowered, batch_size=self.batch_size)):
+            self._cache[text] = tuple(
+                part
+                for tok in doc
+                if not tok.is_punct and not tok.is_space and tok.lower_ not in ARTICLES
+                for part in _clean(tok.lemma_ or tok.text).split()
+            )
+        return [self._cache[t] for t in texts]
+
+    def match(self, predictions: list[str], golds: list[list[str]], bidirectional: bool = False) -> list[MatchResult]:
+        """One result per prediction against its gold aliases; `bidirectional` also accepts a
+        prediction contained in a gold ("Bell" for "Alexander Graham Bell")."""
+        if len(predictions) != len(golds):
+            raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold lists")
+        pred_lemmas = self.lemmas(predictions)
+        gold_lemmas = iter(self.lemmas([g for gs in golds for g in gs]))
+        results = []
+        for pred, pl, gs in zip(predictions, pred_lemmas, golds):
+            gls = [next(gold_lemmas) for _ in gs]
+            norm = normalize(pred)
+            exact = bool(norm) and any(norm == normalize(g) for g in gs)
+            lemma = any(_contains(pl, gl) or (bidirectional and _contains(gl, pl)) for gl in gls)
+            results.append(MatchResult(exact=exact, lemma=exact or lemma))
+        return results

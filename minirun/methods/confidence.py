@@ -1,0 +1,78 @@
+"""Self-consistency confidence of each paraphrase, for the weighted fusion methods.
+
+confidence = fraction of S sampled answers whose first line matches the greedy answer. The S
+samples of a paraphrase share one prefill: the prompt is encoded once (batch 1) and broadcast
+into S cache rows. Results are cached on disk per (model, prompt, settings).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minirun.generate import decode_loop, plain_row, stack_rows
+from minirun.sampling import SamplingParams, sample
+
+SameAnswer = Callable[[str, str], bool]
+
+
+def first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
+def normalised_equal(a: str, b: str) -> bool:
+    """Fallback comparison: lowercase, punctuation dropped (the pipeline's lemma matcher replaces it)."""
+    from minirun.matching import normalize
+
+    return normalize(first_line(a)) == normalize(first_line(b))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "confidence"
+
+
+def _key(llm, ids: list[int], options) -> str:
+    settings = [str(llm.path.resolve()), ids, options.num_samples, options.confidence_temperature,
+                options.confidence_tokens, options.seed]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
+
+
+def paraphrase_confidence(llm, ids: list[int], options, same: SameAnswer) -> float:
+    """Greedy answer vs S samples drawn from one shared prefill of `ids`."""
+    n = options.num_samples
+    max_new = options.confidence_tokens
+    greedy = llm.generate_ids([ids], max_new, SamplingParams(), stop=("\n",))[0].text
+    layout = stack_rows([plain_row(ids)], llm.pad_id, llm.device)
+    session = llm.session(n, layout.length + max_new)
+    logits = session.prefill(layout.tokens, layout.positions, layout.segments).expand(n, -1)
+    params = SamplingParams(options.confidence_temperature, seed=options.seed)
+    generator = params.generator(llm.device)
+    samples = decode_loop(session, logits, layout.next_positions.expand(n), lambda l: sample(l, params, generator),
+                          max_new, llm.stopper(("\n",)))
+    return sum(same(s.text, greedy) for s in samples) / n
+
+
+def confidences_for(llm, encoded, options, same: SameAnswer = normalised_equal) -> list[list[float]]:
+    """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for enc in encoded:
+        row = []
+        for i in range(len(enc.paraphrases)):
+            ids = enc.full(i)
+            path = directory / f"{_key(llm, ids, options)}.json"
+            if path.is_file():
+                row.append(json.loads(path.read_text())["confidence"])
+                continue
+            value = paraphrase_confidence(llm, ids, options, same)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"confidence": value, "samples": options.num_samples}))
+            os.replace(tmp, path)
+            row.append(value)
+        out.append(row)
+    return out

@@ -1,0 +1,86 @@
+"""Prompt encoding for ensembles and the packed single-sequence layout of `flex`.
+
+A prompt is split into head (chat header + shared prefix), paraphrase, and tail (shared suffix +
+the chat template's generation prompt), each encoded on its own, so the head can be stored once
+and, in `flex`, the tail is shared: its tokens attend to every paraphrase, so even the first
+answer token is predicted from all of them. Every method uses the same split, which makes
+sharing exact by construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minirun.generate import Row
+from minirun.masks import SHARED
+
+POSITION_SCHEMES = ("right", "restart", "sequential")
+_SENTINEL = "\u2063MINIRUN_PARAPHRASE\u2063"
+
+
+@dataclass
+class Encoded:
+    """One question's prompts as token ids: common head and tail around each paraphrase."""
+
+    head: list[int]
+    paraphrases: list[list[int]]
+    tail: list[int]
+
+    def body(self, i: int) -> list[int]:
+        """Paraphrase i with the tail: one row of the logit methods after a shared head."""
+        return self.paraphrases[i] + self.tail
+
+    def full(self, i: int) -> list[int]:
+        return self.head + self.paraphrases[i] + self.tail
+
+
+def encode_question(llm, paraphrases: list[str], prefix: str = "", suffix: str = "", chat: bool | None = None) -> Encoded:
+    """Split `template(prefix + paraphrase + suffix)` around the paraphrase and encode the parts."""
+    if chat is None:
+        chat = llm.tokenizer.chat_template is not None
+    tok = llm.tokenizer
+    if chat:
+        rendered = tok.apply_chat_template([{"role": "user", "content": prefix + _SENTINEL + suffix}],
+                                           add_generation_prompt=True)
+        head, tail = rendered.split(_SENTINEL)
+        head_ids = tok.encode(head, add_special_tokens=False)
+    else:
+        head_ids, tail = tok.encode(prefix), suffix  # the head carries BOS where the tokenizer adds one
+    return Encoded(head_ids, [tok.encode(p, add_special_tokens=False) for p in paraphrases],
+                   tok.encode(tail, add_special_tokens=False) if tail else [])
+
+
+def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, head_in_row: bool = True) -> Row:
+    """All paraphrases of one question in one row, segment k = paraphrase k.
+
+    Positions: `right` right-aligns every segment to end at P-1 (generation starts at P), so each
+    segment sees itself as if encoded alone and every generated token sees each paraphrase at the
+    distances a single-prompt decode would; `restart` starts every segment at the same position
+    (Parallel Context Windows); `sequential` numbers the packed sequence 0..L-1.
+    With `share_head` the head is one SHARED segment (stored once, seen by all); otherwise every
+    segment is a full prompt (head + paraphrase) isolated from the others. `head_in_row=False`
+    leaves a shared head out of the row (it was prefilled separately) but keeps its positions.
+    The tail follows as SHARED tokens, so it and every generated token see all paraphrases.
+    """
+    if scheme not in POSITION_SCHEMES:
+        raise ValueError(f"unknown position scheme {scheme!r}: choose {', '.join(POSITION_SCHEMES)}")
+    h = len(enc.head) if share_head else 0
+    segments_ids = enc.paraphrases if share_head else [enc.full(i) for i in range(len(enc.paraphrases))]
+    longest = max(len(s) for s in segments_ids)
+    tokens, positions, segments = [], [], []
+    if share_head and head_in_row:
+        tokens += enc.head
+        positions += list(range(h))
+        segments += [SHARED] * h
+    cursor = h
+    for k, ids in enumerate(segments_ids, start=1):
+        n = len(ids)
+        start = {"right": h + longest - n, "restart": h, "sequential": cursor}[scheme]
+        tokens += ids
+        positions += list(range(start, start + n))
+        segments += [k] * n
+        cursor += n
+    start = cursor if scheme == "sequential" else h + longest
+    tokens += enc.tail
+    positions += list(range(start, start + len(enc.tail)))
+    segments += [SHARED] * len(enc.tail)
+    return Row(tokens, positions, segments, start + len(enc.tail))

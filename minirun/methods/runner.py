@@ -1,0 +1,179 @@
+"""Run any method over a batch of questions with one prefill and one decode loop."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from minirun.errors import MinirunError
+from minirun.generate import Completion, Row, decode_loop, plain_row, stack_rows
+from minirun.methods.fusion import RULES, WEIGHTED
+from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
+from minirun.sampling import SamplingParams, sample
+
+METHODS = ("origin", "per_prompt", *RULES, "flex")
+
+
+@dataclass
+class Question:
+    question: str
+    paraphrases: list[str] = field(default_factory=list)
+    prefix: str = ""  # instruction / few-shot examples before each paraphrase
+    suffix: str = ""  # text after each paraphrase (e.g. "\nA:"); flex shares it across paraphrases
+
+
+@dataclass
+class EnsembleOptions:
+    max_new_tokens: int = 32
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    stop: tuple[str, ...] = ()
+    share_prefix: bool = True  # encode the common head once instead of once per paraphrase
+    positions: str = "right"  # flex position scheme: right, restart, sequential
+    flex_bias: float | str | None = None  # flex: w added as log(w) to generated->paraphrase scores; "inv_n" = 1/N
+    temperature: float = 0.0
+    seed: int = 0
+    num_samples: int = 100  # self-consistency samples per paraphrase (weighted methods)
+    confidence_temperature: float = 0.7
+    confidence_tokens: int = 16
+    confidences: list[list[float]] | None = None  # precomputed, one list per question
+
+
+@dataclass
+class MethodResult:
+    method: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int  # tokens prefilled (a shared head counted once)
+    prompts: list[str]
+    answers: list[str] | None = None  # per_prompt: one answer per paraphrase
+    confidences: list[float] | None = None
+
+
+def run_method(llm, method: str, questions: list[Question], options: EnsembleOptions | None = None) -> list[MethodResult]:
+    """Answer every question with `method`; one batched generation for the whole list."""
+    options = options or EnsembleOptions()
+    if method not in METHODS:
+        raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if options.positions not in POSITION_SCHEMES:
+        raise MinirunError(f"unknown position scheme {options.positions!r}: choose {', '.join(POSITION_SCHEMES)}")
+    prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
+    for q, p in zip(questions, prompts):
+        if not p:
+            raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
+    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat) for q, p in zip(questions, prompts)]
+    if method == "flex" and not all(e.tail for e in encoded):
+        raise MinirunError("flex needs a shared suffix after the paraphrases so the first answer token sees all of "
+                           "them: use the chat template or give a suffix (e.g. --suffix '\nA:')")
+    with torch.inference_mode():
+        if method == "flex":
+            return _run_flex(llm, encoded, prompts, options)
+        confidences = None
+        if method in WEIGHTED:
+            from minirun.methods.confidence import confidences_for
+
+            confidences = options.confidences or confidences_for(llm, encoded, options)
+        return _run_rows(llm, method, encoded, prompts, options, confidences)
+
+
+def _shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
+    """The head every prompt starts with, when sharing is on and all questions have the same one."""
+    first = encoded[0].head
+    if options.share_prefix and first and all(e.head == first for e in encoded):
+        return first
+    return None
+
+
+def _prefill(llm, rows: list[Row], head: list[int] | None, max_new: int, log_weights: torch.Tensor | None = None):
+    """Allocate the cache, prefill a shared head once (batch 1), then all rows; last logits."""
+    limit = llm.config.max_position_embeddings
+    furthest = max(r.next_position for r in rows) + max_new
+    if furthest > limit:
+        raise MinirunError(f"prompt + max_new_tokens reaches position {furthest}, beyond the model's context of {limit}: "
+                           "use fewer or shorter paraphrases, or lower --max-new-tokens")
+    layout = stack_rows(rows, llm.pad_id, llm.device)
+    h = len(head) if head else 0
+    session = llm.session(len(rows), h + layout.length + max_new)
+    session.log_weights = log_weights
+    if head:
+        ids = torch.tensor([head], device=llm.device)
+        session.prefill(ids, torch.arange(h, device=llm.device)[None], torch.zeros_like(ids, dtype=torch.int32))
+    logits = session.prefill(layout.tokens, layout.positions, layout.segments)
+    return session, layout, logits
+
+
+def _run_rows(llm, method: str, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
+              confidences: list[list[float]] | None) -> list[MethodResult]:
+    """origin / per_prompt / logit fusion: one row per prompt, rows of a question fused per step."""
+    head = _shared_head(encoded, options)
+    rows, groups = [], []
+    for enc in encoded:
+        start = len(rows)
+        for i in range(len(enc.paraphrases)):
+            rows.append(plain_row(enc.body(i), len(head)) if head else plain_row(enc.full(i)))
+        groups.append(list(range(start, len(rows))))
+    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens)
+    params = SamplingParams(options.temperature, seed=options.seed)
+    generator = params.generator(llm.device)
+    fused = method not in ("origin", "per_prompt")
+    weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
+
+    def choose(step_logits: torch.Tensor) -> torch.Tensor:
+        if not fused:
+            return sample(step_logits, params, generator)
+        out = torch.empty(step_logits.shape[0], dtype=torch.long, device=step_logits.device)
+        scores = torch.stack([RULES[method](step_logits[g], w) for g, w in zip(groups, weights)])  # [Q, V]
+        picked = sample(scores, params, generator)  # [Q]
+        for g, token in zip(groups, picked):
+            out[g] = token
+        return out
+
+    outputs = [g[0] for g in groups] if fused else None
+    completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,
+                              llm.stopper(options.stop), outputs=outputs)
+    results = []
+    for qi, (g, p) in enumerate(zip(groups, prompts)):
+        mine = [completions[qi]] if fused else [completions[r] for r in g]
+        results.append(_result(method, mine, p, _tokens(encoded[qi], head), confidences[qi] if confidences else None))
+    return results
+
+
+def _run_flex(llm, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions) -> list[MethodResult]:
+    """One packed row per question: segment-isolated prefill, fused decode."""
+    head = _shared_head(encoded, options)
+    rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None) for e in encoded]
+    log_weights = _flex_log_weights(encoded, options.flex_bias, llm.device)
+    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens, log_weights)
+    params = SamplingParams(options.temperature, seed=options.seed)
+    generator = params.generator(llm.device)
+    completions = decode_loop(session, logits, layout.next_positions, lambda l: sample(l, params, generator),
+                              options.max_new_tokens, llm.stopper(options.stop))
+    return [_result("flex", [c], p, (len(head) if head else 0) + len(r.tokens))
+            for c, p, r in zip(completions, prompts, rows)]
+
+
+def _flex_log_weights(encoded: list[Encoded], bias: float | str | None, device: torch.device) -> torch.Tensor | None:
+    """[B, N_max+1] log-weights by segment id (index 0, the shared segment, unbiased)."""
+    if bias is None:
+        return None
+    widest = max(len(e.paraphrases) for e in encoded)
+    out = torch.zeros((len(encoded), widest + 1), device=device)
+    for b, e in enumerate(encoded):
+        n = len(e.paraphrases)
+        w = 1.0 / n if bias == "inv_n" else float(bias)
+        if w <= 0:
+            raise MinirunError(f"flex bias must be positive (got {bias}): pass a weight > 0 or 'inv_n'")
+        out[b, 1:n + 1] = math.log(w)
+    return out
+
+
+def _tokens(enc: Encoded, head: list[int] | None) -> int:
+    return len(head or []) + sum(len(p) + len(enc.tail) + (0 if head else len(enc.head)) for p in enc.paraphrases)
+
+
+def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,
+            confidences: list[float] | None = None) -> MethodResult:
+    first = completions[0]
+    answers = [c.text for c in completions] if method == "per_prompt" else None
+    return MethodResult(method, first.text, first.token_ids, first.finish_reason, prompt_tokens, prompts, answers, confidences)

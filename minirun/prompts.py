@@ -1,0 +1,43 @@
+"""Few-shot prompts as plain strings, split into a shared prefix and a per-paraphrase question block.
+
+Every paraphrase of an item (and every item) shares the same prefix, so the runtime can encode
+it once and reuse its KV cache; only `question_block(paraphrase)` differs. Chat templates are
+the runtime's job, not ours.
+"""
+from __future__ import annotations
+
+import random
+
+from minirun.data import Item
+from minirun.errors import MinirunError
+
+INSTRUCTIONS = {
+    "qa": "Answer the question from general world knowledge with a short, direct answer.",
+    "fill": "Complete the sentence with the missing word or short phrase: give only the missing part.",
+}
+
+
+def question_block(paraphrase: str) -> str:
+    """The per-paraphrase tail of a prompt; the model's answer follows 'A:'."""
+    return f"Q: {paraphrase}\nA:"
+
+
+def example_block(item: Item) -> str:
+    """One worked example: the item's question and its first (canonical) answer."""
+    return f"{question_block(item.question)} {item.answers[0]}"
+
+
+def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0) -> str:
+    """Instruction plus `k` examples drawn with `seed`; ends with a blank line so that
+    `prefix + question_block(p)` is the full prompt."""
+    if task not in INSTRUCTIONS:
+        raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
+    if not 0 <= k <= len(examples):
+        raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available; lower k")
+    shots = random.Random(seed).sample(examples, k)
+    return "\n\n".join([INSTRUCTIONS[task], *map(example_block, shots)]) + "\n\n"
+
+
+def full_prompt(prefix: str, paraphrase: str) -> str:
+    """The complete prompt for one paraphrase."""
+    return prefix + question_block(paraphrase)

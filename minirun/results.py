@@ -1,0 +1,168 @@
+"""Crash-safe, resumable result rows.
+
+Each finished (item, method) row is appended to a per-rank JSONL journal and fsynced, so a
+killed run loses at most the row being written; reopening the directory resumes from the
+journals. `merge` turns all journals into one deduplicated, deterministically ordered table
+(`results.parquet` + `results.jsonl`), identical whether one process or many wrote them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from minirun.errors import MinirunError
+
+COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
+_JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
+
+
+def _json_default(value: object) -> object:
+    """numpy scalars/arrays (from torch or pandas) as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a result row")
+
+
+def _canonical(value: object) -> object:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file and os.replace, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def journal_paths(output_dir: Path) -> list[Path]:
+    """Every rank's journal in the directory, in rank order."""
+    found = [(int(m.group(1)), p) for p in output_dir.glob("results.rank*.jsonl") if (m := _JOURNAL.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _read_journal(path: Path) -> list[dict]:
+    """Complete lines only: a last line without its newline is a write cut short by a crash."""
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise MinirunError(f"{path}:{lineno}: corrupt result line; delete that line and rerun to redo it") from None
+    return rows
+
+
+def _run_info(output_dir: Path) -> dict | None:
+    path = output_dir / "run.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_results(output_dir: str | Path) -> pd.DataFrame:
+    """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
+    method, then by the run's item order (by id for items it did not list)."""
+    output_dir = Path(output_dir)
+    info = _run_info(output_dir) or {}
+    order = {item_id: i for i, item_id in enumerate(info.get("item_ids") or [])}
+    rows: dict[tuple[str, str], dict] = {}
+    for path in journal_paths(output_dir):
+        for row in _read_journal(path):
+            rows.setdefault((row["method"], row["id"]), row)
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (str(r["method"]), r["id"] not in order, order.get(r["id"], 0), str(r["id"])),
+    )
+    df = pd.DataFrame(ordered) if ordered else pd.DataFrame(columns=list(COLUMNS))
+    extras = [c for c in df.columns if c not in COLUMNS]
+    return df[[*COLUMNS, *extras]]
+
+
+def merge(output_dir: str | Path) -> pd.DataFrame:
+    """Combine every rank's journal into `results.parquet` and its `results.jsonl` mirror."""
+    output_dir = Path(output_dir)
+    df = read_results(output_dir)
+    _atomic_write(output_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+    records = df.to_dict("records")
+    _atomic_write(output_dir / "results.jsonl", lambda tmp: tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records), encoding="utf-8"))
+    return df
+
+
+class ResultStore:
+    """Appends result rows for one rank of a run and remembers what is already done.
+
+    `run_key` holds everything that changes results (model, dataset, generation arguments);
+    reopening a directory with a different key, or a different list of `item_ids`, is refused
+    rather than silently mixing two runs. `item_ids` also fixes the row order of the table.
+    """
+
+    def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = self.output_dir / f"results.rank{rank}.jsonl"
+        self._drop_partial_line()
+        rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
+        self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), has_rows=bool(rows))
+        self._done: dict[str, set[str]] = {}
+        for row in rows:
+            self._done.setdefault(row["method"], set()).add(row["id"])
+        self._file = self.journal.open("a", encoding="utf-8")
+
+    def _drop_partial_line(self) -> None:
+        """Cut a crash-truncated last line off our own journal, so the next row starts clean."""
+        if not self.journal.is_file():
+            return
+        data = self.journal.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.journal.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def _check_run(self, info: dict, has_rows: bool) -> None:
+        old = _run_info(self.output_dir)
+        if has_rows and old is not None and old != info:
+            old_key, new_key = old.get("run_key", {}), info["run_key"]
+            diffs = [f"{k}: {old_key.get(k)!r} -> {new_key.get(k)!r}"
+                     for k in sorted(set(old_key) | set(new_key)) if old_key.get(k) != new_key.get(k)]
+            if old.get("item_ids") != info["item_ids"]:
+                diffs.append("the dataset's items differ")
+            raise MinirunError(
+                f"{self.output_dir} holds results of a different run ({'; '.join(diffs)}); "
+                "use a new output directory, or the original arguments to resume"
+            )
+        if old != info:
+            _atomic_write(self.output_dir / "run.json",
+                          lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8"))
+
+    def done(self, method: str) -> set[str]:
+        """Ids already finished for `method` by any rank; skip these when resuming."""
+        return set(self._done.get(method, ()))
+
+    def add(self, row: dict) -> None:
+        """Persist one finished row (fsynced before returning). A row already stored is ignored."""
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"result row lacks column(s) {', '.join(missing)}")
+        done = self._done.setdefault(row["method"], set())
+        if row["id"] in done:
+            return
+        self._file.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        done.add(row["id"])
+
+    def finalize(self) -> pd.DataFrame:
+        """Write the merged table of all ranks' rows (call once every rank has finished)."""
+        self._file.flush()
+        return merge(self.output_dir)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,48 @@
+"""Fusion rules as pure functions on hand-made logits."""
+from __future__ import annotations
+
+import torch
+
+from minirun.methods.fusion import RULES, normalised
+
+LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.5, 1.4], [0.0, 0.0, 3.0]])
+
+
+def test_avg_is_mean_of_raw_logits():
+    assert torch.allclose(RULES["avg"](LOGITS, None), torch.tensor([2 / 3, 2.5 / 3, 4.4 / 3]))
+
+
+def test_avg_logprob_differs_from_avg_when_row_scales_differ():
+    scaled = torch.tensor([[10.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert RULES["avg"](scaled, None).argmax() == 0
+    assert RULES["avg_logprob"](scaled, None).argmax() == 0
+    peaked = torch.tensor([[0.1, 0.0], [0.0, 5.0]])
+    assert torch.allclose(RULES["avg_logprob"](peaked, None), peaked.log_softmax(-1).mean(0))
+
+
+def test_max_takes_elementwise_max_probability():
+    expected = LOGITS.softmax(-1).amax(0)
+    assert torch.allclose(RULES["max"](LOGITS, None).exp(), expected)
+    assert RULES["max"](LOGITS, None).argmax() == 2  # row 3 is the most peaked
+
+
+def test_weighted_avg_uses_normalised_confidences():
+    w = torch.tensor([1.0, 3.0, 0.0])
+    got = RULES["weighted_avg"](LOGITS, w)
+    assert torch.allclose(got, 0.25 * LOGITS[0] + 0.75 * LOGITS[1])
+    assert got.argmax() == 1
+
+
+def test_weighted_max_is_most_confident_row():
+    assert torch.equal(RULES["weighted_max"](LOGITS, torch.tensor([0.1, 0.2, 0.9])), LOGITS[2])
+    assert torch.equal(RULES["weighted_max"](LOGITS, torch.tensor([0.5, 0.5, 0.1])), LOGITS[0])
+
+
+def test_zero_confidences_fall_back_to_uniform():
+    assert torch.allclose(normalised(torch.zeros(4)), torch.full((4,), 0.25))
+
+
+def test_identical_rows_fuse_to_that_row():
+    rows = LOGITS[:1].expand(3, -1)
+    for name, rule in RULES.items():
+        assert rule(rows, torch.tensor([0.2, 0.3, 0.5])).argmax() == LOGITS[0].argmax(), name

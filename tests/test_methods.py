@@ -1,0 +1,123 @@
+"""Exactness properties of the ensemble methods on random-weight checkpoints (float32, CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import minirun
+from minirun import flex
+from minirun.errors import MinirunError
+from minirun.masks import segment_mask
+from minirun.methods import EnsembleOptions, Question, run_method
+from minirun.methods.packing import encode_question, packed_row
+from minirun.methods.runner import _prefill
+
+ATOL = 1e-4
+QUESTION = "The capital of France is"
+PARAS = ["The capital of France is", "Who wrote Hamlet? William", "Water boils at 100 degrees", "def add(a, b):"]
+PREFIX = "Q: Water boils at\nA: 100 degrees\n\nQ: Who wrote Hamlet?\nA: Shakespeare\n\n"
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen3"])
+def llm(request, checkpoint_dirs):
+    return minirun.load(checkpoint_dirs[request.param])
+
+
+def opts(**kw) -> EnsembleOptions:
+    return EnsembleOptions(**{"max_new_tokens": 32, "chat": True, **kw})
+
+
+def run(llm, method, paraphrases, question=QUESTION, prefix=PREFIX, **kw):
+    return run_method(llm, method, [Question(question, paraphrases, prefix)], opts(**kw))[0]
+
+
+def test_flex_with_one_paraphrase_equals_origin(llm):
+    origin = run(llm, "origin", [])
+    flex_one = run(llm, "flex", [QUESTION])
+    assert flex_one.token_ids == origin.token_ids
+    enc = encode_question(llm, [QUESTION], PREFIX, chat=True)
+    from minirun.generate import plain_row
+
+    with torch.inference_mode():
+        _, _, a = _prefill(llm, [plain_row(enc.full(0))], None, 4)
+        _, _, b = _prefill(llm, [packed_row(enc)], None, 4)
+    assert (a - b).abs().max().item() <= ATOL
+
+
+def test_flex_with_identical_paraphrases_and_inverse_n_bias_equals_origin(llm):
+    """N identical segments weighted 1/N each recreate one copy's attention exactly."""
+    origin = run(llm, "origin", [])
+    assert run(llm, "flex", [QUESTION] * 3, flex_bias="inv_n").token_ids == origin.token_ids
+
+
+@pytest.mark.parametrize("scheme", ["right", "restart"])
+def test_packed_prefill_segments_equal_encoding_alone(llm, scheme):
+    model = llm.model
+    enc = encode_question(llm, PARAS, "", "\nA:", chat=False)
+    row = packed_row(enc, scheme, share_head=False)
+    tokens, positions = torch.tensor([row.tokens]), torch.tensor([row.positions])
+    segments = torch.tensor([row.segments], dtype=torch.int32)
+    n = len(row.tokens)
+    with torch.inference_mode():
+        model.setup_cache(1, n)
+        packed = model.hidden(tokens, positions, flex.block_mask(segment_mask(segments), 1, n, n, "cpu"), torch.arange(n))
+        packed_k = [layer.attn.kv_cache.k.clone() for layer in model.layers]
+        for k in range(1, len(PARAS) + 1):
+            idx = (segments[0] == k).nonzero()[:, 0]
+            alone_tokens, alone_pos = tokens[:, idx], positions[:, idx]
+            model.setup_cache(1, len(idx))
+            same_pos = model.hidden(alone_tokens, alone_pos, slots=torch.arange(len(idx)))
+            assert (packed[:, idx] - same_pos).abs().max().item() <= ATOL
+            for layer, kp in zip(model.layers, packed_k):
+                assert (kp[:, :, idx] - layer.attn.kv_cache.k).abs().max().item() <= ATOL
+            from_zero = model.hidden(alone_tokens, torch.arange(len(idx))[None])
+            assert (packed[:, idx] - from_zero).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("method", ["avg", "avg_logprob", "max", "weighted_avg", "weighted_max"])
+def test_logit_fusion_of_identical_paraphrases_equals_origin(llm, method):
+    origin = run(llm, "origin", [])
+    confidences = [[0.2, 0.5, 0.3]]
+    assert run(llm, method, [QUESTION] * 3, confidences=confidences).token_ids == origin.token_ids
+
+
+@pytest.mark.parametrize("method", ["avg", "max", "flex", "per_prompt"])
+def test_shared_prefix_equals_repeated_prefix(llm, method):
+    shared = run(llm, method, PARAS[:3])
+    repeated = run(llm, method, PARAS[:3], share_prefix=False)
+    if method == "flex":  # each segment a full isolated prompt: a different (documented) variant
+        assert repeated.prompt_tokens > shared.prompt_tokens
+    else:
+        assert shared.token_ids == repeated.token_ids and shared.answers == repeated.answers
+
+
+def test_per_prompt_rows_equal_origin_on_each_paraphrase(llm):
+    per = run_method(llm, "per_prompt", [Question(QUESTION, PARAS, PREFIX)], opts())[0]
+    for paraphrase, answer in zip(PARAS, per.answers):
+        assert answer == run(llm, "origin", [], question=paraphrase).text
+
+
+@pytest.mark.parametrize("method", ["avg", "max", "flex"])
+def test_paraphrase_order_does_not_change_fused_tokens(llm, method):
+    a = run(llm, method, PARAS)
+    b = run(llm, method, PARAS[::-1])
+    assert a.token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "flex"])
+def test_batch_of_questions_equals_one_at_a_time(llm, method):
+    questions = [Question(QUESTION, PARAS[:2], PREFIX), Question(PARAS[2], PARAS[1:4], PREFIX)]
+    together = run_method(llm, method, questions, opts(max_new_tokens=12))
+    for q, r in zip(questions, together):
+        alone = run_method(llm, method, [q], opts(max_new_tokens=12))[0]
+        assert (r.token_ids, r.answers) == (alone.token_ids, alone.answers)
+
+
+def test_empty_paraphrases_rejected(llm):
+    with pytest.raises(MinirunError, match="needs at least one paraphrase"):
+        run(llm, "avg", [])
+
+
+def test_unknown_method_rejected(llm):
+    with pytest.raises(MinirunError, match="unknown method 'vote'"):
+        run(llm, "vote", PARAS)
