@@ -48,7 +48,7 @@ def hf_name(gguf_name: str) -> str:
     match = _LAYER_NAME.fullmatch(gguf_name)
     if match and match[2] in _LAYER:
         return f"model.layers.{match[1]}.{_LAYER[match[2]]}.{match[3]}"
-    raise MinirunError(f"GGUF tensor {gguf_name!r} has no HF counterpart minirun knows: this model variant is not supported")
+    raise MinirunError(f"GGUF tensor {gguf_name!r} has no HF counterpart: this model variant is not supported")
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -73,7 +73,9 @@ def read_gguf(path: str | Path) -> tuple[GGUFReader, dict[str, Any]]:
         reader = GGUFReader(path)
         meta = {name: _value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
     except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as e:
-        raise MinirunError(f"cannot read {path} as GGUF ({e}): the file is truncated or corrupt, download it again") from None
+        raise MinirunError(
+            f"cannot read {path} as GGUF ({e}): the file is truncated or corrupt, download it again"
+        ) from None
     return reader, meta
 
 
@@ -111,7 +113,10 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "torch_dtype": dtype,
     }
-    if meta.get(f"{arch}.rope.scaling.type") == "linear":
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none and linear")
+    if scaling == "linear":
         config["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
     if arch == "llama":
         config.update(attention_bias=False, mlp_bias=False)
@@ -124,7 +129,8 @@ def _dequantize(data: np.ndarray, tensor: Any) -> np.ndarray:
     try:
         return dequantize(data, tensor.tensor_type)
     except NotImplementedError:
-        raise MinirunError(f"GGUF tensor type {tensor.tensor_type.name} cannot be dequantized by the gguf package") from None
+        kind = tensor.tensor_type.name
+        raise MinirunError(f"GGUF tensor type {kind} cannot be dequantized by the gguf package: upgrade gguf") from None
 
 
 def _float32_chunks(tensor: Any, config: dict[str, Any], chunk_elements: int = 1 << 22) -> Iterator[np.ndarray]:
@@ -157,7 +163,8 @@ def write_safetensors(path: Path, reader: GGUFReader, config: dict[str, Any], dt
         f.write(struct.pack("<Q", len(blob)) + blob)
         for _, tensor in entries:
             for chunk in _float32_chunks(tensor, config):
-                f.write(torch.from_numpy(np.require(chunk, np.float32, ["C", "W"])).to(torch_dtype).view(torch.uint8).numpy())
+                floats = torch.from_numpy(np.require(chunk, np.float32, ["C", "W"]))
+                f.write(floats.to(torch_dtype).view(torch.uint8).numpy())
 
 
 @contextlib.contextmanager
@@ -199,7 +206,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     config = build_config(meta, names, len(tokens), dtype)
     tokenizer, tokenizer_config = build_tokenizer(meta)
     tokenizer_config["model_max_length"] = config["max_position_embeddings"]
-    specials = {k: tokenizer_config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if k in tokenizer_config}
+    specials = {k: v for k, v in tokenizer_config.items() if k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config[k] is not None}
     if meta.get("tokenizer.ggml.padding_token_id") is not None:
         generation["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 ARTICLES = frozenset({"a", "an", "the"})
-_PUNCT = "".join(ch for ch in string.punctuation if ch not in "-/") + "“”‘’«»…–—"
+_PUNCT = "".join(ch for ch in string.punctuation if ch not in "-/") + "“”‘’«»…"
 _DELETE = str.maketrans("", "", _PUNCT)
 _SPACE = str.maketrans("-/–—", "    ")
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
@@ -79,7 +79,8 @@ class Matcher:
         """Lemma sequences with punctuation and articles dropped, in input order."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         lowered = [unicodedata.normalize("NFKC", t).lower() for t in todo]
-        for text, doc in zip(todo, self.nlp.pipe(lowered, batch_size=self.batch_size)):
+        docs = self.nlp.pipe(lowered, batch_size=self.batch_size) if todo else ()
+        for text, doc in zip(todo, docs):
             self._cache[text] = tuple(
                 part
                 for tok in doc
@@ -93,8 +94,8 @@ class Matcher:
         prediction contained in a gold ("Bell" for "Alexander Graham Bell")."""
         if len(predictions) != len(golds):
             raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold lists")
-        pred_lemmas = self.lemmas(predictions)
-        gold_lemmas = iter(self.lemmas([g for gs in golds for g in gs]))
+        lemmas = self.lemmas(predictions + [g for gs in golds for g in gs])  # one batch for both
+        pred_lemmas, gold_lemmas = lemmas[:len(predictions)], iter(lemmas[len(predictions):])
         results = []
         for pred, pl, gs in zip(predictions, pred_lemmas, golds):
             gls = [next(gold_lemmas) for _ in gs]

@@ -65,12 +65,13 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
     _check(df)
     answers = df.assign(answer=df["answer"].fillna("").map(normalize)).pivot(index="id", columns="method", values="answer")
     methods = sorted(answers.columns)
-    table = pd.DataFrame(index=methods, columns=methods, dtype=float)
-    for a in methods:
-        for b in methods:
-            both = answers[[a, b]].dropna()
-            table.loc[a, b] = (both[a] == both[b]).mean() if len(both) else math.nan
-    return table
+    return pd.DataFrame([[_agree(answers[a], answers[b]) for b in methods] for a in methods],
+                        index=methods, columns=methods)
+
+
+def _agree(x: pd.Series, y: pd.Series) -> float:
+    shared = x.notna() & y.notna()
+    return float((x[shared] == y[shared]).mean()) if shared.any() else math.nan
 
 
 def report_json(df: pd.DataFrame) -> dict:

@@ -14,8 +14,17 @@ SAMPLES = {"sample-qa": "qa", "sample-fill": "fill"}
 NAMES = (*SAMPLES, "webqa", "myriadlama")
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 
-__all__ = ["Item", "LoadResult", "NAMES", "load_dataset", "load_fewshot", "load_jsonl",
-           "load_myriadlama", "load_webqa", "write_jsonl"]
+__all__ = [
+    "NAMES",
+    "Item",
+    "LoadResult",
+    "load_dataset",
+    "load_fewshot",
+    "load_jsonl",
+    "load_myriadlama",
+    "load_webqa",
+    "write_jsonl",
+]
 
 
 def _sniff(path: Path) -> str:

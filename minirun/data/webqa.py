@@ -69,8 +69,9 @@ def _read_records(path: Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise MinirunError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix the line") from None
         return records
-    if isinstance(data, dict):  # {"Questions": [...]} style wrappers
-        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if isinstance(data, dict):  # one JSONL record, or a {"Questions": [...]} style wrapper
+        is_record = bool(set(data) & {*QUESTION_KEYS, "answers", "targetValue"})
+        data = [data] if is_record else next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         raise MinirunError(f"{path}: expected a JSON list of questions or JSON lines; convert the file to that form")
     return data

@@ -1,0 +1,153 @@
+"""GGUF -> HF conversion: SmolLM2 parity with transformers' own GGUF loading, round trips, errors."""
+from __future__ import annotations
+
+import copy
+import json
+
+import gguf
+import pytest
+import torch
+from safetensors import safe_open
+from smollm2_fixture import tiny_model, write_tiny_gguf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minirun.convert import convert_gguf
+from minirun.errors import MinirunError
+
+CORPUS = [
+    "Hello, world! The capital of France is Paris.",
+    "  leading spaces,   runs of spaces\n\n\ttabs\r\nand CRLF   ",
+    "Café naïve façade — “curly quotes” ‘x’ Ünïcödé",
+    "emoji 😀👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
+    "中文测试，日本語のテキスト、한국어 문장",
+    "digits 1234567890 3.14159 -42 1e10 007 2024-11-23",
+    "def f(x):\n    return x ** 2  # comment\n\nclass A:\n\tpass\n",
+    "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|><repo_name>minirun<file_sep>main.py<|im_end|>",
+    "I'm sure you're right, they'll say it's WE'VE",
+    "https://example.com/path?q=1&b=2#frag", "    ", "\n", "", "a" * 40,
+]
+CHATS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who wrote Hamlet?"},
+     {"role": "assistant", "content": "Shakespeare."}, {"role": "user", "content": "When? 🙂"}],
+]
+IDS = torch.tensor([[1, 504, 3458, 282, 4649, 314, 7, 198, 42, 1234, 9876, 2, 15, 300, 27, 4]])
+
+
+@pytest.fixture(scope="module")
+def smollm2_reference(smollm2_gguf):
+    """transformers' own GGUF loading (dequantizes to float32) of the same file."""
+    kwargs = dict(gguf_file=smollm2_gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, dtype=torch.float32, **kwargs).eval()
+    return model, AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kwargs)
+
+
+def test_smollm2_logits_match_transformers_gguf(smollm2_f32_dir, smollm2_reference):
+    ours = AutoModelForCausalLM.from_pretrained(smollm2_f32_dir).eval()
+    assert ours.dtype == torch.float32 and ours.config.tie_word_embeddings
+    with torch.no_grad():
+        expected, got = smollm2_reference[0](IDS).logits, ours(IDS).logits
+    # Same dequantized float32 weights, same graph: identical in practice (max-abs diff 0 measured).
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_smollm2_tokenizer_matches_transformers_gguf(smollm2_f32_dir, smollm2_reference):
+    ref, ours = smollm2_reference[1], AutoTokenizer.from_pretrained(smollm2_f32_dir)
+    for text in CORPUS:
+        ids = ref.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.decode(ids) == ref.decode(ids) == text
+        assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+    for chat in CHATS:
+        for prompt in (False, True):
+            assert ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt) == \
+                ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=prompt)
+    assert (ours.bos_token, ours.eos_token, ours.pad_token, ours.unk_token) == \
+        ("<|im_start|>", "<|im_end|>", "<|im_end|>", "<|endoftext|>")
+
+
+def test_smollm2_isolates_every_numeral_like_llama_cpp(smollm2_f32_dir):
+    # llama.cpp's "smollm" pre-tokenizer (and SmolLM2's own tokenizer.json) split each \p{N} character
+    # apart; transformers' GGUF loader skips that step, which shows only on non-ASCII numerals like these.
+    split = AutoTokenizer.from_pretrained(smollm2_f32_dir).backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    text = "x 12 ١٢ ²"
+    assert [text[a:b] for _, (a, b) in split(text)] == ["x", " ", "1", "2", " ", "١", "٢", " ", "²"]
+
+
+def test_smollm2_files(smollm2_f32_dir, smollm2_dir):
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["torch_dtype"] == "bfloat16"
+    assert (config["num_hidden_layers"], config["num_key_value_heads"], config["rope_theta"]) == (30, 3, 100000.0)
+    tokenizer_config = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["chat_template"].startswith("{% for message in messages %}")
+    assert json.loads((smollm2_dir / "generation_config.json").read_text())["eos_token_id"] == 2
+    with safe_open(smollm2_dir / "model.safetensors", "pt") as bf16, \
+            safe_open(smollm2_f32_dir / "model.safetensors", "pt") as f32:
+        assert "lm_head.weight" not in bf16.keys() and set(bf16.keys()) == set(f32.keys())
+        name = "model.layers.0.self_attn.q_proj.weight"
+        assert bf16.get_tensor(name).dtype == torch.bfloat16
+        assert torch.equal(bf16.get_tensor(name), f32.get_tensor(name).to(torch.bfloat16))
+
+
+def _q8_0_rounded(model):
+    """A copy of `model` whose matrices went through Q8_0 and back: what a lossless conversion must reproduce."""
+    rounded, q8 = copy.deepcopy(model), gguf.GGMLQuantizationType.Q8_0
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), q8), q8)))
+    return rounded
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_round_trip(tmp_path, arch, qtype):
+    model = tiny_model(arch)
+    out = convert_gguf(write_tiny_gguf(tmp_path / "m.gguf", model, qtype), tmp_path / "hf", dtype="float32")
+    back = AutoModelForCausalLM.from_pretrained(out).eval()
+    reference = model if qtype == "F32" else _q8_0_rounded(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        original, expected, got = model(ids).logits, reference(ids).logits, back(ids).logits
+    assert (got - expected).abs().max().item() <= 1e-5  # measured 0: the conversion itself loses nothing
+    # Q8_0 itself costs ~3% relative logit error on these random models (measured 0.026-0.037).
+    assert ((got - original).norm() / original.norm()).item() <= (1e-6 if qtype == "F32" else 0.06)
+    if qtype == "F32":
+        assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.decode(tokenizer.encode("<|im_start|>the cat in the hat<|im_end|>")) == \
+        "<|im_start|>the cat in the hat<|im_end|>"
+    assert tokenizer.encode(" the")[0] == tokenizer.convert_tokens_to_ids("Ġthe")
+
+
+def test_converted_dir_is_not_reused_silently(tmp_path):
+    gguf_path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("qwen2"))
+    convert_gguf(gguf_path, tmp_path / "hf")
+    with pytest.raises(MinirunError, match="already exists and is not empty"):
+        convert_gguf(gguf_path, tmp_path / "hf")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unsupported_architecture(tmp_path):
+    path = write_tiny_gguf(tmp_path / "mamba.gguf", tiny_model("llama"), arch="mamba")
+    with pytest.raises(MinirunError, match=r"architecture 'mamba' is not supported: minirun converts llama, qwen2"):
+        convert_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_gguf(tmp_path):
+    path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
+    data = path.read_bytes()
+    for cut in (len(data) - 1000, 2000, 10):
+        path.write_bytes(data[:cut])
+        with pytest.raises(MinirunError, match="truncated or corrupt"):
+            convert_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file_and_bad_dtype(tmp_path):
+    with pytest.raises(MinirunError, match="does not exist"):
+        convert_gguf(tmp_path / "nope.gguf", tmp_path / "out")
+    with pytest.raises(MinirunError, match="unsupported dtype 'int8'"):
+        convert_gguf(tmp_path / "nope.gguf", tmp_path / "out", dtype="int8")

@@ -1,0 +1,199 @@
+"""Loaders: plain JSONL, WebQA forms, MyriadLAMA grouping/sampling/splitting, dispatch, samples."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pandas as pd
+import pytest
+
+from minirun.data import Item, load_dataset, load_fewshot, load_jsonl, load_myriadlama, load_webqa, write_jsonl
+from minirun.data.myriadlama import template_prompt
+from minirun.data.webqa import parse_target_value
+from minirun.errors import MinirunError
+
+
+def _write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _record(i, **extra):
+    return json.dumps({"id": f"q{i}", "question": f"Question {i}?", "paraphrases": [], "answers": ["x"], **extra})
+
+
+# --- plain JSONL -------------------------------------------------------------------------
+
+def test_jsonl_roundtrip(tmp_path):
+    items = [Item("a", "Capital of France?", ["Capital of France?", "France's capital?"], ["Paris"]),
+             Item("b", "The capital of Spain is", [], ["Madrid"], task="fill", relation="capital")]
+    write_jsonl(items, tmp_path / "out" / "items.jsonl")
+    loaded = load_jsonl(tmp_path / "out" / "items.jsonl")
+    assert list(loaded) == items and loaded.skipped == 0
+    assert loaded[1].prompts == ["The capital of Spain is"]  # no paraphrases: the question alone
+
+
+@pytest.mark.parametrize("bad", ['{"id": "q9", "question": "Q?"', '{"id": "q9", "question": "Q?", "answers": ["x"]}',
+                                 _record(9, task="essay"), _record(1)])
+def test_jsonl_bad_line_names_file_and_line(tmp_path, bad):
+    path = _write_lines(tmp_path / "d.jsonl", [_record(1), bad, _record(3)])
+    with pytest.raises(MinirunError, match=r"d\.jsonl:2: "):
+        load_jsonl(path)
+
+
+def test_jsonl_skip_bad_counts(tmp_path):
+    path = _write_lines(tmp_path / "d.jsonl", [_record(1), "not json", '{"id": "z"}', "", _record(2)])
+    loaded = load_jsonl(path, skip_bad=True)
+    assert [it.id for it in loaded] == ["q1", "q2"] and loaded.skipped == 2
+
+
+def test_jsonl_empty_and_missing(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(MinirunError, match="no usable items"):
+        load_jsonl(tmp_path / "empty.jsonl")
+    with pytest.raises(MinirunError, match="no such dataset file"):
+        load_jsonl(tmp_path / "nope.jsonl")
+
+
+# --- WebQA -------------------------------------------------------------------------------
+
+def test_parse_target_value():
+    target = '(list (description "Jamaican English") (description "Say \\"hi\\"") (description 1982))'
+    assert parse_target_value(target) == ["Jamaican English", 'Say "hi"', "1982"]
+
+
+def test_webqa_json_forms(tmp_path):
+    original = [{"utterance": "what does jamaican people speak?", "url": "u",
+                 "targetValue": '(list (description "Jamaican English") (description "Jamaican Creole English Language"))'},
+                {"qText": "who is obama?", "answers": ["Barack Obama", ""]}]
+    (tmp_path / "wq.json").write_text(json.dumps(original))
+    items = load_webqa(path=tmp_path / "wq.json")
+    assert items[0].answers == ["Jamaican English", "Jamaican Creole English Language"]
+    assert items[1].question == "who is obama?" and items[1].answers == ["Barack Obama"]
+    assert items[0].id.startswith("wq-") and items[0].paraphrases == [] and items[0].task == "qa"
+
+
+def test_webqa_paraphrased_jsonl_and_duplicate_ids(tmp_path):
+    rows = [{"question": "where is x?", "answers": ["A"], "paraphrase0": "where is x?",
+             "paraphrase2": "x is located where?", "paraphrase1": "in which place is x?"},
+            {"question": "where is x?", "answers": ["A"]}]
+    path = _write_lines(tmp_path / "wq.jsonl", [json.dumps(r) for r in rows])
+    first, second = load_webqa(path=path)
+    assert first.paraphrases == ["where is x?", "in which place is x?", "x is located where?"]
+    assert second.id == first.id + "-2"
+
+
+def test_webqa_bad_record(tmp_path):
+    (tmp_path / "wq.json").write_text(json.dumps([{"question": "q?"}]))
+    with pytest.raises(MinirunError, match="record 1: no 'answers'"):
+        load_webqa(path=tmp_path / "wq.json")
+
+
+def test_webqa_hub_without_datasets_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(MinirunError, match="pip install datasets"):
+        load_webqa()
+
+
+def _fake_datasets(monkeypatch, frames):
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return types.SimpleNamespace(to_pandas=lambda: frames[name].copy())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_webqa_hub_split(monkeypatch):
+    frame = pd.DataFrame({"url": ["u"], "question": ["what is x?"], "answers": [["A", "B"]]})
+    calls = _fake_datasets(monkeypatch, {"stanfordnlp/web_questions": frame})
+    (item,) = load_webqa(split="train")
+    assert calls == [("stanfordnlp/web_questions", "train")] and item.answers == ["A", "B"]
+
+
+# --- MyriadLAMA ----------------------------------------------------------------------------
+
+def _lama_rows(n_facts=6):
+    rows = []
+    for f in range(n_facts):
+        for t, (template, manual) in enumerate([("[X] is the capital of [Y] .", True), ("The capital of [X] is [Y].", True),
+                                                ("[Y] has [X] as its capital.", True)]
+                                               + [(f"Auto template {k} for [X]: [Y]", False) for k in range(8)]):
+            rows.append({"uuid": f"u{f}", "rel_uri": "P36", "sub_ent": f"Sub{f}" if t % 2 else f"Subj{f}",
+                         "template": template, "is_manual": manual,
+                         "obj_ents": [f"Obj{f}"], "obj_aliases": [f"Obj{f}", f"O{f}"]})
+    return pd.DataFrame(rows)
+
+
+def test_template_prompt():
+    assert template_prompt("The capital of [X] is [Y] .", "France") == "The capital of France is"
+    assert template_prompt("[Y] is where [X] was born", "Ann") is None  # subject after the slot
+    assert template_prompt("[X] is nice", "Ann") is None
+
+
+def test_myriadlama_grouping_and_sampling(tmp_path):
+    _lama_rows().to_parquet(tmp_path / "ml.parquet")
+    items = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_auto=3, seed=1)
+    assert len(items) == 4
+    for item in items:
+        f = item.id[1:]
+        assert item.task == "fill" and item.relation == "P36" and item.answers == [f"Obj{f}", f"O{f}"]
+        assert item.paraphrases[:2] == [f"Subj{f} is the capital of", f"The capital of Sub{f} is"]
+        assert len(item.paraphrases) == 5 and item.question == item.paraphrases[0]
+        assert all(p.startswith("Auto template") for p in item.paraphrases[2:])
+    again = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_auto=3, seed=1)
+    assert again == items
+    other = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_auto=3, seed=2)
+    assert [it.paraphrases for it in other] != [it.paraphrases for it in items]
+
+
+def test_myriadlama_split_is_disjoint_and_n_manual(tmp_path):
+    path = tmp_path / "ml.jsonl"
+    _lama_rows().to_json(path, orient="records", lines=True)
+    test = load_myriadlama(path, n_test=4, n_manual=1, n_auto=0)
+    train = load_myriadlama(path, n_test=4, split="train")
+    assert {it.id for it in test}.isdisjoint({it.id for it in train}) and len(train) == 2
+    assert all(len(it.paraphrases) == 1 for it in test)
+    with pytest.raises(MinirunError, match="train split empty"):
+        load_myriadlama(path, n_test=6, split="train")
+
+
+def test_myriadlama_missing_columns(tmp_path):
+    _lama_rows().drop(columns=["is_manual"]).to_parquet(tmp_path / "ml.parquet")
+    with pytest.raises(MinirunError, match=r"manual \(is_manual/manual\)"):
+        load_myriadlama(tmp_path / "ml.parquet")
+
+
+def test_myriadlama_hub_uses_train_split(monkeypatch):
+    calls = _fake_datasets(monkeypatch, {"iszhaoxin/MyriadLAMA": _lama_rows()})
+    assert len(load_myriadlama(n_test=3)) == 3
+    assert calls == [("iszhaoxin/MyriadLAMA", "train")]
+
+
+# --- dispatch and bundled samples ----------------------------------------------------------
+
+def test_load_dataset_dispatch(tmp_path):
+    plain = _write_lines(tmp_path / "plain.jsonl", [_record(1)])
+    webqa = _write_lines(tmp_path / "wq.jsonl", [json.dumps({"qText": "q?", "answers": ["a"]})])
+    lama = tmp_path / "ml.jsonl"
+    _lama_rows().to_json(lama, orient="records", lines=True)
+    assert load_dataset(plain)[0].id == "q1"
+    assert load_dataset(webqa)[0].id.startswith("wq-")
+    assert load_dataset(str(lama))[0].task == "fill"
+    with pytest.raises(MinirunError, match="unknown dataset 'nope'"):
+        load_dataset("nope")
+
+
+@pytest.mark.parametrize("name,task", [("sample-qa", "qa"), ("sample-fill", "fill")])
+def test_bundled_samples(name, task):
+    items, shots = load_dataset(name), load_fewshot(name)
+    assert len(items) >= 30 and len(shots) >= 8
+    assert all(it.task == task and len(it.paraphrases) == 5 and it.paraphrases[0] == it.question for it in items)
+    assert len({it.id for it in items}) == len(items)
+    assert not {it.question for it in shots} & {p for it in items for p in it.paraphrases}
+    if task == "fill":
+        assert all(it.relation for it in items + shots)
+        assert all(not p.rstrip().endswith((".", "?")) for it in items for p in it.paraphrases)

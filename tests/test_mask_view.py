@@ -1,0 +1,108 @@
+"""`minirun mask` pictures must show the mask the runtime uses, cell for cell."""
+from __future__ import annotations
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+import minirun
+from minirun.generate import plain_row, stack_rows
+from minirun.mask_view import (GEN, HIDDEN_RGB, PAD_RGB, PAD_TEXT, build_view, cell_rgb, render_png, render_text,
+                               view_from_encoded)
+from minirun.masks import PAD, SHARED, materialize, segment_mask
+from minirun.methods.packing import Encoded, encode_question
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoint_dirs):
+    return minirun.load(checkpoint_dirs["qwen2"])
+
+
+def _check_pixels(view, tmp_path, samples: int = 400) -> None:
+    """Sampled cell centres of the saved PNG have the colour the mask says (and every hidden cell is white)."""
+    panels = render_png(view, tmp_path / "mask.png")
+    image = imread(tmp_path / "mask.png")[..., :3]
+    size = view.length
+    gen = torch.Generator().manual_seed(0)
+    cells = torch.randint(0, size, (samples, 2), generator=gen).tolist()
+    cells += [[q, q] for q in range(size)] + [[size - 1, kv] for kv in range(size)]  # diagonal and last (generated) row
+    for b, panel in enumerate(panels):
+        dense = materialize(segment_mask(torch.tensor([view.rows[b].segments])), 1, size, size)[0]
+        for q, kv in cells:
+            y, x = panel.cell_center(size, q, kv)
+            expected = cell_rgb(view, b, q, kv)
+            assert tuple(image[y, x]) == pytest.approx(expected, abs=1 / 255), (b, q, kv)
+            if PAD not in (view.rows[b].segments[q], view.rows[b].segments[kv]):
+                assert (expected != HIDDEN_RGB) == bool(dense[q, kv]), (b, q, kv)
+
+
+@pytest.mark.parametrize("prefix", ["", "Answer briefly. "])
+def test_flex_png_matches_mask(llm, tmp_path, prefix):
+    view = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?", "Who is the author of Hamlet?"],
+                      method="flex", prefix=prefix, decode_steps=3)
+    assert len(view.rows) == 1
+    row = view.rows[0]
+    assert row.tokens[-3:] == [GEN] * 3 and row.segments[-3:] == [SHARED] * 3
+    assert set(row.segments) == {SHARED, 1, 2, 3}
+    assert row.positions[-3:] == [row.positions[view.prompt_len - 1] + i for i in (1, 2, 3)]
+    _check_pixels(view, tmp_path)
+
+
+def test_logit_view_one_panel_per_row_with_padding(llm, tmp_path):
+    view = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="avg", decode_steps=2)
+    assert len(view.rows) == 2
+    padded = [r for r in view.rows if PAD in r.segments]
+    assert len(padded) == 1
+    pad_row = padded[0]
+    pad_slots = [i for i, s in enumerate(pad_row.segments) if s == PAD]
+    assert all(pad_row.tokens[i] == PAD_TEXT for i in pad_slots)
+    head = pad_slots[0]  # the shared chat header sits before the padding, in every row
+    assert head > 0 and all(r.segments[:head] == [SHARED] * head for r in view.rows)
+    assert all(r.tokens[:head] == pad_row.tokens[:head] for r in view.rows)
+    assert all(cell_rgb(view, view.rows.index(pad_row), q, pad_slots[0]) == PAD_RGB for q in range(view.length))
+    assert len(render_png(view, tmp_path / "avg.png")) == 2
+    _check_pixels(view, tmp_path, samples=150)
+
+
+def test_view_rows_are_the_runtime_rows(llm):
+    """Without a shared head each logit row is its own full prompt, as `run_method` lays it out."""
+    view = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="max", share_prefix=False, decode_steps=1)
+    enc = encode_question(llm, ["Who wrote Hamlet?", "Hamlet author?"])
+    layout = stack_rows([plain_row(enc.full(i)) for i in range(2)], llm.pad_id, torch.device("cpu"))
+    for b, r in enumerate(view.rows):
+        assert r.segments[:-1] == layout.segments[b].tolist()
+        assert r.positions[:-1] == layout.positions[b].tolist()
+        assert r.positions[-1] == int(layout.next_positions[b])
+
+
+def test_text_snapshot():
+    enc = Encoded(head=[10, 11], paraphrases=[[21, 22], [31]], tail=[40])
+    view = view_from_encoded(enc, "flex", lambda i: f"t{i}", pad_id=0, positions="right", decode_steps=2)
+    assert render_text(view) == (
+        "# flex row 0\n"
+        "t10         0 P.......\n"
+        "t11         1 PP......\n"
+        "t21         2 PP1.....\n"
+        "t22         3 PP11....\n"
+        "t31         3 PP..2...\n"
+        "t40         4 PP112P..\n"
+        "<gen>       5 PP112PG.\n"
+        "<gen>       6 PP112PGG\n"
+    )
+    logit = view_from_encoded(enc, "avg", lambda i: f"t{i}", pad_id=0, decode_steps=1)
+    assert render_text(logit) == (
+        "# avg row 0\n"
+        "t10         0 P......\n"
+        "t11         1 PP.....\n"
+        "t21         2 PPP....\n"
+        "t22         3 PPPP...\n"
+        "t40         4 PPPPP..\n"
+        "<gen>       5 PPPPPG.\n"
+        "# avg row 1\n"
+        "t10         0 P......\n"
+        "t11         1 PP.....\n"
+        "<pad>       - PP ....\n"
+        "t31         2 PP P...\n"
+        "t40         3 PP PP..\n"
+        "<gen>       4 PP PPG.\n"
+    )

@@ -1,0 +1,89 @@
+"""Answer extraction and lemma matching."""
+from __future__ import annotations
+
+import pytest
+
+from minirun.matching import Matcher, MatchResult, extract_answer, normalize
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    return Matcher()
+
+
+@pytest.mark.parametrize("text,answer", [
+    (" Paris\nQ: What is the capital of Spain?\nA: Madrid", "Paris"),
+    ("A: Paris.", "Paris"),
+    ("Answer: \"Paris\"", "Paris"),
+    ("Final answer: **Paris**!", "Paris"),
+    ("Paris<|im_end|>", "Paris"),
+    ("\n\nMount Everest\n", "Mount Everest"),
+    ("'Jane Austen' Q: next", "Jane Austen"),
+    ("A-ha", "A-ha"),
+    ("", ""),
+])
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+def test_extract_answer_custom_stop():
+    assert extract_answer("Paris. The city is", stop=(".",)) == "Paris"
+
+
+def test_normalize():
+    assert normalize("The  U.S.!") == "us"
+    assert normalize("Jean-Paul Sartre") == "jean paul sartre"
+    assert normalize("An apple") == "apple"
+
+
+def _one(matcher, pred, golds, **kw) -> MatchResult:
+    return matcher.match([pred], [golds], **kw)[0]
+
+
+@pytest.mark.parametrize("pred,golds", [
+    ("cats", ["cat"]), ("The Cat", ["cats"]), ("mice", ["mouse"]),   # plural/singular, articles, casing
+    ("Paris, France.", ["Paris"]),                                     # punctuation, containment
+    ("It is Alexander Graham Bell", ["Bell", "Graham Bell"]),          # aliases
+    ("an apple", ["the apple"]),
+])
+def test_lemma_match(matcher, pred, golds):
+    assert _one(matcher, pred, golds).lemma
+
+
+@pytest.mark.parametrize("pred,golds", [
+    ("Parisian", ["Paris"]), ("party", ["art"]),   # never a substring inside another word
+    ("", ["Paris"]), ("the", ["the"]),             # empty prediction; nothing left after articles
+    ("Bell", ["Alexander Graham Bell"]),           # gold not inside the prediction
+])
+def test_no_match(matcher, pred, golds):
+    assert _one(matcher, pred, golds) == MatchResult(exact=False, lemma=False)
+
+
+def test_exact(matcher):
+    assert _one(matcher, "The Eiffel-Tower.", ["eiffel tower"]) == MatchResult(exact=True, lemma=True)
+    assert _one(matcher, "U.S.", ["US"]).exact
+    assert not _one(matcher, "Paris, France", ["Paris"]).exact
+
+
+def test_bidirectional(matcher):
+    assert _one(matcher, "Bell", ["Alexander Graham Bell"], bidirectional=True).lemma
+    assert not _one(matcher, "", ["Paris"], bidirectional=True).lemma
+
+
+def test_batch_alignment_and_cache(matcher):
+    preds = ["cat", "dog", "Rome", "cat"]
+    golds = [["dogs"], ["dogs", "cats"], ["Rome", "Roma"], []]
+    assert [r.lemma for r in matcher.match(preds, golds)] == [False, True, True, False]
+    calls = []
+    pipe = matcher.nlp.pipe
+    matcher.nlp.pipe = lambda texts, **kw: (calls.append(list(texts)) or pipe(calls[-1], **kw))
+    try:
+        matcher.match(["cat", "new words"], [["dogs"], ["cat"]])
+    finally:
+        matcher.nlp.pipe = pipe
+    assert calls == [["new words"]]  # only the unseen string is lemmatised
+
+
+def test_length_mismatch(matcher):
+    with pytest.raises(ValueError):
+        matcher.match(["a"], [])

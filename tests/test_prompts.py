@@ -1,0 +1,43 @@
+"""Few-shot prompts: a shared prefix plus a per-paraphrase question block."""
+from __future__ import annotations
+
+import pytest
+
+from minirun.data import Item, load_fewshot
+from minirun.errors import MinirunError
+from minirun.prompts import INSTRUCTIONS, build_prefix, full_prompt, question_block
+
+EXAMPLES = [Item(f"e{i}", f"Question {i}?", [], [f"Answer {i}", "alias"]) for i in range(8)]
+
+
+def test_question_block():
+    assert question_block("Capital of France?") == "Q: Capital of France?\nA:"
+
+
+def test_prefix_layout_and_full_prompt():
+    prefix = build_prefix("qa", EXAMPLES, k=2, seed=0)
+    blocks = prefix.split("\n\n")
+    assert blocks[0] == INSTRUCTIONS["qa"] and blocks[-1] == "" and len(blocks) == 4
+    for block in blocks[1:3]:
+        q, a = block.split("\n")
+        i = q.removeprefix("Q: Question ").removesuffix("?")
+        assert a == f"A: Answer {i}"  # first answer only
+    assert full_prompt(prefix, "Who?") == prefix + "Q: Who?\nA:"
+    assert full_prompt(prefix, "Who?").startswith(prefix)  # the prefix is shared, encodable once
+
+
+def test_seeded_draw():
+    assert build_prefix("qa", EXAMPLES, k=3, seed=7) == build_prefix("qa", EXAMPLES, k=3, seed=7)
+    assert len({build_prefix("qa", EXAMPLES, k=3, seed=s) for s in range(5)}) > 1
+
+
+def test_zero_shot_and_fill_instruction():
+    assert build_prefix("fill", EXAMPLES, k=0) == INSTRUCTIONS["fill"] + "\n\n"
+    prefix = build_prefix("fill", load_fewshot("sample-fill"), k=5)
+    assert prefix.count("\nA: ") == 5 and "missing" in prefix
+
+
+@pytest.mark.parametrize("task,k", [("essay", 1), ("qa", 9), ("qa", -1)])
+def test_bad_arguments(task, k):
+    with pytest.raises(MinirunError):
+        build_prefix(task, EXAMPLES, k=k)

