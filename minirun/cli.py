@@ -186,3 +186,48 @@ def pull(
     from minirun.hub import pull as pull_model
 
     print(pull_model(name, dir))
+
+
+@app.command()
+@friendly
+def mask(
+    question: str = typer.Argument(..., help="The original question."),
+    paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording (repeatable)."),
+    method: str = typer.Option("flex", help="flex, or a logit method (one panel per row)."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
+    prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix (instruction / few-shot) text file."),
+    suffix: str = typer.Option("", help="Text after each paraphrase."),
+    positions: str = typer.Option("right", help="right, restart or sequential."),
+    share_prefix: bool = typer.Option(True),
+    raw: bool = typer.Option(False, help="Do not apply the chat template."),
+    decode_steps: int = typer.Option(3, help="Generated tokens to show."),
+    out: Optional[Path] = typer.Option(None, help="Write a PNG here; without it, print a text rendering."),
+) -> None:
+    """Show the exact attention mask (and position ids) the runtime uses for a method."""
+    from minirun.mask_view import build_view, render_png, render_text
+
+    if prefix_file is not None and not prefix_file.is_file():
+        raise MinirunError(f"prefix file {prefix_file} not found")
+    prefix = prefix_file.read_text() if prefix_file else ""
+    llm = _load(model, "cpu", None, False)
+    view = build_view(llm, question, list(paraphrase), method=method, prefix=prefix, suffix=suffix,
+                      chat=False if raw else None, positions=positions, share_prefix=share_prefix,
+                      decode_steps=decode_steps)
+    if out is None:
+        print(render_text(view))
+        return
+    render_png(view, out)
+    err.print(f"wrote {out}")
+
+
+@app.command()
+@friendly
+def interactive() -> None:
+    """Ask what to run, print the equivalent one-line command, then run it."""
+    from minirun.hub import default_models_dir
+    from minirun.interactive import format_command, run_interactive
+
+    argv = run_interactive(lambda prompt, default: typer.prompt(prompt, default=default), typer.echo,
+                           default_models_dir())
+    typer.echo(format_command(argv))
+    app(args=argv, standalone_mode=False)

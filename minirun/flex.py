@@ -34,6 +34,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
 
 
 def block_mask(mask_mod: Callable, batch: int, q_len: int, kv_len: int, device: torch.device) -> BlockMask:
-    """Build a BlockMask (compiled builder when compiled, so no dense Q×KV temporary)."""
-    fn = _compiled_block_mask if _state["compiled"] and not torch.compiler.is_compiling() else create_block_mask
+    """Build a BlockMask; compiled on GPU (no dense Q×KV temporary).
+
+    On CPU the builder stays eager: torch 2.13's inductor emits C++ that does not compile for
+    these mask_mods (a VecMask int/float mismatch), and the dense temporary is small there.
+    """
+    use_compiled = _state["compiled"] and torch.device(device).type == "cuda" and not torch.compiler.is_compiling()
+    fn = _compiled_block_mask if use_compiled else create_block_mask
     return fn(mask_mod, batch, None, q_len, kv_len, device=device)

@@ -16,7 +16,8 @@ import torch
 from minirun.errors import MinirunError
 from minirun.generate import Row, plain_row, stack_rows
 from minirun.masks import PAD, SHARED, materialize, segment_mask
-from minirun.methods.packing import Encoded, encode_question, packed_row
+from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
+from minirun.methods.runner import METHODS
 
 GEN, PAD_TEXT = "<gen>", "<pad>"
 LABEL_LIMIT = 80  # beyond this many slots token text no longer fits on the axes
@@ -73,6 +74,10 @@ def build_view(llm, question: str, paraphrases: list[str], method: str = "flex",
 def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], pad_id: int, positions: str = "right",
                       share_prefix: bool = True, decode_steps: int = 3) -> MaskView:
     """Rows exactly as `run_method` builds them for one question (see methods/runner.py)."""
+    if method not in METHODS:
+        raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if positions not in POSITION_SCHEMES:
+        raise MinirunError(f"unknown position scheme {positions!r}: choose {', '.join(POSITION_SCHEMES)}")
     if method == "flex" and not enc.tail:
         raise MinirunError("flex needs a shared suffix after the paraphrases: use the chat template or give a suffix")
     head = enc.head if share_prefix and enc.head else []
@@ -102,7 +107,7 @@ def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], p
 def paraphrase_rgb(k: int) -> tuple[float, float, float]:
     from matplotlib import colormaps
 
-    return tuple(colormaps["tab10"](_PALETTE[(k - 1) % len(_PALETTE)])[:3])
+    return tuple(float(c) for c in colormaps["tab10"](_PALETTE[(k - 1) % len(_PALETTE)])[:3])
 
 
 def kind_rgb(kind: str | int) -> tuple[float, float, float]:
@@ -115,6 +120,21 @@ def cell_rgb(view: MaskView, row: int, q: int, kv: int) -> tuple[float, float, f
     if PAD in (r.segments[q], r.segments[kv]):
         return PAD_RGB
     return kind_rgb(view.kind(row, kv)) if r.mask[q, kv] else HIDDEN_RGB
+
+
+def _rgb(colours) -> torch.Tensor:
+    return torch.tensor(colours, dtype=torch.float64)
+
+
+def _image(view: MaskView, row: int) -> torch.Tensor:
+    """[L, L, 3] colours of every cell; `cell_rgb` per cell, vectorised for long prompts."""
+    r = view.rows[row]
+    keys = _rgb([kind_rgb(view.kind(row, s)) for s in range(view.length)])
+    image = torch.where(r.mask[..., None], keys[None], _rgb(HIDDEN_RGB))
+    pad = torch.tensor(r.segments) == PAD
+    image[pad] = _rgb(PAD_RGB)
+    image[:, pad] = _rgb(PAD_RGB)
+    return image
 
 
 @dataclass
@@ -155,8 +175,8 @@ def render_png(view: MaskView, path: str | Path, dpi: int = 100) -> list[Panel]:
     for b, r in enumerate(view.rows):
         x0 = (b * panel_w + left) / fig_w
         ax = fig.add_axes((x0, (bottom + bars + gap) / fig_h, side / fig_w, side / fig_h))
-        image = [[cell_rgb(view, b, q, kv) for kv in range(size)] for q in range(size)]
-        ax.imshow(image, interpolation="nearest", aspect="auto", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
+        image = _image(view, b)
+        ax.imshow(image.numpy(), interpolation="nearest", aspect="auto", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
         title = f"{view.method} row {b}: prompt {b + 1}" if len(view.rows) > 1 else view.method
         ax.set_title(title, fontsize=9, pad=4 if not labels else 52)
         pos_ax = fig.add_axes((x0, bottom / fig_h, side / fig_w, bars / fig_h))

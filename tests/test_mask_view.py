@@ -90,19 +90,19 @@ def test_text_snapshot():
         "<gen>       6 PP112PGG\n"
     )
     logit = view_from_encoded(enc, "avg", lambda i: f"t{i}", pad_id=0, decode_steps=1)
-    assert render_text(logit) == (
+    assert render_text(logit) == (  # row 1 is left-padded after the separately prefilled head
         "# avg row 0\n"
-        "t10         0 P......\n"
-        "t11         1 PP.....\n"
-        "t21         2 PPP....\n"
-        "t22         3 PPPP...\n"
-        "t40         4 PPPPP..\n"
-        "<gen>       5 PPPPPG.\n"
+        "t10         0 P.....\n"
+        "t11         1 PP....\n"
+        "t21         2 PPP...\n"
+        "t22         3 PPPP..\n"
+        "t40         4 PPPPP.\n"
+        "<gen>       5 PPPPPG\n"
         "# avg row 1\n"
-        "t10         0 P......\n"
-        "t11         1 PP.....\n"
-        "<pad>       - PP ....\n"
-        "t31         2 PP P...\n"
-        "t40         3 PP PP..\n"
-        "<gen>       4 PP PPG.\n"
+        "t10         0 P. ...\n"
+        "t11         1 PP ...\n"
+        "<pad>       - PP ...\n"
+        "t31         2 PP P..\n"
+        "t40         3 PP PP.\n"
+        "<gen>       4 PP PPG\n"
     )

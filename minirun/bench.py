@@ -1,0 +1,250 @@
+"""The benchmark behind `minirun bench`: prefill/decode speed, time to first token, peak memory.
+
+Every method runs its real path (`methods.runner`) on random token ids, so the figures are what a
+user's query costs, not what a stripped-down loop could reach. A session subclass only stamps
+the clock when prefill ends and when the first decode step starts; nothing else is replaced.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from minirun import flex
+from minirun.bench_compare import device_name, error_text, measure, sync
+from minirun.engine import Session, cache_size
+from minirun.errors import MinirunError
+from minirun.generate import plain_row, stack_rows
+from minirun.llm import LLM
+from minirun.loader import load_model
+from minirun.methods.fusion import WEIGHTED
+from minirun.methods.packing import Encoded, packed_row
+from minirun.methods.runner import METHODS, EnsembleOptions, _run_flex, _run_rows
+
+TAIL_TOKENS = 4  # a shared suffix, like a chat template's generation prompt; flex needs one
+COMPARES = ("transformers", "eager")
+
+
+class _IdTokenizer:
+    """Stand-in for checkpoints without tokenizer files: ids in, no text out (the stopper never fires)."""
+
+    eos_token_id = pad_token_id = chat_template = None
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return ""
+
+
+class _TimedSession(Session):
+    """A Session that stamps when prefill finished and when the first decode step began."""
+
+    def __init__(self, marks: dict[str, float], *args: Any):
+        super().__init__(*args)
+        self.marks = marks
+
+    def prefill(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        logits = super().prefill(*args, **kwargs)
+        sync(self.device)
+        self.marks["prefill"] = time.perf_counter()
+        return logits
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.marks.setdefault("first_decode", time.perf_counter())
+        return super().decode(tokens, positions)
+
+
+class _BenchLLM(LLM):
+    """An LLM with no eos ids (so exactly new_tokens are generated) and timed sessions."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.marks: dict[str, float] = {}
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return set()
+
+    def session(self, batch: int, slots: int) -> Session:
+        return _TimedSession(self.marks, self.model, batch, cache_size(slots))
+
+
+def random_checkpoint_dir(shape: str, dtype: str) -> Path:
+    """A random checkpoint of `shape`, written once under $MINIRUN_CACHE and reused (0.5 GB+ each)."""
+    from minirun.shapes import random_checkpoint
+
+    root = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "random"
+    out = root / f"{shape}-{dtype}"
+    if not (out / "model.safetensors").is_file():
+        tmp = root / f".{shape}-{dtype}.{os.getpid()}"
+        random_checkpoint(shape, tmp, dtype=dtype)
+        tmp.rename(out)
+    return out
+
+
+def workload(method: str, batch: int, num_paraphrases: int, prompt_tokens: int, vocab: int, seed: int = 0) -> list[Encoded]:
+    """Per question: N paraphrases (1 for origin) of random ids + a shared tail; each full prompt is prompt_tokens long."""
+    if prompt_tokens <= TAIL_TOKENS:
+        raise MinirunError(f"--prompt-tokens must exceed {TAIL_TOKENS} (the shared suffix)")
+    g = torch.Generator().manual_seed(seed)
+    n = 1 if method == "origin" else num_paraphrases
+    ids = lambda k: torch.randint(0, vocab, (k,), generator=g).tolist()  # noqa: E731
+    return [Encoded([], [ids(prompt_tokens - TAIL_TOKENS) for _ in range(n)], ids(TAIL_TOKENS)) for _ in range(batch)]
+
+
+def _run_once(llm: _BenchLLM, method: str, encoded: list[Encoded], new_tokens: int) -> dict[str, float]:
+    """One real method call; seconds for prefill, first token, and per decode step."""
+    options = EnsembleOptions(max_new_tokens=new_tokens)
+    # Weighted rules get uniform confidences: self-consistency sampling is a separate, cached cost.
+    confidences = [[1.0] * len(e.paraphrases) for e in encoded] if method in WEIGHTED else None
+    prompts = [[""] * len(e.paraphrases) for e in encoded]
+    llm.marks.clear()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if method == "flex":
+            results = _run_flex(llm, encoded, prompts, options)
+        else:
+            results = _run_rows(llm, method, encoded, prompts, options, confidences)
+    sync(llm.device)
+    end = time.perf_counter()
+    if any(len(r.token_ids) != new_tokens for r in results):
+        raise MinirunError("generation stopped early: the benchmark needs exactly new_tokens per answer")
+    first = llm.marks["first_decode"]
+    return {"prefill": llm.marks["prefill"] - start, "ttft": first - start, "step": (end - first) / (new_tokens - 1)}
+
+
+def _flex_prefill(llm: _BenchLLM, enc: Encoded, repeats: int) -> dict[str, float]:
+    """Packed N-paraphrase prefill vs N separate batch-1 prefills of the same prompts (one question)."""
+    def prefill(rows: list) -> float:
+        layout = stack_rows(rows, llm.pad_id, llm.device)
+        session = llm.session(1, layout.length + 1)
+        start = time.perf_counter()
+        session.prefill(layout.tokens, layout.positions, layout.segments)
+        return llm.marks["prefill"] - start
+
+    packed = [packed_row(enc)]
+    separate = [[plain_row(enc.full(i))] for i in range(len(enc.paraphrases))]
+    with torch.inference_mode():
+        prefill(packed), [prefill(r) for r in separate]  # warm-up: compiled kernels for both shapes
+        packed_s = statistics.median(prefill(packed) for _ in range(repeats))
+        separate_s = statistics.median(sum(prefill(r) for r in separate) for _ in range(repeats))
+    return {"packed_s": packed_s, "separate_s": separate_s, "packed_tokens": len(packed[0].tokens),
+            "separate_tokens": sum(len(r[0].tokens) for r in separate), "packed_over_separate": packed_s / separate_s}
+
+
+def run_bench(model: str | None = None, random_weights: str | None = None, method: str = "origin", prompt_tokens: int = 128,
+              new_tokens: int = 64, batch: int = 1, num_paraphrases: int = 5, repeats: int = 5, warmup: int = 1,
+              dtype: str | None = None, device: str = "cpu", compile: bool = True, compare: str | None = None) -> dict:
+    """Benchmark `method` on a checkpoint (or a random one of a named shape); see bench/README.md for each figure.
+
+    `compare`: comma-separated `transformers` (HF generate on the same files, same process) and/or
+    `eager` (minirun again with uncompiled FlexAttention, to show what compilation buys).
+    """
+    if (model is None) == (random_weights is None):
+        raise MinirunError("pass exactly one of --model or --random-weights")
+    if method not in METHODS:
+        raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if new_tokens < 2 or repeats < 1:
+        raise MinirunError("--new-tokens must be at least 2 and --repeats at least 1: decode speed needs a decode step")
+    compares = [c.strip() for c in compare.split(",")] if compare else []
+    if unknown := [c for c in compares if c not in COMPARES]:
+        raise MinirunError(f"unknown --compare {unknown[0]!r}: choose from {', '.join(COMPARES)}")
+    if random_weights is not None:
+        path = random_checkpoint_dir(random_weights, dtype or "bfloat16")
+    elif Path(model).is_dir():
+        path = Path(model)
+    else:
+        from minirun.hub import resolve_model
+
+        path = resolve_model(model)
+    if (path / "tokenizer.json").is_file():
+        from minirun.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(path)
+    else:
+        tokenizer = _IdTokenizer()
+    llm = _BenchLLM(load_model(path, device, dtype), tokenizer, path)
+    encoded = workload(method, batch, num_paraphrases, prompt_tokens, llm.config.vocab_size)
+    rows_per_question = 1 if method == "flex" else len(encoded[0].paraphrases)
+    prefill_tokens = sum(len(e.paraphrases) * (prompt_tokens - TAIL_TOKENS) + TAIL_TOKENS * rows_per_question
+                         for e in encoded)
+    answers = batch * len(encoded[0].paraphrases) if method == "per_prompt" else batch
+    torch_dtype = llm.model.embed.weight.dtype
+    result: dict[str, Any] = {
+        "device": device_name(llm.device), "torch": torch.__version__, "dtype": str(torch_dtype).removeprefix("torch."),
+        "model": random_weights or str(model), "random_weights": random_weights is not None, "method": method,
+        "batch": batch, "num_paraphrases": 1 if method == "origin" else num_paraphrases, "prompt_tokens": prompt_tokens,
+        "prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "repeats": repeats, "compile": compile,
+        "load_avg_1m": os.getloadavg()[0]}  # CPU figures are only as good as the machine was idle
+    previous = flex.is_compiled()
+    try:
+        runs = [("minirun", compile)] + ([("minirun_eager", False)] if "eager" in compares and compile else [])
+        for key, compiled in runs:
+            flex.set_compiled(compiled)
+            try:
+                result[key] = measure(lambda: _run_once(llm, method, encoded, new_tokens), repeats, warmup,
+                                      llm.device, prefill_tokens, answers)
+                if method == "flex":
+                    result[key]["flex_prefill"] = _flex_prefill(llm, encoded[0], repeats)
+            except Exception as e:  # noqa: BLE001 - a compiler failure is a finding; eager failures are bugs
+                if not compiled:
+                    raise
+                result[key] = {"error": error_text(e)}
+    finally:
+        flex.set_compiled(previous)
+    if _measured(result, "minirun", "minirun_eager"):
+        result["compile_speedup"] = result["minirun"]["decode_tokens_per_s"] / result["minirun_eager"]["decode_tokens_per_s"]
+    if llm.device.type == "cuda" and _measured(result, "minirun"):
+        from minirun.bench_compare import bandwidth
+
+        result["bandwidth"] = bandwidth(llm.model, result["minirun"]["ms_per_token"])
+    if "transformers" in compares:
+        from minirun.bench_compare import measure_transformers
+
+        prompts = [e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
+        del llm
+        gc.collect()
+        result.update(measure_transformers(path, torch_dtype, device, prompts, new_tokens, repeats, warmup, compile))
+        if _measured(result, "minirun", "transformers"):
+            result["speedup"] = result["minirun"]["decode_tokens_per_s"] / result["transformers"]["decode_tokens_per_s"]
+    return result
+
+
+def _measured(result: dict, *keys: str) -> bool:
+    return all("decode_tokens_per_s" in result.get(k, {}) for k in keys)
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def format_table(result: dict):
+    """A rich Table: one column per engine measured, one row per figure."""
+    from rich.table import Table
+
+    engines = [k for k in ("minirun", "minirun_eager", "transformers", "transformers_static") if k in result]
+    title = (f"{result['model']} · {result['method']} · {result['dtype']} · batch {result['batch']} · "
+             f"{result['prompt_tokens']}+{result['new_tokens']} tokens · {result['device']}")
+    table = Table(title=title)
+    table.add_column("figure")
+    for engine in engines:
+        table.add_column(engine, justify="right")
+    rows = [("decode tokens/s", "decode_tokens_per_s", "{:.1f}"), ("ms/token", "ms_per_token", "{:.2f}"),
+            ("prefill tokens/s", "prefill_tokens_per_s", "{:.0f}"), ("time to first token (s)", "ttft_s", "{:.3f}"),
+            ("peak memory (MB)", "peak_memory_mb", "{:.0f}"), ("warm-up (s)", "warmup_s", "{:.1f}")]
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt.format(result[e][key]) if key in result[e] else result[e].get("error", "-")[:40]
+                               for e in engines))
+    table.add_row("ms/token min–max", *("{:.2f}–{:.2f}".format(*result[e]["spread"]["ms_per_token"])
+                                         if "spread" in result[e] else "-" for e in engines))
+    for key in ("speedup", "compile_speedup"):
+        if key in result:
+            table.caption = (table.caption + " · " if table.caption else "") + f"{key} {result[key]:.2f}×"
+    return table

@@ -1,0 +1,179 @@
+"""Measurement primitives for `minirun bench` and its reference figures: transformers on the same
+files, and GPU copy bandwidth.
+
+transformers is imported here only, lazily: it is a benchmark reference, never a runtime dependency.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from minirun.errors import MinirunError
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(values: list[float]) -> tuple[float, list[float]]:
+    """Median and [min, max]: the median resists a stray slow repeat, the range shows the noise."""
+    return statistics.median(values), [min(values), max(values)]
+
+
+class PeakMemory:
+    """Peak memory of a block in MB: allocator peak on CUDA, sampled RSS on CPU.
+
+    RSS is polled from /proc in a thread (ru_maxrss is a process-wide high-water mark, so it could
+    not tell two engines apart in one process); the block is an untimed run, so polling costs no
+    accuracy in the timings.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(0.002):
+            with open("/proc/self/statm") as f:
+                self.mb = max(self.mb, int(f.read().split()[1]) * page / 2**20)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+        else:
+            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(fn: Callable[[], dict[str, float]], repeats: int, warmup: int, device: torch.device,
+            prefill_tokens: int, answers_per_step: int) -> dict[str, Any]:
+    """Warm up (compilation lands here), time `repeats` runs, then one untimed run for memory."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    warmup_s = time.perf_counter() - start
+    runs = [fn() for _ in range(repeats)]
+    with PeakMemory(device) as peak:
+        fn()
+    prefill, prefill_spread = summarize([r["prefill"] for r in runs])
+    step, step_spread = summarize([r["step"] for r in runs])
+    ttft, ttft_spread = summarize([r["ttft"] for r in runs])
+    return {"decode_tokens_per_s": answers_per_step / step, "prefill_tokens_per_s": prefill_tokens / prefill,
+            "ms_per_token": step * 1e3, "ttft_s": ttft, "peak_memory_mb": peak.mb, "warmup_s": warmup_s,
+            "spread": {"ms_per_token": [s * 1e3 for s in step_spread], "prefill_s": prefill_spread, "ttft_s": ttft_spread}}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), model)
+    return f"{model or 'cpu'} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def error_text(e: Exception) -> str:
+    """Exception type, its first line and the first compiler `error:` line (Inductor dumps whole files)."""
+    lines = str(e).splitlines() or [""]
+    detail = next((l.strip() for l in lines if " error: " in l), "")
+    return f"{type(e).__name__}: {lines[0]}" + (f" | {detail}" if detail else "")
+
+
+def _hf_run(model, ids: torch.Tensor, new_tokens: int, generate_kwargs: dict[str, Any]) -> dict[str, float]:
+    """Prefill = one forward over the prompt; ttft and decode steps from a clock stamped as each token's
+    logits reach the logits processors, so one generate call gives both (no subtraction of noisy runs)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            sync(scores.device)
+            self.stamps.append(time.perf_counter())
+            return scores
+
+    mask = torch.ones_like(ids)
+    pad = model.generation_config.pad_token_id
+    clock = StepClock()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(ids, attention_mask=mask, logits_to_keep=1)
+        sync(ids.device)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=pad if pad is not None else 0,
+                             logits_processor=LogitsProcessorList([clock]), **generate_kwargs)
+    if out.shape[1] != ids.shape[1] + new_tokens or len(clock.stamps) != new_tokens:
+        raise MinirunError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens instead of {new_tokens}")
+    first, last = clock.stamps[0], clock.stamps[-1]
+    return {"prefill": prefill, "ttft": first - start, "step": (last - first) / (new_tokens - 1)}
+
+
+def measure_transformers(path: Path, dtype: torch.dtype, device: str, prompts: list[list[int]], new_tokens: int,
+                         repeats: int, warmup: int, compile: bool) -> dict[str, dict]:
+    """`transformers`: generate with its default attention and dynamic cache; with `compile` also
+    `transformers_static`: static cache + torch.compile(forward, mode="reduce-overhead"), or its error."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    ids = torch.tensor(prompts, device=device)
+    prefill_tokens, answers = ids.numel(), ids.shape[0]
+    out = {"transformers": measure(lambda: _hf_run(model, ids, new_tokens, {}), repeats, warmup, ids.device,
+                                   prefill_tokens, answers)}
+    out["transformers"]["attention"] = model.config._attn_implementation
+    if compile:
+        try:
+            model.forward = torch.compile(model.forward, mode="reduce-overhead")
+            out["transformers_static"] = measure(
+                lambda: _hf_run(model, ids, new_tokens, {"cache_implementation": "static"}), repeats, warmup,
+                ids.device, prefill_tokens, answers)
+        except Exception as e:  # noqa: BLE001 - any failure of HF's compiled path is a finding to record
+            out["transformers_static"] = {"error": error_text(e)}
+    return out
+
+
+def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
+    """How close decode runs to memory bandwidth: weight bytes read per step ÷ step time ÷ copy bandwidth.
+
+    A decode step reads every weight once (the embedding table only when it doubles as lm_head);
+    the KV cache read is left out, so the fraction is a slight underestimate at long contexts.
+    """
+    config = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not config.tie_word_embeddings:
+        weight_bytes -= model.embed.weight.numel() * model.embed.weight.element_size()
+    src = torch.empty(2**30, dtype=torch.uint8, device=model.device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(src.device)
+    copies = 10
+    start = time.perf_counter()
+    for _ in range(copies):
+        dst.copy_(src)
+    sync(src.device)
+    copy_gb_s = 2 * src.numel() * copies / (time.perf_counter() - start) / 1e9  # each copy reads and writes
+    achieved_gb_s = weight_bytes / (ms_per_token / 1e3) / 1e9
+    return {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": achieved_gb_s, "copy_gb_s": copy_gb_s,
+            "bandwidth_fraction": achieved_gb_s / copy_gb_s}

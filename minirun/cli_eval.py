@@ -1,0 +1,136 @@
+"""`minirun eval` (a dataset through several methods) and `minirun report` (a run's scores).
+
+Kept apart from cli.py so the run loop's options do not crowd the single-question commands;
+`register(app)` adds both commands to the main app.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from minirun.errors import MinirunError
+
+DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
+out = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval` and `report` to `app` (minirun.cli is imported here, not at module level,
+    because cli.py imports this module while it is still being initialised)."""
+    from minirun.cli import friendly
+
+    app.command("eval")(friendly(eval_command))
+    app.command("report")(friendly(report_command))
+
+
+def _items(data: str, skip_bad: bool):
+    from minirun.data import load_dataset, load_jsonl
+
+    if skip_bad and data.endswith(".jsonl") and Path(data).is_file():
+        return load_jsonl(data, skip_bad=True)
+    return load_dataset(data)
+
+
+def eval_command(
+    data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, webqa, myriadlama, or a dataset file."),
+    method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m", help="Method to run (repeatable)."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
+    num_paraphrases: int = typer.Option(5, help="Paraphrases per item (the original first)."),
+    max_samples: Optional[int] = typer.Option(None, help="Only the first N items."),
+    few_shot_k: int = typer.Option(5, help="Worked examples in the prompt."),
+    few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl; default: the dataset's own)."),
+    output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
+    batch_size: int = typer.Option(8, help="Questions per batched generation."),
+    max_new_tokens: int = typer.Option(24),
+    match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts)."),
+    num_samples: int = typer.Option(100, help="Samples per paraphrase for the weighted methods' confidence."),
+    positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
+    share_prefix: bool = typer.Option(True, help="Encode the few-shot prefix once per batch."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
+    device: str = typer.Option("cpu"),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
+    compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
+    skip_bad: bool = typer.Option(False, help="Skip (and count) bad lines of a .jsonl dataset."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
+    from minirun.cli import _load
+    from minirun.data import load_jsonl
+    from minirun.evaluate import run_sharded
+
+    if match not in ("lemma", "bidirectional"):
+        raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
+    if few_shot is not None and few_shot.suffix != ".jsonl":
+        raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
+    items = _items(data, skip_bad)
+    fewshot_items = load_jsonl(few_shot) if few_shot is not None else None
+    llm = _load(model, device, dtype, compile)
+    name = Path(data).stem if Path(data).is_file() else data
+    output = output or Path("runs") / f"{name}-{llm.path.name}"
+    table = run_sharded(llm, items, method, output, dataset=data, num_paraphrases=num_paraphrases,
+                        max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
+                        num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
+                        progress=progress)
+    if os.environ.get("RANK", "0") == "0":
+        out.print(_summary_table(table, f"{name} · {llm.path.name}"))
+        out.print(f"[dim]results in {output}[/dim]", highlight=False)
+
+
+def report_command(
+    run_dir: Path = typer.Argument(..., help="An `eval` output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-method scores as one JSON object."),
+    csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
+    plot: Optional[Path] = typer.Option(None, help="Save an accuracy/throughput chart (e.g. run.png)."),
+) -> None:
+    """Scores of a run: per method, per relation (fill-in data), and method agreement."""
+    from minirun import report
+
+    table = report.load_results(run_dir)
+    if csv is not None:
+        report.summarize(table).to_csv(csv)
+    if plot is not None:
+        report.plot(table, plot)
+    if as_json:
+        print(json.dumps(report.report_json(table)))
+        return
+    out.print(_summary_table(table, str(run_dir)))
+    if "relation" in table.columns and table["relation"].notna().any():
+        out.print(_scores_table(report.by_relation(table), "per relation", ["method", "relation"]))
+    out.print(_matrix(report.agreement(table)))
+
+
+def _summary_table(table: pd.DataFrame, title: str) -> Table:
+    from minirun.report import summarize
+
+    return _scores_table(summarize(table), title, ["method"])
+
+
+def _scores_table(scores: pd.DataFrame, title: str, keys: list[str]) -> Table:
+    """accuracy / exact / n / tokens per second / items per second, one row per index entry."""
+    t = Table(title=title)
+    for name in [*keys, "accuracy", "exact", "n", "tokens/s", "items/s"]:
+        t.add_column(name, justify="left" if name in keys else "right")
+    for index, row in scores.iterrows():
+        labels = list(index) if isinstance(index, tuple) else [index]
+        items_per_s = row["n"] / row["seconds"] if row["seconds"] > 0 else float("nan")
+        t.add_row(*map(str, labels), f"{row['accuracy']:.3f}", f"{row['exact_accuracy']:.3f}", str(int(row["n"])),
+                  f"{row['tokens_per_second']:.1f}", f"{items_per_s:.2f}")
+    return t
+
+
+def _matrix(agree: pd.DataFrame) -> Table:
+    t = Table(title="answer agreement")
+    t.add_column("")
+    for name in agree.columns:
+        t.add_column(name, justify="right")
+    for name, row in agree.iterrows():
+        t.add_row(name, *(f"{v:.2f}" for v in row))
+    return t

@@ -1,0 +1,164 @@
+"""`minirun interactive`: ask for a run step by step and answer with the equivalent command line.
+
+The questions only assemble argv, so the interactive path runs exactly the command a user could
+have typed, and teaches it: the caller prints `format_command(argv)` and runs it. `ask(prompt,
+default)` and `echo(text)` are injected so the flow is testable without a terminal.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Callable
+
+from minirun.data import NAMES as DATASETS
+from minirun.hub import DEFAULT_MODEL
+from minirun.methods import METHODS
+from minirun.methods.fusion import WEIGHTED
+from minirun.methods.packing import POSITION_SCHEMES
+
+TASKS = ("generate", "eval", "bench")
+_REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
+
+Ask = Callable[[str, str], str]
+Echo = Callable[[str], None]
+Check = Callable[[str], str | None]  # reason the answer is invalid, or None
+
+
+def _prompt(ask: Ask, echo: Echo, prompt: str, default: str, check: Check) -> str:
+    """Ask until `check` accepts the (stripped) answer; each refusal echoes its reason."""
+    while True:
+        answer = ask(prompt, default).strip()
+        reason = check(answer)
+        if reason is None:
+            return answer
+        echo(f"{answer!r}: {reason}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    return lambda a: None if a in choices else f"choose one of {', '.join(choices)}"
+
+
+def _positive_int(answer: str) -> str | None:
+    return None if answer.isdigit() and int(answer) > 0 else "give a whole number above 0"
+
+
+def _count(answer: str) -> str | None:
+    return None if answer.isdigit() else "give a whole number (0 or more)"
+
+
+def _methods(single: bool) -> Check:
+    def check(answer: str) -> str | None:
+        names = _split(answer)
+        unknown = [m for m in names if m not in METHODS]
+        if unknown or not names:
+            return f"unknown method {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}"
+        if single and len(names) > 1:
+            return "generate runs one method: give a single name"
+        return None
+
+    return check
+
+
+def _split(answer: str) -> list[str]:
+    return [part.strip() for part in answer.split(",") if part.strip()]
+
+
+def _dataset(answer: str) -> str | None:
+    if answer in DATASETS or Path(answer).is_file():
+        return None
+    return f"use one of {', '.join(DATASETS)} or the path of an existing file (e.g. items.jsonl)"
+
+
+def _optional_file(answer: str) -> str | None:
+    return None if not answer or Path(answer).is_file() else "no such file (leave empty for none)"
+
+
+def local_models(models_dir: Path) -> list[str]:
+    """Names of the checkpoints under `models_dir` (subdirectories holding a config.json)."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if (p / "config.json").is_file())
+
+
+def _model(models_dir: Path, default: str) -> Check:
+    def check(answer: str) -> str | None:
+        if answer in (default, DEFAULT_MODEL) or (Path(answer) / "config.json").is_file():
+            return None
+        if answer in local_models(models_dir) or (_REPO_ID.fullmatch(answer) and not Path(answer).exists()):
+            return None
+        return "not a checkpoint directory (no config.json), a listed model or an HF repo id org/name"
+
+    return check
+
+
+def _ask_model(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
+    """`--model X`, or nothing for the default model (the CLI then pulls it on first use)."""
+    default = str(models_dir / DEFAULT_MODEL)
+    found = local_models(models_dir)
+    echo(f"models in {models_dir}: {', '.join(found)}" if found else f"no models in {models_dir} yet")
+    answer = _prompt(ask, echo, "model (listed name, checkpoint dir or HF repo id)", default, _model(models_dir, default))
+    if answer in (default, DEFAULT_MODEL):
+        return []
+    return ["--model", str(models_dir / answer) if answer in found else answer]
+
+
+def _ask_paraphrases(ask: Ask, echo: Echo, needed: bool) -> list[str]:
+    """Paraphrases one per answer until an empty one; fusing methods need at least one."""
+    out: list[str] = []
+    while True:
+        answer = ask(f"paraphrase {len(out) + 1} (empty to finish)", "").strip()
+        if answer:
+            out.append(answer)
+        elif out or not needed:
+            return out
+        else:
+            echo("this method fuses paraphrases: give at least one")
+
+
+def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
+    """Ask for a generate / eval / bench run and return its argv (without the program name)."""
+    task = _prompt(ask, echo, f"task ({'/'.join(TASKS)})", "generate", _one_of(TASKS))
+    single = task == "generate"
+    label = "method" if single else "methods (comma-separated)"
+    methods = _split(_prompt(ask, echo, f"{label}, from {', '.join(METHODS)}", "flex", _methods(single)))
+    argv = [task]
+    for method in methods:
+        argv += ["--method", method]
+    if task == "generate":
+        question = _prompt(ask, echo, "question", "", lambda a: None if a else "a question is needed")
+        paraphrases = _ask_paraphrases(ask, echo, methods != ["origin"])
+        argv += _ask_model(ask, echo, models_dir)
+        if "flex" in methods:
+            argv += ["--positions", _prompt(ask, echo, f"flex positions ({'/'.join(POSITION_SCHEMES)})", "right",
+                                            _one_of(POSITION_SCHEMES))]
+            if _prompt(ask, echo, "share the prefix across paraphrases (yes/no)", "yes", _one_of(("yes", "no"))) == "no":
+                argv.append("--no-share-prefix")
+        if any(m in WEIGHTED for m in methods):
+            argv += ["--num-samples", _prompt(ask, echo, "samples per paraphrase for the confidence", "100", _positive_int)]
+        few_shot = _prompt(ask, echo, "few-shot file (.jsonl examples or a prefix text; empty for none)", "",
+                           _optional_file)
+        if few_shot:
+            argv += ["--few-shot", few_shot, "--few-shot-k",
+                     _prompt(ask, echo, "few-shot examples to use", "5", _positive_int)]
+        argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int), question]
+        for p in paraphrases:
+            argv += ["--paraphrase", p]
+        return argv
+    if task == "eval":
+        argv += ["--data", _prompt(ask, echo, f"dataset ({', '.join(DATASETS)} or a .jsonl path)", "sample-qa", _dataset)]
+    argv += _ask_model(ask, echo, models_dir)
+    argv += ["--num-paraphrases", _prompt(ask, echo, "paraphrases per question", "5", _positive_int)]
+    if task == "eval":
+        argv += ["--max-samples", _prompt(ask, echo, "max samples", "20", _positive_int)]
+        argv += ["--few-shot-k", _prompt(ask, echo, "few-shot examples (0 for none)", "0", _count)]
+        output = ask("output file (empty for none)", "").strip()
+        if output:
+            argv += ["--output", output]
+    argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int)]
+    return argv
+
+
+def format_command(argv: list[str]) -> str:
+    """The one-line shell command for `argv`, quoted so it can be pasted as is."""
+    return shlex.join(["minirun", *argv])

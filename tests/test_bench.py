@@ -1,0 +1,90 @@
+"""The benchmark harness on tiny random checkpoints (eager attention, a few tokens: speed is not tested)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from minirun.bench import format_table, run_bench, write_json
+from minirun.config import ModelConfig
+from minirun.errors import MinirunError
+from minirun.shapes import SHAPES, random_checkpoint, shape_config
+
+FIGURES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ms_per_token", "peak_memory_mb", "warmup_s", "ttft_s")
+TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=256, bos_token_id=1, eos_token_id=2)
+FAST = dict(prompt_tokens=24, new_tokens=4, repeats=2, num_paraphrases=3, compile=False)
+
+
+def _check_figures(entry: dict) -> None:
+    for key in FIGURES:
+        assert entry[key] > 0, key
+    low, high = entry["spread"]["ms_per_token"]
+    assert low <= entry["ms_per_token"] <= high
+
+
+@pytest.mark.parametrize("method", ["origin", "avg", "flex"])
+def test_run_bench_reports_every_figure(checkpoint_dirs, method):
+    result = run_bench(model=str(checkpoint_dirs["llama3"]), method=method, batch=2, **FAST)
+    _check_figures(result["minirun"])
+    assert result["method"] == method and result["batch"] == 2 and result["new_tokens"] == 4
+    assert result["torch"] and result["device"] and result["dtype"] == "float32"
+    per_prompt = 24 * (1 if method == "origin" else 3)
+    assert result["prefill_tokens"] == 2 * (per_prompt if method != "flex" else 3 * 20 + 4)
+    if method == "flex":
+        packed = result["minirun"]["flex_prefill"]
+        assert packed["packed_s"] > 0 and packed["separate_s"] > 0
+        assert packed["packed_tokens"] == 3 * 20 + 4 and packed["separate_tokens"] == 3 * 24
+
+
+def test_compare_transformers_fills_entry_and_speedup(tmp_path):
+    path = random_checkpoint("qwen2.5-0.5b", tmp_path / "ckpt", dtype="float32", **TINY)  # no tokenizer files
+    result = run_bench(model=str(path), compare="transformers", **FAST)
+    _check_figures(result["transformers"])
+    assert "transformers_static" not in result  # the compiled HF path runs only with compile=True
+    assert result["speedup"] == pytest.approx(result["minirun"]["decode_tokens_per_s"]
+                                              / result["transformers"]["decode_tokens_per_s"])
+    Console(width=200, record=True).print(format_table(result))
+    written = json.loads(write_json(result, tmp_path / "out" / "r.json").read_text())
+    assert written["speedup"] == pytest.approx(result["speedup"])
+
+
+def test_run_bench_rejects_bad_arguments(checkpoint_dirs):
+    model = str(checkpoint_dirs["llama3"])
+    with pytest.raises(MinirunError, match="exactly one"):
+        run_bench(model=model, random_weights="smollm2-135m")
+    with pytest.raises(MinirunError, match="unknown method"):
+        run_bench(model=model, method="nope")
+    with pytest.raises(MinirunError, match="--compare"):
+        run_bench(model=model, compare="vllm")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_named_shapes_give_configs_minirun_accepts(shape):
+    raw = SHAPES[shape]
+    config = ModelConfig.from_dict(shape_config(shape))
+    assert (config.num_layers, config.hidden_size, config.vocab_size) == (
+        raw["num_hidden_layers"], raw["hidden_size"], raw["vocab_size"])
+    assert config.num_kv_heads == raw["num_key_value_heads"] and config.tie_word_embeddings
+    assert config.torch_dtype == "bfloat16"
+    expected_head_dim = {"qwen3-0.6b": 128}.get(shape, raw["hidden_size"] // raw["num_attention_heads"])
+    assert config.head_dim == expected_head_dim
+    if shape == "llama-3.2-1b":
+        assert config.rope_scaling["rope_type"] == "llama3" and config.rope_scaling["factor"] == 32.0
+        assert config.rope_theta == 500000.0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_scaled_down_checkpoint_loads_in_minirun_and_transformers(shape, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from minirun.loader import load_model
+
+    tiny = {**TINY, "head_dim": 16} if "head_dim" in SHAPES[shape] else TINY
+    path = random_checkpoint(shape, tmp_path, dtype="float32", **tiny)
+    ours = load_model(path, "cpu", "float32")
+    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = torch.randint(0, 256, (1, 12))
+    torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,108 @@
+"""The interactive flow turns scripted answers into the exact one-line command."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from minirun.interactive import format_command, local_models, run_interactive
+
+
+def scripted(answers: list[str], prompts: list[tuple[str, str]]):
+    """An `ask` that pops answers in order ("" means: take the default) and logs the questions."""
+    pending = list(answers)
+
+    def ask(prompt: str, default: str) -> str:
+        prompts.append((prompt, default))
+        answer = pending.pop(0)
+        return answer if answer else default
+
+    return ask, pending
+
+
+def drive(answers: list[str], models_dir: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    prompts: list[tuple[str, str]] = []
+    echoed: list[str] = []
+    ask, pending = scripted(answers, prompts)
+    argv = run_interactive(ask, echoed.append, models_dir)
+    assert pending == [], "every scripted answer is consumed"
+    return argv, echoed, prompts
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    for name in ("tiny-llama", "smollm2-135m-instruct"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    (tmp_path / "not-a-model").mkdir()
+    return tmp_path
+
+
+def test_generate_flow(models_dir):
+    answers = ["", "flux", "flex", "Who wrote Hamlet?", "Hamlet's author?", "Who penned Hamlet?", "",
+               "", "restart", "no", "", "16"]
+    argv, echoed, prompts = drive(answers, models_dir)
+    assert argv == ["generate", "--method", "flex", "--positions", "restart", "--no-share-prefix",
+                    "--max-new-tokens", "16", "Who wrote Hamlet?",
+                    "--paraphrase", "Hamlet's author?", "--paraphrase", "Who penned Hamlet?"]
+    assert echoed[0].startswith("'flux': unknown method flux: choose from origin")
+    assert [p for p, _ in prompts].count(prompts[1][0]) == 2  # the method was asked again
+    assert echoed[1] == f"models in {models_dir}: smollm2-135m-instruct, tiny-llama"
+    assert ("model (listed name, checkpoint dir or HF repo id)", str(models_dir / "smollm2-135m-instruct")) in prompts
+    assert format_command(argv) == ("minirun generate --method flex --positions restart --no-share-prefix "
+                                    "--max-new-tokens 16 'Who wrote Hamlet?' --paraphrase 'Hamlet'\"'\"'s author?' "
+                                    "--paraphrase 'Who penned Hamlet?'")
+    assert shlex.split(format_command(argv)) == ["minirun", *argv]
+
+
+def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text("{}\n")
+    answers = ["generate", "avg,max", "weighted_max", "Capital of France?", "",  # a paraphrase is required
+               "France's capital?", "", "tiny-llama", "0", "8", str(tmp_path / "missing.jsonl"), str(shots), "3", ""]
+    argv, echoed, _ = drive(answers, models_dir)
+    assert argv == ["generate", "--method", "weighted_max", "--model", str(models_dir / "tiny-llama"),
+                    "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "3",
+                    "--max-new-tokens", "32", "Capital of France?", "--paraphrase", "France's capital?"]
+    assert echoed == ["'avg,max': generate runs one method: give a single name",
+                      "this method fuses paraphrases: give at least one",
+                      f"models in {models_dir}: smollm2-135m-instruct, tiny-llama",
+                      "'0': give a whole number above 0",
+                      f"{str(tmp_path / 'missing.jsonl')!r}: no such file (leave empty for none)"]
+
+
+def test_eval_flow(models_dir, tmp_path):
+    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct",
+               "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "24"]
+    argv, echoed, _ = drive(answers, models_dir)
+    assert argv == ["eval", "--method", "origin", "--method", "avg", "--method", "flex", "--data", "sample-fill",
+                    "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--num-paraphrases", "3", "--max-samples", "10",
+                    "--few-shot-k", "2", "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "24"]
+    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, webqa, myriadlama or the path of an "
+                         "existing file (e.g. items.jsonl)")
+    assert echoed[2] == "'abc': give a whole number above 0"
+
+
+def test_eval_defaults_and_bench(models_dir):
+    argv, _, _ = drive(["eval"] + [""] * 8, models_dir)
+    assert argv == ["eval", "--method", "flex", "--data", "sample-qa", "--num-paraphrases", "5",
+                    "--max-samples", "20", "--few-shot-k", "0", "--max-new-tokens", "32"]
+    argv, echoed, _ = drive(["bench", "origin,flex", str(models_dir / "not-a-model"), str(models_dir / "tiny-llama"),
+                             "4", "8"], models_dir)
+    assert argv == ["bench", "--method", "origin", "--method", "flex", "--model", str(models_dir / "tiny-llama"),
+                    "--num-paraphrases", "4", "--max-new-tokens", "8"]
+    assert "not a checkpoint directory" in echoed[1]
+
+
+def test_interrupt_propagates(models_dir):
+    def ask(prompt: str, default: str) -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_interactive(ask, print, models_dir)
+
+
+def test_local_models_needs_config(models_dir):
+    assert local_models(models_dir) == ["smollm2-135m-instruct", "tiny-llama"]
+    assert local_models(models_dir / "absent") == []
