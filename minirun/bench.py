@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
