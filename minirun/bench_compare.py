@@ -45,22 +45,26 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         elif os.path.exists("/proc/self/statm"):
+            self._sample()
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
 
-    def _poll(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.wait(0.002):
-            with open("/proc/self/statm") as f:
-                self.mb = max(self.mb, int(f.read().split()[1]) * page / 2**20)
+    def _sample(self) -> None:
+        with open("/proc/self/statm") as f:
+            self.mb = max(self.mb, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
 
-    def __exit__(self, *exc) -> None:
+    def _poll(self) -> None:
+        while not self._stop.wait(0.002):
+            self._sample()
+
+    def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif hasattr(self, "_thread"):
             self._stop.set()
             self._thread.join()
+            self._sample()
         else:
             self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 

@@ -3,26 +3,63 @@
 Prefill writes a chunk of tokens at the next free cache slots; decode writes one token per row at
 the next slot. Cache slot (where K/V live) and RoPE position (what the model sees) are separate
 inputs, so packed paraphrases can share positions but never slots.
+
+With `flex.set_compiled(True)` the one-token decode step runs as one compiled graph (CUDA graphs
+on GPU). Its inputs are tensors of fixed shape (slot, positions, segment ids, the cache buffers),
+so one graph serves every step and every question of the same batch and cache size; prefill
+chunks are left-padded to a multiple of PREFILL_BUCKET so varied prompts reuse a few shapes.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from minirun import flex
 from minirun.errors import MinirunError
-from minirun.masks import SHARED, offset_queries, segment_bias, segment_mask
+from minirun.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
 SLOT_BUCKET = 128  # cache sizes are rounded up to this, so compiled shapes repeat across prompts
+PREFILL_BUCKET = 64  # compiled prefill chunks are padded to a multiple of this
 
 
-def cache_size(needed: int, limit: int | None = None) -> int:
-    """Slots to allocate: `needed` rounded up to a bucket (never above `limit` when given)."""
-    size = -(-needed // SLOT_BUCKET) * SLOT_BUCKET
-    return max(needed, min(size, limit)) if limit else size
+def cache_size(needed: int) -> int:
+    """Slots to allocate: `needed` rounded up to a bucket, plus room for padded prefill chunks."""
+    if flex.is_compiled():
+        needed += 2 * PREFILL_BUCKET
+    return -(-needed // SLOT_BUCKET) * SLOT_BUCKET
+
+
+def _score_mod(segments: torch.Tensor, log_weights: torch.Tensor | None, offset: torch.Tensor) -> Callable | None:
+    return None if log_weights is None else segment_bias(segments, log_weights, offset)
+
+
+def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
+    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V].
+
+    The step's BlockMask is the row of `full_mask` (built once over all slots) holding `slot`,
+    with the mask_mod shifted by the slot tensor: nothing here depends on Python ints that change.
+    """
+    step_mask = full_mask[:, :, slot // full_mask.BLOCK_SIZE[0]]
+    step_mask.mask_mod = offset_queries(segment_mask(segments), slot[0])
+    step_mask.seq_lengths = (1, full_mask.seq_lengths[1])
+    logits = model(tokens[:, None], positions[:, None], step_mask, slot, _score_mod(segments, log_weights, slot[0]))
+    return logits[:, -1].float()
+
+
+_compiled_steps: dict[str, Callable] = {}
+
+
+def compiled_decode_step(device: torch.device) -> Callable:
+    """`decode_step` compiled once per process; CUDA graphs on GPU ("reduce-overhead")."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    if mode not in _compiled_steps:
+        _compiled_steps[mode] = torch.compile(decode_step, mode=mode, dynamic=False)
+    return _compiled_steps[mode]
 
 
 class Session:
@@ -38,8 +75,13 @@ class Session:
         self.length = 0
         self._decode_mask: BlockMask | None = None
 
+    @torch.inference_mode()  # grad mode is part of a compiled graph's guards: keep it fixed
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V]."""
+        if flex.is_compiled():
+            pad = -tokens.shape[1] % PREFILL_BUCKET
+            tokens, positions = F.pad(tokens, (pad, 0)), F.pad(positions, (pad, 0))
+            segments = F.pad(segments, (pad, 0), value=PAD)
         rows, T = tokens.shape
         if self.length + T > self.max_slots:
             raise MinirunError(f"prompt needs {self.length + T} cache slots but the cache holds {self.max_slots}: "
@@ -49,32 +91,22 @@ class Session:
         offset = torch.tensor(self.length, device=self.device)
         mask_mod = offset_queries(segment_mask(self.segments[:rows]), offset)
         block_mask = flex.block_mask(mask_mod, rows, T, self.max_slots, self.device)
-        logits = self.model(tokens, positions, block_mask, slots, self._score_mod(offset, rows), last_only=True)
+        score_mod = _score_mod(self.segments[:rows], None if self.log_weights is None else self.log_weights[:rows], offset)
+        logits = self.model(tokens, positions, block_mask, slots, score_mod, last_only=True)
         self.length += T
         self._decode_mask = None
         return logits[:, -1].float()
 
+    @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per row (tokens, positions [B]) at the next slot; logits [B, V]."""
         if self.length >= self.max_slots:
             raise MinirunError(f"the cache is full ({self.max_slots} slots): lower max_new_tokens")
+        if self._decode_mask is None:  # built once per prompt, then sliced every step
+            self._decode_mask = flex.block_mask(segment_mask(self.segments), self.batch, self.max_slots,
+                                                self.max_slots, self.device)
         slot = torch.tensor([self.length], device=self.device)
-        block_mask = self._step_mask(slot)
-        logits = self.model(tokens[:, None], positions[:, None], block_mask, slot, self._score_mod(slot[0], self.batch))
+        step = compiled_decode_step(self.device) if flex.is_compiled() else decode_step
+        logits = step(self.model, tokens, positions, slot, self._decode_mask, self.segments, self.log_weights)
         self.length += 1
-        return logits[:, -1].float()
-
-    def _score_mod(self, offset: torch.Tensor, rows: int) -> Callable | None:
-        if self.log_weights is None:
-            return None
-        return segment_bias(self.segments[:rows], self.log_weights[:rows], offset)
-
-    def _step_mask(self, slot: torch.Tensor) -> BlockMask:
-        """Slice this step's query row out of a mask built once over all slots."""
-        base = segment_mask(self.segments)
-        if self._decode_mask is None:
-            self._decode_mask = flex.block_mask(base, self.batch, self.max_slots, self.max_slots, self.device)
-        step = self._decode_mask[:, :, slot // self._decode_mask.BLOCK_SIZE[0]]
-        step.mask_mod = offset_queries(base, slot[0])
-        step.seq_lengths = (1, self.max_slots)
-        return step
+        return logits

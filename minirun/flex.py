@@ -5,7 +5,9 @@ runs the block-sparse kernels. `set_compiled(True)` switches both attention and 
 """
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,8 +21,15 @@ _compiled_block_mask = torch.compile(create_block_mask)
 
 
 def set_compiled(enabled: bool) -> None:
-    """Use compiled FlexAttention kernels (fast) or the eager reference path."""
+    """Use compiled FlexAttention kernels (fast) or the eager reference path.
+
+    Inductor's on-disk cache goes under ~/.cache/minirun so later processes skip most of the
+    first compile (unless TORCHINDUCTOR_CACHE_DIR says otherwise).
+    """
     _state["compiled"] = enabled
+    if enabled:
+        default = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "inductor"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default))
 
 
 def is_compiled() -> bool:

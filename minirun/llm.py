@@ -81,6 +81,7 @@ class LLM:
         results = self.generate_ids(ids, max_new_tokens, SamplingParams(temperature, top_k, top_p, seed), stop, on_text)
         return results[0] if single else results
 
+    @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
                      stop: tuple[str, ...] | list[str] = (), on_text: Callable[[str], None] | None = None) -> list[Completion]:
         """Independent rows of different lengths, left-padded into one batch."""
