@@ -231,3 +231,36 @@ def interactive() -> None:
                            default_models_dir())
     typer.echo(format_command(argv))
     app(args=argv, standalone_mode=False)
+
+
+@app.command()
+@friendly
+def bench(
+    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id."),
+    random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
+                                                 "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
+    method: str = typer.Option("origin"),
+    prompt_tokens: int = typer.Option(128),
+    new_tokens: int = typer.Option(64),
+    batch: int = typer.Option(1, help="Questions per batch."),
+    num_paraphrases: int = typer.Option(5),
+    repeats: int = typer.Option(5),
+    warmup: int = typer.Option(1),
+    dtype: Optional[str] = typer.Option(None),
+    device: str = typer.Option("cpu"),
+    compile: bool = typer.Option(True, help="Compiled decode step and FlexAttention."),
+    compare: Optional[str] = typer.Option(None, help="Comma-separated: transformers, eager."),
+    as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Time prefill and decode (median and spread over repeats), side by side with transformers."""
+    from minirun.bench import format_table, run_bench, write_json
+
+    result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases, repeats,
+                       warmup, dtype, device, compile, compare)
+    Console().print(format_table(result))
+    if as_json is not None:
+        err.print(f"wrote {write_json(result, as_json)}")
+
+
+if __name__ == "__main__":
+    app()
