@@ -262,5 +262,9 @@ def bench(
         err.print(f"wrote {write_json(result, as_json)}")
 
 
+from minirun.cli_eval import register  # noqa: E402  (it uses `friendly` and `_load` from above)
+
+register(app)
+
 if __name__ == "__main__":
     app()
