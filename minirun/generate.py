@@ -97,7 +97,7 @@ class Completion:
 
 def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor,
                 choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, stopper: Stopper,
-                outputs: list[int] | None = None, check_every: int = 1,
+                outputs: list[int] | None = None, check_every: int | None = None,
                 on_text: Callable[[str], None] | None = None) -> list[Completion]:
     """Pick a token per row with `choose`, feed it back, until every tracked row is done.
 
