@@ -138,7 +138,7 @@ def _run_batch(llm, method: str, batch: list[Item], questions: list[Question], o
         per_prompt = result.answers is not None
         rows.append({
             "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[0],
-            "exact": found[0].exact, "correct": found[0].lemma, "tokens": _generated_tokens(llm, result),
+            "exact": found[0].exact, "correct": found[0].lemma, "tokens": _generated_tokens(result),
             "seconds": seconds, "relation": item.relation, "task": item.task,
             "answers": mine if per_prompt else None,
             "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if per_prompt else None,
@@ -147,11 +147,11 @@ def _run_batch(llm, method: str, batch: list[Item], questions: list[Question], o
     return rows
 
 
-def _generated_tokens(llm, result) -> int:
-    """Generated token count; per_prompt results carry only the first paraphrase's ids, so the
-    others' answers are re-encoded (exact unless the tokenizer merges differently on re-encoding)."""
-    rest = result.answers[1:] if result.answers is not None else []
-    return len(result.token_ids) + sum(len(llm.tokenizer.encode(a, add_special_tokens=False)) for a in rest)
+def _generated_tokens(result) -> int:
+    """Generated token count; per_prompt sums over its paraphrases' answers."""
+    if result.answer_token_ids is not None:
+        return sum(len(ids) for ids in result.answer_token_ids)
+    return len(result.token_ids)
 
 
 def _confidences(llm, questions: list[Question], options: EnsembleOptions, matcher: Matcher,

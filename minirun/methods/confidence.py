@@ -35,9 +35,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "confidence"
 
 
-def _key(llm, ids: list[int], options) -> str:
+def _key(llm, ids: list[int], options, same: SameAnswer) -> str:
     settings = [str(llm.path.resolve()), ids, options.num_samples, options.confidence_temperature,
-                options.confidence_tokens, options.seed]
+                options.confidence_tokens, options.seed, getattr(same, "__qualname__", repr(same))]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
 
@@ -65,7 +65,7 @@ def confidences_for(llm, encoded, options, same: SameAnswer = normalised_equal) 
         row = []
         for i in range(len(enc.paraphrases)):
             ids = enc.full(i)
-            path = directory / f"{_key(llm, ids, options)}.json"
+            path = directory / f"{_key(llm, ids, options, same)}.json"
             if path.is_file():
                 row.append(json.loads(path.read_text())["confidence"])
                 continue

@@ -49,6 +49,7 @@ class MethodResult:
     prompts: list[str]
     answers: list[str] | None = None  # per_prompt: one answer per paraphrase
     confidences: list[float] | None = None
+    answer_token_ids: list[list[int]] | None = None  # per_prompt: generated ids per paraphrase
 
 
 def run_method(llm, method: str, questions: list[Question], options: EnsembleOptions | None = None) -> list[MethodResult]:
@@ -175,5 +176,7 @@ def _tokens(enc: Encoded, head: list[int] | None) -> int:
 def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,
             confidences: list[float] | None = None) -> MethodResult:
     first = completions[0]
-    answers = [c.text for c in completions] if method == "per_prompt" else None
-    return MethodResult(method, first.text, first.token_ids, first.finish_reason, prompt_tokens, prompts, answers, confidences)
+    per_prompt = method == "per_prompt"
+    return MethodResult(method, first.text, first.token_ids, first.finish_reason, prompt_tokens, prompts,
+                        [c.text for c in completions] if per_prompt else None, confidences,
+                        [c.token_ids for c in completions] if per_prompt else None)
