@@ -262,6 +262,36 @@ def bench(
         err.print(f"wrote {write_json(result, as_json)}")
 
 
+@app.command()
+@friendly
+def paraphrase(
+    data: str = typer.Argument(..., help="sample-qa, sample-fill, webqa, myriadlama, or a dataset file."),
+    out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),
+    num: int = typer.Option(5, "--num", help="Rewrites per question."),
+    model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
+    temperature: float = typer.Option(1.5),
+    top_p: float = typer.Option(0.9),
+    max_new_tokens: int = typer.Option(30),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(8, help="Questions per batched generation."),
+    max_samples: Optional[int] = typer.Option(None, help="Only the first N items."),
+) -> None:
+    """Have the model rewrite each question N ways (duplicates, empties and answer leaks dropped)."""
+    from rich.progress import Progress
+
+    from minirun.data import load_dataset
+    from minirun.paraphrase import paraphrase_file
+
+    items = load_dataset(data)[:max_samples]
+    llm = _load(model, "cpu", None, False)
+    with Progress(console=err) as progress:
+        task = progress.add_task("paraphrasing", total=len(items))
+        done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
+                               on_batch=lambda n: progress.advance(task, n))
+    kept = sum(len(item.paraphrases) - 1 for item in done)
+    err.print(f"wrote {out}: {len(done)} items, {kept} rewrites kept of {num * len(done)}")
+
+
 from minirun.cli_eval import register  # noqa: E402  (it uses `friendly` and `_load` from above)
 
 register(app)

@@ -1,0 +1,120 @@
+"""Paraphrase generation: the target model rewrites each question N ways.
+
+Rewrite i of a question is sampled with its own seed (seed + i), so results do not depend on how
+questions are batched; all N rewrites of a batch of questions decode as one batch. The output
+JSONL doubles as the cache: items already written with the same settings are not redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from minirun.data import Item
+from minirun.data.items import item_from_dict
+from minirun.errors import MinirunError
+from minirun.generate import decode_loop, plain_row, stack_rows
+from minirun.matching import normalize
+from minirun.sampling import SamplingParams, sample
+
+INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
+               "different sentence structure. Reply with the rewritten question only.")
+DEMOS = [  # written for minirun
+    ("What is the capital of Japan?", "Which city serves as Japan's capital?"),
+    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by which artist?"),
+    ("How many legs does a spider have?", "What is the number of legs on a spider?"),
+    ("Where was Albert Einstein born?", "In which place did Albert Einstein come into the world?"),
+]
+
+
+def rewrite_prompt(question: str) -> str:
+    demos = "\n\n".join(f"Question: {q}\nRewrite: {r}" for q, r in DEMOS)
+    return f"{INSTRUCTION}\n\n{demos}\n\nQuestion: {question}\nRewrite:"
+
+
+def clean_rewrite(text: str) -> str:
+    """First line, without a leading 'Rewrite:' label or quotes."""
+    line = text.strip().split("\n", 1)[0].strip()
+    line = re.sub(r"^(rewrite|question)\s*:\s*", "", line, flags=re.IGNORECASE)
+    return line.strip(" \"'")
+
+
+def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
+    """Drop empty rewrites, duplicates (of the question or each other) and ones giving the answer away."""
+    norm = normalize(rewrite)
+    if not norm or norm in {normalize(item.question), *map(normalize, kept)}:
+        return False
+    return not any(a_norm and re.search(rf"\b{re.escape(a_norm)}\b", norm)
+                   for a_norm in map(normalize, item.answers))
+
+
+def settings_key(llm, num: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> str:
+    raw = json.dumps([str(llm.path.resolve()), num, temperature, top_p, max_new_tokens, seed, INSTRUCTION, DEMOS])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def rewrite_batch(llm, items: list[Item], num: int, temperature: float, top_p: float, max_new_tokens: int,
+                  seed: int) -> list[list[str]]:
+    """`num` sampled rewrites per item, all items' rewrites in one batched generation."""
+    ids = [llm.prompt_ids(rewrite_prompt(item.question)) for item in items]
+    rows = [plain_row(p) for p in ids for _ in range(num)]
+    layout = stack_rows(rows, llm.pad_id, llm.device)
+    session = llm.session(len(rows), layout.length + max_new_tokens)
+    logits = session.prefill(layout.tokens, layout.positions, layout.segments)
+    params = SamplingParams(temperature, top_p=top_p)
+    generators = [SamplingParams(temperature, seed=seed + i).generator(llm.device) for _ in items for i in range(num)]
+
+    def choose(step_logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([sample(step_logits[r:r + 1], params, g) for r, g in enumerate(generators)])
+
+    done = decode_loop(session, logits, layout.next_positions, choose, max_new_tokens, llm.stopper(("\n",)))
+    return [[clean_rewrite(c.text) for c in done[i * num:(i + 1) * num]] for i in range(len(items))]
+
+
+def paraphrase_file(llm, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
+                    max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8, on_batch=None) -> list[Item]:
+    """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones."""
+    key = settings_key(llm, num, temperature, top_p, max_new_tokens, seed)
+    finished = _read_finished(out, key)
+    todo = [item for item in items if item.id not in finished]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
+                kept: list[str] = []
+                for r in rewrites:
+                    if keep(r, item, kept):
+                        kept.append(r)
+                done = replace(item, paraphrases=[item.question, *kept])
+                f.write(json.dumps({**asdict(done), "paraphrase_settings": key}, ensure_ascii=False) + "\n")
+                finished[item.id] = done
+            f.flush()
+            os.fsync(f.fileno())
+            if on_batch is not None:
+                on_batch(len(batch))
+    return [finished[item.id] for item in items]
+
+
+def _read_finished(out: Path, key: str) -> dict[str, Item]:
+    """Items already in `out`; a torn last line (a killed run) is cut off so appending stays valid."""
+    found: dict[str, Item] = {}
+    if not out.is_file():
+        return found
+    text = out.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        out.write_text(text, encoding="utf-8")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        row = json.loads(line)
+        if row.get("paraphrase_settings") != key:
+            raise MinirunError(f"{out}:{lineno} was written with other paraphrase settings: "
+                               "use another output file or delete this one")
+        found[row["id"]] = item_from_dict(row)
+    return found

@@ -1,0 +1,71 @@
+"""Paraphrase generation: filters, batching independence, caching, resume, CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import minirun
+from minirun import paraphrase
+from minirun.cli import app
+from minirun.data import Item, load_dataset, load_jsonl
+from minirun.paraphrase import clean_rewrite, keep, paraphrase_file
+
+ITEM = Item("q1", "What is the capital of France?", [], ["Paris", "City of Light"])
+
+
+def test_filters():
+    assert not keep("", ITEM, [])
+    assert not keep("what is the Capital of France", ITEM, [])  # the question itself
+    assert not keep("Is Paris the capital of France?", ITEM, [])  # gives the answer away
+    assert keep("Which city is France's capital?", ITEM, [])
+    assert not keep("Which city is France's capital", ITEM, ["Which city is France's capital?"])
+    assert keep("Which city do Parisians call the capital?", ITEM, [])  # 'Parisians' is not 'Paris'
+    assert clean_rewrite(' Rewrite: "Which city is it?"\nQuestion: more') == "Which city is it?"
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoint_dirs):
+    return minirun.load(checkpoint_dirs["llama3"])
+
+
+def items() -> list[Item]:
+    return load_dataset("sample-qa")[:3]
+
+
+def test_rewrites_do_not_depend_on_batching_and_keep_original_first(llm, tmp_path):
+    a = paraphrase_file(llm, items(), tmp_path / "a.jsonl", num=3, max_new_tokens=8, batch_size=1)
+    b = paraphrase_file(llm, items(), tmp_path / "b.jsonl", num=3, max_new_tokens=8, batch_size=3)
+    assert a == b
+    assert all(x.paraphrases[0] == x.question and len(x.paraphrases) <= 4 for x in a)
+    assert [x.id for x in load_jsonl(tmp_path / "a.jsonl")] == [x.id for x in items()]
+
+
+def test_rerun_does_nothing_new_and_a_torn_line_is_redone(llm, tmp_path, monkeypatch):
+    out = tmp_path / "p.jsonl"
+    first = paraphrase_file(llm, items(), out, num=2, max_new_tokens=6)
+    calls = []
+    real = paraphrase.rewrite_batch
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: calls.append(len(batch)) or real(llm, batch, *a))
+    assert paraphrase_file(llm, items(), out, num=2, max_new_tokens=6) == first and calls == []
+    text = out.read_text()
+    out.write_text(text[: len(text) - 20])  # a kill -9 in the middle of the last line
+    assert paraphrase_file(llm, items(), out, num=2, max_new_tokens=6) == first and calls == [1]
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_other_settings_refused(llm, tmp_path):
+    out = tmp_path / "p.jsonl"
+    paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
+    with pytest.raises(minirun.MinirunError, match="other paraphrase settings"):
+        paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6)
+
+
+def test_cli(checkpoint_dirs, tmp_path):
+    out = tmp_path / "p.jsonl"
+    result = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(out), "--num", "2", "--max-samples", "2",
+                                      "--max-new-tokens", "6", "--model", str(checkpoint_dirs["llama3"])])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["paraphrases"][0] == rows[0]["question"]
