@@ -127,7 +127,7 @@ def _ensemble(llm, method, question, paraphrases, prefix, suffix, few_shot, max_
     suffix = ("\nA:" if few_shot else "") if suffix is None else suffix
     if few_shot:
         prefix += "Q: "
-    bias = None if flex_bias is None else (flex_bias if flex_bias == "inv_n" else _positive_float(flex_bias))
+    bias = None if flex_bias is None else (flex_bias if flex_bias == "inv_n" else _bias_weight(flex_bias))
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None,
                               stop=tuple(stop) or (("\n",) if few_shot else ()), share_prefix=share_prefix,
                               positions=positions, flex_bias=bias, temperature=temperature, seed=seed,
@@ -135,7 +135,7 @@ def _ensemble(llm, method, question, paraphrases, prefix, suffix, few_shot, max_
     start = time.perf_counter()
     result = run_method(llm, method, [Question(question, [question, *paraphrases], prefix, suffix)], options)[0]
     elapsed = time.perf_counter() - start
-    tokens = len(result.token_ids) * (len(result.prompts) if method == "per_prompt" else 1)
+    tokens = sum(map(len, result.answer_token_ids)) if result.answer_token_ids else len(result.token_ids)
     speed = tokens / elapsed
     if as_json:
         out = {"method": method, "text": result.text, "token_ids": result.token_ids, "prompt_tokens": result.prompt_tokens,
@@ -154,7 +154,7 @@ def _ensemble(llm, method, question, paraphrases, prefix, suffix, few_shot, max_
     err.print(f"[dim]{method}: {len(result.prompts)} prompt(s), {speed:.1f} tokens/s[/dim]")
 
 
-def _positive_float(value: str) -> float:
+def _bias_weight(value: str) -> float:
     try:
         return float(value)
     except ValueError:
