@@ -74,6 +74,8 @@ class Stopper:
         for i, token in enumerate(ids):
             if token in self.eos_ids:
                 return ids[: i + 1], self.text(ids[:i]), "eos"
+        if not self.stop_strings:  # eos is all there is to check: skip decoding the text every step
+            return None
         text = self.text(ids)
         cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
         if cut >= 0:
