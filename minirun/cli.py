@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,11 +19,28 @@ app = typer.Typer(help="minirun: a small LLM runtime for paraphrase self-ensembl
 err = Console(stderr=True)
 
 
+class _ConsoleLog(logging.Handler):
+    """minirun's log lines (a compile starting, a shape budget reached) on stderr, one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        err.print(f"[yellow]warning:[/yellow] {text}" if record.levelno >= logging.WARNING else f"[dim]{text}[/dim]",
+                  highlight=False)
+
+
+def _show_logs() -> None:
+    logger = logging.getLogger("minirun")
+    if not any(isinstance(h, _ConsoleLog) for h in logger.handlers):
+        logger.addHandler(_ConsoleLog())
+        logger.setLevel(logging.INFO)
+
+
 def friendly(fn: Callable) -> Callable:
     """Turn MinirunError (and Ctrl-C) into a one-line message and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _show_logs()
         try:
             return fn(*args, **kwargs)
         except MinirunError as e:

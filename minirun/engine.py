@@ -1,13 +1,17 @@
-"""One generation's runtime state: the preallocated cache, per-slot segment ids, the decode mask.
+"""One generation's runtime state: the preallocated cache, per-slot segment ids, the attention mask.
 
-Prefill writes a chunk of tokens at the next free cache slots; decode writes one token per row at
-the next slot. Cache slot (where K/V live) and RoPE position (what the model sees) are separate
-inputs, so packed paraphrases can share positions but never slots.
+Prefill writes prompt tokens at the next free cache slots, CHUNK tokens at a time; decode writes one
+token per row at the next slot. Cache slot (where K/V live) and RoPE position (what the model sees)
+are separate inputs, so packed paraphrases can share positions but never slots.
 
-With `flex.set_compiled(True)` the one-token decode step runs as one compiled graph (CUDA graphs
-on GPU). Its inputs are tensors of fixed shape (slot, positions, segment ids, the cache buffers),
-so one graph serves every step and every question of the same batch and cache size; prefill
-chunks are left-padded to a multiple of PREFILL_BUCKET so varied prompts reuse a few shapes.
+The BlockMask is built once over all slots × all slots whenever segment ids change (once per
+prefill call) and sliced for every prefill chunk and every decode step. Its mask_mod reads the
+segment ids and the query offset from tensors, so nothing compiled depends on the question.
+
+With `flex.set_compiled(True)` the one-token decode step is one compiled graph (CUDA graphs on
+GPU), prefill chunks run compiled FlexAttention, the mask builder is compiled, and cache sizes come
+in power-of-two buckets: compiled shapes depend on the batch size and the cache bucket only, never
+on a prompt's length.
 """
 from __future__ import annotations
 
@@ -18,47 +22,61 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from minirun import flex
+from minirun.compiled import Compiled
 from minirun.errors import MinirunError
 from minirun.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
-SLOT_BUCKET = 128  # cache sizes are rounded up to this, so compiled shapes repeat across prompts
-PREFILL_BUCKET = 64  # compiled prefill chunks are padded to a multiple of this
+CHUNK = 64  # prefill chunk (tokens); divides flex.BLOCK so a chunk lies inside one mask block row
+assert flex.BLOCK % CHUNK == 0
 
 
 def cache_size(needed: int) -> int:
-    """Slots to allocate: `needed` rounded up to a bucket, plus room for padded prefill chunks."""
+    """Slots to allocate for `needed` tokens: room for chunk padding, then whole mask blocks
+    (a power-of-two count when compiled, so a sweep meets few cache shapes)."""
+    needed += 2 * CHUNK  # a shared head and the rows are prefilled separately, each padded to chunks
     if flex.is_compiled():
-        needed += 2 * PREFILL_BUCKET
-    return -(-needed // SLOT_BUCKET) * SLOT_BUCKET
+        return max(flex.BLOCK, 1 << (needed - 1).bit_length())
+    return -(-needed // flex.BLOCK) * flex.BLOCK
 
 
 def _score_mod(segments: torch.Tensor, log_weights: torch.Tensor | None, offset: torch.Tensor) -> Callable | None:
     return None if log_weights is None else segment_bias(segments, log_weights, offset)
 
 
+def mask_rows(full_mask: BlockMask, segments: torch.Tensor, rows: int, start: torch.Tensor, length: int) -> BlockMask:
+    """The part of `full_mask` for `rows` rows and `length` queries from cache slot `start` (a tensor).
+
+    The queries lie in one mask block row, taken with a tensor index; the base mask_mod is
+    re-attached shifted by `start`, so slicing never depends on Python ints that change.
+    """
+    part = full_mask[:rows, :, (start // full_mask.BLOCK_SIZE[0]).reshape(1)]
+    part.mask_mod = offset_queries(segment_mask(segments[:rows]), start)
+    part.seq_lengths = (length, full_mask.seq_lengths[1])
+    return part
+
+
 def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
                 full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
-    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V].
-
-    The step's BlockMask is the row of `full_mask` (built once over all slots) holding `slot`,
-    with the mask_mod shifted by the slot tensor: nothing here depends on Python ints that change.
-    """
-    step_mask = full_mask[:, :, slot // full_mask.BLOCK_SIZE[0]]
-    step_mask.mask_mod = offset_queries(segment_mask(segments), slot[0])
-    step_mask.seq_lengths = (1, full_mask.seq_lengths[1])
+    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V]."""
+    step_mask = mask_rows(full_mask, segments, tokens.shape[0], slot[0], 1)
     logits = model(tokens[:, None], positions[:, None], step_mask, slot, _score_mod(segments, log_weights, slot[0]))
     return logits[:, -1].float()
 
 
-_compiled_steps: dict[str, Callable] = {}
+def _step_shape(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> tuple:
+    return id(model), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None
 
 
-def compiled_decode_step(device: torch.device) -> Callable:
+_compiled_steps: dict[str, Compiled] = {}
+
+
+def compiled_decode_step(device: torch.device) -> Compiled:
     """`decode_step` compiled once per process; CUDA graphs on GPU ("reduce-overhead")."""
     mode = "reduce-overhead" if device.type == "cuda" else None
     if mode not in _compiled_steps:
-        _compiled_steps[mode] = torch.compile(decode_step, mode=mode, dynamic=False)
+        _compiled_steps[mode] = Compiled(decode_step, "the decode step", _step_shape, mode=mode, dynamic=False)
     return _compiled_steps[mode]
 
 
@@ -73,28 +91,46 @@ class Session:
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
         self.log_weights = log_weights  # [B, N+1] attention bias per segment, see masks.segment_bias
         self.length = 0
-        self._decode_mask: BlockMask | None = None
+        self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
+        self._mask: BlockMask | None = None  # over all slots; None once segment ids change
+
+    def _full_mask(self) -> BlockMask:
+        if self._mask is None:
+            self._mask = flex.block_mask(segment_mask(self.segments), self.batch, self.max_slots, self.max_slots,
+                                         self.device)
+        return self._mask
 
     @torch.inference_mode()  # grad mode is part of a compiled graph's guards: keep it fixed
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V]."""
-        if flex.is_compiled():
-            pad = -tokens.shape[1] % PREFILL_BUCKET
-            tokens, positions = F.pad(tokens, (pad, 0)), F.pad(positions, (pad, 0))
-            segments = F.pad(segments, (pad, 0), value=PAD)
+        """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V].
+
+        Left-padded to whole CHUNKs (padding is a PAD segment, invisible), so every chunk has the
+        same shape whatever the prompt's length.
+        """
+        if tokens.shape[1] == 0:
+            raise MinirunError("nothing to prefill: the prompt is empty")
+        pad = -tokens.shape[1] % CHUNK
+        tokens, positions = F.pad(tokens, (pad, 0)), F.pad(positions, (pad, 0))
+        segments = F.pad(segments, (pad, 0), value=PAD)
         rows, T = tokens.shape
         if self.length + T > self.max_slots:
             raise MinirunError(f"prompt needs {self.length + T} cache slots but the cache holds {self.max_slots}: "
                                "shorten the prompt or lower max_new_tokens")
-        slots = torch.arange(self.length, self.length + T, device=self.device)
-        self.segments[:, slots] = segments.to(self.segments)
-        offset = torch.tensor(self.length, device=self.device)
-        mask_mod = offset_queries(segment_mask(self.segments[:rows]), offset)
-        block_mask = flex.block_mask(mask_mod, rows, T, self.max_slots, self.device)
-        score_mod = _score_mod(self.segments[:rows], None if self.log_weights is None else self.log_weights[:rows], offset)
-        logits = self.model(tokens, positions, block_mask, slots, score_mod, last_only=True)
-        self.length += T
-        self._decode_mask = None
+        self.segments[:, self.length:self.length + T] = segments.to(self.segments)
+        self._mask = None
+        full_mask = self._full_mask()
+        log_weights = None if self.log_weights is None else self.log_weights[:rows]
+        for i in range(0, T, CHUNK):
+            start = torch.tensor(self.length, device=self.device)
+            slots = torch.arange(self.length, self.length + CHUNK, device=self.device)
+            chunk = slice(i, i + CHUNK)
+            mask = mask_rows(full_mask, self.segments, rows, start, CHUNK)
+            score_mod = _score_mod(self.segments[:rows], log_weights, start)
+            if i + CHUNK < T:  # only the last chunk's last token needs logits
+                self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod)
+            else:
+                logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True)
+            self.length += CHUNK
         return logits[:, -1].float()
 
     @torch.inference_mode()
@@ -102,11 +138,8 @@ class Session:
         """One token per row (tokens, positions [B]) at the next slot; logits [B, V]."""
         if self.length >= self.max_slots:
             raise MinirunError(f"the cache is full ({self.max_slots} slots): lower max_new_tokens")
-        if self._decode_mask is None:  # built once per prompt, then sliced every step
-            self._decode_mask = flex.block_mask(segment_mask(self.segments), self.batch, self.max_slots,
-                                                self.max_slots, self.device)
-        slot = torch.tensor([self.length], device=self.device)
+        self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         step = compiled_decode_step(self.device) if flex.is_compiled() else decode_step
-        logits = step(self.model, tokens, positions, slot, self._decode_mask, self.segments, self.log_weights)
+        logits = step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights)
         self.length += 1
         return logits

@@ -11,13 +11,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE, BlockMask, create_block_mask, flex_attention
+
+from minirun.compiled import Compiled, raise_torch_limit
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
+BLOCK = _DEFAULT_SPARSE_BLOCK_SIZE  # BlockMask granularity (128): masks are built over whole blocks
+
 _state = {"compiled": False}
-_compiled_flex = torch.compile(flex_attention, dynamic=False)
-_compiled_block_mask = torch.compile(create_block_mask)
+_compiled_flex = Compiled(
+    flex_attention, "FlexAttention",
+    lambda q, k, v, score_mod=None, block_mask=None, **_: (tuple(q.shape), tuple(k.shape), score_mod is not None),
+    dynamic=False)
+_compiled_block_mask = Compiled(
+    create_block_mask, "create_block_mask",
+    lambda mask_mod, batch, heads, q_len, kv_len, device=None: (batch, q_len, kv_len), dynamic=False)
 
 
 def set_compiled(enabled: bool) -> None:
@@ -28,6 +37,7 @@ def set_compiled(enabled: bool) -> None:
     """
     _state["compiled"] = enabled
     if enabled:
+        raise_torch_limit()
         default = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "inductor"
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default))
 
@@ -43,11 +53,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
 
 
 def block_mask(mask_mod: Callable, batch: int, q_len: int, kv_len: int, device: torch.device) -> BlockMask:
-    """Build a BlockMask; compiled on GPU (no dense Q×KV temporary).
+    """Build a BlockMask; compiled (no dense Q×KV temporary) when q_len is whole blocks.
 
-    On CPU the builder stays eager: torch 2.13's inductor emits C++ that does not compile for
-    these mask_mods (a VecMask int/float mismatch), and the dense temporary is small there.
+    torch 2.13's Inductor emits C++ that does not compile for a partial query block on CPU (a
+    VecMask<int>/VecMask<float> mismatch), so the session always builds over whole blocks.
     """
-    use_compiled = _state["compiled"] and torch.device(device).type == "cuda" and not torch.compiler.is_compiling()
+    use_compiled = _state["compiled"] and q_len % BLOCK == 0 and not torch.compiler.is_compiling()
     fn = _compiled_block_mask if use_compiled else create_block_mask
     return fn(mask_mod, batch, None, q_len, kv_len, device=device)

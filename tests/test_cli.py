@@ -38,6 +38,18 @@ def test_generate_streams_text(tiny):
     assert result.stdout.startswith(expected.text)
 
 
+def test_generate_compile_reports_each_compile_on_stderr(tiny):
+    from minirun import flex
+
+    try:
+        result = invoke("generate", "--model", tiny, "Who wrote Hamlet?", "--max-new-tokens", "6", "--compile", "--json")
+    finally:
+        flex.set_compiled(False)  # the command switched this process to compiled kernels
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["token_ids"] == minirun.load(tiny).generate("Who wrote Hamlet?", max_new_tokens=6).token_ids
+    assert "compiling the decode step for" in result.stderr
+
+
 @pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "max", "flex"])
 def test_generate_methods_json(tiny, method):
     paras = ["Which city is the capital of France?", "Name France's capital."]

@@ -1,6 +1,7 @@
 """Mask functions checked against a reference built with plain loops."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from minirun.masks import PAD, SHARED, materialize, offset_queries, segment_mask
@@ -61,3 +62,63 @@ def test_batch_rows_use_their_own_segments():
     m = materialize(segment_mask(segs), 2, 4, 4)
     assert m[0].tolist() == reference(segs[0].tolist())
     assert m[1].tolist() == reference(segs[1].tolist())
+
+
+def _block_kinds(block_mask) -> torch.Tensor:
+    """[B, q_blocks, kv_blocks]: 0 skipped, 1 partial (mask_mod applied), 2 full (mask_mod skipped)."""
+    kinds = block_mask.to_dense()[:, 0].clone()  # partial or full
+    counts, indices = block_mask.full_kv_num_blocks[:, 0], block_mask.full_kv_indices[:, 0]
+    for b in range(kinds.shape[0]):
+        for q in range(kinds.shape[1]):
+            kinds[b, q, indices[b, q, :counts[b, q]].long()] = 2
+    return kinds
+
+
+def _session_segments(slots: int) -> torch.Tensor:
+    """Two rows as a session holds them: prefix, padding, paraphrases, then unwritten (SHARED) slots."""
+    segs = torch.zeros((2, slots), dtype=torch.int32)
+    segs[0, 10:64] = PAD
+    segs[0, 64:120], segs[0, 120:150], segs[0, 150:192] = 1, 2, 3
+    segs[1, :40] = PAD
+    segs[1, 40:130], segs[1, 130:192] = 1, 2
+    return segs
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("start, length", [(0, 64), (64, 64), (128, 64), (192, 1), (200, 1), (300, 1)])
+def test_sliced_session_mask_is_exact(compiled, start, length):
+    """The kernel visits every visible key block and skips mask_mod only where all keys are visible."""
+    from minirun import flex
+    from minirun.engine import mask_rows
+
+    slots = 384
+    segs = _session_segments(slots)
+    flex.set_compiled(compiled)
+    try:
+        full = flex.block_mask(segment_mask(segs), 2, slots, slots, torch.device("cpu"))
+    finally:
+        flex.set_compiled(False)
+    part = mask_rows(full, segs, 2, torch.tensor(start), length)
+    dense = materialize(part.mask_mod, 2, length, slots)  # [B, length, S] element by element
+    assert torch.equal(dense, materialize(segment_mask(segs), 2, slots, slots)[:, start:start + length])
+    kinds = _block_kinds(part)[:, 0]  # [B, kv_blocks]
+    for j in range(slots // 128):
+        keys = dense[:, :, j * 128:(j + 1) * 128]
+        assert not keys[kinds[:, j] == 0].any(), (j, "visible keys in a skipped block")
+        assert keys[kinds[:, j] == 2].all(), (j, "a block marked full hides keys")
+
+
+def test_compiled_block_mask_equals_eager():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from minirun import flex
+
+    segs = _session_segments(256)
+    eager = create_block_mask(segment_mask(segs), 2, None, 256, 256, device="cpu")
+    flex.set_compiled(True)
+    try:
+        compiled = flex.block_mask(segment_mask(segs), 2, 256, 256, torch.device("cpu"))
+    finally:
+        flex.set_compiled(False)
+    assert (2, 256, 256) in flex._compiled_block_mask.shapes  # built by the compiled builder
+    assert torch.equal(_block_kinds(compiled), _block_kinds(eager))

@@ -32,14 +32,15 @@ def fuse_weighted_avg(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tens
 
 
 def fuse_weighted_max(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The single most confident paraphrase's logits (ties: the first)."""
-    return logits[int(torch.argmax(weights))]
+    """The single most confident paraphrase's logits (ties: the first); index_select, not int(),
+    so the decode loop never waits for the device."""
+    return logits.index_select(0, weights.argmax().reshape(1))[0]
 
 
 def normalised(weights: torch.Tensor) -> torch.Tensor:
-    """Confidences -> weights summing to 1; all-zero confidences fall back to uniform."""
+    """Confidences -> weights summing to 1; all-zero confidences fall back to uniform (no host sync)."""
     total = weights.sum()
-    return weights / total if total > 0 else torch.full_like(weights, 1.0 / len(weights))
+    return torch.where(total > 0, weights / total.clamp(min=torch.finfo(weights.dtype).tiny), 1.0 / len(weights))
 
 
 RULES: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = {

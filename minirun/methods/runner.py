@@ -119,16 +119,15 @@ def _run_rows(llm, method: str, encoded: list[Encoded], prompts: list[list[str]]
     generator = params.generator(llm.device)
     fused = method not in ("origin", "per_prompt")
     weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
+    # Index tensors made once: indexing with Python lists would copy them to the device every step.
+    members = [torch.tensor(g, device=llm.device) for g in groups]
+    row_group = torch.tensor([q for q, g in enumerate(groups) for _ in g], device=llm.device)  # [B]
 
     def choose(step_logits: torch.Tensor) -> torch.Tensor:
         if not fused:
             return sample(step_logits, params, generator)
-        out = torch.empty(step_logits.shape[0], dtype=torch.long, device=step_logits.device)
-        scores = torch.stack([RULES[method](step_logits[g], w) for g, w in zip(groups, weights)])  # [Q, V]
-        picked = sample(scores, params, generator)  # [Q]
-        for g, token in zip(groups, picked):
-            out[g] = token
-        return out
+        scores = torch.stack([RULES[method](step_logits.index_select(0, m), w) for m, w in zip(members, weights)])  # [Q, V]
+        return sample(scores, params, generator)[row_group]  # every row of a question carries its fused token
 
     outputs = [g[0] for g in groups] if fused else None
     completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,

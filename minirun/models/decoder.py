@@ -17,6 +17,7 @@ from minirun import flex
 from minirun.config import ModelConfig
 from minirun.kv_cache import KVCache
 from minirun.masks import SHARED, segment_mask
+from minirun.models.linear import Linear
 from minirun.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 
 
@@ -39,8 +40,8 @@ class Attention(nn.Module):
         super().__init__()
         self.c = c
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        self.wqkv = nn.Linear(c.hidden_size, q_dim + 2 * kv_dim, bias=c.qkv_bias)  # q, k, v fused
-        self.wo = nn.Linear(q_dim, c.hidden_size, bias=c.o_bias)
+        self.wqkv = Linear(c.hidden_size, q_dim + 2 * kv_dim, bias=c.qkv_bias)  # q, k, v fused
+        self.wo = Linear(q_dim, c.hidden_size, bias=c.o_bias)
         self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None
         self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None
         self.kv_cache: KVCache | None = None
@@ -67,8 +68,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.w_gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)  # gate, up fused
-        self.w_down = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.w_gate_up = Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)  # gate, up fused
+        self.w_down = Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w_gate_up(x).chunk(2, dim=-1)
@@ -96,7 +97,7 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", inv_frequencies(config), persistent=False)
 
     @property

@@ -1,0 +1,52 @@
+"""torch.compile with a shape budget that is never exceeded silently.
+
+Every new shape a compiled function meets is a recompile (tens of seconds on CPU). minirun keeps
+the shapes few (fixed prefill chunks, power-of-two cache sizes), logs each compile, and past
+MINIRUN_RECOMPILE_LIMIT shapes per function runs the call uncompiled with a warning naming the
+shape. torch's own limit is raised above minirun's, so torch's quiet switch to eager (a log line
+deep in torch._dynamo) is never what happens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Hashable
+
+import torch
+
+log = logging.getLogger("minirun")
+
+
+def recompile_limit() -> int:
+    return int(os.environ.get("MINIRUN_RECOMPILE_LIMIT", "16"))
+
+
+def raise_torch_limit() -> None:
+    """Give torch's per-function recompile limit room above minirun's own."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 4 * recompile_limit())
+
+
+class Compiled:
+    """`fn` compiled with `options`; `key(*args)` names the shape a call compiles for."""
+
+    def __init__(self, fn: Callable, name: str, key: Callable[..., Hashable], **options: Any):
+        self.fn, self.name, self.key = fn, name, key
+        self.compiled = torch.compile(fn, **options)
+        self.shapes: set[Hashable] = set()
+        self.refused: set[Hashable] = set()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        shape = self.key(*args, **kwargs)
+        if shape not in self.shapes:
+            limit = recompile_limit()
+            if len(self.shapes) >= limit:
+                if shape not in self.refused:
+                    self.refused.add(shape)
+                    log.warning("%s is already compiled for %d shapes (MINIRUN_RECOMPILE_LIMIT=%d): %s runs "
+                                "uncompiled and slowly; use fewer batch sizes or raise the limit",
+                                self.name, len(self.shapes), limit, shape)
+                return self.fn(*args, **kwargs)
+            self.shapes.add(shape)
+            log.info("compiling %s for %s (once per shape; later processes reuse the on-disk cache)", self.name, shape)
+        return self.compiled(*args, **kwargs)
