@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 import minirun
 from minirun import engine, flex
 from minirun.compiled import Compiled
-from minirun.engine import CHUNK, cache_size
+from minirun.engine import CHUNK, cache_size, chunk_plan
 from minirun.methods import EnsembleOptions, Question, run_method
 from minirun.methods import runner
 from minirun.methods.packing import encode_question, packed_row
@@ -22,8 +22,9 @@ from minirun.methods.runner import METHODS
 PARAS = ["France's capital?", "Capital city?"]
 OPTIONS = EnsembleOptions(max_new_tokens=12, confidences=[[0.2, 0.5, 0.3]])
 FACT = "The capital of France is Paris and the capital of Japan is Tokyo. "
-# Prompts of 3 to 6 prefill chunks, all inside one cache bucket (checked below).
-QUESTIONS = [FACT * k + "Which city?" for k in (3, 4, 5, 6, 8)]
+# Five lengths in one cache bucket; the last (longest, the warm-up) needs every chunk size the others do.
+QUESTIONS = [FACT * 3 + "Which city?", FACT * 3 + "Who wrote Hamlet? Which city?", FACT * 4 + "Which city?",
+             FACT * 4 + "Water boils at 100 degrees. Which city?", FACT * 5 + "Which city?"]
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +53,25 @@ def test_compiled_tokens_equal_eager(llm, method):
         flex.set_compiled(False)
 
 
+def _chunks(llm, method: str, question: str) -> tuple[int, int, list[int]]:
+    """(prompt tokens, cache size, prefill chunk sizes) of one question, as the runner lays it out."""
+    enc = encode_question(llm, [question] if method == "origin" else [question, *PARAS], "", "", None)
+    head, row = len(enc.head), len(packed_row(enc, head_in_row=False).tokens)
+    padded_head = -(-head // CHUNK) * CHUNK
+    plan = chunk_plan(0, padded_head) + chunk_plan(padded_head, -(-row // CHUNK) * CHUNK)
+    return head + row, cache_size(head + row + OPTIONS.max_new_tokens), plan
+
+
 @pytest.mark.parametrize("method", ["origin", "flex"])
 def test_no_recompilation_across_questions(llm, compiled, method):
-    lengths = []
-    for q in QUESTIONS:
-        enc = encode_question(llm, [q] if method == "origin" else [q, *PARAS], "", "", None)
-        lengths.append(len(packed_row(enc).tokens))
-    assert len({-(-n // CHUNK) for n in lengths}) >= 3, lengths  # the prompts really differ in chunks
-    assert len({cache_size(n + OPTIONS.max_new_tokens) for n in lengths}) == 1, lengths
-    run(llm, method, QUESTIONS[0])  # warm-up: compiles prefill, decode and the mask builder once
+    """Compiled shapes depend on batch, cache bucket and chunk size (one of CHUNKS), never on length."""
+    layouts = [_chunks(llm, method, q) for q in QUESTIONS]
+    lengths, caches, plans = zip(*layouts)
+    assert len(set(lengths)) == len(QUESTIONS) and len({len(p) for p in plans}) >= 2, layouts
+    assert len(set(caches)) == 1 and set().union(*plans) <= set(plans[-1]), layouts
+    run(llm, method, QUESTIONS[-1])  # warm-up: compiles prefill chunks, decode and the mask builder once
     before = counters["stats"]["unique_graphs"]
-    for question in QUESTIONS[1:]:
+    for question in QUESTIONS[:-1]:
         run(llm, method, question)
     assert counters["stats"]["unique_graphs"] == before
 

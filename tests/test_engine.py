@@ -1,0 +1,57 @@
+"""The session's chunked prefill: the chunk plan's guarantees, and logits equal to one full forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import minirun
+from minirun import flex
+from minirun.engine import CHUNK, CHUNKS, Session, cache_size, chunk_plan
+from minirun.errors import MinirunError
+from minirun.generate import left_padded
+
+LOGIT_ATOL = 1e-4
+
+
+@pytest.mark.parametrize("start", range(0, 1024, CHUNK))
+def test_chunk_plan_covers_prompt_in_aligned_chunks(start):
+    for length in range(CHUNK, 1600, CHUNK):
+        plan = chunk_plan(start, length)
+        assert sum(plan) == length and set(plan) <= set(CHUNKS)
+        at = start
+        for size in plan:
+            if size <= flex.BLOCK:  # inside one mask block row
+                assert at // flex.BLOCK == (at + size - 1) // flex.BLOCK
+            else:  # whole mask block rows
+                assert at % flex.BLOCK == 0 and size % flex.BLOCK == 0
+            at += size
+        if start % flex.BLOCK == 0 and length >= max(CHUNKS):
+            assert plan[0] == max(CHUNKS)  # long prompts take the biggest chunks
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoint_dirs):
+    return minirun.load(checkpoint_dirs["llama3"])
+
+
+def test_chunked_prefill_equals_full_forward(llm):
+    """Rows of 450 and 200 tokens after a shared 70-token head: several chunk sizes, padding, a head broadcast."""
+    g = torch.Generator().manual_seed(0)
+    head = torch.randint(3, 320, (70,), generator=g).tolist()
+    rows = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (450, 200)]
+    layout = left_padded(rows, llm.pad_id, llm.device, start=len(head))
+    session = Session(llm.model, 2, cache_size(CHUNK + layout.length + 1))
+    with torch.inference_mode():
+        session.prefill(torch.tensor([head]), torch.arange(len(head))[None], torch.zeros((1, len(head)), dtype=torch.int32))
+        logits = session.prefill(layout.tokens, layout.positions, layout.segments)
+        for row, ids in enumerate(rows):
+            full = llm.model(torch.tensor([head + ids]))[0, -1]
+            assert (logits[row] - full).abs().max().item() <= LOGIT_ATOL
+    assert len(chunk_plan(CHUNK, layout.length + -layout.length % CHUNK)) >= 3
+
+
+def test_empty_prompt_is_a_clear_error(llm):
+    session = Session(llm.model, 1, cache_size(8))
+    with pytest.raises(MinirunError, match="prompt is empty"):
+        session.prefill(torch.zeros((1, 0), dtype=torch.long), torch.zeros((1, 0), dtype=torch.long),
+                        torch.zeros((1, 0), dtype=torch.int32))
