@@ -19,11 +19,23 @@ app = typer.Typer(help="minirun: a small LLM runtime for paraphrase self-ensembl
 err = Console(stderr=True)
 
 
+_streaming = {"mid_line": False}  # streamed answer text is on screen without its newline yet
+
+
+def _stream(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    _streaming["mid_line"] = True
+
+
 class _ConsoleLog(logging.Handler):
     """minirun's log lines (a compile starting, a shape budget reached) on stderr, one line each."""
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
+        if _streaming["mid_line"]:  # the decode step compiles after the first token is shown
+            err.print()
+            _streaming["mid_line"] = False
         err.print(f"[yellow]warning:[/yellow] {text}" if record.levelno >= logging.WARNING else f"[dim]{text}[/dim]",
                   highlight=False)
 
@@ -122,7 +134,7 @@ def generate(
 
 
 def _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json) -> None:
-    stream = None if as_json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    stream = None if as_json else _stream
     start = time.perf_counter()
     out = llm.generate(prompt, max_new_tokens, chat=False if raw else None, temperature=temperature, top_k=top_k,
                        top_p=top_p, seed=seed, stop=stop, truncate=truncate, on_text=stream)
@@ -133,6 +145,7 @@ def _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, st
                           "tokens_per_second": speed, "finish_reason": out.finish_reason, "method": "plain"}))
     else:
         print()
+        _streaming["mid_line"] = False
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 

@@ -28,10 +28,12 @@ def raise_torch_limit() -> None:
 
 
 class Compiled:
-    """`fn` compiled with `options`; `key(*args)` names the shape a call compiles for."""
+    """`fn` compiled with `options`; `key(*args)` identifies what a call compiles for, `label(*args)`
+    says it in words for the log (default: the key)."""
 
-    def __init__(self, fn: Callable, name: str, key: Callable[..., Hashable], **options: Any):
-        self.fn, self.name, self.key = fn, name, key
+    def __init__(self, fn: Callable, name: str, key: Callable[..., Hashable],
+                 label: Callable[..., str] | None = None, **options: Any):
+        self.fn, self.name, self.key, self.label = fn, name, key, label or (lambda *a, **k: str(key(*a, **k)))
         self.compiled = torch.compile(fn, **options)
         self.shapes: set[Hashable] = set()
         self.refused: set[Hashable] = set()
@@ -45,8 +47,9 @@ class Compiled:
                     self.refused.add(shape)
                     log.warning("%s is already compiled for %d shapes (MINIRUN_RECOMPILE_LIMIT=%d): %s runs "
                                 "uncompiled and slowly; use fewer batch sizes or raise the limit",
-                                self.name, len(self.shapes), limit, shape)
+                                self.name, len(self.shapes), limit, self.label(*args, **kwargs))
                 return self.fn(*args, **kwargs)
             self.shapes.add(shape)
-            log.info("compiling %s for %s (once per shape; later processes reuse the on-disk cache)", self.name, shape)
+            log.info("compiling %s for %s (once per shape; later processes reuse the on-disk cache)", self.name,
+                     self.label(*args, **kwargs))
         return self.compiled(*args, **kwargs)

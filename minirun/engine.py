@@ -80,9 +80,15 @@ def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, s
     return logits[:, -1].float()
 
 
-def _step_shape(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
-                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> tuple:
+def _step_key(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+              full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> tuple:
     return id(model), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None
+
+
+def _step_label(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> str:
+    bias = ", attention bias" if log_weights is not None else ""
+    return f"batch {tokens.shape[0]}, {full_mask.seq_lengths[1]} cache slots{bias}"
 
 
 _compiled_steps: dict[str, Compiled] = {}
@@ -92,7 +98,8 @@ def compiled_decode_step(device: torch.device) -> Compiled:
     """`decode_step` compiled once per process; CUDA graphs on GPU ("reduce-overhead")."""
     mode = "reduce-overhead" if device.type == "cuda" else None
     if mode not in _compiled_steps:
-        _compiled_steps[mode] = Compiled(decode_step, "the decode step", _step_shape, mode=mode, dynamic=False)
+        _compiled_steps[mode] = Compiled(decode_step, "the decode step", _step_key, _step_label, mode=mode,
+                                           dynamic=False)
     return _compiled_steps[mode]
 
 

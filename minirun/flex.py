@@ -22,11 +22,12 @@ BLOCK = _DEFAULT_SPARSE_BLOCK_SIZE  # BlockMask granularity (128): masks are bui
 _state = {"compiled": False}
 _compiled_flex = Compiled(
     flex_attention, "FlexAttention",
-    lambda q, k, v, score_mod=None, block_mask=None, **_: (tuple(q.shape), tuple(k.shape), score_mod is not None),
+    lambda q, k, v, score_mod=None, block_mask=None, **_: (f"q {'x'.join(map(str, q.shape))}, "
+                                                           f"kv {'x'.join(map(str, k.shape))}{', bias' if score_mod else ''}"),
     dynamic=False)
 _compiled_block_mask = Compiled(
     create_block_mask, "create_block_mask",
-    lambda mask_mod, batch, heads, q_len, kv_len, device=None: (batch, q_len, kv_len), dynamic=False)
+    lambda mask_mod, batch, heads, q_len, kv_len, device=None: f"batch {batch}, {q_len}x{kv_len} slots", dynamic=False)
 
 
 def set_compiled(enabled: bool) -> None:

@@ -47,7 +47,21 @@ def test_generate_compile_reports_each_compile_on_stderr(tiny):
         flex.set_compiled(False)  # the command switched this process to compiled kernels
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["token_ids"] == minirun.load(tiny).generate("Who wrote Hamlet?", max_new_tokens=6).token_ids
-    assert "compiling the decode step for" in result.stderr
+    assert "compiling the decode step for batch 1" in result.stderr
+
+
+def test_compile_notice_never_lands_mid_answer(tiny):
+    """The decode step compiles after the first token is on screen: its notice starts a new line."""
+    from minirun import flex
+
+    try:
+        result = invoke("generate", "--model", tiny, "Who wrote Hamlet?", "--max-new-tokens", "6", "--compile")
+    finally:
+        flex.set_compiled(False)
+    expected = minirun.load(tiny).generate("Who wrote Hamlet?", max_new_tokens=6).text
+    assert result.exit_code == 0 and result.stdout.startswith(expected), result.output
+    before = result.stderr.split("compiling the decode step")[0]  # earlier notices end in "\n" themselves
+    assert before == "\n" or before.endswith("\n\n"), result.stderr  # a line break first, then the notice
 
 
 @pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "max", "flex"])
