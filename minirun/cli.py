@@ -221,38 +221,6 @@ def pull(
 
 @app.command()
 @friendly
-def mask(
-    question: str = typer.Argument(..., help="The original question."),
-    paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording (repeatable)."),
-    method: str = typer.Option("flex", help="flex, or a logit method (one panel per row)."),
-    model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
-    prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix (instruction / few-shot) text file."),
-    suffix: str = typer.Option("", help="Text after each paraphrase."),
-    positions: str = typer.Option("right", help="right, restart or sequential."),
-    share_prefix: bool = typer.Option(True),
-    raw: bool = typer.Option(False, help="Do not apply the chat template."),
-    decode_steps: int = typer.Option(3, help="Generated tokens to show."),
-    out: Optional[Path] = typer.Option(None, help="Write a PNG here; without it, print a text rendering."),
-) -> None:
-    """Show the exact attention mask (and position ids) the runtime uses for a method."""
-    from minirun.mask_view import build_view, render_png, render_text
-
-    if prefix_file is not None and not prefix_file.is_file():
-        raise MinirunError(f"prefix file {prefix_file} not found")
-    prefix = prefix_file.read_text() if prefix_file else ""
-    llm = _load(model, "cpu", None, False)
-    view = build_view(llm, question, list(paraphrase), method=method, prefix=prefix, suffix=suffix,
-                      chat=False if raw else None, positions=positions, share_prefix=share_prefix,
-                      decode_steps=decode_steps)
-    if out is None:
-        print(render_text(view))
-        return
-    render_png(view, out)
-    err.print(f"wrote {out}")
-
-
-@app.command()
-@friendly
 def interactive() -> None:
     """Ask what to run, print the equivalent one-line command, then run it."""
     from minirun.hub import default_models_dir
@@ -264,68 +232,10 @@ def interactive() -> None:
     app(args=argv, standalone_mode=False)
 
 
-@app.command()
-@friendly
-def bench(
-    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id."),
-    random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
-                                                 "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
-    method: str = typer.Option("origin"),
-    prompt_tokens: int = typer.Option(128),
-    new_tokens: int = typer.Option(64),
-    batch: int = typer.Option(1, help="Questions per batch."),
-    num_paraphrases: int = typer.Option(5),
-    repeats: int = typer.Option(5),
-    warmup: int = typer.Option(1),
-    dtype: Optional[str] = typer.Option(None),
-    device: str = typer.Option("cpu"),
-    compile: bool = typer.Option(True, help="Compiled decode step and FlexAttention."),
-    compare: Optional[str] = typer.Option(None, help="Comma-separated: transformers, eager."),
-    as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
-) -> None:
-    """Time prefill and decode (median and spread over repeats), side by side with transformers."""
-    from minirun.bench import format_table, run_bench, write_json
+from minirun import cli_eval, cli_tools  # noqa: E402  (they use `friendly` and `_load` from above)
 
-    result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases, repeats,
-                       warmup, dtype, device, compile, compare)
-    Console().print(format_table(result))
-    if as_json is not None:
-        err.print(f"wrote {write_json(result, as_json)}")
-
-
-@app.command()
-@friendly
-def paraphrase(
-    data: str = typer.Argument(..., help="sample-qa, sample-fill, webqa, myriadlama, or a dataset file."),
-    out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),
-    num: int = typer.Option(5, "--num", help="Rewrites per question."),
-    model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
-    temperature: float = typer.Option(1.5),
-    top_p: float = typer.Option(0.9),
-    max_new_tokens: int = typer.Option(30),
-    seed: int = typer.Option(0),
-    batch_size: int = typer.Option(8, help="Questions per batched generation."),
-    max_samples: Optional[int] = typer.Option(None, help="Only the first N items."),
-) -> None:
-    """Have the model rewrite each question N ways (duplicates, empties and answer leaks dropped)."""
-    from rich.progress import Progress
-
-    from minirun.data import load_dataset
-    from minirun.paraphrase import paraphrase_file
-
-    items = load_dataset(data)[:max_samples]
-    llm = _load(model, "cpu", None, False)
-    with Progress(console=err) as progress:
-        task = progress.add_task("paraphrasing", total=len(items))
-        done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_batch=lambda n: progress.advance(task, n))
-    kept = sum(len(item.paraphrases) - 1 for item in done)
-    err.print(f"wrote {out}: {len(done)} items, {kept} rewrites kept of {num * len(done)}")
-
-
-from minirun.cli_eval import register  # noqa: E402  (it uses `friendly` and `_load` from above)
-
-register(app)
+cli_tools.register(app)
+cli_eval.register(app)
 
 if __name__ == "__main__":
     app()

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from minirun.errors import MinirunError
-from minirun.generate import Row, plain_row, stack_rows
+from minirun.generate import plain_row, stack_rows
 from minirun.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
 from minirun.methods.runner import METHODS

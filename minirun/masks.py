@@ -57,9 +57,15 @@ def segment_bias(segments: torch.Tensor, log_weights: torch.Tensor, offset: torc
     return score_mod
 
 
-def materialize(mask_mod: MaskMod, batch: int, q_len: int, kv_len: int) -> torch.Tensor:
-    """Dense boolean mask [B, Q, KV]; for tests and pictures, never on the hot path."""
-    b = torch.arange(batch)[:, None, None]
-    q = torch.arange(q_len)[None, :, None]
-    kv = torch.arange(kv_len)[None, None, :]
-    return mask_mod(b, torch.zeros_like(b), q, kv).expand(batch, q_len, kv_len)
+def index_grids(batch: int, q_len: int, kv_len: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+    """FlexAttention's (b, h, q, kv) indices as broadcasting tensors [B,1,1,1], [1,1,1,1], [1,1,Q,1], [1,1,1,KV]:
+    a mask_mod or score_mod called on them yields its whole [B, 1, Q, KV] grid at once."""
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    q = torch.arange(q_len, device=device)[None, None, :, None]
+    kv = torch.arange(kv_len, device=device)[None, None, None, :]
+    return b, torch.zeros_like(b[:1]), q, kv
+
+
+def materialize(mask_mod: MaskMod, batch: int, q_len: int, kv_len: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Dense boolean mask [B, Q, KV]: for tests, pictures and the eager attention path (flex.py)."""
+    return mask_mod(*index_grids(batch, q_len, kv_len, device)).expand(batch, 1, q_len, kv_len)[:, 0]
