@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU benchmark set: SmolLM2-135M's shape with random weights, float32, 128-token prompts,
 # 64 new tokens, batch 1. origin against transformers; then flex and avg with 5 paraphrases.
-# Every run also measures minirun with eager FlexAttention (--compare eager), so one JSON shows
+# Every run also measures minirun uncompiled (--compare eager: dense masks + SDPA), so one JSON shows
 # what compilation buys (or the compiler error, see bench/README.md). Each run gets an empty inductor
 # cache, so `warmup_s` is the first-ever compile.
 # Usage: bench/run_cpu.sh [extra `minirun bench` flags, e.g. --repeats 3]

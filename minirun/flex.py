@@ -1,9 +1,10 @@
-"""FlexAttention entry points, eager or compiled, chosen once per process.
+"""Attention entry points, eager or compiled, chosen once per process.
 
 Compiled, attention runs FlexAttention's block-sparse kernels. Eager, the same mask_mod and
 score_mod are evaluated densely once per step (every layer reuses the mask) and handed to SDPA:
 exact, and far faster than eager FlexAttention, whose fallback traces and vmaps the mask in every
-layer (a SmolLM2-135M decode step on 2 CPU cores: 390 ms with it, 64 ms with SDPA). `set_compiled(True)` switches attention and mask building.
+layer (a SmolLM2-135M decode step on 2 CPU cores: 390 ms with it, 64 ms with SDPA).
+`set_compiled(True)` switches attention and mask building.
 """
 from __future__ import annotations
 
