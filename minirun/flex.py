@@ -59,7 +59,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
     if _state["compiled"]:
         return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
-    if _dense["for"] != (block_mask, score_mod):
+    last = _dense["for"]
+    if last is None or last[0] is not block_mask or last[1] is not score_mod:
         _dense["for"], _dense["mask"] = (block_mask, score_mod), dense_mask(block_mask, score_mod, q, k.shape[2])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_dense["mask"], enable_gqa=True)
 
