@@ -25,7 +25,6 @@ warnings.filterwarnings("ignore", message=".*flex_attention called without torch
 BLOCK = _DEFAULT_SPARSE_BLOCK_SIZE  # BlockMask granularity (128): masks are built over whole blocks
 
 _state = {"compiled": False}
-_dense = {"for": None, "mask": None}  # the last dense mask, keyed by its (BlockMask, score_mod): every layer reuses it
 _compiled_flex = Compiled(
     flex_attention, "FlexAttention",
     lambda q, k, v, score_mod=None, block_mask=None, **_: (f"q {'x'.join(map(str, q.shape))}, "
@@ -59,10 +58,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
     if _state["compiled"]:
         return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
-    last = _dense["for"]
-    if last is None or last[0] is not block_mask or last[1] is not score_mod:
-        _dense["for"], _dense["mask"] = (block_mask, score_mod), dense_mask(block_mask, score_mod, q, k.shape[2])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=_dense["mask"], enable_gqa=True)
+    cached = getattr(block_mask, "_dense", None)  # (score_mod, mask), made by the first layer for all of them
+    if cached is None or cached[0] is not score_mod:
+        cached = block_mask._dense = (score_mod, dense_mask(block_mask, score_mod, q, k.shape[2]))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=True)
 
 
 def dense_mask(block_mask: BlockMask, score_mod: Callable | None, q: torch.Tensor, kv_len: int) -> torch.Tensor:

@@ -55,3 +55,17 @@ def test_empty_prompt_is_a_clear_error(llm):
     with pytest.raises(MinirunError, match="prompt is empty"):
         session.prefill(torch.zeros((1, 0), dtype=torch.long), torch.zeros((1, 0), dtype=torch.long),
                         torch.zeros((1, 0), dtype=torch.int32))
+
+
+def test_eager_step_builds_its_dense_mask_once(llm, monkeypatch):
+    """Uncompiled, every layer reuses the step's dense mask: one build per decode step, not one per layer."""
+    builds = []
+    real = flex.dense_mask
+    monkeypatch.setattr(flex, "dense_mask", lambda *a: builds.append(1) or real(*a))
+    session = Session(llm.model, 1, 256)
+    session.prefill(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], torch.zeros(1, 3, dtype=torch.int32))
+    prefill_builds = len(builds)
+    for step in range(3):
+        session.decode(torch.tensor([8]), torch.tensor([3 + step]))
+    assert llm.config.num_layers > 1
+    assert prefill_builds == 1 and len(builds) == 4  # one chunk, then three steps

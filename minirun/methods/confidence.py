@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-
 from minirun.generate import decode_loop, plain_row, stack_rows
 from minirun.sampling import SamplingParams, sample
 
