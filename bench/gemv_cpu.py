@@ -5,7 +5,7 @@ SmolLM2-135M step (30 layers of q/k/v, o, gate/up, down, plus the 49152-row lm_h
 F.linear (Inductor calls BLAS) and as minirun's `Linear` under torch.compile (a broadcast
 multiply + sum Inductor turns into a weight-streaming reduction), in one process, interleaved.
 Also the machine's read bandwidth (a 512 MiB sum), the ceiling for M = 1.
-Writes bench/results/gemv-cpu-<date>.json; STREAM_MAX_ROWS in minirun/models/linear.py comes from it.
+Writes bench/results/gemv-cpu-<date>.json; STREAM_MAX_ROWS in minirun/layers/linear.py comes from it.
 
 Usage: python bench/gemv_cpu.py [--rows 1,2,...]
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minirun.bench_compare import device_name
+from minirun.bench.compare import device_name
+from minirun.layers.linear import Linear
 from minirun.models import linear
-from minirun.models.linear import Linear
 
 # (out_features, in_features, matrices per step) for SmolLM2-135M
 SHAPES = {"qkv": (960, 576, 30), "o": (576, 576, 30), "gate_up": (3072, 576, 30), "down": (576, 1536, 30),

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 from minirun import load
-from minirun.bench import run_bench
-from minirun.data import load_dataset, load_fewshot
+from minirun.bench.run import run_bench
+from minirun.eval.data import load_dataset, load_fewshot
+from minirun.eval.prompts import build_prefix
 from minirun.methods.packing import encode_question, packed_row
-from minirun.prompts import build_prefix
 
 METHODS = ["origin", "per_prompt", "avg", "max", "weighted_avg", "weighted_max", "flex"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from checkpoints import ARCHS, write_checkpoint
 from smollm2_fixture import smollm2_dir, smollm2_f32_dir, smollm2_gguf  # noqa: F401  (session fixtures)
 

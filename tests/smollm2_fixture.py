@@ -2,7 +2,7 @@
 
 The GGUF is pip-downloaded once into `<repo>/models/.cache`, so CI runs and later sessions reuse it.
 `write_tiny_gguf` writes random-weight Llama/Qwen2/Qwen3 models the way llama.cpp's convert script does
-(its tensor names, metadata keys, Llama q/k row permutation), independently of `minirun.convert`.
+(its tensor names, metadata keys, Llama q/k row permutation), independently of `minirun.checkpoints.convert`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import minirun.convert
-import minirun.gguf_tokenizer
-from minirun.convert import convert_gguf
-from minirun.hub import DEFAULT_MODEL, fetch_smollm2_gguf, is_complete, pull
+import minirun.checkpoints.convert
+import minirun.checkpoints.gguf_tokenizer
+from minirun.checkpoints.convert import convert_gguf
+from minirun.checkpoints.hub import DEFAULT_MODEL, fetch_smollm2_gguf, is_complete, pull
 
 __all__ = ["smollm2_gguf", "smollm2_f32_dir", "smollm2_dir"]
 
@@ -33,7 +33,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_f32_dir(smollm2_gguf: Path) -> Path:
     """Float32 conversion, cached under a hash of the converter's source so code changes re-convert."""
-    sources = b"".join(Path(m.__file__).read_bytes() for m in (minirun.convert, minirun.gguf_tokenizer))
+    sources = b"".join(Path(m.__file__).read_bytes() for m in (minirun.checkpoints.convert, minirun.checkpoints.gguf_tokenizer))
     target = CACHE / f"smollm2-f32-{hashlib.sha256(sources).hexdigest()[:10]}"
     if not is_complete(target):
         for stale in CACHE.glob("smollm2-f32-*"):

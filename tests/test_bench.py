@@ -6,10 +6,10 @@ import json
 import pytest
 from rich.console import Console
 
-from minirun.bench import format_table, run_bench, write_json
-from minirun.config import ModelConfig
+from minirun.bench.run import format_table, run_bench, write_json
+from minirun.checkpoints.random import SHAPES, random_checkpoint, shape_config
 from minirun.errors import MinirunError
-from minirun.shapes import SHAPES, random_checkpoint, shape_config
+from minirun.models.config import ModelConfig
 
 FIGURES = ("decode_tokens_per_s", "prefill_tokens_per_s", "ms_per_token", "peak_memory_mb", "warmup_s", "ttft_s")
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
@@ -80,7 +80,7 @@ def test_scaled_down_checkpoint_loads_in_minirun_and_transformers(shape, tmp_pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from minirun.loader import load_model
+    from minirun.checkpoints.loader import load_model
 
     tiny = {**TINY, "head_dim": 16} if "head_dim" in SHAPES[shape] else TINY
     path = random_checkpoint(shape, tmp_path, dtype="float32", **tiny)

@@ -39,7 +39,7 @@ def test_generate_streams_text(tiny):
 
 
 def test_generate_compile_reports_each_compile_on_stderr(tiny):
-    from minirun import flex
+    from minirun.layers import flex
 
     try:
         result = invoke("generate", "--model", tiny, "Who wrote Hamlet?", "--max-new-tokens", "6", "--compile", "--json")
@@ -52,7 +52,7 @@ def test_generate_compile_reports_each_compile_on_stderr(tiny):
 
 def test_compile_notice_never_lands_mid_answer(tiny):
     """The decode step compiles after the first token is on screen: its notice starts a new line."""
-    from minirun import flex
+    from minirun.layers import flex
 
     try:
         result = invoke("generate", "--model", tiny, "Who wrote Hamlet?", "--max-new-tokens", "6", "--compile")

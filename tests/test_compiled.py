@@ -11,11 +11,11 @@ from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 import minirun
-from minirun import engine, flex
-from minirun.compiled import Compiled
-from minirun.engine import CHUNK, cache_size, chunk_plan
-from minirun.methods import EnsembleOptions, Question, run_method
-from minirun.methods import runner
+from minirun.engine import session as engine
+from minirun.engine.session import CHUNK, cache_size, chunk_plan
+from minirun.layers import flex
+from minirun.layers.compiled import Compiled
+from minirun.methods import EnsembleOptions, Question, run_method, runner
 from minirun.methods.packing import encode_question, packed_row
 from minirun.methods.runner import METHODS
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from smollm2_fixture import tiny_model, write_tiny_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from minirun.convert import convert_gguf
+from minirun.checkpoints.convert import convert_gguf
 from minirun.errors import MinirunError
 
 CORPUS = [

@@ -8,10 +8,10 @@ import types
 import pandas as pd
 import pytest
 
-from minirun.data import Item, load_dataset, load_fewshot, load_jsonl, load_myriadlama, load_webqa, write_jsonl
-from minirun.data.myriadlama import template_prompt
-from minirun.data.webqa import parse_target_value
 from minirun.errors import MinirunError
+from minirun.eval.data import Item, load_dataset, load_fewshot, load_jsonl, load_myriadlama, load_webqa, write_jsonl
+from minirun.eval.data.myriadlama import template_prompt
+from minirun.eval.data.webqa import parse_target_value
 
 
 def _write_lines(path, lines):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import minirun
-from minirun import flex
-from minirun.engine import CHUNK, CHUNKS, Session, cache_size, chunk_plan
+from minirun.engine.generate import left_padded
+from minirun.engine.session import CHUNK, CHUNKS, Session, cache_size, chunk_plan
 from minirun.errors import MinirunError
-from minirun.generate import left_padded
+from minirun.layers import flex
 
 LOGIT_ATOL = 1e-4
 

@@ -13,15 +13,15 @@ import sys
 import pandas as pd
 import pytest
 import typer
+from smollm2_fixture import smollm2_dir, smollm2_gguf  # noqa: F401  (session fixtures)
 from typer.testing import CliRunner
 
 import minirun
-from minirun.cli_eval import register
-from minirun.data import load_dataset
+from minirun.cli.eval import register
 from minirun.errors import MinirunError
-from minirun.evaluate import evaluate, shard
-from minirun.results import ResultStore
-from smollm2_fixture import smollm2_dir, smollm2_gguf  # noqa: F401  (session fixtures)
+from minirun.eval.data import load_dataset
+from minirun.eval.loop import evaluate, shard
+from minirun.eval.results import ResultStore
 
 METHODS = ["origin", "avg"]
 SETTINGS = dict(dataset="sample-qa", num_paraphrases=2, few_shot_k=1, max_new_tokens=4, batch_size=2, progress=False)
@@ -29,7 +29,7 @@ CLI_SETTINGS = ["--data", "sample-qa", "--num-paraphrases", "2", "--few-shot-k",
                 "--batch-size", "2", "--max-samples", "6", "--no-progress"]
 APP_SCRIPT = """
 import typer
-from minirun.cli_eval import register
+from minirun.cli.eval import register
 app = typer.Typer(pretty_exceptions_enable=False)
 @app.callback()
 def main() -> None: pass

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import minirun
-from minirun.methods import EnsembleOptions, Question, run_method
-from minirun.methods import confidence
+from minirun.engine.sampling import SamplingParams, filter_logits
+from minirun.methods import EnsembleOptions, Question, confidence, run_method
 from minirun.methods.packing import encode_question
-from minirun.sampling import SamplingParams, filter_logits
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,7 @@ def test_confidences_cached_and_reused(llm, tmp_path, monkeypatch):
 
 def test_confidence_samples_share_one_prefill(llm, monkeypatch):
     """The S samples prefill the prompt once (batch 1), then decode S rows."""
-    from minirun.engine import Session
+    from minirun.engine.session import Session
 
     shapes = []
     real = Session.prefill

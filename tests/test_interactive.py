@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from minirun.interactive import format_command, local_models, run_interactive
+from minirun.cli.interactive import format_command, local_models, run_interactive
 
 
 def scripted(answers: list[str], prompts: list[tuple[str, str]]):

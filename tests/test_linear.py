@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
-from minirun.models.linear import STREAM_MAX_ROWS, Linear, streams
+from minirun.layers.linear import STREAM_MAX_ROWS, Linear, streams
 
 
 def _layer(bias: bool) -> Linear:

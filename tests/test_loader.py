@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minirun
-from minirun.config import ModelConfig
 from minirun.errors import MinirunError
+from minirun.models.config import ModelConfig
 
 
 @pytest.fixture

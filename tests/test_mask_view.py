@@ -6,10 +6,19 @@ import torch
 from matplotlib.image import imread
 
 import minirun
-from minirun.generate import plain_row, stack_rows
-from minirun.mask_view import (GEN, HIDDEN_RGB, PAD_RGB, PAD_TEXT, build_view, cell_rgb, render_png, render_text,
-                               view_from_encoded)
-from minirun.masks import PAD, SHARED, materialize, segment_mask
+from minirun.cli.mask_view import (
+    GEN,
+    HIDDEN_RGB,
+    PAD_RGB,
+    PAD_TEXT,
+    build_view,
+    cell_rgb,
+    render_png,
+    render_text,
+    view_from_encoded,
+)
+from minirun.engine.generate import plain_row, stack_rows
+from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods.packing import Encoded, encode_question
 
 

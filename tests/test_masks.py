@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minirun.masks import PAD, SHARED, materialize, offset_queries, segment_mask
+from minirun.layers.masks import PAD, SHARED, materialize, offset_queries, segment_mask
 
 
 def reference(segments: list[int]) -> list[list[bool]]:
@@ -88,8 +88,8 @@ def _session_segments(slots: int) -> torch.Tensor:
 @pytest.mark.parametrize("start, length", [(0, 64), (64, 64), (128, 64), (192, 1), (200, 1), (300, 1)])
 def test_sliced_session_mask_is_exact(compiled, start, length):
     """The kernel visits every visible key block and skips mask_mod only where all keys are visible."""
-    from minirun import flex
-    from minirun.engine import mask_rows
+    from minirun.engine.session import mask_rows
+    from minirun.layers import flex
 
     slots = 384
     segs = _session_segments(slots)
@@ -111,7 +111,7 @@ def test_sliced_session_mask_is_exact(compiled, start, length):
 def test_compiled_block_mask_equals_eager():
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from minirun import flex
+    from minirun.layers import flex
 
     segs = _session_segments(256)
     eager = create_block_mask(segment_mask(segs), 2, None, 256, 256, device="cpu")
@@ -131,9 +131,9 @@ def test_eager_attention_equals_flex_attention(start, length, bias):
     FlexAttention computes under the same sliced session mask, GQA and segment bias included."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    from minirun import flex
-    from minirun.engine import mask_rows
-    from minirun.masks import segment_bias
+    from minirun.engine.session import mask_rows
+    from minirun.layers import flex
+    from minirun.layers.masks import segment_bias
 
     slots = 384
     segs = _session_segments(slots)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from minirun.matching import Matcher, MatchResult, extract_answer, normalize
+from minirun.eval.matching import Matcher, MatchResult, extract_answer
+from minirun.text import normalize
 
 
 @pytest.fixture(scope="module")

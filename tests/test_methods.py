@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import minirun
-from minirun import flex
+from minirun.engine.generate import Row, plain_row, stack_rows
 from minirun.errors import MinirunError
-from minirun.masks import segment_mask
+from minirun.layers import flex
+from minirun.layers.masks import segment_mask
 from minirun.methods import EnsembleOptions, Question, run_method
 from minirun.methods.packing import encode_question, packed_row
-from minirun.methods.runner import _prefill
 
 ATOL = 1e-4
 QUESTION = "The capital of France is"
@@ -31,16 +31,18 @@ def run(llm, method, paraphrases, question=QUESTION, prefix=PREFIX, **kw):
     return run_method(llm, method, [Question(question, paraphrases, prefix)], opts(**kw))[0]
 
 
+def last_logits(llm, row: Row) -> torch.Tensor:
+    """Next-token logits after prefilling one row alone."""
+    layout = stack_rows([row], llm.pad_id, llm.device)
+    return llm.session(1, layout.length + 4).prefill(layout.tokens, layout.positions, layout.segments)
+
+
 def test_flex_with_one_paraphrase_equals_origin(llm):
     origin = run(llm, "origin", [])
     flex_one = run(llm, "flex", [QUESTION])
     assert flex_one.token_ids == origin.token_ids
     enc = encode_question(llm, [QUESTION], PREFIX, chat=True)
-    from minirun.generate import plain_row
-
-    with torch.inference_mode():
-        _, _, a = _prefill(llm, [plain_row(enc.full(0))], None, 4)
-        _, _, b = _prefill(llm, [packed_row(enc)], None, 4)
+    a, b = last_logits(llm, plain_row(enc.full(0))), last_logits(llm, packed_row(enc))
     assert (a - b).abs().max().item() <= ATOL
 
 

@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 import minirun
-from minirun import paraphrase
 from minirun.cli import app
-from minirun.data import Item, load_dataset, load_jsonl
-from minirun.paraphrase import clean_rewrite, keep, paraphrase_file
+from minirun.eval import paraphrase
+from minirun.eval.data import Item, load_dataset, load_jsonl
+from minirun.eval.paraphrase import clean_rewrite, keep, paraphrase_file
 
 ITEM = Item("q1", "What is the capital of France?", [], ["Paris", "City of Light"])
 

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import minirun
-from minirun.engine import Session, cache_size
-from minirun.generate import left_padded
+from minirun.engine.generate import left_padded
+from minirun.engine.session import Session, cache_size
 
 LOGIT_ATOL = 1e-4  # float32
 BF16_RTOL = 0.05  # bfloat16 vs float32: max-abs logit difference within 5% of the logit scale

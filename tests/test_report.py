@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from minirun.errors import MinirunError
-from minirun.report import agreement, by_relation, load_results, plot, report_json, summarize
-from minirun.results import ResultStore
+from minirun.eval.report import agreement, by_relation, load_results, plot, report_json, summarize
+from minirun.eval.results import ResultStore
 
 
 def _frame() -> pd.DataFrame:

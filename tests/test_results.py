@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from minirun.errors import MinirunError
-from minirun.results import COLUMNS, ResultStore, merge, read_results
+from minirun.eval.results import COLUMNS, ResultStore, merge, read_results
 
 KEY = {"model": "tiny", "dataset": "sample-qa", "k": 5}
 IDS = [f"q{i}" for i in range(6)]

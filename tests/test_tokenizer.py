@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from minirun.tokenizer import Tokenizer
+from minirun.checkpoints.tokenizer import Tokenizer
 
 TEXTS = ["The capital of France is Paris.", "  leading and   runs of spaces\n\n\ttabs", "Ünïcödé — 東京 🙂 café",
          "digits 1234567890 and 3.14159", "<|im_start|>user\nhi<|im_end|>", "", "def f(x):\n    return x ** 2"]

@@ -5,7 +5,12 @@ per_prompt  every paraphrase answered on its own (one batch)
 avg, avg_logprob, max, weighted_avg, weighted_max
             paraphrases decoded as one batch, next-token scores fused every step
 flex        paraphrases packed into one sequence; isolated in prefill, fused by attention
-"""
-from minirun.methods.runner import METHODS, EnsembleOptions, MethodResult, Question, run_method
 
-__all__ = ["METHODS", "EnsembleOptions", "MethodResult", "Question", "run_method"]
+`llm` is anything that satisfies `EnsembleModel` (`minirun.LLM` does); `run_encoded` takes
+questions already tokenised, with session hooks for callers that time them.
+"""
+from minirun.methods.model import EnsembleModel
+from minirun.methods.options import EnsembleOptions, MethodResult, Question
+from minirun.methods.runner import METHODS, run_encoded, run_method
+
+__all__ = ["METHODS", "EnsembleModel", "EnsembleOptions", "MethodResult", "Question", "run_encoded", "run_method"]

@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from minirun.generate import decode_loop, plain_row, stack_rows
-from minirun.sampling import SamplingParams, sample
+from minirun.engine.generate import decode_loop, plain_row, stack_rows
+from minirun.engine.sampling import SamplingParams, sample
+from minirun.methods.model import EnsembleModel
+from minirun.methods.options import EnsembleOptions
+from minirun.methods.packing import Encoded
+from minirun.text import normalize
 
 SameAnswer = Callable[[str, str], bool]
 
@@ -24,8 +28,6 @@ def first_line(text: str) -> str:
 
 def normalised_equal(a: str, b: str) -> bool:
     """Fallback comparison: lowercase, punctuation dropped (the pipeline's lemma matcher replaces it)."""
-    from minirun.matching import normalize
-
     return normalize(first_line(a)) == normalize(first_line(b))
 
 
@@ -33,13 +35,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "confidence"
 
 
-def _key(llm, ids: list[int], options, same: SameAnswer) -> str:
+def _key(llm: EnsembleModel, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> str:
     settings = [str(llm.path.resolve()), ids, options.num_samples, options.confidence_temperature,
                 options.confidence_tokens, options.seed, getattr(same, "__qualname__", repr(same))]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
 
-def paraphrase_confidence(llm, ids: list[int], options, same: SameAnswer) -> float:
+def paraphrase_confidence(llm: EnsembleModel, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> float:
     """Greedy answer vs S samples drawn from one shared prefill of `ids`."""
     n = options.num_samples
     max_new = options.confidence_tokens
@@ -54,7 +56,7 @@ def paraphrase_confidence(llm, ids: list[int], options, same: SameAnswer) -> flo
     return sum(same(s.text, greedy) for s in samples) / n
 
 
-def confidences_for(llm, encoded, options, same: SameAnswer = normalised_equal) -> list[list[float]]:
+def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: EnsembleOptions, same: SameAnswer = normalised_equal) -> list[list[float]]:
     """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)

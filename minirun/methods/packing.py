@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minirun.generate import Row
-from minirun.masks import SHARED
+from minirun.engine.generate import Row
+from minirun.layers.masks import SHARED
+from minirun.methods.model import EnsembleModel
 
 POSITION_SCHEMES = ("right", "restart", "sequential")
 _SENTINEL = "\u2063MINIRUN_PARAPHRASE\u2063"
@@ -33,7 +34,7 @@ class Encoded:
         return self.head + self.paraphrases[i] + self.tail
 
 
-def encode_question(llm, paraphrases: list[str], prefix: str = "", suffix: str = "", chat: bool | None = None) -> Encoded:
+def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = "", suffix: str = "", chat: bool | None = None) -> Encoded:
     """Split `template(prefix + paraphrase + suffix)` around the paraphrase and encode the parts."""
     if chat is None:
         chat = llm.tokenizer.chat_template is not None

@@ -2,80 +2,62 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
+from minirun.engine.generate import Completion, Row, decode_loop, plain_row, stack_rows
+from minirun.engine.sampling import SamplingParams, sample
+from minirun.engine.session import NO_HOOKS, Hooks
 from minirun.errors import MinirunError
-from minirun.generate import Completion, Row, decode_loop, plain_row, stack_rows
 from minirun.methods.fusion import RULES, WEIGHTED
+from minirun.methods.model import EnsembleModel
+from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
-from minirun.sampling import SamplingParams, sample
 
 METHODS = ("origin", "per_prompt", *RULES, "flex")
 
 
-@dataclass
-class Question:
-    question: str
-    paraphrases: list[str] = field(default_factory=list)
-    prefix: str = ""  # instruction / few-shot examples before each paraphrase
-    suffix: str = ""  # text after each paraphrase (e.g. "\nA:"); flex shares it across paraphrases
-
-
-@dataclass
-class EnsembleOptions:
-    max_new_tokens: int = 32
-    chat: bool | None = None  # None: use the chat template when the tokenizer has one
-    stop: tuple[str, ...] = ()
-    share_prefix: bool = True  # encode the common head once instead of once per paraphrase
-    positions: str = "right"  # flex position scheme: right, restart, sequential
-    flex_bias: float | str | None = None  # flex: w added as log(w) to generated->paraphrase scores; "inv_n" = 1/N
-    temperature: float = 0.0
-    seed: int = 0
-    num_samples: int = 100  # self-consistency samples per paraphrase (weighted methods)
-    confidence_temperature: float = 0.7
-    confidence_tokens: int = 16
-    confidences: list[list[float]] | None = None  # precomputed, one list per question
-
-
-@dataclass
-class MethodResult:
-    method: str
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int  # tokens prefilled (a shared head counted once)
-    prompts: list[str]
-    answers: list[str] | None = None  # per_prompt: one answer per paraphrase
-    confidences: list[float] | None = None
-    answer_token_ids: list[list[int]] | None = None  # per_prompt: generated ids per paraphrase
-
-
-def run_method(llm, method: str, questions: list[Question], options: EnsembleOptions | None = None) -> list[MethodResult]:
+def run_method(llm: EnsembleModel, method: str, questions: list[Question], options: EnsembleOptions | None = None,
+               hooks: Hooks = NO_HOOKS) -> list[MethodResult]:
     """Answer every question with `method`; one batched generation for the whole list."""
     options = options or EnsembleOptions()
-    if method not in METHODS:
-        raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if options.positions not in POSITION_SCHEMES:
-        raise MinirunError(f"unknown position scheme {options.positions!r}: choose {', '.join(POSITION_SCHEMES)}")
+    check_method(method, options)
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
     for q, p in zip(questions, prompts):
         if not p:
             raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
     encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat) for q, p in zip(questions, prompts)]
+    return run_encoded(llm, method, encoded, options, prompts, hooks)
+
+
+def check_method(method: str, options: EnsembleOptions) -> None:
+    if method not in METHODS:
+        raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if options.positions not in POSITION_SCHEMES:
+        raise MinirunError(f"unknown position scheme {options.positions!r}: choose {', '.join(POSITION_SCHEMES)}")
+
+
+def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options: EnsembleOptions,
+                prompts: list[list[str]] | None = None, hooks: Hooks = NO_HOOKS) -> list[MethodResult]:
+    """`run_method` on questions already tokenised (`encode_question`); `prompts` only label the results.
+
+    `hooks` observe every session the method opens (the benchmark stamps its clock there).
+    """
+    check_method(method, options)
+    if prompts is None:
+        prompts = [[""] * len(e.paraphrases) for e in encoded]
     if method == "flex" and not all(e.tail for e in encoded):
         raise MinirunError("flex needs a shared suffix after the paraphrases so the first answer token sees all of "
                            "them: use the chat template or give a suffix (e.g. --suffix '\nA:')")
     with torch.inference_mode():
         if method == "flex":
-            return _run_flex(llm, encoded, prompts, options)
+            return _run_flex(llm, encoded, prompts, options, hooks)
         confidences = None
         if method in WEIGHTED:
             from minirun.methods.confidence import confidences_for
 
             confidences = options.confidences or confidences_for(llm, encoded, options)
-        return _run_rows(llm, method, encoded, prompts, options, confidences)
+        return _run_rows(llm, method, encoded, prompts, options, confidences, hooks)
 
 
 def _shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
@@ -86,7 +68,8 @@ def _shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] 
     return None
 
 
-def _prefill(llm, rows: list[Row], head: list[int] | None, max_new: int, log_weights: torch.Tensor | None = None):
+def _prefill(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
+             log_weights: torch.Tensor | None = None):
     """Allocate the cache, prefill a shared head once (batch 1), then all rows; last logits."""
     limit = llm.config.max_position_embeddings
     furthest = max(r.next_position for r in rows) + max_new
@@ -95,7 +78,7 @@ def _prefill(llm, rows: list[Row], head: list[int] | None, max_new: int, log_wei
                            "use fewer or shorter paraphrases, or lower --max-new-tokens")
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
-    session = llm.session(len(rows), h + layout.length + max_new)
+    session = llm.session(len(rows), h + layout.length + max_new, hooks)
     session.log_weights = log_weights
     if head:
         ids = torch.tensor([head], device=llm.device)
@@ -104,8 +87,8 @@ def _prefill(llm, rows: list[Row], head: list[int] | None, max_new: int, log_wei
     return session, layout, logits
 
 
-def _run_rows(llm, method: str, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
-              confidences: list[list[float]] | None) -> list[MethodResult]:
+def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: list[list[str]],
+              options: EnsembleOptions, confidences: list[list[float]] | None, hooks: Hooks) -> list[MethodResult]:
     """origin / per_prompt / logit fusion: one row per prompt, rows of a question fused per step."""
     head = _shared_head(encoded, options)
     rows, groups = [], []
@@ -114,7 +97,7 @@ def _run_rows(llm, method: str, encoded: list[Encoded], prompts: list[list[str]]
         for i in range(len(enc.paraphrases)):
             rows.append(plain_row(enc.body(i), len(head)) if head else plain_row(enc.full(i)))
         groups.append(list(range(start, len(rows))))
-    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens)
+    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens, hooks)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     fused = method not in ("origin", "per_prompt")
@@ -131,7 +114,7 @@ def _run_rows(llm, method: str, encoded: list[Encoded], prompts: list[list[str]]
 
     outputs = [g[0] for g in groups] if fused else None
     completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,
-                              llm.stopper(options.stop), outputs=outputs)
+                              llm.stopper(options.stop, options.ignore_eos), outputs=outputs)
     results = []
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
@@ -139,16 +122,17 @@ def _run_rows(llm, method: str, encoded: list[Encoded], prompts: list[list[str]]
     return results
 
 
-def _run_flex(llm, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions) -> list[MethodResult]:
+def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
+              hooks: Hooks) -> list[MethodResult]:
     """One packed row per question: segment-isolated prefill, fused decode."""
     head = _shared_head(encoded, options)
     rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None) for e in encoded]
     log_weights = _flex_log_weights(encoded, options.flex_bias, llm.device)
-    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens, log_weights)
+    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens, hooks, log_weights)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     completions = decode_loop(session, logits, layout.next_positions, lambda l: sample(l, params, generator),
-                              options.max_new_tokens, llm.stopper(options.stop))
+                              options.max_new_tokens, llm.stopper(options.stop, options.ignore_eos))
     return [_result("flex", [c], p, (len(head) if head else 0) + len(r.tokens))
             for c, p, r in zip(completions, prompts, rows)]
 

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
-from minirun import flex
-from minirun.config import ModelConfig
-from minirun.kv_cache import KVCache
-from minirun.masks import SHARED, segment_mask
-from minirun.models.linear import Linear
-from minirun.models.rope import apply_rope, inv_frequencies, rope_cos_sin
+from minirun.layers import flex
+from minirun.layers.kv_cache import KVCache
+from minirun.layers.linear import Linear
+from minirun.layers.masks import SHARED, segment_mask
+from minirun.layers.rope import apply_rope, inv_frequencies, rope_cos_sin
+from minirun.models.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -98,7 +98,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.register_buffer("inv_freq", inv_frequencies(config), persistent=False)
+        self.register_buffer("inv_freq", inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling), persistent=False)
 
     @property
     def device(self) -> torch.device:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from minirun.convert import convert_gguf, staged_dir
+from minirun.checkpoints.convert import convert_gguf, staged_dir
 from minirun.errors import MinirunError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

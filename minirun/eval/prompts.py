@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from minirun.data import Item
 from minirun.errors import MinirunError
+from minirun.eval.data import Item
 
 INSTRUCTIONS = {
     "qa": "Answer the question from general world knowledge with a short, direct answer.",

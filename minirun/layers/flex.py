@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE, BlockMask, create_block_mask, flex_attention
 
-from minirun.compiled import Compiled, raise_torch_limit
-from minirun.masks import index_grids, materialize
+from minirun.layers.compiled import Compiled, raise_torch_limit
+from minirun.layers.masks import index_grids, materialize
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from minirun.data.items import Item, as_list, hf_frame
 from minirun.errors import MinirunError
+from minirun.eval.data.items import Item, as_list, hf_frame
 
 HF_NAME = "iszhaoxin/MyriadLAMA"
 # Our name -> accepted column names, first match wins (the Hub release uses the first of each).

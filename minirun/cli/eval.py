@@ -1,7 +1,6 @@
 """`minirun eval` (a dataset through several methods) and `minirun report` (a run's scores).
 
-Kept apart from cli.py so the run loop's options do not crowd the single-question commands;
-`register(app)` adds both commands to the main app.
+`register(app)` adds both commands to the app.
 """
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from minirun.cli.common import friendly, load_llm
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -22,16 +22,13 @@ out = Console()
 
 
 def register(app: typer.Typer) -> None:
-    """Add `eval` and `report` to `app` (minirun.cli is imported here, not at module level,
-    because cli.py imports this module while it is still being initialised)."""
-    from minirun.cli import friendly
-
+    """Add `eval` and `report` to `app`."""
     app.command("eval")(friendly(eval_command))
     app.command("report")(friendly(report_command))
 
 
 def _items(data: str, skip_bad: bool):
-    from minirun.data import load_dataset, load_jsonl
+    from minirun.eval.data import load_dataset, load_jsonl
 
     if skip_bad and data.endswith(".jsonl") and Path(data).is_file():
         return load_jsonl(data, skip_bad=True)
@@ -61,9 +58,8 @@ def eval_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
-    from minirun.cli import _load
-    from minirun.data import load_jsonl
-    from minirun.evaluate import run_sharded
+    from minirun.eval.data import load_jsonl
+    from minirun.eval.loop import run_sharded
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
@@ -71,7 +67,7 @@ def eval_command(
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     items = _items(data, skip_bad)
     fewshot_items = load_jsonl(few_shot) if few_shot is not None else None
-    llm = _load(model, device, dtype, compile)
+    llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else data
     output = output or Path("runs") / f"{name}-{llm.path.name}"
     table = run_sharded(llm, items, method, output, dataset=data, num_paraphrases=num_paraphrases,
@@ -91,7 +87,7 @@ def report_command(
     plot: Optional[Path] = typer.Option(None, help="Save an accuracy/throughput chart (e.g. run.png)."),
 ) -> None:
     """Scores of a run: per method, per relation (fill-in data), and method agreement."""
-    from minirun import report
+    from minirun.eval import report
 
     table = report.load_results(run_dir)
     if csv is not None:
@@ -108,7 +104,7 @@ def report_command(
 
 
 def _summary_table(table: pd.DataFrame, title: str) -> Table:
-    from minirun.report import summarize
+    from minirun.eval.report import summarize
 
     return _scores_table(summarize(table), title, ["method"])
 

@@ -1,78 +1,34 @@
-"""The `minirun` command line (Typer). Errors print one line and exit 1, never a traceback."""
+"""`minirun generate` (one question, optionally fused across paraphrases), `convert`, `pull`, `interactive`."""
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 
+from minirun.cli.common import end_stream, err, friendly, load_llm, stream
+from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 
-app = typer.Typer(help="minirun: a small LLM runtime for paraphrase self-ensembles.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-err = Console(stderr=True)
 
+def register(app: typer.Typer) -> None:
+    """Add `generate`, `convert`, `pull` and `interactive` to `app`."""
+    for command in (generate, convert, pull):
+        app.command()(friendly(command))
 
-_streaming = {"mid_line": False}  # streamed answer text is on screen without its newline yet
+    @app.command()
+    @friendly
+    def interactive() -> None:
+        """Ask what to run, print the equivalent one-line command, then run it."""
+        from minirun.checkpoints.hub import default_models_dir
+        from minirun.cli.interactive import format_command, run_interactive
 
-
-def _stream(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    _streaming["mid_line"] = True
-
-
-class _ConsoleLog(logging.Handler):
-    """minirun's log lines (a compile starting, a shape budget reached) on stderr, one line each."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if _streaming["mid_line"]:  # the decode step compiles after the first token is shown
-            err.print()
-            _streaming["mid_line"] = False
-        err.print(f"[yellow]warning:[/yellow] {text}" if record.levelno >= logging.WARNING else f"[dim]{text}[/dim]",
-                  highlight=False)
-
-
-def _show_logs() -> None:
-    logger = logging.getLogger("minirun")
-    if not any(isinstance(h, _ConsoleLog) for h in logger.handlers):
-        logger.addHandler(_ConsoleLog())
-        logger.setLevel(logging.INFO)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn MinirunError (and Ctrl-C) into a one-line message and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        _show_logs()
-        try:
-            return fn(*args, **kwargs)
-        except MinirunError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def _load(model: Optional[str], device: str, dtype: Optional[str], compile: bool):
-    """The model named, else $MINIRUN_MODEL, else the default model (pulled on first use)."""
-    import minirun
-    from minirun import flex
-    from minirun.hub import resolve_model
-
-    flex.set_compiled(compile)
-    return minirun.load(resolve_model(model), device=device, dtype=dtype)
+        argv = run_interactive(lambda prompt, default: typer.prompt(prompt, default=default), typer.echo,
+                               default_models_dir())
+        typer.echo(format_command(argv))
+        app(args=argv, standalone_mode=False)
 
 
 def _few_shot_prefix(path: Optional[Path], k: int) -> str:
@@ -82,16 +38,14 @@ def _few_shot_prefix(path: Optional[Path], k: int) -> str:
     if not path.is_file():
         raise MinirunError(f"few-shot file {path} not found: pass an existing .jsonl or .txt file")
     if path.suffix == ".jsonl":
-        from minirun.data import load_jsonl
-        from minirun.prompts import build_prefix
+        from minirun.eval.data import load_jsonl
+        from minirun.eval.prompts import build_prefix
 
         items = load_jsonl(path)
         return build_prefix(items[0].task, items, k=min(k, len(items)))
     return path.read_text()
 
 
-@app.command()
-@friendly
 def generate(
     prompt: str = typer.Argument(..., help="The question (or raw prompt with --raw)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or the pulled SmolLM2)."),
@@ -119,7 +73,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an answer, optionally fused across paraphrases with --method."""
-    llm = _load(model, device, dtype, compile)
+    llm = load_llm(model, device, dtype, compile)
     paraphrases = list(paraphrase)
     if paraphrases_file is not None:
         if not paraphrases_file.is_file():
@@ -133,23 +87,22 @@ def generate(
               num_samples, as_json)
 
 
-def _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json) -> None:
-    stream = None if as_json else _stream
+def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json) -> None:
+    stream_to = None if as_json else stream
     start = time.perf_counter()
     out = llm.generate(prompt, max_new_tokens, chat=False if raw else None, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, stop=stop, truncate=truncate, on_text=stream)
+                       top_p=top_p, seed=seed, stop=stop, truncate=truncate, on_text=stream_to)
     elapsed = time.perf_counter() - start
     speed = len(out.token_ids) / elapsed
     if as_json:
         print(json.dumps({"text": out.text, "token_ids": out.token_ids, "prompt_tokens": out.prompt_tokens,
                           "tokens_per_second": speed, "finish_reason": out.finish_reason, "method": "plain"}))
     else:
-        print()
-        _streaming["mid_line"] = False
+        end_stream()
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 
-def _ensemble(llm, method, question, paraphrases, prefix, suffix, few_shot, max_new_tokens, raw, temperature, seed,
+def _ensemble(llm: LLM, method, question, paraphrases, prefix, suffix, few_shot, max_new_tokens, raw, temperature, seed,
               stop, positions, share_prefix, flex_bias, num_samples, as_json) -> None:
     from minirun.methods import EnsembleOptions, Question, run_method
 
@@ -192,50 +145,24 @@ def _bias_weight(value: str) -> float:
         raise MinirunError(f"--flex-bias takes a number or 'inv_n', not {value!r}") from None
 
 
-@app.command()
-@friendly
 def convert(
     gguf_file: Path = typer.Argument(..., help="A .gguf file (llama or qwen2 architecture)."),
     out_dir: Path = typer.Argument(..., help="Where to write the HF-style checkpoint."),
     dtype: str = typer.Option("bfloat16", help="float32, bfloat16 or float16."),
 ) -> None:
     """Convert a GGUF file into a safetensors checkpoint that minirun and transformers load."""
-    from minirun.convert import convert_gguf
+    from minirun.checkpoints.convert import convert_gguf
 
     start = time.perf_counter()
     path = convert_gguf(gguf_file, out_dir, dtype=dtype)
     err.print(f"wrote {path} in {time.perf_counter() - start:.1f}s")
 
 
-@app.command()
-@friendly
 def pull(
     name: str = typer.Argument("smollm2-135m-instruct", help="'smollm2-135m-instruct' or an HF repo id org/name."),
     dir: Optional[Path] = typer.Option(None, "--dir", help="Models directory (default: ./models or $MINIRUN_MODELS_DIR)."),
 ) -> None:
     """Download a model into the models directory (a no-op when it is already there)."""
-    from minirun.hub import pull as pull_model
+    from minirun.checkpoints.hub import pull as pull_model
 
     print(pull_model(name, dir))
-
-
-@app.command()
-@friendly
-def interactive() -> None:
-    """Ask what to run, print the equivalent one-line command, then run it."""
-    from minirun.hub import default_models_dir
-    from minirun.interactive import format_command, run_interactive
-
-    argv = run_interactive(lambda prompt, default: typer.prompt(prompt, default=default), typer.echo,
-                           default_models_dir())
-    typer.echo(format_command(argv))
-    app(args=argv, standalone_mode=False)
-
-
-from minirun import cli_eval, cli_tools  # noqa: E402  (they use `friendly` and `_load` from above)
-
-cli_tools.register(app)
-cli_eval.register(app)
-
-if __name__ == "__main__":
-    app()

@@ -5,14 +5,12 @@ import math
 
 import torch
 
-from minirun.config import ModelConfig
 
-
-def inv_frequencies(config: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies in float32 with the config's scaling (default, linear, llama3)."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    scaling = config.rope_scaling or {}
+def inv_frequencies(dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """Inverse frequencies in float32 for head size `dim`, with a config's `rope_scaling`
+    (default, linear, llama3)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = scaling or {}
     kind = scaling.get("rope_type", "default")
     if kind == "linear":
         return inv_freq / scaling["factor"]

@@ -6,13 +6,13 @@ from typing import Callable
 
 import torch
 
-from minirun.engine import Session, cache_size
+from minirun.checkpoints.loader import load_model
+from minirun.checkpoints.tokenizer import Tokenizer
+from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded
+from minirun.engine.sampling import SamplingParams, sample
+from minirun.engine.session import NO_HOOKS, Hooks, Session, cache_size
 from minirun.errors import MinirunError
-from minirun.generate import Completion, Stopper, decode_loop, left_padded
-from minirun.loader import load_model
 from minirun.models import Decoder
-from minirun.sampling import SamplingParams, sample
-from minirun.tokenizer import Tokenizer
 
 
 class LLM:
@@ -61,11 +61,13 @@ class LLM:
         self.check_context(len(ids), max_new_tokens)
         return ids
 
-    def session(self, batch: int, slots: int) -> Session:
-        return Session(self.model, batch, cache_size(slots))
+    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS) -> Session:
+        """A fresh cache for `batch` rows of `slots` tokens (rounded up to the cache's sizes)."""
+        return Session(self.model, batch, cache_size(slots), hooks=hooks)
 
-    def stopper(self, stop: tuple[str, ...] | list[str] = ()) -> Stopper:
-        return Stopper(self.tokenizer, self.eos_ids, tuple(stop))
+    def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
+        """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""
+        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, tuple(stop))
 
     @torch.inference_mode()
     def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,
@@ -100,7 +102,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> LLM
     """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference."""
     checkpoint = Path(path)
     if not checkpoint.is_dir():
-        from minirun.hub import resolve_model
+        from minirun.checkpoints.hub import resolve_model
 
         checkpoint = resolve_model(path)
     return LLM(load_model(checkpoint, device, dtype), Tokenizer(checkpoint), checkpoint)

@@ -13,9 +13,10 @@ from typing import Callable
 
 import torch
 
+from minirun.engine.generate import plain_row, stack_rows
+from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.generate import plain_row, stack_rows
-from minirun.masks import PAD, SHARED, materialize, segment_mask
+from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
 from minirun.methods.runner import METHODS
 
@@ -61,7 +62,7 @@ class MaskView:
         return "shared" if seg == SHARED else seg
 
 
-def build_view(llm, question: str, paraphrases: list[str], method: str = "flex", prefix: str = "", suffix: str = "",
+def build_view(llm: LLM, question: str, paraphrases: list[str], method: str = "flex", prefix: str = "", suffix: str = "",
                chat: bool | None = None, positions: str = "right", share_prefix: bool = True,
                decode_steps: int = 3) -> MaskView:
     """The view for one question as `minirun generate` runs it: the question is paraphrase 1."""

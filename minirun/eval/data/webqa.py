@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from minirun.data.items import Item, as_list, hf_frame
 from minirun.errors import MinirunError
+from minirun.eval.data.items import Item, as_list, hf_frame
 
 HF_NAME = "stanfordnlp/web_questions"
 QUESTION_KEYS = ("question", "qText", "utterance", "RawQuestion")

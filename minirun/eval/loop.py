@@ -20,13 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from minirun.data import Item, load_fewshot
+from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.matching import Matcher, extract_answer
+from minirun.eval.data import Item, load_fewshot
+from minirun.eval.matching import Matcher, extract_answer
+from minirun.eval.prompts import build_prefix
+from minirun.eval.results import ResultStore, merge, read_results
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.fusion import WEIGHTED
-from minirun.prompts import build_prefix
-from minirun.results import ResultStore, merge, read_results
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -63,11 +64,11 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     return out
 
 
-def _dtype(llm) -> str:
+def _dtype(llm: LLM) -> str:
     return str(next(llm.model.parameters()).dtype).removeprefix("torch.")
 
 
-def evaluate(llm, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
+def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
              dataset: str = "custom", num_paraphrases: int = 5, max_samples: int | None = None, few_shot_k: int = 5,
              fewshot_items: list[Item] | None = None, task: str | None = None, batch_size: int = 8,
              max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100, positions: str = "right",
@@ -121,7 +122,7 @@ def evaluate(llm, items: list[Item], methods: list[str] | tuple[str, ...], outpu
     return table[table["id"].isin({item.id for item in mine})].reset_index(drop=True)
 
 
-def _run_batch(llm, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
+def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                matcher: Matcher, bidirectional: bool, bar: Progress) -> list[dict]:
     """One batched generation and one batched match for `batch`; its result rows."""
     start = time.perf_counter()
@@ -154,7 +155,7 @@ def _generated_tokens(result) -> int:
     return len(result.token_ids)
 
 
-def _confidences(llm, questions: list[Question], options: EnsembleOptions, matcher: Matcher,
+def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, matcher: Matcher,
                  bar: Progress) -> list[list[float]]:
     """Each paraphrase's self-consistency (cached on disk), answers compared with the lemma
     matcher so "Paris, France" and "paris" agree; a bar of its own because S samples are slow."""
@@ -174,7 +175,7 @@ def _confidences(llm, questions: list[Question], options: EnsembleOptions, match
     return out
 
 
-def run_sharded(llm, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path,
+def run_sharded(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path,
                 **kwargs) -> pd.DataFrame:
     """`evaluate`, sharded over the `torchrun` processes when WORLD_SIZE > 1.
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minirun.data.items import Item, LoadResult, load_jsonl, write_jsonl
-from minirun.data.myriadlama import load_myriadlama
-from minirun.data.webqa import QUESTION_KEYS, load_webqa
 from minirun.errors import MinirunError
+from minirun.eval.data.items import Item, LoadResult, load_jsonl, write_jsonl
+from minirun.eval.data.myriadlama import load_myriadlama
+from minirun.eval.data.webqa import QUESTION_KEYS, load_webqa
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill"}

@@ -7,15 +7,12 @@ inside the prediction's: "the cats" matches "cat", "Paris, France" matches "Pari
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-ARTICLES = frozenset({"a", "an", "the"})
-_PUNCT = "".join(ch for ch in string.punctuation if ch not in "-/") + "“”‘’«»…"
-_DELETE = str.maketrans("", "", _PUNCT)
-_SPACE = str.maketrans("-/–—", "    ")
+from minirun.text import ARTICLES, clean, normalize
+
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
@@ -30,16 +27,6 @@ def extract_answer(text: str, stop: Iterable[str] = ("\n", "Q:")) -> str:
     while m := _LABEL.match(text):
         text = text[m.end():].lstrip()
     return text.strip(_WRAP).rstrip(".,;:!").strip(_WRAP)
-
-
-def _clean(token: str) -> str:
-    """Lowercase with punctuation removed and hyphens/slashes as spaces ("U.S." -> "us")."""
-    return unicodedata.normalize("NFKC", token).lower().translate(_SPACE).translate(_DELETE)
-
-
-def normalize(text: str) -> str:
-    """The plain comparator: lowercase, no punctuation, no articles, single spaces."""
-    return " ".join(w for w in _clean(text).split() if w not in ARTICLES)
 
 
 @dataclass(frozen=True)
@@ -85,7 +72,7 @@ class Matcher:
                 part
                 for tok in doc
                 if not tok.is_punct and not tok.is_space and tok.lower_ not in ARTICLES
-                for part in _clean(tok.lemma_ or tok.text).split()
+                for part in clean(tok.lemma_ or tok.text).split()
             )
         return [self._cache[t] for t in texts]
 

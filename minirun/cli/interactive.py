@@ -11,8 +11,8 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from minirun.data import NAMES as DATASETS
-from minirun.hub import DEFAULT_MODEL
+from minirun.checkpoints.hub import DEFAULT_MODEL
+from minirun.eval.data import NAMES as DATASETS
 from minirun.methods import METHODS
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import POSITION_SCHEMES

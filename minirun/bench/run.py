@@ -1,8 +1,8 @@
 """The benchmark behind `minirun bench`: prefill/decode speed, time to first token, peak memory.
 
-Every method runs its real path (`methods.runner`) on random token ids, so the figures are what a
-user's query costs, not what a stripped-down loop could reach. A session subclass only stamps
-the clock when prefill ends and when the first decode step starts; nothing else is replaced.
+Every method runs its real path (`methods.run_encoded`) on random token ids, so the figures are what
+a user's query costs, not what a stripped-down loop could reach. Session hooks passed in stamp the
+clock when prefill ends and when a decode step starts; nothing else is replaced.
 """
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 
-from minirun import flex
-from minirun.bench_compare import device_name, error_text, measure, sync
-from minirun.engine import Session, cache_size
+from minirun.bench.compare import device_name, error_text, measure, sync
+from minirun.checkpoints.loader import load_model
+from minirun.engine.generate import plain_row, stack_rows
+from minirun.engine.llm import LLM
+from minirun.engine.session import Hooks
 from minirun.errors import MinirunError
-from minirun.generate import plain_row, stack_rows
-from minirun.llm import LLM
-from minirun.loader import load_model
+from minirun.layers import flex
+from minirun.methods import METHODS, EnsembleOptions, run_encoded
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row
-from minirun.methods.runner import METHODS, EnsembleOptions, _run_flex, _run_rows
 
 TAIL_TOKENS = 4  # a shared suffix, like a chat template's generation prompt; flex needs one
 COMPARES = ("transformers", "eager")
@@ -40,42 +40,19 @@ class _IdTokenizer:
         return ""
 
 
-class _TimedSession(Session):
-    """A Session that stamps when prefill finished and when the first decode step began."""
+def clock_hooks(marks: dict[str, float], device: torch.device) -> Hooks:
+    """Hooks that stamp `marks["prefill"]` when a prefill is done (synchronised) and
+    `marks["first_decode"]` when the first decode step begins."""
+    def after_prefill() -> None:
+        sync(device)
+        marks["prefill"] = time.perf_counter()
 
-    def __init__(self, marks: dict[str, float], *args: Any):
-        super().__init__(*args)
-        self.marks = marks
-
-    def prefill(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        logits = super().prefill(*args, **kwargs)
-        sync(self.device)
-        self.marks["prefill"] = time.perf_counter()
-        return logits
-
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.marks.setdefault("first_decode", time.perf_counter())
-        return super().decode(tokens, positions)
-
-
-class _BenchLLM(LLM):
-    """An LLM with no eos ids (so exactly new_tokens are generated) and timed sessions."""
-
-    def __init__(self, *args: Any):
-        super().__init__(*args)
-        self.marks: dict[str, float] = {}
-
-    @property
-    def eos_ids(self) -> set[int]:
-        return set()
-
-    def session(self, batch: int, slots: int) -> Session:
-        return _TimedSession(self.marks, self.model, batch, cache_size(slots))
+    return Hooks(after_prefill=after_prefill, before_decode=lambda: marks.setdefault("first_decode", time.perf_counter()))
 
 
 def random_checkpoint_dir(shape: str, dtype: str) -> Path:
     """A random checkpoint of `shape`, written once under $MINIRUN_CACHE and reused (0.5 GB+ each)."""
-    from minirun.shapes import random_checkpoint
+    from minirun.checkpoints.random import random_checkpoint
 
     root = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "random"
     out = root / f"{shape}-{dtype}"
@@ -96,35 +73,33 @@ def workload(method: str, batch: int, num_paraphrases: int, prompt_tokens: int, 
     return [Encoded([], [ids(prompt_tokens - TAIL_TOKENS) for _ in range(n)], ids(TAIL_TOKENS)) for _ in range(batch)]
 
 
-def _run_once(llm: _BenchLLM, method: str, encoded: list[Encoded], new_tokens: int) -> dict[str, float]:
+def _run_once(llm: LLM, method: str, encoded: list[Encoded], new_tokens: int) -> dict[str, float]:
     """One real method call; seconds for prefill, first token, and per decode step."""
-    options = EnsembleOptions(max_new_tokens=new_tokens)
     # Weighted rules get uniform confidences: self-consistency sampling is a separate, cached cost.
     confidences = [[1.0] * len(e.paraphrases) for e in encoded] if method in WEIGHTED else None
-    prompts = [[""] * len(e.paraphrases) for e in encoded]
-    llm.marks.clear()
+    options = EnsembleOptions(max_new_tokens=new_tokens, confidences=confidences, ignore_eos=True)
+    marks: dict[str, float] = {}
     start = time.perf_counter()
-    with torch.inference_mode():
-        if method == "flex":
-            results = _run_flex(llm, encoded, prompts, options)
-        else:
-            results = _run_rows(llm, method, encoded, prompts, options, confidences)
+    results = run_encoded(llm, method, encoded, options, hooks=clock_hooks(marks, llm.device))
     sync(llm.device)
     end = time.perf_counter()
     if any(len(r.token_ids) != new_tokens for r in results):
         raise MinirunError("generation stopped early: the benchmark needs exactly new_tokens per answer")
-    first = llm.marks["first_decode"]
-    return {"prefill": llm.marks["prefill"] - start, "ttft": first - start, "step": (end - first) / (new_tokens - 1)}
+    first = marks["first_decode"]
+    return {"prefill": marks["prefill"] - start, "ttft": first - start, "step": (end - first) / (new_tokens - 1)}
 
 
-def _flex_prefill(llm: _BenchLLM, enc: Encoded, repeats: int) -> dict[str, float]:
+def _flex_prefill(llm: LLM, enc: Encoded, repeats: int) -> dict[str, float]:
     """Packed N-paraphrase prefill vs N separate batch-1 prefills of the same prompts (one question)."""
+    marks: dict[str, float] = {}
+    hooks = clock_hooks(marks, llm.device)
+
     def prefill(rows: list) -> float:
         layout = stack_rows(rows, llm.pad_id, llm.device)
-        session = llm.session(1, layout.length + 1)
+        session = llm.session(1, layout.length + 1, hooks)
         start = time.perf_counter()
         session.prefill(layout.tokens, layout.positions, layout.segments)
-        return llm.marks["prefill"] - start
+        return marks["prefill"] - start
 
     packed = [packed_row(enc)]
     separate = [[plain_row(enc.full(i))] for i in range(len(enc.paraphrases))]
@@ -158,16 +133,16 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     elif Path(model).is_dir():
         path = Path(model)
     else:
-        from minirun.hub import resolve_model
+        from minirun.checkpoints.hub import resolve_model
 
         path = resolve_model(model)
     if (path / "tokenizer.json").is_file():
-        from minirun.tokenizer import Tokenizer
+        from minirun.checkpoints.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(path)
     else:
         tokenizer = _IdTokenizer()
-    llm = _BenchLLM(load_model(path, device, dtype), tokenizer, path)
+    llm = LLM(load_model(path, device, dtype), tokenizer, path)
     encoded = workload(method, batch, num_paraphrases, prompt_tokens, llm.config.vocab_size)
     rows_per_question = 1 if method == "flex" else len(encoded[0].paraphrases)
     prefill_tokens = sum(len(e.paraphrases) * (prompt_tokens - TAIL_TOKENS) + TAIL_TOKENS * rows_per_question
@@ -199,11 +174,11 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     if _measured(result, "minirun", "minirun_eager"):
         result["compile_speedup"] = result["minirun"]["decode_tokens_per_s"] / result["minirun_eager"]["decode_tokens_per_s"]
     if llm.device.type == "cuda" and _measured(result, "minirun"):
-        from minirun.bench_compare import bandwidth
+        from minirun.bench.compare import bandwidth
 
         result["bandwidth"] = bandwidth(llm.model, result["minirun"]["ms_per_token"])
     if "transformers" in compares:
-        from minirun.bench_compare import measure_transformers
+        from minirun.bench.compare import measure_transformers
 
         prompts = [e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
         del llm

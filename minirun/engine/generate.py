@@ -6,9 +6,9 @@ from typing import Callable
 
 import torch
 
-from minirun.engine import Session
-from minirun.masks import PAD, SHARED
-from minirun.tokenizer import Tokenizer
+from minirun.checkpoints.tokenizer import Tokenizer
+from minirun.engine.session import Session
+from minirun.layers.masks import PAD, SHARED
 
 
 @dataclass

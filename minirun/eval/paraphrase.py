@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from minirun.data import Item
-from minirun.data.items import item_from_dict
+from minirun.engine.generate import decode_loop, plain_row, stack_rows
+from minirun.engine.llm import LLM
+from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
-from minirun.generate import decode_loop, plain_row, stack_rows
-from minirun.matching import normalize
-from minirun.sampling import SamplingParams, sample
+from minirun.eval.data import Item
+from minirun.eval.data.items import item_from_dict
+from minirun.text import normalize
 
 INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
                "different sentence structure. Reply with the rewritten question only.")
@@ -53,13 +54,13 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
                    for a_norm in map(normalize, item.answers))
 
 
-def settings_key(llm, num: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> str:
+def settings_key(llm: LLM, num: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> str:
     raw = json.dumps([str(llm.path.resolve()), num, temperature, top_p, max_new_tokens, seed, INSTRUCTION, DEMOS])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 @torch.inference_mode()
-def rewrite_batch(llm, items: list[Item], num: int, temperature: float, top_p: float, max_new_tokens: int,
+def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top_p: float, max_new_tokens: int,
                   seed: int) -> list[list[str]]:
     """`num` sampled rewrites per item, all items' rewrites in one batched generation."""
     ids = [llm.prompt_ids(rewrite_prompt(item.question)) for item in items]
@@ -77,7 +78,7 @@ def rewrite_batch(llm, items: list[Item], num: int, temperature: float, top_p: f
     return [[clean_rewrite(c.text) for c in done[i * num:(i + 1) * num]] for i in range(len(items))]
 
 
-def paraphrase_file(llm, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
+def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8, on_batch=None) -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones."""
     key = settings_key(llm, num, temperature, top_p, max_new_tokens, seed)

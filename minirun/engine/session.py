@@ -15,16 +15,17 @@ on a prompt's length.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
-from minirun import flex
-from minirun.compiled import Compiled
 from minirun.errors import MinirunError
-from minirun.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
+from minirun.layers import flex
+from minirun.layers.compiled import Compiled
+from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
 CHUNKS = (512, 256, 128, 64)  # prefill chunk sizes (tokens): few compiled shapes, big GEMMs for long prompts
@@ -103,11 +104,23 @@ def compiled_decode_step(device: torch.device) -> Compiled:
     return _compiled_steps[mode]
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Callbacks that observe a session from outside (the benchmark's clock) without subclassing it."""
+
+    after_prefill: Callable[[], None] | None = None  # a prefill call has returned its logits
+    before_decode: Callable[[], None] | None = None  # a decode step is about to run
+
+
+NO_HOOKS = Hooks()
+
+
 class Session:
     """Cache + masks for `batch` rows of at most `max_slots` tokens each."""
 
-    def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None):
-        self.model, self.batch, self.max_slots = model, batch, max_slots
+    def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None,
+                 hooks: Hooks = NO_HOOKS):
+        self.model, self.batch, self.max_slots, self.hooks = model, batch, max_slots, hooks
         self.device = model.device
         model.setup_cache(batch, max_slots)
         # Slots not yet written default to SHARED: that is what generated tokens are.
@@ -156,13 +169,18 @@ class Session:
             else:
                 logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True)
             self.length += size
-        return logits[:, -1].float()
+        logits = logits[:, -1].float()
+        if self.hooks.after_prefill is not None:
+            self.hooks.after_prefill()
+        return logits
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per row (tokens, positions [B]) at the next slot; logits [B, V]."""
         if self.length >= self.max_slots:
             raise MinirunError(f"the cache is full ({self.max_slots} slots): lower max_new_tokens")
+        if self.hooks.before_decode is not None:
+            self.hooks.before_decode()
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         step = compiled_decode_step(self.device) if flex.is_compiled() else decode_step
         logits = step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights)

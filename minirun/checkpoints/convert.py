@@ -23,8 +23,8 @@ import torch
 from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
+from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.errors import MinirunError
-from minirun.gguf_tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`minirun mask`, `bench` and `paraphrase`: the commands around generation.
 
-Kept apart from cli.py so that file stays the single-question commands; `register(app)` adds these.
+`register(app)` adds them to the app.
 """
 from __future__ import annotations
 
@@ -10,16 +10,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from minirun.cli.common import err, friendly, load_llm
 from minirun.errors import MinirunError
-
-err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add `mask`, `bench` and `paraphrase` to `app` (minirun.cli imports this module while it is
-    still being initialised, so `friendly` is looked up here, not at module level)."""
-    from minirun.cli import friendly
-
+    """Add `mask`, `bench` and `paraphrase` to `app`."""
     for command in (mask, bench, paraphrase):
         app.command()(friendly(command))
 
@@ -38,13 +34,12 @@ def mask(
     out: Optional[Path] = typer.Option(None, help="Write a PNG here; without it, print a text rendering."),
 ) -> None:
     """Show the exact attention mask (and position ids) the runtime uses for a method."""
-    from minirun.cli import _load
-    from minirun.mask_view import build_view, render_png, render_text
+    from minirun.cli.mask_view import build_view, render_png, render_text
 
     if prefix_file is not None and not prefix_file.is_file():
         raise MinirunError(f"prefix file {prefix_file} not found")
     prefix = prefix_file.read_text() if prefix_file else ""
-    llm = _load(model, "cpu", None, False)
+    llm = load_llm(model, "cpu", None, False)
     view = build_view(llm, question, list(paraphrase), method=method, prefix=prefix, suffix=suffix,
                       chat=False if raw else None, positions=positions, share_prefix=share_prefix,
                       decode_steps=decode_steps)
@@ -73,7 +68,7 @@ def bench(
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Time prefill and decode (median and spread over repeats), side by side with transformers."""
-    from minirun.bench import format_table, run_bench, write_json
+    from minirun.bench.run import format_table, run_bench, write_json
 
     result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases, repeats,
                        warmup, dtype, device, compile, compare)
@@ -97,12 +92,11 @@ def paraphrase(
     """Have the model rewrite each question N ways (duplicates, empties and answer leaks dropped)."""
     from rich.progress import Progress
 
-    from minirun.cli import _load
-    from minirun.data import load_dataset
-    from minirun.paraphrase import paraphrase_file
+    from minirun.eval.data import load_dataset
+    from minirun.eval.paraphrase import paraphrase_file
 
     items = load_dataset(data)[:max_samples]
-    llm = _load(model, "cpu", None, False)
+    llm = load_llm(model, "cpu", None, False)
     with Progress(console=err) as progress:
         task = progress.add_task("paraphrasing", total=len(items))
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,

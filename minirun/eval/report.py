@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.matching import normalize
-from minirun.results import journal_paths, read_results
+from minirun.eval.results import journal_paths, read_results
+from minirun.text import normalize
 
 NEEDED = ("id", "method", "answer", "exact", "correct", "tokens", "seconds")
 

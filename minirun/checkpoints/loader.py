@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from minirun.config import ModelConfig, load_config
 from minirun.errors import MinirunError
+from minirun.layers.rope import inv_frequencies
 from minirun.models import Decoder
-from minirun.models.rope import inv_frequencies
+from minirun.models.config import ModelConfig, load_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,7 +107,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.inv_freq = inv_frequencies(config).to(device)  # buffers are not in the checkpoint
+    model.inv_freq = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).to(device)  # buffers are not in the checkpoint
     return model.eval().requires_grad_(False)
 
 

@@ -1,0 +1,1 @@
+"""`minirun bench`: minirun's own timings and transformers' on the same checkpoint, in one process."""

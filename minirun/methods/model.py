@@ -1,0 +1,36 @@
+"""What a method needs from a loaded model, written down as a Protocol.
+
+`minirun.LLM` satisfies it; anything else that does (a benchmark's or a test's wrapper) can be
+passed to `run_method` too. Methods never reach past these members into the model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from minirun.checkpoints.tokenizer import Tokenizer
+from minirun.engine.generate import Completion, Stopper
+from minirun.engine.sampling import SamplingParams
+from minirun.engine.session import NO_HOOKS, Hooks, Session
+from minirun.models.config import ModelConfig
+
+
+class EnsembleModel(Protocol):
+    config: ModelConfig
+    tokenizer: Tokenizer
+    path: Path  # identifies the weights in on-disk caches (confidences)
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS) -> Session: ...
+
+    def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper: ...
+
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
+                     stop: tuple[str, ...] | list[str] = ()) -> list[Completion]: ...
