@@ -1,4 +1,4 @@
-"""The command line through Typer's runner: generate (plain, JSON, methods), mask, errors."""
+"""The command line through Typer's runner: generate (plain, JSON, methods), mask, errors, option checks."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,9 @@ from typer.testing import CliRunner
 
 import minirun
 from minirun.cli import app
-from minirun.methods import EnsembleOptions, Question, run_method
+from minirun.engine.sampling import SamplingParams
+from minirun.errors import MinirunError
+from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 
 runner = CliRunner()
 
@@ -79,6 +81,28 @@ def test_generate_methods_json(tiny, method):
         assert out["answers"] == expected.answers and len(out["answers"]) == 3
 
 
+def test_generate_hidden_avg_takes_layer_and_alpha(tiny):
+    paras = ["Which city is the capital of France?", "Name France's capital."]
+    result = invoke("generate", "--model", tiny, "--method", "hidden_avg", "What is the capital of France?",
+                    "-p", paras[0], "-p", paras[1], "--max-new-tokens", "6", "--fusion-layer", "1",
+                    "--fusion-alpha", "0.5", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    question = Question("What is the capital of France?", ["What is the capital of France?", *paras])
+    options = EnsembleOptions(max_new_tokens=6, fusion_layer=1, fusion_alpha=0.5)
+    assert out["token_ids"] == run_method(minirun.load(tiny), "hidden_avg", [question], options)[0].token_ids
+    assert out["fusion_layer"] == 1
+    too_deep = invoke("generate", "--model", tiny, "--method", "hidden_avg", "Q?", "-p", "P?", "--fusion-layer", "9")
+    assert_clean_error(too_deep, "--fusion-layer 9 is outside the model's blocks 1..2")
+
+
+def test_mask_names_the_hidden_avg_fusion_layer(tiny):
+    result = invoke("mask", "--model", tiny, "Capital?", "-p", "France capital?", "--method", "hidden_avg",
+                    "--fusion-layer", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("# hidden_avg (fused from block 1) row") == 2
+
+
 def test_paraphrases_file(tiny, tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("Which city is the capital of France?\n\nName France's capital.\n")
@@ -134,3 +158,78 @@ def test_interactive_piped_answers_print_and_run_the_equivalent_command(tiny):
                     "Capital?", "--paraphrase", "France capital?")
     assert direct.exit_code == 0
     assert result.stdout.endswith(direct.stdout)
+
+
+def assert_clean_error(result, *needles: str) -> None:
+    """A non-zero exit with a message naming the problem, never an exception's traceback."""
+    assert result.exit_code in (1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    text = " ".join(result.output.replace("│", " ").split())  # Typer boxes and wraps its messages
+    assert "Traceback" not in text and all(n in text for n in needles), text
+
+
+def test_unknown_method_lists_the_methods(tiny):
+    result = invoke("generate", "--model", tiny, "--method", "foo", "hi")
+    assert_clean_error(result, "unknown method 'foo'", ", ".join(METHODS))
+    assert "none were given" not in result.output
+
+
+CLI_CHECKS = [  # (arguments after the command, what the message must say); "M" is the tiny model
+    (["generate", "--model", "M", "--max-new-tokens", "-3", "hi"], "--max-new-tokens"),
+    (["generate", "--model", "M", "--max-new-tokens", "0", "hi"], "--max-new-tokens"),
+    (["generate", "--model", "M", "--method", "avg", "--max-new-tokens", "0", "hi", "-p", "x"], "--max-new-tokens"),
+    (["generate", "--model", "M", "--temperature", "-1", "hi"], "--temperature"),
+    (["generate", "--model", "M", "--temperature", "1", "--top-k", "0", "hi"], "--top-k"),
+    (["generate", "--model", "M", "--temperature", "1", "--top-p", "1.5", "hi"], "--top-p"),
+    (["generate", "--model", "M", "--temperature", "1", "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
+    (["generate", "--model", "M", "--method", "avg", "--top-k", "5", "hi", "-p", "x"], "only apply to plain generation"),
+    (["generate", "--model", "M", "--few-shot-k", "-1", "hi"], "--few-shot-k"),
+    (["generate", "--model", "M", "--method", "weighted_avg", "--num-samples", "0", "hi", "-p", "x"], "--num-samples"),
+    (["generate", "--model", "M", "--method", "flex", "--flex-bias", "nan", "hi", "-p", "x"], "flex_bias must be"),
+    (["generate", "--model", "M", "--method", "flex", "--flex-bias", "0", "hi", "-p", "x"], "flex_bias must be"),
+    (["generate", "--model", "M", "--method", "flex", "--positions", "left", "hi", "-p", "x"], "unknown position scheme"),
+    (["eval", "--model", "M", "--num-prompts", "0"], "--num-prompts"),
+    (["eval", "--model", "M", "--num-paraphrases", "0"], "--num-paraphrases"),
+    (["eval", "--model", "M", "--batch-size", "0"], "--batch-size"),
+    (["eval", "--model", "M", "--few-shot-k", "-1"], "--few-shot-k"),
+    (["eval", "--model", "M", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["eval", "--model", "M", "--max-samples", "0"], "--max-samples"),
+    (["eval", "--model", "M", "--num-samples", "0"], "--num-samples"),
+    (["bench", "--model", "M", "--batch", "0"], "--batch"),
+    (["bench", "--model", "M", "--num-paraphrases", "0"], "--num-paraphrases"),
+    (["bench", "--model", "M", "--repeats", "0"], "--repeats"),
+    (["bench", "--model", "M", "--warmup", "-1"], "--warmup"),
+    (["mask", "--model", "M", "--decode-steps", "-1", "Capital?", "-p", "x"], "--decode-steps"),
+    (["paraphrase", "--model", "M", "--num", "0", "sample-qa", "out.jsonl"], "--num"),
+    (["paraphrase", "--model", "M", "--temperature", "-1", "sample-qa", "out.jsonl"], "--temperature"),
+    (["paraphrase", "--model", "M", "--top-p", "2", "sample-qa", "out.jsonl"], "--top-p"),
+    (["paraphrase", "--model", "M", "--max-new-tokens", "0", "sample-qa", "out.jsonl"], "--max-new-tokens"),
+    (["paraphrase", "--model", "M", "--batch-size", "0", "sample-qa", "out.jsonl"], "--batch-size"),
+    (["paraphrase", "--model", "M", "--max-samples", "0", "sample-qa", "out.jsonl"], "--max-samples"),
+]
+
+
+@pytest.mark.parametrize("args,message", CLI_CHECKS, ids=[" ".join(a[:1] + a[3:]) for a, _ in CLI_CHECKS])
+def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
+    result = invoke(*[tiny if a == "M" else tmp_path / a if a == "out.jsonl" else a for a in args])
+    assert_clean_error(result, message)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: SamplingParams(-0.5), "temperature must be 0"),
+    (lambda: SamplingParams(float("nan")), "temperature must be 0"),
+    (lambda: SamplingParams(1.0, top_k=0), "top_k must be at least 1"),
+    (lambda: SamplingParams(1.0, top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (lambda: SamplingParams(1.0, top_p=1.01), r"top_p must be in \(0, 1\]"),
+    (lambda: EnsembleOptions(max_new_tokens=0), "max_new_tokens must be at least 1"),
+    (lambda: EnsembleOptions(num_samples=0), "num_samples must be at least 1"),
+    (lambda: EnsembleOptions(confidence_tokens=0), "confidence_tokens must be at least 1"),
+    (lambda: EnsembleOptions(temperature=-1.0), "temperature must be 0"),
+    (lambda: EnsembleOptions(confidence_temperature=0.0), "confidence_temperature must be above 0"),
+    (lambda: EnsembleOptions(flex_bias=float("inf")), "flex_bias must be a positive finite weight"),
+    (lambda: EnsembleOptions(flex_bias="half"), "flex_bias must be a positive finite weight"),
+])
+def test_python_callers_get_the_same_checks(make, message):
+    with pytest.raises(MinirunError, match=message):
+        make()

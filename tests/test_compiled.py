@@ -62,7 +62,7 @@ def _chunks(llm, method: str, question: str) -> tuple[int, int, list[int]]:
     return head + row, cache_size(head + row + OPTIONS.max_new_tokens), plan
 
 
-@pytest.mark.parametrize("method", ["origin", "flex"])
+@pytest.mark.parametrize("method", ["origin", "hidden_avg", "flex"])
 def test_no_recompilation_across_questions(llm, compiled, method):
     """Compiled shapes depend on batch, cache bucket and chunk size (one of CHUNKS), never on length."""
     layouts = [_chunks(llm, method, q) for q in QUESTIONS]
@@ -120,7 +120,8 @@ class _ScalarReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "max", "weighted_avg", "weighted_max", "flex"])
+@pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "max", "weighted_avg", "weighted_max", "hidden_avg",
+                                    "flex"])
 def test_decode_loop_reads_no_scalars_from_the_device(llm, monkeypatch, method):
     """Fusion, sampling and slot bookkeeping never wait for the device; only the model step is excluded."""
     recorder = _ScalarReads()

@@ -9,7 +9,18 @@ import pandas as pd
 import pytest
 
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, load_dataset, load_fewshot, load_jsonl, load_myriadlama, load_webqa, write_jsonl
+from minirun.eval.data import (
+    Item,
+    load_commonsense_qa,
+    load_dataset,
+    load_fewshot,
+    load_jsonl,
+    load_mmlu,
+    load_myriadlama,
+    load_webqa,
+    write_jsonl,
+)
+from minirun.eval.data.items import ensemble_prompts
 from minirun.eval.data.myriadlama import template_prompt
 from minirun.eval.data.webqa import parse_target_value
 
@@ -40,6 +51,20 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path, bad):
     path = _write_lines(tmp_path / "d.jsonl", [_record(1), bad, _record(3)])
     with pytest.raises(MinirunError, match=r"d\.jsonl:2: "):
         load_jsonl(path)
+
+
+def test_prompts_are_the_question_then_distinct_paraphrases(tmp_path):
+    """Both file shapes, the question repeated as paraphrase 0 (up to case and spacing) or not,
+    give the same prompts: the question first, then each paraphrase once, blanks dropped."""
+    question, paras = "What is the capital of France?", ["Which city is France's capital?", "Name France's capital."]
+    repeated = {"id": "a", "question": question, "answers": ["Paris"],
+                "paraphrases": [" what is  the capital of FRANCE? ", *paras, paras[0].upper(), " "]}
+    plain = {**repeated, "id": "b", "paraphrases": paras}
+    path = _write_lines(tmp_path / "d.jsonl", [json.dumps(repeated), json.dumps(plain)])
+    a, b = load_jsonl(path)
+    assert a.prompts == b.prompts == [question, *paras]
+    assert ensemble_prompts(question, a.paraphrases, original=False) == paras
+    assert ensemble_prompts(question, [question], original=False) == []
 
 
 def test_jsonl_skip_bad_counts(tmp_path):
@@ -81,6 +106,7 @@ def test_webqa_paraphrased_jsonl_and_duplicate_ids(tmp_path):
     path = _write_lines(tmp_path / "wq.jsonl", [json.dumps(r) for r in rows])
     first, second = load_webqa(path=path)
     assert first.paraphrases == ["where is x?", "in which place is x?", "x is located where?"]
+    assert first.prompts == first.paraphrases and second.prompts == ["where is x?"]  # paraphrase0 is the question
     assert second.id == first.id + "-2"
 
 
@@ -99,8 +125,8 @@ def test_webqa_hub_without_datasets_package(monkeypatch):
 def _fake_datasets(monkeypatch, frames):
     calls = []
 
-    def load_dataset(name, split):
-        calls.append((name, split))
+    def load_dataset(name, *config, split):
+        calls.append((name, *config, split))
         return types.SimpleNamespace(to_pandas=lambda: frames[name].copy())
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
@@ -143,6 +169,7 @@ def test_myriadlama_grouping_and_sampling(tmp_path):
         assert item.task == "fill" and item.relation == "P36" and item.answers == [f"Obj{f}", f"O{f}"]
         assert item.paraphrases[:2] == [f"Subj{f} is the capital of", f"The capital of Sub{f} is"]
         assert len(item.paraphrases) == 5 and item.question == item.paraphrases[0]
+        assert item.prompts == item.paraphrases  # the question is the first prompt, not run twice
         assert all(p.startswith("Auto template") for p in item.paraphrases[2:])
     again = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_auto=3, seed=1)
     assert again == items
@@ -187,11 +214,84 @@ def test_load_dataset_dispatch(tmp_path):
         load_dataset("nope")
 
 
+# --- multiple choice ------------------------------------------------------------------------
+
+def _choice(i, **extra):
+    return json.dumps({"id": f"c{i}", "question": f"Question {i}?", "paraphrases": [], "choices": ["a", "b", "c"],
+                       "answer": 1, **extra})
+
+
+def test_choice_items_take_an_index_or_the_right_text(tmp_path):
+    path = _write_lines(tmp_path / "c.jsonl", [_choice(1), _choice(2, answer="c"), _choice(3, task="choice")])
+    items = load_jsonl(path)
+    assert [(it.task, it.answer, it.answers) for it in items] == [("choice", 1, ["b"]), ("choice", 2, ["c"]),
+                                                                   ("choice", 1, ["b"])]
+    write_jsonl(items, tmp_path / "again.jsonl")
+    assert list(load_jsonl(tmp_path / "again.jsonl")) == list(items)
+
+
+@pytest.mark.parametrize("bad, field", [(_choice(2, answer=3), "'answer'"), (_choice(2, answer="z"), "'answer'"),
+                                        (_choice(2, answer=True), "'answer'"), (_choice(2, choices=["a"]), "'choices'"),
+                                        (_choice(2, choices=["a", "a"]), "'choices'"),
+                                        (_choice(2, choices="ab"), "'choices'"),
+                                        ('{"id": "c2", "question": "Q?", "paraphrases": [], "task": "choice", '
+                                         '"choices": ["a", "b"]}', "answer")])
+def test_bad_choice_lines_name_line_and_field(tmp_path, bad, field):
+    path = _write_lines(tmp_path / "c.jsonl", [_choice(1), bad])
+    with pytest.raises(MinirunError, match=rf"c\.jsonl:2: .*{field}"):
+        load_jsonl(path)
+    assert load_jsonl(path, skip_bad=True).skipped == 1
+
+
+def _mmlu_frame():
+    return pd.DataFrame({"question": ["2+2?", "Capital of Peru?"], "subject": ["math", "geo"],
+                         "choices": [["3", "4", "5", "6"], ["Lima", "Quito", "Bogota", "La Paz"]], "answer": [1, 0]})
+
+
+def _csqa_frame():
+    return pd.DataFrame({"id": ["x1"], "question": ["Where do fish live?"], "question_concept": ["fish"],
+                         "choices": [{"label": ["A", "B", "C"], "text": ["sea", "desk", "sky"]}], "answerKey": ["A"]})
+
+
+def test_mmlu_and_commonsense_qa_from_local_copies(tmp_path):
+    _mmlu_frame().to_parquet(tmp_path / "mmlu.parquet")
+    _csqa_frame().to_json(tmp_path / "csqa.jsonl", orient="records", lines=True)
+    math_item, geo = load_mmlu(path=tmp_path / "mmlu.parquet")
+    assert (math_item.choices, math_item.answer, math_item.answers, math_item.relation) == (["3", "4", "5", "6"], 1,
+                                                                                           ["4"], "math")
+    assert geo.task == "choice" and geo.answers == ["Lima"] and math_item.id != geo.id
+    (fish,) = load_commonsense_qa(path=tmp_path / "csqa.jsonl")
+    assert (fish.id, fish.choices, fish.answer, fish.relation) == ("x1", ["sea", "desk", "sky"], 0, "fish")
+    bad = _mmlu_frame().assign(answer=[7, 0])
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(MinirunError, match=r"bad\.parquet: record 1: bad or missing field"):
+        load_mmlu(path=tmp_path / "bad.parquet")
+
+
+def test_choice_benchmarks_from_the_hub(monkeypatch):
+    calls = _fake_datasets(monkeypatch, {"cais/mmlu": _mmlu_frame(), "tau/commonsense_qa": _csqa_frame()})
+    assert len(load_dataset("mmlu", subset="astronomy")) == 2 and len(load_dataset("commonsense_qa")) == 1
+    assert len(load_fewshot("mmlu")) == 2 and len(load_fewshot("commonsense_qa")) == 1
+    assert calls == [("cais/mmlu", "astronomy", "test"), ("tau/commonsense_qa", "validation"),
+                     ("cais/mmlu", "all", "dev"), ("tau/commonsense_qa", "train")]
+    with pytest.raises(MinirunError, match="--subset picks an MMLU subject"):
+        load_dataset("sample-qa", subset="astronomy")
+
+
+def test_bundled_choice_sample():
+    items, shots = load_dataset("sample-choice"), load_fewshot("sample-choice")
+    assert len(items) >= 30 and len(shots) >= 8
+    assert all(it.task == "choice" and len(it.prompts) == 5 and len(it.choices) == 4 for it in items)
+    assert sorted({it.answer for it in items}) == [0, 1, 2, 3]
+    assert not {it.question for it in shots} & {p for it in items for p in it.prompts}
+
+
 @pytest.mark.parametrize("name,task", [("sample-qa", "qa"), ("sample-fill", "fill")])
 def test_bundled_samples(name, task):
     items, shots = load_dataset(name), load_fewshot(name)
     assert len(items) >= 30 and len(shots) >= 8
     assert all(it.task == task and len(it.paraphrases) == 5 and it.paraphrases[0] == it.question for it in items)
+    assert all(it.prompts == it.paraphrases for it in items)  # five distinct prompts, the question first
     assert len({it.id for it in items}) == len(items)
     assert not {it.question for it in shots} & {p for it in items for p in it.paraphrases}
     if task == "fill":

@@ -19,14 +19,16 @@ from typer.testing import CliRunner
 import minirun
 from minirun.cli.eval import register
 from minirun.errors import MinirunError
-from minirun.eval.data import load_dataset
+from minirun.eval import loop
+from minirun.eval.data import Item, load_dataset, write_jsonl
 from minirun.eval.loop import evaluate, shard
 from minirun.eval.results import ResultStore
+from minirun.methods import MethodResult
 
 METHODS = ["origin", "avg"]
-SETTINGS = dict(dataset="sample-qa", num_paraphrases=2, few_shot_k=1, max_new_tokens=4, batch_size=2, progress=False)
+SETTINGS = dict(dataset="sample-qa", num_prompts=2, few_shot_k=1, max_new_tokens=4, batch_size=2, progress=False)
 CLI_SETTINGS = ["--data", "sample-qa", "--num-paraphrases", "2", "--few-shot-k", "1", "--max-new-tokens", "4",
-                "--batch-size", "2", "--max-samples", "6", "--no-progress"]
+                "--batch-size", "2", "--max-samples", "6", "--no-progress"]  # --num-paraphrases: the old name, an alias
 APP_SCRIPT = """
 import typer
 from minirun.cli.eval import register
@@ -74,7 +76,10 @@ def test_reference_rows(reference, items):
     assert len(reference) == len(items) * len(METHODS)
     assert not reference.duplicated(["method", "id"]).any()
     row = reference.iloc[0]
-    assert row["prompts"] == items[0].prompts[:2] and row["task"] == "qa"
+    assert row["prompts"] == items[0].prompts[:2] and row["task"] == "qa" and row["original"]
+    assert (reference["correct"] == reference["correct_lemma"]).all()  # the run's rule is lemma
+    assert (reference["correct_bidirectional"] >= reference["correct_lemma"]).all()
+    assert reference["per_prompt_correct"].isna().all()  # no per_prompt rows here
     assert reference["tokens"].between(1, 4).all() and (reference["seconds"] > 0).all()
 
 
@@ -104,6 +109,119 @@ def test_changed_settings_are_refused(tiny, items, tmp_path):
 def test_unknown_method(tiny, items, tmp_path):
     with pytest.raises(MinirunError, match="unknown"):
         evaluate(tiny, items, ["vote"], tmp_path, **SETTINGS)
+
+
+@pytest.mark.parametrize("setting,value", [("num_prompts", 0), ("batch_size", 0), ("few_shot_k", -1),
+                                           ("max_samples", 0), ("max_new_tokens", 0), ("num_samples", 0)])
+def test_bad_numbers_are_refused_before_any_row(tiny, items, tmp_path, setting, value):
+    with pytest.raises(MinirunError, match=f"{setting} must be at least"):
+        evaluate(tiny, items, ["origin"], tmp_path, **{**SETTINGS, setting: value})
+    assert not (tmp_path / "run.json").exists()
+
+
+QUESTION, PARAS = "What is the capital of France?", ["Which city is France's capital?", "Name France's capital.",
+                                                      "France's capital city is which city?"]
+
+
+@pytest.mark.parametrize("repeated", [True, False], ids=["question-as-paraphrase-0", "question-not-repeated"])
+def test_the_question_is_the_first_prompt(tiny, tmp_path, repeated):
+    """Either file shape ensembles over [question, p1, p2] with 3 prompts, and per_prompt's headline
+    answer is the question's; --no-original ensembles over the paraphrases only."""
+    paras = [QUESTION, *PARAS] if repeated else PARAS
+    data = tmp_path / "d.jsonl"
+    write_jsonl([Item("fr", QUESTION, paras, ["Paris"])], data)
+    args = ["eval", "--data", str(data), "--model", str(tiny.path), "--num-prompts", "3", "--few-shot-k", "1",
+            "--max-new-tokens", "3", "--no-progress", "-m", "origin", "-m", "per_prompt", "-m", "avg"]
+    for flag, run, prompts in [("--original", "with", [QUESTION, *PARAS[:2]]), ("--no-original", "without", PARAS)]:
+        result = CliRunner().invoke(_app(), [*args, flag, "--output", str(tmp_path / run)])
+        assert result.exit_code == 0, result.output
+        table = pd.read_parquet(tmp_path / run / "results.parquet").set_index("method")
+        assert table.loc["per_prompt", "prompts"].tolist() == table.loc["avg", "prompts"].tolist() == prompts
+        assert table.loc["origin", "prompts"].tolist() == [QUESTION]  # the baseline always asks the question
+        assert (table["original"] == (flag == "--original")).all()
+        assert json.loads((tmp_path / run / "run.json").read_text())["run_key"]["original"] == (flag == "--original")
+    with_question = pd.read_parquet(tmp_path / "with" / "results.parquet").set_index("method")
+    assert with_question.loc["per_prompt", "answer"] == with_question.loc["per_prompt", "answers"][0]
+    assert with_question.loc["per_prompt", "generated"] == with_question.loc["origin", "generated"]
+
+
+@pytest.mark.parametrize("choice_format", ["cloze", "letters"])
+def test_choice_items_are_scored_not_generated(tiny, tmp_path, choice_format):
+    """Rows of a multiple-choice run: the picked index and every option's score; `correct` is the
+    pick against the item's answer, and the report reads them unchanged."""
+    items = load_dataset("sample-choice")[:3]
+    methods = ["origin", "per_prompt", "avg", "hidden_avg", "flex"]
+    table = evaluate(tiny, items, methods, tmp_path, **{**SETTINGS, "dataset": "sample-choice", "num_prompts": 3},
+                     choice_format=choice_format, fusion_layer=1)
+    assert len(table) == len(items) * len(methods) and (table["task"] == "choice").all()
+    answers = {it.id: it for it in items}
+    for row in table.itertuples():
+        item = answers[row.id]
+        scores = list(row.choice_scores)
+        assert len(scores) == 4 and row.choice == max(range(4), key=scores.__getitem__)
+        assert row.correct == (row.choice == item.answer) and row.answer == item.choices[row.choice]
+    per_prompt = table[table["method"] == "per_prompt"]
+    assert per_prompt["per_prompt_correct"].map(len).eq(3).all()
+    assert (table.loc[table["method"] == "hidden_avg", "fusion_layer"] == 1).all()
+    assert table.loc[table["method"] == "avg", "fusion_layer"].isna().all()
+    key = json.loads((tmp_path / "run.json").read_text())["run_key"]
+    assert key["choice_format"] == choice_format and key["fusion_layer"] == 1
+
+
+def test_letters_prompts_list_the_options(tiny, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(llm, method, questions, choices, options):
+        seen.append((questions, choices))
+        return real(llm, method, questions, choices, options)
+
+    real = loop.score_choices
+    monkeypatch.setattr(loop, "score_choices", spy)
+    item = load_dataset("sample-choice")[0]
+    evaluate(tiny, [item], ["origin"], tmp_path, **{**SETTINGS, "dataset": "sample-choice", "few_shot_k": 2},
+             choice_format="letters")
+    (questions, choices), = seen
+    assert choices == [["A", "B", "C", "D"]]
+    assert questions[0].suffix == "".join(f"\n{l}. {c}" for l, c in zip("ABCD", item.choices)) + "\nAnswer:"
+    assert "\nAnswer: " in questions[0].prefix  # the few-shot examples answer with a letter too
+
+
+def test_no_original_needs_paraphrases(tiny, tmp_path):
+    items = [Item("a", "Q?", ["q? "], ["x"])]  # its only paraphrase is the question again
+    with pytest.raises(MinirunError, match="no paraphrase besides the question"):
+        evaluate(tiny, items, ["avg"], tmp_path, **{**SETTINGS, "original": False})
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_rows_store_both_matching_rules(tiny, tmp_path, monkeypatch, bidirectional):
+    """"Bell" for "Alexander Graham Bell" is wrong one way, right both ways; rows carry both
+    verdicts plus `correct` under the run's rule, and every string is lemmatised only once."""
+    def fake_run_method(llm, method, questions, options):
+        per_prompt = method == "per_prompt"
+        return [MethodResult(method, "Bell", [1], "stop", 4, q.paraphrases,
+                             answers=["Bell", "Alexander Graham Bell"] if per_prompt else None,
+                             answer_token_ids=[[1], [1, 2]] if per_prompt else None) for q in questions]
+
+    lemmatised = []
+
+    class CountingMatcher(loop.Matcher):
+        def __init__(self) -> None:
+            super().__init__()
+            pipe = self.nlp.pipe
+            self.nlp.pipe = lambda texts, **kw: pipe(lemmatised.extend(texts) or texts, **kw)
+
+    monkeypatch.setattr(loop, "run_method", fake_run_method)
+    monkeypatch.setattr(loop, "Matcher", CountingMatcher)
+    items = [Item("bell", "Who invented the telephone?", ["Who invented the phone?"], ["Alexander Graham Bell"])]
+    table = evaluate(tiny, items, ["origin", "per_prompt"], tmp_path, **{**SETTINGS, "bidirectional": bidirectional})
+    rows = table.set_index("method")
+    for method in ("origin", "per_prompt"):
+        assert not rows.loc[method, "correct_lemma"] and rows.loc[method, "correct_bidirectional"]
+        assert rows.loc[method, "correct"] == bidirectional and not rows.loc[method, "exact"]
+    assert list(rows.loc["per_prompt", "per_prompt_correct"]) == [bidirectional, True]
+    assert rows.loc["per_prompt", "per_prompt_accuracy"] == (1.0 if bidirectional else 0.5)
+    assert rows.loc["origin", "per_prompt_correct"] is None
+    assert sorted(lemmatised) == ["alexander graham bell", "bell"]  # one spaCy pass for both rules
 
 
 def test_shard_is_a_partition(items):
@@ -149,10 +267,10 @@ def test_report_tables_and_errors(reference, tmp_path):
 def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):  # noqa: F811
     """Every method end to end on SmolLM2 through the CLI, then `report --json`."""
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
-    methods = ["origin", "per_prompt", "avg", "max", "flex", "weighted_avg", "weighted_max"]
+    methods = ["origin", "per_prompt", "avg", "max", "hidden_avg", "flex", "weighted_avg", "weighted_max"]
     args = ["eval", "--data", "sample-qa", "--model", str(smollm2_dir), "--max-samples", "3", "--num-samples", "4",
             "--max-new-tokens", "12", "--output", str(tmp_path / "run"), "--no-progress",
-            "--num-paraphrases", "3", "--few-shot-k", "2"]  # fewer, shorter prompts: a lean test
+            "--num-prompts", "3", "--few-shot-k", "2"]  # fewer, shorter prompts: a lean test
     for m in methods:
         args += ["--method", m]
     result = CliRunner().invoke(_app(), args)
@@ -163,6 +281,11 @@ def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):  # noqa: F8
     assert origin["correct"].sum() >= 2  # "Paris", "Tokyo", ... are within a 135M model's reach
     per_prompt = table[table["method"] == "per_prompt"]
     assert per_prompt["per_prompt_accuracy"].between(0, 1).all() and per_prompt["answers"].map(len).eq(3).all()
+    verdicts = per_prompt["per_prompt_correct"].map(list)
+    assert verdicts.map(len).eq(3).all() and (verdicts.map(sum) / 3 == per_prompt["per_prompt_accuracy"]).all()
+    assert (verdicts.str[0] == per_prompt["correct"]).all()  # the headline is the question's answer
+    assert (table["correct"] == table["correct_lemma"]).all()
+    assert (table["correct_bidirectional"] >= table["correct_lemma"]).all()
     weighted = table[table["method"].str.startswith("weighted")]
     assert weighted["confidences"].map(lambda c: len(c) == 3 and all(0 <= x <= 1 for x in c)).all()
 

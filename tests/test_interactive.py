@@ -72,6 +72,17 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
                       f"{str(tmp_path / 'missing.jsonl')!r}: no such file (leave empty for none)"]
 
 
+def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
+    answers = ["generate", "hidden_avg", "Capital of France?", "France's capital?", "", "", "0", "12", "1.5", "0.5",
+               "", "8"]
+    argv, echoed, _ = drive(answers, models_dir)
+    assert argv == ["generate", "--method", "hidden_avg", "--fusion-layer", "12", "--fusion-alpha", "0.5",
+                    "--max-new-tokens", "8", "Capital of France?", "--paraphrase", "France's capital?"]
+    assert echoed[1:] == ["'0': give a whole number above 0", "'1.5': give a number from 0 to 1"]
+    default_layer, _, _ = drive(["generate", "hidden_avg", "Q?", "P?", "", "", "", "", "", ""], models_dir)
+    assert "--fusion-layer" not in default_layer and default_layer[3:5] == ["--fusion-alpha", "1.0"]
+
+
 def test_eval_flow(models_dir, tmp_path):
     answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct",
                "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "24"]
@@ -79,7 +90,8 @@ def test_eval_flow(models_dir, tmp_path):
     assert argv == ["eval", "--method", "origin", "--method", "avg", "--method", "flex", "--data", "sample-fill",
                     "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--num-paraphrases", "3", "--max-samples", "10",
                     "--few-shot-k", "2", "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "24"]
-    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, webqa, myriadlama or the path of an "
+    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
+                         "commonsense_qa or the path of an "
                          "existing file (e.g. items.jsonl)")
     assert echoed[2] == "'abc': give a whole number above 0"
 

@@ -73,6 +73,17 @@ def test_logit_view_one_panel_per_row_with_padding(llm, tmp_path):
     _check_pixels(view, tmp_path, samples=150)
 
 
+def test_hidden_avg_draws_like_avg_with_its_fusion_layer(llm):
+    avg = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="avg", decode_steps=2)
+    hidden = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="hidden_avg", decode_steps=2)
+    assert [r.segments for r in hidden.rows] == [r.segments for r in avg.rows]
+    assert all(torch.equal(a.mask, h.mask) for a, h in zip(avg.rows, hidden.rows))
+    last = llm.config.num_layers
+    assert hidden.fusion_layer == last and render_text(hidden).count(f"# hidden_avg (fused from block {last}) row") == 2
+    chosen = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="hidden_avg", fusion_layer=1)
+    assert chosen.name == "hidden_avg (fused from block 1)" and avg.name == "avg"
+
+
 def test_view_rows_are_the_runtime_rows(llm):
     """Without a shared head each logit row is its own full prompt, as `run_method` lays it out."""
     view = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="max", share_prefix=False, decode_steps=1)

@@ -69,3 +69,14 @@ def test_cli(checkpoint_dirs, tmp_path):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["paraphrases"][0] == rows[0]["question"]
+
+
+def test_choice_items_keep_their_options(llm, tmp_path):
+    """Only the question stem is rewritten; options and answer come back unchanged."""
+    source = load_dataset("sample-choice")[:2]
+    out = paraphrase_file(llm, source, tmp_path / "c.jsonl", num=2, max_new_tokens=6)
+    reread = load_jsonl(tmp_path / "c.jsonl")
+    for new, old, again in zip(out, source, reread):
+        assert (new.choices, new.answer, new.task) == (old.choices, old.answer, "choice") == (again.choices,
+                                                                                               again.answer, again.task)
+        assert new.paraphrases[0] == old.question

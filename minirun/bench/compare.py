@@ -96,6 +96,21 @@ def device_name(device: torch.device) -> str:
     return f"{model or 'cpu'} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
+
+
+def cpu_facts() -> dict[str, Any]:
+    """The CPU model and the flags that decide kernel speed: results move between machine kinds."""
+    facts: dict[str, Any] = {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
+                             "torch_threads": torch.get_num_threads()}
+    if os.path.exists("/proc/cpuinfo"):
+        lines = open("/proc/cpuinfo").read().splitlines()
+        facts["cpu"] = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), facts["cpu"])
+        flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
+        facts["flags"] = {f: f in flags for f in CPU_FLAGS}
+    return facts
+
+
 def error_text(e: Exception) -> str:
     """Exception type, its first line and the first compiler `error:` line (Inductor dumps whole files)."""
     lines = str(e).splitlines() or [""]
@@ -159,7 +174,9 @@ def measure_transformers(path: Path, dtype: torch.dtype, device: str, prompts: l
 
 
 def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
-    """How close decode runs to memory bandwidth: weight bytes read per step ÷ step time ÷ copy bandwidth.
+    """How close decode runs to memory bandwidth: weight bytes read per step ÷ step time ÷ the
+    machine's measured bandwidth (CUDA: a 1 GiB copy, read + write; CPU: `torch.sum` over 512 MiB,
+    a pure read, as decode is).
 
     A decode step reads every weight once (the embedding table only when it doubles as lm_head);
     the KV cache read is left out, so the fraction is a slight underestimate at long contexts.
@@ -168,16 +185,37 @@ def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if not config.tie_word_embeddings:
         weight_bytes -= model.embed.weight.numel() * model.embed.weight.element_size()
-    src = torch.empty(2**30, dtype=torch.uint8, device=model.device)
+    achieved_gb_s = weight_bytes / (ms_per_token / 1e3) / 1e9
+    if model.device.type == "cuda":
+        measured, kind = _copy_gb_s(model.device), "copy_gb_s"
+    else:
+        measured, kind = read_gb_s(), "read_gb_s"
+    return {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": achieved_gb_s, kind: measured,
+            "bandwidth_fraction": achieved_gb_s / measured}
+
+
+def _copy_gb_s(device: torch.device) -> float:
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    sync(src.device)
+    sync(device)
     copies = 10
     start = time.perf_counter()
     for _ in range(copies):
         dst.copy_(src)
-    sync(src.device)
-    copy_gb_s = 2 * src.numel() * copies / (time.perf_counter() - start) / 1e9  # each copy reads and writes
-    achieved_gb_s = weight_bytes / (ms_per_token / 1e3) / 1e9
-    return {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": achieved_gb_s, "copy_gb_s": copy_gb_s,
-            "bandwidth_fraction": achieved_gb_s / copy_gb_s}
+    sync(device)
+    return 2 * src.numel() * copies / (time.perf_counter() - start) / 1e9  # each copy reads and writes
+
+
+def read_gb_s(mib: int = 512, repeats: int = 5) -> float:
+    """CPU read bandwidth: the best of `repeats` sums over `mib` MiB of float32 (beyond any cache)."""
+    data = torch.ones(mib * 2**20 // 4)
+    data.sum()
+    best = min(_timed(data.sum) for _ in range(repeats))
+    return data.numel() * 4 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from minirun.bench.compare import device_name, error_text, measure, sync
+from minirun.bench.compare import cpu_facts, device_name, error_text, measure, sync
 from minirun.checkpoints.loader import load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
@@ -154,7 +154,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         "model": random_weights or str(model), "random_weights": random_weights is not None, "method": method,
         "batch": batch, "num_paraphrases": 1 if method == "origin" else num_paraphrases, "prompt_tokens": prompt_tokens,
         "prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "repeats": repeats, "compile": compile,
-        "load_avg_1m": os.getloadavg()[0]}  # CPU figures are only as good as the machine was idle
+        "load_avg_1m": os.getloadavg()[0], "host": cpu_facts()}  # CPU figures are only as good as the machine was idle
     previous = flex.is_compiled()
     try:
         runs = [("minirun", compile)] + ([("minirun_eager", False)] if "eager" in compares and compile else [])
@@ -173,7 +173,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         flex.set_compiled(previous)
     if _measured(result, "minirun", "minirun_eager"):
         result["compile_speedup"] = result["minirun"]["decode_tokens_per_s"] / result["minirun_eager"]["decode_tokens_per_s"]
-    if llm.device.type == "cuda" and _measured(result, "minirun"):
+    if _measured(result, "minirun"):
         from minirun.bench.compare import bandwidth
 
         result["bandwidth"] = bandwidth(llm.model, result["minirun"]["ms_per_token"])

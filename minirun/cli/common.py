@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from minirun.errors import MinirunError
 
@@ -60,7 +61,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MinirunError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)  # "[x]" in a message is text, not markup
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -77,3 +78,13 @@ def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: b
 
     flex.set_compiled(compile)
     return load(resolve_model(model), device=device, dtype=dtype)
+
+
+def parse_flex_bias(value: Optional[str]) -> float | str | None:
+    """--flex-bias as EnsembleOptions takes it: None, 'inv_n', or a number (its range checked there)."""
+    if value is None or value == "inv_n":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise MinirunError(f"--flex-bias takes a number or 'inv_n', not {value!r}") from None

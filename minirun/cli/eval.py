@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from minirun.cli.common import friendly, load_llm
+from minirun.cli.common import friendly, load_llm, parse_flex_bias
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -27,30 +27,41 @@ def register(app: typer.Typer) -> None:
     app.command("report")(friendly(report_command))
 
 
-def _items(data: str, skip_bad: bool):
+def _items(data: str, skip_bad: bool, subset: Optional[str]):
     from minirun.eval.data import load_dataset, load_jsonl
 
     if skip_bad and data.endswith(".jsonl") and Path(data).is_file():
         return load_jsonl(data, skip_bad=True)
-    return load_dataset(data)
+    return load_dataset(data, subset=subset)
 
 
 def eval_command(
-    data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, webqa, myriadlama, or a dataset file."),
+    data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
+                             "commonsense_qa, or a dataset file."),
+    subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
     method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m", help="Method to run (repeatable)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
-    num_paraphrases: int = typer.Option(5, help="Paraphrases per item (the original first)."),
-    max_samples: Optional[int] = typer.Option(None, help="Only the first N items."),
-    few_shot_k: int = typer.Option(5, help="Worked examples in the prompt."),
+    num_prompts: int = typer.Option(5, "--num-prompts", "--num-paraphrases", min=1,
+                                    help="Prompts per item: the question, then its paraphrases (duplicates dropped)."),
+    original: bool = typer.Option(True, "--original/--no-original",
+                                  help="Include the question itself (--no-original: paraphrases only)."),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
+    few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl; default: the dataset's own)."),
     output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
-    batch_size: int = typer.Option(8, help="Questions per batched generation."),
-    max_new_tokens: int = typer.Option(24),
+    batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
+    max_new_tokens: int = typer.Option(24, min=1),
     match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts)."),
-    num_samples: int = typer.Option(100, help="Samples per paraphrase for the weighted methods' confidence."),
+    num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
     share_prefix: bool = typer.Option(True, help="Encode the few-shot prefix once per batch."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
+    flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to answer->paraphrase attention."),
+    fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
+    fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
+    choice_score: str = typer.Option("mean", help="Multiple choice: an option's mean (length-normalised) or sum log-probability."),
+    choice_format: str = typer.Option("cloze", help="Multiple choice: cloze (score each option's text) or letters "
+                                      "(options listed as A. B. ..., their letters scored)."),
     device: str = typer.Option("cpu"),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
@@ -65,16 +76,18 @@ def eval_command(
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
     if few_shot is not None and few_shot.suffix != ".jsonl":
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
-    items = _items(data, skip_bad)
+    bias = parse_flex_bias(flex_bias)
+    items = _items(data, skip_bad, subset)
     fewshot_items = load_jsonl(few_shot) if few_shot is not None else None
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else data
     output = output or Path("runs") / f"{name}-{llm.path.name}"
-    table = run_sharded(llm, items, method, output, dataset=data, num_paraphrases=num_paraphrases,
+    table = run_sharded(llm, items, method, output, dataset=data, num_prompts=num_prompts, original=original,
                         max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
-                        progress=progress)
+                        flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
+                        choice_format=choice_format, progress=progress)
     if os.environ.get("RANK", "0") == "0":
         out.print(_summary_table(table, f"{name} · {llm.path.name}"))
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
@@ -84,12 +97,17 @@ def report_command(
     run_dir: Path = typer.Argument(..., help="An `eval` output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print per-method scores as one JSON object."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
-    plot: Optional[Path] = typer.Option(None, help="Save an accuracy/throughput chart (e.g. run.png)."),
+    plot: Optional[Path] = typer.Option(None, help="Save an accuracy (95% bars)/throughput chart, e.g. run.png."),
+    match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching (default: the run's)."),
 ) -> None:
-    """Scores of a run: per method, per relation (fill-in data), and method agreement."""
+    """Scores of a run: per method (95% intervals, paired tests vs origin), per relation, agreement."""
+    from minirun.cli.sweep import report_sweep
     from minirun.eval import report
+    from minirun.eval.sweep import is_sweep
 
-    table = report.load_results(run_dir)
+    if is_sweep(run_dir):  # a `minirun sweep` directory: one table per dataset, models side by side
+        return report_sweep(run_dir, as_json, csv, plot, match)
+    table = report.select_match(report.load_results(run_dir), match)
     if csv is not None:
         report.summarize(table).to_csv(csv)
     if plot is not None:
@@ -99,27 +117,50 @@ def report_command(
         return
     out.print(_summary_table(table, str(run_dir)))
     if "relation" in table.columns and table["relation"].notna().any():
-        out.print(_scores_table(report.by_relation(table), "per relation", ["method", "relation"]))
+        out.print(_scores_table(report.by_relation(table), "per relation"))
     out.print(_matrix(report.agreement(table)))
 
 
 def _summary_table(table: pd.DataFrame, title: str) -> Table:
+    """Per-method scores, with per_prompt's single-prompt figures as the caption when it ran."""
     from minirun.eval.report import summarize
 
-    return _scores_table(summarize(table), title, ["method"])
+    scores = summarize(table)
+    t = _scores_table(scores, title)
+    prompts = scores[scores.index.get_level_values("method") == "per_prompt"]
+    t.caption = "\n".join(
+        f"{_label(index)}: mean single-prompt accuracy {row['mean_single_accuracy']:.3f}, "
+        f"oracle {row['oracle_accuracy']:.3f}, consistency {_number(row['consistency'], '.3f')}"
+        for index, row in prompts.iterrows() if pd.notna(row["mean_single_accuracy"])) or None
+    return t
 
 
-def _scores_table(scores: pd.DataFrame, title: str, keys: list[str]) -> Table:
-    """accuracy / exact / n / tokens per second / items per second, one row per index entry."""
+def _scores_table(scores: pd.DataFrame, title: str) -> Table:
+    """accuracy with its 95% interval / exact / n / difference and p vs origin (when paired) /
+    tokens per second / items per second, one row per index entry."""
+    keys = list(scores.index.names)
+    paired = "p_vs_origin" in scores.columns
     t = Table(title=title)
-    for name in [*keys, "accuracy", "exact", "n", "tokens/s", "items/s"]:
+    for name in [*keys, "accuracy", "95% CI", "exact", "n", *(["Δ origin", "p origin"] if paired else []),
+                 "tokens/s", "items/s"]:
         t.add_column(name, justify="left" if name in keys else "right")
     for index, row in scores.iterrows():
         labels = list(index) if isinstance(index, tuple) else [index]
         items_per_s = row["n"] / row["seconds"] if row["seconds"] > 0 else float("nan")
-        t.add_row(*map(str, labels), f"{row['accuracy']:.3f}", f"{row['exact_accuracy']:.3f}", str(int(row["n"])),
-                  f"{row['tokens_per_second']:.1f}", f"{items_per_s:.2f}")
+        versus = [_number(row["diff_vs_origin"], "+.3f"), _number(row["p_vs_origin"], ".3g")] if paired else []
+        t.add_row(*map(str, labels), f"{row['accuracy']:.3f}", f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}",
+                  f"{row['exact_accuracy']:.3f}", str(int(row["n"])), *versus, f"{row['tokens_per_second']:.1f}",
+                  f"{items_per_s:.2f}")
     return t
+
+
+def _label(index: object) -> str:
+    return " · ".join(map(str, index)) if isinstance(index, tuple) else str(index)
+
+
+def _number(value: float, spec: str) -> str:
+    """`value` formatted, or a dash where it does not apply (NaN)."""
+    return "–" if pd.isna(value) else format(value, spec)
 
 
 def _matrix(agree: pd.DataFrame) -> Table:

@@ -8,9 +8,11 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import end_stream, err, friendly, load_llm, stream
+from minirun.cli.common import end_stream, err, friendly, load_llm, parse_flex_bias, stream
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
+from minirun.methods import METHODS, EnsembleOptions
+from minirun.methods.runner import check_method
 
 
 def register(app: typer.Typer) -> None:
@@ -49,23 +51,25 @@ def _few_shot_prefix(path: Optional[Path], k: int) -> str:
 def generate(
     prompt: str = typer.Argument(..., help="The question (or raw prompt with --raw)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or the pulled SmolLM2)."),
-    method: Optional[str] = typer.Option(None, help="origin, per_prompt, avg, avg_logprob, max, weighted_avg, weighted_max, flex."),
+    method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)}."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording of the question (repeatable)."),
     paraphrases_file: Optional[Path] = typer.Option(None, help="File with one paraphrase per line."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file."),
-    few_shot_k: int = typer.Option(5, help="Examples drawn from a .jsonl few-shot file."),
+    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a .jsonl few-shot file."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
-    max_new_tokens: int = typer.Option(64, help="Most tokens to generate."),
+    max_new_tokens: int = typer.Option(64, min=1, help="Most tokens to generate."),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
-    top_k: Optional[int] = typer.Option(None),
-    top_p: Optional[float] = typer.Option(None),
+    temperature: float = typer.Option(0.0, min=0, help="0 = greedy."),
+    top_k: Optional[int] = typer.Option(None, min=1, help="Sample from the k likeliest tokens (plain generation)."),
+    top_p: Optional[float] = typer.Option(None, min=0, max=1, help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
     seed: int = typer.Option(0),
     stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
     share_prefix: bool = typer.Option(True, help="Encode the shared prefix once (--no-share-prefix repeats it per paraphrase)."),
     flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to answer->paraphrase attention."),
-    num_samples: int = typer.Option(100, help="Samples per paraphrase for the weighted methods' confidence."),
+    num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
+    fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
+    fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
     truncate: bool = typer.Option(False, help="Keep the end of a prompt that does not fit the context."),
     device: str = typer.Option("cpu"),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
@@ -73,18 +77,31 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an answer, optionally fused across paraphrases with --method."""
-    llm = load_llm(model, device, dtype, compile)
     paraphrases = list(paraphrase)
     if paraphrases_file is not None:
         if not paraphrases_file.is_file():
             raise MinirunError(f"paraphrases file {paraphrases_file} not found")
         paraphrases += [line.strip() for line in paraphrases_file.read_text().splitlines() if line.strip()]
     if method is None and not paraphrases and few_shot is None:
+        llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json)
         return
-    _ensemble(llm, method or "origin", prompt, paraphrases, _few_shot_prefix(few_shot, few_shot_k), suffix,
-              few_shot is not None, max_new_tokens, raw, temperature, seed, stop, positions, share_prefix, flex_bias,
-              num_samples, as_json)
+    # Everything below is checked before the model loads, so a typo fails at once.
+    method = method or "origin"
+    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None,
+                              stop=tuple(stop) or (("\n",) if few_shot else ()), share_prefix=share_prefix,
+                              positions=positions, flex_bias=parse_flex_bias(flex_bias), temperature=temperature,
+                              seed=seed, num_samples=num_samples, fusion_layer=fusion_layer,
+                              fusion_alpha=fusion_alpha)
+    check_method(method, options)
+    if top_k is not None or top_p is not None:
+        raise MinirunError("--top-k and --top-p only apply to plain generation (no --method, --paraphrase or "
+                           "--few-shot); drop them")
+    if method != "origin" and not paraphrases:
+        raise MinirunError(f"method {method} fuses paraphrases but none were given: add --paraphrase or --paraphrases-file")
+    prefix = _few_shot_prefix(few_shot, few_shot_k)
+    _ensemble(load_llm(model, device, dtype, compile), method, prompt, paraphrases, prefix, suffix,
+              few_shot is not None, options, as_json)
 
 
 def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json) -> None:
@@ -102,22 +119,17 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 
-def _ensemble(llm: LLM, method, question, paraphrases, prefix, suffix, few_shot, max_new_tokens, raw, temperature, seed,
-              stop, positions, share_prefix, flex_bias, num_samples, as_json) -> None:
-    from minirun.methods import EnsembleOptions, Question, run_method
+def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], prefix: str, suffix: Optional[str],
+              few_shot: bool, options: EnsembleOptions, as_json: bool) -> None:
+    from minirun.eval.data import ensemble_prompts
+    from minirun.methods import Question, run_method
 
-    if method != "origin" and not paraphrases:
-        raise MinirunError(f"method {method} fuses paraphrases but none were given: add --paraphrase or --paraphrases-file")
     suffix = ("\nA:" if few_shot else "") if suffix is None else suffix
     if few_shot:
         prefix += "Q: "
-    bias = None if flex_bias is None else (flex_bias if flex_bias == "inv_n" else _bias_weight(flex_bias))
-    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None,
-                              stop=tuple(stop) or (("\n",) if few_shot else ()), share_prefix=share_prefix,
-                              positions=positions, flex_bias=bias, temperature=temperature, seed=seed,
-                              num_samples=num_samples)
     start = time.perf_counter()
-    result = run_method(llm, method, [Question(question, [question, *paraphrases], prefix, suffix)], options)[0]
+    result = run_method(llm, method, [Question(question, ensemble_prompts(question, paraphrases), prefix, suffix)],
+                        options)[0]
     elapsed = time.perf_counter() - start
     tokens = sum(map(len, result.answer_token_ids)) if result.answer_token_ids else len(result.token_ids)
     speed = tokens / elapsed
@@ -128,6 +140,8 @@ def _ensemble(llm: LLM, method, question, paraphrases, prefix, suffix, few_shot,
             out["answers"] = result.answers
         if result.confidences is not None:
             out["confidences"] = result.confidences
+        if result.fusion_layer is not None:
+            out["fusion_layer"] = result.fusion_layer
         print(json.dumps(out))
         return
     if result.answers is not None:
@@ -136,13 +150,6 @@ def _ensemble(llm: LLM, method, question, paraphrases, prefix, suffix, few_shot,
     else:
         print(result.text.strip())
     err.print(f"[dim]{method}: {len(result.prompts)} prompt(s), {speed:.1f} tokens/s[/dim]")
-
-
-def _bias_weight(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise MinirunError(f"--flex-bias takes a number or 'inv_n', not {value!r}") from None
 
 
 def convert(

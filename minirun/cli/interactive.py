@@ -47,6 +47,17 @@ def _count(answer: str) -> str | None:
     return None if answer.isdigit() else "give a whole number (0 or more)"
 
 
+def _optional_int(answer: str) -> str | None:
+    return None if not answer else _positive_int(answer)
+
+
+def _unit(answer: str) -> str | None:
+    try:
+        return None if 0.0 <= float(answer) <= 1.0 else "give a number from 0 to 1"
+    except ValueError:
+        return "give a number from 0 to 1"
+
+
 def _methods(single: bool) -> Check:
     def check(answer: str) -> str | None:
         names = _split(answer)
@@ -134,6 +145,10 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
                                             _one_of(POSITION_SCHEMES))]
             if _prompt(ask, echo, "share the prefix across paraphrases (yes/no)", "yes", _one_of(("yes", "no"))) == "no":
                 argv.append("--no-share-prefix")
+        if "hidden_avg" in methods:
+            layer = _prompt(ask, echo, "hidden_avg: first fused block (empty: 3/4 of the depth)", "", _optional_int)
+            argv += ["--fusion-layer", layer] if layer else []
+            argv += ["--fusion-alpha", _prompt(ask, echo, "hidden_avg: weight of the mean (0-1)", "1.0", _unit)]
         if any(m in WEIGHTED for m in methods):
             argv += ["--num-samples", _prompt(ask, echo, "samples per paraphrase for the confidence", "100", _positive_int)]
         few_shot = _prompt(ask, echo, "few-shot file (.jsonl examples or a prefix text; empty for none)", "",

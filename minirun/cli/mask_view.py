@@ -17,8 +17,9 @@ from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
+from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
-from minirun.methods.runner import METHODS
+from minirun.methods.runner import fusion_layer as resolve_fusion_layer
 
 GEN, PAD_TEXT = "<gen>", "<pad>"
 LABEL_LIMIT = 80  # beyond this many slots token text no longer fits on the axes
@@ -47,6 +48,12 @@ class MaskView:
     rows: list[RowView]
     prompt_len: int
     num_paraphrases: int
+    fusion_layer: int | None = None  # hidden_avg: rows' newest states are fused from this block on
+
+    @property
+    def name(self) -> str:
+        """The method as titles show it (hidden_avg names its fusion layer)."""
+        return f"{self.method} (fused from block {self.fusion_layer})" if self.fusion_layer else self.method
 
     @property
     def length(self) -> int:
@@ -64,12 +71,16 @@ class MaskView:
 
 def build_view(llm: LLM, question: str, paraphrases: list[str], method: str = "flex", prefix: str = "", suffix: str = "",
                chat: bool | None = None, positions: str = "right", share_prefix: bool = True,
-               decode_steps: int = 3) -> MaskView:
-    """The view for one question as `minirun generate` runs it: the question is paraphrase 1."""
+               decode_steps: int = 3, fusion_layer: int | None = None) -> MaskView:
+    """The view for one question as `minirun generate` runs it: the question is paraphrase 1.
+    hidden_avg draws like avg (its masks are avg's), titled with the block it fuses from."""
     prompts = [question] if method == "origin" else [question, *paraphrases]
     enc = encode_question(llm, prompts, prefix, suffix, chat)
-    return view_from_encoded(enc, method, lambda i: llm.tokenizer.decode([i]), llm.pad_id, positions,
+    view = view_from_encoded(enc, method, lambda i: llm.tokenizer.decode([i]), llm.pad_id, positions,
                              share_prefix, decode_steps)
+    if method == "hidden_avg":
+        view.fusion_layer = resolve_fusion_layer(EnsembleOptions(fusion_layer=fusion_layer), llm.config.num_layers)
+    return view
 
 
 def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], pad_id: int, positions: str = "right",
@@ -178,7 +189,7 @@ def render_png(view: MaskView, path: str | Path, dpi: int = 100) -> list[Panel]:
         ax = fig.add_axes((x0, (bottom + bars + gap) / fig_h, side / fig_w, side / fig_h))
         image = _image(view, b)
         ax.imshow(image.numpy(), interpolation="nearest", aspect="auto", extent=(-0.5, size - 0.5, size - 0.5, -0.5))
-        title = f"{view.method} row {b}: prompt {b + 1}" if len(view.rows) > 1 else view.method
+        title = f"{view.name} row {b}: prompt {b + 1}" if len(view.rows) > 1 else view.name
         ax.set_title(title, fontsize=9, pad=4 if not labels else 52)
         pos_ax = fig.add_axes((x0, bottom / fig_h, side / fig_w, bars / fig_h))
         colors = [kind_rgb(view.kind(b, s)) for s in range(size)]
@@ -224,7 +235,7 @@ def render_text(view: MaskView, width: int = 8) -> str:
     """One line per query slot: token, position, one char per key slot (' ' padding, '.' hidden)."""
     lines = []
     for b, r in enumerate(view.rows):
-        lines.append(f"# {view.method} row {b}")
+        lines.append(f"# {view.name} row {b}")
         for q in range(view.length):
             pad = r.segments[q] == PAD
             cells = "".join(" " if r.segments[kv] == PAD else segment_char(view.kind(b, kv)) if r.mask[q, kv] else "."

@@ -23,14 +23,15 @@ def register(app: typer.Typer) -> None:
 def mask(
     question: str = typer.Argument(..., help="The original question."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording (repeatable)."),
-    method: str = typer.Option("flex", help="flex, or a logit method (one panel per row)."),
+    method: str = typer.Option("flex", help="flex, or a row method (one panel per row; hidden_avg names its layer)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
     prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix (instruction / few-shot) text file."),
     suffix: str = typer.Option("", help="Text after each paraphrase."),
     positions: str = typer.Option("right", help="right, restart or sequential."),
     share_prefix: bool = typer.Option(True),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
-    decode_steps: int = typer.Option(3, help="Generated tokens to show."),
+    decode_steps: int = typer.Option(3, min=0, help="Generated tokens to show."),
+    fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block (default 3/4 depth)."),
     out: Optional[Path] = typer.Option(None, help="Write a PNG here; without it, print a text rendering."),
 ) -> None:
     """Show the exact attention mask (and position ids) the runtime uses for a method."""
@@ -42,7 +43,7 @@ def mask(
     llm = load_llm(model, "cpu", None, False)
     view = build_view(llm, question, list(paraphrase), method=method, prefix=prefix, suffix=suffix,
                       chat=False if raw else None, positions=positions, share_prefix=share_prefix,
-                      decode_steps=decode_steps)
+                      decode_steps=decode_steps, fusion_layer=fusion_layer)
     if out is None:
         print(render_text(view))
         return
@@ -57,10 +58,10 @@ def bench(
     method: str = typer.Option("origin"),
     prompt_tokens: int = typer.Option(128),
     new_tokens: int = typer.Option(64),
-    batch: int = typer.Option(1, help="Questions per batch."),
-    num_paraphrases: int = typer.Option(5),
-    repeats: int = typer.Option(5),
-    warmup: int = typer.Option(1),
+    batch: int = typer.Option(1, min=1, help="Questions per batch."),
+    num_paraphrases: int = typer.Option(5, min=1),
+    repeats: int = typer.Option(5, min=1),
+    warmup: int = typer.Option(1, min=0),
     dtype: Optional[str] = typer.Option(None),
     device: str = typer.Option("cpu"),
     compile: bool = typer.Option(True, help="Compiled decode step and FlexAttention."),
@@ -80,14 +81,14 @@ def bench(
 def paraphrase(
     data: str = typer.Argument(..., help="sample-qa, sample-fill, webqa, myriadlama, or a dataset file."),
     out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),
-    num: int = typer.Option(5, "--num", help="Rewrites per question."),
+    num: int = typer.Option(5, "--num", min=1, help="Rewrites per question."),
     model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
-    temperature: float = typer.Option(1.5),
-    top_p: float = typer.Option(0.9),
-    max_new_tokens: int = typer.Option(30),
+    temperature: float = typer.Option(1.5, min=0),
+    top_p: float = typer.Option(0.9, min=0, max=1, help="Nucleus sampling, 0 < p <= 1."),
+    max_new_tokens: int = typer.Option(30, min=1),
     seed: int = typer.Option(0),
-    batch_size: int = typer.Option(8, help="Questions per batched generation."),
-    max_samples: Optional[int] = typer.Option(None, help="Only the first N items."),
+    batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
 ) -> None:
     """Have the model rewrite each question N ways (duplicates, empties and answer leaks dropped)."""
     from rich.progress import Progress

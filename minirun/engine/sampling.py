@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from minirun.errors import MinirunError
+
 
 @dataclass
 class SamplingParams:
@@ -12,6 +14,16 @@ class SamplingParams:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values that would crash mid-generation (top-k 0) or silently mean something else
+        (a negative temperature decoding greedily, a top-p above 1 keeping everything)."""
+        if not self.temperature >= 0:
+            raise MinirunError(f"temperature must be 0 (greedy) or more, got {self.temperature}: pass temperature >= 0")
+        if self.top_k is not None and self.top_k < 1:
+            raise MinirunError(f"top_k must be at least 1, got {self.top_k}: pass top_k >= 1, or leave it unset")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise MinirunError(f"top_p must be in (0, 1], got {self.top_p}: pass 0 < top_p <= 1, or leave it unset")
 
     @property
     def greedy(self) -> bool:

@@ -15,7 +15,7 @@ on a prompt's length.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -25,6 +25,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.compiled import Compiled
+from minirun.layers.hidden_fusion import HiddenFusion
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
@@ -74,22 +75,28 @@ def mask_rows(full_mask: BlockMask, segments: torch.Tensor, rows: int, start: to
 
 
 def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
-                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
+                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
+                fusion: HiddenFusion | None = None) -> torch.Tensor:
     """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V]."""
     step_mask = mask_rows(full_mask, segments, tokens.shape[0], slot[0], 1)
-    logits = model(tokens[:, None], positions[:, None], step_mask, slot, _score_mod(segments, log_weights, slot[0]))
+    logits = model(tokens[:, None], positions[:, None], step_mask, slot, _score_mod(segments, log_weights, slot[0]),
+                   fusion=fusion)
     return logits[:, -1].float()
 
 
 def _step_key(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
-              full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> tuple:
-    return id(model), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None
+              full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
+              fusion: HiddenFusion | None = None) -> tuple:
+    return (id(model), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None,
+            None if fusion is None else fusion.first_block)
 
 
 def _step_label(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
-                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None) -> str:
+                full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
+                fusion: HiddenFusion | None = None) -> str:
     bias = ", attention bias" if log_weights is not None else ""
-    return f"batch {tokens.shape[0]}, {full_mask.seq_lengths[1]} cache slots{bias}"
+    fused = f", hidden states fused from block {fusion.first_block}" if fusion is not None else ""
+    return f"batch {tokens.shape[0]}, {full_mask.seq_lengths[1]} cache slots{bias}{fused}"
 
 
 _compiled_steps: dict[str, Compiled] = {}
@@ -119,13 +126,14 @@ class Session:
     """Cache + masks for `batch` rows of at most `max_slots` tokens each."""
 
     def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None,
-                 hooks: Hooks = NO_HOOKS):
+                 hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None):
         self.model, self.batch, self.max_slots, self.hooks = model, batch, max_slots, hooks
         self.device = model.device
         model.setup_cache(batch, max_slots)
         # Slots not yet written default to SHARED: that is what generated tokens are.
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
         self.log_weights = log_weights  # [B, N+1] attention bias per segment, see masks.segment_bias
+        self.fusion = fusion  # rows' newest token fused across groups (prefill's last token, every decode step)
         self.length = 0
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
         self._mask: BlockMask | None = None  # over all slots; None once segment ids change
@@ -141,8 +149,31 @@ class Session:
         """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V].
 
         Left-padded to a multiple of CHUNK (padding is a PAD segment, invisible) and run in chunks
-        of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length.
+        of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length. With
+        `fusion`, the rows' last token (the one that predicts the first answer token) is fused; a
+        chunk shared by every row is never fused.
         """
+        logits = self._encode(tokens, positions, segments, every_token=False)
+        if self.hooks.after_prefill is not None:
+            self.hooks.after_prefill()
+        return logits
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Encode tokens [B, T] after what is cached and return every token's final-norm state [B, T, E].
+
+        Teacher forcing: scoring continuations needs a distribution at each of their tokens. With
+        `fusion`, every token of the call is fused across its group (the rows must lay their tokens
+        out alike within a group). `logits(states)` turns states into next-token logits.
+        """
+        return self._encode(tokens, positions, segments, every_token=True)
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [..., V] in float32 from final-norm states [..., E]."""
+        return self.model.lm_head(states).float()
+
+    def _encode(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                every_token: bool) -> torch.Tensor:
         if tokens.shape[1] == 0:
             raise MinirunError("nothing to prefill: the prompt is empty")
         pad = -tokens.shape[1] % CHUNK
@@ -156,7 +187,8 @@ class Session:
         self._mask = None
         full_mask = self._full_mask()
         log_weights = None if self.log_weights is None else self.log_weights[:rows]
-        done = 0
+        fusion = self.fusion if rows == self.batch else None
+        done, states = 0, []
         for size in chunk_plan(self.length, T):
             start = torch.tensor(self.length, device=self.device)
             slots = torch.arange(self.length, self.length + size, device=self.device)
@@ -164,15 +196,19 @@ class Session:
             mask = mask_rows(full_mask, self.segments, rows, start, size)
             score_mod = _score_mod(self.segments[:rows], log_weights, start)
             done += size
-            if done < T:  # only the last chunk's last token needs logits
+            if every_token:
+                chunk_fusion = None if fusion is None else replace(fusion, span=size)
+                states.append(self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod,
+                                                chunk_fusion))
+            elif done < T:  # only the last chunk's last token needs logits
                 self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod)
             else:
-                logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True)
+                logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True,
+                                    fusion=fusion)
             self.length += size
-        logits = logits[:, -1].float()
-        if self.hooks.after_prefill is not None:
-            self.hooks.after_prefill()
-        return logits
+        if every_token:
+            return torch.cat(states, dim=1)[:, pad:]
+        return logits[:, -1].float()
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -183,6 +219,7 @@ class Session:
             self.hooks.before_decode()
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         step = compiled_decode_step(self.device) if flex.is_compiled() else decode_step
-        logits = step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights)
+        logits = step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
+                      self.fusion)
         self.length += 1
         return logits

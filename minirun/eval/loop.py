@@ -22,12 +22,14 @@ from rich.text import Text
 
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, load_fewshot
+from minirun.eval.data import Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, extract_answer
-from minirun.eval.prompts import build_prefix
+from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, build_prefix, option_list
 from minirun.eval.results import ResultStore, merge, read_results
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
+from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
+from minirun.methods.runner import check_method
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -55,12 +57,12 @@ def shard(items: list[Item], rank: int, world_size: int) -> list[Item]:
 
 
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
-                      k: int) -> dict[str, str]:
+                      k: int, choice_format: str = "cloze") -> dict[str, str]:
     """Instruction + k examples per task present (the dataset's own few-shot file unless given)."""
     out = {}
     for t in sorted({task or item.task for item in items}):
         examples = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t)
-        out[t] = build_prefix(t, examples, k)
+        out[t] = build_prefix(t, examples, k, choice_format=choice_format)
     return out
 
 
@@ -69,36 +71,62 @@ def _dtype(llm: LLM) -> str:
 
 
 def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
-             dataset: str = "custom", num_paraphrases: int = 5, max_samples: int | None = None, few_shot_k: int = 5,
-             fewshot_items: list[Item] | None = None, task: str | None = None, batch_size: int = 8,
-             max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100, positions: str = "right",
-             share_prefix: bool = True, chat: bool | None = None, rank: int = 0, world_size: int = 1,
+             dataset: str = "custom", num_prompts: int = 5, original: bool = True, max_samples: int | None = None,
+             few_shot_k: int = 5, fewshot_items: list[Item] | None = None, task: str | None = None,
+             batch_size: int = 8, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
+             positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
+             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
+             choice_score: str = "mean", choice_format: str = "cloze", rank: int = 0, world_size: int = 1,
              progress: bool = True, on_row: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Answer `items` with each method and journal one row per (item, method) in `output_dir`.
 
-    Rows hold id, method, prompts, generated, answer, exact, correct (lemma match), tokens,
-    seconds (the batch's wall time, confidences included, split evenly over its items), relation,
-    task, answers, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/`answer`
-    are those of the first prompt (the original question), so it stays comparable with `origin`,
-    while `per_prompt_accuracy` is the fraction of paraphrases answered correctly and `tokens` sums
-    all paraphrases. `dataset` names the data in the run key and picks the default few-shot file.
+    An item's prompts are its question, then its distinct paraphrases (`Item.prompts`), the first
+    `num_prompts` of them; `original=False` leaves the question out so ensembles run over the
+    paraphrases only (`origin` still answers the question: it is the baseline).
+
+    Rows hold id, method, prompts, generated, answer, exact, correct (under the run's rule: lemma
+    containment, or both directions with `bidirectional`), correct_lemma and correct_bidirectional
+    (both rules, so a report can show either without a rerun), tokens, seconds (the batch's wall
+    time, confidences included, split evenly over its items), relation, task, original, answers,
+    per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
+    `answer` are those of the first prompt (the question unless original=False), so it stays
+    comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
+    and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts. hidden_avg rows
+    record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
+    generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
+    `choice_score` (mean or sum log-probability), `answer` the picked option's text, and with
+    `choice_format` "letters" the options are listed in the prompt and their letters scored.
+    `dataset` names the data in the run key and picks the default few-shot file.
     Returns the merged table (world_size 1) or this rank's shard of it.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise MinirunError(f"unknown or no method(s) {unknown}: choose from {', '.join(METHODS)}")
-    if batch_size < 1 or num_paraphrases < 1:
-        raise MinirunError("batch_size and num_paraphrases must be at least 1")
+    if not methods:
+        raise MinirunError(f"no method given: choose from {', '.join(METHODS)}")
+    for name, value, least in (("batch_size", batch_size, 1), ("num_prompts", num_prompts, 1),
+                               ("few_shot_k", few_shot_k, 0), ("max_samples", max_samples, 1)):
+        if value is not None and value < least:
+            raise MinirunError(f"{name} must be at least {least}, got {value}: pass {name} >= {least}")
+    if choice_format not in CHOICE_FORMATS:
+        raise MinirunError(f"unknown --choice-format {choice_format!r}: choose {', '.join(CHOICE_FORMATS)}")
+    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, stop=STOP, share_prefix=share_prefix,
+                              positions=positions, num_samples=num_samples, flex_bias=flex_bias,
+                              fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
+    for method in methods:
+        check_method(method, options)
     items = list(items)[:max_samples] if max_samples is not None else list(items)
-    prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k)
+    prompts = {item.id: ensemble_prompts(item.question, item.paraphrases, original)[:num_prompts] for item in items}
+    if bare := [item_id for item_id, p in prompts.items() if not p]:
+        raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
+                           "drop --no-original (original=False) or give them paraphrases")
+    prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
     run_key = {  # everything that changes a row; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": _dtype(llm), "dataset": dataset,
-        "num_paraphrases": num_paraphrases, "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
+        "num_prompts": num_prompts, "original": original,
+        "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "num_samples": num_samples,
-        "positions": positions, "share_prefix": share_prefix, "chat": chat,
+        "positions": positions, "share_prefix": share_prefix, "chat": chat, "flex_bias": flex_bias,
+        "fusion_layer": fusion_layer, "fusion_alpha": fusion_alpha, "choice_score": choice_score,
+        "choice_format": choice_format,
     }
-    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, stop=STOP, share_prefix=share_prefix,
-                              positions=positions, num_samples=num_samples)
     mine = shard(items, rank, world_size)
     matcher = Matcher()
     with ResultStore(output_dir, run_key, rank, [item.id for item in items]) as store, _progress(progress) as bar:
@@ -109,9 +137,10 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
             bar.update(overall, description=f"eval {method}")
             for start in range(0, len(todo[method]), batch_size):
                 batch = todo[method][start:start + batch_size]
-                qs = [Question(item.question, item.prompts[:num_paraphrases], prefixes[task or item.task] + "Q: ", SUFFIX)
-                      for item in batch]
-                for row in _run_batch(llm, method, batch, qs, options, matcher, bidirectional, bar):
+                qs = [Question(item.question, prompts[item.id], prefixes[task or item.task] + "Q: ",
+                               _suffix(item, choice_format)) for item in batch]
+                for row in _run_batch(llm, method, batch, qs, options, matcher, bidirectional, original, bar,
+                                      choice_format):
                     store.add(row)
                     bar.advance(overall)
                     if on_row is not None:
@@ -122,34 +151,85 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     return table[table["id"].isin({item.id for item in mine})].reset_index(drop=True)
 
 
+def _suffix(item: Item, choice_format: str) -> str:
+    """What follows each prompt: "A:" before a generated or cloze-scored answer, else the lettered options."""
+    return option_list(item.choices) if item.choices is not None and choice_format == "letters" else SUFFIX
+
+
 def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
-               matcher: Matcher, bidirectional: bool, bar: Progress) -> list[dict]:
-    """One batched generation and one batched match for `batch`; its result rows."""
+               matcher: Matcher, bidirectional: bool, original: bool, bar: Progress,
+               choice_format: str) -> list[dict]:
+    """One batched generation (or scoring, for choice items) and one batched match for `batch`."""
     start = time.perf_counter()
     if method in WEIGHTED:
         options = replace(options, confidences=_confidences(llm, questions, options, matcher, bar))
+    scored = [i for i, item in enumerate(batch) if item.choices is not None]
+    generated = [i for i, item in enumerate(batch) if item.choices is None]
+    rows = {}
+    if scored:
+        picked = [batch[i] for i in scored]
+        candidates = [list(LETTERS[:len(item.choices)]) if choice_format == "letters" else item.choices
+                      for item in picked]
+        pick_options = replace(options, confidences=[options.confidences[i] for i in scored]) \
+            if options.confidences else options
+        results = score_choices(llm, method, [questions[i] for i in scored], candidates, pick_options)
+        rows |= {i: _choice_row(item, method, r, original) for i, item, r in zip(scored, picked, results)}
+    if generated:
+        gen_options = replace(options, confidences=[options.confidences[i] for i in generated]) \
+            if options.confidences else options
+        items = [batch[i] for i in generated]
+        found = _generate_rows(llm, method, items, [questions[i] for i in generated], gen_options, matcher,
+                               bidirectional, original)
+        rows |= dict(zip(generated, found))
+    seconds = (time.perf_counter() - start) / len(batch)
+    return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
+
+
+def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -> dict:
+    """A scored item's row: right when the picked option is the item's answer (both matching rules)."""
+    right = result.choice == item.answer
+    picks = result.per_prompt_choices
+    return {
+        "id": item.id, "method": method, "prompts": result.prompts, "generated": item.choices[result.choice],
+        "answer": item.choices[result.choice], "exact": right, "correct": right, "correct_lemma": right,
+        "correct_bidirectional": right, "tokens": 0, "relation": item.relation, "task": item.task,
+        "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
+        "per_prompt_correct": [c == item.answer for c in picks] if picks else None,
+        "per_prompt_accuracy": sum(c == item.answer for c in picks) / len(picks) if picks else None,
+        "confidences": None, "fusion_layer": result.fusion_layer, "choice": result.choice,
+        "choice_scores": result.scores,
+    }
+
+
+def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
+                   matcher: Matcher, bidirectional: bool, original: bool) -> list[dict]:
     results = run_method(llm, method, questions, options)
     answers = [[extract_answer(a, STOP) for a in (r.answers if r.answers is not None else [r.text])] for r in results]
+    predictions = [x for a in answers for x in a]
     golds = [item.answers for item, a in zip(batch, answers) for _ in a]
-    matches = iter(matcher.match([x for a in answers for x in a], golds, bidirectional))
-    seconds = (time.perf_counter() - start) / len(batch)
+    # Both rules from one spaCy pass: the second call finds every lemma in the matcher's cache.
+    matches = iter(zip(matcher.match(predictions, golds), matcher.match(predictions, golds, bidirectional=True)))
     rows = []
     for item, result, mine in zip(batch, results, answers):
-        found = [next(matches) for _ in mine]
+        both = [next(matches) for _ in mine]
+        found = [two_way if bidirectional else one_way for one_way, two_way in both]
         per_prompt = result.answers is not None
         rows.append({
             "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[0],
-            "exact": found[0].exact, "correct": found[0].lemma, "tokens": _generated_tokens(result),
-            "seconds": seconds, "relation": item.relation, "task": item.task,
+            "exact": found[0].exact, "correct": found[0].lemma, "correct_lemma": both[0][0].lemma,
+            "correct_bidirectional": both[0][1].lemma, "tokens": _generated_tokens(result),
+            "relation": item.relation, "task": item.task, "original": original,
             "answers": mine if per_prompt else None,
+            "per_prompt_correct": [m.lemma for m in found] if per_prompt else None,
             "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if per_prompt else None,
-            "confidences": result.confidences,
+            "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": None,
+            "choice_scores": None,
         })
     return rows
 
 
 def _generated_tokens(result) -> int:
-    """Generated token count; per_prompt sums over its paraphrases' answers."""
+    """Generated token count; per_prompt sums over its prompts' answers."""
     if result.answer_token_ids is not None:
         return sum(len(ids) for ids in result.answer_token_ids)
     return len(result.token_ids)

@@ -80,7 +80,15 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8, on_batch=None) -> list[Item]:
-    """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones."""
+    """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
+
+    The original stays paraphrase 0 so the file reads the same with or without the question
+    repeated: `Item.prompts` drops the repeat, and rewrites equal to the question are never kept.
+    """
+    for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if value < 1:
+            raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
+    SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top_p before any work
     key = settings_key(llm, num, temperature, top_p, max_new_tokens, seed)
     finished = _read_finished(out, key)
     todo = [item for item in items if item.id not in finished]

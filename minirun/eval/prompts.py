@@ -14,7 +14,10 @@ from minirun.eval.data import Item
 INSTRUCTIONS = {
     "qa": "Answer the question from general world knowledge with a short, direct answer.",
     "fill": "Complete the sentence with the missing word or short phrase: give only the missing part.",
+    "choice": "Answer the question from general world knowledge with the correct option.",
 }
+CHOICE_FORMATS = ("cloze", "letters")
+LETTERS = "ABCDEFGHIJ"
 
 
 def question_block(paraphrase: str) -> str:
@@ -22,12 +25,21 @@ def question_block(paraphrase: str) -> str:
     return f"Q: {paraphrase}\nA:"
 
 
-def example_block(item: Item) -> str:
-    """One worked example: the item's question and its first (canonical) answer."""
+def option_list(choices: list[str]) -> str:
+    """The lettered options of `--choice-format letters`, between the question and "Answer:"."""
+    if len(choices) > len(LETTERS):
+        raise MinirunError(f"{len(choices)} options are more than the {len(LETTERS)} letters: use --choice-format cloze")
+    return "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, choices)) + "\nAnswer:"
+
+
+def example_block(item: Item, choice_format: str = "cloze") -> str:
+    """One worked example: the item's question and its first (canonical) answer (or its letter)."""
+    if item.choices is not None and choice_format == "letters":
+        return f"Q: {item.question}{option_list(item.choices)} {LETTERS[item.answer]}"
     return f"{question_block(item.question)} {item.answers[0]}"
 
 
-def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0) -> str:
+def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze") -> str:
     """Instruction plus `k` examples drawn with `seed`; ends with a blank line so that
     `prefix + question_block(p)` is the full prompt."""
     if task not in INSTRUCTIONS:
@@ -35,7 +47,8 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0) -> 
     if not 0 <= k <= len(examples):
         raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available; lower k")
     shots = random.Random(seed).sample(examples, k)
-    return "\n\n".join([INSTRUCTIONS[task], *map(example_block, shots)]) + "\n\n"
+    blocks = [example_block(shot, choice_format) for shot in shots]
+    return "\n\n".join([INSTRUCTIONS[task], *blocks]) + "\n\n"
 
 
 def full_prompt(prefix: str, paraphrase: str) -> str:

@@ -1,17 +1,38 @@
-"""Summaries of a results table: accuracy and throughput per method, per relation, and how
-often methods agree. Plain DataFrames and dicts; rendering them is the CLI's job."""
+"""Summaries of a results table: accuracy with its 95% interval and throughput per method, paired
+tests against `origin` and the single-prompt mean, per relation, and how often methods agree.
+Plain DataFrames and dicts; rendering them is the CLI's job.
+
+A table with a `model` column (a sweep) is summarised per (model, method), pairing items only
+within a model."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from minirun.errors import MinirunError
 from minirun.eval.results import journal_paths, read_results
+from minirun.eval.stats import (
+    mcnemar_exact,
+    newcombe_paired_interval,
+    paired_bootstrap_interval,
+    wilcoxon_p,
+    wilson_interval,
+)
 from minirun.text import normalize
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 NEEDED = ("id", "method", "answer", "exact", "correct", "tokens", "seconds")
+MATCH_RULES = ("lemma", "bidirectional")
+BOOTSTRAP_SEED = 0
+PAIRED = ("diff_vs_origin", "diff_vs_origin_ci95_low", "diff_vs_origin_ci95_high", "p_vs_origin",
+          "diff_vs_mean_single", "diff_vs_mean_single_ci95_low", "diff_vs_mean_single_ci95_high", "p_vs_mean_single",
+          "mean_single_accuracy", "oracle_accuracy", "consistency")
 
 
 def load_results(output_dir: str | Path) -> pd.DataFrame:
@@ -25,45 +46,142 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
     raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
 
 
+def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
+    """The table scored under `match` (its `correct_<match>` column as `correct`); None keeps the
+    run's own rule. Per-prompt figures (per_prompt_accuracy) stay under the run's rule: it is
+    the only one recorded per paraphrase."""
+    if match is None:
+        return df
+    if match not in MATCH_RULES:
+        raise MinirunError(f"--match must be one of {', '.join(MATCH_RULES)}, not {match!r}")
+    column = f"correct_{match}"
+    if column not in df.columns or df[column].isna().any():
+        raise MinirunError(f"results lack '{column}' (written before --match existed); re-run `minirun eval` "
+                           "into a fresh output directory to add it, or drop --match")
+    return df.assign(correct=df[column])
+
+
 def _check(df: pd.DataFrame) -> None:
     missing = [c for c in NEEDED if c not in df.columns]
     if missing:
         raise MinirunError(f"results table lacks column(s) {', '.join(missing)}; pass a table written by ResultStore")
 
 
+def _keys(df: pd.DataFrame) -> list[str]:
+    return ["model", "method"] if "model" in df.columns else ["method"]
+
+
 def _scores(groups) -> pd.DataFrame:
     out = groups.agg(
         accuracy=("correct", "mean"),
+        hits=("correct", "sum"),
         exact_accuracy=("exact", "mean"),
         n=("id", "size"),
         tokens=("tokens", "sum"),
         seconds=("seconds", "sum"),
     )
+    ci = [wilson_interval(int(hits), int(n)) for hits, n in zip(out.pop("hits"), out["n"])]
+    out.insert(1, "ci95_low", [low for low, _ in ci])
+    out.insert(2, "ci95_high", [high for _, high in ci])
     out["tokens_per_second"] = out["tokens"] / out["seconds"].where(out["seconds"] > 0)
     return out
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: accuracy (lemma match), exact_accuracy, n, tokens, seconds and
-    tokens_per_second (total tokens over total seconds, so long generations weigh in)."""
+    """One row per method (per (model, method) for a sweep) with what a paper's table needs.
+
+    accuracy (the run's match rule, see `select_match`) with ci95_low/ci95_high, its Wilson score
+    interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over total
+    seconds, so long generations weigh in); the paired comparisons of `paired_stats`, NaN where
+    they do not apply."""
     _check(df)
-    return _scores(df.astype({"correct": float, "exact": float}).groupby("method", sort=True))
+    df = df.astype({"correct": float, "exact": float})
+    scores = _scores(df.groupby(_keys(df), sort=True))
+    if "model" in df.columns:
+        paired = pd.concat({model: paired_stats(part) for model, part in df.groupby("model", sort=True)},
+                           names=["model", "method"])
+    else:
+        paired = paired_stats(df)
+    return scores.join(paired)
+
+
+def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method of one model's rows, each compared on the items it shares with the other side:
+
+    - vs `origin`: diff_vs_origin (accuracy difference), diff_vs_origin_ci95_low/high (Newcombe's
+      paired score interval, method 10) and p_vs_origin (exact McNemar); NaN for origin itself.
+    - vs the single-prompt mean, when per_prompt ran: diff_vs_mean_single, the mean over items of
+      correct(method) - per_prompt_accuracy(item); its interval from a paired bootstrap over items
+      (seed `BOOTSTRAP_SEED`, 10,000 resamples, percentile) and p_vs_mean_single from the Wilcoxon
+      signed-rank test (Pratt's zero handling), as those differences are not binary.
+    - on the per_prompt row only: mean_single_accuracy (mean per_prompt_accuracy), oracle_accuracy
+      (some prompt right) and consistency (all prompts' answers equal after `normalize`).
+    """
+    correct = df.pivot(index="id", columns="method", values="correct").astype(float)
+    prompts = df[df["method"] == "per_prompt"].set_index("id")
+    single = prompts.get("per_prompt_accuracy", pd.Series(dtype=float)).astype(float).dropna()
+    rows = {}
+    for method in correct.columns:
+        row = _versus_origin(correct, method)
+        if len(single):
+            row |= _versus_single(correct[method], single)
+        if method == "per_prompt" and len(single):
+            row |= {"mean_single_accuracy": float(single.mean()), "oracle_accuracy": float((single > 0).mean()),
+                    "consistency": _consistency(prompts)}
+        rows[method] = row
+    out = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(PAIRED)).astype(float)
+    out.index.name = "method"
+    return out
+
+
+def _versus_origin(correct: pd.DataFrame, method: str) -> dict[str, float]:
+    if method == "origin" or "origin" not in correct.columns:
+        return {}
+    pairs = correct[[method, "origin"]].dropna().astype(bool)
+    if not len(pairs):
+        return {}
+    ours, theirs = pairs[method], pairs["origin"]
+    both, only_ours = int((ours & theirs).sum()), int((ours & ~theirs).sum())
+    only_theirs, neither = int((~ours & theirs).sum()), int((~ours & ~theirs).sum())
+    low, high = newcombe_paired_interval(both, only_ours, only_theirs, neither)
+    return {"diff_vs_origin": (only_ours - only_theirs) / len(pairs), "diff_vs_origin_ci95_low": low,
+            "diff_vs_origin_ci95_high": high, "p_vs_origin": mcnemar_exact(only_ours, only_theirs)}
+
+
+def _versus_single(correct: pd.Series, single: pd.Series) -> dict[str, float]:
+    diffs = (correct - single).dropna().to_numpy()
+    if not diffs.size:
+        return {}
+    low, high = paired_bootstrap_interval(diffs, seed=BOOTSTRAP_SEED)
+    return {"diff_vs_mean_single": float(diffs.mean()), "diff_vs_mean_single_ci95_low": low,
+            "diff_vs_mean_single_ci95_high": high, "p_vs_mean_single": wilcoxon_p(diffs)}
+
+
+def _consistency(prompts: pd.DataFrame) -> float:
+    """Fraction of items whose prompts' extracted answers are all equal after `normalize`."""
+    if "answers" not in prompts.columns:
+        return np.nan
+    answers = [a for a in prompts["answers"] if a is not None and not (isinstance(a, float) and math.isnan(a))]
+    return float(np.mean([len({normalize(x or "") for x in a}) == 1 for a in answers])) if answers else np.nan
 
 
 def by_relation(df: pd.DataFrame) -> pd.DataFrame:
-    """The same scores per (method, relation), for fill-in datasets whose rows carry a relation."""
+    """Accuracy (with Wilson interval) and throughput per (method, relation), for fill-in datasets
+    whose rows carry a relation; per (model, method, relation) for a sweep."""
     _check(df)
     if "relation" not in df.columns or df["relation"].isna().all():
         raise MinirunError("results have no 'relation' column; per-relation scores need a fill-in dataset")
     rows = df[df["relation"].notna()].astype({"correct": float, "exact": float})
-    return _scores(rows.groupby(["method", "relation"], sort=True))
+    return _scores(rows.groupby([*_keys(rows), "relation"], sort=True))
 
 
 def agreement(df: pd.DataFrame) -> pd.DataFrame:
     """Method x method: the fraction of shared items whose extracted answers are equal after
-    `normalize`. High agreement with low accuracy means methods fail the same way."""
+    `normalize` (items of a sweep count once per model). High agreement with low accuracy means
+    methods fail the same way."""
     _check(df)
-    answers = df.assign(answer=df["answer"].fillna("").map(normalize)).pivot(index="id", columns="method", values="answer")
+    answers = df.assign(answer=df["answer"].fillna("").map(normalize)).pivot(
+        index=[*_keys(df)[:-1], "id"], columns="method", values="answer")
     methods = sorted(answers.columns)
     return pd.DataFrame([[_agree(answers[a], answers[b]) for b in methods] for a in methods],
                         index=methods, columns=methods)
@@ -75,8 +193,28 @@ def _agree(x: pd.Series, y: pd.Series) -> float:
 
 
 def report_json(df: pd.DataFrame) -> dict:
-    """Per-method scores as a JSON-ready dict (numpy values as Python ones, NaN as None)."""
-    return {method: {k: _plain(v) for k, v in scores.items()} for method, scores in summarize(df).to_dict("index").items()}
+    """`summarize` as a JSON-ready dict: {method: scores}, or {model: {method: scores}} for a
+    sweep. Each X_low/X_high pair becomes one X: [low, high] (ci95, diff_vs_origin_ci95,
+    diff_vs_mean_single_ci95); numpy values become Python ones, NaN None."""
+    out: dict = {}
+    for key, scores in summarize(df).to_dict("index").items():
+        entry = _entry(scores)
+        if isinstance(key, tuple):
+            out.setdefault(str(key[0]), {})[key[1]] = entry
+        else:
+            out[key] = entry
+    return out
+
+
+def _entry(scores: dict) -> dict:
+    out = {}
+    for name, value in scores.items():
+        if name.endswith("_low"):
+            low, high = _plain(value), _plain(scores[name.removesuffix("_low") + "_high"])
+            out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
+        elif not name.endswith("_high"):
+            out[name] = _plain(value)
+    return out
 
 
 def _plain(value: object) -> object:
@@ -84,22 +222,37 @@ def _plain(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def plot(df: pd.DataFrame, path: str | Path) -> None:
-    """Accuracy and throughput per method, side by side, saved to `path` (PNG, PDF, SVG...)."""
+def figure(df: pd.DataFrame) -> Figure:
+    """Accuracy (bars with Wilson 95% error bars, exact match as ticks) and throughput per method,
+    side by side; a sweep gets one bar colour per model, methods on the x axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    summary = summarize(df)
-    methods = list(summary.index)
-    fig = Figure(figsize=(max(6.0, 1.2 * len(methods) + 3), 3.5), layout="constrained")
+    summary = summarize(df).reset_index()
+    methods = sorted(summary["method"].unique())
+    models = sorted(summary["model"].unique()) if "model" in summary.columns else [None]
+    width = 0.8 / len(models)
+    fig = Figure(figsize=(max(6.0, len(methods) * (0.8 + 0.4 * len(models)) + 3), 3.5), layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global backend, safe in servers and tests
     acc, speed = fig.subplots(1, 2)
-    acc.bar(methods, summary["accuracy"], color="tab:blue", label="lemma match")
-    acc.scatter(methods, summary["exact_accuracy"], color="black", marker="_", s=400, label="exact", zorder=3)
-    acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy")
+    for i, model in enumerate(models):
+        rows = (summary if model is None else summary[summary["model"] == model]).set_index("method").reindex(methods)
+        x = np.arange(len(methods)) + (i - (len(models) - 1) / 2) * width
+        errors = [rows["accuracy"] - rows["ci95_low"], rows["ci95_high"] - rows["accuracy"]]
+        acc.bar(x, rows["accuracy"], width, yerr=errors, capsize=3, color=f"C{i}",
+                label="accuracy, Wilson 95%" if model is None else str(model))
+        acc.scatter(x, rows["exact_accuracy"], color="black", marker="_", s=300 * width, zorder=3,
+                    label="exact" if i == 0 else None)
+        speed.bar(x, rows["tokens_per_second"].fillna(0), width, color=f"C{i}")
+    acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy (95% Wilson interval)")
     acc.legend(loc="upper right", fontsize="small")
-    speed.bar(methods, summary["tokens_per_second"].fillna(0), color="tab:orange")
     speed.set(ylabel="generated tokens / s", title="Throughput")
     for ax in (acc, speed):
+        ax.set_xticks(np.arange(len(methods)), methods)
         ax.tick_params(axis="x", labelrotation=30)
-    fig.savefig(path)
+    return fig
+
+
+def plot(df: pd.DataFrame, path: str | Path) -> None:
+    """`figure` saved to `path` (PNG, PDF, SVG...)."""
+    figure(df).savefig(path)

@@ -1,7 +1,10 @@
 """The data a method takes and returns: a question with its paraphrases, options, results."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from minirun.errors import MinirunError
 
 
 @dataclass
@@ -27,6 +30,23 @@ class EnsembleOptions:
     confidence_tokens: int = 16
     confidences: list[list[float]] | None = None  # precomputed, one list per question
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    fusion_layer: int | None = None  # hidden_avg: first fused block, 1-based (None: round(0.75 x layers))
+    fusion_alpha: float = 1.0  # hidden_avg: weight of the group mean in the fused state
+    choice_score: str = "mean"  # multiple choice: an option's mean (length-normalised) or summed log-probability
+
+    def __post_init__(self) -> None:
+        """Refuse values that would crash deep inside a run or silently do something else, naming the field."""
+        for name, least in (("max_new_tokens", 1), ("num_samples", 1), ("confidence_tokens", 1)):
+            if getattr(self, name) < least:
+                raise MinirunError(f"{name} must be at least {least}, got {getattr(self, name)}: pass {name} >= {least}")
+        if not self.temperature >= 0:
+            raise MinirunError(f"temperature must be 0 (greedy) or more, got {self.temperature}: pass temperature >= 0")
+        if not self.confidence_temperature > 0:
+            raise MinirunError(f"confidence_temperature must be above 0 (self-consistency samples), "
+                               f"got {self.confidence_temperature}: pass a positive value")
+        bias = self.flex_bias
+        if bias is not None and bias != "inv_n" and not (isinstance(bias, (int, float)) and 0 < bias < math.inf):
+            raise MinirunError(f"flex_bias must be a positive finite weight or 'inv_n', got {bias!r}")
 
 
 @dataclass
@@ -40,3 +60,4 @@ class MethodResult:
     answers: list[str] | None = None  # per_prompt: one answer per paraphrase
     confidences: list[float] | None = None
     answer_token_ids: list[list[int]] | None = None  # per_prompt: generated ids per paraphrase
+    fusion_layer: int | None = None  # hidden_avg: the first fused block used

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -9,12 +10,28 @@ from minirun.engine.generate import Completion, Row, decode_loop, plain_row, sta
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks
 from minirun.errors import MinirunError
+from minirun.layers.hidden_fusion import HiddenFusion, group_fusion
 from minirun.methods.fusion import RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
 
-METHODS = ("origin", "per_prompt", *RULES, "flex")
+METHODS = ("origin", "per_prompt", *RULES, "hidden_avg", "flex")
+FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
+
+
+def default_fusion_layer(num_layers: int) -> int:
+    """round(0.75 x depth), halves up: where the reference results found hidden fusion best
+    (21 of 28, 24 of 32, 12 of 16, 27 of 36; 23 of SmolLM2's 30)."""
+    return math.floor(0.75 * num_layers + 0.5)
+
+
+def fusion_layer(options: EnsembleOptions, num_layers: int) -> int:
+    """The block hidden_avg fuses from: the option, checked against the model's depth, or the default."""
+    layer = options.fusion_layer if options.fusion_layer is not None else default_fusion_layer(num_layers)
+    if not 1 <= layer <= num_layers:
+        raise MinirunError(f"--fusion-layer {layer} is outside the model's blocks 1..{num_layers}: pick one in range")
+    return layer
 
 
 def run_method(llm: EnsembleModel, method: str, questions: list[Question], options: EnsembleOptions | None = None,
@@ -35,6 +52,8 @@ def check_method(method: str, options: EnsembleOptions) -> None:
         raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if options.positions not in POSITION_SCHEMES:
         raise MinirunError(f"unknown position scheme {options.positions!r}: choose {', '.join(POSITION_SCHEMES)}")
+    if not 0.0 <= options.fusion_alpha <= 1.0:
+        raise MinirunError(f"--fusion-alpha {options.fusion_alpha} is outside [0, 1]: 1 replaces each state by the mean")
 
 
 def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options: EnsembleOptions,
@@ -60,7 +79,7 @@ def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options
         return _run_rows(llm, method, encoded, prompts, options, confidences, hooks)
 
 
-def _shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
+def shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
     """The head every prompt starts with, when sharing is on and all questions have the same one."""
     first = encoded[0].head
     if options.share_prefix and first and all(e.head == first for e in encoded):
@@ -68,8 +87,33 @@ def _shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] 
     return None
 
 
-def _prefill(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
-             log_weights: torch.Tensor | None = None):
+@dataclass
+class RowPlan:
+    """One row per prompt, grouped by question, as every row method (all but flex) lays them out."""
+
+    head: list[int] | None  # a head shared by every row, prefilled once
+    rows: list[Row]
+    groups: list[list[int]]  # row indices of each question
+    layer: int | None  # hidden_avg: the first fused block
+    fusion: HiddenFusion | None
+
+
+def plan_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], options: EnsembleOptions) -> RowPlan:
+    head = shared_head(encoded, options)
+    rows, groups = [], []
+    for enc in encoded:
+        start = len(rows)
+        for i in range(len(enc.paraphrases)):
+            rows.append(plain_row(enc.body(i), len(head)) if head else plain_row(enc.full(i)))
+        groups.append(list(range(start, len(rows))))
+    layer = fusion_layer(options, llm.config.num_layers) if method == "hidden_avg" else None
+    # alpha 0 is avg by definition: no fusion at all, rather than a mix that rounds back to the same states
+    fusion = group_fusion(groups, options.fusion_alpha, layer, llm.device) if layer and options.fusion_alpha else None
+    return RowPlan(head, rows, groups, layer, fusion)
+
+
+def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
+                 log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None):
     """Allocate the cache, prefill a shared head once (batch 1), then all rows; last logits."""
     limit = llm.config.max_position_embeddings
     furthest = max(r.next_position for r in rows) + max_new
@@ -79,7 +123,7 @@ def _prefill(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_ne
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
     session = llm.session(len(rows), h + layout.length + max_new, hooks)
-    session.log_weights = log_weights
+    session.log_weights, session.fusion = log_weights, fusion
     if head:
         ids = torch.tensor([head], device=llm.device)
         session.prefill(ids, torch.arange(h, device=llm.device)[None], torch.zeros_like(ids, dtype=torch.int32))
@@ -90,17 +134,13 @@ def _prefill(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_ne
 def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: list[list[str]],
               options: EnsembleOptions, confidences: list[list[float]] | None, hooks: Hooks) -> list[MethodResult]:
     """origin / per_prompt / logit fusion: one row per prompt, rows of a question fused per step."""
-    head = _shared_head(encoded, options)
-    rows, groups = [], []
-    for enc in encoded:
-        start = len(rows)
-        for i in range(len(enc.paraphrases)):
-            rows.append(plain_row(enc.body(i), len(head)) if head else plain_row(enc.full(i)))
-        groups.append(list(range(start, len(rows))))
-    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens, hooks)
+    plan = plan_rows(llm, method, encoded, options)
+    head, groups, layer = plan.head, plan.groups, plan.layer
+    session, layout, logits = open_session(llm, plan.rows, head, options.max_new_tokens, hooks, fusion=plan.fusion)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
-    fused = method not in ("origin", "per_prompt")
+    fused = method in FUSED_ROWS
+    rule = RULES["avg" if method == "hidden_avg" else method] if fused else None
     weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
     # Index tensors made once: indexing with Python lists would copy them to the device every step.
     members = [torch.tensor(g, device=llm.device) for g in groups]
@@ -109,7 +149,7 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     def choose(step_logits: torch.Tensor) -> torch.Tensor:
         if not fused:
             return sample(step_logits, params, generator)
-        scores = torch.stack([RULES[method](step_logits.index_select(0, m), w) for m, w in zip(members, weights)])  # [Q, V]
+        scores = torch.stack([rule(step_logits.index_select(0, m), w) for m, w in zip(members, weights)])  # [Q, V]
         return sample(scores, params, generator)[row_group]  # every row of a question carries its fused token
 
     outputs = [g[0] for g in groups] if fused else None
@@ -118,17 +158,18 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     results = []
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
-        results.append(_result(method, mine, p, _tokens(encoded[qi], head), confidences[qi] if confidences else None))
+        results.append(_result(method, mine, p, prompt_tokens(encoded[qi], head), confidences[qi] if confidences else None,
+                               layer))
     return results
 
 
 def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
               hooks: Hooks) -> list[MethodResult]:
     """One packed row per question: segment-isolated prefill, fused decode."""
-    head = _shared_head(encoded, options)
+    head = shared_head(encoded, options)
     rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None) for e in encoded]
-    log_weights = _flex_log_weights(encoded, options.flex_bias, llm.device)
-    session, layout, logits = _prefill(llm, rows, head, options.max_new_tokens, hooks, log_weights)
+    log_weights = flex_log_weights(encoded, options.flex_bias, llm.device)
+    session, layout, logits = open_session(llm, rows, head, options.max_new_tokens, hooks, log_weights)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     completions = decode_loop(session, logits, layout.next_positions, lambda l: sample(l, params, generator),
@@ -137,7 +178,7 @@ def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str
             for c, p, r in zip(completions, prompts, rows)]
 
 
-def _flex_log_weights(encoded: list[Encoded], bias: float | str | None, device: torch.device) -> torch.Tensor | None:
+def flex_log_weights(encoded: list[Encoded], bias: float | str | None, device: torch.device) -> torch.Tensor | None:
     """[B, N_max+1] log-weights by segment id (index 0, the shared segment, unbiased)."""
     if bias is None:
         return None
@@ -152,14 +193,14 @@ def _flex_log_weights(encoded: list[Encoded], bias: float | str | None, device: 
     return out
 
 
-def _tokens(enc: Encoded, head: list[int] | None) -> int:
+def prompt_tokens(enc: Encoded, head: list[int] | None) -> int:
     return len(head or []) + sum(len(p) + len(enc.tail) + (0 if head else len(enc.head)) for p in enc.paraphrases)
 
 
 def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,
-            confidences: list[float] | None = None) -> MethodResult:
+            confidences: list[float] | None = None, layer: int | None = None) -> MethodResult:
     first = completions[0]
     per_prompt = method == "per_prompt"
     return MethodResult(method, first.text, first.token_ids, first.finish_reason, prompt_tokens, prompts,
                         [c.text for c in completions] if per_prompt else None, confidences,
-                        [c.token_ids for c in completions] if per_prompt else None)
+                        [c.token_ids for c in completions] if per_prompt else None, layer)

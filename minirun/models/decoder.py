@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from minirun.layers import flex
+from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest
 from minirun.layers.kv_cache import KVCache
 from minirun.layers.linear import Linear
 from minirun.layers.masks import SHARED, segment_mask
@@ -111,11 +112,14 @@ class Decoder(nn.Module):
             layer.attn.kv_cache = KVCache(batch, c.num_kv_heads, max_seq_len, c.head_dim, w.dtype, w.device)
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
-               slots: torch.Tensor | None = None, score_mod: Callable | None = None) -> torch.Tensor:
+               slots: torch.Tensor | None = None, score_mod: Callable | None = None,
+               fusion: HiddenFusion | None = None) -> torch.Tensor:
         """Final-norm hidden states [B, T, E].
 
         Without `slots` the tokens attend to each other only (no cache); with `slots` [T] their
         keys/values are written at those cache slots and attention runs over the whole cache.
+        With `fusion`, the last token's state is fused across rows after each block from
+        `fusion.first_block` on, so later blocks (and the cache) see the fused state.
         """
         B, T = tokens.shape
         if positions is None:
@@ -125,12 +129,15 @@ class Decoder(nn.Module):
             block_mask = flex.block_mask(segment_mask(segments), B, T, T, tokens.device)
         x = self.embed(tokens)  # [B, T, E]
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, block_mask, slots, score_mod)
+            if fusion is not None and i + 1 >= fusion.first_block:
+                x = fuse_newest(x, fusion)
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
-                slots: torch.Tensor | None = None, score_mod: Callable | None = None, last_only: bool = False) -> torch.Tensor:
+                slots: torch.Tensor | None = None, score_mod: Callable | None = None, last_only: bool = False,
+                fusion: HiddenFusion | None = None) -> torch.Tensor:
         """Logits [B, T, V] (or [B, 1, V] with `last_only`, skipping the vocab matmul elsewhere)."""
-        h = self.hidden(tokens, positions, block_mask, slots, score_mod)
+        h = self.hidden(tokens, positions, block_mask, slots, score_mod, fusion)
         return self.lm_head(h[:, -1:] if last_only else h)

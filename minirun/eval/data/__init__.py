@@ -1,26 +1,30 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, or your own JSONL file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, or your own JSONL file."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, LoadResult, load_jsonl, write_jsonl
+from minirun.eval.data.choice import load_commonsense_qa, load_mmlu
+from minirun.eval.data.items import Item, LoadResult, ensemble_prompts, load_jsonl, write_jsonl
 from minirun.eval.data.myriadlama import load_myriadlama
 from minirun.eval.data.webqa import QUESTION_KEYS, load_webqa
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
-SAMPLES = {"sample-qa": "qa", "sample-fill": "fill"}
-NAMES = (*SAMPLES, "webqa", "myriadlama")
+SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
+NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa")
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 
 __all__ = [
     "NAMES",
     "Item",
     "LoadResult",
+    "ensemble_prompts",
+    "load_commonsense_qa",
     "load_dataset",
     "load_fewshot",
     "load_jsonl",
+    "load_mmlu",
     "load_myriadlama",
     "load_webqa",
     "write_jsonl",
@@ -47,11 +51,18 @@ def _sniff(path: Path) -> str:
     return "jsonl"
 
 
-def load_dataset(name_or_path: str | Path, split: str = "test") -> list[Item]:
-    """Items for a dataset name (see NAMES) or a local file (plain JSONL, WebQA JSON/JSONL, MyriadLAMA rows)."""
+def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None) -> list[Item]:
+    """Items for a dataset name (see NAMES) or a local file (plain JSONL, WebQA JSON/JSONL, MyriadLAMA rows).
+    `subset` picks an MMLU subject (default all of them)."""
     name = str(name_or_path)
+    if subset is not None and name != "mmlu":
+        raise MinirunError(f"--subset picks an MMLU subject; {name!r} has no subsets: drop --subset")
     if name in SAMPLES:
         return load_jsonl(SAMPLE_DIR / f"{SAMPLES[name]}.jsonl")
+    if name == "mmlu":
+        return load_mmlu(subset, split="dev" if split == "train" else split)
+    if name == "commonsense_qa":
+        return load_commonsense_qa(split="train" if split == "train" else "validation")
     if name == "webqa":
         return load_webqa(split=split)
     if name == "myriadlama":
@@ -68,12 +79,12 @@ def load_dataset(name_or_path: str | Path, split: str = "test") -> list[Item]:
 
 
 def load_fewshot(name_or_path: str | Path, task: str = "qa") -> list[Item]:
-    """Worked examples disjoint from the test items: the train split of WebQA/MyriadLAMA,
-    otherwise the bundled examples for `task`."""
+    """Worked examples disjoint from the test items: the train split of WebQA/MyriadLAMA/CommonsenseQA,
+    MMLU's dev split (all subjects), otherwise the bundled examples for `task`."""
     name = str(name_or_path)
-    if name in ("webqa", "myriadlama"):
+    if name in ("webqa", "myriadlama", "commonsense_qa", "mmlu"):
         return load_dataset(name, split="train")
     task = SAMPLES.get(name, task)
-    if task not in ("qa", "fill"):
-        raise MinirunError(f"unknown task {task!r} for few-shot examples; use 'qa' or 'fill'")
+    if task not in ("qa", "fill", "choice"):
+        raise MinirunError(f"unknown task {task!r} for few-shot examples; use 'qa', 'fill' or 'choice'")
     return load_jsonl(SAMPLE_DIR / f"fewshot_{task}.jsonl")

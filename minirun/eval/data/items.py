@@ -15,16 +15,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TASKS = ("qa", "fill")
+TASKS = ("qa", "fill", "choice")
+
+
+def _wording_key(text: str) -> str:
+    """What two wordings must share to count as one prompt: the text up to case and spacing."""
+    return " ".join(text.split()).casefold()
+
+
+def ensemble_prompts(question: str, paraphrases: list[str], original: bool = True) -> list[str]:
+    """The prompts an ensemble runs over: the question first, then each paraphrase not already
+    there (compared up to case and spacing, so data that repeats the question as paraphrase 0
+    gives the same prompts as data that does not); blank ones dropped. `original=False` leaves
+    the question out (paraphrases only), which may leave nothing."""
+    unique: dict[str, str] = {}
+    for text in [question, *paraphrases]:
+        if key := _wording_key(text):
+            unique.setdefault(key, text)
+    prompts = list(unique.values())
+    return prompts if original else prompts[1:]
 
 
 @dataclass
 class Item:
     """One fact asked in several wordings.
 
-    `paraphrases` are the wordings the ensemble runs over; when non-empty the first one
-    is the original question. An empty list means `question` is the only wording.
-    `task` "fill" marks prompts that stop where the answer goes ("The capital of France is").
+    `question` is the original wording and `paraphrases` other wordings of it, which may or may
+    not repeat the question (as paraphrase 0); `prompts` is what an ensemble runs over either way.
+    `task` "fill" marks prompts that stop where the answer goes ("The capital of France is");
+    "choice" items carry `choices` and the index `answer` of the right one (`answers` is its text).
     """
 
     id: str
@@ -33,11 +52,13 @@ class Item:
     answers: list[str]
     task: str = "qa"
     relation: str | None = None
+    choices: list[str] | None = None
+    answer: int | None = None
 
     @property
     def prompts(self) -> list[str]:
-        """The wordings to run: the paraphrases, or the question alone when there are none."""
-        return self.paraphrases or [self.question]
+        """The question, then its distinct paraphrases (see `ensemble_prompts`)."""
+        return ensemble_prompts(self.question, self.paraphrases)
 
 
 class LoadResult(list):
@@ -58,18 +79,20 @@ def item_from_dict(record: object) -> Item:
     """Validate one plain-form record; raises ValueError naming the bad field."""
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
-    missing = [k for k in ("id", "question", "paraphrases", "answers") if k not in record]
+    task = record.get("task", "choice" if "choices" in record else "qa")
+    if task not in TASKS:
+        raise ValueError(f"field 'task' must be one of {TASKS}, got {task!r}")
+    needed = ("id", "question", "paraphrases", *(("choices", "answer") if task == "choice" else ("answers",)))
+    missing = [k for k in needed if k not in record]
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
     question = record["question"]
     if not isinstance(question, str) or not question.strip():
         raise ValueError("field 'question' must be a non-empty string")
-    answers = _str_list(record["answers"], "answers")
+    choices, answer = (_choice_fields(record) if task == "choice" else (None, None))
+    answers = [choices[answer]] if choices else _str_list(record["answers"], "answers")
     if not any(a.strip() for a in answers):
         raise ValueError("field 'answers' needs at least one non-empty answer")
-    task = record.get("task", "qa")
-    if task not in TASKS:
-        raise ValueError(f"field 'task' must be one of {TASKS}, got {task!r}")
     relation = record.get("relation")
     if relation is not None and not isinstance(relation, str):
         raise ValueError("field 'relation' must be a string or null")
@@ -80,7 +103,23 @@ def item_from_dict(record: object) -> Item:
         answers=answers,
         task=task,
         relation=relation,
+        choices=choices,
+        answer=answer,
     )
+
+
+def _choice_fields(record: dict) -> tuple[list[str], int]:
+    """`choices` (at least 2 distinct non-empty strings) and `answer` as an index into them
+    (given as the index or as the right option's text)."""
+    choices = _str_list(record["choices"], "choices")
+    if len(choices) < 2 or any(not c.strip() for c in choices) or len(set(choices)) < len(choices):
+        raise ValueError("field 'choices' needs at least 2 distinct non-empty options")
+    answer = record["answer"]
+    if isinstance(answer, str) and answer in choices:
+        return choices, choices.index(answer)
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        return choices, answer
+    raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1} or one of the choices, got {answer!r}")
 
 
 def load_jsonl(path: str | Path, skip_bad: bool = False) -> LoadResult:
@@ -122,7 +161,7 @@ def write_jsonl(items: list[Item], path: str | Path) -> None:
             f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
 
 
-def hf_frame(name: str, split: str) -> pd.DataFrame:
+def hf_frame(name: str, split: str, config: str | None = None) -> pd.DataFrame:
     """A Hugging Face Hub dataset split as a DataFrame, importing `datasets` only when needed."""
     try:
         import datasets
@@ -131,7 +170,7 @@ def hf_frame(name: str, split: str) -> pd.DataFrame:
             f"loading {name} from the Hugging Face Hub needs the `datasets` package: "
             "run `pip install datasets`, or pass a local copy with path=..."
         ) from None
-    return datasets.load_dataset(name, split=split).to_pandas()
+    return datasets.load_dataset(name, *([config] if config else []), split=split).to_pandas()
 
 
 def as_list(value: object) -> list:

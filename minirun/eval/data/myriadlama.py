@@ -2,7 +2,8 @@
 
 Each dataset row is one (fact, template) pair. We group rows by the fact's `uuid`, turn every
 template into a prompt that stops where the object goes, and keep the manual templates plus a
-seeded sample of the automatic ones, so runs with the same seed see the same prompts.
+seeded sample of the automatic ones, so runs with the same seed see the same prompts. The first
+prompt (a manual one when there is any) stands as the item's question and is also paraphrase 0.
 """
 from __future__ import annotations
 

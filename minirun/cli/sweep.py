@@ -1,0 +1,95 @@
+"""`minirun sweep` (methods × datasets × models from one TOML file) and its report tables.
+
+`register(app)` adds the command; `report_sweep` is what `minirun report` shows for a sweep directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from minirun.cli.common import friendly, load_llm
+
+out = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `sweep` to `app`."""
+    app.command("sweep")(friendly(sweep_command))
+
+
+def sweep_command(
+    file: Path = typer.Argument(..., help="The sweep's TOML file (example: docs/sweep.toml)."),
+    output: Optional[Path] = typer.Option(None, help="Output directory (default runs/<file name>)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run every method on every dataset with every model (resumable; shard with
+    `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
+    from minirun.eval.sweep import load_sweep_file, run_sweep, sweep_table
+
+    sweep = load_sweep_file(file)  # the whole file checked before any model loads
+    output = output or Path("runs") / file.stem
+    table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress)
+    if table is not None and os.environ.get("RANK", "0") == "0":
+        for t in score_tables(sweep_table(table), str(output)):
+            out.print(t)
+        out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)
+
+
+def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
+                 match: Optional[str]) -> None:
+    """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
+    from minirun.eval.report import select_match
+    from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table
+
+    table = select_match(load_sweep(run_dir), match)
+    scores = sweep_table(table)
+    if csv is not None:
+        scores.to_csv(csv)
+    if plot is not None:
+        plot_sweep(table, plot)
+    if as_json:
+        print(json.dumps(scores_json(scores)))
+        return
+    for t in score_tables(scores, str(run_dir)):
+        out.print(t)
+
+
+def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
+    """One rich table per dataset of a `sweep_table`: a row per method, a column group per model."""
+    models = list(dict.fromkeys(scores.columns.get_level_values("model")))
+    tables = []
+    for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
+        t = Table(title=f"{dataset} · {title}")
+        t.add_column("method")
+        for model in models:
+            for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "tokens/s")):
+                t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
+        for method, row in scores.loc[dataset].iterrows():
+            cells = []
+            for model in models:
+                s = row[model]
+                cells += ["-"] * 4 if math.isnan(s["n"]) else [
+                    f"{s['accuracy']:.3f} [{s['ci95_low']:.2f}, {s['ci95_high']:.2f}]", f"{s['exact_accuracy']:.3f}",
+                    str(int(s["n"])), f"{s['tokens_per_second']:.1f}"]
+            t.add_row(str(method), *cells)
+        tables.append(t)
+    return tables
+
+
+def scores_json(scores: pd.DataFrame) -> dict:
+    """{dataset: {model: {method: {metric: value}}}}, NaN as null, runs not yet scored left out."""
+    result: dict = {}
+    for (dataset, method), row in scores.iterrows():
+        for (model, metric), value in row.items():
+            if not math.isnan(row[(model, "n")]):
+                value = None if math.isnan(value) else (int(value) if metric == "n" else float(value))
+                result.setdefault(dataset, {}).setdefault(model, {}).setdefault(method, {})[metric] = value
+    return result

@@ -1,0 +1,175 @@
+"""Multiple-choice scoring: each option's log-likelihood as a continuation of the prompts.
+
+Every method scores with the same machinery it generates with. Row methods prefill one row per
+prompt, then feed all options of every question in one more call (`Session.extend`), each option
+its own segment so it sees the prompt and itself but no other option. The option's next-token
+scores are fused across the question's rows at every option token with the method's rule
+(hidden_avg fuses the states instead), and its log-probabilities are read from the fused
+distribution. flex prefills its packed prompt once and branches it into one row per option (the
+options are SHARED, so they attend to every paraphrase), as the shared head is broadcast today.
+The prompt is never re-run per option.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minirun.engine.generate import Row, plain_row, stack_rows
+from minirun.engine.session import CHUNK, NO_HOOKS, Hooks
+from minirun.errors import MinirunError
+from minirun.layers.masks import SHARED
+from minirun.methods.fusion import RULES, WEIGHTED
+from minirun.methods.model import EnsembleModel
+from minirun.methods.options import EnsembleOptions, Question
+from minirun.methods.packing import Encoded, encode_question, packed_row
+from minirun.methods.runner import check_method, flex_log_weights, open_session, plan_rows, shared_head
+
+CHOICE_SCORES = ("mean", "sum")
+
+
+@dataclass
+class ChoiceResult:
+    method: str
+    choice: int  # the best-scoring option (per_prompt: the first prompt's pick)
+    scores: list[float]  # every option's score: mean or summed log-probability
+    prompts: list[str]
+    prompt_tokens: int
+    per_prompt_choices: list[int] | None = None  # per_prompt: each prompt's pick
+    per_prompt_scores: list[list[float]] | None = None
+    fusion_layer: int | None = None
+
+
+def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str]) -> list[list[int]]:
+    """Each option's token ids as a continuation of the prompt: a space first unless the prompt
+    already ends in whitespace (a chat template's generation prompt ends with a newline)."""
+    tail = llm.tokenizer.decode(enc.tail or enc.paraphrases[-1])
+    sep = "" if tail[-1:].isspace() else " "
+    out = [llm.tokenizer.encode(sep + c.strip(), add_special_tokens=False) for c in choices]
+    if any(not ids for ids in out):
+        raise MinirunError("an answer option is empty: every option needs some text")
+    return out
+
+
+def score_choices(llm: EnsembleModel, method: str, questions: list[Question], choices: list[list[str]],
+                  options: EnsembleOptions | None = None, hooks: Hooks = NO_HOOKS) -> list[ChoiceResult]:
+    """Score every question's options with `method`; `options.choice_score` picks mean or sum."""
+    options = options or EnsembleOptions()
+    check_method(method, options)
+    if options.choice_score not in CHOICE_SCORES:
+        raise MinirunError(f"unknown --choice-score {options.choice_score!r}: choose {', '.join(CHOICE_SCORES)}")
+    if len(questions) != len(choices) or not all(choices):
+        raise MinirunError("every question needs its list of answer options")
+    prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
+    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat) for q, p in zip(questions, prompts)]
+    targets = [option_ids(llm, e, c) for e, c in zip(encoded, choices)]
+    with torch.inference_mode():
+        if method == "flex":
+            return [_score_flex(llm, e, t, p, options, hooks) for e, t, p in zip(encoded, targets, prompts)]
+        return _score_rows(llm, method, encoded, targets, prompts, options, hooks)
+
+
+def option_row(targets: list[list[int]], start: int, shared: bool) -> Row:
+    """All options after a prompt ending at position start-1, each fed without its last token (only
+    its predecessors' states are needed); option k is segment k+1, or SHARED in a branch row."""
+    tokens, positions, segments = [], [], []
+    for k, ids in enumerate(targets):
+        tokens += ids[:-1]
+        positions += range(start, start + len(ids) - 1)
+        segments += [SHARED if shared else k + 1] * (len(ids) - 1)
+    return Row(tokens, positions, segments, start)
+
+
+def _predictors(first: torch.Tensor, chunk: torch.Tensor, targets: list[list[int]], branch: bool) -> list[torch.Tensor]:
+    """Per option, the logits [R, n, V] that predict its n tokens: the prompt's last logits `first`
+    [R, V], then the chunk's logits [R, T, V] at the option's own earlier tokens. In a `branch`
+    chunk row k holds option k alone; otherwise the options lie one after another in every row.
+    Chunks are left-padded, so the tokens sit at the right end."""
+    out, width = [], chunk.shape[1]
+    offset = width - sum(len(t) - 1 for t in targets)
+    for k, ids in enumerate(targets):
+        n = len(ids) - 1
+        if branch:
+            out.append(torch.cat([first[k:k + 1, None], chunk[k:k + 1, width - n:]], dim=1))
+        else:
+            out.append(torch.cat([first[:, None], chunk[:, offset:offset + n]], dim=1))
+            offset += n
+    return out
+
+
+def _option_scores(predictors: list[torch.Tensor], targets: list[list[int]], rule, weights: torch.Tensor | None,
+                   mode: str) -> list[float]:
+    """Each option's fused log-likelihood (rows fused per token with `rule`; None: one row)."""
+    scores = []
+    for logits, ids in zip(predictors, targets):
+        fused = logits[0] if rule is None else torch.stack([rule(logits[:, j], weights) for j in range(len(ids))])
+        logp = fused.log_softmax(-1).gather(-1, torch.tensor(ids, device=fused.device)[:, None])[:, 0]
+        total = logp.sum().item()
+        scores.append(total / len(ids) if mode == "mean" else total)
+    return scores
+
+
+def _best(scores: list[float]) -> int:
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets: list[list[list[int]]],
+                prompts: list[list[str]], options: EnsembleOptions, hooks: Hooks) -> list[ChoiceResult]:
+    confidences = None
+    if method in WEIGHTED:  # before our session: computing them opens sessions of their own
+        from minirun.methods.confidence import confidences_for
+
+        confidences = options.confidences or confidences_for(llm, encoded, options)
+    plan = plan_rows(llm, method, encoded, options)
+    option_rows = [option_row(targets[q], plan.rows[r].next_position, shared=False)
+                   for q, g in enumerate(plan.groups) for r in g]
+    width = max(len(r.tokens) for r in option_rows)
+    session, _, first = open_session(llm, plan.rows, plan.head, width + CHUNK, hooks, fusion=plan.fusion)
+    states = first.new_zeros((len(plan.rows), 0, llm.config.hidden_size))
+    if width:
+        layout = stack_rows(option_rows, llm.pad_id, llm.device)
+        states = session.extend(layout.tokens, layout.positions, layout.segments)  # [B, T, E]
+    results = []
+    for q, group in enumerate(plan.groups):
+        rows = torch.tensor(group, device=llm.device)
+        chunk = session.logits(states.index_select(0, rows))  # [R, T, V]
+        predictors = _predictors(first.index_select(0, rows), chunk, targets[q], branch=False)
+        weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
+        tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
+        if method in ("origin", "per_prompt"):
+            each = [_option_scores([p[i:i + 1] for p in predictors], targets[q], None, None, options.choice_score)
+                    for i in range(len(group))]
+            per_prompt = method == "per_prompt"
+            results.append(ChoiceResult(method, _best(each[0]), each[0], prompts[q], tokens,
+                                        [_best(s) for s in each] if per_prompt else None, each if per_prompt else None))
+            continue
+        rule = RULES["avg" if method == "hidden_avg" else method]
+        scores = _option_scores(predictors, targets[q], rule, weights, options.choice_score)
+        results.append(ChoiceResult(method, _best(scores), scores, prompts[q], tokens, fusion_layer=plan.layer))
+    return results
+
+
+def _score_flex(llm: EnsembleModel, enc: Encoded, targets: list[list[int]], prompts: list[str],
+                options: EnsembleOptions, hooks: Hooks) -> ChoiceResult:
+    """One question: its packed prompt prefilled once (batch 1, broadcast), then one row per option."""
+    if not enc.tail:
+        raise MinirunError("flex needs a shared suffix after the paraphrases so the options see all of them: "
+                           "use the chat template or give a suffix (e.g. '\\nA:')")
+    head = shared_head([enc], options)
+    packed = packed_row(enc, options.positions, share_head=options.share_prefix, head_in_row=head is None)
+    option_rows = [option_row([ids], packed.next_position, shared=True) for ids in targets]
+    width = max(len(r.tokens) for r in option_rows)
+    weights = flex_log_weights([enc], options.flex_bias, llm.device)
+    session = llm.session(len(targets), len(head or []) + len(packed.tokens) + width + 2 * CHUNK, hooks)
+    session.log_weights = None if weights is None else weights.expand(len(targets), -1)
+    for part in ([plain_row(head)] if head else []) + [packed]:  # batch 1: written into every option's row
+        layout = stack_rows([part], llm.pad_id, llm.device)
+        first = session.prefill(layout.tokens, layout.positions, layout.segments)
+    chunk = first.new_zeros((len(targets), 0, first.shape[-1]))
+    if width:
+        layout = stack_rows(option_rows, llm.pad_id, llm.device)
+        chunk = session.logits(session.extend(layout.tokens, layout.positions, layout.segments))
+    predictors = _predictors(first.expand(len(targets), -1), chunk, targets, branch=True)
+    scores = _option_scores(predictors, targets, None, None, options.choice_score)
+    tokens = (len(head) if head else 0) + len(packed.tokens)
+    return ChoiceResult("flex", _best(scores), scores, prompts, tokens)

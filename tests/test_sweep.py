@@ -1,0 +1,257 @@
+"""`minirun sweep`: the TOML checked before any model loads, a kill -9 resumed without redoing
+finished rows, torchrun sharding, and `minirun report` on a sweep directory.
+
+Two tiny random checkpoints × two bundled datasets × two methods, 2 items each, 4 new tokens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import minirun
+from minirun.cli import app
+from minirun.errors import MinirunError
+from minirun.eval.sweep import load_sweep_file, parse_sweep, run_sweep, sweep_table
+
+GENERATION = "[generation]\nmax_new_tokens = 4\nbatch_size = 2\n"
+METHODS = """
+[[methods]]
+name = "origin"
+
+[[methods]]
+name = "flex"
+label = "flex-restart"
+positions = "restart"
+"""
+
+
+def _sweep_text(checkpoint_dirs, models: dict[str, str], datasets: list[str]) -> str:
+    """A sweep of the tiny checkpoints (arch -> label) on bundled datasets, 2 items each."""
+    text = GENERATION
+    for arch, label in models.items():
+        text += f'\n[[models]]\npath = "{checkpoint_dirs[arch]}"\n' + (f'label = "{label}"\n' if label != arch else "")
+    for name in datasets:
+        text += f'\n[[datasets]]\nname = "{name}"\nfew_shot_k = 1\nnum_prompts = 2\nmax_samples = 2\n'
+    return text + METHODS
+
+
+ROWS = 2 * 2 * 2 * 2  # models × datasets × methods × items
+KILL_SCRIPT = """
+import os, signal, sys
+import minirun
+from minirun.eval.sweep import load_sweep_file, run_sweep
+seen = []
+def kill(row):
+    seen.append(row)
+    if len(seen) == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+run_sweep(load_sweep_file(sys.argv[1]), sys.argv[2], lambda m: minirun.load(m.path), progress=False, on_row=kill)
+"""
+
+
+def _file(tmp_path, text: str, name: str = "sweep.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _canon(df: pd.DataFrame) -> pd.DataFrame:
+    """Everything but wall time, missing values as None whatever the column's dtype."""
+    df = df.drop(columns=["seconds"]).reset_index(drop=True).astype(object)
+    return df.where(df.notna(), None)
+
+
+@pytest.fixture(scope="module")
+def sweep_file(checkpoint_dirs, tmp_path_factory):
+    text = _sweep_text(checkpoint_dirs, {"qwen2": "qwen2", "llama3": "llama"}, ["sample-qa", "sample-fill"])
+    return _file(tmp_path_factory.mktemp("sweep"), text)
+
+
+@pytest.fixture(scope="module")
+def reference(sweep_file, tmp_path_factory):
+    """One uninterrupted sweep through the CLI: (its output directory, its combined table)."""
+    out = tmp_path_factory.mktemp("reference")
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out, pd.read_parquet(out / "results.parquet")
+
+
+def test_file_parses_with_defaults_and_labels(sweep_file, checkpoint_dirs):
+    sweep = load_sweep_file(sweep_file)
+    assert [m.label for m in sweep.models] == ["qwen2", "llama"]
+    assert [d.label for d in sweep.datasets] == ["sample-qa", "sample-fill"]
+    assert [(m.name, m.label, m.options) for m in sweep.methods] == [
+        ("origin", "origin", {}), ("flex", "flex-restart", {"positions": "restart"})]
+    assert sweep.models[0].device == "cpu" and sweep.datasets[0].match == "lemma"
+    assert sweep.generation.max_new_tokens == 4 and sweep.generation.share_prefix
+
+
+def test_example_file_parses():
+    """docs/sweep.toml, the README's example, stays a valid sweep."""
+    sweep = load_sweep_file(Path(__file__).resolve().parent.parent / "docs" / "sweep.toml")
+    assert [m.label for m in sweep.models] == ["smollm2", "qwen2.5-0.5b"]
+    assert [d.label for d in sweep.datasets] == ["webqa", "myriadlama-para", "mmlu"] and not sweep.datasets[1].original
+    assert (sweep.datasets[2].subset, sweep.datasets[2].choice_format) == ("astronomy", "letters")
+    assert "flex-restart" in [m.label for m in sweep.methods]
+
+
+BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}], "methods": [{"name": "origin"}]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": [{"path": "x/y"}]}, "unknown key 'model' at the top level"),
+    ({"models": [{"path": "owner/model", "dtyp": "float32"}]}, "models #1: unknown key 'dtyp'; use path, label"),
+    ({"models": [{"dtype": "float32"}]}, "models #1: missing key 'path'"),
+    ({"models": [{"path": "no/such/dir"}]}, "path: no checkpoint directory there"),
+    ({"models": [{"path": "owner/model", "dtype": "float8"}]}, "dtype: unsupported 'float8'"),
+    ({"models": {"path": "owner/model"}}, "models must be an array of tables, one per entry"),
+    ({"datasets": [{"name": "trivia"}]}, "datasets #1 (trivia) name: unknown dataset"),
+    ({"datasets": [{"name": "sample-qa", "num_prompts": "5"}]}, "num_prompts: expected int, got '5'"),
+    ({"datasets": [{"name": "sample-qa", "match": "fuzzy"}]}, "match: unknown rule 'fuzzy'"),
+    ({"datasets": [{"name": "sample-choice", "choice_format": "abc"}]}, "choice_format: unknown format 'abc'"),
+    ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu has subsets"),
+    ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
+    ({"methods": [{"name": "origin"}, {"name": "vote"}]}, "methods #2 name: unknown method 'vote'"),
+    ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
+    ({"methods": [{"name": "flex", "positions": "left"}]}, "(flex): unknown position scheme 'left'"),
+    ({"methods": [{"name": "flex", "max_new_tokens": 8}]}, "max_new_tokens: set it in the generation table"),
+    ({"methods": [{"name": "flex"}, {"name": "flex", "positions": "restart"}]}, "label 'flex' is also that of #1"),
+    ({"generation": {"max_new_tokens": 4.5}}, "generation max_new_tokens: expected int, got 4.5"),
+    ({"generation": {"batch_size": 0}}, "generation batch_size: 0 is below 1"),
+    ({"generation": {"temperature": 0.5}}, "generation: unknown key 'temperature'"),
+])
+def test_bad_sweep_is_one_line_naming_the_key(change, message):
+    with pytest.raises(MinirunError) as e:
+        parse_sweep({**BASE, **change})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_method_options_are_the_eval_loops_ensemble_options(monkeypatch):
+    """Any EnsembleOptions field the eval loop takes passes through, typed by the dataclass."""
+    def loop(llm, items, methods, output_dir, *, positions="right", fusion_alpha=1.0, max_new_tokens=24):
+        pass
+
+    monkeypatch.setattr("minirun.eval.sweep.evaluate", loop)
+    sweep = parse_sweep({**BASE, "methods": [{"name": "hidden_avg", "label": "h", "fusion_alpha": 1}]})
+    alpha = sweep.methods[0].options["fusion_alpha"]
+    assert sweep.methods[0].options == {"fusion_alpha": 1.0} and isinstance(alpha, float)
+    with pytest.raises(MinirunError, match="fusion_alpha: expected float, got 'high'"):
+        parse_sweep({**BASE, "methods": [{"name": "hidden_avg", "fusion_alpha": "high"}]})
+    refused = r"\(flex\) flex_bias: the eval loop does not take it; use name, label, positions, fusion_alpha$"
+    with pytest.raises(MinirunError, match=refused):
+        parse_sweep({**BASE, "methods": [{"name": "flex", "flex_bias": 0.5}]})
+
+
+def test_bad_file_fails_before_any_model_loads(sweep_file, tmp_path, monkeypatch):
+    loads = []
+    monkeypatch.setattr("minirun.cli.sweep.load_llm", lambda *a: loads.append(a))
+    bad = _file(tmp_path, sweep_file.read_text() + '\n[[methods]]\nname = "flex"\nbias = 2\n')
+    result = CliRunner().invoke(app, ["sweep", str(bad), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1 and loads == [] and not (tmp_path / "out").exists()
+    line = " ".join(result.stderr.split())
+    assert "methods #3 (flex) bias: unknown key" in line and str(bad) in line
+    syntax = CliRunner().invoke(app, ["sweep", str(_file(tmp_path, "[[models]\n", "broken.toml"))])
+    assert syntax.exit_code == 1 and "invalid TOML" in syntax.stderr and loads == []
+
+
+def test_reference_table(reference):
+    out, table = reference
+    assert len(table) == ROWS and list(table.columns[:3]) == ["model", "dataset", "label"]
+    assert list(dict.fromkeys(zip(table["model"], table["dataset"], table["label"]))) == [
+        (m, d, x) for m in ("qwen2", "llama") for d in ("sample-qa", "sample-fill") for x in ("origin", "flex-restart")]
+    assert set(table.loc[table["label"] == "flex-restart", "method"]) == {"flex"}
+    assert (out / "llama" / "sample-fill" / "flex-restart" / "results.parquet").is_file()
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv["id"]) == list(table["id"])
+
+
+def test_resume_after_kill_redoes_nothing(sweep_file, reference, tmp_path):
+    """kill -9 in the second model's first run; the restart loads only that model, runs only
+    the rows not journalled, and writes the uninterrupted table."""
+    script = _file(tmp_path, KILL_SCRIPT, "kill.py")
+    out = tmp_path / "run"
+    killed_at = ROWS // 2 + 1
+    proc = subprocess.run([sys.executable, str(script), str(sweep_file), str(out), str(killed_at)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "results.parquet").exists()
+
+    sweep, loads, redone = load_sweep_file(sweep_file), [], []
+
+    def load(model):
+        loads.append(model.label)
+        return minirun.load(model.path)
+
+    table = run_sweep(sweep, out, load, progress=False, on_row=redone.append)
+    assert loads == ["llama"] and len(redone) == ROWS - killed_at
+    pd.testing.assert_frame_equal(_canon(table), _canon(reference[1]))
+    pd.testing.assert_frame_equal(_canon(pd.read_parquet(out / "results.parquet")), _canon(table))
+
+    again = run_sweep(sweep, out, load, progress=False, on_row=redone.append)
+    assert loads == ["llama"] and len(redone) == ROWS - killed_at  # all done: no model loaded
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_changed_option_is_refused_not_mixed(sweep_file, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    changed = _file(tmp_path, sweep_file.read_text().replace('positions = "restart"', 'positions = "sequential"'))
+    result = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1
+    assert "positions: 'restart' -> 'sequential'" in " ".join(result.stderr.split())
+
+
+def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path):
+    """2 gloo ranks through the CLI: one process group for several runs, the same rows as one process."""
+    one = _file(tmp_path, _sweep_text(checkpoint_dirs, {"qwen2": "qwen2"}, ["sample-qa"]))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "minirun.cli",
+           "sweep", str(one), "--output", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in (out / "qwen2" / "sample-qa" / "origin").glob("results.rank*.jsonl")} == {
+        "results.rank0.jsonl", "results.rank1.jsonl"}
+    table = pd.read_parquet(out / "results.parquet")
+    ref = reference[1]
+    expected = ref[(ref["model"] == "qwen2") & (ref["dataset"] == "sample-qa")]
+    pd.testing.assert_frame_equal(_canon(table), _canon(expected))
+
+
+def test_report_on_a_sweep_directory(reference, tmp_path):
+    out, table = reference
+    shown = CliRunner().invoke(app, ["report", str(out), "--plot", str(tmp_path / "s.png"), "--csv",
+                                     str(tmp_path / "s.csv")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.count(f" · {out}") == 2  # one table per dataset
+    assert "qwen2" in shown.stdout and "llama" in shown.stdout and "flex-restart" in shown.stdout
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "s.csv").is_file()
+    scores = json.loads(CliRunner().invoke(app, ["report", str(out), "--json"]).stdout)
+    assert list(scores) == ["sample-qa", "sample-fill"] and list(scores["sample-qa"]) == ["qwen2", "llama"]
+    llama_fill = table[(table["model"] == "llama") & (table["dataset"] == "sample-fill") & (table["label"] == "origin")]
+    assert scores["sample-fill"]["llama"]["origin"]["accuracy"] == pytest.approx(llama_fill["correct"].mean())
+    assert scores["sample-fill"]["llama"]["origin"]["n"] == 2
+
+
+def test_sweep_table_layout():
+    rows = [("m2", "d1", "b", 1, True), ("m2", "d1", "b", 2, False), ("m2", "d1", "a", 1, True),
+            ("m1", "d1", "a", 1, False), ("m1", "d2", "a", 1, True)]
+    df = pd.DataFrame([{"model": m, "dataset": d, "label": x, "method": "origin", "id": str(i), "answer": "",
+                        "correct": c, "exact": c, "tokens": 2, "seconds": 1.0} for m, d, x, i, c in rows])
+    table = sweep_table(df)
+    assert list(table.index) == [("d1", "b"), ("d1", "a"), ("d2", "a")]  # file order, not sorted
+    assert list(dict.fromkeys(table.columns.get_level_values("model"))) == ["m2", "m1"]
+    assert table.loc[("d1", "b"), ("m2", "accuracy")] == 0.5 and table.loc[("d1", "b"), ("m2", "n")] == 2
+    assert table.loc[("d1", "a"), ("m1", "accuracy")] == 0.0
+    assert table.loc[("d2", "a"), ("m1", "tokens_per_second")] == 2
+    assert math.isnan(table.loc[("d1", "b"), ("m1", "n")]) and math.isnan(table.loc[("d2", "a"), ("m2", "accuracy")])
