@@ -30,6 +30,10 @@ def test_run_bench_reports_every_figure(checkpoint_dirs, method):
     _check_figures(result["minirun"])
     assert result["method"] == method and result["batch"] == 2 and result["new_tokens"] == 4
     assert result["torch"] and result["device"] and result["dtype"] == "float32"
+    assert result["host"]["cpu"] and set(result["host"]["flags"]) >= {"avx512_bf16", "amx_bf16"}
+    bandwidth = result["bandwidth"]
+    assert bandwidth["read_gb_s"] > 0 and bandwidth["bandwidth_fraction"] == pytest.approx(
+        bandwidth["achieved_gb_s"] / bandwidth["read_gb_s"])
     per_prompt = 24 * (1 if method == "origin" else 3)
     assert result["prefill_tokens"] == 2 * (per_prompt if method != "flex" else 3 * 20 + 4)
     if method == "flex":

@@ -4,18 +4,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minirun.layers.masks import PAD, SHARED, materialize, offset_queries, segment_mask
+from minirun.layers.masks import BRANCH, PAD, SHARED, branch, materialize, offset_queries, segment_mask
 
 
 def reference(segments: list[int]) -> list[list[bool]]:
     """The rule in words: causal; padding invisible; a segment sees itself and shared tokens;
-    shared tokens (prefix, generated) see everything earlier; a token always sees itself."""
+    shared tokens (prefix, generated) see everything earlier; a branch sees every earlier
+    non-branch token and itself, never another branch; a token always sees itself."""
     n = len(segments)
     out = [[False] * n for _ in range(n)]
     for q in range(n):
         for kv in range(q + 1):
             sq, sk = segments[q], segments[kv]
-            out[q][kv] = kv == q or (sk != PAD and (sk == SHARED or sq == SHARED or sk == sq))
+            branch_sees = sq <= BRANCH and sk > SHARED
+            out[q][kv] = kv == q or (sk != PAD and (sk == SHARED or sq == SHARED or sk == sq or branch_sees))
     return out
 
 
@@ -25,7 +27,17 @@ LAYOUTS = [
     [0, 0, 1, 1, 1, 2, 2, 3, 0, 0],  # prefix, three paraphrases, two generated
     [PAD, 1, 1, 2, 2, 2, 0, 0],  # padded row, no prefix
     [0, 0, PAD, 1, 1, 0],  # prefix, padding, one row paraphrase
+    [0, 1, 1, 2, 0, -2, -2, -3, -3, -3],  # packed prompt, then two branches (options scored side by side)
+    [0, 0, PAD, -2, -3, -3, -4],  # plain prompt, padding, three branches
 ]
+
+
+def test_branches_see_the_prompt_and_themselves_only():
+    segs = [0, 1, 1, 2, 0, branch(0), branch(0), branch(1), branch(1)]
+    m = materialize(segment_mask(torch.tensor([segs])), 1, 9, 9)[0]
+    assert m[5:9, 0:5].all()  # both branches see the head, every paraphrase and the tail
+    assert not m[7:9, 5:7].any()  # branch 1 never sees branch 0
+    assert m[6, 5] and m[8, 7]  # a branch sees its own earlier tokens
 
 
 def test_segment_mask_equals_reference():

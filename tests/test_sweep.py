@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 import minirun
 from minirun.cli import app
 from minirun.errors import MinirunError
-from minirun.eval.sweep import load_sweep_file, parse_sweep, run_sweep, sweep_table
+from minirun.eval.sweep import run_sweep, sweep_table
+from minirun.eval.sweep_spec import load_sweep_file, parse_sweep
 
 GENERATION = "[generation]\nmax_new_tokens = 4\nbatch_size = 2\n"
 METHODS = """
@@ -50,7 +51,8 @@ ROWS = 2 * 2 * 2 * 2  # models × datasets × methods × items
 KILL_SCRIPT = """
 import os, signal, sys
 import minirun
-from minirun.eval.sweep import load_sweep_file, run_sweep
+from minirun.eval.sweep import run_sweep
+from minirun.eval.sweep_spec import load_sweep_file
 seen = []
 def kill(row):
     seen.append(row)

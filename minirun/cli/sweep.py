@@ -32,7 +32,8 @@ def sweep_command(
 ) -> None:
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
-    from minirun.eval.sweep import load_sweep_file, run_sweep, sweep_table
+    from minirun.eval.sweep import run_sweep, sweep_table
+    from minirun.eval.sweep_spec import load_sweep_file
 
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
     output = output or Path("runs") / file.stem

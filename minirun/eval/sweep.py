@@ -1,7 +1,6 @@
-"""Sweeps: every method × dataset × model of one TOML file in one resumable run.
+"""Sweeps: every method × dataset × model of one TOML file (`sweep_spec`) in one resumable run.
 
-The whole file is checked before any model loads, so a typo fails in a second rather than after
-the first model's hours. Each (model, dataset, method label) is an ordinary `evaluate` run in its
+Each (model, dataset, method label) is an ordinary `evaluate` run in its
 own directory `<output>/<model>/<dataset>/<label>/` (its own journal and run key: one method may
 appear twice with different options), so resuming and `torchrun` sharding are the eval loop's; a
 `done.json` beside a finished run lets a restart skip even loading a model whose runs are all done.
@@ -13,92 +12,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import os
-import re
-import sys
-import types
-import typing
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from minirun.checkpoints.hub import DEFAULT_MODEL
-from minirun.checkpoints.loader import DTYPES
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import NAMES, Item, load_dataset, load_jsonl
+from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import evaluate
-from minirun.eval.prompts import CHOICE_FORMATS
 from minirun.eval.report import summarize
 from minirun.eval.results import merge, read_results
-from minirun.methods import METHODS, EnsembleOptions
-from minirun.methods.runner import check_method
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("models", "datasets", "methods", "generation")
-MATCH_RULES = ("lemma", "bidirectional")
-GENERATION_OWNED = ("max_new_tokens", "chat", "share_prefix")  # EnsembleOptions fields [generation] sets for all
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "tokens_per_second")
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")  # what `resolve_model` pulls from the hub
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    path: str  # checkpoint dir or hub id
-    label: str = ""  # column group and directory name; default: the path's last part
-    dtype: str | None = None
-    device: str = "cpu"
-    compile: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    name: str  # sample-qa, sample-fill, webqa, myriadlama, or a dataset file
-    label: str = ""  # default: the name, or the file's stem
-    few_shot_k: int = 5
-    few_shot: str | None = None  # a .jsonl of few-shot items (default: the dataset's own)
-    num_prompts: int = 5  # prompts per item: the question (unless original is false), then its paraphrases
-    original: bool = True
-    max_samples: int | None = None
-    match: str = "lemma"
-    subset: str | None = None  # mmlu: one subject
-    choice_format: str = "cloze"  # multiple choice: cloze or letters
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    label: str = ""  # default: the name
-    options: dict = dataclasses.field(default_factory=dict)  # EnsembleOptions fields, passed to the eval loop
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    max_new_tokens: int = 24
-    batch_size: int = 8
-    share_prefix: bool = True
-    chat: bool | None = None  # None: the chat template when the model has one
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-    models: tuple[ModelSpec, ...]
-    datasets: tuple[DatasetSpec, ...]
-    methods: tuple[MethodSpec, ...]
-    generation: Generation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,171 +41,6 @@ class Cell:
     dataset: DatasetSpec
     method: MethodSpec
     dir: Path
-
-
-def load_sweep_file(path: str | Path) -> Sweep:
-    """Read and check a sweep file; a problem raises one MinirunError naming the key and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise MinirunError(f"no sweep file at {path}: pass the path of a .toml file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise MinirunError(f"{path}: invalid TOML ({e}); fix the syntax there") from None
-    try:
-        return parse_sweep(data)
-    except MinirunError as e:
-        raise MinirunError(f"{path}: {e}") from None
-
-
-def parse_sweep(data: dict) -> Sweep:
-    """The checked sweep of a parsed TOML document (see `load_sweep_file`)."""
-    unknown = [k for k in data if k not in SECTIONS]
-    if unknown:
-        raise MinirunError(f"unknown key {unknown[0]!r} at the top level; use {', '.join(SECTIONS)}")
-    generation = data.get("generation", {})
-    if not isinstance(generation, dict):
-        raise MinirunError("generation must be a table of settings; see docs/sweep.toml")
-    gen = Generation(**_checked(Generation, generation, "generation"))
-    for key in ("max_new_tokens", "batch_size"):
-        _at_least(getattr(gen, key), 1, f"generation {key}")
-    models = tuple(_model(t, w) for t, w in _entries(data, "models"))
-    datasets = tuple(_dataset(t, w) for t, w in _entries(data, "datasets"))
-    methods = tuple(_method(t, w) for t, w in _entries(data, "methods"))
-    for section, specs in (("models", models), ("datasets", datasets), ("methods", methods)):
-        _unique_labels(section, specs)
-    return Sweep(models, datasets, methods, gen)
-
-
-def _entries(data: dict, section: str) -> list[tuple[dict, str]]:
-    """The section's tables with where each is, for messages: `methods #2` (no square brackets:
-    the CLI prints messages as rich markup, where `[methods]` would vanish as a style tag)."""
-    tables = data.get(section)
-    if tables is None:
-        raise MinirunError(f"no {section} entry; add at least one (see docs/sweep.toml)")
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        raise MinirunError(f"{section} must be an array of tables, one per entry; see docs/sweep.toml")
-    return [(t, f"{section} #{i}") for i, t in enumerate(tables, 1)]
-
-
-def _model(table: dict, where: str) -> ModelSpec:
-    spec = ModelSpec(**_checked(ModelSpec, table, where))
-    where = f"{where} ({spec.path})"
-    if not (Path(spec.path).is_dir() or spec.path == DEFAULT_MODEL or HUB_ID.fullmatch(spec.path)):
-        raise MinirunError(f"{where} path: no checkpoint directory there; give a directory or a hub id (owner/name)")
-    if spec.dtype is not None and spec.dtype not in DTYPES:
-        raise MinirunError(f"{where} dtype: unsupported {spec.dtype!r}; use one of {', '.join(DTYPES)}")
-    try:
-        torch.device(spec.device)
-    except RuntimeError:
-        raise MinirunError(f"{where} device: unknown device {spec.device!r}; use cpu, cuda, cuda:1, mps, ...") from None
-    return _labelled(spec, Path(spec.path).name, where)
-
-
-def _dataset(table: dict, where: str) -> DatasetSpec:
-    spec = DatasetSpec(**_checked(DatasetSpec, table, where))
-    where = f"{where} ({spec.name})"
-    if spec.name not in NAMES and not Path(spec.name).is_file():
-        raise MinirunError(f"{where} name: unknown dataset; use one of {', '.join(NAMES)} or the path of a file")
-    if spec.few_shot is not None and not (spec.few_shot.endswith(".jsonl") and Path(spec.few_shot).is_file()):
-        raise MinirunError(f"{where} few_shot: {spec.few_shot!r} is no .jsonl file; give an existing .jsonl of items")
-    if spec.match not in MATCH_RULES:
-        raise MinirunError(f"{where} match: unknown rule {spec.match!r}; use one of {', '.join(MATCH_RULES)}")
-    if spec.choice_format not in CHOICE_FORMATS:
-        raise MinirunError(f"{where} choice_format: unknown format {spec.choice_format!r}; use one of "
-                           f"{', '.join(CHOICE_FORMATS)}")
-    if spec.subset is not None and spec.name != "mmlu":
-        raise MinirunError(f"{where} subset: only mmlu has subsets; drop the key")
-    _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
-    _at_least(spec.num_prompts, 1, f"{where} num_prompts")
-    if spec.max_samples is not None:
-        _at_least(spec.max_samples, 1, f"{where} max_samples")
-    default = spec.name if spec.name in NAMES else Path(spec.name).stem
-    return _labelled(spec, default, where)
-
-
-def method_options() -> tuple[str, ...]:
-    """The EnsembleOptions fields a [[methods]] entry may set: those the eval loop takes as arguments."""
-    loop = inspect.signature(evaluate).parameters
-    return tuple(f.name for f in dataclasses.fields(EnsembleOptions)
-                 if f.name in loop and f.name not in GENERATION_OWNED)
-
-
-def _method(table: dict, where: str) -> MethodSpec:
-    name, label = table.get("name"), table.get("label", "")
-    if name is None:
-        raise MinirunError(f"{where}: missing key 'name'; add name = \"<method>\" ({', '.join(METHODS)})")
-    if name not in METHODS:
-        raise MinirunError(f"{where} name: unknown method {name!r}; use one of {', '.join(METHODS)}")
-    where = f"{where} ({name})"
-    label = _coerce(label, str, f"{where} label")
-    allowed = method_options()
-    hints = typing.get_type_hints(EnsembleOptions)
-    options = {}
-    for key, value in table.items():
-        if key in ("name", "label"):
-            continue
-        if key in GENERATION_OWNED:
-            raise MinirunError(f"{where} {key}: set it in the generation table, where it applies to every run")
-        if key not in allowed:
-            fix = "the eval loop does not take it" if key in hints else "unknown key"
-            raise MinirunError(f"{where} {key}: {fix}; use name, label, {', '.join(allowed)}")
-        options[key] = _coerce(value, hints[key], f"{where} {key}")
-    try:
-        check_method(name, EnsembleOptions(**options))
-    except MinirunError as e:
-        raise MinirunError(f"{where}: {e}") from None
-    return _labelled(MethodSpec(name, label, options), name, where)
-
-
-def _checked(cls: type, table: dict, where: str) -> dict:
-    """`table` as keyword arguments of dataclass `cls`: no unknown or missing keys, values of the field types."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in table:
-        if key not in names:
-            raise MinirunError(f"{where}: unknown key {key!r}; use {', '.join(names)}")
-    for f in dataclasses.fields(cls):
-        if f.default is dataclasses.MISSING and f.name not in table:
-            raise MinirunError(f"{where}: missing key {f.name!r}; add {f.name} = ...")
-    return {key: _coerce(value, hints[key], f"{where} {key}") for key, value in table.items()}
-
-
-def _coerce(value: object, hint: object, where: str) -> object:
-    """`value` as a `hint` (an int where a float is wanted becomes a float), else a MinirunError."""
-    choices = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for choice in choices:
-        if choice is bool and isinstance(value, bool) or choice is str and isinstance(value, str):
-            return value
-        if choice is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if choice is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    wanted = " or ".join(getattr(c, "__name__", str(c)) for c in choices if c is not type(None))
-    raise MinirunError(f"{where}: expected {wanted}, got {value!r}; write a TOML {wanted} there")
-
-
-def _at_least(value: int, minimum: int, where: str) -> None:
-    if value < minimum:
-        raise MinirunError(f"{where}: {value} is below {minimum}; use {minimum} or more")
-
-
-def _labelled(spec, default: str, where: str):
-    """`spec` with its label (the default when none is given), checked to be a directory name."""
-    label = spec.label or default
-    if not LABEL.fullmatch(label):
-        raise MinirunError(f"{where} label: {label!r} is no plain directory name; "
-                           "set label = \"<letters, digits, . _ ->\"")
-    return dataclasses.replace(spec, label=label)
-
-
-def _unique_labels(section: str, specs: tuple) -> None:
-    seen: dict[str, int] = {}
-    for i, spec in enumerate(specs, 1):
-        if spec.label in seen:
-            raise MinirunError(f"{section} #{i}: label {spec.label!r} is also that of #{seen[spec.label]}; "
-                               "give one of them a distinct label")
-        seen[spec.label] = i
 
 
 def cells(sweep: Sweep, output: str | Path) -> list[Cell]:

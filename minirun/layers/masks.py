@@ -4,7 +4,9 @@ Every row of a batch carries a segment id per cache slot:
   PAD (-1)   padding: never visible to other tokens;
   SHARED (0) prompt prefix and generated tokens: visible to every later token, and a SHARED
              query sees every earlier non-padding token (this is what fuses paraphrases);
-  k > 0      paraphrase segment k: sees SHARED tokens and earlier tokens of segment k only.
+  k > 0      paraphrase segment k: sees SHARED tokens and earlier tokens of segment k only;
+  k <= BRANCH a branch (BRANCH - k, from 0): sees every earlier non-branch token and its own
+             branch, never another branch; continuations scored side by side after one prompt.
 Plain causal attention is the special case where every slot is SHARED. Queries and keys are
 indexed by cache slot, never by RoPE position, so packed paraphrases may share positions.
 """
@@ -16,6 +18,12 @@ import torch
 
 PAD = -1
 SHARED = 0
+BRANCH = -2
+
+
+def branch(k: int) -> int:
+    """The segment id of branch k (k = 0, 1, ...)."""
+    return BRANCH - k
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -26,7 +34,8 @@ def segment_mask(segments: torch.Tensor) -> MaskMod:
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         seg_q, seg_kv = segments[b, q], segments[b, kv]
-        visible = (seg_kv != PAD) & ((seg_kv == SHARED) | (seg_q == SHARED) | (seg_kv == seg_q))
+        fused = (seg_q == SHARED) | ((seg_q <= BRANCH) & (seg_kv > SHARED))  # sees every paraphrase
+        visible = (seg_kv != PAD) & ((seg_kv == SHARED) | fused | (seg_kv == seg_q))
         # A query always sees itself, so no row is fully masked (fully masked rows give NaN).
         return (kv <= q) & (visible | (kv == q))
 
@@ -43,7 +52,8 @@ def offset_queries(mask_mod: MaskMod, offset: torch.Tensor) -> MaskMod:
 
 
 def segment_bias(segments: torch.Tensor, log_weights: torch.Tensor, offset: torch.Tensor) -> ScoreMod:
-    """score_mod adding log(w_k) to scores from SHARED queries (generated tokens) to segment k.
+    """score_mod adding log(w_k) to scores from SHARED or branch queries (generated or scored
+    tokens) to paraphrase segment k.
 
     `log_weights` [B, N+1] is indexed by segment id; rebalances how much the fused softmax draws
     from each paraphrase. `offset` shifts query indices as in `offset_queries`.
@@ -51,7 +61,7 @@ def segment_bias(segments: torch.Tensor, log_weights: torch.Tensor, offset: torc
 
     def score_mod(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         seg_q, seg_kv = segments[b, q + offset], segments[b, kv]
-        fused = (seg_q == SHARED) & (seg_kv > SHARED)
+        fused = ((seg_q == SHARED) | (seg_q <= BRANCH)) & (seg_kv > SHARED)
         return score + torch.where(fused, log_weights[b, seg_kv.clamp(min=0)], 0.0)
 
     return score_mod

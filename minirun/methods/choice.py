@@ -5,20 +5,21 @@ prompt, then feed all options of every question in one more call (`Session.exten
 its own segment so it sees the prompt and itself but no other option. The option's next-token
 scores are fused across the question's rows at every option token with the method's rule
 (hidden_avg fuses the states instead), and its log-probabilities are read from the fused
-distribution. flex prefills its packed prompt once and branches it into one row per option (the
-options are SHARED, so they attend to every paraphrase), as the shared head is broadcast today.
-The prompt is never re-run per option.
+distribution. flex lays its options after the packed prompt the same way, as branch segments:
+each option attends to every paraphrase and to itself, never to another option. The prompt is
+never re-run per option.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from minirun.engine.generate import Row, plain_row, stack_rows
-from minirun.engine.session import CHUNK, NO_HOOKS, Hooks
+from minirun.engine.generate import Row, stack_rows
+from minirun.engine.session import CHUNK, NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
-from minirun.layers.masks import SHARED
+from minirun.layers.masks import branch
 from minirun.methods.fusion import RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
@@ -65,36 +66,39 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
     targets = [option_ids(llm, e, c) for e, c in zip(encoded, choices)]
     with torch.inference_mode():
         if method == "flex":
-            return [_score_flex(llm, e, t, p, options, hooks) for e, t, p in zip(encoded, targets, prompts)]
+            return _score_flex(llm, encoded, targets, prompts, options, hooks)
         return _score_rows(llm, method, encoded, targets, prompts, options, hooks)
 
 
-def option_row(targets: list[list[int]], start: int, shared: bool) -> Row:
-    """All options after a prompt ending at position start-1, each fed without its last token (only
-    its predecessors' states are needed); option k is segment k+1, or SHARED in a branch row."""
+def option_row(targets: list[list[int]], start: int, segment: Callable[[int], int]) -> Row:
+    """All options after a prompt ending at position start-1, one after another, each fed without
+    its last token (only its predecessors' states are needed); option k is segment `segment(k)`."""
     tokens, positions, segments = [], [], []
     for k, ids in enumerate(targets):
         tokens += ids[:-1]
         positions += range(start, start + len(ids) - 1)
-        segments += [SHARED if shared else k + 1] * (len(ids) - 1)
+        segments += [segment(k)] * (len(ids) - 1)
     return Row(tokens, positions, segments, start)
 
 
-def _predictors(first: torch.Tensor, chunk: torch.Tensor, targets: list[list[int]], branch: bool) -> list[torch.Tensor]:
+def _predictors(first: torch.Tensor, chunk: torch.Tensor, targets: list[list[int]]) -> list[torch.Tensor]:
     """Per option, the logits [R, n, V] that predict its n tokens: the prompt's last logits `first`
-    [R, V], then the chunk's logits [R, T, V] at the option's own earlier tokens. In a `branch`
-    chunk row k holds option k alone; otherwise the options lie one after another in every row.
-    Chunks are left-padded, so the tokens sit at the right end."""
-    out, width = [], chunk.shape[1]
-    offset = width - sum(len(t) - 1 for t in targets)
-    for k, ids in enumerate(targets):
+    [R, V], then the chunk's logits [R, T, V] at the option's own earlier tokens (the chunk is
+    left-padded, so the options end at its right edge)."""
+    out, offset = [], chunk.shape[1] - sum(len(t) - 1 for t in targets)
+    for ids in targets:
         n = len(ids) - 1
-        if branch:
-            out.append(torch.cat([first[k:k + 1, None], chunk[k:k + 1, width - n:]], dim=1))
-        else:
-            out.append(torch.cat([first[:, None], chunk[:, offset:offset + n]], dim=1))
-            offset += n
+        out.append(torch.cat([first[:, None], chunk[:, offset:offset + n]], dim=1))
+        offset += n
     return out
+
+
+def _options_pass(llm: EnsembleModel, session: Session, option_rows: list[Row]) -> torch.Tensor:
+    """Every row's options in one call over the prompt's cache: final-norm states [B, T, E]."""
+    layout = stack_rows(option_rows, llm.pad_id, llm.device)
+    if not layout.length:  # single-token options: the prompt's last logits are all they need
+        return layout.tokens.new_zeros((len(option_rows), 0, llm.config.hidden_size), dtype=torch.float32)
+    return session.extend(layout.tokens, layout.positions, layout.segments)
 
 
 def _option_scores(predictors: list[torch.Tensor], targets: list[list[int]], rule, weights: torch.Tensor | None,
@@ -121,19 +125,16 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
 
         confidences = options.confidences or confidences_for(llm, encoded, options)
     plan = plan_rows(llm, method, encoded, options)
-    option_rows = [option_row(targets[q], plan.rows[r].next_position, shared=False)
+    option_rows = [option_row(targets[q], plan.rows[r].next_position, lambda k: k + 1)
                    for q, g in enumerate(plan.groups) for r in g]
     width = max(len(r.tokens) for r in option_rows)
     session, _, first = open_session(llm, plan.rows, plan.head, width + CHUNK, hooks, fusion=plan.fusion)
-    states = first.new_zeros((len(plan.rows), 0, llm.config.hidden_size))
-    if width:
-        layout = stack_rows(option_rows, llm.pad_id, llm.device)
-        states = session.extend(layout.tokens, layout.positions, layout.segments)  # [B, T, E]
+    states = _options_pass(llm, session, option_rows)  # [B, T, E]
     results = []
     for q, group in enumerate(plan.groups):
         rows = torch.tensor(group, device=llm.device)
         chunk = session.logits(states.index_select(0, rows))  # [R, T, V]
-        predictors = _predictors(first.index_select(0, rows), chunk, targets[q], branch=False)
+        predictors = _predictors(first.index_select(0, rows), chunk, targets[q])
         weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
         tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
         if method in ("origin", "per_prompt"):
@@ -149,27 +150,24 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
     return results
 
 
-def _score_flex(llm: EnsembleModel, enc: Encoded, targets: list[list[int]], prompts: list[str],
-                options: EnsembleOptions, hooks: Hooks) -> ChoiceResult:
-    """One question: its packed prompt prefilled once (batch 1, broadcast), then one row per option."""
-    if not enc.tail:
+def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[list[int]]], prompts: list[list[str]],
+                options: EnsembleOptions, hooks: Hooks) -> list[ChoiceResult]:
+    """One packed row per question (as flex generates), then its options as branch segments."""
+    if not all(e.tail for e in encoded):
         raise MinirunError("flex needs a shared suffix after the paraphrases so the options see all of them: "
                            "use the chat template or give a suffix (e.g. '\\nA:')")
-    head = shared_head([enc], options)
-    packed = packed_row(enc, options.positions, share_head=options.share_prefix, head_in_row=head is None)
-    option_rows = [option_row([ids], packed.next_position, shared=True) for ids in targets]
+    head = shared_head(encoded, options)
+    rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None)
+            for e in encoded]
+    option_rows = [option_row(t, r.next_position, branch) for t, r in zip(targets, rows)]
     width = max(len(r.tokens) for r in option_rows)
-    weights = flex_log_weights([enc], options.flex_bias, llm.device)
-    session = llm.session(len(targets), len(head or []) + len(packed.tokens) + width + 2 * CHUNK, hooks)
-    session.log_weights = None if weights is None else weights.expand(len(targets), -1)
-    for part in ([plain_row(head)] if head else []) + [packed]:  # batch 1: written into every option's row
-        layout = stack_rows([part], llm.pad_id, llm.device)
-        first = session.prefill(layout.tokens, layout.positions, layout.segments)
-    chunk = first.new_zeros((len(targets), 0, first.shape[-1]))
-    if width:
-        layout = stack_rows(option_rows, llm.pad_id, llm.device)
-        chunk = session.logits(session.extend(layout.tokens, layout.positions, layout.segments))
-    predictors = _predictors(first.expand(len(targets), -1), chunk, targets, branch=True)
-    scores = _option_scores(predictors, targets, None, None, options.choice_score)
-    tokens = (len(head) if head else 0) + len(packed.tokens)
-    return ChoiceResult("flex", _best(scores), scores, prompts, tokens)
+    weights = flex_log_weights(encoded, options.flex_bias, llm.device)
+    session, _, first = open_session(llm, rows, head, width + CHUNK, hooks, weights)
+    states = _options_pass(llm, session, option_rows)
+    results = []
+    for q, (t, r) in enumerate(zip(targets, rows)):
+        predictors = _predictors(first[q:q + 1], session.logits(states[q:q + 1]), t)
+        scores = _option_scores(predictors, t, None, None, options.choice_score)
+        tokens = (len(head) if head else 0) + len(r.tokens)
+        results.append(ChoiceResult("flex", _best(scores), scores, prompts[q], tokens))
+    return results

@@ -1,0 +1,137 @@
+"""Sweep throughput on CPU: `minirun eval`'s methods against a careful transformers hand loop.
+
+    python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16]
+
+The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
+item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
+8 questions per batch, the shared prefix prefilled once: eval's defaults). The baseline is
+`hand_loop`: what a researcher writes with transformers — one question at a time, its prompts
+left-padded into one batch, a KV cache, logits fused per step (hidden_avg through forward hooks),
+greedy, stopping at a newline. flex has no hand-written counterpart; it is compared with the avg
+loop. Same prompts, same token ids; the answers' agreement is reported next to items/s and the
+ratio. Writes bench/results/sweep-cpu-<date>.json with the CPU model named.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from minirun.bench.compare import cpu_facts
+from minirun.checkpoints.hub import default_model_path
+from minirun.engine.llm import LLM, load
+from minirun.eval.data import load_dataset
+from minirun.eval.loop import STOP, SUFFIX, evaluate, few_shot_prefixes
+from minirun.eval.matching import extract_answer
+from minirun.methods.packing import encode_question
+from minirun.methods.runner import default_fusion_layer
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("origin", "per_prompt", "avg", "max", "hidden_avg", "flex")
+PROMPTS, NEW_TOKENS = 5, 24
+
+
+@torch.inference_mode()
+def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: set[int],
+              fusion_layer: int) -> list[list[int]]:
+    """One question: its prompts as one left-padded batch with a KV cache, fused greedy decoding."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hooks = []
+    if method == "hidden_avg":  # replace the newest token's state by the rows' mean from block L on
+        def fuse(module, args, output):
+            states = output[0] if isinstance(output, tuple) else output
+            states[:, -1] = states[:, -1].mean(0, keepdim=True)
+            return output
+
+        hooks = [layer.register_forward_hook(fuse) for layer in model.model.layers[fusion_layer - 1:]]
+    cache, out, done = DynamicCache(), [[] for _ in rows], [False] * len(rows)
+    try:
+        for step in range(NEW_TOKENS):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True).logits[:, -1].float()
+            if method == "per_prompt":
+                tokens = logits.argmax(-1)
+            else:
+                fused = logits.softmax(-1).amax(0) if method == "max" else logits.mean(0)
+                tokens = fused.argmax().expand(len(rows))
+            for r, t in enumerate(tokens.tolist()):
+                if not done[r]:
+                    out[r].append(t)
+                    done[r] = t in newline
+            if all(done):
+                break
+            ids = tokens[:, None]
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+            positions = positions[:, -1:] + 1
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str) -> tuple[float, list[str]]:
+    newline = {i for i in range(llm.config.vocab_size) if "\n" in llm.tokenizer.decode([i])}
+    layer = default_fusion_layer(llm.config.num_layers)
+    answers = []
+    start = time.perf_counter()
+    for item in items:
+        prompts = [item.question] if method == "origin" else item.prompts[:PROMPTS]
+        enc = encode_question(llm, prompts, prefixes[item.task] + "Q: ", SUFFIX)
+        rows = [enc.full(i) for i in range(len(prompts))]
+        out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, newline | llm.eos_ids, layer)
+        answers.append(extract_answer(llm.tokenizer.decode(out[0], skip_special_tokens=True), STOP))
+    return time.perf_counter() - start, answers
+
+
+def minirun_run(llm: LLM, items, dataset: str, method: str) -> tuple[float, list[str]]:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        table = evaluate(llm, items, [method], out, dataset=dataset, num_prompts=PROMPTS, few_shot_k=5,
+                         max_new_tokens=NEW_TOKENS, progress=False)
+        seconds = time.perf_counter() - start
+    order = {item.id: i for i, item in enumerate(items)}
+    table = table.sort_values("id", key=lambda ids: ids.map(order))
+    return seconds, table["answer"].fillna("").tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=10, help="items per dataset")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    path = default_model_path()
+    llm = load(path, dtype=args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+    data = {name: load_dataset(name)[:args.items] for name in ("sample-qa", "sample-fill")}
+    prefixes = {name: few_shot_prefixes(items, None, name, None, 5) for name, items in data.items()}
+    result = {"machine": cpu_facts(), "torch": torch.__version__, "dtype": args.dtype, "model": str(path),
+              "items": sum(map(len, data.values())), "prompts": PROMPTS, "max_new_tokens": NEW_TOKENS, "methods": {}}
+    for method in METHODS:
+        ours, theirs, same = 0.0, 0.0, 0
+        for name, items in data.items():
+            seconds, answers = minirun_run(llm, items, name, method)
+            hand_seconds, hand_answers = hand_run(llm, model, items, prefixes[name], method)
+            ours, theirs = ours + seconds, theirs + hand_seconds
+            same += sum(a == b for a, b in zip(answers, hand_answers))
+        n = result["items"]
+        result["methods"][method] = {"minirun_items_per_s": n / ours, "hand_loop_items_per_s": n / theirs,
+                                     "ratio": theirs / ours, "same_answer": same / n,
+                                     "baseline": "avg hand loop" if method == "flex" else f"{method} hand loop"}
+        print(f"{method:>10}: minirun {n / ours:.2f} items/s, hand loop {n / theirs:.2f} items/s, "
+              f"{theirs / ours:.2f}x, same answer {same}/{n}")
+    out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
