@@ -24,7 +24,7 @@ def _check_figures(entry: dict) -> None:
     assert low <= entry["ms_per_token"] <= high
 
 
-@pytest.mark.parametrize("method", ["origin", "avg", "flex"])
+@pytest.mark.parametrize("method", ["origin", "avg", "hidden_avg", "flex"])
 def test_run_bench_reports_every_figure(checkpoint_dirs, method):
     result = run_bench(model=str(checkpoint_dirs["llama3"]), method=method, batch=2, **FAST)
     _check_figures(result["minirun"])

@@ -168,6 +168,12 @@ def assert_clean_error(result, *needles: str) -> None:
     assert "Traceback" not in text and all(n in text for n in needles), text
 
 
+def test_unknown_device_and_no_tokens_are_clean_errors(tiny):
+    assert_clean_error(invoke("generate", "--model", tiny, "--device", "gpu0", "hi"), "unknown device 'gpu0'")
+    with pytest.raises(minirun.MinirunError, match="max_new_tokens must be at least 1"):
+        minirun.load(tiny).generate("hi", max_new_tokens=0)
+
+
 def test_unknown_method_lists_the_methods(tiny):
     result = invoke("generate", "--model", tiny, "--method", "foo", "hi")
     assert_clean_error(result, "unknown method 'foo'", ", ".join(METHODS))

@@ -144,7 +144,7 @@ def test_method_options_are_the_eval_loops_ensemble_options(monkeypatch):
     def loop(llm, items, methods, output_dir, *, positions="right", fusion_alpha=1.0, max_new_tokens=24):
         pass
 
-    monkeypatch.setattr("minirun.eval.sweep.evaluate", loop)
+    monkeypatch.setattr("minirun.eval.sweep_spec.evaluate", loop)
     sweep = parse_sweep({**BASE, "methods": [{"name": "hidden_avg", "label": "h", "fusion_alpha": 1}]})
     alpha = sweep.methods[0].options["fusion_alpha"]
     assert sweep.methods[0].options == {"fusion_alpha": 1.0} and isinstance(alpha, float)

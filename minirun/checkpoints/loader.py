@@ -75,7 +75,10 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
     """Build the decoder on the meta device and assign checkpoint tensors into it."""
     checkpoint = Path(checkpoint)
     config = load_config(checkpoint)
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise MinirunError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:1, ...") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinirunError("device 'cuda' requested but no CUDA GPU is available: use --device cpu")
     torch_dtype = resolve_dtype(dtype, config, device)

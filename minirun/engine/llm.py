@@ -75,6 +75,8 @@ class LLM:
                  seed: int | None = None, stop: tuple[str, ...] | list[str] = (), truncate: bool = False,
                  on_text: Callable[[str], None] | None = None) -> Completion | list[Completion]:
         """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
+        if max_new_tokens < 1:
+            raise MinirunError(f"max_new_tokens must be at least 1, got {max_new_tokens}: ask for one token or more")
         single = isinstance(prompts, str)
         batch = [prompts] if single else list(prompts)
         if not batch:
