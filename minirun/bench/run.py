@@ -31,7 +31,7 @@ TAIL_TOKENS = 4  # a shared suffix, like a chat template's generation prompt; fl
 COMPARES = ("transformers", "eager")
 
 
-class _IdTokenizer:
+class IdTokenizer:
     """Stand-in for checkpoints without tokenizer files: ids in, no text out (the stopper never fires)."""
 
     eos_token_id = pad_token_id = chat_template = None
@@ -50,15 +50,17 @@ def clock_hooks(marks: dict[str, float], device: torch.device) -> Hooks:
     return Hooks(after_prefill=after_prefill, before_decode=lambda: marks.setdefault("first_decode", time.perf_counter()))
 
 
-def random_checkpoint_dir(shape: str, dtype: str) -> Path:
-    """A random checkpoint of `shape`, written once under $MINIRUN_CACHE and reused (0.5 GB+ each)."""
+def random_checkpoint_dir(shape: str, dtype: str, **overrides: Any) -> Path:
+    """A random checkpoint of `shape` (config `overrides` applied), written once under
+    $MINIRUN_CACHE and reused (0.5 GB+ each at full size)."""
     from minirun.checkpoints.random import random_checkpoint
 
     root = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "random"
-    out = root / f"{shape}-{dtype}"
+    name = f"{shape}-{dtype}" + "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
+    out = root / name
     if not (out / "model.safetensors").is_file():
-        tmp = root / f".{shape}-{dtype}.{os.getpid()}"
-        random_checkpoint(shape, tmp, dtype=dtype)
+        tmp = root / f".{name}.{os.getpid()}"
+        random_checkpoint(shape, tmp, dtype=dtype, **overrides)
         tmp.rename(out)
     return out
 
@@ -141,7 +143,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
 
         tokenizer = Tokenizer(path)
     else:
-        tokenizer = _IdTokenizer()
+        tokenizer = IdTokenizer()
     llm = LLM(load_model(path, device, dtype), tokenizer, path)
     encoded = workload(method, batch, num_paraphrases, prompt_tokens, llm.config.vocab_size)
     rows_per_question = 1 if method == "flex" else len(encoded[0].paraphrases)

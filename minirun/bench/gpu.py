@@ -1,0 +1,214 @@
+"""Every GPU check in one command: `python -m minirun.bench.gpu --out DIR` (or `bench/gpu.sh`).
+
+Correctness first (logits against transformers in float32 and bfloat16 for llama, qwen2 and
+qwen3; compiled == eager tokens for every method at batch 1 and 8; no recompilation across five
+question lengths; host syncs counted with the profiler), then speed (`run_bench` on the
+Llama-3.2-1B and SmolLM2-135M shapes, batch 1 and 8, against transformers; every method at 5
+paraphrases) and an eval-like sweep (questions × 6 prompts, 10-token answers) in items/s. Each
+section writes one JSON under DIR naming the device, driver, torch and dtype; a failed section
+records its error and the others still run. `--quick` shrinks every size so a CPU can dry-run it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from minirun.bench.compare import cpu_facts, error_text, sync
+from minirun.bench.run import IdTokenizer, random_checkpoint_dir, run_bench, workload
+from minirun.checkpoints.loader import load_model
+from minirun.checkpoints.random import random_checkpoint
+from minirun.engine.llm import LLM
+from minirun.errors import MinirunError
+from minirun.layers import flex
+from minirun.methods import METHODS, EnsembleOptions, run_encoded
+
+PARITY = {"llama": "llama-3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b"}
+SMALL = dict(num_hidden_layers=2)  # the families' real widths, two blocks: parity is per block
+TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, vocab_size=256)
+TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}  # bf16: relative to the logit scale, as transformers' tests allow
+
+
+def machine(device: torch.device, dtype: str) -> dict[str, Any]:
+    facts = {"torch": torch.__version__, "dtype": dtype, "host": cpu_facts()}
+    if device.type == "cuda":
+        facts |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                  "driver": _driver()}
+    return facts
+
+
+def _driver() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def parity(device: torch.device, shape: dict, root: Path) -> dict[str, Any]:
+    """Max logit difference minirun vs transformers on random tokens, per family and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for family, name in PARITY.items():
+        path = random_checkpoint(name, root / f"parity-{family}", dtype="float32", **shape)
+        tokens = torch.randint(3, 250, (2, 48), generator=torch.Generator().manual_seed(0)).to(device)
+        for dtype, tolerance in TOLERANCE.items():
+            ours = load_model(path, device, dtype)
+            theirs = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+            with torch.inference_mode():
+                expected, got = theirs(tokens).logits.float(), ours(tokens).float()
+            diff = (expected - got).abs().max().item()
+            bound = tolerance * (expected.abs().max().item() if dtype == "bfloat16" else 1.0)
+            out[f"{family}-{dtype}"] = {"max_abs_diff": diff, "bound": bound, "ok": diff <= bound}
+    return out
+
+
+def _llm(path: Path, device: torch.device, dtype: str) -> LLM:
+    return LLM(load_model(path, device, dtype), IdTokenizer(), path)
+
+
+def compiled_vs_eager(llm: LLM, batches: tuple[int, ...], new_tokens: int) -> dict[str, Any]:
+    """Greedy tokens of every method, eager and compiled (CUDA graphs on GPU), must be equal."""
+    out = {}
+    for method in METHODS:
+        for batch in batches:
+            encoded = workload(method, batch, 5, 40, llm.config.vocab_size)
+            options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True,
+                                      confidences=[[1.0] * len(e.paraphrases) for e in encoded])
+            runs = []
+            for compiled in (False, True):
+                flex.set_compiled(compiled)
+                runs.append([r.token_ids for r in run_encoded(llm, method, encoded, options)])
+            flex.set_compiled(False)
+            out[f"{method}-batch{batch}"] = {"equal": runs[0] == runs[1]}
+    return out
+
+
+def recompiles(llm: LLM, new_tokens: int) -> dict[str, Any]:
+    """Graphs compiled for five prompt lengths after a warm-up on the longest: must be none.
+
+    The packed lengths (234–314 tokens) share one cache bucket and the longest needs every
+    prefill chunk size the others do, so any new graph is a real recompile."""
+    from torch._dynamo.utils import counters
+
+    flex.set_compiled(True)
+    try:
+        options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True)
+        lengths = (66, 50, 54, 58, 62)
+        for n in lengths:
+            if n == lengths[1]:
+                before = counters["stats"]["unique_graphs"]
+            run_encoded(llm, "flex", workload("flex", 1, 5, n, llm.config.vocab_size), options)
+        return {"lengths": lengths, "new_graphs_after_warmup": counters["stats"]["unique_graphs"] - before}
+    finally:
+        flex.set_compiled(False)
+
+
+def host_syncs(llm: LLM, new_tokens: int) -> dict[str, Any]:
+    """Synchronising calls seen by the profiler during one compiled avg generation."""
+    flex.set_compiled(True)
+    try:
+        encoded = workload("avg", 1, 5, 64, llm.config.vocab_size)
+        options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True)
+        run_encoded(llm, "avg", encoded, options)  # compile outside the profile
+        with torch.profiler.profile() as prof:
+            run_encoded(llm, "avg", encoded, options)
+        names = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
+        counts = {n: sum(e.count for e in prof.key_averages() if e.key == n) for n in names}
+        return {"new_tokens": new_tokens, "counts": counts}
+    finally:
+        flex.set_compiled(False)
+
+
+def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overrides: dict, quick: bool) -> dict:
+    out: dict[str, Any] = {}
+    settings = dict(new_tokens=8, repeats=2, prompt_tokens=40) if quick else {}
+    for shape in shapes:
+        path = random_checkpoint_dir(shape, "bfloat16", **overrides)
+        for batch in batches:
+            out[f"{shape}-origin-batch{batch}"] = run_bench(model=str(path), batch=batch, dtype="bfloat16",
+                                                            device=device, compare="transformers", **settings)
+        for method in METHODS:
+            out[f"{shape}-{method}-5"] = run_bench(model=str(path), method=method, dtype="bfloat16", device=device,
+                                                   **settings)
+    return out
+
+
+def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int) -> dict[str, Any]:
+    """Items/s of an eval-like sweep: `questions` × 6 prompts, `new_tokens`-token answers, compiled."""
+    flex.set_compiled(True)
+    out = {}
+    try:
+        for method in ("origin", "avg", "max", "hidden_avg", "flex"):
+            encoded = workload(method, batch, 6, 96, llm.config.vocab_size)
+            options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True)
+            run_encoded(llm, method, encoded, options)  # compile
+            times = []
+            for _ in range(max(1, questions // batch)):
+                start = time.perf_counter()
+                run_encoded(llm, method, encoded, options)
+                sync(llm.device)
+                times.append(time.perf_counter() - start)
+            out[method] = {"items_per_s": batch / statistics.median(times), "seconds": sum(times),
+                           "questions": batch * len(times)}
+    finally:
+        flex.set_compiled(False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON results")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run that also works on CPU")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MinirunError("no CUDA GPU is visible: run this on the GPU machine, or pass --device cpu --quick "
+                           "for a dry run")
+    if device.type != "cuda" and not args.quick:
+        raise MinirunError("full-size checks need a GPU: pass --device cuda, or --quick for a CPU dry run")
+    args.out.mkdir(parents=True, exist_ok=True)
+    shape = TINY if args.quick else SMALL
+    overrides = TINY if args.quick else {}
+    new_tokens = 6 if args.quick else 24
+    path = random_checkpoint_dir("llama-3.2-1b", "bfloat16", **overrides)
+    sections: dict[str, Callable[[], Any]] = {
+        "parity": lambda: parity(device, shape, args.out / "checkpoints"),
+        "compiled": lambda: compiled_vs_eager(_llm(path, device, "bfloat16"), (1, 8), new_tokens),
+        "recompiles": lambda: recompiles(_llm(path, device, "bfloat16"), new_tokens),
+        "host_syncs": lambda: host_syncs(_llm(path, device, "bfloat16"), new_tokens),
+        "speed": lambda: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick),
+        "sweep": lambda: eval_sweep(_llm(path, device, "bfloat16"), 16 if args.quick else 2000, 8 if args.quick
+                                    else 64, 10),
+    }
+    facts = machine(device, "bfloat16")
+    for name, run in sections.items():
+        start = time.perf_counter()
+        try:
+            result = {"ok": True, "result": run()}
+        except Exception as e:  # noqa: BLE001 - a failing check is a finding to record; the others still run
+            result = {"ok": False, "error": error_text(e)}
+        result |= {"seconds": time.perf_counter() - start, **facts}
+        (args.out / f"gpu-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"{name}: {'ok' if result['ok'] else result['error']} ({result['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MinirunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
