@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from minirun.bench.compare import cpu_facts
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import load
 from minirun.eval.data import load_dataset
 from minirun.eval.loop import SUFFIX, few_shot_prefixes
+from minirun.layers.calibrate import cpu_facts
 from minirun.methods import EnsembleOptions, Question
 from minirun.methods.choice import score_choices
 

@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hidden_reference import recompute_hidden_avg  # noqa: E402
 
-from minirun.bench.compare import cpu_facts  # noqa: E402
 from minirun.bench.run import run_bench  # noqa: E402
 from minirun.checkpoints.hub import default_model_path  # noqa: E402
 from minirun.engine.llm import load  # noqa: E402
@@ -32,6 +31,7 @@ from minirun.eval.data import load_dataset  # noqa: E402
 from minirun.eval.loop import STOP, SUFFIX, few_shot_prefixes  # noqa: E402
 from minirun.eval.matching import extract_answer  # noqa: E402
 from minirun.layers import flex  # noqa: E402
+from minirun.layers.calibrate import cpu_facts  # noqa: E402
 from minirun.methods import EnsembleOptions, Question, run_method  # noqa: E402
 from minirun.methods.packing import encode_question  # noqa: E402
 from minirun.methods.runner import default_fusion_layer  # noqa: E402

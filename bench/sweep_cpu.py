@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from minirun.bench.compare import cpu_facts
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import LLM, load
 from minirun.eval.data import load_dataset
 from minirun.eval.loop import STOP, SUFFIX, evaluate, few_shot_prefixes
 from minirun.eval.matching import extract_answer
+from minirun.layers.calibrate import cpu_facts
 from minirun.methods.packing import encode_question
 from minirun.methods.runner import default_fusion_layer
 

@@ -1,6 +1,8 @@
 """Shared fixtures: small random-weight checkpoints and the real default model."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from checkpoints import ARCHS, write_checkpoint
 from smollm2_fixture import smollm2_dir, smollm2_f32_dir, smollm2_gguf  # noqa: F401  (session fixtures)
@@ -16,3 +18,8 @@ def checkpoint_dirs(tmp_path_factory) -> dict:
 @pytest.fixture(params=list(ARCHS))
 def arch_dir(request, checkpoint_dirs):
     return request.param, checkpoint_dirs[request.param]
+
+
+# Kernel calibration (layers/calibrate.py) times kernels for tens of seconds per shape on a new
+# machine: the suite runs on the defaults, and test_calibrate.py measures on purpose.
+os.environ.setdefault("MINIRUN_CALIBRATE", "0")

@@ -96,21 +96,6 @@ def device_name(device: torch.device) -> str:
     return f"{model or 'cpu'} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
-
-
-def cpu_facts() -> dict[str, Any]:
-    """The CPU model and the flags that decide kernel speed: results move between machine kinds."""
-    facts: dict[str, Any] = {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
-                             "torch_threads": torch.get_num_threads()}
-    if os.path.exists("/proc/cpuinfo"):
-        lines = open("/proc/cpuinfo").read().splitlines()
-        facts["cpu"] = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), facts["cpu"])
-        flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
-        facts["flags"] = {f: f in flags for f in CPU_FLAGS}
-    return facts
-
-
 def error_text(e: Exception) -> str:
     """Exception type, its first line and the first compiler `error:` line (Inductor dumps whole files)."""
     lines = str(e).splitlines() or [""]

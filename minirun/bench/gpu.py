@@ -20,13 +20,14 @@ from typing import Any, Callable
 
 import torch
 
-from minirun.bench.compare import cpu_facts, error_text, sync
+from minirun.bench.compare import error_text, sync
 from minirun.bench.run import IdTokenizer, random_checkpoint_dir, run_bench, workload
 from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.random import random_checkpoint
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.layers import flex
+from minirun.layers.calibrate import cpu_facts
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 
 PARITY = {"llama": "llama-3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b"}

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from minirun.bench.compare import cpu_facts, device_name, error_text, measure, sync
+from minirun.bench.compare import device_name, error_text, measure, sync
 from minirun.checkpoints.loader import load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.engine.session import Hooks
 from minirun.errors import MinirunError
 from minirun.layers import flex
+from minirun.layers.calibrate import cpu_facts
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row

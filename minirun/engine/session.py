@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 
 from minirun.errors import MinirunError
-from minirun.layers import flex
+from minirun.layers import calibrate, flex
 from minirun.layers.compiled import Compiled
 from minirun.layers.hidden_fusion import HiddenFusion
+from minirun.layers.linear import set_stream_max_rows
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
@@ -61,16 +62,18 @@ def _score_mod(segments: torch.Tensor, log_weights: torch.Tensor | None, offset:
     return None if log_weights is None else segment_bias(segments, log_weights, offset)
 
 
-def mask_rows(full_mask: BlockMask, segments: torch.Tensor, rows: int, start: torch.Tensor, length: int) -> BlockMask:
+def mask_rows(full_mask: BlockMask, segments: torch.Tensor, rows: int, start: torch.Tensor, length: int,
+              live: int | None = None) -> BlockMask:
     """The part of `full_mask` for `rows` rows and `length` queries from cache slot `start` (a tensor).
 
     The queries cover whole mask block rows or lie inside one, taken with a tensor index; the base
     mask_mod is re-attached shifted by `start`, so slicing never depends on Python ints that change.
+    `live` (the slots written so far) narrows the key length for dense attention (`flex.attention`).
     """
     block = full_mask.BLOCK_SIZE[0]
     part = full_mask[:rows, :, start // block + torch.arange(-(-length // block), device=start.device)]
     part.mask_mod = offset_queries(segment_mask(segments[:rows]), start)
-    part.seq_lengths = (length, full_mask.seq_lengths[1])
+    part.seq_lengths = (length, live or full_mask.seq_lengths[1])
     return part
 
 
@@ -111,6 +114,24 @@ def compiled_decode_step(device: torch.device) -> Compiled:
     return _compiled_steps[mode]
 
 
+def tune(model: Decoder) -> None:
+    """Set the machine-dependent kernel choices for a compiled CPU model (measured once per machine,
+    cached on disk: `layers.calibrate`); before its first compile, which bakes them in."""
+    if flex.is_compiled() and model.device.type == "cpu":
+        set_stream_max_rows(model.dtype, calibrate.stream_max_rows(model.stream_calibration_weights()))
+
+
+def dense_prefill(model: Decoder, rows: int, queries: int) -> bool:
+    """Whether a prefill chunk runs SDPA with a dense mask over the written slots rather than compiled
+    FlexAttention: always when eager; on a compiled CPU model, whichever this machine runs faster."""
+    if not flex.is_compiled():
+        return True
+    if model.device.type != "cpu":
+        return False
+    c = model.config
+    return calibrate.prefill_attention(model.dtype, rows, c.num_heads, c.num_kv_heads, c.head_dim, queries) == "sdpa"
+
+
 @dataclass(frozen=True)
 class Hooks:
     """Callbacks that observe a session from outside (the benchmark's clock) without subclassing it."""
@@ -129,6 +150,7 @@ class Session:
                  hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None):
         self.model, self.batch, self.max_slots, self.hooks = model, batch, max_slots, hooks
         self.device = model.device
+        tune(model)
         model.setup_cache(batch, max_slots)
         # Slots not yet written default to SHARED: that is what generated tokens are.
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
@@ -193,7 +215,8 @@ class Session:
             start = torch.tensor(self.length, device=self.device)
             slots = torch.arange(self.length, self.length + size, device=self.device)
             chunk = slice(done, done + size)
-            mask = mask_rows(full_mask, self.segments, rows, start, size)
+            live = self.length + size if dense_prefill(self.model, rows, size) else None
+            mask = mask_rows(full_mask, self.segments, rows, start, size, live)
             score_mod = _score_mod(self.segments[:rows], log_weights, start)
             done += size
             if every_token:

@@ -56,12 +56,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
     """q [B, H, T, D] against k/v [B, Hkv, S, D] under `block_mask`; GQA handled by the kernel."""
     if torch.compiler.is_compiling():  # traced into a compiled graph (the decode step)
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
-    if _state["compiled"]:
+    live = block_mask.seq_lengths[1]  # keys past it are unwritten cache slots (session.mask_rows), never visible
+    if _state["compiled"] and live == k.shape[2]:
         return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
     cached = getattr(block_mask, "_dense", None)  # (score_mod, mask), made by the first layer for all of them
     if cached is None or cached[0] is not score_mod:
-        cached = block_mask._dense = (score_mod, dense_mask(block_mask, score_mod, q, k.shape[2]))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=True)
+        cached = block_mask._dense = (score_mod, dense_mask(block_mask, score_mod, q, live))
+    return F.scaled_dot_product_attention(q, k[:, :, :live], v[:, :, :live], attn_mask=cached[1], enable_gqa=True)
 
 
 def dense_mask(block_mask: BlockMask, score_mod: Callable | None, q: torch.Tensor, kv_len: int) -> torch.Tensor:

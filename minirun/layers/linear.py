@@ -18,7 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STREAM_MAX_ROWS = 10  # measured crossover with BLAS on 2 cores: 1.2-5x faster up to 10 rows, slower from 12
+STREAM_MAX_ROWS = 10  # default crossover with BLAS (AMD EPYC, 2 cores); `layers.calibrate` measures each machine's
+
+_max_rows: dict[torch.dtype, int] = {}
+
+
+def set_stream_max_rows(dtype: torch.dtype, rows: int) -> None:
+    """Stream products of at most `rows` rows for weights of `dtype` (set before the first compile)."""
+    _max_rows[dtype] = rows
+
+
+def stream_max_rows(dtype: torch.dtype) -> int:
+    return _max_rows.get(dtype, STREAM_MAX_ROWS)
 
 
 def _row_major(rows: torch.Tensor) -> torch.Tensor:
@@ -31,15 +42,17 @@ def _row_major(rows: torch.Tensor) -> torch.Tensor:
 def streams(x: torch.Tensor) -> bool:
     """Whether `x @ W.T` takes the streaming form: compiling, on CPU, with few rows."""
     rows = x.numel() // x.shape[-1]
-    return torch.compiler.is_compiling() and x.device.type == "cpu" and rows <= STREAM_MAX_ROWS
+    return torch.compiler.is_compiling() and x.device.type == "cpu" and rows <= stream_max_rows(x.dtype)
+
+
+def stream_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows [M, K] @ weight[N, K].T (+ bias) as a broadcast multiply and a sum over K: [M, N]."""
+    y = (weight[:, None, :] * _row_major(rows)[None]).sum(-1).t()  # [N, M] reduced over K, viewed [M, N]
+    return y if bias is None else y + bias
 
 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not streams(x):
-            return F.linear(x, self.weight, self.bias)
-        rows = _row_major(x.reshape(-1, x.shape[-1]))  # [M, K]
-        y = (self.weight[:, None, :] * rows[None]).sum(-1).t()  # [N, M] reduced over K, viewed [M, N]
-        if self.bias is not None:
-            y = y + self.bias
+        rows = x.reshape(-1, x.shape[-1])  # [M, K]: a 3-D input of one row takes a ~15x slower bfloat16 kernel
+        y = stream_product(rows, self.weight, self.bias) if streams(x) else F.linear(rows, self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)

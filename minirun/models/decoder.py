@@ -105,11 +105,27 @@ class Decoder(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def stream_calibration_weights(self) -> list[torch.Tensor]:
+        """Every block's widest matrix: what the streaming-product threshold is timed on (`layers.calibrate`)."""
+        return [layer.mlp.w_gate_up.weight for layer in self.layers]
+
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
-        """Allocate every layer's KV cache once for a whole generation."""
+        """Allocate every layer's KV cache once for a whole generation.
+
+        A cache of the same shape is kept rather than reallocated: zeroing it again costs time in
+        every prefill, and a CUDA graph replays against the buffers it was captured with. Stale
+        entries are never read: every unwritten slot is masked.
+        """
         c, w = self.config, self.embed.weight
+        shape = (batch, c.num_kv_heads, max_seq_len, c.head_dim)
         for layer in self.layers:
-            layer.attn.kv_cache = KVCache(batch, c.num_kv_heads, max_seq_len, c.head_dim, w.dtype, w.device)
+            cache = layer.attn.kv_cache
+            if cache is None or cache.k.shape != shape or cache.k.dtype != w.dtype or cache.k.device != w.device:
+                layer.attn.kv_cache = KVCache(*shape, w.dtype, w.device)
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | None = None, score_mod: Callable | None = None,
