@@ -140,3 +140,23 @@ def test_decode_loop_reads_no_scalars_from_the_device(llm, monkeypatch, method):
     run(llm, method, "Capital of France?")
     assert sum(recorder.count.values()) > 0  # the recorder saw the loop's work
     assert sum(recorder.count[op] for op in SCALAR_READS) == 0
+
+
+def test_prefill_regions_serve_every_block_with_one_graph(checkpoint_dirs, compiled):
+    """A compiled CPU prefill runs each block's code around attention as compiled graphs: one graph
+    per chunk shape for all blocks (no recompile per layer), logits equal to eager."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from minirun.models import decoder
+
+    llm = minirun.load(checkpoint_dirs["qwen2"])
+    tokens = torch.randint(3, 320, (7, 2 * CHUNK))  # 7 rows: a shape no other test compiles
+    positions = torch.arange(2 * CHUNK).expand(7, -1)
+    segments = torch.zeros((7, 2 * CHUNK), dtype=torch.int32)
+    before = [len(_debug_get_cache_entry_list(f.__code__)) for f in (decoder.before_attention, decoder.after_attention)]
+    logits = llm.session(7, cache_size(2 * CHUNK)).prefill(tokens, positions, segments)
+    after = [len(_debug_get_cache_entry_list(f.__code__)) for f in (decoder.before_attention, decoder.after_attention)]
+    assert llm.config.num_layers == 2 and [a - b for a, b in zip(after, before)] == [1, 1]
+    flex.set_compiled(False)
+    eager = llm.session(7, cache_size(2 * CHUNK)).prefill(tokens, positions, segments)
+    assert (logits - eager).abs().max().item() <= 1e-4

@@ -36,7 +36,7 @@ def cpu_facts() -> dict[str, Any]:
     facts: dict[str, Any] = {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads()}
     if os.path.exists("/proc/cpuinfo"):
-        lines = open("/proc/cpuinfo").read().splitlines()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
         facts["cpu"] = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), facts["cpu"])
         flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
         facts["flags"] = {f: f in flags for f in CPU_FLAGS}

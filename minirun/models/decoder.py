@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from minirun.layers import flex
+from minirun.layers.compiled import Compiled
 from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest
 from minirun.layers.kv_cache import KVCache
 from minirun.layers.linear import Linear
@@ -47,8 +48,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
-                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised states [B, T, E] -> q [B, H, T, D] and k, v [B, K, T, D], RoPE applied."""
         c = self.c
         B, T, _ = x.shape
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -60,10 +61,23 @@ class Attention(nn.Module):
         q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, D]
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, D]
         v = v.view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)  # [B, K, T, D]
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
+               slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+        """Write k, v at cache `slots` (if any) and attend: [B, H, T, D]."""
         if slots is not None:
             k, v = self.kv_cache.update(slots, k, v)  # [B, K, S, D]
-        y = flex.attention(q, k, v, block_mask, score_mod)  # [B, H, T, D]
-        return self.wo(y.transpose(1, 2).reshape(B, T, q_dim))
+        return flex.attention(q, k, v, block_mask, score_mod)
+
+    def out(self, y: torch.Tensor) -> torch.Tensor:
+        """Attention output [B, H, T, D] -> [B, T, E]."""
+        B, _, T, _ = y.shape
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.c.num_heads * self.c.head_dim))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
+                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+        return self.out(self.attend(*self.project(x, cos, sin), block_mask, slots, score_mod))
 
 
 class MLP(nn.Module):
@@ -87,8 +101,47 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
                 slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, block_mask, slots, score_mod)
-        return x + self.mlp(self.mlp_norm(x))
+        if prefill_regions(x):
+            q, k, v = _compiled_before(self, x, cos, sin)
+            return _compiled_after(self, x, self.attn.attend(q, k, v, block_mask, slots, score_mod))
+        return after_attention(self, x, self.attn.attend(*before_attention(self, x, cos, sin), block_mask, slots,
+                                                          score_mod))
+
+
+def before_attention(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A block up to attention: norm, q/k/v projection, q/k norm, RoPE."""
+    return block.attn.project(block.attn_norm(x), cos, sin)
+
+
+def after_attention(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A block after attention: output projection, residual, norm, MLP, residual."""
+    x = x + block.attn.out(y)
+    return x + block.mlp(block.mlp_norm(x))
+
+
+def prefill_regions(x: torch.Tensor) -> bool:
+    """Whether a prompt chunk runs a block's code around attention as two compiled graphs.
+
+    Eager, the ~40 small operations of a block (RMSNorm's six, RoPE's twelve, SiLU·up, residuals)
+    each cost a dispatch and a pass over memory; compiled, they fuse into a few loops between the
+    matrix products. Attention and the cache write stay outside, so the graphs depend on the chunk's
+    shape only, never on the cache size, and serve every block of the model. On CPU; the decode step
+    is compiled whole instead.
+    """
+    return flex.is_compiled() and x.device.type == "cpu" and x.shape[1] > 1 and not torch.compiler.is_compiling()
+
+
+def _region_key(block: Block, x: torch.Tensor, *rest: torch.Tensor) -> tuple:
+    return (x.shape[0], x.shape[1], x.dtype)
+
+
+def _region_label(block: Block, x: torch.Tensor, *rest: torch.Tensor) -> str:
+    return f"{x.shape[0]} rows of {x.shape[1]} tokens, {str(x.dtype).removeprefix('torch.')}"
+
+
+_compiled_before = Compiled(before_attention, "a block's projections before attention", _region_key, _region_label,
+                            dynamic=False)
+_compiled_after = Compiled(after_attention, "a block's MLP after attention", _region_key, _region_label, dynamic=False)
 
 
 class Decoder(nn.Module):
