@@ -5,7 +5,8 @@ SmolLM2-135M step (30 layers of q/k/v, o, gate/up, down, plus the 49152-row lm_h
 F.linear (Inductor calls BLAS) and as minirun's `Linear` under torch.compile (a broadcast
 multiply + sum Inductor turns into a weight-streaming reduction), in one process, interleaved.
 Also the machine's read bandwidth (a 512 MiB sum), the ceiling for M = 1.
-Writes bench/results/gemv-cpu-<date>.json; STREAM_MAX_ROWS in minirun/layers/linear.py comes from it.
+Writes bench/results/gemv-cpu-<date>.json; the default STREAM_MAX_ROWS in
+minirun/layers/linear.py came from it (layers/calibrate.py now measures each machine's own).
 
 Usage: python bench/gemv_cpu.py [--rows 1,2,...]
 """
@@ -15,32 +16,19 @@ import argparse
 import datetime
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from minirun.bench.compare import device_name
-from minirun.layers.linear import Linear
-from minirun.models import linear
+from minirun.layers.calibrate import median_seconds
+from minirun.layers.linear import Linear, set_stream_max_rows
 
 # (out_features, in_features, matrices per step) for SmolLM2-135M
 SHAPES = {"qkv": (960, 576, 30), "o": (576, 576, 30), "gate_up": (3072, 576, 30), "down": (576, 1536, 30),
           "lm_head": (49152, 576, 1)}
 DISTINCT = 4  # distinct weights timed per shape (more would not fit the cache either; scaled to the count)
-
-
-def seconds(fn, repeats: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def step_seconds(layers: dict[str, list[Linear]], rows: int, streaming: bool) -> float:
@@ -51,7 +39,7 @@ def step_seconds(layers: dict[str, list[Linear]], rows: int, streaming: bool) ->
         fns = [torch.compile(layer if streaming else (lambda x, w=layer.weight: F.linear(x, w)), dynamic=False)
                for layer in layers[name]]
         with torch.no_grad():
-            total += seconds(lambda: [f(x) for f in fns]) / len(fns) * count
+            total += median_seconds(lambda: [f(x) for f in fns]) / len(fns) * count
     return total
 
 
@@ -60,12 +48,12 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,12,16,24,40")
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = 1024
-    linear.STREAM_MAX_ROWS = 10**9  # stream at every row count, to find where BLAS overtakes it
+    set_stream_max_rows(torch.float32, 10**9)  # stream at every row count, to find where BLAS overtakes it
     torch.manual_seed(0)
     layers = {name: [Linear(k, n, bias=False) for _ in range(DISTINCT)] for name, (n, k, _) in SHAPES.items()}
     weight_bytes = sum(n * k * count * 4 for n, k, count in SHAPES.values())
     big = torch.randn(2**27)
-    read_gb_s = big.numel() * 4 / seconds(lambda: big.sum(), 5) / 1e9
+    read_gb_s = big.numel() * 4 / median_seconds(lambda: big.sum(), 5) / 1e9
     rows = {}
     for m in (int(r) for r in args.rows.split(",")):
         blas, stream = step_seconds(layers, m, False), step_seconds(layers, m, True)

@@ -82,6 +82,7 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 15) -> float:
+    """Median wall time of `fn` over `repeats` calls after 3 warm-up calls: robust to a noisy machine."""
     for _ in range(3):
         fn()
     times = []
