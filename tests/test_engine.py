@@ -69,3 +69,14 @@ def test_eager_step_builds_its_dense_mask_once(llm, monkeypatch):
         session.decode(torch.tensor([8]), torch.tensor([3 + step]))
     assert llm.config.num_layers > 1
     assert prefill_builds == 1 and len(builds) == 4  # one chunk, then three steps
+
+
+def test_a_reused_cache_is_cleared(llm):
+    """Sessions of one shape share the cache buffers, but never an earlier generation's values (a NaN
+    there would reach P @ V through masked slots of a partly visible block)."""
+    first = Session(llm.model, 1, cache_size(8))
+    cache = llm.model.layers[0].attn.kv_cache
+    cache.k.fill_(float("nan"))
+    Session(llm.model, 1, cache_size(8))
+    assert llm.model.layers[0].attn.kv_cache is cache and not cache.k.isnan().any()
+    assert first.max_slots == cache.k.shape[2]

@@ -169,9 +169,10 @@ class Decoder(nn.Module):
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
         """Allocate every layer's KV cache once for a whole generation.
 
-        A cache of the same shape is kept rather than reallocated: zeroing it again costs time in
-        every prefill, and a CUDA graph replays against the buffers it was captured with. Stale
-        entries are never read: every unwritten slot is masked.
+        A cache of the same shape is kept rather than reallocated, as a CUDA graph replays against
+        the buffers it was captured with; it is zeroed all the same, because masked slots inside a
+        partly visible block still enter FlexAttention's P @ V (with weight 0, which a NaN left by an
+        earlier generation would turn into NaN).
         """
         c, w = self.config, self.embed.weight
         shape = (batch, c.num_kv_heads, max_seq_len, c.head_dim)
@@ -179,6 +180,10 @@ class Decoder(nn.Module):
             cache = layer.attn.kv_cache
             if cache is None or cache.k.shape != shape or cache.k.dtype != w.dtype or cache.k.device != w.device:
                 layer.attn.kv_cache = KVCache(*shape, w.dtype, w.device)
+            else:
+                with torch.inference_mode():  # the buffers may be inference tensors (made by an earlier session)
+                    cache.k.zero_()
+                    cache.v.zero_()
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | None = None, score_mod: Callable | None = None,
