@@ -10,6 +10,7 @@ measuring and uses the defaults (the AMD EPYC figures in bench/README.md).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -31,15 +32,23 @@ DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written 
 _memo: dict[str, Any] = {}
 
 
+@functools.cache
+def _cpuinfo() -> tuple[str, dict[str, bool]] | None:
+    """Model name and kernel flags from /proc/cpuinfo, read once per process (every prefill chunk asks)."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return None
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.processor())
+    flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
+    return model or "cpu", {f: f in flags for f in CPU_FLAGS}
+
+
 def cpu_facts() -> dict[str, Any]:
     """The CPU model and the flags that decide kernel speed: results move between machine kinds."""
     facts: dict[str, Any] = {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads()}
-    if os.path.exists("/proc/cpuinfo"):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        facts["cpu"] = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), facts["cpu"])
-        flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
-        facts["flags"] = {f: f in flags for f in CPU_FLAGS}
+    if (info := _cpuinfo()) is not None:
+        facts["cpu"], facts["flags"] = info[0], dict(info[1])
     return facts
 
 
@@ -64,11 +73,11 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
     `measure()` returns {"value": ..., plus the timings behind it}; all of it is written to the cache
     file so a reader can see why a kernel was chosen.
     """
+    if not enabled():
+        return default
     key = f"{machine_key()} | {name} | " + ", ".join(f"{k}={v}" for k, v in sorted(shape.items()))
     if key in _memo:
         return _memo[key]
-    if not enabled():
-        return default
     path = cache_file()
     entries = json.loads(path.read_text()) if path.is_file() else {}
     if key not in entries:

@@ -75,10 +75,6 @@ class Attention(nn.Module):
         B, _, T, _ = y.shape
         return self.wo(y.transpose(1, 2).reshape(B, T, self.c.num_heads * self.c.head_dim))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
-                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
-        return self.out(self.attend(*self.project(x, cos, sin), block_mask, slots, score_mod))
-
 
 class MLP(nn.Module):
     def __init__(self, c: ModelConfig):
