@@ -6,4 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results/gpu-$(date +%F)}"
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 python -m minirun.bench.gpu --out "$out"
+# One process visits many shapes on purpose (every method, two batch sizes, two model shapes).
+MINIRUN_RECOMPILE_LIMIT="${MINIRUN_RECOMPILE_LIMIT:-256}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "${PYTHON:-python3}" -m minirun.bench.gpu --out "$out"

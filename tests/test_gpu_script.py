@@ -1,12 +1,21 @@
-"""The one-command GPU check refuses cleanly without CUDA. (Its `--quick` CPU dry run of every
-section takes ~8 minutes on 2 cores, too long for this suite; the sections call the functions the
+"""The one-command GPU check (`bench/gpu.sh`): it refuses cleanly without CUDA, and the sections
+that are quick on a CPU run here at tiny sizes. (The whole `--quick` dry run takes ~3 minutes on 2
+cores with warm compile caches, too long for this suite; its other sections call the functions the
 other tests cover: run_encoded, run_bench, the loader.)"""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 
 from minirun.bench import gpu
+from minirun.bench.run import random_checkpoint_dir
 from minirun.errors import MinirunError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_refuses_without_cuda(tmp_path):
@@ -15,3 +24,36 @@ def test_refuses_without_cuda(tmp_path):
     with pytest.raises(MinirunError, match="full-size checks need a GPU"):
         gpu.main(["--device", "cpu", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_the_shell_command_refuses_in_one_line(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "out")], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: no CUDA GPU is visible: run this on the GPU machine, or pass --device cpu --quick for a dry run"]
+
+
+def test_failed_checks_finds_every_false_verdict():
+    result = {"llama-float32": {"ok": True}, "qwen2-bfloat16": {"ok": False, "max_abs_diff": 0.5},
+              "flex-batch8": {"equal": False}, "host": {"ok": None}, "speed": {"tokens_per_s": 3.0}}
+    assert gpu.failed_checks(result) == ["qwen2-bfloat16", "flex-batch8"]
+    assert gpu.failed_checks({"ok": False}) == ["result"]
+    assert gpu.failed_checks([1, 2]) == []
+
+
+def test_parity_section_passes_on_tiny_checkpoints(tmp_path):
+    result = gpu.parity(torch.device("cpu"), gpu.TINY, tmp_path)
+    assert set(result) == {f"{f}-{d}" for f in gpu.PARITY for d in gpu.TOLERANCE}
+    assert gpu.failed_checks(result) == []
+    assert result["llama-float32"]["bound"] == 1e-4
+
+
+def test_per_step_counts_cancel_prefill_out():
+    llm = gpu.llm_for(random_checkpoint_dir("smollm2-135m", "float32", **gpu.TINY), torch.device("cpu"), "float32")
+    syncs = gpu.host_syncs(llm, 2)
+    assert syncs["new_tokens"] == [2, 4] and syncs["ok"] is None  # the verdicts are CUDA's
+    assert set(syncs["per_step"]) == set(gpu.SYNCS) | {"gpu_kernels"}
+    assert syncs["per_step"]["cudaStreamSynchronize"] == 0
+    steps = gpu.launches(llm, 2)["per_step"]
+    assert steps == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}

@@ -75,7 +75,7 @@ def parity(device: torch.device, shape: dict, root: Path) -> dict[str, Any]:
     return out
 
 
-def _llm(path: Path, device: torch.device, dtype: str) -> LLM:
+def llm_for(path: Path, device: torch.device, dtype: str) -> LLM:
     return LLM(load_model(path, device, dtype), IdTokenizer(), path)
 
 
@@ -111,25 +111,58 @@ def recompiles(llm: LLM, new_tokens: int) -> dict[str, Any]:
             if n == lengths[1]:
                 before = counters["stats"]["unique_graphs"]
             run_encoded(llm, "flex", workload("flex", 1, 5, n, llm.config.vocab_size), options)
-        return {"lengths": lengths, "new_graphs_after_warmup": counters["stats"]["unique_graphs"] - before}
+        new = counters["stats"]["unique_graphs"] - before
+        return {"lengths": lengths, "new_graphs_after_warmup": new, "ok": new == 0}
+    finally:
+        flex.set_compiled(False)
+
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
+LAUNCHES = {"graph_launches": ("cudaGraphLaunch",), "kernel_launches": ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                      "cuLaunchKernelEx")}
+
+
+def per_step_counts(llm: LLM, method: str, new_tokens: int, names: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Profiler event counts per compiled decode step: two generations of `new_tokens` and
+    2 × `new_tokens` tokens, their difference divided by the extra steps, so prefill and set-up
+    cancel out. `names` maps a label to the event names it counts; `gpu_kernels` is always added."""
+    flex.set_compiled(True)
+    try:
+        encoded = workload(method, 1, 5, 64, llm.config.vocab_size)
+        counts = []
+        for n in (new_tokens, 2 * new_tokens):
+            options = EnsembleOptions(max_new_tokens=n, ignore_eos=True)
+            run_encoded(llm, method, encoded, options)  # compile outside the profile
+            with torch.profiler.profile() as prof:
+                run_encoded(llm, method, encoded, options)
+                sync(llm.device)
+            events = prof.events()
+            count = {label: sum(e.name in group for e in events) for label, group in names.items()}
+            count["gpu_kernels"] = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
+            counts.append(count)
+        return {"method": method, "new_tokens": [new_tokens, 2 * new_tokens], "counts": counts,
+                "per_step": {k: (counts[1][k] - counts[0][k]) / new_tokens for k in counts[0]}}
     finally:
         flex.set_compiled(False)
 
 
 def host_syncs(llm: LLM, new_tokens: int) -> dict[str, Any]:
-    """Synchronising calls seen by the profiler during one compiled avg generation."""
-    flex.set_compiled(True)
-    try:
-        encoded = workload("avg", 1, 5, 64, llm.config.vocab_size)
-        options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True)
-        run_encoded(llm, "avg", encoded, options)  # compile outside the profile
-        with torch.profiler.profile() as prof:
-            run_encoded(llm, "avg", encoded, options)
-        names = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
-        counts = {n: sum(e.count for e in prof.key_averages() if e.key == n) for n in names}
-        return {"new_tokens": new_tokens, "counts": counts}
-    finally:
-        flex.set_compiled(False)
+    """Synchronising calls per decode step of a compiled avg generation: at most the stop check's
+    one in `check_every` (8 on CUDA)."""
+    out = per_step_counts(llm, "avg", new_tokens, {name: (name,) for name in SYNCS})
+    syncs = out["per_step"]["cudaStreamSynchronize"] + out["per_step"]["cudaDeviceSynchronize"]
+    out["ok"] = syncs <= 1 / 8 + 1e-9 if llm.device.type == "cuda" else None
+    return out
+
+
+def launches(llm: LLM, new_tokens: int) -> dict[str, Any]:
+    """Launches per compiled decode step of origin: on CUDA the whole step must be one graph replay
+    (one `cudaGraphLaunch`, no loose kernel launch); `gpu_kernels` is the kernels that replay runs."""
+    out = per_step_counts(llm, "origin", new_tokens, LAUNCHES)
+    steps = out["per_step"]
+    out["ok"] = (steps["graph_launches"] == 1 and steps["kernel_launches"] == 0
+                 if llm.device.type == "cuda" else None)
+    return out
 
 
 def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overrides: dict, quick: bool) -> dict:
@@ -168,6 +201,15 @@ def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int) -> dict[st
     return out
 
 
+def failed_checks(result: Any, where: str = "") -> list[str]:
+    """Paths of every check in a section's result that came out false (`ok` or `equal` is False;
+    None means the check does not apply on this device)."""
+    if not isinstance(result, dict):
+        return []
+    failed = [where or "result" for key in ("ok", "equal") if result.get(key) is False]
+    return failed + [f for key, value in result.items() for f in failed_checks(value, f"{where}/{key}".lstrip("/"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON results")
@@ -187,23 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     path = random_checkpoint_dir("llama-3.2-1b", "bfloat16", **overrides)
     sections: dict[str, Callable[[], Any]] = {
         "parity": lambda: parity(device, shape, args.out / "checkpoints"),
-        "compiled": lambda: compiled_vs_eager(_llm(path, device, "bfloat16"), (1, 8), new_tokens),
-        "recompiles": lambda: recompiles(_llm(path, device, "bfloat16"), new_tokens),
-        "host_syncs": lambda: host_syncs(_llm(path, device, "bfloat16"), new_tokens),
+        "compiled": lambda: compiled_vs_eager(llm_for(path, device, "bfloat16"), (1, 8), new_tokens),
+        "recompiles": lambda: recompiles(llm_for(path, device, "bfloat16"), new_tokens),
+        "host_syncs": lambda: host_syncs(llm_for(path, device, "bfloat16"), new_tokens),
+        "launches": lambda: launches(llm_for(random_checkpoint_dir("smollm2-135m", "bfloat16", **overrides), device,
+                                          "bfloat16"), new_tokens),
         "speed": lambda: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick),
-        "sweep": lambda: eval_sweep(_llm(path, device, "bfloat16"), 16 if args.quick else 2000, 8 if args.quick
+        "sweep": lambda: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000, 8 if args.quick
                                     else 64, 10),
     }
     facts = machine(device, "bfloat16")
     for name, run in sections.items():
         start = time.perf_counter()
         try:
-            result = {"ok": True, "result": run()}
+            checked = run()
+            result = {"ok": True, "result": checked, "failed_checks": failed_checks(checked)}
         except Exception as e:  # noqa: BLE001 - a failing check is a finding to record; the others still run
             result = {"ok": False, "error": error_text(e)}
         result |= {"seconds": time.perf_counter() - start, **facts}
         (args.out / f"gpu-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"{name}: {'ok' if result['ok'] else result['error']} ({result['seconds']:.0f} s)", flush=True)
+        verdict = result["error"] if not result["ok"] else "FAILED " + ", ".join(result["failed_checks"]) \
+            if result["failed_checks"] else "ok"
+        print(f"{name}: {verdict} ({result['seconds']:.0f} s)", flush=True)
     return 0
 
 
