@@ -79,6 +79,8 @@ def test_batch_rows_use_their_own_segments():
 def _block_kinds(block_mask) -> torch.Tensor:
     """[B, q_blocks, kv_blocks]: 0 skipped, 1 partial (mask_mod applied), 2 full (mask_mod skipped)."""
     kinds = block_mask.to_dense()[:, 0].clone()  # partial or full
+    if block_mask.full_kv_num_blocks is None:  # eager's unstructured mask: every block partial
+        return kinds
     counts, indices = block_mask.full_kv_num_blocks[:, 0], block_mask.full_kv_indices[:, 0]
     for b in range(kinds.shape[0]):
         for q in range(kinds.shape[1]):

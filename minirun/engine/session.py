@@ -31,15 +31,26 @@ from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segm
 from minirun.models import Decoder
 
 CHUNKS = (512, 256, 128, 64)  # prefill chunk sizes (tokens): few compiled shapes, big GEMMs for long prompts
-CHUNK = CHUNKS[-1]  # prompts are left-padded to a multiple of the smallest
+CHUNK = CHUNKS[-1]  # compiled, prompts are left-padded to a multiple of the smallest
+EAGER_ALIGN = 8  # eager, to a multiple of this only: no compiled shapes to keep few, and padding costs
 
 
-def chunk_plan(start: int, length: int) -> list[int]:
-    """Chunk sizes covering `length` prompt tokens from cache slot `start` (both multiples of CHUNK).
+def pad_unit() -> int:
+    """What a prompt is left-padded to a multiple of: a 17-token paraphrase row padded to 64 tokens
+    would make eager prefill GEMMs 3× bigger than the work."""
+    return CHUNK if flex.is_compiled() else EAGER_ALIGN
 
-    Largest first, each covering whole mask blocks or lying inside one, so a long prompt takes few
-    calls and a short one little padding (bigger chunks prefill up to ~28% faster per token).
+
+def chunk_plan(start: int, length: int, aligned: bool = True) -> list[int]:
+    """Chunk sizes covering `length` prompt tokens from cache slot `start`.
+
+    `aligned` (compiled): both are multiples of CHUNK and every chunk is one of CHUNKS, largest
+    first, each covering whole mask blocks or lying inside one, so a long prompt takes few calls and
+    a short one little padding (bigger chunks prefill up to ~28% faster per token). Not aligned
+    (eager, dense attention needs no block structure): chunks of the largest size and one remainder.
     """
+    if not aligned:
+        return [min(CHUNKS[0], length - done) for done in range(0, length, CHUNKS[0])]
     plan = []
     while length:
         size = next(c for c in CHUNKS if c <= length and start % min(c, flex.BLOCK) == 0 and
@@ -79,9 +90,12 @@ def mask_rows(full_mask: BlockMask, segments: torch.Tensor, rows: int, start: to
 
 def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
                 full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
-                fusion: HiddenFusion | None = None) -> torch.Tensor:
-    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V]."""
-    step_mask = mask_rows(full_mask, segments, tokens.shape[0], slot[0], 1)
+                fusion: HiddenFusion | None = None, live: int | None = None) -> torch.Tensor:
+    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V].
+
+    `live` (eager only: a compiled step keeps one shape) narrows dense attention to the slots
+    written so far instead of the whole cache."""
+    step_mask = mask_rows(full_mask, segments, tokens.shape[0], slot[0], 1, live)
     logits = model(tokens[:, None], positions[:, None], step_mask, slot, _score_mod(segments, log_weights, slot[0]),
                    fusion=fusion)
     return logits[:, -1].float()
@@ -115,9 +129,13 @@ def compiled_decode_step(device: torch.device) -> Compiled:
 
 
 def tune(model: Decoder) -> None:
-    """Set the machine-dependent kernel choices for a compiled CPU model (measured once per machine,
-    cached on disk: `layers.calibrate`); before its first compile, which bakes them in."""
-    if flex.is_compiled() and model.device.type == "cpu":
+    """Set the machine-dependent kernel choices for a CPU model (measured once per machine, cached on
+    disk: `layers.calibrate`): dense attention's kernel per shape, and for a compiled model the
+    streaming-product threshold, before its first compile, which bakes it in."""
+    if model.device.type != "cpu":
+        return
+    flex.set_dense_kernel(calibrate.dense_attention)
+    if flex.is_compiled():
         set_stream_max_rows(model.dtype, calibrate.stream_max_rows(model.stream_calibration_weights()))
 
 
@@ -170,8 +188,8 @@ class Session:
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V].
 
-        Left-padded to a multiple of CHUNK (padding is a PAD segment, invisible) and run in chunks
-        of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length. With
+        Left-padded to a multiple of `pad_unit()` (padding is a PAD segment, invisible); compiled,
+        run in chunks of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length. With
         `fusion`, the rows' last token (the one that predicts the first answer token) is fused; a
         chunk shared by every row is never fused.
         """
@@ -198,7 +216,7 @@ class Session:
                 every_token: bool) -> torch.Tensor:
         if tokens.shape[1] == 0:
             raise MinirunError("nothing to prefill: the prompt is empty")
-        pad = -tokens.shape[1] % CHUNK
+        pad = -tokens.shape[1] % pad_unit()
         tokens, positions = F.pad(tokens, (pad, 0)), F.pad(positions, (pad, 0))
         segments = F.pad(segments, (pad, 0), value=PAD)
         rows, T = tokens.shape
@@ -211,7 +229,7 @@ class Session:
         log_weights = None if self.log_weights is None else self.log_weights[:rows]
         fusion = self.fusion if rows == self.batch else None
         done, states = 0, []
-        for size in chunk_plan(self.length, T):
+        for size in chunk_plan(self.length, T, aligned=flex.is_compiled()):
             start = torch.tensor(self.length, device=self.device)
             slots = torch.arange(self.length, self.length + size, device=self.device)
             chunk = slice(done, done + size)
@@ -241,8 +259,11 @@ class Session:
         if self.hooks.before_decode is not None:
             self.hooks.before_decode()
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
-        step = compiled_decode_step(self.device) if flex.is_compiled() else decode_step
-        logits = step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
-                      self.fusion)
+        args = (self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
+                self.fusion)
+        if flex.is_compiled():
+            logits = compiled_decode_step(self.device)(*args)
+        else:
+            logits = decode_step(*args, live=self.length + 1)
         self.length += 1
         return logits

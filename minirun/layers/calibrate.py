@@ -28,6 +28,7 @@ from minirun.layers.linear import STREAM_MAX_ROWS, stream_product
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 STREAM_ROWS = (1, 2, 4, 8, 12, 16, 24)  # row counts timed for the streaming-product threshold
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
+DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
 _memo: dict[str, Any] = {}
 
@@ -157,3 +158,29 @@ def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, 
     rows = 1 << (rows - 1).bit_length()  # measured at the next power of two: few shapes to time
     shape = {"dtype": dtype, "rows": rows, "heads": f"{heads}/{kv_heads}x{head_dim}", "queries": queries}
     return measured("prefill_attention", shape, measure, DEFAULT_PREFILL)
+
+
+def _bucket(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,
+                    keys: int) -> str:
+    """"sdpa" or "grouped" (`flex.grouped_attention`): the faster dense attention kernel for this shape,
+    timed at the next power of two of rows, queries and keys (few shapes to measure) under a random
+    mask that leaves every query its first key, as a decode step or a causal chunk does."""
+    rows, queries, keys = _bucket(rows), _bucket(queries), _bucket(keys)
+
+    def measure() -> dict[str, Any]:
+        q = torch.randn(rows, heads, queries, head_dim, dtype=dtype)
+        k, v = (torch.randn(rows, kv_heads, keys, head_dim, dtype=dtype) for _ in range(2))
+        mask = torch.rand(rows, 1, queries, keys) < 0.7
+        mask[..., 0] = True
+        with torch.inference_mode():
+            times = {"sdpa": median_seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                                   enable_gqa=True), 7),
+                     "grouped": median_seconds(lambda: flex.grouped_attention(q, k, v, mask), 7)}
+        return {"value": min(times, key=times.get), "ms": {n: round(t * 1e3, 4) for n, t in times.items()}}
+
+    shape = {"dtype": dtype, "rows": rows, "heads": f"{heads}/{kv_heads}x{head_dim}", "queries": queries, "keys": keys}
+    return measured("dense_attention", shape, measure, DEFAULT_DENSE)

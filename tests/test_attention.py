@@ -1,0 +1,102 @@
+"""Dense attention kernels: the grouped products equal SDPA, the chooser is asked once per mask,
+eager decode over the written slots equals decode over the whole cache, and eager prompts are
+padded to a few tokens rather than a compiled chunk."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minirun
+from minirun.engine import session as session_module
+from minirun.engine.generate import left_padded
+from minirun.engine.session import EAGER_ALIGN, Session, cache_size, chunk_plan, decode_step, pad_unit
+from minirun.layers import calibrate, flex
+from minirun.methods import EnsembleOptions, Question, run_method
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("queries", [1, 7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_grouped_attention_equals_sdpa(dtype, queries, bias):
+    """Float32: SDPA's result; bfloat16: no further from float32 than SDPA's own bfloat16 kernel."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, queries, 16, generator=g).to(dtype)
+    k, v = (torch.randn(3, 2, 40, 16, generator=g).to(dtype) for _ in range(2))
+    mask = torch.rand(3, 1, queries, 40, generator=g) < 0.5
+    mask[..., 0] = True
+    if bias:
+        mask = torch.randn(3, 1, queries, 40, generator=g).to(dtype).masked_fill(~mask, float("-inf"))
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask if not bias else mask.float(),
+                                              enable_gqa=True)
+    got = flex.grouped_attention(q, k, v, mask)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert got.dtype == dtype and got.shape == expected.shape
+    error = (got.float() - expected).abs().max().item()
+    assert error <= 1e-5 if dtype == torch.float32 else error <= 1.25 * (sdpa.float() - expected).abs().max().item()
+
+
+def test_grouped_attention_keeps_a_query_that_sees_nothing_finite():
+    q, k, v = torch.randn(1, 4, 2, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    mask = torch.ones(1, 1, 2, 5, dtype=torch.bool)
+    mask[0, 0, 1] = False  # the second query is padding: it sees no key
+    out = flex.grouped_attention(q, k, v, mask)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[:, :, 0], F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)[:, :, 0],
+                          atol=1e-6)
+
+
+@pytest.fixture
+def llm(checkpoint_dirs):
+    return minirun.load(checkpoint_dirs["qwen3"])
+
+
+@pytest.mark.parametrize("method", ["origin", "avg", "flex"])
+def test_both_dense_kernels_give_the_same_answers(llm, monkeypatch, method):
+    """Every dense attention call of a whole eager generation (prefill, head, decode) on either kernel."""
+    question = Question("The capital of France is", ["Paris is the capital of", "France's capital city is"],
+                        "Q: Water boils at\nA: 100 degrees\n\n")
+    options = EnsembleOptions(max_new_tokens=12, ignore_eos=True, flex_bias="inv_n")
+    asked = []
+
+    def choose(*shape) -> str:
+        asked.append(shape)
+        return kernel
+
+    monkeypatch.setattr(calibrate, "dense_attention", choose)
+    answers = {}
+    for kernel in ("sdpa", "grouped"):
+        answers[kernel] = run_method(llm, method, [question], options)[0].token_ids
+    flex.set_dense_kernel(None)
+    assert answers["sdpa"] == answers["grouped"] and len(answers["sdpa"]) == 12
+    steps = 2 * 11  # two runs of 11 decode steps each, one question per step, not one per layer
+    assert steps <= len(asked) <= steps + 2 * 4  # + each run's prefill chunks
+    assert {shape[0] for shape in asked} == {torch.float32}
+
+
+def test_eager_decode_over_written_slots_equals_the_whole_cache(llm):
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (30, 11)]
+    layout = left_padded(rows, llm.pad_id, llm.device)
+    session = Session(llm.model, 2, cache_size(layout.length + 4))
+    session.prefill(layout.tokens, layout.positions, layout.segments)
+    tokens, positions = torch.tensor([5, 7]), layout.positions[:, -1] + 1
+    session._slot.fill_(session.length)
+    args = (llm.model, tokens, positions, session._slot, session._full_mask(), session.segments, None)
+    with torch.inference_mode():
+        narrow = decode_step(*args, live=session.length + 1)
+        whole = decode_step(*args)
+    assert session.length + 1 < session.max_slots
+    assert (narrow - whole).abs().max().item() <= 1e-5
+
+
+def test_eager_prompts_are_padded_to_a_few_tokens_and_compiled_to_chunks():
+    assert pad_unit() == EAGER_ALIGN
+    flex.set_compiled(True)
+    try:
+        assert pad_unit() == session_module.CHUNK
+    finally:
+        flex.set_compiled(False)
+    assert chunk_plan(136, 24, aligned=False) == [24]
+    assert chunk_plan(0, 1200, aligned=False) == [512, 512, 176]
