@@ -248,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             result = {"ok": False, "error": error_text(e)}
         result |= {"seconds": time.perf_counter() - start, **facts}
         (args.out / f"gpu-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        verdict = result["error"] if not result["ok"] else "FAILED " + ", ".join(result["failed_checks"]) \
-            if result["failed_checks"] else "ok"
+        if not result["ok"]:
+            verdict = result["error"]
+        else:
+            verdict = "FAILED " + ", ".join(result["failed_checks"]) if result["failed_checks"] else "ok"
         print(f"{name}: {verdict} ({result['seconds']:.0f} s)", flush=True)
     return 0
 

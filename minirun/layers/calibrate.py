@@ -134,6 +134,10 @@ def stream_max_rows(weights: list[torch.Tensor], rows: tuple[int, ...] = STREAM_
     return measured("stream_max_rows", shape, measure, STREAM_MAX_ROWS)
 
 
+def _bucket(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int) -> str:
     """"sdpa" or "flex": the faster kernel for a compiled prefill chunk of `queries` tokens per row.
 
@@ -155,13 +159,9 @@ def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, 
                      "sdpa": median_seconds(lambda: flex.attention(q, k, v, dense))}
         return {"value": min(times, key=times.get), "ms": {n: round(t * 1e3, 4) for n, t in times.items()}}
 
-    rows = 1 << (rows - 1).bit_length()  # measured at the next power of two: few shapes to time
+    rows = _bucket(rows)  # measured at the next power of two: few shapes to time
     shape = {"dtype": dtype, "rows": rows, "heads": f"{heads}/{kv_heads}x{head_dim}", "queries": queries}
     return measured("prefill_attention", shape, measure, DEFAULT_PREFILL)
-
-
-def _bucket(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,

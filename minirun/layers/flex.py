@@ -83,9 +83,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
         B, H, T, D = q.shape
         kernel = _state["dense_kernel"](q.dtype, B, H, k.shape[1], D, T, live) if q.device.type == "cpu" else "sdpa"
         cached = block_mask._dense = (score_mod, dense_mask(block_mask, score_mod, q, live), kernel)
+    k, v = k[:, :, :live], v[:, :, :live]
     if cached[2] == "grouped":
-        return grouped_attention(q, k[:, :, :live], v[:, :, :live], cached[1])
-    return F.scaled_dot_product_attention(q, k[:, :, :live], v[:, :, :live], attn_mask=cached[1], enable_gqa=True)
+        return grouped_attention(q, k, v, cached[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=True)
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
