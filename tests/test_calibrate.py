@@ -63,6 +63,33 @@ def test_stream_threshold_is_measured_on_the_weights(calibrating):
     assert set(entry["ms_blas_vs_stream"]) == {"1", "2"}  # BLAS and streaming timed at each row count
 
 
+@pytest.mark.skipif(not linear.packing_available(), reason="this torch build has no oneDNN")
+def test_packed_products_are_measured_on_the_weights(calibrating):
+    weights = [torch.randn(96, 64) for _ in range(3)]
+    chosen = calibrate.packed_linear(weights, rows=(1, 16))
+    (entry,) = json.loads(calibrating.read_text()).values()
+    assert entry["value"] is chosen
+    assert set(entry["ms_blas_vs_packed"]) == {"1", "16"}  # both kernels timed at each row count
+    assert chosen == all(packed < blas for blas, packed in entry["ms_blas_vs_packed"].values())
+
+
+def test_tune_packs_only_what_was_measured_faster_and_fits(checkpoint_dirs, calibrating, monkeypatch):
+    llm = minirun.load(checkpoint_dirs["llama3"])
+    before = linear.is_packed(torch.float32)
+    try:
+        for faster, fits in [(True, True), (False, True), (True, False)]:
+            monkeypatch.setattr(calibrate, "packed_linear", lambda weights, faster=faster: faster)
+            monkeypatch.setattr(session_module, "fits_twice", lambda model, fits=fits: fits)
+            session_module.tune(llm.model)
+            assert linear.is_packed(torch.float32) == (faster and fits and linear.packing_available())
+    finally:
+        linear.set_packed(torch.float32, before)
+
+
+def test_a_small_model_fits_twice(checkpoint_dirs):
+    assert session_module.fits_twice(minirun.load(checkpoint_dirs["llama3"]).model)
+
+
 def test_prefill_attention_kernel_is_measured(calibrating):
     flex.set_compiled(True)
     try:

@@ -15,6 +15,7 @@ on a prompt's length.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -26,7 +27,7 @@ from minirun.errors import MinirunError
 from minirun.layers import calibrate, flex
 from minirun.layers.compiled import Compiled
 from minirun.layers.hidden_fusion import HiddenFusion
-from minirun.layers.linear import set_stream_max_rows
+from minirun.layers.linear import set_packed, set_stream_max_rows
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
@@ -128,13 +129,25 @@ def compiled_decode_step(device: torch.device) -> Compiled:
     return _compiled_steps[mode]
 
 
+def fits_twice(model: Decoder) -> bool:
+    """Whether a second copy of the weights (packed for oneDNN) leaves half the machine's memory free."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not Linux: no figure, no copy
+        return False
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 2 * weights <= memory / 2
+
+
 def tune(model: Decoder) -> None:
     """Set the machine-dependent kernel choices for a CPU model (measured once per machine, cached on
-    disk: `layers.calibrate`): dense attention's kernel per shape, and for a compiled model the
-    streaming-product threshold, before its first compile, which bakes it in."""
+    disk: `layers.calibrate`): dense attention's kernel per shape, packed weights for eager products
+    (where a copy fits), and for a compiled model the streaming-product threshold, before its first
+    compile, which bakes it in."""
     if model.device.type != "cpu":
         return
     flex.set_dense_kernel(calibrate.dense_attention)
+    set_packed(model.dtype, fits_twice(model) and calibrate.packed_linear(model.stream_calibration_weights()))
     if flex.is_compiled():
         set_stream_max_rows(model.dtype, calibrate.stream_max_rows(model.stream_calibration_weights()))
 

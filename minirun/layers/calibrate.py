@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from minirun.layers import flex
-from minirun.layers.linear import STREAM_MAX_ROWS, stream_product
+from minirun.layers.linear import STREAM_MAX_ROWS, pack, packed_product, packing_available, stream_product
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 STREAM_ROWS = (1, 2, 4, 8, 12, 16, 24)  # row counts timed for the streaming-product threshold
+PACKED_ROWS = (8, 40, 256)  # eager products timed for packed weights: decode of 8 and 40 rows, a prefill chunk
+DEFAULT_PACKED = True  # measured on AMD EPYC (Zen 4): oneDNN on packed weights beat F.linear at every row count
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
@@ -132,6 +134,31 @@ def stream_max_rows(weights: list[torch.Tensor], rows: tuple[int, ...] = STREAM_
         return STREAM_MAX_ROWS
     shape = {"dtype": dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
     return measured("stream_max_rows", shape, measure, STREAM_MAX_ROWS)
+
+
+def packed_linear(weights: list[torch.Tensor], rows: tuple[int, ...] = PACKED_ROWS) -> bool:
+    """Whether eager products run faster on oneDNN-packed weights (`linear.pack`) than with F.linear,
+    timed over `weights` (a decode step's working set, as for `stream_max_rows`) at every row count
+    in `rows`: packed only if it wins at all of them."""
+    out_features, in_features = weights[0].shape
+    dtype = weights[0].dtype
+
+    def measure() -> dict[str, Any]:
+        ws = [w.detach() for w in weights]
+        packed = [pack(w) for w in ws]
+        times = {}
+        with torch.inference_mode():
+            for m in rows:
+                x = torch.randn(m, in_features, dtype=dtype)
+                times[m] = (median_seconds(lambda: [F.linear(x, w) for w in ws], 7),
+                            median_seconds(lambda: [packed_product(x, p) for p in packed], 7))
+        return {"value": all(p < b for b, p in times.values()),
+                "ms_blas_vs_packed": {m: [round(t * 1e3, 3) for t in ts] for m, ts in times.items()}}
+
+    if weights[0].device.type != "cpu" or not packing_available():
+        return False
+    shape = {"dtype": dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
+    return measured("packed_linear", shape, measure, DEFAULT_PACKED)
 
 
 def _bucket(n: int) -> int:

@@ -10,9 +10,17 @@ one row and still faster up to 10 rows (bench/README.md, "Why decode is fast on 
 The input rows are pinned to a realised row-major buffer first. Left alone, Inductor inlines the
 producer (RMSNorm, SiLU·up, the residual add) into the reduction, recomputing it for every output
 row, and with several rows it vectorises across rows instead of along the weight row (measured
-20x slower). Eager calls, GPUs and many-row products (prefill) keep F.linear, right for them.
+20x slower). GPUs keep F.linear.
+
+Every other CPU product (eager ones: eval's default path; compiled: prefill chunks and decode steps
+of more rows than the streaming form wins for) can run oneDNN on a weight copy reordered once into
+its blocked layout (`set_packed`): F.linear hands float32 to MKL, which on an AMD EPYC runs 1.2x
+slower for 128 rows and 2-3x slower for a few rows, and reorders a bfloat16 weight on every call. The copy doubles the weights' memory, so the engine switches it on only where
+the machine measured it faster and the copy fits (`layers.calibrate.packed_linear`).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +29,7 @@ from torch import nn
 STREAM_MAX_ROWS = 10  # default crossover with BLAS (AMD EPYC, 2 cores); `layers.calibrate` measures each machine's
 
 _max_rows: dict[torch.dtype, int] = {}
+_packed: dict[torch.dtype, bool] = {}
 
 
 def set_stream_max_rows(dtype: torch.dtype, rows: int) -> None:
@@ -30,6 +39,56 @@ def set_stream_max_rows(dtype: torch.dtype, rows: int) -> None:
 
 def stream_max_rows(dtype: torch.dtype) -> int:
     return _max_rows.get(dtype, STREAM_MAX_ROWS)
+
+
+def packing_available() -> bool:
+    """Whether this torch build has oneDNN's reordered-weight linear (x86 builds do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def set_packed(dtype: torch.dtype, enabled: bool) -> None:
+    """Run eager CPU products of `dtype` against a reordered weight copy (see the module docstring)."""
+    _packed[dtype] = enabled and packing_available()
+
+
+def is_packed(dtype: torch.dtype) -> bool:
+    return _packed.get(dtype, False)
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` [N, K] reordered into oneDNN's blocked layout (an opaque tensor for `packed_product`)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+def packed_product(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows [M, K] @ weight.T (+ bias) with the weight from `pack`: [M, N]."""
+    return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), packed, bias, "none", [], "")
+
+
+_copies: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}  # id(weight) -> (weight, its state, packed copy)
+
+
+def packed_copy(weight: torch.Tensor) -> torch.Tensor:
+    """`pack(weight)`, made once per weight and redone when the weight is written to; freed with it."""
+    state = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
+    entry = _copies.get(id(weight))
+    if entry is None or entry[0]() is not weight or entry[1] != state:
+        if entry is None or entry[0]() is not weight:
+            weakref.finalize(weight, _copies.pop, id(weight), None)
+        entry = _copies[id(weight)] = (weakref.ref(weight), state, pack(weight))
+    return entry[2]
+
+
+@torch.library.custom_op("minirun::packed_linear", mutates_args=())
+def packed_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """rows [M, K] @ weight.T (+ bias) on `weight`'s packed copy; an opaque call inside compiled
+    graphs too (the copy cannot be a graph input), where Inductor keeps the weight's identity."""
+    return packed_product(rows, packed_copy(weight), bias)
+
+
+@packed_linear.register_fake
+def _(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], weight.shape[0])
 
 
 def _row_major(rows: torch.Tensor) -> torch.Tensor:
@@ -54,5 +113,10 @@ def stream_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # [M, K]: a 3-D input of one row takes a ~15x slower bfloat16 kernel
-        y = stream_product(rows, self.weight, self.bias) if streams(x) else F.linear(rows, self.weight, self.bias)
+        if streams(x):
+            y = stream_product(rows, self.weight, self.bias)
+        elif is_packed(x.dtype) and x.device.type == "cpu":
+            y = packed_linear(rows, self.weight, self.bias)
+        else:
+            y = F.linear(rows, self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)

@@ -159,7 +159,7 @@ class Decoder(nn.Module):
         return self.embed.weight.dtype
 
     def stream_calibration_weights(self) -> list[torch.Tensor]:
-        """Every block's widest matrix: what the streaming-product threshold is timed on (`layers.calibrate`)."""
+        """Every block's widest matrix: what CPU product kernels are timed on (`layers.calibrate`)."""
         return [layer.mlp.w_gate_up.weight for layer in self.layers]
 
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
