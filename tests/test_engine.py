@@ -6,7 +6,7 @@ import torch
 
 import minirun
 from minirun.engine.generate import left_padded
-from minirun.engine.session import CHUNK, CHUNKS, Session, cache_size, chunk_plan
+from minirun.engine.session import CHUNK, CHUNKS, Prefix, Prefixes, Session, cache_size, chunk_plan
 from minirun.errors import MinirunError
 from minirun.layers import flex
 
@@ -80,3 +80,18 @@ def test_a_reused_cache_is_cleared(llm):
     Session(llm.model, 1, cache_size(8))
     assert llm.model.layers[0].attn.kv_cache is cache and not cache.k.isnan().any()
     assert first.max_slots == cache.k.shape[2]
+
+
+def test_prefixes_keep_the_newest_heads():
+    store = Prefixes(capacity=2)
+    heads = {name: Prefix(torch.zeros(8, dtype=torch.int32), []) for name in "abc"}
+    for name, prefix in heads.items():
+        store.put((name,), prefix)
+    assert store.get(("a",)) is None and store.get(("b",)) is heads["b"] and store.get(("c",)) is heads["c"]
+
+
+def test_a_head_goes_first(llm):
+    session = llm.session(1, 64)
+    session.prefill_head([5, 6, 7])
+    with pytest.raises(MinirunError, match="shared head goes first"):
+        session.prefill_head([5, 6, 7])

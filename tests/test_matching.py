@@ -88,3 +88,8 @@ def test_batch_alignment_and_cache(matcher):
 def test_length_mismatch(matcher):
     with pytest.raises(ValueError):
         matcher.match(["a"], [])
+
+
+def test_the_pipeline_is_loaded_once_per_process():
+    """Every evaluate call makes a Matcher; a sweep must not pay spaCy's load for each."""
+    assert Matcher().nlp is Matcher().nlp

@@ -6,6 +6,7 @@ import torch
 
 import minirun
 from minirun.engine.generate import Row, plain_row, stack_rows
+from minirun.engine.session import Session
 from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.masks import segment_mask
@@ -91,6 +92,23 @@ def test_shared_prefix_equals_repeated_prefix(llm, method):
         assert repeated.prompt_tokens > shared.prompt_tokens
     else:
         assert shared.token_ids == repeated.token_ids and shared.answers == repeated.answers
+
+
+@pytest.mark.parametrize("method", ["avg", "hidden_avg", "flex", "per_prompt"])
+def test_a_head_copied_from_an_earlier_batch_gives_the_same_answers(llm, method, monkeypatch):
+    """A later batch with the same few-shot head copies its keys and values: the same tokens as
+    encoding it afresh, with no forward pass over the head; another head is encoded."""
+    fresh = minirun.LLM(llm.model, llm.tokenizer, llm.path)  # its own, empty store of heads
+    first = run(fresh, method, PARAS[:3])
+    prefills = []
+    original = Session.prefill
+    monkeypatch.setattr(Session, "prefill", lambda self, tokens, *rest: prefills.append(tokens.shape[0]) or
+                        original(self, tokens, *rest))
+    second = run(fresh, method, PARAS[:3])
+    assert (second.token_ids, second.answers) == (first.token_ids, first.answers)
+    assert prefills == [1 if method == "flex" else 3]  # the rows only (flex: one packed row)
+    run(fresh, method, PARAS[:3], prefix="Q: Who painted the Mona Lisa?\nA: Leonardo\n\n")
+    assert prefills[1] == 1  # the new head, batch 1
 
 
 def test_per_prompt_rows_equal_origin_on_each_paraphrase(llm):

@@ -10,7 +10,7 @@ from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded
 from minirun.engine.sampling import SamplingParams, sample
-from minirun.engine.session import NO_HOOKS, Hooks, Session, cache_size
+from minirun.engine.session import NO_HOOKS, Hooks, Prefixes, Session, cache_size
 from minirun.errors import MinirunError
 from minirun.models import Decoder
 
@@ -21,6 +21,7 @@ class LLM:
     def __init__(self, model: Decoder, tokenizer: Tokenizer, path: Path):
         self.model, self.tokenizer, self.path = model, tokenizer, path
         self.config = model.config
+        self.prefixes = Prefixes()  # shared heads already encoded, reused by later sessions
 
     @property
     def device(self) -> torch.device:
@@ -63,7 +64,7 @@ class LLM:
 
     def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS) -> Session:
         """A fresh cache for `batch` rows of `slots` tokens (rounded up to the cache's sizes)."""
-        return Session(self.model, batch, cache_size(slots), hooks=hooks)
+        return Session(self.model, batch, cache_size(slots), hooks=hooks, prefixes=self.prefixes)
 
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
         """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""

@@ -174,12 +174,40 @@ class Hooks:
 NO_HOOKS = Hooks()
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """A shared head's cache contents: its segment ids [L] and every layer's keys and values [1, K, L, D]."""
+
+    segments: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Prefixes:
+    """Heads prefilled by earlier sessions of one model, so a later batch (or method) copies a
+    few-shot head's keys and values instead of encoding it again: an evaluation prefills each
+    dataset's head once per run, not once per batch and method. The newest `capacity` heads are kept."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._entries: dict[tuple, Prefix] = {}
+
+    def get(self, key: tuple) -> Prefix | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple, prefix: Prefix) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = prefix
+        while len(self._entries) > self.capacity:
+            del self._entries[next(iter(self._entries))]
+
+
 class Session:
     """Cache + masks for `batch` rows of at most `max_slots` tokens each."""
 
     def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None,
-                 hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None):
+                 hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None, prefixes: Prefixes | None = None):
         self.model, self.batch, self.max_slots, self.hooks = model, batch, max_slots, hooks
+        self.prefixes = prefixes  # where `prefill_head` finds and leaves shared heads
         self.device = model.device
         tune(model)
         model.setup_cache(batch, max_slots)
@@ -210,6 +238,28 @@ class Session:
         if self.hooks.after_prefill is not None:
             self.hooks.after_prefill()
         return logits
+
+    @torch.inference_mode()
+    def prefill_head(self, ids: list[int]) -> None:
+        """Encode a head shared by every row (batch 1, written to all rows) at the start of the cache,
+        or copy it from `prefixes` where an earlier session of this model encoded the same head in the
+        same way (padding unit, compiled or not, with or without an attention bias): the same keys
+        and values, bit for bit, without the forward pass."""
+        if self.length:
+            raise MinirunError("a shared head goes first: this session has already prefilled tokens")
+        fused = self.fusion is not None and self.batch == 1  # a one-row session fuses its head (see `prefill`)
+        key = (tuple(ids), pad_unit(), flex.is_compiled(), self.log_weights is not None, fused)
+        saved = None if self.prefixes is None else self.prefixes.get(key)
+        if saved is None:
+            tokens = torch.tensor([ids], device=self.device)
+            self.prefill(tokens, torch.arange(len(ids), device=self.device)[None], torch.zeros_like(tokens, dtype=torch.int32))
+            if self.prefixes is not None:
+                self.prefixes.put(key, Prefix(self.segments[0, :self.length].clone(), self.model.cached_prefix(self.length)))
+            return
+        self.model.restore_prefix(saved.kv)
+        self.length = saved.segments.shape[0]
+        self.segments[:, :self.length] = saved.segments
+        self._mask = None
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:

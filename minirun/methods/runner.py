@@ -114,7 +114,8 @@ def plan_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], options: 
 
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
                  log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None):
-    """Allocate the cache, prefill a shared head once (batch 1), then all rows; last logits."""
+    """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
+    it), then all rows; last logits."""
     limit = llm.config.max_position_embeddings
     furthest = max(r.next_position for r in rows) + max_new
     if furthest > limit:
@@ -125,8 +126,7 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
     session = llm.session(len(rows), h + layout.length + max_new, hooks)
     session.log_weights, session.fusion = log_weights, fusion
     if head:
-        ids = torch.tensor([head], device=llm.device)
-        session.prefill(ids, torch.arange(h, device=llm.device)[None], torch.zeros_like(ids, dtype=torch.int32))
+        session.prefill_head(head)
     logits = session.prefill(layout.tokens, layout.positions, layout.segments)
     return session, layout, logits
 

@@ -181,6 +181,17 @@ class Decoder(nn.Module):
                     cache.k.zero_()
                     cache.v.zero_()
 
+    def cached_prefix(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of row 0's keys and values in the first `length` cache slots, per layer [1, K, L, D]."""
+        return [(layer.attn.kv_cache.k[:1, :, :length].clone(), layer.attn.kv_cache.v[:1, :, :length].clone())
+                for layer in self.layers]
+
+    def restore_prefix(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write `cached_prefix`'s copies back into the first slots of every row's cache."""
+        slots = torch.arange(saved[0][0].shape[2], device=self.device)
+        for layer, (k, v) in zip(self.layers, saved):
+            layer.attn.kv_cache.update(slots, k, v)
+
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | None = None, score_mod: Callable | None = None,
                fusion: HiddenFusion | None = None) -> torch.Tensor:
