@@ -13,6 +13,15 @@ from minirun.layers.linear import STREAM_MAX_ROWS, Linear, streams
 needs_onednn = pytest.mark.skipif(not linear.packing_available(), reason="this torch build has no oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def default_threshold():
+    """The module's default streaming threshold, whatever an engine's tuning left behind."""
+    before = linear.stream_max_rows(torch.float32)
+    linear.set_stream_max_rows(torch.float32, STREAM_MAX_ROWS)
+    yield
+    linear.set_stream_max_rows(torch.float32, before)
+
+
 @pytest.fixture(params=[False, True], ids=["blas", "packed"])
 def packed(request):
     """Run the test with packed float32 products off and on (when oneDNN is there), restoring the setting."""

@@ -141,8 +141,8 @@ def fits_twice(model: Decoder) -> bool:
 
 def tune(model: Decoder) -> None:
     """Set the machine-dependent kernel choices for a CPU model (measured once per machine, cached on
-    disk: `layers.calibrate`): dense attention's kernel per shape, packed weights for eager products
-    (where a copy fits), and for a compiled model the streaming-product threshold, before its first
+    disk: `layers.calibrate`): dense attention's kernel per shape, packed weights for the products
+    that do not stream (where a copy fits), and for a compiled model the streaming-product threshold, before its first
     compile, which bakes it in."""
     if model.device.type != "cpu":
         return
@@ -185,7 +185,8 @@ class Prefix:
 class Prefixes:
     """Heads prefilled by earlier sessions of one model, so a later batch (or method) copies a
     few-shot head's keys and values instead of encoding it again: an evaluation prefills each
-    dataset's head once per run, not once per batch and method. The newest `capacity` heads are kept."""
+    dataset's head once per run, not once per batch and method. The newest `capacity` heads are kept;
+    the model's weights must not change while they are (an `LLM` never changes its own)."""
 
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
@@ -252,9 +253,11 @@ class Session:
         saved = None if self.prefixes is None else self.prefixes.get(key)
         if saved is None:
             tokens = torch.tensor([ids], device=self.device)
-            self.prefill(tokens, torch.arange(len(ids), device=self.device)[None], torch.zeros_like(tokens, dtype=torch.int32))
+            positions = torch.arange(len(ids), device=self.device)[None]
+            self.prefill(tokens, positions, torch.zeros_like(tokens, dtype=torch.int32))
             if self.prefixes is not None:
-                self.prefixes.put(key, Prefix(self.segments[0, :self.length].clone(), self.model.cached_prefix(self.length)))
+                segments = self.segments[0, :self.length].clone()
+                self.prefixes.put(key, Prefix(segments, self.model.cached_prefix(self.length)))
             return
         self.model.restore_prefix(saved.kv)
         self.length = saved.segments.shape[0]

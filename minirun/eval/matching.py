@@ -7,7 +7,6 @@ inside the prediction's: "the cats" matches "cat", "Paris, France" matches "Pari
 from __future__ import annotations
 
 import functools
-
 import re
 import unicodedata
 from collections.abc import Iterable

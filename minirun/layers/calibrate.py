@@ -27,7 +27,7 @@ from minirun.layers.linear import STREAM_MAX_ROWS, pack, packed_product, packing
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 STREAM_ROWS = (1, 2, 4, 8, 12, 16, 24)  # row counts timed for the streaming-product threshold
-PACKED_ROWS = (8, 40, 256)  # eager products timed for packed weights: decode of 8 and 40 rows, a prefill chunk
+PACKED_ROWS = (8, 40, 256)  # products timed for packed weights: decode steps of 8 and 40 rows, a prefill chunk
 DEFAULT_PACKED = True  # measured on AMD EPYC (Zen 4): oneDNN on packed weights beat F.linear at every row count
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
@@ -137,7 +137,7 @@ def stream_max_rows(weights: list[torch.Tensor], rows: tuple[int, ...] = STREAM_
 
 
 def packed_linear(weights: list[torch.Tensor], rows: tuple[int, ...] = PACKED_ROWS) -> bool:
-    """Whether eager products run faster on oneDNN-packed weights (`linear.pack`) than with F.linear,
+    """Whether library products run faster on oneDNN-packed weights (`linear.pack`) than with F.linear,
     timed over `weights` (a decode step's working set, as for `stream_max_rows`) at every row count
     in `rows`: packed only if it wins at all of them."""
     out_features, in_features = weights[0].shape

@@ -15,8 +15,9 @@ row, and with several rows it vectorises across rows instead of along the weight
 Every other CPU product (eager ones: eval's default path; compiled: prefill chunks and decode steps
 of more rows than the streaming form wins for) can run oneDNN on a weight copy reordered once into
 its blocked layout (`set_packed`): F.linear hands float32 to MKL, which on an AMD EPYC runs 1.2x
-slower for 128 rows and 2-3x slower for a few rows, and reorders a bfloat16 weight on every call. The copy doubles the weights' memory, so the engine switches it on only where
-the machine measured it faster and the copy fits (`layers.calibrate.packed_linear`).
+slower for 128 rows and 2-3x slower for a few rows, and reorders a bfloat16 weight on every call.
+The copy doubles the weights' memory, so the engine switches it on only where the machine measured
+it faster and the copy fits (`layers.calibrate.packed_linear`).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def packing_available() -> bool:
 
 
 def set_packed(dtype: torch.dtype, enabled: bool) -> None:
-    """Run eager CPU products of `dtype` against a reordered weight copy (see the module docstring)."""
+    """Run CPU products of `dtype` that do not stream on a reordered weight copy (see the module docstring)."""
     _packed[dtype] = enabled and packing_available()
 
 
