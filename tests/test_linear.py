@@ -91,6 +91,22 @@ def test_packed_products_match_f_linear(dtype, tolerance, bias):
 
 
 @needs_onednn
+def test_a_dtype_this_cpu_cannot_pack_keeps_f_linear():
+    """float16 packing needs avx512_fp16 or avx_ne_convert: where the CPU lacks them, asking for
+    packed float16 products leaves them on F.linear instead of failing at the first product."""
+    layer = _layer(bias=True).to(torch.float16)
+    before = linear.is_packed(torch.float16)
+    linear.set_packed(torch.float16, True)
+    try:
+        assert linear.is_packed(torch.float16) == linear.packing_available(torch.float16)
+        x = torch.randn(5, 96, dtype=torch.float16)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
+    finally:
+        linear.set_packed(torch.float16, before)
+
+
+@needs_onednn
 def test_packed_copy_follows_the_weight():
     """Written in place, the weight is packed again; a new layer (maybe at a freed one's address) gets
     its own copy, never a stale one."""

@@ -155,7 +155,7 @@ def packed_linear(weights: list[torch.Tensor], rows: tuple[int, ...] = PACKED_RO
         return {"value": all(p < b for b, p in times.values()),
                 "ms_blas_vs_packed": {m: [round(t * 1e3, 3) for t in ts] for m, ts in times.items()}}
 
-    if weights[0].device.type != "cpu" or not packing_available():
+    if weights[0].device.type != "cpu" or not packing_available(dtype):
         return False
     shape = {"dtype": dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
     return measured("packed_linear", shape, measure, DEFAULT_PACKED)

@@ -21,6 +21,7 @@ it faster and the copy fits (`layers.calibrate.packed_linear`).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -42,14 +43,24 @@ def stream_max_rows(dtype: torch.dtype) -> int:
     return _max_rows.get(dtype, STREAM_MAX_ROWS)
 
 
-def packing_available() -> bool:
-    """Whether this torch build has oneDNN's reordered-weight linear (x86 builds do)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+@functools.cache
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's reordered-weight linear runs for `dtype` here: the torch build must have it
+    (x86 builds do) and the CPU must support the dtype's path (float16 needs avx512_fp16 or
+    avx_ne_convert, which an AMD EPYC Zen 4 lacks); probed once per dtype on a tiny product."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        with torch.inference_mode():
+            packed_product(torch.ones(1, 16, dtype=dtype), pack(torch.ones(16, 16, dtype=dtype)))
+    except RuntimeError:
+        return False
+    return True
 
 
 def set_packed(dtype: torch.dtype, enabled: bool) -> None:
     """Run CPU products of `dtype` that do not stream on a reordered weight copy (see the module docstring)."""
-    _packed[dtype] = enabled and packing_available()
+    _packed[dtype] = enabled and packing_available(dtype)
 
 
 def is_packed(dtype: torch.dtype) -> bool:
