@@ -142,8 +142,8 @@ def fits_twice(model: Decoder) -> bool:
 def tune(model: Decoder) -> None:
     """Set the machine-dependent kernel choices for a CPU model (measured once per machine, cached on
     disk: `layers.calibrate`): dense attention's kernel per shape, packed weights for the products
-    that do not stream (where a copy fits), and for a compiled model the streaming-product threshold, before its first
-    compile, which bakes it in."""
+    that do not stream (where a copy fits), and for a compiled model the streaming-product threshold,
+    before its first compile, which bakes it in."""
     if model.device.type != "cpu":
         return
     flex.set_dense_kernel(calibrate.dense_attention)

@@ -105,55 +105,57 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 15) -> float:
     return statistics.median(times)
 
 
-def stream_max_rows(weights: list[torch.Tensor], rows: tuple[int, ...] = STREAM_ROWS) -> int:
-    """The most rows for which the compiled streaming product beats BLAS, timed over `weights` (one
-    matrix per block, alike in shape and dtype: a decode step's working set, far larger than the L3
-    cache, as it is in a model; one matrix alone stays cached and times the wrong thing).
+def _product_ms(weights: list[torch.Tensor], rows: tuple[int, ...], first: Callable[[torch.Tensor], Any],
+                second: Callable[[torch.Tensor], Any]) -> dict[int, tuple[float, ...]]:
+    """{rows: (ms of `first(x)`, ms of `second(x)`)} for a random input x of that many rows; each
+    multiplies x by every matrix of `weights` (one per block, alike in shape and dtype: a decode step's
+    working set, far larger than the L3 cache, as it is in a model; one matrix alone stays cached and
+    times the wrong thing)."""
+    times = {}
+    with torch.inference_mode():
+        for m in rows:
+            x = torch.randn(m, weights[0].shape[1], dtype=weights[0].dtype)
+            times[m] = tuple(round(median_seconds(lambda: fn(x), 7) * 1e3, 3) for fn in (first, second))
+    return times
 
-    The threshold is the last row count before BLAS first wins (0: BLAS always).
+
+def stream_max_rows(weights: list[torch.Tensor], rows: tuple[int, ...] = STREAM_ROWS) -> int:
+    """The most rows for which the compiled streaming product beats BLAS, timed over `weights` (see
+    `_product_ms`). The threshold is the last row count before BLAS first wins (0: BLAS always).
     """
     out_features, in_features = weights[0].shape
-    dtype = weights[0].dtype
 
     def measure() -> dict[str, Any]:
         ws = [w.detach() for w in weights]
-        streamed = torch.compile(lambda x: [stream_product(x * 1, w) for w in ws], dynamic=False)  # `* 1`: a producer
-        times = {}
-        with torch.inference_mode():
-            for m in rows:
-                x = torch.randn(m, in_features, dtype=dtype)
-                times[m] = (median_seconds(lambda: [F.linear(x, w) for w in ws], 7), median_seconds(lambda: streamed(x), 7))
+        # one graph for all matrices, as in a decode step; `x * 1` gives the products a producer
+        streamed = torch.compile(lambda x: [stream_product(x * 1, w) for w in ws], dynamic=False)
+        times = _product_ms(ws, rows, lambda x: [F.linear(x, w) for w in ws], streamed)
         limit = 0
         for m in rows:
             if times[m][1] >= times[m][0]:
                 break
             limit = m
-        return {"value": limit, "ms_blas_vs_stream": {m: [round(t * 1e3, 3) for t in ts] for m, ts in times.items()}}
+        return {"value": limit, "ms_blas_vs_stream": times}
 
     if weights[0].device.type != "cpu":
         return STREAM_MAX_ROWS
-    shape = {"dtype": dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
+    shape = {"dtype": weights[0].dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
     return measured("stream_max_rows", shape, measure, STREAM_MAX_ROWS)
 
 
 def packed_linear(weights: list[torch.Tensor], rows: tuple[int, ...] = PACKED_ROWS) -> bool:
     """Whether library products run faster on oneDNN-packed weights (`linear.pack`) than with F.linear,
-    timed over `weights` (a decode step's working set, as for `stream_max_rows`) at every row count
-    in `rows`: packed only if it wins at all of them."""
+    timed over `weights` (see `_product_ms`) at every row count in `rows`: packed only if it wins at
+    all of them."""
     out_features, in_features = weights[0].shape
     dtype = weights[0].dtype
 
     def measure() -> dict[str, Any]:
         ws = [w.detach() for w in weights]
-        packed = [pack(w) for w in ws]
-        times = {}
-        with torch.inference_mode():
-            for m in rows:
-                x = torch.randn(m, in_features, dtype=dtype)
-                times[m] = (median_seconds(lambda: [F.linear(x, w) for w in ws], 7),
-                            median_seconds(lambda: [packed_product(x, p) for p in packed], 7))
-        return {"value": all(p < b for b, p in times.values()),
-                "ms_blas_vs_packed": {m: [round(t * 1e3, 3) for t in ts] for m, ts in times.items()}}
+        copies = [pack(w) for w in ws]
+        times = _product_ms(ws, rows, lambda x: [F.linear(x, w) for w in ws],
+                            lambda x: [packed_product(x, c) for c in copies])
+        return {"value": all(p < b for b, p in times.values()), "ms_blas_vs_packed": times}
 
     if weights[0].device.type != "cpu" or not packing_available(dtype):
         return False

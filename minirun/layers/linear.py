@@ -84,11 +84,12 @@ def packed_copy(weight: torch.Tensor) -> torch.Tensor:
     """`pack(weight)`, made once per weight and redone when the weight is written to; freed with it."""
     state = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
     entry = _copies.get(id(weight))
-    if entry is None or entry[0]() is not weight or entry[1] != state:
-        if entry is None or entry[0]() is not weight:
-            weakref.finalize(weight, _copies.pop, id(weight), None)
-        entry = _copies[id(weight)] = (weakref.ref(weight), state, pack(weight))
-    return entry[2]
+    if entry is not None and entry[0]() is weight and entry[1] == state:
+        return entry[2]
+    if entry is None or entry[0]() is not weight:  # first sight of this weight: drop the copy with it
+        weakref.finalize(weight, _copies.pop, id(weight), None)
+    _copies[id(weight)] = (weakref.ref(weight), state, pack(weight))
+    return _copies[id(weight)][2]
 
 
 @torch.library.custom_op("minirun::packed_linear", mutates_args=())
