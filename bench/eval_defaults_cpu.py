@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from minirun.eval.data import load_dataset
 from minirun.layers.calibrate import cpu_facts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(SETTINGS))
     args = parser.parse_args()
     small, large = args.sizes
+    available = len(load_dataset("sample-qa"))
+    if not 0 < small < large <= available:
+        parser.error(f"--sizes must be two growing counts up to sample-qa's {available} questions, got {small} {large}")
     path = ROOT / "bench" / "results" / f"eval-defaults-cpu-{datetime.date.today()}.json"
     result = json.loads(path.read_text()) if path.is_file() else {"settings": {}}  # settings add up across runs
     result.update({"machine": cpu_facts(), "methods": "eval defaults (origin, per_prompt, avg, max, flex)",

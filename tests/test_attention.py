@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import minirun
 from minirun.engine import session as session_module
 from minirun.engine.generate import left_padded
-from minirun.engine.session import EAGER_ALIGN, Session, cache_size, chunk_plan, decode_step, pad_unit
+from minirun.engine.session import Session, cache_size, chunk_plan, decode_step, pad_unit
 from minirun.layers import calibrate, flex
 from minirun.methods import EnsembleOptions, Question, run_method
 
@@ -91,8 +91,8 @@ def test_eager_decode_over_written_slots_equals_the_whole_cache(llm):
     assert (narrow - whole).abs().max().item() <= 1e-5
 
 
-def test_eager_prompts_are_padded_to_a_few_tokens_and_compiled_to_chunks():
-    assert pad_unit() == EAGER_ALIGN
+def test_eager_prompts_are_not_padded_and_compiled_ones_are_padded_to_chunks():
+    assert pad_unit() == 1
     flex.set_compiled(True)
     try:
         assert pad_unit() == session_module.CHUNK

@@ -9,6 +9,7 @@ from minirun.engine.generate import left_padded
 from minirun.engine.session import CHUNK, CHUNKS, Prefix, Prefixes, Session, cache_size, chunk_plan
 from minirun.errors import MinirunError
 from minirun.layers import flex
+from minirun.layers.kv_cache import KVCache
 
 LOGIT_ATOL = 1e-4
 
@@ -95,3 +96,37 @@ def test_a_head_goes_first(llm):
     session.prefill_head([5, 6, 7])
     with pytest.raises(MinirunError, match="shared head goes first"):
         session.prefill_head([5, 6, 7])
+
+
+def test_retaining_rows_moves_only_those_out_of_place():
+    cache = KVCache(4, 2, 6, 3, torch.float32, torch.device("cpu"))
+    for buffer in (cache.k, cache.v):
+        buffer.copy_(torch.arange(buffer.numel(), dtype=torch.float32).view(buffer.shape))
+    before_k, before_v = cache.k.clone(), cache.v.clone()
+    cache.retain([0, 2, 3], length=4)
+    assert cache.k.shape == (3, 2, 6, 3)
+    for now, before in ((cache.k, before_k), (cache.v, before_v)):
+        assert torch.equal(now[:, :, :4], before[[0, 2, 3], :, :4])  # the written slots, renumbered
+    cache.retain([0, 1], length=4)  # the last row leaves: nothing to move
+    assert cache.k.shape[0] == 2 and torch.equal(cache.k[:, :, :4], before_k[[0, 2], :, :4])
+
+
+def test_an_eager_session_shrinks_and_a_compiled_one_refuses(llm):
+    session = llm.session(3, 64)
+    tokens = torch.tensor([[5, 6, 7]] * 3)
+    session.prefill(tokens, torch.arange(3).expand(3, -1), torch.zeros_like(tokens, dtype=torch.int32))
+    full = session.decode(torch.tensor([8, 9, 10]), torch.tensor([3, 3, 3]))
+    session.retain([0, 2])
+    assert session.batch == 2 and session.segments.shape[0] == 2
+    shrunk = session.decode(torch.tensor([11, 12]), torch.tensor([4, 4]))
+    again = llm.session(3, 64)
+    again.prefill(tokens, torch.arange(3).expand(3, -1), torch.zeros_like(tokens, dtype=torch.int32))
+    again.decode(torch.tensor([8, 9, 10]), torch.tensor([3, 3, 3]))
+    whole = again.decode(torch.tensor([11, 0, 12]), torch.tensor([4, 4, 4]))
+    assert full.shape[0] == 3 and torch.allclose(shrunk, whole[[0, 2]], atol=LOGIT_ATOL)
+    flex.set_compiled(True)
+    try:
+        with pytest.raises(MinirunError, match="keeps its batch size"):
+            session.retain([0])
+    finally:
+        flex.set_compiled(False)

@@ -7,7 +7,7 @@ import torch
 from hidden_reference import recompute_hidden_avg
 
 import minirun
-from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest, group_fusion
+from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest, group_fusion, retain_rows
 from minirun.methods import EnsembleOptions, Question, run_method
 from minirun.methods.packing import encode_question
 from minirun.methods.runner import default_fusion_layer
@@ -48,6 +48,15 @@ def test_group_fusion_mixes_within_groups_only():
     fusion = group_fusion([[0, 1], [2, 3, 4]], 1.0, 5, torch.device("cpu"))
     assert fusion.first_block == 5 and fusion.anchor.tolist() == [0, 0, 2, 2, 2]
     assert torch.allclose(fusion.mix.sum(1), torch.ones(5)) and fusion.mix[0, 2] == 0 and fusion.mix[2, 0] == 0
+
+
+def test_retained_rows_keep_their_groups_fusion():
+    """Dropping a finished group leaves the others' fusion as if they had been the whole batch."""
+    fusion = group_fusion([[0, 1], [2], [3, 4, 5]], 0.5, 2, torch.device("cpu"))
+    kept = retain_rows(fusion, torch.tensor([0, 1, 3, 4, 5]))
+    alone = group_fusion([[0, 1], [2, 3, 4]], 0.5, 2, torch.device("cpu"))
+    assert torch.equal(kept.mix, alone.mix) and torch.equal(kept.anchor, alone.anchor)
+    assert kept.first_block == 2
 
 
 @pytest.mark.parametrize("layers, expected", [(28, 21), (32, 24), (16, 12), (36, 27), (30, 23), (2, 2)])

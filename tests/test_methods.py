@@ -16,6 +16,7 @@ from minirun.methods.packing import encode_question, packed_row
 ATOL = 1e-4
 QUESTION = "The capital of France is"
 PARAS = ["The capital of France is", "Who wrote Hamlet? William", "Water boils at 100 degrees", "def add(a, b):"]
+STOPS = ("e", "a", "/")  # random weights never write a newline: stop at characters met at different steps
 PREFIX = "Q: Water boils at\nA: 100 degrees\n\nQ: Who wrote Hamlet?\nA: Shakespeare\n\n"
 
 
@@ -131,6 +132,26 @@ def test_batch_of_questions_equals_one_at_a_time(llm, method):
     for q, r in zip(questions, together):
         alone = run_method(llm, method, [q], opts(max_new_tokens=12))[0]
         assert (r.token_ids, r.answers) == (alone.token_ids, alone.answers)
+
+
+@pytest.mark.parametrize("method, extra", [("origin", {}), ("per_prompt", {}), ("avg", {}), ("max", {}),
+                                           ("hidden_avg", {}), ("hidden_avg", {"fusion_alpha": 0.5}), ("flex", {}),
+                                           ("flex", {"flex_bias": "inv_n"})])
+def test_finished_questions_leave_the_batch_without_changing_answers(llm, method, extra, monkeypatch):
+    """Eager decoding drops a question's rows once its answer is done: later steps run fewer rows,
+    and every answer is token-identical to decoding the whole batch to the end."""
+    questions = [Question(QUESTION, PARAS[:2], PREFIX), Question(PARAS[2], PARAS[1:4], PREFIX),
+                 Question(PARAS[3], PARAS[::-1], PREFIX)]
+    options = opts(max_new_tokens=16, stop=STOPS, **extra)
+    batches = []
+    decode = Session.decode
+    monkeypatch.setattr(Session, "decode", lambda self, *a: batches.append(self.batch) or decode(self, *a))
+    shrunk = run_method(llm, method, questions, options)
+    rows = len(questions) if method in ("origin", "flex") else sum(len(q.paraphrases) for q in questions)
+    assert batches and batches[-1] < rows  # some rows left before the last step
+    monkeypatch.setattr(Session, "resizable", property(lambda self: False))
+    whole = run_method(llm, method, questions, options)
+    assert [(r.token_ids, r.answers) for r in shrunk] == [(r.token_ids, r.answers) for r in whole]
 
 
 def test_empty_paraphrases_rejected(llm):

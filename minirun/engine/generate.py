@@ -97,42 +97,61 @@ class Completion:
     extra: dict = field(default_factory=dict)
 
 
-def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor,
-                choose: Callable[[torch.Tensor], torch.Tensor], max_new_tokens: int, stopper: Stopper,
-                outputs: list[int] | None = None, check_every: int | None = None,
-                on_text: Callable[[str], None] | None = None) -> list[Completion]:
-    """Pick a token per row with `choose`, feed it back, until every tracked row is done.
+Chooser = Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
 
-    `outputs` rows (default all) are tracked; fusion methods track one row per question because
-    all rows of a question carry the same fused token. Finished rows keep decoding harmlessly until
-    all are done. Tokens stay on the device and are copied to the host every `check_every` steps
-    only (default: every step on CPU, where the copy is free; every 8 on GPU, where it stalls).
+
+def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor, choose: Chooser,
+                max_new_tokens: int, stopper: Stopper, groups: list[list[int]] | None = None,
+                check_every: int | None = None, on_text: Callable[[str], None] | None = None) -> list[Completion]:
+    """Pick a token per row with `choose`, feed it back, until every group's answer is done.
+
+    `groups` are rows that decode together, each answered by its first row (default: every row
+    alone); fusion methods group a question's rows, which all carry its fused token. Where the
+    session can shrink (eager), a finished group's rows leave the batch, so later steps compute only
+    rows still decoding; `choose(logits [b, V], rows)` is told which of the original rows the b rows
+    are. Tokens stay on the device and are copied to the host every `check_every` steps only
+    (default: every step on CPU, where the copy is free; every 8 on GPU, where it stalls).
     """
     if check_every is None:
         check_every = 8 if session.device.type == "cuda" else 1
-    rows = list(range(session.batch)) if outputs is None else outputs
+    if groups is None:
+        groups = [[r] for r in range(session.batch)]
+    rows = tuple(range(session.batch))  # the original index of each row still in the batch
+    index = None  # rows as a device tensor, once some have left
     generated = torch.empty((session.batch, max_new_tokens), dtype=torch.long, device=session.device)
     done: dict[int, Completion] = {}
     shown = ""
     steps = 0
     for step in range(max_new_tokens):
-        token = choose(logits)  # [B]
-        generated[:, step] = token
+        token = choose(logits, rows)  # [b]
+        if index is None:
+            generated[:, step] = token
+        else:
+            generated[index, step] = token
         steps = step + 1
         if steps % check_every == 0 or steps == max_new_tokens:
             host = generated[:, :steps].tolist()
-            for row in rows:
-                if row not in done and (finished := stopper.finish(host[row])):
-                    done[row] = Completion(finished[1], finished[0], finished[2])
+            for group in groups:
+                first = group[0]
+                if first not in done and (finished := stopper.finish(host[first])):
+                    done[first] = Completion(finished[1], finished[0], finished[2])
             if on_text is not None:
-                first = rows[0]
+                first = groups[0][0]
                 current = done[first].text if first in done else stopper.text(host[first])
                 if current.startswith(shown) and len(current) > len(shown):
                     on_text(current[len(shown):])
                     shown = current
-            if len(done) == len(rows):
+            if len(done) == len(groups):
                 break
+            live = {r for group in groups if group[0] not in done for r in group}
+            if session.resizable and len(live) < len(rows):
+                kept = [i for i, r in enumerate(rows) if r in live]
+                session.retain(kept)
+                keep = torch.tensor(kept, device=session.device)
+                token, next_positions = token.index_select(0, keep), next_positions.index_select(0, keep)
+                rows = tuple(rows[i] for i in kept)
+                index = torch.tensor(rows, device=session.device)
         if steps < max_new_tokens:
             logits = session.decode(token, next_positions + step)
     host = generated[:, :steps].tolist()
-    return [done.get(r) or Completion(stopper.text(host[r]), host[r], "length") for r in rows]
+    return [done.get(g[0]) or Completion(stopper.text(host[g[0]]), host[g[0]], "length") for g in groups]

@@ -94,7 +94,7 @@ class LLM:
         session = self.session(len(prompts), layout.length + max_new_tokens)
         logits = session.prefill(layout.tokens, layout.positions, layout.segments)
         generator = params.generator(self.device)
-        results = decode_loop(session, logits, layout.next_positions, lambda l: sample(l, params, generator),
+        results = decode_loop(session, logits, layout.next_positions, lambda l, rows: sample(l, params, generator),
                               max_new_tokens, self.stopper(stop), on_text=on_text)
         for result, ids in zip(results, prompts):
             result.prompt_tokens = len(ids)

@@ -26,20 +26,20 @@ from torch.nn.attention.flex_attention import BlockMask
 from minirun.errors import MinirunError
 from minirun.layers import calibrate, flex
 from minirun.layers.compiled import Compiled
-from minirun.layers.hidden_fusion import HiddenFusion
+from minirun.layers.hidden_fusion import HiddenFusion, retain_rows
 from minirun.layers.linear import set_packed, set_stream_max_rows
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
 CHUNKS = (512, 256, 128, 64)  # prefill chunk sizes (tokens): few compiled shapes, big GEMMs for long prompts
 CHUNK = CHUNKS[-1]  # compiled, prompts are left-padded to a multiple of the smallest
-EAGER_ALIGN = 8  # eager, to a multiple of this only: no compiled shapes to keep few, and padding costs
 
 
 def pad_unit() -> int:
-    """What a prompt is left-padded to a multiple of: a 17-token paraphrase row padded to 64 tokens
-    would make eager prefill GEMMs 3× bigger than the work."""
-    return CHUNK if flex.is_compiled() else EAGER_ALIGN
+    """What a prompt is left-padded to a multiple of: compiled, whole chunks (few shapes); eager, nothing
+    beyond the widest row, as padding is work: an evaluation batch's 16-token paraphrase rows padded to
+    24 (a multiple of 8) made its prefill 1.26x slower, padded to 64 it would be 3x bigger."""
+    return CHUNK if flex.is_compiled() else 1
 
 
 def chunk_plan(start: int, length: int, aligned: bool = True) -> list[int]:
@@ -316,6 +316,27 @@ class Session:
         if every_token:
             return torch.cat(states, dim=1)[:, pad:]
         return logits[:, -1].float()
+
+    @property
+    def resizable(self) -> bool:
+        """Whether `retain` may shrink the batch: eager only, as a compiled step keeps one shape."""
+        return not flex.is_compiled()
+
+    @torch.inference_mode()
+    def retain(self, rows: list[int]) -> None:
+        """Decode only batch rows `rows` (ascending) from now on, renumbered 0..b-1: rows whose answers
+        are finished stop costing a step. Their cache, segment ids, attention bias and fusion go with them."""
+        if not self.resizable:
+            raise MinirunError("a compiled session keeps its batch size: retain rows only in eager mode")
+        index = torch.tensor(rows, device=self.device)
+        self.model.retain_rows(rows, self.length)
+        self.segments = self.segments.index_select(0, index)
+        if self.log_weights is not None:
+            self.log_weights = self.log_weights.index_select(0, index)
+        if self.fusion is not None:
+            self.fusion = retain_rows(self.fusion, index)
+        self.batch = len(rows)
+        self._mask = None
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,8 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
     params = SamplingParams(temperature, top_p=top_p)
     generators = [SamplingParams(temperature, seed=seed + i).generator(llm.device) for _ in items for i in range(num)]
 
-    def choose(step_logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([sample(step_logits[r:r + 1], params, g) for r, g in enumerate(generators)])
+    def choose(step_logits: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
+        return torch.cat([sample(step_logits[i:i + 1], params, generators[r]) for i, r in enumerate(rows)])
 
     done = decode_loop(session, logits, layout.next_positions, choose, max_new_tokens, llm.stopper(("\n",)))
     return [[clean_rewrite(c.text) for c in done[i * num:(i + 1) * num]] for i in range(len(items))]

@@ -6,7 +6,7 @@ methods, only "rows in these groups are fused from this block on".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,6 +36,13 @@ def group_fusion(groups: list[list[int]], alpha: float, first_block: int, device
         mix[index[:, None], index[None, :]] += alpha / len(group)
         anchor[index] = group[0]
     return HiddenFusion(first_block, mix.to(device), anchor.to(device))
+
+
+def retain_rows(fusion: HiddenFusion, rows: torch.Tensor) -> HiddenFusion:
+    """`fusion` for the batch rows `rows` [b] only (ascending, whole groups), renumbered 0..b-1."""
+    position = torch.full_like(fusion.anchor, -1)
+    position[rows] = torch.arange(rows.numel(), device=rows.device)
+    return replace(fusion, mix=fusion.mix[rows][:, rows], anchor=position[fusion.anchor[rows]])
 
 
 def fuse_newest(x: torch.Tensor, fusion: HiddenFusion) -> torch.Tensor:

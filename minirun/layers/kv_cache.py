@@ -27,3 +27,16 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, slots, v.expand(self.v.shape[0], -1, -1, -1))
         rows = k.shape[0]
         return self.k[:rows], self.v[:rows]
+
+    def retain(self, rows: list[int], length: int) -> None:
+        """Keep batch rows `rows` (ascending) as rows 0..b-1, their first `length` slots carried over.
+
+        Rows already in place are not copied (dropping the last rows copies nothing); the cache
+        becomes a view of its first b rows, so the steps that follow read and write only those.
+        """
+        moved = next((i for i, r in enumerate(rows) if r != i), len(rows))
+        if moved < len(rows):
+            index = torch.tensor(rows[moved:], device=self.k.device)
+            for buffer in (self.k, self.v):
+                buffer[moved:len(rows), :, :length] = buffer[index, :, :length]  # gathered first: overlap is safe
+        self.k, self.v = self.k[:len(rows)], self.v[:len(rows)]

@@ -51,8 +51,8 @@ def paraphrase_confidence(llm: EnsembleModel, ids: list[int], options: EnsembleO
     logits = session.prefill(layout.tokens, layout.positions, layout.segments).expand(n, -1)
     params = SamplingParams(options.confidence_temperature, seed=options.seed)
     generator = params.generator(llm.device)
-    samples = decode_loop(session, logits, layout.next_positions.expand(n), lambda l: sample(l, params, generator),
-                          max_new, llm.stopper(("\n",)))
+    samples = decode_loop(session, logits, layout.next_positions.expand(n),
+                          lambda l, rows: sample(l, params, generator), max_new, llm.stopper(("\n",)))
     return sum(same(s.text, greedy) for s in samples) / n
 
 

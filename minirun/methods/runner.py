@@ -131,6 +131,25 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
     return session, layout, logits
 
 
+@dataclass
+class GroupLayout:
+    """Where each question still decoding has its rows in the current batch."""
+
+    questions: list[int]  # the questions' indices
+    members: list[torch.Tensor]  # per question, its rows' positions in the batch
+    row_group: torch.Tensor  # [b] each row's position in `questions`
+
+
+def group_layout(groups: list[list[int]], rows: tuple[int, ...], device: torch.device) -> GroupLayout:
+    """The layout of `groups` (original row indices) in a batch of original rows `rows` (whole groups).
+    Index tensors are made here once, not per step: indexing with lists copies them to the device."""
+    position = {r: i for i, r in enumerate(rows)}
+    questions = [q for q, g in enumerate(groups) if g[0] in position]
+    members = [torch.tensor([position[r] for r in groups[q]], device=device) for q in questions]
+    row_group = torch.tensor([k for k, q in enumerate(questions) for _ in groups[q]], device=device)
+    return GroupLayout(questions, members, row_group)
+
+
 def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: list[list[str]],
               options: EnsembleOptions, confidences: list[list[float]] | None, hooks: Hooks) -> list[MethodResult]:
     """origin / per_prompt / logit fusion: one row per prompt, rows of a question fused per step."""
@@ -142,19 +161,20 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     fused = method in FUSED_ROWS
     rule = RULES["avg" if method == "hidden_avg" else method] if fused else None
     weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
-    # Index tensors made once: indexing with Python lists would copy them to the device every step.
-    members = [torch.tensor(g, device=llm.device) for g in groups]
-    row_group = torch.tensor([q for q, g in enumerate(groups) for _ in g], device=llm.device)  # [B]
+    layouts: dict[tuple[int, ...], GroupLayout] = {}
 
-    def choose(step_logits: torch.Tensor) -> torch.Tensor:
+    def choose(step_logits: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
         if not fused:
             return sample(step_logits, params, generator)
-        scores = torch.stack([rule(step_logits.index_select(0, m), w) for m, w in zip(members, weights)])  # [Q, V]
-        return sample(scores, params, generator)[row_group]  # every row of a question carries its fused token
+        if rows not in layouts:  # once per batch composition: the loop drops finished questions' rows
+            layouts[rows] = group_layout(groups, rows, llm.device)
+        where = layouts[rows]
+        scores = torch.stack([rule(step_logits.index_select(0, m), weights[q])
+                              for q, m in zip(where.questions, where.members)])  # [Q, V]
+        return sample(scores, params, generator)[where.row_group]  # every row carries its question's token
 
-    outputs = [g[0] for g in groups] if fused else None
     completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,
-                              llm.stopper(options.stop, options.ignore_eos), outputs=outputs)
+                              llm.stopper(options.stop, options.ignore_eos), groups=groups if fused else None)
     results = []
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
@@ -172,7 +192,7 @@ def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str
     session, layout, logits = open_session(llm, rows, head, options.max_new_tokens, hooks, log_weights)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
-    completions = decode_loop(session, logits, layout.next_positions, lambda l: sample(l, params, generator),
+    completions = decode_loop(session, logits, layout.next_positions, lambda l, rows: sample(l, params, generator),
                               options.max_new_tokens, llm.stopper(options.stop, options.ignore_eos))
     return [_result("flex", [c], p, (len(head) if head else 0) + len(r.tokens))
             for c, p, r in zip(completions, prompts, rows)]

@@ -192,6 +192,11 @@ class Decoder(nn.Module):
         for layer, (k, v) in zip(self.layers, saved):
             layer.attn.kv_cache.update(slots, k, v)
 
+    def retain_rows(self, rows: list[int], length: int) -> None:
+        """Keep only batch rows `rows` (ascending) of every layer's cache, their first `length` slots."""
+        for layer in self.layers:
+            layer.attn.kv_cache.retain(rows, length)
+
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | None = None, score_mod: Callable | None = None,
                fusion: HiddenFusion | None = None) -> torch.Tensor:
