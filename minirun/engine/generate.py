@@ -143,11 +143,10 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
                     shown = current
             if len(done) == len(groups):
                 break
-            live = {r for group in groups if group[0] not in done for r in group}
-            if session.resizable and len(live) < len(rows):
+            live = {r for group in groups if group[0] not in done for r in group} if session.resizable else rows
+            if len(live) < len(rows):
                 kept = [i for i, r in enumerate(rows) if r in live]
-                session.retain(kept)
-                keep = torch.tensor(kept, device=session.device)
+                keep = session.retain(kept)
                 token, next_positions = token.index_select(0, keep), next_positions.index_select(0, keep)
                 rows = tuple(rows[i] for i in kept)
                 index = torch.tensor(rows, device=session.device)

@@ -37,8 +37,8 @@ CHUNK = CHUNKS[-1]  # compiled, prompts are left-padded to a multiple of the sma
 
 def pad_unit() -> int:
     """What a prompt is left-padded to a multiple of: compiled, whole chunks (few shapes); eager, nothing
-    beyond the widest row, as padding is work: an evaluation batch's 16-token paraphrase rows padded to
-    24 (a multiple of 8) made its prefill 1.26x slower, padded to 64 it would be 3x bigger."""
+    beyond the widest row, as padding is work: an evaluation batch's 15-19-token paraphrase rows padded
+    to 24 (a multiple of 8) made its prefill 1.28x slower, padded to 64 it would be 3x bigger."""
     return CHUNK if flex.is_compiled() else 1
 
 
@@ -323,9 +323,10 @@ class Session:
         return not flex.is_compiled()
 
     @torch.inference_mode()
-    def retain(self, rows: list[int]) -> None:
+    def retain(self, rows: list[int]) -> torch.Tensor:
         """Decode only batch rows `rows` (ascending) from now on, renumbered 0..b-1: rows whose answers
-        are finished stop costing a step. Their cache, segment ids, attention bias and fusion go with them."""
+        are finished stop costing a step. Their cache, segment ids, attention bias and fusion go with them;
+        returns `rows` as a device tensor, for the caller's own per-row state."""
         if not self.resizable:
             raise MinirunError("a compiled session keeps its batch size: retain rows only in eager mode")
         index = torch.tensor(rows, device=self.device)
@@ -337,6 +338,7 @@ class Session:
             self.fusion = retain_rows(self.fusion, index)
         self.batch = len(rows)
         self._mask = None
+        return index
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
