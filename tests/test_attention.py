@@ -37,6 +37,30 @@ def test_grouped_attention_equals_sdpa(dtype, queries, bias):
     assert error <= 1e-5 if dtype == torch.float32 else error <= 1.25 * (sdpa.float() - expected).abs().max().item()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("queries", [1, 7])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shared", [24, 40])
+def test_a_shared_head_read_once_gives_the_same_attention(dtype, queries, bias, shared):
+    """Keys/values equal in every row's first `shared` slots, read from row 0 for all: the same result
+    as reading every row's own copy, to float32 rounding (all 40 slots shared included)."""
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 6, queries, 16, generator=g).to(dtype)
+    k, v = (torch.randn(3, 2, 40, 16, generator=g).to(dtype) for _ in range(2))
+    k[:, :, :shared], v[:, :, :shared] = k[:1, :, :shared], v[:1, :, :shared]
+    mask = torch.rand(3, 1, queries, 40, generator=g) < 0.5
+    mask[..., 0] = True
+    if bias:
+        mask = torch.randn(3, 1, queries, 40, generator=g).to(dtype).masked_fill(~mask, float("-inf"))
+    once, per_row = flex.grouped_attention(q, k, v, mask, shared), flex.grouped_attention(q, k, v, mask)
+    assert once.dtype == dtype and once.shape == per_row.shape
+    ulp = 1e-6 if dtype == torch.float32 else 2 ** -7  # bfloat16: at most one rounding step apart
+    assert torch.allclose(once.float(), per_row.float(), rtol=ulp, atol=ulp)
+    k[1, 0, 0] += 1  # the head is then not the same in every row: reading row 0 for all is visibly wrong
+    assert not torch.allclose(flex.grouped_attention(q, k, v, mask, shared).float(),
+                              flex.grouped_attention(q, k, v, mask).float(), rtol=ulp, atol=ulp)
+
+
 def test_grouped_attention_keeps_a_query_that_sees_nothing_finite():
     q, k, v = torch.randn(1, 4, 2, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
     mask = torch.ones(1, 1, 2, 5, dtype=torch.bool)
@@ -73,6 +97,8 @@ def test_both_dense_kernels_give_the_same_answers(llm, monkeypatch, method):
     steps = 2 * 11  # two runs of 11 decode steps each, one question per step, not one per layer
     assert steps <= len(asked) <= steps + 2 * 4  # + each run's prefill chunks
     assert {shape[0] for shape in asked} == {torch.float32}
+    if method == "avg":  # its 2 rows (the paraphrases) attend over the few-shot head as one shared region
+        assert {shape[1] for shape in asked} == {1, 2} and all(shape[-1] > 0 for shape in asked if shape[1] == 2)
 
 
 def test_eager_decode_over_written_slots_equals_the_whole_cache(llm):

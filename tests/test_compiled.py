@@ -160,3 +160,22 @@ def test_prefill_regions_serve_every_block_with_one_graph(checkpoint_dirs, compi
     flex.set_compiled(False)
     eager = llm.session(7, cache_size(2 * CHUNK)).prefill(tokens, positions, segments)
     assert (logits - eager).abs().max().item() <= 1e-4
+
+
+def test_a_new_head_length_does_not_recompile_the_decode_step(llm, compiled):
+    """The cache's count of shared head slots steers eager attention only: were the compiled step to
+    depend on it, every new head length would be a recompile. Heads of one and two chunks, one graph."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    entries = []
+    for chunks, head in ((1, 40), (2, 100)):
+        session = llm.session(3, 512)
+        session.prefill_head(torch.randint(3, 320, (head,)).tolist())
+        start = session.length
+        assert start == chunks * CHUNK and {layer.attn.kv_cache.shared for layer in llm.model.layers} == {start}
+        tokens = torch.randint(3, 320, (3, 5))
+        segments = torch.zeros_like(tokens, dtype=torch.int32)
+        session.prefill(tokens, torch.arange(start, start + 5).expand(3, -1), segments)
+        session.decode(tokens[:, -1], torch.full((3,), start + 5))
+        entries.append(len(_debug_get_cache_entry_list(engine.decode_step.__code__)))
+    assert entries[0] == entries[1] >= 1

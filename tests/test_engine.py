@@ -98,6 +98,25 @@ def test_a_head_goes_first(llm):
         session.prefill_head([5, 6, 7])
 
 
+def test_a_head_marks_its_slots_shared_until_the_next_session(llm):
+    """What lets attention read the head from one row: set after the head (encoded or copied from an
+    earlier batch), kept when rows retire, cleared when the cache is set up for another generation."""
+    caches = lambda: [layer.attn.kv_cache for layer in llm.model.layers]
+    prefixes = Prefixes()
+    for _ in range(2):  # encoded, then copied
+        session = Session(llm.model, 3, 64, prefixes=prefixes)
+        assert {cache.shared for cache in caches()} == {0}
+        session.prefill_head([5, 6, 7, 8])
+        assert {cache.shared for cache in caches()} == {session.length} and session.length >= 4
+        assert all(torch.equal(c.k[0, :, :4], c.k[2, :, :4]) for c in caches())
+    tokens = torch.tensor([[9, 10]] * 3)
+    session.prefill(tokens, torch.arange(4, 6).expand(3, -1), torch.zeros_like(tokens, dtype=torch.int32))
+    session.retain([1, 2])
+    assert {cache.shared for cache in caches()} == {session.length - 2}
+    Session(llm.model, 3, 64)
+    assert {cache.shared for cache in caches()} == {0}
+
+
 def test_retaining_rows_moves_only_those_out_of_place():
     cache = KVCache(4, 2, 6, 3, torch.float32, torch.device("cpu"))
     for buffer in (cache.k, cache.v):

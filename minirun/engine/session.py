@@ -245,7 +245,8 @@ class Session:
         """Encode a head shared by every row (batch 1, written to all rows) at the start of the cache,
         or copy it from `prefixes` where an earlier session of this model encoded the same head in the
         same way (padding unit, compiled or not, with or without an attention bias): the same keys
-        and values, bit for bit, without the forward pass."""
+        and values, bit for bit, without the forward pass. The cache then marks the head's slots as
+        shared, which eager attention reads once for all rows."""
         if self.length:
             raise MinirunError("a shared head goes first: this session has already prefilled tokens")
         fused = self.fusion is not None and self.batch == 1  # a one-row session fuses its head (see `prefill`)
@@ -258,11 +259,12 @@ class Session:
             if self.prefixes is not None:
                 segments = self.segments[0, :self.length].clone()
                 self.prefixes.put(key, Prefix(segments, self.model.cached_prefix(self.length)))
-            return
-        self.model.restore_prefix(saved.kv)
-        self.length = saved.segments.shape[0]
-        self.segments[:, :self.length] = saved.segments
-        self._mask = None
+        else:
+            self.model.restore_prefix(saved.kv)
+            self.length = saved.segments.shape[0]
+            self.segments[:, :self.length] = saved.segments
+            self._mask = None
+        self.model.mark_shared(self.length)
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:

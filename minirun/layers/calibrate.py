@@ -194,11 +194,14 @@ def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, 
 
 
 def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,
-                    keys: int) -> str:
+                    keys: int, shared: int = 0) -> str:
     """"sdpa" or "grouped" (`flex.grouped_attention`): the faster dense attention kernel for this shape,
     timed at the next power of two of rows, queries and keys (few shapes to measure) under a random
-    mask that leaves every query its first key, as a decode step or a causal chunk does."""
+    mask that leaves every query its first key, as a decode step or a causal chunk does. With a head
+    of `shared` slots common to every row (timed at the power of two below it), the grouped kernel
+    reads it once for all rows, which SDPA cannot: a long few-shot head moves the answer."""
     rows, queries, keys = _bucket(rows), _bucket(queries), _bucket(keys)
+    shared = min(1 << (shared.bit_length() - 1), keys) if shared and rows > 1 else 0
 
     def measure() -> dict[str, Any]:
         q = torch.randn(rows, heads, queries, head_dim, dtype=dtype)
@@ -208,8 +211,10 @@ def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, he
         with torch.inference_mode():
             times = {"sdpa": median_seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                                                    enable_gqa=True), 7),
-                     "grouped": median_seconds(lambda: flex.grouped_attention(q, k, v, mask), 7)}
+                     "grouped": median_seconds(lambda: flex.grouped_attention(q, k, v, mask, shared), 7)}
         return {"value": min(times, key=times.get), "ms": {n: round(t * 1e3, 4) for n, t in times.items()}}
 
     shape = {"dtype": dtype, "rows": rows, "heads": f"{heads}/{kv_heads}x{head_dim}", "queries": queries, "keys": keys}
+    if shared:  # keys of measurements made before shared heads were read once stay valid
+        shape["shared"] = shared
     return measured("dense_attention", shape, measure, DEFAULT_DENSE)

@@ -9,7 +9,8 @@ layer (a SmolLM2-135M decode step on 2 CPU cores: 390 ms with it, 64 ms with SDP
 The dense path has two kernels: SDPA, and `grouped_attention` (two batched products in float32).
 Which is faster depends on the CPU and the shape (bfloat16 one-query attention, 40 rows over 384
 slots on an AMD EPYC: SDPA's CPU kernel 8 to 15 ms, the products under 3 ms), so the engine installs
-a measured chooser with `set_dense_kernel`; the default is SDPA.
+a measured chooser with `set_dense_kernel`; the default is SDPA. Only the products can read a
+few-shot head that every row shares once for the whole batch rather than once per row.
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ warnings.filterwarnings("ignore", message=".*flex_attention called without torch
 
 BLOCK = _DEFAULT_SPARSE_BLOCK_SIZE  # BlockMask granularity (128): masks are built over whole blocks
 
-DenseChooser = Callable[[torch.dtype, int, int, int, int, int, int], str]  # see set_dense_kernel
+DenseChooser = Callable[[torch.dtype, int, int, int, int, int, int, int], str]  # see set_dense_kernel
 
 
 def _always_sdpa(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,
-                 keys: int) -> str:
+                 keys: int, shared: int) -> str:
     return "sdpa"
 
 
@@ -66,13 +67,15 @@ def is_compiled() -> bool:
 
 
 def set_dense_kernel(choose: DenseChooser | None) -> None:
-    """Install `choose(dtype, rows, heads, kv_heads, head_dim, queries, keys)` -> "sdpa" or "grouped",
-    asked once per mask (not per layer) for dense attention on CPU; None restores SDPA always."""
+    """Install `choose(dtype, rows, heads, kv_heads, head_dim, queries, keys, shared)` -> "sdpa" or
+    "grouped", asked once per mask (not per layer) for dense attention on CPU; None restores SDPA always."""
     _state["dense_kernel"] = choose or _always_sdpa
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, score_mod: Callable | None = None) -> torch.Tensor:
-    """q [B, H, T, D] against k/v [B, Hkv, S, D] under `block_mask`; GQA handled by the kernel."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
+              score_mod: Callable | None = None, shared: int = 0) -> torch.Tensor:
+    """q [B, H, T, D] against k/v [B, Hkv, S, D] under `block_mask`; GQA handled by the kernel. The
+    first `shared` slots hold the same keys and values in every row (see `grouped_attention`)."""
     if torch.compiler.is_compiling():  # traced into a compiled graph (the decode step)
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
     live = block_mask.seq_lengths[1]  # keys past it are unwritten cache slots (session.mask_rows), never visible
@@ -81,18 +84,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
     cached = getattr(block_mask, "_dense", None)  # (score_mod, mask, kernel), made by the first layer for all
     if cached is None or cached[0] is not score_mod:
         B, H, T, D = q.shape
-        kernel = _state["dense_kernel"](q.dtype, B, H, k.shape[1], D, T, live) if q.device.type == "cpu" else "sdpa"
+        shape = (q.dtype, B, H, k.shape[1], D, T, live, shared)
+        kernel = _state["dense_kernel"](*shape) if q.device.type == "cpu" else "sdpa"
         cached = block_mask._dense = (score_mod, dense_mask(block_mask, score_mod, q, live), kernel)
     k, v = k[:, :, :live], v[:, :, :live]
     if cached[2] == "grouped":
-        return grouped_attention(q, k, v, cached[1])
+        return grouped_attention(q, k, v, cached[1], shared)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=True)
 
 
-def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      shared: int = 0) -> torch.Tensor:
     """SDPA's result for q [B, H, T, D], k/v [B, Hkv, S, D] and mask [B, 1, T, S] (booleans, or a
-    float bias with -inf where hidden) as two batched products: each kv head's query heads are
-    stacked as rows of one product, so K and V are read once, not repeated per query head.
+    float bias with -inf where hidden) as batched products: each kv head's query heads are stacked as
+    rows of one product, so K and V are read once, not repeated per query head.
+
+    Where the first `shared` slots are the same in every row (a few-shot head written once), their
+    keys and values are read from row 0 only: one product per kv head takes every row's queries
+    against them, instead of B small ones over B copies. The scores of both parts are softmaxed
+    together, so this is the same attention, only summed in two parts.
 
     Computed in float32 whatever the dtype: bfloat16 scores and probabilities (transformers' eager
     attention) are 1.6× further from float32 than SDPA's CPU kernel, in float32 they are as close.
@@ -102,15 +112,25 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     B, H, T, D = q.shape
     kv_heads, S = k.shape[1], k.shape[2]
     group = H // kv_heads
-    scores = torch.matmul(q.reshape(B, kv_heads, group * T, D).float(), k.float().transpose(-1, -2))
-    scores = scores.view(B, kv_heads, group, T, S) * D ** -0.5  # [B, Hkv, group, T, S]
+    P = shared if B > 1 else 0  # one row: nothing to share
+    rows = q.reshape(B, kv_heads, group * T, D).float()  # [B, Hkv, G*T, D]
+    scores = torch.matmul(rows, k[:, :, P:].float().transpose(-1, -2))  # [B, Hkv, G*T, S-P]
+    if P:
+        stacked = rows.transpose(0, 1).reshape(kv_heads, B * group * T, D)  # every row's queries, per kv head
+        head = torch.matmul(stacked, k[0, :, :P].float().transpose(-1, -2))  # [Hkv, B*G*T, P]
+        scores = torch.cat([head.view(kv_heads, B, group * T, P).transpose(0, 1), scores], dim=-1)
+    scores = scores.view(B, kv_heads, group, T, S) * D ** -0.5  # [B, Hkv, G, T, S]
     floor = torch.finfo(torch.float32).min
     if mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask[:, :, None], floor)
     else:
         scores = (scores + mask[:, :, None].float()).clamp_(min=floor)
     probs = scores.softmax(-1).view(B, kv_heads, group * T, S)
-    return torch.matmul(probs, v.float()).view(B, H, T, D).to(q.dtype)
+    out = torch.matmul(probs[..., P:], v[:, :, P:].float())  # [B, Hkv, G*T, D]
+    if P:
+        head_probs = probs[..., :P].transpose(0, 1).reshape(kv_heads, B * group * T, P)
+        out += torch.matmul(head_probs, v[0, :, :P].float()).view(kv_heads, B, group * T, D).transpose(0, 1)
+    return out.view(B, H, T, D).to(q.dtype)
 
 
 def dense_mask(block_mask: BlockMask, score_mod: Callable | None, q: torch.Tensor, kv_len: int) -> torch.Tensor:

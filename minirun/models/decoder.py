@@ -66,9 +66,10 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
         """Write k, v at cache `slots` (if any) and attend: [B, H, T, D]."""
-        if slots is not None:
-            k, v = self.kv_cache.update(slots, k, v)  # [B, K, S, D]
-        return flex.attention(q, k, v, block_mask, score_mod)
+        if slots is None:
+            return flex.attention(q, k, v, block_mask, score_mod)
+        k, v = self.kv_cache.update(slots, k, v)  # [B, K, S, D]
+        return flex.attention(q, k, v, block_mask, score_mod, shared=self.kv_cache.shared)
 
     def out(self, y: torch.Tensor) -> torch.Tensor:
         """Attention output [B, H, T, D] -> [B, T, E]."""
@@ -180,6 +181,13 @@ class Decoder(nn.Module):
                 with torch.inference_mode():  # the buffers may be inference tensors (made by an earlier session)
                     cache.k.zero_()
                     cache.v.zero_()
+                cache.shared = 0
+
+    def mark_shared(self, length: int) -> None:
+        """Every row's first `length` cache slots now hold the same keys and values (a head written once
+        for all rows): dense attention reads them from one row for the whole batch."""
+        for layer in self.layers:
+            layer.attn.kv_cache.shared = length
 
     def cached_prefix(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of row 0's keys and values in the first `length` cache slots, per layer [1, K, L, D]."""
