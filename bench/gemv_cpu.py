@@ -6,7 +6,7 @@ F.linear (Inductor calls BLAS) and as minirun's `Linear` under torch.compile (a 
 multiply + sum Inductor turns into a weight-streaming reduction), in one process, interleaved.
 Also the machine's read bandwidth (a 512 MiB sum), the ceiling for M = 1.
 Writes bench/results/gemv-cpu-<date>.json; the default STREAM_MAX_ROWS in
-minirun/layers/linear.py came from it (layers/calibrate.py now measures each machine's own).
+minirun/layers/linear.py came from it (layers/calibrate.py now measures each machine's own plan).
 
 Usage: python bench/gemv_cpu.py [--rows 1,2,...]
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from minirun.bench.compare import device_name
 from minirun.layers.calibrate import median_seconds
-from minirun.layers.linear import Linear, set_stream_max_rows
+from minirun.layers.linear import Linear, set_plan
 
 # (out_features, in_features, matrices per step) for SmolLM2-135M
 SHAPES = {"qkv": (960, 576, 30), "o": (576, 576, 30), "gate_up": (3072, 576, 30), "down": (576, 1536, 30),
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10,12,16,24,40")
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = 1024
-    set_stream_max_rows(torch.float32, 10**9)  # stream at every row count, to find where BLAS overtakes it
+    set_plan(torch.float32, True, {1: "stream"})  # stream at every row count, to find where BLAS overtakes it
     torch.manual_seed(0)
     layers = {name: [Linear(k, n, bias=False) for _ in range(DISTINCT)] for name, (n, k, _) in SHAPES.items()}
     weight_bytes = sum(n * k * count * 4 for n, k, count in SHAPES.values())

@@ -42,6 +42,13 @@ def test_run_bench_reports_every_figure(checkpoint_dirs, method):
         assert packed["packed_tokens"] == 3 * 20 + 4 and packed["separate_tokens"] == 3 * 24
 
 
+def test_a_bfloat16_bench_also_reports_the_fraction_of_its_own_dtype_read_rate(checkpoint_dirs):
+    bandwidth = run_bench(model=str(checkpoint_dirs["llama3"]), dtype="bfloat16", **FAST)["bandwidth"]
+    assert bandwidth["dtype_read_gb_s"] > 0 and bandwidth["dtype_bandwidth_fraction"] == pytest.approx(
+        bandwidth["achieved_gb_s"] / bandwidth["dtype_read_gb_s"])
+    assert bandwidth["bandwidth_fraction"] == pytest.approx(bandwidth["achieved_gb_s"] / bandwidth["read_gb_s"])
+
+
 def test_compare_transformers_fills_entry_and_speedup(tmp_path):
     path = random_checkpoint("qwen2.5-0.5b", tmp_path / "ckpt", dtype="float32", **TINY)  # no tokenizer files
     result = run_bench(model=str(path), compare="transformers", **FAST)

@@ -51,39 +51,54 @@ def test_disabled_calibration_uses_defaults_and_writes_nothing(tmp_path, monkeyp
     assert not (tmp_path / "calibration.json").exists()
 
 
-def test_stream_threshold_is_measured_on_the_weights(calibrating):
-    flex.set_compiled(True)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_product_plan_is_measured_on_the_weights(calibrating, compiled):
+    """Every candidate timed at every row count the way it runs (compiled or eager); each count takes the
+    fastest; streaming only compiled and for few rows, packed weights only where they may be packed."""
+    weights = [torch.randn(96, 64) for _ in range(3)]
+    packable = linear.packing_available()
+    plan = calibrate.product_plan(weights, compiled, packable, rows=(1, 32))
+    (key, entry), = json.loads(calibrating.read_text()).items()
+    assert f"compiled={compiled}" in key and set(entry["ms"]) == {"1", "32"}
+    expected = {"library"} | ({"packed"} if packable else set())
+    assert set(entry["ms"]["1"]) == expected | ({"stream"} if compiled else set())
+    assert set(entry["ms"]["32"]) == expected  # beyond STREAM_ROWS: never streamed
+    assert plan == {m: min(times, key=times.get) for m, times in ((int(m), t) for m, t in entry["ms"].items())}
+
+
+def test_uncalibrated_plans_are_the_amd_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIRUN_CALIBRATE", "0")
+    weights = [torch.randn(96, 64) for _ in range(3)]
+    assert calibrate.product_plan(weights, True, True) == {linear.STREAM_MAX_ROWS: "stream",
+                                                           linear.STREAM_MAX_ROWS + 1: "packed"}
+    assert calibrate.product_plan(weights, False, False) == {1: "library"}
+
+
+def test_tune_installs_the_measured_plans_and_packs_only_what_fits(checkpoint_dirs, monkeypatch):
+    llm = minirun.load(checkpoint_dirs["llama3"])
+    asked = []
+
+    def plan(weights, compiled, packable):
+        asked.append((compiled, packable))
+        return {1: "library", 8: "packed" if packable else "library"} if not compiled else {4: "stream", 5: "library"}
+
+    monkeypatch.setattr(calibrate, "product_plan", plan)
+    before = {compiled: linear.current_plan(torch.float32, compiled) for compiled in (False, True)}
     try:
-        weights = [torch.randn(96, 64) for _ in range(3)]
-        limit = calibrate.stream_max_rows(weights, rows=(1, 2))
+        for fits in (True, False):
+            monkeypatch.setattr(session_module, "fits_twice", lambda model, fits=fits: fits)
+            asked.clear()
+            session_module.tune(llm.model)  # eager: the eager plan only
+            packable = fits and linear.packing_available()
+            assert asked == [(False, packable)]
+            assert linear.current_plan(torch.float32, False) == {1: "library", 8: "packed" if packable else "library"}
+        flex.set_compiled(True)
+        session_module.tune(llm.model)
+        assert asked[-1][0] is True and linear.current_plan(torch.float32, True) == {4: "stream", 5: "library"}
     finally:
         flex.set_compiled(False)
-    (entry,) = json.loads(calibrating.read_text()).values()
-    assert limit in (0, 1, 2) and entry["value"] == limit
-    assert set(entry["ms_blas_vs_stream"]) == {"1", "2"}  # BLAS and streaming timed at each row count
-
-
-@pytest.mark.skipif(not linear.packing_available(), reason="this torch build has no oneDNN")
-def test_packed_products_are_measured_on_the_weights(calibrating):
-    weights = [torch.randn(96, 64) for _ in range(3)]
-    chosen = calibrate.packed_linear(weights, rows=(1, 16))
-    (entry,) = json.loads(calibrating.read_text()).values()
-    assert entry["value"] is chosen
-    assert set(entry["ms_blas_vs_packed"]) == {"1", "16"}  # both kernels timed at each row count
-    assert chosen == all(packed < blas for blas, packed in entry["ms_blas_vs_packed"].values())
-
-
-def test_tune_packs_only_what_was_measured_faster_and_fits(checkpoint_dirs, calibrating, monkeypatch):
-    llm = minirun.load(checkpoint_dirs["llama3"])
-    before = linear.is_packed(torch.float32)
-    try:
-        for faster, fits in [(True, True), (False, True), (True, False)]:
-            monkeypatch.setattr(calibrate, "packed_linear", lambda weights, faster=faster: faster)
-            monkeypatch.setattr(session_module, "fits_twice", lambda model, fits=fits: fits)
-            session_module.tune(llm.model)
-            assert linear.is_packed(torch.float32) == (faster and fits and linear.packing_available())
-    finally:
-        linear.set_packed(torch.float32, before)
+        for compiled, previous in before.items():
+            linear.set_plan(torch.float32, compiled, previous)
 
 
 def test_a_small_model_fits_twice(checkpoint_dirs):
@@ -99,19 +114,6 @@ def test_prefill_attention_kernel_is_measured(calibrating):
     (key, entry), = json.loads(calibrating.read_text()).items()
     assert kernel in ("sdpa", "flex") and entry["value"] == kernel and set(entry["ms"]) == {"sdpa", "flex"}
     assert "rows=4" in key  # rows are measured at the next power of two
-
-
-def test_tune_sets_the_measured_threshold(checkpoint_dirs, calibrating, monkeypatch):
-    llm = minirun.load(checkpoint_dirs["llama3"])
-    monkeypatch.setattr(calibrate, "stream_max_rows", lambda weights: len(weights) + 1)
-    before = linear.stream_max_rows(torch.float32)
-    flex.set_compiled(True)
-    try:
-        session_module.tune(llm.model)
-        assert linear.stream_max_rows(torch.float32) == llm.config.num_layers + 1
-    finally:
-        flex.set_compiled(False)
-        linear.set_stream_max_rows(torch.float32, before)
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "flex"])

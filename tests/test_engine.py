@@ -72,15 +72,44 @@ def test_eager_step_builds_its_dense_mask_once(llm, monkeypatch):
     assert prefill_builds == 1 and len(builds) == 4  # one chunk, then three steps
 
 
-def test_a_reused_cache_is_cleared(llm):
-    """Sessions of one shape share the cache buffers, but never an earlier generation's values (a NaN
-    there would reach P @ V through masked slots of a partly visible block)."""
-    first = Session(llm.model, 1, cache_size(8))
-    cache = llm.model.layers[0].attn.kv_cache
-    cache.k.fill_(float("nan"))
-    Session(llm.model, 1, cache_size(8))
+def test_a_reused_compiled_cache_is_cleared(llm):
+    """Compiled sessions of one shape share the cache buffers (CUDA graphs replay against them), but
+    never an earlier generation's values (a NaN there would reach P @ V through masked slots of a
+    partly visible block)."""
+    flex.set_compiled(True)
+    try:
+        first = Session(llm.model, 1, cache_size(8))
+        cache = llm.model.layers[0].attn.kv_cache
+        cache.k.fill_(float("nan"))
+        Session(llm.model, 1, cache_size(8))
+    finally:
+        flex.set_compiled(False)
     assert llm.model.layers[0].attn.kv_cache is cache and not cache.k.isnan().any()
     assert first.max_slots == cache.k.shape[2]
+
+
+def test_an_eager_session_views_a_larger_cache_and_reads_none_of_its_stale_slots(llm):
+    """Eager sessions take the first rows and slots of any larger earlier allocation as they are, not
+    cleared: dense attention reads only the slots this generation wrote, so stale NaNs never show."""
+    tokens = torch.tensor([[5, 6, 7], [9, 10, 11]])
+
+    def generate() -> torch.Tensor:
+        session = Session(llm.model, 2, 128)
+        first = session.prefill(tokens, torch.arange(3).expand(2, -1), torch.zeros_like(tokens, dtype=torch.int32))
+        return torch.cat([first, session.decode(torch.tensor([8, 12]), torch.tensor([3, 3]))])
+
+    for layer in llm.model.layers:
+        layer.attn.kv_cache = None
+    fresh = generate()
+    Session(llm.model, 3, 512)
+    allocations = [layer.attn.kv_cache.allocation for layer in llm.model.layers]
+    for k, v in allocations:
+        k.fill_(float("nan"))
+        v.fill_(float("nan"))
+    reused = generate()
+    assert all(layer.attn.kv_cache.allocation[0] is k for layer, (k, _) in zip(llm.model.layers, allocations))
+    assert llm.model.layers[0].attn.kv_cache.k.shape[::2] == (2, 128)
+    assert torch.isfinite(reused).all() and (reused - fresh).abs().max().item() <= 1e-5
 
 
 def test_prefixes_keep_the_newest_heads():

@@ -8,29 +8,33 @@ import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
 from minirun.layers import linear
-from minirun.layers.linear import STREAM_MAX_ROWS, Linear, streams
+from minirun.layers.linear import STREAM_MAX_ROWS, Linear, kernel_for, product_kernel, set_plan
 
 needs_onednn = pytest.mark.skipif(not linear.packing_available(), reason="this torch build has no oneDNN")
+PACKED = {False: {1: "packed"}, True: {STREAM_MAX_ROWS: "stream", STREAM_MAX_ROWS + 1: "packed"}}  # by compiled
 
 
 @pytest.fixture(autouse=True)
-def default_threshold():
-    """The module's default streaming threshold, whatever an engine's tuning left behind."""
-    before = linear.stream_max_rows(torch.float32)
-    linear.set_stream_max_rows(torch.float32, STREAM_MAX_ROWS)
+def default_plans():
+    """Every float32/bfloat16 plan at the module's default, whatever an engine's tuning left behind, and restored."""
+    keys = [(dtype, compiled) for dtype in (torch.float32, torch.bfloat16, torch.float16) for compiled in (False, True)]
+    before = {key: linear.current_plan(*key) for key in keys}
+    for dtype, compiled in keys:
+        set_plan(dtype, compiled, None)
     yield
-    linear.set_stream_max_rows(torch.float32, before)
+    for (dtype, compiled), plan in before.items():
+        set_plan(dtype, compiled, plan)
 
 
 @pytest.fixture(params=[False, True], ids=["blas", "packed"])
 def packed(request):
-    """Run the test with packed float32 products off and on (when oneDNN is there), restoring the setting."""
+    """Run the test with float32 products beyond streaming on F.linear, then on packed weights (when oneDNN is there)."""
     if request.param and not linear.packing_available():
         pytest.skip("this torch build has no oneDNN")
-    before = linear.is_packed(torch.float32)
-    linear.set_packed(torch.float32, request.param)
-    yield request.param
-    linear.set_packed(torch.float32, before)
+    if request.param:
+        for compiled, plan in PACKED.items():
+            set_plan(torch.float32, compiled, plan)
+    return request.param
 
 
 def _layer(bias: bool) -> Linear:
@@ -65,9 +69,35 @@ def test_few_rows_compile_to_a_reduction_not_a_library_call(rows, library, packe
     layer = _layer(bias=False)
     with torch.no_grad():
         _, code = run_and_get_code(torch.compile(_norm_then_linear(layer), dynamic=False), torch.randn(rows, 96))
-    calls_blas = any("extern_kernels.mm" in c or "extern_kernels.addmm" in c for c in code)
-    calls_packed = any("minirun.packed_linear" in c for c in code)
-    assert (calls_blas, calls_packed) == ((library and not packed), (library and packed))
+    assert _calls(code) == (("packed" if packed else "blas") if library else "reduction")
+
+
+def _calls(code: list[str]) -> str:
+    """What a compiled product became: a BLAS call, the packed custom op, or neither (a reduction)."""
+    if any("extern_kernels.mm" in c or "extern_kernels.addmm" in c for c in code):
+        return "blas"
+    return "packed" if any("minirun.packed_linear" in c for c in code) else "reduction"
+
+
+@needs_onednn
+def test_a_plan_picks_the_kernel_by_row_count():
+    """Each product takes the entry of the next measured row count up (the largest one's beyond)."""
+    set_plan(torch.float32, True, {1: "library", 4: "packed", 16: "stream"})
+    assert [product_kernel(torch.float32, m, True) for m in (1, 2, 4, 5, 16, 300)] == \
+        ["library", "packed", "packed", "stream", "stream", "stream"]
+    layer = _layer(bias=False)
+    with torch.no_grad():
+        made = [_calls(run_and_get_code(torch.compile(_norm_then_linear(layer), dynamic=False), torch.randn(m, 96))[1])
+                for m in (1, 3, 8)]
+    assert made == ["blas", "packed", "reduction"]
+    assert product_kernel(torch.float32, 1, False) == "library"  # the eager plan is another one
+
+
+def test_a_plan_names_real_kernels_and_eager_products_never_stream():
+    with pytest.raises(ValueError, match="unknown product kernels"):
+        set_plan(torch.float32, True, {1: "gemv"})
+    with pytest.raises(ValueError, match="cannot stream"):
+        set_plan(torch.float32, False, {1: "stream"})
 
 
 @needs_onednn
@@ -75,19 +105,15 @@ def test_few_rows_compile_to_a_reduction_not_a_library_call(rows, library, packe
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_products_match_f_linear(dtype, tolerance, bias):
     layer = _layer(bias).to(dtype)
-    before = linear.is_packed(dtype)
-    linear.set_packed(dtype, True)
-    try:
-        with torch.inference_mode():
-            for rows in (1, 5, 200):
-                x = torch.randn(rows, 96, dtype=dtype)
-                torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=tolerance,
-                                           atol=tolerance)
-            compiled = torch.compile(lambda x: layer(x) * 2, dynamic=False)(x)
-            torch.testing.assert_close(compiled, 2 * F.linear(x, layer.weight, layer.bias), rtol=tolerance,
-                                       atol=tolerance)
-    finally:
-        linear.set_packed(dtype, before)
+    for compiled, plan in PACKED.items():
+        set_plan(dtype, compiled, plan)
+    with torch.inference_mode():
+        for rows in (1, 5, 200):
+            x = torch.randn(rows, 96, dtype=dtype)
+            assert kernel_for(x) == "packed"
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=tolerance, atol=tolerance)
+        compiled = torch.compile(lambda x: layer(x) * 2, dynamic=False)(x)
+        torch.testing.assert_close(compiled, 2 * F.linear(x, layer.weight, layer.bias), rtol=tolerance, atol=tolerance)
 
 
 @needs_onednn
@@ -95,15 +121,11 @@ def test_a_dtype_this_cpu_cannot_pack_keeps_f_linear():
     """float16 packing needs avx512_fp16 or avx_ne_convert: where the CPU lacks them, asking for
     packed float16 products leaves them on F.linear instead of failing at the first product."""
     layer = _layer(bias=True).to(torch.float16)
-    before = linear.is_packed(torch.float16)
-    linear.set_packed(torch.float16, True)
-    try:
-        assert linear.is_packed(torch.float16) == linear.packing_available(torch.float16)
-        x = torch.randn(5, 96, dtype=torch.float16)
-        with torch.inference_mode():
-            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
-    finally:
-        linear.set_packed(torch.float16, before)
+    set_plan(torch.float16, False, {1: "packed"})
+    x = torch.randn(5, 96, dtype=torch.float16)
+    assert kernel_for(x) == ("packed" if linear.packing_available(torch.float16) else "library")
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
 
 
 @needs_onednn
@@ -126,5 +148,5 @@ def test_packed_copy_follows_the_weight():
 
 def test_eager_products_never_stream(packed):
     x = torch.randn(2, 96)
-    assert not streams(x)  # eager: the broadcast form would materialise [N, M, K]
+    assert kernel_for(x) == ("packed" if packed else "library")  # eager: the broadcast would materialise [N, M, K]
     torch.testing.assert_close(_layer(True)(x), F.linear(x, _layer(True).weight, _layer(True).bias))

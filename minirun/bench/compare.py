@@ -160,11 +160,14 @@ def measure_transformers(path: Path, dtype: torch.dtype, device: str, prompts: l
 
 def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
     """How close decode runs to memory bandwidth: weight bytes read per step ÷ step time ÷ the
-    machine's measured bandwidth (CUDA: a 1 GiB copy, read + write; CPU: `torch.sum` over 512 MiB,
-    a pure read, as decode is).
+    machine's measured bandwidth (CUDA: a 1 GiB copy, read + write; CPU: `torch.sum` over 512 MiB of
+    float32, a pure read, as decode is).
 
     A decode step reads every weight once (the embedding table only when it doubles as lm_head);
-    the KV cache read is left out, so the fraction is a slight underestimate at long contexts.
+    the KV cache read is left out, so the fraction is a slight underestimate at long contexts. On
+    CPU a model of another dtype also gets `dtype_read_gb_s`, the same sum over its own dtype, and the
+    fraction of that: a reduction that converts every element reads slower (bfloat16 on an Intel
+    Xeon: ~17 against ~24 GB/s), which no weight-reading kernel of that dtype outruns.
     """
     config = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -175,8 +178,13 @@ def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
         measured, kind = _copy_gb_s(model.device), "copy_gb_s"
     else:
         measured, kind = read_gb_s(), "read_gb_s"
-    return {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": achieved_gb_s, kind: measured,
-            "bandwidth_fraction": achieved_gb_s / measured}
+    result = {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": achieved_gb_s, kind: measured,
+              "bandwidth_fraction": achieved_gb_s / measured}
+    dtype = model.embed.weight.dtype
+    if model.device.type != "cuda" and dtype != torch.float32:
+        result["dtype_read_gb_s"] = read_gb_s(dtype=dtype)
+        result["dtype_bandwidth_fraction"] = achieved_gb_s / result["dtype_read_gb_s"]
+    return result
 
 
 def _copy_gb_s(device: torch.device) -> float:
@@ -192,12 +200,12 @@ def _copy_gb_s(device: torch.device) -> float:
     return 2 * src.numel() * copies / (time.perf_counter() - start) / 1e9  # each copy reads and writes
 
 
-def read_gb_s(mib: int = 512, repeats: int = 5) -> float:
-    """CPU read bandwidth: the best of `repeats` sums over `mib` MiB of float32 (beyond any cache)."""
-    data = torch.ones(mib * 2**20 // 4)
+def read_gb_s(mib: int = 512, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """CPU read bandwidth: the best of `repeats` sums over `mib` MiB of `dtype` (beyond most caches)."""
+    data = torch.ones(mib * 2**20 // torch.finfo(dtype).bits * 8, dtype=dtype)
     data.sum()
     best = min(_timed(data.sum) for _ in range(repeats))
-    return data.numel() * 4 / best / 1e9
+    return data.numel() * data.element_size() / best / 1e9
 
 
 def _timed(fn: Callable[[], object]) -> float:

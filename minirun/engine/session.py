@@ -27,7 +27,7 @@ from minirun.errors import MinirunError
 from minirun.layers import calibrate, flex
 from minirun.layers.compiled import Compiled
 from minirun.layers.hidden_fusion import HiddenFusion, retain_rows
-from minirun.layers.linear import set_packed, set_stream_max_rows
+from minirun.layers.linear import packing_available, set_plan
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.models import Decoder
 
@@ -95,9 +95,10 @@ def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, s
     """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V].
 
     `live` (eager only: a compiled step keeps one shape) narrows dense attention to the slots
-    written so far instead of the whole cache."""
+    written so far instead of the whole cache, and makes the cache write a slice (slot live - 1)."""
     step_mask = mask_rows(full_mask, segments, tokens.shape[0], slot[0], 1, live)
-    logits = model(tokens[:, None], positions[:, None], step_mask, slot, _score_mod(segments, log_weights, slot[0]),
+    slots = slot if live is None else slice(live - 1, live)
+    logits = model(tokens[:, None], positions[:, None], step_mask, slots, _score_mod(segments, log_weights, slot[0]),
                    fusion=fusion)
     return logits[:, -1].float()
 
@@ -141,15 +142,16 @@ def fits_twice(model: Decoder) -> bool:
 
 def tune(model: Decoder) -> None:
     """Set the machine-dependent kernel choices for a CPU model (measured once per machine, cached on
-    disk: `layers.calibrate`): dense attention's kernel per shape, packed weights for the products
-    that do not stream (where a copy fits), and for a compiled model the streaming-product threshold,
-    before its first compile, which bakes it in."""
+    disk: `layers.calibrate`): dense attention's kernel per shape, and which kernel runs its matrix
+    products at each row count, eager and (for a compiled model, before its first compile, which
+    bakes the choice in) compiled; packed weights only where a second copy fits."""
     if model.device.type != "cpu":
         return
     flex.set_dense_kernel(calibrate.dense_attention)
-    set_packed(model.dtype, fits_twice(model) and calibrate.packed_linear(model.stream_calibration_weights()))
-    if flex.is_compiled():
-        set_stream_max_rows(model.dtype, calibrate.stream_max_rows(model.stream_calibration_weights()))
+    packable = fits_twice(model) and packing_available(model.dtype)
+    weights = model.calibration_weights()
+    for compiled in (False, True) if flex.is_compiled() else (False,):
+        set_plan(model.dtype, compiled, calibrate.product_plan(weights, compiled, packable))
 
 
 def dense_prefill(model: Decoder, rows: int, queries: int) -> bool:
@@ -211,7 +213,7 @@ class Session:
         self.prefixes = prefixes  # where `prefill_head` finds and leaves shared heads
         self.device = model.device
         tune(model)
-        model.setup_cache(batch, max_slots)
+        model.setup_cache(batch, max_slots, exact=flex.is_compiled())
         # Slots not yet written default to SHARED: that is what generated tokens are.
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
         self.log_weights = log_weights  # [B, N+1] attention bias per segment, see masks.segment_bias
@@ -299,7 +301,7 @@ class Session:
         done, states = 0, []
         for size in chunk_plan(self.length, T, aligned=flex.is_compiled()):
             start = torch.tensor(self.length, device=self.device)
-            slots = torch.arange(self.length, self.length + size, device=self.device)
+            slots = slice(self.length, self.length + size)
             chunk = slice(done, done + size)
             live = self.length + size if dense_prefill(self.model, rows, size) else None
             mask = mask_rows(full_mask, self.segments, rows, start, size, live)

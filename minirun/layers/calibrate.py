@@ -1,9 +1,10 @@
 """Kernel choices that depend on the machine, measured once per CPU and cached on disk.
 
-Which of two kernels wins differs between CPU kinds: MKL's few-row products are slow on AMD EPYC
-and fast on Intel Xeon with AMX, and FlexAttention's C++ template against SDPA moves with the dtype
-and the prompt length. So a compiled model times both candidates on its own shapes the first time it
-meets a new (CPU model, torch version, dtype, shape) and keeps the answer in
+Which kernel wins differs between CPU kinds: MKL's few-row float32 products are slow on AMD EPYC
+and read at full bandwidth on an Intel Xeon with AMX, torch's bfloat16 SDPA is pathological for one
+query per row on the first and the fastest choice on the second, and FlexAttention's C++ template
+against SDPA moves with the dtype and the prompt length. So a model times the candidates on its own
+shapes the first time it meets a new (CPU model, torch version, dtype, shape) and keeps the answer in
 `$MINIRUN_CACHE/calibration.json` (default `~/.cache/minirun`), keyed by the CPU model: a machine of
 another kind measures again instead of inheriting a wrong answer. `MINIRUN_CALIBRATE=0` skips the
 measuring and uses the defaults (the AMD EPYC figures in bench/README.md).
@@ -23,12 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from minirun.layers import flex
-from minirun.layers.linear import STREAM_MAX_ROWS, pack, packed_product, packing_available, stream_product
+from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
-STREAM_ROWS = (1, 2, 4, 8, 12, 16, 24)  # row counts timed for the streaming-product threshold
-PACKED_ROWS = (8, 40, 256)  # products timed for packed weights: decode steps of 8 and 40 rows, a prefill chunk
-DEFAULT_PACKED = True  # measured on AMD EPYC (Zen 4): oneDNN on packed weights beat F.linear at every row count
+PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
+STREAM_ROWS = 16  # streaming is timed up to this many rows: beyond, it lost everywhere (AMD EPYC, 40 rows: 0.8x BLAS)
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
@@ -105,62 +105,53 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 15) -> float:
     return statistics.median(times)
 
 
-def _product_ms(weights: list[torch.Tensor], rows: tuple[int, ...], first: Callable[[torch.Tensor], Any],
-                second: Callable[[torch.Tensor], Any]) -> dict[int, tuple[float, ...]]:
-    """{rows: (ms of `first(x)`, ms of `second(x)`)} for a random input x of that many rows; each
-    multiplies x by every matrix of `weights` (one per block, alike in shape and dtype: a decode step's
-    working set, far larger than the L3 cache, as it is in a model; one matrix alone stays cached and
-    times the wrong thing)."""
-    times = {}
-    with torch.inference_mode():
-        for m in rows:
-            x = torch.randn(m, weights[0].shape[1], dtype=weights[0].dtype)
-            times[m] = tuple(round(median_seconds(lambda: fn(x), 7) * 1e3, 3) for fn in (first, second))
-    return times
+def default_plan(compiled: bool, packable: bool) -> Plan:
+    """The product plan without calibration, as measured on AMD EPYC (Zen 4): streaming up to
+    STREAM_MAX_ROWS rows when compiled, oneDNN on packed weights (where they may be packed) for the rest."""
+    many = "packed" if packable else "library"
+    return {STREAM_MAX_ROWS: "stream", STREAM_MAX_ROWS + 1: many} if compiled else {1: many}
 
 
-def stream_max_rows(weights: list[torch.Tensor], rows: tuple[int, ...] = STREAM_ROWS) -> int:
-    """The most rows for which the compiled streaming product beats BLAS, timed over `weights` (see
-    `_product_ms`). The threshold is the last row count before BLAS first wins (0: BLAS always).
+def product_plan(weights: list[torch.Tensor], compiled: bool, packable: bool,
+                 rows: tuple[int, ...] = PLAN_ROWS) -> Plan:
+    """{row count: the fastest kernel} for the products of `weights` (`linear.KERNELS`), timed at every
+    count in `rows` the way they run: in one compiled graph over all matrices when `compiled` and the
+    count is few enough to stream (where each opaque packed call costs more than eagerly, and the
+    stream form fuses), as plain calls otherwise; "packed" only if `packable`.
+
+    `weights` (one dtype, any shapes) should be a decode step's mix of matrices, far larger than the
+    L3 cache as in a model: one matrix alone stays cached and times the wrong thing, and one kind
+    alone (a model's widest) hides the per-call cost that its many smaller products pay.
     """
-    out_features, in_features = weights[0].shape
-
-    def measure() -> dict[str, Any]:
-        ws = [w.detach() for w in weights]
-        # one graph for all matrices, as in a decode step; `x * 1` gives the products a producer
-        streamed = torch.compile(lambda x: [stream_product(x * 1, w) for w in ws], dynamic=False)
-        times = _product_ms(ws, rows, lambda x: [F.linear(x, w) for w in ws], streamed)
-        limit = 0
-        for m in rows:
-            if times[m][1] >= times[m][0]:
-                break
-            limit = m
-        return {"value": limit, "ms_blas_vs_stream": times}
-
-    if weights[0].device.type != "cpu":
-        return STREAM_MAX_ROWS
-    shape = {"dtype": weights[0].dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
-    return measured("stream_max_rows", shape, measure, STREAM_MAX_ROWS)
-
-
-def packed_linear(weights: list[torch.Tensor], rows: tuple[int, ...] = PACKED_ROWS) -> bool:
-    """Whether library products run faster on oneDNN-packed weights (`linear.pack`) than with F.linear,
-    timed over `weights` (see `_product_ms`) at every row count in `rows`: packed only if it wins at
-    all of them."""
-    out_features, in_features = weights[0].shape
     dtype = weights[0].dtype
 
-    def measure() -> dict[str, Any]:
+    def candidates(m: int) -> dict[str, Callable[[dict[int, torch.Tensor]], Any]]:
         ws = [w.detach() for w in weights]
-        copies = [pack(w) for w in ws]
-        times = _product_ms(ws, rows, lambda x: [F.linear(x, w) for w in ws],
-                            lambda x: [packed_product(x, c) for c in copies])
-        return {"value": all(p < b for b, p in times.values()), "ms_blas_vs_packed": times}
+        found: dict[str, Callable[[dict[int, torch.Tensor]], Any]] = {
+            "library": lambda xs: [F.linear(xs[w.shape[1]], w) for w in ws]}
+        if packable:
+            found["packed"] = lambda xs: [packed_linear(xs[w.shape[1]], w, None) for w in ws]
+        if compiled and m <= STREAM_ROWS:
+            found["stream"] = lambda xs: [stream_product(xs[w.shape[1]], w) for w in ws]
+            # one graph each; `* 1` gives the products a producer, as RMSNorm is in a model
+            found = {name: torch.compile(lambda xs, fn=fn: fn({k: x * 1 for k, x in xs.items()}), dynamic=False)
+                     for name, fn in found.items()}
+        return found
 
-    if weights[0].device.type != "cpu" or not packing_available(dtype):
-        return False
-    shape = {"dtype": dtype, "matrices": f"{len(weights)}x{out_features}x{in_features}"}
-    return measured("packed_linear", shape, measure, DEFAULT_PACKED)
+    def measure() -> dict[str, Any]:
+        times = {}
+        with torch.inference_mode():
+            for m in rows:
+                xs = {k: torch.randn(m, k, dtype=dtype) for k in {w.shape[1] for w in weights}}
+                times[m] = {name: round(median_seconds(lambda: fn(xs), 7) * 1e3, 3)
+                            for name, fn in candidates(m).items()}
+        return {"value": [[m, min(t, key=t.get)] for m, t in times.items()], "ms": times}
+
+    if weights[0].device.type != "cpu":
+        return {1: "library"}
+    shapes = ",".join(sorted({"x".join(map(str, w.shape)) for w in weights}))
+    shape = {"dtype": dtype, "matrices": f"{len(weights)} of {shapes}", "compiled": compiled, "packable": packable}
+    return dict(measured("product_plan", shape, measure, [list(e) for e in default_plan(compiled, packable).items()]))
 
 
 def _bucket(n: int) -> int:

@@ -1,23 +1,22 @@
-"""`Linear`: nn.Linear whose few-row products compile to a weight-streaming kernel on CPU.
+"""`Linear`: nn.Linear whose CPU products take whichever of three kernels this machine runs fastest.
 
-A decode step multiplies a handful of rows (one per batch row) by every weight matrix, so its cost
-is reading the weights once. On CPU, BLAS's x @ W.T for a few rows streams float32 weights at only
-~10 GB/s on 2 cores. Written instead as a broadcast multiply and a sum over the input dimension,
-torch.compile's Inductor emits one vectorised reduction per matrix that walks each weight row once
-and reuses it from L1 for every input row: for SmolLM2-135M's matrices, ~3x faster than BLAS for
-one row and still faster up to 10 rows (bench/README.md, "Why decode is fast on CPU").
+- "stream" (compiled graphs only): a few-row product written as a broadcast multiply and a sum over
+  the input dimension; torch.compile's Inductor emits one vectorised reduction per matrix that walks
+  each weight row once and reuses it from L1 for every input row. On an AMD EPYC, where BLAS's
+  few-row float32 products stream weights at ~10 GB/s on 2 cores, this is ~3x faster for one row
+  (bench/README.md, "Why decode is fast on CPU"). The input rows are pinned to a realised row-major
+  buffer first: left alone, Inductor inlines the producer (RMSNorm, SiLU·up, the residual add) into
+  the reduction, recomputing it for every output row, and with several rows it vectorises across
+  rows instead of along the weight row (measured 20x slower).
+- "packed": oneDNN on a weight copy reordered once into its blocked layout. F.linear hands float32
+  to MKL, which on an AMD EPYC runs 1.2x slower for 128 rows and 2-3x slower for a few rows, and
+  reorders a bfloat16 weight on every call. The copy doubles the weights' memory.
+- "library": F.linear (MKL for float32, oneDNN for bfloat16): on an Intel Xeon with AMX, MKL's
+  one-row float32 product reads weights at the machine's full bandwidth, faster than either.
 
-The input rows are pinned to a realised row-major buffer first. Left alone, Inductor inlines the
-producer (RMSNorm, SiLU·up, the residual add) into the reduction, recomputing it for every output
-row, and with several rows it vectorises across rows instead of along the weight row (measured
-20x slower). GPUs keep F.linear.
-
-Every other CPU product (eager ones: eval's default path; compiled: prefill chunks and decode steps
-of more rows than the streaming form wins for) can run oneDNN on a weight copy reordered once into
-its blocked layout (`set_packed`): F.linear hands float32 to MKL, which on an AMD EPYC runs 1.2x
-slower for 128 rows and 2-3x slower for a few rows, and reorders a bfloat16 weight on every call.
-The copy doubles the weights' memory, so the engine switches it on only where the machine measured
-it faster and the copy fits (`layers.calibrate.packed_linear`).
+Which wins depends on the CPU kind, the dtype, the row count and whether the product runs inside a
+compiled graph (where each opaque packed call costs more), so the engine installs a plan measured
+on the machine (`set_plan`, from `layers.calibrate.product_plan`). GPUs always take F.linear.
 """
 from __future__ import annotations
 
@@ -28,19 +27,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STREAM_MAX_ROWS = 10  # default crossover with BLAS (AMD EPYC, 2 cores); `layers.calibrate` measures each machine's
+KERNELS = ("stream", "packed", "library")
+STREAM_MAX_ROWS = 10  # the uncalibrated plan streams up to this many rows when compiled (AMD EPYC, 2 cores)
 
-_max_rows: dict[torch.dtype, int] = {}
-_packed: dict[torch.dtype, bool] = {}
-
-
-def set_stream_max_rows(dtype: torch.dtype, rows: int) -> None:
-    """Stream products of at most `rows` rows for weights of `dtype` (set before the first compile)."""
-    _max_rows[dtype] = rows
+Plan = dict[int, str]  # {row count measured: kernel}; a product takes the entry of the next row count up
+_plans: dict[tuple[torch.dtype, bool], tuple[tuple[int, str], ...]] = {}  # (dtype, compiled) -> sorted plan
+_choices: dict[tuple[torch.dtype, bool, int], str] = {}  # memo of `product_kernel`: asked by every eager product
 
 
-def stream_max_rows(dtype: torch.dtype) -> int:
-    return _max_rows.get(dtype, STREAM_MAX_ROWS)
+def default_plan(compiled: bool) -> Plan:
+    """The plan without calibration: stream few rows when compiled, F.linear for everything else."""
+    return {STREAM_MAX_ROWS: "stream", STREAM_MAX_ROWS + 1: "library"} if compiled else {1: "library"}
+
+
+def set_plan(dtype: torch.dtype, compiled: bool, plan: Plan | None) -> None:
+    """Run CPU products of `dtype` (inside compiled graphs, or eager) by `plan`; None restores the default.
+    A compiled plan must be set before the first compile, which bakes it in. "packed" entries fall back
+    to "library" where oneDNN cannot pack this dtype here; "stream" is refused for eager products (the
+    broadcast would materialise [N, M, K])."""
+    plan = default_plan(compiled) if plan is None else plan
+    if unknown := set(plan.values()) - set(KERNELS):
+        raise ValueError(f"unknown product kernels {sorted(unknown)}: choose from {', '.join(KERNELS)}")
+    if not compiled and "stream" in plan.values():
+        raise ValueError("eager products cannot stream: the broadcast form only pays inside a compiled graph")
+    packable = packing_available(dtype)
+    entries = tuple((rows, kernel if kernel != "packed" or packable else "library") for rows, kernel in sorted(plan.items()))
+    if _plans.get((dtype, compiled)) != entries:  # every session sets its plan: forget choices only when it changes
+        _plans[(dtype, compiled)] = entries
+        for key in [k for k in _choices if k[:2] == (dtype, compiled)]:
+            del _choices[key]
+
+
+def current_plan(dtype: torch.dtype, compiled: bool) -> Plan:
+    """The plan CPU products of `dtype` follow now (inside compiled graphs, or eager)."""
+    entries = _plans.get((dtype, compiled))
+    return dict(entries) if entries else default_plan(compiled)
+
+
+def product_kernel(dtype: torch.dtype, rows: int, compiled: bool) -> str:
+    """The plan's kernel for a `rows`-row CPU product: the entry of the smallest measured row count at
+    or above `rows`, or the largest one's beyond the plan. Memoised for eager calls only: a memo
+    written while tracing would change the globals the compiled graph is guarded on, and so
+    recompile the next block's identical graph."""
+    key, tracing = (dtype, compiled, rows), torch.compiler.is_compiling()
+    if not tracing and key in _choices:
+        return _choices[key]
+    plan = sorted(current_plan(dtype, compiled).items())
+    kernel = next((kernel for limit, kernel in plan if rows <= limit), plan[-1][1])
+    if not tracing:
+        _choices[key] = kernel
+    return kernel
 
 
 @functools.cache
@@ -56,15 +92,6 @@ def packing_available(dtype: torch.dtype = torch.float32) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def set_packed(dtype: torch.dtype, enabled: bool) -> None:
-    """Run CPU products of `dtype` that do not stream on a reordered weight copy (see the module docstring)."""
-    _packed[dtype] = enabled and packing_available(dtype)
-
-
-def is_packed(dtype: torch.dtype) -> bool:
-    return _packed.get(dtype, False)
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
@@ -111,10 +138,11 @@ def _row_major(rows: torch.Tensor) -> torch.Tensor:
     return torch.ops.prims.inductor_force_stride_order(rows, [rows.shape[1], 1])
 
 
-def streams(x: torch.Tensor) -> bool:
-    """Whether `x @ W.T` takes the streaming form: compiling, on CPU, with few rows."""
-    rows = x.numel() // x.shape[-1]
-    return torch.compiler.is_compiling() and x.device.type == "cpu" and rows <= stream_max_rows(x.dtype)
+def kernel_for(x: torch.Tensor) -> str:
+    """The kernel `x @ W.T` takes: the plan's for its dtype, row count and context on CPU, F.linear elsewhere."""
+    if x.device.type != "cpu":
+        return "library"
+    return product_kernel(x.dtype, x.numel() // x.shape[-1], torch.compiler.is_compiling())
 
 
 def stream_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,9 +154,10 @@ def stream_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # [M, K]: a 3-D input of one row takes a ~15x slower bfloat16 kernel
-        if streams(x):
+        kernel = kernel_for(x)
+        if kernel == "stream":
             y = stream_product(rows, self.weight, self.bias)
-        elif is_packed(x.dtype) and x.device.type == "cpu":
+        elif kernel == "packed":
             y = packed_linear(rows, self.weight, self.bias)
         else:
             y = F.linear(rows, self.weight, self.bias)

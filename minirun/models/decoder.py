@@ -64,7 +64,7 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
-               slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+               slots: torch.Tensor | slice | None, score_mod: Callable | None) -> torch.Tensor:
         """Write k, v at cache `slots` (if any) and attend: [B, H, T, D]."""
         if slots is None:
             return flex.attention(q, k, v, block_mask, score_mod)
@@ -97,7 +97,7 @@ class Block(nn.Module):
         self.mlp = MLP(c)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
-                slots: torch.Tensor | None, score_mod: Callable | None) -> torch.Tensor:
+                slots: torch.Tensor | slice | None, score_mod: Callable | None) -> torch.Tensor:
         if prefill_regions(x):
             q, k, v = _compiled_before(self, x, cos, sin)
             return _compiled_after(self, x, self.attn.attend(q, k, v, block_mask, slots, score_mod))
@@ -159,29 +159,31 @@ class Decoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
-    def stream_calibration_weights(self) -> list[torch.Tensor]:
-        """Every block's widest matrix: what CPU product kernels are timed on (`layers.calibrate`)."""
-        return [layer.mlp.w_gate_up.weight for layer in self.layers]
+    def calibration_weights(self) -> list[torch.Tensor]:
+        """What CPU product kernels are timed on (`layers.calibrate`): every matrix of every third block,
+        a decode step's mix of shapes and a working set far beyond the cache, in a third of the time."""
+        return [m.weight for layer in self.layers[::3]
+                for m in (layer.attn.wqkv, layer.attn.wo, layer.mlp.w_gate_up, layer.mlp.w_down)]
 
-    def setup_cache(self, batch: int, max_seq_len: int) -> None:
-        """Allocate every layer's KV cache once for a whole generation.
+    def setup_cache(self, batch: int, max_seq_len: int, exact: bool = True) -> None:
+        """Give every layer a KV cache for a whole generation of `batch` rows x `max_seq_len` slots.
 
-        A cache of the same shape is kept rather than reallocated, as a CUDA graph replays against
-        the buffers it was captured with; it is zeroed all the same, because masked slots inside a
-        partly visible block still enter FlexAttention's P @ V (with weight 0, which a NaN left by an
-        earlier generation would turn into NaN).
+        The buffers of the previous generation are kept where they can hold this one (`KVCache.reset`:
+        `exact` keeps only the same shape and zeroes it, for compiled steps; otherwise any larger
+        allocation is viewed as it is). A new allocation that is not exact covers both the old and the
+        new shape, so alternating batch shapes settle on one allocation.
         """
         c, w = self.config, self.embed.weight
-        shape = (batch, c.num_kv_heads, max_seq_len, c.head_dim)
         for layer in self.layers:
             cache = layer.attn.kv_cache
-            if cache is None or cache.k.shape != shape or cache.k.dtype != w.dtype or cache.k.device != w.device:
-                layer.attn.kv_cache = KVCache(*shape, w.dtype, w.device)
-            else:
-                with torch.inference_mode():  # the buffers may be inference tensors (made by an earlier session)
-                    cache.k.zero_()
-                    cache.v.zero_()
-                cache.shared = 0
+            if cache is not None and cache.k.dtype == w.dtype and cache.k.device == w.device and \
+                    cache.reset(batch, max_seq_len, exact):
+                continue
+            rows, slots = batch, max_seq_len
+            if cache is not None and not exact:
+                rows, slots = max(rows, cache.allocation[0].shape[0]), max(slots, cache.allocation[0].shape[2])
+            layer.attn.kv_cache = KVCache(rows, c.num_kv_heads, slots, c.head_dim, w.dtype, w.device, zeroed=exact)
+            layer.attn.kv_cache.reset(batch, max_seq_len, exact)
 
     def mark_shared(self, length: int) -> None:
         """Every row's first `length` cache slots now hold the same keys and values (a head written once
@@ -196,9 +198,8 @@ class Decoder(nn.Module):
 
     def restore_prefix(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write `cached_prefix`'s copies back into the first slots of every row's cache."""
-        slots = torch.arange(saved[0][0].shape[2], device=self.device)
         for layer, (k, v) in zip(self.layers, saved):
-            layer.attn.kv_cache.update(slots, k, v)
+            layer.attn.kv_cache.update(slice(0, k.shape[2]), k, v)
 
     def retain_rows(self, rows: list[int], length: int) -> None:
         """Keep only batch rows `rows` (ascending) of every layer's cache, their first `length` slots."""
@@ -206,12 +207,13 @@ class Decoder(nn.Module):
             layer.attn.kv_cache.retain(rows, length)
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
-               slots: torch.Tensor | None = None, score_mod: Callable | None = None,
+               slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None,
                fusion: HiddenFusion | None = None) -> torch.Tensor:
         """Final-norm hidden states [B, T, E].
 
-        Without `slots` the tokens attend to each other only (no cache); with `slots` [T] their
-        keys/values are written at those cache slots and attention runs over the whole cache.
+        Without `slots` the tokens attend to each other only (no cache); with `slots` ([T] indices, or
+        a slice of T consecutive slots) their keys/values are written at those cache slots and
+        attention runs over the whole cache.
         With `fusion`, the last token's state is fused across rows after each block from
         `fusion.first_block` on, so later blocks (and the cache) see the fused state.
         """
@@ -230,7 +232,7 @@ class Decoder(nn.Module):
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
-                slots: torch.Tensor | None = None, score_mod: Callable | None = None, last_only: bool = False,
+                slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None, last_only: bool = False,
                 fusion: HiddenFusion | None = None) -> torch.Tensor:
         """Logits [B, T, V] (or [B, 1, V] with `last_only`, skipping the vocab matmul elsewhere)."""
         h = self.hidden(tokens, positions, block_mask, slots, score_mod, fusion)
