@@ -139,6 +139,11 @@ def test_bad_sweep_is_one_line_naming_the_key(change, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_batch_size_defaults_to_evals_own():
+    assert parse_sweep(BASE).generation.batch_size is None
+    assert parse_sweep({**BASE, "generation": {"batch_size": 16}}).generation.batch_size == 16
+
+
 def test_method_options_are_the_eval_loops_ensemble_options(monkeypatch):
     """Any EnsembleOptions field the eval loop takes passes through, typed by the dataclass."""
     def loop(llm, items, methods, output_dir, *, positions="right", fusion_alpha=1.0, max_new_tokens=24):

@@ -69,7 +69,7 @@ class MethodSpec:
 @dataclasses.dataclass(frozen=True)
 class Generation:
     max_new_tokens: int = 24
-    batch_size: int = 8
+    batch_size: int | None = None  # None: eval's default (about 256 rows a batch)
     share_prefix: bool = True
     chat: bool | None = None  # None: the chat template when the model has one
 
@@ -107,7 +107,8 @@ def parse_sweep(data: dict) -> Sweep:
         raise MinirunError("generation must be a table of settings; see docs/sweep.toml")
     gen = Generation(**_checked(Generation, generation, "generation"))
     for key in ("max_new_tokens", "batch_size"):
-        _at_least(getattr(gen, key), 1, f"generation {key}")
+        if getattr(gen, key) is not None:
+            _at_least(getattr(gen, key), 1, f"generation {key}")
     models = tuple(_model(t, w) for t, w in _entries(data, "models"))
     datasets = tuple(_dataset(t, w) for t, w in _entries(data, "datasets"))
     methods = tuple(_method(t, w) for t, w in _entries(data, "methods"))
