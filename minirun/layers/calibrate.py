@@ -150,7 +150,8 @@ def product_plan(weights: list[torch.Tensor], compiled: bool, packable: bool,
     if weights[0].device.type != "cpu":
         return {1: "library"}
     shapes = ",".join(sorted({"x".join(map(str, w.shape)) for w in weights}))
-    shape = {"dtype": dtype, "matrices": f"{len(weights)} of {shapes}", "compiled": compiled, "packable": packable}
+    shape = {"dtype": dtype, "matrices": f"{len(weights)} of {shapes}", "compiled": compiled, "packable": packable,
+             "rows": ",".join(map(str, rows))}
     return dict(measured("product_plan", shape, measure, [list(e) for e in default_plan(compiled, packable).items()]))
 
 

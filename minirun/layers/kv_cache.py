@@ -15,12 +15,11 @@ class KVCache(nn.Module):
     """
 
     def __init__(self, batch: int, kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device, zeroed: bool = True):
+                 device: torch.device):
         super().__init__()
         shape = (batch, kv_heads, max_seq_len, head_dim)
-        make = torch.zeros if zeroed else torch.empty
-        self.register_buffer("k", make(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", make(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.allocation = (self.k, self.v)  # what `k` and `v` view
         self.shared = 0
 

@@ -182,7 +182,7 @@ class Decoder(nn.Module):
             rows, slots = batch, max_seq_len
             if cache is not None and not exact:
                 rows, slots = max(rows, cache.allocation[0].shape[0]), max(slots, cache.allocation[0].shape[2])
-            layer.attn.kv_cache = KVCache(rows, c.num_kv_heads, slots, c.head_dim, w.dtype, w.device, zeroed=exact)
+            layer.attn.kv_cache = KVCache(rows, c.num_kv_heads, slots, c.head_dim, w.dtype, w.device)
             layer.attn.kv_cache.reset(batch, max_seq_len, exact)
 
     def mark_shared(self, length: int) -> None:
