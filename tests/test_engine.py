@@ -178,3 +178,18 @@ def test_an_eager_session_shrinks_and_a_compiled_one_refuses(llm):
             session.retain([0])
     finally:
         flex.set_compiled(False)
+
+
+def test_a_cpu_model_keeps_large_temporaries_in_the_heap(llm, monkeypatch):
+    """Every CPU LLM asks glibc to keep big blocks in its heap (once per process; it takes on glibc)."""
+    import platform
+
+    from minirun.engine import allocator
+    from minirun.engine import llm as llm_module
+
+    asked = []
+    monkeypatch.setattr(llm_module, "keep_large_allocations", lambda: asked.append(1) or True)
+    llm_module.LLM(llm.model, llm.tokenizer, llm.path)
+    assert asked == [1]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert allocator.keep_large_allocations() is True

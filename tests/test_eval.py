@@ -140,6 +140,20 @@ def test_evaluate_batches_by_rows_unless_told(tiny, items, tmp_path, monkeypatch
     assert sizes == [("origin", 2), ("origin", 2), ("origin", 1)]
 
 
+def test_a_batch_holds_one_task_so_its_few_shot_head_is_shared(tiny, items, tmp_path, monkeypatch):
+    """Items of two tasks interleaved: batched by task, each batch's questions share one prefix."""
+    from dataclasses import replace
+
+    mixed = [replace(item, task="fill") if i % 2 else item for i, item in enumerate(items[:6])]
+    heads = []
+    real = loop.run_method
+    monkeypatch.setattr(loop, "run_method", lambda llm, method, qs, *a: heads.append({q.prefix for q in qs}) or
+                        real(llm, method, qs, *a))
+    table = evaluate(tiny, mixed, ["origin"], tmp_path, **{**SETTINGS, "batch_size": 3})
+    assert len(heads) == 2 and all(len(h) == 1 for h in heads) and heads[0] != heads[1]
+    assert sorted(table["id"]) == sorted(item.id for item in mixed)
+
+
 QUESTION, PARAS = "What is the capital of France?", ["Which city is France's capital?", "Name France's capital.",
                                                       "France's capital city is which city?"]
 

@@ -8,6 +8,7 @@ import torch
 
 from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.tokenizer import Tokenizer
+from minirun.engine.allocator import keep_large_allocations
 from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Prefixes, Session, cache_size
@@ -22,6 +23,8 @@ class LLM:
         self.model, self.tokenizer, self.path = model, tokenizer, path
         self.config = model.config
         self.prefixes = Prefixes()  # shared heads already encoded, reused by later sessions
+        if model.device.type == "cpu":
+            keep_large_allocations()
 
     @property
     def device(self) -> torch.device:

@@ -141,7 +141,10 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     mine = shard(items, rank, world_size)
     matcher = Matcher()
     with ResultStore(output_dir, run_key, rank, [item.id for item in items]) as store, _progress(progress) as bar:
-        todo = {m: [item for item in mine if item.id not in store.done(m)] for m in methods}
+        # batched by task: questions of one few-shot prefix share its keys and values (a batch mixing
+        # prefixes repeats each one in every row, ~7x the prefill of a 5-shot head)
+        todo = {m: sorted((item for item in mine if item.id not in store.done(m)), key=lambda item: task or item.task)
+                for m in methods}
         total = len(mine) * len(methods)
         overall = bar.add_task("eval", total=total, completed=total - sum(map(len, todo.values())))
         for method in methods:
