@@ -138,3 +138,13 @@ def test_both_prefill_kernels_give_the_eager_logits(checkpoint_dirs, monkeypatch
     finally:
         flex.set_compiled(False)
     assert (compiled - eager).abs().max().item() <= 1e-4
+
+
+def test_dense_attention_is_timed_at_no_more_than_dense_rows(calibrating):
+    """Wide batches take the answer measured at DENSE_ROWS rows: one measurement serves them all."""
+    for rows in (200, 500):
+        kernel = calibrate.dense_attention(torch.float32, rows, 4, 2, 16, 1, 40)
+    (key, entry), = json.loads(calibrating.read_text()).items()
+    assert key.endswith(f"rows={calibrate.DENSE_ROWS}") and entry["value"] == kernel
+    calibrate.dense_attention(torch.float32, 3, 4, 2, 16, 1, 40)
+    assert any(k.endswith("rows=4") for k in json.loads(calibrating.read_text()))

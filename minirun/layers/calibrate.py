@@ -29,6 +29,7 @@ from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_p
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
 STREAM_ROWS = 16  # streaming is timed up to this many rows: beyond, it lost everywhere (AMD EPYC, 40 rows: 0.8x BLAS)
+DENSE_ROWS = 32  # dense attention is timed at no more rows than this (see `dense_attention`)
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
@@ -188,11 +189,14 @@ def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, 
 def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,
                     keys: int, shared: int = 0) -> str:
     """"sdpa" or "grouped" (`flex.grouped_attention`): the faster dense attention kernel for this shape,
-    timed at the next power of two of rows, queries and keys (few shapes to measure) under a random
-    mask that leaves every query its first key, as a decode step or a causal chunk does. With a head
-    of `shared` slots common to every row (timed at the power of two below it), the grouped kernel
-    reads it once for all rows, which SDPA cannot: a long few-shot head moves the answer."""
-    rows, queries, keys = _bucket(rows), _bucket(queries), _bucket(keys)
+    timed at the next power of two of rows (at most DENSE_ROWS), queries and keys (few shapes to
+    measure) under a random mask that leaves every query its first key, as a decode step or a causal
+    chunk does. With a head of `shared` slots common to every row (timed at the power of two below
+    it), the grouped kernel reads it once for all rows, which SDPA cannot: a long few-shot head moves
+    the answer. Both kernels' work grows in proportion to the rows beyond a few dozen, so wider
+    batches take the answer measured at DENSE_ROWS: timing a 256-row prefill shape took ~1 s, and an
+    evaluation's shrinking batches meet dozens of shapes on a new machine."""
+    rows, queries, keys = min(_bucket(rows), DENSE_ROWS), _bucket(queries), _bucket(keys)
     shared = min(1 << (shared.bit_length() - 1), keys) if shared and rows > 1 else 0
 
     def measure() -> dict[str, Any]:

@@ -35,8 +35,8 @@ _plans: dict[tuple[torch.dtype, bool], tuple[tuple[int, str], ...]] = {}  # (dty
 _choices: dict[tuple[torch.dtype, bool, int], str] = {}  # memo of `product_kernel`: asked by every eager product
 
 
-def default_plan(compiled: bool) -> Plan:
-    """The plan without calibration: stream few rows when compiled, F.linear for everything else."""
+def untuned_plan(compiled: bool) -> Plan:
+    """The plan before an engine installs one (a bare layer): stream few rows when compiled, F.linear otherwise."""
     return {STREAM_MAX_ROWS: "stream", STREAM_MAX_ROWS + 1: "library"} if compiled else {1: "library"}
 
 
@@ -45,7 +45,7 @@ def set_plan(dtype: torch.dtype, compiled: bool, plan: Plan | None) -> None:
     A compiled plan must be set before the first compile, which bakes it in. "packed" entries fall back
     to "library" where oneDNN cannot pack this dtype here; "stream" is refused for eager products (the
     broadcast would materialise [N, M, K])."""
-    plan = default_plan(compiled) if plan is None else plan
+    plan = untuned_plan(compiled) if plan is None else plan
     if unknown := set(plan.values()) - set(KERNELS):
         raise ValueError(f"unknown product kernels {sorted(unknown)}: choose from {', '.join(KERNELS)}")
     if not compiled and "stream" in plan.values():
@@ -61,7 +61,7 @@ def set_plan(dtype: torch.dtype, compiled: bool, plan: Plan | None) -> None:
 def current_plan(dtype: torch.dtype, compiled: bool) -> Plan:
     """The plan CPU products of `dtype` follow now (inside compiled graphs, or eager)."""
     entries = _plans.get((dtype, compiled))
-    return dict(entries) if entries else default_plan(compiled)
+    return dict(entries) if entries else untuned_plan(compiled)
 
 
 def product_kernel(dtype: torch.dtype, rows: int, compiled: bool) -> str:
