@@ -101,3 +101,22 @@ def test_config_fields_qwen3_head_dim_and_eos_list():
 def test_unknown_dtype(copy):
     with pytest.raises(MinirunError, match="unsupported dtype 'int8'"):
         minirun.load(copy, dtype="int8")
+
+
+@pytest.mark.parametrize("checkpoint_dtype,flags,expected", [
+    ("bfloat16", {"avx2": True, "avx512_bf16": True}, torch.bfloat16),   # AMD EPYC Zen 4
+    ("bfloat16", {"avx2": True, "amx_bf16": True}, torch.bfloat16),      # Intel Xeon with AMX
+    ("bfloat16", {"avx2": True}, torch.float32),                         # AMD EPYC Zen 3: emulated bf16
+    ("float16", {"avx512_bf16": True, "amx_bf16": True}, torch.float32),
+    (None, {"amx_bf16": True}, torch.float32),
+])
+def test_cpu_default_dtype_follows_the_checkpoint_where_bfloat16_is_native(monkeypatch, checkpoint_dtype, flags, expected):
+    """eval's sweep ran faster in bfloat16 only on CPUs with bfloat16 arithmetic; elsewhere float32."""
+    from minirun.checkpoints.loader import resolve_dtype
+    from minirun.layers import calibrate
+
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: {"cpu": "test", "flags": flags})
+    config = ModelConfig.from_dict({"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+                                    "num_hidden_layers": 1, "num_attention_heads": 4, "torch_dtype": checkpoint_dtype})
+    assert resolve_dtype(None, config, torch.device("cpu")) == expected
+    assert resolve_dtype("float32", config, torch.device("cpu")) == torch.float32

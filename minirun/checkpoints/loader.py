@@ -8,6 +8,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from minirun.errors import MinirunError
+from minirun.layers import calibrate
 from minirun.layers.rope import inv_frequencies
 from minirun.models import Decoder
 from minirun.models.config import ModelConfig, load_config
@@ -16,11 +17,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, config: ModelConfig, device: torch.device) -> torch.dtype:
-    """User choice, else the checkpoint's dtype on GPU and float32 on CPU."""
+    """User choice, else the checkpoint's dtype on GPU; on CPU a bfloat16 checkpoint stays bfloat16
+    where the CPU computes it natively (faster there, within transformers' 1e-2 logit bounds) and
+    everything else runs in float32 (exact, and the fast choice on CPUs without bfloat16 arithmetic)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None:
-        dtype = (config.torch_dtype or "float32") if device.type == "cuda" else "float32"
+        if device.type == "cuda":
+            dtype = config.torch_dtype or "float32"
+        else:
+            dtype = "bfloat16" if config.torch_dtype == "bfloat16" and calibrate.native_bfloat16() else "float32"
     if dtype not in DTYPES:
         raise MinirunError(f"unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     return DTYPES[dtype]

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from minirun.engine.llm import LLM
 
 err = Console(stderr=True)
+DTYPE_HELP = ("float32, bfloat16 or float16 (default: the checkpoint's on GPU; on CPU bfloat16 where the CPU has "
+              "bfloat16 arithmetic and the checkpoint is bfloat16, else float32).")
 
 
 _streaming = {"mid_line": False}  # streamed answer text is on screen without its newline yet

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from minirun.cli.common import friendly, load_llm, parse_flex_bias
+from minirun.cli.common import DTYPE_HELP, friendly, load_llm, parse_flex_bias
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -64,7 +64,7 @@ def eval_command(
     choice_format: str = typer.Option("cloze", help="Multiple choice: cloze (score each option's text) or letters "
                                       "(options listed as A. B. ..., their letters scored)."),
     device: str = typer.Option("cpu"),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
     skip_bad: bool = typer.Option(False, help="Skip (and count) bad lines of a .jsonl dataset."),
     progress: bool = typer.Option(True, help="Show progress bars."),

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import end_stream, err, friendly, load_llm, parse_flex_bias, stream
+from minirun.cli.common import DTYPE_HELP, end_stream, err, friendly, load_llm, parse_flex_bias, stream
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions
@@ -72,7 +72,7 @@ def generate(
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
     truncate: bool = typer.Option(False, help="Keep the end of a prompt that does not fit the context."),
     device: str = typer.Option("cpu"),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels (slow first call, fast after)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from minirun.cli.common import err, friendly, load_llm
+from minirun.cli.common import DTYPE_HELP, err, friendly, load_llm
 from minirun.errors import MinirunError
 
 
@@ -62,7 +62,7 @@ def bench(
     num_paraphrases: int = typer.Option(5, min=1),
     repeats: int = typer.Option(5, min=1),
     warmup: int = typer.Option(1, min=0),
-    dtype: Optional[str] = typer.Option(None),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     device: str = typer.Option("cpu"),
     compile: bool = typer.Option(True, help="Compiled decode step and FlexAttention."),
     compare: Optional[str] = typer.Option(None, help="Comma-separated: transformers, eager."),
