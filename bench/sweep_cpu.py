@@ -4,8 +4,8 @@
 
 The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
 item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
-8 questions per batch, the shared prefix prefilled once per dataset and reused by later batches and
-methods: eval's defaults), after one warm-up question per dataset for both engines (first-call
+batches of about 256 rows, the shared prefix prefilled once per dataset and reused by later batches
+and methods: eval's defaults), after one warm-up question per dataset for both engines (first-call
 costs such as weight packing and kernel calibration are not throughput). The baseline is
 `hand_loop`: what a researcher writes with transformers — one question at a time, its prompts
 left-padded into one batch, a KV cache, logits fused per step (hidden_avg through forward hooks),

@@ -51,6 +51,25 @@ def test_disabled_calibration_uses_defaults_and_writes_nothing(tmp_path, monkeyp
     assert not (tmp_path / "calibration.json").exists()
 
 
+def test_candidates_are_timed_in_turns_so_a_slow_spell_cannot_pick_the_winner(monkeypatch):
+    """"fast" takes 1 tick, "slow" 2; every call in the first 40 % of the timed ones takes twice as
+    long (a neighbour on the VM). Timed one after the other, "fast" would sit inside that spell and
+    tie with "slow"; timed in turns, both see it alike and "fast" wins by its real margin."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(calibrate.time, "perf_counter", lambda: clock[0])
+
+    def candidate(name: str, cost: float):
+        def run() -> None:
+            calls.append(name)
+            timed = len(calls) - 6  # after 3 warm-up calls of each
+            clock[0] += cost * (2 if 0 < timed <= 8 else 1)
+        return run
+
+    times = calibrate.race({"fast": candidate("fast", 1), "slow": candidate("slow", 2)}, repeats=10)
+    assert calls[:6] == ["fast"] * 3 + ["slow"] * 3 and calls[6:] == ["fast", "slow"] * 10
+    assert times == {"fast": 1, "slow": 2}
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_product_plan_is_measured_on_the_weights(calibrating, compiled):
     """Every candidate timed at every row count the way it runs (compiled or eager); each count takes the
