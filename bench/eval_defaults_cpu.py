@@ -26,13 +26,13 @@ from minirun.eval.data.items import write_jsonl
 from minirun.layers.calibrate import cpu_facts
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {  # label: extra `minirun eval` flags (no --batch-size: the default, a batch of about 256 rows)
+SETTINGS = {  # label: extra `minirun eval` flags (no --batch-size: the default, 32 questions within 256 rows)
     "eager bfloat16 batch 8": ["--dtype", "bfloat16", "--batch-size", "8", "--no-compile"],
-    "eager bfloat16 batch 32": ["--dtype", "bfloat16", "--batch-size", "32", "--no-compile"],
+    "eager bfloat16 default batches": ["--dtype", "bfloat16", "--no-compile"],
+    "eager bfloat16 batch 51 (256 rows of 5 prompts)": ["--dtype", "bfloat16", "--batch-size", "51", "--no-compile"],
     "eager bfloat16 batch 64": ["--dtype", "bfloat16", "--batch-size", "64", "--no-compile"],
-    "eager bfloat16 256 rows": ["--dtype", "bfloat16", "--no-compile"],
-    "eager float32 256 rows": ["--dtype", "float32", "--no-compile"],
-    "compiled bfloat16 256 rows": ["--dtype", "bfloat16", "--compile"],
+    "eager float32 default batches": ["--dtype", "float32", "--no-compile"],
+    "compiled bfloat16 default batches": ["--dtype", "bfloat16", "--compile"],
 }
 
 

@@ -4,7 +4,7 @@
 
 The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
 item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
-batches of about 256 rows, the shared prefix prefilled once per dataset and reused by later batches
+batches of 32 questions, the shared prefix prefilled once per dataset and reused by later batches
 and methods: eval's defaults), after one warm-up question per dataset for both engines (first-call
 costs such as weight packing and kernel calibration are not throughput). The baseline is
 `hand_loop`: what a researcher writes with transformers — one question at a time, its prompts

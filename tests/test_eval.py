@@ -119,22 +119,25 @@ def test_bad_numbers_are_refused_before_any_row(tiny, items, tmp_path, setting, 
     assert not (tmp_path / "run.json").exists()
 
 
-def test_default_batches_hold_about_batch_rows():
-    assert loop.questions_per_batch("origin", 5) == loop.questions_per_batch("flex", 5) == loop.BATCH_ROWS
-    assert loop.questions_per_batch("avg", 5) == loop.BATCH_ROWS // 5
+def test_default_batches_hold_batch_questions_within_batch_rows():
+    assert loop.questions_per_batch("origin", 5) == loop.questions_per_batch("flex", 5) == loop.BATCH_QUESTIONS
+    assert loop.questions_per_batch("avg", 5) == loop.BATCH_QUESTIONS  # 160 rows
+    assert loop.questions_per_batch("avg", 20) == loop.BATCH_ROWS // 20  # 32 questions would be 640 rows
     assert loop.questions_per_batch("avg", 2 * loop.BATCH_ROWS) == 1  # never an empty batch
     assert loop.questions_per_batch("avg", 5, batch_size=3) == 3
 
 
 def test_evaluate_batches_by_rows_unless_told(tiny, items, tmp_path, monkeypatch):
-    """Without batch_size, a batch holds BATCH_ROWS rows: 2 prompts per avg question, 1 per origin one."""
+    """Without batch_size, a batch holds BATCH_QUESTIONS questions within BATCH_ROWS rows: 2 prompts per
+    avg question, 1 per origin one."""
     sizes = []
     real = loop.run_method
     monkeypatch.setattr(loop, "run_method", lambda llm, method, qs, *a: sizes.append((method, len(qs))) or
                         real(llm, method, qs, *a))
     monkeypatch.setattr(loop, "BATCH_ROWS", 4)
+    monkeypatch.setattr(loop, "BATCH_QUESTIONS", 3)
     evaluate(tiny, items[:5], METHODS, tmp_path / "rows", **{**SETTINGS, "batch_size": None})
-    assert sizes == [("origin", 4), ("origin", 1), ("avg", 2), ("avg", 2), ("avg", 1)]
+    assert sizes == [("origin", 3), ("origin", 2), ("avg", 2), ("avg", 2), ("avg", 1)]
     sizes.clear()
     evaluate(tiny, items[:5], ["origin"], tmp_path / "told", **SETTINGS)
     assert sizes == [("origin", 2), ("origin", 2), ("origin", 1)]

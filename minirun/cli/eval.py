@@ -49,8 +49,8 @@ def eval_command(
     few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl; default: the dataset's own)."),
     output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per batched generation (default: about 256 "
-                                             "rows, i.e. 256 questions for origin and flex, 51 of 5 prompts for ensembles)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per batched generation (default: 32, fewer "
+                                             "where their prompts would make more than 256 rows)."),
     max_new_tokens: int = typer.Option(24, min=1),
     match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts)."),
     num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),

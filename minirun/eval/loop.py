@@ -33,7 +33,8 @@ from minirun.methods.runner import check_method
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
-BATCH_ROWS = 256  # the default batch: questions enough for about this many rows (bench/README.md, eval's defaults)
+BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
+BATCH_ROWS = 256  # ... unless their prompts make more rows than this
 
 
 class _Rate(ProgressColumn):
@@ -58,13 +59,14 @@ def shard(items: list[Item], rank: int, world_size: int) -> list[Item]:
 
 
 def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = None) -> int:
-    """Questions per batched generation: `batch_size`, or by default as many as make about BATCH_ROWS
-    rows (one per question for origin and flex, one per prompt otherwise): a step's cost is mostly
-    reading the weights, which a wider batch shares (on an Intel Xeon, 2 cores: origin 9 questions/s
-    at 8 per batch, 36 at 64; avg 5.5 at 8, 12 at 64 questions of 5 prompts)."""
+    """Questions per batched generation: `batch_size`, or by default BATCH_QUESTIONS, fewer where their
+    rows (one per question for origin and flex, one per prompt otherwise) would pass BATCH_ROWS. Whole
+    200-question sweeps of eval's five methods on an Intel Xeon (2 cores) finished soonest so: 32
+    questions per batch 148.6 and 241.4 s in two runs against 163.0 and 285.3 s at 256 rows (256
+    origin/flex questions, 51 of 5 prompts), 168.6 s at 8 and 193.1 s at 64 questions."""
     if batch_size is not None:
         return batch_size
-    return max(1, BATCH_ROWS // (1 if method in ("origin", "flex") else num_prompts))
+    return max(1, min(BATCH_QUESTIONS, BATCH_ROWS // (1 if method in ("origin", "flex") else num_prompts)))
 
 
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,

@@ -69,7 +69,7 @@ class MethodSpec:
 @dataclasses.dataclass(frozen=True)
 class Generation:
     max_new_tokens: int = 24
-    batch_size: int | None = None  # None: eval's default (about 256 rows a batch)
+    batch_size: int | None = None  # None: eval's default (32 questions, at most 256 rows a batch)
     share_prefix: bool = True
     chat: bool | None = None  # None: the chat template when the model has one
 
