@@ -29,6 +29,7 @@ from minirun.layers.compiled import Compiled
 from minirun.layers.hidden_fusion import HiddenFusion, retain_rows
 from minirun.layers.linear import packing_available, set_plan
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
+from minirun.layers.ragged import real_tokens
 from minirun.models import Decoder
 
 CHUNKS = (512, 256, 128, 64)  # prefill chunk sizes (tokens): few compiled shapes, big GEMMs for long prompts
@@ -235,7 +236,8 @@ class Session:
         Left-padded to a multiple of `pad_unit()` (padding is a PAD segment, invisible); compiled,
         run in chunks of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length. With
         `fusion`, the rows' last token (the one that predicts the first answer token) is fused; a
-        chunk shared by every row is never fused.
+        chunk shared by every row is never fused. Eager, the per-token work of a chunk skips its padding
+        (`layers.ragged`); compiled, it keeps the padded shape, which is what its graphs are compiled for.
         """
         logits = self._encode(tokens, positions, segments, every_token=False)
         if self.hooks.after_prefill is not None:
@@ -306,16 +308,17 @@ class Session:
             live = self.length + size if dense_prefill(self.model, rows, size) else None
             mask = mask_rows(full_mask, self.segments, rows, start, size, live)
             score_mod = _score_mod(self.segments[:rows], log_weights, start)
+            ragged = None if flex.is_compiled() else real_tokens(segments[:, chunk] != PAD)
             done += size
             if every_token:
                 chunk_fusion = None if fusion is None else replace(fusion, span=size)
                 states.append(self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod,
-                                                chunk_fusion))
+                                                chunk_fusion, ragged))
             elif done < T:  # only the last chunk's last token needs logits
-                self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod)
+                self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged)
             else:
                 logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True,
-                                    fusion=fusion)
+                                    fusion=fusion, ragged=ragged)
             self.length += size
         if every_token:
             return torch.cat(states, dim=1)[:, pad:]

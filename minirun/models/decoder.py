@@ -19,6 +19,7 @@ from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest
 from minirun.layers.kv_cache import KVCache
 from minirun.layers.linear import Linear
 from minirun.layers.masks import SHARED, segment_mask
+from minirun.layers.ragged import Ragged, pack, pack_heads, unpack, unpack_heads
 from minirun.layers.rope import apply_rope, inv_frequencies, rope_cos_sin
 from minirun.models.config import ModelConfig
 
@@ -97,12 +98,15 @@ class Block(nn.Module):
         self.mlp = MLP(c)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
-                slots: torch.Tensor | slice | None, score_mod: Callable | None) -> torch.Tensor:
-        if prefill_regions(x):
-            q, k, v = _compiled_before(self, x, cos, sin)
-            return _compiled_after(self, x, self.attn.attend(q, k, v, block_mask, slots, score_mod))
-        return after_attention(self, x, self.attn.attend(*before_attention(self, x, cos, sin), block_mask, slots,
-                                                          score_mod))
+                slots: torch.Tensor | slice | None, score_mod: Callable | None,
+                ragged: Ragged | None = None) -> torch.Tensor:
+        """x [B, T, E], or with `ragged` the batch's real tokens [1, N, E], which attention sees padded."""
+        before, after = (_compiled_before, _compiled_after) if prefill_regions(x) else (before_attention, after_attention)
+        q, k, v = before(self, x, cos, sin)
+        if ragged is not None:
+            q, k, v = (unpack_heads(t, ragged) for t in (q, k, v))
+        y = self.attn.attend(q, k, v, block_mask, slots, score_mod)
+        return after(self, x, y if ragged is None else pack_heads(y, ragged))
 
 
 def before_attention(block: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -208,7 +212,7 @@ class Decoder(nn.Module):
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None,
-               fusion: HiddenFusion | None = None) -> torch.Tensor:
+               fusion: HiddenFusion | None = None, ragged: Ragged | None = None) -> torch.Tensor:
         """Final-norm hidden states [B, T, E].
 
         Without `slots` the tokens attend to each other only (no cache); with `slots` ([T] indices, or
@@ -216,6 +220,9 @@ class Decoder(nn.Module):
         attention runs over the whole cache.
         With `fusion`, the last token's state is fused across rows after each block from
         `fusion.first_block` on, so later blocks (and the cache) see the fused state.
+        With `ragged` (where the real tokens are), every per-token step runs on those only, and the
+        padding's states come out as zeros; its keys and values in the cache are zeros, which the
+        mask hides from every other token.
         """
         B, T = tokens.shape
         if positions is None:
@@ -223,17 +230,19 @@ class Decoder(nn.Module):
         if block_mask is None:
             segments = torch.full((B, T), SHARED, device=tokens.device)
             block_mask = flex.block_mask(segment_mask(segments), B, T, T, tokens.device)
-        x = self.embed(tokens)  # [B, T, E]
+        if ragged is not None:
+            tokens, positions = pack(tokens, ragged), pack(positions, ragged)  # [1, N]
+        x = self.embed(tokens)  # [B, T, E], or [1, N, E]
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, block_mask, slots, score_mod)
+            x = layer(x, cos, sin, block_mask, slots, score_mod, ragged)
             if fusion is not None and i + 1 >= fusion.first_block:
-                x = fuse_newest(x, fusion)
-        return self.norm(x)
+                x = fuse_newest(x, fusion) if ragged is None else pack(fuse_newest(unpack(x, ragged), fusion), ragged)
+        return self.norm(x if ragged is None else unpack(x, ragged))
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                 slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None, last_only: bool = False,
-                fusion: HiddenFusion | None = None) -> torch.Tensor:
+                fusion: HiddenFusion | None = None, ragged: Ragged | None = None) -> torch.Tensor:
         """Logits [B, T, V] (or [B, 1, V] with `last_only`, skipping the vocab matmul elsewhere)."""
-        h = self.hidden(tokens, positions, block_mask, slots, score_mod, fusion)
+        h = self.hidden(tokens, positions, block_mask, slots, score_mod, fusion, ragged)
         return self.lm_head(h[:, -1:] if last_only else h)
