@@ -159,6 +159,17 @@ def test_retaining_rows_moves_only_those_out_of_place():
     assert cache.k.shape[0] == 2 and torch.equal(cache.k[:, :, :4], before_k[[0, 2], :, :4])
 
 
+def test_retaining_rows_leaves_the_shared_slots_where_they_are():
+    """Every row holds the same head in its shared slots, so only the slots after it move."""
+    cache = KVCache(3, 1, 5, 2, torch.float32, torch.device("cpu"))
+    cache.k.copy_(torch.arange(cache.k.numel(), dtype=torch.float32).view(cache.k.shape))
+    before = cache.k.clone()
+    cache.shared = 2
+    cache.retain([2], length=4)
+    assert torch.equal(cache.k[0, :, :2], before[0, :, :2])  # not copied from row 2
+    assert torch.equal(cache.k[0, :, 2:4], before[2, :, 2:4])
+
+
 def test_an_eager_session_shrinks_and_a_compiled_one_refuses(llm):
     session = llm.session(3, 64)
     tokens = torch.tensor([[5, 6, 7]] * 3)

@@ -28,13 +28,18 @@ def inv_frequencies(dim: int, theta: float, scaling: dict | None = None) -> torc
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin for explicit position ids [B, T] -> two [B, 1, T, head_dim] tensors in `dtype`."""
+    """cos and signed sin for explicit position ids [B, T] -> two [B, T, 1, head_dim] tensors in `dtype`
+    (broadcast over the heads of [B, T, heads, D]).
+
+    transformers rotates with cat(-x2, x1) * sin; here the sign lives in sin instead: cat(x2, x1) *
+    cat(-sin, sin) gives the same bits (negation is exact and commutes with rounding), one operation
+    fewer per call, computed once per forward rather than in every block."""
     freqs = positions[..., None].float() * inv_freq  # [B, T, D/2], float32
-    emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    cos, sin = freqs.cos().to(dtype), freqs.sin().to(dtype)
+    return torch.cat((cos, cos), dim=-1)[:, :, None], torch.cat((-sin, sin), dim=-1)[:, :, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [B, H, T, D] in the half-split layout HF checkpoints use."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, T, heads, D] in the half-split layout HF checkpoints use (`rope_cos_sin`'s tables)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return x * cos + torch.cat((x2, x1), dim=-1) * signed_sin

@@ -54,15 +54,16 @@ class Attention(nn.Module):
         c = self.c
         B, T, _ = x.shape
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, c.num_heads, c.head_dim)
-        k = k.view(B, T, c.num_kv_heads, c.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, D]
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, D]
-        v = v.view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)  # [B, K, T, D]
-        return q, k, v
+        qkv = self.wqkv(x)
+        v = qkv[..., q_dim + kv_dim:].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)  # [B, K, T, D]
+        if self.q_norm is None:  # q and k rotated as one tensor: half the small operations of a decode step
+            qk = apply_rope(qkv[..., :q_dim + kv_dim].view(B, T, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin)
+            q, k = qk.split([c.num_heads, c.num_kv_heads], dim=2)
+        else:
+            q, k = qkv[..., :q_dim].view(B, T, c.num_heads, c.head_dim), qkv[..., q_dim:q_dim + kv_dim].view(
+                B, T, c.num_kv_heads, c.head_dim)
+            q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), v  # [B, H, T, D], [B, K, T, D] x 2
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
                slots: torch.Tensor | slice | None, score_mod: Callable | None) -> torch.Tensor:
