@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import minirun
-from minirun.engine.generate import left_padded
+from minirun.engine.generate import RETIRE_COST, Stopper, decode_loop, left_padded
 from minirun.engine.session import CHUNK, CHUNKS, Prefix, Prefixes, Session, cache_size, chunk_plan
 from minirun.errors import MinirunError
 from minirun.layers import flex
@@ -168,6 +168,53 @@ def test_retaining_rows_leaves_the_shared_slots_where_they_are():
     cache.retain([2], length=4)
     assert torch.equal(cache.k[0, :, :2], before[0, :, :2])  # not copied from row 2
     assert torch.equal(cache.k[0, :, 2:4], before[2, :, 2:4])
+
+
+class ScriptedSession:
+    """A session whose row r emits eos (token 1) from step `finish[r]` on and token 2 before; it
+    records the batch size of every decode step."""
+
+    device, resizable = torch.device("cpu"), True
+
+    def __init__(self, finish: list[int]):
+        self.finish, self.rows, self.steps, self.batches = finish, list(range(len(finish))), 0, []
+
+    @property
+    def batch(self) -> int:
+        return len(self.rows)
+
+    def retain(self, kept: list[int]) -> torch.Tensor:
+        self.rows = [self.rows[i] for i in kept]
+        return torch.tensor(kept)
+
+    def logits(self) -> torch.Tensor:
+        out = torch.zeros(self.batch, 4)
+        for i, r in enumerate(self.rows):
+            out[i, 1 if self.steps >= self.finish[r] else 2] = 1.0
+        return out
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        self.batches.append(self.batch)
+        return self.logits()
+
+
+class ListTokenizer:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("finish, batches", [
+    ([1] + [6] * 15, [16, 16, 15, 15, 15, 15]),  # one finished row of 16 rides along until it outweighs a retire
+    ([1] * 8 + [6] * 8, [16, 8, 8, 8, 8, 8]),  # half the batch done at once: retired at the next step
+])
+def test_finished_rows_leave_once_carrying_them_outweighs_moving_the_rest(finish, batches):
+    assert RETIRE_COST * 15 > 1  # what the first case relies on
+    session = ScriptedSession(finish)
+    done = decode_loop(session, session.logits(), torch.zeros(len(finish), dtype=torch.long),
+                       lambda logits, rows: logits.argmax(-1), 10, Stopper(ListTokenizer(), {1}))
+    assert session.batches == batches
+    assert [len(c.token_ids) for c in done] == [f + 1 for f in finish]
 
 
 def test_an_eager_session_shrinks_and_a_compiled_one_refuses(llm):

@@ -98,6 +98,7 @@ class Completion:
 
 
 Chooser = Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
+RETIRE_COST = 0.125  # retiring rows moves each kept row's cache once: ~1/8 of a decode row-step (Intel Xeon, eval batches)
 
 
 def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor, choose: Chooser,
@@ -107,8 +108,11 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
 
     `groups` are rows that decode together, each answered by its first row (default: every row
     alone); fusion methods group a question's rows, which all carry its fused token. Where the
-    session can shrink (eager), a finished group's rows leave the batch, so later steps compute only
-    rows still decoding; `choose(logits [b, V], rows)` is told which of the original rows the b rows
+    session can shrink (eager), finished groups' rows leave the batch, so later steps compute only
+    rows still decoding: as soon as the finished rows carried so far (row-steps) outweigh moving the
+    others (`RETIRE_COST` per kept row), which keeps the total within twice the best schedule's
+    (a per_prompt sweep retired rows at nearly every step, at ~14 ms each for 150 rows, to save
+    ~1.2 ms a row). `choose(logits [b, V], rows)` is told which of the original rows the b rows
     are. Tokens stay on the device and are copied to the host every `check_every` steps only
     (default: every step on CPU, where the copy is free; every 8 on GPU, where it stalls).
     """
@@ -122,6 +126,7 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
     done: dict[int, Completion] = {}
     shown = ""
     steps = 0
+    carried = 0  # finished rows decoded since the batch last shrank, summed over steps
     for step in range(max_new_tokens):
         token = choose(logits, rows)  # [b]
         if index is None:
@@ -144,7 +149,9 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
             if len(done) == len(groups):
                 break
             live = {r for group in groups if group[0] not in done for r in group} if session.resizable else rows
-            if len(live) < len(rows):
+            carried += len(rows) - len(live)
+            if len(live) < len(rows) and carried >= RETIRE_COST * len(live):
+                carried = 0
                 kept = [i for i, r in enumerate(rows) if r in live]
                 keep = session.retain(kept)
                 token, next_positions = token.index_select(0, keep), next_positions.index_select(0, keep)
