@@ -1,4 +1,4 @@
-"""Dense attention kernels: the grouped products equal SDPA, the chooser is asked once per mask,
+"""Dense attention kernels: the grouped products and split attention equal SDPA, the chooser is asked once per mask,
 eager decode over the written slots equals decode over the whole cache, and eager prompts are
 padded to a few tokens rather than a compiled chunk."""
 from __future__ import annotations
@@ -71,6 +71,46 @@ def test_grouped_attention_keeps_a_query_that_sees_nothing_finite():
                           atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_split_attention_equals_sdpa(dtype, bias):
+    """A head every row holds, read once, merged with each row's own slots by log-sum-exp: float32
+    SDPA's result; bfloat16 within 1.6x SDPA's own bfloat16 error (one more rounding of each part)."""
+    g = torch.Generator().manual_seed(3)
+    shared = 24
+    q = torch.randn(5, 6, 1, 16, generator=g).to(dtype)
+    k, v = (torch.randn(5, 2, 40, 16, generator=g).to(dtype) for _ in range(2))
+    k[:, :, :shared], v[:, :, :shared] = k[:1, :, :shared], v[:1, :, :shared]
+    mask = torch.rand(5, 1, 1, 40, generator=g) < 0.5
+    mask[..., :shared] = True
+    mask[..., -1] = True  # a decode query sees its own slot
+    if bias:  # flex's segment weights: the head (the shared segment) is never biased
+        weights = torch.randn(5, 1, 1, 40, generator=g).to(dtype)
+        weights[..., :shared] = 0
+        mask = weights.masked_fill(~mask, float("-inf"))
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                              attn_mask=mask.float() if bias else mask, enable_gqa=True)
+    got = flex.split_attention(q, k, v, flex.split_bias(mask, shared, dtype), shared)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert got.dtype == dtype and got.shape == expected.shape
+    error = (got.float() - expected).abs().max().item()
+    assert error <= 1e-5 if dtype == torch.float32 else error <= 1.6 * (sdpa.float() - expected).abs().max().item()
+
+
+def test_split_attention_needs_a_head_every_query_sees():
+    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    assert flex.split_bias(mask, 4, torch.float32).shape == (2, 1, 1, 6)
+    hidden = mask.clone()
+    hidden[1, 0, 0, 2] = False  # a head slot this row does not see
+    assert flex.split_bias(hidden, 4, torch.float32) is None
+    blind = mask.clone()
+    blind[0, 0, 0, 4:] = False  # a query that sees none of its own slots
+    assert flex.split_bias(blind, 4, torch.float32) is None
+    biased = torch.zeros(2, 1, 1, 10)
+    biased[0, 0, 0, 1] = 0.5  # a weighted head slot
+    assert flex.split_bias(biased, 4, torch.float32) is None
+
+
 @pytest.fixture
 def llm(checkpoint_dirs):
     return minirun.load(checkpoint_dirs["qwen3"])
@@ -89,15 +129,19 @@ def test_both_dense_kernels_give_the_same_answers(llm, monkeypatch, method):
         return kernel
 
     monkeypatch.setattr(calibrate, "dense_attention", choose)
+    split_calls = []
+    split = flex.split_attention
+    monkeypatch.setattr(flex, "split_attention", lambda *a: split_calls.append(1) or split(*a))
     answers = {}
-    for kernel in ("sdpa", "grouped"):
+    for kernel in ("sdpa", "grouped", "split"):  # split falls back to SDPA where it does not apply
         answers[kernel] = run_method(llm, method, [question], options)[0].token_ids
     flex.set_dense_kernel(None)
-    assert answers["sdpa"] == answers["grouped"] and len(answers["sdpa"]) == 12
-    steps = 2 * 11  # two runs of 11 decode steps each, one question per step, not one per layer
-    assert steps <= len(asked) <= steps + 2 * 4  # + each run's prefill chunks
+    assert answers["sdpa"] == answers["grouped"] == answers["split"] and len(answers["sdpa"]) == 12
+    steps = 3 * 11  # three runs of 11 decode steps each, one question per step, not one per layer
+    assert steps <= len(asked) <= steps + 3 * 4  # + each run's prefill chunks
     assert {shape[0] for shape in asked} == {torch.float32}
     if method == "avg":  # its 2 rows (the paraphrases) attend over the few-shot head as one shared region
+        assert len(split_calls) >= 11 * llm.config.num_layers  # every decode step, every layer (and unpadded chunks)
         assert {shape[1] for shape in asked} == {1, 2} and all(shape[-1] > 0 for shape in asked if shape[1] == 2)
 
 

@@ -159,6 +159,19 @@ def test_both_prefill_kernels_give_the_eager_logits(checkpoint_dirs, monkeypatch
     assert (compiled - eager).abs().max().item() <= 1e-4
 
 
+def test_split_attention_is_timed_for_decode_steps_over_a_shared_head(calibrating):
+    """One query per row over a shared head: split attention is a candidate, timed up to SPLIT_ROWS
+    rows; a prompt chunk's queries never take it."""
+    calibrate.dense_attention(torch.float32, 300, 4, 2, 16, 1, 100, shared=70)
+    calibrate.dense_attention(torch.float32, 300, 4, 2, 16, 8, 100, shared=70)
+    entries = json.loads(calibrating.read_text())
+    (decode_key, decode), = ((k, e) for k, e in entries.items() if "queries=1," in k)
+    (chunk_key, chunk), = ((k, e) for k, e in entries.items() if "queries=8," in k)
+    assert set(decode["ms"]) == {"sdpa", "grouped", "split"} and f"rows={calibrate.SPLIT_ROWS}," in decode_key
+    assert set(chunk["ms"]) == {"sdpa", "grouped"} and f"rows={calibrate.DENSE_ROWS}," in chunk_key
+    assert "shared=64" in decode_key
+
+
 def test_dense_attention_is_timed_at_no_more_than_dense_rows(calibrating):
     """Wide batches take the answer measured at DENSE_ROWS rows: one measurement serves them all."""
     for rows in (200, 500):

@@ -30,6 +30,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what c
 PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
 STREAM_ROWS = 16  # streaming is timed up to this many rows: beyond, it lost everywhere (AMD EPYC, 40 rows: 0.8x BLAS)
 DENSE_ROWS = 32  # dense attention is timed at no more rows than this (see `dense_attention`)
+SPLIT_ROWS = 128  # ... except one query per row over a shared head, where reading it once gains with the rows
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
@@ -219,28 +220,40 @@ def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, 
 
 def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,
                     keys: int, shared: int = 0) -> str:
-    """"sdpa" or "grouped" (`flex.grouped_attention`): the faster dense attention kernel for this shape,
-    timed at the next power of two of rows (at most DENSE_ROWS), queries and keys (few shapes to
-    measure) under a random mask that leaves every query its first key, as a decode step or a causal
-    chunk does. With a head of `shared` slots common to every row (timed at the power of two below
-    it), the grouped kernel reads it once for all rows, which SDPA cannot: a long few-shot head moves
-    the answer. Both kernels' work grows in proportion to the rows beyond a few dozen, so wider
-    batches take the answer measured at DENSE_ROWS: timing a 256-row prefill shape took ~1 s, and an
-    evaluation's shrinking batches meet dozens of shapes on a new machine."""
-    rows, queries, keys = min(_bucket(rows), DENSE_ROWS), _bucket(queries), _bucket(keys)
-    shared = min(1 << (shared.bit_length() - 1), keys) if shared and rows > 1 else 0
+    """"sdpa", "grouped" or "split" (`flex.grouped_attention`, `flex.split_attention`): the faster
+    dense attention kernel for this shape, timed at the next power of two of rows (at most
+    DENSE_ROWS), queries and keys (few shapes to measure) under a random mask that leaves every query
+    its last key, as a decode step or a causal chunk does. With a head of `shared` slots common to
+    every row and visible to all (timed at the power of two below it), the other two kernels read it
+    once for all rows, which SDPA cannot: a long few-shot head moves the answer. SDPA's and the
+    grouped kernel's work grows in proportion to the rows beyond a few dozen, so wider batches take
+    the answer measured at DENSE_ROWS: timing a 256-row prefill shape took ~1 s, and an evaluation's
+    shrinking batches meet dozens of shapes on a new machine. Split attention is a candidate for one
+    query per row only (a decode step: its merge costs more than it saves over a prompt chunk's
+    queries, 150 rows x 23 queries on an Intel Xeon: 22 vs 15 ms), timed up to SPLIT_ROWS rows, as its
+    gain grows with them (bfloat16, same Xeon: 0.77 vs 0.73 ms at 32 rows, 1.97 vs 2.41 ms at 150)."""
+    shared = min(1 << (shared.bit_length() - 1), _bucket(keys)) if shared and rows > 1 else 0
+    split = bool(shared) and queries == 1 and shared < _bucket(keys)
+    rows, queries, keys = min(_bucket(rows), SPLIT_ROWS if split else DENSE_ROWS), _bucket(queries), _bucket(keys)
 
     def measure() -> dict[str, Any]:
         q = torch.randn(rows, heads, queries, head_dim, dtype=dtype)
         k, v = (torch.randn(rows, kv_heads, keys, head_dim, dtype=dtype) for _ in range(2))
         mask = torch.rand(rows, 1, queries, keys) < 0.7
-        mask[..., 0] = True
+        mask[..., :shared] = True
+        mask[..., -1] = True
+        candidates = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
+                      "grouped": lambda: flex.grouped_attention(q, k, v, mask, shared)}
+        if split:
+            own = flex.split_bias(mask, shared, dtype)
+            candidates["split"] = lambda: flex.split_attention(q, k, v, own, shared)
         with torch.inference_mode():
-            times = race({"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
-                          "grouped": lambda: flex.grouped_attention(q, k, v, mask, shared)})
+            times = race(candidates)
         return {"value": min(times, key=times.get), "ms": {n: round(t * 1e3, 4) for n, t in times.items()}}
 
     shape = {"dtype": dtype, "rows": rows, "heads": f"{heads}/{kv_heads}x{head_dim}", "queries": queries, "keys": keys}
     if shared:  # keys of measurements made before shared heads were read once stay valid
         shape["shared"] = shared
+    if split:  # measured before split attention existed: measured again
+        shape["kernels"] = "sdpa,grouped,split"
     return measured("dense_attention", shape, measure, DEFAULT_DENSE)

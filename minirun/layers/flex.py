@@ -6,10 +6,11 @@ exact, and far faster than eager FlexAttention, whose fallback traces and vmaps 
 layer (a SmolLM2-135M decode step on 2 CPU cores: 390 ms with it, 64 ms with SDPA).
 `set_compiled(True)` switches attention and mask building.
 
-The dense path has two kernels: SDPA, and `grouped_attention` (two batched products in float32).
+The dense path has three kernels: SDPA, `grouped_attention` (two batched products in float32) and
+`split_attention` (SDPA twice: a shared head once for all rows, each row's own slots, merged).
 Which is faster depends on the CPU and the shape (bfloat16 one-query attention, 40 rows over 384
 slots on an AMD EPYC: SDPA's CPU kernel 8 to 15 ms, the products under 3 ms), so the engine installs
-a measured chooser with `set_dense_kernel`; the default is SDPA. Only the products can read a
+a measured chooser with `set_dense_kernel`; the default is SDPA. Only the last two can read a
 few-shot head that every row shares once for the whole batch rather than once per row.
 """
 from __future__ import annotations
@@ -67,8 +68,8 @@ def is_compiled() -> bool:
 
 
 def set_dense_kernel(choose: DenseChooser | None) -> None:
-    """Install `choose(dtype, rows, heads, kv_heads, head_dim, queries, keys, shared)` -> "sdpa" or
-    "grouped", asked once per mask (not per layer) for dense attention on CPU; None restores SDPA always."""
+    """Install `choose(dtype, rows, heads, kv_heads, head_dim, queries, keys, shared)` -> "sdpa",
+    "grouped" or "split", asked once per mask (not per layer) for dense attention on CPU; None restores SDPA always."""
     _state["dense_kernel"] = choose or _always_sdpa
 
 
@@ -86,11 +87,60 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
         B, H, T, D = q.shape
         shape = (q.dtype, B, H, k.shape[1], D, T, live, shared)
         kernel = _state["dense_kernel"](*shape) if q.device.type == "cpu" else "sdpa"
-        cached = block_mask._dense = (score_mod, dense_mask(block_mask, score_mod, q, live), kernel)
+        mask = dense_mask(block_mask, score_mod, q, live)
+        if kernel == "split":  # SDPA where the head is not plainly visible to every query
+            own = split_bias(mask, shared, q.dtype) if 0 < shared < live else None
+            kernel, mask = ("sdpa", mask) if own is None else ("split", own)
+        cached = block_mask._dense = (score_mod, mask, kernel)
     k, v = k[:, :, :live], v[:, :, :live]
     if cached[2] == "grouped":
         return grouped_attention(q, k, v, cached[1], shared)
+    if cached[2] == "split":
+        return split_attention(q, k, v, cached[1], shared)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=True)
+
+
+def split_bias(mask: torch.Tensor, shared: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """`split_attention`'s bias for the slots after a head of `shared` slots, from a dense mask
+    [B, 1, T, S] (booleans, or a float bias): None unless every query sees every head slot unbiased
+    and at least one of its own slots, which the merge relies on."""
+    head, own = mask[..., :shared], mask[..., shared:]
+    if mask.dtype == torch.bool:
+        if not (head.all() and own.any(-1).all()):
+            return None
+        return torch.zeros(own.shape, dtype=dtype, device=mask.device).masked_fill(~own, float("-inf"))
+    if not ((head == 0).all() and (own > float("-inf")).any(-1).all()):
+        return None
+    return own.to(dtype).contiguous()
+
+
+def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own_bias: torch.Tensor,
+                    shared: int) -> torch.Tensor:
+    """SDPA's result for q [B, H, T, D] over k/v [B, Hkv, S, D] whose first `shared` slots hold the
+    same keys and values in every row and are visible to every query (`split_bias` checks), with
+    `own_bias` [B, 1, T, S - shared] over the rest.
+
+    SDPA pays per (row, head) tile, so one query per row over a long head is mostly overhead: here
+    the head is one SDPA call with every row's queries against row 0's copy, the rows' own slots a
+    second, and the two softmaxes are merged by their log-sum-exp: the head's share of the mass is
+    sigmoid(lse_head - lse_own). The merge runs in float32 (one more rounding of each part in
+    bfloat16 than SDPA alone, within transformers' 1e-2). CPU only: it needs the flash kernel's lse.
+    """
+    B, H, T, D = q.shape
+    kv_heads = k.shape[1]
+    rows = q.reshape(B, kv_heads, H // kv_heads * T, D).transpose(0, 1).reshape(1, kv_heads, -1, D)  # [1, Hkv, B*G*T, D]
+    head, head_lse = _flash_with_lse(rows, k[:1, :, :shared], v[:1, :, :shared])
+    head = head.view(kv_heads, B, -1, D).transpose(0, 1).reshape(B, H, T, D)
+    head_lse = head_lse.view(kv_heads, B, -1).transpose(0, 1).reshape(B, H, T, 1)
+    own, own_lse = _flash_with_lse(q, k[:, :, shared:], v[:, :, shared:], own_bias)
+    weight = torch.sigmoid(head_lse - own_lse[..., None])
+    return torch.lerp(own.float(), head.float(), weight).to(q.dtype)
+
+
+def _flash_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's CPU flash kernel (GQA by head count), returning its output and the float32 log-sum-exp [B, H, T]."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
