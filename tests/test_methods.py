@@ -1,6 +1,8 @@
 """Exactness properties of the ensemble methods on random-weight checkpoints (float32, CPU)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.masks import segment_mask
 from minirun.methods import EnsembleOptions, Question, run_method
+from minirun.methods import runner
 from minirun.methods.packing import encode_question, packed_row
 
 ATOL = 1e-4
@@ -152,6 +155,29 @@ def test_finished_questions_leave_the_batch_without_changing_answers(llm, method
     monkeypatch.setattr(Session, "resizable", property(lambda self: False))
     whole = run_method(llm, method, questions, options)
     assert [(r.token_ids, r.answers) for r in shrunk] == [(r.token_ids, r.answers) for r in whole]
+
+
+def test_a_batch_of_equal_questions_is_fused_in_one_call():
+    groups = [[0, 1], [2, 3], [4, 5, 6]]
+    cpu = torch.device("cpu")
+    assert runner.group_layout(groups, tuple(range(7)), cpu).size is None  # a question of 3 rows among 2s
+    assert runner.group_layout(groups, (0, 1, 2, 3), cpu).size == 2  # once the 3-row question has left
+    assert runner.group_layout(groups[:2], (0, 1, 2, 3), cpu).questions == [0, 1]
+
+
+@pytest.mark.parametrize("method, extra", [("avg", {}), ("max", {}), ("avg_logprob", {}),
+                                           ("weighted_avg", {"confidences": [[0.2, 0.5], [0.9, 0.1]]}),
+                                           ("weighted_max", {"confidences": [[0.2, 0.5], [0.9, 0.1]]})])
+def test_fusing_every_question_at_once_gives_the_same_tokens(llm, method, extra, monkeypatch):
+    questions = [Question(QUESTION, PARAS[:2], PREFIX), Question(PARAS[2], PARAS[2:4], PREFIX)]
+    options = opts(max_new_tokens=8, ignore_eos=True, **extra)
+    layouts = []
+    layout = runner.group_layout
+    monkeypatch.setattr(runner, "group_layout", lambda *a: layouts.append(layout(*a)) or layouts[-1])
+    together = [r.token_ids for r in run_method(llm, method, questions, options)]
+    assert layouts and all(where.size == 2 for where in layouts)
+    monkeypatch.setattr(runner, "group_layout", lambda *a: replace(layout(*a), size=None))
+    assert [r.token_ids for r in run_method(llm, method, questions, options)] == together
 
 
 def test_empty_paraphrases_rejected(llm):

@@ -138,6 +138,7 @@ class GroupLayout:
     questions: list[int]  # the questions' indices
     members: list[torch.Tensor]  # per question, its rows' positions in the batch
     row_group: torch.Tensor  # [b] each row's position in `questions`
+    size: int | None  # the rows per question when all have as many, one question after another
 
 
 def group_layout(groups: list[list[int]], rows: tuple[int, ...], device: torch.device) -> GroupLayout:
@@ -147,7 +148,10 @@ def group_layout(groups: list[list[int]], rows: tuple[int, ...], device: torch.d
     questions = [q for q, g in enumerate(groups) if g[0] in position]
     members = [torch.tensor([position[r] for r in groups[q]], device=device) for q in questions]
     row_group = torch.tensor([k for k, q in enumerate(questions) for _ in groups[q]], device=device)
-    return GroupLayout(questions, members, row_group)
+    order = [position[r] for q in questions for r in groups[q]]
+    sizes = {len(groups[q]) for q in questions}
+    size = sizes.pop() if len(sizes) == 1 and order == list(range(len(rows))) else None
+    return GroupLayout(questions, members, row_group, size)
 
 
 def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: list[list[str]],
@@ -169,8 +173,12 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
         if rows not in layouts:  # once per batch composition: the loop drops finished questions' rows
             layouts[rows] = group_layout(groups, rows, llm.device)
         where = layouts[rows]
-        scores = torch.stack([rule(step_logits.index_select(0, m), weights[q])
-                              for q, m in zip(where.questions, where.members)])  # [Q, V]
+        if where.size is not None:  # every question at once: [Q, N, V] -> [Q, V], the same bits
+            w = None if confidences is None else torch.stack([weights[q] for q in where.questions])
+            scores = rule(step_logits.view(len(where.questions), where.size, -1), w)
+        else:
+            scores = torch.stack([rule(step_logits.index_select(0, m), weights[q])
+                                  for q, m in zip(where.questions, where.members)])  # [Q, V]
         return sample(scores, params, generator)[where.row_group]  # every row carries its question's token
 
     completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,
