@@ -63,7 +63,9 @@ def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = 
     rows (one per question for origin and flex, one per prompt otherwise) would pass BATCH_ROWS. Whole
     200-question sweeps of eval's five methods on an Intel Xeon (2 cores) finished soonest so: 32
     questions per batch 148.6 and 241.4 s in two runs against 163.0 and 285.3 s at 256 rows (256
-    origin/flex questions, 51 of 5 prompts), 168.6 s at 8 and 193.1 s at 64 questions."""
+    origin/flex questions, 51 of 5 prompts), 168.6 s at 8 and 193.1 s at 64 questions; since eager
+    prefill skips padding and decode retires rows lazily, 32, 51 and 64 questions are within 2 %
+    (220.0, 221.1, 224.9 s)."""
     if batch_size is not None:
         return batch_size
     return max(1, min(BATCH_QUESTIONS, BATCH_ROWS // (1 if method in ("origin", "flex") else num_prompts)))
