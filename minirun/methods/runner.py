@@ -165,17 +165,18 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     fused = method in FUSED_ROWS
     rule = RULES["avg" if method == "hidden_avg" else method] if fused else None
     weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
-    layouts: dict[tuple[int, ...], GroupLayout] = {}
+    layouts: dict[tuple[int, ...], tuple[GroupLayout, torch.Tensor | None]] = {}  # with the questions' weights [Q, N]
 
     def choose(step_logits: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
         if not fused:
             return sample(step_logits, params, generator)
         if rows not in layouts:  # once per batch composition: the loop drops finished questions' rows
-            layouts[rows] = group_layout(groups, rows, llm.device)
-        where = layouts[rows]
+            where = group_layout(groups, rows, llm.device)
+            stacked = torch.stack([weights[q] for q in where.questions]) if confidences and where.size else None
+            layouts[rows] = where, stacked
+        where, stacked = layouts[rows]
         if where.size is not None:  # every question at once: [Q, N, V] -> [Q, V], the same bits
-            w = None if confidences is None else torch.stack([weights[q] for q in where.questions])
-            scores = rule(step_logits.view(len(where.questions), where.size, -1), w)
+            scores = rule(step_logits.view(len(where.questions), where.size, -1), stacked)
         else:
             scores = torch.stack([rule(step_logits.index_select(0, m), weights[q])
                                   for q, m in zip(where.questions, where.members)])  # [Q, V]
