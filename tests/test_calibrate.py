@@ -44,6 +44,22 @@ def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
     assert len(json.loads(calibrating.read_text())) == 2
 
 
+def test_l3_size_is_read_from_sysfs_and_keys_the_measurements(tmp_path, calibrating, monkeypatch):
+    for name, level, size in (("index0", "1", "48K"), ("index2", "2", "2048K"), ("index3", "3", "491520K")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(level + "\n")
+        (tmp_path / name / "size").write_text(size + "\n")
+    assert calibrate.l3_mib(tmp_path) == 480
+    assert calibrate.l3_mib(tmp_path / "absent") is None
+
+    facts = {"cpu": "Intel(R) Xeon(R) Processor", "torch_threads": 2, "flags": {"amx_bf16": True}}
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: {**facts, "l3_mib": 105})
+    assert "L3 105 MiB" in calibrate.machine_key()
+    assert calibrate.measured("probe", {}, lambda: {"value": 105}, default=-1) == 105
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: {**facts, "l3_mib": 480})  # same name and flags, larger L3
+    assert calibrate.measured("probe", {}, lambda: {"value": 480}, default=-1) == 480
+
+
 def test_disabled_calibration_uses_defaults_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIRUN_CALIBRATE", "0")
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))

@@ -157,6 +157,25 @@ def test_finished_questions_leave_the_batch_without_changing_answers(llm, method
     assert [(r.token_ids, r.answers) for r in shrunk] == [(r.token_ids, r.answers) for r in whole]
 
 
+@pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "hidden_avg", "flex"])
+def test_eager_attention_reads_no_cache_slot_the_generation_did_not_write(llm, method):
+    """Eager caches are allocated unzeroed and reused as they are: every slot attention reads must
+    have been written by this generation. With the allocation poisoned by NaN (which a masked slot
+    would still carry into P @ V), questions of different lengths under a shared head give the same
+    tokens."""
+    questions = [Question(QUESTION, PARAS[:2], PREFIX), Question(PARAS[2], PARAS[1:4], PREFIX),
+                 Question(PARAS[3], PARAS[::-1], PREFIX)]
+    options = opts(max_new_tokens=12, stop=STOPS)
+    clean = run_method(llm, method, questions, options)
+    with torch.inference_mode():
+        for layer in llm.model.layers:
+            for buffer in layer.attn.kv_cache.allocation:
+                buffer.fill_(float("nan"))
+    poisoned = run_method(llm, method, questions, options)
+    assert [(r.token_ids, r.answers) for r in poisoned] == [(r.token_ids, r.answers) for r in clean]
+    assert torch.isnan(llm.model.layers[0].attn.kv_cache.allocation[0]).any()  # reused, with unwritten slots left
+
+
 def test_a_batch_of_equal_questions_is_fused_in_one_call():
     groups = [[0, 1], [2, 3], [4, 5, 6]]
     cpu = torch.device("cpu")

@@ -48,12 +48,30 @@ def _cpuinfo() -> tuple[str, dict[str, bool]] | None:
     return model or "cpu", {f: f in flags for f in CPU_FLAGS}
 
 
+def l3_mib(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The last-level (L3) cache size in MiB, from sysfs; None where it is not told.
+
+    Two Intel Xeon VMs of the same model name and flags had 105 and 480 MiB: at 480 a decode step's
+    bfloat16 weights fit in the cache, and which kernels win moves with it (bench/README.md)."""
+    for index in sorted(cache_dir.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "3":
+                size = (index / "size").read_text().strip()
+                scale = {"K": 1 / 1024, "M": 1, "G": 1024}.get(size[-1:], 1 / 2**20)
+                return round(float(size.rstrip("KMG")) * scale)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def cpu_facts() -> dict[str, Any]:
-    """The CPU model and the flags that decide kernel speed: results move between machine kinds."""
+    """The CPU model, the flags that decide kernel speed and the L3 size: results move between machine kinds."""
     facts: dict[str, Any] = {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads()}
     if (info := _cpuinfo()) is not None:
         facts["cpu"], facts["flags"] = info[0], dict(info[1])
+    if (l3 := l3_mib()) is not None:
+        facts["l3_mib"] = l3
     return facts
 
 
@@ -77,11 +95,12 @@ TIMING = "turns"  # how candidates are timed (`race`): answers timed otherwise a
 
 
 def machine_key() -> str:
-    """What a measurement is only true for: the CPU model and its kernel flags, the thread count, torch,
-    and the way it was timed."""
+    """What a measurement is only true for: the CPU model, its kernel flags and L3 size, the thread count,
+    torch, and the way it was timed."""
     facts = cpu_facts()
     flags = ",".join(f for f, present in facts.get("flags", {}).items() if present)
-    return f"{facts['cpu']} [{flags}] x{facts['torch_threads']} torch {torch.__version__} timed in {TIMING}"
+    l3 = f" L3 {facts['l3_mib']} MiB" if "l3_mib" in facts else ""
+    return f"{facts['cpu']} [{flags}]{l3} x{facts['torch_threads']} torch {torch.__version__} timed in {TIMING}"
 
 
 def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, Any]], default: Any) -> Any:
