@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from minirun.layers.masks import BRANCH, PAD, SHARED, branch, materialize, offset_queries, segment_mask
+from minirun.layers.masks import BRANCH, PAD, SHARED, additive, branch, materialize, offset_queries, segment_mask
 
 
 def reference(segments: list[int]) -> list[list[bool]]:
@@ -164,3 +165,22 @@ def test_eager_attention_equals_flex_attention(start, length, bias):
     if bias and start >= 192:  # generated (SHARED) queries attend to paraphrases: the bias must show
         plain = flex.attention(q, k, v, part, None)
         assert not torch.allclose(got, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_additive_mask_gives_sdpa_the_same_bits_as_booleans(dtype):
+    """`additive` is what SDPA makes of booleans itself: 0 / -inf in the query's dtype, with the same
+    outputs to the bit, rows that see nothing included (one-query decode and multi-query chunks)."""
+    torch.manual_seed(0)
+    mask = torch.rand(4, 1, 3, 10) < 0.5
+    mask[0] = False  # a row that sees nothing
+    bias = additive(mask, dtype)
+    assert bias.dtype == dtype and torch.equal(bias == 0, mask) and torch.isneginf(bias[~mask]).all()
+    assert torch.equal(additive(bias.float(), dtype), bias)  # a float bias is only cast
+    for queries in (1, 3):
+        q = torch.randn(4, 6, queries, 16, dtype=dtype)
+        k, v = (torch.randn(4, 2, 10, 16, dtype=dtype) for _ in range(2))
+        m = mask[:, :, :queries]
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+        got = F.scaled_dot_product_attention(q, k, v, attn_mask=additive(m, dtype), enable_gqa=True)
+        assert torch.equal(got, expected)

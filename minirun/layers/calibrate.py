@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from minirun.layers import flex
 from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
+from minirun.layers.masks import additive
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
@@ -261,7 +262,8 @@ def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, he
         mask = torch.rand(rows, 1, queries, keys) < 0.7
         mask[..., :shared] = True
         mask[..., -1] = True
-        candidates = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
+        bias = additive(mask, dtype)  # as `flex.attention` hands SDPA its mask
+        candidates = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True),
                       "grouped": lambda: flex.grouped_attention(q, k, v, mask, shared)}
         if split:
             own = flex.split_bias(mask, shared, dtype)

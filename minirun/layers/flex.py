@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE, BlockMask, create_block_mask, flex_attention
 
 from minirun.layers.compiled import Compiled, raise_torch_limit
-from minirun.layers.masks import index_grids, materialize
+from minirun.layers.masks import additive, index_grids, materialize
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
@@ -91,6 +91,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
         if kernel == "split":  # SDPA where the head is not plainly visible to every query
             own = split_bias(mask, shared, q.dtype) if 0 < shared < live else None
             kernel, mask = ("sdpa", mask) if own is None else ("split", own)
+        if kernel == "sdpa":
+            mask = additive(mask, q.dtype)
         cached = block_mask._dense = (score_mod, mask, kernel)
     k, v = k[:, :, :live], v[:, :, :live]
     if cached[2] == "grouped":
@@ -108,7 +110,7 @@ def split_bias(mask: torch.Tensor, shared: int, dtype: torch.dtype) -> torch.Ten
     if mask.dtype == torch.bool:
         if not (head.all() and own.any(-1).all()):
             return None
-        return torch.zeros(own.shape, dtype=dtype, device=mask.device).masked_fill(~own, float("-inf"))
+        return additive(own, dtype)
     if not ((head == 0).all() and (own > float("-inf")).any(-1).all()):
         return None
     return own.to(dtype).contiguous()
