@@ -1,4 +1,4 @@
-"""Dense attention kernels: the grouped products and split attention equal SDPA, the chooser is asked once per mask,
+"""Dense attention kernels: folded SDPA, the grouped products and split attention equal SDPA, the chooser is asked once per mask,
 eager decode over the written slots equals decode over the whole cache, and eager prompts are
 padded to a few tokens rather than a compiled chunk."""
 from __future__ import annotations
@@ -35,6 +35,32 @@ def test_grouped_attention_equals_sdpa(dtype, queries, bias):
     assert got.dtype == dtype and got.shape == expected.shape
     error = (got.float() - expected).abs().max().item()
     assert error <= 1e-5 if dtype == torch.float32 else error <= 1.25 * (sdpa.float() - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("queries", [1, 7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_folded_attention_equals_sdpa(dtype, queries, bias):
+    """Each kv head's query heads as one tile: float32 SDPA's result; bfloat16 no further from float32
+    than SDPA's own bfloat16 kernel (the same kernel, on other tiles)."""
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(3, 6, queries, 16, generator=g).to(dtype)
+    k, v = (torch.randn(3, 2, 40, 16, generator=g).to(dtype) for _ in range(2))
+    mask = torch.rand(3, 1, queries, 40, generator=g) < 0.5
+    mask[..., 0] = True
+    if bias:
+        mask = torch.randn(3, 1, queries, 40, generator=g).to(dtype).masked_fill(~mask, float("-inf"))
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask if not bias else mask.float(),
+                                              enable_gqa=True)
+    folded = flex.fold_bias(mask, 3, dtype)
+    assert folded.shape == (3, 1, 3 * queries, 40) and torch.equal(folded[:, :, queries:2 * queries], folded[:, :, :queries])
+    got = flex.folded_attention(q, k, v, folded)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert got.dtype == dtype and got.shape == expected.shape
+    error = (got.float() - expected).abs().max().item()
+    assert error <= 1e-5 if dtype == torch.float32 else error <= 1.25 * (sdpa.float() - expected).abs().max().item()
+    mixed = flex.folded_attention(q, k, v, flex.fold_bias(mask.flip(2), 3, dtype))
+    assert queries == 1 or not torch.allclose(mixed.float(), got.float())  # each query keeps its own mask row
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -133,12 +159,12 @@ def test_both_dense_kernels_give_the_same_answers(llm, monkeypatch, method):
     split = flex.split_attention
     monkeypatch.setattr(flex, "split_attention", lambda *a: split_calls.append(1) or split(*a))
     answers = {}
-    for kernel in ("sdpa", "grouped", "split"):  # split falls back to SDPA where it does not apply
+    for kernel in ("sdpa", "folded", "grouped", "split"):  # split falls back to SDPA where it does not apply
         answers[kernel] = run_method(llm, method, [question], options)[0].token_ids
     flex.set_dense_kernel(None)
-    assert answers["sdpa"] == answers["grouped"] == answers["split"] and len(answers["sdpa"]) == 12
-    steps = 3 * 11  # three runs of 11 decode steps each, one question per step, not one per layer
-    assert steps <= len(asked) <= steps + 3 * 4  # + each run's prefill chunks
+    assert answers["sdpa"] == answers["folded"] == answers["grouped"] == answers["split"] and len(answers["sdpa"]) == 12
+    steps = 4 * 11  # four runs of 11 decode steps each, one question per step, not one per layer
+    assert steps <= len(asked) <= steps + 4 * 4  # + each run's prefill chunks
     assert {shape[0] for shape in asked} == {torch.float32}
     if method == "avg":  # its 2 rows (the paraphrases) attend over the few-shot head as one shared region
         assert len(split_calls) >= 11 * llm.config.num_layers  # every decode step, every layer (and unpadded chunks)

@@ -183,9 +183,21 @@ def test_split_attention_is_timed_for_decode_steps_over_a_shared_head(calibratin
     entries = json.loads(calibrating.read_text())
     (decode_key, decode), = ((k, e) for k, e in entries.items() if "queries=1," in k)
     (chunk_key, chunk), = ((k, e) for k, e in entries.items() if "queries=8," in k)
-    assert set(decode["ms"]) == {"sdpa", "grouped", "split"} and f"rows={calibrate.SPLIT_ROWS}," in decode_key
-    assert set(chunk["ms"]) == {"sdpa", "grouped"} and f"rows={calibrate.DENSE_ROWS}," in chunk_key
+    assert set(decode["ms"]) == {"sdpa", "folded", "grouped", "split"} and f"rows={calibrate.SPLIT_ROWS}," in decode_key
+    assert set(chunk["ms"]) == {"sdpa", "folded", "grouped"} and f"rows={calibrate.DENSE_ROWS}," in chunk_key
     assert "shared=64" in decode_key
+
+
+def test_a_shared_head_and_the_rows_own_slots_are_rounded_apart(calibrating):
+    """A 129-slot head and 25 own slots are timed as 128 + 32 keys, not 128 of 256 (where the own
+    slots would weigh as much as the head); a head alone rounds down, and no head rounds the keys up."""
+    calibrate.dense_attention(torch.float32, 5, 4, 2, 16, 1, 154, shared=129)
+    calibrate.dense_attention(torch.float32, 5, 4, 2, 16, 4, 129, shared=129)
+    calibrate.dense_attention(torch.float32, 1, 4, 2, 16, 1, 154, shared=129)  # one row: nothing to share
+    keys = sorted(k.split(" | ")[-1] for k in json.loads(calibrating.read_text()))
+    assert any("keys=160," in k and "queries=1," in k and "shared=128" in k for k in keys)
+    assert any("keys=128," in k and "queries=4," in k and "shared=128" in k for k in keys)
+    assert any("keys=256," in k and "rows=1" in k and "shared" not in k for k in keys)
 
 
 def test_dense_attention_is_timed_at_no_more_than_dense_rows(calibrating):

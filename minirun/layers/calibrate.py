@@ -240,21 +240,30 @@ def prefill_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, 
 
 def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_dim: int, queries: int,
                     keys: int, shared: int = 0) -> str:
-    """"sdpa", "grouped" or "split" (`flex.grouped_attention`, `flex.split_attention`): the faster
-    dense attention kernel for this shape, timed at the next power of two of rows (at most
-    DENSE_ROWS), queries and keys (few shapes to measure) under a random mask that leaves every query
-    its last key, as a decode step or a causal chunk does. With a head of `shared` slots common to
-    every row and visible to all (timed at the power of two below it), the other two kernels read it
-    once for all rows, which SDPA cannot: a long few-shot head moves the answer. SDPA's and the
-    grouped kernel's work grows in proportion to the rows beyond a few dozen, so wider batches take
-    the answer measured at DENSE_ROWS: timing a 256-row prefill shape took ~1 s, and an evaluation's
-    shrinking batches meet dozens of shapes on a new machine. Split attention is a candidate for one
-    query per row only (a decode step: its merge costs more than it saves over a prompt chunk's
-    queries, 150 rows x 23 queries on an Intel Xeon: 22 vs 15 ms), timed up to SPLIT_ROWS rows, as its
-    gain grows with them (bfloat16, same Xeon: 0.77 vs 0.73 ms at 32 rows, 1.97 vs 2.41 ms at 150)."""
-    shared = min(1 << (shared.bit_length() - 1), _bucket(keys)) if shared and rows > 1 else 0
-    split = bool(shared) and queries == 1 and shared < _bucket(keys)
-    rows, queries, keys = min(_bucket(rows), SPLIT_ROWS if split else DENSE_ROWS), _bucket(queries), _bucket(keys)
+    """"sdpa", "folded", "grouped" or "split" (`flex.folded_attention`, `flex.grouped_attention`,
+    `flex.split_attention`): the faster dense attention kernel for this shape, timed at the next power
+    of two of rows (at most DENSE_ROWS), queries and keys (few shapes to measure) under a random mask
+    that leaves every query its last key, as a decode step or a causal chunk does. With a head of
+    `shared` slots common to every row and visible to all (timed at the power of two at or below it,
+    and the rows' own slots after it at the power of two at or above theirs), the grouped and split
+    kernels read it once for all rows, which SDPA cannot: a long few-shot head moves the answer. The
+    two are rounded apart because the kernels pay for them differently: an evaluation's decode step
+    over a 129-slot head and ~25 own slots, timed as 128 of 256 keys, took SDPA on folded heads (AMD
+    EPYC Zen 4, 128 rows: 4.7 vs 5.1 ms) and ran 1.3x slower than the grouped products, which win
+    at 128 + 32 keys (3.1 vs 3.8 ms). SDPA's and the grouped kernel's work grows in proportion to the rows beyond a
+    few dozen, so wider batches take the answer measured at DENSE_ROWS: timing a 256-row prefill
+    shape took ~1 s, and an evaluation's shrinking batches meet dozens of shapes on a new machine.
+    Split attention is a candidate for one query per row only (a decode step: its merge costs more
+    than it saves over a prompt chunk's queries, 150 rows x 23 queries on an Intel Xeon: 22 vs 15
+    ms), timed up to SPLIT_ROWS rows, as its gain grows with them (bfloat16, same Xeon: 0.77 vs 0.73
+    ms at 32 rows, 1.97 vs 2.41 ms at 150)."""
+    if shared and rows > 1:  # the head and the rows' own slots rounded apart, as their costs differ by kernel
+        own, shared = keys - shared, 1 << (shared.bit_length() - 1)
+        keys = shared + (_bucket(own) if own > 0 else 0)
+    else:
+        own, shared, keys = keys, 0, _bucket(keys)
+    split = bool(shared) and queries == 1 and own > 0
+    rows, queries = min(_bucket(rows), SPLIT_ROWS if split else DENSE_ROWS), _bucket(queries)
 
     def measure() -> dict[str, Any]:
         q = torch.randn(rows, heads, queries, head_dim, dtype=dtype)
@@ -263,7 +272,9 @@ def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, he
         mask[..., :shared] = True
         mask[..., -1] = True
         bias = additive(mask, dtype)  # as `flex.attention` hands SDPA its mask
+        folded = flex.fold_bias(mask, heads // kv_heads, dtype)
         candidates = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True),
+                      "folded": lambda: flex.folded_attention(q, k, v, folded),
                       "grouped": lambda: flex.grouped_attention(q, k, v, mask, shared)}
         if split:
             own = flex.split_bias(mask, shared, dtype)
@@ -275,6 +286,5 @@ def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, he
     shape = {"dtype": dtype, "rows": rows, "heads": f"{heads}/{kv_heads}x{head_dim}", "queries": queries, "keys": keys}
     if shared:  # keys of measurements made before shared heads were read once stay valid
         shape["shared"] = shared
-    if split:  # measured before split attention existed: measured again
-        shape["kernels"] = "sdpa,grouped,split"
+    shape["kernels"] = "sdpa,folded,grouped" + (",split" if split else "")  # answers among fewer: measured again
     return measured("dense_attention", shape, measure, DEFAULT_DENSE)
