@@ -116,7 +116,7 @@ def test_split_attention_equals_sdpa(dtype, bias):
         mask = weights.masked_fill(~mask, float("-inf"))
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                               attn_mask=mask.float() if bias else mask, enable_gqa=True)
-    got = flex.split_attention(q, k, v, flex.split_bias(mask, shared, dtype), shared)
+    got = flex.split_attention(q, k, v, flex.split_bias(mask, shared, dtype, 3), shared)
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     assert got.dtype == dtype and got.shape == expected.shape
     error = (got.float() - expected).abs().max().item()
@@ -126,6 +126,7 @@ def test_split_attention_equals_sdpa(dtype, bias):
 def test_split_attention_needs_a_head_every_query_sees():
     mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
     assert flex.split_bias(mask, 4, torch.float32).shape == (2, 1, 1, 6)
+    assert flex.split_bias(mask, 4, torch.float32, 3).shape == (2, 1, 3, 6)
     hidden = mask.clone()
     hidden[1, 0, 0, 2] = False  # a head slot this row does not see
     assert flex.split_bias(hidden, 4, torch.float32) is None
@@ -176,6 +177,10 @@ def test_eager_decode_over_written_slots_equals_the_whole_cache(llm):
     rows = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (30, 11)]
     layout = left_padded(rows, llm.pad_id, llm.device)
     session = Session(llm.model, 2, cache_size(layout.length + 4))
+    with torch.inference_mode():  # the whole-cache step reads unwritten slots: zeroed, as a compiled cache's are
+        for layer in llm.model.layers:
+            layer.attn.kv_cache.k.zero_()
+            layer.attn.kv_cache.v.zero_()
     session.prefill(layout.tokens, layout.positions, layout.segments)
     tokens, positions = torch.tensor([5, 7]), layout.positions[:, -1] + 1
     session._slot.fill_(session.length)

@@ -277,7 +277,7 @@ def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, he
                       "folded": lambda: flex.folded_attention(q, k, v, folded),
                       "grouped": lambda: flex.grouped_attention(q, k, v, mask, shared)}
         if split:
-            own = flex.split_bias(mask, shared, dtype)
+            own = flex.split_bias(mask, shared, dtype, heads // kv_heads)
             candidates["split"] = lambda: flex.split_attention(q, k, v, own, shared)
         with torch.inference_mode():
             times = race(candidates)
