@@ -1,17 +1,18 @@
 """Sweep throughput on CPU: `minirun eval`'s methods against a careful transformers hand loop.
 
-    python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16]
+    python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16] [--label NAME]
 
 The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
 item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
 batches of 32 questions, the shared prefix prefilled once per dataset and reused by later batches
-and methods: eval's defaults), after one warm-up question per dataset for both engines (first-call
-costs such as weight packing and kernel calibration are not throughput). The baseline is
+and methods: eval's defaults), after a warm-up (first-call costs such as weight packing and kernel
+calibration are not throughput): minirun runs origin, per_prompt and flex over the items once,
+meeting every batch shape the methods do, and the hand loop one question. The baseline is
 `hand_loop`: what a researcher writes with transformers — one question at a time, its prompts
 left-padded into one batch, a KV cache, logits fused per step (hidden_avg through forward hooks),
 greedy, stopping at a newline. flex has no hand-written counterpart; it is compared with the avg
 loop. Same prompts, same token ids; the answers' agreement is reported next to items/s and the
-ratio. Writes bench/results/sweep-cpu-<date>.json with the CPU model named.
+ratio. Writes bench/results/sweep-cpu-<dtype>-<date>[-<label>].json with the CPU model named.
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10, help="items per dataset")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--label", default="", help="appended to the results file's name (the machine, the change)")
     args = parser.parse_args()
     path = default_model_path()
     llm = load(path, dtype=args.dtype)
@@ -118,7 +120,8 @@ def main() -> None:
     result = {"machine": cpu_facts(), "torch": torch.__version__, "dtype": args.dtype, "model": str(path),
               "items": sum(map(len, data.values())), "prompts": PROMPTS, "max_new_tokens": NEW_TOKENS, "methods": {}}
     for name, items in data.items():  # warm-up: one-time costs (weight packing, calibration) are not throughput
-        minirun_run(llm, items[:1], name, "origin")
+        for method in ("origin", "per_prompt", "flex"):  # every batch shape the methods meet is calibrated here
+            minirun_run(llm, items, name, method)
         hand_run(llm, model, items[:1], prefixes[name], "origin")
     for method in METHODS:
         ours, theirs, same = 0.0, 0.0, 0
@@ -133,7 +136,8 @@ def main() -> None:
                                      "baseline": "avg hand loop" if method == "flex" else f"{method} hand loop"}
         print(f"{method:>10}: minirun {n / ours:.2f} items/s, hand loop {n / theirs:.2f} items/s, "
               f"{theirs / ours:.2f}x, same answer {same}/{n}")
-    out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}.json"
+    label = f"-{args.label}" if args.label else ""
+    out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}{label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

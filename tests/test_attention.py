@@ -16,10 +16,15 @@ from minirun.methods import EnsembleOptions, Question, run_method
 
 
 
+KERNELS = {"grouped": lambda q, k, v, mask: flex.grouped_attention(q, k, v, mask),
+           "folded": lambda q, k, v, mask: flex.folded_attention(q, k, v, flex.fold_bias(mask, 3, q.dtype))}
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("queries", [1, 7])
 @pytest.mark.parametrize("bias", [False, True])
-def test_grouped_attention_equals_sdpa(dtype, queries, bias):
+def test_dense_kernels_equal_sdpa(kernel, dtype, queries, bias):
     """Float32: SDPA's result; bfloat16: no further from float32 than SDPA's own bfloat16 kernel."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(3, 6, queries, 16, generator=g).to(dtype)
@@ -30,37 +35,25 @@ def test_grouped_attention_equals_sdpa(dtype, queries, bias):
         mask = torch.randn(3, 1, queries, 40, generator=g).to(dtype).masked_fill(~mask, float("-inf"))
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask if not bias else mask.float(),
                                               enable_gqa=True)
-    got = flex.grouped_attention(q, k, v, mask)
+    got = KERNELS[kernel](q, k, v, mask)
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     assert got.dtype == dtype and got.shape == expected.shape
     error = (got.float() - expected).abs().max().item()
     assert error <= 1e-5 if dtype == torch.float32 else error <= 1.25 * (sdpa.float() - expected).abs().max().item()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("queries", [1, 7])
-@pytest.mark.parametrize("bias", [False, True])
-def test_folded_attention_equals_sdpa(dtype, queries, bias):
-    """Each kv head's query heads as one tile: float32 SDPA's result; bfloat16 no further from float32
-    than SDPA's own bfloat16 kernel (the same kernel, on other tiles)."""
+def test_folded_queries_keep_their_own_mask_rows():
+    """The folded bias repeats each query's mask row once per query head of a kv head, in the order
+    the folded queries take (head-major), so a mask whose rows are swapped gives another result."""
     g = torch.Generator().manual_seed(4)
-    q = torch.randn(3, 6, queries, 16, generator=g).to(dtype)
-    k, v = (torch.randn(3, 2, 40, 16, generator=g).to(dtype) for _ in range(2))
-    mask = torch.rand(3, 1, queries, 40, generator=g) < 0.5
+    q, k, v = torch.randn(2, 6, 4, 16, generator=g), torch.randn(2, 2, 10, 16, generator=g), torch.randn(2, 2, 10, 16, generator=g)
+    mask = torch.rand(2, 1, 4, 10, generator=g) < 0.5
     mask[..., 0] = True
-    if bias:
-        mask = torch.randn(3, 1, queries, 40, generator=g).to(dtype).masked_fill(~mask, float("-inf"))
-    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask if not bias else mask.float(),
-                                              enable_gqa=True)
-    folded = flex.fold_bias(mask, 3, dtype)
-    assert folded.shape == (3, 1, 3 * queries, 40) and torch.equal(folded[:, :, queries:2 * queries], folded[:, :, :queries])
+    folded = flex.fold_bias(mask, 3, torch.float32)
+    assert folded.shape == (2, 1, 12, 10) and all(torch.equal(folded[:, :, 4 * i:4 * i + 4], folded[:, :, :4]) for i in range(3))
     got = flex.folded_attention(q, k, v, folded)
-    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    assert got.dtype == dtype and got.shape == expected.shape
-    error = (got.float() - expected).abs().max().item()
-    assert error <= 1e-5 if dtype == torch.float32 else error <= 1.25 * (sdpa.float() - expected).abs().max().item()
-    mixed = flex.folded_attention(q, k, v, flex.fold_bias(mask.flip(2), 3, dtype))
-    assert queries == 1 or not torch.allclose(mixed.float(), got.float())  # each query keeps its own mask row
+    assert torch.allclose(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True), atol=1e-6)
+    assert not torch.allclose(flex.folded_attention(q, k, v, flex.fold_bias(mask.flip(2), 3, torch.float32)), got)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -248,15 +248,16 @@ def dense_attention(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, he
     and the rows' own slots after it at the power of two at or above theirs), the grouped and split
     kernels read it once for all rows, which SDPA cannot: a long few-shot head moves the answer. The
     two are rounded apart because the kernels pay for them differently: an evaluation's decode step
-    over a 129-slot head and ~25 own slots, timed as 128 of 256 keys, took SDPA on folded heads (AMD
-    EPYC Zen 4, 128 rows: 4.7 vs 5.1 ms) and ran 1.3x slower than the grouped products, which win
-    at 128 + 32 keys (3.1 vs 3.8 ms). SDPA's and the grouped kernel's work grows in proportion to the rows beyond a
-    few dozen, so wider batches take the answer measured at DENSE_ROWS: timing a 256-row prefill
-    shape took ~1 s, and an evaluation's shrinking batches meet dozens of shapes on a new machine.
-    Split attention is a candidate for one query per row only (a decode step: its merge costs more
-    than it saves over a prompt chunk's queries, 150 rows x 23 queries on an Intel Xeon: 22 vs 15
-    ms), timed up to SPLIT_ROWS rows, as its gain grows with them (bfloat16, same Xeon: 0.77 vs 0.73
-    ms at 32 rows, 1.97 vs 2.41 ms at 150)."""
+    over a 129-slot head and ~25 own slots, timed as 128 of 256 keys, took folded SDPA (AMD EPYC Zen 4,
+    128 rows: 4.7 vs 5.1 ms for the grouped products) and ran 1.3x slower than with the grouped
+    products, which timed at 128 + 32 keys win (3.1 vs 3.8 ms). SDPA's and the grouped kernel's work
+    grows in proportion to the rows beyond a few dozen, so wider batches take the answer measured at
+    DENSE_ROWS: timing a 256-row prefill shape took ~1 s, and an evaluation's shrinking batches meet
+    dozens of shapes on a new machine. Split attention is a candidate for one query per row only (a
+    decode step: its merge costs more than it saves over a prompt chunk's queries, 150 rows x 23
+    queries on an Intel Xeon: 22 vs 15 ms), timed up to SPLIT_ROWS rows, as its gain grows with them
+    (bfloat16, same Xeon: 0.77 vs 0.73 ms at 32 rows, 1.97 vs 2.41 ms at 150; with its own slots
+    folded, AMD EPYC Zen 4, 128 rows: 2.41 vs 2.81 ms for the grouped products, 4.06 folded SDPA)."""
     if shared and rows > 1:  # the head and the rows' own slots rounded apart, as their costs differ by kernel
         own, shared = keys - shared, 1 << (shared.bit_length() - 1)
         keys = shared + (_bucket(own) if own > 0 else 0)
