@@ -1,6 +1,6 @@
 """Sweep throughput on CPU: `minirun eval`'s methods against a careful transformers hand loop.
 
-    python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16] [--label NAME]
+    python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16] [--repeats R] [--label NAME]
 
 The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
 item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
@@ -12,13 +12,18 @@ meeting every batch shape the methods do, and the hand loop one question. The ba
 left-padded into one batch, a KV cache, logits fused per step (hidden_avg through forward hooks),
 greedy, stopping at a newline. flex has no hand-written counterpart; it is compared with the avg
 loop. Same prompts, same token ids; the answers' agreement is reported next to items/s and the
-ratio. Writes bench/results/sweep-cpu-<dtype>-<date>[-<label>].json with the CPU model named.
+ratio. With `--repeats R` each method runs R rounds, minirun and the hand loop alternating, and the
+figures are medians with the per-round ratios beside them: a shared 2-core VM drifts by 10-40 %
+over minutes, and alternating puts both sides under the same drift (the ratio of one round is then
+fairer than either side's items/s). Writes bench/results/sweep-cpu-<dtype>-<date>[-<label>].json
+with the CPU model named.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,36 +111,56 @@ def minirun_run(llm: LLM, items, dataset: str, method: str) -> tuple[float, list
     return seconds, table["answer"].fillna("").tolist()
 
 
+def run_round(llm: LLM, model, data: dict, prefixes: dict[str, dict[str, str]],
+              method: str) -> tuple[float, float, int, list[str]]:
+    """One round of `method` over every dataset, each minirun run followed by the hand loop's:
+    seconds for each side, how many answers agree, and minirun's answers."""
+    ours, theirs, same, answers = 0.0, 0.0, 0, []
+    for name, items in data.items():
+        seconds, mine = minirun_run(llm, items, name, method)
+        hand_seconds, hand_answers = hand_run(llm, model, items, prefixes[name], method)
+        ours, theirs = ours + seconds, theirs + hand_seconds
+        same += sum(a == b for a, b in zip(mine, hand_answers))
+        answers += mine
+    return ours, theirs, same, answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10, help="items per dataset")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds per method, minirun and the hand loop alternating")
     parser.add_argument("--label", default="", help="appended to the results file's name (the machine, the change)")
     args = parser.parse_args()
+    if args.repeats < 1 or args.items < 1:
+        parser.error("--repeats and --items must be at least 1")
     path = default_model_path()
     llm = load(path, dtype=args.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
     data = {name: load_dataset(name)[:args.items] for name in ("sample-qa", "sample-fill")}
     prefixes = {name: few_shot_prefixes(items, None, name, None, 5) for name, items in data.items()}
     result = {"machine": cpu_facts(), "torch": torch.__version__, "dtype": args.dtype, "model": str(path),
-              "items": sum(map(len, data.values())), "prompts": PROMPTS, "max_new_tokens": NEW_TOKENS, "methods": {}}
+              "items": sum(map(len, data.values())), "prompts": PROMPTS, "max_new_tokens": NEW_TOKENS,
+              "repeats": args.repeats, "methods": {}}
     for name, items in data.items():  # warm-up: one-time costs (weight packing, calibration) are not throughput
         for method in ("origin", "per_prompt", "flex"):  # every batch shape the methods meet is calibrated here
             minirun_run(llm, items, name, method)
         hand_run(llm, model, items[:1], prefixes[name], "origin")
     for method in METHODS:
-        ours, theirs, same = 0.0, 0.0, 0
-        for name, items in data.items():
-            seconds, answers = minirun_run(llm, items, name, method)
-            hand_seconds, hand_answers = hand_run(llm, model, items, prefixes[name], method)
-            ours, theirs = ours + seconds, theirs + hand_seconds
-            same += sum(a == b for a, b in zip(answers, hand_answers))
+        rounds = [run_round(llm, model, data, prefixes, method) for _ in range(args.repeats)]
         n = result["items"]
+        ours = statistics.median(r[0] for r in rounds)
+        theirs = statistics.median(r[1] for r in rounds)
+        ratios = [r[1] / r[0] for r in rounds]
+        if any(r[3] != rounds[0][3] for r in rounds):  # greedy and batch-independent: a repeat must answer alike
+            raise SystemExit(f"{method}: minirun's answers changed between rounds")
+        same = rounds[0][2]
         result["methods"][method] = {"minirun_items_per_s": n / ours, "hand_loop_items_per_s": n / theirs,
-                                     "ratio": theirs / ours, "same_answer": same / n,
+                                     "ratio": statistics.median(ratios), "ratio_rounds": ratios,
+                                     "same_answer": same / n,
                                      "baseline": "avg hand loop" if method == "flex" else f"{method} hand loop"}
         print(f"{method:>10}: minirun {n / ours:.2f} items/s, hand loop {n / theirs:.2f} items/s, "
-              f"{theirs / ours:.2f}x, same answer {same}/{n}")
+              f"{statistics.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}), same answer {same}/{n}")
     label = f"-{args.label}" if args.label else ""
     out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}{label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
