@@ -101,6 +101,22 @@ def test_recompile_budget_warns_and_runs_eagerly(monkeypatch, caplog):
     assert len(warnings) == 1 and "(3,) runs uncompiled" in warnings[0] and "MINIRUN_RECOMPILE_LIMIT=1" in warnings[0]
 
 
+def test_a_second_load_of_a_checkpoint_spends_no_recompile_budget(llm, checkpoint_dirs, compiled):
+    """torch runs a second model object of the same checkpoint through the first one's decode graph,
+    so minirun's shape budget must not count it either: keyed by the object, a process that loads a
+    checkpoint 16 times (a benchmark per method) ran the 17th decode step eagerly with a warning."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    step = engine.compiled_decode_step(torch.device("cpu"))
+    run(llm, "origin", "Capital of France?")
+    shapes, refused = set(step.shapes), set(step.refused)
+    entries = len(_debug_get_cache_entry_list(engine.decode_step.__code__))
+    assert run(minirun.load(checkpoint_dirs["llama3"]), "origin", "Capital of France?") == run(llm, "origin",
+                                                                                              "Capital of France?")
+    assert step.shapes == shapes and step.refused == refused
+    assert len(_debug_get_cache_entry_list(engine.decode_step.__code__)) == entries  # torch compiled nothing new
+
+
 def test_compiled_mode_lifts_torch_limit_above_minirun(compiled):
     assert torch._dynamo.config.recompile_limit >= 4 * 16
 

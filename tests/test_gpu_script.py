@@ -57,3 +57,26 @@ def test_per_step_counts_cancel_prefill_out():
     assert syncs["per_step"]["cudaStreamSynchronize"] == 0
     steps = gpu.launches(llm, 2)["per_step"]
     assert steps == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}
+
+
+def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path):
+    gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["gpu-parity.json"]
+    with pytest.raises(MinirunError, match="unknown --sections speeds: choose from parity, compiled"):
+        gpu.main(["--device", "cpu", "--quick", "--sections", "parity,speeds", "--out", str(tmp_path)])
+
+
+def test_a_section_whose_shapes_ran_uncompiled_fails(tmp_path, monkeypatch, capsys):
+    """Past MINIRUN_RECOMPILE_LIMIT a compiled function runs eagerly: a figure measured so is not the
+    compiled path's, so the section must say so instead of passing."""
+    import json
+
+    from minirun.layers.compiled import Compiled
+
+    monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "1")
+    twice = Compiled(lambda x: x * 2, "twice", lambda x: tuple(x.shape), dynamic=False)
+    monkeypatch.setattr(gpu, "parity", lambda *args: {"shapes": [twice(torch.ones(n)).shape[0] for n in (2, 3)]})
+    gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu-parity.json").read_text())
+    assert result["uncompiled"] == {"twice": 1} and result["failed_checks"] == ["uncompiled"]
+    assert "parity: FAILED uncompiled" in capsys.readouterr().out

@@ -107,7 +107,7 @@ def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, s
 def _step_key(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
               full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
               fusion: HiddenFusion | None = None) -> tuple:
-    return (id(model), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None,
+    return (model.graph_key(), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None,
             None if fusion is None else fusion.first_block)
 
 

@@ -17,6 +17,19 @@ import torch
 log = logging.getLogger("minirun")
 
 
+_instances: list["Compiled"] = []  # every compiled function of the process, for `refused_shapes`
+
+
+def refused_shapes() -> dict[str, int]:
+    """How many shapes each compiled function (by name) has run uncompiled past the budget so far: a
+    benchmark compares this before and after, as a figure from a refused shape is an eager one."""
+    counts: dict[str, int] = {}
+    for compiled in _instances:
+        if compiled.refused:
+            counts[compiled.name] = counts.get(compiled.name, 0) + len(compiled.refused)
+    return counts
+
+
 def recompile_limit() -> int:
     return int(os.environ.get("MINIRUN_RECOMPILE_LIMIT", "16"))
 
@@ -37,6 +50,7 @@ class Compiled:
         self.compiled = torch.compile(fn, **options)
         self.shapes: set[Hashable] = set()
         self.refused: set[Hashable] = set()
+        _instances.append(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         shape = self.key(*args, **kwargs)

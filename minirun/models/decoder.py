@@ -134,7 +134,7 @@ def prefill_regions(x: torch.Tensor) -> bool:
 
 
 def _region_key(block: Block, x: torch.Tensor, *rest: torch.Tensor) -> tuple:
-    return (x.shape[0], x.shape[1], x.dtype)
+    return repr(block.attn.c), x.shape[0], x.shape[1], x.dtype, str(x.device)
 
 
 def _region_label(block: Block, x: torch.Tensor, *rest: torch.Tensor) -> str:
@@ -163,6 +163,13 @@ class Decoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    def graph_key(self) -> tuple:
+        """What a compiled graph of this model specialises on: its configuration, dtype and device, not
+        the object. A second load of one checkpoint runs the graphs the first compiled (torch guards on
+        shapes and constants, not identity), so counting objects would spend the recompile budget on
+        graphs that are never built and then run them eagerly."""
+        return repr(self.config), self.dtype, str(self.device)
 
     def calibration_weights(self) -> list[torch.Tensor]:
         """What CPU product kernels are timed on (`layers.calibrate`): every matrix of every third block,
