@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import minirun
 from minirun.cli import app
 from minirun.engine.sampling import SamplingParams
+from minirun.engine.session import compiled_decode_step
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 
@@ -22,6 +24,13 @@ def invoke(*args: str):
 @pytest.fixture(scope="module")
 def tiny(checkpoint_dirs):
     return checkpoint_dirs["qwen2"]
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """The decode step's memory of the shapes it met, empty as in a new `minirun` process: an earlier
+    test's compile of the same model and shape would otherwise leave nothing to announce."""
+    monkeypatch.setattr(compiled_decode_step(torch.device("cpu")), "shapes", set())
 
 
 def test_generate_json_matches_api(tiny):
@@ -40,7 +49,7 @@ def test_generate_streams_text(tiny):
     assert result.stdout.startswith(expected.text)
 
 
-def test_generate_compile_reports_each_compile_on_stderr(tiny):
+def test_generate_compile_reports_each_compile_on_stderr(tiny, fresh_process):
     from minirun.layers import flex
 
     try:
@@ -52,7 +61,7 @@ def test_generate_compile_reports_each_compile_on_stderr(tiny):
     assert "compiling the decode step for batch 1" in result.stderr
 
 
-def test_compile_notice_never_lands_mid_answer(tiny):
+def test_compile_notice_never_lands_mid_answer(tiny, fresh_process):
     """The decode step compiles after the first token is on screen: its notice starts a new line."""
     from minirun.layers import flex
 

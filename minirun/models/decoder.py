@@ -93,6 +93,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
+        self.config_key = repr(c)  # what its compiled regions specialise on, made once (a repr costs ~10 us)
         self.attn_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.attn = Attention(c)
         self.mlp_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
@@ -134,7 +135,7 @@ def prefill_regions(x: torch.Tensor) -> bool:
 
 
 def _region_key(block: Block, x: torch.Tensor, *rest: torch.Tensor) -> tuple:
-    return repr(block.attn.c), x.shape[0], x.shape[1], x.dtype, str(x.device)
+    return block.config_key, x.shape[0], x.shape[1], x.dtype, x.device
 
 
 def _region_label(block: Block, x: torch.Tensor, *rest: torch.Tensor) -> str:
@@ -150,6 +151,7 @@ class Decoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.config_key = repr(config)  # made once: the compiled decode step asks for `graph_key` every token
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -169,7 +171,7 @@ class Decoder(nn.Module):
         the object. A second load of one checkpoint runs the graphs the first compiled (torch guards on
         shapes and constants, not identity), so counting objects would spend the recompile budget on
         graphs that are never built and then run them eagerly."""
-        return repr(self.config), self.dtype, str(self.device)
+        return self.config_key, self.dtype, self.device
 
     def calibration_weights(self) -> list[torch.Tensor]:
         """What CPU product kernels are timed on (`layers.calibrate`): every matrix of every third block,
