@@ -80,3 +80,31 @@ def test_a_section_whose_shapes_ran_uncompiled_fails(tmp_path, monkeypatch, caps
     result = json.loads((tmp_path / "gpu-parity.json").read_text())
     assert result["uncompiled"] == {"twice": 1} and result["failed_checks"] == ["uncompiled"]
     assert "parity: FAILED uncompiled" in capsys.readouterr().out
+
+
+def test_a_failing_entry_is_recorded_and_its_section_goes_on(monkeypatch):
+    """Device time is scarce: one method's failure (a compile error, a CUDA fault) must leave the
+    section's other figures standing and show up among its failed checks."""
+    calls = []
+
+    def bench(**settings):
+        calls.append(settings.get("method", "origin"))
+        if settings.get("method") == "flex":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return {"decode_tokens_per_s": 1.0}
+
+    monkeypatch.setattr(gpu, "run_bench", bench)
+    monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda *args, **overrides: Path("unused"))
+    out = gpu.speed("cpu", ("llama-3.2-1b",), (1,), {}, True)
+    assert len(calls) == 1 + len(gpu.METHODS) and out["llama-3.2-1b-avg-5"] == {"decode_tokens_per_s": 1.0}
+    assert out["llama-3.2-1b-flex-5"] == {"ok": False,
+                                          "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    assert gpu.failed_checks(out) == ["llama-3.2-1b-flex-5"]
+
+
+def test_error_text_keeps_the_first_line_and_the_compiler_error_after_it():
+    from minirun.bench.compare import error_text
+
+    dump = RuntimeError("C++ compile error\n#include <x>\n/tmp/k.cpp:3:1: error: 'Vec' was not declared\nmore")
+    assert error_text(dump) == "RuntimeError: C++ compile error | /tmp/k.cpp:3:1: error: 'Vec' was not declared"
+    assert error_text(RuntimeError("CUDA error: out of memory")) == "RuntimeError: CUDA error: out of memory"

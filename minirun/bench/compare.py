@@ -97,9 +97,9 @@ def device_name(device: torch.device) -> str:
 
 
 def error_text(e: Exception) -> str:
-    """Exception type, its first line and the first compiler `error:` line (Inductor dumps whole files)."""
+    """Exception type, its first line and the first compiler `error:` line after it (Inductor dumps whole files)."""
     lines = str(e).splitlines() or [""]
-    detail = next((l.strip() for l in lines if " error: " in l), "")
+    detail = next((l.strip() for l in lines[1:] if " error: " in l), "")
     return f"{type(e).__name__}: {lines[0]}" + (f" | {detail}" if detail else "")
 
 

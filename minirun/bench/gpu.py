@@ -59,23 +59,37 @@ def _driver() -> str | None:
         return None
 
 
+def attempt(run: Callable[[], Any]) -> Any:
+    """`run()`, or its error as a failed check: one entry's failure (a method's compile, a CUDA error)
+    must not take the rest of its section's figures with it, as device time is scarce."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - recorded as a finding; the section's other entries still run
+        return {"ok": False, "error": error_text(e)}
+
+
 def parity(device: torch.device, shape: dict, root: Path) -> dict[str, Any]:
     """Max logit difference minirun vs transformers on random tokens, per family and dtype."""
-    from transformers import AutoModelForCausalLM
-
     out = {}
     for family, name in PARITY.items():
         path = random_checkpoint(name, root / f"parity-{family}", dtype="float32", **shape)
         tokens = torch.randint(3, 250, (2, 48), generator=torch.Generator().manual_seed(0)).to(device)
         for dtype, tolerance in TOLERANCE.items():
-            ours = load_model(path, device, dtype)
-            theirs = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-            with torch.inference_mode():
-                expected, got = theirs(tokens).logits.float(), ours(tokens).float()
-            diff = (expected - got).abs().max().item()
-            bound = tolerance * (expected.abs().max().item() if dtype == "bfloat16" else 1.0)
-            out[f"{family}-{dtype}"] = {"max_abs_diff": diff, "bound": bound, "ok": diff <= bound}
+            out[f"{family}-{dtype}"] = attempt(lambda: logit_parity(path, device, dtype, tolerance, tokens))
     return out
+
+
+def logit_parity(path: Path, device: torch.device, dtype: str, tolerance: float, tokens: torch.Tensor) -> dict:
+    """One family and dtype: minirun's logits against transformers' on the same checkpoint and tokens."""
+    from transformers import AutoModelForCausalLM
+
+    ours = load_model(path, device, dtype)
+    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    with torch.inference_mode():
+        expected, got = theirs(tokens).logits.float(), ours(tokens).float()
+    diff = (expected - got).abs().max().item()
+    bound = tolerance * (expected.abs().max().item() if dtype == "bfloat16" else 1.0)
+    return {"max_abs_diff": diff, "bound": bound, "ok": diff <= bound}
 
 
 def llm_for(path: Path, device: torch.device, dtype: str) -> LLM:
@@ -90,13 +104,21 @@ def compiled_vs_eager(llm: LLM, batches: tuple[int, ...], new_tokens: int) -> di
             encoded = workload(method, batch, 5, 40, llm.config.vocab_size)
             options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True,
                                       confidences=[[1.0] * len(e.paraphrases) for e in encoded])
-            runs = []
-            for compiled in (False, True):
-                flex.set_compiled(compiled)
-                runs.append([r.token_ids for r in run_encoded(llm, method, encoded, options)])
-            flex.set_compiled(False)
-            out[f"{method}-batch{batch}"] = {"equal": runs[0] == runs[1]}
+            out[f"{method}-batch{batch}"] = attempt(lambda: {"equal": eager_equals_compiled(llm, method, encoded,
+                                                                                            options)})
     return out
+
+
+def eager_equals_compiled(llm: LLM, method: str, encoded: list, options: EnsembleOptions) -> bool:
+    """Whether `method`'s greedy tokens are the same eager and compiled; eager again afterwards."""
+    runs = []
+    try:
+        for compiled in (False, True):
+            flex.set_compiled(compiled)
+            runs.append([r.token_ids for r in run_encoded(llm, method, encoded, options)])
+    finally:
+        flex.set_compiled(False)
+    return runs[0] == runs[1]
 
 
 def recompiles(llm: LLM, new_tokens: int) -> dict[str, Any]:
@@ -174,12 +196,26 @@ def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overri
     for shape in shapes:
         path = random_checkpoint_dir(shape, "bfloat16", **overrides)
         for batch in batches:
-            out[f"{shape}-origin-batch{batch}"] = run_bench(model=str(path), batch=batch, dtype="bfloat16",
-                                                            device=device, compare="transformers", **settings)
+            out[f"{shape}-origin-batch{batch}"] = attempt(lambda: run_bench(
+                model=str(path), batch=batch, dtype="bfloat16", device=device, compare="transformers", **settings))
         for method in METHODS:
-            out[f"{shape}-{method}-5"] = run_bench(model=str(path), method=method, dtype="bfloat16", device=device,
-                                                   **settings)
+            out[f"{shape}-{method}-5"] = attempt(lambda: run_bench(model=str(path), method=method, dtype="bfloat16",
+                                                                   device=device, **settings))
     return out
+
+
+def sweep_method(llm: LLM, method: str, questions: int, batch: int, new_tokens: int) -> dict[str, Any]:
+    """One method's items/s: a warm-up batch (the compiles), then batches of `batch` questions, median time."""
+    encoded = workload(method, batch, 6, 96, llm.config.vocab_size)
+    options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True)
+    run_encoded(llm, method, encoded, options)  # compile
+    times = []
+    for _ in range(max(1, questions // batch)):
+        start = time.perf_counter()
+        run_encoded(llm, method, encoded, options)
+        sync(llm.device)
+        times.append(time.perf_counter() - start)
+    return {"items_per_s": batch / statistics.median(times), "seconds": sum(times), "questions": batch * len(times)}
 
 
 def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int) -> dict[str, Any]:
@@ -188,17 +224,7 @@ def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int) -> dict[st
     out = {}
     try:
         for method in ("origin", "avg", "max", "hidden_avg", "flex"):
-            encoded = workload(method, batch, 6, 96, llm.config.vocab_size)
-            options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True)
-            run_encoded(llm, method, encoded, options)  # compile
-            times = []
-            for _ in range(max(1, questions // batch)):
-                start = time.perf_counter()
-                run_encoded(llm, method, encoded, options)
-                sync(llm.device)
-                times.append(time.perf_counter() - start)
-            out[method] = {"items_per_s": batch / statistics.median(times), "seconds": sum(times),
-                           "questions": batch * len(times)}
+            out[method] = attempt(lambda: sweep_method(llm, method, questions, batch, new_tokens))
     finally:
         flex.set_compiled(False)
     return out
