@@ -59,7 +59,8 @@ def test_per_step_counts_cancel_prefill_out():
     assert steps == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}
 
 
-def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path):
+def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "256")  # what main sets, undone after the test
     gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["gpu-parity.json"]
     with pytest.raises(MinirunError, match="unknown --sections speeds: choose from parity, compiled"):
