@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from rich.console import Console
 
+from minirun.bench.compare import Trial
 from minirun.bench.run import format_table, run_bench, write_json
 from minirun.checkpoints.random import SHAPES, random_checkpoint, shape_config
 from minirun.errors import MinirunError
@@ -54,11 +56,24 @@ def test_compare_transformers_fills_entry_and_speedup(tmp_path):
     result = run_bench(model=str(path), compare="transformers", **FAST)
     _check_figures(result["transformers"])
     assert "transformers_static" not in result  # the compiled HF path runs only with compile=True
+    assert result["order"] == "alternating"  # on CPU both engines stay loaded and are timed in turns
+    assert result["transformers"]["attention"] and "bandwidth" in result
     assert result["speedup"] == pytest.approx(result["minirun"]["decode_tokens_per_s"]
                                               / result["transformers"]["decode_tokens_per_s"])
     Console(width=200, record=True).print(format_table(result))
     written = json.loads(write_json(result, tmp_path / "out" / "r.json").read_text())
     assert written["speedup"] == pytest.approx(result["speedup"])
+
+
+def test_compare_on_a_device_that_holds_one_model_frees_minirun_before_loading_transformers(tmp_path, monkeypatch):
+    import minirun.bench.run as bench_run
+
+    monkeypatch.setattr(bench_run, "resident_together", lambda device: False)  # as on a GPU
+    path = random_checkpoint("llama-3.2-1b", tmp_path / "ckpt", dtype="float32", **TINY)
+    result = run_bench(model=str(path), compare="transformers", **FAST)
+    assert result["order"] == "sequential"
+    _check_figures(result["minirun"]), _check_figures(result["transformers"])
+    assert result["bandwidth"]["achieved_gb_s"] > 0 and result["speedup"] > 0
 
 
 def test_run_bench_rejects_bad_arguments(checkpoint_dirs):
@@ -99,3 +114,42 @@ def test_scaled_down_checkpoint_loads_in_minirun_and_transformers(shape, tmp_pat
     theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ids = torch.randint(0, 256, (1, 12))
     torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def _engine(calls: list[str], name: str, step: float, fail_at: int | None = None):
+    def run() -> dict[str, float]:
+        calls.append(name)
+        if fail_at is not None and calls.count(name) == fail_at:
+            raise RuntimeError(f"{name} broke\nmore detail")
+        return {"prefill": 0.5, "ttft": 0.6, "step": step}
+    return run
+
+
+def test_a_trial_times_its_engines_in_turns_after_each_warmed_up():
+    calls: list[str] = []
+    trial = Trial(torch.device("cpu"), repeats=3, warmup=1, prefill_tokens=100, answers_per_step=2)
+    trial.add("a", _engine(calls, "a", 0.01))
+    trial.add("b", _engine(calls, "b", 0.02))
+    assert calls == ["a", "a", "b", "b"]  # warm-up and memory run of each as it is added
+    trial.time()
+    assert calls[4:] == ["a", "b"] * 4  # an untimed round first: a later engine's loading may force a recompile
+    assert trial.results["a"]["decode_tokens_per_s"] == pytest.approx(200)
+    assert trial.results["b"]["ms_per_token"] == pytest.approx(20)
+    assert trial.results["a"]["prefill_tokens_per_s"] == pytest.approx(200)
+    trial.add("c", _engine(calls, "c", 0.04))
+    trial.time()  # only the engines added since the last call run again; alone, no untimed round
+    assert calls[12:] == ["c"] * 5 and set(trial.results) == {"a", "b", "c"}
+
+
+def test_a_fallible_engine_that_fails_is_recorded_and_the_others_still_run():
+    calls: list[str] = []
+    trial = Trial(torch.device("cpu"), repeats=3, warmup=1, prefill_tokens=10, answers_per_step=1)
+    trial.add("steady", _engine(calls, "steady", 0.01))
+    trial.add("compiled", _engine(calls, "compiled", 0.01, fail_at=4), fallible=True)  # fails in the first timed round
+    trial.add("broken", _engine(calls, "broken", 0.01, fail_at=1), fallible=True)  # fails warming up
+    trial.time()
+    assert trial.results["compiled"] == {"error": "RuntimeError: compiled broke"}
+    assert trial.results["broken"] == {"error": "RuntimeError: broken broke"}
+    assert calls.count("steady") == 6 and trial.results["steady"]["decode_tokens_per_s"] == pytest.approx(100)
+    with pytest.raises(RuntimeError, match="plain broke"):
+        trial.add("plain", _engine([], "plain", 0.01, fail_at=1))

@@ -69,22 +69,73 @@ class PeakMemory:
             self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(fn: Callable[[], dict[str, float]], repeats: int, warmup: int, device: torch.device,
-            prefill_tokens: int, answers_per_step: int) -> dict[str, Any]:
-    """Warm up (compilation lands here), time `repeats` runs, then one untimed run for memory."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    warmup_s = time.perf_counter() - start
-    runs = [fn() for _ in range(repeats)]
-    with PeakMemory(device) as peak:
-        fn()
-    prefill, prefill_spread = summarize([r["prefill"] for r in runs])
-    step, step_spread = summarize([r["step"] for r in runs])
-    ttft, ttft_spread = summarize([r["ttft"] for r in runs])
-    return {"decode_tokens_per_s": answers_per_step / step, "prefill_tokens_per_s": prefill_tokens / prefill,
-            "ms_per_token": step * 1e3, "ttft_s": ttft, "peak_memory_mb": peak.mb, "warmup_s": warmup_s,
-            "spread": {"ms_per_token": [s * 1e3 for s in step_spread], "prefill_s": prefill_spread, "ttft_s": ttft_spread}}
+Run = Callable[[], dict[str, float]]  # one timed generation: seconds of "prefill", "ttft" and a decode "step"
+
+
+class Trial:
+    """Engines timed side by side. `add` warms an engine up (compilation lands there) and makes its
+    untimed memory run; `time` then runs `repeats` rounds over the engines added since the last call,
+    each round timing every engine once, in turns. A shared 2-core VM drifts by 10-40 % over minutes
+    (bench/README.md): timed one engine after the other, a slow spell lands on one side of a ratio;
+    in turns it slows every engine alike. `results` holds each engine's figures, or its error.
+    """
+
+    def __init__(self, device: torch.device, repeats: int, warmup: int, prefill_tokens: int, answers_per_step: int):
+        self.device, self.repeats, self.warmup = device, repeats, warmup
+        self.prefill_tokens, self.answers_per_step = prefill_tokens, answers_per_step
+        self.results: dict[str, dict[str, Any]] = {}
+        self._waiting: dict[str, tuple[Run, bool, float, float]] = {}  # name -> (run, fallible, warm-up s, memory MB)
+
+    def add(self, name: str, run: Run, fallible: bool = False) -> None:
+        """Warm `run` up and measure its memory; with `fallible` (a compiled path, whose failure is a
+        finding rather than a bug) an exception is recorded as the engine's error instead of raised."""
+        try:
+            start = time.perf_counter()
+            for _ in range(self.warmup):
+                run()
+            warmup_s = time.perf_counter() - start
+            with PeakMemory(self.device) as peak:
+                run()
+        except Exception as e:  # noqa: BLE001 - see `fallible`
+            if not fallible:
+                raise
+            self.results[name] = {"error": error_text(e)}
+            return
+        self._waiting[name] = (run, fallible, warmup_s, peak.mb)
+
+    def time(self) -> None:
+        """Time the engines waiting, in turns, and summarise each into `results`.
+
+        With several engines, one untimed round comes first: an engine warmed up before the next one
+        was loaded may have to compile again (loading transformers registers pytree node types, and
+        torch's compiled graphs guard on their count: minirun's decode step recompiled inside the first
+        timed round, a 0.26 s step among 20 ms ones)."""
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in self._waiting}
+        for timed in [False] * (len(runs) > 1) + [True] * self.repeats:
+            for name in list(runs):
+                run, fallible = self._waiting[name][:2]
+                try:
+                    figures = run()
+                except Exception as e:  # noqa: BLE001 - see `add`
+                    if not fallible:
+                        raise
+                    self.results[name] = {"error": error_text(e)}
+                    del runs[name]
+                    continue
+                if timed:
+                    runs[name].append(figures)
+        for name, figures in runs.items():
+            self.results[name] = self._summary(figures, *self._waiting[name][2:])
+        self._waiting.clear()
+
+    def _summary(self, runs: list[dict[str, float]], warmup_s: float, memory_mb: float) -> dict[str, Any]:
+        prefill, prefill_spread = summarize([r["prefill"] for r in runs])
+        step, step_spread = summarize([r["step"] for r in runs])
+        ttft, ttft_spread = summarize([r["ttft"] for r in runs])
+        return {"decode_tokens_per_s": self.answers_per_step / step, "prefill_tokens_per_s": self.prefill_tokens / prefill,
+                "ms_per_token": step * 1e3, "ttft_s": ttft, "peak_memory_mb": memory_mb, "warmup_s": warmup_s,
+                "spread": {"ms_per_token": [s * 1e3 for s in step_spread], "prefill_s": prefill_spread,
+                           "ttft_s": ttft_spread}}
 
 
 def device_name(device: torch.device) -> str:
@@ -135,27 +186,29 @@ def _hf_run(model, ids: torch.Tensor, new_tokens: int, generate_kwargs: dict[str
     return {"prefill": prefill, "ttft": first - start, "step": (last - first) / (new_tokens - 1)}
 
 
-def measure_transformers(path: Path, dtype: torch.dtype, device: str, prompts: list[list[int]], new_tokens: int,
-                         repeats: int, warmup: int, compile: bool) -> dict[str, dict]:
-    """`transformers`: generate with its default attention and dynamic cache; with `compile` also
-    `transformers_static`: static cache + torch.compile(forward, mode="reduce-overhead"), or its error."""
+def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, prompts: list[list[int]],
+                     new_tokens: int, compile: bool) -> str:
+    """Enter `transformers` (generate with its default attention and dynamic cache) in `trial`, and with
+    `compile` also `transformers_static` (static cache + torch.compile(forward, mode="reduce-overhead"),
+    the same model with the compiled forward swapped in for its runs; a failure is recorded as its error).
+    Returns the attention implementation transformers chose."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     ids = torch.tensor(prompts, device=device)
-    prefill_tokens, answers = ids.numel(), ids.shape[0]
-    out = {"transformers": measure(lambda: _hf_run(model, ids, new_tokens, {}), repeats, warmup, ids.device,
-                                   prefill_tokens, answers)}
-    out["transformers"]["attention"] = model.config._attn_implementation
+    trial.add("transformers", lambda: _hf_run(model, ids, new_tokens, {}))
     if compile:
-        try:
-            model.forward = torch.compile(model.forward, mode="reduce-overhead")
-            out["transformers_static"] = measure(
-                lambda: _hf_run(model, ids, new_tokens, {"cache_implementation": "static"}), repeats, warmup,
-                ids.device, prefill_tokens, answers)
-        except Exception as e:  # noqa: BLE001 - any failure of HF's compiled path is a finding to record
-            out["transformers_static"] = {"error": error_text(e)}
-    return out
+        compiled = torch.compile(model.forward, mode="reduce-overhead")
+
+        def static() -> dict[str, float]:
+            model.forward = compiled
+            try:
+                return _hf_run(model, ids, new_tokens, {"cache_implementation": "static"})
+            finally:
+                del model.forward  # the class's eager forward again, for the other engine's turn
+
+        trial.add("transformers_static", static, fallible=True)
+    return model.config._attn_implementation
 
 
 def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:

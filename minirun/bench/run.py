@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from minirun.bench.compare import device_name, error_text, measure, sync
+from minirun.bench.compare import Trial, device_name, sync
 from minirun.checkpoints.loader import load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
@@ -158,38 +158,70 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         "batch": batch, "num_paraphrases": 1 if method == "origin" else num_paraphrases, "prompt_tokens": prompt_tokens,
         "prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "repeats": repeats, "compile": compile,
         "load_avg_1m": os.getloadavg()[0], "host": cpu_facts()}  # CPU figures are only as good as the machine was idle
+    trial = Trial(llm.device, repeats, warmup, prefill_tokens, answers)
+    freed = "transformers" in compares and not resident_together(llm.device)
+    result["order"] = "sequential" if freed else "alternating"
     previous = flex.is_compiled()
     try:
-        runs = [("minirun", compile)] + ([("minirun_eager", False)] if "eager" in compares and compile else [])
-        for key, compiled in runs:
-            flex.set_compiled(compiled)
-            try:
-                result[key] = measure(lambda: _run_once(llm, method, encoded, new_tokens), repeats, warmup,
-                                      llm.device, prefill_tokens, answers)
-                if method == "flex":
-                    result[key]["flex_prefill"] = _flex_prefill(llm, encoded[0], repeats)
-            except Exception as e:  # noqa: BLE001 - a compiler failure is a finding; eager failures are bugs
-                if not compiled:
-                    raise
-                result[key] = {"error": error_text(e)}
+        flex_prefill = _add_minirun(trial, llm, method, encoded, new_tokens, compile, "eager" in compares)
+        prompts = [e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
+        if freed:
+            trial.time()
+            result.update(_bandwidth(llm, trial.results))
+            del llm
+            gc.collect()
+        if "transformers" in compares:
+            from minirun.bench.compare import add_transformers
+
+            attention = add_transformers(trial, path, torch_dtype, device, prompts, new_tokens, compile)
+        trial.time()
+        if not freed:
+            result.update(_bandwidth(llm, trial.results))
     finally:
         flex.set_compiled(previous)
+    result.update(trial.results)
+    for key, figures in flex_prefill.items():
+        if "error" not in result[key]:
+            result[key]["flex_prefill"] = figures
+    if "transformers" in compares:
+        result["transformers"]["attention"] = attention
     if _measured(result, "minirun", "minirun_eager"):
         result["compile_speedup"] = result["minirun"]["decode_tokens_per_s"] / result["minirun_eager"]["decode_tokens_per_s"]
-    if _measured(result, "minirun"):
-        from minirun.bench.compare import bandwidth
-
-        result["bandwidth"] = bandwidth(llm.model, result["minirun"]["ms_per_token"])
-    if "transformers" in compares:
-        from minirun.bench.compare import measure_transformers
-
-        prompts = [e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
-        del llm
-        gc.collect()
-        result.update(measure_transformers(path, torch_dtype, device, prompts, new_tokens, repeats, warmup, compile))
-        if _measured(result, "minirun", "transformers"):
-            result["speedup"] = result["minirun"]["decode_tokens_per_s"] / result["transformers"]["decode_tokens_per_s"]
+    if _measured(result, "minirun", "transformers"):
+        result["speedup"] = result["minirun"]["decode_tokens_per_s"] / result["transformers"]["decode_tokens_per_s"]
     return result
+
+
+def resident_together(device: torch.device) -> bool:
+    """Whether minirun and transformers stay loaded together and are timed in turns: on CPU, where a shared
+    VM drifts by 10-40 % over minutes; on a GPU one model at a time, so that one which fills it is never
+    resident twice (a GPU is not shared, and drifts little)."""
+    return device.type == "cpu"
+
+
+def _add_minirun(trial: Trial, llm: LLM, method: str, encoded: list[Encoded], new_tokens: int, compile: bool,
+                 eager: bool) -> dict[str, dict[str, float]]:
+    """Enter `minirun` (compiled as `compile` says) and, with `eager` and `compile`, `minirun_eager` in
+    `trial`; for flex also time its packed prefill against separate ones. Returns those figures by engine."""
+    flex_prefill = {}
+    for key, compiled in [("minirun", compile)] + ([("minirun_eager", False)] if eager and compile else []):
+        def run(compiled: bool = compiled) -> dict[str, float]:
+            flex.set_compiled(compiled)
+            return _run_once(llm, method, encoded, new_tokens)
+
+        trial.add(key, run, fallible=compiled)  # a compiler failure is a finding; eager failures are bugs
+        if method == "flex" and key not in trial.results:
+            flex_prefill[key] = _flex_prefill(llm, encoded[0], trial.repeats)
+    return flex_prefill
+
+
+def _bandwidth(llm: LLM, results: dict) -> dict[str, dict]:
+    """{"bandwidth": `compare.bandwidth` of minirun's decode step} if it was measured."""
+    if not _measured(results, "minirun"):
+        return {}
+    from minirun.bench.compare import bandwidth
+
+    return {"bandwidth": bandwidth(llm.model, results["minirun"]["ms_per_token"])}
 
 
 def _measured(result: dict, *keys: str) -> bool:
