@@ -43,7 +43,7 @@ def test_failed_checks_finds_every_false_verdict():
 
 
 def test_parity_section_passes_on_tiny_checkpoints(tmp_path):
-    result = gpu.parity(torch.device("cpu"), gpu.TINY, tmp_path)
+    result = gpu.parity(torch.device("cpu"), gpu.TINY)
     assert set(result) == {f"{f}-{d}" for f in gpu.PARITY for d in gpu.TOLERANCE}
     assert gpu.failed_checks(result) == []
     assert result["llama-float32"]["bound"] == 1e-4
@@ -53,10 +53,12 @@ def test_per_step_counts_cancel_prefill_out():
     llm = gpu.llm_for(random_checkpoint_dir("smollm2-135m", "float32", **gpu.TINY), torch.device("cpu"), "float32")
     syncs = gpu.host_syncs(llm, 2)
     assert syncs["new_tokens"] == [2, 4] and syncs["ok"] is None  # the verdicts are CUDA's
-    assert set(syncs["per_step"]) == set(gpu.SYNCS) | {"gpu_kernels"}
+    assert syncs["profiler_saw_cuda"] is False  # no launch and no kernel seen: zero syncs would prove nothing
+    assert set(syncs["per_step"]) == set(gpu.SYNCS) | set(gpu.LAUNCHES) | {"gpu_kernels"}
     assert syncs["per_step"]["cudaStreamSynchronize"] == 0
-    steps = gpu.launches(llm, 2)["per_step"]
-    assert steps == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}
+    launched = gpu.launches(llm, 2)
+    assert launched["per_step"] == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}
+    assert launched["ok"] is None and launched["model_step_is_one_replay"] is None
 
 
 def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path, monkeypatch):
@@ -109,3 +111,42 @@ def test_error_text_keeps_the_first_line_and_the_compiler_error_after_it():
     dump = RuntimeError("C++ compile error\n#include <x>\n/tmp/k.cpp:3:1: error: 'Vec' was not declared\nmore")
     assert error_text(dump) == "RuntimeError: C++ compile error | /tmp/k.cpp:3:1: error: 'Vec' was not declared"
     assert error_text(RuntimeError("CUDA error: out of memory")) == "RuntimeError: CUDA error: out of memory"
+
+
+def test_a_section_cut_off_mid_way_keeps_the_entries_that_finished(tmp_path, monkeypatch):
+    """A device call ends at its time limit: each section's file is rewritten as every entry lands."""
+    import json
+
+    calls = []
+
+    def bench(**settings):
+        calls.append(settings)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a killed call looks like from inside: not an error to record
+        return {"decode_tokens_per_s": 1.0}
+
+    monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "256")
+    monkeypatch.setattr(gpu, "run_bench", bench)
+    monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda *args, **overrides: Path("unused"))
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(["--device", "cpu", "--quick", "--sections", "speed", "--out", str(tmp_path)])
+    partial = json.loads((tmp_path / "gpu-speed.json").read_text())
+    assert partial["partial"] is True and partial["ok"] is None and partial["dtype"] == "bfloat16"
+    assert partial["result"] == {"llama-3.2-1b-origin-batch1": {"decode_tokens_per_s": 1.0}}
+
+
+def test_compiled_against_eager_counts_the_answers_that_agree_and_where_the_others_part(monkeypatch):
+    from types import SimpleNamespace as Result
+
+    from minirun.layers import flex
+
+    def run_encoded(llm, method, encoded, options):
+        second = [5, 6, 9] if flex.is_compiled() else [5, 6, 7]
+        return [Result(token_ids=ids) for ids in ([1, 2, 3], second)]
+
+    monkeypatch.setattr(gpu, "run_encoded", run_encoded)
+    checked = gpu.eager_against_compiled(None, "avg", [], None)
+    assert checked == {"equal": False, "answers_equal": "1/2", "first_difference_at": [2]}
+    assert not flex.is_compiled()  # eager again afterwards
+    monkeypatch.setattr(gpu, "run_encoded", lambda *args: [Result(token_ids=[4])])
+    assert gpu.eager_against_compiled(None, "avg", [], None)["equal"] is True

@@ -5,7 +5,8 @@ qwen3; compiled == eager tokens for every method at batch 1 and 8; no recompilat
 question lengths; host syncs counted with the profiler), then speed (`run_bench` on the
 Llama-3.2-1B and SmolLM2-135M shapes, batch 1 and 8, against transformers; every method at 5
 paraphrases) and an eval-like sweep (questions × 6 prompts, 10-token answers) in items/s. Each
-section writes one JSON under DIR naming the device, driver, torch and dtype; a failed section
+section writes one JSON under DIR naming the device, driver, torch and dtype, rewritten as each of
+its entries lands (a call cut off by a time limit keeps what finished); a failed entry or section
 records its error and the others still run. `--quick` shrinks every size so a CPU can dry-run it.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 from minirun.bench.compare import error_text, sync
 from minirun.bench.run import IdTokenizer, random_checkpoint_dir, run_bench, workload
 from minirun.checkpoints.loader import load_model
-from minirun.checkpoints.random import random_checkpoint
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.layers import flex
@@ -59,6 +59,21 @@ def _driver() -> str | None:
         return None
 
 
+class Progress(dict):
+    """A section's entries, each written to the section's JSON file (marked `partial`) as it lands: a
+    device call cut off at its time limit still brings back every entry that finished."""
+
+    def __init__(self, path: Path | None = None, facts: dict | None = None):
+        super().__init__()
+        self.path, self.facts = path, facts or {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if self.path is not None:
+            partial = {"ok": None, "partial": True, "result": dict(self), **self.facts}
+            self.path.write_text(json.dumps(partial, indent=2, default=str) + "\n")
+
+
 def attempt(run: Callable[[], Any]) -> Any:
     """`run()`, or its error as a failed check: one entry's failure (a method's compile, a CUDA error)
     must not take the rest of its section's figures with it, as device time is scarce."""
@@ -68,11 +83,14 @@ def attempt(run: Callable[[], Any]) -> Any:
         return {"ok": False, "error": error_text(e)}
 
 
-def parity(device: torch.device, shape: dict, root: Path) -> dict[str, Any]:
-    """Max logit difference minirun vs transformers on random tokens, per family and dtype."""
-    out = {}
+def parity(device: torch.device, shape: dict, out: dict | None = None) -> dict[str, Any]:
+    """Max logit difference minirun vs transformers on random tokens, per family and dtype, into `out`.
+
+    The checkpoints go to minirun's cache (`random_checkpoint_dir`), never under the results folder:
+    the device tool brings back only a few small files from there (Llama's float32 embedding is 1 GB)."""
+    out = {} if out is None else out
     for family, name in PARITY.items():
-        path = random_checkpoint(name, root / f"parity-{family}", dtype="float32", **shape)
+        path = random_checkpoint_dir(name, "float32", **shape)
         tokens = torch.randint(3, 250, (2, 48), generator=torch.Generator().manual_seed(0)).to(device)
         for dtype, tolerance in TOLERANCE.items():
             out[f"{family}-{dtype}"] = attempt(lambda: logit_parity(path, device, dtype, tolerance, tokens))
@@ -96,21 +114,27 @@ def llm_for(path: Path, device: torch.device, dtype: str) -> LLM:
     return LLM(load_model(path, device, dtype), IdTokenizer(), path)
 
 
-def compiled_vs_eager(llm: LLM, batches: tuple[int, ...], new_tokens: int) -> dict[str, Any]:
-    """Greedy tokens of every method, eager and compiled (CUDA graphs on GPU), must be equal."""
-    out = {}
+def compiled_vs_eager(llm: LLM, batches: tuple[int, ...], new_tokens: int, out: dict | None = None) -> dict[str, Any]:
+    """Greedy tokens of every method, eager and compiled (CUDA graphs on GPU), must be equal; into `out`.
+
+    Run in float32, as the CPU tests are: in bfloat16 compiled kernels round differently from eager
+    ones (Inductor keeps fused intermediates in float32, FlexAttention against SDPA), and at a real
+    vocabulary's width the top two logits of random weights sit closer than bfloat16's step, so
+    greedy tokens would part over chance ties, not bugs."""
+    out = {} if out is None else out
     for method in METHODS:
         for batch in batches:
             encoded = workload(method, batch, 5, 40, llm.config.vocab_size)
             options = EnsembleOptions(max_new_tokens=new_tokens, ignore_eos=True,
                                       confidences=[[1.0] * len(e.paraphrases) for e in encoded])
-            out[f"{method}-batch{batch}"] = attempt(lambda: {"equal": eager_equals_compiled(llm, method, encoded,
-                                                                                            options)})
+            out[f"{method}-batch{batch}"] = attempt(lambda: eager_against_compiled(llm, method, encoded, options))
     return out
 
 
-def eager_equals_compiled(llm: LLM, method: str, encoded: list, options: EnsembleOptions) -> bool:
-    """Whether `method`'s greedy tokens are the same eager and compiled; eager again afterwards."""
+def eager_against_compiled(llm: LLM, method: str, encoded: list, options: EnsembleOptions) -> dict[str, Any]:
+    """`equal`: whether `method`'s greedy tokens are the same eager and compiled; `answers_equal`: how
+    many answers agree (where they part, a first difference late in an answer reads as a near tie, an
+    early one in every answer as a bug); eager again afterwards."""
     runs = []
     try:
         for compiled in (False, True):
@@ -118,7 +142,9 @@ def eager_equals_compiled(llm: LLM, method: str, encoded: list, options: Ensembl
             runs.append([r.token_ids for r in run_encoded(llm, method, encoded, options)])
     finally:
         flex.set_compiled(False)
-    return runs[0] == runs[1]
+    parted = [next((i for i, (a, b) in enumerate(zip(e, c)) if a != b), None) for e, c in zip(*runs)]
+    return {"equal": runs[0] == runs[1], "answers_equal": f"{parted.count(None)}/{len(parted)}",
+            "first_difference_at": [i for i in parted if i is not None]}
 
 
 def recompiles(llm: LLM, new_tokens: int) -> dict[str, Any]:
@@ -173,25 +199,35 @@ def per_step_counts(llm: LLM, method: str, new_tokens: int, names: dict[str, tup
 
 def host_syncs(llm: LLM, new_tokens: int) -> dict[str, Any]:
     """Synchronising calls per decode step of a compiled avg generation: at most the stop check's
-    one in `check_every` (8 on CUDA)."""
-    out = per_step_counts(llm, "avg", new_tokens, {name: (name,) for name in SYNCS})
+    one in `check_every` (8 on CUDA). No verdict where the profiler saw no CUDA activity at all (no
+    launch, no kernel: a sandbox without CUPTI), as zero syncs would then prove nothing."""
+    out = per_step_counts(llm, "avg", new_tokens, {name: (name,) for name in SYNCS} | LAUNCHES)
     syncs = out["per_step"]["cudaStreamSynchronize"] + out["per_step"]["cudaDeviceSynchronize"]
-    out["ok"] = syncs <= 1 / 8 + 1e-9 if llm.device.type == "cuda" else None
+    seen = all(c["gpu_kernels"] + c["graph_launches"] + c["kernel_launches"] > 0 for c in out["counts"])
+    out["profiler_saw_cuda"] = seen
+    out["ok"] = syncs <= 1 / 8 + 1e-9 if llm.device.type == "cuda" and seen else None
     return out
 
 
 def launches(llm: LLM, new_tokens: int) -> dict[str, Any]:
     """Launches per compiled decode step of origin: on CUDA the whole step must be one graph replay
-    (one `cudaGraphLaunch`, no loose kernel launch); `gpu_kernels` is the kernels that replay runs."""
+    (one `cudaGraphLaunch`, no loose kernel launch); `gpu_kernels` is the kernels that replay runs.
+    Known before any GPU ran it: the token choice (argmax), its write into the answers, the next
+    positions and the cache slot are eager operations beside the replay (~4 launches a step, and the
+    replay copies its non-static inputs), so this fails until they move into the graph;
+    `model_step_is_one_replay` tells the model's part apart."""
     out = per_step_counts(llm, "origin", new_tokens, LAUNCHES)
     steps = out["per_step"]
-    out["ok"] = (steps["graph_launches"] == 1 and steps["kernel_launches"] == 0
-                 if llm.device.type == "cuda" else None)
+    cuda = llm.device.type == "cuda"
+    out["model_step_is_one_replay"] = steps["graph_launches"] == 1 if cuda else None
+    out["ok"] = steps["graph_launches"] == 1 and steps["kernel_launches"] == 0 if cuda else None
     return out
 
 
-def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overrides: dict, quick: bool) -> dict:
-    out: dict[str, Any] = {}
+def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overrides: dict, quick: bool,
+          out: dict | None = None) -> dict:
+    """`run_bench` on each shape: origin against transformers at each batch, every method at 5 paraphrases."""
+    out = {} if out is None else out
     settings = dict(new_tokens=8, repeats=2, prompt_tokens=40) if quick else {}
     for shape in shapes:
         path = random_checkpoint_dir(shape, "bfloat16", **overrides)
@@ -218,10 +254,10 @@ def sweep_method(llm: LLM, method: str, questions: int, batch: int, new_tokens: 
     return {"items_per_s": batch / statistics.median(times), "seconds": sum(times), "questions": batch * len(times)}
 
 
-def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int) -> dict[str, Any]:
+def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int, out: dict | None = None) -> dict[str, Any]:
     """Items/s of an eval-like sweep: `questions` × 6 prompts, `new_tokens`-token answers, compiled."""
     flex.set_compiled(True)
-    out = {}
+    out = {} if out is None else out
     try:
         for method in ("origin", "avg", "max", "hidden_avg", "flex"):
             out[method] = attempt(lambda: sweep_method(llm, method, questions, batch, new_tokens))
@@ -263,22 +299,23 @@ def main(argv: list[str] | None = None) -> int:
     overrides = TINY if args.quick else {}
     new_tokens = 6 if args.quick else 24
     path = random_checkpoint_dir("llama-3.2-1b", "bfloat16", **overrides)
-    sections: dict[str, Callable[[], Any]] = {
-        "parity": lambda: parity(device, shape, args.out / "checkpoints"),
-        "compiled": lambda: compiled_vs_eager(llm_for(path, device, "bfloat16"), (1, 8), new_tokens),
-        "recompiles": lambda: recompiles(llm_for(path, device, "bfloat16"), new_tokens),
-        "host_syncs": lambda: host_syncs(llm_for(path, device, "bfloat16"), new_tokens),
-        "launches": lambda: launches(llm_for(random_checkpoint_dir("smollm2-135m", "bfloat16", **overrides), device,
-                                          "bfloat16"), new_tokens),
-        "speed": lambda: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick),
-        "sweep": lambda: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000, 8 if args.quick
-                                    else 64, 10),
+    sections: dict[str, Callable[[Progress], Any]] = {  # each gets its Progress to fill, where it has entries
+        "parity": lambda out: parity(device, shape, out),
+        "compiled": lambda out: compiled_vs_eager(llm_for(path, device, "float32"), (1, 8), new_tokens, out),
+        "recompiles": lambda out: recompiles(llm_for(path, device, "bfloat16"), new_tokens),
+        "host_syncs": lambda out: host_syncs(llm_for(path, device, "bfloat16"), new_tokens),
+        "launches": lambda out: launches(llm_for(random_checkpoint_dir("smollm2-135m", "bfloat16", **overrides),
+                                                 device, "bfloat16"), new_tokens),
+        "speed": lambda out: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick, out),
+        "sweep": lambda out: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000,
+                                        8 if args.quick else 64, 10, out),
     }
     facts = machine(device, "bfloat16")
     for name in chosen:
+        facts["dtype"] = "float32" if name == "compiled" else "bfloat16"
         start, refused = time.perf_counter(), refused_shapes()
         try:
-            checked = sections[name]()
+            checked = sections[name](Progress(args.out / f"gpu-{name}.json", facts))
             result = {"ok": True, "result": checked, "failed_checks": failed_checks(checked)}
         except Exception as e:  # noqa: BLE001 - a failing check is a finding to record; the others still run
             result = {"ok": False, "error": error_text(e)}
