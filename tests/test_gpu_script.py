@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_failing_entry_is_recorded_and_its_section_goes_on(monkeypatch):
     monkeypatch.setattr(gpu, "run_bench", bench)
     monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda *args, **overrides: Path("unused"))
     out = gpu.speed("cpu", ("llama-3.2-1b",), (1,), {}, True)
-    assert len(calls) == 1 + len(gpu.METHODS) and out["llama-3.2-1b-avg-5"] == {"decode_tokens_per_s": 1.0}
+    assert len(calls) == len(gpu.METHODS) and out["llama-3.2-1b-avg-5"] == {"decode_tokens_per_s": 1.0}
     assert out["llama-3.2-1b-flex-5"] == {"ok": False,
                                           "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
     assert gpu.failed_checks(out) == ["llama-3.2-1b-flex-5"]
@@ -150,3 +151,28 @@ def test_compiled_against_eager_counts_the_answers_that_agree_and_where_the_othe
     assert not flex.is_compiled()  # eager again afterwards
     monkeypatch.setattr(gpu, "run_encoded", lambda *args: [Result(token_ids=[4])])
     assert gpu.eager_against_compiled(None, "avg", [], None)["equal"] is True
+
+
+def test_the_speed_plan_measures_what_the_targets_need_first():
+    plan = gpu.speed_plan(("llama-3.2-1b", "smollm2-135m"), (1, 8))
+    assert plan[:6] == [("llama-3.2-1b", "origin", 1), ("smollm2-135m", "origin", 1), ("llama-3.2-1b", "avg", 1),
+                        ("llama-3.2-1b", "max", 1), ("llama-3.2-1b", "hidden_avg", 1), ("llama-3.2-1b", "flex", 1)]
+    assert plan[6:8] == [("llama-3.2-1b", "origin", 8), ("smollm2-135m", "origin", 8)]
+    assert len(plan) == len(set(plan)) == 2 * len(gpu.METHODS) + 2  # every method on each shape, origin twice
+    assert gpu.by_priority(gpu.METHODS)[:5] == ["origin", "avg", "max", "hidden_avg", "flex"]
+    assert sorted(gpu.by_priority(gpu.METHODS)) == sorted(gpu.METHODS)
+
+
+def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(gpu, "run_encoded", lambda *args: time.sleep(0.01))
+    llm = SimpleNamespace(config=SimpleNamespace(vocab_size=100), device=torch.device("cpu"))
+    one = gpu.sweep_method(llm, "avg", questions=2000, batch=64, new_tokens=10, seconds=0.05)
+    assert 1 <= one["questions"] // 64 < 2000 // 64  # stopped by the time, not the questions
+    assert one["projected_s"] == pytest.approx(one["warmup_s"] + 2000 / one["items_per_s"])
+    swept = gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)
+    assert swept["projected_total_s"] == pytest.approx(sum(swept[m]["projected_s"] for m in gpu.SWEEP_METHODS))
+    assert swept["ok"] is True  # 5 x ~0.3 s projected, far inside the 10 minutes
+    monkeypatch.setattr(gpu, "SWEEP_LIMIT_S", 0.1)
+    assert gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)["ok"] is False
