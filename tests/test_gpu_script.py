@@ -66,7 +66,7 @@ def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path, monk
     monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "256")  # what main sets, undone after the test
     gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["gpu-parity.json"]
-    with pytest.raises(MinirunError, match="unknown --sections speeds: choose from parity, compiled"):
+    with pytest.raises(MinirunError, match="unknown --sections speeds: choose from parity, recompiles"):
         gpu.main(["--device", "cpu", "--quick", "--sections", "parity,speeds", "--out", str(tmp_path)])
 
 
