@@ -7,6 +7,7 @@ import pytest
 import torch
 from rich.console import Console
 
+import minirun.bench.run as bench_run
 from minirun.bench.compare import Trial
 from minirun.bench.run import format_table, run_bench, write_json
 from minirun.checkpoints.random import SHAPES, random_checkpoint, shape_config
@@ -65,13 +66,32 @@ def test_compare_transformers_fills_entry_and_speedup(tmp_path):
     assert written["speedup"] == pytest.approx(result["speedup"])
 
 
-def test_compare_on_a_device_that_holds_one_model_frees_minirun_before_loading_transformers(tmp_path, monkeypatch):
-    import minirun.bench.run as bench_run
+def _engine_calls(monkeypatch) -> list[str]:
+    """The engines' timed-run functions, wrapped to record which engine ran, in order."""
+    import minirun.bench.compare as compare
 
+    calls: list[str] = []
+    for module, name, engine in ((bench_run, "_run_once", "minirun"), (compare, "_hf_run", "transformers")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, original=original, engine=engine: calls.append(engine) or original(*a))
+    return calls
+
+
+def test_compare_on_cpu_times_minirun_and_transformers_in_turns(tmp_path, monkeypatch):
+    calls = _engine_calls(monkeypatch)
+    path = random_checkpoint("qwen2.5-0.5b", tmp_path / "ckpt", dtype="float32", **TINY)
+    run_bench(model=str(path), compare="transformers", **{**FAST, "repeats": 3})
+    # each warmed up (1) and run for memory (1) as it is added, then an untimed round and 3 timed ones in turns
+    assert calls == ["minirun"] * 2 + ["transformers"] * 2 + ["minirun", "transformers"] * 4
+
+
+def test_compare_on_a_device_that_holds_one_model_frees_minirun_before_loading_transformers(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_run, "resident_together", lambda device: False)  # as on a GPU
+    calls = _engine_calls(monkeypatch)
     path = random_checkpoint("llama-3.2-1b", tmp_path / "ckpt", dtype="float32", **TINY)
     result = run_bench(model=str(path), compare="transformers", **FAST)
     assert result["order"] == "sequential"
+    assert calls == ["minirun"] * 4 + ["transformers"] * 4  # warm-up, memory, 2 repeats each; no untimed round
     _check_figures(result["minirun"]), _check_figures(result["transformers"])
     assert result["bandwidth"]["achieved_gb_s"] > 0 and result["speedup"] > 0
 
