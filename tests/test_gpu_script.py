@@ -172,7 +172,7 @@ def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch
     assert 1 <= one["questions"] // 64 < 2000 // 64  # stopped by the time, not the questions
     assert one["projected_s"] == pytest.approx(one["warmup_s"] + 2000 / one["items_per_s"])
     swept = gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)
-    assert swept["projected_total_s"] == pytest.approx(sum(swept[m]["projected_s"] for m in gpu.SWEEP_METHODS))
-    assert swept["ok"] is True  # 5 x ~0.3 s projected, far inside the 10 minutes
+    assert swept["total"]["projected_s"] == pytest.approx(sum(swept[m]["projected_s"] for m in gpu.SWEEP_METHODS))
+    assert swept["total"]["ok"] is True and gpu.failed_checks(swept) == []  # 5 x ~0.3 s, far inside 10 minutes
     monkeypatch.setattr(gpu, "SWEEP_LIMIT_S", 0.1)
-    assert gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)["ok"] is False
+    assert gpu.failed_checks(gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)) == ["total"]

@@ -164,7 +164,8 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     previous = flex.is_compiled()
     try:
         flex_prefill = _add_minirun(trial, llm, method, encoded, new_tokens, compile, "eager" in compares)
-        prompts = [e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
+        prompts = ([e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
+                   if "transformers" in compares else [])  # made before minirun may be freed
         if freed:
             trial.time()
             result.update(_bandwidth(llm, trial.results))
