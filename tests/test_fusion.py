@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from minirun.methods.fusion import RULES, normalised
+from minirun.methods.fusion import ROW_WEIGHTS, RULES, normalised
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.5, 1.4], [0.0, 0.0, 3.0]])
 
@@ -46,3 +46,15 @@ def test_identical_rows_fuse_to_that_row():
     rows = LOGITS[:1].expand(3, -1)
     for name, rule in RULES.items():
         assert rule(rows, torch.tensor([0.2, 0.3, 0.5])).argmax() == LOGITS[0].argmax(), name
+
+
+def test_weighted_sum_rules_equal_the_head_of_mixed_states():
+    """For avg, weighted_avg and weighted_max, rule(states @ W.T) == (w @ states) @ W.T: the
+    vocabulary head can run once per question on the mixed state."""
+    states, head = torch.randn(4, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
+    confidences = torch.tensor([0.1, 0.4, 0.4, 0.1])  # a tie: weighted_max takes the first
+    assert set(ROW_WEIGHTS) == {"avg", "weighted_avg", "weighted_max"}  # max, avg_logprob: softmax first
+    for name, weights in ROW_WEIGHTS.items():
+        w = weights(4, confidences).double()
+        assert torch.allclose(RULES[name](states @ head.T, confidences.double()), (w @ states) @ head.T), name
+    assert ROW_WEIGHTS["weighted_max"](4, confidences).tolist() == [0.0, 1.0, 0.0, 0.0]

@@ -7,7 +7,7 @@ import torch
 from hidden_reference import recompute_hidden_avg
 
 import minirun
-from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest, group_fusion, retain_rows
+from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest, group_fusion, head_mix, mix_states, retain_head_rows, retain_rows
 from minirun.methods import EnsembleOptions, Question, run_method
 from minirun.methods.packing import encode_question
 from minirun.methods.runner import default_fusion_layer
@@ -133,3 +133,27 @@ def test_hidden_fusion_type_is_frozen():
     fusion = HiddenFusion(1, torch.eye(2), torch.zeros(2, dtype=torch.long))
     with pytest.raises(AttributeError):
         fusion.first_block = 2
+
+
+def test_mix_states_is_each_groups_weighted_sum():
+    x = torch.randn(5, 16)
+    mixing = head_mix([[0, 1], [2, 3, 4]], [torch.tensor([0.25, 0.75]), torch.tensor([0.2, 0.3, 0.5])], x.device)
+    assert mixing.anchor.tolist() == [1, 4] and mixing.group.tolist() == [0, 0, 1, 1, 1]
+    expected = torch.stack([0.25 * x[0] + 0.75 * x[1], 0.2 * x[2] + 0.3 * x[3] + 0.5 * x[4]])
+    assert torch.allclose(mix_states(x, mixing), expected, atol=1e-6)
+
+
+def test_mix_states_keeps_identical_rows_and_one_hot_weights_bit_identical():
+    row = torch.randn(1, 16)
+    x = torch.cat([row, row, row, torch.randn(2, 16)])
+    mixing = head_mix([[0, 1, 2], [3, 4]], [torch.full((3,), 1 / 3), torch.tensor([0.0, 1.0])], x.device)
+    out = mix_states(x, mixing)
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], x[4])
+
+
+def test_retained_rows_keep_their_groups_head_mix():
+    weights = [torch.tensor([0.5, 0.5]), torch.tensor([1.0]), torch.tensor([0.1, 0.6, 0.3])]
+    kept = retain_head_rows(head_mix([[0, 1], [2], [3, 4, 5]], weights, torch.device("cpu")), torch.tensor([0, 1, 3, 4, 5]))
+    alone = head_mix([[0, 1], [2, 3, 4]], [weights[0], weights[2]], torch.device("cpu"))
+    assert torch.equal(kept.mix, alone.mix) and torch.equal(kept.anchor, alone.anchor)
+    assert torch.equal(kept.group, alone.group)

@@ -207,3 +207,27 @@ def test_empty_paraphrases_rejected(llm):
 def test_unknown_method_rejected(llm):
     with pytest.raises(MinirunError, match="unknown method 'vote'"):
         run(llm, "vote", PARAS)
+
+
+@pytest.mark.parametrize("method, extra", [("avg", {}), ("hidden_avg", {}), ("hidden_avg", {"fusion_alpha": 0.5}),
+                                           ("weighted_avg", {"confidences": [[0.5, 0.2], [0.1, 0.9, 0.4], [0.1, 0.3, 0.1, 0.7]]}),
+                                           ("weighted_max", {"confidences": [[0.5, 0.2], [0.1, 0.9, 0.4], [0.1, 0.3, 0.1, 0.7]]})])
+def test_a_weighted_sum_of_logits_runs_the_vocabulary_head_once_per_question(llm, method, extra, monkeypatch):
+    """avg, weighted_avg, weighted_max (and hidden_avg's avg) fuse logits as a weighted sum, which the
+    head (linear) computes from the rows' mixed states: one head row per question still decoding, as
+    questions leave the batch, and the same tokens as fusing every row's logits (float32)."""
+    questions = [Question(QUESTION, PARAS[:2], PREFIX), Question(PARAS[2], PARAS[1:4], PREFIX),
+                 Question(PARAS[3], PARAS[::-1], PREFIX)]
+    options = opts(max_new_tokens=16, stop=STOPS, **extra)
+    head_rows = []
+    hook = llm.model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[0]))
+    try:
+        mixed = run_method(llm, method, questions, options)
+        assert max(head_rows) == 3 and head_rows[-1] < 3  # questions left the batch before the last step
+        head_rows.clear()
+        monkeypatch.setattr(runner, "ROW_WEIGHTS", {})  # every row's logits, then the rule
+        per_row = run_method(llm, method, questions, options)
+        assert max(head_rows) == 9
+    finally:
+        hook.remove()
+    assert [(r.token_ids, r.answers) for r in mixed] == [(r.token_ids, r.answers) for r in per_row]

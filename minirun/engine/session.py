@@ -26,7 +26,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from minirun.errors import MinirunError
 from minirun.layers import calibrate, flex
 from minirun.layers.compiled import Compiled
-from minirun.layers.hidden_fusion import HiddenFusion, retain_rows
+from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, retain_head_rows, retain_rows
 from minirun.layers.linear import packing_available, set_plan
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.layers.ragged import real_tokens
@@ -92,31 +92,34 @@ def mask_rows(full_mask: BlockMask, segments: torch.Tensor, rows: int, start: to
 
 def decode_step(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
                 full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
-                fusion: HiddenFusion | None = None, live: int | None = None) -> torch.Tensor:
-    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V].
+                fusion: HiddenFusion | None = None, head_mix: HeadMix | None = None,
+                live: int | None = None) -> torch.Tensor:
+    """One token per row (tokens, positions [B]) written at cache `slot` [1]; logits [B, V] (with
+    `head_mix`, one row per group [Q, V]).
 
     `live` (eager only: a compiled step keeps one shape) narrows dense attention to the slots
     written so far instead of the whole cache, and makes the cache write a slice (slot live - 1)."""
     step_mask = mask_rows(full_mask, segments, tokens.shape[0], slot[0], 1, live)
     slots = slot if live is None else slice(live - 1, live)
     logits = model(tokens[:, None], positions[:, None], step_mask, slots, _score_mod(segments, log_weights, slot[0]),
-                   fusion=fusion)
+                   fusion=fusion, head_mix=head_mix)
     return logits[:, -1].float()
 
 
 def _step_key(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
               full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
-              fusion: HiddenFusion | None = None) -> tuple:
+              fusion: HiddenFusion | None = None, head_mix: HeadMix | None = None) -> tuple:
     return (model.graph_key(), tokens.shape[0], full_mask.seq_lengths[1], log_weights is not None,
-            None if fusion is None else fusion.first_block)
+            None if fusion is None else fusion.first_block, None if head_mix is None else head_mix.mix.shape[0])
 
 
 def _step_label(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
                 full_mask: BlockMask, segments: torch.Tensor, log_weights: torch.Tensor | None,
-                fusion: HiddenFusion | None = None) -> str:
+                fusion: HiddenFusion | None = None, head_mix: HeadMix | None = None) -> str:
     bias = ", attention bias" if log_weights is not None else ""
     fused = f", hidden states fused from block {fusion.first_block}" if fusion is not None else ""
-    return f"batch {tokens.shape[0]}, {full_mask.seq_lengths[1]} cache slots{bias}{fused}"
+    mixed = f", {head_mix.mix.shape[0]} groups' states mixed before the head" if head_mix is not None else ""
+    return f"batch {tokens.shape[0]}, {full_mask.seq_lengths[1]} cache slots{bias}{fused}{mixed}"
 
 
 _compiled_steps: dict[str, Compiled] = {}
@@ -219,6 +222,7 @@ class Session:
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
         self.log_weights = log_weights  # [B, N+1] attention bias per segment, see masks.segment_bias
         self.fusion = fusion  # rows' newest token fused across groups (prefill's last token, every decode step)
+        self.head_mix: HeadMix | None = None  # rows' last states mixed per group: logits [Q, V] (prefill, decode)
         self.length = 0
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
         self._mask: BlockMask | None = None  # over all slots; None once segment ids change
@@ -231,7 +235,8 @@ class Session:
 
     @torch.inference_mode()  # grad mode is part of a compiled graph's guards: keep it fixed
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V].
+        """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V]
+        (with `head_mix`, the whole batch's rows mixed per group: [Q, V]).
 
         Left-padded to a multiple of `pad_unit()` (padding is a PAD segment, invisible); compiled,
         run in chunks of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length. With
@@ -299,7 +304,7 @@ class Session:
         self._mask = None
         full_mask = self._full_mask()
         log_weights = None if self.log_weights is None else self.log_weights[:rows]
-        fusion = self.fusion if rows == self.batch else None
+        fusion, head_mix = (self.fusion, self.head_mix) if rows == self.batch else (None, None)
         done, states = 0, []
         for size in chunk_plan(self.length, T, aligned=flex.is_compiled()):
             start = torch.tensor(self.length, device=self.device)
@@ -318,7 +323,7 @@ class Session:
                 self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged)
             else:
                 logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True,
-                                    fusion=fusion, ragged=ragged)
+                                    fusion=fusion, ragged=ragged, head_mix=head_mix)
             self.length += size
         if every_token:
             return torch.cat(states, dim=1)[:, pad:]
@@ -343,20 +348,22 @@ class Session:
             self.log_weights = self.log_weights.index_select(0, index)
         if self.fusion is not None:
             self.fusion = retain_rows(self.fusion, index)
+        if self.head_mix is not None:
+            self.head_mix = retain_head_rows(self.head_mix, index)
         self.batch = len(rows)
         self._mask = None
         return index
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One token per row (tokens, positions [B]) at the next slot; logits [B, V]."""
+        """One token per row (tokens, positions [B]) at the next slot; logits [B, V], or [Q, V] with `head_mix`."""
         if self.length >= self.max_slots:
             raise MinirunError(f"the cache is full ({self.max_slots} slots): lower max_new_tokens")
         if self.hooks.before_decode is not None:
             self.hooks.before_decode()
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         args = (self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
-                self.fusion)
+                self.fusion, self.head_mix)
         if flex.is_compiled():
             logits = compiled_decode_step(self.device)(*args)
         else:

@@ -64,3 +64,53 @@ def fuse_newest(x: torch.Tensor, fusion: HiddenFusion) -> torch.Tensor:
         mixed = torch.einsum("bc,cse->bse", fusion.mix, newest - anchor)
     fused = (anchor + mixed).to(x.dtype)
     return fused if span == x.shape[1] else torch.cat([x[:, :-span], fused], dim=1)
+
+
+@dataclass(frozen=True)
+class HeadMix:
+    """Rows' final states combined per group before the vocabulary head: group q's logits are
+    head(Σ_r mix[q, r]·state_r), one product per group instead of one per row.
+
+    The head is linear, so where a fusion rule is a weighted sum of its rows' logits (a mean, a
+    confidence-weighted mean, picking one row) this is the same rule with a group's head computed
+    once. `anchor` [Q] is each group's row of largest weight and `group` [B] each row's group.
+    """
+
+    mix: torch.Tensor  # [Q, B] float32, rows of a group weighted, other rows 0
+    anchor: torch.Tensor  # [Q] long
+    group: torch.Tensor  # [B] long
+
+
+def head_mix(groups: list[list[int]], weights: list[torch.Tensor], device: torch.device) -> HeadMix:
+    """The mix of `groups` (row indices, each row in one group) with `weights[q]` [len(groups[q])]."""
+    rows = sum(len(g) for g in groups)
+    mix = torch.zeros(len(groups), rows)
+    anchor = torch.empty(len(groups), dtype=torch.long)
+    group = torch.empty(rows, dtype=torch.long)
+    for q, (members, w) in enumerate(zip(groups, weights)):
+        index = torch.tensor(members)
+        mix[q, index] = w.float().cpu()
+        anchor[q] = members[int(w.argmax())]  # argmax returns the first of equal weights
+        group[index] = q
+    return HeadMix(mix.to(device), anchor.to(device), group.to(device))
+
+
+def retain_head_rows(mixing: HeadMix, rows: torch.Tensor) -> HeadMix:
+    """`mixing` for the batch rows `rows` [b] only (ascending, whole groups), groups and rows renumbered."""
+    kept = mixing.group[rows]
+    groups = torch.unique(kept)  # ascending: the kept groups keep their order
+    position = torch.full_like(mixing.group, -1)
+    position[rows] = torch.arange(rows.numel(), device=rows.device)
+    return HeadMix(mixing.mix[groups][:, rows], position[mixing.anchor[groups]], torch.searchsorted(groups, kept))
+
+
+def mix_states(states: torch.Tensor, mixing: HeadMix) -> torch.Tensor:
+    """states [B, E] -> each group's mixed state [Q, E], computed in float32.
+
+    Written as anchor + mix @ (state − its group's anchor), as `fuse_newest`: a group whose weight is
+    all on its anchor, or whose rows are identical, gets the anchor's state bit for bit (so N identical
+    paraphrases still answer as one).
+    """
+    x = states.float()
+    differences = x - x.index_select(0, mixing.anchor.index_select(0, mixing.group))  # [B, E]
+    return (x.index_select(0, mixing.anchor) + mixing.mix @ differences).to(states.dtype)

@@ -52,3 +52,16 @@ RULES: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = 
     "weighted_max": fuse_weighted_max,
 }
 WEIGHTED = ("weighted_avg", "weighted_max")
+
+# Rules that are a weighted sum Σ_r w_r·logits_r of a question's n rows: (n, confidences [n]) -> w [n].
+# Logits are a linear function of the final states, so these equal the vocabulary head applied once to
+# Σ_r w_r·state_r (`layers.hidden_fusion.HeadMix`); max and avg_logprob take a softmax first.
+ROW_WEIGHTS: dict[str, Callable[[int, torch.Tensor | None], torch.Tensor]] = {
+    "avg": lambda n, confidences: torch.full((n,), 1.0 / n),
+    "weighted_avg": lambda n, confidences: normalised(confidences.float()),
+    "weighted_max": lambda n, confidences: one_hot(confidences.argmax(), n),  # the first of equals, as the rule
+}
+
+
+def one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(n, device=index.device).index_fill_(0, index.reshape(1), 1.0)

@@ -10,8 +10,8 @@ from minirun.engine.generate import Completion, Row, decode_loop, plain_row, sta
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks
 from minirun.errors import MinirunError
-from minirun.layers.hidden_fusion import HiddenFusion, group_fusion
-from minirun.methods.fusion import RULES, WEIGHTED
+from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, head_mix
+from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
@@ -113,9 +113,10 @@ def plan_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], options: 
 
 
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
-                 log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None):
+                 log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
+                 mixing: HeadMix | None = None):
     """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
-    it), then all rows; last logits."""
+    it), then all rows; last logits (one row per group with `mixing`)."""
     limit = llm.config.max_position_embeddings
     furthest = max(r.next_position for r in rows) + max_new
     if furthest > limit:
@@ -124,7 +125,7 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
     session = llm.session(len(rows), h + layout.length + max_new, hooks)
-    session.log_weights, session.fusion = log_weights, fusion
+    session.log_weights, session.fusion, session.head_mix = log_weights, fusion, mixing
     if head:
         session.prefill_head(head)
     logits = session.prefill(layout.tokens, layout.positions, layout.segments)
@@ -159,12 +160,17 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     """origin / per_prompt / logit fusion: one row per prompt, rows of a question fused per step."""
     plan = plan_rows(llm, method, encoded, options)
     head, groups, layer = plan.head, plan.groups, plan.layer
-    session, layout, logits = open_session(llm, plan.rows, head, options.max_new_tokens, hooks, fusion=plan.fusion)
+    fused = method in FUSED_ROWS
+    name = "avg" if method == "hidden_avg" else method
+    rule = RULES[name] if fused else None
+    weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
+    mixing = None  # a weighted sum of the rows' logits: the vocabulary head once per question, not per row
+    if fused and name in ROW_WEIGHTS:
+        mixing = head_mix(groups, [ROW_WEIGHTS[name](len(g), w) for g, w in zip(groups, weights)], llm.device)
+    session, layout, logits = open_session(llm, plan.rows, head, options.max_new_tokens, hooks, fusion=plan.fusion,
+                                           mixing=mixing)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
-    fused = method in FUSED_ROWS
-    rule = RULES["avg" if method == "hidden_avg" else method] if fused else None
-    weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
     layouts: dict[tuple[int, ...], tuple[GroupLayout, torch.Tensor | None]] = {}  # with the questions' weights [Q, N]
 
     def choose(step_logits: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
@@ -175,6 +181,8 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
             stacked = torch.stack([weights[q] for q in where.questions]) if confidences and where.size else None
             layouts[rows] = where, stacked
         where, stacked = layouts[rows]
+        if mixing is not None:  # the session's logits are already one row per question: the rule's, fused
+            return sample(step_logits, params, generator)[where.row_group]
         if where.size is not None:  # every question at once: [Q, N, V] -> [Q, V], the same bits
             scores = rule(step_logits.view(len(where.questions), where.size, -1), stacked)
         else:

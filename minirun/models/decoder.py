@@ -15,7 +15,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from minirun.layers import flex
 from minirun.layers.compiled import Compiled
-from minirun.layers.hidden_fusion import HiddenFusion, fuse_newest
+from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, fuse_newest, mix_states
 from minirun.layers.kv_cache import KVCache
 from minirun.layers.linear import Linear
 from minirun.layers.masks import SHARED, segment_mask
@@ -252,7 +252,12 @@ class Decoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                 slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None, last_only: bool = False,
-                fusion: HiddenFusion | None = None, ragged: Ragged | None = None) -> torch.Tensor:
-        """Logits [B, T, V] (or [B, 1, V] with `last_only`, skipping the vocab matmul elsewhere)."""
+                fusion: HiddenFusion | None = None, ragged: Ragged | None = None,
+                head_mix: HeadMix | None = None) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`, skipping the vocab matmul elsewhere).
+
+        With `head_mix`, the last token's states of each group of rows are mixed first: [Q, 1, V]."""
         h = self.hidden(tokens, positions, block_mask, slots, score_mod, fusion, ragged)
+        if head_mix is not None:
+            return self.lm_head(mix_states(h[:, -1], head_mix)[:, None])
         return self.lm_head(h[:, -1:] if last_only else h)
