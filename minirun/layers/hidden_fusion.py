@@ -2,7 +2,8 @@
 
 The decoder applies `fuse_newest` after every block from `first_block` on (1-based); the engine
 passes a `HiddenFusion` built by `group_fusion`. The decoder knows nothing of questions or
-methods, only "rows in these groups are fused from this block on".
+methods, only "rows in these groups are fused from this block on". `HeadMix` does the same once,
+after the last block: each group's final states mixed into one row before the vocabulary head.
 """
 from __future__ import annotations
 
