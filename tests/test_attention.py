@@ -194,3 +194,10 @@ def test_eager_prompts_are_not_padded_and_compiled_ones_are_padded_to_chunks():
         flex.set_compiled(False)
     assert chunk_plan(136, 24, aligned=False) == [24]
     assert chunk_plan(0, 1200, aligned=False) == [512, 512, 176]
+
+
+def test_chunks_of_several_queries_take_flexattentions_main_kernel_on_cuda():
+    """Inductor's decoding kernel has no config for a 64-query chunk at 4 query heads per kv head
+    (an H200, torch 2.11): prompt chunks force the main kernel there; decode steps and CPU keep the default."""
+    assert flex.kernel_options("cuda", 64) == {"FORCE_USE_FLEX_ATTENTION": True}
+    assert flex.kernel_options("cuda", 1) is None and flex.kernel_options("cpu", 64) is None

@@ -82,7 +82,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
     live = block_mask.seq_lengths[1]  # keys past it are unwritten cache slots (session.mask_rows), never visible
     if _state["compiled"] and live == k.shape[2]:
-        return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True)
+        return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True,
+                              kernel_options=kernel_options(q.device.type, q.shape[2]))
     cached = getattr(block_mask, "_dense", None)  # (score_mod, mask, kernel), made by the first layer for all
     if cached is None or cached[0] is not score_mod:
         B, H, T, D = q.shape
@@ -105,6 +106,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
     if cached[2] == "split":
         return split_attention(q, k, v, cached[1], shared)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=cached[1], enable_gqa=True)
+
+
+def kernel_options(device_type: str, queries: int) -> dict | None:
+    """FlexAttention's options for `queries` per row: on CUDA, chunks of several queries take the main
+    kernel. Inductor picks its decoding kernel for under 128 queries where the query heads per kv head
+    are a power of two, with a query tile of next_pow2(queries x heads per kv head); past the mask's
+    128-query blocks (a 64-token chunk of Llama-3.2-1B: 64 x 4) it has no valid config and compiling
+    fails (`NoValidChoicesError`, torch 2.11 on an H200). A one-token decode step keeps the decoding kernel."""
+    return {"FORCE_USE_FLEX_ATTENTION": True} if device_type == "cuda" and queries > 1 else None
 
 
 def fold_bias(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
