@@ -173,3 +173,36 @@ def test_a_fallible_engine_that_fails_is_recorded_and_the_others_still_run():
     assert calls.count("steady") == 6 and trial.results["steady"]["decode_tokens_per_s"] == pytest.approx(100)
     with pytest.raises(RuntimeError, match="plain broke"):
         trial.add("plain", _engine([], "plain", 0.01, fail_at=1))
+
+
+def test_transformers_static_on_a_gpu_leaves_compiling_to_generate(tmp_path, monkeypatch):
+    """On CUDA, generate compiles its own decoding forward for a static cache (CUDA graphs, each step
+    marked); a forward compiled here as well had its graph outputs overwritten while generate held them
+    (an H200). On CPU, where generate compiles nothing, the compiled forward is swapped in for the run."""
+    import transformers
+
+    import minirun.bench.compare as compare
+
+    class Stub:
+        config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+        def forward(self, *args, **kwargs):
+            raise AssertionError("not called: _hf_run is replaced")
+
+    runs, compiled = [], []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Stub())
+    monkeypatch.setattr(compare, "_hf_run", lambda model, ids, n, kwargs: runs.append(
+        ("forward" in vars(model), kwargs)) or {"prefill": 1.0, "ttft": 1.0, "step": 1.0})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
+    trial = Trial(torch.device("cpu"), repeats=1, warmup=1, prefill_tokens=2, answers_per_step=1)
+    compare.add_transformers(trial, tmp_path, torch.float32, "meta", [[1, 2]], 2, compile=True)  # not a CPU
+    assert compiled == [] and runs.count((False, {"cache_implementation": "static"})) == 2  # warm-up, memory
+    runs.clear()
+    compare.add_transformers(trial, tmp_path, torch.float32, "cpu", [[1, 2]], 2, compile=True)
+    assert compiled == [{"mode": "reduce-overhead"}] and runs.count((True, {"cache_implementation": "static"})) == 2

@@ -189,15 +189,22 @@ def _hf_run(model, ids: torch.Tensor, new_tokens: int, generate_kwargs: dict[str
 def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, prompts: list[list[int]],
                      new_tokens: int, compile: bool) -> str:
     """Enter `transformers` (generate with its default attention and dynamic cache) in `trial`, and with
-    `compile` also `transformers_static` (static cache + torch.compile(forward, mode="reduce-overhead"),
-    the same model with the compiled forward swapped in for its runs; a failure is recorded as its error).
-    Returns the attention implementation transformers chose."""
+    `compile` also `transformers_static` (static cache + torch.compile(forward, mode="reduce-overhead");
+    a failure is recorded as its error). Returns the attention implementation transformers chose.
+
+    On a GPU, generate with a static cache compiles its decoding forward itself (CUDA graphs, marking
+    each step), so the eager forward stays: a forward compiled here as well had its CUDA-graph outputs
+    overwritten by the next step while generate still held them (an H200, torch 2.11, transformers
+    5.17). On CPU, where generate compiles nothing, the compiled forward is swapped in for its runs."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     ids = torch.tensor(prompts, device=device)
     trial.add("transformers", lambda: _hf_run(model, ids, new_tokens, {}))
-    if compile:
+    if compile and torch.device(device).type != "cpu":
+        trial.add("transformers_static", lambda: _hf_run(model, ids, new_tokens, {"cache_implementation": "static"}),
+                  fallible=True)
+    elif compile:
         compiled = torch.compile(model.forward, mode="reduce-overhead")
 
         def static() -> dict[str, float]:
