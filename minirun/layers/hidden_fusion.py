@@ -113,5 +113,5 @@ def mix_states(states: torch.Tensor, mixing: HeadMix) -> torch.Tensor:
     paraphrases still answer as one).
     """
     x = states.float()
-    differences = x - x.index_select(0, mixing.anchor.index_select(0, mixing.group))  # [B, E]
-    return (x.index_select(0, mixing.anchor) + mixing.mix @ differences).to(states.dtype)
+    anchors = x.index_select(0, mixing.anchor)  # [Q, E]
+    return (anchors + mixing.mix @ (x - anchors.index_select(0, mixing.group))).to(states.dtype)
