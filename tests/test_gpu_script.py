@@ -163,6 +163,19 @@ def test_the_speed_plan_measures_what_the_targets_need_first():
     assert sorted(gpu.by_priority(gpu.METHODS)) == sorted(gpu.METHODS)
 
 
+def test_speed_entries_run_only_what_the_patterns_match(monkeypatch):
+    """A later device call measures what an earlier one did not reach, not the first entries again."""
+    calls = []
+    monkeypatch.setattr(gpu, "run_bench", lambda **settings: calls.append(settings) or {"decode_tokens_per_s": 1.0})
+    monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda *args, **overrides: Path("unused"))
+    out = gpu.speed("cpu", ("llama-3.2-1b", "smollm2-135m"), (1, 8), {}, True,
+                    only=("llama-3.2-1b-*-5", "smollm2-135m-origin-batch1"))
+    assert list(out)[:5] == ["smollm2-135m-origin-batch1", "llama-3.2-1b-avg-5", "llama-3.2-1b-max-5",
+                             "llama-3.2-1b-hidden_avg-5", "llama-3.2-1b-flex-5"]
+    assert len(out) == len(calls) == len(gpu.METHODS)  # one origin, every other method on the first shape
+    assert calls[0]["compare"] == "transformers" and "compare" not in calls[1]
+
+
 def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch):
     from types import SimpleNamespace
 
@@ -173,6 +186,9 @@ def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch
     assert one["projected_s"] == pytest.approx(one["warmup_s"] + 2000 / one["items_per_s"])
     swept = gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)
     assert swept["total"]["projected_s"] == pytest.approx(sum(swept[m]["projected_s"] for m in gpu.SWEEP_METHODS))
+    assert list(gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02, methods=("flex",))) == ["flex"]  # no total from one
+    with pytest.raises(gpu.MinirunError, match="unknown --sweep-methods beam"):
+        gpu.main(["--device", "cpu", "--quick", "--sweep-methods", "flex,beam", "--out", "unused"])
     assert swept["total"]["ok"] is True and gpu.failed_checks(swept) == []  # 5 x ~0.3 s, far inside 10 minutes
     monkeypatch.setattr(gpu, "SWEEP_LIMIT_S", 0.1)
     assert gpu.failed_checks(gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)) == ["total"]

@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable
 
@@ -244,20 +245,29 @@ def speed_plan(shapes: tuple[str, ...], batches: tuple[int, ...]) -> list[tuple[
     return plan
 
 
+def speed_key(shape: str, method: str, batch: int) -> str:
+    """An entry's name in `gpu-speed.json`, and what `--speed-entries` patterns match."""
+    return f"{shape}-origin-batch{batch}" if method == "origin" else f"{shape}-{method}-5"
+
+
 def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overrides: dict, quick: bool,
-          out: dict | None = None) -> dict:
+          out: dict | None = None, only: tuple[str, ...] = ()) -> dict:
     """`run_bench` by `speed_plan`: origin against transformers at each batch, every other method at 5
-    paraphrases (batch 1), into `out`."""
+    paraphrases (batch 1), into `out`; with `only` (shell patterns), just the entries they match, so a
+    later device call measures what an earlier one did not reach."""
     out = {} if out is None else out
     settings = dict(new_tokens=8, repeats=2, prompt_tokens=40) if quick else {}
     for shape, method, batch in speed_plan(shapes, batches):
+        key = speed_key(shape, method, batch)
+        if only and not any(fnmatch(key, pattern) for pattern in only):
+            continue
         path = random_checkpoint_dir(shape, "bfloat16", **overrides)
         if method == "origin":
-            out[f"{shape}-origin-batch{batch}"] = attempt(lambda: run_bench(
-                model=str(path), batch=batch, dtype="bfloat16", device=device, compare="transformers", **settings))
+            out[key] = attempt(lambda: run_bench(model=str(path), batch=batch, dtype="bfloat16", device=device,
+                                                 compare="transformers", **settings))
         else:
-            out[f"{shape}-{method}-5"] = attempt(lambda: run_bench(model=str(path), method=method, dtype="bfloat16",
-                                                                   device=device, **settings))
+            out[key] = attempt(lambda: run_bench(model=str(path), method=method, dtype="bfloat16", device=device,
+                                                 **settings))
     return out
 
 
@@ -288,20 +298,21 @@ def sweep_method(llm: LLM, method: str, questions: int, batch: int, new_tokens: 
 
 
 def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int, seconds: float | None = None,
-               out: dict | None = None) -> dict[str, Any]:
+               out: dict | None = None, methods: tuple[str, ...] = SWEEP_METHODS) -> dict[str, Any]:
     """Items/s of an eval-like sweep: `questions` × 6 prompts, `new_tokens`-token answers, compiled, into
     `out`. With `seconds`, each method times batches for about that long and projects the whole sweep
-    (a device call has 10 minutes, the whole sweep up to 10 by itself); `total` once every method ran:
-    the five methods' projected time, `ok` if within SWEEP_LIMIT_S."""
+    (a device call has 10 minutes, the whole sweep up to 10 by itself); `methods` picks some of the five
+    (one a previous call did not reach); `total` once all five ran: their projected time, `ok` if within
+    SWEEP_LIMIT_S."""
     flex.set_compiled(True)
     out = {} if out is None else out
     try:
-        for method in SWEEP_METHODS:
+        for method in methods:
             out[method] = attempt(lambda: sweep_method(llm, method, questions, batch, new_tokens, seconds))
     finally:
         flex.set_compiled(False)
-    projected = [out[m].get("projected_s") for m in SWEEP_METHODS]
-    if None not in projected:
+    projected = [out[m].get("projected_s") for m in SWEEP_METHODS if m in out]
+    if len(projected) == len(SWEEP_METHODS) and None not in projected:
         out["total"] = {"projected_s": sum(projected), "limit_s": SWEEP_LIMIT_S, "ok": sum(projected) <= SWEEP_LIMIT_S}
     return out
 
@@ -326,10 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-seconds", type=float, default=None,
                         help="time each sweep method for about this long and project the 2,000 questions from its "
                              "rate (default: run them all)")
+    parser.add_argument("--sweep-methods", default=",".join(SWEEP_METHODS),
+                        help=f"comma-separated subset of {','.join(SWEEP_METHODS)} for the sweep (default: all five)")
+    parser.add_argument("--speed-entries", default="",
+                        help="comma-separated shell patterns of speed entries to run, e.g. 'llama-3.2-1b-*-5,"
+                             "smollm2-135m-origin-batch1' (default: all, in the order the targets need them)")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     if unknown := [name for name in chosen if name not in SECTIONS]:
         raise MinirunError(f"unknown --sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    sweep_methods = tuple(m.strip() for m in args.sweep_methods.split(",") if m.strip())
+    if unknown := [m for m in sweep_methods if m not in SWEEP_METHODS]:
+        raise MinirunError(f"unknown --sweep-methods {', '.join(unknown)}: choose from {', '.join(SWEEP_METHODS)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinirunError("no CUDA GPU is visible: run this on the GPU machine, or pass --device cpu --quick "
@@ -349,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         "host_syncs": lambda out: host_syncs(llm_for(path, device, "bfloat16"), new_tokens),
         "launches": lambda out: launches(llm_for(random_checkpoint_dir("smollm2-135m", "bfloat16", **overrides),
                                                  device, "bfloat16"), new_tokens),
-        "speed": lambda out: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick, out),
+        "speed": lambda out: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick, out,
+                                   tuple(p.strip() for p in args.speed_entries.split(",") if p.strip())),
         "sweep": lambda out: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000,
-                                        8 if args.quick else 64, 10, args.sweep_seconds, out),
+                                        8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods),
     }
     facts = machine(device, "bfloat16")
     for name in chosen:
