@@ -60,6 +60,24 @@ def test_per_step_counts_cancel_prefill_out():
     launched = gpu.launches(llm, 2)
     assert launched["per_step"] == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}
     assert launched["ok"] is None and launched["model_step_is_one_replay"] is None
+    assert set(launched["step_time"]) == {"wall_us", "gpu_busy_us", "kernels"}
+    assert launched["step_time"]["kernels"] == [] and launched["step_time"]["gpu_busy_us"] == 0  # no GPU events on CPU
+
+
+def test_step_time_splits_a_step_into_kernels_and_gaps():
+    """From two profiles n tokens apart: per step, the wall time, the time kernels ran, the costliest kernels."""
+    from types import SimpleNamespace
+
+    def event(name, us, device=torch.autograd.DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    short = gpu.device_time_by_name([event("gemv", 5.0), event("norm", 1.0), event("aten::mm", 9.0, None)])
+    long = gpu.device_time_by_name([event("gemv", 5.0)] * 5 + [event("norm", 1.0)] * 3 + [event("argmax", 2.0)] * 2)
+    assert short == {"gemv": [1, 5.0], "norm": [1, 1.0]}  # CPU-side events are not the GPU's time
+    split = gpu.step_time(short, long, extra_s=100e-6, steps=2, top=2)
+    assert split["wall_us"] == pytest.approx(50.0) and split["gpu_busy_us"] == pytest.approx((20.0 + 2.0 + 4.0) / 2)
+    assert split["kernels"] == [{"name": "gemv", "per_step": 2.0, "us": 10.0},
+                                {"name": "argmax", "per_step": 1.0, "us": 2.0}]
 
 
 def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path, monkeypatch):

@@ -178,25 +178,54 @@ LAUNCHES = {"graph_launches": ("cudaGraphLaunch",), "kernel_launches": ("cudaLau
 def per_step_counts(llm: LLM, method: str, new_tokens: int, names: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     """Profiler event counts per compiled decode step: two generations of `new_tokens` and
     2 × `new_tokens` tokens, their difference divided by the extra steps, so prefill and set-up
-    cancel out. `names` maps a label to the event names it counts; `gpu_kernels` is always added."""
+    cancel out. `names` maps a label to the event names it counts; `gpu_kernels` is always added,
+    with where a step's time goes on the GPU (`step_time`)."""
     flex.set_compiled(True)
     try:
         encoded = workload(method, 1, 5, 64, llm.config.vocab_size)
-        counts = []
+        counts, kernels, walls = [], [], []
         for n in (new_tokens, 2 * new_tokens):
             options = EnsembleOptions(max_new_tokens=n, ignore_eos=True)
             run_encoded(llm, method, encoded, options)  # compile outside the profile
             with torch.profiler.profile() as prof:
+                start = time.perf_counter()
                 run_encoded(llm, method, encoded, options)
                 sync(llm.device)
+                walls.append(time.perf_counter() - start)
             events = prof.events()
             count = {label: sum(e.name in group for e in events) for label, group in names.items()}
             count["gpu_kernels"] = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
             counts.append(count)
+            kernels.append(device_time_by_name(events))
         return {"method": method, "new_tokens": [new_tokens, 2 * new_tokens], "counts": counts,
-                "per_step": {k: (counts[1][k] - counts[0][k]) / new_tokens for k in counts[0]}}
+                "per_step": {k: (counts[1][k] - counts[0][k]) / new_tokens for k in counts[0]},
+                "step_time": step_time(kernels[0], kernels[1], walls[1] - walls[0], new_tokens)}
     finally:
         flex.set_compiled(False)
+
+
+def device_time_by_name(events: list) -> dict[str, list[float]]:
+    """[count, total µs] of the profiler's GPU events (kernels, copies) per name."""
+    out: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            entry = out.setdefault(e.name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.time_range.elapsed_us()
+    return out
+
+
+def step_time(short: dict[str, list[float]], long: dict[str, list[float]], extra_s: float, steps: int,
+              top: int = 12) -> dict[str, Any]:
+    """Where a decode step's time goes, from the GPU events of a generation `steps` tokens shorter than
+    another (`extra_s` seconds shorter): the wall time a step, the time kernels ran (`gpu_busy_us`: the
+    rest is gaps between kernels, launch-bound where it is large), and the `top` kernels by time, with
+    their count a step. Profiled, so the wall time carries the profiler's own cost."""
+    per_step = {name: [(long[name][0] - short.get(name, [0, 0.0])[0]) / steps,
+                       (long[name][1] - short.get(name, [0, 0.0])[1]) / steps] for name in long}
+    ranked = sorted(per_step.items(), key=lambda item: -item[1][1])[:top]
+    return {"wall_us": extra_s / steps * 1e6, "gpu_busy_us": sum(us for _, us in per_step.values()),
+            "kernels": [{"name": name[:120], "per_step": count, "us": us} for name, (count, us) in ranked]}
 
 
 def host_syncs(llm: LLM, new_tokens: int) -> dict[str, Any]:
