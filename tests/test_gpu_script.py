@@ -194,6 +194,19 @@ def test_speed_entries_run_only_what_the_patterns_match(monkeypatch):
     assert calls[0]["compare"] == "transformers" and "compare" not in calls[1]
 
 
+
+def test_speed_entries_reach_the_section_from_the_command_line(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "256")
+    monkeypatch.setattr(gpu, "run_bench", lambda **settings: {"decode_tokens_per_s": 1.0})
+    monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda *args, **overrides: Path("unused"))
+    gpu.main(["--device", "cpu", "--quick", "--sections", "speed", "--speed-entries", " smollm2-135m-origin-*, ",
+              "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu-speed.json").read_text())["result"]
+    assert sorted(result) == ["smollm2-135m-origin-batch1", "smollm2-135m-origin-batch8"]
+
+
 def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch):
     from types import SimpleNamespace
 
