@@ -251,3 +251,41 @@ def test_a_cpu_model_keeps_large_temporaries_in_the_heap(llm, monkeypatch):
     assert asked == [1]
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert allocator.keep_large_allocations() is True
+
+
+def test_under_torchrun_each_rank_takes_its_own_gpu():
+    from minirun.engine.llm import rank_device
+
+    two = {"WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "3"}
+    assert rank_device("cuda", two, visible_gpus=2) == "cuda:1"  # LOCAL_RANK, not the global RANK
+    assert rank_device("cuda:0", two, visible_gpus=2) == "cuda:0"  # an explicit index is the user's choice
+    assert rank_device("cpu", two, visible_gpus=2) == "cpu"
+    assert rank_device("cuda", {"WORLD_SIZE": "1", "LOCAL_RANK": "0"}, visible_gpus=2) == "cuda"  # not torchrun
+    assert rank_device("cuda", two, visible_gpus=0) == "cuda"  # no GPU: the loader says so in its own words
+    with pytest.raises(MinirunError, match=r"local rank 1, 1 GPU visible\): pass --nproc_per_node 1 or fewer"):
+        rank_device("cuda", two, visible_gpus=1)
+
+
+def test_load_places_a_torchrun_rank_before_touching_the_gpu(tmp_path, monkeypatch):
+    """`load` asks `rank_device` first: a rank with no GPU of its own fails in one line, before any
+    CUDA call or weight read."""
+    from minirun.engine import llm as engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(MinirunError, match="more processes on this node than it has GPUs"):
+        engine.load(tmp_path, device="cuda")
+    placed = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: placed.append(("current", device)))
+
+    def load_model(checkpoint, device, dtype):
+        placed.append(("weights", device))
+        raise MinirunError("stop here")
+
+    monkeypatch.setattr(engine, "load_model", load_model)
+    with pytest.raises(MinirunError, match="stop here"):
+        engine.load(tmp_path, device="cuda")
+    assert placed == [("current", "cuda:1"), ("weights", "cuda:1")]

@@ -1,8 +1,9 @@
 """`minirun.load(...)` and the `LLM` facade that tools and tests call."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -105,10 +106,29 @@ class LLM:
 
 
 def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> LLM:
-    """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference."""
+    """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference; under
+    torchrun, "cuda" is this process's own GPU (`rank_device`)."""
     checkpoint = Path(path)
     if not checkpoint.is_dir():
         from minirun.checkpoints.hub import resolve_model
 
         checkpoint = resolve_model(path)
-    return LLM(load_model(checkpoint, device, dtype), Tokenizer(checkpoint), checkpoint)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    placed = rank_device(device, os.environ, visible)
+    if placed != device:
+        torch.cuda.set_device(placed)  # kernels, graphs and caches made later in this process go there too
+    return LLM(load_model(checkpoint, placed, dtype), Tokenizer(checkpoint), checkpoint)
+
+
+def rank_device(device: str, environ: Mapping[str, str], visible_gpus: int) -> str:
+    """The device this process loads on: under torchrun (WORLD_SIZE > 1) a bare "cuda" is cuda:LOCAL_RANK,
+    so K ranks on a K-GPU node use one GPU each instead of all K models sharing GPU 0 while the rest idle.
+    An explicit index (cuda:1) and every other device are kept as given."""
+    if device != "cuda" or int(environ.get("WORLD_SIZE", "1")) <= 1 or "LOCAL_RANK" not in environ or not visible_gpus:
+        return device
+    local = int(environ["LOCAL_RANK"])
+    if local >= visible_gpus:
+        raise MinirunError(f"torchrun started more processes on this node than it has GPUs (local rank {local}, "
+                           f"{visible_gpus} GPU{'s' if visible_gpus > 1 else ''} visible): pass --nproc_per_node "
+                           f"{visible_gpus} or fewer")
+    return f"cuda:{local}"
