@@ -195,3 +195,17 @@ def test_a_new_head_length_does_not_recompile_the_decode_step(llm, compiled):
         session.decode(tokens[:, -1], torch.full((3,), start + 5))
         entries.append(len(_debug_get_cache_entry_list(engine.decode_step.__code__)))
     assert entries[0] == entries[1] >= 1
+
+
+def test_inductors_tf32_hint_is_not_shown():
+    """Printed on a GPU at the first compile (torch 2.11, H200), bfloat16 or not: minirun keeps float32 exact.
+    In a fresh interpreter, as pytest resets warning filters around each test."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, minirun.layers.compiled\n"
+            "warnings.warn('TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. "
+            "Consider setting `torch.set_float32_matmul_precision(\"high\")` for better performance.')\n"
+            "warnings.warn('another warning')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "another warning" in done.stderr and "TensorFloat32" not in done.stderr
