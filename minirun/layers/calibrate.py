@@ -49,8 +49,10 @@ def _cpuinfo() -> tuple[str, dict[str, bool]] | None:
     return model or "cpu", {f: f in flags for f in CPU_FLAGS}
 
 
+@functools.cache
 def l3_mib(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
-    """The last-level (L3) cache size in MiB, from sysfs; None where it is not told.
+    """The last-level (L3) cache size in MiB, from sysfs, read once per process (every kernel choice asks
+    for the machine's key: reading sysfs each time cost ~0.1 ms a decode step); None where it is not told.
 
     Two Intel Xeon VMs of the same model name and flags had 105 and 480 MiB (the larger holds all of
     SmolLM2-135M's bfloat16 weights) and ran the same code at up to twice the speed (bench/README.md)."""
