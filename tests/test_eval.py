@@ -24,6 +24,7 @@ from minirun.eval.data import Item, load_dataset, write_jsonl
 from minirun.eval.loop import evaluate, shard
 from minirun.eval.results import ResultStore
 from minirun.methods import MethodResult
+from minirun.models import Decoder
 
 METHODS = ["origin", "avg"]
 SETTINGS = dict(dataset="sample-qa", num_prompts=2, few_shot_k=1, max_new_tokens=4, batch_size=2, progress=False)
@@ -54,6 +55,12 @@ def _app() -> typer.Typer:
 def _canon(df: pd.DataFrame) -> pd.DataFrame:
     """Everything but wall time, in a fixed order."""
     return df.drop(columns=["seconds"]).sort_values(["method", "id"]).reset_index(drop=True)
+
+
+def _same(df: pd.DataFrame) -> pd.DataFrame:
+    """`_canon` with every missing value as None: tables concatenated with pandas write NaN for None."""
+    canon = _canon(df)
+    return canon.astype(object).where(canon.notna(), None)
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +338,56 @@ def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):  # noqa: F8
     assert report.exit_code == 0, report.output
     scores = json.loads(report.stdout)
     assert set(scores) == set(methods) and all(s["n"] == 3 for s in scores.values())
+
+
+def test_methods_that_prefill_alike_take_each_batch_together():
+    """Each method keeps its own batches; per_prompt, avg and max with the same batches take them batch
+    by batch, so each batch is prefilled once; a method whose batches differ (resumed) runs on its own."""
+    qs = [Item(str(i), f"Question {i}?", [f"Paraphrase {i}?"], ["a"]) for i in range(4)]
+    two = [qs[:2], qs[2:]]
+    batches = {m: two for m in ("origin", "per_prompt", "avg", "flex", "max", "hidden_avg")}
+    order = [(m, [item.id for item in batch]) for m, batch in loop.schedule(list(batches), batches)]
+    assert order == [("origin", ["0", "1"]), ("origin", ["2", "3"]),
+                     ("per_prompt", ["0", "1"]), ("avg", ["0", "1"]), ("max", ["0", "1"]),
+                     ("per_prompt", ["2", "3"]), ("avg", ["2", "3"]), ("max", ["2", "3"]),
+                     ("flex", ["0", "1"]), ("flex", ["2", "3"]), ("hidden_avg", ["0", "1"]), ("hidden_avg", ["2", "3"])]
+    resumed = {**batches, "avg": [qs[1:2], qs[2:]]}  # avg had finished question 0 before an interruption
+    assert [m for m, _ in loop.schedule(["per_prompt", "avg", "max"], resumed)] == \
+        ["per_prompt", "max", "per_prompt", "max", "avg", "avg"]
+
+
+def test_an_eval_prefills_each_batch_once_for_methods_that_prefill_alike(tiny, items, tmp_path, monkeypatch):
+    """The same table as each method run on its own, with a third of the prompt prefills: avg and max
+    copy per_prompt's, batch by batch; nothing is kept once the run is over."""
+    prefills = []
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: prefills.append(tokens.shape[0] > 1 and
+                                                                                      tokens.shape[1] > 1) or
+                        original(self, tokens, *rest))
+    alone = [evaluate(tiny, items, [m], tmp_path / m, **SETTINGS) for m in ("per_prompt", "avg", "max")]
+    alone_prefills, prefills[:] = sum(prefills), []
+    together = evaluate(tiny, items, ["per_prompt", "avg", "max"], tmp_path / "together", **SETTINGS)
+    assert sum(prefills) * 3 == alone_prefills > 0 and tiny.prompts is None
+    pd.testing.assert_frame_equal(_same(together), _same(pd.concat(alone, ignore_index=True)))
+
+
+def test_a_batch_that_copied_its_prefill_counts_the_prefill_in_its_seconds(tiny, tmp_path, monkeypatch):
+    """So a method's throughput reads the same whether it ran alone or after another on the same batch."""
+    def copying_run_method(llm, method, questions, options):
+        if method == "avg":
+            llm.prompts.reused_seconds += 100.0  # what copying per_prompt's prefill adds
+        return [MethodResult(method, "Bell", [1], "stop", 4, q.paraphrases) for q in questions]
+
+    monkeypatch.setattr(loop, "run_method", copying_run_method)
+    qs = [Item(str(i), f"Who invented thing {i}?", [], ["Bell"]) for i in range(2)]
+    table = evaluate(tiny, qs, ["per_prompt", "avg"], tmp_path, **{**SETTINGS, "num_prompts": 1})
+    seconds = table.set_index("method")["seconds"]
+    assert (seconds["avg"] >= 100.0 / 2).all() and (seconds["per_prompt"] < 100.0 / 2).all()
+
+
+def test_multiple_choice_methods_that_share_a_prefill_score_as_they_do_alone(tiny, tmp_path):
+    choice = load_dataset("sample-choice")[:4]
+    settings = {**SETTINGS, "dataset": "sample-choice"}
+    alone = [evaluate(tiny, choice, [m], tmp_path / m, **settings) for m in ("per_prompt", "avg", "max")]
+    together = evaluate(tiny, choice, ["per_prompt", "avg", "max"], tmp_path / "together", **settings)
+    pd.testing.assert_frame_equal(_same(together), _same(pd.concat(alone, ignore_index=True)))

@@ -17,6 +17,7 @@ from minirun.methods import EnsembleOptions, Question, run_method
 from minirun.methods import runner
 from minirun.methods.fusion import ROW_WEIGHTS
 from minirun.methods.packing import encode_question, packed_row
+from minirun.models import Decoder
 
 ATOL = 1e-4
 QUESTION = "The capital of France is"
@@ -106,15 +107,43 @@ def test_a_head_copied_from_an_earlier_batch_gives_the_same_answers(llm, method,
     encoding it afresh, with no forward pass over the head; another head is encoded."""
     fresh = minirun.LLM(llm.model, llm.tokenizer, llm.path)  # its own, empty store of heads
     first = run(fresh, method, PARAS[:3])
-    prefills = []
-    original = Session.prefill
-    monkeypatch.setattr(Session, "prefill", lambda self, tokens, *rest: prefills.append(tokens.shape[0]) or
+    encoded = []
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: encoded.append(tokens.shape[0]) or
                         original(self, tokens, *rest))
     second = run(fresh, method, PARAS[:3])
     assert (second.token_ids, second.answers) == (first.token_ids, first.answers)
-    assert prefills == [1 if method == "flex" else 3]  # the rows only (flex: one packed row)
+    assert encoded[:1] == [1 if method == "flex" else 3]  # the rows only (flex: one packed row)
+    encoded.clear()
     run(fresh, method, PARAS[:3], prefix="Q: Who painted the Mona Lisa?\nA: Leonardo\n\n")
-    assert prefills[1] == 1  # the new head, batch 1
+    assert encoded[0] == 1  # the new head, batch 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_methods_on_the_same_batch_prefill_it_once(checkpoint_dirs, dtype, monkeypatch):
+    """per_prompt, then avg and max on the same questions: the later ones copy the prompts' keys, values
+    and last states instead of encoding them, and answer token for token as they do alone (bfloat16 too:
+    the copy is bit for bit); hidden_avg fuses into the cache, so it encodes its own."""
+    llm = minirun.load(checkpoint_dirs["llama3"], dtype=dtype)
+    questions = [Question(QUESTION, PARAS, PREFIX), Question("Who wrote Hamlet?", PARAS[:2], PREFIX)]
+    alone = {method: run_method(llm, method, questions, opts()) for method in ("avg", "max", "hidden_avg")}
+    encoded = []
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: encoded.append(tuple(tokens.shape)) or
+                        original(self, tokens, *rest))
+    with llm.reusing_prompts() as prompts:
+        run_method(llm, "per_prompt", questions, opts())
+        encoded.clear()
+        for method in ("avg", "max"):
+            together = run_method(llm, method, questions, opts())
+            assert [(r.token_ids, r.answers) for r in together] == [(r.token_ids, r.answers) for r in alone[method]]
+        assert encoded and all(tokens == 1 for _, tokens in encoded)  # decode steps only: no prefill
+        assert prompts.reused_seconds > 0
+        encoded.clear()
+        fused = run_method(llm, "hidden_avg", questions, opts())
+        assert [r.token_ids for r in fused] == [r.token_ids for r in alone["hidden_avg"]]
+        assert encoded[0][1] > 1  # its prompt encoded: many tokens in one call
+    assert llm.prompts is None
 
 
 def test_per_prompt_rows_equal_origin_on_each_paraphrase(llm):

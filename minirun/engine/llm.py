@@ -1,9 +1,10 @@
 """`minirun.load(...)` and the `LLM` facade that tools and tests call."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -24,6 +25,7 @@ class LLM:
         self.model, self.tokenizer, self.path = model, tokenizer, path
         self.config = model.config
         self.prefixes = Prefixes()  # shared heads already encoded, reused by later sessions
+        self.prompts: Prefixes | None = None  # within `reusing_prompts`: the last batch's prompts
         if model.device.type == "cpu":
             keep_large_allocations()
 
@@ -68,7 +70,18 @@ class LLM:
 
     def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS) -> Session:
         """A fresh cache for `batch` rows of `slots` tokens (rounded up to the cache's sizes)."""
-        return Session(self.model, batch, cache_size(slots), hooks=hooks, prefixes=self.prefixes)
+        return Session(self.model, batch, cache_size(slots), hooks=hooks, prefixes=self.prefixes, prompts=self.prompts)
+
+    @contextlib.contextmanager
+    def reusing_prompts(self) -> Iterator[Prefixes]:
+        """Within, a session whose batch lays out the same prompts after the same head as the session
+        before copies that one's prefill (`Session.prefill`): an evaluation runs per_prompt, avg and max
+        on each batch in turn. Off elsewhere: a benchmark repeating one batch must time its prefill."""
+        previous, self.prompts = self.prompts, Prefixes(capacity=1)
+        try:
+            yield self.prompts
+        finally:
+            self.prompts = previous
 
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
         """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""

@@ -16,6 +16,7 @@ on a prompt's length.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -188,33 +189,64 @@ class Prefix:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """Every row's prompt after a shared head, as a prefill left it: segment ids [B, L], every layer's
+    keys and values [B, K, L, D], the rows' last final-norm states [B, E], and the seconds it took."""
+
+    segments: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    last: torch.Tensor
+    seconds: float
+
+
 class Prefixes:
-    """Heads prefilled by earlier sessions of one model, so a later batch (or method) copies a
-    few-shot head's keys and values instead of encoding it again: an evaluation prefills each
-    dataset's head once per run, not once per batch and method. The newest `capacity` heads are kept;
-    the model's weights must not change while they are (an `LLM` never changes its own)."""
+    """Encodings made by earlier sessions of one model, newest `capacity` kept, so a later session
+    copies keys and values instead of computing them again. Heads (`Prefix`): an evaluation prefills
+    each dataset's few-shot head once per run, not once per batch and method. Whole prompts
+    (`Prompt`): methods that lay a batch's prompts out alike (per_prompt, avg, max, ...) run back to
+    back on one batch prefill it once; `reused_seconds` sums the prefill time copies saved. The model's
+    weights must not change while entries are kept (an `LLM` never changes its own)."""
 
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
-        self._entries: dict[tuple, Prefix] = {}
+        self.reused_seconds = 0.0
+        self._entries: dict[tuple, Prefix | Prompt] = {}
 
-    def get(self, key: tuple) -> Prefix | None:
+    def get(self, key: tuple) -> Prefix | Prompt | None:
         return self._entries.get(key)
 
-    def put(self, key: tuple, prefix: Prefix) -> None:
+    def put(self, key: tuple, entry: Prefix | Prompt) -> None:
         self._entries.pop(key, None)
-        self._entries[key] = prefix
+        self._entries[key] = entry
         while len(self._entries) > self.capacity:
             del self._entries[next(iter(self._entries))]
+
+
+def room_for(nbytes: int, device: torch.device) -> bool:
+    """Whether `nbytes` more leave at least three quarters of the device's free memory free: a copy
+    kept for reuse must never be what runs a machine out of memory."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not Linux: no figure, no copy
+            return False
+    return 4 * nbytes <= free
 
 
 class Session:
     """Cache + masks for `batch` rows of at most `max_slots` tokens each."""
 
     def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None,
-                 hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None, prefixes: Prefixes | None = None):
+                 hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None, prefixes: Prefixes | None = None,
+                 prompts: Prefixes | None = None):
         self.model, self.batch, self.max_slots, self.hooks = model, batch, max_slots, hooks
         self.prefixes = prefixes  # where `prefill_head` finds and leaves shared heads
+        self.prompts = prompts  # where `prefill` finds and leaves whole batches' prompts
+        self._head: tuple = ()  # the shared head's key and length, once prefilled
+        self._last: torch.Tensor | None = None  # the rows' last final-norm states after a prefill [rows, E]
         self.device = model.device
         tune(model)
         model.setup_cache(batch, max_slots, exact=flex.is_compiled())
@@ -243,11 +275,57 @@ class Session:
         `fusion`, the rows' last token (the one that predicts the first answer token) is fused; a
         chunk shared by every row is never fused. Eager, the per-token work of a chunk skips its padding
         (`layers.ragged`); compiled, it keeps the padded shape, which is what its graphs are compiled for.
+
+        With `prompts`, the batch's first prefill after its head is copied from an earlier session's where
+        that one laid out the same tokens after the same head in the same way, without fusion or an
+        attention bias (which change the cache): the same keys, values and last states, bit for bit, so
+        the same logits, whatever this session's `head_mix`; otherwise it is kept for a later session.
         """
-        logits = self._encode(tokens, positions, segments, every_token=False)
+        key = self._prompt_key(tokens, positions, segments)
+        saved = None if key is None else self.prompts.get(key)
+        if isinstance(saved, Prompt) and self.length + saved.segments.shape[1] <= self.max_slots:
+            logits = self._restore_prompt(saved)
+        else:
+            start = time.perf_counter()
+            logits = self._encode(tokens, positions, segments, every_token=False)
+            if key is not None:
+                self._keep_prompt(key, start)
         if self.hooks.after_prefill is not None:
             self.hooks.after_prefill()
         return logits
+
+    def _prompt_key(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> tuple | None:
+        """What a batch's prompt prefill depends on, where it may be copied: None otherwise."""
+        if self.prompts is None or self.fusion is not None or self.log_weights is not None or \
+                tokens.shape[0] != self.batch or self.length != (self._head[1] if self._head else 0):
+            return None
+        layout = tuple(t.cpu().numpy().tobytes() for t in (tokens, positions, segments))  # at a batch's start: no stall
+        return ("prompt", self._head, pad_unit(), flex.is_compiled(), tuple(tokens.shape), layout)
+
+    def _keep_prompt(self, key: tuple, start: float) -> None:
+        first = self._head[1] if self._head else 0
+        if not room_for(self._prompt_bytes(first), self.device):
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the prefill's own time, not its launch
+        seconds = time.perf_counter() - start
+        self.prompts.put(key, Prompt(self.segments[:, first:self.length].clone(), self.model.cached_slots(
+            first, self.length), self._last.clone(), seconds))
+
+    def _prompt_bytes(self, first: int) -> int:
+        cache = self.model.layers[0].attn.kv_cache
+        per_slot = 2 * cache.k.shape[1] * cache.k.shape[3] * cache.k.element_size() * len(self.model.layers)
+        return self.batch * (self.length - first) * per_slot
+
+    def _restore_prompt(self, saved: Prompt) -> torch.Tensor:
+        start, length = self.length, saved.segments.shape[1]
+        self.model.restore_slots(start, saved.kv)
+        self.segments[:, start:start + length] = saved.segments
+        self.length += length
+        self._mask = None
+        self._last = saved.last
+        self.prompts.reused_seconds += saved.seconds
+        return self.model.last_logits(saved.last, self.head_mix).float()
 
     @torch.inference_mode()
     def prefill_head(self, ids: list[int]) -> None:
@@ -261,18 +339,21 @@ class Session:
         fused = self.fusion is not None and self.batch == 1  # a one-row session fuses its head (see `prefill`)
         key = (tuple(ids), pad_unit(), flex.is_compiled(), self.log_weights is not None, fused)
         saved = None if self.prefixes is None else self.prefixes.get(key)
-        if saved is None:
+        if not isinstance(saved, Prefix):
             tokens = torch.tensor([ids], device=self.device)
             positions = torch.arange(len(ids), device=self.device)[None]
-            self.prefill(tokens, positions, torch.zeros_like(tokens, dtype=torch.int32))
+            self._encode(tokens, positions, torch.zeros_like(tokens, dtype=torch.int32), every_token=False)
+            if self.hooks.after_prefill is not None:
+                self.hooks.after_prefill()
             if self.prefixes is not None:
                 segments = self.segments[0, :self.length].clone()
-                self.prefixes.put(key, Prefix(segments, self.model.cached_prefix(self.length)))
+                self.prefixes.put(key, Prefix(segments, self.model.cached_slots(0, self.length, rows=1)))
         else:
-            self.model.restore_prefix(saved.kv)
+            self.model.restore_slots(0, saved.kv)
             self.length = saved.segments.shape[0]
             self.segments[:, :self.length] = saved.segments
             self._mask = None
+        self._head = (key, self.length)
         self.model.mark_shared(self.length)
 
     @torch.inference_mode()
@@ -322,12 +403,13 @@ class Session:
             elif done < T:  # only the last chunk's last token needs logits
                 self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged)
             else:
-                logits = self.model(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, last_only=True,
-                                    fusion=fusion, ragged=ragged, head_mix=head_mix)
+                self._last = self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, fusion,
+                                               ragged)[:, -1]  # [rows, E]
+                logits = self.model.last_logits(self._last, head_mix)
             self.length += size
         if every_token:
             return torch.cat(states, dim=1)[:, pad:]
-        return logits[:, -1].float()
+        return logits.float()
 
     @property
     def resizable(self) -> bool:

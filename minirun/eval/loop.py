@@ -6,6 +6,7 @@ shard of the items and rank 0 merges, giving the table one process would have wr
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from minirun.eval.results import ResultStore, merge, read_results
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
-from minirun.methods.runner import check_method
+from minirun.methods.runner import PROMPT_ROWS, check_method
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -144,30 +145,51 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     }
     mine = shard(items, rank, world_size)
     matcher = Matcher()
-    with ResultStore(output_dir, run_key, rank, [item.id for item in items]) as store, _progress(progress) as bar:
+    together = sum(m in PROMPT_ROWS for m in methods) > 1  # methods that can share a batch's prefill
+    with ResultStore(output_dir, run_key, rank, [item.id for item in items]) as store, _progress(progress) as bar, \
+            llm.reusing_prompts() if together else contextlib.nullcontext():
         # batched by task: questions of one few-shot prefix share its keys and values (a batch mixing
         # prefixes repeats each one in every row, ~7x the prefill of a 5-shot head)
         todo = {m: sorted((item for item in mine if item.id not in store.done(m)), key=lambda item: task or item.task)
                 for m in methods}
         total = len(mine) * len(methods)
         overall = bar.add_task("eval", total=total, completed=total - sum(map(len, todo.values())))
-        for method in methods:
+        batches = {m: _batches(todo[m], questions_per_batch(m, num_prompts, batch_size)) for m in methods}
+        for method, batch in schedule(methods, batches):
             bar.update(overall, description=f"eval {method}")
-            size = questions_per_batch(method, num_prompts, batch_size)
-            for start in range(0, len(todo[method]), size):
-                batch = todo[method][start:start + size]
-                qs = [Question(item.question, prompts[item.id], prefixes[task or item.task] + "Q: ",
-                               _suffix(item, choice_format)) for item in batch]
-                for row in _run_batch(llm, method, batch, qs, options, matcher, bidirectional, original, bar,
-                                      choice_format):
-                    store.add(row)
-                    bar.advance(overall)
-                    if on_row is not None:
-                        on_row(row)
+            qs = [Question(item.question, prompts[item.id], prefixes[task or item.task] + "Q: ",
+                           _suffix(item, choice_format)) for item in batch]
+            for row in _run_batch(llm, method, batch, qs, options, matcher, bidirectional, original, bar,
+                                  choice_format):
+                store.add(row)
+                bar.advance(overall)
+                if on_row is not None:
+                    on_row(row)
         if world_size == 1:
             return store.finalize()
     table = read_results(output_dir)
     return table[table["id"].isin({item.id for item in mine})].reset_index(drop=True)
+
+
+def _batches(items: list[Item], size: int) -> list[list[Item]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def schedule(methods: list[str] | tuple[str, ...], batches: dict[str, list[list[Item]]]) -> list[tuple[str, list[Item]]]:
+    """(method, batch) in the order they run: each method's own batches, the same whatever else runs,
+    method after method, except that methods of `PROMPT_ROWS` with the very same batches take them
+    batch by batch together, so each batch is prefilled once for all of them (the later ones copy the
+    first one's keys and values: `Session.prefill`)."""
+    ids = {m: [[item.id for item in batch] for batch in batches[m]] for m in methods}
+    order, placed = [], set()
+    for method in methods:
+        if method in placed:
+            continue
+        together = [method] + [other for other in methods if other not in placed and other != method and
+                               {method, other} <= set(PROMPT_ROWS) and ids[other] == ids[method]]
+        placed.update(together)
+        order += [(m, batches[m][i]) for i in range(len(batches[method])) for m in together]
+    return order
 
 
 def _suffix(item: Item, choice_format: str) -> str:
@@ -178,8 +200,11 @@ def _suffix(item: Item, choice_format: str) -> str:
 def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                matcher: Matcher, bidirectional: bool, original: bool, bar: Progress,
                choice_format: str) -> list[dict]:
-    """One batched generation (or scoring, for choice items) and one batched match for `batch`."""
-    start = time.perf_counter()
+    """One batched generation (or scoring, for choice items) and one batched match for `batch`.
+
+    `seconds` is the batch's wall time per item plus the prefill time it copied from the method before
+    it (`schedule`), so a method's throughput reads the same whether it ran alone or after another."""
+    start, reused = time.perf_counter(), _reused_seconds(llm)
     if method in WEIGHTED:
         options = replace(options, confidences=_confidences(llm, questions, options, matcher, bar))
     scored = [i for i, item in enumerate(batch) if item.choices is not None]
@@ -200,8 +225,12 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
         found = _generate_rows(llm, method, items, [questions[i] for i in generated], gen_options, matcher,
                                bidirectional, original)
         rows |= dict(zip(generated, found))
-    seconds = (time.perf_counter() - start) / len(batch)
+    seconds = (time.perf_counter() - start + _reused_seconds(llm) - reused) / len(batch)
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
+
+
+def _reused_seconds(llm: LLM) -> float:
+    return llm.prompts.reused_seconds if llm.prompts is not None else 0.0
 
 
 def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -> dict:

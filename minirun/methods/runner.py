@@ -18,6 +18,9 @@ from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, 
 
 METHODS = ("origin", "per_prompt", *RULES, "hidden_avg", "flex")
 FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
+# Every prompt its own row after the shared head, nothing fused into the cache: these methods prefill a batch
+# alike, so run back to back on one batch the later ones copy the first one's prefill (`Session.prefill`).
+PROMPT_ROWS = ("per_prompt", *RULES)
 
 
 def default_fusion_layer(num_layers: int) -> int:

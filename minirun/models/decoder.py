@@ -205,15 +205,16 @@ class Decoder(nn.Module):
         for layer in self.layers:
             layer.attn.kv_cache.shared = length
 
-    def cached_prefix(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Copies of row 0's keys and values in the first `length` cache slots, per layer [1, K, L, D]."""
-        return [(layer.attn.kv_cache.k[:1, :, :length].clone(), layer.attn.kv_cache.v[:1, :, :length].clone())
+    def cached_slots(self, start: int, end: int, rows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the keys and values in cache slots [start, end) of the first `rows` rows (default:
+        all), per layer [rows, K, end - start, D]."""
+        return [(layer.attn.kv_cache.k[:rows, :, start:end].clone(), layer.attn.kv_cache.v[:rows, :, start:end].clone())
                 for layer in self.layers]
 
-    def restore_prefix(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Write `cached_prefix`'s copies back into the first slots of every row's cache."""
+    def restore_slots(self, start: int, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write `cached_slots`'s copies back from cache slot `start`; a one-row copy goes into every row."""
         for layer, (k, v) in zip(self.layers, saved):
-            layer.attn.kv_cache.update(slice(0, k.shape[2]), k, v)
+            layer.attn.kv_cache.update(slice(start, start + k.shape[2]), k, v)
 
     def retain_rows(self, rows: list[int], length: int) -> None:
         """Keep only batch rows `rows` (ascending) of every layer's cache, their first `length` slots."""
@@ -259,5 +260,10 @@ class Decoder(nn.Module):
         With `head_mix`, the last token's states of each group of rows are mixed first: [Q, 1, V]."""
         h = self.hidden(tokens, positions, block_mask, slots, score_mod, fusion, ragged)
         if head_mix is not None:
-            return self.lm_head(mix_states(h[:, -1], head_mix)[:, None])
+            return self.last_logits(h[:, -1], head_mix)[:, None]
         return self.lm_head(h[:, -1:] if last_only else h)
+
+    def last_logits(self, states: torch.Tensor, head_mix: HeadMix | None = None) -> torch.Tensor:
+        """Logits [B, V] from each row's last final-norm state [B, E]; with `head_mix`, each group's
+        states mixed first: [Q, V]."""
+        return self.lm_head(states if head_mix is None else mix_states(states, head_mix))
