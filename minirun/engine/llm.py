@@ -68,15 +68,18 @@ class LLM:
         self.check_context(len(ids), max_new_tokens)
         return ids
 
-    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS) -> Session:
-        """A fresh cache for `batch` rows of `slots` tokens (rounded up to the cache's sizes)."""
-        return Session(self.model, batch, cache_size(slots), hooks=hooks, prefixes=self.prefixes, prompts=self.prompts)
+    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False) -> Session:
+        """A fresh cache for `batch` rows of `slots` tokens (rounded up to the cache's sizes); with `reuse`
+        (a method's batch of questions), its prompts are kept or copied within `reusing_prompts`."""
+        return Session(self.model, batch, cache_size(slots), hooks=hooks, prefixes=self.prefixes,
+                       prompts=self.prompts if reuse else None)
 
     @contextlib.contextmanager
     def reusing_prompts(self) -> Iterator[Prefixes]:
         """Within, a session whose batch lays out the same prompts after the same head as the session
         before copies that one's prefill (`Session.prefill`): an evaluation runs per_prompt, avg and max
-        on each batch in turn. Off elsewhere: a benchmark repeating one batch must time its prefill."""
+        on each batch in turn. Only a method's sessions (`session(reuse=True)`) keep or copy prompts, not
+        sampling ones (confidences); off elsewhere: a benchmark repeating one batch must time its prefill."""
         previous, self.prompts = self.prompts, Prefixes(capacity=1)
         try:
             yield self.prompts

@@ -175,7 +175,8 @@ def _batches(items: list[Item], size: int) -> list[list[Item]]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def schedule(methods: list[str] | tuple[str, ...], batches: dict[str, list[list[Item]]]) -> list[tuple[str, list[Item]]]:
+def schedule(methods: list[str] | tuple[str, ...],
+             batches: dict[str, list[list[Item]]]) -> list[tuple[str, list[Item]]]:
     """(method, batch) in the order they run: each method's own batches, the same whatever else runs,
     method after method, except that methods of `PROMPT_ROWS` with the very same batches take them
     batch by batch together, so each batch is prefilled once for all of them (the later ones copy the

@@ -127,7 +127,7 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
                            "use fewer or shorter paraphrases, or lower --max-new-tokens")
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
-    session = llm.session(len(rows), h + layout.length + max_new, hooks)
+    session = llm.session(len(rows), h + layout.length + max_new, hooks, reuse=True)  # other methods may share it
     session.log_weights, session.fusion, session.head_mix = log_weights, fusion, mixing
     if head:
         session.prefill_head(head)
