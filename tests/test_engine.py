@@ -289,3 +289,23 @@ def test_load_places_a_torchrun_rank_before_touching_the_gpu(tmp_path, monkeypat
     with pytest.raises(MinirunError, match="stop here"):
         engine.load(tmp_path, device="cuda")
     assert placed == [("current", "cuda:1"), ("weights", "cuda:1")]
+
+
+def test_a_prompt_is_kept_only_where_it_leaves_three_quarters_of_free_memory(llm, monkeypatch):
+    from minirun.engine import session as engine
+
+    free = engine.host_memory("SC_AVPHYS_PAGES")
+    assert free > 0 and engine.host_memory("SC_NO_SUCH_NAME") == 0
+    cpu = torch.device("cpu")
+    assert engine.room_for(free // 8, cpu) and not engine.room_for(free // 2, cpu)
+    rows = left_padded([[5, 6, 7], [8, 9]], llm.pad_id, llm.device)
+    prefill = lambda: llm.session(2, 16, reuse=True).prefill(rows.tokens, rows.positions, rows.segments)
+    with llm.reusing_prompts() as prompts:
+        monkeypatch.setattr(engine, "room_for", lambda nbytes, device: False)
+        prefill(), prefill()
+        assert prompts.reused_seconds == 0  # nothing was kept to copy
+        monkeypatch.undo()
+        prefill()
+        copied = prefill()
+    assert prompts.reused_seconds > 0
+    assert torch.equal(copied, llm.session(2, 16).prefill(rows.tokens, rows.positions, rows.segments))

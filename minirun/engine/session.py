@@ -135,14 +135,19 @@ def compiled_decode_step(device: torch.device) -> Compiled:
     return _compiled_steps[mode]
 
 
+def host_memory(pages: str) -> int:
+    """Bytes of the machine's memory, "SC_PHYS_PAGES" (all) or "SC_AVPHYS_PAGES" (free); 0 where the
+    system does not tell (not Linux), so nothing optional is copied there."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf(pages)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def fits_twice(model: Decoder) -> bool:
     """Whether a second copy of the weights (packed for oneDNN) leaves half the machine's memory free."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not Linux: no figure, no copy
-        return False
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 2 * weights <= memory / 2
+    return 0 < 2 * weights <= host_memory("SC_PHYS_PAGES") / 2
 
 
 def tune(model: Decoder) -> None:
@@ -226,13 +231,7 @@ class Prefixes:
 def room_for(nbytes: int, device: torch.device) -> bool:
     """Whether `nbytes` more leave at least three quarters of the device's free memory free: a copy
     kept for reuse must never be what runs a machine out of memory."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # not Linux: no figure, no copy
-            return False
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else host_memory("SC_AVPHYS_PAGES")
     return 4 * nbytes <= free
 
 
@@ -283,7 +282,7 @@ class Session:
         """
         key = self._prompt_key(tokens, positions, segments)
         saved = None if key is None else self.prompts.get(key)
-        if isinstance(saved, Prompt) and self.length + saved.segments.shape[1] <= self.max_slots:
+        if saved is not None and self.length + saved.segments.shape[1] <= self.max_slots:
             logits = self._restore_prompt(saved)
         else:
             start = time.perf_counter()
@@ -339,7 +338,7 @@ class Session:
         fused = self.fusion is not None and self.batch == 1  # a one-row session fuses its head (see `prefill`)
         key = (tuple(ids), pad_unit(), flex.is_compiled(), self.log_weights is not None, fused)
         saved = None if self.prefixes is None else self.prefixes.get(key)
-        if not isinstance(saved, Prefix):
+        if saved is None:
             tokens = torch.tensor([ids], device=self.device)
             positions = torch.arange(len(ids), device=self.device)[None]
             self._encode(tokens, positions, torch.zeros_like(tokens, dtype=torch.int32), every_token=False)
