@@ -114,6 +114,7 @@ def test_sliced_session_mask_is_exact(compiled, start, length):
     finally:
         flex.set_compiled(False)
     part = mask_rows(full, segs, 2, torch.tensor(start), length)
+    assert full.q_indices is None and part.q_indices is None  # forward only: no transpose rebuilt per slice
     dense = materialize(part.mask_mod, 2, length, slots)  # [B, length, S] element by element
     assert torch.equal(dense, materialize(segment_mask(segs), 2, slots, slots)[:, start:start + length])
     kinds = _block_kinds(part)[:, 0]  # [B, kv_blocks]
@@ -165,6 +166,41 @@ def test_eager_attention_equals_flex_attention(start, length, bias):
     if bias and start >= 192:  # generated (SHARED) queries attend to paraphrases: the bias must show
         plain = flex.attention(q, k, v, part, None)
         assert not torch.allclose(got, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("start", [192, 300])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_query_step_folds_query_heads_inside_a_compiled_graph(start, bias):
+    """In a compiled decode step, one query per row runs with each kv head's query heads along the query
+    axis (`flex.one_query_flex`): the same attention as FlexAttention's GQA, segment bias included."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from minirun.engine.session import mask_rows
+    from minirun.layers import flex
+    from minirun.layers.masks import segment_bias
+
+    slots = 384
+    segs = _session_segments(slots)
+    full = flex.block_mask(segment_mask(segs), 2, slots, slots, torch.device("cpu"))
+    start_t = torch.tensor(start)
+    part = mask_rows(full, segs, 2, start_t, 1)
+    log_weights = torch.log(torch.tensor([[1.0, 0.5, 0.3, 0.2], [1.0, 0.7, 0.3, 1.0]]))
+    score_mod = segment_bias(segs, log_weights, start_t) if bias else None
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 6, 1, 16), torch.randn(2, 2, slots, 16), torch.randn(2, 2, slots, 16)
+    traced: list[bool] = []
+
+    def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        traced.append(torch.compiler.is_compiling())
+        return flex.attention(q, k, v, part, score_mod)
+
+    got = torch.compile(step, dynamic=False, fullgraph=True)(q, k, v)
+    want = flex_attention(q, k, v, score_mod=score_mod, block_mask=part, enable_gqa=True)
+    assert traced == [True]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flex.one_query_flex(q, k, v, part, score_mod), want, rtol=1e-5, atol=1e-5)
+    if bias:  # generated (SHARED) queries attend to paraphrases: the bias must show
+        assert not torch.allclose(got, flex_attention(q, k, v, block_mask=part, enable_gqa=True), atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

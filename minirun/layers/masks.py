@@ -51,6 +51,25 @@ def offset_queries(mask_mod: MaskMod, offset: torch.Tensor) -> MaskMod:
     return shifted
 
 
+def fold_query_heads(mask_mod: MaskMod, groups: int) -> MaskMod:
+    """`mask_mod` for one query per row seen with each kv head's `groups` query heads laid along the
+    query axis: folded query i of kv head h is query head h * groups + i, at query index 0."""
+
+    def folded(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return mask_mod(b, h * groups + q, torch.zeros_like(q), kv)
+
+    return folded
+
+
+def fold_query_heads_score(score_mod: ScoreMod, groups: int) -> ScoreMod:
+    """`fold_query_heads` for a score_mod."""
+
+    def folded(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return score_mod(score, b, h * groups + q, torch.zeros_like(q), kv)
+
+    return folded
+
+
 def segment_bias(segments: torch.Tensor, log_weights: torch.Tensor, offset: torch.Tensor) -> ScoreMod:
     """score_mod adding log(w_k) to scores from SHARED or branch queries (generated or scored
     tokens) to paraphrase segment k.
