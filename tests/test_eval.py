@@ -345,15 +345,18 @@ def test_methods_that_prefill_alike_take_each_batch_together():
     by batch, so each batch is prefilled once; a method whose batches differ (resumed) runs on its own."""
     qs = [Item(str(i), f"Question {i}?", [f"Paraphrase {i}?"], ["a"]) for i in range(4)]
     two = [qs[:2], qs[2:]]
-    batches = {m: two for m in ("origin", "per_prompt", "avg", "flex", "max", "hidden_avg")}
-    order = [(m, [item.id for item in batch]) for m, batch in loop.schedule(list(batches), batches)]
+    batches = {(0, m): two for m in ("origin", "per_prompt", "avg", "flex", "max", "hidden_avg")}
+    order = [(m, [item.id for item in batch]) for (_, m), batch in loop.schedule(batches)]
     assert order == [("origin", ["0", "1"]), ("origin", ["2", "3"]),
                      ("per_prompt", ["0", "1"]), ("avg", ["0", "1"]), ("max", ["0", "1"]),
                      ("per_prompt", ["2", "3"]), ("avg", ["2", "3"]), ("max", ["2", "3"]),
                      ("flex", ["0", "1"]), ("flex", ["2", "3"]), ("hidden_avg", ["0", "1"]), ("hidden_avg", ["2", "3"])]
-    resumed = {**batches, "avg": [qs[1:2], qs[2:]]}  # avg had finished question 0 before an interruption
-    assert [m for m, _ in loop.schedule(["per_prompt", "avg", "max"], resumed)] == \
-        ["per_prompt", "max", "per_prompt", "max", "avg", "avg"]
+    resumed = {lane: batches[lane] for lane in [(0, "per_prompt"), (0, "avg"), (0, "max")]}
+    resumed[(0, "avg")] = [qs[1:2], qs[2:]]  # avg had finished question 0 before an interruption
+    assert [m for (_, m), _ in loop.schedule(resumed)] == ["per_prompt", "max", "per_prompt", "max", "avg", "avg"]
+    runs = {(0, "avg"): two, (1, "origin"): two, (2, "max"): two}  # a sweep's cells: one method each
+    assert [(r, m) for (r, m), _ in loop.schedule(runs)] == [(0, "avg"), (2, "max"), (0, "avg"), (2, "max"),
+                                                              (1, "origin"), (1, "origin")]
 
 
 def test_an_eval_prefills_each_batch_once_for_methods_that_prefill_alike(tiny, items, tmp_path, monkeypatch):

@@ -149,7 +149,7 @@ def test_method_options_are_the_eval_loops_ensemble_options(monkeypatch):
     def loop(llm, items, methods, output_dir, *, positions="right", fusion_alpha=1.0, max_new_tokens=24):
         pass
 
-    monkeypatch.setattr("minirun.eval.sweep_spec.evaluate", loop)
+    monkeypatch.setattr("minirun.eval.sweep_spec.prepare", loop)
     sweep = parse_sweep({**BASE, "methods": [{"name": "hidden_avg", "label": "h", "fusion_alpha": 1}]})
     alpha = sweep.methods[0].options["fusion_alpha"]
     assert sweep.methods[0].options == {"fusion_alpha": 1.0} and isinstance(alpha, float)
@@ -262,3 +262,31 @@ def test_sweep_table_layout():
     assert table.loc[("d1", "a"), ("m1", "accuracy")] == 0.0
     assert table.loc[("d2", "a"), ("m1", "tokens_per_second")] == 2
     assert math.isnan(table.loc[("d1", "b"), ("m1", "n")]) and math.isnan(table.loc[("d2", "a"), ("m2", "accuracy")])
+
+
+def test_a_datasets_cells_prefill_each_batch_once_for_methods_that_prefill_alike(checkpoint_dirs, tmp_path,
+                                                                                 monkeypatch):
+    """per_prompt, avg and max as three cells of one dataset: each keeps its own run directory and rows
+    (the same as in a sweep of that cell alone), with a third of the prompt prefills."""
+    from minirun.models import Decoder
+
+    prefills = []
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: prefills.append(tokens.shape[0] > 1 and
+                                                                                      tokens.shape[1] > 1) or
+                        original(self, tokens, *rest))
+    head = _sweep_text(checkpoint_dirs, {"qwen2": "qwen2"}, ["sample-qa"]).replace(METHODS, "").replace(
+        "max_samples = 2", "max_samples = 4")
+    cells = {m: f'\n[[methods]]\nname = "{m}"\nlabel = "{m}-cell"\n' for m in ("per_prompt", "avg", "max")}
+    llm = minirun.load(checkpoint_dirs["qwen2"])
+    alone = []
+    for m, cell in cells.items():
+        sweep = load_sweep_file(_file(tmp_path, head + cell, f"{m}.toml"))
+        alone.append(run_sweep(sweep, tmp_path / m, lambda _: llm, progress=False))
+    alone_prefills, prefills[:] = sum(prefills), []
+    sweep = load_sweep_file(_file(tmp_path, head + "".join(cells.values())))
+    together = run_sweep(sweep, tmp_path / "all", lambda _: llm, progress=False)
+    assert sum(prefills) * 3 == alone_prefills > 0 and llm.prompts is None
+    pd.testing.assert_frame_equal(_canon(together), _canon(pd.concat(alone, ignore_index=True)))
+    assert sorted(p.name for p in (tmp_path / "all" / "qwen2" / "sample-qa").iterdir()) == \
+        ["avg-cell", "max-cell", "per_prompt-cell"]

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -86,35 +86,36 @@ def _dtype(llm: LLM) -> str:
     return str(next(llm.model.parameters()).dtype).removeprefix("torch.")
 
 
-def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
-             dataset: str = "custom", num_prompts: int = 5, original: bool = True, max_samples: int | None = None,
-             few_shot_k: int = 5, fewshot_items: list[Item] | None = None, task: str | None = None,
-             batch_size: int | None = None, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
-             positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
-             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
-             choice_score: str = "mean", choice_format: str = "cloze", rank: int = 0, world_size: int = 1,
-             progress: bool = True, on_row: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Answer `items` with each method and journal one row per (item, method) in `output_dir`.
+Lane = tuple[int, str]  # (run, method): one method's batches of one run
 
-    An item's prompts are its question, then its distinct paraphrases (`Item.prompts`), the first
-    `num_prompts` of them; `original=False` leaves the question out so ensembles run over the
-    paraphrases only (`origin` still answers the question: it is the baseline).
 
-    Rows hold id, method, prompts, generated, answer, exact, correct (under the run's rule: lemma
-    containment, or both directions with `bidirectional`), correct_lemma and correct_bidirectional
-    (both rules, so a report can show either without a rerun), tokens, seconds (the batch's wall
-    time, confidences included, split evenly over its items), relation, task, original, answers,
-    per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
-    `answer` are those of the first prompt (the question unless original=False), so it stays
-    comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
-    and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts. hidden_avg rows
-    record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
-    generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
-    `choice_score` (mean or sum log-probability), `answer` the picked option's text, and with
-    `choice_format` "letters" the options are listed in the prompt and their letters scored.
-    `dataset` names the data in the run key and picks the default few-shot file.
-    Returns the merged table (world_size 1) or this rank's shard of it.
-    """
+@dataclass(frozen=True)
+class Run:
+    """One `evaluate` run laid out by `prepare`: what its batches need and where its rows go."""
+    items: list[Item]
+    methods: tuple[str, ...]
+    output_dir: Path
+    run_key: dict
+    options: EnsembleOptions
+    prompts: dict[str, list[str]]  # item id -> its prompts
+    prefixes: dict[str, str]  # task -> few-shot head
+    task: str | None
+    num_prompts: int
+    batch_size: int | None
+    bidirectional: bool
+    original: bool
+    choice_format: str
+
+
+def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
+            dataset: str = "custom", num_prompts: int = 5, original: bool = True, max_samples: int | None = None,
+            few_shot_k: int = 5, fewshot_items: list[Item] | None = None, task: str | None = None,
+            batch_size: int | None = None, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
+            positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
+            flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
+            choice_score: str = "mean", choice_format: str = "cloze") -> Run:
+    """`evaluate`'s settings checked and its prompts, few-shot heads and run key laid out; nothing runs
+    yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent."""
     if not methods:
         raise MinirunError(f"no method given: choose from {', '.join(METHODS)}")
     for name, value, least in (("batch_size", batch_size, 1), ("num_prompts", num_prompts, 1),
@@ -143,53 +144,102 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
         "fusion_layer": fusion_layer, "fusion_alpha": fusion_alpha, "choice_score": choice_score,
         "choice_format": choice_format,
     }
-    mine = shard(items, rank, world_size)
+    return Run(items, tuple(methods), Path(output_dir), run_key, options, prompts, prefixes, task, num_prompts,
+               batch_size, bidirectional, original, choice_format)
+
+
+def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
+             rank: int = 0, world_size: int = 1, progress: bool = True,
+             on_row: Callable[[dict], None] | None = None, **settings) -> pd.DataFrame:
+    """Answer `items` with each method and journal one row per (item, method) in `output_dir`.
+
+    An item's prompts are its question, then its distinct paraphrases (`Item.prompts`), the first
+    `num_prompts` of them; `original=False` leaves the question out so ensembles run over the
+    paraphrases only (`origin` still answers the question: it is the baseline).
+
+    Rows hold id, method, prompts, generated, answer, exact, correct (under the run's rule: lemma
+    containment, or both directions with `bidirectional`), correct_lemma and correct_bidirectional
+    (both rules, so a report can show either without a rerun), tokens, seconds (the batch's wall
+    time, confidences included, split evenly over its items), relation, task, original, answers,
+    per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
+    `answer` are those of the first prompt (the question unless original=False), so it stays
+    comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
+    and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts. hidden_avg rows
+    record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
+    generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
+    `choice_score` (mean or sum log-probability), `answer` the picked option's text, and with
+    `choice_format` "letters" the options are listed in the prompt and their letters scored.
+    `dataset` names the data in the run key and picks the default few-shot file; `settings` are
+    `prepare`'s keywords. Returns the merged table (world_size 1) or this rank's shard of it.
+    """
+    run = prepare(llm, items, methods, output_dir, **settings)
+    return evaluate_runs(llm, [run], rank=rank, world_size=world_size, progress=progress, on_row=on_row)[0]
+
+
+def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int = 1, progress: bool = True,
+                  on_row: Callable[[dict], None] | None = None) -> list[pd.DataFrame]:
+    """Several prepared runs on one model (a sweep's cells of one dataset), each journalled in its own
+    directory exactly as it would be alone, taken in `schedule`'s order so that the methods that prefill
+    alike prefill each batch once across all of them. One table per run, as `evaluate` returns."""
     matcher = Matcher()
-    together = sum(m in PROMPT_ROWS for m in methods) > 1  # methods that can share a batch's prefill
-    with ResultStore(output_dir, run_key, rank, [item.id for item in items]) as store, _progress(progress) as bar, \
-            llm.reusing_prompts() if together else contextlib.nullcontext():
-        # batched by task: questions of one few-shot prefix share its keys and values (a batch mixing
-        # prefixes repeats each one in every row, ~7x the prefill of a 5-shot head)
-        todo = {m: sorted((item for item in mine if item.id not in store.done(m)), key=lambda item: task or item.task)
-                for m in methods}
-        total = len(mine) * len(methods)
-        overall = bar.add_task("eval", total=total, completed=total - sum(map(len, todo.values())))
-        batches = {m: _batches(todo[m], questions_per_batch(m, num_prompts, batch_size)) for m in methods}
-        for method, batch in schedule(methods, batches):
+    with contextlib.ExitStack() as stack:
+        stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items]))
+                  for run in runs]
+        bar = stack.enter_context(_progress(progress))
+        lanes: dict[Lane, list[list[Item]]] = {}
+        total = 0
+        for i, (run, store) in enumerate(zip(runs, stores)):
+            mine = shard(run.items, rank, world_size)
+            total += len(mine) * len(run.methods)
+            for m in run.methods:
+                # batched by task: questions of one few-shot prefix share its keys and values (a batch mixing
+                # prefixes repeats each one in every row, ~7x the prefill of a 5-shot head)
+                todo = sorted((item for item in mine if item.id not in store.done(m)),
+                              key=lambda item: run.task or item.task)
+                lanes[(i, m)] = _batches(todo, questions_per_batch(m, run.num_prompts, run.batch_size))
+        left = sum(len(batch) for batches in lanes.values() for batch in batches)
+        overall = bar.add_task("eval", total=total, completed=total - left)
+        if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
+            stack.enter_context(llm.reusing_prompts())
+        for (i, method), batch in schedule(lanes):
+            run = runs[i]
             bar.update(overall, description=f"eval {method}")
-            qs = [Question(item.question, prompts[item.id], prefixes[task or item.task] + "Q: ",
-                           _suffix(item, choice_format)) for item in batch]
-            for row in _run_batch(llm, method, batch, qs, options, matcher, bidirectional, original, bar,
-                                  choice_format):
-                store.add(row)
+            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.task or item.task] + "Q: ",
+                           _suffix(item, run.choice_format)) for item in batch]
+            for row in _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
+                                  run.choice_format):
+                stores[i].add(row)
                 bar.advance(overall)
                 if on_row is not None:
                     on_row(row)
         if world_size == 1:
-            return store.finalize()
-    table = read_results(output_dir)
-    return table[table["id"].isin({item.id for item in mine})].reset_index(drop=True)
+            return [store.finalize() for store in stores]
+    tables = []
+    for run in runs:
+        table = read_results(run.output_dir)
+        tables.append(table[table["id"].isin({item.id for item in shard(run.items, rank, world_size)})]
+                      .reset_index(drop=True))
+    return tables
 
 
 def _batches(items: list[Item], size: int) -> list[list[Item]]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def schedule(methods: list[str] | tuple[str, ...],
-             batches: dict[str, list[list[Item]]]) -> list[tuple[str, list[Item]]]:
-    """(method, batch) in the order they run: each method's own batches, the same whatever else runs,
-    method after method, except that methods of `PROMPT_ROWS` with the very same batches take them
-    batch by batch together, so each batch is prefilled once for all of them (the later ones copy the
-    first one's keys and values: `Session.prefill`)."""
-    ids = {m: [[item.id for item in batch] for batch in batches[m]] for m in methods}
+def schedule(lanes: dict[Lane, list[list[Item]]]) -> list[tuple[Lane, list[Item]]]:
+    """(lane, batch) in the order they run: each lane's own batches, the same whatever else runs, lane
+    after lane, except that lanes of a `PROMPT_ROWS` method with the very same batches (in one run or
+    several) take them batch by batch together, so each batch is prefilled once for all of them (the
+    later ones copy the first one's keys and values: `Session.prefill`)."""
+    ids = {lane: [[item.id for item in batch] for batch in batches] for lane, batches in lanes.items()}
     order, placed = [], set()
-    for method in methods:
-        if method in placed:
+    for lane in lanes:
+        if lane in placed:
             continue
-        together = [method] + [other for other in methods if other not in placed and other != method and
-                               {method, other} <= set(PROMPT_ROWS) and ids[other] == ids[method]]
+        together = [lane] + [other for other in lanes if other not in placed and other != lane and
+                             {lane[1], other[1]} <= set(PROMPT_ROWS) and ids[other] == ids[lane]]
         placed.update(together)
-        order += [(m, batches[m][i]) for i in range(len(batches[method])) for m in together]
+        order += [(member, lanes[member][i]) for i in range(len(lanes[lane])) for member in together]
     return order
 
 

@@ -4,6 +4,8 @@ Each (model, dataset, method label) is an ordinary `evaluate` run in its
 own directory `<output>/<model>/<dataset>/<label>/` (its own journal and run key: one method may
 appear twice with different options), so resuming and `torchrun` sharding are the eval loop's; a
 `done.json` beside a finished run lets a restart skip even loading a model whose runs are all done.
+A dataset's runs on one model go together (`evaluate_runs`), so methods that prefill alike (per_prompt,
+avg, max, …) prefill each batch once across cells, as they do within one `eval`.
 The combined table (`results.parquet` + `results.csv`, with `model`, `dataset` and `label` columns)
 is rebuilt from the runs' journals, so it is the same however often the sweep was interrupted.
 """
@@ -24,7 +26,7 @@ import pandas as pd
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import evaluate
+from minirun.eval.loop import evaluate_runs, prepare
 from minirun.eval.report import summarize
 from minirun.eval.results import merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
@@ -104,13 +106,17 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             if not mine:
                 continue
             llm = load(model)
-            for cell in mine:
-                log.info(f"sweep {plan.index(cell) + 1}/{len(plan)}: "
-                         f"{model.label} · {cell.dataset.label} · {cell.method.label}")
-                _run_cell(llm, cell, data[cell.dataset.label], sweep.generation, rank, world_size, progress, on_row)
+            for dataset in sweep.datasets:
+                group = [c for c in mine if c.dataset is dataset]
+                if not group:
+                    continue
+                log.info(f"sweep {model.label} · {dataset.label}: {', '.join(c.method.label for c in group)} "
+                         f"({len(group)} of {len(plan)} runs)")
+                _run_cells(llm, group, data[dataset.label], sweep.generation, rank, world_size, progress, on_row)
                 if rank == 0:
-                    _write(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
-                        json.dumps({"key": keys[c.dir]}) + "\n", encoding="utf-8"))
+                    for cell in group:
+                        _write(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
+                            json.dumps({"key": keys[c.dir]}) + "\n", encoding="utf-8"))
             del llm  # before the next model loads, not after
     if rank != 0:
         return None
@@ -136,22 +142,26 @@ def _process_group(world_size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def _run_cell(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], gen: Generation, rank: int,
-              world_size: int, progress: bool, on_row: Callable[[dict], None] | None) -> None:
-    """One `evaluate` run on this rank's shard; with several ranks, rank 0 merges them once all are done."""
+def _run_cells(llm: LLM, group: list[Cell], data: tuple[list[Item], list[Item] | None], gen: Generation, rank: int,
+               world_size: int, progress: bool, on_row: Callable[[dict], None] | None) -> None:
+    """One dataset's cells on this rank's shard, as one `evaluate_runs`: each cell keeps its own run
+    directory, and the methods that prefill alike prefill each batch once for all the cells (what eval
+    gives the methods of one run). With several ranks, rank 0 merges each cell once all are done."""
     items, fewshot = data
-    evaluate(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name, num_prompts=cell.dataset.num_prompts,
-             original=cell.dataset.original, few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
-             bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
-             batch_size=gen.batch_size,
-             max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix, chat=gen.chat, rank=rank,
-             world_size=world_size, progress=progress, on_row=on_row, **cell.method.options)
+    runs = [prepare(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name,
+                    num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
+                    few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
+                    bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
+                    batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
+                    chat=gen.chat, **cell.method.options) for cell in group]
+    evaluate_runs(llm, runs, rank=rank, world_size=world_size, progress=progress, on_row=on_row)
     if world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
         if rank == 0:
-            merge(cell.dir)
+            for cell in group:
+                merge(cell.dir)
 
 
 def is_sweep(path: str | Path) -> bool:

@@ -18,7 +18,7 @@ from minirun.checkpoints.hub import DEFAULT_MODEL
 from minirun.checkpoints.loader import DTYPES
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES
-from minirun.eval.loop import evaluate
+from minirun.eval.loop import prepare
 from minirun.eval.prompts import CHOICE_FORMATS
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.runner import check_method
@@ -166,7 +166,7 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
 
 def method_options() -> tuple[str, ...]:
     """The EnsembleOptions fields a [[methods]] entry may set: those the eval loop takes as arguments."""
-    loop = inspect.signature(evaluate).parameters
+    loop = inspect.signature(prepare).parameters
     return tuple(f.name for f in dataclasses.fields(EnsembleOptions)
                  if f.name in loop and f.name not in GENERATION_OWNED)
 
