@@ -223,3 +223,17 @@ def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch
     assert swept["total"]["ok"] is True and gpu.failed_checks(swept) == []  # 5 x ~0.3 s, far inside 10 minutes
     monkeypatch.setattr(gpu, "SWEEP_LIMIT_S", 0.1)
     assert gpu.failed_checks(gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)) == ["total"]
+
+
+def test_launches_profiles_the_shape_asked_for(tmp_path, monkeypatch):
+    """`--launches-shape llama-3.2-1b` profiles the 1B step (the bandwidth target's) instead of SmolLM2's;
+    an unknown shape is refused before anything runs."""
+    asked = []
+    monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda shape, *args, **overrides: asked.append(shape) or shape)
+    monkeypatch.setattr(gpu, "llm_for", lambda path, device, dtype: path)
+    monkeypatch.setattr(gpu, "launches", lambda llm, new_tokens: {"shape": llm})
+    gpu.main(["--device", "cpu", "--quick", "--sections", "launches", "--launches-shape", "llama-3.2-1b",
+              "--out", str(tmp_path)])
+    assert "llama-3.2-1b" in asked and asked.count("smollm2-135m") == 0
+    with pytest.raises(gpu.MinirunError, match="unknown --launches-shape llama-70b: choose from smollm2-135m"):
+        gpu.main(["--device", "cpu", "--quick", "--launches-shape", "llama-70b", "--out", "unused"])

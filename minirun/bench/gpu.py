@@ -26,6 +26,7 @@ import torch
 from minirun.bench.compare import error_text, sync
 from minirun.bench.run import IdTokenizer, random_checkpoint_dir, run_bench, workload
 from minirun.checkpoints.loader import load_model
+from minirun.checkpoints.random import SHAPES
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.layers import flex
@@ -371,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-entries", default="",
                         help="comma-separated shell patterns of speed entries to run, e.g. 'llama-3.2-1b-*-5,"
                              "smollm2-135m-origin-batch1' (default: all, in the order the targets need them)")
+    parser.add_argument("--launches-shape", default="smollm2-135m",
+                        help="random-weight shape whose decode step `launches` profiles (default smollm2-135m, the "
+                             "launch-bound one the one-replay target names; llama-3.2-1b shows the 1B step's split)")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     if unknown := [name for name in chosen if name not in SECTIONS]:
@@ -378,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep_methods = tuple(m.strip() for m in args.sweep_methods.split(",") if m.strip())
     if unknown := [m for m in sweep_methods if m not in SWEEP_METHODS]:
         raise MinirunError(f"unknown --sweep-methods {', '.join(unknown)}: choose from {', '.join(SWEEP_METHODS)}")
+    if args.launches_shape not in SHAPES:
+        raise MinirunError(f"unknown --launches-shape {args.launches_shape}: choose from {', '.join(SHAPES)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinirunError("no CUDA GPU is visible: run this on the GPU machine, or pass --device cpu --quick "
@@ -395,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "compiled": lambda out: compiled_vs_eager(llm_for(path, device, "float32"), (1, 8), new_tokens, out),
         "recompiles": lambda out: recompiles(llm_for(path, device, "bfloat16"), new_tokens),
         "host_syncs": lambda out: host_syncs(llm_for(path, device, "bfloat16"), new_tokens),
-        "launches": lambda out: launches(llm_for(random_checkpoint_dir("smollm2-135m", "bfloat16", **overrides),
+        "launches": lambda out: launches(llm_for(random_checkpoint_dir(args.launches_shape, "bfloat16", **overrides),
                                                  device, "bfloat16"), new_tokens),
         "speed": lambda out: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick, out,
                                    tuple(p.strip() for p in args.speed_entries.split(",") if p.strip())),
