@@ -233,13 +233,13 @@ def schedule(lanes: dict[Lane, list[list[Item]]]) -> list[tuple[Lane, list[Item]
     later ones copy the first one's keys and values: `Session.prefill`)."""
     ids = {lane: [[item.id for item in batch] for batch in batches] for lane, batches in lanes.items()}
     order, placed = [], set()
-    for lane in lanes:
+    for lane, batches in lanes.items():
         if lane in placed:
             continue
         together = [lane] + [other for other in lanes if other not in placed and other != lane and
                              {lane[1], other[1]} <= set(PROMPT_ROWS) and ids[other] == ids[lane]]
         placed.update(together)
-        order += [(member, lanes[member][i]) for i in range(len(lanes[lane])) for member in together]
+        order += [(member, lanes[member][i]) for i in range(len(batches)) for member in together]
     return order
 
 
