@@ -237,3 +237,17 @@ def test_launches_profiles_the_shape_asked_for(tmp_path, monkeypatch):
     assert "llama-3.2-1b" in asked and asked.count("smollm2-135m") == 0
     with pytest.raises(gpu.MinirunError, match="unknown --launches-shape llama-70b: choose from smollm2-135m"):
         gpu.main(["--device", "cpu", "--quick", "--launches-shape", "llama-70b", "--out", "unused"])
+
+
+def test_the_sweep_runs_eager_when_asked(monkeypatch):
+    """`--sweep-eager` times the sweep as eval runs by default (no compiled kernels), and says so per method."""
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(gpu, "run_encoded", lambda *args: seen.append(gpu.flex.is_compiled()))
+    llm = SimpleNamespace(config=SimpleNamespace(vocab_size=100), device=torch.device("cpu"))
+    eager = gpu.eval_sweep(llm, 128, 64, 10, seconds=0.01, methods=("avg",), compiled=False)
+    assert eager["avg"]["compiled"] is False and seen and not any(seen)
+    seen.clear()
+    assert gpu.eval_sweep(llm, 128, 64, 10, seconds=0.01, methods=("avg",))["avg"]["compiled"] is True
+    assert seen and all(seen) and not gpu.flex.is_compiled()

@@ -328,17 +328,19 @@ def sweep_method(llm: LLM, method: str, questions: int, batch: int, new_tokens: 
 
 
 def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int, seconds: float | None = None,
-               out: dict | None = None, methods: tuple[str, ...] = SWEEP_METHODS) -> dict[str, Any]:
-    """Items/s of an eval-like sweep: `questions` × 6 prompts, `new_tokens`-token answers, compiled, into
-    `out`. With `seconds`, each method times batches for about that long and projects the whole sweep
-    (a device call has 10 minutes, the whole sweep up to 10 by itself); `methods` picks some of the five
-    (one a previous call did not reach); `total` once all five ran: their projected time, `ok` if within
-    SWEEP_LIMIT_S."""
-    flex.set_compiled(True)
+               out: dict | None = None, methods: tuple[str, ...] = SWEEP_METHODS, compiled: bool = True) -> dict[str, Any]:
+    """Items/s of an eval-like sweep: `questions` × 6 prompts, `new_tokens`-token answers, compiled (or
+    eager, as `eval` runs by default, with `compiled` False: the two rates and the compiled warm-up decide
+    eval's default on a GPU), into `out`. With `seconds`, each method times batches for about that long
+    and projects the whole sweep (a device call has 10 minutes, the whole sweep up to 10 by itself);
+    `methods` picks some of the five (one a previous call did not reach); `total` once all five ran: their
+    projected time, `ok` if within SWEEP_LIMIT_S."""
+    flex.set_compiled(compiled)
     out = {} if out is None else out
     try:
         for method in methods:
-            out[method] = attempt(lambda: sweep_method(llm, method, questions, batch, new_tokens, seconds))
+            out[method] = attempt(lambda: sweep_method(llm, method, questions, batch, new_tokens, seconds)
+                                  | {"compiled": compiled})
     finally:
         flex.set_compiled(False)
     projected = [out[m].get("projected_s") for m in SWEEP_METHODS if m in out]
@@ -372,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-entries", default="",
                         help="comma-separated shell patterns of speed entries to run, e.g. 'llama-3.2-1b-*-5,"
                              "smollm2-135m-origin-batch1' (default: all, in the order the targets need them)")
+    parser.add_argument("--sweep-eager", action="store_true",
+                        help="run the sweep eager, as eval does by default (default: compiled)")
     parser.add_argument("--launches-shape", default="smollm2-135m",
                         help="random-weight shape whose decode step `launches` profiles (default smollm2-135m, the "
                              "launch-bound one the one-replay target names; llama-3.2-1b shows the 1B step's split)")
@@ -406,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         "speed": lambda out: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick, out,
                                    tuple(p.strip() for p in args.speed_entries.split(",") if p.strip())),
         "sweep": lambda out: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000,
-                                        8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods),
+                                        8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods,
+                                        compiled=not args.sweep_eager),
     }
     facts = machine(device, "bfloat16")
     for name in chosen:
