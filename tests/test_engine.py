@@ -309,3 +309,14 @@ def test_a_prompt_is_kept_only_where_it_leaves_three_quarters_of_free_memory(llm
         copied = prefill()
     assert prompts.reused_seconds > 0
     assert torch.equal(copied, llm.session(2, 16).prefill(rows.tokens, rows.positions, rows.segments))
+
+
+def test_a_session_holds_its_rows_last_states_not_the_whole_chunk(llm):
+    """The rows' last states a prefill leaves (copied into later sessions within `reusing_prompts`) are their own
+    [rows, E] tensor, not a view that keeps the prefill chunk's states [rows, T, E] alive as long as the session."""
+    rows = left_padded([[5, 6, 7, 8, 9, 10], [8, 9]], llm.pad_id, llm.device)
+    session = llm.session(2, 16)
+    session.prefill(rows.tokens, rows.positions, rows.segments)
+    last = session._last
+    assert last.shape == (2, llm.config.hidden_size)
+    assert last.untyped_storage().nbytes() == last.numel() * last.element_size()

@@ -309,7 +309,7 @@ class Session:
             torch.cuda.synchronize(self.device)  # the prefill's own time, not its launch
         seconds = time.perf_counter() - start
         self.prompts.put(key, Prompt(self.segments[:, first:self.length].clone(), self.model.cached_slots(
-            first, self.length), self._last.clone(), seconds))
+            first, self.length), self._last, seconds))  # `_last` is this session's own copy, never written
 
     def _prompt_bytes(self, first: int) -> int:
         cache = self.model.layers[0].attn.kv_cache
@@ -402,8 +402,9 @@ class Session:
             elif done < T:  # only the last chunk's last token needs logits
                 self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged)
             else:
-                self._last = self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, fusion,
-                                               ragged)[:, -1]  # [rows, E]
+                chunk_states = self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, fusion,
+                                                 ragged)
+                self._last = chunk_states[:, -1].clone()  # [rows, E]: a view would hold the whole chunk's states
                 logits = self.model.last_logits(self._last, head_mix)
             self.length += size
         if every_token:
