@@ -60,8 +60,9 @@ def test_per_step_counts_cancel_prefill_out():
     launched = gpu.launches(llm, 2)
     assert launched["per_step"] == {"graph_launches": 0, "kernel_launches": 0, "gpu_kernels": 0}
     assert launched["ok"] is None and launched["model_step_is_one_replay"] is None
-    assert set(launched["step_time"]) == {"wall_us", "gpu_busy_us", "kernels"}
+    assert set(launched["step_time"]) == {"wall_us", "gpu_busy_us", "kernels", "host_us"}
     assert launched["step_time"]["kernels"] == [] and launched["step_time"]["gpu_busy_us"] == 0  # no GPU events on CPU
+    assert launched["step_time"]["host_us"] is None  # no graph launches to time the host by
 
 
 def test_step_time_splits_a_step_into_kernels_and_gaps():
@@ -78,6 +79,18 @@ def test_step_time_splits_a_step_into_kernels_and_gaps():
     assert split["wall_us"] == pytest.approx(50.0) and split["gpu_busy_us"] == pytest.approx((20.0 + 2.0 + 4.0) / 2)
     assert split["kernels"] == [{"name": "gemv", "per_step": 2.0, "us": 10.0},
                                 {"name": "argmax", "per_step": 1.0, "us": 2.0}]
+
+
+def test_host_step_us_is_the_median_gap_between_graph_launches():
+    """The host's time to issue a step: the gap from one replay's launch to the next, the stop check's wait dropped."""
+    from types import SimpleNamespace
+
+    def event(name, start):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start))
+
+    launches = [event("cudaGraphLaunch", t) for t in (0.0, 300.0, 600.0, 1900.0, 2200.0, 2500.0)]  # a sync at 600
+    assert gpu.host_step_us(launches + [event("cudaLaunchKernel", 650.0)]) == pytest.approx(300.0)
+    assert gpu.host_step_us(launches[:2]) is None
 
 
 def test_sections_runs_the_subset_named_and_refuses_unknown_names(tmp_path, monkeypatch):

@@ -184,7 +184,7 @@ def per_step_counts(llm: LLM, method: str, new_tokens: int, names: dict[str, tup
     flex.set_compiled(True)
     try:
         encoded = workload(method, 1, 5, 64, llm.config.vocab_size)
-        counts, kernels, walls = [], [], []
+        counts, kernels, walls, hosts = [], [], [], []
         for n in (new_tokens, 2 * new_tokens):
             options = EnsembleOptions(max_new_tokens=n, ignore_eos=True)
             run_encoded(llm, method, encoded, options)  # compile outside the profile
@@ -198,9 +198,10 @@ def per_step_counts(llm: LLM, method: str, new_tokens: int, names: dict[str, tup
             count["gpu_kernels"] = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
             counts.append(count)
             kernels.append(device_time_by_name(events))
+            hosts.append(host_step_us(events))
         return {"method": method, "new_tokens": [new_tokens, 2 * new_tokens], "counts": counts,
                 "per_step": {k: (counts[1][k] - counts[0][k]) / new_tokens for k in counts[0]},
-                "step_time": step_time(kernels[0], kernels[1], walls[1] - walls[0], new_tokens)}
+                "step_time": step_time(kernels[0], kernels[1], walls[1] - walls[0], new_tokens) | {"host_us": hosts[1]}}
     finally:
         flex.set_compiled(False)
 
@@ -214,6 +215,14 @@ def device_time_by_name(events: list) -> dict[str, list[float]]:
             entry[0] += 1
             entry[1] += e.time_range.elapsed_us()
     return out
+
+
+def host_step_us(events: list) -> float | None:
+    """The host's time to issue one decode step: the median gap between consecutive `cudaGraphLaunch` calls
+    (the gaps that hold the every-8-steps stop check's wait are outliers the median drops). Where it is near
+    the step's GPU busy time, the step is host-bound and the GPU idles; None without graph launches (CPU)."""
+    starts = sorted(e.time_range.start for e in events if e.name == "cudaGraphLaunch")
+    return statistics.median(b - a for a, b in zip(starts, starts[1:])) if len(starts) > 2 else None
 
 
 def step_time(short: dict[str, list[float]], long: dict[str, list[float]], extra_s: float, steps: int,
