@@ -14,7 +14,7 @@ import minirun
 from minirun.engine import session as engine
 from minirun.engine.session import CHUNK, cache_size, chunk_plan
 from minirun.layers import flex
-from minirun.layers.compiled import Compiled
+from minirun.layers.compiled import Captured, Compiled
 from minirun.methods import EnsembleOptions, Question, run_method, runner
 from minirun.methods.packing import encode_question, packed_row
 from minirun.methods.runner import METHODS
@@ -51,6 +51,44 @@ def test_compiled_tokens_equal_eager(llm, method):
         assert run(llm, method, "Capital of France?") == eager
     finally:
         flex.set_compiled(False)
+
+
+@pytest.mark.parametrize("method", ["origin", "avg", "weighted_max", "hidden_avg", "flex"])
+def test_recorded_decode_steps_equal_eager(llm, method, monkeypatch):
+    """A session that records its compiled step once and replays it answers as eager does, recording once."""
+    eager = run(llm, method, "Capital of France?")
+    recorded = []
+
+    class Counted(Captured):
+        def __init__(self, *args, **kwargs):
+            recorded.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "Captured", Counted)
+    flex.set_compiled(True)
+    engine.set_step_graphs("captured")
+    try:
+        assert run(llm, method, "Capital of France?") == eager
+    finally:
+        engine.set_step_graphs("trees")
+        flex.set_compiled(False)
+    assert len(recorded) == 1  # one session, one recording for all its steps
+
+
+def test_a_replay_reads_its_changing_inputs_and_in_place_updates_and_returns_a_copy():
+    scale = torch.tensor([2.0])
+    step = Captured(lambda x, s: x * s, (torch.tensor([1.0, 2.0]), scale), (0,), torch.device("cpu"))
+    first = step(torch.tensor([3.0, 4.0]))
+    scale.fill_(10.0)  # an argument that is not copied in must be updated in place to count
+    second = step(torch.tensor([1.0, 1.0]))
+    assert first.tolist() == [6.0, 8.0] and second.tolist() == [10.0, 10.0]
+    second.zero_()  # the caller's copy, not the recorded output
+    assert step(torch.tensor([1.0, 2.0])).tolist() == [10.0, 20.0]
+
+
+def test_unknown_step_graphs_are_refused():
+    with pytest.raises(minirun.MinirunError, match="unknown step graphs 'cudagraphs'"):
+        engine.set_step_graphs("cudagraphs")
 
 
 def _chunks(llm, method: str, question: str) -> tuple[int, int, list[int]]:

@@ -4,6 +4,7 @@ cores with warm compile caches, too long for this suite; its other sections call
 other tests cover: run_encoded, run_bench, the loader.)"""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -264,3 +265,15 @@ def test_the_sweep_runs_eager_when_asked(monkeypatch):
     seen.clear()
     assert gpu.eval_sweep(llm, 128, 64, 10, seconds=0.01, methods=("avg",))["avg"]["compiled"] is True
     assert seen and all(seen) and not gpu.flex.is_compiled()
+
+
+def test_step_graphs_apply_to_the_sections_run_and_are_recorded(tmp_path, monkeypatch):
+    """`--step-graphs captured` records each session's decode step itself while the sections run, says so in
+    every results file, and leaves the process as it found it."""
+    seen = []
+    monkeypatch.setattr(gpu, "parity", lambda *args: seen.append(gpu.step_graphs()) or {"ok": True})
+    gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--step-graphs", "captured", "--out", str(tmp_path)])
+    assert seen == ["captured"] and gpu.step_graphs() == "trees"
+    assert json.loads((tmp_path / "gpu-parity.json").read_text())["step_graphs"] == "captured"
+    with pytest.raises(SystemExit):
+        gpu.main(["--device", "cpu", "--quick", "--step-graphs", "cudagraphs", "--out", str(tmp_path)])

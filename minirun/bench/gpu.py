@@ -28,6 +28,7 @@ from minirun.bench.run import IdTokenizer, random_checkpoint_dir, run_bench, wor
 from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.random import SHAPES
 from minirun.engine.llm import LLM
+from minirun.engine.session import STEP_GRAPHS, set_step_graphs, step_graphs
 from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.calibrate import cpu_facts
@@ -388,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launches-shape", default="smollm2-135m",
                         help="random-weight shape whose decode step `launches` profiles (default smollm2-135m, the "
                              "launch-bound one the one-replay target names; llama-3.2-1b shows the 1B step's split)")
+    parser.add_argument("--step-graphs", default="trees", choices=STEP_GRAPHS,
+                        help="how compiled decode steps become CUDA graphs: torch.compile's graph trees (default) "
+                             "or recorded once per session and replayed (engine.session.set_step_graphs)")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     if unknown := [name for name in chosen if name not in SECTIONS]:
@@ -422,25 +426,30 @@ def main(argv: list[str] | None = None) -> int:
                                         8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods,
                                         compiled=not args.sweep_eager),
     }
-    facts = machine(device, "bfloat16")
-    for name in chosen:
-        facts["dtype"] = "float32" if name == "compiled" else "bfloat16"
-        start, refused = time.perf_counter(), refused_shapes()
-        try:
-            checked = sections[name](Progress(args.out / f"gpu-{name}.json", facts))
-            result = {"ok": True, "result": checked, "failed_checks": failed_checks(checked)}
-        except Exception as e:  # noqa: BLE001 - a failing check is a finding to record; the others still run
-            result = {"ok": False, "error": error_text(e)}
-        if uncompiled := {k: n - refused.get(k, 0) for k, n in refused_shapes().items() if n > refused.get(k, 0)}:
-            result["uncompiled"] = uncompiled  # shapes past MINIRUN_RECOMPILE_LIMIT ran eagerly: not what was asked
-            result.setdefault("failed_checks", []).append("uncompiled")
-        result |= {"seconds": time.perf_counter() - start, **facts}
-        (args.out / f"gpu-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        if not result["ok"]:
-            verdict = result["error"]
-        else:
-            verdict = "FAILED " + ", ".join(result["failed_checks"]) if result["failed_checks"] else "ok"
-        print(f"{name}: {verdict} ({result['seconds']:.0f} s)", flush=True)
+    previous = step_graphs()
+    set_step_graphs(args.step_graphs)
+    facts = machine(device, "bfloat16") | {"step_graphs": args.step_graphs}
+    try:
+        for name in chosen:
+            facts["dtype"] = "float32" if name == "compiled" else "bfloat16"
+            start, refused = time.perf_counter(), refused_shapes()
+            try:
+                checked = sections[name](Progress(args.out / f"gpu-{name}.json", facts))
+                result = {"ok": True, "result": checked, "failed_checks": failed_checks(checked)}
+            except Exception as e:  # noqa: BLE001 - a failing check is a finding to record; the others still run
+                result = {"ok": False, "error": error_text(e)}
+            if uncompiled := {k: n - refused.get(k, 0) for k, n in refused_shapes().items() if n > refused.get(k, 0)}:
+                result["uncompiled"] = uncompiled  # shapes past MINIRUN_RECOMPILE_LIMIT ran eagerly: not what was asked
+                result.setdefault("failed_checks", []).append("uncompiled")
+            result |= {"seconds": time.perf_counter() - start, **facts}
+            (args.out / f"gpu-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            if not result["ok"]:
+                verdict = result["error"]
+            else:
+                verdict = "FAILED " + ", ".join(result["failed_checks"]) if result["failed_checks"] else "ok"
+            print(f"{name}: {verdict} ({result['seconds']:.0f} s)", flush=True)
+    finally:
+        set_step_graphs(previous)
     return 0
 
 

@@ -26,7 +26,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from minirun.errors import MinirunError
 from minirun.layers import calibrate, flex
-from minirun.layers.compiled import Compiled
+from minirun.layers.compiled import Captured, Compiled
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, retain_head_rows, retain_rows
 from minirun.layers.linear import packing_available, set_plan
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
@@ -123,12 +123,29 @@ def _step_label(model: Decoder, tokens: torch.Tensor, positions: torch.Tensor, s
     return f"batch {tokens.shape[0]}, {full_mask.seq_lengths[1]} cache slots{bias}{fused}{mixed}"
 
 
-_compiled_steps: dict[str, Compiled] = {}
+_compiled_steps: dict[str | None, Compiled] = {}
+STEP_GRAPHS = ("trees", "captured")
+_step_graphs = {"kind": "trees"}
+
+
+def set_step_graphs(kind: str) -> None:
+    """How a compiled decode step becomes a CUDA graph: "trees", torch.compile's "reduce-overhead" (its
+    guards and its graph tree's checks on the host at every call), or "captured": the step compiled
+    without graphs and recorded once per session (`layers.compiled.Captured`), each later step one replay.
+    The second is being measured on a GPU (bench/README.md) before it becomes the default."""
+    if kind not in STEP_GRAPHS:
+        raise MinirunError(f"unknown step graphs {kind!r}: choose one of {', '.join(STEP_GRAPHS)}")
+    _step_graphs["kind"] = kind
+
+
+def step_graphs() -> str:
+    return _step_graphs["kind"]
 
 
 def compiled_decode_step(device: torch.device) -> Compiled:
-    """`decode_step` compiled once per process; CUDA graphs on GPU ("reduce-overhead")."""
-    mode = "reduce-overhead" if device.type == "cuda" else None
+    """`decode_step` compiled once per process; CUDA graphs on GPU ("reduce-overhead") unless the
+    session records the graph itself (`set_step_graphs("captured")`)."""
+    mode = "reduce-overhead" if device.type == "cuda" and step_graphs() == "trees" else None
     if mode not in _compiled_steps:
         _compiled_steps[mode] = Compiled(decode_step, "the decode step", _step_key, _step_label, mode=mode,
                                            dynamic=False)
@@ -257,6 +274,7 @@ class Session:
         self.length = 0
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
         self._mask: BlockMask | None = None  # over all slots; None once segment ids change
+        self._captured: tuple[tuple, Captured] | None = None  # the recorded decode step and what it was recorded for
 
     def _full_mask(self) -> BlockMask:
         if self._mask is None:
@@ -446,7 +464,12 @@ class Session:
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         args = (self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
                 self.fusion, self.head_mix)
-        if flex.is_compiled():
+        if flex.is_compiled() and step_graphs() == "captured":
+            key = _step_key(*args)
+            if self._captured is None or self._captured[0] != key:
+                self._captured = (key, Captured(compiled_decode_step(self.device), args, (1, 2), self.device))
+            logits = self._captured[1](tokens, positions)
+        elif flex.is_compiled():
             logits = compiled_decode_step(self.device)(*args)
         else:
             logits = decode_step(*args, live=self.length + 1)
