@@ -3,6 +3,7 @@ its bounded shapes, and the decode loop's freedom from per-step host syncs."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 
 import pytest
@@ -11,6 +12,7 @@ from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 import minirun
+from minirun.engine import generate
 from minirun.engine import session as engine
 from minirun.engine.session import CHUNK, cache_size, chunk_plan
 from minirun.layers import flex
@@ -53,26 +55,56 @@ def test_compiled_tokens_equal_eager(llm, method):
         flex.set_compiled(False)
 
 
-@pytest.mark.parametrize("method", ["origin", "avg", "weighted_max", "hidden_avg", "flex"])
-def test_recorded_decode_steps_equal_eager(llm, method, monkeypatch):
-    """A session that records its compiled step once and replays it answers as eager does, recording once."""
-    eager = run(llm, method, "Capital of France?")
-    recorded = []
+@contextlib.contextmanager
+def recorded(counts: collections.Counter):
+    """Compiled, steps recorded by the session; counts what is recorded: whole loop steps, single decode steps."""
+    record, step = generate.capture, engine.Captured
+
+    def loop_capture(*args):
+        counts["loop"] += 1
+        return record(*args)
 
     class Counted(Captured):
-        def __init__(self, *args, **kwargs):
-            recorded.append(1)
-            super().__init__(*args, **kwargs)
+        def __init__(self, *args):
+            counts["step"] += 1
+            super().__init__(*args)
 
-    monkeypatch.setattr(engine, "Captured", Counted)
+    generate.capture, engine.Captured = loop_capture, Counted
     flex.set_compiled(True)
     engine.set_step_graphs("captured")
     try:
-        assert run(llm, method, "Capital of France?") == eager
+        yield
     finally:
         engine.set_step_graphs("trees")
         flex.set_compiled(False)
-    assert len(recorded) == 1  # one session, one recording for all its steps
+        generate.capture, engine.Captured = record, step
+
+
+@pytest.mark.parametrize("method", ["origin", "avg", "weighted_max", "hidden_avg", "flex"])
+def test_recorded_loop_steps_answer_as_eager(llm, method):
+    """Greedy: the token choice, its write, the positions and the decode step are one recording per session,
+    replayed once a token; the answers are eager's."""
+    eager = run(llm, method, "Capital of France?")
+    counts = collections.Counter()
+    with recorded(counts):
+        assert run(llm, method, "Capital of France?") == eager
+    assert counts == {"loop": 1}
+
+
+def test_sampled_tokens_record_the_decode_step_alone(llm):
+    """A sampler is not recorded (a replay would repeat its random draw): each step replays the decode step
+    recorded once, and a seeded answer is the unrecorded compiled one."""
+    sampled = EnsembleOptions(max_new_tokens=12, temperature=0.8, seed=3)
+    question = [Question("Capital of France?", ["Capital of France?", *PARAS])]
+    flex.set_compiled(True)
+    try:
+        plain = run_method(llm, "avg", question, sampled)[0].token_ids
+    finally:
+        flex.set_compiled(False)
+    counts = collections.Counter()
+    with recorded(counts):
+        assert run_method(llm, "avg", question, sampled)[0].token_ids == plain
+    assert counts == {"step": 1}
 
 
 def test_a_replay_reads_its_changing_inputs_and_in_place_updates_and_returns_a_copy():

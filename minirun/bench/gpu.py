@@ -254,10 +254,10 @@ def host_syncs(llm: LLM, new_tokens: int) -> dict[str, Any]:
 def launches(llm: LLM, new_tokens: int) -> dict[str, Any]:
     """Launches per compiled decode step of origin: on CUDA the whole step must be one graph replay
     (one `cudaGraphLaunch`, no loose kernel launch); `gpu_kernels` is the kernels that replay runs.
-    Known before any GPU ran it: the token choice (argmax), its write into the answers, the next
-    positions and the cache slot are eager operations beside the replay (~4 launches a step, and the
-    replay copies its non-static inputs), so this fails until they move into the graph;
-    `model_step_is_one_replay` tells the model's part apart."""
+    With torch.compile's graph trees (the default) the token choice (argmax), its write into the answers
+    and the next positions are eager operations beside the replay (3 launches a step on an H200), so
+    this fails there; with `--step-graphs captured` a greedy step is one recording of all of them
+    (`engine.generate.record_loop_step`). `model_step_is_one_replay` tells the model's part apart."""
     out = per_step_counts(llm, "origin", new_tokens, LAUNCHES)
     steps = out["per_step"]
     cuda = llm.device.type == "cuda"

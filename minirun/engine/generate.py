@@ -8,6 +8,8 @@ import torch
 
 from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.session import Session
+from minirun.errors import MinirunError
+from minirun.layers.compiled import capture
 from minirun.layers.masks import PAD, SHARED
 
 
@@ -103,9 +105,38 @@ Chooser = Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
 RETIRE_COST = 0.125
 
 
+def record_loop_step(session: Session, logits: torch.Tensor, next_positions: torch.Tensor, choose: Chooser,
+                     rows: tuple[int, ...], generated: torch.Tensor,
+                     steps: int) -> tuple[Callable[[], None], torch.Tensor]:
+    """One replay per token for a session that records its steps: the token choice, its write into
+    `generated` [B, steps], the next positions and cache slot, and the decode step, as one recording
+    (`layers.compiled.capture`) that advances a step counter on the device. The recording's warm-up ran
+    the step for real; the counter and the logits are put back, and the cache slots it wrote are
+    rewritten by the replays before any query can see them (keys past a query's own slot are masked).
+    `choose` must be deterministic: a recorded sampler would replay the same random draw. Returns the
+    replay and the logits it leaves [B, V] (the last token is chosen from them outside the recording)."""
+    start = session.length
+    if start + steps - 1 > session.max_slots:
+        raise MinirunError(f"the cache is full ({session.max_slots} slots): lower max_new_tokens")
+    step = torch.zeros(1, dtype=torch.long, device=session.device)
+    scores = logits.clone()
+
+    def one() -> torch.Tensor:
+        token = choose(scores, rows)
+        generated.index_copy_(1, step, token[:, None])
+        scores.copy_(session.decode_at(token, next_positions + step, step + start))
+        return step.add_(1)
+
+    replay, _ = capture(one, session.device)
+    step.zero_()
+    scores.copy_(logits)
+    return replay, scores
+
+
 def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor, choose: Chooser,
                 max_new_tokens: int, stopper: Stopper, groups: list[list[int]] | None = None,
-                check_every: int | None = None, on_text: Callable[[str], None] | None = None) -> list[Completion]:
+                check_every: int | None = None, on_text: Callable[[str], None] | None = None,
+                deterministic: bool = False) -> list[Completion]:
     """Pick a token per row with `choose`, feed it back, until every group's answer is done.
 
     `groups` are rows that decode together, each answered by its first row (default: every row
@@ -116,7 +147,9 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
     (a per_prompt sweep retired rows at nearly every step, at ~14 ms each for 150 rows, to save
     ~1.2 ms a row). `choose(logits [b, V], rows)` is told which of the original rows the b rows
     are. Tokens stay on the device and are copied to the host every `check_every` steps only
-    (default: every step on CPU, where the copy is free; every 8 on GPU, where it stalls).
+    (default: every step on CPU, where the copy is free; every 8 on GPU, where it stalls). Where the
+    session records its steps and `choose` is `deterministic` (greedy), every step but the last is one
+    replay of `record_loop_step`.
     """
     if check_every is None:
         check_every = 8 if session.device.type == "cuda" else 1
@@ -129,12 +162,21 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
     shown = ""
     steps = 0
     carried = 0  # finished rows decoded since the batch last shrank, summed over steps
+    replay = None
+    if deterministic and session.records_steps and max_new_tokens > 1:
+        replay, logits = record_loop_step(session, logits, next_positions, choose, rows, generated, max_new_tokens)
     for step in range(max_new_tokens):
-        token = choose(logits, rows)  # [b]
-        if index is None:
-            generated[:, step] = token
+        if replay is not None and step < max_new_tokens - 1:  # chooses, writes and decodes this step's token
+            if session.hooks.before_decode is not None:
+                session.hooks.before_decode()
+            replay()
+            session.length += 1
         else:
-            generated[index, step] = token
+            token = choose(logits, rows)  # [b]
+            if index is None:
+                generated[:, step] = token
+            else:
+                generated[index, step] = token
         steps = step + 1
         if steps % check_every == 0 or steps == max_new_tokens:
             host = generated[:, :steps].tolist()
@@ -159,7 +201,7 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
                 token, next_positions = token.index_select(0, keep), next_positions.index_select(0, keep)
                 rows = tuple(rows[i] for i in kept)
                 index = torch.tensor(rows, device=session.device)
-        if steps < max_new_tokens:
+        if steps < max_new_tokens and replay is None:
             logits = session.decode(token, next_positions + step)
     host = generated[:, :steps].tolist()
     return [done.get(g[0]) or Completion(stopper.text(host[g[0]]), host[g[0]], "length") for g in groups]

@@ -115,7 +115,7 @@ class LLM:
         logits = session.prefill(layout.tokens, layout.positions, layout.segments)
         generator = params.generator(self.device)
         results = decode_loop(session, logits, layout.next_positions, lambda l, rows: sample(l, params, generator),
-                              max_new_tokens, self.stopper(stop), on_text=on_text)
+                              max_new_tokens, self.stopper(stop), on_text=on_text, deterministic=params.greedy)
         for result, ids in zip(results, prompts):
             result.prompt_tokens = len(ids)
         return results

@@ -454,6 +454,18 @@ class Session:
         self._mask = None
         return index
 
+    @property
+    def records_steps(self) -> bool:
+        """Whether compiled decode steps become CUDA graphs recorded here (`set_step_graphs("captured")`),
+        so a caller may record a whole loop step around `decode_at`."""
+        return flex.is_compiled() and step_graphs() == "captured"
+
+    def decode_at(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The compiled step's device work for tokens, positions [B] at cache `slot` [1], a tensor the caller
+        advances: no host bookkeeping (`length`, hooks), so a recording of it replays as it is."""
+        return compiled_decode_step(self.device)(self.model, tokens, positions, slot, self._full_mask(), self.segments,
+                                                 self.log_weights, self.fusion, self.head_mix)
+
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per row (tokens, positions [B]) at the next slot; logits [B, V], or [Q, V] with `head_mix`."""
@@ -464,7 +476,7 @@ class Session:
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         args = (self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
                 self.fusion, self.head_mix)
-        if flex.is_compiled() and step_graphs() == "captured":
+        if self.records_steps:
             key = _step_key(*args)
             if self._captured is None or self._captured[0] != key:
                 self._captured = (key, Captured(compiled_decode_step(self.device), args, (1, 2), self.device))

@@ -194,7 +194,8 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
         return sample(scores, params, generator)[where.row_group]  # every row carries its question's token
 
     completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,
-                              llm.stopper(options.stop, options.ignore_eos), groups=groups if fused else None)
+                              llm.stopper(options.stop, options.ignore_eos), groups=groups if fused else None,
+                              deterministic=params.greedy)
     results = []
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
@@ -213,7 +214,8 @@ def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     completions = decode_loop(session, logits, layout.next_positions, lambda l, rows: sample(l, params, generator),
-                              options.max_new_tokens, llm.stopper(options.stop, options.ignore_eos))
+                              options.max_new_tokens, llm.stopper(options.stop, options.ignore_eos),
+                              deterministic=params.greedy)
     return [_result("flex", [c], p, (len(head) if head else 0) + len(r.tokens))
             for c, p, r in zip(completions, prompts, rows)]
 
