@@ -107,6 +107,15 @@ def test_sampled_tokens_record_the_decode_step_alone(llm):
     assert counts == {"step": 1}
 
 
+def test_a_recording_refuses_a_generation_past_the_cache(llm):
+    """The replays' cache slots are checked before recording, as `decode` checks each step's."""
+    session = engine.Session(llm.model, 1, 64)
+    session.length = 58  # 8 tokens: 7 replays write slots 58..64, one past the cache
+    with pytest.raises(minirun.MinirunError, match=r"the cache is full \(64 slots\): lower max_new_tokens"):
+        generate.record_loop_step(session, torch.zeros(1, 5), torch.zeros(1, dtype=torch.long),
+                                  lambda logits, rows: logits.argmax(-1), (0,), torch.zeros(1, 8, dtype=torch.long), 8)
+
+
 def test_a_replay_reads_its_changing_inputs_and_in_place_updates_and_returns_a_copy():
     scale = torch.tensor([2.0])
     step = Captured(lambda x, s: x * s, (torch.tensor([1.0, 2.0]), scale), (0,), torch.device("cpu"))

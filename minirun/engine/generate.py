@@ -116,7 +116,7 @@ def record_loop_step(session: Session, logits: torch.Tensor, next_positions: tor
     `choose` must be deterministic: a recorded sampler would replay the same random draw. Returns the
     replay and the logits it leaves [B, V] (the last token is chosen from them outside the recording)."""
     start = session.length
-    if start + steps - 1 > session.max_slots:
+    if start + max(steps - 1, 2) > session.max_slots:  # the replays' slots, and the two a CUDA warm-up writes
         raise MinirunError(f"the cache is full ({session.max_slots} slots): lower max_new_tokens")
     step = torch.zeros(1, dtype=torch.long, device=session.device)
     scores = logits.clone()
