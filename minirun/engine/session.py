@@ -131,8 +131,10 @@ _step_graphs = {"kind": "trees"}
 def set_step_graphs(kind: str) -> None:
     """How a compiled decode step becomes a CUDA graph: "trees", torch.compile's "reduce-overhead" (its
     guards and its graph tree's checks on the host at every call), or "captured": the step compiled
-    without graphs and recorded once per session (`layers.compiled.Captured`), each later step one replay.
-    The second is being measured on a GPU (bench/README.md) before it becomes the default."""
+    without graphs and recorded once per session, each later step one replay (a greedy loop records its
+    token choice with it: `engine.generate.record_loop_step`; a sampler the model's step alone:
+    `layers.compiled.Captured`). The second is being measured on a GPU (bench/README.md) before it
+    becomes the default."""
     if kind not in STEP_GRAPHS:
         raise MinirunError(f"unknown step graphs {kind!r}: choose one of {', '.join(STEP_GRAPHS)}")
     _step_graphs["kind"] = kind

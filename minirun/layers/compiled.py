@@ -78,8 +78,9 @@ class Compiled:
 def capture(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[Callable[[], None], torch.Tensor]:
     """Record `run` (no host syncs, tensors only) once; returns (replay, output): each replay recomputes
     `output` in place from whatever its recorded inputs hold then. On CUDA a graph of its own, warmed up
-    first on a side stream (compiling and allocating there, as capture forbids both); elsewhere a replay
-    is a plain call copied into the same output, so the bookkeeping runs (and is tested) on CPU too."""
+    first on a side stream (a first call compiles and autotunes, which synchronises, and a capture allows
+    no sync); elsewhere a replay is a plain call copied into the same output, so the bookkeeping runs (and
+    is tested) on CPU too."""
     if device.type != "cuda":
         output = run()
         return (lambda: output.copy_(run()), output)
