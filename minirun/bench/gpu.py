@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "cuda" and not args.quick:
         raise MinirunError("full-size checks need a GPU: pass --device cuda, or --quick for a CPU dry run")
     args.out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":  # the profiler set up before any CUDA graph exists: graphs made earlier and replayed
+        with torch.profiler.profile():  # under it have failed to profile (pytorch/pytorch#100441, its workaround)
+            pass
     os.environ.setdefault("MINIRUN_RECOMPILE_LIMIT", "256")  # many shapes on purpose: every method, 2 batches, 2 models
     shape = TINY if args.quick else SMALL
     overrides = TINY if args.quick else {}
