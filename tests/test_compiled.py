@@ -80,7 +80,7 @@ def recorded(counts: collections.Counter):
         generate.capture, engine.Captured = record, step
 
 
-@pytest.mark.parametrize("method", ["origin", "avg", "weighted_max", "hidden_avg", "flex"])
+@pytest.mark.parametrize("method", METHODS)
 def test_recorded_loop_steps_answer_as_eager(llm, method):
     """Greedy: the token choice, its write, the positions and the decode step are one recording per session,
     replayed once a token; the answers are eager's."""
