@@ -117,6 +117,7 @@ def test_a_recording_refuses_a_generation_past_the_cache(llm):
 
 
 def test_a_replay_reads_its_changing_inputs_and_in_place_updates_and_returns_a_copy():
+    """What a CUDA graph's replay sees: the recorded tensors' contents at replay time, never new objects."""
     scale = torch.tensor([2.0])
     step = Captured(lambda x, s: x * s, (torch.tensor([1.0, 2.0]), scale), (0,), torch.device("cpu"))
     first = step(torch.tensor([3.0, 4.0]))
