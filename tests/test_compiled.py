@@ -107,6 +107,29 @@ def test_sampled_tokens_record_the_decode_step_alone(llm):
     assert counts == {"step": 1}
 
 
+def test_a_prefill_after_decoding_records_the_step_again(llm):
+    """New segment ids rebuild the session's mask, so a step recorded over the old one is recorded again
+    (a chat turn prefilled after an answer); the logits are the unrecorded compiled step's."""
+    def turns() -> list[torch.Tensor]:  # compiled prefills start on a whole chunk: 64 slots, 64 steps, 64 more
+        session = llm.session(1, 256)
+        out = [session.prefill(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], torch.zeros(1, 3, dtype=torch.int32))]
+        out += [session.decode(torch.tensor([8 + i]), torch.tensor([3 + i])) for i in range(CHUNK)]
+        out.append(session.prefill(torch.tensor([[9, 10]]), torch.tensor([[67, 68]]), torch.ones(1, 2, dtype=torch.int32)))
+        out.append(session.decode(torch.tensor([11]), torch.tensor([69])))
+        return out
+
+    flex.set_compiled(True)
+    try:
+        plain = turns()
+    finally:
+        flex.set_compiled(False)
+    counts = collections.Counter()
+    with recorded(counts), torch.inference_mode():
+        for mine, theirs in zip(turns(), plain, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert counts == {"step": 2}
+
+
 def test_a_recording_refuses_a_generation_past_the_cache(llm):
     """The replays' cache slots are checked before recording, as `decode` checks each step's."""
     session = engine.Session(llm.model, 1, 64)

@@ -276,7 +276,13 @@ class Session:
         self.length = 0
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
         self._mask: BlockMask | None = None  # over all slots; None once segment ids change
-        self._captured: tuple[tuple, Captured] | None = None  # the recorded decode step and what it was recorded for
+        self._captured: Captured | None = None  # the recorded decode step, over the tensors of `_mask`
+
+    def _forget_mask(self) -> None:
+        """Segment ids changed: the mask is rebuilt at the next step, and a step recorded over the old one
+        is recorded again."""
+        self._mask = None
+        self._captured = None
 
     def _full_mask(self) -> BlockMask:
         if self._mask is None:
@@ -341,7 +347,7 @@ class Session:
         self.model.restore_slots(start, saved.kv)
         self.segments[:, start:start + length] = saved.segments
         self.length += length
-        self._mask = None
+        self._forget_mask()
         self._last = saved.last
         self.prompts.reused_seconds += saved.seconds
         return self.model.last_logits(saved.last, self.head_mix).float()
@@ -371,7 +377,7 @@ class Session:
             self.model.restore_slots(0, saved.kv)
             self.length = saved.segments.shape[0]
             self.segments[:, :self.length] = saved.segments
-            self._mask = None
+            self._forget_mask()
         self._head = (key, self.length)
         self.model.mark_shared(self.length)
 
@@ -401,7 +407,7 @@ class Session:
             raise MinirunError(f"prompt needs {self.length + T} cache slots but the cache holds {self.max_slots}: "
                                "shorten the prompt or lower max_new_tokens")
         self.segments[:, self.length:self.length + T] = segments.to(self.segments)
-        self._mask = None
+        self._forget_mask()
         full_mask = self._full_mask()
         log_weights = None if self.log_weights is None else self.log_weights[:rows]
         fusion, head_mix = (self.fusion, self.head_mix) if rows == self.batch else (None, None)
@@ -453,7 +459,7 @@ class Session:
         if self.head_mix is not None:
             self.head_mix = retain_head_rows(self.head_mix, index)
         self.batch = len(rows)
-        self._mask = None
+        self._forget_mask()
         return index
 
     @property
@@ -476,16 +482,14 @@ class Session:
         if self.hooks.before_decode is not None:
             self.hooks.before_decode()
         self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
-        args = (self.model, tokens, positions, self._slot, self._full_mask(), self.segments, self.log_weights,
-                self.fusion, self.head_mix)
         if self.records_steps:
-            key = _step_key(*args)
-            if self._captured is None or self._captured[0] != key:
-                self._captured = (key, Captured(compiled_decode_step(self.device), args, (1, 2), self.device))
-            logits = self._captured[1](tokens, positions)
+            if self._captured is None:
+                self._captured = Captured(self.decode_at, (tokens, positions, self._slot), (0, 1), self.device)
+            logits = self._captured(tokens, positions)
         elif flex.is_compiled():
-            logits = compiled_decode_step(self.device)(*args)
+            logits = self.decode_at(tokens, positions, self._slot)
         else:
-            logits = decode_step(*args, live=self.length + 1)
+            logits = decode_step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments,
+                                 self.log_weights, self.fusion, self.head_mix, live=self.length + 1)
         self.length += 1
         return logits

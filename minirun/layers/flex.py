@@ -121,10 +121,8 @@ def one_query_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask
     B, H, _, D = q.shape
     kv_heads = k.shape[1]
     groups = H // kv_heads
-    folded = BlockMask.from_kv_blocks(block_mask.kv_num_blocks, block_mask.kv_indices, block_mask.full_kv_num_blocks,
-                                      block_mask.full_kv_indices, BLOCK_SIZE=block_mask.BLOCK_SIZE,
-                                      mask_mod=fold_query_heads(block_mask.mask_mod, groups),
-                                      seq_lengths=(groups, block_mask.seq_lengths[1]), compute_q_blocks=False)
+    folded = forward_only(block_mask, fold_query_heads(block_mask.mask_mod, groups),
+                          (groups, block_mask.seq_lengths[1]))
     score = None if score_mod is None else fold_query_heads_score(score_mod, groups)
     out = flex_attention(q.reshape(B, kv_heads, groups, D), k, v, score_mod=score, block_mask=folded)
     return out.reshape(B, H, 1, D)
@@ -273,13 +271,16 @@ def block_mask(mask_mod: Callable, batch: int, q_len: int, kv_len: int, device: 
     return forward_only(fn(mask_mod, batch, None, q_len, kv_len, device=device))
 
 
-def forward_only(mask: BlockMask) -> BlockMask:
-    """`mask` without its query-block transpose (q_num_blocks, q_indices), which only a backward pass
-    reads. A BlockMask sliced for a decode step or a prefill chunk rebuilds that transpose (a sort)
-    unless the mask it is sliced from has none: 300 of the 320 µs a slice took on 2 CPU cores."""
+def forward_only(mask: BlockMask, mask_mod: Callable | None = None,
+                 seq_lengths: tuple[int, int] | None = None) -> BlockMask:
+    """`mask`'s blocks without their query-block transpose (q_num_blocks, q_indices), which only a
+    backward pass reads, optionally with another `mask_mod` and `seq_lengths` over the same blocks. A
+    BlockMask sliced for a decode step or a prefill chunk rebuilds that transpose (a sort) unless the
+    mask it is sliced from has none: 300 of the 320 µs a slice took on 2 CPU cores."""
     return BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
-                                    mask.full_kv_indices, BLOCK_SIZE=mask.BLOCK_SIZE, mask_mod=mask.mask_mod,
-                                    seq_lengths=mask.seq_lengths, compute_q_blocks=False)
+                                    mask.full_kv_indices, BLOCK_SIZE=mask.BLOCK_SIZE,
+                                    mask_mod=mask_mod or mask.mask_mod, seq_lengths=seq_lengths or mask.seq_lengths,
+                                    compute_q_blocks=False)
 
 
 def unstructured_block_mask(mask_mod: Callable, batch: int, q_len: int, kv_len: int,
