@@ -130,6 +130,11 @@ def test_a_prefill_after_decoding_records_the_step_again(llm):
     assert counts == {"step": 2}
 
 
+def test_a_compiled_prefill_off_the_chunk_grid_is_refused_in_one_line():
+    with pytest.raises(minirun.MinirunError, match="starts and ends on whole 64-token chunks, not 64 tokens at slot 4"):
+        chunk_plan(4, 64)
+
+
 def test_a_recording_refuses_a_generation_past_the_cache(llm):
     """The replays' cache slots are checked before recording, as `decode` checks each step's."""
     session = engine.Session(llm.model, 1, 64)

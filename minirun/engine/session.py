@@ -56,8 +56,11 @@ def chunk_plan(start: int, length: int, aligned: bool = True) -> list[int]:
         return [min(CHUNKS[0], length - done) for done in range(0, length, CHUNKS[0])]
     plan = []
     while length:
-        size = next(c for c in CHUNKS if c <= length and start % min(c, flex.BLOCK) == 0 and
-                    (c % flex.BLOCK == 0 or flex.BLOCK % c == 0))
+        size = next((c for c in CHUNKS if c <= length and start % min(c, flex.BLOCK) == 0 and
+                     (c % flex.BLOCK == 0 or flex.BLOCK % c == 0)), None)
+        if size is None:
+            raise MinirunError(f"a compiled prefill starts and ends on whole {CHUNK}-token chunks, not {length} "
+                               f"tokens at slot {start}: prefill before decoding, or run eagerly")
         plan.append(size)
         start, length = start + size, length - size
     return plan
