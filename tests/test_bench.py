@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -34,9 +35,7 @@ def test_run_bench_reports_every_figure(checkpoint_dirs, method):
     assert result["method"] == method and result["batch"] == 2 and result["new_tokens"] == 4
     assert result["torch"] and result["device"] and result["dtype"] == "float32"
     assert result["host"]["cpu"] and set(result["host"]["flags"]) >= {"avx512_bf16", "amx_bf16"}
-    bandwidth = result["bandwidth"]
-    assert bandwidth["read_gb_s"] > 0 and bandwidth["bandwidth_fraction"] == pytest.approx(
-        bandwidth["achieved_gb_s"] / bandwidth["read_gb_s"])
+    _check_fraction(result["bandwidth"], "")
     per_prompt = 24 * (1 if method == "origin" else 3)
     assert result["prefill_tokens"] == 2 * (per_prompt if method != "flex" else 3 * 20 + 4)
     if method == "flex":
@@ -45,11 +44,22 @@ def test_run_bench_reports_every_figure(checkpoint_dirs, method):
         assert packed["packed_tokens"] == 3 * 20 + 4 and packed["separate_tokens"] == 3 * 24
 
 
+def _check_fraction(bandwidth: dict, prefix: str) -> None:
+    """The fraction is the median over the timed rounds of each round's step rate over the read rate
+    measured in that round."""
+    achieved, reads = bandwidth["achieved_gb_s_rounds"], bandwidth[f"{prefix}read_gb_s_rounds"]
+    assert len(achieved) == len(reads) == FAST["repeats"] and min(reads) > 0
+    assert bandwidth[f"{prefix}read_gb_s"] == pytest.approx(statistics.median(reads))
+    assert bandwidth["achieved_gb_s"] == pytest.approx(statistics.median(achieved))
+    assert bandwidth[f"{prefix}bandwidth_fraction"] == pytest.approx(
+        statistics.median(a / r for a, r in zip(achieved, reads)))
+
+
 def test_a_bfloat16_bench_also_reports_the_fraction_of_its_own_dtype_read_rate(checkpoint_dirs):
     bandwidth = run_bench(model=str(checkpoint_dirs["llama3"]), dtype="bfloat16", **FAST)["bandwidth"]
-    assert bandwidth["dtype_read_gb_s"] > 0 and bandwidth["dtype_bandwidth_fraction"] == pytest.approx(
-        bandwidth["achieved_gb_s"] / bandwidth["dtype_read_gb_s"])
-    assert bandwidth["bandwidth_fraction"] == pytest.approx(bandwidth["achieved_gb_s"] / bandwidth["read_gb_s"])
+    _check_fraction(bandwidth, "dtype_")
+    _check_fraction(bandwidth, "")
+    assert bandwidth["dtype_read_gb_s_rounds"] != bandwidth["read_gb_s_rounds"]  # two sums: float32 and bfloat16
 
 
 def test_compare_transformers_fills_entry_and_speedup(tmp_path):
@@ -159,6 +169,21 @@ def test_a_trial_times_its_engines_in_turns_after_each_warmed_up():
     trial.add("c", _engine(calls, "c", 0.04))
     trial.time()  # only the engines added since the last call run again; alone, no untimed round
     assert calls[12:] == ["c"] * 5 and set(trial.results) == {"a", "b", "c"}
+
+
+def test_a_probe_is_timed_after_the_engines_in_every_timed_round():
+    """A reference (the read rate) meets the same spells of a drifting machine as the engines."""
+    calls: list[str] = []
+    trial = Trial(torch.device("cpu"), repeats=3, warmup=1, prefill_tokens=10, answers_per_step=1)
+    trial.add("a", _engine(calls, "a", 0.01))
+    trial.add("b", _engine(calls, "b", 0.03))
+    trial.add_probe("read", lambda: calls.append("read") or 0.5)
+    trial.time()
+    assert calls[4:] == ["a", "b"] + ["a", "b", "read"] * 3  # none in the untimed round
+    assert trial.rounds == {"read": [0.5] * 3, "a": [0.01] * 3, "b": [0.03] * 3}
+    trial.add("c", _engine(calls, "c", 0.02))
+    trial.time()  # a probe serves the call it was added for
+    assert calls[15:] == ["c"] * 5 and trial.rounds["c"] == [0.02] * 3
 
 
 def test_a_fallible_engine_that_fails_is_recorded_and_the_others_still_run():

@@ -84,7 +84,9 @@ class Trial:
         self.device, self.repeats, self.warmup = device, repeats, warmup
         self.prefill_tokens, self.answers_per_step = prefill_tokens, answers_per_step
         self.results: dict[str, dict[str, Any]] = {}
+        self.rounds: dict[str, list[float]] = {}  # engine -> decode step seconds, probe -> seconds, per timed round
         self._waiting: dict[str, tuple[Run, bool, float, float]] = {}  # name -> (run, fallible, warm-up s, memory MB)
+        self._probes: dict[str, Callable[[], float]] = {}
 
     def add(self, name: str, run: Run, fallible: bool = False) -> None:
         """Warm `run` up and measure its memory; with `fallible` (a compiled path, whose failure is a
@@ -102,6 +104,12 @@ class Trial:
             self.results[name] = {"error": error_text(e)}
             return
         self._waiting[name] = (run, fallible, warmup_s, peak.mb)
+
+    def add_probe(self, name: str, probe: Callable[[], float]) -> None:
+        """Time `probe` (it returns the seconds of one measurement) after the engines in every timed round
+        of the next `time`: a reference such as the machine's read rate then meets the same slow and fast
+        spells as the engines it is compared with (`rounds[name]`)."""
+        self._probes[name] = probe
 
     def time(self) -> None:
         """Time the engines waiting, in turns, and summarise each into `results`.
@@ -124,9 +132,14 @@ class Trial:
                     continue
                 if timed:
                     runs[name].append(figures)
+            if timed:
+                for name, probe in self._probes.items():
+                    self.rounds.setdefault(name, []).append(probe())
         for name, figures in runs.items():
             self.results[name] = self._summary(figures, *self._waiting[name][2:])
+            self.rounds[name] = [f["step"] for f in figures]
         self._waiting.clear()
+        self._probes.clear()
 
     def _summary(self, runs: list[dict[str, float]], warmup_s: float, memory_mb: float) -> dict[str, Any]:
         prefill, prefill_spread = summarize([r["prefill"] for r in runs])
@@ -218,7 +231,7 @@ def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, 
     return model.config._attn_implementation
 
 
-def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
+def bandwidth(model: torch.nn.Module, steps_s: list[float], read_rates: dict[str, list[float]]) -> dict[str, Any]:
     """How close decode runs to memory bandwidth: weight bytes read per step ÷ step time ÷ the
     machine's measured bandwidth (CUDA: a 1 GiB copy, read + write; CPU: `torch.sum` over 512 MiB of
     float32, a pure read, as decode is).
@@ -228,22 +241,30 @@ def bandwidth(model: torch.nn.Module, ms_per_token: float) -> dict[str, float]:
     CPU a model of another dtype also gets `dtype_read_gb_s`, the same sum over its own dtype, and the
     fraction of that: a reduction that converts every element reads slower (bfloat16 on an Intel
     Xeon: ~17 against ~24 GB/s), which no weight-reading kernel of that dtype outruns.
+
+    `steps_s` are the decode step's seconds, one per timed round; on CPU `read_rates` (GB/s by dtype
+    name: "float32" and the model's) come from `ReadProbe`s timed in those same rounds
+    (`Trial.add_probe`): each round's fraction is its step's rate over its own sum's, and the figure is
+    their median. A shared VM's read rate moves by up to 2x within minutes (31-61 GB/s on an AMD EPYC),
+    so a best-of sum taken apart from the steps said more about the moment it ran than about the steps.
     """
     config = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if not config.tie_word_embeddings:
         weight_bytes -= model.embed.weight.numel() * model.embed.weight.element_size()
-    achieved_gb_s = weight_bytes / (ms_per_token / 1e3) / 1e9
+    achieved = [weight_bytes / s / 1e9 for s in steps_s]
+    result: dict[str, Any] = {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": statistics.median(achieved),
+                              "achieved_gb_s_rounds": achieved}
     if model.device.type == "cuda":
-        measured, kind = _copy_gb_s(model.device), "copy_gb_s"
-    else:
-        measured, kind = read_gb_s(), "read_gb_s"
-    result = {"weight_bytes_per_token": weight_bytes, "achieved_gb_s": achieved_gb_s, kind: measured,
-              "bandwidth_fraction": achieved_gb_s / measured}
-    dtype = model.embed.weight.dtype
-    if model.device.type != "cuda" and dtype != torch.float32:
-        result["dtype_read_gb_s"] = read_gb_s(dtype=dtype)
-        result["dtype_bandwidth_fraction"] = achieved_gb_s / result["dtype_read_gb_s"]
+        measured = _copy_gb_s(model.device)
+        return result | {"copy_gb_s": measured, "bandwidth_fraction": result["achieved_gb_s"] / measured}
+    dtype = str(model.embed.weight.dtype).removeprefix("torch.")
+    result["reference"] = "torch.sum over 512 MiB, timed in turns with the decode steps; median of the rounds' fractions"
+    for name, prefix in [("float32", ""), (dtype, "dtype_")] if dtype != "float32" else [("float32", "")]:
+        rates = read_rates[name]
+        result[f"{prefix}read_gb_s"] = statistics.median(rates)
+        result[f"{prefix}read_gb_s_rounds"] = rates
+        result[f"{prefix}bandwidth_fraction"] = statistics.median(a / r for a, r in zip(achieved, rates))
     return result
 
 
@@ -260,12 +281,19 @@ def _copy_gb_s(device: torch.device) -> float:
     return 2 * src.numel() * copies / (time.perf_counter() - start) / 1e9  # each copy reads and writes
 
 
-def read_gb_s(mib: int = 512, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """CPU read bandwidth: the best of `repeats` sums over `mib` MiB of `dtype` (beyond most caches)."""
-    data = torch.ones(mib * 2**20 // torch.finfo(dtype).bits * 8, dtype=dtype)
-    data.sum()
-    best = min(_timed(data.sum) for _ in range(repeats))
-    return data.numel() * data.element_size() / best / 1e9
+class ReadProbe:
+    """CPU read bandwidth: one `torch.sum` over `mib` MiB of `dtype` (beyond most caches) a call."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, mib: int = 512):
+        self.data = torch.ones(mib * 2**20 // torch.finfo(dtype).bits * 8, dtype=dtype)
+        self.data.sum()  # pages touched before any timing
+
+    def __call__(self) -> float:
+        """Seconds of one sum."""
+        return _timed(self.data.sum)
+
+    def gb_s(self, seconds: float) -> float:
+        return self.data.numel() * self.data.element_size() / seconds / 1e9
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from minirun.bench.compare import Trial, device_name, sync
+from minirun.bench.compare import ReadProbe, Trial, bandwidth, device_name, sync
 from minirun.checkpoints.loader import load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
@@ -159,6 +159,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         "prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "repeats": repeats, "compile": compile,
         "load_avg_1m": os.getloadavg()[0], "host": cpu_facts()}  # CPU figures are only as good as the machine was idle
     trial = Trial(llm.device, repeats, warmup, prefill_tokens, answers)
+    reads = _read_probes(llm, trial)
     freed = "transformers" in compares and not resident_together(llm.device)
     result["order"] = "sequential" if freed else "alternating"
     previous = flex.is_compiled()
@@ -168,7 +169,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
                    if "transformers" in compares else [])  # made before minirun may be freed
         if freed:
             trial.time()
-            result.update(_bandwidth(llm, trial.results))
+            result.update(_bandwidth(llm, trial, reads))
             del llm
             gc.collect()
         if "transformers" in compares:
@@ -177,7 +178,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
             attention = add_transformers(trial, path, torch_dtype, device, prompts, new_tokens, compile)
         trial.time()
         if not freed:
-            result.update(_bandwidth(llm, trial.results))
+            result.update(_bandwidth(llm, trial, reads))
     finally:
         flex.set_compiled(previous)
     result.update(trial.results)
@@ -216,13 +217,25 @@ def _add_minirun(trial: Trial, llm: LLM, method: str, encoded: list[Encoded], ne
     return flex_prefill
 
 
-def _bandwidth(llm: LLM, results: dict) -> dict[str, dict]:
-    """{"bandwidth": `compare.bandwidth` of minirun's decode step} if it was measured."""
-    if not _measured(results, "minirun"):
+def _read_probes(llm: LLM, trial: Trial) -> dict[str, ReadProbe]:
+    """On CPU, the read-rate references of the bandwidth fraction (sums over float32 and the model's
+    dtype), entered in `trial` so that each is timed in every round beside the engines."""
+    if llm.device.type != "cpu":
         return {}
-    from minirun.bench.compare import bandwidth
+    names = {"float32", str(llm.model.embed.weight.dtype).removeprefix("torch.")}
+    probes = {name: ReadProbe(getattr(torch, name)) for name in sorted(names)}
+    for name, probe in probes.items():
+        trial.add_probe(f"read_{name}", probe)
+    return probes
 
-    return {"bandwidth": bandwidth(llm.model, results["minirun"]["ms_per_token"])}
+
+def _bandwidth(llm: LLM, trial: Trial, reads: dict[str, ReadProbe]) -> dict[str, dict]:
+    """{"bandwidth": `compare.bandwidth` of minirun's decode step} if it was measured, against the read
+    probes of the same rounds."""
+    if not _measured(trial.results, "minirun"):
+        return {}
+    rates = {name: [probe.gb_s(s) for s in trial.rounds[f"read_{name}"]] for name, probe in reads.items()}
+    return {"bandwidth": bandwidth(llm.model, trial.rounds["minirun"], rates)}
 
 
 def _measured(result: dict, *keys: str) -> bool:
