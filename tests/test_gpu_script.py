@@ -277,3 +277,15 @@ def test_step_graphs_apply_to_the_sections_run_and_are_recorded(tmp_path, monkey
     assert json.loads((tmp_path / "gpu-parity.json").read_text())["step_graphs"] == "captured"
     with pytest.raises(SystemExit):
         gpu.main(["--device", "cpu", "--quick", "--step-graphs", "cudagraphs", "--out", str(tmp_path)])
+
+
+def test_stream_rows_apply_to_the_sections_run_and_are_recorded(tmp_path, monkeypatch):
+    """`--stream-rows 1` streams one-row products in compiled graphs on the GPU while the sections run,
+    says so in every results file, leaves the process as it found it, and refuses a negative count."""
+    seen = []
+    monkeypatch.setattr(gpu, "parity", lambda *args: seen.append(gpu.device_stream_rows()) or {"ok": True})
+    gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--stream-rows", "1", "--out", str(tmp_path)])
+    assert seen == [1] and gpu.device_stream_rows() == 0
+    assert json.loads((tmp_path / "gpu-parity.json").read_text())["stream_rows"] == 1
+    with pytest.raises(MinirunError, match="--stream-rows must be 0 or more"):
+        gpu.main(["--device", "cpu", "--quick", "--stream-rows", "-1", "--out", str(tmp_path)])

@@ -153,3 +153,21 @@ def test_eager_products_never_stream(packed):
     x = torch.randn(2, 96)
     assert kernel_for(x) == ("packed" if packed else "library")  # eager: the broadcast would materialise [N, M, K]
     torch.testing.assert_close(_layer(True)(x), F.linear(x, _layer(True).weight, _layer(True).bias))
+
+
+def test_gpu_products_stream_only_when_asked_and_only_when_compiled(monkeypatch):
+    """A GPU keeps cuBLAS by default; `set_device_stream_rows(n)` streams products of up to n rows
+    inside compiled graphs only (eager, the broadcast would materialise [N, M, K])."""
+    one, five = torch.empty(1, 1, 96, device="meta"), torch.empty(5, 96, device="meta")
+    try:
+        for compiling in (False, True):
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+            assert kernel_for(one) == kernel_for(five) == "library"
+        linear.set_device_stream_rows(1)
+        assert kernel_for(one) == "stream" and kernel_for(five) == "library"
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+        assert kernel_for(one) == "library"
+        with pytest.raises(ValueError, match="0 or more"):
+            linear.set_device_stream_rows(-1)
+    finally:
+        linear.set_device_stream_rows(0)

@@ -33,6 +33,7 @@ from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.calibrate import cpu_facts
 from minirun.layers.compiled import refused_shapes
+from minirun.layers.linear import device_stream_rows, set_device_stream_rows
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 
 PARITY = {"llama": "llama-3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b"}
@@ -392,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-graphs", default="trees", choices=STEP_GRAPHS,
                         help="how compiled decode steps become CUDA graphs: torch.compile's graph trees (default) "
                              "or recorded once per session and replayed (engine.session.set_step_graphs)")
+    parser.add_argument("--stream-rows", type=int, default=0,
+                        help="compiled products of at most this many rows run as Inductor's own reduction instead "
+                             "of cuBLAS (layers.linear.set_device_stream_rows; default 0: cuBLAS for all)")
     args = parser.parse_args(argv)
+    if args.stream_rows < 0:
+        raise MinirunError(f"--stream-rows must be 0 or more, not {args.stream_rows}: 0 keeps cuBLAS for every product")
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     if unknown := [name for name in chosen if name not in SECTIONS]:
         raise MinirunError(f"unknown --sections {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
@@ -429,9 +435,10 @@ def main(argv: list[str] | None = None) -> int:
                                         8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods,
                                         compiled=not args.sweep_eager),
     }
-    previous = step_graphs()
+    previous = step_graphs(), device_stream_rows()
     set_step_graphs(args.step_graphs)
-    facts = machine(device, "bfloat16") | {"step_graphs": args.step_graphs}
+    set_device_stream_rows(args.stream_rows)
+    facts = machine(device, "bfloat16") | {"step_graphs": args.step_graphs, "stream_rows": args.stream_rows}
     try:
         for name in chosen:
             facts["dtype"] = "float32" if name == "compiled" else "bfloat16"
@@ -452,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "FAILED " + ", ".join(result["failed_checks"]) if result["failed_checks"] else "ok"
             print(f"{name}: {verdict} ({result['seconds']:.0f} s)", flush=True)
     finally:
-        set_step_graphs(previous)
+        set_step_graphs(previous[0])
+        set_device_stream_rows(previous[1])
     return 0
 
 

@@ -16,7 +16,8 @@
 
 Which wins depends on the CPU kind, the dtype, the row count and whether the product runs inside a
 compiled graph (where each opaque packed call costs more), so the engine installs a plan measured
-on the machine (`set_plan`, from `layers.calibrate.product_plan`). GPUs always take F.linear.
+on the machine (`set_plan`, from `layers.calibrate.product_plan`). GPUs take F.linear (cuBLAS) unless
+`set_device_stream_rows` asks compiled graphs to stream their few-row products.
 """
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ STREAM_MAX_ROWS = 10  # the uncalibrated plan streams up to this many rows when 
 Plan = dict[int, str]  # {row count measured: kernel}; a product takes the entry of the next row count up
 _plans: dict[tuple[torch.dtype, bool], tuple[tuple[int, str], ...]] = {}  # (dtype, compiled) -> sorted plan
 _choices: dict[tuple[torch.dtype, bool, int], str] = {}  # memo of `product_kernel`: asked by every eager product
+_device_stream = {"rows": 0}  # GPU products of at most this many rows stream inside compiled graphs
+
+
+def set_device_stream_rows(rows: int) -> None:
+    """On a GPU, run products of at most `rows` rows inside compiled graphs as `stream_product` (a
+    reduction kernel Inductor writes for the shape) instead of cuBLAS; 0, the default, keeps cuBLAS for
+    all. On an H200 cuBLAS ran the Llama-3.2-1B shape's narrow one-row products (q/k/v and o: 48 and 32
+    thread blocks on 132 SMs) at 1.8 TB/s against 3.7 for the wide ones (bench/README.md): this is how
+    a device run measures the alternative. Set it before the first compile, which bakes it in."""
+    if rows < 0:
+        raise ValueError(f"stream rows must be 0 or more, got {rows}")
+    _device_stream["rows"] = rows
+
+
+def device_stream_rows() -> int:
+    return _device_stream["rows"]
 
 
 def untuned_plan(compiled: bool) -> Plan:
@@ -139,10 +156,12 @@ def _row_major(rows: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_for(x: torch.Tensor) -> str:
-    """The kernel `x @ W.T` takes: the plan's for its dtype, row count and context on CPU, F.linear elsewhere."""
+    """The kernel `x @ W.T` takes: the plan's for its dtype, row count and context on CPU; elsewhere
+    F.linear, or inside a compiled graph "stream" up to `set_device_stream_rows`' row count."""
+    rows = x.numel() // x.shape[-1]
     if x.device.type != "cpu":
-        return "library"
-    return product_kernel(x.dtype, x.numel() // x.shape[-1], torch.compiler.is_compiling())
+        return "stream" if torch.compiler.is_compiling() and rows <= _device_stream["rows"] else "library"
+    return product_kernel(x.dtype, rows, torch.compiler.is_compiling())
 
 
 def stream_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
