@@ -161,7 +161,7 @@ def test_gpu_products_stream_only_when_asked_and_only_when_compiled(monkeypatch)
     one, five = torch.empty(1, 1, 96, device="meta"), torch.empty(5, 96, device="meta")
     try:
         for compiling in (False, True):
-            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda compiling=compiling: compiling)
             assert kernel_for(one) == kernel_for(five) == "library"
         linear.set_device_stream_rows(1)
         assert kernel_for(one) == "stream" and kernel_for(five) == "library"
