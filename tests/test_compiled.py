@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from minirun.engine import generate
 from minirun.engine import session as engine
 from minirun.engine.session import CHUNK, cache_size, chunk_plan
 from minirun.layers import flex
-from minirun.layers.compiled import Captured, Compiled
+from minirun.layers.compiled import Captured, Compiled, capture
 from minirun.methods import EnsembleOptions, Question, run_method, runner
 from minirun.methods.packing import encode_question, packed_row
 from minirun.methods.runner import METHODS
@@ -317,3 +319,42 @@ def test_inductors_tf32_hint_is_not_shown():
             "warnings.warn('another warning')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "another warning" in done.stderr and "TensorFloat32" not in done.stderr
+
+
+def test_a_cuda_replay_keeps_the_tensors_its_recording_uses_alive(monkeypatch):
+    """A CUDA graph reads and writes its tensors by address, so its replay must hold them: a tensor only the
+    recorded function held (the greedy loop's step counter) was freed once recorded, its block went to the
+    next allocation, and the next replay indexed with whatever that wrote (an H200: `index_copy_(): index out
+    of bounds` at batch 8). CUDA's streams and graph are stubbed, so the CUDA branch runs here on CPU."""
+    class Graph:
+        replays = 0
+
+        def replay(self) -> None:
+            Graph.replays += 1
+
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+
+    def record():
+        counter, output = torch.zeros(1), torch.zeros(1)
+        replay, recorded = capture(lambda: output.copy_(counter.add_(1)), torch.device("cuda"))
+        return replay, weakref.ref(counter), recorded
+
+    replay, counter, output = record()
+    gc.collect()
+    assert counter() is not None  # alive while the replay is
+    replay()
+    assert Graph.replays == 1 and output.item() == 3  # two warm-ups and the recording's call ran here
+    del replay
+    gc.collect()
+    assert counter() is None  # and freed with it

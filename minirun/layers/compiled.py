@@ -93,7 +93,22 @@ def capture(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[Call
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         output = run()
-    return graph.replay, output
+    return Replay(graph, run), output
+
+
+class Replay:
+    """A CUDA graph's replay that keeps `run` alive, and with it every tensor the recording reads and writes
+    by address. A tensor only `run` held (a step counter its caller made and let go of) would otherwise
+    return to the allocator and go to the next allocation while the graph still used it: on an H200 greedy
+    loops at batch 8 failed with `index_copy_(): index out of bounds` (batch 1 ran), as the answers' host
+    copy every 8 steps (an [8, n] slice, not contiguous, so copied through a device temporary) could take
+    the counter's block."""
+
+    def __init__(self, graph: "torch.cuda.CUDAGraph", run: Callable[[], torch.Tensor]):
+        self.graph, self.run = graph, run
+
+    def __call__(self) -> None:
+        self.graph.replay()
 
 
 class Captured:
