@@ -106,6 +106,32 @@ def test_compare_on_a_device_that_holds_one_model_frees_minirun_before_loading_t
     assert result["bandwidth"]["achieved_gb_s"] > 0 and result["speedup"] > 0
 
 
+def test_compare_captured_times_recorded_steps_in_turns_with_minirun(checkpoint_dirs, monkeypatch):
+    """`--compare captured,eager`: minirun again with its decode steps recorded by the session, and
+    uncompiled, each timed in turns with minirun as the process runs it, in one process even where
+    transformers would be timed apart (a GPU); the process's step graphs are left as they were."""
+    from minirun.engine.session import step_graphs
+    from minirun.layers import flex
+
+    monkeypatch.setattr(bench_run, "resident_together", lambda device: False)  # as on a GPU
+    seen = []
+
+    def fake_run(llm, method, encoded, new_tokens) -> dict[str, float]:
+        seen.append((flex.is_compiled(), step_graphs()))
+        return {"prefill": 0.1, "ttft": 0.1, "step": 0.01 if step_graphs() == "captured" else 0.02}
+
+    monkeypatch.setattr(bench_run, "_run_once", fake_run)
+    result = run_bench(model=str(checkpoint_dirs["llama3"]), compare="captured,eager", **{**FAST, "compile": True})
+    trees, captured, eager = (True, "trees"), (True, "captured"), (False, "trees")
+    # warm-up and memory run of each as it is added, then an untimed round and 2 timed ones in turns
+    assert seen == [trees] * 2 + [captured] * 2 + [eager] * 2 + [trees, captured, eager] * 3
+    assert result["captured_speedup"] == pytest.approx(2.0) and result["compile_speedup"] == pytest.approx(1.0)
+    assert step_graphs() == "trees" and not flex.is_compiled()
+    table = format_table(result)
+    assert [c.header for c in table.columns] == ["figure", "minirun", "minirun_eager", "minirun_captured"]
+    assert "captured_speedup 2.00×" in table.caption
+
+
 def test_run_bench_rejects_bad_arguments(checkpoint_dirs):
     model = str(checkpoint_dirs["llama3"])
     with pytest.raises(MinirunError, match="exactly one"):

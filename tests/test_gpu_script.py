@@ -221,6 +221,19 @@ def test_speed_entries_reach_the_section_from_the_command_line(tmp_path, monkeyp
     assert sorted(result) == ["smollm2-135m-origin-batch1", "smollm2-135m-origin-batch8"]
 
 
+def test_speed_compare_reaches_the_origin_entries(tmp_path, monkeypatch):
+    """`--speed-compare transformers,captured` times origin against recorded steps too; other methods compare
+    with nothing."""
+    monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "256")
+    asked = {}
+    monkeypatch.setattr(gpu, "run_bench", lambda **settings: asked.setdefault(
+        (settings.get("method", "origin"), settings["batch"] if "batch" in settings else 1), settings.get("compare")) and {})
+    monkeypatch.setattr(gpu, "random_checkpoint_dir", lambda *args, **overrides: Path("unused"))
+    gpu.main(["--device", "cpu", "--quick", "--sections", "speed", "--speed-entries", "smollm2-135m-origin-batch1,"
+              "smollm2-135m-avg-5", "--speed-compare", "transformers,captured", "--out", str(tmp_path)])
+    assert asked == {("origin", 1): "transformers,captured", ("avg", 1): None}
+
+
 def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch):
     from types import SimpleNamespace
 

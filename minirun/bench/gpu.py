@@ -292,10 +292,11 @@ def speed_key(shape: str, method: str, batch: int) -> str:
 
 
 def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overrides: dict, quick: bool,
-          out: dict | None = None, only: tuple[str, ...] = ()) -> dict:
-    """`run_bench` by `speed_plan`: origin against transformers at each batch, every other method at 5
-    paraphrases (batch 1), into `out`; with `only` (shell patterns), just the entries they match, so a
-    later device call measures what an earlier one did not reach."""
+          out: dict | None = None, only: tuple[str, ...] = (), compare: str = "transformers") -> dict:
+    """`run_bench` by `speed_plan`: origin against `compare` (transformers; with "captured" also minirun's
+    recorded steps, timed in turns with it) at each batch, every other method at 5 paraphrases (batch 1),
+    into `out`; with `only` (shell patterns), just the entries they match, so a later device call measures
+    what an earlier one did not reach."""
     out = {} if out is None else out
     settings = dict(new_tokens=8, repeats=2, prompt_tokens=40) if quick else {}
     for shape, method, batch in speed_plan(shapes, batches):
@@ -305,7 +306,7 @@ def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overri
         path = random_checkpoint_dir(shape, "bfloat16", **overrides)
         if method == "origin":
             out[key] = attempt(lambda: run_bench(model=str(path), batch=batch, dtype="bfloat16", device=device,
-                                                 compare="transformers", **settings))
+                                                 compare=compare, **settings))
         else:
             out[key] = attempt(lambda: run_bench(model=str(path), method=method, dtype="bfloat16", device=device,
                                                  **settings))
@@ -393,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-graphs", default="trees", choices=STEP_GRAPHS,
                         help="how compiled decode steps become CUDA graphs: torch.compile's graph trees (default) "
                              "or recorded once per session and replayed (engine.session.set_step_graphs)")
+    parser.add_argument("--speed-compare", default="transformers",
+                        help="what `speed` times origin against: transformers, and with 'transformers,captured' also "
+                             "minirun with its decode steps recorded by the session, in turns in one process")
     parser.add_argument("--stream-rows", type=int, default=0,
                         help="compiled products of at most this many rows run as Inductor's own reduction instead "
                              "of cuBLAS (layers.linear.set_device_stream_rows; default 0: cuBLAS for all)")
@@ -430,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         "launches": lambda out: launches(llm_for(random_checkpoint_dir(args.launches_shape, "bfloat16", **overrides),
                                                  device, "bfloat16"), new_tokens),
         "speed": lambda out: speed(args.device, ("llama-3.2-1b", "smollm2-135m"), (1, 8), overrides, args.quick, out,
-                                   tuple(p.strip() for p in args.speed_entries.split(",") if p.strip())),
+                                   tuple(p.strip() for p in args.speed_entries.split(",") if p.strip()),
+                                   args.speed_compare),
         "sweep": lambda out: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000,
                                         8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods,
                                         compiled=not args.sweep_eager),

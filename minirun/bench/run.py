@@ -20,7 +20,7 @@ from minirun.bench.compare import ReadProbe, Trial, bandwidth, device_name, sync
 from minirun.checkpoints.loader import load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
-from minirun.engine.session import Hooks
+from minirun.engine.session import Hooks, set_step_graphs, step_graphs
 from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.calibrate import cpu_facts
@@ -29,7 +29,7 @@ from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row
 
 TAIL_TOKENS = 4  # a shared suffix, like a chat template's generation prompt; flex needs one
-COMPARES = ("transformers", "eager")
+COMPARES = ("transformers", "eager", "captured")
 
 
 class IdTokenizer:
@@ -119,8 +119,10 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
               dtype: str | None = None, device: str = "cpu", compile: bool = True, compare: str | None = None) -> dict:
     """Benchmark `method` on a checkpoint (or a random one of a named shape); see bench/README.md for each figure.
 
-    `compare`: comma-separated `transformers` (HF generate on the same files, same process) and/or
-    `eager` (minirun again with uncompiled FlexAttention, to show what compilation buys).
+    `compare`: comma-separated `transformers` (HF generate on the same files, same process), `eager`
+    (minirun again with uncompiled FlexAttention, to show what compilation buys) and/or `captured` (minirun
+    again, compiled, its decode steps recorded by the session: `engine.session.set_step_graphs`), the last
+    two timed in turns with minirun as the process runs it, so the comparison sits in one process.
     """
     if (model is None) == (random_weights is None):
         raise MinirunError("pass exactly one of --model or --random-weights")
@@ -164,7 +166,8 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     result["order"] = "sequential" if freed else "alternating"
     previous = flex.is_compiled()
     try:
-        flex_prefill = _add_minirun(trial, llm, method, encoded, new_tokens, compile, "eager" in compares)
+        flex_prefill = _add_minirun(trial, llm, method, encoded, new_tokens, compile,
+                                    [c for c in compares if c in ("eager", "captured")])
         prompts = ([e.full(0) for e in workload("origin", batch, 1, prompt_tokens, llm.config.vocab_size)]
                    if "transformers" in compares else [])  # made before minirun may be freed
         if freed:
@@ -189,6 +192,9 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         result["transformers"]["attention"] = attention
     if _measured(result, "minirun", "minirun_eager"):
         result["compile_speedup"] = result["minirun"]["decode_tokens_per_s"] / result["minirun_eager"]["decode_tokens_per_s"]
+    if _measured(result, "minirun", "minirun_captured"):
+        result["captured_speedup"] = (result["minirun_captured"]["decode_tokens_per_s"]
+                                      / result["minirun"]["decode_tokens_per_s"])
     if _measured(result, "minirun", "transformers"):
         result["speedup"] = result["minirun"]["decode_tokens_per_s"] / result["transformers"]["decode_tokens_per_s"]
     return result
@@ -202,14 +208,23 @@ def resident_together(device: torch.device) -> bool:
 
 
 def _add_minirun(trial: Trial, llm: LLM, method: str, encoded: list[Encoded], new_tokens: int, compile: bool,
-                 eager: bool) -> dict[str, dict[str, float]]:
-    """Enter `minirun` (compiled as `compile` says) and, with `eager` and `compile`, `minirun_eager` in
+                 others: list[str]) -> dict[str, dict[str, float]]:
+    """Enter `minirun` (compiled as `compile` says, its steps as the process has them) and, where `compile`,
+    the `others` named: `minirun_eager` (uncompiled), `minirun_captured` (steps recorded by the session), in
     `trial`; for flex also time its packed prefill against separate ones. Returns those figures by engine."""
     flex_prefill = {}
-    for key, compiled in [("minirun", compile)] + ([("minirun_eager", False)] if eager and compile else []):
-        def run(compiled: bool = compiled) -> dict[str, float]:
+    engines = [("minirun", compile, step_graphs())]
+    engines += [(f"minirun_{other}", other != "eager", "captured" if other == "captured" else step_graphs())
+                for other in others if compile]
+    for key, compiled, graphs in engines:
+        def run(compiled: bool = compiled, graphs: str = graphs) -> dict[str, float]:
             flex.set_compiled(compiled)
-            return _run_once(llm, method, encoded, new_tokens)
+            previous = step_graphs()
+            set_step_graphs(graphs)
+            try:
+                return _run_once(llm, method, encoded, new_tokens)
+            finally:
+                set_step_graphs(previous)
 
         trial.add(key, run, fallible=compiled)  # a compiler failure is a finding; eager failures are bugs
         if method == "flex" and key not in trial.results:
@@ -253,7 +268,8 @@ def format_table(result: dict):
     """A rich Table: one column per engine measured, one row per figure."""
     from rich.table import Table
 
-    engines = [k for k in ("minirun", "minirun_eager", "transformers", "transformers_static") if k in result]
+    engines = [k for k in ("minirun", "minirun_eager", "minirun_captured", "transformers", "transformers_static")
+               if k in result]
     title = (f"{result['model']} · {result['method']} · {result['dtype']} · batch {result['batch']} · "
              f"{result['prompt_tokens']}+{result['new_tokens']} tokens · {result['device']}")
     table = Table(title=title)
@@ -268,7 +284,7 @@ def format_table(result: dict):
                                for e in engines))
     table.add_row("ms/token min–max", *("{:.2f}–{:.2f}".format(*result[e]["spread"]["ms_per_token"])
                                          if "spread" in result[e] else "-" for e in engines))
-    for key in ("speedup", "compile_speedup"):
+    for key in ("speedup", "compile_speedup", "captured_speedup"):
         if key in result:
             table.caption = (table.caption + " · " if table.caption else "") + f"{key} {result[key]:.2f}×"
     return table

@@ -65,8 +65,9 @@ def bench(
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     device: str = typer.Option("cpu"),
     compile: bool = typer.Option(True, help="Compiled decode step and FlexAttention."),
-    compare: Optional[str] = typer.Option(None, help="Comma-separated: transformers, eager (on CPU timed in turns "
-                                          "with minirun, so a drifting machine slows both alike)."),
+    compare: Optional[str] = typer.Option(None, help="Comma-separated: transformers, eager, captured (decode steps "
+                                          "recorded by the session); on CPU all timed in turns with minirun, so a "
+                                          "drifting machine slows them alike, on a GPU eager and captured are."),
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Time prefill and decode (median and spread over repeats), side by side with transformers."""
