@@ -140,6 +140,9 @@ def test_run_bench_rejects_bad_arguments(checkpoint_dirs):
         run_bench(model=model, method="nope")
     with pytest.raises(MinirunError, match="--compare"):
         run_bench(model=model, compare="vllm")
+    for other in ("eager", "captured"):
+        with pytest.raises(MinirunError, match=f"--compare {other} sets another minirun .*: drop --no-compile"):
+            run_bench(model=model, compare=f"transformers,{other}", compile=False)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

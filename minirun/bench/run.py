@@ -133,6 +133,8 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     compares = [c.strip() for c in compare.split(",")] if compare else []
     if unknown := [c for c in compares if c not in COMPARES]:
         raise MinirunError(f"unknown --compare {unknown[0]!r}: choose from {', '.join(COMPARES)}")
+    if not compile and (beside := [c for c in compares if c in ("eager", "captured")]):
+        raise MinirunError(f"--compare {beside[0]} sets another minirun beside the compiled one: drop --no-compile")
     if random_weights is not None:
         path = random_checkpoint_dir(random_weights, dtype or "bfloat16")
     elif Path(model).is_dir():
@@ -209,13 +211,13 @@ def resident_together(device: torch.device) -> bool:
 
 def _add_minirun(trial: Trial, llm: LLM, method: str, encoded: list[Encoded], new_tokens: int, compile: bool,
                  others: list[str]) -> dict[str, dict[str, float]]:
-    """Enter `minirun` (compiled as `compile` says, its steps as the process has them) and, where `compile`,
-    the `others` named: `minirun_eager` (uncompiled), `minirun_captured` (steps recorded by the session), in
+    """Enter `minirun` (compiled as `compile` says, its steps as the process has them) and the `others` named
+    (`compile` only): `minirun_eager` (uncompiled), `minirun_captured` (steps recorded by the session), in
     `trial`; for flex also time its packed prefill against separate ones. Returns those figures by engine."""
     flex_prefill = {}
     engines = [("minirun", compile, step_graphs())]
     engines += [(f"minirun_{other}", other != "eager", "captured" if other == "captured" else step_graphs())
-                for other in others if compile]
+                for other in others]
     for key, compiled, graphs in engines:
         def run(compiled: bool = compiled, graphs: str = graphs) -> dict[str, float]:
             flex.set_compiled(compiled)
