@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                                         8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods,
                                         compiled=not args.sweep_eager),
     }
-    previous = step_graphs(), device_stream_rows()
+    previous_graphs, previous_rows = step_graphs(), device_stream_rows()
     set_step_graphs(args.step_graphs)
     set_device_stream_rows(args.stream_rows)
     facts = machine(device, "bfloat16") | {"step_graphs": args.step_graphs, "stream_rows": args.stream_rows}
@@ -464,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "FAILED " + ", ".join(result["failed_checks"]) if result["failed_checks"] else "ok"
             print(f"{name}: {verdict} ({result['seconds']:.0f} s)", flush=True)
     finally:
-        set_step_graphs(previous[0])
-        set_device_stream_rows(previous[1])
+        set_step_graphs(previous_graphs)
+        set_device_stream_rows(previous_rows)
     return 0
 
 
