@@ -5,8 +5,9 @@
 Each setting runs `minirun eval` (the default model, eval's five default methods, 5 prompts, 5-shot) over
 `--questions` questions as one fresh process with an empty Inductor cache and kernel calibration (a new
 machine's first sweep: load, calibration and any compile included), and records its wall time from start
-to exit; a setting named "warm caches" times the second of two such processes sharing their caches. The questions are sample-qa's and sample-fill's 60 items cycled with new ids, so every one has
-a real prompt, answer and stop. Writes bench/results/eval-defaults-cpu-<date>.json with the CPU model named.
+to exit; a setting named "warm caches" times the second of two such processes sharing their caches. The
+questions are sample-qa's and sample-fill's 60 items cycled with new ids, so every one has a real prompt,
+answer and stop. Writes bench/results/eval-defaults-cpu-<date>.json with the CPU model named.
 """
 from __future__ import annotations
 
