@@ -10,6 +10,7 @@ from minirun.engine.session import CHUNK, CHUNKS, Prefix, Prefixes, Session, cac
 from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.kv_cache import KVCache
+from minirun.models import Decoder
 
 LOGIT_ATOL = 1e-4
 
@@ -49,6 +50,35 @@ def test_chunked_prefill_equals_full_forward(llm):
             full = llm.model(torch.tensor([head + ids]))[0, -1]
             assert (logits[row] - full).abs().max().item() <= LOGIT_ATOL
     assert len(chunk_plan(CHUNK, layout.length + -layout.length % CHUNK)) >= 3
+
+
+def test_a_prompts_final_block_carries_only_each_rows_last_token(llm, monkeypatch):
+    """Rows of 530, 300 and 5 tokens, eagerly in a 512-token chunk and the rest (their real tokens packed): the
+    first chunk's final block only writes its keys and values, the last chunk's runs its MLP on one token a row
+    (then two decode steps, one each), and the logits, with the decode steps that read what both wrote, are
+    those of carrying every token through it."""
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(3, 320, (n,), generator=g).tolist() for n in (530, 300, 5)]
+    layout = left_padded(rows, llm.pad_id, llm.device)
+
+    def run() -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+        seen = []
+        hook = llm.model.layers[-1].mlp.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+        session = Session(llm.model, len(rows), cache_size(layout.length + 2))
+        with torch.inference_mode():
+            out = [session.prefill(layout.tokens, layout.positions, layout.segments)]
+            for step in range(2):
+                out.append(session.decode(out[-1].argmax(-1), layout.next_positions + step))
+        hook.remove()
+        return torch.stack(out), seen
+
+    kept, kept_seen = run()
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, *args, keep="all", **options: original(self, *args, **options))
+    every, every_seen = run()
+    E = llm.config.hidden_size
+    assert kept_seen == [(3, 1, E)] * 3 and every_seen == [(1, 512 + 282, E), (1, 18 + 18 + 5, E)] + [(3, 1, E)] * 2
+    assert (kept - every).abs().max().item() <= 1e-5
 
 
 def test_empty_prompt_is_a_clear_error(llm):

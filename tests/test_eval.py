@@ -364,9 +364,8 @@ def test_an_eval_prefills_each_batch_once_for_methods_that_prefill_alike(tiny, i
     copy per_prompt's, batch by batch; nothing is kept once the run is over."""
     prefills = []
     original = Decoder.hidden
-    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: prefills.append(tokens.shape[0] > 1 and
-                                                                                      tokens.shape[1] > 1) or
-                        original(self, tokens, *rest))
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest, **options: prefills.append(
+        tokens.shape[0] > 1 and tokens.shape[1] > 1) or original(self, tokens, *rest, **options))
     alone = [evaluate(tiny, items, [m], tmp_path / m, **SETTINGS) for m in ("per_prompt", "avg", "max")]
     alone_prefills, prefills[:] = sum(prefills), []
     together = evaluate(tiny, items, ["per_prompt", "avg", "max"], tmp_path / "together", **SETTINGS)

@@ -109,8 +109,8 @@ def test_a_head_copied_from_an_earlier_batch_gives_the_same_answers(llm, method,
     first = run(fresh, method, PARAS[:3])
     encoded = []
     original = Decoder.hidden
-    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: encoded.append(tokens.shape[0]) or
-                        original(self, tokens, *rest))
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest, **options: encoded.append(
+        tokens.shape[0]) or original(self, tokens, *rest, **options))
     second = run(fresh, method, PARAS[:3])
     assert (second.token_ids, second.answers) == (first.token_ids, first.answers)
     assert encoded[:1] == [1 if method == "flex" else 3]  # the rows only (flex: one packed row)
@@ -129,8 +129,8 @@ def test_methods_on_the_same_batch_prefill_it_once(checkpoint_dirs, dtype, monke
     alone = {method: run_method(llm, method, questions, opts()) for method in ("avg", "max", "hidden_avg")}
     encoded = []
     original = Decoder.hidden
-    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: encoded.append(tuple(tokens.shape)) or
-                        original(self, tokens, *rest))
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest, **options: encoded.append(
+        tuple(tokens.shape)) or original(self, tokens, *rest, **options))
     with llm.reusing_prompts() as prompts:
         run_method(llm, "per_prompt", questions, opts())
         encoded.clear()

@@ -8,7 +8,7 @@ from minirun.engine import session as session_module
 from minirun.engine.generate import left_padded
 from minirun.engine.session import Session, cache_size
 from minirun.layers.hidden_fusion import group_fusion
-from minirun.layers.ragged import pack, pack_heads, real_tokens, unpack, unpack_heads
+from minirun.layers.ragged import last_of_rows, pack, pack_heads, real_tokens, unpack, unpack_heads
 
 
 def test_pack_and_unpack_move_only_the_real_tokens():
@@ -23,6 +23,13 @@ def test_pack_and_unpack_move_only_the_real_tokens():
     assert torch.equal(unpack_heads(pack_heads(heads, r), r)[:, :, 1:], heads[:, :, 1:])
     assert torch.equal(pack_heads(heads, r)[0].transpose(0, 1), heads.transpose(1, 2)[real])
     assert real_tokens(torch.ones(2, 3, dtype=torch.bool)) is None
+
+
+def test_last_of_rows_finds_each_rows_last_token_among_the_packed_ones():
+    real = torch.tensor([[False, False, True], [True, True, True], [False, True, True]])
+    x = torch.arange(3 * 3, dtype=torch.float32).view(3, 3, 1)
+    r = real_tokens(real)
+    assert torch.equal(pack(x, r)[0, last_of_rows(r)], x[:, -1])
 
 
 def prefill_and_decode(llm, rows, monkeypatch, ragged: bool, fusion=None) -> tuple[torch.Tensor, list[int]]:

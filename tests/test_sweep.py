@@ -272,9 +272,8 @@ def test_a_datasets_cells_prefill_each_batch_once_for_methods_that_prefill_alike
 
     prefills = []
     original = Decoder.hidden
-    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest: prefills.append(tokens.shape[0] > 1 and
-                                                                                      tokens.shape[1] > 1) or
-                        original(self, tokens, *rest))
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest, **options: prefills.append(
+        tokens.shape[0] > 1 and tokens.shape[1] > 1) or original(self, tokens, *rest, **options))
     head = _sweep_text(checkpoint_dirs, {"qwen2": "qwen2"}, ["sample-qa"]).replace(METHODS, "").replace(
         "max_samples = 2", "max_samples = 4")
     cells = {m: f'\n[[methods]]\nname = "{m}"\nlabel = "{m}-cell"\n' for m in ("per_prompt", "avg", "max")}

@@ -429,10 +429,11 @@ class Session:
                 states.append(self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod,
                                                 chunk_fusion, ragged))
             elif done < T:  # only the last chunk's last token needs logits
-                self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged)
+                self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged,
+                                  keep="cache")
             else:
                 chunk_states = self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, fusion,
-                                                 ragged)
+                                                 ragged, keep="last")
                 self._last = chunk_states[:, -1].clone()  # [rows, E]: a view would hold the whole chunk's states
                 logits = self.model.last_logits(self._last, head_mix)
             self.length += size

@@ -48,3 +48,10 @@ def unpack_heads(x: torch.Tensor, r: Ragged) -> torch.Tensor:
 def pack_heads(x: torch.Tensor, r: Ragged) -> torch.Tensor:
     """Per-head states [B, C, T, D] -> the real tokens' [1, C, N, D]."""
     return pack(x.transpose(1, 2), r).transpose(1, 2)
+
+
+def last_of_rows(r: Ragged) -> torch.Tensor:
+    """Where each row's last token sits among the packed real tokens, [B]: the row's last column,
+    which must be real (a left-padded batch's is)."""
+    ends = torch.arange(1, r.rows + 1, device=r.index.device) * r.width - 1
+    return torch.searchsorted(r.index, ends)

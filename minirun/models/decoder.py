@@ -19,7 +19,7 @@ from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, fuse_newest, mix
 from minirun.layers.kv_cache import KVCache
 from minirun.layers.linear import Linear
 from minirun.layers.masks import SHARED, segment_mask
-from minirun.layers.ragged import Ragged, pack, pack_heads, unpack, unpack_heads
+from minirun.layers.ragged import Ragged, last_of_rows, pack, pack_heads, unpack, unpack_heads
 from minirun.layers.rope import apply_rope, inv_frequencies, rope_cos_sin
 from minirun.models.config import ModelConfig
 
@@ -101,13 +101,26 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
                 slots: torch.Tensor | slice | None, score_mod: Callable | None,
-                ragged: Ragged | None = None) -> torch.Tensor:
-        """x [B, T, E], or with `ragged` the batch's real tokens [1, N, E], which attention sees padded."""
+                ragged: Ragged | None = None, keep: str = "all") -> torch.Tensor | None:
+        """x [B, T, E], or with `ragged` the batch's real tokens [1, N, E], which attention sees padded.
+
+        `keep` says which states leave the block. "all": every token's. "last": each row's last
+        token's [B, 1, E], the only one a prompt's final block must carry past attention (everything
+        after it is per token), so the output projection and the MLP run on one token a row. "cache":
+        none (returns None): the block only writes its keys and values at `slots`, all a prompt chunk
+        before the last needs from the final block.
+        """
         before, after = (_compiled_before, _compiled_after) if prefill_regions(x) else (before_attention, after_attention)
         q, k, v = before(self, x, cos, sin)
         if ragged is not None:
             q, k, v = (unpack_heads(t, ragged) for t in (q, k, v))
+        if keep == "cache":
+            self.attn.kv_cache.update(slots, k, v)
+            return None
         y = self.attn.attend(q, k, v, block_mask, slots, score_mod)
+        if keep == "last":
+            x = x[:, -1:] if ragged is None else x[0, last_of_rows(ragged)][:, None]  # [B, 1, E]
+            return after_attention(self, x, y[:, :, -1:])
         return after(self, x, y if ragged is None else pack_heads(y, ragged))
 
 
@@ -223,8 +236,11 @@ class Decoder(nn.Module):
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None,
-               fusion: HiddenFusion | None = None, ragged: Ragged | None = None) -> torch.Tensor:
-        """Final-norm hidden states [B, T, E].
+               fusion: HiddenFusion | None = None, ragged: Ragged | None = None,
+               keep: str = "all") -> torch.Tensor | None:
+        """Final-norm hidden states [B, T, E]; with `keep="last"` each row's last token's [B, 1, E], and
+        with `keep="cache"` none (the keys and values written at `slots` are all that is wanted), which
+        spares the final block's output projection and MLP for the tokens not kept (`Block.forward`).
 
         Without `slots` the tokens attend to each other only (no cache); with `slots` ([T] indices, or
         a slice of T consecutive slots) their keys/values are written at those cache slots and
@@ -245,8 +261,13 @@ class Decoder(nn.Module):
             tokens, positions = pack(tokens, ragged), pack(positions, ragged)  # [1, N]
         x = self.embed(tokens)  # [B, T, E], or [1, N, E]
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        final = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, block_mask, slots, score_mod, ragged)
+            x = layer(x, cos, sin, block_mask, slots, score_mod, ragged, keep if i == final else "all")
+            if x is None:
+                return None
+            if i == final and keep == "last":
+                ragged = None  # the kept states are one a row, [B, 1, E]
             if fusion is not None and i + 1 >= fusion.first_block:
                 x = fuse_newest(x, fusion) if ragged is None else pack(fuse_newest(unpack(x, ragged), fusion), ragged)
         return self.norm(x if ragged is None else unpack(x, ragged))
