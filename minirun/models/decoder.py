@@ -6,7 +6,7 @@ K kv heads, D head_dim, E hidden size.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,8 @@ from minirun.layers.masks import SHARED, segment_mask
 from minirun.layers.ragged import Ragged, last_of_rows, pack, pack_heads, unpack, unpack_heads
 from minirun.layers.rope import apply_rope, inv_frequencies, rope_cos_sin
 from minirun.models.config import ModelConfig
+
+Keep = Literal["all", "last", "cache"]  # which token states leave a prompt's final block (`Block.forward`)
 
 
 class RMSNorm(nn.Module):
@@ -101,7 +103,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, block_mask: BlockMask,
                 slots: torch.Tensor | slice | None, score_mod: Callable | None,
-                ragged: Ragged | None = None, keep: str = "all") -> torch.Tensor | None:
+                ragged: Ragged | None = None, keep: Keep = "all") -> torch.Tensor | None:
         """x [B, T, E], or with `ragged` the batch's real tokens [1, N, E], which attention sees padded.
 
         `keep` says which states leave the block. "all": every token's. "last": each row's last
@@ -237,7 +239,7 @@ class Decoder(nn.Module):
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, block_mask: BlockMask | None = None,
                slots: torch.Tensor | slice | None = None, score_mod: Callable | None = None,
                fusion: HiddenFusion | None = None, ragged: Ragged | None = None,
-               keep: str = "all") -> torch.Tensor | None:
+               keep: Keep = "all") -> torch.Tensor | None:
         """Final-norm hidden states [B, T, E]; with `keep="last"` each row's last token's [B, 1, E], and
         with `keep="cache"` none (the keys and values written at `slots` are all that is wanted), which
         spares the final block's output projection and MLP for the tokens not kept (`Block.forward`).
