@@ -1,13 +1,13 @@
 """Which `minirun eval` settings finish a sweep soonest on this CPU: compiled or not, dtype, batch size.
 
-    python bench/eval_defaults_cpu.py [--questions 200] [--only LABEL ...]
+    python bench/eval_defaults_cpu.py [--questions 200] [--only LABEL ...] [--label NAME]
 
 Each setting runs `minirun eval` (the default model, eval's five default methods, 5 prompts, 5-shot) over
 `--questions` questions as one fresh process with an empty Inductor cache and kernel calibration (a new
 machine's first sweep: load, calibration and any compile included), and records its wall time from start
 to exit; a setting named "warm caches" times the second of two such processes sharing their caches. The
 questions are sample-qa's and sample-fill's 60 items cycled with new ids, so every one has a real prompt,
-answer and stop. Writes bench/results/eval-defaults-cpu-<date>.json with the CPU model named.
+answer and stop. Writes bench/results/eval-defaults-cpu-<date>[-NAME].json with the CPU model named.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ SETTINGS = {  # label: extra `minirun eval` flags (no --batch-size: the default,
     "eager bfloat16 batch 51 (256 rows of 5 prompts)": ["--dtype", "bfloat16", "--batch-size", "51", "--no-compile"],
     "eager bfloat16 batch 64": ["--dtype", "bfloat16", "--batch-size", "64", "--no-compile"],
     "eager float32 default batches": ["--dtype", "float32", "--no-compile"],
+    "eager float32 batch 8": ["--dtype", "float32", "--batch-size", "8", "--no-compile"],
+    "compiled float32 default batches": ["--dtype", "float32", "--compile"],
     "compiled bfloat16 default batches": ["--dtype", "bfloat16", "--compile"],
     "eager bfloat16 default batches, warm caches": ["--dtype", "bfloat16", "--no-compile"],
     "compiled bfloat16 default batches, warm caches": ["--dtype", "bfloat16", "--compile"],
@@ -65,10 +67,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--only", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--label", default="", help="appended to the results file's name (the machine, the change)")
     args = parser.parse_args()
     if args.questions < 1:
         parser.error(f"--questions must be at least 1, got {args.questions}")
-    path = ROOT / "bench" / "results" / f"eval-defaults-cpu-{datetime.date.today()}.json"
+    path = ROOT / "bench" / "results" / f"eval-defaults-cpu-{datetime.date.today()}{'-' + args.label if args.label else ''}.json"
     result = json.loads(path.read_text()) if path.is_file() else {"settings": {}}  # settings add up across runs
     result.update({"machine": cpu_facts(), "methods": "eval defaults (origin, per_prompt, avg, max, flex)",
                    "data": "sample-qa and sample-fill items in turn, cycled", "questions": args.questions,

@@ -1,6 +1,7 @@
 """Sweep throughput on CPU: `minirun eval`'s methods against a careful transformers hand loop.
 
     python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16] [--repeats R] [--label NAME]
+                               [--methods origin,avg,...]
 
 The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
 item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
@@ -131,9 +132,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=1, help="rounds per method, minirun and the hand loop alternating")
     parser.add_argument("--label", default="", help="appended to the results file's name (the machine, the change)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
     args = parser.parse_args()
     if args.repeats < 1 or args.items < 1:
         parser.error("--repeats and --items must be at least 1")
+    methods = [m.strip() for m in args.methods.split(",")]
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     path = default_model_path()
     llm = load(path, dtype=args.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
@@ -146,7 +151,9 @@ def main() -> None:
         for method in ("origin", "per_prompt", "flex"):  # every batch shape the methods meet is calibrated here
             minirun_run(llm, items, name, method)
         hand_run(llm, model, items[:1], prefixes[name], "origin")
-    for method in METHODS:
+    label = f"-{args.label}" if args.label else ""
+    out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}{label}.json"
+    for method in methods:
         rounds = [run_round(llm, model, data, prefixes, method) for _ in range(args.repeats)]
         n = result["items"]
         ours = statistics.median(r[0] for r in rounds)
@@ -161,9 +168,7 @@ def main() -> None:
                                      "baseline": "avg hand loop" if method == "flex" else f"{method} hand loop"}
         print(f"{method:>10}: minirun {n / ours:.2f} items/s, hand loop {n / theirs:.2f} items/s, "
               f"{statistics.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}), same answer {same}/{n}")
-    label = f"-{args.label}" if args.label else ""
-    out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}{label}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after every method: a stopped run keeps them
     print(f"wrote {out}")
 
 

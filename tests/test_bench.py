@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -260,3 +263,11 @@ def test_transformers_static_on_a_gpu_leaves_compiling_to_generate(tmp_path, mon
     runs.clear()
     compare.add_transformers(trial, tmp_path, torch.float32, "cpu", [[1, 2]], 2, compile=True)
     assert compiled == [{"mode": "reduce-overhead"}] and runs.count((True, {"cache_implementation": "static"})) == 2
+
+
+def test_the_cpu_sweep_script_names_an_unknown_method_before_loading_anything():
+    script = Path(__file__).resolve().parent.parent / "bench" / "sweep_cpu.py"
+    done = subprocess.run([sys.executable, str(script), "--methods", "origin,bogus"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "unknown method 'bogus': choose from origin, per_prompt, avg, max, hidden_avg, flex" in done.stderr
