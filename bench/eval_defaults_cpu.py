@@ -71,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.questions < 1:
         parser.error(f"--questions must be at least 1, got {args.questions}")
-    path = ROOT / "bench" / "results" / f"eval-defaults-cpu-{datetime.date.today()}{'-' + args.label if args.label else ''}.json"
+    label = f"-{args.label}" if args.label else ""
+    path = ROOT / "bench" / "results" / f"eval-defaults-cpu-{datetime.date.today()}{label}.json"
     result = json.loads(path.read_text()) if path.is_file() else {"settings": {}}  # settings add up across runs
     result.update({"machine": cpu_facts(), "methods": "eval defaults (origin, per_prompt, avg, max, flex)",
                    "data": "sample-qa and sample-fill items in turn, cycled", "questions": args.questions,
