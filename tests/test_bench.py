@@ -31,6 +31,11 @@ def _check_figures(entry: dict) -> None:
     assert low <= entry["ms_per_token"] <= high
 
 
+def test_run_bench_defaults_to_the_default_model(checkpoint_dirs, monkeypatch):
+    monkeypatch.setenv("MINIRUN_MODEL", str(checkpoint_dirs["llama3"]))  # what every command takes without --model
+    assert run_bench(**FAST)["model"] == str(checkpoint_dirs["llama3"])
+
+
 @pytest.mark.parametrize("method", ["origin", "avg", "hidden_avg", "flex"])
 def test_run_bench_reports_every_figure(checkpoint_dirs, method):
     result = run_bench(model=str(checkpoint_dirs["llama3"]), method=method, batch=2, **FAST)
@@ -137,7 +142,7 @@ def test_compare_captured_times_recorded_steps_in_turns_with_minirun(checkpoint_
 
 def test_run_bench_rejects_bad_arguments(checkpoint_dirs):
     model = str(checkpoint_dirs["llama3"])
-    with pytest.raises(MinirunError, match="exactly one"):
+    with pytest.raises(MinirunError, match="pass --model or --random-weights, not both"):
         run_bench(model=model, random_weights="smollm2-135m")
     with pytest.raises(MinirunError, match="unknown method"):
         run_bench(model=model, method="nope")

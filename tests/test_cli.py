@@ -177,6 +177,58 @@ def assert_clean_error(result, *needles: str) -> None:
     assert "Traceback" not in text and all(n in text for n in needles), text
 
 
+def one_line_error(result, *needles: str) -> None:
+    """`assert_clean_error`, and the message is one line on stderr, however long (no wrapping at 80 columns)."""
+    assert_clean_error(result, *needles)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_usage_errors_are_one_line(tiny):
+    for args, needle in [(["generate", "--model", tiny, "--max-new-tokens", "-1", "hi"], "--max-new-tokens"),
+                         (["generate"], "Missing argument 'prompt'"),
+                         (["generat", "hi"], "No such command 'generat'"),
+                         (["eval", "--bogus"], "No such option: --bogus")]:
+        result = invoke(*args)
+        assert result.exit_code == 2
+        one_line_error(result, needle, "--help")
+    long = invoke("generate", "--model", tiny, "--method", "avg", "Capital?")
+    assert len(long.stderr.strip()) > 80
+    one_line_error(long, "none were given: add --paraphrase or --paraphrases-file")
+    listing = invoke()
+    assert listing.exit_code == 0 and "generate" in listing.stdout and "eval" in listing.stdout
+
+
+def test_bad_files_and_paths_are_one_line_errors(tiny, tmp_path):
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00not text")
+    one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "hi", "--paraphrases-file", binary),
+                   f"paraphrases file {binary} is not UTF-8 text")
+    one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "hi", "--paraphrases-file", tmp_path),
+                   "is a directory")
+    one_line_error(invoke("generate", "--model", tiny, "hi", "--few-shot", binary), "few-shot file", "not UTF-8")
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b"\xff\xfe{}\n")
+    one_line_error(invoke("eval", "--model", tiny, "--data", data), f"{data} is not UTF-8 text")
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a run directory")
+    one_line_error(invoke("eval", "--model", tiny, "--max-samples", "1", "--output", taken, "--no-progress"),
+                   str(taken), "choose another path")
+    for out, needle in [(tmp_path, "is a directory"), (tmp_path / "m.txt", "give a file name ending in one of"),
+                        (tmp_path / "m", "give a file name ending in one of"),
+                        (tmp_path / "no" / "m.png", "does not exist")]:
+        one_line_error(invoke("mask", "--model", tiny, "Capital?", "-p", "x", "--out", out), needle)
+    assert not (tmp_path / "m.png").exists() and not (tmp_path / "m").exists()
+
+
+def test_empty_texts_are_refused(tiny):
+    one_line_error(invoke("generate", "--model", tiny, ""), "the prompt is empty")
+    one_line_error(invoke("generate", "--model", tiny, "--raw", "   "), "the prompt is empty")
+    one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "hi", "-p", "x", "-p", " "),
+                   "--paraphrase 2 is empty")
+    one_line_error(invoke("generate", "--model", tiny, "hi", "--stop", ""), "--stop '' would stop at once")
+    one_line_error(invoke("mask", "--model", tiny, "", "-p", "x"), "the prompt is empty")
+
+
 def test_unknown_device_and_no_tokens_are_clean_errors(tiny):
     assert_clean_error(invoke("generate", "--model", tiny, "--device", "gpu0", "hi"), "unknown device 'gpu0'")
     with pytest.raises(minirun.MinirunError, match="max_new_tokens must be at least 1"):
@@ -244,6 +296,7 @@ def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
     (lambda: EnsembleOptions(confidence_temperature=0.0), "confidence_temperature must be above 0"),
     (lambda: EnsembleOptions(flex_bias=float("inf")), "flex_bias must be a positive finite weight"),
     (lambda: EnsembleOptions(flex_bias="half"), "flex_bias must be a positive finite weight"),
+    (lambda: EnsembleOptions(choice_score="median"), "unknown --choice-score 'median'"),  # any dataset, not only choice
 ])
 def test_python_callers_get_the_same_checks(make, message):
     with pytest.raises(MinirunError, match=message):

@@ -307,6 +307,18 @@ def test_report_tables_and_errors(reference, tmp_path):
     assert "answer agreement" in result.stdout and (tmp_path / "s.csv").is_file()
     missing = CliRunner().invoke(_app(), ["report", str(tmp_path / "nothing")])
     assert missing.exit_code == 1 and "no results" in " ".join(missing.output.split())
+    for args, needle in [(["--csv", str(tmp_path)], "is a directory"), (["--plot", str(tmp_path / "s.bogus")], ".png"),
+                         (["--plot", str(tmp_path / "no" / "s.png")], "does not exist")]:
+        bad = CliRunner().invoke(_app(), ["report", str(tmp_path), *args])
+        assert bad.exit_code == 1 and needle in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.output
+    (tmp_path / "run.json").write_text("{not json")
+    corrupt = CliRunner().invoke(_app(), ["report", str(tmp_path)])
+    assert corrupt.exit_code == 1 and "run.json is not a run record minirun wrote" in corrupt.stderr
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "results.parquet").write_bytes(b"not parquet")
+    unreadable = CliRunner().invoke(_app(), ["report", str(garbage)])
+    assert unreadable.exit_code == 1 and "results.parquet is not a readable Parquet table" in unreadable.stderr
 
 
 def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):  # noqa: F811

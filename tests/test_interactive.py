@@ -65,7 +65,7 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
     assert argv == ["generate", "--method", "weighted_max", "--model", str(models_dir / "tiny-llama"),
                     "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "3",
                     "--max-new-tokens", "32", "Capital of France?", "--paraphrase", "France's capital?"]
-    assert echoed == ["'avg,max': generate runs one method: give a single name",
+    assert echoed == ["'avg,max': this task runs one method: give a single name",
                       "this method fuses paraphrases: give at least one",
                       f"models in {models_dir}: smollm2-135m-instruct, tiny-llama",
                       "'0': give a whole number above 0",
@@ -86,10 +86,12 @@ def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
 def test_eval_flow(models_dir, tmp_path):
     answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct",
                "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "24"]
-    argv, echoed, _ = drive(answers, models_dir)
+    argv, echoed, prompts = drive(answers, models_dir)
     assert argv == ["eval", "--method", "origin", "--method", "avg", "--method", "flex", "--data", "sample-fill",
-                    "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--num-paraphrases", "3", "--max-samples", "10",
+                    "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--num-prompts", "3", "--max-samples", "10",
                     "--few-shot-k", "2", "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "24"]
+    assert ("prompts per question (the question and its paraphrases)", "5") in prompts
+    assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
     assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
                          "commonsense_qa or the path of an "
                          "existing file (e.g. items.jsonl)")
@@ -98,13 +100,17 @@ def test_eval_flow(models_dir, tmp_path):
 
 def test_eval_defaults_and_bench(models_dir):
     argv, _, _ = drive(["eval"] + [""] * 8, models_dir)
-    assert argv == ["eval", "--method", "flex", "--data", "sample-qa", "--num-paraphrases", "5",
+    assert argv == ["eval", "--method", "flex", "--data", "sample-qa", "--num-prompts", "5",
                     "--max-samples", "20", "--few-shot-k", "0", "--max-new-tokens", "32"]
-    argv, echoed, _ = drive(["bench", "origin,flex", str(models_dir / "not-a-model"), str(models_dir / "tiny-llama"),
-                             "4", "8"], models_dir)
-    assert argv == ["bench", "--method", "origin", "--method", "flex", "--model", str(models_dir / "tiny-llama"),
-                    "--num-paraphrases", "4", "--max-new-tokens", "8"]
-    assert "not a checkpoint directory" in echoed[1]
+    argv, echoed, _ = drive(["bench", "origin,flex", "flex", str(models_dir / "not-a-model"),
+                             str(models_dir / "tiny-llama"), "4", "1", "8"], models_dir)
+    assert argv == ["bench", "--method", "flex", "--model", str(models_dir / "tiny-llama"),
+                    "--num-paraphrases", "4", "--new-tokens", "8"]  # bench times one method, and names its own flags
+    assert echoed[0] == "'origin,flex': this task runs one method: give a single name"
+    assert "not a checkpoint directory" in echoed[2]
+    assert echoed[3] == "'1': give a whole number above 1 (a decode step is timed)"
+    argv, _, _ = drive(["bench", "origin", "", "", ""], models_dir)
+    assert argv == ["bench", "--method", "origin", "--num-paraphrases", "5", "--new-tokens", "32"]
 
 
 def test_interrupt_propagates(models_dir):

@@ -22,6 +22,8 @@ def test_filters():
     assert keep("Which city is France's capital?", ITEM, [])
     assert not keep("Which city is France's capital", ITEM, ["Which city is France's capital?"])
     assert keep("Which city do Parisians call the capital?", ITEM, [])  # 'Parisians' is not 'Paris'
+    assert not keep("Which city serves as Japan's capital? It's Japan!", ITEM, [])  # a worked example copied
+    assert not keep("Who painted the Mona Lisa", ITEM, [])
     assert clean_rewrite(' Rewrite: "Which city is it?"\nQuestion: more') == "Which city is it?"
 
 

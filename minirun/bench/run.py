@@ -124,8 +124,8 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     again, compiled, its decode steps recorded by the session: `engine.session.set_step_graphs`), the last
     two timed in turns with minirun as the process runs it, so the comparison sits in one process.
     """
-    if (model is None) == (random_weights is None):
-        raise MinirunError("pass exactly one of --model or --random-weights")
+    if model is not None and random_weights is not None:
+        raise MinirunError("pass --model or --random-weights, not both")
     if method not in METHODS:
         raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if new_tokens < 2 or repeats < 1:
@@ -137,12 +137,10 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         raise MinirunError(f"--compare {beside[0]} sets another minirun beside the compiled one: drop --no-compile")
     if random_weights is not None:
         path = random_checkpoint_dir(random_weights, dtype or "bfloat16")
-    elif Path(model).is_dir():
-        path = Path(model)
     else:
         from minirun.checkpoints.hub import resolve_model
 
-        path = resolve_model(model)
+        path = resolve_model(model)  # None: $MINIRUN_MODEL or the default model, as every command
     if (path / "tokenizer.json").is_file():
         from minirun.checkpoints.tokenizer import Tokenizer
 
@@ -158,7 +156,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     torch_dtype = llm.model.embed.weight.dtype
     result: dict[str, Any] = {
         "device": device_name(llm.device), "torch": torch.__version__, "dtype": str(torch_dtype).removeprefix("torch."),
-        "model": random_weights or str(model), "random_weights": random_weights is not None, "method": method,
+        "model": random_weights or str(model or path), "random_weights": random_weights is not None, "method": method,
         "batch": batch, "num_paraphrases": 1 if method == "origin" else num_paraphrases, "prompt_tokens": prompt_tokens,
         "prefill_tokens": prefill_tokens, "new_tokens": new_tokens, "repeats": repeats, "compile": compile,
         "load_avg_1m": os.getloadavg()[0], "host": cpu_facts()}  # CPU figures are only as good as the machine was idle

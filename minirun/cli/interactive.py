@@ -43,6 +43,10 @@ def _positive_int(answer: str) -> str | None:
     return None if answer.isdigit() and int(answer) > 0 else "give a whole number above 0"
 
 
+def _at_least_two(answer: str) -> str | None:
+    return None if answer.isdigit() and int(answer) > 1 else "give a whole number above 1 (a decode step is timed)"
+
+
 def _count(answer: str) -> str | None:
     return None if answer.isdigit() else "give a whole number (0 or more)"
 
@@ -65,7 +69,7 @@ def _methods(single: bool) -> Check:
         if unknown or not names:
             return f"unknown method {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}"
         if single and len(names) > 1:
-            return "generate runs one method: give a single name"
+            return "this task runs one method: give a single name"
         return None
 
     return check
@@ -130,7 +134,7 @@ def _ask_paraphrases(ask: Ask, echo: Echo, needed: bool) -> list[str]:
 def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     """Ask for a generate / eval / bench run and return its argv (without the program name)."""
     task = _prompt(ask, echo, f"task ({'/'.join(TASKS)})", "generate", _one_of(TASKS))
-    single = task == "generate"
+    single = task != "eval"  # generate and bench run one method
     label = "method" if single else "methods (comma-separated)"
     methods = _split(_prompt(ask, echo, f"{label}, from {', '.join(METHODS)}", "flex", _methods(single)))
     argv = [task]
@@ -163,15 +167,17 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     if task == "eval":
         argv += ["--data", _prompt(ask, echo, f"dataset ({', '.join(DATASETS)} or a .jsonl path)", "sample-qa", _dataset)]
     argv += _ask_model(ask, echo, models_dir)
-    argv += ["--num-paraphrases", _prompt(ask, echo, "paraphrases per question", "5", _positive_int)]
-    if task == "eval":
-        argv += ["--max-samples", _prompt(ask, echo, "max samples", "20", _positive_int)]
-        argv += ["--few-shot-k", _prompt(ask, echo, "few-shot examples (0 for none)", "0", _count)]
-        output = ask("output file (empty for none)", "").strip()
-        if output:
-            argv += ["--output", output]
-    argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int)]
-    return argv
+    if task == "bench":
+        argv += ["--num-paraphrases", _prompt(ask, echo, "paraphrases per question", "5", _positive_int)]
+        return argv + ["--new-tokens", _prompt(ask, echo, "new tokens per generation", "32", _at_least_two)]
+    argv += ["--num-prompts", _prompt(ask, echo, "prompts per question (the question and its paraphrases)", "5",
+                                      _positive_int)]
+    argv += ["--max-samples", _prompt(ask, echo, "max samples", "20", _positive_int)]
+    argv += ["--few-shot-k", _prompt(ask, echo, "few-shot examples (0 for none)", "0", _count)]
+    output = ask("output directory (empty: runs/<dataset>-<model>)", "").strip()
+    if output:
+        argv += ["--output", output]
+    return argv + ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int)]
 
 
 def format_command(argv: list[str]) -> str:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from minirun.cli.common import DTYPE_HELP, err, friendly, load_llm
+from minirun.cli.common import DTYPE_HELP, check_figure_path, check_texts, err, friendly, load_llm, read_text_file
 from minirun.errors import MinirunError
 
 
@@ -37,9 +37,10 @@ def mask(
     """Show the exact attention mask (and position ids) the runtime uses for a method."""
     from minirun.cli.mask_view import build_view, render_png, render_text
 
-    if prefix_file is not None and not prefix_file.is_file():
-        raise MinirunError(f"prefix file {prefix_file} not found")
-    prefix = prefix_file.read_text() if prefix_file else ""
+    check_texts(question, paraphrase)
+    if out is not None:
+        check_figure_path(out)
+    prefix = read_text_file(prefix_file, "prefix file") if prefix_file else ""
     llm = load_llm(model, "cpu", None, False)
     view = build_view(llm, question, list(paraphrase), method=method, prefix=prefix, suffix=suffix,
                       chat=False if raw else None, positions=positions, share_prefix=share_prefix,
@@ -52,7 +53,7 @@ def mask(
 
 
 def bench(
-    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
     random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
                                                  "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
     method: str = typer.Option("origin"),
@@ -86,7 +87,7 @@ def paraphrase(
     num: int = typer.Option(5, "--num", min=1, help="Rewrites per question."),
     model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
     temperature: float = typer.Option(1.5, min=0),
-    top_p: float = typer.Option(0.9, min=0, max=1, help="Nucleus sampling, 0 < p <= 1."),
+    top_p: float = typer.Option(0.9, max=1, help="Nucleus sampling, 0 < p <= 1."),
     max_new_tokens: int = typer.Option(30, min=1),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),

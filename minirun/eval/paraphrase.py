@@ -46,12 +46,14 @@ def clean_rewrite(text: str) -> str:
 
 
 def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
-    """Drop empty rewrites, duplicates (of the question or each other) and ones giving the answer away."""
+    """Drop empty rewrites, duplicates (of the question or each other), copies of the prompt's worked
+    examples (a small model often repeats one) and rewrites giving the answer away."""
     norm = normalize(rewrite)
     if not norm or norm in {normalize(item.question), *map(normalize, kept)}:
         return False
-    return not any(a_norm and re.search(rf"\b{re.escape(a_norm)}\b", norm)
-                   for a_norm in map(normalize, item.answers))
+    copied = [normalize(text) for demo in DEMOS for text in demo]
+    return not any(found and re.search(rf"\b{re.escape(found)}\b", norm)
+                   for found in [*copied, *map(normalize, item.answers)])
 
 
 def settings_key(llm: LLM, num: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> str:

@@ -41,8 +41,13 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
     output_dir = Path(output_dir)
     if journal_paths(output_dir):
         return read_results(output_dir)
-    if (output_dir / "results.parquet").is_file():
-        return pd.read_parquet(output_dir / "results.parquet")
+    table = output_dir / "results.parquet"
+    if table.is_file():
+        try:
+            return pd.read_parquet(table)
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise MinirunError(f"{table} is not a readable Parquet table ({type(e).__name__}): restore it, or "
+                               "rerun `minirun eval` into the same directory to rewrite it from the journals") from None
     raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
 
 

@@ -58,7 +58,15 @@ def _read_journal(path: Path) -> list[dict]:
 
 def _run_info(output_dir: Path) -> dict | None:
     path = output_dir / "run.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise MinirunError(f"{path} is not a run record minirun wrote: restore it, or start a new output directory")
+    return info
 
 
 def read_results(output_dir: str | Path) -> pd.DataFrame:
@@ -127,7 +135,7 @@ class ResultStore:
             diffs = [f"{k}: {old_key.get(k)!r} -> {new_key.get(k)!r}"
                      for k in sorted(set(old_key) | set(new_key)) if old_key.get(k) != new_key.get(k)]
             if old.get("item_ids") != info["item_ids"]:
-                diffs.append("the dataset's items differ")
+                diffs.append("the dataset's items differ (another file, or another --max-samples)")
             raise MinirunError(
                 f"{self.output_dir} holds results of a different run ({'; '.join(diffs)}); "
                 "use a new output directory, or the original arguments to resume"

@@ -17,7 +17,7 @@ import torch
 from minirun.checkpoints.hub import DEFAULT_MODEL
 from minirun.checkpoints.loader import DTYPES
 from minirun.errors import MinirunError
-from minirun.eval.data import NAMES
+from minirun.eval.data import NAMES, text_lines
 from minirun.eval.loop import prepare
 from minirun.eval.prompts import CHOICE_FORMATS
 from minirun.methods import METHODS, EnsembleOptions
@@ -88,7 +88,7 @@ def load_sweep_file(path: str | Path) -> Sweep:
     if not path.is_file():
         raise MinirunError(f"no sweep file at {path}: pass the path of a .toml file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads("".join(text_lines(path)))
     except tomllib.TOMLDecodeError as e:
         raise MinirunError(f"{path}: invalid TOML ({e}); fix the syntax there") from None
     try:

@@ -26,7 +26,6 @@ from minirun.methods.options import EnsembleOptions, Question
 from minirun.methods.packing import Encoded, encode_question, packed_row
 from minirun.methods.runner import check_method, flex_log_weights, open_session, plan_rows, shared_head
 
-CHOICE_SCORES = ("mean", "sum")
 
 
 @dataclass
@@ -57,8 +56,6 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
     """Score every question's options with `method`; `options.choice_score` picks mean or sum."""
     options = options or EnsembleOptions()
     check_method(method, options)
-    if options.choice_score not in CHOICE_SCORES:
-        raise MinirunError(f"unknown --choice-score {options.choice_score!r}: choose {', '.join(CHOICE_SCORES)}")
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]

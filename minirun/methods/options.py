@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from minirun.errors import MinirunError
 
+CHOICE_SCORES = ("mean", "sum")  # an option's mean (length-normalised) or summed log-probability
 
 @dataclass
 class Question:
@@ -47,6 +48,8 @@ class EnsembleOptions:
         bias = self.flex_bias
         if bias is not None and bias != "inv_n" and not (isinstance(bias, (int, float)) and 0 < bias < math.inf):
             raise MinirunError(f"flex_bias must be a positive finite weight or 'inv_n', got {bias!r}")
+        if self.choice_score not in CHOICE_SCORES:
+            raise MinirunError(f"unknown --choice-score {self.choice_score!r}: choose {', '.join(CHOICE_SCORES)}")
 
 
 @dataclass

@@ -124,7 +124,7 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
     furthest = max(r.next_position for r in rows) + max_new
     if furthest > limit:
         raise MinirunError(f"prompt + max_new_tokens reaches position {furthest}, beyond the model's context of {limit}: "
-                           "use fewer or shorter paraphrases, or lower --max-new-tokens")
+                           "shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or generate fewer tokens")
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
     session = llm.session(len(rows), h + layout.length + max_new, hooks, reuse=True)  # other methods may share it

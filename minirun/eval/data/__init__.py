@@ -6,7 +6,7 @@ from pathlib import Path
 
 from minirun.errors import MinirunError
 from minirun.eval.data.choice import load_commonsense_qa, load_mmlu
-from minirun.eval.data.items import Item, LoadResult, ensemble_prompts, load_jsonl, write_jsonl
+from minirun.eval.data.items import Item, LoadResult, ensemble_prompts, load_jsonl, text_lines, write_jsonl
 from minirun.eval.data.myriadlama import load_myriadlama
 from minirun.eval.data.webqa import QUESTION_KEYS, load_webqa
 
@@ -27,6 +27,7 @@ __all__ = [
     "load_mmlu",
     "load_myriadlama",
     "load_webqa",
+    "text_lines",
     "write_jsonl",
 ]
 
@@ -35,8 +36,7 @@ def _sniff(path: Path) -> str:
     """Which loader a local file needs, judged from its first line."""
     if path.suffix == ".parquet":
         return "myriadlama"
-    with path.open(encoding="utf-8") as f:
-        first = next((line.strip() for line in f if line.strip()), "")
+    first = next((line.strip() for line in text_lines(path) if line.strip()), "")
     try:
         record = json.loads(first)
     except json.JSONDecodeError:  # a multi-line JSON document, or a bad line the JSONL loader reports

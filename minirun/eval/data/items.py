@@ -6,7 +6,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from minirun.errors import MinirunError
 
@@ -122,6 +122,15 @@ def _choice_fields(record: dict) -> tuple[list[str], int]:
     raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1} or one of the choices, got {answer!r}")
 
 
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file the user gave, read as they are needed, or a one-line error."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            yield from f
+    except UnicodeDecodeError:
+        raise MinirunError(f"{path} is not UTF-8 text: save the file as UTF-8") from None
+
+
 def load_jsonl(path: str | Path, skip_bad: bool = False) -> LoadResult:
     """Read the plain JSONL form; a bad line is an error (or skipped and counted with skip_bad)."""
     path = Path(path)
@@ -130,21 +139,21 @@ def load_jsonl(path: str | Path, skip_bad: bool = False) -> LoadResult:
     items: list[Item] = []
     seen: set[str] = set()
     skipped = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = item_from_dict(json.loads(line))
-                if item.id in seen:
-                    raise ValueError(f"duplicate id {item.id!r}")
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
-                if not skip_bad:
-                    raise MinirunError(f"{path}:{lineno}: {e}; fix the line or load with skip_bad=True") from None
-                skipped += 1
-                continue
-            seen.add(item.id)
-            items.append(item)
+    for lineno, line in enumerate(text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            item = item_from_dict(json.loads(line))
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r}")
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            if not skip_bad:
+                raise MinirunError(f"{path}:{lineno}: {e}; fix the line, or skip bad lines "
+                                   "(`minirun eval --skip-bad`, `load_jsonl(..., skip_bad=True)`)") from None
+            skipped += 1
+            continue
+        seen.add(item.id)
+        items.append(item)
     if not items:
         raise MinirunError(f"{path}: no usable items (empty file or every line bad); check the file's contents")
     if skipped:
@@ -168,7 +177,7 @@ def hf_frame(name: str, split: str, config: str | None = None) -> pd.DataFrame:
     except ImportError:
         raise MinirunError(
             f"loading {name} from the Hugging Face Hub needs the `datasets` package: "
-            "run `pip install datasets`, or pass a local copy with path=..."
+            "run `pip install datasets`, or give the path of a local copy instead of the name (`--data FILE`)"
         ) from None
     return datasets.load_dataset(name, *([config] if config else []), split=split).to_pandas()
 

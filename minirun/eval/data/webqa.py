@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hf_frame
+from minirun.eval.data.items import Item, as_list, hf_frame, text_lines
 
 HF_NAME = "stanfordnlp/web_questions"
 QUESTION_KEYS = ("question", "qText", "utterance", "RawQuestion")
@@ -54,7 +54,7 @@ def record_to_item(record: dict) -> Item:
 
 
 def _read_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = "".join(text_lines(path))
     if not text.strip():
         raise MinirunError(f"{path}: the file is empty; pass a WebQA JSON or JSONL file with questions and answers")
     try:
