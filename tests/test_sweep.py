@@ -128,6 +128,8 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
     ({"methods": [{"name": "flex", "positions": "left"}]}, "(flex): unknown position scheme 'left'"),
     ({"methods": [{"name": "flex", "max_new_tokens": 8}]}, "max_new_tokens: set it in the generation table"),
+    ({"methods": [{"name": "avg", "positions": "restart"}]}, "(avg): --positions only applies to flex, not to avg"),
+    ({"methods": [{"name": "origin", "num_samples": 8}]}, "(origin): --num-samples only applies to weighted_avg"),
     ({"methods": [{"name": "flex"}, {"name": "flex", "positions": "restart"}]}, "label 'flex' is also that of #1"),
     ({"generation": {"max_new_tokens": 4.5}}, "generation max_new_tokens: expected int, got 4.5"),
     ({"generation": {"batch_size": 0}}, "generation batch_size: 0 is below 1"),
@@ -170,6 +172,23 @@ def test_bad_file_fails_before_any_model_loads(sweep_file, tmp_path, monkeypatch
     assert "methods #3 (flex) bias: unknown key" in line and str(bad) in line
     syntax = CliRunner().invoke(app, ["sweep", str(_file(tmp_path, "[[models]\n", "broken.toml"))])
     assert syntax.exit_code == 1 and "invalid TOML" in syntax.stderr and loads == []
+
+
+def test_sweep_and_eval_never_share_a_directory(sweep_file, tmp_path, monkeypatch):
+    """Each writes a results.parquet at its top: one would silently replace the other's."""
+    from minirun.eval.results import ResultStore
+
+    loads = []
+    monkeypatch.setattr("minirun.cli.sweep.load_llm", lambda *a: loads.append(a))
+    run = tmp_path / "eval-run"
+    ResultStore(run, {"model": "m"}).finalize()
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(run)])
+    assert result.exit_code == 1 and loads == [] and "holds an `eval` run" in result.stderr
+    swept = tmp_path / "swept"
+    swept.mkdir()
+    (swept / "sweep.json").write_text('{"cells": []}')
+    with pytest.raises(MinirunError, match="holds a `minirun sweep`: give this run another output directory"):
+        ResultStore(swept, {"model": "m"})
 
 
 def test_reference_table(reference):

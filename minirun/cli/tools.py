@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from minirun.cli.common import DTYPE_HELP, check_figure_path, check_texts, err, friendly, load_llm, read_text_file
-from minirun.errors import MinirunError
+from minirun.methods import EnsembleOptions
+from minirun.methods.runner import check_options_used
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +39,7 @@ def mask(
     from minirun.cli.mask_view import build_view, render_png, render_text
 
     check_texts(question, paraphrase)
+    check_options_used([method], EnsembleOptions(positions=positions, fusion_layer=fusion_layer))
     if out is not None:
         check_figure_path(out)
     prefix = read_text_file(prefix_file, "prefix file") if prefix_file else ""
@@ -82,7 +84,8 @@ def bench(
 
 
 def paraphrase(
-    data: str = typer.Argument(..., help="sample-qa, sample-fill, webqa, myriadlama, or a dataset file."),
+    data: str = typer.Argument(..., help="A dataset name (sample-qa, sample-fill, sample-choice, webqa, myriadlama, "
+                               "mmlu, commonsense_qa) or a dataset file."),
     out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),
     num: int = typer.Option(5, "--num", min=1, help="Rewrites per question."),
     model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
@@ -104,6 +107,6 @@ def paraphrase(
     with Progress(console=err) as progress:
         task = progress.add_task("paraphrasing", total=len(items))
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_batch=lambda n: progress.advance(task, n))
+                               on_batch=lambda n: progress.advance(task, n), dataset=data)
     kept = sum(len(item.paraphrases) - 1 for item in done)
     err.print(f"wrote {out}: {len(done)} items, {kept} rewrites kept of {num * len(done)}")

@@ -30,7 +30,7 @@ from minirun.eval.results import ResultStore, merge, read_results
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
-from minirun.methods.runner import PROMPT_ROWS, check_method
+from minirun.methods.runner import PROMPT_ROWS, check_method, check_options_used
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -77,6 +77,10 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     """Instruction + k examples per task present (the dataset's own few-shot file unless given)."""
     out = {}
     for t in sorted({task or item.task for item in items}):
+        if k and fewshot_items is not None and not any(example.task == t for example in fewshot_items):
+            tasks = ", ".join(sorted({example.task for example in fewshot_items}))
+            raise MinirunError(f"the few-shot items are {tasks} items but the dataset's are {t}: their prompts would "
+                               f"teach another format; give few-shot items of task {t}, or --few-shot-k 0")
         examples = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t)
         out[t] = build_prefix(t, examples, k, choice_format=choice_format)
     return out
@@ -129,7 +133,15 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                               fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
     for method in methods:
         check_method(method, options)
+    check_options_used(methods, options)
     items = list(items)[:max_samples] if max_samples is not None else list(items)
+    choice = [item.task == "choice" for item in items]
+    if not any(choice) and (choice_format, choice_score) != ("cloze", "mean"):
+        raise MinirunError(f"--choice-format and --choice-score apply to multiple-choice items; {dataset} has none: "
+                           "drop them")
+    if choice and all(choice) and bidirectional:
+        raise MinirunError(f"--match bidirectional compares generated answers; {dataset}'s items are multiple choice, "
+                           "scored by their options: drop it")
     prompts = {item.id: ensemble_prompts(item.question, item.paraphrases, original)[:num_prompts] for item in items}
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "

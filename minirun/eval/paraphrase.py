@@ -56,8 +56,10 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
                    for found in [*copied, *map(normalize, item.answers)])
 
 
-def settings_key(llm: LLM, num: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> str:
-    raw = json.dumps([str(llm.path.resolve()), num, temperature, top_p, max_new_tokens, seed, INSTRUCTION, DEMOS])
+def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int) -> str:
+    raw = json.dumps([str(llm.path.resolve()), dataset, num, temperature, top_p, max_new_tokens, seed, INSTRUCTION,
+                      DEMOS])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -81,17 +83,19 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
 
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
-                    max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8, on_batch=None) -> list[Item]:
+                    max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8, on_batch=None,
+                    dataset: str = "custom") -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
 
     The original stays paraphrase 0 so the file reads the same with or without the question
     repeated: `Item.prompts` drops the repeat, and rewrites equal to the question are never kept.
+    `dataset` names the items' source: a file holds one dataset's rewrites under one set of settings.
     """
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
     SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top_p before any work
-    key = settings_key(llm, num, temperature, top_p, max_new_tokens, seed)
+    key = settings_key(llm, dataset, num, temperature, top_p, max_new_tokens, seed)
     finished = _read_finished(out, key)
     todo = [item for item in items if item.id not in finished]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,19 +117,34 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     return [finished[item.id] for item in items]
 
 
+ROW_START = '{"id": '  # how every row `paraphrase_file` writes begins (json.dumps of an Item)
+
+
 def _read_finished(out: Path, key: str) -> dict[str, Item]:
-    """Items already in `out`; a torn last line (a killed run) is cut off so appending stays valid."""
+    """Items already in `out`, every line checked before anything is written; a torn last row (a
+    killed run) is then cut off so appending stays valid. A file minirun did not write is refused
+    untouched."""
     found: dict[str, Item] = {}
     if not out.is_file():
         return found
-    text = out.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        out.write_text(text, encoding="utf-8")
-    for lineno, line in enumerate(text.splitlines(), 1):
-        row = json.loads(line)
+    foreign = f"{out} is not a paraphrase file minirun wrote: choose another output file"
+    try:
+        text = out.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MinirunError(foreign) from None
+    complete, _, torn = text.rpartition("\n")
+    if torn and not torn.startswith(ROW_START):
+        raise MinirunError(foreign)
+    for lineno, line in enumerate(complete.split("\n") if complete else [], 1):
+        try:
+            row = json.loads(line)
+            item = item_from_dict(row)
+        except (ValueError, TypeError, AttributeError):  # not JSON, not an object, not an item
+            raise MinirunError(f"{out}:{lineno}: {foreign}") from None
         if row.get("paraphrase_settings") != key:
-            raise MinirunError(f"{out}:{lineno} was written with other paraphrase settings: "
+            raise MinirunError(f"{out}:{lineno} was written for another dataset or with other paraphrase settings: "
                                "use another output file or delete this one")
-        found[row["id"]] = item_from_dict(row)
+        found[item.id] = item
+    if torn:
+        out.write_text(complete + "\n" if complete else "", encoding="utf-8")
     return found

@@ -109,6 +109,8 @@ class ResultStore:
 
     def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None) -> None:
         self.output_dir = Path(output_dir)
+        if (self.output_dir / "sweep.json").is_file():  # its combined table would be overwritten by this run's
+            raise MinirunError(f"{self.output_dir} holds a `minirun sweep`: give this run another output directory")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.journal = self.output_dir / f"results.rank{rank}.jsonl"
         self._drop_partial_line()

@@ -28,7 +28,7 @@ from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import evaluate_runs, prepare
 from minirun.eval.report import summarize
-from minirun.eval.results import merge, read_results
+from minirun.eval.results import journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     sharded across the ranks; rank 0 writes the combined table and returns it, other ranks None.
     """
     output = Path(output)
+    if journal_paths(output) or (output / "run.json").is_file():  # its results.parquet would be overwritten
+        raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     data = {d.label: _load_items(d) for d in sweep.datasets}
     plan = cells(sweep, output)

@@ -21,7 +21,7 @@ from minirun.eval.data import NAMES, text_lines
 from minirun.eval.loop import prepare
 from minirun.eval.prompts import CHOICE_FORMATS
 from minirun.methods import METHODS, EnsembleOptions
-from minirun.methods.runner import check_method
+from minirun.methods.runner import check_method, check_options_used
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -193,6 +193,7 @@ def _method(table: dict, where: str) -> MethodSpec:
         options[key] = _coerce(value, hints[key], f"{where} {key}")
     try:
         check_method(name, EnsembleOptions(**options))
+        check_options_used([name], EnsembleOptions(**options))
     except MinirunError as e:
         raise MinirunError(f"{where}: {e}") from None
     return _labelled(MethodSpec(name, label, options), name, where)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Hashable
 
 import torch
 
+from minirun.errors import MinirunError
+
 log = logging.getLogger("minirun")
 
 # Inductor suggests TF32 on every first compile on a GPU, bfloat16 models included. minirun keeps float32 products
@@ -37,7 +39,11 @@ def refused_shapes() -> dict[str, int]:
 
 
 def recompile_limit() -> int:
-    return int(os.environ.get("MINIRUN_RECOMPILE_LIMIT", "16"))
+    """$MINIRUN_RECOMPILE_LIMIT shapes per compiled function (default 16), a whole number of at least 1."""
+    value = os.environ.get("MINIRUN_RECOMPILE_LIMIT", "16")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise MinirunError(f"MINIRUN_RECOMPILE_LIMIT={value!r}: set it to a whole number of at least 1, or unset it")
+    return int(value)
 
 
 def raise_torch_limit() -> None:

@@ -50,6 +50,22 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     return run_encoded(llm, method, encoded, options, prompts, hooks)
 
 
+OPTION_READERS = {  # the EnsembleOptions fields only some methods read, and which
+    "positions": ("flex",), "flex_bias": ("flex",), "fusion_layer": ("hidden_avg",), "fusion_alpha": ("hidden_avg",),
+    "num_samples": WEIGHTED,
+}
+
+
+def check_options_used(methods: list[str] | tuple[str, ...], options: EnsembleOptions) -> None:
+    """Refuse a field of `options` set away from its default that none of `methods` reads: a setting the
+    user believes is in effect, silently ignored, would misdescribe the run (and its results' key)."""
+    default = EnsembleOptions()
+    for name, readers in OPTION_READERS.items():
+        if getattr(options, name) != getattr(default, name) and not set(methods) & set(readers):
+            raise MinirunError(f"--{name.replace('_', '-')} only applies to {', '.join(readers)}, not to "
+                               f"{', '.join(methods)}: drop it, or add one of those methods")
+
+
 def check_method(method: str, options: EnsembleOptions) -> None:
     if method not in METHODS:
         raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
