@@ -174,6 +174,16 @@ def test_bad_file_fails_before_any_model_loads(sweep_file, tmp_path, monkeypatch
     assert syntax.exit_code == 1 and "invalid TOML" in syntax.stderr and loads == []
 
 
+def test_a_fusion_layer_past_a_models_depth_fails_while_parsing(checkpoint_dirs):
+    model = {"path": str(checkpoint_dirs["llama3"]), "label": "tiny"}
+    depth = minirun.load(checkpoint_dirs["llama3"]).config.num_layers
+    ok = {**BASE, "models": [model], "methods": [{"name": "hidden_avg", "fusion_layer": depth}]}
+    assert parse_sweep(ok).methods[0].options == {"fusion_layer": depth}
+    with pytest.raises(MinirunError, match=f"methods #1 \\(hidden_avg\\) fusion_layer: {depth + 1} is outside model "
+                                           f"tiny's blocks 1..{depth}"):
+        parse_sweep({**ok, "methods": [{"name": "hidden_avg", "fusion_layer": depth + 1}]})
+
+
 def test_sweep_and_eval_never_share_a_directory(sweep_file, tmp_path, monkeypatch):
     """Each writes a results.parquet at its top: one would silently replace the other's."""
     from minirun.eval.results import ResultStore

@@ -16,6 +16,7 @@ import torch
 
 from minirun.checkpoints.hub import DEFAULT_MODEL
 from minirun.checkpoints.loader import DTYPES
+from minirun.models.config import load_config
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, text_lines
 from minirun.eval.loop import prepare
@@ -114,7 +115,20 @@ def parse_sweep(data: dict) -> Sweep:
     methods = tuple(_method(t, w) for t, w in _entries(data, "methods"))
     for section, specs in (("models", models), ("datasets", datasets), ("methods", methods)):
         _unique_labels(section, specs)
+    _check_fusion_layers(models, methods)
     return Sweep(models, datasets, methods, gen)
+
+
+def _check_fusion_layers(models: tuple[ModelSpec, ...], methods: tuple[MethodSpec, ...]) -> None:
+    """A method's fusion_layer against the depth of every local model (read from its config.json, no
+    weights), so a block past a model's last fails here and not after other runs have finished."""
+    depths = {spec.label: load_config(spec.path).num_layers for spec in models if Path(spec.path).is_dir()}
+    for i, method in enumerate(methods, 1):
+        layer = method.options.get("fusion_layer")
+        for label, depth in depths.items():
+            if layer is not None and not 1 <= layer <= depth:
+                raise MinirunError(f"methods #{i} ({method.name}) fusion_layer: {layer} is outside model {label}'s "
+                                   f"blocks 1..{depth}; pick one in range")
 
 
 def _entries(data: dict, section: str) -> list[tuple[dict, str]]:
