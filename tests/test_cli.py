@@ -13,6 +13,7 @@ from minirun.engine.sampling import SamplingParams
 from minirun.engine.session import compiled_decode_step
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
+from minirun.methods.choice import score_choices
 
 runner = CliRunner()
 
@@ -254,6 +255,24 @@ def test_empty_texts_are_refused(tiny):
     one_line_error(invoke("mask", "--model", tiny, "", "-p", "x"), "the prompt is empty")
 
 
+def test_python_callers_get_one_line_errors_for_wrong_shapes(tiny):
+    llm = minirun.load(tiny)
+    question = Question("Capital?", ["Capital?", "France's capital?"])
+    assert EnsembleOptions(stop="ab").stop == ("ab",)  # one stop string, not two characters
+    assert llm.generate("hi", max_new_tokens=4, stop="ab").token_ids == llm.generate("hi", 4, stop=["ab"]).token_ids
+    for call, message in [
+        (lambda: llm.generate(["", "What is 2+2?"], max_new_tokens=2), "prompt 0 is empty"),
+        (lambda: llm.generate(["hi", 5], max_new_tokens=2), "prompt 1 is not text"),
+        (lambda: run_method(llm, "avg", question), "questions must be a non-empty list of Question"),
+        (lambda: run_method(llm, "avg", []), "questions must be a non-empty list of Question"),
+        (lambda: run_method(llm, "avg", ["Capital?"]), "questions must be a non-empty list of Question"),
+        (lambda: run_method(llm, "avg", [question], {"max_new_tokens": 2}), "options must be an EnsembleOptions"),
+        (lambda: score_choices(llm, "avg", [question], ["Paris"]), "choices must be one list of option strings"),
+    ]:
+        with pytest.raises(MinirunError, match=message):
+            call()
+
+
 def test_unknown_device_and_no_tokens_are_clean_errors(tiny):
     assert_clean_error(invoke("generate", "--model", tiny, "--device", "gpu0", "hi"), "unknown device 'gpu0'")
     with pytest.raises(minirun.MinirunError, match="max_new_tokens must be at least 1"):
@@ -322,6 +341,12 @@ def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
     (lambda: EnsembleOptions(flex_bias=float("inf")), "flex_bias must be a positive finite weight"),
     (lambda: EnsembleOptions(flex_bias="half"), "flex_bias must be a positive finite weight"),
     (lambda: EnsembleOptions(choice_score="median"), "unknown --choice-score 'median'"),  # any dataset, not only choice
+    (lambda: EnsembleOptions(stop=[""]), "stop strings must be non-empty text"),
+    (lambda: EnsembleOptions(fusion_layer=1.5), "fusion_layer must be a whole number, got 1.5"),
+    (lambda: EnsembleOptions(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+    (lambda: Question("Capital?", "France's capital?"), "paraphrases must be a list of strings"),  # not 17 characters
+    (lambda: Question("Q?", ["Q?", " "]), "paraphrase 1 of 'Q\\?' is empty"),
+    (lambda: Question(""), "the question must be non-empty text"),
 ])
 def test_python_callers_get_the_same_checks(make, message):
     with pytest.raises(MinirunError, match=message):

@@ -405,3 +405,11 @@ def test_multiple_choice_methods_that_share_a_prefill_score_as_they_do_alone(tin
     alone = [evaluate(tiny, choice, [m], tmp_path / m, **settings) for m in ("per_prompt", "avg", "max")]
     together = evaluate(tiny, choice, ["per_prompt", "avg", "max"], tmp_path / "together", **settings)
     pd.testing.assert_frame_equal(_same(together), _same(pd.concat(alone, ignore_index=True)))
+
+
+def test_no_items_and_shared_ids_are_refused_before_anything_runs(tiny, items, tmp_path):
+    with pytest.raises(MinirunError, match="no items to evaluate"):
+        evaluate(tiny, [], ["origin"], tmp_path / "empty")
+    with pytest.raises(MinirunError, match="two items share an id"):  # one row each would silently be dropped
+        evaluate(tiny, [items[0], items[0]], ["origin"], tmp_path / "twice")
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "twice").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -28,8 +29,24 @@ def test_filters():
 
 
 @pytest.fixture(scope="module")
-def llm(checkpoint_dirs):
-    return minirun.load(checkpoint_dirs["llama3"])
+def long_context(checkpoint_dirs, tmp_path_factory):
+    """The llama3 test checkpoint declaring a 1,024-token context: the rewrite prompt is ~520 of the test
+    tokenizer's tokens, past the 512 the test checkpoints declare."""
+    path = tmp_path_factory.mktemp("paraphrase") / "llama3"
+    shutil.copytree(checkpoint_dirs["llama3"], path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def llm(long_context):
+    return minirun.load(long_context)
+
+
+def test_a_rewrite_prompt_past_the_context_is_refused(checkpoint_dirs, tmp_path):
+    with pytest.raises(minirun.MinirunError, match="needs .* tokens, beyond the model's context of 512"):
+        paraphrase_file(minirun.load(checkpoint_dirs["llama3"]), items()[:1], tmp_path / "p.jsonl", max_new_tokens=6)
 
 
 def items() -> list[Item]:
@@ -76,10 +93,10 @@ def test_a_file_minirun_did_not_write_is_refused_untouched(llm, tmp_path, conten
     assert out.read_bytes() == content
 
 
-def test_cli(checkpoint_dirs, tmp_path):
+def test_cli(long_context, tmp_path):
     out = tmp_path / "p.jsonl"
     result = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(out), "--num", "2", "--max-samples", "2",
-                                      "--max-new-tokens", "6", "--model", str(checkpoint_dirs["llama3"])])
+                                      "--max-new-tokens", "6", "--model", str(long_context)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["paraphrases"][0] == rows[0]["question"]

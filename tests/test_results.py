@@ -127,3 +127,14 @@ def test_read_results_without_item_order(tmp_path):
             store.add(_row("single", i))
     assert list(read_results(out)["id"]) == ["q1", "q10", "q2"]
     assert read_results(tmp_path / "empty").empty
+
+
+def test_a_directory_with_results_files_of_no_run_is_refused_untouched(tmp_path):
+    (tmp_path / "results.jsonl").write_text("my own dataset\n")
+    with pytest.raises(MinirunError, match="holds results files no minirun run wrote"):
+        ResultStore(tmp_path, {"model": "m"})
+    assert (tmp_path / "results.jsonl").read_text() == "my own dataset\n"
+    (tmp_path / "results.jsonl").unlink()
+    (tmp_path / "run.json").write_text('{"settings": 1}')  # valid JSON, not a run record
+    with pytest.raises(MinirunError, match="run.json is not a run record minirun wrote"):
+        ResultStore(tmp_path, {"model": "m"})

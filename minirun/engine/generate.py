@@ -63,6 +63,15 @@ def left_padded(prompts: list[list[int]], pad_id: int, device: torch.device, sta
     return stack_rows([plain_row(p, start) for p in prompts], pad_id, device)
 
 
+def stop_strings(stop: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """`stop` as a tuple of stop strings: a lone str is one stop string (not its characters), None none;
+    an empty one would end every row at once, so it is refused."""
+    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if not all(isinstance(s, str) and s for s in stop):
+        raise MinirunError(f"stop strings must be non-empty text, got {stop!r}: pass e.g. stop=['\\n']")
+    return stop
+
+
 @dataclass
 class Stopper:
     """When a row is done: an eos id, or a stop string in its text (text is cut before it)."""

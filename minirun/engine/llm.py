@@ -11,7 +11,7 @@ import torch
 from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.allocator import keep_large_allocations
-from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded
+from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded, stop_strings
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Prefixes, Session, cache_size
 from minirun.errors import MinirunError
@@ -88,7 +88,7 @@ class LLM:
 
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
         """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""
-        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, tuple(stop))
+        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, stop_strings(stop))
 
     @torch.inference_mode()
     def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,
@@ -102,6 +102,9 @@ class LLM:
         batch = [prompts] if single else list(prompts)
         if not batch:
             raise MinirunError("no prompts given: pass at least one prompt")
+        if bad := [i for i, p in enumerate(batch) if not isinstance(p, str) or not p.strip()]:
+            raise MinirunError(f"prompt {bad[0]} is {'empty' if isinstance(batch[bad[0]], str) else 'not text'}: "
+                               "every prompt needs some text")
         ids = [self.fit(self.prompt_ids(p, chat), max_new_tokens, truncate) for p in batch]
         results = self.generate_ids(ids, max_new_tokens, SamplingParams(temperature, top_k, top_p, seed), stop, on_text)
         return results[0] if single else results

@@ -135,6 +135,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         check_method(method, options)
     check_options_used(methods, options)
     items = list(items)[:max_samples] if max_samples is not None else list(items)
+    if not items:
+        raise MinirunError("no items to evaluate: the dataset is empty")
+    if len({item.id for item in items}) < len(items):
+        raise MinirunError("two items share an id, and a run keeps one row per item and method: give each its own id")
     choice = [item.task == "choice" for item in items]
     if not any(choice) and (choice_format, choice_score) != ("cloze", "mean"):
         raise MinirunError(f"--choice-format and --choice-score apply to multiple-choice items; {dataset} has none: "

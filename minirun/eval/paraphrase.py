@@ -68,6 +68,11 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
                   seed: int) -> list[list[str]]:
     """`num` sampled rewrites per item, all items' rewrites in one batched generation."""
     ids = [llm.prompt_ids(rewrite_prompt(item.question)) for item in items]
+    limit = llm.config.max_position_embeddings
+    if long := [(item, len(p)) for item, p in zip(items, ids) if len(p) + max_new_tokens > limit]:
+        item, n = long[0]
+        raise MinirunError(f"the rewrite prompt of item {item.id!r} needs {n} + {max_new_tokens} tokens, beyond the "
+                           f"model's context of {limit}: shorten the question or lower max_new_tokens")
     rows = [plain_row(p) for p in ids for _ in range(num)]
     layout = stack_rows(rows, llm.pad_id, llm.device)
     session = llm.session(len(rows), layout.length + max_new_tokens)

@@ -64,7 +64,7 @@ def _run_info(output_dir: Path) -> dict | None:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         info = None
-    if not isinstance(info, dict):
+    if not isinstance(info, dict) or "run_key" not in info:
         raise MinirunError(f"{path} is not a run record minirun wrote: restore it, or start a new output directory")
     return info
 
@@ -111,6 +111,10 @@ class ResultStore:
         self.output_dir = Path(output_dir)
         if (self.output_dir / "sweep.json").is_file():  # its combined table would be overwritten by this run's
             raise MinirunError(f"{self.output_dir} holds a `minirun sweep`: give this run another output directory")
+        ours = (self.output_dir / "run.json").is_file() or journal_paths(self.output_dir)
+        if not ours and any((self.output_dir / name).exists() for name in ("results.parquet", "results.jsonl")):
+            raise MinirunError(f"{self.output_dir} holds results files no minirun run wrote (no run.json): give this "
+                               "run another output directory")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.journal = self.output_dir / f"results.rank{rank}.jsonl"
         self._drop_partial_line()

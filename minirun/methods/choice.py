@@ -24,7 +24,7 @@ from minirun.methods.fusion import RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
 from minirun.methods.packing import Encoded, encode_question, packed_row
-from minirun.methods.runner import check_method, flex_log_weights, open_session, plan_rows, shared_head
+from minirun.methods.runner import check_method, checked_call, flex_log_weights, open_session, plan_rows, shared_head
 
 
 
@@ -54,8 +54,10 @@ def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str]) -> list[lis
 def score_choices(llm: EnsembleModel, method: str, questions: list[Question], choices: list[list[str]],
                   options: EnsembleOptions | None = None, hooks: Hooks = NO_HOOKS) -> list[ChoiceResult]:
     """Score every question's options with `method`; `options.choice_score` picks mean or sum."""
-    options = options or EnsembleOptions()
+    options = checked_call(questions, options)
     check_method(method, options)
+    if isinstance(choices, str) or any(isinstance(c, str) for c in choices):
+        raise MinirunError("choices must be one list of option strings per question, e.g. [['Paris', 'Lyon']]")
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from minirun.engine.generate import stop_strings
 from minirun.errors import MinirunError
 
 CHOICE_SCORES = ("mean", "sum")  # an option's mean (length-normalised) or summed log-probability
@@ -14,6 +15,16 @@ class Question:
     paraphrases: list[str] = field(default_factory=list)
     prefix: str = ""  # instruction / few-shot examples before each paraphrase
     suffix: str = ""  # text after each paraphrase (e.g. "\nA:"); flex shares it across paraphrases
+
+    def __post_init__(self) -> None:
+        """A str of paraphrases would run one paraphrase per character, an empty one a bare template."""
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise MinirunError(f"the question must be non-empty text, got {self.question!r}")
+        if isinstance(self.paraphrases, str) or not all(isinstance(p, str) for p in self.paraphrases):
+            raise MinirunError(f"paraphrases must be a list of strings, got {self.paraphrases!r}: e.g. "
+                               "Question(q, [q, 'a rewording'])")
+        if empty := [i for i, p in enumerate(self.paraphrases) if not p.strip()]:
+            raise MinirunError(f"paraphrase {empty[0]} of {self.question!r} is empty: give its text or drop it")
 
 
 @dataclass
@@ -37,6 +48,11 @@ class EnsembleOptions:
 
     def __post_init__(self) -> None:
         """Refuse values that would crash deep inside a run or silently do something else, naming the field."""
+        self.stop = stop_strings(self.stop)
+        for name in ("max_new_tokens", "num_samples", "confidence_tokens", "fusion_layer"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "fusion_layer" and value is None):
+                raise MinirunError(f"{name} must be a whole number, got {value!r}")
         for name, least in (("max_new_tokens", 1), ("num_samples", 1), ("confidence_tokens", 1)):
             if getattr(self, name) < least:
                 raise MinirunError(f"{name} must be at least {least}, got {getattr(self, name)}: pass {name} >= {least}")

@@ -40,7 +40,7 @@ def fusion_layer(options: EnsembleOptions, num_layers: int) -> int:
 def run_method(llm: EnsembleModel, method: str, questions: list[Question], options: EnsembleOptions | None = None,
                hooks: Hooks = NO_HOOKS) -> list[MethodResult]:
     """Answer every question with `method`; one batched generation for the whole list."""
-    options = options or EnsembleOptions()
+    options = checked_call(questions, options)
     check_method(method, options)
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
     for q, p in zip(questions, prompts):
@@ -66,6 +66,18 @@ def check_options_used(methods: list[str] | tuple[str, ...], options: EnsembleOp
                                f"{', '.join(methods)}: drop it, or add one of those methods")
 
 
+def checked_call(questions: list[Question], options: EnsembleOptions | None) -> EnsembleOptions:
+    """The options a method runs with, once `questions` is a non-empty list of Question and `options` an
+    EnsembleOptions (or None: the defaults)."""
+    if not isinstance(questions, (list, tuple)) or not questions or not all(isinstance(q, Question) for q in questions):
+        raise MinirunError(f"questions must be a non-empty list of Question, got {type(questions).__name__}: "
+                           "e.g. [Question(q, [q, 'a rewording'])]")
+    if options is not None and not isinstance(options, EnsembleOptions):
+        raise MinirunError(f"options must be an EnsembleOptions, got {type(options).__name__}: "
+                           "e.g. EnsembleOptions(max_new_tokens=8)")
+    return options or EnsembleOptions()
+
+
 def check_method(method: str, options: EnsembleOptions) -> None:
     if method not in METHODS:
         raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
@@ -86,7 +98,7 @@ def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options
         prompts = [[""] * len(e.paraphrases) for e in encoded]
     if method == "flex" and not all(e.tail for e in encoded):
         raise MinirunError("flex needs a shared suffix after the paraphrases so the first answer token sees all of "
-                           "them: use the chat template or give a suffix (e.g. --suffix '\nA:')")
+                           "them: use the chat template or give a suffix (e.g. --suffix '\\nA:')")
     with torch.inference_mode():
         if method == "flex":
             return _run_flex(llm, encoded, prompts, options, hooks)
