@@ -120,3 +120,6 @@ def test_cpu_default_dtype_follows_the_checkpoint_where_bfloat16_is_native(monke
                                     "num_hidden_layers": 1, "num_attention_heads": 4, "torch_dtype": checkpoint_dtype})
     assert resolve_dtype(None, config, torch.device("cpu")) == expected
     assert resolve_dtype("float32", config, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(torch.float16, config, torch.device("cpu")) == torch.float16
+    with pytest.raises(MinirunError, match="unsupported dtype 'int8'"):  # not a load_state_dict error later
+        resolve_dtype(torch.int8, config, torch.device("cpu"))

@@ -59,6 +59,7 @@ def test_rewrites_do_not_depend_on_batching_and_keep_original_first(llm, tmp_pat
     assert a == b
     assert all(x.paraphrases[0] == x.question and len(x.paraphrases) <= 4 for x in a)
     assert [x.id for x in load_jsonl(tmp_path / "a.jsonl")] == [x.id for x in items()]
+    assert paraphrase_file(llm, items(), str(tmp_path / "a.jsonl"), num=3, max_new_tokens=8) == a  # a str path too
 
 
 def test_rerun_does_nothing_new_and_a_torn_line_is_redone(llm, tmp_path, monkeypatch):

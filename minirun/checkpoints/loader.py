@@ -20,8 +20,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, config: ModelConfig, device: 
     """User choice, else the checkpoint's dtype on GPU; on CPU a bfloat16 checkpoint stays bfloat16
     where the CPU computes it natively (faster there, within transformers' 1e-2 logit bounds) and
     everything else runs in float32 (exact, and the fast choice on CPUs without bfloat16 arithmetic)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
+    if isinstance(dtype, torch.dtype):  # torch.float16 as well as "float16"; torch.int8 is refused below
+        dtype = str(dtype).removeprefix("torch.")
     if dtype is None:
         if device.type == "cuda":
             dtype = config.torch_dtype or "float32"

@@ -96,6 +96,7 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     repeated: `Item.prompts` drops the repeat, and rewrites equal to the question are never kept.
     `dataset` names the items' source: a file holds one dataset's rewrites under one set of settings.
     """
+    out = Path(out)
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
