@@ -9,6 +9,7 @@ from minirun.errors import MinirunError
 
 CHOICE_SCORES = ("mean", "sum")  # an option's mean (length-normalised) or summed log-probability
 
+
 @dataclass
 class Question:
     question: str
