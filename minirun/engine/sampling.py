@@ -18,6 +18,12 @@ class SamplingParams:
     def __post_init__(self) -> None:
         """Refuse values that would crash mid-generation (top-k 0) or silently mean something else
         (a negative temperature decoding greedily, a top-p above 1 keeping everything)."""
+        for name, kinds in (("temperature", (int, float)), ("top_k", int), ("top_p", (int, float)), ("seed", int)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, kinds) or (value is None and name != "temperature")):
+                raise MinirunError(f"{name} must be a number{' (whole)' if kinds is int else ''}, got {value!r}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch's generators take
+            raise MinirunError(f"seed must be in [-2**63, 2**64), got {self.seed}: pass a smaller seed")
         if not self.temperature >= 0:
             raise MinirunError(f"temperature must be 0 (greedy) or more, got {self.temperature}: pass temperature >= 0")
         if self.top_k is not None and self.top_k < 1:
