@@ -203,10 +203,10 @@ def test_bad_files_and_paths_are_one_line_errors(tiny, tmp_path):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00not text")
     one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "hi", "--paraphrases-file", binary),
-                   f"paraphrases file {binary} is not UTF-8 text")
+                   f"{binary} is not UTF-8 text")
     one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "hi", "--paraphrases-file", tmp_path),
                    "is a directory")
-    one_line_error(invoke("generate", "--model", tiny, "hi", "--few-shot", binary), "few-shot file", "not UTF-8")
+    one_line_error(invoke("generate", "--model", tiny, "hi", "--few-shot", binary), f"{binary} is not UTF-8 text")
     data = tmp_path / "data.jsonl"
     data.write_bytes(b"\xff\xfe{}\n")
     one_line_error(invoke("eval", "--model", tiny, "--data", data), f"{data} is not UTF-8 text")
@@ -251,7 +251,7 @@ def test_empty_texts_are_refused(tiny):
     one_line_error(invoke("generate", "--model", tiny, "--raw", "   "), "the prompt is empty")
     one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "hi", "-p", "x", "-p", " "),
                    "--paraphrase 2 is empty")
-    one_line_error(invoke("generate", "--model", tiny, "hi", "--stop", ""), "--stop '' would stop at once")
+    one_line_error(invoke("generate", "--model", tiny, "hi", "--stop", ""), "stop strings must be non-empty text")
     one_line_error(invoke("mask", "--model", tiny, "", "-p", "x"), "the prompt is empty")
 
 

@@ -179,8 +179,8 @@ def test_a_fusion_layer_past_a_models_depth_fails_while_parsing(checkpoint_dirs)
     depth = minirun.load(checkpoint_dirs["llama3"]).config.num_layers
     ok = {**BASE, "models": [model], "methods": [{"name": "hidden_avg", "fusion_layer": depth}]}
     assert parse_sweep(ok).methods[0].options == {"fusion_layer": depth}
-    with pytest.raises(MinirunError, match=f"methods #1 \\(hidden_avg\\) fusion_layer: {depth + 1} is outside model "
-                                           f"tiny's blocks 1..{depth}"):
+    with pytest.raises(MinirunError, match=f"methods #1 \\(hidden_avg\\) fusion_layer, model tiny: --fusion-layer "
+                                           f"{depth + 1} is outside the model's blocks 1..{depth}"):
         parse_sweep({**ok, "methods": [{"name": "hidden_avg", "fusion_layer": depth + 1}]})
 
 

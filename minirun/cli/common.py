@@ -5,7 +5,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -104,20 +104,18 @@ def read_text_file(path: Path, what: str) -> str:
         raise MinirunError(f"{what} {path} is a directory: pass a file")
     if not path.is_file():
         raise MinirunError(f"{what} {path} not found: pass an existing file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MinirunError(f"{what} {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    from minirun.eval.data import text_lines  # the one reader of users' text files: a non-UTF-8 one is one line
+
+    return "".join(text_lines(path))
 
 
-def check_texts(prompt: str, paraphrases: list[str], stop: Sequence[str] = ()) -> None:
-    """Refuse an empty question, paraphrase or stop string: each would run, and answer something else."""
+def check_texts(prompt: str, paraphrases: list[str]) -> None:
+    """Refuse an empty question or paraphrase before the model loads, naming the argument (the API
+    refuses them too, later and in its own terms)."""
     if not prompt.strip():
         raise MinirunError("the prompt is empty: give the question as the first argument")
     if empty := [i for i, text in enumerate(paraphrases, 1) if not text.strip()]:
         raise MinirunError(f"--paraphrase {empty[0]} is empty: give its text or drop it")
-    if "" in stop:
-        raise MinirunError("--stop '' would stop at once: give a non-empty stop string")
 
 
 def check_figure_path(path: Path) -> None:

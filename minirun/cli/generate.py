@@ -10,6 +10,7 @@ import typer
 
 from minirun.cli.common import (DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm, parse_flex_bias,
                                 read_text_file, stream)
+from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions
@@ -76,7 +77,8 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an answer, optionally fused across paraphrases with --method."""
-    check_texts(prompt, paraphrase, stop)
+    check_texts(prompt, paraphrase)
+    stop_strings(stop)  # an empty one is refused before the model loads
     paraphrases = list(paraphrase)
     if paraphrases_file is not None:
         lines = read_text_file(paraphrases_file, "paraphrases file").splitlines()

@@ -143,7 +143,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if not any(choice) and (choice_format, choice_score) != ("cloze", "mean"):
         raise MinirunError(f"--choice-format and --choice-score apply to multiple-choice items; {dataset} has none: "
                            "drop them")
-    if choice and all(choice) and bidirectional:
+    if all(choice) and bidirectional:
         raise MinirunError(f"--match bidirectional compares generated answers; {dataset}'s items are multiple choice, "
                            "scored by their options: drop it")
     prompts = {item.id: ensemble_prompts(item.question, item.paraphrases, original)[:num_prompts] for item in items}

@@ -33,6 +33,9 @@ DEMOS = [  # written for minirun
 ]
 
 
+DEMO_TEXTS = [normalize(text) for demo in DEMOS for text in demo]  # a rewrite containing one copied an example
+
+
 def rewrite_prompt(question: str) -> str:
     demos = "\n\n".join(f"Question: {q}\nRewrite: {r}" for q, r in DEMOS)
     return f"{INSTRUCTION}\n\n{demos}\n\nQuestion: {question}\nRewrite:"
@@ -51,9 +54,8 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
     norm = normalize(rewrite)
     if not norm or norm in {normalize(item.question), *map(normalize, kept)}:
         return False
-    copied = [normalize(text) for demo in DEMOS for text in demo]
     return not any(found and re.search(rf"\b{re.escape(found)}\b", norm)
-                   for found in [*copied, *map(normalize, item.answers)])
+                   for found in [*DEMO_TEXTS, *map(normalize, item.answers)])
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,

@@ -22,7 +22,7 @@ from minirun.eval.data import NAMES, text_lines
 from minirun.eval.loop import prepare
 from minirun.eval.prompts import CHOICE_FORMATS
 from minirun.methods import METHODS, EnsembleOptions
-from minirun.methods.runner import check_method, check_options_used
+from minirun.methods.runner import check_method, check_options_used, fusion_layer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,11 +124,13 @@ def _check_fusion_layers(models: tuple[ModelSpec, ...], methods: tuple[MethodSpe
     weights), so a block past a model's last fails here and not after other runs have finished."""
     depths = {spec.label: load_config(spec.path).num_layers for spec in models if Path(spec.path).is_dir()}
     for i, method in enumerate(methods, 1):
-        layer = method.options.get("fusion_layer")
+        if method.options.get("fusion_layer") is None:
+            continue
         for label, depth in depths.items():
-            if layer is not None and not 1 <= layer <= depth:
-                raise MinirunError(f"methods #{i} ({method.name}) fusion_layer: {layer} is outside model {label}'s "
-                                   f"blocks 1..{depth}; pick one in range")
+            try:
+                fusion_layer(EnsembleOptions(**method.options), depth)
+            except MinirunError as e:
+                raise MinirunError(f"methods #{i} ({method.name}) fusion_layer, model {label}: {e}") from None
 
 
 def _entries(data: dict, section: str) -> list[tuple[dict, str]]:
