@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from minirun.bench.run import write_json
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import load
 from minirun.eval.data import load_dataset
@@ -95,7 +95,7 @@ def main() -> None:
         print(f"{a} vs {b}: same answer {agreement[f'{a} == {b}']:.3f}, first-step logits max |diff| / max |logit| "
               f"median {drift[f'{a} vs {b}']['median']:.4f}, max {drift[f'{a} vs {b}']['max']:.4f}")
     out = ROOT / "bench" / "results" / f"bf16-agreement-cpu-{datetime.date.today()}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out)
     print(f"wrote {out}")
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from minirun.bench.run import write_json
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import load
 from minirun.eval.data import load_dataset
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"{method:>10}: 4 options {statistics.median(four) * 1e3:.0f} ms, 1 option "
               f"{statistics.median(one) * 1e3:.0f} ms, ratio {ratio:.2f}")
     path = ROOT / "bench" / "results" / f"choice-cpu-{datetime.date.today()}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, path)
     print(f"wrote {path}")
 
 

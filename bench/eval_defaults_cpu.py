@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from minirun.bench.run import write_json
 from minirun.eval.data import load_dataset
 from minirun.eval.data.items import write_jsonl
 from minirun.layers.calibrate import cpu_facts
@@ -84,7 +85,7 @@ def main() -> None:
             result["settings"][label] = {"flags": SETTINGS[label], "wall_s": round(seconds, 1),
                                          "items_per_s": round(5 * args.questions / seconds, 2)}
             print(label, result["settings"][label], flush=True)
-            path.write_text(json.dumps(result, indent=1) + "\n")  # after every setting: a stopped run keeps them
+            write_json(result, path)  # after every setting: a stopped run keeps them
     print(path)
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from minirun.bench.compare import device_name
+from minirun.bench.run import write_json
 from minirun.layers.calibrate import median_seconds
 from minirun.layers.linear import Linear, set_plan
 
@@ -64,7 +65,7 @@ def main() -> None:
               "load_avg_1m": os.getloadavg()[0], "weight_bytes_per_step": weight_bytes, "read_gb_s": read_gb_s,
               "rows": rows}
     path = Path("bench/results") / f"gemv-cpu-{datetime.date.today()}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, path)
     print(f"read bandwidth {read_gb_s:.1f} GB/s; wrote {path}")
 
 

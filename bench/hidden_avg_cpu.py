@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hidden_reference import recompute_hidden_avg  # noqa: E402
 
-from minirun.bench.run import run_bench  # noqa: E402
+from minirun.bench.run import run_bench, write_json  # noqa: E402
 from minirun.checkpoints.hub import default_model_path  # noqa: E402
 from minirun.engine.llm import load  # noqa: E402
 from minirun.eval.data import load_dataset  # noqa: E402
@@ -88,7 +88,7 @@ def main() -> None:
     else:
         result["cached_vs_recompute"] = cached_vs_recompute(model, args.items)
     result["speed"] = speed(model)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, path)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
     print(f"wrote {path}")
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from minirun import load
-from minirun.bench.run import run_bench
+from minirun.bench.run import run_bench, write_json
 from minirun.eval.data import load_dataset, load_fewshot
 from minirun.eval.prompts import build_prefix
 from minirun.methods.packing import encode_question, packed_row
@@ -52,7 +52,7 @@ def main() -> None:
     out["ratio_to_origin"] = {m: v["decode_tokens_per_s"] / origin for m, v in out["methods"].items()}
     out["flex_cache"] = flex_cache_bytes(args.model)
     path = Path("bench/results") / f"methods-cpu-{datetime.date.today()}.json"
-    path.write_text(json.dumps(out, indent=2))
+    write_json(out, path)
     print(json.dumps(out["ratio_to_origin"], indent=2), json.dumps(out["flex_cache"], indent=2))
 
 

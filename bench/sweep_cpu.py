@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
+from minirun.bench.run import write_json
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import LLM, load
 from minirun.eval.data import load_dataset
@@ -168,7 +168,7 @@ def main() -> None:
                                      "baseline": "avg hand loop" if method == "flex" else f"{method} hand loop"}
         print(f"{method:>10}: minirun {n / ours:.2f} items/s, hand loop {n / theirs:.2f} items/s, "
               f"{statistics.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}), same answer {same}/{n}")
-        out.write_text(json.dumps(result, indent=2) + "\n")  # after every method: a stopped run keeps them
+        write_json(result, out)  # after every method: a stopped run keeps them
     print(f"wrote {out}")
 
 

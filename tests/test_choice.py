@@ -105,3 +105,27 @@ def test_hidden_avg_records_layer_and_bad_score_mode_fails(llm):
     assert score(llm, "hidden_avg", fusion_layer=1).fusion_layer == 1
     with pytest.raises(minirun.MinirunError, match="unknown --choice-score 'median'"):
         score(llm, "avg", choice_score="median")
+
+
+def test_a_prompt_near_the_end_of_the_context_is_scored(llm):
+    # the options' last position is the limit's: room for them but not for another 64 tokens of padding,
+    # which are cache slots without positions and must not count against the context
+    limit, longest = llm.config.max_position_embeddings, max(len(o) for o in CHOICES)
+    words = " ".join(["capital"] * 2000)
+
+    def ends_at(question: str) -> int:
+        enc = encode_question(llm, [question], PREFIX, "\nA:", chat=False)
+        return len(enc.full(0)) + max(map(len, option_ids(llm, enc, CHOICES)))
+
+    low, high = 0, len(words)  # the longest question whose options still fit
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if ends_at(words[:mid]) <= limit else (low, mid - 1)
+    question = words[:low]
+    assert limit - 64 < ends_at(question) <= limit and longest
+    options = EnsembleOptions(chat=False)
+    for method in ("origin", "avg"):
+        result = score_choices(llm, method, [Question(question, [question] * 2, PREFIX, "\nA:")], [CHOICES], options)
+        assert len(result[0].scores) == len(CHOICES) and all(math.isfinite(s) for s in result[0].scores)
+    with pytest.raises(minirun.MinirunError, match="beyond the model's context"):
+        score_choices(llm, "origin", [Question(words[:low + 40], [], PREFIX, "\nA:")], [CHOICES], options)

@@ -43,6 +43,16 @@ def compiled():
     flex.set_compiled(False)
 
 
+def test_load_switches_the_process_to_compiled_kernels(checkpoint_dirs):
+    try:
+        assert minirun.load(checkpoint_dirs["llama3"], compile=True) and flex.is_compiled()
+        minirun.load(checkpoint_dirs["llama3"])  # None: the mode stays
+        assert flex.is_compiled()
+    finally:
+        minirun.load(checkpoint_dirs["llama3"], compile=False)
+    assert not flex.is_compiled()
+
+
 def run(llm, method: str, question: str) -> list[int]:
     return run_method(llm, method, [Question(question, [question, *PARAS])], OPTIONS)[0].token_ids
 

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from smollm2_fixture import tiny_model, write_tiny_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import minirun
 from minirun.checkpoints.convert import convert_gguf
 from minirun.errors import MinirunError
 
@@ -151,3 +152,26 @@ def test_missing_file_and_bad_dtype(tmp_path):
         convert_gguf(tmp_path / "nope.gguf", tmp_path / "out")
     with pytest.raises(MinirunError, match="unsupported dtype 'int8'"):
         convert_gguf(tmp_path / "nope.gguf", tmp_path / "out", dtype="int8")
+
+
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def test_llama3_rope_scaling_comes_back_from_rope_freqs(tmp_path):
+    # llama.cpp stores Llama 3.1/3.2's scaling only as `rope_freqs.weight`; with head_dim 16 and theta 5e5
+    # its 8 divisors are 1 (four), one between, and the factor (three): every branch of the rule
+    model = tiny_model("llama", rope_parameters=LLAMA3)
+    out = convert_gguf(write_tiny_gguf(tmp_path / "m.gguf", model), tmp_path / "hf", dtype="float32")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"] == {k: v for k, v in LLAMA3.items() if k != "rope_theta"}
+    back = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (back(ids).logits - model(ids).logits).abs().max().item() <= 1e-5
+    ours = minirun.load(out, dtype="float32")
+    assert ours.config.rope_scaling["factor"] == 32.0
+    other = tiny_model("llama", rope_parameters={**LLAMA3, "low_freq_factor": 2.0})  # not Meta's constants
+    with pytest.raises(MinirunError, match="rope_freqs.weight is not llama3 rope scaling with Meta's constants"):
+        convert_gguf(write_tiny_gguf(tmp_path / "o.gguf", other), tmp_path / "o")
+    assert not (tmp_path / "o").exists()

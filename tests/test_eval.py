@@ -5,6 +5,7 @@ method end to end on the real default model.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -111,6 +112,30 @@ def test_changed_settings_are_refused(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
     with pytest.raises(MinirunError, match="max_new_tokens"):
         evaluate(tiny, items[:1], ["origin"], tmp_path, **{**SETTINGS, "max_new_tokens": 5})
+
+
+def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):
+    evaluate(tiny, items[:2], ["origin"], tmp_path, **SETTINGS)
+    edited = [items[0], dataclasses.replace(items[1], question="What is the capital of Italy?", answers=["Rome"])]
+    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, gold answer"):
+        evaluate(tiny, edited, ["origin", "avg"], tmp_path, **SETTINGS)  # avg alone would pair Italy with France
+    assert set(pd.read_json(tmp_path / "results.rank0.jsonl", lines=True)["method"]) == {"origin"}
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes(tiny, items, tmp_path):
+    evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
+    info = json.loads((tmp_path / "run.json").read_text())
+    del info["run_key"]["items"]  # as a run started by an older minirun recorded it
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    assert len(evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)) == 2
+    assert "items" in json.loads((tmp_path / "run.json").read_text())["run_key"]  # recorded from now on
+
+
+def test_a_second_process_on_the_same_directory_is_refused(tiny, items, tmp_path):
+    with ResultStore(tmp_path, {"model": "m"}):  # another run is writing (its lock is per open file, as a process's)
+        with pytest.raises(MinirunError, match="another minirun process is writing"):
+            evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
+    assert len(evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)) == 1  # free once it has finished
 
 
 def test_unknown_method(tiny, items, tmp_path):

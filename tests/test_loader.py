@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -96,6 +97,36 @@ def test_config_fields_qwen3_head_dim_and_eos_list():
     c = ModelConfig.from_dict(raw)
     assert (c.head_dim, c.num_kv_heads, c.qk_norm, c.qkv_bias, c.eos_token_ids) == (32, 2, True, False, [5, 7])
     assert c.rope_theta == 5e5 and c.rope_scaling["rope_type"] == "llama3"
+
+
+BASE = {"vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_keys_config_json_leaves_out_default_as_transformers_does(model_type):
+    import transformers
+
+    ours = ModelConfig.from_dict({"model_type": model_type, **BASE})
+    theirs = transformers.AutoConfig.for_model(model_type, **BASE)
+    assert ours.rms_norm_eps == theirs.rms_norm_eps
+    assert ours.max_position_embeddings == theirs.max_position_embeddings
+    assert ours.head_dim == (theirs.head_dim if model_type == "qwen3" else BASE["hidden_size"] // 8)
+    assert ours.tie_word_embeddings == theirs.tie_word_embeddings
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": "gelu"}, "unsupported hidden_act 'gelu'"),
+    ({"num_attention_heads": None}, "config.json lacks 'num_attention_heads'"),
+    ({"rope_scaling": {"rope_type": "linear"}}, "linear rope scaling lacks 'factor'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     "llama3 rope scaling lacks 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope type 'yarn'"),
+])
+def test_config_problems_are_one_line(change, message):
+    raw = {k: v for k, v in {"model_type": "llama", **BASE, **change}.items() if v is not None}
+    with pytest.raises(MinirunError, match=re.escape(message)):
+        ModelConfig.from_dict(raw)
+    assert ModelConfig.from_dict({"model_type": "llama", **BASE, "hidden_act": "swish"}).num_heads == 8
 
 
 def test_unknown_dtype(copy):

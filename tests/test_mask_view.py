@@ -12,7 +12,7 @@ from minirun.cli.mask_view import (
     PAD_RGB,
     PAD_TEXT,
     build_view,
-    cell_rgb,
+    kind_rgb,
     render_png,
     render_text,
     view_from_encoded,
@@ -27,6 +27,20 @@ def llm(checkpoint_dirs):
     return minirun.load(checkpoint_dirs["qwen2"])
 
 
+def cell_rgb(view, row: int, q: int, kv: int) -> tuple[float, float, float]:
+    """The colour cell (q, kv) must have, worked out cell by cell: padding black, allowed cells by the
+    key's kind, hidden white (the picture computes it vectorised)."""
+    r = view.rows[row]
+    if PAD in (r.segments[q], r.segments[kv]):
+        return PAD_RGB
+    return kind_rgb(view.kind(row, kv)) if r.mask[q, kv] else HIDDEN_RGB
+
+
+def cell_center(panel, size: int, q: int, kv: int) -> tuple[int, int]:
+    """(pixel row, pixel column) at the centre of cell (q, kv) of a size x size mask panel."""
+    return int(panel.top + (q + 0.5) * panel.height / size), int(panel.left + (kv + 0.5) * panel.width / size)
+
+
 def _check_pixels(view, tmp_path, samples: int = 400) -> None:
     """Sampled cell centres of the saved PNG have the colour the mask says (and every hidden cell is white)."""
     panels = render_png(view, tmp_path / "mask.png")
@@ -38,7 +52,7 @@ def _check_pixels(view, tmp_path, samples: int = 400) -> None:
     for b, panel in enumerate(panels):
         dense = materialize(segment_mask(torch.tensor([view.rows[b].segments])), 1, size, size)[0]
         for q, kv in cells:
-            y, x = panel.cell_center(size, q, kv)
+            y, x = cell_center(panel, size, q, kv)
             expected = cell_rgb(view, b, q, kv)
             assert tuple(image[y, x]) == pytest.approx(expected, abs=1 / 255), (b, q, kv)
             if PAD not in (view.rows[b].segments[q], view.rows[b].segments[kv]):

@@ -1,6 +1,7 @@
 """Paraphrase generation: filters, batching independence, caching, resume, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -12,6 +13,7 @@ from minirun.cli import app
 from minirun.eval import paraphrase
 from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.paraphrase import clean_rewrite, keep, paraphrase_file
+from minirun.eval.results import lock_exclusively
 
 ITEM = Item("q1", "What is the capital of France?", [], ["Paris", "City of Light"])
 
@@ -82,6 +84,20 @@ def test_other_settings_refused(llm, tmp_path):
         paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6, dataset="sample-qa")
     with pytest.raises(minirun.MinirunError, match="another dataset"):  # one file, one dataset's rewrites
         paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
+
+
+def test_an_edited_item_is_refused_and_a_second_writer_too(llm, tmp_path):
+    out = tmp_path / "p.jsonl"
+    paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6)
+    before = out.read_bytes()
+    edited = [items()[0], dataclasses.replace(items()[1], question="What is the capital of Italy?")]
+    with pytest.raises(minirun.MinirunError, match=r"rewrites of item .* as it read before an edit"):
+        paraphrase_file(llm, edited, out, num=2, max_new_tokens=6)
+    with out.open("a") as other:  # another process appending to the file
+        lock_exclusively(other, out)
+        with pytest.raises(minirun.MinirunError, match="another minirun process is writing"):
+            paraphrase_file(llm, items()[:3], out, num=2, max_new_tokens=6)
+    assert out.read_bytes() == before
 
 
 @pytest.mark.parametrize("content", [b"my notes line 1\nmy important line 2", b"garbage\n", b"[1, 2]\n",

@@ -14,7 +14,7 @@ from minirun.cli import app
 from minirun.errors import MinirunError
 from minirun.eval.report import agreement, by_relation, figure, load_results, plot, report_json, select_match, summarize
 from minirun.eval.results import ResultStore
-from minirun.eval.stats import newcombe_paired_interval, paired_bootstrap_interval, wilcoxon_p
+from minirun.eval.stats import newcombe_paired_interval, paired_bootstrap_interval, sign_flip_p
 
 
 def _frame() -> pd.DataFrame:
@@ -39,6 +39,15 @@ def test_summarize():
 def test_zero_seconds_gives_nan_throughput():
     s = summarize(_frame().assign(seconds=0.0))
     assert math.isnan(s.loc["single", "tokens_per_second"])
+    assert math.isnan(summarize(_frame().assign(tokens=0)).loc["single", "tokens_per_second"])  # choice scoring
+
+
+def test_missing_verdicts_are_not_counted():
+    df = _frame().astype({"correct": object})
+    df.loc[(df["method"] == "vote") & df["id"].isin(["q1", "q3"]), "correct"] = None  # hand-made: no verdict
+    s = summarize(df)
+    assert s.loc["vote", "n"] == 2 and s.loc["vote", "accuracy"] == 1.0
+    assert s.loc["vote", "ci95_high"] == 1.0  # Wilson for 2 of 2, not 2 of 4
 
 
 def test_by_relation():
@@ -53,6 +62,12 @@ def test_agreement():
     a = agreement(_frame())
     assert a.loc["single", "vote"] == a.loc["vote", "single"] == 0.5  # "Paris"/"paris." and "Ulm"/"The Ulm"
     assert a.loc["single", "single"] == 1.0
+
+
+def test_missing_answers_agree_with_nothing():
+    df = _frame()
+    df.loc[df["id"] == "q3", "answer"] = None  # both methods left q3 unanswered
+    assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 3)
 
 
 def test_agreement_only_counts_shared_items():
@@ -77,6 +92,8 @@ def test_missing_columns():
 def test_plot(tmp_path):
     plot(_frame(), tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot(_frame().assign(correct=True), tmp_path / "all.png")  # every interval ends at 1: no negative error bar
+    plot(_frame().assign(correct=False), tmp_path / "none.png")
 
 
 def test_load_results(tmp_path):
@@ -115,7 +132,7 @@ def _hand() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def hand() -> pd.DataFrame:
-    return summarize(_hand())  # once: the Wilcoxon tests on ten items run exact permutations
+    return summarize(_hand())  # once: the sign-flip tests on ten items enumerate every pattern
 
 
 def test_wilson_interval_per_method(hand):
@@ -154,8 +171,8 @@ def test_paired_test_against_mean_single(hand):
     assert hand.loc["avg", "diff_vs_mean_single_ci95_low"] == pytest.approx(low)
     assert hand.loc["avg", "diff_vs_mean_single_ci95_high"] == pytest.approx(high)
     assert low < 13 / 30 < high
-    assert hand.loc["avg", "p_vs_mean_single"] == pytest.approx(wilcoxon_p(diffs))
-    assert hand.loc["avg", "p_vs_mean_single"] == pytest.approx(0.0234375)  # 3/128: exact permutations of signs
+    assert hand.loc["avg", "p_vs_mean_single"] == pytest.approx(sign_flip_p(diffs))
+    assert hand.loc["avg", "p_vs_mean_single"] == pytest.approx(6 / 256)  # exact: every pattern of the 8 signs
     assert hand.loc["origin", "diff_vs_mean_single"] == pytest.approx(0.3 - 11 / 30)
     assert summarize(_hand()).equals(hand)  # the bootstrap is seeded: the same report twice
 
@@ -194,6 +211,9 @@ def test_select_match():
     assert summarize(select_match(df, "bidirectional")).loc["avg", "accuracy"] == 0.9
     assert summarize(select_match(df, "lemma")).loc["avg", "accuracy"] == 0.8
     assert select_match(df, None) is df
+    assert "per_prompt_accuracy" not in select_match(df, "bidirectional")  # q9's verdict changed for avg
+    assert "per_prompt_accuracy" in select_match(df, "lemma")  # the run's own verdicts
+    assert math.isnan(summarize(select_match(df, "bidirectional")).loc["avg", "diff_vs_mean_single"])
     with pytest.raises(MinirunError, match="re-run `minirun eval`"):
         select_match(_hand(), "bidirectional")
     with pytest.raises(MinirunError, match="--match must be one of lemma, bidirectional"):
@@ -252,17 +272,39 @@ def _run_dir(tmp_path, df: pd.DataFrame):
 def test_report_command(tmp_path):
     run = _run_dir(tmp_path, _with_rules(_hand()))
     runner = CliRunner()
-    table = runner.invoke(app, ["report", str(run)], env={"COLUMNS": "200"})
+    table = runner.invoke(app, ["report", str(run)])  # not a terminal: the table takes the width it needs
     assert table.exit_code == 0, table.output
-    assert "95% CI" in table.output and "p origin" in table.output
+    assert "95% CI (Wilson)" in table.output and "p (McNemar)" in table.output and "p (Holm)" in table.output
     assert "0.397–0.892" in table.output and "0.125" in table.output  # per_prompt's interval, avg's McNemar p
+    assert "0.25 " in table.output  # avg's Holm-adjusted p: twice 0.125 in a family of two (avg, per_prompt)
+    assert "unfinished" not in table.output and "left out" not in table.output
     assert "oracle 0.800" in table.output and "consistency 0.300" in table.output
     as_json = runner.invoke(app, ["report", str(run), "--json", "--match", "bidirectional",
                                   "--csv", str(tmp_path / "t.csv")])
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout)["avg"]["accuracy"] == 0.9
+    assert json.loads(as_json.stdout)["avg"]["diff_vs_mean_single"] is None  # another rule than per-prompt's
     csv = pd.read_csv(tmp_path / "t.csv", index_col="method")
     assert csv.loc["avg", "accuracy"] == 0.9 and csv.loc["avg", "p_vs_origin"] == pytest.approx(0.0703125)  # b=7, c=1
+    shown = runner.invoke(app, ["report", str(run), "--match", "bidirectional"])
+    assert "single-prompt figures left out" in shown.output and "--match bidirectional" in shown.output
+    assert "left out" not in runner.invoke(app, ["report", str(run), "--match", "lemma"]).output  # no verdict changes
+
+
+def test_report_warns_of_an_unfinished_method(tmp_path):
+    df = _hand()
+    run = _run_dir(tmp_path, df[~((df["method"] == "origin") & df["id"].isin(["q7", "q8", "q9"]))])
+    shown = CliRunner().invoke(app, ["report", str(run)])
+    assert shown.exit_code == 0, shown.output
+    assert "origin has scored 7 of the 10 items (an unfinished run)" in shown.output
+    assert "(n=7)" in shown.output  # avg's difference from origin pairs 7 of its 10 items
+    assert summarize(load_results(run)).loc["avg", "n_vs_origin"] == 7
+
+
+def test_report_of_a_run_with_no_rows(tmp_path):
+    ResultStore(tmp_path / "run", {"model": "m"}).close()
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    assert shown.exit_code == 1 and shown.output.count("\n") == 1 and "no finished rows" in shown.output
 
 
 def test_report_command_match_on_an_old_table(tmp_path):

@@ -82,6 +82,11 @@ def test_corrupt_middle_line(tmp_path):
     journal.write_text("{broken\n" + journal.read_text())
     with pytest.raises(MinirunError, match=r"results\.rank0\.jsonl:1: corrupt"):
         ResultStore(out, KEY, item_ids=IDS)
+    good = journal.read_text().split("\n", 1)[1]
+    for line in ('{"id": "q0"}', "[1, 2]"):  # JSON, but not a row: no method, or not an object
+        journal.write_text(good + line + "\n")
+        with pytest.raises(MinirunError, match=r"results\.rank0\.jsonl:3: corrupt"):
+            read_results(out)
 
 
 def test_different_run_key_is_refused(tmp_path):

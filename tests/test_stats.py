@@ -5,12 +5,14 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import permutation_test
 
 from minirun.eval.stats import (
     mcnemar_exact,
     newcombe_paired_interval,
+    holm,
     paired_bootstrap_interval,
-    wilcoxon_p,
+    sign_flip_p,
     wilson_interval,
 )
 
@@ -28,6 +30,8 @@ def test_wilson_edges():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
     assert wilson_interval(10, 10) == pytest.approx((0.722467, 1.0), abs=1e-6)
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    # exactly the estimate at the edges for every n, not 3e-17 or 1 - 1e-16 (a chart's error bar goes negative)
+    assert all(wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0 for n in range(1, 2001))
 
 
 def test_mcnemar_exact_by_hand():
@@ -77,24 +81,43 @@ def test_bootstrap_is_seeded():
     assert first == pytest.approx((diffs.mean() - 1.96 * se, diffs.mean() + 1.96 * se), abs=0.03)
 
 
-def test_wilcoxon_by_hand():
-    # five distinct positive differences: only all-positive or all-negative signs are as extreme, 2 / 2^5
-    assert wilcoxon_p([0.2, 0.4, 0.6, 0.8, 1.0]) == pytest.approx(0.0625)
-    assert wilcoxon_p([1.0, -1.0, 2.0, -2.0]) == pytest.approx(1.0)  # rank sums 5 and 5: no evidence
-    assert wilcoxon_p([0.0, 0.0, 0.0]) == 1.0  # all zero: agreement, not nan
-
-def test_wilcoxon_keeps_zeros_in_the_ranks():
-    # Pratt: zeros take ranks 1.5, 1.5, so 1, 2, 3, -4 rank 3, 4, 5, 6 and R- = 6; sign subsets of
-    # {3, 4, 5, 6} summing to at most 6: {}, {3}, {4}, {5}, {6}, so p = 2 * 5 / 16 (dropping the
-    # zeros first would give 2 * 7 / 16)
-    assert wilcoxon_p([0.0, 0.0, 1.0, 2.0, 3.0, -4.0]) == pytest.approx(0.625)
+def test_sign_flip_by_hand():
+    # five positive differences: only all-positive or all-negative signs sum as far from 0, 2 / 2^5
+    assert sign_flip_p([0.2, 0.4, 0.6, 0.8, 1.0]) == pytest.approx(0.0625)
+    assert sign_flip_p([1.0, -1.0, 2.0, -2.0]) == 1.0  # the observed sum is 0: every pattern is as far
+    assert sign_flip_p([0.0, 0.0, 0.0]) == 1.0  # all zero: agreement, not nan
+    # zeros cannot flip: [1, 2, 3, -4] sums to 2, and a pattern's sum is 10 - 2 x (the negated values), which
+    # misses |sum| >= 2 only when those total 5 ({1, 4} or {2, 3}): 14 of 16
+    assert sign_flip_p([0.0, 0.0, 1.0, 2.0, 3.0, -4.0]) == pytest.approx(14 / 16)
+    assert math.isnan(sign_flip_p([]))
 
 
-def test_wilcoxon_ties_survive_float_noise():
-    # correct - per-prompt accuracy: 1 - 1/3 and 1 - 2/3 differ from 2/3 and 1/3 in the last bit, which
-    # must not break their ties. By hand (Pratt): ranks 1.5 x2 (zeros), 3.5 x2, 7 x5, 10; R- = 3.5;
-    # subsets with sum <= 3.5: {}, {3.5}, {3.5'}: p = 2 * 3 / 2^8
+def test_sign_flip_ties_survive_float_noise():
+    # correct - per-prompt accuracy: 1 - 1/3 and 1 - 2/3 differ from 2/3 and 1/3 in the last bit. In thirds
+    # the non-zero |differences| are 1, 1, 2 x5, 3 (sum 15, observed 13): a sum as far needs the flipped
+    # ones to total <= 1 or >= 14, i.e. {}, {1}, {1'} or their complements, 6 of 2^8
     noisy = [1 - 1.0, 1 - 2 / 3, 0 - 1 / 3, *[1 - 1 / 3] * 5, 1 - 0.0, 0 - 0.0]
     assert 1 - 1 / 3 != 2 / 3
-    assert wilcoxon_p(noisy) == pytest.approx(6 / 256)
-    assert math.isnan(wilcoxon_p([]))
+    assert sign_flip_p(noisy) == pytest.approx(6 / 256)
+
+
+def test_sign_flip_tests_the_mean_not_the_median():
+    # 60 small gains and 13 large losses: the mean is -0.014 and the bootstrap interval holds 0; a rank
+    # test calls this significant (Wilcoxon p = 0.0045), the mean's own test must not
+    diffs = [0.2] * 60 + [-1.0] * 13
+    low, high = paired_bootstrap_interval(diffs)
+    assert low < 0 < high
+    p = sign_flip_p(diffs)
+    assert p > 0.5
+    reference = permutation_test((np.array(diffs),), np.sum, permutation_type="samples", n_resamples=100_000,
+                                 vectorized=True, random_state=np.random.default_rng(1)).pvalue
+    assert p == pytest.approx(reference, abs=0.01)  # Monte Carlo beyond 16 differences: scipy's test agrees
+    assert sign_flip_p(diffs, seed=0) == p and sign_flip_p(diffs, seed=1) != p
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 of three: 3 x 0.01, max(that, 2 x 0.03), max(that, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(holm([0.01, 0.04, 0.03, math.nan])[3])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []

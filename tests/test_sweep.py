@@ -271,12 +271,27 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.count(f" · {out}") == 2  # one table per dataset
     assert "qwen2" in shown.stdout and "llama" in shown.stdout and "flex-restart" in shown.stdout
-    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "s.csv").is_file()
+    assert "Δ origin (p)" in shown.stdout and "Wilson" in shown.stdout
+    assert (tmp_path / "s.png").stat().st_size > 0
+    csv = pd.read_csv(tmp_path / "s.csv")  # one header row, a row per (dataset, method, model)
+    assert list(csv.columns[:4]) == ["dataset", "method", "model", "accuracy"] and len(csv) == 2 * 2 * 2
+    assert csv["n"].dtype.kind == "i" and csv.loc[csv["method"] == "origin", "diff_vs_origin"].isna().all()
     scores = json.loads(CliRunner().invoke(app, ["report", str(out), "--json"]).stdout)
+    flex = scores["sample-qa"]["qwen2"]["flex-restart"]  # the fields and shapes of an eval run's --json
+    assert len(flex["ci95"]) == 2 and len(flex["diff_vs_origin_ci95"]) == 2 and flex["n_vs_origin"] == 2
+    assert 0 <= flex["p_vs_origin"] <= flex["p_vs_origin_holm"] <= 1
     assert list(scores) == ["sample-qa", "sample-fill"] and list(scores["sample-qa"]) == ["qwen2", "llama"]
     llama_fill = table[(table["model"] == "llama") & (table["dataset"] == "sample-fill") & (table["label"] == "origin")]
     assert scores["sample-fill"]["llama"]["origin"]["accuracy"] == pytest.approx(llama_fill["correct"].mean())
     assert scores["sample-fill"]["llama"]["origin"]["n"] == 2
+
+
+def test_report_on_a_damaged_sweep_index(tmp_path):
+    for text in ("{", "{}", '{"cells": [{"dir": "m/d/x"}]}'):
+        (tmp_path / "sweep.json").write_text(text)
+        shown = CliRunner().invoke(app, ["report", str(tmp_path)])
+        assert shown.exit_code == 1 and shown.output.count("\n") == 1, shown.output
+        assert "is not the index `minirun sweep` writes" in shown.output
 
 
 def test_sweep_table_layout():
@@ -318,3 +333,24 @@ def test_a_datasets_cells_prefill_each_batch_once_for_methods_that_prefill_alike
     pd.testing.assert_frame_equal(_canon(together), _canon(pd.concat(alone, ignore_index=True)))
     assert sorted(p.name for p in (tmp_path / "all" / "qwen2" / "sample-qa").iterdir()) == \
         ["avg-cell", "max-cell", "per_prompt-cell"]
+
+
+def test_an_edited_dataset_file_reruns_its_cells_and_is_refused(checkpoint_dirs, tmp_path):
+    """done.json must not vouch for rows of a file edited since: the cell reruns, and the eval loop
+    refuses to pair the edited item's new rows with its stale ones."""
+    from minirun.eval.data import load_dataset, write_jsonl
+
+    data = tmp_path / "qa.jsonl"
+    items = load_dataset("sample-qa")[:2]
+    write_jsonl(items, data)
+    text = GENERATION + f'\n[[models]]\npath = "{checkpoint_dirs["qwen2"]}"\n' \
+        f'\n[[datasets]]\nname = "{data}"\nlabel = "qa"\nfew_shot_k = 0\nnum_prompts = 2\n' \
+        '\n[[methods]]\nname = "origin"\n'
+    sweep = load_sweep_file(_file(tmp_path, text))
+    llm = minirun.load(checkpoint_dirs["qwen2"])
+    run_sweep(sweep, tmp_path / "out", lambda _: llm, progress=False)
+    assert run_sweep(sweep, tmp_path / "out", lambda _: pytest.fail("nothing to redo"), progress=False) is not None
+    items[1].answers[:] = ["Rome"]
+    write_jsonl(items, data)
+    with pytest.raises(MinirunError, match="the items' content changed"):
+        run_sweep(sweep, tmp_path / "out", lambda _: llm, progress=False)

@@ -40,6 +40,7 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device, self.mb = device, 0.0
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None  # the RSS poller, where /proc has it
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -61,7 +62,7 @@ class PeakMemory:
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif hasattr(self, "_thread"):
+        elif self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._sample()
@@ -282,10 +283,10 @@ def _copy_gb_s(device: torch.device) -> float:
 
 
 class ReadProbe:
-    """CPU read bandwidth: one `torch.sum` over `mib` MiB of `dtype` (beyond most caches) a call."""
+    """CPU read bandwidth: one `torch.sum` over 512 MiB of `dtype` (beyond most caches) a call."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32, mib: int = 512):
-        self.data = torch.ones(mib * 2**20 // torch.finfo(dtype).bits * 8, dtype=dtype)
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        self.data = torch.ones(512 * 2**20 // torch.finfo(dtype).bits * 8, dtype=dtype)
         self.data.sum()  # pages touched before any timing
 
     def __call__(self) -> float:

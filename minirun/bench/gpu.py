@@ -241,9 +241,9 @@ def step_time(short: dict[str, list[float]], long: dict[str, list[float]], extra
 
 
 def host_syncs(llm: LLM, new_tokens: int) -> dict[str, Any]:
-    """Synchronising calls per decode step of a compiled avg generation: at most the stop check's
-    one in `check_every` (8 on CUDA). No verdict where the profiler saw no CUDA activity at all (no
-    launch, no kernel: a sandbox without CUPTI), as zero syncs would then prove nothing."""
+    """Synchronising calls per decode step of a compiled avg generation: at most the stop check's,
+    one in 8 steps on CUDA. No verdict where the profiler saw no CUDA activity at all (no launch, no
+    kernel: a sandbox without CUPTI), as zero syncs would then prove nothing."""
     out = per_step_counts(llm, "avg", new_tokens, {name: (name,) for name in SYNCS} | LAUNCHES)
     syncs = out["per_step"]["cudaStreamSynchronize"] + out["per_step"]["cudaDeviceSynchronize"]
     seen = all(c["gpu_kernels"] + c["graph_launches"] + c["kernel_launches"] > 0 for c in out["counts"])

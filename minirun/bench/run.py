@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,10 @@ from minirun.layers.calibrate import cpu_facts
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row
+from minirun.paths import cache_root
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 TAIL_TOKENS = 4  # a shared suffix, like a chat template's generation prompt; flex needs one
 COMPARES = ("transformers", "eager", "captured")
@@ -56,7 +60,7 @@ def random_checkpoint_dir(shape: str, dtype: str, **overrides: Any) -> Path:
     $MINIRUN_CACHE and reused (0.5 GB+ each at full size)."""
     from minirun.checkpoints.random import random_checkpoint
 
-    root = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "random"
+    root = cache_root() / "random"
     name = f"{shape}-{dtype}" + "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     out = root / name
     if not (out / "model.safetensors").is_file():
@@ -264,7 +268,7 @@ def write_json(result: dict, path: str | Path) -> Path:
     return path
 
 
-def format_table(result: dict):
+def format_table(result: dict) -> Table:
     """A rich Table: one column per engine measured, one row per figure."""
     from rich.table import Table
 

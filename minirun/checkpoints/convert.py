@@ -26,6 +26,7 @@ from gguf.quants import dequantize
 
 from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.errors import MinirunError
+from minirun.layers.rope import inv_frequencies
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ _LAYER = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+CHUNK_ELEMENTS = 1 << 22  # dequantized a piece at a time: 16 MB of float32
+ROPE_FREQS = "rope_freqs.weight"  # llama3 rope scaling as per-frequency divisors: read into config.json, not a weight
+# Meta's llama3 scaling constants (Llama 3.1, 3.2); llama.cpp keeps only the divisors they produce.
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 def hf_name(gguf_name: str) -> str:
@@ -80,8 +85,22 @@ def read_gguf(path: str | Path) -> tuple[GGUFReader, dict[str, Any]]:
     return reader, meta
 
 
-def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, dtype: str) -> dict[str, Any]:
-    """HF `config.json` from GGUF metadata (`<arch>.*` keys as written by llama.cpp's convert script)."""
+def llama3_scaling(divisors: np.ndarray, theta: float, head_dim: int) -> dict[str, Any]:
+    """The llama3 `rope_scaling` whose frequencies are llama.cpp's `rope_freqs` divisors: the factor is
+    the largest divisor, the other constants Meta's, checked against every divisor."""
+    scaling = {"rope_type": "llama3", "factor": float(divisors.max()), **LLAMA3_ROPE}
+    implied = (inv_frequencies(head_dim, theta) / inv_frequencies(head_dim, theta, scaling)).numpy()
+    if implied.shape != divisors.shape or not np.allclose(implied, divisors, rtol=1e-5, atol=0):
+        raise MinirunError(f"GGUF tensor {ROPE_FREQS} is not llama3 rope scaling with Meta's constants "
+                           f"({', '.join(f'{k} {v:g}' for k, v in LLAMA3_ROPE.items())}): this model variant is "
+                           "not supported; convert the original checkpoint instead")
+    return scaling
+
+
+def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, dtype: str,
+                 rope_divisors: np.ndarray | None = None) -> dict[str, Any]:
+    """HF `config.json` from GGUF metadata (`<arch>.*` keys as written by llama.cpp's convert script)
+    and, for Llama 3.1/3.2, the `rope_freqs` tensor's divisors."""
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise MinirunError(
@@ -119,6 +138,10 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none and linear")
     if scaling == "linear":
         config["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
+    if rope_divisors is not None:
+        if scaling != "none":
+            raise MinirunError(f"GGUF has both rope scaling {scaling!r} and {ROPE_FREQS}: the file is inconsistent")
+        config["rope_scaling"] = llama3_scaling(rope_divisors, config["rope_theta"], config["head_dim"])
     if arch == "llama":
         config.update(attention_bias=False, mlp_bias=False)
     else:
@@ -134,14 +157,14 @@ def _dequantize(data: np.ndarray, tensor: Any) -> np.ndarray:
         raise MinirunError(f"GGUF tensor type {kind} cannot be dequantized by the gguf package: upgrade gguf") from None
 
 
-def _float32_chunks(tensor: Any, config: dict[str, Any], chunk_elements: int = 1 << 22) -> Iterator[np.ndarray]:
+def _float32_chunks(tensor: Any, config: dict[str, Any]) -> Iterator[np.ndarray]:
     """One GGUF tensor as float32 rows in HF layout, a few MB at a time so memory stays flat."""
     rows = tensor.data.reshape(-1, tensor.data.shape[-1])
     if config["model_type"] == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
         heads = config["num_attention_heads" if ".attn_q." in tensor.name else "num_key_value_heads"]
         yield unpermute_rows(_dequantize(rows, tensor).reshape(rows.shape[0], -1), heads)
         return
-    step = max(1, chunk_elements // int(tensor.shape[0]))
+    step = max(1, CHUNK_ELEMENTS // int(tensor.shape[0]))
     for start in range(0, rows.shape[0], step):
         yield _dequantize(rows[start : start + step], tensor)
 
@@ -150,7 +173,7 @@ def write_safetensors(path: Path, reader: GGUFReader, config: dict[str, Any], dt
     """Stream every tensor into `path`: the header is known from the GGUF shapes, data follows tensor by tensor."""
     torch_dtype, code = DTYPES[dtype]
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
-    entries = sorted(((hf_name(t.name), t) for t in reader.tensors), key=lambda item: item[0])
+    entries = sorted(((hf_name(t.name), t) for t in reader.tensors if t.name != ROPE_FREQS), key=lambda item: item[0])
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, tensor in entries:
@@ -208,7 +231,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise MinirunError(f"{gguf_path} has no tokenizer.ggml.tokens vocabulary: cannot build a tokenizer")
-    config = build_config(meta, names, len(tokens), dtype)
+    divisors = next((np.asarray(t.data, dtype=np.float32).ravel() for t in reader.tensors if t.name == ROPE_FREQS), None)
+    config = build_config(meta, names, len(tokens), dtype, divisors)
     tokenizer, tokenizer_config = build_tokenizer(meta)
     tokenizer_config["model_max_length"] = config["max_position_embeddings"]
     specials = {k: v for k, v in tokenizer_config.items() if k in ("bos_token", "eos_token", "unk_token", "pad_token")}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from minirun.checkpoints.loader import DTYPES
 from minirun.errors import MinirunError
 
 _LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -43,7 +44,6 @@ SHAPES: dict[str, dict[str, Any]] = {
                    "bos_token_id": 151643, "eos_token_id": 151645},
 }
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def shape_config(shape: str | dict[str, Any], dtype: str = "bfloat16", **overrides: Any) -> dict[str, Any]:
@@ -55,8 +55,8 @@ def shape_config(shape: str | dict[str, Any], dtype: str = "bfloat16", **overrid
         if shape not in SHAPES:
             raise MinirunError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
         shape = SHAPES[shape]
-    if dtype not in _DTYPES:
-        raise MinirunError(f"unsupported dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise MinirunError(f"unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     return {**shape, **overrides, "torch_dtype": dtype}
 
 
@@ -86,7 +86,7 @@ def random_checkpoint(shape: str | dict[str, Any], out_dir: str | Path, dtype: s
                       **overrides: Any) -> Path:
     """Write config.json + model.safetensors with N(0, 0.02) weights (norm weights 1.0); return the dir."""
     config = shape_config(shape, dtype, **overrides)
-    torch_dtype = _DTYPES[dtype]
+    torch_dtype = DTYPES[dtype]
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, size in _tensor_shapes(config).items():

@@ -1,5 +1,6 @@
 """The Typer app: every command group registers its commands here."""
 import sys
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -18,7 +19,7 @@ class OneLineErrors(TyperGroup):
     """Usage errors (an option out of range, a missing argument, an unknown option) as one line naming the
     problem and where the help is, like every other minirun error, instead of a usage box."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:  # a caller (a test, `interactive`) handles the exceptions itself
             return super().main(*args, standalone_mode=False, **kwargs)
         try:

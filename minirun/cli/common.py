@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from minirun.engine.llm import LLM
 
 err = Console(stderr=True, soft_wrap=True)  # an error stays one line in a log or a pipe, not wrapped at 80 columns
+# Results on stdout: piped into a file or a log, rich would squeeze a table into 80 columns and cut its figures to
+# "0.000…"; there a table takes the width it needs.
+out = Console(width=None if sys.stdout.isatty() else 1000)
 DTYPE_HELP = ("float32, bfloat16 or float16 (default: the checkpoint's on GPU; on CPU bfloat16 where the CPU has "
               "bfloat16 arithmetic and the checkpoint is bfloat16, else float32).")
 
@@ -136,10 +139,7 @@ def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: b
     """The model named, else $MINIRUN_MODEL, else the default model (pulled on first use)."""
     from minirun.checkpoints.hub import resolve_model
     from minirun.engine.llm import load
-    from minirun.layers import flex
-
-    flex.set_compiled(compile)
-    return load(resolve_model(model), device=device, dtype=dtype)
+    return load(resolve_model(model), device=device, dtype=dtype, compile=compile)
 
 
 def parse_flex_bias(value: Optional[str]) -> float | str | None:

@@ -11,14 +11,12 @@ from typing import Optional
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from minirun.cli.common import DTYPE_HELP, check_figure_path, friendly, load_llm, parse_flex_bias
+from minirun.cli.common import DTYPE_HELP, check_figure_path, friendly, load_llm, out, parse_flex_bias
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
-out = Console()
 
 
 def register(app: typer.Typer) -> None:
@@ -110,7 +108,8 @@ def report_command(
         check_figure_path(plot)
     if is_sweep(run_dir):  # a `minirun sweep` directory: one table per dataset, models side by side
         return report_sweep(run_dir, as_json, csv, plot, match)
-    table = report.select_match(report.load_results(run_dir), match)
+    raw = report.load_results(run_dir)
+    table = report.select_match(raw, match)
     if csv is not None:
         report.summarize(table).to_csv(csv)
     if plot is not None:
@@ -119,6 +118,12 @@ def report_command(
         print(json.dumps(report.report_json(table)))
         return
     out.print(_summary_table(table, str(run_dir)))
+    for method, answered, total in report.unfinished(table):
+        out.print(f"[yellow]{method} has scored {answered} of the {total} items (an unfinished run): its accuracy and "
+                  "comparisons cover those items only[/yellow]")
+    if report.single_prompt_dropped(raw, table):
+        out.print(f"[yellow]single-prompt figures left out: per-prompt correctness is recorded under the run's own "
+                  f"match rule only, and --match {match} changes some verdicts[/yellow]")
     if "relation" in table.columns and table["relation"].notna().any():
         out.print(_scores_table(report.by_relation(table), "per relation"))
     out.print(_matrix(report.agreement(table)))
@@ -139,21 +144,26 @@ def _summary_table(table: pd.DataFrame, title: str) -> Table:
 
 
 def _scores_table(scores: pd.DataFrame, title: str) -> Table:
-    """accuracy with its 95% interval / exact / n / difference and p vs origin (when paired) /
-    tokens per second / items per second, one row per index entry."""
+    """accuracy with its Wilson 95% interval / exact / n / difference vs origin on the items both
+    answered (their count when fewer than n), exact McNemar p and Holm's adjustment of it (when
+    paired) / tokens per second / items per second, one row per index entry."""
     keys = list(scores.index.names)
     paired = "p_vs_origin" in scores.columns
     t = Table(title=title)
-    for name in [*keys, "accuracy", "95% CI", "exact", "n", *(["Δ origin", "p origin"] if paired else []),
-                 "tokens/s", "items/s"]:
+    for name in [*keys, "accuracy", "95% CI (Wilson)", "exact", "n",
+                 *(["Δ origin", "p (McNemar)", "p (Holm)"] if paired else []), "tokens/s", "items/s"]:
         t.add_column(name, justify="left" if name in keys else "right")
     for index, row in scores.iterrows():
         labels = list(index) if isinstance(index, tuple) else [index]
         items_per_s = row["n"] / row["seconds"] if row["seconds"] > 0 else float("nan")
-        versus = [_number(row["diff_vs_origin"], "+.3f"), _number(row["p_vs_origin"], ".3g")] if paired else []
+        versus = []
+        if paired:
+            fewer = pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"]
+            versus = [_number(row["diff_vs_origin"], "+.3f") + (f" (n={int(row['n_vs_origin'])})" if fewer else ""),
+                      _number(row["p_vs_origin"], ".3g"), _number(row["p_vs_origin_holm"], ".3g")]
         t.add_row(*map(str, labels), f"{row['accuracy']:.3f}", f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}",
-                  f"{row['exact_accuracy']:.3f}", str(int(row["n"])), *versus, f"{row['tokens_per_second']:.1f}",
-                  f"{items_per_s:.2f}")
+                  f"{row['exact_accuracy']:.3f}", str(int(row["n"])), *versus, _number(row["tokens_per_second"], ".1f"),
+                  _number(items_per_s, ".2f"))
     return t
 
 

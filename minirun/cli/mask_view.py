@@ -23,6 +23,7 @@ from minirun.methods.runner import fusion_layer as resolve_fusion_layer
 
 GEN, PAD_TEXT = "<gen>", "<pad>"
 LABEL_LIMIT = 80  # beyond this many slots token text no longer fits on the axes
+DPI = 100
 SHARED_RGB = (0.6, 0.6, 0.6)
 GEN_RGB = (1.0, 0.8, 0.0)
 PAD_RGB = (0.0, 0.0, 0.0)
@@ -126,20 +127,13 @@ def kind_rgb(kind: str | int) -> tuple[float, float, float]:
     return {"pad": PAD_RGB, "gen": GEN_RGB, "shared": SHARED_RGB}.get(kind) or paraphrase_rgb(int(kind))
 
 
-def cell_rgb(view: MaskView, row: int, q: int, kv: int) -> tuple[float, float, float]:
-    """Colour of cell (q, kv): padding black, allowed cells by the key's kind, hidden white."""
-    r = view.rows[row]
-    if PAD in (r.segments[q], r.segments[kv]):
-        return PAD_RGB
-    return kind_rgb(view.kind(row, kv)) if r.mask[q, kv] else HIDDEN_RGB
-
-
 def _rgb(colours) -> torch.Tensor:
     return torch.tensor(colours, dtype=torch.float64)
 
 
 def _image(view: MaskView, row: int) -> torch.Tensor:
-    """[L, L, 3] colours of every cell; `cell_rgb` per cell, vectorised for long prompts."""
+    """[L, L, 3] colours of every cell (q, kv): padding black, visible cells the colour of the key's
+    kind, hidden ones white."""
     r = view.rows[row]
     keys = _rgb([kind_rgb(view.kind(row, s)) for s in range(view.length)])
     image = torch.where(r.mask[..., None], keys[None], _rgb(HIDDEN_RGB))
@@ -158,17 +152,13 @@ class Panel:
     width: float
     height: float
 
-    def cell_center(self, size: int, q: int, kv: int) -> tuple[int, int]:
-        """(pixel row, pixel column) at the centre of cell (q, kv) of a size x size mask."""
-        return int(self.top + (q + 0.5) * self.height / size), int(self.left + (kv + 0.5) * self.width / size)
-
 
 def _label(text: str, width: int = 10) -> str:
     text = text.replace("\n", "\\n").replace("\t", "\\t")
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
-def render_png(view: MaskView, path: str | Path, dpi: int = 100) -> list[Panel]:
+def render_png(view: MaskView, path: str | Path) -> list[Panel]:
     """Write the mask panels (query down, key across) with position bars and a legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -181,7 +171,7 @@ def render_png(view: MaskView, path: str | Path, dpi: int = 100) -> list[Panel]:
     left, top, gap, bars, bottom = (1.1 if labels else 0.5), (1.2 if labels else 0.5), 0.2, 0.9, 0.9
     panel_w = left + side + 0.3
     fig_w, fig_h = panel_w * len(view.rows) + 0.2, top + side + gap + bars + bottom
-    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)
     FigureCanvasAgg(fig)
     mask_axes = []
     for b, r in enumerate(view.rows):
@@ -221,7 +211,7 @@ def render_png(view: MaskView, path: str | Path, dpi: int = 100) -> list[Panel]:
     for ax in mask_axes:
         box = ax.get_window_extent()
         panels.append(Panel(float(box.x0), float(height - box.y1), float(box.width), float(box.height)))
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=DPI)
     return panels
 
 

@@ -12,12 +12,9 @@ from typing import Optional
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from minirun.cli.common import friendly, load_llm
-
-out = Console()
+from minirun.cli.common import friendly, load_llm, out
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +50,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
     table = select_match(load_sweep(run_dir), match)
     scores = sweep_table(table)
     if csv is not None:
-        scores.to_csv(csv)
+        scores_long(scores).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot)
     if as_json:
@@ -64,33 +61,47 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
 
 
 def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
-    """One rich table per dataset of a `sweep_table`: a row per method, a column group per model."""
+    """One rich table per dataset of a `sweep_table`: a row per method, a column group per model
+    (accuracy with its Wilson interval, exact, n, the difference from origin with its exact
+    McNemar p, tokens per second)."""
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     tables = []
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
-        t = Table(title=f"{dataset} · {title}")
+        t = Table(title=f"{dataset} · {title}", caption="95% CI: Wilson; Δ origin: on the items both answered, "
+                  "p: exact McNemar (Holm-adjusted over a model's methods in --json and --csv)")
         t.add_column("method")
         for model in models:
-            for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "tokens/s")):
+            for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "Δ origin (p)", "tokens/s")):
                 t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
         for method, row in scores.loc[dataset].iterrows():
             cells = []
             for model in models:
                 s = row[model]
-                cells += ["-"] * 4 if math.isnan(s["n"]) else [
-                    f"{s['accuracy']:.3f} [{s['ci95_low']:.2f}, {s['ci95_high']:.2f}]", f"{s['exact_accuracy']:.3f}",
-                    str(int(s["n"])), f"{s['tokens_per_second']:.1f}"]
+                versus = "–" if math.isnan(s["diff_vs_origin"]) else f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g})"
+                cells += ["–"] * 5 if math.isnan(s["n"]) else [
+                    f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
+                    str(int(s["n"])), versus, "–" if math.isnan(s["tokens_per_second"]) else f"{s['tokens_per_second']:.1f}"]
             t.add_row(str(method), *cells)
         tables.append(t)
     return tables
 
 
+def scores_long(scores: pd.DataFrame) -> pd.DataFrame:
+    """A `sweep_table` as one row per (dataset, method, model) scored, a column per metric: the
+    shape a plotting or stats script reads without a multi-row header."""
+    models = list(dict.fromkeys(scores.columns.get_level_values("model")))
+    rows = [{"dataset": dataset, "method": method, "model": model, **row[model].to_dict()}
+            for (dataset, method), row in scores.iterrows() for model in models if not math.isnan(row[(model, "n")])]
+    return pd.DataFrame(rows).astype({"n": int})
+
+
 def scores_json(scores: pd.DataFrame) -> dict:
-    """{dataset: {model: {method: {metric: value}}}}, NaN as null, runs not yet scored left out."""
+    """{dataset: {model: {method: scores}}} with each method's scores as `minirun report --json`
+    gives them for one run (intervals as [low, high], NaN as null); runs not yet scored left out."""
+    from minirun.eval.report import json_scores
+
     result: dict = {}
-    for (dataset, method), row in scores.iterrows():
-        for (model, metric), value in row.items():
-            if not math.isnan(row[(model, "n")]):
-                value = None if math.isnan(value) else (int(value) if metric == "n" else float(value))
-                result.setdefault(dataset, {}).setdefault(model, {}).setdefault(method, {})[metric] = value
+    for row in scores_long(scores).to_dict("records"):
+        dataset, method, model = row.pop("dataset"), row.pop("method"), row.pop("model")
+        result.setdefault(dataset, {}).setdefault(model, {})[method] = json_scores(row)
     return result

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from minirun.cli.common import DTYPE_HELP, check_figure_path, check_texts, err, friendly, load_llm, read_text_file
+from minirun.cli.common import out as tables
 from minirun.methods import EnsembleOptions
 from minirun.methods.runner import check_options_used
 
@@ -78,7 +78,7 @@ def bench(
 
     result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases, repeats,
                        warmup, dtype, device, compile, compare)
-    Console().print(format_table(result))
+    tables.print(format_table(result))
     if as_json is not None:
         err.print(f"wrote {write_json(result, as_json)}")
 

@@ -1,7 +1,7 @@
 """Prompt layouts and the decode loop shared by every method."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -105,7 +105,6 @@ class Completion:
     token_ids: list[int]
     finish_reason: str
     prompt_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 Chooser = Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
@@ -144,7 +143,7 @@ def record_loop_step(session: Session, logits: torch.Tensor, next_positions: tor
 
 def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Tensor, choose: Chooser,
                 max_new_tokens: int, stopper: Stopper, groups: list[list[int]] | None = None,
-                check_every: int | None = None, on_text: Callable[[str], None] | None = None,
+                on_text: Callable[[str], None] | None = None,
                 deterministic: bool = False) -> list[Completion]:
     """Pick a token per row with `choose`, feed it back, until every group's answer is done.
 
@@ -155,13 +154,12 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
     others (`RETIRE_COST` per kept row), which keeps the total within twice the best schedule's
     (a per_prompt sweep retired rows at nearly every step, at ~14 ms each for 150 rows, to save
     ~1.2 ms a row). `choose(logits [b, V], rows)` is told which of the original rows the b rows
-    are. Tokens stay on the device and are copied to the host every `check_every` steps only
-    (default: every step on CPU, where the copy is free; every 8 on GPU, where it stalls). Where the
+    are. Tokens stay on the device and are copied to the host every step on CPU, where the copy is
+    free, and every 8 on a GPU, where it stalls. Where the
     session records its steps and `choose` is `deterministic` (greedy), every step but the last is one
     replay of `record_loop_step`.
     """
-    if check_every is None:
-        check_every = 8 if session.device.type == "cuda" else 1
+    check_every = 8 if session.device.type == "cuda" else 1
     if groups is None:
         groups = [[r] for r in range(session.batch)]
     rows = tuple(range(session.batch))  # the original index of each row still in the batch

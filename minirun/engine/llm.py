@@ -15,6 +15,8 @@ from minirun.engine.generate import Completion, Stopper, decode_loop, left_padde
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Prefixes, Session, cache_size
 from minirun.errors import MinirunError
+from minirun.layers import flex
+from minirun.layers.hidden_fusion import HeadMix, HiddenFusion
 from minirun.models import Decoder
 
 
@@ -68,11 +70,14 @@ class LLM:
         self.check_context(len(ids), max_new_tokens)
         return ids
 
-    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False) -> Session:
+    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False, *,
+                log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
+                head_mix: HeadMix | None = None) -> Session:
         """A fresh cache for `batch` rows of `slots` tokens (rounded up to the cache's sizes); with `reuse`
-        (a method's batch of questions), its prompts are kept or copied within `reusing_prompts`."""
-        return Session(self.model, batch, cache_size(slots), hooks=hooks, prefixes=self.prefixes,
-                       prompts=self.prompts if reuse else None)
+        (a method's batch of questions), its prompts are kept or copied within `reusing_prompts`. The
+        rest is how the rows are fused (`Session`)."""
+        return Session(self.model, batch, cache_size(slots), log_weights, hooks, fusion, prefixes=self.prefixes,
+                       prompts=self.prompts if reuse else None, head_mix=head_mix)
 
     @contextlib.contextmanager
     def reusing_prompts(self) -> Iterator[Prefixes]:
@@ -124,9 +129,13 @@ class LLM:
         return results
 
 
-def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> LLM:
+def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compile: bool | None = None) -> LLM:
     """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference; under
-    torchrun, "cuda" is this process's own GPU (`rank_device`)."""
+    torchrun, "cuda" is this process's own GPU (`rank_device`). `compile` switches the process to
+    compiled kernels (True: FlexAttention and the decode step compiled, what `--compile` does) or to
+    eager ones (False); it is process-wide, as torch.compile's caches are, and None leaves it as is."""
+    if compile is not None:
+        flex.set_compiled(compile)
     checkpoint = Path(path)
     if not checkpoint.is_dir():
         from minirun.checkpoints.hub import resolve_model

@@ -262,7 +262,7 @@ class Session:
 
     def __init__(self, model: Decoder, batch: int, max_slots: int, log_weights: torch.Tensor | None = None,
                  hooks: Hooks = NO_HOOKS, fusion: HiddenFusion | None = None, prefixes: Prefixes | None = None,
-                 prompts: Prefixes | None = None):
+                 prompts: Prefixes | None = None, head_mix: HeadMix | None = None):
         self.model, self.batch, self.max_slots, self.hooks = model, batch, max_slots, hooks
         self.prefixes = prefixes  # where `prefill_head` finds and leaves shared heads
         self.prompts = prompts  # where `prefill` finds and leaves whole batches' prompts
@@ -275,7 +275,7 @@ class Session:
         self.segments = torch.full((batch, max_slots), SHARED, dtype=torch.int32, device=self.device)
         self.log_weights = log_weights  # [B, N+1] attention bias per segment, see masks.segment_bias
         self.fusion = fusion  # rows' newest token fused across groups (prefill's last token, every decode step)
-        self.head_mix: HeadMix | None = None  # rows' last states mixed per group: logits [Q, V] (prefill, decode)
+        self.head_mix = head_mix  # rows' last states mixed per group: logits [Q, V] (prefill, decode)
         self.length = 0
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
         self._mask: BlockMask | None = None  # over all slots; None once segment ids change

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -155,6 +155,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "model": str(Path(llm.path).resolve()), "dtype": _dtype(llm), "dataset": dataset,
         "num_prompts": num_prompts, "original": original,
         "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
+        "items": items_digest(items, prompts),
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "num_samples": num_samples,
         "positions": positions, "share_prefix": share_prefix, "chat": chat, "flex_bias": flex_bias,
         "fusion_layer": fusion_layer, "fusion_alpha": fusion_alpha, "choice_score": choice_score,
@@ -162,6 +163,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     }
     return Run(items, tuple(methods), Path(output_dir), run_key, options, prompts, prefixes, task, num_prompts,
                batch_size, bidirectional, original, choice_format)
+
+
+def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
+    """A hash of what each item puts into its rows (question, the prompts run, gold answers, options):
+    an edited dataset file resumed into an old run would otherwise pair new rows with stale ones."""
+    content = [[item.id, item.question, prompts[item.id], item.answers, item.task, item.relation, item.choices,
+                item.answer] for item in items]
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
@@ -370,24 +379,35 @@ def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, 
     return out
 
 
+@contextlib.contextmanager
+def process_group(world_size: int) -> Iterator[None]:
+    """A gloo group over the `torchrun` processes for the block (nothing with one process). gloo works
+    on CPU and GPU hosts alike; the long timeout lets ranks finish far apart on uneven shards without a
+    barrier giving up. Open one per command: a later group in the same processes can read an earlier
+    one's addresses and fail to connect."""
+    if world_size <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(days=7))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def run_sharded(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path,
                 **kwargs) -> pd.DataFrame:
-    """`evaluate`, sharded over the `torchrun` processes when WORLD_SIZE > 1.
-
-    Each rank journals its shard; after a barrier rank 0 merges them and returns the full table
-    (other ranks return their shard). gloo works on CPU and GPU hosts alike; the long timeout
-    lets ranks finish far apart on uneven shards without the barrier giving up.
-    """
+    """`evaluate`, sharded over the `torchrun` processes when WORLD_SIZE > 1: each rank journals its
+    shard; after a barrier rank 0 merges them and returns the full table (other ranks their shard)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return evaluate(llm, items, methods, output_dir, **kwargs)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=timedelta(days=7))
-    try:
+    with process_group(world_size):
         rank = dist.get_rank()
         table = evaluate(llm, items, methods, output_dir, rank=rank, world_size=world_size, **kwargs)
         dist.barrier()
         return merge(output_dir) if rank == 0 else table
-    finally:
-        dist.destroy_process_group()

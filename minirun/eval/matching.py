@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from minirun.text import ARTICLES, clean, normalize
 
+MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
@@ -60,16 +61,17 @@ class Matcher:
     """Lemma matcher; lemmatises unseen strings in batches and caches them, because sweeps
     compare the same gold answers and frequent predictions many times."""
 
-    def __init__(self, nlp=None, batch_size: int = 256) -> None:
-        self.nlp = nlp if nlp is not None else _load_nlp()
-        self.batch_size = batch_size
+    BATCH = 256  # strings per spaCy pipe call
+
+    def __init__(self) -> None:
+        self.nlp = _load_nlp()
         self._cache: dict[str, tuple[str, ...]] = {}
 
     def lemmas(self, texts: list[str]) -> list[tuple[str, ...]]:
         """Lemma sequences with punctuation and articles dropped, in input order."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         lowered = [unicodedata.normalize("NFKC", t).lower() for t in todo]
-        docs = self.nlp.pipe(lowered, batch_size=self.batch_size) if todo else ()
+        docs = self.nlp.pipe(lowered, batch_size=self.BATCH) if todo else ()
         for text, doc in zip(todo, docs):
             self._cache[text] = tuple(
                 part

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict
-from minirun.text import normalize
+from minirun.eval.results import lock_exclusively
+from minirun.text import first_line, normalize
 
 INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
                "different sentence structure. Reply with the rewritten question only.")
@@ -43,7 +45,7 @@ def rewrite_prompt(question: str) -> str:
 
 def clean_rewrite(text: str) -> str:
     """First line, without a leading 'Rewrite:' label or quotes."""
-    line = text.strip().split("\n", 1)[0].strip()
+    line = first_line(text)
     line = re.sub(r"^(rewrite|question)\s*:\s*", "", line, flags=re.IGNORECASE)
     return line.strip(" \"'")
 
@@ -90,8 +92,8 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
 
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
-                    max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8, on_batch=None,
-                    dataset: str = "custom") -> list[Item]:
+                    max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8,
+                    on_batch: Callable[[int], None] | None = None, dataset: str = "custom") -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
 
     The original stays paraphrase 0 so the file reads the same with or without the question
@@ -104,10 +106,14 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
     SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top_p before any work
     key = settings_key(llm, dataset, num, temperature, top_p, max_new_tokens, seed)
-    finished = _read_finished(out, key)
-    todo = [item for item in items if item.id not in finished]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f:
+        lock_exclusively(f, out)
+        finished = _read_finished(out, key)
+        if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
+            raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (its question or "
+                               "answers differ now): write to another file, or delete that item's line to redo it")
+        todo = [item for item in items if item.id not in finished]
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
@@ -153,6 +159,12 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
             raise MinirunError(f"{out}:{lineno} was written for another dataset or with other paraphrase settings: "
                                "use another output file or delete this one")
         found[item.id] = item
-    if torn:
-        out.write_text(complete + "\n" if complete else "", encoding="utf-8")
+    if torn:  # in place: rewriting the file would lose every finished row to a kill in between
+        os.truncate(out, len(text.encode("utf-8")) - len(torn.encode("utf-8")))
     return found
+
+
+def _same_item(written: Item, item: Item) -> bool:
+    """Whether a finished row still answers `item`: the rewrites depend on its question, and a kept
+    rewrite was checked against its answers."""
+    return (written.question, written.answers, written.task) == (item.question, item.answers, item.task)

@@ -51,6 +51,3 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
     return "\n\n".join([INSTRUCTIONS[task], *blocks]) + "\n\n"
 
 
-def full_prompt(prefix: str, paraphrase: str) -> str:
-    """The complete prompt for one paraphrase."""
-    return prefix + question_block(paraphrase)

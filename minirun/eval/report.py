@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 
 from minirun.errors import MinirunError
+from minirun.eval.matching import MATCH_RULES
 from minirun.eval.results import journal_paths, read_results
 from minirun.eval.stats import (
+    holm,
     mcnemar_exact,
     newcombe_paired_interval,
     paired_bootstrap_interval,
-    wilcoxon_p,
+    sign_flip_p,
     wilson_interval,
 )
 from minirun.text import normalize
@@ -28,9 +30,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 NEEDED = ("id", "method", "answer", "exact", "correct", "tokens", "seconds")
-MATCH_RULES = ("lemma", "bidirectional")
 BOOTSTRAP_SEED = 0
-PAIRED = ("diff_vs_origin", "diff_vs_origin_ci95_low", "diff_vs_origin_ci95_high", "p_vs_origin",
+PAIRED = ("diff_vs_origin", "diff_vs_origin_ci95_low", "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm",
+          "n_vs_origin",
           "diff_vs_mean_single", "diff_vs_mean_single_ci95_low", "diff_vs_mean_single_ci95_high", "p_vs_mean_single",
           "mean_single_accuracy", "oracle_accuracy", "consistency")
 
@@ -39,22 +41,27 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
     """A run's table: from its journals when present (they are never behind, even mid-run),
     else from `results.parquet`."""
     output_dir = Path(output_dir)
-    if journal_paths(output_dir):
-        return read_results(output_dir)
     table = output_dir / "results.parquet"
-    if table.is_file():
+    if journal_paths(output_dir):
+        df = read_results(output_dir)
+    elif table.is_file():
         try:
-            return pd.read_parquet(table)
+            df = pd.read_parquet(table)
         except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise MinirunError(f"{table} is not a readable Parquet table ({type(e).__name__}): restore it, or "
                                "rerun `minirun eval` into the same directory to rewrite it from the journals") from None
-    raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
+    else:
+        raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
+    if not len(df):
+        raise MinirunError(f"{output_dir}: the run has no finished rows yet; let `minirun eval` finish a batch first")
+    return df
 
 
 def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     """The table scored under `match` (its `correct_<match>` column as `correct`); None keeps the
-    run's own rule. Per-prompt figures (per_prompt_accuracy) stay under the run's rule: it is
-    the only one recorded per paraphrase."""
+    run's own rule. Per-prompt correctness is recorded under the run's rule only, so where `match`
+    changes any verdict per_prompt_accuracy is dropped (the single-prompt figures become NaN)
+    rather than compared across two rules (`single_prompt_dropped` tells)."""
     if match is None:
         return df
     if match not in MATCH_RULES:
@@ -63,7 +70,27 @@ def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     if column not in df.columns or df[column].isna().any():
         raise MinirunError(f"results lack '{column}' (written before --match existed); re-run `minirun eval` "
                            "into a fresh output directory to add it, or drop --match")
-    return df.assign(correct=df[column])
+    scored = df.assign(correct=df[column])
+    if "per_prompt_accuracy" in df.columns and not df["correct"].astype(bool).equals(df[column].astype(bool)):
+        scored = scored.drop(columns="per_prompt_accuracy")
+    return scored
+
+
+def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
+    """Whether `select_match` dropped the single-prompt figures of `before`."""
+    return "per_prompt_accuracy" in before.columns and "per_prompt_accuracy" not in after.columns
+
+
+def unfinished(df: pd.DataFrame) -> list[tuple[str, int, int]]:
+    """(method, items it scored, items any method scored) for each method of a run short of the
+    others, as an interrupted run leaves them; a sweep's methods are counted within their model."""
+    out = []
+    for model, part in (df.groupby("model", sort=True) if "model" in df.columns else [(None, df)]):
+        total = part["id"].nunique()
+        for method, answered in part[part["correct"].notna()].groupby("method", sort=True)["id"].nunique().items():
+            if answered < total:
+                out.append((method if model is None else f"{model} · {method}", int(answered), int(total)))
+    return out
 
 
 def _check(df: pd.DataFrame) -> None:
@@ -81,14 +108,15 @@ def _scores(groups) -> pd.DataFrame:
         accuracy=("correct", "mean"),
         hits=("correct", "sum"),
         exact_accuracy=("exact", "mean"),
-        n=("id", "size"),
+        n=("correct", "count"),
         tokens=("tokens", "sum"),
         seconds=("seconds", "sum"),
     )
     ci = [wilson_interval(int(hits), int(n)) for hits, n in zip(out.pop("hits"), out["n"])]
     out.insert(1, "ci95_low", [low for low, _ in ci])
     out.insert(2, "ci95_high", [high for _, high in ci])
-    out["tokens_per_second"] = out["tokens"] / out["seconds"].where(out["seconds"] > 0)
+    # NaN where nothing was generated (choice scoring) or timed: 0 tokens/s would read as a slow method
+    out["tokens_per_second"] = out["tokens"].where(out["tokens"] > 0) / out["seconds"].where(out["seconds"] > 0)
     return out
 
 
@@ -113,12 +141,14 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Per method of one model's rows, each compared on the items it shares with the other side:
 
-    - vs `origin`: diff_vs_origin (accuracy difference), diff_vs_origin_ci95_low/high (Newcombe's
-      paired score interval, method 10) and p_vs_origin (exact McNemar); NaN for origin itself.
+    - vs `origin`: diff_vs_origin (accuracy difference) on the n_vs_origin items both answered,
+      diff_vs_origin_ci95_low/high (Newcombe's paired score interval, method 10), p_vs_origin (exact
+      McNemar) and p_vs_origin_holm (Holm-adjusted over this model's methods, the family a table
+      of "method vs origin" rows tests); NaN for origin itself.
     - vs the single-prompt mean, when per_prompt ran: diff_vs_mean_single, the mean over items of
       correct(method) - per_prompt_accuracy(item); its interval from a paired bootstrap over items
-      (seed `BOOTSTRAP_SEED`, 10,000 resamples, percentile) and p_vs_mean_single from the Wilcoxon
-      signed-rank test (Pratt's zero handling), as those differences are not binary.
+      (seed `BOOTSTRAP_SEED`, 10,000 resamples, percentile) and p_vs_mean_single from a sign-flip
+      permutation test of that mean (same seed), as those differences are not binary.
     - on the per_prompt row only: mean_single_accuracy (mean per_prompt_accuracy), oracle_accuracy
       (some prompt right) and consistency (all prompts' answers equal after `normalize`).
     """
@@ -135,6 +165,7 @@ def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
                     "consistency": _consistency(prompts)}
         rows[method] = row
     out = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(PAIRED)).astype(float)
+    out["p_vs_origin_holm"] = holm(out["p_vs_origin"].tolist())
     out.index.name = "method"
     return out
 
@@ -150,7 +181,8 @@ def _versus_origin(correct: pd.DataFrame, method: str) -> dict[str, float]:
     only_theirs, neither = int((~ours & theirs).sum()), int((~ours & ~theirs).sum())
     low, high = newcombe_paired_interval(both, only_ours, only_theirs, neither)
     return {"diff_vs_origin": (only_ours - only_theirs) / len(pairs), "diff_vs_origin_ci95_low": low,
-            "diff_vs_origin_ci95_high": high, "p_vs_origin": mcnemar_exact(only_ours, only_theirs)}
+            "diff_vs_origin_ci95_high": high, "p_vs_origin": mcnemar_exact(only_ours, only_theirs),
+            "n_vs_origin": len(pairs)}
 
 
 def _versus_single(correct: pd.Series, single: pd.Series) -> dict[str, float]:
@@ -159,7 +191,7 @@ def _versus_single(correct: pd.Series, single: pd.Series) -> dict[str, float]:
         return {}
     low, high = paired_bootstrap_interval(diffs, seed=BOOTSTRAP_SEED)
     return {"diff_vs_mean_single": float(diffs.mean()), "diff_vs_mean_single_ci95_low": low,
-            "diff_vs_mean_single_ci95_high": high, "p_vs_mean_single": wilcoxon_p(diffs)}
+            "diff_vs_mean_single_ci95_high": high, "p_vs_mean_single": sign_flip_p(diffs, seed=BOOTSTRAP_SEED)}
 
 
 def _consistency(prompts: pd.DataFrame) -> float:
@@ -185,7 +217,8 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
     `normalize` (items of a sweep count once per model). High agreement with low accuracy means
     methods fail the same way."""
     _check(df)
-    answers = df.assign(answer=df["answer"].fillna("").map(normalize)).pivot(
+    # a missing answer (a failed or unanswered row) agrees with nothing, not with another missing one
+    answers = df.assign(answer=df["answer"].map(lambda a: normalize(a) if isinstance(a, str) else None)).pivot(
         index=[*_keys(df)[:-1], "id"], columns="method", values="answer")
     methods = sorted(answers.columns)
     return pd.DataFrame([[_agree(answers[a], answers[b]) for b in methods] for a in methods],
@@ -203,7 +236,7 @@ def report_json(df: pd.DataFrame) -> dict:
     diff_vs_mean_single_ci95); numpy values become Python ones, NaN None."""
     out: dict = {}
     for key, scores in summarize(df).to_dict("index").items():
-        entry = _entry(scores)
+        entry = json_scores(scores)
         if isinstance(key, tuple):
             out.setdefault(str(key[0]), {})[key[1]] = entry
         else:
@@ -211,14 +244,16 @@ def report_json(df: pd.DataFrame) -> dict:
     return out
 
 
-def _entry(scores: dict) -> dict:
+def json_scores(scores: dict) -> dict:
+    """One method's scores JSON-ready: each X_low/X_high pair as X: [low, high], NaN as None."""
     out = {}
     for name, value in scores.items():
         if name.endswith("_low"):
             low, high = _plain(value), _plain(scores[name.removesuffix("_low") + "_high"])
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
-            out[name] = _plain(value)
+            value = _plain(value)
+            out[name] = int(value) if name in ("n", "n_vs_origin") and value is not None else value
     return out
 
 
@@ -243,7 +278,7 @@ def figure(df: pd.DataFrame) -> Figure:
     for i, model in enumerate(models):
         rows = (summary if model is None else summary[summary["model"] == model]).set_index("method").reindex(methods)
         x = np.arange(len(methods)) + (i - (len(models) - 1) / 2) * width
-        errors = [rows["accuracy"] - rows["ci95_low"], rows["ci95_high"] - rows["accuracy"]]
+        errors = [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
         acc.bar(x, rows["accuracy"], width, yerr=errors, capsize=3, color=f"C{i}",
                 label="accuracy, Wilson 95%" if model is None else str(model))
         acc.scatter(x, rows["exact_accuracy"], color="black", marker="_", s=300 * width, zorder=3,

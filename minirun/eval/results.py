@@ -7,10 +7,12 @@ journals. `merge` turns all journals into one deduplicated, deterministically or
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
@@ -18,6 +20,10 @@ from minirun.errors import MinirunError
 
 COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
+OPAQUE = {  # run-key entries that are hashes: what a change of each means
+    "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
+    "few_shot": "the few-shot prompt changed (another --few-shot-k, few-shot file or edited examples)",
+}
 
 
 def _json_default(value: object) -> object:
@@ -38,6 +44,18 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def lock_exclusively(f: IO, what: Path) -> None:
+    """Hold an exclusive lock on open file `f` until it is closed, or refuse at once: two processes
+    appending to one journal would both redo the work, and a run with other settings would slip
+    past the check that compares them (both saw no rows yet). The lock dies with its process."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise MinirunError(f"another minirun process is writing {what}: wait for it to finish, or stop it, or "
+                           "write elsewhere") from None
+
+
 def journal_paths(output_dir: Path) -> list[Path]:
     """Every rank's journal in the directory, in rank order."""
     found = [(int(m.group(1)), p) for p in output_dir.glob("results.rank*.jsonl") if (m := _JOURNAL.match(p.name))]
@@ -50,9 +68,12 @@ def _read_journal(path: Path) -> list[dict]:
     rows = []
     for lineno, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            raise MinirunError(f"{path}:{lineno}: corrupt result line; delete that line and rerun to redo it") from None
+            row = None
+        if not isinstance(row, dict) or not {"id", "method"} <= row.keys():
+            raise MinirunError(f"{path}:{lineno}: corrupt result line; delete that line and rerun to redo it")
+        rows.append(row)
     return rows
 
 
@@ -116,10 +137,16 @@ class ResultStore:
             raise MinirunError(f"{self.output_dir} holds results files no minirun run wrote (no run.json): give this "
                                "run another output directory")
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.output_dir / f".lock.rank{rank}").open("a")  # held until `close`
+        lock_exclusively(self._lock, self.output_dir if rank == 0 else self.output_dir / f"rank {rank}")
         self.journal = self.output_dir / f"results.rank{rank}.jsonl"
-        self._drop_partial_line()
-        rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
-        self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), has_rows=bool(rows))
+        try:
+            self._drop_partial_line()
+            rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
+            self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), has_rows=bool(rows))
+        except BaseException:
+            self._lock.close()
+            raise
         self._done: dict[str, set[str]] = {}
         for row in rows:
             self._done.setdefault(row["method"], set()).add(row["id"])
@@ -135,11 +162,13 @@ class ResultStore:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def _check_run(self, info: dict, has_rows: bool) -> None:
+        """Refuse rows of another run. A setting the stored key lacks was recorded first by a newer
+        minirun than the one that started the run: it is not held against resuming."""
         old = _run_info(self.output_dir)
-        if has_rows and old is not None and old != info:
-            old_key, new_key = old.get("run_key", {}), info["run_key"]
-            diffs = [f"{k}: {old_key.get(k)!r} -> {new_key.get(k)!r}"
-                     for k in sorted(set(old_key) | set(new_key)) if old_key.get(k) != new_key.get(k)]
+        old_key, new_key = (old or {}).get("run_key", {}), info["run_key"]
+        changed = [k for k in sorted(old_key.keys() | new_key.keys()) if k in old_key and old_key[k] != new_key.get(k)]
+        if has_rows and old is not None and (changed or old.get("item_ids") != info["item_ids"]):
+            diffs = [OPAQUE.get(k, f"{k}: {old_key.get(k)!r} -> {new_key.get(k)!r}") for k in changed]
             if old.get("item_ids") != info["item_ids"]:
                 diffs.append("the dataset's items differ (another file, or another --max-samples)")
             raise MinirunError(
@@ -174,6 +203,7 @@ class ResultStore:
 
     def close(self) -> None:
         self._file.close()
+        self._lock.close()
 
     def __enter__(self) -> ResultStore:
         return self

@@ -3,7 +3,9 @@ between two methods answering the same items. Pure functions of counts or arrays
 
 Chosen for small evaluation sets: Wilson's interval stays inside [0, 1] and keeps its coverage
 near 0 and 1 where the normal (Wald) interval fails; McNemar's exact test and Newcombe's paired
-interval use the pairing, which an unpaired comparison of two accuracies would throw away.
+interval use the pairing, which an unpaired comparison of two accuracies would throw away. For
+non-binary per-item differences the mean gets a bootstrap interval and a sign-flip permutation
+test of the same mean, so the p-value and the interval shown beside it answer one question.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binomtest, norm, wilcoxon
+from scipy.stats import binomtest, norm
 
 Interval = tuple[float, float]
 _NAN: Interval = (math.nan, math.nan)
@@ -29,7 +31,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interva
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 or n successes the bound is the estimate itself; rounding would leave 3e-17 or 1 - 1e-16
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:
@@ -85,16 +88,47 @@ def paired_bootstrap_interval(diffs: Sequence[float] | np.ndarray, seed: int = 0
     return float(low), float(high)
 
 
-def wilcoxon_p(diffs: Sequence[float] | np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value that the per-item differences centre on 0.
+EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences every sign pattern is enumerated (65,536)
 
-    Zero differences are kept in the ranking and their ranks dropped (Pratt), so items where
-    both sides agree weigh in without counting as wins; all differences zero gives p = 1, no
-    items gives nan. Differences are rounded to 12 decimals first, so float noise (1 - 1/3 against
-    2/3) cannot break the ties the ranks depend on."""
+
+def sign_flip_p(diffs: Sequence[float] | np.ndarray, seed: int = 0, resamples: int = 100_000) -> float:
+    """Two-sided p-value that per-item differences have mean 0: the chance that flipping each
+    difference's sign at random gives a mean at least as far from 0 as the observed one.
+
+    It tests the mean, which `paired_bootstrap_interval` bounds (a rank test such as Wilcoxon's
+    tests the median and can call a difference significant whose interval holds 0). Zero
+    differences cannot change sign and drop out. Exact up to EXACT_SIGN_FLIPS non-zero
+    differences; beyond, `resamples` draws from a generator seeded with `seed`, counted as
+    (1 + hits) / (1 + resamples) so p is never 0. A draw needs only how many of each distinct
+    |difference| flip (binomial), so it costs the distinct values, not the items. No items: nan;
+    all differences zero: 1. Differences are rounded to 12 decimals so float noise cannot break
+    the ties the test compares."""
     diffs = np.round(np.asarray(diffs, dtype=float), 12)
     if diffs.size == 0:
         return math.nan
-    if not diffs.any():
+    diffs = diffs[diffs != 0]
+    if diffs.size == 0:
         return 1.0
-    return float(wilcoxon(diffs, zero_method="pratt").pvalue)
+    observed = abs(diffs.sum()) * (1 - 1e-9)  # sums equal up to rounding count as "at least as far"
+    if diffs.size <= EXACT_SIGN_FLIPS:
+        signs = 1 - 2 * ((np.arange(2 ** diffs.size)[:, None] >> np.arange(diffs.size)) & 1)
+        return float((np.abs(signs @ diffs) >= observed).mean())
+    values, counts = np.unique(np.abs(diffs), return_counts=True)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 10_000_000 // len(values))  # bounds memory at ~80 MB of counts
+    hits = sum(int((np.abs((2 * rng.binomial(counts, 0.5, size=(min(chunk, resamples - start), len(values)))
+                             - counts) @ values) >= observed).sum()) for start in range(0, resamples, chunk))
+    return (1 + hits) / (1 + resamples)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (each method against origin), which
+    controls the chance of any false positive in the family without assuming independence; NaNs
+    stay NaN and are not counted in the family."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        out[i] = running
+    return out

@@ -11,14 +11,12 @@ is rebuilt from the runs' journals, so it is the same however often the sweep wa
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -26,14 +24,15 @@ import pandas as pd
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import evaluate_runs, prepare
+from minirun.eval.loop import evaluate_runs, prepare, process_group
 from minirun.eval.report import summarize
 from minirun.eval.results import journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "tokens_per_second")
+METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "diff_vs_origin", "diff_vs_origin_ci95_low",
+           "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm", "n_vs_origin", "tokens_per_second")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +58,16 @@ def _load_items(dataset: DatasetSpec) -> tuple[list[Item], list[Item] | None]:
     return items, load_jsonl(dataset.few_shot) if dataset.few_shot is not None else None
 
 
-def _cell_key(cell: Cell, sweep: Sweep, items: list[Item]) -> str:
-    """Everything a cell's rows depend on; `done.json` holds it, so a changed cell is rerun (the
-    eval loop then resumes it or refuses a conflicting change)."""
+def _cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] | None) -> str:
+    """Everything a cell's rows depend on, the items' and few-shot examples' content included (an edited
+    file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
+    resumes it or refuses a conflicting change)."""
     model = dataclasses.asdict(cell.model)
     if Path(cell.model.path).is_dir():
         model["path"] = str(Path(cell.model.path).resolve())
     key = {"model": model, "dataset": dataclasses.asdict(cell.dataset), "method": dataclasses.asdict(cell.method),
-           "generation": dataclasses.asdict(sweep.generation), "items": [item.id for item in items]}
+           "generation": dataclasses.asdict(sweep.generation), "items": [dataclasses.asdict(i) for i in items],
+           "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -100,9 +101,9 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
         _write(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
-    keys = {c.dir: _cell_key(c, sweep, data[c.dataset.label][0]) for c in plan}
+    keys = {c.dir: _cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
     todo = [c for c in plan if not _finished(c, keys[c.dir])]  # decided before any rank writes a marker
-    with _process_group(world_size):
+    with process_group(world_size):
         for model in sweep.models:
             mine = [c for c in todo if c.model is model]
             if not mine:
@@ -126,22 +127,6 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     _write(output / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     _write(output / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table
-
-
-@contextlib.contextmanager
-def _process_group(world_size: int) -> Iterator[None]:
-    """One gloo group for the whole sweep: `run_sharded` opens one per call, and a later group in
-    the same torchrun processes can read an earlier one's addresses and fail to connect."""
-    if world_size <= 1:
-        yield
-        return
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", timeout=timedelta(days=7))  # ranks may finish far apart on uneven shards
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _run_cells(llm: LLM, group: list[Cell], data: tuple[list[Item], list[Item] | None], gen: Generation, rank: int,
@@ -177,9 +162,14 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
     output = Path(output)
     if not is_sweep(output):
         raise MinirunError(f"{output}: no sweep.json; pass the output directory of `minirun sweep`")
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
-    parts = [read_results(output / c["dir"]).assign(model=c["model"], dataset=c["dataset"], label=c["label"])
-             for c in index["cells"] if (output / c["dir"]).is_dir()]
+    try:
+        index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+        cells = [(c["dir"], c["model"], c["dataset"], c["label"]) for c in index["cells"]]
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MinirunError(f"{output / 'sweep.json'} is not the index `minirun sweep` writes ({type(e).__name__}): "
+                           "rerun `minirun sweep` with the same file and --output to rewrite it") from None
+    parts = [read_results(output / folder).assign(model=model, dataset=dataset, label=label)
+             for folder, model, dataset, label in cells if (output / folder).is_dir()]
     parts = [p for p in parts if len(p)]
     if not parts:
         raise MinirunError(f"{output}: the sweep has no results yet; run `minirun sweep` first")
@@ -190,8 +180,9 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
 
 def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
     """Scores per (dataset, method label) row with one column group per model: METRICS as
-    `report.summarize` defines them, in file order. A method's label stands for its name, so two
-    runs of one method with different options stay apart."""
+    `report.summarize` defines them (the comparisons with the label "origin" of the same model and
+    dataset), in file order. A method's label stands for its name, so two runs of one method with
+    different options stay apart."""
     scores = {}
     for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
         summary = summarize(group.drop(columns=["model", "dataset"]).assign(method=group["label"]))

@@ -20,6 +20,7 @@ from minirun.models.config import load_config
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, text_lines
 from minirun.eval.loop import prepare
+from minirun.eval.matching import MATCH_RULES
 from minirun.eval.prompts import CHOICE_FORMATS
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.runner import check_method, check_options_used, fusion_layer
@@ -30,9 +31,7 @@ else:
     import tomli as tomllib
 
 SECTIONS = ("models", "datasets", "methods", "generation")
-MATCH_RULES = ("lemma", "bidirectional")
 GENERATION_OWNED = ("max_new_tokens", "chat", "share_prefix")  # EnsembleOptions fields [generation] sets for all
-METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "tokens_per_second")
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")  # what `resolve_model` pulls from the hub
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from minirun.layers import flex
 from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 from minirun.layers.masks import additive
+from minirun.paths import cache_root
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
@@ -80,7 +81,7 @@ def cpu_facts() -> dict[str, Any]:
 
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX). Where it does, eval's
-    200-question sweep ran 1.5-2.4x faster in bfloat16 than in float32 (bench/README.md); where it
+    200-question sweep ran 1.25-2.4x faster in bfloat16 than in float32 (bench/README.md); where it
     does not (AVX2 only), oneDNN has no bfloat16 path and every product would convert."""
     flags = cpu_facts().get("flags", {})
     return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
@@ -91,7 +92,7 @@ def enabled() -> bool:
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "calibration.json"
+    return cache_root() / "calibration.json"
 
 
 TIMING = "turns"  # how candidates are timed (`race`): answers timed otherwise are measured again

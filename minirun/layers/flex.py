@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
+import weakref
 from typing import Callable
 
 import torch
@@ -27,6 +27,7 @@ from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE, BlockM
 
 from minirun.layers.compiled import Compiled, raise_torch_limit
 from minirun.layers.masks import additive, fold_query_heads, fold_query_heads_score, index_grids, materialize
+from minirun.paths import cache_root
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
@@ -41,6 +42,9 @@ def _always_sdpa(dtype: torch.dtype, rows: int, heads: int, kv_heads: int, head_
 
 
 _state: dict = {"compiled": False, "dense_kernel": _always_sdpa}
+# Per mask: (score_mod, dense mask, kernel), made by the first layer that attends under it and reused by the
+# rest of the forward; held weakly, so it goes with the mask.
+_dense: weakref.WeakKeyDictionary[BlockMask, tuple[Callable | None, torch.Tensor, str]] = weakref.WeakKeyDictionary()
 _compiled_flex = Compiled(
     flex_attention, "FlexAttention",
     lambda q, k, v, score_mod=None, block_mask=None, **_: (f"q {'x'.join(map(str, q.shape))}, "
@@ -60,8 +64,7 @@ def set_compiled(enabled: bool) -> None:
     _state["compiled"] = enabled
     if enabled:
         raise_torch_limit()
-        default = Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "inductor"
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default))
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
 
 
 def is_compiled() -> bool:
@@ -86,7 +89,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
     if _state["compiled"] and live == k.shape[2]:
         return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=True,
                               kernel_options=kernel_options(q.device.type, q.shape[2]))
-    cached = getattr(block_mask, "_dense", None)  # (score_mod, mask, kernel), made by the first layer for all
+    cached = _dense.get(block_mask)
     if cached is None or cached[0] is not score_mod:
         B, H, T, D = q.shape
         shape = (q.dtype, B, H, k.shape[1], D, T, live, shared)
@@ -99,7 +102,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Blo
             mask = additive(mask, q.dtype)
         elif kernel == "folded":
             mask = fold_bias(mask, H // k.shape[1], q.dtype)
-        cached = block_mask._dense = (score_mod, mask, kernel)
+        cached = _dense[block_mask] = (score_mod, mask, kernel)
     k, v = k[:, :, :live], v[:, :, :live]
     if cached[2] == "folded":
         return folded_attention(q, k, v, cached[1])

@@ -80,6 +80,15 @@ def option_row(targets: list[list[int]], start: int, segment: Callable[[int], in
     return Row(tokens, positions, segments, start)
 
 
+def option_room(targets: list[list[list[int]]], option_rows: list[Row]) -> tuple[int, int]:
+    """(positions, slots) the options need past each prompt: an option reaches as far as the longest
+    one (they share their start position), while its row holds all of them one after another and is
+    left-padded by up to CHUNK, which the cache must hold but the context need not."""
+    longest = max(len(ids) for question in targets for ids in question)
+    width = max(len(r.tokens) for r in option_rows)
+    return longest, max(0, width - longest) + CHUNK
+
+
 def _predictors(first: torch.Tensor, chunk: torch.Tensor, targets: list[list[int]]) -> list[torch.Tensor]:
     """Per option, the logits [R, n, V] that predict its n tokens: the prompt's last logits `first`
     [R, V], then the chunk's logits [R, T, V] at the option's own earlier tokens (the chunk is
@@ -126,8 +135,8 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
     plan = plan_rows(llm, method, encoded, options)
     option_rows = [option_row(targets[q], plan.rows[r].next_position, lambda k: k + 1)
                    for q, g in enumerate(plan.groups) for r in g]
-    width = max(len(r.tokens) for r in option_rows)
-    session, _, first = open_session(llm, plan.rows, plan.head, width + CHUNK, hooks, fusion=plan.fusion)
+    longest, slots = option_room(targets, option_rows)
+    session, _, first = open_session(llm, plan.rows, plan.head, longest, hooks, fusion=plan.fusion, extra_slots=slots)
     states = _options_pass(llm, session, option_rows)  # [B, T, E]
     results = []
     for q, group in enumerate(plan.groups):
@@ -159,9 +168,9 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None)
             for e in encoded]
     option_rows = [option_row(t, r.next_position, branch) for t, r in zip(targets, rows)]
-    width = max(len(r.tokens) for r in option_rows)
+    longest, slots = option_room(targets, option_rows)
     weights = flex_log_weights(encoded, options.flex_bias, llm.device)
-    session, _, first = open_session(llm, rows, head, width + CHUNK, hooks, weights)
+    session, _, first = open_session(llm, rows, head, longest, hooks, weights, extra_slots=slots)
     states = _options_pass(llm, session, option_rows)
     results = []
     for q, (t, r) in enumerate(zip(targets, rows)):

@@ -17,22 +17,20 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions
 from minirun.methods.packing import Encoded
-from minirun.text import normalize
+from minirun.paths import cache_root
+from minirun.text import first_line, normalize
 
 SameAnswer = Callable[[str, str], bool]
 
 
-def first_line(text: str) -> str:
-    return text.strip().split("\n", 1)[0].strip()
-
-
 def normalised_equal(a: str, b: str) -> bool:
-    """Fallback comparison: lowercase, punctuation dropped (the pipeline's lemma matcher replaces it)."""
+    """Fallback comparison of two samples' first lines under `normalize` (NFKC, lowercase, punctuation and
+    articles dropped); the evaluation pipeline's lemma matcher replaces it."""
     return normalize(first_line(a)) == normalize(first_line(b))
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MINIRUN_CACHE", Path.home() / ".cache" / "minirun")) / "confidence"
+    return cache_root() / "confidence"
 
 
 def _key(llm: EnsembleModel, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> str:

@@ -14,6 +14,7 @@ from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.generate import Completion, Stopper
 from minirun.engine.sampling import SamplingParams
 from minirun.engine.session import NO_HOOKS, Hooks, Session
+from minirun.layers.hidden_fusion import HeadMix, HiddenFusion
 from minirun.models.config import ModelConfig
 
 
@@ -28,7 +29,9 @@ class EnsembleModel(Protocol):
     @property
     def pad_id(self) -> int: ...
 
-    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False) -> Session: ...
+    def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False, *,
+                log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
+                head_mix: HeadMix | None = None) -> Session: ...
 
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper: ...
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from minirun.engine.generate import Completion, Row, decode_loop, plain_row, stack_rows
+from minirun.engine.generate import Completion, Layout, Row, decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
-from minirun.engine.session import NO_HOOKS, Hooks
+from minirun.engine.session import NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, head_mix
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED
@@ -143,11 +144,20 @@ def plan_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], options: 
     return RowPlan(head, rows, groups, layer, fusion)
 
 
+class Opened(NamedTuple):
+    """A session with its rows prefilled: their layout and last logits [B, V] (one row per group
+    when the session mixes the head)."""
+    session: Session
+    layout: Layout
+    logits: torch.Tensor
+
+
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
                  log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
-                 mixing: HeadMix | None = None):
+                 mixing: HeadMix | None = None, extra_slots: int = 0) -> Opened:
     """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
-    it), then all rows; last logits (one row per group with `mixing`)."""
+    it), then all rows. `max_new` tokens follow each row's prompt at the next positions (checked
+    against the context); `extra_slots` are cache room without positions (a later call's padding)."""
     limit = llm.config.max_position_embeddings
     furthest = max(r.next_position for r in rows) + max_new
     if furthest > limit:
@@ -155,12 +165,11 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
                            "shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or generate fewer tokens")
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
-    session = llm.session(len(rows), h + layout.length + max_new, hooks, reuse=True)  # other methods may share it
-    session.log_weights, session.fusion, session.head_mix = log_weights, fusion, mixing
+    session = llm.session(len(rows), h + layout.length + max_new + extra_slots, hooks, reuse=True,  # methods may share it
+                          log_weights=log_weights, fusion=fusion, head_mix=mixing)
     if head:
         session.prefill_head(head)
-    logits = session.prefill(layout.tokens, layout.positions, layout.segments)
-    return session, layout, logits
+    return Opened(session, layout, session.prefill(layout.tokens, layout.positions, layout.segments))
 
 
 @dataclass

@@ -9,6 +9,11 @@ from typing import Any
 from minirun.errors import MinirunError
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+ROPE_KEYS = {"default": (), "linear": ("factor",),
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+# What transformers' config classes assume for a key config.json leaves out, where the families differ.
+CONTEXT_DEFAULT = {"llama": 2048, "qwen2": 32768, "qwen3": 32768}
 
 
 @dataclass
@@ -23,7 +28,7 @@ class ModelConfig:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    rms_norm_eps: float = 1e-5
+    rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     max_position_embeddings: int = 2048
@@ -32,7 +37,6 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
-    bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     torch_dtype: str | None = None
 
@@ -46,12 +50,20 @@ class ModelConfig:
             )
         if raw.get("use_sliding_window"):
             raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json")
+        if missing := [key for key in REQUIRED if key not in raw]:
+            raise MinirunError(f"config.json lacks {', '.join(map(repr, missing))}: restore the checkpoint's own config.json")
+        if raw.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers' two names for x * sigmoid(x)
+            raise MinirunError(f"unsupported hidden_act {raw['hidden_act']!r}: minirun's MLP is SiLU-gated, as Llama's "
+                               "and Qwen's are; this checkpoint is another architecture")
         heads = raw["num_attention_heads"]
         rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
         theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear", "llama3"):
-            raise MinirunError(f"unsupported rope type {rope_type!r}: minirun supports default, linear, llama3")
+        if rope_type not in ROPE_KEYS:
+            raise MinirunError(f"unsupported rope type {rope_type!r}: minirun supports {', '.join(ROPE_KEYS)}")
+        if missing := [key for key in ROPE_KEYS[rope_type] if key not in rope]:
+            raise MinirunError(f"config.json's {rope_type} rope scaling lacks {', '.join(map(repr, missing))}: "
+                               "restore the checkpoint's own config.json")
         attention_bias = bool(raw.get("attention_bias", False))
         eos = raw.get("eos_token_id")
         return cls(
@@ -62,17 +74,16 @@ class ModelConfig:
             num_layers=raw["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=raw.get("num_key_value_heads") or heads,
-            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
-            rms_norm_eps=raw.get("rms_norm_eps", 1e-6 if model_type != "llama" else 1e-5),
+            head_dim=raw.get("head_dim") or (128 if model_type == "qwen3" else raw["hidden_size"] // heads),
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling={**rope, "rope_type": rope_type} if rope_type != "default" else None,
-            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            max_position_embeddings=raw.get("max_position_embeddings", CONTEXT_DEFAULT[model_type]),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
             o_bias=attention_bias if model_type != "qwen2" else False,
             mlp_bias=bool(raw.get("mlp_bias", False)) if model_type == "llama" else False,
             qk_norm=model_type == "qwen3",
-            bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
         )
