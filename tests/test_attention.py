@@ -176,8 +176,8 @@ def test_eager_decode_over_written_slots_equals_the_whole_cache(llm):
             layer.attn.kv_cache.v.zero_()
     session.prefill(layout.tokens, layout.positions, layout.segments)
     tokens, positions = torch.tensor([5, 7]), layout.positions[:, -1] + 1
-    session._slot.fill_(session.length)
-    args = (llm.model, tokens, positions, session._slot, session._full_mask(), session.segments, None)
+    session.slot.fill_(session.length)
+    args = (llm.model, tokens, positions, session.slot, session.full_mask(), session.segments, None)
     with torch.inference_mode():
         narrow = decode_step(*args, live=session.length + 1)
         whole = decode_step(*args)

@@ -89,7 +89,7 @@ def _engine_calls(monkeypatch) -> list[str]:
     import minirun.bench.compare as compare
 
     calls: list[str] = []
-    for module, name, engine in ((bench_run, "_run_once", "minirun"), (compare, "_hf_run", "transformers")):
+    for module, name, engine in ((bench_run, "run_once", "minirun"), (compare, "hf_run", "transformers")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, original=original, engine=engine: calls.append(engine) or original(*a))
     return calls
@@ -128,7 +128,7 @@ def test_compare_captured_times_recorded_steps_in_turns_with_minirun(checkpoint_
         seen.append((flex.is_compiled(), step_graphs()))
         return {"prefill": 0.1, "ttft": 0.1, "step": 0.01 if step_graphs() == "captured" else 0.02}
 
-    monkeypatch.setattr(bench_run, "_run_once", fake_run)
+    monkeypatch.setattr(bench_run, "run_once", fake_run)
     result = run_bench(model=str(checkpoint_dirs["llama3"]), compare="captured,eager", **{**FAST, "compile": True})
     trees, captured, eager = (True, "trees"), (True, "captured"), (False, "trees")
     # warm-up and memory run of each as it is added, then an untimed round and 2 timed ones in turns
@@ -255,11 +255,11 @@ def test_transformers_static_on_a_gpu_leaves_compiling_to_generate(tmp_path, mon
             return self
 
         def forward(self, *args, **kwargs):
-            raise AssertionError("not called: _hf_run is replaced")
+            raise AssertionError("not called: hf_run is replaced")
 
     runs, compiled = [], []
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Stub())
-    monkeypatch.setattr(compare, "_hf_run", lambda model, ids, n, kwargs: runs.append(
+    monkeypatch.setattr(compare, "hf_run", lambda model, ids, n, kwargs: runs.append(
         ("forward" in vars(model), kwargs)) or {"prefill": 1.0, "ttft": 1.0, "step": 1.0})
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
     trial = Trial(torch.device("cpu"), repeats=1, warmup=1, prefill_tokens=2, answers_per_step=1)

@@ -18,8 +18,9 @@ def calibrating(tmp_path, monkeypatch):
     """Calibration on, into an empty cache directory, with no answers remembered in this process."""
     monkeypatch.setenv("MINIRUN_CALIBRATE", "1")
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))
-    monkeypatch.setattr(calibrate, "_memo", {})
-    return tmp_path / "calibration.json"
+    calibrate.forget()
+    yield tmp_path / "calibration.json"
+    calibrate.forget()  # what this test measured stays out of later tests
 
 
 def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
@@ -35,7 +36,7 @@ def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
     assert calibrate.cpu_facts()["cpu"] in key and "torch " + torch.__version__ in key and "dtype=torch.float32" in key
     assert entry[key]["ms"] == [1.0] and entry[key]["value"] == 1
 
-    monkeypatch.setattr(calibrate, "_memo", {})  # a later process: reads the file, measures nothing
+    calibrate.forget()  # a later process: reads the file, measures nothing
     assert calibrate.measured("probe", {"dtype": torch.float32}, measure, default=-1) == 1 and calls == [1]
 
     facts = calibrate.cpu_facts()

@@ -347,6 +347,6 @@ def test_a_session_holds_its_rows_last_states_not_the_whole_chunk(llm):
     rows = left_padded([[5, 6, 7, 8, 9, 10], [8, 9]], llm.pad_id, llm.device)
     session = llm.session(2, 16)
     session.prefill(rows.tokens, rows.positions, rows.segments)
-    last = session._last
+    last = session.last_states
     assert last.shape == (2, llm.config.hidden_size)
     assert last.untyped_storage().nbytes() == last.numel() * last.element_size()

@@ -134,20 +134,48 @@ def test_no_private_name_crosses_a_module_boundary():
     assert private == []
 
 
+def _root(node: ast.AST) -> str | None:
+    """The name a dotted expression starts from (`pkg` of `pkg.mod.attr`), or None."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def private_uses(path: Path, package: str = "minirun") -> list[str]:
+    """`module._name` on an imported module of `package`, through any dotted path, and the same
+    name given as a string to setattr/getattr/delattr (monkeypatch's included)."""
+    tree = ast.parse(path.read_text())
+    aliases = {a.asname or a.name.split(".")[-1] for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package for a in node.names}
+    aliases |= {(a.asname or a.name.split(".")[0]) for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for a in node.names if a.name.split(".")[0] == package}
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    found = [f"{ast.unparse(node.value)}.{node.attr}" for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and private(node.attr) and _root(node.value) in aliases]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+            func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            name = node.args[1].value
+            if func in ("setattr", "getattr", "delattr") and isinstance(name, str) and private(name) \
+                    and _root(node.args[0]) in aliases:
+                found.append(f"{func}({ast.unparse(node.args[0])}, {name!r})")
+    return found
+
+
 def test_no_private_attribute_of_another_minirun_module():
-    """`module._name` on an imported minirun module counts too."""
-    offenders = []
-    for name, path in scan(PACKAGE).items():
-        tree = ast.parse(path.read_text())
-        aliases = {a.asname or a.name.split(".")[-1] for node in ast.walk(tree)
-                   if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minirun")
-                   for a in node.names}
-        aliases |= {(a.asname or a.name) for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for a in node.names if a.name.startswith("minirun")}
-        offenders += [f"{name}: {node.value.id}.{node.attr}" for node in ast.walk(tree)
-                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                      and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")]
+    """`module._name` on an imported minirun module counts too, in the package, its tests and benchmarks."""
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]
+    offenders = [f"{path.relative_to(ROOT)}: {use}" for path in sorted(files) for use in private_uses(path)]
     assert offenders == []
+
+
+def test_checker_catches_private_attributes_however_reached(tmp_path):
+    planted = tmp_path / "t.py"
+    planted.write_text("import minirun.layers.flex\nfrom minirun.layers import calibrate\n"
+                       "minirun.layers.flex._state\ncalibrate._memo.clear()\nmonkeypatch.setattr(calibrate, '_memo', {})\n"
+                       "calibrate.public\nimport os\nos._exit\n")
+    assert private_uses(planted) == ["minirun.layers.flex._state", "calibrate._memo",
+                                     "setattr(calibrate, '_memo')"]
 
 
 def _plant(tmp_path: Path, files: dict[str, str]) -> Path:

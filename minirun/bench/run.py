@@ -80,7 +80,7 @@ def workload(method: str, batch: int, num_paraphrases: int, prompt_tokens: int, 
     return [Encoded([], [ids(prompt_tokens - TAIL_TOKENS) for _ in range(n)], ids(TAIL_TOKENS)) for _ in range(batch)]
 
 
-def _run_once(llm: LLM, method: str, encoded: list[Encoded], new_tokens: int) -> dict[str, float]:
+def run_once(llm: LLM, method: str, encoded: list[Encoded], new_tokens: int) -> dict[str, float]:
     """One real method call; seconds for prefill, first token, and per decode step."""
     # Weighted rules get uniform confidences: self-consistency sampling is a separate, cached cost.
     confidences = [[1.0] * len(e.paraphrases) for e in encoded] if method in WEIGHTED else None
@@ -226,7 +226,7 @@ def _add_minirun(trial: Trial, llm: LLM, method: str, encoded: list[Encoded], ne
             previous = step_graphs()
             set_step_graphs(graphs)
             try:
-                return _run_once(llm, method, encoded, new_tokens)
+                return run_once(llm, method, encoded, new_tokens)
             finally:
                 set_step_graphs(previous)
 

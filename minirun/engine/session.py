@@ -267,7 +267,7 @@ class Session:
         self.prefixes = prefixes  # where `prefill_head` finds and leaves shared heads
         self.prompts = prompts  # where `prefill` finds and leaves whole batches' prompts
         self._head: tuple = ()  # the shared head's key and length, once prefilled
-        self._last: torch.Tensor | None = None  # the rows' last final-norm states after a prefill [rows, E]
+        self.last_states: torch.Tensor | None = None  # the rows' last final-norm states after a prefill [rows, E]
         self.device = model.device
         tune(model)
         model.setup_cache(batch, max_slots, exact=flex.is_compiled())
@@ -277,7 +277,7 @@ class Session:
         self.fusion = fusion  # rows' newest token fused across groups (prefill's last token, every decode step)
         self.head_mix = head_mix  # rows' last states mixed per group: logits [Q, V] (prefill, decode)
         self.length = 0
-        self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
+        self.slot = torch.zeros(1, dtype=torch.long, device=self.device)  # decode's cache slot, updated in place
         self._mask: BlockMask | None = None  # over all slots; None once segment ids change
         self._captured: Captured | None = None  # the recorded decode step, over the tensors of `_mask`
 
@@ -287,7 +287,8 @@ class Session:
         self._mask = None
         self._captured = None
 
-    def _full_mask(self) -> BlockMask:
+    def full_mask(self) -> BlockMask:
+        """The BlockMask over every slot of every row, built once per change of segment ids."""
         if self._mask is None:
             self._mask = flex.block_mask(segment_mask(self.segments), self.batch, self.max_slots, self.max_slots,
                                          self.device)
@@ -338,7 +339,7 @@ class Session:
             torch.cuda.synchronize(self.device)  # the prefill's own time, not its launch
         seconds = time.perf_counter() - start
         self.prompts.put(key, Prompt(self.segments[:, first:self.length].clone(), self.model.cached_slots(
-            first, self.length), self._last, seconds))  # `_last` is this session's own copy, never written
+            first, self.length), self.last_states, seconds))  # `last_states` is this session's own copy, never written
 
     def _prompt_bytes(self, first: int) -> int:
         cache = self.model.layers[0].attn.kv_cache
@@ -351,7 +352,7 @@ class Session:
         self.segments[:, start:start + length] = saved.segments
         self.length += length
         self._forget_mask()
-        self._last = saved.last
+        self.last_states = saved.last
         self.prompts.reused_seconds += saved.seconds
         return self.model.last_logits(saved.last, self.head_mix).float()
 
@@ -411,7 +412,7 @@ class Session:
                                "shorten the prompt or lower max_new_tokens")
         self.segments[:, self.length:self.length + T] = segments.to(self.segments)
         self._forget_mask()
-        full_mask = self._full_mask()
+        full_mask = self.full_mask()
         log_weights = None if self.log_weights is None else self.log_weights[:rows]
         fusion, head_mix = (self.fusion, self.head_mix) if rows == self.batch else (None, None)
         done, states = 0, []
@@ -434,8 +435,8 @@ class Session:
             else:
                 chunk_states = self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, fusion,
                                                  ragged, keep="last")
-                self._last = chunk_states[:, -1].clone()  # [rows, E]: a view would hold the whole chunk's states
-                logits = self.model.last_logits(self._last, head_mix)
+                self.last_states = chunk_states[:, -1].clone()  # [rows, E]: a view would hold the whole chunk's states
+                logits = self.model.last_logits(self.last_states, head_mix)
             self.length += size
         if every_token:
             return torch.cat(states, dim=1)[:, pad:]
@@ -475,7 +476,7 @@ class Session:
     def decode_at(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """The compiled step's device work for tokens, positions [B] at cache `slot` [1], a tensor the caller
         advances: no host bookkeeping (`length`, hooks), so a recording of it replays as it is."""
-        return compiled_decode_step(self.device)(self.model, tokens, positions, slot, self._full_mask(), self.segments,
+        return compiled_decode_step(self.device)(self.model, tokens, positions, slot, self.full_mask(), self.segments,
                                                  self.log_weights, self.fusion, self.head_mix)
 
     @torch.inference_mode()
@@ -485,15 +486,15 @@ class Session:
             raise MinirunError(f"the cache is full ({self.max_slots} slots): lower max_new_tokens")
         if self.hooks.before_decode is not None:
             self.hooks.before_decode()
-        self._slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
+        self.slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         if self.records_steps:
             if self._captured is None:
-                self._captured = Captured(self.decode_at, (tokens, positions, self._slot), (0, 1), self.device)
+                self._captured = Captured(self.decode_at, (tokens, positions, self.slot), (0, 1), self.device)
             logits = self._captured(tokens, positions)
         elif flex.is_compiled():
-            logits = self.decode_at(tokens, positions, self._slot)
+            logits = self.decode_at(tokens, positions, self.slot)
         else:
-            logits = decode_step(self.model, tokens, positions, self._slot, self._full_mask(), self.segments,
+            logits = decode_step(self.model, tokens, positions, self.slot, self.full_mask(), self.segments,
                                  self.log_weights, self.fusion, self.head_mix, live=self.length + 1)
         self.length += 1
         return logits

@@ -36,7 +36,7 @@ SPLIT_ROWS = 128  # ... except one query per row over a shared head, where readi
 DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written slots beat FlexAttention
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
-_memo: dict[str, Any] = {}
+_memo: dict[str, Any] = {}  # this process's reads of the cache file, by key
 
 
 @functools.cache
@@ -85,6 +85,12 @@ def native_bfloat16() -> bool:
     does not (AVX2 only), oneDNN has no bfloat16 path and every product would convert."""
     flags = cpu_facts().get("flags", {})
     return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+def forget() -> None:
+    """Drop what this process has read of the calibration cache, as a new process starts: the next
+    `measured` reads the file again."""
+    _memo.clear()
 
 
 def enabled() -> bool:

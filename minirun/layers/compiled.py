@@ -25,7 +25,7 @@ log = logging.getLogger("minirun")
 warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication")
 
 
-_instances: list["Compiled"] = []  # every compiled function of the process, for `refused_shapes`
+_instances: list["Compiled"] = []  # every compiled function of the process, for `refused_shapes` and the like
 
 
 def refused_shapes() -> dict[str, int]:
@@ -36,6 +36,15 @@ def refused_shapes() -> dict[str, int]:
         if compiled.refused:
             counts[compiled.name] = counts.get(compiled.name, 0) + len(compiled.refused)
     return counts
+
+
+def compiled_shapes() -> dict[str, set[Hashable]]:
+    """The shapes each compiled function (by name) has compiled so far, as its key describes them:
+    which builder or kernel a call went through, without reaching into the module that owns it."""
+    shapes: dict[str, set[Hashable]] = {}
+    for compiled in _instances:
+        shapes.setdefault(compiled.name, set()).update(compiled.shapes)
+    return shapes
 
 
 def recompile_limit() -> int:
