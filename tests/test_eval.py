@@ -131,6 +131,29 @@ def test_a_run_recorded_before_a_setting_existed_resumes(tiny, items, tmp_path):
     assert "items" in json.loads((tmp_path / "run.json").read_text())["run_key"]  # recorded from now on
 
 
+def test_a_method_takes_its_own_settings_without_touching_the_others(tiny, items, tmp_path):
+    evaluate(tiny, items[:1], ["origin", "flex"], tmp_path, **SETTINGS)
+    added = evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=1)  # a setting only it reads
+    assert sorted(added["method"]) == ["flex", "hidden_avg", "origin"]
+    with pytest.raises(MinirunError, match="flex's positions: 'right' -> 'restart'"):  # flex has rows: not mixed
+        evaluate(tiny, items[:1], ["flex"], tmp_path, **SETTINGS, positions="restart")
+    with pytest.raises(MinirunError, match="hidden_avg's fusion_layer: 1 -> 2"):
+        evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=2)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["methods"] == {"origin": {}, "flex": {"positions": "right", "flex_bias": None},
+                                 "hidden_avg": {"fusion_layer": 1, "fusion_alpha": 1.0}}
+
+
+def test_a_run_recorded_with_method_settings_in_its_run_key_keeps_them(tiny, items, tmp_path):
+    evaluate(tiny, items[:1], ["flex"], tmp_path, **SETTINGS)
+    info = json.loads((tmp_path / "run.json").read_text())
+    info["run_key"] |= info.pop("methods")["flex"] | {"fusion_layer": None}  # how runs before per-method keys looked
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    with pytest.raises(MinirunError, match="flex's positions: 'right' -> 'restart'"):
+        evaluate(tiny, items[:1], ["flex"], tmp_path, **SETTINGS, positions="restart")
+    assert len(evaluate(tiny, items[:1], ["flex", "origin"], tmp_path, **SETTINGS)) == 2
+
+
 def test_a_second_process_on_the_same_directory_is_refused(tiny, items, tmp_path):
     with ResultStore(tmp_path, {"model": "m"}):  # another run is writing (its lock is per open file, as a process's)
         with pytest.raises(MinirunError, match="another minirun process is writing"):
@@ -234,8 +257,8 @@ def test_choice_items_are_scored_not_generated(tiny, tmp_path, choice_format):
     assert per_prompt["per_prompt_correct"].map(len).eq(3).all()
     assert (table.loc[table["method"] == "hidden_avg", "fusion_layer"] == 1).all()
     assert table.loc[table["method"] == "avg", "fusion_layer"].isna().all()
-    key = json.loads((tmp_path / "run.json").read_text())["run_key"]
-    assert key["choice_format"] == choice_format and key["fusion_layer"] == 1
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["run_key"]["choice_format"] == choice_format and record["methods"]["hidden_avg"]["fusion_layer"] == 1
 
 
 def test_letters_prompts_list_the_options(tiny, tmp_path, monkeypatch):

@@ -12,7 +12,17 @@ from typer.testing import CliRunner
 
 from minirun.cli import app
 from minirun.errors import MinirunError
-from minirun.eval.report import agreement, by_relation, figure, load_results, plot, report_json, select_match, summarize
+from minirun.eval.report import (
+    agreement,
+    by_relation,
+    figure,
+    latex,
+    load_results,
+    plot,
+    report_json,
+    select_match,
+    summarize,
+)
 from minirun.eval.results import ResultStore
 from minirun.eval.stats import newcombe_paired_interval, paired_bootstrap_interval, sign_flip_p
 
@@ -289,6 +299,20 @@ def test_report_command(tmp_path):
     shown = runner.invoke(app, ["report", str(run), "--match", "bidirectional"])
     assert "single-prompt figures left out" in shown.output and "--match bidirectional" in shown.output
     assert "left out" not in runner.invoke(app, ["report", str(run), "--match", "lemma"]).output  # no verdict changes
+
+
+def test_latex_table(tmp_path):
+    run = _run_dir(tmp_path, _hand())
+    shown = CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "t.tex")])
+    assert shown.exit_code == 0, shown.output
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.startswith("\\begin{table}") and "\\toprule" in tex and tex.rstrip().endswith("\\end{table}")
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in tex.splitlines() if " & " in line}
+    assert rows["avg"] == ["avg", "0.800", "[0.490, 0.943]", "$+0.500$", "0.250", "10 \\\\"]  # Holm: 2 x 0.125
+    assert rows["origin"][3:5] == ["--", "--"] and "per\\_prompt" in rows
+    assert "Holm-adjusted" in tex and "Wilson" in tex
+    weird = latex(summarize(_hand()).rename(index={"avg": "a_b%c~d"}), "run #1 {x}")
+    assert "a\\_b\\%c\\textasciitilde{}d" in weird and "run \\#1 \\{x\\}" in weird
 
 
 def test_report_warns_of_an_unfinished_method(tmp_path):

@@ -273,6 +273,10 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     assert "qwen2" in shown.stdout and "llama" in shown.stdout and "flex-restart" in shown.stdout
     assert "Δ origin (p)" in shown.stdout and "Wilson" in shown.stdout
     assert (tmp_path / "s.png").stat().st_size > 0
+    latex = CliRunner().invoke(app, ["report", str(out), "--latex", str(tmp_path / "s.tex")])
+    assert latex.exit_code == 0, latex.output
+    tex = (tmp_path / "s.tex").read_text()  # a table per dataset, a row per (model, method)
+    assert tex.count("\\begin{table}") == 2 and "Model & Method & Accuracy" in tex and "qwen2 & flex-restart &" in tex
     csv = pd.read_csv(tmp_path / "s.csv")  # one header row, a row per (dataset, method, model)
     assert list(csv.columns[:4]) == ["dataset", "method", "model", "accuracy"] and len(csv) == 2 * 2 * 2
     assert csv["n"].dtype.kind == "i" and csv.loc[csv["method"] == "origin", "diff_vs_origin"].isna().all()

@@ -96,6 +96,7 @@ def report_command(
     run_dir: Path = typer.Argument(..., help="An `eval` or `sweep` output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print per-method scores as one JSON object."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
+    latex: Optional[Path] = typer.Option(None, help="Write the per-method summary as a LaTeX (booktabs) table."),
     plot: Optional[Path] = typer.Option(None, help="Save an accuracy (95% bars)/throughput chart, e.g. run.png."),
     match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching (default: the run's)."),
 ) -> None:
@@ -107,11 +108,13 @@ def report_command(
     if plot is not None:
         check_figure_path(plot)
     if is_sweep(run_dir):  # a `minirun sweep` directory: one table per dataset, models side by side
-        return report_sweep(run_dir, as_json, csv, plot, match)
+        return report_sweep(run_dir, as_json, csv, plot, match, latex)
     raw = report.load_results(run_dir)
     table = report.select_match(raw, match)
     if csv is not None:
         report.summarize(table).to_csv(csv)
+    if latex is not None:
+        latex.write_text(report.latex(report.summarize(table), run_dir.resolve().name), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)
     if as_json:

@@ -42,8 +42,9 @@ def sweep_command(
 
 
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
-                 match: Optional[str]) -> None:
+                 match: Optional[str], latex: Optional[Path] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
+    from minirun.eval.report import latex as latex_table
     from minirun.eval.report import select_match
     from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table
 
@@ -53,6 +54,10 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
         scores_long(scores).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot)
+    if latex is not None:
+        rows = scores_long(scores)
+        latex.write_text("\n".join(latex_table(part.set_index(["model", "method"]), f"{dataset} ({run_dir.resolve().name})")
+                                   for dataset, part in rows.groupby("dataset", sort=False)), encoding="utf-8")
     if as_json:
         print(json.dumps(scores_json(scores)))
         return

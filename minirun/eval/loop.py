@@ -30,7 +30,7 @@ from minirun.eval.results import ResultStore, merge, read_results
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
-from minirun.methods.runner import PROMPT_ROWS, check_method, check_options_used
+from minirun.methods.runner import OPTION_READERS, PROMPT_ROWS, check_method, check_options_used
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -100,6 +100,7 @@ class Run:
     methods: tuple[str, ...]
     output_dir: Path
     run_key: dict
+    method_keys: dict[str, dict]  # method -> the settings only it reads (`OPTION_READERS`)
     options: EnsembleOptions
     prompts: dict[str, list[str]]  # item id -> its prompts
     prefixes: dict[str, str]  # task -> few-shot head
@@ -151,18 +152,19 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
-    run_key = {  # everything that changes a row; methods are not in it because their rows are independent
+    run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": _dtype(llm), "dataset": dataset,
         "num_prompts": num_prompts, "original": original,
         "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
         "items": items_digest(items, prompts),
-        "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "num_samples": num_samples,
-        "positions": positions, "share_prefix": share_prefix, "chat": chat, "flex_bias": flex_bias,
-        "fusion_layer": fusion_layer, "fusion_alpha": fusion_alpha, "choice_score": choice_score,
-        "choice_format": choice_format,
+        "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
+        "choice_score": choice_score, "choice_format": choice_format,
     }
-    return Run(items, tuple(methods), Path(output_dir), run_key, options, prompts, prefixes, task, num_prompts,
-               batch_size, bidirectional, original, choice_format)
+    # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
+    method_keys = {m: {name: getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
+                   for m in methods}
+    return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
+               num_prompts, batch_size, bidirectional, original, choice_format)
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
@@ -208,8 +210,8 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     alike prefill each batch once across all of them. One table per run, as `evaluate` returns."""
     matcher = Matcher()
     with contextlib.ExitStack() as stack:
-        stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items]))
-                  for run in runs]
+        stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items],
+                                                  run.method_keys)) for run in runs]
         bar = stack.enter_context(_progress(progress))
         lanes: dict[Lane, list[list[Item]]] = {}
         total = 0

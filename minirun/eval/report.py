@@ -262,6 +262,38 @@ def _plain(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def latex(scores: pd.DataFrame, caption: str) -> str:
+    """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
+    model and method): accuracy with its Wilson 95% interval, the difference from origin on the items
+    both answered with its Holm-adjusted exact McNemar p, and n. The caption says which tests."""
+    keys = [str(name).capitalize() for name in scores.index.names]
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "rcrrr}", r"\toprule",
+             " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$"]) + r" \\", r"\midrule"]
+    for index, row in scores.iterrows():
+        labels = [_tex(str(x)) for x in (index if isinstance(index, tuple) else (index,))]
+        versus = ["--", "--"] if pd.isna(row["diff_vs_origin"]) else [f"${row['diff_vs_origin']:+.3f}$",
+                                                                      _tex_p(row["p_vs_origin_holm"])]
+        lines.append(" & ".join([*labels, f"{row['accuracy']:.3f}", f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]",
+                                 *versus, str(int(row["n"]))]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
+              r"origin's on the items both answered; $p$: exact McNemar test, Holm-adjusted over the methods.}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+               **{c: "\\" + c for c in "_%&#${}"}}
+
+
+def _tex(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(c, c) for c in text)
+
+
+def _tex_p(p: float) -> str:
+    return "--" if pd.isna(p) else ("$<0.001$" if p < 0.001 else f"{p:.3f}")
+
+
 def figure(df: pd.DataFrame) -> Figure:
     """Accuracy (bars with Wilson 95% error bars, exact match as ticks) and throughput per method,
     side by side; a sweep gets one bar colour per model, methods on the x axis."""

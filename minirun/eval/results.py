@@ -17,6 +17,7 @@ from typing import IO
 import pandas as pd
 
 from minirun.errors import MinirunError
+from minirun.methods.runner import OPTION_READERS
 
 COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
@@ -123,12 +124,15 @@ def merge(output_dir: str | Path) -> pd.DataFrame:
 class ResultStore:
     """Appends result rows for one rank of a run and remembers what is already done.
 
-    `run_key` holds everything that changes results (model, dataset, generation arguments);
-    reopening a directory with a different key, or a different list of `item_ids`, is refused
-    rather than silently mixing two runs. `item_ids` also fixes the row order of the table.
+    `run_key` holds everything that changes every method's rows (model, dataset, generation
+    arguments) and `method_keys` what changes one method's only (flex's positions, hidden_avg's
+    layer); reopening a directory with a different key, another key for a method that has rows, or
+    a different list of `item_ids`, is refused rather than silently mixing two runs. A method without
+    rows may come with any settings. `item_ids` also fixes the row order of the table.
     """
 
-    def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None) -> None:
+    def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None,
+                 method_keys: dict[str, dict] | None = None) -> None:
         self.output_dir = Path(output_dir)
         if (self.output_dir / "sweep.json").is_file():  # its combined table would be overwritten by this run's
             raise MinirunError(f"{self.output_dir} holds a `minirun sweep`: give this run another output directory")
@@ -143,7 +147,8 @@ class ResultStore:
         try:
             self._drop_partial_line()
             rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
-            self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), has_rows=bool(rows))
+            self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), _canonical(method_keys or {}),
+                            {row["method"] for row in rows})
         except BaseException:
             self._lock.close()
             raise
@@ -161,23 +166,28 @@ class ResultStore:
             with self.journal.open("r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
 
-    def _check_run(self, info: dict, has_rows: bool) -> None:
-        """Refuse rows of another run. A setting the stored key lacks was recorded first by a newer
-        minirun than the one that started the run: it is not held against resuming."""
+    def _check_run(self, info: dict, methods: dict[str, dict], answered: set[str]) -> None:
+        """Refuse rows of another run. A setting only one side records (one a newer minirun added, or
+        one that moved from the run's key to its methods') is not held against resuming."""
         old = _run_info(self.output_dir)
         old_key, new_key = (old or {}).get("run_key", {}), info["run_key"]
-        changed = [k for k in sorted(old_key.keys() | new_key.keys()) if k in old_key and old_key[k] != new_key.get(k)]
-        if has_rows and old is not None and (changed or old.get("item_ids") != info["item_ids"]):
-            diffs = [OPAQUE.get(k, f"{k}: {old_key.get(k)!r} -> {new_key.get(k)!r}") for k in changed]
-            if old.get("item_ids") != info["item_ids"]:
-                diffs.append("the dataset's items differ (another file, or another --max-samples)")
+        diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {new_key[k]!r}")
+                 for k in sorted(old_key.keys() & new_key.keys()) if old_key[k] != new_key[k]]
+        if old is not None and old.get("item_ids") != info["item_ids"]:
+            diffs.append("the dataset's items differ (another file, or another --max-samples)")
+        recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
+            m: {k: v for k, v in old_key.items() if m in OPTION_READERS.get(k, ())} for m in answered})
+        diffs += [f"{m}'s {k}: {recorded[m][k]!r} -> {v!r}" for m in sorted(answered & methods.keys() & recorded.keys())
+                  for k, v in methods[m].items() if k in recorded[m] and recorded[m][k] != v]
+        if answered and old is not None and diffs:
             raise MinirunError(
                 f"{self.output_dir} holds results of a different run ({'; '.join(diffs)}); "
                 "use a new output directory, or the original arguments to resume"
             )
-        if old != info:
+        record = {**info, "methods": {**recorded, **methods}}
+        if old != record:
             _atomic_write(self.output_dir / "run.json",
-                          lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8"))
+                          lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
 
     def done(self, method: str) -> set[str]:
         """Ids already finished for `method` by any rank; skip these when resuming."""
