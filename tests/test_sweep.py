@@ -358,3 +358,20 @@ def test_an_edited_dataset_file_reruns_its_cells_and_is_refused(checkpoint_dirs,
     write_jsonl(items, data)
     with pytest.raises(MinirunError, match="the items' content changed"):
         run_sweep(sweep, tmp_path / "out", lambda _: llm, progress=False)
+
+
+def test_a_cell_that_would_mix_rows_is_refused_before_any_cell_runs(checkpoint_dirs, tmp_path):
+    head = _sweep_text(checkpoint_dirs, {"qwen2": "qwen2"}, ["sample-qa", "sample-fill"]).replace(METHODS, "")
+    first = head + '\n[[methods]]\nname = "origin"\n'
+    llm = minirun.load(checkpoint_dirs["qwen2"])
+    run_sweep(load_sweep_file(_file(tmp_path, first)), tmp_path / "out", lambda _: llm, progress=False)
+    # a new method, whose cells come first, and sample-fill's prompts changed under its finished origin rows
+    edited = first.replace("num_prompts = 2\nmax_samples = 2\n\n[[methods]]", "num_prompts = 3\nmax_samples = 2\n\n"
+                           "[[methods]]") + '\n[[methods]]\nname = "avg"\n'
+    assert edited.count("num_prompts = 3") == 1
+    with pytest.raises(MinirunError, match=r"sweep run qwen2/sample-fill/origin holds rows made otherwise "
+                                           r"\(num_prompts: 2 -> 3\): restore the file's settings"):
+        run_sweep(load_sweep_file(_file(tmp_path, edited, "edited.toml")), tmp_path / "out", lambda _: llm,
+                  progress=False)
+    journals = (tmp_path / "out" / "qwen2" / "sample-qa" / "avg").glob("results.rank*.jsonl")
+    assert all(journal.stat().st_size == 0 for journal in journals)  # checked, but nothing ran

@@ -203,6 +203,12 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     return evaluate_runs(llm, [run], rank=rank, world_size=world_size, progress=progress, on_row=on_row)[0]
 
 
+def check_resumable(run: Run, rank: int = 0) -> None:
+    """Refuse now what `evaluate_runs` would refuse when it reached `run`: rows in its directory that
+    its settings would not make (another process writing there included)."""
+    ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items], run.method_keys).close()
+
+
 def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int = 1, progress: bool = True,
                   on_row: Callable[[dict], None] | None = None) -> list[pd.DataFrame]:
     """Several prepared runs on one model (a sweep's cells of one dataset), each journalled in its own

@@ -21,6 +21,7 @@ from minirun.methods.runner import OPTION_READERS
 
 COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
+EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
     "few_shot": "the few-shot prompt changed (another --few-shot-k, few-shot file or edited examples)",
@@ -43,6 +44,15 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+class OtherRun(MinirunError):
+    """A directory holds rows another run's settings made: `differences` says which, one phrase each."""
+
+    def __init__(self, output_dir: Path, differences: list[str]) -> None:
+        self.differences = differences
+        super().__init__(f"{output_dir} holds results of a different run ({'; '.join(differences)}); "
+                         "use a new output directory, or the original arguments to resume")
 
 
 def lock_exclusively(f: IO, what: Path) -> None:
@@ -171,8 +181,10 @@ class ResultStore:
         one that moved from the run's key to its methods') is not held against resuming."""
         old = _run_info(self.output_dir)
         old_key, new_key = (old or {}).get("run_key", {}), info["run_key"]
-        diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {new_key[k]!r}")
-                 for k in sorted(old_key.keys() & new_key.keys()) if old_key[k] != new_key[k]]
+        changed = {k for k in old_key.keys() & new_key.keys() if old_key[k] != new_key[k]}
+        if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
+            changed.discard("items")
+        diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {new_key[k]!r}") for k in sorted(changed)]
         if old is not None and old.get("item_ids") != info["item_ids"]:
             diffs.append("the dataset's items differ (another file, or another --max-samples)")
         recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
@@ -180,10 +192,7 @@ class ResultStore:
         diffs += [f"{m}'s {k}: {recorded[m][k]!r} -> {v!r}" for m in sorted(answered & methods.keys() & recorded.keys())
                   for k, v in methods[m].items() if k in recorded[m] and recorded[m][k] != v]
         if answered and old is not None and diffs:
-            raise MinirunError(
-                f"{self.output_dir} holds results of a different run ({'; '.join(diffs)}); "
-                "use a new output directory, or the original arguments to resume"
-            )
+            raise OtherRun(self.output_dir, diffs)
         record = {**info, "methods": {**recorded, **methods}}
         if old != record:
             _atomic_write(self.output_dir / "run.json",

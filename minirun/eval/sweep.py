@@ -24,9 +24,9 @@ import pandas as pd
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import evaluate_runs, prepare, process_group
+from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group
 from minirun.eval.report import summarize
-from minirun.eval.results import journal_paths, merge, read_results
+from minirun.eval.results import OtherRun, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,17 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             if not mine:
                 continue
             llm = load(model)
-            for dataset in sweep.datasets:
-                group = [c for c in mine if c.dataset is dataset]
-                if not group:
-                    continue
-                log.info(f"sweep {model.label} · {dataset.label}: {', '.join(c.method.label for c in group)} "
+            groups = {d.label: [c for c in mine if c.dataset is d] for d in sweep.datasets}
+            prepared = {label: [_prepare(llm, cell, data[label], sweep.generation) for cell in group]
+                        for label, group in groups.items() if group}
+            for label, runs in prepared.items():  # every cell of the model checked before any of them runs
+                for cell, run in zip(groups[label], runs):
+                    _check(cell, run, rank)
+            for label, runs in prepared.items():
+                group = groups[label]
+                log.info(f"sweep {model.label} · {label}: {', '.join(c.method.label for c in group)} "
                          f"({len(group)} of {len(plan)} runs)")
-                _run_cells(llm, group, data[dataset.label], sweep.generation, rank, world_size, progress, on_row)
+                _run_cells(llm, group, runs, rank, world_size, progress, on_row)
                 if rank == 0:
                     for cell in group:
                         _write(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
@@ -129,18 +133,33 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     return table
 
 
-def _run_cells(llm: LLM, group: list[Cell], data: tuple[list[Item], list[Item] | None], gen: Generation, rank: int,
-               world_size: int, progress: bool, on_row: Callable[[dict], None] | None) -> None:
-    """One dataset's cells on this rank's shard, as one `evaluate_runs`: each cell keeps its own run
-    directory, and the methods that prefill alike prefill each batch once for all the cells (what eval
-    gives the methods of one run). With several ranks, rank 0 merges each cell once all are done."""
+def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], gen: Generation) -> Run:
+    """The cell as an `eval` run of its one method."""
     items, fewshot = data
-    runs = [prepare(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name,
-                    num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
-                    few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
-                    bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
-                    batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
-                    chat=gen.chat, **cell.method.options) for cell in group]
+    return prepare(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name,
+                   num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
+                   few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
+                   bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
+                   batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
+                   chat=gen.chat, **cell.method.options)
+
+
+def _check(cell: Cell, run: Run, rank: int) -> None:
+    """Refuse, before any cell runs, a cell whose directory holds rows the file's settings would not make
+    now, naming the cell and the way out a sweep has (the eval loop would name eval's)."""
+    try:
+        check_resumable(run, rank)
+    except OtherRun as e:
+        raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label} holds rows made "
+                           f"otherwise ({'; '.join(e.differences)}): restore the file's settings for it, or give the "
+                           "method or dataset a new label (or the sweep a new --output) to run it afresh") from None
+
+
+def _run_cells(llm: LLM, group: list[Cell], runs: list[Run], rank: int, world_size: int, progress: bool,
+               on_row: Callable[[dict], None] | None) -> None:
+    """One dataset's prepared cells on this rank's shard, as one `evaluate_runs`: each cell keeps its own
+    run directory, and the methods that prefill alike prefill each batch once for all the cells (what eval
+    gives the methods of one run). With several ranks, rank 0 merges each cell once all are done."""
     evaluate_runs(llm, runs, rank=rank, world_size=world_size, progress=progress, on_row=on_row)
     if world_size > 1:
         import torch.distributed as dist
