@@ -122,6 +122,15 @@ def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):
     assert set(pd.read_json(tmp_path / "results.rank0.jsonl", lines=True)["method"]) == {"origin"}
 
 
+def test_rows_made_on_another_kind_of_device_are_not_mixed_in(tiny, items, tmp_path):
+    evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
+    info = json.loads((tmp_path / "run.json").read_text())
+    info["run_key"]["device"] = "cuda"  # as a GPU run records it
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    with pytest.raises(MinirunError, match="device: 'cuda' -> 'cpu'"):
+        evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
+
+
 def test_a_run_recorded_before_a_setting_existed_resumes(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
     info = json.loads((tmp_path / "run.json").read_text())
