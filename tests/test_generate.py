@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import minirun
-from minirun.engine.sampling import SamplingParams, filter_logits
+from minirun.engine.sampling import SamplingParams, filter_logits, sample
 from minirun.methods import EnsembleOptions, Question, confidence, run_method
 from minirun.methods.packing import encode_question
 
@@ -37,6 +37,36 @@ def test_filter_logits_top_k_and_top_p():
     probs = logits.softmax(-1)[0]  # ~[0.64, 0.24, 0.09, 0.03]
     kept = filter_logits(logits, SamplingParams(1.0, top_p=0.8)).isfinite()
     assert kept.tolist() == [[True, True, False, False]] and probs[0] < 0.8 < probs[:2].sum()
+
+
+def test_filtered_logits_are_transformers_warpers_to_the_bit():
+    """Temperature, then top-k, then top-p, as transformers' logits processors apply them: the same kept
+    set (ties at the boundary included) and the same scaled values."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(4, 50, generator=g) * 3, torch.randn(4, 50, generator=g).round(decimals=0),  # many ties
+             torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()]  # mass above a token equal to top_p exactly
+    for logits in cases:
+        for temperature, top_k, top_p in [(0.7, None, 0.9), (1.0, 5, None), (1.3, 10, 0.5), (1.0, None, 0.5),
+                                          (0.5, 3, 0.99)]:
+            expected = TemperatureLogitsWarper(temperature)(None, logits.clone())
+            if top_k is not None:
+                expected = TopKLogitsWarper(top_k)(None, expected)
+            if top_p is not None:
+                expected = TopPLogitsWarper(top_p)(None, expected)
+            got = filter_logits(logits, SamplingParams(temperature, top_k=top_k, top_p=top_p))
+            assert torch.equal(got, expected), (temperature, top_k, top_p)
+    kept = filter_logits(cases[2], SamplingParams(1.0, top_p=0.5)).isfinite()
+    assert kept.tolist() == [[True, False, False, False]]  # the smallest set holding half the mass
+
+
+def test_temperatures_that_would_overflow_are_refused():
+    for bad in (1e-40, float("inf")):
+        with pytest.raises(minirun.MinirunError, match="temperature must be 0 \\(greedy\\) or a finite number"):
+            SamplingParams(bad)
+    logits = torch.tensor([[-5.0, 20.0, 10.0]])
+    assert sample(logits, SamplingParams(1e-6, seed=0), SamplingParams(1e-6, seed=0).generator(logits.device)) == 1
 
 
 def test_stop_string_cuts_text(llm):
@@ -81,3 +111,51 @@ def test_confidence_samples_share_one_prefill(llm, monkeypatch):
     options = EnsembleOptions(num_samples=16, confidence_tokens=4)
     confidence.paraphrase_confidence(llm, enc.full(0), options, confidence.normalised_equal)
     assert shapes[-1][0] == 1  # the sampling session prefilled one row for its 16 samples
+
+
+class _Scripted:
+    """A session whose decode steps return nothing useful: `choose` plays a fixed token script."""
+    batch, records_steps, resizable = 1, False, False
+    device = torch.device("cpu")
+
+    class hooks:  # noqa: N801  (the attribute a session has)
+        before_decode = None
+
+    def decode(self, token, positions):
+        return torch.zeros(1, 4)
+
+
+def _stream(tokenizer, ids: list[int], stop: tuple[str, ...] = ()):
+    from minirun.engine.generate import Stopper, decode_loop
+
+    script, pieces = iter(ids), []
+    out = decode_loop(_Scripted(), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
+                      lambda logits, rows: torch.tensor([next(script)]), len(ids), Stopper(tokenizer, {2}, stop),
+                      on_text=pieces.append)
+    return out[0], pieces
+
+
+def test_streamed_text_waits_for_whole_characters_and_possible_stop_strings(smollm2_dir):
+    from minirun.checkpoints.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(smollm2_dir)
+    ids = tokenizer.encode("Tokyo 東京 is 🙂 nice 👍🏽!", add_special_tokens=False)
+    assert any("\ufffd" in tokenizer.decode(ids[:n]) for n in range(len(ids)))  # some characters span tokens
+    done, pieces = _stream(tokenizer, ids)
+    assert "".join(pieces) == done.text == "Tokyo 東京 is 🙂 nice 👍🏽!" and not any("\ufffd" in p for p in pieces)
+    ids = tokenizer.encode("The answer is Paris.\nQuestion: next", add_special_tokens=False)
+    done, pieces = _stream(tokenizer, ids, ("\nQuestion:",))
+    assert done.finish_reason == "stop" and "".join(pieces) == done.text == "The answer is Paris."
+    assert not any("\nQ" in p for p in pieces)  # the start of the stop string is never shown, then taken back
+
+
+def test_a_stop_string_before_an_eos_in_one_check_ends_at_the_stop(smollm2_dir):
+    from minirun.checkpoints.tokenizer import Tokenizer
+    from minirun.engine.generate import Stopper
+
+    tokenizer = Tokenizer(smollm2_dir)
+    head = tokenizer.encode("Paris.\nQuestion:", add_special_tokens=False)
+    ids = head + tokenizer.encode(" x y", add_special_tokens=False) + [2]  # eight steps checked at once on a GPU
+    stopper = Stopper(tokenizer, {2}, ("\nQuestion:",))
+    assert stopper.finish(ids) == (head, "Paris.", "stop")  # the ids end with the token completing the stop
+    assert stopper.finish(head[:2] + [2] + head[2:]) == (head[:2] + [2], tokenizer.decode(head[:2]), "eos")

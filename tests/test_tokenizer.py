@@ -40,3 +40,81 @@ def test_special_tokens(pair):
     ref, ours = pair
     assert ours.eos_token_id == ref.eos_token_id
     assert ours.pad_token_id == ref.pad_token_id
+
+
+PARAPHRASES = ["What is the capital of France?", "  Which city is France's capital?  ", "\"Quoted\" capital of France?",
+               "1889: which tower?", "東京 is the capital of which country 🙂?"]
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_every_packed_prompt_is_the_tokenizers_own_encoding(smollm2_dir, chat):
+    """The shared head, each paraphrase and the shared tail put together are exactly the ids transformers'
+    tokenizer gives the whole prompt (eval's prefix ends in "Q: ", whose space merges into the next word)."""
+    import minirun
+    from minirun.methods.packing import encode_question
+
+    llm, ref = minirun.load(smollm2_dir), AutoTokenizer.from_pretrained(smollm2_dir)
+    prefix, suffix = "Answer briefly.\n\nQ: Who wrote Hamlet?\nA: Shakespeare\n\nQ: ", "\nA:"
+    enc = encode_question(llm, PARAPHRASES, prefix, suffix, chat=chat)
+    for i, p in enumerate(PARAPHRASES):
+        if chat:
+            text = ref.apply_chat_template([{"role": "user", "content": prefix + p + suffix}], tokenize=False,
+                                           add_generation_prompt=True)
+            expected = ref.encode(text, add_special_tokens=False)
+        else:
+            expected = ref.encode(prefix + p + suffix)
+        assert enc.full(i) == expected, (chat, p)
+    assert ref.convert_ids_to_tokens(enc.paraphrases[0][:1]) == ["ĠWhat"]  # not a lone "Ġ" closing the head
+    assert len(enc.head) > 10 and len(enc.tail) >= 2
+
+
+def _variant(tmp_path, checkpoint_dirs, change: dict, drop: tuple[str, ...] = ()) -> Path:
+    """The qwen2 checkpoint's tokenizer files with tokenizer_config.json changed (None deletes a key)."""
+    import json
+    import shutil
+
+    out = tmp_path / "tok"
+    shutil.copytree(checkpoint_dirs["qwen2"], out, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config = {k: v for k, v in {**config, **change}.items() if v is not None and k not in drop}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out
+
+
+def test_templates_transformers_accepts_render_alike(tmp_path, checkpoint_dirs):
+    template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
+                "{% endgeneration %}{% else %}{{ m['role'] + ': ' + m['content'] }}{% endif %}\n{% endfor %}")
+    path = _variant(tmp_path, checkpoint_dirs, {"chat_template": template})
+    messages = CHATS[1]
+    expected = AutoTokenizer.from_pretrained(path).apply_chat_template(messages, tokenize=False)
+    assert Tokenizer(path).apply_chat_template(messages, add_generation_prompt=False) == expected
+
+
+@pytest.mark.parametrize("template, message", [("{% if %}", "TemplateSyntaxError"),
+                                               ("{{ raise_exception('system messages are not supported') }}",
+                                                "system messages are not supported")])
+def test_a_failing_template_is_one_line_and_only_when_used(tmp_path, checkpoint_dirs, template, message):
+    import minirun
+
+    ours = Tokenizer(_variant(tmp_path, checkpoint_dirs, {"chat_template": template}))  # loads: --raw needs no template
+    assert ours.encode("hi") == AutoTokenizer.from_pretrained(checkpoint_dirs["qwen2"]).encode("hi")
+    with pytest.raises(minirun.MinirunError, match=f"the chat template of .* failed: .*{message}.*pass --raw") as e:
+        ours.apply_chat_template(CHATS[0])
+    assert "\n" not in str(e.value)
+
+
+def test_special_tokens_named_only_in_special_tokens_map(tmp_path, checkpoint_dirs):
+    import json
+
+    path = _variant(tmp_path, checkpoint_dirs, {}, drop=("eos_token", "pad_token", "added_tokens_decoder"))
+    (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+    ref, ours = AutoTokenizer.from_pretrained(path), Tokenizer(path)
+    assert (ours.eos_token_id, ours.pad_token_id) == (ref.eos_token_id, ref.pad_token_id) != (None, None)
+
+
+def test_spaces_before_punctuation_survive_a_bpe_decode(tmp_path, checkpoint_dirs):
+    path = _variant(tmp_path, checkpoint_dirs, {"clean_up_tokenization_spaces": True})  # as Llama 3 ships
+    ref, ours = AutoTokenizer.from_pretrained(path), Tokenizer(path)
+    ids = ref.encode("Hello , world . It 's fine")
+    assert ours.decode(ids) == ref.decode(ids) == "Hello , world . It 's fine"

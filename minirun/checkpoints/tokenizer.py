@@ -30,9 +30,21 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separ
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+class GenerationTag(jinja2.ext.Extension):
+    """transformers' `{% generation %}...{% endgeneration %}`, which marks an assistant's text for training
+    masks: rendered as its body, as transformers renders it when no mask is asked for."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> list:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 def compile_template(source: str) -> jinja2.Template:
     """Same environment options as transformers, so templates render byte-identically."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols, GenerationTag])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -48,12 +60,17 @@ class Tokenizer:
         if not path.is_file():
             raise MinirunError(f"no tokenizer.json in {checkpoint}: the checkpoint needs its tokenizer files")
         self._tok = HFTokenizer.from_file(str(path))
-        config_path = checkpoint / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        self.special_tokens = {k: _token_text(config.get(k)) for k in SPECIAL_KEYS if config.get(k) is not None}
-        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+        self.checkpoint = checkpoint
+        config = _json(checkpoint / "tokenizer_config.json")
+        legacy = _json(checkpoint / "special_tokens_map.json")  # older checkpoints name their special tokens here
+        self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
+                               for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
+        # transformers skips this clean-up for BPE models (it strips real spaces before punctuation) unless forced
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and (
+            type(self._tok.model).__name__ != "BPE"
+            or bool(config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)))
         self.chat_template = self._find_template(checkpoint, config)
-        self._template = compile_template(self.chat_template) if self.chat_template else None
+        self._template: jinja2.Template | None = None  # compiled at first use: --raw never needs it
 
     @staticmethod
     def _find_template(checkpoint: Path, config: dict) -> str | None:
@@ -90,10 +107,20 @@ class Tokenizer:
         return _clean_up(text) if self.clean_up_spaces else text
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
-        if self._template is None:
+        if self.chat_template is None:
             raise MinirunError("this tokenizer has no chat template: pass --raw (or chat=False) to use plain prompts")
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     tools=None, documents=None, **{**self.special_tokens, **kwargs})
+        try:
+            if self._template is None:
+                self._template = compile_template(self.chat_template)
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         tools=None, documents=None, **{**self.special_tokens, **kwargs})
+        except jinja2.exceptions.TemplateError as e:
+            raise MinirunError(f"the chat template of {self.checkpoint} failed: {type(e).__name__}: {e}; pass --raw "
+                               "(or chat=False) to use plain prompts") from None
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _clean_up(text: str) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,8 @@ def register(app: typer.Typer) -> None:
 
         argv = run_interactive(lambda prompt, default: typer.prompt(prompt, default=default), typer.echo,
                                default_models_dir())
+        if not sys.stdin.isatty():  # piped answers are not echoed: the last prompt's line is still open
+            typer.echo()
         typer.echo(format_command(argv))
         app(args=argv, standalone_mode=False)
 
@@ -62,7 +65,7 @@ def generate(
     temperature: float = typer.Option(0.0, min=0, help="0 = greedy."),
     top_k: Optional[int] = typer.Option(None, min=1, help="Sample from the k likeliest tokens (plain generation)."),
     top_p: Optional[float] = typer.Option(None, max=1, help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the sampling draws (with --temperature): a rerun draws alike."),
     stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
     share_prefix: bool = typer.Option(True, help="Encode the shared prefix once (--no-share-prefix repeats it per paraphrase)."),
@@ -102,6 +105,9 @@ def generate(
     if top_k is not None or top_p is not None:
         raise MinirunError("--top-k and --top-p only apply to plain generation (no --method, --paraphrase or "
                            "--few-shot); drop them")
+    if truncate:
+        raise MinirunError("--truncate only applies to plain generation: an ensemble's prompts would lose different "
+                           "parts; shorten the prompts or the few-shot examples instead")
     if method != "origin" and not paraphrases:
         raise MinirunError(f"method {method} fuses paraphrases but none were given: add --paraphrase or --paraphrases-file")
     prefix = _few_shot_prefix(few_shot, few_shot_k)

@@ -1,6 +1,7 @@
 """Prompt layouts and the decode loop shared by every method."""
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -81,17 +82,27 @@ class Stopper:
     stop_strings: tuple[str, ...] = ()
 
     def finish(self, ids: list[int]) -> tuple[list[int], str, str] | None:
-        """(ids, text, reason) when `ids` is finished, else None."""
-        for i, token in enumerate(ids):
-            if token in self.eos_ids:
-                return ids[: i + 1], self.text(ids[:i]), "eos"
-        if not self.stop_strings:  # eos is all there is to check: skip decoding the text every step
-            return None
-        text = self.text(ids)
-        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
-        if cut >= 0:
-            return ids, text[:cut], "stop"
-        return None
+        """(ids, text, reason) when `ids` is finished, else None: whichever comes first of an eos id and
+        a stop string (ids checked several steps at a time, as on a GPU, may hold both, and tokens past
+        them); the ids end with the eos, or with the token that completes the stop string."""
+        eos = next((i for i, token in enumerate(ids) if token in self.eos_ids), None)
+        before = ids if eos is None else ids[:eos]
+        if self.stop_strings and (cut := self.stop_at(self.text(before))) is not None:
+            last = bisect.bisect_left(range(1, len(before) + 1), True,  # the fewest ids whose text holds it
+                                      key=lambda n: self.stop_at(self.text(before[:n])) is not None)
+            return before[:last + 1], self.text(before)[:cut], "stop"
+        return None if eos is None else (ids[:eos + 1], self.text(before), "eos")
+
+    def stop_at(self, text: str) -> int | None:
+        """Where the first stop string in `text` starts, if one does."""
+        return min((text.find(s) for s in self.stop_strings if s in text), default=None)
+
+    def streamable(self, text: str) -> str:
+        """What of an unfinished row's text can be shown: not a trailing character whose bytes are still
+        arriving (decoded as U+FFFD), nor an ending that may turn out to start a stop string."""
+        text = text.rstrip("\ufffd")
+        held = max((k for s in self.stop_strings for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return text[:len(text) - held]
 
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -193,7 +204,7 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
                     done[first] = Completion(finished[1], finished[0], finished[2])
             if on_text is not None:
                 first = groups[0][0]
-                current = done[first].text if first in done else stopper.text(host[first])
+                current = done[first].text if first in done else stopper.streamable(stopper.text(host[first]))
                 if current.startswith(shown) and len(current) > len(shown):
                     on_text(current[len(shown):])
                     shown = current
@@ -211,4 +222,7 @@ def decode_loop(session: Session, logits: torch.Tensor, next_positions: torch.Te
         if steps < max_new_tokens and replay is None:
             logits = session.decode(token, next_positions + step)
     host = generated[:, :steps].tolist()
-    return [done.get(g[0]) or Completion(stopper.text(host[g[0]]), host[g[0]], "length") for g in groups]
+    results = [done.get(g[0]) or Completion(stopper.text(host[g[0]]), host[g[0]], "length") for g in groups]
+    if on_text is not None and results[0].text.startswith(shown) and len(results[0].text) > len(shown):
+        on_text(results[0].text[len(shown):])  # what was held back while the row could still change it
+    return results

@@ -103,6 +103,10 @@ class LLM:
         """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
         if max_new_tokens < 1:
             raise MinirunError(f"max_new_tokens must be at least 1, got {max_new_tokens}: ask for one token or more")
+        params = SamplingParams(temperature, top_k, top_p, seed)
+        if params.greedy and (top_k is not None or top_p is not None):
+            raise MinirunError("top_k and top_p shape sampling, but temperature 0 decodes greedily: set a temperature "
+                               "(e.g. 0.7) or drop them")
         single = isinstance(prompts, str)
         batch = [prompts] if single else list(prompts)
         if not batch:
@@ -111,7 +115,7 @@ class LLM:
             raise MinirunError(f"prompt {bad[0]} is {'empty' if isinstance(batch[bad[0]], str) else 'not text'}: "
                                "every prompt needs some text")
         ids = [self.fit(self.prompt_ids(p, chat), max_new_tokens, truncate) for p in batch]
-        results = self.generate_ids(ids, max_new_tokens, SamplingParams(temperature, top_k, top_p, seed), stop, on_text)
+        results = self.generate_ids(ids, max_new_tokens, params, stop, on_text)
         return results[0] if single else results
 
     @torch.inference_mode()

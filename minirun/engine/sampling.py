@@ -8,6 +8,9 @@ import torch
 from minirun.errors import MinirunError
 
 
+MIN_TEMPERATURE = 1e-6  # smaller ones divide logits past float32's range (NaN), and sample as greedy does anyway
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.0  # 0 means greedy
@@ -24,8 +27,9 @@ class SamplingParams:
                 raise MinirunError(f"{name} must be a number{' (whole)' if kinds is int else ''}, got {value!r}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch's generators take
             raise MinirunError(f"seed must be in [-2**63, 2**64), got {self.seed}: pass a smaller seed")
-        if not self.temperature >= 0:
-            raise MinirunError(f"temperature must be 0 (greedy) or more, got {self.temperature}: pass temperature >= 0")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < float("inf")):
+            raise MinirunError(f"temperature must be 0 (greedy) or a finite number from {MIN_TEMPERATURE:g}, got "
+                               f"{self.temperature}: below it the scaled logits overflow (pass 0 for greedy)")
         if self.top_k is not None and self.top_k < 1:
             raise MinirunError(f"top_k must be at least 1, got {self.top_k}: pass top_k >= 1, or leave it unset")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -50,9 +54,11 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p is not None and params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the token that crosses top_p
+        # transformers' rule, to the bit and the tie: in ascending order, drop the tokens whose mass up to and
+        # including them is at most 1 - top_p (the smallest set holding top_p stays), never the most likely
+        sorted_logits, order = torch.sort(logits, dim=-1)
+        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - params.top_p
+        drop[:, -1] = False
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 

@@ -1,10 +1,11 @@
 """Prompt encoding for ensembles and the packed single-sequence layout of `flex`.
 
-A prompt is split into head (chat header + shared prefix), paraphrase, and tail (shared suffix +
-the chat template's generation prompt), each encoded on its own, so the head can be stored once
-and, in `flex`, the tail is shared: its tokens attend to every paraphrase, so even the first
-answer token is predicted from all of them. Every method uses the same split, which makes
-sharing exact by construction.
+Every prompt is encoded whole, exactly as a tokenizer encodes it alone (merges across the joins
+of prefix, paraphrase and suffix included), then split into head (the tokens all of a question's
+prompts share before the paraphrase: chat header and prefix), paraphrase, and tail (the tokens
+they share after it: suffix and the chat template's generation prompt), so the head can be stored
+once and, in `flex`, the tail is shared: its tokens attend to every paraphrase, so even the first
+answer token is predicted from all of them. Every method uses the same split, so sharing is exact.
 """
 from __future__ import annotations
 
@@ -35,19 +36,39 @@ class Encoded:
 
 
 def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = "", suffix: str = "", chat: bool | None = None) -> Encoded:
-    """Split `template(prefix + paraphrase + suffix)` around the paraphrase and encode the parts."""
+    """Encode each `template(prefix + paraphrase + suffix)` whole and split the ids around the
+    paraphrases: head + paraphrases[i] + tail is what the tokenizer gives prompt i alone. The head is
+    the longest run of the prefix's own tokens every prompt starts with (a merge across the join, as
+    "Q: " + "What" into "ĠWhat", keeps the last ones with the paraphrase), the tail likewise at the end."""
     if chat is None:
         chat = llm.tokenizer.chat_template is not None
     tok = llm.tokenizer
     if chat:
-        rendered = tok.apply_chat_template([{"role": "user", "content": prefix + _SENTINEL + suffix}],
-                                           add_generation_prompt=True)
-        head, tail = rendered.split(_SENTINEL)
+        def render(content: str) -> str:
+            return tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+        head, tail = render(prefix + _SENTINEL + suffix).split(_SENTINEL)
+        wholes = [tok.encode(render(prefix + p + suffix), add_special_tokens=False) for p in paraphrases]
         head_ids = tok.encode(head, add_special_tokens=False)
     else:
-        head_ids, tail = tok.encode(prefix), suffix  # the head carries BOS where the tokenizer adds one
-    return Encoded(head_ids, [tok.encode(p, add_special_tokens=False) for p in paraphrases],
-                   tok.encode(tail, add_special_tokens=False) if tail else [])
+        tail = suffix
+        wholes = [tok.encode(prefix + p + suffix) for p in paraphrases]
+        head_ids = tok.encode(prefix)  # the head carries BOS where the tokenizer adds one
+    tail_ids = tok.encode(tail, add_special_tokens=False) if tail else []
+    h = _common_prefix([head_ids, *wholes])
+    room = min(len(w) for w in wholes) - h - 1  # every paraphrase keeps a token of its own
+    t = min(_common_prefix([ids[::-1] for ids in (tail_ids, *wholes)]), max(room, 0))
+    return Encoded(wholes[0][:h], [w[h:len(w) - t] for w in wholes], wholes[0][len(wholes[0]) - t:] if t else [])
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """How many leading ids all `sequences` share."""
+    n = 0
+    for column in zip(*sequences):
+        if any(x != column[0] for x in column):
+            break
+        n += 1
+    return n
 
 
 def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, head_in_row: bool = True) -> Row:
