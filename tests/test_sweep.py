@@ -375,3 +375,17 @@ def test_a_cell_that_would_mix_rows_is_refused_before_any_cell_runs(checkpoint_d
                   progress=False)
     journals = (tmp_path / "out" / "qwen2" / "sample-qa" / "avg").glob("results.rank*.jsonl")
     assert all(journal.stat().st_size == 0 for journal in journals)  # checked, but nothing ran
+
+
+def test_a_sweeps_scores_carry_the_single_prompt_comparisons():
+    rows = []
+    for i, (origin, avg, single) in enumerate([(True, True, 1.0), (False, True, 0.5), (False, False, 0.0)]):
+        base = {"model": "m", "dataset": "d", "id": str(i), "answer": "", "exact": False, "tokens": 2, "seconds": 1.0}
+        rows += [{**base, "label": "origin", "method": "origin", "correct": origin},
+                 {**base, "label": "avg", "method": "avg", "correct": avg},
+                 {**base, "label": "per_prompt", "method": "per_prompt", "correct": origin,
+                  "per_prompt_accuracy": single, "answers": ["a", "a"]}]
+    table = sweep_table(pd.DataFrame(rows))
+    assert table.loc[("d", "per_prompt"), ("m", "mean_single_accuracy")] == pytest.approx(0.5)
+    assert table.loc[("d", "per_prompt"), ("m", "oracle_accuracy")] == pytest.approx(2 / 3)
+    assert table.loc[("d", "avg"), ("m", "diff_vs_mean_single")] == pytest.approx(2 / 3 - 0.5)

@@ -32,7 +32,9 @@ from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSp
 log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "diff_vs_origin", "diff_vs_origin_ci95_low",
-           "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm", "n_vs_origin", "tokens_per_second")
+           "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm", "n_vs_origin", "diff_vs_mean_single",
+           "diff_vs_mean_single_ci95_low", "diff_vs_mean_single_ci95_high", "p_vs_mean_single", "mean_single_accuracy",
+           "oracle_accuracy", "consistency", "tokens_per_second")
 
 
 @dataclasses.dataclass(frozen=True)
