@@ -149,6 +149,7 @@ def test_a_method_takes_its_own_settings_without_touching_the_others(tiny, items
     with pytest.raises(MinirunError, match="hidden_avg's fusion_layer: 1 -> 2"):
         evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=2)
     record = json.loads((tmp_path / "run.json").read_text())
+    assert record["run_key"]["thinking"] is False  # a template's reasoning switch is off unless asked
     assert record["methods"] == {"origin": {}, "flex": {"positions": "right", "flex_bias": None},
                                  "hidden_avg": {"fusion_layer": 1, "fusion_alpha": 1.0}}
 

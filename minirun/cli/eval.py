@@ -55,6 +55,8 @@ def eval_command(
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
     share_prefix: bool = typer.Option(True, help="Encode the few-shot prefix once per batch."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
+    thinking: bool = typer.Option(False, help="Let a chat template with a reasoning switch (Qwen3's enable_thinking) have the model reason "
+                                  "before answering (default: off, the answer starts at once)."),
     flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to answer->paraphrase attention."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
@@ -85,7 +87,7 @@ def eval_command(
                         max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
-                        flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
+                        thinking=thinking, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
                         choice_format=choice_format, progress=progress)
     if os.environ.get("RANK", "0") == "0":
         out.print(_summary_table(table, f"{name} · {llm.path.name}"))

@@ -62,6 +62,9 @@ def generate(
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
     max_new_tokens: int = typer.Option(64, min=1, help="Most tokens to generate."),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
+    thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="A chat template's reasoning "
+                                            "switch (Qwen3's enable_thinking); default: the template's own for a plain "
+                                            "prompt, off with --method (the answer starts at once)."),
     temperature: float = typer.Option(0.0, min=0, help="0 = greedy."),
     top_k: Optional[int] = typer.Option(None, min=1, help="Sample from the k likeliest tokens (plain generation)."),
     top_p: Optional[float] = typer.Option(None, max=1, help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
@@ -91,11 +94,11 @@ def generate(
                            "add --method (e.g. avg or flex) to fuse them, or drop the paraphrases")
     if method is None and not paraphrases and few_shot is None:
         llm = load_llm(model, device, dtype, compile)
-        _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json)
+        _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json, thinking)
         return
     # Everything below is checked before the model loads, so a typo fails at once.
     method = method or "origin"
-    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None,
+    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None, thinking=bool(thinking),
                               stop=tuple(stop) or (("\n",) if few_shot else ()), share_prefix=share_prefix,
                               positions=positions, flex_bias=parse_flex_bias(flex_bias), temperature=temperature,
                               seed=seed, num_samples=num_samples, fusion_layer=fusion_layer,
@@ -115,11 +118,12 @@ def generate(
               few_shot is not None, options, as_json)
 
 
-def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json) -> None:
+def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json,
+           thinking) -> None:
     stream_to = None if as_json else stream
     start = time.perf_counter()
-    out = llm.generate(prompt, max_new_tokens, chat=False if raw else None, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, stop=stop, truncate=truncate, on_text=stream_to)
+    out = llm.generate(prompt, max_new_tokens, chat=False if raw else None, thinking=thinking, temperature=temperature,
+                       top_k=top_k, top_p=top_p, seed=seed, stop=stop, truncate=truncate, on_text=stream_to)
     elapsed = time.perf_counter() - start
     speed = len(out.token_ids) / elapsed
     if as_json:

@@ -47,12 +47,15 @@ class LLM:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else 0
 
-    def prompt_ids(self, prompt: str, chat: bool | None = None) -> list[int]:
-        """Token ids of a user prompt, inside the chat template when `chat` (default: if it has one)."""
+    def prompt_ids(self, prompt: str, chat: bool | None = None, thinking: bool | None = None) -> list[int]:
+        """Token ids of a user prompt, inside the chat template when `chat` (default: if it has one);
+        `thinking` is the template's `enable_thinking` (None: the template's own default)."""
         if chat is None:
             chat = self.tokenizer.chat_template is not None
         if chat:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+            switch = {} if thinking is None else {"enable_thinking": thinking}
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                      **switch)
             return self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.encode(prompt)
 
@@ -99,7 +102,7 @@ class LLM:
     def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, stop: tuple[str, ...] | list[str] = (), truncate: bool = False,
-                 on_text: Callable[[str], None] | None = None) -> Completion | list[Completion]:
+                 on_text: Callable[[str], None] | None = None, thinking: bool | None = None) -> Completion | list[Completion]:
         """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
         if max_new_tokens < 1:
             raise MinirunError(f"max_new_tokens must be at least 1, got {max_new_tokens}: ask for one token or more")
@@ -114,7 +117,7 @@ class LLM:
         if bad := [i for i, p in enumerate(batch) if not isinstance(p, str) or not p.strip()]:
             raise MinirunError(f"prompt {bad[0]} is {'empty' if isinstance(batch[bad[0]], str) else 'not text'}: "
                                "every prompt needs some text")
-        ids = [self.fit(self.prompt_ids(p, chat), max_new_tokens, truncate) for p in batch]
+        ids = [self.fit(self.prompt_ids(p, chat, thinking), max_new_tokens, truncate) for p in batch]
         results = self.generate_ids(ids, max_new_tokens, params, stop, on_text)
         return results[0] if single else results
 

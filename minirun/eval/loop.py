@@ -116,7 +116,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             dataset: str = "custom", num_prompts: int = 5, original: bool = True, max_samples: int | None = None,
             few_shot_k: int = 5, fewshot_items: list[Item] | None = None, task: str | None = None,
             batch_size: int | None = None, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
-            positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
+            positions: str = "right", share_prefix: bool = True, chat: bool | None = None, thinking: bool = False,
             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
             choice_score: str = "mean", choice_format: str = "cloze") -> Run:
     """`evaluate`'s settings checked and its prompts, few-shot heads and run key laid out; nothing runs
@@ -129,8 +129,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             raise MinirunError(f"{name} must be at least {least}, got {value}: pass {name} >= {least}")
     if choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"unknown --choice-format {choice_format!r}: choose {', '.join(CHOICE_FORMATS)}")
-    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, stop=STOP, share_prefix=share_prefix,
-                              positions=positions, num_samples=num_samples, flex_bias=flex_bias,
+    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=STOP,
+                              share_prefix=share_prefix, positions=positions, num_samples=num_samples, flex_bias=flex_bias,
                               fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
     for method in methods:
         check_method(method, options)
@@ -158,7 +158,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
         "items": items_digest(items, prompts),
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
-        "choice_score": choice_score, "choice_format": choice_format,
+        "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
     }
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
     method_keys = {m: {name: getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
@@ -380,7 +380,7 @@ def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, 
     task = bar.add_task("  confidence", total=sum(len(q.paraphrases) for q in questions))
     out = []
     for q in questions:
-        encoded = encode_question(llm, q.paraphrases, q.prefix, q.suffix, options.chat)
+        encoded = encode_question(llm, q.paraphrases, q.prefix, q.suffix, options.chat, options.thinking)
         out += confidences_for(llm, [encoded], options, same=same)
         bar.advance(task, len(q.paraphrases))
     bar.remove_task(task)

@@ -143,7 +143,7 @@ def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], g
                    few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
                    bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
                    batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
-                   chat=gen.chat, **cell.method.options)
+                   chat=gen.chat, thinking=gen.thinking, **cell.method.options)
 
 
 def _check(cell: Cell, run: Run, rank: int) -> None:

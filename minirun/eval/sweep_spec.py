@@ -31,7 +31,7 @@ else:
     import tomli as tomllib
 
 SECTIONS = ("models", "datasets", "methods", "generation")
-GENERATION_OWNED = ("max_new_tokens", "chat", "share_prefix")  # EnsembleOptions fields [generation] sets for all
+GENERATION_OWNED = ("max_new_tokens", "chat", "thinking", "share_prefix")  # EnsembleOptions fields [generation] sets for all
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")  # what `resolve_model` pulls from the hub
 
@@ -72,6 +72,7 @@ class Generation:
     batch_size: int | None = None  # None: eval's default (32 questions, at most 256 rows a batch)
     share_prefix: bool = True
     chat: bool | None = None  # None: the chat template when the model has one
+    thinking: bool = False  # a template's reasoning switch (Qwen3's enable_thinking), off for short answers
 
 
 @dataclasses.dataclass(frozen=True)

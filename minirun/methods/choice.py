@@ -61,7 +61,8 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
-    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat) for q, p in zip(questions, prompts)]
+    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
+               for q, p in zip(questions, prompts)]
     targets = [option_ids(llm, e, c) for e, c in zip(encoded, choices)]
     with torch.inference_mode():
         if method == "flex":

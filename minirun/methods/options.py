@@ -32,6 +32,9 @@ class Question:
 class EnsembleOptions:
     max_new_tokens: int = 32
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    # Templates with a reasoning switch (Qwen3's enable_thinking): False renders the empty think block, so the
+    # answer starts at once, as a short answer fused across paraphrases needs; True, the model reasons first.
+    thinking: bool = False
     stop: tuple[str, ...] = ()
     share_prefix: bool = True  # encode the common head once instead of once per paraphrase
     positions: str = "right"  # flex position scheme: right, restart, sequential

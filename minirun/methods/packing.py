@@ -35,17 +35,20 @@ class Encoded:
         return self.head + self.paraphrases[i] + self.tail
 
 
-def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = "", suffix: str = "", chat: bool | None = None) -> Encoded:
+def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = "", suffix: str = "", chat: bool | None = None,
+                    thinking: bool = False) -> Encoded:
     """Encode each `template(prefix + paraphrase + suffix)` whole and split the ids around the
     paraphrases: head + paraphrases[i] + tail is what the tokenizer gives prompt i alone. The head is
     the longest run of the prefix's own tokens every prompt starts with (a merge across the join, as
-    "Q: " + "What" into "ĠWhat", keeps the last ones with the paraphrase), the tail likewise at the end."""
+    "Q: " + "What" into "ĠWhat", keeps the last ones with the paraphrase), the tail likewise at the end.
+    `thinking` is the template's `enable_thinking` (templates without the switch ignore it)."""
     if chat is None:
         chat = llm.tokenizer.chat_template is not None
     tok = llm.tokenizer
     if chat:
         def render(content: str) -> str:
-            return tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+            return tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                           enable_thinking=thinking)
 
         head, tail = render(prefix + _SENTINEL + suffix).split(_SENTINEL)
         wholes = [tok.encode(render(prefix + p + suffix), add_special_tokens=False) for p in paraphrases]

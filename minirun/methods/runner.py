@@ -47,7 +47,8 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     for q, p in zip(questions, prompts):
         if not p:
             raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
-    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat) for q, p in zip(questions, prompts)]
+    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
+               for q, p in zip(questions, prompts)]
     return run_encoded(llm, method, encoded, options, prompts, hooks)
 
 
