@@ -336,7 +336,7 @@ def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
 @pytest.mark.parametrize("make,message", [
     (lambda: SamplingParams(-0.5), "temperature must be 0"),
     (lambda: SamplingParams(float("nan")), "temperature must be 0"),
-    (lambda: SamplingParams(1e-9), "temperature must be 0 \\(greedy\\) or a finite number from 1e-06"),
+    (lambda: SamplingParams(1e-35), "temperature must be 0 \\(greedy\\) or a finite number from 1e-30"),
     (lambda: SamplingParams(1.0, top_k=0), "top_k must be at least 1"),
     (lambda: SamplingParams(1.0, top_p=0.0), r"top_p must be in \(0, 1\]"),
     (lambda: SamplingParams(1.0, top_p=1.01), r"top_p must be in \(0, 1\]"),

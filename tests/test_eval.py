@@ -122,6 +122,27 @@ def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):
     assert set(pd.read_json(tmp_path / "results.rank0.jsonl", lines=True)["method"]) == {"origin"}
 
 
+def test_rows_made_before_prompts_were_tokenized_whole_are_not_mixed_in(tiny, items, tmp_path):
+    evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
+    info = json.loads((tmp_path / "run.json").read_text())
+    del info["run_key"]["prompt_ids"]  # as minirun recorded runs before
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    with pytest.raises(MinirunError, match="its rows were made before prompts were tokenized whole"):
+        evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
+
+
+def test_a_file_system_without_locks_runs_unguarded(tiny, items, tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert len(evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)) == 1
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
 def test_rows_made_on_another_kind_of_device_are_not_mixed_in(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
     info = json.loads((tmp_path / "run.json").read_text())

@@ -66,7 +66,8 @@ def test_temperatures_that_would_overflow_are_refused():
         with pytest.raises(minirun.MinirunError, match="temperature must be 0 \\(greedy\\) or a finite number"):
             SamplingParams(bad)
     logits = torch.tensor([[-5.0, 20.0, 10.0]])
-    assert sample(logits, SamplingParams(1e-6, seed=0), SamplingParams(1e-6, seed=0).generator(logits.device)) == 1
+    tiny = SamplingParams(1e-30, seed=0)
+    assert sample(logits, tiny, tiny.generator(logits.device)) == 1  # the largest logit, not NaN's first index
 
 
 def test_stop_string_cuts_text(llm):
@@ -159,3 +160,33 @@ def test_a_stop_string_before_an_eos_in_one_check_ends_at_the_stop(smollm2_dir):
     stopper = Stopper(tokenizer, {2}, ("\nQuestion:",))
     assert stopper.finish(ids) == (head, "Paris.", "stop")  # the ids end with the token completing the stop
     assert stopper.finish(head[:2] + [2] + head[2:]) == (head[:2] + [2], tokenizer.decode(head[:2]), "eos")
+
+
+def test_overlapping_stop_strings_cut_alike_however_often_the_host_checks(smollm2_dir):
+    from minirun.checkpoints.tokenizer import Tokenizer
+    from minirun.engine.generate import Stopper
+
+    tokenizer = Tokenizer(smollm2_dir)
+    ids = tokenizer.encode("ok\nUser: hi there", add_special_tokens=False)
+    stopper = Stopper(tokenizer, {2}, ("\nUser:", "User"))
+    every_step = next(stopper.finish(ids[:n]) for n in range(1, len(ids) + 1) if stopper.finish(ids[:n]))
+    assert stopper.finish(ids) == every_step and every_step[1] == "ok\n"  # "User" completes before "\nUser:"
+
+
+def test_a_tokenizer_that_cleans_up_spaces_streams_without_taking_text_back(tmp_path):
+    import json
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from minirun.checkpoints.tokenizer import Tokenizer
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[SEP]", "[EOS]", "i", "do", "n", "'", "t", "know", "."])}
+    wordpiece = HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    wordpiece.pre_tokenizer, wordpiece.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+    wordpiece.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"clean_up_tokenization_spaces": True}))
+    tokenizer = Tokenizer(tmp_path)
+    ids = [vocab[w] for w in ["i", "do", "n", "'", "t", "know", "."]]
+    done, pieces = _stream(tokenizer, ids)  # "i do n ' t" reads "i don't" once cleaned up: the stream waits
+    assert done.text == "i don't know." and "".join(pieces) == done.text

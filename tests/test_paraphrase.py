@@ -77,6 +77,15 @@ def test_rerun_does_nothing_new_and_a_torn_line_is_redone(llm, tmp_path, monkeyp
     assert len(out.read_text().splitlines()) == 3
 
 
+def test_a_torn_line_after_windows_line_ends_costs_only_itself(llm, tmp_path):
+    out = tmp_path / "p.jsonl"
+    first = paraphrase_file(llm, items(), out, num=2, max_new_tokens=6)
+    rows = out.read_text().splitlines()
+    out.write_bytes(("\r\n".join(rows[:2]) + "\r\n" + rows[2][:-15]).encode())  # edited on Windows, then a kill
+    assert paraphrase_file(llm, items(), out, num=2, max_new_tokens=6) == first
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [x.id for x in first]
+
+
 def test_other_settings_refused(llm, tmp_path):
     out = tmp_path / "p.jsonl"
     paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6, dataset="sample-qa")

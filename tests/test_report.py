@@ -308,6 +308,7 @@ def test_latex_table(tmp_path):
     tex = (tmp_path / "t.tex").read_text()
     assert tex.startswith("\\begin{table}") and "\\toprule" in tex and tex.rstrip().endswith("\\end{table}")
     rows = {line.split(" & ")[0]: line.split(" & ") for line in tex.splitlines() if " & " in line}
+    assert list(rows)[:2] == ["Method", "origin"]  # the baseline first, then the methods compared with it
     assert rows["avg"] == ["avg", "0.800", "[0.490, 0.943]", "$+0.500$", "0.250", "10 \\\\"]  # Holm: 2 x 0.125
     assert rows["origin"][3:5] == ["--", "--"] and "per\\_prompt" in rows
     assert "Holm-adjusted" in tex and "Wilson" in tex

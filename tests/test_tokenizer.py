@@ -1,6 +1,8 @@
 """Tokenizer parity with transformers on the same files: ids, text and chat template."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -118,3 +120,17 @@ def test_spaces_before_punctuation_survive_a_bpe_decode(tmp_path, checkpoint_dir
     ref, ours = AutoTokenizer.from_pretrained(path), Tokenizer(path)
     ids = ref.encode("Hello , world . It 's fine")
     assert ours.decode(ids) == ref.decode(ids) == "Hello , world . It 's fine"
+
+
+def test_a_batchs_questions_share_one_head_however_their_first_tokens_merge(smollm2_dir):
+    """After "Q: " a word takes the space into its first token and a digit does not: the questions' own heads
+    differ by that token, and the batch is re-split at the head they share, each prompt's ids unchanged."""
+    import minirun
+    from minirun.methods.packing import align_heads, encode_question
+
+    llm = minirun.load(smollm2_dir)
+    word, digit = (encode_question(llm, [q], "Answer.\n\nQ: ", "\nA:") for q in ("Which tower?", "1889: which tower?"))
+    assert len(word.head) != len(digit.head)
+    aligned = align_heads([word, digit])
+    assert aligned[0].head == aligned[1].head == word.head[:len(aligned[0].head)]
+    assert [e.full(0) for e in aligned] == [word.full(0), digit.full(0)]

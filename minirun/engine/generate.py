@@ -87,10 +87,11 @@ class Stopper:
         them); the ids end with the eos, or with the token that completes the stop string."""
         eos = next((i for i, token in enumerate(ids) if token in self.eos_ids), None)
         before = ids if eos is None else ids[:eos]
-        if self.stop_strings and (cut := self.stop_at(self.text(before))) is not None:
-            last = bisect.bisect_left(range(1, len(before) + 1), True,  # the fewest ids whose text holds it
+        if self.stop_strings and self.stop_at(self.text(before)) is not None:
+            last = bisect.bisect_left(range(1, len(before) + 1), True,  # the fewest ids whose text holds one
                                       key=lambda n: self.stop_at(self.text(before[:n])) is not None)
-            return before[:last + 1], self.text(before)[:cut], "stop"
+            text = self.text(before[:last + 1])  # the same cut however many steps were checked at once
+            return before[:last + 1], text[:self.stop_at(text)], "stop"
         return None if eos is None else (ids[:eos + 1], self.text(before), "eos")
 
     def stop_at(self, text: str) -> int | None:
@@ -99,7 +100,11 @@ class Stopper:
 
     def streamable(self, text: str) -> str:
         """What of an unfinished row's text can be shown: not a trailing character whose bytes are still
-        arriving (decoded as U+FFFD), nor an ending that may turn out to start a stop string."""
+        arriving (decoded as U+FFFD), nor an ending that may turn out to start a stop string. A tokenizer
+        that cleans up spaces (WordPiece's " n ' t" -> "n't"; no BPE one does) may rewrite any of the last
+        words, so its text shows when the row is done."""
+        if getattr(self.tokenizer, "clean_up_spaces", False):
+            return ""
         text = text.rstrip("\ufffd")
         held = max((k for s in self.stop_strings for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         return text[:len(text) - held]

@@ -8,7 +8,7 @@ import torch
 from minirun.errors import MinirunError
 
 
-MIN_TEMPERATURE = 1e-6  # smaller ones divide logits past float32's range (NaN), and sample as greedy does anyway
+MIN_TEMPERATURE = 1e-30  # float32 logits (|x| up to ~1e4) divided by less can overflow to inf, and softmax to NaN
 
 
 @dataclass

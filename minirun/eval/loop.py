@@ -159,6 +159,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "items": items_digest(items, prompts),
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
         "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
+        "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
     }
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
     method_keys = {m: {name: getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}

@@ -71,7 +71,7 @@ def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: fl
 def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top_p: float, max_new_tokens: int,
                   seed: int) -> list[list[str]]:
     """`num` sampled rewrites per item, all items' rewrites in one batched generation."""
-    ids = [llm.prompt_ids(rewrite_prompt(item.question)) for item in items]
+    ids = [llm.prompt_ids(rewrite_prompt(item.question), thinking=False) for item in items]  # a rewrite, not reasoning
     limit = llm.config.max_position_embeddings
     if long := [(item, len(p)) for item, p in zip(items, ids) if len(p) + max_new_tokens > limit]:
         item, n = long[0]
@@ -159,8 +159,8 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
             raise MinirunError(f"{out}:{lineno} was written for another dataset or with other paraphrase settings: "
                                "use another output file or delete this one")
         found[item.id] = item
-    if torn:  # in place: rewriting the file would lose every finished row to a kill in between
-        os.truncate(out, len(text.encode("utf-8")) - len(torn.encode("utf-8")))
+    if torn:  # in place (rewriting the file would lose every finished row to a kill in between), by bytes
+        os.truncate(out, out.read_bytes().rfind(b"\n") + 1)
     return found
 
 

@@ -269,11 +269,13 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     keys = [str(name).capitalize() for name in scores.index.names]
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "rcrrr}", r"\toprule",
              " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$"]) + r" \\", r"\midrule"]
-    for index, row in scores.iterrows():
+    first = sorted(scores.index, key=lambda i: (i[:-1], i[-1] != "origin") if isinstance(i, tuple) else i != "origin")
+    for index, row in scores.loc[first].iterrows():  # origin first: the baseline the other rows are compared with
         labels = [_tex(str(x)) for x in (index if isinstance(index, tuple) else (index,))]
         versus = ["--", "--"] if pd.isna(row["diff_vs_origin"]) else [f"${row['diff_vs_origin']:+.3f}$",
                                                                       _tex_p(row["p_vs_origin_holm"])]
-        lines.append(" & ".join([*labels, f"{row['accuracy']:.3f}", f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]",
+        interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
+        lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
                                  *versus, str(int(row["n"]))]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "

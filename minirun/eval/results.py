@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,12 +20,18 @@ import pandas as pd
 from minirun.errors import MinirunError
 from minirun.methods.runner import OPTION_READERS
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
+# Run-key entries recorded since a version of minirun whose earlier runs made rows another way: a key that
+# lacks one holds rows made that way (entries not listed here, missing, are simply not compared).
+RECORDED_BEFORE = {"prompt_ids": "parts"}
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
     "few_shot": "the few-shot prompt changed (another --few-shot-k, few-shot file or edited examples)",
+    "prompt_ids": "its rows were made before prompts were tokenized whole (another minirun)",
 }
 
 
@@ -65,6 +72,8 @@ def lock_exclusively(f: IO, what: Path) -> None:
         f.close()
         raise MinirunError(f"another minirun process is writing {what}: wait for it to finish, or stop it, or "
                            "write elsewhere") from None
+    except OSError as e:  # a file system without locks (some NFS mounts): run, unguarded, rather than not at all
+        log.warning("cannot lock %s (%s): a second process writing there would not be stopped", what, e.strerror)
 
 
 def journal_paths(output_dir: Path) -> list[Path]:
@@ -181,6 +190,8 @@ class ResultStore:
         one that moved from the run's key to its methods') is not held against resuming."""
         old = _run_info(self.output_dir)
         old_key, new_key = (old or {}).get("run_key", {}), info["run_key"]
+        if old is not None:
+            old_key = {**RECORDED_BEFORE, **old_key}
         changed = {k for k in old_key.keys() & new_key.keys() if old_key[k] != new_key[k]}
         if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
             changed.discard("items")

@@ -64,6 +64,15 @@ def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = ""
     return Encoded(wholes[0][:h], [w[h:len(w) - t] for w in wholes], wholes[0][len(wholes[0]) - t:] if t else [])
 
 
+def align_heads(encoded: list[Encoded]) -> list[Encoded]:
+    """A batch's questions re-split at the head they all share, so it is prefilled once for all of them: a
+    question whose first token did not merge with the prefix's last one (a digit after "Q: ") keeps that token
+    with its paraphrases instead of splitting the batch's head."""
+    n = _common_prefix([e.head for e in encoded])
+    return [e if len(e.head) == n else Encoded(e.head[:n], [e.head[n:] + p for p in e.paraphrases], e.tail)
+            for e in encoded]
+
+
 def _common_prefix(sequences: list[list[int]]) -> int:
     """How many leading ids all `sequences` share."""
     n = 0

@@ -15,7 +15,7 @@ from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, he
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
-from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
+from minirun.methods.packing import POSITION_SCHEMES, Encoded, align_heads, encode_question, packed_row
 
 METHODS = ("origin", "per_prompt", *RULES, "hidden_avg", "flex")
 FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
@@ -47,8 +47,8 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     for q, p in zip(questions, prompts):
         if not p:
             raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
-    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
-               for q, p in zip(questions, prompts)]
+    encoded = align_heads([encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
+                           for q, p in zip(questions, prompts)])
     return run_encoded(llm, method, encoded, options, prompts, hooks)
 
 
