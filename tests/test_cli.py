@@ -300,6 +300,8 @@ CLI_CHECKS = [  # (arguments after the command, what the message must say); "M" 
     (["generate", "--model", "M", "--method", "avg", "--top-k", "5", "hi", "-p", "x"], "only apply to plain generation"),
     (["generate", "--model", "M", "--top-p", "0.5", "hi"], "temperature 0 decodes greedily: set a temperature"),
     (["generate", "--model", "M", "--method", "avg", "--truncate", "hi", "-p", "x"], "--truncate only applies to plain"),
+    (["generate", "--model", "M", "--raw", "--no-thinking", "hi"], "--raw uses none: drop one of them"),
+    (["eval", "--model", "M", "--data", "sample-qa", "--no-chat", "--thinking"], "--no-chat uses none: drop one of them"),
     (["generate", "--model", "M", "--few-shot-k", "-1", "hi"], "--few-shot-k"),
     (["generate", "--model", "M", "--method", "weighted_avg", "--num-samples", "0", "hi", "-p", "x"], "--num-samples"),
     (["generate", "--model", "M", "--method", "flex", "--flex-bias", "nan", "hi", "-p", "x"], "flex_bias must be"),

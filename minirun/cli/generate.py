@@ -92,6 +92,8 @@ def generate(
     if method is None and paraphrases:
         raise MinirunError("paraphrases were given without --method, which would answer the question alone: "
                            "add --method (e.g. avg or flex) to fuse them, or drop the paraphrases")
+    if thinking is not None and raw:
+        raise MinirunError("--thinking/--no-thinking is a chat template's switch, and --raw uses none: drop one of them")
     if method is None and not paraphrases and few_shot is None:
         llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json, thinking)

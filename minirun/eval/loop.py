@@ -129,6 +129,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             raise MinirunError(f"{name} must be at least {least}, got {value}: pass {name} >= {least}")
     if choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"unknown --choice-format {choice_format!r}: choose {', '.join(CHOICE_FORMATS)}")
+    if thinking and chat is False:
+        raise MinirunError("--thinking is a chat template's switch, and --no-chat uses none: drop one of them")
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=STOP,
                               share_prefix=share_prefix, positions=positions, num_samples=num_samples, flex_bias=flex_bias,
                               fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
