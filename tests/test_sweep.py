@@ -389,3 +389,15 @@ def test_a_sweeps_scores_carry_the_single_prompt_comparisons():
     assert table.loc[("d", "per_prompt"), ("m", "mean_single_accuracy")] == pytest.approx(0.5)
     assert table.loc[("d", "per_prompt"), ("m", "oracle_accuracy")] == pytest.approx(2 / 3)
     assert table.loc[("d", "avg"), ("m", "diff_vs_mean_single")] == pytest.approx(2 / 3 - 0.5)
+
+
+def test_every_model_is_compared_with_the_files_first_on_the_same_items():
+    rows = [{"model": model, "dataset": "d", "label": "avg", "method": "avg", "id": str(i), "answer": "",
+             "correct": right, "exact": False, "tokens": 2, "seconds": 1.0}
+            for model, verdicts in (("big", [True, True, True, False]), ("small", [True, False, False, False]))
+            for i, right in enumerate(verdicts)]
+    table = sweep_table(pd.DataFrame(rows))
+    assert math.isnan(table.loc[("d", "avg"), ("big", "diff_vs_first_model")])  # the reference itself
+    small = table.loc[("d", "avg"), "small"]
+    assert small["diff_vs_first_model"] == pytest.approx(-0.5) and small["n_vs_first_model"] == 4
+    assert small["p_vs_first_model"] == pytest.approx(0.5)  # exact McNemar: 0 against 2 discordant items

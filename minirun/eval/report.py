@@ -170,19 +170,26 @@ def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def paired_difference(ours: pd.Series, theirs: pd.Series, name: str) -> dict[str, float]:
+    """Two sides' verdicts (by item id) compared on the items both answered: diff_vs_<name> (accuracy
+    difference, ours minus theirs), its Newcombe interval, the exact McNemar p and n_vs_<name>; {} when
+    they share no item."""
+    pairs = pd.concat([ours.rename("ours"), theirs.rename("theirs")], axis=1).dropna().astype(bool)
+    if not len(pairs):
+        return {}
+    a, b = pairs["ours"], pairs["theirs"]
+    both, only_ours = int((a & b).sum()), int((a & ~b).sum())
+    only_theirs, neither = int((~a & b).sum()), int((~a & ~b).sum())
+    low, high = newcombe_paired_interval(both, only_ours, only_theirs, neither)
+    return {f"diff_vs_{name}": (only_ours - only_theirs) / len(pairs), f"diff_vs_{name}_ci95_low": low,
+            f"diff_vs_{name}_ci95_high": high, f"p_vs_{name}": mcnemar_exact(only_ours, only_theirs),
+            f"n_vs_{name}": len(pairs)}
+
+
 def _versus_origin(correct: pd.DataFrame, method: str) -> dict[str, float]:
     if method == "origin" or "origin" not in correct.columns:
         return {}
-    pairs = correct[[method, "origin"]].dropna().astype(bool)
-    if not len(pairs):
-        return {}
-    ours, theirs = pairs[method], pairs["origin"]
-    both, only_ours = int((ours & theirs).sum()), int((ours & ~theirs).sum())
-    only_theirs, neither = int((~ours & theirs).sum()), int((~ours & ~theirs).sum())
-    low, high = newcombe_paired_interval(both, only_ours, only_theirs, neither)
-    return {"diff_vs_origin": (only_ours - only_theirs) / len(pairs), "diff_vs_origin_ci95_low": low,
-            "diff_vs_origin_ci95_high": high, "p_vs_origin": mcnemar_exact(only_ours, only_theirs),
-            "n_vs_origin": len(pairs)}
+    return paired_difference(correct[method], correct["origin"], "origin")
 
 
 def _versus_single(correct: pd.Series, single: pd.Series) -> dict[str, float]:

@@ -25,7 +25,7 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group
-from minirun.eval.report import summarize
+from minirun.eval.report import paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "diff_vs_origin", "diff_vs_origin_ci95_low",
            "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm", "n_vs_origin", "diff_vs_mean_single",
            "diff_vs_mean_single_ci95_low", "diff_vs_mean_single_ci95_high", "p_vs_mean_single", "mean_single_accuracy",
-           "oracle_accuracy", "consistency", "tokens_per_second")
+           "oracle_accuracy", "consistency", "diff_vs_first_model", "diff_vs_first_model_ci95_low",
+           "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model", "tokens_per_second")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +206,14 @@ def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
     dataset), in file order. A method's label stands for its name, so two runs of one method with
     different options stay apart."""
     scores = {}
+    first = df["model"].iloc[0]  # the file's first model: every other one is compared with it, item by item
     for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
         summary = summarize(group.drop(columns=["model", "dataset"]).assign(method=group["label"]))
+        reference = df[(df["dataset"] == dataset) & (df["model"] == first)]
         for label, row in summary.iterrows():
-            scores[(dataset, label), model] = row[list(METRICS)]
+            versus = {} if model == first else paired_difference(
+                _verdicts(group[group["label"] == label]), _verdicts(reference[reference["label"] == label]), "first_model")
+            scores[(dataset, label), model] = row.reindex(list(METRICS)).fillna(pd.Series(versus, dtype=float))
     rows = list(dict.fromkeys(zip(df["dataset"], df["label"])))
     models = list(dict.fromkeys(df["model"]))
     columns = pd.MultiIndex.from_product([models, METRICS], names=["model", "metric"])
@@ -217,6 +222,10 @@ def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
     for (row, model), values in scores.items():
         table.loc[row, model] = values.to_numpy(dtype=float)
     return table
+
+
+def _verdicts(rows: pd.DataFrame) -> pd.Series:
+    return rows.set_index("id")["correct"].astype(float)
 
 
 def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
