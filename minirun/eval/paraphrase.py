@@ -22,7 +22,7 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict
-from minirun.eval.results import lock_exclusively
+from minirun.eval.results import drop_torn_line, lock_exclusively
 from minirun.text import first_line, normalize
 
 INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
@@ -159,8 +159,7 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
             raise MinirunError(f"{out}:{lineno} was written for another dataset or with other paraphrase settings: "
                                "use another output file or delete this one")
         found[item.id] = item
-    if torn:  # in place (rewriting the file would lose every finished row to a kill in between), by bytes
-        os.truncate(out, out.read_bytes().rfind(b"\n") + 1)
+    drop_torn_line(out)
     return found
 
 

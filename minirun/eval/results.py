@@ -76,6 +76,13 @@ def lock_exclusively(f: IO, what: Path) -> None:
         log.warning("cannot lock %s (%s): a second process writing there would not be stopped", what, e.strerror)
 
 
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line a killed write left without its newline, in place and by bytes: rewriting the file
+    would lose every finished line to a kill in between, and text offsets miss CRLF line ends."""
+    if path.is_file() and (data := path.read_bytes()) and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
 def journal_paths(output_dir: Path) -> list[Path]:
     """Every rank's journal in the directory, in rank order."""
     found = [(int(m.group(1)), p) for p in output_dir.glob("results.rank*.jsonl") if (m := _JOURNAL.match(p.name))]
@@ -164,7 +171,7 @@ class ResultStore:
         lock_exclusively(self._lock, self.output_dir if rank == 0 else self.output_dir / f"rank {rank}")
         self.journal = self.output_dir / f"results.rank{rank}.jsonl"
         try:
-            self._drop_partial_line()
+            drop_torn_line(self.journal)  # our own journal's: the next row starts clean
             rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
             self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), _canonical(method_keys or {}),
                             {row["method"] for row in rows})
@@ -175,15 +182,6 @@ class ResultStore:
         for row in rows:
             self._done.setdefault(row["method"], set()).add(row["id"])
         self._file = self.journal.open("a", encoding="utf-8")
-
-    def _drop_partial_line(self) -> None:
-        """Cut a crash-truncated last line off our own journal, so the next row starts clean."""
-        if not self.journal.is_file():
-            return
-        data = self.journal.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.journal.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
 
     def _check_run(self, info: dict, methods: dict[str, dict], answered: set[str]) -> None:
         """Refuse rows of another run. A setting only one side records (one a newer minirun added, or

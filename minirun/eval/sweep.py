@@ -25,17 +25,15 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group
-from minirun.eval.report import paired_difference, summarize
+from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", "diff_vs_origin", "diff_vs_origin_ci95_low",
-           "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm", "n_vs_origin", "diff_vs_mean_single",
-           "diff_vs_mean_single_ci95_low", "diff_vs_mean_single_ci95_high", "p_vs_mean_single", "mean_single_accuracy",
-           "oracle_accuracy", "consistency", "diff_vs_first_model", "diff_vs_first_model_ci95_low",
-           "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model", "tokens_per_second")
+METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *PAIRED, "diff_vs_first_model",
+           "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
+           "tokens_per_second")
 
 
 @dataclasses.dataclass(frozen=True)

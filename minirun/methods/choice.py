@@ -23,8 +23,16 @@ from minirun.layers.masks import branch
 from minirun.methods.fusion import RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
-from minirun.methods.packing import Encoded, align_heads, encode_question, packed_row
-from minirun.methods.runner import check_method, checked_call, flex_log_weights, open_session, plan_rows, shared_head
+from minirun.methods.packing import Encoded, packed_row
+from minirun.methods.runner import (
+    check_method,
+    checked_call,
+    encode_batch,
+    flex_log_weights,
+    open_session,
+    plan_rows,
+    shared_head,
+)
 
 
 
@@ -61,8 +69,7 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
-    encoded = align_heads([encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
-                           for q, p in zip(questions, prompts)])
+    encoded = encode_batch(llm, questions, prompts, options)
     targets = [option_ids(llm, e, c) for e, c in zip(encoded, choices)]
     with torch.inference_mode():
         if method == "flex":

@@ -47,9 +47,14 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     for q, p in zip(questions, prompts):
         if not p:
             raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
-    encoded = align_heads([encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
-                           for q, p in zip(questions, prompts)])
-    return run_encoded(llm, method, encoded, options, prompts, hooks)
+    return run_encoded(llm, method, encode_batch(llm, questions, prompts, options), options, prompts, hooks)
+
+
+def encode_batch(llm: EnsembleModel, questions: list[Question], prompts: list[list[str]],
+                 options: EnsembleOptions) -> list[Encoded]:
+    """Each question's `prompts` encoded (`encode_question`), re-split at the head the batch shares."""
+    return align_heads([encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
+                        for q, p in zip(questions, prompts)])
 
 
 OPTION_READERS = {  # the EnsembleOptions fields only some methods read, and which
