@@ -101,6 +101,19 @@ def test_confidences_cached_and_reused(llm, tmp_path, monkeypatch):
     assert len(calls) == 2 and second.confidences == first.confidences and second.token_ids == first.token_ids
 
 
+def test_confidences_cached_per_dtype(checkpoint_dirs, tmp_path, monkeypatch):
+    """A bfloat16 run's samples differ from float32's: its cached confidences must not stand in for them."""
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))
+    calls = []
+    real = confidence.paraphrase_confidence
+    monkeypatch.setattr(confidence, "paraphrase_confidence", lambda *a: calls.append(1) or real(*a))
+    question = Question(PROMPT, [PROMPT])
+    options = EnsembleOptions(max_new_tokens=2, num_samples=2, chat=False, confidence_tokens=2)
+    for dtype in ("float32", "bfloat16", "float32"):
+        run_method(minirun.load(checkpoint_dirs["qwen3"], dtype=dtype), "weighted_avg", [question], options)
+    assert len(calls) == 2  # one per dtype; the second float32 run reads its own
+
+
 def test_confidence_samples_share_one_prefill(llm, monkeypatch):
     """The S samples prefill the prompt once (batch 1), then decode S rows."""
     from minirun.engine.session import Session

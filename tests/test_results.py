@@ -143,3 +143,20 @@ def test_a_directory_with_results_files_of_no_run_is_refused_untouched(tmp_path)
     (tmp_path / "run.json").write_text('{"settings": 1}')  # valid JSON, not a run record
     with pytest.raises(MinirunError, match="run.json is not a run record minirun wrote"):
         ResultStore(tmp_path, {"model": "m"})
+
+
+def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):
+    from minirun.paths import write_atomic
+
+    target = tmp_path / "deep" / "run.json"
+    write_atomic(target, lambda tmp: tmp.write_text("old"))
+
+    def torn(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, torn)
+    assert target.read_text() == "old"
+    write_atomic(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["run.json"]

@@ -36,6 +36,10 @@ class LLM:
         return self.model.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
     def eos_ids(self) -> set[int]:
         ids = set(self.config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:

@@ -86,10 +86,6 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     return out
 
 
-def _dtype(llm: LLM) -> str:
-    return str(next(llm.model.parameters()).dtype).removeprefix("torch.")
-
-
 Lane = tuple[int, str]  # (run, method): one method's batches of one run
 
 
@@ -155,7 +151,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "drop --no-original (original=False) or give them paraphrases")
     prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
-        "model": str(Path(llm.path).resolve()), "dtype": _dtype(llm), "device": llm.device.type, "dataset": dataset,
+        "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "num_prompts": num_prompts, "original": original,
         "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
         "items": items_digest(items, prompts),

@@ -19,6 +19,7 @@ import pandas as pd
 
 from minirun.errors import MinirunError
 from minirun.methods.runner import OPTION_READERS
+from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,6 @@ def _json_default(value: object) -> object:
 
 def _canonical(value: object) -> object:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file and os.replace, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class OtherRun(MinirunError):
@@ -140,9 +134,9 @@ def merge(output_dir: str | Path) -> pd.DataFrame:
     """Combine every rank's journal into `results.parquet` and its `results.jsonl` mirror."""
     output_dir = Path(output_dir)
     df = read_results(output_dir)
-    _atomic_write(output_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+    write_atomic(output_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     records = df.to_dict("records")
-    _atomic_write(output_dir / "results.jsonl", lambda tmp: tmp.write_text(
+    write_atomic(output_dir / "results.jsonl", lambda tmp: tmp.write_text(
         "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records), encoding="utf-8"))
     return df
 
@@ -204,7 +198,7 @@ class ResultStore:
             raise OtherRun(self.output_dir, diffs)
         record = {**info, "methods": {**recorded, **methods}}
         if old != record:
-            _atomic_write(self.output_dir / "run.json",
+            write_atomic(self.output_dir / "run.json",
                           lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
 
     def done(self, method: str) -> set[str]:

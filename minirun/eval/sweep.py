@@ -28,6 +28,7 @@ from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, proc
 from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
+from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,6 @@ def _finished(cell: Cell, key: str) -> bool:
     return marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
 
 
-def _write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file and os.replace, so a kill never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM], *, progress: bool = True,
               on_row: Callable[[dict], None] | None = None) -> pd.DataFrame | None:
     """Run every cell not yet finished, each model loaded once (by `load`) and only if it has work.
@@ -101,7 +94,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     if rank == 0:
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
-        _write(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
+        write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: _cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
     todo = [c for c in plan if not _finished(c, keys[c.dir])]  # decided before any rank writes a marker
     with process_group(world_size):
@@ -123,14 +116,14 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                 _run_cells(llm, group, runs, rank, world_size, progress, on_row)
                 if rank == 0:
                     for cell in group:
-                        _write(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
+                        write_atomic(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
                             json.dumps({"key": keys[c.dir]}) + "\n", encoding="utf-8"))
             del llm  # before the next model loads, not after
     if rank != 0:
         return None
     table = load_sweep(output)
-    _write(output / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    _write(output / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_atomic(output / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    write_atomic(output / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table
 
 

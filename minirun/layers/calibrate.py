@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from minirun.layers import flex
 from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 from minirun.layers.masks import additive
-from minirun.paths import cache_root
+from minirun.paths import cache_root, write_atomic
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
@@ -128,10 +128,7 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
     entries = json.loads(path.read_text()) if path.is_file() else {}
     if key not in entries:
         entries[key] = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".{os.getpid()}.tmp")
-        temp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        temp.replace(path)  # atomic: a concurrent process sees the old file or the new one
+        write_atomic(path, lambda temp: temp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
     _memo[key] = entries[key]["value"]
     return _memo[key]
 

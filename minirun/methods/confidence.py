@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +16,7 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions
 from minirun.methods.packing import Encoded
-from minirun.paths import cache_root
+from minirun.paths import cache_root, write_atomic
 from minirun.text import first_line, normalize
 
 SameAnswer = Callable[[str, str], bool]
@@ -34,7 +33,7 @@ def cache_dir() -> Path:
 
 
 def _key(llm: EnsembleModel, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> str:
-    settings = [str(llm.path.resolve()), ids, options.num_samples, options.confidence_temperature,
+    settings = [str(llm.path.resolve()), str(llm.dtype), llm.device.type, ids, options.num_samples, options.confidence_temperature,
                 options.confidence_tokens, options.seed, getattr(same, "__qualname__", repr(same))]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
@@ -68,9 +67,7 @@ def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: Ensembl
                 row.append(json.loads(path.read_text())["confidence"])
                 continue
             value = paraphrase_confidence(llm, ids, options, same)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"confidence": value, "samples": options.num_samples}))
-            os.replace(tmp, path)
+            write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"confidence": value, "samples": options.num_samples})))
             row.append(value)
         out.append(row)
     return out

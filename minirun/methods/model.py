@@ -27,6 +27,9 @@ class EnsembleModel(Protocol):
     def device(self) -> torch.device: ...
 
     @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
     def pad_id(self) -> int: ...
 
     def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False, *,
