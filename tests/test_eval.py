@@ -131,6 +131,18 @@ def test_rows_made_before_prompts_were_tokenized_whole_are_not_mixed_in(tiny, it
         evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
 
 
+@pytest.mark.parametrize("recorded", [None, "v2 en_core_web_sm-3.8.0"])  # an older minirun; another spaCy pipeline
+def test_verdicts_of_another_matcher_are_not_mixed_in(tiny, items, tmp_path, recorded):
+    evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
+    info = json.loads((tmp_path / "run.json").read_text())
+    info["run_key"].pop("matcher")
+    if recorded:
+        info["run_key"]["matcher"] = recorded
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    with pytest.raises(MinirunError, match="its verdicts came from another answer matcher"):
+        evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
+
+
 def test_a_file_system_without_locks_runs_unguarded(tiny, items, tmp_path, monkeypatch, caplog):
     import errno
     import fcntl

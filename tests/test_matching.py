@@ -35,6 +35,16 @@ def test_normalize():
     assert normalize("The  U.S.!") == "us"
     assert normalize("Jean-Paul Sartre") == "jean paul sartre"
     assert normalize("An apple") == "apple"
+    assert normalize("São Paulo") == normalize("Sao Paulo") == "sao paulo"  # accents fold
+    assert normalize("Vitamin A") == "vitamin a" and normalize("A") == "a"  # only a leading article goes
+
+
+@pytest.mark.parametrize("text,number", [
+    ("2.5", "2.5"), ("1.5 million", "1.5 million"), ("-40", "-40"), ("\u221240 degrees", "-40 degrees"),
+    ("-.5", "-.5"), ("1,000", "1000"), ("v1.5", "v1.5"), ("well-known", "well known"), ("x-40", "x 40"),
+])
+def test_normalize_keeps_a_numbers_sign_and_point(text, number):
+    assert normalize(text) == number
 
 
 def _one(matcher, pred, golds, **kw) -> MatchResult:
@@ -46,6 +56,8 @@ def _one(matcher, pred, golds, **kw) -> MatchResult:
     ("Paris, France.", ["Paris"]),                                     # punctuation, containment
     ("It is Alexander Graham Bell", ["Bell", "Graham Bell"]),          # aliases
     ("an apple", ["the apple"]),
+    ("Sao Paulo", ["São Paulo"]), ("Beyoncé", ["Beyonce"]),            # accents fold both ways
+    ("It was \u221240 degrees", ["-40"]), ("A", ["A"]), ("Plan B", ["plan b"]),
 ])
 def test_lemma_match(matcher, pred, golds):
     assert _one(matcher, pred, golds).lemma
@@ -53,8 +65,11 @@ def test_lemma_match(matcher, pred, golds):
 
 @pytest.mark.parametrize("pred,golds", [
     ("Parisian", ["Paris"]), ("party", ["art"]),   # never a substring inside another word
-    ("", ["Paris"]), ("the", ["the"]),             # empty prediction; nothing left after articles
+    ("", ["Paris"]), ("the", ["Paris"]),           # empty prediction; an article alone
     ("Bell", ["Alexander Graham Bell"]),           # gold not inside the prediction
+    ("2.5", ["25"]), ("1.5 million", ["15 million"]), ("-40", ["40"]),  # a number's point and sign count
+    ("Vitamin D", ["Vitamin A"]), ("Vitamin", ["Vitamin A"]),          # a letter inside a name is no article
+    ("I had it", ["D"]), ("I'm not sure", ["M"]),                      # a lone letter is not lemmatised
 ])
 def test_no_match(matcher, pred, golds):
     assert _one(matcher, pred, golds) == MatchResult(exact=False, lemma=False)

@@ -24,7 +24,7 @@ from rich.text import Text
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, ensemble_prompts, load_fewshot
-from minirun.eval.matching import Matcher, extract_answer
+from minirun.eval.matching import Matcher, extract_answer, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, build_prefix, option_list
 from minirun.eval.results import ResultStore, merge, read_results
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
@@ -158,6 +158,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
         "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
+        "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
     method_keys = {m: {name: getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}

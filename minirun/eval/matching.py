@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from minirun.text import ARTICLES, clean, normalize
+from minirun.text import clean, drop_article, fold, normalize
 
+# Bumped when a verdict can change: a run's rows come from one matcher (its run key holds `matcher_name()`)
+MATCHER_VERSION = 2  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
@@ -57,6 +58,14 @@ def _load_nlp():
     return nlp
 
 
+def matcher_name() -> str:
+    """The matcher a run's verdicts come from: its version and spaCy pipeline (a full English model
+    lemmatises some words otherwise than the lookup tables)."""
+    meta = _load_nlp().meta
+    installed = f"{meta['lang']}_{meta['name']}-{meta['version']}" if meta.get("name") != "pipeline" else "lookup"
+    return f"v{MATCHER_VERSION} {installed}"
+
+
 class Matcher:
     """Lemma matcher; lemmatises unseen strings in batches and caches them, because sweeps
     compare the same gold answers and frequent predictions many times."""
@@ -68,17 +77,17 @@ class Matcher:
         self._cache: dict[str, tuple[str, ...]] = {}
 
     def lemmas(self, texts: list[str]) -> list[tuple[str, ...]]:
-        """Lemma sequences with punctuation and articles dropped, in input order."""
+        """Lemma sequences without punctuation or a leading article, in input order."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        lowered = [unicodedata.normalize("NFKC", t).lower() for t in todo]
-        docs = self.nlp.pipe(lowered, batch_size=self.BATCH) if todo else ()
+        docs = self.nlp.pipe([fold(t) for t in todo], batch_size=self.BATCH) if todo else ()
         for text, doc in zip(todo, docs):
-            self._cache[text] = tuple(
+            self._cache[text] = tuple(drop_article([
                 part
                 for tok in doc
-                if not tok.is_punct and not tok.is_space and tok.lower_ not in ARTICLES
-                for part in clean(tok.lemma_ or tok.text).split()
-            )
+                if not tok.is_punct and not tok.is_space
+                # a lone letter is a name ("Vitamin D", "Plan B"), never a word the lemmatiser knows ("d" -> "have")
+                for part in clean(tok.text if len(tok.text) == 1 else tok.lemma_ or tok.text).split()
+            ]))
         return [self._cache[t] for t in texts]
 
     def match(self, predictions: list[str], golds: list[list[str]], bidirectional: bool = False) -> list[MatchResult]:
