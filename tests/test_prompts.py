@@ -40,3 +40,16 @@ def test_zero_shot_and_fill_instruction():
 def test_bad_arguments(task, k):
     with pytest.raises(MinirunError):
         build_prefix(task, EXAMPLES, k=k)
+
+
+def test_few_shot_examples_are_of_the_task_and_never_a_test_question():
+    from minirun.eval.loop import few_shot_prefixes
+
+    fills = [Item(f"f{i}", f"Statement {i} is", [], [f"Fill {i}"], task="fill") for i in range(3)]
+    tests = [Item("t0", "question 1?", [], ["x"]), Item("t1", "Question 2 ?", [], ["y"])]  # case and spacing aside
+    prefix = few_shot_prefixes(tests, EXAMPLES + fills, "mine", None, 6)["qa"]
+    assert "Statement" not in prefix  # another task's format is never a demonstration
+    assert "Question 1?" not in prefix and "Question 2?" not in prefix  # nor is a question under test
+    assert prefix.count("Q: ") == 6
+    with pytest.raises(MinirunError, match="2 of the 8 few-shot qa examples are questions under test, which leaves 6"):
+        few_shot_prefixes(tests, EXAMPLES, "mine", None, 7)

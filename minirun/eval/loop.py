@@ -31,6 +31,7 @@ from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.runner import OPTION_READERS, PROMPT_ROWS, check_method, check_options_used
+from minirun.text import normalize
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -74,14 +75,22 @@ def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = 
 
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
                       k: int, choice_format: str = "cloze") -> dict[str, str]:
-    """Instruction + k examples per task present (the dataset's own few-shot file unless given)."""
+    """Instruction + k examples per task present (the dataset's own few-shot file unless given), drawn from
+    that task's examples only and never from the questions under test: a demonstration that is a test
+    question hands the model its gold answer."""
+    tested = {normalize(item.question) for item in items}
     out = {}
     for t in sorted({task or item.task for item in items}):
-        if k and fewshot_items is not None and not any(example.task == t for example in fewshot_items):
-            tasks = ", ".join(sorted({example.task for example in fewshot_items}))
+        pool = [e for e in (fewshot_items if fewshot_items is not None else load_fewshot(dataset, t)) if e.task == t]
+        if k and not pool:
+            tasks = ", ".join(sorted({example.task for example in fewshot_items or []}))
             raise MinirunError(f"the few-shot items are {tasks} items but the dataset's are {t}: their prompts would "
                                f"teach another format; give few-shot items of task {t}, or --few-shot-k 0")
-        examples = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t)
+        examples = [e for e in pool if normalize(e.question) not in tested]
+        if len(examples) < min(k, len(pool)):
+            raise MinirunError(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {t} examples are questions "
+                               f"under test, which leaves {len(examples)} for --few-shot-k {k}: give few-shot items "
+                               "apart from the test set, or lower --few-shot-k")
         out[t] = build_prefix(t, examples, k, choice_format=choice_format)
     return out
 
