@@ -72,6 +72,26 @@ def write_tokenizer(out: Path) -> None:
     fast.save_pretrained(out)
 
 
+def write_sentencepiece_tokenizer(out: Path) -> None:
+    """Llama 2's legacy SentencePiece-as-BPE pipeline (TinyLlama, Mistral v0.1 too): "▁" prepended to the text
+    and for every space, byte fallback, BOS added. " Paris" alone is "▁▁Paris", inside a text "▁Paris"."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                  special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)])
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                                                           "add_bos_token": True}))
+
+
 def hf_config(arch: str):
     from transformers import AutoConfig
 
@@ -79,8 +99,9 @@ def hf_config(arch: str):
     return AutoConfig.for_model(kwargs.pop("model_type"), bos_token_id=1, eos_token_id=2, pad_token_id=0, **kwargs)
 
 
-def write_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
-    """Random weights (scaled up so logits are not flat) saved as safetensors + config.json."""
+def write_checkpoint(arch: str, out: Path, seed: int = 0, sentencepiece: bool = False) -> Path:
+    """Random weights (scaled up so logits are not flat) saved as safetensors + config.json, with the
+    byte-level BPE tokenizer or (`sentencepiece`) Llama 2's."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -89,5 +110,5 @@ def write_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
         for p in model.parameters():
             p.normal_(0, 0.2 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
     model.save_pretrained(out)
-    write_tokenizer(out)
+    (write_sentencepiece_tokenizer if sentencepiece else write_tokenizer)(out)
     return out

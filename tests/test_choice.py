@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from checkpoints import write_checkpoint
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import minirun
+from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions, Question
 from minirun.methods.choice import option_ids, score_choices
 from minirun.methods.packing import encode_question
@@ -20,8 +22,10 @@ CHOICES = ["Paris", "Lyon and Marseille", "Berlin", "the city of Rome"]
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["llama3", "qwen2", "qwen3"])
-def llm(request, checkpoint_dirs):
+@pytest.fixture(scope="module", params=["llama3", "qwen2", "qwen3", "llama2_sentencepiece"])
+def llm(request, checkpoint_dirs, tmp_path_factory):
+    if request.param == "llama2_sentencepiece":  # Llama 2's tokenizer treats a text's start apart
+        return minirun.load(write_checkpoint("llama_bias", tmp_path_factory.mktemp("sp"), sentencepiece=True))
     return minirun.load(checkpoint_dirs[request.param])
 
 
@@ -30,23 +34,45 @@ def score(llm, method, paraphrases=PARAS, choices=CHOICES, **kw):
     return score_choices(llm, method, [Question(QUESTION, paraphrases, PREFIX, "\nA:")], [choices], options)[0]
 
 
-def test_origin_log_likelihoods_equal_transformers(llm):
-    enc = encode_question(llm, [QUESTION], PREFIX, "\nA:", chat=False)
-    prompt = enc.full(0)
-    reference = AutoModelForCausalLM.from_pretrained(llm.path, dtype=torch.float32).eval()
-    expected = []
-    for ids in option_ids(llm, enc, CHOICES):
+def harness_log_likelihoods(path, context: str, choices: list[str]) -> list[float]:
+    """lm-evaluation-harness's loglikelihood with transformers' own tokenizer and model: the option's ids
+    are those of `context + " " + option` after the context's, its trailing whitespace moved to the option."""
+    tok = AutoTokenizer.from_pretrained(path)
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    spaces = len(context) - len(context.rstrip())
+    context, lead = (context[:-spaces], context[-spaces:]) if spaces else (context, " ")
+    out = []
+    for choice in choices:
+        prompt, whole = tok(context).input_ids, tok(context + lead + choice).input_ids
         with torch.no_grad():
-            logp = reference(torch.tensor([prompt + ids])).logits[0].float().log_softmax(-1)
-        expected.append(sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(ids)))
-    got = score(llm, "origin").scores
-    assert max(abs(a - b) for a, b in zip(got, expected)) <= ATOL
-    assert len({round(s, 3) for s in expected}) == len(CHOICES)  # the options differ: the check has teeth
+            logp = reference(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+        out.append(sum(logp[j - 1, whole[j]].item() for j in range(len(prompt), len(whole))))
+    return out
 
 
-def test_options_get_a_leading_space_after_a_plain_prompt(llm):
+@pytest.mark.parametrize("suffix", ["\nA:", "\nA: "])  # a prompt ending in a space: the space starts the option
+def test_origin_log_likelihoods_equal_the_harness_with_transformers(llm, suffix):
+    expected = harness_log_likelihoods(llm.path, PREFIX + QUESTION + suffix, CHOICES)
+    got = score_choices(llm, "origin", [Question(QUESTION, PARAS, PREFIX, suffix)], [CHOICES],
+                        EnsembleOptions(chat=False, choice_score="sum"))[0]
+    assert max(abs(a - b) for a, b in zip(got.scores, expected)) <= ATOL
+    assert got.logprobs == got.scores and len({round(s, 3) for s in expected}) == len(CHOICES)  # options differ
+
+
+def test_an_option_is_split_as_inside_the_text_not_alone(llm):
     enc = encode_question(llm, [QUESTION], PREFIX, "\nA:", chat=False)
-    assert option_ids(llm, enc, ["Paris"])[0] == llm.tokenizer.encode(" Paris", add_special_tokens=False)
+    whole = llm.tokenizer.encode(PREFIX + QUESTION + "\nA: Paris")
+    assert option_ids(llm, enc, ["Paris"], " ")[0] == whole[len(enc.full(0)):]
+
+
+@pytest.mark.parametrize("choices, problem", [(["Paris", ""], "answer option 1 .* is empty"),
+                                              (["Paris", "  "], "answer option 1 .* is empty"),
+                                              (["Paris", 3], "answer option 1 .* is not text")])
+def test_an_empty_or_non_text_option_is_refused_with_or_without_a_template(llm, choices, problem):
+    for chat in (False, None):
+        with pytest.raises(MinirunError, match=problem):
+            score_choices(llm, "origin", [Question(QUESTION, PARAS, PREFIX, "\nA:")], [choices],
+                          EnsembleOptions(chat=chat))
 
 
 @pytest.mark.parametrize("method, extra", [("avg", {}), ("avg_logprob", {}), ("max", {}), ("hidden_avg", {}),
@@ -85,12 +111,22 @@ def test_per_prompt_scores_each_prompt_as_origin_would(llm):
         assert max(abs(a - b) for a, b in zip(scores, alone.scores)) <= ATOL and pick == alone.choice
 
 
-def test_mean_is_sum_over_option_length(llm):
+@pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "flex"])
+def test_mean_and_chars_are_the_sum_over_tokens_and_characters(llm, method):
+    """mean: per token; chars: per character of the option (the harness's acc_norm); every result carries the
+    sums and token counts that any of them is recomputed from."""
     enc = encode_question(llm, [QUESTION], PREFIX, "\nA:", chat=False)
-    lengths = [len(ids) for ids in option_ids(llm, enc, CHOICES)]
-    summed, mean = score(llm, "origin").scores, score(llm, "origin", choice_score="mean").scores
-    assert all(math.isclose(m, s / n, abs_tol=1e-6) for m, s, n in zip(mean, summed, lengths))
-    assert len(set(lengths)) > 1
+    lengths = [len(ids) for ids in option_ids(llm, enc, CHOICES, " ")]
+    summed = score(llm, method)
+    for mode, sizes in (("mean", lengths), ("chars", [len(c) for c in CHOICES])):
+        result = score(llm, method, choice_score=mode)
+        assert all(math.isclose(m, s / n, abs_tol=1e-6) for m, s, n in zip(result.scores, summed.scores, sizes)), mode
+        assert result.logprobs == summed.logprobs == summed.scores and result.option_tokens == lengths
+        assert result.choice == max(range(len(CHOICES)), key=result.scores.__getitem__)
+        if method == "per_prompt":
+            assert [max(range(len(CHOICES)), key=s.__getitem__) for s in result.per_prompt_scores] == \
+                result.per_prompt_choices
+    assert len(set(lengths)) > 1 and len({len(c) / n for c, n in zip(CHOICES, lengths)}) > 1
 
 
 def test_fusion_moves_the_scores(llm):
@@ -115,7 +151,7 @@ def test_a_prompt_near_the_end_of_the_context_is_scored(llm):
 
     def ends_at(question: str) -> int:
         enc = encode_question(llm, [question], PREFIX, "\nA:", chat=False)
-        return len(enc.full(0)) + max(map(len, option_ids(llm, enc, CHOICES)))
+        return len(enc.full(0)) + max(map(len, option_ids(llm, enc, CHOICES, " ")))
 
     low, high = 0, len(words)  # the longest question whose options still fit
     while low < high:
@@ -129,3 +165,8 @@ def test_a_prompt_near_the_end_of_the_context_is_scored(llm):
         assert len(result[0].scores) == len(CHOICES) and all(math.isfinite(s) for s in result[0].scores)
     with pytest.raises(minirun.MinirunError, match="beyond the model's context"):
         score_choices(llm, "origin", [Question(words[:low + 40], [], PREFIX, "\nA:")], [CHOICES], options)
+
+
+def test_weighted_methods_record_their_confidences(llm):
+    result = score(llm, "weighted_avg", confidences=[[0.2, 0.5, 0.3]])
+    assert result.confidences == [0.2, 0.5, 0.3] and score(llm, "avg").confidences is None

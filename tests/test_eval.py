@@ -296,8 +296,10 @@ def test_choice_items_are_scored_not_generated(tiny, tmp_path, choice_format):
         scores = list(row.choice_scores)
         assert len(scores) == 4 and row.choice == max(range(4), key=scores.__getitem__)
         assert row.correct == (row.choice == item.answer) and row.answer == item.choices[row.choice]
+        sums, tokens = list(row.choice_logprobs), list(row.choice_tokens)  # what any score is recomputed from
+        assert all(abs(s - lp / n) < 1e-6 for s, lp, n in zip(scores, sums, tokens))  # eval's default: per token
     per_prompt = table[table["method"] == "per_prompt"]
-    assert per_prompt["per_prompt_correct"].map(len).eq(3).all()
+    assert per_prompt["per_prompt_correct"].map(len).eq(3).all() and per_prompt["per_prompt_scores"].map(len).eq(3).all()
     assert (table.loc[table["method"] == "hidden_avg", "fusion_layer"] == 1).all()
     assert table.loc[table["method"] == "avg", "fusion_layer"].isna().all()
     record = json.loads((tmp_path / "run.json").read_text())

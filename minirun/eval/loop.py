@@ -203,7 +203,9 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts. hidden_avg rows
     record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
     generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
-    `choice_score` (mean or sum log-probability), `answer` the picked option's text, and with
+    `choice_score` (per token, summed or per character), `choice_logprobs` and `choice_tokens` every
+    option's summed log-likelihood and token count (any score is recomputed from them, the option's
+    characters being its text), per_prompt's `per_prompt_scores` each prompt's, `answer` the picked option's text, and with
     `choice_format` "letters" the options are listed in the prompt and their letters scored.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are
     `prepare`'s keywords. Returns the merged table (world_size 1) or this rank's shard of it.
@@ -337,8 +339,9 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
         "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
         "per_prompt_correct": [c == item.answer for c in picks] if picks else None,
         "per_prompt_accuracy": sum(c == item.answer for c in picks) / len(picks) if picks else None,
-        "confidences": None, "fusion_layer": result.fusion_layer, "choice": result.choice,
-        "choice_scores": result.scores,
+        "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": result.choice,
+        "choice_scores": result.scores, "choice_logprobs": result.logprobs, "choice_tokens": result.option_tokens,
+        "per_prompt_scores": result.per_prompt_scores,
     }
 
 
@@ -364,7 +367,7 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
             "per_prompt_correct": [m.lemma for m in found] if per_prompt else None,
             "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if per_prompt else None,
             "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": None,
-            "choice_scores": None,
+            "choice_scores": None, "choice_logprobs": None, "choice_tokens": None, "per_prompt_scores": None,
         })
     return rows
 

@@ -11,7 +11,7 @@ never re-run per option.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -40,22 +40,50 @@ from minirun.methods.runner import (
 class ChoiceResult:
     method: str
     choice: int  # the best-scoring option (per_prompt: the first prompt's pick)
-    scores: list[float]  # every option's score: mean or summed log-probability
+    scores: list[float]  # every option's score under `choice_score` (per token, summed or per character)
     prompts: list[str]
     prompt_tokens: int
     per_prompt_choices: list[int] | None = None  # per_prompt: each prompt's pick
     per_prompt_scores: list[list[float]] | None = None
     fusion_layer: int | None = None
+    logprobs: list[float] | None = None  # every option's summed log-likelihood: any score can be recomputed
+    option_tokens: list[int] | None = None  # every option's token count
+    confidences: list[float] | None = None  # the weighted methods' per-paraphrase confidences
 
 
-def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str]) -> list[list[int]]:
-    """Each option's token ids as a continuation of the prompt: a space first unless the prompt
-    already ends in whitespace (a chat template's generation prompt ends with a newline)."""
-    tail = llm.tokenizer.decode(enc.tail or enc.paraphrases[-1])
-    sep = "" if tail[-1:].isspace() else " "
-    out = [llm.tokenizer.encode(sep + c.strip(), add_special_tokens=False) for c in choices]
-    if any(not ids for ids in out):
-        raise MinirunError("an answer option is empty: every option needs some text")
+def option_texts(choices: list[str]) -> list[str]:
+    """The options as scored (surrounding whitespace dropped); refused in one line when one is not text or empty."""
+    if bad := [i for i, c in enumerate(choices) if not isinstance(c, str) or not c.strip()]:
+        raise MinirunError(f"answer option {bad[0]} of {choices!r} is {'empty' if isinstance(choices[bad[0]], str) else 'not text'}: "
+                           "every option needs some text")
+    return [c.strip() for c in choices]
+
+
+def plain_context(question: Question) -> tuple[Question, str]:
+    """lm-evaluation-harness's split for a prompt without a chat template: whitespace that ends the prompt
+    ("A: ") belongs to the option (" Paris"), as the text would be written; it is taken off the prompt and
+    returned to start every option, a space where the prompt ends without one."""
+    if question.suffix:
+        kept = question.suffix.rstrip()
+        return replace(question, suffix=kept), question.suffix[len(kept):] or " "
+    kept = question.question.rstrip()
+    return (replace(question, question=kept, paraphrases=[p.rstrip() for p in question.paraphrases]),
+            question.question[len(kept):] or " ")
+
+
+def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str], lead: str | None) -> list[list[int]]:
+    """Each option's token ids as the tokenizer splits the prompt's text followed by `lead` and the option:
+    the ids of the whole after those of the prompt alone (the harness's rule). Encoding " Paris" alone would
+    differ where the tokenizer treats a text's start apart (Llama 2's SentencePiece adds "▁" there).
+    `lead` None: a space unless the prompt ends in whitespace (a chat template's generation prompt)."""
+    tok = llm.tokenizer
+    context = tok.decode(enc.tail or enc.paraphrases[-1])
+    if lead is None:
+        lead = "" if context[-1:].isspace() else " "
+    start = len(tok.encode(context, add_special_tokens=False))
+    out = [tok.encode(context + lead + c, add_special_tokens=False)[start:] for c in choices]
+    if empty := [c for c, ids in zip(choices, out) if not ids]:
+        raise MinirunError(f"answer option {empty[0]!r} adds no token after the prompt: give it some text")
     return out
 
 
@@ -68,13 +96,19 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
         raise MinirunError("choices must be one list of option strings per question, e.g. [['Paris', 'Lyon']]")
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
+    texts = [option_texts(c) for c in choices]
+    chat = options.chat if options.chat is not None else llm.tokenizer.chat_template is not None
+    if chat:  # the option is the answer after the template's generation prompt
+        leads = [None] * len(questions)
+    else:
+        questions, leads = map(list, zip(*[plain_context(q) for q in questions]))
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
     encoded = encode_batch(llm, questions, prompts, options)
-    targets = [option_ids(llm, e, c) for e, c in zip(encoded, choices)]
+    targets = [option_ids(llm, e, c, lead) for e, c, lead in zip(encoded, texts, leads)]
     with torch.inference_mode():
         if method == "flex":
-            return _score_flex(llm, encoded, targets, prompts, options, hooks)
-        return _score_rows(llm, method, encoded, targets, prompts, options, hooks)
+            return _score_flex(llm, encoded, targets, texts, prompts, options, hooks)
+        return _score_rows(llm, method, encoded, targets, texts, prompts, options, hooks)
 
 
 def option_row(targets: list[list[int]], start: int, segment: Callable[[int], int]) -> Row:
@@ -117,24 +151,44 @@ def _options_pass(llm: EnsembleModel, session: Session, option_rows: list[Row]) 
     return session.extend(layout.tokens, layout.positions, layout.segments)
 
 
-def _option_scores(predictors: list[torch.Tensor], targets: list[list[int]], rule, weights: torch.Tensor | None,
-                   mode: str) -> list[float]:
-    """Each option's fused log-likelihood (rows fused per token with `rule`; None: one row)."""
-    scores = []
+def _option_logprobs(predictors: list[torch.Tensor], targets: list[list[int]], rule,
+                     weights: torch.Tensor | None) -> list[float]:
+    """Each option's summed log-likelihood under the fused distribution (rows fused per token with `rule`;
+    None: one row)."""
+    sums = []
     for logits, ids in zip(predictors, targets):
         fused = logits[0] if rule is None else torch.stack([rule(logits[:, j], weights) for j in range(len(ids))])
         logp = fused.log_softmax(-1).gather(-1, torch.tensor(ids, device=fused.device)[:, None])[:, 0]
-        total = logp.sum().item()
-        scores.append(total / len(ids) if mode == "mean" else total)
-    return scores
+        sums.append(logp.sum().item())
+    return sums
 
 
-def _best(scores: list[float]) -> int:
+def option_scores(logprobs: list[float], tokens: list[int], texts: list[str], mode: str) -> list[float]:
+    """Summed log-likelihoods as `mode` scores them: per token, summed, or per character of the option
+    (lm-evaluation-harness's acc_norm divides by the option text's length)."""
+    if mode == "sum":
+        return list(logprobs)
+    sizes = tokens if mode == "mean" else [len(t) for t in texts]
+    return [lp / n for lp, n in zip(logprobs, sizes)]
+
+
+def best_option(scores: list[float]) -> int:
+    """The highest score's index, the first on a tie (as numpy's argmax)."""
     return max(range(len(scores)), key=scores.__getitem__)
 
 
+def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts: list[str], mode: str,
+            prompts: list[str], prompt_tokens: int, **extra) -> ChoiceResult:
+    """A question's result from its options' summed log-likelihoods: the pick under `mode`, and the sums
+    and token counts from which any other mode's pick can be recomputed."""
+    scores = option_scores(logprobs, [len(ids) for ids in targets], texts, mode)
+    return ChoiceResult(method, best_option(scores), scores, prompts, prompt_tokens, logprobs=logprobs,
+                        option_tokens=[len(ids) for ids in targets], **extra)
+
+
 def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets: list[list[list[int]]],
-                prompts: list[list[str]], options: EnsembleOptions, hooks: Hooks) -> list[ChoiceResult]:
+                texts: list[list[str]], prompts: list[list[str]], options: EnsembleOptions,
+                hooks: Hooks) -> list[ChoiceResult]:
     confidences = None
     if method in WEIGHTED:  # before our session: computing them opens sessions of their own
         from minirun.methods.confidence import confidences_for
@@ -146,28 +200,30 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
     longest, slots = option_room(targets, option_rows)
     session, _, first = open_session(llm, plan.rows, plan.head, longest, hooks, fusion=plan.fusion, extra_slots=slots)
     states = _options_pass(llm, session, option_rows)  # [B, T, E]
-    results = []
+    mode, results = options.choice_score, []
     for q, group in enumerate(plan.groups):
         rows = torch.tensor(group, device=llm.device)
         chunk = session.logits(states.index_select(0, rows))  # [R, T, V]
         predictors = _predictors(first.index_select(0, rows), chunk, targets[q])
-        weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
         tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
         if method in ("origin", "per_prompt"):
-            each = [_option_scores([p[i:i + 1] for p in predictors], targets[q], None, None, options.choice_score)
-                    for i in range(len(group))]
-            per_prompt = method == "per_prompt"
-            results.append(ChoiceResult(method, _best(each[0]), each[0], prompts[q], tokens,
-                                        [_best(s) for s in each] if per_prompt else None, each if per_prompt else None))
+            each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
+            extra = {}
+            if method == "per_prompt":
+                per = [option_scores(lp, [len(ids) for ids in targets[q]], texts[q], mode) for lp in each]
+                extra = {"per_prompt_choices": [best_option(s) for s in per], "per_prompt_scores": per}
+            results.append(_scored(method, each[0], targets[q], texts[q], mode, prompts[q], tokens, **extra))
             continue
+        weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
         rule = RULES["avg" if method == "hidden_avg" else method]
-        scores = _option_scores(predictors, targets[q], rule, weights, options.choice_score)
-        results.append(ChoiceResult(method, _best(scores), scores, prompts[q], tokens, fusion_layer=plan.layer))
+        results.append(_scored(method, _option_logprobs(predictors, targets[q], rule, weights), targets[q], texts[q],
+                               mode, prompts[q], tokens, fusion_layer=plan.layer,
+                               confidences=list(confidences[q]) if confidences else None))
     return results
 
 
-def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[list[int]]], prompts: list[list[str]],
-                options: EnsembleOptions, hooks: Hooks) -> list[ChoiceResult]:
+def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[list[int]]], texts: list[list[str]],
+                prompts: list[list[str]], options: EnsembleOptions, hooks: Hooks) -> list[ChoiceResult]:
     """One packed row per question (as flex generates), then its options as branch segments."""
     if not all(e.tail for e in encoded):
         raise MinirunError("flex needs a shared suffix after the paraphrases so the options see all of them: "
@@ -183,7 +239,7 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     results = []
     for q, (t, r) in enumerate(zip(targets, rows)):
         predictors = _predictors(first[q:q + 1], session.logits(states[q:q + 1]), t)
-        scores = _option_scores(predictors, t, None, None, options.choice_score)
         tokens = (len(head) if head else 0) + len(r.tokens)
-        results.append(ChoiceResult("flex", _best(scores), scores, prompts[q], tokens))
+        results.append(_scored("flex", _option_logprobs(predictors, t, None, None), t, texts[q], options.choice_score,
+                               prompts[q], tokens))
     return results

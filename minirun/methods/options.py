@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from minirun.engine.generate import stop_strings
 from minirun.errors import MinirunError
 
-CHOICE_SCORES = ("mean", "sum")  # an option's mean (length-normalised) or summed log-probability
+# An option's log-likelihood per token ("mean"), summed ("sum": lm-evaluation-harness's acc), or per character of
+# the option's text ("chars": the harness's acc_norm)
+CHOICE_SCORES = ("mean", "sum", "chars")
 
 
 @dataclass
@@ -48,7 +50,7 @@ class EnsembleOptions:
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
     fusion_layer: int | None = None  # hidden_avg: first fused block, 1-based (None: round(0.75 x layers))
     fusion_alpha: float = 1.0  # hidden_avg: weight of the group mean in the fused state
-    choice_score: str = "mean"  # multiple choice: an option's mean (length-normalised) or summed log-probability
+    choice_score: str = "mean"  # multiple choice: CHOICE_SCORES' rule for an option's log-likelihood
 
     def __post_init__(self) -> None:
         """Refuse values that would crash deep inside a run or silently do something else, naming the field."""
