@@ -163,6 +163,9 @@ def test_a_prompt_near_the_end_of_the_context_is_scored(llm):
     for method in ("origin", "avg"):
         result = score_choices(llm, method, [Question(question, [question] * 2, PREFIX, "\nA:")], [CHOICES], options)
         assert len(result[0].scores) == len(CHOICES) and all(math.isfinite(s) for s in result[0].scores)
+    longer = words[:low + 40]
+    with pytest.raises(MinirunError, match="prompt \\+ the longest answer option reaches position .* give shorter options"):
+        score_choices(llm, "origin", [Question(longer, [longer], PREFIX, "\nA:")], [CHOICES], options)
     with pytest.raises(minirun.MinirunError, match="beyond the model's context"):
         score_choices(llm, "origin", [Question(words[:low + 40], [], PREFIX, "\nA:")], [CHOICES], options)
 

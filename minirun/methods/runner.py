@@ -160,15 +160,17 @@ class Opened(NamedTuple):
 
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
                  log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
-                 mixing: HeadMix | None = None, extra_slots: int = 0) -> Opened:
+                 mixing: HeadMix | None = None, extra_slots: int = 0, scoring: bool = False) -> Opened:
     """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
     it), then all rows. `max_new` tokens follow each row's prompt at the next positions (checked
-    against the context); `extra_slots` are cache room without positions (a later call's padding)."""
+    against the context; `scoring`: they are answer options, not generated); `extra_slots` are cache
+    room without positions (a later call's padding)."""
     limit = llm.config.max_position_embeddings
     furthest = max(r.next_position for r in rows) + max_new
     if furthest > limit:
-        raise MinirunError(f"prompt + max_new_tokens reaches position {furthest}, beyond the model's context of {limit}: "
-                           "shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or generate fewer tokens")
+        after, fix = ("the longest answer option", "shorter options") if scoring else ("max_new_tokens", "fewer new tokens")
+        raise MinirunError(f"prompt + {after} reaches position {furthest}, beyond the model's context of {limit}: "
+                           f"shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or give {fix}")
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
     session = llm.session(len(rows), h + layout.length + max_new + extra_slots, hooks, reuse=True,  # methods may share it
