@@ -255,6 +255,28 @@ def test_a_batch_holds_one_task_so_its_few_shot_head_is_shared(tiny, items, tmp_
     assert sorted(table["id"]) == sorted(item.id for item in mixed)
 
 
+def test_report_re_picks_choice_rows_as_a_run_under_that_score_would(tiny, tmp_path):
+    """acc and acc_norm of one run: `--choice-score` re-picks from the stored sums, token counts and lengths,
+    and agrees with runs made under each score."""
+    from minirun.eval.report import select_choice_score
+
+    items = load_dataset("sample-choice")[:6]
+    settings = {**SETTINGS, "dataset": "sample-choice", "num_prompts": 3}
+    runs = {mode: evaluate(tiny, items, ["origin", "per_prompt", "avg"], tmp_path / mode, choice_score=mode, **settings)
+            for mode in ("mean", "sum", "chars")}
+    columns = ["choice", "correct", "answer", "per_prompt_accuracy"]
+    key = ["method", "id"]
+    for mode, direct in runs.items():
+        rescored = select_choice_score(runs["mean"], mode).sort_values(key)[key + columns].reset_index(drop=True)
+        assert rescored.equals(direct.sort_values(key)[key + columns].reset_index(drop=True)), mode
+    assert not runs["sum"]["choice"].equals(runs["chars"]["choice"])  # the scores pick differently: teeth
+    cli = CliRunner().invoke(_app(), ["report", str(tmp_path / "mean"), "--choice-score", "sum", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.stdout)["origin"]["accuracy"] == runs["sum"].query("method == 'origin'")["correct"].mean()
+    bad = CliRunner().invoke(_app(), ["report", str(tmp_path / "mean"), "--choice-score", "median"])
+    assert bad.exit_code == 1 and "--choice-score must be one of mean, sum, chars" in bad.stderr
+
+
 QUESTION, PARAS = "What is the capital of France?", ["Which city is France's capital?", "Name France's capital.",
                                                       "France's capital city is which city?"]
 
@@ -299,7 +321,7 @@ def test_choice_items_are_scored_not_generated(tiny, tmp_path, choice_format):
         sums, tokens = list(row.choice_logprobs), list(row.choice_tokens)  # what any score is recomputed from
         assert all(abs(s - lp / n) < 1e-6 for s, lp, n in zip(scores, sums, tokens))  # eval's default: per token
     per_prompt = table[table["method"] == "per_prompt"]
-    assert per_prompt["per_prompt_correct"].map(len).eq(3).all() and per_prompt["per_prompt_scores"].map(len).eq(3).all()
+    assert per_prompt["per_prompt_correct"].map(len).eq(3).all() and per_prompt["per_prompt_logprobs"].map(len).eq(3).all()
     assert (table.loc[table["method"] == "hidden_avg", "fusion_layer"] == 1).all()
     assert table.loc[table["method"] == "avg", "fusion_layer"].isna().all()
     record = json.loads((tmp_path / "run.json").read_text())

@@ -42,13 +42,13 @@ def sweep_command(
 
 
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
-                 match: Optional[str], latex: Optional[Path] = None) -> None:
+                 match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import select_match
+    from minirun.eval.report import select_choice_score, select_match
     from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table
 
-    table = select_match(load_sweep(run_dir), match)
+    table = select_choice_score(select_match(load_sweep(run_dir), match), choice_score)
     scores = sweep_table(table)
     if csv is not None:
         scores_long(scores).to_csv(csv, index=False)

@@ -204,8 +204,9 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
     generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
     `choice_score` (per token, summed or per character), `choice_logprobs` and `choice_tokens` every
-    option's summed log-likelihood and token count (any score is recomputed from them, the option's
-    characters being its text), per_prompt's `per_prompt_scores` each prompt's, `answer` the picked option's text, and with
+    option's summed log-likelihood, token count and length (`choice_chars`), per_prompt's
+    `per_prompt_logprobs` each prompt's, `choices` the options and `gold_choice` the right one's index (`report --choice-score` re-picks under
+    another score from them), `answer` the picked option's text, and with
     `choice_format` "letters" the options are listed in the prompt and their letters scored.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are
     `prepare`'s keywords. Returns the merged table (world_size 1) or this rank's shard of it.
@@ -341,7 +342,8 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
         "per_prompt_accuracy": sum(c == item.answer for c in picks) / len(picks) if picks else None,
         "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": result.choice,
         "choice_scores": result.scores, "choice_logprobs": result.logprobs, "choice_tokens": result.option_tokens,
-        "per_prompt_scores": result.per_prompt_scores,
+        "per_prompt_logprobs": result.per_prompt_logprobs, "choice_chars": result.option_chars,
+        "choices": item.choices, "gold_choice": item.answer,
     }
 
 
@@ -367,7 +369,8 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
             "per_prompt_correct": [m.lemma for m in found] if per_prompt else None,
             "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if per_prompt else None,
             "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": None,
-            "choice_scores": None, "choice_logprobs": None, "choice_tokens": None, "per_prompt_scores": None,
+            "choice_scores": None, "choice_logprobs": None, "choice_tokens": None, "per_prompt_logprobs": None,
+            "choice_chars": None, "choices": None, "gold_choice": None,
         })
     return rows
 

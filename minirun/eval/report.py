@@ -24,6 +24,8 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
+from minirun.methods.choice import best_option, option_scores
+from minirun.methods.options import CHOICE_SCORES
 from minirun.text import normalize
 
 if TYPE_CHECKING:
@@ -74,6 +76,44 @@ def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     if "per_prompt_accuracy" in df.columns and not df["correct"].astype(bool).equals(df[column].astype(bool)):
         scored = scored.drop(columns="per_prompt_accuracy")
     return scored
+
+
+RESCORED = ("choice_logprobs", "choice_tokens", "choice_chars", "choices", "gold_choice")
+
+
+def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
+    """The table with its multiple-choice rows re-picked under `mode` ("sum": lm-evaluation-harness's acc,
+    "chars": its acc_norm, "mean": per token) from the options' stored log-likelihoods, token counts and
+    lengths; generated rows are left as they are. None keeps the run's own picks."""
+    if mode is None:
+        return df
+    if mode not in CHOICE_SCORES:
+        raise MinirunError(f"--choice-score must be one of {', '.join(CHOICE_SCORES)}, not {mode!r}")
+    scored = df["task"].eq("choice") if "task" in df.columns else pd.Series(False, index=df.index)
+    if not scored.any():
+        raise MinirunError("--choice-score re-picks multiple-choice answers, and this table has none: drop it")
+    rows = df[scored]
+    if any(c not in df.columns or rows[c].isna().any() for c in RESCORED):
+        raise MinirunError("results lack the options' log-likelihoods (written by an older minirun); re-run "
+                           "`minirun eval` into a fresh output directory to add them, or drop --choice-score")
+    df = df.copy()
+    for i, row in rows.iterrows():
+        sizes = list(row["choice_tokens"]), list(row["choice_chars"])
+        scores = option_scores(list(row["choice_logprobs"]), *sizes, mode)
+        choice = best_option(scores)
+        right = choice == row["gold_choice"]
+        options = list(row["choices"])
+        df.at[i, "choice"], df.at[i, "choice_scores"] = choice, scores
+        df.at[i, "answer"] = df.at[i, "generated"] = options[choice]
+        for column in ("exact", "correct", "correct_lemma", "correct_bidirectional"):
+            if column in df.columns:
+                df.at[i, column] = right
+        if isinstance(row.get("per_prompt_logprobs"), (list, np.ndarray)):
+            picks = [best_option(option_scores(list(lp), *sizes, mode)) for lp in row["per_prompt_logprobs"]]
+            df.at[i, "answers"] = [options[c] for c in picks]
+            df.at[i, "per_prompt_correct"] = [c == row["gold_choice"] for c in picks]
+            df.at[i, "per_prompt_accuracy"] = sum(c == row["gold_choice"] for c in picks) / len(picks)
+    return df
 
 
 def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:

@@ -45,9 +45,11 @@ class ChoiceResult:
     prompt_tokens: int
     per_prompt_choices: list[int] | None = None  # per_prompt: each prompt's pick
     per_prompt_scores: list[list[float]] | None = None
+    per_prompt_logprobs: list[list[float]] | None = None  # per_prompt: each prompt's summed log-likelihoods
     fusion_layer: int | None = None
     logprobs: list[float] | None = None  # every option's summed log-likelihood: any score can be recomputed
     option_tokens: list[int] | None = None  # every option's token count
+    option_chars: list[int] | None = None  # every option's length in characters, as scored
     confidences: list[float] | None = None  # the weighted methods' per-paraphrase confidences
 
 
@@ -163,13 +165,12 @@ def _option_logprobs(predictors: list[torch.Tensor], targets: list[list[int]], r
     return sums
 
 
-def option_scores(logprobs: list[float], tokens: list[int], texts: list[str], mode: str) -> list[float]:
+def option_scores(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) -> list[float]:
     """Summed log-likelihoods as `mode` scores them: per token, summed, or per character of the option
     (lm-evaluation-harness's acc_norm divides by the option text's length)."""
     if mode == "sum":
         return list(logprobs)
-    sizes = tokens if mode == "mean" else [len(t) for t in texts]
-    return [lp / n for lp, n in zip(logprobs, sizes)]
+    return [lp / n for lp, n in zip(logprobs, tokens if mode == "mean" else chars)]
 
 
 def best_option(scores: list[float]) -> int:
@@ -181,9 +182,10 @@ def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts:
             prompts: list[str], prompt_tokens: int, **extra) -> ChoiceResult:
     """A question's result from its options' summed log-likelihoods: the pick under `mode`, and the sums
     and token counts from which any other mode's pick can be recomputed."""
-    scores = option_scores(logprobs, [len(ids) for ids in targets], texts, mode)
+    tokens, chars = [len(ids) for ids in targets], [len(t) for t in texts]
+    scores = option_scores(logprobs, tokens, chars, mode)
     return ChoiceResult(method, best_option(scores), scores, prompts, prompt_tokens, logprobs=logprobs,
-                        option_tokens=[len(ids) for ids in targets], **extra)
+                        option_tokens=tokens, option_chars=chars, **extra)
 
 
 def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets: list[list[list[int]]],
@@ -211,8 +213,10 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
             each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
             extra = {}
             if method == "per_prompt":
-                per = [option_scores(lp, [len(ids) for ids in targets[q]], texts[q], mode) for lp in each]
-                extra = {"per_prompt_choices": [best_option(s) for s in per], "per_prompt_scores": per}
+                sizes = [len(ids) for ids in targets[q]], [len(t) for t in texts[q]]
+                per = [option_scores(lp, *sizes, mode) for lp in each]
+                extra = {"per_prompt_choices": [best_option(s) for s in per], "per_prompt_scores": per,
+                         "per_prompt_logprobs": each}
             results.append(_scored(method, each[0], targets[q], texts[q], mode, prompts[q], tokens, **extra))
             continue
         weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
