@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 
@@ -10,12 +11,25 @@ from typer.testing import CliRunner
 
 import minirun
 from minirun.cli import app
+from minirun.engine.generate import Completion
 from minirun.eval import paraphrase
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.paraphrase import clean_rewrite, keep, paraphrase_file
+from minirun.eval.paraphrase import clean_rewrite, keep, paraphrase_file, rewrite_batch, rewrite_prompt, rewrite_seed
 from minirun.eval.results import lock_exclusively
 
 ITEM = Item("q1", "What is the capital of France?", [], ["Paris", "City of Light"])
+
+
+def test_worked_examples_are_no_test_question():
+    """A faithful rewrite of a test question would be dropped as a copy of the example it matches."""
+    from minirun.eval.data import load_dataset
+    from minirun.eval.paraphrase import PROMPTS
+    from minirun.text import normalize
+
+    for name in ("sample-qa", "sample-fill", "sample-choice"):
+        items = load_dataset(name)
+        examples = {normalize(q) for q, _ in PROMPTS[items[0].task][1]}
+        assert not examples & {normalize(item.question) for item in items}, name
 
 
 def test_filters():
@@ -25,9 +39,46 @@ def test_filters():
     assert keep("Which city is France's capital?", ITEM, [])
     assert not keep("Which city is France's capital", ITEM, ["Which city is France's capital?"])
     assert keep("Which city do Parisians call the capital?", ITEM, [])  # 'Parisians' is not 'Paris'
-    assert not keep("Which city serves as Japan's capital? It's Japan!", ITEM, [])  # a worked example copied
-    assert not keep("Who painted the Mona Lisa", ITEM, [])
+    assert not keep("Vienna lies on the banks of which river? The Danube!", ITEM, [])  # a worked example copied
+    assert not keep("Who wrote The Old Man and the Sea", ITEM, [])
+    assert not keep("What is the capital of France? Lyon", ITEM, [])  # the question plus a (wrong) answer
     assert clean_rewrite(' Rewrite: "Which city is it?"\nQuestion: more') == "Which city is it?"
+    assert clean_rewrite("Sentence: Egypt's capital is") == "Egypt's capital is"
+
+
+FILL = Item("f1", "The capital of Egypt is", [], ["Cairo"], task="fill")
+
+
+def test_fill_filters():
+    """A fill rewrite must be another prompt that stops where the answer goes, not a completion."""
+    assert keep("Egypt's capital city is", FILL, [])
+    assert keep("The city that serves as the capital of Egypt is called", FILL, [])
+    assert not keep("The capital of Egypt is Egypt.", FILL, [])  # completed with a wrong answer
+    assert not keep("The capital of Egypt is Alexandria", FILL, [])  # the original plus more, no full stop
+    assert not keep("Egypt's capital is a large city.", FILL, [])  # a statement, nothing left to fill
+    assert not keep("Which city is Egypt's capital?", FILL, [])  # a question, not a fill prompt
+    assert not keep("Egypt's capital city is ___", FILL, [])  # a blank a completion would not fill
+    assert not keep("The painter of the Mona Lisa was", FILL, [])  # a worked example copied
+    assert keep("Which city is Egypt's capital?", dataclasses.replace(FILL, task="qa"), [])
+
+
+def test_fill_items_get_a_fill_rewrite_prompt():
+    fill = rewrite_prompt(FILL)
+    assert paraphrase.FILL_INSTRUCTION in fill and fill.endswith("Sentence: The capital of Egypt is\nRewrite:")
+    assert "Sentence: The Mona Lisa was painted by\nRewrite: The painter of the Mona Lisa was" in fill
+    for item in (ITEM, load_dataset("sample-choice")[0]):  # a choice stem is asked as a question, "Q: ..."
+        prompt = rewrite_prompt(item)
+        assert paraphrase.INSTRUCTION in prompt and prompt.endswith(f"Question: {item.question}\nRewrite:")
+
+
+def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkeypatch):
+    fills = load_dataset("sample-fill")[2:3]  # The capital of Egypt is
+    assert fills[0].question == FILL.question
+    rewrites = ["The capital of Egypt is Egypt.", "The capital of Egypt is Abu Dhabi", "Egypt's capital city is"]
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
+    llm = type("FakeLLM", (), {"path": tmp_path})()
+    done = paraphrase_file(llm, fills, tmp_path / "f.jsonl", num=3)
+    assert done[0].paraphrases == ["The capital of Egypt is", "Egypt's capital city is"]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +106,47 @@ def items() -> list[Item]:
     return load_dataset("sample-qa")[:3]
 
 
-def test_rewrites_do_not_depend_on_batching_and_keep_original_first(llm, tmp_path):
+@pytest.fixture
+def sampled(monkeypatch) -> list[Completion]:
+    """What every rewrite_batch call samples, row by row: the test model's rewrites are mostly cut off,
+    so come back empty, and comparing the kept ones alone would compare nothing."""
+    rows: list[Completion] = []
+    real = paraphrase.decode_loop
+    monkeypatch.setattr(paraphrase, "decode_loop", lambda *a, **k: rows.extend(done := real(*a, **k)) or done)
+    return rows
+
+
+def test_rewrite_seeds_are_stable_and_differ_by_item_and_rewrite():
+    assert rewrite_seed(0, "q1", 0) == 77154574669170626  # the same in every process, unlike hash()
+    assert len({rewrite_seed(0, "q1", 0), rewrite_seed(0, "q2", 0), rewrite_seed(0, "q1", 1),
+                rewrite_seed(1, "q1", 0)}) == 4
+
+
+def test_different_items_get_different_rewrites(llm, tmp_path, sampled):
+    """Two items asking the same question are sampled apart (seed + i gave every item the same draws),
+    and an item draws the same whichever items share its file."""
+    twins = [dataclasses.replace(items()[0], id=name) for name in ("a", "b")]
+    paraphrase_file(llm, twins, tmp_path / "twins.jsonl", num=3, max_new_tokens=8)
+    first, second = [c.token_ids for c in sampled[:3]], [c.token_ids for c in sampled[3:]]
+    assert all(x != y for x, y in zip(first, second))
+    paraphrase_file(llm, twins[1:], tmp_path / "b.jsonl", num=3, max_new_tokens=8)
+    assert [c.token_ids for c in sampled[6:]] == second
+
+
+def test_a_cut_off_rewrite_is_dropped(llm, sampled):
+    """A rewrite still going at max_new_tokens is unfinished, whatever its text (a fill prompt's rewrite
+    cut mid-sentence would even pass as a fill prompt)."""
+    out = rewrite_batch(llm, items()[:2], 4, 1.5, 0.9, 6, 0)
+    assert any(c.finish_reason == "length" and clean_rewrite(c.text) for c in sampled)
+    assert [r for rs in out for r in rs] == ["" if c.finish_reason == "length" else clean_rewrite(c.text)
+                                             for c in sampled]
+
+
+def test_rewrites_do_not_depend_on_batching_and_keep_original_first(llm, tmp_path, sampled):
     a = paraphrase_file(llm, items(), tmp_path / "a.jsonl", num=3, max_new_tokens=8, batch_size=1)
+    one_at_a_time = [c.token_ids for c in sampled]
     b = paraphrase_file(llm, items(), tmp_path / "b.jsonl", num=3, max_new_tokens=8, batch_size=3)
-    assert a == b
+    assert a == b and [c.token_ids for c in sampled[len(one_at_a_time):]] == one_at_a_time
     assert all(x.paraphrases[0] == x.question and len(x.paraphrases) <= 4 for x in a)
     assert [x.id for x in load_jsonl(tmp_path / "a.jsonl")] == [x.id for x in items()]
     assert paraphrase_file(llm, items(), str(tmp_path / "a.jsonl"), num=3, max_new_tokens=8) == a  # a str path too
@@ -93,6 +181,18 @@ def test_other_settings_refused(llm, tmp_path):
         paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6, dataset="sample-qa")
     with pytest.raises(minirun.MinirunError, match="another dataset"):  # one file, one dataset's rewrites
         paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
+
+
+def test_a_file_an_older_minirun_wrote_is_refused(llm, tmp_path):
+    """Its rewrites were sampled with seed + i and other prompts and filters: resuming it would mix the two."""
+    out = tmp_path / "p.jsonl"
+    paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6, dataset="sample-qa")
+    old = [str(llm.path.resolve()), "sample-qa", 2, 1.5, 0.9, 6, 0, paraphrase.INSTRUCTION, paraphrase.DEMOS]
+    old_key = hashlib.sha256(json.dumps(old).encode()).hexdigest()[:16]
+    row = {**json.loads(out.read_text()), "paraphrase_settings": old_key}
+    out.write_text(json.dumps(row) + "\n")  # as the older minirun keyed these settings
+    with pytest.raises(minirun.MinirunError, match="by an older minirun: use another output file"):
+        paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6, dataset="sample-qa")
 
 
 def test_an_edited_item_is_refused_and_a_second_writer_too(llm, tmp_path):

@@ -92,11 +92,12 @@ def paraphrase(
     temperature: float = typer.Option(1.5, min=0),
     top_p: float = typer.Option(0.9, max=1, help="Nucleus sampling, 0 < p <= 1."),
     max_new_tokens: int = typer.Option(30, min=1),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
 ) -> None:
-    """Have the model rewrite each question N ways (duplicates, empties and answer leaks dropped)."""
+    """Have the model rewrite each question N ways, fill prompts into fill prompts (duplicates, empties, answer
+    leaks, cut-off rewrites and fill rewrites that complete the prompt dropped)."""
     from rich.progress import Progress
 
     from minirun.eval.data import load_dataset

@@ -1,8 +1,9 @@
 """Paraphrase generation: the target model rewrites each question N ways.
 
-Rewrite i of a question is sampled with its own seed (seed + i), so results do not depend on how
-questions are batched; all N rewrites of a batch of questions decode as one batch. The output
-JSONL doubles as the cache: items already written with the same settings are not redone.
+Rewrite i of an item is sampled with its own seed, a hash of (seed, item id, i), so items get
+different rewrites and results do not depend on how items are batched or which others are in the
+file; all N rewrites of a batch of items decode as one batch. The output JSONL doubles as the
+cache: items already written with the same settings are not redone.
 """
 from __future__ import annotations
 
@@ -27,51 +28,83 @@ from minirun.text import first_line, normalize
 
 INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
                "different sentence structure. Reply with the rewritten question only.")
-DEMOS = [  # written for minirun
-    ("What is the capital of Japan?", "Which city serves as Japan's capital?"),
-    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by which artist?"),
+DEMOS = [  # written for minirun; facts not in sample-qa or sample-choice (a test item's rewrite would be dropped as a copy)
+    ("Which river flows through Vienna?", "Vienna lies on the banks of which river?"),
+    ("Who wrote The Old Man and the Sea?", "The Old Man and the Sea was written by which author?"),
     ("How many legs does a spider have?", "What is the number of legs on a spider?"),
     ("Where was Albert Einstein born?", "In which place did Albert Einstein come into the world?"),
 ]
 
 
-DEMO_TEXTS = [normalize(text) for demo in DEMOS for text in demo]  # a rewrite containing one copied an example
+# A fill prompt stops where its answer goes: asked to reword it as a question, a model completes it
+# ("The capital of Egypt is Egypt."), so it gets a rewrite that must stop at the same place.
+FILL_INSTRUCTION = ("Rewrite the unfinished sentence so that it keeps exactly the same meaning but uses different "
+                    "words and a different sentence structure. The rewrite must stop where the original stops, right "
+                    "before the missing answer: do not add the answer. Reply with the rewritten unfinished sentence "
+                    "only.")
+FILL_DEMOS = [  # written for minirun; facts not in sample-fill
+    ("The chemical symbol for gold is", "In chemistry, gold is written with the symbol"),
+    ("The Mona Lisa was painted by", "The painter of the Mona Lisa was"),
+    ("The largest planet in the solar system is", "Of all the planets in the solar system, the biggest one is"),
+    ("Isaac Newton was born in the country of", "The country where Isaac Newton was born is"),
+]
+QUESTION_PROMPT = (INSTRUCTION, DEMOS, "Question")
+# task -> instruction, worked examples, label; a choice item's stem is asked as a question ("Q: ...")
+PROMPTS = {"qa": QUESTION_PROMPT, "choice": QUESTION_PROMPT, "fill": (FILL_INSTRUCTION, FILL_DEMOS, "Sentence")}
+DEMO_TEXTS = {task: [normalize(text) for demo in demos for text in demo]  # a rewrite containing one copied an example
+              for task, (_, demos, _) in PROMPTS.items()}
+CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, where its answer follows
+# In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
+# prompts, stricter filters), so a file an older minirun wrote is refused, not resumed under mixed rules
+REWRITE_VERSION = 2
 
 
-def rewrite_prompt(question: str) -> str:
-    demos = "\n\n".join(f"Question: {q}\nRewrite: {r}" for q, r in DEMOS)
-    return f"{INSTRUCTION}\n\n{demos}\n\nQuestion: {question}\nRewrite:"
+def rewrite_prompt(item: Item) -> str:
+    instruction, demos, label = PROMPTS[item.task]
+    shots = "\n\n".join(f"{label}: {q}\nRewrite: {r}" for q, r in demos)
+    return f"{instruction}\n\n{shots}\n\n{label}: {item.question}\nRewrite:"
+
+
+def rewrite_seed(seed: int, item_id: str, i: int) -> int:
+    """Rewrite i's sampling seed, a stable hash (not Python's salted hash()) of (seed, item id, i): with
+    seed + i every item drew from the same streams and different questions got the same rewrites."""
+    return int.from_bytes(hashlib.sha256(json.dumps([seed, item_id, i]).encode()).digest()[:8], "big")
 
 
 def clean_rewrite(text: str) -> str:
     """First line, without a leading 'Rewrite:' label or quotes."""
     line = first_line(text)
-    line = re.sub(r"^(rewrite|question)\s*:\s*", "", line, flags=re.IGNORECASE)
+    line = re.sub(r"^(rewrite|question|sentence)\s*:\s*", "", line, flags=re.IGNORECASE)
     return line.strip(" \"'")
 
 
 def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
-    """Drop empty rewrites, duplicates (of the question or each other), copies of the prompt's worked
-    examples (a small model often repeats one) and rewrites giving the answer away."""
-    norm = normalize(rewrite)
-    if not norm or norm in {normalize(item.question), *map(normalize, kept)}:
+    """Drop empty rewrites, duplicates of each other, rewrites starting with the whole original (the
+    question itself, or it plus more: a fill prompt's completion, an answer after the question), copies
+    of the prompt's worked examples (a small model often repeats one), rewrites giving the answer away,
+    and fill rewrites that do not end in a word where the answer can follow ("... is Cairo.")."""
+    norm, original = normalize(rewrite), normalize(item.question)
+    if not norm or norm in map(normalize, kept) or f"{norm} ".startswith(f"{original} "):
+        return False
+    if item.task == "fill" and not CLOZE_END.search(rewrite):
         return False
     return not any(found and re.search(rf"\b{re.escape(found)}\b", norm)
-                   for found in [*DEMO_TEXTS, *map(normalize, item.answers)])
+                   for found in [*DEMO_TEXTS[item.task], *map(normalize, item.answers)])
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> str:
-    raw = json.dumps([str(llm.path.resolve()), dataset, num, temperature, top_p, max_new_tokens, seed, INSTRUCTION,
-                      DEMOS])
+    raw = json.dumps([str(llm.path.resolve()), dataset, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
+                      PROMPTS])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 @torch.inference_mode()
 def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top_p: float, max_new_tokens: int,
                   seed: int) -> list[list[str]]:
-    """`num` sampled rewrites per item, all items' rewrites in one batched generation."""
-    ids = [llm.prompt_ids(rewrite_prompt(item.question), thinking=False) for item in items]  # a rewrite, not reasoning
+    """`num` sampled rewrites per item, all items' rewrites in one batched generation. A rewrite cut off
+    at `max_new_tokens` comes back empty: it is unfinished (a cut-off sentence even looks like a fill prompt)."""
+    ids = [llm.prompt_ids(rewrite_prompt(item), thinking=False) for item in items]  # a rewrite, not reasoning
     limit = llm.config.max_position_embeddings
     if long := [(item, len(p)) for item, p in zip(items, ids) if len(p) + max_new_tokens > limit]:
         item, n = long[0]
@@ -82,13 +115,15 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
     session = llm.session(len(rows), layout.length + max_new_tokens)
     logits = session.prefill(layout.tokens, layout.positions, layout.segments)
     params = SamplingParams(temperature, top_p=top_p)
-    generators = [SamplingParams(temperature, seed=seed + i).generator(llm.device) for _ in items for i in range(num)]
+    generators = [SamplingParams(temperature, seed=rewrite_seed(seed, item.id, i)).generator(llm.device)
+                  for item in items for i in range(num)]
 
     def choose(step_logits: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
         return torch.cat([sample(step_logits[i:i + 1], params, generators[r]) for i, r in enumerate(rows)])
 
     done = decode_loop(session, logits, layout.next_positions, choose, max_new_tokens, llm.stopper(("\n",)))
-    return [[clean_rewrite(c.text) for c in done[i * num:(i + 1) * num]] for i in range(len(items))]
+    return [[clean_rewrite(c.text) if c.finish_reason != "length" else "" for c in done[i * num:(i + 1) * num]]
+            for i in range(len(items))]
 
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
@@ -156,8 +191,8 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
         except (ValueError, TypeError, AttributeError):  # not JSON, not an object, not an item
             raise MinirunError(f"{out}:{lineno}: {foreign}") from None
         if row.get("paraphrase_settings") != key:
-            raise MinirunError(f"{out}:{lineno} was written for another dataset or with other paraphrase settings: "
-                               "use another output file or delete this one")
+            raise MinirunError(f"{out}:{lineno} was written for another dataset, with other paraphrase settings or by "
+                               "an older minirun: use another output file or delete this one")
         found[item.id] = item
     drop_torn_line(out)
     return found
