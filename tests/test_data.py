@@ -116,6 +116,23 @@ def test_webqa_bad_record(tmp_path):
         load_webqa(path=tmp_path / "wq.json")
 
 
+def test_webqa_values_are_checked_or_converted(tmp_path):
+    """Numbers as answers become their string form, null paraphrases are left out, and a question
+    or targetValue that is not text is a one-line error naming the record and field."""
+    rows = [{"question": "when did apollo 11 land?", "answers": [1969, "July 1969", None],
+             "paraphrase0": "when did apollo 11 land?", "paraphrase1": None, "paraphrase2": "apollo 11 landed when?"}]
+    (tmp_path / "wq.json").write_text(json.dumps(rows))
+    (item,) = load_webqa(path=tmp_path / "wq.json")
+    assert item.answers == ["1969", "July 1969"]
+    assert item.paraphrases == ["when did apollo 11 land?", "apollo 11 landed when?"]
+    for record, message in [({"question": 1984, "answers": ["x"]}, "field 'question' must be a string, got 1984"),
+                            ({"question": "q?", "targetValue": 7}, "field 'targetValue' must be"),
+                            ({"question": "q?", "answers": [{"a": 1}]}, "field 'answers' holds")]:
+        (tmp_path / "bad.json").write_text(json.dumps([record]))
+        with pytest.raises(MinirunError, match=rf"bad\.json: record 1: {message}"):
+            load_dataset(tmp_path / "bad.json")
+
+
 def test_webqa_hub_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(MinirunError, match="pip install datasets"):
@@ -194,6 +211,51 @@ def test_myriadlama_missing_columns(tmp_path):
         load_myriadlama(tmp_path / "ml.parquet")
 
 
+def test_local_myriadlama_file_is_used_whole(tmp_path):
+    """The 2,000-fact test split is the Hub copy's: a local file's facts are all used, in file order."""
+    rows = [{"uuid": f"f{i:04d}", "sub_ent": f"S{i}", "template": "[X] lives in [Y].", "is_manual": True,
+             "obj_ents": ["Rome"]} for i in range(2001)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "ml.parquet")
+    items = load_dataset(tmp_path / "ml.parquet")
+    assert [it.id for it in items] == [r["uuid"] for r in rows]
+    with pytest.raises(MinirunError, match="used whole, so it has no train split"):
+        load_myriadlama(tmp_path / "ml.parquet", split="train")
+
+
+def test_myriadlama_warns_once_about_dropped_templates(tmp_path, caplog):
+    _lama_rows().to_parquet(tmp_path / "ml.parquet")
+    with caplog.at_level("WARNING"):
+        load_myriadlama(tmp_path / "ml.parquet")
+    (record,) = caplog.records
+    assert "1 of 11 templates dropped" in record.getMessage() and "[X] after it" in record.getMessage()
+
+
+def test_myriadlama_rows_are_checked(tmp_path):
+    """A null subject is an error naming the row, not the prompt 'nan is the capital of'; "False" as
+    a string is not manual; an unreadable flag is an error."""
+    path = tmp_path / "ml.jsonl"
+    null = _lama_rows(2)
+    null.loc[3, "sub_ent"] = None
+    null.to_json(path, orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"ml\.jsonl: row 4: no subject \(column 'sub_ent'\)"):
+        load_myriadlama(path)
+    _lama_rows(2).astype({"is_manual": str}).to_json(path, orient="records", lines=True)
+    assert all(len(it.paraphrases) == 2 for it in load_myriadlama(path, n_auto=0))  # the 2 usable manual ones
+    flags = _lama_rows(2).astype({"is_manual": object})
+    flags.loc[5, "is_manual"] = "maybe"
+    flags.to_json(path, orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"row 6: column 'is_manual' holds 'maybe', not true/false"):
+        load_myriadlama(path)
+
+
+def test_corrupt_parquet_is_one_line_error(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 not really")
+    for load in (load_dataset, load_myriadlama, lambda p: load_mmlu(path=p), lambda p: load_commonsense_qa(path=p)):
+        with pytest.raises(MinirunError, match=r"broken\.parquet: not a readable parquet file"):
+            load(path)
+
+
 def test_myriadlama_hub_uses_train_split(monkeypatch):
     calls = _fake_datasets(monkeypatch, {"iszhaoxin/MyriadLAMA": _lama_rows()})
     assert len(load_myriadlama(n_test=3)) == 3
@@ -212,6 +274,65 @@ def test_load_dataset_dispatch(tmp_path):
     assert load_dataset(str(lama))[0].task == "fill"
     with pytest.raises(MinirunError, match="unknown dataset 'nope'"):
         load_dataset("nope")
+
+
+def test_json_array_of_plain_items_keeps_their_fields(tmp_path):
+    """A JSON array of plain items goes through the plain parser, as JSONL lines do: task, relation
+    and choices survive, and a bad element is named (or skipped and counted with skip_bad)."""
+    fill = {"id": "f1", "question": "The capital of France is", "paraphrases": [], "answers": ["Paris"],
+            "task": "fill", "relation": "capital"}
+    choice = json.loads(_choice(2))
+    (tmp_path / "items.json").write_text(json.dumps([fill, choice], indent=2))
+    a, b = load_dataset(tmp_path / "items.json")
+    assert (a.task, a.relation, b.task, b.choices, b.answer) == ("fill", "capital", "choice", ["a", "b", "c"], 1)
+    (tmp_path / "bad.json").write_text(json.dumps([fill, {**choice, "answer": 9}]))
+    with pytest.raises(MinirunError, match=r"bad\.json: item 2: field 'answer'"):
+        load_dataset(tmp_path / "bad.json")
+    assert load_dataset(tmp_path / "bad.json", skip_bad=True).skipped == 1
+
+
+def test_skip_bad_applies_to_plain_item_files_only(tmp_path):
+    """--skip-bad no longer forces the plain loader on every .jsonl: WebQA JSONL loads as WebQA,
+    and with --skip-bad is refused in one line rather than read as plain items."""
+    webqa = _write_lines(tmp_path / "wq.jsonl", [json.dumps({"qText": "q?", "answers": ["a"]})])
+    assert load_dataset(webqa)[0].answers == ["a"]
+    with pytest.raises(MinirunError, match=r"wq\.jsonl reads as webqa data.*drop --skip-bad"):
+        load_dataset(webqa, skip_bad=True)
+    with pytest.raises(MinirunError, match="'sample-qa' is a named dataset: drop --skip-bad"):
+        load_dataset("sample-qa", skip_bad=True)
+    plain = _write_lines(tmp_path / "plain.jsonl", [_record(1), "not json"])
+    assert load_dataset(plain, skip_bad=True).skipped == 1
+
+
+def test_local_choice_benchmarks_through_load_dataset(tmp_path):
+    """Local MMLU / CommonsenseQA copies (parquet, JSONL, JSON array) are told by their columns and
+    reach their own loaders; --subset picks an MMLU file's subject rows."""
+    _mmlu_frame().to_parquet(tmp_path / "mmlu.parquet")
+    _mmlu_frame().to_json(tmp_path / "mmlu.jsonl", orient="records", lines=True)
+    _mmlu_frame().to_json(tmp_path / "mmlu.json", orient="records")
+    _csqa_frame().to_json(tmp_path / "csqa.jsonl", orient="records", lines=True)
+    _csqa_frame().to_parquet(tmp_path / "csqa.parquet")
+    for name in ("mmlu.parquet", "mmlu.jsonl", "mmlu.json"):
+        items = load_dataset(tmp_path / name)
+        assert [(it.task, it.relation, it.answers) for it in items] == [("choice", "math", ["4"]),
+                                                                        ("choice", "geo", ["Lima"])]
+    for name in ("csqa.jsonl", "csqa.parquet"):
+        (fish,) = load_dataset(tmp_path / name)
+        assert (fish.id, fish.choices, fish.answer) == ("x1", ["sea", "desk", "sky"], 0)
+    (geo,) = load_dataset(tmp_path / "mmlu.parquet", subset="geo")
+    assert geo.answers == ["Lima"]
+    with pytest.raises(MinirunError, match="no 'bio' questions; its subjects are geo, math"):
+        load_dataset(tmp_path / "mmlu.jsonl", subset="bio")
+    with pytest.raises(MinirunError, match="csqa.jsonl reads as commonsense_qa data, which has no subsets"):
+        load_dataset(tmp_path / "csqa.jsonl", subset="geo")
+
+
+def test_parquet_dispatch(tmp_path):
+    pd.DataFrame({"url": ["u"], "question": ["what is x?"], "answers": [["A", "B"]]}).to_parquet(tmp_path / "wq.parquet")
+    assert load_dataset(tmp_path / "wq.parquet")[0].answers == ["A", "B"]
+    pd.DataFrame({"id": ["q1"], "paraphrases": [["p"]]}).to_parquet(tmp_path / "plain.parquet")
+    with pytest.raises(MinirunError, match=r"plain\.parquet: a parquet file must hold .* save plain items as JSONL"):
+        load_dataset(tmp_path / "plain.parquet")
 
 
 # --- multiple choice ------------------------------------------------------------------------
@@ -233,6 +354,7 @@ def test_choice_items_take_an_index_or_the_right_text(tmp_path):
 @pytest.mark.parametrize("bad, field", [(_choice(2, answer=3), "'answer'"), (_choice(2, answer="z"), "'answer'"),
                                         (_choice(2, answer=True), "'answer'"), (_choice(2, choices=["a"]), "'choices'"),
                                         (_choice(2, choices=["a", "a"]), "'choices'"),
+                                        (_choice(2, choices=["a", "a "]), "'choices'"),  # the same once scored
                                         (_choice(2, choices="ab"), "'choices'"),
                                         ('{"id": "c2", "question": "Q?", "paraphrases": [], "task": "choice", '
                                          '"choices": ["a", "b"]}', "answer")])
@@ -264,8 +386,29 @@ def test_mmlu_and_commonsense_qa_from_local_copies(tmp_path):
     assert (fish.id, fish.choices, fish.answer, fish.relation) == ("x1", ["sea", "desk", "sky"], 0, "fish")
     bad = _mmlu_frame().assign(answer=[7, 0])
     bad.to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(MinirunError, match=r"bad\.parquet: record 1: bad or missing field"):
+    with pytest.raises(MinirunError, match=r"bad\.parquet: record 1: field 'answer' must be an index 0\.\.3, got 7"):
         load_mmlu(path=tmp_path / "bad.parquet")
+
+
+def test_choice_rows_with_null_values_are_errors(tmp_path):
+    """A null question or option is an error naming the record, not the text 'None'."""
+    for frame, message in [(_mmlu_frame().assign(question=[None, "Q?"]), "field 'question' must be a non-empty"),
+                           (_mmlu_frame().assign(choices=[["3", None, "5", "6"], ["a", "b"]]), "field 'choices' needs")]:
+        frame.to_json(tmp_path / "m.jsonl", orient="records", lines=True)
+        with pytest.raises(MinirunError, match=rf"m\.jsonl: record 1: {message}"):
+            load_mmlu(path=tmp_path / "m.jsonl")
+    _csqa_frame().assign(answerKey=["Z"]).to_json(tmp_path / "c.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"record 1: field 'answerKey' 'Z' must be one of the labels"):
+        load_commonsense_qa(path=tmp_path / "c.jsonl")
+
+
+def test_mmlu_few_shot_examples_follow_the_subset(monkeypatch):
+    """lm-evaluation-harness takes an MMLU subject's own 5 dev examples, not the first of all subjects."""
+    calls = _fake_datasets(monkeypatch, {"cais/mmlu": _mmlu_frame()})
+    load_fewshot("mmlu", "choice", subset="astronomy")
+    assert calls == [("cais/mmlu", "astronomy", "dev")]
+    with pytest.raises(MinirunError, match="--subset picks an MMLU subject"):
+        load_fewshot("sample-qa", subset="astronomy")
 
 
 def test_choice_benchmarks_from_the_hub(monkeypatch):

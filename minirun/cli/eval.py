@@ -25,14 +25,6 @@ def register(app: typer.Typer) -> None:
     app.command("report")(friendly(report_command))
 
 
-def _items(data: str, skip_bad: bool, subset: Optional[str]):
-    from minirun.eval.data import load_dataset, load_jsonl
-
-    if skip_bad and data.endswith(".jsonl") and Path(data).is_file():
-        return load_jsonl(data, skip_bad=True)
-    return load_dataset(data, subset=subset)
-
-
 def eval_command(
     data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
                              "commonsense_qa, or a dataset file."),
@@ -60,17 +52,17 @@ def eval_command(
     flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to answer->paraphrase attention."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
-    choice_score: str = typer.Option("mean", help="Multiple choice: an option's mean (length-normalised) or sum log-probability."),
+    choice_score: str = typer.Option("mean", help="Multiple choice: an option's log-likelihood per token (mean), summed (sum: the harness's acc) or per character (chars: acc_norm)."),
     choice_format: str = typer.Option("cloze", help="Multiple choice: cloze (score each option's text) or letters "
                                       "(options listed as A. B. ..., their letters scored)."),
     device: str = typer.Option("cpu"),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
-    skip_bad: bool = typer.Option(False, help="Skip (and count) bad lines of a .jsonl dataset."),
+    skip_bad: bool = typer.Option(False, help="Skip (and count) bad records of a plain item file (JSONL or JSON array)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
-    from minirun.eval.data import load_jsonl
+    from minirun.eval.data import load_dataset, load_jsonl
     from minirun.eval.loop import run_sharded
 
     if match not in ("lemma", "bidirectional"):
@@ -78,7 +70,7 @@ def eval_command(
     if few_shot is not None and few_shot.suffix != ".jsonl":
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     bias = parse_flex_bias(flex_bias)
-    items = _items(data, skip_bad, subset)
+    items = load_dataset(data, subset=subset, skip_bad=skip_bad)
     fewshot_items = load_jsonl(few_shot) if few_shot is not None else None
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else data
@@ -101,6 +93,8 @@ def report_command(
     latex: Optional[Path] = typer.Option(None, help="Write the per-method summary as a LaTeX (booktabs) table."),
     plot: Optional[Path] = typer.Option(None, help="Save an accuracy (95% bars)/throughput chart, e.g. run.png."),
     match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching (default: the run's)."),
+    choice_score: Optional[str] = typer.Option(None, help="Re-pick multiple-choice answers by an option's log-likelihood "
+                                               "per token (mean), summed (sum: acc) or per character (chars: acc_norm)."),
 ) -> None:
     """Scores of a run: per method (95% intervals, paired tests vs origin), per relation, agreement."""
     from minirun.cli.sweep import report_sweep
@@ -110,9 +104,9 @@ def report_command(
     if plot is not None:
         check_figure_path(plot)
     if is_sweep(run_dir):  # a `minirun sweep` directory: one table per dataset, models side by side
-        return report_sweep(run_dir, as_json, csv, plot, match, latex)
+        return report_sweep(run_dir, as_json, csv, plot, match, latex, choice_score)
     raw = report.load_results(run_dir)
-    table = report.select_match(raw, match)
+    table = report.select_choice_score(report.select_match(raw, match), choice_score)
     if csv is not None:
         report.summarize(table).to_csv(csv)
     if latex is not None:

@@ -79,9 +79,12 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     that task's examples only and never from the questions under test: a demonstration that is a test
     question hands the model its gold answer."""
     tested = {normalize(item.question) for item in items}
+    subjects = {item.relation for item in items} if dataset == "mmlu" else set()
+    subset = subjects.pop() if len(subjects) == 1 else None  # one MMLU subject: its own dev examples (the harness's)
     out = {}
     for t in sorted({task or item.task for item in items}):
-        pool = [e for e in (fewshot_items if fewshot_items is not None else load_fewshot(dataset, t)) if e.task == t]
+        pool = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t, subset)
+        pool = [e for e in pool if e.task == t]
         if k and not pool:
             tasks = ", ".join(sorted({example.task for example in fewshot_items or []}))
             raise MinirunError(f"the few-shot items are {tasks} items but the dataset's are {t}: their prompts would "

@@ -1,4 +1,4 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, or your own JSONL file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,18 @@ from pathlib import Path
 
 from minirun.errors import MinirunError
 from minirun.eval.data.choice import load_commonsense_qa, load_mmlu
-from minirun.eval.data.items import Item, LoadResult, ensemble_prompts, load_jsonl, text_lines, write_jsonl
+from minirun.eval.data.items import (
+    Item,
+    LoadResult,
+    ensemble_prompts,
+    items_from_records,
+    load_jsonl,
+    parquet_columns,
+    text_lines,
+    write_jsonl,
+)
 from minirun.eval.data.myriadlama import load_myriadlama
-from minirun.eval.data.webqa import QUESTION_KEYS, load_webqa
+from minirun.eval.data.webqa import QUESTION_KEYS, json_records, load_webqa
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
@@ -32,31 +41,61 @@ __all__ = [
 ]
 
 
-def _sniff(path: Path) -> str:
-    """Which loader a local file needs, judged from its first line."""
+def _records_head(path: Path) -> tuple[set[str], list | None]:
+    """The first record's fields (a parquet file's columns), and every record when the file is one
+    JSON document (an array, or one object) rather than JSON lines."""
     if path.suffix == ".parquet":
-        return "myriadlama"
+        return set(parquet_columns(path)), None
     first = next((line.strip() for line in text_lines(path) if line.strip()), "")
     try:
-        record = json.loads(first)
-    except json.JSONDecodeError:  # a multi-line JSON document, or a bad line the JSONL loader reports
-        return "webqa" if first.startswith(("[", "{")) else "jsonl"
-    keys = set(record) if isinstance(record, dict) else set()
+        head = json.loads(first)
+    except json.JSONDecodeError:
+        head = None
+    if isinstance(head, dict) and json_records(head) == [head]:
+        return set(head), None  # JSON lines
+    try:
+        records = json_records(json.loads("".join(text_lines(path))))
+    except json.JSONDecodeError:  # not one JSON document: JSON lines, whose loader names a bad line
+        return set(), None
+    if records is None:
+        return set(), None
+    return (set(records[0]) if records and isinstance(records[0], dict) else set()), records
+
+
+def _kind(keys: set[str]) -> str:
+    """Which loader a record with these fields needs: MyriadLAMA rows (`template`), CommonsenseQA
+    (`choices` with `answerKey`), MMLU (`question`, `subject`, `choices`, `answer`), WebQA (its
+    question/answer fields) or the plain item form (`id` + `paraphrases`, or `task`/`relation`/`choices`,
+    which WebQA's loader would drop or reject)."""
     if "template" in keys:
         return "myriadlama"
-    if {"id", "paraphrases"} <= keys or keys & {"task", "relation"}:
-        return "jsonl"
-    if keys & {"question", *WEBQA_KEYS} or any(k.startswith("paraphrase") for k in keys) or isinstance(record, list):
+    if {"choices", "answerKey"} <= keys:
+        return "commonsense_qa"
+    if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
+        return "mmlu"
+    if {"id", "paraphrases"} <= keys or keys & {"task", "relation", "choices"}:
+        return "plain"
+    if keys & {"question", *WEBQA_KEYS} or any(k.startswith("paraphrase") for k in keys):
         return "webqa"
-    return "jsonl"
+    return "plain"
 
 
-def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None) -> list[Item]:
-    """Items for a dataset name (see NAMES) or a local file (plain JSONL, WebQA JSON/JSONL, MyriadLAMA rows).
-    `subset` picks an MMLU subject (default all of them)."""
+def _no_subset(name: str) -> MinirunError:
+    return MinirunError(f"--subset picks an MMLU subject; {name!r} has no subsets: drop --subset")
+
+
+def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
+                 skip_bad: bool = False) -> list[Item]:
+    """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
+    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU or CommonsenseQA rows (parquet, JSONL
+    or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
+    and counts bad records of a plain item file (other loaders stop at the first)."""
     name = str(name_or_path)
-    if subset is not None and name != "mmlu":
-        raise MinirunError(f"--subset picks an MMLU subject; {name!r} has no subsets: drop --subset")
+    if name in NAMES and skip_bad:
+        raise MinirunError(f"--skip-bad skips bad records of a plain item file; {name!r} is a named dataset: "
+                           "drop --skip-bad")
+    if name in NAMES and subset is not None and name != "mmlu":
+        raise _no_subset(name)
     if name in SAMPLES:
         return load_jsonl(SAMPLE_DIR / f"{SAMPLES[name]}.jsonl")
     if name == "mmlu":
@@ -70,21 +109,38 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     path = Path(name_or_path)
     if not path.is_file():
         raise MinirunError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or the path of an existing file")
-    kind = _sniff(path)
+    keys, records = _records_head(path)
+    kind = _kind(keys)
+    if subset is not None and kind != "mmlu":
+        raise MinirunError(f"--subset picks an MMLU subject; {path} reads as {kind} data, which has no subsets: "
+                           "drop --subset")
+    if skip_bad and kind != "plain":
+        raise MinirunError(f"--skip-bad skips bad records of a plain item file; {path} reads as {kind} data, whose "
+                           "loader stops at the first bad record: fix that record and drop --skip-bad")
+    if kind == "plain" and path.suffix == ".parquet":
+        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA or WebQA rows, and its "
+                           f"columns ({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
+    if kind == "mmlu":
+        return load_mmlu(subset, split=split, path=path)
+    if kind == "commonsense_qa":
+        return load_commonsense_qa(split=split, path=path)
     if kind == "webqa":
         return load_webqa(path=path)
-    return load_jsonl(path)
+    return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
 
 
-def load_fewshot(name_or_path: str | Path, task: str = "qa") -> list[Item]:
+def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None) -> list[Item]:
     """Worked examples disjoint from the test items: the train split of WebQA/MyriadLAMA/CommonsenseQA,
-    MMLU's dev split (all subjects), otherwise the bundled examples for `task`."""
+    MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects),
+    otherwise the bundled examples for `task`."""
     name = str(name_or_path)
     if name in ("webqa", "myriadlama", "commonsense_qa", "mmlu"):
-        return load_dataset(name, split="train")
-    task = SAMPLES.get(name, task)
+        return load_dataset(name, split="train", subset=subset)
+    if subset is not None:
+        raise _no_subset(name)
+    task = task or SAMPLES.get(name, "qa")
     if task not in ("qa", "fill", "choice"):
         raise MinirunError(f"unknown task {task!r} for few-shot examples; use 'qa', 'fill' or 'choice'")
     return load_jsonl(SAMPLE_DIR / f"fewshot_{task}.jsonl")

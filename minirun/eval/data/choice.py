@@ -1,13 +1,15 @@
 """Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU and CommonsenseQA,
-from the Hugging Face Hub or a local copy of their rows (parquet or JSON lines)."""
+from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON array)."""
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hf_frame
+from minirun.eval.data.items import Item, as_list, hf_frame, read_frame, text_value
 
 MMLU = "cais/mmlu"
 COMMONSENSE_QA = "tau/commonsense_qa"
@@ -19,33 +21,67 @@ def _frame(name: str, split: str, config: str | None, path: str | Path | None) -
     path = Path(path)
     if not path.is_file():
         raise MinirunError(f"{path}: no such {name} file; pass an existing .parquet/.jsonl copy or path=None for the Hub")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
-    return frame, str(path)
+    return read_frame(path, name), str(path)
 
 
-def _items(records: list[dict], source: str, convert) -> list[Item]:
+def _question(record: dict) -> str:
+    """The question text; ValueError naming the field when it is null, blank or not text."""
+    question = record["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"field 'question' must be a non-empty string, got {question!r}")
+    return question
+
+
+def _options(values: object, field: str) -> list[str]:
+    """Every option as text: a null or non-text one is an error, not the option 'None'."""
+    options = [text_value(v, field) for v in as_list(values)]
+    if len(options) < 2 or any(o is None or not o.strip() for o in options):
+        raise ValueError(f"field {field!r} needs at least 2 non-empty options, got {options!r}")
+    return options
+
+
+def _items(records: list[dict], source: str, convert: Callable[[int, dict], Item]) -> list[Item]:
     items = []
     for n, record in enumerate(records, 1):
         try:
             items.append(convert(n, record))
-        except (KeyError, ValueError, TypeError) as e:
-            raise MinirunError(f"{source}: record {n}: bad or missing field {e}; fix or remove that record") from None
+        except KeyError as e:
+            raise MinirunError(f"{source}: record {n}: missing field {e}; fix or remove that record") from None
+        except (ValueError, TypeError) as e:
+            raise MinirunError(f"{source}: record {n}: {e}; fix or remove that record") from None
     if not items:
         raise MinirunError(f"{source}: no questions found; check the file, subset or split name")
     return items
 
 
+def _subject_rows(frame: pd.DataFrame, subset: str, source: str) -> pd.DataFrame:
+    """A local MMLU copy's rows of one subject (the Hub picks them by config instead)."""
+    if "subject" not in frame.columns:
+        raise MinirunError(f"{source}: no 'subject' column to pick {subset!r} from; drop --subset or add the column")
+    rows = frame[frame["subject"] == subset]
+    if rows.empty:
+        subjects = sorted(map(str, frame["subject"].dropna().unique()))
+        raise MinirunError(f"{source}: no {subset!r} questions; its subjects are {', '.join(subjects[:10])}"
+                           f"{' …' if len(subjects) > 10 else ''}: pass one of them to --subset")
+    return rows
+
+
 def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path | None = None) -> list[Item]:
-    """MMLU questions (`subset`: one subject, default all); the dev split holds the few-shot examples."""
+    """MMLU questions (`subset`: one subject, default all); the dev split holds the few-shot examples
+    (5 per subject). A local copy's split is whatever the file holds; `subset` picks its rows."""
     frame, source = _frame(MMLU, split, subset or "all", path)
+    if path is not None and subset is not None:
+        frame = _subject_rows(frame, subset, source)
 
     def convert(n: int, r: dict) -> Item:
-        choices = [str(c) for c in as_list(r["choices"])]
-        answer = int(r["answer"])
-        if not 0 <= answer < len(choices):
-            raise ValueError("'answer'")
+        choices = _options(r["choices"], "choices")
+        answer = r["answer"]
+        whole = isinstance(answer, numbers.Real) and not isinstance(answer, bool) and float(answer).is_integer()
+        if not whole or not 0 <= int(answer) < len(choices):
+            raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1}, got {answer!r}")
+        answer = int(answer)
         subject = r.get("subject") or subset or "all"
-        return Item(f"mmlu-{subject}-{split}-{n}", str(r["question"]), [], [choices[answer]], "choice", subject,
+        return Item(f"mmlu-{subject}-{split}-{n}", _question(r), [], [choices[answer]], "choice", subject,
                     choices, answer)
 
     return _items(frame.to_dict("records"), source, convert)
@@ -57,9 +93,14 @@ def load_commonsense_qa(split: str = "validation", path: str | Path | None = Non
 
     def convert(n: int, r: dict) -> Item:
         options = r["choices"]
-        labels, texts = [str(x) for x in as_list(options["label"])], [str(x) for x in as_list(options["text"])]
+        if not isinstance(options, dict):
+            raise ValueError(f"field 'choices' must be an object with 'label' and 'text' lists, got {options!r}")
+        labels, texts = [str(x) for x in as_list(options["label"])], _options(options["text"], "choices.text")
+        if len(labels) != len(texts) or str(r["answerKey"]) not in labels:
+            raise ValueError(f"field 'answerKey' {r['answerKey']!r} must be one of the labels {labels} of the "
+                             f"{len(texts)} options")
         answer = labels.index(str(r["answerKey"]))
-        return Item(str(r.get("id") or f"csqa-{split}-{n}"), str(r["question"]), [], [texts[answer]], "choice",
+        return Item(str(r.get("id") or f"csqa-{split}-{n}"), _question(r), [], [texts[answer]], "choice",
                     r.get("question_concept"), texts, answer)
 
     return _items(frame.to_dict("records"), source, convert)

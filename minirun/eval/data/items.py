@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from minirun.errors import MinirunError
 
@@ -109,10 +110,10 @@ def item_from_dict(record: object) -> Item:
 
 
 def _choice_fields(record: dict) -> tuple[list[str], int]:
-    """`choices` (at least 2 distinct non-empty strings) and `answer` as an index into them
-    (given as the index or as the right option's text)."""
+    """`choices` (at least 2 non-empty strings, distinct once their edges' whitespace is dropped, as they are
+    scored) and `answer` as an index into them (given as the index or as the right option's text)."""
     choices = _str_list(record["choices"], "choices")
-    if len(choices) < 2 or any(not c.strip() for c in choices) or len(set(choices)) < len(choices):
+    if len(choices) < 2 or any(not c.strip() for c in choices) or len({c.strip() for c in choices}) < len(choices):
         raise ValueError("field 'choices' needs at least 2 distinct non-empty options")
     answer = record["answer"]
     if isinstance(answer, str) and answer in choices:
@@ -136,29 +137,92 @@ def load_jsonl(path: str | Path, skip_bad: bool = False) -> LoadResult:
     path = Path(path)
     if not path.is_file():
         raise MinirunError(f"{path}: no such dataset file; pass an existing JSONL path or a dataset name")
+    return _collect(_decoded_lines(path), path, skip_bad)
+
+
+def items_from_records(records: list, path: str | Path, skip_bad: bool = False) -> LoadResult:
+    """Plain-form items from a JSON array's elements, checked like JSONL lines (bad ones named
+    `item N`, or skipped and counted with skip_bad)."""
+    return _collect(((f"{path}: item {n}", record) for n, record in enumerate(records, 1)), Path(path), skip_bad)
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, record) per non-blank line; a line that is not JSON comes as its decoding error."""
+    for lineno, line in enumerate(text_lines(path), 1):
+        if line.strip():
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", e
+
+
+def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool) -> LoadResult:
     items: list[Item] = []
     seen: set[str] = set()
     skipped = 0
-    for lineno, line in enumerate(text_lines(path), 1):
-        if not line.strip():
-            continue
+    for where, record in records:
         try:
-            item = item_from_dict(json.loads(line))
+            if isinstance(record, json.JSONDecodeError):
+                raise record
+            item = item_from_dict(record)
             if item.id in seen:
                 raise ValueError(f"duplicate id {item.id!r}")
         except ValueError as e:  # json.JSONDecodeError is a ValueError
             if not skip_bad:
-                raise MinirunError(f"{path}:{lineno}: {e}; fix the line, or skip bad lines "
-                                   "(`minirun eval --skip-bad`, `load_jsonl(..., skip_bad=True)`)") from None
+                raise MinirunError(f"{where}: {e}; fix that record, or skip bad ones "
+                                   "(`minirun eval --skip-bad`, `load_dataset(..., skip_bad=True)`)") from None
             skipped += 1
             continue
         seen.add(item.id)
         items.append(item)
     if not items:
-        raise MinirunError(f"{path}: no usable items (empty file or every line bad); check the file's contents")
+        raise MinirunError(f"{path}: no usable items (empty file or every record bad); check the file's contents")
     if skipped:
-        log.warning("%s: skipped %d bad line(s)", path, skipped)
+        log.warning("%s: skipped %d bad record(s)", path, skipped)
     return LoadResult(items, skipped)
+
+
+def read_frame(path: Path, what: str) -> pd.DataFrame:
+    """A local copy of a dataset's rows (parquet, JSON lines or a JSON array) as a DataFrame, or a
+    one-line error when the file cannot be read as such."""
+    import pandas as pd
+
+    if path.suffix == ".parquet":
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise MinirunError(f"{path}: not a readable parquet file ({e}); pass an intact copy of the {what} rows "
+                               "(.parquet, .jsonl or .json)") from None
+    head = next((line.lstrip()[:1] for line in text_lines(path) if line.strip()), "")
+    if not head:
+        raise MinirunError(f"{path}: the file is empty; pass a copy of the {what} rows (.parquet, .jsonl or .json)")
+    try:
+        return pd.read_json(path, lines=head != "[")
+    except ValueError as e:
+        raise MinirunError(f"{path}: not readable as {what} rows ({e}); pass them as JSON lines, a JSON array "
+                           "or parquet") from None
+
+
+def parquet_columns(path: Path) -> list[str]:
+    """A parquet file's column names, read from its footer without loading the rows."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, ValueError) as e:
+        raise MinirunError(f"{path}: not a readable parquet file ({e}); pass an intact copy") from None
+
+
+def text_value(value: object, field: str) -> str | None:
+    """A data file's string as is, a number as its string form ("1969"), None for null; any other
+    value (a list, an object, true/false) raises ValueError naming the field."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"field {field!r} holds {value!r}, which is not text; give it as a string")
 
 
 def write_jsonl(items: list[Item], path: str | Path) -> None:
