@@ -279,6 +279,12 @@ def test_python_callers_get_one_line_errors_for_wrong_shapes(tiny):
 
 def test_unknown_device_and_no_tokens_are_clean_errors(tiny):
     assert_clean_error(invoke("generate", "--model", tiny, "--device", "gpu0", "hi"), "unknown device 'gpu0'")
+    for device in ("mps", "meta", "xpu"):  # torch knows them; minirun would fail deep inside a run
+        assert_clean_error(invoke("generate", "--model", tiny, "--device", device, "hi"),
+                           f"device '{device}' is not supported: minirun runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        assert_clean_error(invoke("generate", "--model", tiny, "--device", "cuda:1", "hi"),
+                           "device 'cuda:1' requested but no CUDA GPU is available: run on cpu")
     with pytest.raises(minirun.MinirunError, match="max_new_tokens must be at least 1"):
         minirun.load(tiny).generate("hi", max_new_tokens=0)
 
@@ -364,3 +370,35 @@ def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
 def test_python_callers_get_the_same_checks(make, message):
     with pytest.raises(MinirunError, match=message):
         make()
+
+
+def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
+    """The console script imports torch through the commands (seconds): a Ctrl-C then is `interrupted`, 130."""
+    import sys
+
+    import minirun.cli as cli
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "minirun.cli.commands":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "minirun.cli.commands")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_importing_minirun_leaves_torch_for_first_use():
+    import subprocess
+    import sys
+
+    probe = "import sys, minirun; assert 'torch' not in sys.modules; minirun.load; assert 'torch' in sys.modules"
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_a_question_starting_with_a_dash_follows_a_double_dash(tiny):
+    """How `interactive` writes the command: "-5 plus 7 is?" is the question, not an option."""
+    result = invoke("generate", "--model", tiny, "--max-new-tokens", "2", "--json", "--", "-5 plus 7 is?")
+    assert result.exit_code == 0, result.output

@@ -44,15 +44,15 @@ def test_generate_flow(models_dir):
                "", "restart", "no", "", "16"]
     argv, echoed, prompts = drive(answers, models_dir)
     assert argv == ["generate", "--method", "flex", "--positions", "restart", "--no-share-prefix",
-                    "--max-new-tokens", "16", "Who wrote Hamlet?",
-                    "--paraphrase", "Hamlet's author?", "--paraphrase", "Who penned Hamlet?"]
+                    "--max-new-tokens", "16",
+                    "--paraphrase", "Hamlet's author?", "--paraphrase", "Who penned Hamlet?", "--", "Who wrote Hamlet?"]
     assert echoed[0].startswith("'flux': unknown method flux: choose from origin")
     assert [p for p, _ in prompts].count(prompts[1][0]) == 2  # the method was asked again
     assert echoed[1] == f"models in {models_dir}: smollm2-135m-instruct, tiny-llama"
     assert ("model (listed name, checkpoint dir or HF repo id)", str(models_dir / "smollm2-135m-instruct")) in prompts
     assert format_command(argv) == ("minirun generate --method flex --positions restart --no-share-prefix "
-                                    "--max-new-tokens 16 'Who wrote Hamlet?' --paraphrase 'Hamlet'\"'\"'s author?' "
-                                    "--paraphrase 'Who penned Hamlet?'")
+                                    "--max-new-tokens 16 --paraphrase 'Hamlet'\"'\"'s author?' "
+                                    "--paraphrase 'Who penned Hamlet?' -- 'Who wrote Hamlet?'")
     assert shlex.split(format_command(argv)) == ["minirun", *argv]
 
 
@@ -64,7 +64,7 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
     argv, echoed, _ = drive(answers, models_dir)
     assert argv == ["generate", "--method", "weighted_max", "--model", str(models_dir / "tiny-llama"),
                     "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "3",
-                    "--max-new-tokens", "32", "Capital of France?", "--paraphrase", "France's capital?"]
+                    "--max-new-tokens", "32", "--paraphrase", "France's capital?", "--", "Capital of France?"]
     assert echoed == ["'avg,max': this task runs one method: give a single name",
                       "this method fuses paraphrases: give at least one",
                       f"models in {models_dir}: smollm2-135m-instruct, tiny-llama",
@@ -77,7 +77,7 @@ def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
                "", "8"]
     argv, echoed, _ = drive(answers, models_dir)
     assert argv == ["generate", "--method", "hidden_avg", "--fusion-layer", "12", "--fusion-alpha", "0.5",
-                    "--max-new-tokens", "8", "Capital of France?", "--paraphrase", "France's capital?"]
+                    "--max-new-tokens", "8", "--paraphrase", "France's capital?", "--", "Capital of France?"]
     assert echoed[1:] == ["'0': give a whole number above 0", "'1.5': give a number from 0 to 1"]
     default_layer, _, _ = drive(["generate", "hidden_avg", "Q?", "P?", "", "", "", "", "", ""], models_dir)
     assert "--fusion-layer" not in default_layer and default_layer[3:5] == ["--fusion-alpha", "1.0"]

@@ -117,6 +117,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"models": [{"dtype": "float32"}]}, "models #1: missing key 'path'"),
     ({"models": [{"path": "no/such/dir"}]}, "path: no checkpoint directory there"),
     ({"models": [{"path": "owner/model", "dtype": "float8"}]}, "dtype: unsupported 'float8'"),
+    ({"models": [{"path": "owner/model", "device": "mps"}]}, "device: device 'mps' is not supported: minirun runs on cpu or cuda"),
     ({"models": {"path": "owner/model"}}, "models must be an array of tables, one per entry"),
     ({"datasets": [{"name": "trivia"}]}, "datasets #1 (trivia) name: unknown dataset"),
     ({"datasets": [{"name": "sample-qa", "num_prompts": "5"}]}, "num_prompts: expected int, got '5'"),

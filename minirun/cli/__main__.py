@@ -1,4 +1,4 @@
 """`python -m minirun.cli ...`: the module path torchrun launches."""
-from minirun.cli.app import app
+from minirun.cli.commands import app
 
 app()

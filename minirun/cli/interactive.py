@@ -160,10 +160,10 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
         if few_shot:
             argv += ["--few-shot", few_shot, "--few-shot-k",
                      _prompt(ask, echo, "few-shot examples to use", "5", _positive_int)]
-        argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int), question]
+        argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int)]
         for p in paraphrases:
             argv += ["--paraphrase", p]
-        return argv
+        return [*argv, "--", question]  # a question may start with "-" ("-5 plus 7 is?")
     if task == "eval":
         argv += ["--data", _prompt(ask, echo, f"dataset ({', '.join(DATASETS)} or a .jsonl path)", "sample-qa", _dataset)]
     argv += _ask_model(ask, echo, models_dir)

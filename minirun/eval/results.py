@@ -53,8 +53,10 @@ class OtherRun(MinirunError):
 
     def __init__(self, output_dir: Path, differences: list[str]) -> None:
         self.differences = differences
-        super().__init__(f"{output_dir} holds results of a different run ({'; '.join(differences)}); "
-                         "use a new output directory, or the original arguments to resume")
+        # rows an older minirun or another matcher made cannot be resumed by any arguments
+        only_new = any(d in (OPAQUE["prompt_ids"], OPAQUE["matcher"]) for d in differences)
+        super().__init__(f"{output_dir} holds results of a different run ({'; '.join(differences)}); use a new "
+                         f"output directory{'' if only_new else ', or the original arguments to resume'}")
 
 
 def lock_exclusively(f: IO, what: Path) -> None:

@@ -12,10 +12,8 @@ import types
 import typing
 from pathlib import Path
 
-import torch
-
 from minirun.checkpoints.hub import DEFAULT_MODEL
-from minirun.checkpoints.loader import DTYPES
+from minirun.checkpoints.loader import DTYPES, checked_device
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, text_lines
@@ -152,9 +150,9 @@ def _model(table: dict, where: str) -> ModelSpec:
     if spec.dtype is not None and spec.dtype not in DTYPES:
         raise MinirunError(f"{where} dtype: unsupported {spec.dtype!r}; use one of {', '.join(DTYPES)}")
     try:
-        torch.device(spec.device)
-    except RuntimeError:
-        raise MinirunError(f"{where} device: unknown device {spec.device!r}; use cpu, cuda, cuda:1, mps, ...") from None
+        checked_device(spec.device)
+    except MinirunError as e:
+        raise MinirunError(f"{where} device: {e}") from None
     return _labelled(spec, Path(spec.path).name, where)
 
 

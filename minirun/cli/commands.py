@@ -34,6 +34,9 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             print_error("aborted")
             sys.exit(1)
+        except KeyboardInterrupt:  # before a command's own handler is reached (parsing, imports)
+            print_error("interrupted")
+            sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
 
