@@ -45,6 +45,17 @@ def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
     assert len(json.loads(calibrating.read_text())) == 2
 
 
+def test_seconds_spent_measuring_are_counted_and_a_cached_answer_adds_none(calibrating):
+    import time
+
+    before = calibrate.seconds_measuring()
+    assert calibrate.measured("slow", {"n": 1}, lambda: time.sleep(0.2) or {"value": 7}, default=0) == 7
+    spent = calibrate.seconds_measuring() - before
+    calibrate.forget()
+    assert calibrate.measured("slow", {"n": 1}, lambda: {"value": 8}, default=0) == 7  # read from the file
+    assert 0.2 <= spent == calibrate.seconds_measuring() - before
+
+
 def test_l3_size_is_read_from_sysfs_and_keys_the_measurements(tmp_path, calibrating, monkeypatch):
     for name, level, size in (("index0", "1", "48K"), ("index2", "2", "2048K"), ("index3", "3", "491520K")):
         (tmp_path / name).mkdir()

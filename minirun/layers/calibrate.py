@@ -113,6 +113,15 @@ def machine_key() -> str:
     return f"{facts['cpu']} [{flags}]{l3} x{facts['torch_threads']} torch {torch.__version__} timed in {TIMING}"
 
 
+_measuring = 0.0  # seconds this process has spent measuring
+
+
+def seconds_measuring() -> float:
+    """Seconds this process has spent measuring kernels: a timed run subtracts them, so the first batch that
+    meets a new shape does not read as a slow method."""
+    return _measuring
+
+
 def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, Any]], default: Any) -> Any:
     """The cached `value` of measurement `name` at `shape` on this machine, measuring it once if new.
 
@@ -127,7 +136,10 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
     path = cache_file()
     entries = json.loads(path.read_text()) if path.is_file() else {}
     if key not in entries:
+        global _measuring
+        start = time.perf_counter()
         entries[key] = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _measuring += time.perf_counter() - start
         write_atomic(path, lambda temp: temp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
     _memo[key] = entries[key]["value"]
     return _memo[key]
