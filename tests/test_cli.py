@@ -165,8 +165,8 @@ def test_interactive_piped_answers_print_and_run_the_equivalent_command(tiny):
     result = runner.invoke(app, ["interactive"], input="\n".join(answers) + "\n")
     assert result.exit_code == 0, result.output
     assert "'flux'" in result.stdout  # the invalid method was refused with its reason, then re-asked
-    command = f"minirun generate --method flex --model {tiny} --positions right --max-new-tokens 6 'Capital?' " \
-              "--paraphrase 'France capital?'"
+    command = f"minirun generate --method flex --model {tiny} --positions right --max-new-tokens 6 " \
+              "--paraphrase 'France capital?' -- 'Capital?'"
     assert "\n" + command in result.stdout  # on a line of its own, after the last (not echoed) answer
     direct = invoke("generate", "--method", "flex", "--model", tiny, "--positions", "right", "--max-new-tokens", "6",
                     "Capital?", "--paraphrase", "France capital?")
@@ -402,3 +402,18 @@ def test_a_question_starting_with_a_dash_follows_a_double_dash(tiny):
     """How `interactive` writes the command: "-5 plus 7 is?" is the question, not an option."""
     result = invoke("generate", "--model", tiny, "--max-new-tokens", "2", "--json", "--", "-5 plus 7 is?")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("option", [["--suffix", " Paris."], ["--positions", "restart"], ["--fusion-layer", "1"],
+                                    ["--num-samples", "7"]])
+def test_ensemble_options_on_a_plain_prompt_are_refused_not_ignored(tiny, option):
+    assert_clean_error(invoke("generate", "--model", tiny, *option, "hi"),
+                       f"{option[0]} only applies with --method, --paraphrase or --few-shot")
+
+
+def test_bench_refuses_an_unwritable_json_path_before_timing(tmp_path, monkeypatch):
+    from minirun.bench import run
+
+    monkeypatch.setattr(run, "run_bench", lambda *a: pytest.fail("timed before the path was checked"))
+    assert_clean_error(invoke("bench", "--json", tmp_path), "give a file name in an existing folder")
+    assert_clean_error(invoke("bench", "--json", tmp_path / "no" / "b.json"), "give a file name in an existing folder")

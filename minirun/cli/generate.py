@@ -95,6 +95,13 @@ def generate(
     if thinking is not None and raw:
         raise MinirunError("--thinking/--no-thinking is a chat template's switch, and --raw uses none: drop one of them")
     if method is None and not paraphrases and few_shot is None:
+        ensemble_only = {"--suffix": suffix is not None, "--positions": positions != "right",
+                         "--no-share-prefix": not share_prefix, "--flex-bias": flex_bias is not None,
+                         "--num-samples": num_samples != 100, "--fusion-layer": fusion_layer is not None,
+                         "--fusion-alpha": fusion_alpha != 1.0}
+        if given := [name for name, is_set in ensemble_only.items() if is_set]:  # silently ignored otherwise
+            raise MinirunError(f"{given[0]} only applies with --method, --paraphrase or --few-shot, and this is a plain "
+                               "prompt: drop it, or add --method")
         llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json, thinking)
         return

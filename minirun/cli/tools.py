@@ -11,6 +11,7 @@ import typer
 
 from minirun.cli.common import DTYPE_HELP, check_figure_path, check_texts, err, friendly, load_llm, read_text_file
 from minirun.cli.common import out as tables
+from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions
 from minirun.methods.runner import check_options_used
 
@@ -59,8 +60,8 @@ def bench(
     random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
                                                  "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
     method: str = typer.Option("origin"),
-    prompt_tokens: int = typer.Option(128),
-    new_tokens: int = typer.Option(64),
+    prompt_tokens: int = typer.Option(128, min=1),
+    new_tokens: int = typer.Option(64, min=1),
     batch: int = typer.Option(1, min=1, help="Questions per batch."),
     num_paraphrases: int = typer.Option(5, min=1),
     repeats: int = typer.Option(5, min=1),
@@ -76,6 +77,8 @@ def bench(
     """Time prefill and decode (median and spread over repeats), side by side with transformers."""
     from minirun.bench.run import format_table, run_bench, write_json
 
+    if as_json is not None and (as_json.is_dir() or not as_json.parent.is_dir()):  # before minutes of timing
+        raise MinirunError(f"--json {as_json}: give a file name in an existing folder")
     result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases, repeats,
                        warmup, dtype, device, compile, compare)
     tables.print(format_table(result))
