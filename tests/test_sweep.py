@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import minirun
@@ -402,3 +403,14 @@ def test_every_model_is_compared_with_the_files_first_on_the_same_items():
     small = table.loc[("d", "avg"), "small"]
     assert small["diff_vs_first_model"] == pytest.approx(-0.5) and small["n_vs_first_model"] == 4
     assert small["p_vs_first_model"] == pytest.approx(0.5)  # exact McNemar: 0 against 2 discordant items
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_later_models_missing_gpu_is_refused_before_any_model_runs(checkpoint_dirs, tmp_path):
+    """A sweep file is written for the GPU box and parses anywhere; run where the GPU is not, it stops at once."""
+    text = _sweep_text(checkpoint_dirs, {"llama3": "llama", "qwen2": "qwen"}, ["sample-qa"])
+    text = text.replace('label = "qwen"\n', 'label = "qwen"\ndevice = "cuda"\n')
+    sweep, loads = load_sweep_file(_file(tmp_path, text)), []
+    with pytest.raises(MinirunError, match="model qwen: device 'cuda' requested but no CUDA GPU is available"):
+        run_sweep(sweep, tmp_path / "run", lambda m: loads.append(m) or minirun.load(m.path), progress=False)
+    assert loads == []

@@ -77,15 +77,17 @@ def _hf_names(c: ModelConfig) -> dict[str, tuple[str, ...]]:
     return names
 
 
-def checked_device(device: str | torch.device) -> torch.device:
-    """The device to run on, refused in one line where minirun or this machine cannot run: only the CPU and
-    CUDA GPUs are supported (torch knows mps, xpu and meta too, and fails on them deep inside a run)."""
+def checked_device(device: str | torch.device, here: bool = True) -> torch.device:
+    """The device to run on, refused in one line where minirun or (`here`) this machine cannot run: only the CPU
+    and CUDA GPUs are supported (torch knows mps, xpu and meta too, and fails on them deep inside a run)."""
     try:
         device = torch.device(device)
     except RuntimeError:
         raise MinirunError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:1, ...") from None
     if device.type not in ("cpu", "cuda"):
         raise MinirunError(f"device {str(device)!r} is not supported: minirun runs on cpu or cuda (cuda:1, ...)")
+    if not here:  # a file written for another machine (a sweep for the GPU box)
+        return device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinirunError(f"device {str(device)!r} requested but no CUDA GPU is available: run on cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from minirun.checkpoints.loader import checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
@@ -89,6 +90,11 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     if journal_paths(output) or (output / "run.json").is_file():  # its results.parquet would be overwritten
         raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    for model in sweep.models:  # a later model's missing GPU found before the first model runs for hours
+        try:
+            checked_device(model.device)
+        except MinirunError as e:
+            raise MinirunError(f"model {model.label}: {e}") from None
     data = {d.label: _load_items(d) for d in sweep.datasets}
     plan = cells(sweep, output)
     if rank == 0:

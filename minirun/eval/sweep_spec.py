@@ -150,7 +150,7 @@ def _model(table: dict, where: str) -> ModelSpec:
     if spec.dtype is not None and spec.dtype not in DTYPES:
         raise MinirunError(f"{where} dtype: unsupported {spec.dtype!r}; use one of {', '.join(DTYPES)}")
     try:
-        checked_device(spec.device)
+        checked_device(spec.device, here=False)  # whether this machine has it: when the sweep runs
     except MinirunError as e:
         raise MinirunError(f"{where} device: {e}") from None
     return _labelled(spec, Path(spec.path).name, where)
