@@ -440,3 +440,11 @@ def test_bundled_samples(name, task):
     if task == "fill":
         assert all(it.relation for it in items + shots)
         assert all(not p.rstrip().endswith((".", "?")) for it in items for p in it.paraphrases)
+
+
+def test_local_rows_keep_text_that_looks_like_a_number(tmp_path):
+    """pandas would read "1969" as 1969 and "0.50" as 0.5: a question or an answer is text as written."""
+    path = tmp_path / "mmlu.jsonl"
+    path.write_text(json.dumps({"question": "1969", "subject": "history", "choices": ["0.50", "2"], "answer": 0}) + "\n")
+    (item,) = load_dataset(path)
+    assert item.question == "1969" and item.choices == ["0.50", "2"]

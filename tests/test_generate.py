@@ -203,3 +203,18 @@ def test_a_tokenizer_that_cleans_up_spaces_streams_without_taking_text_back(tmp_
     ids = [vocab[w] for w in ["i", "do", "n", "'", "t", "know", "."]]
     done, pieces = _stream(tokenizer, ids)  # "i do n ' t" reads "i don't" once cleaned up: the stream waits
     assert done.text == "i don't know." and "".join(pieces) == done.text
+
+
+def test_confidences_counted_under_another_comparator_are_not_reused(llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))
+    calls = []
+    real = confidence.paraphrase_confidence
+    monkeypatch.setattr(confidence, "paraphrase_confidence", lambda *a: calls.append(1) or real(*a))
+    enc = [encode_question(llm, [PROMPT], chat=False)]
+    options = EnsembleOptions(num_samples=2, confidence_tokens=2, chat=False)
+    for version in ("v1", "v2", "v2"):
+        def same(a, b):
+            return a == b
+        same.cache_name = f"matcher {version}"
+        confidence.confidences_for(llm, enc, options, same)
+    assert len(calls) == 2  # v1 and v2 each counted once

@@ -79,7 +79,7 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     """Instruction + k examples per task present (the dataset's own few-shot file unless given), drawn from
     that task's examples only and never from the questions under test: a demonstration that is a test
     question hands the model its gold answer."""
-    tested = {normalize(item.question) for item in items}
+    tested = {normalize(p) for item in items for p in (item.question, *item.paraphrases)}
     subjects = {item.relation for item in items} if dataset == "mmlu" else set()
     subset = subjects.pop() if len(subjects) == 1 else None  # one MMLU subject: its own dev examples (the harness's)
     out = {}
@@ -397,6 +397,8 @@ def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, 
 
     def same(a: str, b: str) -> bool:
         return matcher.match([extract_answer(a, STOP)], [[extract_answer(b, STOP)]], bidirectional=True)[0].lemma
+
+    same.cache_name = f"lemma {matcher_name()}"  # type: ignore[attr-defined]  (confidences of another matcher differ)
 
     task = bar.add_task("  confidence", total=sum(len(q.paraphrases) for q in questions))
     out = []

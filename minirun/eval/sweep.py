@@ -26,6 +26,7 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group
+from minirun.eval.matching import matcher_name
 from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
@@ -70,7 +71,8 @@ def _cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] 
         model["path"] = str(Path(cell.model.path).resolve())
     key = {"model": model, "dataset": dataclasses.asdict(cell.dataset), "method": dataclasses.asdict(cell.method),
            "generation": dataclasses.asdict(sweep.generation), "items": [dataclasses.asdict(i) for i in items],
-           "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot]}
+           "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot],
+           "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -90,11 +92,6 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     if journal_paths(output) or (output / "run.json").is_file():  # its results.parquet would be overwritten
         raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    for model in sweep.models:  # a later model's missing GPU found before the first model runs for hours
-        try:
-            checked_device(model.device)
-        except MinirunError as e:
-            raise MinirunError(f"model {model.label}: {e}") from None
     data = {d.label: _load_items(d) for d in sweep.datasets}
     plan = cells(sweep, output)
     if rank == 0:
@@ -103,6 +100,11 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: _cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
     todo = [c for c in plan if not _finished(c, keys[c.dir])]  # decided before any rank writes a marker
+    for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
+        try:
+            checked_device(model.device)
+        except MinirunError as e:
+            raise MinirunError(f"model {model.label}: {e}") from None
     with process_group(world_size):
         for model in sweep.models:
             mine = [c for c in todo if c.model is model]

@@ -23,9 +23,14 @@ SameAnswer = Callable[[str, str], bool]
 
 
 def normalised_equal(a: str, b: str) -> bool:
-    """Fallback comparison of two samples' first lines under `normalize` (NFKC, lowercase, punctuation and
-    articles dropped); the evaluation pipeline's lemma matcher replaces it."""
+    """Fallback comparison of two samples' first lines under `normalize` (accents, case, punctuation and a
+    leading article dropped); the evaluation pipeline's lemma matcher replaces it."""
     return normalize(first_line(a)) == normalize(first_line(b))
+
+
+# What a comparator's verdicts are keyed by in the cache: a comparator may carry its own (`cache_name`, e.g. the
+# matcher's version), so confidences counted under other rules are not reused
+normalised_equal.cache_name = "normalised_equal v2"  # type: ignore[attr-defined]  (2: numbers keep sign and point)
 
 
 def cache_dir() -> Path:
@@ -34,7 +39,8 @@ def cache_dir() -> Path:
 
 def _key(llm: EnsembleModel, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> str:
     settings = [str(llm.path.resolve()), str(llm.dtype), llm.device.type, ids, options.num_samples, options.confidence_temperature,
-                options.confidence_tokens, options.seed, getattr(same, "__qualname__", repr(same))]
+                options.confidence_tokens, options.seed,
+                getattr(same, "cache_name", getattr(same, "__qualname__", repr(same)))]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
 
