@@ -197,7 +197,7 @@ def read_frame(path: Path, what: str) -> pd.DataFrame:
     if not head:
         raise MinirunError(f"{path}: the file is empty; pass a copy of the {what} rows (.parquet, .jsonl or .json)")
     try:
-        return pd.read_json(path, lines=head != "[", dtype=False, convert_dates=False)  # "00123" stays text
+        return pd.read_json(path, lines=head != "[", dtype=False)  # "00123" stays text, "0.50" too
     except ValueError as e:
         raise MinirunError(f"{path}: not readable as {what} rows ({e}); pass them as JSON lines, a JSON array "
                            "or parquet") from None
