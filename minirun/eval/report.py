@@ -24,7 +24,7 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
-from minirun.methods.choice import best_option, option_scores
+from minirun.methods.choice import pick
 from minirun.methods.options import CHOICE_SCORES
 from minirun.text import normalize
 
@@ -99,8 +99,7 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     df = df.copy()
     for i, row in rows.iterrows():
         sizes = list(row["choice_tokens"]), list(row["choice_chars"])
-        scores = option_scores(list(row["choice_logprobs"]), *sizes, mode)
-        choice = best_option(scores)
+        choice, scores = pick(list(row["choice_logprobs"]), *sizes, mode)
         right = choice == row["gold_choice"]
         options = list(row["choices"])
         df.at[i, "choice"], df.at[i, "choice_scores"] = choice, scores
@@ -109,7 +108,7 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
             if column in df.columns:
                 df.at[i, column] = right
         if isinstance(row.get("per_prompt_logprobs"), (list, np.ndarray)):
-            picks = [best_option(option_scores(list(lp), *sizes, mode)) for lp in row["per_prompt_logprobs"]]
+            picks = [pick(list(lp), *sizes, mode)[0] for lp in row["per_prompt_logprobs"]]
             df.at[i, "answers"] = [options[c] for c in picks]
             df.at[i, "per_prompt_correct"] = [c == row["gold_choice"] for c in picks]
             df.at[i, "per_prompt_accuracy"] = sum(c == row["gold_choice"] for c in picks) / len(picks)

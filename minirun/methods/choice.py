@@ -178,14 +178,25 @@ def best_option(scores: list[float]) -> int:
     return max(range(len(scores)), key=scores.__getitem__)
 
 
-def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts: list[str], mode: str,
-            prompts: list[str], prompt_tokens: int, **extra) -> ChoiceResult:
-    """A question's result from its options' summed log-likelihoods: the pick under `mode`, and the sums
-    and token counts from which any other mode's pick can be recomputed."""
-    tokens, chars = [len(ids) for ids in targets], [len(t) for t in texts]
+def pick(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) -> tuple[int, list[float]]:
+    """The option `mode` picks from the options' summed log-likelihoods, and every option's score."""
     scores = option_scores(logprobs, tokens, chars, mode)
-    return ChoiceResult(method, best_option(scores), scores, prompts, prompt_tokens, logprobs=logprobs,
-                        option_tokens=tokens, option_chars=chars, **extra)
+    return best_option(scores), scores
+
+
+def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts: list[str], mode: str,
+            prompts: list[str], prompt_tokens: int, per_prompt: list[list[float]] | None = None,
+            **extra) -> ChoiceResult:
+    """A question's result from its options' summed log-likelihoods (and, `per_prompt`, each prompt's): the
+    pick under `mode`, and the sums, token counts and lengths any other mode's pick is recomputed from."""
+    tokens, chars = [len(ids) for ids in targets], [len(t) for t in texts]
+    choice, scores = pick(logprobs, tokens, chars, mode)
+    if per_prompt is not None:
+        each = [pick(lp, tokens, chars, mode) for lp in per_prompt]
+        extra |= {"per_prompt_choices": [c for c, _ in each], "per_prompt_scores": [sc for _, sc in each],
+                  "per_prompt_logprobs": per_prompt}
+    return ChoiceResult(method, choice, scores, prompts, prompt_tokens, logprobs=logprobs, option_tokens=tokens,
+                        option_chars=chars, **extra)
 
 
 def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets: list[list[list[int]]],
@@ -211,13 +222,8 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
         tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
         if method in ("origin", "per_prompt"):
             each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
-            extra = {}
-            if method == "per_prompt":
-                sizes = [len(ids) for ids in targets[q]], [len(t) for t in texts[q]]
-                per = [option_scores(lp, *sizes, mode) for lp in each]
-                extra = {"per_prompt_choices": [best_option(s) for s in per], "per_prompt_scores": per,
-                         "per_prompt_logprobs": each}
-            results.append(_scored(method, each[0], targets[q], texts[q], mode, prompts[q], tokens, **extra))
+            results.append(_scored(method, each[0], targets[q], texts[q], mode, prompts[q], tokens,
+                                   per_prompt=each if method == "per_prompt" else None))
             continue
         weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
         rule = RULES["avg" if method == "hidden_avg" else method]
