@@ -411,6 +411,21 @@ def test_mmlu_few_shot_examples_follow_the_subset(monkeypatch):
         load_fewshot("sample-qa", subset="astronomy")
 
 
+def test_mmlu_over_all_subjects_gives_each_subject_its_dev_examples(monkeypatch):
+    """All subjects: the dev split loaded once, and each subject's head holds that subject's examples only."""
+    from dataclasses import replace
+
+    from minirun.eval.loop import few_shot_prefixes
+
+    calls = _fake_datasets(monkeypatch, {"cais/mmlu": _mmlu_frame()})
+    tests = [replace(item, question=f"Test {n}?") for n, item in enumerate(load_dataset("mmlu"))]
+    heads = few_shot_prefixes(tests, None, "mmlu", None, 1)
+    assert calls == [("cais/mmlu", "all", "test"), ("cais/mmlu", "all", "dev")]
+    assert sorted(heads) == ["choice:geo", "choice:math"]
+    assert "about math." in heads["choice:math"] and "2+2?" in heads["choice:math"]
+    assert "Peru" not in heads["choice:math"] and "Peru" in heads["choice:geo"]
+
+
 def test_choice_benchmarks_from_the_hub(monkeypatch):
     calls = _fake_datasets(monkeypatch, {"cais/mmlu": _mmlu_frame(), "tau/commonsense_qa": _csqa_frame()})
     assert len(load_dataset("mmlu", subset="astronomy")) == 2 and len(load_dataset("commonsense_qa")) == 1

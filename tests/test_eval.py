@@ -21,7 +21,7 @@ import minirun
 from minirun.cli.eval import register
 from minirun.errors import MinirunError
 from minirun.eval import loop
-from minirun.eval.data import Item, load_dataset, write_jsonl
+from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
 from minirun.eval.results import ResultStore
 from minirun.methods import MethodResult
@@ -253,6 +253,30 @@ def test_a_batch_holds_one_task_so_its_few_shot_head_is_shared(tiny, items, tmp_
     table = evaluate(tiny, mixed, ["origin"], tmp_path, **{**SETTINGS, "batch_size": 3})
     assert len(heads) == 2 and all(len(h) == 1 for h in heads) and heads[0] != heads[1]
     assert sorted(table["id"]) == sorted(item.id for item in mixed)
+
+
+def test_mmlu_asks_each_subject_under_its_own_head(tiny, tmp_path, monkeypatch):
+    """lm-evaluation-harness's MMLU: a head per subject naming it, from that subject's dev examples in order;
+    a batch never mixes subjects."""
+    from dataclasses import replace
+
+    subjects = ["high_school_physics", "virology"]
+    tests = [replace(item, relation=subjects[i % 2]) for i, item in enumerate(load_dataset("sample-choice")[:6])]
+    dev = [replace(item, relation=subjects[i % 2]) for i, item in enumerate(load_fewshot("sample-choice")[:6])]
+    heads = []
+    real = loop.score_choices
+    monkeypatch.setattr(loop, "score_choices", lambda llm, method, qs, *a: heads.append({q.prefix for q in qs}) or
+                        real(llm, method, qs, *a))
+    settings = {**SETTINGS, "dataset": "mmlu", "few_shot_k": 2, "batch_size": 2}
+    table = evaluate(tiny, tests, ["origin"], tmp_path, fewshot_items=dev, **settings)
+    assert sorted(table["id"]) == sorted(item.id for item in tests)
+    assert [len(h) for h in heads] == [1, 1, 1, 1]  # 3 + 3 questions in batches of 2: never a mixed batch
+    physics, virology = sorted({next(iter(h)) for h in heads})
+    assert physics.startswith("The following are multiple choice questions (with answers) about high school physics.")
+    assert virology.startswith("The following are multiple choice questions (with answers) about virology.")
+    assert physics.index(dev[0].question) < physics.index(dev[2].question) and dev[1].question not in physics
+    with pytest.raises(MinirunError, match="no few-shot examples of MMLU subject 'virology'"):
+        evaluate(tiny, tests, ["origin"], tmp_path / "none", fewshot_items=dev[::2], **settings)
 
 
 def test_report_re_picks_choice_rows_as_a_run_under_that_score_would(tiny, tmp_path):

@@ -74,28 +74,43 @@ def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = 
     return max(1, min(BATCH_QUESTIONS, BATCH_ROWS // (1 if method in ("origin", "flex") else num_prompts)))
 
 
+def head_key(item: Item, task: str | None, per_subject: bool) -> str:
+    """Which few-shot head a question is asked under: its task's, or with `per_subject` (MMLU) its subject's."""
+    t = task or item.task
+    return f"{t}:{item.relation}" if per_subject and t == "choice" else t
+
+
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
                       k: int, choice_format: str = "cloze") -> dict[str, str]:
-    """Instruction + k examples per task present (the dataset's own few-shot file unless given), drawn from
+    """Instruction + k examples per head (`head_key`): the dataset's own few-shot file unless given, drawn from
     that task's examples only and never from the questions under test: a demonstration that is a test
-    question hands the model its gold answer."""
+    question hands the model its gold answer. MMLU gets a head per subject from that subject's dev examples,
+    as lm-evaluation-harness builds it."""
     tested = {normalize(p) for item in items for p in (item.question, *item.paraphrases)}
-    subjects = {item.relation for item in items} if dataset == "mmlu" else set()
-    subset = subjects.pop() if len(subjects) == 1 else None  # one MMLU subject: its own dev examples (the harness's)
+    per_subject = dataset == "mmlu"
+    subjects = {item.relation for item in items} if per_subject else set()
+    subset = next(iter(subjects)) if len(subjects) == 1 else None  # one subject: load its dev examples alone
+    pools: dict[str, list[Item]] = {}
     out = {}
-    for t in sorted({task or item.task for item in items}):
-        pool = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t, subset)
-        pool = [e for e in pool if e.task == t]
+    for key in sorted({head_key(item, task, per_subject) for item in items}):
+        t, _, subject = key.partition(":")
+        if t not in pools:
+            pool = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t, subset)
+            pools[t] = [e for e in pool if e.task == t]
+        pool = [e for e in pools[t] if e.relation == subject] if subject else pools[t]
         if k and not pool:
+            if subject:
+                raise MinirunError(f"no few-shot examples of MMLU subject {subject!r}: give few-shot items of that "
+                                   "subject (their relation), or --few-shot-k 0")
             tasks = ", ".join(sorted({example.task for example in fewshot_items or []}))
             raise MinirunError(f"the few-shot items are {tasks} items but the dataset's are {t}: their prompts would "
                                f"teach another format; give few-shot items of task {t}, or --few-shot-k 0")
         examples = [e for e in pool if normalize(e.question) not in tested]
         if len(examples) < min(k, len(pool)):
-            raise MinirunError(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {t} examples are questions "
+            raise MinirunError(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {key} examples are questions "
                                f"under test, which leaves {len(examples)} for --few-shot-k {k}: give few-shot items "
                                "apart from the test set, or lower --few-shot-k")
-        out[t] = build_prefix(t, examples, k, choice_format=choice_format)
+        out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None)
     return out
 
 
@@ -112,13 +127,17 @@ class Run:
     method_keys: dict[str, dict]  # method -> the settings only it reads (`OPTION_READERS`)
     options: EnsembleOptions
     prompts: dict[str, list[str]]  # item id -> its prompts
-    prefixes: dict[str, str]  # task -> few-shot head
+    prefixes: dict[str, str]  # head_key -> few-shot head
     task: str | None
     num_prompts: int
     batch_size: int | None
     bidirectional: bool
     original: bool
     choice_format: str
+
+    def head(self, item: Item) -> str:
+        """The key of the few-shot head `item` is asked under (`prefixes`)."""
+        return head_key(item, self.task, self.run_key["dataset"] == "mmlu")
 
 
 def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
@@ -241,11 +260,10 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             mine = shard(run.items, rank, world_size)
             total += len(mine) * len(run.methods)
             for m in run.methods:
-                # batched by task: questions of one few-shot prefix share its keys and values (a batch mixing
-                # prefixes repeats each one in every row, ~7x the prefill of a 5-shot head)
-                todo = sorted((item for item in mine if item.id not in store.done(m)),
-                              key=lambda item: run.task or item.task)
-                lanes[(i, m)] = _batches(todo, questions_per_batch(m, run.num_prompts, run.batch_size))
+                # batched by few-shot head: its questions share its keys and values (a batch mixing heads
+                # repeats each one in every row, ~7x the prefill of a 5-shot head)
+                todo = [item for item in mine if item.id not in store.done(m)]
+                lanes[(i, m)] = _batches(todo, questions_per_batch(m, run.num_prompts, run.batch_size), run.head)
         left = sum(len(batch) for batches in lanes.values() for batch in batches)
         overall = bar.add_task("eval", total=total, completed=total - left)
         if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
@@ -253,7 +271,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         for (i, method), batch in schedule(lanes):
             run = runs[i]
             bar.update(overall, description=f"eval {method}")
-            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.task or item.task] + "Q: ",
+            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + "Q: ",
                            _suffix(item, run.choice_format)) for item in batch]
             for row in _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
                                   run.choice_format):
@@ -271,8 +289,12 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     return tables
 
 
-def _batches(items: list[Item], size: int) -> list[list[Item]]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
+def _batches(items: list[Item], size: int, head: Callable[[Item], str]) -> list[list[Item]]:
+    """Batches of `size` questions, each under one few-shot head."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(head(item), []).append(item)
+    return [group[start:start + size] for _, group in sorted(groups.items()) for start in range(0, len(group), size)]
 
 
 def schedule(lanes: dict[Lane, list[list[Item]]]) -> list[tuple[Lane, list[Item]]]:

@@ -16,6 +16,7 @@ INSTRUCTIONS = {
     "fill": "Complete the sentence with the missing word or short phrase: give only the missing part.",
     "choice": "Answer the question from general world knowledge with the correct option.",
 }
+SUBJECT_INSTRUCTION = "The following are multiple choice questions (with answers) about {}."  # MMLU's, the harness's
 CHOICE_FORMATS = ("cloze", "letters")
 LETTERS = "ABCDEFGHIJ"
 
@@ -39,15 +40,20 @@ def example_block(item: Item, choice_format: str = "cloze") -> str:
     return f"{question_block(item.question)} {item.answers[0]}"
 
 
-def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze") -> str:
+def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze",
+                 subject: str | None = None) -> str:
     """Instruction plus `k` examples drawn with `seed`; ends with a blank line so that
-    `prefix + question_block(p)` is the full prompt."""
+    `prefix + question_block(p)` is the full prompt. An MMLU `subject` gets lm-evaluation-harness's head
+    instead: its description naming the subject and the first k examples in order (its `first_n`)."""
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
         raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available; lower k")
-    shots = random.Random(seed).sample(examples, k)
+    if subject is None:
+        instruction, shots = INSTRUCTIONS[task], random.Random(seed).sample(examples, k)
+    else:
+        instruction, shots = SUBJECT_INSTRUCTION.format(subject.replace("_", " ")), examples[:k]
     blocks = [example_block(shot, choice_format) for shot in shots]
-    return "\n\n".join([INSTRUCTIONS[task], *blocks]) + "\n\n"
+    return "\n\n".join([instruction, *blocks]) + "\n\n"
 
 
