@@ -12,6 +12,7 @@ from minirun.cli import app
 from minirun.engine.sampling import SamplingParams
 from minirun.engine.session import compiled_decode_step
 from minirun.errors import MinirunError
+from minirun.eval.data import Item, write_jsonl
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import score_choices
 
@@ -203,6 +204,21 @@ def test_usage_errors_are_one_line(tiny):
     assert listing.exit_code == 0 and "generate" in listing.stdout and "eval" in listing.stdout
 
 
+def test_generate_few_shot_file_builds_eval_s_head(tiny, tmp_path):
+    """generate --few-shot FILE.jsonl: only the examples of the first item's task, never the question asked,
+    and k more than the file holds is an error, as in eval."""
+    shots = tmp_path / "shots.jsonl"
+    write_jsonl([Item("a", "Capital of Spain?", [], ["Madrid"]), Item("b", "Italy's capital is", [], ["Rome"], "fill"),
+                 Item("c", "Who wrote Hamlet?", [], ["Shakespeare"])], shots)
+    ok = invoke("generate", "--model", tiny, "Who wrote Faust?", "--few-shot", shots, "--few-shot-k", "2",
+                "--max-new-tokens", "2")
+    assert ok.exit_code == 0, ok.output
+    one_line_error(invoke("generate", "--model", tiny, "Who wrote Faust?", "--few-shot", shots, "--few-shot-k", "3"),
+                   "asked for k=3 few-shot examples but 2 are available")  # the fill example is not one
+    one_line_error(invoke("generate", "--model", tiny, "Who wrote Hamlet?", "--few-shot", shots, "--few-shot-k", "2"),
+                   "1 of the 2 few-shot qa examples are questions under test")
+
+
 def test_bad_files_and_paths_are_one_line_errors(tiny, tmp_path):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00not text")
@@ -339,6 +355,18 @@ def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
     result = invoke(*[tiny if a == "M" else tmp_path / a if a == "out.jsonl" else a for a in args])
     assert_clean_error(result, message)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--temperature", "1", "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
+    (["generate", "--top-k", "3", "hi"], "temperature 0 decodes greedily"),
+    (["paraphrase", "--top-p", "0", "sample-qa", "out.jsonl"], "top_p must be in (0, 1]"),
+])
+def test_sampling_settings_fail_before_the_model_loads(tmp_path, args, message):
+    """Typer cannot bound top-p from below; the check runs before a (here missing) model is looked for."""
+    result = invoke(*args[:1], "--model", str(tmp_path / "missing"), *[str(tmp_path / a) if a == "out.jsonl" else a
+                                                                      for a in args[1:]])
+    assert_clean_error(result, message)
 
 
 @pytest.mark.parametrize("make,message", [

@@ -222,8 +222,9 @@ def test_a_file_minirun_did_not_write_is_refused_untouched(llm, tmp_path, conten
 def test_cli(long_context, tmp_path):
     out = tmp_path / "p.jsonl"
     result = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(out), "--num", "2", "--max-samples", "2",
-                                      "--max-new-tokens", "6", "--model", str(long_context)])
+                                      "--max-new-tokens", "6", "--model", str(long_context), "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "paraphrasing" not in result.output and "wrote" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["paraphrases"][0] == rows[0]["question"]
 

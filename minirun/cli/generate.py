@@ -13,6 +13,7 @@ from minirun.cli.common import (DTYPE_HELP, check_texts, end_stream, err, friend
                                 read_text_file, stream)
 from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
+from minirun.engine.sampling import generation_params
 from minirun.errors import MinirunError
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.runner import check_method, check_options_used
@@ -38,16 +39,18 @@ def register(app: typer.Typer) -> None:
         app(args=argv, standalone_mode=False)
 
 
-def _few_shot_prefix(path: Optional[Path], k: int) -> str:
-    """A JSONL of worked examples becomes an instruction + k examples; any other file is used verbatim."""
+def _few_shot_prefix(path: Optional[Path], k: int, prompt: str, paraphrases: list[str]) -> str:
+    """A JSONL of worked examples becomes an instruction + k examples of its first item's task, as eval builds
+    them (never the question asked, which would hand the model its answer); any other file is used verbatim."""
     if path is None:
         return ""
     if path.suffix == ".jsonl":
-        from minirun.eval.data import load_jsonl
-        from minirun.eval.prompts import build_prefix
+        from minirun.eval.data import Item, load_jsonl
+        from minirun.eval.loop import few_shot_prefixes
 
-        items = load_jsonl(path)
-        return build_prefix(items[0].task, items, k=min(k, len(items)))
+        examples = load_jsonl(path)
+        task = examples[0].task
+        return few_shot_prefixes([Item("asked", prompt, paraphrases, [], task)], examples, str(path), task, k)[task]
     return read_text_file(path, "few-shot file")
 
 
@@ -102,6 +105,7 @@ def generate(
         if given := [name for name, is_set in ensemble_only.items() if is_set]:  # silently ignored otherwise
             raise MinirunError(f"{given[0]} only applies with --method, --paraphrase or --few-shot, and this is a plain "
                                "prompt: drop it, or add --method")
+        generation_params(temperature, top_k, top_p, seed)  # a bad value fails before the model loads
         llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json, thinking)
         return
@@ -122,7 +126,7 @@ def generate(
                            "parts; shorten the prompts or the few-shot examples instead")
     if method != "origin" and not paraphrases:
         raise MinirunError(f"method {method} fuses paraphrases but none were given: add --paraphrase or --paraphrases-file")
-    prefix = _few_shot_prefix(few_shot, few_shot_k)
+    prefix = _few_shot_prefix(few_shot, few_shot_k, prompt, paraphrases)
     _ensemble(load_llm(model, device, dtype, compile), method, prompt, paraphrases, prefix, suffix,
               few_shot is not None, options, as_json)
 

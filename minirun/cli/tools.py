@@ -98,19 +98,22 @@ def paraphrase(
     seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Have the model rewrite each question N ways, fill prompts into fill prompts (duplicates, empties, answer
     leaks, cut-off rewrites and fill rewrites that complete the prompt dropped)."""
     from rich.progress import Progress
 
+    from minirun.engine.sampling import SamplingParams
     from minirun.eval.data import load_dataset
     from minirun.eval.paraphrase import paraphrase_file
 
+    SamplingParams(temperature, top_p=top_p)  # a bad value fails before the model loads
     items = load_dataset(data)[:max_samples]
     llm = load_llm(model, "cpu", None, False)
-    with Progress(console=err) as progress:
-        task = progress.add_task("paraphrasing", total=len(items))
+    with Progress(console=err, disable=not progress) as bar:
+        task = bar.add_task("paraphrasing", total=len(items))
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_batch=lambda n: progress.advance(task, n), dataset=data)
+                               on_batch=lambda n: bar.advance(task, n), dataset=data)
     kept = sum(len(item.paraphrases) - 1 for item in done)
     err.print(f"wrote {out}: {len(done)} items, {kept} rewrites kept of {num * len(done)}")

@@ -12,7 +12,7 @@ from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.allocator import keep_large_allocations
 from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded, stop_strings
-from minirun.engine.sampling import SamplingParams, sample
+from minirun.engine.sampling import SamplingParams, generation_params, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Prefixes, Session, cache_size
 from minirun.errors import MinirunError
 from minirun.layers import flex
@@ -110,10 +110,7 @@ class LLM:
         """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
         if max_new_tokens < 1:
             raise MinirunError(f"max_new_tokens must be at least 1, got {max_new_tokens}: ask for one token or more")
-        params = SamplingParams(temperature, top_k, top_p, seed)
-        if params.greedy and (top_k is not None or top_p is not None):
-            raise MinirunError("top_k and top_p shape sampling, but temperature 0 decodes greedily: set a temperature "
-                               "(e.g. 0.7) or drop them")
+        params = generation_params(temperature, top_k, top_p, seed)
         single = isinstance(prompts, str)
         batch = [prompts] if single else list(prompts)
         if not batch:

@@ -47,6 +47,15 @@ class SamplingParams:
         return g
 
 
+def generation_params(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                      seed: int | None = None) -> SamplingParams:
+    """`generate`'s sampling settings: there, top_k or top_p with temperature 0 is a mistake, not greedy decoding."""
+    params = SamplingParams(temperature, top_k, top_p, seed)
+    if params.greedy and (top_k is not None or top_p is not None):
+        raise MinirunError("top_k and top_p shape sampling, but temperature 0 decodes greedily: set a temperature "
+                           "(e.g. 0.7) or drop them")
+    return params
+
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature-scaled logits [B, V] with everything outside top-k / top-p set to -inf."""
     logits = logits / params.temperature

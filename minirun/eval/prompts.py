@@ -48,7 +48,7 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
-        raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available; lower k")
+        raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k (--few-shot-k)")
     if subject is None:
         instruction, shots = INSTRUCTIONS[task], random.Random(seed).sample(examples, k)
     else:
