@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 import minirun
 from minirun.cli import app
 from minirun.errors import MinirunError
+from minirun.eval.data import load_dataset, write_jsonl
 from minirun.eval.sweep import run_sweep, sweep_table
 from minirun.eval.sweep_spec import load_sweep_file, parse_sweep
 
@@ -124,7 +125,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "num_prompts": "5"}]}, "num_prompts: expected int, got '5'"),
     ({"datasets": [{"name": "sample-qa", "match": "fuzzy"}]}, "match: unknown rule 'fuzzy'"),
     ({"datasets": [{"name": "sample-choice", "choice_format": "abc"}]}, "choice_format: unknown format 'abc'"),
-    ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu has subsets"),
+    ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"methods": [{"name": "origin"}, {"name": "vote"}]}, "methods #2 name: unknown method 'vote'"),
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
@@ -141,6 +142,18 @@ def test_bad_sweep_is_one_line_naming_the_key(change, message):
     with pytest.raises(MinirunError) as e:
         parse_sweep({**BASE, **change})
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_local_mmlu_file_takes_a_subset(tmp_path):
+    """`subset` picks a subject of a local MMLU copy as eval's --subset does; other files refuse it when read."""
+    mmlu, plain = tmp_path / "mmlu.jsonl", tmp_path / "plain.jsonl"
+    mmlu.write_text('{"question": "2+2?", "subject": "math", "choices": ["3", "4"], "answer": 1}\n'
+                    '{"question": "Capital of Peru?", "subject": "geo", "choices": ["Lima", "Quito"], "answer": 0}\n')
+    write_jsonl(load_dataset("sample-qa")[:1], plain)
+    sweep = parse_sweep({**BASE, "datasets": [{"name": str(mmlu), "subset": "geo"}, {"name": str(plain), "subset": "x"}]})
+    assert [item.relation for item in load_dataset(sweep.datasets[0].name, subset=sweep.datasets[0].subset)] == ["geo"]
+    with pytest.raises(MinirunError, match="reads as plain data, which has no subsets"):
+        load_dataset(sweep.datasets[1].name, subset=sweep.datasets[1].subset)
 
 
 def test_batch_size_defaults_to_evals_own():

@@ -168,8 +168,8 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     if spec.choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"{where} choice_format: unknown format {spec.choice_format!r}; use one of "
                            f"{', '.join(CHOICE_FORMATS)}")
-    if spec.subset is not None and spec.name != "mmlu":
-        raise MinirunError(f"{where} subset: only mmlu has subsets; drop the key")
+    if spec.subset is not None and spec.name in NAMES and spec.name != "mmlu":  # a file's rows are read first
+        raise MinirunError(f"{where} subset: only mmlu and local MMLU files have subsets; drop the key")
     _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
