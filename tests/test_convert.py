@@ -117,9 +117,38 @@ def test_round_trip(tmp_path, arch, qtype):
     if qtype == "F32":
         assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.decode(tokenizer.encode("<|im_start|>the cat in the hat<|im_end|>")) == \
+    assert tokenizer.decode(tokenizer.encode("<|im_start|>the cat in the hat<|im_end|>", add_special_tokens=False)) == \
         "<|im_start|>the cat in the hat<|im_end|>"
-    assert tokenizer.encode(" the")[0] == tokenizer.convert_tokens_to_ids("Ġthe")
+    assert tokenizer.encode(" the", add_special_tokens=False) == [tokenizer.convert_tokens_to_ids("Ġthe")]
+
+
+def test_bos_and_stop_ids_follow_llama_cpp(tmp_path):
+    """A llama-bpe GGUF without add_bos_token gets a bos, as llama.cpp gives it (and Llama 3 was trained with);
+    end-of-turn and end-of-message ids stop generation beside eos."""
+    import gguf as gguf_lib
+
+    path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
+    out = convert_gguf(path, tmp_path / "hf", dtype="float32")
+    assert AutoTokenizer.from_pretrained(out).encode(" the")[0] == 1  # the tiny vocab's bos
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+    reader = gguf_lib.GGUFReader(path)
+    writer = gguf_lib.GGUFWriter(str(tmp_path / "turns.gguf"), "llama")
+    for field in reader.fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            writer.add_key_value(field.name, field.contents(), field.types[0],
+                                 field.types[-1] if field.types[0] == gguf_lib.GGUFValueType.ARRAY else None)
+    writer.add_eot_token_id(0)
+    writer.add_add_bos_token(False)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = convert_gguf(tmp_path / "turns.gguf", tmp_path / "hf2", dtype="float32")
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 0]
+    assert minirun.load(out).eos_ids == {2, 0}
+    assert AutoTokenizer.from_pretrained(out).encode(" the")[0] != 1  # the file's own add_bos_token: False
 
 
 def test_converted_dir_is_not_reused_silently(tmp_path):

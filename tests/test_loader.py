@@ -49,6 +49,22 @@ def test_missing_tensor_named(copy):
         minirun.load(copy)
 
 
+def test_a_tied_config_with_another_stored_head_is_refused(checkpoint_dirs, tmp_path):
+    """transformers 4 drops a stored head a tied config does not use, 5 keeps it: a copy of the embeddings loads,
+    a different head is an error rather than either guess."""
+    tied = tmp_path / "tied"
+    shutil.copytree(checkpoint_dirs["llama_tied"], tied)
+    state = load_file(tied / "model.safetensors")
+    embed = state["model.embed_tokens.weight"]
+    reference = minirun.load(tied).model(torch.tensor([[1, 2, 3]]))
+    save_file({**state, "lm_head.weight": embed.clone()}, tied / "model.safetensors", metadata={"format": "pt"})
+    assert torch.equal(minirun.load(tied).model(torch.tensor([[1, 2, 3]])), reference)
+    save_file({**state, "lm_head.weight": embed + 1}, tied / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MinirunError, match="ties the output head to the embeddings, but model.safetensors holds a "
+                                           "different lm_head.weight"):
+        minirun.load(tied)
+
+
 def _shard(path):
     """Split the checkpoint into two shards with an index, as large models ship."""
     state = load_file(path / "model.safetensors")
@@ -110,6 +126,24 @@ def test_both_spellings_of_rope_settings_read_alike():
     assert old == new and old.rope_theta == 500000.0 and old.rope_scaling == scaling
     legacy = ModelConfig.from_dict({**base, "rope_scaling": {"type": "linear", "factor": 2.0}})  # "type", not "rope_type"
     assert legacy.rope_scaling == {"type": "linear", "factor": 2.0, "rope_type": "linear"} and legacy.rope_theta == 1e4
+
+
+def test_rope_settings_that_two_transformers_versions_read_differently_are_refused():
+    """rope_parameters (what transformers 5 reads second) beside a hand-added rope_scaling (what it reads first, and
+    4 alone) would be a silent choice of frequencies; equal ones, or the type's two spellings, are fine."""
+    base = {"model_type": "llama", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 8}
+    default = {"rope_type": "default", "rope_theta": 1e4}
+    with pytest.raises(MinirunError, match="sets rope_parameters .* and rope_scaling .* which scale positions"):
+        ModelConfig.from_dict({**base, "rope_parameters": default, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    same = ModelConfig.from_dict({**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5},
+                                  "rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert same.rope_scaling["factor"] == 2.0 and same.rope_theta == 5e5
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
+    with pytest.raises(MinirunError, match="original_max_position_embeddings 32 disagrees with its rope settings' 64"):
+        ModelConfig.from_dict({**base, "rope_parameters": llama3, "original_max_position_embeddings": 32})
+    assert ModelConfig.from_dict({**base, "rope_parameters": llama3, "original_max_position_embeddings": 64}).rope_scaling
 
 
 BASE = {"vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}

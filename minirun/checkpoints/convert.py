@@ -237,6 +237,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     tokenizer_config["model_max_length"] = config["max_position_embeddings"]
     specials = {k: v for k, v in tokenizer_config.items() if k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config[k] is not None}
+    # llama.cpp also stops at end-of-turn and end-of-message tokens (Llama 3's <|eot_id|>, Qwen's <|endoftext|>)
+    stops = [meta.get(f"tokenizer.ggml.{kind}_token_id") for kind in ("eos", "eot", "eom")]
+    stops = list(dict.fromkeys(i for i in stops if i is not None))
+    if len(stops) > 1:
+        generation["eos_token_id"] = stops
     if meta.get("tokenizer.ggml.padding_token_id") is not None:
         generation["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]
     with staged_dir(Path(out_dir)) as tmp:

@@ -23,6 +23,7 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+ADDS_BOS = {"llama-bpe", "llama3"}  # llama.cpp adds a bos for these when the file has no add_bos_token key
 # llama.cpp pre-tokenizer name -> (split regex run before byte-level, or None for GPT-2's own regex,
 # whether digits are first isolated one by one, whether whole-word vocab hits skip the merges).
 PRE_TOKENIZERS: dict[str, tuple[str | None, bool, bool]] = {
@@ -102,7 +103,7 @@ def build_tokenizer(meta: dict[str, Any]) -> tuple[Tokenizer, dict[str, Any]]:
 
     specials = {name: token(key) for name, key in
                 [("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")]}
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and specials["bos_token"] is not None
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", pre in ADDS_BOS)) and specials["bos_token"] is not None
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and specials["eos_token"] is not None
     tokenizer.post_processor = _post_processor(
         (specials["bos_token"], vocab[specials["bos_token"]]) if add_bos else None,

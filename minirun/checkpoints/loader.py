@@ -126,6 +126,13 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
                                f"{tuple(expected[ours])} for {ours}: config.json does not match the weights")
         state[ours] = tensor.to(device=device, dtype=torch_dtype)
     if config.tie_word_embeddings:
+        stored = files.get("lm_head.weight")
+        if stored is not None and not torch.equal(_read(handles[stored], "lm_head.weight", stored).to(torch_dtype),
+                                                  state["embed.weight"].cpu()):
+            # transformers 4 ties (drops the stored head), 5 keeps the stored head: the two give other logits
+            raise MinirunError(f"config.json ties the output head to the embeddings, but {stored.name} holds a "
+                               "different lm_head.weight: set tie_word_embeddings to false if that head is the trained "
+                               "one, or delete it from the file")
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:

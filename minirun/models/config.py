@@ -16,6 +16,29 @@ ROPE_KEYS = {"default": (), "linear": ("factor",),
 CONTEXT_DEFAULT = {"llama": 2048, "qwen2": 32768, "qwen3": 32768}
 
 
+def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
+    """The rope dict of a config: `rope_parameters` (transformers 5) or `rope_scaling` (4). Where both are set and
+    scale differently, or a top-level `original_max_position_embeddings` disagrees with the dict's, the two
+    transformers versions would build different frequencies, so neither is guessed."""
+    given = [dict(raw[key]) for key in ("rope_parameters", "rope_scaling") if raw.get(key)]
+
+    def scaling(rope: dict) -> dict:
+        rope = {("rope_type" if k == "type" else k): v for k, v in rope.items() if k != "rope_theta"}
+        return {"rope_type": "default", **rope}
+
+    if len(given) == 2 and scaling(given[0]) != scaling(given[1]):
+        raise MinirunError(f"config.json sets rope_parameters {given[0]} and rope_scaling {given[1]}, which scale "
+                           "positions differently (transformers 4 reads one, 5 the other): keep the one the model was "
+                           "trained with and delete the other")
+    rope = given[0] if given else {}
+    top = raw.get("original_max_position_embeddings")
+    if top is not None and rope.get("original_max_position_embeddings", top) != top:
+        raise MinirunError(f"config.json's original_max_position_embeddings {top} disagrees with its rope settings' "
+                           f"{rope['original_max_position_embeddings']}: keep one value (transformers 5 uses the "
+                           "top-level one)")
+    return rope
+
+
 @dataclass
 class ModelConfig:
     """Everything the decoder needs; Llama, Qwen2 and Qwen3 differ only in these fields."""
@@ -56,7 +79,7 @@ class ModelConfig:
             raise MinirunError(f"unsupported hidden_act {raw['hidden_act']!r}: minirun's MLP is SiLU-gated, as Llama's "
                                "and Qwen's are; this checkpoint is another architecture")
         heads = raw["num_attention_heads"]
-        rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+        rope = rope_settings(raw)
         theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_KEYS:
