@@ -168,6 +168,7 @@ def test_keys_config_json_leaves_out_default_as_transformers_does(model_type):
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
      "llama3 rope scaling lacks 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope type 'yarn'"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "weights are quantized (gptq)"),
 ])
 def test_config_problems_are_one_line(change, message):
     raw = {k: v for k, v in {"model_type": "llama", **BASE, **change}.items() if v is not None}

@@ -71,6 +71,10 @@ class ModelConfig:
             raise MinirunError(
                 f"unsupported model_type {model_type!r}: minirun supports {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        if quant := raw.get("quantization_config"):
+            method = quant.get("quant_method", "?") if isinstance(quant, dict) else "?"
+            raise MinirunError(f"this checkpoint's weights are quantized ({method}), which minirun does not read: use "
+                               "the unquantized (bfloat16/float16) checkpoint, or a GGUF through `minirun convert`")
         if raw.get("use_sliding_window"):
             raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json")
         if missing := [key for key in REQUIRED if key not in raw]:
