@@ -56,6 +56,7 @@ def generation_params(temperature: float = 0.0, top_k: int | None = None, top_p:
                            "(e.g. 0.7) or drop them")
     return params
 
+
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature-scaled logits [B, V] with everything outside top-k / top-p set to -inf."""
     logits = logits / params.temperature
