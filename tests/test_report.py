@@ -52,6 +52,17 @@ def test_zero_seconds_gives_nan_throughput():
     assert math.isnan(summarize(_frame().assign(tokens=0)).loc["single", "tokens_per_second"])  # choice scoring
 
 
+def test_tokens_per_second_counts_generated_rows_only():
+    rows = []
+    for method in ("origin", "avg"):
+        for i, task in enumerate(["qa", "qa", "choice", "choice"]):  # a choice row is scored: no token, still timed
+            rows.append({"id": f"q{i}", "method": method, "prompts": ["p"], "generated": "g", "answer": "a",
+                         "exact": True, "correct": True, "tokens": 10 if task == "qa" else 0, "seconds": 1.0,
+                         "task": task})
+    s = summarize(pd.DataFrame(rows))
+    assert s.loc["avg", "tokens_per_second"] == 10.0 and s.loc["avg", "seconds"] == 4.0  # items/s keeps every row
+
+
 def test_missing_verdicts_are_not_counted():
     df = _frame().astype({"correct": object})
     df.loc[(df["method"] == "vote") & df["id"].isin(["q1", "q3"]), "correct"] = None  # hand-made: no verdict
@@ -78,6 +89,15 @@ def test_missing_answers_agree_with_nothing():
     df = _frame()
     df.loc[df["id"] == "q3", "answer"] = None  # both methods left q3 unanswered
     assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 3)
+
+
+def test_empty_answers_agree_with_nothing():
+    df = _frame()
+    df.loc[df["id"] == "q3", "answer"] = ""  # both methods extracted nothing from q3
+    assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 3)
+    hand = _hand()
+    hand["answers"] = hand["answers"].map(lambda a: ["", "", ""] if a == ANSWERS[8] else a)  # q8: every prompt empty
+    assert summarize(hand).loc["per_prompt", "consistency"] == pytest.approx(0.2)  # q0 and q9 only
 
 
 def test_agreement_only_counts_shared_items():
@@ -160,10 +180,25 @@ def test_paired_test_against_origin(hand):
     low, high = newcombe_paired_interval(2, 6, 1, 1)
     assert (hand.loc["avg", "diff_vs_origin_ci95_low"], hand.loc["avg", "diff_vs_origin_ci95_high"]) == (low, high)
     assert low < 0.5 < high
-    # per_prompt's first prompt vs origin: 4 one way, none the other: 2 / 2^4
-    assert hand.loc["per_prompt", "p_vs_origin"] == pytest.approx(0.125)
-    assert hand.loc["per_prompt", "diff_vs_origin"] == pytest.approx(0.4)
-    assert hand.loc["origin", ["diff_vs_origin", "diff_vs_origin_ci95_low", "p_vs_origin"]].isna().all()
+    assert hand.loc["avg", "p_vs_origin_holm"] == pytest.approx(0.125)  # a family of one: per_prompt is not in it
+    for method in ("origin", "per_prompt"):
+        assert hand.loc[method, ["diff_vs_origin", "diff_vs_origin_ci95_low", "p_vs_origin", "p_vs_origin_holm",
+                                 "n_vs_origin"]].isna().all()
+
+
+def test_per_prompt_is_left_out_of_the_tests_against_origin():
+    # 12 items; per_prompt's first prompt is origin's own (the question): right where origin is.
+    # avg wins 6 discordant pairs, loses none: p = 2 / 2^6, and Holm over avg alone leaves it.
+    rows = []
+    for i in range(12):
+        base = {"id": f"q{i}", "prompts": ["p"], "generated": "g", "answer": "a", "exact": False, "tokens": 1,
+                "seconds": 1.0}
+        rows += [{**base, "method": "origin", "correct": i < 3}, {**base, "method": "per_prompt", "correct": i < 3},
+                 {**base, "method": "avg", "correct": i < 9}]
+    s = summarize(pd.DataFrame(rows))
+    assert s.loc["avg", "p_vs_origin"] == pytest.approx(0.03125)
+    assert s.loc["avg", "p_vs_origin_holm"] == pytest.approx(0.03125)
+    assert s.loc["per_prompt", ["p_vs_origin", "p_vs_origin_holm"]].isna().all()
 
 
 def test_per_prompt_figures(hand):
@@ -211,9 +246,12 @@ def test_report_json_fields(hand):
 
 
 def _with_rules(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows as the eval loop now writes them: bidirectional matching also accepts q9 for avg."""
+    """Rows as the eval loop now writes them, of a run under the lemma rule (as `read_results`
+    tells): bidirectional matching also accepts q9 for avg."""
     bidirectional = df["correct"] | ((df["method"] == "avg") & (df["id"] == "q9"))
-    return df.assign(correct_lemma=df["correct"], correct_bidirectional=bidirectional)
+    scored = df.assign(correct_lemma=df["correct"], correct_bidirectional=bidirectional)
+    scored.attrs["match"] = "lemma"
+    return scored
 
 
 def test_select_match():
@@ -228,6 +266,25 @@ def test_select_match():
         select_match(_hand(), "bidirectional")
     with pytest.raises(MinirunError, match="--match must be one of lemma, bidirectional"):
         select_match(df, "fuzzy")
+
+
+def test_select_match_drops_single_prompt_figures_under_another_rule():
+    # no first verdict differs between the rules, but per-prompt verdicts exist under the run's rule only
+    hand = _hand()
+    df = hand.assign(correct_lemma=hand["correct"], correct_bidirectional=hand["correct"])
+    df.attrs["match"] = "lemma"
+    assert "per_prompt_accuracy" not in select_match(df, "bidirectional")
+    assert "per_prompt_accuracy" in select_match(df, "lemma")
+    df.attrs.clear()  # a table whose rule is not recorded: its figures cannot be shown to be under either
+    assert "per_prompt_accuracy" not in select_match(df, "lemma")
+
+
+def test_load_results_tells_the_runs_rule(tmp_path):
+    run = _run_dir(tmp_path, _hand())
+    assert load_results(run).attrs["match"] == "lemma"
+    for journal in run.glob("results.rank*.jsonl"):
+        journal.unlink()
+    assert load_results(run).attrs["match"] == "lemma"  # from results.parquet, run.json beside it
 
 
 def _sweep() -> pd.DataFrame:
@@ -272,7 +329,7 @@ def test_plot_groups_bars_by_model():
 
 
 def _run_dir(tmp_path, df: pd.DataFrame):
-    with ResultStore(tmp_path / "run", {"model": "m"}) as store:
+    with ResultStore(tmp_path / "run", {"model": "m", "bidirectional": False}) as store:
         for row in df.to_dict("records"):
             store.add(row)
         store.finalize()
@@ -285,8 +342,10 @@ def test_report_command(tmp_path):
     table = runner.invoke(app, ["report", str(run)])  # not a terminal: the table takes the width it needs
     assert table.exit_code == 0, table.output
     assert "95% CI (Wilson)" in table.output and "p (McNemar)" in table.output and "p (Holm)" in table.output
-    assert "0.397–0.892" in table.output and "0.125" in table.output  # per_prompt's interval, avg's McNemar p
-    assert "0.25 " in table.output  # avg's Holm-adjusted p: twice 0.125 in a family of two (avg, per_prompt)
+    assert "0.397–0.892" in table.output  # per_prompt's interval
+    assert "per_prompt (first prompt)" in table.output  # its accuracy is one prompt's, not an ensemble's
+    avg = next(line for line in table.output.splitlines() if " avg " in line)
+    assert avg.count("0.125") == 2  # McNemar p and Holm's: a family of one, per_prompt is not compared
     assert "unfinished" not in table.output and "left out" not in table.output
     assert "oracle 0.800" in table.output and "consistency 0.300" in table.output
     as_json = runner.invoke(app, ["report", str(run), "--json", "--match", "bidirectional",
@@ -309,8 +368,11 @@ def test_latex_table(tmp_path):
     assert tex.startswith("\\begin{table}") and "\\toprule" in tex and tex.rstrip().endswith("\\end{table}")
     rows = {line.split(" & ")[0]: line.split(" & ") for line in tex.splitlines() if " & " in line}
     assert list(rows)[:2] == ["Method", "origin"]  # the baseline first, then the methods compared with it
-    assert rows["avg"] == ["avg", "0.800", "[0.490, 0.943]", "$+0.500$", "0.250", "10 \\\\"]  # Holm: 2 x 0.125
-    assert rows["origin"][3:5] == ["--", "--"] and "per\\_prompt" in rows
+    assert rows["avg"] == ["avg", "0.800", "[0.490, 0.943]", "$+0.500$", "0.125", "10 \\\\"]  # Holm over avg alone
+    assert rows["origin"][3:5] == ["--", "--"]
+    per_prompt = rows["per\\_prompt (first prompt)"]  # its first prompt's accuracy, and no test against origin
+    assert per_prompt[1] == "0.700" and per_prompt[3:5] == ["--", "--"]
+    assert "mean single-prompt accuracy 0.367" in tex and "not compared with origin" in tex
     assert "Holm-adjusted" in tex and "Wilson" in tex
     weird = latex(summarize(_hand()).rename(index={"avg": "a_b%c~d"}), "run #1 {x}")
     assert "a\\_b\\%c\\textasciitilde{}d" in weird and "run \\#1 \\{x\\}" in weird
@@ -337,3 +399,86 @@ def test_report_command_match_on_an_old_table(tmp_path):
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "lack 'correct_lemma'" in result.output and "re-run" in result.output
+
+
+def test_latex_p_keeps_three_significant_digits():
+    scores = summarize(_hand())
+    scores.loc["avg", "p_vs_origin_holm"] = 0.0496  # 0.050 to three decimals: past the 0.05 line it is under
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in latex(scores, "run").splitlines() if " & " in line}
+    assert rows["avg"][4] == "0.0496"
+
+
+def test_latex_keeps_the_models_order():
+    scores = summarize(_sweep()).loc[["small", "big"]]  # the sweep file's order: small is the reference model
+    tex = latex(scores, "sweep")
+    rows = [line.split(" & ")[:2] for line in tex.splitlines() if " & " in line][1:]
+    assert rows == [["small", "origin"], ["small", "avg"], ["big", "origin"], ["big", "avg"]]
+
+
+def _mixed() -> pd.DataFrame:
+    """`_with_rules(_hand())` and two multiple-choice items every method gets right per token (option 1:
+    -1.5 over 3 tokens beats -1.0 over 1) and wrong summed."""
+    choice = []
+    for i in range(2):
+        for method in ("origin", "avg", "per_prompt"):
+            prompts = {"answers": ["B", "B"], "per_prompt_correct": [True, True], "per_prompt_accuracy": 1.0,
+                       "per_prompt_logprobs": [[-1.0, -1.5]] * 2}
+            choice.append({"id": f"c{i}", "method": method, "prompts": ["p", "p"], "generated": "B", "answer": "B",
+                           "exact": True, "correct": True, "correct_lemma": True, "correct_bidirectional": True,
+                           "tokens": 0, "seconds": 1.0, "task": "choice", "choices": ["A", "B"], "gold_choice": 1,
+                           "choice": 1, "choice_scores": [-1.0, -0.5], "choice_logprobs": [-1.0, -1.5],
+                           "choice_tokens": [1, 3], "choice_chars": [1, 1],
+                           **(prompts if method == "per_prompt" else {})})
+    return pd.concat([_with_rules(_hand()).assign(task="qa"), pd.DataFrame(choice)], ignore_index=True)
+
+
+def test_choice_score_keeps_single_prompt_figures_dropped(tmp_path):
+    run = _run_dir(tmp_path, _mixed())
+    shown = CliRunner().invoke(app, ["report", str(run), "--match", "bidirectional", "--choice-score", "sum",
+                                     "--csv", str(tmp_path / "t.csv")])
+    assert shown.exit_code == 0, shown.output
+    assert "single-prompt figures left out" in shown.output  # not brought back for the choice rows alone
+    assert pd.read_csv(tmp_path / "t.csv", index_col="method")["mean_single_accuracy"].isna().all()
+    summed = CliRunner().invoke(app, ["report", str(run), "--choice-score", "sum", "--csv", str(tmp_path / "s.csv")])
+    assert "left out" not in summed.output  # the run's own rule: every row's figures under one rule
+    assert pd.read_csv(tmp_path / "s.csv", index_col="method").loc["per_prompt", "mean_single_accuracy"] == (
+        pytest.approx((11 / 3) / 12))  # the choice rows' prompts re-picked wrong, summed
+
+
+def test_a_method_without_verdicts_is_named(tmp_path):
+    df = _hand()
+    none = df[df["method"] == "avg"].assign(method="max", correct=None)
+    shown = CliRunner().invoke(app, ["report", str(_run_dir(tmp_path, pd.concat([df, none])))])
+    assert shown.exit_code == 0, shown.output
+    assert "max has scored 0 of the 10 items" in shown.output
+
+
+def _append(journal, line: bytes) -> None:
+    with journal.open("ab") as f:
+        f.write(line + b"\n")
+
+
+@pytest.mark.parametrize("line, message", [
+    (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10"}).encode()[:-1] + b', "x": "\xff"}',
+     "results.rank0.jsonl:31: corrupt result line"),  # a byte that is not UTF-8
+    (json.dumps({k: v for k, v in _hand().iloc[0].to_dict().items() if k != "correct"} | {"id": "q10"}).encode(),
+     "results.rank0.jsonl:31: corrupt result line (no correct)"),
+    (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "correct": "yes"}).encode(),
+     "origin's row q10 has correct 'yes', not true, false or null"),
+], ids=["not UTF-8", "no correct", "correct yes"])
+def test_bad_journal_rows_are_one_line_errors(tmp_path, line, message):
+    run = _run_dir(tmp_path, _hand())
+    _append(run / "results.rank0.jsonl", line)
+    shown = CliRunner().invoke(app, ["report", str(run)])
+    assert shown.exit_code == 1 and shown.output.count("\n") == 1 and message in shown.output, shown.output
+
+
+def test_a_hand_made_table_keeps_the_first_copy_of_a_row(tmp_path):
+    run = _run_dir(tmp_path, _hand())
+    for journal in run.glob("results.rank*.jsonl"):
+        journal.unlink()
+    table = pd.read_parquet(run / "results.parquet")
+    pd.concat([table, table.assign(correct=~table["correct"])]).to_parquet(run / "results.parquet")
+    assert summarize(load_results(run)).loc["avg", "accuracy"] == 0.8  # as the journals do: the first copy
+    shown = CliRunner().invoke(app, ["report", str(run)])
+    assert shown.exit_code == 0, shown.output

@@ -122,7 +122,7 @@ def report_command(
                   "comparisons cover those items only[/yellow]")
     if report.single_prompt_dropped(raw, table):
         out.print(f"[yellow]single-prompt figures left out: per-prompt correctness is recorded under the run's own "
-                  f"match rule only, and --match {match} changes some verdicts[/yellow]")
+                  f"match rule only, not under --match {match}[/yellow]")
     if "relation" in table.columns and table["relation"].notna().any():
         out.print(_scores_table(report.by_relation(table), "per relation"))
     out.print(_matrix(report.agreement(table)))
@@ -154,6 +154,8 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
         t.add_column(name, justify="left" if name in keys else "right")
     for index, row in scores.iterrows():
         labels = list(index) if isinstance(index, tuple) else [index]
+        if labels[keys.index("method")] == "per_prompt":  # its `correct` is one prompt's: not an ensemble's
+            labels[keys.index("method")] = "per_prompt (first prompt)"
         items_per_s = row["n"] / row["seconds"] if row["seconds"] > 0 else float("nan")
         versus = []
         if paired:

@@ -41,7 +41,8 @@ PAIRED = ("diff_vs_origin", "diff_vs_origin_ci95_low", "diff_vs_origin_ci95_high
 
 def load_results(output_dir: str | Path) -> pd.DataFrame:
     """A run's table: from its journals when present (they are never behind, even mid-run),
-    else from `results.parquet`."""
+    else from `results.parquet`, keeping the first copy of each (method, id) as the journals do
+    (a table made by hand may repeat rows). Either way with `read_results`'s attrs."""
     output_dir = Path(output_dir)
     table = output_dir / "results.parquet"
     if journal_paths(output_dir):
@@ -52,6 +53,9 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
         except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise MinirunError(f"{table} is not a readable Parquet table ({type(e).__name__}): restore it, or "
                                "rerun `minirun eval` into the same directory to rewrite it from the journals") from None
+        if {"method", "id"} <= set(df.columns):
+            df = df.drop_duplicates([*_keys(df), "id"])
+        df.attrs = read_results(output_dir).attrs  # no journals, no rows: only what run.json records
     else:
         raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
     if not len(df):
@@ -61,9 +65,10 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
 
 def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     """The table scored under `match` (its `correct_<match>` column as `correct`); None keeps the
-    run's own rule. Per-prompt correctness is recorded under the run's rule only, so where `match`
-    changes any verdict per_prompt_accuracy is dropped (the single-prompt figures become NaN)
-    rather than compared across two rules (`single_prompt_dropped` tells)."""
+    run's own rule. Per-prompt correctness is recorded under the run's rule only (`attrs["match"]`),
+    so unless `match` is that rule per_prompt_accuracy is dropped (the single-prompt figures become
+    NaN) rather than compared across two rules (`single_prompt_dropped` tells): equal first verdicts
+    do not make the other prompts' equal, and a table without a recorded rule proves nothing."""
     if match is None:
         return df
     if match not in MATCH_RULES:
@@ -73,7 +78,7 @@ def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
         raise MinirunError(f"results lack '{column}' (written before --match existed); re-run `minirun eval` "
                            "into a fresh output directory to add it, or drop --match")
     scored = df.assign(correct=df[column])
-    if "per_prompt_accuracy" in df.columns and not df["correct"].astype(bool).equals(df[column].astype(bool)):
+    if "per_prompt_accuracy" in df.columns and df.attrs.get("match") != match:
         scored = scored.drop(columns="per_prompt_accuracy")
     return scored
 
@@ -84,7 +89,9 @@ RESCORED = ("choice_logprobs", "choice_tokens", "choice_chars", "choices", "gold
 def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     """The table with its multiple-choice rows re-picked under `mode` ("sum": lm-evaluation-harness's acc,
     "chars": its acc_norm, "mean": per token) from the options' stored log-likelihoods, token counts and
-    lengths; generated rows are left as they are. None keeps the run's own picks."""
+    lengths; generated rows are left as they are. None keeps the run's own picks. Single-prompt
+    figures `select_match` dropped stay dropped: re-made for choice rows only they would cover part
+    of the table."""
     if mode is None:
         return df
     if mode not in CHOICE_SCORES:
@@ -107,7 +114,7 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
         for column in ("exact", "correct", "correct_lemma", "correct_bidirectional"):
             if column in df.columns:
                 df.at[i, column] = right
-        if isinstance(row.get("per_prompt_logprobs"), (list, np.ndarray)):
+        if "per_prompt_accuracy" in df.columns and isinstance(row.get("per_prompt_logprobs"), (list, np.ndarray)):
             picks = [pick(list(lp), *sizes, mode)[0] for lp in row["per_prompt_logprobs"]]
             df.at[i, "answers"] = [options[c] for c in picks]
             df.at[i, "per_prompt_correct"] = [c == row["gold_choice"] for c in picks]
@@ -122,11 +129,13 @@ def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
 
 def unfinished(df: pd.DataFrame) -> list[tuple[str, int, int]]:
     """(method, items it scored, items any method scored) for each method of a run short of the
-    others, as an interrupted run leaves them; a sweep's methods are counted within their model."""
+    others, as an interrupted run leaves them, a method with rows but no verdict included (it scored
+    0); a sweep's methods are counted within their model."""
     out = []
     for model, part in (df.groupby("model", sort=True) if "model" in df.columns else [(None, df)]):
         total = part["id"].nunique()
-        for method, answered in part[part["correct"].notna()].groupby("method", sort=True)["id"].nunique().items():
+        scored = part[part["correct"].notna()].groupby("method")["id"].nunique()
+        for method, answered in scored.reindex(sorted(part["method"].unique()), fill_value=0).items():
             if answered < total:
                 out.append((method if model is None else f"{model} · {method}", int(answered), int(total)))
     return out
@@ -136,26 +145,36 @@ def _check(df: pd.DataFrame) -> None:
     missing = [c for c in NEEDED if c not in df.columns]
     if missing:
         raise MinirunError(f"results table lacks column(s) {', '.join(missing)}; pass a table written by ResultStore")
+    for column in ("correct", "exact"):  # averaged as numbers: "yes" would fail deep in pandas
+        wrong = df[column].notna() & ~df[column].isin([True, False])
+        if wrong.any():
+            bad = df[wrong].iloc[0]
+            raise MinirunError(f"results: {bad['method']}'s row {bad['id']} has {column} {bad[column]!r}, not true, "
+                               "false or null; fix or delete that row")
 
 
 def _keys(df: pd.DataFrame) -> list[str]:
     return ["model", "method"] if "model" in df.columns else ["method"]
 
 
-def _scores(groups) -> pd.DataFrame:
-    out = groups.agg(
+def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    # choice rows generate no token: their seconds would slow tokens/s down on a mixed table
+    generating = df["seconds"].where(df["task"].ne("choice"), 0.0) if "task" in df.columns else df["seconds"]
+    out = df.assign(generating=generating).groupby(keys, sort=True).agg(
         accuracy=("correct", "mean"),
         hits=("correct", "sum"),
         exact_accuracy=("exact", "mean"),
         n=("correct", "count"),
         tokens=("tokens", "sum"),
         seconds=("seconds", "sum"),
+        generating=("generating", "sum"),
     )
     ci = [wilson_interval(int(hits), int(n)) for hits, n in zip(out.pop("hits"), out["n"])]
     out.insert(1, "ci95_low", [low for low, _ in ci])
     out.insert(2, "ci95_high", [high for _, high in ci])
     # NaN where nothing was generated (choice scoring) or timed: 0 tokens/s would read as a slow method
-    out["tokens_per_second"] = out["tokens"].where(out["tokens"] > 0) / out["seconds"].where(out["seconds"] > 0)
+    generating = out.pop("generating")
+    out["tokens_per_second"] = out["tokens"].where(out["tokens"] > 0) / generating.where(generating > 0)
     return out
 
 
@@ -163,12 +182,12 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per method (per (model, method) for a sweep) with what a paper's table needs.
 
     accuracy (the run's match rule, see `select_match`) with ci95_low/ci95_high, its Wilson score
-    interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over total
-    seconds, so long generations weigh in); the paired comparisons of `paired_stats`, NaN where
-    they do not apply."""
+    interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
+    of generated rows, so long generations weigh in and scored multiple-choice rows do not); the
+    paired comparisons of `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
-    scores = _scores(df.groupby(_keys(df), sort=True))
+    scores = _scores(df, _keys(df))
     if "model" in df.columns:
         paired = pd.concat({model: paired_stats(part) for model, part in df.groupby("model", sort=True)},
                            names=["model", "method"])
@@ -183,7 +202,9 @@ def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
     - vs `origin`: diff_vs_origin (accuracy difference) on the n_vs_origin items both answered,
       diff_vs_origin_ci95_low/high (Newcombe's paired score interval, method 10), p_vs_origin (exact
       McNemar) and p_vs_origin_holm (Holm-adjusted over this model's methods, the family a table
-      of "method vs origin" rows tests); NaN for origin itself.
+      of "method vs origin" rows tests); NaN for origin itself and for per_prompt, which is no
+      ensemble: its `correct` is its first prompt's, with the question first origin's own prompt,
+      and testing it would only widen the family every real method is adjusted in.
     - vs the single-prompt mean, when per_prompt ran: diff_vs_mean_single, the mean over items of
       correct(method) - per_prompt_accuracy(item); its interval from a paired bootstrap over items
       (seed `BOOTSTRAP_SEED`, 10,000 resamples, percentile) and p_vs_mean_single from a sign-flip
@@ -226,7 +247,7 @@ def paired_difference(ours: pd.Series, theirs: pd.Series, name: str) -> dict[str
 
 
 def _versus_origin(correct: pd.DataFrame, method: str) -> dict[str, float]:
-    if method == "origin" or "origin" not in correct.columns:
+    if method in ("origin", "per_prompt") or "origin" not in correct.columns:
         return {}
     return paired_difference(correct[method], correct["origin"], "origin")
 
@@ -241,11 +262,18 @@ def _versus_single(correct: pd.Series, single: pd.Series) -> dict[str, float]:
 
 
 def _consistency(prompts: pd.DataFrame) -> float:
-    """Fraction of items whose prompts' extracted answers are all equal after `normalize`."""
+    """Fraction of items whose prompts' extracted answers are all equal after `normalize`; an
+    empty or missing answer agrees with nothing, so prompts that all failed are not consistent."""
     if "answers" not in prompts.columns:
         return np.nan
     answers = [a for a in prompts["answers"] if a is not None and not (isinstance(a, float) and math.isnan(a))]
-    return float(np.mean([len({normalize(x or "") for x in a}) == 1 for a in answers])) if answers else np.nan
+    same = [len(found) == 1 and None not in found for found in ({_answer(x) for x in a} for a in answers)]
+    return float(np.mean(same)) if same else np.nan
+
+
+def _answer(text: object) -> str | None:
+    """An extracted answer as methods are compared on it: `normalize`d, None where empty or missing."""
+    return (normalize(text) or None) if isinstance(text, str) else None
 
 
 def by_relation(df: pd.DataFrame) -> pd.DataFrame:
@@ -255,7 +283,7 @@ def by_relation(df: pd.DataFrame) -> pd.DataFrame:
     if "relation" not in df.columns or df["relation"].isna().all():
         raise MinirunError("results have no 'relation' column; per-relation scores need a fill-in dataset")
     rows = df[df["relation"].notna()].astype({"correct": float, "exact": float})
-    return _scores(rows.groupby([*_keys(rows), "relation"], sort=True))
+    return _scores(rows, [*_keys(rows), "relation"])
 
 
 def agreement(df: pd.DataFrame) -> pd.DataFrame:
@@ -263,8 +291,8 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
     `normalize` (items of a sweep count once per model). High agreement with low accuracy means
     methods fail the same way."""
     _check(df)
-    # a missing answer (a failed or unanswered row) agrees with nothing, not with another missing one
-    answers = df.assign(answer=df["answer"].map(lambda a: normalize(a) if isinstance(a, str) else None)).pivot(
+    # an empty or missing answer (a failed or unanswered row) agrees with nothing, not with another one
+    answers = df.assign(answer=df["answer"].map(_answer)).pivot(
         index=[*_keys(df)[:-1], "id"], columns="method", values="answer")
     methods = sorted(answers.columns)
     return pd.DataFrame([[_agree(answers[a], answers[b]) for b in methods] for a in methods],
@@ -310,22 +338,36 @@ def _plain(value: object) -> object:
 
 def latex(scores: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
-    model and method): accuracy with its Wilson 95% interval, the difference from origin on the items
-    both answered with its Holm-adjusted exact McNemar p, and n. The caption says which tests."""
+    model and method, models in their order in `scores`: a sweep's first is the one the others are
+    compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
+    both answered with its Holm-adjusted exact McNemar p, and n. The caption says which tests, and
+    that per_prompt's row is its first prompt's, with its mean single-prompt accuracy."""
     keys = [str(name).capitalize() for name in scores.index.names]
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "rcrrr}", r"\toprule",
              " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$"]) + r" \\", r"\midrule"]
-    first = sorted(scores.index, key=lambda i: (i[:-1], i[-1] != "origin") if isinstance(i, tuple) else i != "origin")
-    for index, row in scores.loc[first].iterrows():  # origin first: the baseline the other rows are compared with
-        labels = [_tex(str(x)) for x in (index if isinstance(index, tuple) else (index,))]
+    index = [i if isinstance(i, tuple) else (i,) for i in scores.index]
+    models = list(dict.fromkeys(i[:-1] for i in index))
+    # origin first within each model: the baseline the other rows are compared with
+    order = sorted(range(len(index)), key=lambda n: (models.index(index[n][:-1]), index[n][-1] != "origin"))
+    for n in order:
+        labels, row = [_tex(str(x)) for x in index[n]], scores.iloc[n]
+        if index[n][-1] == "per_prompt":  # its `correct` is one prompt's: a bare name would read as an ensemble
+            labels[-1] += " (first prompt)"
         versus = ["--", "--"] if pd.isna(row["diff_vs_origin"]) else [f"${row['diff_vs_origin']:+.3f}$",
                                                                       _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
                                  *versus, str(int(row["n"]))]) + r" \\")
+    prompts = [n for n in order if index[n][-1] == "per_prompt"]
+    single = [f"{scores.iloc[n]['mean_single_accuracy']:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
+              for n in prompts if pd.notna(scores.iloc[n]["mean_single_accuracy"])]
+    note = "" if not prompts else (r" per\_prompt (first prompt): its first prompt alone (origin's own prompt when "
+                                   r"the question comes first), so not compared with origin"
+                                   + (f"; mean single-prompt accuracy {', '.join(single)}" if single else "") + ".")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
-              r"origin's on the items both answered; $p$: exact McNemar test, Holm-adjusted over the methods.}",
+              r"origin's on the items both answered; $p$: exact McNemar test, Holm-adjusted over the methods compared "
+              r"with origin." + note + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -339,7 +381,7 @@ def _tex(text: str) -> str:
 
 
 def _tex_p(p: float) -> str:
-    return "--" if pd.isna(p) else ("$<0.001$" if p < 0.001 else f"{p:.3f}")
+    return "--" if pd.isna(p) else ("$<0.001$" if p < 0.001 else f"{p:.3g}")  # 3 digits, as the terminal shows
 
 
 def figure(df: pd.DataFrame) -> Figure:

@@ -87,16 +87,19 @@ def journal_paths(output_dir: Path) -> list[Path]:
 
 
 def _read_journal(path: Path) -> list[dict]:
-    """Complete lines only: a last line without its newline is a write cut short by a crash."""
-    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    """Complete lines only: a last line without its newline is a write cut short by a crash. A line
+    that is not a whole row (not UTF-8 or JSON, or short of a column `ResultStore.add` requires) is
+    named by its number, as rerunning redoes it once it is deleted."""
     rows = []
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(path.read_bytes().split(b"\n")[:-1], 1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             row = None
-        if not isinstance(row, dict) or not {"id", "method"} <= row.keys():
-            raise MinirunError(f"{path}:{lineno}: corrupt result line; delete that line and rerun to redo it")
+        missing = [c for c in COLUMNS if c not in row] if isinstance(row, dict) else []
+        if not isinstance(row, dict) or missing:
+            lacks = f" (no {', '.join(missing)})" if missing else ""
+            raise MinirunError(f"{path}:{lineno}: corrupt result line{lacks}; delete that line and rerun to redo it")
         rows.append(row)
     return rows
 
@@ -116,7 +119,9 @@ def _run_info(output_dir: Path) -> dict | None:
 
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
-    method, then by the run's item order (by id for items it did not list)."""
+    method, then by the run's item order (by id for items it did not list). `attrs["match"]` is the
+    rule ("lemma" or "bidirectional") run.json records its verdicts under, where it records one: the
+    only rule its per-prompt verdicts exist under."""
     output_dir = Path(output_dir)
     info = _run_info(output_dir) or {}
     order = {item_id: i for i, item_id in enumerate(info.get("item_ids") or [])}
@@ -130,7 +135,10 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     )
     df = pd.DataFrame(ordered) if ordered else pd.DataFrame(columns=list(COLUMNS))
     extras = [c for c in df.columns if c not in COLUMNS]
-    return df[[*COLUMNS, *extras]]
+    df = df[[*COLUMNS, *extras]]
+    if "bidirectional" in info.get("run_key", {}):
+        df.attrs["match"] = "bidirectional" if info["run_key"]["bidirectional"] else "lemma"
+    return df
 
 
 def merge(output_dir: str | Path) -> pd.DataFrame:
