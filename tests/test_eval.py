@@ -279,6 +279,17 @@ def test_mmlu_asks_each_subject_under_its_own_head(tiny, tmp_path, monkeypatch):
         evaluate(tiny, tests, ["origin"], tmp_path / "none", fewshot_items=dev[::2], **settings)
 
 
+def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):
+    """The directory keeps every method's rows; the closing table shows the run's own, not an earlier one's."""
+    args = ["eval", *CLI_SETTINGS, "--model", str(checkpoint_dirs["qwen2"]), "--output", str(tmp_path / "run")]
+    both = CliRunner().invoke(_app(), [*args, "--method", "origin", "--method", "avg"])
+    assert both.exit_code == 0, both.output
+    assert "avg" in both.stdout
+    one = CliRunner().invoke(_app(), [*args, "--method", "origin"])
+    assert one.exit_code == 0, one.output
+    assert "origin" in one.stdout and "avg" not in one.stdout
+
+
 def test_report_re_picks_choice_rows_as_a_run_under_that_score_would(tiny, tmp_path):
     """acc and acc_norm of one run: `--choice-score` re-picks from the stored sums, token counts and lengths,
     and agrees with runs made under each score."""

@@ -453,6 +453,17 @@ def test_a_method_without_verdicts_is_named(tmp_path):
     assert "max has scored 0 of the 10 items" in shown.output
 
 
+def test_a_run_short_of_its_items_is_named_with_one_method(tmp_path):
+    """An interrupted one-method run: counted against the items its run.json lists, not those it answered."""
+    df = _hand()
+    run = _run_dir(tmp_path, df[(df["method"] == "origin") & (df["id"] != "q9")])
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()),
+                                              "item_ids": sorted(df["id"].unique())}))
+    shown = CliRunner().invoke(app, ["report", str(run)])
+    assert shown.exit_code == 0, shown.output
+    assert "origin has scored 9 of the 10 items" in shown.output
+
+
 def _append(journal, line: bytes) -> None:
     with journal.open("ab") as f:
         f.write(line + b"\n")

@@ -96,6 +96,26 @@ def test_different_run_key_is_refused(tmp_path):
         ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS)
     with pytest.raises(MinirunError, match="items differ"):
         ResultStore(out, KEY, item_ids=IDS[:3])
+    with pytest.raises(MinirunError) as e:  # fewer items hash otherwise too: not an "edited" item
+        ResultStore(out, {**KEY, "items": "other"}, item_ids=IDS[:3])
+    assert "edited" not in str(e.value) and "another --max-samples" in str(e.value)
+
+
+def test_rows_without_run_json_are_refused(tmp_path):
+    """Every store writes run.json before its first row; rows without one were made by something else (or run.json
+    was deleted), and any settings would be taken for theirs."""
+    out = tmp_path / "run"
+    _run(out, _all_rows()[:3])
+    (out / "run.json").unlink()
+    with pytest.raises(MinirunError, match="holds result rows but no run.json"):
+        ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS)
+    assert not (out / "run.json").exists()
+
+
+def test_read_results_tells_how_many_items_the_run_lists(tmp_path):
+    out = tmp_path / "run"
+    _run(out, _all_rows()[:3])
+    assert read_results(out).attrs["items"] == len(IDS)
 
 
 def test_new_key_allowed_when_nothing_stored(tmp_path):

@@ -121,6 +121,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"models": [{"path": "owner/model", "dtype": "float8"}]}, "dtype: unsupported 'float8'"),
     ({"models": [{"path": "owner/model", "device": "mps"}]}, "device: device 'mps' is not supported: minirun runs on cpu or cuda"),
     ({"models": {"path": "owner/model"}}, "models must be an array of tables, one per entry"),
+    ({"models": [{"path": "owner/model", "label": "results.csv"}]}, "label: 'results.csv' is a file the sweep writes"),
     ({"datasets": [{"name": "trivia"}]}, "datasets #1 (trivia) name: unknown dataset"),
     ({"datasets": [{"name": "sample-qa", "num_prompts": "5"}]}, "num_prompts: expected int, got '5'"),
     ({"datasets": [{"name": "sample-qa", "match": "fuzzy"}]}, "match: unknown rule 'fuzzy'"),
@@ -252,6 +253,26 @@ def test_resume_after_kill_redoes_nothing(sweep_file, reference, tmp_path):
     again = run_sweep(sweep, out, load, progress=False, on_row=redone.append)
     assert loads == ["llama"] and len(redone) == ROWS - killed_at  # all done: no model loaded
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_a_deleted_row_is_redone_and_a_torn_marker_is_no_marker(sweep_file, reference, tmp_path):
+    """A corrupt-line error says to delete the line and rerun: done.json must not keep that row from being redone,
+    and the report says the run is short until then. A torn done.json resumes its run from the journals."""
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    journal = out / "llama" / "sample-qa" / "origin" / "results.rank0.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[1:]))
+    (out / "qwen2" / "sample-fill" / "flex-restart" / "done.json").write_text("{")
+    shown = CliRunner().invoke(app, ["report", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "1 of the sweep's runs have not finished (llama/sample-qa/origin)" in " ".join(shown.output.split())
+    redone = []
+    table = run_sweep(load_sweep_file(sweep_file), out, lambda m: minirun.load(m.path), progress=False,
+                      on_row=redone.append)
+    assert [(row["method"], row["id"]) for row in redone] == [("origin", reference[1]["id"].iloc[0])]
+    pd.testing.assert_frame_equal(_canon(table), _canon(reference[1]))
+    assert json.loads((out / "qwen2" / "sample-fill" / "flex-restart" / "done.json").read_text())["key"]
+    assert "have not finished" not in CliRunner().invoke(app, ["report", str(out)]).output
 
 
 def test_changed_option_is_refused_not_mixed(sweep_file, reference, tmp_path):

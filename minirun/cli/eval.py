@@ -82,7 +82,8 @@ def eval_command(
                         thinking=thinking, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
                         choice_format=choice_format, progress=progress)
     if os.environ.get("RANK", "0") == "0":
-        out.print(_summary_table(table, f"{name} · {llm.path.name}"))
+        asked = table[table["method"].isin(method)]  # the directory may hold other methods' rows, finished or not
+        out.print(_summary_table(asked, f"{name} · {llm.path.name}"))
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
 
 

@@ -46,7 +46,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import select_choice_score, select_match
-    from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table
+    from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table, unfinished_cells
 
     table = select_choice_score(select_match(load_sweep(run_dir), match), choice_score)
     scores = sweep_table(table)
@@ -63,6 +63,10 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
         return
     for t in score_tables(scores, str(run_dir)):
         out.print(t)
+    if cells := unfinished_cells(run_dir):
+        out.print(f"[yellow]{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
+                  f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; rerun "
+                  "`minirun sweep` with the same file to finish them[/yellow]")
 
 
 def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:

@@ -119,7 +119,8 @@ def _run_info(output_dir: Path) -> dict | None:
 
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
-    method, then by the run's item order (by id for items it did not list). `attrs["match"]` is the
+    method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how
+    many items run.json lists, and `attrs["match"]` the
     rule ("lemma" or "bidirectional") run.json records its verdicts under, where it records one: the
     only rule its per-prompt verdicts exist under."""
     output_dir = Path(output_dir)
@@ -136,6 +137,8 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     df = pd.DataFrame(ordered) if ordered else pd.DataFrame(columns=list(COLUMNS))
     extras = [c for c in df.columns if c not in COLUMNS]
     df = df[[*COLUMNS, *extras]]
+    if info.get("item_ids"):
+        df.attrs["items"] = len(info["item_ids"])  # what the run set out to answer: `report.unfinished` counts it
     if "bidirectional" in info.get("run_key", {}):
         df.attrs["match"] = "bidirectional" if info["run_key"]["bidirectional"] else "lemma"
     return df
@@ -192,14 +195,20 @@ class ResultStore:
         """Refuse rows of another run. A setting only one side records (one a newer minirun added, or
         one that moved from the run's key to its methods') is not held against resuming."""
         old = _run_info(self.output_dir)
+        if answered and old is None:  # every store writes run.json before its first row: these came otherwise
+            raise MinirunError(f"{self.output_dir} holds result rows but no run.json saying which settings made them: "
+                               "give this run another output directory (or restore that run.json)")
         old_key, new_key = (old or {}).get("run_key", {}), info["run_key"]
         if old is not None:
             old_key = {**RECORDED_BEFORE, **old_key}
         changed = {k for k in old_key.keys() & new_key.keys() if old_key[k] != new_key[k]}
         if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
             changed.discard("items")
+        other_items = old is not None and old.get("item_ids") != info["item_ids"]
+        if other_items:  # then the items' hash differs too, and saying "edited" would mislead
+            changed.discard("items")
         diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {new_key[k]!r}") for k in sorted(changed)]
-        if old is not None and old.get("item_ids") != info["item_ids"]:
+        if other_items:
             diffs.append("the dataset's items differ (another file, or another --max-samples)")
         recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
             m: {k: v for k, v in old_key.items() if m in OPTION_READERS.get(k, ())} for m in answered})

@@ -76,9 +76,28 @@ def _cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _finished(cell: Cell, key: str) -> bool:
-    marker = cell.dir / "done.json"
-    return marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+def _finished(cell: Cell, key: str, items: list[Item]) -> bool:
+    """done.json names the file's settings for the cell and its journals still hold every item's row (a row
+    deleted to redo it, as a corrupt-line error advises, makes the cell unfinished again). A marker that is
+    not one a sweep wrote is no marker: the eval loop then resumes the cell from its rows."""
+    try:
+        marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+    return marked and {item.id for item in items} <= set(read_results(cell.dir)["id"])
+
+
+def unfinished_cells(output: str | Path) -> list[str]:
+    """The runs of a sweep's index (`sweep.json`) without their done.json marker, or short of a row for an item
+    their run.json lists: a report over the others must say so."""
+    output = Path(output)
+    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    out = []
+    for folder in (c["dir"] for c in index["cells"]):
+        rows = read_results(output / folder) if (output / folder).is_dir() else pd.DataFrame({"id": []})
+        if not (output / folder / "done.json").is_file() or rows["id"].nunique() < rows.attrs.get("items", 0):
+            out.append(folder)
+    return out
 
 
 def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM], *, progress: bool = True,
@@ -99,7 +118,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: _cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
-    todo = [c for c in plan if not _finished(c, keys[c.dir])]  # decided before any rank writes a marker
+    todo = [c for c in plan if not _finished(c, keys[c.dir], data[c.dataset.label][0])]  # before any rank writes one
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)

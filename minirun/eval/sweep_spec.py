@@ -31,6 +31,7 @@ else:
 SECTIONS = ("models", "datasets", "methods", "generation")
 GENERATION_OWNED = ("max_new_tokens", "chat", "thinking", "share_prefix")  # EnsembleOptions fields [generation] sets for all
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RESERVED = ("results.parquet", "results.csv", "sweep.json")  # the sweep's own files, beside the model directories
 HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")  # what `resolve_model` pulls from the hub
 
 
@@ -251,6 +252,8 @@ def _labelled(spec, default: str, where: str):
     if not LABEL.fullmatch(label):
         raise MinirunError(f"{where} label: {label!r} is no plain directory name; "
                            "set label = \"<letters, digits, . _ ->\"")
+    if label in RESERVED:
+        raise MinirunError(f"{where} label: {label!r} is a file the sweep writes beside its runs; set another label")
     return dataclasses.replace(spec, label=label)
 
 
