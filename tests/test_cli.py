@@ -369,6 +369,22 @@ def test_sampling_settings_fail_before_the_model_loads(tmp_path, args, message):
     assert_clean_error(result, message)
 
 
+def test_an_output_no_run_could_write_fails_before_the_model_loads(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    result = invoke("eval", "--model", str(tmp_path / "missing"), "--output", str(taken))
+    assert_clean_error(result, f"{taken} is a file, not a directory")
+
+
+def test_an_unwritable_output_is_refused(tmp_path, monkeypatch):
+    from minirun.cli import common
+
+    common.check_output_dir(tmp_path / "new" / "run")  # a folder to be made under a writable one
+    monkeypatch.setattr(common.os, "access", lambda path, mode: False)  # as a non-root user in a read-only folder
+    with pytest.raises(MinirunError, match=f"{tmp_path} is not writable by this user"):
+        common.check_output_dir(tmp_path / "new" / "run")
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: SamplingParams(-0.5), "temperature must be 0"),
     (lambda: SamplingParams(float("nan")), "temperature must be 0"),

@@ -448,3 +448,31 @@ def test_a_later_models_missing_gpu_is_refused_before_any_model_runs(checkpoint_
     with pytest.raises(MinirunError, match="model qwen: device 'cuda' requested but no CUDA GPU is available"):
         run_sweep(sweep, tmp_path / "run", lambda m: loads.append(m) or minirun.load(m.path), progress=False)
     assert loads == []
+
+
+def test_a_later_models_missing_hub_repo_is_refused_before_any_model_runs(checkpoint_dirs, tmp_path, monkeypatch):
+    """Every model with work is fetched before the first runs: a typo in the third model's id fails in seconds."""
+    from minirun.eval import sweep as sweep_module
+
+    def resolve(path):
+        if not Path(path).is_dir():
+            raise MinirunError(f"cannot fetch {path} from the Hugging Face Hub: no such repository")
+        return Path(path)
+
+    monkeypatch.setattr(sweep_module, "resolve_model", resolve)
+    text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, ["sample-qa"])
+    text = text.replace("[[datasets]]", '[[models]]\npath = "nobody/no-such-model"\n\n[[datasets]]', 1)
+    sweep, loads = load_sweep_file(_file(tmp_path, text)), []
+    with pytest.raises(MinirunError, match="model no-such-model: cannot fetch nobody/no-such-model"):
+        run_sweep(sweep, tmp_path / "run", lambda m: loads.append(m) or minirun.load(m.path), progress=False)
+    assert loads == []
+
+
+def test_a_method_setting_that_does_not_fit_a_dataset_names_the_run(checkpoint_dirs, tmp_path):
+    """Checked with the first model's runs, before any of them: the message says which run, not eval's flags alone."""
+    text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, ["sample-qa"])
+    text += '\n[[methods]]\nname = "avg"\nlabel = "avg-sum"\nchoice_score = "sum"\n'
+    sweep, rows = load_sweep_file(_file(tmp_path, text)), []
+    with pytest.raises(MinirunError, match="sweep run llama/sample-qa/avg-sum: --choice-format and --choice-score"):
+        run_sweep(sweep, tmp_path / "run", lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
+    assert rows == []

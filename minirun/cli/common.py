@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -133,6 +134,18 @@ def check_figure_path(path: Path) -> None:
         raise MinirunError(f"{path}: give a file name ending in one of {', '.join('.' + f for f in formats)}")
     if not path.parent.is_dir():
         raise MinirunError(f"folder {path.parent} does not exist: create it or choose another path for {path.name}")
+
+
+def check_output_dir(path: Optional[Path]) -> None:
+    """Refuse, before a model loads (minutes for a large one), an output directory no run could write: a file
+    there, or a folder this user may not write in."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise MinirunError(f"{path} is a file, not a directory: give --output a directory for the run")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MinirunError(f"{existing} is not writable by this user: choose another --output")
 
 
 def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: bool) -> LLM:

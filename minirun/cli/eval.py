@@ -13,7 +13,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import DTYPE_HELP, check_figure_path, friendly, load_llm, out, parse_flex_bias
+from minirun.cli.common import DTYPE_HELP, check_figure_path, check_output_dir, friendly, load_llm, out, parse_flex_bias
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -72,6 +72,7 @@ def eval_command(
     bias = parse_flex_bias(flex_bias)
     items = load_dataset(data, subset=subset, skip_bad=skip_bad)
     fewshot_items = load_jsonl(few_shot) if few_shot is not None else None
+    check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else data
     output = output or Path("runs") / f"{name}-{llm.path.name}"

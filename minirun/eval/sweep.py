@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from minirun.checkpoints.hub import resolve_model
 from minirun.checkpoints.loader import checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
@@ -104,7 +105,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
               on_row: Callable[[dict], None] | None = None) -> pd.DataFrame | None:
     """Run every cell not yet finished, each model loaded once (by `load`) and only if it has work.
 
-    Datasets load first, so a bad file fails before any model does. Under `torchrun` every cell is
+    Datasets load first, and every model with work is fetched (`resolve_model`), so a bad file or a
+    mistyped hub id fails before any model runs. Under `torchrun` every cell is
     sharded across the ranks; rank 0 writes the combined table and returns it, other ranks None.
     """
     output = Path(output)
@@ -122,6 +124,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)
+            resolve_model(model.path)  # a mistyped or unreachable hub id too: every download before the first run
         except MinirunError as e:
             raise MinirunError(f"model {model.label}: {e}") from None
     with process_group(world_size):
@@ -155,14 +158,18 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
 
 
 def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], gen: Generation) -> Run:
-    """The cell as an `eval` run of its one method."""
+    """The cell as an `eval` run of its one method; a setting that does not fit its dataset is named with it
+    (the first model's cells are all prepared before any runs, and every model's cells are the same product)."""
     items, fewshot = data
-    return prepare(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name,
-                   num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
-                   few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
-                   bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
-                   batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
-                   chat=gen.chat, thinking=gen.thinking, **cell.method.options)
+    try:
+        return prepare(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name,
+                       num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
+                       few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
+                       bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
+                       batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
+                       chat=gen.chat, thinking=gen.thinking, **cell.method.options)
+    except MinirunError as e:
+        raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label}: {e}") from None
 
 
 def _check(cell: Cell, run: Run, rank: int) -> None:
