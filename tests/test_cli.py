@@ -233,7 +233,7 @@ def test_bad_files_and_paths_are_one_line_errors(tiny, tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("a file, not a run directory")
     one_line_error(invoke("eval", "--model", tiny, "--max-samples", "1", "--output", taken, "--no-progress"),
-                   str(taken), "choose another path")
+                   str(taken), "give --output a directory")
     for out, needle in [(tmp_path, "is a directory"), (tmp_path / "m.txt", "give a file name ending in one of"),
                         (tmp_path / "m", "give a file name ending in one of"),
                         (tmp_path / "no" / "m.png", "does not exist")]:
