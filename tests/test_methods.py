@@ -308,3 +308,48 @@ def test_a_templates_reasoning_switch_is_off_for_ensembles_unless_asked(tmp_path
     question = [Question("Capital?", ["Capital?", "France's capital?"])]
     off, on = (run_method(llm, "avg", question, EnsembleOptions(max_new_tokens=2, thinking=t))[0] for t in (False, True))
     assert off.prompt_tokens - on.prompt_tokens == 2 * len(think)  # the block in each of the two rows' tails
+
+
+LLAMA3_STYLE_TEMPLATE = (  # what Llama 3.1/3.2 templates do first: bos, then a system header with today's date
+    "{{- bos_token }}{%- set today = strftime_now('%d %b %Y') %}<|im_start|>system\nToday Date: {{ today }}"
+    "<|im_end|>\n{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}")
+
+
+def test_packed_prompts_equal_transformers_whole_prompts_under_a_bos_and_date_template(tmp_path, checkpoint_dirs):
+    """The shared head holds the template's bos and dated system block once; head + paraphrase + tail is the ids
+    transformers' apply_chat_template gives each prompt alone (trimmed content, a paraphrase with spaces)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "l3"
+    shutil.copytree(checkpoint_dirs["llama3"], path)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": LLAMA3_STYLE_TEMPLATE}))
+    llm, reference = minirun.load(path), AutoTokenizer.from_pretrained(path)
+    paraphrases = ["What is the capital of France?", "  Which city is France's capital?  ", "1889: which tower?"]
+    for prefix, suffix in (("", ""), ("Answer briefly.\n\nQ: Who wrote Hamlet?\nA: Shakespeare\n\nQ: ", "\nA:")):
+        encoded = encode_question(llm, paraphrases, prefix, suffix)
+        for i, p in enumerate(paraphrases):
+            whole = reference.apply_chat_template([{"role": "user", "content": prefix + p + suffix}],
+                                                  add_generation_prompt=True, tokenize=True)
+            assert encoded.full(i) == list(getattr(whole, "input_ids", whole))
+        assert encoded.head[0] == reference.bos_token_id and "Today Date" in reference.decode(encoded.head)
+
+
+@pytest.mark.parametrize("template", ["{{ bos_token }}fixed text", "{% for m in messages %}{{ m['content'] }} "
+                                      "{{ m['content'] }}{% endfor %}"])
+def test_a_template_that_drops_or_repeats_the_message_is_a_clear_error(tmp_path, checkpoint_dirs, template):
+    import json
+    import shutil
+
+    path = tmp_path / "odd"
+    shutil.copytree(checkpoint_dirs["llama3"], path)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    with pytest.raises(MinirunError, match="renders the user's message [02] times, not once"):
+        encode_question(minirun.load(path), ["Capital?", "France's capital?"], "Q: ", "\nA:")

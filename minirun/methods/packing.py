@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minirun.engine.generate import Row
+from minirun.errors import MinirunError
 from minirun.layers.masks import SHARED
 from minirun.methods.model import EnsembleModel
 
@@ -50,7 +51,11 @@ def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = ""
             return tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                            enable_thinking=thinking)
 
-        head, tail = render(prefix + _SENTINEL + suffix).split(_SENTINEL)
+        parts = render(prefix + _SENTINEL + suffix).split(_SENTINEL)
+        if len(parts) != 2:  # a template that drops, edits or repeats the message: no head and tail to share
+            raise MinirunError(f"the chat template renders the user's message {len(parts) - 1} times, not once, so "
+                               "its prompts cannot share a head: use --raw (chat=False) for this model")
+        head, tail = parts
         wholes = [tok.encode(render(prefix + p + suffix), add_special_tokens=False) for p in paraphrases]
         head_ids = tok.encode(head, add_special_tokens=False)
     else:
