@@ -102,6 +102,7 @@ def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str) -> t
 
 
 def minirun_run(llm: LLM, items, dataset: str, method: str) -> tuple[float, list[str]]:
+    llm.prefixes.clear()  # the few-shot head is encoded in every timed run, as a fresh eval encodes it once
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         table = evaluate(llm, items, [method], out, dataset=dataset, num_prompts=PROMPTS, few_shot_k=5,

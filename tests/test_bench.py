@@ -208,6 +208,18 @@ def test_a_trial_times_its_engines_in_turns_after_each_warmed_up():
     assert calls[12:] == ["c"] * 5 and set(trial.results) == {"a", "b", "c"}
 
 
+def test_an_engine_with_its_own_workload_is_rated_by_it():
+    """transformers answers each question from one plain prompt beside a per_prompt ensemble of 3: its rates are
+    its own tokens and answers, not the ensemble's (which made it look 3x faster)."""
+    trial = Trial(torch.device("cpu"), repeats=1, warmup=1, prefill_tokens=300, answers_per_step=6)
+    trial.add("ensemble", _engine([], "ensemble", 0.03))
+    trial.add("plain", _engine([], "plain", 0.01), workload=(100, 2))
+    trial.time()
+    assert trial.results["ensemble"]["decode_tokens_per_s"] == pytest.approx(200)
+    assert trial.results["plain"]["decode_tokens_per_s"] == pytest.approx(200)
+    assert trial.results["plain"]["prefill_tokens_per_s"] == pytest.approx(200)  # 100 tokens in 0.5 s
+
+
 def test_a_probe_is_timed_after_the_engines_in_every_timed_round():
     """A reference (the read rate) meets the same spells of a drifting machine as the engines."""
     calls: list[str] = []

@@ -148,6 +148,8 @@ def test_prefixes_keep_the_newest_heads():
     for name, prefix in heads.items():
         store.put((name,), prefix)
     assert store.get(("a",)) is None and store.get(("b",)) is heads["b"] and store.get(("c",)) is heads["c"]
+    store.clear()  # a benchmark's fresh run: every head encoded again
+    assert store.get(("b",)) is None and store.get(("c",)) is None
 
 
 def test_a_head_goes_first(llm):

@@ -86,12 +86,15 @@ class Trial:
         self.prefill_tokens, self.answers_per_step = prefill_tokens, answers_per_step
         self.results: dict[str, dict[str, Any]] = {}
         self.rounds: dict[str, list[float]] = {}  # engine -> decode step seconds, probe -> seconds, per timed round
-        self._waiting: dict[str, tuple[Run, bool, float, float]] = {}  # name -> (run, fallible, warm-up s, memory MB)
+        # name -> (run, fallible, its prefill tokens and answers per step, warm-up s, memory MB)
+        self._waiting: dict[str, tuple[Run, bool, tuple[int, int], float, float]] = {}
         self._probes: dict[str, Callable[[], float]] = {}
 
-    def add(self, name: str, run: Run, fallible: bool = False) -> None:
+    def add(self, name: str, run: Run, fallible: bool = False, workload: tuple[int, int] | None = None) -> None:
         """Warm `run` up and measure its memory; with `fallible` (a compiled path, whose failure is a
-        finding rather than a bug) an exception is recorded as the engine's error instead of raised."""
+        finding rather than a bug) an exception is recorded as the engine's error instead of raised.
+        `workload` is (prefill tokens, answers per step) of an engine that does other work than the trial's
+        (transformers answering each question from one plain prompt, beside an ensemble)."""
         try:
             start = time.perf_counter()
             for _ in range(self.warmup):
@@ -104,7 +107,8 @@ class Trial:
                 raise
             self.results[name] = {"error": error_text(e)}
             return
-        self._waiting[name] = (run, fallible, warmup_s, peak.mb)
+        self._waiting[name] = (run, fallible, workload or (self.prefill_tokens, self.answers_per_step), warmup_s,
+                               peak.mb)
 
     def add_probe(self, name: str, probe: Callable[[], float]) -> None:
         """Time `probe` (it returns the seconds of one measurement) after the engines in every timed round
@@ -142,11 +146,14 @@ class Trial:
         self._waiting.clear()
         self._probes.clear()
 
-    def _summary(self, runs: list[dict[str, float]], warmup_s: float, memory_mb: float) -> dict[str, Any]:
+    @staticmethod
+    def _summary(runs: list[dict[str, float]], workload: tuple[int, int], warmup_s: float,
+                 memory_mb: float) -> dict[str, Any]:
         prefill, prefill_spread = summarize([r["prefill"] for r in runs])
         step, step_spread = summarize([r["step"] for r in runs])
         ttft, ttft_spread = summarize([r["ttft"] for r in runs])
-        return {"decode_tokens_per_s": self.answers_per_step / step, "prefill_tokens_per_s": self.prefill_tokens / prefill,
+        prefill_tokens, answers_per_step = workload
+        return {"decode_tokens_per_s": answers_per_step / step, "prefill_tokens_per_s": prefill_tokens / prefill,
                 "ms_per_token": step * 1e3, "ttft_s": ttft, "peak_memory_mb": memory_mb, "warmup_s": warmup_s,
                 "spread": {"ms_per_token": [s * 1e3 for s in step_spread], "prefill_s": prefill_spread,
                            "ttft_s": ttft_spread}}
@@ -214,10 +221,11 @@ def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, 
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     ids = torch.tensor(prompts, device=device)
-    trial.add("transformers", lambda: hf_run(model, ids, new_tokens, {}))
+    plain = (sum(map(len, prompts)), len(prompts))  # one prompt per question, whatever minirun's method
+    trial.add("transformers", lambda: hf_run(model, ids, new_tokens, {}), workload=plain)
     if compile and torch.device(device).type != "cpu":
         trial.add("transformers_static", lambda: hf_run(model, ids, new_tokens, {"cache_implementation": "static"}),
-                  fallible=True)
+                  fallible=True, workload=plain)
     elif compile:
         compiled = torch.compile(model.forward, mode="reduce-overhead")
 
@@ -228,7 +236,7 @@ def add_transformers(trial: Trial, path: Path, dtype: torch.dtype, device: str, 
             finally:
                 del model.forward  # the class's eager forward again, for the other engine's turn
 
-        trial.add("transformers_static", static, fallible=True)
+        trial.add("transformers_static", static, fallible=True, workload=plain)
     return model.config._attn_implementation
 
 

@@ -243,6 +243,10 @@ class Prefixes:
     def get(self, key: tuple) -> Prefix | Prompt | None:
         return self._entries.get(key)
 
+    def clear(self) -> None:
+        """Forget every encoding kept: the next session computes its head again (a benchmark of a fresh run)."""
+        self._entries.clear()
+
     def put(self, key: tuple, entry: Prefix | Prompt) -> None:
         self._entries.pop(key, None)
         self._entries[key] = entry
