@@ -310,6 +310,8 @@ def speed(device: str, shapes: tuple[str, ...], batches: tuple[int, ...], overri
         else:
             out[key] = attempt(lambda: run_bench(model=str(path), method=method, dtype="bfloat16", device=device,
                                                  **settings))
+        if "error" not in out[key]:  # run on the random checkpoint's directory: say which shape it was
+            out[key].update(model=shape, random_weights=True)
     return out
 
 
