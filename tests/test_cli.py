@@ -146,6 +146,8 @@ def test_prompt_longer_than_context_is_an_error_or_truncated(tiny):
     assert result.exit_code == 1 and "exceeds the model's context" in result.stderr
     result = invoke("generate", "--model", tiny, "--raw", long_prompt, "--max-new-tokens", "4", "--truncate", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["prompt_tokens"] == 512 - 4
+    result = invoke("generate", "--model", tiny, "--raw", long_prompt, "--max-new-tokens", "512", "--truncate")
+    assert_clean_error(result, "max_new_tokens (512) leaves no room for a prompt")  # not "pass --truncate"
 
 
 def test_mask_terminal_rendering(tiny):

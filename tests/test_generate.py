@@ -175,6 +175,31 @@ def test_a_stop_string_before_an_eos_in_one_check_ends_at_the_stop(smollm2_dir):
     assert stopper.finish(head[:2] + [2] + head[2:]) == (head[:2] + [2], tokenizer.decode(head[:2]), "eos")
 
 
+def test_a_stop_string_that_is_a_special_token_stops_at_its_id(smollm2_dir):
+    """Decoded text skips special tokens, so `<|endoftext|>` (not among SmolLM2's eos ids) is matched by id, as
+    transformers' stop_strings matches it; the text ends before it and the reason is "stop"."""
+    import minirun
+
+    llm = minirun.load(smollm2_dir)
+    endoftext = llm.tokenizer.special_id("<|endoftext|>")
+    assert endoftext is not None and endoftext not in llm.eos_ids and llm.tokenizer.special_id("Paris") is None
+    stopper = llm.stopper(["<|endoftext|>"])
+    answer = llm.tokenizer.encode("Paris", add_special_tokens=False)
+    assert stopper.finish([*answer, endoftext, *answer]) == ([*answer, endoftext], "Paris", "stop")
+    assert stopper.finish(answer) is None
+
+
+def test_unseeded_sampling_leaves_the_global_generator_alone():
+    """torch.manual_seed(0) before an unseeded sampled run must still fix what the caller draws next."""
+    from minirun.engine.sampling import SamplingParams
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    SamplingParams(1.0).generator(torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_overlapping_stop_strings_cut_alike_however_often_the_host_checks(smollm2_dir):
     from minirun.checkpoints.tokenizer import Tokenizer
     from minirun.engine.generate import Stopper

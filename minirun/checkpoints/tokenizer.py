@@ -99,6 +99,11 @@ class Tokenizer:
         pad = self.special_tokens.get("pad_token") or self.special_tokens.get("eos_token")
         return None if pad is None else self.token_id(pad)
 
+    def special_id(self, text: str) -> int | None:
+        """The id of the special token written `text` (decoding skips it, so only its id can show it)."""
+        return next((i for i, t in self._tok.get_added_tokens_decoder().items() if t.special and t.content == text),
+                    None)
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 

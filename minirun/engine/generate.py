@@ -75,24 +75,28 @@ def stop_strings(stop: str | tuple[str, ...] | list[str] | None) -> tuple[str, .
 
 @dataclass
 class Stopper:
-    """When a row is done: an eos id, or a stop string in its text (text is cut before it)."""
+    """When a row is done: an eos id, or a stop string in its text (text is cut before it). A stop string
+    that is a special token (`<|endoftext|>`) is matched by its id in `stop_ids`, as the text skips it."""
 
     tokenizer: Tokenizer
     eos_ids: set[int]
     stop_strings: tuple[str, ...] = ()
+    stop_ids: frozenset[int] = frozenset()
 
     def finish(self, ids: list[int]) -> tuple[list[int], str, str] | None:
         """(ids, text, reason) when `ids` is finished, else None: whichever comes first of an eos id and
         a stop string (ids checked several steps at a time, as on a GPU, may hold both, and tokens past
         them); the ids end with the eos, or with the token that completes the stop string."""
-        eos = next((i for i, token in enumerate(ids) if token in self.eos_ids), None)
+        eos = next((i for i, token in enumerate(ids) if token in self.eos_ids or token in self.stop_ids), None)
         before = ids if eos is None else ids[:eos]
         if self.stop_strings and self.stop_at(self.text(before)) is not None:
             last = bisect.bisect_left(range(1, len(before) + 1), True,  # the fewest ids whose text holds one
                                       key=lambda n: self.stop_at(self.text(before[:n])) is not None)
             text = self.text(before[:last + 1])  # the same cut however many steps were checked at once
             return before[:last + 1], text[:self.stop_at(text)], "stop"
-        return None if eos is None else (ids[:eos + 1], self.text(before), "eos")
+        if eos is None:
+            return None
+        return ids[:eos + 1], self.text(before), "eos" if ids[eos] in self.eos_ids else "stop"
 
     def stop_at(self, text: str) -> int | None:
         """Where the first stop string in `text` starts, if one does."""

@@ -72,7 +72,10 @@ class LLM:
     def fit(self, ids: list[int], max_new_tokens: int, truncate: bool) -> list[int]:
         """Keep the prompt's end when `truncate`, else refuse a prompt that does not fit."""
         room = self.config.max_position_embeddings - max_new_tokens
-        if truncate and len(ids) > room > 0:
+        if truncate and room <= 0:
+            raise MinirunError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context "
+                               f"of {self.config.max_position_embeddings}: lower --max-new-tokens")
+        if truncate and len(ids) > room:
             return ids[-room:]
         self.check_context(len(ids), max_new_tokens)
         return ids
@@ -100,7 +103,9 @@ class LLM:
 
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
         """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""
-        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, stop_strings(stop))
+        stop = stop_strings(stop)
+        specials = frozenset(i for i in map(self.tokenizer.special_id, stop) if i is not None)
+        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, stop, specials)
 
     @torch.inference_mode()
     def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,

@@ -1,6 +1,7 @@
 """Next-token choice: greedy or temperature / top-k / top-p sampling, without host syncs."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,8 @@ class SamplingParams:
         if self.greedy:
             return None
         g = torch.Generator(device=device)
-        g.manual_seed(self.seed if self.seed is not None else torch.seed())
+        # unseeded: a fresh draw from the OS, not torch.seed(), which would reseed the caller's global generator
+        g.manual_seed(self.seed if self.seed is not None else secrets.randbits(63))
         return g
 
 
