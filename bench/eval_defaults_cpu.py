@@ -22,6 +22,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from minirun.bench.run import write_json
 from minirun.eval.data import load_dataset
 from minirun.eval.data.items import write_jsonl
@@ -83,7 +85,9 @@ def main() -> None:
         for label in args.only:
             seconds = wall_seconds(SETTINGS[label], data, warm=label.endswith("warm caches"))
             result["settings"][label] = {"flags": SETTINGS[label], "wall_s": round(seconds, 1),
-                                         "items_per_s": round(5 * args.questions / seconds, 2)}
+                                         "items_per_s": round(5 * args.questions / seconds, 2),
+                                         "questions": args.questions, "machine": cpu_facts(),  # a later run's may differ
+                                         "torch": torch.__version__}
             print(label, result["settings"][label], flush=True)
             write_json(result, path)  # after every setting: a stopped run keeps them
     print(path)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from minirun.bench.run import write_json
@@ -145,7 +146,8 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
     data = {name: load_dataset(name)[:args.items] for name in ("sample-qa", "sample-fill")}
     prefixes = {name: few_shot_prefixes(items, None, name, None, 5) for name, items in data.items()}
-    result = {"machine": cpu_facts(), "torch": torch.__version__, "dtype": args.dtype, "model": str(path),
+    result = {"machine": cpu_facts(), "torch": torch.__version__, "transformers": transformers.__version__,
+              "dtype": args.dtype, "model": str(path),
               "items": sum(map(len, data.values())), "prompts": PROMPTS, "max_new_tokens": NEW_TOKENS,
               "repeats": args.repeats, "methods": {}}
     for name, items in data.items():  # warm-up: one-time costs (weight packing, calibration) are not throughput

@@ -76,6 +76,7 @@ def test_compare_transformers_fills_entry_and_speedup(tmp_path):
     _check_figures(result["transformers"])
     assert "transformers_static" not in result  # the compiled HF path runs only with compile=True
     assert result["order"] == "alternating"  # on CPU both engines stay loaded and are timed in turns
+    assert result["transformers_version"] == __import__("transformers").__version__  # the figures depend on it
     assert result["transformers"]["attention"] and "bandwidth" in result
     assert result["speedup"] == pytest.approx(result["minirun"]["decode_tokens_per_s"]
                                               / result["transformers"]["decode_tokens_per_s"])

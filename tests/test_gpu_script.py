@@ -303,3 +303,10 @@ def test_stream_rows_apply_to_the_sections_run_and_are_recorded(tmp_path, monkey
     assert json.loads((tmp_path / "gpu-parity.json").read_text())["stream_rows"] == 1
     with pytest.raises(MinirunError, match="--stream-rows must be 0 or more"):
         gpu.main(["--device", "cpu", "--quick", "--stream-rows", "-1", "--out", str(tmp_path)])
+
+
+def test_results_name_the_transformers_they_compare_with():
+    import transformers
+
+    facts = gpu.machine(torch.device("cpu"), "bfloat16")
+    assert facts["transformers"] == transformers.__version__ and facts["torch"] == torch.__version__

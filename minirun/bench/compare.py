@@ -159,6 +159,16 @@ class Trial:
                            "ttft_s": ttft_spread}}
 
 
+def transformers_version() -> str | None:
+    """The installed transformers, which every comparison's figures depend on (None where it is absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return None
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

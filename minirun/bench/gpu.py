@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from minirun.bench.compare import error_text, sync
+from minirun.bench.compare import error_text, sync, transformers_version
 from minirun.bench.run import IdTokenizer, random_checkpoint_dir, run_bench, workload
 from minirun.checkpoints.loader import load_model
 from minirun.checkpoints.random import SHAPES
@@ -46,7 +46,7 @@ SECTIONS = ("parity", "recompiles", "host_syncs", "launches", "compiled", "speed
 
 
 def machine(device: torch.device, dtype: str) -> dict[str, Any]:
-    facts = {"torch": torch.__version__, "dtype": dtype, "host": cpu_facts()}
+    facts = {"torch": torch.__version__, "transformers": transformers_version(), "dtype": dtype, "host": cpu_facts()}
     if device.type == "cuda":
         facts |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
                   "driver": _driver()}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from minirun.bench.compare import ReadProbe, Trial, bandwidth, device_name, sync
+from minirun.bench.compare import ReadProbe, Trial, bandwidth, device_name, sync, transformers_version
 from minirun.checkpoints.loader import load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
@@ -43,6 +43,9 @@ class IdTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return ""
+
+    def special_id(self, text: str) -> int | None:
+        return None
 
 
 def clock_hooks(marks: dict[str, float], device: torch.device) -> Hooks:
@@ -168,6 +171,8 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     reads = _read_probes(llm, trial)
     freed = "transformers" in compares and not resident_together(llm.device)
     result["order"] = "sequential" if freed else "alternating"
+    if "transformers" in compares:
+        result["transformers_version"] = transformers_version()
     previous = flex.is_compiled()
     try:
         flex_prefill = _add_minirun(trial, llm, method, encoded, new_tokens, compile,

@@ -104,7 +104,7 @@ class LLM:
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
         """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""
         stop = stop_strings(stop)
-        specials = frozenset(i for i in map(self.tokenizer.special_id, stop) if i is not None)
+        specials = frozenset(i for s in stop if (i := self.tokenizer.special_id(s)) is not None)
         return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, stop, specials)
 
     @torch.inference_mode()
