@@ -243,3 +243,12 @@ def test_confidences_counted_under_another_comparator_are_not_reused(llm, tmp_pa
         same.cache_name = f"matcher {version}"
         confidence.confidences_for(llm, enc, options, same)
     assert len(calls) == 2  # v1 and v2 each counted once
+
+
+def test_ids_past_the_context_are_refused_before_any_work(llm):
+    """generate_ids takes ids as they are (generate fits its prompts first): a row past the context is named."""
+    from minirun.engine.sampling import SamplingParams
+
+    limit = llm.config.max_position_embeddings
+    with pytest.raises(minirun.MinirunError, match=f"prompt \\({limit} tokens\\) \\+ max_new_tokens \\(4\\) exceeds"):
+        llm.generate_ids([[5, 6], [7] * limit], 4, SamplingParams())

@@ -131,6 +131,8 @@ class LLM:
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
                      stop: tuple[str, ...] | list[str] = (), on_text: Callable[[str], None] | None = None) -> list[Completion]:
         """Independent rows of different lengths, left-padded into one batch."""
+        for ids in prompts:  # `generate` fitted its prompts; ids given here directly are checked here
+            self.check_context(len(ids), max_new_tokens)
         layout = left_padded(prompts, self.pad_id, self.device)
         session = self.session(len(prompts), layout.length + max_new_tokens)
         logits = session.prefill(layout.tokens, layout.positions, layout.segments)
