@@ -277,6 +277,10 @@ def test_mmlu_asks_each_subject_under_its_own_head(tiny, tmp_path, monkeypatch):
     assert physics.index(dev[0].question) < physics.index(dev[2].question) and dev[1].question not in physics
     with pytest.raises(MinirunError, match="no few-shot examples of MMLU subject 'virology'"):
         evaluate(tiny, tests, ["origin"], tmp_path / "none", fewshot_items=dev[::2], **settings)
+    heads.clear()  # examples that name no subject (a plain choice file) make one head, as for any dataset
+    evaluate(tiny, tests, ["origin"], tmp_path / "plain", fewshot_items=[replace(e, relation=None) for e in dev],
+             **settings)
+    assert len(set().union(*heads)) == 1 and "multiple choice questions" not in next(iter(heads[0]))
 
 
 def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):

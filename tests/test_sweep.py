@@ -476,3 +476,42 @@ def test_a_method_setting_that_does_not_fit_a_dataset_names_the_run(checkpoint_d
     with pytest.raises(MinirunError, match="sweep run llama/sample-qa/avg-sum: --choice-format and --choice-score"):
         run_sweep(sweep, tmp_path / "run", lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
     assert rows == []
+
+
+def test_a_sweeps_table_keeps_its_runs_shared_match_rule(tmp_path):
+    """pandas drops attrs where concatenated parts differ (their item counts do): the sweep's table says the rule
+    its runs share, so --match with that rule keeps the single-prompt figures; an all-choice table keeps them too."""
+    from minirun.eval.report import select_match
+    from minirun.eval.results import ResultStore
+    from minirun.eval.sweep import load_sweep
+
+    index = {"cells": []}
+    for dataset, n in (("qa", 3), ("fill", 4)):
+        folder = f"m/{dataset}/per_prompt"
+        index["cells"].append({"model": "m", "dataset": dataset, "label": "per_prompt", "dir": folder})
+        ids = [f"{dataset}{i}" for i in range(n)]
+        with ResultStore(tmp_path / folder, {"model": "m", "bidirectional": False}, item_ids=ids) as store:
+            for i in ids:
+                store.add({"id": i, "method": "per_prompt", "prompts": ["p"], "generated": "a", "answer": "a",
+                           "exact": True, "correct": True, "correct_lemma": True, "correct_bidirectional": True,
+                           "tokens": 1, "seconds": 1.0, "per_prompt_accuracy": 0.5, "task": "qa"})
+    (tmp_path / "sweep.json").write_text(json.dumps(index))
+    table = load_sweep(tmp_path)
+    assert table.attrs == {"match": "lemma"}
+    assert "per_prompt_accuracy" in select_match(table, "lemma").columns
+    assert "per_prompt_accuracy" not in select_match(table, "bidirectional").columns
+    assert "per_prompt_accuracy" in select_match(table.assign(task="choice"), "bidirectional").columns
+
+
+def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(monkeypatch):
+    """MMLU's per-subject heads change its rows: its cells' keys say so (a done.json of before is no longer theirs),
+    while other datasets' keys stay as they were."""
+    from minirun.eval import sweep as sweep_module
+
+    spec = parse_sweep({**BASE, "datasets": [{"name": "mmlu"}, {"name": "sample-qa"}]})
+    mmlu, qa = sweep_module.cells(spec, "out")
+    items = load_dataset("sample-choice")[:2]
+    keys = [sweep_module._cell_key(c, spec, items, None) for c in (mmlu, qa)]
+    monkeypatch.setattr(sweep_module, "subject_heads", lambda dataset, few_shot: False)  # as before the heads
+    assert sweep_module._cell_key(mmlu, spec, items, None) != keys[0]
+    assert sweep_module._cell_key(qa, spec, items, None) == keys[1]

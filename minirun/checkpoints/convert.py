@@ -240,8 +240,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     # llama.cpp also stops at end-of-turn and end-of-message tokens (Llama 3's <|eot_id|>, Qwen's <|endoftext|>)
     stops = [meta.get(f"tokenizer.ggml.{kind}_token_id") for kind in ("eos", "eot", "eom")]
     stops = list(dict.fromkeys(i for i in stops if i is not None))
-    if len(stops) > 1:
-        generation["eos_token_id"] = stops
+    if stops:
+        generation["eos_token_id"] = stops if len(stops) > 1 else stops[0]
     if meta.get("tokenizer.ggml.padding_token_id") is not None:
         generation["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]
     with staged_dir(Path(out_dir)) as tmp:

@@ -127,8 +127,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
         state[ours] = tensor.to(device=device, dtype=torch_dtype)
     if config.tie_word_embeddings:
         stored = files.get("lm_head.weight")
-        if stored is not None and not torch.equal(_read(handles[stored], "lm_head.weight", stored).to(torch_dtype),
-                                                  state["embed.weight"].cpu()):
+        head = None if stored is None else _read(handles[stored], "lm_head.weight", stored)
+        if head is not None and not torch.equal(head.to(device=device, dtype=torch_dtype), state["embed.weight"]):
             # transformers 4 ties (drops the stored head), 5 keeps the stored head: the two give other logits
             raise MinirunError(f"config.json ties the output head to the embeddings, but {stored.name} holds a "
                                "different lm_head.weight: set tie_word_embeddings to false if that head is the trained "

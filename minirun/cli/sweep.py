@@ -45,10 +45,11 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import select_choice_score, select_match
+    from minirun.eval.report import select_choice_score, select_match, single_prompt_dropped
     from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table, unfinished_cells
 
-    table = select_choice_score(select_match(load_sweep(run_dir), match), choice_score)
+    raw = load_sweep(run_dir)
+    table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
     if csv is not None:
         scores_long(scores).to_csv(csv, index=False)
@@ -63,6 +64,9 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
         return
     for t in score_tables(scores, str(run_dir)):
         out.print(t)
+    if single_prompt_dropped(raw, table):
+        out.print(f"[yellow]single-prompt figures left out: per-prompt correctness is recorded under each run's "
+                  f"own match rule only, not under --match {match}[/yellow]")
     if cells := unfinished_cells(run_dir):
         out.print(f"[yellow]{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
                   f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; rerun "

@@ -77,7 +77,13 @@ def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = 
 def head_key(item: Item, task: str | None, per_subject: bool) -> str:
     """Which few-shot head a question is asked under: its task's, or with `per_subject` (MMLU) its subject's."""
     t = task or item.task
-    return f"{t}:{item.relation}" if per_subject and t == "choice" else t
+    return f"{t}:{item.relation}" if per_subject and t == "choice" and item.relation else t
+
+
+def subject_heads(dataset: str, fewshot_items: list[Item] | None) -> bool:
+    """Whether MMLU's questions get a head per subject: from its dev split, or from given examples that name
+    their subjects (`relation`); examples without subjects make one head, as for any other dataset."""
+    return dataset == "mmlu" and (fewshot_items is None or any(e.relation for e in fewshot_items))
 
 
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
@@ -87,7 +93,7 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     question hands the model its gold answer. MMLU gets a head per subject from that subject's dev examples,
     as lm-evaluation-harness builds it."""
     tested = {normalize(p) for item in items for p in (item.question, *item.paraphrases)}
-    per_subject = dataset == "mmlu"
+    per_subject = subject_heads(dataset, fewshot_items)
     subjects = {item.relation for item in items} if per_subject else set()
     subset = next(iter(subjects)) if len(subjects) == 1 else None  # one subject: load its dev examples alone
     pools: dict[str, list[Item]] = {}
@@ -134,10 +140,11 @@ class Run:
     bidirectional: bool
     original: bool
     choice_format: str
+    per_subject: bool  # MMLU's head per subject (`subject_heads`)
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
-        return head_key(item, self.task, self.run_key["dataset"] == "mmlu")
+        return head_key(item, self.task, self.per_subject)
 
 
 def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
@@ -196,7 +203,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     method_keys = {m: {name: getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
-               num_prompts, batch_size, bidirectional, original, choice_format)
+               num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items))
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:

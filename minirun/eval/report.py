@@ -68,7 +68,8 @@ def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     run's own rule. Per-prompt correctness is recorded under the run's rule only (`attrs["match"]`),
     so unless `match` is that rule per_prompt_accuracy is dropped (the single-prompt figures become
     NaN) rather than compared across two rules (`single_prompt_dropped` tells): equal first verdicts
-    do not make the other prompts' equal, and a table without a recorded rule proves nothing."""
+    do not make the other prompts' equal, and a table without a recorded rule proves nothing. A table
+    of multiple-choice rows only keeps them: an option's verdict is the same under either rule."""
     if match is None:
         return df
     if match not in MATCH_RULES:
@@ -78,7 +79,8 @@ def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
         raise MinirunError(f"results lack '{column}' (written before --match existed); re-run `minirun eval` "
                            "into a fresh output directory to add it, or drop --match")
     scored = df.assign(correct=df[column])
-    if "per_prompt_accuracy" in df.columns and df.attrs.get("match") != match:
+    scored_only = "task" in df.columns and df["task"].eq("choice").all()
+    if "per_prompt_accuracy" in df.columns and df.attrs.get("match") != match and not scored_only:
         scored = scored.drop(columns="per_prompt_accuracy")
     return scored
 

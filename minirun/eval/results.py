@@ -31,7 +31,8 @@ RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1"}
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
-    "few_shot": "the few-shot prompt changed (another --few-shot-k, few-shot file or edited examples)",
+    "few_shot": "the few-shot prompt changed (another --few-shot-k, few-shot file or edited examples, or MMLU's "
+                "per-subject heads, which minirun before them did not build)",
     "prompt_ids": "its rows were made before prompts were tokenized whole (another minirun)",
     "matcher": "its verdicts came from another answer matcher (another minirun or spaCy pipeline)",
 }

@@ -26,7 +26,7 @@ from minirun.checkpoints.loader import checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group
+from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group, subject_heads
 from minirun.eval.matching import matcher_name
 from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
@@ -74,6 +74,8 @@ def _cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] 
            "generation": dataclasses.asdict(sweep.generation), "items": [dataclasses.asdict(i) for i in items],
            "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
+    if subject_heads(cell.dataset.name, few_shot):  # MMLU's head per subject: not a cell finished under one for all
+        key["subject_heads"] = True  # (other cells' keys stay as they were, so their finished runs stay finished)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -205,7 +207,8 @@ def is_sweep(path: str | Path) -> bool:
 
 def load_sweep(output: str | Path) -> pd.DataFrame:
     """Every row the sweep's runs have journalled so far, with `model`, `dataset` and `label`
-    (the method's label) first; runs in file order, rows in each run's order."""
+    (the method's label) first; runs in file order, rows in each run's order. `attrs["match"]` is
+    the match rule of every run, where they share one."""
     output = Path(output)
     if not is_sweep(output):
         raise MinirunError(f"{output}: no sweep.json; pass the output directory of `minirun sweep`")
@@ -220,7 +223,9 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
     parts = [p for p in parts if len(p)]
     if not parts:
         raise MinirunError(f"{output}: the sweep has no results yet; run `minirun sweep` first")
-    table = pd.concat(parts, ignore_index=True)
+    rules = {part.attrs.get("match") for part in parts}
+    table = pd.concat(parts, ignore_index=True)  # pandas keeps attrs only where every part's are equal
+    table.attrs = {"match": rules.pop()} if len(rules) == 1 and None not in rules else {}  # `report.select_match`
     first = ["model", "dataset", "label"]
     return table[first + [c for c in table.columns if c not in first]]
 
