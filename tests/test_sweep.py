@@ -511,7 +511,7 @@ def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(mo
     spec = parse_sweep({**BASE, "datasets": [{"name": "mmlu"}, {"name": "sample-qa"}]})
     mmlu, qa = sweep_module.cells(spec, "out")
     items = load_dataset("sample-choice")[:2]
-    keys = [sweep_module._cell_key(c, spec, items, None) for c in (mmlu, qa)]
+    keys = [sweep_module.cell_key(c, spec, items, None) for c in (mmlu, qa)]
     monkeypatch.setattr(sweep_module, "subject_heads", lambda dataset, few_shot: False)  # as before the heads
-    assert sweep_module._cell_key(mmlu, spec, items, None) != keys[0]
-    assert sweep_module._cell_key(qa, spec, items, None) == keys[1]
+    assert sweep_module.cell_key(mmlu, spec, items, None) != keys[0]
+    assert sweep_module.cell_key(qa, spec, items, None) == keys[1]

@@ -63,7 +63,7 @@ def _load_items(dataset: DatasetSpec) -> tuple[list[Item], list[Item] | None]:
     return items, load_jsonl(dataset.few_shot) if dataset.few_shot is not None else None
 
 
-def _cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] | None) -> str:
+def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] | None) -> str:
     """Everything a cell's rows depend on, the items' and few-shot examples' content included (an edited
     file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
     resumes it or refuses a conflicting change)."""
@@ -121,7 +121,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
-    keys = {c.dir: _cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
+    keys = {c.dir: cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
     todo = [c for c in plan if not _finished(c, keys[c.dir], data[c.dataset.label][0])]  # before any rank writes one
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
