@@ -353,3 +353,33 @@ def test_a_template_that_drops_or_repeats_the_message_is_a_clear_error(tmp_path,
     (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
     with pytest.raises(MinirunError, match="renders the user's message [02] times, not once"):
         encode_question(minirun.load(path), ["Capital?", "France's capital?"], "Q: ", "\nA:")
+
+
+@pytest.mark.parametrize("confidences, message", [
+    ([[1, 0]], "one list per question \\(1\\) with one number per prompt \\(\\[3\\]\\)"),
+    ([], "one list per question"),
+    ([[0.5, -1.0, 0.6]], "finite numbers >= 0, got -1.0"),
+    ([[0.5, float("nan"), 0.6]], "finite numbers >= 0, got nan"),
+])
+def test_given_confidences_are_checked(checkpoint_dirs, confidences, message):
+    """A wrong count, a negative weight (it extrapolates) or an empty list (it was taken as none) is an error."""
+    from minirun.methods import score_choices
+
+    tiny_llm = minirun.load(checkpoint_dirs["llama3"])
+    question = [Question("Capital?", ["Capital?", "France's capital?", "Capital city?"], suffix="\nA:")]
+    options = EnsembleOptions(max_new_tokens=2, confidences=confidences)
+    with pytest.raises(MinirunError, match=message):
+        run_method(tiny_llm, "weighted_avg", question, options)
+    with pytest.raises(MinirunError, match=message):
+        score_choices(tiny_llm, "weighted_max", question, [["Paris", "Lyon"]], options)
+
+
+def test_whole_number_confidences_weigh_as_their_floats(checkpoint_dirs):
+    """[[1, 0, 0]] crashed scoring (an integer tensor has no finfo); it is the first prompt's weight alone."""
+    from minirun.methods import score_choices
+
+    tiny_llm = minirun.load(checkpoint_dirs["llama3"])
+    question = [Question("Capital?", ["Capital?", "France's capital?", "Capital city?"], suffix="\nA:")]
+    whole, real = (score_choices(tiny_llm, "weighted_avg", question, [["Paris", "Lyon"]],
+                                 EnsembleOptions(confidences=c))[0] for c in ([[1, 0, 0]], [[1.0, 0.0, 0.0]]))
+    assert whole.scores == real.scores

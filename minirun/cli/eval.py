@@ -49,7 +49,7 @@ def eval_command(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
     thinking: bool = typer.Option(False, help="Let a chat template with a reasoning switch (Qwen3's enable_thinking) have the model reason "
                                   "before answering (default: off, the answer starts at once)."),
-    flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to answer->paraphrase attention."),
+    flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to suffix/answer->paraphrase attention."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
     choice_score: str = typer.Option("mean", help="Multiple choice: an option's log-likelihood per token (mean), summed (sum: the harness's acc) or per character (chars: acc_norm)."),

@@ -75,7 +75,7 @@ def generate(
     stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
     share_prefix: bool = typer.Option(True, help="Encode the shared prefix once (--no-share-prefix repeats it per paraphrase)."),
-    flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to answer->paraphrase attention."),
+    flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to suffix/answer->paraphrase attention."),
     num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),

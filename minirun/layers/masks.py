@@ -71,7 +71,7 @@ def fold_query_heads_score(score_mod: ScoreMod, groups: int) -> ScoreMod:
 
 
 def segment_bias(segments: torch.Tensor, log_weights: torch.Tensor, offset: torch.Tensor) -> ScoreMod:
-    """score_mod adding log(w_k) to scores from SHARED or branch queries (generated or scored
+    """score_mod adding log(w_k) to scores from SHARED or branch queries (the shared suffix, generated or scored
     tokens) to paraphrase segment k.
 
     `log_weights` [B, N+1] is indexed by segment id; rebalances how much the fused softmax draws

@@ -20,7 +20,7 @@ from minirun.engine.generate import Row, stack_rows
 from minirun.engine.session import CHUNK, NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
 from minirun.layers.masks import branch
-from minirun.methods.fusion import RULES, WEIGHTED
+from minirun.methods.fusion import RULES
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
 from minirun.methods.packing import Encoded, packed_row
@@ -202,11 +202,9 @@ def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts:
 def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets: list[list[list[int]]],
                 texts: list[list[str]], prompts: list[list[str]], options: EnsembleOptions,
                 hooks: Hooks) -> list[ChoiceResult]:
-    confidences = None
-    if method in WEIGHTED:  # before our session: computing them opens sessions of their own
-        from minirun.methods.confidence import confidences_for
+    from minirun.methods.confidence import weights_for
 
-        confidences = options.confidences or confidences_for(llm, encoded, options)
+    confidences = weights_for(llm, method, encoded, options)  # before our session: measuring opens sessions
     plan = plan_rows(llm, method, encoded, options)
     option_rows = [option_row(targets[q], plan.rows[r].next_position, lambda k: k + 1)
                    for q, g in enumerate(plan.groups) for r in g]

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
 from minirun.engine.generate import decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
+from minirun.errors import MinirunError
+from minirun.methods.fusion import WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions
 from minirun.methods.packing import Encoded
@@ -57,6 +60,25 @@ def paraphrase_confidence(llm: EnsembleModel, ids: list[int], options: EnsembleO
     samples = decode_loop(session, logits, layout.next_positions.expand(n),
                           lambda l, rows: sample(l, params, generator), max_new, llm.stopper(("\n",)))
     return sum(same(s.text, greedy) for s in samples) / n
+
+
+def weights_for(llm: EnsembleModel, method: str, encoded: list[Encoded],
+                options: EnsembleOptions) -> list[list[float]] | None:
+    """A weighted method's confidences, per question and prompt: those given in `options` (checked: one
+    finite number >= 0 per prompt, since a wrong count or a negative one would fuse silently wrong), else
+    measured (`confidences_for`); None for the other methods."""
+    if method not in WEIGHTED:
+        return None
+    given = options.confidences
+    if given is None:
+        return confidences_for(llm, encoded, options)
+    if len(given) != len(encoded) or any(len(c) != len(e.paraphrases) for c, e in zip(given, encoded)):
+        raise MinirunError(f"confidences: give one list per question ({len(encoded)}) with one number per prompt "
+                           f"({[len(e.paraphrases) for e in encoded]}), got lengths {[len(c) for c in given]}")
+    if bad := [x for c in given for x in c if isinstance(x, bool) or not isinstance(x, (int, float))
+               or not math.isfinite(x) or x < 0]:
+        raise MinirunError(f"confidences must be finite numbers >= 0, got {bad[0]!r}: a fraction of agreeing samples")
+    return [[float(x) for x in c] for c in given]
 
 
 def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: EnsembleOptions, same: SameAnswer = normalised_equal) -> list[list[float]]:

@@ -38,9 +38,9 @@ class EnsembleOptions:
     # answer starts at once, as a short answer fused across paraphrases needs; True, the model reasons first.
     thinking: bool = False
     stop: tuple[str, ...] = ()
-    share_prefix: bool = True  # encode the common head once instead of once per paraphrase
+    share_prefix: bool = True  # encode the common head once instead of once per paraphrase (flex: see packed_row)
     positions: str = "right"  # flex position scheme: right, restart, sequential
-    flex_bias: float | str | None = None  # flex: w added as log(w) to generated->paraphrase scores; "inv_n" = 1/N
+    flex_bias: float | str | None = None  # flex: log(w) added to suffix/answer->paraphrase scores; "inv_n" = 1/N
     temperature: float = 0.0
     seed: int = 0
     num_samples: int = 100  # self-consistency samples per paraphrase (weighted methods)

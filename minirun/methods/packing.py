@@ -91,9 +91,10 @@ def _common_prefix(sequences: list[list[int]]) -> int:
 def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, head_in_row: bool = True) -> Row:
     """All paraphrases of one question in one row, segment k = paraphrase k.
 
-    Positions: `right` right-aligns every segment to end at P-1 (generation starts at P), so each
-    segment sees itself as if encoded alone and every generated token sees each paraphrase at the
-    distances a single-prompt decode would; `restart` starts every segment at the same position
+    Positions: `right` right-aligns every segment to end at P-1 (generation starts at P), so every
+    generated token sees each paraphrase at the distances a single-prompt decode would; with a shared
+    head a shorter paraphrase then sits (longest - its length) positions after the head, unlike alone
+    (without `share_head` each segment carries its own head, contiguous); `restart` starts every segment at the same position
     (Parallel Context Windows); `sequential` numbers the packed sequence 0..L-1.
     With `share_head` the head is one SHARED segment (stored once, seen by all); otherwise every
     segment is a full prompt (head + paraphrase) isolated from the others. `head_in_row=False`

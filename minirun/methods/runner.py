@@ -109,11 +109,9 @@ def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options
     with torch.inference_mode():
         if method == "flex":
             return _run_flex(llm, encoded, prompts, options, hooks)
-        confidences = None
-        if method in WEIGHTED:
-            from minirun.methods.confidence import confidences_for
+        from minirun.methods.confidence import weights_for
 
-            confidences = options.confidences or confidences_for(llm, encoded, options)
+        confidences = weights_for(llm, method, encoded, options)
         return _run_rows(llm, method, encoded, prompts, options, confidences, hooks)
 
 
