@@ -156,8 +156,9 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
         t.add_column(name, justify="left" if name in keys else "right")
     for index, row in scores.iterrows():
         labels = list(index) if isinstance(index, tuple) else [index]
-        if labels[keys.index("method")] == "per_prompt":  # its `correct` is one prompt's: not an ensemble's
-            labels[keys.index("method")] = "per_prompt (first prompt)"
+        m = keys.index("method")
+        if labels[m] == "per_prompt":  # its `correct` is one prompt's: not an ensemble's
+            labels[m] = "per_prompt (first prompt)"
         items_per_s = row["n"] / row["seconds"] if row["seconds"] > 0 else float("nan")
         versus = []
         if paired:

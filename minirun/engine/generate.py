@@ -87,16 +87,16 @@ class Stopper:
         """(ids, text, reason) when `ids` is finished, else None: whichever comes first of an eos id and
         a stop string (ids checked several steps at a time, as on a GPU, may hold both, and tokens past
         them); the ids end with the eos, or with the token that completes the stop string."""
-        eos = next((i for i, token in enumerate(ids) if token in self.eos_ids or token in self.stop_ids), None)
-        before = ids if eos is None else ids[:eos]
+        end = next((i for i, token in enumerate(ids) if token in self.eos_ids or token in self.stop_ids), None)
+        before = ids if end is None else ids[:end]  # an eos or a special-token stop
         if self.stop_strings and self.stop_at(self.text(before)) is not None:
             last = bisect.bisect_left(range(1, len(before) + 1), True,  # the fewest ids whose text holds one
                                       key=lambda n: self.stop_at(self.text(before[:n])) is not None)
             text = self.text(before[:last + 1])  # the same cut however many steps were checked at once
             return before[:last + 1], text[:self.stop_at(text)], "stop"
-        if eos is None:
+        if end is None:
             return None
-        return ids[:eos + 1], self.text(before), "eos" if ids[eos] in self.eos_ids else "stop"
+        return ids[:end + 1], self.text(before), "eos" if ids[end] in self.eos_ids else "stop"
 
     def stop_at(self, text: str) -> int | None:
         """Where the first stop string in `text` starts, if one does."""
