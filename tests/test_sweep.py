@@ -128,6 +128,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-choice", "choice_format": "abc"}]}, "choice_format: unknown format 'abc'"),
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
+    ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),
     ({"methods": [{"name": "origin"}, {"name": "vote"}]}, "methods #2 name: unknown method 'vote'"),
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
     ({"methods": [{"name": "flex", "positions": "left"}]}, "(flex): unknown position scheme 'left'"),
@@ -515,3 +516,27 @@ def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(mo
     monkeypatch.setattr(sweep_module, "subject_heads", lambda dataset, few_shot: False)  # as before the heads
     assert sweep_module.cell_key(mmlu, spec, items, None) != keys[0]
     assert sweep_module.cell_key(qa, spec, items, None) == keys[1]
+
+
+def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp_path):
+    """`skip_bad = true` is eval's --skip-bad for a sweep; without it the bad record stops the sweep before any
+    model loads, and the key of a cell does not depend on the switch (only on the items it leaves)."""
+    from minirun.eval import sweep as sweep_module
+
+    data = tmp_path / "qa.jsonl"
+    write_jsonl(load_dataset("sample-qa")[:2], data)
+    data.write_text(data.read_text() + '{"id": "bad", "question": 3}\n')
+    text = GENERATION + f'\n[[models]]\npath = "{checkpoint_dirs["qwen2"]}"\n' \
+        f'\n[[datasets]]\nname = "{data}"\nlabel = "qa"\nfew_shot_k = 0\nnum_prompts = 2\n{{}}' \
+        '\n[[methods]]\nname = "origin"\n'
+    with pytest.raises(MinirunError, match=r"qa\.jsonl:3: missing field") as e:
+        run_sweep(load_sweep_file(_file(tmp_path, text.format(""))), tmp_path / "out",
+                  lambda _: pytest.fail("no model loads"), progress=False)
+    assert "skip_bad = true" in str(e.value)
+    sweep = load_sweep_file(_file(tmp_path, text.format("skip_bad = true\n")))
+    table = run_sweep(sweep, tmp_path / "out", lambda m: minirun.load(m.path), progress=False)
+    assert sorted(table["id"]) == [item.id for item in load_dataset("sample-qa")[:2]]
+    plain = load_sweep_file(_file(tmp_path, text.format(""), "plain.toml"))
+    items = load_dataset(str(data), skip_bad=True)
+    [cell], [same] = sweep_module.cells(sweep, "out"), sweep_module.cells(plain, "out")
+    assert sweep_module.cell_key(cell, sweep, items, None) == sweep_module.cell_key(same, plain, items, None)

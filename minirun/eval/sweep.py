@@ -58,7 +58,7 @@ def cells(sweep: Sweep, output: str | Path) -> list[Cell]:
 
 def _load_items(dataset: DatasetSpec) -> tuple[list[Item], list[Item] | None]:
     """A dataset's test items (the first max_samples) and its few-shot items when a file names them."""
-    items = load_dataset(dataset.name, subset=dataset.subset)
+    items = load_dataset(dataset.name, subset=dataset.subset, skip_bad=dataset.skip_bad)
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
     return items, load_jsonl(dataset.few_shot) if dataset.few_shot is not None else None
 
@@ -70,7 +70,9 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     model = dataclasses.asdict(cell.model)
     if Path(cell.model.path).is_dir():
         model["path"] = str(Path(cell.model.path).resolve())
-    key = {"model": model, "dataset": dataclasses.asdict(cell.dataset), "method": dataclasses.asdict(cell.method),
+    dataset = dataclasses.asdict(cell.dataset)
+    del dataset["skip_bad"]  # what it skips is gone from the items, which the key holds; finished keys stay valid
+    key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
            "generation": dataclasses.asdict(sweep.generation), "items": [dataclasses.asdict(i) for i in items],
            "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one

@@ -56,6 +56,7 @@ class DatasetSpec:
     match: str = "lemma"
     subset: str | None = None  # mmlu: one subject
     choice_format: str = "cloze"  # multiple choice: cloze or letters
+    skip_bad: bool = False  # a plain item file: skip (and count) bad records instead of stopping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +170,8 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     if spec.choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"{where} choice_format: unknown format {spec.choice_format!r}; use one of "
                            f"{', '.join(CHOICE_FORMATS)}")
+    if spec.skip_bad and spec.name in NAMES:
+        raise MinirunError(f"{where} skip_bad: only a plain item file's bad records can be skipped; drop the key")
     if spec.subset is not None and spec.name in NAMES and spec.name != "mmlu":  # a file's rows are read first
         raise MinirunError(f"{where} subset: only mmlu and local MMLU files have subsets; drop the key")
     _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
