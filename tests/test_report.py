@@ -385,6 +385,8 @@ def test_report_warns_of_an_unfinished_method(tmp_path):
     assert shown.exit_code == 0, shown.output
     assert "origin has scored 7 of the 10 items (an unfinished run)" in shown.output
     assert "(n=7)" in shown.output  # avg's difference from origin pairs 7 of its 10 items
+    as_json = CliRunner().invoke(app, ["report", str(run), "--json"])  # stdout one JSON object, the caveat on stderr
+    assert json.loads(as_json.stdout)["origin"]["n"] == 7 and "origin has scored 7 of the 10 items" in as_json.stderr
     assert summarize(load_results(run)).loc["avg", "n_vs_origin"] == 7
 
 

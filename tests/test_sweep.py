@@ -267,6 +267,8 @@ def test_a_deleted_row_is_redone_and_a_torn_marker_is_no_marker(sweep_file, refe
     shown = CliRunner().invoke(app, ["report", str(out)])
     assert shown.exit_code == 0, shown.output
     assert "1 of the sweep's runs have not finished (llama/sample-qa/origin)" in " ".join(shown.output.split())
+    as_json = CliRunner().invoke(app, ["report", str(out), "--json"])
+    assert json.loads(as_json.stdout) and "1 of the sweep's runs have not finished" in " ".join(as_json.stderr.split())
     redone = []
     table = run_sweep(load_sweep_file(sweep_file), out, lambda m: minirun.load(m.path), progress=False,
                       on_row=redone.append)

@@ -63,6 +63,12 @@ def print_error(message: str) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[x]" in a message is text, not markup
 
 
+def warn(warnings: list[str], console: Console) -> None:
+    """A report's caveats: after its tables, or on stderr under --json so that stdout stays one JSON object."""
+    for warning in warnings:
+        console.print(f"[yellow]{escape(warning)}[/yellow]", highlight=False)
+
+
 _PATH_FIXES = {  # what to do when the system refuses a path the user gave
     IsADirectoryError: "give a file path, not a directory",
     NotADirectoryError: "a part of the path is a file, not a directory",

@@ -13,7 +13,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import DTYPE_HELP, check_figure_path, check_output_dir, friendly, load_llm, out, parse_flex_bias
+from minirun.cli.common import (DTYPE_HELP, check_figure_path, check_output_dir, err, friendly, load_llm, out,
+                                parse_flex_bias, warn)
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -115,16 +116,17 @@ def report_command(
         latex.write_text(report.latex(report.summarize(table), run_dir.resolve().name), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)
+    warnings = [f"{method} has scored {answered} of the {total} items (an unfinished run): its accuracy and "
+                "comparisons cover those items only" for method, answered, total in report.unfinished(table)]
+    if report.single_prompt_dropped(raw, table):
+        warnings.append("single-prompt figures left out: per-prompt correctness is recorded under the run's own "
+                        f"match rule only, not under --match {match}")
     if as_json:
         print(json.dumps(report.report_json(table)))
+        warn(warnings, err)
         return
     out.print(_summary_table(table, str(run_dir)))
-    for method, answered, total in report.unfinished(table):
-        out.print(f"[yellow]{method} has scored {answered} of the {total} items (an unfinished run): its accuracy and "
-                  "comparisons cover those items only[/yellow]")
-    if report.single_prompt_dropped(raw, table):
-        out.print(f"[yellow]single-prompt figures left out: per-prompt correctness is recorded under the run's own "
-                  f"match rule only, not under --match {match}[/yellow]")
+    warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
         out.print(_scores_table(report.by_relation(table), "per relation"))
     out.print(_matrix(report.agreement(table)))

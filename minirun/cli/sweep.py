@@ -14,7 +14,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import friendly, load_llm, out
+from minirun.cli.common import err, friendly, load_llm, out, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -59,18 +59,21 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
         rows = scores_long(scores)
         latex.write_text("\n".join(latex_table(part.set_index(["model", "method"]), f"{dataset} ({run_dir.resolve().name})")
                                    for dataset, part in rows.groupby("dataset", sort=False)), encoding="utf-8")
+    warnings = []
+    if single_prompt_dropped(raw, table):
+        warnings.append("single-prompt figures left out: per-prompt correctness is recorded under each run's "
+                        f"own match rule only, not under --match {match}")
+    if cells := unfinished_cells(run_dir):
+        warnings.append(f"{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
+                        f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
+                        "rerun `minirun sweep` with the same file to finish them")
     if as_json:
         print(json.dumps(scores_json(scores)))
+        warn(warnings, err)
         return
     for t in score_tables(scores, str(run_dir)):
         out.print(t)
-    if single_prompt_dropped(raw, table):
-        out.print(f"[yellow]single-prompt figures left out: per-prompt correctness is recorded under each run's "
-                  f"own match rule only, not under --match {match}[/yellow]")
-    if cells := unfinished_cells(run_dir):
-        out.print(f"[yellow]{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
-                  f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; rerun "
-                  "`minirun sweep` with the same file to finish them[/yellow]")
+    warn(warnings, out)
 
 
 def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
