@@ -261,11 +261,20 @@ def _labelled(spec, default: str, where: str):
 
 
 def _unique_labels(section: str, specs: tuple) -> None:
+    """Labels name directories, so they must differ; and two entries that differ only in their label would run
+    the same cells twice (a method's options compared with their defaults filled in)."""
     seen: dict[str, int] = {}
+    settings: list = []
     for i, spec in enumerate(specs, 1):
         if spec.label in seen:
             raise MinirunError(f"{section} #{i}: label {spec.label!r} is also that of #{seen[spec.label]}; "
                                "give one of them a distinct label")
         seen[spec.label] = i
+        same = (spec.name, EnsembleOptions(**spec.options)) if isinstance(spec, MethodSpec) else \
+            dataclasses.replace(spec, label="")
+        if same in settings:
+            raise MinirunError(f"{section} #{i} ({spec.label}): the settings of #{settings.index(same) + 1} under "
+                               "another label, which would run the same work twice; drop one or change a setting")
+        settings.append(same)
 
 
