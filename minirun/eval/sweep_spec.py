@@ -115,6 +115,7 @@ def parse_sweep(data: dict) -> Sweep:
     methods = tuple(_method(t, w) for t, w in _entries(data, "methods"))
     for section, specs in (("models", models), ("datasets", datasets), ("methods", methods)):
         _unique_labels(section, specs)
+    _check_report_labels(methods)
     _check_fusion_layers(models, methods)
     return Sweep(models, datasets, methods, gen)
 
@@ -258,6 +259,21 @@ def _labelled(spec, default: str, where: str):
     if label in RESERVED:
         raise MinirunError(f"{where} label: {label!r} is a file the sweep writes beside its runs; set another label")
     return dataclasses.replace(spec, label=label)
+
+
+def _check_report_labels(methods: tuple[MethodSpec, ...]) -> None:
+    """The report finds the baseline and the single-prompt run by their labels "origin" and "per_prompt": another
+    method under one of them would be compared as if it were the baseline, and an origin run under another label
+    alone would leave every comparison out without a word."""
+    for i, method in enumerate(methods, 1):
+        if method.label in ("origin", "per_prompt") and method.name != method.label:
+            raise MinirunError(f"methods #{i} ({method.name}) label: {method.label!r} is how the report finds the "
+                               f"{method.label} run; set another label")
+    for name in ("origin", "per_prompt"):
+        labels = [m.label for m in methods if m.name == name]
+        if labels and name not in labels:
+            raise MinirunError(f"methods: no {name} entry is labelled {name!r} ({', '.join(labels)}), and the report "
+                               f"finds the {name} run by that label; drop the label of one of them")
 
 
 def _unique_labels(section: str, specs: tuple) -> None:
