@@ -6,9 +6,11 @@ import string
 import unicodedata
 
 ARTICLES = frozenset({"a", "an", "the"})
-_PUNCT = "".join(ch for ch in string.punctuation if ch not in "-/") + "“”‘’«»…"
-_DELETE = str.maketrans("", "", _PUNCT)
-_SPACE = str.maketrans("-/–—", "    ")
+_SYMBOLS = "".join(ch for ch in string.punctuation if unicodedata.category(ch)[0] == "S")  # $ + < = > ^ ` | ~
+_APOSTROPHE = str.maketrans({"\u2019": "'", "\u02bc": "'"})  # "Schindler’s" lemmatises as "Schindler's" does
+# A lone letter's "++", "+" or "#" is part of a name: "C++", "C#", "F#", "A+" are not "C", "F", "A".
+_SIGN_NAME = re.compile(r"(?<![\w+#])([^\W\d_])(\+\+|\+|#)(?![\w+#])")
+_SIGN_WORDS = {"++": "plusplus", "+": "plus", "#": "sharp"}
 _MINUS, _POINT = "\ue000", "\ue001"  # a number's sign and decimal point, kept through the punctuation pass
 _NUMBER_MARKS = (
     (re.compile(r"(?<=\d),(?=\d{3}(?!\d))"), ""),  # a thousands separator: "1,000" is "1000"
@@ -19,18 +21,28 @@ _NUMBER_MARKS = (
 
 def fold(text: str) -> str:
     """Compatibility-normalised, lowercased, accents dropped ("São" -> "sao": gold names carry accents that
-    answers often lack), the Unicode minus as "-"."""
+    answers often lack), the Unicode minus as "-", a typographic apostrophe as "'", and a lone letter's
+    "++"/"+"/"#" spelt out ("c++" -> "cplusplus"), so that no later pass drops them as punctuation."""
     decomposed = unicodedata.normalize("NFKD", text.replace("\u2212", "-"))
-    return unicodedata.normalize("NFKC", "".join(ch for ch in decomposed if not unicodedata.combining(ch))).lower()
+    folded = unicodedata.normalize("NFKC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+    return _SIGN_NAME.sub(lambda m: m[1] + _SIGN_WORDS[m[2]], folded.lower().translate(_APOSTROPHE))
+
+
+def _cleaned(ch: str) -> str:
+    """A character after the number marks: every dash and "/" a space, other punctuation and ASCII symbols gone."""
+    kind = unicodedata.category(ch)
+    if kind == "Pd" or ch == "/":
+        return " "
+    return "" if kind[0] == "P" or ch in _SYMBOLS else ch
 
 
 def clean(token: str) -> str:
-    """`fold` with punctuation removed and hyphens/slashes as spaces ("U.S." -> "us"), a number's sign and
-    decimal point kept ("-2.5" stays, "1,000" -> "1000")."""
+    """`fold` with punctuation (any script's) removed and dashes/slashes as spaces ("U.S." -> "us",
+    "Jean‐Paul" -> "jean paul"), a number's sign and decimal point kept ("-2.5" stays, "1,000" -> "1000")."""
     text = fold(token)
     for pattern, mark in _NUMBER_MARKS:
         text = pattern.sub(mark, text)
-    return text.translate(_SPACE).translate(_DELETE).replace(_MINUS, "-").replace(_POINT, ".")
+    return "".join(map(_cleaned, text)).replace(_MINUS, "-").replace(_POINT, ".")
 
 
 def first_line(text: str) -> str:

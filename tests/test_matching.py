@@ -37,6 +37,9 @@ def test_normalize():
     assert normalize("An apple") == "apple"
     assert normalize("São Paulo") == normalize("Sao Paulo") == "sao paulo"  # accents fold
     assert normalize("Vitamin A") == "vitamin a" and normalize("A") == "a"  # only a leading article goes
+    assert normalize("\u00a1Viva!") == normalize("\u00bfViva?") == "viva"  # any script's punctuation
+    assert normalize("Jean\u2011Paul") == normalize("Jean\u2012Paul") == "jean paul"  # any dash is a space
+    assert normalize("Schindler\u2019s") == normalize("Schindler's") == "schindlers"
 
 
 @pytest.mark.parametrize("text,number", [
@@ -58,6 +61,9 @@ def _one(matcher, pred, golds, **kw) -> MatchResult:
     ("an apple", ["the apple"]),
     ("Sao Paulo", ["São Paulo"]), ("Beyoncé", ["Beyonce"]),            # accents fold both ways
     ("It was \u221240 degrees", ["-40"]), ("A", ["A"]), ("Plan B", ["plan b"]),
+    ("It was Schindler\u2019s List.", ["Schindler's List"]), ("Grey\u2019s Anatomy (TV)", ["Grey's Anatomy"]),
+    ("Jean\u2011Paul Sartre", ["Jean-Paul Sartre"]), ("Coca\u2010Cola", ["Coca-Cola"]),  # typographic marks
+    ("It is written in C++.", ["C++"]), ("C#", ["C#"]),
 ])
 def test_lemma_match(matcher, pred, golds):
     assert _one(matcher, pred, golds).lemma
@@ -70,6 +76,7 @@ def test_lemma_match(matcher, pred, golds):
     ("2.5", ["25"]), ("1.5 million", ["15 million"]), ("-40", ["40"]),  # a number's point and sign count
     ("Vitamin D", ["Vitamin A"]), ("Vitamin", ["Vitamin A"]),          # a letter inside a name is no article
     ("I had it", ["D"]), ("I'm not sure", ["M"]),                      # a lone letter is not lemmatised
+    ("C++", ["C"]), ("C", ["C#"]), ("F#", ["F"]), ("A+", ["A"]),      # a letter's sign is part of the name
 ])
 def test_no_match(matcher, pred, golds):
     assert _one(matcher, pred, golds) == MatchResult(exact=False, lemma=False)
@@ -84,6 +91,9 @@ def test_exact(matcher):
 def test_bidirectional(matcher):
     assert _one(matcher, "Bell", ["Alexander Graham Bell"], bidirectional=True).lemma
     assert not _one(matcher, "", ["Paris"], bidirectional=True).lemma
+    assert not _one(matcher, "and", ["Pride and Prejudice"], bidirectional=True).lemma  # stopwords alone
+    assert not _one(matcher, "of the", ["Lord of the Rings"], bidirectional=True).lemma
+    assert _one(matcher, "Prejudice", ["Pride and Prejudice"], bidirectional=True).lemma
 
 
 def test_batch_alignment_and_cache(matcher):
@@ -103,6 +113,8 @@ def test_batch_alignment_and_cache(matcher):
 def test_length_mismatch(matcher):
     with pytest.raises(ValueError):
         matcher.match(["a"], [])
+    with pytest.raises(ValueError, match="one list of gold answers per prediction"):
+        matcher.match(["a"], ["Paris"])  # characters of "Paris" would be golds: "a" found exactly
 
 
 def test_the_pipeline_is_loaded_once_per_process():

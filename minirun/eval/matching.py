@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from minirun.text import clean, drop_article, fold, normalize
 
 # Bumped when a verdict can change: a run's rows come from one matcher (its run key holds `matcher_name()`)
-MATCHER_VERSION = 2  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes
+MATCHER_VERSION = 3  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes;
+# 3: "’" is an apostrophe, "C++"/"C#" are not "C", every script's dashes and punctuation count, and a prediction
+# of stopwords alone ("and") is not found inside a gold by the bidirectional rule
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
@@ -92,9 +94,11 @@ class Matcher:
 
     def match(self, predictions: list[str], golds: list[list[str]], bidirectional: bool = False) -> list[MatchResult]:
         """One result per prediction against its gold aliases; `bidirectional` also accepts a
-        prediction contained in a gold ("Bell" for "Alexander Graham Bell")."""
+        prediction contained in a gold ("Bell" for "Alexander Graham Bell") unless it is stopwords alone."""
         if len(predictions) != len(golds):
             raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold lists")
+        if any(isinstance(gs, str) for gs in golds):  # a string would be read as its characters' list
+            raise ValueError("golds must hold one list of gold answers per prediction, not strings")
         lemmas = self.lemmas(predictions + [g for gs in golds for g in gs])  # one batch for both
         pred_lemmas, gold_lemmas = lemmas[:len(predictions)], iter(lemmas[len(predictions):])
         results = []
@@ -102,6 +106,7 @@ class Matcher:
             gls = [next(gold_lemmas) for _ in gs]
             norm = normalize(pred)
             exact = bool(norm) and any(norm == normalize(g) for g in gs)
-            lemma = any(_contains(pl, gl) or (bidirectional and _contains(gl, pl)) for gl in gls)
+            inside = bidirectional and any(t not in self.nlp.Defaults.stop_words for t in pl)  # not "and", "of"
+            lemma = any(_contains(pl, gl) or (inside and _contains(gl, pl)) for gl in gls)
             results.append(MatchResult(exact=exact, lemma=exact or lemma))
         return results
