@@ -54,10 +54,18 @@ def test_flex_with_one_paraphrase_equals_origin(llm):
     assert (a - b).abs().max().item() <= ATOL
 
 
-def test_flex_with_identical_paraphrases_and_inverse_n_bias_equals_origin(llm):
-    """N identical segments weighted 1/N each recreate one copy's attention exactly."""
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_flex_with_identical_paraphrases_and_inverse_n_bias_equals_origin(llm, share_prefix):
+    """N identical segments weighted 1/N each recreate one copy's attention exactly; without a shared head
+    each segment is head + paraphrase, and the tail follows once."""
     origin = run(llm, "origin", [])
-    assert run(llm, "flex", [QUESTION] * 3, flex_bias="inv_n").token_ids == origin.token_ids
+    flex_run = run(llm, "flex", [QUESTION] * 3, flex_bias="inv_n", share_prefix=share_prefix)
+    assert flex_run.token_ids == origin.token_ids
+    enc = encode_question(llm, [QUESTION] * 3, PREFIX, chat=True)
+    row = packed_row(enc, share_head=share_prefix)
+    alone = len(enc.head) + len(enc.paraphrases[0])
+    assert len(row.tokens) == (1 if share_prefix else 3) * len(enc.head) + 3 * len(enc.paraphrases[0]) + len(enc.tail)
+    assert row.tokens[-len(enc.tail):] == enc.tail and row.positions[-1] == alone + len(enc.tail) - 1
 
 
 @pytest.mark.parametrize("scheme", ["right", "restart"])
@@ -95,7 +103,7 @@ def test_logit_fusion_of_identical_paraphrases_equals_origin(llm, method):
 def test_shared_prefix_equals_repeated_prefix(llm, method):
     shared = run(llm, method, PARAS[:3])
     repeated = run(llm, method, PARAS[:3], share_prefix=False)
-    if method == "flex":  # each segment a full isolated prompt: a different (documented) variant
+    if method == "flex":  # each segment its own head + paraphrase: a different (documented) variant
         assert repeated.prompt_tokens > shared.prompt_tokens
     else:
         assert shared.token_ids == repeated.token_ids and shared.answers == repeated.answers

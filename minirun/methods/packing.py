@@ -97,14 +97,14 @@ def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, hea
     (without `share_head` each segment carries its own head, contiguous); `restart` starts every segment at the same position
     (Parallel Context Windows); `sequential` numbers the packed sequence 0..L-1.
     With `share_head` the head is one SHARED segment (stored once, seen by all); otherwise every
-    segment is a full prompt (head + paraphrase) isolated from the others. `head_in_row=False`
+    segment is its own head + paraphrase, isolated from the others. `head_in_row=False`
     leaves a shared head out of the row (it was prefilled separately) but keeps its positions.
     The tail follows as SHARED tokens, so it and every generated token see all paraphrases.
     """
     if scheme not in POSITION_SCHEMES:
         raise ValueError(f"unknown position scheme {scheme!r}: choose {', '.join(POSITION_SCHEMES)}")
     h = len(enc.head) if share_head else 0
-    segments_ids = enc.paraphrases if share_head else [enc.full(i) for i in range(len(enc.paraphrases))]
+    segments_ids = enc.paraphrases if share_head else [enc.head + p for p in enc.paraphrases]  # the tail: once, below
     longest = max(len(s) for s in segments_ids)
     tokens, positions, segments = [], [], []
     if share_head and head_in_row:
