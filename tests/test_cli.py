@@ -175,6 +175,8 @@ def test_interactive_piped_answers_print_and_run_the_equivalent_command(tiny):
                     "Capital?", "--paraphrase", "France capital?")
     assert direct.exit_code == 0
     assert result.stdout.endswith(direct.stdout)
+    refused = runner.invoke(app, ["interactive"], input="\n".join(answers[:-1] + ["100000000"]) + "\n")
+    assert refused.exit_code == 1 and "beyond the model's context" in refused.stderr  # the command's own status
 
 
 def assert_clean_error(result, *needles: str) -> None:

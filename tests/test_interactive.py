@@ -35,6 +35,7 @@ def models_dir(tmp_path: Path) -> Path:
     for name in ("tiny-llama", "smollm2-135m-instruct"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
     (tmp_path / "not-a-model").mkdir()
     return tmp_path
 
@@ -121,6 +122,24 @@ def test_interrupt_propagates(models_dir):
         run_interactive(ask, print, models_dir)
 
 
-def test_local_models_needs_config(models_dir):
-    assert local_models(models_dir) == ["smollm2-135m-instruct", "tiny-llama"]
+def test_local_models_are_finished_checkpoints(models_dir):
+    """Converted (name/) and pulled (org/name/) checkpoints; not a folder a pull or conversion is still writing
+    (or was killed in), nor one without weights."""
+    for folder in (".tiny.partial-x1y2", "Org/pulled", "Org/.pulled.partial-z", "weightless"):
+        (models_dir / folder).mkdir(parents=True)
+        (models_dir / folder / "config.json").write_text("{}")
+        if folder != "weightless":
+            (models_dir / folder / "model.safetensors").write_bytes(b"")
+    assert local_models(models_dir) == ["Org/pulled", "smollm2-135m-instruct", "tiny-llama"]
     assert local_models(models_dir / "absent") == []
+    argv, _, _ = drive(["generate", "origin", "Q?", "", "Org/pulled", "", ""], models_dir)
+    assert argv[argv.index("--model") + 1] == str(models_dir / "Org" / "pulled")
+
+
+def test_the_default_model_offered_is_the_one_the_command_runs(models_dir, monkeypatch):
+    monkeypatch.setenv("MINIRUN_MODEL", str(models_dir / "tiny-llama"))
+    argv, _, prompts = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
+    assert ("model (listed name, checkpoint dir or HF repo id)", str(models_dir / "tiny-llama")) in prompts
+    assert "--model" not in argv  # the command runs $MINIRUN_MODEL without it
+    argv, _, _ = drive(["generate", "origin", "Q?", "", "smollm2-135m-instruct", "", ""], models_dir)
+    assert argv[argv.index("--model") + 1] == "smollm2-135m-instruct"  # not $MINIRUN_MODEL

@@ -109,6 +109,17 @@ def test_view_rows_are_the_runtime_rows(llm):
         assert r.positions[-1] == int(layout.next_positions[b])
 
 
+def test_a_repeat_of_the_question_is_drawn_as_generate_runs_it(llm):
+    """generate drops a paraphrase that repeats the question up to case and spacing: so does the picture; and
+    flex without a shared head draws each segment as head + paraphrase, the suffix once after them."""
+    once = build_view(llm, "Capital of France?", ["capital of  France?", "France's capital?"], method="flex")
+    assert set(once.rows[0].segments) == {SHARED, 1, 2}
+    enc = encode_question(llm, ["Capital of France?", "France's capital?"], "Answer briefly. ", " A:", chat=False)
+    view = build_view(llm, "Capital of France?", ["France's capital?"], method="flex", prefix="Answer briefly. ",
+                      suffix=" A:", chat=False, share_prefix=False, decode_steps=1)
+    assert view.prompt_len == 2 * len(enc.head) + sum(map(len, enc.paraphrases)) + len(enc.tail)
+
+
 def test_text_snapshot():
     enc = Encoded(head=[10, 11], paraphrases=[[21, 22], [31]], tail=[40])
     view = view_from_encoded(enc, "flex", lambda i: f"t{i}", pad_id=0, positions="right", decode_steps=2)

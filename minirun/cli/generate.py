@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
         if not sys.stdin.isatty():  # piped answers are not echoed: the last prompt's line is still open
             typer.echo()
         typer.echo(format_command(argv))
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # the command's own exit status (1 for a refused setting)
+        if code:
+            raise typer.Exit(code)
 
 
 def _few_shot_prefix(path: Optional[Path], k: int, prompt: str, paraphrases: list[str]) -> str:

@@ -6,12 +6,13 @@ default)` and `echo(text)` are injected so the flow is testable without a termin
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
 from typing import Callable
 
-from minirun.checkpoints.hub import DEFAULT_MODEL
+from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete
 from minirun.eval.data import NAMES as DATASETS
 from minirun.methods import METHODS
 from minirun.methods.fusion import WEIGHTED
@@ -90,10 +91,13 @@ def _optional_file(answer: str) -> str | None:
 
 
 def local_models(models_dir: Path) -> list[str]:
-    """Names of the checkpoints under `models_dir` (subdirectories holding a config.json)."""
+    """Names of the finished checkpoints under `models_dir`: converted ones (`name/`) and pulled hub repos
+    (`org/name/`); hidden folders (a pull or conversion still writing, or killed) are none of them."""
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if (p / "config.json").is_file())
+    found = [p for p in models_dir.glob("*/") if not p.name.startswith(".")]
+    found += [p for org in found for p in org.glob("*/") if not p.name.startswith(".")]
+    return sorted(p.relative_to(models_dir).as_posix() for p in found if is_complete(p))
 
 
 def _model(models_dir: Path, default: str) -> Check:
@@ -109,12 +113,15 @@ def _model(models_dir: Path, default: str) -> Check:
 
 def _ask_model(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     """`--model X`, or nothing for the default model (the CLI then pulls it on first use)."""
-    default = str(models_dir / DEFAULT_MODEL)
+    chosen = os.environ.get("MINIRUN_MODEL")  # what the command runs without --model
+    default = chosen or str(models_dir / DEFAULT_MODEL)
     found = local_models(models_dir)
     echo(f"models in {models_dir}: {', '.join(found)}" if found else f"no models in {models_dir} yet")
     answer = _prompt(ask, echo, "model (listed name, checkpoint dir or HF repo id)", default, _model(models_dir, default))
-    if answer in (default, DEFAULT_MODEL):
+    if answer == default or (answer == DEFAULT_MODEL and not chosen):
         return []
+    if answer == DEFAULT_MODEL:
+        return ["--model", DEFAULT_MODEL]
     return ["--model", str(models_dir / answer) if answer in found else answer]
 
 

@@ -16,6 +16,7 @@ import torch
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
+from minirun.eval.data import ensemble_prompts
 from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
@@ -75,7 +76,8 @@ def build_view(llm: LLM, question: str, paraphrases: list[str], method: str = "f
                decode_steps: int = 3, fusion_layer: int | None = None) -> MaskView:
     """The view for one question as `minirun generate` runs it: the question is paraphrase 1.
     hidden_avg draws like avg (its masks are avg's), titled with the block it fuses from."""
-    prompts = [question] if method == "origin" else [question, *paraphrases]
+    prompts = ensemble_prompts(question, paraphrases)  # as generate: a repeat of the question (case, spacing) dropped
+    prompts = prompts[:1] if method == "origin" else prompts
     enc = encode_question(llm, prompts, prefix, suffix, chat)
     view = view_from_encoded(enc, method, lambda i: llm.tokenizer.decode([i]), llm.pad_id, positions,
                              share_prefix, decode_steps)
