@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import platform
 import statistics
@@ -27,6 +28,8 @@ from minirun.layers import flex
 from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 from minirun.layers.masks import additive
 from minirun.paths import cache_root, write_atomic
+
+log = logging.getLogger("minirun")
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what changes which kernels are fast
 PLAN_ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # products timed: decode steps of 1 to 16 rows, wider batches, prefill chunks
@@ -134,15 +137,37 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
     if key in _memo:
         return _memo[key]
     path = cache_file()
-    entries = json.loads(path.read_text()) if path.is_file() else {}
-    if key not in entries:
+    entry = _read_entries(path).get(key)
+    if not (isinstance(entry, dict) and "value" in entry):
         global _measuring
         start = time.perf_counter()
-        entries[key] = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        entry = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         _measuring += time.perf_counter() - start
-        write_atomic(path, lambda temp: temp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
-    _memo[key] = entries[key]["value"]
+        entries = _read_entries(path)  # again: another process may have added its own answers meanwhile
+        entries[key] = entry
+        try:
+            write_atomic(path, lambda temp: temp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
+        except OSError as e:
+            log.warning("cannot write the kernel calibration to %s (%s): this process keeps it, the next measures "
+                        "again; point MINIRUN_CACHE at a writable folder", path, e.strerror or e)
+    _memo[key] = entry["value"]
     return _memo[key]
+
+
+def _read_entries(path: Path) -> dict[str, Any]:
+    """The calibration file's answers; a file that cannot be read as them (cut short by a crash, edited) is
+    measured over again, as a missing one is, instead of stopping every model from running."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("the kernel calibration %s is unreadable (%s): measuring again", path, e)
+        return {}
+    if not isinstance(entries, dict):
+        log.warning("the kernel calibration %s holds no answers (a JSON object): measuring again", path)
+        return {}
+    return entries
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 15) -> float:
