@@ -101,6 +101,25 @@ def test_confidences_cached_and_reused(llm, tmp_path, monkeypatch):
     assert len(calls) == 2 and second.confidences == first.confidences and second.token_ids == first.token_ids
 
 
+def test_a_damaged_or_unwritable_confidence_cache_is_sampled_again(llm, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))
+    question = Question(PROMPT, [PROMPT, "Paris is the capital of"])
+    options = EnsembleOptions(max_new_tokens=4, num_samples=4, chat=False, confidence_tokens=4)
+    first = run_method(llm, "weighted_avg", [question], options)[0]
+    files = sorted((tmp_path / "confidence").iterdir())
+    files[0].write_text('{"confid')  # cut short by a crash
+    files[1].write_text('{"confidence": 7}')  # not a fraction
+    with caplog.at_level("WARNING", logger="minirun"):
+        again = run_method(llm, "weighted_avg", [question], options)[0]
+    assert again.confidences == first.confidences and "unreadable" in caplog.text and "not a fraction" in caplog.text
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "file" / "cache"))  # cannot be made a folder
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="minirun"):
+        assert run_method(llm, "weighted_avg", [question], options)[0].confidences == first.confidences
+    assert "cannot cache a confidence" in caplog.text
+
+
 def test_confidences_cached_per_dtype(checkpoint_dirs, tmp_path, monkeypatch):
     """A bfloat16 run's samples differ from float32's: its cached confidences must not stand in for them."""
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from minirun.paths import cache_root, write_atomic
 from minirun.text import first_line, normalize
 
 SameAnswer = Callable[[str, str], bool]
+log = logging.getLogger("minirun")
 
 
 def normalised_equal(a: str, b: str) -> bool:
@@ -33,7 +35,8 @@ def normalised_equal(a: str, b: str) -> bool:
 
 # What a comparator's verdicts are keyed by in the cache: a comparator may carry its own (`cache_name`, e.g. the
 # matcher's version), so confidences counted under other rules are not reused
-normalised_equal.cache_name = "normalised_equal v2"  # type: ignore[attr-defined]  (2: numbers keep sign and point)
+normalised_equal.cache_name = "normalised_equal v3"  # type: ignore[attr-defined]  (2: numbers keep sign and point;
+# 3: "’" is an apostrophe, "C++" is not "C", every script's dashes and punctuation)
 
 
 def cache_dir() -> Path:
@@ -84,18 +87,36 @@ def weights_for(llm: EnsembleModel, method: str, encoded: list[Encoded],
 def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: EnsembleOptions, same: SameAnswer = normalised_equal) -> list[list[float]]:
     """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
     directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     out = []
     for enc in encoded:
         row = []
         for i in range(len(enc.paraphrases)):
             ids = enc.full(i)
             path = directory / f"{_key(llm, ids, options, same)}.json"
-            if path.is_file():
-                row.append(json.loads(path.read_text())["confidence"])
-                continue
-            value = paraphrase_confidence(llm, ids, options, same)
-            write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"confidence": value, "samples": options.num_samples})))
+            value = _cached(path)
+            if value is None:
+                value = paraphrase_confidence(llm, ids, options, same)
+                try:
+                    write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"confidence": value,
+                                                                              "samples": options.num_samples})))
+                except OSError as e:
+                    log.warning("cannot cache a confidence in %s (%s): it is sampled again next time; point "
+                                "MINIRUN_CACHE at a writable folder", directory, e.strerror or e)
             row.append(value)
         out.append(row)
     return out
+
+
+def _cached(path: Path) -> float | None:
+    """A cached confidence, or None when there is none to trust (missing, cut short by a crash, edited)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["confidence"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("cached confidence %s is unreadable (%s): sampling it again", path, e)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        log.warning("cached confidence %s holds %r, not a fraction: sampling it again", path, value)
+        return None
+    return float(value)
