@@ -271,3 +271,14 @@ def test_ids_past_the_context_are_refused_before_any_work(llm):
     limit = llm.config.max_position_embeddings
     with pytest.raises(minirun.MinirunError, match=f"prompt \\({limit} tokens\\) \\+ max_new_tokens \\(4\\) exceeds"):
         llm.generate_ids([[5, 6], [7] * limit], 4, SamplingParams())
+
+
+@pytest.mark.parametrize("rows, message", [([[5, 6, 7], []], "prompt 1 is empty"), ([[], [5, 6]], "prompt 0 is empty"),
+                                           ([[5, 10**6]], "prompt 0 is not token ids"), ([[5, -1]], "not token ids")])
+def test_ids_that_are_no_prompt_are_refused(llm, rows, message):
+    """An empty row crashed (or took another row's state), an id past the vocabulary was a raw IndexError."""
+    from minirun.engine.sampling import SamplingParams
+
+    with pytest.raises(minirun.MinirunError, match=f"{message}: give each row at least one id from 0 to "
+                                                   f"{llm.config.vocab_size - 1}"):
+        llm.generate_ids(rows, 4, SamplingParams())

@@ -131,7 +131,11 @@ class LLM:
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
                      stop: tuple[str, ...] | list[str] = (), on_text: Callable[[str], None] | None = None) -> list[Completion]:
         """Independent rows of different lengths, left-padded into one batch."""
-        for ids in prompts:  # `generate` fitted its prompts; ids given here directly are checked here
+        vocab = self.config.vocab_size
+        for i, ids in enumerate(prompts):  # `generate` fitted its prompts; ids given here directly are checked here
+            if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab for t in ids):
+                raise MinirunError(f"prompt {i} is {'empty' if not ids else 'not token ids'}: give each row at least "
+                                   f"one id from 0 to {vocab - 1} (this model's vocabulary)")
             self.check_context(len(ids), max_new_tokens)
         layout = left_padded(prompts, self.pad_id, self.device)
         session = self.session(len(prompts), layout.length + max_new_tokens)
