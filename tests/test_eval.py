@@ -559,7 +559,7 @@ def test_a_batch_that_copied_its_prefill_counts_the_prefill_in_its_seconds(tiny,
         return [MethodResult(method, "Bell", [1], "stop", 4, q.paraphrases) for q in questions]
 
     monkeypatch.setattr(loop, "run_method", copying_run_method)
-    qs = [Item(str(i), f"Who invented thing {i}?", [], ["Bell"]) for i in range(2)]
+    qs = [Item(str(i), f"Who invented thing {i}?", [f"Who made thing {i}?"], ["Bell"]) for i in range(2)]
     table = evaluate(tiny, qs, ["per_prompt", "avg"], tmp_path, **{**SETTINGS, "num_prompts": 1})
     seconds = table.set_index("method")["seconds"]
     assert (seconds["avg"] >= 100.0 / 2).all() and (seconds["per_prompt"] < 100.0 / 2).all()
@@ -571,6 +571,19 @@ def test_multiple_choice_methods_that_share_a_prefill_score_as_they_do_alone(tin
     alone = [evaluate(tiny, choice, [m], tmp_path / m, **settings) for m in ("per_prompt", "avg", "max")]
     together = evaluate(tiny, choice, ["per_prompt", "avg", "max"], tmp_path / "together", **settings)
     pd.testing.assert_frame_equal(_same(together), _same(pd.concat(alone, ignore_index=True)))
+
+
+def test_data_without_paraphrases_is_refused_for_ensembles_and_counted_where_some_lack_them(tiny, tmp_path, caplog):
+    """WebQuestions, MMLU and CommonsenseQA from the Hub carry no paraphrases: every ensemble would be origin."""
+    bare = [Item(str(i), f"Who invented thing {i}?", [], ["Bell"]) for i in range(3)]
+    with pytest.raises(MinirunError, match="webqa's items have no paraphrases, so avg, flex would repeat origin: run "
+                                           "-m origin alone, or paraphrase them"):
+        evaluate(tiny, bare, ["origin", "avg", "flex"], tmp_path / "bare", **{**SETTINGS, "dataset": "webqa"})
+    assert len(evaluate(tiny, bare, ["origin"], tmp_path / "origin", **SETTINGS)) == 3
+    some = bare[:2] + [Item("2", "Who invented thing 2?", ["Who made thing 2?"], ["Bell"])]
+    with caplog.at_level("WARNING", logger="minirun"):
+        evaluate(tiny, some, ["avg"], tmp_path / "some", **SETTINGS)
+    assert "2 of 3 items (first '0') have no paraphrase besides the question" in caplog.text
 
 
 def test_no_items_and_shared_ids_are_refused_before_anything_runs(tiny, items, tmp_path):

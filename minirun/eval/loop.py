@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.runner import OPTION_READERS, PROMPT_ROWS, check_method, check_options_used
 from minirun.text import normalize
+
+log = logging.getLogger("minirun")
 
 STOP = ("\n", "Q:")
 SUFFIX = "\nA:"
@@ -188,6 +191,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
+    _check_paraphrased(items, methods, dataset)
     prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
@@ -204,6 +208,22 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items))
+
+
+def _check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
+    """An ensemble of one prompt is origin under another name: data with no paraphrases at all (WebQuestions,
+    MMLU or CommonsenseQA as the Hub gives them) would fill every method's column with origin's answers, so it is
+    refused; items of a dataset that lack them here and there are counted, as their methods equal origin there."""
+    ensembles = [m for m in methods if m != "origin"]
+    single = [item.id for item in items if len(ensemble_prompts(item.question, item.paraphrases)) < 2]
+    if not ensembles or not single:
+        return
+    if len(single) == len(items):
+        raise MinirunError(f"{dataset}'s items have no paraphrases, so {', '.join(ensembles)} would repeat origin: "
+                           f"run -m origin alone, or paraphrase them (`minirun paraphrase {dataset} paraphrased.jsonl "
+                           "--model <an instruct model>`, then --data paraphrased.jsonl)")
+    log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers as "
+                "origin does", len(single), len(items), single[0])
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
