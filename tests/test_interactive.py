@@ -1,6 +1,7 @@
 """The interactive flow turns scripted answers into the exact one-line command."""
 from __future__ import annotations
 
+import inspect
 import shlex
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
     argv, echoed, _ = drive(answers, models_dir)
     assert argv == ["generate", "--method", "weighted_max", "--model", str(models_dir / "tiny-llama"),
                     "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "3",
-                    "--max-new-tokens", "32", "--paraphrase", "France's capital?", "--", "Capital of France?"]
+                    "--max-new-tokens", "64", "--paraphrase", "France's capital?", "--", "Capital of France?"]
     assert echoed == ["'avg,max': this task runs one method: give a single name",
                       "this method fuses paraphrases: give at least one",
                       f"models in {models_dir}: smollm2-135m-instruct, tiny-llama",
@@ -85,12 +86,13 @@ def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
 
 
 def test_eval_flow(models_dir, tmp_path):
-    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct",
-               "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "24"]
+    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct", "restart",
+               "", "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "16"]
     argv, echoed, prompts = drive(answers, models_dir)
     assert argv == ["eval", "--method", "origin", "--method", "avg", "--method", "flex", "--data", "sample-fill",
-                    "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--num-prompts", "3", "--max-samples", "10",
-                    "--few-shot-k", "2", "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "24"]
+                    "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--positions", "restart", "--num-prompts", "3",
+                    "--max-samples", "10", "--few-shot-k", "2", "--output", str(tmp_path / "out.jsonl"),
+                    "--max-new-tokens", "16"]  # the method's own settings are asked as for generate
     assert ("prompts per question (the question and its paraphrases)", "5") in prompts
     assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
     assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
@@ -99,10 +101,23 @@ def test_eval_flow(models_dir, tmp_path):
     assert echoed[2] == "'abc': give a whole number above 0"
 
 
+def _default(command, name: str) -> object:
+    return inspect.signature(command).parameters[name].default.default  # the typer.Option's default
+
+
 def test_eval_defaults_and_bench(models_dir):
-    argv, _, _ = drive(["eval"] + [""] * 8, models_dir)
-    assert argv == ["eval", "--method", "flex", "--data", "sample-qa", "--num-prompts", "5",
-                    "--max-samples", "20", "--few-shot-k", "0", "--max-new-tokens", "32"]
+    """Accepting every default runs what the bare command runs."""
+    from minirun.cli.eval import eval_command
+    from minirun.cli.generate import generate
+    from minirun.cli.tools import bench
+
+    argv, _, _ = drive(["eval"] + [""] * 10, models_dir)
+    assert argv == ["eval", "--method", "flex", "--data", "sample-qa", "--positions", "right", "--num-prompts", "5",
+                    "--few-shot-k", "5", "--max-new-tokens", "24"]
+    assert [_default(eval_command, n) for n in ("positions", "num_prompts", "few_shot_k", "max_new_tokens")] == \
+        ["right", 5, 5, 24] and _default(eval_command, "max_samples") is None
+    argv, _, _ = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
+    assert argv[argv.index("--max-new-tokens") + 1] == str(_default(generate, "max_new_tokens"))
     argv, echoed, _ = drive(["bench", "origin,flex", "flex", str(models_dir / "not-a-model"),
                              str(models_dir / "tiny-llama"), "4", "1", "8"], models_dir)
     assert argv == ["bench", "--method", "flex", "--model", str(models_dir / "tiny-llama"),
@@ -111,7 +126,8 @@ def test_eval_defaults_and_bench(models_dir):
     assert "not a checkpoint directory" in echoed[2]
     assert echoed[3] == "'1': give a whole number above 1 (a decode step is timed)"
     argv, _, _ = drive(["bench", "origin", "", "", ""], models_dir)
-    assert argv == ["bench", "--method", "origin", "--num-paraphrases", "5", "--new-tokens", "32"]
+    assert argv == ["bench", "--method", "origin", "--num-paraphrases", "5", "--new-tokens", "64"]
+    assert (_default(bench, "num_paraphrases"), _default(bench, "new_tokens")) == (5, 64)
 
 
 def test_interrupt_propagates(models_dir):

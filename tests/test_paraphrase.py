@@ -227,6 +227,10 @@ def test_cli(long_context, tmp_path):
     assert "paraphrasing" not in result.output and "wrote" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["paraphrases"][0] == rows[0]["question"]
+    (tmp_path / "file").write_text("")
+    for bad, message in [(tmp_path, "is a directory"), (tmp_path / "file" / "p.jsonl", "is a file, not a folder")]:
+        refused = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(bad), "--model", "no/such-model-loaded"])
+        assert refused.exit_code == 1 and message in refused.stderr  # before the (here unloadable) model
 
 
 def test_choice_items_keep_their_options(llm, tmp_path):

@@ -154,6 +154,18 @@ def check_output_dir(path: Optional[Path]) -> None:
         raise MinirunError(f"{existing} is not writable by this user: choose another --output")
 
 
+def check_output_file(path: Path, what: str) -> None:
+    """Refuse, before a model loads, an output file no run could write: a directory there, or a folder this user
+    may not write in (missing folders are made)."""
+    if path.is_dir():
+        raise MinirunError(f"{what} {path} is a directory: give a file name such as {path / 'out.jsonl'}")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise MinirunError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MinirunError(f"{existing} is not writable by this user: choose another path for {what} {path.name}")
+
+
 def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: bool) -> LLM:
     """The model named, else $MINIRUN_MODEL, else the default model (pulled on first use)."""
     from minirun.checkpoints.hub import resolve_model

@@ -138,8 +138,27 @@ def _ask_paraphrases(ask: Ask, echo: Echo, needed: bool) -> list[str]:
             echo("this method fuses paraphrases: give at least one")
 
 
+def _ask_method_options(ask: Ask, echo: Echo, methods: list[str]) -> list[str]:
+    """The settings only some of `methods` read (flex's positions and head, hidden_avg's block and weight, the
+    weighted methods' samples), each asked only when a method that reads it runs; defaults are the commands'."""
+    argv: list[str] = []
+    if "flex" in methods:
+        argv += ["--positions", _prompt(ask, echo, f"flex positions ({'/'.join(POSITION_SCHEMES)})", "right",
+                                        _one_of(POSITION_SCHEMES))]
+        if _prompt(ask, echo, "share the prefix across paraphrases (yes/no)", "yes", _one_of(("yes", "no"))) == "no":
+            argv.append("--no-share-prefix")
+    if "hidden_avg" in methods:
+        layer = _prompt(ask, echo, "hidden_avg: first fused block (empty: 3/4 of the depth)", "", _optional_int)
+        argv += ["--fusion-layer", layer] if layer else []
+        argv += ["--fusion-alpha", _prompt(ask, echo, "hidden_avg: weight of the mean (0-1)", "1.0", _unit)]
+    if any(m in WEIGHTED for m in methods):
+        argv += ["--num-samples", _prompt(ask, echo, "samples per paraphrase for the confidence", "100", _positive_int)]
+    return argv
+
+
 def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
-    """Ask for a generate / eval / bench run and return its argv (without the program name)."""
+    """Ask for a generate / eval / bench run and return its argv (without the program name); every default
+    offered is the command's own, so accepting them all runs what the bare command would."""
     task = _prompt(ask, echo, f"task ({'/'.join(TASKS)})", "generate", _one_of(TASKS))
     single = task != "eval"  # generate and bench run one method
     label = "method" if single else "methods (comma-separated)"
@@ -151,23 +170,13 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
         question = _prompt(ask, echo, "question", "", lambda a: None if a else "a question is needed")
         paraphrases = _ask_paraphrases(ask, echo, methods != ["origin"])
         argv += _ask_model(ask, echo, models_dir)
-        if "flex" in methods:
-            argv += ["--positions", _prompt(ask, echo, f"flex positions ({'/'.join(POSITION_SCHEMES)})", "right",
-                                            _one_of(POSITION_SCHEMES))]
-            if _prompt(ask, echo, "share the prefix across paraphrases (yes/no)", "yes", _one_of(("yes", "no"))) == "no":
-                argv.append("--no-share-prefix")
-        if "hidden_avg" in methods:
-            layer = _prompt(ask, echo, "hidden_avg: first fused block (empty: 3/4 of the depth)", "", _optional_int)
-            argv += ["--fusion-layer", layer] if layer else []
-            argv += ["--fusion-alpha", _prompt(ask, echo, "hidden_avg: weight of the mean (0-1)", "1.0", _unit)]
-        if any(m in WEIGHTED for m in methods):
-            argv += ["--num-samples", _prompt(ask, echo, "samples per paraphrase for the confidence", "100", _positive_int)]
+        argv += _ask_method_options(ask, echo, methods)
         few_shot = _prompt(ask, echo, "few-shot file (.jsonl examples or a prefix text; empty for none)", "",
                            _optional_file)
         if few_shot:
             argv += ["--few-shot", few_shot, "--few-shot-k",
                      _prompt(ask, echo, "few-shot examples to use", "5", _positive_int)]
-        argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int)]
+        argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "64", _positive_int)]
         for p in paraphrases:
             argv += ["--paraphrase", p]
         return [*argv, "--", question]  # a question may start with "-" ("-5 plus 7 is?")
@@ -176,15 +185,17 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     argv += _ask_model(ask, echo, models_dir)
     if task == "bench":
         argv += ["--num-paraphrases", _prompt(ask, echo, "paraphrases per question", "5", _positive_int)]
-        return argv + ["--new-tokens", _prompt(ask, echo, "new tokens per generation", "32", _at_least_two)]
+        return argv + ["--new-tokens", _prompt(ask, echo, "new tokens per generation", "64", _at_least_two)]
+    argv += _ask_method_options(ask, echo, methods)
     argv += ["--num-prompts", _prompt(ask, echo, "prompts per question (the question and its paraphrases)", "5",
                                       _positive_int)]
-    argv += ["--max-samples", _prompt(ask, echo, "max samples", "20", _positive_int)]
-    argv += ["--few-shot-k", _prompt(ask, echo, "few-shot examples (0 for none)", "0", _count)]
+    samples = _prompt(ask, echo, "max samples (empty: all)", "", _optional_int)
+    argv += ["--max-samples", samples] if samples else []
+    argv += ["--few-shot-k", _prompt(ask, echo, "few-shot examples (0 for none)", "5", _count)]
     output = ask("output directory (empty: runs/<dataset>-<model>)", "").strip()
     if output:
         argv += ["--output", output]
-    return argv + ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "32", _positive_int)]
+    return argv + ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "24", _positive_int)]
 
 
 def format_command(argv: list[str]) -> str:

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import DTYPE_HELP, check_figure_path, check_texts, err, friendly, load_llm, read_text_file
+from minirun.cli.common import (DTYPE_HELP, check_figure_path, check_output_file, check_texts, err, friendly, load_llm,
+                                read_text_file)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions
@@ -109,6 +110,7 @@ def paraphrase(
     from minirun.eval.paraphrase import paraphrase_file
 
     SamplingParams(temperature, top_p=top_p)  # a bad value fails before the model loads
+    check_output_file(out, "output")
     items = load_dataset(data)[:max_samples]
     llm = load_llm(model, "cpu", None, False)
     with Progress(console=err, disable=not progress) as bar:
