@@ -435,9 +435,25 @@ def test_rows_store_both_matching_rules(tiny, tmp_path, monkeypatch, bidirection
     assert sorted(lemmatised) == ["alexander graham bell", "bell"]  # one spaCy pass for both rules
 
 
-def test_shard_is_a_partition(items):
-    parts = [shard(items, r, 4) for r in range(4)]
-    assert sorted(i.id for p in parts for i in p) == sorted(i.id for i in items)
+def test_shard_is_a_partition_of_whole_batches(items):
+    batches = [items[i:i + 2] for i in range(0, len(items), 2)]
+    parts = [shard(batches, r, 4) for r in range(4)]
+    assert sorted(id(b) for p in parts for b in p) == sorted(map(id, batches))
+
+
+def test_ranks_run_the_very_batches_one_process_runs(tiny, items, tmp_path, monkeypatch):
+    """Items dealt one by one made other batches than one process (in bfloat16 an answer depends on its batch's
+    other rows, so a sharded table was not the one a single process writes); whole batches are dealt now."""
+    seen = []
+    real = loop.run_method
+    monkeypatch.setattr(loop, "run_method", lambda llm, method, qs, options: seen.append(
+        (method, tuple(q.question for q in qs))) or real(llm, method, qs, options))
+    evaluate(tiny, items[:5], ["origin", "avg"], tmp_path / "one", **SETTINGS)  # batches of 2
+    alone, seen[:] = sorted(seen), []
+    tables = [evaluate(tiny, items[:5], ["origin", "avg"], tmp_path / "two", rank=rank, world_size=2, **SETTINGS)
+              for rank in range(2)]
+    assert sorted(seen) == alone and len(alone) == 6
+    assert sorted(len(t) for t in tables) == [4, 6]  # each rank's own rows: 1 and 2 batches of each method
 
 
 def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path):
@@ -592,3 +608,26 @@ def test_no_items_and_shared_ids_are_refused_before_anything_runs(tiny, items, t
     with pytest.raises(MinirunError, match="two items share an id"):  # one row each would silently be dropped
         evaluate(tiny, [items[0], items[0]], ["origin"], tmp_path / "twice")
     assert not (tmp_path / "empty").exists() and not (tmp_path / "twice").exists()
+
+
+@pytest.mark.parametrize("env, expected", [({}, (0, 1)), ({"RANK": "1", "WORLD_SIZE": "1"}, (0, 1)),
+                                           ({"RANK": "1", "WORLD_SIZE": "2"}, (1, 2))])
+def test_ranks_come_from_torchrun_and_a_lone_process_runs_everything(monkeypatch, env, expected):
+    """RANK=1 with WORLD_SIZE=1 (set by hand or by another launcher) skipped item 0 of every sweep cell."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert loop.ranks() == expected
+
+
+def test_ranks_set_by_hand_are_one_line_errors(monkeypatch, tiny, items, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(MinirunError, match=r"RANK 2 is outside 0..1 \(WORLD_SIZE 2\): start the processes with torchrun"):
+        loop.ranks()
+    monkeypatch.setenv("RANK", "1")
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(MinirunError, match="WORLD_SIZE 2 asks for several processes, but no torchrun started them"):
+        loop.run_sharded(tiny, items[:2], ["origin"], tmp_path, **SETTINGS)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -64,7 +63,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.eval.data import load_dataset, load_jsonl
-    from minirun.eval.loop import run_sharded
+    from minirun.eval.loop import ranks, run_sharded
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
@@ -83,7 +82,7 @@ def eval_command(
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
                         thinking=thinking, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
                         choice_format=choice_format, progress=progress)
-    if os.environ.get("RANK", "0") == "0":
+    if ranks()[0] == 0:
         asked = table[table["method"].isin(method)]  # the directory may hold other methods' rows, finished or not
         out.print(_summary_table(asked, f"{name} · {llm.path.name}"))
         out.print(f"[dim]results in {output}[/dim]", highlight=False)

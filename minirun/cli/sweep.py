@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +34,7 @@ def sweep_command(
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
     output = output or Path("runs") / file.stem
     table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress)
-    if table is not None and os.environ.get("RANK", "0") == "0":
+    if table is not None:  # rank 0's (other ranks get None)
         for t in score_tables(sweep_table(table), str(output)):
             out.print(t)
         out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)

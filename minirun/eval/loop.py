@@ -59,9 +59,11 @@ def _progress(enabled: bool) -> Progress:
                     TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
-def shard(items: list[Item], rank: int, world_size: int) -> list[Item]:
-    """Rank r's items: every world_size-th from r, so shards are disjoint, cover all, and are stable."""
-    return items[rank::world_size]
+def shard(batches: list[list[Item]], rank: int, world_size: int) -> list[list[Item]]:
+    """Rank r's batches: every world_size-th from r, so shards are disjoint, cover all, and are stable. Whole
+    batches are dealt, never single items: each rank then runs the very batches one process would, and its
+    rows are that process's rows (in bfloat16 an answer depends on the other rows of its batch)."""
+    return batches[rank::world_size]
 
 
 def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = None) -> int:
@@ -282,15 +284,19 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
                                                   run.method_keys)) for run in runs]
         bar = stack.enter_context(_progress(progress))
         lanes: dict[Lane, list[list[Item]]] = {}
-        total = 0
+        mine: list[set[tuple[str, str]]] = []  # this rank's (method, item id) of each run
         for i, (run, store) in enumerate(zip(runs, stores)):
-            mine = shard(run.items, rank, world_size)
-            total += len(mine) * len(run.methods)
+            mine.append(set())
             for m in run.methods:
                 # batched by few-shot head: its questions share its keys and values (a batch mixing heads
-                # repeats each one in every row, ~7x the prefill of a 5-shot head)
-                todo = [item for item in mine if item.id not in store.done(m)]
-                lanes[(i, m)] = _batches(todo, questions_per_batch(m, run.num_prompts, run.batch_size), run.head)
+                # repeats each one in every row, ~7x the prefill of a 5-shot head); a resumed batch keeps its
+                # unfinished questions together, as the batch a fresh run would run
+                batches = shard(_batches(run.items, questions_per_batch(m, run.num_prompts, run.batch_size),
+                                         run.head), rank, world_size)
+                mine[i].update((m, item.id) for batch in batches for item in batch)
+                done = store.done(m)
+                lanes[(i, m)] = [todo for batch in batches if (todo := [item for item in batch if item.id not in done])]
+        total = sum(map(len, mine))
         left = sum(len(batch) for batches in lanes.values() for batch in batches)
         overall = bar.add_task("eval", total=total, completed=total - left)
         if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
@@ -309,10 +315,9 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         if world_size == 1:
             return [store.finalize() for store in stores]
     tables = []
-    for run in runs:
+    for run, pairs in zip(runs, mine):
         table = read_results(run.output_dir)
-        tables.append(table[table["id"].isin({item.id for item in shard(run.items, rank, world_size)})]
-                      .reset_index(drop=True))
+        tables.append(table[[pair in pairs for pair in zip(table["method"], table["id"])]].reset_index(drop=True))
     return tables
 
 
@@ -459,6 +464,23 @@ def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, 
     return out
 
 
+def ranks() -> tuple[int, int]:
+    """(this process's rank, the number of processes) as torchrun sets them in RANK and WORLD_SIZE; (0, 1) for
+    one process, whatever RANK says (a rank alone runs all the work). A RANK outside 0..WORLD_SIZE-1 would
+    skip a share of the items, so it is refused."""
+    try:
+        rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise MinirunError("RANK and WORLD_SIZE must be whole numbers (torchrun sets them): unset them to run in "
+                           "one process") from None
+    if world_size <= 1:
+        return 0, 1
+    if not 0 <= rank < world_size:
+        raise MinirunError(f"RANK {rank} is outside 0..{world_size - 1} (WORLD_SIZE {world_size}): start the "
+                           "processes with torchrun, or unset RANK and WORLD_SIZE to run in one")
+    return rank, world_size
+
+
 @contextlib.contextmanager
 def process_group(world_size: int) -> Iterator[None]:
     """A gloo group over the `torchrun` processes for the block (nothing with one process). gloo works
@@ -470,7 +492,12 @@ def process_group(world_size: int) -> Iterator[None]:
         return
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=timedelta(days=7))
+    try:
+        dist.init_process_group("gloo", timeout=timedelta(days=7))
+    except ValueError as e:  # WORLD_SIZE set by hand, without torchrun's rendezvous (MASTER_ADDR, MASTER_PORT)
+        raise MinirunError(f"WORLD_SIZE {world_size} asks for several processes, but no torchrun started them "
+                           f"({e}): run `torchrun --nproc_per_node {world_size} -m minirun.cli …`, or unset WORLD_SIZE") \
+            from None
     try:
         yield
     finally:
@@ -481,7 +508,7 @@ def run_sharded(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...
                 **kwargs) -> pd.DataFrame:
     """`evaluate`, sharded over the `torchrun` processes when WORLD_SIZE > 1: each rank journals its
     shard; after a barrier rank 0 merges them and returns the full table (other ranks their shard)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world_size = ranks()
     if world_size <= 1:
         return evaluate(llm, items, methods, output_dir, **kwargs)
     import torch.distributed as dist

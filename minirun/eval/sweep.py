@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from minirun.checkpoints.loader import checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group, subject_heads
+from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group, ranks, subject_heads
 from minirun.eval.matching import matcher_name
 from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
@@ -116,7 +115,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     output = Path(output)
     if journal_paths(output) or (output / "run.json").is_file():  # its results.parquet would be overwritten
         raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size = ranks()
     data = {d.label: _load_items(d) for d in sweep.datasets}
     plan = cells(sweep, output)
     if rank == 0:
