@@ -390,6 +390,20 @@ def test_report_warns_of_an_unfinished_method(tmp_path):
     assert summarize(load_results(run)).loc["avg", "n_vs_origin"] == 7
 
 
+def test_report_names_a_method_stopped_before_its_first_row(tmp_path):
+    """run.json lists every method asked: one killed before writing a row is named, not silently absent."""
+    df = _hand()
+    methods = {"origin": {}, "avg": {}, "per_prompt": {}, "flex": {}}
+    with ResultStore(tmp_path / "run", {"model": "m", "bidirectional": False}, 0, [f"q{i}" for i in range(10)],
+                     methods) as store:
+        for row in df.to_dict("records"):
+            store.add(row)
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    assert shown.exit_code == 0, shown.output
+    assert "flex has scored 0 of the 10 items (an unfinished run)" in shown.output
+    assert "origin has scored" not in shown.output
+
+
 def test_report_of_a_run_with_no_rows(tmp_path):
     ResultStore(tmp_path / "run", {"model": "m"}).close()
     shown = CliRunner().invoke(app, ["report", str(tmp_path / "run")])

@@ -132,13 +132,14 @@ def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
 def unfinished(df: pd.DataFrame) -> list[tuple[str, int, int]]:
     """(method, items it scored, items it should have) for each method of a run short of the items
     its run.json lists (`attrs["items"]`) or that any method scored, as an interrupted run leaves them,
-    a method with rows but no verdict included (it scored 0); a sweep's methods are counted within
-    their model."""
+    a method with rows but no verdict, or asked (`attrs["methods"]`) but stopped before its first row, included
+    (it scored 0); a sweep's methods are counted within their model."""
     out = []
     for model, part in (df.groupby("model", sort=True) if "model" in df.columns else [(None, df)]):
         total = max(part["id"].nunique(), df.attrs.get("items", 0) if model is None else 0)
         scored = part[part["correct"].notna()].groupby("method")["id"].nunique()
-        for method, answered in scored.reindex(sorted(part["method"].unique()), fill_value=0).items():
+        asked = set(part["method"]) | (set(df.attrs.get("methods", ())) if model is None else set())
+        for method, answered in scored.reindex(sorted(asked), fill_value=0).items():
             if answered < total:
                 out.append((method if model is None else f"{model} · {method}", int(answered), int(total)))
     return out

@@ -121,7 +121,7 @@ def _run_info(output_dir: Path) -> dict | None:
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
     method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how
-    many items run.json lists, and `attrs["match"]` the
+    many items run.json lists, `attrs["methods"]` the methods it was asked for, and `attrs["match"]` the
     rule ("lemma" or "bidirectional") run.json records its verdicts under, where it records one: the
     only rule its per-prompt verdicts exist under."""
     output_dir = Path(output_dir)
@@ -140,6 +140,8 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     df = df[[*COLUMNS, *extras]]
     if info.get("item_ids"):
         df.attrs["items"] = len(info["item_ids"])  # what the run set out to answer: `report.unfinished` counts it
+    if info.get("methods"):
+        df.attrs["methods"] = sorted(info["methods"])  # every method asked, a killed one with no row yet included
     if "bidirectional" in info.get("run_key", {}):
         df.attrs["match"] = "bidirectional" if info["run_key"]["bidirectional"] else "lemma"
     return df
