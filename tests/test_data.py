@@ -23,6 +23,7 @@ from minirun.eval.data import (
 from minirun.eval.data.items import ensemble_prompts
 from minirun.eval.data.myriadlama import template_prompt
 from minirun.eval.data.webqa import parse_target_value
+from minirun.text import normalize
 
 
 def _write_lines(path, lines):
@@ -463,3 +464,17 @@ def test_local_rows_keep_text_that_looks_like_a_number(tmp_path):
     path.write_text(json.dumps({"question": "1969", "subject": "history", "choices": ["0.50", "2"], "answer": 0}) + "\n")
     (item,) = load_dataset(path)
     assert item.question == "1969" and item.choices == ["0.50", "2"]
+
+
+@pytest.mark.parametrize("kind", ["qa", "fill", "choice"])
+def test_no_worked_example_gives_away_a_sample_questions_answer(kind):
+    """A few-shot example sharing its answer with a test question of the same template ("Nigeria ... Africa" before
+    "Kenya is located on the continent of") primes the answer instead of the format."""
+    shots, tests = load_fewshot(f"sample-{kind}"), load_dataset(f"sample-{kind}")
+
+    def golds(item) -> set[str]:
+        if item.task == "choice":
+            return {normalize(item.choices[item.answer] if isinstance(item.answer, int) else item.answer)}
+        return {normalize(a) for a in item.answers}
+
+    assert not [(s.id, t.id) for s in shots for t in tests if golds(s) & golds(t)]
