@@ -193,6 +193,11 @@ def test_myriadlama_grouping_and_sampling(tmp_path):
     assert again == items
     other = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_auto=3, seed=2)
     assert [it.paraphrases for it in other] != [it.paraphrases for it in items]
+    _lama_rows().iloc[::-1].to_parquet(tmp_path / "reversed.parquet")  # a copy with its rows in another order
+    for n_manual in (None, 2):
+        mine = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_manual=n_manual, n_auto=3, seed=1)
+        theirs = load_myriadlama(tmp_path / "reversed.parquet", n_test=4, n_manual=n_manual, n_auto=3, seed=1)
+        assert {it.id: sorted(it.paraphrases) for it in mine} == {it.id: sorted(it.paraphrases) for it in theirs}
 
 
 def test_myriadlama_split_is_disjoint_and_n_manual(tmp_path):
