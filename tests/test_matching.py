@@ -20,6 +20,7 @@ def matcher():
     ("Paris<|im_end|>", "Paris"),
     ("\n\nMount Everest\n", "Mount Everest"),
     ("'Jane Austen' Q: next", "Jane Austen"),
+    ("NATO HQ: Brussels", "NATO HQ: Brussels"), ("Its IQ: 160", "Its IQ: 160"),  # "Q:" inside a word is no stop
     ("A-ha", "A-ha"),
     ("", ""),
 ])

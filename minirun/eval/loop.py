@@ -37,7 +37,7 @@ from minirun.text import normalize
 
 log = logging.getLogger("minirun")
 
-STOP = ("\n", "Q:")
+STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
 SUFFIX = "\nA:"
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this

@@ -16,14 +16,15 @@ from minirun.text import clean, drop_article, fold, normalize
 # Bumped when a verdict can change: a run's rows come from one matcher (its run key holds `matcher_name()`)
 MATCHER_VERSION = 3  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes;
 # 3: "’" is an apostrophe, "C++"/"C#" are not "C", every script's dashes and punctuation count, and a prediction
-# of stopwords alone ("and") is not found inside a gold by the bidirectional rule
+# of stopwords alone ("and") is not found inside a gold by the bidirectional rule, and an answer ends at " Q:", not
+# at "Q:" inside a word ("NATO HQ: Brussels")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
 
 
-def extract_answer(text: str, stop: Iterable[str] = ("\n", "Q:")) -> str:
+def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:")) -> str:
     """The answer part of a generation: text before the first stop string, without special
     tokens, "A:"/"Answer:" labels, wrapping quotes or markdown, and trailing punctuation."""
     text = _SPECIAL_TOKEN.sub("", text).lstrip()
