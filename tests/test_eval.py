@@ -479,6 +479,30 @@ def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path)
     assert set(scores) == set(METHODS) and scores["avg"]["n"] == 6
 
 
+FAILING_RANK_SCRIPT = APP_SCRIPT.replace("register(app)", """register(app)
+import os
+from minirun.errors import MinirunError
+from minirun.eval import loop
+if os.environ["RANK"] == "1":  # this rank stops at its first batch, as on a bad file or a full disk
+    def stop(*args, **kwargs):
+        raise MinirunError("rank 1 stopped")
+    loop.run_method = stop""")
+
+
+def test_a_rank_that_fails_ends_the_others_with_one_line(checkpoint_dirs, tmp_path):
+    """Rank 0 waited at the barrier and died in a gloo traceback; it names the cause now, its rows journalled."""
+    script = tmp_path / "app.py"
+    script.write_text(FAILING_RANK_SCRIPT)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "eval", *CLI_SETTINGS, "--model", str(checkpoint_dirs["qwen2"]), "--output", str(out), "--method", "origin"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "rank 1 stopped" in proc.stderr and "another rank stopped before finishing its share" in proc.stderr
+    assert "gloo" not in proc.stderr.lower() and "Connection closed by peer" not in proc.stderr
+    assert (out / "results.rank0.jsonl").read_text().count("\n") == 4  # rank 0's two batches of 2, kept
+
+
 def test_report_tables_and_errors(reference, tmp_path):
     store = ResultStore(tmp_path, {"k": 1})
     for row in reference.to_dict("records"):

@@ -481,6 +481,18 @@ def ranks() -> tuple[int, int]:
     return rank, world_size
 
 
+def wait_for_ranks() -> None:
+    """Every rank's share done (before rank 0 merges them). A rank that stopped on an error (printed by it) ends
+    the others' wait with one line, not gloo's traceback; every finished row stays journalled."""
+    import torch.distributed as dist
+
+    try:
+        dist.barrier()
+    except RuntimeError:  # gloo's "Connection closed by peer", a DistBackendError
+        raise MinirunError("another rank stopped before finishing its share (its error is printed above); the rows "
+                           "finished are kept: fix that and rerun the same command to finish the run") from None
+
+
 @contextlib.contextmanager
 def process_group(world_size: int) -> Iterator[None]:
     """A gloo group over the `torchrun` processes for the block (nothing with one process). gloo works
@@ -501,7 +513,8 @@ def process_group(world_size: int) -> Iterator[None]:
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        with contextlib.suppress(RuntimeError):  # a group a failed rank broke cannot always be torn down cleanly
+            dist.destroy_process_group()
 
 
 def run_sharded(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path,
@@ -516,5 +529,5 @@ def run_sharded(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...
     with process_group(world_size):
         rank = dist.get_rank()
         table = evaluate(llm, items, methods, output_dir, rank=rank, world_size=world_size, **kwargs)
-        dist.barrier()
+        wait_for_ranks()
         return merge(output_dir) if rank == 0 else table

@@ -25,7 +25,8 @@ from minirun.checkpoints.loader import checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import Run, check_resumable, evaluate_runs, prepare, process_group, ranks, subject_heads
+from minirun.eval.loop import (Run, check_resumable, evaluate_runs, prepare, process_group, ranks, subject_heads,
+                                wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
@@ -193,9 +194,7 @@ def _run_cells(llm: LLM, group: list[Cell], runs: list[Run], rank: int, world_si
     gives the methods of one run). With several ranks, rank 0 merges each cell once all are done."""
     evaluate_runs(llm, runs, rank=rank, world_size=world_size, progress=progress, on_row=on_row)
     if world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        wait_for_ranks()
         if rank == 0:
             for cell in group:
                 merge(cell.dir)
