@@ -137,14 +137,23 @@ def test_resolve_model(tmp_path, monkeypatch):
         hub.resolve_model("./missing")
 
 
-def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
-    """"models/smollm2-135m-instrct" has the shape of a repo id, but its folder is here: a typo, not a download."""
+def test_a_mistyped_local_path_that_the_hub_lacks_is_named_as_a_path(tmp_path, monkeypatch):
+    """"models/smollm2-135m-instrct" has the shape of a repo id; the hub's refusal also says it may be a mistyped
+    path, as models/ is a folder here. A real repo id is still pulled when a folder of its org's name is here."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(hub, "pull", lambda name: pytest.fail(f"{name} sent to the hub"))
     (tmp_path / "models").mkdir()
-    with pytest.raises(MinirunError, match=r"no checkpoint directory at models/smollm2-135m-instrct \(models is a "
-                                           r"folder here.*`minirun pull models/smollm2-135m-instrct`"):
+    (tmp_path / "Qwen").mkdir()
+
+    def pull(name):
+        if name.startswith("models/"):
+            raise MinirunError(f"cannot download {name} from the HF hub (RepositoryNotFoundError: 404)")
+        return tmp_path / "pulled" / name
+
+    monkeypatch.setattr(hub, "pull", pull)
+    with pytest.raises(MinirunError, match=r"404\) \(or, if models/smollm2-135m-instrct was meant as a path: no "
+                                           r"checkpoint directory there, though models is a folder here"):
         hub.resolve_model("models/smollm2-135m-instrct")
+    assert hub.resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == tmp_path / "pulled" / "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 def test_pulls_of_one_model_at_once_convert_it_once(tmp_path, fake_pip, monkeypatch):

@@ -162,9 +162,12 @@ def resolve_model(path_or_name: str | Path | None = None) -> Path:
     if Path(path_or_name).is_dir():
         return Path(path_or_name)
     name = str(path_or_name)
-    if _REPO_ID.fullmatch(name) and Path(name).parent.is_dir() and not is_complete(default_models_dir() / name):
-        raise MinirunError(f"no checkpoint directory at {name} ({Path(name).parent} is a folder here, so it reads as "
-                           f"a path, not an HF repo id): check the path, or `minirun pull {name}` to fetch the repo")
     if name == DEFAULT_MODEL or _REPO_ID.fullmatch(name):
-        return pull(name)
+        try:
+            return pull(name)
+        except MinirunError as e:
+            if name != DEFAULT_MODEL and Path(name).parent.is_dir():  # "models/smollm2-135m-instrct": a typo?
+                raise MinirunError(f"{e} (or, if {name} was meant as a path: no checkpoint directory there, though "
+                                   f"{Path(name).parent} is a folder here; check the path)") from None
+            raise
     raise MinirunError(f"no model directory at {name}: give a checkpoint dir, {DEFAULT_MODEL!r} or an HF repo id")
