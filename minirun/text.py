@@ -11,6 +11,8 @@ _APOSTROPHE = str.maketrans({"\u2019": "'", "\u02bc": "'"})  # "Schindler’s" l
 # A lone letter's "++", "+" or "#" is part of a name: "C++", "C#", "F#", "A+" are not "C", "F", "A".
 _SIGN_NAME = re.compile(r"(?<![\w+#])([^\W\d_])(\+\+|\+|#)(?![\w+#])")
 _SIGN_WORDS = {"++": "plusplus", "+": "plus", "#": "sharp"}
+# "C sharp", "C plus plus" (not "a" or "i": "a sharp knife" is no note)
+_SPELT_SIGN = re.compile(r"(?<![\w+#])([b-hj-z])[\s-]+(sharp|plus[\s-]+plus)(?!\w)")
 _MINUS, _POINT = "\ue000", "\ue001"  # a number's sign and decimal point, kept through the punctuation pass
 _NUMBER_MARKS = (
     (re.compile(r"(?<=\d),(?=\d{3}(?!\d))"), ""),  # a thousands separator: "1,000" is "1000"
@@ -22,10 +24,13 @@ _NUMBER_MARKS = (
 def fold(text: str) -> str:
     """Compatibility-normalised, lowercased, accents dropped ("São" -> "sao": gold names carry accents that
     answers often lack), the Unicode minus as "-", a typographic apostrophe as "'", and a lone letter's
-    "++"/"+"/"#" spelt out ("c++" -> "cplusplus"), so that no later pass drops them as punctuation."""
+    "++"/"+"/"#" (or "♯") spelt out as one word ("c++", "c plus plus" -> "cplusplus"; "c#", "C sharp" -> "csharp"),
+    so that no later pass drops them as punctuation or splits them."""
     decomposed = unicodedata.normalize("NFKD", text.replace("\u2212", "-"))
     folded = unicodedata.normalize("NFKC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
-    return _SIGN_NAME.sub(lambda m: m[1] + _SIGN_WORDS[m[2]], folded.lower().translate(_APOSTROPHE))
+    folded = folded.lower().translate(_APOSTROPHE).replace("\u266f", "#")  # the music sharp sign: "C♯" is "C#"
+    folded = _SPELT_SIGN.sub(lambda m: m[1] + re.sub(r"[\s-]", "", m[2]), folded)
+    return _SIGN_NAME.sub(lambda m: m[1] + _SIGN_WORDS[m[2]], folded)
 
 
 def _cleaned(ch: str) -> str:

@@ -21,6 +21,7 @@ def matcher():
     ("\n\nMount Everest\n", "Mount Everest"),
     ("'Jane Austen' Q: next", "Jane Austen"),
     ("NATO HQ: Brussels", "NATO HQ: Brussels"), ("Its IQ: 160", "Its IQ: 160"),  # "Q:" inside a word is no stop
+    ("Q: Who wrote Hamlet? A: Shakespeare", ""), (" Q: next", ""),  # a next question first is no answer
     ("A-ha", "A-ha"),
     ("", ""),
 ])
@@ -41,6 +42,7 @@ def test_normalize():
     assert normalize("\u00a1Viva!") == normalize("\u00bfViva?") == "viva"  # any script's punctuation
     assert normalize("Jean\u2011Paul") == normalize("Jean\u2012Paul") == "jean paul"  # any dash is a space
     assert normalize("Schindler\u2019s") == normalize("Schindler's") == "schindlers"
+    assert normalize("a sharp knife") == "sharp knife" and normalize("C sharp") == normalize("C#") == "csharp"
 
 
 @pytest.mark.parametrize("text,number", [
@@ -64,7 +66,8 @@ def _one(matcher, pred, golds, **kw) -> MatchResult:
     ("It was \u221240 degrees", ["-40"]), ("A", ["A"]), ("Plan B", ["plan b"]),
     ("It was Schindler\u2019s List.", ["Schindler's List"]), ("Grey\u2019s Anatomy (TV)", ["Grey's Anatomy"]),
     ("Jean\u2011Paul Sartre", ["Jean-Paul Sartre"]), ("Coca\u2010Cola", ["Coca-Cola"]),  # typographic marks
-    ("It is written in C++.", ["C++"]), ("C#", ["C#"]),
+    ("It is written in C++.", ["C++"]), ("C#", ["C#"]), ("C sharp", ["C#"]), ("C-Sharp", ["C#"]),
+    ("C\u266f minor", ["C# minor"]), ("C plus plus", ["C++"]),  # spelt out or with the music sign
 ])
 def test_lemma_match(matcher, pred, golds):
     assert _one(matcher, pred, golds).lemma

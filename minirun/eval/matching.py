@@ -28,7 +28,10 @@ def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:")) -> str:
     """The answer part of a generation: text before the first stop string, without special
     tokens, "A:"/"Answer:" labels, wrapping quotes or markdown, and trailing punctuation."""
     text = _SPECIAL_TOKEN.sub("", text).lstrip()
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    # a stop with a leading space (" Q:") also stops at the very start, where the space went with the lstrip (or
+    # with a SentencePiece decode of the first token): an answer that is a next question is no answer
+    starts = (0 for s in stop if s[:1] == " " and s.strip() and text.startswith(s.strip()))
+    cut = min((*starts, *(i for s in stop if s and (i := text.find(s)) >= 0)), default=len(text))
     text = text[:cut].strip()
     while m := _LABEL.match(text):
         text = text[m.end():].lstrip()
