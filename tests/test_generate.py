@@ -282,3 +282,17 @@ def test_ids_that_are_no_prompt_are_refused(llm, rows, message):
     with pytest.raises(minirun.MinirunError, match=f"{message}: give each row at least one id from 0 to "
                                                    f"{llm.config.vocab_size - 1}"):
         llm.generate_ids(rows, 4, SamplingParams())
+
+
+def test_ids_as_numpy_or_tensor_rows_generate_as_lists_do(llm):
+    import numpy as np
+
+    from minirun.engine.sampling import SamplingParams
+
+    lists = llm.generate_ids([[5, 6, 7], [8, 9]], 3, SamplingParams())
+    for rows in ([np.array([5, 6, 7]), np.array([8, 9])], [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]):
+        assert [c.token_ids for c in llm.generate_ids(rows, 3, SamplingParams())] == [c.token_ids for c in lists]
+    with pytest.raises(minirun.MinirunError, match="prompt 0 is empty"):
+        llm.generate_ids([np.array([], dtype=int)], 3, SamplingParams())
+    with pytest.raises(minirun.MinirunError, match="prompt 0 is not token ids"):
+        llm.generate_ids([[5.5]], 3, SamplingParams())

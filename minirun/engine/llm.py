@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -133,8 +134,13 @@ class LLM:
         """Independent rows of different lengths, left-padded into one batch."""
         vocab = self.config.vocab_size
         for i, ids in enumerate(prompts):  # `generate` fitted its prompts; ids given here directly are checked here
-            if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab for t in ids):
-                raise MinirunError(f"prompt {i} is {'empty' if not ids else 'not token ids'}: give each row at least "
+            try:  # lists, numpy arrays or tensors of whole numbers
+                empty = len(ids) == 0
+                valid = not empty and all(0 <= operator.index(t) < vocab for t in ids)
+            except TypeError:
+                empty, valid = False, False
+            if not valid:
+                raise MinirunError(f"prompt {i} is {'empty' if empty else 'not token ids'}: give each row at least "
                                    f"one id from 0 to {vocab - 1} (this model's vocabulary)")
             self.check_context(len(ids), max_new_tokens)
         layout = left_padded(prompts, self.pad_id, self.device)
