@@ -185,7 +185,7 @@ def test_myriadlama_grouping_and_sampling(tmp_path):
     for item in items:
         f = item.id[1:]
         assert item.task == "fill" and item.relation == "P36" and item.answers == [f"Obj{f}", f"O{f}"]
-        assert item.paraphrases[:2] == [f"Subj{f} is the capital of", f"The capital of Sub{f} is"]
+        assert item.paraphrases[:2] == [f"Subj{f} is the capital of", f"The capital of Sub{f} is"]  # sorted manual
         assert len(item.paraphrases) == 5 and item.question == item.paraphrases[0]
         assert item.prompts == item.paraphrases  # the question is the first prompt, not run twice
         assert all(p.startswith("Auto template") for p in item.paraphrases[2:])
@@ -197,7 +197,7 @@ def test_myriadlama_grouping_and_sampling(tmp_path):
     for n_manual in (None, 2):
         mine = load_myriadlama(tmp_path / "ml.parquet", n_test=4, n_manual=n_manual, n_auto=3, seed=1)
         theirs = load_myriadlama(tmp_path / "reversed.parquet", n_test=4, n_manual=n_manual, n_auto=3, seed=1)
-        assert {it.id: sorted(it.paraphrases) for it in mine} == {it.id: sorted(it.paraphrases) for it in theirs}
+        assert {it.id: it.paraphrases for it in mine} == {it.id: it.paraphrases for it in theirs}  # question first
 
 
 def test_myriadlama_split_is_disjoint_and_n_manual(tmp_path):

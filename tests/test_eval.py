@@ -454,6 +454,8 @@ def test_ranks_run_the_very_batches_one_process_runs(tiny, items, tmp_path, monk
               for rank in range(2)]
     assert sorted(seen) == alone and len(alone) == 6
     assert sorted(len(t) for t in tables) == [4, 6]  # each rank's own rows: 1 and 2 batches of each method
+    idle = evaluate(tiny, items[:2], ["origin"], tmp_path / "idle", rank=1, world_size=2, **SETTINGS)  # one batch
+    assert idle.empty and "correct" in idle.columns  # a rank with no batch returns its (empty) table's columns
 
 
 def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path):
@@ -616,8 +618,8 @@ def test_multiple_choice_methods_that_share_a_prefill_score_as_they_do_alone(tin
 def test_data_without_paraphrases_is_refused_for_ensembles_and_counted_where_some_lack_them(tiny, tmp_path, caplog):
     """WebQuestions, MMLU and CommonsenseQA from the Hub carry no paraphrases: every ensemble would be origin."""
     bare = [Item(str(i), f"Who invented thing {i}?", [], ["Bell"]) for i in range(3)]
-    with pytest.raises(MinirunError, match="webqa's items have no paraphrases, so avg, flex would repeat origin: run "
-                                           "-m origin alone, or paraphrase them"):
+    with pytest.raises(MinirunError, match="webqa's 3 items asked have no paraphrases, so avg, flex would repeat "
+                                           "origin: run origin alone, or paraphrase them"):
         evaluate(tiny, bare, ["origin", "avg", "flex"], tmp_path / "bare", **{**SETTINGS, "dataset": "webqa"})
     assert len(evaluate(tiny, bare, ["origin"], tmp_path / "origin", **SETTINGS)) == 3
     some = bare[:2] + [Item("2", "Who invented thing 2?", ["Who made thing 2?"], ["Bell"])]

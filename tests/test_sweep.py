@@ -552,3 +552,13 @@ def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp
     items = load_dataset(str(data), skip_bad=True)
     [cell], [same] = sweep_module.cells(sweep, "out"), sweep_module.cells(plain, "out")
     assert sweep_module.cell_key(cell, sweep, items, None) == sweep_module.cell_key(same, plain, items, None)
+
+
+def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_path):
+    data = tmp_path / "bare.jsonl"
+    data.write_text('{"id": "1", "question": "Capital of Peru?", "paraphrases": [], "answers": ["Lima"]}\n')
+    sweep = parse_sweep({**BASE, "datasets": [{"name": str(data), "label": "bare"}],
+                         "methods": [{"name": "origin"}, {"name": "avg"}]})
+    with pytest.raises(MinirunError, match=r"dataset bare: .*bare.jsonl's 1 items asked have no paraphrases, so avg "
+                                           r"would repeat origin"):
+        run_sweep(sweep, tmp_path / "out", lambda _: pytest.fail("no model loads"), progress=False)

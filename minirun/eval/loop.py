@@ -193,7 +193,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
-    _check_paraphrased(items, methods, dataset)
+    check_paraphrased(items, methods, dataset)
     prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
@@ -212,7 +212,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items))
 
 
-def _check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
+def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
     """An ensemble of one prompt is origin under another name: data with no paraphrases at all (WebQuestions,
     MMLU or CommonsenseQA as the Hub gives them) would fill every method's column with origin's answers, so it is
     refused; items of a dataset that lack them here and there are counted, as their methods equal origin there."""
@@ -221,9 +221,9 @@ def _check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], 
     if not ensembles or not single:
         return
     if len(single) == len(items):
-        raise MinirunError(f"{dataset}'s items have no paraphrases, so {', '.join(ensembles)} would repeat origin: "
-                           f"run -m origin alone, or paraphrase them (`minirun paraphrase {dataset} paraphrased.jsonl "
-                           "--model <an instruct model>`, then --data paraphrased.jsonl)")
+        raise MinirunError(f"{dataset}'s {len(items)} items asked have no paraphrases, so {', '.join(ensembles)} would "
+                           f"repeat origin: run origin alone, or paraphrase them (`minirun paraphrase {dataset} "
+                           "paraphrased.jsonl --model <an instruct model>`, then paraphrased.jsonl as the data)")
     log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers as "
                 "origin does", len(single), len(items), single[0])
 
@@ -317,7 +317,8 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     tables = []
     for run, pairs in zip(runs, mine):
         table = read_results(run.output_dir)
-        tables.append(table[[pair in pairs for pair in zip(table["method"], table["id"])]].reset_index(drop=True))
+        mine_rows = pd.Series([pair in pairs for pair in zip(table["method"], table["id"])], index=table.index, dtype=bool)
+        tables.append(table[mine_rows].reset_index(drop=True))  # a Series: an empty list would pick no columns
     return tables
 
 

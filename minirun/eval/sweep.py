@@ -25,8 +25,8 @@ from minirun.checkpoints.loader import checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.loop import (Run, check_resumable, evaluate_runs, prepare, process_group, ranks, subject_heads,
-                                wait_for_ranks)
+from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
+                                subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.report import PAIRED, paired_difference, summarize
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results
@@ -118,6 +118,11 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
     rank, world_size = ranks()
     data = {d.label: _load_items(d) for d in sweep.datasets}
+    for dataset in sweep.datasets:  # before any model is fetched or loaded
+        try:
+            check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name)
+        except MinirunError as e:
+            raise MinirunError(f"dataset {dataset.label}: {e}") from None
     plan = cells(sweep, output)
     if rank == 0:
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,

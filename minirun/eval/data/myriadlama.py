@@ -110,11 +110,14 @@ def _fact_item(uuid: str, rows: pd.DataFrame, cols: dict[str, str], answer_cols:
         pool = manual if is_manual else auto
         if prompt and prompt not in pool:
             pool.append(prompt)
-    rng = random.Random(f"{seed}:{uuid}")  # sampled from sorted pools: a copy with its rows in another order
-    if n_manual is not None:              # samples the same prompts
-        manual = rng.sample(sorted(manual), min(n_manual, len(manual)))
+    # sorted pools: a copy with its rows in another order gives the same prompts, and the same question (the
+    # first manual one)
+    manual, auto = sorted(manual), sorted(auto)
+    rng = random.Random(f"{seed}:{uuid}")
+    if n_manual is not None:
+        manual = rng.sample(manual, min(n_manual, len(manual)))
     if n_auto is not None:
-        auto = rng.sample(sorted(auto), min(n_auto, len(auto)))
+        auto = rng.sample(auto, min(n_auto, len(auto)))
     prompts = manual + auto
     first = rows.iloc[0]
     answers = [str(a) for c in answer_cols for group in as_list(first[c]) for a in as_list(group)]
