@@ -153,9 +153,11 @@ def test_both_dense_kernels_give_the_same_answers(llm, monkeypatch, method):
     split = flex.split_attention
     monkeypatch.setattr(flex, "split_attention", lambda *a: split_calls.append(1) or split(*a))
     answers = {}
-    for kernel in ("sdpa", "folded", "grouped", "split"):  # split falls back to SDPA where it does not apply
-        answers[kernel] = run_method(llm, method, [question], options)[0].token_ids
-    flex.set_dense_kernel(None)
+    try:
+        for kernel in ("sdpa", "folded", "grouped", "split"):  # split falls back to SDPA where it does not apply
+            answers[kernel] = run_method(llm, method, [question], options)[0].token_ids
+    finally:
+        flex.set_dense_kernel(None)  # no forced kernel left for later tests, whatever happened here
     assert answers["sdpa"] == answers["folded"] == answers["grouped"] == answers["split"] and len(answers["sdpa"]) == 12
     steps = 4 * 11  # four runs of 11 decode steps each, one question per step, not one per layer
     assert steps <= len(asked) <= steps + 4 * 4  # + each run's prefill chunks

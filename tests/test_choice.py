@@ -98,8 +98,8 @@ def test_questions_batched_equal_questions_alone(llm):
     for method in ("avg", "hidden_avg", "per_prompt"):
         batched = score_choices(llm, method, questions, choices, options)
         alone = [score_choices(llm, method, [q], [c], options)[0] for q, c in zip(questions, choices)]
-        for b, a in zip(batched, alone):
-            assert b.choice == a.choice and max(abs(x - y) for x, y in zip(b.scores, a.scores)) <= ATOL
+        for b, a in zip(batched, alone, strict=True):
+            assert b.choice == a.choice and max(abs(x - y) for x, y in zip(b.scores, a.scores, strict=True)) <= ATOL
 
 
 def test_per_prompt_scores_each_prompt_as_origin_would(llm):

@@ -246,7 +246,8 @@ def test_myriadlama_rows_are_checked(tmp_path):
     with pytest.raises(MinirunError, match=r"ml\.jsonl: row 4: no subject \(column 'sub_ent'\)"):
         load_myriadlama(path)
     _lama_rows(2).astype({"is_manual": str}).to_json(path, orient="records", lines=True)
-    assert all(len(it.paraphrases) == 2 for it in load_myriadlama(path, n_auto=0))  # the 2 usable manual ones
+    loaded = load_myriadlama(path, n_auto=0)
+    assert len(loaded) == 2 and all(len(it.paraphrases) == 2 for it in loaded)  # the 2 usable manual ones
     flags = _lama_rows(2).astype({"is_manual": object})
     flags.loc[5, "is_manual"] = "maybe"
     flags.to_json(path, orient="records", lines=True)

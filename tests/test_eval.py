@@ -418,8 +418,8 @@ def test_rows_store_both_matching_rules(tiny, tmp_path, monkeypatch, bidirection
     class CountingMatcher(loop.Matcher):
         def __init__(self) -> None:
             super().__init__()
-            pipe = self.nlp.pipe
-            self.nlp.pipe = lambda texts, **kw: pipe(lemmatised.extend(texts) or texts, **kw)
+            pipe = self.nlp.pipe  # the process-wide pipeline: put back after the test, wrappers never stacked
+            monkeypatch.setattr(self.nlp, "pipe", lambda texts, **kw: pipe(lemmatised.extend(texts) or texts, **kw))
 
     monkeypatch.setattr(loop, "run_method", fake_run_method)
     monkeypatch.setattr(loop, "Matcher", CountingMatcher)

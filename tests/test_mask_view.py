@@ -103,6 +103,7 @@ def test_view_rows_are_the_runtime_rows(llm):
     view = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="max", share_prefix=False, decode_steps=1)
     enc = encode_question(llm, ["Who wrote Hamlet?", "Hamlet author?"])
     layout = stack_rows([plain_row(enc.full(i)) for i in range(2)], llm.pad_id, torch.device("cpu"))
+    assert len(view.rows) == 2
     for b, r in enumerate(view.rows):
         assert r.segments[:-1] == layout.segments[b].tolist()
         assert r.positions[:-1] == layout.positions[b].tolist()

@@ -156,7 +156,7 @@ def test_methods_on_the_same_batch_prefill_it_once(checkpoint_dirs, dtype, monke
 
 def test_per_prompt_rows_equal_origin_on_each_paraphrase(llm):
     per = run_method(llm, "per_prompt", [Question(QUESTION, PARAS, PREFIX)], opts())[0]
-    for paraphrase, answer in zip(PARAS, per.answers):
+    for paraphrase, answer in zip(PARAS, per.answers, strict=True):
         assert answer == run(llm, "origin", [], question=paraphrase).text
 
 
@@ -171,7 +171,7 @@ def test_paraphrase_order_does_not_change_fused_tokens(llm, method):
 def test_batch_of_questions_equals_one_at_a_time(llm, method):
     questions = [Question(QUESTION, PARAS[:2], PREFIX), Question(PARAS[2], PARAS[1:4], PREFIX)]
     together = run_method(llm, method, questions, opts(max_new_tokens=12))
-    for q, r in zip(questions, together):
+    for q, r in zip(questions, together, strict=True):
         alone = run_method(llm, method, [q], opts(max_new_tokens=12))[0]
         assert (r.token_ids, r.answers) == (alone.token_ids, alone.answers)
 

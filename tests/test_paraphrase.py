@@ -238,7 +238,7 @@ def test_choice_items_keep_their_options(llm, tmp_path):
     source = load_dataset("sample-choice")[:2]
     out = paraphrase_file(llm, source, tmp_path / "c.jsonl", num=2, max_new_tokens=6)
     reread = load_jsonl(tmp_path / "c.jsonl")
-    for new, old, again in zip(out, source, reread):
+    for new, old, again in zip(out, source, reread, strict=True):
         assert (new.choices, new.answer, new.task) == (old.choices, old.answer, "choice") == (again.choices,
                                                                                                again.answer, again.task)
         assert new.paraphrases[0] == old.question

@@ -62,7 +62,7 @@ def test_greedy_generation_token_identical(pair):
 def test_batch_of_different_lengths_equals_single_runs(pair):
     _, _, llm = pair
     batch = llm.generate(PROMPTS, max_new_tokens=16, chat=False)
-    for prompt, result in zip(PROMPTS, batch):
+    for prompt, result in zip(PROMPTS, batch, strict=True):
         assert result.token_ids == llm.generate(prompt, max_new_tokens=16, chat=False).token_ids
 
 

@@ -34,7 +34,7 @@ def test_logits_match_on_varied_prompts(pair):
 def test_greedy_chat_completions_token_identical(pair):
     ref, tok, llm = pair
     ours = llm.generate(PROMPTS, max_new_tokens=48)  # one left-padded batch
-    for prompt, got in zip(PROMPTS, ours):
+    for prompt, got in zip(PROMPTS, ours, strict=True):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)["input_ids"]
         assert ids[0].tolist() == llm.prompt_ids(prompt)

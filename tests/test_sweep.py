@@ -452,9 +452,9 @@ def test_every_model_is_compared_with_the_files_first_on_the_same_items():
     assert small["p_vs_first_model"] == pytest.approx(0.5)  # exact McNemar: 0 against 2 discordant items
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_a_later_models_missing_gpu_is_refused_before_any_model_runs(checkpoint_dirs, tmp_path):
+def test_a_later_models_missing_gpu_is_refused_before_any_model_runs(checkpoint_dirs, tmp_path, monkeypatch):
     """A sweep file is written for the GPU box and parses anywhere; run where the GPU is not, it stops at once."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without one, on a GPU machine too
     text = _sweep_text(checkpoint_dirs, {"llama3": "llama", "qwen2": "qwen"}, ["sample-qa"])
     text = text.replace('label = "qwen"\n', 'label = "qwen"\ndevice = "cuda"\n')
     sweep, loads = load_sweep_file(_file(tmp_path, text)), []
