@@ -625,7 +625,8 @@ def test_data_without_paraphrases_is_refused_for_ensembles_and_counted_where_som
     some = bare[:2] + [Item("2", "Who invented thing 2?", ["Who made thing 2?"], ["Bell"])]
     with caplog.at_level("WARNING", logger="minirun"):
         evaluate(tiny, some, ["avg"], tmp_path / "some", **SETTINGS)
-    assert "2 of 3 items (first '0') have no paraphrase besides the question" in caplog.text
+        evaluate(tiny, some, ["max"], tmp_path / "again", **SETTINGS)  # as a sweep's next cell: told once
+    assert caplog.text.count("2 of 3 items (first '0') have no paraphrase besides the question") == 1
 
 
 def test_no_items_and_shared_ids_are_refused_before_anything_runs(tiny, items, tmp_path):

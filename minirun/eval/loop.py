@@ -224,8 +224,13 @@ def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], d
         raise MinirunError(f"{dataset}'s {len(items)} items asked have no paraphrases, so {', '.join(ensembles)} would "
                            f"repeat origin: run origin alone, or paraphrase them (`minirun paraphrase {dataset} "
                            "paraphrased.jsonl --model <an instruct model>`, then paraphrased.jsonl as the data)")
-    log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers as "
-                "origin does", len(single), len(items), single[0])
+    if (dataset, len(single), len(items)) not in _WARNED:  # once per data, not once per sweep cell
+        _WARNED.add((dataset, len(single), len(items)))
+        log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers "
+                    "as origin does", len(single), len(items), single[0])
+
+
+_WARNED: set[tuple[str, int, int]] = set()  # (dataset, items without paraphrases, items) told of in this process
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
