@@ -35,6 +35,25 @@ def fresh_process(monkeypatch):
     monkeypatch.setattr(compiled_decode_step(torch.device("cpu")), "shapes", set())
 
 
+@pytest.mark.parametrize("method", [None, "avg"])
+def test_tokens_per_second_leaves_kernel_calibration_out(tiny, monkeypatch, method):
+    """A machine's first run measures kernels for its shapes (tens of seconds, once): the rate printed is a
+    later run's, as eval's rows have it, not 0.5 tokens/s."""
+    import time
+
+    from minirun.engine.session import Session
+    from minirun.layers import calibrate
+
+    measured, prefill = [0.0], Session.prefill
+    monkeypatch.setattr(calibrate, "seconds_measuring", lambda: measured[0])
+    monkeypatch.setattr(Session, "prefill", lambda *a, **kw: (  # a first prefill that calibrates for 0.6 s
+        time.sleep(0.6), measured.__setitem__(0, measured[0] + 0.6), prefill(*a, **kw))[2])
+    args = ["generate", "--model", tiny, "Capital?", "--max-new-tokens", "4", "--json"]
+    out = json.loads(invoke(*args, *(["--method", method, "-p", "France's capital?"] if method else [])).stdout)
+    tokens = len(out["token_ids"])
+    assert tokens and out["tokens_per_second"] > tokens / 0.5  # the 0.6 s "measuring" is not in the rate
+
+
 def test_generate_json_matches_api(tiny):
     result = invoke("generate", "--model", tiny, "The capital of France is", "--raw", "--max-new-tokens", "8", "--json")
     assert result.exit_code == 0, result.output
