@@ -3,9 +3,13 @@ random test checkpoints. One root, `$MINIRUN_CACHE` or ~/.cache/minirun, so one 
 clears them all."""
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+log = logging.getLogger("minirun")
 
 
 def cache_root() -> Path:
@@ -23,3 +27,15 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:  # an interrupt mid-write leaves the old file and no temp behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_cache(path: Path, what: str) -> Any | None:
+    """The JSON a cache file holds, or None when there is none to trust: missing, or cut short by a crash or
+    edited (said in a warning). Whatever is cached can be made again, so a bad file never stops a run."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s %s is unreadable (%s): it is made again", what, path, e)
+        return None

@@ -45,13 +45,14 @@ def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
     assert len(json.loads(calibrating.read_text())) == 2
 
 
-@pytest.mark.parametrize("content", ['{"cut sh', "", "[1, 2]", "\xff\xfe"])
-def test_an_unreadable_cache_file_is_measured_over_not_a_crash(calibrating, content, caplog):
+@pytest.mark.parametrize("content, told", [('{"cut sh', "is unreadable"), ("", "is unreadable"),
+                                           ("[1, 2]", "holds no answers"), ("\xff\xfe", "is unreadable")])
+def test_an_unreadable_cache_file_is_measured_over_not_a_crash(calibrating, content, told, caplog):
     """A file cut short by a crash or edited by hand stopped every model from running."""
     calibrating.write_bytes(content.encode("latin-1"))
     with caplog.at_level("WARNING", logger="minirun"):
         assert calibrate.measured("probe", {}, lambda: {"value": 7}, default=-1) == 7
-    assert "measuring again" in caplog.text and json.loads(calibrating.read_text())  # rewritten whole
+    assert told in caplog.text and json.loads(calibrating.read_text())  # rewritten whole
     calibrate.forget()
     assert calibrate.measured("probe", {}, lambda: pytest.fail("measured twice"), default=-1) == 7
 

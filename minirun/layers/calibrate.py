@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from minirun.layers import flex
 from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 from minirun.layers.masks import additive
-from minirun.paths import cache_root, write_atomic
+from minirun.paths import cache_root, read_cache, write_atomic
 
 log = logging.getLogger("minirun")
 
@@ -155,19 +155,11 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
 
 
 def _read_entries(path: Path) -> dict[str, Any]:
-    """The calibration file's answers; a file that cannot be read as them (cut short by a crash, edited) is
-    measured over again, as a missing one is, instead of stopping every model from running."""
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        log.warning("the kernel calibration %s is unreadable (%s): measuring again", path, e)
-        return {}
-    if not isinstance(entries, dict):
+    """The calibration file's answers; one that cannot be read as them is measured over again, as a missing one is."""
+    entries = read_cache(path, "the kernel calibration")
+    if entries is not None and not isinstance(entries, dict):
         log.warning("the kernel calibration %s holds no answers (a JSON object): measuring again", path)
-        return {}
-    return entries
+    return entries if isinstance(entries, dict) else {}
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 15) -> float:

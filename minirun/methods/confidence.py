@@ -20,7 +20,7 @@ from minirun.methods.fusion import WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions
 from minirun.methods.packing import Encoded
-from minirun.paths import cache_root, write_atomic
+from minirun.paths import cache_root, read_cache, write_atomic
 from minirun.text import first_line, normalize
 
 SameAnswer = Callable[[str, str], bool]
@@ -108,15 +108,10 @@ def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: Ensembl
 
 
 def _cached(path: Path) -> float | None:
-    """A cached confidence, or None when there is none to trust (missing, cut short by a crash, edited)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))["confidence"]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("cached confidence %s is unreadable (%s): sampling it again", path, e)
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    """A cached confidence, or None when there is none to trust (missing, unreadable, or no fraction in it)."""
+    data = read_cache(path, "the cached confidence")
+    value = data.get("confidence") if isinstance(data, dict) else None
+    if data is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
         log.warning("cached confidence %s holds %r, not a fraction: sampling it again", path, value)
         return None
-    return float(value)
+    return None if value is None else float(value)
