@@ -191,6 +191,15 @@ def write_safetensors(path: Path, reader: GGUFReader, config: dict[str, Any], dt
                 f.write(floats.to(torch_dtype).view(torch.uint8).numpy())
 
 
+def _partial_prefix(final: Path) -> str:
+    return f".{final.name}.partial-"
+
+
+def partial_dirs(final: Path) -> list[Path]:
+    """The hidden folders `staged_dir` is writing (or was, when its process was killed) for `final`."""
+    return sorted(final.parent.glob(_partial_prefix(final) + "*"))
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield an empty sibling temp dir that becomes `final` only if the block finishes.
@@ -202,7 +211,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
         raise MinirunError(f"{final} already exists and is not empty: remove it or choose another output directory")
     created = list(itertools.takewhile(lambda folder: not folder.exists(), [final.parent, *final.parent.parents]))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(final), dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model dir
     try:
         yield tmp

