@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import minirun
@@ -46,6 +47,17 @@ def test_filters():
     assert clean_rewrite("Sentence: Egypt's capital is") == "Egypt's capital is"
 
 
+def test_an_answer_the_original_names_drops_only_rewrites_that_name_it_more():
+    """LAMA-style facts often hold the answer in the subject: "New York City" is in "New York". Dropping every
+    rewrite naming it left such items without rewrites, so every method answered them as origin."""
+    nyc = Item("n1", "Which U.S. state is New York City in?", [], ["New York"])
+    assert keep("New York City belongs to which US state?", nyc, [])
+    assert not keep("Is New York City in the state of New York?", nyc, [])  # named once more: given away
+    tower = Item("t1", "Tokyo Tower is located in", [], ["Tokyo"], task="fill")
+    assert keep("The city where Tokyo Tower stands is", tower, [])
+    assert not keep("Tokyo Tower, found in Tokyo, is in the city of", tower, [])
+
+
 FILL = Item("f1", "The capital of Egypt is", [], ["Cairo"], task="fill")
 
 
@@ -76,7 +88,7 @@ def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkey
     assert fills[0].question == FILL.question
     rewrites = ["The capital of Egypt is Egypt.", "The capital of Egypt is Abu Dhabi", "Egypt's capital city is"]
     monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
-    llm = type("FakeLLM", (), {"path": tmp_path})()
+    llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu")})()
     done = paraphrase_file(llm, fills, tmp_path / "f.jsonl", num=3)
     assert done[0].paraphrases == ["The capital of Egypt is", "Egypt's capital city is"]
 
@@ -177,10 +189,18 @@ def test_a_torn_line_after_windows_line_ends_costs_only_itself(llm, tmp_path):
 def test_other_settings_refused(llm, tmp_path):
     out = tmp_path / "p.jsonl"
     paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6, dataset="sample-qa")
-    with pytest.raises(minirun.MinirunError, match="other paraphrase settings"):
+    with pytest.raises(minirun.MinirunError, match="written with other settings"):
         paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6, dataset="sample-qa")
-    with pytest.raises(minirun.MinirunError, match="another dataset"):  # one file, one dataset's rewrites
+    with pytest.raises(minirun.MinirunError, match=r"other settings \(.*dataset file"):  # one dataset's rewrites
         paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
+
+
+def test_a_dataset_file_is_keyed_by_where_it_is_not_how_it_is_spelt(llm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qa.jsonl").write_text("")
+    spellings = ["qa.jsonl", "./qa.jsonl", str(tmp_path / "qa.jsonl")]
+    keys = {paraphrase.settings_key(llm, name, 2, 1.5, 0.9, 6, 0) for name in spellings}
+    assert len(keys) == 1 and paraphrase.settings_key(llm, "sample-qa", 2, 1.5, 0.9, 6, 0) not in keys
 
 
 def test_a_file_an_older_minirun_wrote_is_refused(llm, tmp_path):
@@ -193,6 +213,43 @@ def test_a_file_an_older_minirun_wrote_is_refused(llm, tmp_path):
     out.write_text(json.dumps(row) + "\n")  # as the older minirun keyed these settings
     with pytest.raises(minirun.MinirunError, match="by an older minirun: use another output file"):
         paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6, dataset="sample-qa")
+
+
+@pytest.mark.parametrize("cut", [b'{"i', b'{"id": "sq-1", "question": "Wer schrieb \xc3', b""])
+def test_a_row_cut_inside_a_character_or_its_first_bytes_costs_only_itself(llm, tmp_path, cut):
+    """Rows keep non-ASCII text as it is, so a kill can cut one inside a character or before its id."""
+    out = tmp_path / "p.jsonl"
+    first = paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6)
+    whole = out.read_bytes()
+    out.write_bytes(whole + cut)
+    assert paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6) == first
+    assert out.read_bytes() == whole
+
+
+def test_a_whole_last_row_without_its_newline_is_redone(llm, tmp_path):
+    out = tmp_path / "p.jsonl"
+    first = paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6)
+    out.write_bytes(out.read_bytes()[:-1])  # killed between the row and its newline
+    assert paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6) == first
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [x.id for x in first]
+
+
+def test_an_edited_option_or_relation_is_refused(llm, tmp_path):
+    """Choices and relation are copied into the file: a finished row kept after their edit would be scored with
+    the old options."""
+    out = tmp_path / "c.jsonl"
+    source = load_dataset("sample-choice")[:1]
+    paraphrase_file(llm, source, out, num=2, max_new_tokens=6)
+    fixed = dataclasses.replace(source[0], choices=[*source[0].choices[:-1], "(fixed)"])
+    for edited in (fixed, dataclasses.replace(source[0], relation="other subject")):
+        with pytest.raises(minirun.MinirunError, match="as it read before an edit"):
+            paraphrase_file(llm, [edited], out, num=2, max_new_tokens=6)
+
+
+def test_a_greedy_temperature_with_several_rewrites_is_refused(llm, tmp_path):
+    with pytest.raises(minirun.MinirunError, match="temperature 0 makes all 3 rewrites of a question the same"):
+        paraphrase_file(llm, items()[:1], tmp_path / "p.jsonl", num=3, temperature=0)
+    assert not (tmp_path / "p.jsonl").exists()
 
 
 def test_an_edited_item_is_refused_and_a_second_writer_too(llm, tmp_path):
@@ -210,7 +267,8 @@ def test_an_edited_item_is_refused_and_a_second_writer_too(llm, tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"my notes line 1\nmy important line 2", b"garbage\n", b"[1, 2]\n",
-                                     b'{"id": "x"}\n', b"\xff\xfe\n"])
+                                     b'{"id": "x"}\n', b"\xff\xfe\n", b'{"id": "x", "note": "keep me"}',
+                                     b'{"id": "1", "question": "Q?", "paraphrases": [], "answers": ["A"]}\n'])
 def test_a_file_minirun_did_not_write_is_refused_untouched(llm, tmp_path, content):
     out = tmp_path / "notes.jsonl"
     out.write_bytes(content)
@@ -227,6 +285,19 @@ def test_cli(long_context, tmp_path):
     assert "paraphrasing" not in result.output and "wrote" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and rows[0]["paraphrases"][0] == rows[0]["question"]
+    args = ["paraphrase", "sample-qa", str(out), "--num", "2", "--max-new-tokens", "6", "--model", str(long_context)]
+    again = CliRunner().invoke(app, [*args, "--max-samples", "2", "--no-progress"])
+    assert again.exit_code == 0 and "already holds all 2 items: nothing to do" in again.stderr
+    more = CliRunner().invoke(app, [*args, "--max-samples", "3"])  # with the bar: it counts the resumed two
+    assert more.exit_code == 0 and "wrote" in more.stderr and "3 items (2 of them already there)" in more.stderr
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(out.read_text().splitlines()[0] + "\nnot json\n")
+    skipped = CliRunner().invoke(app, ["paraphrase", str(plain), str(tmp_path / "s.jsonl"), "--num", "2",
+                                       "--max-new-tokens", "6", "--model", str(long_context), "--skip-bad"])
+    assert skipped.exit_code == 0 and len((tmp_path / "s.jsonl").read_text().splitlines()) == 1, skipped.output
+    wrong = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(tmp_path / "q.jsonl"), "--model", str(long_context),
+                                     "--device", "gpu0", "--no-progress"])
+    assert wrong.exit_code == 1 and "unknown device 'gpu0'" in wrong.stderr
     (tmp_path / "file").write_text("")
     for bad, message in [(tmp_path, "is a directory"), (tmp_path / "file" / "p.jsonl", "is a file, not a folder")]:
         refused = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(bad), "--model", "no/such-model-loaded"])

@@ -55,8 +55,9 @@ DEMO_TEXTS = {task: [normalize(text) for demo in demos for text in demo]  # a re
               for task, (_, demos, _) in PROMPTS.items()}
 CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, where its answer follows
 # In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
-# prompts, stricter filters), so a file an older minirun wrote is refused, not resumed under mixed rules
-REWRITE_VERSION = 2
+# prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key),
+# so a file an older minirun wrote is refused, not resumed under mixed rules
+REWRITE_VERSION = 3
 
 
 def rewrite_prompt(item: Item) -> str:
@@ -81,21 +82,31 @@ def clean_rewrite(text: str) -> str:
 def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
     """Drop empty rewrites, duplicates of each other, rewrites starting with the whole original (the
     question itself, or it plus more: a fill prompt's completion, an answer after the question), copies
-    of the prompt's worked examples (a small model often repeats one), rewrites giving the answer away,
-    and fill rewrites that do not end in a word where the answer can follow ("... is Cairo.")."""
+    of the prompt's worked examples (a small model often repeats one), rewrites giving the answer away
+    (naming it more often than the original does: "Which U.S. state is New York City in?" keeps rewrites
+    that say "New York City"), and fill rewrites that do not end in a word where the answer can follow
+    ("... is Cairo.")."""
     norm, original = normalize(rewrite), normalize(item.question)
     if not norm or norm in map(normalize, kept) or f"{norm} ".startswith(f"{original} "):
         return False
     if item.task == "fill" and not CLOZE_END.search(rewrite):
         return False
-    return not any(found and re.search(rf"\b{re.escape(found)}\b", norm)
-                   for found in [*DEMO_TEXTS[item.task], *map(normalize, item.answers)])
+    if any(_mentions(norm, demo) for demo in DEMO_TEXTS[item.task]):
+        return False
+    return not any(_mentions(norm, answer) > _mentions(original, answer) for answer in map(normalize, item.answers))
+
+
+def _mentions(text: str, phrase: str) -> int:
+    """How often `phrase` occurs in `text` as whole words (both normalised); an empty phrase never does."""
+    return len(re.findall(rf"\b{re.escape(phrase)}\b", text)) if phrase else 0
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> str:
-    raw = json.dumps([str(llm.path.resolve()), dataset, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
-                      PROMPTS])
+    """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt)."""
+    source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
+    raw = json.dumps([str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
+                      PROMPTS, str(llm.dtype), llm.device.type])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -128,27 +139,35 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8,
-                    on_batch: Callable[[int], None] | None = None, dataset: str = "custom") -> list[Item]:
+                    on_progress: Callable[[int], None] | None = None, dataset: str = "custom") -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
 
     The original stays paraphrase 0 so the file reads the same with or without the question
     repeated: `Item.prompts` drops the repeat, and rewrites equal to the question are never kept.
-    `dataset` names the items' source: a file holds one dataset's rewrites under one set of settings.
+    The dataset's own paraphrases are not carried over. `dataset` names the items' source: a file holds
+    one dataset's rewrites under one set of settings. `on_progress` hears how many items are done:
+    first those finished before (resumed), then after each batch.
     """
     out = Path(out)
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
     SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top_p before any work
+    if temperature == 0 and num > 1:
+        raise MinirunError(f"temperature 0 makes all {num} rewrites of a question the same greedy text: use a "
+                           "temperature above 0 (the default is 1.5)")
     key = settings_key(llm, dataset, num, temperature, top_p, max_new_tokens, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f:
         lock_exclusively(f, out)
         finished = _read_finished(out, key)
         if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
-            raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (its question or "
-                               "answers differ now): write to another file, or delete that item's line to redo it")
+            raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
+                               "than its paraphrases differs now): write to another file, or delete that item's line "
+                               "to redo it")
         todo = [item for item in items if item.id not in finished]
+        if on_progress is not None:
+            on_progress(len(items) - len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
@@ -161,44 +180,54 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 finished[item.id] = done
             f.flush()
             os.fsync(f.fileno())
-            if on_batch is not None:
-                on_batch(len(batch))
+            if on_progress is not None:
+                on_progress(len(items) - len(todo) + start + len(batch))
     return [finished[item.id] for item in items]
 
 
-ROW_START = '{"id": '  # how every row `paraphrase_file` writes begins (json.dumps of an Item)
+ROW_START = b'{"id": '  # how every row `paraphrase_file` writes begins (json.dumps of an Item)
 
 
 def _read_finished(out: Path, key: str) -> dict[str, Item]:
     """Items already in `out`, every line checked before anything is written; a torn last row (a
-    killed run) is then cut off so appending stays valid. A file minirun did not write is refused
-    untouched."""
+    killed run, cut anywhere, even inside a character) is then cut off so appending stays valid. A
+    file minirun did not write is refused untouched, a last line without its newline included."""
     found: dict[str, Item] = {}
     if not out.is_file():
         return found
     foreign = f"{out} is not a paraphrase file minirun wrote: choose another output file"
-    try:
-        text = out.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise MinirunError(foreign) from None
-    complete, _, torn = text.rpartition("\n")
-    if torn and not torn.startswith(ROW_START):
-        raise MinirunError(foreign)
-    for lineno, line in enumerate(complete.split("\n") if complete else [], 1):
+    complete, _, torn = out.read_bytes().rpartition(b"\n")
+    lines = complete.split(b"\n") if complete else []
+    unended = [torn] if torn and not _cut_row(torn) else []  # a whole line without its newline: checked, then redone
+    for lineno, line in enumerate(lines + unended, 1):
         try:
-            row = json.loads(line)
+            row = json.loads(line.decode("utf-8"))
             item = item_from_dict(row)
-        except (ValueError, TypeError, AttributeError):  # not JSON, not an object, not an item
+        except (ValueError, TypeError, AttributeError):  # not UTF-8 or JSON, not an object, not an item
             raise MinirunError(f"{out}:{lineno}: {foreign}") from None
-        if row.get("paraphrase_settings") != key:
-            raise MinirunError(f"{out}:{lineno} was written for another dataset, with other paraphrase settings or by "
-                               "an older minirun: use another output file or delete this one")
-        found[item.id] = item
+        if "paraphrase_settings" not in row:
+            raise MinirunError(f"{out}:{lineno}: {foreign}")
+        if row["paraphrase_settings"] != key:
+            raise MinirunError(f"{out}:{lineno} was written with other settings (model, dtype, device kind, dataset "
+                               "file, num, temperature, top_p, max_new_tokens or seed) or by an older minirun: use "
+                               "another output file or delete this one")
+        if lineno <= len(lines):
+            found[item.id] = item
     drop_torn_line(out)
     return found
 
 
+def _cut_row(line: bytes) -> bool:
+    """Whether a last line without its newline is a row `paraphrase_file` began and a kill cut: not JSON,
+    and starting as every row starts (or cut before even that)."""
+    try:
+        json.loads(line.decode("utf-8"))
+        return False
+    except ValueError:  # UnicodeDecodeError is one
+        return line.startswith(ROW_START) or ROW_START.startswith(line)
+
+
 def _same_item(written: Item, item: Item) -> bool:
-    """Whether a finished row still answers `item`: the rewrites depend on its question, and a kept
-    rewrite was checked against its answers."""
-    return (written.question, written.answers, written.task) == (item.question, item.answers, item.task)
+    """Whether a finished row still answers `item`: the rewrites depend on its question, a kept rewrite was
+    checked against its answers, and every other field (choices, relation, ...) is copied into the file."""
+    return replace(written, paraphrases=[]) == replace(item, paraphrases=[])
