@@ -70,9 +70,10 @@ def test_a_bfloat16_bench_also_reports_the_fraction_of_its_own_dtype_read_rate(c
     assert bandwidth["dtype_read_gb_s_rounds"] != bandwidth["read_gb_s_rounds"]  # two sums: float32 and bfloat16
 
 
-def test_compare_transformers_fills_entry_and_speedup(tmp_path):
+def test_compare_transformers_fills_entry_and_speedup(tmp_path, monkeypatch):
     path = random_checkpoint("qwen2.5-0.5b", tmp_path / "ckpt", dtype="float32", **TINY)  # no tokenizer files
-    result = run_bench(model=str(path), compare="transformers", **FAST)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto: the CPU, on GPU machines too
+    result = run_bench(model=str(path), compare="transformers", **{**FAST, "device": "auto"})  # both sides placed
     _check_figures(result["transformers"])
     assert "transformers_static" not in result  # the compiled HF path runs only with compile=True
     assert result["order"] == "alternating"  # on CPU both engines stay loaded and are timed in turns

@@ -1,6 +1,7 @@
 """The command line through Typer's runner: generate (plain, JSON, methods), mask, errors, option checks."""
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 import minirun
-from minirun.cli import app
+from minirun.checkpoints.loader import auto_device
+from minirun.cli import app, generate, tools
+from minirun.cli.eval import eval_command
 from minirun.engine.sampling import SamplingParams
 from minirun.engine.session import compiled_decode_step
 from minirun.errors import MinirunError
@@ -331,6 +334,19 @@ def test_unknown_device_and_no_tokens_are_clean_errors(tiny):
                            "device 'cuda:1' requested but no CUDA GPU is available: run on cpu")
     with pytest.raises(minirun.MinirunError, match="max_new_tokens must be at least 1"):
         minirun.load(tiny).generate("hi", max_new_tokens=0)
+
+
+def test_device_auto_is_the_gpu_where_one_is_visible(tiny, monkeypatch):
+    """The commands' default: a run on a GPU machine uses the GPU unasked, and every named device is kept."""
+    assert [auto_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_device("auto") == "cpu" and minirun.load(tiny, device="auto").device.type == "cpu"
+    for command in (generate.generate, eval_command, tools.bench, tools.paraphrase):
+        assert inspect.signature(command).parameters["device"].default.default == "auto"  # the typer.Option's
+    result = invoke("generate", "--model", tiny, "--max-new-tokens", "2", "--json", "hi")
+    assert result.exit_code == 0, result.output
 
 
 def test_unknown_method_lists_the_methods(tiny):

@@ -97,7 +97,7 @@ def test_file_parses_with_defaults_and_labels(sweep_file, checkpoint_dirs):
     assert [d.label for d in sweep.datasets] == ["sample-qa", "sample-fill"]
     assert [(m.name, m.label, m.options) for m in sweep.methods] == [
         ("origin", "origin", {}), ("flex", "flex-restart", {"positions": "restart"})]
-    assert sweep.models[0].device == "cpu" and sweep.datasets[0].match == "lemma"
+    assert sweep.models[0].device == "auto" and sweep.datasets[0].match == "lemma"
     assert sweep.generation.max_new_tokens == 4 and sweep.generation.share_prefix
 
 
@@ -552,6 +552,25 @@ def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp
     items = load_dataset(str(data), skip_bad=True)
     [cell], [same] = sweep_module.cells(sweep, "out"), sweep_module.cells(plain, "out")
     assert sweep_module.cell_key(cell, sweep, items, None) == sweep_module.cell_key(same, plain, items, None)
+
+
+def test_a_cell_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypatch):
+    """A file without a device (auto) keeps the key a cpu cell had, so runs finished before auto stay finished;
+    on a GPU machine it is the cuda cell's key."""
+    from minirun.eval import sweep as sweep_module
+
+    items = load_dataset("sample-qa")[:2]
+
+    def key(device: str | None) -> str:
+        model = {"path": "owner/model"} if device is None else {"path": "owner/model", "device": device}
+        sweep = parse_sweep({**BASE, "models": [model]})
+        [cell] = sweep_module.cells(sweep, tmp_path)
+        return sweep_module.cell_key(cell, sweep, items, None)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert key(None) == key("cpu") != key("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert key(None) == key("cuda") != key("cpu")
 
 
 def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_path):

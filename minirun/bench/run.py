@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from minirun.bench.compare import ReadProbe, Trial, bandwidth, device_name, sync, transformers_version
-from minirun.checkpoints.loader import load_model
+from minirun.checkpoints.loader import auto_device, load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.engine.session import Hooks, set_step_graphs, step_graphs
@@ -137,6 +137,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
         raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if new_tokens < 2 or repeats < 1:
         raise MinirunError("--new-tokens must be at least 2 and --repeats at least 1: decode speed needs a decode step")
+    device = auto_device(device)  # transformers' side is moved there too
     compares = [c.strip() for c in compare.split(",")] if compare else []
     if unknown := [c for c in compares if c not in COMPARES]:
         raise MinirunError(f"unknown --compare {unknown[0]!r}: choose from {', '.join(COMPARES)}")

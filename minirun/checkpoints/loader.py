@@ -77,13 +77,22 @@ def _hf_names(c: ModelConfig) -> dict[str, tuple[str, ...]]:
     return names
 
 
+def auto_device(device: str | torch.device) -> str | torch.device:
+    """"auto" is this machine's CUDA GPU where one is visible, else the CPU (the command line's default, so a run
+    on a GPU box does not crawl on its CPU unasked); every other device is kept as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def checked_device(device: str | torch.device, here: bool = True) -> torch.device:
     """The device to run on, refused in one line where minirun or (`here`) this machine cannot run: only the CPU
     and CUDA GPUs are supported (torch knows mps, xpu and meta too, and fails on them deep inside a run)."""
+    device = auto_device(device)
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise MinirunError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:1, ...") from None
+        raise MinirunError(f"unknown device {str(device)!r}: use auto, cpu, cuda, cuda:1, ...") from None
     if device.type not in ("cpu", "cuda"):
         raise MinirunError(f"device {str(device)!r} is not supported: minirun runs on cpu or cuda (cuda:1, ...)")
     if not here:  # a file written for another machine (a sweep for the GPU box)

@@ -12,7 +12,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import (DTYPE_HELP, check_figure_path, check_output_dir, err, friendly, load_llm, out,
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_figure_path, check_output_dir, err, friendly, load_llm, out,
                                 parse_flex_bias, warn)
 from minirun.errors import MinirunError
 
@@ -55,7 +55,7 @@ def eval_command(
     choice_score: str = typer.Option("mean", help="Multiple choice: an option's log-likelihood per token (mean), summed (sum: the harness's acc) or per character (chars: acc_norm)."),
     choice_format: str = typer.Option("cloze", help="Multiple choice: cloze (score each option's text) or letters "
                                       "(options listed as A. B. ..., their letters scored)."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
     skip_bad: bool = typer.Option(False, help="Skip (and count) bad records of a plain item file (JSONL or JSON array)."),

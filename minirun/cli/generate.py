@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import (DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm, parse_flex_bias,
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm, parse_flex_bias,
                                 read_text_file, stream)
 from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
@@ -83,7 +83,7 @@ def generate(
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
     truncate: bool = typer.Option(False, help="Keep the end of a prompt that does not fit the context."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels (slow first call, fast after)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

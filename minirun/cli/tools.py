@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import (DTYPE_HELP, check_figure_path, check_output_file, check_texts, err, friendly, load_llm,
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_figure_path, check_output_file, check_texts, err, friendly, load_llm,
                                 read_text_file)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
@@ -68,7 +68,7 @@ def bench(
     repeats: int = typer.Option(5, min=1),
     warmup: int = typer.Option(1, min=0),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     compile: bool = typer.Option(True, help="Compiled decode step and FlexAttention."),
     compare: Optional[str] = typer.Option(None, help="Comma-separated: transformers, eager, captured (decode steps "
                                           "recorded by the session); on CPU all timed in turns with minirun, so a "
@@ -99,10 +99,14 @@ def paraphrase(
     seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
+    skip_bad: bool = typer.Option(False, help="Skip (and count) bad records of a plain item file (JSONL or JSON array)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Have the model rewrite each question N ways, fill prompts into fill prompts (duplicates, empties, answer
-    leaks, cut-off rewrites and fill rewrites that complete the prompt dropped)."""
+    """Have the model rewrite each question N ways (a fill prompt into fill prompts); duplicate, empty, cut-off and
+    answer-leaking rewrites, and fill rewrites that complete the prompt, are dropped. The output's paraphrases are
+    the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
     from rich.progress import Progress
 
     from minirun.engine.sampling import SamplingParams
@@ -111,11 +115,21 @@ def paraphrase(
 
     SamplingParams(temperature, top_p=top_p)  # a bad value fails before the model loads
     check_output_file(out, "output")
-    items = load_dataset(data)[:max_samples]
-    llm = load_llm(model, "cpu", None, False)
+    items = load_dataset(data, skip_bad=skip_bad)[:max_samples]
+    llm = load_llm(model, device, dtype, False)
+    counts: list[int] = []  # items done: first those resumed, then after each batch
     with Progress(console=err, disable=not progress) as bar:
         task = bar.add_task("paraphrasing", total=len(items))
+
+        def advance(done: int) -> None:
+            counts.append(done)
+            bar.update(task, completed=done)
+
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_batch=lambda n: bar.advance(task, n), dataset=data)
+                               on_progress=advance, dataset=data)
     kept = sum(len(item.paraphrases) - 1 for item in done)
-    err.print(f"wrote {out}: {len(done)} items, {kept} rewrites kept of {num * len(done)}")
+    resumed = f" ({counts[0]} of them already there)" if counts[0] else ""
+    if counts[0] == len(done):
+        err.print(f"{out} already holds all {len(done)} items: nothing to do")
+    else:
+        err.print(f"wrote {out}: {len(done)} items{resumed}, {kept} rewrites kept of {num * len(done)}")

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-from minirun.checkpoints.loader import load_model
+from minirun.checkpoints.loader import auto_device, load_model
 from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.allocator import keep_large_allocations
 from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded, stop_strings
@@ -155,8 +155,8 @@ class LLM:
 
 
 def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compile: bool | None = None) -> LLM:
-    """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference; under
-    torchrun, "cuda" is this process's own GPU (`rank_device`). `compile` switches the process to
+    """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference; "auto" is the GPU
+    where one is visible, and under torchrun "cuda" is this process's own GPU (`rank_device`). `compile` switches the process to
     compiled kernels (True: FlexAttention and the decode step compiled, what `--compile` does) or to
     eager ones (False); it is process-wide, as torch.compile's caches are, and None leaves it as is."""
     if compile is not None:
@@ -166,6 +166,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compil
         from minirun.checkpoints.hub import resolve_model
 
         checkpoint = resolve_model(path)
+    device = auto_device(device)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     placed = rank_device(device, os.environ, visible)
     if placed != device:

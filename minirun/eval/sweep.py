@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.checkpoints.hub import resolve_model
-from minirun.checkpoints.loader import checked_device
+from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_dataset, load_jsonl
@@ -68,6 +68,7 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
     resumes it or refuses a conflicting change)."""
     model = dataclasses.asdict(cell.model)
+    model["device"] = str(auto_device(cell.model.device))  # "auto" keyed as what it ran on: cpu keys stay as they were
     if Path(cell.model.path).is_dir():
         model["path"] = str(Path(cell.model.path).resolve())
     dataset = dataclasses.asdict(cell.dataset)

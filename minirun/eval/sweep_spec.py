@@ -40,7 +40,7 @@ class ModelSpec:
     path: str  # checkpoint dir or hub id
     label: str = ""  # column group and directory name; default: the path's last part
     dtype: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # the run's key holds the device it resolved to (cell_key)
     compile: bool = False
 
 
