@@ -23,3 +23,6 @@ def arch_dir(request, checkpoint_dirs):
 # Kernel calibration (layers/calibrate.py) times kernels for tens of seconds per shape on a new
 # machine: the suite runs on the defaults, and test_calibrate.py measures on purpose.
 os.environ["MINIRUN_CALIBRATE"] = "0"  # a developer's MINIRUN_CALIBRATE=1 must not time kernels into ~/.cache
+# The suite checks the CPU path and fakes a GPU where it needs one (patching torch.cuda); on a GPU machine the
+# commands' default device (auto) would otherwise move its runs to the GPU. GPU checks: bench/gpu.sh.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
