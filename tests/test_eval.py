@@ -318,14 +318,21 @@ def test_report_re_picks_choice_rows_as_a_run_under_that_score_would(tiny, tmp_p
 
 def test_kernel_calibration_inside_a_batch_is_not_the_methods_time(tiny, items, tmp_path, monkeypatch):
     """A batch that meets a new shape calibrates kernels (seconds, once per machine): its rows' seconds
-    leave that out, or the first method of a run reads as slow for good."""
-    import time
+    leave that out, or the first method of a run reads as slow for good. The loop's clock is faked: no timing
+    in a test."""
+    from types import SimpleNamespace
 
-    real, clock = loop.run_method, iter([0.0, 0.5])
-    monkeypatch.setattr(loop, "run_method", lambda *a: time.sleep(0.5) or real(*a))  # as if calibrating 0.5 s
-    monkeypatch.setattr(loop, "seconds_measuring", lambda: next(clock))
+    real, now, measured = loop.run_method, [0.0], [0.0]
+
+    def calibrating(*args):  # the batch calibrates for 50 s, and nothing else takes time
+        now[0], measured[0] = now[0] + 50, measured[0] + 50
+        return real(*args)
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(loop, "run_method", calibrating)
+    monkeypatch.setattr(loop, "seconds_measuring", lambda: measured[0])
     table = evaluate(tiny, items[:2], ["origin"], tmp_path, **SETTINGS)
-    assert (table["seconds"] < 0.2).all()
+    assert len(table) == 2 and (table["seconds"] < 1).all()  # counting the 50 s measuring, 25 s an item
 
 
 QUESTION, PARAS = "What is the capital of France?", ["Which city is France's capital?", "Name France's capital.",
