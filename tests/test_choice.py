@@ -91,11 +91,14 @@ def test_batched_options_equal_options_scored_one_by_one(llm, method):
 
 
 def test_questions_batched_equal_questions_alone(llm):
+    """The third question starts with a number, which does not take the space of the prefix's "Q: " into its
+    first token as words do: its head differs from its batch-mates' by that token."""
     questions = [Question(QUESTION, PARAS, PREFIX, "\nA:"), Question("Who wrote Hamlet?", ["Who wrote Hamlet?",
-                 "Hamlet's author?"], PREFIX, "\nA:")]
-    choices = [CHOICES, ["Shakespeare", "Marlowe"]]
+                 "Hamlet's author?"], PREFIX, "\nA:"),
+                 Question("1600 was the year of", ["1600 was the year of", "1600 saw"], PREFIX + "Q: ", "\nA:")]
+    choices = [CHOICES, ["Shakespeare", "Marlowe"], ["Hamlet", "Macbeth"]]
     options = EnsembleOptions(chat=False, fusion_layer=1)
-    for method in ("avg", "hidden_avg", "per_prompt"):
+    for method in ("avg", "hidden_avg", "per_prompt", "flex"):
         batched = score_choices(llm, method, questions, choices, options)
         alone = [score_choices(llm, method, [q], [c], options)[0] for q, c in zip(questions, choices)]
         for b, a in zip(batched, alone, strict=True):

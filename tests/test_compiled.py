@@ -176,7 +176,7 @@ def test_unknown_step_graphs_are_refused():
 def _chunks(llm, method: str, question: str) -> tuple[int, int, list[int]]:
     """(prompt tokens, cache size, prefill chunk sizes) of one question, as the runner lays it out."""
     enc = encode_question(llm, [question] if method == "origin" else [question, *PARAS], "", "", None)
-    head, row = len(enc.head), len(packed_row(enc, head_in_row=False).tokens)
+    head, row = len(enc.head), len(packed_row(enc, prefilled=len(enc.head)).tokens)
     padded_head = -(-head // CHUNK) * CHUNK
     plan = chunk_plan(0, padded_head) + chunk_plan(padded_head, -(-row // CHUNK) * CHUNK)
     return head + row, cache_size(head + row + OPTIONS.max_new_tokens), plan

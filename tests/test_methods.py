@@ -176,6 +176,26 @@ def test_batch_of_questions_equals_one_at_a_time(llm, method):
         assert (r.token_ids, r.answers) == (alone.token_ids, alone.answers)
 
 
+@pytest.mark.parametrize("method, extra", [("origin", {}), ("avg", {}), ("hidden_avg", {}), ("flex", {}),
+                                           ("flex", {"positions": "sequential"}), ("flex", {"share_prefix": False})])
+def test_a_question_whose_head_differs_from_its_batch_mates_answers_as_alone(llm, method, extra):
+    """After "Q: " a word takes the space into its first token and a number does not, so batch-mates' heads
+    differ by a token. Row methods move it into every row, exactly; flex had moved it into every paraphrase's
+    segment, so its answer changed with the batch (logits by up to 5 with sequential positions)."""
+    prefix = PREFIX + "Q: "
+    number = Question("12345 is the number", ["12345 is the number", "12345 Paris"], prefix, "\nA:")
+    word = Question("is Paris", ["is Paris", "is Water"], prefix, "\nA:")
+    heads = [encode_question(llm, q.paraphrases, prefix, "\nA:", chat=False).head for q in (number, word)]
+    assert len(heads[0]) != len(heads[1])
+    options = opts(chat=False, max_new_tokens=8, **extra)
+    together = run_method(llm, method, [number, word], options)
+    for q, r in zip((number, word), together, strict=True):
+        alone = run_method(llm, method, [q], options)[0]
+        assert r.token_ids == alone.token_ids
+        if method == "flex":  # its row holds the head's own token once, as alone (a row method: once a row)
+            assert r.prompt_tokens == alone.prompt_tokens
+
+
 @pytest.mark.parametrize("method, extra", [("origin", {}), ("per_prompt", {}), ("avg", {}), ("max", {}),
                                            ("hidden_avg", {}), ("hidden_avg", {"fusion_alpha": 0.5}), ("flex", {}),
                                            ("flex", {"flex_bias": "inv_n"})])

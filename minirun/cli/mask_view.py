@@ -98,7 +98,7 @@ def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], p
     head = enc.head if share_prefix and enc.head else []
     n = len(enc.paraphrases)
     if method == "flex":
-        rows = [packed_row(enc, positions, share_head=share_prefix, head_in_row=not head)]
+        rows = [packed_row(enc, positions, share_head=share_prefix, prefilled=len(head))]
     else:
         rows = [plain_row(enc.body(i), len(head)) if head else plain_row(enc.full(i)) for i in range(n)]
     layout = stack_rows(rows, pad_id, torch.device("cpu"))

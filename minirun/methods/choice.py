@@ -28,10 +28,10 @@ from minirun.methods.runner import (
     check_method,
     checked_call,
     encode_batch,
+    flex_head,
     flex_log_weights,
     open_session,
     plan_rows,
-    shared_head,
 )
 
 
@@ -105,7 +105,7 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
     else:
         questions, leads = map(list, zip(*[plain_context(q) for q in questions]))
     prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
-    encoded = encode_batch(llm, questions, prompts, options)
+    encoded = encode_batch(llm, method, questions, prompts, options)
     targets = [option_ids(llm, e, c, lead) for e, c, lead in zip(encoded, texts, leads)]
     with torch.inference_mode():
         if method == "flex":
@@ -237,9 +237,8 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     if not all(e.tail for e in encoded):
         raise MinirunError("flex needs a shared suffix after the paraphrases so the options see all of them: "
                            "use the chat template or give a suffix (e.g. '\\nA:')")
-    head = shared_head(encoded, options)
-    rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None)
-            for e in encoded]
+    head = flex_head(encoded, options)
+    rows = [packed_row(e, options.positions, options.share_prefix, prefilled=len(head or [])) for e in encoded]
     option_rows = [option_row(t, r.next_position, branch) for t, r in zip(targets, rows)]
     longest, slots = option_room(targets, option_rows)
     weights = flex_log_weights(encoded, options.flex_bias, llm.device)

@@ -72,10 +72,16 @@ def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = ""
 def align_heads(encoded: list[Encoded]) -> list[Encoded]:
     """A batch's questions re-split at the head they all share, so it is prefilled once for all of them: a
     question whose first token did not merge with the prefix's last one (a digit after "Q: ") keeps that token
-    with its paraphrases instead of splitting the batch's head."""
-    n = _common_prefix([e.head for e in encoded])
+    with its paraphrases instead of splitting the batch's head. Exact for rows of one prompt each; not for
+    flex, where the moved tokens would be copied into every paraphrase's segment (`common_head` there)."""
+    n = common_head(encoded)
     return [e if len(e.head) == n else Encoded(e.head[:n], [e.head[n:] + p for p in e.paraphrases], e.tail)
             for e in encoded]
+
+
+def common_head(encoded: list[Encoded]) -> int:
+    """How many head tokens all of a batch's questions share."""
+    return _common_prefix([e.head for e in encoded])
 
 
 def _common_prefix(sequences: list[list[int]]) -> int:
@@ -88,7 +94,7 @@ def _common_prefix(sequences: list[list[int]]) -> int:
     return n
 
 
-def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, head_in_row: bool = True) -> Row:
+def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, prefilled: int = 0) -> Row:
     """All paraphrases of one question in one row, segment k = paraphrase k.
 
     Positions: `right` right-aligns every segment to end at P-1 (generation starts at P), so every
@@ -97,8 +103,9 @@ def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, hea
     (without `share_head` each segment carries its own head, contiguous); `restart` starts every segment at the same position
     (Parallel Context Windows); `sequential` numbers the packed sequence 0..L-1.
     With `share_head` the head is one SHARED segment (stored once, seen by all); otherwise every
-    segment is its own head + paraphrase, isolated from the others. `head_in_row=False`
-    leaves a shared head out of the row (it was prefilled separately) but keeps its positions.
+    segment is its own head + paraphrase, isolated from the others. A shared head's first `prefilled`
+    tokens are left out of the row (the batch prefilled them once) but keep their positions; the rest of
+    the head, where questions' heads differ, stays in the row as shared tokens.
     The tail follows as SHARED tokens, so it and every generated token see all paraphrases.
     """
     if scheme not in POSITION_SCHEMES:
@@ -107,10 +114,10 @@ def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, hea
     segments_ids = enc.paraphrases if share_head else [enc.head + p for p in enc.paraphrases]  # the tail: once, below
     longest = max(len(s) for s in segments_ids)
     tokens, positions, segments = [], [], []
-    if share_head and head_in_row:
-        tokens += enc.head
-        positions += list(range(h))
-        segments += [SHARED] * h
+    if share_head:
+        tokens += enc.head[prefilled:]
+        positions += list(range(prefilled, h))
+        segments += [SHARED] * (h - prefilled)
     cursor = h
     for k, ids in enumerate(segments_ids, start=1):
         n = len(ids)

@@ -15,7 +15,7 @@ from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, he
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
-from minirun.methods.packing import POSITION_SCHEMES, Encoded, align_heads, encode_question, packed_row
+from minirun.methods.packing import POSITION_SCHEMES, Encoded, align_heads, common_head, encode_question, packed_row
 
 METHODS = ("origin", "per_prompt", *RULES, "hidden_avg", "flex")
 FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
@@ -47,14 +47,16 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     for q, p in zip(questions, prompts):
         if not p:
             raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
-    return run_encoded(llm, method, encode_batch(llm, questions, prompts, options), options, prompts, hooks)
+    return run_encoded(llm, method, encode_batch(llm, method, questions, prompts, options), options, prompts, hooks)
 
 
-def encode_batch(llm: EnsembleModel, questions: list[Question], prompts: list[list[str]],
+def encode_batch(llm: EnsembleModel, method: str, questions: list[Question], prompts: list[list[str]],
                  options: EnsembleOptions) -> list[Encoded]:
-    """Each question's `prompts` encoded (`encode_question`), re-split at the head the batch shares."""
-    return align_heads([encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
-                        for q, p in zip(questions, prompts)])
+    """Each question's `prompts` encoded (`encode_question`); for the row methods re-split at the head the
+    batch shares (`align_heads`), while flex keeps each question's own head (`flex_head`)."""
+    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
+               for q, p in zip(questions, prompts)]
+    return encoded if method == "flex" else align_heads(encoded)
 
 
 OPTION_READERS = {  # the EnsembleOptions fields only some methods read, and which
@@ -113,6 +115,14 @@ def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options
 
         confidences = weights_for(llm, method, encoded, options)
         return _run_rows(llm, method, encoded, prompts, options, confidences, hooks)
+
+
+def flex_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
+    """The head tokens flex prefills once for the batch: those every question's head starts with, when sharing
+    is on. The rest of a question's head stays in its row as shared tokens (`packed_row`), so a question's packed
+    row reads the same whatever else is in its batch."""
+    n = common_head(encoded)
+    return encoded[0].head[:n] if options.share_prefix and n else None
 
 
 def shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
@@ -250,8 +260,8 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
 def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
               hooks: Hooks) -> list[MethodResult]:
     """One packed row per question: segment-isolated prefill, fused decode."""
-    head = shared_head(encoded, options)
-    rows = [packed_row(e, options.positions, share_head=options.share_prefix, head_in_row=head is None) for e in encoded]
+    head = flex_head(encoded, options)
+    rows = [packed_row(e, options.positions, options.share_prefix, prefilled=len(head or [])) for e in encoded]
     log_weights = flex_log_weights(encoded, options.flex_bias, llm.device)
     session, layout, logits = open_session(llm, rows, head, options.max_new_tokens, hooks, log_weights)
     params = SamplingParams(options.temperature, seed=options.seed)
