@@ -51,18 +51,14 @@ def fuse_newest(x: torch.Tensor, fusion: HiddenFusion) -> torch.Tensor:
 
     Written as anchor + mix @ (x − anchor): the same value, but rows equal to their group's first
     row come out bit-identical (their differences are exactly zero), which keeps N identical
-    paraphrases exactly equal to one. A compiled decode step (one token) spells the product as a
-    broadcast sum, which the compiler fuses into one loop instead of launching a matrix-product
-    kernel; eagerly that broadcast would materialise [B, B, E] (for a 150-row evaluation batch, 52 MB
-    in each fused block of every step), so eager steps take the product.
+    paraphrases exactly equal to one. Compiled steps take the same product: spelt as a broadcast sum
+    (one fused loop, no matrix-product kernel), Inductor's CPU code for the whole decode step gave the
+    first group of a batch of several questions wrong states (torch 2.13; alone, the function was right).
     """
     span = min(fusion.span, x.shape[1])
     newest = x[:, -span:].float()  # [B, S, E]
     anchor = newest.index_select(0, fusion.anchor)  # [B, S, E]
-    if span == 1 and torch.compiler.is_compiling():
-        mixed = (fusion.mix[:, :, None, None] * (newest - anchor)[None]).sum(1)  # [B, 1, E]
-    else:
-        mixed = torch.einsum("bc,cse->bse", fusion.mix, newest - anchor)
+    mixed = torch.einsum("bc,cse->bse", fusion.mix, newest - anchor)
     fused = (anchor + mixed).to(x.dtype)
     return fused if span == x.shape[1] else torch.cat([x[:, :-span], fused], dim=1)
 
