@@ -402,6 +402,21 @@ def test_given_confidences_are_checked(checkpoint_dirs, confidences, message):
         score_choices(tiny_llm, "weighted_max", question, [["Paris", "Lyon"]], options)
 
 
+def test_confidence_samples_past_the_context_are_named_as_such(checkpoint_dirs):
+    """A prompt that fits with its answer but not with the 16 tokens a confidence sample takes was refused in
+    --max-new-tokens' words ("prompt (506) + max_new_tokens (16)"), a setting the user had not given."""
+    tiny_llm = minirun.load(checkpoint_dirs["llama3"])
+    limit = tiny_llm.config.max_position_embeddings
+    words = 1
+    while len(encode_question(tiny_llm, [f"{'water ' * words}?"], chat=False).full(0)) < limit - 12:
+        words += 1
+    question = [Question("Capital?", [f"{'water ' * words}?"])]
+    options = EnsembleOptions(max_new_tokens=3, chat=False)
+    assert run_method(tiny_llm, "avg", question, options)  # the answer fits
+    with pytest.raises(MinirunError, match=f"samples 16 tokens after each prompt .* context of {limit}: shorten"):
+        run_method(tiny_llm, "weighted_avg", question, options)
+
+
 def test_whole_number_confidences_weigh_as_their_floats(checkpoint_dirs):
     """[[1, 0, 0]] crashed scoring (an integer tensor has no finfo); it is the first prompt's weight alone."""
     from minirun.methods import score_choices

@@ -86,6 +86,13 @@ def weights_for(llm: EnsembleModel, method: str, encoded: list[Encoded],
 
 def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: EnsembleOptions, same: SameAnswer = normalised_equal) -> list[list[float]]:
     """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
+    limit = llm.config.max_position_embeddings
+    longest = max(len(enc.full(i)) for enc in encoded for i in range(len(enc.paraphrases)))
+    if longest + options.confidence_tokens > limit:  # before any sampling, and not in --max-new-tokens' words
+        raise MinirunError(f"a weighted method samples {options.confidence_tokens} tokens after each prompt to "
+                           f"measure its confidence, and a prompt of {longest} tokens leaves no room for them in "
+                           f"the model's context of {limit}: shorten the prompts (fewer few-shot examples) or "
+                           "give the confidences")
     directory = cache_dir()
     out = []
     for enc in encoded:
