@@ -12,7 +12,7 @@ from minirun.engine.session import NO_HOOKS, Session
 from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.hidden_fusion import head_mix
-from minirun.layers.masks import segment_mask
+from minirun.layers.masks import SHARED, segment_mask
 from minirun.methods import EnsembleOptions, Question, run_method
 from minirun.methods import runner
 from minirun.methods.fusion import ROW_WEIGHTS
@@ -66,6 +66,16 @@ def test_flex_with_identical_paraphrases_and_inverse_n_bias_equals_origin(llm, s
     alone = len(enc.head) + len(enc.paraphrases[0])
     assert len(row.tokens) == (1 if share_prefix else 3) * len(enc.head) + 3 * len(enc.paraphrases[0]) + len(enc.tail)
     assert row.tokens[-len(enc.tail):] == enc.tail and row.positions[-1] == alone + len(enc.tail) - 1
+
+
+def test_a_packed_row_keeps_the_head_tokens_not_prefilled_apart_as_shared_tokens(llm):
+    enc = encode_question(llm, PARAS, PREFIX, "\nA:", chat=False)
+    whole, rest = packed_row(enc), packed_row(enc, prefilled=len(enc.head) - 2)
+    assert rest.tokens == whole.tokens[len(enc.head) - 2:] and rest.positions == whole.positions[len(enc.head) - 2:]
+    assert rest.segments[:2] == [SHARED, SHARED] and rest.next_position == whole.next_position
+    for bad in (dict(prefilled=len(enc.head) + 1), dict(prefilled=1, share_head=False)):
+        with pytest.raises(ValueError, match="prefilled apart"):
+            packed_row(enc, **bad)
 
 
 @pytest.mark.parametrize("scheme", ["right", "restart"])
@@ -192,8 +202,8 @@ def test_a_question_whose_head_differs_from_its_batch_mates_answers_as_alone(llm
     for q, r in zip((number, word), together, strict=True):
         alone = run_method(llm, method, [q], options)[0]
         assert r.token_ids == alone.token_ids
-        if method == "flex":  # its row holds the head's own token once, as alone (a row method: once a row)
-            assert r.prompt_tokens == alone.prompt_tokens
+        if method == "flex":  # its row holds the head's own token once, as alone (a row method: once a row); with
+            assert r.prompt_tokens == alone.prompt_tokens  # right positions the old packing differed only here
 
 
 @pytest.mark.parametrize("method, extra", [("origin", {}), ("per_prompt", {}), ("avg", {}), ("max", {}),

@@ -195,6 +195,16 @@ def test_other_settings_refused(llm, tmp_path):
         paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
 
 
+def test_the_key_holds_the_dtype_and_device_kind_the_rewrites_came_from(tmp_path):
+    """bfloat16 rewrites (eval's default on a CPU with bfloat16 arithmetic, and on GPU) are other rewrites."""
+    def fake(dtype: torch.dtype, device: str):
+        return type("FakeLLM", (), {"path": tmp_path, "dtype": dtype, "device": torch.device(device)})()
+
+    keys = {paraphrase.settings_key(fake(dtype, device), "sample-qa", 2, 1.5, 0.9, 6, 0)
+            for dtype in (torch.float32, torch.bfloat16) for device in ("cpu", "cuda")}
+    assert len(keys) == 4
+
+
 def test_a_dataset_file_is_keyed_by_where_it_is_not_how_it_is_spelt(llm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "qa.jsonl").write_text("")
@@ -215,7 +225,7 @@ def test_a_file_an_older_minirun_wrote_is_refused(llm, tmp_path):
         paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6, dataset="sample-qa")
 
 
-@pytest.mark.parametrize("cut", [b'{"i', b'{"id": "sq-1", "question": "Wer schrieb \xc3', b""])
+@pytest.mark.parametrize("cut", [b'{"i', b'{"id": "sq-1", "question": "Wer schrieb \xc3', b'{"id": "sq-1"'])
 def test_a_row_cut_inside_a_character_or_its_first_bytes_costs_only_itself(llm, tmp_path, cut):
     """Rows keep non-ASCII text as it is, so a kill can cut one inside a character or before its id."""
     out = tmp_path / "p.jsonl"
@@ -268,7 +278,7 @@ def test_an_edited_item_is_refused_and_a_second_writer_too(llm, tmp_path):
 
 @pytest.mark.parametrize("content", [b"my notes line 1\nmy important line 2", b"garbage\n", b"[1, 2]\n",
                                      b'{"id": "x"}\n', b"\xff\xfe\n", b'{"id": "x", "note": "keep me"}',
-                                     b'{"id": "1", "question": "Q?", "paraphrases": [], "answers": ["A"]}\n'])
+                                     b'{"id": "1", "question": "Q?", "paraphrases": [], "answers": ["A"]}\n', b"\n"])
 def test_a_file_minirun_did_not_write_is_refused_untouched(llm, tmp_path, content):
     out = tmp_path / "notes.jsonl"
     out.write_bytes(content)
@@ -295,6 +305,9 @@ def test_cli(long_context, tmp_path):
     skipped = CliRunner().invoke(app, ["paraphrase", str(plain), str(tmp_path / "s.jsonl"), "--num", "2",
                                        "--max-new-tokens", "6", "--model", str(long_context), "--skip-bad"])
     assert skipped.exit_code == 0 and len((tmp_path / "s.jsonl").read_text().splitlines()) == 1, skipped.output
+    greedy = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(tmp_path / "g.jsonl"), "--temperature", "0",
+                                      "--model", "no/such-model-loaded"])  # refused before the (unloadable) model
+    assert greedy.exit_code == 1 and "temperature 0 makes all 5 rewrites" in greedy.stderr
     wrong = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(tmp_path / "q.jsonl"), "--model", str(long_context),
                                      "--device", "gpu0", "--no-progress"])
     assert wrong.exit_code == 1 and "unknown device 'gpu0'" in wrong.stderr

@@ -21,6 +21,7 @@ err = Console(stderr=True, soft_wrap=True)  # an error stays one line in a log o
 # Results on stdout: piped into a file or a log, rich would squeeze a table into 80 columns and cut its figures to
 # "0.000…"; there a table takes the width it needs.
 out = Console(width=None if sys.stdout.isatty() else 1000)
+SKIP_BAD_HELP = "Skip (and count) bad records of a plain item file (JSONL or JSON array)."
 DEVICE_HELP = "auto (a CUDA GPU where one is visible, else the CPU), cpu, cuda or cuda:N."
 DTYPE_HELP = ("float32, bfloat16 or float16 (default: the checkpoint's on GPU; on CPU bfloat16 where the CPU has "
               "bfloat16 arithmetic and the checkpoint is bfloat16, else float32).")

@@ -12,8 +12,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_figure_path, check_output_dir, err, friendly, load_llm, out,
-                                parse_flex_bias, warn)
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_dir, err,
+                                friendly, load_llm, out, parse_flex_bias, warn)
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -58,7 +58,7 @@ def eval_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
-    skip_bad: bool = typer.Option(False, help="Skip (and count) bad records of a plain item file (JSONL or JSON array)."),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm, parse_flex_bias,
-                                read_text_file, stream)
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm,
+                                parse_flex_bias, read_text_file, stream)
 from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import generation_params

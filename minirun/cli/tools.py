@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_figure_path, check_output_file, check_texts, err, friendly, load_llm,
-                                read_text_file)
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
+                                check_texts, err, friendly, load_llm, read_text_file)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions
@@ -99,7 +99,7 @@ def paraphrase(
     seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
-    skip_bad: bool = typer.Option(False, help="Skip (and count) bad records of a plain item file (JSONL or JSON array)."),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -109,11 +109,10 @@ def paraphrase(
     the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
     from rich.progress import Progress
 
-    from minirun.engine.sampling import SamplingParams
     from minirun.eval.data import load_dataset
-    from minirun.eval.paraphrase import paraphrase_file
+    from minirun.eval.paraphrase import check_sampling, paraphrase_file
 
-    SamplingParams(temperature, top_p=top_p)  # a bad value fails before the model loads
+    check_sampling(num, temperature, top_p)  # a bad value fails before the model loads
     check_output_file(out, "output")
     items = load_dataset(data, skip_bad=skip_bad)[:max_samples]
     llm = load_llm(model, device, dtype, False)

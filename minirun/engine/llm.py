@@ -156,8 +156,8 @@ class LLM:
 
 def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compile: bool | None = None) -> LLM:
     """Load a checkpoint directory (or a hub id, resolved with huggingface_hub) for inference; "auto" is the GPU
-    where one is visible, and under torchrun "cuda" is this process's own GPU (`rank_device`). `compile` switches the process to
-    compiled kernels (True: FlexAttention and the decode step compiled, what `--compile` does) or to
+    where one is visible, and under torchrun "cuda" is this process's own GPU (`rank_device`). `compile` switches
+    the process to compiled kernels (True: FlexAttention and the decode step compiled, what `--compile` does) or to
     eager ones (False); it is process-wide, as torch.compile's caches are, and None leaves it as is."""
     if compile is not None:
         flex.set_compiled(compile)

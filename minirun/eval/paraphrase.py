@@ -137,6 +137,14 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
             for i in range(len(items))]
 
 
+def check_sampling(num: int, temperature: float, top_p: float) -> None:
+    """Refuse sampling settings that cannot give `num` different rewrites (the command checks before loading)."""
+    SamplingParams(temperature, top_p=top_p)  # a bad temperature or top_p
+    if temperature == 0 and num > 1:
+        raise MinirunError(f"temperature 0 makes all {num} rewrites of a question the same greedy text: use a "
+                           "temperature above 0 (the default is 1.5)")
+
+
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8,
                     on_progress: Callable[[int], None] | None = None, dataset: str = "custom") -> list[Item]:
@@ -152,10 +160,7 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
-    SamplingParams(temperature, top_p=top_p)  # refuses a bad temperature or top_p before any work
-    if temperature == 0 and num > 1:
-        raise MinirunError(f"temperature 0 makes all {num} rewrites of a question the same greedy text: use a "
-                           "temperature above 0 (the default is 1.5)")
+    check_sampling(num, temperature, top_p)
     key = settings_key(llm, dataset, num, temperature, top_p, max_new_tokens, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as f:
@@ -196,8 +201,8 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
     if not out.is_file():
         return found
     foreign = f"{out} is not a paraphrase file minirun wrote: choose another output file"
-    complete, _, torn = out.read_bytes().rpartition(b"\n")
-    lines = complete.split(b"\n") if complete else []
+    complete, newline, torn = out.read_bytes().rpartition(b"\n")
+    lines = complete.split(b"\n") if newline else []  # a blank line is a line, and no row
     unended = [torn] if torn and not _cut_row(torn) else []  # a whole line without its newline: checked, then redone
     for lineno, line in enumerate(lines + unended, 1):
         try:

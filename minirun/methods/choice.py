@@ -23,13 +23,13 @@ from minirun.layers.masks import branch
 from minirun.methods.fusion import RULES
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
-from minirun.methods.packing import Encoded, packed_row
+from minirun.methods.packing import Encoded
 from minirun.methods.runner import (
     check_method,
     checked_call,
     encode_batch,
-    flex_head,
     flex_log_weights,
+    flex_rows,
     open_session,
     plan_rows,
 )
@@ -237,8 +237,7 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     if not all(e.tail for e in encoded):
         raise MinirunError("flex needs a shared suffix after the paraphrases so the options see all of them: "
                            "use the chat template or give a suffix (e.g. '\\nA:')")
-    head = flex_head(encoded, options)
-    rows = [packed_row(e, options.positions, options.share_prefix, prefilled=len(head or [])) for e in encoded]
+    head, rows = flex_rows(encoded, options)
     option_rows = [option_row(t, r.next_position, branch) for t, r in zip(targets, rows)]
     longest, slots = option_room(targets, option_rows)
     weights = flex_log_weights(encoded, options.flex_bias, llm.device)

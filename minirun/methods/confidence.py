@@ -91,8 +91,8 @@ def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: Ensembl
     if longest + options.confidence_tokens > limit:  # before any sampling, and not in --max-new-tokens' words
         raise MinirunError(f"a weighted method samples {options.confidence_tokens} tokens after each prompt to "
                            f"measure its confidence, and a prompt of {longest} tokens leaves no room for them in "
-                           f"the model's context of {limit}: shorten the prompts (fewer few-shot examples) or "
-                           "give the confidences")
+                           f"the model's context of {limit}: shorten the prompts (fewer few-shot examples), or "
+                           "from Python give EnsembleOptions.confidences or a smaller confidence_tokens")
     directory = cache_dir()
     out = []
     for enc in encoded:

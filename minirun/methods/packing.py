@@ -73,7 +73,8 @@ def align_heads(encoded: list[Encoded]) -> list[Encoded]:
     """A batch's questions re-split at the head they all share, so it is prefilled once for all of them: a
     question whose first token did not merge with the prefix's last one (a digit after "Q: ") keeps that token
     with its paraphrases instead of splitting the batch's head. Exact for rows of one prompt each; not for
-    flex, where the moved tokens would be copied into every paraphrase's segment (`common_head` there)."""
+    flex, where the moved tokens would be copied into every paraphrase's segment (flex prefills the batch's
+    `common_head` instead and keeps the rest of each head in its row: `packed_row`)."""
     n = common_head(encoded)
     return [e if len(e.head) == n else Encoded(e.head[:n], [e.head[n:] + p for p in e.paraphrases], e.tail)
             for e in encoded]
@@ -110,6 +111,9 @@ def packed_row(enc: Encoded, scheme: str = "right", share_head: bool = True, pre
     """
     if scheme not in POSITION_SCHEMES:
         raise ValueError(f"unknown position scheme {scheme!r}: choose {', '.join(POSITION_SCHEMES)}")
+    if prefilled and not (share_head and prefilled <= len(enc.head)):
+        raise ValueError(f"{prefilled} head tokens prefilled apart, but the row shares a head of "
+                         f"{len(enc.head) if share_head else 0}")
     h = len(enc.head) if share_head else 0
     segments_ids = enc.paraphrases if share_head else [enc.head + p for p in enc.paraphrases]  # the tail: once, below
     longest = max(len(s) for s in segments_ids)

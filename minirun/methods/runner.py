@@ -117,12 +117,13 @@ def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options
         return _run_rows(llm, method, encoded, prompts, options, confidences, hooks)
 
 
-def flex_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
-    """The head tokens flex prefills once for the batch: those every question's head starts with, when sharing
-    is on. The rest of a question's head stays in its row as shared tokens (`packed_row`), so a question's packed
-    row reads the same whatever else is in its batch."""
-    n = common_head(encoded)
-    return encoded[0].head[:n] if options.share_prefix and n else None
+def flex_rows(encoded: list[Encoded], options: EnsembleOptions) -> tuple[list[int] | None, list[Row]]:
+    """flex's packed row per question and the head the batch prefills once for them: the tokens every question's
+    head starts with, when sharing is on. The rest of a question's head stays in its row as shared tokens
+    (`packed_row`), so a question's packed row reads the same whatever else is in its batch."""
+    n = common_head(encoded) if options.share_prefix else 0
+    head = encoded[0].head[:n] if n else None
+    return head, [packed_row(e, options.positions, options.share_prefix, prefilled=n) for e in encoded]
 
 
 def shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
@@ -260,8 +261,7 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
 def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
               hooks: Hooks) -> list[MethodResult]:
     """One packed row per question: segment-isolated prefill, fused decode."""
-    head = flex_head(encoded, options)
-    rows = [packed_row(e, options.positions, options.share_prefix, prefilled=len(head or [])) for e in encoded]
+    head, rows = flex_rows(encoded, options)
     log_weights = flex_log_weights(encoded, options.flex_bias, llm.device)
     session, layout, logits = open_session(llm, rows, head, options.max_new_tokens, hooks, log_weights)
     params = SamplingParams(options.temperature, seed=options.seed)

@@ -169,8 +169,8 @@ def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool) 
                 raise ValueError(f"duplicate id {item.id!r}")
         except ValueError as e:  # json.JSONDecodeError is a ValueError
             if not skip_bad:
-                raise MinirunError(f"{where}: {e}; fix that record, or skip bad ones "
-                                   "(`--skip-bad` of eval and paraphrase, `skip_bad = true` in a sweep file's dataset entry, "
+                raise MinirunError(f"{where}: {e}; fix that record, or skip bad ones (`--skip-bad` of eval and "
+                                   "paraphrase, `skip_bad = true` in a sweep file's dataset entry, "
                                    "`load_dataset(..., skip_bad=True)`)") from None
             skipped += 1
             continue
