@@ -176,3 +176,21 @@ def test_a_prompt_near_the_end_of_the_context_is_scored(llm):
 def test_weighted_methods_record_their_confidences(llm):
     result = score(llm, "weighted_avg", confidences=[[0.2, 0.5, 0.3]])
     assert result.confidences == [0.2, 0.5, 0.3] and score(llm, "avg").confidences is None
+
+
+def test_a_batch_is_scored_where_each_of_its_questions_fits_alone(llm):
+    """A long prompt with short options beside a short prompt with a long option: the batch was refused, its
+    furthest prompt end and its longest option (of another question) added together past the context."""
+    limit = llm.config.max_position_embeddings
+    words = 1
+    while len(encode_question(llm, ["capital " * words], "Q: ", "\nA:", chat=False).full(0)) < limit - 12:
+        words += 1
+    long_q = Question("capital " * words, ["capital " * words], "Q: ", "\nA:")
+    short_q = Question("Who wrote Hamlet?", ["Who wrote Hamlet?", "Hamlet's author?"], "Q: ", "\nA:")
+    choices = [["Paris", "Rome"], ["Marlowe", " ".join(["Shakespeare wrote Hamlet"] * 12)]]
+    options = EnsembleOptions(chat=False)
+    for method in ("origin", "avg", "flex"):
+        together = score_choices(llm, method, [long_q, short_q], choices, options)
+        for q, c, b in zip((long_q, short_q), choices, together, strict=True):
+            a = score_choices(llm, method, [q], [c], options)[0]
+            assert b.choice == a.choice and max(abs(x - y) for x, y in zip(b.scores, a.scores, strict=True)) <= ATOL

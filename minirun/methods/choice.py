@@ -209,8 +209,12 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
     option_rows = [option_row(targets[q], plan.rows[r].next_position, lambda k: k + 1)
                    for q, g in enumerate(plan.groups) for r in g]
     longest, slots = option_room(targets, option_rows)
+    reach = [0] * len(plan.rows)  # each row's own question's longest option
+    for q, g in enumerate(plan.groups):
+        for r in g:
+            reach[r] = max(map(len, targets[q]))
     session, _, first = open_session(llm, plan.rows, plan.head, longest, hooks, fusion=plan.fusion, extra_slots=slots,
-                                     scoring=True)
+                                     reach=reach)
     states = _options_pass(llm, session, option_rows)  # [B, T, E]
     mode, results = options.choice_score, []
     for q, group in enumerate(plan.groups):
@@ -241,7 +245,8 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     option_rows = [option_row(t, r.next_position, branch) for t, r in zip(targets, rows)]
     longest, slots = option_room(targets, option_rows)
     weights = flex_log_weights(encoded, options.flex_bias, llm.device)
-    session, _, first = open_session(llm, rows, head, longest, hooks, weights, extra_slots=slots, scoring=True)
+    session, _, first = open_session(llm, rows, head, longest, hooks, weights, extra_slots=slots,
+                                     reach=[max(map(len, t)) for t in targets])
     states = _options_pass(llm, session, option_rows)
     results = []
     for q, (t, r) in enumerate(zip(targets, rows)):

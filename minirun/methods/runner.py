@@ -169,13 +169,15 @@ class Opened(NamedTuple):
 
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
                  log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
-                 mixing: HeadMix | None = None, extra_slots: int = 0, scoring: bool = False) -> Opened:
+                 mixing: HeadMix | None = None, extra_slots: int = 0, reach: list[int] | None = None) -> Opened:
     """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
     it), then all rows. `max_new` tokens follow each row's prompt at the next positions (checked
-    against the context; `scoring`: they are answer options, not generated); `extra_slots` are cache
-    room without positions (a later call's padding)."""
+    against the context); scoring passes `reach`, each row's own answer options' length (a long prompt
+    and another question's long option need not fit together); `extra_slots` are cache room without
+    positions (a later call's padding)."""
     limit = llm.config.max_position_embeddings
-    furthest = max(r.next_position for r in rows) + max_new
+    scoring = reach is not None
+    furthest = max(r.next_position + n for r, n in zip(rows, reach or [max_new] * len(rows), strict=True))
     if furthest > limit:
         after, fix = ("the longest answer option", "shorter options") if scoring else ("max_new_tokens", "fewer new tokens")
         raise MinirunError(f"prompt + {after} reaches position {furthest}, beyond the model's context of {limit}: "
