@@ -92,6 +92,30 @@ def test_seconds_spent_measuring_are_counted_and_a_cached_answer_adds_none(calib
     assert 0.2 <= spent == calibrate.seconds_measuring() - before
 
 
+ZEN = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\nmodel name\t: AMD EPYC\n" \
+      "stepping\t: 1\nflags\t\t: fpu avx2 {extra}\n\n"
+
+
+def test_cpuinfo_names_family_and_model_where_the_model_name_is_bare():
+    """Zen 3 and Zen 4 VMs are both "AMD EPYC": their model numbers tell them apart (the second processor's
+    block, here a different model, is not read)."""
+    text = ZEN.format(n=0, model=17, extra="avx512f avx512_bf16") + ZEN.format(n=1, model=1, extra="")
+    assert calibrate.parse_cpuinfo(text) == ("AMD EPYC", "family 25 model 17 stepping 1",
+                                             {"avx2": True, "avx512f": True, "avx512_bf16": True,
+                                              "amx_tile": False, "amx_bf16": False})
+    name, ident, flags = calibrate.parse_cpuinfo("processor\t: 0\nmodel name\t: Apple M2\n")  # no numbers told
+    assert (name, ident, any(flags.values())) == ("Apple M2", None, False)
+
+
+def test_family_and_model_key_the_measurements(calibrating, monkeypatch):
+    facts = {"cpu": "AMD EPYC", "torch_threads": 2, "flags": {"avx2": True}, "l3_mib": 32}
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: {**facts, "cpu_id": "family 25 model 1 stepping 1"})
+    assert "AMD EPYC (family 25 model 1 stepping 1) [avx2] L3 32 MiB" in calibrate.machine_key()
+    assert calibrate.measured("probe", {}, lambda: {"value": 1}, default=-1) == 1
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: {**facts, "cpu_id": "family 25 model 17 stepping 1"})
+    assert calibrate.measured("probe", {}, lambda: {"value": 17}, default=-1) == 17  # the other kind measures
+
+
 def test_l3_size_is_read_from_sysfs_and_keys_the_measurements(tmp_path, calibrating, monkeypatch):
     for name, level, size in (("index0", "1", "48K"), ("index2", "2", "2048K"), ("index3", "3", "491520K")):
         (tmp_path / name).mkdir()

@@ -6,7 +6,6 @@ transformers is imported here only, lazily: it is a benchmark reference, never a
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import statistics
 import threading
@@ -17,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from minirun.errors import MinirunError
+from minirun.layers.calibrate import cpu_facts
 
 
 def sync(device: torch.device) -> None:
@@ -172,10 +172,9 @@ def transformers_version() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), model)
-    return f"{model or 'cpu'} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    facts = cpu_facts()
+    ident = f"{facts['cpu_id']}, " if "cpu_id" in facts else ""
+    return f"{facts['cpu']} ({ident}{facts['cores']} cores, {facts['torch_threads']} torch threads)"
 
 
 def error_text(e: Exception) -> str:
@@ -304,21 +303,24 @@ def _copy_gb_s(device: torch.device) -> float:
 
 
 class ReadProbe:
-    """CPU read bandwidth: one `torch.sum` over 512 MiB of `dtype` (beyond most caches) a call. The buffer is
+    """CPU read bandwidth: the median of `SUMS` `torch.sum`s over 512 MiB of `dtype` (beyond most caches) a call.
+    One sum (~16 ms) was a single sample a preempted VM could slow 3-5x (7.3 and 11.8 GB/s among 33-50 in one
+    float32 run on an AMD EPYC, which put the median fraction at 1.17); five cost ~0.1 s a round. The buffer is
     made at the first call, so the engines' memory runs (`Trial.add`, before any timed round) never count it."""
 
     BYTES = 512 * 2**20
+    SUMS = 5
 
     def __init__(self, dtype: torch.dtype = torch.float32):
         self.dtype = dtype
         self.data: torch.Tensor | None = None
 
     def __call__(self) -> float:
-        """Seconds of one sum."""
+        """Seconds of one sum, the median of `SUMS`."""
         if self.data is None:
             self.data = torch.ones(self.BYTES // torch.finfo(self.dtype).bits * 8, dtype=self.dtype)
             self.data.sum()  # pages touched before any timing
-        return _timed(self.data.sum)
+        return statistics.median(_timed(self.data.sum) for _ in range(self.SUMS))
 
     def gb_s(self, seconds: float) -> float:
         return self.BYTES / seconds / 1e9

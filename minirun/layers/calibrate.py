@@ -42,15 +42,30 @@ DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself 
 _memo: dict[str, Any] = {}  # this process's reads of the cache file, by key
 
 
+def parse_cpuinfo(text: str) -> tuple[str, str | None, dict[str, bool]]:
+    """The first processor's model name, its "family F model M stepping S" where told, and the kernel flags.
+
+    A VM's model name can be as bare as "AMD EPYC", the same on a Zen 3 and a Zen 4 host (family 25, model 1
+    against 17): the numbers tell them apart in results files and calibration keys."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # one processor's block is enough
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    numbers = [(label, fields[key]) for label, key in (("family", "cpu family"), ("model", "model"),
+                                                        ("stepping", "stepping")) if fields.get(key)]
+    ident = " ".join(f"{label} {value}" for label, value in numbers) if len(numbers) >= 2 else None
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name") or platform.processor() or "cpu", ident, {f: f in flags for f in CPU_FLAGS}
+
+
 @functools.cache
-def _cpuinfo() -> tuple[str, dict[str, bool]] | None:
-    """Model name and kernel flags from /proc/cpuinfo, read once per process (every prefill chunk asks)."""
+def _cpuinfo() -> tuple[str, str | None, dict[str, bool]] | None:
+    """`parse_cpuinfo` of this machine, read once per process (every prefill chunk asks)."""
     if not os.path.exists("/proc/cpuinfo"):
         return None
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.processor())
-    flags = set(next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), []))
-    return model or "cpu", {f: f in flags for f in CPU_FLAGS}
+    return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
 
 
 @functools.cache
@@ -72,11 +87,14 @@ def l3_mib(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int 
 
 
 def cpu_facts() -> dict[str, Any]:
-    """The CPU model, the flags that decide kernel speed and the L3 size: results move between machine kinds."""
+    """The CPU model (name, and family/model/stepping where told), the flags that decide kernel speed and the
+    L3 size: results move between machine kinds."""
     facts: dict[str, Any] = {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
                              "torch_threads": torch.get_num_threads()}
     if (info := _cpuinfo()) is not None:
-        facts["cpu"], facts["flags"] = info[0], dict(info[1])
+        facts["cpu"], facts["flags"] = info[0], dict(info[2])
+        if info[1] is not None:
+            facts["cpu_id"] = info[1]
     if (l3 := l3_mib()) is not None:
         facts["l3_mib"] = l3
     return facts
@@ -108,12 +126,14 @@ TIMING = "turns"  # how candidates are timed (`race`): answers timed otherwise a
 
 
 def machine_key() -> str:
-    """What a measurement is only true for: the CPU model, its kernel flags and L3 size, the thread count,
-    torch, and the way it was timed."""
+    """What a measurement is only true for: the CPU model and its family/model numbers, its kernel flags and L3
+    size, the thread count, torch, and the way it was timed."""
     facts = cpu_facts()
+    ident = f" ({facts['cpu_id']})" if "cpu_id" in facts else ""
     flags = ",".join(f for f, present in facts.get("flags", {}).items() if present)
     l3 = f" L3 {facts['l3_mib']} MiB" if "l3_mib" in facts else ""
-    return f"{facts['cpu']} [{flags}]{l3} x{facts['torch_threads']} torch {torch.__version__} timed in {TIMING}"
+    return (f"{facts['cpu']}{ident} [{flags}]{l3} x{facts['torch_threads']} torch {torch.__version__} "
+            f"timed in {TIMING}")
 
 
 _measuring = 0.0  # seconds this process has spent measuring
