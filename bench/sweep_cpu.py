@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import statistics
 import tempfile
 import time
@@ -64,9 +65,11 @@ def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: s
 
         hooks = [layer.register_forward_hook(fuse) for layer in model.model.layers[fusion_layer - 1:]]
     cache, out, done = DynamicCache(), [[] for _ in rows], [False] * len(rows)
+    # transformers renamed `past_key_values` to `cache` (5.25 warns that the old name goes in 5.40)
+    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     try:
         for step in range(NEW_TOKENS):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache},
                            use_cache=True).logits[:, -1].float()
             if method == "per_prompt":
                 tokens = logits.argmax(-1)
