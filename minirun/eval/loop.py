@@ -311,9 +311,10 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             bar.update(overall, description=f"eval {method}")
             qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + "Q: ",
                            _suffix(item, run.choice_format)) for item in batch]
-            for row in _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
-                                  run.choice_format):
-                stores[i].add(row)
+            rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
+                              run.choice_format)
+            stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
+            for row in rows:
                 bar.advance(overall)
                 if on_row is not None:
                     on_row(row)
