@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pandas as pd
+
 import pytest
 import typer
 from smollm2_fixture import smollm2_dir, smollm2_gguf  # noqa: F401  (session fixtures)
@@ -112,6 +114,17 @@ def test_changed_settings_are_refused(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
     with pytest.raises(MinirunError, match="max_new_tokens"):
         evaluate(tiny, items[:1], ["origin"], tmp_path, **{**SETTINGS, "max_new_tokens": 5})
+
+
+def test_a_checkpoint_overwritten_at_the_same_path_is_refused_not_mixed(checkpoint_dirs, items, tmp_path):
+    """The run key held only the model's path: other weights written there resumed the run silently."""
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    evaluate(minirun.load(ckpt), items[:1], ["origin"], tmp_path / "run", **SETTINGS)
+    shutil.copy(checkpoint_dirs["llama3"] / "model.safetensors", ckpt / "model.safetensors")
+    shutil.copy(checkpoint_dirs["llama3"] / "config.json", ckpt / "config.json")
+    with pytest.raises(MinirunError, match=r"holds other weights or another tokenizer .*: restore them to resume\); "
+                                           r"use a new output directory$"):
+        evaluate(minirun.load(ckpt), items[:1], ["origin"], tmp_path / "run", **SETTINGS)
 
 
 def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):

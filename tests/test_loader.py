@@ -202,3 +202,27 @@ def test_cpu_default_dtype_follows_the_checkpoint_where_bfloat16_is_native(monke
     assert resolve_dtype(torch.float16, config, torch.device("cpu")) == torch.float16
     with pytest.raises(MinirunError, match="unsupported dtype 'int8'"):  # not a load_state_dict error later
         resolve_dtype(torch.int8, config, torch.device("cpu"))
+
+
+def test_the_checkpoint_digest_sees_other_weights_and_tokenizers_but_not_timestamps(checkpoint_dirs, tmp_path):
+    """A run directory resumed after its checkpoint path was overwritten mixed two models' rows."""
+    import os
+
+    from minirun.checkpoints.loader import checkpoint_digest
+
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    digest = checkpoint_digest(ckpt)
+    for f in ckpt.iterdir():
+        os.utime(f, (0, 0))  # a re-pull: the same bytes, new times
+    assert checkpoint_digest(ckpt) == digest == checkpoint_digest(shutil.copytree(ckpt, tmp_path / "copy"))
+
+    weights = load_file(ckpt / "model.safetensors")
+    name = sorted(weights)[-1]  # one tensor changed, the last in the file: a fine-tune of one layer
+    save_file({**weights, name: weights[name] + 1e-3}, ckpt / "model.safetensors", metadata={"format": "pt"})
+    assert checkpoint_digest(ckpt) != digest
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+    assert checkpoint_digest(ckpt) == digest  # the same tensors written again
+
+    template = json.loads((ckpt / "tokenizer_config.json").read_text())
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({**template, "chat_template": "{{ messages }}"}))
+    assert checkpoint_digest(ckpt) != digest

@@ -1,6 +1,7 @@
 """Load HF safetensors checkpoints straight into the decoder, without random initialisation."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -75,6 +76,46 @@ def _hf_names(c: ModelConfig) -> dict[str, tuple[str, ...]]:
             names[ours + f"mlp.w_gate_up.{kind}"] = (hf + f"mlp.gate_proj.{kind}", hf + f"mlp.up_proj.{kind}")
             names[ours + f"mlp.w_down.{kind}"] = (hf + f"mlp.down_proj.{kind}",)
     return names
+
+
+CONTENT_FILES = ("*.json", "*.jinja", "*.model", "*.safetensors", "*.gguf")  # what loading a checkpoint reads
+TENSOR_SAMPLE = 4096  # bytes hashed from the start of each tensor: a retrained or fine-tuned one differs there
+
+
+def checkpoint_digest(checkpoint: str | Path) -> str:
+    """A short hash of a checkpoint's content, to tell other weights at the same path apart (a run directory
+    resumed after the checkpoint was overwritten mixed two models' rows). Hashing every byte of a 16 GB
+    model would take seconds a run, so safetensors files give their header (every tensor's name, dtype,
+    shape and offsets) and the first `TENSOR_SAMPLE` bytes of each tensor; configs and tokenizers are
+    hashed whole; other large files (a GGUF) their size and first and last MiB. Timestamps are left out:
+    a re-pull of the same files keeps the digest."""
+    root = Path(checkpoint)
+    files = [root] if root.is_file() else sorted({f for pattern in CONTENT_FILES for f in root.glob(pattern)
+                                                  if f.is_file() and not f.name.startswith(".")})
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as handle:
+            if f.suffix == ".safetensors" and size >= 8:
+                length = int.from_bytes(handle.read(8), "little")
+                header = handle.read(length)
+                digest.update(header)
+                try:
+                    tensors = json.loads(header)
+                except ValueError:
+                    continue  # loading refuses it with its own message
+                for name, info in sorted(tensors.items()):
+                    if isinstance(info, dict) and "data_offsets" in info:
+                        handle.seek(8 + length + info["data_offsets"][0])
+                        digest.update(handle.read(min(TENSOR_SAMPLE, info["data_offsets"][1] - info["data_offsets"][0])))
+            elif size <= 64 * 2**20:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(2**20))
+                handle.seek(size - 2**20)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
 
 
 def auto_device(device: str | torch.device) -> str | torch.device:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from minirun.checkpoints.loader import checkpoint_digest
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, ensemble_prompts, load_fewshot
@@ -196,7 +197,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     check_paraphrased(items, methods, dataset)
     prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
-        "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
+        "model": str(Path(llm.path).resolve()), "weights": checkpoint_digest(llm.path), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "num_prompts": num_prompts, "original": original,
         "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
         "items": items_digest(items, prompts),
