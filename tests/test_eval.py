@@ -186,13 +186,22 @@ def test_a_run_recorded_before_a_setting_existed_resumes(tiny, items, tmp_path):
     assert "items" in json.loads((tmp_path / "run.json").read_text())["run_key"]  # recorded from now on
 
 
+def test_the_default_fusion_layer_named_explicitly_resumes_the_default_run(tiny, items, tmp_path):
+    """Its rows are the same, but a run made without --fusion-layer was refused with the default's number."""
+    first = evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS)
+    resumed = evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=2)  # layer 2 of 2
+    assert resumed.equals(first) and resumed["fusion_layer"].tolist() == [2]
+    with pytest.raises(MinirunError, match="hidden_avg's fusion_layer: the default -> 1"):
+        evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=1)
+
+
 def test_a_method_takes_its_own_settings_without_touching_the_others(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin", "flex"], tmp_path, **SETTINGS)
     added = evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=1)  # a setting only it reads
     assert sorted(added["method"]) == ["flex", "hidden_avg", "origin"]
     with pytest.raises(MinirunError, match="flex's positions: 'right' -> 'restart'"):  # flex has rows: not mixed
         evaluate(tiny, items[:1], ["flex"], tmp_path, **SETTINGS, positions="restart")
-    with pytest.raises(MinirunError, match="hidden_avg's fusion_layer: 1 -> 2"):
+    with pytest.raises(MinirunError, match="hidden_avg's fusion_layer: 1 -> the default"):  # 2 of 2: the default
         evaluate(tiny, items[:1], ["hidden_avg"], tmp_path, **SETTINGS, fusion_layer=2)
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["run_key"]["thinking"] is False  # a template's reasoning switch is off unless asked

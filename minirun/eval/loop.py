@@ -33,7 +33,8 @@ from minirun.layers.calibrate import seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
-from minirun.methods.runner import OPTION_READERS, PROMPT_ROWS, check_method, check_options_used
+from minirun.methods.runner import (OPTION_READERS, PROMPT_ROWS, check_method, check_options_used,
+                                    default_fusion_layer)
 from minirun.text import normalize
 
 log = logging.getLogger("minirun")
@@ -207,7 +208,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
-    method_keys = {m: {name: getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
+    # (hidden_avg's default layer is keyed None however it is asked for: its rows are the same)
+    default_layer = default_fusion_layer(llm.config.num_layers)
+    method_keys = {m: {name: None if name == "fusion_layer" and getattr(options, name) == default_layer
+                       else getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items))

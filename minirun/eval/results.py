@@ -217,7 +217,8 @@ class ResultStore:
             diffs.append("the dataset's items differ (another file, or another --max-samples)")
         recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
             m: {k: v for k, v in old_key.items() if m in OPTION_READERS.get(k, ())} for m in answered})
-        diffs += [f"{m}'s {k}: {recorded[m][k]!r} -> {v!r}" for m in sorted(answered & methods.keys() & recorded.keys())
+        shown = lambda v: "the default" if v is None else repr(v)  # noqa: E731  (None keys a method's default)
+        diffs += [f"{m}'s {k}: {shown(recorded[m][k])} -> {shown(v)}" for m in sorted(answered & methods.keys() & recorded.keys())
                   for k, v in methods[m].items() if k in recorded[m] and recorded[m][k] != v]
         if answered and old is not None and diffs:
             raise OtherRun(self.output_dir, diffs)
