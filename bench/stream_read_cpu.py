@@ -14,26 +14,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from minirun.bench.run import write_json
-from minirun.layers.calibrate import cpu_facts
+from minirun.layers.calibrate import cpu_facts, median_seconds
 from minirun.layers.linear import stream_product
 
 SHAPES = [(960, 576)] * 30 + [(576, 576)] * 30 + [(3072, 576)] * 30 + [(576, 1536)] * 30 + [(49152, 576)]
 SUM_BYTES = 512 * 2**20
-
-
-def _seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -59,7 +49,7 @@ def main() -> None:
             step()
             buffer.sum()
         for r in range(args.rounds):
-            step_s, sum_s = _seconds(step, 3), _seconds(buffer.sum, 5)
+            step_s, sum_s = median_seconds(step, 3), median_seconds(buffer.sum, 5)
             rounds.append({"products_gb_s": weight_bytes / step_s / 1e9, "products_ms": step_s * 1e3,
                            "sum_gb_s": SUM_BYTES / sum_s / 1e9})
             print(f"round {r}: products {rounds[-1]['products_gb_s']:.1f} GB/s ({step_s * 1e3:.1f} ms), "
