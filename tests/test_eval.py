@@ -404,6 +404,10 @@ def test_choice_items_are_scored_not_generated(tiny, tmp_path, choice_format):
     assert per_prompt["per_prompt_correct"].map(len).eq(3).all() and per_prompt["per_prompt_logprobs"].map(len).eq(3).all()
     assert (table.loc[table["method"] == "hidden_avg", "fusion_layer"] == 1).all()
     assert table.loc[table["method"] == "avg", "fusion_layer"].isna().all()
+    assert str(table["fusion_layer"].dtype) == "Int64"  # 1, not 1.0, beside the other methods' gaps
+    assert str(pd.read_parquet(tmp_path / "results.parquet")["fusion_layer"].dtype) == "Int64"
+    mirror = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {repr(r["fusion_layer"]) for r in mirror} == {"1", "None"}
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["run_key"]["choice_format"] == choice_format and record["methods"]["hidden_avg"]["fusion_layer"] == 1
 

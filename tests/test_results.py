@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from minirun.errors import MinirunError
-from minirun.eval.results import COLUMNS, ResultStore, merge, read_results
+from minirun.eval.results import COLUMNS, ResultStore, integer_columns, merge, read_results
 
 KEY = {"model": "tiny", "dataset": "sample-qa", "k": 5}
 IDS = [f"q{i}" for i in range(6)]
@@ -180,3 +180,15 @@ def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):
     assert target.read_text() == "old"
     write_atomic(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["run.json"]
+
+
+def test_integer_columns_with_gaps_stay_integers_and_others_are_left_alone():
+    """pandas turned a fusion layer or a choice with gaps into 2.0 and 1.0; a sweep's concat did it again."""
+    parts = [pd.DataFrame({"fusion_layer": [2, 2], "choice": [None, None], "seconds": [1.0, 2.0]}),
+             pd.DataFrame({"fusion_layer": [None, None], "choice": [1, 3], "seconds": [3.0, 4.0]})]
+    table = integer_columns(pd.concat(parts, ignore_index=True))
+    assert table["fusion_layer"].tolist() == [2, 2, pd.NA, pd.NA] and str(table["fusion_layer"].dtype) == "Int64"
+    assert table["choice"].tolist()[2:] == [1, 3] and str(table["choice"].dtype) == "Int64"
+    assert table["seconds"].dtype == float  # not an integer column
+    odd = integer_columns(pd.DataFrame({"choice": [1.5, None]}))  # not integers: kept as they are
+    assert odd["choice"].dtype == float

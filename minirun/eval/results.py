@@ -40,8 +40,24 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
 }
 
 
+INTEGER_COLUMNS = ("choice", "gold_choice", "fusion_layer", "tokens")  # ints, or nothing where a row has none
+
+
+def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with INTEGER_COLUMNS as pandas' nullable integers: an int column with gaps becomes floats in pandas,
+    and a paper's table read "fusion layer 2.0" or "choice 1.0" wherever another method or task left it empty."""
+    for column in INTEGER_COLUMNS:
+        if column in df.columns and df[column].dtype.kind in "fO":
+            present = df[column].dropna()
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in present):
+                df[column] = df[column].astype("Int64")
+    return df
+
+
 def _json_default(value: object) -> object:
-    """numpy scalars/arrays (from torch or pandas) as plain JSON values."""
+    """numpy scalars/arrays (from torch or pandas) as plain JSON values, pandas' missing integer as null."""
+    if value is pd.NA:
+        return None
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot store {type(value).__name__} in a result row")
@@ -139,7 +155,7 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     )
     df = pd.DataFrame(ordered) if ordered else pd.DataFrame(columns=list(COLUMNS))
     extras = [c for c in df.columns if c not in COLUMNS]
-    df = df[[*COLUMNS, *extras]]
+    df = integer_columns(df[[*COLUMNS, *extras]].copy())
     if info.get("item_ids"):
         df.attrs["items"] = len(info["item_ids"])  # what the run set out to answer: `report.unfinished` counts it
     if info.get("methods"):

@@ -29,7 +29,7 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.report import PAIRED, paired_difference, summarize
-from minirun.eval.results import OtherRun, journal_paths, merge, read_results
+from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 from minirun.paths import write_atomic
 
@@ -230,7 +230,7 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
     if not parts:
         raise MinirunError(f"{output}: the sweep has no results yet; run `minirun sweep` first")
     rules = {part.attrs.get("match") for part in parts}
-    table = pd.concat(parts, ignore_index=True)  # pandas keeps attrs only where every part's are equal
+    table = integer_columns(pd.concat(parts, ignore_index=True))  # pandas keeps attrs only where all parts' are equal
     table.attrs = {"match": rules.pop()} if len(rules) == 1 and None not in rules else {}  # `report.select_match`
     first = ["model", "dataset", "label"]
     return table[first + [c for c in table.columns if c not in first]]
