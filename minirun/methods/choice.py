@@ -124,11 +124,16 @@ def option_row(targets: list[list[int]], start: int, segment: Callable[[int], in
     return Row(tokens, positions, segments, start)
 
 
+def option_reach(targets: list[list[list[int]]]) -> list[int]:
+    """Positions each question's options need past its prompt: its longest option's (they share their start)."""
+    return [max(map(len, question)) for question in targets]
+
+
 def option_room(targets: list[list[list[int]]], option_rows: list[Row]) -> tuple[int, int]:
     """(positions, slots) the options need past each prompt: an option reaches as far as the longest
     one (they share their start position), while its row holds all of them one after another and is
     left-padded by up to CHUNK, which the cache must hold but the context need not."""
-    longest = max(len(ids) for question in targets for ids in question)
+    longest = max(option_reach(targets))
     width = max(len(r.tokens) for r in option_rows)
     return longest, max(0, width - longest) + CHUNK
 
@@ -209,10 +214,11 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
     option_rows = [option_row(targets[q], plan.rows[r].next_position, lambda k: k + 1)
                    for q, g in enumerate(plan.groups) for r in g]
     longest, slots = option_room(targets, option_rows)
+    per_question = option_reach(targets)
     reach = [0] * len(plan.rows)  # each row's own question's longest option
     for q, g in enumerate(plan.groups):
         for r in g:
-            reach[r] = max(map(len, targets[q]))
+            reach[r] = per_question[q]
     session, _, first = open_session(llm, plan.rows, plan.head, longest, hooks, fusion=plan.fusion, extra_slots=slots,
                                      reach=reach)
     states = _options_pass(llm, session, option_rows)  # [B, T, E]
@@ -246,7 +252,7 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     longest, slots = option_room(targets, option_rows)
     weights = flex_log_weights(encoded, options.flex_bias, llm.device)
     session, _, first = open_session(llm, rows, head, longest, hooks, weights, extra_slots=slots,
-                                     reach=[max(map(len, t)) for t in targets])
+                                     reach=option_reach(targets))
     states = _options_pass(llm, session, option_rows)
     results = []
     for q, (t, r) in enumerate(zip(targets, rows)):
