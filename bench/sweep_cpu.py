@@ -1,7 +1,7 @@
 """Sweep throughput on CPU: `minirun eval`'s methods against a careful transformers hand loop.
 
     python bench/sweep_cpu.py [--items N] [--dtype float32|bfloat16] [--repeats R] [--label NAME]
-                               [--methods origin,avg,...]
+                               [--methods origin,avg,...] [--hand-logits last|all]
 
 The evaluation workload: the first N items of sample-qa and of sample-fill, 5-shot prefix, every
 item's 5 prompts, answers of at most 24 tokens, stop at a newline. minirun runs `evaluate` (eager,
@@ -11,8 +11,10 @@ calibration are not throughput): minirun runs origin, per_prompt and flex over t
 meeting every batch shape the methods do, and the hand loop one question. The baseline is
 `hand_loop`: what a researcher writes with transformers — one question at a time, its prompts
 left-padded into one batch, a KV cache, logits fused per step (hidden_avg through forward hooks),
-greedy, stopping at a newline. flex has no hand-written counterpart; it is compared with the avg
-loop. Same prompts, same token ids; the answers' agreement is reported next to items/s and the
+greedy, stopping at a newline; its forward runs the vocabulary head on each row's last position only
+(transformers' `logits_to_keep=1`, as `generate` and minirun do; `--hand-logits all` runs it on every
+position, as `model(ids).logits[:, -1]` does: the loop measured until the twenty-ninth session). flex
+has no hand-written counterpart; it is compared with the avg loop. Same prompts, same token ids; the answers' agreement is reported next to items/s and the
 ratio. With `--repeats R` each method runs R rounds, minirun and the hand loop alternating, and the
 figures are medians with the per-round ratios beside them: a shared 2-core VM drifts by 10-40 %
 over minutes, and alternating puts both sides under the same drift (the ratio of one round is then
@@ -50,8 +52,9 @@ PROMPTS, NEW_TOKENS = 5, 24
 
 @torch.inference_mode()
 def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: set[int],
-              fusion_layer: int) -> list[list[int]]:
-    """One question: its prompts as one left-padded batch with a KV cache, fused greedy decoding."""
+              fusion_layer: int, head: str = "last") -> list[list[int]]:
+    """One question: its prompts as one left-padded batch with a KV cache, fused greedy decoding.
+    `head="last"` runs the vocabulary head on the last position only (the prompt's others are never read)."""
     width = max(map(len, rows))
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
@@ -66,11 +69,13 @@ def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: s
         hooks = [layer.register_forward_hook(fuse) for layer in model.model.layers[fusion_layer - 1:]]
     cache, out, done = DynamicCache(), [[] for _ in rows], [False] * len(rows)
     # transformers renamed `past_key_values` to `cache` (5.25 warns that the old name goes in 5.40)
-    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    parameters = inspect.signature(model.forward).parameters
+    cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+    keep = {"logits_to_keep": 1} if head == "last" and "logits_to_keep" in parameters else {}
     try:
         for step in range(NEW_TOKENS):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache},
-                           use_cache=True).logits[:, -1].float()
+                           use_cache=True, **keep).logits[:, -1].float()
             if method == "per_prompt":
                 tokens = logits.argmax(-1)
             else:
@@ -91,7 +96,8 @@ def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: s
     return out
 
 
-def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str) -> tuple[float, list[str]]:
+def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str,
+             head: str = "last") -> tuple[float, list[str]]:
     newline = {i for i in range(llm.config.vocab_size) if "\n" in llm.tokenizer.decode([i])}
     layer = default_fusion_layer(llm.config.num_layers)
     answers = []
@@ -100,7 +106,8 @@ def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str) -> t
         prompts = [item.question] if method == "origin" else item.prompts[:PROMPTS]
         enc = encode_question(llm, prompts, prefixes[item.task] + "Q: ", SUFFIX)
         rows = [enc.full(i) for i in range(len(prompts))]
-        out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, newline | llm.eos_ids, layer)
+        out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, newline | llm.eos_ids, layer,
+                        head)
         answers.append(extract_answer(llm.tokenizer.decode(out[0], skip_special_tokens=True), STOP))
     return time.perf_counter() - start, answers
 
@@ -118,13 +125,13 @@ def minirun_run(llm: LLM, items, dataset: str, method: str) -> tuple[float, list
 
 
 def run_round(llm: LLM, model, data: dict, prefixes: dict[str, dict[str, str]],
-              method: str) -> tuple[float, float, int, list[str]]:
+              method: str, head: str = "last") -> tuple[float, float, int, list[str]]:
     """One round of `method` over every dataset, each minirun run followed by the hand loop's:
     seconds for each side, how many answers agree, and minirun's answers."""
     ours, theirs, same, answers = 0.0, 0.0, 0, []
     for name, items in data.items():
         seconds, mine = minirun_run(llm, items, name, method)
-        hand_seconds, hand_answers = hand_run(llm, model, items, prefixes[name], method)
+        hand_seconds, hand_answers = hand_run(llm, model, items, prefixes[name], method, head)
         ours, theirs = ours + seconds, theirs + hand_seconds
         same += sum(a == b for a, b in zip(mine, hand_answers))
         answers += mine
@@ -138,6 +145,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds per method, minirun and the hand loop alternating")
     parser.add_argument("--label", default="", help="appended to the results file's name (the machine, the change)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
+    parser.add_argument("--hand-logits", choices=("last", "all"), default="last",
+                        help="the hand loop's logits: the last position's only, or the whole prompt's")
     args = parser.parse_args()
     if args.repeats < 1 or args.items < 1:
         parser.error("--repeats and --items must be at least 1")
@@ -152,7 +161,7 @@ def main() -> None:
     result = {"machine": cpu_facts(), "torch": torch.__version__, "transformers": transformers.__version__,
               "dtype": args.dtype, "model": str(path),
               "items": sum(map(len, data.values())), "prompts": PROMPTS, "max_new_tokens": NEW_TOKENS,
-              "repeats": args.repeats, "methods": {}}
+              "repeats": args.repeats, "hand_loop_logits": args.hand_logits, "methods": {}}
     for name, items in data.items():  # warm-up: one-time costs (weight packing, calibration) are not throughput
         for method in ("origin", "per_prompt", "flex"):  # every batch shape the methods meet is calibrated here
             minirun_run(llm, items, name, method)
@@ -160,7 +169,7 @@ def main() -> None:
     label = f"-{args.label}" if args.label else ""
     out = ROOT / "bench" / "results" / f"sweep-cpu-{args.dtype}-{datetime.date.today()}{label}.json"
     for method in methods:
-        rounds = [run_round(llm, model, data, prefixes, method) for _ in range(args.repeats)]
+        rounds = [run_round(llm, model, data, prefixes, method, args.hand_logits) for _ in range(args.repeats)]
         n = result["items"]
         ours = statistics.median(r[0] for r in rounds)
         theirs = statistics.median(r[1] for r in rounds)

@@ -321,3 +321,29 @@ def test_a_cpu_is_named_with_its_family_and_model_numbers(monkeypatch):
     assert compare.device_name(torch.device("cpu")) == "AMD EPYC (family 25 model 17 stepping 1, 2 cores, 2 torch threads)"
     monkeypatch.setattr(compare, "cpu_facts", lambda: facts)
     assert compare.device_name(torch.device("cpu")) == "AMD EPYC (2 cores, 2 torch threads)"
+
+
+def test_the_cpu_sweep_hand_loop_asks_for_last_logits_only_and_answers_alike(checkpoint_dirs):
+    """The baseline computed the vocabulary head over every prompt position (`model(ids).logits[:, -1]`),
+    work a careful loop (and transformers' own `generate`) skips: it was a slower baseline than the issue's."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "sweep_cpu.py"
+    spec = importlib.util.spec_from_file_location("sweep_cpu", script)
+    sweep_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_cpu)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dirs["llama3"], dtype=torch.float32).eval()
+    kept = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: kept.append(kwargs.get("logits_to_keep")),
+                                    with_kwargs=True)
+    rows = [[5, 9, 17, 33, 41, 7], [5, 9, 20, 33], [5, 12, 17, 60, 41]]
+    for method in ("per_prompt", "avg", "max", "hidden_avg"):
+        kept.clear()
+        last = sweep_cpu.hand_loop(model, rows, method, 0, {3}, 1, head="last")
+        assert kept and set(kept) == {1}
+        kept.clear()
+        full = sweep_cpu.hand_loop(model, rows, method, 0, {3}, 1, head="all")
+        assert set(kept) == {None}
+        assert last == full and all(len(tokens) == sweep_cpu.NEW_TOKENS or tokens[-1] == 3 for tokens in last)
