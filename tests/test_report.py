@@ -492,7 +492,13 @@ def _append(journal, line: bytes) -> None:
      "results.rank0.jsonl:31: corrupt result line (no correct)"),
     (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "correct": "yes"}).encode(),
      "origin's row q10 has correct 'yes', not true, false or null"),
-], ids=["not UTF-8", "no correct", "correct yes"])
+    (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "tokens": "abc"}).encode(),
+     "results.rank0.jsonl:31: corrupt result line (tokens of the wrong type)"),  # a sum of text, a traceback
+    (json.dumps({**_hand().iloc[0].to_dict(), "id": ["q10"]}).encode(),
+     "results.rank0.jsonl:31: corrupt result line (id of the wrong type)"),
+    (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "method": None, "seconds": "1s"}).encode(),
+     "results.rank0.jsonl:31: corrupt result line (method, seconds of the wrong type)"),
+], ids=["not UTF-8", "no correct", "correct yes", "tokens text", "id list", "method null"])
 def test_bad_journal_rows_are_one_line_errors(tmp_path, line, message):
     run = _run_dir(tmp_path, _hand())
     _append(run / "results.rank0.jsonl", line)
@@ -509,3 +515,51 @@ def test_a_hand_made_table_keeps_the_first_copy_of_a_row(tmp_path):
     assert summarize(load_results(run)).loc["avg", "accuracy"] == 0.8  # as the journals do: the first copy
     shown = CliRunner().invoke(app, ["report", str(run)])
     assert shown.exit_code == 0, shown.output
+
+
+@pytest.mark.parametrize("edit", [{"run_key": ["model"]}, {"item_ids": 5}, {"item_ids": [1, 2]}, {"methods": ["avg"]}],
+                         ids=["run_key list", "item_ids int", "item_ids ints", "methods list"])
+def test_a_damaged_run_record_is_a_one_line_error(tmp_path, edit):
+    run = _run_dir(tmp_path, _hand())
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), **edit}))
+    shown = CliRunner().invoke(app, ["report", str(run)])
+    assert shown.exit_code == 1 and shown.output.count("\n") == 1, shown.output
+    assert "run.json is not a run record minirun wrote" in shown.output
+
+
+def test_latex_says_on_how_many_items_a_difference_from_origin_is():
+    """origin unfinished: avg's 10 items, the difference on the 7 both answered; the row's n alone would hide it."""
+    df = _hand()
+    scores = summarize(df[(df["method"] != "origin") | ~df["id"].isin(["q7", "q8", "q9"])])
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in latex(scores, "run").splitlines() if " & " in line}
+    assert rows["avg"][3].endswith("($n=7$)") and rows["avg"][5] == "10 \\\\"
+    assert "their number where fewer than the row's $n$" in latex(scores, "run")
+    assert "$n=" not in latex(summarize(df), "run").split("\\caption")[0]  # both finished: no count
+
+
+def test_latex_row_labels_starting_with_a_bracket_are_not_a_line_break_argument():
+    """`\\\\` followed by a line starting "[" reads it as the row-spacing length: the table does not compile."""
+    tex = latex(summarize(_sweep().assign(model=lambda d: d["model"].map({"big": "[hf]big", "small": "s]"}))), "x")
+    labels = [line.split(" & ")[0] for line in tex.splitlines() if " & " in line][1:]
+    assert labels == ["{[}hf{]}big"] * 2 + ["s{]}"] * 2
+
+
+def test_untimed_rows_do_not_raise_tokens_per_second():
+    df = _frame()
+    df.loc[(df["method"] == "single") & (df["id"] == "q0"), "seconds"] = None  # a hand-made row without a time
+    s = summarize(df)
+    assert s.loc["single", "tokens_per_second"] == 10.0 and s.loc["single", "tokens"] == 40  # 30 / 3 s, not 40 / 3 s
+
+
+def test_the_plot_names_per_prompt_as_its_first_prompt():
+    acc = figure(_hand()).axes[0]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["avg", "origin", "per_prompt (first prompt)"]
+
+
+def test_a_method_without_verdicts_shows_dashes_not_nan(tmp_path):
+    df = _hand()
+    none = df[df["method"] == "avg"].assign(method="max", correct=None)
+    shown = CliRunner().invoke(app, ["report", str(_run_dir(tmp_path, pd.concat([df, none])))], env={"COLUMNS": "200"})
+    row = next(line for line in shown.output.splitlines() if " max " in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]  # method, accuracy, CI, exact, n, …, items/s
+    assert "nan" not in row and cells[1:3] == ["–", "–"] and cells[4] == "0" and cells[-1] == "–", row

@@ -453,6 +453,56 @@ def test_every_model_is_compared_with_the_files_first_on_the_same_items():
     assert small["p_vs_first_model"] == pytest.approx(0.5)  # exact McNemar: 0 against 2 discordant items
 
 
+def _two_models_one_short() -> pd.DataFrame:
+    """big ran origin and avg on 4 items; small ran origin on 4 and avg on 3 (origin's n 4, avg's 3)."""
+    rows = []
+    for model, methods in (("big", {"origin": 4, "avg": 4}), ("small", {"origin": 4, "avg": 3, "per_prompt": 4})):
+        for method, n in methods.items():
+            rows += [{"model": model, "dataset": "d", "label": method, "method": method, "id": str(i), "answer": "",
+                      "correct": i % 2 == 0, "exact": False, "tokens": 2, "seconds": 1.0} for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_a_sweep_plot_draws_no_bar_for_a_cell_never_run(tmp_path):
+    """big has no per_prompt run: a bar at 0 with its whisker would read as a measured accuracy of 0."""
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
+
+    from minirun.eval.sweep import plot_sweep
+
+    saved = []
+    original = Figure.savefig
+    Figure.savefig = lambda fig, path, **kw: saved.append(fig) or original(fig, path, **kw)
+    try:
+        plot_sweep(_two_models_one_short(), tmp_path / "s.png")
+    finally:
+        Figure.savefig = original
+    (ax,) = saved[0].axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [len(b) for b in bars] == [2, 3]  # big: origin, avg; small: origin, avg, per_prompt
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["origin", "avg", "per_prompt (first prompt)"]
+
+
+def test_a_sweeps_json_counts_are_integers_and_its_table_names_fewer_shared_items():
+    from rich.console import Console
+
+    from minirun.cli.sweep import score_tables, scores_json
+
+    def avg_line(scores: pd.DataFrame) -> str:
+        console = Console(width=250, record=True)
+        for table in score_tables(scores, "t"):
+            console.print(table)
+        return next(line for line in console.export_text().splitlines() if line.startswith("│ avg"))
+
+    scores = sweep_table(_two_models_one_short())
+    small = scores_json(scores)["d"]["small"]["avg"]
+    assert small["n"] == 3 and small["n_vs_origin"] == 3 and small["n_vs_first_model"] == 3
+    assert all(type(small[k]) is int for k in ("n", "n_vs_origin", "n_vs_first_model"))
+    assert ", n=" not in avg_line(scores)  # every avg shares all its items with its origin
+    unfinished = _two_models_one_short().query("not (model == 'small' and method == 'origin' and id == '2')")
+    assert avg_line(sweep_table(unfinished)).count(", n=2)") == 1  # small's avg: 3 items, 2 shared with origin
+
+
 def test_a_later_models_missing_gpu_is_refused_before_any_model_runs(checkpoint_dirs, tmp_path, monkeypatch):
     """A sweep file is written for the GPU box and parses anywhere; run where the GPU is not, it stops at once."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without one, on a GPU machine too

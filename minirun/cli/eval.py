@@ -160,15 +160,15 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
         m = keys.index("method")
         if labels[m] == "per_prompt":  # its `correct` is one prompt's: not an ensemble's
             labels[m] = "per_prompt (first prompt)"
-        items_per_s = row["n"] / row["seconds"] if row["seconds"] > 0 else float("nan")
+        items_per_s = row["n"] / row["seconds"] if row["n"] > 0 and row["seconds"] > 0 else float("nan")
         versus = []
         if paired:
             fewer = pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"]
             versus = [_number(row["diff_vs_origin"], "+.3f") + (f" (n={int(row['n_vs_origin'])})" if fewer else ""),
                       _number(row["p_vs_origin"], ".3g"), _number(row["p_vs_origin_holm"], ".3g")]
-        t.add_row(*map(str, labels), f"{row['accuracy']:.3f}", f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}",
-                  f"{row['exact_accuracy']:.3f}", str(int(row["n"])), *versus, _number(row["tokens_per_second"], ".1f"),
-                  _number(items_per_s, ".2f"))
+        interval = "–" if pd.isna(row["ci95_low"]) else f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}"
+        t.add_row(*map(str, labels), _number(row["accuracy"], ".3f"), interval, _number(row["exact_accuracy"], ".3f"),
+                  str(int(row["n"])), *versus, _number(row["tokens_per_second"], ".1f"), _number(items_per_s, ".2f"))
     return t
 
 

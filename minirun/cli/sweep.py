@@ -92,7 +92,9 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
             cells = []
             for model in models:
                 s = row[model]
-                versus = "–" if math.isnan(s["diff_vs_origin"]) else f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g})"
+                fewer = f", n={int(s['n_vs_origin'])}" if s["n_vs_origin"] < s["n"] else ""  # NaN compares False
+                versus = "–" if math.isnan(s["diff_vs_origin"]) else \
+                    f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g}{fewer})"
                 cells += ["–"] * 5 if math.isnan(s["n"]) else [
                     f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
                     str(int(s["n"])), versus, "–" if math.isnan(s["tokens_per_second"]) else f"{s['tokens_per_second']:.1f}"]

@@ -164,7 +164,8 @@ def _keys(df: pd.DataFrame) -> list[str]:
 def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     # choice rows generate no token: their seconds would slow tokens/s down on a mixed table
     generating = df["seconds"].where(df["task"].ne("choice"), 0.0) if "task" in df.columns else df["seconds"]
-    out = df.assign(generating=generating).groupby(keys, sort=True).agg(
+    timed = df["tokens"].where(df["seconds"].notna())  # an untimed row's tokens would raise the rate
+    out = df.assign(generating=generating, timed=timed).groupby(keys, sort=True).agg(
         accuracy=("correct", "mean"),
         hits=("correct", "sum"),
         exact_accuracy=("exact", "mean"),
@@ -172,13 +173,14 @@ def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         tokens=("tokens", "sum"),
         seconds=("seconds", "sum"),
         generating=("generating", "sum"),
+        timed=("timed", "sum"),
     )
     ci = [wilson_interval(int(hits), int(n)) for hits, n in zip(out.pop("hits"), out["n"])]
     out.insert(1, "ci95_low", [low for low, _ in ci])
     out.insert(2, "ci95_high", [high for _, high in ci])
     # NaN where nothing was generated (choice scoring) or timed: 0 tokens/s would read as a slow method
-    generating = out.pop("generating")
-    out["tokens_per_second"] = out["tokens"].where(out["tokens"] > 0) / generating.where(generating > 0)
+    generating, timed = out.pop("generating"), out.pop("timed")
+    out["tokens_per_second"] = timed.where(timed > 0) / generating.where(generating > 0)
     return out
 
 
@@ -331,7 +333,7 @@ def json_scores(scores: dict) -> dict:
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
             value = _plain(value)
-            out[name] = int(value) if name in ("n", "n_vs_origin") and value is not None else value
+            out[name] = int(value) if (name == "n" or name.startswith("n_vs_")) and value is not None else value
     return out
 
 
@@ -357,8 +359,10 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
         labels, row = [_tex(str(x)) for x in index[n]], scores.iloc[n]
         if index[n][-1] == "per_prompt":  # its `correct` is one prompt's: a bare name would read as an ensemble
             labels[-1] += " (first prompt)"
-        versus = ["--", "--"] if pd.isna(row["diff_vs_origin"]) else [f"${row['diff_vs_origin']:+.3f}$",
-                                                                      _tex_p(row["p_vs_origin_holm"])]
+        fewer = pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"]  # origin or the row unfinished
+        versus = ["--", "--"] if pd.isna(row["diff_vs_origin"]) else [
+            f"${row['diff_vs_origin']:+.3f}$" + (f" ($n={int(row['n_vs_origin'])}$)" if fewer else ""),
+            _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
                                  *versus, str(int(row["n"]))]) + r" \\")
@@ -370,13 +374,14 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
                                    + (f"; mean single-prompt accuracy {', '.join(single)}" if single else "") + ".")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
-              r"origin's on the items both answered; $p$: exact McNemar test, Holm-adjusted over the methods compared "
-              r"with origin." + note + "}",
+              r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
+              r"McNemar test, Holm-adjusted over the methods compared with origin." + note + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+               "[": "{[}", "]": "{]}",  # a row starting with "[" would be read as the previous \\'s spacing argument
                **{c: "\\" + c for c in "_%&#${}"}}
 
 
@@ -413,8 +418,9 @@ def figure(df: pd.DataFrame) -> Figure:
     acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy (95% Wilson interval)")
     acc.legend(loc="upper right", fontsize="small")
     speed.set(ylabel="generated tokens / s", title="Throughput")
+    labels = [f"{m} (first prompt)" if m == "per_prompt" else m for m in methods]  # one prompt's, not an ensemble's
     for ax in (acc, speed):
-        ax.set_xticks(np.arange(len(methods)), methods)
+        ax.set_xticks(np.arange(len(methods)), labels)
         ax.tick_params(axis="x", labelrotation=30)
     return fig
 

@@ -43,6 +43,19 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
 INTEGER_COLUMNS = ("choice", "gold_choice", "fusion_layer", "tokens")  # ints, or nothing where a row has none
 
 
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _number_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+# what a row's columns hold (a hand-edited or damaged line can be JSON and still not a row)
+COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str),
+                "tokens": lambda v: _number_or_none(v) and not isinstance(v, float), "seconds": _number_or_none}
+
+
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with INTEGER_COLUMNS as pandas' nullable integers: an int column with gaps becomes floats in pandas,
     and a paper's table read "fusion layer 2.0" or "choice 1.0" wherever another method or task left it empty."""
@@ -116,8 +129,10 @@ def _read_journal(path: Path) -> list[dict]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             row = None
         missing = [c for c in COLUMNS if c not in row] if isinstance(row, dict) else []
-        if not isinstance(row, dict) or missing:
-            lacks = f" (no {', '.join(missing)})" if missing else ""
+        wrong = [c for c, ok in COLUMN_TYPES.items() if not ok(row[c])] if isinstance(row, dict) and not missing else []
+        if not isinstance(row, dict) or missing or wrong:
+            lacks = f" (no {', '.join(missing)})" if missing else f" ({', '.join(wrong)} of the wrong type)" if wrong \
+                else ""
             raise MinirunError(f"{path}:{lineno}: corrupt result line{lacks}; delete that line and rerun to redo it")
         rows.append(row)
     return rows
@@ -131,7 +146,8 @@ def _run_info(output_dir: Path) -> dict | None:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         info = None
-    if not isinstance(info, dict) or "run_key" not in info:
+    if not isinstance(info, dict) or not isinstance(info.get("run_key"), dict) or \
+            not _strings(info.get("item_ids") or []) or not isinstance(info.get("methods") or {}, dict):
         raise MinirunError(f"{path} is not a run record minirun wrote: restore it, or start a new output directory")
     return info
 

@@ -280,11 +280,13 @@ def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
     for ax, dataset in zip(axes, datasets):
         part = table.loc[dataset]
         for i, model in enumerate(models):
-            xs = [x + (i - (len(models) - 1) / 2) * width for x in range(len(part))]
-            acc, low, high = (part[(model, m)].fillna(0) for m in ("accuracy", "ci95_low", "ci95_high"))
+            ran = part[(model, "accuracy")].notna().to_numpy()  # a cell never run has no bar, not a bar at 0
+            xs = [x + (i - (len(models) - 1) / 2) * width for x, kept in zip(range(len(part)), ran) if kept]
+            acc, low, high = (part[(model, m)][ran] for m in ("accuracy", "ci95_low", "ci95_high"))
             errors = [(acc - low).clip(lower=0), (high - acc).clip(lower=0)]  # Wilson's bound can miss 0 by 1e-17
             ax.bar(xs, acc, width, yerr=errors, capsize=3, label=model)
-        ax.set_xticks(range(len(part)), list(part.index), rotation=30)
+        labels = [f"{m} (first prompt)" if m == "per_prompt" else m for m in part.index]  # as `report.figure`
+        ax.set_xticks(range(len(part)), labels, rotation=30)
         ax.set(ylim=(0, 1), ylabel="accuracy", title=dataset)
         ax.legend(loc="upper right", fontsize="small")
     fig.savefig(path)
