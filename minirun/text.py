@@ -16,6 +16,7 @@ _SPELT_SIGN = re.compile(r"(?<![\w+#])([b-hj-z])[\s-]+(sharp|plus[\s-]+plus)(?!\
 _MINUS, _POINT = "\ue000", "\ue001"  # a number's sign and decimal point, kept through the punctuation pass
 _NUMBER_MARKS = (
     (re.compile(r"(?<=\d),(?=\d{3}(?!\d))"), ""),  # a thousands separator: "1,000" is "1000"
+    (re.compile(r"(?<=\d),(?=\d)"), _POINT),  # any other comma between digits is a decimal one: "2,5" is 2.5, not 25
     (re.compile(r"(?<![\w.])-(?=\.?\d)"), _MINUS),  # "-40" is not "40"; a hyphen between words is a space
     (re.compile(r"(?<![^\W\d])\.(?=\d)"), _POINT),  # "2.5" is not "25", ".5" not "5"
 )
@@ -43,7 +44,7 @@ def _cleaned(ch: str) -> str:
 
 def clean(token: str) -> str:
     """`fold` with punctuation (any script's) removed and dashes/slashes as spaces ("U.S." -> "us",
-    "Jean‐Paul" -> "jean paul"), a number's sign and decimal point kept ("-2.5" stays, "1,000" -> "1000")."""
+    "Jean‐Paul" -> "jean paul"), a number's sign and decimal point kept ("-2.5" stays, "1,000" -> "1000", "2,5" -> "2.5")."""
     text = fold(token)
     for pattern, mark in _NUMBER_MARKS:
         text = pattern.sub(mark, text)

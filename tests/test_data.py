@@ -82,6 +82,50 @@ def test_jsonl_empty_and_missing(tmp_path):
         load_jsonl(tmp_path / "nope.jsonl")
 
 
+def test_a_plain_file_is_told_by_all_its_records_not_its_first(tmp_path):
+    """A first record short of its id read the whole file as WebQA: ids made up, tasks and relations dropped,
+    later records unchecked. The plain loader names the record instead."""
+    first = json.dumps({"question": "Capital of France?", "paraphrases": [], "answers": ["Paris"]})
+    path = _write_lines(tmp_path / "d.jsonl", [first, _record(2, task="fill", relation="P36")])
+    with pytest.raises(MinirunError, match=r"d\.jsonl:1: missing field\(s\) id"):
+        load_dataset(path)
+    assert [item.id for item in load_dataset(path, skip_bad=True)] == ["q2"]
+    (tmp_path / "d.json").write_text(json.dumps([json.loads(first), json.loads(_record(2, task="fill"))]))
+    with pytest.raises(MinirunError, match=r"d\.json: item 1: missing field\(s\) id"):
+        load_dataset(tmp_path / "d.json")
+
+
+@pytest.mark.parametrize("extra", [{"template": "[X] is the capital of [Y]."}, {"answerKey": "B"}])
+def test_a_plain_item_with_another_datasets_field_is_still_a_plain_item(tmp_path, extra):
+    path = _write_lines(tmp_path / "d.jsonl", [_record(1, task="fill", **extra), _record(2)])
+    assert [(item.id, item.task) for item in load_dataset(path)] == [("q1", "fill"), ("q2", "qa")]
+
+
+@pytest.mark.parametrize("field, value", [("id", None), ("id", ""), ("id", ["a"]), ("id", True),
+                                          ("answers", ["", "Madrid"]), ("answers", ["Madrid", " "])])
+def test_blank_answers_and_ids_that_are_not_names_are_refused(tmp_path, field, value):
+    """A blank first answer became an empty worked example ("A: "), and null or list ids were made strings."""
+    path = _write_lines(tmp_path / "d.jsonl", [json.dumps({**json.loads(_record(1)), field: value})])
+    with pytest.raises(MinirunError, match=rf"d\.jsonl:1: field '{field}'"):
+        load_jsonl(path)
+    assert load_jsonl(_write_lines(tmp_path / "n.jsonl", [json.dumps({**json.loads(_record(1)), "id": 7})]))[0].id == "7"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (_record(1) + "\n" + _record(2) + "\n").encode())
+    assert [item.id for item in load_dataset(path)] == ["q1", "q2"]
+
+
+def test_a_few_shot_files_errors_name_its_own_fix(tmp_path):
+    with pytest.raises(MinirunError, match=r"no such few-shot file; pass an existing JSONL path$"):
+        load_jsonl(tmp_path / "nope.jsonl", examples=True)
+    path = _write_lines(tmp_path / "shots.jsonl", [_record(1), "not json"])
+    with pytest.raises(MinirunError, match=r"shots\.jsonl:2: .*fix that record \(a few-shot file's bad records are not "
+                                           r"skipped\)$"):
+        load_jsonl(path, skip_bad=True, examples=True)
+
+
 # --- WebQA -------------------------------------------------------------------------------
 
 def test_parse_target_value():

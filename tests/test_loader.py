@@ -223,6 +223,23 @@ def test_the_checkpoint_digest_sees_other_weights_and_tokenizers_but_not_timesta
     save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
     assert checkpoint_digest(ckpt) == digest  # the same tensors written again
 
+    # an edit in place of a few rows inside one tensor (a knowledge edit), same size: neither a tensor's first
+    # 4 KiB (the digest's old sample) nor its last ones, and the file written within the same second
+    raw = bytearray((ckpt / "model.safetensors").read_bytes())
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    start, end = (8 + length + o for o in max((v for k, v in header.items() if k != "__metadata__"),
+                                               key=lambda v: v["data_offsets"][1] - v["data_offsets"][0])["data_offsets"])
+    middle = (start + end) // 2
+    assert end - start > 3 * 4096
+    times = os.stat(ckpt / "model.safetensors")
+    raw[middle:middle + 8] = bytes(255 - b for b in raw[middle:middle + 8])
+    (ckpt / "model.safetensors").write_bytes(bytes(raw))
+    os.utime(ckpt / "model.safetensors", ns=(times.st_atime_ns, times.st_mtime_ns))  # even its time kept
+    assert checkpoint_digest(ckpt) != digest
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+    assert checkpoint_digest(ckpt) == digest
+
     template = json.loads((ckpt / "tokenizer_config.json").read_text())
     (ckpt / "tokenizer_config.json").write_text(json.dumps({**template, "chat_template": "{{ messages }}"}))
     assert checkpoint_digest(ckpt) != digest

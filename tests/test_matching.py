@@ -48,6 +48,7 @@ def test_normalize():
 @pytest.mark.parametrize("text,number", [
     ("2.5", "2.5"), ("1.5 million", "1.5 million"), ("-40", "-40"), ("\u221240 degrees", "-40 degrees"),
     ("-.5", "-.5"), ("1,000", "1000"), ("v1.5", "v1.5"), ("well-known", "well known"), ("x-40", "x 40"),
+    ("2,5", "2.5"), ("1,000,000", "1000000"), ("10,00", "10.00"), ("1,000.5", "1000.5"),  # decimal commas
 ])
 def test_normalize_keeps_a_numbers_sign_and_point(text, number):
     assert normalize(text) == number
@@ -78,6 +79,7 @@ def test_lemma_match(matcher, pred, golds):
     ("", ["Paris"]), ("the", ["Paris"]),           # empty prediction; an article alone
     ("Bell", ["Alexander Graham Bell"]),           # gold not inside the prediction
     ("2.5", ["25"]), ("1.5 million", ["15 million"]), ("-40", ["40"]),  # a number's point and sign count
+    ("2,5", ["25"]), ("24", ["2,4"]), ("1,5 million", ["15 million"]), ("10,00", ["1000"]),  # a decimal comma too
     ("Vitamin D", ["Vitamin A"]), ("Vitamin", ["Vitamin A"]),          # a letter inside a name is no article
     ("I had it", ["D"]), ("I'm not sure", ["M"]),                      # a lone letter is not lemmatised
     ("C++", ["C"]), ("C", ["C#"]), ("F#", ["F"]), ("A+", ["A"]),      # a letter's sign is part of the name

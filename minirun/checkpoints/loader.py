@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -13,6 +16,7 @@ from minirun.layers import calibrate
 from minirun.layers.rope import inv_frequencies
 from minirun.models import Decoder
 from minirun.models.config import ModelConfig, load_config
+from minirun.paths import cache_root, read_cache, write_atomic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,42 +83,76 @@ def _hf_names(c: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 
 CONTENT_FILES = ("*.json", "*.jinja", "*.model", "*.safetensors", "*.gguf")  # what loading a checkpoint reads
-TENSOR_SAMPLE = 4096  # bytes hashed from the start of each tensor: a retrained or fine-tuned one differs there
+SAMPLE = 4096  # bytes of each tensor (or a large file's ends) in a file's quick signature
+# A file written this recently is hashed whole every time, its hash not cached: a second write within the file
+# system's timestamp granularity keeps its modification time (git's "racily clean" files)
+SETTLED_NS = 2_000_000_000
+
+
+def _signature(f: Path, size: int) -> bytes:
+    """What changes with almost any rewrite, read in milliseconds: a safetensors file's header (every tensor's
+    name, dtype, shape and offsets) and each tensor's first and last `SAMPLE` bytes, or a file's ends."""
+    parts = []
+    with f.open("rb") as handle:
+        if f.suffix == ".safetensors" and size >= 8:
+            length = int.from_bytes(handle.read(8), "little")
+            header = handle.read(length)
+            parts.append(header)
+            try:
+                tensors = json.loads(header)
+            except ValueError:
+                tensors = {}  # loading refuses it with its own message
+            for _, info in sorted(tensors.items()):
+                if isinstance(info, dict) and "data_offsets" in info:
+                    start, end = (8 + length + offset for offset in info["data_offsets"])
+                    for at in sorted({start, max(start, end - SAMPLE)}):
+                        handle.seek(at)
+                        parts.append(handle.read(min(SAMPLE, end - at)))
+        else:
+            parts.append(handle.read(SAMPLE))
+            handle.seek(max(0, size - SAMPLE))
+            parts.append(handle.read())
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _content_hash(f: Path) -> str:
+    digest = hashlib.sha256()
+    with f.open("rb") as handle:
+        while chunk := handle.read(16 << 20):
+            digest.update(chunk)  # releases the GIL: a sharded checkpoint's files hash in parallel
+    return digest.hexdigest()
 
 
 def checkpoint_digest(checkpoint: str | Path) -> str:
-    """A short hash of a checkpoint's content, to tell other weights at the same path apart (a run directory
-    resumed after the checkpoint was overwritten mixed two models' rows). Hashing every byte of a 16 GB
-    model would take seconds a run, so safetensors files give their header (every tensor's name, dtype,
-    shape and offsets) and the first `TENSOR_SAMPLE` bytes of each tensor; configs and tokenizers are
-    hashed whole; other large files (a GGUF) their size and first and last MiB. Timestamps are left out:
-    a re-pull of the same files keeps the digest."""
+    """A short hash of every byte a checkpoint's loading reads, to tell other weights at the same path apart (a
+    run directory resumed after the checkpoint was overwritten, or edited in place, mixed two models' rows).
+    Hashing a 16 GB model takes ~20 s on one core, so each file's hash is cached under `cache_root()`, keyed by
+    its path, size, modification time and a quick signature of its content (`_signature`), once the file is
+    `SETTLED_NS` old: a later run re-reads only files that changed. Timestamps do not enter the digest: a re-pull of the same files keeps it."""
     root = Path(checkpoint)
     files = [root] if root.is_file() else sorted({f for pattern in CONTENT_FILES for f in root.glob(pattern)
                                                   if f.is_file() and not f.name.startswith(".")})
+    cache_file = cache_root() / "file-digests.json"
+    cached = read_cache(cache_file, "checkpoint file digests")
+    cached = cached if isinstance(cached, dict) else {}
+    keys, settled = {}, set()
+    for f in files:
+        stat = f.stat()
+        keys[f] = (f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|"
+                   f"{_signature(f, stat.st_size).hex()}")
+        if time.time_ns() - stat.st_mtime_ns > SETTLED_NS:
+            settled.add(f)
+    todo = [f for f in files if f not in settled or not isinstance(cached.get(keys[f]), str)]
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+            hashes = dict(zip(todo, pool.map(_content_hash, todo)))
+        cached.update((keys[f], h) for f, h in hashes.items() if f in settled)
+        if any(f in settled for f in hashes):
+            write_atomic(cache_file, lambda tmp: tmp.write_text(json.dumps(cached), encoding="utf-8"))
+        cached.update((keys[f], h) for f, h in hashes.items())
     digest = hashlib.sha256()
     for f in files:
-        size = f.stat().st_size
-        digest.update(f"{f.name}\0{size}\0".encode())
-        with f.open("rb") as handle:
-            if f.suffix == ".safetensors" and size >= 8:
-                length = int.from_bytes(handle.read(8), "little")
-                header = handle.read(length)
-                digest.update(header)
-                try:
-                    tensors = json.loads(header)
-                except ValueError:
-                    continue  # loading refuses it with its own message
-                for name, info in sorted(tensors.items()):
-                    if isinstance(info, dict) and "data_offsets" in info:
-                        handle.seek(8 + length + info["data_offsets"][0])
-                        digest.update(handle.read(min(TENSOR_SAMPLE, info["data_offsets"][1] - info["data_offsets"][0])))
-            elif size <= 64 * 2**20:
-                digest.update(handle.read())
-            else:
-                digest.update(handle.read(2**20))
-                handle.seek(size - 2**20)
-                digest.update(handle.read())
+        digest.update(f"{f.name}\0{f.stat().st_size}\0{cached[keys[f]]}\0".encode())
     return digest.hexdigest()[:16]
 
 

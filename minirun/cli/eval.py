@@ -71,7 +71,7 @@ def eval_command(
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     bias = parse_flex_bias(flex_bias)
     items = load_dataset(data, subset=subset, skip_bad=skip_bad)
-    fewshot_items = load_jsonl(few_shot) if few_shot is not None else None
+    fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else data

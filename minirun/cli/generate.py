@@ -51,7 +51,7 @@ def _few_shot_prefix(path: Optional[Path], k: int, prompt: str, paraphrases: lis
         from minirun.eval.data import Item, load_jsonl
         from minirun.eval.loop import few_shot_prefixes
 
-        examples = load_jsonl(path)
+        examples = load_jsonl(path, examples=True)
         task = examples[0].task
         return few_shot_prefixes([Item("asked", prompt, paraphrases, [], task)], examples, str(path), task, k)[task]
     return read_text_file(path, "few-shot file")

@@ -199,7 +199,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
-        "weights": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
+        "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
         "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
         "items": items_digest(items, prompts),

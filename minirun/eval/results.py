@@ -35,7 +35,7 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
                 "per-subject heads, which minirun before them did not build)",
     "prompt_ids": "its rows were made before prompts were tokenized whole (another minirun)",
     "matcher": "its verdicts came from another answer matcher (another minirun or spaCy pipeline)",
-    "weights": "the checkpoint at that path holds other weights or another tokenizer than when its rows were made: "
+    "weights_sha256": "the checkpoint at that path holds other weights or another tokenizer than when its rows were made: "
                "restore them to resume",
 }
 
@@ -86,7 +86,7 @@ class OtherRun(MinirunError):
     def __init__(self, output_dir: Path, differences: list[str]) -> None:
         self.differences = differences
         # rows an older minirun or another matcher made cannot be resumed by any arguments
-        only_new = any(d in (OPAQUE["prompt_ids"], OPAQUE["matcher"], OPAQUE["weights"]) for d in differences)
+        only_new = any(d in (OPAQUE["prompt_ids"], OPAQUE["matcher"], OPAQUE["weights_sha256"]) for d in differences)
         super().__init__(f"{output_dir} holds results of a different run ({'; '.join(differences)}); use a new "
                          f"output directory{'' if only_new else ', or the original arguments to resume'}")
 

@@ -60,7 +60,7 @@ def _load_items(dataset: DatasetSpec) -> tuple[list[Item], list[Item] | None]:
     """A dataset's test items (the first max_samples) and its few-shot items when a file names them."""
     items = load_dataset(dataset.name, subset=dataset.subset, skip_bad=dataset.skip_bad)
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
-    return items, load_jsonl(dataset.few_shot) if dataset.few_shot is not None else None
+    return items, load_jsonl(dataset.few_shot, examples=True) if dataset.few_shot is not None else None
 
 
 def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] | None) -> str:

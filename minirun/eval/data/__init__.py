@@ -42,8 +42,10 @@ __all__ = [
 
 
 def _records_head(path: Path) -> tuple[set[str], list | None]:
-    """The first record's fields (a parquet file's columns), and every record when the file is one
-    JSON document (an array, or one object) rather than JSON lines."""
+    """Every field some record has (a parquet file's columns), and every record when the file is one
+    JSON document (an array, or one object) rather than JSON lines. All records, not the first: a plain
+    file whose first record lacks its `id` would otherwise read as WebQA, which invents ids and drops
+    tasks and relations without a word."""
     if path.suffix == ".parquet":
         return set(parquet_columns(path)), None
     first = next((line.strip() for line in text_lines(path) if line.strip()), "")
@@ -51,29 +53,39 @@ def _records_head(path: Path) -> tuple[set[str], list | None]:
         head = json.loads(first)
     except json.JSONDecodeError:
         head = None
-    if isinstance(head, dict) and json_records(head) == [head]:
-        return set(head), None  # JSON lines
+    if isinstance(head, dict) and json_records(head) == [head]:  # JSON lines: a bad one is its loader's to name
+        return set().union(*(r for line in text_lines(path) if isinstance(r := _json_or_none(line), dict))), None
     try:
         records = json_records(json.loads("".join(text_lines(path))))
     except json.JSONDecodeError:  # not one JSON document: JSON lines, whose loader names a bad line
         return set(), None
     if records is None:
         return set(), None
-    return (set(records[0]) if records and isinstance(records[0], dict) else set()), records
+    return set().union(*(r for r in records if isinstance(r, dict))), records
+
+
+def _json_or_none(line: str) -> object:
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def _kind(keys: set[str]) -> str:
-    """Which loader a record with these fields needs: MyriadLAMA rows (`template`), CommonsenseQA
-    (`choices` with `answerKey`), MMLU (`question`, `subject`, `choices`, `answer`), WebQA (its
-    question/answer fields) or the plain item form (`id` + `paraphrases`, or `task`/`relation`/`choices`,
-    which WebQA's loader would drop or reject)."""
+    """Which loader records with these fields need: the plain item form first when it is whole (`id` +
+    `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
+    MyriadLAMA rows (`template`), CommonsenseQA (`choices` with `answerKey`), MMLU (`question`, `subject`,
+    `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
+    would drop or reject: the plain loader names what is missing), WebQA (its question/answer fields)."""
+    if {"id", "paraphrases"} <= keys:
+        return "plain"
     if "template" in keys:
         return "myriadlama"
     if {"choices", "answerKey"} <= keys:
         return "commonsense_qa"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
         return "mmlu"
-    if {"id", "paraphrases"} <= keys or keys & {"task", "relation", "choices"}:
+    if keys & {"task", "relation", "choices"}:
         return "plain"
     if keys & {"question", *WEBQA_KEYS} or any(k.startswith("paraphrase") for k in keys):
         return "webqa"

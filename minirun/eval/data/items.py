@@ -92,13 +92,16 @@ def item_from_dict(record: object) -> Item:
         raise ValueError("field 'question' must be a non-empty string")
     choices, answer = (_choice_fields(record) if task == "choice" else (None, None))
     answers = [choices[answer]] if choices else _str_list(record["answers"], "answers")
-    if not any(a.strip() for a in answers):
-        raise ValueError("field 'answers' needs at least one non-empty answer")
+    if not answers or not all(a.strip() for a in answers):  # a blank first answer became an empty worked example
+        raise ValueError("field 'answers' needs non-empty answers (drop the blank ones)")
+    item_id = record["id"]
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or not str(item_id).strip():
+        raise ValueError(f"field 'id' must be a non-empty string or an integer, got {item_id!r}")
     relation = record.get("relation")
     if relation is not None and not isinstance(relation, str):
         raise ValueError("field 'relation' must be a string or null")
     return Item(
-        id=str(record["id"]),
+        id=str(item_id),
         question=question,
         paraphrases=_str_list(record["paraphrases"], "paraphrases"),
         answers=answers,
@@ -126,18 +129,21 @@ def _choice_fields(record: dict) -> tuple[list[str], int]:
 def text_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 text file the user gave, read as they are needed, or a one-line error."""
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is not the first field
             yield from f
     except UnicodeDecodeError:
         raise MinirunError(f"{path} is not UTF-8 text: save the file as UTF-8") from None
 
 
-def load_jsonl(path: str | Path, skip_bad: bool = False) -> LoadResult:
-    """Read the plain JSONL form; a bad line is an error (or skipped and counted with skip_bad)."""
+def load_jsonl(path: str | Path, skip_bad: bool = False, examples: bool = False) -> LoadResult:
+    """Read the plain JSONL form; a bad line is an error (or skipped and counted with skip_bad).
+    `examples`: the file is a --few-shot file, whose bad lines are never skipped."""
     path = Path(path)
     if not path.is_file():
-        raise MinirunError(f"{path}: no such dataset file; pass an existing JSONL path or a dataset name")
-    return _collect(_decoded_lines(path), path, skip_bad)
+        what = "few-shot file; pass an existing JSONL path" if examples else \
+            "dataset file; pass an existing JSONL path or a dataset name"
+        raise MinirunError(f"{path}: no such {what}")
+    return _collect(_decoded_lines(path), path, skip_bad, examples)
 
 
 def items_from_records(records: list, path: str | Path, skip_bad: bool = False) -> LoadResult:
@@ -156,7 +162,7 @@ def _decoded_lines(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"{path}:{lineno}", e
 
 
-def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool) -> LoadResult:
+def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool, examples: bool = False) -> LoadResult:
     items: list[Item] = []
     seen: set[str] = set()
     skipped = 0
@@ -168,6 +174,9 @@ def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool) 
             if item.id in seen:
                 raise ValueError(f"duplicate id {item.id!r}")
         except ValueError as e:  # json.JSONDecodeError is a ValueError
+            if examples:
+                raise MinirunError(f"{where}: {e}; fix that record (a few-shot file's bad records are not skipped)") \
+                    from None
             if not skip_bad:
                 raise MinirunError(f"{where}: {e}; fix that record, or skip bad ones (`--skip-bad` of eval and "
                                    "paraphrase, `skip_bad = true` in a sweep file's dataset entry, "
