@@ -1,6 +1,7 @@
 """Fusion rules as pure functions on hand-made logits."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, normalised
@@ -60,3 +61,13 @@ def test_weighted_sum_rules_equal_the_head_of_mixed_states():
         w = weights(4, confidences).double()
         assert torch.allclose(RULES[name](states @ head.T, confidences.double()), (w @ states) @ head.T), name
     assert ROW_WEIGHTS["weighted_max"](4, confidences).tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_confidence_weights_are_worked_out_in_doubles():
+    from minirun.methods.fusion import confidence_weights
+
+    assert confidence_weights("weighted_avg", [1e39, 1e39]) == [0.5, 0.5]  # float32 would hold inf
+    assert confidence_weights("weighted_avg", [1e-40, 3e-40]) == pytest.approx([0.25, 0.75], rel=1e-15)  # subnormal in float32
+    assert confidence_weights("weighted_avg", [0.0, 0.0, 0.0, 0.0]) == [0.25] * 4
+    assert confidence_weights("weighted_max", [0.3, 0.30000001, 0.1]) == [0.0, 1.0, 0.0]  # equal in float32
+    assert confidence_weights("weighted_max", [0.5, 0.5, 0.1]) == [1.0, 0.0, 0.0]  # the first of equals

@@ -436,3 +436,32 @@ def test_whole_number_confidences_weigh_as_their_floats(checkpoint_dirs):
     whole, real = (score_choices(tiny_llm, "weighted_avg", question, [["Paris", "Lyon"]],
                                  EnsembleOptions(confidences=c))[0] for c in ([[1, 0, 0]], [[1.0, 0.0, 0.0]]))
     assert whole.scores == real.scores
+
+
+@pytest.mark.parametrize("confidence", [0.5, 1e-40, 2e38, 1e39])
+def test_equal_confidences_of_any_size_answer_as_avg(llm, confidence):
+    """float32 made 1e-40 subnormal and 1e39 infinite: the weights then summed to no 1 (prompt 0's answer) or NaN
+    (the pad token), while the confidences were legal (finite, >= 0)."""
+    paraphrases = [QUESTION, "Hamlet's author is who?", "The capital of France is?"]
+    avg = run(llm, "avg", paraphrases, max_new_tokens=8)
+    weighted = run(llm, "weighted_avg", paraphrases, max_new_tokens=8, confidences=[[confidence] * 3])
+    assert weighted.token_ids == avg.token_ids and weighted.confidences == [confidence] * 3
+
+
+def test_weighted_max_takes_the_most_confident_even_below_float32s_resolution(llm):
+    paraphrases = [QUESTION, "Hamlet's author is who?", "The capital of France is?"]
+    rows = run(llm, "per_prompt", paraphrases, max_new_tokens=8).answer_token_ids
+    assert rows[0] != rows[1]  # else the test could not tell the two apart
+    picked = run(llm, "weighted_max", paraphrases, max_new_tokens=8, confidences=[[0.3, 0.30000001, 0.1]])
+    assert picked.token_ids == rows[1]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("fusion_alpha", "0.5", "fusion_alpha must be a number"), ("temperature", None, "temperature must be a number"),
+    ("confidence_temperature", "x", "confidence_temperature must be a number"),
+    ("stop", 5, "stop must be a string or a list of strings"),
+    ("confidences", [0.5, 0.5], "confidences must be one list per question"),
+])
+def test_options_of_the_wrong_type_are_named_not_a_traceback(field, value, message):
+    with pytest.raises(MinirunError, match=message):
+        EnsembleOptions(**{field: value})

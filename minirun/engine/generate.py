@@ -67,6 +67,8 @@ def left_padded(prompts: list[list[int]], pad_id: int, device: torch.device, sta
 def stop_strings(stop: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """`stop` as a tuple of stop strings: a lone str is one stop string (not its characters), None none;
     an empty one would end every row at once, so it is refused."""
+    if not (stop is None or isinstance(stop, (str, list, tuple))):
+        raise MinirunError(f"stop must be a string or a list of strings, got {stop!r}: pass e.g. stop=['\\n']")
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if not all(isinstance(s, str) and s for s in stop):
         raise MinirunError(f"stop strings must be non-empty text, got {stop!r}: pass e.g. stop=['\\n']")

@@ -20,7 +20,7 @@ from minirun.engine.generate import Row, stack_rows
 from minirun.engine.session import CHUNK, NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
 from minirun.layers.masks import branch
-from minirun.methods.fusion import RULES
+from minirun.methods.fusion import RULES, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
 from minirun.methods.packing import Encoded
@@ -233,7 +233,7 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
             results.append(_scored(method, each[0], targets[q], texts[q], mode, prompts[q], tokens,
                                    per_prompt=each if method == "per_prompt" else None))
             continue
-        weights = torch.tensor(confidences[q], device=llm.device) if confidences else None
+        weights = torch.tensor(confidence_weights(method, confidences[q]), device=llm.device) if confidences else None
         rule = RULES["avg" if method == "hidden_avg" else method]
         results.append(_scored(method, _option_logprobs(predictors, targets[q], rule, weights), targets[q], texts[q],
                                mode, prompts[q], tokens, fusion_layer=plan.layer,

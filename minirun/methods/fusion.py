@@ -7,6 +7,7 @@ with the same bits as fusing each question alone.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -42,6 +43,18 @@ def normalised(weights: torch.Tensor) -> torch.Tensor:
     """Confidences [..., N] -> weights summing to 1; all-zero confidences fall back to uniform (no host sync)."""
     total = weights.sum(-1, keepdim=True)
     return torch.where(total > 0, weights / total.clamp(min=torch.finfo(weights.dtype).tiny), 1.0 / weights.shape[-1])
+
+
+def confidence_weights(method: str, confidences: list[float]) -> list[float]:
+    """A question's confidences as the weights its rule takes, worked out in Python's doubles before any float32
+    tensor holds them: `weighted_max` a one-hot on the first most confident prompt (confidences that differ
+    in float64 may be equal in float32), the others shares summing to 1, uniform when all are 0 (confidences
+    near float32's range end would overflow its sum or become subnormal, and the fused logits with them)."""
+    if method == "weighted_max":
+        best = max(range(len(confidences)), key=lambda i: (confidences[i], -i))
+        return [float(i == best) for i in range(len(confidences))]
+    total = math.fsum(confidences)
+    return [x / total for x in confidences] if total > 0 else [1 / len(confidences)] * len(confidences)
 
 
 RULES: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = {

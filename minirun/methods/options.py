@@ -62,6 +62,14 @@ class EnsembleOptions:
         for name, least in (("max_new_tokens", 1), ("num_samples", 1), ("confidence_tokens", 1)):
             if getattr(self, name) < least:
                 raise MinirunError(f"{name} must be at least {least}, got {getattr(self, name)}: pass {name} >= {least}")
+        for name in ("temperature", "confidence_temperature", "fusion_alpha"):  # "0.7" would fail in a comparison
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise MinirunError(f"{name} must be a number, got {value!r}")
+        if self.confidences is not None and not (isinstance(self.confidences, list) and all(
+                isinstance(c, (list, tuple)) for c in self.confidences)):
+            raise MinirunError(f"confidences must be one list per question, got {self.confidences!r}: e.g. "
+                               "[[0.9, 0.6, 0.7]] for one question of three prompts")
         if not self.temperature >= 0:
             raise MinirunError(f"temperature must be 0 (greedy) or more, got {self.temperature}: pass temperature >= 0")
         if not self.confidence_temperature > 0:

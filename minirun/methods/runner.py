@@ -12,7 +12,7 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, head_mix
-from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED
+from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, align_heads, common_head, encode_question, packed_row
@@ -222,7 +222,8 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     fused = method in FUSED_ROWS
     name = "avg" if method == "hidden_avg" else method
     rule = RULES[name] if fused else None
-    weights = [torch.tensor(c, device=llm.device) for c in confidences] if confidences else [None] * len(groups)
+    weights = [torch.tensor(confidence_weights(method, c), device=llm.device) for c in confidences] if confidences \
+        else [None] * len(groups)
     mixing = None  # a weighted sum of the rows' logits: the vocabulary head once per question, not per row
     if fused and name in ROW_WEIGHTS:
         mixing = head_mix(groups, [ROW_WEIGHTS[name](len(g), w) for g, w in zip(groups, weights)], llm.device)
