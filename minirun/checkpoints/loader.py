@@ -128,7 +128,8 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
     run directory resumed after the checkpoint was overwritten, or edited in place, mixed two models' rows).
     Hashing a 16 GB model takes ~20 s on one core, so each file's hash is cached under `cache_root()`, keyed by
     its path, size, modification time and a quick signature of its content (`_signature`), once the file is
-    `SETTLED_NS` old: a later run re-reads only files that changed. Timestamps do not enter the digest: a re-pull of the same files keeps it."""
+    `SETTLED_NS` old: a later run re-reads only files that changed. Timestamps do not enter the digest: a
+    re-pull of the same files keeps it."""
     root = Path(checkpoint)
     files = [root] if root.is_file() else sorted({f for pattern in CONTENT_FILES for f in root.glob(pattern)
                                                   if f.is_file() and not f.name.startswith(".")})
@@ -143,16 +144,16 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
         if time.time_ns() - stat.st_mtime_ns > SETTLED_NS:
             settled.add(f)
     todo = [f for f in files if f not in settled or not isinstance(cached.get(keys[f]), str)]
+    fresh = {}
     if todo:
         with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-            hashes = dict(zip(todo, pool.map(_content_hash, todo)))
-        cached.update((keys[f], h) for f, h in hashes.items() if f in settled)
-        if any(f in settled for f in hashes):
-            write_atomic(cache_file, lambda tmp: tmp.write_text(json.dumps(cached), encoding="utf-8"))
-        cached.update((keys[f], h) for f, h in hashes.items())
+            fresh = dict(zip(todo, pool.map(_content_hash, todo)))
+    if kept := settled & fresh.keys():
+        cached.update((keys[f], fresh[f]) for f in kept)
+        write_atomic(cache_file, lambda tmp: tmp.write_text(json.dumps(cached), encoding="utf-8"))
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.name}\0{f.stat().st_size}\0{cached[keys[f]]}\0".encode())
+        digest.update(f"{f.name}\0{f.stat().st_size}\0{fresh.get(f) or cached[keys[f]]}\0".encode())
     return digest.hexdigest()[:16]
 
 
