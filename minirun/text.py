@@ -8,9 +8,10 @@ import unicodedata
 ARTICLES = frozenset({"a", "an", "the"})
 _SYMBOLS = "".join(ch for ch in string.punctuation if unicodedata.category(ch)[0] == "S")  # $ + < = > ^ ` | ~
 _APOSTROPHE = str.maketrans({"\u2019": "'", "\u02bc": "'"})  # "Schindler’s" lemmatises as "Schindler's" does
-# A lone letter's "++", "+" or "#" is part of a name: "C++", "C#", "F#", "A+" are not "C", "F", "A".
-_SIGN_NAME = re.compile(r"(?<![\w+#])([^\W\d_])(\+\+|\+|#)(?![\w+#])")
-_SIGN_WORDS = {"++": "plusplus", "+": "plus", "#": "sharp"}
+# A lone letter's "++", "+", "#" or trailing "-" is part of a name: "C++", "C#", "F#", "A+", "A-" are not "C", "F",
+# "A" (a "-" before a word or number joins, as in "T-shirt" or "B-12", and stays a dash)
+_SIGN_NAME = re.compile(r"(?<![\w+#-])([^\W\d_])(\+\+|\+|#|-)(?![\w+#-])")
+_SIGN_WORDS = {"++": "plusplus", "+": "plus", "#": "sharp", "-": "minus"}
 # "C sharp", "C plus plus" (not "a" or "i": "a sharp knife" is no note)
 _SPELT_SIGN = re.compile(r"(?<![\w+#])([b-hj-z])[\s-]+(sharp|plus[\s-]+plus)(?!\w)")
 _MINUS, _POINT = "\ue000", "\ue001"  # a number's sign and decimal point, kept through the punctuation pass
@@ -25,7 +26,7 @@ _NUMBER_MARKS = (
 def fold(text: str) -> str:
     """Compatibility-normalised, lowercased, accents dropped ("São" -> "sao": gold names carry accents that
     answers often lack), the Unicode minus as "-", a typographic apostrophe as "'", and a lone letter's
-    "++"/"+"/"#" (or "♯") spelt out as one word ("c++", "c plus plus" -> "cplusplus"; "c#", "C sharp" -> "csharp"),
+    "++"/"+"/"#" (or "♯")/trailing "-" spelt out as one word ("c++", "c plus plus" -> "cplusplus"; "c#", "C sharp" -> "csharp"),
     so that no later pass drops them as punctuation or splits them."""
     decomposed = unicodedata.normalize("NFKD", text.replace("\u2212", "-"))
     folded = unicodedata.normalize("NFKC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))

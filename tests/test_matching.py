@@ -69,6 +69,7 @@ def _one(matcher, pred, golds, **kw) -> MatchResult:
     ("Jean\u2011Paul Sartre", ["Jean-Paul Sartre"]), ("Coca\u2010Cola", ["Coca-Cola"]),  # typographic marks
     ("It is written in C++.", ["C++"]), ("C#", ["C#"]), ("C sharp", ["C#"]), ("C-Sharp", ["C#"]),
     ("C\u266f minor", ["C# minor"]), ("C plus plus", ["C++"]),  # spelt out or with the music sign
+    ("It got an A-.", ["A-"]), ("a T-shirt", ["T-shirt"]), ("vitamin B-12", ["Vitamin B12", "B-12"]),
 ])
 def test_lemma_match(matcher, pred, golds):
     assert _one(matcher, pred, golds).lemma
@@ -83,6 +84,7 @@ def test_lemma_match(matcher, pred, golds):
     ("Vitamin D", ["Vitamin A"]), ("Vitamin", ["Vitamin A"]),          # a letter inside a name is no article
     ("I had it", ["D"]), ("I'm not sure", ["M"]),                      # a lone letter is not lemmatised
     ("C++", ["C"]), ("C", ["C#"]), ("F#", ["F"]), ("A+", ["A"]),      # a letter's sign is part of the name
+    ("A-", ["A"]), ("She got A-.", ["A"]), ("A", ["A-"]),
 ])
 def test_no_match(matcher, pred, golds):
     assert _one(matcher, pred, golds) == MatchResult(exact=False, lemma=False)

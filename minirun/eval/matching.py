@@ -18,7 +18,7 @@ MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fol
 # 3: "’" is an apostrophe, "C++"/"C#" are not "C", every script's dashes and punctuation count, and a prediction
 # of stopwords alone ("and") is not found inside a gold by the bidirectional rule, and an answer ends at " Q:", not
 # at "Q:" inside a word ("NATO HQ: Brussels"); 4: a comma between digits that groups no thousands is a decimal
-# comma ("2,5" is 2.5, not "25"; "1,000" stays 1000)
+# comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), and a lone letter's trailing "-" is part of it ("A-" is no "A")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
