@@ -84,7 +84,7 @@ def test_lemma_match(matcher, pred, golds):
     ("Vitamin D", ["Vitamin A"]), ("Vitamin", ["Vitamin A"]),          # a letter inside a name is no article
     ("I had it", ["D"]), ("I'm not sure", ["M"]),                      # a lone letter is not lemmatised
     ("C++", ["C"]), ("C", ["C#"]), ("F#", ["F"]), ("A+", ["A"]),      # a letter's sign is part of the name
-    ("A-", ["A"]), ("She got A-.", ["A"]), ("A", ["A-"]),
+    ("A-", ["A"]), ("She got A-.", ["A"]), ("A", ["A-"]), ("It is an apple", ["A"]), ("It got an A-.", ["A"]),
 ])
 def test_no_match(matcher, pred, golds):
     assert _one(matcher, pred, golds) == MatchResult(exact=False, lemma=False)

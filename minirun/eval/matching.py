@@ -18,7 +18,8 @@ MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fol
 # 3: "’" is an apostrophe, "C++"/"C#" are not "C", every script's dashes and punctuation count, and a prediction
 # of stopwords alone ("and") is not found inside a gold by the bidirectional rule, and an answer ends at " Q:", not
 # at "Q:" inside a word ("NATO HQ: Brussels"); 4: a comma between digits that groups no thousands is a decimal
-# comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), and a lone letter's trailing "-" is part of it ("A-" is no "A")
+# comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), a lone letter's trailing "-" is part of it ("A-" is no "A"),
+# and a word the lemmatiser turns into a lone letter keeps its text ("an" is no "A")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
@@ -92,8 +93,10 @@ class Matcher:
                 part
                 for tok in doc
                 if not tok.is_punct and not tok.is_space
-                # a lone letter is a name ("Vitamin D", "Plan B"), never a word the lemmatiser knows ("d" -> "have")
-                for part in clean(tok.text if len(tok.text) == 1 else tok.lemma_ or tok.text).split()
+                # a lone letter is a name ("Vitamin D", "Plan B"), never a word the lemmatiser knows ("d" -> "have"),
+                # nor what a word lemmatises to ("an" -> "a": a gold "A" was found in "an apple")
+                for part in clean(tok.text if len(tok.text) == 1 or len(tok.lemma_) == 1 else tok.lemma_ or tok.text)
+                .split()
             ]))
         return [self._cache[t] for t in texts]
 
