@@ -14,12 +14,12 @@ left-padded into one batch, a KV cache, logits fused per step (hidden_avg throug
 greedy, stopping at a newline; its forward runs the vocabulary head on each row's last position only
 (transformers' `logits_to_keep=1`, as `generate` and minirun do; `--hand-logits all` runs it on every
 position, as `model(ids).logits[:, -1]` does: the loop measured until the twenty-ninth session). flex
-has no hand-written counterpart; it is compared with the avg loop. Same prompts, same token ids; the answers' agreement is reported next to items/s and the
-ratio. With `--repeats R` each method runs R rounds, minirun and the hand loop alternating, and the
-figures are medians with the per-round ratios beside them: a shared 2-core VM drifts by 10-40 %
-over minutes, and alternating puts both sides under the same drift (the ratio of one round is then
-fairer than either side's items/s). Writes bench/results/sweep-cpu-<dtype>-<date>[-<label>].json
-with the CPU model named.
+has no hand-written counterpart; it is compared with the avg loop. Same prompts, same token ids; the
+answers' agreement is reported next to items/s and the ratio. With `--repeats R` each method runs R rounds,
+minirun and the hand loop alternating, and the figures are medians with the per-round ratios beside them: a
+shared 2-core VM drifts by 10-40 % over minutes, and alternating puts both sides under the same drift (the
+ratio of one round is then fairer than either side's items/s). Writes
+bench/results/sweep-cpu-<dtype>-<date>[-<label>].json with the CPU model named.
 """
 from __future__ import annotations
 

@@ -136,9 +136,10 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
     cache_file = cache_root() / "file-digests.json"
     cached = read_cache(cache_file, "checkpoint file digests")
     cached = cached if isinstance(cached, dict) else {}
-    keys, settled = {}, set()
+    keys, sizes, settled = {}, {}, set()
     for f in files:
         stat = f.stat()
+        sizes[f] = stat.st_size
         keys[f] = (f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|"
                    f"{_signature(f, stat.st_size).hex()}")
         if time.time_ns() - stat.st_mtime_ns > SETTLED_NS:
@@ -153,7 +154,7 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
         write_atomic(cache_file, lambda tmp: tmp.write_text(json.dumps(cached), encoding="utf-8"))
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.name}\0{f.stat().st_size}\0{fresh.get(f) or cached[keys[f]]}\0".encode())
+        digest.update(f"{f.name}\0{sizes[f]}\0{fresh.get(f) or cached[keys[f]]}\0".encode())
     return digest.hexdigest()[:16]
 
 

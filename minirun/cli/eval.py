@@ -149,6 +149,8 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
     """accuracy with its Wilson 95% interval / exact / n / difference vs origin on the items both
     answered (their count when fewer than n), exact McNemar p and Holm's adjustment of it (when
     paired) / tokens per second / items per second, one row per index entry."""
+    from minirun.eval.report import fewer_shared, method_label
+
     keys = list(scores.index.names)
     paired = "p_vs_origin" in scores.columns
     t = Table(title=title)
@@ -158,13 +160,12 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
     for index, row in scores.iterrows():
         labels = list(index) if isinstance(index, tuple) else [index]
         m = keys.index("method")
-        if labels[m] == "per_prompt":  # its `correct` is one prompt's: not an ensemble's
-            labels[m] = "per_prompt (first prompt)"
+        labels[m] = method_label(labels[m])
         items_per_s = row["n"] / row["seconds"] if row["n"] > 0 and row["seconds"] > 0 else float("nan")
         versus = []
         if paired:
-            fewer = pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"]
-            versus = [_number(row["diff_vs_origin"], "+.3f") + (f" (n={int(row['n_vs_origin'])})" if fewer else ""),
+            fewer = fewer_shared(row)
+            versus = [_number(row["diff_vs_origin"], "+.3f") + (f" (n={fewer})" if fewer is not None else ""),
                       _number(row["p_vs_origin"], ".3g"), _number(row["p_vs_origin_holm"], ".3g")]
         interval = "–" if pd.isna(row["ci95_low"]) else f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}"
         t.add_row(*map(str, labels), _number(row["accuracy"], ".3f"), interval, _number(row["exact_accuracy"], ".3f"),

@@ -79,6 +79,8 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
     """One rich table per dataset of a `sweep_table`: a row per method, a column group per model
     (accuracy with its Wilson interval, exact, n, the difference from origin with its exact
     McNemar p, tokens per second)."""
+    from minirun.eval.report import fewer_shared
+
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     tables = []
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
@@ -92,9 +94,9 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
             cells = []
             for model in models:
                 s = row[model]
-                fewer = f", n={int(s['n_vs_origin'])}" if s["n_vs_origin"] < s["n"] else ""  # NaN compares False
+                fewer = fewer_shared(s)
                 versus = "–" if math.isnan(s["diff_vs_origin"]) else \
-                    f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g}{fewer})"
+                    f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g}{f', n={fewer}' if fewer is not None else ''})"
                 cells += ["–"] * 5 if math.isnan(s["n"]) else [
                     f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
                     str(int(s["n"])), versus, "–" if math.isnan(s["tokens_per_second"]) else f"{s['tokens_per_second']:.1f}"]

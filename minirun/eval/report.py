@@ -342,6 +342,18 @@ def _plain(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def method_label(method: str) -> str:
+    """How a table or plot names a method: per_prompt's scores are its first prompt's, and a bare name would
+    read as an ensemble's."""
+    return f"{method} (first prompt)" if method == "per_prompt" else method
+
+
+def fewer_shared(row: pd.Series) -> int | None:
+    """How many items a row's difference from origin rests on, where fewer than the row's n (origin or the
+    method unfinished): the count a reader needs beside that difference; None otherwise."""
+    return int(row["n_vs_origin"]) if pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"] else None
+
+
 def latex(scores: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
     model and method, models in their order in `scores`: a sweep's first is the one the others are
@@ -356,12 +368,10 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     # origin first within each model: the baseline the other rows are compared with
     order = sorted(range(len(index)), key=lambda n: (models.index(index[n][:-1]), index[n][-1] != "origin"))
     for n in order:
-        labels, row = [_tex(str(x)) for x in index[n]], scores.iloc[n]
-        if index[n][-1] == "per_prompt":  # its `correct` is one prompt's: a bare name would read as an ensemble
-            labels[-1] += " (first prompt)"
-        fewer = pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"]  # origin or the row unfinished
+        labels, row = [_tex(str(x)) for x in (*index[n][:-1], method_label(str(index[n][-1])))], scores.iloc[n]
+        fewer = fewer_shared(row)
         versus = ["--", "--"] if pd.isna(row["diff_vs_origin"]) else [
-            f"${row['diff_vs_origin']:+.3f}$" + (f" ($n={int(row['n_vs_origin'])}$)" if fewer else ""),
+            f"${row['diff_vs_origin']:+.3f}$" + (f" ($n={fewer}$)" if fewer is not None else ""),
             _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
@@ -418,9 +428,8 @@ def figure(df: pd.DataFrame) -> Figure:
     acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy (95% Wilson interval)")
     acc.legend(loc="upper right", fontsize="small")
     speed.set(ylabel="generated tokens / s", title="Throughput")
-    labels = [f"{m} (first prompt)" if m == "per_prompt" else m for m in methods]  # one prompt's, not an ensemble's
     for ax in (acc, speed):
-        ax.set_xticks(np.arange(len(methods)), labels)
+        ax.set_xticks(np.arange(len(methods)), list(map(method_label, methods)))
         ax.tick_params(axis="x", labelrotation=30)
     return fig
 

@@ -28,7 +28,7 @@ from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
-from minirun.eval.report import PAIRED, paired_difference, summarize
+from minirun.eval.report import PAIRED, method_label, paired_difference, summarize
 from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 from minirun.paths import write_atomic
@@ -285,8 +285,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
             acc, low, high = (part[(model, m)][ran] for m in ("accuracy", "ci95_low", "ci95_high"))
             errors = [(acc - low).clip(lower=0), (high - acc).clip(lower=0)]  # Wilson's bound can miss 0 by 1e-17
             ax.bar(xs, acc, width, yerr=errors, capsize=3, label=model)
-        labels = [f"{m} (first prompt)" if m == "per_prompt" else m for m in part.index]  # as `report.figure`
-        ax.set_xticks(range(len(part)), labels, rotation=30)
+        ax.set_xticks(range(len(part)), list(map(method_label, part.index)), rotation=30)
         ax.set(ylim=(0, 1), ylabel="accuracy", title=dataset)
         ax.legend(loc="upper right", fontsize="small")
     fig.savefig(path)
