@@ -5,6 +5,7 @@ Two tiny random checkpoints × two bundled datasets × two methods, 2 items each
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -632,3 +634,25 @@ def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_pat
     with pytest.raises(MinirunError, match=r"dataset bare: .*bare.jsonl's 1 items asked have no paraphrases, so avg "
                                            r"would repeat origin"):
         run_sweep(sweep, tmp_path / "out", lambda _: pytest.fail("no model loads"), progress=False)
+
+
+def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path):
+    """A compiled model is held by reference cycles (Dynamo's tracing state keeps its modules) that only
+    the cyclic collector frees, and nothing runs one before the next model loads: a GPU held both of a
+    sweep's 16 GB models at once. The sweep collects before loading the next model."""
+    text = _sweep_text(checkpoint_dirs, {"qwen2": "qwen2", "llama3": "llama"}, ["sample-qa"])
+    weights, alive = [], []
+
+    def load(model):
+        alive.append([w() is not None for w in weights])
+        llm = minirun.load(model.path)
+        llm.cycle = llm  # the cycles a compile leaves, without compiling
+        weights.append(weakref.ref(next(llm.model.parameters())))
+        return llm
+
+    gc.disable()
+    try:
+        run_sweep(load_sweep_file(_file(tmp_path, text)), tmp_path / "out", load, progress=False)
+    finally:
+        gc.enable()
+    assert alive == [[], [False]]

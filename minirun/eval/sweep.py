@@ -12,6 +12,7 @@ is rebuilt from the runs' journals, so it is the same however often the sweep wa
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -158,7 +159,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                     for cell in group:
                         write_atomic(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
                             json.dumps({"key": keys[c.dir]}) + "\n", encoding="utf-8"))
-            del llm  # before the next model loads, not after
+            del llm  # before the next model loads, not after; compiling leaves reference cycles around it (Dynamo's
+            gc.collect()  # tracing state holds its modules) that only a full collection frees, and none may come first
     if rank != 0:
         return None
     table = load_sweep(output)
