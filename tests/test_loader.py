@@ -243,3 +243,30 @@ def test_the_checkpoint_digest_sees_other_weights_and_tokenizers_but_not_timesta
     template = json.loads((ckpt / "tokenizer_config.json").read_text())
     (ckpt / "tokenizer_config.json").write_text(json.dumps({**template, "chat_template": "{{ messages }}"}))
     assert checkpoint_digest(ckpt) != digest
+
+
+def test_the_digest_cache_forgets_files_gone_and_versions_replaced(checkpoint_dirs, tmp_path, monkeypatch):
+    """The cache kept every version of every file ever hashed (568 entries, 12 files still there), read whole
+    on every load: a researcher evaluating each checkpoint of a training run and deleting it grew it without end."""
+    import os
+
+    from minirun.checkpoints.loader import checkpoint_digest
+
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "file-digests.json"
+
+    def settle(ckpt) -> None:
+        for f in ckpt.iterdir():
+            os.utime(f, (1, 1))  # long written: its hash is cached
+
+    old, kept = (shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / name) for name in ("old", "kept"))
+    for ckpt in (old, kept):
+        settle(ckpt)
+        checkpoint_digest(ckpt)
+    files = len(json.loads(cache.read_text())) // 2
+    shutil.rmtree(old)
+    (kept / "config.json").write_text((kept / "config.json").read_text() + " ")  # a new version of one file
+    settle(kept)
+    checkpoint_digest(kept)
+    entries = json.loads(cache.read_text())
+    assert len(entries) == files and all(key.startswith(str(kept.resolve())) for key in entries)
