@@ -347,3 +347,31 @@ def test_the_cpu_sweep_hand_loop_asks_for_last_logits_only_and_answers_alike(che
         full = sweep_cpu.hand_loop(model, rows, method, 0, {3}, 1, head="all")
         assert set(kept) == {None}
         assert last == full and all(len(tokens) == sweep_cpu.NEW_TOKENS or tokens[-1] == 3 for tokens in last)
+
+
+def test_a_random_checkpoint_written_by_two_processes_at_once_or_interrupted_leaves_one_and_no_leftovers(
+        tmp_path, monkeypatch):
+    """Two benchmarks meeting a fresh cache both wrote the checkpoint, and the second's rename onto the first's
+    failed ("Directory not empty"); an interrupted write left its partial copy (GBs) in the cache for good."""
+    import minirun.checkpoints.random as random_module
+
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))
+    write = random_module.random_checkpoint
+
+    def raced(shape: str, out: Path, **kwargs) -> Path:  # another process renames its copy in first
+        write(shape, out.with_name(out.name[1:].rsplit(".", 1)[0]), **kwargs)  # out: .<name>.<pid>
+        return write(shape, out, **kwargs)
+
+    monkeypatch.setattr(random_module, "random_checkpoint", raced)
+    path = bench_run.random_checkpoint_dir("qwen2.5-0.5b", "float32", **TINY)
+    assert (path / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "random").iterdir()] == [path.name]
+
+    def interrupted(shape: str, out: Path, **kwargs) -> Path:
+        write(shape, out, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(random_module, "random_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_run.random_checkpoint_dir("llama-3.2-1b", "float32", **TINY)
+    assert [p.name for p in (tmp_path / "random").iterdir()] == [path.name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -60,7 +61,9 @@ def clock_hooks(marks: dict[str, float], device: torch.device) -> Hooks:
 
 def random_checkpoint_dir(shape: str, dtype: str, **overrides: Any) -> Path:
     """A random checkpoint of `shape` (config `overrides` applied), written once under
-    $MINIRUN_CACHE and reused (0.5 GB+ each at full size)."""
+    $MINIRUN_CACHE and reused (0.5 GB+ each at full size). Written beside it and renamed into place;
+    a process that finds another one's finished first keeps that one, and one interrupted leaves
+    nothing behind (a cut-short Llama-3.2-1B is 2.4 GB no later run would ever reuse or remove)."""
     from minirun.checkpoints.random import random_checkpoint
 
     root = cache_root() / "random"
@@ -68,8 +71,14 @@ def random_checkpoint_dir(shape: str, dtype: str, **overrides: Any) -> Path:
     out = root / name
     if not (out / "model.safetensors").is_file():
         tmp = root / f".{name}.{os.getpid()}"
-        random_checkpoint(shape, tmp, dtype=dtype, **overrides)
-        tmp.rename(out)
+        try:
+            random_checkpoint(shape, tmp, dtype=dtype, **overrides)
+            tmp.rename(out)
+        except OSError:
+            if not (out / "model.safetensors").is_file():  # not another process's rename first: a real failure
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
