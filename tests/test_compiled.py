@@ -152,6 +152,39 @@ def test_a_prefill_after_decoding_records_the_step_again(llm):
     assert counts == {"step": 2}
 
 
+def test_a_session_with_a_recorded_step_is_freed_without_a_collection(llm, monkeypatch):
+    """A recorded step holds the tensors it reads (on CUDA its graph's private pool holds the step's intermediates,
+    the logits among them), so neither it nor its session may sit in a reference cycle: torch 2.11 no longer
+    collects before a recording, and a sampled run's dead sessions kept their graphs until Python's next full
+    collection."""
+    made = []
+
+    class Watched(Captured):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(weakref.ref(self))
+
+    def sampled() -> weakref.ref:
+        session = llm.session(1, 64)
+        session.prefill(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], torch.zeros(1, 3, dtype=torch.int32))
+        session.decode(torch.tensor([8]), torch.tensor([3]))
+        return weakref.ref(session)
+
+    monkeypatch.setattr(engine, "Captured", Watched)
+    flex.set_compiled(True)
+    engine.set_step_graphs("captured")
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            session = sampled()
+        assert len(made) == 1 and made[0]() is None and session() is None
+    finally:
+        gc.enable()
+        engine.set_step_graphs("trees")
+        flex.set_compiled(False)
+
+
 def test_a_compiled_prefill_off_the_chunk_grid_is_refused_in_one_line():
     with pytest.raises(minirun.MinirunError, match="starts and ends on whole 64-token chunks, not 64 tokens at slot 4"):
         chunk_plan(4, 64)

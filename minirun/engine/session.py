@@ -492,8 +492,10 @@ class Session:
             self.hooks.before_decode()
         self.slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         if self.records_steps:
-            if self._captured is None:
-                self._captured = Captured(self.decode_at, (tokens, positions, self.slot), (0, 1), self.device)
+            if self._captured is None:  # `decode_at`'s call, by the tensors alone: a bound method would hold the session
+                self._captured = Captured(compiled_decode_step(self.device), (
+                    self.model, tokens, positions, self.slot, self.full_mask(), self.segments, self.log_weights,
+                    self.fusion, self.head_mix), (1, 2), self.device)
             logits = self._captured(tokens, positions)
         elif flex.is_compiled():
             logits = self.decode_at(tokens, positions, self.slot)

@@ -130,12 +130,14 @@ class Captured:
     """`fn(*args)` recorded once (`capture`), then replayed with new values for the tensors at positions
     `changing`: they are copied into the recorded ones, every other argument must stay the very same
     tensors with contents updated in place. One replay a call instead of torch.compile's guards and its
-    CUDA-graph tree's per-call checks; the result is a copy, as the next replay overwrites the recorded one."""
+    CUDA-graph tree's per-call checks; the result is a copy, as the next replay overwrites the recorded one.
+    The replay holds `fn` and `args`, never this object: a cycle through it would keep the graph and its
+    memory until Python's next full collection (`fn` must not hold its owner either)."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], args: tuple, changing: tuple[int, ...], device: torch.device):
-        self.args = tuple(a.clone() if i in changing else a for i, a in enumerate(args))
+        self.args = recorded = tuple(a.clone() if i in changing else a for i, a in enumerate(args))
         self.changing = changing
-        self.replay, self.output = capture(lambda: fn(*self.args), device)
+        self.replay, self.output = capture(lambda: fn(*recorded), device)
 
     def __call__(self, *values: torch.Tensor) -> torch.Tensor:
         for i, value in zip(self.changing, values, strict=True):
