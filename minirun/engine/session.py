@@ -480,8 +480,12 @@ class Session:
     def decode_at(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """The compiled step's device work for tokens, positions [B] at cache `slot` [1], a tensor the caller
         advances: no host bookkeeping (`length`, hooks), so a recording of it replays as it is."""
-        return compiled_decode_step(self.device)(self.model, tokens, positions, slot, self.full_mask(), self.segments,
-                                                 self.log_weights, self.fusion, self.head_mix)
+        return compiled_decode_step(self.device)(*self.step_args(tokens, positions, slot))
+
+    def step_args(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor) -> tuple:
+        """`decode_step`'s arguments: tokens, positions and slot at 1-3, the session's tensors around them."""
+        return (self.model, tokens, positions, slot, self.full_mask(), self.segments, self.log_weights, self.fusion,
+                self.head_mix)
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -492,10 +496,9 @@ class Session:
             self.hooks.before_decode()
         self.slot.fill_(self.length)  # a scalar fill, not a host-to-device copy: no sync on GPU
         if self.records_steps:
-            if self._captured is None:  # `decode_at`'s call, by the tensors alone: a bound method would hold the session
-                self._captured = Captured(compiled_decode_step(self.device), (
-                    self.model, tokens, positions, self.slot, self.full_mask(), self.segments, self.log_weights,
-                    self.fusion, self.head_mix), (1, 2), self.device)
+            if self._captured is None:  # `decode_at`'s call by its arguments: a bound method would hold the session
+                args = self.step_args(tokens, positions, self.slot)
+                self._captured = Captured(compiled_decode_step(self.device), args, (1, 2), self.device)
             logits = self._captured(tokens, positions)
         elif flex.is_compiled():
             logits = self.decode_at(tokens, positions, self.slot)
