@@ -94,8 +94,9 @@ def capture(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[Call
     """Record `run` (no host syncs, tensors only) once; returns (replay, output): each replay recomputes
     `output` in place from whatever its recorded inputs hold then. On CUDA a graph of its own, warmed up
     first on a side stream (a first call compiles and autotunes, which synchronises, and a capture allows
-    no sync); elsewhere a replay is a plain call copied into the same output, so the bookkeeping runs (and
-    is tested) on CPU too."""
+    no sync) and recorded on it: torch's default capture stream is made once per process on whichever GPU
+    was current, so a model on another (`cuda:1`) would record nothing and replay nothing. Elsewhere a
+    replay is a plain call copied into the same output, so the bookkeeping runs (and is tested) on CPU too."""
     if device.type != "cuda":
         output = run()
         return (lambda: output.copy_(run()), output)
@@ -106,7 +107,7 @@ def capture(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[Call
             run()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):  # not torch's capture stream: made once, on the device current then
         output = run()
     return Replay(graph, run), output
 
