@@ -401,11 +401,25 @@ def test_a_cuda_replay_keeps_the_tensors_its_recording_uses_alive(monkeypatch):
         def wait_stream(self, other) -> None:
             pass
 
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    made, used = [], {}
+
+    def new_stream(device=None) -> Stream:
+        made.append(Stream())
+        return made[-1]
+
+    def warm_up_on(stream: Stream) -> contextlib.nullcontext:
+        used["warm-up"] = stream
+        return contextlib.nullcontext()
+
+    def record_on(graph: Graph, stream: Stream | None = None) -> contextlib.nullcontext:
+        used["capture"] = stream
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", warm_up_on)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", record_on)
 
     def record():
         counter, output = torch.zeros(1), torch.zeros(1)
@@ -417,6 +431,7 @@ def test_a_cuda_replay_keeps_the_tensors_its_recording_uses_alive(monkeypatch):
     assert counter() is not None  # alive while the replay is
     replay()
     assert Graph.replays == 1 and output.item() == 3  # two warm-ups and the recording's call ran here
+    assert used == {"warm-up": made[0], "capture": made[0]}  # recorded on its own stream, not torch's default one
     del replay
     gc.collect()
     assert counter() is None  # and freed with it
