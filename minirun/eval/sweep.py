@@ -159,8 +159,10 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                     for cell in group:
                         write_atomic(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
                             json.dumps({"key": keys[c.dir]}) + "\n", encoding="utf-8"))
-            del llm  # before the next model loads, not after; compiling leaves reference cycles around it (Dynamo's
-            gc.collect()  # tracing state holds its modules) that only a full collection frees, and none may come first
+            # Freed before the next model loads, not after: compiling leaves reference cycles around a model
+            # (Dynamo's tracing state holds its modules) that only a full collection frees, and none may come first.
+            del llm
+            gc.collect()
     if rank != 0:
         return None
     table = load_sweep(output)
