@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from checkpoints import write_checkpoint
+from op_counts import OpCounts
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import minirun
@@ -194,3 +195,16 @@ def test_a_batch_is_scored_where_each_of_its_questions_fits_alone(llm):
         for q, c, b in zip((long_q, short_q), choices, together, strict=True):
             a = score_choices(llm, method, [q], [c], options)[0]
             assert b.choice == a.choice and max(abs(x - y) for x, y in zip(b.scores, a.scores, strict=True)) <= ATOL
+
+
+@pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "hidden_avg", "flex"])
+def test_options_scores_are_read_to_the_host_at_once_not_one_by_one(llm, method):
+    """Each option's log-likelihood was read with `.item()`, a wait for the device per option (MMLU's 4 x 14k on a
+    GPU); now a question's options are read together."""
+    score(llm, method)  # the few-shot head encoded and kept: each call below reads alike before the options
+    reads = []
+    for choices in (CHOICES[:2], CHOICES):
+        with OpCounts() as ops:
+            score(llm, method, choices=choices)
+        reads.append(ops.scalar_reads())
+    assert reads[0] == reads[1] > 0  # a prefill's padding check reads one; the options add none

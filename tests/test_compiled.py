@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from op_counts import OpCounts
 from torch._dynamo.utils import counters
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes
 
 import minirun
 from minirun.engine import generate
@@ -291,26 +292,11 @@ def test_a_bad_recompile_limit_is_one_line(monkeypatch, value):
         recompile_limit()
 
 
-SCALAR_READS = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
-
-
-class _ScalarReads(TorchDispatchMode):
-    """Counts the aten ops a Python script runs; SCALAR_READS wait for the device (.item(), int(t), if t:)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count[func] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("method", ["origin", "per_prompt", "avg", "max", "weighted_avg", "weighted_max", "hidden_avg",
                                     "flex"])
 def test_decode_loop_reads_no_scalars_from_the_device(llm, monkeypatch, method):
     """Fusion, sampling and slot bookkeeping never wait for the device; only the model step is excluded."""
-    recorder = _ScalarReads()
+    recorder = OpCounts()
     real_step, real_loop = engine.decode_step, runner.decode_loop
 
     def step(*args, **kwargs):
@@ -325,7 +311,7 @@ def test_decode_loop_reads_no_scalars_from_the_device(llm, monkeypatch, method):
     monkeypatch.setattr(runner, "decode_loop", loop)
     run(llm, method, "Capital of France?")
     assert sum(recorder.count.values()) > 0  # the recorder saw the loop's work
-    assert sum(recorder.count[op] for op in SCALAR_READS) == 0
+    assert recorder.scalar_reads() == 0
 
 
 def test_prefill_regions_serve_every_block_with_one_graph(checkpoint_dirs, compiled):

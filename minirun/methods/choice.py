@@ -161,13 +161,13 @@ def _options_pass(llm: EnsembleModel, session: Session, option_rows: list[Row]) 
 def _option_logprobs(predictors: list[torch.Tensor], targets: list[list[int]], rule,
                      weights: torch.Tensor | None) -> list[float]:
     """Each option's summed log-likelihood under the fused distribution (rows fused per token with `rule`;
-    None: one row)."""
+    None: one row), read to the host at once: one wait for the device per call, not one per option."""
     sums = []
     for logits, ids in zip(predictors, targets):
         fused = logits[0] if rule is None else torch.stack([rule(logits[:, j], weights) for j in range(len(ids))])
         logp = fused.log_softmax(-1).gather(-1, torch.tensor(ids, device=fused.device)[:, None])[:, 0]
-        sums.append(logp.sum().item())
-    return sums
+        sums.append(logp.sum())
+    return torch.stack(sums).tolist()
 
 
 def option_scores(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) -> list[float]:
