@@ -23,7 +23,8 @@ from minirun.bench.run import write_json
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import load
 from minirun.eval.data import load_dataset
-from minirun.eval.loop import SUFFIX, few_shot_prefixes
+from minirun.eval.loop import few_shot_prefixes
+from minirun.eval.prompts import MINIRUN
 from minirun.layers import flex
 from minirun.layers.calibrate import cpu_facts
 from minirun.methods.packing import encode_question
@@ -71,7 +72,8 @@ def main() -> None:
     for name in ("sample-qa", "sample-fill"):
         items = load_dataset(name)[:args.items]
         prefixes = few_shot_prefixes(items, None, name, None, 5)
-        prompts += [encode_question(llm, [item.question], prefixes[item.task] + "Q: ", SUFFIX).full(0) for item in items]
+        prompts += [encode_question(llm, [item.question], prefixes[item.task] + MINIRUN.lead, MINIRUN.cue).full(0)
+                    for item in items]
     answers: dict[str, list[list[int]]] = {name: [] for name in engines}
     firsts: dict[str, list[torch.Tensor]] = {name: [] for name in engines}
     for ids in prompts:

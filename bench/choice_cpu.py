@@ -22,7 +22,8 @@ from minirun.bench.run import write_json
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import load
 from minirun.eval.data import load_dataset
-from minirun.eval.loop import SUFFIX, few_shot_prefixes
+from minirun.eval.loop import few_shot_prefixes
+from minirun.eval.prompts import MINIRUN
 from minirun.layers.calibrate import cpu_facts
 from minirun.methods import EnsembleOptions, Question
 from minirun.methods.choice import score_choices
@@ -51,7 +52,7 @@ def main() -> None:
     for method in METHODS:
         four, one = [], []
         for item in items:
-            q = Question(item.question, item.prompts, prefix + "Q: ", SUFFIX)
+            q = Question(item.question, item.prompts, prefix + MINIRUN.lead, MINIRUN.cue)
             score_choices(llm, method, [q], [item.choices], options)  # warm-up for this prompt shape
             four.append(min(seconds(lambda: score_choices(llm, method, [q], [item.choices], options))
                             for _ in range(args.repeats)))

@@ -28,7 +28,8 @@ from minirun.bench.run import run_bench, write_json  # noqa: E402
 from minirun.checkpoints.hub import default_model_path  # noqa: E402
 from minirun.engine.llm import load  # noqa: E402
 from minirun.eval.data import load_dataset  # noqa: E402
-from minirun.eval.loop import STOP, SUFFIX, few_shot_prefixes  # noqa: E402
+from minirun.eval.loop import STOP, few_shot_prefixes  # noqa: E402
+from minirun.eval.prompts import MINIRUN  # noqa: E402
 from minirun.eval.matching import extract_answer  # noqa: E402
 from minirun.layers import flex  # noqa: E402
 from minirun.layers.calibrate import cpu_facts  # noqa: E402
@@ -61,7 +62,7 @@ def cached_vs_recompute(model: str, items_per_dataset: int | None) -> dict:
         prefixes = few_shot_prefixes(items, None, dataset, None, 5)
         differ, examples = 0, []
         for item in items:
-            question = Question(item.question, item.prompts[:PROMPTS], prefixes[item.task] + "Q: ", SUFFIX)
+            question = Question(item.question, item.prompts[:PROMPTS], prefixes[item.task] + MINIRUN.lead, MINIRUN.cue)
             cached = extract_answer(run_method(llm, "hidden_avg", [question], options)[0].text, STOP)
             enc = encode_question(llm, question.paraphrases, question.prefix, question.suffix)
             ids = recompute_hidden_avg(llm, enc, layer, 1.0, 24,

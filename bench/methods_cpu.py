@@ -13,7 +13,7 @@ from pathlib import Path
 from minirun import load
 from minirun.bench.run import run_bench, write_json
 from minirun.eval.data import load_dataset, load_fewshot
-from minirun.eval.prompts import build_prefix
+from minirun.eval.prompts import MINIRUN, build_prefix
 from minirun.methods.packing import encode_question, packed_row
 
 METHODS = ["origin", "per_prompt", "avg", "max", "weighted_avg", "weighted_max", "flex"]
@@ -25,7 +25,7 @@ def flex_cache_bytes(model: str) -> dict:
     c = llm.config
     per_slot = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4  # float32 K and V
     item = load_dataset("sample-qa")[0]
-    prefix = build_prefix("qa", load_fewshot("sample-qa"), k=5) + "Q: "
+    prefix = build_prefix("qa", load_fewshot("sample-qa"), k=5) + MINIRUN.lead
     enc = encode_question(llm, item.prompts[:5], prefix, "\nA:")
     shared = len(packed_row(enc, share_head=True).tokens)
     repeated = len(packed_row(enc, share_head=False).tokens)

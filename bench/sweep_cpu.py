@@ -39,7 +39,8 @@ from minirun.bench.run import write_json
 from minirun.checkpoints.hub import default_model_path
 from minirun.engine.llm import LLM, load
 from minirun.eval.data import load_dataset
-from minirun.eval.loop import STOP, SUFFIX, evaluate, few_shot_prefixes
+from minirun.eval.loop import STOP, evaluate, few_shot_prefixes
+from minirun.eval.prompts import MINIRUN
 from minirun.eval.matching import extract_answer
 from minirun.layers.calibrate import cpu_facts
 from minirun.methods.packing import encode_question
@@ -104,7 +105,7 @@ def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str,
     start = time.perf_counter()
     for item in items:
         prompts = [item.question] if method == "origin" else item.prompts[:PROMPTS]
-        enc = encode_question(llm, prompts, prefixes[item.task] + "Q: ", SUFFIX)
+        enc = encode_question(llm, prompts, prefixes[item.task] + MINIRUN.lead, MINIRUN.cue)
         rows = [enc.full(i) for i in range(len(prompts))]
         out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, newline | llm.eos_ids, layer,
                         head)

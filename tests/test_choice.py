@@ -37,7 +37,8 @@ def score(llm, method, paraphrases=PARAS, choices=CHOICES, **kw):
 
 def harness_log_likelihoods(path, context: str, choices: list[str]) -> list[float]:
     """lm-evaluation-harness's loglikelihood with transformers' own tokenizer and model: the option's ids
-    are those of `context + " " + option` after the context's, its trailing whitespace moved to the option."""
+    are those of `context + " " + option` after the context's. A context ending in whitespace takes minirun's
+    rule (`choice.plain_context`): that whitespace starts the option in place of the space."""
     tok = AutoTokenizer.from_pretrained(path)
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     spaces = len(context) - len(context.rstrip())

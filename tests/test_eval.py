@@ -156,6 +156,74 @@ def test_verdicts_of_another_matcher_are_not_mixed_in(tiny, items, tmp_path, rec
         evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
 
 
+@pytest.mark.parametrize("dataset,choice_format", [("mmlu", "letters"), ("mmlu", "cloze"),
+                                                    ("commonsense_qa", "letters"), ("commonsense_qa", "cloze")])
+def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp_path, monkeypatch, dataset,
+                                                                        choice_format):
+    """MMLU and CommonsenseQA prompts are the text of lm-evaluation-harness's tasks (mmlu, mmlu_continuation,
+    commonsense_qa), questions stripped as its templates strip them, demonstrations included."""
+    shot = dataclasses.replace(load_fewshot("sample-choice")[0], relation="astronomy")
+    shot = dataclasses.replace(shot, question=f"  {shot.question}\n")
+    test = Item("t1", " What is X?\n", [], ["b"], "choice", "astronomy", ["a", "b", "c", "d", "e"], 1)
+    asked = []
+    real = loop.score_choices
+    monkeypatch.setattr(loop, "score_choices",
+                        lambda llm, method, qs, *a: asked.extend(qs) or real(llm, method, qs, *a))
+    settings = {**SETTINGS, "dataset": dataset, "few_shot_k": 1, "choice_format": choice_format, "chat": False}
+    evaluate(tiny, [test], ["origin"], tmp_path, fewshot_items=[shot], **settings)
+    (q,) = asked
+    letters = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCDE", test.choices)) + "\nAnswer:"
+    shot_letters = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", shot.choices)) + "\nAnswer:"
+    shot_q, right = shot.question.strip(), shot.choices[shot.answer]
+    expected = {
+        ("mmlu", "letters"): "The following are multiple choice questions (with answers) about astronomy.\n\n"
+                             f"{shot_q}{shot_letters} {'ABCD'[shot.answer]}\n\nWhat is X?{letters}",
+        ("mmlu", "cloze"): "The following are questions (with answers) about astronomy.\n\n"
+                           f"Question: {shot_q}\nAnswer: {right}\n\nQuestion: What is X?\nAnswer:",
+        ("commonsense_qa", "letters"): f"Question: {shot_q}{shot_letters} {'ABCD'[shot.answer]}\n\n"
+                                       f"Question: What is X?{letters}",
+        ("commonsense_qa", "cloze"): f"Question: {shot_q}\nAnswer: {right}\n\nQuestion: What is X?\nAnswer:",
+    }[(dataset, choice_format)]
+    assert q.prefix + q.paraphrases[0] + q.suffix == expected
+    assert json.loads((tmp_path / "run.json").read_text())["run_key"]["prompt_format"].startswith("harness")
+
+
+def test_an_mmlu_demonstration_may_share_a_generic_stem_but_never_a_test_question_s_answer():
+    """MMLU's dev examples are apart from its test questions, but generic stems recur across subjects: one
+    is a demonstration unless its right option is the test question's too (then it would hand over the answer)."""
+    from minirun.eval.loop import few_shot_prefixes
+
+    stem = "Which of the following is true?"
+    tests = [Item("t", stem, [], ["Water is wet."], "choice", "physics", ["Water is wet.", "Fire is cold."], 0),
+             Item("u", "Is a signed contract binding?", [], ["Yes."], "choice", "law", ["Yes.", "No."], 0)]
+    dev = [Item(f"d{i}", stem if i == 0 else f"Dev question {i}?", [], [f"Option {i}."], "choice", subject,
+                [f"Option {i}.", "Other."], 0) for i, subject in enumerate(["law", "law", "physics", "physics"])]
+    heads = few_shot_prefixes(tests, dev, "mmlu", None, 2)
+    assert heads["choice:law"].count(stem) == 1 and stem not in heads["choice:physics"]
+    leaked = [dataclasses.replace(dev[0], choices=["Fire is cold.", "Water is wet."], answer=1), *dev[1:]]
+    with pytest.raises(MinirunError, match="1 of the 2 few-shot choice:law examples are questions under test"):
+        few_shot_prefixes(tests, leaked, "mmlu", None, 2)
+
+
+def test_rows_of_minirun_s_own_prompt_format_resume_and_mmlu_s_old_ones_are_refused(tiny, items, tmp_path):
+    """Runs recorded before the format was keyed wrote minirun's blocks: a sample-qa run resumes (its prompts are
+    what they were), an MMLU run does not (its prompts are now the harness's)."""
+    evaluate(tiny, items[:1], ["origin"], tmp_path / "qa", **SETTINGS)
+    info = json.loads((tmp_path / "qa" / "run.json").read_text())
+    assert info["run_key"].pop("prompt_format") == "minirun"
+    (tmp_path / "qa" / "run.json").write_text(json.dumps(info))
+    assert len(evaluate(tiny, items[:1], ["origin", "avg"], tmp_path / "qa", **SETTINGS)) == 2
+    choice = [dataclasses.replace(item, relation=None) for item in load_dataset("sample-choice")[:1]]
+    settings = {**SETTINGS, "dataset": "mmlu", "choice_format": "letters"}
+    evaluate(tiny, choice, ["origin"], tmp_path / "mmlu", fewshot_items=load_fewshot("sample-choice"), **settings)
+    info = json.loads((tmp_path / "mmlu" / "run.json").read_text())
+    assert info["run_key"].pop("prompt_format") == "harness mmlu"
+    (tmp_path / "mmlu" / "run.json").write_text(json.dumps(info))
+    with pytest.raises(MinirunError, match="prompt_format: 'minirun' -> 'harness mmlu'"):
+        evaluate(tiny, choice, ["origin", "avg"], tmp_path / "mmlu", fewshot_items=load_fewshot("sample-choice"),
+                 **settings)
+
+
 def test_a_file_system_without_locks_runs_unguarded(tiny, items, tmp_path, monkeypatch, caplog):
     import errno
     import fcntl
@@ -294,15 +362,16 @@ def test_mmlu_asks_each_subject_under_its_own_head(tiny, tmp_path, monkeypatch):
     assert sorted(table["id"]) == sorted(item.id for item in tests)
     assert [len(h) for h in heads] == [1, 1, 1, 1]  # 3 + 3 questions in batches of 2: never a mixed batch
     physics, virology = sorted({next(iter(h)) for h in heads})
-    assert physics.startswith("The following are multiple choice questions (with answers) about high school physics.")
-    assert virology.startswith("The following are multiple choice questions (with answers) about virology.")
+    # the cloze format is the harness's mmlu_continuation, whose heads say "questions", not "multiple choice"
+    assert physics.startswith("The following are questions (with answers) about high school physics.\n\nQuestion: ")
+    assert virology.startswith("The following are questions (with answers) about virology.")
     assert physics.index(dev[0].question) < physics.index(dev[2].question) and dev[1].question not in physics
     with pytest.raises(MinirunError, match="no few-shot examples of MMLU subject 'virology'"):
         evaluate(tiny, tests, ["origin"], tmp_path / "none", fewshot_items=dev[::2], **settings)
     heads.clear()  # examples that name no subject (a plain choice file) make one head, as for any dataset
     evaluate(tiny, tests, ["origin"], tmp_path / "plain", fewshot_items=[replace(e, relation=None) for e in dev],
              **settings)
-    assert len(set().union(*heads)) == 1 and "multiple choice questions" not in next(iter(heads[0]))
+    assert len(set().union(*heads)) == 1 and "The following are" not in next(iter(heads[0]))
 
 
 def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):

@@ -165,11 +165,12 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
 def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], prefix: str, suffix: Optional[str],
               few_shot: bool, options: EnsembleOptions, as_json: bool) -> None:
     from minirun.eval.data import ensemble_prompts
+    from minirun.eval.prompts import MINIRUN
     from minirun.methods import Question, run_method
 
-    suffix = ("\nA:" if few_shot else "") if suffix is None else suffix
-    if few_shot:
-        prefix += "Q: "
+    suffix = (MINIRUN.cue if few_shot else "") if suffix is None else suffix
+    if few_shot:  # eval's blocks, as the few-shot head built from a JSONL is
+        prefix += MINIRUN.lead
     clock = _Clock()
     result = run_method(llm, method, [Question(question, ensemble_prompts(question, paraphrases), prefix, suffix)],
                         options)[0]

@@ -27,7 +27,7 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, extract_answer, matcher_name
-from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, build_prefix, option_list
+from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
 from minirun.eval.results import ResultStore, merge, read_results
 from minirun.layers.calibrate import seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
@@ -40,7 +40,6 @@ from minirun.text import normalize
 log = logging.getLogger("minirun")
 
 STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
-SUFFIX = "\nA:"
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this
 
@@ -97,9 +96,12 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
                       k: int, choice_format: str = "cloze") -> dict[str, str]:
     """Instruction + k examples per head (`head_key`): the dataset's own few-shot file unless given, drawn from
     that task's examples only and never from the questions under test: a demonstration that is a test
-    question hands the model its gold answer. MMLU gets a head per subject from that subject's dev examples,
-    as lm-evaluation-harness builds it."""
-    tested = {normalize(p) for item in items for p in (item.question, *item.paraphrases)}
+    question hands the model its gold answer (a multiple-choice one when its right option is the same too:
+    MMLU's generic stems, "Which of the following is true?", recur across subjects with other answers). MMLU
+    gets a head per subject from that subject's dev examples, as lm-evaluation-harness builds it, in its
+    format (`prompts.prompt_format`)."""
+    tested = {_asked(item, p) for item in items for p in (item.question, *item.paraphrases)}
+    fmt = prompt_format(dataset, choice_format)
     per_subject = subject_heads(dataset, fewshot_items)
     subjects = {item.relation for item in items} if per_subject else set()
     subset = next(iter(subjects)) if len(subjects) == 1 else None  # one subject: load its dev examples alone
@@ -118,13 +120,18 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
             tasks = ", ".join(sorted({example.task for example in fewshot_items or []}))
             raise MinirunError(f"the few-shot items are {tasks} items but the dataset's are {t}: their prompts would "
                                f"teach another format; give few-shot items of task {t}, or --few-shot-k 0")
-        examples = [e for e in pool if normalize(e.question) not in tested]
+        examples = [e for e in pool if _asked(e, e.question) not in tested]
         if len(examples) < min(k, len(pool)):
             raise MinirunError(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {key} examples are questions "
                                f"under test, which leaves {len(examples)} for --few-shot-k {k}: give few-shot items "
                                "apart from the test set, or lower --few-shot-k")
-        out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None)
+        out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None, fmt=fmt)
     return out
+
+
+def _asked(item: Item, wording: str) -> tuple[str, str | None]:
+    """What a demonstration must not repeat of a test question: its wording, and its right option if it has options."""
+    return normalize(wording), None if item.choices is None else normalize(item.choices[item.answer])
 
 
 Lane = tuple[int, str]  # (run, method): one method's batches of one run
@@ -148,6 +155,7 @@ class Run:
     original: bool
     choice_format: str
     per_subject: bool  # MMLU's head per subject (`subject_heads`)
+    prompt_format: PromptFormat  # how its question blocks are written
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
@@ -191,7 +199,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if all(choice) and bidirectional:
         raise MinirunError(f"--match bidirectional compares generated answers; {dataset}'s items are multiple choice, "
                            "scored by their options: drop it")
-    prompts = {item.id: ensemble_prompts(item.question, item.paraphrases, original)[:num_prompts] for item in items}
+    fmt = prompt_format(dataset, choice_format)
+    prompts = {item.id: ensemble_prompts(fmt.question(item.question), [fmt.question(p) for p in item.paraphrases],
+                                         original)[:num_prompts] for item in items}
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
@@ -206,6 +216,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
         "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
+        "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
@@ -215,7 +226,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                        else getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
-               num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items))
+               num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items),
+               fmt)
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
@@ -315,8 +327,8 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         for (i, method), batch in schedule(lanes):
             run = runs[i]
             bar.update(overall, description=f"eval {method}")
-            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + "Q: ",
-                           _suffix(item, run.choice_format)) for item in batch]
+            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
+                           _suffix(item, run.choice_format, run.prompt_format)) for item in batch]
             rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
                               run.choice_format)
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
@@ -359,9 +371,9 @@ def schedule(lanes: dict[Lane, list[list[Item]]]) -> list[tuple[Lane, list[Item]
     return order
 
 
-def _suffix(item: Item, choice_format: str) -> str:
+def _suffix(item: Item, choice_format: str, fmt: PromptFormat) -> str:
     """What follows each prompt: "A:" before a generated or cloze-scored answer, else the lettered options."""
-    return option_list(item.choices) if item.choices is not None and choice_format == "letters" else SUFFIX
+    return option_list(item.choices) if item.choices is not None and choice_format == "letters" else fmt.cue
 
 
 def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,

@@ -1,12 +1,14 @@
 """Few-shot prompts as plain strings, split into a shared prefix and a per-paraphrase question block.
 
 Every paraphrase of an item (and every item) shares the same prefix, so the runtime can encode
-it once and reuse its KV cache; only `question_block(paraphrase)` differs. Chat templates are
-the runtime's job, not ours.
+it once and reuse its KV cache; only `question_block(paraphrase)` differs. The blocks are minirun's
+("Q: … A:") except for the benchmarks lm-evaluation-harness defines (`prompt_format`). Chat templates
+are the runtime's job, not ours.
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
@@ -16,14 +18,56 @@ INSTRUCTIONS = {
     "fill": "Complete the sentence with the missing word or short phrase: give only the missing part.",
     "choice": "Answer the question from general world knowledge with the correct option.",
 }
-SUBJECT_INSTRUCTION = "The following are multiple choice questions (with answers) about {}."  # MMLU's, the harness's
 CHOICE_FORMATS = ("cloze", "letters")
 LETTERS = "ABCDEFGHIJ"
 
 
-def question_block(paraphrase: str) -> str:
-    """The per-paraphrase tail of a prompt; the model's answer follows 'A:'."""
-    return f"Q: {paraphrase}\nA:"
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question and its few-shot head are written. minirun's own blocks ("Q: … A:") serve every
+    dataset but the benchmarks whose lm-evaluation-harness template is the one papers report against:
+    there the very same text, so an origin score can be set beside the harness's."""
+
+    name: str  # recorded in a run's key: rows of two formats never share a table
+    lead: str  # before each question
+    cue: str  # after a question whose answer is generated or scored as a cloze continuation
+    strip: bool = False  # questions without surrounding whitespace (the harness's `question.strip()`)
+    header: str | None = None  # the head's first line ("{}": the MMLU subject); None: the task's instruction
+
+    def heading(self, task: str, subject: str | None) -> str:
+        """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
+        if self.header is None or (subject is None and "{}" in self.header):
+            return INSTRUCTIONS[task]
+        return self.header.format((subject or "").replace("_", " "))
+
+    def question(self, text: str) -> str:
+        """A question or paraphrase as the format writes it."""
+        return text.strip() if self.strip else text
+
+
+MINIRUN = PromptFormat("minirun", "Q: ", "\nA:")
+# lm-evaluation-harness's templates (tasks/mmlu/default, mmlu/continuation and commonsense_qa/default.yaml):
+# letters after the question then "Answer:", a cloze option after "Answer:"; the harness's MMLU heads describe
+# the subject, CommonsenseQA's has none (and no cloze task: its cloze blocks are the letters' without the letters)
+HARNESS = {
+    ("mmlu", "letters"): PromptFormat("harness mmlu", "", "\nAnswer:", True,
+                                      "The following are multiple choice questions (with answers) about {}."),
+    ("mmlu", "cloze"): PromptFormat("harness mmlu_continuation", "Question: ", "\nAnswer:", True,
+                                    "The following are questions (with answers) about {}."),
+    ("commonsense_qa", "letters"): PromptFormat("harness commonsense_qa", "Question: ", "\nAnswer:", True, ""),
+    ("commonsense_qa", "cloze"): PromptFormat("harness-style commonsense_qa cloze", "Question: ", "\nAnswer:", True,
+                                              ""),
+}
+
+
+def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
+    """The format `dataset`'s prompts are written in: the harness's for its benchmarks, else minirun's."""
+    return HARNESS.get((dataset, choice_format), MINIRUN)
+
+
+def question_block(paraphrase: str, fmt: PromptFormat = MINIRUN) -> str:
+    """The per-paraphrase tail of a prompt; the model's answer follows the format's cue ('A:')."""
+    return f"{fmt.lead}{fmt.question(paraphrase)}{fmt.cue}"
 
 
 def option_list(choices: list[str]) -> str:
@@ -33,27 +77,22 @@ def option_list(choices: list[str]) -> str:
     return "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, choices)) + "\nAnswer:"
 
 
-def example_block(item: Item, choice_format: str = "cloze") -> str:
+def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = MINIRUN) -> str:
     """One worked example: the item's question and its first (canonical) answer (or its letter)."""
     if item.choices is not None and choice_format == "letters":
-        return f"Q: {item.question}{option_list(item.choices)} {LETTERS[item.answer]}"
-    return f"{question_block(item.question)} {item.answers[0]}"
+        return f"{fmt.lead}{fmt.question(item.question)}{option_list(item.choices)} {LETTERS[item.answer]}"
+    return f"{question_block(item.question, fmt)} {item.answers[0]}"
 
 
 def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze",
-                 subject: str | None = None) -> str:
-    """Instruction plus `k` examples drawn with `seed`; ends with a blank line so that
-    `prefix + question_block(p)` is the full prompt. An MMLU `subject` gets lm-evaluation-harness's head
-    instead: its description naming the subject and the first k examples in order (its `first_n`)."""
+                 subject: str | None = None, fmt: PromptFormat = MINIRUN) -> str:
+    """The format's heading plus `k` examples drawn with `seed`; ends with a blank line so that
+    `prefix + question_block(p, fmt)` is the full prompt (an empty heading and k = 0: no prefix at all). An
+    MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`)."""
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
         raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k (--few-shot-k)")
-    if subject is None:
-        instruction, shots = INSTRUCTIONS[task], random.Random(seed).sample(examples, k)
-    else:
-        instruction, shots = SUBJECT_INSTRUCTION.format(subject.replace("_", " ")), examples[:k]
-    blocks = [example_block(shot, choice_format) for shot in shots]
-    return "\n\n".join([instruction, *blocks]) + "\n\n"
-
-
+    shots = examples[:k] if subject is not None else random.Random(seed).sample(examples, k)
+    blocks = [fmt.heading(task, subject)] + [example_block(shot, choice_format, fmt) for shot in shots]
+    return "".join(f"{block}\n\n" for block in blocks if block)

@@ -27,7 +27,7 @@ COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct",
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
 # Run-key entries recorded since a version of minirun whose earlier runs made rows another way: a key that
 # lacks one holds rows made that way (entries not listed here, missing, are simply not compared).
-RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1"}
+RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "minirun"}
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, gold answer or option was edited)",

@@ -62,9 +62,10 @@ def option_texts(choices: list[str]) -> list[str]:
 
 
 def plain_context(question: Question) -> tuple[Question, str]:
-    """lm-evaluation-harness's split for a prompt without a chat template: whitespace that ends the prompt
-    ("A: ") belongs to the option (" Paris"), as the text would be written; it is taken off the prompt and
-    returned to start every option, a space where the prompt ends without one."""
+    """The prompt/option split without a chat template: every option starts with a space, as
+    lm-evaluation-harness's delimiter does, unless whitespace already ends the prompt ("A: "), which then
+    starts the option instead, as the text would be written (" Paris"; the harness would add its space as
+    well, "  Paris"); it is taken off the prompt and returned."""
     if question.suffix:
         kept = question.suffix.rstrip()
         return replace(question, suffix=kept), question.suffix[len(kept):] or " "
