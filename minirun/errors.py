@@ -1,2 +1,11 @@
 class MinirunError(Exception):
     """A user-facing error: its message names the problem and the fix."""
+
+
+class PromptTooLong(MinirunError):
+    """A prompt that leaves no room in the model's context. `question` is its index among the questions asked
+    together, so a caller that knows their names (eval's item ids, among thousands) can say which one it is."""
+
+    def __init__(self, message: str, question: int):
+        super().__init__(message)
+        self.question = question

@@ -205,6 +205,23 @@ def test_an_mmlu_demonstration_may_share_a_generic_stem_but_never_a_test_questio
         few_shot_prefixes(tests, leaked, "mmlu", None, 2)
 
 
+@pytest.mark.parametrize("method,dataset", [("origin", "sample-qa"), ("avg", "sample-qa"), ("flex", "sample-qa"),
+                                            ("weighted_avg", "sample-qa"), ("avg", "sample-choice")])
+def test_a_prompt_too_long_for_the_context_names_its_item(tiny, tmp_path, method, dataset):
+    """A dataset of thousands stops at the one item that does not fit, named (not "shorten the prompts" alone:
+    which?), its batch-mates' rows found by their rows' owners, and the batches before it kept."""
+    items = load_dataset(dataset)[:4]
+    items[3] = dataclasses.replace(items[3], question="capital " * 600)  # 2nd of its batch; row 3 or more of it
+    settings = {**SETTINGS, "dataset": dataset, **({"num_samples": 2} if method == "weighted_avg" else {})}
+    kind = "a weighted method samples" if method == "weighted_avg" else \
+        "prompt \\+ the longest answer option" if dataset == "sample-choice" else "prompt \\+ max_new_tokens"
+    with pytest.raises(MinirunError, match=f"^item {items[3].id!r} \\('capital capital .*…'\\): {kind}.*, or leave "
+                                           "that item out$"):
+        evaluate(tiny, items, [method], tmp_path, **settings)
+    kept = pd.read_json(tmp_path / "results.rank0.jsonl", lines=True)
+    assert sorted(kept["id"]) == sorted(item.id for item in items[:2])
+
+
 def test_rows_of_minirun_s_own_prompt_format_resume_and_mmlu_s_old_ones_are_refused(tiny, items, tmp_path):
     """Runs recorded before the format was keyed wrote minirun's blocks: a sample-qa run resumes (its prompts are
     what they were), an MMLU run does not (its prompts are now the harness's)."""

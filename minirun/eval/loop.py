@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from rich.text import Text
 
 from minirun.checkpoints.loader import checkpoint_digest
 from minirun.engine.llm import LLM
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, extract_answer, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
@@ -386,7 +387,7 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     any kernel calibration that ran inside it (once per machine and shape, not the method's cost)."""
     start, reused, measuring = time.perf_counter(), _reused_seconds(llm), seconds_measuring()
     if method in WEIGHTED:
-        options = replace(options, confidences=_confidences(llm, questions, options, matcher, bar))
+        options = replace(options, confidences=_confidences(llm, batch, questions, options, matcher, bar))
     scored = [i for i, item in enumerate(batch) if item.choices is not None]
     generated = [i for i, item in enumerate(batch) if item.choices is None]
     rows = {}
@@ -396,7 +397,8 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
                       for item in picked]
         pick_options = replace(options, confidences=[options.confidences[i] for i in scored]) \
             if options.confidences else options
-        results = score_choices(llm, method, [questions[i] for i in scored], candidates, pick_options)
+        with _naming(picked):
+            results = score_choices(llm, method, [questions[i] for i in scored], candidates, pick_options)
         rows |= {i: _choice_row(item, method, r, original) for i, item, r in zip(scored, picked, results)}
     if generated:
         gen_options = replace(options, confidences=[options.confidences[i] for i in generated]) \
@@ -408,6 +410,18 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     elapsed = time.perf_counter() - start - (seconds_measuring() - measuring)
     seconds = (elapsed + _reused_seconds(llm) - reused) / len(batch)
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
+
+
+@contextlib.contextmanager
+def _naming(items: list[Item]) -> Iterator[None]:
+    """A prompt too long for the model's context, told with the item it belongs to: among thousands of items,
+    "shorten the prompts" alone does not say which."""
+    try:
+        yield
+    except PromptTooLong as e:
+        item = items[e.question]
+        raise MinirunError(f"item {item.id!r} ({textwrap.shorten(item.question, 48, placeholder='…')!r}): {e}, or "
+                           "leave that item out") from None
 
 
 def _reused_seconds(llm: LLM) -> float:
@@ -434,7 +448,8 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
 
 def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                    matcher: Matcher, bidirectional: bool, original: bool) -> list[dict]:
-    results = run_method(llm, method, questions, options)
+    with _naming(batch):
+        results = run_method(llm, method, questions, options)
     answers = [[extract_answer(a, STOP) for a in (r.answers if r.answers is not None else [r.text])] for r in results]
     predictions = [x for a in answers for x in a]
     golds = [item.answers for item, a in zip(batch, answers) for _ in a]
@@ -467,7 +482,7 @@ def _generated_tokens(result) -> int:
     return len(result.token_ids)
 
 
-def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, matcher: Matcher,
+def _confidences(llm: LLM, items: list[Item], questions: list[Question], options: EnsembleOptions, matcher: Matcher,
                  bar: Progress) -> list[list[float]]:
     """Each paraphrase's self-consistency (cached on disk), answers compared with the lemma
     matcher so "Paris, France" and "paris" agree; a bar of its own because S samples are slow."""
@@ -481,9 +496,10 @@ def _confidences(llm: LLM, questions: list[Question], options: EnsembleOptions, 
 
     task = bar.add_task("  confidence", total=sum(len(q.paraphrases) for q in questions))
     out = []
-    for q in questions:
+    for item, q in zip(items, questions):
         encoded = encode_question(llm, q.paraphrases, q.prefix, q.suffix, options.chat, options.thinking)
-        out += confidences_for(llm, [encoded], options, same=same)
+        with _naming([item]):
+            out += confidences_for(llm, [encoded], options, same=same)
         bar.advance(task, len(q.paraphrases))
     bar.remove_task(task)
     return out

@@ -221,7 +221,7 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
         for r in g:
             reach[r] = per_question[q]
     session, _, first = open_session(llm, plan.rows, plan.head, longest, hooks, fusion=plan.fusion, extra_slots=slots,
-                                     reach=reach)
+                                     reach=reach, owners=plan.owners)
     states = _options_pass(llm, session, option_rows)  # [B, T, E]
     mode, results = options.choice_score, []
     for q, group in enumerate(plan.groups):

@@ -15,7 +15,7 @@ from typing import Callable
 
 from minirun.engine.generate import decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, PromptTooLong
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions
@@ -87,12 +87,13 @@ def weights_for(llm: EnsembleModel, method: str, encoded: list[Encoded],
 def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: EnsembleOptions, same: SameAnswer = normalised_equal) -> list[list[float]]:
     """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
     limit = llm.config.max_position_embeddings
-    longest = max(len(enc.full(i)) for enc in encoded for i in range(len(enc.paraphrases)))
-    if longest + options.confidence_tokens > limit:  # before any sampling, and not in --max-new-tokens' words
-        raise MinirunError(f"a weighted method samples {options.confidence_tokens} tokens after each prompt to "
-                           f"measure its confidence, and a prompt of {longest} tokens leaves no room for them in "
-                           f"the model's context of {limit}: shorten the prompts (fewer few-shot examples), or "
-                           "from Python give EnsembleOptions.confidences or a smaller confidence_tokens")
+    longest = [max(len(enc.full(i)) for i in range(len(enc.paraphrases))) for enc in encoded]
+    if max(longest) + options.confidence_tokens > limit:  # before any sampling, and not in --max-new-tokens' words
+        raise PromptTooLong(f"a weighted method samples {options.confidence_tokens} tokens after each prompt to "
+                            f"measure its confidence, and a prompt of {max(longest)} tokens leaves no room for them "
+                            f"in the model's context of {limit}: shorten the prompts (fewer few-shot examples), or "
+                            "from Python give EnsembleOptions.confidences or a smaller confidence_tokens",
+                            longest.index(max(longest)))
     directory = cache_dir()
     out = []
     for enc in encoded:

@@ -10,7 +10,7 @@ import torch
 from minirun.engine.generate import Completion, Layout, Row, decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Session
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, PromptTooLong
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, head_mix
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED, confidence_weights
 from minirun.methods.model import EnsembleModel
@@ -144,6 +144,11 @@ class RowPlan:
     layer: int | None  # hidden_avg: the first fused block
     fusion: HiddenFusion | None
 
+    @property
+    def owners(self) -> list[int]:
+        """Each row's question (`groups` take the rows in order)."""
+        return [q for q, group in enumerate(self.groups) for _ in group]
+
 
 def plan_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], options: EnsembleOptions) -> RowPlan:
     head = shared_head(encoded, options)
@@ -169,19 +174,23 @@ class Opened(NamedTuple):
 
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
                  log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
-                 mixing: HeadMix | None = None, extra_slots: int = 0, reach: list[int] | None = None) -> Opened:
+                 mixing: HeadMix | None = None, extra_slots: int = 0, reach: list[int] | None = None,
+                 owners: list[int] | None = None) -> Opened:
     """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
     it), then all rows. `max_new` tokens follow each row's prompt at the next positions (checked
-    against the context); scoring passes `reach`, each row's own answer options' length (a long prompt
+    against the context; `owners` names each row's question in the error, by default row i is question
+    i, as flex packs them); scoring passes `reach`, each row's own answer options' length (a long prompt
     and another question's long option need not fit together); `extra_slots` are cache room without
     positions (a later call's padding)."""
     limit = llm.config.max_position_embeddings
     scoring = reach is not None
-    furthest = max(r.next_position + n for r, n in zip(rows, reach or [max_new] * len(rows), strict=True))
-    if furthest > limit:
+    furthest = [r.next_position + n for r, n in zip(rows, reach or [max_new] * len(rows), strict=True)]
+    if max(furthest) > limit:
+        row = furthest.index(max(furthest))
         after, fix = ("the longest answer option", "shorter options") if scoring else ("max_new_tokens", "fewer new tokens")
-        raise MinirunError(f"prompt + {after} reaches position {furthest}, beyond the model's context of {limit}: "
-                           f"shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or give {fix}")
+        raise PromptTooLong(f"prompt + {after} reaches position {furthest[row]}, beyond the model's context of "
+                            f"{limit}: shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or "
+                            f"give {fix}", owners[row] if owners is not None else row)
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
     session = llm.session(len(rows), h + layout.length + max_new + extra_slots, hooks, reuse=True,  # methods may share it
@@ -228,7 +237,7 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     if fused and name in ROW_WEIGHTS:
         mixing = head_mix(groups, [ROW_WEIGHTS[name](len(g), w) for g, w in zip(groups, weights)], llm.device)
     session, layout, logits = open_session(llm, plan.rows, head, options.max_new_tokens, hooks, fusion=plan.fusion,
-                                           mixing=mixing)
+                                           mixing=mixing, owners=plan.owners)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     layouts: dict[tuple[int, ...], tuple[GroupLayout, torch.Tensor | None]] = {}  # with the questions' weights [Q, N]
