@@ -188,6 +188,39 @@ def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp
     assert json.loads((tmp_path / "run.json").read_text())["run_key"]["prompt_format"].startswith("harness")
 
 
+def test_a_paraphrased_mmlu_file_is_asked_as_mmlu_asks_with_benchmark(tiny, tmp_path):
+    """`minirun paraphrase mmlu` writes a plain item file; `--benchmark mmlu` asks it in MMLU's words, a head per
+    subject (ensembles over its paraphrases, which the Hub's MMLU lacks), through the command line too."""
+    subjects = ["astronomy", "virology"]
+    data, shots = tmp_path / "mmlu-para.jsonl", tmp_path / "dev.jsonl"
+    write_jsonl([dataclasses.replace(item, relation=subjects[i % 2])
+                 for i, item in enumerate(load_dataset("sample-choice")[:4])], data)
+    write_jsonl([dataclasses.replace(item, relation=subjects[i % 2])
+                 for i, item in enumerate(load_fewshot("sample-choice")[:4])], shots)
+    args = ["eval", "--data", str(data), "--few-shot", str(shots), "--few-shot-k", "1", "--model", str(tiny.path),
+            "--num-prompts", "2", "--choice-format", "letters", "--no-progress", "-m", "origin", "-m", "avg"]
+    result = CliRunner().invoke(_app(), [*args, "--benchmark", "mmlu", "--output", str(tmp_path / "as-mmlu")])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "as-mmlu" / "run.json").read_text())["run_key"]
+    assert run["prompt_format"] == "harness mmlu" and run["dataset"] == str(data)
+    table = pd.read_parquet(tmp_path / "as-mmlu" / "results.parquet")
+    assert set(table["method"]) == {"origin", "avg"} and len(table) == 8
+    laid = loop.prepare(tiny, load_dataset(data), ["avg"], tmp_path / "laid", dataset=str(data), benchmark="mmlu",
+                        fewshot_items=load_dataset(shots), few_shot_k=1, choice_format="letters")
+    assert {key: head.split("\n")[0] for key, head in laid.prefixes.items()} == {
+        f"choice:{s}": f"The following are multiple choice questions (with answers) about {s}." for s in subjects}
+    plain = CliRunner().invoke(_app(), [*args, "--output", str(tmp_path / "plain")])  # without it: a choice file
+    assert plain.exit_code == 0, plain.output
+    run = json.loads((tmp_path / "plain" / "run.json").read_text())["run_key"]
+    assert run["prompt_format"] == "minirun" and run["few_shot"] != json.loads(
+        (tmp_path / "as-mmlu" / "run.json").read_text())["run_key"]["few_shot"]
+    for benchmark, message in [("mmlu2", "unknown benchmark 'mmlu2': choose from"),
+                               ("mmlu", "sample-choice is a named dataset, asked as itself: drop the benchmark")]:
+        named = ["--data", "sample-choice"] if benchmark == "mmlu" else []
+        bad = CliRunner().invoke(_app(), [*args, *named, "--benchmark", benchmark, "--output", str(tmp_path / "x")])
+        assert bad.exit_code == 1 and message in bad.stderr
+
+
 def test_an_mmlu_demonstration_may_share_a_generic_stem_but_never_a_test_question_s_answer():
     """MMLU's dev examples are apart from its test questions, but generic stems recur across subjects: one
     is a demonstration unless its right option is the test question's too (then it would hand over the answer)."""

@@ -131,6 +131,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),
+    ({"datasets": [{"name": "sample-qa", "benchmark": "mmlu"}]}, "benchmark: 'mmlu' cannot be asked of it; drop the key"),
     ({"methods": [{"name": "origin"}, {"name": "vote"}]}, "methods #2 name: unknown method 'vote'"),
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
     ({"methods": [{"name": "flex", "positions": "left"}]}, "(flex): unknown position scheme 'left'"),
@@ -580,6 +581,30 @@ def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(mo
     keys = [sweep_module.cell_key(c, spec, items, None) for c in (mmlu, qa)]
     monkeypatch.setattr(sweep_module, "subject_heads", lambda dataset, few_shot: False)  # as before the heads
     assert sweep_module.cell_key(mmlu, spec, items, None) != keys[0]
+    assert sweep_module.cell_key(qa, spec, items, None) == keys[1]
+
+
+def test_cells_asked_in_the_harness_s_words_are_not_those_finished_in_minirun_s(monkeypatch, tmp_path):
+    """MMLU's and CommonsenseQA's prompts are the harness's, and a file asked as MMLU's (`benchmark`) too: their
+    cells' keys say so, so a done.json of before is no longer theirs; other datasets' keys stay as they were,
+    the new `benchmark` key unset included."""
+    import dataclasses
+
+    from minirun.eval import prompts
+    from minirun.eval import sweep as sweep_module
+
+    data = tmp_path / "para.jsonl"
+    write_jsonl(load_dataset("sample-choice")[:2], data)
+    spec = parse_sweep({**BASE, "datasets": [{"name": "commonsense_qa"}, {"name": "sample-qa"},
+                                             {"name": str(data), "benchmark": "mmlu", "choice_format": "letters"}]})
+    csqa, qa, para = sweep_module.cells(spec, "out")
+    items = load_dataset("sample-choice")[:2]
+    keys = [sweep_module.cell_key(c, spec, items, None) for c in (csqa, qa, para)]
+    monkeypatch.setattr(sweep_module, "prompt_format", lambda dataset, choice_format: prompts.MINIRUN)  # as before
+    assert sweep_module.cell_key(csqa, spec, items, None) != keys[0]
+    assert sweep_module.cell_key(para, spec, items, None) != keys[2]
+    real = dataclasses.asdict  # a dataset table written before `benchmark` existed
+    monkeypatch.setattr(dataclasses, "asdict", lambda obj: {k: v for k, v in real(obj).items() if k != "benchmark"})
     assert sweep_module.cell_key(qa, spec, items, None) == keys[1]
 
 

@@ -29,6 +29,9 @@ def eval_command(
     data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
                              "commonsense_qa, or a dataset file."),
     subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
+    benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
+                                            "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "
+                                            "`minirun paraphrase`: --benchmark mmlu)."),
     method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m", help="Method to run (repeatable)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
     num_prompts: int = typer.Option(5, "--num-prompts", "--num-paraphrases", min=1,
@@ -81,7 +84,7 @@ def eval_command(
                         batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
                         thinking=thinking, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
-                        choice_format=choice_format, progress=progress)
+                        choice_format=choice_format, benchmark=benchmark, progress=progress)
     if ranks()[0] == 0:
         asked = table[table["method"].isin(method)]  # the directory may hold other methods' rows, finished or not
         out.print(_summary_table(asked, f"{name} · {llm.path.name}"))

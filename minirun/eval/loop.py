@@ -26,7 +26,7 @@ from rich.text import Text
 from minirun.checkpoints.loader import checkpoint_digest
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError, PromptTooLong
-from minirun.eval.data import Item, ensemble_prompts, load_fewshot
+from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, extract_answer, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
 from minirun.eval.results import ResultStore, merge, read_results
@@ -169,9 +169,17 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             batch_size: int | None = None, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
             positions: str = "right", share_prefix: bool = True, chat: bool | None = None, thinking: bool = False,
             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
-            choice_score: str = "mean", choice_format: str = "cloze") -> Run:
+            choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None) -> Run:
     """`evaluate`'s settings checked and its prompts, few-shot heads and run key laid out; nothing runs
-    yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent."""
+    yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent. `benchmark`
+    names the dataset whose prompt format and few-shot examples a file of its items is asked with (MMLU
+    rewritten by `minirun paraphrase`: its subjects' heads, in the harness's words); by default `dataset`'s."""
+    if benchmark is not None and benchmark not in NAMES:
+        raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
+    if benchmark is not None and dataset in NAMES:
+        raise MinirunError(f"a benchmark asks a file's items as that dataset asks its own; {dataset} is a named "
+                           "dataset, asked as itself: drop the benchmark")
+    source = benchmark or dataset  # whose prompts these are
     if not methods:
         raise MinirunError(f"no method given: choose from {', '.join(METHODS)}")
     for name, value, least in (("batch_size", batch_size, 1), ("num_prompts", num_prompts, 1),
@@ -200,14 +208,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if all(choice) and bidirectional:
         raise MinirunError(f"--match bidirectional compares generated answers; {dataset}'s items are multiple choice, "
                            "scored by their options: drop it")
-    fmt = prompt_format(dataset, choice_format)
+    fmt = prompt_format(source, choice_format)
     prompts = {item.id: ensemble_prompts(fmt.question(item.question), [fmt.question(p) for p in item.paraphrases],
                                          original)[:num_prompts] for item in items}
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset)
-    prefixes = few_shot_prefixes(items, fewshot_items, dataset, task, few_shot_k, choice_format)
+    prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
@@ -227,7 +235,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                        else getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
-               num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(dataset, fewshot_items),
+               num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(source, fewshot_items),
                fmt)
 
 

@@ -29,6 +29,7 @@ from minirun.eval.data import Item, load_dataset, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
+from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.report import PAIRED, method_label, paired_difference, summarize
 from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
@@ -72,14 +73,19 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     model["device"] = str(auto_device(cell.model.device))  # "auto" keyed as what it ran on: cpu keys stay as they were
     if Path(cell.model.path).is_dir():
         model["path"] = str(Path(cell.model.path).resolve())
-    dataset = dataclasses.asdict(cell.dataset)
-    del dataset["skip_bad"]  # what it skips is gone from the items, which the key holds; finished keys stay valid
+    # finished keys stay valid: skip_bad's effect is in the items, which the key holds, and keys written before
+    # datasets had a benchmark hold none
+    dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()
+               if k != "skip_bad" and not (k == "benchmark" and v is None)}
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
            "generation": dataclasses.asdict(sweep.generation), "items": [dataclasses.asdict(i) for i in items],
            "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
-    if subject_heads(cell.dataset.name, few_shot):  # MMLU's head per subject: not a cell finished under one for all
+    source = cell.dataset.benchmark or cell.dataset.name  # whose prompts these are
+    if subject_heads(source, few_shot):  # MMLU's head per subject: not a cell finished under one for all
         key["subject_heads"] = True  # (other cells' keys stay as they were, so their finished runs stay finished)
+    if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
+        key["prompt_format"] = fmt.name
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -180,6 +186,7 @@ def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], g
                        num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
                        few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
+                       benchmark=cell.dataset.benchmark,
                        batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
                        chat=gen.chat, thinking=gen.thinking, **cell.method.options)
     except MinirunError as e:

@@ -57,6 +57,7 @@ class DatasetSpec:
     subset: str | None = None  # mmlu: one subject
     choice_format: str = "cloze"  # multiple choice: cloze or letters
     skip_bad: bool = False  # a plain item file: skip (and count) bad records instead of stopping
+    benchmark: str | None = None  # a file asked as this named dataset asks its own (prompt format, few-shot examples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +176,10 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
         raise MinirunError(f"{where} skip_bad: only a plain item file's bad records can be skipped; drop the key")
     if spec.subset is not None and spec.name in NAMES and spec.name != "mmlu":  # a file's rows are read first
         raise MinirunError(f"{where} subset: only mmlu and local MMLU files have subsets; drop the key")
+    if spec.benchmark is not None and (spec.name in NAMES or spec.benchmark not in NAMES):
+        fix = "drop the key: a named dataset is asked as itself" if spec.name in NAMES else \
+            f"use one of {', '.join(NAMES)}"
+        raise MinirunError(f"{where} benchmark: {spec.benchmark!r} cannot be asked of it; {fix}")
     _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
