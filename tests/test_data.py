@@ -195,6 +195,25 @@ def _fake_datasets(monkeypatch, frames):
     return calls
 
 
+@pytest.mark.parametrize("error, subset, said", [
+    (ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (LocalEntryNotFoundError)"), None,
+     "cannot load cais/mmlu[all/test] from the Hugging Face Hub (Couldn't reach 'cais/mmlu' on the Hub"),
+    (ValueError("BuilderConfig 'Astronomy' not found. Available: ['abstract_algebra', 'all', ...]\nmore"), "Astronomy",
+     "(BuilderConfig 'Astronomy' not found. Available: ['abstract_algebra', 'all', ...]): check the network "
+     "(HF_TOKEN, HF_ENDPOINT), or the subset 'Astronomy' (--subset, spelt as the Hub does)"),
+])
+def test_a_hub_dataset_that_cannot_load_is_one_line_naming_it(monkeypatch, error, subset, said):
+    """Offline, a misspelt subject: one line naming the dataset and the fix, not a traceback or an OSError's
+    "check the path"."""
+    def failing(name, *config, split):
+        raise error
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=failing))
+    with pytest.raises(MinirunError) as e:
+        load_dataset("mmlu", subset=subset)
+    assert said in str(e.value) and "\n" not in str(e.value) and str(e.value).endswith("(`--data FILE`)")
+
+
 def test_webqa_hub_split(monkeypatch):
     frame = pd.DataFrame({"url": ["u"], "question": ["what is x?"], "answers": [["A", "B"]]})
     calls = _fake_datasets(monkeypatch, {"stanfordnlp/web_questions": frame})

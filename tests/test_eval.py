@@ -435,6 +435,18 @@ def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):
     assert "origin" in one.stdout and "avg" not in one.stdout
 
 
+def test_eval_refuses_data_without_paraphrases_before_a_model_is_fetched(tmp_path, monkeypatch):
+    """The Hub's WebQuestions, MMLU and CommonsenseQA have no paraphrases: the default methods are refused before
+    minutes of model download, not after."""
+    import minirun.cli.eval as cli_eval
+
+    monkeypatch.setattr(cli_eval, "load_llm", lambda *a: pytest.fail("no model loads"))
+    data = tmp_path / "bare.jsonl"
+    data.write_text('{"id": "1", "question": "Capital of Peru?", "paraphrases": [], "answers": ["Lima"]}\n')
+    result = CliRunner().invoke(_app(), ["eval", "--data", str(data), "--no-progress"])
+    assert result.exit_code == 1 and "1 items asked have no paraphrases, so per_prompt, avg, max, flex" in result.stderr
+
+
 def test_report_re_picks_choice_rows_as_a_run_under_that_score_would(tiny, tmp_path):
     """acc and acc_norm of one run: `--choice-score` re-picks from the stored sums, token counts and lengths,
     and agrees with runs made under each score."""

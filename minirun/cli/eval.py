@@ -66,7 +66,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.eval.data import load_dataset, load_jsonl
-    from minirun.eval.loop import ranks, run_sharded
+    from minirun.eval.loop import check_paraphrased, ranks, run_sharded
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
@@ -74,6 +74,7 @@ def eval_command(
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     bias = parse_flex_bias(flex_bias)
     items = load_dataset(data, subset=subset, skip_bad=skip_bad)
+    check_paraphrased(items[:max_samples], method, data)  # before a model is fetched: the Hub's data has none
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)

@@ -253,7 +253,14 @@ def hf_frame(name: str, split: str, config: str | None = None) -> pd.DataFrame:
             f"loading {name} from the Hugging Face Hub needs the `datasets` package: "
             "run `pip install datasets`, or give the path of a local copy instead of the name (`--data FILE`)"
         ) from None
-    return datasets.load_dataset(name, *([config] if config else []), split=split).to_pandas()
+    try:
+        return datasets.load_dataset(name, *([config] if config else []), split=split).to_pandas()
+    except (OSError, ValueError, RuntimeError) as e:  # offline, no such repo, config or split, a refused script
+        what = f"{name}[{config + '/' if config else ''}{split}]"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        subset = f", or the subset {config!r} (--subset, spelt as the Hub does)" if config and config != "all" else ""
+        raise MinirunError(f"cannot load {what} from the Hugging Face Hub ({reason}): check the network (HF_TOKEN, "
+                           f"HF_ENDPOINT){subset}; or give the path of a local copy (`--data FILE`)") from None
 
 
 def as_list(value: object) -> list:
