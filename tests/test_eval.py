@@ -445,6 +445,7 @@ def test_eval_refuses_data_without_paraphrases_before_a_model_is_fetched(tmp_pat
     data.write_text('{"id": "1", "question": "Capital of Peru?", "paraphrases": [], "answers": ["Lima"]}\n')
     result = CliRunner().invoke(_app(), ["eval", "--data", str(data), "--no-progress"])
     assert result.exit_code == 1 and "1 items asked have no paraphrases, so per_prompt, avg, max, flex" in result.stderr
+    assert "then `--data paraphrased.jsonl`)" in result.stderr  # a file is no benchmark to be asked as
 
 
 def test_report_re_picks_choice_rows_as_a_run_under_that_score_would(tiny, tmp_path):
@@ -783,7 +784,8 @@ def test_data_without_paraphrases_is_refused_for_ensembles_and_counted_where_som
     """WebQuestions, MMLU and CommonsenseQA from the Hub carry no paraphrases: every ensemble would be origin."""
     bare = [Item(str(i), f"Who invented thing {i}?", [], ["Bell"]) for i in range(3)]
     with pytest.raises(MinirunError, match="webqa's 3 items asked have no paraphrases, so avg, flex would repeat "
-                                           "origin: run origin alone, or paraphrase them"):
+                                           "origin: run origin alone, or paraphrase them .*then `--data "
+                                           "paraphrased.jsonl --benchmark webqa`"):
         evaluate(tiny, bare, ["origin", "avg", "flex"], tmp_path / "bare", **{**SETTINGS, "dataset": "webqa"})
     assert len(evaluate(tiny, bare, ["origin"], tmp_path / "origin", **SETTINGS)) == 3
     some = bare[:2] + [Item("2", "Who invented thing 2?", ["Who made thing 2?"], ["Bell"])]

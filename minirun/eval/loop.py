@@ -248,9 +248,10 @@ def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], d
     if not ensembles or not single:
         return
     if len(single) == len(items):
+        asked_as = f" --benchmark {dataset}" if dataset in NAMES else ""  # its words and few-shot examples kept
         raise MinirunError(f"{dataset}'s {len(items)} items asked have no paraphrases, so {', '.join(ensembles)} would "
                            f"repeat origin: run origin alone, or paraphrase them (`minirun paraphrase {dataset} "
-                           "paraphrased.jsonl --model <an instruct model>`, then paraphrased.jsonl as the data)")
+                           f"paraphrased.jsonl --model <an instruct model>`, then `--data paraphrased.jsonl{asked_as}`)")
     if (dataset, len(single), len(items)) not in _WARNED:  # once per data, not once per sweep cell
         _WARNED.add((dataset, len(single), len(items)))
         log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers "
