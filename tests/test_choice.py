@@ -209,3 +209,18 @@ def test_options_scores_are_read_to_the_host_at_once_not_one_by_one(llm, method)
             score(llm, method, choices=choices)
         reads.append(ops.scalar_reads())
     assert reads[0] == reads[1] > 0  # a prefill's padding check reads one; the options add none
+
+
+@pytest.mark.parametrize("method", ["origin", "avg", "hidden_avg", "flex"])
+def test_single_token_options_are_scored_in_bfloat16(smollm2_dir, smollm2_f32_dir, method):
+    """Letters (" A" to " D", one token each in SmolLM2's vocabulary) are scored from the prompt's last logits
+    alone, with no options pass; that path handed the head float32 states, which a bfloat16 model refused.
+    The log-likelihoods are float32's within bfloat16's rounding: its logits near 20 are 0.125 apart, so 0.3 nats."""
+    question = Question(QUESTION, PARAS, PREFIX, "\nA. Paris\nB. Lyon\nC. Berlin\nD. Rome\nAnswer:")
+    options = EnsembleOptions(chat=False, choice_score="sum")
+    letters = [["A", "B", "C", "D"]]
+    got = score_choices(minirun.load(smollm2_dir, dtype="bfloat16"), method, [question], letters, options)[0]
+    want = score_choices(minirun.load(smollm2_f32_dir), method, [question], letters, options)[0]
+    assert got.option_tokens == [1, 1, 1, 1]
+    assert max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs)) <= 0.3, (got.logprobs, want.logprobs)
+    assert got.choice == want.choice

@@ -154,8 +154,8 @@ def _predictors(first: torch.Tensor, chunk: torch.Tensor, targets: list[list[int
 def _options_pass(llm: EnsembleModel, session: Session, option_rows: list[Row]) -> torch.Tensor:
     """Every row's options in one call over the prompt's cache: final-norm states [B, T, E]."""
     layout = stack_rows(option_rows, llm.pad_id, llm.device)
-    if not layout.length:  # single-token options: the prompt's last logits are all they need
-        return layout.tokens.new_zeros((len(option_rows), 0, llm.config.hidden_size), dtype=torch.float32)
+    if not layout.length:  # single-token options (letters): the prompt's last logits are all they need
+        return layout.tokens.new_zeros((len(option_rows), 0, llm.config.hidden_size), dtype=llm.dtype)
     return session.extend(layout.tokens, layout.positions, layout.segments)
 
 
