@@ -382,7 +382,8 @@ def schedule(lanes: dict[Lane, list[list[Item]]]) -> list[tuple[Lane, list[Item]
 
 
 def _suffix(item: Item, choice_format: str, fmt: PromptFormat) -> str:
-    """What follows each prompt: "A:" before a generated or cloze-scored answer, else the lettered options."""
+    """What follows each prompt: the format's cue ("A:") before a generated or cloze-scored answer, else the
+    lettered options."""
     return option_list(item.choices) if item.choices is not None and choice_format == "letters" else fmt.cue
 
 

@@ -88,12 +88,12 @@ def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: Ensembl
     """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
     limit = llm.config.max_position_embeddings
     longest = [max(len(enc.full(i)) for i in range(len(enc.paraphrases))) for enc in encoded]
-    if max(longest) + options.confidence_tokens > limit:  # before any sampling, and not in --max-new-tokens' words
+    worst = longest.index(max(longest))
+    if longest[worst] + options.confidence_tokens > limit:  # before any sampling, and not in --max-new-tokens' words
         raise PromptTooLong(f"a weighted method samples {options.confidence_tokens} tokens after each prompt to "
-                            f"measure its confidence, and a prompt of {max(longest)} tokens leaves no room for them "
+                            f"measure its confidence, and a prompt of {longest[worst]} tokens leaves no room for them "
                             f"in the model's context of {limit}: shorten the prompts (fewer few-shot examples), or "
-                            "from Python give EnsembleOptions.confidences or a smaller confidence_tokens",
-                            longest.index(max(longest)))
+                            "from Python give EnsembleOptions.confidences or a smaller confidence_tokens", worst)
     directory = cache_dir()
     out = []
     for enc in encoded:

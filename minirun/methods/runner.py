@@ -185,8 +185,8 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
     limit = llm.config.max_position_embeddings
     scoring = reach is not None
     furthest = [r.next_position + n for r, n in zip(rows, reach or [max_new] * len(rows), strict=True)]
-    if max(furthest) > limit:
-        row = furthest.index(max(furthest))
+    row = furthest.index(max(furthest))
+    if furthest[row] > limit:
         after, fix = ("the longest answer option", "shorter options") if scoring else ("max_new_tokens", "fewer new tokens")
         raise PromptTooLong(f"prompt + {after} reaches position {furthest[row]}, beyond the model's context of "
                             f"{limit}: shorten the prompts (fewer or shorter paraphrases, fewer few-shot examples) or "
