@@ -30,12 +30,12 @@ from minirun.engine.llm import load  # noqa: E402
 from minirun.eval.data import load_dataset  # noqa: E402
 from minirun.eval.loop import STOP, few_shot_prefixes  # noqa: E402
 from minirun.eval.prompts import MINIRUN  # noqa: E402
-from minirun.eval.matching import extract_answer  # noqa: E402
 from minirun.layers import flex  # noqa: E402
 from minirun.layers.calibrate import cpu_facts  # noqa: E402
 from minirun.methods import EnsembleOptions, Question, run_method  # noqa: E402
 from minirun.methods.packing import encode_question  # noqa: E402
 from minirun.methods.runner import default_fusion_layer  # noqa: E402
+from minirun.text import extract_answer  # noqa: E402
 
 PROMPTS = 5
 

@@ -41,10 +41,10 @@ from minirun.engine.llm import LLM, load
 from minirun.eval.data import load_dataset
 from minirun.eval.loop import STOP, evaluate, few_shot_prefixes
 from minirun.eval.prompts import MINIRUN
-from minirun.eval.matching import extract_answer
 from minirun.layers.calibrate import cpu_facts
 from minirun.methods.packing import encode_question
 from minirun.methods.runner import default_fusion_layer
+from minirun.text import extract_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("origin", "per_prompt", "avg", "max", "hidden_avg", "flex")

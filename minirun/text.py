@@ -1,9 +1,10 @@
-"""Text normalisation shared by self-consistency (methods) and answer matching (evaluation)."""
+"""Answer extraction and text normalisation shared by the methods (self-consistency, votes) and evaluation (matching)."""
 from __future__ import annotations
 
 import re
 import string
 import unicodedata
+from collections.abc import Iterable
 
 ARTICLES = frozenset({"a", "an", "the"})
 _SYMBOLS = "".join(ch for ch in string.punctuation if unicodedata.category(ch)[0] == "S")  # $ + < = > ^ ` | ~
@@ -21,6 +22,11 @@ _NUMBER_MARKS = (
     (re.compile(r"(?<![\w.])-(?=\.?\d)"), _MINUS),  # "-40" is not "40"; a hyphen between words is a space
     (re.compile(r"(?<![^\W\d])\.(?=\d)"), _POINT),  # "2.5" is not "25", ".5" not "5"
 )
+
+
+_SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
+_LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
+_WRAP = "\"'`*“”‘’ \t"
 
 
 def fold(text: str) -> str:
@@ -65,3 +71,17 @@ def drop_article(words: list[str]) -> list[str]:
 def normalize(text: str) -> str:
     """The plain comparator: `clean`ed words without a leading article, single spaces."""
     return " ".join(drop_article(clean(text).split()))
+
+
+def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:")) -> str:
+    """The answer part of a generation: text before the first stop string, without special
+    tokens, "A:"/"Answer:" labels, wrapping quotes or markdown, and trailing punctuation."""
+    text = _SPECIAL_TOKEN.sub("", text).lstrip()
+    # a stop with a leading space (" Q:") also stops at the very start, where the space went with the lstrip (or
+    # with a SentencePiece decode of the first token): an answer that is a next question is no answer
+    starts = (0 for s in stop if s[:1] == " " and s.strip() and text.startswith(s.strip()))
+    cut = min((*starts, *(i for s in stop if s and (i := text.find(s)) >= 0)), default=len(text))
+    text = text[:cut].strip()
+    while m := _LABEL.match(text):
+        text = text[m.end():].lstrip()
+    return text.strip(_WRAP).rstrip(".,;:!").strip(_WRAP)

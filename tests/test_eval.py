@@ -346,7 +346,7 @@ def test_a_second_process_on_the_same_directory_is_refused(tiny, items, tmp_path
 
 def test_unknown_method(tiny, items, tmp_path):
     with pytest.raises(MinirunError, match="unknown"):
-        evaluate(tiny, items, ["vote"], tmp_path, **SETTINGS)
+        evaluate(tiny, items, ["majority"], tmp_path, **SETTINGS)
 
 
 @pytest.mark.parametrize("setting,value", [("num_prompts", 0), ("batch_size", 0), ("few_shot_k", -1),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from minirun.eval.matching import Matcher, MatchResult, extract_answer
-from minirun.text import normalize
+from minirun.eval.matching import Matcher, MatchResult
+from minirun.text import extract_answer, normalize
 
 
 @pytest.fixture(scope="module")

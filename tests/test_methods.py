@@ -274,8 +274,8 @@ def test_empty_paraphrases_rejected(llm):
 
 
 def test_unknown_method_rejected(llm):
-    with pytest.raises(MinirunError, match="unknown method 'vote'"):
-        run(llm, "vote", PARAS)
+    with pytest.raises(MinirunError, match="unknown method 'majority'"):
+        run(llm, "majority", PARAS)
 
 
 @pytest.mark.parametrize("method, extra", [("avg", {}), ("hidden_avg", {}), ("hidden_avg", {"fusion_alpha": 0.5}),

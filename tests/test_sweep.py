@@ -132,7 +132,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),
     ({"datasets": [{"name": "sample-qa", "benchmark": "mmlu"}]}, "benchmark: 'mmlu' cannot be asked of it; drop the key"),
-    ({"methods": [{"name": "origin"}, {"name": "vote"}]}, "methods #2 name: unknown method 'vote'"),
+    ({"methods": [{"name": "origin"}, {"name": "majority"}]}, "methods #2 name: unknown method 'majority'"),
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
     ({"methods": [{"name": "flex", "positions": "left"}]}, "(flex): unknown position scheme 'left'"),
     ({"methods": [{"name": "flex", "max_new_tokens": 8}]}, "max_new_tokens: set it in the generation table"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm,
                                 parse_flex_bias, read_text_file, stream)
@@ -181,13 +182,20 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
                "tokens_per_second": speed, "finish_reason": result.finish_reason, "prompts": result.prompts}
         if result.answers is not None:
             out["answers"] = result.answers
+        if result.chosen is not None:
+            out["chosen"] = result.chosen
         if result.confidences is not None:
             out["confidences"] = result.confidences
         if result.fusion_layer is not None:
             out["fusion_layer"] = result.fusion_layer
         print(json.dumps(out))
         return
-    if result.answers is not None:
+    if result.chosen is not None:  # the vote's answer, and who voted for what where the user reads it
+        for i, (prompt, answer) in enumerate(zip(result.prompts, result.answers)):
+            mark = "*" if i == result.chosen else " "
+            err.print(f"[dim]{mark} {escape(f'[{prompt}] {answer.strip()}')}[/dim]", highlight=False)
+        print(result.text.strip())
+    elif result.answers is not None:
         for prompt, answer in zip(result.prompts, result.answers):
             print(f"[{prompt}] {answer.strip()}")
     else:

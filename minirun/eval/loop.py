@@ -27,7 +27,7 @@ from minirun.checkpoints.loader import checkpoint_digest
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
-from minirun.eval.matching import Matcher, extract_answer, matcher_name
+from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
 from minirun.eval.results import ResultStore, merge, read_results
 from minirun.layers.calibrate import seconds_measuring
@@ -36,7 +36,7 @@ from minirun.methods.choice import ChoiceResult, score_choices
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.runner import (OPTION_READERS, PROMPT_ROWS, check_method, check_options_used,
                                     default_fusion_layer)
-from minirun.text import normalize
+from minirun.text import extract_answer, normalize
 
 log = logging.getLogger("minirun")
 
@@ -285,7 +285,8 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
     `answer` are those of the first prompt (the question unless original=False), so it stays
     comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
-    and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts. hidden_avg rows
+    and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts; vote rows hold the same
+    lists, with `answer` and the verdicts those of the answer most prompts gave. hidden_avg rows
     record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
     generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
     `choice_score` (per token, summed or per character), `choice_logprobs` and `choice_tokens` every
@@ -470,10 +471,11 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
         both = [next(matches) for _ in mine]
         found = [two_way if bidirectional else one_way for one_way, two_way in both]
         per_prompt = result.answers is not None
+        shown = result.chosen or 0  # per_prompt's first prompt, or the vote's winner
         rows.append({
-            "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[0],
-            "exact": found[0].exact, "correct": found[0].lemma, "correct_lemma": both[0][0].lemma,
-            "correct_bidirectional": both[0][1].lemma, "tokens": _generated_tokens(result),
+            "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[shown],
+            "exact": found[shown].exact, "correct": found[shown].lemma, "correct_lemma": both[shown][0].lemma,
+            "correct_bidirectional": both[shown][1].lemma, "tokens": _generated_tokens(result),
             "relation": item.relation, "task": item.task, "original": original,
             "answers": mine if per_prompt else None,
             "per_prompt_correct": [m.lemma for m in found] if per_prompt else None,
@@ -486,7 +488,7 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
 
 
 def _generated_tokens(result) -> int:
-    """Generated token count; per_prompt sums over its prompts' answers."""
+    """Generated token count; per_prompt and vote sum over their prompts' answers."""
     if result.answer_token_ids is not None:
         return sum(len(ids) for ids in result.answer_token_ids)
     return len(result.token_ids)

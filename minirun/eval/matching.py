@@ -1,4 +1,4 @@
-"""Answer extraction and answer-vs-gold matching.
+"""Answer-vs-gold matching (answers are taken out of generations by `minirun.text.extract_answer`).
 
 A prediction counts as correct when some gold answer's lemma sequence appears contiguously
 inside the prediction's: "the cats" matches "cat", "Paris, France" matches "Paris", but
@@ -7,8 +7,6 @@ inside the prediction's: "the cats" matches "cat", "Paris, France" matches "Pari
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from minirun.text import clean, drop_article, fold, normalize
@@ -21,25 +19,6 @@ MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fol
 # comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), a lone letter's trailing "-" is part of it ("A-" is no "A"),
 # and a word the lemmatiser turns into a lone letter keeps its text ("an" is no "A")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
-_SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
-_LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
-_WRAP = "\"'`*“”‘’ \t"
-
-
-def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:")) -> str:
-    """The answer part of a generation: text before the first stop string, without special
-    tokens, "A:"/"Answer:" labels, wrapping quotes or markdown, and trailing punctuation."""
-    text = _SPECIAL_TOKEN.sub("", text).lstrip()
-    # a stop with a leading space (" Q:") also stops at the very start, where the space went with the lstrip (or
-    # with a SentencePiece decode of the first token): an answer that is a next question is no answer
-    starts = (0 for s in stop if s[:1] == " " and s.strip() and text.startswith(s.strip()))
-    cut = min((*starts, *(i for s in stop if s and (i := text.find(s)) >= 0)), default=len(text))
-    text = text[:cut].strip()
-    while m := _LABEL.match(text):
-        text = text[m.end():].lstrip()
-    return text.strip(_WRAP).rstrip(".,;:!").strip(_WRAP)
-
-
 @dataclass(frozen=True)
 class MatchResult:
     exact: bool  # normalised string equal to some gold

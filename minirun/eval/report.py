@@ -24,7 +24,7 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
-from minirun.methods.choice import pick
+from minirun.methods.choice import method_pick
 from minirun.methods.options import CHOICE_SCORES
 from minirun.text import normalize
 
@@ -91,7 +91,8 @@ RESCORED = ("choice_logprobs", "choice_tokens", "choice_chars", "choices", "gold
 def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     """The table with its multiple-choice rows re-picked under `mode` ("sum": lm-evaluation-harness's acc,
     "chars": its acc_norm, "mean": per token) from the options' stored log-likelihoods, token counts and
-    lengths; generated rows are left as they are. None keeps the run's own picks. Single-prompt
+    lengths, a vote counted again from each prompt's pick under `mode`; generated rows are left as they are.
+    None keeps the run's own picks. Single-prompt
     figures `select_match` dropped stay dropped: re-made for choice rows only they would cover part
     of the table."""
     if mode is None:
@@ -108,7 +109,9 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     df = df.copy()
     for i, row in rows.iterrows():
         sizes = list(row["choice_tokens"]), list(row["choice_chars"])
-        choice, scores = pick(list(row["choice_logprobs"]), *sizes, mode)
+        each = row.get("per_prompt_logprobs")
+        each = [list(lp) for lp in each] if isinstance(each, (list, np.ndarray)) else None
+        choice, scores, picks = method_pick(row["method"], list(row["choice_logprobs"]), *sizes, mode, each)
         right = choice == row["gold_choice"]
         options = list(row["choices"])
         df.at[i, "choice"], df.at[i, "choice_scores"] = choice, scores
@@ -116,8 +119,7 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
         for column in ("exact", "correct", "correct_lemma", "correct_bidirectional"):
             if column in df.columns:
                 df.at[i, column] = right
-        if "per_prompt_accuracy" in df.columns and isinstance(row.get("per_prompt_logprobs"), (list, np.ndarray)):
-            picks = [pick(list(lp), *sizes, mode)[0] for lp in row["per_prompt_logprobs"]]
+        if "per_prompt_accuracy" in df.columns and picks is not None:
             df.at[i, "answers"] = [options[c] for c in picks]
             df.at[i, "per_prompt_correct"] = [c == row["gold_choice"] for c in picks]
             df.at[i, "per_prompt_accuracy"] = sum(c == row["gold_choice"] for c in picks) / len(picks)

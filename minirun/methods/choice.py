@@ -25,6 +25,7 @@ from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
 from minirun.methods.packing import Encoded
 from minirun.methods.runner import (
+    EVERY_ANSWER,
     check_method,
     checked_call,
     encode_batch,
@@ -33,21 +34,22 @@ from minirun.methods.runner import (
     open_session,
     plan_rows,
 )
-
+from minirun.methods.vote import plurality, vote_shares
 
 
 @dataclass
 class ChoiceResult:
     method: str
-    choice: int  # the best-scoring option (per_prompt: the first prompt's pick)
-    scores: list[float]  # every option's score under `choice_score` (per token, summed or per character)
+    choice: int  # the best-scoring option (per_prompt: the first prompt's pick; vote: the most prompts' pick)
+    scores: list[float]  # every option's score under `choice_score` (per token, summed or per character; vote:
+    # its share of the prompts' picks)
     prompts: list[str]
     prompt_tokens: int
-    per_prompt_choices: list[int] | None = None  # per_prompt: each prompt's pick
+    per_prompt_choices: list[int] | None = None  # per_prompt and vote: each prompt's pick
     per_prompt_scores: list[list[float]] | None = None
-    per_prompt_logprobs: list[list[float]] | None = None  # per_prompt: each prompt's summed log-likelihoods
+    per_prompt_logprobs: list[list[float]] | None = None  # per_prompt and vote: each prompt's summed log-likelihoods
     fusion_layer: int | None = None
-    logprobs: list[float] | None = None  # every option's summed log-likelihood: any score can be recomputed
+    logprobs: list[float] | None = None  # every option's summed log-likelihood (vote: the prompts' mean)
     option_tokens: list[int] | None = None  # every option's token count
     option_chars: list[int] | None = None  # every option's length in characters, as scored
     confidences: list[float] | None = None  # the weighted methods' per-paraphrase confidences
@@ -190,17 +192,30 @@ def pick(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) 
     return best_option(scores), scores
 
 
+def method_pick(method: str, logprobs: list[float], tokens: list[int], chars: list[int], mode: str,
+                per_prompt: list[list[float]] | None = None) -> tuple[int, list[float], list[int] | None]:
+    """A method's pick and every option's score under `mode`, and each prompt's pick where `per_prompt` holds each
+    prompt's summed log-likelihoods: vote takes the option most prompts pick (`plurality`), scored by its share of
+    the picks; every other method the best score of its (fused) `logprobs`."""
+    each = [pick(lp, tokens, chars, mode)[0] for lp in per_prompt] if per_prompt is not None else None
+    if method == "vote":
+        if each is None:
+            raise ValueError("vote picks from each prompt's log-likelihoods: pass per_prompt")
+        return each[plurality(each)], vote_shares(each, len(logprobs)), each
+    choice, scores = pick(logprobs, tokens, chars, mode)
+    return choice, scores, each
+
+
 def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts: list[str], mode: str,
             prompts: list[str], prompt_tokens: int, per_prompt: list[list[float]] | None = None,
             **extra) -> ChoiceResult:
     """A question's result from its options' summed log-likelihoods (and, `per_prompt`, each prompt's): the
     pick under `mode`, and the sums, token counts and lengths any other mode's pick is recomputed from."""
     tokens, chars = [len(ids) for ids in targets], [len(t) for t in texts]
-    choice, scores = pick(logprobs, tokens, chars, mode)
+    choice, scores, picks = method_pick(method, logprobs, tokens, chars, mode, per_prompt)
     if per_prompt is not None:
-        each = [pick(lp, tokens, chars, mode) for lp in per_prompt]
-        extra |= {"per_prompt_choices": [c for c, _ in each], "per_prompt_scores": [sc for _, sc in each],
-                  "per_prompt_logprobs": per_prompt}
+        extra |= {"per_prompt_choices": picks, "per_prompt_logprobs": per_prompt,
+                  "per_prompt_scores": [option_scores(lp, tokens, chars, mode) for lp in per_prompt]}
     return ChoiceResult(method, choice, scores, prompts, prompt_tokens, logprobs=logprobs, option_tokens=tokens,
                         option_chars=chars, **extra)
 
@@ -229,10 +244,11 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
         chunk = session.logits(states.index_select(0, rows))  # [R, T, V]
         predictors = _predictors(first.index_select(0, rows), chunk, targets[q])
         tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
-        if method in ("origin", "per_prompt"):
+        if method in ("origin", *EVERY_ANSWER):
             each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
-            results.append(_scored(method, each[0], targets[q], texts[q], mode, prompts[q], tokens,
-                                   per_prompt=each if method == "per_prompt" else None))
+            shown = [sum(sums) / len(each) for sums in zip(*each)] if method == "vote" else each[0]
+            results.append(_scored(method, shown, targets[q], texts[q], mode, prompts[q], tokens,
+                                   per_prompt=each if method in EVERY_ANSWER else None))
             continue
         weights = torch.tensor(confidence_weights(method, confidences[q]), device=llm.device) if confidences else None
         rule = RULES["avg" if method == "hidden_avg" else method]

@@ -90,7 +90,8 @@ class MethodResult:
     finish_reason: str
     prompt_tokens: int  # tokens prefilled (a shared head counted once)
     prompts: list[str]
-    answers: list[str] | None = None  # per_prompt: one answer per paraphrase
+    answers: list[str] | None = None  # per_prompt and vote: one answer per paraphrase
     confidences: list[float] | None = None
-    answer_token_ids: list[list[int]] | None = None  # per_prompt: generated ids per paraphrase
+    answer_token_ids: list[list[int]] | None = None  # per_prompt and vote: generated ids per paraphrase
     fusion_layer: int | None = None  # hidden_avg: the first fused block used
+    chosen: int | None = None  # vote: the prompt whose answer won (`text` is its completion)

@@ -16,12 +16,14 @@ from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED, confidence_weig
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, align_heads, common_head, encode_question, packed_row
+from minirun.methods.vote import answer_key, plurality
 
-METHODS = ("origin", "per_prompt", *RULES, "hidden_avg", "flex")
+METHODS = ("origin", "per_prompt", "vote", *RULES, "hidden_avg", "flex")
+EVERY_ANSWER = ("per_prompt", "vote")  # every prompt answered on its own, each answer kept in the result
 FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
 # Every prompt its own row after the shared head, nothing fused into the cache: these methods prefill a batch
 # alike, so run back to back on one batch the later ones copy the first one's prefill (`Session.prefill`).
-PROMPT_ROWS = ("per_prompt", *RULES)
+PROMPT_ROWS = (*EVERY_ANSWER, *RULES)
 
 
 def default_fusion_layer(num_layers: int) -> int:
@@ -225,7 +227,8 @@ def group_layout(groups: list[list[int]], rows: tuple[int, ...], device: torch.d
 
 def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: list[list[str]],
               options: EnsembleOptions, confidences: list[list[float]] | None, hooks: Hooks) -> list[MethodResult]:
-    """origin / per_prompt / logit fusion: one row per prompt, rows of a question fused per step."""
+    """origin / per_prompt / vote / logit fusion: one row per prompt, rows of a question fused per step (the
+    fusion rules) or once their answers are done (vote)."""
     plan = plan_rows(llm, method, encoded, options)
     head, groups, layer = plan.head, plan.groups, plan.layer
     fused = method in FUSED_ROWS
@@ -306,8 +309,11 @@ def prompt_tokens(enc: Encoded, head: list[int] | None) -> int:
 
 def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,
             confidences: list[float] | None = None, layer: int | None = None) -> MethodResult:
-    first = completions[0]
-    per_prompt = method == "per_prompt"
-    return MethodResult(method, first.text, first.token_ids, first.finish_reason, prompt_tokens, prompts,
-                        [c.text for c in completions] if per_prompt else None, confidences,
-                        [c.token_ids for c in completions] if per_prompt else None, layer)
+    """A question's result: its one completion, per_prompt's first prompt's, or the vote's winner, with every
+    prompt's answer kept where each was decoded on its own."""
+    every = method in EVERY_ANSWER
+    chosen = plurality([answer_key(c.text) for c in completions]) if method == "vote" else None
+    shown = completions[chosen or 0]
+    return MethodResult(method, shown.text, shown.token_ids, shown.finish_reason, prompt_tokens, prompts,
+                        [c.text for c in completions] if every else None, confidences,
+                        [c.token_ids for c in completions] if every else None, layer, chosen)

@@ -1,0 +1,163 @@
+"""Majority vote: the counting rule alone, then `vote` against per_prompt's own answers and picks, in generation,
+multiple-choice scoring, eval rows, the report's re-picking and the command line."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import minirun
+from minirun.cli import app
+from minirun.eval.data import load_dataset
+from minirun.eval.loop import evaluate
+from minirun.eval.report import select_choice_score
+from minirun.methods import EnsembleOptions, Question, run_method, score_choices
+from minirun.methods.choice import method_pick
+from minirun.methods.vote import answer_key, plurality, vote_shares
+
+PREFIX = "Q: Water boils at\nA: 100 degrees\n\n"
+QUESTION = "The capital of France is"
+OTHER = "Who wrote Hamlet? William"
+CHOICES = ["Paris", "Lyon and Marseille", "Berlin", "the city of Rome"]
+
+
+@pytest.mark.parametrize("keys, winner", [
+    (["paris", "lyon", "lyon"], 1),  # a majority against the first prompt
+    (["paris", "lyon", "lyon", "paris"], 0),  # a tie: the key given first
+    (["lyon", "paris", "paris", "lyon", "rome"], 0),
+    ([None, "lyon", None, None], 1),  # an empty answer casts no vote, however many there are
+    ([None, None], 0),  # nobody votes: the first prompt's
+    (["a", "b", "c"], 0),  # all different: the first prompt's
+    ([2, 0, 2, 1], 0),  # picks vote as keys do
+    ([3, 1, 1], 1),
+])
+def test_plurality_counts_votes_and_breaks_ties_by_the_first_given(keys, winner):
+    assert plurality(keys) == winner
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("A: Paris.", "paris", True), ("\"Paris\"", "The Paris", True), ("Paris Q: What is", "Paris", True),
+    ("Paris\nmore text", "Paris", True), ("Paris", "Lyon", False), ("2.5", "25", False),
+])
+def test_answers_vote_together_by_their_extracted_normalised_text(a, b, same):
+    assert (answer_key(a) == answer_key(b)) == same
+
+
+@pytest.mark.parametrize("text", ["", "  ", "A:", "\"\"", "."])
+def test_an_empty_answer_has_no_key(text):
+    assert answer_key(text) is None
+
+
+def test_vote_shares_are_each_options_fraction_of_the_picks():
+    assert vote_shares([2, 0, 2, 2], 4) == [0.25, 0.0, 0.75, 0.0]
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen3"])
+def llm(request, checkpoint_dirs):
+    return minirun.load(checkpoint_dirs[request.param])
+
+
+def opts(**kw) -> EnsembleOptions:
+    return EnsembleOptions(**{"max_new_tokens": 12, "chat": False, "stop": ("\n",), **kw})
+
+
+def test_vote_takes_the_answer_most_prompts_give(llm):
+    """Prompts [A, B, B]: per_prompt answers each alone; the vote returns B's answer (where A's differs), with
+    every prompt's answer kept, and its generated tokens are per_prompt's."""
+    prompts = [QUESTION, OTHER, OTHER]
+    question = [Question(QUESTION, prompts, PREFIX, "\nA:")]
+    each = run_method(llm, "per_prompt", question, opts())[0]
+    voted = run_method(llm, "vote", question, opts())[0]
+    keys = [answer_key(a) for a in each.answers]
+    assert keys[1] is not None and keys[0] != keys[1]  # the random checkpoints answer A and B differently
+    assert voted.chosen == 1 and voted.text == each.answers[1] and voted.token_ids == each.answer_token_ids[1]
+    assert voted.answers == each.answers and voted.answer_token_ids == each.answer_token_ids
+    assert voted.prompt_tokens == each.prompt_tokens and each.chosen is None
+
+
+def test_a_vote_of_identical_paraphrases_is_origin(llm):
+    origin = run_method(llm, "origin", [Question(QUESTION, [], PREFIX, "\nA:")], opts())[0]
+    voted = run_method(llm, "vote", [Question(QUESTION, [QUESTION] * 3, PREFIX, "\nA:")], opts())[0]
+    assert (voted.text, voted.token_ids, voted.chosen) == (origin.text, origin.token_ids, 0)
+
+
+def test_questions_vote_in_a_batch_as_alone(llm):
+    questions = [Question(QUESTION, [QUESTION, OTHER, OTHER], PREFIX, "\nA:"),
+                 Question(OTHER, [OTHER, QUESTION], PREFIX, "\nA:")]
+    batched = run_method(llm, "vote", questions, opts())
+    alone = [run_method(llm, "vote", [q], opts())[0] for q in questions]
+    assert [(r.chosen, r.token_ids, r.answers) for r in batched] == [(r.chosen, r.token_ids, r.answers) for r in alone]
+
+
+def test_a_multiple_choice_vote_is_the_plurality_of_per_prompts_picks(llm):
+    """Prompts [A, B, B]: B's pick wins over A's (the random checkpoints pick differently for them)."""
+    question = [Question(QUESTION, [QUESTION, OTHER, OTHER], PREFIX, "\nA:")]
+    each = score_choices(llm, "per_prompt", question, [CHOICES], opts())[0]
+    voted = score_choices(llm, "vote", question, [CHOICES], opts())[0]
+    picks = each.per_prompt_choices
+    assert picks[0] != picks[1] == picks[2]
+    assert voted.per_prompt_choices == picks and voted.per_prompt_logprobs == each.per_prompt_logprobs
+    assert voted.choice == picks[1] and voted.scores == vote_shares(picks, 4) and voted.scores[picks[1]] == 2 / 3
+    assert voted.logprobs == pytest.approx([sum(s) / 3 for s in zip(*each.per_prompt_logprobs)])
+    same = score_choices(llm, "vote", [Question(QUESTION, [QUESTION] * 3, PREFIX, "\nA:")], [CHOICES], opts())[0]
+    origin = score_choices(llm, "origin", [Question(QUESTION, [], PREFIX, "\nA:")], [CHOICES], opts())[0]
+    assert same.choice == origin.choice and same.scores[origin.choice] == 1.0
+
+
+def test_method_pick_counts_each_prompts_pick_under_the_mode():
+    """Per token, prompts 0 and 1 pick the long option 1, prompt 2 the short option 0; summed, prompts 1 and 2 pick
+    option 0: the vote follows the mode (the option, not the prompt that first gave it), while a fused method
+    picks from its own sums."""
+    tokens, chars = [1, 4], [5, 20]
+    per_prompt = [[-3.0, -2.0], [-1.5, -4.0], [-1.0, -8.0]]
+    assert method_pick("vote", [-9.0, -9.0], tokens, chars, "mean", per_prompt) == (1, [1 / 3, 2 / 3], [1, 1, 0])
+    assert method_pick("vote", [-9.0, -9.0], tokens, chars, "sum", per_prompt) == (0, [2 / 3, 1 / 3], [1, 0, 0])
+    assert method_pick("avg", [-1.0, -2.0], tokens, chars, "sum") == (0, [-1.0, -2.0], None)
+    with pytest.raises(ValueError, match="per_prompt"):
+        method_pick("vote", [-1.0, -2.0], tokens, chars, "sum")
+
+
+def test_report_counts_a_choice_vote_again_under_another_score(checkpoint_dirs, tmp_path):
+    """`report --choice-score` re-picks each prompt and counts the vote again: the same as a run scored that way."""
+    tiny = minirun.load(checkpoint_dirs["qwen2"])
+    items = load_dataset("sample-choice")[:4]
+    settings = dict(dataset="sample-choice", num_prompts=3, few_shot_k=1, batch_size=2, progress=False)
+    mean = evaluate(tiny, items, ["vote"], tmp_path / "mean", **settings)
+    summed = evaluate(tiny, items, ["vote"], tmp_path / "sum", **settings, choice_score="sum")
+    repicked = select_choice_score(mean, "sum").sort_values("id").reset_index(drop=True)
+    summed = summed.sort_values("id").reset_index(drop=True)
+    for column in ("choice", "correct", "answer"):
+        assert repicked[column].tolist() == summed[column].tolist(), column
+    assert [list(a) for a in repicked["answers"]] == [list(a) for a in summed["answers"]]
+    assert [list(s) for s in repicked["choice_scores"]] == [list(s) for s in summed["choice_scores"]]
+
+
+def test_eval_rows_of_a_vote_hold_every_answer_and_the_winners_verdict(checkpoint_dirs, tmp_path):
+    """vote beside per_prompt in one eval (one prefill for both): the same prompts' answers, and the row's answer
+    and verdicts are those of the answer most prompts gave."""
+    tiny = minirun.load(checkpoint_dirs["qwen2"])
+    items = load_dataset("sample-qa")[:4]
+    table = evaluate(tiny, items, ["per_prompt", "vote"], tmp_path, dataset="sample-qa", num_prompts=3, few_shot_k=1,
+                     max_new_tokens=4, batch_size=2, progress=False)
+    rows = {(r.method, r.id): r for r in table.itertuples()}
+    for item in items:
+        each, voted = rows[("per_prompt", item.id)], rows[("vote", item.id)]
+        assert list(voted.answers) == list(each.answers) and voted.tokens == each.tokens
+        won = plurality([answer_key(a) for a in voted.answers])
+        assert voted.answer == voted.answers[won] and voted.correct == voted.per_prompt_correct[won]
+    assert isinstance(table, pd.DataFrame) and set(table["method"]) == {"per_prompt", "vote"}
+
+
+def test_generate_vote_prints_the_winner_and_names_it_in_json(checkpoint_dirs):
+    args = ["generate", QUESTION, "--model", str(checkpoint_dirs["qwen2"]), "--method", "vote", "--raw",
+            "-p", OTHER, "-p", "Water boils at", "--max-new-tokens", "6", "--stop", "\n"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["method"] == "vote" and len(out["answers"]) == 3 and out["text"] == out["answers"][out["chosen"]]
+    assert out["chosen"] == plurality([answer_key(a) for a in out["answers"]])
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.strip() == out["text"].strip() and "* [" in plain.stderr
