@@ -59,13 +59,13 @@ def run(llm, method: str, question: str) -> list[int]:
     return run_method(llm, method, [Question(question, [question, *PARAS])], OPTIONS)[0].token_ids
 
 
-def run_two(llm, method: str) -> list[list[int]]:
+def run_two(llm, method: str) -> list[list[list[int]]]:
     """Two questions in one batch, the first asked one way: a compiled hidden_avg step once fused that group
     wrong (its logits off by 2 to 9 from the first decode step) while one question alone was right."""
     questions = [Question("Capital of Japan?", ["Capital of Japan?"]),
                  Question("Capital of France?", ["Capital of France?", *PARAS])]
     options = replace(OPTIONS, confidences=[[1.0], *OPTIONS.confidences])
-    return [r.token_ids for r in run_method(llm, method, questions, options)]
+    return [r.answer_token_ids or [r.token_ids] for r in run_method(llm, method, questions, options)]  # every row's
 
 
 @pytest.mark.parametrize("method", METHODS)

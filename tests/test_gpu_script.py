@@ -177,14 +177,21 @@ def test_compiled_against_eager_counts_the_answers_that_agree_and_where_the_othe
 
     def run_encoded(llm, method, encoded, options):
         second = [5, 6, 9] if flex.is_compiled() else [5, 6, 7]
-        return [Result(token_ids=ids) for ids in ([1, 2, 3], second)]
+        return [Result(token_ids=ids, answer_token_ids=None) for ids in ([1, 2, 3], second)]
 
     monkeypatch.setattr(gpu, "run_encoded", run_encoded)
     checked = gpu.eager_against_compiled(None, "avg", [], None)
     assert checked == {"equal": False, "answers_equal": "1/2", "first_difference_at": [2]}
     assert not flex.is_compiled()  # eager again afterwards
-    monkeypatch.setattr(gpu, "run_encoded", lambda *args: [Result(token_ids=[4])])
+    monkeypatch.setattr(gpu, "run_encoded", lambda *args: [Result(token_ids=[4], answer_token_ids=None)])
     assert gpu.eager_against_compiled(None, "avg", [], None)["equal"] is True
+
+    def every_answer(llm, method, encoded, options):  # the shown answer agrees, the second prompt's does not
+        return [Result(token_ids=[4], answer_token_ids=[[4], [8, 9 if flex.is_compiled() else 7]])]
+
+    monkeypatch.setattr(gpu, "run_encoded", every_answer)
+    checked = gpu.eager_against_compiled(None, "per_prompt", [], None)
+    assert checked == {"equal": False, "answers_equal": "1/2", "first_difference_at": [1]}
 
 
 def test_the_speed_plan_measures_what_the_targets_need_first():

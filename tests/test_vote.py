@@ -14,7 +14,8 @@ from minirun.eval.data import load_dataset
 from minirun.eval.loop import evaluate
 from minirun.eval.report import select_choice_score
 from minirun.methods import EnsembleOptions, Question, run_method, score_choices
-from minirun.methods.choice import method_pick
+from minirun.methods.choice import method_pick, scored_as
+from minirun.methods.runner import answered_as
 from minirun.methods.vote import answer_key, plurality, vote_shares
 
 PREFIX = "Q: Water boils at\nA: 100 degrees\n\n"
@@ -161,3 +162,41 @@ def test_generate_vote_prints_the_winner_and_names_it_in_json(checkpoint_dirs):
     plain = CliRunner().invoke(app, args)
     assert plain.exit_code == 0, plain.output
     assert plain.stdout.strip() == out["text"].strip() and "* [" in plain.stderr
+
+
+def test_per_prompt_and_vote_results_are_each_others(llm):
+    """`answered_as` / `scored_as`: one method's results as the other's equal the other's run — what lets an
+    evaluation decode or score the prompts once for both."""
+    questions = [Question(QUESTION, [QUESTION, OTHER, OTHER], PREFIX, "\nA:"), Question(OTHER, [OTHER], PREFIX, "\nA:")]
+    runs = {m: run_method(llm, m, questions, opts()) for m in ("per_prompt", "vote")}
+    scores = {m: score_choices(llm, m, questions, [CHOICES, CHOICES[:2]], opts()) for m in ("per_prompt", "vote")}
+    for source, target in (("per_prompt", "vote"), ("vote", "per_prompt")):
+        assert [answered_as(r, target) for r in runs[source]] == runs[target]
+        assert [scored_as(r, target, "mean") for r in scores[source]] == scores[target]
+    assert runs["vote"][0].finish_reasons == runs["per_prompt"][0].finish_reasons and len(runs["vote"][0].finish_reasons) == 3
+    with pytest.raises(ValueError, match="per_prompt and vote"):
+        answered_as(runs["vote"][0], "avg")
+    with pytest.raises(ValueError, match="per_prompt and vote"):
+        scored_as(score_choices(llm, "avg", questions[:1], [CHOICES], opts())[0], "vote", "mean")
+
+
+@pytest.mark.parametrize("dataset", ["sample-qa", "sample-choice"])
+def test_an_eval_of_per_prompt_and_vote_answers_the_prompts_once(checkpoint_dirs, tmp_path, monkeypatch, dataset):
+    """Run together, vote takes per_prompt's decoded answers (or scores) instead of its own pass: the same rows as
+    each run alone, one pass per batch, and vote's seconds count the pass it took."""
+    from minirun.eval import loop
+
+    tiny = minirun.load(checkpoint_dirs["qwen2"])
+    items = load_dataset(dataset)[:4]
+    settings = dict(dataset=dataset, num_prompts=3, few_shot_k=1, max_new_tokens=4, batch_size=2, progress=False)
+    alone = pd.concat([evaluate(tiny, items, [m], tmp_path / m, **settings) for m in ("per_prompt", "vote")])
+    passes = []
+    for name in ("run_method", "score_choices"):
+        real = getattr(loop, name)
+        monkeypatch.setattr(loop, name, lambda llm, method, *rest, real=real: passes.append(method) or real(llm, method, *rest))
+    together = evaluate(tiny, items, ["per_prompt", "vote"], tmp_path / "both", **settings)
+    assert passes == ["per_prompt", "per_prompt"]  # two batches of two questions; vote decoded nothing
+    canon = [df.drop(columns="seconds").sort_values(["method", "id"]).reset_index(drop=True) for df in (alone, together)]
+    pd.testing.assert_frame_equal(*canon)
+    seconds = together.groupby("method")["seconds"].sum()
+    assert seconds["vote"] >= 0.5 * seconds["per_prompt"]

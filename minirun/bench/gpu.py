@@ -144,7 +144,9 @@ def eager_against_compiled(llm: LLM, method: str, encoded: list, options: Ensemb
     try:
         for compiled in (False, True):
             flex.set_compiled(compiled)
-            runs.append([r.token_ids for r in run_encoded(llm, method, encoded, options)])
+            # every prompt's answer where the method keeps them (per_prompt, vote), not only the one it shows
+            results = run_encoded(llm, method, encoded, options)
+            runs.append([ids for r in results for ids in r.answer_token_ids or [r.token_ids]])
     finally:
         flex.set_compiled(False)
     parted = [next((i for i, (a, b) in enumerate(zip(e, c)) if a != b), None) for e, c in zip(*runs)]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -32,10 +33,10 @@ from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_pr
 from minirun.eval.results import ResultStore, merge, read_results
 from minirun.layers.calibrate import seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
-from minirun.methods.choice import ChoiceResult, score_choices
+from minirun.methods.choice import ChoiceResult, score_choices, scored_as
 from minirun.methods.fusion import WEIGHTED
-from minirun.methods.runner import (OPTION_READERS, PROMPT_ROWS, check_method, check_options_used,
-                                    default_fusion_layer)
+from minirun.methods.runner import (EVERY_ANSWER, OPTION_READERS, PROMPT_ROWS, answered_as, check_method,
+                                    check_options_used, default_fusion_layer)
 from minirun.text import extract_answer, normalize
 
 log = logging.getLogger("minirun")
@@ -335,13 +336,14 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         overall = bar.add_task("eval", total=total, completed=total - left)
         if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
             stack.enter_context(llm.reusing_prompts())
+        twins = Twins(lambda: _reused_seconds(llm))
         for (i, method), batch in schedule(lanes):
             run = runs[i]
             bar.update(overall, description=f"eval {method}")
             qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
                            _suffix(item, run.choice_format, run.prompt_format)) for item in batch]
             rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
-                              run.choice_format)
+                              run.choice_format, twins)
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             for row in rows:
                 bar.advance(overall)
@@ -388,15 +390,43 @@ def _suffix(item: Item, choice_format: str, fmt: PromptFormat) -> str:
     return option_list(item.choices) if item.choices is not None and choice_format == "letters" else fmt.cue
 
 
+class Twins:
+    """per_prompt and vote answer (or score) every prompt alone, the very same tokens: on a batch both run, the
+    second takes the first one's results as its own (`answered_as`, `scored_as`) instead of decoding again, and
+    counts their seconds (`copied`, a running total), so its throughput reads as if it ran alone. One batch is
+    kept per kind of call, which is all `schedule`, taking the two together batch by batch, needs."""
+
+    def __init__(self, reused_seconds: Callable[[], float]) -> None:
+        self.reused_seconds = reused_seconds  # the prefill time a call copied counts as its own
+        self.kept: dict[str, tuple[str, list, float]] = {}  # kind -> (the call's inputs, results, seconds)
+        self.copied = 0.0
+
+    def run(self, method: str, call: tuple, compute: Callable[[], list], convert: Callable[[Any], Any]) -> list:
+        """`compute()`'s results, or those of the same `call` (kind first, then every input) a twin made, converted."""
+        if method not in EVERY_ANSWER:
+            return compute()
+        kind, key = call[0], repr(call)
+        if kind in self.kept and self.kept[kind][0] == key:
+            self.copied += self.kept[kind][2]
+            return [convert(r) for r in self.kept[kind][1]]
+        start, reused, measuring = time.perf_counter(), self.reused_seconds(), seconds_measuring()
+        results = compute()
+        spent = time.perf_counter() - start - (seconds_measuring() - measuring) + self.reused_seconds() - reused
+        self.kept[kind] = key, results, spent
+        return results
+
+
 def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                matcher: Matcher, bidirectional: bool, original: bool, bar: Progress,
-               choice_format: str) -> list[dict]:
+               choice_format: str, twins: Twins) -> list[dict]:
     """One batched generation (or scoring, for choice items) and one batched match for `batch`.
 
     `seconds` is the batch's wall time per item plus the prefill time it copied from the method before
-    it (`schedule`), so a method's throughput reads the same whether it ran alone or after another, less
-    any kernel calibration that ran inside it (once per machine and shape, not the method's cost)."""
+    it (`schedule`) and the time of the results it took from its twin (`Twins`), so a method's throughput
+    reads the same whether it ran alone or after another, less any kernel calibration that ran inside it
+    (once per machine and shape, not the method's cost)."""
     start, reused, measuring = time.perf_counter(), _reused_seconds(llm), seconds_measuring()
+    copied = twins.copied
     if method in WEIGHTED:
         options = replace(options, confidences=_confidences(llm, batch, questions, options, matcher, bar))
     scored = [i for i, item in enumerate(batch) if item.choices is not None]
@@ -408,18 +438,21 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
                       for item in picked]
         pick_options = replace(options, confidences=[options.confidences[i] for i in scored]) \
             if options.confidences else options
+        asked = [questions[i] for i in scored]
         with _naming(picked):
-            results = score_choices(llm, method, [questions[i] for i in scored], candidates, pick_options)
+            results = twins.run(method, ("score", asked, candidates, pick_options),
+                                lambda: score_choices(llm, method, asked, candidates, pick_options),
+                                lambda r: scored_as(r, method, pick_options.choice_score))
         rows |= {i: _choice_row(item, method, r, original) for i, item, r in zip(scored, picked, results)}
     if generated:
         gen_options = replace(options, confidences=[options.confidences[i] for i in generated]) \
             if options.confidences else options
         items = [batch[i] for i in generated]
         found = _generate_rows(llm, method, items, [questions[i] for i in generated], gen_options, matcher,
-                               bidirectional, original)
+                               bidirectional, original, twins)
         rows |= dict(zip(generated, found))
     elapsed = time.perf_counter() - start - (seconds_measuring() - measuring)
-    seconds = (elapsed + _reused_seconds(llm) - reused) / len(batch)
+    seconds = (elapsed + _reused_seconds(llm) - reused + twins.copied - copied) / len(batch)
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
 
 
@@ -458,9 +491,10 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
 
 
 def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
-                   matcher: Matcher, bidirectional: bool, original: bool) -> list[dict]:
+                   matcher: Matcher, bidirectional: bool, original: bool, twins: Twins) -> list[dict]:
     with _naming(batch):
-        results = run_method(llm, method, questions, options)
+        results = twins.run(method, ("generate", questions, options), lambda: run_method(llm, method, questions, options),
+                            lambda r: answered_as(r, method))
     answers = [[extract_answer(a, STOP) for a in (r.answers if r.answers is not None else [r.text])] for r in results]
     predictions = [x for a in answers for x in a]
     golds = [item.answers for item, a in zip(batch, answers) for _ in a]

@@ -192,6 +192,11 @@ def pick(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) 
     return best_option(scores), scores
 
 
+def counts(targets: list[list[int]], texts: list[str]) -> tuple[list[int], list[int]]:
+    """The options' token counts and lengths in characters, as scores divide by them."""
+    return [len(ids) for ids in targets], [len(t) for t in texts]
+
+
 def method_pick(method: str, logprobs: list[float], tokens: list[int], chars: list[int], mode: str,
                 per_prompt: list[list[float]] | None = None) -> tuple[int, list[float], list[int] | None]:
     """A method's pick and every option's score under `mode`, and each prompt's pick where `per_prompt` holds each
@@ -206,18 +211,33 @@ def method_pick(method: str, logprobs: list[float], tokens: list[int], chars: li
     return choice, scores, each
 
 
-def _scored(method: str, logprobs: list[float], targets: list[list[int]], texts: list[str], mode: str,
+def _scored(method: str, logprobs: list[float], tokens: list[int], chars: list[int], mode: str,
             prompts: list[str], prompt_tokens: int, per_prompt: list[list[float]] | None = None,
             **extra) -> ChoiceResult:
-    """A question's result from its options' summed log-likelihoods (and, `per_prompt`, each prompt's): the
-    pick under `mode`, and the sums, token counts and lengths any other mode's pick is recomputed from."""
-    tokens, chars = [len(ids) for ids in targets], [len(t) for t in texts]
+    """A question's result from its options' summed log-likelihoods (and, `per_prompt`, each prompt's), token counts
+    and lengths: the pick under `mode`, and what any other mode's pick is recomputed from."""
     choice, scores, picks = method_pick(method, logprobs, tokens, chars, mode, per_prompt)
     if per_prompt is not None:
         extra |= {"per_prompt_choices": picks, "per_prompt_logprobs": per_prompt,
                   "per_prompt_scores": [option_scores(lp, tokens, chars, mode) for lp in per_prompt]}
     return ChoiceResult(method, choice, scores, prompts, prompt_tokens, logprobs=logprobs, option_tokens=tokens,
                         option_chars=chars, **extra)
+
+
+def every_answer_logprobs(method: str, each: list[list[float]]) -> list[float]:
+    """The options' log-likelihoods a result of prompts scored alone carries: origin's and per_prompt's the first
+    prompt's, vote's the prompts' mean."""
+    return [sum(sums) / len(each) for sums in zip(*each)] if method == "vote" else each[0]
+
+
+def scored_as(result: ChoiceResult, method: str, mode: str) -> ChoiceResult:
+    """A per_prompt or vote result as the other method's: both score every prompt alone, the same numbers, and
+    differ only in the pick they show (an evaluation running both scores the prompts once)."""
+    each = result.per_prompt_logprobs
+    if result.method not in EVERY_ANSWER or method not in EVERY_ANSWER or each is None:
+        raise ValueError(f"only per_prompt and vote results are each other's, not {result.method} as {method}")
+    return _scored(method, every_answer_logprobs(method, each), result.option_tokens, result.option_chars, mode,
+                   result.prompts, result.prompt_tokens, per_prompt=each)
 
 
 def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets: list[list[list[int]]],
@@ -246,14 +266,13 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
         tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
         if method in ("origin", *EVERY_ANSWER):
             each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
-            shown = [sum(sums) / len(each) for sums in zip(*each)] if method == "vote" else each[0]
-            results.append(_scored(method, shown, targets[q], texts[q], mode, prompts[q], tokens,
-                                   per_prompt=each if method in EVERY_ANSWER else None))
+            results.append(_scored(method, every_answer_logprobs(method, each), *counts(targets[q], texts[q]), mode,
+                                   prompts[q], tokens, per_prompt=each if method in EVERY_ANSWER else None))
             continue
         weights = torch.tensor(confidence_weights(method, confidences[q]), device=llm.device) if confidences else None
         rule = RULES["avg" if method == "hidden_avg" else method]
-        results.append(_scored(method, _option_logprobs(predictors, targets[q], rule, weights), targets[q], texts[q],
-                               mode, prompts[q], tokens, fusion_layer=plan.layer,
+        results.append(_scored(method, _option_logprobs(predictors, targets[q], rule, weights),
+                               *counts(targets[q], texts[q]), mode, prompts[q], tokens, fusion_layer=plan.layer,
                                confidences=list(confidences[q]) if confidences else None))
     return results
 
@@ -275,6 +294,6 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     for q, (t, r) in enumerate(zip(targets, rows)):
         predictors = _predictors(first[q:q + 1], session.logits(states[q:q + 1]), t)
         tokens = (len(head) if head else 0) + len(r.tokens)
-        results.append(_scored("flex", _option_logprobs(predictors, t, None, None), t, texts[q], options.choice_score,
-                               prompts[q], tokens))
+        results.append(_scored("flex", _option_logprobs(predictors, t, None, None), *counts(t, texts[q]),
+                               options.choice_score, prompts[q], tokens))
     return results

@@ -95,3 +95,4 @@ class MethodResult:
     answer_token_ids: list[list[int]] | None = None  # per_prompt and vote: generated ids per paraphrase
     fusion_layer: int | None = None  # hidden_avg: the first fused block used
     chosen: int | None = None  # vote: the prompt whose answer won (`text` is its completion)
+    finish_reasons: list[str] | None = None  # per_prompt and vote: why each paraphrase's answer ended

@@ -316,4 +316,15 @@ def _result(method: str, completions: list[Completion], prompts: list[str], prom
     shown = completions[chosen or 0]
     return MethodResult(method, shown.text, shown.token_ids, shown.finish_reason, prompt_tokens, prompts,
                         [c.text for c in completions] if every else None, confidences,
-                        [c.token_ids for c in completions] if every else None, layer, chosen)
+                        [c.token_ids for c in completions] if every else None, layer, chosen,
+                        [c.finish_reason for c in completions] if every else None)
+
+
+def answered_as(result: MethodResult, method: str) -> MethodResult:
+    """A per_prompt or vote result as the other method's: both decode every prompt alone, the same tokens, and
+    differ only in the answer they show (an evaluation running both decodes the prompts once)."""
+    if result.method not in EVERY_ANSWER or method not in EVERY_ANSWER:
+        raise ValueError(f"only per_prompt and vote results are each other's, not {result.method} as {method}")
+    completions = [Completion(*c) for c in zip(result.answers, result.answer_token_ids, result.finish_reasons,
+                                               strict=True)]
+    return _result(method, completions, result.prompts, result.prompt_tokens, result.confidences, result.fusion_layer)
