@@ -1,4 +1,4 @@
-"""Answer extraction and text normalisation shared by the methods (self-consistency, votes) and evaluation (matching)."""
+"""Answer extraction and text normalisation, shared by the methods (self-consistency, votes) and evaluation."""
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@ multiple-choice scoring, eval rows, the report's re-picking and the command line
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -173,7 +174,8 @@ def test_per_prompt_and_vote_results_are_each_others(llm):
     for source, target in (("per_prompt", "vote"), ("vote", "per_prompt")):
         assert [answered_as(r, target) for r in runs[source]] == runs[target]
         assert [scored_as(r, target, "mean") for r in scores[source]] == scores[target]
-    assert runs["vote"][0].finish_reasons == runs["per_prompt"][0].finish_reasons and len(runs["vote"][0].finish_reasons) == 3
+    reasons = runs["vote"][0].finish_reasons
+    assert reasons == runs["per_prompt"][0].finish_reasons and len(reasons) == 3
     with pytest.raises(ValueError, match="per_prompt and vote"):
         answered_as(runs["vote"][0], "avg")
     with pytest.raises(ValueError, match="per_prompt and vote"):
@@ -193,10 +195,69 @@ def test_an_eval_of_per_prompt_and_vote_answers_the_prompts_once(checkpoint_dirs
     passes = []
     for name in ("run_method", "score_choices"):
         real = getattr(loop, name)
-        monkeypatch.setattr(loop, name, lambda llm, method, *rest, real=real: passes.append(method) or real(llm, method, *rest))
+        monkeypatch.setattr(loop, name, lambda llm, method, *rest, real=real: passes.append(method) or
+                            real(llm, method, *rest))
     together = evaluate(tiny, items, ["per_prompt", "vote"], tmp_path / "both", **settings)
     assert passes == ["per_prompt", "per_prompt"]  # two batches of two questions; vote decoded nothing
-    canon = [df.drop(columns="seconds").sort_values(["method", "id"]).reset_index(drop=True) for df in (alone, together)]
+    canon = [df.drop(columns="seconds").sort_values(["method", "id"]).reset_index(drop=True)
+             for df in (alone, together)]
     pd.testing.assert_frame_equal(*canon)
     seconds = together.groupby("method")["seconds"].sum()
     assert seconds["vote"] >= 0.5 * seconds["per_prompt"]
+
+
+def test_twins_hand_over_results_and_their_seconds_once(monkeypatch):
+    """The second of per_prompt and vote on the same inputs and options (the choice score aside: results carry what
+    any score is re-picked from) takes the first one's results, converted, and their seconds, prefill copied
+    included, once; other inputs, other options or another method compute their own."""
+    from minirun.eval import loop
+
+    now, reused, calls = [0.0], [0.0], []
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(loop, "seconds_measuring", lambda: 0.0)
+
+    def compute():
+        now[0] += 3.0
+        reused[0] += 0.5  # a prefill copied from an earlier method inside the call
+        calls.append(1)
+        return ["r"]
+
+    twins, options = loop.Twins(lambda: reused[0]), EnsembleOptions()
+    assert twins.run("per_prompt", "generate", ("q",), options, compute, lambda r: r + "!") == ["r"]
+    assert twins.copied == 0.0
+    assert twins.run("vote", "generate", ("q",), replace(options, choice_score="sum"), compute,
+                     lambda r: r + "!") == ["r!"]
+    assert (twins.copied, len(calls)) == (3.5, 1)
+    assert twins.run("vote", "score", ("q",), options, compute, lambda r: r + "!") == ["r"]  # another kind of call
+    assert twins.run("vote", "generate", ("other",), options, compute, lambda r: r + "!") == ["r"]
+    assert twins.run("per_prompt", "generate", ("q",), replace(options, max_new_tokens=5), compute,
+                     lambda r: r + "!") == ["r"]
+    assert twins.run("avg", "generate", ("q",), options, compute, lambda r: r + "!") == ["r"]
+    assert (twins.copied, len(calls)) == (3.5, 5)
+
+
+def test_an_eval_vote_row_shows_the_answer_most_prompts_gave(checkpoint_dirs, tmp_path, monkeypatch):
+    """Prompts answering "Paris", "Lyon", "lyon.": per_prompt's row shows the question's "Paris" (wrong), vote's the
+    majority "Lyon" (right) from per_prompt's one pass."""
+    from minirun.eval import loop
+    from minirun.eval.data import Item
+    from minirun.methods import MethodResult
+
+    passes = []
+
+    def fake_run_method(llm, method, questions, options):
+        passes.append(method)
+        return [answered_as(MethodResult("per_prompt", "Paris", [1], "stop", 4, q.paraphrases,
+                                         answers=["Paris", "Lyon", "lyon."], answer_token_ids=[[1], [2], [2, 3]],
+                                         finish_reasons=["stop"] * 3), method) for q in questions]
+
+    monkeypatch.setattr(loop, "run_method", fake_run_method)
+    item = Item("x", "Which city is the capital?", ["Name the capital city.", "The capital is which city?"], ["Lyon"])
+    table = evaluate(minirun.load(checkpoint_dirs["qwen2"]), [item], ["per_prompt", "vote"], tmp_path,
+                     dataset="sample-qa", num_prompts=3, few_shot_k=0, max_new_tokens=4, progress=False)
+    rows = table.set_index("method")
+    assert passes == ["per_prompt"]
+    assert (rows.loc["per_prompt", "answer"], bool(rows.loc["per_prompt", "correct"])) == ("Paris", False)
+    assert (rows.loc["vote", "answer"], bool(rows.loc["vote", "correct"])) == ("Lyon", True)
+    assert rows.loc["vote", "generated"] == "Lyon" and list(rows.loc["vote", "per_prompt_correct"]) == [False, True, True]
+    assert rows.loc["vote", "tokens"] == rows.loc["per_prompt", "tokens"] == 4

@@ -290,11 +290,12 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     lists, with `answer` and the verdicts those of the answer most prompts gave. hidden_avg rows
     record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
     generated: `choice` is the picked index, `choice_scores` every option's (fused) score under
-    `choice_score` (per token, summed or per character), `choice_logprobs` and `choice_tokens` every
-    option's summed log-likelihood, token count and length (`choice_chars`), per_prompt's
-    `per_prompt_logprobs` each prompt's, `choices` the options and `gold_choice` the right one's index (`report --choice-score` re-picks under
-    another score from them), `answer` the picked option's text, and with
-    `choice_format` "letters" the options are listed in the prompt and their letters scored.
+    `choice_score` (per token, summed or per character; vote's: each option's share of the prompts' picks),
+    `choice_logprobs` and `choice_tokens` every option's summed log-likelihood, token count and length
+    (`choice_chars`), per_prompt's and vote's `per_prompt_logprobs` each prompt's, `choices` the options and
+    `gold_choice` the right one's index (`report --choice-score` re-picks under another score from them),
+    `answer` the picked option's text, and with `choice_format` "letters" the options are listed in the prompt
+    and their letters scored.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are
     `prepare`'s keywords. Returns the merged table (world_size 1) or this rank's shard of it.
     """
@@ -401,11 +402,13 @@ class Twins:
         self.kept: dict[str, tuple[str, list, float]] = {}  # kind -> (the call's inputs, results, seconds)
         self.copied = 0.0
 
-    def run(self, method: str, call: tuple, compute: Callable[[], list], convert: Callable[[Any], Any]) -> list:
-        """`compute()`'s results, or those of the same `call` (kind first, then every input) a twin made, converted."""
+    def run(self, method: str, kind: str, inputs: tuple, options: EnsembleOptions, compute: Callable[[], list],
+            convert: Callable[[Any], Any]) -> list:
+        """`compute()`'s results, or those a twin made of the same `inputs` and `options`, converted. The choice score
+        is left out of the match: results carry what `convert` re-picks any score from."""
         if method not in EVERY_ANSWER:
             return compute()
-        kind, key = call[0], repr(call)
+        key = repr((inputs, replace(options, choice_score=EnsembleOptions().choice_score)))
         if kind in self.kept and self.kept[kind][0] == key:
             self.copied += self.kept[kind][2]
             return [convert(r) for r in self.kept[kind][1]]
@@ -440,7 +443,7 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
             if options.confidences else options
         asked = [questions[i] for i in scored]
         with _naming(picked):
-            results = twins.run(method, ("score", asked, candidates, pick_options),
+            results = twins.run(method, "score", (asked, candidates), pick_options,
                                 lambda: score_choices(llm, method, asked, candidates, pick_options),
                                 lambda r: scored_as(r, method, pick_options.choice_score))
         rows |= {i: _choice_row(item, method, r, original) for i, item, r in zip(scored, picked, results)}
@@ -493,8 +496,8 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
 def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                    matcher: Matcher, bidirectional: bool, original: bool, twins: Twins) -> list[dict]:
     with _naming(batch):
-        results = twins.run(method, ("generate", questions, options), lambda: run_method(llm, method, questions, options),
-                            lambda r: answered_as(r, method))
+        results = twins.run(method, "generate", (questions,), options,
+                            lambda: run_method(llm, method, questions, options), lambda r: answered_as(r, method))
     answers = [[extract_answer(a, STOP) for a in (r.answers if r.answers is not None else [r.text])] for r in results]
     predictions = [x for a in answers for x in a]
     golds = [item.answers for item, a in zip(batch, answers) for _ in a]
@@ -504,16 +507,16 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
     for item, result, mine in zip(batch, results, answers):
         both = [next(matches) for _ in mine]
         found = [two_way if bidirectional else one_way for one_way, two_way in both]
-        per_prompt = result.answers is not None
+        every = result.answers is not None  # per_prompt and vote: every prompt's answer
         shown = result.chosen or 0  # per_prompt's first prompt, or the vote's winner
         rows.append({
             "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[shown],
             "exact": found[shown].exact, "correct": found[shown].lemma, "correct_lemma": both[shown][0].lemma,
             "correct_bidirectional": both[shown][1].lemma, "tokens": _generated_tokens(result),
             "relation": item.relation, "task": item.task, "original": original,
-            "answers": mine if per_prompt else None,
-            "per_prompt_correct": [m.lemma for m in found] if per_prompt else None,
-            "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if per_prompt else None,
+            "answers": mine if every else None,
+            "per_prompt_correct": [m.lemma for m in found] if every else None,
+            "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if every else None,
             "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": None,
             "choice_scores": None, "choice_logprobs": None, "choice_tokens": None, "per_prompt_logprobs": None,
             "choice_chars": None, "choices": None, "gold_choice": None,

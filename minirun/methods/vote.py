@@ -14,7 +14,7 @@ from minirun.text import extract_answer, normalize
 def plurality(keys: Sequence[Hashable | None]) -> int:
     """The index of the first prompt giving the most frequent key; None (no answer) casts no vote. Ties go to
     the key given first — with the question as the first prompt, its own answer where that is tied — so a
-    vote of all-different answers is the first prompt's; 0 when no prompt votes."""
+    vote of all-different answers is the first prompt's that answered; 0 when no prompt votes."""
     counts = Counter(k for k in keys if k is not None)
     if not counts:
         return 0
@@ -23,9 +23,9 @@ def plurality(keys: Sequence[Hashable | None]) -> int:
 
 
 def answer_key(text: str) -> str | None:
-    """What two generations are compared on: the extracted answer (`extract_answer`: its first line, no "A:"
-    label, quotes or final full stop) under `normalize`, as report's consistency compares them; None when
-    nothing is left."""
+    """What two generations are compared on: the answer eval extracts (`extract_answer`: the first line, cut before
+    any " Q:", without special tokens, an "A:" label, wrapping quotes or markdown and trailing punctuation) under
+    `normalize`, as report's consistency compares them; None when nothing is left."""
     return normalize(extract_answer(text)) or None
 
 
