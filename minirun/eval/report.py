@@ -92,9 +92,8 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     """The table with its multiple-choice rows re-picked under `mode` ("sum": lm-evaluation-harness's acc,
     "chars": its acc_norm, "mean": per token) from the options' stored log-likelihoods, token counts and
     lengths, a vote counted again from each prompt's pick under `mode`; generated rows are left as they are.
-    None keeps the run's own picks. Single-prompt
-    figures `select_match` dropped stay dropped: re-made for choice rows only they would cover part
-    of the table."""
+    None keeps the run's own picks. Single-prompt figures `select_match` dropped stay dropped: re-made for
+    choice rows only they would cover part of the table."""
     if mode is None:
         return df
     if mode not in CHOICE_SCORES:

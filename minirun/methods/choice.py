@@ -192,7 +192,7 @@ def pick(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) 
     return best_option(scores), scores
 
 
-def counts(targets: list[list[int]], texts: list[str]) -> tuple[list[int], list[int]]:
+def _counts(targets: list[list[int]], texts: list[str]) -> tuple[list[int], list[int]]:
     """The options' token counts and lengths in characters, as scores divide by them."""
     return [len(ids) for ids in targets], [len(t) for t in texts]
 
@@ -224,7 +224,7 @@ def _scored(method: str, logprobs: list[float], tokens: list[int], chars: list[i
                         option_chars=chars, **extra)
 
 
-def every_answer_logprobs(method: str, each: list[list[float]]) -> list[float]:
+def _shown_logprobs(method: str, each: list[list[float]]) -> list[float]:
     """The options' log-likelihoods a result of prompts scored alone carries: origin's and per_prompt's the first
     prompt's, vote's the prompts' mean."""
     return [sum(sums) / len(each) for sums in zip(*each)] if method == "vote" else each[0]
@@ -236,7 +236,7 @@ def scored_as(result: ChoiceResult, method: str, mode: str) -> ChoiceResult:
     each = result.per_prompt_logprobs
     if result.method not in EVERY_ANSWER or method not in EVERY_ANSWER or each is None:
         raise ValueError(f"only per_prompt and vote results are each other's, not {result.method} as {method}")
-    return _scored(method, every_answer_logprobs(method, each), result.option_tokens, result.option_chars, mode,
+    return _scored(method, _shown_logprobs(method, each), result.option_tokens, result.option_chars, mode,
                    result.prompts, result.prompt_tokens, per_prompt=each)
 
 
@@ -266,13 +266,14 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
         tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
         if method in ("origin", *EVERY_ANSWER):
             each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
-            results.append(_scored(method, every_answer_logprobs(method, each), *counts(targets[q], texts[q]), mode,
-                                   prompts[q], tokens, per_prompt=each if method in EVERY_ANSWER else None))
+            shown = _shown_logprobs(method, each)
+            results.append(_scored(method, shown, *_counts(targets[q], texts[q]), mode, prompts[q], tokens,
+                                   per_prompt=each if method in EVERY_ANSWER else None))
             continue
         weights = torch.tensor(confidence_weights(method, confidences[q]), device=llm.device) if confidences else None
         rule = RULES["avg" if method == "hidden_avg" else method]
         results.append(_scored(method, _option_logprobs(predictors, targets[q], rule, weights),
-                               *counts(targets[q], texts[q]), mode, prompts[q], tokens, fusion_layer=plan.layer,
+                               *_counts(targets[q], texts[q]), mode, prompts[q], tokens, fusion_layer=plan.layer,
                                confidences=list(confidences[q]) if confidences else None))
     return results
 
@@ -294,6 +295,6 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
     for q, (t, r) in enumerate(zip(targets, rows)):
         predictors = _predictors(first[q:q + 1], session.logits(states[q:q + 1]), t)
         tokens = (len(head) if head else 0) + len(r.tokens)
-        results.append(_scored("flex", _option_logprobs(predictors, t, None, None), *counts(t, texts[q]),
+        results.append(_scored("flex", _option_logprobs(predictors, t, None, None), *_counts(t, texts[q]),
                                options.choice_score, prompts[q], tokens))
     return results
