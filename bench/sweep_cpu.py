@@ -11,7 +11,7 @@ calibration are not throughput): minirun runs origin, per_prompt and flex over t
 meeting every batch shape the methods do, and the hand loop one question. The baseline is
 `hand_loop`: what a researcher writes with transformers — one question at a time, its prompts
 left-padded into one batch, a KV cache, logits fused per step (hidden_avg through forward hooks),
-greedy, stopping at a newline; its forward runs the vocabulary head on each row's last position only
+greedy, stopping at a newline (vote: the prompts decoded alone, then the majority of their answers); its forward runs the vocabulary head on each row's last position only
 (transformers' `logits_to_keep=1`, as `generate` and minirun do; `--hand-logits all` runs it on every
 position, as `model(ids).logits[:, -1]` does: the loop measured until the twenty-ninth session). flex
 has no hand-written counterpart; it is compared with the avg loop. Same prompts, same token ids; the
@@ -44,10 +44,11 @@ from minirun.eval.prompts import MINIRUN
 from minirun.layers.calibrate import cpu_facts
 from minirun.methods.packing import encode_question
 from minirun.methods.runner import default_fusion_layer
+from minirun.methods.vote import answer_key, plurality
 from minirun.text import extract_answer
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("origin", "per_prompt", "avg", "max", "hidden_avg", "flex")
+METHODS = ("origin", "per_prompt", "vote", "avg", "max", "hidden_avg", "flex")
 PROMPTS, NEW_TOKENS = 5, 24
 
 
@@ -77,7 +78,7 @@ def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: s
         for step in range(NEW_TOKENS):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_kwarg: cache},
                            use_cache=True, **keep).logits[:, -1].float()
-            if method == "per_prompt":
+            if method in ("per_prompt", "vote"):  # every prompt on its own
                 tokens = logits.argmax(-1)
             else:
                 fused = logits.softmax(-1).amax(0) if method == "max" else logits.mean(0)
@@ -109,7 +110,9 @@ def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str,
         rows = [enc.full(i) for i in range(len(prompts))]
         out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, newline | llm.eos_ids, layer,
                         head)
-        answers.append(extract_answer(llm.tokenizer.decode(out[0], skip_special_tokens=True), STOP))
+        texts = [llm.tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
+        shown = plurality([answer_key(t) for t in texts]) if method == "vote" else 0  # the majority, or the first
+        answers.append(extract_answer(texts[shown], STOP))
     return time.perf_counter() - start, answers
 
 

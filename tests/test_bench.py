@@ -309,7 +309,7 @@ def test_the_cpu_sweep_script_names_an_unknown_method_before_loading_anything():
     done = subprocess.run([sys.executable, str(script), "--methods", "origin,bogus"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
-    assert "unknown method 'bogus': choose from origin, per_prompt, avg, max, hidden_avg, flex" in done.stderr
+    assert "unknown method 'bogus': choose from origin, per_prompt, vote, avg, max, hidden_avg, flex" in done.stderr
 
 
 def test_a_cpu_is_named_with_its_family_and_model_numbers(monkeypatch):
@@ -347,6 +347,8 @@ def test_the_cpu_sweep_hand_loop_asks_for_last_logits_only_and_answers_alike(che
         full = sweep_cpu.hand_loop(model, rows, method, 0, {3}, 1, head="all")
         assert set(kept) == {None}
         assert last == full and all(len(tokens) == sweep_cpu.NEW_TOKENS or tokens[-1] == 3 for tokens in last)
+    # vote's loop decodes every prompt on its own, as per_prompt's: the majority is taken from those answers
+    assert sweep_cpu.hand_loop(model, rows, "vote", 0, {3}, 1) == sweep_cpu.hand_loop(model, rows, "per_prompt", 0, {3}, 1)
 
 
 def test_a_random_checkpoint_written_by_two_processes_at_once_or_interrupted_leaves_one_and_no_leftovers(
