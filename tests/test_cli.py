@@ -235,7 +235,7 @@ def test_usage_errors_are_one_line(tiny):
         one_line_error(result, needle, "--help")
     long = invoke("generate", "--model", tiny, "--method", "avg", "Capital?")
     assert len(long.stderr.strip()) > 80
-    one_line_error(long, "none were given: add --paraphrase or --paraphrases-file")
+    one_line_error(long, "none were given (an empty --paraphrases-file gives none): add --paraphrase or lines to")
     listing = invoke()
     assert listing.exit_code == 0 and "generate" in listing.stdout and "eval" in listing.stdout
 

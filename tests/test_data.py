@@ -344,6 +344,8 @@ def test_load_dataset_dispatch(tmp_path):
     assert load_dataset(str(lama))[0].task == "fill"
     with pytest.raises(MinirunError, match="unknown dataset 'nope'"):
         load_dataset("nope")
+    with pytest.raises(MinirunError, match="is a directory: pass a .jsonl file in it"):
+        load_dataset(str(tmp_path))  # it exists: "unknown dataset" would say otherwise
 
 
 def test_json_array_of_plain_items_keeps_their_fields(tmp_path):

@@ -68,7 +68,7 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
                     "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "3",
                     "--max-new-tokens", "64", "--paraphrase", "France's capital?", "--", "Capital of France?"]
     assert echoed == ["'avg,max': this task runs one method: give a single name",
-                      "this method fuses paraphrases: give at least one",
+                      "this method answers over paraphrases: give at least one",
                       f"models in {models_dir}: smollm2-135m-instruct, tiny-llama",
                       "'0': give a whole number above 0",
                       f"{str(tmp_path / 'missing.jsonl')!r}: no such file (leave empty for none)"]
@@ -112,12 +112,17 @@ def test_eval_defaults_and_bench(models_dir):
     from minirun.cli.tools import bench
 
     argv, _, _ = drive(["eval"] + [""] * 10, models_dir)
-    assert argv == ["eval", "--method", "flex", "--data", "sample-qa", "--positions", "right", "--num-prompts", "5",
-                    "--few-shot-k", "5", "--max-new-tokens", "24"]
+    methods = [m for flag, m in zip(argv, argv[1:]) if flag == "--method"]
+    assert methods == _default(eval_command, "method")  # eval's own five
+    assert argv[2 * len(methods) + 1:] == ["--data", "sample-qa", "--positions", "right", "--num-prompts", "5",
+                                           "--few-shot-k", "5", "--max-new-tokens", "24"]
     assert [_default(eval_command, n) for n in ("positions", "num_prompts", "few_shot_k", "max_new_tokens")] == \
         ["right", 5, 5, 24] and _default(eval_command, "max_samples") is None
     argv, _, _ = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
     assert argv[argv.index("--max-new-tokens") + 1] == str(_default(generate, "max_new_tokens"))
+    argv, _, prompts = drive(["generate", "", "Q?", "", "", ""], models_dir)  # no method: the prompt alone
+    assert argv == ["generate", "--max-new-tokens", "64", "--", "Q?"] and _default(generate, "method") is None
+    assert not any(p.startswith("paraphrase") for p, _ in prompts)
     argv, echoed, _ = drive(["bench", "origin,flex", "flex", str(models_dir / "not-a-model"),
                              str(models_dir / "tiny-llama"), "4", "1", "8"], models_dir)
     assert argv == ["bench", "--method", "flex", "--model", str(models_dir / "tiny-llama"),
@@ -125,8 +130,9 @@ def test_eval_defaults_and_bench(models_dir):
     assert echoed[0] == "'origin,flex': this task runs one method: give a single name"
     assert "not a checkpoint directory" in echoed[2]
     assert echoed[3] == "'1': give a whole number above 1 (a decode step is timed)"
-    argv, _, _ = drive(["bench", "origin", "", "", ""], models_dir)
+    argv, _, _ = drive(["bench", "", "", "", ""], models_dir)
     assert argv == ["bench", "--method", "origin", "--num-paraphrases", "5", "--new-tokens", "64"]
+    assert _default(bench, "method") == "origin"
     assert (_default(bench, "num_paraphrases"), _default(bench, "new_tokens")) == (5, 64)
 
 

@@ -129,7 +129,8 @@ def generate(
         raise MinirunError("--truncate only applies to plain generation: an ensemble's prompts would lose different "
                            "parts; shorten the prompts or the few-shot examples instead")
     if method != "origin" and not paraphrases:
-        raise MinirunError(f"method {method} fuses paraphrases but none were given: add --paraphrase or --paraphrases-file")
+        raise MinirunError(f"method {method} answers over paraphrases but none were given (an empty --paraphrases-file "
+                          "gives none): add --paraphrase or lines to --paraphrases-file")
     prefix = _few_shot_prefix(few_shot, few_shot_k, prompt, paraphrases)
     _ensemble(load_llm(model, device, dtype, compile), method, prompt, paraphrases, prefix, suffix,
               few_shot is not None, options, as_json)

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Callable
 
 from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete
+from minirun.cli.eval import DEFAULT_METHODS
 from minirun.eval.data import NAMES as DATASETS
 from minirun.methods import METHODS
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import POSITION_SCHEMES
 
 TASKS = ("generate", "eval", "bench")
+# what each command runs without --method: generate a plain prompt (no method), eval its five, bench origin
+DEFAULT_METHOD = {"generate": "", "eval": ",".join(DEFAULT_METHODS), "bench": "origin"}
 _REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
 
 Ask = Callable[[str, str], str]
@@ -63,11 +66,12 @@ def _unit(answer: str) -> str | None:
         return "give a number from 0 to 1"
 
 
-def _methods(single: bool) -> Check:
+def _methods(single: bool, optional: bool = False) -> Check:
+    """Known method names (one where `single`); none at all where `optional` (generate's plain prompt)."""
     def check(answer: str) -> str | None:
         names = _split(answer)
         unknown = [m for m in names if m not in METHODS]
-        if unknown or not names:
+        if unknown or not (names or optional):
             return f"unknown method {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}"
         if single and len(names) > 1:
             return "this task runs one method: give a single name"
@@ -135,7 +139,7 @@ def _ask_paraphrases(ask: Ask, echo: Echo, needed: bool) -> list[str]:
         elif out or not needed:
             return out
         else:
-            echo("this method fuses paraphrases: give at least one")
+            echo("this method answers over paraphrases: give at least one")
 
 
 def _ask_method_options(ask: Ask, echo: Echo, methods: list[str]) -> list[str]:
@@ -162,13 +166,15 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     task = _prompt(ask, echo, f"task ({'/'.join(TASKS)})", "generate", _one_of(TASKS))
     single = task != "eval"  # generate and bench run one method
     label = "method" if single else "methods (comma-separated)"
-    methods = _split(_prompt(ask, echo, f"{label}, from {', '.join(METHODS)}", "flex", _methods(single)))
+    plain = " (empty: the prompt alone, no method)" if task == "generate" else ""
+    methods = _split(_prompt(ask, echo, f"{label}, from {', '.join(METHODS)}{plain}", DEFAULT_METHOD[task],
+                             _methods(single, optional=task == "generate")))
     argv = [task]
     for method in methods:
         argv += ["--method", method]
     if task == "generate":
         question = _prompt(ask, echo, "question", "", lambda a: None if a else "a question is needed")
-        paraphrases = _ask_paraphrases(ask, echo, methods != ["origin"])
+        paraphrases = _ask_paraphrases(ask, echo, methods != ["origin"]) if methods else []
         argv += _ask_model(ask, echo, models_dir)
         argv += _ask_method_options(ask, echo, methods)
         few_shot = _prompt(ask, echo, "few-shot file (.jsonl examples or a prefix text; empty for none)", "",

@@ -71,7 +71,8 @@ def stop_strings(stop: str | tuple[str, ...] | list[str] | None) -> tuple[str, .
         raise MinirunError(f"stop must be a string or a list of strings, got {stop!r}: pass e.g. stop=['\\n']")
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if not all(isinstance(s, str) and s for s in stop):
-        raise MinirunError(f"stop strings must be non-empty text, got {stop!r}: pass e.g. stop=['\\n']")
+        raise MinirunError(f"stop strings must be non-empty text, got {stop!r}: give one such as a newline "
+                           "(--stop $'\\n', or stop=['\\n'] from Python)")
     return stop
 
 

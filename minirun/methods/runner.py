@@ -74,7 +74,7 @@ def check_options_used(methods: list[str] | tuple[str, ...], options: EnsembleOp
     for name, readers in OPTION_READERS.items():
         if getattr(options, name) != getattr(default, name) and not set(methods) & set(readers):
             raise MinirunError(f"--{name.replace('_', '-')} only applies to {', '.join(readers)}, not to "
-                               f"{', '.join(methods)}: drop it, or add one of those methods")
+                               f"{', '.join(methods)}: drop it, or run one of those methods")
 
 
 def checked_call(questions: list[Question], options: EnsembleOptions | None) -> EnsembleOptions:

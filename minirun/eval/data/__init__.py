@@ -119,6 +119,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     if name == "myriadlama":
         return load_myriadlama(split=split)
     path = Path(name_or_path)
+    if path.is_dir():
+        raise MinirunError(f"dataset {name!r} is a directory: pass a .jsonl file in it, or one of {', '.join(NAMES)}")
     if not path.is_file():
         raise MinirunError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or the path of an existing file")
     keys, records = _records_head(path)
