@@ -767,7 +767,7 @@ def test_a_batch_that_copied_its_prefill_counts_the_prefill_in_its_seconds(tiny,
 
     monkeypatch.setattr(loop, "run_method", copying_run_method)
     qs = [Item(str(i), f"Who invented thing {i}?", [f"Who made thing {i}?"], ["Bell"]) for i in range(2)]
-    table = evaluate(tiny, qs, ["per_prompt", "avg"], tmp_path, **{**SETTINGS, "num_prompts": 1})
+    table = evaluate(tiny, qs, ["per_prompt", "avg"], tmp_path, **SETTINGS)
     seconds = table.set_index("method")["seconds"]
     assert (seconds["avg"] >= 100.0 / 2).all() and (seconds["per_prompt"] < 100.0 / 2).all()
 
@@ -778,6 +778,20 @@ def test_multiple_choice_methods_that_share_a_prefill_score_as_they_do_alone(tin
     alone = [evaluate(tiny, choice, [m], tmp_path / m, **settings) for m in ("per_prompt", "avg", "max")]
     together = evaluate(tiny, choice, ["per_prompt", "avg", "max"], tmp_path / "together", **settings)
     pd.testing.assert_frame_equal(_same(together), _same(pd.concat(alone, ignore_index=True)))
+
+
+def test_one_prompt_per_item_that_is_the_question_is_refused_for_ensembles(tiny, items, tmp_path):
+    """--num-prompts 1 with the question kept: every ensemble would answer as origin, silently."""
+    with pytest.raises(MinirunError, match="num_prompts 1 leaves each item its question alone, so vote, avg would "
+                                           "repeat origin"):
+        evaluate(tiny, items[:2], ["origin", "vote", "avg"], tmp_path / "one", **{**SETTINGS, "num_prompts": 1})
+    assert len(evaluate(tiny, items[:2], ["origin"], tmp_path / "origin", **{**SETTINGS, "num_prompts": 1})) == 2
+    alone = evaluate(tiny, items[:2], ["vote"], tmp_path / "para", **{**SETTINGS, "num_prompts": 1, "original": False})
+    assert all(len(p) == 1 and p[0] != q for p, q in zip(alone.sort_values("id")["prompts"],
+                                                          [i.question for i in sorted(items[:2], key=lambda i: i.id)]))
+    result = CliRunner().invoke(_app(), ["eval", *CLI_SETTINGS, "-m", "vote", "--num-prompts", "1", "--model",
+                                         "/no/such/model", "--output", str(tmp_path / "cli")])
+    assert result.exit_code == 1 and "num_prompts 1 leaves each item its question alone" in result.output
 
 
 def test_data_without_paraphrases_is_refused_for_ensembles_and_counted_where_some_lack_them(tiny, tmp_path, caplog):

@@ -659,6 +659,10 @@ def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_pat
     with pytest.raises(MinirunError, match=r"dataset bare: .*bare.jsonl's 1 items asked have no paraphrases, so avg "
                                            r"would repeat origin"):
         run_sweep(sweep, tmp_path / "out", lambda _: pytest.fail("no model loads"), progress=False)
+    one = parse_sweep({**BASE, "datasets": [{"name": "sample-qa", "num_prompts": 1}],
+                       "methods": [{"name": "origin"}, {"name": "vote"}]})
+    with pytest.raises(MinirunError, match=r"dataset sample-qa: num_prompts 1 leaves each item its question alone"):
+        run_sweep(one, tmp_path / "one", lambda _: pytest.fail("no model loads"), progress=False)
 
 
 def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path):

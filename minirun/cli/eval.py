@@ -74,7 +74,7 @@ def eval_command(
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     bias = parse_flex_bias(flex_bias)
     items = load_dataset(data, subset=subset, skip_bad=skip_bad)
-    check_paraphrased(items[:max_samples], method, data)  # before a model is fetched: the Hub's data has none
+    check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)

@@ -215,7 +215,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
-    check_paraphrased(items, methods, dataset)
+    check_paraphrased(items, methods, dataset, num_prompts, original)
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
@@ -240,11 +240,17 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                fmt)
 
 
-def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
+def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,
+                      original: bool) -> None:
     """An ensemble of one prompt is origin under another name: data with no paraphrases at all (WebQuestions,
-    MMLU or CommonsenseQA as the Hub gives them) would fill every method's column with origin's answers, so it is
-    refused; items of a dataset that lack them here and there are counted, as their methods equal origin there."""
+    MMLU or CommonsenseQA as the Hub gives them), or one prompt per item that is the question, would fill every
+    method's column with origin's answers, so it is refused; items of a dataset that lack them here and there are
+    counted, as their methods equal origin there."""
     ensembles = [m for m in methods if m != "origin"]
+    if ensembles and original and num_prompts == 1:
+        raise MinirunError(f"num_prompts 1 leaves each item its question alone, so {', '.join(ensembles)} would repeat "
+                           "origin: give 2 or more prompts per item (the question and its paraphrases), or run origin "
+                           "alone")
     single = [item.id for item in items if len(ensemble_prompts(item.question, item.paraphrases)) < 2]
     if not ensembles or not single:
         return
