@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -433,6 +434,10 @@ def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):
     one = CliRunner().invoke(_app(), [*args, "--method", "origin"])
     assert one.exit_code == 0, one.output
     assert "origin" in one.stdout and "avg" not in one.stdout
+    added = CliRunner().invoke(_app(), [*args, "--method", "max"])  # compared with origin's rows already there
+    assert added.exit_code == 0, added.output
+    [row] = [line for line in added.stdout.splitlines() if "│ max" in line]
+    assert re.search(r"│ +[+-]\d\.\d{3} │ +[\d.e-]+ │", row) and "│ origin" not in added.stdout, added.stdout
 
 
 def test_eval_refuses_data_without_paraphrases_before_a_model_is_fetched(tmp_path, monkeypatch):

@@ -87,8 +87,8 @@ def eval_command(
                         thinking=thinking, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
                         choice_format=choice_format, benchmark=benchmark, progress=progress)
     if ranks()[0] == 0:
-        asked = table[table["method"].isin(method)]  # the directory may hold other methods' rows, finished or not
-        out.print(_summary_table(asked, f"{name} · {llm.path.name}"))
+        # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
+        out.print(_summary_table(table, f"{name} · {llm.path.name}", method))
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
 
 
@@ -135,11 +135,14 @@ def report_command(
     out.print(_matrix(report.agreement(table)))
 
 
-def _summary_table(table: pd.DataFrame, title: str) -> Table:
-    """Per-method scores, with per_prompt's single-prompt figures as the caption when it ran."""
+def _summary_table(table: pd.DataFrame, title: str, shown: list[str] | None = None) -> Table:
+    """Per-method scores (of the `shown` methods only, compared with every method's rows), with per_prompt's
+    single-prompt figures as the caption when it ran."""
     from minirun.eval.report import summarize
 
     scores = summarize(table)
+    if shown is not None:
+        scores = scores[scores.index.get_level_values("method").isin(shown)]
     t = _scores_table(scores, title)
     prompts = scores[scores.index.get_level_values("method") == "per_prompt"]
     t.caption = "\n".join(
