@@ -9,6 +9,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -504,6 +505,25 @@ def test_a_sweeps_json_counts_are_integers_and_its_table_names_fewer_shared_item
     assert ", n=" not in avg_line(scores)  # every avg shares all its items with its origin
     unfinished = _two_models_one_short().query("not (model == 'small' and method == 'origin' and id == '2')")
     assert avg_line(sweep_table(unfinished)).count(", n=2)") == 1  # small's avg: 3 items, 2 shared with origin
+
+
+def test_a_sweeps_table_names_per_prompt_as_its_first_prompt_with_its_single_prompt_figures():
+    """As one run's table does: per_prompt's accuracy is its first prompt's, not an ensemble's."""
+    from rich.console import Console
+
+    from minirun.cli.sweep import score_tables
+
+    rows = _two_models_one_short()
+    prompts = rows["method"] == "per_prompt"
+    rows["per_prompt_accuracy"] = [0.5 if p else None for p in prompts]
+    rows["answers"] = [["x", "y"] if p else None for p in prompts]
+    console = Console(width=250, record=True)
+    for table in score_tables(sweep_table(rows), "t"):
+        console.print(table)
+    text = console.export_text()
+    assert "│ per_prompt (first prompt)" in text and not re.search(r"│ per_prompt +│", text)
+    assert "small: per_prompt's mean single-prompt accuracy 0.500, oracle 1.000, consistency 0.000" in text
+    assert "big: per_prompt's" not in text  # big never ran it
 
 
 def test_a_later_models_missing_gpu_is_refused_before_any_model_runs(checkpoint_dirs, tmp_path, monkeypatch):

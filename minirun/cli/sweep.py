@@ -78,14 +78,16 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
 def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
     """One rich table per dataset of a `sweep_table`: a row per method, a column group per model
     (accuracy with its Wilson interval, exact, n, the difference from origin with its exact
-    McNemar p, tokens per second)."""
-    from minirun.eval.report import fewer_shared
+    McNemar p, tokens per second); per_prompt's row is named as its first prompt's, and its single-prompt figures
+    per model go in the caption, as in one run's table."""
+    from minirun.eval.report import fewer_shared, method_label
 
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     tables = []
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
-        t = Table(title=f"{dataset} · {title}", caption="95% CI: Wilson; Δ origin: on the items both answered, "
-                  "p: exact McNemar (Holm-adjusted over a model's methods in --json and --csv)")
+        t = Table(title=f"{dataset} · {title}", caption="\n".join([*_single_prompt_lines(scores, dataset, models),
+                  "95% CI: Wilson; Δ origin: on the items both answered, p: exact McNemar (Holm-adjusted over a "
+                  "model's methods in --json and --csv)"]))
         t.add_column("method")
         for model in models:
             for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "Δ origin (p)", "tokens/s")):
@@ -100,9 +102,20 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
                 cells += ["–"] * 5 if math.isnan(s["n"]) else [
                     f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
                     str(int(s["n"])), versus, "–" if math.isnan(s["tokens_per_second"]) else f"{s['tokens_per_second']:.1f}"]
-            t.add_row(str(method), *cells)
+            t.add_row(method_label(str(method)), *cells)
         tables.append(t)
     return tables
+
+
+def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) -> list[str]:
+    """Per model that ran per_prompt on `dataset`: its mean single-prompt accuracy, oracle and consistency."""
+    if (dataset, "per_prompt") not in scores.index:
+        return []
+    row = scores.loc[(dataset, "per_prompt")]
+    return [f"{model}: per_prompt's mean single-prompt accuracy {row[model]['mean_single_accuracy']:.3f}, oracle "
+            f"{row[model]['oracle_accuracy']:.3f}, consistency "
+            f"{'–' if math.isnan(row[model]['consistency']) else format(row[model]['consistency'], '.3f')}"
+            for model in models if not math.isnan(row[model]["mean_single_accuracy"])]
 
 
 def scores_long(scores: pd.DataFrame) -> pd.DataFrame:
