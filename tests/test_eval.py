@@ -843,3 +843,15 @@ def test_ranks_set_by_hand_are_one_line_errors(monkeypatch, tiny, items, tmp_pat
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(MinirunError, match="WORLD_SIZE 2 asks for several processes, but no torchrun started them"):
         loop.run_sharded(tiny, items[:2], ["origin"], tmp_path, **SETTINGS)
+
+
+def test_the_progress_rate_is_this_process_s_rows_over_its_time():
+    """Rows land a batch at a time; rich's recent-window speed read a batch's rows, advanced one by one, as
+    ~1e5 items/s. The rate is the rows this process finished over its elapsed time, a resumed run's earlier rows
+    left out."""
+    from types import SimpleNamespace as Task
+
+    column = loop.RateColumn("items")
+    assert column.render(Task(completed=10, fields={"resumed": 4}, elapsed=2.0)).plain == "3.00 items/s"
+    assert column.render(Task(completed=4, fields={"resumed": 4}, elapsed=2.0)).plain == "? items/s"
+    assert column.render(Task(completed=6, fields={}, elapsed=0.0)).plain == "? items/s"

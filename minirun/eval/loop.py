@@ -46,19 +46,23 @@ BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md,
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this
 
 
-class _Rate(ProgressColumn):
-    """Completed units per second (rich's own speed column formats bytes)."""
+class RateColumn(ProgressColumn):
+    """Units completed by this process per second since its task started (rich's own speed column formats bytes,
+    and its recent-window speed reads rows that land a batch at a time as bursts); a task's `resumed` field holds
+    the units an earlier process finished."""
 
     def __init__(self, unit: str) -> None:
         super().__init__()
         self.unit = unit
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else f"? {self.unit}/s", style="cyan")
+        done = task.completed - task.fields.get("resumed", 0)
+        rate = done / task.elapsed if done > 0 and task.elapsed else None
+        return Text(f"{rate:.2f} {self.unit}/s" if rate else f"? {self.unit}/s", style="cyan")
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate("items"),
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn("items"),
                     TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
@@ -340,7 +344,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
                 lanes[(i, m)] = [todo for batch in batches if (todo := [item for item in batch if item.id not in done])]
         total = sum(map(len, mine))
         left = sum(len(batch) for batches in lanes.values() for batch in batches)
-        overall = bar.add_task("eval", total=total, completed=total - left)
+        overall = bar.add_task("eval", total=total, completed=total - left, resumed=total - left)
         if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
             stack.enter_context(llm.reusing_prompts())
         twins = Twins(lambda: _reused_seconds(llm))
@@ -352,10 +356,9 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
                               run.choice_format, twins)
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
-            for row in rows:
-                bar.advance(overall)
-                if on_row is not None:
-                    on_row(row)
+            bar.advance(overall, len(rows))
+            for row in rows if on_row is not None else ():
+                on_row(row)
         if world_size == 1:
             return [store.finalize() for store in stores]
     tables = []
