@@ -162,7 +162,10 @@ def test_generate_vote_prints_the_winner_and_names_it_in_json(checkpoint_dirs):
     assert out["chosen"] == plurality([answer_key(a) for a in out["answers"]])
     plain = CliRunner().invoke(app, args)
     assert plain.exit_code == 0, plain.output
-    assert plain.stdout.strip() == out["text"].strip() and "* [" in plain.stderr
+    assert plain.stdout.strip() == out["text"].strip()
+    listing = [line for line in plain.stderr.splitlines() if line.startswith(("* [", "  ["))]
+    assert len(listing) == 3 and sum(line.startswith("*") for line in listing) == 1  # one line a prompt, its answer
+    assert listing[out["chosen"]].startswith("*")  # as compared
 
 
 def test_per_prompt_and_vote_results_are_each_others(llm):

@@ -19,6 +19,7 @@ from minirun.errors import MinirunError
 from minirun.layers import calibrate
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.runner import check_method, check_options_used
+from minirun.text import extract_answer
 
 
 def register(app: typer.Typer) -> None:
@@ -191,10 +192,10 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
             out["fusion_layer"] = result.fusion_layer
         print(json.dumps(out))
         return
-    if result.chosen is not None:  # the vote's answer, and who voted for what where the user reads it
+    if result.chosen is not None:  # the vote's answer, and who voted for what (the answers as compared) on stderr
         for i, (prompt, answer) in enumerate(zip(result.prompts, result.answers)):
-            mark = "*" if i == result.chosen else " "
-            err.print(f"[dim]{mark} {escape(f'[{prompt}] {answer.strip()}')}[/dim]", highlight=False)
+            mark, shown = "*" if i == result.chosen else " ", extract_answer(answer) or "(no answer)"
+            err.print(f"[dim]{mark} {escape(f'[{prompt}] {shown}')}[/dim]", highlight=False)
         print(result.text.strip())
     elif result.answers is not None:
         for prompt, answer in zip(result.prompts, result.answers):
