@@ -328,8 +328,8 @@ def test_plot_groups_bars_by_model():
     assert [b.get_height() for b in bars[0]] == [1.0, 0.5] and [b.get_height() for b in bars[1]] == [0.5, 1.0]
 
 
-def _run_dir(tmp_path, df: pd.DataFrame):
-    with ResultStore(tmp_path / "run", {"model": "m", "bidirectional": False}) as store:
+def _run_dir(tmp_path, df: pd.DataFrame, **key):
+    with ResultStore(tmp_path / "run", {"model": "m", "bidirectional": False, **key}) as store:
         for row in df.to_dict("records"):
             store.add(row)
         store.finalize()
@@ -373,6 +373,10 @@ def test_latex_table(tmp_path):
     per_prompt = rows["per\\_prompt (first prompt)"]  # its first prompt's accuracy, and no test against origin
     assert per_prompt[1] == "0.700" and per_prompt[3:5] == ["--", "--"]
     assert "mean single-prompt accuracy 0.367" in tex and "not compared with origin" in tex
+    assert "\\caption{run. " in tex  # a run that records no dataset: its directory's name
+    named = _run_dir(tmp_path / "named", _hand(), dataset="/data/items.jsonl")
+    assert CliRunner().invoke(app, ["report", str(named), "--latex", str(tmp_path / "n.tex")]).exit_code == 0
+    assert "\\caption{items.jsonl (run). " in (tmp_path / "n.tex").read_text()  # the data first, as a sweep's
     assert "Holm-adjusted" in tex and "Wilson" in tex
     weird = latex(summarize(_hand()).rename(index={"avg": "a_b%c~d"}), "run #1 {x}")
     assert "a\\_b\\%c\\textasciitilde{}d" in weird and "run \\#1 \\{x\\}" in weird

@@ -501,7 +501,8 @@ def test_a_sweeps_json_counts_are_integers_and_its_table_names_fewer_shared_item
     scores = sweep_table(_two_models_one_short())
     small = scores_json(scores)["d"]["small"]["avg"]
     assert small["n"] == 3 and small["n_vs_origin"] == 3 and small["n_vs_first_model"] == 3
-    assert all(type(small[k]) is int for k in ("n", "n_vs_origin", "n_vs_first_model"))
+    assert all(type(small[k]) is int for k in ("n", "n_vs_origin", "n_vs_first_model", "tokens"))
+    assert small["tokens"] == 6 and small["seconds"] == 3.0  # as one run's --json has them
     assert ", n=" not in avg_line(scores)  # every avg shares all its items with its origin
     unfinished = _two_models_one_short().query("not (model == 'small' and method == 'origin' and id == '2')")
     assert avg_line(sweep_table(unfinished)).count(", n=2)") == 1  # small's avg: 3 items, 2 shared with origin

@@ -116,7 +116,9 @@ def report_command(
     if csv is not None:
         report.summarize(table).to_csv(csv)
     if latex is not None:
-        latex.write_text(report.latex(report.summarize(table), run_dir.resolve().name), encoding="utf-8")
+        name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
+        caption = f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name
+        latex.write_text(report.latex(report.summarize(table), caption), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)
     warnings = [f"{method} has scored {answered} of the {total} items (an unfinished run): its accuracy and "

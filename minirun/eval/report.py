@@ -334,7 +334,7 @@ def json_scores(scores: dict) -> dict:
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
             value = _plain(value)
-            out[name] = int(value) if (name == "n" or name.startswith("n_vs_")) and value is not None else value
+            out[name] = int(value) if (name in ("n", "tokens") or name.startswith("n_vs_")) and value is not None else value
     return out
 
 

@@ -155,9 +155,9 @@ def _run_info(output_dir: Path) -> dict | None:
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
     method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how
-    many items run.json lists, `attrs["methods"]` the methods it was asked for, and `attrs["match"]` the
-    rule ("lemma" or "bidirectional") run.json records its verdicts under, where it records one: the
-    only rule its per-prompt verdicts exist under."""
+    many items run.json lists, `attrs["methods"]` the methods it was asked for, `attrs["dataset"]` its data's
+    name, and `attrs["match"]` the rule ("lemma" or "bidirectional") run.json records its verdicts under, where
+    it records one: the only rule its per-prompt verdicts exist under."""
     output_dir = Path(output_dir)
     info = _run_info(output_dir) or {}
     order = {item_id: i for i, item_id in enumerate(info.get("item_ids") or [])}
@@ -178,6 +178,8 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
         df.attrs["methods"] = sorted(info["methods"])  # every method asked, a killed one with no row yet included
     if "bidirectional" in info.get("run_key", {}):
         df.attrs["match"] = "bidirectional" if info["run_key"]["bidirectional"] else "lemma"
+    if "dataset" in info.get("run_key", {}):
+        df.attrs["dataset"] = Path(info["run_key"]["dataset"]).name  # a named dataset, or the file's name
     return df
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *PAIRED, "diff_vs_first_model",
            "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
-           "tokens_per_second")
+           "tokens_per_second", "tokens", "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
