@@ -297,7 +297,10 @@ def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
             acc, low, high = (part[(model, m)][ran] for m in ("accuracy", "ci95_low", "ci95_high"))
             errors = [(acc - low).clip(lower=0), (high - acc).clip(lower=0)]  # Wilson's bound can miss 0 by 1e-17
             ax.bar(xs, acc, width, yerr=errors, capsize=3, label=model)
-        ax.set_xticks(range(len(part)), list(map(method_label, part.index)), rotation=30)
+        # labels end under their bars, and the legend sits beside the panel: centred long labels ran into each
+        # other, and a legend inside covered the bars and whiskers near 1
+        ax.set_xticks(range(len(part)), list(map(method_label, part.index)), rotation=30, ha="right",
+                      rotation_mode="anchor")
         ax.set(ylim=(0, 1), ylabel="accuracy", title=dataset)
-        ax.legend(loc="upper right", fontsize="small")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.savefig(path)
