@@ -560,6 +560,17 @@ def test_the_plot_names_per_prompt_as_its_first_prompt():
     assert [t.get_text() for t in acc.get_xticklabels()] == ["avg", "origin", "per_prompt (first prompt)"]
 
 
+def test_plot_labels_end_under_their_bars_and_the_legend_sits_beside_them():
+    """Centred 30° labels ran into each other ("per_prompt (first prompt)" over the next one), and a legend inside
+    the panel covered the bars and whiskers near 1."""
+    fig = figure(_hand())
+    fig.canvas.draw()
+    acc = fig.axes[0]
+    assert all(t.get_ha() == "right" and t.get_rotation_mode() == "anchor" for t in acc.get_xticklabels())
+    renderer = fig.canvas.get_renderer()
+    assert acc.get_legend().get_window_extent(renderer).x0 >= acc.get_window_extent(renderer).x1
+
+
 def test_a_method_without_verdicts_shows_dashes_not_nan(tmp_path):
     df = _hand()
     none = df[df["method"] == "avg"].assign(method="max", correct=None)
