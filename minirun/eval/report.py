@@ -334,7 +334,8 @@ def json_scores(scores: dict) -> dict:
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
             value = _plain(value)
-            out[name] = int(value) if (name in ("n", "tokens") or name.startswith("n_vs_")) and value is not None else value
+            counted = name in ("n", "tokens") or name.startswith("n_vs_")  # whole numbers, not 3.0
+            out[name] = int(value) if counted and value is not None else value
     return out
 
 

@@ -128,8 +128,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     data = {d.label: _load_items(d) for d in sweep.datasets}
     for dataset in sweep.datasets:  # before any model is fetched or loaded
         try:
-            check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name, dataset.num_prompts,
-                              dataset.original)
+            check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name,
+                              dataset.num_prompts, dataset.original)
         except MinirunError as e:
             raise MinirunError(f"dataset {dataset.label}: {e}") from None
     plan = cells(sweep, output)
