@@ -185,23 +185,28 @@ def test_per_prompt_and_vote_results_are_each_others(llm):
         scored_as(score_choices(llm, "avg", questions[:1], [CHOICES], opts())[0], "vote", "mean")
 
 
-@pytest.mark.parametrize("dataset", ["sample-qa", "sample-choice"])
+@pytest.mark.parametrize("dataset", ["sample-qa", "sample-choice", "mixed"])
 def test_an_eval_of_per_prompt_and_vote_answers_the_prompts_once(checkpoint_dirs, tmp_path, monkeypatch, dataset):
     """Run together, vote takes per_prompt's decoded answers (or scores) instead of its own pass: the same rows as
-    each run alone, one pass per batch, and vote's seconds count the pass it took."""
+    each run alone, one pass per batch (a batch of generated and multiple-choice items: one of each kind), and
+    vote's seconds count the pass it took."""
     from minirun.eval import loop
 
     tiny = minirun.load(checkpoint_dirs["qwen2"])
-    items = load_dataset(dataset)[:4]
-    settings = dict(dataset=dataset, num_prompts=3, few_shot_k=1, max_new_tokens=4, batch_size=2, progress=False)
+    mixed = dataset == "mixed"  # no few-shot head, so both kinds share one batch of four
+    items = load_dataset("sample-qa")[:2] + load_dataset("sample-choice")[:2] if mixed else load_dataset(dataset)[:4]
+    settings = dict(dataset=dataset, num_prompts=3, few_shot_k=0 if mixed else 1, max_new_tokens=4,
+                    batch_size=4 if mixed else 2, progress=False)
     alone = pd.concat([evaluate(tiny, items, [m], tmp_path / m, **settings) for m in ("per_prompt", "vote")])
     passes = []
     for name in ("run_method", "score_choices"):
         real = getattr(loop, name)
-        monkeypatch.setattr(loop, name, lambda llm, method, *rest, real=real: passes.append(method) or
-                            real(llm, method, *rest))
+        monkeypatch.setattr(loop, name, lambda llm, method, *rest, real=real, name=name:
+                            passes.append((name, method)) or real(llm, method, *rest))
     together = evaluate(tiny, items, ["per_prompt", "vote"], tmp_path / "both", **settings)
-    assert passes == ["per_prompt", "per_prompt"]  # two batches of two questions; vote decoded nothing
+    kinds = {"sample-qa": ["run_method"] * 2, "sample-choice": ["score_choices"] * 2,  # two batches each
+             "mixed": ["score_choices", "run_method"]}[dataset]  # one batch of both kinds
+    assert passes == [(kind, "per_prompt") for kind in kinds]  # vote decoded and scored nothing
     canon = [df.drop(columns="seconds").sort_values(["method", "id"]).reset_index(drop=True)
              for df in (alone, together)]
     pd.testing.assert_frame_equal(*canon)
