@@ -311,10 +311,10 @@ def test_sweep_pairs_items_within_a_model():
 def test_plot_has_wilson_error_bars(hand):
     acc = figure(_hand()).axes[0]
     bars = [c for c in acc.containers if isinstance(c, BarContainer)]
-    assert len(bars) == 1 and [b.get_height() for b in bars[0]] == pytest.approx([0.8, 0.3, 0.7])
+    assert len(bars) == 1 and [b.get_height() for b in bars[0]] == pytest.approx([0.3, 0.8, 0.7])  # origin first
     (errors,) = [c for c in acc.containers if isinstance(c, ErrorbarContainer)]
     spans = [y for segment in errors.lines[2][0].get_segments() for y in sorted(segment[:, 1])]
-    expected = [y for m in ("avg", "origin", "per_prompt") for y in hand.loc[m, ["ci95_low", "ci95_high"]]]
+    expected = [y for m in ("origin", "avg", "per_prompt") for y in hand.loc[m, ["ci95_low", "ci95_high"]]]
     assert spans == pytest.approx(expected)
 
 
@@ -323,9 +323,9 @@ def test_plot_groups_bars_by_model():
     bars = [c for c in acc.containers if isinstance(c, BarContainer)]
     assert len(bars) == 2  # one per model, methods on the x axis
     assert bars[0].patches[0].get_facecolor() != bars[1].patches[0].get_facecolor()
-    assert [t.get_text() for t in acc.get_xticklabels()] == ["avg", "origin"]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["origin", "avg"]
     assert sorted(t.get_text() for t in acc.get_legend().get_texts()) == ["big", "exact", "small"]
-    assert [b.get_height() for b in bars[0]] == [1.0, 0.5] and [b.get_height() for b in bars[1]] == [0.5, 1.0]
+    assert [b.get_height() for b in bars[0]] == [0.5, 1.0] and [b.get_height() for b in bars[1]] == [1.0, 0.5]
 
 
 def _run_dir(tmp_path, df: pd.DataFrame, **key):
@@ -557,7 +557,7 @@ def test_untimed_rows_do_not_raise_tokens_per_second():
 
 def test_the_plot_names_per_prompt_as_its_first_prompt():
     acc = figure(_hand()).axes[0]
-    assert [t.get_text() for t in acc.get_xticklabels()] == ["avg", "origin", "per_prompt (first prompt)"]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["origin", "avg", "per_prompt (first prompt)"]
 
 
 def test_plot_labels_end_under_their_bars_and_the_legend_sits_beside_them():

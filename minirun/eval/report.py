@@ -412,7 +412,7 @@ def figure(df: pd.DataFrame) -> Figure:
     from matplotlib.figure import Figure
 
     summary = summarize(df).reset_index()
-    methods = sorted(summary["method"].unique())
+    methods = sorted(summary["method"].unique(), key=lambda m: (m != "origin", m))  # the baseline first, as in LaTeX
     models = sorted(summary["model"].unique()) if "model" in summary.columns else [None]
     width = 0.8 / len(models)
     fig = Figure(figsize=(max(6.0, len(methods) * (0.8 + 0.4 * len(models)) + 3), 3.5), layout="constrained")
