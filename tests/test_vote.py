@@ -32,6 +32,7 @@ CHOICES = ["Paris", "Lyon and Marseille", "Berlin", "the city of Rome"]
     ([None, "lyon", None, None], 1),  # an empty answer casts no vote, however many there are
     ([None, None], 0),  # nobody votes: the first prompt's
     (["a", "b", "c"], 0),  # all different: the first prompt's
+    ([None, "b", "c"], 1),  # all different, the question's empty: the first prompt that answered
     ([2, 0, 2, 1], 0),  # picks vote as keys do
     ([3, 1, 1], 1),
 ])
