@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -176,6 +177,14 @@ def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: b
     from minirun.checkpoints.hub import resolve_model
     from minirun.engine.llm import load
     return load(resolve_model(model), device=device, dtype=dtype, compile=compile)
+
+
+def single_prompt_line(scores) -> str:
+    """per_prompt's single-prompt figures as one run's and a sweep's tables caption them (consistency may not
+    apply: a dash)."""
+    consistency = "–" if math.isnan(scores["consistency"]) else f"{scores['consistency']:.3f}"
+    return (f"mean single-prompt accuracy {scores['mean_single_accuracy']:.3f}, oracle {scores['oracle_accuracy']:.3f}, "
+            f"consistency {consistency}")
 
 
 def parse_flex_bias(value: Optional[str]) -> float | str | None:

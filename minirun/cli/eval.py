@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_dir, err,
-                                friendly, load_llm, out, parse_flex_bias, warn)
+                                friendly, load_llm, out, parse_flex_bias, single_prompt_line, warn)
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -148,8 +148,7 @@ def _summary_table(table: pd.DataFrame, title: str, shown: list[str] | None = No
     t = _scores_table(scores, title)
     prompts = scores[scores.index.get_level_values("method") == "per_prompt"]
     t.caption = "\n".join(
-        f"{_label(index)}: mean single-prompt accuracy {row['mean_single_accuracy']:.3f}, "
-        f"oracle {row['oracle_accuracy']:.3f}, consistency {_number(row['consistency'], '.3f')}"
+        f"{_label(index)}: {single_prompt_line(row)}"
         for index, row in prompts.iterrows() if pd.notna(row["mean_single_accuracy"])) or None
     return t
 

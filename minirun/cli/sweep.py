@@ -13,7 +13,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import err, friendly, load_llm, out, warn
+from minirun.cli.common import err, friendly, load_llm, out, single_prompt_line, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -112,10 +112,8 @@ def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) 
     if (dataset, "per_prompt") not in scores.index:
         return []
     row = scores.loc[(dataset, "per_prompt")]
-    return [f"{model}: per_prompt's mean single-prompt accuracy {row[model]['mean_single_accuracy']:.3f}, oracle "
-            f"{row[model]['oracle_accuracy']:.3f}, consistency "
-            f"{'–' if math.isnan(row[model]['consistency']) else format(row[model]['consistency'], '.3f')}"
-            for model in models if not math.isnan(row[model]["mean_single_accuracy"])]
+    return [f"{model}: per_prompt's {single_prompt_line(row[model])}" for model in models
+            if not math.isnan(row[model]["mean_single_accuracy"])]
 
 
 def scores_long(scores: pd.DataFrame) -> pd.DataFrame:
