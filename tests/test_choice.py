@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import minirun
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions, Question
-from minirun.methods.choice import option_ids, score_choices
+from minirun.methods.choice import option_ids, option_probabilities, score_choices
 from minirun.methods.packing import encode_question
 
 PREFIX = "Q: Water boils at\nA: 100 degrees\n\n"
@@ -224,3 +224,10 @@ def test_single_token_options_are_scored_in_bfloat16(smollm2_dir, smollm2_f32_di
     assert got.option_tokens == [1, 1, 1, 1]
     assert max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs)) <= 0.3, (got.logprobs, want.logprobs)
     assert got.choice == want.choice
+
+
+def test_option_probabilities_are_the_softmax_of_the_scores_picked_by_and_votes_their_shares():
+    probabilities = option_probabilities("avg", [math.log(0.2) - 3, math.log(0.3) - 3, math.log(0.5) - 3])
+    assert probabilities == pytest.approx([0.2, 0.3, 0.5])  # normalised over the options: a shift changes nothing
+    assert option_probabilities("origin", [-1.0, -1.0]) == [0.5, 0.5]
+    assert option_probabilities("vote", [0.6, 0.4, 0.0]) == [0.6, 0.4, 0.0]  # shares of the picks already

@@ -14,12 +14,14 @@ from minirun.cli import app
 from minirun.errors import MinirunError
 from minirun.eval.report import (
     agreement,
+    calibration,
     by_relation,
     figure,
     latex,
     load_results,
     plot,
     report_json,
+    select_choice_score,
     select_match,
     summarize,
 )
@@ -578,3 +580,59 @@ def test_a_method_without_verdicts_shows_dashes_not_nan(tmp_path):
     row = next(line for line in shown.output.splitlines() if " max " in line)
     cells = [cell.strip() for cell in row.split("│")[1:-1]]  # method, accuracy, CI, exact, n, …, items/s
     assert "nan" not in row and cells[1:3] == ["–", "–"] and cells[4] == "0" and cells[-1] == "–", row
+
+
+SURE = 1 / (1 + math.exp(-0.5))  # softmax of option scores [-1.0, -0.5]: the second option's probability, 0.6225
+
+
+def test_calibration_covers_the_multiple_choice_rows_only():
+    scores = summarize(_mixed())
+    for method in ("origin", "avg", "per_prompt"):  # both choice items picked right at 0.6225
+        assert scores.loc[method, "confidence"] == pytest.approx(SURE)
+        assert scores.loc[method, "ece"] == pytest.approx(1 - SURE)
+        assert scores.loc[method, "brier"] == pytest.approx(2 * (1 - SURE) ** 2)
+    assert scores.loc[method, "accuracy"] != pytest.approx(1.0)  # the generated rows count there, not here
+    assert summarize(_hand())[["confidence", "ece", "brier"]].isna().all(axis=None)  # no option probabilities
+    summed = summarize(select_choice_score(_mixed(), "sum"))  # re-picked: option 0 at 0.6225, wrong
+    assert summed.loc["avg", "confidence"] == pytest.approx(SURE) and summed.loc["avg", "ece"] == pytest.approx(SURE)
+    assert summed.loc["avg", "brier"] == pytest.approx(2 * SURE ** 2)
+
+
+def test_calibration_of_a_vote_is_its_share_of_the_picks():
+    rows = [{"id": f"c{i}", "method": "vote", "prompts": ["p"] * 5, "generated": "A", "answer": "A", "exact": right,
+             "correct": right, "tokens": 0, "seconds": 1.0, "task": "choice", "choices": ["A", "B"], "gold_choice": 0,
+             "choice": 0, "choice_scores": [share, 1 - share]} for i, (share, right) in enumerate([(0.6, True),
+                                                                                            (1.0, False)])]
+    scores = calibration(pd.DataFrame(rows))
+    assert scores.loc["vote", "confidence"] == pytest.approx(0.8)
+    assert scores.loc["vote", "ece"] == pytest.approx((0.4 + 1.0) / 2)  # bins: 0.6 right, 1.0 wrong
+    assert scores.loc["vote", "brier"] == pytest.approx((2 * 0.4 ** 2 + 0) / 2)  # gold 0 both times, picked at 0.6 / 1.0
+    rows[1]["gold_choice"] = 1
+    assert calibration(pd.DataFrame(rows)).loc["vote", "brier"] == pytest.approx((2 * 0.4 ** 2 + 2) / 2)
+
+
+def test_report_shows_calibration_for_multiple_choice(tmp_path):
+    runner = CliRunner()
+    mixed = runner.invoke(app, ["report", str(_run_dir(tmp_path / "mixed", _mixed()))])
+    assert mixed.exit_code == 0, mixed.output
+    assert "calibration (multiple choice)" in mixed.output and "ECE" in mixed.output
+    header = next(line for line in mixed.output.splitlines() if "confidence" in line and "ECE" in line)
+    assert "accuracy" not in header  # a mixed table's accuracy covers generated items too, not those calibrated
+    assert f"{SURE:.3f} │ {1 - SURE:.3f} │ {2 * (1 - SURE) ** 2:.3f}" in mixed.output
+    choice = _mixed().query("task == 'choice'")
+    only = runner.invoke(app, ["report", str(_run_dir(tmp_path / "choice", choice))])
+    assert next(line for line in only.output.splitlines() if "ECE" in line).split("┃")[2].strip() == "accuracy"
+    assert "(multiple choice)" not in runner.invoke(app, ["report", str(_run_dir(tmp_path / "qa", _hand()))]).output
+    as_json = json.loads(runner.invoke(app, ["report", str(_run_dir(tmp_path / "j", _mixed())), "--json"]).stdout)
+    assert as_json["avg"]["ece"] == pytest.approx(1 - SURE)
+    generated = json.loads(runner.invoke(app, ["report", str(_run_dir(tmp_path / "g", _hand())), "--json"]).stdout)
+    assert generated["avg"]["ece"] is None and generated["avg"]["brier"] is None
+
+
+def test_latex_adds_calibration_columns_for_multiple_choice():
+    tex = latex(summarize(_mixed()), "run")
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in tex.splitlines() if " & " in line}
+    assert rows["Method"][-3:] == ["Conf.", "ECE", "Brier \\\\"]
+    assert rows["avg"][-3:] == [f"{SURE:.3f}", f"{1 - SURE:.3f}", f"{2 * (1 - SURE) ** 2:.3f} \\\\"]
+    assert "{lrcrrrrrr}" in tex and "15 equal-width bins" in tex
+    assert "ECE" not in latex(summarize(_hand()), "run")  # generated answers only: no calibration columns

@@ -8,6 +8,8 @@ import pytest
 from scipy.stats import permutation_test
 
 from minirun.eval.stats import (
+    brier_score,
+    calibration_error,
     mcnemar_exact,
     newcombe_paired_interval,
     holm,
@@ -121,3 +123,30 @@ def test_holm_by_hand():
     assert math.isnan(holm([0.01, 0.04, 0.03, math.nan])[3])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
     assert holm([]) == []
+
+
+def test_calibration_error_by_hand():
+    # 15 bins: 0.9 in [13/15, 14/15) (acc 0.5: gap 0.4), 0.6 in [9/15, 10/15) (acc 1: gap 0.4), 0.3 in
+    # [4/15, 5/15) (acc 0: gap 0.3); weighted 2/5, 2/5, 1/5
+    confidence, correct = [0.9, 0.9, 0.6, 0.6, 0.3], [True, False, True, True, False]
+    assert calibration_error(confidence, correct) == pytest.approx(0.4 * 2 / 5 + 0.4 * 2 / 5 + 0.3 / 5)
+    assert calibration_error(confidence, correct, bins=1) == pytest.approx(abs(3 / 5 - 3.3 / 5))  # one bin: the means
+    assert calibration_error([1.0, 1.0], [True, True]) == 0.0  # sure and right: 1.0 falls in the last bin
+    assert calibration_error([1.0, 0.5], [False, False]) == pytest.approx(0.75)
+    assert math.isnan(calibration_error([], []))
+
+
+def test_calibration_error_refuses_what_is_not_a_probability_per_verdict():
+    with pytest.raises(ValueError, match="2 confidences for 1 verdicts"):
+        calibration_error([0.5, 0.5], [True])
+    with pytest.raises(ValueError, match="probabilities"):
+        calibration_error([1.5], [True])
+
+
+def test_brier_score_by_hand():
+    # (0.3² + 0.2² + 0.1²) = 0.14 and (0.5² + 0.5²) = 0.5: items of 3 and 2 options
+    assert brier_score([[0.7, 0.2, 0.1], [0.5, 0.5]], [0, 1]) == pytest.approx((0.14 + 0.5) / 2)
+    assert brier_score([[1.0, 0.0]], [1]) == 2.0 and brier_score([[0.0, 1.0]], [1]) == 0.0
+    assert math.isnan(brier_score([], []))
+    with pytest.raises(ValueError, match="2 option distributions for 1 gold"):
+        brier_score([[1.0], [1.0]], [0])

@@ -706,3 +706,28 @@ def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path):
     finally:
         gc.enable()
     assert alive == [[], [False]]
+
+
+def test_a_sweep_of_multiple_choice_reports_calibration_per_model():
+    """As one run's report does: confidence, ECE and Brier in --json, and a calibration table per dataset."""
+    from rich.console import Console
+
+    from minirun.cli.sweep import score_tables, scores_json
+
+    rows = _two_models_one_short()
+    choice = rows.assign(task="choice", choices=[["A", "B"]] * len(rows), gold_choice=0,
+                         choice=[0 if c else 1 for c in rows["correct"]], choice_scores=[[0.0, 0.0]] * len(rows))
+    scores = scores_json(sweep_table(choice))["d"]
+    assert scores["small"]["avg"]["confidence"] == 0.5 and scores["big"]["origin"]["brier"] == pytest.approx(0.5)
+    assert scores["small"]["avg"]["ece"] == pytest.approx(abs(2 / 3 - 0.5))  # items 0 and 2 right of 3, all at 0.5
+    console = Console(width=250, record=True)
+    for table in score_tables(sweep_table(choice), "t"):
+        console.print(table)
+    text = console.export_text()
+    assert "d · calibration (multiple choice)" in text and "15 equal-width bins" in text
+    assert re.search(r"│ per_prompt \(first prompt\) +│ +– +│ +– +│ +– +│ +0\.500 +│", text)  # big never ran it
+    assert scores_json(sweep_table(rows))["d"]["small"]["avg"]["ece"] is None
+    plain = Console(width=250, record=True)
+    for table in score_tables(sweep_table(rows), "t"):
+        plain.print(table)
+    assert "calibration" not in plain.export_text()

@@ -179,6 +179,11 @@ def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: b
     return load(resolve_model(model), device=device, dtype=dtype, compile=compile)
 
 
+CALIBRATION_CAPTION = ("over the multiple-choice items. confidence: mean probability of the option picked (softmax of "
+                       "the scores it was picked by; vote: its share of the prompts' picks); ECE: 15 equal-width bins; "
+                       "Brier: multi-class, 0 best, 2 worst")
+
+
 def single_prompt_line(scores) -> str:
     """per_prompt's single-prompt figures as one run's and a sweep's tables caption them (consistency may not
     apply: a dash)."""

@@ -12,8 +12,21 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_dir, err,
-                                friendly, load_llm, out, parse_flex_bias, single_prompt_line, warn)
+from minirun.cli.common import (
+    CALIBRATION_CAPTION,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SKIP_BAD_HELP,
+    check_figure_path,
+    check_output_dir,
+    err,
+    friendly,
+    load_llm,
+    out,
+    parse_flex_bias,
+    single_prompt_line,
+    warn,
+)
 from minirun.errors import MinirunError
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
@@ -88,7 +101,8 @@ def eval_command(
                         choice_format=choice_format, benchmark=benchmark, progress=progress)
     if ranks()[0] == 0:
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
-        out.print(_summary_table(table, f"{name} · {llm.path.name}", method))
+        for t in _summary_tables(table, f"{name} · {llm.path.name}", method):
+            out.print(t)
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
 
 
@@ -130,16 +144,17 @@ def report_command(
         print(json.dumps(report.report_json(table)))
         warn(warnings, err)
         return
-    out.print(_summary_table(table, str(run_dir)))
+    for t in _summary_tables(table, str(run_dir)):
+        out.print(t)
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
         out.print(_scores_table(report.by_relation(table), "per relation"))
     out.print(_matrix(report.agreement(table)))
 
 
-def _summary_table(table: pd.DataFrame, title: str, shown: list[str] | None = None) -> Table:
+def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = None) -> list[Table]:
     """Per-method scores (of the `shown` methods only, compared with every method's rows), with per_prompt's
-    single-prompt figures as the caption when it ran."""
+    single-prompt figures as the caption when it ran; then their calibration where multiple-choice rows have it."""
     from minirun.eval.report import summarize
 
     scores = summarize(table)
@@ -150,6 +165,25 @@ def _summary_table(table: pd.DataFrame, title: str, shown: list[str] | None = No
     t.caption = "\n".join(
         f"{_label(index)}: {single_prompt_line(row)}"
         for index, row in prompts.iterrows() if pd.notna(row["mean_single_accuracy"])) or None
+    calibrated = scores[scores["ece"].notna()]
+    if not len(calibrated):
+        return [t]
+    # beside confidence, accuracy only where it covers the same items: a table of generated answers too has more
+    choice_only = "task" in table.columns and bool(table["task"].eq("choice").all())
+    return [t, _calibration_table(calibrated, choice_only)]
+
+
+def _calibration_table(scores: pd.DataFrame, with_accuracy: bool) -> Table:
+    """How sure each method is of its multiple-choice picks, against how often they are right."""
+    from minirun.eval.report import method_label
+
+    columns = (["accuracy"] if with_accuracy else []) + ["confidence", "ece", "brier"]
+    t = Table(title="calibration (multiple choice)", caption=CALIBRATION_CAPTION)
+    for name in ("method", *columns):
+        t.add_column({"ece": "ECE", "brier": "Brier"}.get(name, name), justify="left" if name == "method" else "right")
+    for index, row in scores.iterrows():
+        label = (*index[:-1], method_label(index[-1])) if isinstance(index, tuple) else method_label(index)
+        t.add_row(_label(label), *(f"{row[c]:.3f}" for c in columns))
     return t
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import err, friendly, load_llm, out, single_prompt_line, warn
+from minirun.cli.common import CALIBRATION_CAPTION, err, friendly, load_llm, out, single_prompt_line, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -104,7 +104,24 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
                     str(int(s["n"])), versus, "–" if math.isnan(s["tokens_per_second"]) else f"{s['tokens_per_second']:.1f}"]
             t.add_row(method_label(str(method)), *cells)
         tables.append(t)
+        if scores.loc[dataset].xs("ece", axis=1, level="metric").notna().any(axis=None):
+            tables.append(_calibration_table(scores.loc[dataset], f"{dataset} · calibration (multiple choice)", models))
     return tables
+
+
+def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> Table:
+    """One dataset's calibration: a row per method, a column group per model (confidence, ECE, Brier)."""
+    from minirun.eval.report import method_label
+
+    t = Table(title=title, caption=CALIBRATION_CAPTION)
+    t.add_column("method")
+    for model in models:
+        for i, header in enumerate(("confidence", "ECE", "Brier")):
+            t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
+    for method, row in scores.iterrows():
+        t.add_row(method_label(str(method)), *("–" if math.isnan(row[model][c]) else f"{row[model][c]:.3f}"
+                                               for model in models for c in ("confidence", "ece", "brier")))
+    return t
 
 
 def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) -> list[str]:

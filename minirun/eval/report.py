@@ -17,6 +17,8 @@ from minirun.errors import MinirunError
 from minirun.eval.matching import MATCH_RULES
 from minirun.eval.results import journal_paths, read_results
 from minirun.eval.stats import (
+    brier_score,
+    calibration_error,
     holm,
     mcnemar_exact,
     newcombe_paired_interval,
@@ -24,7 +26,7 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
-from minirun.methods.choice import method_pick
+from minirun.methods.choice import method_pick, option_probabilities
 from minirun.methods.options import CHOICE_SCORES
 from minirun.text import normalize
 
@@ -191,16 +193,45 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     accuracy (the run's match rule, see `select_match`) with ci95_low/ci95_high, its Wilson score
     interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
     of generated rows, so long generations weigh in and scored multiple-choice rows do not); the
-    paired comparisons of `paired_stats`, NaN where they do not apply."""
+    calibration of `calibration`; the paired comparisons of `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
-    scores = _scores(df, _keys(df))
+    scores = _scores(df, _keys(df)).join(calibration(df))
     if "model" in df.columns:
         paired = pd.concat({model: paired_stats(part) for model, part in df.groupby("model", sort=True)},
                            names=["model", "method"])
     else:
         paired = paired_stats(df)
     return scores.join(paired)
+
+
+CALIBRATION = ("confidence", "ece", "brier")
+
+
+def calibration(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method (per (model, method) for a sweep), over its scored multiple-choice rows: confidence (the mean
+    probability of the option picked), ece (expected calibration error, 15 equal-width bins) and brier (multi-class
+    Brier score), the options' probabilities being `option_probabilities` of the row's scores (re-picked ones after
+    `select_choice_score`). Accuracy above confidence means an unsure method, below it an overconfident one.
+    NaN for a method with no such rows (generated answers carry no probability over a set of answers)."""
+    keys = _keys(df)
+    empty = pd.DataFrame(columns=list(CALIBRATION), index=pd.MultiIndex.from_tuples([], names=keys)
+                         if len(keys) > 1 else pd.Index([], name=keys[0]), dtype=float)
+    if any(c not in df.columns for c in ("task", "choice_scores", "gold_choice", "choice")):
+        return empty
+    rows = df[df["task"].eq("choice") & df["correct"].notna() & df["choice_scores"].notna() & df["gold_choice"].notna()]
+    out = {}
+    for key, part in rows.groupby(keys, sort=True):
+        probabilities = [option_probabilities(m, list(s)) for m, s in zip(part["method"], part["choice_scores"])]
+        picked = [p[int(c)] for p, c in zip(probabilities, part["choice"])]
+        out[key[0] if len(keys) == 1 else key] = {
+            "confidence": float(np.mean(picked)), "ece": calibration_error(picked, part["correct"].astype(bool)),
+            "brier": brier_score(probabilities, [int(g) for g in part["gold_choice"]])}
+    if not out:
+        return empty
+    result = pd.DataFrame.from_dict(out, orient="index").reindex(columns=list(CALIBRATION))
+    result.index.names = keys
+    return result
 
 
 def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
@@ -360,11 +391,16 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
     model and method, models in their order in `scores`: a sweep's first is the one the others are
     compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
-    both answered with its Holm-adjusted exact McNemar p, and n. The caption says which tests, and
-    that per_prompt's row is its first prompt's, with its mean single-prompt accuracy."""
+    both answered with its Holm-adjusted exact McNemar p, and n; confidence, ECE and Brier where some row has
+    them (multiple choice). The caption says which tests, and that per_prompt's row is its first prompt's, with its
+    mean single-prompt accuracy."""
     keys = [str(name).capitalize() for name in scores.index.names]
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "rcrrr}", r"\toprule",
-             " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$"]) + r" \\", r"\midrule"]
+    calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
+    extra = ["Conf.", "ECE", "Brier"] if calibrated else []
+    lines = [r"\begin{table}[t]", r"\centering",
+             r"\begin{tabular}{" + "l" * len(keys) + "rcrrr" + "r" * len(extra) + "}", r"\toprule",
+             " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$", *extra]) + r" \\",
+             r"\midrule"]
     index = [i if isinstance(i, tuple) else (i,) for i in scores.index]
     models = list(dict.fromkeys(i[:-1] for i in index))
     # origin first within each model: the baseline the other rows are compared with
@@ -376,8 +412,9 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
             f"${row['diff_vs_origin']:+.3f}$" + (f" ($n={fewer}$)" if fewer is not None else ""),
             _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
+        calibration = ["--" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in CALIBRATION] if calibrated else []
         lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
-                                 *versus, str(int(row["n"]))]) + r" \\")
+                                 *versus, str(int(row["n"])), *calibration]) + r" \\")
     prompts = [n for n in order if index[n][-1] == "per_prompt"]
     single = [f"{scores.iloc[n]['mean_single_accuracy']:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
               for n in prompts if pd.notna(scores.iloc[n]["mean_single_accuracy"])]
@@ -387,7 +424,10 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
               r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
-              r"McNemar test, Holm-adjusted over the methods compared with origin." + note + "}",
+              r"McNemar test, Holm-adjusted over the methods compared with origin." + note
+              + (r" Over the multiple-choice items, Conf.: mean probability of the option picked (softmax of the "
+                 r"scores it was picked by; vote: its share of the prompts' picks); ECE: expected calibration error, "
+                 r"15 equal-width bins; Brier: multi-class Brier score." if calibrated else "") + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 

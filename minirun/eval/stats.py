@@ -6,6 +6,8 @@ near 0 and 1 where the normal (Wald) interval fails; McNemar's exact test and Ne
 interval use the pairing, which an unpaired comparison of two accuracies would throw away. For
 non-binary per-item differences the mean gets a bootstrap interval and a sign-flip permutation
 test of the same mean, so the p-value and the interval shown beside it answer one question.
+Calibration (how far a method's confidence in its picks is from how often they are right) is the
+expected calibration error over equal-width bins and the multi-class Brier score.
 """
 from __future__ import annotations
 
@@ -132,3 +134,40 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(present) - rank) * p))
         out[i] = running
     return out
+
+
+CALIBRATION_BINS = 15  # Guo et al. (2017), "On Calibration of Modern Neural Networks": the usual choice since
+
+
+def calibration_error(confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray,
+                      bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error: the picks are grouped by their confidence into `bins` equal-width bins
+    ([k/bins, (k+1)/bins), the last one closed), and each bin's |accuracy - mean confidence| is weighted by its
+    share of the picks. 0 for a method exactly as often right as it is sure; nan for no picks."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    if confidence.shape != correct.shape:
+        raise ValueError(f"{confidence.size} confidences for {correct.size} verdicts")
+    if not confidence.size:
+        return math.nan
+    if ((confidence < 0) | (confidence > 1)).any():
+        raise ValueError("confidences are probabilities, in [0, 1]")
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    gaps = np.bincount(which, weights=correct - confidence, minlength=bins)  # per bin: n * (accuracy - confidence)
+    return float(np.abs(gaps).sum() / counts.sum())
+
+
+def brier_score(probabilities: Sequence[Sequence[float]], gold: Sequence[int]) -> float:
+    """Brier's (1950) multi-class score: the mean over items of the squared distance between the options'
+    probabilities and the one-hot gold answer, 0 (sure and right) to 2 (sure and wrong); nan for no items.
+    Items may have different numbers of options."""
+    if len(probabilities) != len(gold):
+        raise ValueError(f"{len(probabilities)} option distributions for {len(gold)} gold answers")
+    if not len(gold):
+        return math.nan
+    scores = []
+    for p, g in zip(probabilities, gold):
+        target = np.zeros(len(p))
+        target[g] = 1.0
+        scores.append(float(((np.asarray(p, dtype=float) - target) ** 2).sum()))
+    return float(np.mean(scores))

@@ -30,7 +30,7 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
-from minirun.eval.report import PAIRED, method_label, paired_difference, summarize
+from minirun.eval.report import CALIBRATION, PAIRED, method_label, paired_difference, summarize
 from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 from minirun.paths import write_atomic
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *PAIRED, "diff_vs_first_model",
            "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
-           "tokens_per_second", "tokens", "seconds")
+           "tokens_per_second", "tokens", "seconds", *CALIBRATION)
 
 
 @dataclasses.dataclass(frozen=True)

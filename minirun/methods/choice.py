@@ -211,6 +211,15 @@ def method_pick(method: str, logprobs: list[float], tokens: list[int], chars: li
     return choice, scores, each
 
 
+def option_probabilities(method: str, scores: list[float]) -> list[float]:
+    """How sure a method is of each option, for calibration: the softmax of the scores it picked by (under the run's
+    `choice_score`: the options' summed, per-token or per-character log-likelihoods, normalised over the options),
+    vote's the shares of the prompts' picks its scores already are."""
+    if method == "vote":
+        return list(scores)
+    return torch.tensor(scores, dtype=torch.float64).softmax(0).tolist()
+
+
 def _scored(method: str, logprobs: list[float], tokens: list[int], chars: list[int], mode: str,
             prompts: list[str], prompt_tokens: int, per_prompt: list[list[float]] | None = None,
             **extra) -> ChoiceResult:
