@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import json
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -385,6 +386,8 @@ CLI_CHECKS = [  # (arguments after the command, what the message must say); "M" 
     (["eval", "--model", "M", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["eval", "--model", "M", "--max-samples", "0"], "--max-samples"),
     (["eval", "--model", "M", "--num-samples", "0"], "--num-samples"),
+    (["eval", "--model", "M", "-m", "origin,vot"], "unknown method 'vot' in --method"),
+    (["eval", "--model", "M", "-m", "origin,,avg"], "unknown method '' in --method"),
     (["bench", "--model", "M", "--batch", "0"], "--batch"),
     (["bench", "--model", "M", "--num-paraphrases", "0"], "--num-paraphrases"),
     (["bench", "--model", "M", "--repeats", "0"], "--repeats"),
@@ -397,6 +400,15 @@ CLI_CHECKS = [  # (arguments after the command, what the message must say); "M" 
     (["paraphrase", "--model", "M", "--batch-size", "0", "sample-qa", "out.jsonl"], "--batch-size"),
     (["paraphrase", "--model", "M", "--max-samples", "0", "sample-qa", "out.jsonl"], "--max-samples"),
 ]
+
+
+def test_eval_takes_methods_comma_separated_as_well_as_repeated(tiny, tmp_path):
+    run = tmp_path / "run"
+    result = invoke("eval", "--model", tiny, "--max-samples", "1", "--no-progress", "--output", run,
+                    "-m", "origin, avg", "-m", "origin")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "run.json").read_text())["methods"] == {"origin": {}, "avg": {}}
+    assert sorted(pd.read_parquet(run / "results.parquet")["method"]) == ["avg", "origin"]
 
 
 @pytest.mark.parametrize("args,message", CLI_CHECKS, ids=[" ".join(a[:1] + a[3:]) for a, _ in CLI_CHECKS])

@@ -184,6 +184,18 @@ CALIBRATION_CAPTION = ("over the multiple-choice items. confidence: mean probabi
                        "Brier: multi-class, 0 best, 2 worst")
 
 
+def method_names(values: list[str]) -> list[str]:
+    """--method as given, each flag a name or a comma-separated list of them (as sweep files and scripts write
+    them), a name given twice kept once; an unknown or empty name refused before a model loads."""
+    from minirun.methods import METHODS
+
+    names = [name.strip() for value in values for name in value.split(",")]
+    if bad := [name for name in names if name not in METHODS]:
+        raise MinirunError(f"unknown method {bad[0]!r} in --method: choose from {', '.join(METHODS)} (repeat the "
+                           "flag or separate names with commas)")
+    return list(dict.fromkeys(names))
+
+
 def single_prompt_line(scores) -> str:
     """per_prompt's single-prompt figures as one run's and a sweep's tables caption them (consistency may not
     apply: a dash)."""

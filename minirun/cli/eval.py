@@ -22,6 +22,7 @@ from minirun.cli.common import (
     err,
     friendly,
     load_llm,
+    method_names,
     out,
     parse_flex_bias,
     single_prompt_line,
@@ -45,7 +46,8 @@ def eval_command(
     benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
                                             "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "
                                             "`minirun paraphrase`: --benchmark mmlu)."),
-    method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m", help="Method to run (repeatable)."),
+    method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m",
+                                     help="Method to run (repeatable, or comma-separated: -m origin,avg)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
     num_prompts: int = typer.Option(5, "--num-prompts", "--num-paraphrases", min=1,
                                     help="Prompts per item: the question, then its paraphrases (duplicates dropped)."),
@@ -86,6 +88,7 @@ def eval_command(
     if few_shot is not None and few_shot.suffix != ".jsonl":
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     bias = parse_flex_bias(flex_bias)
+    method = method_names(method)
     items = load_dataset(data, subset=subset, skip_bad=skip_bad)
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
