@@ -6,6 +6,9 @@ import collections
 import contextlib
 import gc
 import logging
+import os
+import subprocess
+import sys
 import weakref
 from dataclasses import replace
 
@@ -421,3 +424,16 @@ def test_a_cuda_replay_keeps_the_tensors_its_recording_uses_alive(monkeypatch):
     del replay
     gc.collect()
     assert counter() is None  # and freed with it
+
+
+def test_compiled_kernels_are_cached_under_minirun_s_cache_root(tmp_path):
+    """torch fixes inductor's directory when the first function is compiled, which importing the attention
+    layer does: the default must be in place by then (it was set later, and kernels went to /tmp)."""
+    show = "import os, minirun.layers.flex; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    ours = subprocess.run([sys.executable, "-c", show], env=env | {"MINIRUN_CACHE": str(tmp_path)},
+                          capture_output=True, text=True, check=True)
+    assert ours.stdout.strip() == str(tmp_path / "inductor")
+    theirs = subprocess.run([sys.executable, "-c", show], env=env | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "t")},
+                            capture_output=True, text=True, check=True)
+    assert theirs.stdout.strip() == str(tmp_path / "t")  # a directory the user chose is kept

@@ -16,6 +16,13 @@ from typing import Any, Callable, Hashable
 import torch
 
 from minirun.errors import MinirunError
+from minirun.paths import cache_root
+
+# Inductor's on-disk cache goes under minirun's cache root, so later processes skip most of a first compile and
+# one variable moves or clears it with the rest. torch fixes its directory the first time anything is compiled
+# (`Compiled` below runs torch.compile when a module creating one is imported), so it is set here, before that,
+# unless TORCHINDUCTOR_CACHE_DIR already says where.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
 
 log = logging.getLogger("minirun")
 

@@ -16,7 +16,6 @@ shares once for the whole batch rather than once per row.
 """
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from typing import Callable
@@ -27,7 +26,6 @@ from torch.nn.attention.flex_attention import _DEFAULT_SPARSE_BLOCK_SIZE, BlockM
 
 from minirun.layers.compiled import Compiled, raise_torch_limit
 from minirun.layers.masks import additive, fold_query_heads, fold_query_heads_score, index_grids, materialize
-from minirun.paths import cache_root
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
@@ -56,15 +54,11 @@ _compiled_block_mask = Compiled(
 
 
 def set_compiled(enabled: bool) -> None:
-    """Use compiled FlexAttention kernels (fast) or the eager reference path.
-
-    Inductor's on-disk cache goes under ~/.cache/minirun so later processes skip most of the
-    first compile (unless TORCHINDUCTOR_CACHE_DIR says otherwise).
-    """
+    """Use compiled FlexAttention kernels (fast) or the eager reference path (kernels cached on disk: see
+    `minirun.layers.compiled`)."""
     _state["compiled"] = enabled
     if enabled:
         raise_torch_limit()
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
 
 
 def is_compiled() -> bool:
