@@ -18,6 +18,7 @@ from minirun.cli.mask_view import (
     view_from_encoded,
 )
 from minirun.engine.generate import plain_row, stack_rows
+from minirun.errors import MinirunError
 from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods.packing import Encoded, encode_question
 
@@ -152,3 +153,16 @@ def test_text_snapshot():
         "t40         3 PP PP.\n"
         "<gen>       4 PP PPG\n"
     )
+
+
+def test_a_view_past_the_models_context_is_refused_as_generating_would_be(llm):
+    """Positions past the context were drawn (and --decode-steps 100000 filled the memory): refused in one line."""
+    enc = encode_question(llm, ["Capital?", "France capital?"], "", "\nA:", False)
+    fits = build_view(llm, "Capital?", ["France capital?"], prefix="", suffix="\nA:", chat=False, decode_steps=3)
+    last = max(max(r.positions) for r in fits.rows) - 3 + 1  # positions the prompts reach; 512 in this checkpoint
+    assert view_from_encoded(enc, "flex", str, llm.pad_id, decode_steps=512 - last, context=512).length > 0
+    for method in ("flex", "avg"):
+        with pytest.raises(MinirunError, match=f"prompt \\+ {513 - last} decode steps reach position 513, beyond "
+                                               "the model's context of 512: .* fewer --decode-steps"):
+            build_view(llm, "Capital?", ["France capital?"], method=method, suffix="\nA:", chat=False,
+                       decode_steps=513 - last)

@@ -80,15 +80,16 @@ def build_view(llm: LLM, question: str, paraphrases: list[str], method: str = "f
     prompts = prompts[:1] if method == "origin" else prompts
     enc = encode_question(llm, prompts, prefix, suffix, chat)
     view = view_from_encoded(enc, method, lambda i: llm.tokenizer.decode([i]), llm.pad_id, positions,
-                             share_prefix, decode_steps)
+                             share_prefix, decode_steps, context=llm.config.max_position_embeddings)
     if method == "hidden_avg":
         view.fusion_layer = resolve_fusion_layer(EnsembleOptions(fusion_layer=fusion_layer), llm.config.num_layers)
     return view
 
 
 def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], pad_id: int, positions: str = "right",
-                      share_prefix: bool = True, decode_steps: int = 3) -> MaskView:
-    """Rows exactly as `run_method` builds them for one question (see methods/runner.py)."""
+                      share_prefix: bool = True, decode_steps: int = 3, context: int | None = None) -> MaskView:
+    """Rows exactly as `run_method` builds them for one question (see methods/runner.py); refused, as generating
+    would be, where a row's prompt and `decode_steps` reach past the model's `context`."""
     if method not in METHODS:
         raise MinirunError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if positions not in POSITION_SCHEMES:
@@ -109,6 +110,10 @@ def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], p
                           torch.full((batch, decode_steps), SHARED, dtype=torch.int32)], dim=1)
     pos = torch.cat([torch.arange(h).expand(batch, h), layout.positions,
                      layout.next_positions[:, None] + steps[None]], dim=1)
+    if context is not None and (furthest := int(layout.next_positions.max()) + decode_steps) > context:
+        raise MinirunError(f"prompt + {decode_steps} decode steps reach position {furthest}, beyond the model's "
+                            f"context of {context}: shorten the prompts (fewer or shorter paraphrases, a shorter "
+                            "prefix) or show fewer --decode-steps")
     slots = prompt_len + decode_steps
     mask = materialize(segment_mask(segments), batch, slots, slots)
     views = []
