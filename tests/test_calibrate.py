@@ -18,6 +18,7 @@ def calibrating(tmp_path, monkeypatch):
     """Calibration on, into an empty cache directory, with no answers remembered in this process."""
     monkeypatch.setenv("MINIRUN_CALIBRATE", "1")
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path))
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 0.9)  # an idle machine: its answers are kept
     calibrate.forget()
     yield tmp_path / "calibration.json"
     calibrate.forget()  # what this test measured stays out of later tests
@@ -43,6 +44,28 @@ def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
     monkeypatch.setattr(calibrate, "cpu_facts", lambda: {**facts, "cpu": "Intel Xeon Platinum"})
     assert calibrate.measured("probe", {"dtype": torch.float32}, measure, default=-1) == 2  # another kind measures again
     assert len(json.loads(calibrating.read_text())) == 2
+
+
+def test_answers_timed_on_a_busy_machine_serve_this_process_only(calibrating, monkeypatch, caplog):
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 2.0)  # another process as busy as this one
+    monkeypatch.setattr(calibrate, "_told_busy", False)
+    with caplog.at_level("WARNING", logger="minirun"):
+        assert calibrate.measured("probe", {"n": 1}, lambda: {"value": 1}, default=-1) == 1
+        assert calibrate.measured("probe", {"n": 2}, lambda: {"value": 2}, default=-1) == 2
+    assert caplog.text.count("busy while kernels were timed (1-minute load 2.0 per core)") == 1  # once a process
+    assert not calibrating.exists()
+    assert calibrate.measured("probe", {"n": 1}, lambda: pytest.fail("measured twice"), default=-1) == 1
+    calibrate.forget()  # a later process on an idle machine measures again, and keeps it
+    monkeypatch.setattr(calibrate, "load_per_core", lambda: 1.0)
+    assert calibrate.measured("probe", {"n": 1}, lambda: {"value": 3}, default=-1) == 3
+    (entry,) = json.loads(calibrating.read_text()).values()
+    assert entry["value"] == 3 and entry["load_per_core"] == 1.0  # the load it was timed under, for a reader
+
+
+def test_load_per_core_is_the_load_average_over_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(calibrate.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    monkeypatch.setattr(calibrate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert calibrate.load_per_core() == 1.5
 
 
 @pytest.mark.parametrize("content, told", [('{"cut sh', "is unreadable"), ("", "is unreadable"),

@@ -136,7 +136,22 @@ def machine_key() -> str:
             f"timed in {TIMING}")
 
 
+BUSY = 1.5  # the 1-minute load average per core above which timings are not kept: others hold half the machine
+
+
+def load_per_core() -> float | None:
+    """The 1-minute load average per core this process may run on (None where the system tells none). Timing
+    its kernels, the process itself adds up to about one."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return load / cores
+
+
 _measuring = 0.0  # seconds this process has spent measuring
+_told_busy = False
 
 
 def seconds_measuring() -> float:
@@ -149,7 +164,9 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
     """The cached `value` of measurement `name` at `shape` on this machine, measuring it once if new.
 
     `measure()` returns {"value": ..., plus the timings behind it}; all of it is written to the cache
-    file so a reader can see why a kernel was chosen.
+    file so a reader can see why a kernel was chosen. An answer timed while other processes loaded the machine
+    (`load_per_core` above BUSY) is used by this process only: kept on disk, it would choose for every later one
+    (a bfloat16 one-row product timed at 312 ms beside a test suite, 3.5 ms alone, picked the slower kernel).
     """
     if not enabled():
         return default
@@ -163,15 +180,33 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
         start = time.perf_counter()
         entry = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         _measuring += time.perf_counter() - start
-        entries = _read_entries(path)  # again: another process may have added its own answers meanwhile
-        entries[key] = entry
-        try:
-            write_atomic(path, lambda temp: temp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
-        except OSError as e:
-            log.warning("cannot write the kernel calibration to %s (%s): this process keeps it, the next measures "
-                        "again; point MINIRUN_CACHE at a writable folder", path, e.strerror or e)
+        load = load_per_core()
+        if load is not None:
+            entry["load_per_core"] = round(load, 2)
+        if load is not None and load > BUSY:
+            _tell_busy(load)
+        else:
+            _save(path, key, entry)
     _memo[key] = entry["value"]
     return _memo[key]
+
+
+def _tell_busy(load: float) -> None:
+    global _told_busy
+    if not _told_busy:  # once a process: a model meets dozens of shapes
+        log.warning("the machine was busy while kernels were timed (1-minute load %.1f per core): this process "
+                    "uses the answers, but they are not saved; a later process measures again", load)
+        _told_busy = True
+
+
+def _save(path: Path, key: str, entry: dict[str, Any]) -> None:
+    entries = _read_entries(path)  # again: another process may have added its own answers meanwhile
+    entries[key] = entry
+    try:
+        write_atomic(path, lambda temp: temp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
+    except OSError as e:
+        log.warning("cannot write the kernel calibration to %s (%s): this process keeps it, the next measures "
+                    "again; point MINIRUN_CACHE at a writable folder", path, e.strerror or e)
 
 
 def _read_entries(path: Path) -> dict[str, Any]:
