@@ -130,10 +130,11 @@ def test_eval_defaults_and_bench(models_dir):
     assert echoed[0] == "'origin,flex': this task runs one method: give a single name"
     assert "not a checkpoint directory" in echoed[2]
     assert echoed[3] == "'1': give a whole number above 1 (a decode step is timed)"
-    argv, _, _ = drive(["bench", "", "", "", ""], models_dir)
-    assert argv == ["bench", "--method", "origin", "--num-paraphrases", "5", "--new-tokens", "64"]
+    argv, _, prompts = drive(["bench", "", "", ""], models_dir)
+    assert argv == ["bench", "--method", "origin", "--new-tokens", "64"]  # origin asks no paraphrase: none offered
+    assert not any(p.startswith("paraphrases") for p, _ in prompts)
     assert _default(bench, "method") == "origin"
-    assert (_default(bench, "num_paraphrases"), _default(bench, "new_tokens")) == (5, 64)
+    assert (_default(bench, "num_paraphrases"), _default(bench, "new_tokens")) == (None, 64)  # None: 5 to an ensemble
 
 
 def test_interrupt_propagates(models_dir):

@@ -190,7 +190,8 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
         argv += ["--data", _prompt(ask, echo, f"dataset ({', '.join(DATASETS)} or a .jsonl path)", "sample-qa", _dataset)]
     argv += _ask_model(ask, echo, models_dir)
     if task == "bench":
-        argv += ["--num-paraphrases", _prompt(ask, echo, "paraphrases per question", "5", _positive_int)]
+        if methods != ["origin"]:  # origin asks the question alone
+            argv += ["--num-paraphrases", _prompt(ask, echo, "paraphrases per question", "5", _positive_int)]
         return argv + ["--new-tokens", _prompt(ask, echo, "new tokens per generation", "64", _at_least_two)]
     argv += _ask_method_options(ask, echo, methods)
     argv += ["--num-prompts", _prompt(ask, echo, "prompts per question (the question and its paraphrases)", "5",

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from minirun.checkpoints.loader import auto_device
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
                                 check_texts, err, friendly, load_llm, read_text_file)
 from minirun.cli.common import out as tables
@@ -62,9 +63,11 @@ def bench(
                                                  "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
     method: str = typer.Option("origin"),
     prompt_tokens: int = typer.Option(128, min=1),
-    new_tokens: int = typer.Option(64, min=1),
+    new_tokens: int = typer.Option(64, min=2, help="Tokens generated per answer (decode speed needs a step after "
+                                   "the first)."),
     batch: int = typer.Option(1, min=1, help="Questions per batch."),
-    num_paraphrases: int = typer.Option(5, min=1),
+    num_paraphrases: Optional[int] = typer.Option(None, min=1, help="Paraphrases per question for an ensemble "
+                                                  "method (default 5; origin asks the question alone)."),
     repeats: int = typer.Option(5, min=1),
     warmup: int = typer.Option(1, min=0),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
@@ -80,7 +83,14 @@ def bench(
 
     if as_json is not None and (as_json.is_dir() or not as_json.parent.is_dir()):  # before minutes of timing
         raise MinirunError(f"--json {as_json}: give a file name in an existing folder")
-    result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases, repeats,
+    if method == "origin" and num_paraphrases is not None:
+        raise MinirunError("--num-paraphrases only applies to the ensemble methods (origin asks the question alone): "
+                           "drop it or pick another --method")
+    compares = [c.strip() for c in compare.split(",")] if compare else []
+    if "captured" in compares and str(auto_device(device)).startswith("cpu"):
+        raise MinirunError("--compare captured times decode steps recorded as CUDA graphs, and a CPU records none "
+                           "(it would time the same compiled step twice): run it on a GPU, or drop captured")
+    result = run_bench(model, random_weights, method, prompt_tokens, new_tokens, batch, num_paraphrases or 5, repeats,
                        warmup, dtype, device, compile, compare)
     tables.print(format_table(result))
     if as_json is not None:
