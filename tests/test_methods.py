@@ -465,3 +465,19 @@ def test_weighted_max_takes_the_most_confident_even_below_float32s_resolution(ll
 def test_options_of_the_wrong_type_are_named_not_a_traceback(field, value, message):
     with pytest.raises(MinirunError, match=message):
         EnsembleOptions(**{field: value})
+
+
+def test_flex_refuses_prompts_that_end_in_no_shared_token(llm):
+    """Nothing after the paraphrases would see them all: refused, generating, scoring and drawing alike, with the
+    case of a suffix given that the tokenizer joined to each paraphrase (the message said to give one)."""
+    from minirun.cli.mask_view import view_from_encoded
+    from minirun.methods.choice import score_choices
+    from minirun.methods.packing import Encoded
+
+    bare = Question("Capital of France?", ["Capital of France?", "France's capital?"])
+    needle = r"flex needs tokens shared after the paraphrases .* a suffix the tokenizer joins .* start it with a space"
+    for call in (lambda: run_method(llm, "flex", [bare], EnsembleOptions(chat=False, max_new_tokens=2)),
+                 lambda: score_choices(llm, "flex", [bare], [["Paris", "Rome"]], EnsembleOptions(chat=False)),
+                 lambda: view_from_encoded(Encoded([1], [[5], [6]], []), "flex", str, llm.pad_id)):
+        with pytest.raises(MinirunError, match=needle):
+            call()

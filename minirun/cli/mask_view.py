@@ -19,7 +19,7 @@ from minirun.errors import MinirunError
 from minirun.eval.data import ensemble_prompts
 from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods import METHODS, EnsembleOptions
-from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, packed_row
+from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, no_shared_tail, packed_row
 from minirun.methods.runner import fusion_layer as resolve_fusion_layer
 
 GEN, PAD_TEXT = "<gen>", "<pad>"
@@ -95,7 +95,7 @@ def view_from_encoded(enc: Encoded, method: str, decode: Callable[[int], str], p
     if positions not in POSITION_SCHEMES:
         raise MinirunError(f"unknown position scheme {positions!r}: choose {', '.join(POSITION_SCHEMES)}")
     if method == "flex" and not enc.tail:
-        raise MinirunError("flex needs a shared suffix after the paraphrases: use the chat template or give a suffix")
+        raise no_shared_tail("the first answer token")
     head = enc.head if share_prefix and enc.head else []
     n = len(enc.paraphrases)
     if method == "flex":

@@ -23,7 +23,7 @@ from minirun.layers.masks import branch
 from minirun.methods.fusion import RULES, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, Question
-from minirun.methods.packing import Encoded
+from minirun.methods.packing import Encoded, no_shared_tail
 from minirun.methods.runner import (
     EVERY_ANSWER,
     check_method,
@@ -291,8 +291,7 @@ def _score_flex(llm: EnsembleModel, encoded: list[Encoded], targets: list[list[l
                 prompts: list[list[str]], options: EnsembleOptions, hooks: Hooks) -> list[ChoiceResult]:
     """One packed row per question (as flex generates), then its options as branch segments."""
     if not all(e.tail for e in encoded):
-        raise MinirunError("flex needs a shared suffix after the paraphrases so the options see all of them: "
-                           "use the chat template or give a suffix (e.g. '\\nA:')")
+        raise no_shared_tail("every answer option")
     head, rows = flex_rows(encoded, options)
     option_rows = [option_row(t, r.next_position, branch) for t, r in zip(targets, rows)]
     longest, slots = option_room(targets, option_rows)

@@ -69,6 +69,16 @@ def encode_question(llm: EnsembleModel, paraphrases: list[str], prefix: str = ""
     return Encoded(wholes[0][:h], [w[h:len(w) - t] for w in wholes], wholes[0][len(wholes[0]) - t:] if t else [])
 
 
+def no_shared_tail(reader: str) -> MinirunError:
+    """flex's refusal of prompts that end in no common token: nothing after the paraphrases could see them all
+    (`reader`: what must). A suffix can be given and still share nothing, where the tokenizer joins it to each
+    paraphrase's last characters ("?" + ":" is one token "?:"), so the message says that too."""
+    return MinirunError(f"flex needs tokens shared after the paraphrases so {reader} sees all of them, and these "
+                        "prompts end in none: give a suffix (e.g. --suffix '\\nA:') or use the chat template; a "
+                        "suffix the tokenizer joins to the paraphrases' last characters (\":\" after \"?\" is one "
+                        "token) shares none: start it with a space or a newline")
+
+
 def align_heads(encoded: list[Encoded]) -> list[Encoded]:
     """A batch's questions re-split at the head they all share, so it is prefilled once for all of them: a
     question whose first token did not merge with the prefix's last one (a digit after "Q: ") keeps that token

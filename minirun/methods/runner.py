@@ -15,7 +15,15 @@ from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, he
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
-from minirun.methods.packing import POSITION_SCHEMES, Encoded, align_heads, common_head, encode_question, packed_row
+from minirun.methods.packing import (
+    POSITION_SCHEMES,
+    Encoded,
+    align_heads,
+    common_head,
+    encode_question,
+    no_shared_tail,
+    packed_row,
+)
 from minirun.methods.vote import answer_key, plurality
 
 METHODS = ("origin", "per_prompt", "vote", *RULES, "hidden_avg", "flex")
@@ -108,8 +116,7 @@ def run_encoded(llm: EnsembleModel, method: str, encoded: list[Encoded], options
     if prompts is None:
         prompts = [[""] * len(e.paraphrases) for e in encoded]
     if method == "flex" and not all(e.tail for e in encoded):
-        raise MinirunError("flex needs a shared suffix after the paraphrases so the first answer token sees all of "
-                           "them: use the chat template or give a suffix (e.g. --suffix '\\nA:')")
+        raise no_shared_tail("the first answer token")
     with torch.inference_mode():
         if method == "flex":
             return _run_flex(llm, encoded, prompts, options, hooks)
