@@ -109,9 +109,25 @@ def llm(long_context):
     return minirun.load(long_context)
 
 
-def test_a_rewrite_prompt_past_the_context_is_refused(checkpoint_dirs, tmp_path):
-    with pytest.raises(minirun.MinirunError, match="needs .* tokens, beyond the model's context of 512"):
-        paraphrase_file(minirun.load(checkpoint_dirs["llama3"]), items()[:1], tmp_path / "p.jsonl", max_new_tokens=6)
+def test_a_rewrite_prompt_past_the_context_is_refused_and_leaves_no_file(checkpoint_dirs, tmp_path):
+    short = minirun.load(checkpoint_dirs["llama3"])
+    with pytest.raises(minirun.MinirunError, match="needs .* tokens \\(most of them the instruction and worked "
+                                                   "examples\\) \\+ 6 new ones, beyond the model's context of 512: "
+                                                   "paraphrase with a model of a longer context"):
+        paraphrase_file(short, items()[:1], tmp_path / "p.jsonl", max_new_tokens=6)
+    assert not (tmp_path / "p.jsonl").exists()  # an empty file read as a finished run of no item
+    (tmp_path / "kept.jsonl").write_text("")  # a file that was there stays, empty or not
+    with pytest.raises(minirun.MinirunError, match="context of 512"):
+        paraphrase_file(short, items()[:1], tmp_path / "kept.jsonl", max_new_tokens=6)
+    assert (tmp_path / "kept.jsonl").exists()
+
+
+def test_a_file_another_process_removed_while_this_one_opened_it_is_not_written(llm, tmp_path, monkeypatch):
+    """A first run that fails removes the empty file it made: a second one that opened it meanwhile would
+    write into a file no path names any more, and lose every row."""
+    monkeypatch.setattr(paraphrase, "lock_exclusively", lambda f, out: out.unlink())  # the lock, won after removal
+    with pytest.raises(minirun.MinirunError, match="another minirun process was writing .*: run this again"):
+        paraphrase_file(llm, items()[:1], tmp_path / "p.jsonl", max_new_tokens=6)
 
 
 def items() -> list[Item]:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -119,8 +120,9 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
     limit = llm.config.max_position_embeddings
     if long := [(item, len(p)) for item, p in zip(items, ids) if len(p) + max_new_tokens > limit]:
         item, n = long[0]
-        raise MinirunError(f"the rewrite prompt of item {item.id!r} needs {n} + {max_new_tokens} tokens, beyond the "
-                           f"model's context of {limit}: shorten the question or lower max_new_tokens")
+        raise MinirunError(f"the rewrite prompt of item {item.id!r} needs {n} tokens (most of them the instruction "
+                           f"and worked examples) + {max_new_tokens} new ones, beyond the model's context of {limit}: "
+                           "paraphrase with a model of a longer context, or lower --max-new-tokens")
     rows = [plain_row(p) for p in ids for _ in range(num)]
     layout = stack_rows(rows, llm.pad_id, llm.device)
     session = llm.session(len(rows), layout.length + max_new_tokens)
@@ -163,30 +165,54 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     check_sampling(num, temperature, top_p)
     key = settings_key(llm, dataset, num, temperature, top_p, max_new_tokens, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
+    made = not out.exists()
     with out.open("a", encoding="utf-8") as f:
         lock_exclusively(f, out)
-        finished = _read_finished(out, key)
-        if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
-            raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
-                               "than its paraphrases differs now): write to another file, or delete that item's line "
-                               "to redo it")
-        todo = [item for item in items if item.id not in finished]
+        if not _same_file(f, out):  # another process removed the file it made while this one opened it
+            raise MinirunError(f"another minirun process was writing {out}: run this again")
+        try:
+            return _paraphrase_into(f, llm, items, out, key, num, temperature, top_p, max_new_tokens, seed,
+                                    batch_size, on_progress)
+        except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)
+            f.flush()  # rows written but still buffered count: they are not lost to the removal
+            if made and os.fstat(f.fileno()).st_size == 0:
+                out.unlink()
+            raise
+
+
+def _same_file(f: IO, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, num: int, temperature: float,
+                     top_p: float, max_new_tokens: int, seed: int, batch_size: int,
+                     on_progress: Callable[[int], None] | None) -> list[Item]:
+    """`paraphrase_file`'s work, appending to `f`, the locked `out`."""
+    finished = _read_finished(out, key)
+    if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
+        raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
+                           "than its paraphrases differs now): write to another file, or delete that item's line "
+                           "to redo it")
+    todo = [item for item in items if item.id not in finished]
+    if on_progress is not None:
+        on_progress(len(items) - len(todo))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
+            kept: list[str] = []
+            for r in rewrites:
+                if keep(r, item, kept):
+                    kept.append(r)
+            done = replace(item, paraphrases=[item.question, *kept])
+            f.write(json.dumps({**asdict(done), "paraphrase_settings": key}, ensure_ascii=False) + "\n")
+            finished[item.id] = done
+        f.flush()
+        os.fsync(f.fileno())
         if on_progress is not None:
-            on_progress(len(items) - len(todo))
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
-                kept: list[str] = []
-                for r in rewrites:
-                    if keep(r, item, kept):
-                        kept.append(r)
-                done = replace(item, paraphrases=[item.question, *kept])
-                f.write(json.dumps({**asdict(done), "paraphrase_settings": key}, ensure_ascii=False) + "\n")
-                finished[item.id] = done
-            f.flush()
-            os.fsync(f.fileno())
-            if on_progress is not None:
-                on_progress(len(items) - len(todo) + start + len(batch))
+            on_progress(len(items) - len(todo) + start + len(batch))
     return [finished[item.id] for item in items]
 
 
