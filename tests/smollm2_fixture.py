@@ -148,8 +148,8 @@ def write_tiny_gguf(path: Path, model, qtype: str = "F32", arch: str | None = No
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_freq_base(rope["rope_theta"])
-    if rope["rope_type"] == "linear":
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    if rope["rope_type"] in ("linear", "yarn"):
+        w.add_rope_scaling_type(gguf.RopeScalingType(rope["rope_type"]))
         w.add_rope_scaling_factor(rope["factor"])
     if rope["rope_type"] == "llama3":
         w.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(rope, head_dim))

@@ -166,6 +166,15 @@ def test_unsupported_architecture(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_unsupported_rope_scaling_names_the_ones_converted(tmp_path):
+    yarn = tiny_model("llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                "original_max_position_embeddings": 64})
+    with pytest.raises(MinirunError, match="rope scaling 'yarn' is not supported: minirun converts none, linear and "
+                                           "llama3 .*pull the original HF checkpoint"):
+        convert_gguf(write_tiny_gguf(tmp_path / "y.gguf", yarn), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_gguf(tmp_path):
     path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
     data = path.read_bytes()

@@ -135,7 +135,8 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
     }
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", "linear"):
-        raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none and linear")
+        raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none, linear and "
+                           f"llama3 (Meta's, read from {ROPE_FREQS}); pull the original HF checkpoint instead")
     if scaling == "linear":
         config["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
     if rope_divisors is not None:

@@ -206,7 +206,8 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
 
 
 def convert(
-    gguf_file: Path = typer.Argument(..., help="A .gguf file (llama or qwen2 architecture)."),
+    gguf_file: Path = typer.Argument(..., help="A .gguf file: llama, qwen2 or qwen3 architecture with a byte-level "
+                                     "BPE vocabulary (Llama 3, SmolLM2, Qwen; not SentencePiece: Llama 2, TinyLlama)."),
     out_dir: Path = typer.Argument(..., help="Where to write the HF-style checkpoint."),
     dtype: str = typer.Option("bfloat16", help="float32, bfloat16 or float16."),
 ) -> None:
