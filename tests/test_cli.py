@@ -189,6 +189,37 @@ def test_mask_terminal_rendering(tiny):
     assert "# flex row 0" in result.stdout and "<gen>" in result.stdout
 
 
+@pytest.mark.parametrize("shots", ["fewshot_qa.jsonl", "prefix.txt"])
+def test_mask_draws_the_few_shot_prompt_generate_runs(tiny, tmp_path, monkeypatch, shots):
+    """`mask --prefix-file` took a JSONL's raw lines as the prefix and no "Q: ... A:" blocks: not what generate ran."""
+    import minirun.cli.mask_view
+    import minirun.eval.loop  # noqa: F401  imported before the patch below, so it keeps the real run_method
+    import minirun.methods
+    from minirun.eval.data import SAMPLE_DIR
+
+    path = SAMPLE_DIR / shots if shots.endswith(".jsonl") else tmp_path / shots
+    if not path.exists():
+        path.write_text("Answer briefly.\n\n")
+    seen = {}
+
+    def record(command: str, prefix: str, suffix: str) -> None:  # what the command would run or draw; then stop
+        seen[command] = prefix, suffix
+        raise SystemExit(0)
+
+    monkeypatch.setattr(minirun.methods, "run_method",
+                        lambda llm, method, asked, options: record("generate", asked[0].prefix, asked[0].suffix))
+    monkeypatch.setattr(minirun.cli.mask_view, "build_view",
+                        lambda llm, question, paraphrases, **kw: record("mask", kw["prefix"], kw["suffix"]))
+    asked = ["Capital?", "-p", "France capital?", "--method", "avg", "--model", tiny, "--few-shot", path,
+             "--few-shot-k", "2"]
+    invoke("generate", *asked)
+    invoke("mask", *asked)
+    assert seen["mask"] == seen["generate"]
+    prefix, suffix = seen["mask"]
+    assert prefix.endswith("Q: ") and suffix == "\nA:" and "{" not in prefix  # blocks, not the file's JSON lines
+    one_line_error(invoke("mask", *asked, "--prefix-file", path), "--prefix-file and --few-shot both give the prefix")
+
+
 def test_mask_png(tiny, tmp_path):
     out = tmp_path / "mask.png"
     result = invoke("mask", "--model", tiny, "Capital?", "-p", "France capital?", "--out", out)

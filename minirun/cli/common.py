@@ -196,6 +196,29 @@ def method_names(values: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: list[str],
+                     suffix: Optional[str]) -> tuple[str, str]:
+    """(prefix, suffix) around each paraphrase as `generate --few-shot` asks and `mask --few-shot` draws it: a JSONL
+    of worked examples becomes an instruction and k examples of its first item's task, as eval builds them (never
+    the question asked, which would hand the model its answer), any other file is used verbatim; then eval's blocks,
+    the question's lead ("Q: ") and, unless `suffix` is given, its cue ("\\nA:"). No file: no prefix, and the suffix
+    as given."""
+    from minirun.eval.prompts import MINIRUN
+
+    if path is None:
+        return "", suffix or ""
+    if path.suffix == ".jsonl":
+        from minirun.eval.data import Item, load_jsonl
+        from minirun.eval.loop import few_shot_prefixes
+
+        examples = load_jsonl(path, examples=True)
+        task = examples[0].task
+        prefix = few_shot_prefixes([Item("asked", question, paraphrases, [], task)], examples, str(path), task, k)[task]
+    else:
+        prefix = read_text_file(path, "few-shot file")
+    return prefix + MINIRUN.lead, MINIRUN.cue if suffix is None else suffix
+
+
 def single_prompt_line(scores) -> str:
     """per_prompt's single-prompt figures as one run's and a sweep's tables caption them (consistency may not
     apply: a dash)."""

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, friendly, load_llm,
-                                parse_flex_bias, read_text_file, stream)
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context, friendly,
+                                load_llm, parse_flex_bias, read_text_file, stream)
 from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import generation_params
@@ -42,21 +42,6 @@ def register(app: typer.Typer) -> None:
         code = app(args=argv, standalone_mode=False)  # the command's own exit status (1 for a refused setting)
         if code:
             raise typer.Exit(code)
-
-
-def _few_shot_prefix(path: Optional[Path], k: int, prompt: str, paraphrases: list[str]) -> str:
-    """A JSONL of worked examples becomes an instruction + k examples of its first item's task, as eval builds
-    them (never the question asked, which would hand the model its answer); any other file is used verbatim."""
-    if path is None:
-        return ""
-    if path.suffix == ".jsonl":
-        from minirun.eval.data import Item, load_jsonl
-        from minirun.eval.loop import few_shot_prefixes
-
-        examples = load_jsonl(path, examples=True)
-        task = examples[0].task
-        return few_shot_prefixes([Item("asked", prompt, paraphrases, [], task)], examples, str(path), task, k)[task]
-    return read_text_file(path, "few-shot file")
 
 
 def generate(
@@ -132,9 +117,8 @@ def generate(
     if method != "origin" and not paraphrases:
         raise MinirunError(f"method {method} answers over paraphrases but none were given (an empty --paraphrases-file "
                           "gives none): add --paraphrase or lines to --paraphrases-file")
-    prefix = _few_shot_prefix(few_shot, few_shot_k, prompt, paraphrases)
-    _ensemble(load_llm(model, device, dtype, compile), method, prompt, paraphrases, prefix, suffix,
-              few_shot is not None, options, as_json)
+    prefix, suffix = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)
+    _ensemble(load_llm(model, device, dtype, compile), method, prompt, paraphrases, prefix, suffix, options, as_json)
 
 
 class _Clock:
@@ -165,15 +149,11 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 
-def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], prefix: str, suffix: Optional[str],
-              few_shot: bool, options: EnsembleOptions, as_json: bool) -> None:
+def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], prefix: str, suffix: str,
+              options: EnsembleOptions, as_json: bool) -> None:
     from minirun.eval.data import ensemble_prompts
-    from minirun.eval.prompts import MINIRUN
     from minirun.methods import Question, run_method
 
-    suffix = (MINIRUN.cue if few_shot else "") if suffix is None else suffix
-    if few_shot:  # eval's blocks, as the few-shot head built from a JSONL is
-        prefix += MINIRUN.lead
     clock = _Clock()
     result = run_method(llm, method, [Question(question, ensemble_prompts(question, paraphrases), prefix, suffix)],
                         options)[0]

@@ -11,7 +11,7 @@ import typer
 
 from minirun.checkpoints.loader import auto_device
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
-                                check_texts, err, friendly, load_llm, read_text_file)
+                                check_texts, err, few_shot_context, friendly, load_llm, read_text_file)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions
@@ -29,8 +29,11 @@ def mask(
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording (repeatable)."),
     method: str = typer.Option("flex", help="flex, or a row method (one panel per row; hidden_avg names its layer)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
-    prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix (instruction / few-shot) text file."),
-    suffix: str = typer.Option("", help="Text after each paraphrase."),
+    prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix text file, used verbatim."),
+    few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file, laid "
+                                            "out as `generate --few-shot` asks (Q: ... A: blocks)."),
+    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a .jsonl few-shot file."),
+    suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
     positions: str = typer.Option("right", help="right, restart or sequential."),
     share_prefix: bool = typer.Option(True),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
@@ -45,7 +48,11 @@ def mask(
     check_options_used([method], EnsembleOptions(positions=positions, fusion_layer=fusion_layer))
     if out is not None:
         check_figure_path(out)
-    prefix = read_text_file(prefix_file, "prefix file") if prefix_file else ""
+    if prefix_file is not None and few_shot is not None:
+        raise MinirunError("--prefix-file and --few-shot both give the prefix: drop one of them")
+    prefix, suffix = few_shot_context(few_shot, few_shot_k, question, list(paraphrase), suffix)
+    if prefix_file is not None:
+        prefix = read_text_file(prefix_file, "prefix file")
     llm = load_llm(model, "cpu", None, False)
     view = build_view(llm, question, list(paraphrase), method=method, prefix=prefix, suffix=suffix,
                       chat=False if raw else None, positions=positions, share_prefix=share_prefix,
