@@ -48,7 +48,7 @@ def test_measured_once_per_machine_and_cached_on_disk(calibrating, monkeypatch):
 
 def test_answers_timed_on_a_busy_machine_serve_this_process_only(calibrating, monkeypatch, caplog):
     monkeypatch.setattr(calibrate, "load_per_core", lambda: 2.0)  # another process as busy as this one
-    monkeypatch.setattr(calibrate, "_told_busy", False)
+    calibrate.forget()  # a new process: it has not warned yet
     with caplog.at_level("WARNING", logger="minirun"):
         assert calibrate.measured("probe", {"n": 1}, lambda: {"value": 1}, default=-1) == 1
         assert calibrate.measured("probe", {"n": 2}, lambda: {"value": 2}, default=-1) == 2

@@ -110,8 +110,10 @@ def native_bfloat16() -> bool:
 
 def forget() -> None:
     """Drop what this process has read of the calibration cache, as a new process starts: the next
-    `measured` reads the file again."""
+    `measured` reads the file again (and warns again of a busy machine)."""
+    global _told_busy
     _memo.clear()
+    _told_busy = False
 
 
 def enabled() -> bool:
