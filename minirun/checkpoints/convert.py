@@ -73,8 +73,16 @@ def _value(field: Any) -> Any:
 def read_gguf(path: str | Path) -> tuple[GGUFReader, dict[str, Any]]:
     """Open a GGUF (memory-mapped) and decode its metadata, turning unreadable files into MinirunError."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("*.gguf"))
+        hint = f"give the file inside it, {found[0]}" if len(found) == 1 else "give the .gguf file's path"
+        raise MinirunError(f"{path} is a folder, not a GGUF file: {hint}")
     if not path.is_file():
         raise MinirunError(f"GGUF file {path} does not exist: check the path")
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise MinirunError(f"{path} is not a GGUF file (it does not begin with GGUF's magic bytes): convert reads "
+                               "llama.cpp's .gguf files; a safetensors checkpoint folder loads as it is (--model DIR)")
     try:
         reader = GGUFReader(path)
         meta = {name: _value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
@@ -208,11 +216,18 @@ def staged_dir(final: Path) -> Iterator[Path]:
     An interrupted run (error, Ctrl-C) removes the temp dir, so `final` never exists half-written.
     """
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise MinirunError(f"{final} is a file: give an output directory")
     if final.exists() and any(final.iterdir()):
         raise MinirunError(f"{final} already exists and is not empty: remove it or choose another output directory")
     created = list(itertools.takewhile(lambda folder: not folder.exists(), [final.parent, *final.parent.parents]))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(final), dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(final), dir=final.parent))
+    except OSError as e:  # named as the folder asked for, not the hidden one staged beside it
+        _remove_empty(created)
+        raise MinirunError(f"cannot write {final} ({e.strerror}): choose an output directory you can write to") \
+            from None
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model dir
     try:
         yield tmp
@@ -221,10 +236,15 @@ def staged_dir(final: Path) -> Iterator[Path]:
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # deepest first: the folders made for `final` go too, unless something else is in them
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders made for an output that was not written, deepest first, unless something else is in them."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

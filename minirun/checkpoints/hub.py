@@ -117,8 +117,9 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
     """Make `name_or_repo` available under the models dir and return its path; a no-op when already there."""
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     if name_or_repo != DEFAULT_MODEL and not _REPO_ID.fullmatch(name_or_repo):
-        raise MinirunError(f"unknown model {name_or_repo!r}: use {DEFAULT_MODEL!r}, an HF repo id like "
-                           "'Qwen/Qwen2.5-0.5B-Instruct', or a checkpoint directory")
+        local = f"{name_or_repo} is a local folder: pull only downloads; give it to --model as it is" \
+            if Path(name_or_repo).is_dir() else f"unknown model {name_or_repo!r}"
+        raise MinirunError(f"{local} (pull takes {DEFAULT_MODEL!r} or an HF repo id like 'Qwen/Qwen2.5-0.5B-Instruct')")
     target = models_dir / name_or_repo
     if is_complete(target):
         return target

@@ -1,4 +1,4 @@
-"""`python -m minirun.cli ...`: the module path torchrun launches."""
-from minirun.cli.commands import app
+"""`python -m minirun.cli ...`: the module path torchrun launches (a Ctrl-C while torch imports: one line)."""
+from minirun.cli import main
 
-app()
+main()

@@ -34,8 +34,12 @@ def register(app: typer.Typer) -> None:
         from minirun.checkpoints.hub import default_models_dir
         from minirun.cli.interactive import format_command, run_interactive
 
-        argv = run_interactive(lambda prompt, default: typer.prompt(prompt, default=default), typer.echo,
-                               default_models_dir())
+        try:
+            argv = run_interactive(lambda prompt, default: typer.prompt(prompt, default=default), typer.echo,
+                                   default_models_dir())
+        except typer.Abort:  # what typer.prompt raises at the end of the input and on Ctrl-C
+            raise MinirunError("the answers stopped before the last question (input ended or Ctrl-C): nothing was "
+                               "run; answer every question, or run the command itself") from None
         if not sys.stdin.isatty():  # piped answers are not echoed: the last prompt's line is still open
             typer.echo()
         typer.echo(format_command(argv))

@@ -67,6 +67,9 @@ class ModelConfig:
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
         """Map HF field names (both the transformers 4 and 5 spellings) onto ours."""
         model_type = raw.get("model_type")
+        if model_type is None:
+            raise MinirunError(f"config.json has no model_type: it must name the architecture, one of "
+                               f"{', '.join(SUPPORTED_MODEL_TYPES)} (as transformers writes it)")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise MinirunError(
                 f"unsupported model_type {model_type!r}: minirun supports {', '.join(SUPPORTED_MODEL_TYPES)}"

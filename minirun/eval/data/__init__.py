@@ -1,6 +1,7 @@
 """Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def _json_or_none(line: str) -> object:
         return None
 
 
+def _no_json_records(path: Path) -> bool:
+    """Whether the file has text but not one line of a JSON object: a prompt or notes file given as data, whose
+    first line's decoding error (and a hint to skip bad records) would not say so."""
+    lines = (line for line in text_lines(path) if line.strip())
+    first = next(lines, None)
+    return first is not None and not any(isinstance(_json_or_none(line), dict)
+                                         for line in itertools.chain([first], lines))
+
+
 def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
@@ -131,6 +141,9 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     if skip_bad and kind != "plain":
         raise MinirunError(f"--skip-bad skips bad records of a plain item file; {path} reads as {kind} data, whose "
                            "loader stops at the first bad record: fix that record and drop --skip-bad")
+    if kind == "plain" and records is None and path.suffix != ".parquet" and _no_json_records(path):
+        raise MinirunError(f"{path} holds no JSON record on any line: a dataset is JSON lines of items (see the "
+                           "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
         raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA or WebQA rows, and its "
                            f"columns ({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")

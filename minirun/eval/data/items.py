@@ -251,7 +251,7 @@ def hf_frame(name: str, split: str, config: str | None = None) -> pd.DataFrame:
     except ImportError:
         raise MinirunError(
             f"loading {name} from the Hugging Face Hub needs the `datasets` package: "
-            "run `pip install datasets`, or give the path of a local copy instead of the name (`--data FILE`)"
+            "run `pip install datasets`, or give the path of a local copy (a .jsonl file) in place of the name"
         ) from None
     try:
         return datasets.load_dataset(name, *([config] if config else []), split=split).to_pandas()
