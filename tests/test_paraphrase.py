@@ -15,7 +15,8 @@ from minirun.cli import app
 from minirun.engine.generate import Completion
 from minirun.eval import paraphrase
 from minirun.eval.data import Item, load_dataset, load_jsonl
-from minirun.eval.paraphrase import clean_rewrite, keep, paraphrase_file, rewrite_batch, rewrite_prompt, rewrite_seed
+from minirun.eval.paraphrase import (clean_rewrite, content_stems, keep, paraphrase_file, rewrite_batch, rewrite_prompt,
+                                     rewrite_seed)
 from minirun.eval.results import lock_exclusively
 
 ITEM = Item("q1", "What is the capital of France?", [], ["Paris", "City of Light"])
@@ -56,6 +57,19 @@ def test_an_answer_the_original_names_drops_only_rewrites_that_name_it_more():
     tower = Item("t1", "Tokyo Tower is located in", [], ["Tokyo"], task="fill")
     assert keep("The city where Tokyo Tower stands is", tower, [])
     assert not keep("Tokyo Tower, found in Tokyo, is in the city of", tower, [])
+
+
+def test_rewrites_sharing_no_content_word_with_the_question_are_dropped():
+    """SmolLM2 wrote "The answer to this question is:" as a rewrite: it asks nothing, yet it was kept and fused.
+    Every hand-written paraphrase of the shipped samples (spelled-out numbers among them) still passes."""
+    assert not keep("The answer to this question is:", ITEM, [])
+    assert not keep("Could you please rephrase that?", ITEM, [])
+    assert keep("Which city serves as the capitals of France?", ITEM, [])  # an inflection still shares the word
+    sums = Item("m1", "What is 7 times 8?", [], ["56"])
+    assert keep("How much is seven multiplied by eight?", sums, []) and not keep("What is it?", sums, [])
+    for name in ("sample-qa", "sample-fill", "sample-choice"):
+        for item in load_dataset(name):
+            assert all(content_stems(item.question) & content_stems(p) for p in item.paraphrases), item.id
 
 
 FILL = Item("f1", "The capital of Egypt is", [], ["Cairo"], task="fill")

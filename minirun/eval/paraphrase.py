@@ -56,9 +56,10 @@ DEMO_TEXTS = {task: [normalize(text) for demo in demos for text in demo]  # a re
               for task, (_, demos, _) in PROMPTS.items()}
 CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, where its answer follows
 # In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
-# prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key),
-# so a file an older minirun wrote is refused, not resumed under mixed rules
-REWRITE_VERSION = 3
+# prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key;
+# 4: a rewrite sharing no content word with the original is dropped), so a file an older minirun wrote is
+# refused, not resumed under mixed rules
+REWRITE_VERSION = 4
 
 
 def rewrite_prompt(item: Item) -> str:
@@ -85,8 +86,9 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
     question itself, or it plus more: a fill prompt's completion, an answer after the question), copies
     of the prompt's worked examples (a small model often repeats one), rewrites giving the answer away
     (naming it more often than the original does: "Which U.S. state is New York City in?" keeps rewrites
-    that say "New York City"), and fill rewrites that do not end in a word where the answer can follow
-    ("... is Cairo.")."""
+    that say "New York City"), rewrites sharing no content word with the original ("The answer to this question
+    is:", which a small model writes and which asks nothing), and fill rewrites that do not end in a word where
+    the answer can follow ("... is Cairo.")."""
     norm, original = normalize(rewrite), normalize(item.question)
     if not norm or norm in map(normalize, kept) or f"{norm} ".startswith(f"{original} "):
         return False
@@ -94,7 +96,23 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
         return False
     if any(_mentions(norm, demo) for demo in DEMO_TEXTS[item.task]):
         return False
+    if (asked := content_stems(item.question)) and not asked & content_stems(rewrite):
+        return False
     return not any(_mentions(norm, answer) > _mentions(original, answer) for answer in map(normalize, item.answers))
+
+
+NUMBER_WORDS = {word: str(n) for n, word in enumerate("zero one two three four five six seven eight nine ten eleven "
+                                                        "twelve".split())}
+
+
+def content_stems(text: str) -> set[str]:
+    """The text's words that carry content: numbers (small ones spelled out read as digits: "7 times 8" and "seven
+    multiplied by eight" share them) and words of three letters or more that are not spaCy's English stop words, cut
+    to five letters so that inflections meet ("capital"/"capitals", "invented"/"inventor")."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    words = [NUMBER_WORDS.get(word, word) for word in normalize(text).split()]
+    return {word[:5] for word in words if any(c.isdigit() for c in word) or len(word) > 2 and word not in STOP_WORDS}
 
 
 def _mentions(text: str, phrase: str) -> int:
