@@ -210,6 +210,24 @@ def test_per_prompt_figures(hand):
     assert hand.loc[["avg", "origin"], ["mean_single_accuracy", "oracle_accuracy", "consistency"]].isna().all().all()
 
 
+def test_a_vote_run_without_per_prompt_gives_the_single_prompt_figures(hand, tmp_path):
+    """vote's rows hold every prompt's answer and verdict, as per_prompt's do: a run of vote alone showed no
+    single-prompt accuracy, and no method was tested against it."""
+    df = _hand()
+    voted = summarize(df.assign(method=df["method"].replace("per_prompt", "vote")))
+    single = ["mean_single_accuracy", "oracle_accuracy", "consistency", "diff_vs_mean_single", "p_vs_mean_single"]
+    assert voted.loc["vote", single[:3]].tolist() == hand.loc["per_prompt", single[:3]].tolist()
+    assert voted.loc["avg", single[3:]].tolist() == hand.loc["avg", single[3:]].tolist()
+    both = summarize(pd.concat([df, df[df["method"] == "per_prompt"].assign(method="vote")]))
+    assert both.loc["per_prompt", "mean_single_accuracy"] == pytest.approx(11 / 30)  # per_prompt's, once
+    assert math.isnan(both.loc["vote", "mean_single_accuracy"])
+    run = _run_dir(tmp_path, df.assign(method=df["method"].replace("per_prompt", "vote")))
+    shown = CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "t.tex")])
+    assert "vote: mean single-prompt accuracy 0.367, oracle 0.800, consistency 0.300" in shown.output
+    tex = (tmp_path / "t.tex").read_text()
+    assert "mean single-prompt accuracy 0.367" in tex and "not compared with origin" not in tex
+
+
 def test_paired_test_against_mean_single(hand):
     # avg right minus the item's single-prompt accuracy, by hand
     diffs = [0, 1 / 3, -1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1, 0]

@@ -159,12 +159,13 @@ def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = N
     """Per-method scores (of the `shown` methods only, compared with every method's rows), with per_prompt's
     single-prompt figures as the caption when it ran; then their calibration where multiple-choice rows have it."""
     from minirun.eval.report import summarize
+    from minirun.methods.runner import EVERY_ANSWER
 
     scores = summarize(table)
     if shown is not None:
         scores = scores[scores.index.get_level_values("method").isin(shown)]
     t = _scores_table(scores, title)
-    prompts = scores[scores.index.get_level_values("method") == "per_prompt"]
+    prompts = scores[scores.index.get_level_values("method").isin(EVERY_ANSWER)]  # the one of them that has them
     t.caption = "\n".join(
         f"{_label(index)}: {single_prompt_line(row)}"
         for index, row in prompts.iterrows() if pd.notna(row["mean_single_accuracy"])) or None

@@ -28,6 +28,7 @@ from minirun.eval.stats import (
 )
 from minirun.methods.choice import method_pick, option_probabilities
 from minirun.methods.options import CHOICE_SCORES
+from minirun.methods.runner import EVERY_ANSWER
 from minirun.text import normalize
 
 if TYPE_CHECKING:
@@ -243,22 +244,24 @@ def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
       of "method vs origin" rows tests); NaN for origin itself and for per_prompt, which is no
       ensemble: its `correct` is its first prompt's, with the question first origin's own prompt,
       and testing it would only widen the family every real method is adjusted in.
-    - vs the single-prompt mean, when per_prompt ran: diff_vs_mean_single, the mean over items of
+    - vs the single-prompt mean, when per_prompt (or else vote, whose rows hold the same answers of every prompt)
+      ran: diff_vs_mean_single, the mean over items of
       correct(method) - per_prompt_accuracy(item); its interval from a paired bootstrap over items
       (seed `BOOTSTRAP_SEED`, 10,000 resamples, percentile) and p_vs_mean_single from a sign-flip
       permutation test of that mean (same seed), as those differences are not binary.
-    - on the per_prompt row only: mean_single_accuracy (mean per_prompt_accuracy), oracle_accuracy
+    - on that per_prompt (or vote) row only: mean_single_accuracy (mean per_prompt_accuracy), oracle_accuracy
       (some prompt right) and consistency (all prompts' answers equal after `normalize`).
     """
     correct = df.pivot(index="id", columns="method", values="correct").astype(float)
-    prompts = df[df["method"] == "per_prompt"].set_index("id")
+    source = next((m for m in EVERY_ANSWER if m in correct.columns), None)
+    prompts = df[df["method"] == source].set_index("id")
     single = prompts.get("per_prompt_accuracy", pd.Series(dtype=float)).astype(float).dropna()
     rows = {}
     for method in correct.columns:
         row = _versus_origin(correct, method)
         if len(single):
             row |= _versus_single(correct[method], single)
-        if method == "per_prompt" and len(single):
+        if method == source and len(single):
             row |= {"mean_single_accuracy": float(single.mean()), "oracle_accuracy": float((single > 0).mean()),
                     "consistency": _consistency(prompts)}
         rows[method] = row
@@ -417,10 +420,10 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
                                  *versus, str(int(row["n"])), *calibration]) + r" \\")
     prompts = [n for n in order if index[n][-1] == "per_prompt"]
     single = [f"{scores.iloc[n]['mean_single_accuracy']:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
-              for n in prompts if pd.notna(scores.iloc[n]["mean_single_accuracy"])]
-    note = "" if not prompts else (r" per\_prompt (first prompt): its first prompt alone (origin's own prompt when "
-                                   r"the question comes first), so not compared with origin"
-                                   + (f"; mean single-prompt accuracy {', '.join(single)}" if single else "") + ".")
+              for n in order if pd.notna(scores.iloc[n]["mean_single_accuracy"])]
+    note = ("" if not prompts else r" per\_prompt (first prompt): its first prompt alone (origin's own prompt when "
+                                    r"the question comes first), so not compared with origin.") \
+        + (f" Each prompt alone: mean single-prompt accuracy {', '.join(single)}." if single else "")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
               r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
