@@ -156,8 +156,9 @@ def report_command(
 
 
 def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = None) -> list[Table]:
-    """Per-method scores (of the `shown` methods only, compared with every method's rows), with per_prompt's
-    single-prompt figures as the caption when it ran; then their calibration where multiple-choice rows have it."""
+    """Per-method scores (of the `shown` methods only, compared with every method's rows), with the single-prompt
+    figures (per_prompt's, or vote's without it) as the caption; then their calibration where multiple-choice rows
+    have it."""
     from minirun.eval.report import summarize
     from minirun.methods.runner import EVERY_ANSWER
 

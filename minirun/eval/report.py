@@ -395,8 +395,8 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     model and method, models in their order in `scores`: a sweep's first is the one the others are
     compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
     both answered with its Holm-adjusted exact McNemar p, and n; confidence, ECE and Brier where some row has
-    them (multiple choice). The caption says which tests, and that per_prompt's row is its first prompt's, with its
-    mean single-prompt accuracy."""
+    them (multiple choice). The caption says which tests, that per_prompt's row is its first prompt's, and the
+    mean single-prompt accuracy where per_prompt's or vote's row carries it."""
     keys = [str(name).capitalize() for name in scores.index.names]
     calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
     extra = ["Conf.", "ECE", "Brier"] if calibrated else []
