@@ -220,8 +220,8 @@ def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: l
 
 
 def single_prompt_line(scores) -> str:
-    """The single-prompt figures (per_prompt's or vote's) as one run's and a sweep's tables caption them (consistency may not
-    apply: a dash)."""
+    """The single-prompt figures (per_prompt's or vote's) as one run's and a sweep's tables caption them
+    (consistency may not apply: a dash)."""
     consistency = "–" if math.isnan(scores["consistency"]) else f"{scores['consistency']:.3f}"
     return (f"mean single-prompt accuracy {scores['mean_single_accuracy']:.3f}, oracle {scores['oracle_accuracy']:.3f}, "
             f"consistency {consistency}")
