@@ -153,6 +153,20 @@ def test_resolve_model(tmp_path, monkeypatch):
         hub.resolve_model("./missing")
 
 
+def test_the_default_models_folder_before_its_first_pull_fetches_it(tmp_path, monkeypatch):
+    """`--model models/smollm2-135m-instruct` (or `load(default_model_path())`) on a fresh machine is the default
+    model by its folder: it is fetched there, not looked up on the hub as a repo "models/smollm2-135m-instruct"."""
+    pulled = []
+    monkeypatch.setattr(hub, "pull", lambda name: pulled.append(name) or tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MINIRUN_MODELS_DIR", raising=False)
+    assert hub.resolve_model(f"models/{hub.DEFAULT_MODEL}") == tmp_path / hub.DEFAULT_MODEL
+    assert hub.resolve_model(tmp_path / "models" / hub.DEFAULT_MODEL) == tmp_path / hub.DEFAULT_MODEL
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "elsewhere"))
+    assert hub.resolve_model(tmp_path / "elsewhere" / hub.DEFAULT_MODEL) == tmp_path / hub.DEFAULT_MODEL
+    assert pulled == [hub.DEFAULT_MODEL] * 3
+
+
 def test_a_mistyped_local_path_that_the_hub_lacks_is_named_as_a_path(tmp_path, monkeypatch):
     """"models/smollm2-135m-instrct" has the shape of a repo id; the hub's refusal also says it may be a mistyped
     path, as models/ is a folder here. A real repo id is still pulled when a folder of its org's name is here."""

@@ -168,6 +168,8 @@ def resolve_model(path_or_name: str | Path | None = None) -> Path:
         return resolve_model(env) if env else pull(DEFAULT_MODEL)
     if Path(path_or_name).is_dir():
         return Path(path_or_name)
+    if Path(path_or_name).resolve() == (default_models_dir() / DEFAULT_MODEL).resolve():
+        return pull(DEFAULT_MODEL)  # the default model's own folder, named before its first pull: fetch it there
     name = str(path_or_name)
     if name == DEFAULT_MODEL or _REPO_ID.fullmatch(name):
         try:
