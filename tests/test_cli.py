@@ -162,6 +162,47 @@ def test_paraphrases_file(tiny, tmp_path):
     assert json.loads(a.stdout)["token_ids"] == json.loads(b.stdout)["token_ids"]
 
 
+def test_rewrites_are_the_models_kept_rewordings_fused_like_given_ones(tiny, monkeypatch):
+    """`--rewrites N` has the model reword the question N times (sampled with --seed), drops what `minirun paraphrase`
+    drops (an empty rewrite, a copy of the question), and runs exactly what the kept ones given by -p would run."""
+    from minirun.eval import paraphrase
+
+    asked = []
+
+    def rewrite_batch(llm, items, num, temperature, top_p, max_new_tokens, seed):
+        asked.append((items[0].question, num, temperature, seed))
+        return [["Which city is the capital of France?", "", "Capital?", "Name France's capital."]]
+
+    monkeypatch.setattr(paraphrase, "rewrite_batch", rewrite_batch)
+    written = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "--rewrites", "4", "--seed", "7",
+                     "--json", "--max-new-tokens", "4")
+    given = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "-p", "Which city is the capital of "
+                   "France?", "-p", "Name France's capital.", "--json", "--max-new-tokens", "4")
+    assert written.exit_code == 0, written.output
+    out = json.loads(written.stdout)
+    assert asked == [("Capital?", 4, 1.5, 7)]
+    assert out["rewrites"] == ["Which city is the capital of France?", "Name France's capital."]
+    assert out["prompts"] == json.loads(given.stdout)["prompts"]
+    assert out["token_ids"] == json.loads(given.stdout)["token_ids"]
+    shown = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "--rewrites", "4",
+                   "--max-new-tokens", "2")
+    assert "rewrite: Name France's capital." in shown.stderr and "rewrite: Capital?" not in shown.stderr
+
+
+def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch):
+    from minirun.eval import paraphrase
+
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, items, num, *rest: [["", "Capital?"]])
+    one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "--rewrites", "2"),
+                   "none of the model's 2 rewordings of the question was kept", "--paraphrase")
+    kept_given = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "--rewrites", "2", "-p",
+                        "Name France's capital.", "--json", "--max-new-tokens", "2")
+    assert json.loads(kept_given.stdout)["rewrites"] == []
+    one_line_error(invoke("generate", "--model", tiny, "Capital?", "--rewrites", "2"), "--rewrites only applies")
+    one_line_error(invoke("generate", "--model", tiny, "--method", "origin", "Capital?", "--rewrites", "2"),
+                   "--rewrites only applies")
+
+
 def test_fusion_without_paraphrases_is_one_line_error(tiny):
     result = invoke("generate", "--model", tiny, "--method", "avg", "Capital?")
     assert result.exit_code == 1
@@ -269,7 +310,8 @@ def test_usage_errors_are_one_line(tiny):
         one_line_error(result, needle, "--help")
     long = invoke("generate", "--model", tiny, "--method", "avg", "Capital?")
     assert len(long.stderr.strip()) > 80
-    one_line_error(long, "none were given (an empty --paraphrases-file gives none): add --paraphrase or lines to")
+    one_line_error(long, "none were given (an empty --paraphrases-file gives none): add --paraphrase, lines to "
+                         "--paraphrases-file, or --rewrites N")
     listing = invoke()
     assert listing.exit_code == 0 and "generate" in listing.stdout and "eval" in listing.stdout
 

@@ -54,6 +54,9 @@ def generate(
     method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)}."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording of the question (repeatable)."),
     paraphrases_file: Optional[Path] = typer.Option(None, help="File with one paraphrase per line."),
+    rewrites: int = typer.Option(0, min=0, help="Have the model reword the question N times first (sampled at "
+                                 "temperature 1.5 with --seed, as `minirun paraphrase` does; empty, copied and "
+                                 "off-topic rewrites dropped), and fuse the kept ones with any given."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file."),
     few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a .jsonl few-shot file."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
@@ -89,6 +92,9 @@ def generate(
     if method is None and paraphrases:
         raise MinirunError("paraphrases were given without --method, which would answer the question alone: "
                            "add --method (e.g. avg or flex) to fuse them, or drop the paraphrases")
+    if rewrites and method in (None, "origin"):
+        raise MinirunError("--rewrites only applies to an ensemble method (origin asks the question alone): add "
+                           "--method (e.g. avg or flex), or drop --rewrites")
     if thinking is not None and raw:
         raise MinirunError("--thinking/--no-thinking is a chat template's switch, and --raw uses none: drop one of them")
     if method is None and not paraphrases and few_shot is None:
@@ -118,11 +124,15 @@ def generate(
     if truncate:
         raise MinirunError("--truncate only applies to plain generation: an ensemble's prompts would lose different "
                            "parts; shorten the prompts or the few-shot examples instead")
-    if method != "origin" and not paraphrases:
+    if method != "origin" and not paraphrases and not rewrites:
         raise MinirunError(f"method {method} answers over paraphrases but none were given (an empty --paraphrases-file "
-                          "gives none): add --paraphrase or lines to --paraphrases-file")
-    prefix, suffix = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)
-    _ensemble(load_llm(model, device, dtype, compile), method, prompt, paraphrases, prefix, suffix, options, as_json)
+                          "gives none): add --paraphrase, lines to --paraphrases-file, or --rewrites N")
+    few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # a bad file fails before the model loads
+    llm = load_llm(model, device, dtype, compile)
+    written = _rewrites(llm, prompt, paraphrases, rewrites, seed, as_json)
+    prefix, suffix = few_shot_context(few_shot, few_shot_k, prompt, paraphrases + written, suffix)
+    _ensemble(llm, method, prompt, paraphrases + written, prefix, suffix, options, as_json,
+              written if rewrites else None)
 
 
 class _Clock:
@@ -153,8 +163,26 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 
+def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int, as_json: bool) -> list[str]:
+    """The model's kept rewordings of `question` (none when `num` is 0), each shown on stderr; refused when none is
+    kept and none was given, as the ensemble would be the question alone."""
+    if not num:
+        return []
+    from minirun.eval.paraphrase import rewrite_question
+
+    written = rewrite_question(llm, question, num, seed=seed)
+    if not written and not given:
+        raise MinirunError(f"none of the model's {num} rewordings of the question was kept (empty, a copy, cut off "
+                           "or off-topic; a small model such as the default rarely rewords well): raise --rewrites, "
+                           "change --seed, use a larger --model, or give --paraphrase")
+    if not as_json:
+        for rewrite in written:
+            err.print(f"[dim]{escape(f'rewrite: {rewrite}')}[/dim]", highlight=False)
+    return written
+
+
 def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], prefix: str, suffix: str,
-              options: EnsembleOptions, as_json: bool) -> None:
+              options: EnsembleOptions, as_json: bool, rewrites: list[str] | None = None) -> None:
     from minirun.eval.data import ensemble_prompts
     from minirun.methods import Question, run_method
 
@@ -174,6 +202,8 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
             out["confidences"] = result.confidences
         if result.fusion_layer is not None:
             out["fusion_layer"] = result.fusion_layer
+        if rewrites is not None:
+            out["rewrites"] = rewrites
         print(json.dumps(out))
         return
     if result.chosen is not None:  # the vote's answer, and who voted for what (the answers as compared) on stderr

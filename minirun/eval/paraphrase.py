@@ -157,6 +157,24 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
             for i in range(len(items))]
 
 
+def kept_rewrites(rewrites: list[str], item: Item) -> list[str]:
+    """The rewrites `keep` lets through, in order, each checked against those kept before it."""
+    kept: list[str] = []
+    for rewrite in rewrites:
+        if keep(rewrite, item, kept):
+            kept.append(rewrite)
+    return kept
+
+
+def rewrite_question(llm: LLM, question: str, num: int, temperature: float = 1.5, top_p: float = 0.9,
+                     max_new_tokens: int = 30, seed: int = 0) -> list[str]:
+    """One question's kept rewrites (of `num` sampled), under the rules and defaults `minirun paraphrase` uses for a
+    dataset's; its answer is unknown, so none is dropped for giving it away."""
+    check_sampling(num, temperature, top_p)
+    item = Item("question", question, [question], [])
+    return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed)[0], item)
+
+
 def check_sampling(num: int, temperature: float, top_p: float) -> None:
     """Refuse sampling settings that cannot give `num` different rewrites (the command checks before loading)."""
     SamplingParams(temperature, top_p=top_p)  # a bad temperature or top_p
@@ -220,11 +238,7 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, nu
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
-            kept: list[str] = []
-            for r in rewrites:
-                if keep(r, item, kept):
-                    kept.append(r)
-            done = replace(item, paraphrases=[item.question, *kept])
+            done = replace(item, paraphrases=[item.question, *kept_rewrites(rewrites, item)])
             f.write(json.dumps({**asdict(done), "paraphrase_settings": key}, ensure_ascii=False) + "\n")
             finished[item.id] = done
         f.flush()
