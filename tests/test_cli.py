@@ -331,6 +331,20 @@ def test_generate_few_shot_file_builds_eval_s_head(tiny, tmp_path):
                    "1 of the 2 few-shot qa examples are questions under test")
 
 
+def test_a_rewrite_is_never_a_few_shot_example(tiny, tmp_path, monkeypatch):
+    """The few-shot examples are drawn again once the model's rewordings are known: one that a rewrite repeats would
+    hand the model its answer, as a given paraphrase's would."""
+    from minirun.eval import paraphrase
+
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, items, num, *rest: [["Who wrote Hamlet?"]])
+    shots = tmp_path / "shots.jsonl"
+    write_jsonl([Item("a", "Capital of Spain?", [], ["Madrid"]), Item("c", "Who wrote Hamlet?", [], ["Shakespeare"])],
+                shots)
+    one_line_error(invoke("generate", "--model", tiny, "--method", "avg", "Who is the author of Hamlet?", "--rewrites",
+                          "1", "--few-shot", shots, "--few-shot-k", "2"),
+                   "1 of the 2 few-shot qa examples are questions under test")
+
+
 def test_bad_files_and_paths_are_one_line_errors(tiny, tmp_path):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00not text")

@@ -127,11 +127,12 @@ def generate(
     if method != "origin" and not paraphrases and not rewrites:
         raise MinirunError(f"method {method} answers over paraphrases but none were given (an empty --paraphrases-file "
                           "gives none): add --paraphrase, lines to --paraphrases-file, or --rewrites N")
-    few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # a bad file fails before the model loads
+    prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # before the model loads
     llm = load_llm(model, device, dtype, compile)
-    written = _rewrites(llm, prompt, paraphrases, rewrites, seed, as_json)
-    prefix, suffix = few_shot_context(few_shot, few_shot_k, prompt, paraphrases + written, suffix)
-    _ensemble(llm, method, prompt, paraphrases + written, prefix, suffix, options, as_json,
+    written = _rewrites(llm, prompt, paraphrases, rewrites, seed)
+    if written:  # the few-shot examples drawn again, none of them one of the model's rewordings
+        prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases + written, suffix)
+    _ensemble(llm, method, prompt, paraphrases + written, prefix, after, options, as_json,
               written if rewrites else None)
 
 
@@ -163,9 +164,9 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 
-def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int, as_json: bool) -> list[str]:
-    """The model's kept rewordings of `question` (none when `num` is 0), each shown on stderr; refused when none is
-    kept and none was given, as the ensemble would be the question alone."""
+def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int) -> list[str]:
+    """The model's kept rewordings of `question` (none when `num` is 0); refused when none is kept and none was
+    given, as the ensemble would be the question alone."""
     if not num:
         return []
     from minirun.eval.paraphrase import rewrite_question
@@ -175,9 +176,6 @@ def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int, as
         raise MinirunError(f"none of the model's {num} rewordings of the question was kept (empty, a copy, cut off "
                            "or off-topic; a small model such as the default rarely rewords well): raise --rewrites, "
                            "change --seed, use a larger --model, or give --paraphrase")
-    if not as_json:
-        for rewrite in written:
-            err.print(f"[dim]{escape(f'rewrite: {rewrite}')}[/dim]", highlight=False)
     return written
 
 
@@ -186,6 +184,9 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
     from minirun.eval.data import ensemble_prompts
     from minirun.methods import Question, run_method
 
+    if not as_json:  # what the model wrote, before the answer it leads to
+        for rewrite in rewrites or []:
+            err.print(f"[dim]{escape(f'rewrite: {rewrite}')}[/dim]", highlight=False)
     clock = _Clock()
     result = run_method(llm, method, [Question(question, ensemble_prompts(question, paraphrases), prefix, suffix)],
                         options)[0]
