@@ -92,23 +92,61 @@ def write_sentencepiece_tokenizer(out: Path) -> None:
                                                            "add_bos_token": True}))
 
 
-def hf_config(arch: str):
+def hf_config(arch: str, **changes):
     from transformers import AutoConfig
 
-    kwargs = dict(ARCHS[arch])
+    kwargs = {**ARCHS[arch], **changes}
     return AutoConfig.for_model(kwargs.pop("model_type"), bos_token_id=1, eos_token_id=2, pad_token_id=0, **kwargs)
 
 
-def write_checkpoint(arch: str, out: Path, seed: int = 0, sentencepiece: bool = False) -> Path:
+def write_checkpoint(arch: str, out: Path, seed: int = 0, sentencepiece: bool = False, **changes) -> Path:
     """Random weights (scaled up so logits are not flat) saved as safetensors + config.json, with the
-    byte-level BPE tokenizer or (`sentencepiece`) Llama 2's."""
+    byte-level BPE tokenizer or (`sentencepiece`) Llama 2's; `changes` replace config fields of `arch`."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(arch), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(hf_config(arch, **changes), dtype=torch.float32)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
     model.save_pretrained(out)
     (write_sentencepiece_tokenizer if sentencepiece else write_tokenizer)(out)
     return out
+
+
+def with_dated_template(checkpoint: Path, out: Path) -> Path:
+    """A copy of `checkpoint` whose chat template writes today's date, as Llama 3.2's does."""
+    import shutil
+
+    out = shutil.copytree(checkpoint, out)
+    template = out / "chat_template.jinja"  # where transformers 5 saves it
+    template.write_text("{{ '<|im_start|>system\\nToday Date: ' + strftime_now('%d %b %Y') + '<|im_end|>\\n' }}"
+                        + template.read_text())
+    return out
+
+
+class Clock:
+    """What `date.today()` and `datetime.now()` say to minirun's templates and runs: a day of December 2026 that a
+    test moves with `monkeypatch.setattr(Clock, "day", d)`."""
+
+    day = 6
+
+    @classmethod
+    def install(cls, monkeypatch, day: int) -> None:
+        import minirun.checkpoints.tokenizer
+        import minirun.eval.loop
+        import minirun.eval.sweep
+
+        monkeypatch.setattr(cls, "day", day)
+        monkeypatch.setattr(minirun.checkpoints.tokenizer, "datetime", cls)
+        for module in (minirun.eval.loop, minirun.eval.sweep):
+            monkeypatch.setattr(module, "date", cls)
+
+    @classmethod
+    def now(cls, tz=None):
+        import datetime
+        return datetime.datetime(2026, 12, cls.day, 23, 59)
+
+    @classmethod
+    def today(cls):
+        return cls.now().date()

@@ -167,12 +167,29 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_unsupported_rope_scaling_names_the_ones_converted(tmp_path):
-    yarn = tiny_model("llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                                "original_max_position_embeddings": 64})
-    with pytest.raises(MinirunError, match="rope scaling 'yarn' is not supported: minirun converts none, linear and "
-                                           "llama3 .*pull the original HF checkpoint"):
-        convert_gguf(write_tiny_gguf(tmp_path / "y.gguf", yarn), tmp_path / "out")
+    plain = tiny_model("llama", rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    path = write_tiny_gguf(tmp_path / "l.gguf", plain, metadata={"llama.rope.scaling.type": "longrope"})
+    with pytest.raises(MinirunError, match="rope scaling 'longrope' is not supported: minirun converts none, linear, "
+                                           "yarn and llama3 .*pull the original HF checkpoint"):
+        convert_gguf(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_yarn_gguf_converts_to_transformers_yarn(tmp_path):
+    """llama.cpp writes a yarn config.json as its type, factor and original context: converted back, the
+    logits are transformers' own on the original model; yarn tuning keys llama.cpp defines in its own terms
+    are refused rather than guessed."""
+    rope = {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 64}
+    model = tiny_model("qwen3", rope_parameters=rope)
+    out = convert_gguf(write_tiny_gguf(tmp_path / "y.gguf", model), tmp_path / "out", dtype="float32")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    tokens = torch.randint(3, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (minirun.load(out).model(tokens) - model(tokens).logits).abs().max().item() <= 1e-4
+    tuned = write_tiny_gguf(tmp_path / "t.gguf", model, metadata={"qwen3.rope.scaling.yarn_beta_fast": 16.0})
+    with pytest.raises(MinirunError, match="GGUF yarn rope scaling sets yarn_beta_fast, which minirun does not map"):
+        convert_gguf(tuned, tmp_path / "out2")
 
 
 def test_truncated_gguf(tmp_path):

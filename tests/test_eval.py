@@ -855,3 +855,29 @@ def test_the_progress_rate_is_this_process_s_rows_over_its_time():
     assert column.render(Task(completed=10, fields={"resumed": 4}, elapsed=2.0)).plain == "3.00 items/s"
     assert column.render(Task(completed=4, fields={"resumed": 4}, elapsed=2.0)).plain == "? items/s"
     assert column.render(Task(completed=6, fields={}, elapsed=0.0)).plain == "? items/s"
+
+
+
+def test_a_template_that_writes_the_date_keeps_the_day_the_run_began(checkpoint_dirs, items, tmp_path, monkeypatch):
+    """Llama 3.2's chat template writes today's date into every prompt: a run resumed another day (or running past
+    midnight) asked its later questions in other words. The run records the day it began and renders every prompt
+    at it; a template without a date records none, so the runs it made before resume as they were."""
+    from checkpoints import Clock, with_dated_template
+
+    Clock.install(monkeypatch, 6)
+    llm = minirun.load(with_dated_template(checkpoint_dirs["qwen2"], tmp_path / "ckpt"))
+    assert llm.tokenizer.reads_clock and not minirun.load(checkpoint_dirs["qwen2"]).tokenizer.reads_clock
+    rendered = []
+    render = llm.tokenizer.apply_chat_template
+    monkeypatch.setattr(llm.tokenizer, "apply_chat_template",
+                        lambda *a, **k: rendered.append(render(*a, **k)) or rendered[-1])
+    evaluate(llm, items, ["origin"], tmp_path / "run", **SETTINGS)
+    assert rendered and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    monkeypatch.setattr(Clock, "day", 7)
+    rendered.clear()
+    assert "Today Date: 07 Dec 2026" in render([{"role": "user", "content": "hi"}])  # generate: today, as transformers
+    evaluate(llm, items, ["origin", "avg"], tmp_path / "run", **SETTINGS)  # resumed the next day
+    assert rendered and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["run_key"]["template_date"] == "2026-12-06"
+    evaluate(minirun.load(checkpoint_dirs["qwen2"]), items[:1], ["origin"], tmp_path / "plain", **SETTINGS)
+    assert "template_date" not in json.loads((tmp_path / "plain" / "run.json").read_text())["run_key"]

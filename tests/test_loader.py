@@ -169,8 +169,12 @@ def test_keys_config_json_leaves_out_default_as_transformers_does(model_type):
     ({"num_attention_heads": None}, "config.json lacks 'num_attention_heads'"),
     ({"rope_scaling": {"rope_type": "linear"}}, "linear rope scaling lacks 'factor'"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-     "llama3 rope scaling lacks 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope type 'yarn'"),
+     "llama3 rope scaling lacks 'low_freq_factor', 'high_freq_factor'"),
+    ({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}},
+     "unsupported rope type 'longrope': minirun supports default, linear, dynamic, yarn, llama3"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0}},
+     "yarn rope scaling has original_max_position_embeddings 0: it must be a positive number"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": "2"}}, "dynamic rope scaling has factor '2'"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "weights are quantized (gptq)"),
 ])
 def test_config_problems_are_one_line(change, message):

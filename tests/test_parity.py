@@ -92,3 +92,31 @@ def test_bfloat16_stays_close_to_float32(arch_dir):
         diff = (expected - bf16.model(tokens).float()).abs().max().item()
     assert diff <= BF16_RTOL * expected.abs().max().item()
     assert bf16.generate(PROMPTS[0], max_new_tokens=4, chat=False).finish_reason in ("length", "eos")
+
+
+@pytest.mark.parametrize("arch, rope", [
+    ("qwen3", {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 128}),
+    ("llama3", {"rope_type": "dynamic", "rope_theta": 500000.0, "factor": 2.0}),
+])
+def test_scaled_rope_checkpoints_match_transformers(tmp_path, arch, rope):
+    """A config.json with yarn (Qwen's long-context setting) or dynamic rope scaling: logits within float32's
+    bound and greedy tokens identical to transformers, compiled as well as eager."""
+    from checkpoints import write_checkpoint
+
+    path = write_checkpoint(arch, tmp_path / arch, rope_parameters=rope)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    llm = minirun.load(path)
+    tokens = varied_batch(llm.config.vocab_size)
+    with torch.no_grad():
+        assert (llm.model(tokens) - ref(tokens).logits).abs().max().item() <= LOGIT_ATOL
+    ids = llm.tokenizer.encode(PROMPTS[1])
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                           attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    expected = out[0, len(ids):].tolist()
+    assert llm.generate(PROMPTS[1], max_new_tokens=24, chat=False).token_ids == expected
+    try:
+        compiled = minirun.load(path, compile=True).generate(PROMPTS[1], max_new_tokens=24, chat=False)
+    finally:
+        minirun.load(path, compile=False)  # the mode is process-wide
+    assert compiled.token_ids == expected

@@ -731,3 +731,30 @@ def test_a_sweep_of_multiple_choice_reports_calibration_per_model():
     for table in score_tables(sweep_table(rows), "t"):
         plain.print(table)
     assert "calibration" not in plain.export_text()
+
+
+def test_a_sweep_resumed_another_day_asks_a_new_cell_in_the_words_of_the_first_day(checkpoint_dirs, tmp_path,
+                                                                                    monkeypatch):
+    """With a chat template that writes the date, a method added to a sweep (a new cell) the next day renders its
+    prompts at the day its dataset's first cells recorded, so the methods its table compares asked the same words."""
+    from checkpoints import Clock, with_dated_template
+
+    Clock.install(monkeypatch, 6)
+    ckpt = with_dated_template(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    head = GENERATION + f'\n[[models]]\npath = "{ckpt}"\nlabel = "dated"\n' + \
+        '\n[[datasets]]\nname = "sample-qa"\nfew_shot_k = 1\nnum_prompts = 2\nmax_samples = 2\n'
+    origin, avg = '\n[[methods]]\nname = "origin"\n', '\n[[methods]]\nname = "avg"\n'
+    run_sweep(load_sweep_file(_file(tmp_path, head + origin, "a.toml")), tmp_path / "s", lambda m: minirun.load(m.path),
+              progress=False)
+    monkeypatch.setattr(Clock, "day", 7)
+    llm = minirun.load(ckpt)
+    rendered = []
+    render = llm.tokenizer.apply_chat_template
+    monkeypatch.setattr(llm.tokenizer, "apply_chat_template",
+                        lambda *a, **k: rendered.append(render(*a, **k)) or rendered[-1])
+    run_sweep(load_sweep_file(_file(tmp_path, head + origin + avg, "b.toml")), tmp_path / "s", lambda _: llm,
+              progress=False)
+    assert rendered and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    cells = tmp_path / "s" / "dated" / "sample-qa"
+    assert {json.loads((cells / m / "run.json").read_text())["run_key"]["template_date"] for m in ("origin", "avg")} \
+        == {"2026-12-06"}

@@ -134,3 +134,24 @@ def test_a_batchs_questions_share_one_head_however_their_first_tokens_merge(smol
     aligned = align_heads([word, digit])
     assert aligned[0].head == aligned[1].head == word.head[:len(aligned[0].head)]
     assert [e.full(0) for e in aligned] == [word.full(0), digit.full(0)]
+
+
+def test_a_pinned_clock_renders_the_template_at_that_moment(checkpoint_dirs, tmp_path):
+    """`pinned_clock` sets what strftime_now reads inside the block, nests, and puts the clock back after it."""
+    import datetime
+    import shutil
+
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    (ckpt / "chat_template.jinja").write_text("{{ strftime_now('%Y-%m-%d') }}|{{ messages[0]['content'] }}")
+    tok = Tokenizer(ckpt)
+    say = lambda: tok.apply_chat_template([{"role": "user", "content": "q"}])  # noqa: E731
+    today = datetime.date.today().isoformat()
+    assert tok.reads_clock and say() in (f"{today}|q", f"{datetime.date.today().isoformat()}|q")
+    with tok.pinned_clock(datetime.datetime(2024, 7, 26)):
+        assert say() == "2024-07-26|q"
+        with tok.pinned_clock(None):
+            assert say() == "2024-07-26|q"
+        with tok.pinned_clock(datetime.datetime(2025, 1, 2)):
+            assert say() == "2025-01-02|q"
+        assert say() == "2024-07-26|q"
+    assert tok.clock is None

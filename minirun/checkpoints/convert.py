@@ -142,11 +142,17 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         "torch_dtype": dtype,
     }
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
-        raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none, linear and "
+    if scaling not in ("none", "linear", "yarn"):
+        raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none, linear, yarn and "
                            f"llama3 (Meta's, read from {ROPE_FREQS}); pull the original HF checkpoint instead")
     if scaling == "linear":
         config["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
+    if scaling == "yarn":
+        if tuned := sorted(key.split(".")[-1] for key in meta if key.startswith(f"{arch}.rope.scaling.yarn_")):
+            raise MinirunError(f"GGUF yarn rope scaling sets {', '.join(tuned)}, which minirun does not map onto "
+                               "transformers' yarn settings: pull the original HF checkpoint instead")
+        config["rope_scaling"] = {"rope_type": "yarn", "factor": get("rope.scaling.factor"),
+                                  "original_max_position_embeddings": get("rope.scaling.original_context_length")}
     if rope_divisors is not None:
         if scaling != "none":
             raise MinirunError(f"GGUF has both rope scaling {scaling!r} and {ROPE_FREQS}: the file is inconsistent")

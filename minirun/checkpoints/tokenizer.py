@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jinja2
 import jinja2.ext
@@ -71,6 +72,23 @@ class Tokenizer:
             or bool(config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)))
         self.chat_template = self._find_template(checkpoint, config)
         self._template: jinja2.Template | None = None  # compiled at first use: --raw never needs it
+        self.clock: datetime | None = None  # what the template's strftime_now reads (None: now, as transformers)
+
+    @property
+    def reads_clock(self) -> bool:
+        """Whether the chat template writes the date (Llama 3.2's "Today Date:"), so a prompt depends on the day."""
+        return self.chat_template is not None and "strftime_now" in self.chat_template
+
+    @contextmanager
+    def pinned_clock(self, moment: datetime | None) -> Iterator[None]:
+        """Render every chat template at `moment` inside the block: a run resumed another day (or crossing
+        midnight) then asks its questions in the words it began with. None leaves the clock as it is."""
+        before = self.clock
+        self.clock = moment if moment is not None else before
+        try:
+            yield
+        finally:
+            self.clock = before
 
     @staticmethod
     def _find_template(checkpoint: Path, config: dict) -> str | None:
@@ -117,8 +135,9 @@ class Tokenizer:
         try:
             if self._template is None:
                 self._template = compile_template(self.chat_template)
+            clock = {} if self.clock is None else {"strftime_now": self.clock.strftime}
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         tools=None, documents=None, **{**self.special_tokens, **kwargs})
+                                         tools=None, documents=None, **{**self.special_tokens, **clock, **kwargs})
         except jinja2.exceptions.TemplateError as e:
             raise MinirunError(f"the chat template of {self.checkpoint} failed: {type(e).__name__}: {e}; pass --raw "
                                "(or chat=False) to use plain prompts") from None

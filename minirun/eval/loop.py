@@ -15,7 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
-from minirun.eval.results import ResultStore, merge, read_results
+from minirun.eval.results import ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices, scored_as
@@ -174,11 +174,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             batch_size: int | None = None, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
             positions: str = "right", share_prefix: bool = True, chat: bool | None = None, thinking: bool = False,
             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
-            choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None) -> Run:
+            choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None,
+            template_date: str | None = None) -> Run:
     """`evaluate`'s settings checked and its prompts, few-shot heads and run key laid out; nothing runs
     yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent. `benchmark`
     names the dataset whose prompt format and few-shot examples a file of its items is asked with (MMLU
-    rewritten by `minirun paraphrase`: its subjects' heads, in the harness's words); by default `dataset`'s."""
+    rewritten by `minirun paraphrase`: its subjects' heads, in the harness's words); by default `dataset`'s.
+    `template_date` (ISO) is the day a chat template that writes the date renders at where `output_dir` records
+    none yet (a sweep gives its cells of one model and dataset one day); by default today."""
     if benchmark is not None and benchmark not in NAMES:
         raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
     if benchmark is not None and dataset in NAMES:
@@ -233,6 +236,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
+    if chat is not False and llm.tokenizer.reads_clock:  # the template writes the day: the run keeps its first one
+        run_key["template_date"] = (recorded_run_key(output_dir).get("template_date") or template_date
+                                    or date.today().isoformat())
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
     # (hidden_avg's default layer is keyed None however it is asked for: its rows are the same)
     default_layer = default_fusion_layer(llm.config.num_layers)
@@ -353,8 +359,9 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             bar.update(overall, description=f"eval {method}")
             qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
                            _suffix(item, run.choice_format, run.prompt_format)) for item in batch]
-            rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
-                              run.choice_format, twins)
+            with llm.tokenizer.pinned_clock(template_clock(run)):
+                rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
+                                  run.choice_format, twins)
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))
             for row in rows if on_row is not None else ():
@@ -367,6 +374,12 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         mine_rows = pd.Series([pair in pairs for pair in zip(table["method"], table["id"])], index=table.index, dtype=bool)
         tables.append(table[mine_rows].reset_index(drop=True))  # a Series: an empty list would pick no columns
     return tables
+
+
+def template_clock(run: Run) -> datetime | None:
+    """The moment a run's chat template renders at: the start of the day it recorded (None: no date recorded)."""
+    day = run.run_key.get("template_date")
+    return None if day is None else datetime.fromisoformat(day)
 
 
 def _batches(items: list[Item], size: int, head: Callable[[Item], str]) -> list[list[Item]]:

@@ -152,6 +152,12 @@ def _run_info(output_dir: Path) -> dict | None:
     return info
 
 
+def recorded_run_key(output_dir: str | Path) -> dict:
+    """The run key a directory's run.json records ({} where none is): settings a resumed run keeps, not remakes."""
+    info = _run_info(Path(output_dir))
+    return {} if info is None else info["run_key"]
+
+
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
     method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,7 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.report import CALIBRATION, PAIRED, method_label, paired_difference, summarize
-from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results
+from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results, recorded_run_key
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 from minirun.paths import write_atomic
 
@@ -152,7 +153,9 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                 continue
             llm = load(model)
             groups = {d.label: [c for c in mine if c.dataset is d] for d in sweep.datasets}
-            prepared = {label: [_prepare(llm, cell, data[label], sweep.generation) for cell in group]
+            days = {d.label: _template_day([c for c in plan if c.model is model and c.dataset is d])
+                    for d in sweep.datasets}
+            prepared = {label: [_prepare(llm, cell, data[label], sweep.generation, days[label]) for cell in group]
                         for label, group in groups.items() if group}
             for label, runs in prepared.items():  # every cell of the model checked before any of them runs
                 for cell, run in zip(groups[label], runs):
@@ -178,7 +181,15 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     return table
 
 
-def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], gen: Generation) -> Run:
+def _template_day(cells: list[Cell]) -> str:
+    """The day one model's cells of one dataset render a dated chat template at: the earliest any of them recorded
+    (a sweep resumed another day), else today, so the methods a table compares ask the same words."""
+    return min((day for c in cells if (day := recorded_run_key(c.dir).get("template_date"))),
+               default=date.today().isoformat())
+
+
+def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], gen: Generation,
+             template_date: str) -> Run:
     """The cell as an `eval` run of its one method; a setting that does not fit its dataset is named with it
     (the first model's cells are all prepared before any runs, and every model's cells are the same product)."""
     items, fewshot = data
@@ -189,7 +200,7 @@ def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], g
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
                        benchmark=cell.dataset.benchmark,
                        batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
-                       chat=gen.chat, thinking=gen.thinking, **cell.method.options)
+                       chat=gen.chat, thinking=gen.thinking, template_date=template_date, **cell.method.options)
     except MinirunError as e:
         raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label}: {e}") from None
 

@@ -10,8 +10,8 @@ from minirun.errors import MinirunError
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-ROPE_KEYS = {"default": (), "linear": ("factor",),
-             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+ROPE_KEYS = {"default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn": (),
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
 # What transformers' config classes assume for a key config.json leaves out, where the families differ.
 CONTEXT_DEFAULT = {"llama": 2048, "qwen2": 32768, "qwen3": 32768}
 
@@ -91,9 +91,21 @@ class ModelConfig:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_KEYS:
             raise MinirunError(f"unsupported rope type {rope_type!r}: minirun supports {', '.join(ROPE_KEYS)}")
-        if missing := [key for key in ROPE_KEYS[rope_type] if key not in rope]:
+        context = raw.get("max_position_embeddings", CONTEXT_DEFAULT[model_type])
+        if rope_type in ("llama3", "yarn"):  # transformers 5 takes the top-level value, else the context
+            rope["original_max_position_embeddings"] = raw.get("original_max_position_embeddings",
+                                                               rope.get("original_max_position_embeddings", context))
+        if rope_type == "yarn" and rope.get("factor") is None:  # as transformers: the context's growth
+            rope["factor"] = context / rope["original_max_position_embeddings"]
+        if rope_type == "dynamic":  # the base depends on the context (prompts never pass it, so it stays fixed)
+            rope["max_position_embeddings"] = context
+        if missing := [key for key in ROPE_KEYS[rope_type] if rope.get(key) is None]:
             raise MinirunError(f"config.json's {rope_type} rope scaling lacks {', '.join(map(repr, missing))}: "
                                "restore the checkpoint's own config.json")
+        for key in ("factor", "original_max_position_embeddings"):
+            if key in rope and not (isinstance(rope[key], (int, float)) and rope[key] > 0):
+                raise MinirunError(f"config.json's {rope_type} rope scaling has {key} {rope[key]!r}: it must be a "
+                                   "positive number; restore the checkpoint's own config.json")
         attention_bias = bool(raw.get("attention_bias", False))
         eos = raw.get("eos_token_id")
         return cls(
@@ -108,7 +120,7 @@ class ModelConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling={**rope, "rope_type": rope_type} if rope_type != "default" else None,
-            max_position_embeddings=raw.get("max_position_embeddings", CONTEXT_DEFAULT[model_type]),
+            max_position_embeddings=context,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
             o_bias=attention_bias if model_type != "qwen2" else False,

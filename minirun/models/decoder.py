@@ -20,7 +20,7 @@ from minirun.layers.kv_cache import KVCache
 from minirun.layers.linear import Linear
 from minirun.layers.masks import SHARED, segment_mask
 from minirun.layers.ragged import Ragged, last_of_rows, pack, pack_heads, unpack, unpack_heads
-from minirun.layers.rope import apply_rope, inv_frequencies, rope_cos_sin
+from minirun.layers.rope import apply_rope, attention_scale, inv_frequencies, rope_cos_sin
 from minirun.models.config import ModelConfig
 
 Keep = Literal["all", "last", "cache"]  # which token states leave a prompt's final block (`Block.forward`)
@@ -172,6 +172,7 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling), persistent=False)
+        self.rope_scale = attention_scale(config.rope_scaling)  # YaRN's, on cos and sin; 1 for the other kinds
 
     @property
     def device(self) -> torch.device:
@@ -262,7 +263,7 @@ class Decoder(nn.Module):
         if ragged is not None:
             tokens, positions = pack(tokens, ragged), pack(positions, ragged)  # [1, N]
         x = self.embed(tokens)  # [B, T, E], or [1, N, E]
-        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype, self.rope_scale)
         final = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, block_mask, slots, score_mod, ragged, keep if i == final else "all")
