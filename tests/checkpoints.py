@@ -1,6 +1,7 @@
 """Small random-weight checkpoints written with transformers' own configs and save_pretrained."""
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import torch
@@ -125,9 +126,9 @@ def with_dated_template(checkpoint: Path, out: Path) -> Path:
     return out
 
 
-class Clock:
+class Clock(datetime.datetime):
     """What `date.today()` and `datetime.now()` say to minirun's templates and runs: a day of December 2026 that a
-    test moves with `monkeypatch.setattr(Clock, "day", d)`."""
+    test moves with `monkeypatch.setattr(Clock, "day", d)` (the rest of datetime as it is)."""
 
     day = 6
 
@@ -144,7 +145,6 @@ class Clock:
 
     @classmethod
     def now(cls, tz=None):
-        import datetime
         return datetime.datetime(2026, 12, cls.day, 23, 59)
 
     @classmethod

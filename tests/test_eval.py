@@ -881,3 +881,12 @@ def test_a_template_that_writes_the_date_keeps_the_day_the_run_began(checkpoint_
     assert json.loads((tmp_path / "run" / "run.json").read_text())["run_key"]["template_date"] == "2026-12-06"
     evaluate(minirun.load(checkpoint_dirs["qwen2"]), items[:1], ["origin"], tmp_path / "plain", **SETTINGS)
     assert "template_date" not in json.loads((tmp_path / "plain" / "run.json").read_text())["run_key"]
+    rendered.clear()  # a day asked for: a paper's prompts rebuilt on any day
+    evaluate(llm, items[:2], ["origin"], tmp_path / "asked", template_date="2024-07-26", **SETTINGS)
+    assert rendered and all("Today Date: 26 Jul 2024" in text for text in rendered)
+    with pytest.raises(MinirunError, match=re.escape("template_date: '2024-07-26' -> '2024-07-27'")):
+        evaluate(llm, items[:2], ["origin"], tmp_path / "asked", template_date="2024-07-27", **SETTINGS)
+    with pytest.raises(MinirunError, match=r"^template date '26/07/2024' is not a day as YYYY-MM-DD: give e\.g\."):
+        evaluate(llm, items[:2], ["origin"], tmp_path / "bad", template_date="26/07/2024", **SETTINGS)
+    result = CliRunner().invoke(_app(), ["eval", "--template-date", "2024-7-32", *CLI_SETTINGS])
+    assert result.exit_code == 1 and "template date '2024-7-32' is not a day as YYYY-MM-DD" in result.output

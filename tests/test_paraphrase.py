@@ -1,6 +1,7 @@
 """Paraphrase generation: filters, batching independence, caching, resume, CLI."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -102,7 +103,9 @@ def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkey
     assert fills[0].question == FILL.question
     rewrites = ["The capital of Egypt is Egypt.", "The capital of Egypt is Abu Dhabi", "Egypt's capital city is"]
     monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
-    llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu")})()
+    undated = type("Tokenizer", (), {"reads_clock": False, "pinned_clock": lambda self, moment: contextlib.nullcontext()})
+    llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
+                               "tokenizer": undated()})()
     done = paraphrase_file(llm, fills, tmp_path / "f.jsonl", num=3)
     assert done[0].paraphrases == ["The capital of Egypt is", "Egypt's capital city is"]
 
@@ -356,3 +359,27 @@ def test_choice_items_keep_their_options(llm, tmp_path):
         assert (new.choices, new.answer, new.task) == (old.choices, old.answer, "choice") == (again.choices,
                                                                                                again.answer, again.task)
         assert new.paraphrases[0] == old.question
+
+
+def test_a_dated_template_rewrites_every_item_at_the_files_first_day(long_context, tmp_path, monkeypatch):
+    """With a chat template that writes the date, a file resumed the next day asks its later items in the first
+    day's words (rows record it); another day asked for is another file's settings, refused."""
+    from checkpoints import Clock, with_dated_template
+
+    Clock.install(monkeypatch, 6)
+    monkeypatch.setattr(paraphrase, "date", Clock)
+    llm = minirun.load(with_dated_template(long_context, tmp_path / "ckpt"))
+    rendered = []
+    render = llm.tokenizer.apply_chat_template
+    monkeypatch.setattr(llm.tokenizer, "apply_chat_template",
+                        lambda *a, **k: rendered.append(render(*a, **k)) or rendered[-1])
+    out = tmp_path / "p.jsonl"
+    paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
+    monkeypatch.setattr(Clock, "day", 7)
+    paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6)
+    assert len(rendered) == 2 and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    assert [json.loads(line)["template_date"] for line in out.read_text().splitlines()] == ["2026-12-06"] * 2
+    with pytest.raises(minirun.MinirunError, match=r"other settings \(.*template date"):
+        paraphrase_file(llm, items()[:3], out, num=2, max_new_tokens=6, template_date="2026-12-07")
+    result = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(tmp_path / "q.jsonl"), "--template-date", "x"])
+    assert result.exit_code == 1 and "template date 'x' is not a day as YYYY-MM-DD" in result.output

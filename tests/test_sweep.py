@@ -152,6 +152,8 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"generation": {"max_new_tokens": 4.5}}, "generation max_new_tokens: expected int, got 4.5"),
     ({"generation": {"batch_size": 0}}, "generation batch_size: 0 is below 1"),
     ({"generation": {"temperature": 0.5}}, "generation: unknown key 'temperature'"),
+    ({"generation": {"template_date": "26 Jul 2024"}},
+     "generation template_date: template date '26 Jul 2024' is not a day as YYYY-MM-DD"),
 ])
 def test_bad_sweep_is_one_line_naming_the_key(change, message):
     with pytest.raises(MinirunError) as e:
@@ -758,3 +760,10 @@ def test_a_sweep_resumed_another_day_asks_a_new_cell_in_the_words_of_the_first_d
     cells = tmp_path / "s" / "dated" / "sample-qa"
     assert {json.loads((cells / m / "run.json").read_text())["run_key"]["template_date"] for m in ("origin", "avg")} \
         == {"2026-12-06"}
+
+
+def test_a_sweeps_template_date_is_a_toml_date_or_its_text():
+    import datetime
+
+    for given in (datetime.date(2024, 7, 26), "2024-07-26", "2024-7-26"):
+        assert parse_sweep({**BASE, "generation": {"template_date": given}}).generation.template_date == "2024-07-26"

@@ -31,6 +31,14 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separ
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+def template_day(text: str) -> datetime:
+    """A day given as YYYY-MM-DD (a run's `--template-date`) as the moment a dated chat template renders at."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d")
+    except (TypeError, ValueError):
+        raise MinirunError(f"template date {text!r} is not a day as YYYY-MM-DD: give e.g. 2024-07-26") from None
+
+
 class GenerationTag(jinja2.ext.Extension):
     """transformers' `{% generation %}...{% endgeneration %}`, which marks an assistant's text for training
     masks: rendered as its body, as transformers renders it when no mask is asked for."""

@@ -67,6 +67,9 @@ def eval_command(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
     thinking: bool = typer.Option(False, help="Let a chat template with a reasoning switch (Qwen3's enable_thinking) have the model reason "
                                   "before answering (default: off, the answer starts at once)."),
+    template_date: Optional[str] = typer.Option(None, help="The day (YYYY-MM-DD) a chat template that writes "
+                                                "today's date (Llama 3.2's) renders at (default: the day the run "
+                                                "began, kept on resume)."),
     flex_bias: Optional[str] = typer.Option(None, help="flex: weight w (or 'inv_n') added as log(w) to suffix/answer->paraphrase attention."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
@@ -80,6 +83,7 @@ def eval_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
+    from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import load_dataset, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
 
@@ -88,6 +92,8 @@ def eval_command(
     if few_shot is not None and few_shot.suffix != ".jsonl":
         raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
     bias = parse_flex_bias(flex_bias)
+    if template_date is not None:
+        template_day(template_date)  # before a model is fetched
     method = method_names(method)
     items = load_dataset(data, subset=subset, skip_bad=skip_bad)
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
@@ -100,7 +106,7 @@ def eval_command(
                         max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
-                        thinking=thinking, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
+                        thinking=thinking, template_date=template_date, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
                         choice_format=choice_format, benchmark=benchmark, progress=progress)
     if ranks()[0] == 0:
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without

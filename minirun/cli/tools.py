@@ -115,6 +115,8 @@ def paraphrase(
     max_new_tokens: int = typer.Option(30, min=1),
     seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
+    template_date: Optional[str] = typer.Option(None, help="The day (YYYY-MM-DD) a chat template that writes today's "
+                                                "date (Llama 3.2's) renders at (default: the day the file began)."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -126,10 +128,13 @@ def paraphrase(
     the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
     from rich.progress import Progress
 
+    from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import load_dataset
     from minirun.eval.paraphrase import check_sampling, paraphrase_file
 
     check_sampling(num, temperature, top_p)  # a bad value fails before the model loads
+    if template_date is not None:
+        template_day(template_date)
     check_output_file(out, "output")
     items = load_dataset(data, skip_bad=skip_bad)[:max_samples]
     llm = load_llm(model, device, dtype, False)
@@ -142,7 +147,7 @@ def paraphrase(
             bar.update(task, completed=done)
 
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_progress=advance, dataset=data)
+                               on_progress=advance, dataset=data, template_date=template_date)
     kept = sum(len(item.paraphrases) - 1 for item in done)
     resumed = f" ({counts[0]} of them already there)" if counts[0] else ""
     if counts[0] == len(done):

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from minirun.checkpoints.loader import checkpoint_digest
+from minirun.checkpoints.tokenizer import template_day
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
@@ -180,10 +181,12 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent. `benchmark`
     names the dataset whose prompt format and few-shot examples a file of its items is asked with (MMLU
     rewritten by `minirun paraphrase`: its subjects' heads, in the harness's words); by default `dataset`'s.
-    `template_date` (ISO) is the day a chat template that writes the date renders at where `output_dir` records
-    none yet (a sweep gives its cells of one model and dataset one day); by default today."""
+    `template_date` (YYYY-MM-DD) is the day a chat template that writes the date renders at; by default the day
+    `output_dir` recorded, else today (a sweep gives its cells of one model and dataset one day)."""
     if benchmark is not None and benchmark not in NAMES:
         raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
+    if template_date is not None:
+        template_date = template_day(template_date).date().isoformat()  # 2024-7-26 is 2024-07-26
     if benchmark is not None and dataset in NAMES:
         raise MinirunError(f"a benchmark asks a file's items as that dataset asks its own; {dataset} is a named "
                            "dataset, asked as itself: drop the benchmark")
@@ -237,7 +240,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
     if chat is not False and llm.tokenizer.reads_clock:  # the template writes the day: the run keeps its first one
-        run_key["template_date"] = (recorded_run_key(output_dir).get("template_date") or template_date
+        run_key["template_date"] = (template_date or recorded_run_key(output_dir).get("template_date")
                                     or date.today().isoformat())
     # and what changes one method's rows only: a run of origin and avg can take hidden_avg at any fusion layer later
     # (hidden_avg's default layer is keyed None however it is asked for: its rows are the same)
@@ -379,7 +382,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
 def template_clock(run: Run) -> datetime | None:
     """The moment a run's chat template renders at: the start of the day it recorded (None: no date recorded)."""
     day = run.run_key.get("template_date")
-    return None if day is None else datetime.fromisoformat(day)
+    return None if day is None else template_day(day)
 
 
 def _batches(items: list[Item], size: int, head: Callable[[Item], str]) -> list[list[Item]]:

@@ -13,11 +13,13 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from datetime import date
 from pathlib import Path
 from typing import IO
 
 import torch
 
+from minirun.checkpoints.tokenizer import template_day
 from minirun.engine.generate import decode_loop, plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import SamplingParams, sample
@@ -121,11 +123,13 @@ def _mentions(text: str, phrase: str) -> int:
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int) -> str:
-    """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt)."""
+                 seed: int, day: str | None = None) -> str:
+    """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
+    `day` a dated chat template renders at where there is one (files of other templates keep their keys)."""
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
-    raw = json.dumps([str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
-                      PROMPTS, str(llm.dtype), llm.device.type])
+    settings = [str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
+                PROMPTS, str(llm.dtype), llm.device.type]
+    raw = json.dumps(settings + ([day] if day is not None else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -185,21 +189,25 @@ def check_sampling(num: int, temperature: float, top_p: float) -> None:
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8,
-                    on_progress: Callable[[int], None] | None = None, dataset: str = "custom") -> list[Item]:
+                    on_progress: Callable[[int], None] | None = None, dataset: str = "custom",
+                    template_date: str | None = None) -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
 
     The original stays paraphrase 0 so the file reads the same with or without the question
     repeated: `Item.prompts` drops the repeat, and rewrites equal to the question are never kept.
     The dataset's own paraphrases are not carried over. `dataset` names the items' source: a file holds
     one dataset's rewrites under one set of settings. `on_progress` hears how many items are done:
-    first those finished before (resumed), then after each batch.
+    first those finished before (resumed), then after each batch. A chat template that writes the date
+    renders at `template_date` (YYYY-MM-DD), by default the day the file's first rows recorded, else today.
     """
     out = Path(out)
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
     check_sampling(num, temperature, top_p)
-    key = settings_key(llm, dataset, num, temperature, top_p, max_new_tokens, seed)
+    if template_date is not None:
+        template_date = template_day(template_date).date().isoformat()  # 2024-7-26 is 2024-07-26
+    settings = (llm, dataset, num, temperature, top_p, max_new_tokens, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     made = not out.exists()
     with out.open("a", encoding="utf-8") as f:
@@ -207,8 +215,12 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
         if not _same_file(f, out):  # another process removed the file it made while this one opened it
             raise MinirunError(f"another minirun process was writing {out}: run this again")
         try:
-            return _paraphrase_into(f, llm, items, out, key, num, temperature, top_p, max_new_tokens, seed,
-                                    batch_size, on_progress)
+            day = None
+            if llm.tokenizer.reads_clock:  # the rewrite prompt carries a date: one day for the whole file
+                day = template_date or _recorded_day(out) or date.today().isoformat()
+            with llm.tokenizer.pinned_clock(None if day is None else template_day(day)):
+                return _paraphrase_into(f, llm, items, out, settings_key(*settings, day), day, num, temperature,
+                                        top_p, max_new_tokens, seed, batch_size, on_progress)
         except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)
             f.flush()  # rows written but still buffered count: they are not lost to the removal
             if made and os.fstat(f.fileno()).st_size == 0:
@@ -223,10 +235,20 @@ def _same_file(f: IO, path: Path) -> bool:
         return False
 
 
-def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, num: int, temperature: float,
-                     top_p: float, max_new_tokens: int, seed: int, batch_size: int,
+def _recorded_day(out: Path) -> str | None:
+    """The template day a paraphrase file's first row recorded, if it has one (a foreign file is refused later)."""
+    try:
+        with out.open(encoding="utf-8") as lines:
+            day = json.loads(next(lines, "{}")).get("template_date")
+    except (ValueError, AttributeError):
+        return None
+    return day if isinstance(day, str) else None
+
+
+def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, day: str | None, num: int,
+                     temperature: float, top_p: float, max_new_tokens: int, seed: int, batch_size: int,
                      on_progress: Callable[[int], None] | None) -> list[Item]:
-    """`paraphrase_file`'s work, appending to `f`, the locked `out`."""
+    """`paraphrase_file`'s work, appending to `f`, the locked `out`; rows record the template `day` if any."""
     finished = _read_finished(out, key)
     if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
         raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
@@ -239,7 +261,8 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, nu
         batch = todo[start:start + batch_size]
         for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
             done = replace(item, paraphrases=[item.question, *kept_rewrites(rewrites, item)])
-            f.write(json.dumps({**asdict(done), "paraphrase_settings": key}, ensure_ascii=False) + "\n")
+            dated = {} if day is None else {"template_date": day}
+            f.write(json.dumps({**asdict(done), "paraphrase_settings": key, **dated}, ensure_ascii=False) + "\n")
             finished[item.id] = done
         f.flush()
         os.fsync(f.fileno())
@@ -272,8 +295,8 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
             raise MinirunError(f"{out}:{lineno}: {foreign}")
         if row["paraphrase_settings"] != key:
             raise MinirunError(f"{out}:{lineno} was written with other settings (model, dtype, device kind, dataset "
-                               "file, num, temperature, top_p, max_new_tokens or seed) or by an older minirun: use "
-                               "another output file or delete this one")
+                               "file, num, temperature, top_p, max_new_tokens, seed or template date) or by an older "
+                               "minirun: use another output file or delete this one")
         if lineno <= len(lines):
             found[item.id] = item
     drop_torn_line(out)

@@ -78,8 +78,10 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     # datasets had a benchmark hold none
     dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()
                if k != "skip_bad" and not (k == "benchmark" and v is None)}
+    generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
+                  if not (k == "template_date" and v is None)}
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
-           "generation": dataclasses.asdict(sweep.generation), "items": [dataclasses.asdict(i) for i in items],
+           "generation": generation, "items": [dataclasses.asdict(i) for i in items],
            "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
     source = cell.dataset.benchmark or cell.dataset.name  # whose prompts these are
@@ -153,8 +155,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                 continue
             llm = load(model)
             groups = {d.label: [c for c in mine if c.dataset is d] for d in sweep.datasets}
-            days = {d.label: _template_day([c for c in plan if c.model is model and c.dataset is d])
-                    for d in sweep.datasets}
+            days = {d.label: sweep.generation.template_date or _template_day(
+                [c for c in plan if c.model is model and c.dataset is d]) for d in sweep.datasets}
             prepared = {label: [_prepare(llm, cell, data[label], sweep.generation, days[label]) for cell in group]
                         for label, group in groups.items() if group}
             for label, runs in prepared.items():  # every cell of the model checked before any of them runs

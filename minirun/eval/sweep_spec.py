@@ -5,6 +5,7 @@ after the first model's hours. Every problem is one MinirunError naming the key 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
 import re
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from minirun.checkpoints.hub import DEFAULT_MODEL
 from minirun.checkpoints.loader import DTYPES, checked_device
+from minirun.checkpoints.tokenizer import template_day
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, text_lines
@@ -74,6 +76,7 @@ class Generation:
     share_prefix: bool = True
     chat: bool | None = None  # None: the chat template when the model has one
     thinking: bool = False  # a template's reasoning switch (Qwen3's enable_thinking), off for short answers
+    template_date: str | None = None  # YYYY-MM-DD a dated chat template renders at (default: the day cells began)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +110,14 @@ def parse_sweep(data: dict) -> Sweep:
     generation = data.get("generation", {})
     if not isinstance(generation, dict):
         raise MinirunError("generation must be a table of settings; see docs/sweep.toml")
+    if isinstance(generation.get("template_date"), datetime.date):  # TOML's own date, unquoted
+        generation = {**generation, "template_date": generation["template_date"].isoformat()}
     gen = Generation(**_checked(Generation, generation, "generation"))
+    if gen.template_date is not None:
+        try:
+            gen = dataclasses.replace(gen, template_date=template_day(gen.template_date).date().isoformat())
+        except MinirunError as e:
+            raise MinirunError(f"generation template_date: {e}") from None
     for key in ("max_new_tokens", "batch_size"):
         if getattr(gen, key) is not None:
             _at_least(getattr(gen, key), 1, f"generation {key}")
