@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import torch
 
 import pytest
 import typer
@@ -27,6 +28,7 @@ from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
 from minirun.eval.results import ResultStore
+from minirun.layers.calibrate import device_name
 from minirun.methods import MethodResult
 from minirun.models import Decoder
 
@@ -57,8 +59,8 @@ def _app() -> typer.Typer:
 
 
 def _canon(df: pd.DataFrame) -> pd.DataFrame:
-    """Everything but wall time, in a fixed order."""
-    return df.drop(columns=["seconds"]).sort_values(["method", "id"]).reset_index(drop=True)
+    """Everything but wall time and the machine it names (a torchrun rank has fewer threads), in a fixed order."""
+    return df.drop(columns=["seconds", "machine"]).sort_values(["method", "id"]).reset_index(drop=True)
 
 
 def _same(df: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +94,7 @@ def test_reference_rows(reference, items):
     assert (reference["correct_bidirectional"] >= reference["correct_lemma"]).all()
     assert reference["per_prompt_correct"].isna().all()  # no per_prompt rows here
     assert reference["tokens"].between(1, 4).all() and (reference["seconds"] > 0).all()
+    assert (reference["machine"] == device_name(torch.device("cpu"))).all()  # where the seconds were timed
 
 
 def test_resume_after_interruption(tiny, items, reference, tmp_path):
@@ -890,3 +893,21 @@ def test_a_template_that_writes_the_date_keeps_the_day_the_run_began(checkpoint_
         evaluate(llm, items[:2], ["origin"], tmp_path / "bad", template_date="26/07/2024", **SETTINGS)
     result = CliRunner().invoke(_app(), ["eval", "--template-date", "2024-7-32", *CLI_SETTINGS])
     assert result.exit_code == 1 and "template date '2024-7-32' is not a day as YYYY-MM-DD" in result.output
+
+
+def test_a_run_timed_on_two_machines_says_so(tiny, items, tmp_path):
+    """A run resumed on another machine holds seconds of both: `report` names the machines beside the throughput it
+    mixes (`machine` per method in --json), and rows of runs made before rows named theirs still read."""
+    evaluate(tiny, items[:4], ["origin", "avg"], tmp_path, **SETTINGS)
+    journal = tmp_path / "results.rank0.jsonl"
+    rows = [json.loads(line) for line in journal.read_text().splitlines()]
+    here = rows[0]["machine"]
+    assert "machines (" not in CliRunner().invoke(_app(), ["report", str(tmp_path)]).output  # one machine: no warning
+    rows[0]["machine"] = "NVIDIA H100 80GB HBM3 torch 2.11.0+cu130"
+    del rows[-1]["machine"]  # a row of an older minirun
+    journal.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shown = CliRunner().invoke(_app(), ["report", str(tmp_path)]).output
+    assert "tokens/s and items/s mix rows timed on 2 machines" in " ".join(shown.split())
+    scores = json.loads(CliRunner().invoke(_app(), ["report", str(tmp_path), "--json"]).stdout)
+    assert scores["origin"]["machine"] == f"{here} | NVIDIA H100 80GB HBM3 torch 2.11.0+cu130"
+    assert scores["avg"]["machine"] == here

@@ -74,8 +74,8 @@ def _file(tmp_path, text: str, name: str = "sweep.toml"):
 
 
 def _canon(df: pd.DataFrame) -> pd.DataFrame:
-    """Everything but wall time, missing values as None whatever the column's dtype."""
-    df = df.drop(columns=["seconds"]).reset_index(drop=True).astype(object)
+    """Everything but wall time and its machine, missing values as None whatever the column's dtype."""
+    df = df.drop(columns=["seconds", "machine"]).reset_index(drop=True).astype(object)
     return df.where(df.notna(), None)
 
 
@@ -767,3 +767,14 @@ def test_a_sweeps_template_date_is_a_toml_date_or_its_text():
 
     for given in (datetime.date(2024, 7, 26), "2024-07-26", "2024-7-26"):
         assert parse_sweep({**BASE, "generation": {"template_date": given}}).generation.template_date == "2024-07-26"
+
+
+def test_a_sweep_timed_on_two_machines_says_so(reference, tmp_path):
+    """A sweep whose cells ran on two machines (one resumed elsewhere): its report names both beside the throughput."""
+    out = shutil.copytree(reference[0], tmp_path / "copy")
+    assert "machines (" not in CliRunner().invoke(app, ["report", str(out)]).output
+    journal = out / "llama" / "sample-qa" / "origin" / "results.rank0.jsonl"
+    rows = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps({**row, "machine": "NVIDIA H200 torch 2.11.0+cu130"}) + "\n" for row in rows))
+    shown = " ".join(CliRunner().invoke(app, ["report", str(out)]).output.split())
+    assert "tokens/s and items/s mix rows timed on 2 machines" in shown and "NVIDIA H200 torch 2.11.0+cu130" in shown

@@ -149,6 +149,8 @@ def report_command(
     if report.single_prompt_dropped(raw, table):
         warnings.append("single-prompt figures left out: per-prompt correctness is recorded under the run's own "
                         f"match rule only, not under --match {match}")
+    if mixed := report.mixed_timing(table):
+        warnings.append(mixed)
     if as_json:
         print(json.dumps(report.report_json(table)))
         warn(warnings, err)

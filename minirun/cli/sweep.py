@@ -44,7 +44,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import select_choice_score, select_match, single_prompt_dropped
+    from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped
     from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table, unfinished_cells
 
     raw = load_sweep(run_dir)
@@ -62,6 +62,8 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
     if single_prompt_dropped(raw, table):
         warnings.append("single-prompt figures left out: per-prompt correctness is recorded under each run's "
                         f"own match rule only, not under --match {match}")
+    if mixed := mixed_timing(table):
+        warnings.append(mixed)
     if cells := unfinished_cells(run_dir):
         warnings.append(f"{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
                         f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "

@@ -32,7 +32,7 @@ from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
 from minirun.eval.results import ResultStore, merge, read_results, recorded_run_key
-from minirun.layers.calibrate import seconds_measuring
+from minirun.layers.calibrate import device_name, seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices, scored_as
 from minirun.methods.fusion import WEIGHTED
@@ -334,6 +334,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     directory exactly as it would be alone, taken in `schedule`'s order so that the methods that prefill
     alike prefill each batch once across all of them. One table per run, as `evaluate` returns."""
     matcher = Matcher()
+    machine = device_name(llm.device)  # each row's: a run resumed elsewhere holds seconds of two machines
     with contextlib.ExitStack() as stack:
         stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items],
                                                   run.method_keys)) for run in runs]
@@ -365,6 +366,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             with llm.tokenizer.pinned_clock(template_clock(run)):
                 rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
                                   run.choice_format, twins)
+            rows = [{**row, "machine": machine} for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))
             for row in rows if on_row is not None else ():

@@ -161,6 +161,18 @@ def _check(df: pd.DataFrame) -> None:
                                "false or null; fix or delete that row")
 
 
+def mixed_timing(df: pd.DataFrame) -> str | None:
+    """A warning where a table's timed rows ran on more than one machine (a run resumed elsewhere, a sweep's models
+    on two GPUs): its tokens/s and items/s then compare machines as well as methods."""
+    if "machine" not in df.columns:
+        return None
+    found = sorted(df.loc[df["seconds"].notna(), "machine"].dropna().unique())
+    if len(found) < 2:
+        return None
+    return (f"tokens/s and items/s mix rows timed on {len(found)} machines ({'; '.join(found)}): compare throughput "
+            "only between rows of one machine (`machine` in --json and --csv)")
+
+
 def _keys(df: pd.DataFrame) -> list[str]:
     return ["model", "method"] if "model" in df.columns else ["method"]
 
@@ -179,6 +191,9 @@ def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         generating=("generating", "sum"),
         timed=("timed", "sum"),
     )
+    if "machine" in df.columns:  # where the seconds were timed (rows of runs before it record none)
+        out["machine"] = df.groupby(keys, sort=True)["machine"].agg(lambda m: " | ".join(sorted(m.dropna().unique()))
+                                                                    or None)
     ci = [wilson_interval(int(hits), int(n)) for hits, n in zip(out.pop("hits"), out["n"])]
     out.insert(1, "ci95_low", [low for low, _ in ci])
     out.insert(2, "ci95_high", [high for _, high in ci])

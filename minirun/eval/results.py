@@ -53,7 +53,8 @@ def _number_or_none(value: object) -> bool:
 
 # what a row's columns hold (a hand-edited or damaged line can be JSON and still not a row)
 COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str),
-                "tokens": lambda v: _number_or_none(v) and not isinstance(v, float), "seconds": _number_or_none}
+                "tokens": lambda v: _number_or_none(v) and not isinstance(v, float), "seconds": _number_or_none,
+                "machine": lambda v: v is None or isinstance(v, str)}
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -129,7 +130,7 @@ def _read_journal(path: Path) -> list[dict]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             row = None
         missing = [c for c in COLUMNS if c not in row] if isinstance(row, dict) else []
-        wrong = [c for c, ok in COLUMN_TYPES.items() if not ok(row[c])] if isinstance(row, dict) and not missing else []
+        wrong = [c for c, ok in COLUMN_TYPES.items() if not ok(row.get(c))] if isinstance(row, dict) and not missing else []
         if not isinstance(row, dict) or missing or wrong:
             lacks = f" (no {', '.join(missing)})" if missing else f" ({', '.join(wrong)} of the wrong type)" if wrong \
                 else ""

@@ -127,15 +127,25 @@ def cache_file() -> Path:
 TIMING = "turns"  # how candidates are timed (`race`): answers timed otherwise are measured again
 
 
-def machine_key() -> str:
-    """What a measurement is only true for: the CPU model and its family/model numbers, its kernel flags and L3
-    size, the thread count, torch, and the way it was timed."""
+def cpu_name() -> str:
+    """The CPU as timings must name it: its model and family/model numbers, kernel flags, L3 size and torch's
+    thread count (x2: two threads)."""
     facts = cpu_facts()
     ident = f" ({facts['cpu_id']})" if "cpu_id" in facts else ""
     flags = ",".join(f for f, present in facts.get("flags", {}).items() if present)
     l3 = f" L3 {facts['l3_mib']} MiB" if "l3_mib" in facts else ""
-    return (f"{facts['cpu']}{ident} [{flags}]{l3} x{facts['torch_threads']} torch {torch.__version__} "
-            f"timed in {TIMING}")
+    return f"{facts['cpu']}{ident} [{flags}]{l3} x{facts['torch_threads']}"
+
+
+def machine_key() -> str:
+    """What a measurement is only true for: the CPU (`cpu_name`), torch, and the way it was timed."""
+    return f"{cpu_name()} torch {torch.__version__} timed in {TIMING}"
+
+
+def device_name(device: torch.device) -> str:
+    """The machine a timing on `device` was taken on, for results files: the GPU's name or `cpu_name`, and torch."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return f"{name} torch {torch.__version__}"
 
 
 BUSY = 1.5  # the 1-minute load average per core above which timings are not kept: others hold half the machine
