@@ -911,3 +911,8 @@ def test_a_run_timed_on_two_machines_says_so(tiny, items, tmp_path):
     scores = json.loads(CliRunner().invoke(_app(), ["report", str(tmp_path), "--json"]).stdout)
     assert scores["origin"]["machine"] == f"{here} | NVIDIA H100 80GB HBM3 torch 2.11.0+cu130"
     assert scores["avg"]["machine"] == here
+    CliRunner().invoke(_app(), ["report", str(tmp_path), "--latex", str(tmp_path / "t.tex")])
+    comments = [line for line in (tmp_path / "t.tex").read_text().splitlines() if line.startswith("%")]
+    assert f'% model: "{tiny.path.resolve()}"' in comments and '% num_prompts: 2' in comments
+    assert "% method avg: {}" in comments and f"% timed on: {here}" in comments
+    assert "% timed on: NVIDIA H100 80GB HBM3 torch 2.11.0+cu130" in comments

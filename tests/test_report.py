@@ -384,7 +384,10 @@ def test_latex_table(tmp_path):
     run = _run_dir(tmp_path, _hand())
     shown = CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "t.tex")])
     assert shown.exit_code == 0, shown.output
-    tex = (tmp_path / "t.tex").read_text()
+    written = (tmp_path / "t.tex").read_text()
+    comments = [line for line in written.splitlines() if line.startswith("%")]  # what made the rows: run.json's
+    assert comments == ["% made by minirun report from a run with", '% bidirectional: false', '% model: "m"']
+    tex = written[written.index("\\begin{table}"):]
     assert tex.startswith("\\begin{table}") and "\\toprule" in tex and tex.rstrip().endswith("\\end{table}")
     rows = {line.split(" & ")[0]: line.split(" & ") for line in tex.splitlines() if " & " in line}
     assert list(rows)[:2] == ["Method", "origin"]  # the baseline first, then the methods compared with it

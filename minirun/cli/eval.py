@@ -128,6 +128,7 @@ def report_command(
     """Scores of a run: per method (95% intervals, paired tests vs origin), per relation, agreement."""
     from minirun.cli.sweep import report_sweep
     from minirun.eval import report
+    from minirun.eval.results import recorded_methods, recorded_run_key
     from minirun.eval.sweep import is_sweep
 
     if plot is not None:
@@ -141,7 +142,8 @@ def report_command(
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name
-        latex.write_text(report.latex(report.summarize(table), caption), encoding="utf-8")
+        provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table))
+        latex.write_text(provenance + report.latex(report.summarize(table), caption), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)
     warnings = [f"{method} has scored {answered} of the {total} items (an unfinished run): its accuracy and "

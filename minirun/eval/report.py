@@ -6,6 +6,7 @@ A table with a `model` column (a sweep) is summarised per (model, method), pairi
 within a model."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,12 +162,17 @@ def _check(df: pd.DataFrame) -> None:
                                "false or null; fix or delete that row")
 
 
+def timed_on(df: pd.DataFrame) -> list[str]:
+    """The machines a table's timed rows ran on (rows of runs before rows named theirs: none)."""
+    if "machine" not in df.columns:
+        return []
+    return sorted(df.loc[df["seconds"].notna(), "machine"].dropna().unique())
+
+
 def mixed_timing(df: pd.DataFrame) -> str | None:
     """A warning where a table's timed rows ran on more than one machine (a run resumed elsewhere, a sweep's models
     on two GPUs): its tokens/s and items/s then compare machines as well as methods."""
-    if "machine" not in df.columns:
-        return None
-    found = sorted(df.loc[df["seconds"].notna(), "machine"].dropna().unique())
+    found = timed_on(df)
     if len(found) < 2:
         return None
     return (f"tokens/s and items/s mix rows timed on {len(found)} machines ({'; '.join(found)}): compare throughput "
@@ -403,6 +409,16 @@ def fewer_shared(row: pd.Series) -> int | None:
     """How many items a row's difference from origin rests on, where fewer than the row's n (origin or the
     method unfinished): the count a reader needs beside that difference; None otherwise."""
     return int(row["n_vs_origin"]) if pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"] else None
+
+
+def provenance(run_key: dict, methods: dict[str, dict], machines: list[str]) -> str:
+    """LaTeX comment lines naming what made a table's rows: the run's settings as run.json records them (model
+    path and weights hash, dtype, device, dataset, prompts, few-shot hash, generation settings, template date, each
+    method's own), and the machines its rows were timed on, so a table in a paper's sources leads back to its run."""
+    lines = [f"% {key}: {json.dumps(value)}" for key, value in sorted(run_key.items())]
+    lines += [f"% method {name}: {json.dumps(settings, sort_keys=True)}" for name, settings in sorted(methods.items())]
+    lines += [f"% timed on: {machine}" for machine in machines]
+    return "".join(f"{line}\n" for line in ["% made by minirun report from a run with", *lines])
 
 
 def latex(scores: pd.DataFrame, caption: str) -> str:

@@ -159,6 +159,12 @@ def recorded_run_key(output_dir: str | Path) -> dict:
     return {} if info is None else info["run_key"]
 
 
+def recorded_methods(output_dir: str | Path) -> dict[str, dict]:
+    """Each method's own settings as a directory's run.json records them ({} where none is)."""
+    info = _run_info(Path(output_dir))
+    return {} if info is None else dict(info.get("methods") or {})
+
+
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
     method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how
