@@ -25,6 +25,7 @@ _NUMBER_MARKS = (
 
 
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
+THINK_START, THINK_END = "<think>", "</think>"  # a reasoning model's thinking (Qwen3, QwQ, DeepSeek-R1 distills)
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
 
@@ -73,10 +74,27 @@ def normalize(text: str) -> str:
     return " ".join(drop_article(clean(text).split()))
 
 
-def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:")) -> str:
-    """The answer part of a generation: text before the first stop string, without special
+def answer_start(text: str, reasoning: bool = False) -> int | None:
+    """Where the answer starts in generated text: past the thinking a reasoning model writes first — a block the
+    prompt left open (`reasoning`: DeepSeek-R1's template ends in <think>) or one the text opens with <think>
+    (Qwen3 thinking) — and the blank lines after its </think>; else at 0. None while that thinking goes on."""
+    if not (reasoning or text.lstrip().startswith(THINK_START)):
+        return 0
+    end = text.find(THINK_END)
+    if end < 0:
+        return None
+    after = text[end + len(THINK_END):]
+    return len(text) - len(after.lstrip())
+
+
+def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:"), reasoning: bool = False) -> str:
+    """The answer part of a generation: after any thinking (`answer_start`, `reasoning` as there; a </think> in the
+    text ends thinking too; no answer if it never ended), text before the first stop string, without special
     tokens, "A:"/"Answer:" labels, wrapping quotes or markdown, and trailing punctuation."""
-    text = _SPECIAL_TOKEN.sub("", text).lstrip()
+    start = answer_start(text, reasoning or THINK_END in text)
+    if start is None:
+        return ""
+    text = _SPECIAL_TOKEN.sub("", text[start:]).lstrip()
     # a stop with a leading space (" Q:") also stops at the very start, where the space went with the lstrip (or
     # with a SentencePiece decode of the first token): an answer that is a next question is no answer
     starts = (0 for s in stop if s[:1] == " " and s.strip() and text.startswith(s.strip()))

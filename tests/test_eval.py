@@ -916,3 +916,22 @@ def test_a_run_timed_on_two_machines_says_so(tiny, items, tmp_path):
     assert f'% model: "{tiny.path.resolve()}"' in comments and '% num_prompts: 2' in comments
     assert "% method avg: {}" in comments and f"% timed on: {here}" in comments
     assert "% timed on: NVIDIA H100 80GB HBM3 torch 2.11.0+cu130" in comments
+
+
+def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path):
+    """A DeepSeek-R1 distillation's template ends its prompt inside <think>: eval's stop at a new line then waits
+    for </think>, and an answer whose thinking never ended within max_new_tokens is empty, not the thinking's first
+    line. The weighted methods, which judge confidence on short samples of the answer, refuse such a model."""
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    template = ckpt / "chat_template.jinja"
+    plain = minirun.load(ckpt)
+    template.write_text(template.read_text().replace("assistant\\n", "assistant\\n<think>\\n"))
+    thinking = minirun.load(ckpt)
+    assert thinking.tokenizer.opens_reasoning() and not plain.tokenizer.opens_reasoning()
+    settings = {**SETTINGS, "max_new_tokens": 12}
+    before = evaluate(plain, items, ["origin"], tmp_path / "plain", **settings)
+    after = evaluate(thinking, items, ["origin"], tmp_path / "thinking", **settings)
+    stopped = before["generated"].str.len() < after["generated"].str.len()
+    assert (after["answer"] == "").all() and stopped.any() and (before["answer"] != "").any()
+    with pytest.raises(MinirunError, match="the weighted methods measure each prompt's confidence on 16-token"):
+        evaluate(thinking, items[:1], ["weighted_avg"], tmp_path / "weighted", **settings)

@@ -8,6 +8,7 @@ import minirun
 from minirun.engine.sampling import SamplingParams, filter_logits, sample
 from minirun.methods import EnsembleOptions, Question, confidence, run_method
 from minirun.methods.packing import encode_question
+from minirun.text import extract_answer
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +159,13 @@ class _Scripted:
         return torch.zeros(1, 4)
 
 
-def _stream(tokenizer, ids: list[int], stop: tuple[str, ...] = ()):
+def _stream(tokenizer, ids: list[int], stop: tuple[str, ...] = (), reasoning: bool = False):
     from minirun.engine.generate import Stopper, decode_loop
 
     script, pieces = iter(ids), []
     out = decode_loop(_Scripted(), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
-                      lambda logits, rows: torch.tensor([next(script)]), len(ids), Stopper(tokenizer, {2}, stop),
-                      on_text=pieces.append)
+                      lambda logits, rows: torch.tensor([next(script)]), len(ids),
+                      Stopper(tokenizer, {2}, stop, reasoning=reasoning), on_text=pieces.append)
     return out[0], pieces
 
 
@@ -296,3 +297,25 @@ def test_ids_as_numpy_or_tensor_rows_generate_as_lists_do(llm):
         llm.generate_ids([np.array([], dtype=int)], 3, SamplingParams())
     with pytest.raises(minirun.MinirunError, match="prompt 0 is not token ids"):
         llm.generate_ids([[5.5]], 3, SamplingParams())
+
+
+def test_stop_strings_count_in_the_answer_after_a_reasoning_models_thinking(smollm2_dir):
+    """Qwen3's thinking opens with <think>, a DeepSeek-R1 distillation's prompt leaves it open: either way the
+    thinking's new lines are no stop, the answer's first one is, and the text keeps the thinking (as transformers'
+    generate returns it). Rows of other models stop as before."""
+    from minirun.checkpoints.tokenizer import Tokenizer
+    from minirun.engine.generate import Stopper
+
+    tokenizer = Tokenizer(smollm2_dir)
+    say = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    thought = "<think>\nThe user asks for France's capital.\nIt is Paris.\n</think>\n\n"
+    for text, reasoning in ((thought, False), (thought.removeprefix("<think>\n"), True)):
+        stopper = Stopper(tokenizer, {2}, ("\n", " Q:"), reasoning=reasoning)
+        assert stopper.finish(say(text)) is None  # the blank lines after </think> are no answer yet
+        done = stopper.finish(say(text + "Paris\nQ: next"))
+        assert done[1:] == (text + "Paris", "stop") and extract_answer(done[1]) == "Paris"
+        done, pieces = _stream(tokenizer, say(text + "Paris\nQ: next"), ("\n",), reasoning)
+        assert "".join(pieces) == done.text == text + "Paris"
+    unfinished = Stopper(tokenizer, {2}, ("\n",)).finish(say("<think>\nStill thinking.\nMore") + [2])
+    assert unfinished[2] == "eos" and extract_answer(unfinished[1]) == ""  # thinking cut off: no answer
+    assert Stopper(tokenizer, {2}, ("\n",)).finish(say("Paris\n</think>"))[1] == "Paris"

@@ -155,3 +155,20 @@ def test_a_pinned_clock_renders_the_template_at_that_moment(checkpoint_dirs, tmp
             assert say() == "2025-01-02|q"
         assert say() == "2024-07-26|q"
     assert tok.clock is None
+
+
+def test_a_template_that_leaves_thinking_open_is_told_apart(checkpoint_dirs, tmp_path):
+    """DeepSeek-R1's distillations end the generation prompt inside <think>; Qwen3's switch either closes an empty
+    block (thinking off) or leaves the model to open one; a template without thinking never opens one."""
+    import shutil
+
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    template = ckpt / "chat_template.jinja"
+    plain = template.read_text()
+    assert not Tokenizer(ckpt).opens_reasoning() and not Tokenizer(ckpt).opens_reasoning(True)
+    template.write_text(plain.replace("assistant\\n", "assistant\\n<think>\\n"))
+    assert Tokenizer(ckpt).opens_reasoning() and Tokenizer(ckpt).opens_reasoning(False)
+    template.write_text(plain.replace("assistant\\n", "assistant\\n{% if enable_thinking is defined and not "
+                                      "enable_thinking %}<think>\\n\\n</think>\\n\\n{% endif %}"))
+    assert "</think>" in Tokenizer(ckpt).apply_chat_template([{"role": "user", "content": "q"}], enable_thinking=False)
+    assert not any(Tokenizer(ckpt).opens_reasoning(thinking) for thinking in (None, True, False))

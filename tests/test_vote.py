@@ -270,3 +270,12 @@ def test_an_eval_vote_row_shows_the_answer_most_prompts_gave(checkpoint_dirs, tm
     assert (rows.loc["vote", "answer"], bool(rows.loc["vote", "correct"])) == ("Lyon", True)
     assert rows.loc["vote", "generated"] == "Lyon" and list(rows.loc["vote", "per_prompt_correct"]) == [False, True, True]
     assert rows.loc["vote", "tokens"] == rows.loc["per_prompt", "tokens"] == 4
+
+
+def test_answers_are_compared_past_a_reasoning_models_thinking():
+    from minirun.methods.vote import answer_key
+
+    assert answer_key("<think>\nHmm.\nParis?\n</think>\n\nParis.") == answer_key("Paris") == "paris"
+    assert answer_key("So it is Rome.\n</think>\n\nRome") == "rome"  # thinking the prompt opened, ended
+    assert answer_key("Still thinking", reasoning=True) is None and answer_key("Still thinking") == "still thinking"
+    assert answer_key("<think>\nStill thinking") is None

@@ -13,6 +13,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 from minirun.errors import MinirunError
+from minirun.text import THINK_END, THINK_START
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -86,6 +87,15 @@ class Tokenizer:
     def reads_clock(self) -> bool:
         """Whether the chat template writes the date (Llama 3.2's "Today Date:"), so a prompt depends on the day."""
         return self.chat_template is not None and "strftime_now" in self.chat_template
+
+    def opens_reasoning(self, thinking: bool | None = None) -> bool:
+        """Whether the chat template's generation prompt leaves a <think> block open (DeepSeek-R1's distillations
+        do, whatever `thinking` says), so every answer begins with the model's thinking."""
+        if self.chat_template is None:
+            return False
+        switch = {} if thinking is None else {"enable_thinking": thinking}
+        prompt = self.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True, **switch)
+        return prompt.rfind(THINK_START) > prompt.rfind(THINK_END)
 
     @contextmanager
     def pinned_clock(self, moment: datetime | None) -> Iterator[None]:

@@ -209,7 +209,8 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
         return
     if result.chosen is not None:  # the vote's answer, and who voted for what (the answers as compared) on stderr
         for i, (prompt, answer) in enumerate(zip(result.prompts, result.answers)):
-            mark, shown = "*" if i == result.chosen else " ", extract_answer(answer) or "(no answer)"
+            shown = extract_answer(answer, reasoning=llm.opens_reasoning(options.chat, options.thinking))
+            mark, shown = "*" if i == result.chosen else " ", shown or "(no answer)"
             err.print(f"[dim]{mark} {escape(f'[{prompt}] {shown}')}[/dim]", highlight=False)
         print(result.text.strip())
     elif result.answers is not None:

@@ -12,6 +12,7 @@ from minirun.engine.session import Session
 from minirun.errors import MinirunError
 from minirun.layers.compiled import capture
 from minirun.layers.masks import PAD, SHARED
+from minirun.text import answer_start
 
 
 @dataclass
@@ -79,12 +80,15 @@ def stop_strings(stop: str | tuple[str, ...] | list[str] | None) -> tuple[str, .
 @dataclass
 class Stopper:
     """When a row is done: an eos id, or a stop string in its text (text is cut before it). A stop string
-    that is a special token (`<|endoftext|>`) is matched by its id in `stop_ids`, as the text skips it."""
+    that is a special token (`<|endoftext|>`) is matched by its id in `stop_ids`, as the text skips it. Stop
+    strings are looked for in the answer only, past a reasoning model's thinking (`text.answer_start`;
+    `reasoning`: the prompt left a <think> block open), whose lines would otherwise end it at once."""
 
     tokenizer: Tokenizer
     eos_ids: set[int]
     stop_strings: tuple[str, ...] = ()
     stop_ids: frozenset[int] = frozenset()
+    reasoning: bool = False
 
     def finish(self, ids: list[int]) -> tuple[list[int], str, str] | None:
         """(ids, text, reason) when `ids` is finished, else None: whichever comes first of an eos id and
@@ -102,8 +106,11 @@ class Stopper:
         return ids[:end + 1], self.text(before), "eos" if ids[end] in self.eos_ids else "stop"
 
     def stop_at(self, text: str) -> int | None:
-        """Where the first stop string in `text` starts, if one does."""
-        return min((text.find(s) for s in self.stop_strings if s in text), default=None)
+        """Where the first stop string in `text`'s answer starts, if one does."""
+        start = answer_start(text, self.reasoning)
+        if start is None or not self.stop_strings:
+            return None
+        return min((i for s in self.stop_strings if (i := text.find(s, start)) >= 0), default=None)
 
     def streamable(self, text: str) -> str:
         """What of an unfinished row's text can be shown: not a trailing character whose bytes are still

@@ -102,11 +102,18 @@ class LLM:
         finally:
             self.prompts = previous
 
-    def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Stopper:
-        """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string."""
+    def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False,
+                reasoning: bool = False) -> Stopper:
+        """Ends a row at eos (unless `ignore_eos`: benchmarks need exactly N tokens) or a stop string in its answer
+        (`reasoning`: after the thinking its prompt left open)."""
         stop = stop_strings(stop)
         specials = frozenset(i for s in stop if (i := self.tokenizer.special_id(s)) is not None)
-        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, stop, specials)
+        return Stopper(self.tokenizer, set() if ignore_eos else self.eos_ids, stop, specials, reasoning)
+
+    def opens_reasoning(self, chat: bool | None, thinking: bool | None) -> bool:
+        """Whether prompts rendered so (`prompt_ids`' chat and thinking) leave the model thinking first."""
+        uses_template = chat if chat is not None else self.tokenizer.chat_template is not None
+        return bool(uses_template) and self.tokenizer.opens_reasoning(thinking)
 
     @torch.inference_mode()
     def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,
@@ -125,13 +132,15 @@ class LLM:
             raise MinirunError(f"prompt {bad[0]} is {'empty' if isinstance(batch[bad[0]], str) else 'not text'}: "
                                "every prompt needs some text")
         ids = [self.fit(self.prompt_ids(p, chat, thinking), max_new_tokens, truncate) for p in batch]
-        results = self.generate_ids(ids, max_new_tokens, params, stop, on_text)
+        results = self.generate_ids(ids, max_new_tokens, params, stop, on_text, self.opens_reasoning(chat, thinking))
         return results[0] if single else results
 
     @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
-                     stop: tuple[str, ...] | list[str] = (), on_text: Callable[[str], None] | None = None) -> list[Completion]:
-        """Independent rows of different lengths, left-padded into one batch."""
+                     stop: tuple[str, ...] | list[str] = (), on_text: Callable[[str], None] | None = None,
+                     reasoning: bool = False) -> list[Completion]:
+        """Independent rows of different lengths, left-padded into one batch (`reasoning`: their prompts leave the
+        model thinking first, and stop strings count after its thinking)."""
         vocab = self.config.vocab_size
         for i, ids in enumerate(prompts):  # `generate` fitted its prompts; ids given here directly are checked here
             try:  # lists, numpy arrays or tensors of whole numbers
@@ -148,7 +157,8 @@ class LLM:
         logits = session.prefill(layout.tokens, layout.positions, layout.segments)
         generator = params.generator(self.device)
         results = decode_loop(session, logits, layout.next_positions, lambda l, rows: sample(l, params, generator),
-                              max_new_tokens, self.stopper(stop), on_text=on_text, deterministic=params.greedy)
+                              max_new_tokens, self.stopper(stop, reasoning=reasoning), on_text=on_text,
+                              deterministic=params.greedy)
         for result, ids in zip(results, prompts):
             result.prompt_tokens = len(ids)
         return results

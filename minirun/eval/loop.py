@@ -522,10 +522,13 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
 
 def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                    matcher: Matcher, bidirectional: bool, original: bool, twins: Twins) -> list[dict]:
+    reasoning = llm.opens_reasoning(options.chat, options.thinking)  # answers come after thinking the prompt opened
     with _naming(batch):
         results = twins.run(method, "generate", (questions,), options,
-                            lambda: run_method(llm, method, questions, options), lambda r: answered_as(r, method))
-    answers = [[extract_answer(a, STOP) for a in (r.answers if r.answers is not None else [r.text])] for r in results]
+                            lambda: run_method(llm, method, questions, options),
+                            lambda r: answered_as(r, method, reasoning))
+    answers = [[extract_answer(a, STOP, reasoning) for a in (r.answers if r.answers is not None else [r.text])]
+               for r in results]
     predictions = [x for a in answers for x in a]
     golds = [item.answers for item, a in zip(batch, answers) for _ in a]
     # Both rules from one spaCy pass: the second call finds every lemma in the matcher's cache.

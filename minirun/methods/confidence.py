@@ -86,6 +86,10 @@ def weights_for(llm: EnsembleModel, method: str, encoded: list[Encoded],
 
 def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: EnsembleOptions, same: SameAnswer = normalised_equal) -> list[list[float]]:
     """Per question, per paraphrase confidence, read from / written to the on-disk cache."""
+    if options.thinking or llm.opens_reasoning(options.chat, options.thinking):
+        raise MinirunError(f"the weighted methods measure each prompt's confidence on {options.confidence_tokens}"
+                           "-token samples of its answer, and a reasoning model thinks first: turn thinking off, or "
+                           "give the confidences (EnsembleOptions.confidences)")
     limit = llm.config.max_position_embeddings
     longest = [max(len(enc.full(i)) for i in range(len(enc.paraphrases))) for enc in encoded]
     worst = longest.index(max(longest))

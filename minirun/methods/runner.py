@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from minirun.engine.generate import Completion, Layout, Row, decode_loop, plain_row, stack_rows
+from minirun.engine.generate import Completion, Layout, Row, Stopper, decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError, PromptTooLong
@@ -270,14 +270,19 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
         return sample(scores, params, generator)[where.row_group]  # every row carries its question's token
 
     completions = decode_loop(session, logits, layout.next_positions, choose, options.max_new_tokens,
-                              llm.stopper(options.stop, options.ignore_eos), groups=groups if fused else None,
+                              stopper(llm, options), groups=groups if fused else None,
                               deterministic=params.greedy)
-    results = []
+    results, reasoning = [], llm.opens_reasoning(options.chat, options.thinking)
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
         results.append(_result(method, mine, p, prompt_tokens(encoded[qi], head), confidences[qi] if confidences else None,
-                               layer))
+                               layer, reasoning))
     return results
+
+
+def stopper(llm: EnsembleModel, options: EnsembleOptions) -> Stopper:
+    """The rows' stop rule: eos or `options.stop` in the answer, past any thinking their prompts leave open."""
+    return llm.stopper(options.stop, options.ignore_eos, reasoning=llm.opens_reasoning(options.chat, options.thinking))
 
 
 def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str]], options: EnsembleOptions,
@@ -289,7 +294,7 @@ def _run_flex(llm: EnsembleModel, encoded: list[Encoded], prompts: list[list[str
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     completions = decode_loop(session, logits, layout.next_positions, lambda l, rows: sample(l, params, generator),
-                              options.max_new_tokens, llm.stopper(options.stop, options.ignore_eos),
+                              options.max_new_tokens, stopper(llm, options),
                               deterministic=params.greedy)
     return [_result("flex", [c], p, (len(head) if head else 0) + len(r.tokens))
             for c, p, r in zip(completions, prompts, rows)]
@@ -315,11 +320,11 @@ def prompt_tokens(enc: Encoded, head: list[int] | None) -> int:
 
 
 def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,
-            confidences: list[float] | None = None, layer: int | None = None) -> MethodResult:
-    """A question's result: its one completion, per_prompt's first prompt's, or the vote's winner, with every
-    prompt's answer kept where each was decoded on its own."""
+            confidences: list[float] | None = None, layer: int | None = None, reasoning: bool = False) -> MethodResult:
+    """A question's result: its one completion, per_prompt's first prompt's, or the vote's winner (answers compared
+    past the thinking a `reasoning` prompt left open), with every prompt's answer kept where each was decoded alone."""
     every = method in EVERY_ANSWER
-    chosen = plurality([answer_key(c.text) for c in completions]) if method == "vote" else None
+    chosen = plurality([answer_key(c.text, reasoning) for c in completions]) if method == "vote" else None
     shown = completions[chosen or 0]
     return MethodResult(method, shown.text, shown.token_ids, shown.finish_reason, prompt_tokens, prompts,
                         [c.text for c in completions] if every else None, confidences,
@@ -327,11 +332,13 @@ def _result(method: str, completions: list[Completion], prompts: list[str], prom
                         [c.finish_reason for c in completions] if every else None)
 
 
-def answered_as(result: MethodResult, method: str) -> MethodResult:
+def answered_as(result: MethodResult, method: str, reasoning: bool = False) -> MethodResult:
     """A per_prompt or vote result as the other method's: both decode every prompt alone, the same tokens, and
-    differ only in the answer they show (an evaluation running both decodes the prompts once)."""
+    differ only in the answer they show (an evaluation running both decodes the prompts once; `reasoning` as for
+    `_result`)."""
     if result.method not in EVERY_ANSWER or method not in EVERY_ANSWER:
         raise ValueError(f"only per_prompt and vote results are each other's, not {result.method} as {method}")
     completions = [Completion(*c) for c in zip(result.answers, result.answer_token_ids, result.finish_reasons,
                                                strict=True)]
-    return _result(method, completions, result.prompts, result.prompt_tokens, result.confidences, result.fusion_layer)
+    return _result(method, completions, result.prompts, result.prompt_tokens, result.confidences, result.fusion_layer,
+                   reasoning)

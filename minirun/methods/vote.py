@@ -22,11 +22,11 @@ def plurality(keys: Sequence[Hashable | None]) -> int:
     return next(i for i, k in enumerate(keys) if k is not None and counts[k] == most)
 
 
-def answer_key(text: str) -> str | None:
-    """What two generations are compared on: the answer eval extracts (`extract_answer`: the first line, cut before
-    any " Q:", without special tokens, an "A:" label, wrapping quotes or markdown and trailing punctuation) under
-    `normalize`, as report's consistency compares them; None when nothing is left."""
-    return normalize(extract_answer(text)) or None
+def answer_key(text: str, reasoning: bool = False) -> str | None:
+    """What two generations are compared on: the answer eval extracts (`extract_answer`: past any thinking, the first
+    line, cut before any " Q:", without special tokens, an "A:" label, wrapping quotes or markdown and trailing
+    punctuation) under `normalize`, as report's consistency compares them; None when nothing is left."""
+    return normalize(extract_answer(text, reasoning=reasoning)) or None
 
 
 def vote_shares(picks: Sequence[int], options: int) -> list[float]:
