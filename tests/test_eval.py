@@ -875,18 +875,21 @@ def test_a_template_that_writes_the_date_keeps_the_day_the_run_began(checkpoint_
     monkeypatch.setattr(llm.tokenizer, "apply_chat_template",
                         lambda *a, **k: rendered.append(render(*a, **k)) or rendered[-1])
     evaluate(llm, items, ["origin"], tmp_path / "run", **SETTINGS)
-    assert rendered and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    asked = [text for text in rendered if "\nQ: " in text]  # the questions, not the template probed
+    assert asked and all("Today Date: 06 Dec 2026" in text for text in asked)
     monkeypatch.setattr(Clock, "day", 7)
     rendered.clear()
     assert "Today Date: 07 Dec 2026" in render([{"role": "user", "content": "hi"}])  # generate: today, as transformers
     evaluate(llm, items, ["origin", "avg"], tmp_path / "run", **SETTINGS)  # resumed the next day
-    assert rendered and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    asked = [text for text in rendered if "\nQ: " in text]  # the questions, not the template probed
+    assert asked and all("Today Date: 06 Dec 2026" in text for text in asked)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["run_key"]["template_date"] == "2026-12-06"
     evaluate(minirun.load(checkpoint_dirs["qwen2"]), items[:1], ["origin"], tmp_path / "plain", **SETTINGS)
     assert "template_date" not in json.loads((tmp_path / "plain" / "run.json").read_text())["run_key"]
     rendered.clear()  # a day asked for: a paper's prompts rebuilt on any day
     evaluate(llm, items[:2], ["origin"], tmp_path / "asked", template_date="2024-07-26", **SETTINGS)
-    assert rendered and all("Today Date: 26 Jul 2024" in text for text in rendered)
+    asked = [text for text in rendered if "\nQ: " in text]  # the questions, not the template probed
+    assert asked and all("Today Date: 26 Jul 2024" in text for text in asked)
     with pytest.raises(MinirunError, match=re.escape("template_date: '2024-07-26' -> '2024-07-27'")):
         evaluate(llm, items[:2], ["origin"], tmp_path / "asked", template_date="2024-07-27", **SETTINGS)
     with pytest.raises(MinirunError, match=r"^template date '26/07/2024' is not a day as YYYY-MM-DD: give e\.g\."):
@@ -933,5 +936,12 @@ def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items,
     after = evaluate(thinking, items, ["origin"], tmp_path / "thinking", **settings)
     stopped = before["generated"].str.len() < after["generated"].str.len()
     assert (after["answer"] == "").all() and stopped.any() and (before["answer"] != "").any()
+    record = json.loads((tmp_path / "thinking" / "run.json").read_text())
+    assert record["run_key"]["answers"] == "after thinking" and "answers" not in json.loads(
+        (tmp_path / "plain" / "run.json").read_text())["run_key"]
+    del record["run_key"]["answers"]  # as a minirun before answers came after the thinking wrote it
+    (tmp_path / "thinking" / "run.json").write_text(json.dumps(record))
+    with pytest.raises(MinirunError, match="took a reasoning model's answers from its thinking's first line"):
+        evaluate(thinking, items, ["origin"], tmp_path / "thinking", **settings)
     with pytest.raises(MinirunError, match="the weighted methods measure each prompt's confidence on 16-token"):
         evaluate(thinking, items[:1], ["weighted_avg"], tmp_path / "weighted", **settings)

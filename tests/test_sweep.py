@@ -756,7 +756,8 @@ def test_a_sweep_resumed_another_day_asks_a_new_cell_in_the_words_of_the_first_d
                         lambda *a, **k: rendered.append(render(*a, **k)) or rendered[-1])
     run_sweep(load_sweep_file(_file(tmp_path, head + origin + avg, "b.toml")), tmp_path / "s", lambda _: llm,
               progress=False)
-    assert rendered and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    asked = [text for text in rendered if "\nQ: " in text]  # the questions, not the template probed
+    assert asked and all("Today Date: 06 Dec 2026" in text for text in asked)
     cells = tmp_path / "s" / "dated" / "sample-qa"
     assert {json.loads((cells / m / "run.json").read_text())["run_key"]["template_date"] for m in ("origin", "avg")} \
         == {"2026-12-06"}

@@ -239,6 +239,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
+    if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
+        run_key["answers"] = "after thinking"
     if chat is not False and llm.tokenizer.reads_clock:  # the template writes the day: the run keeps its first one
         run_key["template_date"] = (template_date or recorded_run_key(output_dir).get("template_date")
                                     or date.today().isoformat())
