@@ -377,9 +377,21 @@ def test_a_dated_template_rewrites_every_item_at_the_files_first_day(long_contex
     paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
     monkeypatch.setattr(Clock, "day", 7)
     paraphrase_file(llm, items()[:2], out, num=2, max_new_tokens=6)
-    assert len(rendered) == 2 and all("Today Date: 06 Dec 2026" in text for text in rendered)
+    asked = [text for text in rendered if "Rewrite" in text]  # the rewrite prompts, not the template probed
+    assert len(asked) == 2 and all("Today Date: 06 Dec 2026" in text for text in rendered)
     assert [json.loads(line)["template_date"] for line in out.read_text().splitlines()] == ["2026-12-06"] * 2
     with pytest.raises(minirun.MinirunError, match=r"other settings \(.*template date"):
         paraphrase_file(llm, items()[:3], out, num=2, max_new_tokens=6, template_date="2026-12-07")
     result = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(tmp_path / "q.jsonl"), "--template-date", "x"])
     assert result.exit_code == 1 and "template date 'x' is not a day as YYYY-MM-DD" in result.output
+
+
+def test_a_template_that_opens_thinking_rewrites_past_it(long_context, tmp_path, sampled):
+    """A DeepSeek-R1 distillation thinks before any rewrite, whatever the switch says: a new line of its thinking is
+    no rewrite, so a rewrite whose thinking never ended within max_new_tokens is none (it was the thinking's first
+    line, which the filters could keep)."""
+    ckpt = shutil.copytree(long_context, tmp_path / "ckpt")
+    template = ckpt / "chat_template.jinja"
+    template.write_text(template.read_text().replace("assistant\\n", "assistant\\n<think>\\n"))
+    out = rewrite_batch(minirun.load(ckpt), items(), 4, 1.5, 0.9, 12, 0)
+    assert all(r == "" for rs in out for r in rs) and all(c.finish_reason != "stop" for c in sampled)

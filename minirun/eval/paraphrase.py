@@ -20,14 +20,14 @@ from typing import IO
 import torch
 
 from minirun.checkpoints.tokenizer import template_day
-from minirun.engine.generate import decode_loop, plain_row, stack_rows
+from minirun.engine.generate import Completion, decode_loop, plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict
 from minirun.eval.results import drop_torn_line, lock_exclusively
-from minirun.text import first_line, normalize
+from minirun.text import answer_start, first_line, normalize
 
 INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
                "different sentence structure. Reply with the rewritten question only.")
@@ -156,9 +156,18 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
     def choose(step_logits: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
         return torch.cat([sample(step_logits[i:i + 1], params, generators[r]) for i, r in enumerate(rows)])
 
-    done = decode_loop(session, logits, layout.next_positions, choose, max_new_tokens, llm.stopper(("\n",)))
-    return [[clean_rewrite(c.text) if c.finish_reason != "length" else "" for c in done[i * num:(i + 1) * num]]
-            for i in range(len(items))]
+    reasoning = llm.opens_reasoning(None, False)  # a template that opens thinking whatever the switch (R1 distills)
+    done = decode_loop(session, logits, layout.next_positions, choose, max_new_tokens,
+                       llm.stopper(("\n",), reasoning=reasoning))
+    return [[_rewrite(c, reasoning) for c in done[i * num:(i + 1) * num]] for i in range(len(items))]
+
+
+def _rewrite(completion: Completion, reasoning: bool) -> str:
+    """A finished rewrite's text past any thinking; an unfinished one, or one still thinking, is none."""
+    start = answer_start(completion.text, reasoning)
+    if completion.finish_reason == "length" or start is None:
+        return ""
+    return clean_rewrite(completion.text[start:])
 
 
 def kept_rewrites(rewrites: list[str], item: Item) -> list[str]:
