@@ -332,6 +332,10 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     assert latex.exit_code == 0, latex.output
     tex = (tmp_path / "s.tex").read_text()  # a table per dataset, a row per (model, method)
     assert tex.count("\\begin{table}") == 2 and "Model & Method & Accuracy" in tex and "qwen2 & flex-restart &" in tex
+    comments = tex.splitlines()  # before each table, per model: what made its rows (the cells' run.json)
+    assert comments.count("% made by minirun report from model qwen2's runs with") == 2
+    assert '% method flex-restart: {"flex_bias": null, "positions": "restart"}' in comments
+    assert '% dataset: "sample-fill"' in comments and any(line.startswith("% timed on: ") for line in comments)
     csv = pd.read_csv(tmp_path / "s.csv")  # one header row, a row per (dataset, method, model)
     assert list(csv.columns[:4]) == ["dataset", "method", "model", "accuracy"] and len(csv) == 2 * 2 * 2
     assert csv["n"].dtype.kind == "i" and csv.loc[csv["method"] == "origin", "diff_vs_origin"].isna().all()

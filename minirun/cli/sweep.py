@@ -45,7 +45,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped
-    from minirun.eval.sweep import load_sweep, plot_sweep, sweep_table, unfinished_cells
+    from minirun.eval.sweep import load_sweep, plot_sweep, sweep_provenance, sweep_table, unfinished_cells
 
     raw = load_sweep(run_dir)
     table = select_choice_score(select_match(raw, match), choice_score)
@@ -56,8 +56,9 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
         plot_sweep(table, plot)
     if latex is not None:
         rows = scores_long(scores)
-        latex.write_text("\n".join(latex_table(part.set_index(["model", "method"]), f"{dataset} ({run_dir.resolve().name})")
-                                   for dataset, part in rows.groupby("dataset", sort=False)), encoding="utf-8")
+        latex.write_text("\n".join(sweep_provenance(run_dir, table, dataset) + latex_table(
+            part.set_index(["model", "method"]), f"{dataset} ({run_dir.resolve().name})")
+            for dataset, part in rows.groupby("dataset", sort=False)), encoding="utf-8")
     warnings = []
     if single_prompt_dropped(raw, table):
         warnings.append("single-prompt figures left out: per-prompt correctness is recorded under each run's "

@@ -31,8 +31,10 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
-from minirun.eval.report import CALIBRATION, PAIRED, method_label, paired_difference, summarize
-from minirun.eval.results import OtherRun, integer_columns, journal_paths, merge, read_results, recorded_run_key
+from minirun.eval.report import (CALIBRATION, PAIRED, method_label, paired_difference, provenance, summarize,
+                                 timed_on)
+from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
+                                  recorded_run_key)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 from minirun.paths import write_atomic
 
@@ -114,6 +116,24 @@ def unfinished_cells(output: str | Path) -> list[str]:
         if not (output / folder / "done.json").is_file() or rows["id"].nunique() < rows.attrs.get("items", 0):
             out.append(folder)
     return out
+
+
+def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> str:
+    """`report.provenance` of one dataset's table in a sweep: per model, the run key its cells share (they differ
+    only in their method's settings), each cell's method settings under its label, and the machines that timed it."""
+    output = Path(output)
+    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    blocks = []
+    for model in dict.fromkeys(c["model"] for c in index["cells"] if c["dataset"] == dataset):
+        cells = [c for c in index["cells"] if c["dataset"] == dataset and c["model"] == model
+                 and (output / c["dir"] / "run.json").is_file()]
+        if not cells:
+            continue
+        methods = {c["label"]: next(iter(recorded_methods(output / c["dir"]).values()), {}) for c in cells}
+        rows = table[(table["model"] == model) & (table["dataset"] == dataset)]
+        blocks.append(provenance(recorded_run_key(output / cells[0]["dir"]), methods, timed_on(rows),
+                                 f"model {model}'s runs"))
+    return "".join(blocks)
 
 
 def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM], *, progress: bool = True,
