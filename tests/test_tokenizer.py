@@ -168,6 +168,10 @@ def test_a_template_that_leaves_thinking_open_is_told_apart(checkpoint_dirs, tmp
     assert not Tokenizer(ckpt).opens_reasoning() and not Tokenizer(ckpt).opens_reasoning(True)
     template.write_text(plain.replace("assistant\\n", "assistant\\n<think>\\n"))
     assert Tokenizer(ckpt).opens_reasoning() and Tokenizer(ckpt).opens_reasoning(False)
+    tok, renders = Tokenizer(ckpt), []
+    render = tok.apply_chat_template
+    tok.apply_chat_template = lambda *a, **k: renders.append(1) or render(*a, **k)
+    assert all(tok.opens_reasoning(False) for _ in range(3)) and len(renders) == 1  # asked per batch: rendered once
     template.write_text(plain.replace("assistant\\n", "assistant\\n{% if enable_thinking is defined and not "
                                       "enable_thinking %}<think>\\n\\n</think>\\n\\n{% endif %}"))
     assert "</think>" in Tokenizer(ckpt).apply_chat_template([{"role": "user", "content": "q"}], enable_thinking=False)

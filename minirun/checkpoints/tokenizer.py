@@ -40,6 +40,11 @@ def template_day(text: str) -> datetime:
         raise MinirunError(f"template date {text!r} is not a day as YYYY-MM-DD: give e.g. 2024-07-26") from None
 
 
+def day_text(text: str) -> str:
+    """A `--template-date` checked and written as run keys hold it: 2024-7-26 is 2024-07-26."""
+    return template_day(text).date().isoformat()
+
+
 class GenerationTag(jinja2.ext.Extension):
     """transformers' `{% generation %}...{% endgeneration %}`, which marks an assistant's text for training
     masks: rendered as its body, as transformers renders it when no mask is asked for."""
@@ -82,6 +87,7 @@ class Tokenizer:
         self.chat_template = self._find_template(checkpoint, config)
         self._template: jinja2.Template | None = None  # compiled at first use: --raw never needs it
         self.clock: datetime | None = None  # what the template's strftime_now reads (None: now, as transformers)
+        self._opens: dict[bool | None, bool] = {}  # `opens_reasoning` by thinking switch: the template never changes
 
     @property
     def reads_clock(self) -> bool:
@@ -93,9 +99,11 @@ class Tokenizer:
         do, whatever `thinking` says), so every answer begins with the model's thinking."""
         if self.chat_template is None:
             return False
-        switch = {} if thinking is None else {"enable_thinking": thinking}
-        prompt = self.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True, **switch)
-        return prompt.rfind(THINK_START) > prompt.rfind(THINK_END)
+        if thinking not in self._opens:  # asked per batch and per stop rule: rendered once
+            switch = {} if thinking is None else {"enable_thinking": thinking}
+            prompt = self.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True, **switch)
+            self._opens[thinking] = prompt.rfind(THINK_START) > prompt.rfind(THINK_END)
+        return self._opens[thinking]
 
     @contextmanager
     def pinned_clock(self, moment: datetime | None) -> Iterator[None]:

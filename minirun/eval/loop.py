@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from minirun.checkpoints.loader import checkpoint_digest
-from minirun.checkpoints.tokenizer import template_day
+from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
@@ -186,7 +186,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if benchmark is not None and benchmark not in NAMES:
         raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
     if template_date is not None:
-        template_date = template_day(template_date).date().isoformat()  # 2024-7-26 is 2024-07-26
+        template_date = day_text(template_date)
     if benchmark is not None and dataset in NAMES:
         raise MinirunError(f"a benchmark asks a file's items as that dataset asks its own; {dataset} is a named "
                            "dataset, asked as itself: drop the benchmark")

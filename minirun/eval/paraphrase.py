@@ -19,7 +19,7 @@ from typing import IO
 
 import torch
 
-from minirun.checkpoints.tokenizer import template_day
+from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.generate import Completion, decode_loop, plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import SamplingParams, sample
@@ -215,7 +215,7 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
     check_sampling(num, temperature, top_p)
     if template_date is not None:
-        template_date = template_day(template_date).date().isoformat()  # 2024-7-26 is 2024-07-26
+        template_date = day_text(template_date)
     settings = (llm, dataset, num, temperature, top_p, max_new_tokens, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     made = not out.exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from minirun.checkpoints.hub import DEFAULT_MODEL
 from minirun.checkpoints.loader import DTYPES, checked_device
-from minirun.checkpoints.tokenizer import template_day
+from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, text_lines
@@ -115,7 +115,7 @@ def parse_sweep(data: dict) -> Sweep:
     gen = Generation(**_checked(Generation, generation, "generation"))
     if gen.template_date is not None:
         try:
-            gen = dataclasses.replace(gen, template_date=template_day(gen.template_date).date().isoformat())
+            gen = dataclasses.replace(gen, template_date=day_text(gen.template_date))
         except MinirunError as e:
             raise MinirunError(f"generation template_date: {e}") from None
     for key in ("max_new_tokens", "batch_size"):

@@ -14,11 +14,11 @@ def inv_frequencies(dim: int, theta: float, scaling: dict | None = None) -> torc
     if kind == "dynamic":  # NTK: the base stretched for the context; never longer than max_position_embeddings here
         context = scaling["max_position_embeddings"]
         theta = theta * ((scaling["factor"] * context / context) - (scaling["factor"] - 1)) ** (dim / (dim - 2))
+    if kind == "yarn":
+        return yarn_frequencies(dim, theta, scaling)
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     if kind == "linear":
         return inv_freq / scaling["factor"]
-    if kind == "yarn":
-        return yarn_frequencies(dim, theta, scaling)
     if kind == "llama3":
         factor = scaling["factor"]
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
