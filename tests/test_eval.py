@@ -22,12 +22,13 @@ from smollm2_fixture import smollm2_dir, smollm2_gguf  # noqa: F401  (session fi
 from typer.testing import CliRunner
 
 import minirun
+from minirun.checkpoints.loader import write_source
 from minirun.cli.eval import register
 from minirun.errors import MinirunError
 from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
-from minirun.eval.results import ResultStore
+from minirun.eval.results import ResultStore, recorded_source
 from minirun.layers.calibrate import device_name
 from minirun.methods import MethodResult
 from minirun.models import Decoder
@@ -919,6 +920,24 @@ def test_a_run_timed_on_two_machines_says_so(tiny, items, tmp_path):
     assert f'% model: "{tiny.path.resolve()}"' in comments and '% num_prompts: 2' in comments
     assert "% method avg: {}" in comments and f"% timed on: {here}" in comments
     assert "% timed on: NVIDIA H100 80GB HBM3 torch 2.11.0+cu130" in comments
+
+
+def test_a_run_names_the_upload_its_model_came_from(checkpoint_dirs, items, tmp_path):
+    """A hub repo's files change under one name: run.json keeps the commit `pull` recorded (the first one, should a
+    re-pull of the same files at a later commit resume it) and `report --latex` heads the table with it."""
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "ckpt")
+    first = {"hub": "org/model", "revision": "v1", "commit": "a" * 40}
+    write_source(ckpt, first)
+    evaluate(minirun.load(ckpt), items[:2], ["origin"], tmp_path / "run", **SETTINGS)
+    assert recorded_source(tmp_path / "run") == first
+    write_source(ckpt, {**first, "revision": None, "commit": "b" * 40})  # the same bytes, pulled again later
+    evaluate(minirun.load(ckpt), items[:2], ["origin", "avg"], tmp_path / "run", **SETTINGS)
+    assert recorded_source(tmp_path / "run") == first
+    CliRunner().invoke(_app(), ["report", str(tmp_path / "run"), "--latex", str(tmp_path / "t.tex")])
+    comments = [line for line in (tmp_path / "t.tex").read_text().splitlines() if line.startswith("%")]
+    assert f"% model source: {json.dumps(first, sort_keys=True)}" in comments
+    evaluate(minirun.load(checkpoint_dirs["qwen2"]), items[:2], ["origin"], tmp_path / "made", **SETTINGS)
+    assert recorded_source(tmp_path / "made") is None  # a folder no pull or convert made: nothing to cite
 
 
 def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path):

@@ -86,11 +86,11 @@ def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
 
 
 def test_eval_flow(models_dir, tmp_path):
-    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct", "restart",
+    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct@v1.0", "restart",
                "", "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "16"]
     argv, echoed, prompts = drive(answers, models_dir)
     assert argv == ["eval", "--method", "origin", "--method", "avg", "--method", "flex", "--data", "sample-fill",
-                    "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--positions", "restart", "--num-prompts", "3",
+                    "--model", "Qwen/Qwen2.5-0.5B-Instruct@v1.0", "--positions", "restart", "--num-prompts", "3",
                     "--max-samples", "10", "--few-shot-k", "2", "--output", str(tmp_path / "out.jsonl"),
                     "--max-new-tokens", "16"]  # the method's own settings are asked as for generate
     assert ("prompts per question (the question and its paraphrases)", "5") in prompts

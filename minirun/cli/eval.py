@@ -48,7 +48,8 @@ def eval_command(
                                             "`minirun paraphrase`: --benchmark mmlu)."),
     method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m",
                                      help="Method to run (repeatable, or comma-separated: -m origin,avg)."),
-    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "
+                                         "$MINIRUN_MODEL or SmolLM2)."),
     num_prompts: int = typer.Option(5, "--num-prompts", "--num-paraphrases", min=1,
                                     help="Prompts per item: the question, then its paraphrases (duplicates dropped)."),
     original: bool = typer.Option(True, "--original/--no-original",
@@ -128,7 +129,7 @@ def report_command(
     """Scores of a run: per method (95% intervals, paired tests vs origin), per relation, agreement."""
     from minirun.cli.sweep import report_sweep
     from minirun.eval import report
-    from minirun.eval.results import recorded_methods, recorded_run_key
+    from minirun.eval.results import recorded_methods, recorded_run_key, recorded_source
     from minirun.eval.sweep import is_sweep
 
     if plot is not None:
@@ -142,7 +143,8 @@ def report_command(
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name
-        provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table))
+        provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
+                                       model_source=recorded_source(run_dir))
         latex.write_text(provenance + report.latex(report.summarize(table), caption), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)

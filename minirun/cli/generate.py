@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
 
 def generate(
     prompt: str = typer.Argument(..., help="The question (or raw prompt with --raw)."),
-    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or the pulled SmolLM2)."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "
+                                         "$MINIRUN_MODEL or the pulled SmolLM2)."),
     method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)}."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording of the question (repeatable)."),
     paraphrases_file: Optional[Path] = typer.Option(None, help="File with one paraphrase per line."),
@@ -234,10 +235,14 @@ def convert(
 
 
 def pull(
-    name: str = typer.Argument("smollm2-135m-instruct", help="'smollm2-135m-instruct' or an HF repo id org/name."),
+    name: str = typer.Argument("smollm2-135m-instruct", help="'smollm2-135m-instruct' or an HF repo id org/name "
+                               "(org/name@REV pins a branch, tag or commit, as --revision does)."),
     dir: Optional[Path] = typer.Option(None, "--dir", help="Models directory (default: ./models or $MINIRUN_MODELS_DIR)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="A branch, tag or commit of the hub repo; it is "
+                                           "pulled into org/name@REV beside any other revision."),
 ) -> None:
-    """Download a model into the models directory (a no-op when it is already there)."""
+    """Download a model into the models directory (a no-op when it is already there) and record the hub commit (or
+    the GGUF) it came from."""
     from minirun.checkpoints.hub import pull as pull_model
 
-    print(pull_model(name, dir))
+    print(pull_model(name, dir, revision=revision))

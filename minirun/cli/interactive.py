@@ -7,12 +7,11 @@ default)` and `echo(text)` are injected so the flow is testable without a termin
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Callable
 
-from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete
+from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete, is_hub_id
 from minirun.cli.eval import DEFAULT_METHODS
 from minirun.eval.data import NAMES as DATASETS
 from minirun.methods import METHODS
@@ -22,7 +21,6 @@ from minirun.methods.packing import POSITION_SCHEMES
 TASKS = ("generate", "eval", "bench")
 # what each command runs without --method: generate a plain prompt (no method), eval its five, bench origin
 DEFAULT_METHOD = {"generate": "", "eval": ",".join(DEFAULT_METHODS), "bench": "origin"}
-_REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
 
 Ask = Callable[[str, str], str]
 Echo = Callable[[str], None]
@@ -108,9 +106,10 @@ def _model(models_dir: Path, default: str) -> Check:
     def check(answer: str) -> str | None:
         if answer in (default, DEFAULT_MODEL) or (Path(answer) / "config.json").is_file():
             return None
-        if answer in local_models(models_dir) or (_REPO_ID.fullmatch(answer) and not Path(answer).exists()):
+        if answer in local_models(models_dir) or (is_hub_id(answer) and not Path(answer).exists()):
             return None
-        return "not a checkpoint directory (no config.json), a listed model or an HF repo id org/name"
+        return ("not a checkpoint directory (no config.json), a listed model or an HF repo id org/name (or "
+                "org/name@revision)")
 
     return check
 

@@ -65,7 +65,8 @@ def mask(
 
 
 def bench(
-    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id (default: $MINIRUN_MODEL or SmolLM2)."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "
+                                         "$MINIRUN_MODEL or SmolLM2)."),
     random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
                                                  "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
     method: str = typer.Option("origin"),

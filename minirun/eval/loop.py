@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from minirun.checkpoints.loader import checkpoint_digest
+from minirun.checkpoints.loader import checkpoint_digest, checkpoint_source
 from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError, PromptTooLong
@@ -163,6 +163,7 @@ class Run:
     choice_format: str
     per_subject: bool  # MMLU's head per subject (`subject_heads`)
     prompt_format: PromptFormat  # how its question blocks are written
+    model_source: dict | None = None  # where the checkpoint came from (`checkpoint_source`), for run.json to cite
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
@@ -252,7 +253,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(source, fewshot_items),
-               fmt)
+               fmt, checkpoint_source(llm.path))
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,
@@ -327,7 +328,8 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
 def check_resumable(run: Run, rank: int = 0) -> None:
     """Refuse now what `evaluate_runs` would refuse when it reached `run`: rows in its directory that
     its settings would not make (another process writing there included)."""
-    ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items], run.method_keys).close()
+    ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items], run.method_keys,
+                run.model_source).close()
 
 
 def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int = 1, progress: bool = True,
@@ -339,7 +341,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     machine = device_name(llm.device)  # each row's: a run resumed elsewhere holds seconds of two machines
     with contextlib.ExitStack() as stack:
         stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items],
-                                                  run.method_keys)) for run in runs]
+                                                  run.method_keys, run.model_source)) for run in runs]
         bar = stack.enter_context(_progress(progress))
         lanes: dict[Lane, list[list[Item]]] = {}
         mine: list[set[tuple[str, str]]] = []  # this rank's (method, item id) of each run

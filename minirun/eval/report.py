@@ -411,11 +411,15 @@ def fewer_shared(row: pd.Series) -> int | None:
     return int(row["n_vs_origin"]) if pd.notna(row["n_vs_origin"]) and row["n_vs_origin"] < row["n"] else None
 
 
-def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], source: str = "a run") -> str:
+def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], source: str = "a run",
+               model_source: dict | None = None) -> str:
     """LaTeX comment lines naming what made a table's rows: the run's settings as run.json records them (model
     path and weights hash, dtype, device, dataset, prompts, few-shot hash, generation settings, template date, each
-    method's own), and the machines its rows were timed on, so a table in a paper's sources leads back to its run."""
+    method's own), where the model came from (hub repo and commit, or GGUF and its hash) where that was recorded,
+    and the machines its rows were timed on, so a table in a paper's sources leads back to its run."""
     lines = [f"% {key}: {json.dumps(value)}" for key, value in sorted(run_key.items())]
+    if model_source:
+        lines.append(f"% model source: {json.dumps(model_source, sort_keys=True)}")
     lines += [f"% method {name}: {json.dumps(settings, sort_keys=True)}" for name, settings in sorted(methods.items())]
     lines += [f"% timed on: {machine}" for machine in machines]
     return "".join(f"{line}\n" for line in [f"% made by minirun report from {source} with", *lines])

@@ -34,7 +34,7 @@ from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.report import (CALIBRATION, PAIRED, method_label, paired_difference, provenance, summarize,
                                  timed_on)
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
-                                  recorded_run_key)
+                                  recorded_run_key, recorded_source)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
 from minirun.paths import write_atomic
 
@@ -132,7 +132,7 @@ def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> s
         methods = {c["label"]: next(iter(recorded_methods(output / c["dir"]).values()), {}) for c in cells}
         rows = table[(table["model"] == model) & (table["dataset"] == dataset)]
         blocks.append(provenance(recorded_run_key(output / cells[0]["dir"]), methods, timed_on(rows),
-                                 f"model {model}'s runs"))
+                                 f"model {model}'s runs", recorded_source(output / cells[0]["dir"])))
     return "".join(blocks)
 
 

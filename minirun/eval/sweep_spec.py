@@ -13,7 +13,7 @@ import types
 import typing
 from pathlib import Path
 
-from minirun.checkpoints.hub import DEFAULT_MODEL
+from minirun.checkpoints.hub import DEFAULT_MODEL, is_hub_id, local_name
 from minirun.checkpoints.loader import DTYPES, checked_device
 from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
@@ -34,7 +34,6 @@ SECTIONS = ("models", "datasets", "methods", "generation")
 GENERATION_OWNED = ("max_new_tokens", "chat", "thinking", "share_prefix")  # EnsembleOptions fields [generation] sets for all
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RESERVED = ("results.parquet", "results.csv", "sweep.json")  # the sweep's own files, beside the model directories
-HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")  # what `resolve_model` pulls from the hub
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +158,18 @@ def _entries(data: dict, section: str) -> list[tuple[dict, str]]:
 def _model(table: dict, where: str) -> ModelSpec:
     spec = ModelSpec(**_checked(ModelSpec, table, where))
     where = f"{where} ({spec.path})"
-    if not (Path(spec.path).is_dir() or spec.path == DEFAULT_MODEL or HUB_ID.fullmatch(spec.path)):
-        raise MinirunError(f"{where} path: no checkpoint directory there; give a directory or a hub id (owner/name)")
+    hub = not Path(spec.path).is_dir() and is_hub_id(spec.path)
+    if not (Path(spec.path).is_dir() or spec.path == DEFAULT_MODEL or hub):
+        raise MinirunError(f"{where} path: no checkpoint directory there; give a directory or a hub id (owner/name, "
+                           "or owner/name@revision)")
     if spec.dtype is not None and spec.dtype not in DTYPES:
         raise MinirunError(f"{where} dtype: unsupported {spec.dtype!r}; use one of {', '.join(DTYPES)}")
     try:
         checked_device(spec.device, here=False)  # whether this machine has it: when the sweep runs
     except MinirunError as e:
         raise MinirunError(f"{where} device: {e}") from None
-    return _labelled(spec, Path(spec.path).name, where)
+    # a pinned revision's folder is `name@rev`: its label `name-rev`, a plain directory name
+    return _labelled(spec, Path(local_name(spec.path) if hub else spec.path).name.replace("@", "-"), where)
 
 
 def _dataset(table: dict, where: str) -> DatasetSpec:
