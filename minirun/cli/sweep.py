@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pandas as pd
 import typer
 from rich.table import Table
 
 from minirun.cli.common import CALIBRATION_CAPTION, err, friendly, load_llm, out, single_prompt_line, warn
+
+if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
+    from minirun.eval.sweep import CellState
 
 
 def register(app: typer.Typer) -> None:
@@ -25,19 +28,51 @@ def sweep_command(
     file: Path = typer.Argument(..., help="The sweep's TOML file (example: docs/sweep.toml)."),
     output: Optional[Path] = typer.Option(None, help="Output directory (default runs/<file name>)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what a sweep started now would run (each run's items "
+                                 "done and to do, the models it would load or pull), then stop: nothing is written."),
 ) -> None:
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
-    from minirun.eval.sweep import run_sweep, sweep_table
+    from minirun.eval.sweep import run_sweep, survey, sweep_table
     from minirun.eval.sweep_spec import load_sweep_file
 
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
     output = output or Path("runs") / file.stem
+    if dry_run:
+        show_plan(survey(sweep, output), output)
+        return
     table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress)
     if table is not None:  # rank 0's (other ranks get None)
         for t in score_tables(sweep_table(table), str(output)):
             out.print(t)
         out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)
+
+
+def show_plan(states: list[CellState], output: Path) -> None:
+    """`sweep --dry-run`: a row per run (its items, those answered, what runs now) and a line per model with work
+    saying where it loads from, or that it is pulled first."""
+    from minirun.checkpoints.hub import is_complete, model_folder
+
+    table = Table(title=f"sweep plan · {output}", title_justify="left")
+    for name, justify in (("model", "left"), ("dataset", "left"), ("method", "left"), ("items", "right"),
+                          ("answered", "right"), ("now", "left")):
+        table.add_column(name, justify=justify)
+    for s in states:
+        now = "nothing (finished)" if s.finished else \
+            "run again: its settings or data changed since it finished" if s.changed else \
+            f"run {s.items - s.answered} item{'' if s.items - s.answered == 1 else 's'}" + \
+            (" (resumed)" if s.answered else "")
+        table.add_row(s.cell.model.label, s.cell.dataset.label, s.cell.method.label, str(s.items), str(s.answered),
+                      now)
+    out.print(table)
+    models = {id(s.cell.model): s.cell.model for s in states if not s.finished}.values()
+    for model in models:
+        folder = model_folder(model.path)
+        source = f"loads {folder}" if is_complete(folder) else f"pulls {model.path} into {folder}, then loads it"
+        out.print(f"model {model.label}: {source}", highlight=False)
+    todo = sum(1 for s in states if not s.finished)
+    out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
+              "; nothing was written (drop --dry-run to run it)", highlight=False)
 
 
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],

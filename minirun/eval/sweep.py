@@ -68,6 +68,55 @@ def _load_items(dataset: DatasetSpec) -> tuple[list[Item], list[Item] | None]:
     return items, load_jsonl(dataset.few_shot, examples=True) if dataset.few_shot is not None else None
 
 
+@dataclasses.dataclass(frozen=True)
+class CellState:
+    """Where one run of the sweep stands: what `run_sweep` would do with it now."""
+    cell: Cell
+    items: int  # the items it answers
+    answered: int  # of them, those its directory holds a row for
+    finished: bool  # done.json names the file's settings for it and every item has its row: nothing to run
+    changed: bool  # it finished under other settings or data (done.json names another key): it runs again
+
+
+def _load_data(sweep: Sweep) -> dict[str, tuple[list[Item], list[Item] | None]]:
+    """Every dataset's items and few-shot items, by label, each checked to fit the file's methods, before any model
+    is fetched or loaded."""
+    data = {d.label: _load_items(d) for d in sweep.datasets}
+    for dataset in sweep.datasets:
+        try:
+            check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name,
+                              dataset.num_prompts, dataset.original)
+        except MinirunError as e:
+            raise MinirunError(f"dataset {dataset.label}: {e}") from None
+    return data
+
+
+def _check_output(output: Path) -> None:
+    if journal_paths(output) or (output / "run.json").is_file():  # its results.parquet would be overwritten
+        raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
+
+
+def survey(sweep: Sweep, output: str | Path) -> list[CellState]:
+    """Every run of the sweep and where it stands in `output`, reading its files and writing none: what a sweep
+    started now would run (`minirun sweep --dry-run`), without fetching or loading a model."""
+    output = Path(output)
+    _check_output(output)
+    data = _load_data(sweep)
+    return [_state(cell, cell_key(cell, sweep, *data[cell.dataset.label]), data[cell.dataset.label][0])
+            for cell in cells(sweep, output)]
+
+
+def _state(cell: Cell, key: str, items: list[Item]) -> CellState:
+    ids = {item.id for item in items}
+    answered = set(read_results(cell.dir)["id"]) & ids if cell.dir.is_dir() else set()
+    try:
+        marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        marked = None
+    finished = marked == key and answered == ids
+    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked != key)
+
+
 def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] | None) -> str:
     """Everything a cell's rows depend on, the items' and few-shot examples' content included (an edited
     file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
@@ -92,17 +141,6 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
         key["prompt_format"] = fmt.name
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def _finished(cell: Cell, key: str, items: list[Item]) -> bool:
-    """done.json names the file's settings for the cell and its journals still hold every item's row (a row
-    deleted to redo it, as a corrupt-line error advises, makes the cell unfinished again). A marker that is
-    not one a sweep wrote is no marker: the eval loop then resumes the cell from its rows."""
-    try:
-        marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
-    return marked and {item.id for item in items} <= set(read_results(cell.dir)["id"])
 
 
 def unfinished_cells(output: str | Path) -> list[str]:
@@ -145,23 +183,16 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     sharded across the ranks; rank 0 writes the combined table and returns it, other ranks None.
     """
     output = Path(output)
-    if journal_paths(output) or (output / "run.json").is_file():  # its results.parquet would be overwritten
-        raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
+    _check_output(output)
     rank, world_size = ranks()
-    data = {d.label: _load_items(d) for d in sweep.datasets}
-    for dataset in sweep.datasets:  # before any model is fetched or loaded
-        try:
-            check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name,
-                              dataset.num_prompts, dataset.original)
-        except MinirunError as e:
-            raise MinirunError(f"dataset {dataset.label}: {e}") from None
+    data = _load_data(sweep)
     plan = cells(sweep, output)
     if rank == 0:
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
-    todo = [c for c in plan if not _finished(c, keys[c.dir], data[c.dataset.label][0])]  # before any rank writes one
+    todo = [c for c in plan if not _state(c, keys[c.dir], data[c.dataset.label][0]).finished]  # before a rank writes
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)
