@@ -22,8 +22,11 @@ from smollm2_fixture import smollm2_dir, smollm2_gguf  # noqa: F401  (session fi
 from typer.testing import CliRunner
 
 import minirun
+import minirun.engine.llm
 from minirun.checkpoints.loader import write_source
+from minirun.cli import app as cli_app
 from minirun.cli.eval import register
+from minirun.engine.session import out_of_memory
 from minirun.errors import MinirunError
 from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
@@ -897,6 +900,43 @@ def test_a_template_that_writes_the_date_keeps_the_day_the_run_began(checkpoint_
         evaluate(llm, items[:2], ["origin"], tmp_path / "bad", template_date="26/07/2024", **SETTINGS)
     result = CliRunner().invoke(_app(), ["eval", "--template-date", "2024-7-32", *CLI_SETTINGS])
     assert result.exit_code == 1 and "template date '2024-7-32' is not a day as YYYY-MM-DD" in result.output
+
+
+def _no_memory(*args, **kwargs):
+    return torch.empty(1 << 50, dtype=torch.uint8)  # the host's allocator refuses it, as a full GPU's does
+
+
+def test_out_of_memory_names_the_batch_and_the_fix_and_keeps_what_finished(checkpoint_dirs, items, tmp_path):
+    """A batch that does not fit (a 32B model's cache on one GPU) was a traceback; now one line names the batch,
+    what was asked for and a batch size to resume with, and the batches finished before it are kept."""
+    llm, rows = minirun.load(checkpoint_dirs["qwen2"]), []
+
+    def fill_up(row: dict) -> None:  # the second batch finds no memory left
+        rows.append(row)
+        llm.session = _no_memory
+
+    message = (r"^out of cpu memory running avg on a batch of 2 questions, first 'qa-003' \(1125899906842624 bytes "
+               r"were asked for\): resume with --batch-size 1 \(a sweep's batch_size\); the batches finished are "
+               r"kept$")
+    with pytest.raises(MinirunError, match=message):
+        evaluate(llm, items[:4], ["avg"], tmp_path, **SETTINGS, on_row=fill_up)
+    assert len(rows) == 2 and len((tmp_path / "results.rank0.jsonl").read_text().splitlines()) == 2
+    del llm.session
+    table = evaluate(llm, items[:4], ["avg"], tmp_path, **SETTINGS)
+    assert list(table["id"]) == [item.id for item in items[:4]]
+
+
+def test_out_of_memory_elsewhere_is_one_line_too(checkpoint_dirs, monkeypatch):
+    """`generate` (or bench, paraphrase) out of memory: the fix in one line, no traceback; other errors still rise."""
+    monkeypatch.setattr(minirun.engine.llm.LLM, "session", _no_memory)
+    result = CliRunner().invoke(cli_app, ["generate", "--model", str(checkpoint_dirs["qwen2"]), "Q?"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "out of memory (1125899906842624 bytes were asked for): run fewer rows at once" in " ".join(
+        result.output.split())
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 "
+                                 "GiB of which 3.06 GiB is free.")
+    assert out_of_memory(oom) == "20.00 GiB were asked for"
+    assert out_of_memory(RuntimeError("expected scalar type Float")) is None and out_of_memory(ValueError()) is None
 
 
 def test_a_run_timed_on_two_machines_says_so(tiny, items, tmp_path):

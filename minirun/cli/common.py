@@ -89,7 +89,8 @@ def path_error(e: OSError) -> str:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn MinirunError, a refused path (OSError) and Ctrl-C into a one-line message and a non-zero exit."""
+    """Turn MinirunError, a refused path (OSError), running out of memory and Ctrl-C into a one-line message and a
+    non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -103,6 +104,15 @@ def friendly(fn: Callable) -> Callable:
             raise
         except OSError as e:  # an output directory that is a file, a folder that does not exist, no permission
             print_error(path_error(e))
+            raise typer.Exit(1) from None
+        except RuntimeError as e:  # torch's: a GPU (or host) out of memory is a setting to change, not a crash
+            from minirun.engine.session import out_of_memory
+
+            if (asked := out_of_memory(e)) is None:
+                raise
+            print_error(f"out of memory ({asked}): run fewer rows at once — a smaller --batch-size (eval and "
+                        "paraphrase resume from the batches finished), fewer paraphrases, a smaller "
+                        "--max-new-tokens — or a smaller model or --dtype")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")

@@ -16,6 +16,7 @@ on a prompt's length.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -164,6 +165,16 @@ def host_memory(pages: str) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf(pages)
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """What an allocation that failed for want of memory asked for ("20.00 MiB were asked for"), or None where
+    `error` is no such failure. The GPU's is a `torch.OutOfMemoryError`; the host's a plain RuntimeError."""
+    if not isinstance(error, torch.OutOfMemoryError) and not (
+            isinstance(error, RuntimeError) and "can't allocate memory" in str(error)):
+        return None
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", str(error))
+    return f"{asked.group(1)} were asked for" if asked else "no memory was left"
 
 
 def fits_twice(model: Decoder) -> bool:

@@ -27,6 +27,7 @@ from rich.text import Text
 from minirun.checkpoints.loader import checkpoint_digest, checkpoint_source
 from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.llm import LLM
+from minirun.engine.session import out_of_memory
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
@@ -367,9 +368,18 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             bar.update(overall, description=f"eval {method}")
             qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
                            _suffix(item, run.choice_format, run.prompt_format)) for item in batch]
-            with llm.tokenizer.pinned_clock(template_clock(run)):
-                rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original, bar,
-                                  run.choice_format, twins)
+            try:
+                with llm.tokenizer.pinned_clock(template_clock(run)):
+                    rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original,
+                                      bar, run.choice_format, twins)
+            except RuntimeError as e:
+                if (asked := out_of_memory(e)) is None:
+                    raise
+                size = questions_per_batch(method, run.num_prompts, run.batch_size)
+                raise MinirunError(f"out of {llm.device.type} memory running {method} on a batch of {len(batch)} "
+                                   f"questions, first {batch[0].id!r} ({asked}): resume with --batch-size "
+                                   f"{max(1, size // 2)} (a sweep's batch_size); the batches finished are kept") \
+                    from None
             rows = [{**row, "machine": machine} for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))
