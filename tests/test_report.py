@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -354,6 +355,51 @@ def _run_dir(tmp_path, df: pd.DataFrame, **key):
             store.add(row)
         store.finalize()
     return tmp_path / "run"
+
+
+def _model_run(folder: Path, df: pd.DataFrame, model: str, **key) -> Path:
+    key = {"model": f"/checkpoints/{model}", "dataset": "sample-qa", "bidirectional": False, "num_prompts": 3, **key}
+    with ResultStore(folder, key, item_ids=sorted(df["id"].unique())) as store:
+        store.add_batch(df.to_dict("records"))
+        store.finalize()
+    return folder
+
+
+def test_eval_runs_of_several_models_side_by_side(tmp_path):
+    """Runs of each model made apart (one GPU each, or one machine after another) put side by side as a sweep's
+    models: per dataset a table, each model compared with the first one given on the items both answered; settings
+    besides the model that differ are named, as they confound the comparison."""
+    first = _model_run(tmp_path / "a", _hand(), "qwen")
+    flipped = _hand()
+    flipped.loc[flipped["method"] == "avg", "correct"] = flipped["id"].isin([f"q{i}" for i in ORIGIN])
+    second = _model_run(tmp_path / "b", flipped, "llama")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["report", str(first), str(second), "--json"])
+    assert shown.exit_code == 0, shown.output
+    scores = json.loads(shown.stdout)["sample-qa"]
+    alone = json.loads(runner.invoke(app, ["report", str(first), "--json"]).stdout)
+    assert list(scores) == ["qwen", "llama"] and scores["qwen"]["avg"]["accuracy"] == alone["avg"]["accuracy"]
+    assert scores["qwen"]["avg"]["p_vs_origin"] == alone["avg"]["p_vs_origin"]
+    assert scores["llama"]["avg"]["accuracy"] == 0.3 and scores["llama"]["avg"]["n_vs_first_model"] == 10
+    assert scores["llama"]["avg"]["diff_vs_first_model"] == pytest.approx(0.3 - 0.8)  # q3..q8 lost, q2 won
+    assert scores["llama"]["avg"]["p_vs_first_model"] == pytest.approx(2 * 8 / 2 ** 7)  # exact McNemar, b=1, c=6
+    assert scores["llama"]["origin"]["diff_vs_first_model"] == 0 and "warning" not in shown.output
+    table = runner.invoke(app, ["report", str(first), str(second), "--latex", str(tmp_path / "t.tex")],
+                          env={"COLUMNS": "250"})
+    assert table.exit_code == 0 and "qwen" in table.stdout and "llama" in table.stdout
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.count("% made by minirun report from run") == 2 and '% model: "/checkpoints/llama"' in tex
+    assert "Model & Method & Accuracy" in tex and "llama & avg & 0.300" in tex
+    other = _model_run(tmp_path / "c", _hand(), "qwen", num_prompts=5)  # the first's model, other settings
+    both = runner.invoke(app, ["report", str(first), str(other), "--json"])
+    assert list(json.loads(both.stdout)["sample-qa"]) == ["a", "c"]  # one model twice: named by their directories
+    assert "the runs compared on sample-qa differ in num_prompts besides the model" in " ".join(both.stderr.split())
+    short = _hand()
+    cut = _model_run(tmp_path / "d", short[(short["method"] != "avg") | (short["id"] != "q9")], "llama")
+    warned = " ".join(runner.invoke(app, ["report", str(first), str(cut)]).output.split())
+    assert "llama · avg has scored 9 of the 10 items of sample-qa (an unfinished run)" in warned
+    twice = runner.invoke(app, ["report", str(first), str(first)])
+    assert twice.exit_code == 1 and f"{first} is given twice: give each run once" in " ".join(twice.output.split())
 
 
 def test_report_command(tmp_path):

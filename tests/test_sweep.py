@@ -392,6 +392,8 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     assert list(csv.columns[:4]) == ["dataset", "method", "model", "accuracy"] and len(csv) == 2 * 2 * 2
     assert csv["n"].dtype.kind == "i" and csv.loc[csv["method"] == "origin", "diff_vs_origin"].isna().all()
     scores = json.loads(CliRunner().invoke(app, ["report", str(out), "--json"]).stdout)
+    mixed = CliRunner().invoke(app, ["report", str(out / "qwen2" / "sample-qa" / "origin"), str(out)])
+    assert mixed.exit_code == 1 and f"{out} is a sweep: report it alone" in " ".join(mixed.output.split())
     flex = scores["sample-qa"]["qwen2"]["flex-restart"]  # the fields and shapes of an eval run's --json
     assert len(flex["ci95"]) == 2 and len(flex["diff_vs_origin_ci95"]) == 2 and flex["n_vs_origin"] == 2
     assert 0 <= flex["p_vs_origin"] <= flex["p_vs_origin_holm"] <= 1

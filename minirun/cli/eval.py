@@ -117,7 +117,9 @@ def eval_command(
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="An `eval` or `sweep` output directory."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="An `eval` or `sweep` output directory; "
+                                          "several eval runs are put side by side (a table per dataset, the first "
+                                          "run's model the one the others are compared with)."),
     as_json: bool = typer.Option(False, "--json", help="Print per-method scores as one JSON object."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
     latex: Optional[Path] = typer.Option(None, help="Write the per-method summary as a LaTeX (booktabs) table."),
@@ -126,14 +128,18 @@ def report_command(
     choice_score: Optional[str] = typer.Option(None, help="Re-pick multiple-choice answers by an option's log-likelihood "
                                                "per token (mean), summed (sum: acc) or per character (chars: acc_norm)."),
 ) -> None:
-    """Scores of a run: per method (95% intervals, paired tests vs origin), per relation, agreement."""
-    from minirun.cli.sweep import report_sweep
+    """Scores of a run: per method (95% intervals, paired tests vs origin), per relation, agreement; or of several
+    runs side by side."""
+    from minirun.cli.sweep import report_runs, report_sweep
     from minirun.eval import report
     from minirun.eval.results import recorded_methods, recorded_run_key, recorded_source
     from minirun.eval.sweep import is_sweep
 
     if plot is not None:
         check_figure_path(plot)
+    if len(run_dirs) > 1:  # eval runs (of other models, maybe on other machines) as a sweep's models
+        return report_runs(run_dirs, as_json, csv, plot, match, latex, choice_score)
+    run_dir = run_dirs[0]
     if is_sweep(run_dir):  # a `minirun sweep` directory: one table per dataset, models side by side
         return report_sweep(run_dir, as_json, csv, plot, match, latex, choice_score)
     raw = report.load_results(run_dir)

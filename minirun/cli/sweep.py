@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import pandas as pd
 import typer
@@ -78,11 +78,38 @@ def show_plan(states: list[CellState], output: Path) -> None:
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
+    from minirun.eval.sweep import load_sweep, sweep_provenance, unfinished_cells
+
+    raw, warnings = load_sweep(run_dir), []  # first: it names a damaged index in one line
+    if cells := unfinished_cells(run_dir):
+        warnings.append(f"{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
+                        f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
+                        "rerun `minirun sweep` with the same file to finish them")
+    side_by_side(raw, str(run_dir), run_dir.resolve().name,
+                 lambda table, dataset: sweep_provenance(run_dir, table, dataset), warnings,
+                 as_json, csv, plot, match, latex, choice_score)
+
+
+def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: Optional[Path],
+                match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
+    """`minirun report RUN RUN …`: eval runs side by side as a sweep's models, each compared with the first."""
+    from minirun.eval.sweep import compared_provenance, compared_warnings, load_runs
+
+    compared = load_runs(run_dirs)
+    side_by_side(compared.table, " · ".join(map(str, run_dirs)), "compared runs",
+                 lambda table, dataset: compared_provenance(compared, table, dataset), compared_warnings(compared),
+                 as_json, csv, plot, match, latex, choice_score)
+
+
+def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callable[[pd.DataFrame, str], str],
+                 warnings: list[str], as_json: bool, csv: Optional[Path], plot: Optional[Path], match: Optional[str],
+                 latex: Optional[Path], choice_score: Optional[str]) -> None:
+    """One table per dataset with models as column groups (a sweep's rows, or eval runs'), in the output forms
+    `report` writes; `provenance` heads each dataset's LaTeX table, and `warnings` join those of the rows."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped
-    from minirun.eval.sweep import load_sweep, plot_sweep, sweep_provenance, sweep_table, unfinished_cells
+    from minirun.eval.sweep import plot_sweep, sweep_table
 
-    raw = load_sweep(run_dir)
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
     if csv is not None:
@@ -91,24 +118,19 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
         plot_sweep(table, plot)
     if latex is not None:
         rows = scores_long(scores)
-        latex.write_text("\n".join(sweep_provenance(run_dir, table, dataset) + latex_table(
-            part.set_index(["model", "method"]), f"{dataset} ({run_dir.resolve().name})")
+        latex.write_text("\n".join(provenance(table, dataset) + latex_table(
+            part.set_index(["model", "method"]), f"{dataset} ({caption})")
             for dataset, part in rows.groupby("dataset", sort=False)), encoding="utf-8")
-    warnings = []
     if single_prompt_dropped(raw, table):
-        warnings.append("single-prompt figures left out: per-prompt correctness is recorded under each run's "
-                        f"own match rule only, not under --match {match}")
+        warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "
+                    f"run's own match rule only, not under --match {match}"]
     if mixed := mixed_timing(table):
-        warnings.append(mixed)
-    if cells := unfinished_cells(run_dir):
-        warnings.append(f"{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
-                        f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
-                        "rerun `minirun sweep` with the same file to finish them")
+        warnings = [*warnings, mixed]
     if as_json:
         print(json.dumps(scores_json(scores)))
         warn(warnings, err)
         return
-    for t in score_tables(scores, str(run_dir)):
+    for t in score_tables(scores, title):
         out.print(t)
     warn(warnings, out)
 

@@ -31,8 +31,8 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
-from minirun.eval.report import (CALIBRATION, PAIRED, method_label, paired_difference, provenance, summarize,
-                                 timed_on)
+from minirun.eval.report import (CALIBRATION, PAIRED, load_results, method_label, paired_difference, provenance,
+                                 summarize, timed_on, unfinished)
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
                                   recorded_run_key, recorded_source)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
@@ -310,6 +310,73 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
     table.attrs = {"match": rules.pop()} if len(rules) == 1 and None not in rules else {}  # `report.select_match`
     first = ["model", "dataset", "label"]
     return table[first + [c for c in table.columns if c not in first]]
+
+
+# What tells compared runs' models apart, rather than their settings (a dated template's day is its model's)
+MODEL_IDENTITY = ("model", "weights_sha256", "device", "template_date")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compared:
+    """Several `eval` runs as one sweep-shaped table (`load_runs`): `table` as `load_sweep` gives a sweep's, and
+    each (dataset, model label)'s run directory, for provenance and warnings."""
+    table: pd.DataFrame
+    dirs: dict[tuple[str, str], Path]
+
+
+def load_runs(run_dirs: list[Path]) -> Compared:
+    """`eval` runs side by side, as a sweep's models: each run's rows with `model` (its checkpoint folder's name,
+    or its run directory's where two runs of one dataset share one), `dataset` (as its run.json names it) and
+    `label` (the method); models in the order given, so the first run's model is the one the others are compared
+    with, item by item, on each dataset."""
+    runs = []
+    for run_dir in run_dirs:
+        if is_sweep(run_dir):
+            raise MinirunError(f"{run_dir} is a sweep: report it alone (its tables put its models side by side), "
+                               "or give its runs' directories (<model>/<dataset>/<label>) among the eval runs")
+        rows, key = load_results(run_dir), recorded_run_key(run_dir)
+        dataset = str(key.get("dataset") or rows.attrs.get("dataset") or "data")
+        runs.append((run_dir, rows, dataset, Path(str(key.get("model") or run_dir.resolve())).name))
+    for pick in (lambda run: run[3], lambda run: run[0].resolve().name, lambda run: str(run[0])):
+        labels = [pick(run) for run in runs]
+        if len(set(zip((run[2] for run in runs), labels))) == len(runs):
+            break
+    else:
+        raise MinirunError(f"{runs[0][0]} is given twice: give each run once")
+    parts = [rows.assign(model=label, dataset=dataset, label=rows["method"])
+             for (_, rows, dataset, _), label in zip(runs, labels)]
+    rules = {part.attrs.get("match") for part in parts}
+    table = integer_columns(pd.concat(parts, ignore_index=True))
+    table.attrs = {"match": rules.pop()} if len(rules) == 1 and None not in rules else {}  # `report.select_match`
+    first = ["model", "dataset", "label"]
+    return Compared(table[first + [c for c in table.columns if c not in first]],
+                    {(run[2], label): run[0] for run, label in zip(runs, labels)})
+
+
+def compared_provenance(compared: Compared, table: pd.DataFrame, dataset: str) -> str:
+    """`report.provenance` of each run compared on `dataset`, in the order given."""
+    return "".join(provenance(recorded_run_key(run_dir), recorded_methods(run_dir),
+                              timed_on(table[(table["model"] == model) & (table["dataset"] == dataset)]),
+                              f"run {run_dir}", recorded_source(run_dir))
+                   for (name, model), run_dir in compared.dirs.items() if name == dataset)
+
+
+def compared_warnings(compared: Compared) -> list[str]:
+    """What a reader of runs compared side by side must know: settings besides the model that differ between the
+    runs of one dataset (their differences are then not the model's alone), and methods short of their run's items."""
+    warnings = []
+    for dataset in dict.fromkeys(name for name, _ in compared.dirs):
+        keys = {model: recorded_run_key(run_dir) for (name, model), run_dir in compared.dirs.items() if name == dataset}
+        differ = sorted({k for key in keys.values() for k in key if k not in MODEL_IDENTITY
+                         and len({json.dumps(other.get(k), sort_keys=True) for other in keys.values()}) > 1})
+        if differ:
+            warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} besides the model (run.json "
+                            "run_key): their differences are not the models' alone")
+    for (dataset, model), run_dir in compared.dirs.items():
+        warnings += [f"{model} · {method} has scored {answered} of the {total} items of {dataset} (an unfinished "
+                     "run): its figures cover those items only"
+                     for method, answered, total in unfinished(load_results(run_dir))]
+    return warnings
 
 
 def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
