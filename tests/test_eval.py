@@ -916,8 +916,8 @@ def test_out_of_memory_names_the_batch_and_the_fix_and_keeps_what_finished(check
         llm.session = _no_memory
 
     message = (r"^out of cpu memory running avg on a batch of 2 questions, first 'qa-003' \(1125899906842624 bytes "
-               r"were asked for\): resume with --batch-size 1 \(a sweep's batch_size\); the batches finished are "
-               r"kept$")
+               r"were asked for\): resume with --batch-size 1 \(a sweep: batch_size in the model's entry\); the "
+               r"batches finished are kept$")
     with pytest.raises(MinirunError, match=message):
         evaluate(llm, items[:4], ["avg"], tmp_path, **SETTINGS, on_row=fill_up)
     assert len(rows) == 2 and len((tmp_path / "results.rank0.jsonl").read_text().splitlines()) == 2

@@ -149,6 +149,9 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
      "datasets #2 (qa): the settings of #1 under another label"),
     ({"models": [{"path": "owner/model"}, {"path": "owner/model", "label": "again"}]},
      "models #2 (again): the settings of #1 under another label"),
+    ({"models": [{"path": "owner/model"}, {"path": "owner/model", "label": "again", "batch_size": 4}]},
+     "models #2 (again): the settings of #1 under another label"),
+    ({"models": [{"path": "owner/model", "batch_size": 0}]}, "models #1 (owner/model) batch_size: 0 is below 1"),
     ({"generation": {"max_new_tokens": 4.5}}, "generation max_new_tokens: expected int, got 4.5"),
     ({"generation": {"batch_size": 0}}, "generation batch_size: 0 is below 1"),
     ({"generation": {"temperature": 0.5}}, "generation: unknown key 'temperature'"),
@@ -369,6 +372,30 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     pulled = plan(hub_file, tmp_path / "hub")
     assert f"model model-v1: pulls owner/model@v1 into {tmp_path / 'models' / 'owner' / 'model@v1'}, then loads" \
         in pulled and not (tmp_path / "models").exists()
+
+
+def test_a_model_takes_its_own_batch_size(sweep_file, reference, checkpoint_dirs, tmp_path, monkeypatch):
+    """A 32B model's cache needs smaller batches than a 1B model's on one GPU: `batch_size` in a model's entry
+    overrides [generation]'s for its runs only, and, as eval's batch size, keys no run: a finished sweep given one
+    stays finished."""
+    out = shutil.copytree(reference[0], tmp_path / "run")
+    text = sweep_file.read_text().replace('label = "llama"\n', 'label = "llama"\nbatch_size = 1\n')
+    changed = _file(tmp_path, text)
+    assert [m.batch_size for m in load_sweep_file(changed).models] == [None, 1]
+    plan = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--dry-run"]).stdout
+    assert "the sweep is finished" in plan
+    asked = []
+    real = minirun.eval.sweep.prepare
+    monkeypatch.setattr(minirun.eval.sweep, "prepare", lambda llm, *a, **k: asked.append(
+        (llm.path.name, k["batch_size"])) or real(llm, *a, **k))
+    result = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(tmp_path / "fresh"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    batch_sizes = {}
+    for name, size in asked:
+        batch_sizes.setdefault(name, set()).add(size)
+    assert batch_sizes == {checkpoint_dirs["qwen2"].name: {2}, checkpoint_dirs["llama3"].name: {1}}
+    table = pd.read_parquet(tmp_path / "fresh" / "results.parquet")
+    pd.testing.assert_frame_equal(_canon(table), _canon(reference[1]))  # float32: the same rows at any batch size
 
 
 def test_report_on_a_sweep_directory(reference, tmp_path):

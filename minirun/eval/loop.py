@@ -378,8 +378,8 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
                 size = questions_per_batch(method, run.num_prompts, run.batch_size)
                 raise MinirunError(f"out of {llm.device.type} memory running {method} on a batch of {len(batch)} "
                                    f"questions, first {batch[0].id!r} ({asked}): resume with --batch-size "
-                                   f"{max(1, size // 2)} (a sweep's batch_size); the batches finished are kept") \
-                    from None
+                                   f"{max(1, size // 2)} (a sweep: batch_size in the model's entry); the batches "
+                                   "finished are kept") from None
             rows = [{**row, "machine": machine} for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))

@@ -122,6 +122,7 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
     resumes it or refuses a conflicting change)."""
     model = dataclasses.asdict(cell.model)
+    del model["batch_size"]  # a model's own batch size (its cache's fit), as eval's, changes no row's meaning
     model["device"] = str(auto_device(cell.model.device))  # "auto" keyed as what it ran on: cpu keys stay as they were
     if Path(cell.model.path).is_dir():
         model["path"] = str(Path(cell.model.path).resolve())
@@ -252,7 +253,8 @@ def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], g
                        few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
                        benchmark=cell.dataset.benchmark,
-                       batch_size=gen.batch_size, max_new_tokens=gen.max_new_tokens, share_prefix=gen.share_prefix,
+                       batch_size=cell.model.batch_size or gen.batch_size, max_new_tokens=gen.max_new_tokens,
+                       share_prefix=gen.share_prefix,
                        chat=gen.chat, thinking=gen.thinking, template_date=template_date, **cell.method.options)
     except MinirunError as e:
         raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label}: {e}") from None

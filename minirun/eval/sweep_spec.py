@@ -43,6 +43,7 @@ class ModelSpec:
     dtype: str | None = None
     device: str = "auto"  # the run's key holds the device it resolved to (cell_key)
     compile: bool = False
+    batch_size: int | None = None  # questions a batch for this model (default: [generation]'s): a large model's cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,8 @@ def _model(table: dict, where: str) -> ModelSpec:
     if not (Path(spec.path).is_dir() or spec.path == DEFAULT_MODEL or hub):
         raise MinirunError(f"{where} path: no checkpoint directory there; give a directory or a hub id (owner/name, "
                            "or owner/name@revision)")
+    if spec.batch_size is not None:
+        _at_least(spec.batch_size, 1, f"{where} batch_size")
     if spec.dtype is not None and spec.dtype not in DTYPES:
         raise MinirunError(f"{where} dtype: unsupported {spec.dtype!r}; use one of {', '.join(DTYPES)}")
     try:
@@ -304,7 +307,7 @@ def _unique_labels(section: str, specs: tuple) -> None:
                                "give one of them a distinct label")
         seen[spec.label] = i
         same = (spec.name, EnsembleOptions(**spec.options)) if isinstance(spec, MethodSpec) else \
-            dataclasses.replace(spec, label="")
+            dataclasses.replace(spec, label="", **({"batch_size": None} if isinstance(spec, ModelSpec) else {}))
         if same in settings:
             raise MinirunError(f"{section} #{i} ({spec.label}): the settings of #{settings.index(same) + 1} under "
                                "another label, which would run the same work twice; drop one or change a setting")
