@@ -924,6 +924,10 @@ def test_out_of_memory_names_the_batch_and_the_fix_and_keeps_what_finished(check
     del llm.session
     table = evaluate(llm, items[:4], ["avg"], tmp_path, **SETTINGS)
     assert list(table["id"]) == [item.id for item in items[:4]]
+    llm.session = _no_memory  # at one question a batch, the batch size is no longer the fix
+    with pytest.raises(MinirunError, match=r"\): one question a batch does not fit: fewer prompts, a smaller "
+                                           r"--max-new-tokens or --dtype; the batches finished are kept$"):
+        evaluate(llm, items[:1], ["origin"], tmp_path / "one", **{**SETTINGS, "batch_size": 1})
 
 
 def test_out_of_memory_elsewhere_is_one_line_too(checkpoint_dirs, monkeypatch):

@@ -376,10 +376,11 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
                 if (asked := out_of_memory(e)) is None:
                     raise
                 size = questions_per_batch(method, run.num_prompts, run.batch_size)
+                fix = f"resume with --batch-size {size // 2} (a sweep: batch_size in the model's entry)" if size > 1 \
+                    else "one question a batch does not fit: fewer prompts, a smaller --max-new-tokens or --dtype"
                 raise MinirunError(f"out of {llm.device.type} memory running {method} on a batch of {len(batch)} "
-                                   f"questions, first {batch[0].id!r} ({asked}): resume with --batch-size "
-                                   f"{max(1, size // 2)} (a sweep: batch_size in the model's entry); the batches "
-                                   "finished are kept") from None
+                                   f"questions, first {batch[0].id!r} ({asked}): {fix}; the batches finished are "
+                                   "kept") from None
             rows = [{**row, "machine": machine} for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))
