@@ -398,6 +398,29 @@ def test_a_model_takes_its_own_batch_size(sweep_file, reference, checkpoint_dirs
     pd.testing.assert_frame_equal(_canon(table), _canon(reference[1]))  # float32: the same rows at any batch size
 
 
+def test_machines_sharing_an_output_each_take_their_models(sweep_file, reference, tmp_path):
+    """`--models` (and `--datasets`) run a part of the file: one machine a model, into one output directory on a
+    shared file system; the index names every cell, so the report says what is still to run, and once every part
+    has run the table is the whole sweep's."""
+    out = tmp_path / "run"
+
+    def part(*args: str):
+        return CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(out), "--no-progress", *args],
+                                  env={"COLUMNS": "250"})
+
+    plan = part("--datasets", "sample-qa", "--models", "llama,qwen2", "--dry-run").stdout
+    assert plan.count("run 2 items") == 4 and "sample-fill" not in plan
+    assert part("--models", "qwen2").exit_code == 0
+    assert {p.parent.parent.parent.name for p in out.glob("*/*/*/done.json")} == {"qwen2"}
+    shown = CliRunner().invoke(app, ["report", str(out)]).output
+    assert "4 of the sweep's runs have not finished (llama/sample-qa/origin" in " ".join(shown.split())
+    assert part("--models", "llama").exit_code == 0
+    pd.testing.assert_frame_equal(_canon(pd.read_parquet(out / "results.parquet")), _canon(reference[1]))
+    wrong = part("--models", "mistral")
+    assert wrong.exit_code == 1 and "--models 'mistral' is no label of the file's models: use qwen2, llama" in \
+        " ".join(wrong.output.split())
+
+
 def test_report_on_a_sweep_directory(reference, tmp_path):
     out, table = reference
     shown = CliRunner().invoke(app, ["report", str(out), "--plot", str(tmp_path / "s.png"), "--csv",

@@ -30,18 +30,24 @@ def sweep_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what a sweep started now would run (each run's items "
                                  "done and to do, the models it would load or pull), then stop: nothing is written."),
+    models: list[str] = typer.Option([], "--models", help="Run only these models' cells (labels; repeatable or "
+                                     "comma-separated): machines sharing one --output can each take other models."),
+    datasets: list[str] = typer.Option([], "--datasets", help="Run only these datasets' cells (labels; repeatable "
+                                       "or comma-separated)."),
 ) -> None:
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
     from minirun.eval.sweep import run_sweep, survey, sweep_table
-    from minirun.eval.sweep_spec import load_sweep_file
+    from minirun.eval.sweep_spec import load_sweep_file, selection
 
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
+    only = selection(sweep, models, datasets)
     output = output or Path("runs") / file.stem
     if dry_run:
-        show_plan(survey(sweep, output), output)
+        show_plan(survey(sweep, output, only), output)
         return
-    table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress)
+    table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress,
+                      only=only)
     if table is not None:  # rank 0's (other ranks get None)
         for t in score_tables(sweep_table(table), str(output)):
             out.print(t)

@@ -35,7 +35,7 @@ from minirun.eval.report import (CALIBRATION, PAIRED, load_results, method_label
                                  summarize, timed_on, unfinished)
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
                                   recorded_run_key, recorded_source)
-from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Sweep
+from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
 from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,12 @@ class CellState:
     changed: bool  # it finished under other settings or data (done.json names another key): it runs again
 
 
-def _load_data(sweep: Sweep) -> dict[str, tuple[list[Item], list[Item] | None]]:
-    """Every dataset's items and few-shot items, by label, each checked to fit the file's methods, before any model
-    is fetched or loaded."""
-    data = {d.label: _load_items(d) for d in sweep.datasets}
-    for dataset in sweep.datasets:
+def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, tuple[list[Item], list[Item] | None]]:
+    """The items and few-shot items of the datasets of these labels, each checked to fit the file's methods, before
+    any model is fetched or loaded."""
+    chosen = [d for d in sweep.datasets if d.label in labels]
+    data = {d.label: _load_items(d) for d in chosen}
+    for dataset in chosen:
         try:
             check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name,
                               dataset.num_prompts, dataset.original)
@@ -96,14 +97,19 @@ def _check_output(output: Path) -> None:
         raise MinirunError(f"{output} holds an `eval` run: give the sweep another output directory")
 
 
-def survey(sweep: Sweep, output: str | Path) -> list[CellState]:
-    """Every run of the sweep and where it stands in `output`, reading its files and writing none: what a sweep
-    started now would run (`minirun sweep --dry-run`), without fetching or loading a model."""
+def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> list[CellState]:
+    """Every run of the sweep (`only` those selected) and where it stands in `output`, reading its files and writing
+    none: what a sweep started now would run (`minirun sweep --dry-run`), without fetching or loading a model."""
     output = Path(output)
     _check_output(output)
-    data = _load_data(sweep)
+    mine = _selected(cells(sweep, output), only)
+    data = _load_data(sweep, {c.dataset.label for c in mine})
     return [_state(cell, cell_key(cell, sweep, *data[cell.dataset.label]), data[cell.dataset.label][0])
-            for cell in cells(sweep, output)]
+            for cell in mine]
+
+
+def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
+    return [c for c in plan if only.takes(c.model.label, c.dataset.label)]
 
 
 def _state(cell: Cell, key: str, items: list[Item]) -> CellState:
@@ -176,24 +182,27 @@ def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> s
 
 
 def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM], *, progress: bool = True,
-              on_row: Callable[[dict], None] | None = None) -> pd.DataFrame | None:
-    """Run every cell not yet finished, each model loaded once (by `load`) and only if it has work.
+              on_row: Callable[[dict], None] | None = None, only: Selection = Selection()) -> pd.DataFrame | None:
+    """Run every cell not yet finished (of those `only` selects), each model loaded once (by `load`) and only if it
+    has work.
 
     Datasets load first, and every model with work is fetched (`resolve_model`), so a bad file or a
     mistyped hub id fails before any model runs. Under `torchrun` every cell is
-    sharded across the ranks; rank 0 writes the combined table and returns it, other ranks None.
+    sharded across the ranks; rank 0 writes the combined table (every cell's rows so far, whoever ran them: the
+    index names the whole file's cells) and returns it, other ranks None.
     """
     output = Path(output)
     _check_output(output)
     rank, world_size = ranks()
-    data = _load_data(sweep)
     plan = cells(sweep, output)
+    chosen = _selected(plan, only)
+    data = _load_data(sweep, {c.dataset.label for c in chosen})
     if rank == 0:
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
-    keys = {c.dir: cell_key(c, sweep, *data[c.dataset.label]) for c in plan}
-    todo = [c for c in plan if not _state(c, keys[c.dir], data[c.dataset.label][0]).finished]  # before a rank writes
+    keys = {c.dir: cell_key(c, sweep, *data[c.dataset.label]) for c in chosen}
+    todo = [c for c in chosen if not _state(c, keys[c.dir], data[c.dataset.label][0]).finished]  # before a rank writes
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)

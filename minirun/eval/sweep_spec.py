@@ -87,6 +87,31 @@ class Sweep:
     generation: Generation
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The part of a sweep one process runs (`sweep --models/--datasets`), by labels; none given takes every one.
+    Processes on several machines can share one output directory, each taking other models."""
+    models: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+
+    def takes(self, model: str, dataset: str) -> bool:
+        return (not self.models or model in self.models) and (not self.datasets or dataset in self.datasets)
+
+
+def selection(sweep: Sweep, models: list[str] | tuple[str, ...] = (), datasets: list[str] | tuple[str, ...] = ()) \
+        -> Selection:
+    """The labels asked for (each may be comma-separated) as a `Selection`, every one checked to be the file's."""
+    chosen = {}
+    for section, asked, specs in (("models", models, sweep.models), ("datasets", datasets, sweep.datasets)):
+        labels = tuple(dict.fromkeys(label.strip() for text in asked for label in text.split(",") if label.strip()))
+        known = [spec.label for spec in specs]
+        if unknown := [label for label in labels if label not in known]:
+            raise MinirunError(f"--{section} {unknown[0]!r} is no label of the file's {section}: use "
+                               f"{', '.join(known)}")
+        chosen[section] = labels
+    return Selection(**chosen)
+
+
 def load_sweep_file(path: str | Path) -> Sweep:
     """Read and check a sweep file; a problem raises one MinirunError naming the key and the fix."""
     path = Path(path)
