@@ -984,7 +984,7 @@ def test_a_run_names_the_upload_its_model_came_from(checkpoint_dirs, items, tmp_
     assert recorded_source(tmp_path / "made") is None  # a folder no pull or convert made: nothing to cite
 
 
-def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path):
+def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path, caplog):
     """A DeepSeek-R1 distillation's template ends its prompt inside <think>: eval's stop at a new line then waits
     for </think>, and an answer whose thinking never ended within max_new_tokens is empty, not the thinking's first
     line. The weighted methods, which judge confidence on short samples of the answer, refuse such a model."""
@@ -996,9 +996,14 @@ def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items,
     assert thinking.tokenizer.opens_reasoning() and not plain.tokenizer.opens_reasoning()
     settings = {**SETTINGS, "max_new_tokens": 12}
     before = evaluate(plain, items, ["origin"], tmp_path / "plain", **settings)
-    after = evaluate(thinking, items, ["origin"], tmp_path / "thinking", **settings)
+    with caplog.at_level("WARNING", logger="minirun"):  # before it runs: 12 tokens seldom reach the answer
+        after = evaluate(thinking, items, ["origin"], tmp_path / "thinking", **settings)
+    assert "ckpt thinks before it answers, and 12 new tokens seldom reach the answer" in caplog.text
     stopped = before["generated"].str.len() < after["generated"].str.len()
     assert (after["answer"] == "").all() and stopped.any() and (before["answer"] != "").any()
+    shown = " ".join(CliRunner().invoke(_app(), ["report", str(tmp_path / "thinking")]).output.split())
+    assert "origin: 6 of 6 answers are none, as their thinking did not end within max_new_tokens 12" in shown
+    assert "thinking did not end" not in CliRunner().invoke(_app(), ["report", str(tmp_path / "plain")]).output
     record = json.loads((tmp_path / "thinking" / "run.json").read_text())
     assert record["run_key"]["answers"] == "after thinking" and "answers" not in json.loads(
         (tmp_path / "plain" / "run.json").read_text())["run_key"]

@@ -421,6 +421,22 @@ def test_machines_sharing_an_output_each_take_their_models(sweep_file, reference
         " ".join(wrong.output.split())
 
 
+def test_a_sweep_report_names_runs_whose_thinking_took_every_token(checkpoint_dirs, tmp_path):
+    """A model whose template opens thinking (DeepSeek-R1's distills) at a sweep's 4 new tokens answers nothing:
+    the report says so per run, as a score of 0 would read as the method's."""
+    ckpt = shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "r1")
+    template = ckpt / "chat_template.jinja"
+    template.write_text(template.read_text().replace("assistant\\n", "assistant\\n<think>\\n"))
+    sweep = _file(tmp_path, GENERATION + f'\n[[models]]\npath = "{ckpt}"\n'
+                  '\n[[datasets]]\nname = "sample-qa"\nfew_shot_k = 1\nnum_prompts = 2\nmax_samples = 2\n'
+                  '\n[[methods]]\nname = "origin"\n')
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--output", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(CliRunner().invoke(app, ["report", str(tmp_path / "out")]).output.split())
+    assert "r1/sample-qa/origin · origin: 2 of 2 answers are none, as their thinking did not end within " \
+        "max_new_tokens 4" in shown
+
+
 def test_report_on_a_sweep_directory(reference, tmp_path):
     out, table = reference
     shown = CliRunner().invoke(app, ["report", str(out), "--plot", str(tmp_path / "s.png"), "--csv",

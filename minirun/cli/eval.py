@@ -87,6 +87,8 @@ def eval_command(
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import load_dataset, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
+    from minirun.eval.report import cut_thinking
+    from minirun.eval.results import read_results
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
@@ -113,6 +115,7 @@ def eval_command(
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):
             out.print(t)
+        warn(cut_thinking(read_results(output)), out)
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
 
 
@@ -161,6 +164,7 @@ def report_command(
                         f"match rule only, not under --match {match}")
     if mixed := report.mixed_timing(table):
         warnings.append(mixed)
+    warnings += report.cut_thinking(raw)
     if as_json:
         print(json.dumps(report.report_json(table)))
         warn(warnings, err)

@@ -42,6 +42,7 @@ from minirun.methods.runner import (EVERY_ANSWER, OPTION_READERS, PROMPT_ROWS, a
 from minirun.text import extract_answer, normalize
 
 log = logging.getLogger("minirun")
+THINKING_TOKENS = 256  # below this, a reasoning run's max_new_tokens is warned of: thinking takes hundreds or more
 
 STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
@@ -243,6 +244,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     }
     if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
         run_key["answers"] = "after thinking"
+        if max_new_tokens < THINKING_TOKENS:
+            log.warning(f"{llm.path.name} thinks before it answers, and {max_new_tokens} new tokens seldom reach the "
+                        f"answer (none where the thinking does not end): give --max-new-tokens {THINKING_TOKENS} or "
+                        "more")
     if chat is not False and llm.tokenizer.reads_clock:  # the template writes the day: the run keeps its first one
         run_key["template_date"] = (template_date or recorded_run_key(output_dir).get("template_date")
                                     or date.today().isoformat())

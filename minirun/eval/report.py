@@ -30,7 +30,7 @@ from minirun.eval.stats import (
 from minirun.methods.choice import method_pick, option_probabilities
 from minirun.methods.options import CHOICE_SCORES
 from minirun.methods.runner import EVERY_ANSWER
-from minirun.text import normalize
+from minirun.text import THINK_END, normalize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -167,6 +167,20 @@ def timed_on(df: pd.DataFrame) -> list[str]:
     if "machine" not in df.columns:
         return []
     return sorted(df.loc[df["seconds"].notna(), "machine"].dropna().unique())
+
+
+def cut_thinking(df: pd.DataFrame) -> list[str]:
+    """Per method of a reasoning run (`attrs["thinking_budget"]`), a warning where generated rows spent every new
+    token thinking (no </think> within max_new_tokens): they have no answer and score as wrong, which reads as the
+    method's error unless said."""
+    budget = df.attrs.get("thinking_budget")
+    if budget is None or not len(df):
+        return []
+    rows = df[df["task"].ne("choice")] if "task" in df.columns else df
+    cut = rows["generated"].fillna("").map(lambda text: THINK_END not in text) & (rows["tokens"] >= budget)
+    return [f"{method}: {int(n)} of {int(total)} answers are none, as their thinking did not end within "
+            f"max_new_tokens {budget}: a reasoning run needs hundreds of tokens or more (a new output directory)"
+            for method, (n, total) in cut.groupby(rows["method"]).agg(["sum", "count"]).iterrows() if n]
 
 
 def mixed_timing(df: pd.DataFrame) -> str | None:

@@ -179,7 +179,8 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how
     many items run.json lists, `attrs["methods"]` the methods it was asked for, `attrs["dataset"]` its data's
     name, and `attrs["match"]` the rule ("lemma" or "bidirectional") run.json records its verdicts under, where
-    it records one: the only rule its per-prompt verdicts exist under."""
+    it records one: the only rule its per-prompt verdicts exist under; `attrs["thinking_budget"]` a reasoning run's
+    max_new_tokens."""
     output_dir = Path(output_dir)
     info = _run_info(output_dir) or {}
     order = {item_id: i for i, item_id in enumerate(info.get("item_ids") or [])}
@@ -202,6 +203,8 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
         df.attrs["match"] = "bidirectional" if info["run_key"]["bidirectional"] else "lemma"
     if "dataset" in info.get("run_key", {}):
         df.attrs["dataset"] = Path(info["run_key"]["dataset"]).name  # a named dataset, or the file's name
+    if info.get("run_key", {}).get("answers") == "after thinking":  # what `report.cut_thinking` counts against
+        df.attrs["thinking_budget"] = info["run_key"].get("max_new_tokens")
     return df
 
 

@@ -31,8 +31,8 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
-from minirun.eval.report import (CALIBRATION, PAIRED, load_results, method_label, paired_difference, provenance,
-                                 summarize, timed_on, unfinished)
+from minirun.eval.report import (CALIBRATION, PAIRED, cut_thinking, load_results, method_label, paired_difference,
+                                 provenance, summarize, timed_on, unfinished)
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
                                   recorded_run_key, recorded_source)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
@@ -161,6 +161,14 @@ def unfinished_cells(output: str | Path) -> list[str]:
         if not (output / folder / "done.json").is_file() or rows["id"].nunique() < rows.attrs.get("items", 0):
             out.append(folder)
     return out
+
+
+def sweep_thinking_cut(output: str | Path) -> list[str]:
+    """`report.cut_thinking`'s warnings for every run of a sweep's index, each named by its directory."""
+    output = Path(output)
+    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    return [f"{folder} · {line}" for folder in (c["dir"] for c in index["cells"]) if (output / folder).is_dir()
+            for line in cut_thinking(read_results(output / folder))]
 
 
 def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> str:
