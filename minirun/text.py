@@ -26,6 +26,7 @@ _NUMBER_MARKS = (
 
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>|</?s>")
 THINK_START, THINK_END = "<think>", "</think>"  # a reasoning model's thinking (Qwen3, QwQ, DeepSeek-R1 distills)
+THINKING_TOKENS = 256  # fewer new tokens than this seldom see a reasoning model's thinking end: warned of
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
 

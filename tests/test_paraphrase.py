@@ -105,7 +105,7 @@ def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkey
     monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
     undated = type("Tokenizer", (), {"reads_clock": False, "pinned_clock": lambda self, moment: contextlib.nullcontext()})
     llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
-                               "tokenizer": undated()})()
+                               "tokenizer": undated(), "opens_reasoning": lambda self, chat, thinking: False})()
     done = paraphrase_file(llm, fills, tmp_path / "f.jsonl", num=3)
     assert done[0].paraphrases == ["The capital of Egypt is", "Egypt's capital city is"]
 
@@ -386,7 +386,7 @@ def test_a_dated_template_rewrites_every_item_at_the_files_first_day(long_contex
     assert result.exit_code == 1 and "template date 'x' is not a day as YYYY-MM-DD" in result.output
 
 
-def test_a_template_that_opens_thinking_rewrites_past_it(long_context, tmp_path, sampled):
+def test_a_template_that_opens_thinking_rewrites_past_it(long_context, tmp_path, sampled, caplog):
     """A DeepSeek-R1 distillation thinks before any rewrite, whatever the switch says: a new line of its thinking is
     no rewrite, so a rewrite whose thinking never ended within max_new_tokens is none (it was the thinking's first
     line, which the filters could keep)."""
@@ -395,3 +395,9 @@ def test_a_template_that_opens_thinking_rewrites_past_it(long_context, tmp_path,
     template.write_text(template.read_text().replace("assistant\\n", "assistant\\n<think>\\n"))
     out = rewrite_batch(minirun.load(ckpt), items(), 4, 1.5, 0.9, 12, 0)
     assert all(r == "" for rs in out for r in rs) and all(c.finish_reason != "stop" for c in sampled)
+    with caplog.at_level("WARNING", logger="minirun"):  # said before it runs, not left to a count of 0 kept
+        paraphrase_file(minirun.load(ckpt), items()[:1], tmp_path / "p.jsonl", num=2, max_new_tokens=12)
+    assert "ckpt's template opens its thinking, and 12 new tokens seldom see it end" in caplog.text
+    caplog.clear()
+    paraphrase_file(minirun.load(long_context), items()[:1], tmp_path / "q.jsonl", num=2, max_new_tokens=12)
+    assert "thinking" not in caplog.text

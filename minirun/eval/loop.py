@@ -39,10 +39,9 @@ from minirun.methods.choice import ChoiceResult, score_choices, scored_as
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.runner import (EVERY_ANSWER, OPTION_READERS, PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
-from minirun.text import extract_answer, normalize
+from minirun.text import THINKING_TOKENS, extract_answer, normalize
 
 log = logging.getLogger("minirun")
-THINKING_TOKENS = 256  # below this, a reasoning run's max_new_tokens is warned of: thinking takes hundreds or more
 
 STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...

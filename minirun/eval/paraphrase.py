@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -27,7 +28,9 @@ from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict
 from minirun.eval.results import drop_torn_line, lock_exclusively
-from minirun.text import answer_start, first_line, normalize
+from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize
+
+log = logging.getLogger("minirun")
 
 INSTRUCTION = ("Rewrite the question so that it keeps exactly the same meaning but uses different words and a "
                "different sentence structure. Reply with the rewritten question only.")
@@ -184,8 +187,17 @@ def rewrite_question(llm: LLM, question: str, num: int, temperature: float = 1.5
     """One question's kept rewrites (of `num` sampled), under the rules and defaults `minirun paraphrase` uses for a
     dataset's; its answer is unknown, so none is dropped for giving it away."""
     check_sampling(num, temperature, top_p)
+    warn_thinking(llm, max_new_tokens)
     item = Item("question", question, [question], [])
     return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed)[0], item)
+
+
+def warn_thinking(llm: LLM, max_new_tokens: int) -> None:
+    """A template that opens thinking whatever the switch (DeepSeek-R1's distills) makes every rewrite wait for its
+    </think>: too few new tokens give none at all, which the kept count alone would not explain."""
+    if llm.opens_reasoning(None, False) and max_new_tokens < THINKING_TOKENS:
+        log.warning(f"{llm.path.name}'s template opens its thinking, and {max_new_tokens} new tokens seldom see it "
+                    f"end (a rewrite still thinking is none): give --max-new-tokens {THINKING_TOKENS} or more")
 
 
 def check_sampling(num: int, temperature: float, top_p: float) -> None:
@@ -214,6 +226,7 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
     check_sampling(num, temperature, top_p)
+    warn_thinking(llm, max_new_tokens)
     if template_date is not None:
         template_date = day_text(template_date)
     settings = (llm, dataset, num, temperature, top_p, max_new_tokens, seed)
