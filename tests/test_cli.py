@@ -189,6 +189,31 @@ def test_rewrites_are_the_models_kept_rewordings_fused_like_given_ones(tiny, mon
     assert "rewrite: Name France's capital." in shown.stderr and "rewrite: Capital?" not in shown.stderr
 
 
+def test_a_fill_prompt_under_fill_examples_is_rewritten_into_fill_prompts(tiny, monkeypatch):
+    """Under `--few-shot` fill examples the prompt is a fill prompt ("The capital of France is"): its rewrites are
+    asked and kept as `minirun paraphrase` rewrites a fill item's (one that is a question, or that completes the
+    prompt, dropped); question worked examples, or none, keep the question's rules."""
+    from minirun.eval import paraphrase
+    from minirun.eval.data import SAMPLE_DIR
+
+    asked = []
+
+    def rewrite_batch(llm, items, num, temperature, top_p, max_new_tokens, seed):
+        asked.append(items[0].task)
+        assert paraphrase.FILL_INSTRUCTION in paraphrase.rewrite_prompt(items[0]) or items[0].task != "fill"
+        return [["France's capital city is", "Which city is the capital of France?", "The capital of France is Paris"]]
+
+    monkeypatch.setattr(paraphrase, "rewrite_batch", rewrite_batch)
+    fill = invoke("generate", "--model", tiny, "--method", "avg", "The capital of France is", "--rewrites", "3",
+                  "--few-shot", str(SAMPLE_DIR / "fewshot_fill.jsonl"), "--json", "--max-new-tokens", "2")
+    assert fill.exit_code == 0, fill.output
+    assert json.loads(fill.stdout)["rewrites"] == ["France's capital city is"]
+    question = invoke("generate", "--model", tiny, "--method", "avg", "The capital of France is", "--rewrites", "3",
+                      "--few-shot", str(SAMPLE_DIR / "fewshot_qa.jsonl"), "--json", "--max-new-tokens", "2")
+    assert question.exit_code == 0, question.output
+    assert asked == ["fill", "qa"] and "Which city is the capital of France?" in json.loads(question.stdout)["rewrites"]
+
+
 def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch):
     from minirun.eval import paraphrase
 

@@ -222,11 +222,21 @@ def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: l
         from minirun.eval.loop import few_shot_prefixes
 
         examples = load_jsonl(path, examples=True)
-        task = examples[0].task
+        task = few_shot_task(path)
         prefix = few_shot_prefixes([Item("asked", question, paraphrases, [], task)], examples, str(path), task, k)[task]
     else:
         prefix = read_text_file(path, "few-shot file")
     return prefix + MINIRUN.lead, MINIRUN.cue if suffix is None else suffix
+
+
+def few_shot_task(path: Optional[Path]) -> str:
+    """The task a `--few-shot` file's worked examples are of (its first item's: "qa", "fill" or "choice"), which the
+    question is asked as; "qa" for no file or a verbatim text file."""
+    if path is None or path.suffix != ".jsonl":
+        return "qa"
+    from minirun.eval.data import load_jsonl
+
+    return load_jsonl(path, examples=True)[0].task
 
 
 def single_prompt_line(scores) -> str:

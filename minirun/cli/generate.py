@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context, friendly,
-                                load_llm, parse_flex_bias, read_text_file, stream)
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context,
+                                few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream)
 from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import generation_params
@@ -130,7 +130,7 @@ def generate(
                           "gives none): add --paraphrase, lines to --paraphrases-file, or --rewrites N")
     prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # before the model loads
     llm = load_llm(model, device, dtype, compile)
-    written = _rewrites(llm, prompt, paraphrases, rewrites, seed)
+    written = _rewrites(llm, prompt, paraphrases, rewrites, seed, few_shot_task(few_shot))
     if written:  # the few-shot examples drawn again, none of them one of the model's rewordings
         prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases + written, suffix)
     _ensemble(llm, method, prompt, paraphrases + written, prefix, after, options, as_json,
@@ -165,14 +165,15 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
 
 
-def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int) -> list[str]:
-    """The model's kept rewordings of `question` (none when `num` is 0); refused when none is kept and none was
-    given, as the ensemble would be the question alone."""
+def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int, task: str) -> list[str]:
+    """The model's kept rewordings of `question` (none when `num` is 0), as `task` asks it (a fill prompt, under
+    fill worked examples, is rewritten into fill prompts); refused when none is kept and none was given, as the
+    ensemble would be the question alone."""
     if not num:
         return []
     from minirun.eval.paraphrase import rewrite_question
 
-    written = rewrite_question(llm, question, num, seed=seed)
+    written = rewrite_question(llm, question, num, seed=seed, task=task)
     if not written and not given:
         raise MinirunError(f"none of the model's {num} rewordings of the question was kept (empty, a copy, cut off "
                            "or off-topic; a small model such as the default rarely rewords well): raise --rewrites, "

@@ -183,12 +183,13 @@ def kept_rewrites(rewrites: list[str], item: Item) -> list[str]:
 
 
 def rewrite_question(llm: LLM, question: str, num: int, temperature: float = 1.5, top_p: float = 0.9,
-                     max_new_tokens: int = 30, seed: int = 0) -> list[str]:
+                     max_new_tokens: int = 30, seed: int = 0, task: str = "qa") -> list[str]:
     """One question's kept rewrites (of `num` sampled), under the rules and defaults `minirun paraphrase` uses for a
-    dataset's; its answer is unknown, so none is dropped for giving it away."""
+    dataset's item of `task` (a "fill" prompt into fill prompts); its answer is unknown, so none is dropped for
+    giving it away."""
     check_sampling(num, temperature, top_p)
     warn_thinking(llm, max_new_tokens)
-    item = Item("question", question, [question], [])
+    item = Item("question", question, [question], [], task)
     return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed)[0], item)
 
 
