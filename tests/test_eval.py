@@ -1004,6 +1004,11 @@ def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items,
     shown = " ".join(CliRunner().invoke(_app(), ["report", str(tmp_path / "thinking")]).output.split())
     assert "origin: 6 of 6 answers are none, as their thinking did not end within max_new_tokens 12" in shown
     assert "thinking did not end" not in CliRunner().invoke(_app(), ["report", str(tmp_path / "plain")]).output
+    closing = CliRunner().invoke(_app(), ["eval", "--model", str(ckpt), "-m", "origin", "--output",
+                                          str(tmp_path / "cli"), *CLI_SETTINGS])  # its closing table says it too
+    assert closing.exit_code == 0, closing.output
+    assert "origin: 6 of 6 answers are none, as their thinking did not end within max_new_tokens 4" in " ".join(
+        closing.output.split())
     record = json.loads((tmp_path / "thinking" / "run.json").read_text())
     assert record["run_key"]["answers"] == "after thinking" and "answers" not in json.loads(
         (tmp_path / "plain" / "run.json").read_text())["run_key"]

@@ -88,7 +88,6 @@ def eval_command(
     from minirun.eval.data import load_dataset, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
     from minirun.eval.report import cut_thinking
-    from minirun.eval.results import read_results
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
@@ -115,7 +114,7 @@ def eval_command(
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):
             out.print(t)
-        warn(cut_thinking(read_results(output)), out)
+        warn(cut_thinking(table), out)  # the merged table: run.json's attrs with it
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
 
 

@@ -107,8 +107,10 @@ class Stopper:
 
     def stop_at(self, text: str) -> int | None:
         """Where the first stop string in `text`'s answer starts, if one does."""
+        if not self.stop_strings:  # checked first: a row without stop strings skips the thinking's scan
+            return None
         start = answer_start(text, self.reasoning)
-        if start is None or not self.stop_strings:
+        if start is None:
             return None
         return min((i for s in self.stop_strings if (i := text.find(s, start)) >= 0), default=None)
 

@@ -113,6 +113,9 @@ def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
 
 
 def _state(cell: Cell, key: str, items: list[Item]) -> CellState:
+    """Finished only where done.json names `key` and the journals still hold every item's row (a row deleted to
+    redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
+    the eval loop resumes the cell from its rows."""
     ids = {item.id for item in items}
     answered = set(read_results(cell.dir)["id"]) & ids if cell.dir.is_dir() else set()
     try:
@@ -164,10 +167,12 @@ def unfinished_cells(output: str | Path) -> list[str]:
 
 
 def sweep_thinking_cut(output: str | Path) -> list[str]:
-    """`report.cut_thinking`'s warnings for every run of a sweep's index, each named by its directory."""
+    """`report.cut_thinking`'s warnings for every reasoning run of a sweep's index, each named by its directory (the
+    rows of the others are not read again)."""
     output = Path(output)
     index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
     return [f"{folder} · {line}" for folder in (c["dir"] for c in index["cells"]) if (output / folder).is_dir()
+            and recorded_run_key(output / folder).get("answers") == "after thinking"
             for line in cut_thinking(read_results(output / folder))]
 
 
