@@ -906,28 +906,53 @@ def _no_memory(*args, **kwargs):
     return torch.empty(1 << 50, dtype=torch.uint8)  # the host's allocator refuses it, as a full GPU's does
 
 
-def test_out_of_memory_names_the_batch_and_the_fix_and_keeps_what_finished(checkpoint_dirs, items, tmp_path):
-    """A batch that does not fit (a 32B model's cache on one GPU) was a traceback; now one line names the batch,
-    what was asked for and a batch size to resume with, and the batches finished before it are kept."""
+def test_a_batch_out_of_memory_runs_on_in_halves_and_later_batches_start_there(checkpoint_dirs, items, tmp_path,
+                                                                                 caplog):
+    """A batch the device cannot hold (a 32B model's cache beside its weights on one GPU) stopped a sweep of hours;
+    now its memory is freed, it runs in halves, and later batches start at the size that fit: the rows equal a run
+    at that size, and the warning names the batch and the --batch-size that starts there."""
+    llm = minirun.load(checkpoint_dirs["qwen2"])
+    allocate, failures = llm.model.setup_cache, []
+
+    def cache_of_two_questions(batch: int, slots: int, exact: bool = True) -> None:
+        allocate(batch, slots, exact)  # allocated, then the next allocation fails: the cache must be let go
+        if batch > 2 * 2:  # rows: 2 prompts a question
+            failures.append(batch)
+            _no_memory()
+
+    llm.model.setup_cache = cache_of_two_questions
+    with caplog.at_level("WARNING", logger="minirun"):
+        table = evaluate(llm, items, ["per_prompt", "avg"], tmp_path / "halves", **{**SETTINGS, "batch_size": 4})
+    assert failures == [8]  # per_prompt's first batch only: avg's, laid out alike, and the second started at 2
+    assert llm.model.layers[0].attn.kv_cache.allocation[0].shape[0] == 4  # not the 8 rows that did not fit
+    assert " ".join(caplog.text.split()).count(
+        "out of cpu memory running per_prompt on 4 questions at once, first 'qa-001' (1125899906842624 bytes were asked "
+        "for): running 2 at a time from here on (--batch-size 2, in a sweep the model's batch_size, starts there)") == 1
+    del llm.model.setup_cache
+    alike = evaluate(llm, items, ["per_prompt", "avg"], tmp_path / "twos", **SETTINGS)
+    columns = ["id", "method", "generated", "answer", "correct", "tokens"]
+    pd.testing.assert_frame_equal(table[columns], alike[columns])
+    assert len((tmp_path / "halves" / "results.rank0.jsonl").read_text().splitlines()) == 12
+
+
+def test_one_question_out_of_memory_ends_in_one_line_and_keeps_what_finished(checkpoint_dirs, items, tmp_path):
+    """Only a question that does not fit alone stops a run: one line names it and the other fixes, and the batches
+    finished before it are kept for the resume."""
     llm, rows = minirun.load(checkpoint_dirs["qwen2"]), []
 
-    def fill_up(row: dict) -> None:  # the second batch finds no memory left
+    def fill_up(row: dict) -> None:  # the second batch finds no memory left, at any size
         rows.append(row)
         llm.session = _no_memory
 
-    message = (r"^out of cpu memory running avg on a batch of 2 questions, first 'qa-003' \(1125899906842624 bytes "
-               r"were asked for\): resume with --batch-size 1 \(a sweep: batch_size in the model's entry\); the "
-               r"batches finished are kept$")
+    message = (r"^out of cpu memory running avg on one question, 'qa-003' \(1125899906842624 bytes were asked for\): "
+               r"it does not fit alone; give fewer prompts, a smaller --max-new-tokens or --dtype; the batches "
+               r"finished are kept$")
     with pytest.raises(MinirunError, match=message):
         evaluate(llm, items[:4], ["avg"], tmp_path, **SETTINGS, on_row=fill_up)
     assert len(rows) == 2 and len((tmp_path / "results.rank0.jsonl").read_text().splitlines()) == 2
     del llm.session
     table = evaluate(llm, items[:4], ["avg"], tmp_path, **SETTINGS)
     assert list(table["id"]) == [item.id for item in items[:4]]
-    llm.session = _no_memory  # at one question a batch, the batch size is no longer the fix
-    with pytest.raises(MinirunError, match=r"\): one question a batch does not fit: fewer prompts, a smaller "
-                                           r"--max-new-tokens or --dtype; the batches finished are kept$"):
-        evaluate(llm, items[:1], ["origin"], tmp_path / "one", **{**SETTINGS, "batch_size": 1})
 
 
 def test_out_of_memory_elsewhere_is_one_line_too(checkpoint_dirs, monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import operator
 import os
 from pathlib import Path
@@ -101,6 +102,16 @@ class LLM:
             yield self.prompts
         finally:
             self.prompts = previous
+
+    def release_memory(self) -> None:
+        """Free what a batch that ran out of memory leaves held (its cache, a batch's prompts kept for reuse), so
+        a smaller batch can allocate; the few-shot heads, one row each, stay."""
+        self.model.release_cache()
+        if self.prompts is not None:
+            self.prompts.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def stopper(self, stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False,
                 reasoning: bool = False) -> Stopper:

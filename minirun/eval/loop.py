@@ -7,6 +7,7 @@ shard of the items and rank 0 merges, giving the table one process would have wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -367,24 +368,20 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
             stack.enter_context(llm.reusing_prompts())
         twins = Twins(lambda: _reused_seconds(llm))
+        fitting: dict[tuple[int, str], int] = {}  # (run, layout) -> questions a call holds, once memory ran out
+
+        def answer(run: Run, method: str, part: list[Item]) -> list[dict]:
+            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
+                           _suffix(item, run.choice_format, run.prompt_format)) for item in part]
+            with llm.tokenizer.pinned_clock(template_clock(run)):
+                return _run_batch(llm, method, part, qs, run.options, matcher, run.bidirectional, run.original,
+                                  bar, run.choice_format, twins)
+
         for (i, method), batch in schedule(lanes):
             run = runs[i]
             bar.update(overall, description=f"eval {method}")
-            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
-                           _suffix(item, run.choice_format, run.prompt_format)) for item in batch]
-            try:
-                with llm.tokenizer.pinned_clock(template_clock(run)):
-                    rows = _run_batch(llm, method, batch, qs, run.options, matcher, run.bidirectional, run.original,
-                                      bar, run.choice_format, twins)
-            except RuntimeError as e:
-                if (asked := out_of_memory(e)) is None:
-                    raise
-                size = questions_per_batch(method, run.num_prompts, run.batch_size)
-                fix = f"resume with --batch-size {size // 2} (a sweep: batch_size in the model's entry)" if size > 1 \
-                    else "one question a batch does not fit: fewer prompts, a smaller --max-new-tokens or --dtype"
-                raise MinirunError(f"out of {llm.device.type} memory running {method} on a batch of {len(batch)} "
-                                   f"questions, first {batch[0].id!r} ({asked}): {fix}; the batches finished are "
-                                   "kept") from None
+            layout = (i, "rows" if method in PROMPT_ROWS else method)  # alike methods share a batch's memory
+            rows = _within_memory(llm, functools.partial(answer, run, method), batch, method, fitting, layout)
             rows = [{**row, "machine": machine} for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))
@@ -398,6 +395,36 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         mine_rows = pd.Series([pair in pairs for pair in zip(table["method"], table["id"])], index=table.index, dtype=bool)
         tables.append(table[mine_rows].reset_index(drop=True))  # a Series: an empty list would pick no columns
     return tables
+
+
+def _within_memory(llm: LLM, answer: Callable[[list[Item]], list[dict]], batch: list[Item], method: str,
+                   fitting: dict[tuple[int, str], int], layout: tuple[int, str]) -> list[dict]:
+    """`answer`'s rows for `batch`, asked in parts small enough for the device's memory: where a part runs out
+    (a 32B model's cache beside its weights on one GPU), the memory it held is freed and it is asked again in
+    halves, and the size that fits (`fitting`, per run and layout) is where later batches start. A sweep of hours
+    goes on at the size that fits instead of stopping at its first long batch; the batch's rows are still
+    journalled whole, so a resumed run redoes the batches a fresh run makes. Only one question that does not fit
+    alone ends the run, in one line."""
+    rows: list[dict] = []
+    most = fitting.get(layout, len(batch))
+    while len(rows) < len(batch):
+        part = batch[len(rows):len(rows) + most]
+        try:
+            rows += answer(part)
+            continue
+        except RuntimeError as e:
+            if (asked := out_of_memory(e)) is None:
+                raise
+        if len(part) == 1:
+            raise MinirunError(f"out of {llm.device.type} memory running {method} on one question, {part[0].id!r} "
+                               f"({asked}): it does not fit alone; give fewer prompts, a smaller --max-new-tokens or "
+                               "--dtype; the batches finished are kept")
+        llm.release_memory()
+        most = fitting[layout] = len(part) // 2
+        log.warning(f"out of {llm.device.type} memory running {method} on {len(part)} questions at once, first "
+                    f"{part[0].id!r} ({asked}): running {most} at a time from here on (--batch-size {most}, in a "
+                    "sweep the model's batch_size, starts there)")
+    return rows
 
 
 def template_clock(run: Run) -> datetime | None:

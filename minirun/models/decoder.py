@@ -215,6 +215,12 @@ class Decoder(nn.Module):
             layer.attn.kv_cache = KVCache(rows, c.num_kv_heads, slots, c.head_dim, w.dtype, w.device)
             layer.attn.kv_cache.reset(batch, max_seq_len, exact)
 
+    def release_cache(self) -> None:
+        """Drop every layer's KV cache: after an allocation failed, the next `setup_cache` allocates only
+        what its own batch needs, not the union with the batch that did not fit."""
+        for layer in self.layers:
+            layer.attn.kv_cache = None
+
     def mark_shared(self, length: int) -> None:
         """Every row's first `length` cache slots now hold the same keys and values (a head written once
         for all rows): dense attention reads them from one row for the whole batch."""
