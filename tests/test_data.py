@@ -4,13 +4,17 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import minirun.eval.data
 from minirun.errors import MinirunError
 from minirun.eval.data import (
     Item,
+    dataset_source,
+    hub_dataset,
     load_commonsense_qa,
     load_dataset,
     load_fewshot,
@@ -197,8 +201,8 @@ def test_webqa_hub_without_datasets_package(monkeypatch):
 def _fake_datasets(monkeypatch, frames):
     calls = []
 
-    def load_dataset(name, *config, split):
-        calls.append((name, *config, split))
+    def load_dataset(name, *config, split, **pinned):
+        calls.append((name, *config, split, *pinned.values()))  # the revision, where one is asked for
         return types.SimpleNamespace(to_pandas=lambda: frames[name].copy())
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
@@ -516,6 +520,60 @@ def test_choice_benchmarks_from_the_hub(monkeypatch):
                      ("cais/mmlu", "all", "dev"), ("tau/commonsense_qa", "train")]
     with pytest.raises(MinirunError, match="--subset picks an MMLU subject"):
         load_dataset("sample-qa", subset="astronomy")
+
+
+def _fake_hub(monkeypatch, commits: dict[str | None, str]) -> list:
+    """`huggingface_hub.dataset_info` answering each revision's commit; asking for another fails as the Hub does."""
+    import huggingface_hub
+
+    asked = []
+
+    class RevisionNotFoundError(Exception):  # the Hub's own needs an HTTP response
+        pass
+
+    def dataset_info(repo: str, revision: str | None = None):
+        asked.append((repo, revision))
+        if revision not in commits:
+            raise RevisionNotFoundError(f"404 Client Error.\n\nRevision Not Found for {repo}")
+        return types.SimpleNamespace(sha=commits[revision])
+
+    monkeypatch.setattr(huggingface_hub, "dataset_info", dataset_info)
+    return asked
+
+
+def test_a_hub_dataset_is_read_at_one_commit_and_says_which(monkeypatch, tmp_path, caplog):
+    """A Hub dataset changes under one name: `mmlu@REV` reads a branch, tag or commit; `dataset_source` resolves
+    the revision (main by default) to the commit every split is then read at, takes a full commit as given (no Hub
+    asked: a pinned run works from `datasets`' cache offline), and names what it cannot resolve."""
+    asked = _fake_hub(monkeypatch, {None: "c" * 40, "v1": "d" * 40})
+    assert dataset_source("mmlu") == {"hub": "cais/mmlu", "revision": "main", "commit": "c" * 40}
+    assert dataset_source("webqa", "v1") == {"hub": "stanfordnlp/web_questions", "revision": "v1", "commit": "d" * 40}
+    assert dataset_source("commonsense_qa", "e" * 40)["commit"] == "e" * 40
+    assert asked == [("cais/mmlu", None), ("stanfordnlp/web_questions", "v1")]
+    assert dataset_source("sample-qa") is None and dataset_source(str(tmp_path / "mine.jsonl")) is None
+    with pytest.raises(MinirunError, match=r"^cannot find revision 'v9' of cais/mmlu on the Hugging Face Hub "
+                                           r"\(RevisionNotFoundError: 404 Client Error\.\): check the revision"):
+        dataset_source("mmlu", "v9")
+    _fake_hub(monkeypatch, {})  # offline: the main branch as `datasets` finds it, said and recorded without a commit
+    with caplog.at_level("WARNING", logger="minirun"):
+        assert dataset_source("myriadlama") == {"hub": "iszhaoxin/MyriadLAMA", "revision": "main"}
+    assert "cannot ask the Hugging Face Hub which commit iszhaoxin/MyriadLAMA is at" in caplog.text
+
+    calls = _fake_datasets(monkeypatch, {"cais/mmlu": _mmlu_frame()})
+    assert hub_dataset("mmlu@v1") == ("mmlu", "v1") and hub_dataset("runs/a@b.jsonl") == ("runs/a@b.jsonl", None)
+    load_dataset("mmlu@v1", subset="astronomy")
+    load_fewshot("mmlu", "choice", revision="d" * 40)
+    load_dataset("mmlu")
+    assert calls == [("cais/mmlu", "astronomy", "test", "v1"), ("cais/mmlu", "all", "dev", "d" * 40),
+                     ("cais/mmlu", "all", "test")]
+    with pytest.raises(MinirunError, match=r"^a revision picks an upload of a Hugging Face Hub dataset .*; "
+                                           r"'sample-qa' is none: drop the revision$"):
+        load_dataset("sample-qa", revision="v1")
+    with pytest.raises(MinirunError, match=r"^'mmlu@' names no revision after '@'"):
+        load_dataset("mmlu@")
+    pinned_file = tmp_path / "qa@v2.jsonl"  # a file's "@" is its name's
+    pinned_file.write_text((Path(minirun.eval.data.__file__).parent / "sample" / "qa.jsonl").read_text())
+    assert len(load_dataset(pinned_file)) == len(load_dataset("sample-qa"))
 
 
 def test_bundled_choice_sample():

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pandas as pd
 import torch
@@ -1007,6 +1008,48 @@ def test_a_run_names_the_upload_its_model_came_from(checkpoint_dirs, items, tmp_
     assert f"% model source: {json.dumps(first, sort_keys=True)}" in comments
     evaluate(minirun.load(checkpoint_dirs["qwen2"]), items[:2], ["origin"], tmp_path / "made", **SETTINGS)
     assert recorded_source(tmp_path / "made") is None  # a folder no pull or convert made: nothing to cite
+
+
+def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, tmp_path, monkeypatch):
+    """`--data mmlu@v1` (a sweep's `name = "mmlu@v1"`) reads the test items and the few-shot examples at the commit
+    v1 is at, run.json cites {hub, revision, commit}, and `report --latex` heads the table with it."""
+    import huggingface_hub
+
+    frames = {"test": pd.DataFrame({"question": ["2+2?", "Capital of Peru?"], "subject": ["math", "geo"],
+                                    "choices": [["3", "4", "5", "6"], ["Lima", "Quito", "Bogota", "La Paz"]],
+                                    "answer": [1, 0]}),
+              "dev": pd.DataFrame({"question": ["3+3?", "Capital of Chile?"], "subject": ["math", "geo"],
+                                   "choices": [["6", "7", "8", "9"], ["Santiago", "Lima", "Quito", "Cusco"]],
+                                   "answer": [0, 0]})}
+    calls, commit = [], "d" * 40
+
+    def load_hub_dataset(name, *config, split, **pinned):
+        calls.append((name, split, pinned.get("revision")))
+        return types.SimpleNamespace(to_pandas=lambda: frames[split].copy())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
+    monkeypatch.setattr(huggingface_hub, "dataset_info",
+                        lambda repo, revision=None: types.SimpleNamespace(sha=commit if revision == "v1" else "e" * 40))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(_app(), ["eval", "--data", "mmlu@v1", "--model", str(checkpoint_dirs["qwen2"]),
+                                         "-m", "origin", "--few-shot-k", "1", "--max-new-tokens", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("cais/mmlu", "test", commit), ("cais/mmlu", "dev", commit)]
+    run = tmp_path / "runs" / f"mmlu-v1-{checkpoint_dirs['qwen2'].name}"
+    cited = {"hub": "cais/mmlu", "revision": "v1", "commit": commit}
+    assert recorded_source(run, "data_source") == cited
+    assert json.loads((run / "run.json").read_text())["run_key"]["dataset"] == "mmlu"  # the revision is no setting
+    CliRunner().invoke(_app(), ["report", str(run), "--latex", str(tmp_path / "t.tex")])
+    assert f"% data source: {json.dumps(cited, sort_keys=True)}" in (tmp_path / "t.tex").read_text().splitlines()
+
+    calls.clear()
+    (tmp_path / "sweep.toml").write_text(f'''[generation]\nmax_new_tokens = 2
+[[models]]\npath = "{checkpoint_dirs["qwen2"]}"\n[[datasets]]\nname = "mmlu@v1"\nfew_shot_k = 1
+[[methods]]\nname = "origin"\n''')
+    result = CliRunner().invoke(cli_app, ["sweep", "sweep.toml", "--output", "swept", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("cais/mmlu", "test", commit), ("cais/mmlu", "dev", commit)]
+    assert recorded_source(tmp_path / "swept" / "qwen2" / "mmlu-v1" / "origin", "data_source") == cited
 
 
 def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path, caplog):

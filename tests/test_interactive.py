@@ -86,8 +86,8 @@ def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
 
 
 def test_eval_flow(models_dir, tmp_path):
-    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct@v1.0", "restart",
-               "", "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "16"]
+    answers = ["eval", "origin, avg ,flex", "nope.jsonl", "mmlu@", "sample-fill", "Qwen/Qwen2.5-0.5B-Instruct@v1.0",
+               "restart", "", "3", "abc", "10", "2", str(tmp_path / "out.jsonl"), "16"]
     argv, echoed, prompts = drive(answers, models_dir)
     assert argv == ["eval", "--method", "origin", "--method", "avg", "--method", "flex", "--data", "sample-fill",
                     "--model", "Qwen/Qwen2.5-0.5B-Instruct@v1.0", "--positions", "restart", "--num-prompts", "3",
@@ -96,9 +96,12 @@ def test_eval_flow(models_dir, tmp_path):
     assert ("prompts per question (the question and its paraphrases)", "5") in prompts
     assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
     assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
-                         "commonsense_qa or the path of an "
-                         "existing file (e.g. items.jsonl)")
-    assert echoed[2] == "'abc': give a whole number above 0"
+                         "commonsense_qa (a Hub one pinned: NAME@REV) or the path of an existing file "
+                         "(e.g. items.jsonl)")
+    assert echoed[1] == "'mmlu@': 'mmlu@' names no revision after '@': give a branch, tag or commit, or drop the '@'"
+    pinned, _, _ = drive(["eval", "origin", "mmlu@v1", *[""] * 6], models_dir)
+    assert pinned[pinned.index("--data") + 1] == "mmlu@v1"
+    assert echoed[3] == "'abc': give a whole number above 0"
 
 
 def _default(command, name: str) -> object:

@@ -725,10 +725,10 @@ def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(mo
     spec = parse_sweep({**BASE, "datasets": [{"name": "mmlu"}, {"name": "sample-qa"}]})
     mmlu, qa = sweep_module.cells(spec, "out")
     items = load_dataset("sample-choice")[:2]
-    keys = [sweep_module.cell_key(c, spec, items, None) for c in (mmlu, qa)]
+    keys = [sweep_module.cell_key(c, spec, sweep_module.Data(items, None, None)) for c in (mmlu, qa)]
     monkeypatch.setattr(sweep_module, "subject_heads", lambda dataset, few_shot: False)  # as before the heads
-    assert sweep_module.cell_key(mmlu, spec, items, None) != keys[0]
-    assert sweep_module.cell_key(qa, spec, items, None) == keys[1]
+    assert sweep_module.cell_key(mmlu, spec, sweep_module.Data(items, None, None)) != keys[0]
+    assert sweep_module.cell_key(qa, spec, sweep_module.Data(items, None, None)) == keys[1]
 
 
 def test_cells_asked_in_the_harness_s_words_are_not_those_finished_in_minirun_s(monkeypatch, tmp_path):
@@ -746,13 +746,13 @@ def test_cells_asked_in_the_harness_s_words_are_not_those_finished_in_minirun_s(
                                              {"name": str(data), "benchmark": "mmlu", "choice_format": "letters"}]})
     csqa, qa, para = sweep_module.cells(spec, "out")
     items = load_dataset("sample-choice")[:2]
-    keys = [sweep_module.cell_key(c, spec, items, None) for c in (csqa, qa, para)]
+    keys = [sweep_module.cell_key(c, spec, sweep_module.Data(items, None, None)) for c in (csqa, qa, para)]
     monkeypatch.setattr(sweep_module, "prompt_format", lambda dataset, choice_format: prompts.MINIRUN)  # as before
-    assert sweep_module.cell_key(csqa, spec, items, None) != keys[0]
-    assert sweep_module.cell_key(para, spec, items, None) != keys[2]
+    assert sweep_module.cell_key(csqa, spec, sweep_module.Data(items, None, None)) != keys[0]
+    assert sweep_module.cell_key(para, spec, sweep_module.Data(items, None, None)) != keys[2]
     real = dataclasses.asdict  # a dataset table written before `benchmark` existed
     monkeypatch.setattr(dataclasses, "asdict", lambda obj: {k: v for k, v in real(obj).items() if k != "benchmark"})
-    assert sweep_module.cell_key(qa, spec, items, None) == keys[1]
+    assert sweep_module.cell_key(qa, spec, sweep_module.Data(items, None, None)) == keys[1]
 
 
 def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp_path):
@@ -776,7 +776,8 @@ def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp
     plain = load_sweep_file(_file(tmp_path, text.format(""), "plain.toml"))
     items = load_dataset(str(data), skip_bad=True)
     [cell], [same] = sweep_module.cells(sweep, "out"), sweep_module.cells(plain, "out")
-    assert sweep_module.cell_key(cell, sweep, items, None) == sweep_module.cell_key(same, plain, items, None)
+    data = sweep_module.Data(items, None, None)
+    assert sweep_module.cell_key(cell, sweep, data) == sweep_module.cell_key(same, plain, data)
 
 
 def test_a_cell_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypatch):
@@ -790,7 +791,7 @@ def test_a_cell_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypatch):
         model = {"path": "owner/model"} if device is None else {"path": "owner/model", "device": device}
         sweep = parse_sweep({**BASE, "models": [model]})
         [cell] = sweep_module.cells(sweep, tmp_path)
-        return sweep_module.cell_key(cell, sweep, items, None)
+        return sweep_module.cell_key(cell, sweep, sweep_module.Data(items, None, None))
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert key(None) == key("cpu") != key("cuda")

@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
 
 def eval_command(
     data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
-                             "commonsense_qa, or a dataset file."),
+                             "commonsense_qa (a Hub dataset pinned: NAME@REV, a branch, tag or commit), or a "
+                             "dataset file."),
     subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
     benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
                                             "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "
@@ -85,7 +86,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import load_dataset, load_jsonl
+    from minirun.eval.data import dataset_source, hub_dataset, load_dataset, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
     from minirun.eval.report import cut_thinking
 
@@ -97,19 +98,21 @@ def eval_command(
     if template_date is not None:
         template_day(template_date)  # before a model is fetched
     method = method_names(method)
-    items = load_dataset(data, subset=subset, skip_bad=skip_bad)
+    asked, (data, revision) = data, hub_dataset(data)
+    source = dataset_source(data, revision)  # at one commit: test items, few-shot examples and run.json's citation
+    items = load_dataset(data, subset=subset, skip_bad=skip_bad, revision=(source or {}).get("commit", revision))
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
-    name = Path(data).stem if Path(data).is_file() else data
+    name = Path(data).stem if Path(data).is_file() else asked.replace("@", "-").replace("/", "--")
     output = output or Path("runs") / f"{name}-{llm.path.name}"
     table = run_sharded(llm, items, method, output, dataset=data, num_prompts=num_prompts, original=original,
                         max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
                         thinking=thinking, template_date=template_date, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
-                        choice_format=choice_format, benchmark=benchmark, progress=progress)
+                        choice_format=choice_format, benchmark=benchmark, data_source=source, progress=progress)
     if ranks()[0] == 0:
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):
@@ -134,7 +137,7 @@ def report_command(
     runs side by side."""
     from minirun.cli.sweep import report_runs, report_sweep
     from minirun.eval import report
-    from minirun.eval.results import recorded_methods, recorded_run_key, recorded_source
+    from minirun.eval.results import recorded_methods, recorded_run_key, recorded_sources
     from minirun.eval.sweep import is_sweep
 
     if plot is not None:
@@ -152,7 +155,7 @@ def report_command(
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name
         provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
-                                       model_source=recorded_source(run_dir))
+                                       sources=recorded_sources(run_dir))
         latex.write_text(provenance + report.latex(report.summarize(table), caption), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)

@@ -13,7 +13,9 @@ from typing import Callable
 
 from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete, is_hub_id
 from minirun.cli.eval import DEFAULT_METHODS
+from minirun.errors import MinirunError
 from minirun.eval.data import NAMES as DATASETS
+from minirun.eval.data import hub_dataset
 from minirun.methods import METHODS
 from minirun.methods.fusion import WEIGHTED
 from minirun.methods.packing import POSITION_SCHEMES
@@ -83,9 +85,13 @@ def _split(answer: str) -> list[str]:
 
 
 def _dataset(answer: str) -> str | None:
-    if answer in DATASETS or Path(answer).is_file():
-        return None
-    return f"use one of {', '.join(DATASETS)} or the path of an existing file (e.g. items.jsonl)"
+    try:
+        if hub_dataset(answer)[0] in DATASETS or Path(answer).is_file():
+            return None
+    except MinirunError as e:  # "mmlu@": no revision
+        return str(e)
+    return (f"use one of {', '.join(DATASETS)} (a Hub one pinned: NAME@REV) or the path of an existing file "
+            "(e.g. items.jsonl)")
 
 
 def _optional_file(answer: str) -> str | None:

@@ -102,13 +102,13 @@ def subject_heads(dataset: str, fewshot_items: list[Item] | None) -> bool:
 
 
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
-                      k: int, choice_format: str = "cloze") -> dict[str, str]:
+                      k: int, choice_format: str = "cloze", revision: str | None = None) -> dict[str, str]:
     """Instruction + k examples per head (`head_key`): the dataset's own few-shot file unless given, drawn from
     that task's examples only and never from the questions under test: a demonstration that is a test
     question hands the model its gold answer (a multiple-choice one when its right option is the same too:
     MMLU's generic stems, "Which of the following is true?", recur across subjects with other answers). MMLU
     gets a head per subject from that subject's dev examples, as lm-evaluation-harness builds it, in its
-    format (`prompts.prompt_format`)."""
+    format (`prompts.prompt_format`). A Hub dataset's examples are read at `revision`, its test items' commit."""
     tested = {_asked(item, p) for item in items for p in (item.question, *item.paraphrases)}
     fmt = prompt_format(dataset, choice_format)
     per_subject = subject_heads(dataset, fewshot_items)
@@ -119,7 +119,7 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     for key in sorted({head_key(item, task, per_subject) for item in items}):
         t, _, subject = key.partition(":")
         if t not in pools:
-            pool = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t, subset)
+            pool = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t, subset, revision)
             pools[t] = [e for e in pool if e.task == t]
         pool = [e for e in pools[t] if e.relation == subject] if subject else pools[t]
         if k and not pool:
@@ -166,6 +166,11 @@ class Run:
     per_subject: bool  # MMLU's head per subject (`subject_heads`)
     prompt_format: PromptFormat  # how its question blocks are written
     model_source: dict | None = None  # where the checkpoint came from (`checkpoint_source`), for run.json to cite
+    data_source: dict | None = None  # where a Hub dataset's rows came from (`dataset_source`), likewise
+
+    @property
+    def sources(self) -> dict[str, dict | None]:
+        return {"model_source": self.model_source, "data_source": self.data_source}
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
@@ -179,13 +184,15 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             positions: str = "right", share_prefix: bool = True, chat: bool | None = None, thinking: bool = False,
             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
             choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None,
-            template_date: str | None = None) -> Run:
+            template_date: str | None = None, data_source: dict | None = None) -> Run:
     """`evaluate`'s settings checked and its prompts, few-shot heads and run key laid out; nothing runs
     yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent. `benchmark`
     names the dataset whose prompt format and few-shot examples a file of its items is asked with (MMLU
     rewritten by `minirun paraphrase`: its subjects' heads, in the harness's words); by default `dataset`'s.
     `template_date` (YYYY-MM-DD) is the day a chat template that writes the date renders at; by default the day
-    `output_dir` recorded, else today (a sweep gives its cells of one model and dataset one day)."""
+    `output_dir` recorded, else today (a sweep gives its cells of one model and dataset one day). `data_source` is
+    where a Hub dataset's items came from (`dataset_source`): its few-shot examples are read at the same commit,
+    and run.json cites it."""
     if benchmark is not None and benchmark not in NAMES:
         raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
     if template_date is not None:
@@ -229,7 +236,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
-    prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format)
+    prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
+                                 (data_source or {}).get("commit") if benchmark is None else None)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
@@ -259,7 +267,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(source, fewshot_items),
-               fmt, checkpoint_source(llm.path))
+               fmt, checkpoint_source(llm.path), data_source)
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,
@@ -335,7 +343,7 @@ def check_resumable(run: Run, rank: int = 0) -> None:
     """Refuse now what `evaluate_runs` would refuse when it reached `run`: rows in its directory that
     its settings would not make (another process writing there included)."""
     ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items], run.method_keys,
-                run.model_source).close()
+                run.sources).close()
 
 
 def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int = 1, progress: bool = True,
@@ -347,7 +355,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     machine = device_name(llm.device)  # each row's: a run resumed elsewhere holds seconds of two machines
     with contextlib.ExitStack() as stack:
         stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items],
-                                                  run.method_keys, run.model_source)) for run in runs]
+                                                  run.method_keys, run.sources)) for run in runs]
         bar = stack.enter_context(_progress(progress))
         lanes: dict[Lane, list[list[Item]]] = {}
         mine: list[set[tuple[str, str]]] = []  # this rank's (method, item id) of each run

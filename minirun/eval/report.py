@@ -16,7 +16,7 @@ import pandas as pd
 
 from minirun.errors import MinirunError
 from minirun.eval.matching import MATCH_RULES
-from minirun.eval.results import journal_paths, read_results
+from minirun.eval.results import SOURCES, journal_paths, read_results
 from minirun.eval.stats import (
     brier_score,
     calibration_error,
@@ -426,14 +426,15 @@ def fewer_shared(row: pd.Series) -> int | None:
 
 
 def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], source: str = "a run",
-               model_source: dict | None = None) -> str:
+               sources: dict[str, dict] | None = None) -> str:
     """LaTeX comment lines naming what made a table's rows: the run's settings as run.json records them (model
     path and weights hash, dtype, device, dataset, prompts, few-shot hash, generation settings, template date, each
-    method's own), where the model came from (hub repo and commit, or GGUF and its hash) where that was recorded,
-    and the machines its rows were timed on, so a table in a paper's sources leads back to its run."""
+    method's own), where the model and the data came from (`sources`, as run.json records them: hub repo and
+    commit, or GGUF and its hash; a Hub dataset's repo, revision and commit), and the machines its rows were timed
+    on, so a table in a paper's sources leads back to its run."""
     lines = [f"% {key}: {json.dumps(value)}" for key, value in sorted(run_key.items())]
-    if model_source:
-        lines.append(f"% model source: {json.dumps(model_source, sort_keys=True)}")
+    lines += [f"% {kind.replace('_', ' ')}: {json.dumps(sources[kind], sort_keys=True)}"
+              for kind in SOURCES if (sources or {}).get(kind)]
     lines += [f"% method {name}: {json.dumps(settings, sort_keys=True)}" for name, settings in sorted(methods.items())]
     lines += [f"% timed on: {machine}" for machine in machines]
     return "".join(f"{line}\n" for line in [f"% made by minirun report from {source} with", *lines])

@@ -167,11 +167,20 @@ def recorded_methods(output_dir: str | Path) -> dict[str, dict]:
     return {} if info is None else dict(info.get("methods") or {})
 
 
-def recorded_source(output_dir: str | Path) -> dict | None:
-    """Where the run's checkpoint came from (hub repo and commit, or GGUF), as its run.json records it, if at all."""
+SOURCES = ("model_source", "data_source")  # what run.json cites: the checkpoint's and the Hub dataset's origin
+
+
+def recorded_source(output_dir: str | Path, kind: str = "model_source") -> dict | None:
+    """Where the run's checkpoint (`model_source`: hub repo and commit, or GGUF) or Hub dataset (`data_source`: repo,
+    revision, commit) came from, as its run.json records it, if at all."""
     info = _run_info(Path(output_dir))
-    source = None if info is None else info.get("model_source")
+    source = None if info is None else info.get(kind)
     return source if isinstance(source, dict) else None
+
+
+def recorded_sources(output_dir: str | Path) -> dict[str, dict]:
+    """Every source (`SOURCES`) a directory's run.json records: what a table of its rows cites."""
+    return {kind: source for kind in SOURCES if (source := recorded_source(output_dir, kind)) is not None}
 
 
 def read_results(output_dir: str | Path) -> pd.DataFrame:
@@ -230,7 +239,7 @@ class ResultStore:
     """
 
     def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None,
-                 method_keys: dict[str, dict] | None = None, model_source: dict | None = None) -> None:
+                 method_keys: dict[str, dict] | None = None, sources: dict[str, dict | None] | None = None) -> None:
         self.output_dir = Path(output_dir)
         if (self.output_dir / "sweep.json").is_file():  # its combined table would be overwritten by this run's
             raise MinirunError(f"{self.output_dir} holds a `minirun sweep`: give this run another output directory")
@@ -246,7 +255,7 @@ class ResultStore:
             drop_torn_line(self.journal)  # our own journal's: the next row starts clean
             rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
             self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), _canonical(method_keys or {}),
-                            {row["method"] for row in rows}, _canonical(model_source))
+                            {row["method"] for row in rows}, _canonical(sources or {}))
         except BaseException:
             self._lock.close()
             raise
@@ -255,11 +264,12 @@ class ResultStore:
             self._done.setdefault(row["method"], set()).add(row["id"])
         self._file = self.journal.open("a", encoding="utf-8")
 
-    def _check_run(self, info: dict, methods: dict[str, dict], answered: set[str], source: dict | None) -> None:
+    def _check_run(self, info: dict, methods: dict[str, dict], answered: set[str], sources: dict) -> None:
         """Refuse rows of another run. A setting only one side records (one a newer minirun added, or
-        one that moved from the run's key to its methods') is not held against resuming. `source`, where the
-        checkpoint came from, is no setting: the weights' hash in the key tells models apart, and a re-pull at
-        another commit of the same files resumes; run.json keeps the first source recorded."""
+        one that moved from the run's key to its methods') is not held against resuming. `sources` (`SOURCES`: where
+        the checkpoint and a Hub dataset came from) are no settings: the weights' and items' hashes in the key tell
+        models and data apart, and a re-pull at another commit of the same files resumes; run.json keeps the first
+        of each recorded."""
         old = _run_info(self.output_dir)
         if answered and old is None:  # every store writes run.json before its first row: these came otherwise
             raise MinirunError(f"{self.output_dir} holds result rows but no run.json saying which settings made them: "
@@ -284,8 +294,9 @@ class ResultStore:
         if answered and old is not None and diffs:
             raise OtherRun(self.output_dir, diffs)
         record = {**info, "methods": {**recorded, **methods}}
-        if source := (old or {}).get("model_source") or source:
-            record["model_source"] = source
+        for kind in SOURCES:
+            if source := (old or {}).get(kind) or sources.get(kind):
+                record[kind] = source
         if old != record:
             write_atomic(self.output_dir / "run.json",
                           lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))

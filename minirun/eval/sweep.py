@@ -26,7 +26,7 @@ from minirun.checkpoints.hub import resolve_model
 from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, load_dataset, load_jsonl
+from minirun.eval.data import Item, dataset_source, load_dataset, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
@@ -34,7 +34,7 @@ from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.report import (CALIBRATION, PAIRED, cut_thinking, load_results, method_label, paired_difference,
                                  provenance, summarize, timed_on, unfinished)
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
-                                  recorded_run_key, recorded_source)
+                                  recorded_run_key, recorded_sources)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
 from minirun.paths import write_atomic
 
@@ -61,11 +61,21 @@ def cells(sweep: Sweep, output: str | Path) -> list[Cell]:
             for m in sweep.models for d in sweep.datasets for x in sweep.methods]
 
 
-def _load_items(dataset: DatasetSpec) -> tuple[list[Item], list[Item] | None]:
-    """A dataset's test items (the first max_samples) and its few-shot items when a file names them."""
-    items = load_dataset(dataset.name, subset=dataset.subset, skip_bad=dataset.skip_bad)
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """A dataset as its cells run it."""
+    items: list[Item]  # the test items, the first max_samples
+    few_shot: list[Item] | None  # the few-shot items a file names (None: the dataset's own)
+    source: dict | None  # a Hub dataset's repo, revision and commit (`dataset_source`), for run.json to cite
+
+
+def _load_items(dataset: DatasetSpec) -> Data:
+    """A dataset's test items and few-shot items, a Hub one's read at the commit its revision is at now."""
+    source = dataset_source(dataset.data, dataset.revision)
+    items = load_dataset(dataset.data, subset=dataset.subset, skip_bad=dataset.skip_bad,
+                         revision=(source or {}).get("commit", dataset.revision))
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
-    return items, load_jsonl(dataset.few_shot, examples=True) if dataset.few_shot is not None else None
+    return Data(items, load_jsonl(dataset.few_shot, examples=True) if dataset.few_shot is not None else None, source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +88,14 @@ class CellState:
     changed: bool  # it finished under other settings or data (done.json names another key): it runs again
 
 
-def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, tuple[list[Item], list[Item] | None]]:
+def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
     """The items and few-shot items of the datasets of these labels, each checked to fit the file's methods, before
     any model is fetched or loaded."""
     chosen = [d for d in sweep.datasets if d.label in labels]
     data = {d.label: _load_items(d) for d in chosen}
     for dataset in chosen:
         try:
-            check_paraphrased(data[dataset.label][0], [m.name for m in sweep.methods], dataset.name,
+            check_paraphrased(data[dataset.label].items, [m.name for m in sweep.methods], dataset.data,
                               dataset.num_prompts, dataset.original)
         except MinirunError as e:
             raise MinirunError(f"dataset {dataset.label}: {e}") from None
@@ -104,7 +114,7 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
     _check_output(output)
     mine = _selected(cells(sweep, output), only)
     data = _load_data(sweep, {c.dataset.label for c in mine})
-    return [_state(cell, cell_key(cell, sweep, *data[cell.dataset.label]), data[cell.dataset.label][0])
+    return [_state(cell, cell_key(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items)
             for cell in mine]
 
 
@@ -126,7 +136,7 @@ def _state(cell: Cell, key: str, items: list[Item]) -> CellState:
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked != key)
 
 
-def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] | None) -> str:
+def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
     """Everything a cell's rows depend on, the items' and few-shot examples' content included (an edited
     file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
     resumes it or refuses a conflicting change)."""
@@ -142,11 +152,11 @@ def cell_key(cell: Cell, sweep: Sweep, items: list[Item], few_shot: list[Item] |
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
                   if not (k == "template_date" and v is None)}
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
-           "generation": generation, "items": [dataclasses.asdict(i) for i in items],
-           "few_shot": None if few_shot is None else [dataclasses.asdict(i) for i in few_shot],
+           "generation": generation, "items": [dataclasses.asdict(i) for i in data.items],
+           "few_shot": None if data.few_shot is None else [dataclasses.asdict(i) for i in data.few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
-    source = cell.dataset.benchmark or cell.dataset.name  # whose prompts these are
-    if subject_heads(source, few_shot):  # MMLU's head per subject: not a cell finished under one for all
+    source = cell.dataset.benchmark or cell.dataset.data  # whose prompts these are
+    if subject_heads(source, data.few_shot):  # MMLU's head per subject: not a cell finished under one for all
         key["subject_heads"] = True  # (other cells' keys stay as they were, so their finished runs stay finished)
     if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
         key["prompt_format"] = fmt.name
@@ -190,7 +200,7 @@ def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> s
         methods = {c["label"]: next(iter(recorded_methods(output / c["dir"]).values()), {}) for c in cells}
         rows = table[(table["model"] == model) & (table["dataset"] == dataset)]
         blocks.append(provenance(recorded_run_key(output / cells[0]["dir"]), methods, timed_on(rows),
-                                 f"model {model}'s runs", recorded_source(output / cells[0]["dir"])))
+                                 f"model {model}'s runs", recorded_sources(output / cells[0]["dir"])))
     return "".join(blocks)
 
 
@@ -214,8 +224,9 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                             "dir": str(c.dir.relative_to(output))} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
-    keys = {c.dir: cell_key(c, sweep, *data[c.dataset.label]) for c in chosen}
-    todo = [c for c in chosen if not _state(c, keys[c.dir], data[c.dataset.label][0]).finished]  # before a rank writes
+    keys = {c.dir: cell_key(c, sweep, data[c.dataset.label]) for c in chosen}
+    # before a rank writes
+    todo = [c for c in chosen if not _state(c, keys[c.dir], data[c.dataset.label].items).finished]
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)
@@ -264,15 +275,13 @@ def _template_day(cells: list[Cell]) -> str:
                default=date.today().isoformat())
 
 
-def _prepare(llm: LLM, cell: Cell, data: tuple[list[Item], list[Item] | None], gen: Generation,
-             template_date: str) -> Run:
+def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: str) -> Run:
     """The cell as an `eval` run of its one method; a setting that does not fit its dataset is named with it
     (the first model's cells are all prepared before any runs, and every model's cells are the same product)."""
-    items, fewshot = data
     try:
-        return prepare(llm, items, [cell.method.name], cell.dir, dataset=cell.dataset.name,
+        return prepare(llm, data.items, [cell.method.name], cell.dir, dataset=cell.dataset.data,
                        num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
-                       few_shot_k=cell.dataset.few_shot_k, fewshot_items=fewshot,
+                       few_shot_k=cell.dataset.few_shot_k, fewshot_items=data.few_shot, data_source=data.source,
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
                        benchmark=cell.dataset.benchmark,
                        batch_size=cell.model.batch_size or gen.batch_size, max_new_tokens=gen.max_new_tokens,
@@ -381,7 +390,7 @@ def compared_provenance(compared: Compared, table: pd.DataFrame, dataset: str) -
     """`report.provenance` of each run compared on `dataset`, in the order given."""
     return "".join(provenance(recorded_run_key(run_dir), recorded_methods(run_dir),
                               timed_on(table[(table["model"] == model) & (table["dataset"] == dataset)]),
-                              f"run {run_dir}", recorded_source(run_dir))
+                              f"run {run_dir}", recorded_sources(run_dir))
                    for (name, model), run_dir in compared.dirs.items() if name == dataset)
 
 

@@ -18,7 +18,7 @@ from minirun.checkpoints.loader import DTYPES, checked_device
 from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
-from minirun.eval.data import NAMES, text_lines
+from minirun.eval.data import NAMES, hub_dataset, text_lines
 from minirun.eval.loop import prepare
 from minirun.eval.matching import MATCH_RULES
 from minirun.eval.prompts import CHOICE_FORMATS
@@ -60,6 +60,15 @@ class DatasetSpec:
     choice_format: str = "cloze"  # multiple choice: cloze or letters
     skip_bad: bool = False  # a plain item file: skip (and count) bad records instead of stopping
     benchmark: str | None = None  # a file asked as this named dataset asks its own (prompt format, few-shot examples)
+
+    @property
+    def data(self) -> str:
+        """The dataset's name without the Hub revision `name` may pin (`mmlu@REV`), or its file."""
+        return hub_dataset(self.name)[0]
+
+    @property
+    def revision(self) -> str | None:
+        return hub_dataset(self.name)[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +212,9 @@ def _model(table: dict, where: str) -> ModelSpec:
 def _dataset(table: dict, where: str) -> DatasetSpec:
     spec = DatasetSpec(**_checked(DatasetSpec, table, where))
     where = f"{where} ({spec.name})"
-    if spec.name not in NAMES and not Path(spec.name).is_file():
-        raise MinirunError(f"{where} name: unknown dataset; use one of {', '.join(NAMES)} or the path of a file")
+    if spec.data not in NAMES and not Path(spec.name).is_file():
+        raise MinirunError(f"{where} name: unknown dataset; use one of {', '.join(NAMES)} (a Hub one pinned: "
+                           "NAME@REV) or the path of a file")
     if spec.few_shot is not None and not (spec.few_shot.endswith(".jsonl") and Path(spec.few_shot).is_file()):
         raise MinirunError(f"{where} few_shot: {spec.few_shot!r} is no .jsonl file; give an existing .jsonl of items")
     if spec.match not in MATCH_RULES:
@@ -212,19 +222,19 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     if spec.choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"{where} choice_format: unknown format {spec.choice_format!r}; use one of "
                            f"{', '.join(CHOICE_FORMATS)}")
-    if spec.skip_bad and spec.name in NAMES:
+    if spec.skip_bad and spec.data in NAMES:
         raise MinirunError(f"{where} skip_bad: only a plain item file's bad records can be skipped; drop the key")
-    if spec.subset is not None and spec.name in NAMES and spec.name != "mmlu":  # a file's rows are read first
+    if spec.subset is not None and spec.data in NAMES and spec.data != "mmlu":  # a file's rows are read first
         raise MinirunError(f"{where} subset: only mmlu and local MMLU files have subsets; drop the key")
-    if spec.benchmark is not None and (spec.name in NAMES or spec.benchmark not in NAMES):
-        fix = "drop the key: a named dataset is asked as itself" if spec.name in NAMES else \
+    if spec.benchmark is not None and (spec.data in NAMES or spec.benchmark not in NAMES):
+        fix = "drop the key: a named dataset is asked as itself" if spec.data in NAMES else \
             f"use one of {', '.join(NAMES)}"
         raise MinirunError(f"{where} benchmark: {spec.benchmark!r} cannot be asked of it; {fix}")
     _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
         _at_least(spec.max_samples, 1, f"{where} max_samples")
-    default = spec.name if spec.name in NAMES else Path(spec.name).stem
+    default = spec.name.replace("@", "-").replace("/", "--") if spec.data in NAMES else Path(spec.name).stem
     return _labelled(spec, default, where)
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import re
 from pathlib import Path
 
+from minirun.checkpoints.hub import split_revision
 from minirun.errors import MinirunError
-from minirun.eval.data.choice import load_commonsense_qa, load_mmlu
+from minirun.eval.data.choice import COMMONSENSE_QA, MMLU, load_commonsense_qa, load_mmlu
 from minirun.eval.data.items import (
     Item,
     LoadResult,
@@ -17,19 +20,28 @@ from minirun.eval.data.items import (
     text_lines,
     write_jsonl,
 )
+from minirun.eval.data.myriadlama import HF_NAME as MYRIADLAMA
 from minirun.eval.data.myriadlama import load_myriadlama
+from minirun.eval.data.webqa import HF_NAME as WEBQA
 from minirun.eval.data.webqa import QUESTION_KEYS, json_records, load_webqa
+
+log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
 NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa")
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
+HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA}
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
+    "HUB_DATASETS",
     "NAMES",
     "Item",
     "LoadResult",
+    "dataset_source",
     "ensemble_prompts",
+    "hub_dataset",
     "load_commonsense_qa",
     "load_dataset",
     "load_fewshot",
@@ -106,13 +118,54 @@ def _no_subset(name: str) -> MinirunError:
     return MinirunError(f"--subset picks an MMLU subject; {name!r} has no subsets: drop --subset")
 
 
+def hub_dataset(name: str) -> tuple[str, str | None]:
+    """A Hub dataset's name with the revision it pins, `mmlu@REV` (a branch, tag or commit), as ("mmlu", "REV");
+    any other name as given, with none (a file's path may hold an "@")."""
+    base, revision = split_revision(name)
+    if revision is None or base not in HUB_DATASETS:
+        return name, None
+    if not revision.strip():
+        raise MinirunError(f"{name!r} names no revision after '@': give a branch, tag or commit, or drop the '@'")
+    return base, revision
+
+
+def dataset_source(name: str, revision: str | None = None) -> dict | None:
+    """Where a named Hub dataset's rows come from: its repo, the revision asked for (default its main branch) and
+    the commit that revision is at now, which a run then loads every split at (test items and few-shot examples
+    of one upload) and records, as a paper cites the data; None for the shipped samples and files. A full commit
+    is taken as given, so a pinned run needs no Hub (`datasets` may read it from its cache offline); a branch the
+    Hub cannot be asked about is recorded without a commit, with a warning."""
+    if name not in HUB_DATASETS:
+        return None
+    repo = HUB_DATASETS[name]
+    if revision is not None and COMMIT.fullmatch(revision):
+        return {"hub": repo, "revision": revision, "commit": revision}
+    try:
+        from huggingface_hub import dataset_info
+        commit = dataset_info(repo, revision=revision).sha
+    except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
+        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        if revision is not None:
+            raise MinirunError(f"cannot find revision {revision!r} of {repo} on the Hugging Face Hub ({reason}): check "
+                               "the revision, your network and HF_TOKEN, or give a full commit") from None
+        log.warning(f"cannot ask the Hugging Face Hub which commit {repo} is at ({reason}): the run loads its main "
+                    "branch as `datasets` finds it and records no commit; name one (`--data NAME@COMMIT`) to pin it")
+        return {"hub": repo, "revision": "main"}
+    return {"hub": repo, "revision": revision or "main", "commit": commit}
+
+
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
-                 skip_bad: bool = False) -> list[Item]:
+                 skip_bad: bool = False, revision: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
     items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU or CommonsenseQA rows (parquet, JSONL
     or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
-    and counts bad records of a plain item file (other loaders stop at the first)."""
-    name = str(name_or_path)
+    and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
+    `revision` (or the one its name pins, `mmlu@REV`; default the main branch)."""
+    name, pinned = hub_dataset(str(name_or_path))
+    revision = revision or pinned
+    if revision is not None and name not in HUB_DATASETS:
+        raise MinirunError(f"a revision picks an upload of a Hugging Face Hub dataset ({', '.join(HUB_DATASETS)}); "
+                           f"{name!r} is none: drop the revision")
     if name in NAMES and skip_bad:
         raise MinirunError(f"--skip-bad skips bad records of a plain item file; {name!r} is a named dataset: "
                            "drop --skip-bad")
@@ -121,13 +174,13 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     if name in SAMPLES:
         return load_jsonl(SAMPLE_DIR / f"{SAMPLES[name]}.jsonl")
     if name == "mmlu":
-        return load_mmlu(subset, split="dev" if split == "train" else split)
+        return load_mmlu(subset, split="dev" if split == "train" else split, revision=revision)
     if name == "commonsense_qa":
-        return load_commonsense_qa(split="train" if split == "train" else "validation")
+        return load_commonsense_qa(split="train" if split == "train" else "validation", revision=revision)
     if name == "webqa":
-        return load_webqa(split=split)
+        return load_webqa(split=split, revision=revision)
     if name == "myriadlama":
-        return load_myriadlama(split=split)
+        return load_myriadlama(split=split, revision=revision)
     path = Path(name_or_path)
     if path.is_dir():
         raise MinirunError(f"dataset {name!r} is a directory: pass a .jsonl file in it, or one of {', '.join(NAMES)}")
@@ -158,13 +211,14 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
 
 
-def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None) -> list[Item]:
+def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
+                 revision: str | None = None) -> list[Item]:
     """Worked examples disjoint from the test items: the train split of WebQA/MyriadLAMA/CommonsenseQA,
-    MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects),
-    otherwise the bundled examples for `task`."""
+    MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects; at `revision`,
+    the test items' upload), otherwise the bundled examples for `task`."""
     name = str(name_or_path)
-    if name in ("webqa", "myriadlama", "commonsense_qa", "mmlu"):
-        return load_dataset(name, split="train", subset=subset)
+    if name in HUB_DATASETS:
+        return load_dataset(name, split="train", subset=subset, revision=revision)
     if subset is not None:
         raise _no_subset(name)
     task = task or SAMPLES.get(name, "qa")

@@ -15,9 +15,10 @@ MMLU = "cais/mmlu"
 COMMONSENSE_QA = "tau/commonsense_qa"
 
 
-def _frame(name: str, split: str, config: str | None, path: str | Path | None) -> tuple[pd.DataFrame, str]:
+def _frame(name: str, split: str, config: str | None, path: str | Path | None,
+           revision: str | None) -> tuple[pd.DataFrame, str]:
     if path is None:
-        return hf_frame(name, split, config), f"{name}[{config + '/' if config else ''}{split}]"
+        return hf_frame(name, split, config, revision), f"{name}[{config + '/' if config else ''}{split}]"
     path = Path(path)
     if not path.is_file():
         raise MinirunError(f"{path}: no such {name} file; pass an existing .parquet/.jsonl copy or path=None for the Hub")
@@ -66,10 +67,12 @@ def _subject_rows(frame: pd.DataFrame, subset: str, source: str) -> pd.DataFrame
     return rows
 
 
-def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path | None = None) -> list[Item]:
+def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path | None = None,
+              revision: str | None = None) -> list[Item]:
     """MMLU questions (`subset`: one subject, default all); the dev split holds the few-shot examples
-    (5 per subject). A local copy's split is whatever the file holds; `subset` picks its rows."""
-    frame, source = _frame(MMLU, split, subset or "all", path)
+    (5 per subject). A local copy's split is whatever the file holds; `subset` picks its rows. `revision`: the
+    Hub's branch, tag or commit (default main)."""
+    frame, source = _frame(MMLU, split, subset or "all", path, revision)
     if path is not None and subset is not None:
         frame = _subject_rows(frame, subset, source)
 
@@ -87,9 +90,10 @@ def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path |
     return _items(frame.to_dict("records"), source, convert)
 
 
-def load_commonsense_qa(split: str = "validation", path: str | Path | None = None) -> list[Item]:
+def load_commonsense_qa(split: str = "validation", path: str | Path | None = None,
+                        revision: str | None = None) -> list[Item]:
     """CommonsenseQA questions; the Hub's test split has no answers, so evaluation uses validation."""
-    frame, source = _frame(COMMONSENSE_QA, split, None, path)
+    frame, source = _frame(COMMONSENSE_QA, split, None, path, revision)
 
     def convert(n: int, r: dict) -> Item:
         options = r["choices"]

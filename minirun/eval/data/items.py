@@ -244,8 +244,9 @@ def write_jsonl(items: list[Item], path: str | Path) -> None:
             f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
 
 
-def hf_frame(name: str, split: str, config: str | None = None) -> pd.DataFrame:
-    """A Hugging Face Hub dataset split as a DataFrame, importing `datasets` only when needed."""
+def hf_frame(name: str, split: str, config: str | None = None, revision: str | None = None) -> pd.DataFrame:
+    """A Hugging Face Hub dataset split as a DataFrame (at `revision`, a branch, tag or commit; default its main
+    branch), importing `datasets` only when needed."""
     try:
         import datasets
     except ImportError:
@@ -254,9 +255,10 @@ def hf_frame(name: str, split: str, config: str | None = None) -> pd.DataFrame:
             "run `pip install datasets`, or give the path of a local copy (a .jsonl file) in place of the name"
         ) from None
     try:
-        return datasets.load_dataset(name, *([config] if config else []), split=split).to_pandas()
+        pinned = {"revision": revision} if revision is not None else {}
+        return datasets.load_dataset(name, *([config] if config else []), split=split, **pinned).to_pandas()
     except (OSError, ValueError, RuntimeError) as e:  # offline, no such repo, config or split, a refused script
-        what = f"{name}[{config + '/' if config else ''}{split}]"
+        what = f"{name}{'@' + revision if revision else ''}[{config + '/' if config else ''}{split}]"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         subset = f", or the subset {config!r} (--subset, spelt as the Hub does)" if config and config != "all" else ""
         raise MinirunError(f"cannot load {what} from the Hugging Face Hub ({reason}): check the network (HF_TOKEN, "

@@ -129,7 +129,8 @@ def _fact_item(uuid: str, rows: pd.DataFrame, cols: dict[str, str], answer_cols:
 
 
 def load_myriadlama(path: str | Path | None = None, n_test: int | None = None, n_manual: int | None = None,
-                    n_auto: int | None = 5, seed: int = 0, split: str = "test") -> list[Item]:
+                    n_auto: int | None = 5, seed: int = 0, split: str = "test",
+                    revision: str | None = None) -> list[Item]:
     """MyriadLAMA facts as fill items: all manual prompts (or `n_manual` sampled) plus `n_auto`
     sampled automatic ones (None keeps all). The Hub copy's facts are shuffled with `seed` and the
     first `n_test` (default HUB_TEST_FACTS) form the test split, the rest the train split used for
@@ -138,7 +139,7 @@ def load_myriadlama(path: str | Path | None = None, n_test: int | None = None, n
     if split not in ("test", "train"):
         raise MinirunError(f"unknown MyriadLAMA split {split!r}; use 'test' or 'train'")
     source = HF_NAME if path is None else str(path)
-    df = hf_frame(HF_NAME, "train") if path is None else _read_local(Path(path))
+    df = hf_frame(HF_NAME, "train", revision=revision) if path is None else _read_local(Path(path))
     cols, answer_cols = _resolve_columns(df, source)
     df = _checked(df, cols, source)
     uuids = list(df[cols["uuid"]].astype(str).unique())

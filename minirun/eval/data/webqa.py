@@ -110,13 +110,13 @@ def _read_records(path: Path) -> list:
     return records
 
 
-def load_webqa(split: str = "test", path: str | Path | None = None) -> list[Item]:
+def load_webqa(split: str = "test", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
     """WebQA items: from `path` when given (its split is whatever the file holds), else the Hub split.
 
     The train split supplies few-shot examples; test items are what gets evaluated.
     """
     if path is None:
-        records = hf_frame(HF_NAME, split).to_dict("records")
+        records = hf_frame(HF_NAME, split, revision=revision).to_dict("records")
         source = f"{HF_NAME}[{split}]"
     else:
         path = Path(path)
