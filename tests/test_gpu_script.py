@@ -249,7 +249,7 @@ def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch
     monkeypatch.setattr(gpu, "run_encoded", lambda *args: time.sleep(0.01))
     llm = SimpleNamespace(config=SimpleNamespace(vocab_size=100), device=torch.device("cpu"))
     one = gpu.sweep_method(llm, "avg", questions=2000, batch=64, new_tokens=10, seconds=0.05)
-    assert 1 <= one["questions"] // 64 < 2000 // 64  # stopped by the time, not the questions
+    assert 1 <= one["questions"] // 64 < 2000 // 64 and one["batch"] == 64  # stopped by the time, not the questions
     assert one["projected_s"] == pytest.approx(one["warmup_s"] + 2000 / one["items_per_s"])
     swept = gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)
     assert swept["total"]["projected_s"] == pytest.approx(sum(swept[m]["projected_s"] for m in gpu.SWEEP_METHODS))
@@ -259,6 +259,19 @@ def test_a_time_bounded_sweep_projects_the_whole_sweep_from_its_rate(monkeypatch
     assert swept["total"]["ok"] is True and gpu.failed_checks(swept) == []  # 5 x ~0.3 s, far inside 10 minutes
     monkeypatch.setattr(gpu, "SWEEP_LIMIT_S", 0.1)
     assert gpu.failed_checks(gpu.eval_sweep(llm, 2000, 64, 10, seconds=0.02)) == ["total"]
+
+
+def test_the_sweep_takes_the_batch_asked_for(tmp_path, monkeypatch):
+    """`--sweep-batch N` times the sweep at N questions a batch (eval's default on a GPU against wider ones), and each
+    method's record says which; 0 is refused before anything runs."""
+    asked = []
+    monkeypatch.setattr(gpu, "llm_for", lambda path, device, dtype: None)
+    monkeypatch.setattr(gpu, "eval_sweep", lambda llm, questions, batch, *args, **kwargs: asked.append(batch) or {})
+    gpu.main(["--device", "cpu", "--quick", "--sections", "sweep", "--sweep-batch", "3", "--out", str(tmp_path)])
+    gpu.main(["--device", "cpu", "--quick", "--sections", "sweep", "--out", str(tmp_path)])
+    assert asked == [3, 8]
+    with pytest.raises(gpu.MinirunError, match="--sweep-batch must be 1 or more questions, not 0"):
+        gpu.main(["--device", "cpu", "--quick", "--sweep-batch", "0", "--out", "unused"])
 
 
 def test_launches_profiles_the_shape_asked_for(tmp_path, monkeypatch):

@@ -339,8 +339,8 @@ def sweep_method(llm: LLM, method: str, questions: int, batch: int, new_tokens: 
         sync(llm.device)
         times.append(time.perf_counter() - start)
     rate = batch / statistics.median(times)
-    return {"items_per_s": rate, "seconds": sum(times), "questions": batch * len(times), "warmup_s": warmup_s,
-            "projected_s": warmup_s + questions / rate}
+    return {"items_per_s": rate, "seconds": sum(times), "questions": batch * len(times), "batch": batch,
+            "warmup_s": warmup_s, "projected_s": warmup_s + questions / rate}
 
 
 def eval_sweep(llm: LLM, questions: int, batch: int, new_tokens: int, seconds: float | None = None,
@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-entries", default="",
                         help="comma-separated shell patterns of speed entries to run, e.g. 'llama-3.2-1b-*-5,"
                              "smollm2-135m-origin-batch1' (default: all, in the order the targets need them)")
+    parser.add_argument("--sweep-batch", type=int, default=None,
+                        help="questions a sweep batch (default 64; --quick 8): where eval's default on a GPU is "
+                             "measured against wider batches")
     parser.add_argument("--sweep-eager", action="store_true",
                         help="run the sweep eager, as eval does by default (default: compiled)")
     parser.add_argument("--launches-shape", default="smollm2-135m",
@@ -405,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compiled products of at most this many rows run as Inductor's own reduction instead "
                              "of cuBLAS (layers.linear.set_device_stream_rows; default 0: cuBLAS for all)")
     args = parser.parse_args(argv)
+    if args.sweep_batch is not None and args.sweep_batch < 1:
+        raise MinirunError(f"--sweep-batch must be 1 or more questions, not {args.sweep_batch}")
     if args.stream_rows < 0:
         raise MinirunError(f"--stream-rows must be 0 or more, not {args.stream_rows}: 0 keeps cuBLAS for every product")
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
@@ -441,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                                    tuple(p.strip() for p in args.speed_entries.split(",") if p.strip()),
                                    args.speed_compare),
         "sweep": lambda out: eval_sweep(llm_for(path, device, "bfloat16"), 16 if args.quick else 2000,
-                                        8 if args.quick else 64, 10, args.sweep_seconds, out, sweep_methods,
+                                        args.sweep_batch or (8 if args.quick else 64), 10, args.sweep_seconds, out,
+                                        sweep_methods,
                                         compiled=not args.sweep_eager),
     }
     previous_graphs, previous_rows = step_graphs(), device_stream_rows()
