@@ -82,6 +82,28 @@ def test_by_relation():
         by_relation(_frame().assign(relation=None))
 
 
+def test_macro_accuracy_weighs_each_relation_alike():
+    """LAMA-style probes report the mean of the per-relation accuracies: a relation of few facts weighs as much as one
+    of many, so it can rank methods otherwise than the accuracy over all items (`macro_accuracy`, with how many
+    relations it averages), in `summarize`, `--json` (each method's `by_relation` too) and `--latex`."""
+    df = _frame()
+    df.loc[df["id"] == "q2", "relation"] = "capital"  # capital: 3 items, birthplace: 1
+    s = summarize(df)
+    assert s.loc["single", "accuracy"] == 0.75 and s.loc["single", "macro_accuracy"] == (1.0 + 0.0) / 2
+    assert s.loc["vote", "accuracy"] == 0.5 and s.loc["vote", "macro_accuracy"] == (2 / 3 + 0.0) / 2
+    assert s.loc["vote", "relations"] == 2
+    scores = report_json(df)
+    assert scores["single"]["relations"] == 2 and isinstance(scores["single"]["relations"], int)
+    assert scores["vote"]["by_relation"]["capital"]["accuracy"] == pytest.approx(2 / 3)
+    assert scores["vote"]["by_relation"]["birthplace"]["n"] == 1
+    assert report_json(df.assign(model="m"))["m"]["single"]["by_relation"]["capital"]["n"] == 3
+    table = latex(s, "fill")
+    assert "& Macro acc. \\\\" in table and "& 4 & 0.500 \\\\" in table and "(2 relations)" in table
+    plain = df.assign(relation=None)  # no relations: nothing to average, no column
+    assert summarize(plain)["macro_accuracy"].isna().all() and "by_relation" not in report_json(plain)["single"]
+    assert "Macro" not in latex(summarize(plain), "qa")
+
+
 def test_agreement():
     a = agreement(_frame())
     assert a.loc["single", "vote"] == a.loc["vote", "single"] == 0.5  # "Paris"/"paris." and "Ulm"/"The Ulm"

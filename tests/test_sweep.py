@@ -450,6 +450,7 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     assert latex.exit_code == 0, latex.output
     tex = (tmp_path / "s.tex").read_text()  # a table per dataset, a row per (model, method)
     assert tex.count("\\begin{table}") == 2 and "Model & Method & Accuracy" in tex and "qwen2 & flex-restart &" in tex
+    assert tex.count("& Macro acc. \\\\") == 1  # sample-fill's relations averaged; sample-qa has none
     comments = tex.splitlines()  # before each table, per model: what made its rows (the cells' run.json)
     assert comments.count("% made by minirun report from model qwen2's runs with") == 2
     assert '% method flex-restart: {"flex_bias": null, "positions": "restart"}' in comments

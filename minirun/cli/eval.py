@@ -175,7 +175,12 @@ def report_command(
         out.print(t)
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
-        out.print(_scores_table(report.by_relation(table), "per relation"))
+        relations = _scores_table(report.by_relation(table), "per relation")
+        macro = report.summarize(table)[["macro_accuracy", "relations"]].dropna()
+        relations.caption = "macro accuracy (the mean of a method's per-relation accuracies): " + " · ".join(
+            f"{_label(index)} {row['macro_accuracy']:.3f} ({int(row['relations'])} relations)"
+            for index, row in macro.iterrows())
+        out.print(relations)
     out.print(_matrix(report.agreement(table)))
 
 

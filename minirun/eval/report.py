@@ -229,10 +229,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     accuracy (the run's match rule, see `select_match`) with ci95_low/ci95_high, its Wilson score
     interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
     of generated rows, so long generations weigh in and scored multiple-choice rows do not); the
-    calibration of `calibration`; the paired comparisons of `paired_stats`, NaN where they do not apply."""
+    calibration of `calibration`; `macro_accuracy` over relations where rows carry them; the paired comparisons of
+    `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
-    scores = _scores(df, _keys(df)).join(calibration(df))
+    scores = _scores(df, _keys(df)).join(calibration(df)).join(macro_accuracy(df))
     if "model" in df.columns:
         paired = pd.concat({model: paired_stats(part) for model, part in df.groupby("model", sort=True)},
                            names=["model", "method"])
@@ -362,6 +363,17 @@ def by_relation(df: pd.DataFrame) -> pd.DataFrame:
     return _scores(rows, [*_keys(rows), "relation"])
 
 
+def macro_accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method (per model and method for a sweep): `macro_accuracy`, the mean of its per-relation accuracies, the
+    figure LAMA-style probes report (each relation weighs alike, however many facts it has), and `relations`, how
+    many it averages; no row where no row of it has a relation (a join gives NaN)."""
+    keys = _keys(df)
+    rows = df[df["relation"].notna()] if "relation" in df.columns else df.iloc[:0].assign(relation=None)
+    per_relation = rows.astype({"correct": float}).groupby([*keys, "relation"], sort=True)["correct"].mean().dropna()
+    grouped = per_relation.groupby(level=list(range(len(keys))), sort=True)
+    return pd.DataFrame({"macro_accuracy": grouped.mean(), "relations": grouped.count()})
+
+
 def agreement(df: pd.DataFrame) -> pd.DataFrame:
     """Method x method: the fraction of shared items whose extracted answers are equal after
     `normalize` (items of a sweep count once per model). High agreement with low accuracy means
@@ -383,10 +395,17 @@ def _agree(x: pd.Series, y: pd.Series) -> float:
 def report_json(df: pd.DataFrame) -> dict:
     """`summarize` as a JSON-ready dict: {method: scores}, or {model: {method: scores}} for a
     sweep. Each X_low/X_high pair becomes one X: [low, high] (ci95, diff_vs_origin_ci95,
-    diff_vs_mean_single_ci95); numpy values become Python ones, NaN None."""
+    diff_vs_mean_single_ci95); numpy values become Python ones, NaN None. Where rows carry relations, each
+    method's scores hold `by_relation`: {relation: that relation's scores}, as a per-relation table needs them."""
     out: dict = {}
+    nested: dict[tuple, dict] = {}  # (model, method) or (method,) -> {relation: scores}
+    if "relation" in df.columns and df["relation"].notna().any():
+        for (*key, relation), scores in by_relation(df).to_dict("index").items():
+            nested.setdefault(tuple(key), {})[str(relation)] = json_scores(scores)
     for key, scores in summarize(df).to_dict("index").items():
         entry = json_scores(scores)
+        if (relations := nested.get(key if isinstance(key, tuple) else (key,))) is not None:
+            entry["by_relation"] = relations
         if isinstance(key, tuple):
             out.setdefault(str(key[0]), {})[key[1]] = entry
         else:
@@ -403,7 +422,7 @@ def json_scores(scores: dict) -> dict:
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
             value = _plain(value)
-            counted = name in ("n", "tokens") or name.startswith("n_vs_")  # whole numbers, not 3.0
+            counted = name in ("n", "tokens", "relations") or name.startswith("n_vs_")  # whole numbers, not 3.0
             out[name] = int(value) if counted and value is not None else value
     return out
 
@@ -444,12 +463,14 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
     model and method, models in their order in `scores`: a sweep's first is the one the others are
     compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
-    both answered with its Holm-adjusted exact McNemar p, and n; confidence, ECE and Brier where some row has
-    them (multiple choice). The caption says which tests, that per_prompt's row is its first prompt's, and the
-    mean single-prompt accuracy where per_prompt's or vote's row carries it."""
+    both answered with its Holm-adjusted exact McNemar p, and n; the macro accuracy over relations where rows
+    carry them (LAMA-style probes); confidence, ECE and Brier where some row has them (multiple choice). The caption
+    says which tests, that per_prompt's row is its first prompt's, and the mean single-prompt accuracy where
+    per_prompt's or vote's row carries it."""
     keys = [str(name).capitalize() for name in scores.index.names]
     calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
-    extra = ["Conf.", "ECE", "Brier"] if calibrated else []
+    macro = "macro_accuracy" in scores.columns and bool(scores["macro_accuracy"].notna().any())
+    extra = (["Macro acc."] if macro else []) + (["Conf.", "ECE", "Brier"] if calibrated else [])
     lines = [r"\begin{table}[t]", r"\centering",
              r"\begin{tabular}{" + "l" * len(keys) + "rcrrr" + "r" * len(extra) + "}", r"\toprule",
              " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$", *extra]) + r" \\",
@@ -465,9 +486,10 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
             f"${row['diff_vs_origin']:+.3f}$" + (f" ($n={fewer}$)" if fewer is not None else ""),
             _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
-        calibration = ["--" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in CALIBRATION] if calibrated else []
+        columns = (["macro_accuracy"] if macro else []) + (list(CALIBRATION) if calibrated else [])
+        extras = ["--" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in columns]
         lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
-                                 *versus, str(int(row["n"])), *calibration]) + r" \\")
+                                 *versus, str(int(row["n"])), *extras]) + r" \\")
     prompts = [n for n in order if index[n][-1] == "per_prompt"]
     single = [f"{scores.iloc[n]['mean_single_accuracy']:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
               for n in order if pd.notna(scores.iloc[n]["mean_single_accuracy"])]
@@ -478,6 +500,8 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
               r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
               r"McNemar test, Holm-adjusted over the methods compared with origin." + note
+              + (f" Macro acc.: the mean of the per-relation accuracies ({int(scores['relations'].max())} "
+                 "relations)." if macro else "")
               + (r" Over the multiple-choice items, Conf.: mean probability of the option picked (softmax of the "
                  r"scores it was picked by; vote: its share of the prompts' picks); ECE: expected calibration error, "
                  r"15 equal-width bins; Brier: multi-class Brier score." if calibrated else "") + "}",

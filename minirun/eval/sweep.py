@@ -40,8 +40,8 @@ from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *PAIRED, "diff_vs_first_model",
-           "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
+METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "macro_accuracy", "relations", "n", *PAIRED,
+           "diff_vs_first_model", "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
            "tokens_per_second", "tokens", "seconds", *CALIBRATION)
 
 
