@@ -1010,6 +1010,20 @@ def test_a_run_names_the_upload_its_model_came_from(checkpoint_dirs, items, tmp_
     assert recorded_source(tmp_path / "made") is None  # a folder no pull or convert made: nothing to cite
 
 
+def test_report_shows_each_relation_and_the_macro_accuracy(tiny, tmp_path):
+    """A fill run's rows carry relations: `report` shows a table per relation and, under it, each method's macro
+    accuracy with its difference from origin over relations; `--json` holds the same figures."""
+    fill = load_dataset("sample-fill")[:6]
+    evaluate(tiny, fill, ["origin", "avg"], tmp_path, **{**SETTINGS, "dataset": "sample-fill"})
+    shown = " ".join(CliRunner().invoke(_app(), ["report", str(tmp_path)], env={"COLUMNS": "200"}).output.split())
+    scores = json.loads(CliRunner().invoke(_app(), ["report", str(tmp_path), "--json"]).stdout)
+    relations = len({item.relation for item in fill})
+    assert "per relation" in shown and f"origin {scores['origin']['macro_accuracy']:.3f} ({relations} relations)" in shown
+    assert f"avg {scores['avg']['macro_accuracy']:.3f} ({relations} relations), Δ origin " \
+           f"{scores['avg']['diff_macro_vs_origin']:+.3f}" in shown
+    assert sorted(scores["avg"]["by_relation"]) == sorted({item.relation for item in fill})
+
+
 def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, tmp_path, monkeypatch):
     """`--data mmlu@v1` (a sweep's `name = "mmlu@v1"`) reads the test items and the few-shot examples at the commit
     v1 is at, run.json cites {hub, revision, commit}, and `report --latex` heads the table with it."""

@@ -99,6 +99,11 @@ def test_macro_accuracy_weighs_each_relation_alike():
     assert report_json(df.assign(model="m"))["m"]["single"]["by_relation"]["capital"]["n"] == 3
     table = latex(s, "fill")
     assert "& Macro acc. \\\\" in table and "& 4 & 0.500 \\\\" in table and "(2 relations)" in table
+    versus = summarize(df.replace({"method": {"single": "origin"}}))  # vs origin: per-relation differences averaged
+    assert versus.loc["vote", "diff_macro_vs_origin"] == pytest.approx((2 / 3 - 1 + 0.0) / 2)
+    assert versus.loc["vote", "p_macro_vs_origin"] == 1.0  # one relation differs: no sign flip is rarer
+    assert versus.loc["vote", "diff_macro_vs_origin_ci95_low"] == pytest.approx(-1 / 3)
+    assert math.isnan(versus.loc["origin", "diff_macro_vs_origin"])
     plain = df.assign(relation=None)  # no relations: nothing to average, no column
     assert summarize(plain)["macro_accuracy"].isna().all() and "by_relation" not in report_json(plain)["single"]
     assert "Macro" not in latex(summarize(plain), "qa")

@@ -176,10 +176,14 @@ def report_command(
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
         relations = _scores_table(report.by_relation(table), "per relation")
-        macro = report.summarize(table)[["macro_accuracy", "relations"]].dropna()
-        relations.caption = "macro accuracy (the mean of a method's per-relation accuracies): " + " · ".join(
-            f"{_label(index)} {row['macro_accuracy']:.3f} ({int(row['relations'])} relations)"
-            for index, row in macro.iterrows())
+        macro = report.summarize(table)[list(report.MACRO)].dropna(subset=["macro_accuracy"])
+        relations.caption = "macro accuracy (the mean of a method's per-relation accuracies; Δ origin: the mean of " \
+            "the per-relation differences, bootstrap 95% CI and sign-flip p over relations):\n" + "\n".join(
+                f"{_label(index)} {row['macro_accuracy']:.3f} ({int(row['relations'])} relations)" + (
+                    "" if pd.isna(row["diff_macro_vs_origin"]) else
+                    f", Δ origin {row['diff_macro_vs_origin']:+.3f} [{row['diff_macro_vs_origin_ci95_low']:+.3f}, "
+                    f"{row['diff_macro_vs_origin_ci95_high']:+.3f}], p {row['p_macro_vs_origin']:.3g}")
+                for index, row in macro.iterrows())
         out.print(relations)
     out.print(_matrix(report.agreement(table)))
 

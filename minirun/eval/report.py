@@ -363,15 +363,41 @@ def by_relation(df: pd.DataFrame) -> pd.DataFrame:
     return _scores(rows, [*_keys(rows), "relation"])
 
 
+MACRO = ("macro_accuracy", "relations", "diff_macro_vs_origin", "diff_macro_vs_origin_ci95_low",
+         "diff_macro_vs_origin_ci95_high", "p_macro_vs_origin")
+
+
 def macro_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     """Per method (per model and method for a sweep): `macro_accuracy`, the mean of its per-relation accuracies, the
     figure LAMA-style probes report (each relation weighs alike, however many facts it has), and `relations`, how
-    many it averages; no row where no row of it has a relation (a join gives NaN)."""
-    keys = _keys(df)
-    rows = df[df["relation"].notna()] if "relation" in df.columns else df.iloc[:0].assign(relation=None)
-    per_relation = rows.astype({"correct": float}).groupby([*keys, "relation"], sort=True)["correct"].mean().dropna()
-    grouped = per_relation.groupby(level=list(range(len(keys))), sort=True)
-    return pd.DataFrame({"macro_accuracy": grouped.mean(), "relations": grouped.count()})
+    many it averages; against origin (not for per_prompt, no ensemble), `diff_macro_vs_origin`: the mean over
+    relations of the accuracy difference on the relation's items both answered, with a paired bootstrap interval
+    over relations and a sign-flip p (seed `BOOTSTRAP_SEED`; relations are the units a macro figure generalises
+    over). No row where no row of a method has a relation (a join gives NaN)."""
+    if "relation" not in df.columns or df["relation"].isna().all():
+        return pd.DataFrame(columns=list(MACRO), index=pd.MultiIndex.from_tuples([], names=_keys(df))
+                            if "model" in df.columns else pd.Index([], name="method"))
+    rows = df[df["relation"].notna()].astype({"correct": float})
+    parts = rows.groupby("model", sort=True) if "model" in rows.columns else [(None, rows)]
+    out = {}
+    for model, part in parts:
+        correct = part.pivot_table(index=["relation", "id"], columns="method", values="correct", aggfunc="first")
+        accuracy = correct.groupby(level="relation").mean()
+        for method in correct.columns:
+            key = method if model is None else (model, method)
+            mine = accuracy[method].dropna()
+            out[key] = {"macro_accuracy": float(mine.mean()), "relations": len(mine)}
+            if method in ("origin", "per_prompt") or "origin" not in correct.columns:
+                continue
+            both = correct[[method, "origin"]].dropna()
+            diffs = (both[method] - both["origin"]).groupby(level="relation").mean().to_numpy()
+            low, high = paired_bootstrap_interval(diffs, seed=BOOTSTRAP_SEED)
+            out[key] |= {"diff_macro_vs_origin": float(diffs.mean()), "diff_macro_vs_origin_ci95_low": low,
+                         "diff_macro_vs_origin_ci95_high": high,
+                         "p_macro_vs_origin": sign_flip_p(diffs, seed=BOOTSTRAP_SEED)}
+    frame = pd.DataFrame.from_dict(out, orient="index").reindex(columns=list(MACRO)).astype(float)
+    frame.index.names = _keys(df)
+    return frame
 
 
 def agreement(df: pd.DataFrame) -> pd.DataFrame:

@@ -31,8 +31,8 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
-from minirun.eval.report import (CALIBRATION, PAIRED, cut_thinking, load_results, method_label, paired_difference,
-                                 provenance, summarize, timed_on, unfinished)
+from minirun.eval.report import (CALIBRATION, MACRO, PAIRED, cut_thinking, load_results, method_label,
+                                 paired_difference, provenance, summarize, timed_on, unfinished)
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
                                   recorded_run_key, recorded_sources)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
@@ -40,8 +40,8 @@ from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "macro_accuracy", "relations", "n", *PAIRED,
-           "diff_vs_first_model", "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
+METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *MACRO, *PAIRED, "diff_vs_first_model",
+           "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
            "tokens_per_second", "tokens", "seconds", *CALIBRATION)
 
 
