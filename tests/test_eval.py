@@ -976,7 +976,9 @@ def test_a_run_timed_on_two_machines_says_so(tiny, items, tmp_path):
     journal = tmp_path / "results.rank0.jsonl"
     rows = [json.loads(line) for line in journal.read_text().splitlines()]
     here = rows[0]["machine"]
-    assert "machines (" not in CliRunner().invoke(_app(), ["report", str(tmp_path)]).output  # one machine: no warning
+    shown = CliRunner().invoke(_app(), ["report", str(tmp_path)]).output
+    assert "machines (" not in shown  # one machine: no warning
+    assert "pairwise:" not in shown  # two methods: the comparison with origin is the only pair
     rows[0]["machine"] = "NVIDIA H100 80GB HBM3 torch 2.11.0+cu130"
     del rows[-1]["machine"]  # a row of an older minirun
     journal.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -1010,11 +1012,12 @@ def test_a_run_names_the_upload_its_model_came_from(checkpoint_dirs, items, tmp_
     assert recorded_source(tmp_path / "made") is None  # a folder no pull or convert made: nothing to cite
 
 
-def test_report_shows_each_relation_and_the_macro_accuracy(tiny, tmp_path):
+def test_report_shows_each_relation_the_macro_accuracy_and_every_pair(tiny, tmp_path):
     """A fill run's rows carry relations: `report` shows a table per relation and, under it, each method's macro
-    accuracy with its difference from origin over relations; `--json` holds the same figures."""
+    accuracy with its difference from origin over relations, and with three methods every pair's difference;
+    `--json` holds the same figures."""
     fill = load_dataset("sample-fill")[:6]
-    evaluate(tiny, fill, ["origin", "avg"], tmp_path, **{**SETTINGS, "dataset": "sample-fill"})
+    evaluate(tiny, fill, ["origin", "avg", "max"], tmp_path, **{**SETTINGS, "dataset": "sample-fill"})
     shown = " ".join(CliRunner().invoke(_app(), ["report", str(tmp_path)], env={"COLUMNS": "200"}).output.split())
     scores = json.loads(CliRunner().invoke(_app(), ["report", str(tmp_path), "--json"]).stdout)
     relations = len({item.relation for item in fill})
@@ -1022,6 +1025,9 @@ def test_report_shows_each_relation_and_the_macro_accuracy(tiny, tmp_path):
     assert f"avg {scores['avg']['macro_accuracy']:.3f} ({relations} relations), Δ origin " \
            f"{scores['avg']['diff_macro_vs_origin']:+.3f}" in shown
     assert sorted(scores["avg"]["by_relation"]) == sorted({item.relation for item in fill})
+    avg_max = scores["avg"]["versus"]["max"]  # three methods: every pair compared, not only each with origin
+    assert "pairwise: accuracy of the row minus the column" in shown
+    assert f"{avg_max['diff']:+.3f} (p {avg_max['p_holm']:.2g})" in shown
 
 
 def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, tmp_path, monkeypatch):

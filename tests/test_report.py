@@ -20,6 +20,7 @@ from minirun.eval.report import (
     figure,
     latex,
     load_results,
+    pairwise,
     plot,
     report_json,
     select_choice_score,
@@ -107,6 +108,33 @@ def test_macro_accuracy_weighs_each_relation_alike():
     plain = df.assign(relation=None)  # no relations: nothing to average, no column
     assert summarize(plain)["macro_accuracy"].isna().all() and "by_relation" not in report_json(plain)["single"]
     assert "Macro" not in latex(summarize(plain), "qa")
+
+
+def test_pairwise_compares_every_two_methods_with_holm_over_the_pairs():
+    """Which fusion beats which, not only which beats origin: every ordered pair of methods on the items both
+    answered (the difference antisymmetric, one p per pair), McNemar's exact p Holm-adjusted over the run's pairs,
+    per_prompt (its first prompt alone) left out, and each method's `versus` in --json."""
+    verdicts = {"origin": [1, 0, 0, 0, 0, 0, 0, 1, 1, 1], "avg": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0], "max": [1] * 10,
+                "per_prompt": [0] * 10}
+    df = pd.DataFrame([{"id": f"q{i}", "method": m, "prompts": ["p"], "generated": "g", "answer": "g", "exact": False,
+                        "correct": bool(v), "tokens": 1, "seconds": 1.0} for m, vs in verdicts.items()
+                       for i, v in enumerate(vs)])
+    pairs = pairwise(df)
+    assert sorted(set(pairs.index.get_level_values("method"))) == ["avg", "max", "origin"]  # no per_prompt
+    # avg vs origin: 6 items only avg gets, 1 only origin gets: exact McNemar p = 2 * (1 + 7) / 2**7 = 0.125
+    assert pairs.loc[("avg", "origin"), "diff"] == pytest.approx(0.5) and pairs.loc[("avg", "origin"), "p"] == 0.125
+    assert pairs.loc[("origin", "avg"), "diff"] == pytest.approx(-0.5) and pairs.loc[("origin", "avg"), "p"] == 0.125
+    assert pairs.loc[("origin", "avg"), "ci95_low"] == pytest.approx(-pairs.loc[("avg", "origin"), "ci95_high"])
+    # max vs origin: 6 against 0, p = 2 / 2**6 = 0.03125; max vs avg: 1 against 0, p = 1; Holm over the three
+    assert pairs.loc[("max", "origin"), "p"] == pytest.approx(0.03125) and pairs.loc[("max", "avg"), "p"] == 1.0
+    assert pairs.loc[("max", "origin"), "p_holm"] == pytest.approx(3 * 0.03125)
+    assert pairs.loc[("avg", "origin"), "p_holm"] == pytest.approx(2 * 0.125)
+    assert pairs.loc[("avg", "max"), "p_holm"] == 1.0 and pairs.loc[("avg", "max"), "n"] == 10
+    versus = report_json(df)["max"]["versus"]
+    assert sorted(versus) == ["avg", "origin"] and versus["origin"]["p_holm"] == pytest.approx(0.09375)
+    assert versus["origin"]["n"] == 10 and len(versus["origin"]["ci95"]) == 2
+    assert "versus" not in report_json(df.assign(model="m"))["m"]["max"]  # a sweep compares models instead
+    assert pairwise(df[df["method"] == "origin"]).empty
 
 
 def test_agreement():

@@ -186,6 +186,8 @@ def report_command(
                 for index, row in macro.iterrows())
         out.print(relations)
     out.print(_matrix(report.agreement(table)))
+    if len(pairs := report.pairwise(table)) > 2:  # three methods or more: more than each against origin
+        out.print(_pairwise_matrix(pairs))
 
 
 def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = None) -> list[Table]:
@@ -260,6 +262,21 @@ def _label(index: object) -> str:
 def _number(value: float, spec: str) -> str:
     """`value` formatted, or a dash where it does not apply (NaN)."""
     return "–" if pd.isna(value) else format(value, spec)
+
+
+def _pairwise_matrix(pairs: pd.DataFrame) -> Table:
+    """Row method minus column method, on the items both answered, with the exact McNemar p Holm-adjusted over
+    every pair: which fusion beats which, not only which beats origin."""
+    methods = sorted(set(pairs.index.get_level_values("method")))
+    t = Table(title="pairwise: accuracy of the row minus the column (Holm-adjusted exact McNemar p)",
+              caption="on the items both answered; per_prompt (its first prompt) is left out")
+    t.add_column("")
+    for name in methods:
+        t.add_column(name, justify="right")
+    for a in methods:
+        t.add_row(a, *("" if a == b or (a, b) not in pairs.index else
+                       f"{pairs.loc[(a, b), 'diff']:+.3f} (p {pairs.loc[(a, b), 'p_holm']:.2g})" for b in methods))
+    return t
 
 
 def _matrix(agree: pd.DataFrame) -> Table:

@@ -413,6 +413,33 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
                         index=methods, columns=methods)
 
 
+PAIRWISE = ("diff", "ci95_low", "ci95_high", "p", "p_holm", "n")
+
+
+def pairwise(df: pd.DataFrame) -> pd.DataFrame:
+    """Every two methods of one run compared on the items both answered, as each is with origin: a row per ordered
+    pair (method, versus) with `diff` (method's accuracy minus versus's), its Newcombe interval, the exact McNemar
+    `p`, `p_holm` (Holm over the run's unordered pairs: the family a "which fusion is best" table tests) and `n`.
+    per_prompt, no ensemble (its verdict is its first prompt's), is left out, as from the tests against origin."""
+    _check(df)
+    correct = df.pivot(index="id", columns="method", values="correct").astype(float)
+    methods = sorted(m for m in correct.columns if m != "per_prompt")
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+    found = {pair: paired_difference(correct[pair[0]], correct[pair[1]], "versus") for pair in pairs}
+    adjusted = dict(zip(pairs, holm([found[pair].get("p_vs_versus", math.nan) for pair in pairs])))
+    rows = {}
+    for (a, b), stats in found.items():
+        if not stats:
+            continue
+        diff, low, high = stats["diff_vs_versus"], stats["diff_vs_versus_ci95_low"], stats["diff_vs_versus_ci95_high"]
+        shared = {"p": stats["p_vs_versus"], "p_holm": adjusted[(a, b)], "n": stats["n_vs_versus"]}
+        rows[(a, b)] = {"diff": diff, "ci95_low": low, "ci95_high": high, **shared}
+        rows[(b, a)] = {"diff": 0.0 - diff, "ci95_low": 0.0 - high, "ci95_high": 0.0 - low, **shared}
+    index = pd.MultiIndex.from_tuples(list(rows), names=["method", "versus"]) if rows else \
+        pd.MultiIndex.from_arrays([[], []], names=["method", "versus"])
+    return pd.DataFrame(list(rows.values()), index=index, columns=list(PAIRWISE), dtype=float).sort_index()
+
+
 def _agree(x: pd.Series, y: pd.Series) -> float:
     shared = x.notna() & y.notna()
     return float((x[shared] == y[shared]).mean()) if shared.any() else math.nan
@@ -422,8 +449,13 @@ def report_json(df: pd.DataFrame) -> dict:
     """`summarize` as a JSON-ready dict: {method: scores}, or {model: {method: scores}} for a
     sweep. Each X_low/X_high pair becomes one X: [low, high] (ci95, diff_vs_origin_ci95,
     diff_vs_mean_single_ci95); numpy values become Python ones, NaN None. Where rows carry relations, each
-    method's scores hold `by_relation`: {relation: that relation's scores}, as a per-relation table needs them."""
+    method's scores hold `by_relation`: {relation: that relation's scores}, as a per-relation table needs them;
+    and in one run's, each method's `versus`: {other method: `pairwise`'s diff, ci95, p, p_holm and n}."""
     out: dict = {}
+    versus: dict[str, dict] = {}
+    if "model" not in df.columns:
+        for (method, other), stats in pairwise(df).to_dict("index").items():
+            versus.setdefault(method, {})[other] = json_scores(stats)
     nested: dict[tuple, dict] = {}  # (model, method) or (method,) -> {relation: scores}
     if "relation" in df.columns and df["relation"].notna().any():
         for (*key, relation), scores in by_relation(df).to_dict("index").items():
@@ -432,6 +464,8 @@ def report_json(df: pd.DataFrame) -> dict:
         entry = json_scores(scores)
         if (relations := nested.get(key if isinstance(key, tuple) else (key,))) is not None:
             entry["by_relation"] = relations
+        if key in versus:
+            entry["versus"] = versus[key]
         if isinstance(key, tuple):
             out.setdefault(str(key[0]), {})[key[1]] = entry
         else:
