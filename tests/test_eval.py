@@ -1025,6 +1025,9 @@ def test_report_shows_each_relation_the_macro_accuracy_and_every_pair(tiny, tmp_
     assert f"avg {scores['avg']['macro_accuracy']:.3f} ({relations} relations), Δ origin " \
            f"{scores['avg']['diff_macro_vs_origin']:+.3f}" in shown
     assert sorted(scores["avg"]["by_relation"]) == sorted({item.relation for item in fill})
+    CliRunner().invoke(_app(), ["report", str(tmp_path), "--latex", str(tmp_path / "t.tex")])
+    tex = (tmp_path / "t.tex").read_text()  # the summary, then the appendix's table per relation
+    assert tex.count("\\begin{table}") == 2 and "Relation & $n$ & origin & avg & max \\\\" in tex
     avg_max = scores["avg"]["versus"]["max"]  # three methods: every pair compared, not only each with origin
     assert "pairwise: accuracy of the row minus the column" in shown
     assert f"{avg_max['diff']:+.3f} (p {avg_max['p_holm']:.2g})" in shown

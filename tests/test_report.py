@@ -22,6 +22,7 @@ from minirun.eval.report import (
     load_results,
     pairwise,
     plot,
+    relation_latex,
     report_json,
     select_choice_score,
     select_match,
@@ -108,6 +109,19 @@ def test_macro_accuracy_weighs_each_relation_alike():
     plain = df.assign(relation=None)  # no relations: nothing to average, no column
     assert summarize(plain)["macro_accuracy"].isna().all() and "by_relation" not in report_json(plain)["single"]
     assert "Macro" not in latex(summarize(plain), "qa")
+
+
+def test_relation_latex_is_the_appendix_table_of_a_probe():
+    """A row per relation (its items), a column per method (origin first), the macro mean last; nothing without
+    relations."""
+    df = _frame().replace({"method": {"single": "origin"}})
+    df.loc[df["id"] == "q2", "relation"] = "capital_of"
+    table = relation_latex(df, "fill")
+    assert "Relation & $n$ & origin & vote \\\\" in table
+    assert "capital\\_of & 1 & 1.000 & 1.000 \\\\" in table and "capital & 2 & 1.000 & 0.500 \\\\" in table
+    assert "birthplace & 1 & 0.000 & 0.000 \\\\" in table
+    assert "Macro mean &  & 0.667 & 0.500 \\\\" in table and "the 3 relations" in table
+    assert relation_latex(df.assign(relation=None), "qa") == ""
 
 
 def test_pairwise_compares_every_two_methods_with_holm_over_the_pairs():

@@ -569,6 +569,29 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def relation_latex(df: pd.DataFrame, caption: str) -> str:
+    """The per-relation table of a LAMA-style probe's appendix: a row per relation with its item count, a column
+    per method (origin first) holding its accuracy on that relation, and the macro mean of each column last; ""
+    where the rows carry no relation."""
+    if "relation" not in df.columns or df["relation"].isna().all():
+        return ""
+    scores = by_relation(df)
+    methods = sorted(set(scores.index.get_level_values("method")), key=lambda m: (m != "origin", m))
+    accuracy = scores["accuracy"].unstack("method").reindex(columns=methods)
+    counts = df[df["relation"].notna()].groupby("relation")["id"].nunique()
+    macro = macro_accuracy(df.astype({"correct": float}))["macro_accuracy"].reindex(methods)
+    cell = lambda v: "--" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lr" + "r" * len(methods) + "}", r"\toprule",
+             " & ".join(["Relation", "$n$", *(_tex(method_label(m)) for m in methods)]) + r" \\", r"\midrule"]
+    lines += [" & ".join([_tex(str(relation)), str(int(counts[relation])), *map(cell, row)]) + r" \\"
+              for relation, row in accuracy.iterrows()]
+    lines += [r"\midrule", " & ".join(["Macro mean", "", *map(cell, macro)]) + r" \\",
+              r"\bottomrule", r"\end{tabular}",
+              r"\caption{" + _tex(caption) + r": accuracy per relation ($n$: its items; Macro mean: the mean over "
+              f"the {len(accuracy)} relations, each weighing alike).}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                "[": "{[}", "]": "{]}",  # a row starting with "[" would be read as the previous \\'s spacing argument
                **{c: "\\" + c for c in "_%&#${}"}}
