@@ -464,6 +464,9 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     flex = scores["sample-qa"]["qwen2"]["flex-restart"]  # the fields and shapes of an eval run's --json
     assert len(flex["ci95"]) == 2 and len(flex["diff_vs_origin_ci95"]) == 2 and flex["n_vs_origin"] == 2
     assert 0 <= flex["p_vs_origin"] <= flex["p_vs_origin_holm"] <= 1
+    versus = flex["versus"]["origin"]  # every two methods of a model, as one run's --json has them
+    assert versus["diff"] == pytest.approx(flex["diff_vs_origin"]) and versus["p"] == flex["p_vs_origin"]
+    assert scores["sample-qa"]["qwen2"]["origin"]["versus"]["flex-restart"]["diff"] == pytest.approx(-versus["diff"])
     assert list(scores) == ["sample-qa", "sample-fill"] and list(scores["sample-qa"]) == ["qwen2", "llama"]
     llama_fill = table[(table["model"] == "llama") & (table["dataset"] == "sample-fill") & (table["label"] == "origin")]
     assert scores["sample-fill"]["llama"]["origin"]["accuracy"] == pytest.approx(llama_fill["correct"].mean())

@@ -134,12 +134,24 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     if as_json:
-        print(json.dumps(scores_json(scores)))
+        print(json.dumps(with_pairs(scores_json(scores), table)))
         warn(warnings, err)
         return
     for t in score_tables(scores, title):
         out.print(t)
     warn(warnings, out)
+
+
+def with_pairs(result: dict, table: pd.DataFrame) -> dict:
+    """`scores_json`'s {dataset: {model: {method: scores}}} with each method's `versus`, as one run's --json has it:
+    every two methods of a model on a dataset compared (`report.pairwise`, Holm over that model's pairs)."""
+    from minirun.eval.report import json_scores, pairwise
+
+    for (dataset, model), rows in table.groupby(["dataset", "model"], sort=False):
+        pairs = pairwise(rows.drop(columns=["dataset", "model"]).assign(method=rows["label"]))
+        for (method, other), stats in pairs.to_dict("index").items():
+            result[dataset][model][method].setdefault("versus", {})[other] = json_scores(stats)
+    return result
 
 
 def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
