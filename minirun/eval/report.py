@@ -391,6 +391,8 @@ def macro_accuracy(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             both = correct[[method, "origin"]].dropna()
             diffs = (both[method] - both["origin"]).groupby(level="relation").mean().to_numpy()
+            if not diffs.size:  # no item both answered (a run still going)
+                continue
             low, high = paired_bootstrap_interval(diffs, seed=BOOTSTRAP_SEED)
             out[key] |= {"diff_macro_vs_origin": float(diffs.mean()), "diff_macro_vs_origin_ci95_low": low,
                          "diff_macro_vs_origin_ci95_high": high,
