@@ -467,6 +467,8 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     versus = flex["versus"]["origin"]  # every two methods of a model, as one run's --json has them
     assert versus["diff"] == pytest.approx(flex["diff_vs_origin"]) and versus["p"] == flex["p_vs_origin"]
     assert scores["sample-qa"]["qwen2"]["origin"]["versus"]["flex-restart"]["diff"] == pytest.approx(-versus["diff"])
+    fill = scores["sample-fill"]["llama"]["origin"]  # relations: each method's scores per relation, as one run's
+    assert sum(r["n"] for r in fill["by_relation"].values()) == fill["n"] and "by_relation" not in flex
     assert list(scores) == ["sample-qa", "sample-fill"] and list(scores["sample-qa"]) == ["qwen2", "llama"]
     llama_fill = table[(table["model"] == "llama") & (table["dataset"] == "sample-fill") & (table["label"] == "origin")]
     assert scores["sample-fill"]["llama"]["origin"]["accuracy"] == pytest.approx(llama_fill["correct"].mean())

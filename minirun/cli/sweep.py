@@ -143,14 +143,18 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
 
 
 def with_pairs(result: dict, table: pd.DataFrame) -> dict:
-    """`scores_json`'s {dataset: {model: {method: scores}}} with each method's `versus`, as one run's --json has it:
-    every two methods of a model on a dataset compared (`report.pairwise`, Holm over that model's pairs)."""
-    from minirun.eval.report import json_scores, pairwise
+    """`scores_json`'s {dataset: {model: {method: scores}}} with what one run's --json adds to each method: `versus`,
+    every two methods of a model on a dataset compared (`report.pairwise`, Holm over that model's pairs), and where
+    the rows carry relations `by_relation`, the method's scores per relation."""
+    from minirun.eval.report import by_relation, json_scores, pairwise
 
     for (dataset, model), rows in table.groupby(["dataset", "model"], sort=False):
-        pairs = pairwise(rows.drop(columns=["dataset", "model"]).assign(method=rows["label"]))
-        for (method, other), stats in pairs.to_dict("index").items():
+        run = rows.drop(columns=["dataset", "model"]).assign(method=rows["label"])
+        for (method, other), stats in pairwise(run).to_dict("index").items():
             result[dataset][model][method].setdefault("versus", {})[other] = json_scores(stats)
+        if "relation" in run.columns and run["relation"].notna().any():
+            for (method, relation), stats in by_relation(run).to_dict("index").items():
+                result[dataset][model][method].setdefault("by_relation", {})[str(relation)] = json_scores(stats)
     return result
 
 
