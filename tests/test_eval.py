@@ -1035,7 +1035,8 @@ def test_report_shows_each_relation_the_macro_accuracy_and_every_pair(tiny, tmp_
 
 def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, tmp_path, monkeypatch):
     """`--data mmlu@v1` (a sweep's `name = "mmlu@v1"`) reads the test items and the few-shot examples at the commit
-    v1 is at, run.json cites {hub, revision, commit}, and `report --latex` heads the table with it."""
+    v1 is at, run.json cites {hub, revision, commit}, and `report --latex` heads the table with it; a file asked as
+    MMLU (`--benchmark mmlu`) reads and cites its Hub examples alike."""
     import huggingface_hub
 
     frames = {"test": pd.DataFrame({"question": ["2+2?", "Capital of Peru?"], "subject": ["math", "geo"],
@@ -1065,14 +1066,30 @@ def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, t
     CliRunner().invoke(_app(), ["report", str(run), "--latex", str(tmp_path / "t.tex")])
     assert f"% data source: {json.dumps(cited, sort_keys=True)}" in (tmp_path / "t.tex").read_text().splitlines()
 
+    calls.clear()  # a file asked as MMLU (`minirun paraphrase mmlu`'s output): its Hub examples at one commit, cited
+    write_jsonl([Item("p1", "2+2?", ["Two plus two?"], ["4"], "choice", "math", ["3", "4", "5", "6"], 1),
+                 Item("p2", "Capital of Peru?", ["Peru's capital?"], ["Lima"], "choice", "geo",
+                      ["Lima", "Quito", "Bogota", "La Paz"], 0)], tmp_path / "para.jsonl")
+    result = CliRunner().invoke(_app(), ["eval", "--data", "para.jsonl", "--benchmark", "mmlu", "--model",
+                                         str(checkpoint_dirs["qwen2"]), "-m", "origin", "--few-shot-k", "1",
+                                         "--max-new-tokens", "2", "--no-progress", "--output", "para"])
+    assert result.exit_code == 0, result.output
+    main = {"hub": "cais/mmlu", "revision": "main", "commit": "e" * 40}
+    assert calls == [("cais/mmlu", "dev", "e" * 40)] and recorded_source(tmp_path / "para", "few_shot_source") == main
+    assert recorded_source(tmp_path / "para", "data_source") is None  # the items are the file's
+    CliRunner().invoke(_app(), ["report", "para", "--latex", str(tmp_path / "p.tex")])
+    assert f"% few shot source: {json.dumps(main, sort_keys=True)}" in (tmp_path / "p.tex").read_text().splitlines()
+
     calls.clear()
     (tmp_path / "sweep.toml").write_text(f'''[generation]\nmax_new_tokens = 2
 [[models]]\npath = "{checkpoint_dirs["qwen2"]}"\n[[datasets]]\nname = "mmlu@v1"\nfew_shot_k = 1
-[[methods]]\nname = "origin"\n''')
+[[datasets]]\nname = "para.jsonl"\nbenchmark = "mmlu"\nfew_shot_k = 1\n[[methods]]\nname = "origin"\n''')
     result = CliRunner().invoke(cli_app, ["sweep", "sweep.toml", "--output", "swept", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert calls == [("cais/mmlu", "test", commit), ("cais/mmlu", "dev", commit)]
+    assert sorted(calls) == sorted([("cais/mmlu", "test", commit), ("cais/mmlu", "dev", commit),
+                                    ("cais/mmlu", "dev", "e" * 40)])
     assert recorded_source(tmp_path / "swept" / "qwen2" / "mmlu-v1" / "origin", "data_source") == cited
+    assert recorded_source(tmp_path / "swept" / "qwen2" / "para" / "origin", "few_shot_source") == main
 
 
 def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path, caplog):

@@ -103,6 +103,8 @@ def eval_command(
     items = load_dataset(data, subset=subset, skip_bad=skip_bad, revision=(source or {}).get("commit", revision))
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
+    # a file asked as MMLU: its Hub examples read at one commit, and cited
+    shots = dataset_source(benchmark) if benchmark is not None and few_shot is None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else asked.replace("@", "-").replace("/", "--")
@@ -112,7 +114,8 @@ def eval_command(
                         batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
                         num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
                         thinking=thinking, template_date=template_date, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
-                        choice_format=choice_format, benchmark=benchmark, data_source=source, progress=progress)
+                        choice_format=choice_format, benchmark=benchmark, data_source=source, few_shot_source=shots,
+                        progress=progress)
     if ranks()[0] == 0:
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):

@@ -167,10 +167,12 @@ class Run:
     prompt_format: PromptFormat  # how its question blocks are written
     model_source: dict | None = None  # where the checkpoint came from (`checkpoint_source`), for run.json to cite
     data_source: dict | None = None  # where a Hub dataset's rows came from (`dataset_source`), likewise
+    few_shot_source: dict | None = None  # where a benchmark's Hub examples came from, for a file's items
 
     @property
     def sources(self) -> dict[str, dict | None]:
-        return {"model_source": self.model_source, "data_source": self.data_source}
+        return {"model_source": self.model_source, "data_source": self.data_source,
+                "few_shot_source": self.few_shot_source}
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
@@ -184,7 +186,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             positions: str = "right", share_prefix: bool = True, chat: bool | None = None, thinking: bool = False,
             flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
             choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None,
-            template_date: str | None = None, data_source: dict | None = None) -> Run:
+            template_date: str | None = None, data_source: dict | None = None,
+            few_shot_source: dict | None = None) -> Run:
     """`evaluate`'s settings checked and its prompts, few-shot heads and run key laid out; nothing runs
     yet (`evaluate_runs`). Every problem is one MinirunError before any model time is spent. `benchmark`
     names the dataset whose prompt format and few-shot examples a file of its items is asked with (MMLU
@@ -192,7 +195,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     `template_date` (YYYY-MM-DD) is the day a chat template that writes the date renders at; by default the day
     `output_dir` recorded, else today (a sweep gives its cells of one model and dataset one day). `data_source` is
     where a Hub dataset's items came from (`dataset_source`): its few-shot examples are read at the same commit,
-    and run.json cites it."""
+    and run.json cites it; `few_shot_source` likewise for the Hub examples a `benchmark` asks a file's items with."""
     if benchmark is not None and benchmark not in NAMES:
         raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
     if template_date is not None:
@@ -236,8 +239,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
+    shots = few_shot_source if benchmark is not None else data_source  # where the examples come from
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
-                                 (data_source or {}).get("commit") if benchmark is None else None)
+                                 (shots or {}).get("commit") if fewshot_items is None else None)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
@@ -267,7 +271,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(source, fewshot_items),
-               fmt, checkpoint_source(llm.path), data_source)
+               fmt, checkpoint_source(llm.path), data_source,
+               few_shot_source if benchmark is not None and fewshot_items is None else None)
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,

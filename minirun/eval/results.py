@@ -167,7 +167,9 @@ def recorded_methods(output_dir: str | Path) -> dict[str, dict]:
     return {} if info is None else dict(info.get("methods") or {})
 
 
-SOURCES = ("model_source", "data_source")  # what run.json cites: the checkpoint's and the Hub dataset's origin
+# what run.json cites: the checkpoint's origin, a Hub dataset's, and that of the Hub examples a file's items are
+# asked with (`--benchmark mmlu`)
+SOURCES = ("model_source", "data_source", "few_shot_source")
 
 
 def recorded_source(output_dir: str | Path, kind: str = "model_source") -> dict | None:

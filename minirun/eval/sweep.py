@@ -67,6 +67,7 @@ class Data:
     items: list[Item]  # the test items, the first max_samples
     few_shot: list[Item] | None  # the few-shot items a file names (None: the dataset's own)
     source: dict | None  # a Hub dataset's repo, revision and commit (`dataset_source`), for run.json to cite
+    few_shot_source: dict | None = None  # likewise for the Hub examples a benchmark asks a file's items with
 
 
 def _load_items(dataset: DatasetSpec) -> Data:
@@ -75,7 +76,9 @@ def _load_items(dataset: DatasetSpec) -> Data:
     items = load_dataset(dataset.data, subset=dataset.subset, skip_bad=dataset.skip_bad,
                          revision=(source or {}).get("commit", dataset.revision))
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
-    return Data(items, load_jsonl(dataset.few_shot, examples=True) if dataset.few_shot is not None else None, source)
+    if dataset.few_shot is not None:
+        return Data(items, load_jsonl(dataset.few_shot, examples=True), source)
+    return Data(items, None, source, dataset_source(dataset.benchmark) if dataset.benchmark is not None else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +285,7 @@ def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: s
         return prepare(llm, data.items, [cell.method.name], cell.dir, dataset=cell.dataset.data,
                        num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
                        few_shot_k=cell.dataset.few_shot_k, fewshot_items=data.few_shot, data_source=data.source,
+                       few_shot_source=data.few_shot_source,
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
                        benchmark=cell.dataset.benchmark,
                        batch_size=cell.model.batch_size or gen.batch_size, max_new_tokens=gen.max_new_tokens,
