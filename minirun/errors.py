@@ -2,6 +2,12 @@ class MinirunError(Exception):
     """A user-facing error: its message names the problem and the fix."""
 
 
+def error_line(error: BaseException, limit: int = 200) -> str:
+    """An exception as one line of a user-facing message: its type and its first line (the Hub's errors run to
+    several), at most `limit` characters of it."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}"
+
+
 class PromptTooLong(MinirunError):
     """A prompt that leaves no room in the model's context. `question` is its index among the questions asked
     together, so a caller that knows their names (eval's item ids, among thousands) can say which one it is."""

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from minirun.checkpoints.convert import convert_gguf, partial_dirs, staged_dir
 from minirun.checkpoints.loader import write_source
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, error_line
 from minirun.paths import cache_root
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -146,9 +146,8 @@ def _snapshot(repo_id: str, target: Path) -> None:
         log.info("downloading %s at commit %s (%s)", repo, commit, revision or "its main branch")
         snapshot_download(repo, revision=commit, local_dir=target, allow_patterns=HUB_PATTERNS)
     except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
-        reason = (str(e).strip().splitlines() or [""])[0]  # the hub's messages run to several lines
         revision_too = ", the revision" if revision is not None else ""
-        raise MinirunError(f"cannot download {repo_id} from the HF hub ({type(e).__name__}: {reason}): "
+        raise MinirunError(f"cannot download {repo_id} from the HF hub ({error_line(e)}): "
                            f"check the repo name{revision_too}, your network and HF_TOKEN") from None
     if not is_complete(target):
         raise MinirunError(f"{repo_id} has no config.json and *.safetensors: minirun needs safetensors weights")

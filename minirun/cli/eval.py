@@ -86,7 +86,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import dataset_source, hub_dataset, load_dataset, load_jsonl
+    from minirun.eval.data import dataset_source, hub_dataset, load_cited, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
     from minirun.eval.report import cut_thinking
 
@@ -98,9 +98,8 @@ def eval_command(
     if template_date is not None:
         template_day(template_date)  # before a model is fetched
     method = method_names(method)
-    asked, (data, revision) = data, hub_dataset(data)
-    source = dataset_source(data, revision)  # at one commit: test items, few-shot examples and run.json's citation
-    items = load_dataset(data, subset=subset, skip_bad=skip_bad, revision=(source or {}).get("commit", revision))
+    asked, data = data, hub_dataset(data)[0]
+    items, source = load_cited(asked, subset, skip_bad)  # at one commit: test items, few-shot examples, citation
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
     # a file asked as MMLU: its Hub examples read at one commit, and cited
@@ -180,7 +179,7 @@ def report_command(
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
         relations = _scores_table(report.by_relation(table), "per relation")
-        macro = report.summarize(table)[list(report.MACRO)].dropna(subset=["macro_accuracy"])
+        macro = report.macro_accuracy(table).dropna(subset=["macro_accuracy"])
         relations.caption = "macro accuracy (the mean of a method's per-relation accuracies; Δ origin: the mean of " \
             "the per-relation differences, bootstrap 95% CI and sign-flip p over relations):\n" + "\n".join(
                 f"{_label(index)} {row['macro_accuracy']:.3f} ({int(row['relations'])} relations)" + (

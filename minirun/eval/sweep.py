@@ -26,7 +26,7 @@ from minirun.checkpoints.hub import resolve_model
 from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, dataset_source, load_dataset, load_jsonl
+from minirun.eval.data import Item, dataset_source, load_cited, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
@@ -72,9 +72,7 @@ class Data:
 
 def _load_items(dataset: DatasetSpec) -> Data:
     """A dataset's test items and few-shot items, a Hub one's read at the commit its revision is at now."""
-    source = dataset_source(dataset.data, dataset.revision)
-    items = load_dataset(dataset.data, subset=dataset.subset, skip_bad=dataset.skip_bad,
-                         revision=(source or {}).get("commit", dataset.revision))
+    items, source = load_cited(dataset.name, dataset.subset, dataset.skip_bad)
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
     if dataset.few_shot is not None:
         return Data(items, load_jsonl(dataset.few_shot, examples=True), source)

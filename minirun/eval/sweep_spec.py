@@ -66,10 +66,6 @@ class DatasetSpec:
         """The dataset's name without the Hub revision `name` may pin (`mmlu@REV`), or its file."""
         return hub_dataset(self.name)[0]
 
-    @property
-    def revision(self) -> str | None:
-        return hub_dataset(self.name)[1]
-
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:

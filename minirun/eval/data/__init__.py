@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from minirun.checkpoints.hub import split_revision
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, error_line
 from minirun.eval.data.choice import COMMONSENSE_QA, MMLU, load_commonsense_qa, load_mmlu
 from minirun.eval.data.items import (
     Item,
@@ -42,6 +42,7 @@ __all__ = [
     "dataset_source",
     "ensemble_prompts",
     "hub_dataset",
+    "load_cited",
     "load_commonsense_qa",
     "load_dataset",
     "load_fewshot",
@@ -144,7 +145,7 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
         from huggingface_hub import dataset_info
         commit = dataset_info(repo, revision=revision).sha
     except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
-        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        reason = error_line(e)
         if revision is not None:
             raise MinirunError(f"cannot find revision {revision!r} of {repo} on the Hugging Face Hub ({reason}): check "
                                "the revision, your network and HF_TOKEN, or give a full commit") from None
@@ -152,6 +153,16 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
                     "branch as `datasets` finds it and records no commit; name one (`--data NAME@COMMIT`) to pin it")
         return {"hub": repo, "revision": "main"}
     return {"hub": repo, "revision": revision or "main", "commit": commit}
+
+
+def load_cited(name_or_path: str | Path, subset: str | None = None,
+               skip_bad: bool = False) -> tuple[list[Item], dict | None]:
+    """A run's test items and where they came from: a Hub dataset (`mmlu`, `mmlu@REV`) read at the commit its revision
+    is at now (`dataset_source`), which the run's few-shot examples are then read at too and run.json cites."""
+    name, revision = hub_dataset(str(name_or_path))
+    source = dataset_source(name, revision)
+    return load_dataset(name_or_path if source is None else name, subset=subset, skip_bad=skip_bad,
+                        revision=(source or {}).get("commit", revision)), source
 
 
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
