@@ -1079,17 +1079,27 @@ def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, t
     assert recorded_source(tmp_path / "para", "data_source") is None  # the items are the file's
     CliRunner().invoke(_app(), ["report", "para", "--latex", str(tmp_path / "p.tex")])
     assert f"% few shot source: {json.dumps(main, sort_keys=True)}" in (tmp_path / "p.tex").read_text().splitlines()
+    calls.clear()  # the benchmark's examples pinned as its data would be: `--benchmark mmlu@v1`
+    result = CliRunner().invoke(_app(), ["eval", "--data", "para.jsonl", "--benchmark", "mmlu@v1", "--model",
+                                         str(checkpoint_dirs["qwen2"]), "-m", "origin", "--few-shot-k", "1",
+                                         "--max-new-tokens", "2", "--no-progress", "--output", "para-v1"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("cais/mmlu", "dev", commit)] and recorded_source(tmp_path / "para-v1", "few_shot_source") == cited
+    assert json.loads((tmp_path / "para-v1" / "run.json").read_text())["run_key"]["prompt_format"] != "minirun"
 
     calls.clear()
     (tmp_path / "sweep.toml").write_text(f'''[generation]\nmax_new_tokens = 2
 [[models]]\npath = "{checkpoint_dirs["qwen2"]}"\n[[datasets]]\nname = "mmlu@v1"\nfew_shot_k = 1
-[[datasets]]\nname = "para.jsonl"\nbenchmark = "mmlu"\nfew_shot_k = 1\n[[methods]]\nname = "origin"\n''')
+[[datasets]]\nname = "para.jsonl"\nbenchmark = "mmlu"\nfew_shot_k = 1
+[[datasets]]\nname = "para.jsonl"\nlabel = "para-v1"\nbenchmark = "mmlu@v1"\nfew_shot_k = 1
+[[methods]]\nname = "origin"\n''')
     result = CliRunner().invoke(cli_app, ["sweep", "sweep.toml", "--output", "swept", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert sorted(calls) == sorted([("cais/mmlu", "test", commit), ("cais/mmlu", "dev", commit),
-                                    ("cais/mmlu", "dev", "e" * 40)])
+                                    ("cais/mmlu", "dev", "e" * 40), ("cais/mmlu", "dev", commit)])
     assert recorded_source(tmp_path / "swept" / "qwen2" / "mmlu-v1" / "origin", "data_source") == cited
     assert recorded_source(tmp_path / "swept" / "qwen2" / "para" / "origin", "few_shot_source") == main
+    assert recorded_source(tmp_path / "swept" / "qwen2" / "para-v1" / "origin", "few_shot_source") == cited
 
 
 def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path, caplog):

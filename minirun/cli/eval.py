@@ -46,7 +46,7 @@ def eval_command(
     subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
     benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
                                             "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "
-                                            "`minirun paraphrase`: --benchmark mmlu)."),
+                                            "`minirun paraphrase`: --benchmark mmlu; its Hub examples pinned: mmlu@REV)."),
     method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m",
                                      help="Method to run (repeatable, or comma-separated: -m origin,avg)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "
@@ -103,7 +103,8 @@ def eval_command(
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
     # a file asked as MMLU: its Hub examples read at one commit, and cited
-    shots = dataset_source(benchmark) if benchmark is not None and few_shot is None else None
+    benchmark, pinned = hub_dataset(benchmark) if benchmark is not None else (None, None)
+    shots = dataset_source(benchmark, pinned) if benchmark is not None and few_shot is None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else asked.replace("@", "-").replace("/", "--")

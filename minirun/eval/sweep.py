@@ -26,7 +26,7 @@ from minirun.checkpoints.hub import resolve_model
 from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, dataset_source, load_cited, load_jsonl
+from minirun.eval.data import Item, dataset_source, hub_dataset, load_cited, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
@@ -76,7 +76,8 @@ def _load_items(dataset: DatasetSpec) -> Data:
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
     if dataset.few_shot is not None:
         return Data(items, load_jsonl(dataset.few_shot, examples=True), source)
-    return Data(items, None, source, dataset_source(dataset.benchmark) if dataset.benchmark is not None else None)
+    shots = dataset_source(*hub_dataset(dataset.benchmark)) if dataset.benchmark is not None else None
+    return Data(items, None, source, shots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,7 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
            "generation": generation, "items": [dataclasses.asdict(i) for i in data.items],
            "few_shot": None if data.few_shot is None else [dataclasses.asdict(i) for i in data.few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
-    source = cell.dataset.benchmark or cell.dataset.data  # whose prompts these are
+    source = cell.dataset.asked_as or cell.dataset.data  # whose prompts these are
     if subject_heads(source, data.few_shot):  # MMLU's head per subject: not a cell finished under one for all
         key["subject_heads"] = True  # (other cells' keys stay as they were, so their finished runs stay finished)
     if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
@@ -285,7 +286,7 @@ def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: s
                        few_shot_k=cell.dataset.few_shot_k, fewshot_items=data.few_shot, data_source=data.source,
                        few_shot_source=data.few_shot_source,
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
-                       benchmark=cell.dataset.benchmark,
+                       benchmark=cell.dataset.asked_as,
                        batch_size=cell.model.batch_size or gen.batch_size, max_new_tokens=gen.max_new_tokens,
                        share_prefix=gen.share_prefix,
                        chat=gen.chat, thinking=gen.thinking, template_date=template_date, **cell.method.options)

@@ -66,6 +66,11 @@ class DatasetSpec:
         """The dataset's name without the Hub revision `name` may pin (`mmlu@REV`), or its file."""
         return hub_dataset(self.name)[0]
 
+    @property
+    def asked_as(self) -> str | None:
+        """The named dataset a file is asked as, without the Hub revision `benchmark` may pin for its examples."""
+        return hub_dataset(self.benchmark)[0] if self.benchmark is not None else None
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
@@ -222,7 +227,7 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
         raise MinirunError(f"{where} skip_bad: only a plain item file's bad records can be skipped; drop the key")
     if spec.subset is not None and spec.data in NAMES and spec.data != "mmlu":  # a file's rows are read first
         raise MinirunError(f"{where} subset: only mmlu and local MMLU files have subsets; drop the key")
-    if spec.benchmark is not None and (spec.data in NAMES or spec.benchmark not in NAMES):
+    if spec.benchmark is not None and (spec.data in NAMES or spec.asked_as not in NAMES):
         fix = "drop the key: a named dataset is asked as itself" if spec.data in NAMES else \
             f"use one of {', '.join(NAMES)}"
         raise MinirunError(f"{where} benchmark: {spec.benchmark!r} cannot be asked of it; {fix}")
