@@ -401,3 +401,63 @@ def test_a_template_that_opens_thinking_rewrites_past_it(long_context, tmp_path,
     caplog.clear()
     paraphrase_file(minirun.load(long_context), items()[:1], tmp_path / "q.jsonl", num=2, max_new_tokens=12)
     assert "thinking" not in caplog.text
+
+
+def test_a_hub_dataset_is_rewritten_at_one_commit_and_a_run_on_the_file_cites_it(long_context, tmp_path, monkeypatch):
+    """`minirun paraphrase mmlu` reads the test split at the commit main is at, and every row records it
+    (`data_source`); a resume after main moved reads that commit again, not a second upload; `eval` on the file
+    cites it as the run's data source (its benchmark examples, at main's commit now, as the few-shot source)."""
+    import sys
+    import types
+
+    import huggingface_hub
+    import pandas as pd
+
+    from minirun.eval.results import recorded_source
+
+    frame = pd.DataFrame({"question": ["What is 2+2?", "Which city is the capital of Peru?"],
+                          "subject": ["math", "geo"], "answer": [1, 0],
+                          "choices": [["3", "4", "5", "6"], ["Lima", "Quito", "Bogota", "La Paz"]]})
+    calls, main = [], ["d" * 40]
+
+    def load_hub_dataset(name, *config, split, **pinned):
+        calls.append((split, pinned.get("revision")))
+        rows = frame if split == "test" else frame.assign(question=["What is 3+3?", "Which city is Chile's capital?"])
+        return types.SimpleNamespace(to_pandas=lambda: rows.copy())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
+    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda repo, revision=None: types.SimpleNamespace(sha=main[0]))
+    out = tmp_path / "mmlu-para.jsonl"
+    args = ["paraphrase", "mmlu", str(out), "--num", "2", "--max-new-tokens", "4", "--model", str(long_context),
+            "--no-progress"]
+    first = CliRunner().invoke(app, [*args, "--max-samples", "1"])
+    assert first.exit_code == 0, first.output
+    main[0] = "e" * 40  # main moved on: the file's second item is still read from the first upload
+    more = CliRunner().invoke(app, [*args, "--max-samples", "2"])
+    assert more.exit_code == 0, more.output
+    assert calls == [("test", "d" * 40), ("test", "d" * 40)]
+    cited = {"hub": "cais/mmlu", "revision": "main", "commit": "d" * 40}
+    assert [json.loads(line)["data_source"] for line in out.read_text().splitlines()] == [cited, cited]
+    assert load_jsonl(out).source == cited
+
+    calls.clear()
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["eval", "--data", str(out), "--benchmark", "mmlu", "--model", str(long_context),
+                                      "-m", "origin", "--few-shot-k", "1", "--max-new-tokens", "2", "--no-progress",
+                                      "--output", str(run)])
+    assert result.exit_code == 0, result.output
+    assert calls == [("dev", "e" * 40)]  # the examples: the benchmark's, read now
+    assert recorded_source(run, "data_source") == cited
+    assert recorded_source(run, "few_shot_source") == {**cited, "commit": "e" * 40}
+
+
+def test_a_file_cites_the_source_every_item_records_and_none_where_they_differ(tmp_path):
+    source = {"hub": "cais/mmlu", "revision": "main", "commit": "d" * 40}
+    rows = [{**dataclasses.asdict(item), "data_source": source} for item in items()]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load_jsonl(path).source == source and load_dataset(str(path)).source == source
+    for changed in ({**source, "commit": "e" * 40}, None):
+        path.write_text("".join(json.dumps({**row, "data_source": changed if i else source}) + "\n"
+                                for i, row in enumerate(rows)))
+        assert load_jsonl(path).source is None

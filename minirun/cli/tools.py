@@ -130,14 +130,15 @@ def paraphrase(
     from rich.progress import Progress
 
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import load_dataset
-    from minirun.eval.paraphrase import check_sampling, paraphrase_file
+    from minirun.eval.data import load_cited
+    from minirun.eval.paraphrase import check_sampling, paraphrase_file, paraphrased_from
 
     check_sampling(num, temperature, top_p)  # a bad value fails before the model loads
     if template_date is not None:
         template_day(template_date)
     check_output_file(out, "output")
-    items = load_dataset(data, skip_bad=skip_bad)[:max_samples]
+    items, source = load_cited(data, skip_bad=skip_bad, resumed=paraphrased_from(out))  # a resume: the same commit
+    items = items[:max_samples]
     llm = load_llm(model, device, dtype, False)
     counts: list[int] = []  # items done: first those resumed, then after each batch
     with Progress(console=err, disable=not progress) as bar:
@@ -148,7 +149,7 @@ def paraphrase(
             bar.update(task, completed=done)
 
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_progress=advance, dataset=data, template_date=template_date)
+                               on_progress=advance, dataset=data, template_date=template_date, data_source=source)
     kept = sum(len(item.paraphrases) - 1 for item in done)
     resumed = f" ({counts[0]} of them already there)" if counts[0] else ""
     if counts[0] == len(done):

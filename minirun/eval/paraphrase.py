@@ -212,7 +212,7 @@ def check_sampling(num: int, temperature: float, top_p: float) -> None:
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8,
                     on_progress: Callable[[int], None] | None = None, dataset: str = "custom",
-                    template_date: str | None = None) -> list[Item]:
+                    template_date: str | None = None, data_source: dict | None = None) -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
 
     The original stays paraphrase 0 so the file reads the same with or without the question
@@ -221,6 +221,8 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     one dataset's rewrites under one set of settings. `on_progress` hears how many items are done:
     first those finished before (resumed), then after each batch. A chat template that writes the date
     renders at `template_date` (YYYY-MM-DD), by default the day the file's first rows recorded, else today.
+    Each row records `data_source`, where a Hub dataset's items were read (`data.load_cited`; read a resumed
+    file's again with `paraphrased_from`), so a run on the file cites the data it rewrote.
     """
     out = Path(out)
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
@@ -242,7 +244,10 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
             if llm.tokenizer.reads_clock:  # the rewrite prompt carries a date: one day for the whole file
                 day = template_date or _recorded_day(out) or date.today().isoformat()
             with llm.tokenizer.pinned_clock(None if day is None else template_day(day)):
-                return _paraphrase_into(f, llm, items, out, settings_key(*settings, day), day, num, temperature,
+                recorded = {"template_date": day} if day is not None else {}
+                if data_source is not None:
+                    recorded["data_source"] = data_source
+                return _paraphrase_into(f, llm, items, out, settings_key(*settings, day), recorded, num, temperature,
                                         top_p, max_new_tokens, seed, batch_size, on_progress)
         except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)
             f.flush()  # rows written but still buffered count: they are not lost to the removal
@@ -258,20 +263,34 @@ def _same_file(f: IO, path: Path) -> bool:
         return False
 
 
-def _recorded_day(out: Path) -> str | None:
-    """The template day a paraphrase file's first row recorded, if it has one (a foreign file is refused later)."""
+def _first_row(out: Path) -> dict:
+    """A paraphrase file's first row as written, or {} (no file, no row, or a foreign file, refused later)."""
     try:
         with out.open(encoding="utf-8") as lines:
-            day = json.loads(next(lines, "{}")).get("template_date")
-    except (ValueError, AttributeError):
-        return None
+            row = json.loads(next(lines, "{}"))
+    except (OSError, ValueError):
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
+def _recorded_day(out: Path) -> str | None:
+    """The template day a paraphrase file's first row recorded, if it has one."""
+    day = _first_row(out).get("template_date")
     return day if isinstance(day, str) else None
 
 
-def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, day: str | None, num: int,
+def paraphrased_from(out: Path) -> dict | None:
+    """The Hub dataset source a paraphrase file's first row recorded (`data_source`), if it has one: where a resume
+    reads the items again."""
+    source = _first_row(out).get("data_source")
+    return source if isinstance(source, dict) else None
+
+
+def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, recorded: dict, num: int,
                      temperature: float, top_p: float, max_new_tokens: int, seed: int, batch_size: int,
                      on_progress: Callable[[int], None] | None) -> list[Item]:
-    """`paraphrase_file`'s work, appending to `f`, the locked `out`; rows record the template `day` if any."""
+    """`paraphrase_file`'s work, appending to `f`, the locked `out`; each row carries `recorded` (its template day,
+    its data source) after its settings key."""
     finished = _read_finished(out, key)
     if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
         raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
@@ -284,8 +303,7 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, da
         batch = todo[start:start + batch_size]
         for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
             done = replace(item, paraphrases=[item.question, *kept_rewrites(rewrites, item)])
-            dated = {} if day is None else {"template_date": day}
-            f.write(json.dumps({**asdict(done), "paraphrase_settings": key, **dated}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({**asdict(done), "paraphrase_settings": key, **recorded}, ensure_ascii=False) + "\n")
             finished[item.id] = done
         f.flush()
         os.fsync(f.fileno())

@@ -155,14 +155,23 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
     return {"hub": repo, "revision": revision or "main", "commit": commit}
 
 
-def load_cited(name_or_path: str | Path, subset: str | None = None,
-               skip_bad: bool = False) -> tuple[list[Item], dict | None]:
+def load_cited(name_or_path: str | Path, subset: str | None = None, skip_bad: bool = False,
+               resumed: dict | None = None) -> tuple[list[Item], dict | None]:
     """A run's test items and where they came from: a Hub dataset (`mmlu`, `mmlu@REV`) read at the commit its revision
-    is at now (`dataset_source`), which the run's few-shot examples are then read at too and run.json cites."""
+    is at now (`dataset_source`), which the run's few-shot examples are then read at too and run.json cites; a file
+    of items at the source its rows record (a paraphrased Hub dataset's). `resumed`, the source an unfinished output
+    recorded for this revision, is read again instead, so a branch that moved since does not mix two uploads."""
     name, revision = hub_dataset(str(name_or_path))
-    source = dataset_source(name, revision)
-    return load_dataset(name_or_path if source is None else name, subset=subset, skip_bad=skip_bad,
-                        revision=(source or {}).get("commit", revision)), source
+    source = dataset_source(name, revision) if not _same_upload(resumed, name, revision) else resumed
+    items = load_dataset(name_or_path if source is None else name, subset=subset, skip_bad=skip_bad,
+                         revision=(source or {}).get("commit", revision))
+    return items, source if source is not None else getattr(items, "source", None)
+
+
+def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
+    """Whether `source` is `name` at `revision` (default main) read at a known commit."""
+    return (source is not None and name in HUB_DATASETS and source.get("hub") == HUB_DATASETS[name]
+            and source.get("revision") == (revision or "main") and isinstance(source.get("commit"), str))
 
 
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,

@@ -63,11 +63,14 @@ class Item:
 
 
 class LoadResult(list):
-    """A list of items that also says how many bad lines were skipped, so callers can report it."""
+    """A list of items that also says how many bad lines were skipped, so callers can report it, and the Hub
+    dataset every item says it was read from (`data_source`, which `minirun paraphrase` writes on each row; None
+    where an item says none or two items differ), so a run on a paraphrased file cites the data it rewrote."""
 
-    def __init__(self, items: list[Item], skipped: int = 0) -> None:
+    def __init__(self, items: list[Item], skipped: int = 0, source: dict | None = None) -> None:
         super().__init__(items)
         self.skipped = skipped
+        self.source = source
 
 
 def _str_list(value: object, name: str) -> list[str]:
@@ -165,6 +168,7 @@ def _decoded_lines(path: Path) -> Iterator[tuple[str, object]]:
 def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool, examples: bool = False) -> LoadResult:
     items: list[Item] = []
     seen: set[str] = set()
+    sources: list[object] = []  # each kept record's `data_source`
     skipped = 0
     for where, record in records:
         try:
@@ -185,11 +189,13 @@ def _collect(records: Iterable[tuple[str, object]], path: Path, skip_bad: bool, 
             continue
         seen.add(item.id)
         items.append(item)
+        sources.append(record.get("data_source"))
     if not items:
         raise MinirunError(f"{path}: no usable items (empty file or every record bad); check the file's contents")
     if skipped:
         log.warning("%s: skipped %d bad record(s)", path, skipped)
-    return LoadResult(items, skipped)
+    source = sources[0] if isinstance(sources[0], dict) and all(s == sources[0] for s in sources) else None
+    return LoadResult(items, skipped, source)
 
 
 def read_frame(path: Path, what: str) -> pd.DataFrame:
