@@ -910,3 +910,63 @@ def test_a_sweep_timed_on_two_machines_says_so(reference, tmp_path):
     journal.write_text("".join(json.dumps({**row, "machine": "NVIDIA H200 torch 2.11.0+cu130"}) + "\n" for row in rows))
     shown = " ".join(CliRunner().invoke(app, ["report", str(out)]).output.split())
     assert "tokens/s and items/s mix rows timed on 2 machines" in shown and "NVIDIA H200 torch 2.11.0+cu130" in shown
+
+
+def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by_side(checkpoint_dirs, tmp_path,
+                                                                                       monkeypatch):
+    """`num_prompts = [2, 3]` makes a dataset entry per size (`<label>-k<size>`); an entry written apart that differs
+    in num_prompts alone joins their series, one with another setting does not; `report` shows the series as a
+    table of accuracy by prompts per item (per_prompt's row giving way to the mean single prompt and the oracle),
+    and its CSV and JSON carry each dataset's num_prompts."""
+    from minirun.cli.sweep import size_table
+    from minirun.eval.sweep import load_sweep, prompt_series, size_curve
+
+    text = f'''{GENERATION}
+[[models]]\npath = "{checkpoint_dirs["qwen2"]}"
+[[datasets]]\nname = "sample-qa"\nlabel = "qa"\nfew_shot_k = 1\nmax_samples = 2\nnum_prompts = [3, 2]
+[[datasets]]\nname = "sample-qa"\nlabel = "qa-four"\nfew_shot_k = 1\nmax_samples = 2\nnum_prompts = 4
+[[datasets]]\nname = "sample-qa"\nlabel = "qa-0shot"\nfew_shot_k = 0\nmax_samples = 2\nnum_prompts = 2
+[[methods]]\nname = "origin"\n[[methods]]\nname = "per_prompt"\n[[methods]]\nname = "avg"\n'''
+    sweep = load_sweep_file(_file(tmp_path, text))
+    assert [(d.label, d.num_prompts) for d in sweep.datasets] == [("qa-k3", 3), ("qa-k2", 2), ("qa-four", 4),
+                                                                   ("qa-0shot", 2)]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert prompt_series(out) == [{"qa-k2": 2, "qa-k3": 3, "qa-four": 4}, {"qa-0shot": 2}]
+    scores = sweep_table(load_sweep(out))
+    curve = size_curve(scores, prompt_series(out)[0])
+    assert list(curve.index) == ["origin", "per_prompt", "avg"] and list(curve.columns) == [
+        ("qwen2", 2), ("qwen2", 3), ("qwen2", 4)]
+    assert curve.loc["avg", ("qwen2", 4)] == scores.loc[("qa-four", "avg"), ("qwen2", "accuracy")]
+    shown = CliRunner().invoke(app, ["report", str(out)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    words = " ".join(shown.stdout.split())  # a narrow table wraps its title
+    assert words.count("accuracy by prompts per item") == 1 and "qa-k2, qa-k3, qa-four · accuracy" in words
+    table = size_table(scores, prompt_series(out)[0])
+    assert [c.header for c in table.columns] == ["method", "qwen2\nk=2", "\nk=3", "\nk=4"]
+    single = scores.loc[("qa-k3", "per_prompt"), ("qwen2", "mean_single_accuracy")]
+    assert list(table.columns[0].cells) == ["origin", "avg", "mean single prompt", "oracle (any prompt)"]
+    assert list(table.columns[2].cells)[2] == f"{single:.3f}"
+    report = json.loads(CliRunner().invoke(app, ["report", str(out), "--json"]).stdout)
+    assert {d: report[d]["qwen2"]["avg"]["num_prompts"] for d in report} == {"qa-k3": 3, "qa-k2": 2, "qa-four": 4,
+                                                                              "qa-0shot": 2}
+    from matplotlib.figure import Figure
+
+    saved = []  # the figure `--plot` draws: a bar panel per dataset, then the series' curve
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path: saved.append(fig))
+    CliRunner().invoke(app, ["report", str(out), "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "s.png")])
+    curve_axes = saved[0].axes[-1]
+    assert [ax.get_title() for ax in saved[0].axes] == ["qa-k3", "qa-k2", "qa-four", "qa-0shot",
+                                                        "qa-k2, qa-k3, qa-four"]
+    assert [line.get_label() for line in curve_axes.get_lines()] == ["origin", "avg", "mean single prompt"]
+    assert list(curve_axes.get_lines()[1].get_ydata()) == list(curve.loc["avg", "qwen2"])
+    csv = pd.read_csv(tmp_path / "s.csv")
+    assert dict(zip(csv["dataset"], csv["num_prompts"])) == {"qa-k3": 3, "qa-k2": 2, "qa-four": 4, "qa-0shot": 2}
+
+
+@pytest.mark.parametrize("sizes", [[], [2, 2], [2, "3"]])
+def test_a_bad_ensemble_size_list_is_one_line(sizes):
+    with pytest.raises(MinirunError, match="num_prompts") as e:
+        parse_sweep({**BASE, "datasets": [{"name": "sample-qa", "num_prompts": sizes}]})
+    assert "\n" not in str(e.value)

@@ -84,7 +84,7 @@ def show_plan(states: list[CellState], output: Path) -> None:
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
-    from minirun.eval.sweep import load_sweep, sweep_provenance, sweep_thinking_cut, unfinished_cells
+    from minirun.eval.sweep import load_sweep, prompt_series, sweep_provenance, sweep_thinking_cut, unfinished_cells
 
     raw, warnings = load_sweep(run_dir), []  # first: it names a damaged index in one line
     if cells := unfinished_cells(run_dir):
@@ -94,7 +94,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
     warnings += sweep_thinking_cut(run_dir)
     side_by_side(raw, str(run_dir), run_dir.resolve().name,
                  lambda table, dataset: sweep_provenance(run_dir, table, dataset), warnings,
-                 as_json, csv, plot, match, latex, choice_score)
+                 as_json, csv, plot, match, latex, choice_score, prompt_series(run_dir))
 
 
 def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: Optional[Path],
@@ -110,19 +110,22 @@ def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: 
 
 def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callable[[pd.DataFrame, str], str],
                  warnings: list[str], as_json: bool, csv: Optional[Path], plot: Optional[Path], match: Optional[str],
-                 latex: Optional[Path], choice_score: Optional[str]) -> None:
+                 latex: Optional[Path], choice_score: Optional[str], series: list[dict[str, int]] = ()) -> None:
     """One table per dataset with models as column groups (a sweep's rows, or eval runs'), in the output forms
-    `report` writes; `provenance` heads each dataset's LaTeX table, and `warnings` join those of the rows."""
+    `report` writes; `provenance` heads each dataset's LaTeX table, and `warnings` join those of the rows. A sweep's
+    `series` (`sweep.prompt_series`) gives each dataset's prompts per item (`num_prompts` in the CSV and JSON), and
+    a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped
     from minirun.eval.sweep import plot_sweep, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
+    prompts = {label: size for sizes in series for label, size in sizes.items()}
     if csv is not None:
-        scores_long(scores).to_csv(csv, index=False)
+        scores_long(scores, prompts).to_csv(csv, index=False)
     if plot is not None:
-        plot_sweep(table, plot)
+        plot_sweep(table, plot, series)
     if latex is not None:
         rows = scores_long(scores)
         latex.write_text("\n".join(provenance(table, dataset) + latex_table(
@@ -134,11 +137,14 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     if as_json:
-        print(json.dumps(with_pairs(scores_json(scores), table)))
+        print(json.dumps(with_pairs(scores_json(scores, prompts), table)))
         warn(warnings, err)
         return
     for t in score_tables(scores, title):
         out.print(t)
+    for sizes in series:
+        if len(sizes) > 1 and any(label in scores.index.get_level_values("dataset") for label in sizes):
+            out.print(size_table(scores, sizes))
     warn(warnings, out)
 
 
@@ -192,6 +198,30 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
     return tables
 
 
+def size_table(scores: pd.DataFrame, sizes: dict[str, int]) -> Table:
+    """An ensemble-size curve (`sweep.size_curve`): a row per method, a column per model and prompts per item, each
+    cell the accuracy; per_prompt's row, its first prompt's accuracy, gives way to the mean single-prompt accuracy and
+    the oracle (some prompt right), the references an ensemble is read against."""
+    from minirun.eval.report import method_label
+    from minirun.eval.sweep import size_curve
+
+    curve = size_curve(scores, sizes)
+    rows = [(method_label(str(method)), values) for method, values in curve.drop(index="per_prompt", errors="ignore")
+            .iterrows()]
+    for metric, name in (("mean_single_accuracy", "mean single prompt"), ("oracle_accuracy", "oracle (any prompt)")):
+        reference = size_curve(scores, sizes, metric).max()  # on the per_prompt (or vote) row only
+        if reference.notna().any():
+            rows.append((name, reference))
+    t = Table(title=f"{', '.join(sizes)} · accuracy by prompts per item",
+              caption="each column a dataset entry of the sweep that differs from the others in num_prompts alone")
+    t.add_column("method")
+    for model, size in curve.columns:
+        t.add_column(f"{model if size == curve.columns[0][1] else ''}\nk={size}", justify="right")
+    for name, values in rows:
+        t.add_row(name, *("–" if math.isnan(v) else f"{v:.3f}" for v in values))
+    return t
+
+
 def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> Table:
     """One dataset's calibration: a row per method, a column group per model (confidence, ECE, Brier)."""
     from minirun.eval.report import method_label
@@ -217,22 +247,24 @@ def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) 
             if not math.isnan(row[model]["mean_single_accuracy"])]
 
 
-def scores_long(scores: pd.DataFrame) -> pd.DataFrame:
+def scores_long(scores: pd.DataFrame, prompts: dict[str, int] | None = None) -> pd.DataFrame:
     """A `sweep_table` as one row per (dataset, method, model) scored, a column per metric: the
-    shape a plotting or stats script reads without a multi-row header."""
+    shape a plotting or stats script reads without a multi-row header. `prompts` (a sweep's datasets' prompts per
+    item) adds them as `num_prompts`, the x of an ensemble-size curve."""
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
-    rows = [{"dataset": dataset, "method": method, "model": model, **row[model].to_dict()}
+    rows = [{"dataset": dataset, "method": method, "model": model, **row[model].to_dict(),
+             **({"num_prompts": prompts.get(dataset)} if prompts else {})}
             for (dataset, method), row in scores.iterrows() for model in models if not math.isnan(row[(model, "n")])]
     return pd.DataFrame(rows).astype({"n": int})
 
 
-def scores_json(scores: pd.DataFrame) -> dict:
+def scores_json(scores: pd.DataFrame, prompts: dict[str, int] | None = None) -> dict:
     """{dataset: {model: {method: scores}}} with each method's scores as `minirun report --json`
     gives them for one run (intervals as [low, high], NaN as null); runs not yet scored left out."""
     from minirun.eval.report import json_scores
 
     result: dict = {}
-    for row in scores_long(scores).to_dict("records"):
+    for row in scores_long(scores, prompts).to_dict("records"):
         dataset, method, model = row.pop("dataset"), row.pop("method"), row.pop("model")
         result.setdefault(dataset, {}).setdefault(model, {})[method] = json_scores(row)
     return result

@@ -484,7 +484,7 @@ def json_scores(scores: dict) -> dict:
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
             value = _plain(value)
-            counted = name in ("n", "tokens", "relations") or name.startswith("n_vs_")  # whole numbers, not 3.0
+            counted = name in ("n", "tokens", "relations", "num_prompts") or name.startswith("n_vs_")  # not 3.0
             out[name] = int(value) if counted and value is not None else value
     return out
 

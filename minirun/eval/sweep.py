@@ -165,6 +165,37 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def series_key(dataset: DatasetSpec) -> str:
+    """What a dataset entry shares with the entries that differ from it in prompts per item alone (an ensemble-size
+    curve, `num_prompts = [2, 3, 5]`, or entries written apart): a hash of its settings but label and num_prompts."""
+    settings = {k: v for k, v in dataclasses.asdict(dataset).items() if k not in ("label", "num_prompts")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prompt_series(output: str | Path) -> list[dict[str, int]]:
+    """A sweep's datasets grouped by what they share but prompts per item, each series as {label: num_prompts} in
+    order of size (a series of several sizes is an ensemble-size curve); datasets of an index written before sweeps
+    recorded them are left out."""
+    index = json.loads((Path(output) / "sweep.json").read_text(encoding="utf-8"))
+    series: dict[str, dict[str, int]] = {}
+    for cell in index["cells"]:
+        if isinstance(cell.get("series"), str) and isinstance(cell.get("num_prompts"), int):
+            series.setdefault(cell["series"], {})[cell["dataset"]] = cell["num_prompts"]
+    return [dict(sorted(sizes.items(), key=lambda size: size[1])) for sizes in series.values()]
+
+
+def size_curve(scores: pd.DataFrame, sizes: dict[str, int], metric: str = "accuracy") -> pd.DataFrame:
+    """One series of `prompt_series` read off a `sweep_table`: a row per method label, a column per (model, prompts
+    per item) holding `metric`; NaN where a dataset of the series has no such method (or it has not run)."""
+    parts = {size: scores.loc[label].xs(metric, axis=1, level="metric") for label, size in sizes.items()
+             if label in scores.index.get_level_values("dataset")}
+    methods = list(dict.fromkeys(method for part in parts.values() for method in part.index))
+    curve = pd.concat(parts, axis=1, names=["num_prompts", "model"]).swaplevel(axis=1)
+    models = list(dict.fromkeys(scores.columns.get_level_values("model")))
+    return curve.reindex(index=methods,
+                         columns=pd.MultiIndex.from_product([models, list(parts)], names=["model", "num_prompts"]))
+
+
 def unfinished_cells(output: str | Path) -> list[str]:
     """The runs of a sweep's index (`sweep.json`) without their done.json marker, or short of a row for an item
     their run.json lists: a report over the others must say so."""
@@ -224,7 +255,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     data = _load_data(sweep, {c.dataset.label for c in chosen})
     if rank == 0:
         index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
-                            "dir": str(c.dir.relative_to(output))} for c in plan]}
+                            "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
+                            "series": series_key(c.dataset)} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: cell_key(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
@@ -443,8 +475,10 @@ def _verdicts(rows: pd.DataFrame) -> pd.Series:
     return rows.set_index("id")["correct"].astype(float)
 
 
-def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
-    """Accuracy per method with its 95% interval, one bar per model, one panel per dataset, saved to `path`."""
+def plot_sweep(df: pd.DataFrame, path: str | Path, series: list[dict[str, int]] = ()) -> None:
+    """Accuracy per method with its 95% interval, one bar per model, one panel per dataset, saved to `path`; then a
+    panel per ensemble-size series of `series` (`prompt_series`), accuracy against prompts per item, a line per
+    model and method, its intervals as a band, and the mean single-prompt accuracy dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -453,9 +487,13 @@ def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
     models = list(dict.fromkeys(table.columns.get_level_values("model")))
     width = 0.8 / len(models)
     most = max(len(table.loc[d]) for d in datasets)
-    fig = Figure(figsize=(max(6.0, 0.6 * most * len(models) + 2), 3.5 * len(datasets)), layout="constrained")
+    curves = [sizes for sizes in series if len(sizes) > 1 and any(label in datasets for label in sizes)]
+    fig = Figure(figsize=(max(6.0, 0.6 * most * len(models) + 2), 3.5 * (len(datasets) + len(curves))),
+                 layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global backend, safe in servers and tests
-    axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
+    axes = fig.subplots(len(datasets) + len(curves), 1, squeeze=False)[:, 0]
+    for ax, sizes in zip(axes[len(datasets):], curves):
+        _plot_curve(ax, table, sizes)
     for ax, dataset in zip(axes, datasets):
         part = table.loc[dataset]
         for i, model in enumerate(models):
@@ -471,3 +509,25 @@ def plot_sweep(df: pd.DataFrame, path: str | Path) -> None:
         ax.set(ylim=(0, 1), ylabel="accuracy", title=dataset)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.savefig(path)
+
+
+def _plot_curve(ax, table: pd.DataFrame, sizes: dict[str, int]) -> None:
+    """One ensemble-size series on `ax`: accuracy against prompts per item, a line per (model, method) with its
+    Wilson band (per_prompt left out: its accuracy is its first prompt's, origin's), and its mean single prompt."""
+    accuracy, low, high = (size_curve(table, sizes, metric) for metric in ("accuracy", "ci95_low", "ci95_high"))
+    several = len(dict.fromkeys(accuracy.columns.get_level_values("model"))) > 1
+    for method in accuracy.index.drop("per_prompt", errors="ignore"):
+        for model in dict.fromkeys(accuracy.columns.get_level_values("model")):
+            ys = accuracy.loc[method, model]
+            line, = ax.plot(ys.index, ys.to_numpy(), marker="o",
+                            label=f"{model} · {method_label(method)}" if several else method_label(method))
+            ax.fill_between(ys.index, low.loc[method, model].to_numpy(dtype=float),
+                            high.loc[method, model].to_numpy(dtype=float), color=line.get_color(), alpha=0.12)
+    single = size_curve(table, sizes, "mean_single_accuracy").max()  # on the per_prompt (or vote) row only
+    for model in dict.fromkeys(single.index.get_level_values("model")):
+        if single[model].notna().any():
+            ax.plot(single[model].index, single[model].to_numpy(), linestyle="--", color="grey",
+                    label=f"{model} · mean single prompt" if several else "mean single prompt")
+    ax.set_xticks(list(sizes.values()))
+    ax.set(ylim=(0, 1), xlabel="prompts per item", ylabel="accuracy", title=", ".join(sizes))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")

@@ -157,7 +157,7 @@ def parse_sweep(data: dict) -> Sweep:
         if getattr(gen, key) is not None:
             _at_least(getattr(gen, key), 1, f"generation {key}")
     models = tuple(_model(t, w) for t, w in _entries(data, "models"))
-    datasets = tuple(_dataset(t, w) for t, w in _entries(data, "datasets"))
+    datasets = tuple(spec for t, w in _entries(data, "datasets") for spec in _datasets(t, w))
     methods = tuple(_method(t, w) for t, w in _entries(data, "methods"))
     for section, specs in (("models", models), ("datasets", datasets), ("methods", methods)):
         _unique_labels(section, specs)
@@ -208,6 +208,21 @@ def _model(table: dict, where: str) -> ModelSpec:
         raise MinirunError(f"{where} device: {e}") from None
     # a pinned revision's folder is `name@rev`: its label `name-rev`, a plain directory name
     return _labelled(spec, Path(local_name(spec.path) if hub else spec.path).name.replace("@", "-"), where)
+
+
+def _datasets(table: dict, where: str) -> list[DatasetSpec]:
+    """A [[datasets]] entry's specs: one, or with `num_prompts = [2, 3, 5]` (an ensemble-size curve) one per size,
+    labelled `<label>-k<size>`, which `report` then shows side by side."""
+    sizes = table.get("num_prompts")
+    if not isinstance(sizes, list):
+        return [_dataset(table, where)]
+    if not sizes or len(set(map(repr, sizes))) < len(sizes):
+        raise MinirunError(f"{where} num_prompts: give one number or a list of distinct ones (an ensemble-size "
+                           f"curve: [2, 3, 5]), not {sizes!r}")
+    specs = [_dataset({k: v for k, v in table.items() if k != "label"} | {"num_prompts": size}, where)
+             for size in sizes]
+    return [_labelled(dataclasses.replace(spec, label=""), f"{table.get('label') or spec.label}-k{spec.num_prompts}",
+                      where) for spec in specs]
 
 
 def _dataset(table: dict, where: str) -> DatasetSpec:
