@@ -116,21 +116,25 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     `series` (`sweep.prompt_series`) gives each dataset's prompts per item (`num_prompts` in the CSV and JSON), and
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped
-    from minirun.eval.sweep import plot_sweep, sweep_table
+    from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped, size_latex
+    from minirun.eval.sweep import plot_sweep, size_rows, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
     prompts = {label: size for sizes in series for label, size in sizes.items()}
+    curves = [sizes for sizes in series  # the series of several sizes this table has rows of
+              if len(sizes) > 1 and any(label in scores.index.get_level_values("dataset") for label in sizes)]
     if csv is not None:
         scores_long(scores, prompts).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot, series)
     if latex is not None:
         rows = scores_long(scores)
-        latex.write_text("\n".join(provenance(table, dataset) + latex_table(
+        latex.write_text("\n".join([*(provenance(table, dataset) + latex_table(
             part.set_index(["model", "method"]), f"{dataset} ({caption})")
-            for dataset, part in rows.groupby("dataset", sort=False)), encoding="utf-8")
+            for dataset, part in rows.groupby("dataset", sort=False)),
+            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption})") for sizes in curves)]),
+            encoding="utf-8")
     if single_prompt_dropped(raw, table):
         warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "
                     f"run's own match rule only, not under --match {match}"]
@@ -142,9 +146,8 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
         return
     for t in score_tables(scores, title):
         out.print(t)
-    for sizes in series:
-        if len(sizes) > 1 and any(label in scores.index.get_level_values("dataset") for label in sizes):
-            out.print(size_table(scores, sizes))
+    for sizes in curves:
+        out.print(size_table(scores, sizes))
     warn(warnings, out)
 
 
@@ -199,25 +202,17 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
 
 
 def size_table(scores: pd.DataFrame, sizes: dict[str, int]) -> Table:
-    """An ensemble-size curve (`sweep.size_curve`): a row per method, a column per model and prompts per item, each
-    cell the accuracy; per_prompt's row, its first prompt's accuracy, gives way to the mean single-prompt accuracy and
-    the oracle (some prompt right), the references an ensemble is read against."""
-    from minirun.eval.report import method_label
-    from minirun.eval.sweep import size_curve
+    """An ensemble-size series (`sweep.size_rows`) as a rich table: a row per method, a column per model and prompts
+    per item."""
+    from minirun.eval.sweep import size_rows
 
-    curve = size_curve(scores, sizes)
-    rows = [(method_label(str(method)), values) for method, values in curve.drop(index="per_prompt", errors="ignore")
-            .iterrows()]
-    for metric, name in (("mean_single_accuracy", "mean single prompt"), ("oracle_accuracy", "oracle (any prompt)")):
-        reference = size_curve(scores, sizes, metric).max()  # on the per_prompt (or vote) row only
-        if reference.notna().any():
-            rows.append((name, reference))
+    rows = size_rows(scores, sizes)
     t = Table(title=f"{', '.join(sizes)} · accuracy by prompts per item",
               caption="each column a dataset entry of the sweep that differs from the others in num_prompts alone")
     t.add_column("method")
-    for model, size in curve.columns:
-        t.add_column(f"{model if size == curve.columns[0][1] else ''}\nk={size}", justify="right")
-    for name, values in rows:
+    for model, size in rows.columns:
+        t.add_column(f"{model if size == rows.columns[0][1] else ''}\nk={size}", justify="right")
+    for name, values in rows.iterrows():
         t.add_row(name, *("–" if math.isnan(v) else f"{v:.3f}" for v in values))
     return t
 

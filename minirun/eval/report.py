@@ -594,6 +594,26 @@ def relation_latex(df: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def size_latex(rows: pd.DataFrame, caption: str) -> str:
+    """An ensemble-size series (`sweep.size_rows`: a row per method, a column per (model, prompts per item)) as a
+    booktabs table, a column group per model."""
+    models = list(dict.fromkeys(rows.columns.get_level_values(0)))
+    sizes = [size for model, size in rows.columns if model == models[0]]
+    cell = lambda v: "--" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
+    groups = " & ".join(r"\multicolumn{" + f"{len(sizes)}" + r"}{c}{" + _tex(m) + "}" for m in models)
+    rules = " ".join(r"\cmidrule(lr){" + f"{2 + i * len(sizes)}-{1 + (i + 1) * len(sizes)}" + "}"
+                     for i in range(len(models)))
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(rows.columns) + "}", r"\toprule",
+             f" & {groups} \\\\", rules, " & ".join(["Method", *(f"$k={size}$" for _, size in rows.columns)])
+             + r" \\", r"\midrule"]
+    lines += [" & ".join([_tex(str(name)), *map(cell, values)]) + r" \\" for name, values in rows.iterrows()]
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{" + _tex(caption) + r": accuracy by prompts per item ($k$: the question and "
+              r"its paraphrases run, or the paraphrases alone; mean single prompt: the mean accuracy of the $k$ prompts asked alone; oracle: some "
+              r"prompt right).}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                "[": "{[}", "]": "{]}",  # a row starting with "[" would be read as the previous \\'s spacing argument
                **{c: "\\" + c for c in "_%&#${}"}}

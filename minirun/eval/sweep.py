@@ -196,6 +196,19 @@ def size_curve(scores: pd.DataFrame, sizes: dict[str, int], metric: str = "accur
                          columns=pd.MultiIndex.from_product([models, list(parts)], names=["model", "num_prompts"]))
 
 
+def size_rows(scores: pd.DataFrame, sizes: dict[str, int]) -> pd.DataFrame:
+    """An ensemble-size series as a paper's table shows it: `size_curve`'s accuracy per method (by its label), a
+    column per (model, prompts per item), per_prompt's row (its first prompt's accuracy) giving way to the mean
+    single-prompt accuracy and the oracle (some prompt right), the references an ensemble is read against."""
+    curve = size_curve(scores, sizes)
+    rows = curve.drop(index="per_prompt", errors="ignore").rename(index=lambda m: method_label(str(m)))
+    for metric, name in (("mean_single_accuracy", "mean single prompt"), ("oracle_accuracy", "oracle (any prompt)")):
+        reference = size_curve(scores, sizes, metric).max()  # on the per_prompt (or vote) row only
+        if reference.notna().any():
+            rows.loc[name] = reference
+    return rows
+
+
 def unfinished_cells(output: str | Path) -> list[str]:
     """The runs of a sweep's index (`sweep.json`) without their done.json marker, or short of a row for an item
     their run.json lists: a report over the others must say so."""
