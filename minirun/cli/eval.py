@@ -46,7 +46,8 @@ def eval_command(
     subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
     benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
                                             "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "
-                                            "`minirun paraphrase`: --benchmark mmlu; its Hub examples pinned: mmlu@REV)."),
+                                            "`minirun paraphrase`: --benchmark mmlu; its Hub examples pinned: "
+                                            "mmlu@REV)."),
     method: list[str] = typer.Option(DEFAULT_METHODS, "--method", "-m",
                                      help="Method to run (repeatable, or comma-separated: -m origin,avg)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "

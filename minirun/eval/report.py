@@ -608,9 +608,9 @@ def size_latex(rows: pd.DataFrame, caption: str) -> str:
              + r" \\", r"\midrule"]
     lines += [" & ".join([_tex(str(name)), *map(cell, values)]) + r" \\" for name, values in rows.iterrows()]
     lines += [r"\bottomrule", r"\end{tabular}",
-              r"\caption{" + _tex(caption) + r": accuracy by prompts per item ($k$: the question and "
-              r"its paraphrases run, or the paraphrases alone; mean single prompt: the mean accuracy of the $k$ prompts asked alone; oracle: some "
-              r"prompt right).}", r"\end{table}"]
+              r"\caption{" + _tex(caption) + r": accuracy by prompts per item ($k$: the question and its "
+              r"paraphrases run, or the paraphrases alone; mean single prompt: the mean accuracy of the $k$ prompts "
+              r"asked alone; oracle: some prompt right).}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
