@@ -772,3 +772,17 @@ def test_latex_adds_calibration_columns_for_multiple_choice():
     assert rows["avg"][-3:] == [f"{SURE:.3f}", f"{1 - SURE:.3f}", f"{2 * (1 - SURE) ** 2:.3f} \\\\"]
     assert "{lrcrrrrrr}" in tex and "15 equal-width bins" in tex
     assert "ECE" not in latex(summarize(_hand()), "run")  # generated answers only: no calibration columns
+
+
+def test_a_latex_table_rescored_at_report_time_says_so(tmp_path):
+    """run.json's settings in the LaTeX comments are the run's; `--match`/`--choice-score` given to report rescore
+    the table, so its comments and caption name them (none given: neither)."""
+    run = _run_dir(tmp_path, _mixed())
+    result = CliRunner().invoke(app, ["report", str(run), "--match", "bidirectional", "--choice-score", "sum",
+                                      "--latex", str(tmp_path / "r.tex")])
+    assert result.exit_code == 0, result.output
+    tex = (tmp_path / "r.tex").read_text()
+    assert '% rescored by minirun report: {"choice_score": "sum", "match": "bidirectional"}' in tex.splitlines()
+    assert "(rescored: --match bidirectional, --choice-score sum)" in tex
+    CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "plain.tex")])
+    assert "rescored" not in (tmp_path / "plain.tex").read_text()

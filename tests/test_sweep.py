@@ -961,9 +961,10 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
                                                         "qa-k2, qa-k3, qa-four"]
     assert [line.get_label() for line in curve_axes.get_lines()] == ["origin", "avg", "mean single prompt"]
     assert list(curve_axes.get_lines()[1].get_ydata()) == list(curve.loc["avg", "qwen2"])
-    CliRunner().invoke(app, ["report", str(out), "--latex", str(tmp_path / "s.tex")])
-    tex = (tmp_path / "s.tex").read_text()  # a table per dataset, then the series'
+    CliRunner().invoke(app, ["report", str(out), "--latex", str(tmp_path / "s.tex"), "--match", "lemma"])
+    tex = (tmp_path / "s.tex").read_text()  # a table per dataset, then the series', each saying it was rescored
     assert tex.count("\\begin{table}") == 5 and "Method & $k=2$ & $k=3$ & $k=4$ \\\\" in tex
+    assert tex.count('% rescored by minirun report: {"match": "lemma"}') == 4 and tex.count("(rescored: --match") == 5
     assert f"mean single prompt & {list(table.columns[1].cells)[2]} & {single:.3f} & " in tex
     csv = pd.read_csv(tmp_path / "s.csv")
     assert dict(zip(csv["dataset"], csv["num_prompts"])) == {"qa-k3": 3, "qa-k2": 2, "qa-four": 4, "qa-0shot": 2}

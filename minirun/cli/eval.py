@@ -157,9 +157,10 @@ def report_command(
         report.summarize(table).to_csv(csv)
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
-        caption = f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name
+        comment, note = report.rescored(match, choice_score)
+        caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
         provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
-                                       sources=recorded_sources(run_dir))
+                                       sources=recorded_sources(run_dir)) + comment
         latex.write_text(provenance + report.latex(report.summarize(table), caption)
                          + report.relation_latex(table, caption), encoding="utf-8")
     if plot is not None:

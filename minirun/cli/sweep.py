@@ -116,7 +116,8 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     `series` (`sweep.prompt_series`) gives each dataset's prompts per item (`num_prompts` in the CSV and JSON), and
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import mixed_timing, select_choice_score, select_match, single_prompt_dropped, size_latex
+    from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
+                                     single_prompt_dropped, size_latex)
     from minirun.eval.sweep import plot_sweep, size_rows, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
@@ -130,10 +131,11 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
         plot_sweep(table, plot, series)
     if latex is not None:
         rows = scores_long(scores)
-        latex.write_text("\n".join([*(provenance(table, dataset) + latex_table(
-            part.set_index(["model", "method"]), f"{dataset} ({caption})")
+        comment, note = rescored(match, choice_score)
+        latex.write_text("\n".join([*(provenance(table, dataset) + comment + latex_table(
+            part.set_index(["model", "method"]), f"{dataset} ({caption}){note}")
             for dataset, part in rows.groupby("dataset", sort=False)),
-            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption})") for sizes in curves)]),
+            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){note}") for sizes in curves)]),
             encoding="utf-8")
     if single_prompt_dropped(raw, table):
         warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "

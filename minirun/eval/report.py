@@ -521,6 +521,17 @@ def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], sou
     return "".join(f"{line}\n" for line in [f"% made by minirun report from {source} with", *lines])
 
 
+def rescored(match: str | None, choice_score: str | None) -> tuple[str, str]:
+    """What `report --match/--choice-score` changed of how the rows were scored, for a LaTeX table: a comment line
+    after its provenance, and a note for its caption (the run.json settings the provenance prints are the run's,
+    not the table's); both empty where neither option was given."""
+    options = {name: value for name, value in (("match", match), ("choice_score", choice_score)) if value is not None}
+    if not options:
+        return "", ""
+    flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+    return f"% rescored by minirun report: {json.dumps(options, sort_keys=True)}\n", f" (rescored: {flags})"
+
+
 def latex(scores: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
     model and method, models in their order in `scores`: a sweep's first is the one the others are
