@@ -968,6 +968,8 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     assert f"mean single prompt & {list(table.columns[1].cells)[2]} & {single:.3f} & " in tex
     csv = pd.read_csv(tmp_path / "s.csv")
     assert dict(zip(csv["dataset"], csv["num_prompts"])) == {"qa-k3": 3, "qa-k2": 2, "qa-four": 4, "qa-0shot": 2}
+    machine = load_sweep(out)["machine"].iloc[0]  # where each method's seconds were timed, as one run's has it
+    assert set(csv["machine"]) == {machine} and report["qa-k2"]["qwen2"]["avg"]["machine"] == machine
 
 
 @pytest.mark.parametrize("sizes", [[], [2, 2], [2, "3"]])

@@ -117,16 +117,18 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
-                                     single_prompt_dropped, size_latex)
+                                     single_prompt_dropped, size_latex, timed_on)
     from minirun.eval.sweep import plot_sweep, size_rows, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
     prompts = {label: size for sizes in series for label, size in sizes.items()}
+    machines = {key: " | ".join(timed_on(part)) or None  # each (dataset, method, model)'s, as one run's --json has
+                for key, part in table.groupby(["dataset", "label", "model"], sort=False)}
     curves = [sizes for sizes in series  # the series of several sizes this table has rows of
               if len(sizes) > 1 and any(label in scores.index.get_level_values("dataset") for label in sizes)]
     if csv is not None:
-        scores_long(scores, prompts).to_csv(csv, index=False)
+        scores_long(scores, prompts, machines).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot, series)
     if latex is not None:
@@ -143,7 +145,7 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     if as_json:
-        print(json.dumps(with_pairs(scores_json(scores, prompts), table)))
+        print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
         warn(warnings, err)
         return
     for t in score_tables(scores, title):
@@ -244,24 +246,28 @@ def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) 
             if not math.isnan(row[model]["mean_single_accuracy"])]
 
 
-def scores_long(scores: pd.DataFrame, prompts: dict[str, int] | None = None) -> pd.DataFrame:
+def scores_long(scores: pd.DataFrame, prompts: dict[str, int] | None = None,
+                machines: dict[tuple[str, str, str], str | None] | None = None) -> pd.DataFrame:
     """A `sweep_table` as one row per (dataset, method, model) scored, a column per metric: the
     shape a plotting or stats script reads without a multi-row header. `prompts` (a sweep's datasets' prompts per
-    item) adds them as `num_prompts`, the x of an ensemble-size curve."""
+    item) adds them as `num_prompts`, the x of an ensemble-size curve; `machines` (by (dataset, method, model)) the
+    machines their seconds were timed on as `machine`."""
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     rows = [{"dataset": dataset, "method": method, "model": model, **row[model].to_dict(),
-             **({"num_prompts": prompts.get(dataset)} if prompts else {})}
+             **({"num_prompts": prompts.get(dataset)} if prompts else {}),
+             **({"machine": machines.get((dataset, method, model))} if machines is not None else {})}
             for (dataset, method), row in scores.iterrows() for model in models if not math.isnan(row[(model, "n")])]
     return pd.DataFrame(rows).astype({"n": int})
 
 
-def scores_json(scores: pd.DataFrame, prompts: dict[str, int] | None = None) -> dict:
+def scores_json(scores: pd.DataFrame, prompts: dict[str, int] | None = None,
+                machines: dict[tuple[str, str, str], str | None] | None = None) -> dict:
     """{dataset: {model: {method: scores}}} with each method's scores as `minirun report --json`
     gives them for one run (intervals as [low, high], NaN as null); runs not yet scored left out."""
     from minirun.eval.report import json_scores
 
     result: dict = {}
-    for row in scores_long(scores, prompts).to_dict("records"):
+    for row in scores_long(scores, prompts, machines).to_dict("records"):
         dataset, method, model = row.pop("dataset"), row.pop("method"), row.pop("model")
         result.setdefault(dataset, {}).setdefault(model, {})[method] = json_scores(row)
     return result
