@@ -176,6 +176,11 @@ def test_keys_config_json_leaves_out_default_as_transformers_does(model_type):
      "yarn rope scaling has original_max_position_embeddings 0: it must be a positive number"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": "2"}}, "dynamic rope scaling has factor '2'"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "weights are quantized (gptq)"),
+    ({"hidden_size": "576"}, "config.json has hidden_size '576': it must be a positive integer"),
+    ({"num_hidden_layers": 30.0}, "config.json has num_hidden_layers 30.0: it must be a positive integer"),
+    ({"max_position_embeddings": -5}, "config.json has max_position_embeddings -5: it must be a positive integer"),
+    ({"rms_norm_eps": "1e-5"}, "config.json has rms_norm_eps '1e-5': it must be a positive number"),
+    ({"eos_token_id": "</s>"}, "config.json has eos_token_id '</s>': it must be a token id or a list of them"),
 ])
 def test_config_problems_are_one_line(change, message):
     raw = {k: v for k, v in {"model_type": "llama", **BASE, **change}.items() if v is not None}
@@ -277,3 +282,21 @@ def test_the_digest_cache_forgets_files_gone_and_versions_replaced(checkpoint_di
     checkpoint_digest(kept)
     entries = json.loads(cache.read_text())
     assert len(entries) == files and all(key.startswith(str(kept.resolve())) for key in entries)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("config.json", "[1, 2]", "config.json holds a JSON list, not an object"),
+    ("config.json", '{"model_type": ', "config.json is not valid JSON"),
+    ("generation_config.json", '{"eos_token_id": ', "generation_config.json is not valid JSON"),
+    ("tokenizer.json", '{"version": "1.0",\n', "cannot read"),
+    ("tokenizer_config.json", "{", "tokenizer_config.json is not valid JSON"),
+    ("special_tokens_map.json", "nope", "special_tokens_map.json is not valid JSON"),
+    ("model.safetensors.index.json", '{"metadata": {}}', "has no weight_map of tensor names to shard files"),
+])
+def test_a_damaged_checkpoint_file_is_one_line_naming_it(copy, name, text, message):
+    """A checkpoint file cut short or edited by hand fails naming the file, not with a traceback from deep inside
+    the tokenizer or the model."""
+    (copy / name).write_text(text)
+    with pytest.raises(MinirunError, match=re.escape(message)) as e:
+        minirun.load(copy)
+    assert "\n" not in str(e.value) and (name in str(e.value) or name == "tokenizer.json")

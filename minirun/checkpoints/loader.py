@@ -15,7 +15,7 @@ from minirun.errors import MinirunError
 from minirun.layers import calibrate
 from minirun.layers.rope import inv_frequencies
 from minirun.models import Decoder
-from minirun.models.config import ModelConfig, load_config
+from minirun.models.config import ModelConfig, checkpoint_json, load_config
 from minirun.paths import cache_root, read_cache, write_atomic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,7 +41,10 @@ def _weight_files(checkpoint: Path) -> dict[str, Path]:
     """Map every tensor name to the file holding it (single file or sharded index)."""
     index = checkpoint / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = checkpoint_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise MinirunError(f"{index} has no weight_map of tensor names to shard files: re-download the checkpoint "
+                               "or restore the file")
         for shard in sorted(set(weight_map.values())):
             if not (checkpoint / shard).is_file():
                 raise MinirunError(f"missing shard {shard} listed in {index}: download it again")

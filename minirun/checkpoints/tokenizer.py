@@ -13,6 +13,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 from minirun.errors import MinirunError
+from minirun.models.config import checkpoint_json
 from minirun.text import THINK_END, THINK_START
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -74,10 +75,14 @@ class Tokenizer:
         path = checkpoint / "tokenizer.json"
         if not path.is_file():
             raise MinirunError(f"no tokenizer.json in {checkpoint}: the checkpoint needs its tokenizer files")
-        self._tok = HFTokenizer.from_file(str(path))
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise MinirunError(f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                               "re-download the checkpoint or restore the file") from None
         self.checkpoint = checkpoint
-        config = _json(checkpoint / "tokenizer_config.json")
-        legacy = _json(checkpoint / "special_tokens_map.json")  # older checkpoints name their special tokens here
+        config = checkpoint_json(checkpoint / "tokenizer_config.json")
+        legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
         # transformers skips this clean-up for BPE models (it strips real spaces before punctuation) unless forced
@@ -167,10 +172,6 @@ class Tokenizer:
         except jinja2.exceptions.TemplateError as e:
             raise MinirunError(f"the chat template of {self.checkpoint} failed: {type(e).__name__}: {e}; pass --raw "
                                "(or chat=False) to use plain prompts") from None
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _clean_up(text: str) -> str:

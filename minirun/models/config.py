@@ -82,6 +82,7 @@ class ModelConfig:
             raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json")
         if missing := [key for key in REQUIRED if key not in raw]:
             raise MinirunError(f"config.json lacks {', '.join(map(repr, missing))}: restore the checkpoint's own config.json")
+        _check_numbers(raw)
         if raw.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers' two names for x * sigmoid(x)
             raise MinirunError(f"unsupported hidden_act {raw['hidden_act']!r}: minirun's MLP is SiLU-gated, as Llama's "
                                "and Qwen's are; this checkpoint is another architecture")
@@ -126,9 +127,47 @@ class ModelConfig:
             o_bias=attention_bias if model_type != "qwen2" else False,
             mlp_bias=bool(raw.get("mlp_bias", False)) if model_type == "llama" else False,
             qk_norm=model_type == "qwen3",
-            eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+            eos_token_ids=_eos_ids(eos, "config.json"),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
         )
+
+
+def checkpoint_json(path: Path) -> dict:
+    """A checkpoint's JSON file (config, generation config, tokenizer config) as the object it must hold, {} where
+    there is none, or a one-line error naming the file: a run never starts on half a checkpoint."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MinirunError(f"{path} is not valid JSON ({e}): re-download the checkpoint or restore the file") from None
+    if not isinstance(raw, dict):
+        raise MinirunError(f"{path} holds a JSON {type(raw).__name__}, not an object: re-download the checkpoint or "
+                           "restore the file")
+    return raw
+
+
+def _eos_ids(value: object, where: str) -> list[int]:
+    ids = [] if value is None else [value] if isinstance(value, int) else value
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise MinirunError(f"{where} has eos_token_id {value!r}: it must be a token id or a list of them; restore the "
+                           "checkpoint's own file")
+    return ids
+
+
+def _check_numbers(raw: dict) -> None:
+    """The sizes a checkpoint's config.json gives are positive integers and its epsilon and base positive numbers:
+    a string or a float there would fail deep inside the model (or a context of -5 be blamed on the prompt)."""
+    for key in (*REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MinirunError(f"config.json has {key} {value!r}: it must be a positive integer; restore the "
+                               "checkpoint's own config.json")
+    for key in ("rms_norm_eps", "rope_theta"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise MinirunError(f"config.json has {key} {value!r}: it must be a positive number; restore the "
+                               "checkpoint's own config.json")
 
 
 def load_config(checkpoint_dir: str | Path) -> ModelConfig:
@@ -136,14 +175,8 @@ def load_config(checkpoint_dir: str | Path) -> ModelConfig:
     path = Path(checkpoint_dir) / "config.json"
     if not path.is_file():
         raise MinirunError(f"no config.json in {checkpoint_dir}: point --model at an HF-style checkpoint directory")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MinirunError(f"{path} is not valid JSON ({e}): re-download or fix the file") from None
-    config = ModelConfig.from_dict(raw)
+    config = ModelConfig.from_dict(checkpoint_json(path))
     gen_path = Path(checkpoint_dir) / "generation_config.json"
-    if gen_path.is_file():
-        eos = json.loads(gen_path.read_text()).get("eos_token_id")
-        extra = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        config.eos_token_ids = list(dict.fromkeys(config.eos_token_ids + extra))
+    extra = _eos_ids(checkpoint_json(gen_path).get("eos_token_id"), str(gen_path))
+    config.eos_token_ids = list(dict.fromkeys(config.eos_token_ids + extra))
     return config
