@@ -232,6 +232,22 @@ def test_a_fusion_layer_past_a_models_depth_fails_while_parsing(checkpoint_dirs)
         parse_sweep({**ok, "methods": [{"name": "hidden_avg", "fusion_layer": depth + 1}]})
 
 
+def test_a_fusion_layer_is_checked_against_a_pulled_model_and_below_one_against_any(checkpoint_dirs, tmp_path,
+                                                                                     monkeypatch):
+    """A hub id (or the default model's name) already pulled is read from its folder as a path is; block 0 is no
+    block of any model, pulled or not."""
+    from minirun.checkpoints.hub import pull_target
+
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
+    shutil.copytree(checkpoint_dirs["llama3"], pull_target("owner/tiny"))
+    depth = minirun.load(checkpoint_dirs["llama3"]).config.num_layers
+    pulled = {**BASE, "models": [{"path": "owner/tiny"}], "methods": [{"name": "hidden_avg", "fusion_layer": depth + 1}]}
+    with pytest.raises(MinirunError, match=f"methods #1 \\(hidden_avg\\) fusion_layer, model tiny: .* outside"):
+        parse_sweep(pulled)
+    with pytest.raises(MinirunError, match="methods #1 \\(hidden_avg\\) fusion_layer: 0 is no block"):
+        parse_sweep({**BASE, "methods": [{"name": "hidden_avg", "fusion_layer": 0}]})  # owner/model: not pulled
+
+
 def test_sweep_and_eval_never_share_a_directory(sweep_file, tmp_path, monkeypatch):
     """Each writes a results.parquet at its top: one would silently replace the other's."""
     from minirun.eval.results import ResultStore
@@ -372,6 +388,9 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     pulled = plan(hub_file, tmp_path / "hub")
     assert f"model model-v1: pulls owner/model@v1 into {tmp_path / 'models' / 'owner' / 'model@v1'}, then loads" \
         in pulled and not (tmp_path / "models").exists()
+    (tmp_path / "afile").write_text("")  # an output no sweep could write: refused by the plan as by the run
+    refused = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(tmp_path / "afile"), "--dry-run"])
+    assert refused.exit_code == 1 and "afile is a file, not a directory: give --output a directory" in refused.output
 
 
 def test_a_model_takes_its_own_batch_size(sweep_file, reference, checkpoint_dirs, tmp_path, monkeypatch):

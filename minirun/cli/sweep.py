@@ -13,7 +13,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import CALIBRATION_CAPTION, err, friendly, load_llm, out, single_prompt_line, warn
+from minirun.cli.common import (CALIBRATION_CAPTION, check_output_dir, err, friendly, load_llm, out, single_prompt_line,
+                                warn)
 
 if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
     from minirun.eval.sweep import CellState
@@ -43,6 +44,7 @@ def sweep_command(
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
     only = selection(sweep, models, datasets)
     output = output or Path("runs") / file.stem
+    check_output_dir(output)  # a file there, or an unwritable folder: before the plan, as before any model loads
     if dry_run:
         show_plan(survey(sweep, output, only), output)
         return

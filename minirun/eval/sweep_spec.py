@@ -13,7 +13,7 @@ import types
 import typing
 from pathlib import Path
 
-from minirun.checkpoints.hub import DEFAULT_MODEL, is_hub_id, local_name
+from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete, is_hub_id, local_name, model_folder
 from minirun.checkpoints.loader import DTYPES, checked_device
 from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
@@ -167,12 +167,18 @@ def parse_sweep(data: dict) -> Sweep:
 
 
 def _check_fusion_layers(models: tuple[ModelSpec, ...], methods: tuple[MethodSpec, ...]) -> None:
-    """A method's fusion_layer against the depth of every local model (read from its config.json, no
-    weights), so a block past a model's last fails here and not after other runs have finished."""
-    depths = {spec.label: load_config(spec.path).num_layers for spec in models if Path(spec.path).is_dir()}
+    """A method's fusion_layer against the depth of every model already on disk (a folder, or the default model or
+    a hub id pulled before: read from its config.json, no weights), so a block past a model's last fails here and
+    not after other runs have finished; a block below 1 fails for any model."""
+    folders = {spec.label: model_folder(spec.path) for spec in models}
+    depths = {label: load_config(folder).num_layers for label, folder in folders.items() if is_complete(folder)}
     for i, method in enumerate(methods, 1):
-        if method.options.get("fusion_layer") is None:
+        layer = method.options.get("fusion_layer")
+        if layer is None:
             continue
+        if layer < 1:
+            raise MinirunError(f"methods #{i} ({method.name}) fusion_layer: {layer} is no block (they count from 1); "
+                               "pick one of the model's blocks")
         for label, depth in depths.items():
             try:
                 fusion_layer(EnsembleOptions(**method.options), depth)
