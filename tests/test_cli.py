@@ -222,10 +222,24 @@ def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch
                    "none of the model's 2 rewordings of the question was kept", "--paraphrase")
     kept_given = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "--rewrites", "2", "-p",
                         "Name France's capital.", "--json", "--max-new-tokens", "2")
-    assert json.loads(kept_given.stdout)["rewrites"] == []
+    assert json.loads(kept_given.stdout)["rewrites"] == []  # the given paraphrase carries the ensemble, said so
+    assert "none of the model's 2 rewordings of the question was kept" in kept_given.stderr
+    assert "runs over the given paraphrases alone" in kept_given.stderr
     one_line_error(invoke("generate", "--model", tiny, "Capital?", "--rewrites", "2"), "--rewrites only applies")
     one_line_error(invoke("generate", "--model", tiny, "--method", "origin", "Capital?", "--rewrites", "2"),
                    "--rewrites only applies")
+
+
+def test_paraphrases_that_repeat_the_question_are_named_and_few_shot_k_needs_few_shot(tiny):
+    """An ensemble whose paraphrases all repeat the question (up to case and spacing) answers as origin: said, not
+    silent; --few-shot-k without --few-shot would be ignored: refused before the model loads."""
+    same = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "-p", "capital? ", "--max-new-tokens", "2")
+    assert same.exit_code == 0 and "so avg runs over one prompt and answers as origin does" in same.stderr
+    reworded = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "-p", "France's capital?",
+                      "--max-new-tokens", "2")
+    assert reworded.exit_code == 0 and "answers as origin" not in reworded.stderr
+    one_line_error(invoke("generate", "--model", "no/such-model-loaded", "Capital?", "--few-shot-k", "3"),
+                   "--few-shot-k counts the examples drawn from --few-shot", "add --few-shot FILE")
 
 
 def test_fusion_without_paraphrases_is_one_line_error(tiny):

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context,
-                                few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream)
+                                few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream, warn)
 from minirun.engine.generate import stop_strings
 from minirun.engine.llm import LLM
 from minirun.engine.sampling import generation_params
@@ -98,6 +98,9 @@ def generate(
                            "--method (e.g. avg or flex), or drop --rewrites")
     if thinking is not None and raw:
         raise MinirunError("--thinking/--no-thinking is a chat template's switch, and --raw uses none: drop one of them")
+    if few_shot is None and few_shot_k != 5:  # silently ignored otherwise
+        raise MinirunError("--few-shot-k counts the examples drawn from --few-shot, and none was given: add "
+                           "--few-shot FILE, or drop --few-shot-k")
     if method is None and not paraphrases and few_shot is None:
         ensemble_only = {"--suffix": suffix is not None, "--positions": positions != "right",
                          "--no-share-prefix": not share_prefix, "--flex-bias": flex_bias is not None,
@@ -174,10 +177,12 @@ def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int, ta
     from minirun.eval.paraphrase import rewrite_question
 
     written = rewrite_question(llm, question, num, seed=seed, task=task)
+    why = f"none of the model's {num} rewordings of the question was kept (empty, a copy, cut off or off-topic; a " \
+          "small model such as the default rarely rewords well)"
     if not written and not given:
-        raise MinirunError(f"none of the model's {num} rewordings of the question was kept (empty, a copy, cut off "
-                           "or off-topic; a small model such as the default rarely rewords well): raise --rewrites, "
-                           "change --seed, use a larger --model, or give --paraphrase")
+        raise MinirunError(f"{why}: raise --rewrites, change --seed, use a larger --model, or give --paraphrase")
+    if not written:  # the ensemble goes on over the paraphrases given
+        warn([f"{why}: the ensemble runs over the given paraphrases alone"], err)
     return written
 
 
@@ -189,9 +194,12 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
     if not as_json:  # what the model wrote, before the answer it leads to
         for rewrite in rewrites or []:
             err.print(f"[dim]{escape(f'rewrite: {rewrite}')}[/dim]", highlight=False)
+    prompts = ensemble_prompts(question, paraphrases)
+    if method != "origin" and len(prompts) == 1:  # every paraphrase repeats the question (up to case and spacing)
+        warn([f"the paraphrases repeat the question, so {method} runs over one prompt and answers as origin does: "
+              "give paraphrases that reword it"], err)
     clock = _Clock()
-    result = run_method(llm, method, [Question(question, ensemble_prompts(question, paraphrases), prefix, suffix)],
-                        options)[0]
+    result = run_method(llm, method, [Question(question, prompts, prefix, suffix)], options)[0]
     tokens = sum(map(len, result.answer_token_ids)) if result.answer_token_ids else len(result.token_ids)
     speed = tokens / clock.seconds()
     if as_json:
