@@ -202,6 +202,16 @@ def test_truncated_gguf(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_gguf_of_an_unknown_format_version_is_not_called_corrupt(tmp_path):
+    path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
+    data = bytearray(path.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")  # the header's format version, after the magic
+    path.write_bytes(bytes(data))
+    with pytest.raises(MinirunError, match="version 99 .*convert it with a current llama.cpp") as e:
+        convert_gguf(path, tmp_path / "out")
+    assert "corrupt" not in str(e.value)
+
+
 def test_missing_file_and_bad_dtype(tmp_path):
     with pytest.raises(MinirunError, match="does not exist"):
         convert_gguf(tmp_path / "nope.gguf", tmp_path / "out")

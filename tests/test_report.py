@@ -786,3 +786,10 @@ def test_a_latex_table_rescored_at_report_time_says_so(tmp_path):
     assert "(rescored: --match bidirectional, --choice-score sum)" in tex
     CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "plain.tex")])
     assert "rescored" not in (tmp_path / "plain.tex").read_text()
+
+
+def test_report_on_a_path_that_is_not_there_or_a_sweep_file_that_is_a_folder_says_so(tmp_path):
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "nope: no such directory; pass the output directory" in missing.output
+    folder = CliRunner().invoke(app, ["sweep", str(tmp_path)])
+    assert folder.exit_code == 1 and "is a directory: pass the sweep's .toml file" in " ".join(folder.output.split())

@@ -88,6 +88,9 @@ def read_gguf(path: str | Path) -> tuple[GGUFReader, dict[str, Any]]:
         reader = GGUFReader(path)
         meta = {name: _value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
     except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as e:
+        if "version" in str(e).lower():  # gguf-py's words for a GGUF of a format version it does not know
+            raise MinirunError(f"cannot read {path}: {e} (the gguf package reads GGUF versions 2 and 3); convert it "
+                               "with a current llama.cpp, or upgrade the gguf package") from None
         raise MinirunError(
             f"cannot read {path} as GGUF ({e}): the file is truncated or corrupt, download it again"
         ) from None

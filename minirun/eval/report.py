@@ -60,6 +60,8 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
         if {"method", "id"} <= set(df.columns):
             df = df.drop_duplicates([*_keys(df), "id"])
         df.attrs = read_results(output_dir).attrs  # no journals, no rows: only what run.json records
+    elif not output_dir.exists():
+        raise MinirunError(f"{output_dir}: no such directory; pass the output directory of an `eval` or `sweep` run")
     else:
         raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
     if not len(df):

@@ -125,6 +125,9 @@ def selection(sweep: Sweep, models: list[str] | tuple[str, ...] = (), datasets: 
 def load_sweep_file(path: str | Path) -> Sweep:
     """Read and check a sweep file; a problem raises one MinirunError naming the key and the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise MinirunError(f"{path} is a directory: pass the sweep's .toml file (report a sweep's output directory "
+                           "with `minirun report`)")
     if not path.is_file():
         raise MinirunError(f"no sweep file at {path}: pass the path of a .toml file")
     try:
