@@ -380,7 +380,14 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     rows = {tuple(line.split("│")[1:4]): line.split("│")[4:7] for line in shown.splitlines() if line.count("│") == 7}
     cells = {tuple(part.strip() for part in key): [part.strip() for part in value] for key, value in rows.items()}
     assert cells["llama", "sample-fill", "origin"] == ["2", "1", "run 1 item (resumed)"]
-    assert shown.count("run again: its settings or data changed since it finished") == 4  # flex-restart's 4 runs
+    # flex-restart's 4 runs: their rows were made with positions "restart", which the sweep would refuse to mix
+    assert shown.count("refused: its rows were made otherwise (flex's positions: 'restart' -> 'sequential')") == 4
+    assert "4 runs would stop the sweep before any runs: restore the file's settings" in shown
+    longer = plan(_file(tmp_path, sweep_file.read_text().replace("max_new_tokens = 4", "max_new_tokens = 5"),
+                        "longer.toml"), out)
+    assert longer.count("refused: its rows were made otherwise (max_new_tokens: 4 -> 5)") == 8
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "longer.toml"), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1 and "holds rows made otherwise (max_new_tokens: 4 -> 5)" in result.output
     assert "model qwen2: loads" in shown and "model llama: loads" in shown and "5 of 8 runs have work" in shown
     monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
     hub_file = _file(tmp_path, "[[models]]\npath = \"owner/model@v1\"\n[[datasets]]\nname = \"sample-qa\"\n"

@@ -67,6 +67,7 @@ def show_plan(states: list[CellState], output: Path) -> None:
         table.add_column(name, justify=justify)
     for s in states:
         now = "nothing (finished)" if s.finished else \
+            f"refused: its rows were made otherwise ({'; '.join(s.refused)})" if s.refused else \
             "run again: its settings or data changed since it finished" if s.changed else \
             f"run {s.items - s.answered} item{'' if s.items - s.answered == 1 else 's'}" + \
             (" (resumed)" if s.answered else "")
@@ -78,6 +79,10 @@ def show_plan(states: list[CellState], output: Path) -> None:
         folder = model_folder(model.path)
         source = f"loads {folder}" if is_complete(folder) else f"pulls {model.path} into {folder}, then loads it"
         out.print(f"model {model.label}: {source}", highlight=False)
+    if refused := [s for s in states if s.refused]:
+        out.print(f"{len(refused)} run{'s' if len(refused) > 1 else ''} would stop the sweep before any runs: restore "
+                  "the file's settings for them, or give the method or dataset a new label (or the sweep a new "
+                  "--output) to run them afresh", highlight=False)
     todo = sum(1 for s in states if not s.finished)
     out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
               "; nothing was written (drop --dry-run to run it)", highlight=False)

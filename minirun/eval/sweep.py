@@ -36,6 +36,7 @@ from minirun.eval.report import (CALIBRATION, MACRO, PAIRED, cut_thinking, load_
 from minirun.eval.results import (OtherRun, integer_columns, journal_paths, merge, read_results, recorded_methods,
                                   recorded_run_key, recorded_sources)
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
+from minirun.methods import EnsembleOptions
 from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class CellState:
     answered: int  # of them, those its directory holds a row for
     finished: bool  # done.json names the file's settings for it and every item has its row: nothing to run
     changed: bool  # it finished under other settings or data (done.json names another key): it runs again
+    refused: tuple[str, ...] = ()  # settings its rows were made with that the file changed: the sweep will refuse it
 
 
 def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
@@ -116,15 +118,24 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
     _check_output(output)
     mine = _selected(cells(sweep, output), only)
     data = _load_data(sweep, {c.dataset.label for c in mine})
-    return [_state(cell, cell_key(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items)
-            for cell in mine]
+    return [_state(cell, cell_key(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items,
+                   sweep.generation) for cell in mine]
+
+
+def _run_settings(cell: Cell, gen: Generation) -> dict:
+    """What of a cell's run key (`loop.prepare`) its sweep file sets without a model: a dry run compares these with
+    the key its rows were made under, and names the changes the sweep would refuse."""
+    return {"num_prompts": cell.dataset.num_prompts, "original": cell.dataset.original,
+            "max_new_tokens": gen.max_new_tokens, "bidirectional": cell.dataset.match == "bidirectional",
+            "share_prefix": gen.share_prefix, "chat": gen.chat, "thinking": gen.thinking,
+            "choice_format": cell.dataset.choice_format}
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
     return [c for c in plan if only.takes(c.model.label, c.dataset.label)]
 
 
-def _state(cell: Cell, key: str, items: list[Item]) -> CellState:
+def _state(cell: Cell, key: str, items: list[Item], gen: Generation | None = None) -> CellState:
     """Finished only where done.json names `key` and the journals still hold every item's row (a row deleted to
     redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
@@ -135,7 +146,22 @@ def _state(cell: Cell, key: str, items: list[Item]) -> CellState:
     except (OSError, ValueError, AttributeError):
         marked = None
     finished = marked == key and answered == ids
-    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked != key)
+    refused = _refused(cell, gen) if answered and gen is not None and not finished else ()
+    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked != key, refused)
+
+
+def _refused(cell: Cell, gen: Generation) -> tuple[str, ...]:
+    """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
+    refuses to mix rows: the run's (`_run_settings`) and its method's plain options (a layer or bias the loop
+    resolves with the model is left to the run's own check)."""
+    made = recorded_run_key(cell.dir)
+    changed = [f"{k}: {made[k]!r} -> {v!r}" for k, v in _run_settings(cell, gen).items() if k in made and made[k] != v]
+    recorded = recorded_methods(cell.dir).get(cell.method.name, {})
+    default = EnsembleOptions()
+    changed += [f"{cell.method.name}'s {k}: {recorded[k]!r} -> {v!r}" for k in ("positions", "num_samples",
+                                                                                 "fusion_alpha")
+                if k in recorded and recorded[k] != (v := cell.method.options.get(k, getattr(default, k)))]
+    return tuple(changed)
 
 
 def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
