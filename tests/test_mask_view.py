@@ -125,7 +125,9 @@ def test_a_repeat_of_the_question_is_drawn_as_generate_runs_it(llm):
 def test_text_snapshot():
     enc = Encoded(head=[10, 11], paraphrases=[[21, 22], [31]], tail=[40])
     view = view_from_encoded(enc, "flex", lambda i: f"t{i}", pad_id=0, positions="right", decode_steps=2)
-    assert render_text(view) == (
+    legend = render_text(view).splitlines()[0]  # what the characters mean, once, before the rows
+    assert legend.startswith("# a row per query token") and "P shared prompt" in legend and ". hidden" in legend
+    assert render_text(view).split("\n", 1)[1] == (
         "# flex row 0\n"
         "t10         0 P.......\n"
         "t11         1 PP......\n"
@@ -137,7 +139,7 @@ def test_text_snapshot():
         "<gen>       6 PP112PGG\n"
     )
     logit = view_from_encoded(enc, "avg", lambda i: f"t{i}", pad_id=0, decode_steps=1)
-    assert render_text(logit) == (  # row 1 is left-padded after the separately prefilled head
+    assert render_text(logit).split("\n", 1)[1] == (  # row 1 is left-padded after the separately prefilled head
         "# avg row 0\n"
         "t10         0 P.....\n"
         "t11         1 PP....\n"

@@ -230,7 +230,8 @@ def segment_char(kind: str | int) -> str:
 
 def render_text(view: MaskView, width: int = 8) -> str:
     """One line per query slot: token, position, one char per key slot (' ' padding, '.' hidden)."""
-    lines = []
+    lines = ["# a row per query token (its text, its position), a column per key it may see: P shared prompt, "
+             "1-9 a-z the paraphrase it belongs to, G generated, . hidden, blank padding"]
     for b, r in enumerate(view.rows):
         lines.append(f"# {view.name} row {b}")
         for q in range(view.length):
