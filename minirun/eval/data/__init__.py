@@ -150,8 +150,8 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
             raise MinirunError(f"cannot find revision {revision!r} of {repo} on the Hugging Face Hub ({reason}): check "
                                "the revision, your network and HF_TOKEN, or give a full commit") from None
         log.warning(f"cannot ask the Hugging Face Hub which commit {repo} is at ({reason}): the run loads its main "
-                    "branch as `datasets` finds it and records no commit; name one to pin it (NAME@COMMIT: `--data` of eval, "
-                    "a sweep's dataset `name`)")
+                    "branch as `datasets` finds it and records no commit; name one to pin it (NAME@COMMIT: eval's "
+                    "`--data`, a sweep's dataset `name`)")
         return {"hub": repo, "revision": "main"}
     return {"hub": repo, "revision": revision or "main", "commit": commit}
 
