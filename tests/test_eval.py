@@ -692,7 +692,10 @@ def test_report_tables_and_errors(reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "answer agreement" in result.stdout and (tmp_path / "s.csv").is_file()
     missing = CliRunner().invoke(_app(), ["report", str(tmp_path / "nothing")])
-    assert missing.exit_code == 1 and "no results" in " ".join(missing.output.split())
+    assert missing.exit_code == 1 and "nothing: no such directory" in " ".join(missing.output.split())
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(_app(), ["report", str(tmp_path / "empty")])
+    assert empty.exit_code == 1 and "no results" in " ".join(empty.output.split())
     for args, needle in [(["--csv", str(tmp_path)], "is a directory"), (["--plot", str(tmp_path / "s.bogus")], ".png"),
                          (["--plot", str(tmp_path / "no" / "s.png")], "does not exist")]:
         bad = CliRunner().invoke(_app(), ["report", str(tmp_path), *args])
