@@ -207,8 +207,10 @@ def test_load_results(tmp_path):
     for journal in (tmp_path / "run").glob("results.rank*.jsonl"):
         journal.unlink()
     assert summarize(load_results(tmp_path / "run")).loc["vote", "n"] == 4  # from results.parquet
-    with pytest.raises(MinirunError, match="no results"):
+    with pytest.raises(MinirunError, match="nothing: no such directory"):
         load_results(tmp_path / "nothing")
+    with pytest.raises(MinirunError, match="no results found"):
+        load_results(tmp_path)
 
 
 # Ten items, three prompts each. origin right on q0-q2; avg right on q0, q1, q3-q8 (vs origin:
