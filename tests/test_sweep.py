@@ -998,6 +998,22 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     assert set(csv["machine"]) == {machine} and report["qa-k2"]["qwen2"]["avg"]["machine"] == machine
 
 
+def test_a_sweep_indexed_before_series_reports_without_them(reference, tmp_path):
+    """An index written before sweeps recorded prompts per item: no series, no num_prompts column, the tables as
+    before (a rerun of the sweep rewrites the index with them)."""
+    from minirun.eval.sweep import prompt_series
+
+    out = shutil.copytree(reference[0], tmp_path / "old")
+    index = json.loads((out / "sweep.json").read_text())
+    for cell in index["cells"]:
+        del cell["num_prompts"], cell["series"]
+    (out / "sweep.json").write_text(json.dumps(index))
+    assert prompt_series(out) == []
+    shown = CliRunner().invoke(app, ["report", str(out), "--csv", str(tmp_path / "s.csv")])
+    assert shown.exit_code == 0 and "accuracy by prompts" not in shown.stdout, shown.output
+    assert "num_prompts" not in pd.read_csv(tmp_path / "s.csv").columns
+
+
 @pytest.mark.parametrize("sizes", [[], [2, 2], [2, "3"]])
 def test_a_bad_ensemble_size_list_is_one_line(sizes):
     with pytest.raises(MinirunError, match="num_prompts") as e:
