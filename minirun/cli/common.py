@@ -111,8 +111,8 @@ def friendly(fn: Callable) -> Callable:
             if (asked := out_of_memory(e)) is None:
                 raise
             print_error(f"out of memory ({asked}): run fewer rows at once — a smaller --batch-size (paraphrase "
-                        "resumes from the batches finished; eval halves its batches itself), fewer paraphrases, a smaller "
-                        "--max-new-tokens — or a smaller model or --dtype")
+                        "resumes from the batches finished; eval halves its batches itself), fewer paraphrases, a "
+                        "smaller --max-new-tokens — or a smaller model or --dtype")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")

@@ -125,19 +125,18 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
                                      single_prompt_dropped, size_latex, timed_on)
-    from minirun.eval.sweep import plot_sweep, size_rows, sweep_table
+    from minirun.eval.sweep import plot_sweep, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
     prompts = {label: size for sizes in series for label, size in sizes.items()}
     machines = {key: " | ".join(timed_on(part)) or None  # each (dataset, method, model)'s, as one run's --json has
                 for key, part in table.groupby(["dataset", "label", "model"], sort=False)}
-    curves = [sizes for sizes in series  # the series of several sizes this table has rows of
-              if len(sizes) > 1 and any(label in scores.index.get_level_values("dataset") for label in sizes)]
+    curves = size_series(series, scores)
     if csv is not None:
         scores_long(scores, prompts, machines).to_csv(csv, index=False)
     if plot is not None:
-        plot_sweep(table, plot, series)
+        plot_sweep(table, plot, curves)
     if latex is not None:
         rows = scores_long(scores)
         comment, note = rescored(match, choice_score)

@@ -33,7 +33,7 @@ from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
-from minirun.eval.results import ResultStore, merge, read_results, recorded_run_key
+from minirun.eval.results import SOURCES, ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import device_name, seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices, scored_as
@@ -171,8 +171,7 @@ class Run:
 
     @property
     def sources(self) -> dict[str, dict | None]:
-        return {"model_source": self.model_source, "data_source": self.data_source,
-                "few_shot_source": self.few_shot_source}
+        return {kind: getattr(self, kind) for kind in SOURCES}
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""

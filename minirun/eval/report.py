@@ -562,8 +562,8 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
             _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         columns = (["macro_accuracy"] if macro else []) + (list(CALIBRATION) if calibrated else [])
-        extras = ["--" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in columns]
-        lines.append(" & ".join([*labels, "--" if pd.isna(row["accuracy"]) else f"{row['accuracy']:.3f}", interval,
+        extras = [_tex_figure(row[c]) for c in columns]
+        lines.append(" & ".join([*labels, _tex_figure(row["accuracy"]), interval,
                                  *versus, str(int(row["n"])), *extras]) + r" \\")
     prompts = [n for n in order if index[n][-1] == "per_prompt"]
     single = [f"{scores.iloc[n]['mean_single_accuracy']:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
@@ -595,12 +595,11 @@ def relation_latex(df: pd.DataFrame, caption: str) -> str:
     accuracy = scores["accuracy"].unstack("method").reindex(columns=methods)
     counts = df[df["relation"].notna()].groupby("relation")["id"].nunique()
     macro = accuracy.mean()  # each method's mean over the relations it answered: `macro_accuracy`'s figure
-    cell = lambda v: "--" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lr" + "r" * len(methods) + "}", r"\toprule",
              " & ".join(["Relation", "$n$", *(_tex(method_label(m)) for m in methods)]) + r" \\", r"\midrule"]
-    lines += [" & ".join([_tex(str(relation)), str(int(counts[relation])), *map(cell, row)]) + r" \\"
+    lines += [" & ".join([_tex(str(relation)), str(int(counts[relation])), *map(_tex_figure, row)]) + r" \\"
               for relation, row in accuracy.iterrows()]
-    lines += [r"\midrule", " & ".join(["Macro mean", "", *map(cell, macro)]) + r" \\",
+    lines += [r"\midrule", " & ".join(["Macro mean", "", *map(_tex_figure, macro)]) + r" \\",
               r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r": accuracy per relation ($n$: its items; Macro mean: the mean over "
               f"the {len(accuracy)} relations, each weighing alike).}}", r"\end{table}"]
@@ -612,14 +611,13 @@ def size_latex(rows: pd.DataFrame, caption: str) -> str:
     booktabs table, a column group per model."""
     models = list(dict.fromkeys(rows.columns.get_level_values(0)))
     sizes = [size for model, size in rows.columns if model == models[0]]
-    cell = lambda v: "--" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
     groups = " & ".join(r"\multicolumn{" + f"{len(sizes)}" + r"}{c}{" + _tex(m) + "}" for m in models)
     rules = " ".join(r"\cmidrule(lr){" + f"{2 + i * len(sizes)}-{1 + (i + 1) * len(sizes)}" + "}"
                      for i in range(len(models)))
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(rows.columns) + "}", r"\toprule",
              f" & {groups} \\\\", rules, " & ".join(["Method", *(f"$k={size}$" for _, size in rows.columns)])
              + r" \\", r"\midrule"]
-    lines += [" & ".join([_tex(str(name)), *map(cell, values)]) + r" \\" for name, values in rows.iterrows()]
+    lines += [" & ".join([_tex(str(name)), *map(_tex_figure, values)]) + r" \\" for name, values in rows.iterrows()]
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r": accuracy by prompts per item ($k$: the question and its "
               r"paraphrases run, or the paraphrases alone; mean single prompt: the mean accuracy of the $k$ prompts "
@@ -634,6 +632,10 @@ TEX_ESCAPES = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\tex
 
 def _tex(text: str) -> str:
     return "".join(TEX_ESCAPES.get(c, c) for c in text)
+
+
+def _tex_figure(value: float) -> str:
+    return "--" if pd.isna(value) else f"{value:.3f}"  # 3 decimals, as the terminal shows; -- where none
 
 
 def _tex_p(p: float) -> str:

@@ -229,10 +229,21 @@ def size_rows(scores: pd.DataFrame, sizes: dict[str, int]) -> pd.DataFrame:
     curve = size_curve(scores, sizes)
     rows = curve.drop(index="per_prompt", errors="ignore").rename(index=lambda m: method_label(str(m)))
     for metric, name in (("mean_single_accuracy", "mean single prompt"), ("oracle_accuracy", "oracle (any prompt)")):
-        reference = size_curve(scores, sizes, metric).max()  # on the per_prompt (or vote) row only
-        if reference.notna().any():
+        if (reference := size_reference(scores, sizes, metric)).notna().any():
             rows.loc[name] = reference
     return rows
+
+
+def size_reference(scores: pd.DataFrame, sizes: dict[str, int], metric: str) -> pd.Series:
+    """A single-prompt figure of a series (`mean_single_accuracy`, `oracle_accuracy`) per (model, prompts per item):
+    per_prompt's row (or vote's) is the only one that carries it."""
+    return size_curve(scores, sizes, metric).max()
+
+
+def size_series(series: list[dict[str, int]], scores: pd.DataFrame) -> list[dict[str, int]]:
+    """The series of `prompt_series` a report shows as curves: of several sizes, with some dataset scored."""
+    scored = set(scores.index.get_level_values("dataset"))
+    return [sizes for sizes in series if len(sizes) > 1 and scored & set(sizes)]
 
 
 def unfinished_cells(output: str | Path) -> list[str]:
@@ -514,9 +525,9 @@ def _verdicts(rows: pd.DataFrame) -> pd.Series:
     return rows.set_index("id")["correct"].astype(float)
 
 
-def plot_sweep(df: pd.DataFrame, path: str | Path, series: list[dict[str, int]] = ()) -> None:
+def plot_sweep(df: pd.DataFrame, path: str | Path, curves: list[dict[str, int]] = ()) -> None:
     """Accuracy per method with its 95% interval, one bar per model, one panel per dataset, saved to `path`; then a
-    panel per ensemble-size series of `series` (`prompt_series`), accuracy against prompts per item, a line per
+    panel per ensemble-size series of `curves` (`size_series`), accuracy against prompts per item, a line per
     model and method, its intervals as a band, and the mean single-prompt accuracy dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -526,7 +537,6 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, series: list[dict[str, int]] 
     models = list(dict.fromkeys(table.columns.get_level_values("model")))
     width = 0.8 / len(models)
     most = max(len(table.loc[d]) for d in datasets)
-    curves = [sizes for sizes in series if len(sizes) > 1 and any(label in datasets for label in sizes)]
     fig = Figure(figsize=(max(6.0, 0.6 * most * len(models) + 2), 3.5 * (len(datasets) + len(curves))),
                  layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global backend, safe in servers and tests
@@ -562,7 +572,7 @@ def _plot_curve(ax, table: pd.DataFrame, sizes: dict[str, int]) -> None:
                             label=f"{model} · {method_label(method)}" if several else method_label(method))
             ax.fill_between(ys.index, low.loc[method, model].to_numpy(dtype=float),
                             high.loc[method, model].to_numpy(dtype=float), color=line.get_color(), alpha=0.12)
-    single = size_curve(table, sizes, "mean_single_accuracy").max()  # on the per_prompt (or vote) row only
+    single = size_reference(table, sizes, "mean_single_accuracy")
     for model in dict.fromkeys(single.index.get_level_values("model")):
         if single[model].notna().any():
             ax.plot(single[model].index, single[model].to_numpy(), linestyle="--", color="grey",
