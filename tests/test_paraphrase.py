@@ -406,7 +406,7 @@ def test_a_template_that_opens_thinking_rewrites_past_it(long_context, tmp_path,
 def test_a_hub_dataset_is_rewritten_at_one_commit_and_a_run_on_the_file_cites_it(long_context, tmp_path, monkeypatch):
     """`minirun paraphrase mmlu` reads the test split at the commit main is at, and every row records it
     (`data_source`); a resume after main moved reads that commit again, not a second upload; `eval` on the file
-    cites it as the run's data source (its benchmark examples, at main's commit now, as the few-shot source)."""
+    cites it as the run's data source, and asked as MMLU reads MMLU's examples from that upload too."""
     import sys
     import types
 
@@ -446,9 +446,8 @@ def test_a_hub_dataset_is_rewritten_at_one_commit_and_a_run_on_the_file_cites_it
                                       "-m", "origin", "--few-shot-k", "1", "--max-new-tokens", "2", "--no-progress",
                                       "--output", str(run)])
     assert result.exit_code == 0, result.output
-    assert calls == [("dev", "e" * 40)]  # the examples: the benchmark's, read now
-    assert recorded_source(run, "data_source") == cited
-    assert recorded_source(run, "few_shot_source") == {**cited, "commit": "e" * 40}
+    assert calls == [("dev", "d" * 40)]  # the benchmark's examples: from the items' upload, not main's now
+    assert recorded_source(run, "data_source") == cited and recorded_source(run, "few_shot_source") == cited
 
 
 def test_a_file_cites_the_source_every_item_records_and_none_where_they_differ(tmp_path):

@@ -87,7 +87,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import dataset_source, hub_dataset, load_cited, load_jsonl
+    from minirun.eval.data import benchmark_source, hub_dataset, load_cited, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
     from minirun.eval.report import cut_thinking
 
@@ -103,9 +103,9 @@ def eval_command(
     items, source = load_cited(asked, subset, skip_bad)  # at one commit: test items, few-shot examples, citation
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
-    # a file asked as MMLU: its Hub examples read at one commit, and cited
-    benchmark, pinned = hub_dataset(benchmark) if benchmark is not None else (None, None)
-    shots = dataset_source(benchmark, pinned) if benchmark is not None and few_shot is None else None
+    # a file asked as MMLU: its Hub examples read at one commit (its items' where they are MMLU's), and cited
+    shots = benchmark_source(benchmark, source) if benchmark is not None and few_shot is None else None
+    benchmark = hub_dataset(benchmark)[0] if benchmark is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
     name = Path(data).stem if Path(data).is_file() else asked.replace("@", "-").replace("/", "--")

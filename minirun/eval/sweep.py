@@ -26,7 +26,7 @@ from minirun.checkpoints.hub import resolve_model
 from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, dataset_source, hub_dataset, load_cited, load_jsonl
+from minirun.eval.data import Item, benchmark_source, load_cited, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
                                 subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
@@ -77,8 +77,7 @@ def _load_items(dataset: DatasetSpec) -> Data:
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
     if dataset.few_shot is not None:
         return Data(items, load_jsonl(dataset.few_shot, examples=True), source)
-    shots = dataset_source(*hub_dataset(dataset.benchmark)) if dataset.benchmark is not None else None
-    return Data(items, None, source, shots)
+    return Data(items, None, source, benchmark_source(dataset.benchmark, source) if dataset.benchmark else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ __all__ = [
     "NAMES",
     "Item",
     "LoadResult",
+    "benchmark_source",
     "dataset_source",
     "ensemble_prompts",
     "hub_dataset",
@@ -167,6 +168,16 @@ def load_cited(name_or_path: str | Path, subset: str | None = None, skip_bad: bo
     items = load_dataset(name_or_path if source is None else name, subset=subset, skip_bad=skip_bad,
                          revision=(source or {}).get("commit", revision))
     return items, source if source is not None else getattr(items, "source", None)
+
+
+def benchmark_source(benchmark: str, items_source: dict | None = None) -> dict | None:
+    """Where the Hub examples a file's items are asked with (`--benchmark mmlu`, `mmlu@REV`) are read: at the
+    revision the name pins, else at the commit the items themselves were read at where they are that dataset's (a
+    `minirun paraphrase` of it records it), so items and examples come from one upload, else at main's commit now."""
+    name, revision = hub_dataset(benchmark)
+    if revision is None and items_source is not None and _same_upload(items_source, name, items_source.get("revision")):
+        return items_source
+    return dataset_source(name, revision)
 
 
 def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
