@@ -87,7 +87,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import benchmark_source, hub_dataset, load_cited, load_jsonl
+    from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_jsonl
     from minirun.eval.loop import check_paraphrased, ranks, run_sharded
     from minirun.eval.report import cut_thinking
 
@@ -108,7 +108,7 @@ def eval_command(
     benchmark = hub_dataset(benchmark)[0] if benchmark is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
-    name = Path(data).stem if Path(data).is_file() else asked.replace("@", "-").replace("/", "--")
+    name = dataset_label(asked)
     output = output or Path("runs") / f"{name}-{llm.path.name}"
     table = run_sharded(llm, items, method, output, dataset=data, num_prompts=num_prompts, original=original,
                         max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,

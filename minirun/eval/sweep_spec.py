@@ -18,7 +18,7 @@ from minirun.checkpoints.loader import DTYPES, checked_device
 from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
-from minirun.eval.data import NAMES, hub_dataset, text_lines
+from minirun.eval.data import NAMES, dataset_label, hub_dataset, text_lines
 from minirun.eval.loop import prepare
 from minirun.eval.matching import MATCH_RULES
 from minirun.eval.prompts import CHOICE_FORMATS
@@ -259,8 +259,7 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
         _at_least(spec.max_samples, 1, f"{where} max_samples")
-    default = spec.name.replace("@", "-").replace("/", "--") if spec.data in NAMES else Path(spec.name).stem
-    return _labelled(spec, default, where)
+    return _labelled(spec, dataset_label(spec.name), where)
 
 
 def method_options() -> tuple[str, ...]:

@@ -40,6 +40,7 @@ __all__ = [
     "Item",
     "LoadResult",
     "benchmark_source",
+    "dataset_label",
     "dataset_source",
     "ensemble_prompts",
     "hub_dataset",
@@ -129,6 +130,14 @@ def hub_dataset(name: str) -> tuple[str, str | None]:
     if not revision.strip():
         raise MinirunError(f"{name!r} names no revision after '@': give a branch, tag or commit, or drop the '@'")
     return base, revision
+
+
+def dataset_label(name_or_path: str) -> str:
+    """A dataset as a folder name (eval's default output, a sweep's default label): a file's stem, or the name with
+    the revision it pins (`mmlu@REV` -> `mmlu-REV`)."""
+    if Path(name_or_path).is_file():
+        return Path(name_or_path).stem
+    return name_or_path.replace("@", "-").replace("/", "--")
 
 
 def dataset_source(name: str, revision: str | None = None) -> dict | None:
