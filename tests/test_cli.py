@@ -634,6 +634,20 @@ def test_importing_minirun_leaves_torch_for_first_use():
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
 
 
+def test_a_command_that_compiles_nothing_never_imports_torchs_compiler(tiny):
+    """Dynamo and Inductor take ~2.5 s to import on a 2-core CPU, 40% of `minirun generate`'s wall time on the default
+    model: making the compiled functions at import (torch.compile) and building the decoder on the meta device
+    (nn.Embedding's random initialisation, RoPE's frequencies there) each imported them in every eager command."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from minirun.cli import main; sys.argv = ['minirun', 'generate', '--model', sys.argv[1], "
+             "'--max-new-tokens', '2', 'Hi']\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "assert 'torch' in sys.modules and 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
+    done = subprocess.run([sys.executable, "-c", probe, str(tiny)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_question_starting_with_a_dash_follows_a_double_dash(tiny):
     """How `interactive` writes the command: "-5 plus 7 is?" is the question, not an option."""
     result = invoke("generate", "--model", tiny, "--max-new-tokens", "2", "--json", "--", "-5 plus 7 is?")

@@ -13,7 +13,6 @@ from safetensors import SafetensorError, safe_open
 
 from minirun.errors import MinirunError
 from minirun.layers import calibrate
-from minirun.layers.rope import inv_frequencies
 from minirun.models import Decoder
 from minirun.models.config import ModelConfig, checkpoint_json, load_config
 from minirun.paths import cache_root, read_cache, write_atomic
@@ -260,7 +259,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.inv_freq = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).to(device)  # buffers are not in the checkpoint
+    model.inv_freq = model.inv_freq.to(device)  # made on the CPU with the model: buffers are not in the checkpoint
     return model.eval().requires_grad_(False)
 
 

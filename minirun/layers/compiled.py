@@ -8,6 +8,7 @@ deep in torch._dynamo) is never what happens.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -19,9 +20,8 @@ from minirun.errors import MinirunError
 from minirun.paths import cache_root
 
 # Inductor's on-disk cache goes under minirun's cache root, so later processes skip most of a first compile and
-# one variable moves or clears it with the rest. torch fixes its directory the first time anything is compiled
-# (`Compiled` below runs torch.compile when a module creating one is imported), so it is set here, before that,
-# unless TORCHINDUCTOR_CACHE_DIR already says where.
+# one variable moves or clears it with the rest. torch fixes its directory the first time anything is compiled, so
+# it is set here, when the first module that compiles is imported, unless TORCHINDUCTOR_CACHE_DIR already says where.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
 
 log = logging.getLogger("minirun")
@@ -70,12 +70,16 @@ def raise_torch_limit() -> None:
 
 class Compiled:
     """`fn` compiled with `options`; `key(*args)` identifies what a call compiles for, `label(*args)`
-    says it in words for the log (default: the key)."""
+    says it in words for the log (default: the key).
+
+    torch.compile is called at the first compiled call, not here: it imports Dynamo and Inductor (~2.5 s on
+    a 2-core CPU), which a process that never compiles (eager runs, `report`, `--help`, a refused option)
+    would otherwise pay at start-up, as the modules making these objects are imported by every command."""
 
     def __init__(self, fn: Callable, name: str, key: Callable[..., Hashable],
                  label: Callable[..., str] | None = None, **options: Any):
         self.fn, self.name, self.key, self.label = fn, name, key, label or (lambda *a, **k: str(key(*a, **k)))
-        self.compiled = torch.compile(fn, **options)
+        self.options = options
         self.shapes: set[Hashable] = set()
         self.refused: set[Hashable] = set()
         _instances.append(self)
@@ -95,6 +99,10 @@ class Compiled:
             log.info("compiling %s for %s (once per shape; later processes reuse the on-disk cache)", self.name,
                      self.label(*args, **kwargs))
         return self.compiled(*args, **kwargs)
+
+    @functools.cached_property
+    def compiled(self) -> Callable:
+        return torch.compile(self.fn, **self.options)
 
 
 def capture(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[Callable[[], None], torch.Tensor]:

@@ -26,6 +26,19 @@ from minirun.models.config import ModelConfig
 Keep = Literal["all", "last", "cache"]  # which token states leave a prompt's final block (`Block.forward`)
 
 
+class Embedding(nn.Module):
+    """Token ids to rows of `weight`. Not nn.Embedding: its random initialisation, which runs even on the meta
+    device where the decoder is built before its weights are assigned, imports torch's compiler there (~1.5 s
+    of every command's start on a 2-core CPU, compiled or not)."""
+
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class RMSNorm(nn.Module):
     """Normalise in float32, cast back, then scale in the model dtype (transformers' order)."""
 
@@ -167,11 +180,13 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.config_key = repr(config)  # made once: the compiled decode step asks for `graph_key` every token
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.register_buffer("inv_freq", inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling), persistent=False)
+        with torch.device("cpu"):  # as transformers computes them; on the meta device they would import torch's compiler
+            inv_freq = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.rope_scale = attention_scale(config.rope_scaling)  # YaRN's, on cos and sin; 1 for the other kinds
 
     @property
