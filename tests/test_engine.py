@@ -285,6 +285,28 @@ def test_a_cpu_model_keeps_large_temporaries_in_the_heap(llm, monkeypatch):
         assert allocator.keep_large_allocations() is True
 
 
+def _resident() -> int:
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) * 1024
+
+
+def test_memory_freed_into_the_kept_heap_goes_back_to_the_system():
+    """glibc keeps what a model frees in its heap (`keep_large_allocations`), so the host's available memory, which
+    the next model's load is checked against, would not count it: a sweep returns it between models."""
+    import platform
+
+    from minirun.engine import allocator
+
+    if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+        allocator.return_freed_memory()  # a no-op elsewhere
+        return
+    assert allocator.keep_large_allocations() is True
+    blocks = [torch.ones(16 << 20) for _ in range(12)]  # 12 x 64 MB, each below the heap's limit of 1 GiB
+    held = _resident()
+    del blocks
+    allocator.return_freed_memory()
+    assert held - _resident() > 600e6
+
+
 def test_under_torchrun_each_rank_takes_its_own_gpu():
     from minirun.engine.llm import rank_device
 

@@ -300,3 +300,59 @@ def test_a_damaged_checkpoint_file_is_one_line_naming_it(copy, name, text, messa
     with pytest.raises(MinirunError, match=re.escape(message)) as e:
         minirun.load(copy)
     assert "\n" not in str(e.value) and (name in str(e.value) or name == "tokenizer.json")
+
+
+MEMINFO = "MemTotal:       24683784 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\nSwapTotal:       2000000 kB\n" \
+          "SwapFree:        1000000 kB\n"
+
+
+def test_host_memory_is_what_is_available_plus_free_swap_within_a_cgroup_limit():
+    from minirun.checkpoints.loader import meminfo_available
+
+    assert meminfo_available(MEMINFO) == (21_000_000 * 1024, 26_683_784 * 1024)
+    assert meminfo_available(MEMINFO, {"memory.max": "max\n", "memory.current": "5000\n"}) == meminfo_available(MEMINFO)
+    limited = {"memory.max": "8000000000\n", "memory.current": "3000000000\n", "memory.stat": "anon 2000000000\nfile 1000000000\n"}
+    assert meminfo_available(MEMINFO, limited) == (6_000_000_000, 8_000_000_000)  # the page cache counts as free
+    assert meminfo_available("MemTotal: 1 kB\n") is None  # a kernel that does not say what is available: no check
+
+
+def test_weights_that_cannot_fit_are_refused(copy, monkeypatch):
+    """On the host the kernel would kill the process unannounced minutes into the read; on a GPU it would end in an
+    out-of-memory error whose advice is a smaller batch."""
+    from minirun.checkpoints import loader
+
+    weights = sum(p.numel() for p in minirun.load(copy).model.parameters()) * 4  # float32, the head tied or not
+    monkeypatch.setattr(loader, "available_memory", lambda device: (weights - 1, 2 * weights))
+    with pytest.raises(MinirunError, match=rf"^ckpt's weights need {weights / 1e9:.2f} GB in float32 but this machine "
+                                           r"has .* GB of memory available \(of .* GB\): free memory .*, use a larger "
+                                           r"machine, --dtype bfloat16, or a smaller model$"):
+        minirun.load(copy, dtype="float32")
+    monkeypatch.setattr(loader, "available_memory", lambda device: (weights, 2 * weights))  # exactly enough
+    assert minirun.load(copy, dtype="float32").model.dtype == torch.float32
+
+
+def test_a_gpu_without_room_for_the_weights_names_its_free_memory(copy, monkeypatch):
+    from minirun.checkpoints import loader
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1_000, 80_000_000_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3_000_000)  # a freed model's, kept by torch
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2_000_000)
+    assert loader.available_memory(torch.device("cuda")) == (1_001_000, 80_000_000_000)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2_000_000)  # none unused
+    with pytest.raises(MinirunError, match=r"weights need .* GB in bfloat16 but cuda has 0.00 GB free \(of 80.00 GB\): "
+                                           r"free memory \(other processes hold it\), use a larger machine, or a smaller"):
+        minirun.load(copy, device="cuda", dtype="bfloat16")
+
+
+def test_the_weights_size_of_a_plan_is_the_checkpoints_tensors_in_the_dtype_asked(arch_dir):
+    """What `sweep --dry-run` shows and the load checks: every stored tensor, a tied head once, at the load's dtype."""
+    from minirun.checkpoints.loader import weights_size
+
+    arch, path = arch_dir
+    tied = _config(path).get("tie_word_embeddings", False)
+    stored = {n: t.numel() for f in path.glob("*.safetensors") for n, t in load_file(f).items()}
+    numel = sum(n for name, n in stored.items() if not (tied and name == "lm_head.weight"))
+    assert weights_size(path, "float32", "cpu") == (4 * numel, torch.float32, torch.device("cpu"))
+    assert weights_size(path, "bfloat16", "cuda:1") == (2 * numel, torch.bfloat16, torch.device("cuda:1"))  # a plan

@@ -355,6 +355,31 @@ def _files(folder: Path) -> dict[str, int]:
     return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
 
 
+def test_a_dry_run_names_each_models_weights_and_whether_they_fit_here(checkpoint_dirs, tmp_path, monkeypatch):
+    """Before a sweep of hours: what each model's weights take, in the dtype and on the device it would load them,
+    and where that device is on this machine, whether they fit there now (a GPU node's plan made on a login node
+    has no GPU to ask)."""
+    from minirun.checkpoints import loader
+
+    path = checkpoint_dirs["qwen2"]
+    needed = loader.weights_size(path, "float32", "cpu")[0]
+    file = _file(tmp_path, f'[[models]]\npath = "{path}"\ndtype = "float32"\ndevice = "cpu"\n[[models]]\n'
+                           f'path = "{path}"\nlabel = "gpu"\ndevice = "cuda"\ndtype = "bfloat16"\n'
+                           '[[datasets]]\nname = "sample-qa"\n[[methods]]\nname = "origin"\n')
+
+    def plan(free: int) -> list[str]:
+        monkeypatch.setattr(loader, "available_memory", lambda device: (free, 10**12))
+        result = CliRunner().invoke(app, ["sweep", str(file), "--output", str(tmp_path / "out"), "--dry-run"],
+                                    env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stdout.splitlines() if line.startswith("model ")]
+
+    gb = f"{needed / 1e9:.2f} GB"
+    assert plan(needed) == [f"model qwen2: loads {path}, its weights: {gb} in float32 on cpu ({gb} free here)",
+                            f"model gpu: loads {path}, its weights: {needed / 2e9:.2f} GB in bfloat16 on cuda"]
+    assert plan(needed - 1)[0].endswith(f"float32 on cpu ({(needed - 1) / 1e9:.2f} GB free here: it does not fit)")
+
+
 def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, checkpoint_dirs, reference, tmp_path,
                                                                   monkeypatch):
     """`sweep --dry-run`: each run's items answered and to do, the models it would load (or pull first), and
@@ -845,12 +870,16 @@ def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_pat
         run_sweep(one, tmp_path / "one", lambda _: pytest.fail("no model loads"), progress=False)
 
 
-def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path):
+def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path, monkeypatch):
     """A compiled model is held by reference cycles (Dynamo's tracing state keeps its modules) that only
     the cyclic collector frees, and nothing runs one before the next model loads: a GPU held both of a
-    sweep's 16 GB models at once. The sweep collects before loading the next model."""
+    sweep's 16 GB models at once. The sweep collects before loading the next model, and hands what glibc's
+    heap kept of it back to the system, which the next load's check of the memory available counts."""
+    from minirun.eval import sweep as sweep_module
+
     text = _sweep_text(checkpoint_dirs, {"qwen2": "qwen2", "llama3": "llama"}, ["sample-qa"])
-    weights, alive = [], []
+    weights, alive, returned = [], [], []
+    monkeypatch.setattr(sweep_module, "return_freed_memory", lambda: returned.append(len(weights)))
 
     def load(model):
         alive.append([w() is not None for w in weights])
@@ -864,7 +893,7 @@ def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path):
         run_sweep(load_sweep_file(_file(tmp_path, text)), tmp_path / "out", load, progress=False)
     finally:
         gc.enable()
-    assert alive == [[], [False]]
+    assert alive == [[], [False]] and returned == [1, 2]
 
 
 def test_a_sweep_of_multiple_choice_reports_calibration_per_model():

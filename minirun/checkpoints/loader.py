@@ -218,6 +218,79 @@ def checked_device(device: str | torch.device, here: bool = True) -> torch.devic
     return device
 
 
+def meminfo_available(meminfo: str, cgroup: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """(available, total) bytes of host memory from /proc/meminfo's text: available memory plus free swap, of
+    memory plus swap; within a cgroup v2 memory limit (`cgroup`: its memory.max, memory.current and memory.stat
+    texts), at most the limit less what the group holds, its page cache counted as free. None without the fields."""
+    fields = {}
+    for line in meminfo.splitlines():
+        name, _, rest = line.partition(":")
+        if rest.split() and rest.split()[0].isdigit():
+            fields[name] = int(rest.split()[0]) * 1024  # /proc/meminfo counts kB
+    if "MemAvailable" not in fields or "MemTotal" not in fields:
+        return None
+    available = fields["MemAvailable"] + fields.get("SwapFree", 0)
+    total = fields["MemTotal"] + fields.get("SwapTotal", 0)
+    limit = (cgroup or {}).get("memory.max", "max").strip()
+    if limit.isdigit() and (cgroup or {}).get("memory.current", "").strip().isdigit():
+        stat = dict(line.split()[:2] for line in cgroup.get("memory.stat", "").splitlines() if len(line.split()) >= 2)
+        cache = int(stat["file"]) if stat.get("file", "").isdigit() else 0
+        available = min(available, max(int(limit) - int(cgroup["memory.current"]) + cache, 0))
+        total = min(total, int(limit))
+    return available, total
+
+
+def available_memory(device: torch.device) -> tuple[int, int] | None:
+    """(free, total) bytes where a model's weights go: the GPU's free memory with what torch's allocator holds
+    unused (a sweep's previous model, freed, stays reserved there, and the allocator hands it back when asked),
+    or the host's available memory (`meminfo_available`); None where it cannot be read (not Linux)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), total
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    cgroup = {}
+    for name in ("memory.max", "memory.current", "memory.stat"):
+        try:
+            cgroup[name] = (Path("/sys/fs/cgroup") / name).read_text()
+        except OSError:
+            pass
+    return meminfo_available(meminfo, cgroup)
+
+
+def check_fits(checkpoint: Path, needed: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, before minutes of reading, weights that cannot fit where they go: on a GPU the load would end in
+    an out-of-memory error that blames the batch size, on the host the kernel would kill the process unannounced."""
+    memory = available_memory(device)
+    if memory is None or needed <= memory[0]:
+        return
+    free, total = memory
+    where = f"{device} has {free / 1e9:.2f} GB free (of {total / 1e9:.2f} GB)" if device.type == "cuda" else \
+        f"this machine has {free / 1e9:.2f} GB of memory available (of {total / 1e9:.2f} GB)"
+    smaller = ", --dtype bfloat16" if dtype == torch.float32 else ""
+    raise MinirunError(f"{checkpoint.name}'s weights need {needed / 1e9:.2f} GB in {str(dtype).removeprefix('torch.')} "
+                       f"but {where}: free memory (other processes hold it), use a larger machine{smaller}, or a "
+                       "smaller model")
+
+
+def weight_bytes(model: Decoder, dtype: torch.dtype) -> int:
+    """Bytes of `model`'s weights in `dtype`, a tied head once; `model` may be on the meta device."""
+    state = model.state_dict()
+    return sum(state[name].numel() for name in _hf_names(model.config)) * dtype.itemsize
+
+
+def weights_size(checkpoint: str | Path, dtype: str | None, device: str) -> tuple[int, torch.dtype, torch.device]:
+    """What loading `checkpoint` with `dtype` on `device` would hold, from its config.json alone: (bytes of its
+    weights, the dtype and the device they would be in). For a plan (`sweep --dry-run`), also of another machine."""
+    config = load_config(Path(checkpoint))
+    where = checked_device(device, here=False)
+    torch_dtype = resolve_dtype(dtype, config, where)
+    with torch.device("meta"):
+        return weight_bytes(Decoder(config), torch_dtype), torch_dtype, where
+
+
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Decoder:
     """Build the decoder on the meta device and assign checkpoint tensors into it."""
     checkpoint = Path(checkpoint)
@@ -229,6 +302,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
     expected = {n: p.shape for n, p in model.state_dict().items()}
     files = _weight_files(checkpoint)
     names = _hf_names(config)
+    check_fits(checkpoint, weight_bytes(model, torch_dtype), torch_dtype, device)
     needed = {hf for group in names.values() for hf in group}
     optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
     unexpected = sorted(n for n in files if n not in needed and n not in optional and not n.endswith("rotary_emb.inv_freq"))

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from minirun.cli.common import (CALIBRATION_CAPTION, check_output_dir, err, friendly, load_llm, out, single_prompt_line,
                                 warn)
+from minirun.errors import MinirunError
 
 if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
     from minirun.eval.sweep import CellState
@@ -77,7 +78,8 @@ def show_plan(states: list[CellState], output: Path) -> None:
     models = {id(s.cell.model): s.cell.model for s in states if not s.finished}.values()
     for model in models:
         folder = model_folder(model.path)
-        source = f"loads {folder}" if is_complete(folder) else f"pulls {model.path} into {folder}, then loads it"
+        source = f"loads {folder}{weights_line(folder, model.dtype, model.device)}" if is_complete(folder) else \
+            f"pulls {model.path} into {folder}, then loads it"
         out.print(f"model {model.label}: {source}", highlight=False)
     if refused := [s for s in states if s.refused]:
         out.print(f"{len(refused)} run{'s' if len(refused) > 1 else ''} would stop the sweep before any runs: restore "
@@ -86,6 +88,20 @@ def show_plan(states: list[CellState], output: Path) -> None:
     todo = sum(1 for s in states if not s.finished)
     out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
               "; nothing was written (drop --dry-run to run it)", highlight=False)
+
+
+def weights_line(folder: Path, dtype: str | None, device: str) -> str:
+    """", its weights: 16.06 GB in bfloat16 on cuda (70.12 GB free here)": what loading it takes, and where the
+    device is on this machine, what it has free now (a dry run on a login node says what the GPU node loads)."""
+    from minirun.checkpoints.loader import available_memory, checked_device, weights_size
+
+    needed, dtype_, where = weights_size(folder, dtype, device)
+    try:
+        free = available_memory(checked_device(where))
+    except MinirunError:  # a GPU this machine lacks
+        free = None
+    room = "" if free is None else f" ({free[0] / 1e9:.2f} GB free here{'' if needed <= free[0] else ': it does not fit'})"
+    return f", its weights: {needed / 1e9:.2f} GB in {str(dtype_).removeprefix('torch.')} on {where}{room}"
 
 
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],

@@ -10,6 +10,23 @@ LARGE = 1 << 30  # blocks up to this size come from the heap
 
 
 @functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> None:
+    """Give the memory freed into glibc's heap back to the system, as `keep_large_allocations` has it kept there:
+    after a model is let go (a sweep's next model), the host's available memory, which the loader checks the
+    next weights against, counts it again. A no-op without glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
 def keep_large_allocations() -> bool:
     """Have glibc serve blocks up to 1 GiB from its heap and keep freed memory there for reuse.
 
@@ -19,8 +36,7 @@ def keep_large_allocations() -> bool:
     bfloat16) spent a third of its time in the kernel and ran 1.34x slower (bench/README.md). Once
     per process; returns whether it took (False without glibc, where nothing changes).
     """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, LARGE)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * LARGE))

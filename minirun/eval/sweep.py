@@ -24,6 +24,7 @@ import pandas as pd
 
 from minirun.checkpoints.hub import resolve_model
 from minirun.checkpoints.loader import auto_device, checked_device
+from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, benchmark_source, load_cited, load_jsonl
@@ -343,6 +344,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             # (Dynamo's tracing state holds its modules) that only a full collection frees, and none may come first.
             del llm
             gc.collect()
+            return_freed_memory()
     if rank != 0:
         return None
     table = load_sweep(output)
