@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -632,6 +633,26 @@ def test_importing_minirun_leaves_torch_for_first_use():
 
     probe = "import sys, minirun; assert 'torch' not in sys.modules; minirun.load; assert 'torch' in sys.modules"
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_the_command_lines_help_and_refusals_never_import_torch():
+    """torch takes ~1.5 s to import on a 2-core CPU: `minirun --help`, a command's help and a refused option read
+    the methods' names (`methods.names`), not their code, so they answer in a fraction of a second."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom minirun.cli import main\nfrom minirun.methods import METHODS\n"
+             "for argv in (['--help'], ['generate', '--help'], ['eval', '--help'], ['mask', '--help'], "
+             "['generate', '--bogus']):\n"
+             "    sys.argv = ['minirun', *argv]\n"
+             "    try:\n        main()\n    except SystemExit:\n        pass\n"
+             "assert 'torch' not in sys.modules, 'torch imported'\n"
+             "from minirun.methods import EnsembleOptions\nassert 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "300"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "One of origin, per_prompt, vote, avg, avg_logprob, max, weighted_avg, weighted_max, hidden_avg, flex." in \
+        done.stdout  # generate's --method help
 
 
 def test_a_command_that_compiles_nothing_never_imports_torchs_compiler(tiny):

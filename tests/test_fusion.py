@@ -71,3 +71,11 @@ def test_confidence_weights_are_worked_out_in_doubles():
     assert confidence_weights("weighted_avg", [0.0, 0.0, 0.0, 0.0]) == [0.25] * 4
     assert confidence_weights("weighted_max", [0.3, 0.30000001, 0.1]) == [0.0, 1.0, 0.0]  # equal in float32
     assert confidence_weights("weighted_max", [0.5, 0.5, 0.1]) == [1.0, 0.0, 0.0]  # the first of equals
+
+
+def test_the_rules_names_kept_apart_from_their_code_are_the_rules():
+    """`methods.names` lists them for the command line without torch: the two lists must not drift apart."""
+    from minirun.methods.names import METHODS, OPTION_READERS, RULE_NAMES, WEIGHTED
+
+    assert RULE_NAMES == tuple(RULES) and set(WEIGHTED) <= set(RULES) and set(ROW_WEIGHTS) <= set(RULES)
+    assert set(RULE_NAMES) <= set(METHODS) and all(set(r) <= set(METHODS) for r in OPTION_READERS.values())

@@ -26,7 +26,7 @@ from minirun.errors import MinirunError
 from minirun.layers import flex
 from minirun.layers.calibrate import cpu_facts
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
-from minirun.methods.fusion import WEIGHTED
+from minirun.methods.names import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row
 from minirun.paths import cache_root
 

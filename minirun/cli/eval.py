@@ -201,7 +201,7 @@ def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = N
     figures (per_prompt's, or vote's without it) as the caption; then their calibration where multiple-choice rows
     have it."""
     from minirun.eval.report import summarize
-    from minirun.methods.runner import EVERY_ANSWER
+    from minirun.methods.names import EVERY_ANSWER
 
     scores = summarize(table)
     if shown is not None:

@@ -5,21 +5,20 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.markup import escape
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context,
                                 few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream, warn)
-from minirun.engine.generate import stop_strings
-from minirun.engine.llm import LLM
-from minirun.engine.sampling import generation_params
 from minirun.errors import MinirunError
-from minirun.layers import calibrate
-from minirun.methods import METHODS, EnsembleOptions
-from minirun.methods.runner import check_method, check_options_used
+from minirun.methods.names import METHODS
 from minirun.text import extract_answer
+
+if TYPE_CHECKING:  # torch's import waits for a command that runs a model: `minirun --help` stays quick
+    from minirun.engine.llm import LLM
+    from minirun.methods import EnsembleOptions
 
 
 def register(app: typer.Typer) -> None:
@@ -84,6 +83,11 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an answer, optionally fused across paraphrases with --method."""
+    from minirun.engine.generate import stop_strings
+    from minirun.engine.sampling import generation_params
+    from minirun.methods import EnsembleOptions
+    from minirun.methods.runner import check_method, check_options_used
+
     check_texts(prompt, paraphrase)
     stop_strings(stop)  # an empty one is refused before the model loads
     paraphrases = list(paraphrase)
@@ -146,10 +150,13 @@ class _Clock:
     later run sees."""
 
     def __init__(self) -> None:
-        self.start, self.measuring = time.perf_counter(), calibrate.seconds_measuring()
+        from minirun.layers.calibrate import seconds_measuring
+
+        self.measured = seconds_measuring
+        self.start, self.measuring = time.perf_counter(), seconds_measuring()
 
     def seconds(self) -> float:
-        measured = calibrate.seconds_measuring() - self.measuring
+        measured = self.measured() - self.measuring
         return max(time.perf_counter() - self.start - measured, 1e-9)
 
 

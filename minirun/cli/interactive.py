@@ -17,7 +17,7 @@ from minirun.errors import MinirunError
 from minirun.eval.data import NAMES as DATASETS
 from minirun.eval.data import hub_dataset
 from minirun.methods import METHODS
-from minirun.methods.fusion import WEIGHTED
+from minirun.methods.names import WEIGHTED
 from minirun.methods.packing import POSITION_SCHEMES
 
 TASKS = ("generate", "eval", "bench")

@@ -261,7 +261,7 @@ def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> T
 def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) -> list[str]:
     """Per model that ran per_prompt (or vote, whose rows hold the same answers) on `dataset`: its mean
     single-prompt accuracy, oracle and consistency."""
-    from minirun.methods.runner import EVERY_ANSWER
+    from minirun.methods.names import EVERY_ANSWER
 
     rows = [(method, scores.loc[(dataset, method)]) for method in EVERY_ANSWER if (dataset, method) in scores.index]
     return [f"{model}: {method}'s {single_prompt_line(row[model])}" for method, row in rows for model in models

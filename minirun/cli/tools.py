@@ -9,13 +9,10 @@ from typing import Optional
 
 import typer
 
-from minirun.checkpoints.loader import auto_device
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
                                 check_texts, err, few_shot_context, friendly, load_llm, read_text_file)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
-from minirun.methods import EnsembleOptions
-from minirun.methods.runner import check_options_used
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +40,8 @@ def mask(
 ) -> None:
     """Show the exact attention mask (and position ids) the runtime uses for a method."""
     from minirun.cli.mask_view import build_view, render_png, render_text
+    from minirun.methods import EnsembleOptions
+    from minirun.methods.runner import check_options_used
 
     check_texts(question, paraphrase)
     check_options_used([method], EnsembleOptions(positions=positions, fusion_layer=fusion_layer))
@@ -88,6 +87,7 @@ def bench(
 ) -> None:
     """Time prefill and decode (median and spread over repeats), side by side with transformers."""
     from minirun.bench.run import format_table, run_bench, write_json
+    from minirun.checkpoints.loader import auto_device
 
     if as_json is not None and (as_json.is_dir() or not as_json.parent.is_dir()):  # before minutes of timing
         raise MinirunError(f"--json {as_json}: give a file name in an existing folder")

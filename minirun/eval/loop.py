@@ -37,8 +37,8 @@ from minirun.eval.results import SOURCES, ResultStore, merge, read_results, reco
 from minirun.layers.calibrate import device_name, seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, score_choices, scored_as
-from minirun.methods.fusion import WEIGHTED
-from minirun.methods.runner import (EVERY_ANSWER, OPTION_READERS, PROMPT_ROWS, answered_as, check_method,
+from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
+from minirun.methods.runner import (PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
 from minirun.text import THINKING_TOKENS, extract_answer, normalize
 

@@ -28,8 +28,7 @@ from minirun.eval.stats import (
     wilson_interval,
 )
 from minirun.methods.choice import method_pick, option_probabilities
-from minirun.methods.options import CHOICE_SCORES
-from minirun.methods.runner import EVERY_ANSWER
+from minirun.methods.names import CHOICE_SCORES, EVERY_ANSWER
 from minirun.text import THINK_END, normalize
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import IO
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.methods.runner import OPTION_READERS
+from minirun.methods.names import OPTION_READERS
 from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)

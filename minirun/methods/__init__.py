@@ -12,10 +12,19 @@ hidden_avg  rows as for avg; the newest token's hidden state fused across them f
 questions already tokenised, with session hooks for callers that time them. `score_choices`
 scores multiple-choice options with the same methods.
 """
-from minirun.methods.choice import ChoiceResult, score_choices
-from minirun.methods.model import EnsembleModel
-from minirun.methods.options import EnsembleOptions, MethodResult, Question
-from minirun.methods.runner import METHODS, run_encoded, run_method
+import importlib
 
-__all__ = ["METHODS", "ChoiceResult", "EnsembleModel", "EnsembleOptions", "MethodResult", "Question", "run_encoded",
-           "run_method", "score_choices"]
+from minirun.methods.names import METHODS
+
+_HOMES = {"ChoiceResult": "choice", "score_choices": "choice", "EnsembleModel": "model", "EnsembleOptions": "options",
+          "MethodResult": "options", "Question": "options", "run_encoded": "runner", "run_method": "runner"}
+
+__all__ = ["METHODS", *_HOMES]
+
+
+def __getattr__(name: str):
+    """The methods' code imports torch on first use, not with the package: the command line's help and checks
+    read `METHODS` alone."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"minirun.methods.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'minirun.methods' has no attribute {name!r}")

@@ -22,10 +22,10 @@ from minirun.errors import MinirunError
 from minirun.layers.masks import branch
 from minirun.methods.fusion import RULES, confidence_weights
 from minirun.methods.model import EnsembleModel
+from minirun.methods.names import EVERY_ANSWER
 from minirun.methods.options import EnsembleOptions, Question
 from minirun.methods.packing import Encoded, no_shared_tail
 from minirun.methods.runner import (
-    EVERY_ANSWER,
     check_method,
     checked_call,
     encode_batch,

@@ -16,7 +16,7 @@ from typing import Callable
 from minirun.engine.generate import decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError, PromptTooLong
-from minirun.methods.fusion import WEIGHTED
+from minirun.methods.names import WEIGHTED
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions
 from minirun.methods.packing import Encoded

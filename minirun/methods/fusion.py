@@ -64,7 +64,6 @@ RULES: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = 
     "weighted_avg": fuse_weighted_avg,
     "weighted_max": fuse_weighted_max,
 }
-WEIGHTED = ("weighted_avg", "weighted_max")
 
 # Rules that are a weighted sum Σ_r w_r·logits_r of a question's n rows: (n, confidences [n]) -> w [n].
 # Logits are a linear function of the final states, so these equal the vocabulary head applied once to

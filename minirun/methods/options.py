@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 
 from minirun.engine.generate import stop_strings
 from minirun.errors import MinirunError
+from minirun.methods.names import CHOICE_SCORES
 
-# An option's log-likelihood per token ("mean"), summed ("sum": lm-evaluation-harness's acc), or per character of
-# the option's text ("chars": the harness's acc_norm)
-CHOICE_SCORES = ("mean", "sum", "chars")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, head_mix
-from minirun.methods.fusion import ROW_WEIGHTS, RULES, WEIGHTED, confidence_weights
+from minirun.methods.fusion import ROW_WEIGHTS, RULES, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import (
@@ -24,10 +24,9 @@ from minirun.methods.packing import (
     no_shared_tail,
     packed_row,
 )
+from minirun.methods.names import EVERY_ANSWER, METHODS, OPTION_READERS, WEIGHTED
 from minirun.methods.vote import answer_key, plurality
 
-METHODS = ("origin", "per_prompt", "vote", *RULES, "hidden_avg", "flex")
-EVERY_ANSWER = ("per_prompt", "vote")  # every prompt answered on its own, each answer kept in the result
 FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
 # Every prompt its own row after the shared head, nothing fused into the cache: these methods prefill a batch
 # alike, so run back to back on one batch the later ones copy the first one's prefill (`Session.prefill`).
@@ -67,12 +66,6 @@ def encode_batch(llm: EnsembleModel, method: str, questions: list[Question], pro
     encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
                for q, p in zip(questions, prompts)]
     return encoded if method == "flex" else align_heads(encoded)
-
-
-OPTION_READERS = {  # the EnsembleOptions fields only some methods read, and which
-    "positions": ("flex",), "flex_bias": ("flex",), "fusion_layer": ("hidden_avg",), "fusion_alpha": ("hidden_avg",),
-    "num_samples": WEIGHTED,
-}
 
 
 def check_options_used(methods: list[str] | tuple[str, ...], options: EnsembleOptions) -> None:
