@@ -194,7 +194,27 @@ def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp
         ("commonsense_qa", "cloze"): f"Question: {shot_q}\nAnswer: {right}\n\nQuestion: What is X?\nAnswer:",
     }[(dataset, choice_format)]
     assert q.prefix + q.paraphrases[0] + q.suffix == expected
+    assert q.prefix + q.question + q.suffix == expected  # what origin asks (the question, not its first prompt)
     assert json.loads((tmp_path / "run.json").read_text())["run_key"]["prompt_format"].startswith("harness")
+
+
+def test_origin_rows_that_asked_an_unstripped_question_are_not_mixed_with_its_stripped_rows(tiny, tmp_path):
+    """origin asked a harness benchmark's question as given while its other prompts were stripped as the harness
+    strips them: runs where that changed a prompt are refused on resume, the others resume as before."""
+    shot = dataclasses.replace(load_fewshot("sample-choice")[0], relation="astronomy")
+    padded = Item("t1", " What is X?\n", ["What's X?"], ["b"], "choice", "astronomy", ["a", "b", "c"], 1)
+    settings = {**SETTINGS, "dataset": "mmlu", "few_shot_k": 1, "choice_format": "letters", "chat": False}
+    for item, recorded in ((padded, True), (dataclasses.replace(padded, question="What is X?"), False)):
+        out = tmp_path / str(recorded)
+        evaluate(tiny, [item], ["origin"], out, fewshot_items=[shot], **settings)
+        info = json.loads((out / "run.json").read_text())
+        assert info["run_key"].pop("origin_question", None) == ("as formatted" if recorded else None)
+        (out / "run.json").write_text(json.dumps(info))  # as minirun recorded runs before
+        if recorded:
+            with pytest.raises(MinirunError, match="its origin rows asked the questions with the whitespace"):
+                evaluate(tiny, [item], ["origin", "avg"], out, fewshot_items=[shot], **settings)
+        else:
+            evaluate(tiny, [item], ["origin", "avg"], out, fewshot_items=[shot], **settings)
 
 
 def test_a_paraphrased_mmlu_file_is_asked_as_mmlu_asks_with_benchmark(tiny, tmp_path):

@@ -253,6 +253,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
+    if any(fmt.question(item.question) != item.question for item in items):  # origin's prompt, where it matters
+        run_key["origin_question"] = "as formatted"
     if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
         run_key["answers"] = "after thinking"
         if max_new_tokens < THINKING_TOKENS:
@@ -383,7 +385,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         fitting: dict[tuple[int, str], int] = {}  # (run, layout) -> questions a call holds, once memory ran out
 
         def answer(run: Run, method: str, part: list[Item]) -> list[dict]:
-            qs = [Question(item.question, run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
+            qs = [Question(run.prompt_format.question(item.question), run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
                            _suffix(item, run.choice_format, run.prompt_format)) for item in part]
             with llm.tokenizer.pinned_clock(template_clock(run)):
                 return _run_batch(llm, method, part, qs, run.options, matcher, run.bidirectional, run.original,
