@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import minirun
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions, Question
-from minirun.methods.choice import option_ids, option_probabilities, score_choices
+from minirun.methods.choice import asked_ids, option_ids, option_probabilities, score_choices
 from minirun.methods.packing import encode_question
 
 PREFIX = "Q: Water boils at\nA: 100 degrees\n\n"
@@ -231,3 +231,21 @@ def test_option_probabilities_are_the_softmax_of_the_scores_picked_by_and_votes_
     assert probabilities == pytest.approx([0.2, 0.3, 0.5])  # normalised over the options: a shift changes nothing
     assert option_probabilities("origin", [-1.0, -1.0]) == [0.5, 0.5]
     assert option_probabilities("vote", [0.6, 0.4, 0.0]) == [0.6, 0.4, 0.0]  # shares of the picks already
+
+
+def test_the_prompts_shown_are_the_tokenizers_own_of_each_whole_prompt(llm):
+    """`eval --show-prompts` shows what the methods encode: each prompt as the tokenizer encodes it whole, origin's
+    the question's, and each option's ids after the prompt's (the harness's rule), with and without a template."""
+    tok, question = llm.tokenizer, Question(QUESTION, PARAS, PREFIX, "\nA:")
+    ids, options = asked_ids(llm, "avg", question, EnsembleOptions(chat=False), CHOICES)
+    assert ids == [tok.encode(PREFIX + p + "\nA:") for p in PARAS]
+    context = PREFIX + PARAS[-1] + "\nA:"
+    start = len(tok.encode(context, add_special_tokens=False))
+    assert options == [tok.encode(f"{context} {c}", add_special_tokens=False)[start:] for c in CHOICES]
+    assert asked_ids(llm, "origin", question, EnsembleOptions(chat=False)) == (
+        [tok.encode(PREFIX + QUESTION + "\nA:")], None)
+    if tok.chat_template is not None:
+        shown, _ = asked_ids(llm, "flex", question, EnsembleOptions(chat=True))
+        assert shown == [tok.encode(tok.apply_chat_template([{"role": "user", "content": PREFIX + p + "\nA:"}],
+                                                            add_generation_prompt=True), add_special_tokens=False)
+                         for p in PARAS]

@@ -198,6 +198,29 @@ def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp
     assert json.loads((tmp_path / "run.json").read_text())["run_key"]["prompt_format"].startswith("harness")
 
 
+def test_show_prompts_prints_what_the_methods_ask_and_runs_nothing(tiny, tmp_path):
+    """`eval --show-prompts N`: the first N items' prompts as the model reads them, where origin's is among them,
+    a choice item's options as scored; no row, run.json or directory written."""
+    out = tmp_path / "run"
+    base = ["eval", "--model", str(tiny.path), "--num-prompts", "2", "--few-shot-k", "1", "--no-chat", "--output",
+            str(out), "--show-prompts"]
+    shown = CliRunner().invoke(_app(), [*base, "1", "--data", "sample-qa", "-m", "origin", "-m", "avg"])
+    assert shown.exit_code == 0, shown.output
+    item = load_dataset("sample-qa")[0]
+    blocks = shown.stdout.split("--- prompt ")
+    assert blocks[0] == f"=== item {item.id} (2 prompts; origin asks prompt 1)\n" and len(blocks) == 3
+    assert blocks[1].startswith("1 · ") and f"Q: {item.question}\nA:" in blocks[1]
+    second = next(p for p in item.paraphrases if p != item.question)
+    assert f"Q: {second}\nA:" in blocks[2] and "=== item" not in shown.stdout[1:]  # one item
+    assert "nothing was run or written" in shown.stderr and not out.exists()
+    choice = CliRunner().invoke(_app(), [*base, "2", "--data", "sample-choice", "-m", "origin", "--no-original"])
+    assert choice.exit_code == 0, choice.output
+    first = load_dataset("sample-choice")[0]
+    assert choice.stdout.startswith(f"=== item {first.id} (origin's prompt)\n--- prompt 1 · ")
+    assert choice.stdout.count("=== item") == 2 and choice.stdout.count("--- options scored after each prompt: ") == 2
+    assert f"{' ' + first.choices[0]!r} (" in choice.stdout and not out.exists()
+
+
 def test_origin_rows_that_asked_an_unstripped_question_are_not_mixed_with_its_stripped_rows(tiny, tmp_path):
     """origin asked a harness benchmark's question as given while its other prompts were stripped as the harness
     strips them: runs where that changed a prompt are refused on resume, the others resume as before."""

@@ -84,11 +84,14 @@ def eval_command(
     compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    show_prompts: Optional[int] = typer.Option(None, min=1, help="Print the first N items' prompts token for token "
+                                               "as the methods ask them (template, few-shot head, question, options "
+                                               "scored), then stop: nothing runs or is written."),
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_jsonl
-    from minirun.eval.loop import check_paraphrased, ranks, run_sharded
+    from minirun.eval.loop import check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.report import cut_thinking
 
     if match not in ("lemma", "bidirectional"):
@@ -110,13 +113,18 @@ def eval_command(
     llm = load_llm(model, device, dtype, compile)
     name = dataset_label(asked)
     output = output or Path("runs") / f"{name}-{llm.path.name}"
-    table = run_sharded(llm, items, method, output, dataset=data, num_prompts=num_prompts, original=original,
-                        max_samples=max_samples, few_shot_k=few_shot_k, fewshot_items=fewshot_items,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional",
-                        num_samples=num_samples, positions=positions, share_prefix=share_prefix, chat=chat,
-                        thinking=thinking, template_date=template_date, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
-                        choice_format=choice_format, benchmark=benchmark, data_source=source, few_shot_source=shots,
-                        progress=progress)
+    settings = dict(dataset=data, num_prompts=num_prompts, original=original, max_samples=max_samples,
+                    few_shot_k=few_shot_k, fewshot_items=fewshot_items, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional", num_samples=num_samples,
+                    positions=positions, share_prefix=share_prefix, chat=chat, thinking=thinking,
+                    template_date=template_date, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha,
+                    choice_score=choice_score, choice_format=choice_format, benchmark=benchmark, data_source=source,
+                    few_shot_source=shots)
+    if show_prompts is not None:  # plain text: prompts hold brackets and markup that rich would read
+        print("\n\n".join(shown_prompts(llm, prepare(llm, items, method, output, **settings), show_prompts)))
+        err.print("[dim]nothing was run or written (drop --show-prompts to run)[/dim]")
+        return
+    table = run_sharded(llm, items, method, output, progress=progress, **settings)
     if ranks()[0] == 0:
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):

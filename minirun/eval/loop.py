@@ -36,7 +36,7 @@ from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_pr
 from minirun.eval.results import SOURCES, ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import device_name, seconds_measuring
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
-from minirun.methods.choice import ChoiceResult, score_choices, scored_as
+from minirun.methods.choice import ChoiceResult, asked_ids, score_choices, scored_as
 from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
 from minirun.methods.runner import (PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
@@ -176,6 +176,18 @@ class Run:
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
         return head_key(item, self.task, self.per_subject)
+
+    def question(self, item: Item) -> Question:
+        """`item` as the methods are asked it: its question and prompts in the format's words, under its head."""
+        fmt = self.prompt_format
+        return Question(fmt.question(item.question), self.prompts[item.id], self.prefixes[self.head(item)] + fmt.lead,
+                        _suffix(item, self.choice_format, fmt))
+
+    def candidates(self, item: Item) -> list[str] | None:
+        """What is scored after a choice item's prompt: its options' letters or texts (None: a generated answer)."""
+        if item.choices is None:
+            return None
+        return list(LETTERS[:len(item.choices)]) if self.choice_format == "letters" else item.choices
 
 
 def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
@@ -385,11 +397,10 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         fitting: dict[tuple[int, str], int] = {}  # (run, layout) -> questions a call holds, once memory ran out
 
         def answer(run: Run, method: str, part: list[Item]) -> list[dict]:
-            qs = [Question(run.prompt_format.question(item.question), run.prompts[item.id], run.prefixes[run.head(item)] + run.prompt_format.lead,
-                           _suffix(item, run.choice_format, run.prompt_format)) for item in part]
+            qs = [run.question(item) for item in part]
             with llm.tokenizer.pinned_clock(template_clock(run)):
                 return _run_batch(llm, method, part, qs, run.options, matcher, run.bidirectional, run.original,
-                                  bar, run.choice_format, twins)
+                                  bar, run.candidates, twins)
 
         for (i, method), batch in schedule(lanes):
             run = runs[i]
@@ -439,6 +450,35 @@ def _within_memory(llm: LLM, answer: Callable[[list[Item]], list[dict]], batch: 
                     f"{part[0].id!r} ({asked}): running {most} at a time from here on (--batch-size {most}, in a "
                     "sweep the model's batch_size, starts there)")
     return rows
+
+
+def shown_prompts(llm: LLM, run: Run, count: int) -> list[str]:
+    """The first `count` items' prompts decoded token for token as the run's methods ask them (chat template and
+    special tokens, few-shot head, question block), with each choice item's options as scored after them: what
+    the model reads, to check a dataset's prompts before a run of hours. A block of text per item."""
+    tok, blocks = llm.tokenizer, []
+    ensembles = [m for m in run.methods if m != "origin"]
+    with tok.pinned_clock(template_clock(run)):
+        for item in run.items[:count]:
+            question, choices = run.question(item), run.candidates(item)
+            origin = asked_ids(llm, "origin", question, run.options, choices) if "origin" in run.methods else None
+            prompts = asked_ids(llm, ensembles[0], question, run.options, choices) if ensembles else None
+            shown = prompts or origin
+            if origin is not None and prompts is not None and origin[0][0] in prompts[0]:
+                heading = f"{len(prompts[0])} prompts; origin asks prompt {prompts[0].index(origin[0][0]) + 1}"
+            else:
+                heading = ("origin's prompt" if prompts is None else f"{len(prompts[0])} prompts") + \
+                    ("" if origin is None or prompts is None else "; origin asks the question alone, below")
+            lines = [f"=== item {item.id} ({heading})"]
+            for i, ids in enumerate(shown[0]):
+                lines += [f"--- prompt {i + 1} · {len(ids)} tokens", tok.decode(ids)]
+            if origin is not None and prompts is not None and origin[0][0] not in prompts[0]:
+                lines += [f"--- origin · {len(origin[0][0])} tokens", tok.decode(origin[0][0])]
+            if shown[1] is not None:
+                lines.append("--- options scored after each prompt: " + ", ".join(
+                    f"{tok.decode(ids)!r} ({len(ids)} token{'s' if len(ids) > 1 else ''})" for ids in shown[1]))
+            blocks.append("\n".join(lines))
+    return blocks
 
 
 def template_clock(run: Run) -> datetime | None:
@@ -508,7 +548,7 @@ class Twins:
 
 def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
                matcher: Matcher, bidirectional: bool, original: bool, bar: Progress,
-               choice_format: str, twins: Twins) -> list[dict]:
+               candidates_of: Callable[[Item], list[str] | None], twins: Twins) -> list[dict]:
     """One batched generation (or scoring, for choice items) and one batched match for `batch`.
 
     `seconds` is the batch's wall time per item plus the prefill time it copied from the method before
@@ -524,8 +564,7 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     rows = {}
     if scored:
         picked = [batch[i] for i in scored]
-        candidates = [list(LETTERS[:len(item.choices)]) if choice_format == "letters" else item.choices
-                      for item in picked]
+        candidates = [candidates_of(item) for item in picked]
         pick_options = replace(options, confidences=[options.confidences[i] for i in scored]) \
             if options.confidences else options
         asked = [questions[i] for i in scored]

@@ -31,6 +31,7 @@ from minirun.methods.runner import (
     encode_batch,
     flex_log_weights,
     flex_rows,
+    method_prompts,
     open_session,
     plan_rows,
 )
@@ -92,6 +93,30 @@ def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str], lead: str |
     return out
 
 
+def laid_out(llm: EnsembleModel, method: str, questions: list[Question], options: EnsembleOptions,
+             texts: list[list[str]] | None = None) -> tuple[list[list[str]], list[Encoded], list[list[list[int]]] | None]:
+    """Each question's prompts as `method` asks them (without a chat template, an option's leading whitespace taken
+    off the prompt: `plain_context`), their encoding and, with the options' `texts`, each option's ids."""
+    chat = options.chat if options.chat is not None else llm.tokenizer.chat_template is not None
+    leads: list[str | None] = [None] * len(questions)  # the option is the answer after the generation prompt
+    if texts is not None and not chat:
+        questions, leads = map(list, zip(*[plain_context(q) for q in questions]))
+    prompts = method_prompts(method, questions)
+    encoded = encode_batch(llm, method, questions, prompts, options)
+    if texts is None:
+        return prompts, encoded, None
+    return prompts, encoded, [option_ids(llm, e, c, lead) for e, c, lead in zip(encoded, texts, leads)]
+
+
+def asked_ids(llm: EnsembleModel, method: str, question: Question, options: EnsembleOptions,
+              choices: list[str] | None = None) -> tuple[list[list[int]], list[list[int]] | None]:
+    """The token ids of each prompt `method` asks `question` with, exactly as it encodes them (template, head, the
+    prompt, tail; flex packs them into one sequence, each seeing the head, itself and the tail), and each of
+    `choices`' ids scored after them (None without choices): what `eval --show-prompts` shows."""
+    _, (enc,), targets = laid_out(llm, method, [question], options, None if choices is None else [option_texts(choices)])
+    return [enc.head + p + enc.tail for p in enc.paraphrases], None if targets is None else targets[0]
+
+
 def score_choices(llm: EnsembleModel, method: str, questions: list[Question], choices: list[list[str]],
                   options: EnsembleOptions | None = None, hooks: Hooks = NO_HOOKS) -> list[ChoiceResult]:
     """Score every question's options with `method`; `options.choice_score` picks mean or sum."""
@@ -102,14 +127,7 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
     texts = [option_texts(c) for c in choices]
-    chat = options.chat if options.chat is not None else llm.tokenizer.chat_template is not None
-    if chat:  # the option is the answer after the template's generation prompt
-        leads = [None] * len(questions)
-    else:
-        questions, leads = map(list, zip(*[plain_context(q) for q in questions]))
-    prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
-    encoded = encode_batch(llm, method, questions, prompts, options)
-    targets = [option_ids(llm, e, c, lead) for e, c, lead in zip(encoded, texts, leads)]
+    prompts, encoded, targets = laid_out(llm, method, questions, options, texts)
     with torch.inference_mode():
         if method == "flex":
             return _score_flex(llm, encoded, targets, texts, prompts, options, hooks)

@@ -52,11 +52,16 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     """Answer every question with `method`; one batched generation for the whole list."""
     options = checked_call(questions, options)
     check_method(method, options)
-    prompts = [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
+    prompts = method_prompts(method, questions)
     for q, p in zip(questions, prompts):
         if not p:
             raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
     return run_encoded(llm, method, encode_batch(llm, method, questions, prompts, options), options, prompts, hooks)
+
+
+def method_prompts(method: str, questions: list[Question]) -> list[list[str]]:
+    """Each question's prompts as `method` asks them: origin its question alone, the others its paraphrases."""
+    return [[q.question] if method == "origin" else list(q.paraphrases) for q in questions]
 
 
 def encode_batch(llm: EnsembleModel, method: str, questions: list[Question], prompts: list[list[str]],
