@@ -655,6 +655,26 @@ def test_the_command_lines_help_and_refusals_never_import_torch():
         done.stdout  # generate's --method help
 
 
+def test_a_report_of_generated_answers_never_imports_torch(tiny, tmp_path):
+    """`report` reads results, not models: the sweep's reading half (`eval.sweep_results`) and the report import no
+    model code, so a run's tables come in ~1.7 s instead of ~3.4 (a multiple-choice run's re-picks and calibration
+    take the methods' rules, and torch, when its rows are read)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    ran = invoke("eval", "--model", tiny, "--data", "sample-qa", "-m", "origin", "-m", "avg", "--max-samples", "2",
+                 "--num-prompts", "2", "--few-shot-k", "1", "--max-new-tokens", "2", "--output", str(out),
+                 "--no-progress")
+    assert ran.exit_code == 0, ran.output
+    probe = ("import sys\nfrom minirun.cli import main\nsys.argv = ['minirun', 'report', sys.argv[1], '--json']\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(json.loads(done.stdout)) >= {"origin", "avg"}
+
+
 def test_a_command_that_compiles_nothing_never_imports_torchs_compiler(tiny):
     """Dynamo and Inductor take ~2.5 s to import on a 2-core CPU, 40% of `minirun generate`'s wall time on the default
     model: making the compiled functions at import (torch.compile) and building the decoder on the meta device

@@ -27,7 +27,8 @@ import minirun
 from minirun.cli import app
 from minirun.errors import MinirunError
 from minirun.eval.data import load_dataset, write_jsonl
-from minirun.eval.sweep import run_sweep, sweep_table
+from minirun.eval.sweep import run_sweep
+from minirun.eval.sweep_results import sweep_table
 from minirun.eval.sweep_spec import load_sweep_file, parse_sweep
 
 GENERATION = "[generation]\nmax_new_tokens = 4\nbatch_size = 2\n"
@@ -655,7 +656,7 @@ def test_a_sweep_plot_draws_no_bar_for_a_cell_never_run(tmp_path):
     from matplotlib.container import BarContainer
     from matplotlib.figure import Figure
 
-    from minirun.eval.sweep import plot_sweep
+    from minirun.eval.sweep_results import plot_sweep
 
     saved = []
     original = Figure.savefig
@@ -754,7 +755,7 @@ def test_a_sweeps_table_keeps_its_runs_shared_match_rule(tmp_path):
     its runs share, so --match with that rule keeps the single-prompt figures; an all-choice table keeps them too."""
     from minirun.eval.report import select_match
     from minirun.eval.results import ResultStore
-    from minirun.eval.sweep import load_sweep
+    from minirun.eval.sweep_results import load_sweep
 
     index = {"cells": []}
     for dataset, n in (("qa", 3), ("fill", 4)):
@@ -974,7 +975,7 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     table of accuracy by prompts per item (per_prompt's row giving way to the mean single prompt and the oracle),
     and its CSV and JSON carry each dataset's num_prompts."""
     from minirun.cli.sweep import size_table
-    from minirun.eval.sweep import load_sweep, prompt_series, size_curve
+    from minirun.eval.sweep_results import load_sweep, prompt_series, size_curve
 
     text = f'''{GENERATION}
 [[models]]\npath = "{checkpoint_dirs["qwen2"]}"
@@ -1030,7 +1031,7 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
 def test_a_sweep_indexed_before_series_reports_without_them(reference, tmp_path):
     """An index written before sweeps recorded prompts per item: no series, no num_prompts column, the tables as
     before (a rerun of the sweep rewrites the index with them)."""
-    from minirun.eval.sweep import prompt_series
+    from minirun.eval.sweep_results import prompt_series
 
     out = shutil.copytree(reference[0], tmp_path / "old")
     index = json.loads((out / "sweep.json").read_text())

@@ -150,7 +150,7 @@ def report_command(
     from minirun.cli.sweep import report_runs, report_sweep
     from minirun.eval import report
     from minirun.eval.results import recorded_methods, recorded_run_key, recorded_sources
-    from minirun.eval.sweep import is_sweep
+    from minirun.eval.sweep_results import is_sweep
 
     if plot is not None:
         check_figure_path(plot)

@@ -39,7 +39,8 @@ def sweep_command(
 ) -> None:
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
-    from minirun.eval.sweep import run_sweep, survey, sweep_table
+    from minirun.eval.sweep import run_sweep, survey
+    from minirun.eval.sweep_results import sweep_table
     from minirun.eval.sweep_spec import load_sweep_file, selection
 
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
@@ -107,7 +108,8 @@ def weights_line(folder: Path, dtype: str | None, device: str) -> str:
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
-    from minirun.eval.sweep import load_sweep, prompt_series, sweep_provenance, sweep_thinking_cut, unfinished_cells
+    from minirun.eval.sweep_results import (load_sweep, prompt_series, sweep_provenance, sweep_thinking_cut,
+                                            unfinished_cells)
 
     raw, warnings = load_sweep(run_dir), []  # first: it names a damaged index in one line
     if cells := unfinished_cells(run_dir):
@@ -123,7 +125,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
 def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: Optional[Path],
                 match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report RUN RUN …`: eval runs side by side as a sweep's models, each compared with the first."""
-    from minirun.eval.sweep import compared_provenance, compared_warnings, load_runs
+    from minirun.eval.sweep_results import compared_provenance, compared_warnings, load_runs
 
     compared = load_runs(run_dirs)
     side_by_side(compared.table, " · ".join(map(str, run_dirs)), "compared runs",
@@ -141,7 +143,7 @@ def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callab
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
                                      single_prompt_dropped, size_latex, timed_on)
-    from minirun.eval.sweep import plot_sweep, size_rows, size_series, sweep_table
+    from minirun.eval.sweep_results import plot_sweep, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
@@ -230,7 +232,7 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
 def size_table(scores: pd.DataFrame, sizes: dict[str, int]) -> Table:
     """An ensemble-size series (`sweep.size_rows`) as a rich table: a row per method, a column per model and prompts
     per item."""
-    from minirun.eval.sweep import size_rows
+    from minirun.eval.sweep_results import size_rows
 
     rows = size_rows(scores, sizes)
     t = Table(title=f"{', '.join(sizes)} · accuracy by prompts per item",
