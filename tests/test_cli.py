@@ -683,7 +683,8 @@ def test_a_command_that_compiles_nothing_never_imports_torchs_compiler(tiny):
     import sys
 
     probe = ("import sys; from minirun.cli import main; sys.argv = ['minirun', 'generate', '--model', sys.argv[1], "
-             "'--max-new-tokens', '2', 'Hi']\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "'--max-new-tokens', '2', 'Hi']\ntry:\n    main()\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\n"
              "assert 'torch' in sys.modules and 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
     done = subprocess.run([sys.executable, "-c", probe, str(tiny)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -428,7 +428,8 @@ def test_a_cuda_replay_keeps_the_tensors_its_recording_uses_alive(monkeypatch):
 
 def test_compiled_kernels_are_cached_under_minirun_s_cache_root(tmp_path):
     """torch fixes inductor's directory when the first function is compiled: the default must be in place by then
-    (it was set later, and kernels went to /tmp), so it is set when the attention layer's compiled functions are made."""
+    (it was set later, and kernels went to /tmp), so it is set when the attention layer's compiled functions are
+    made."""
     show = "import os, minirun.layers.flex; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     ours = subprocess.run([sys.executable, "-c", show], env=env | {"MINIRUN_CACHE": str(tmp_path)},

@@ -302,8 +302,8 @@ def test_a_damaged_checkpoint_file_is_one_line_naming_it(copy, name, text, messa
     assert "\n" not in str(e.value) and (name in str(e.value) or name == "tokenizer.json")
 
 
-MEMINFO = "MemTotal:       24683784 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\nSwapTotal:       2000000 kB\n" \
-          "SwapFree:        1000000 kB\n"
+MEMINFO = ("MemTotal:       24683784 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n"
+           "SwapTotal:       2000000 kB\nSwapFree:        1000000 kB\n")
 
 
 def test_host_memory_is_what_is_available_plus_free_swap_within_a_cgroup_limit():
@@ -311,7 +311,8 @@ def test_host_memory_is_what_is_available_plus_free_swap_within_a_cgroup_limit()
 
     assert meminfo_available(MEMINFO) == (21_000_000 * 1024, 26_683_784 * 1024)
     assert meminfo_available(MEMINFO, {"memory.max": "max\n", "memory.current": "5000\n"}) == meminfo_available(MEMINFO)
-    limited = {"memory.max": "8000000000\n", "memory.current": "3000000000\n", "memory.stat": "anon 2000000000\nfile 1000000000\n"}
+    limited = {"memory.max": "8000000000\n", "memory.current": "3000000000\n",
+               "memory.stat": "anon 2000000000\nfile 1000000000\n"}
     assert meminfo_available(MEMINFO, limited) == (6_000_000_000, 8_000_000_000)  # the page cache counts as free
     assert meminfo_available("MemTotal: 1 kB\n") is None  # a kernel that does not say what is available: no check
 
@@ -342,7 +343,8 @@ def test_a_gpu_without_room_for_the_weights_names_its_free_memory(copy, monkeypa
     assert loader.available_memory(torch.device("cuda")) == (1_001_000, 80_000_000_000)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2_000_000)  # none unused
     with pytest.raises(MinirunError, match=r"weights need .* GB in bfloat16 but cuda has 0.00 GB free \(of 80.00 GB\): "
-                                           r"free memory \(other processes hold it\), use a larger machine, or a smaller"):
+                                           r"free memory \(other processes hold it\), use a larger machine, or a "
+                                           r"smaller"):
         minirun.load(copy, device="cuda", dtype="bfloat16")
 
 

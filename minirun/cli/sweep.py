@@ -92,8 +92,9 @@ def show_plan(states: list[CellState], output: Path) -> None:
 
 
 def weights_line(folder: Path, dtype: str | None, device: str) -> str:
-    """", its weights: 16.06 GB in bfloat16 on cuda (70.12 GB free here)": what loading it takes, and where the
-    device is on this machine, what it has free now (a dry run on a login node says what the GPU node loads)."""
+    """What loading a model's weights takes and, where the device is on this machine, what it has free now (a dry
+    run on a login node says what the GPU node loads): ", its weights: 16.06 GB in bfloat16 on cuda (70.12 GB free
+    here)"."""
     from minirun.checkpoints.loader import available_memory, checked_device, weights_size
 
     needed, dtype_, where = weights_size(folder, dtype, device)
@@ -101,7 +102,8 @@ def weights_line(folder: Path, dtype: str | None, device: str) -> str:
         free = available_memory(checked_device(where))
     except MinirunError:  # a GPU this machine lacks
         free = None
-    room = "" if free is None else f" ({free[0] / 1e9:.2f} GB free here{'' if needed <= free[0] else ': it does not fit'})"
+    short = "" if free is None or needed <= free[0] else ": it does not fit"
+    room = "" if free is None else f" ({free[0] / 1e9:.2f} GB free here{short})"
     return f", its weights: {needed / 1e9:.2f} GB in {str(dtype_).removeprefix('torch.')} on {where}{room}"
 
 

@@ -94,7 +94,8 @@ def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str], lead: str |
 
 
 def laid_out(llm: EnsembleModel, method: str, questions: list[Question], options: EnsembleOptions,
-             texts: list[list[str]] | None = None) -> tuple[list[list[str]], list[Encoded], list[list[list[int]]] | None]:
+             texts: list[list[str]] | None = None
+             ) -> tuple[list[list[str]], list[Encoded], list[list[list[int]]] | None]:
     """Each question's prompts as `method` asks them (without a chat template, an option's leading whitespace taken
     off the prompt: `plain_context`), their encoding and, with the options' `texts`, each option's ids."""
     chat = options.chat if options.chat is not None else llm.tokenizer.chat_template is not None
@@ -113,7 +114,8 @@ def asked_ids(llm: EnsembleModel, method: str, question: Question, options: Ense
     """The token ids of each prompt `method` asks `question` with, exactly as it encodes them (template, head, the
     prompt, tail; flex packs them into one sequence, each seeing the head, itself and the tail), and each of
     `choices`' ids scored after them (None without choices): what `eval --show-prompts` shows."""
-    _, (enc,), targets = laid_out(llm, method, [question], options, None if choices is None else [option_texts(choices)])
+    texts = None if choices is None else [option_texts(choices)]
+    _, (enc,), targets = laid_out(llm, method, [question], options, texts)
     return [enc.head + p + enc.tail for p in enc.paraphrases], None if targets is None else targets[0]
 
 

@@ -184,7 +184,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-        with torch.device("cpu"):  # as transformers computes them; on the meta device they would import torch's compiler
+        with torch.device("cpu"):  # as transformers computes them; on the meta device they import torch's compiler
             inv_freq = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.rope_scale = attention_scale(config.rope_scaling)  # YaRN's, on cos and sin; 1 for the other kinds
