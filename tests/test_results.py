@@ -89,6 +89,27 @@ def test_corrupt_middle_line(tmp_path):
             read_results(out)
 
 
+def test_a_journal_row_no_run_writes_is_refused_not_scored(tmp_path, reference):
+    """An edited journal, or lines copied from another run: a row for an item the run does not list would be counted
+    in every figure, and a second, disagreeing row for one method and item would be dropped unseen."""
+    out = tmp_path / "ref"
+    journal = out / "results.rank0.jsonl"
+    clean = journal.read_text()
+    journal.write_text(clean + json.dumps(_row("single", "q0")) + "\n")  # a repeat that agrees: kept once
+    pd.testing.assert_frame_equal(read_results(out), reference)
+    lines = len(clean.splitlines())
+    journal.write_text(clean + json.dumps({**_row("single", "q0"), "correct": False, "seconds": 9.0}) + "\n")
+    with pytest.raises(MinirunError, match=rf"rank0\.jsonl:{lines + 1}: a second row for single on item 'q0' that "
+                                           r"disagrees with the first \(correct: True then False\): delete the line"):
+        read_results(out)
+    journal.write_text(clean + json.dumps({**_row("single", "q0"), "id": "q99"}) + "\n")
+    with pytest.raises(MinirunError, match=rf"rank0\.jsonl:{lines + 1}: a row for item 'q99', which is not one of the "
+                                           r"run's 6 items \(run.json item_ids\): delete that line"):
+        read_results(out)
+    with pytest.raises(MinirunError, match="a row for item 'q99'"):  # a resume says so before it runs, not after
+        ResultStore(out, KEY, item_ids=IDS)
+
+
 def test_different_run_key_is_refused(tmp_path):
     out = tmp_path / "run"
     _run(out, _all_rows()[:1])

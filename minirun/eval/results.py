@@ -188,6 +188,33 @@ def recorded_sources(output_dir: str | Path) -> dict[str, dict]:
     return {kind: source for kind in SOURCES if (source := recorded_source(output_dir, kind)) is not None}
 
 
+VERDICT = ("answer", "correct", "choice")  # what a row says of its item: two copies that differ here cannot both stand
+
+
+def _check_row(row: dict, first: dict | None, order: dict[str, int], where: str) -> None:
+    """Refuse a journal row no run writes (an edited journal, or one copied from another run), rather than score
+    it: one for an item the run's run.json does not list (where it lists them), or a second row for a method and
+    item that disagrees with the first (`VERDICT`); a repeat that agrees is kept once."""
+    if order and row["id"] not in order:
+        raise MinirunError(f"{where}: a row for item {row['id']!r}, which is not one of the run's {len(order)} items "
+                           "(run.json item_ids): delete that line, or report the run it came from")
+    if first is not None and (differ := [c for c in VERDICT if first.get(c) != row.get(c)]):
+        raise MinirunError(f"{where}: a second row for {row['method']} on item {row['id']!r} that disagrees with the "
+                           f"first ({differ[0]}: {first.get(differ[0])!r} then {row.get(differ[0])!r}): delete the "
+                           "line that is wrong")
+
+
+def journal_rows(output_dir: Path, order: dict[str, int]) -> dict[tuple[str, str], dict]:
+    """Every rank's journalled rows by (method, id), each checked (`_check_row`) against the items of `order` (the
+    run's, by position; none: not checked) and the rows before it; the first copy of a repeat kept."""
+    rows: dict[tuple[str, str], dict] = {}
+    for path in journal_paths(output_dir):
+        for lineno, row in enumerate(_read_journal(path), 1):
+            _check_row(row, rows.get((row["method"], row["id"])), order, f"{path}:{lineno}")
+            rows.setdefault((row["method"], row["id"]), row)
+    return rows
+
+
 def read_results(output_dir: str | Path) -> pd.DataFrame:
     """All journalled rows as one table: first copy of each (method, id) kept, rows sorted by
     method, then by the run's item order (by id for items it did not list). `attrs["items"]` is how
@@ -198,10 +225,7 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
     output_dir = Path(output_dir)
     info = _run_info(output_dir) or {}
     order = {item_id: i for i, item_id in enumerate(info.get("item_ids") or [])}
-    rows: dict[tuple[str, str], dict] = {}
-    for path in journal_paths(output_dir):
-        for row in _read_journal(path):
-            rows.setdefault((row["method"], row["id"]), row)
+    rows = journal_rows(output_dir, order)
     ordered = sorted(
         rows.values(),
         key=lambda r: (str(r["method"]), r["id"] not in order, order.get(r["id"], 0), str(r["id"])),
@@ -258,7 +282,8 @@ class ResultStore:
         self.journal = self.output_dir / f"results.rank{rank}.jsonl"
         try:
             drop_torn_line(self.journal)  # our own journal's: the next row starts clean
-            rows = [row for path in journal_paths(self.output_dir) for row in _read_journal(path)]
+            recorded = (_run_info(self.output_dir) or {}).get("item_ids") or []
+            rows = list(journal_rows(self.output_dir, {item_id: i for i, item_id in enumerate(recorded)}).values())
             self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), _canonical(method_keys or {}),
                             {row["method"] for row in rows}, _canonical(sources or {}))
         except BaseException:
