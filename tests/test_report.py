@@ -473,6 +473,18 @@ def test_eval_runs_of_several_models_side_by_side(tmp_path):
     assert twice.exit_code == 1 and f"{first} is given twice: give each run once" in " ".join(twice.output.split())
 
 
+def test_runs_of_other_datasets_compared_name_each_tables_own_runs(tmp_path):
+    """Each dataset's table is titled by the runs that answered it, not by every run given."""
+    qa = _model_run(tmp_path / "a", _hand(), "qwen")
+    other = _model_run(tmp_path / "b", _hand(), "llama", dataset="probes.jsonl")
+    shown = CliRunner().invoke(app, ["report", str(qa), str(other)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    titles = [line.strip() for line in shown.stdout.splitlines() if " · " in line and "┃" not in line
+              and "│" not in line]
+    assert f"sample-qa · {qa}" in titles and f"probes.jsonl · {other}" in titles and not any(
+        str(qa) in t and str(other) in t for t in titles)
+
+
 def test_report_command(tmp_path):
     run = _run_dir(tmp_path, _with_rules(_hand()))
     runner = CliRunner()

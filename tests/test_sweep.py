@@ -678,7 +678,7 @@ def test_a_sweeps_json_counts_are_integers_and_its_table_names_fewer_shared_item
 
     def avg_line(scores: pd.DataFrame) -> str:
         console = Console(width=250, record=True)
-        for table in score_tables(scores, "t"):
+        for table in score_tables(scores, str):
             console.print(table)
         return next(line for line in console.export_text().splitlines() if line.startswith("│ avg"))
 
@@ -703,7 +703,7 @@ def test_a_sweeps_table_names_per_prompt_as_its_first_prompt_with_its_single_pro
     rows["per_prompt_accuracy"] = [0.5 if p else None for p in prompts]
     rows["answers"] = [["x", "y"] if p else None for p in prompts]
     console = Console(width=250, record=True)
-    for table in score_tables(sweep_table(rows), "t"):
+    for table in score_tables(sweep_table(rows), str):
         console.print(table)
     text = console.export_text()
     assert "│ per_prompt (first prompt)" in text and not re.search(r"│ per_prompt +│", text)
@@ -910,14 +910,14 @@ def test_a_sweep_of_multiple_choice_reports_calibration_per_model():
     assert scores["small"]["avg"]["confidence"] == 0.5 and scores["big"]["origin"]["brier"] == pytest.approx(0.5)
     assert scores["small"]["avg"]["ece"] == pytest.approx(abs(2 / 3 - 0.5))  # items 0 and 2 right of 3, all at 0.5
     console = Console(width=250, record=True)
-    for table in score_tables(sweep_table(choice), "t"):
+    for table in score_tables(sweep_table(choice), str):
         console.print(table)
     text = console.export_text()
     assert "d · calibration (multiple choice)" in text and "15 equal-width bins" in text
     assert re.search(r"│ per_prompt \(first prompt\) +│ +– +│ +– +│ +– +│ +0\.500 +│", text)  # big never ran it
     assert scores_json(sweep_table(rows))["d"]["small"]["avg"]["ece"] is None
     plain = Console(width=250, record=True)
-    for table in score_tables(sweep_table(rows), "t"):
+    for table in score_tables(sweep_table(rows), str):
         plain.print(table)
     assert "calibration" not in plain.export_text()
 

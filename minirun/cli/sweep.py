@@ -53,7 +53,7 @@ def sweep_command(
     table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress,
                       only=only)
     if table is not None:  # rank 0's (other ranks get None)
-        for t in score_tables(sweep_table(table), str(output)):
+        for t in score_tables(sweep_table(table), lambda dataset: str(output)):
             out.print(t)
         out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)
 
@@ -119,7 +119,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
                         f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
                         "rerun `minirun sweep` with the same file to finish them")
     warnings += sweep_thinking_cut(run_dir)
-    side_by_side(raw, str(run_dir), run_dir.resolve().name,
+    side_by_side(raw, lambda dataset: str(run_dir), run_dir.resolve().name,
                  lambda table, dataset: sweep_provenance(run_dir, table, dataset), warnings,
                  as_json, csv, plot, match, latex, choice_score, prompt_series(run_dir))
 
@@ -130,16 +130,19 @@ def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: 
     from minirun.eval.sweep_results import compared_provenance, compared_warnings, load_runs
 
     compared = load_runs(run_dirs)
-    side_by_side(compared.table, " · ".join(map(str, run_dirs)), "compared runs",
+    side_by_side(compared.table, lambda dataset: " · ".join(str(run) for (name, _), run in compared.dirs.items()
+                                                            if name == dataset), "compared runs",
                  lambda table, dataset: compared_provenance(compared, table, dataset), compared_warnings(compared),
                  as_json, csv, plot, match, latex, choice_score)
 
 
-def side_by_side(raw: pd.DataFrame, title: str, caption: str, provenance: Callable[[pd.DataFrame, str], str],
+def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
+                 provenance: Callable[[pd.DataFrame, str], str],
                  warnings: list[str], as_json: bool, csv: Optional[Path], plot: Optional[Path], match: Optional[str],
                  latex: Optional[Path], choice_score: Optional[str], series: list[dict[str, int]] = ()) -> None:
     """One table per dataset with models as column groups (a sweep's rows, or eval runs'), in the output forms
-    `report` writes; `provenance` heads each dataset's LaTeX table, and `warnings` join those of the rows. A sweep's
+    `report` writes; `title` names what a dataset's table shows (the sweep, or the runs of that dataset),
+    `provenance` heads each dataset's LaTeX table, and `warnings` join those of the rows. A sweep's
     `series` (`sweep.prompt_series`) gives each dataset's prompts per item (`num_prompts` in the CSV and JSON), and
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
@@ -197,7 +200,7 @@ def with_pairs(result: dict, table: pd.DataFrame) -> dict:
     return result
 
 
-def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
+def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Table]:
     """One rich table per dataset of a `sweep_table`: a row per method, a column group per model
     (accuracy with its Wilson interval, exact, n, the difference from origin with its exact
     McNemar p, tokens per second); per_prompt's row is named as its first prompt's, and its single-prompt figures
@@ -207,7 +210,7 @@ def score_tables(scores: pd.DataFrame, title: str) -> list[Table]:
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     tables = []
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
-        t = Table(title=f"{dataset} · {title}", caption="\n".join([*_single_prompt_lines(scores, dataset, models),
+        t = Table(title=f"{dataset} · {title(dataset)}", caption="\n".join([*_single_prompt_lines(scores, dataset, models),
                   "95% CI: Wilson; Δ origin: on the items both answered, p: exact McNemar (Holm-adjusted over a "
                   "model's methods in --json and --csv)"]))
         t.add_column("method")
