@@ -220,11 +220,13 @@ def test_a_torn_line_after_windows_line_ends_costs_only_itself(llm, tmp_path):
 
 
 def test_other_settings_refused(llm, tmp_path):
+    """A resume under other settings names each one that changed, from the settings every row records."""
     out = tmp_path / "p.jsonl"
     paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6, dataset="sample-qa")
-    with pytest.raises(minirun.MinirunError, match="written with other settings"):
-        paraphrase_file(llm, items()[:1], out, num=3, max_new_tokens=6, dataset="sample-qa")
-    with pytest.raises(minirun.MinirunError, match=r"other settings \(.*dataset file"):  # one dataset's rewrites
+    with pytest.raises(minirun.MinirunError, match=r"p\.jsonl:1 was written with other settings \(num: 2 -> 3; "
+                                                   r"temperature: 1\.5 -> 1\.0\): use another output file"):
+        paraphrase_file(llm, items()[:1], out, num=3, temperature=1.0, max_new_tokens=6, dataset="sample-qa")
+    with pytest.raises(minirun.MinirunError, match=r"other settings \(dataset: 'sample-qa' -> 'sample-fill'\)"):
         paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
 
 
@@ -380,7 +382,7 @@ def test_a_dated_template_rewrites_every_item_at_the_files_first_day(long_contex
     asked = [text for text in rendered if "Rewrite" in text]  # the rewrite prompts, not the template probed
     assert len(asked) == 2 and all("Today Date: 06 Dec 2026" in text for text in rendered)
     assert [json.loads(line)["template_date"] for line in out.read_text().splitlines()] == ["2026-12-06"] * 2
-    with pytest.raises(minirun.MinirunError, match=r"other settings \(.*template date"):
+    with pytest.raises(minirun.MinirunError, match=r"other settings \(template_date: '2026-12-06' -> '2026-12-07'\)"):
         paraphrase_file(llm, items()[:3], out, num=2, max_new_tokens=6, template_date="2026-12-07")
     result = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(tmp_path / "q.jsonl"), "--template-date", "x"])
     assert result.exit_code == 1 and "template date 'x' is not a day as YYYY-MM-DD" in result.output

@@ -125,6 +125,16 @@ def _mentions(text: str, phrase: str) -> int:
     return len(re.findall(rf"\b{re.escape(phrase)}\b", text)) if phrase else 0
 
 
+def settings_record(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
+                    seed: int, day: str | None = None) -> dict:
+    """The settings `settings_key` hashes, by name (the rewrite prompts by version): each row keeps them, so a resume
+    under other settings says which one changed."""
+    source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
+    return {"model": str(llm.path.resolve()), "dataset": source, "num": num, "temperature": temperature,
+            "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "version": REWRITE_VERSION,
+            "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "template_date": day}
+
+
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, day: str | None = None) -> str:
     """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
@@ -247,8 +257,9 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 recorded = {"template_date": day} if day is not None else {}
                 if data_source is not None:
                     recorded["data_source"] = data_source
-                return _paraphrase_into(f, llm, items, out, settings_key(*settings, day), recorded, num, temperature,
-                                        top_p, max_new_tokens, seed, batch_size, on_progress)
+                key, setup = settings_key(*settings, day), settings_record(*settings, day)
+                return _paraphrase_into(f, llm, items, out, key, setup, recorded, num, temperature, top_p,
+                                        max_new_tokens, seed, batch_size, on_progress)
         except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)
             f.flush()  # rows written but still buffered count: they are not lost to the removal
             if made and os.fstat(f.fileno()).st_size == 0:
@@ -286,12 +297,12 @@ def paraphrased_from(out: Path) -> dict | None:
     return source if isinstance(source, dict) else None
 
 
-def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, recorded: dict, num: int,
+def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, setup: dict, recorded: dict, num: int,
                      temperature: float, top_p: float, max_new_tokens: int, seed: int, batch_size: int,
                      on_progress: Callable[[int], None] | None) -> list[Item]:
-    """`paraphrase_file`'s work, appending to `f`, the locked `out`; each row carries `recorded` (its template day,
-    its data source) after its settings key."""
-    finished = _read_finished(out, key)
+    """`paraphrase_file`'s work, appending to `f`, the locked `out`; each row carries its settings key and `setup`
+    (`settings_record`), then `recorded` (its template day, its data source)."""
+    finished = _read_finished(out, key, setup)
     if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
         raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
                            "than its paraphrases differs now): write to another file, or delete that item's line "
@@ -303,7 +314,8 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, re
         batch = todo[start:start + batch_size]
         for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
             done = replace(item, paraphrases=[item.question, *kept_rewrites(rewrites, item)])
-            f.write(json.dumps({**asdict(done), "paraphrase_settings": key, **recorded}, ensure_ascii=False) + "\n")
+            row = {**asdict(done), "paraphrase_settings": key, "paraphrase_setup": setup, **recorded}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
             finished[item.id] = done
         f.flush()
         os.fsync(f.fileno())
@@ -315,7 +327,7 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, re
 ROW_START = b'{"id": '  # how every row `paraphrase_file` writes begins (json.dumps of an Item)
 
 
-def _read_finished(out: Path, key: str) -> dict[str, Item]:
+def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
     """Items already in `out`, every line checked before anything is written; a torn last row (a
     killed run, cut anywhere, even inside a character) is then cut off so appending stays valid. A
     file minirun did not write is refused untouched, a last line without its newline included."""
@@ -335,9 +347,13 @@ def _read_finished(out: Path, key: str) -> dict[str, Item]:
         if "paraphrase_settings" not in row:
             raise MinirunError(f"{out}:{lineno}: {foreign}")
         if row["paraphrase_settings"] != key:
-            raise MinirunError(f"{out}:{lineno} was written with other settings (model, dtype, device kind, dataset "
-                               "file, num, temperature, top_p, max_new_tokens, seed or template date) or by an older "
-                               "minirun: use another output file or delete this one")
+            before = row.get("paraphrase_setup") if isinstance(row.get("paraphrase_setup"), dict) else {}
+            named = [f"{k}: {before[k]!r} -> {v!r}" for k, v in setup.items() if k in before and before[k] != v]
+            which = f"({'; '.join(named)})" if named else ("(model, dtype, device kind, dataset file, num, "
+                                                           "temperature, top_p, max_new_tokens, seed or template date) "
+                                                           "or by an older minirun")
+            raise MinirunError(f"{out}:{lineno} was written with other settings {which}: use another output file or "
+                               "delete this one")
         if lineno <= len(lines):
             found[item.id] = item
     drop_torn_line(out)
