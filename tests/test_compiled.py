@@ -249,6 +249,27 @@ def test_cache_sizes_come_in_few_buckets(compiled):
     assert all(cache_size(n) >= n + 2 * CHUNK for n in range(1, 4000))
 
 
+def test_the_seconds_a_first_call_compiles_are_counted_apart(monkeypatch):
+    """What eval's rows and generate's tokens/s leave out (`calibrate.seconds_set_aside`): a compiled function's first
+    call at each new shape, not its later calls."""
+    from types import SimpleNamespace
+
+    from minirun.layers import compiled as compiled_module
+
+    now = [0.0]
+    monkeypatch.setattr(compiled_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        now[0] += 1.0  # a second a call
+        return x + 1
+
+    fn = Compiled(slow, "slow", lambda x: tuple(x.shape), dynamic=False)
+    fn.compiled = slow  # the compile itself stubbed: the bookkeeping is what is tested
+    start = compiled_module.seconds_compiling()
+    fn(torch.ones(2)), fn(torch.ones(2)), fn(torch.ones(3))
+    assert compiled_module.seconds_compiling() - start == 2.0  # one first call per shape, not the repeat
+
+
 def test_recompile_budget_warns_and_runs_eagerly(monkeypatch, caplog):
     monkeypatch.setenv("MINIRUN_RECOMPILE_LIMIT", "1")
     calls = []

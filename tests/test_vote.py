@@ -223,7 +223,7 @@ def test_twins_hand_over_results_and_their_seconds_once(monkeypatch):
 
     now, reused, calls = [0.0], [0.0], []
     monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(loop, "seconds_measuring", lambda: 0.0)
+    monkeypatch.setattr(loop, "seconds_set_aside", lambda: 0.0)
 
     def compute():
         now[0] += 3.0

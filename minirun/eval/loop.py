@@ -34,7 +34,7 @@ from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
 from minirun.eval.results import SOURCES, ResultStore, merge, read_results, recorded_run_key
-from minirun.layers.calibrate import device_name, seconds_measuring
+from minirun.layers.calibrate import device_name, seconds_set_aside
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, asked_ids, score_choices, scored_as
 from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
@@ -539,9 +539,9 @@ class Twins:
         if kind in self.kept and self.kept[kind][0] == key:
             self.copied += self.kept[kind][2]
             return [convert(r) for r in self.kept[kind][1]]
-        start, reused, measuring = time.perf_counter(), self.reused_seconds(), seconds_measuring()
+        start, reused, aside = time.perf_counter(), self.reused_seconds(), seconds_set_aside()
         results = compute()
-        spent = time.perf_counter() - start - (seconds_measuring() - measuring) + self.reused_seconds() - reused
+        spent = time.perf_counter() - start - (seconds_set_aside() - aside) + self.reused_seconds() - reused
         self.kept[kind] = key, results, spent
         return results
 
@@ -553,9 +553,9 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
 
     `seconds` is the batch's wall time per item plus the prefill time it copied from the method before
     it (`schedule`) and the time of the results it took from its twin (`Twins`), so a method's throughput
-    reads the same whether it ran alone or after another, less any kernel calibration that ran inside it
-    (once per machine and shape, not the method's cost)."""
-    start, reused, measuring = time.perf_counter(), _reused_seconds(llm), seconds_measuring()
+    reads the same whether it ran alone or after another, less any kernel calibration or compiling that ran inside
+    it (`seconds_set_aside`: once per machine or process and shape, not the method's cost)."""
+    start, reused, aside = time.perf_counter(), _reused_seconds(llm), seconds_set_aside()
     copied = twins.copied
     if method in WEIGHTED:
         options = replace(options, confidences=_confidences(llm, batch, questions, options, matcher, bar))
@@ -580,7 +580,7 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
         found = _generate_rows(llm, method, items, [questions[i] for i in generated], gen_options, matcher,
                                bidirectional, original, twins)
         rows |= dict(zip(generated, found))
-    elapsed = time.perf_counter() - start - (seconds_measuring() - measuring)
+    elapsed = time.perf_counter() - start - (seconds_set_aside() - aside)
     seconds = (elapsed + _reused_seconds(llm) - reused + twins.copied - copied) / len(batch)
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
 

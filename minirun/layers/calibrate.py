@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from minirun.layers import flex
+from minirun.layers.compiled import seconds_compiling
 from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 from minirun.layers.masks import additive
 from minirun.paths import cache_root, read_cache, write_atomic
@@ -170,6 +171,12 @@ def seconds_measuring() -> float:
     """Seconds this process has spent measuring kernels: a timed run subtracts them, so the first batch that
     meets a new shape does not read as a slow method."""
     return _measuring
+
+
+def seconds_set_aside() -> float:
+    """What a timed run leaves out of its figures, as a later run (or process) spends neither: the seconds this
+    process has spent measuring kernels and compiling (`compiled.seconds_compiling`)."""
+    return seconds_measuring() + seconds_compiling()
 
 
 def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, Any]], default: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import warnings
 from typing import Any, Callable, Hashable
 
@@ -33,6 +34,14 @@ warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float3
 
 
 _instances: list["Compiled"] = []  # every compiled function of the process, for `refused_shapes` and the like
+_compiling = {"seconds": 0.0}
+
+
+def seconds_compiling() -> float:
+    """Seconds this process has spent in compiled functions' first calls at a new shape (tracing, compiling,
+    autotuning; tens of seconds, once per process and shape): a timed run sets them aside as it does kernel
+    calibration, so the method that happens to meet a shape first does not read as the slow one."""
+    return _compiling["seconds"]
 
 
 def refused_shapes() -> dict[str, int]:
@@ -98,6 +107,12 @@ class Compiled:
             self.shapes.add(shape)
             log.info("compiling %s for %s (once per shape; later processes reuse the on-disk cache)", self.name,
                      self.label(*args, **kwargs))
+            if not torch.compiler.is_compiling():  # inside another's trace, that one's first call is timed
+                start = time.perf_counter()
+                try:
+                    return self.compiled(*args, **kwargs)
+                finally:
+                    _compiling["seconds"] += time.perf_counter() - start
         return self.compiled(*args, **kwargs)
 
     @functools.cached_property
