@@ -210,7 +210,8 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     tables = []
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
-        t = Table(title=f"{dataset} · {title(dataset)}", caption="\n".join([*_single_prompt_lines(scores, dataset, models),
+        t = Table(title=f"{dataset} · {title(dataset)}", caption="\n".join([
+                  *_single_prompt_lines(scores, dataset, models),
                   "95% CI: Wilson; Δ origin: on the items both answered, p: exact McNemar (Holm-adjusted over a "
                   "model's methods in --json and --csv)"]))
         t.add_column("method")

@@ -221,7 +221,8 @@ def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
         reference = df[(df["dataset"] == dataset) & (df["model"] == first)]
         for label, row in summary.iterrows():
             versus = {} if model == first else paired_difference(
-                _verdicts(group[group["label"] == label]), _verdicts(reference[reference["label"] == label]), "first_model")
+                _verdicts(group[group["label"] == label]), _verdicts(reference[reference["label"] == label]),
+                "first_model")
             scores[(dataset, label), model] = row.reindex(list(METRICS)).fillna(pd.Series(versus, dtype=float))
     rows = list(dict.fromkeys(zip(df["dataset"], df["label"])))
     models = list(dict.fromkeys(df["model"]))
