@@ -381,6 +381,27 @@ def test_a_dry_run_names_each_models_weights_and_whether_they_fit_here(checkpoin
     assert plan(needed - 1)[0].endswith(f"float32 on cpu ({(needed - 1) / 1e9:.2f} GB free here: it does not fit)")
 
 
+def test_show_prompts_prints_each_models_datasets_prompts_as_eval_does_and_writes_nothing(checkpoint_dirs, tmp_path):
+    """`sweep --show-prompts N`: per model and dataset, the blocks `eval --show-prompts` prints for the same settings
+    (the dataset's methods together); models load, nothing runs or is written."""
+    file = _file(tmp_path, _sweep_text(checkpoint_dirs, {"qwen2": "qwen2", "llama3": "llama"},
+                                       ["sample-qa", "sample-choice"]))
+    out = tmp_path / "out"
+    shown = CliRunner().invoke(app, ["sweep", str(file), "--output", str(out), "--show-prompts", "1"])
+    assert shown.exit_code == 0, shown.output
+    sections = shown.stdout.split("##### ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["qwen2 · sample-qa", "qwen2 · sample-choice", "llama · sample-qa",
+                                                    "llama · sample-choice"]
+    assert not out.exists() and "nothing was run or written" in shown.stderr
+    alone = CliRunner().invoke(app, ["eval", "--model", str(checkpoint_dirs["llama3"]), "--data", "sample-choice",
+                                     "--few-shot-k", "1", "--num-prompts", "2", "-m", "origin", "-m", "flex",
+                                     "--show-prompts", "1", "--output", str(out)])
+    assert alone.exit_code == 0, alone.output
+    assert sections[3].split("\n", 2)[2].strip() == alone.stdout.strip()  # the very blocks eval shows
+    both = CliRunner().invoke(app, ["sweep", str(file), "--output", str(out), "--show-prompts", "1", "--dry-run"])
+    assert both.exit_code == 1 and "give one of them" in both.output
+
+
 def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, checkpoint_dirs, reference, tmp_path,
                                                                   monkeypatch):
     """`sweep --dry-run`: each run's items answered and to do, the models it would load (or pull first), and

@@ -36,10 +36,13 @@ def sweep_command(
                                      "comma-separated): machines sharing one --output can each take other models."),
     datasets: list[str] = typer.Option([], "--datasets", help="Run only these datasets' cells (labels; repeatable "
                                        "or comma-separated)."),
+    show_prompts: Optional[int] = typer.Option(None, min=1, help="Print each model's prompts for the first N items of "
+                                               "each dataset token for token, as `eval --show-prompts` does, then "
+                                               "stop: models load, nothing runs or is written."),
 ) -> None:
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
-    from minirun.eval.sweep import run_sweep, survey
+    from minirun.eval.sweep import run_sweep, survey, sweep_prompts
     from minirun.eval.sweep_results import sweep_table
     from minirun.eval.sweep_spec import load_sweep_file, selection
 
@@ -47,11 +50,18 @@ def sweep_command(
     only = selection(sweep, models, datasets)
     output = output or Path("runs") / file.stem
     check_output_dir(output)  # a file there, or an unwritable folder: before the plan, as before any model loads
+    if dry_run and show_prompts is not None:
+        raise MinirunError("--dry-run loads no model and --show-prompts loads each one: give one of them")
     if dry_run:
         show_plan(survey(sweep, output, only), output)
         return
-    table = run_sweep(sweep, output, lambda m: load_llm(m.path, m.device, m.dtype, m.compile), progress=progress,
-                      only=only)
+    load = lambda m: load_llm(m.path, m.device, m.dtype, m.compile)  # noqa: E731
+    if show_prompts is not None:  # plain text: prompts hold brackets and markup that rich would read
+        for model, dataset, blocks in sweep_prompts(sweep, output, load, show_prompts, only):
+            print(f"##### {model} · {dataset}\n\n" + "\n\n".join(blocks) + "\n")
+        err.print("[dim]nothing was run or written (drop --show-prompts to run the sweep)[/dim]")
+        return
+    table = run_sweep(sweep, output, load, progress=progress, only=only)
     if table is not None:  # rank 0's (other ranks get None)
         for t in score_tables(sweep_table(table), lambda dataset: str(output)):
             out.print(t)

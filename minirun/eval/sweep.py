@@ -16,7 +16,7 @@ import gc
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, benchmark_source, load_cited, load_jsonl
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
-                                subject_heads, wait_for_ranks)
+                                shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.results import OtherRun, journal_paths, merge, read_results, recorded_methods, recorded_run_key
@@ -256,6 +256,32 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     write_atomic(output / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     write_atomic(output / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table
+
+
+def sweep_prompts(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM], count: int,
+                  only: Selection = Selection()) -> Iterator[tuple[str, str, list[str]]]:
+    """(model label, dataset label, `shown_prompts`'s blocks) for each model and dataset `only` selects, finished
+    or not: each model loaded once, the first `count` items of each dataset as the sweep's runs of it ask them (its
+    methods together, so the blocks say which prompt origin asks). Nothing is written."""
+    output = Path(output)
+    plan = cells(sweep, output)
+    chosen = _selected(plan, only)
+    data = _load_data(sweep, {c.dataset.label for c in chosen})
+    for model in sweep.models:
+        if not (mine := [c for c in chosen if c.model is model]):
+            continue
+        llm = load(model)
+        for dataset in sweep.datasets:
+            if not (group := [c for c in mine if c.dataset is dataset]):
+                continue
+            day = sweep.generation.template_date or _template_day(
+                [c for c in plan if c.model is model and c.dataset is dataset])
+            run = _prepare(llm, group[0], data[dataset.label], sweep.generation, day)
+            methods = tuple(dict.fromkeys(c.method.name for c in group))
+            yield model.label, dataset.label, shown_prompts(llm, dataclasses.replace(run, methods=methods), count)
+        del llm  # as `run_sweep` frees one model before the next loads
+        gc.collect()
+        return_freed_memory()
 
 
 def _template_day(cells: list[Cell]) -> str:
