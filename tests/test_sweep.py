@@ -390,8 +390,8 @@ def test_show_prompts_prints_each_models_datasets_prompts_as_eval_does_and_write
     shown = CliRunner().invoke(app, ["sweep", str(file), "--output", str(out), "--show-prompts", "1"])
     assert shown.exit_code == 0, shown.output
     sections = shown.stdout.split("##### ")[1:]
-    assert [s.split("\n")[0] for s in sections] == ["qwen2 · sample-qa", "qwen2 · sample-choice", "llama · sample-qa",
-                                                    "llama · sample-choice"]
+    assert [s.split("\n")[0] for s in sections] == ["qwen2 · sample-qa", "qwen2 · sample-choice",
+                                                    "llama · sample-qa", "llama · sample-choice"]
     assert not out.exists() and "nothing was run or written" in shown.stderr
     alone = CliRunner().invoke(app, ["eval", "--model", str(checkpoint_dirs["llama3"]), "--data", "sample-choice",
                                      "--few-shot-k", "1", "--num-prompts", "2", "-m", "origin", "-m", "flex",
