@@ -229,8 +229,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                 continue
             llm = load(model)
             groups = {d.label: [c for c in mine if c.dataset is d] for d in sweep.datasets}
-            days = {d.label: sweep.generation.template_date or _template_day(
-                [c for c in plan if c.model is model and c.dataset is d]) for d in sweep.datasets}
+            days = {d.label: _template_day(sweep, plan, model, d) for d in sweep.datasets}
             prepared = {label: [_prepare(llm, cell, data[label], sweep.generation, days[label]) for cell in group]
                         for label, group in groups.items() if group}
             for label, runs in prepared.items():  # every cell of the model checked before any of them runs
@@ -274,8 +273,7 @@ def sweep_prompts(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], 
         for dataset in sweep.datasets:
             if not (group := [c for c in mine if c.dataset is dataset]):
                 continue
-            day = sweep.generation.template_date or _template_day(
-                [c for c in plan if c.model is model and c.dataset is dataset])
+            day = _template_day(sweep, plan, model, dataset)
             run = _prepare(llm, group[0], data[dataset.label], sweep.generation, day)
             methods = tuple(dict.fromkeys(c.method.name for c in group))
             yield model.label, dataset.label, shown_prompts(llm, dataclasses.replace(run, methods=methods), count)
@@ -284,11 +282,12 @@ def sweep_prompts(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], 
         return_freed_memory()
 
 
-def _template_day(cells: list[Cell]) -> str:
-    """The day one model's cells of one dataset render a dated chat template at: the earliest any of them recorded
-    (a sweep resumed another day), else today, so the methods a table compares ask the same words."""
-    return min((day for c in cells if (day := recorded_run_key(c.dir).get("template_date"))),
-               default=date.today().isoformat())
+def _template_day(sweep: Sweep, plan: list[Cell], model: ModelSpec, dataset: DatasetSpec) -> str:
+    """The day one model's cells of one dataset render a dated chat template at: the file's `template_date`, else the
+    earliest any of them recorded (a sweep resumed another day), else today, so the methods a table compares ask the
+    same words."""
+    recorded = (recorded_run_key(c.dir).get("template_date") for c in plan if c.model is model and c.dataset is dataset)
+    return sweep.generation.template_date or min((day for day in recorded if day), default=date.today().isoformat())
 
 
 def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: str) -> Run:
