@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 import minirun
@@ -62,6 +63,19 @@ def test_tokens_per_second_leaves_kernel_calibration_out(tiny, monkeypatch, meth
     out = json.loads(invoke(*args, *(["--method", method, "-p", "France's capital?"] if method else [])).stdout)
     tokens = len(out["token_ids"])
     assert tokens and out["tokens_per_second"] > tokens  # counting the 60 s measuring, it would be tokens / 60
+
+
+def test_short_method_flag_in_every_command_taking_a_method(tiny):
+    """`-m` names the method wherever --method does (eval took it; generate, mask and bench refused it)."""
+    runs = [invoke("generate", "--model", tiny, "Capital?", flag, "avg", "-p", "France's capital?", "--max-new-tokens",
+                   "3", "--json") for flag in ("-m", "--method")]
+    assert runs[0].exit_code == 0, runs[0].output
+    short, long = (json.loads(r.stdout) for r in runs)
+    assert short["method"] == "avg" and short["token_ids"] == long["token_ids"]
+    commands = typer.main.get_command(app).commands
+    for name in ("generate", "mask", "bench", "eval"):
+        opts = next(p.opts for p in commands[name].params if "--method" in p.opts)
+        assert "-m" in opts, name
 
 
 def test_generate_json_matches_api(tiny):

@@ -51,7 +51,7 @@ def generate(
     prompt: str = typer.Argument(..., help="The question (or raw prompt with --raw)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "
                                          "$MINIRUN_MODEL or the pulled SmolLM2)."),
-    method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)}."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=f"One of {', '.join(METHODS)}."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording of the question (repeatable)."),
     paraphrases_file: Optional[Path] = typer.Option(None, help="File with one paraphrase per line."),
     rewrites: int = typer.Option(0, min=0, help="Have the model reword the question N times first (sampled at "

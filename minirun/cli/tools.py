@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 def mask(
     question: str = typer.Argument(..., help="The original question."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording (repeatable)."),
-    method: str = typer.Option("flex", help="flex, or a row method (one panel per row; hidden_avg names its layer)."),
+    method: str = typer.Option("flex", "--method", "-m", help="flex, or a row method (one panel per row; hidden_avg names its layer)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
     prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix text file, used verbatim."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file, laid "
@@ -68,7 +68,7 @@ def bench(
                                          "$MINIRUN_MODEL or SmolLM2)."),
     random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
                                                  "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
-    method: str = typer.Option("origin"),
+    method: str = typer.Option("origin", "--method", "-m"),
     prompt_tokens: int = typer.Option(128, min=1),
     new_tokens: int = typer.Option(64, min=2, help="Tokens generated per answer (decode speed needs a step after "
                                    "the first)."),
