@@ -49,11 +49,13 @@ def test_summarize():
     assert s.loc["single", "accuracy"] == 0.75 and s.loc["vote", "accuracy"] == 0.5
     assert s.loc["single", "exact_accuracy"] == 0.25 and s.loc["single", "n"] == 4
     assert s.loc["single", "tokens_per_second"] == 10.0 and s.loc["vote", "tokens_per_second"] == 20.0
+    assert s.loc["single", "items_per_second"] == 1.0 and s.loc["vote", "items_per_second"] == pytest.approx(1 / 1.5)
 
 
 def test_zero_seconds_gives_nan_throughput():
     s = summarize(_frame().assign(seconds=0.0))
     assert math.isnan(s.loc["single", "tokens_per_second"])
+    assert math.isnan(s.loc["single", "items_per_second"])
     assert math.isnan(summarize(_frame().assign(tokens=0)).loc["single", "tokens_per_second"])  # choice scoring
 
 
@@ -66,6 +68,7 @@ def test_tokens_per_second_counts_generated_rows_only():
                          "task": task})
     s = summarize(pd.DataFrame(rows))
     assert s.loc["avg", "tokens_per_second"] == 10.0 and s.loc["avg", "seconds"] == 4.0  # items/s keeps every row
+    assert s.loc["avg", "items_per_second"] == 1.0  # a scored choice row is an item, though no token
 
 
 def test_missing_verdicts_are_not_counted():
@@ -705,6 +708,7 @@ def test_untimed_rows_do_not_raise_tokens_per_second():
     df.loc[(df["method"] == "single") & (df["id"] == "q0"), "seconds"] = None  # a hand-made row without a time
     s = summarize(df)
     assert s.loc["single", "tokens_per_second"] == 10.0 and s.loc["single", "tokens"] == 40  # 30 / 3 s, not 40 / 3 s
+    assert s.loc["single", "items_per_second"] == 1.0  # 3 items / 3 s, not 4 / 3 s
 
 
 def test_the_plot_names_per_prompt_as_its_first_prompt():
@@ -729,7 +733,8 @@ def test_a_method_without_verdicts_shows_dashes_not_nan(tmp_path):
     shown = CliRunner().invoke(app, ["report", str(_run_dir(tmp_path, pd.concat([df, none])))], env={"COLUMNS": "200"})
     row = next(line for line in shown.output.splitlines() if " max " in line)
     cells = [cell.strip() for cell in row.split("│")[1:-1]]  # method, accuracy, CI, exact, n, …, items/s
-    assert "nan" not in row and cells[1:3] == ["–", "–"] and cells[4] == "0" and cells[-1] == "–", row
+    assert "nan" not in row and cells[1:3] == ["–", "–"] and cells[4] == "0", row
+    assert cells[-2:] == ["5.0", "1.00"], row  # its rows were still generated and timed
 
 
 SURE = 1 / (1 + math.exp(-0.5))  # softmax of option scores [-1.0, -0.5]: the second option's probability, 0.6225

@@ -257,7 +257,6 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
         labels = list(index) if isinstance(index, tuple) else [index]
         m = keys.index("method")
         labels[m] = method_label(labels[m])
-        items_per_s = row["n"] / row["seconds"] if row["n"] > 0 and row["seconds"] > 0 else float("nan")
         versus = []
         if paired:
             fewer = fewer_shared(row)
@@ -265,7 +264,8 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
                       _number(row["p_vs_origin"], ".3g"), _number(row["p_vs_origin_holm"], ".3g")]
         interval = "–" if pd.isna(row["ci95_low"]) else f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}"
         t.add_row(*map(str, labels), _number(row["accuracy"], ".3f"), interval, _number(row["exact_accuracy"], ".3f"),
-                  str(int(row["n"])), *versus, _number(row["tokens_per_second"], ".1f"), _number(items_per_s, ".2f"))
+                  str(int(row["n"])), *versus, _number(row["tokens_per_second"], ".1f"),
+                  _number(row["items_per_second"], ".2f"))
     return t
 
 

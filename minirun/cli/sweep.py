@@ -213,8 +213,8 @@ def with_pairs(result: dict, table: pd.DataFrame) -> dict:
 def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Table]:
     """One rich table per dataset of a `sweep_table`: a row per method, a column group per model
     (accuracy with its Wilson interval, exact, n, the difference from origin with its exact
-    McNemar p, tokens per second); per_prompt's row is named as its first prompt's, and its single-prompt figures
-    per model go in the caption, as in one run's table."""
+    McNemar p, tokens and items per second); per_prompt's row is named as its first prompt's, and its single-prompt
+    figures per model go in the caption, as in one run's table."""
     from minirun.eval.report import fewer_shared, method_label
 
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
@@ -226,7 +226,7 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
                   "model's methods in --json and --csv)"]))
         t.add_column("method")
         for model in models:
-            for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "Δ origin (p)", "tokens/s")):
+            for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "Δ origin (p)", "tokens/s", "items/s")):
                 t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
         for method, row in scores.loc[dataset].iterrows():
             cells = []
@@ -235,9 +235,10 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
                 fewer = fewer_shared(s)
                 versus = "–" if math.isnan(s["diff_vs_origin"]) else \
                     f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g}{f', n={fewer}' if fewer is not None else ''})"
-                cells += ["–"] * 5 if math.isnan(s["n"]) else [
+                cells += ["–"] * 6 if math.isnan(s["n"]) else [
                     f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
-                    str(int(s["n"])), versus, "–" if math.isnan(s["tokens_per_second"]) else f"{s['tokens_per_second']:.1f}"]
+                    str(int(s["n"])), versus, *(_rate(s[name], digits) for name, digits in
+                                                (("tokens_per_second", 1), ("items_per_second", 2)))]
             t.add_row(method_label(str(method)), *cells)
         tables.append(t)
         if scores.loc[dataset].xs("ece", axis=1, level="metric").notna().any(axis=None):
@@ -259,6 +260,10 @@ def size_table(scores: pd.DataFrame, sizes: dict[str, int]) -> Table:
     for name, values in rows.iterrows():
         t.add_row(name, *("–" if math.isnan(v) else f"{v:.3f}" for v in values))
     return t
+
+
+def _rate(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> Table:

@@ -203,7 +203,8 @@ def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     # choice rows generate no token: their seconds would slow tokens/s down on a mixed table
     generating = df["seconds"].where(df["task"].ne("choice"), 0.0) if "task" in df.columns else df["seconds"]
     timed = df["tokens"].where(df["seconds"].notna())  # an untimed row's tokens would raise the rate
-    out = df.assign(generating=generating, timed=timed).groupby(keys, sort=True).agg(
+    clocked = df["seconds"].notna()  # the rows whose seconds count: an untimed row's item would raise items/s
+    out = df.assign(generating=generating, timed=timed, clocked=clocked).groupby(keys, sort=True).agg(
         accuracy=("correct", "mean"),
         hits=("correct", "sum"),
         exact_accuracy=("exact", "mean"),
@@ -212,6 +213,7 @@ def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         seconds=("seconds", "sum"),
         generating=("generating", "sum"),
         timed=("timed", "sum"),
+        clocked=("clocked", "sum"),
     )
     if "machine" in df.columns:  # where the seconds were timed (rows of runs before it record none)
         out["machine"] = df.groupby(keys, sort=True)["machine"].agg(lambda m: " | ".join(sorted(m.dropna().unique()))
@@ -220,8 +222,10 @@ def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out.insert(1, "ci95_low", [low for low, _ in ci])
     out.insert(2, "ci95_high", [high for _, high in ci])
     # NaN where nothing was generated (choice scoring) or timed: 0 tokens/s would read as a slow method
-    generating, timed = out.pop("generating"), out.pop("timed")
+    generating, timed, clocked = out.pop("generating"), out.pop("timed"), out.pop("clocked")
     out["tokens_per_second"] = timed.where(timed > 0) / generating.where(generating > 0)
+    # every timed row, scored choice items included: the rate a multiple-choice sweep's methods compare by
+    out["items_per_second"] = clocked.where(clocked > 0) / out["seconds"].where(out["seconds"] > 0)
     return out
 
 
@@ -230,7 +234,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
     accuracy (the run's match rule, see `select_match`) with ci95_low/ci95_high, its Wilson score
     interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
-    of generated rows, so long generations weigh in and scored multiple-choice rows do not); the
+    of generated rows, so long generations weigh in and scored multiple-choice rows do not), items_per_second
+    (timed rows over their seconds, scored ones included); the
     calibration of `calibration`; `macro_accuracy` over relations where rows carry them; the paired comparisons of
     `paired_stats`, NaN where they do not apply."""
     _check(df)

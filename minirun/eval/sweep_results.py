@@ -20,7 +20,7 @@ from minirun.eval.results import integer_columns, read_results, recorded_methods
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *MACRO, *PAIRED, "diff_vs_first_model",
            "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
-           "tokens_per_second", "tokens", "seconds", *CALIBRATION)
+           "tokens_per_second", "items_per_second", "tokens", "seconds", *CALIBRATION)
 
 
 def prompt_series(output: str | Path) -> list[dict[str, int]]:
