@@ -423,6 +423,13 @@ def test_plot_groups_bars_by_model():
     assert [b.get_height() for b in bars[0]] == [0.5, 1.0] and [b.get_height() for b in bars[1]] == [1.0, 0.5]
 
 
+def test_plot_throughput_is_items_per_second_so_scored_choice_runs_get_bars():
+    choice = _frame().assign(task="choice", tokens=0)
+    speed = figure(choice).axes[1]
+    (bars,) = [c for c in speed.containers if isinstance(c, BarContainer)]
+    assert [b.get_height() for b in bars] == pytest.approx([1.0, 1 / 1.5]) and speed.get_ylabel() == "items / s"
+
+
 def _run_dir(tmp_path, df: pd.DataFrame, **key):
     with ResultStore(tmp_path / "run", {"model": "m", "bidirectional": False, **key}) as store:
         for row in df.to_dict("records"):

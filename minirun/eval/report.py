@@ -650,7 +650,7 @@ def _tex_p(p: float) -> str:
 
 
 def figure(df: pd.DataFrame) -> Figure:
-    """Accuracy (bars with Wilson 95% error bars, exact match as ticks) and throughput per method,
+    """Accuracy (bars with Wilson 95% error bars, exact match as ticks) and throughput (items/s) per method,
     side by side; a sweep gets one bar colour per model, methods on the x axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -670,10 +670,11 @@ def figure(df: pd.DataFrame) -> Figure:
                 label="accuracy, Wilson 95%" if model is None else str(model))
         acc.scatter(x, rows["exact_accuracy"], color="black", marker="_", s=300 * width, zorder=3,
                     label="exact" if i == 0 else None)
-        speed.bar(x, rows["tokens_per_second"].fillna(0), width, color=f"C{i}")
+        speed.bar(x, rows["items_per_second"].fillna(0), width, color=f"C{i}")
     acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy (95% Wilson interval)")
     acc.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the bars, not over them
-    speed.set(ylabel="generated tokens / s", title="Throughput")
+    # items, not tokens: a multiple-choice item generates none, and per_prompt's tokens are its k answers' sum
+    speed.set(ylabel="items / s", title="Throughput")
     for ax in (acc, speed):  # each label ends under its bar: centred, long ones ran into each other
         ax.set_xticks(np.arange(len(methods)), list(map(method_label, methods)), rotation=30, ha="right",
                       rotation_mode="anchor")
