@@ -872,6 +872,24 @@ def test_data_without_paraphrases_is_refused_for_ensembles_and_counted_where_som
     assert caplog.text.count("2 of 3 items (first '0') have no paraphrase besides the question") == 1
 
 
+def test_items_short_of_the_prompts_asked_for_are_counted_once(tiny, tmp_path, caplog):
+    """An ensemble-size series past what the data holds would repeat its largest size's rows unseen."""
+    items = [Item(str(i), f"Who invented thing {i}?", [f"Who made thing {i}?", f"Thing {i} came from whom?"],
+                  ["Bell"]) for i in range(3)] + [Item("3", "Who?", ["Who, then?", "Which one?", "Whom?"], ["Bell"])]
+    with caplog.at_level("WARNING", logger="minirun"):
+        evaluate(tiny, items, ["origin"], tmp_path / "origin", **{**SETTINGS, "num_prompts": 6})
+        assert "distinct prompts" not in caplog.text  # origin asks the question alone
+        evaluate(tiny, items, ["avg"], tmp_path / "fits", **{**SETTINGS, "num_prompts": 3})
+        assert "distinct prompts" not in caplog.text
+        evaluate(tiny, items, ["avg"], tmp_path / "four", **{**SETTINGS, "num_prompts": 4})
+        evaluate(tiny, items, ["max"], tmp_path / "again", **{**SETTINGS, "num_prompts": 4})  # a sweep's next cell
+        evaluate(tiny, items, ["avg"], tmp_path / "six", **{**SETTINGS, "num_prompts": 6})
+    assert caplog.text.count("3 of 4 items (first '0') have fewer than 4 distinct prompts to fuse (the most any item "
+                             "has: 4): their ensembles fuse the ones they have\n") == 1
+    assert "4 of 4 items (first '0') have fewer than 6 distinct prompts to fuse (the most any item has: 4): their " \
+           "ensembles fuse the ones they have, so every item runs as at --num-prompts 4" in caplog.text
+
+
 def test_no_items_and_shared_ids_are_refused_before_anything_runs(tiny, items, tmp_path):
     with pytest.raises(MinirunError, match="no items to evaluate"):
         evaluate(tiny, [], ["origin"], tmp_path / "empty")

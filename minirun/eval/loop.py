@@ -250,6 +250,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
+    check_prompt_count(prompts, methods, dataset, num_prompts)
     shots = few_shot_source if benchmark is not None else data_source  # where the examples come from
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  (shots or {}).get("commit") if fewshot_items is None else None)
@@ -307,13 +308,29 @@ def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], d
         raise MinirunError(f"{dataset}'s {len(items)} items asked have no paraphrases, so {', '.join(ensembles)} would "
                            f"repeat origin: run origin alone, or paraphrase them (`minirun paraphrase {dataset} "
                            f"paraphrased.jsonl --model <an instruct model>`, then `--data paraphrased.jsonl{asked_as}`)")
-    if (dataset, len(single), len(items)) not in _WARNED:  # once per data, not once per sweep cell
-        _WARNED.add((dataset, len(single), len(items)))
+    if ("single", dataset, len(single), len(items)) not in _WARNED:  # once per data, not once per sweep cell
+        _WARNED.add(("single", dataset, len(single), len(items)))
         log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers "
                     "as origin does", len(single), len(items), single[0])
 
 
-_WARNED: set[tuple[str, int, int]] = set()  # (dataset, items without paraphrases, items) told of in this process
+def check_prompt_count(prompts: dict[str, list[str]], methods: list[str] | tuple[str, ...], dataset: str,
+                       num_prompts: int) -> None:
+    """Items with fewer prompts than `num_prompts` fuse the ones they have, so an ensemble-size series past what
+    the data holds would repeat its largest size's rows unseen: warned of (once per data and size), naming how many
+    items fall short and the most any item has."""
+    short = [item_id for item_id, p in prompts.items() if len(p) < num_prompts]
+    told = ("short", dataset, num_prompts, len(short))
+    if not short or all(m == "origin" for m in methods) or told in _WARNED:
+        return
+    _WARNED.add(told)
+    most = max(map(len, prompts.values()))
+    log.warning("%d of %d items (first %r) have fewer than %d distinct prompts to fuse (the most any item has: %d): "
+                "their ensembles fuse the ones they have%s", len(short), len(prompts), short[0], num_prompts, most,
+                f", so every item runs as at --num-prompts {most}" if len(short) == len(prompts) else "")
+
+
+_WARNED: set[tuple[str, str, int, int]] = set()  # (what, dataset, a count, items) told of in this process
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
