@@ -28,6 +28,11 @@ ARCHS = {
                        num_attention_heads=4, num_key_value_heads=4, head_dim=32, vocab_size=320,
                        max_position_embeddings=512, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    # Mistral v0.2+ (no sliding window): one kv head for all (MQA), head_dim != hidden/heads as Mistral Nemo's
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=320,
+                    max_position_embeddings=512, tie_word_embeddings=False, sliding_window=None,
+                    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     # q/k norm, head_dim != hidden/heads, GQA group size 4
     "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=8, num_key_value_heads=2, head_dim=32, vocab_size=320,

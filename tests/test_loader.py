@@ -29,7 +29,11 @@ def test_unsupported_model_type(copy):
     raw = _config(copy)
     raw["model_type"] = "mamba"
     (copy / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(MinirunError, match=r"unsupported model_type 'mamba'.*llama, qwen2, qwen3"):
+    with pytest.raises(MinirunError, match=r"unsupported model_type 'mamba'.*llama, mistral, qwen2, qwen3"):
+        minirun.load(copy)
+    raw.update(model_type="mistral", sliding_window="4k")
+    (copy / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(MinirunError, match=r"sliding_window '4k' must be a positive integer or null"):
         minirun.load(copy)
     (copy / "config.json").write_text("{}")  # was "unsupported model_type None"
     with pytest.raises(MinirunError, match=r"config.json has no model_type: it must name the architecture, one of"):

@@ -1,4 +1,4 @@
-"""Numerical parity with transformers on random-weight Llama / Qwen2 / Qwen3 checkpoints."""
+"""Numerical parity with transformers on random-weight Llama / Mistral / Qwen2 / Qwen3 checkpoints."""
 from __future__ import annotations
 
 import pytest
@@ -120,3 +120,29 @@ def test_scaled_rope_checkpoints_match_transformers(tmp_path, arch, rope):
     finally:
         minirun.load(path, compile=False)  # the mode is process-wide
     assert compiled.token_ids == expected
+
+
+def test_mistral_with_a_sliding_window_runs_within_it_exactly_and_refuses_past_it(tmp_path):
+    """Mistral 7B v0.1's window: a sequence within it attends as with full causal attention, so minirun's context
+    is the window, where transformers' logits and greedy tokens are matched; a longer one is refused in one line.
+    Mistral's projections have no bias even where config.json says attention_bias."""
+    from checkpoints import write_checkpoint
+
+    from minirun.errors import MinirunError
+
+    path = write_checkpoint("mistral", tmp_path / "mistral", sliding_window=24, attention_bias=True)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    llm = minirun.load(path)
+    assert llm.config.max_position_embeddings == 24 and not llm.config.qkv_bias
+    tokens = varied_batch(llm.config.vocab_size)[:, :24]
+    with torch.no_grad():
+        assert (llm.model(tokens) - ref(tokens).logits).abs().max().item() <= LOGIT_ATOL
+    ids = llm.tokenizer.encode(PROMPTS[0])
+    new = 24 - len(ids)
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False,
+                           attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    assert llm.generate(PROMPTS[0], max_new_tokens=new, chat=False).token_ids == out[0, len(ids):].tolist()
+    with pytest.raises(MinirunError, match=rf"prompt \({len(ids)} tokens\) \+ max_new_tokens \({new + 1}\) exceeds "
+                                           r"the model's context of 24"):
+        llm.generate(PROMPTS[0], max_new_tokens=new + 1, chat=False)

@@ -8,12 +8,12 @@ from typing import Any
 
 from minirun.errors import MinirunError
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 ROPE_KEYS = {"default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn": (),
              "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
 # What transformers' config classes assume for a key config.json leaves out, where the families differ.
-CONTEXT_DEFAULT = {"llama": 2048, "qwen2": 32768, "qwen3": 32768}
+CONTEXT_DEFAULT = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768}
 
 
 def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +41,9 @@ def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class ModelConfig:
-    """Everything the decoder needs; Llama, Qwen2 and Qwen3 differ only in these fields."""
+    """Everything the decoder needs; Llama, Mistral, Qwen2 and Qwen3 differ only in these fields.
+    `max_position_embeddings` is the longest sequence minirun runs: the config's context, or Mistral's sliding
+    window where that is shorter (a sequence within the window attends as with full causal attention)."""
 
     model_type: str
     vocab_size: int
@@ -107,7 +109,12 @@ class ModelConfig:
             if key in rope and not (isinstance(rope[key], (int, float)) and rope[key] > 0):
                 raise MinirunError(f"config.json's {rope_type} rope scaling has {key} {rope[key]!r}: it must be a "
                                    "positive number; restore the checkpoint's own config.json")
-        attention_bias = bool(raw.get("attention_bias", False))
+        window = raw.get("sliding_window") if model_type == "mistral" else None  # Mistral 7B v0.1: 4096
+        if window is not None and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
+            raise MinirunError(f"config.json's sliding_window {window!r} must be a positive integer or null: restore "
+                               "the checkpoint's own config.json")
+        # Mistral's projections have no bias whatever the key says (transformers' MistralAttention ignores it)
+        attention_bias = bool(raw.get("attention_bias", False)) and model_type != "mistral"
         eos = raw.get("eos_token_id")
         return cls(
             model_type=model_type,
@@ -121,7 +128,7 @@ class ModelConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=theta,
             rope_scaling={**rope, "rope_type": rope_type} if rope_type != "default" else None,
-            max_position_embeddings=context,
+            max_position_embeddings=min(context, window or context),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
             o_bias=attention_bias if model_type != "qwen2" else False,
