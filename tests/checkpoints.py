@@ -79,8 +79,9 @@ def write_tokenizer(out: Path) -> None:
 
 
 def write_sentencepiece_tokenizer(out: Path) -> None:
-    """Llama 2's legacy SentencePiece-as-BPE pipeline (TinyLlama, Mistral v0.1 too): "▁" prepended to the text
-    and for every space, byte fallback, BOS added. " Paris" alone is "▁▁Paris", inside a text "▁Paris"."""
+    """Llama 2's files (TinyLlama's, Mistral 7B's too): tokenizer.json with the legacy SentencePiece-as-BPE pipeline
+    ("▁" prepended to the text and for every space, byte fallback, BOS added), and tokenizer_config.json naming
+    LlamaTokenizer with `legacy` false, so transformers 5 encodes with the Metaspace pipeline it builds itself."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
@@ -95,7 +96,8 @@ def write_sentencepiece_tokenizer(out: Path) -> None:
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-                                                           "add_bos_token": True}))
+                                                           "add_bos_token": True,
+                                                           "tokenizer_class": "LlamaTokenizer", "legacy": False}))
 
 
 def hf_config(arch: str, **changes):

@@ -2,6 +2,7 @@
 and batching invariances (float32, CPU, random-weight checkpoints)."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -23,10 +24,15 @@ CHOICES = ["Paris", "Lyon and Marseille", "Berlin", "the city of Rome"]
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["llama3", "qwen2", "qwen3", "llama2_sentencepiece"])
+@pytest.fixture(scope="module", params=["llama3", "qwen2", "qwen3", "llama2_sentencepiece", "sentencepiece_as_file"])
 def llm(request, checkpoint_dirs, tmp_path_factory):
-    if request.param == "llama2_sentencepiece":  # Llama 2's tokenizer treats a text's start apart
-        return minirun.load(write_checkpoint("llama_bias", tmp_path_factory.mktemp("sp"), sentencepiece=True))
+    if request.param in ("llama2_sentencepiece", "sentencepiece_as_file"):  # a text's start is treated apart
+        path = write_checkpoint("llama_bias", tmp_path_factory.mktemp("sp"), sentencepiece=True)
+        if request.param == "sentencepiece_as_file":  # no tokenizer class: tokenizer.json's legacy pipeline as it is
+            config = json.loads((path / "tokenizer_config.json").read_text())
+            del config["tokenizer_class"]
+            (path / "tokenizer_config.json").write_text(json.dumps(config))
+        return minirun.load(path)
     return minirun.load(checkpoint_dirs[request.param])
 
 

@@ -30,6 +30,32 @@ def test_encode_decode_match(pair, text):
     assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
 
 
+LLAMA_TEXTS = [*TEXTS, " Paris", "a</s> b", "<s>[INST] What is the capital of France? [/INST]", "x  </s>  y"]
+
+
+@pytest.mark.parametrize("settings", [{}, {"tokenizer_class": "LlamaTokenizer"},
+                                      {"tokenizer_class": "LlamaTokenizerFast", "legacy": False},
+                                      {"tokenizer_class": "LlamaTokenizer", "legacy": True},
+                                      {"tokenizer_class": "LlamaTokenizerFast", "add_prefix_space": False}])
+def test_a_llama_class_sentencepiece_tokenizer_encodes_as_transformers_rebuilds_it(tmp_path, settings):
+    """Llama 2, TinyLlama and Mistral 7B name LlamaTokenizer[Fast], whose pipeline transformers 5 builds from
+    tokenizer_config.json instead of reading tokenizer.json's legacy normalizer (" Paris" was "▁▁Paris" here and
+    "▁Paris" there, and "[INST]" after "<s>" took a "▁" transformers does not give it)."""
+    import json
+
+    from checkpoints import write_sentencepiece_tokenizer
+
+    write_sentencepiece_tokenizer(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **settings}))
+    ref, ours = AutoTokenizer.from_pretrained(tmp_path), Tokenizer(tmp_path)
+    for text in LLAMA_TEXTS:
+        ids = ref.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False), text
+        assert ours.decode(ids) == ref.decode(ids) and ours.decode(ids, True) == ref.decode(ids, True), text
+
+
 @pytest.mark.parametrize("messages", CHATS)
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_chat_template_renders_identically(pair, messages, add_generation_prompt):

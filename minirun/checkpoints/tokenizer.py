@@ -11,12 +11,30 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, pre_tokenizers
 
 from minirun.errors import MinirunError
 from minirun.models.config import checkpoint_json
 from minirun.text import THINK_END, THINK_START
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")  # Llama 2, TinyLlama, Mistral 7B (and their fine-tunes)
+
+
+def llama_pipeline(tok: HFTokenizer, config: dict) -> None:
+    """Give a Llama-class tokenizer the pipeline transformers 5 gives it: its LlamaTokenizer keeps tokenizer.json's
+    vocabulary, merges and special tokens but builds the rest from tokenizer_config.json, so Llama 2's legacy
+    normalizer (a "▁" before the text, every space a "▁": " Paris" as "▁▁Paris") gives way to a Metaspace that
+    marks the first word only (`legacy` false, transformers 5's default) or every text between special tokens
+    (`legacy` true), or none (`add_prefix_space` false). The file alone would encode other ids than transformers."""
+    prefix = config.get("add_prefix_space")
+    prefix = True if prefix is None else bool(prefix)
+    scheme = ("always" if config.get("legacy") else "first") if prefix else "never"
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     *([decoders.Strip(" ", 1, 0)] if prefix else [])])
+    tok.model.fuse_unk, tok.model.byte_fallback = True, True
 
 
 def _token_text(value: Any) -> str | None:
@@ -82,6 +100,8 @@ class Tokenizer:
                                "re-download the checkpoint or restore the file") from None
         self.checkpoint = checkpoint
         config = checkpoint_json(checkpoint / "tokenizer_config.json")
+        if config.get("tokenizer_class") in LLAMA_CLASSES and type(self._tok.model).__name__ == "BPE":
+            llama_pipeline(self._tok, config)
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
