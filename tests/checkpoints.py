@@ -81,7 +81,8 @@ def write_tokenizer(out: Path) -> None:
 def write_sentencepiece_tokenizer(out: Path) -> None:
     """Llama 2's files (TinyLlama's, Mistral 7B's too): tokenizer.json with the legacy SentencePiece-as-BPE pipeline
     ("▁" prepended to the text and for every space, byte fallback, BOS added), and tokenizer_config.json naming
-    LlamaTokenizer with `legacy` false, so transformers 5 encodes with the Metaspace pipeline it builds itself."""
+    LlamaTokenizer with `legacy` false, so transformers 5 encodes a llama model's with the Metaspace pipeline it
+    builds itself (and a mistral model's as the file is written)."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers

@@ -33,21 +33,29 @@ def test_encode_decode_match(pair, text):
 LLAMA_TEXTS = [*TEXTS, " Paris", "a</s> b", "<s>[INST] What is the capital of France? [/INST]", "x  </s>  y"]
 
 
-@pytest.mark.parametrize("settings", [{}, {"tokenizer_class": "LlamaTokenizer"},
-                                      {"tokenizer_class": "LlamaTokenizerFast", "legacy": False},
-                                      {"tokenizer_class": "LlamaTokenizer", "legacy": True},
-                                      {"tokenizer_class": "LlamaTokenizerFast", "add_prefix_space": False}])
-def test_a_llama_class_sentencepiece_tokenizer_encodes_as_transformers_rebuilds_it(tmp_path, settings):
-    """Llama 2, TinyLlama and Mistral 7B name LlamaTokenizer[Fast], whose pipeline transformers 5 builds from
+@pytest.mark.parametrize("model_type, settings", [
+    (None, {}), (None, {"tokenizer_class": "LlamaTokenizer"}), ("llama", {"tokenizer_class": "LlamaTokenizer"}),
+    ("llama", {"tokenizer_class": "LlamaTokenizerFast", "legacy": False}),
+    ("llama", {"tokenizer_class": "LlamaTokenizer", "legacy": True}),
+    ("llama", {"tokenizer_class": "LlamaTokenizerFast", "add_prefix_space": False}),
+    ("mistral", {"tokenizer_class": "LlamaTokenizer"}),  # transformers 5 reads a Mistral's file as written
+    ("llama", {"tokenizer_class": "LlamaTokenizerFast", "byte_level": True}),  # a Llama 3 fine-tune's files
+])
+def test_a_llama_class_tokenizer_encodes_as_transformers_5_loads_it(tmp_path, model_type, settings):
+    """Llama 2 and TinyLlama name LlamaTokenizer[Fast], whose pipeline transformers 5 builds from
     tokenizer_config.json instead of reading tokenizer.json's legacy normalizer (" Paris" was "▁▁Paris" here and
-    "▁Paris" there, and "[INST]" after "<s>" took a "▁" transformers does not give it)."""
+    "▁Paris" there, and "[INST]" after "<s>" took a "▁" transformers does not give it); a Mistral's, or a byte-level
+    file naming that class, it reads as written."""
     import json
 
-    from checkpoints import write_sentencepiece_tokenizer
+    from checkpoints import write_sentencepiece_tokenizer, write_tokenizer
 
-    write_sentencepiece_tokenizer(tmp_path)
+    settings = dict(settings)
+    (write_tokenizer if settings.pop("byte_level", False) else write_sentencepiece_tokenizer)(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **settings}))
+    if model_type is not None:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     ref, ours = AutoTokenizer.from_pretrained(tmp_path), Tokenizer(tmp_path)
     for text in LLAMA_TEXTS:
         ids = ref.encode(text)

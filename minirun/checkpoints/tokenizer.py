@@ -18,15 +18,26 @@ from minirun.models.config import checkpoint_json
 from minirun.text import THINK_END, THINK_START
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
-LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")  # Llama 2, TinyLlama, Mistral 7B (and their fine-tunes)
+LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")  # what Llama 2's, TinyLlama's and Mistral 7B's files name
+
+
+def rebuilt_as_llama(checkpoint: Path, config: dict) -> bool:
+    """Whether transformers 5's AutoTokenizer loads this checkpoint's tokenizer as its LlamaTokenizer, which rebuilds
+    the pipeline (`llama_pipeline`), rather than as tokenizer.json is written: where tokenizer_config.json names a
+    Llama class, unless config.json's model type is mistral (loaded as written) or the file is byte-level (Llama 3's
+    fine-tunes that name LlamaTokenizerFast; transformers tests the text for "ByteLevel" alike)."""
+    if config.get("tokenizer_class") not in LLAMA_CLASSES:
+        return False
+    if checkpoint_json(checkpoint / "config.json").get("model_type") == "mistral":
+        return False
+    return '"ByteLevel"' not in (checkpoint / "tokenizer.json").read_text(encoding="utf-8")
 
 
 def llama_pipeline(tok: HFTokenizer, config: dict) -> None:
-    """Give a Llama-class tokenizer the pipeline transformers 5 gives it: its LlamaTokenizer keeps tokenizer.json's
-    vocabulary, merges and special tokens but builds the rest from tokenizer_config.json, so Llama 2's legacy
-    normalizer (a "▁" before the text, every space a "▁": " Paris" as "▁▁Paris") gives way to a Metaspace that
-    marks the first word only (`legacy` false, transformers 5's default) or every text between special tokens
-    (`legacy` true), or none (`add_prefix_space` false). The file alone would encode other ids than transformers."""
+    """The pipeline transformers 5's LlamaTokenizer builds: tokenizer.json's vocabulary, merges and special tokens,
+    the rest from tokenizer_config.json, so Llama 2's legacy normalizer (a "▁" before the text, every space a "▁":
+    " Paris" as "▁▁Paris") gives way to a Metaspace that marks the first word only (`legacy` false, transformers 5's
+    default) or every text between special tokens (`legacy` true), or none (`add_prefix_space` false)."""
     prefix = config.get("add_prefix_space")
     prefix = True if prefix is None else bool(prefix)
     scheme = ("always" if config.get("legacy") else "first") if prefix else "never"
@@ -100,8 +111,8 @@ class Tokenizer:
                                "re-download the checkpoint or restore the file") from None
         self.checkpoint = checkpoint
         config = checkpoint_json(checkpoint / "tokenizer_config.json")
-        if config.get("tokenizer_class") in LLAMA_CLASSES and type(self._tok.model).__name__ == "BPE":
-            llama_pipeline(self._tok, config)
+        if type(self._tok.model).__name__ == "BPE" and rebuilt_as_llama(checkpoint, config):
+            llama_pipeline(self._tok, config)  # the ids transformers 5 encodes, not the file's alone
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
