@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import minirun
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions, Question
-from minirun.methods.choice import asked_ids, option_ids, option_probabilities, score_choices
+from minirun.methods.choice import asked_ids, option_ids, score_choices
+from minirun.methods.choice_rules import option_probabilities
 from minirun.methods.packing import encode_question
 
 PREFIX = "Q: Water boils at\nA: 100 degrees\n\n"
@@ -237,6 +238,9 @@ def test_option_probabilities_are_the_softmax_of_the_scores_picked_by_and_votes_
     assert probabilities == pytest.approx([0.2, 0.3, 0.5])  # normalised over the options: a shift changes nothing
     assert option_probabilities("origin", [-1.0, -1.0]) == [0.5, 0.5]
     assert option_probabilities("vote", [0.6, 0.4, 0.0]) == [0.6, 0.4, 0.0]  # shares of the picks already
+    far = [-4000.0, -4001.5, -3999.25]  # summed log-likelihoods of long options: exp of each alone is 0
+    assert option_probabilities("max", far) == pytest.approx(torch.tensor(far, dtype=torch.float64).softmax(0).tolist(),
+                                                             rel=1e-12)
 
 
 def test_the_prompts_shown_are_the_tokenizers_own_of_each_whole_prompt(llm):

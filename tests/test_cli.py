@@ -669,24 +669,28 @@ def test_the_command_lines_help_and_refusals_never_import_torch():
         done.stdout  # generate's --method help
 
 
-def test_a_report_of_generated_answers_never_imports_torch(tiny, tmp_path):
-    """`report` reads results, not models: the sweep's reading half (`eval.sweep_results`) and the report import no
-    model code, so a run's tables come in ~1.7 s instead of ~3.4 (a multiple-choice run's re-picks and calibration
-    take the methods' rules, and torch, when its rows are read)."""
+@pytest.mark.parametrize("data, extra", [("sample-qa", []), ("sample-choice", ["--choice-score", "sum"])])
+def test_a_report_never_imports_torch(tiny, tmp_path, data, extra):
+    """`report` reads results, not models: the sweep's reading half (`eval.sweep_results`), the report and the
+    multiple-choice rules it re-picks and calibrates by (`methods.choice_rules`) import no model code, so a run's
+    tables come in ~1.7 s instead of ~3.4."""
     import subprocess
     import sys
 
     out = tmp_path / "run"
-    ran = invoke("eval", "--model", tiny, "--data", "sample-qa", "-m", "origin", "-m", "avg", "--max-samples", "2",
-                 "--num-prompts", "2", "--few-shot-k", "1", "--max-new-tokens", "2", "--output", str(out),
+    ran = invoke("eval", "--model", tiny, "--data", data, "-m", "origin", "-m", "vote", "-m", "avg", "--max-samples",
+                 "2", "--num-prompts", "2", "--few-shot-k", "1", "--max-new-tokens", "2", "--output", str(out),
                  "--no-progress")
     assert ran.exit_code == 0, ran.output
-    probe = ("import sys\nfrom minirun.cli import main\nsys.argv = ['minirun', 'report', sys.argv[1], '--json']\n"
+    probe = ("import sys\nfrom minirun.cli import main\nsys.argv = ['minirun', 'report', *sys.argv[1:], '--json']\n"
              "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
              "assert 'torch' not in sys.modules, 'torch imported'")
-    done = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe, str(out), *extra], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert set(json.loads(done.stdout)) >= {"origin", "avg"}
+    report = json.loads(done.stdout)
+    assert set(report) >= {"origin", "vote", "avg"}
+    assert (report["avg"]["ece"] is not None) == (data == "sample-choice")  # calibration, of choice rows only
 
 
 def test_a_command_that_compiles_nothing_never_imports_torchs_compiler(tiny):

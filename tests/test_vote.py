@@ -15,7 +15,8 @@ from minirun.eval.data import load_dataset
 from minirun.eval.loop import evaluate
 from minirun.eval.report import select_choice_score
 from minirun.methods import EnsembleOptions, Question, run_method, score_choices
-from minirun.methods.choice import method_pick, scored_as
+from minirun.methods.choice import scored_as
+from minirun.methods.choice_rules import method_pick
 from minirun.methods.runner import answered_as
 from minirun.methods.vote import answer_key, plurality, vote_shares
 

@@ -27,6 +27,7 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
+from minirun.methods.choice_rules import method_pick, option_probabilities
 from minirun.methods.names import CHOICE_SCORES, EVERY_ANSWER
 from minirun.text import THINK_END, normalize
 
@@ -109,8 +110,6 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     if any(c not in df.columns or rows[c].isna().any() for c in RESCORED):
         raise MinirunError("results lack the options' log-likelihoods (written by an older minirun); re-run "
                            "`minirun eval` into a fresh output directory to add them, or drop --choice-score")
-    from minirun.methods.choice import method_pick  # the methods' own rules, and torch: for choice rows only
-
     df = df.copy()
     for i, row in rows.iterrows():
         sizes = list(row["choice_tokens"]), list(row["choice_chars"])
@@ -266,8 +265,6 @@ def calibration(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["task"].eq("choice") & df["correct"].notna() & df["choice_scores"].notna() & df["gold_choice"].notna()]
     if rows.empty:
         return empty
-    from minirun.methods.choice import option_probabilities  # torch: for choice rows only
-
     out = {}
     for key, part in rows.groupby(keys, sort=True):
         probabilities = [option_probabilities(m, list(s)) for m, s in zip(part["method"], part["choice_scores"])]

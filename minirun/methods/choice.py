@@ -20,6 +20,7 @@ from minirun.engine.generate import Row, stack_rows
 from minirun.engine.session import CHUNK, NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
 from minirun.layers.masks import branch
+from minirun.methods.choice_rules import method_pick, option_scores
 from minirun.methods.fusion import RULES, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.names import EVERY_ANSWER
@@ -35,7 +36,6 @@ from minirun.methods.runner import (
     open_session,
     plan_rows,
 )
-from minirun.methods.vote import plurality, vote_shares
 
 
 @dataclass
@@ -193,51 +193,9 @@ def _option_logprobs(predictors: list[torch.Tensor], targets: list[list[int]], r
     return torch.stack(sums).tolist()
 
 
-def option_scores(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) -> list[float]:
-    """Summed log-likelihoods as `mode` scores them: per token, summed, or per character of the option
-    (lm-evaluation-harness's acc_norm divides by the option text's length)."""
-    if mode == "sum":
-        return list(logprobs)
-    return [lp / n for lp, n in zip(logprobs, tokens if mode == "mean" else chars)]
-
-
-def best_option(scores: list[float]) -> int:
-    """The highest score's index, the first on a tie (as numpy's argmax)."""
-    return max(range(len(scores)), key=scores.__getitem__)
-
-
-def pick(logprobs: list[float], tokens: list[int], chars: list[int], mode: str) -> tuple[int, list[float]]:
-    """The option `mode` picks from the options' summed log-likelihoods, and every option's score."""
-    scores = option_scores(logprobs, tokens, chars, mode)
-    return best_option(scores), scores
-
-
 def _counts(targets: list[list[int]], texts: list[str]) -> tuple[list[int], list[int]]:
     """The options' token counts and lengths in characters, as scores divide by them."""
     return [len(ids) for ids in targets], [len(t) for t in texts]
-
-
-def method_pick(method: str, logprobs: list[float], tokens: list[int], chars: list[int], mode: str,
-                per_prompt: list[list[float]] | None = None) -> tuple[int, list[float], list[int] | None]:
-    """A method's pick and every option's score under `mode`, and each prompt's pick where `per_prompt` holds each
-    prompt's summed log-likelihoods: vote takes the option most prompts pick (`plurality`), scored by its share of
-    the picks; every other method the best score of its (fused) `logprobs`."""
-    each = [pick(lp, tokens, chars, mode)[0] for lp in per_prompt] if per_prompt is not None else None
-    if method == "vote":
-        if each is None:
-            raise ValueError("vote picks from each prompt's log-likelihoods: pass per_prompt")
-        return each[plurality(each)], vote_shares(each, len(logprobs)), each
-    choice, scores = pick(logprobs, tokens, chars, mode)
-    return choice, scores, each
-
-
-def option_probabilities(method: str, scores: list[float]) -> list[float]:
-    """How sure a method is of each option, for calibration: the softmax of the scores it picked by (under the run's
-    `choice_score`: the options' summed, per-token or per-character log-likelihoods, normalised over the options),
-    vote's the shares of the prompts' picks its scores already are."""
-    if method == "vote":
-        return list(scores)
-    return torch.tensor(scores, dtype=torch.float64).softmax(0).tolist()
 
 
 def _scored(method: str, logprobs: list[float], tokens: list[int], chars: list[int], mode: str,
