@@ -108,7 +108,13 @@ def test_truncated_file_named(copy):
 
 
 def test_missing_config(tmp_path):
-    with pytest.raises(MinirunError, match="no config.json"):
+    with pytest.raises(MinirunError, match="no config.json in .*: point --model at an HF-style checkpoint directory"):
+        minirun.load(tmp_path)
+    for name in ("smollm2", "Qwen/Qwen2.5-0.5B"):  # the models folder itself given: the checkpoints in it are named
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text("{}")
+    with pytest.raises(MinirunError, match=r"which holds the checkpoints smollm2, Qwen/Qwen2\.5-0\.5B: point --model "
+                                           "at one of those$"):
         minirun.load(tmp_path)
 
 

@@ -181,7 +181,11 @@ def load_config(checkpoint_dir: str | Path) -> ModelConfig:
     """Read `config.json` (and `generation_config.json` for extra eos ids) from a checkpoint dir."""
     path = Path(checkpoint_dir) / "config.json"
     if not path.is_file():
-        raise MinirunError(f"no config.json in {checkpoint_dir}: point --model at an HF-style checkpoint directory")
+        inside = sorted(str(c.parent.relative_to(checkpoint_dir)) for c in Path(checkpoint_dir).glob("*/config.json"))
+        inside += sorted(str(c.parent.relative_to(checkpoint_dir)) for c in Path(checkpoint_dir).glob("*/*/config.json"))
+        held = (f", which holds the checkpoints {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}: point "
+                "--model at one of those") if inside else ": point --model at an HF-style checkpoint directory"
+        raise MinirunError(f"no config.json in {checkpoint_dir}{held}")
     config = ModelConfig.from_dict(checkpoint_json(path))
     gen_path = Path(checkpoint_dir) / "generation_config.json"
     extra = _eos_ids(checkpoint_json(gen_path).get("eos_token_id"), str(gen_path))
