@@ -181,8 +181,8 @@ def load_config(checkpoint_dir: str | Path) -> ModelConfig:
     """Read `config.json` (and `generation_config.json` for extra eos ids) from a checkpoint dir."""
     path = Path(checkpoint_dir) / "config.json"
     if not path.is_file():
-        inside = sorted(str(c.parent.relative_to(checkpoint_dir)) for c in Path(checkpoint_dir).glob("*/config.json"))
-        inside += sorted(str(c.parent.relative_to(checkpoint_dir)) for c in Path(checkpoint_dir).glob("*/*/config.json"))
+        inside = [str(c.parent.relative_to(checkpoint_dir)) for depth in ("*", "*/*")  # models/name, models/org/name
+                  for c in sorted(Path(checkpoint_dir).glob(f"{depth}/config.json"))]
         held = (f", which holds the checkpoints {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}: point "
                 "--model at one of those") if inside else ": point --model at an HF-style checkpoint directory"
         raise MinirunError(f"no config.json in {checkpoint_dir}{held}")
