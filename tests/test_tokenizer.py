@@ -39,7 +39,6 @@ LLAMA_TEXTS = [*TEXTS, " Paris", "a</s> b", "<s>[INST] What is the capital of Fr
     ("llama", {"tokenizer_class": "LlamaTokenizer", "legacy": True}),
     ("llama", {"tokenizer_class": "LlamaTokenizerFast", "add_prefix_space": False}),
     ("mistral", {"tokenizer_class": "LlamaTokenizer"}),  # transformers 5 reads a Mistral's file as written
-    ("llama", {"tokenizer_class": "LlamaTokenizerFast", "byte_level": True}),  # a Llama 3 fine-tune's files
     ("qwen2", {"tokenizer_class": "Qwen2Tokenizer", "byte_level": True}),  # rebuilt by transformers 5, alike
     ("llama", {"tokenizer_class": "GPT2Tokenizer", "byte_level": True}),  # SmolLM2's class, rebuilt alike
 ])
@@ -49,22 +48,44 @@ def test_a_tokenizer_class_encodes_as_transformers_5_loads_it(tmp_path, model_ty
     "▁Paris" there, and "[INST]" after "<s>" took a "▁" transformers does not give it); a Mistral's, or a byte-level
     file naming that class, it reads as written. The byte-level classes it rebuilds (Qwen's, SmolLM2's) build what
     their files hold."""
-    import json
-
-    from checkpoints import write_sentencepiece_tokenizer, write_tokenizer
-
-    settings = dict(settings)
-    (write_tokenizer if settings.pop("byte_level", False) else write_sentencepiece_tokenizer)(tmp_path)
-    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **settings}))
-    if model_type is not None:
-        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
-    ref, ours = AutoTokenizer.from_pretrained(tmp_path), Tokenizer(tmp_path)
+    ref, ours = _class_named(tmp_path, model_type, settings), Tokenizer(tmp_path)
     for text in LLAMA_TEXTS:
         ids = ref.encode(text)
         assert ours.encode(text) == ids, text
         assert ours.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False), text
         assert ours.decode(ids) == ref.decode(ids) and ours.decode(ids, True) == ref.decode(ids, True), text
+
+
+def _class_named(path: Path, model_type: str | None, settings: dict):
+    """A tokenizer written to `path` whose tokenizer_config.json gets `settings` (`byte_level`: Qwen's byte-level BPE,
+    else Llama 2's files) and config.json `model_type`, as transformers loads it."""
+    import json
+
+    from checkpoints import write_sentencepiece_tokenizer, write_tokenizer
+
+    settings = dict(settings)
+    (write_tokenizer if settings.pop("byte_level", False) else write_sentencepiece_tokenizer)(path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, **settings}))
+    if model_type is not None:
+        (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_a_byte_level_file_naming_llamatokenizerfast_is_read_as_written(tmp_path):
+    """Llama 3 fine-tunes often name LlamaTokenizerFast over a byte-level tokenizer.json: rebuilt as Llama 2's
+    Metaspace pipeline its ids would be nonsense. transformers 5.17 did rebuild it; later 5.x read it as written,
+    as minirun does (checked against them where the transformers installed has that rule)."""
+    from tokenizers import Tokenizer as FileTokenizer
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    ref = _class_named(tmp_path, "llama", {"tokenizer_class": "LlamaTokenizerFast", "byte_level": True})
+    ours, written = Tokenizer(tmp_path), FileTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    reads_as_written = hasattr(TokenizersBackend, "_tokenizer_json_has_byte_level")
+    for text in LLAMA_TEXTS:
+        ids = written.encode(text).ids
+        assert ours.encode(text) == ids and ours.decode(ids) == written.decode(ids, skip_special_tokens=False), text
+        assert not reads_as_written or ref.encode(text) == ids, text
 
 
 @pytest.mark.parametrize("messages", CHATS)
