@@ -39,6 +39,8 @@ LLAMA_TEXTS = [*TEXTS, " Paris", "a</s> b", "<s>[INST] What is the capital of Fr
     ("llama", {"tokenizer_class": "LlamaTokenizer", "legacy": True}),
     ("llama", {"tokenizer_class": "LlamaTokenizerFast", "add_prefix_space": False}),
     ("mistral", {"tokenizer_class": "LlamaTokenizer"}),  # transformers 5 reads a Mistral's file as written
+    ("llama", {"tokenizer_class": "CodeLlamaTokenizer"}), ("llama", {"tokenizer_class": "CodeLlamaTokenizerFast",
+                                                                      "legacy": True, "add_prefix_space": False}),
     ("qwen2", {"tokenizer_class": "Qwen2Tokenizer", "byte_level": True}),  # rebuilt by transformers 5, alike
     ("llama", {"tokenizer_class": "GPT2Tokenizer", "byte_level": True}),  # SmolLM2's class, rebuilt alike
 ])
@@ -46,8 +48,8 @@ def test_a_tokenizer_class_encodes_as_transformers_5_loads_it(tmp_path, model_ty
     """Llama 2 and TinyLlama name LlamaTokenizer[Fast], whose pipeline transformers 5 builds from
     tokenizer_config.json instead of reading tokenizer.json's legacy normalizer (" Paris" was "▁▁Paris" here and
     "▁Paris" there, and "[INST]" after "<s>" took a "▁" transformers does not give it); a Mistral's, or a byte-level
-    file naming that class, it reads as written. The byte-level classes it rebuilds (Qwen's, SmolLM2's) build what
-    their files hold."""
+    file naming that class, it reads as written; Code Llama's class is rebuilt alike. The byte-level classes it
+    rebuilds (Qwen's, SmolLM2's) build what their files hold."""
     ref, ours = _class_named(tmp_path, model_type, settings), Tokenizer(tmp_path)
     for text in LLAMA_TEXTS:
         ids = ref.encode(text)

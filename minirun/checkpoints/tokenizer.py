@@ -19,6 +19,7 @@ from minirun.text import THINK_END, THINK_START
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")  # what Llama 2's, TinyLlama's and Mistral 7B's files name
+CODE_LLAMA_CLASSES = ("CodeLlamaTokenizer", "CodeLlamaTokenizerFast")  # Code Llama's: no `legacy` switch
 
 
 def rebuilt_as_llama(checkpoint: Path, config: dict) -> bool:
@@ -26,7 +27,7 @@ def rebuilt_as_llama(checkpoint: Path, config: dict) -> bool:
     the pipeline (`llama_pipeline`), rather than as tokenizer.json is written: where tokenizer_config.json names a
     Llama class, unless config.json's model type is mistral (loaded as written) or the file is byte-level (Llama 3's
     fine-tunes that name LlamaTokenizerFast; transformers tests the text for "ByteLevel" alike)."""
-    if config.get("tokenizer_class") not in LLAMA_CLASSES:
+    if config.get("tokenizer_class") not in (*LLAMA_CLASSES, *CODE_LLAMA_CLASSES):
         return False
     if checkpoint_json(checkpoint / "config.json").get("model_type") == "mistral":
         return False
@@ -37,14 +38,16 @@ def llama_pipeline(tok: HFTokenizer, config: dict) -> None:
     """The pipeline transformers 5's LlamaTokenizer builds: tokenizer.json's vocabulary, merges and special tokens,
     the rest from tokenizer_config.json, so Llama 2's legacy normalizer (a "▁" before the text, every space a "▁":
     " Paris" as "▁▁Paris") gives way to a Metaspace that marks the first word only (`legacy` false, transformers 5's
-    default) or every text between special tokens (`legacy` true), or none (`add_prefix_space` false)."""
+    default) or every text between special tokens (`legacy` true), or none (`add_prefix_space` false); Code Llama's
+    class has no `legacy` and always strips the decoded text's first space."""
+    code = config.get("tokenizer_class") in CODE_LLAMA_CLASSES
     prefix = config.get("add_prefix_space")
     prefix = True if prefix is None else bool(prefix)
-    scheme = ("always" if config.get("legacy") else "first") if prefix else "never"
+    scheme = ("always" if config.get("legacy") and not code else "first") if prefix else "never"
     tok.normalizer = None
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     *([decoders.Strip(" ", 1, 0)] if prefix else [])])
+                                     *([decoders.Strip(" ", 1, 0)] if prefix or code else [])])
     tok.model.fuse_unk, tok.model.byte_fallback = True, True
 
 
