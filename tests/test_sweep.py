@@ -936,7 +936,7 @@ def test_a_sweep_of_multiple_choice_reports_calibration_per_model():
     text = console.export_text()
     assert "d · calibration (multiple choice)" in text and "15 equal-width bins" in text
     assert re.search(r"│ per_prompt \(first prompt\) +│ +– +│ +– +│ +– +│ +0\.500 +│", text)  # big never ran it
-    assert re.search(r"^│ origin .*│ +– +│ +1\.00 +│$", text, re.M)  # scored, so no tokens/s, but 1 item a second
+    assert re.search(r"^│ origin .*│ +– +│ +1\.00 +│$", text, re.M)  # scored: no tokens/s, but 1 item a second
     assert scores_json(sweep_table(rows))["d"]["small"]["avg"]["ece"] is None
     plain = Console(width=250, record=True)
     for table in score_tables(sweep_table(rows), str):

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 def mask(
     question: str = typer.Argument(..., help="The original question."),
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording (repeatable)."),
-    method: str = typer.Option("flex", "--method", "-m", help="flex, or a row method (one panel per row; hidden_avg names its layer)."),
+    method: str = typer.Option("flex", "--method", "-m", help="flex, or a row method (one panel per row; hidden_avg "
+                               "names its layer)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
     prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix text file, used verbatim."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file, laid "

@@ -234,9 +234,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     accuracy (the run's match rule, see `select_match`) with ci95_low/ci95_high, its Wilson score
     interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
     of generated rows, so long generations weigh in and scored multiple-choice rows do not), items_per_second
-    (timed rows over their seconds, scored ones included); the
-    calibration of `calibration`; `macro_accuracy` over relations where rows carry them; the paired comparisons of
-    `paired_stats`, NaN where they do not apply."""
+    (timed rows over their seconds, scored ones included); the calibration of `calibration`; `macro_accuracy` over
+    relations where rows carry them; the paired comparisons of `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
     scores = _scores(df, _keys(df)).join(calibration(df)).join(macro_accuracy(df))
