@@ -1,7 +1,7 @@
 """Every GPU check in one command: `python -m minirun.bench.gpu --out DIR` (or `bench/gpu.sh`).
 
-Correctness first (logits against transformers in float32 and bfloat16 for llama, qwen2 and
-qwen3; compiled == eager tokens for every method at batch 1 and 8; no recompilation across five
+Correctness first (logits against transformers in float32 and bfloat16 for llama, mistral, qwen2
+and qwen3; compiled == eager tokens for every method at batch 1 and 8; no recompilation across five
 question lengths; host syncs counted with the profiler), then speed (`run_bench` on the
 Llama-3.2-1B and SmolLM2-135M shapes, batch 1 and 8, against transformers; every method at 5
 paraphrases) and an eval-like sweep (questions × 6 prompts, 10-token answers) in items/s. Each
@@ -36,7 +36,7 @@ from minirun.layers.compiled import refused_shapes
 from minirun.layers.linear import device_stream_rows, set_device_stream_rows
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 
-PARITY = {"llama": "llama-3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b"}
+PARITY = {"llama": "llama-3.2-1b", "mistral": "mistral-7b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b"}
 SMALL = dict(num_hidden_layers=2)  # the families' real widths, two blocks: parity is per block
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=256)

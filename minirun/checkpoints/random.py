@@ -18,6 +18,8 @@ from minirun.errors import MinirunError
 
 _LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
           "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-5}
+_MISTRAL = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_act": "silu",
+            "rms_norm_eps": 1e-5, "sliding_window": None}
 _QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
           "rms_norm_eps": 1e-6, "use_sliding_window": False}
 _QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
@@ -34,6 +36,10 @@ SHAPES: dict[str, dict[str, Any]] = {
                      "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
                      "bos_token_id": 128000, "eos_token_id": 128001},
+    "mistral-7b": {**_MISTRAL, "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+                   "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32768,
+                   "tie_word_embeddings": False, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+                   "bos_token_id": 1, "eos_token_id": 2},  # Mistral-7B-Instruct-v0.3
     "qwen2.5-0.5b": {**_QWEN2, "num_hidden_layers": 24, "hidden_size": 896, "num_attention_heads": 14,
                      "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
                      "tie_word_embeddings": True, "rope_theta": 1000000.0, "max_position_embeddings": 32768,

@@ -68,7 +68,7 @@ def bench(
     model: Optional[str] = typer.Option(None, help="Checkpoint dir or HF repo id, org/name or org/name@REV (default: "
                                          "$MINIRUN_MODEL or SmolLM2)."),
     random_weights: Optional[str] = typer.Option(None, help="Random weights of a named shape: smollm2-135m, "
-                                                 "llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b."),
+                                                 "llama-3.2-1b, mistral-7b, qwen2.5-0.5b, qwen3-0.6b."),
     method: str = typer.Option("origin", "--method", "-m"),
     prompt_tokens: int = typer.Option(128, min=1),
     new_tokens: int = typer.Option(64, min=2, help="Tokens generated per answer (decode speed needs a step after "
