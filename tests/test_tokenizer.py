@@ -130,6 +130,39 @@ def test_every_packed_prompt_is_the_tokenizers_own_encoding(smollm2_dir, chat):
     assert len(enc.head) > 10 and len(enc.tail) >= 2
 
 
+MISTRAL_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+                    "{{ '[INST] ' + message['content'] + '[/INST]' }}{% else %}{{ message['content'] + eos_token }}"
+                    "{% endif %}{% endfor %}")
+LLAMA2_TEMPLATE = ("{% for message in messages %}{{ bos_token + '[INST] ' + message['content'].strip() + ' [/INST]' }}"
+                   "{% endfor %}")
+
+
+@pytest.mark.parametrize("arch, template", [("llama_bias", LLAMA2_TEMPLATE), ("mistral", MISTRAL_TEMPLATE)],
+                         ids=["llama2", "mistral"])
+def test_a_sentencepiece_models_packed_prompts_are_transformers_own_encodings(tmp_path, arch, template):
+    """Llama 2's files (the pipeline transformers 5 rebuilds) and Mistral's (read as written), with their chat
+    templates' literal `<s>[INST]`: the shared head, each paraphrase and the tail are the ids transformers gives
+    each whole prompt, in chat and plain prompts."""
+    import json
+
+    from checkpoints import write_checkpoint
+
+    import minirun
+    from minirun.methods.packing import encode_question
+
+    path = write_checkpoint(arch, tmp_path / arch, sentencepiece=True)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    llm, ref = minirun.load(path), AutoTokenizer.from_pretrained(path)
+    prefix, suffix = "Answer briefly.\n\nQ: Who wrote Hamlet?\nA: Shakespeare\n\nQ: ", "\nA:"
+    for chat in (True, False):
+        enc = encode_question(llm, PARAPHRASES, prefix, suffix, chat=chat)
+        for i, p in enumerate(PARAPHRASES):
+            whole = ref.apply_chat_template([{"role": "user", "content": prefix + p + suffix}], tokenize=False) \
+                if chat else prefix + p + suffix
+            assert enc.full(i) == ref.encode(whole, add_special_tokens=not chat), (chat, p)
+
+
 def _variant(tmp_path, checkpoint_dirs, change: dict, drop: tuple[str, ...] = ()) -> Path:
     """The qwen2 checkpoint's tokenizer files with tokenizer_config.json changed (None deletes a key)."""
     import json
