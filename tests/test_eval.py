@@ -240,6 +240,25 @@ def test_origin_rows_that_asked_an_unstripped_question_are_not_mixed_with_its_st
             evaluate(tiny, [item], ["origin", "avg"], out, fewshot_items=[shot], **settings)
 
 
+def test_runs_of_a_llama_class_tokenizer_made_before_its_rebuilt_pipeline_are_not_resumed(tiny, tmp_path):
+    """A Llama 2-style checkpoint's prompts got other ids before minirun encoded them as transformers 5 does (the
+    pipeline it builds for LlamaTokenizer): its runs record that, and one recorded without it is refused on resume,
+    as its rows would mix two tokenizations; a checkpoint whose tokenizer is read as written records nothing."""
+    from checkpoints import write_checkpoint
+
+    llama2 = minirun.load(write_checkpoint("llama_bias", tmp_path / "llama2", sentencepiece=True))
+    items = load_dataset("sample-qa")[:2]
+    out = tmp_path / "run"
+    evaluate(llama2, items, ["origin"], out, **SETTINGS)
+    info = json.loads((out / "run.json").read_text())
+    assert info["run_key"].pop("tokenizer") == "as transformers 5 builds it"
+    (out / "run.json").write_text(json.dumps(info))  # as minirun recorded runs before
+    with pytest.raises(MinirunError, match="its prompts were tokenized as tokenizer.json is written"):
+        evaluate(llama2, items, ["origin", "avg"], out, **SETTINGS)
+    evaluate(tiny, items, ["origin"], tmp_path / "qwen", **SETTINGS)
+    assert "tokenizer" not in json.loads((tmp_path / "qwen" / "run.json").read_text())["run_key"]
+
+
 def test_a_paraphrased_mmlu_file_is_asked_as_mmlu_asks_with_benchmark(tiny, tmp_path):
     """`minirun paraphrase mmlu` writes a plain item file; `--benchmark mmlu` asks it in MMLU's words, a head per
     subject (ensembles over its paraphrases, which the Hub's MMLU lacks), through the command line too."""

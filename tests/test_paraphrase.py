@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import types
 
 import pytest
 import torch
@@ -103,7 +104,8 @@ def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkey
     assert fills[0].question == FILL.question
     rewrites = ["The capital of Egypt is Egypt.", "The capital of Egypt is Abu Dhabi", "Egypt's capital city is"]
     monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
-    undated = type("Tokenizer", (), {"reads_clock": False, "pinned_clock": lambda self, moment: contextlib.nullcontext()})
+    undated = type("Tokenizer", (), {"reads_clock": False, "rebuilt": False,
+                                     "pinned_clock": lambda self, moment: contextlib.nullcontext()})
     llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
                                "tokenizer": undated(), "opens_reasoning": lambda self, chat, thinking: False})()
     done = paraphrase_file(llm, fills, tmp_path / "f.jsonl", num=3)
@@ -230,10 +232,28 @@ def test_other_settings_refused(llm, tmp_path):
         paraphrase_file(llm, load_dataset("sample-fill")[:1], out, num=2, max_new_tokens=6, dataset="sample-fill")
 
 
+def test_rewrites_of_a_llama_class_tokenizer_before_its_rebuilt_pipeline_are_not_resumed(tmp_path):
+    """A Llama 2-style checkpoint's prompts got other ids before minirun encoded them as transformers 5 does: its
+    rewrites' key and settings record that, so a file an older minirun wrote is refused, naming the change."""
+    from checkpoints import write_checkpoint
+
+    llama2 = minirun.load(write_checkpoint("llama_bias", tmp_path / "llama2", sentencepiece=True,
+                                           max_position_embeddings=1024))  # the rewrite prompt's ~620 tokens
+    out = tmp_path / "p.jsonl"
+    paraphrase_file(llama2, items()[:1], out, num=2, max_new_tokens=4, dataset="sample-qa")
+    row = json.loads(out.read_text())
+    assert row["paraphrase_setup"].pop("tokenizer") == "as transformers 5 builds it"
+    out.write_text(json.dumps({**row, "paraphrase_settings": "0123456789abcdef"}) + "\n")  # as an older minirun
+    with pytest.raises(minirun.MinirunError, match=r"other settings \(tokenizer: 'as tokenizer.json is written' -> "
+                                                   r"'as transformers 5 builds it'\)"):
+        paraphrase_file(llama2, items()[:1], out, num=2, max_new_tokens=4, dataset="sample-qa")
+
+
 def test_the_key_holds_the_dtype_and_device_kind_the_rewrites_came_from(tmp_path):
     """bfloat16 rewrites (eval's default on a CPU with bfloat16 arithmetic, and on GPU) are other rewrites."""
     def fake(dtype: torch.dtype, device: str):
-        return type("FakeLLM", (), {"path": tmp_path, "dtype": dtype, "device": torch.device(device)})()
+        return type("FakeLLM", (), {"path": tmp_path, "dtype": dtype, "device": torch.device(device),
+                                    "tokenizer": types.SimpleNamespace(rebuilt=False)})()
 
     keys = {paraphrase.settings_key(fake(dtype, device), "sample-qa", 2, 1.5, 0.9, 6, 0)
             for dtype in (torch.float32, torch.bfloat16) for device in ("cpu", "cuda")}

@@ -114,8 +114,10 @@ class Tokenizer:
                                "re-download the checkpoint or restore the file") from None
         self.checkpoint = checkpoint
         config = checkpoint_json(checkpoint / "tokenizer_config.json")
-        if type(self._tok.model).__name__ == "BPE" and rebuilt_as_llama(checkpoint, config):
-            llama_pipeline(self._tok, config)  # the ids transformers 5 encodes, not the file's alone
+        # the ids transformers 5 encodes, not the file's alone; runs record it, as minirun once read the file
+        self.rebuilt = type(self._tok.model).__name__ == "BPE" and rebuilt_as_llama(checkpoint, config)
+        if self.rebuilt:
+            llama_pipeline(self._tok, config)
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}

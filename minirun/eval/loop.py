@@ -33,7 +33,7 @@ from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
-from minirun.eval.results import SOURCES, ResultStore, merge, read_results, recorded_run_key
+from minirun.eval.results import REBUILT, SOURCES, ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import device_name, seconds_set_aside
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import ChoiceResult, asked_ids, score_choices, scored_as
@@ -268,6 +268,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     }
     if any(fmt.question(item.question) != item.question for item in items):  # origin's prompt, where it matters
         run_key["origin_question"] = "as formatted"
+    if llm.tokenizer.rebuilt:  # a Llama-class tokenizer's ids, which a minirun before took from tokenizer.json alone
+        run_key["tokenizer"] = REBUILT
     if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
         run_key["answers"] = "after thinking"
         if max_new_tokens < THINKING_TOKENS:

@@ -27,7 +27,7 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict
-from minirun.eval.results import drop_torn_line, lock_exclusively
+from minirun.eval.results import RECORDED_BEFORE, REBUILT, drop_torn_line, lock_exclusively
 from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize
 
 log = logging.getLogger("minirun")
@@ -132,17 +132,19 @@ def settings_record(llm: LLM, dataset: str, num: int, temperature: float, top_p:
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
     return {"model": str(llm.path.resolve()), "dataset": source, "num": num, "temperature": temperature,
             "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "version": REWRITE_VERSION,
-            "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "template_date": day}
+            "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "template_date": day,
+            **({"tokenizer": REBUILT} if llm.tokenizer.rebuilt else {})}  # as a run key records it
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int, day: str | None = None) -> str:
     """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
-    `day` a dated chat template renders at where there is one (files of other templates keep their keys)."""
+    `day` a dated chat template renders at where there is one, and a Llama-class tokenizer's pipeline as transformers 5
+    builds it (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys)."""
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
     settings = [str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
                 PROMPTS, str(llm.dtype), llm.device.type]
-    raw = json.dumps(settings + ([day] if day is not None else []))
+    raw = json.dumps(settings + ([day] if day is not None else []) + ([REBUILT] if llm.tokenizer.rebuilt else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -348,6 +350,7 @@ def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
             raise MinirunError(f"{out}:{lineno}: {foreign}")
         if row["paraphrase_settings"] != key:
             before = row.get("paraphrase_setup") if isinstance(row.get("paraphrase_setup"), dict) else {}
+            before = {"tokenizer": RECORDED_BEFORE["tokenizer"], **before} if before else {}  # recorded where rebuilt
             named = [f"{k}: {before[k]!r} -> {v!r}" for k, v in setup.items() if k in before and before[k] != v]
             which = f"({'; '.join(named)})" if named else ("(model, dtype, device kind, dataset file, num, "
                                                            "temperature, top_p, max_new_tokens, seed or template date) "

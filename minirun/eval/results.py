@@ -28,7 +28,8 @@ _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
 # Run-key entries recorded since a version of minirun whose earlier runs made rows another way: a key that
 # lacks one holds rows made that way (entries not listed here, missing, are simply not compared).
 RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "minirun", "answers": "first line",
-                   "origin_question": "as given"}
+                   "origin_question": "as given", "tokenizer": "as tokenizer.json is written"}
+REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Tokenizer.rebuilt`
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
@@ -40,6 +41,8 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "origin_question": "its origin rows asked the questions with the whitespace the benchmark's format strips (a "
                        "minirun before origin's question was written as the other prompts are)",
     "matcher": "its verdicts came from another answer matcher (another minirun or spaCy pipeline)",
+    "tokenizer": "its prompts were tokenized as tokenizer.json is written, where transformers 5 (and minirun since) "
+                 "builds this Llama-class tokenizer's pipeline itself, so their ids differ (a minirun before that)",
     "weights_sha256": "the checkpoint at that path holds other weights or another tokenizer than when its rows were made: "
                "restore them to resume",
 }
