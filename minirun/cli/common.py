@@ -255,3 +255,10 @@ def parse_flex_bias(value: Optional[str]) -> float | str | None:
         return float(value)
     except ValueError:
         raise MinirunError(f"--flex-bias takes a number or 'inv_n', not {value!r}") from None
+
+
+def shown_number(value: float, spec: str) -> str:
+    """`value` formatted, or a dash where it does not apply (NaN): a table's cell."""
+    import pandas as pd
+
+    return "–" if pd.isna(value) else format(value, spec)

@@ -25,6 +25,7 @@ from minirun.cli.common import (
     method_names,
     out,
     parse_flex_bias,
+    shown_number,
     single_prompt_line,
     warn,
 )
@@ -260,22 +261,17 @@ def _scores_table(scores: pd.DataFrame, title: str) -> Table:
         versus = []
         if paired:
             fewer = fewer_shared(row)
-            versus = [_number(row["diff_vs_origin"], "+.3f") + (f" (n={fewer})" if fewer is not None else ""),
-                      _number(row["p_vs_origin"], ".3g"), _number(row["p_vs_origin_holm"], ".3g")]
+            versus = [shown_number(row["diff_vs_origin"], "+.3f") + (f" (n={fewer})" if fewer is not None else ""),
+                      shown_number(row["p_vs_origin"], ".3g"), shown_number(row["p_vs_origin_holm"], ".3g")]
         interval = "–" if pd.isna(row["ci95_low"]) else f"{row['ci95_low']:.3f}–{row['ci95_high']:.3f}"
-        t.add_row(*map(str, labels), _number(row["accuracy"], ".3f"), interval, _number(row["exact_accuracy"], ".3f"),
-                  str(int(row["n"])), *versus, _number(row["tokens_per_second"], ".1f"),
-                  _number(row["items_per_second"], ".2f"))
+        t.add_row(*map(str, labels), shown_number(row["accuracy"], ".3f"), interval,
+                  shown_number(row["exact_accuracy"], ".3f"), str(int(row["n"])), *versus,
+                  shown_number(row["tokens_per_second"], ".1f"), shown_number(row["items_per_second"], ".2f"))
     return t
 
 
 def _label(index: object) -> str:
     return " · ".join(map(str, index)) if isinstance(index, tuple) else str(index)
-
-
-def _number(value: float, spec: str) -> str:
-    """`value` formatted, or a dash where it does not apply (NaN)."""
-    return "–" if pd.isna(value) else format(value, spec)
 
 
 def _pairwise_matrix(pairs: pd.DataFrame) -> Table:

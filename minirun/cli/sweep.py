@@ -13,8 +13,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import (CALIBRATION_CAPTION, check_output_dir, err, friendly, load_llm, out, single_prompt_line,
-                                warn)
+from minirun.cli.common import (CALIBRATION_CAPTION, check_output_dir, err, friendly, load_llm, out, shown_number,
+                                single_prompt_line, warn)
 from minirun.errors import MinirunError
 
 if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
@@ -237,8 +237,8 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
                     f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g}{f', n={fewer}' if fewer is not None else ''})"
                 cells += ["–"] * 6 if math.isnan(s["n"]) else [
                     f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
-                    str(int(s["n"])), versus, *(_rate(s[name], digits) for name, digits in
-                                                (("tokens_per_second", 1), ("items_per_second", 2)))]
+                    str(int(s["n"])), versus, shown_number(s["tokens_per_second"], ".1f"),
+                    shown_number(s["items_per_second"], ".2f")]
             t.add_row(method_label(str(method)), *cells)
         tables.append(t)
         if scores.loc[dataset].xs("ece", axis=1, level="metric").notna().any(axis=None):
@@ -260,10 +260,6 @@ def size_table(scores: pd.DataFrame, sizes: dict[str, int]) -> Table:
     for name, values in rows.iterrows():
         t.add_row(name, *("–" if math.isnan(v) else f"{v:.3f}" for v in values))
     return t
-
-
-def _rate(value: float, digits: int) -> str:
-    return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> Table:

@@ -49,4 +49,5 @@ def option_probabilities(method: str, scores: list[float]) -> list[float]:
         return list(scores)
     top = max(scores)  # shifted, as a softmax is computed: exp of a large log-likelihood sum would overflow
     weights = [math.exp(s - top) for s in scores]
-    return [w / sum(weights) for w in weights]
+    total = sum(weights)
+    return [w / total for w in weights]
