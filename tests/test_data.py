@@ -13,6 +13,7 @@ import minirun.eval.data
 from minirun.errors import MinirunError
 from minirun.eval.data import (
     Item,
+    benchmark_source,
     dataset_source,
     hub_dataset,
     load_commonsense_qa,
@@ -226,6 +227,18 @@ def test_a_hub_dataset_that_cannot_load_is_one_line_naming_it(monkeypatch, error
     with pytest.raises(MinirunError) as e:
         load_dataset("mmlu", subset=subset)
     assert said in str(e.value) and "\n" not in str(e.value) and str(e.value).endswith("(`--data FILE`)")
+
+
+def test_an_arc_set_that_cannot_load_names_its_config_not_a_subset(monkeypatch):
+    """ARC's set is minirun's choice of config, not the user's `--subset`: the error does not blame one."""
+    def failing(name, *config, split):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=failing))
+    with pytest.raises(MinirunError, match=r"^cannot load allenai/ai2_arc\[ARC-Challenge/test\] from the Hugging Face "
+                                           r"Hub \(Couldn't reach 'allenai/ai2_arc' on the Hub\): check the network "
+                                           r"\(HF_TOKEN, HF_ENDPOINT\); or give"):
+        load_dataset("arc_challenge")
 
 
 def test_webqa_hub_split(monkeypatch):
@@ -474,6 +487,65 @@ def test_mmlu_and_commonsense_qa_from_local_copies(tmp_path):
     bad.to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(MinirunError, match=r"bad\.parquet: record 1: field 'answer' must be an index 0\.\.3, got 7"):
         load_mmlu(path=tmp_path / "bad.parquet")
+
+
+def _arc_frame():
+    """ARC rows as the Hub gives them: most options lettered, some numbered 1-4 (the key is then a digit)."""
+    return pd.DataFrame({"id": ["Mercury_1", "NYSEDREGENTS_2"],
+                         "question": ["Which gas do plants take in?", "Which unit measures mass?"],
+                         "choices": [{"label": ["A", "B", "C"], "text": ["oxygen", "carbon dioxide", "helium"]},
+                                     {"label": ["1", "2", "3", "4"], "text": ["meter", "liter", "gram", "second"]}],
+                         "answerKey": ["B", "3"]})
+
+
+def _obqa_frame():
+    """OpenBookQA rows: the question is `question_stem`, and a key may carry a space (the harness lstrips it)."""
+    return pd.DataFrame({"id": ["7-980"], "question_stem": ["The sun is responsible for"],
+                         "choices": [{"label": ["A", "B", "C", "D"],
+                                      "text": ["puppies learning", "plants sprouting", "rain", "cold"]}],
+                         "answerKey": [" B"]})
+
+
+def test_arc_and_openbookqa_from_local_copies(tmp_path):
+    """A local copy is told apart by its fields (ARC's: CommonsenseQA's without a question concept; OpenBookQA's
+    question stem), an ARC row's numbered options keyed by their own label, OpenBookQA's key stripped."""
+    _arc_frame().to_json(tmp_path / "arc.jsonl", orient="records", lines=True)
+    _obqa_frame().to_parquet(tmp_path / "obqa.parquet")
+    gas, mass = load_dataset(tmp_path / "arc.jsonl")
+    assert (gas.id, gas.answer, gas.answers, gas.relation, gas.task) == ("Mercury_1", 1, ["carbon dioxide"], None,
+                                                                        "choice")
+    assert (mass.choices, mass.answer, mass.answers) == (["meter", "liter", "gram", "second"], 2, ["gram"])
+    (sun,) = load_dataset(tmp_path / "obqa.parquet")
+    assert (sun.id, sun.question, sun.answer, sun.answers) == ("7-980", "The sun is responsible for", 1,
+                                                               ["plants sprouting"])
+    _arc_frame().assign(answerKey=["D", "3"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"bad\.jsonl: record 1: field 'answerKey' 'D' must be one of the labels"):
+        load_dataset(tmp_path / "bad.jsonl")
+    _obqa_frame().drop(columns="question_stem").assign(stem=["x"]).to_json(tmp_path / "o.jsonl", orient="records",
+                                                                          lines=True)
+    with pytest.raises(MinirunError, match=r"o\.jsonl: record 1: missing field 'question'"):
+        load_dataset(tmp_path / "o.jsonl")  # no stem: read as ARC's rows, which name what they lack
+    with pytest.raises(MinirunError, match="arc.jsonl reads as arc data, which has no subsets"):
+        load_dataset(tmp_path / "arc.jsonl", subset="physics")
+
+
+def test_arc_and_openbookqa_from_the_hub(monkeypatch):
+    """Each ARC set is its own config of one repo, OpenBookQA's questions its `main` config: test items, train
+    examples; a run cites the config with the commit, and a set's examples are not taken for the other's upload."""
+    calls = _fake_datasets(monkeypatch, {"allenai/ai2_arc": _arc_frame(), "allenai/openbookqa": _obqa_frame()})
+    assert [len(load_dataset(name)) for name in ("arc_challenge", "arc_easy", "openbookqa")] == [2, 2, 1]
+    assert len(load_fewshot("arc_challenge")) == 2 and len(load_fewshot("openbookqa")) == 1
+    assert calls == [("allenai/ai2_arc", "ARC-Challenge", "test"), ("allenai/ai2_arc", "ARC-Easy", "test"),
+                     ("allenai/openbookqa", "main", "test"), ("allenai/ai2_arc", "ARC-Challenge", "train"),
+                     ("allenai/openbookqa", "main", "train")]
+    assert load_dataset("arc_easy")[1].id == "NYSEDREGENTS_2"
+    assert dataset_source("arc_easy", "e" * 40) == {"hub": "allenai/ai2_arc", "config": "ARC-Easy",
+                                                   "revision": "e" * 40, "commit": "e" * 40}
+    _fake_hub(monkeypatch, {None: "c" * 40})
+    challenge = dataset_source("arc_challenge")
+    assert challenge == {"hub": "allenai/ai2_arc", "config": "ARC-Challenge", "revision": "main", "commit": "c" * 40}
+    assert benchmark_source("arc_challenge", challenge) is challenge  # a paraphrased file asked as its own set
+    assert benchmark_source("arc_easy", challenge) == {**challenge, "config": "ARC-Easy"}  # asked, not assumed
 
 
 def test_choice_rows_with_null_values_are_errors(tmp_path):

@@ -165,12 +165,14 @@ def test_verdicts_of_another_matcher_are_not_mixed_in(tiny, items, tmp_path, rec
         evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
 
 
-@pytest.mark.parametrize("dataset,choice_format", [("mmlu", "letters"), ("mmlu", "cloze"),
-                                                    ("commonsense_qa", "letters"), ("commonsense_qa", "cloze")])
+@pytest.mark.parametrize("dataset,choice_format", [(d, f) for d in ("mmlu", "commonsense_qa", "arc_challenge",
+                                                                    "arc_easy", "openbookqa")
+                                                    for f in ("letters", "cloze")])
 def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp_path, monkeypatch, dataset,
                                                                         choice_format):
-    """MMLU and CommonsenseQA prompts are the text of lm-evaluation-harness's tasks (mmlu, mmlu_continuation,
-    commonsense_qa), questions stripped as its templates strip them, demonstrations included."""
+    """MMLU, CommonsenseQA, ARC and OpenBookQA prompts are the text of lm-evaluation-harness's tasks (mmlu,
+    mmlu_continuation, commonsense_qa, arc_challenge, arc_easy, openbookqa), questions stripped where its templates
+    strip them (not ARC's and OpenBookQA's), demonstrations included."""
     shot = dataclasses.replace(load_fewshot("sample-choice")[0], relation="astronomy")
     shot = dataclasses.replace(shot, question=f"  {shot.question}\n")
     test = Item("t1", " What is X?\n", [], ["b"], "choice", "astronomy", ["a", "b", "c", "d", "e"], 1)
@@ -184,7 +186,14 @@ def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp
     letters = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCDE", test.choices)) + "\nAnswer:"
     shot_letters = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", shot.choices)) + "\nAnswer:"
     shot_q, right = shot.question.strip(), shot.choices[shot.answer]
+    as_is, asked_q = shot.question, test.question  # ARC's and OpenBookQA's templates keep the row's text
+    arc = {("arc", "letters"): f"Question: {as_is}{shot_letters} {'ABCD'[shot.answer]}\n\n"
+                               f"Question: {asked_q}{letters}",
+           ("arc", "cloze"): f"Question: {as_is}\nAnswer: {right}\n\nQuestion: {asked_q}\nAnswer:"}
     expected = {
+        **{(name, fmt): text for (_, fmt), text in arc.items() for name in ("arc_challenge", "arc_easy")},
+        ("openbookqa", "letters"): f"{as_is}{shot_letters} {'ABCD'[shot.answer]}\n\n{asked_q}{letters}",
+        ("openbookqa", "cloze"): f"{as_is} {right}\n\n{asked_q}",
         ("mmlu", "letters"): "The following are multiple choice questions (with answers) about astronomy.\n\n"
                              f"{shot_q}{shot_letters} {'ABCD'[shot.answer]}\n\nWhat is X?{letters}",
         ("mmlu", "cloze"): "The following are questions (with answers) about astronomy.\n\n"
@@ -1118,6 +1127,47 @@ def test_report_shows_each_relation_the_macro_accuracy_and_every_pair(tiny, tmp_
     avg_max = scores["avg"]["versus"]["max"]  # three methods: every pair compared, not only each with origin
     assert "pairwise: accuracy of the row minus the column" in shown
     assert f"{avg_max['diff']:+.3f} (p {avg_max['p_holm']:.2g})" in shown
+
+
+@pytest.mark.parametrize("name, config, repo, asked", [
+    ("arc_challenge", "ARC-Challenge", "allenai/ai2_arc", "Question: Which gas do plants take in?\nAnswer:"),
+    ("openbookqa", "main", "allenai/openbookqa", "Which gas do plants take in?")])
+def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, name, config, repo, asked):
+    """`eval --data arc_challenge` (or openbookqa): the set's test split scored in the harness's words, its train
+    split's examples in the head, the config cited beside the commit."""
+    import huggingface_hub
+
+    question = "question_stem" if name == "openbookqa" else "question"
+    frames = {"test": pd.DataFrame({"id": ["t1"], question: ["Which gas do plants take in?"],
+                                    "choices": [{"label": ["1", "2", "3"], "text": ["oxygen", "carbon dioxide", "neon"]}],
+                                    "answerKey": ["2"]}),
+              "train": pd.DataFrame({"id": ["s1"], question: ["What melts ice?"],
+                                     "choices": [{"label": ["A", "B"], "text": ["heat", "cold"]}], "answerKey": ["A"]})}
+    calls = []
+
+    def load_hub_dataset(repo_id, *configs, split, **pinned):
+        calls.append((repo_id, *configs, split))
+        return types.SimpleNamespace(to_pandas=lambda: frames[split].copy())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
+    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda repo_id, revision=None: types.SimpleNamespace(
+        sha="c" * 40))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(_app(), ["eval", "--data", name, "--model", str(checkpoint_dirs["qwen2"]), "-m",
+                                         "origin", "--few-shot-k", "1", "--no-chat", "--no-progress", "--output",
+                                         str(out)])
+    assert result.exit_code == 0, result.output
+    assert calls == [(repo, config, "test"), (repo, config, "train")]
+    assert recorded_source(out, "data_source") == {"hub": repo, "config": config, "revision": "main",
+                                                   "commit": "c" * 40}
+    assert json.loads((out / "run.json").read_text())["run_key"]["prompt_format"] == f"harness {name}"
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert row["id"] == "t1" and len(row["choice_scores"]) == 3 and row["correct"] == (row["choice"] == 1)
+    shown = CliRunner().invoke(_app(), ["eval", "--data", name, "--model", str(checkpoint_dirs["qwen2"]), "-m",
+                                        "origin", "--few-shot-k", "1", "--no-chat", "--show-prompts", "1"])
+    assert shown.exit_code == 0, shown.output
+    shot = "Question: What melts ice?\nAnswer: heat" if name != "openbookqa" else "What melts ice? heat"
+    assert f"{shot}\n\n{asked}" in shown.stdout
 
 
 def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, tmp_path, monkeypatch):

@@ -46,9 +46,12 @@ class PromptFormat:
 
 
 MINIRUN = PromptFormat("minirun", "Q: ", "\nA:")
-# lm-evaluation-harness's templates (tasks/mmlu/default, mmlu/continuation and commonsense_qa/default.yaml):
-# letters after the question then "Answer:", a cloze option after "Answer:"; the harness's MMLU heads describe
-# the subject, CommonsenseQA's has none (and no cloze task: its cloze blocks are the letters' without the letters)
+# lm-evaluation-harness's templates (tasks/mmlu/default, mmlu/continuation, commonsense_qa/default, arc/arc_easy and
+# openbookqa/openbookqa.yaml): letters after the question then "Answer:", a cloze option after "Answer:"; the
+# harness's MMLU heads describe the subject, the others have none. CommonsenseQA has no cloze task there, ARC and
+# OpenBookQA no letters task: those blocks are the harness's other form with the letters dropped or added. ARC and
+# OpenBookQA ask the question as the row holds it (no strip); OpenBookQA's prompt is the question stem alone, each
+# option its continuation after a space.
 HARNESS = {
     ("mmlu", "letters"): PromptFormat("harness mmlu", "", "\nAnswer:", True,
                                       "The following are multiple choice questions (with answers) about {}."),
@@ -57,6 +60,12 @@ HARNESS = {
     ("commonsense_qa", "letters"): PromptFormat("harness commonsense_qa", "Question: ", "\nAnswer:", True, ""),
     ("commonsense_qa", "cloze"): PromptFormat("harness-style commonsense_qa cloze", "Question: ", "\nAnswer:", True,
                                               ""),
+    **{(name, "cloze"): PromptFormat(f"harness {name}", "Question: ", "\nAnswer:", False, "")
+       for name in ("arc_challenge", "arc_easy")},
+    **{(name, "letters"): PromptFormat(f"harness-style {name} letters", "Question: ", "\nAnswer:", False, "")
+       for name in ("arc_challenge", "arc_easy")},
+    ("openbookqa", "cloze"): PromptFormat("harness openbookqa", "", "", False, ""),
+    ("openbookqa", "letters"): PromptFormat("harness-style openbookqa letters", "", "\nAnswer:", False, ""),
 }
 
 

@@ -1,4 +1,5 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, or your own JSONL/JSON file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, or your own
+JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,18 @@ from pathlib import Path
 
 from minirun.checkpoints.hub import split_revision
 from minirun.errors import MinirunError, error_line
-from minirun.eval.data.choice import COMMONSENSE_QA, MMLU, load_commonsense_qa, load_mmlu
+from minirun.eval.data.choice import (
+    ARC,
+    ARC_SETS,
+    COMMONSENSE_QA,
+    MMLU,
+    OPENBOOKQA,
+    OPENBOOKQA_CONFIG,
+    load_arc,
+    load_commonsense_qa,
+    load_mmlu,
+    load_openbookqa,
+)
 from minirun.eval.data.items import (
     Item,
     LoadResult,
@@ -29,9 +41,11 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
-NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa")
+NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa")
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
-HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA}
+HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
+                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA}
+HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG}  # where one Hub repo holds several datasets, which one
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
@@ -44,6 +58,7 @@ __all__ = [
     "dataset_source",
     "ensemble_prompts",
     "hub_dataset",
+    "load_arc",
     "load_cited",
     "load_commonsense_qa",
     "load_dataset",
@@ -51,6 +66,7 @@ __all__ = [
     "load_jsonl",
     "load_mmlu",
     "load_myriadlama",
+    "load_openbookqa",
     "load_webqa",
     "text_lines",
     "write_jsonl",
@@ -99,7 +115,8 @@ def _no_json_records(path: Path) -> bool:
 def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
-    MyriadLAMA rows (`template`), CommonsenseQA (`choices` with `answerKey`), MMLU (`question`, `subject`,
+    MyriadLAMA rows (`template`), labelled options (`choices` with `answerKey`: OpenBookQA's with a
+    `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`, `subject`,
     `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
     would drop or reject: the plain loader names what is missing), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
@@ -107,7 +124,7 @@ def _kind(keys: set[str]) -> str:
     if "template" in keys:
         return "myriadlama"
     if {"choices", "answerKey"} <= keys:
-        return "commonsense_qa"
+        return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
         return "mmlu"
     if keys & {"task", "relation", "choices"}:
@@ -149,8 +166,9 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
     if name not in HUB_DATASETS:
         return None
     repo = HUB_DATASETS[name]
+    config = {"config": HUB_CONFIGS[name]} if name in HUB_CONFIGS else {}  # ARC's Challenge or Easy set
     if revision is not None and COMMIT.fullmatch(revision):
-        return {"hub": repo, "revision": revision, "commit": revision}
+        return {"hub": repo, **config, "revision": revision, "commit": revision}
     try:
         from huggingface_hub import dataset_info
         commit = dataset_info(repo, revision=revision).sha
@@ -162,8 +180,8 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
         log.warning(f"cannot ask the Hugging Face Hub which commit {repo} is at ({reason}): the run loads its main "
                     "branch as `datasets` finds it and records no commit; name one to pin it (NAME@COMMIT: eval's "
                     "`--data`, a sweep's dataset `name`)")
-        return {"hub": repo, "revision": "main"}
-    return {"hub": repo, "revision": revision or "main", "commit": commit}
+        return {"hub": repo, **config, "revision": "main"}
+    return {"hub": repo, **config, "revision": revision or "main", "commit": commit}
 
 
 def load_cited(name_or_path: str | Path, subset: str | None = None, skip_bad: bool = False,
@@ -192,14 +210,15 @@ def benchmark_source(benchmark: str, items_source: dict | None = None) -> dict |
 def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
     """Whether `source` is `name` at `revision` (default main) read at a known commit."""
     return (source is not None and name in HUB_DATASETS and source.get("hub") == HUB_DATASETS[name]
+            and source.get("config") == HUB_CONFIGS.get(name)
             and source.get("revision") == (revision or "main") and isinstance(source.get("commit"), str))
 
 
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
-    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU or CommonsenseQA rows (parquet, JSONL
-    or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
+    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC or OpenBookQA rows (parquet,
+    JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
     and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
     `revision` (or the one its name pins, `mmlu@REV`; default the main branch)."""
     name, pinned = hub_dataset(str(name_or_path))
@@ -218,6 +237,10 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_mmlu(subset, split="dev" if split == "train" else split, revision=revision)
     if name == "commonsense_qa":
         return load_commonsense_qa(split="train" if split == "train" else "validation", revision=revision)
+    if name in ARC_SETS:
+        return load_arc(name, split=split, revision=revision)
+    if name == "openbookqa":
+        return load_openbookqa(split=split, revision=revision)
     if name == "webqa":
         return load_webqa(split=split, revision=revision)
     if name == "myriadlama":
@@ -239,7 +262,7 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"{path} holds no JSON record on any line: a dataset is JSON lines of items (see the "
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
-        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA or WebQA rows, and its "
+        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA or WebQA rows, and its "
                            f"columns ({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
@@ -247,6 +270,10 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_mmlu(subset, split=split, path=path)
     if kind == "commonsense_qa":
         return load_commonsense_qa(split=split, path=path)
+    if kind == "arc":
+        return load_arc(split=split, path=path)
+    if kind == "openbookqa":
+        return load_openbookqa(split=split, path=path)
     if kind == "webqa":
         return load_webqa(path=path)
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
@@ -254,9 +281,9 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
 
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
-    """Worked examples disjoint from the test items: the train split of WebQA/MyriadLAMA/CommonsenseQA,
-    MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects; at `revision`,
-    the test items' upload), otherwise the bundled examples for `task`."""
+    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, CommonsenseQA, ARC and
+    OpenBookQA, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects; at
+    `revision`, the test items' upload), otherwise the bundled examples for `task`."""
     name = str(name_or_path)
     if name in HUB_DATASETS:
         return load_dataset(name, split="train", subset=subset, revision=revision)

@@ -1,4 +1,4 @@
-"""Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU and CommonsenseQA,
+"""Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU, CommonsenseQA, ARC and OpenBookQA,
 from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON array)."""
 from __future__ import annotations
 
@@ -13,23 +13,28 @@ from minirun.eval.data.items import Item, as_list, hf_frame, read_frame, text_va
 
 MMLU = "cais/mmlu"
 COMMONSENSE_QA = "tau/commonsense_qa"
+ARC = "allenai/ai2_arc"
+ARC_SETS = {"arc_challenge": "ARC-Challenge", "arc_easy": "ARC-Easy"}  # minirun's names: the Hub configs
+OPENBOOKQA = "allenai/openbookqa"
+OPENBOOKQA_CONFIG = "main"  # the questions alone ("additional" adds the fact each was written from)
 
 
 def _frame(name: str, split: str, config: str | None, path: str | Path | None,
            revision: str | None) -> tuple[pd.DataFrame, str]:
     if path is None:
-        return hf_frame(name, split, config, revision), f"{name}[{config + '/' if config else ''}{split}]"
+        subset = name == MMLU and config != "all"  # a subject the user named
+        return hf_frame(name, split, config, revision, subset), f"{name}[{config + '/' if config else ''}{split}]"
     path = Path(path)
     if not path.is_file():
         raise MinirunError(f"{path}: no such {name} file; pass an existing .parquet/.jsonl copy or path=None for the Hub")
     return read_frame(path, name), str(path)
 
 
-def _question(record: dict) -> str:
+def _question(record: dict, field: str = "question") -> str:
     """The question text; ValueError naming the field when it is null, blank or not text."""
-    question = record["question"]
+    question = record[field]
     if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"field 'question' must be a non-empty string, got {question!r}")
+        raise ValueError(f"field {field!r} must be a non-empty string, got {question!r}")
     return question
 
 
@@ -90,21 +95,45 @@ def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path |
     return _items(frame.to_dict("records"), source, convert)
 
 
-def load_commonsense_qa(split: str = "validation", path: str | Path | None = None,
-                        revision: str | None = None) -> list[Item]:
-    """CommonsenseQA questions; the Hub's test split has no answers, so evaluation uses validation."""
-    frame, source = _frame(COMMONSENSE_QA, split, None, path, revision)
+def _labelled(records: list[dict], source: str, prefix: str, question: str = "question",
+              relation: str | None = None) -> list[Item]:
+    """Items from rows whose `choices` are {label: [...], text: [...]} and whose `answerKey` is the right one's
+    label (CommonsenseQA, ARC, OpenBookQA), the key stripped as the harness strips OpenBookQA's. ARC labels some
+    rows' options 1-4 instead of A-D: the key is looked up among the row's own labels, never by letter."""
 
     def convert(n: int, r: dict) -> Item:
         options = r["choices"]
         if not isinstance(options, dict):
             raise ValueError(f"field 'choices' must be an object with 'label' and 'text' lists, got {options!r}")
-        labels, texts = [str(x) for x in as_list(options["label"])], _options(options["text"], "choices.text")
-        if len(labels) != len(texts) or str(r["answerKey"]) not in labels:
+        labels, texts = [str(x).strip() for x in as_list(options["label"])], _options(options["text"], "choices.text")
+        key = str(r["answerKey"]).strip()
+        if len(labels) != len(texts) or key not in labels:
             raise ValueError(f"field 'answerKey' {r['answerKey']!r} must be one of the labels {labels} of the "
                              f"{len(texts)} options")
-        answer = labels.index(str(r["answerKey"]))
-        return Item(str(r.get("id") or f"csqa-{split}-{n}"), _question(r), [], [texts[answer]], "choice",
-                    r.get("question_concept"), texts, answer)
+        answer = labels.index(key)
+        return Item(str(r.get("id") or f"{prefix}-{n}"), _question(r, question), [], [texts[answer]], "choice",
+                    r.get(relation) if relation else None, texts, answer)
 
-    return _items(frame.to_dict("records"), source, convert)
+    return _items(records, source, convert)
+
+
+def load_commonsense_qa(split: str = "validation", path: str | Path | None = None,
+                        revision: str | None = None) -> list[Item]:
+    """CommonsenseQA questions; the Hub's test split has no answers, so evaluation uses validation. Each item's
+    relation is its question concept."""
+    frame, source = _frame(COMMONSENSE_QA, split, None, path, revision)
+    return _labelled(frame.to_dict("records"), source, f"csqa-{split}", relation="question_concept")
+
+
+def load_arc(name: str = "arc_challenge", split: str = "test", path: str | Path | None = None,
+             revision: str | None = None) -> list[Item]:
+    """ARC's Challenge or Easy questions (`name`: arc_challenge or arc_easy), 3 to 5 options each; the train split
+    holds the few-shot examples, as lm-evaluation-harness draws them."""
+    frame, source = _frame(ARC, split, ARC_SETS[name], path, revision)
+    return _labelled(frame.to_dict("records"), source, f"{name}-{split}")
+
+
+def load_openbookqa(split: str = "test", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
+    """OpenBookQA's questions: each row's `question_stem`, four options; few-shot examples from train."""
+    frame, source = _frame(OPENBOOKQA, split, OPENBOOKQA_CONFIG, path, revision)
+    return _labelled(frame.to_dict("records"), source, f"openbookqa-{split}", question="question_stem")

@@ -250,9 +250,11 @@ def write_jsonl(items: list[Item], path: str | Path) -> None:
             f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
 
 
-def hf_frame(name: str, split: str, config: str | None = None, revision: str | None = None) -> pd.DataFrame:
+def hf_frame(name: str, split: str, config: str | None = None, revision: str | None = None,
+             subset: bool = False) -> pd.DataFrame:
     """A Hugging Face Hub dataset split as a DataFrame (at `revision`, a branch, tag or commit; default its main
-    branch), importing `datasets` only when needed."""
+    branch), importing `datasets` only when needed. `subset`: `config` is the user's `--subset` (an MMLU subject),
+    named in the error as what may be misspelt."""
     try:
         import datasets
     except ImportError:
@@ -266,9 +268,9 @@ def hf_frame(name: str, split: str, config: str | None = None, revision: str | N
     except (OSError, ValueError, RuntimeError) as e:  # offline, no such repo, config or split, a refused script
         what = f"{name}{'@' + revision if revision else ''}[{config + '/' if config else ''}{split}]"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        subset = f", or the subset {config!r} (--subset, spelt as the Hub does)" if config and config != "all" else ""
+        given = f", or the subset {config!r} (--subset, spelt as the Hub does)" if subset else ""
         raise MinirunError(f"cannot load {what} from the Hugging Face Hub ({reason}): check the network (HF_TOKEN, "
-                           f"HF_ENDPOINT){subset}; or give the path of a local copy (`--data FILE`)") from None
+                           f"HF_ENDPOINT){given}; or give the path of a local copy (`--data FILE`)") from None
 
 
 def as_list(value: object) -> list:
