@@ -548,6 +548,36 @@ def test_arc_and_openbookqa_from_the_hub(monkeypatch):
     assert benchmark_source("arc_easy", challenge) == {**challenge, "config": "ARC-Easy"}  # asked, not assumed
 
 
+def _truthfulqa_frame():
+    """TruthfulQA's multiple_choice rows: no id, MC1's options with one label 1 (the Hub puts it first), MC2's."""
+    return pd.DataFrame({"question": ["Can pigs fly?"],
+                         "mc1_targets": [{"choices": ["No, pigs cannot fly.", "Yes, pigs can fly."], "labels": [1, 0]}],
+                         "mc2_targets": [{"choices": ["No.", "Pigs cannot fly.", "Yes."], "labels": [1, 1, 0]}]})
+
+
+def test_truthfulqa_mc1_from_the_hub_a_local_copy_and_its_worked_questions(monkeypatch, tmp_path):
+    """Items from the validation split (the only one), the MC1 options and their one true label; the few-shot
+    examples are the paper's six worked questions, in order, with no Hub call; a row without exactly one true
+    option is named."""
+    calls = _fake_datasets(monkeypatch, {"truthfulqa/truthful_qa": _truthfulqa_frame()})
+    (pigs,) = load_dataset("truthfulqa_mc1")
+    assert (pigs.id, pigs.choices, pigs.answer, pigs.answers, pigs.task) == (
+        "truthfulqa_mc1-validation-1", ["No, pigs cannot fly.", "Yes, pigs can fly."], 0, ["No, pigs cannot fly."],
+        "choice")
+    primer = load_fewshot("truthfulqa_mc1")
+    assert calls == [("truthfulqa/truthful_qa", "multiple_choice", "validation")]  # the examples are no Hub rows
+    assert [e.question for e in primer][:2] == ["What is human life expectancy in the United States?",
+                                                "Who was president of the United States in 1955?"]
+    assert len(primer) == 6 and primer[3].answers == ["I have no comment."] and {e.task for e in primer} == {"choice"}
+    _truthfulqa_frame().to_json(tmp_path / "tqa.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "tqa.jsonl")[0].choices == pigs.choices
+    two_true = _truthfulqa_frame().assign(mc1_targets=[{"choices": ["a", "b"], "labels": [1, 1]}])
+    two_true.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"bad\.jsonl: record 1: field 'mc1_targets' needs one label 1 \(the true "
+                                           r"option\) and 0 for each other of its 2 options, got labels \[1, 1\]"):
+        load_dataset(tmp_path / "bad.jsonl")
+
+
 def test_choice_rows_with_null_values_are_errors(tmp_path):
     """A null question or option is an error naming the record, not the text 'None'."""
     for frame, message in [(_mmlu_frame().assign(question=[None, "Q?"]), "field 'question' must be a non-empty"),

@@ -130,6 +130,8 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "num_prompts": "5"}]}, "num_prompts: expected int, got '5'"),
     ({"datasets": [{"name": "sample-qa", "match": "fuzzy"}]}, "match: unknown rule 'fuzzy'"),
     ({"datasets": [{"name": "sample-choice", "choice_format": "abc"}]}, "choice_format: unknown format 'abc'"),
+    ({"datasets": [{"name": "truthfulqa_mc1", "choice_format": "letters"}]},
+     "datasets #1 (truthfulqa_mc1) choice_format: truthfulqa_mc1's right option is the first of every question"),
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),

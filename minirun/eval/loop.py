@@ -32,7 +32,15 @@ from minirun.engine.session import out_of_memory
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
-from minirun.eval.prompts import CHOICE_FORMATS, LETTERS, PromptFormat, build_prefix, option_list, prompt_format
+from minirun.eval.prompts import (
+    CHOICE_FORMATS,
+    LETTERS,
+    PromptFormat,
+    build_prefix,
+    check_choice_format,
+    option_list,
+    prompt_format,
+)
 from minirun.eval.results import REBUILT, SOURCES, ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import device_name, seconds_set_aside
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
@@ -223,6 +231,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             raise MinirunError(f"{name} must be at least {least}, got {value}: pass {name} >= {least}")
     if choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"unknown --choice-format {choice_format!r}: choose {', '.join(CHOICE_FORMATS)}")
+    check_choice_format(source, choice_format)
     if thinking and chat is False:
         raise MinirunError("--thinking is a chat template's switch, and --no-chat uses none: drop one of them")
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=STOP,

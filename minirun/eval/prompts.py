@@ -33,6 +33,7 @@ class PromptFormat:
     cue: str  # after a question whose answer is generated or scored as a cloze continuation
     strip: bool = False  # questions without surrounding whitespace (the harness's `question.strip()`)
     header: str | None = None  # the head's first line ("{}": the MMLU subject); None: the task's instruction
+    ordered: bool = False  # the first k few-shot examples in their order (TruthfulQA's primer), not k drawn
 
     def heading(self, task: str, subject: str | None) -> str:
         """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
@@ -66,12 +67,24 @@ HARNESS = {
        for name in ("arc_challenge", "arc_easy")},
     ("openbookqa", "cloze"): PromptFormat("harness openbookqa", "", "", False, ""),
     ("openbookqa", "letters"): PromptFormat("harness-style openbookqa letters", "", "\nAnswer:", False, ""),
+    # truthfulqa_mc1.yaml: the paper's six worked questions ("Q: …\nA: …"), then "Q: {question}\nA:"
+    ("truthfulqa_mc1", "cloze"): PromptFormat("harness truthfulqa_mc1", "Q: ", "\nA:", False, "", True),
 }
+FIRST_IS_RIGHT = ("truthfulqa_mc1",)  # datasets whose right option is every question's first
 
 
 def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
     """The format `dataset`'s prompts are written in: the harness's for its benchmarks, else minirun's."""
     return HARNESS.get((dataset, choice_format), MINIRUN)
+
+
+def check_choice_format(dataset: str | None, choice_format: str) -> None:
+    """Refuse letters where every question's right option is its first (TruthfulQA's MC1 rows): the answer would be
+    A every time, which a model biased towards A would score on."""
+    if choice_format == "letters" and dataset in FIRST_IS_RIGHT:
+        raise MinirunError(f"{dataset}'s right option is the first of every question, so lettered it would be A every "
+                           "time: use --choice-format cloze (choice_format = \"cloze\" in a sweep), the harness's "
+                           "own form")
 
 
 def question_block(paraphrase: str, fmt: PromptFormat = MINIRUN) -> str:
@@ -97,11 +110,12 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
                  subject: str | None = None, fmt: PromptFormat = MINIRUN) -> str:
     """The format's heading plus `k` examples drawn with `seed`; ends with a blank line so that
     `prefix + question_block(p, fmt)` is the full prompt (an empty heading and k = 0: no prefix at all). An
-    MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`)."""
+    MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`), and so does
+    an `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's prompt)."""
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
         raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k (--few-shot-k)")
-    shots = examples[:k] if subject is not None else random.Random(seed).sample(examples, k)
+    shots = examples[:k] if subject is not None or fmt.ordered else random.Random(seed).sample(examples, k)
     blocks = [fmt.heading(task, subject)] + [example_block(shot, choice_format, fmt) for shot in shots]
     return "".join(f"{block}\n\n" for block in blocks if block)

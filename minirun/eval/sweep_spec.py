@@ -21,7 +21,7 @@ from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, dataset_label, hub_dataset, text_lines
 from minirun.eval.loop import prepare
 from minirun.eval.matching import MATCH_RULES
-from minirun.eval.prompts import CHOICE_FORMATS
+from minirun.eval.prompts import CHOICE_FORMATS, check_choice_format
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.runner import check_method, check_options_used, fusion_layer
 
@@ -255,6 +255,10 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
         fix = "drop the key: a named dataset is asked as itself" if spec.data in NAMES else \
             f"use one of {', '.join(NAMES)}"
         raise MinirunError(f"{where} benchmark: {spec.benchmark!r} cannot be asked of it; {fix}")
+    try:
+        check_choice_format(spec.asked_as or spec.data, spec.choice_format)
+    except MinirunError as e:
+        raise MinirunError(f"{where} choice_format: {e}") from None
     _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:

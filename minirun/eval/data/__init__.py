@@ -1,5 +1,5 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, or your own
-JSONL/JSON file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, TruthfulQA,
+or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -17,10 +17,13 @@ from minirun.eval.data.choice import (
     MMLU,
     OPENBOOKQA,
     OPENBOOKQA_CONFIG,
+    TRUTHFULQA,
+    TRUTHFULQA_CONFIG,
     load_arc,
     load_commonsense_qa,
     load_mmlu,
     load_openbookqa,
+    load_truthfulqa_mc1,
 )
 from minirun.eval.data.items import (
     Item,
@@ -41,11 +44,12 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
-NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa")
+NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "truthfulqa_mc1")
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
-                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA}
-HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG}  # where one Hub repo holds several datasets, which one
+                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA,
+                "truthfulqa_mc1": TRUTHFULQA}
+HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, "truthfulqa_mc1": TRUTHFULQA_CONFIG}  # where one Hub repo holds several datasets, which one
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "load_mmlu",
     "load_myriadlama",
     "load_openbookqa",
+    "load_truthfulqa_mc1",
     "load_webqa",
     "text_lines",
     "write_jsonl",
@@ -115,7 +120,7 @@ def _no_json_records(path: Path) -> bool:
 def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
-    MyriadLAMA rows (`template`), labelled options (`choices` with `answerKey`: OpenBookQA's with a
+    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets`), labelled options (`choices` with `answerKey`: OpenBookQA's with a
     `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`, `subject`,
     `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
     would drop or reject: the plain loader names what is missing), WebQA (its question/answer fields)."""
@@ -123,6 +128,8 @@ def _kind(keys: set[str]) -> str:
         return "plain"
     if "template" in keys:
         return "myriadlama"
+    if "mc1_targets" in keys:
+        return "truthfulqa_mc1"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
@@ -217,8 +224,8 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
-    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC or OpenBookQA rows (parquet,
-    JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
+    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA or TruthfulQA
+    rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
     and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
     `revision` (or the one its name pins, `mmlu@REV`; default the main branch)."""
     name, pinned = hub_dataset(str(name_or_path))
@@ -241,6 +248,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(name, split=split, revision=revision)
     if name == "openbookqa":
         return load_openbookqa(split=split, revision=revision)
+    if name == "truthfulqa_mc1":
+        return load_truthfulqa_mc1(split="train" if split == "train" else "validation", revision=revision)
     if name == "webqa":
         return load_webqa(split=split, revision=revision)
     if name == "myriadlama":
@@ -262,8 +271,9 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"{path} holds no JSON record on any line: a dataset is JSON lines of items (see the "
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
-        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA or WebQA rows, and its "
-                           f"columns ({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
+        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, "
+                           f"TruthfulQA or WebQA rows, and its columns ({', '.join(sorted(keys))}) match none; save "
+                           "plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
     if kind == "mmlu":
@@ -274,6 +284,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(split=split, path=path)
     if kind == "openbookqa":
         return load_openbookqa(split=split, path=path)
+    if kind == "truthfulqa_mc1":
+        return load_truthfulqa_mc1(split=split, path=path)
     if kind == "webqa":
         return load_webqa(path=path)
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
@@ -283,7 +295,8 @@ def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str 
                  revision: str | None = None) -> list[Item]:
     """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, CommonsenseQA, ARC and
     OpenBookQA, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects; at
-    `revision`, the test items' upload), otherwise the bundled examples for `task`."""
+    `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise the bundled examples for
+    `task`."""
     name = str(name_or_path)
     if name in HUB_DATASETS:
         return load_dataset(name, split="train", subset=subset, revision=revision)
