@@ -1172,7 +1172,8 @@ def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, 
 
     question = "question_stem" if name == "openbookqa" else "question"
     frames = {"test": pd.DataFrame({"id": ["t1"], question: ["Which gas do plants take in?"],
-                                    "choices": [{"label": ["1", "2", "3"], "text": ["oxygen", "carbon dioxide", "neon"]}],
+                                    "choices": [{"label": ["1", "2", "3"],
+                                                 "text": ["oxygen", "carbon dioxide", "neon"]}],
                                     "answerKey": ["2"]}),
               "train": pd.DataFrame({"id": ["s1"], question: ["What melts ice?"],
                                      "choices": [{"label": ["A", "B"], "text": ["heat", "cold"]}], "answerKey": ["A"]})}

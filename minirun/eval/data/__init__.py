@@ -49,7 +49,8 @@ WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
                 **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA,
                 "truthfulqa_mc1": TRUTHFULQA}
-HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, "truthfulqa_mc1": TRUTHFULQA_CONFIG}  # where one Hub repo holds several datasets, which one
+# the Hub config each is read from, where a repo holds several (ARC's two sets)
+HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, "truthfulqa_mc1": TRUTHFULQA_CONFIG}
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
@@ -120,9 +121,9 @@ def _no_json_records(path: Path) -> bool:
 def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
-    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets`), labelled options (`choices` with `answerKey`: OpenBookQA's with a
-    `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`, `subject`,
-    `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
+    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets`), labelled options (`choices` with `answerKey`:
+    OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`,
+    `subject`, `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
     would drop or reject: the plain loader names what is missing), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
@@ -173,7 +174,7 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
     if name not in HUB_DATASETS:
         return None
     repo = HUB_DATASETS[name]
-    config = {"config": HUB_CONFIGS[name]} if name in HUB_CONFIGS else {}  # ARC's Challenge or Easy set
+    config = {"config": HUB_CONFIGS[name]} if name in HUB_CONFIGS else {}  # which set of the repo: ARC's two
     if revision is not None and COMMIT.fullmatch(revision):
         return {"hub": repo, **config, "revision": revision, "commit": revision}
     try:

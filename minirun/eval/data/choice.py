@@ -164,7 +164,8 @@ def load_truthfulqa_mc1(split: str = "validation", path: str | Path | None = Non
     def convert(n: int, r: dict) -> Item:
         targets = r["mc1_targets"]
         if not isinstance(targets, dict):
-            raise ValueError(f"field 'mc1_targets' must be an object with 'choices' and 'labels' lists, got {targets!r}")
+            raise ValueError(f"field 'mc1_targets' must be an object with 'choices' and 'labels' lists, got "
+                             f"{targets!r}")
         choices, labels = _options(targets["choices"], "mc1_targets.choices"), as_list(targets["labels"])
         if len(labels) != len(choices) or sorted(labels) != [0] * (len(labels) - 1) + [1]:
             raise ValueError(f"field 'mc1_targets' needs one label 1 (the true option) and 0 for each other of its "
