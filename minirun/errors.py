@@ -8,6 +8,15 @@ def error_line(error: BaseException, limit: int = 200) -> str:
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}"
 
 
+class HubDataUnavailable(MinirunError):
+    """A Hub dataset split that could not be read (no `datasets` package, offline, a bad name): `what` names the
+    split, `reason` why, so a caller reading it for another purpose (few-shot examples) can name its own fix."""
+
+    def __init__(self, message: str, what: str, reason: str):
+        super().__init__(message)
+        self.what, self.reason = what, reason
+
+
 class PromptTooLong(MinirunError):
     """A prompt that leaves no room in the model's context. `question` is its index among the questions asked
     together, so a caller that knows their names (eval's item ids, among thousands) can say which one it is."""

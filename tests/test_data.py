@@ -562,7 +562,7 @@ def test_truthfulqa_mc1_from_the_hub_a_local_copy_and_its_worked_questions(monke
     calls = _fake_datasets(monkeypatch, {"truthfulqa/truthful_qa": _truthfulqa_frame()})
     (pigs,) = load_dataset("truthfulqa_mc1")
     assert (pigs.id, pigs.choices, pigs.answer, pigs.answers, pigs.task) == (
-        "truthfulqa_mc1-validation-1", ["No, pigs cannot fly.", "Yes, pigs can fly."], 0, ["No, pigs cannot fly."],
+        "truthfulqa_mc1-1", ["No, pigs cannot fly.", "Yes, pigs can fly."], 0, ["No, pigs cannot fly."],
         "choice")
     primer = load_fewshot("truthfulqa_mc1")
     assert calls == [("truthfulqa/truthful_qa", "multiple_choice", "validation")]  # the examples are no Hub rows

@@ -1204,6 +1204,69 @@ def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, 
     assert f"{shot}\n\n{asked}" in shown.stdout
 
 
+def test_a_file_asked_as_a_benchmark_needs_its_hub_examples_only_where_it_asks_for_some(checkpoint_dirs, tmp_path,
+                                                                                         monkeypatch):
+    """`--benchmark arc_challenge --few-shot-k 0` reads nothing from the Hub (the harness's own ARC prompt has no
+    examples); with examples and no Hub, the error names the fixes that serve examples, and `--few-shot` takes a
+    local copy of ARC's train rows; TruthfulQA's worked questions are minirun's own: no Hub asked, none cited."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
+    monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)
+    monkeypatch.chdir(tmp_path)
+    write_jsonl([Item("a1", "Which gas do plants take in?", ["What gas do plants absorb?"], ["carbon dioxide"],
+                      "choice", None, ["oxygen", "carbon dioxide", "neon"], 1)], tmp_path / "arc-para.jsonl")
+    base = ["eval", "--data", "arc-para.jsonl", "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--no-chat",
+            "--no-progress"]
+    bare = CliRunner().invoke(_app(), [*base, "--benchmark", "arc_challenge", "--few-shot-k", "0", "--output", "k0"])
+    assert bare.exit_code == 0, bare.output
+    assert recorded_source(tmp_path / "k0", "few_shot_source") is None  # no examples read, none cited
+    shots = CliRunner().invoke(_app(), [*base, "--benchmark", "arc_challenge", "--few-shot-k", "1", "--output", "k1"])
+    assert shots.exit_code == 1 and "cannot read arc_challenge's few-shot examples, allenai/ai2_arc[ARC-Challenge/" \
+        "train]: (offline): check the network (HF_TOKEN, HF_ENDPOINT); or give them as a file (--few-shot FILE" in \
+        " ".join(shots.output.split())
+    pd.DataFrame({"id": ["s1"], "question": ["What melts ice?"],
+                  "choices": [{"label": ["A", "B"], "text": ["heat", "cold"]}], "answerKey": ["A"]}).to_json(
+        tmp_path / "arc-train.jsonl", orient="records", lines=True)
+    local = CliRunner().invoke(_app(), [*base, "--benchmark", "arc_challenge", "--few-shot-k", "1", "--few-shot",
+                                        "arc-train.jsonl", "--show-prompts", "1"])
+    assert local.exit_code == 0, local.output
+    assert "Question: What melts ice?\nAnswer: heat\n\nQuestion: Which gas do plants take in?\nAnswer:" in local.stdout
+    own = CliRunner().invoke(_app(), [*base, "--benchmark", "truthfulqa_mc1", "--few-shot-k", "1", "--output", "tqa"])
+    assert own.exit_code == 0, own.output
+    assert "cannot ask the Hugging Face Hub" not in own.output and recorded_source(tmp_path / "tqa", "few_shot_source") \
+        is None
+    assert "truthfulqa_mc1's prompt takes its 6 worked questions in order, and --few-shot-k 1 asks the first 1; " \
+           "lm-evaluation-harness asks all 6" in " ".join(own.output.split())
+
+
+def test_a_benchmark_of_another_task_and_one_right_letter_are_refused(tiny, tmp_path, caplog):
+    """A file's items asked in a benchmark's words must be that benchmark's task (a QA file asked as TruthfulQA
+    would record a multiple-choice format for generated answers); lettered items whose right option is always at
+    one letter are refused (ten or more) or warned of, as a model always answering it would score them all."""
+    qa = load_dataset("sample-qa")[:2]
+    with pytest.raises(MinirunError, match=r"^truthfulqa_mc1 asks choice questions, and qa\.jsonl's items are qa: "
+                                           r"drop the benchmark"):
+        loop.prepare(tiny, qa, ["origin"], tmp_path / "a", dataset="qa.jsonl", benchmark="truthfulqa_mc1",
+                     few_shot_k=0)
+    choice = [dataclasses.replace(item, id=f"c{n}", answer=0, answers=[item.choices[0]])
+              for n, item in enumerate(load_dataset("sample-choice")[:10])]
+    settings = {"dataset": "c.jsonl", "few_shot_k": 0, "choice_format": "letters", "num_prompts": 1}
+    with pytest.raises(MinirunError, match="^every one of the 10 multiple-choice items asked has its right option at "
+                                           "A, so lettered, a model that always answers A scores them all: use "
+                                           "--choice-format cloze"):
+        loop.prepare(tiny, choice, ["origin"], tmp_path / "b", **settings)
+    with caplog.at_level("WARNING", logger="minirun"):
+        loop.prepare(tiny, choice[:3], ["origin"], tmp_path / "c", **settings)
+    assert "every one of the 3 multiple-choice items asked has its right option at A" in caplog.text
+    mixed = [*choice[:9], dataclasses.replace(choice[9], answer=1, answers=[choice[9].choices[1]])]
+    loop.prepare(tiny, mixed, ["origin"], tmp_path / "d", **settings)  # one elsewhere: the letters tell nothing
+    loop.prepare(tiny, choice, ["origin"], tmp_path / "e", **{**settings, "choice_format": "cloze"})
+
+
 def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, tmp_path, monkeypatch):
     """`--data mmlu@v1` (a sweep's `name = "mmlu@v1"`) reads the test items and the few-shot examples at the commit
     v1 is at, run.json cites {hub, revision, commit}, and `report --latex` heads the table with it; a file asked as

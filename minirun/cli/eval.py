@@ -59,7 +59,8 @@ def eval_command(
                                   help="Include the question itself (--no-original: paraphrases only)."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
     few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
-    few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl; default: the dataset's own)."),
+    few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl), or a local copy of a benchmark's "
+                                            "train/dev rows (.jsonl, .parquet); default: the dataset's own."),
     output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per batched generation (default: 32, fewer "
                                              "where their prompts would make more than 256 rows)."),
@@ -91,14 +92,15 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_jsonl
+    from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
     from minirun.eval.loop import check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.report import cut_thinking
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
-    if few_shot is not None and few_shot.suffix != ".jsonl":
-        raise MinirunError(f"--few-shot takes a .jsonl file of items, not {few_shot}")
+    if few_shot is not None and few_shot.suffix not in (".jsonl", ".parquet"):
+        raise MinirunError(f"--few-shot takes a .jsonl file of items or a benchmark's rows (.jsonl, .parquet), not "
+                           f"{few_shot}")
     bias = parse_flex_bias(flex_bias)
     if template_date is not None:
         template_day(template_date)  # before a model is fetched
@@ -106,9 +108,9 @@ def eval_command(
     asked, data = data, hub_dataset(data)[0]
     items, source = load_cited(asked, subset, skip_bad)  # at one commit: test items, few-shot examples, citation
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
-    fewshot_items = load_jsonl(few_shot, examples=True) if few_shot is not None else None
+    fewshot_items = load_examples(few_shot) if few_shot is not None else None
     # a file asked as MMLU: its Hub examples read at one commit (its items' where they are MMLU's), and cited
-    shots = benchmark_source(benchmark, source) if benchmark is not None and few_shot is None else None
+    shots = benchmark_source(benchmark, source) if benchmark is not None and few_shot is None and few_shot_k else None
     benchmark = hub_dataset(benchmark)[0] if benchmark is not None else None
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)

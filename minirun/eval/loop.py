@@ -29,8 +29,8 @@ from minirun.checkpoints.loader import checkpoint_digest, checkpoint_source
 from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.llm import LLM
 from minirun.engine.session import out_of_memory
-from minirun.errors import MinirunError, PromptTooLong
-from minirun.eval.data import NAMES, Item, ensemble_prompts, load_fewshot
+from minirun.errors import HubDataUnavailable, MinirunError, PromptTooLong
+from minirun.eval.data import NAMES, TASK_OF, Item, ensemble_prompts, load_fewshot
 from minirun.eval.matching import Matcher, matcher_name
 from minirun.eval.prompts import (
     CHOICE_FORMATS,
@@ -38,6 +38,7 @@ from minirun.eval.prompts import (
     PromptFormat,
     build_prefix,
     check_choice_format,
+    one_right_letter,
     option_list,
     prompt_format,
 )
@@ -55,6 +56,9 @@ log = logging.getLogger("minirun")
 STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this
+# lettered items that all have their right option at one letter: refused from this many on (four-option items
+# share one by chance with probability 4 x 4^-10, about 4e-6), warned of below
+SAME_LETTER_REFUSED = 10
 
 
 class RateColumn(ProgressColumn):
@@ -127,23 +131,42 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
     for key in sorted({head_key(item, task, per_subject) for item in items}):
         t, _, subject = key.partition(":")
         if t not in pools:
-            pool = fewshot_items if fewshot_items is not None else load_fewshot(dataset, t, subset, revision)
-            pools[t] = [e for e in pool if e.task == t]
+            given = fewshot_items if fewshot_items is not None else _dataset_examples(dataset, t, subset, revision, k)
+            pools[t] = [e for e in given if e.task == t]
         pool = [e for e in pools[t] if e.relation == subject] if subject else pools[t]
         if k and not pool:
             if subject:
                 raise MinirunError(f"no few-shot examples of MMLU subject {subject!r}: give few-shot items of that "
                                    "subject (their relation), or --few-shot-k 0")
-            tasks = ", ".join(sorted({example.task for example in fewshot_items or []}))
-            raise MinirunError(f"the few-shot items are {tasks} items but the dataset's are {t}: their prompts would "
-                               f"teach another format; give few-shot items of task {t}, or --few-shot-k 0")
+            tasks = ", ".join(sorted({example.task for example in given})) or "no"
+            raise MinirunError(f"the few-shot examples are {tasks} items but the questions are {t}: their prompts "
+                               f"would teach another format; give few-shot items of task {t} (--few-shot FILE), or "
+                               "--few-shot-k 0")
         examples = [e for e in pool if _asked(e, e.question) not in tested]
         if len(examples) < min(k, len(pool)):
             raise MinirunError(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {key} examples are questions "
                                f"under test, which leaves {len(examples)} for --few-shot-k {k}: give few-shot items "
                                "apart from the test set, or lower --few-shot-k")
+        if fmt.ordered and k < len(examples) and ("ordered", dataset, k, len(examples)) not in _WARNED:
+            _WARNED.add(("ordered", dataset, k, len(examples)))
+            log.warning(f"{dataset}'s prompt takes its {len(examples)} worked questions in order, and --few-shot-k {k} "
+                        f"asks the first {k}; lm-evaluation-harness asks all {len(examples)} (--few-shot-k "
+                        f"{len(examples)}, few_shot_k in a sweep)")
         out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None, fmt=fmt)
     return out
+
+
+def _dataset_examples(dataset: str, task: str, subset: str | None, revision: str | None, k: int) -> list[Item]:
+    """A dataset's own worked examples for `task`, none read where k is 0 (a benchmark asked without examples needs
+    no Hub); one that cannot be read from the Hub says which fix serves examples."""
+    if not k:
+        return []
+    try:
+        return load_fewshot(dataset, task, subset, revision)
+    except HubDataUnavailable as e:
+        raise MinirunError(f"cannot read {dataset}'s few-shot examples, {e.what}: {e.reason}; or give them as a file "
+                           "(--few-shot FILE, a sweep dataset's few_shot: items, or a local copy of those rows), or ask "
+                           "for none (--few-shot-k 0)") from None
 
 
 def _asked(item: Item, wording: str) -> tuple[str, str | None]:
@@ -252,23 +275,29 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if all(choice) and bidirectional:
         raise MinirunError(f"--match bidirectional compares generated answers; {dataset}'s items are multiple choice, "
                            "scored by their options: drop it")
+    if benchmark is not None and (others := sorted({item.task for item in items} - {TASK_OF[benchmark]})):
+        raise MinirunError(f"{benchmark} asks {TASK_OF[benchmark]} questions, and {dataset}'s items are "
+                           f"{', '.join(others)}: drop the benchmark, or name one of their task")
+    if choice_format == "letters" and (letter := one_right_letter(items)) and sum(choice) > 1:
+        said = (f"every one of the {sum(choice)} multiple-choice items asked has its right option at {letter}, so "
+                f"lettered, a model that always answers {letter} scores them all")
+        if sum(choice) >= SAME_LETTER_REFUSED:
+            raise MinirunError(f"{said}: use --choice-format cloze, or shuffle the options in the file")
+        log.warning(f"{said} (refused from {SAME_LETTER_REFUSED} items on)")
     fmt = prompt_format(source, choice_format)
-    prompts = {item.id: ensemble_prompts(fmt.question(item.question), [fmt.question(p) for p in item.paraphrases],
-                                         original)[:num_prompts] for item in items}
+    prompts = item_prompts(items, fmt, original, num_prompts)
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
     check_prompt_count(prompts, methods, dataset, num_prompts)
-    shots = few_shot_source if benchmark is not None else data_source  # where the examples come from
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
-                                 (shots or {}).get("commit") if fewshot_items is None else None)
+                                 examples_commit(benchmark, fewshot_items, data_source, few_shot_source))
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
-        "few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
-        "items": items_digest(items, prompts),
+        **data_digests(items, prompts, prefixes),
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
         "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
@@ -342,6 +371,28 @@ def check_prompt_count(prompts: dict[str, list[str]], methods: list[str] | tuple
 
 
 _WARNED: set[tuple[str, str, int, int]] = set()  # (what, dataset, a count, items) told of in this process
+
+
+def item_prompts(items: list[Item], fmt: PromptFormat, original: bool, num_prompts: int) -> dict[str, list[str]]:
+    """Each item's prompts as a run asks them: its question (unless not `original`), then its distinct paraphrases,
+    in the format's words, the first `num_prompts`."""
+    return {item.id: ensemble_prompts(fmt.question(item.question), [fmt.question(p) for p in item.paraphrases],
+                                      original)[:num_prompts] for item in items}
+
+
+def examples_commit(benchmark: str | None, fewshot_items: list[Item] | None, data_source: dict | None,
+                    few_shot_source: dict | None) -> str | None:
+    """The Hub commit a run's own few-shot examples are read at: its benchmark's examples' (a file asked as one),
+    else its Hub dataset's; none where the examples are given."""
+    shots = few_shot_source if benchmark is not None else data_source
+    return (shots or {}).get("commit") if fewshot_items is None else None
+
+
+def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str]) -> dict[str, str]:
+    """The run key's hashes of what the data puts into the rows, which need no model (a sweep's dry run compares
+    them with a finished run's): the few-shot heads' text and the items' content."""
+    return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
+            "items": items_digest(items, prompts)}
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:

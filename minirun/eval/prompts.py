@@ -78,6 +78,13 @@ def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
     return HARNESS.get((dataset, choice_format), MINIRUN)
 
 
+def one_right_letter(items: list[Item]) -> str | None:
+    """The letter every multiple-choice item's right option takes where all take one (TruthfulQA's rows put it
+    first), else None: lettered, a model that always answers it would score every item."""
+    places = {item.answer for item in items if item.choices is not None}
+    return LETTERS[places.pop()] if len(places) == 1 else None
+
+
 def check_choice_format(dataset: str | None, choice_format: str) -> None:
     """Refuse letters where every question's right option is its first (TruthfulQA's MC1 rows): the answer would be
     A every time, which a model biased towards A would score on."""

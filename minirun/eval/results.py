@@ -89,6 +89,30 @@ def _canonical(value: object) -> object:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> list[str]:
+    """What differs between a run.json's record (`old`, None where there is none) and a run of `run_key` over
+    `item_ids`, one phrase each: its settings (a key only one side holds is no difference, so `run_key` may hold a
+    part of a run's entries), its items' content, and which items. A resume is refused where any differs."""
+    if old is None:
+        return []
+    old_key = {**RECORDED_BEFORE, **old["run_key"]}
+    changed = {k for k in old_key.keys() & run_key.keys() if old_key[k] != run_key[k]}
+    if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
+        changed.discard("items")
+    other_items = old.get("item_ids") != item_ids
+    if other_items:  # then the items' hash differs too, and saying "edited" would mislead
+        changed.discard("items")
+    diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {run_key[k]!r}") for k in sorted(changed)]
+    if other_items:
+        diffs.append("the dataset's items differ (another file, or another --max-samples / max_samples)")
+    return diffs
+
+
+def recorded_differences(output_dir: str | Path, run_key: dict, item_ids: list[str]) -> list[str]:
+    """`key_differences` against the run.json a directory holds."""
+    return key_differences(_run_info(Path(output_dir)), run_key, item_ids)
+
+
 class OtherRun(MinirunError):
     """A directory holds rows another run's settings made: `differences` says which, one phrase each."""
 
@@ -307,18 +331,8 @@ class ResultStore:
         if answered and old is None:  # every store writes run.json before its first row: these came otherwise
             raise MinirunError(f"{self.output_dir} holds result rows but no run.json saying which settings made them: "
                                "give this run another output directory (or restore that run.json)")
-        old_key, new_key = (old or {}).get("run_key", {}), info["run_key"]
-        if old is not None:
-            old_key = {**RECORDED_BEFORE, **old_key}
-        changed = {k for k in old_key.keys() & new_key.keys() if old_key[k] != new_key[k]}
-        if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
-            changed.discard("items")
-        other_items = old is not None and old.get("item_ids") != info["item_ids"]
-        if other_items:  # then the items' hash differs too, and saying "edited" would mislead
-            changed.discard("items")
-        diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {new_key[k]!r}") for k in sorted(changed)]
-        if other_items:
-            diffs.append("the dataset's items differ (another file, or another --max-samples)")
+        old_key = (old or {}).get("run_key", {})
+        diffs = key_differences(old, info["run_key"], info["item_ids"])
         recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
             m: {k: v for k, v in old_key.items() if m in OPTION_READERS.get(k, ())} for m in answered})
         shown = lambda v: "the default" if v is None else repr(v)  # noqa: E731  (None keys a method's default)

@@ -27,12 +27,21 @@ from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, benchmark_source, load_cited, load_jsonl
-from minirun.eval.loop import (Run, check_paraphrased, check_resumable, evaluate_runs, prepare, process_group, ranks,
-                                shown_prompts, subject_heads, wait_for_ranks)
+from minirun.eval.data import Item, benchmark_source, load_cited, load_examples
+from minirun.eval.loop import (Run, check_paraphrased, check_resumable, data_digests, evaluate_runs, examples_commit,
+                                few_shot_prefixes, item_prompts, prepare, process_group, ranks, shown_prompts,
+                                subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
-from minirun.eval.results import OtherRun, journal_paths, merge, read_results, recorded_methods, recorded_run_key
+from minirun.eval.results import (
+    OtherRun,
+    journal_paths,
+    merge,
+    read_results,
+    recorded_differences,
+    recorded_methods,
+    recorded_run_key,
+)
 from minirun.eval.sweep_results import load_sweep
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
 from minirun.methods import EnsembleOptions
@@ -71,8 +80,9 @@ def _load_items(dataset: DatasetSpec) -> Data:
     items, source = load_cited(dataset.name, dataset.subset, dataset.skip_bad)
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
     if dataset.few_shot is not None:
-        return Data(items, load_jsonl(dataset.few_shot, examples=True), source)
-    return Data(items, None, source, benchmark_source(dataset.benchmark, source) if dataset.benchmark else None)
+        return Data(items, load_examples(dataset.few_shot), source)
+    shots = benchmark_source(dataset.benchmark, source) if dataset.benchmark and dataset.few_shot_k else None
+    return Data(items, None, source, shots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +122,9 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
     _check_output(output)
     mine = _selected(cells(sweep, output), only)
     data = _load_data(sweep, {c.dataset.label for c in mine})
+    made = {d.label: _data_settings(d, data[d.label]) for d in sweep.datasets if d.label in data}
     return [_state(cell, cell_key(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items,
-                   sweep.generation) for cell in mine]
+                   sweep.generation, made[cell.dataset.label]) for cell in mine]
 
 
 def _run_settings(cell: Cell, gen: Generation) -> dict:
@@ -125,11 +136,23 @@ def _run_settings(cell: Cell, gen: Generation) -> dict:
             "choice_format": cell.dataset.choice_format}
 
 
+def _data_settings(dataset: DatasetSpec, data: Data) -> tuple[dict, list[str]]:
+    """What of a dataset's cells' run key its items and few-shot examples decide (the few-shot heads' and the
+    items' hashes, as `loop.prepare` makes them, with no model) and the ids of the items they answer."""
+    source = dataset.asked_as or dataset.data  # whose prompts these are
+    fmt = prompt_format(source, dataset.choice_format)
+    prompts = item_prompts(data.items, fmt, dataset.original, dataset.num_prompts)
+    prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k, dataset.choice_format,
+                                 examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source))
+    return data_digests(data.items, prompts, prefixes), [item.id for item in data.items]
+
+
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
     return [c for c in plan if only.takes(c.model.label, c.dataset.label)]
 
 
-def _state(cell: Cell, key: str, items: list[Item], gen: Generation | None = None) -> CellState:
+def _state(cell: Cell, key: str, items: list[Item], gen: Generation | None = None,
+           made: tuple[dict, list[str]] = ({}, [])) -> CellState:
     """Finished only where done.json names `key` and the journals still hold every item's row (a row deleted to
     redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
@@ -140,16 +163,15 @@ def _state(cell: Cell, key: str, items: list[Item], gen: Generation | None = Non
     except (OSError, ValueError, AttributeError):
         marked = None
     finished = marked == key and answered == ids
-    refused = _refused(cell, gen) if answered and gen is not None and not finished else ()
+    refused = _refused(cell, gen, *made) if answered and gen is not None and not finished else ()
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked != key, refused)
 
 
-def _refused(cell: Cell, gen: Generation) -> tuple[str, ...]:
+def _refused(cell: Cell, gen: Generation, digests: dict, item_ids: list[str]) -> tuple[str, ...]:
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
-    refuses to mix rows: the run's (`_run_settings`) and its method's plain options (a layer or bias the loop
-    resolves with the model is left to the run's own check)."""
-    made = recorded_run_key(cell.dir)
-    changed = [f"{k}: {made[k]!r} -> {v!r}" for k, v in _run_settings(cell, gen).items() if k in made and made[k] != v]
+    refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items) and its
+    method's plain options (a layer or bias the loop resolves with the model is left to the run's own check)."""
+    changed = recorded_differences(cell.dir, {**_run_settings(cell, gen), **digests}, item_ids)
     recorded = recorded_methods(cell.dir).get(cell.method.name, {})
     default = EnsembleOptions()
     changed += [f"{cell.method.name}'s {k}: {recorded[k]!r} -> {v!r}" for k in ("positions", "num_samples",

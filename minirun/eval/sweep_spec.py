@@ -51,7 +51,7 @@ class DatasetSpec:
     name: str  # sample-qa, sample-fill, webqa, myriadlama, or a dataset file
     label: str = ""  # default: the name, or the file's stem
     few_shot_k: int = 5
-    few_shot: str | None = None  # a .jsonl of few-shot items (default: the dataset's own)
+    few_shot: str | None = None  # a .jsonl of few-shot items or a benchmark's rows (default: the dataset's own)
     num_prompts: int = 5  # prompts per item: the question (unless original is false), then its paraphrases
     original: bool = True
     max_samples: int | None = None
@@ -240,8 +240,10 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     if spec.data not in NAMES and not Path(spec.name).is_file():
         raise MinirunError(f"{where} name: unknown dataset; use one of {', '.join(NAMES)} (a Hub one pinned: "
                            "NAME@REV) or the path of a file")
-    if spec.few_shot is not None and not (spec.few_shot.endswith(".jsonl") and Path(spec.few_shot).is_file()):
-        raise MinirunError(f"{where} few_shot: {spec.few_shot!r} is no .jsonl file; give an existing .jsonl of items")
+    if spec.few_shot is not None and not (spec.few_shot.endswith((".jsonl", ".parquet")) and
+                                          Path(spec.few_shot).is_file()):
+        raise MinirunError(f"{where} few_shot: {spec.few_shot!r} is no .jsonl or .parquet file; give an existing .jsonl "
+                           "of items, or a local copy of a benchmark's train/dev rows")
     if spec.match not in MATCH_RULES:
         raise MinirunError(f"{where} match: unknown rule {spec.match!r}; use one of {', '.join(MATCH_RULES)}")
     if spec.choice_format not in CHOICE_FORMATS:

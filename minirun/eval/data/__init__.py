@@ -51,11 +51,16 @@ HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commons
                 "truthfulqa_mc1": TRUTHFULQA}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
 HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, "truthfulqa_mc1": TRUTHFULQA_CONFIG}
+# the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
+TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill",
+           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "truthfulqa_mc1"), "choice")}
+OWN_EXAMPLES = ("truthfulqa_mc1",)  # Hub datasets whose few-shot examples minirun holds (TruthfulQA's worked questions)
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
     "HUB_DATASETS",
     "NAMES",
+    "TASK_OF",
     "Item",
     "LoadResult",
     "benchmark_source",
@@ -67,6 +72,7 @@ __all__ = [
     "load_cited",
     "load_commonsense_qa",
     "load_dataset",
+    "load_examples",
     "load_fewshot",
     "load_jsonl",
     "load_mmlu",
@@ -210,6 +216,8 @@ def benchmark_source(benchmark: str, items_source: dict | None = None) -> dict |
     revision the name pins, else at the commit the items themselves were read at where they are that dataset's (a
     `minirun paraphrase` of it records it), so items and examples come from one upload, else at main's commit now."""
     name, revision = hub_dataset(benchmark)
+    if name in OWN_EXAMPLES:  # no Hub rows to cite
+        return None
     if revision is None and items_source is not None and _same_upload(items_source, name, items_source.get("revision")):
         return items_source
     return dataset_source(name, revision)
@@ -290,6 +298,16 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     if kind == "webqa":
         return load_webqa(path=path)
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
+
+
+def load_examples(path: str | Path) -> list[Item]:
+    """A few-shot file's worked examples: items (JSON lines), or a local copy of a benchmark's own rows (its train or
+    dev split, told apart by their fields as `load_dataset` tells a dataset's), so a file asked as ARC can take ARC's
+    train rows with no Hub."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".parquet" and _kind(_records_head(path)[0]) == "plain":
+        return load_jsonl(path, examples=True)  # names a missing file or a bad line as a few-shot file's
+    return load_dataset(path, split="train")
 
 
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,

@@ -171,7 +171,7 @@ def load_truthfulqa_mc1(split: str = "validation", path: str | Path | None = Non
             raise ValueError(f"field 'mc1_targets' needs one label 1 (the true option) and 0 for each other of its "
                              f"{len(choices)} options, got labels {labels!r}")
         answer = labels.index(1)
-        return Item(str(r.get("id") or f"truthfulqa_mc1-{split}-{n}"), _question(r), [], [choices[answer]], "choice",
-                    None, choices, answer)
+        return Item(str(r.get("id") or f"truthfulqa_mc1-{n}"), _question(r), [], [choices[answer]], "choice", None,
+                    choices, answer)  # one split: a local copy's ids are the Hub's whatever split it is read as
 
     return _items(frame.to_dict("records"), source, convert)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from minirun.errors import MinirunError
+from minirun.errors import HubDataUnavailable, MinirunError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -255,22 +255,23 @@ def hf_frame(name: str, split: str, config: str | None = None, revision: str | N
     """A Hugging Face Hub dataset split as a DataFrame (at `revision`, a branch, tag or commit; default its main
     branch), importing `datasets` only when needed. `subset`: `config` is the user's `--subset` (an MMLU subject),
     named in the error as what may be misspelt."""
+    what = f"{name}{'@' + revision if revision else ''}[{config + '/' if config else ''}{split}]"
     try:
         import datasets
     except ImportError:
-        raise MinirunError(
+        raise HubDataUnavailable(
             f"loading {name} from the Hugging Face Hub needs the `datasets` package: "
-            "run `pip install datasets`, or give the path of a local copy (a .jsonl file) in place of the name"
-        ) from None
+            "run `pip install datasets`, or give the path of a local copy (a .jsonl file) in place of the name",
+            what, "reading it needs the `datasets` package: run `pip install datasets`") from None
     try:
         pinned = {"revision": revision} if revision is not None else {}
         return datasets.load_dataset(name, *([config] if config else []), split=split, **pinned).to_pandas()
     except (OSError, ValueError, RuntimeError) as e:  # offline, no such repo, config or split, a refused script
-        what = f"{name}{'@' + revision if revision else ''}[{config + '/' if config else ''}{split}]"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         given = f", or the subset {config!r} (--subset, spelt as the Hub does)" if subset else ""
-        raise MinirunError(f"cannot load {what} from the Hugging Face Hub ({reason}): check the network (HF_TOKEN, "
-                           f"HF_ENDPOINT){given}; or give the path of a local copy (`--data FILE`)") from None
+        check = f"({reason}): check the network (HF_TOKEN, HF_ENDPOINT){given}"
+        raise HubDataUnavailable(f"cannot load {what} from the Hugging Face Hub {check}; or give the path of a local "
+                                 "copy (`--data FILE`)", what, check) from None
 
 
 def as_list(value: object) -> list:
