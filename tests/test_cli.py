@@ -440,7 +440,7 @@ def test_options_no_method_reads_are_refused(tiny, tmp_path):
         ([*run, "--choice-score", "sum"], "apply to multiple-choice items"),
         ([*run, "--data", "sample-choice", "--match", "bidirectional"], "compares generated answers"),
         ([*run, "--data", "sample-choice", "--few-shot", SAMPLE_DIR / "fewshot_qa.jsonl"],
-         "the few-shot items are qa items but the dataset's are choice"),
+         "the few-shot examples are qa items but the questions are choice"),
     ]:
         one_line_error(invoke(*args), needle)
     assert not (tmp_path / "run").exists()

@@ -474,7 +474,11 @@ def test_eval_runs_of_several_models_side_by_side(tmp_path):
     other = _model_run(tmp_path / "c", _hand(), "qwen", num_prompts=5)  # the first's model, other settings
     both = runner.invoke(app, ["report", str(first), str(other), "--json"])
     assert list(json.loads(both.stdout)["sample-qa"]) == ["a", "c"]  # one model twice: named by their directories
-    assert "the runs compared on sample-qa differ in num_prompts besides the model" in " ".join(both.stderr.split())
+    assert "the runs compared on sample-qa differ in num_prompts (run.json run_key), with one model: their " \
+           "differences are those settings'" in " ".join(both.stderr.split())  # not "besides the model"
+    llama = _model_run(tmp_path / "e", _hand(), "llama", num_prompts=5)
+    models = runner.invoke(app, ["report", str(first), str(llama), "--json"])
+    assert "the runs compared on sample-qa differ in num_prompts besides the model" in " ".join(models.stderr.split())
     short = _hand()
     cut = _model_run(tmp_path / "d", short[(short["method"] != "avg") | (short["id"] != "q9")], "llama")
     warned = " ".join(runner.invoke(app, ["report", str(first), str(cut)]).output.split())
@@ -566,7 +570,7 @@ def test_report_names_a_method_stopped_before_its_first_row(tmp_path):
             store.add(row)
     shown = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
     assert shown.exit_code == 0, shown.output
-    assert "flex has scored 0 of the 10 items (an unfinished run)" in shown.output
+    assert "flex was asked for but has scored none of the 10 items (an unfinished run)" in shown.output
     assert "origin has scored" not in shown.output
 
 
@@ -632,7 +636,7 @@ def test_a_method_without_verdicts_is_named(tmp_path):
     none = df[df["method"] == "avg"].assign(method="max", correct=None)
     shown = CliRunner().invoke(app, ["report", str(_run_dir(tmp_path, pd.concat([df, none])))])
     assert shown.exit_code == 0, shown.output
-    assert "max has scored 0 of the 10 items" in shown.output
+    assert "max was asked for but has scored none of the 10 items" in shown.output
 
 
 def test_a_run_short_of_its_items_is_named_with_one_method(tmp_path):
@@ -800,7 +804,7 @@ def test_latex_adds_calibration_columns_for_multiple_choice():
     assert "ECE" not in latex(summarize(_hand()), "run")  # generated answers only: no calibration columns
 
 
-def test_a_latex_table_rescored_at_report_time_says_so(tmp_path):
+def test_a_table_rescored_at_report_time_says_so(tmp_path):
     """run.json's settings in the LaTeX comments are the run's; `--match`/`--choice-score` given to report rescore
     the table, so its comments and caption name them (none given: neither)."""
     run = _run_dir(tmp_path, _mixed())
@@ -810,8 +814,9 @@ def test_a_latex_table_rescored_at_report_time_says_so(tmp_path):
     tex = (tmp_path / "r.tex").read_text()
     assert '% rescored by minirun report: {"choice_score": "sum", "match": "bidirectional"}' in tex.splitlines()
     assert "(rescored: --match bidirectional, --choice-score sum)" in tex
-    CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "plain.tex")])
-    assert "rescored" not in (tmp_path / "plain.tex").read_text()
+    assert "(rescored: --match bidirectional, --choice-score sum)" in " ".join(result.output.split())  # the title too
+    plain = CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "plain.tex")])
+    assert "rescored" not in (tmp_path / "plain.tex").read_text() and "(rescored:" not in plain.output
 
 
 def test_report_on_a_path_that_is_not_there_or_a_sweep_file_that_is_a_folder_says_so(tmp_path):
@@ -819,3 +824,14 @@ def test_report_on_a_path_that_is_not_there_or_a_sweep_file_that_is_a_folder_say
     assert missing.exit_code == 1 and "nope: no such directory; pass the output directory" in missing.output
     folder = CliRunner().invoke(app, ["sweep", str(tmp_path)])
     assert folder.exit_code == 1 and "is a directory: pass the sweep's .toml file" in " ".join(folder.output.split())
+
+
+def test_the_pairwise_matrix_says_per_prompt_is_left_out_only_where_it_ran(tmp_path):
+    """The caption names per_prompt's absence from the matrix where the run has per_prompt, not in every run."""
+    df = _hand()
+    with_max = pd.concat([df, df[df["method"] == "avg"].assign(method="max")])
+    shown = " ".join(CliRunner().invoke(app, ["report", str(_run_dir(tmp_path / "a", with_max))]).output.split())
+    assert "pairwise: accuracy of the row minus the column" in shown and "per_prompt (its first prompt) is left" in shown
+    fused = with_max[with_max["method"] != "per_prompt"]
+    shown = " ".join(CliRunner().invoke(app, ["report", str(_run_dir(tmp_path / "b", fused))]).output.split())
+    assert "pairwise: accuracy of the row minus the column" in shown and "per_prompt" not in shown

@@ -525,8 +525,10 @@ def test_report_on_a_sweep_directory(reference, tmp_path):
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.count(f" · {out}") == 2  # one table per dataset
     assert "qwen2" in shown.stdout and "llama" in shown.stdout and "flex-restart" in shown.stdout
-    assert "Δ origin (p)" in shown.stdout and "Wilson" in shown.stdout
+    assert "Δ origin (p)" in shown.stdout and "Wilson" in shown.stdout and "(rescored:" not in shown.stdout
     assert (tmp_path / "s.png").stat().st_size > 0
+    rescored = CliRunner().invoke(app, ["report", str(out), "--match", "bidirectional"], env={"COLUMNS": "200"})
+    assert rescored.stdout.count(f" · {out} (rescored: --match bidirectional)") == 2  # each table says so
     latex = CliRunner().invoke(app, ["report", str(out), "--latex", str(tmp_path / "s.tex")])
     assert latex.exit_code == 0, latex.output
     tex = (tmp_path / "s.tex").read_text()  # a table per dataset, a row per (model, method)

@@ -176,8 +176,7 @@ def report_command(
                          + report.relation_latex(table, caption), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)
-    warnings = [f"{method} has scored {answered} of the {total} items (an unfinished run): its accuracy and "
-                "comparisons cover those items only" for method, answered, total in report.unfinished(table)]
+    warnings = report.unfinished_notes(table)
     if report.single_prompt_dropped(raw, table):
         warnings.append("single-prompt figures left out: per-prompt correctness is recorded under the run's own "
                         f"match rule only, not under --match {match}")
@@ -188,7 +187,7 @@ def report_command(
         print(json.dumps(report.report_json(table)))
         warn(warnings, err)
         return
-    for t in _summary_tables(table, str(run_dir)):
+    for t in _summary_tables(table, str(run_dir) + report.rescored(match, choice_score)[1]):
         out.print(t)
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
@@ -204,7 +203,7 @@ def report_command(
         out.print(relations)
     out.print(_matrix(report.agreement(table)))
     if len(pairs := report.pairwise(table)) > 2:  # three methods or more: more than each against origin
-        out.print(_pairwise_matrix(pairs))
+        out.print(_pairwise_matrix(pairs, "per_prompt" in set(table["method"])))
 
 
 def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = None) -> list[Table]:
@@ -276,12 +275,13 @@ def _label(index: object) -> str:
     return " · ".join(map(str, index)) if isinstance(index, tuple) else str(index)
 
 
-def _pairwise_matrix(pairs: pd.DataFrame) -> Table:
+def _pairwise_matrix(pairs: pd.DataFrame, per_prompt: bool) -> Table:
     """Row method minus column method, on the items both answered, with the exact McNemar p Holm-adjusted over
-    every pair: which fusion beats which, not only which beats origin."""
+    every pair: which fusion beats which, not only which beats origin. `per_prompt`: it ran, and is left out."""
     methods = sorted(set(pairs.index.get_level_values("method")))
     t = Table(title="pairwise: accuracy of the row minus the column (Holm-adjusted exact McNemar p)",
-              caption="on the items both answered; per_prompt (its first prompt) is left out")
+              caption="on the items both answered" + ("; per_prompt (its first prompt) is left out" if per_prompt
+                                                        else ""))
     t.add_column("")
     for name in methods:
         t.add_column(name, justify="right")

@@ -187,7 +187,8 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
         warn(warnings, err)
         return
-    for t in score_tables(scores, title):
+    note = rescored(match, choice_score)[1]  # the tables' rows rescored: said in their titles, as in LaTeX captions
+    for t in score_tables(scores, lambda dataset: title(dataset) + note):
         out.print(t)
     for sizes in curves:
         out.print(size_table(scores, sizes))

@@ -135,6 +135,14 @@ def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
     return "per_prompt_accuracy" in before.columns and "per_prompt_accuracy" not in after.columns
 
 
+def unfinished_notes(df: pd.DataFrame, who: str = "", of: str = "") -> list[str]:
+    """A warning per method short of its items (`unfinished`): `who` before its name (a model of runs compared side
+    by side), `of` after the items (their dataset)."""
+    return [f"{who}{method} has scored {answered} of the {total} items{of} (an unfinished run): its figures cover "
+            "those items only" if answered else f"{who}{method} was asked for but has scored none of the {total} "
+            f"items{of} (an unfinished run): it has no figures yet" for method, answered, total in unfinished(df)]
+
+
 def unfinished(df: pd.DataFrame) -> list[tuple[str, int, int]]:
     """(method, items it scored, items it should have) for each method of a run short of the items
     its run.json lists (`attrs["items"]`) or that any method scored, as an interrupted run leaves them,

@@ -14,7 +14,7 @@ import pandas as pd
 
 from minirun.errors import MinirunError
 from minirun.eval.report import (CALIBRATION, MACRO, PAIRED, cut_thinking, load_results, method_label,
-                                 paired_difference, provenance, summarize, timed_on, unfinished)
+                                 paired_difference, provenance, summarize, timed_on, unfinished_notes)
 from minirun.eval.results import integer_columns, read_results, recorded_methods, recorded_run_key, recorded_sources
 
 
@@ -199,13 +199,15 @@ def compared_warnings(compared: Compared) -> list[str]:
         keys = {model: recorded_run_key(run_dir) for (name, model), run_dir in compared.dirs.items() if name == dataset}
         differ = sorted({k for key in keys.values() for k in key if k not in MODEL_IDENTITY
                          and len({json.dumps(other.get(k), sort_keys=True) for other in keys.values()}) > 1})
-        if differ:
+        one_model = len({(key.get("model"), key.get("weights_sha256")) for key in keys.values()}) == 1
+        if differ and one_model:
+            warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} (run.json run_key), with one "
+                            "model: their differences are those settings'")
+        elif differ:
             warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} besides the model (run.json "
                             "run_key): their differences are not the models' alone")
     for (dataset, model), run_dir in compared.dirs.items():
-        warnings += [f"{model} · {method} has scored {answered} of the {total} items of {dataset} (an unfinished "
-                     "run): its figures cover those items only"
-                     for method, answered, total in unfinished(load_results(run_dir))]
+        warnings += unfinished_notes(load_results(run_dir), f"{model} · ", f" of {dataset}")
     return warnings
 
 
