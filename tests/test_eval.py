@@ -1243,6 +1243,19 @@ def test_a_file_asked_as_a_benchmark_needs_its_hub_examples_only_where_it_asks_f
            "lm-evaluation-harness asks all 6" in " ".join(own.output.split())
 
 
+def test_flex_on_prompts_that_end_with_the_question_is_refused_before_any_method_runs(tiny, tmp_path):
+    """OpenBookQA's harness prompt is the question stem alone: without a chat template nothing follows the
+    paraphrases for flex to fuse in, which eval says up front (not after the other methods' batches, naming a
+    --suffix eval does not have); lettered, the prompts end in "Answer:" and flex runs."""
+    items = [dataclasses.replace(item, id=f"o{n}") for n, item in enumerate(load_dataset("sample-choice")[:2])]
+    settings = {"dataset": "o.jsonl", "benchmark": "openbookqa", "few_shot_k": 0, "chat": False, "num_prompts": 2}
+    with pytest.raises(MinirunError, match=r"^flex fuses the paraphrases in the tokens all prompts end with, and "
+                                           r"openbookqa's prompts \(harness openbookqa\) end with the question itself"):
+        loop.prepare(tiny, items, ["origin", "flex"], tmp_path / "a", **settings)
+    loop.prepare(tiny, items, ["origin", "avg"], tmp_path / "b", **settings)
+    loop.prepare(tiny, items, ["origin", "flex"], tmp_path / "c", **{**settings, "choice_format": "letters"})
+
+
 def test_a_benchmark_of_another_task_and_one_right_letter_are_refused(tiny, tmp_path, caplog):
     """A file's items asked in a benchmark's words must be that benchmark's task (a QA file asked as TruthfulQA
     would record a multiple-choice format for generated answers); lettered items whose right option is always at

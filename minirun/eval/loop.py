@@ -291,6 +291,12 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
     check_prompt_count(prompts, methods, dataset, num_prompts)
+    templated = chat if chat is not None else llm.tokenizer.chat_template is not None
+    if "flex" in methods and not templated and any(not _suffix(item, choice_format, fmt) for item in items):
+        raise MinirunError(f"flex fuses the paraphrases in the tokens all prompts end with, and {source}'s prompts "
+                           f"({fmt.name}) end with the question itself, no cue after it, where no chat template "
+                           "wraps them: ask them in the chat template (--chat), or lettered (--choice-format letters, "
+                           "ending in \"Answer:\"), or leave flex out")
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  examples_commit(benchmark, fewshot_items, data_source, few_shot_source))
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
