@@ -511,7 +511,7 @@ CLI_CHECKS = [  # (arguments after the command, what the message must say); "M" 
     (["generate", "--model", "M", "--temperature", "-1", "hi"], "--temperature"),
     (["generate", "--model", "M", "--temperature", "1", "--top-k", "0", "hi"], "--top-k"),
     (["generate", "--model", "M", "--temperature", "1", "--top-p", "1.5", "hi"], "--top-p"),
-    (["generate", "--model", "M", "--temperature", "1", "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
+    (["generate", "--model", "M", "--temperature", "1", "--top-p", "0", "hi"], "'--top-p': 0.0 is not above 0"),
     (["generate", "--model", "M", "--method", "avg", "--top-k", "5", "hi", "-p", "x"], "only apply to plain generation"),
     (["generate", "--model", "M", "--top-p", "0.5", "hi"], "temperature 0 decodes greedily: set a temperature"),
     (["generate", "--model", "M", "--method", "avg", "--truncate", "hi", "-p", "x"], "--truncate only applies to plain"),
@@ -564,16 +564,19 @@ def test_bad_numbers_are_one_line_errors(tiny, tmp_path, args, message):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["generate", "--temperature", "1", "--top-p", "0", "hi"], "top_p must be in (0, 1]"),
-    (["generate", "--top-k", "3", "hi"], "temperature 0 decodes greedily"),
-    (["paraphrase", "--top-p", "0", "sample-qa", "out.jsonl"], "top_p must be in (0, 1]"),
+@pytest.mark.parametrize("args,message,code", [
+    (["generate", "--temperature", "1", "--top-p", "0", "hi"], "'--top-p': 0.0 is not above 0", 2),
+    (["generate", "--temperature", "1", "--top-p", "-0.5", "hi"], "'--top-p': -0.5 is not above 0", 2),
+    (["generate", "--top-k", "3", "hi"], "temperature 0 decodes greedily", 1),
+    (["paraphrase", "--top-p", "0", "sample-qa", "out.jsonl"], "'--top-p': 0.0 is not above 0", 2),
 ])
-def test_sampling_settings_fail_before_the_model_loads(tmp_path, args, message):
-    """Typer cannot bound top-p from below; the check runs before a (here missing) model is looked for."""
+def test_sampling_settings_fail_before_the_model_loads(tmp_path, args, message, code):
+    """Typer cannot bound top-p from below; the check runs as a usage error (exit 2, as Typer's ranges) before a
+    (here missing) model is looked for."""
     result = invoke(*args[:1], "--model", str(tmp_path / "missing"), *[str(tmp_path / a) if a == "out.jsonl" else a
                                                                       for a in args[1:]])
     assert_clean_error(result, message)
+    assert result.exit_code == code
 
 
 def test_an_output_no_run_could_write_fails_before_the_model_loads(tmp_path):

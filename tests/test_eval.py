@@ -408,6 +408,24 @@ def test_rows_made_on_another_kind_of_device_are_not_mixed_in(tiny, items, tmp_p
         evaluate(tiny, items[:1], ["origin", "avg"], tmp_path, **SETTINGS)
 
 
+def test_a_run_resumes_under_another_spelling_of_its_data_model_or_chat(checkpoint_dirs, tiny, items, tmp_path):
+    """What names a run's data and model is their content (the items' and weights' hashes): the same file under
+    another path spelling, the same checkpoint copied elsewhere, and --chat where the model's default renders the
+    same template resume; --no-chat there, or --thinking, is refused naming that setting alone."""
+    run = tmp_path / "run"
+    assert tiny.tokenizer.chat_template is not None  # the default: its template
+    evaluate(tiny, items[:1], ["origin"], run, **{**SETTINGS, "dataset": "qa.jsonl"})
+    resumed = evaluate(tiny, items[:1], ["origin", "avg"], run, **{**SETTINGS, "dataset": "./qa.jsonl"})
+    copy = minirun.load(shutil.copytree(checkpoint_dirs["qwen2"], tmp_path / "elsewhere"))
+    resumed = evaluate(copy, items[:1], ["origin", "avg", "max"], run, **{**SETTINGS, "dataset": "./qa.jsonl",
+                                                                          "chat": True})
+    assert sorted(resumed["method"]) == ["avg", "max", "origin"]
+    with pytest.raises(MinirunError, match=r"holds results of a different run \(chat: None -> False\); use a new"):
+        evaluate(tiny, items[:1], ["origin"], run, **{**SETTINGS, "chat": False})
+    with pytest.raises(MinirunError, match=r"holds results of a different run \(thinking: False -> True\); use a new"):
+        evaluate(tiny, items[:1], ["origin"], run, **{**SETTINGS, "thinking": True})
+
+
 def test_a_run_recorded_before_a_setting_existed_resumes(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
     info = json.loads((tmp_path / "run.json").read_text())

@@ -27,6 +27,7 @@ from minirun.eval.report import (
     select_choice_score,
     select_match,
     summarize,
+    unrelated_note,
 )
 from minirun.eval.results import ResultStore
 from minirun.eval.stats import newcombe_paired_interval, paired_bootstrap_interval, sign_flip_p
@@ -835,3 +836,22 @@ def test_the_pairwise_matrix_says_per_prompt_is_left_out_only_where_it_ran(tmp_p
     fused = with_max[with_max["method"] != "per_prompt"]
     shown = " ".join(CliRunner().invoke(app, ["report", str(_run_dir(tmp_path / "b", fused))]).output.split())
     assert "pairwise: accuracy of the row minus the column" in shown and "per_prompt" not in shown
+
+
+def test_items_without_a_relation_are_said_to_be_left_out_of_the_macro(tmp_path):
+    """A blank relation is none (not a relation named ""), as an item file's is read; where some items carry one
+    and others none, report says how many the per-relation tables and the macro accuracy leave out."""
+    from minirun.eval.data import Item
+
+    assert Item("a", "Q?", [], ["x"], "fill", "  ").relation is None
+    df = _frame()
+    df.loc[df["id"] == "q3", "relation"] = ""  # rows an earlier minirun wrote from a file's blank relation
+    df.loc[df["id"] == "q2", "relation"] = None
+    run = _run_dir(tmp_path, df)
+    shown = " ".join(CliRunner().invoke(app, ["report", str(run)]).output.split())
+    assert "2 of the 4 items carry no relation: the per-relation tables and the macro accuracy leave them out" in shown
+    assert "(1 relations)" in shown  # capital alone, not a relation named ""
+    whole = " ".join(CliRunner().invoke(app, ["report", str(_run_dir(tmp_path / "whole", _frame()))]).output.split())
+    assert "carry no relation" not in whole
+    assert unrelated_note(df.assign(relation=df["relation"].replace("", None)), " of fill").startswith(
+        "2 of the 4 items of fill carry no relation")  # a sweep's, per dataset

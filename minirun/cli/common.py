@@ -262,3 +262,11 @@ def shown_number(value: float, spec: str) -> str:
     import pandas as pd
 
     return "–" if pd.isna(value) else format(value, spec)
+
+
+def top_p_above_zero(value: float | None) -> float | None:
+    """--top-p's lower bound, which Typer's ranges cannot state (they include their ends): a usage error, exit 2,
+    as theirs are."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} is not above 0", param_hint="'--top-p'")
+    return value

@@ -182,6 +182,8 @@ def report_command(
                         f"match rule only, not under --match {match}")
     if mixed := report.mixed_timing(table):
         warnings.append(mixed)
+    if unrelated := report.unrelated_note(table):
+        warnings.append(unrelated)
     warnings += report.cut_thinking(raw)
     if as_json:
         print(json.dumps(report.report_json(table)))

@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context,
-                                few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream, warn)
+                                few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream,
+                                top_p_above_zero, warn)
 from minirun.errors import MinirunError
 from minirun.methods.names import METHODS
 from minirun.text import extract_answer
@@ -67,7 +68,8 @@ def generate(
                                             "prompt, off with --method (the answer starts at once)."),
     temperature: float = typer.Option(0.0, min=0, help="0 = greedy."),
     top_k: Optional[int] = typer.Option(None, min=1, help="Sample from the k likeliest tokens (plain generation)."),
-    top_p: Optional[float] = typer.Option(None, max=1, help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
+    top_p: Optional[float] = typer.Option(None, max=1, callback=top_p_above_zero,
+                                          help="Nucleus sampling, 0 < p <= 1 (plain generation)."),
     seed: int = typer.Option(0, help="Seed of the sampling draws (with --temperature): a rerun draws alike."),
     stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),

@@ -157,7 +157,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
-                                     single_prompt_dropped, size_latex, timed_on)
+                                     single_prompt_dropped, size_latex, timed_on, unrelated_note)
     from minirun.eval.sweep_results import plot_sweep, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
@@ -183,6 +183,8 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
                     f"run's own match rule only, not under --match {match}"]
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
+    warnings = [*warnings, *(note for dataset, part in table.groupby("dataset", sort=False)
+                             if (note := unrelated_note(part, f" of {dataset}")))]
     if as_json:
         print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
         warn(warnings, err)

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
-                                check_texts, err, few_shot_context, friendly, load_llm, read_text_file)
+                                check_texts, err, few_shot_context, friendly, load_llm, read_text_file,
+                                top_p_above_zero)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
 
@@ -114,7 +115,7 @@ def paraphrase(
     num: int = typer.Option(5, "--num", min=1, help="Rewrites per question."),
     model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
     temperature: float = typer.Option(1.5, min=0),
-    top_p: float = typer.Option(0.9, max=1, help="Nucleus sampling, 0 < p <= 1."),
+    top_p: float = typer.Option(0.9, max=1, callback=top_p_above_zero, help="Nucleus sampling, 0 < p <= 1."),
     max_new_tokens: int = typer.Option(30, min=1),
     seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),

@@ -291,7 +291,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
     check_prompt_count(prompts, methods, dataset, num_prompts)
-    templated = chat if chat is not None else llm.tokenizer.chat_template is not None
+    has_template = llm.tokenizer.chat_template is not None
+    templated = chat if chat is not None else has_template
     if "flex" in methods and not templated and any(not _suffix(item, choice_format, fmt) for item in items):
         raise MinirunError(f"flex fuses the paraphrases in the tokens all prompts end with, and {source}'s prompts "
                            f"({fmt.name}) end with the question itself, no cue after it, where no chat template "
@@ -299,12 +300,15 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "ending in \"Answer:\"), or leave flex out")
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  examples_commit(benchmark, fewshot_items, data_source, few_shot_source))
+    # a run begun with --chat or with the model's default resumes the other way where both render the template alike
+    made = recorded_run_key(output_dir).get("chat", chat)
+    chat_key = made if (made if made is not None else has_template) == templated else chat
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
         **data_digests(items, prompts, prefixes),
-        "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat,
+        "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat_key,
         "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
         "prompt_format": fmt.name,  # the question blocks' text around each prompt

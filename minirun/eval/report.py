@@ -65,6 +65,8 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
         raise MinirunError(f"{output_dir}: no results found; pass the output directory of a run")
     if not len(df):
         raise MinirunError(f"{output_dir}: the run has no finished rows yet; let `minirun eval` finish a batch first")
+    if "relation" in df.columns:  # a blank relation (rows of a file that gave "") is none, as items read it now
+        df.loc[df["relation"].map(lambda r: isinstance(r, str) and not r.strip()), "relation"] = None
     return df
 
 
@@ -364,6 +366,15 @@ def _consistency(prompts: pd.DataFrame) -> float:
 def _answer(text: object) -> str | None:
     """An extracted answer as methods are compared on it: `normalize`d, None where empty or missing."""
     return (normalize(text) or None) if isinstance(text, str) else None
+
+
+def unrelated_note(df: pd.DataFrame, of: str = "") -> str | None:
+    """A warning where some items carry a relation and others none (`of`: their dataset, in a sweep's): the
+    per-relation tables and macro accuracy leave the latter out, which their figures do not show."""
+    if "relation" not in df.columns or df["relation"].isna().all() or df["relation"].notna().all():
+        return None
+    return (f"{df.loc[df['relation'].isna(), 'id'].nunique()} of the {df['id'].nunique()} items{of} carry no "
+            "relation: the per-relation tables and the macro accuracy leave them out")
 
 
 def by_relation(df: pd.DataFrame) -> pd.DataFrame:

@@ -171,7 +171,10 @@ def _refused(cell: Cell, gen: Generation, digests: dict, item_ids: list[str]) ->
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
     refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items) and its
     method's plain options (a layer or bias the loop resolves with the model is left to the run's own check)."""
-    changed = recorded_differences(cell.dir, {**_run_settings(cell, gen), **digests}, item_ids)
+    settings = _run_settings(cell, gen)
+    if None in (settings["chat"], recorded_run_key(cell.dir).get("chat")):  # the model's default: its tokenizer's
+        del settings["chat"]  # to say, which the sweep reads before its first run (and refuses there if need be)
+    changed = recorded_differences(cell.dir, {**settings, **digests}, item_ids)
     recorded = recorded_methods(cell.dir).get(cell.method.name, {})
     default = EnsembleOptions()
     changed += [f"{cell.method.name}'s {k}: {recorded[k]!r} -> {v!r}" for k in ("positions", "num_samples",

@@ -55,7 +55,8 @@ def run_method(llm: EnsembleModel, method: str, questions: list[Question], optio
     prompts = method_prompts(method, questions)
     for q, p in zip(questions, prompts):
         if not p:
-            raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: pass --paraphrase")
+            raise MinirunError(f"method {method} needs at least one paraphrase for {q.question!r}: give one (-p on "
+                               "the command line, Question's paraphrases in Python)")
     return run_encoded(llm, method, encode_batch(llm, method, questions, prompts, options), options, prompts, hooks)
 
 

@@ -56,6 +56,10 @@ class Item:
     choices: list[str] | None = None
     answer: int | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.relation, str) and not self.relation.strip():  # a blank relation is none, not one named ""
+            self.relation = None
+
     @property
     def prompts(self) -> list[str]:
         """The question, then its distinct paraphrases (see `ensemble_prompts`)."""
