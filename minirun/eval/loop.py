@@ -308,8 +308,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
         **data_digests(items, prompts, prefixes),
-        "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix, "chat": chat_key,
-        "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
+        "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix,
+        "chat": chat_key, "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
         "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
