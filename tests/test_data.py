@@ -529,6 +529,13 @@ def test_arc_and_openbookqa_from_local_copies(tmp_path):
         load_dataset(tmp_path / "arc.jsonl", subset="physics")
 
 
+def test_every_named_dataset_has_a_task():
+    """`--benchmark NAME` checks a file's items against the task NAME asks: every name must have one."""
+    from minirun.eval.data import NAMES, TASK_OF
+
+    assert set(TASK_OF) == set(NAMES) and set(TASK_OF.values()) == {"qa", "fill", "choice"}
+
+
 def test_arc_and_openbookqa_from_the_hub(monkeypatch):
     """Each ARC set is its own config of one repo, OpenBookQA's questions its `main` config: test items, train
     examples; a run cites the config with the commit, and a set's examples are not taken for the other's upload."""
