@@ -52,6 +52,14 @@ def test_run_bench_reports_every_figure(checkpoint_dirs, method):
         assert packed["packed_tokens"] == 3 * 20 + 4 and packed["separate_tokens"] == 3 * 24
 
 
+@pytest.mark.parametrize("method, answers", [("origin", 2), ("avg", 2), ("per_prompt", 6), ("vote", 6)])
+def test_decode_rates_count_every_answer_a_step_makes(checkpoint_dirs, method, answers):
+    """per_prompt and vote decode every prompt's answer (2 questions x 3 prompts a step), the fused methods one a
+    question: tokens/s is answers per step over the step's time."""
+    entry = run_bench(model=str(checkpoint_dirs["llama3"]), method=method, batch=2, **FAST)["minirun"]
+    assert entry["decode_tokens_per_s"] * entry["ms_per_token"] / 1e3 == pytest.approx(answers)
+
+
 def _check_fraction(bandwidth: dict, prefix: str) -> None:
     """The fraction is the median over the timed rounds of each round's step rate over the read rate
     measured in that round."""

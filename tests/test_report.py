@@ -820,6 +820,19 @@ def test_a_table_rescored_at_report_time_says_so(tmp_path):
     assert "rescored" not in (tmp_path / "plain.tex").read_text() and "(rescored:" not in plain.output
 
 
+def test_a_table_is_said_rescored_only_by_the_options_that_change_its_rows():
+    """--match rescores generated answers, --choice-score multiple-choice picks: a sweep's table of one kind is not
+    said rescored by the other's option (its caption would mislead a paper's reader)."""
+    from minirun.eval.report import rescored
+
+    qa, choice = pd.DataFrame({"task": ["qa", "fill"]}), pd.DataFrame({"task": ["choice"]})
+    assert rescored("bidirectional", "sum", qa)[1] == " (rescored: --match bidirectional)"
+    assert rescored("bidirectional", "sum", choice)[1] == " (rescored: --choice-score sum)"
+    assert rescored(None, "sum", qa) == ("", "") and rescored("lemma", None, choice) == ("", "")
+    both = pd.concat([qa, choice])
+    assert rescored("bidirectional", "sum", both)[1] == " (rescored: --match bidirectional, --choice-score sum)"
+
+
 def test_report_on_a_path_that_is_not_there_or_a_sweep_file_that_is_a_folder_says_so(tmp_path):
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "nope: no such directory; pass the output directory" in missing.output

@@ -346,6 +346,7 @@ def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path)
            "sweep", str(one), "--output", str(out), "--no-progress"]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("sweep qwen2 · sample-qa: origin, flex-restart (2 of 2 runs)") == 1  # rank 0's alone
     assert {p.name for p in (out / "qwen2" / "sample-qa" / "origin").glob("results.rank*.jsonl")} == {
         "results.rank0.jsonl", "results.rank1.jsonl"}
     table = pd.read_parquet(out / "results.parquet")

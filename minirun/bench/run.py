@@ -169,7 +169,7 @@ def run_bench(model: str | None = None, random_weights: str | None = None, metho
     rows_per_question = 1 if method == "flex" else len(encoded[0].paraphrases)
     prefill_tokens = sum(len(e.paraphrases) * (prompt_tokens - TAIL_TOKENS) + TAIL_TOKENS * rows_per_question
                          for e in encoded)
-    answers = batch * len(encoded[0].paraphrases) if method == "per_prompt" else batch
+    answers = batch * len(encoded[0].paraphrases) if method in ("per_prompt", "vote") else batch  # every prompt answers
     torch_dtype = llm.model.embed.weight.dtype
     result: dict[str, Any] = {
         "device": device_name(llm.device), "torch": torch.__version__, "dtype": str(torch_dtype).removeprefix("torch."),

@@ -170,14 +170,16 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         scores_long(scores, prompts, machines).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot, curves)
+    def changed(datasets: list[str]) -> tuple[str, str]:  # what report's options rescored of these tables' rows
+        return rescored(match, choice_score, table[table["dataset"].isin(datasets)])
+
     if latex is not None:
         rows = scores_long(scores)
-        comment, note = rescored(match, choice_score)
-        latex.write_text("\n".join([*(provenance(table, dataset) + comment + latex_table(
-            part.set_index(["model", "method"]), f"{dataset} ({caption}){note}")
+        latex.write_text("\n".join([*(provenance(table, dataset) + changed([dataset])[0] + latex_table(
+            part.set_index(["model", "method"]), f"{dataset} ({caption}){changed([dataset])[1]}")
             for dataset, part in rows.groupby("dataset", sort=False)),
-            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){note}") for sizes in curves)]),
-            encoding="utf-8")
+            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){changed(list(sizes))[1]}")
+              for sizes in curves)]), encoding="utf-8")
     if single_prompt_dropped(raw, table):
         warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "
                     f"run's own match rule only, not under --match {match}"]
@@ -189,11 +191,10 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
         warn(warnings, err)
         return
-    note = rescored(match, choice_score)[1]  # the tables' rows rescored: said in their titles, as in LaTeX captions
-    for t in score_tables(scores, lambda dataset: title(dataset) + note):
+    for t in score_tables(scores, lambda dataset: title(dataset) + changed([dataset])[1]):  # as in LaTeX captions
         out.print(t)
     for sizes in curves:
-        out.print(size_table(scores, sizes))
+        out.print(size_table(scores, sizes, changed(list(sizes))[1]))
     warn(warnings, out)
 
 
@@ -249,13 +250,13 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
     return tables
 
 
-def size_table(scores: pd.DataFrame, sizes: dict[str, int]) -> Table:
+def size_table(scores: pd.DataFrame, sizes: dict[str, int], note: str = "") -> Table:
     """An ensemble-size series (`sweep.size_rows`) as a rich table: a row per method, a column per model and prompts
-    per item."""
+    per item; `note` after its title (`report.rescored`'s)."""
     from minirun.eval.sweep_results import size_rows
 
     rows = size_rows(scores, sizes)
-    t = Table(title=f"{', '.join(sizes)} · accuracy by prompts per item",
+    t = Table(title=f"{', '.join(sizes)} · accuracy by prompts per item{note}",
               caption="each column a dataset entry of the sweep that differs from the others in num_prompts alone")
     t.add_column("method")
     for model, size in rows.columns:

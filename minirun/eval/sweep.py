@@ -262,8 +262,9 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                     _check(cell, run, rank)
             for label, runs in prepared.items():
                 group = groups[label]
-                log.info(f"sweep {model.label} · {label}: {', '.join(c.method.label for c in group)} "
-                         f"({len(group)} of {len(plan)} runs)")
+                if rank == 0:  # once, not once per process of a torchrun
+                    log.info(f"sweep {model.label} · {label}: {', '.join(c.method.label for c in group)} "
+                             f"({len(group)} of {len(plan)} runs)")
                 _run_cells(llm, group, runs, rank, world_size, progress, on_row)
                 if rank == 0:
                     for cell in group:
