@@ -1032,6 +1032,7 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     assert shown.exit_code == 0, shown.output
     words = " ".join(shown.stdout.split())  # a narrow table wraps its title
     assert words.count("accuracy by prompts per item") == 1 and "qa-k2, qa-k3, qa-four · accuracy" in words
+    assert "no item has more than" not in words  # every size reached
     table = size_table(scores, prompt_series(out)[0])
     assert [c.header for c in table.columns] == ["method", "qwen2\nk=2", "\nk=3", "\nk=4"]
     single = scores.loc[("qa-k3", "per_prompt"), ("qwen2", "mean_single_accuracy")]
@@ -1059,6 +1060,20 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     assert dict(zip(csv["dataset"], csv["num_prompts"])) == {"qa-k3": 3, "qa-k2": 2, "qa-four": 4, "qa-0shot": 2}
     machine = load_sweep(out)["machine"].iloc[0]  # where each method's seconds were timed, as one run's has it
     assert set(csv["machine"]) == {machine} and report["qa-k2"]["qwen2"]["avg"]["machine"] == machine
+
+
+def test_a_curve_size_no_item_reaches_is_said_to_repeat_a_smaller_one():
+    """num_prompts = [5, 6] on items of 5 prompts: the k=6 point repeats k=5's answers, which report says (the run
+    warned once, long before the plot is read); origin's one prompt is no measure of it."""
+    from minirun.eval.sweep_results import repeated_sizes
+
+    five = ["q", "p1", "p2", "p3", "p4"]
+    table = pd.DataFrame({"dataset": ["qa-k5", "qa-k6", "qa-k6"], "method": ["avg", "avg", "origin"],
+                          "prompts": [five, five, ["q"]]})
+    assert repeated_sizes(table, [{"qa-k5": 5, "qa-k6": 6}]) == [
+        "qa-k6 asks 6 prompts per item but no item has more than 5: its figures repeat those of 5 prompts (a curve's "
+        "point that is not one)"]
+    assert repeated_sizes(table[table["method"] == "origin"], [{"qa-k6": 6}]) == []
 
 
 def test_a_sweep_indexed_before_series_reports_without_them(reference, tmp_path):

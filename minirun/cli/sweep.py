@@ -158,7 +158,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
                                      single_prompt_dropped, size_latex, timed_on, unrelated_note)
-    from minirun.eval.sweep_results import plot_sweep, size_rows, size_series, sweep_table
+    from minirun.eval.sweep_results import plot_sweep, repeated_sizes, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
     scores = sweep_table(table)
@@ -186,7 +186,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     warnings = [*warnings, *(note for dataset, part in table.groupby("dataset", sort=False)
-                             if (note := unrelated_note(part, f" of {dataset}")))]
+                             if (note := unrelated_note(part, f" of {dataset}"))), *repeated_sizes(table, curves)]
     if as_json:
         print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
         warn(warnings, err)

@@ -71,6 +71,21 @@ def size_series(series: list[dict[str, int]], scores: pd.DataFrame) -> list[dict
     return [sizes for sizes in series if len(sizes) > 1 and scored & set(sizes)]
 
 
+def repeated_sizes(table: pd.DataFrame, curves: list[dict[str, int]]) -> list[str]:
+    """A warning per size of an ensemble-size curve that no item reaches (its rows fuse at most fewer prompts):
+    its column repeats a smaller size's answers, which a curve would show as a point of its own."""
+    notes = []
+    for sizes in curves:
+        for label, size in sizes.items():
+            rows = table[(table["dataset"] == label) & (table["method"] != "origin")]  # origin asks one prompt
+            most = max((len(p) for p in rows["prompts"] if isinstance(p, (list, tuple)) or hasattr(p, "tolist")),
+                       default=size)
+            if most < size:
+                notes.append(f"{label} asks {size} prompts per item but no item has more than {most}: its figures "
+                             f"repeat those of {most} prompts (a curve's point that is not one)")
+    return notes
+
+
 def unfinished_cells(output: str | Path) -> list[str]:
     """The runs of a sweep's index (`sweep.json`) without their done.json marker, or short of a row for an item
     their run.json lists: a report over the others must say so."""
