@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from minirun.errors import MinirunError
-from minirun.eval.results import COLUMNS, ResultStore, integer_columns, merge, read_results
+from minirun.eval.results import COLUMNS, ResultStore, integer_columns, key_differences, merge, read_results
 
 KEY = {"model": "tiny", "dataset": "sample-qa", "k": 5}
 IDS = [f"q{i}" for i in range(6)]
@@ -213,3 +213,12 @@ def test_integer_columns_with_gaps_stay_integers_and_others_are_left_alone():
     assert table["seconds"].dtype == float  # not an integer column
     odd = integer_columns(pd.DataFrame({"choice": [1.5, None]}))  # not integers: kept as they are
     assert odd["choice"].dtype == float
+
+
+def test_a_dataset_spelling_is_forgiven_only_where_its_items_are_the_same():
+    """Another path to the same items resumes; another file asked at another prompt count names both changes (the
+    items' hash differing because of the count is no proof the file is the same)."""
+    old = {"run_key": {"dataset": "qa.jsonl", "items": "a", "num_prompts": 2}, "item_ids": ["1"]}
+    assert key_differences(old, {"dataset": "./qa.jsonl", "items": "a", "num_prompts": 2}, ["1"]) == []
+    assert key_differences(old, {"dataset": "other.jsonl", "items": "b", "num_prompts": 3}, ["1"]) == [
+        "dataset: 'qa.jsonl' -> 'other.jsonl'", "num_prompts: 2 -> 3"]

@@ -97,6 +97,7 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
         return []
     old_key = {**RECORDED_BEFORE, **old["run_key"]}
     changed = {k for k in old_key.keys() & run_key.keys() if old_key[k] != run_key[k]}
+    same_items = "items" in old_key.keys() & run_key.keys() and "items" not in changed
     if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
         changed.discard("items")
     if changed & {"thinking", "chat"}:  # a reasoning model's answers are taken after its thinking because of these
@@ -104,7 +105,7 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
     other_items = old.get("item_ids") != item_ids
     if other_items:  # then the items' hash differs too, and saying "edited" would mislead
         changed.discard("items")
-    elif "items" not in changed and "items" in old_key.keys() & run_key.keys():
+    elif same_items:
         changed.discard("dataset")  # the same items under another spelling of their file's path
     if "weights_sha256" in old_key.keys() & run_key.keys() and "weights_sha256" not in changed:
         changed.discard("model")  # the same weights and tokenizer at another path: the same model
