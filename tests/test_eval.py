@@ -1255,8 +1255,8 @@ def test_a_file_asked_as_a_benchmark_needs_its_hub_examples_only_where_it_asks_f
     assert "Question: What melts ice?\nAnswer: heat\n\nQuestion: Which gas do plants take in?\nAnswer:" in local.stdout
     own = CliRunner().invoke(_app(), [*base, "--benchmark", "truthfulqa_mc1", "--few-shot-k", "1", "--output", "tqa"])
     assert own.exit_code == 0, own.output
-    assert "cannot ask the Hugging Face Hub" not in own.output and recorded_source(tmp_path / "tqa", "few_shot_source") \
-        is None
+    assert "cannot ask the Hugging Face Hub" not in own.output
+    assert recorded_source(tmp_path / "tqa", "few_shot_source") is None
     assert "truthfulqa_mc1's prompt takes its 6 worked questions in order, and --few-shot-k 1 asks the first 1; " \
            "lm-evaluation-harness asks all 6" in " ".join(own.output.split())
 

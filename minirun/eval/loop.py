@@ -165,8 +165,8 @@ def _dataset_examples(dataset: str, task: str, subset: str | None, revision: str
         return load_fewshot(dataset, task, subset, revision)
     except HubDataUnavailable as e:
         raise MinirunError(f"cannot read {dataset}'s few-shot examples, {e.what}: {e.reason}; or give them as a file "
-                           "(--few-shot FILE, a sweep dataset's few_shot: items, or a local copy of those rows), or ask "
-                           "for none (--few-shot-k 0)") from None
+                           "(--few-shot FILE, a sweep dataset's few_shot: items, or a local copy of those rows), or "
+                           "ask for none (--few-shot-k 0)") from None
 
 
 def _asked(item: Item, wording: str) -> tuple[str, str | None]:

@@ -216,8 +216,8 @@ def compared_warnings(compared: Compared) -> list[str]:
                          and len({json.dumps(other.get(k), sort_keys=True) for other in keys.values()}) > 1})
         one_model = len({(key.get("model"), key.get("weights_sha256")) for key in keys.values()}) == 1
         if differ and one_model:
-            warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} (run.json run_key), with one "
-                            "model: their differences are those settings'")
+            warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} (run.json run_key), with "
+                            "one model: their differences are those settings'")
         elif differ:
             warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} besides the model (run.json "
                             "run_key): their differences are not the models' alone")

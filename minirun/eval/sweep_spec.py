@@ -242,8 +242,8 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
                            "NAME@REV) or the path of a file")
     if spec.few_shot is not None and not (spec.few_shot.endswith((".jsonl", ".parquet")) and
                                           Path(spec.few_shot).is_file()):
-        raise MinirunError(f"{where} few_shot: {spec.few_shot!r} is no .jsonl or .parquet file; give an existing .jsonl "
-                           "of items, or a local copy of a benchmark's train/dev rows")
+        raise MinirunError(f"{where} few_shot: {spec.few_shot!r} is no .jsonl or .parquet file; give an existing "
+                           ".jsonl of items, or a local copy of a benchmark's train/dev rows")
     if spec.match not in MATCH_RULES:
         raise MinirunError(f"{where} match: unknown rule {spec.match!r}; use one of {', '.join(MATCH_RULES)}")
     if spec.choice_format not in CHOICE_FORMATS:
