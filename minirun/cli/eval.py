@@ -164,11 +164,11 @@ def report_command(
         return report_sweep(run_dir, as_json, csv, plot, match, latex, choice_score)
     raw = report.load_results(run_dir)
     table = report.select_choice_score(report.select_match(raw, match), choice_score)
+    comment, note = report.rescored(match, choice_score, raw)  # said in the LaTeX and the terminal's title
     if csv is not None:
         report.summarize(table).to_csv(csv)
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
-        comment, note = report.rescored(match, choice_score, raw)
         caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
         provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
                                        sources=recorded_sources(run_dir)) + comment
@@ -189,7 +189,7 @@ def report_command(
         print(json.dumps(report.report_json(table)))
         warn(warnings, err)
         return
-    for t in _summary_tables(table, str(run_dir) + report.rescored(match, choice_score, raw)[1]):
+    for t in _summary_tables(table, str(run_dir) + note):
         out.print(t)
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():

@@ -170,16 +170,16 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         scores_long(scores, prompts, machines).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot, curves)
-    def changed(datasets: list[str]) -> tuple[str, str]:  # what report's options rescored of these tables' rows
-        return rescored(match, choice_score, table[table["dataset"].isin(datasets)])
-
+    # what report's options rescored of each table's rows: (a LaTeX comment, a note for its title and caption)
+    changed = {dataset: rescored(match, choice_score, part) for dataset, part in table.groupby("dataset", sort=False)}
+    curve_notes = [rescored(match, choice_score, table[table["dataset"].isin(list(sizes))])[1] for sizes in curves]
     if latex is not None:
         rows = scores_long(scores)
-        latex.write_text("\n".join([*(provenance(table, dataset) + changed([dataset])[0] + latex_table(
-            part.set_index(["model", "method"]), f"{dataset} ({caption}){changed([dataset])[1]}")
+        latex.write_text("\n".join([*(provenance(table, dataset) + changed[dataset][0] + latex_table(
+            part.set_index(["model", "method"]), f"{dataset} ({caption}){changed[dataset][1]}")
             for dataset, part in rows.groupby("dataset", sort=False)),
-            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){changed(list(sizes))[1]}")
-              for sizes in curves)]), encoding="utf-8")
+            *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){note}")
+              for sizes, note in zip(curves, curve_notes))]), encoding="utf-8")
     if single_prompt_dropped(raw, table):
         warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "
                     f"run's own match rule only, not under --match {match}"]
@@ -191,10 +191,10 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
         warn(warnings, err)
         return
-    for t in score_tables(scores, lambda dataset: title(dataset) + changed([dataset])[1]):  # as in LaTeX captions
+    for t in score_tables(scores, lambda dataset: title(dataset) + changed[dataset][1]):  # as in LaTeX captions
         out.print(t)
-    for sizes in curves:
-        out.print(size_table(scores, sizes, changed(list(sizes))[1]))
+    for sizes, note in zip(curves, curve_notes):
+        out.print(size_table(scores, sizes, note))
     warn(warnings, out)
 
 
