@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import as_list
 from minirun.eval.report import (CALIBRATION, MACRO, PAIRED, cut_thinking, load_results, method_label,
                                  paired_difference, provenance, summarize, timed_on, unfinished_notes)
 from minirun.eval.results import integer_columns, read_results, recorded_methods, recorded_run_key, recorded_sources
@@ -79,7 +78,10 @@ def repeated_sizes(table: pd.DataFrame, curves: list[dict[str, int]]) -> list[st
     for sizes in curves:
         for label, size in sizes.items():
             rows = table[(table["dataset"] == label) & (table["method"] != "origin")]  # origin asks one prompt
-            most = max((len(as_list(p)) for p in rows["prompts"]), default=size)
+            # rows read back hold lists, or numpy arrays from parquet (not `data.items.as_list`: that package
+            # imports torch, which a report does not)
+            most = max((len(p) for p in rows["prompts"] if isinstance(p, (list, tuple)) or hasattr(p, "tolist")),
+                       default=size)
             if most < size:
                 notes.append(f"{label} asks {size} prompts per item but no item has more than {most}: its figures "
                              f"repeat those of {most} prompts (a curve's point that is not one)")
