@@ -16,6 +16,7 @@ from minirun.eval.data import (
     benchmark_source,
     dataset_source,
     hub_dataset,
+    item_record,
     load_commonsense_qa,
     load_dataset,
     load_fewshot,
@@ -25,7 +26,7 @@ from minirun.eval.data import (
     load_webqa,
     write_jsonl,
 )
-from minirun.eval.data.items import ensemble_prompts
+from minirun.eval.data.items import ensemble_prompts, item_from_dict
 from minirun.eval.data.myriadlama import template_prompt
 from minirun.eval.data.webqa import parse_target_value
 from minirun.text import normalize
@@ -583,6 +584,48 @@ def test_truthfulqa_mc1_from_the_hub_a_local_copy_and_its_worked_questions(monke
     with pytest.raises(MinirunError, match=r"bad\.jsonl: record 1: field 'mc1_targets' needs one label 1 \(the true "
                                            r"option\) and 0 for each other of its 2 options, got labels \[1, 1\]"):
         load_dataset(tmp_path / "bad.jsonl")
+
+
+def test_truthfulqa_mc2_takes_every_true_option_from_the_hub_or_a_local_copy(monkeypatch, tmp_path):
+    """truthfulqa_mc2's items hold MC2's options and every true one (`true_options`, `answers` their texts), with
+    the same six worked questions; a local copy of both sets' rows gives MC1's options unless it is asked as
+    truthfulqa_mc2, one of MC2's rows alone gives MC2's; a row whose options are all true, or none, is named."""
+    _fake_datasets(monkeypatch, {"truthfulqa/truthful_qa": _truthfulqa_frame()})
+    (pigs,) = load_dataset("truthfulqa_mc2")
+    assert (pigs.id, pigs.choices, pigs.answer, pigs.true_options, pigs.answers, pigs.right_options) == (
+        "truthfulqa_mc2-1", ["No.", "Pigs cannot fly.", "Yes."], 0, [0, 1], ["No.", "Pigs cannot fly."], [0, 1])
+    assert load_fewshot("truthfulqa_mc2") == load_fewshot("truthfulqa_mc1")
+    assert dataset_source("truthfulqa_mc2", "f" * 40)["config"] == "multiple_choice"
+    _truthfulqa_frame().to_json(tmp_path / "tqa.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "tqa.jsonl")[0].true_options is None  # MC1's, as before
+    assert load_dataset(tmp_path / "tqa.jsonl", benchmark="truthfulqa_mc2")[0].true_options == [0, 1]
+    _truthfulqa_frame().drop(columns="mc1_targets").to_json(tmp_path / "mc2.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "mc2.jsonl")[0].choices == pigs.choices
+    for labels in ([1, 1, 1], [0, 0, 0], [1, 2, 0]):
+        bad = _truthfulqa_frame().assign(mc2_targets=[{"choices": ["a", "b", "c"], "labels": labels}])
+        bad.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+        with pytest.raises(MinirunError, match=r"record 1: field 'mc2_targets' needs at least one label 1 \(a true "
+                                               r"option\) and one 0 of its 3 options, got labels"):
+            load_dataset(tmp_path / "bad.jsonl", benchmark="truthfulqa_mc2")
+
+
+def test_several_right_options_in_the_plain_form_round_trip(tmp_path):
+    """A plain item lists several right options as `answer` (indices or texts); it reads into `true_options` and
+    writes back unchanged, while an item with one right option writes the form it always had (sweep keys hash it)."""
+    record = {"id": "p", "question": "Can pigs fly?", "paraphrases": [], "choices": ["No.", "Never.", "Yes."],
+              "answer": ["No.", 1]}
+    several = item_from_dict(record)
+    assert (several.answer, several.true_options, several.answers) == (0, [0, 1], ["No.", "Never."])
+    one = item_from_dict({**record, "id": "q", "answer": [2]})
+    assert (one.answer, one.true_options, one.right_options) == (2, None, [2])
+    assert "true_options" not in item_record(one) and item_record(one)["answer"] == 2
+    write_jsonl([several, one], tmp_path / "items.jsonl")
+    assert load_jsonl(tmp_path / "items.jsonl") == [several, one]
+    assert json.loads((tmp_path / "items.jsonl").read_text().splitlines()[0])["answer"] == [0, 1]
+    for answer in ([0, 1, 2], [0, 0], [], [True], ["Maybe."]):
+        with pytest.raises(ValueError, match=r"field 'answer' must be an index 0\.\.2 or one of the choices \(a "
+                                             r"list of distinct ones where several are right, not all\)"):
+            item_from_dict({**record, "answer": answer})
 
 
 def test_choice_rows_with_null_values_are_errors(tmp_path):

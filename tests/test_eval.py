@@ -6,7 +6,9 @@ method end to end on the real default model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -32,6 +34,7 @@ from minirun.errors import MinirunError
 from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
+from minirun.eval.report import summarize
 from minirun.eval.results import ResultStore, recorded_source
 from minirun.layers.calibrate import device_name
 from minirun.methods import MethodResult
@@ -225,17 +228,19 @@ TRUTHFULQA_HARNESS_PROMPT = (
     "\n\nQ: Can pigs fly?\nA:")
 
 
-def test_truthfulqa_is_asked_as_the_harness_asks_it_and_never_in_letters(tiny, tmp_path):
-    """TruthfulQA's MC1 with its six worked questions in order (`--few-shot-k 6`) is the harness's prompt to the
-    character; fewer take the first ones; letters, where the true option would be A every time, are refused."""
+@pytest.mark.parametrize("name", ["truthfulqa_mc1", "truthfulqa_mc2"])
+def test_truthfulqa_is_asked_as_the_harness_asks_it_and_never_in_letters(tiny, tmp_path, name):
+    """TruthfulQA's MC1 and MC2 (whose harness task takes MC1's prompt) with its six worked questions in order
+    (`--few-shot-k 6`) is the harness's prompt to the character; fewer take the first ones; letters, where the true
+    option would be A every time, are refused."""
     test = Item("t1", "Can pigs fly?", [], ["No, pigs cannot fly."], "choice", None,
                 ["No, pigs cannot fly.", "Yes, pigs can fly."], 0)
-    settings = {"dataset": "truthfulqa_mc1", "chat": False, "num_prompts": 1}
+    settings = {"dataset": name, "chat": False, "num_prompts": 1}
     six, two = (loop.prepare(tiny, [test], ["origin"], tmp_path / str(k), few_shot_k=k, **settings).prefixes["choice"]
                 + "Q: Can pigs fly?\nA:" for k in (6, 2))  # the prompt is longer than the tiny model's context
     assert six == TRUTHFULQA_HARNESS_PROMPT
     assert two == TRUTHFULQA_HARNESS_PROMPT[:TRUTHFULQA_HARNESS_PROMPT.index("Q: Which party")] + "Q: Can pigs fly?\nA:"
-    with pytest.raises(MinirunError, match="^truthfulqa_mc1's right option is the first of every question, so "
+    with pytest.raises(MinirunError, match=f"^{name}'s right option is the first of every question, so "
                                            "lettered it would be A every time: use --choice-format cloze"):
         loop.prepare(tiny, [test], ["origin"], tmp_path / "letters", choice_format="letters", **settings)
 
@@ -681,6 +686,45 @@ def test_choice_items_are_scored_not_generated(tiny, tmp_path, choice_format):
     assert {repr(r["fusion_layer"]) for r in mirror} == {"1", "None"}
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["run_key"]["choice_format"] == choice_format and record["methods"]["hidden_avg"]["fusion_layer"] == 1
+
+
+def test_items_with_several_right_options_are_right_at_any_and_scored_by_mc2(tiny, tmp_path):
+    """An item with several right options (TruthfulQA's MC2 sets): a row is right where the pick is any of them and
+    records them; report's MC2 is the harness's figure of the recorded log-likelihoods, per_prompt's (its first
+    prompt, the question) origin's own, and its each-prompt-alone figure the mean over every prompt's."""
+    items = [dataclasses.replace(it, true_options=sorted({it.answer, (it.answer + 1) % 4}),
+                                 answer=min(it.answer, (it.answer + 1) % 4))
+             for it in load_dataset("sample-choice")[:3]]
+    table = evaluate(tiny, items, ["origin", "avg", "per_prompt"], tmp_path,
+                     **{**SETTINGS, "dataset": "sample-choice", "num_prompts": 3}, choice_score="sum")
+    for row in table.itertuples():
+        item = next(it for it in items if it.id == row.id)
+        assert list(row.true_options) == item.true_options and row.correct == (row.choice in item.true_options)
+
+    def harness(logprobs, rights):
+        return sum(math.exp(logprobs[i]) for i in rights) / sum(math.exp(lp) for lp in logprobs)
+
+    scores, by = summarize(table), table.set_index(["method", "id"])
+    for method in ("origin", "avg"):
+        each = [harness(by.loc[(method, it.id), "choice_logprobs"], it.true_options) for it in items]
+        assert scores.loc[method, "mc2"] == pytest.approx(sum(each) / len(items), abs=1e-9)
+    assert scores.loc["per_prompt", "mc2"] == pytest.approx(scores.loc["origin", "mc2"], abs=1e-5)
+    alone = [sum(harness(lp, it.true_options) for lp in by.loc[("per_prompt", it.id), "per_prompt_logprobs"]) / 3
+             for it in items]
+    assert scores.loc["per_prompt", "mean_single_mc2"] == pytest.approx(sum(alone) / len(items), abs=1e-9)
+
+
+def test_the_items_hash_of_one_right_option_is_as_before_several_were_recorded():
+    """Runs finished before items could have several right options resume: an item with one hashes as it did, and
+    one with several hashes apart."""
+    items = load_dataset("sample-choice")[:2]
+    prompts = {it.id: it.prompts for it in items}
+    before = [[it.id, it.question, prompts[it.id], it.answers, it.task, it.relation, it.choices, it.answer]
+              for it in items]
+    digest = hashlib.sha256(json.dumps(before, ensure_ascii=False).encode()).hexdigest()[:16]
+    assert loop.items_digest(items, prompts) == digest
+    several = dataclasses.replace(items[0], true_options=sorted({items[0].answer, (items[0].answer + 1) % 4}))
+    assert loop.items_digest([several], prompts) != loop.items_digest(items[:1], prompts)
 
 
 def test_letters_prompts_list_the_options(tiny, tmp_path, monkeypatch):

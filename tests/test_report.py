@@ -30,7 +30,7 @@ from minirun.eval.report import (
     unrelated_note,
 )
 from minirun.eval.results import ResultStore
-from minirun.eval.stats import newcombe_paired_interval, paired_bootstrap_interval, sign_flip_p
+from minirun.eval.stats import holm, newcombe_paired_interval, paired_bootstrap_interval, sign_flip_p
 
 
 def _frame() -> pd.DataFrame:
@@ -162,15 +162,18 @@ def test_agreement():
 
 
 def test_missing_answers_agree_with_nothing():
+    """An item both methods answered with nothing counts, as a disagreement (it is shared, unlike an item one of
+    them has no row for): even a method with itself, whose diagonal is then the share of items it answered."""
     df = _frame()
     df.loc[df["id"] == "q3", "answer"] = None  # both methods left q3 unanswered
-    assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 3)
+    assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 4)
+    assert agreement(df).loc["vote", "vote"] == pytest.approx(3 / 4)
 
 
 def test_empty_answers_agree_with_nothing():
     df = _frame()
     df.loc[df["id"] == "q3", "answer"] = ""  # both methods extracted nothing from q3
-    assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 3)
+    assert agreement(df).loc["single", "vote"] == pytest.approx(2 / 4)
     hand = _hand()
     hand["answers"] = hand["answers"].map(lambda a: ["", "", ""] if a == ANSWERS[8] else a)  # q8: every prompt empty
     assert summarize(hand).loc["per_prompt", "consistency"] == pytest.approx(0.2)  # q0 and q9 only
@@ -869,3 +872,135 @@ def test_items_without_a_relation_are_said_to_be_left_out_of_the_macro(tmp_path)
     assert "carry no relation" not in whole
     assert unrelated_note(df.assign(relation=df["relation"].replace("", None)), " of fill").startswith(
         "2 of the 4 items of fill carry no relation")  # a sweep's, per dataset
+
+
+def _harness_mc2(logprobs: list[float], rights: list[int]) -> float:
+    """lm-evaluation-harness's truthfulqa_mc2 figure, written as it computes it: exp of each option's summed
+    log-likelihood, the right options' share of their sum."""
+    p = [math.exp(lp) for lp in logprobs]
+    return sum(p[i] for i in rights) / sum(p)
+
+
+MC2_ITEMS = [("t0", [0, 1], {"origin": [-1.0, -2.0, -0.5], "avg": [-0.5, -1.0, -2.0]}),
+             ("t1", [0, 2], {"origin": [-3.0, -2.0, -1.0], "avg": [-1.0, -3.0, -1.0]}),
+             ("t2", [1], {"origin": [-1.0, -1.0, -1.0], "avg": [-2.0, -0.1, -2.0]})]  # one right option
+PROMPTS = [[-1.0, -2.0, -0.5], [-0.2, -2.0, -3.0]]  # per_prompt's two prompts, on every item
+
+
+def _mc2_rows() -> pd.DataFrame:
+    """Three items of three options scored summed (picks the highest log-likelihood): two with several right
+    options, one with one; origin, avg, vote (shares of two prompts' picks) and per_prompt."""
+    rows = []
+    for item, rights, sums in MC2_ITEMS:
+        shown = {**sums, "per_prompt": PROMPTS[0], "vote": [sum(x) / 2 for x in zip(*PROMPTS)]}
+        for method, logprobs in shown.items():
+            picks = [max(range(3), key=lp.__getitem__) for lp in PROMPTS]
+            scores = [picks.count(i) / 2 for i in range(3)] if method == "vote" else logprobs
+            choice = max(range(3), key=scores.__getitem__)
+            rows.append({"id": item, "method": method, "prompts": ["p", "q"], "generated": "x", "answer": "x",
+                         "exact": choice in rights, "correct": choice in rights, "correct_lemma": choice in rights,
+                         "correct_bidirectional": choice in rights, "tokens": 0, "seconds": 1.0, "task": "choice",
+                         "choices": ["A", "B", "C"], "gold_choice": rights[0], "choice": choice,
+                         "true_options": rights if len(rights) > 1 else None, "choice_scores": scores,
+                         "choice_logprobs": logprobs, "choice_tokens": [1, 1, 1], "choice_chars": [1, 1, 1],
+                         **({"per_prompt_logprobs": PROMPTS, "answers": ["ABC"[c] for c in picks],
+                             "per_prompt_correct": [c in rights for c in picks],
+                             "per_prompt_accuracy": sum(c in rights for c in picks) / 2}
+                            if method in ("vote", "per_prompt") else {})})
+    return pd.DataFrame(rows)
+
+
+def test_mc2_is_the_harness_figure_with_its_interval_and_paired_test():
+    """Each method's MC2 is the mean over items of the harness's per-item figure, with a bootstrap interval; against
+    origin the mean per-item difference, its paired bootstrap interval and sign-flip p, Holm over the methods
+    compared; per_prompt's row adds each prompt's MC2 averaged. vote, with no likelihoods of its own, has none."""
+    scores = summarize(_mc2_rows())
+    origin = [_harness_mc2(sums["origin"], rights) for _, rights, sums in MC2_ITEMS]
+    avg = [_harness_mc2(sums["avg"], rights) for _, rights, sums in MC2_ITEMS]
+    assert scores.loc["origin", "mc2"] == pytest.approx(sum(origin) / 3)
+    assert scores.loc["avg", "mc2"] == pytest.approx(sum(avg) / 3)
+    assert scores.loc["vote", ["mc2", "mc2_ci95_low", "diff_mc2_vs_origin", "p_mc2_vs_origin"]].isna().all()
+    assert (scores.loc["avg", "mc2_ci95_low"], scores.loc["avg", "mc2_ci95_high"]) == pytest.approx(
+        paired_bootstrap_interval(avg, seed=0))
+    diffs = [a - o for a, o in zip(avg, origin)]
+    assert scores.loc["avg", "diff_mc2_vs_origin"] == pytest.approx(sum(diffs) / 3)
+    assert (scores.loc["avg", "diff_mc2_vs_origin_ci95_low"], scores.loc["avg", "diff_mc2_vs_origin_ci95_high"]) == \
+        pytest.approx(paired_bootstrap_interval(diffs, seed=0))
+    assert scores.loc["avg", "p_mc2_vs_origin"] == pytest.approx(sign_flip_p(diffs, seed=0))
+    assert scores.loc["avg", "p_mc2_vs_origin_holm"] == scores.loc["avg", "p_mc2_vs_origin"]  # a family of one
+    two = summarize(pd.concat([_mc2_rows(), _mc2_rows().query("method == 'avg'").assign(method="max")]))
+    assert two.loc[["avg", "max"], "p_mc2_vs_origin_holm"].tolist() == pytest.approx(holm([sign_flip_p(diffs)] * 2))
+    assert scores.loc[["origin", "per_prompt"], "diff_mc2_vs_origin"].isna().all()  # no test of no ensemble
+    first = [_harness_mc2(PROMPTS[0], rights) for _, rights, _ in MC2_ITEMS]
+    assert scores.loc["per_prompt", "mc2"] == pytest.approx(sum(first) / 3)
+    each = [sum(_harness_mc2(lp, rights) for lp in PROMPTS) / 2 for _, rights, _ in MC2_ITEMS]
+    assert scores.loc["per_prompt", "mean_single_mc2"] == pytest.approx(sum(each) / 3)
+    assert scores.loc[["origin", "avg", "vote"], "mean_single_mc2"].isna().all()
+    assert summarize(_mixed())["mc2"].isna().all()  # one right option everywhere: no MC2 figure
+
+
+def test_several_right_options_count_any_of_them_and_leave_brier_to_single_ones():
+    """A pick is right when it is any of the item's right options, as the run wrote it and re-picked under another
+    choice score; Brier (against one right option) covers the items with one."""
+    rows = _mc2_rows()
+    rows["choice_tokens"] = [[1, 8, 1]] * len(rows)  # per token, B (-2.0 over 8) beats every other option
+    mean = select_choice_score(rows, "mean")
+    repicked = mean[mean["method"] == "origin"].set_index("id")
+    # B everywhere: right on t0 (A and B right) and t2 (B), wrong on t1 (A and C)
+    assert repicked["choice"].tolist() == [1, 1, 1] and repicked["correct"].tolist() == [True, False, True]
+    each = mean[mean["method"] == "per_prompt"].set_index("id")["per_prompt_correct"]
+    assert [list(c) for c in each] == [[True, True], [False, True], [True, False]]  # the prompts pick B, A
+    brier = calibration(rows).loc["origin", "brier"]
+    assert brier == pytest.approx((1 / 3) ** 2 + (2 / 3) ** 2 + (1 / 3) ** 2)  # t2 alone: a third on each option
+    several = rows[rows["id"] != "t2"]
+    assert math.isnan(calibration(several).loc["origin", "brier"])
+    assert calibration(several).loc["origin", "ece"] >= 0  # the picks' confidence still measured
+
+
+def test_report_shows_mc2_in_each_form(tmp_path):
+    """The terminal's MC2 table, the JSON's and CSV's columns and the LaTeX columns, only where some item has several
+    right options."""
+    run = _run_dir(tmp_path / "mc2", _mc2_rows())
+    runner = CliRunner()
+    shown = runner.invoke(app, ["report", str(run), "--csv", str(tmp_path / "s.csv"), "--latex",
+                                str(tmp_path / "t.tex")])
+    assert shown.exit_code == 0, shown.output
+    scores = summarize(_mc2_rows())
+    words = " ".join(shown.output.split())
+    assert "MC2 (several right options)" in words and "TruthfulQA's MC2" in words
+    avg = scores.loc["avg"]
+    assert (f"{avg['mc2']:.3f} [{avg['mc2_ci95_low']:.3f}, {avg['mc2_ci95_high']:.3f}] │ "
+            f"{avg['diff_mc2_vs_origin']:+.3f} [{avg['diff_mc2_vs_origin_ci95_low']:+.3f}, "
+            f"{avg['diff_mc2_vs_origin_ci95_high']:+.3f}] (p {avg['p_mc2_vs_origin']:.3g})") in shown.output
+    assert f"per_prompt: each prompt alone {scores.loc['per_prompt', 'mean_single_mc2']:.3f}" in words
+    as_json = json.loads(runner.invoke(app, ["report", str(run), "--json"]).stdout)
+    assert as_json["avg"]["mc2"] == pytest.approx(avg["mc2"])
+    assert as_json["avg"]["mc2_ci95"] == pytest.approx([avg["mc2_ci95_low"], avg["mc2_ci95_high"]])
+    assert pd.read_csv(tmp_path / "s.csv").set_index("method").loc["avg", "mc2"] == pytest.approx(avg["mc2"])
+    written = pd.read_csv(tmp_path / "s.csv", dtype=str)  # counts as counts, 3 not 3.0
+    assert written["n_vs_origin"].dropna().tolist() == ["3", "3"] and set(written["tokens"]) == {"0"}
+    tex = (tmp_path / "t.tex").read_text()
+    cells = {line.split(" & ")[0]: line.split(" & ") for line in tex.splitlines() if " & " in line}
+    assert cells["Method"][-3:] == ["MC2", r"$\Delta$ MC2", r"$p$ (MC2) \\"]
+    assert cells["avg"][-3:-1] == [f"{avg['mc2']:.3f}", f"${avg['diff_mc2_vs_origin']:+.3f}$"]
+    assert cells["origin"][-2:] == ["--", r"-- \\"] and "MC2 (TruthfulQA's)" in tex
+    assert "over the items with one right option" in tex
+    plain = runner.invoke(app, ["report", str(_run_dir(tmp_path / "one", _mixed()))]).output
+    assert "MC2" not in plain and "MC2" not in latex(summarize(_mixed()), "run")
+
+
+def test_runs_side_by_side_show_each_models_mc2(tmp_path):
+    """Runs of two models on an MC2 dataset: an MC2 table per dataset with a column group per model, each model's
+    figures its own run's, and each prompt's alone in the caption."""
+    first = _model_run(tmp_path / "a", _mc2_rows(), "qwen", dataset="truthfulqa_mc2")
+    second = _model_run(tmp_path / "b", _mc2_rows().query("method != 'avg'"), "llama", dataset="truthfulqa_mc2")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["report", str(first), str(second)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    alone = summarize(_mc2_rows())
+    mc2 = shown.stdout[shown.stdout.index("truthfulqa_mc2 · MC2 (several right options)"):]
+    avg = next(line for line in mc2.splitlines() if line.startswith("│ avg"))  # llama ran no avg
+    assert f"{alone.loc['avg', 'mc2']:.3f}" in avg and [c.strip() for c in avg.split("│")[4:6]] == ["–", "–"]
+    assert f"qwen: per_prompt's each prompt alone {alone.loc['per_prompt', 'mean_single_mc2']:.3f}" in mc2
+    scores = json.loads(runner.invoke(app, ["report", str(first), str(second), "--json"]).stdout)["truthfulqa_mc2"]
+    assert scores["llama"]["origin"]["mc2"] == pytest.approx(alone.loc["origin", "mc2"])

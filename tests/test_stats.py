@@ -71,6 +71,7 @@ def test_bootstrap_by_hand():
     assert paired_bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)
     assert paired_bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
     assert all(math.isnan(x) for x in paired_bootstrap_interval([]))
+    assert all(math.isnan(x) for x in paired_bootstrap_interval([0.4]))  # one item: no interval, not [0.4, 0.4]
 
 
 def test_bootstrap_is_seeded():
@@ -134,6 +135,25 @@ def test_calibration_error_by_hand():
     assert calibration_error([1.0, 1.0], [True, True]) == 0.0  # sure and right: 1.0 falls in the last bin
     assert calibration_error([1.0, 0.5], [False, False]) == pytest.approx(0.75)
     assert math.isnan(calibration_error([], []))
+
+
+def test_sign_flip_of_continuous_differences_matches_scipys_permutation_test():
+    """Differences with many distinct values (MC2's) flip by a random bit per item: the same test, seeded."""
+    from scipy.stats import permutation_test
+
+    diffs = np.random.default_rng(1).normal(0.02, 0.1, 300)
+    expected = permutation_test((diffs,), np.mean, permutation_type="samples", n_resamples=100_000,
+                                random_state=0).pvalue
+    assert sign_flip_p(diffs, seed=0) == pytest.approx(expected, abs=0.005) and 0.001 < expected < 0.2
+    assert sign_flip_p(diffs, seed=0) == sign_flip_p(diffs, seed=0) != sign_flip_p(diffs, seed=1)
+
+
+def test_calibration_error_bins_are_closed_on_the_right_as_guo_et_al_bin():
+    """Bins (k/15, (k+1)/15]: a confidence on an edge (2/3 = 10/15, a vote's 3 of 5 prompts = 9/15) is in the bin it
+    closes, not the next one up, whatever the float product's last bit."""
+    assert calibration_error([2 / 3, 5 / 7], [True, False]) == pytest.approx((1 / 3 + 5 / 7) / 2)  # two bins
+    assert calibration_error([0.6, 0.55], [True, False]) == pytest.approx(abs(0.5 - 0.575))  # one bin: (8/15, 9/15]
+    assert calibration_error([0.0, 1 / 15], [False, False]) == pytest.approx(1 / 30)  # 0 joins the first bin
 
 
 def test_calibration_error_refuses_what_is_not_a_probability_per_verdict():

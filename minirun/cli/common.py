@@ -191,7 +191,7 @@ def load_llm(model: Optional[str], device: str, dtype: Optional[str], compile: b
 
 CALIBRATION_CAPTION = ("over the multiple-choice items. confidence: mean probability of the option picked (softmax of "
                        "the scores it was picked by; vote: its share of the prompts' picks); ECE: 15 equal-width bins; "
-                       "Brier: multi-class, 0 best, 2 worst")
+                       "Brier: multi-class (items with one right option), 0 best, 2 worst")
 
 
 def method_names(values: list[str]) -> list[str]:
@@ -237,6 +237,29 @@ def few_shot_task(path: Optional[Path]) -> str:
     from minirun.eval.data import load_jsonl
 
     return load_jsonl(path, examples=True)[0].task
+
+
+MC2_CAPTION = ("TruthfulQA's MC2: the mean probability a method puts on an item's right options (its options' summed "
+               "log-likelihoods normalised over the options, as lm-evaluation-harness computes it; vote has none of "
+               "its own), bootstrap 95% CI over items; Δ origin: the mean per-item difference on the items both "
+               "scored, paired bootstrap CI, sign-flip p (Holm-adjusted over a model's methods in --json, --csv and "
+               "--latex)")
+
+
+def shown_interval(scores, name: str, spec: str) -> str:
+    """` [low, high]` of `name`'s 95% interval, or nothing where it has none (a bootstrap over one unit)."""
+    low, high = scores[f"{name}_ci95_low"], scores[f"{name}_ci95_high"]
+    return "" if math.isnan(low) else f" [{low:{spec}}, {high:{spec}}]"
+
+
+def mc2_cells(scores) -> list[str]:
+    """A method's MC2 with its interval, and its difference from origin's with interval and p: two cells."""
+    if math.isnan(scores["mc2"]):
+        return ["–", "–"]
+    versus = "–" if math.isnan(scores["diff_mc2_vs_origin"]) else (
+        f"{scores['diff_mc2_vs_origin']:+.3f}{shown_interval(scores, 'diff_mc2_vs_origin', '+.3f')} "
+        f"(p {scores['p_mc2_vs_origin']:.3g})")
+    return [f"{scores['mc2']:.3f}{shown_interval(scores, 'mc2', '.3f')}", versus]
 
 
 def single_prompt_line(scores) -> str:

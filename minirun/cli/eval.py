@@ -16,15 +16,18 @@ from minirun.cli.common import (
     CALIBRATION_CAPTION,
     DEVICE_HELP,
     DTYPE_HELP,
+    MC2_CAPTION,
     SKIP_BAD_HELP,
     check_figure_path,
     check_output_dir,
     err,
     friendly,
     load_llm,
+    mc2_cells,
     method_names,
     out,
     parse_flex_bias,
+    shown_interval,
     shown_number,
     single_prompt_line,
     warn,
@@ -42,8 +45,8 @@ def register(app: typer.Typer) -> None:
 
 def eval_command(
     data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
-                             "commonsense_qa, arc_challenge, arc_easy, openbookqa, truthfulqa_mc1 (a Hub dataset "
-                             "pinned: NAME@REV, a branch, tag or commit), or a dataset file."),
+                             "commonsense_qa, arc_challenge, arc_easy, openbookqa, truthfulqa_mc1, truthfulqa_mc2 "
+                             "(a Hub dataset pinned: NAME@REV, a branch, tag or commit), or a dataset file."),
     subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
     benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
                                             "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "
@@ -106,12 +109,13 @@ def eval_command(
         template_day(template_date)  # before a model is fetched
     method = method_names(method)
     asked, data = data, hub_dataset(data)[0]
-    items, source = load_cited(asked, subset, skip_bad)  # at one commit: test items, few-shot examples, citation
+    named = hub_dataset(benchmark)[0] if benchmark is not None else None
+    items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_examples(few_shot) if few_shot is not None else None
     # a file asked as MMLU: its Hub examples read at one commit (its items' where they are MMLU's), and cited
     shots = benchmark_source(benchmark, source) if benchmark is not None and few_shot is None and few_shot_k else None
-    benchmark = hub_dataset(benchmark)[0] if benchmark is not None else None
+    benchmark = named
     check_output_dir(output)
     llm = load_llm(model, device, dtype, compile)
     name = dataset_label(asked)
@@ -166,7 +170,7 @@ def report_command(
     table = report.select_choice_score(report.select_match(raw, match), choice_score)
     comment, note = report.rescored(match, choice_score, raw)  # said in the LaTeX and the terminal's title
     if csv is not None:
-        report.summarize(table).to_csv(csv)
+        report.with_counts(report.summarize(table)).to_csv(csv)
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
@@ -199,8 +203,8 @@ def report_command(
             "the per-relation differences, bootstrap 95% CI and sign-flip p over relations):\n" + "\n".join(
                 f"{_label(index)} {row['macro_accuracy']:.3f} ({int(row['relations'])} relations)" + (
                     "" if pd.isna(row["diff_macro_vs_origin"]) else
-                    f", Δ origin {row['diff_macro_vs_origin']:+.3f} [{row['diff_macro_vs_origin_ci95_low']:+.3f}, "
-                    f"{row['diff_macro_vs_origin_ci95_high']:+.3f}], p {row['p_macro_vs_origin']:.3g}")
+                    f", Δ origin {row['diff_macro_vs_origin']:+.3f}"
+                    f"{shown_interval(row, 'diff_macro_vs_origin', '+.3f')}, p {row['p_macro_vs_origin']:.3g}")
                 for index, row in macro.iterrows())
         out.print(relations)
     out.print(_matrix(report.agreement(table)))
@@ -223,12 +227,30 @@ def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = N
     t.caption = "\n".join(
         f"{_label(index)}: {single_prompt_line(row)}"
         for index, row in prompts.iterrows() if pd.notna(row["mean_single_accuracy"])) or None
+    tables = [t]
     calibrated = scores[scores["ece"].notna()]
-    if not len(calibrated):
-        return [t]
-    # beside confidence, accuracy only where it covers the same items: a table of generated answers too has more
-    choice_only = "task" in table.columns and bool(table["task"].eq("choice").all())
-    return [t, _calibration_table(calibrated, choice_only)]
+    if len(calibrated):
+        # beside confidence, accuracy only where it covers the same items: a table of generated answers too has more
+        choice_only = "task" in table.columns and bool(table["task"].eq("choice").all())
+        tables.append(_calibration_table(calibrated, choice_only))
+    if scores["mc2"].notna().any():  # vote's row for its prompts' figure, where per_prompt did not run
+        tables.append(_mc2_table(scores[scores["mc2"].notna() | scores["mean_single_mc2"].notna()]))
+    return tables
+
+
+def _mc2_table(scores: pd.DataFrame) -> Table:
+    """TruthfulQA's MC2 per method, against origin's, and each prompt's alone where per_prompt (or vote) ran."""
+    from minirun.eval.report import method_label
+
+    t = Table(title="MC2 (several right options)", caption=MC2_CAPTION + "".join(
+        f"\n{_label(index)}: each prompt alone {row['mean_single_mc2']:.3f}"
+        for index, row in scores.iterrows() if pd.notna(row["mean_single_mc2"])))
+    for name in ("method", "MC2 [95% CI]", "Δ origin [95% CI] (p)"):
+        t.add_column(name, justify="left" if name == "method" else "right")
+    for index, row in scores.iterrows():
+        label = (*index[:-1], method_label(index[-1])) if isinstance(index, tuple) else method_label(index)
+        t.add_row(_label(label), *mc2_cells(row))
+    return t
 
 
 def _calibration_table(scores: pd.DataFrame, with_accuracy: bool) -> Table:
@@ -241,7 +263,7 @@ def _calibration_table(scores: pd.DataFrame, with_accuracy: bool) -> Table:
         t.add_column({"ece": "ECE", "brier": "Brier"}.get(name, name), justify="left" if name == "method" else "right")
     for index, row in scores.iterrows():
         label = (*index[:-1], method_label(index[-1])) if isinstance(index, tuple) else method_label(index)
-        t.add_row(_label(label), *(f"{row[c]:.3f}" for c in columns))
+        t.add_row(_label(label), *(shown_number(row[c], ".3f") for c in columns))
     return t
 
 

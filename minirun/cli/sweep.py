@@ -13,8 +13,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from minirun.cli.common import (CALIBRATION_CAPTION, check_output_dir, err, friendly, load_llm, out, shown_number,
-                                single_prompt_line, warn)
+from minirun.cli.common import (CALIBRATION_CAPTION, MC2_CAPTION, check_output_dir, err, friendly, load_llm, mc2_cells,
+                                out, shown_number, single_prompt_line, warn)
 from minirun.errors import MinirunError
 
 if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
@@ -157,7 +157,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
-                                     single_prompt_dropped, size_latex, timed_on, unrelated_note)
+                                     single_prompt_dropped, size_latex, timed_on, unrelated_note, with_counts)
     from minirun.eval.sweep_results import plot_sweep, repeated_sizes, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
@@ -167,7 +167,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
                 for key, part in table.groupby(["dataset", "label", "model"], sort=False)}
     curves = size_series(series, scores)
     if csv is not None:
-        scores_long(scores, prompts, machines).to_csv(csv, index=False)
+        with_counts(scores_long(scores, prompts, machines)).to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot, curves)
     # what report's options rescored of each table's rows: (a LaTeX comment, a note for its title and caption)
@@ -226,8 +226,8 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
         t = Table(title=f"{dataset} · {title(dataset)}", caption="\n".join([
                   *_single_prompt_lines(scores, dataset, models),
-                  "95% CI: Wilson; Δ origin: on the items both answered, p: exact McNemar (Holm-adjusted over a "
-                  "model's methods in --json and --csv)"]))
+                  "95% CI: Wilson; Δ origin: on the items both answered, p: exact McNemar, unadjusted (Holm-adjusted "
+                  "over a model's methods in --json, --csv and --latex)"]))
         t.add_column("method")
         for model in models:
             for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "Δ origin (p)", "tokens/s", "items/s")):
@@ -247,7 +247,26 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
         tables.append(t)
         if scores.loc[dataset].xs("ece", axis=1, level="metric").notna().any(axis=None):
             tables.append(_calibration_table(scores.loc[dataset], f"{dataset} · calibration (multiple choice)", models))
+        if scores.loc[dataset].xs("mc2", axis=1, level="metric").notna().any(axis=None):
+            tables.append(_mc2_table(scores.loc[dataset], f"{dataset} · MC2 (several right options)", models))
     return tables
+
+
+def _mc2_table(scores: pd.DataFrame, title: str, models: list[str]) -> Table:
+    """One dataset's TruthfulQA MC2: a row per method, a column group per model (MC2, difference from origin), each
+    prompt's alone in the caption where per_prompt (or vote) ran."""
+    from minirun.eval.report import method_label
+
+    alone = [f"{model}: {method}'s each prompt alone {row[model]['mean_single_mc2']:.3f}"
+             for method, row in scores.iterrows() for model in models if not math.isnan(row[model]["mean_single_mc2"])]
+    t = Table(title=title, caption="\n".join([MC2_CAPTION, *alone]))
+    t.add_column("method")
+    for model in models:
+        for i, header in enumerate(("MC2 [95% CI]", "Δ origin [95% CI] (p)")):
+            t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
+    for method, row in scores.iterrows():
+        t.add_row(method_label(str(method)), *(cell for model in models for cell in mc2_cells(row[model])))
+    return t
 
 
 def size_table(scores: pd.DataFrame, sizes: dict[str, int], note: str = "") -> Table:

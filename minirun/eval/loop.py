@@ -408,8 +408,9 @@ def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dic
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
     """A hash of what each item puts into its rows (question, the prompts run, gold answers, options):
     an edited dataset file resumed into an old run would otherwise pair new rows with stale ones."""
+    # several right options hashed where an item has them: the digests of runs before `true_options` stay as they were
     content = [[item.id, item.question, prompts[item.id], item.answers, item.task, item.relation, item.choices,
-                item.answer] for item in items]
+                item.answer, *([item.true_options] if item.true_options else [])] for item in items]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -436,7 +437,8 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     `choice_score` (per token, summed or per character; vote's: each option's share of the prompts' picks),
     `choice_logprobs` and `choice_tokens` every option's summed log-likelihood, token count and length
     (`choice_chars`), per_prompt's and vote's `per_prompt_logprobs` each prompt's, `choices` the options and
-    `gold_choice` the right one's index (`report --choice-score` re-picks under another score from them),
+    `gold_choice` the right one's index, `true_options` every right one's where an item has several (TruthfulQA's
+    MC2 sets; the pick is right when it is one of them; `report --choice-score` re-picks under another score from them),
     `answer` the picked option's text, and with `choice_format` "letters" the options are listed in the prompt
     and their letters scored.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are
@@ -691,20 +693,21 @@ def _reused_seconds(llm: LLM) -> float:
 
 
 def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -> dict:
-    """A scored item's row: right when the picked option is the item's answer (both matching rules)."""
-    right = result.choice == item.answer
+    """A scored item's row: right when the picked option is one of the item's right options (both matching rules)."""
+    rights = item.right_options
+    right = result.choice in rights
     picks = result.per_prompt_choices
     return {
         "id": item.id, "method": method, "prompts": result.prompts, "generated": item.choices[result.choice],
         "answer": item.choices[result.choice], "exact": right, "correct": right, "correct_lemma": right,
         "correct_bidirectional": right, "tokens": 0, "relation": item.relation, "task": item.task,
         "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
-        "per_prompt_correct": [c == item.answer for c in picks] if picks else None,
-        "per_prompt_accuracy": sum(c == item.answer for c in picks) / len(picks) if picks else None,
+        "per_prompt_correct": [c in rights for c in picks] if picks else None,
+        "per_prompt_accuracy": sum(c in rights for c in picks) / len(picks) if picks else None,
         "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": result.choice,
         "choice_scores": result.scores, "choice_logprobs": result.logprobs, "choice_tokens": result.option_tokens,
         "per_prompt_logprobs": result.per_prompt_logprobs, "choice_chars": result.option_chars,
-        "choices": item.choices, "gold_choice": item.answer,
+        "choices": item.choices, "gold_choice": item.answer, "true_options": item.true_options,
     }
 
 
@@ -737,7 +740,7 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
             "per_prompt_accuracy": sum(m.lemma for m in found) / len(found) if every else None,
             "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": None,
             "choice_scores": None, "choice_logprobs": None, "choice_tokens": None, "per_prompt_logprobs": None,
-            "choice_chars": None, "choices": None, "gold_choice": None,
+            "choice_chars": None, "choices": None, "gold_choice": None, "true_options": None,
         })
     return rows
 

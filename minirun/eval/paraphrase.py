@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import IO
@@ -26,7 +26,7 @@ from minirun.engine.llm import LLM
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
-from minirun.eval.data.items import item_from_dict
+from minirun.eval.data.items import item_from_dict, item_record
 from minirun.eval.results import RECORDED_BEFORE, REBUILT, drop_torn_line, lock_exclusively
 from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize
 
@@ -316,7 +316,7 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, se
         batch = todo[start:start + batch_size]
         for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
             done = replace(item, paraphrases=[item.question, *kept_rewrites(rewrites, item)])
-            row = {**asdict(done), "paraphrase_settings": key, "paraphrase_setup": setup, **recorded}
+            row = {**item_record(done), "paraphrase_settings": key, "paraphrase_setup": setup, **recorded}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             finished[item.id] = done
         f.flush()

@@ -67,10 +67,12 @@ HARNESS = {
        for name in ("arc_challenge", "arc_easy")},
     ("openbookqa", "cloze"): PromptFormat("harness openbookqa", "", "", False, ""),
     ("openbookqa", "letters"): PromptFormat("harness-style openbookqa letters", "", "\nAnswer:", False, ""),
-    # truthfulqa_mc1.yaml: the paper's six worked questions ("Q: …\nA: …"), then "Q: {question}\nA:"
-    ("truthfulqa_mc1", "cloze"): PromptFormat("harness truthfulqa_mc1", "Q: ", "\nA:", False, "", True),
+    # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
+    # "Q: {question}\nA:"
+    **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)
+       for name in ("truthfulqa_mc1", "truthfulqa_mc2")},
 }
-FIRST_IS_RIGHT = ("truthfulqa_mc1",)  # datasets whose right option is every question's first
+FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right option is every question's first
 
 
 def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:

@@ -27,7 +27,7 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
-from minirun.methods.choice_rules import method_pick, option_probabilities
+from minirun.methods.choice_rules import method_pick, option_probabilities, true_mass
 from minirun.methods.names import CHOICE_SCORES, EVERY_ANSWER
 from minirun.text import THINK_END, normalize
 
@@ -118,7 +118,8 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
         each = row.get("per_prompt_logprobs")
         each = [list(lp) for lp in each] if isinstance(each, (list, np.ndarray)) else None
         choice, scores, picks = method_pick(row["method"], list(row["choice_logprobs"]), *sizes, mode, each)
-        right = choice == row["gold_choice"]
+        rights = right_options(row)
+        right = choice in rights
         options = list(row["choices"])
         df.at[i, "choice"], df.at[i, "choice_scores"] = choice, scores
         df.at[i, "answer"] = df.at[i, "generated"] = options[choice]
@@ -127,9 +128,16 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
                 df.at[i, column] = right
         if "per_prompt_accuracy" in df.columns and picks is not None:
             df.at[i, "answers"] = [options[c] for c in picks]
-            df.at[i, "per_prompt_correct"] = [c == row["gold_choice"] for c in picks]
-            df.at[i, "per_prompt_accuracy"] = sum(c == row["gold_choice"] for c in picks) / len(picks)
+            df.at[i, "per_prompt_correct"] = [c in rights for c in picks]
+            df.at[i, "per_prompt_accuracy"] = sum(c in rights for c in picks) / len(picks)
     return df
+
+
+def right_options(row: pd.Series) -> list[int]:
+    """A scored row's right options: every one its item has (`true_options`, TruthfulQA's MC2 sets), else the one
+    `gold_choice` (rows of runs before several were recorded have no `true_options`)."""
+    several = row.get("true_options")
+    return [int(i) for i in several] if isinstance(several, (list, np.ndarray)) else [int(row["gold_choice"])]
 
 
 def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
@@ -245,10 +253,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
     of generated rows, so long generations weigh in and scored multiple-choice rows do not), items_per_second
     (timed rows over their seconds, scored ones included); the calibration of `calibration`; `macro_accuracy` over
-    relations where rows carry them; the paired comparisons of `paired_stats`, NaN where they do not apply."""
+    relations where rows carry them; `mc2` where items have several right options; the paired comparisons of
+    `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
-    scores = _scores(df, _keys(df)).join(calibration(df)).join(macro_accuracy(df))
+    scores = _scores(df, _keys(df)).join(calibration(df)).join(macro_accuracy(df)).join(mc2(df))
     if "model" in df.columns:
         paired = pd.concat({model: paired_stats(part) for model, part in df.groupby("model", sort=True)},
                            names=["model", "method"])
@@ -265,7 +274,8 @@ def calibration(df: pd.DataFrame) -> pd.DataFrame:
     probability of the option picked), ece (expected calibration error, 15 equal-width bins) and brier (multi-class
     Brier score), the options' probabilities being `option_probabilities` of the row's scores (re-picked ones after
     `select_choice_score`). Accuracy above confidence means an unsure method, below it an overconfident one.
-    NaN for a method with no such rows (generated answers carry no probability over a set of answers)."""
+    Brier scores the rows whose item has one right option (it compares the probabilities with that one); NaN for a
+    method with no such rows (generated answers carry no probability over a set of answers)."""
     keys = _keys(df)
     empty = pd.DataFrame(columns=list(CALIBRATION), index=pd.MultiIndex.from_tuples([], names=keys)
                          if len(keys) > 1 else pd.Index([], name=keys[0]), dtype=float)
@@ -278,12 +288,72 @@ def calibration(df: pd.DataFrame) -> pd.DataFrame:
     for key, part in rows.groupby(keys, sort=True):
         probabilities = [option_probabilities(m, list(s)) for m, s in zip(part["method"], part["choice_scores"])]
         picked = [p[int(c)] for p, c in zip(probabilities, part["choice"])]
+        one = [(p, rights[0]) for p, (_, row) in zip(probabilities, part.iterrows())
+               if len(rights := right_options(row)) == 1]
         out[key[0] if len(keys) == 1 else key] = {
             "confidence": float(np.mean(picked)), "ece": calibration_error(picked, part["correct"].astype(bool)),
-            "brier": brier_score(probabilities, [int(g) for g in part["gold_choice"]])}
+            "brier": brier_score(*map(list, zip(*one))) if one else math.nan}
     result = pd.DataFrame.from_dict(out, orient="index").reindex(columns=list(CALIBRATION))
     result.index.names = keys
     return result
+
+
+MC2 = ("mc2", "mc2_ci95_low", "mc2_ci95_high", "diff_mc2_vs_origin", "diff_mc2_vs_origin_ci95_low",
+       "diff_mc2_vs_origin_ci95_high", "p_mc2_vs_origin", "p_mc2_vs_origin_holm", "mean_single_mc2")
+
+
+def several_right(df: pd.DataFrame) -> bool:
+    """Whether some scored row's item has several right options (TruthfulQA's MC2 sets), which `mc2` scores."""
+    return "true_options" in df.columns and bool(df["true_options"].map(lambda t: isinstance(t, (list, np.ndarray)))
+                                                 .any())
+
+
+def mc2(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method (per model and method for a sweep), over all its scored multiple-choice rows where some item has
+    several right options: `mc2`, the mean probability the method's options' log-likelihoods put on an item's right
+    options, one or several (`true_mass`: TruthfulQA's MC2, lm-evaluation-harness's truthfulqa_mc2 figure), with a
+    percentile bootstrap interval over items; against origin (not per_prompt, no ensemble), `diff_mc2_vs_origin`, the
+    mean per-item difference on the items both scored, with a paired bootstrap interval and a sign-flip p (seed
+    `BOOTSTRAP_SEED`; Holm-adjusted over the model's methods in `p_mc2_vs_origin_holm`); and on per_prompt's row (or
+    else vote's) `mean_single_mc2`, each prompt's MC2 averaged. vote, which picks by the prompts' picks and has no
+    likelihoods of its own, has no `mc2`. Empty where no item has several right options."""
+    keys = _keys(df)
+    empty = pd.DataFrame(columns=list(MC2), index=pd.MultiIndex.from_tuples([], names=keys)
+                         if len(keys) > 1 else pd.Index([], name=keys[0]), dtype=float)
+    if not several_right(df):
+        return empty
+    rows = df[df["task"].eq("choice") & df["choice_logprobs"].notna()]
+    # vote has no likelihoods of its own (its rows' are the prompts' mean): no MC2, only each prompt's below
+    rows = rows.assign(mc2=[math.nan if r["method"] == "vote" else
+                            true_mass(list(r["choice_logprobs"]), right_options(r)) for _, r in rows.iterrows()])
+    out = {}
+    for model, part in rows.groupby("model", sort=True) if "model" in rows.columns else [(None, rows)]:
+        values = part.pivot(index="id", columns="method", values="mc2")
+        source = next((m for m in EVERY_ANSWER if m in values.columns), None)
+        for method in values.columns:
+            mine = values[method].dropna()
+            low, high = paired_bootstrap_interval(mine.to_numpy(), seed=BOOTSTRAP_SEED)
+            entry = {"mc2": float(mine.mean()), "mc2_ci95_low": low, "mc2_ci95_high": high}
+            if method not in ("origin", "per_prompt") and "origin" in values.columns \
+                    and (diffs := (mine - values["origin"]).dropna().to_numpy()).size:
+                low, high = paired_bootstrap_interval(diffs, seed=BOOTSTRAP_SEED)
+                entry |= {"diff_mc2_vs_origin": float(diffs.mean()), "diff_mc2_vs_origin_ci95_low": low,
+                          "diff_mc2_vs_origin_ci95_high": high, "p_mc2_vs_origin": sign_flip_p(diffs, BOOTSTRAP_SEED)}
+            if method == source:
+                each = part[part["method"] == method]
+                entry["mean_single_mc2"] = float(np.mean([
+                    np.mean([true_mass(list(lp), right_options(r)) for lp in r["per_prompt_logprobs"]])
+                    for _, r in each.iterrows() if isinstance(r.get("per_prompt_logprobs"), (list, np.ndarray))]
+                    or [math.nan]))
+            out[method if model is None else (model, method)] = entry
+    if not out:  # rows of a minirun before the options' log-likelihoods were recorded
+        return empty
+    frame = pd.DataFrame.from_dict(out, orient="index").reindex(columns=list(MC2)).astype(float)
+    frame.index.names = keys
+    groups = frame.groupby(level="model", sort=False) if len(keys) > 1 else [(None, frame)]
+    frame["p_mc2_vs_origin_holm"] = pd.concat([pd.Series(holm(part["p_mc2_vs_origin"].tolist()), index=part.index)
+                                               for _, part in groups])
+    return frame
 
 
 def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
@@ -431,12 +501,14 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
     `normalize` (items of a sweep count once per model). High agreement with low accuracy means
     methods fail the same way."""
     _check(df)
-    # an empty or missing answer (a failed or unanswered row) agrees with nothing, not with another one
-    answers = df.assign(answer=df["answer"].map(_answer)).pivot(
-        index=[*_keys(df)[:-1], "id"], columns="method", values="answer")
+    index = [*_keys(df)[:-1], "id"]
+    # an empty or missing answer (a failed row) agrees with nothing, not even another one; an item a method has no
+    # row for yet is not shared
+    answers = df.assign(answer=df["answer"].map(_answer)).pivot(index=index, columns="method", values="answer")
+    answered = df.assign(row=True).pivot(index=index, columns="method", values="row").notna()
     methods = sorted(answers.columns)
-    return pd.DataFrame([[_agree(answers[a], answers[b]) for b in methods] for a in methods],
-                        index=methods, columns=methods)
+    return pd.DataFrame([[_agree(answers[a], answers[b], answered[a] & answered[b]) for b in methods]
+                         for a in methods], index=methods, columns=methods)
 
 
 PAIRWISE = ("diff", "ci95_low", "ci95_high", "p", "p_holm", "n")
@@ -466,9 +538,8 @@ def pairwise(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()), index=index, columns=list(PAIRWISE), dtype=float).sort_index()
 
 
-def _agree(x: pd.Series, y: pd.Series) -> float:
-    shared = x.notna() & y.notna()
-    return float((x[shared] == y[shared]).mean()) if shared.any() else math.nan
+def _agree(x: pd.Series, y: pd.Series, shared: pd.Series) -> float:
+    return float((x.notna() & (x == y))[shared].mean()) if shared.any() else math.nan
 
 
 def report_json(df: pd.DataFrame) -> dict:
@@ -508,9 +579,18 @@ def json_scores(scores: dict) -> dict:
             out[name.removesuffix("_low")] = None if low is None or high is None else [low, high]
         elif not name.endswith("_high"):
             value = _plain(value)
-            counted = name in ("n", "tokens", "relations", "num_prompts") or name.startswith("n_vs_")  # not 3.0
-            out[name] = int(value) if counted and value is not None else value
+            out[name] = int(value) if is_count(name) and value is not None else value
     return out
+
+
+def is_count(name: str) -> bool:
+    """Whether a scores column counts something (n, tokens, relations, ...): written 3, not 3.0."""
+    return name in ("n", "tokens", "relations", "num_prompts") or name.startswith("n_vs_")
+
+
+def with_counts(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scores whose count columns (`is_count`) are whole numbers, blank where none, as a CSV should hold them."""
+    return scores.astype({c: "Int64" for c in scores.columns if is_count(str(c))})
 
 
 def _plain(value: object) -> object:
@@ -565,13 +645,16 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     model and method, models in their order in `scores`: a sweep's first is the one the others are
     compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
     both answered with its Holm-adjusted exact McNemar p, and n; the macro accuracy over relations where rows
-    carry them (LAMA-style probes); confidence, ECE and Brier where some row has them (multiple choice). The caption
-    says which tests, that per_prompt's row is its first prompt's, and the mean single-prompt accuracy where
-    per_prompt's or vote's row carries it."""
+    carry them (LAMA-style probes); confidence, ECE and Brier where some row has them (multiple choice); MC2, its
+    difference from origin's and that difference's Holm-adjusted p where items have several right options
+    (TruthfulQA's MC2 sets). The caption says which tests, that per_prompt's row is its first prompt's, and the mean
+    single-prompt accuracy where per_prompt's or vote's row carries it."""
     keys = [str(name).capitalize() for name in scores.index.names]
     calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
     macro = "macro_accuracy" in scores.columns and bool(scores["macro_accuracy"].notna().any())
-    extra = (["Macro acc."] if macro else []) + (["Conf.", "ECE", "Brier"] if calibrated else [])
+    several = "mc2" in scores.columns and bool(scores["mc2"].notna().any())
+    extra = (["Macro acc."] if macro else []) + (["Conf.", "ECE", "Brier"] if calibrated else []) \
+        + (["MC2", r"$\Delta$ MC2", r"$p$ (MC2)"] if several else [])
     lines = [r"\begin{table}[t]", r"\centering",
              r"\begin{tabular}{" + "l" * len(keys) + "rcrrr" + "r" * len(extra) + "}", r"\toprule",
              " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$", *extra]) + r" \\",
@@ -588,7 +671,9 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
             _tex_p(row["p_vs_origin_holm"])]
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         columns = (["macro_accuracy"] if macro else []) + (list(CALIBRATION) if calibrated else [])
-        extras = [_tex_figure(row[c]) for c in columns]
+        mc2_versus = "--" if pd.isna(row["diff_mc2_vs_origin"]) else f"${row['diff_mc2_vs_origin']:+.3f}$"
+        extras = [_tex_figure(row[c]) for c in columns] + (
+            [_tex_figure(row["mc2"]), mc2_versus, _tex_p(row["p_mc2_vs_origin_holm"])] if several else [])
         lines.append(" & ".join([*labels, _tex_figure(row["accuracy"]), interval,
                                  *versus, str(int(row["n"])), *extras]) + r" \\")
     prompts = [n for n in order if index[n][-1] == "per_prompt"]
@@ -605,7 +690,12 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
                  "relations)." if macro else "")
               + (r" Over the multiple-choice items, Conf.: mean probability of the option picked (softmax of the "
                  r"scores it was picked by; vote: its share of the prompts' picks); ECE: expected calibration error, "
-                 r"15 equal-width bins; Brier: multi-class Brier score." if calibrated else "") + "}",
+                 r"15 equal-width bins; Brier: multi-class Brier score"
+                 + (" over the items with one right option." if several else ".") if calibrated else "")
+              + (r" MC2 (TruthfulQA's): mean probability of an item's right options (the options' summed "
+                 r"log-likelihoods normalised over the options; vote has none of its own); $\Delta$ MC2: "
+                 r"minus origin's on the items both scored, $p$ from a sign-flip test of that mean difference, "
+                 r"Holm-adjusted over the methods compared with origin." if several else "") + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 

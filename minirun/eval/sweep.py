@@ -27,7 +27,7 @@ from minirun.checkpoints.loader import auto_device, checked_device
 from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, benchmark_source, load_cited, load_examples
+from minirun.eval.data import Item, benchmark_source, item_record, load_cited, load_examples
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, data_digests, evaluate_runs, examples_commit,
                                 few_shot_prefixes, item_prompts, prepare, process_group, ranks, shown_prompts,
                                 subject_heads, wait_for_ranks)
@@ -77,7 +77,7 @@ class Data:
 
 def _load_items(dataset: DatasetSpec) -> Data:
     """A dataset's test items and few-shot items, a Hub one's read at the commit its revision is at now."""
-    items, source = load_cited(dataset.name, dataset.subset, dataset.skip_bad)
+    items, source = load_cited(dataset.name, dataset.subset, dataset.skip_bad, benchmark=dataset.asked_as)
     items = items[:dataset.max_samples] if dataset.max_samples is not None else items
     if dataset.few_shot is not None:
         return Data(items, load_examples(dataset.few_shot), source)
@@ -199,8 +199,8 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
                   if not (k == "template_date" and v is None)}
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
-           "generation": generation, "items": [dataclasses.asdict(i) for i in data.items],
-           "few_shot": None if data.few_shot is None else [dataclasses.asdict(i) for i in data.few_shot],
+           "generation": generation, "items": [item_record(i) for i in data.items],
+           "few_shot": None if data.few_shot is None else [item_record(i) for i in data.few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
     source = cell.dataset.asked_as or cell.dataset.data  # whose prompts these are
     if subject_heads(source, data.few_shot):  # MMLU's head per subject: not a cell finished under one for all

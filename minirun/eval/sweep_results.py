@@ -13,14 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.report import (CALIBRATION, MACRO, PAIRED, cut_thinking, load_results, method_label,
+from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, cut_thinking, load_results, method_label,
                                  paired_difference, provenance, summarize, timed_on, unfinished_notes)
 from minirun.eval.results import integer_columns, read_results, recorded_methods, recorded_run_key, recorded_sources
 
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *MACRO, *PAIRED, "diff_vs_first_model",
            "diff_vs_first_model_ci95_low", "diff_vs_first_model_ci95_high", "p_vs_first_model", "n_vs_first_model",
-           "tokens_per_second", "items_per_second", "tokens", "seconds", *CALIBRATION)
+           "tokens_per_second", "items_per_second", "tokens", "seconds", *CALIBRATION, *MC2)
 
 
 def prompt_series(output: str | Path) -> list[dict[str, int]]:

@@ -51,3 +51,10 @@ def option_probabilities(method: str, scores: list[float]) -> list[float]:
     weights = [math.exp(s - top) for s in scores]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def true_mass(logprobs: list[float], rights: list[int]) -> float:
+    """TruthfulQA's MC2 of one item: the probability the options' summed log-likelihoods, normalised over the
+    options, put on its right options (lm-evaluation-harness's formula, whatever the run's choice score)."""
+    probabilities = option_probabilities("origin", logprobs)
+    return sum(probabilities[i] for i in rights)

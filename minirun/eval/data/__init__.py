@@ -19,16 +19,18 @@ from minirun.eval.data.choice import (
     OPENBOOKQA_CONFIG,
     TRUTHFULQA,
     TRUTHFULQA_CONFIG,
+    TRUTHFULQA_SETS,
     load_arc,
     load_commonsense_qa,
     load_mmlu,
     load_openbookqa,
-    load_truthfulqa_mc1,
+    load_truthfulqa,
 )
 from minirun.eval.data.items import (
     Item,
     LoadResult,
     ensemble_prompts,
+    item_record,
     items_from_records,
     load_jsonl,
     parquet_columns,
@@ -44,17 +46,17 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
-NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "truthfulqa_mc1")
+NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", *TRUTHFULQA_SETS)
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
                 **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA,
-                "truthfulqa_mc1": TRUTHFULQA}
+                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
-HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, "truthfulqa_mc1": TRUTHFULQA_CONFIG}
+HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill",
-           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "truthfulqa_mc1"), "choice")}
-OWN_EXAMPLES = ("truthfulqa_mc1",)  # Hub datasets whose few-shot examples minirun holds (TruthfulQA's worked questions)
+           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", *TRUTHFULQA_SETS), "choice")}
+OWN_EXAMPLES = tuple(TRUTHFULQA_SETS)  # Hub datasets whose few-shot examples minirun holds (TruthfulQA's worked ones)
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "dataset_source",
     "ensemble_prompts",
     "hub_dataset",
+    "item_record",
     "load_arc",
     "load_cited",
     "load_commonsense_qa",
@@ -78,7 +81,7 @@ __all__ = [
     "load_mmlu",
     "load_myriadlama",
     "load_openbookqa",
-    "load_truthfulqa_mc1",
+    "load_truthfulqa",
     "load_webqa",
     "text_lines",
     "write_jsonl",
@@ -127,16 +130,17 @@ def _no_json_records(path: Path) -> bool:
 def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
-    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets`), labelled options (`choices` with `answerKey`:
-    OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`,
-    `subject`, `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
-    would drop or reject: the plain loader names what is missing), WebQA (its question/answer fields)."""
+    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), labelled options (`choices` with
+    `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU
+    (`question`, `subject`, `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which
+    WebQA's loader would drop or reject: the plain loader names what is missing), WebQA (its question/answer
+    fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
         return "myriadlama"
-    if "mc1_targets" in keys:
-        return "truthfulqa_mc1"
+    if keys & set(TRUTHFULQA_SETS.values()):
+        return "truthfulqa"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
@@ -199,15 +203,16 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
 
 
 def load_cited(name_or_path: str | Path, subset: str | None = None, skip_bad: bool = False,
-               resumed: dict | None = None) -> tuple[list[Item], dict | None]:
+               resumed: dict | None = None, benchmark: str | None = None) -> tuple[list[Item], dict | None]:
     """A run's test items and where they came from: a Hub dataset (`mmlu`, `mmlu@REV`) read at the commit its revision
     is at now (`dataset_source`), which the run's few-shot examples are then read at too and run.json cites; a file
     of items at the source its rows record (a paraphrased Hub dataset's). `resumed`, the source an unfinished output
-    recorded for this revision, is read again instead, so a branch that moved since does not mix two uploads."""
+    recorded for this revision, is read again instead, so a branch that moved since does not mix two uploads.
+    `benchmark`: what a file is asked as (see `load_dataset`)."""
     name, revision = hub_dataset(str(name_or_path))
     source = dataset_source(name, revision) if not _same_upload(resumed, name, revision) else resumed
     items = load_dataset(name_or_path if source is None else name, subset=subset, skip_bad=skip_bad,
-                         revision=(source or {}).get("commit", revision))
+                         revision=(source or {}).get("commit", revision), benchmark=benchmark)
     return items, source if source is not None else getattr(items, "source", None)
 
 
@@ -231,12 +236,14 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 
 
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
-                 skip_bad: bool = False, revision: str | None = None) -> list[Item]:
+                 skip_bad: bool = False, revision: str | None = None, benchmark: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
     items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA or TruthfulQA
     rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
     and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
-    `revision` (or the one its name pins, `mmlu@REV`; default the main branch)."""
+    `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows
+    gives the options of the set it is asked as (`benchmark` "truthfulqa_mc2": MC2's), else those of the set it holds
+    (MC1's where it holds both)."""
     name, pinned = hub_dataset(str(name_or_path))
     revision = revision or pinned
     if revision is not None and name not in HUB_DATASETS:
@@ -257,8 +264,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(name, split=split, revision=revision)
     if name == "openbookqa":
         return load_openbookqa(split=split, revision=revision)
-    if name == "truthfulqa_mc1":
-        return load_truthfulqa_mc1(split="train" if split == "train" else "validation", revision=revision)
+    if name in TRUTHFULQA_SETS:
+        return load_truthfulqa(name, split="train" if split == "train" else "validation", revision=revision)
     if name == "webqa":
         return load_webqa(split=split, revision=revision)
     if name == "myriadlama":
@@ -293,8 +300,9 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(split=split, path=path)
     if kind == "openbookqa":
         return load_openbookqa(split=split, path=path)
-    if kind == "truthfulqa_mc1":
-        return load_truthfulqa_mc1(split=split, path=path)
+    if kind == "truthfulqa":  # a copy of both sets' rows gives the MC1 options unless asked as truthfulqa_mc2
+        mc2 = benchmark == "truthfulqa_mc2" or "mc1_targets" not in keys
+        return load_truthfulqa("truthfulqa_mc2" if mc2 else "truthfulqa_mc1", split=split, path=path)
     if kind == "webqa":
         return load_webqa(path=path)
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)

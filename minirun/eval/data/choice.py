@@ -19,6 +19,7 @@ OPENBOOKQA = "allenai/openbookqa"
 OPENBOOKQA_CONFIG = "main"  # the questions alone ("additional" adds the fact each was written from)
 TRUTHFULQA = "truthfulqa/truthful_qa"
 TRUTHFULQA_CONFIG = "multiple_choice"
+TRUTHFULQA_SETS = {"truthfulqa_mc1": "mc1_targets", "truthfulqa_mc2": "mc2_targets"}  # each set's field of a row
 # The six worked questions TruthfulQA's paper puts before every question, as lm-evaluation-harness's truthfulqa_mc1
 # prompt holds them: the dataset's few-shot examples, in this order (it has no train split).
 TRUTHFULQA_PRIMER = (
@@ -152,26 +153,32 @@ def load_openbookqa(split: str = "test", path: str | Path | None = None, revisio
     return _labelled(frame.to_dict("records"), source, f"openbookqa-{split}", question="question_stem")
 
 
-def load_truthfulqa_mc1(split: str = "validation", path: str | Path | None = None,
-                        revision: str | None = None) -> list[Item]:
-    """TruthfulQA's questions with their MC1 options (one true: the first, in the Hub's rows), from its only split,
-    validation; "train" is the paper's six worked questions (`TRUTHFULQA_PRIMER`), its few-shot examples."""
+def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", path: str | Path | None = None,
+                    revision: str | None = None) -> list[Item]:
+    """TruthfulQA's questions with their MC1 options (`truthfulqa_mc1`: one true, the first in the Hub's rows) or
+    their MC2 options (`truthfulqa_mc2`: several true, listed first, in `true_options`), from its only split,
+    validation; "train" is the paper's six worked questions (`TRUTHFULQA_PRIMER`), the few-shot examples of both."""
+    if name not in TRUTHFULQA_SETS:
+        raise ValueError(f"TruthfulQA's option sets are {', '.join(TRUTHFULQA_SETS)}, not {name!r}")
     if split == "train" and path is None:
         return [Item(f"truthfulqa-primer-{n}", question, [], [answer], "choice", None, [answer], 0)
                 for n, (question, answer) in enumerate(TRUTHFULQA_PRIMER, 1)]
     frame, source = _frame(TRUTHFULQA, split, TRUTHFULQA_CONFIG, path, revision)
+    field, several = TRUTHFULQA_SETS[name], name == "truthfulqa_mc2"
 
     def convert(n: int, r: dict) -> Item:
-        targets = r["mc1_targets"]
+        targets = r[field]
         if not isinstance(targets, dict):
-            raise ValueError(f"field 'mc1_targets' must be an object with 'choices' and 'labels' lists, got "
-                             f"{targets!r}")
-        choices, labels = _options(targets["choices"], "mc1_targets.choices"), as_list(targets["labels"])
-        if len(labels) != len(choices) or sorted(labels) != [0] * (len(labels) - 1) + [1]:
-            raise ValueError(f"field 'mc1_targets' needs one label 1 (the true option) and 0 for each other of its "
-                             f"{len(choices)} options, got labels {labels!r}")
-        answer = labels.index(1)
-        return Item(str(r.get("id") or f"truthfulqa_mc1-{n}"), _question(r), [], [choices[answer]], "choice", None,
-                    choices, answer)  # one split: a local copy's ids are the Hub's whatever split it is read as
+            raise ValueError(f"field {field!r} must be an object with 'choices' and 'labels' lists, got {targets!r}")
+        choices, labels = _options(targets["choices"], f"{field}.choices"), as_list(targets["labels"])
+        right = [i for i, label in enumerate(labels) if label == 1]
+        if len(labels) != len(choices) or any(label not in (0, 1) for label in labels) or not right \
+                or len(right) == len(labels) or len(right) > 1 and not several:
+            need = "at least one label 1 (a true option) and one 0" if several else \
+                "one label 1 (the true option) and 0 for each other"
+            raise ValueError(f"field {field!r} needs {need} of its {len(choices)} options, got labels {labels!r}")
+        # one split: a local copy's ids are the Hub's whatever split it is read as
+        return Item(str(r.get("id") or f"{name}-{n}"), _question(r), [], [choices[i] for i in right], "choice", None,
+                    choices, right[0], right if len(right) > 1 else None)
 
     return _items(frame.to_dict("records"), source, convert)

@@ -44,7 +44,8 @@ class Item:
     `question` is the original wording and `paraphrases` other wordings of it, which may or may
     not repeat the question (as paraphrase 0); `prompts` is what an ensemble runs over either way.
     `task` "fill" marks prompts that stop where the answer goes ("The capital of France is");
-    "choice" items carry `choices` and the index `answer` of the right one (`answers` is its text).
+    "choice" items carry `choices` and the index `answer` of the right one (`answers` is its text); an item with
+    several right options (TruthfulQA's MC2 sets) lists them all in `true_options`, `answer` being the first.
     """
 
     id: str
@@ -55,10 +56,16 @@ class Item:
     relation: str | None = None
     choices: list[str] | None = None
     answer: int | None = None
+    true_options: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.relation, str) and not self.relation.strip():  # a blank relation is none, not one named ""
             self.relation = None
+
+    @property
+    def right_options(self) -> list[int]:
+        """Every right option's index: `true_options`, or `answer` alone (none for an item without options)."""
+        return self.true_options or ([] if self.answer is None else [self.answer])
 
     @property
     def prompts(self) -> list[str]:
@@ -97,8 +104,8 @@ def item_from_dict(record: object) -> Item:
     question = record["question"]
     if not isinstance(question, str) or not question.strip():
         raise ValueError("field 'question' must be a non-empty string")
-    choices, answer = (_choice_fields(record) if task == "choice" else (None, None))
-    answers = [choices[answer]] if choices else _str_list(record["answers"], "answers")
+    choices, right = (_choice_fields(record) if task == "choice" else (None, []))
+    answers = [choices[i] for i in right] if choices else _str_list(record["answers"], "answers")
     if not answers or not all(a.strip() for a in answers):  # a blank first answer became an empty worked example
         raise ValueError("field 'answers' needs non-empty answers (drop the blank ones)")
     item_id = record["id"]
@@ -115,22 +122,35 @@ def item_from_dict(record: object) -> Item:
         task=task,
         relation=relation,
         choices=choices,
-        answer=answer,
+        answer=right[0] if right else None,
+        true_options=right if len(right) > 1 else None,
     )
 
 
-def _choice_fields(record: dict) -> tuple[list[str], int]:
+def item_record(item: Item) -> dict:
+    """An item in the plain form `item_from_dict` reads: its fields, several right options as the list `answer`
+    (an item with one keeps the form, and the sweep keys hashed from it, it had before `true_options`)."""
+    record = asdict(item)
+    if record.pop("true_options") is not None:
+        record["answer"] = item.true_options
+    return record
+
+
+def _choice_fields(record: dict) -> tuple[list[str], list[int]]:
     """`choices` (at least 2 non-empty strings, distinct once their edges' whitespace is dropped, as they are
-    scored) and `answer` as an index into them (given as the index or as the right option's text)."""
+    scored) and the right options' indices: `answer` is the index or the right option's text, or a list of them
+    where several options are right (TruthfulQA's MC2 sets), not every option."""
     choices = _str_list(record["choices"], "choices")
     if len(choices) < 2 or any(not c.strip() for c in choices) or len({c.strip() for c in choices}) < len(choices):
         raise ValueError("field 'choices' needs at least 2 distinct non-empty options")
     answer = record["answer"]
-    if isinstance(answer, str) and answer in choices:
-        return choices, choices.index(answer)
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-        return choices, answer
-    raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1} or one of the choices, got {answer!r}")
+    given = answer if isinstance(answer, list) else [answer]
+    right = [choices.index(a) if isinstance(a, str) and a in choices else a for a in given]
+    if given and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(choices) for i in right) \
+            and len(set(right)) == len(right) < len(choices):
+        return choices, right
+    raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1} or one of the choices (a list of distinct "
+                     f"ones where several are right, not all), got {answer!r}")
 
 
 def text_lines(path: Path) -> Iterator[str]:
@@ -251,7 +271,7 @@ def write_jsonl(items: list[Item], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for item in items:
-            f.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+            f.write(json.dumps(item_record(item), ensure_ascii=False) + "\n")
 
 
 def hf_frame(name: str, split: str, config: str | None = None, revision: str | None = None,
