@@ -491,6 +491,22 @@ def test_eval_runs_of_several_models_side_by_side(tmp_path):
     assert twice.exit_code == 1 and f"{first} is given twice: give each run once" in " ".join(twice.output.split())
 
 
+def test_runs_side_by_side_compare_each_dataset_with_its_first_run(tmp_path):
+    """Where the first run given did not ask a dataset, that dataset's runs are compared with the first run given of
+    it, not left uncompared."""
+    qa = _model_run(tmp_path / "a", _hand(), "qwen")
+    flipped = _hand()
+    flipped.loc[flipped["method"] == "avg", "correct"] = flipped["id"].isin([f"q{i}" for i in ORIGIN])
+    probes = [_model_run(tmp_path / name, rows, model, dataset="probes.jsonl")
+              for name, rows, model in (("b", _hand(), "llama"), ("c", flipped, "mistral"))]
+    shown = CliRunner().invoke(app, ["report", str(qa), *map(str, probes), "--json"])
+    assert shown.exit_code == 0, shown.output
+    scores = json.loads(shown.stdout)["probes.jsonl"]
+    assert scores["llama"]["avg"]["diff_vs_first_model"] is None  # the first of its dataset
+    assert scores["mistral"]["avg"]["diff_vs_first_model"] == pytest.approx(0.3 - 0.8)
+    assert scores["mistral"]["avg"]["n_vs_first_model"] == 10
+
+
 def test_runs_of_other_datasets_compared_name_each_tables_own_runs(tmp_path):
     """Each dataset's table is titled by the runs that answered it, not by every run given."""
     qa = _model_run(tmp_path / "a", _hand(), "qwen")

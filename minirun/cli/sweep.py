@@ -136,7 +136,8 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
 
 def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: Optional[Path],
                 match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
-    """`minirun report RUN RUN …`: eval runs side by side as a sweep's models, each compared with the first."""
+    """`minirun report RUN RUN …`: eval runs side by side as a sweep's models, each compared with the first run given
+    of its dataset."""
     from minirun.eval.sweep_results import compared_provenance, compared_warnings, load_runs
 
     compared = load_runs(run_dirs)

@@ -232,10 +232,11 @@ def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
     """Scores per (dataset, method label) row with one column group per model: METRICS as
     `report.summarize` defines them (the comparisons with the label "origin" of the same model and
     dataset), in file order. A method's label stands for its name, so two runs of one method with
-    different options stay apart."""
+    different options stay apart. On each dataset every model is compared, item by item, with the first one that
+    answered it (the file's first model, or the first run given of that dataset)."""
     scores = {}
-    first = df["model"].iloc[0]  # the file's first model: every other one is compared with it, item by item
     for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
+        first = df.loc[df["dataset"] == dataset, "model"].iloc[0]
         summary = summarize(group.drop(columns=["model", "dataset"]).assign(method=group["label"]))
         reference = df[(df["dataset"] == dataset) & (df["model"] == first)]
         for label, row in summary.iterrows():
