@@ -5,7 +5,8 @@ Chosen for small evaluation sets: Wilson's interval stays inside [0, 1] and keep
 near 0 and 1 where the normal (Wald) interval fails; McNemar's exact test and Newcombe's paired
 interval use the pairing, which an unpaired comparison of two accuracies would throw away. For
 non-binary per-item differences the mean gets a bootstrap interval and a sign-flip permutation
-test of the same mean, so the p-value and the interval shown beside it answer one question.
+test of the same mean, so the p-value and the interval shown beside it are about one quantity (they
+can still part near the boundary, and at a few items, where the percentile bootstrap is too narrow).
 Calibration (how far a method's confidence in its picks is from how often they are right) is the
 expected calibration error over equal-width bins and the multi-class Brier score.
 """
