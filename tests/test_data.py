@@ -628,6 +628,32 @@ def test_several_right_options_in_the_plain_form_round_trip(tmp_path):
             item_from_dict({**record, "answer": answer})
 
 
+def _hellaswag_frame(label: str = "2"):
+    """One of HellaSwag's WikiHow rows as the Hub holds it: its label a string, its text with "[title]" marks."""
+    return pd.DataFrame({"ind": [4], "activity_label": ["Home and Garden"], "ctx_a": ["[header] How to grow basil."],
+                         "ctx_b": ["THEN you [title] water it"], "split": ["val"], "label": [label],
+                         "endings": [["  the pot. [step]", "it  dries.", "daily [title] Keep it warm.", "x"]]})
+
+
+def test_hellaswag_is_cleaned_as_the_harness_cleans_it(monkeypatch, tmp_path):
+    """The query is the activity label, ": ", the context's first part and its second capitalised (the rest lowered,
+    as Python's str.capitalize does), "[title]" a sentence end and other marks dropped; evaluation reads the
+    validation split (the test split has no labels: named), examples train; a local copy is told by its fields."""
+    calls = _fake_datasets(monkeypatch, {"Rowan/hellaswag": _hellaswag_frame()})
+    (basil,) = load_dataset("hellaswag")
+    assert basil.question == "Home and Garden: How to grow basil. Then you. water it"
+    assert basil.choices == ["the pot. ", "it dries.", "daily. Keep it warm.", "x"]  # a mark's space stays, as there
+    assert (basil.id, basil.answer, basil.answers, basil.task) == ("hellaswag-4", 2, ["daily. Keep it warm."], "choice")
+    assert len(load_fewshot("hellaswag")) == 1
+    assert calls == [("Rowan/hellaswag", "validation"), ("Rowan/hellaswag", "train")]
+    _hellaswag_frame().to_json(tmp_path / "hs.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "hs.jsonl") == [basil]
+    _hellaswag_frame(label="").to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"record 1: field 'label' must be an index 0\.\.3, got '' \(the Hub's "
+                                           r"test split has no labels: use validation\)"):
+        load_dataset(tmp_path / "test.jsonl")
+
+
 def test_choice_rows_with_null_values_are_errors(tmp_path):
     """A null question or option is an error naming the record, not the text 'None'."""
     for frame, message in [(_mmlu_frame().assign(question=[None, "Q?"]), "field 'question' must be a non-empty"),

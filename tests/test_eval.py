@@ -169,13 +169,13 @@ def test_verdicts_of_another_matcher_are_not_mixed_in(tiny, items, tmp_path, rec
 
 
 @pytest.mark.parametrize("dataset,choice_format", [(d, f) for d in ("mmlu", "commonsense_qa", "arc_challenge",
-                                                                    "arc_easy", "openbookqa")
+                                                                    "arc_easy", "openbookqa", "hellaswag")
                                                     for f in ("letters", "cloze")] + [("truthfulqa_mc1", "cloze")])
 def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp_path, monkeypatch, dataset,
                                                                         choice_format):
-    """MMLU, CommonsenseQA, ARC and OpenBookQA prompts are the text of lm-evaluation-harness's tasks (mmlu,
-    mmlu_continuation, commonsense_qa, arc_challenge, arc_easy, openbookqa), questions stripped where its templates
-    strip them (not ARC's and OpenBookQA's), demonstrations included."""
+    """MMLU, CommonsenseQA, ARC, OpenBookQA and HellaSwag prompts are the text of lm-evaluation-harness's tasks (mmlu,
+    mmlu_continuation, commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag), questions stripped where its
+    templates strip them (not ARC's, OpenBookQA's and HellaSwag's), demonstrations included."""
     shot = dataclasses.replace(load_fewshot("sample-choice")[0], relation="astronomy")
     shot = dataclasses.replace(shot, question=f"  {shot.question}\n")
     test = Item("t1", " What is X?\n", [], ["b"], "choice", "astronomy", ["a", "b", "c", "d", "e"], 1)
@@ -197,6 +197,8 @@ def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp
         **{(name, fmt): text for (_, fmt), text in arc.items() for name in ("arc_challenge", "arc_easy")},
         ("openbookqa", "letters"): f"{as_is}{shot_letters} {'ABCD'[shot.answer]}\n\n{asked_q}{letters}",
         ("openbookqa", "cloze"): f"{as_is} {right}\n\n{asked_q}",
+        ("hellaswag", "letters"): f"{as_is}{shot_letters} {'ABCD'[shot.answer]}\n\n{asked_q}{letters}",
+        ("hellaswag", "cloze"): f"{as_is} {right}\n\n{asked_q}",
         ("truthfulqa_mc1", "cloze"): f"Q: {as_is}\nA: {right}\n\nQ: {asked_q}\nA:",
         ("mmlu", "letters"): "The following are multiple choice questions (with answers) about astronomy.\n\n"
                              f"{shot_q}{shot_letters} {'ABCD'[shot.answer]}\n\nWhat is X?{letters}",

@@ -96,7 +96,8 @@ def test_eval_flow(models_dir, tmp_path):
     assert ("prompts per question (the question and its paraphrases)", "5") in prompts
     assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
     assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
-                         "commonsense_qa, arc_challenge, arc_easy, openbookqa, truthfulqa_mc1, truthfulqa_mc2 (a Hub "
+                         "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, truthfulqa_mc1, "
+                         "truthfulqa_mc2 (a Hub "
                          "one pinned: NAME@REV) or the path of an existing file "
                          "(e.g. items.jsonl)")
     assert echoed[1] == "'mmlu@': 'mmlu@' names no revision after '@': give a branch, tag or commit, or drop the '@'"

@@ -49,10 +49,10 @@ class PromptFormat:
 MINIRUN = PromptFormat("minirun", "Q: ", "\nA:")
 # lm-evaluation-harness's templates (tasks/mmlu/default, mmlu/continuation, commonsense_qa/default, arc/arc_easy and
 # openbookqa/openbookqa.yaml): letters after the question then "Answer:", a cloze option after "Answer:"; the
-# harness's MMLU heads describe the subject, the others have none. CommonsenseQA has no cloze task there, ARC and
-# OpenBookQA no letters task: those blocks are the harness's other form with the letters dropped or added. ARC and
-# OpenBookQA ask the question as the row holds it (no strip); OpenBookQA's prompt is the question stem alone, each
-# option its continuation after a space.
+# harness's MMLU heads describe the subject, the others have none. CommonsenseQA has no cloze task there, ARC,
+# OpenBookQA and HellaSwag no letters task: those blocks are the harness's other form with the letters dropped or
+# added. ARC and OpenBookQA ask the question as the row holds it (no strip); OpenBookQA's prompt is the question stem
+# alone, HellaSwag's its cleaned context, each option its continuation after a space.
 HARNESS = {
     ("mmlu", "letters"): PromptFormat("harness mmlu", "", "\nAnswer:", True,
                                       "The following are multiple choice questions (with answers) about {}."),
@@ -67,6 +67,9 @@ HARNESS = {
        for name in ("arc_challenge", "arc_easy")},
     ("openbookqa", "cloze"): PromptFormat("harness openbookqa", "", "", False, ""),
     ("openbookqa", "letters"): PromptFormat("harness-style openbookqa letters", "", "\nAnswer:", False, ""),
+    # hellaswag.yaml: the cleaned context ("{{query}}"), each ending its continuation after a space
+    ("hellaswag", "cloze"): PromptFormat("harness hellaswag", "", "", False, ""),
+    ("hellaswag", "letters"): PromptFormat("harness-style hellaswag letters", "", "\nAnswer:", False, ""),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)

@@ -1,5 +1,5 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, TruthfulQA,
-or your own JSONL/JSON file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
+TruthfulQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -14,6 +14,7 @@ from minirun.eval.data.choice import (
     ARC,
     ARC_SETS,
     COMMONSENSE_QA,
+    HELLASWAG,
     MMLU,
     OPENBOOKQA,
     OPENBOOKQA_CONFIG,
@@ -22,6 +23,7 @@ from minirun.eval.data.choice import (
     TRUTHFULQA_SETS,
     load_arc,
     load_commonsense_qa,
+    load_hellaswag,
     load_mmlu,
     load_openbookqa,
     load_truthfulqa,
@@ -46,16 +48,18 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
-NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", *TRUTHFULQA_SETS)
+NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag",
+         *TRUTHFULQA_SETS)
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
-                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA,
+                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG,
                 **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
 HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill",
-           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", *TRUTHFULQA_SETS), "choice")}
+           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", *TRUTHFULQA_SETS),
+                           "choice")}
 OWN_EXAMPLES = tuple(TRUTHFULQA_SETS)  # Hub datasets whose few-shot examples minirun holds (TruthfulQA's worked ones)
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -74,6 +78,7 @@ __all__ = [
     "load_arc",
     "load_cited",
     "load_commonsense_qa",
+    "load_hellaswag",
     "load_dataset",
     "load_examples",
     "load_fewshot",
@@ -130,7 +135,8 @@ def _no_json_records(path: Path) -> bool:
 def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
-    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), labelled options (`choices` with
+    MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`,
+    `endings`), labelled options (`choices` with
     `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU
     (`question`, `subject`, `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which
     WebQA's loader would drop or reject: the plain loader names what is missing), WebQA (its question/answer
@@ -141,6 +147,8 @@ def _kind(keys: set[str]) -> str:
         return "myriadlama"
     if keys & set(TRUTHFULQA_SETS.values()):
         return "truthfulqa"
+    if {"ctx_a", "ctx_b", "endings"} <= keys:
+        return "hellaswag"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
@@ -238,8 +246,8 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None, benchmark: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
-    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA or TruthfulQA
-    rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
+    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag or
+    TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
     and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
     `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows
     gives the options of the set it is asked as (`benchmark` "truthfulqa_mc2": MC2's), else those of the set it holds
@@ -260,6 +268,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_mmlu(subset, split="dev" if split == "train" else split, revision=revision)
     if name == "commonsense_qa":
         return load_commonsense_qa(split="train" if split == "train" else "validation", revision=revision)
+    if name == "hellaswag":
+        return load_hellaswag(split="train" if split == "train" else "validation", revision=revision)
     if name in ARC_SETS:
         return load_arc(name, split=split, revision=revision)
     if name == "openbookqa":
@@ -288,8 +298,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
         raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, "
-                           f"TruthfulQA or WebQA rows, and its columns ({', '.join(sorted(keys))}) match none; save "
-                           "plain items as JSONL instead")
+                           f"HellaSwag, TruthfulQA or WebQA rows, and its columns ({', '.join(sorted(keys))}) match "
+                           "none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
     if kind == "mmlu":
@@ -300,6 +310,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(split=split, path=path)
     if kind == "openbookqa":
         return load_openbookqa(split=split, path=path)
+    if kind == "hellaswag":
+        return load_hellaswag(split=split, path=path)
     if kind == "truthfulqa":  # a copy of both sets' rows gives the MC1 options unless asked as truthfulqa_mc2
         mc2 = benchmark == "truthfulqa_mc2" or "mc1_targets" not in keys
         return load_truthfulqa("truthfulqa_mc2" if mc2 else "truthfulqa_mc1", split=split, path=path)
@@ -320,10 +332,10 @@ def load_examples(path: str | Path) -> list[Item]:
 
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
-    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, CommonsenseQA, ARC and
-    OpenBookQA, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all subjects; at
-    `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise the bundled examples for
-    `task`."""
+    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, CommonsenseQA, ARC,
+    OpenBookQA and HellaSwag, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all
+    subjects; at `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise the bundled
+    examples for `task`."""
     name = str(name_or_path)
     if name in HUB_DATASETS:
         return load_dataset(name, split="train", subset=subset, revision=revision)

@@ -3,6 +3,7 @@ TruthfulQA (MC1), from the Hugging Face Hub or a local copy of their rows (parqu
 from __future__ import annotations
 
 import numbers
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,7 @@ ARC = "allenai/ai2_arc"
 ARC_SETS = {"arc_challenge": "ARC-Challenge", "arc_easy": "ARC-Easy"}  # minirun's names: the Hub configs
 OPENBOOKQA = "allenai/openbookqa"
 OPENBOOKQA_CONFIG = "main"  # the questions alone ("additional" adds the fact each was written from)
+HELLASWAG = "Rowan/hellaswag"
 TRUTHFULQA = "truthfulqa/truthful_qa"
 TRUTHFULQA_CONFIG = "multiple_choice"
 TRUTHFULQA_SETS = {"truthfulqa_mc1": "mc1_targets", "truthfulqa_mc2": "mc2_targets"}  # each set's field of a row
@@ -151,6 +153,38 @@ def load_openbookqa(split: str = "test", path: str | Path | None = None, revisio
     """OpenBookQA's questions: each row's `question_stem`, four options; few-shot examples from train."""
     frame, source = _frame(OPENBOOKQA, split, OPENBOOKQA_CONFIG, path, revision)
     return _labelled(frame.to_dict("records"), source, f"openbookqa-{split}", question="question_stem")
+
+
+def hellaswag_text(text: str) -> str:
+    """A HellaSwag context or ending as lm-evaluation-harness cleans it: WikiHow's "[title]" marks become a sentence
+    end, any other bracketed mark goes, doubled spaces are made single."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def load_hellaswag(split: str = "validation", path: str | Path | None = None,
+                   revision: str | None = None) -> list[Item]:
+    """HellaSwag's contexts to complete, four endings each, asked as the harness asks them: the activity label, ": ",
+    the context's first part and its second capitalised, each cleaned by `hellaswag_text`. The Hub's test split has
+    no labels, so evaluation uses validation; train holds the few-shot examples."""
+    frame, source = _frame(HELLASWAG, split, None, path, revision)
+
+    def convert(n: int, r: dict) -> Item:
+        for field in ("activity_label", "ctx_a", "ctx_b"):
+            if not isinstance(r[field], str):
+                raise ValueError(f"field {field!r} must be text, got {r[field]!r}")
+        query = hellaswag_text(f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}")
+        endings = [hellaswag_text(e) for e in _options(r["endings"], "endings")]
+        label = str(r["label"]).strip()
+        if not label.isdigit() or not int(label) < len(endings):
+            raise ValueError(f"field 'label' must be an index 0..{len(endings) - 1}, got {r['label']!r} (the Hub's "
+                             "test split has no labels: use validation)")
+        answer = int(label)
+        ind = r.get("ind")
+        return Item(f"hellaswag-{ind if ind is not None else f'{split}-{n}'}", query, [], [endings[answer]], "choice",
+                    None, endings, answer)
+
+    return _items(frame.to_dict("records"), source, convert)
 
 
 def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", path: str | Path | None = None,
