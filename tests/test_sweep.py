@@ -845,6 +845,20 @@ def test_cells_asked_in_the_harness_s_words_are_not_those_finished_in_minirun_s(
     assert sweep_module.cell_key(qa, spec, sweep_module.Data(items, None, None)) == keys[1]
 
 
+def test_a_truthfulqa_copy_asked_as_mc2_gives_the_mc2_options(tmp_path):
+    """A sweep's dataset entry reads a local TruthfulQA copy as the set its `benchmark` names (eval's --benchmark)."""
+    from minirun.eval import sweep as sweep_module
+
+    row = {"question": "Can pigs fly?", "mc1_targets": {"choices": ["No.", "Yes."], "labels": [1, 0]},
+           "mc2_targets": {"choices": ["No.", "Never.", "Yes."], "labels": [1, 1, 0]}}
+    (tmp_path / "tqa.jsonl").write_text(json.dumps(row) + "\n")
+    spec = parse_sweep({**BASE, "datasets": [{"name": str(tmp_path / "tqa.jsonl"), "benchmark": name, "label": name}
+                                             for name in ("truthfulqa_mc2", "truthfulqa_mc1")]})
+    mc2, mc1 = (sweep_module._load_items(dataset).items[0] for dataset in spec.datasets)
+    assert (mc2.choices, mc2.true_options) == (["No.", "Never.", "Yes."], [0, 1])
+    assert (mc1.choices, mc1.true_options) == (["No.", "Yes."], None)
+
+
 def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp_path):
     """`skip_bad = true` is eval's --skip-bad for a sweep; without it the bad record stops the sweep before any
     model loads, and the key of a cell does not depend on the switch (only on the items it leaves)."""
