@@ -246,6 +246,12 @@ def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out
 
 
+def _no_scores(keys: list[str], columns: tuple[str, ...]) -> pd.DataFrame:
+    """A scores frame with no row, indexed by `keys` as a filled one is: what a join adds where nothing applies."""
+    index = pd.MultiIndex.from_tuples([], names=keys) if len(keys) > 1 else pd.Index([], name=keys[0])
+    return pd.DataFrame(columns=list(columns), index=index, dtype=float)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per method (per (model, method) for a sweep) with what a paper's table needs.
 
@@ -277,8 +283,7 @@ def calibration(df: pd.DataFrame) -> pd.DataFrame:
     Brier scores the rows whose item has one right option (it compares the probabilities with that one); NaN for a
     method with no such rows (generated answers carry no probability over a set of answers)."""
     keys = _keys(df)
-    empty = pd.DataFrame(columns=list(CALIBRATION), index=pd.MultiIndex.from_tuples([], names=keys)
-                         if len(keys) > 1 else pd.Index([], name=keys[0]), dtype=float)
+    empty = _no_scores(keys, CALIBRATION)
     if any(c not in df.columns for c in ("task", "choice_scores", "gold_choice", "choice")):
         return empty
     rows = df[df["task"].eq("choice") & df["correct"].notna() & df["choice_scores"].notna() & df["gold_choice"].notna()]
@@ -318,8 +323,7 @@ def mc2(df: pd.DataFrame) -> pd.DataFrame:
     else vote's) `mean_single_mc2`, each prompt's MC2 averaged. vote, which picks by the prompts' picks and has no
     likelihoods of its own, has no `mc2`. Empty where no item has several right options."""
     keys = _keys(df)
-    empty = pd.DataFrame(columns=list(MC2), index=pd.MultiIndex.from_tuples([], names=keys)
-                         if len(keys) > 1 else pd.Index([], name=keys[0]), dtype=float)
+    empty = _no_scores(keys, MC2)
     if not several_right(df):
         return empty
     rows = df[df["task"].eq("choice") & df["choice_logprobs"].notna()]
@@ -469,8 +473,7 @@ def macro_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     over relations and a sign-flip p (seed `BOOTSTRAP_SEED`; relations are the units a macro figure generalises
     over). No row where no row of a method has a relation (a join gives NaN)."""
     if "relation" not in df.columns or df["relation"].isna().all():
-        return pd.DataFrame(columns=list(MACRO), index=pd.MultiIndex.from_tuples([], names=_keys(df))
-                            if "model" in df.columns else pd.Index([], name="method"))
+        return _no_scores(_keys(df), MACRO)
     rows = df[df["relation"].notna()].astype({"correct": float})
     parts = rows.groupby("model", sort=True) if "model" in rows.columns else [(None, rows)]
     out = {}

@@ -78,10 +78,10 @@ __all__ = [
     "load_arc",
     "load_cited",
     "load_commonsense_qa",
-    "load_hellaswag",
     "load_dataset",
     "load_examples",
     "load_fewshot",
+    "load_hellaswag",
     "load_jsonl",
     "load_mmlu",
     "load_myriadlama",
@@ -136,11 +136,10 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
     MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`,
-    `endings`), labelled options (`choices` with
-    `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU
-    (`question`, `subject`, `choices`, `answer`), plain items short of a field (`task`/`relation`/`choices`, which
-    WebQA's loader would drop or reject: the plain loader names what is missing), WebQA (its question/answer
-    fields)."""
+    `endings`), labelled options (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's
+    with a `question_concept`, else ARC's), MMLU (`question`, `subject`, `choices`, `answer`), plain items short of a
+    field (`task`/`relation`/`choices`, which WebQA's loader would drop or reject: the plain loader names what is
+    missing), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
