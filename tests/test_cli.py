@@ -65,6 +65,17 @@ def test_tokens_per_second_leaves_kernel_calibration_out(tiny, monkeypatch, meth
     assert tokens and out["tokens_per_second"] > tokens  # counting the 60 s measuring, it would be tokens / 60
 
 
+@pytest.mark.parametrize("args", [["generate", "\udcff\udcfe"], ["generate", "-m", "avg", "Capital?", "-p", "\udcff"],
+                                  ["mask", "\udcff", "-p", "x"], ["eval", "--output", "runs/\udcff", "-m", "origin"]])
+def test_an_argument_that_is_not_utf8_is_one_line(tiny, args, tmp_path, monkeypatch):
+    """Bytes that are not UTF-8 reach Python as surrogates, which the tokenizer and every file written refuse: one
+    line naming it, before any model loads, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args, "--model", tiny)
+    assert result.exit_code == 1 and "an argument is not UTF-8 text" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
 def test_short_method_flag_in_every_command_taking_a_method(tiny):
     """`-m` names the method wherever --method does (eval took it; generate, mask and bench refused it)."""
     runs = [invoke("generate", "--model", tiny, "Capital?", flag, "avg", "-p", "France's capital?", "--max-new-tokens",
@@ -364,8 +375,7 @@ def test_usage_errors_are_one_line(tiny):
         one_line_error(result, needle, "--help")
     long = invoke("generate", "--model", tiny, "--method", "avg", "Capital?")
     assert len(long.stderr.strip()) > 80
-    one_line_error(long, "none were given (an empty --paraphrases-file gives none): add --paraphrase, lines to "
-                         "--paraphrases-file, or --rewrites N")
+    one_line_error(long, "none were given: add --paraphrase, lines to --paraphrases-file, or --rewrites N")
     listing = invoke()
     assert listing.exit_code == 0 and "generate" in listing.stdout and "eval" in listing.stdout
 

@@ -595,6 +595,9 @@ def test_truthfulqa_mc2_takes_every_true_option_from_the_hub_or_a_local_copy(mon
     assert (pigs.id, pigs.choices, pigs.answer, pigs.true_options, pigs.answers, pigs.right_options) == (
         "truthfulqa_mc2-1", ["No.", "Pigs cannot fly.", "Yes."], 0, [0, 1], ["No.", "Pigs cannot fly."], [0, 1])
     assert load_fewshot("truthfulqa_mc2") == load_fewshot("truthfulqa_mc1")
+    one = _truthfulqa_frame().assign(mc2_targets=[{"choices": ["a", "b", "c"], "labels": [0, 1, 0]}])
+    one.to_json(tmp_path / "one.jsonl", orient="records", lines=True)  # an MC2 set of one right option is a set still
+    assert load_dataset(tmp_path / "one.jsonl", benchmark="truthfulqa_mc2")[0].true_options == [1]
     assert dataset_source("truthfulqa_mc2", "f" * 40)["config"] == "multiple_choice"
     _truthfulqa_frame().to_json(tmp_path / "tqa.jsonl", orient="records", lines=True)
     assert load_dataset(tmp_path / "tqa.jsonl")[0].true_options is None  # MC1's, as before
@@ -609,22 +612,25 @@ def test_truthfulqa_mc2_takes_every_true_option_from_the_hub_or_a_local_copy(mon
             load_dataset(tmp_path / "bad.jsonl", benchmark="truthfulqa_mc2")
 
 
-def test_several_right_options_in_the_plain_form_round_trip(tmp_path):
-    """A plain item lists several right options as `answer` (indices or texts); it reads into `true_options` and
-    writes back unchanged, while an item with one right option writes the form it always had (sweep keys hash it)."""
+def test_a_set_of_right_options_in_the_plain_form_round_trips(tmp_path):
+    """A plain item lists its right options as `answer` (indices or texts, a set of one included); it reads into
+    `true_options` and writes back unchanged, while an item of one `answer` writes the form it always had (sweep
+    keys hash it)."""
     record = {"id": "p", "question": "Can pigs fly?", "paraphrases": [], "choices": ["No.", "Never.", "Yes."],
               "answer": ["No.", 1]}
     several = item_from_dict(record)
     assert (several.answer, several.true_options, several.answers) == (0, [0, 1], ["No.", "Never."])
     one = item_from_dict({**record, "id": "q", "answer": [2]})
-    assert (one.answer, one.true_options, one.right_options) == (2, None, [2])
-    assert "true_options" not in item_record(one) and item_record(one)["answer"] == 2
-    write_jsonl([several, one], tmp_path / "items.jsonl")
-    assert load_jsonl(tmp_path / "items.jsonl") == [several, one]
+    assert (one.answer, one.true_options, one.right_options) == (2, [2], [2])
+    plain = item_from_dict({**record, "id": "r", "answer": 2})
+    assert (plain.answer, plain.true_options, plain.right_options) == (2, None, [2])
+    assert "true_options" not in item_record(plain) and item_record(plain)["answer"] == 2
+    write_jsonl([several, one, plain], tmp_path / "items.jsonl")
+    assert load_jsonl(tmp_path / "items.jsonl") == [several, one, plain]
     assert json.loads((tmp_path / "items.jsonl").read_text().splitlines()[0])["answer"] == [0, 1]
     for answer in ([0, 1, 2], [0, 0], [], [True], ["Maybe."]):
-        with pytest.raises(ValueError, match=r"field 'answer' must be an index 0\.\.2 or one of the choices \(a "
-                                             r"list of distinct ones where several are right, not all\)"):
+        with pytest.raises(ValueError, match=r"field 'answer' must be an index 0\.\.2 or one of the choices \(or a "
+                                             r"list of distinct ones, the set of right options, not all\)"):
             item_from_dict({**record, "answer": answer})
 
 
@@ -648,6 +654,9 @@ def test_hellaswag_is_cleaned_as_the_harness_cleans_it(monkeypatch, tmp_path):
     assert calls == [("Rowan/hellaswag", "validation"), ("Rowan/hellaswag", "train")]
     _hellaswag_frame().to_json(tmp_path / "hs.jsonl", orient="records", lines=True)
     assert load_dataset(tmp_path / "hs.jsonl") == [basil]
+    gap = pd.concat([_hellaswag_frame(), _hellaswag_frame().assign(ind=[None])], ignore_index=True)
+    gap.to_json(tmp_path / "gap.jsonl", orient="records", lines=True)  # read back, the index column is floats
+    assert [item.id for item in load_dataset(tmp_path / "gap.jsonl")] == ["hellaswag-4", "hellaswag-test-2"]
     _hellaswag_frame(label="").to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     with pytest.raises(MinirunError, match=r"record 1: field 'label' must be an index 0\.\.3, got '' \(the Hub's "
                                            r"test split has no labels: use validation\)"):

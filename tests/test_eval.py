@@ -242,8 +242,9 @@ def test_truthfulqa_is_asked_as_the_harness_asks_it_and_never_in_letters(tiny, t
                 + "Q: Can pigs fly?\nA:" for k in (6, 2))  # the prompt is longer than the tiny model's context
     assert six == TRUTHFULQA_HARNESS_PROMPT
     assert two == TRUTHFULQA_HARNESS_PROMPT[:TRUTHFULQA_HARNESS_PROMPT.index("Q: Which party")] + "Q: Can pigs fly?\nA:"
-    with pytest.raises(MinirunError, match=f"^{name}'s right option is the first of every question, so "
-                                           "lettered it would be A every time: use --choice-format cloze"):
+    with pytest.raises(MinirunError, match=f"^{name} is asked cloze only, the harness's own form: its rows put a "
+                                           "right option first in every question, so lettered, A would be right "
+                                           "every time; use --choice-format cloze"):
         loop.prepare(tiny, [test], ["origin"], tmp_path / "letters", choice_format="letters", **settings)
 
 
@@ -729,6 +730,16 @@ def test_the_items_hash_of_one_right_option_is_as_before_several_were_recorded()
     assert loop.items_digest([several], prompts) != loop.items_digest(items[:1], prompts)
 
 
+def test_an_item_with_more_options_than_letters_is_named_before_anything_runs(tiny, tmp_path):
+    """Lettered, an item of 11 options is refused by its id when the run is laid out, not when its batch comes."""
+    items = load_dataset("sample-choice")[:2]
+    wide = dataclasses.replace(items[1], id="wide", choices=[f"option {n}" for n in range(11)], answer=0)
+    with pytest.raises(MinirunError, match="^item 'wide' has 11 options, more than the 10 letters: use "
+                                           "--choice-format cloze, or leave the item out"):
+        loop.prepare(tiny, [items[0], wide], ["origin"], tmp_path, dataset="sample-choice", choice_format="letters")
+    assert not tmp_path.joinpath("run.json").exists()
+
+
 def test_letters_prompts_list_the_options(tiny, tmp_path, monkeypatch):
     seen = []
 
@@ -1018,7 +1029,7 @@ def test_items_short_of_the_prompts_asked_for_are_counted_once(tiny, tmp_path, c
 def test_no_items_and_shared_ids_are_refused_before_anything_runs(tiny, items, tmp_path):
     with pytest.raises(MinirunError, match="no items to evaluate"):
         evaluate(tiny, [], ["origin"], tmp_path / "empty")
-    with pytest.raises(MinirunError, match="two items share an id"):  # one row each would silently be dropped
+    with pytest.raises(MinirunError, match=f"two items share the id '{items[0].id}'"):  # one row each: one dropped
         evaluate(tiny, [items[0], items[0]], ["origin"], tmp_path / "twice")
     assert not (tmp_path / "empty").exists() and not (tmp_path / "twice").exists()
 
@@ -1411,6 +1422,19 @@ def test_a_pinned_hub_dataset_is_read_at_its_commit_and_cited(checkpoint_dirs, t
     assert recorded_source(tmp_path / "swept" / "qwen2" / "mmlu-v1" / "origin", "data_source") == cited
     assert recorded_source(tmp_path / "swept" / "qwen2" / "para" / "origin", "few_shot_source") == main
     assert recorded_source(tmp_path / "swept" / "qwen2" / "para-v1" / "origin", "few_shot_source") == cited
+
+
+def test_thinking_asked_of_a_template_without_the_switch_is_said_to_change_nothing(tiny, tmp_path, caplog):
+    """--thinking where the template has no reasoning switch (Qwen2's, SmolLM2's) renders the prompts it would
+    render anyway: said so, not that the model thinks before it answers. A run of scored choices alone, which
+    generate nothing, reports as any other (its rows have no thinking to be cut)."""
+    choice = load_dataset("sample-choice")[:2]
+    with caplog.at_level("WARNING", logger="minirun"):
+        evaluate(tiny, choice, ["origin"], tmp_path, **{**SETTINGS, "dataset": "sample-choice"}, thinking=True)
+    assert "qwen2's chat template has no reasoning switch (Qwen3's enable_thinking): --thinking changes none of " \
+           "its prompts" in caplog.text and "thinks before it answers" not in caplog.text
+    shown = CliRunner().invoke(_app(), ["report", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
 
 
 def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path, caplog):

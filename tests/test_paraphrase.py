@@ -99,6 +99,17 @@ def test_fill_items_get_a_fill_rewrite_prompt():
         assert paraphrase.INSTRUCTION in prompt and prompt.endswith(f"Question: {item.question}\nRewrite:")
 
 
+def test_a_choice_stem_its_options_continue_is_rewritten_as_an_unfinished_sentence():
+    """HellaSwag's contexts and OpenBookQA's stems stop where their options go on: reworded as questions they would
+    no longer lead into them, so they are rewritten as a fill prompt is, and filtered alike."""
+    stem = Item("h", "Home and Garden: How to grow basil. Then you", [], ["water it."], "choice", None,
+                ["water it.", "fly."], 0)
+    prompt = rewrite_prompt(stem)
+    assert paraphrase.FILL_INSTRUCTION in prompt and prompt.endswith(f"Sentence: {stem.question}\nRewrite:")
+    assert keep("Home and Garden: To grow basil, next you", stem, [])
+    assert not keep("How do you grow basil at home?", stem, [])  # a question its options no longer continue
+
+
 def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkeypatch):
     fills = load_dataset("sample-fill")[2:3]  # The capital of Egypt is
     assert fills[0].question == FILL.question

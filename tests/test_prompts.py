@@ -5,7 +5,7 @@ import pytest
 
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, load_fewshot
-from minirun.eval.prompts import INSTRUCTIONS, build_prefix, question_block
+from minirun.eval.prompts import INSTRUCTIONS, build_prefix, one_right_letter, question_block
 
 EXAMPLES = [Item(f"e{i}", f"Question {i}?", [], [f"Answer {i}", "alias"]) for i in range(8)]
 
@@ -53,3 +53,14 @@ def test_few_shot_examples_are_of_the_task_and_never_a_test_question():
     assert prefix.count("Q: ") == 6
     with pytest.raises(MinirunError, match="2 of the 8 few-shot qa examples are questions under test, which leaves 6"):
         few_shot_prefixes(tests, EXAMPLES, "mine", None, 7)
+
+
+def test_one_right_letter_counts_every_right_option_of_an_item():
+    """A letter right in every item, even where it is not each item's first right option (sets of right options),
+    is found; items with no letter in common are not flagged."""
+    def item(n: int, rights: list[int]) -> Item:
+        return Item(f"i{n}", "Q?", [], ["x"], "choice", None, ["w", "x", "y", "z"], rights[0], rights)
+
+    assert one_right_letter([item(0, [0, 2]), item(1, [1, 2]), item(2, [2, 3])]) == "C"
+    assert one_right_letter([item(0, [0, 2]), item(1, [1, 3])]) is None
+    assert one_right_letter([item(0, [1]), item(1, [1])]) == "B"

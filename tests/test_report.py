@@ -983,7 +983,7 @@ def test_report_shows_mc2_in_each_form(tmp_path):
     assert shown.exit_code == 0, shown.output
     scores = summarize(_mc2_rows())
     words = " ".join(shown.output.split())
-    assert "MC2 (several right options)" in words and "TruthfulQA's MC2" in words
+    assert "MC2 (probability of the right options)" in words and "TruthfulQA's MC2" in words
     avg = scores.loc["avg"]
     assert (f"{avg['mc2']:.3f} [{avg['mc2_ci95_low']:.3f}, {avg['mc2_ci95_high']:.3f}] │ "
             f"{avg['diff_mc2_vs_origin']:+.3f} [{avg['diff_mc2_vs_origin_ci95_low']:+.3f}, "
@@ -1003,6 +1003,11 @@ def test_report_shows_mc2_in_each_form(tmp_path):
     assert "over the items with one right option" in tex
     plain = runner.invoke(app, ["report", str(_run_dir(tmp_path / "one", _mixed()))]).output
     assert "MC2" not in plain and "MC2" not in latex(summarize(_mixed()), "run")
+    votes = _mc2_rows().query("method == 'vote'")  # no MC2 of its own: its prompts' alone, shown all the same
+    alone = summarize(votes).loc["vote", "mean_single_mc2"]
+    shown = " ".join(runner.invoke(app, ["report", str(_run_dir(tmp_path / "vote", votes))]).output.split())
+    assert f"vote: each prompt alone {alone:.3f}" in shown
+    assert f"mean single-prompt MC2 {alone:.3f}" in latex(summarize(votes), "run")
 
 
 def test_runs_side_by_side_show_each_models_mc2(tmp_path):
@@ -1014,7 +1019,7 @@ def test_runs_side_by_side_show_each_models_mc2(tmp_path):
     shown = runner.invoke(app, ["report", str(first), str(second)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     alone = summarize(_mc2_rows())
-    mc2 = shown.stdout[shown.stdout.index("truthfulqa_mc2 · MC2 (several right options)"):]
+    mc2 = shown.stdout[shown.stdout.index("truthfulqa_mc2 · MC2 (probability of the right options)"):]
     avg = next(line for line in mc2.splitlines() if line.startswith("│ avg"))  # llama ran no avg
     assert f"{alone.loc['avg', 'mc2']:.3f}" in avg and [c.strip() for c in avg.split("│")[4:6]] == ["–", "–"]
     assert f"qwen: per_prompt's each prompt alone {alone.loc['per_prompt', 'mean_single_mc2']:.3f}" in mc2

@@ -131,7 +131,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "match": "fuzzy"}]}, "match: unknown rule 'fuzzy'"),
     ({"datasets": [{"name": "sample-choice", "choice_format": "abc"}]}, "choice_format: unknown format 'abc'"),
     ({"datasets": [{"name": "truthfulqa_mc1", "choice_format": "letters"}]},
-     "datasets #1 (truthfulqa_mc1) choice_format: truthfulqa_mc1's right option is the first of every question"),
+     "datasets #1 (truthfulqa_mc1) choice_format: truthfulqa_mc1 is asked cloze only, the harness's own form"),
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),
@@ -245,7 +245,7 @@ def test_a_fusion_layer_is_checked_against_a_pulled_model_and_below_one_against_
     shutil.copytree(checkpoint_dirs["llama3"], pull_target("owner/tiny"))
     depth = minirun.load(checkpoint_dirs["llama3"]).config.num_layers
     pulled = {**BASE, "models": [{"path": "owner/tiny"}], "methods": [{"name": "hidden_avg", "fusion_layer": depth + 1}]}
-    with pytest.raises(MinirunError, match=f"methods #1 \\(hidden_avg\\) fusion_layer, model tiny: .* outside"):
+    with pytest.raises(MinirunError, match="methods #1 \\(hidden_avg\\) fusion_layer, model tiny: .* outside"):
         parse_sweep(pulled)
     with pytest.raises(MinirunError, match="methods #1 \\(hidden_avg\\) fusion_layer: 0 is no block"):
         parse_sweep({**BASE, "methods": [{"name": "hidden_avg", "fusion_layer": 0}]})  # owner/model: not pulled
@@ -845,18 +845,20 @@ def test_cells_asked_in_the_harness_s_words_are_not_those_finished_in_minirun_s(
     assert sweep_module.cell_key(qa, spec, sweep_module.Data(items, None, None)) == keys[1]
 
 
-def test_a_truthfulqa_copy_asked_as_mc2_gives_the_mc2_options(tmp_path):
+def test_a_truthfulqa_copy_asked_as_mc2_gives_the_mc2_options(checkpoint_dirs, tmp_path):
     """A sweep's dataset entry reads a local TruthfulQA copy as the set its `benchmark` names (eval's --benchmark)."""
-    from minirun.eval import sweep as sweep_module
-
     row = {"question": "Can pigs fly?", "mc1_targets": {"choices": ["No.", "Yes."], "labels": [1, 0]},
            "mc2_targets": {"choices": ["No.", "Never.", "Yes."], "labels": [1, 1, 0]}}
     (tmp_path / "tqa.jsonl").write_text(json.dumps(row) + "\n")
-    spec = parse_sweep({**BASE, "datasets": [{"name": str(tmp_path / "tqa.jsonl"), "benchmark": name, "label": name}
-                                             for name in ("truthfulqa_mc2", "truthfulqa_mc1")]})
-    mc2, mc1 = (sweep_module._load_items(dataset).items[0] for dataset in spec.datasets)
-    assert (mc2.choices, mc2.true_options) == (["No.", "Never.", "Yes."], [0, 1])
-    assert (mc1.choices, mc1.true_options) == (["No.", "Yes."], None)
+    text = GENERATION + f'\n[[models]]\npath = "{checkpoint_dirs["qwen2"]}"\n' + "".join(
+        f'\n[[datasets]]\nname = "{tmp_path / "tqa.jsonl"}"\nlabel = "{name}"\nbenchmark = "{name}"\n'
+        'few_shot_k = 0\nnum_prompts = 1\n' for name in ("truthfulqa_mc2", "truthfulqa_mc1")) \
+        + '\n[[methods]]\nname = "origin"\n'
+    table = run_sweep(load_sweep_file(_file(tmp_path, text)), tmp_path / "out", lambda m: minirun.load(m.path),
+                      progress=False)
+    mc2, mc1 = (table[table["dataset"] == name].iloc[0] for name in ("truthfulqa_mc2", "truthfulqa_mc1"))
+    assert (list(mc2["choices"]), list(mc2["true_options"])) == (["No.", "Never.", "Yes."], [0, 1])
+    assert list(mc1["choices"]) == ["No.", "Yes."] and mc1["true_options"] is None
 
 
 def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp_path):

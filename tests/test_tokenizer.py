@@ -265,7 +265,13 @@ def test_a_template_that_leaves_thinking_open_is_told_apart(checkpoint_dirs, tmp
     render = tok.apply_chat_template
     tok.apply_chat_template = lambda *a, **k: renders.append(1) or render(*a, **k)
     assert all(tok.opens_reasoning(False) for _ in range(3)) and len(renders) == 1  # asked per batch: rendered once
-    template.write_text(plain.replace("assistant\\n", "assistant\\n{% if enable_thinking is defined and not "
-                                      "enable_thinking %}<think>\\n\\n</think>\\n\\n{% endif %}"))
-    assert "</think>" in Tokenizer(ckpt).apply_chat_template([{"role": "user", "content": "q"}], enable_thinking=False)
+    # Qwen3's switch after the generation prompt: thinking off closes an empty block
+    template.write_text(plain + "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+                        "{% endif %}")
+    asked = [{"role": "user", "content": "q"}]
+    assert "</think>" in Tokenizer(ckpt).apply_chat_template(asked, enable_thinking=False)
+    assert "</think>" not in Tokenizer(ckpt).apply_chat_template(asked, enable_thinking=True)
     assert not any(Tokenizer(ckpt).opens_reasoning(thinking) for thinking in (None, True, False))
+    switched = Tokenizer(ckpt)
+    template.write_text(plain)
+    assert switched.thinking_switch and not Tokenizer(ckpt).thinking_switch  # the switch read, or no switch

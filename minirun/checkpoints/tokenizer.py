@@ -146,6 +146,16 @@ class Tokenizer:
             self._opens[thinking] = prompt.rfind(THINK_START) > prompt.rfind(THINK_END)
         return self._opens[thinking]
 
+    @property
+    def thinking_switch(self) -> bool:
+        """Whether the chat template reads `enable_thinking` (Qwen3's reasoning switch): its prompt differs with it
+        on and off. A template without one renders both alike, so asking it to think changes nothing."""
+        if self.chat_template is None:
+            return False
+        on, off = (self.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True,
+                                            enable_thinking=switch) for switch in (True, False))
+        return on != off
+
     @contextmanager
     def pinned_clock(self, moment: datetime | None) -> Iterator[None]:
         """Render every chat template at `moment` inside the block: a run resumed another day (or crossing

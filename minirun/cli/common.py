@@ -88,6 +88,19 @@ def path_error(e: OSError) -> str:
     return f"{where}{(e.strerror or str(e)).lower()}; {fix}"
 
 
+def _utf8(value: object) -> bool:
+    """Whether a command-line value (text, a path, a list of them) is UTF-8: bytes that are not come as surrogates,
+    which the tokenizer and every file written refuse with a traceback."""
+    if isinstance(value, (list, tuple)):
+        return all(map(_utf8, value))
+    if isinstance(value, (str, Path)):
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
 def friendly(fn: Callable) -> Callable:
     """Turn MinirunError, a refused path (OSError), running out of memory and Ctrl-C into a one-line message and a
     non-zero exit."""
@@ -95,6 +108,10 @@ def friendly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _show_logs()
+        if (bad := next((v for v in (*args, *kwargs.values()) if not _utf8(v)), None)) is not None:
+            print_error(f"an argument is not UTF-8 text ({str(bad).encode('utf-8', 'replace').decode()!r}): give it "
+                        "in UTF-8 (set the terminal's and the locale's encoding to UTF-8)")
+            raise typer.Exit(1)
         try:
             return fn(*args, **kwargs)
         except MinirunError as e:

@@ -234,8 +234,9 @@ def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = N
         # beside confidence, accuracy only where it covers the same items: a table of generated answers too has more
         choice_only = "task" in table.columns and bool(table["task"].eq("choice").all())
         tables.append(_calibration_table(calibrated, choice_only))
-    if scores["mc2"].notna().any():  # vote's row for its prompts' figure, where per_prompt did not run
-        tables.append(_mc2_table(scores[scores["mc2"].notna() | scores["mean_single_mc2"].notna()]))
+    listed = scores["mc2"].notna() | scores["mean_single_mc2"].notna()  # vote's row: its prompts' figure alone
+    if listed.any():
+        tables.append(_mc2_table(scores[listed]))
     return tables
 
 
@@ -243,7 +244,7 @@ def _mc2_table(scores: pd.DataFrame) -> Table:
     """TruthfulQA's MC2 per method, against origin's, and each prompt's alone where per_prompt (or vote) ran."""
     from minirun.eval.report import method_label
 
-    t = Table(title="MC2 (several right options)", caption=MC2_CAPTION + "".join(
+    t = Table(title="MC2 (probability of the right options)", caption=MC2_CAPTION + "".join(
         f"\n{_label(index)}: each prompt alone {row['mean_single_mc2']:.3f}"
         for index, row in scores.iterrows() if pd.notna(row["mean_single_mc2"])))
     for name in ("method", "MC2 [95% CI]", "Δ origin [95% CI] (p)"):

@@ -135,8 +135,8 @@ def generate(
         raise MinirunError("--truncate only applies to plain generation: an ensemble's prompts would lose different "
                            "parts; shorten the prompts or the few-shot examples instead")
     if method != "origin" and not paraphrases and not rewrites:
-        raise MinirunError(f"method {method} answers over paraphrases but none were given (an empty --paraphrases-file "
-                          "gives none): add --paraphrase, lines to --paraphrases-file, or --rewrites N")
+        raise MinirunError(f"method {method} answers over paraphrases but none were given: add --paraphrase, lines to "
+                           "--paraphrases-file, or --rewrites N (N of 1 or more)")
     prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # before the model loads
     llm = load_llm(model, device, dtype, compile)
     written = _rewrites(llm, prompt, paraphrases, rewrites, seed, few_shot_task(few_shot))

@@ -248,8 +248,10 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
         tables.append(t)
         if scores.loc[dataset].xs("ece", axis=1, level="metric").notna().any(axis=None):
             tables.append(_calibration_table(scores.loc[dataset], f"{dataset} · calibration (multiple choice)", models))
-        if scores.loc[dataset].xs("mc2", axis=1, level="metric").notna().any(axis=None):
-            tables.append(_mc2_table(scores.loc[dataset], f"{dataset} · MC2 (several right options)", models))
+        if scores.loc[dataset].xs("mc2", axis=1, level="metric").notna().any(axis=None) or \
+                scores.loc[dataset].xs("mean_single_mc2", axis=1, level="metric").notna().any(axis=None):
+            tables.append(_mc2_table(scores.loc[dataset], f"{dataset} · MC2 (probability of the right options)",
+                                     models))
     return tables
 
 

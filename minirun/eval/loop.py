@@ -266,8 +266,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     items = list(items)[:max_samples] if max_samples is not None else list(items)
     if not items:
         raise MinirunError("no items to evaluate: the dataset is empty")
-    if len({item.id for item in items}) < len(items):
-        raise MinirunError("two items share an id, and a run keeps one row per item and method: give each its own id")
+    seen: set[str] = set()
+    if (twice := next((item.id for item in items if item.id in seen or seen.add(item.id)), None)) is not None:
+        raise MinirunError(f"two items share the id {twice!r}, and a run keeps one row per item and method: give each "
+                           "its own id")
     choice = [item.task == "choice" for item in items]
     if not any(choice) and (choice_format, choice_score) != ("cloze", "mean"):
         raise MinirunError(f"--choice-format and --choice-score apply to multiple-choice items; {dataset} has none: "
@@ -284,6 +286,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         if sum(choice) >= SAME_LETTER_REFUSED:
             raise MinirunError(f"{said}: use --choice-format cloze, or shuffle the options in the file")
         log.warning(f"{said} (refused from {SAME_LETTER_REFUSED} items on)")
+    if choice_format == "letters" and (wide := next((item for item in items if len(item.choices or []) > len(LETTERS)),
+                                                    None)):  # before a batch runs, not when its batch comes
+        raise MinirunError(f"item {wide.id!r} has {len(wide.choices)} options, more than the {len(LETTERS)} letters: "
+                           "use --choice-format cloze, or leave the item out")
     fmt = prompt_format(source, choice_format)
     prompts = item_prompts(items, fmt, original, num_prompts)
     if bare := [item_id for item_id, p in prompts.items() if not p]:
@@ -320,7 +326,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         run_key["tokenizer"] = REBUILT
     if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
         run_key["answers"] = "after thinking"
-        if max_new_tokens < THINKING_TOKENS:
+        if thinking and not llm.opens_reasoning(chat, thinking) and not llm.tokenizer.thinking_switch:
+            log.warning(f"{llm.path.name}'s chat template has no reasoning switch (Qwen3's enable_thinking): "
+                        "--thinking changes none of its prompts")
+        elif max_new_tokens < THINKING_TOKENS and any(item.choices is None for item in items):  # choices: scored
             log.warning(f"{llm.path.name} thinks before it answers, and {max_new_tokens} new tokens seldom reach the "
                         f"answer (none where the thinking does not end): give --max-new-tokens {THINKING_TOKENS} or "
                         "more")
@@ -408,7 +417,7 @@ def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dic
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
     """A hash of what each item puts into its rows (question, the prompts run, gold answers, options):
     an edited dataset file resumed into an old run would otherwise pair new rows with stale ones."""
-    # several right options hashed where an item has them: the digests of runs before `true_options` stay as they were
+    # a set of right options hashed where an item lists one: the digests of runs before `true_options` stay as they were
     content = [[item.id, item.question, prompts[item.id], item.answers, item.task, item.relation, item.choices,
                 item.answer, *([item.true_options] if item.true_options else [])] for item in items]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -437,8 +446,9 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     `choice_score` (per token, summed or per character; vote's: each option's share of the prompts' picks),
     `choice_logprobs` and `choice_tokens` every option's summed log-likelihood, token count and length
     (`choice_chars`), per_prompt's and vote's `per_prompt_logprobs` each prompt's, `choices` the options and
-    `gold_choice` the right one's index, `true_options` every right one's where an item has several (TruthfulQA's
-    MC2 sets; the pick is right when it is one of them; `report --choice-score` re-picks under another score from them),
+    `gold_choice` the right one's index, `true_options` every right one's where an item lists them as a set
+    (TruthfulQA's MC2 sets; the pick is right when it is one of them; `report --choice-score` re-picks under another
+    score from them),
     `answer` the picked option's text, and with `choice_format` "letters" the options are listed in the prompt
     and their letters scored.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are

@@ -62,13 +62,21 @@ DEMO_TEXTS = {task: [normalize(text) for demo in demos for text in demo]  # a re
 CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, where its answer follows
 # In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
 # prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key;
-# 4: a rewrite sharing no content word with the original is dropped), so a file an older minirun wrote is
-# refused, not resumed under mixed rules
-REWRITE_VERSION = 4
+# 4: a rewrite sharing no content word with the original is dropped; 5: a choice item's unfinished stem is rewritten
+# as an unfinished sentence), so a file an older minirun wrote is refused, not resumed under mixed rules
+REWRITE_VERSION = 5
+
+
+def rewrite_kind(item: Item) -> str:
+    """How an item's wording is rewritten: as a question, or as an unfinished sentence ("fill") where it stops where
+    its answer goes — a fill item's, and a choice item's stem that its options continue (HellaSwag's contexts,
+    OpenBookQA's "The sun is responsible for"), which reworded as a question would no longer lead into them."""
+    return "fill" if item.task == "fill" or item.task == "choice" and CLOZE_END.search(item.question.rstrip()) \
+        else item.task
 
 
 def rewrite_prompt(item: Item) -> str:
-    instruction, demos, label = PROMPTS[item.task]
+    instruction, demos, label = PROMPTS[rewrite_kind(item)]
     shots = "\n\n".join(f"{label}: {q}\nRewrite: {r}" for q, r in demos)
     return f"{instruction}\n\n{shots}\n\n{label}: {item.question}\nRewrite:"
 
@@ -92,14 +100,14 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
     of the prompt's worked examples (a small model often repeats one), rewrites giving the answer away
     (naming it more often than the original does: "Which U.S. state is New York City in?" keeps rewrites
     that say "New York City"), rewrites sharing no content word with the original ("The answer to this question
-    is:", which a small model writes and which asks nothing), and fill rewrites that do not end in a word where
-    the answer can follow ("... is Cairo.")."""
+    is:", which a small model writes and which asks nothing), and fill rewrites (`rewrite_kind`: of a fill item, or of
+    a choice stem its options continue) that do not end in a word where the answer can follow ("... is Cairo.")."""
     norm, original = normalize(rewrite), normalize(item.question)
     if not norm or norm in map(normalize, kept) or f"{norm} ".startswith(f"{original} "):
         return False
-    if item.task == "fill" and not CLOZE_END.search(rewrite):
+    if rewrite_kind(item) == "fill" and not CLOZE_END.search(rewrite):
         return False
-    if any(_mentions(norm, demo) for demo in DEMO_TEXTS[item.task]):
+    if any(_mentions(norm, demo) for demo in DEMO_TEXTS[rewrite_kind(item)]):
         return False
     if (asked := content_stems(item.question)) and not asked & content_stems(rewrite):
         return False

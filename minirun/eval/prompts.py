@@ -84,19 +84,22 @@ def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
 
 
 def one_right_letter(items: list[Item]) -> str | None:
-    """The letter every multiple-choice item's right option takes where all take one (TruthfulQA's rows put it
-    first), else None: lettered, a model that always answers it would score every item."""
-    places = {item.answer for item in items if item.choices is not None}
-    return LETTERS[places.pop()] if len(places) == 1 else None
+    """A letter right in every multiple-choice item where one is (TruthfulQA's rows put a right option first; an item
+    of several right options counts at each), else None: lettered, a model that always answers it would score every
+    item."""
+    rights = [set(item.right_options) for item in items if item.choices is not None]
+    common = set.intersection(*rights) if rights else set()
+    return LETTERS[min(common)] if common else None
 
 
 def check_choice_format(dataset: str | None, choice_format: str) -> None:
-    """Refuse letters where every question's right option is its first (TruthfulQA's MC1 rows): the answer would be
-    A every time, which a model biased towards A would score on."""
+    """Refuse letters for the benchmarks asked cloze only, whose rows put a right option first in every question
+    (TruthfulQA's): lettered, A would be right every time, which a model biased towards A would score on; a file
+    asked as one (`--benchmark`) is asked in its form too."""
     if choice_format == "letters" and dataset in FIRST_IS_RIGHT:
-        raise MinirunError(f"{dataset}'s right option is the first of every question, so lettered it would be A every "
-                           "time: use --choice-format cloze (choice_format = \"cloze\" in a sweep), the harness's "
-                           "own form")
+        raise MinirunError(f"{dataset} is asked cloze only, the harness's own form: its rows put a right option first "
+                           "in every question, so lettered, A would be right every time; use --choice-format cloze "
+                           "(choice_format = \"cloze\" in a sweep)")
 
 
 def question_block(paraphrase: str, fmt: PromptFormat = MINIRUN) -> str:

@@ -135,9 +135,9 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
 
 def right_options(row: pd.Series) -> list[int]:
     """A scored row's right options: every one its item has (`true_options`, TruthfulQA's MC2 sets), else the one
-    `gold_choice` (rows of runs before several were recorded have no `true_options`)."""
-    several = row.get("true_options")
-    return [int(i) for i in several] if isinstance(several, (list, np.ndarray)) else [int(row["gold_choice"])]
+    `gold_choice` (rows of runs before sets were recorded have no `true_options`)."""
+    listed = row.get("true_options")
+    return [int(i) for i in listed] if isinstance(listed, (list, np.ndarray)) else [int(row["gold_choice"])]
 
 
 def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
@@ -196,7 +196,10 @@ def cut_thinking(df: pd.DataFrame) -> list[str]:
     if budget is None or not len(df):
         return []
     rows = df[df["task"].ne("choice")] if "task" in df.columns else df
-    cut = rows["generated"].fillna("").map(lambda text: THINK_END not in text) & (rows["tokens"] >= budget)
+    # a list, not `.map`: on no rows (a run of scored choices alone) pandas' map gives text, which & refuses
+    unended = pd.Series([THINK_END not in str(text) for text in rows["generated"].fillna("")], index=rows.index,
+                        dtype=bool)
+    cut = unended & (rows["tokens"] >= budget)
     return [f"{method}: {int(n)} of {int(total)} answers are none, as their thinking did not end within "
             f"max_new_tokens {budget}: a reasoning run needs hundreds of tokens or more (a new output directory)"
             for method, (n, total) in cut.groupby(rows["method"]).agg(["sum", "count"]).iterrows() if n]
@@ -259,7 +262,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     interval; exact_accuracy, n, tokens, seconds, tokens_per_second (total tokens over the seconds
     of generated rows, so long generations weigh in and scored multiple-choice rows do not), items_per_second
     (timed rows over their seconds, scored ones included); the calibration of `calibration`; `macro_accuracy` over
-    relations where rows carry them; `mc2` where items have several right options; the paired comparisons of
+    relations where rows carry them; `mc2` where items list their right options; the paired comparisons of
     `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
@@ -307,24 +310,26 @@ MC2 = ("mc2", "mc2_ci95_low", "mc2_ci95_high", "diff_mc2_vs_origin", "diff_mc2_v
        "diff_mc2_vs_origin_ci95_high", "p_mc2_vs_origin", "p_mc2_vs_origin_holm", "mean_single_mc2")
 
 
-def several_right(df: pd.DataFrame) -> bool:
-    """Whether some scored row's item has several right options (TruthfulQA's MC2 sets), which `mc2` scores."""
+def right_option_sets(df: pd.DataFrame) -> bool:
+    """Whether some scored row's item lists its right options as a set (TruthfulQA's MC2 items, even of one right
+    option; a plain item's `answer` given as a list), which `mc2` scores."""
     return "true_options" in df.columns and bool(df["true_options"].map(lambda t: isinstance(t, (list, np.ndarray)))
                                                  .any())
 
 
 def mc2(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method (per model and method for a sweep), over all its scored multiple-choice rows where some item has
-    several right options: `mc2`, the mean probability the method's options' log-likelihoods put on an item's right
-    options, one or several (`true_mass`: TruthfulQA's MC2, lm-evaluation-harness's truthfulqa_mc2 figure), with a
+    """Per method (per model and method for a sweep), over all its scored multiple-choice rows where some item lists
+    its right options as a set (`right_option_sets`): `mc2`, the mean probability the method's options'
+    log-likelihoods put on an item's right options, one or several (`true_mass`: TruthfulQA's MC2,
+    lm-evaluation-harness's truthfulqa_mc2 figure), with a
     percentile bootstrap interval over items; against origin (not per_prompt, no ensemble), `diff_mc2_vs_origin`, the
     mean per-item difference on the items both scored, with a paired bootstrap interval and a sign-flip p (seed
     `BOOTSTRAP_SEED`; Holm-adjusted over the model's methods in `p_mc2_vs_origin_holm`); and on per_prompt's row (or
     else vote's) `mean_single_mc2`, each prompt's MC2 averaged. vote, which picks by the prompts' picks and has no
-    likelihoods of its own, has no `mc2`. Empty where no item has several right options."""
+    likelihoods of its own, has no `mc2`. Empty where no item lists its right options."""
     keys = _keys(df)
     empty = _no_scores(keys, MC2)
-    if not several_right(df):
+    if not right_option_sets(df):
         return empty
     rows = df[df["task"].eq("choice") & df["choice_logprobs"].notna()]
     # vote has no likelihoods of its own (its rows' are the prompts' mean): no MC2, only each prompt's below
@@ -649,15 +654,15 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
     both answered with its Holm-adjusted exact McNemar p, and n; the macro accuracy over relations where rows
     carry them (LAMA-style probes); confidence, ECE and Brier where some row has them (multiple choice); MC2, its
-    difference from origin's and that difference's Holm-adjusted p where items have several right options
+    difference from origin's and that difference's Holm-adjusted p where items list their right options
     (TruthfulQA's MC2 sets). The caption says which tests, that per_prompt's row is its first prompt's, and the mean
-    single-prompt accuracy where per_prompt's or vote's row carries it."""
+    single-prompt accuracy (and MC2) where per_prompt's or vote's row carries it."""
     keys = [str(name).capitalize() for name in scores.index.names]
     calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
     macro = "macro_accuracy" in scores.columns and bool(scores["macro_accuracy"].notna().any())
-    several = "mc2" in scores.columns and bool(scores["mc2"].notna().any())
+    listed = "mc2" in scores.columns and bool(scores[["mc2", "mean_single_mc2"]].notna().any(axis=None))
     extra = (["Macro acc."] if macro else []) + (["Conf.", "ECE", "Brier"] if calibrated else []) \
-        + (["MC2", r"$\Delta$ MC2", r"$p$ (MC2)"] if several else [])
+        + (["MC2", r"$\Delta$ MC2", r"$p$ (MC2)"] if listed else [])
     lines = [r"\begin{table}[t]", r"\centering",
              r"\begin{tabular}{" + "l" * len(keys) + "rcrrr" + "r" * len(extra) + "}", r"\toprule",
              " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$", *extra]) + r" \\",
@@ -676,15 +681,17 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
         columns = (["macro_accuracy"] if macro else []) + (list(CALIBRATION) if calibrated else [])
         mc2_versus = "--" if pd.isna(row["diff_mc2_vs_origin"]) else f"${row['diff_mc2_vs_origin']:+.3f}$"
         extras = [_tex_figure(row[c]) for c in columns] + (
-            [_tex_figure(row["mc2"]), mc2_versus, _tex_p(row["p_mc2_vs_origin_holm"])] if several else [])
+            [_tex_figure(row["mc2"]), mc2_versus, _tex_p(row["p_mc2_vs_origin_holm"])] if listed else [])
         lines.append(" & ".join([*labels, _tex_figure(row["accuracy"]), interval,
                                  *versus, str(int(row["n"])), *extras]) + r" \\")
     prompts = [n for n in order if index[n][-1] == "per_prompt"]
-    single = [f"{scores.iloc[n]['mean_single_accuracy']:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
-              for n in order if pd.notna(scores.iloc[n]["mean_single_accuracy"])]
+    single, single_mc2 = ([f"{scores.iloc[n][name]:.3f}" + "".join(f" ({_tex(str(m))})" for m in index[n][:-1])
+                           for n in order if pd.notna(scores.iloc[n].get(name, math.nan))]
+                          for name in ("mean_single_accuracy", "mean_single_mc2"))
     note = ("" if not prompts else r" per\_prompt (first prompt): its first prompt alone (origin's own prompt when "
                                     r"the question comes first), so not compared with origin.") \
-        + (f" Each prompt alone: mean single-prompt accuracy {', '.join(single)}." if single else "")
+        + (f" Each prompt alone: mean single-prompt accuracy {', '.join(single)}." if single else "") \
+        + (f" Each prompt alone: mean single-prompt MC2 {', '.join(single_mc2)}." if single_mc2 else "")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
               r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
@@ -694,11 +701,11 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
               + (r" Over the multiple-choice items, Conf.: mean probability of the option picked (softmax of the "
                  r"scores it was picked by; vote: its share of the prompts' picks); ECE: expected calibration error, "
                  r"15 equal-width bins; Brier: multi-class Brier score"
-                 + (" over the items with one right option." if several else ".") if calibrated else "")
+                 + (" over the items with one right option." if listed else ".") if calibrated else "")
               + (r" MC2 (TruthfulQA's): mean probability of an item's right options (the options' summed "
                  r"log-likelihoods normalised over the options; vote has none of its own); $\Delta$ MC2: "
                  r"minus origin's on the items both scored, $p$ from a sign-flip test of that mean difference, "
-                 r"Holm-adjusted over the methods compared with origin." if several else "") + "}",
+                 r"Holm-adjusted over the methods compared with origin." if listed else "") + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
 

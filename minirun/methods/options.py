@@ -75,7 +75,9 @@ class EnsembleOptions:
                                f"got {self.confidence_temperature}: pass a positive value")
         bias = self.flex_bias
         if bias is not None and bias != "inv_n" and not (isinstance(bias, (int, float)) and 0 < bias < math.inf):
-            raise MinirunError(f"flex_bias must be a positive finite weight or 'inv_n', got {bias!r}")
+            raise MinirunError(f"flex_bias must be a positive finite weight or 'inv_n', got {bias!r}: pass a weight "
+                               "above 0 on the paraphrases' attention (1 changes nothing) or inv_n (1 over their "
+                               "count)")
         if self.choice_score not in CHOICE_SCORES:
             raise MinirunError(f"unknown --choice-score {self.choice_score!r}: choose {', '.join(CHOICE_SCORES)}")
 

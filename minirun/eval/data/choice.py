@@ -180,7 +180,8 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
             raise ValueError(f"field 'label' must be an index 0..{len(endings) - 1}, got {r['label']!r} (the Hub's "
                              "test split has no labels: use validation)")
         answer = int(label)
-        ind = r.get("ind")
+        ind = r.get("ind")  # a copy missing some rows' index holds the others' as floats (24.0), the missing as NaN
+        ind = None if ind is None or pd.isna(ind) else int(ind) if isinstance(ind, numbers.Real) else ind
         return Item(f"hellaswag-{ind if ind is not None else f'{split}-{n}'}", query, [], [endings[answer]], "choice",
                     None, endings, answer)
 
@@ -190,7 +191,8 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
 def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", path: str | Path | None = None,
                     revision: str | None = None) -> list[Item]:
     """TruthfulQA's questions with their MC1 options (`truthfulqa_mc1`: one true, the first in the Hub's rows) or
-    their MC2 options (`truthfulqa_mc2`: several true, listed first, in `true_options`), from its only split,
+    their MC2 options (`truthfulqa_mc2`: one or more true, listed first, their set in `true_options`, so that MC2 is
+    reported for an item of one as well), from its only split,
     validation; "train" is the paper's six worked questions (`TRUTHFULQA_PRIMER`), the few-shot examples of both."""
     if name not in TRUTHFULQA_SETS:
         raise ValueError(f"TruthfulQA's option sets are {', '.join(TRUTHFULQA_SETS)}, not {name!r}")
@@ -198,7 +200,7 @@ def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", pat
         return [Item(f"truthfulqa-primer-{n}", question, [], [answer], "choice", None, [answer], 0)
                 for n, (question, answer) in enumerate(TRUTHFULQA_PRIMER, 1)]
     frame, source = _frame(TRUTHFULQA, split, TRUTHFULQA_CONFIG, path, revision)
-    field, several = TRUTHFULQA_SETS[name], name == "truthfulqa_mc2"
+    field, as_set = TRUTHFULQA_SETS[name], name == "truthfulqa_mc2"
 
     def convert(n: int, r: dict) -> Item:
         targets = r[field]
@@ -207,12 +209,12 @@ def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", pat
         choices, labels = _options(targets["choices"], f"{field}.choices"), as_list(targets["labels"])
         right = [i for i, label in enumerate(labels) if label == 1]
         if len(labels) != len(choices) or any(label not in (0, 1) for label in labels) or not right \
-                or len(right) == len(labels) or len(right) > 1 and not several:
-            need = "at least one label 1 (a true option) and one 0" if several else \
+                or len(right) == len(labels) or len(right) > 1 and not as_set:
+            need = "at least one label 1 (a true option) and one 0" if as_set else \
                 "one label 1 (the true option) and 0 for each other"
             raise ValueError(f"field {field!r} needs {need} of its {len(choices)} options, got labels {labels!r}")
         # one split: a local copy's ids are the Hub's whatever split it is read as
         return Item(str(r.get("id") or f"{name}-{n}"), _question(r), [], [choices[i] for i in right], "choice", None,
-                    choices, right[0], right if len(right) > 1 else None)
+                    choices, right[0], right if as_set else None)
 
     return _items(frame.to_dict("records"), source, convert)

@@ -44,8 +44,9 @@ class Item:
     `question` is the original wording and `paraphrases` other wordings of it, which may or may
     not repeat the question (as paraphrase 0); `prompts` is what an ensemble runs over either way.
     `task` "fill" marks prompts that stop where the answer goes ("The capital of France is");
-    "choice" items carry `choices` and the index `answer` of the right one (`answers` is its text); an item with
-    several right options (TruthfulQA's MC2 sets) lists them all in `true_options`, `answer` being the first.
+    "choice" items carry `choices` and the index `answer` of the right one (`answers` is its text); an item that
+    lists its right options as a set (TruthfulQA's MC2 sets, often of several) holds them all in `true_options`,
+    `answer` being the first.
     """
 
     id: str
@@ -105,6 +106,7 @@ def item_from_dict(record: object) -> Item:
     if not isinstance(question, str) or not question.strip():
         raise ValueError("field 'question' must be a non-empty string")
     choices, right = (_choice_fields(record) if task == "choice" else (None, []))
+    as_set = task == "choice" and isinstance(record["answer"], list)  # a set of right options, even of one
     answers = [choices[i] for i in right] if choices else _str_list(record["answers"], "answers")
     if not answers or not all(a.strip() for a in answers):  # a blank first answer became an empty worked example
         raise ValueError("field 'answers' needs non-empty answers (drop the blank ones)")
@@ -123,13 +125,14 @@ def item_from_dict(record: object) -> Item:
         relation=relation,
         choices=choices,
         answer=right[0] if right else None,
-        true_options=right if len(right) > 1 else None,
+        true_options=right if as_set else None,
     )
 
 
 def item_record(item: Item) -> dict:
-    """An item in the plain form `item_from_dict` reads: its fields, several right options as the list `answer`
-    (an item with one keeps the form, and the sweep keys hashed from it, it had before `true_options`)."""
+    """An item in the plain form `item_from_dict` reads: its fields, a set of right options as the list `answer` (an
+    item with one right option and no set keeps the form, and the sweep keys hashed from it, it had before
+    `true_options`)."""
     record = asdict(item)
     if record.pop("true_options") is not None:
         record["answer"] = item.true_options
@@ -138,8 +141,8 @@ def item_record(item: Item) -> dict:
 
 def _choice_fields(record: dict) -> tuple[list[str], list[int]]:
     """`choices` (at least 2 non-empty strings, distinct once their edges' whitespace is dropped, as they are
-    scored) and the right options' indices: `answer` is the index or the right option's text, or a list of them
-    where several options are right (TruthfulQA's MC2 sets), not every option."""
+    scored) and the right options' indices: `answer` is the index or the right option's text, or a list of them,
+    the set of right options (TruthfulQA's MC2 sets), not every option."""
     choices = _str_list(record["choices"], "choices")
     if len(choices) < 2 or any(not c.strip() for c in choices) or len({c.strip() for c in choices}) < len(choices):
         raise ValueError("field 'choices' needs at least 2 distinct non-empty options")
@@ -149,8 +152,8 @@ def _choice_fields(record: dict) -> tuple[list[str], list[int]]:
     if given and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(choices) for i in right) \
             and len(set(right)) == len(right) < len(choices):
         return choices, right
-    raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1} or one of the choices (a list of distinct "
-                     f"ones where several are right, not all), got {answer!r}")
+    raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1} or one of the choices (or a list of "
+                     f"distinct ones, the set of right options, not all), got {answer!r}")
 
 
 def text_lines(path: Path) -> Iterator[str]:
