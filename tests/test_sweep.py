@@ -807,6 +807,34 @@ def test_a_sweeps_table_keeps_its_runs_shared_match_rule(tmp_path):
     assert "per_prompt_accuracy" in select_match(table.assign(task="choice"), "bidirectional").columns
 
 
+def test_a_method_picking_by_another_choice_score_than_origin_is_said_to_mix_them(tmp_path):
+    """A sweep method with its own choice_score is compared with an origin that picked by another: the report says
+    the difference mixes the scoring with the method, unless `report --choice-score` re-picks them all alike."""
+    from minirun.eval.results import ResultStore
+    from minirun.eval.sweep_results import mixed_scoring
+
+    index = {"cells": []}
+    for label, score in (("origin", "mean"), ("avg", "mean"), ("avg-sum", "sum")):
+        folder = f"m/choice/{label}"
+        index["cells"].append({"model": "m", "dataset": "choice", "label": label, "dir": folder})
+        with ResultStore(tmp_path / folder, {"model": "m", "bidirectional": False, "choice_score": score},
+                         item_ids=["c0"]) as store:
+            store.add({"id": "c0", "method": label.removesuffix("-sum"), "prompts": ["p"], "generated": "B",
+                       "answer": "B", "exact": True, "correct": True, "correct_lemma": True,
+                       "correct_bidirectional": True, "tokens": 0, "seconds": 1.0, "task": "choice",
+                       "choices": ["A", "B"], "gold_choice": 1, "choice": 1, "choice_scores": [-1.0, -0.5],
+                       "choice_logprobs": [-1.0, -1.5], "choice_tokens": [1, 3], "choice_chars": [1, 1]})
+            store.finalize()
+    (tmp_path / "sweep.json").write_text(json.dumps(index))
+    said = "choice · m: avg-sum (sum) pick by another choice score than origin (mean): their differences from " \
+           "origin mix the scoring with the method"
+    assert [line[:len(said)] for line in mixed_scoring(tmp_path)] == [said]
+    shown = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert shown.exit_code == 0 and said in " ".join(shown.output.split()), shown.output
+    alike = CliRunner().invoke(app, ["report", str(tmp_path), "--choice-score", "sum"])
+    assert alike.exit_code == 0 and "another choice score" not in alike.output, alike.output
+
+
 def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(monkeypatch):
     """MMLU's per-subject heads change its rows: its cells' keys say so (a done.json of before is no longer theirs),
     while other datasets' keys stay as they were."""

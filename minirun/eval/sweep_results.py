@@ -111,6 +111,28 @@ def sweep_thinking_cut(output: str | Path) -> list[str]:
             for line in cut_thinking(read_results(output / folder))]
 
 
+def mixed_scoring(output: str | Path) -> list[str]:
+    """Per dataset and model of a sweep's index whose runs pick their options by other choice scores than origin's (a
+    method's own `choice_score` in the sweep file): their differences from origin mix the scoring with the method,
+    which a reader of the table must be told (`report --choice-score` re-picks every run alike)."""
+    output = Path(output)
+    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    runs: dict[tuple[str, str], dict[str, str]] = {}
+    for cell in index["cells"]:
+        if (output / cell["dir"] / "run.json").is_file():
+            score = recorded_run_key(output / cell["dir"]).get("choice_score")
+            runs.setdefault((cell["dataset"], cell["model"]), {})[cell["label"]] = score
+    out = []
+    for (dataset, model), scores in runs.items():
+        origin = scores.get("origin")
+        others = [f"{label} ({score})" for label, score in scores.items() if origin and score not in (None, origin)]
+        if others:
+            out.append(f"{dataset} · {model}: {', '.join(others)} pick by another choice score than origin ({origin}): "
+                       "their differences from origin mix the scoring with the method; `report --choice-score MODE` "
+                       "re-picks every run alike")
+    return out
+
+
 def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> str:
     """`report.provenance` of one dataset's table in a sweep: per model, the run key its cells share (they differ
     only in their method's settings), each cell's method settings under its label, and the machines that timed it."""
