@@ -740,6 +740,19 @@ def test_an_item_with_more_options_than_letters_is_named_before_anything_runs(ti
     assert not tmp_path.joinpath("run.json").exists()
 
 
+def test_a_run_of_scored_choices_resumes_under_another_max_new_tokens(tiny, items, tmp_path):
+    """Multiple-choice rows generate nothing, so max_new_tokens changes none of them: a run of choices alone resumes
+    under another (a sweep raising it for its QA datasets keeps its choice cells), a run of generated answers not."""
+    choice = load_dataset("sample-choice")[:2]
+    settings = {**SETTINGS, "dataset": "sample-choice", "num_prompts": 2}
+    first = evaluate(tiny, choice, ["origin"], tmp_path / "choice", **settings)
+    again = evaluate(tiny, choice, ["origin", "avg"], tmp_path / "choice", **{**settings, "max_new_tokens": 9})
+    assert again[again["method"] == "origin"].reset_index(drop=True).equals(first.reset_index(drop=True))
+    evaluate(tiny, items[:1], ["origin"], tmp_path / "qa", **SETTINGS)
+    with pytest.raises(MinirunError, match="max_new_tokens"):
+        evaluate(tiny, items[:1], ["origin"], tmp_path / "qa", **{**SETTINGS, "max_new_tokens": 9})
+
+
 def test_letters_prompts_list_the_options(tiny, tmp_path, monkeypatch):
     seen = []
 

@@ -408,10 +408,13 @@ def examples_commit(benchmark: str | None, fewshot_items: list[Item] | None, dat
 
 
 def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str]) -> dict[str, str]:
-    """The run key's hashes of what the data puts into the rows, which need no model (a sweep's dry run compares
-    them with a finished run's): the few-shot heads' text and the items' content."""
+    """The run key's entries of what the data puts into the rows, which need no model (a sweep's dry run compares
+    them with a finished run's): the few-shot heads' text and the items' content hashed, and `scored` where every
+    item is multiple choice (no row generates, so a later run with another max_new_tokens resumes it:
+    `results.key_differences`)."""
     return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
-            "items": items_digest(items, prompts)}
+            "items": items_digest(items, prompts),
+            **({"scored": "choices alone"} if items and all(item.task == "choice" for item in items) else {})}
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:

@@ -102,6 +102,8 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
         changed.discard("items")
     if changed & {"thinking", "chat"}:  # a reasoning model's answers are taken after its thinking because of these
         changed.discard("answers")
+    if "scored" in old_key.keys() & run_key.keys() and "scored" not in changed:  # multiple choice alone: no token
+        changed.discard("max_new_tokens")  # is generated, so no row depends on how many may be
     other_items = old.get("item_ids") != item_ids
     if other_items:  # then the items' hash differs too, and saying "edited" would mislead
         changed.discard("items")
