@@ -1007,7 +1007,8 @@ def test_report_shows_mc2_in_each_form(tmp_path):
     alone = summarize(votes).loc["vote", "mean_single_mc2"]
     shown = " ".join(runner.invoke(app, ["report", str(_run_dir(tmp_path / "vote", votes))]).output.split())
     assert f"vote: each prompt alone {alone:.3f}" in shown
-    assert f"mean single-prompt MC2 {alone:.3f}" in latex(summarize(votes), "run")
+    single = summarize(votes).loc["vote", "mean_single_accuracy"]
+    assert f"mean single-prompt accuracy {single:.3f}; MC2 {alone:.3f}." in latex(summarize(votes), "run")
 
 
 def test_runs_side_by_side_show_each_models_mc2(tmp_path):

@@ -690,8 +690,9 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
                           for name in ("mean_single_accuracy", "mean_single_mc2"))
     note = ("" if not prompts else r" per\_prompt (first prompt): its first prompt alone (origin's own prompt when "
                                     r"the question comes first), so not compared with origin.") \
-        + (f" Each prompt alone: mean single-prompt accuracy {', '.join(single)}." if single else "") \
-        + (f" Each prompt alone: mean single-prompt MC2 {', '.join(single_mc2)}." if single_mc2 else "")
+        + (" Each prompt alone: mean single-prompt " + "; ".join(
+            f"{name} {', '.join(figures)}" for name, figures in (("accuracy", single), ("MC2", single_mc2)) if figures)
+           + "." if single or single_mc2 else "")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
               r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
