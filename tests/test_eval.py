@@ -1444,8 +1444,9 @@ def test_thinking_asked_of_a_template_without_the_switch_is_said_to_change_nothi
     choice = load_dataset("sample-choice")[:2]
     with caplog.at_level("WARNING", logger="minirun"):
         evaluate(tiny, choice, ["origin"], tmp_path, **{**SETTINGS, "dataset": "sample-choice"}, thinking=True)
-    assert "qwen2's chat template has no reasoning switch (Qwen3's enable_thinking): --thinking changes none of " \
-           "its prompts" in caplog.text and "thinks before it answers" not in caplog.text
+    assert "qwen2's chat template has no reasoning switch (Qwen3's enable_thinking): asking it to think (--thinking, " \
+           "a sweep's thinking = true) changes none of its prompts" in caplog.text
+    assert "thinks before it answers" not in caplog.text
     shown = CliRunner().invoke(_app(), ["report", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
 

@@ -773,12 +773,20 @@ def test_a_later_models_missing_hub_repo_is_refused_before_any_model_runs(checkp
 
 
 def test_a_method_setting_that_does_not_fit_a_dataset_names_the_run(checkpoint_dirs, tmp_path):
-    """Checked with the first model's runs, before any of them: the message says which run, not eval's flags alone."""
+    """Checked with the first model's runs, before any of them: the message says which run, not eval's flags alone.
+    A method's own choice_score fits every dataset: where no item has options it is left out, as eval's default."""
     text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, ["sample-qa"])
     text += '\n[[methods]]\nname = "avg"\nlabel = "avg-sum"\nchoice_score = "sum"\n'
-    sweep, rows = load_sweep_file(_file(tmp_path, text)), []
-    with pytest.raises(MinirunError, match="sweep run llama/sample-qa/avg-sum: --choice-format and --choice-score"):
-        run_sweep(sweep, tmp_path / "run", lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
+    table = run_sweep(load_sweep_file(_file(tmp_path, text)), tmp_path / "run", lambda m: minirun.load(m.path),
+                      progress=False)
+    assert len(table[table["label"] == "avg-sum"]) == 2
+    text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, []).replace("[generation]", "[generation]\nchat = false")
+    write_jsonl(load_dataset("sample-choice")[:2], tmp_path / "choice.jsonl")  # asked as OpenBookQA: its stems
+    text += f'\n[[datasets]]\nname = "{tmp_path / "choice.jsonl"}"\nbenchmark = "openbookqa"\nnum_prompts = 2\n' \
+        "few_shot_k = 0\n"
+    sweep, rows = load_sweep_file(_file(tmp_path, text, "obqa.toml")), []
+    with pytest.raises(MinirunError, match="sweep run llama/choice/flex-restart: flex fuses the paraphrases"):
+        run_sweep(sweep, tmp_path / "obqa", lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
     assert rows == []
 
 
@@ -833,6 +841,25 @@ def test_a_method_picking_by_another_choice_score_than_origin_is_said_to_mix_the
     assert shown.exit_code == 0 and said in " ".join(shown.output.split()), shown.output
     alike = CliRunner().invoke(app, ["report", str(tmp_path), "--choice-score", "sum"])
     assert alike.exit_code == 0 and "another choice score" not in alike.output, alike.output
+    tex = CliRunner().invoke(app, ["report", str(tmp_path), "--latex", str(tmp_path / "t.tex")])
+    assert tex.exit_code == 0, tex.output  # the LaTeX header says which method picked by which score
+    assert '% choice_score: "mean"' in (tmp_path / "t.tex").read_text()
+    assert '% method avg-sum: {"choice_score": "sum"}' in (tmp_path / "t.tex").read_text()
+
+
+def test_a_cell_of_scored_choices_is_not_keyed_by_max_new_tokens():
+    """Multiple-choice cells generate nothing: raising max_new_tokens for a file's QA datasets leaves them finished,
+    while a QA cell is another run."""
+    from minirun.eval import sweep as sweep_module
+
+    keys = []
+    for tokens in (4, 40):
+        spec = parse_sweep({**BASE, "generation": {"max_new_tokens": tokens},
+                            "datasets": [{"name": "sample-choice"}, {"name": "sample-qa"}]})
+        choice, qa = sweep_module.cells(spec, "out")
+        keys.append([sweep_module.cell_key(cell, spec, sweep_module.Data(load_dataset(name)[:2], None, None))
+                     for cell, name in ((choice, "sample-choice"), (qa, "sample-qa"))])
+    assert keys[0][0] == keys[1][0] and keys[0][1] != keys[1][1]
 
 
 def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(monkeypatch):

@@ -198,6 +198,8 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
                if k != "skip_bad" and not (k == "benchmark" and v is None)}
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
                   if not (k == "template_date" and v is None)}
+    if data.items and all(item.task == "choice" for item in data.items):  # scored, not generated: no row depends on
+        del generation["max_new_tokens"]  # it, so raising it for the file's QA datasets leaves these finished
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
            "generation": generation, "items": [item_record(i) for i in data.items],
            "few_shot": None if data.few_shot is None else [item_record(i) for i in data.few_shot],
@@ -318,7 +320,10 @@ def _template_day(sweep: Sweep, plan: list[Cell], model: ModelSpec, dataset: Dat
 
 def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: str) -> Run:
     """The cell as an `eval` run of its one method; a setting that does not fit its dataset is named with it
-    (the first model's cells are all prepared before any runs, and every model's cells are the same product)."""
+    (the first model's cells are all prepared before any runs, and every model's cells are the same product). A
+    method's `choice_score` picks among options, so a dataset without any leaves it out, as eval's default."""
+    scored = any(item.task == "choice" for item in data.items)
+    options = {k: v for k, v in cell.method.options.items() if scored or k != "choice_score"}
     try:
         return prepare(llm, data.items, [cell.method.name], cell.dir, dataset=cell.dataset.data,
                        num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
@@ -328,7 +333,7 @@ def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: s
                        benchmark=cell.dataset.asked_as,
                        batch_size=cell.model.batch_size or gen.batch_size, max_new_tokens=gen.max_new_tokens,
                        share_prefix=gen.share_prefix,
-                       chat=gen.chat, thinking=gen.thinking, template_date=template_date, **cell.method.options)
+                       chat=gen.chat, thinking=gen.thinking, template_date=template_date, **options)
     except MinirunError as e:
         raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label}: {e}") from None
 

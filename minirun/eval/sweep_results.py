@@ -134,8 +134,9 @@ def mixed_scoring(output: str | Path) -> list[str]:
 
 
 def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> str:
-    """`report.provenance` of one dataset's table in a sweep: per model, the run key its cells share (they differ
-    only in their method's settings), each cell's method settings under its label, and the machines that timed it."""
+    """`report.provenance` of one dataset's table in a sweep: per model, the run key of its first cell (the others
+    differ in their method's settings, and where a method sets one of the key's, its `choice_score`, in that), each
+    cell's method settings under its label with the key's entries it differs in, and the machines that timed it."""
     output = Path(output)
     index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
     blocks = []
@@ -144,9 +145,12 @@ def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> s
                  and (output / c["dir"] / "run.json").is_file()]
         if not cells:
             continue
-        methods = {c["label"]: next(iter(recorded_methods(output / c["dir"]).values()), {}) for c in cells}
+        shared = recorded_run_key(output / cells[0]["dir"])
+        methods = {c["label"]: {**next(iter(recorded_methods(output / c["dir"]).values()), {}),
+                                **{k: v for k, v in recorded_run_key(output / c["dir"]).items() if shared.get(k) != v}}
+                   for c in cells}
         rows = table[(table["model"] == model) & (table["dataset"] == dataset)]
-        blocks.append(provenance(recorded_run_key(output / cells[0]["dir"]), methods, timed_on(rows),
+        blocks.append(provenance(shared, methods, timed_on(rows),
                                  f"model {model}'s runs", recorded_sources(output / cells[0]["dir"])))
     return "".join(blocks)
 
