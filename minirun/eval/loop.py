@@ -414,7 +414,12 @@ def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dic
     `results.key_differences`)."""
     return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
             "items": items_digest(items, prompts),
-            **({"scored": "choices alone"} if items and all(item.task == "choice" for item in items) else {})}
+            **({"scored": "choices alone"} if scored_alone(items) else {})}
+
+
+def scored_alone(items: list[Item]) -> bool:
+    """Whether every item is multiple choice: scored, none generated, so no row depends on max_new_tokens."""
+    return bool(items) and all(item.task == "choice" for item in items)
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:

@@ -29,8 +29,8 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, benchmark_source, item_record, load_cited, load_examples
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, data_digests, evaluate_runs, examples_commit,
-                                few_shot_prefixes, item_prompts, prepare, process_group, ranks, shown_prompts,
-                                subject_heads, wait_for_ranks)
+                                few_shot_prefixes, item_prompts, prepare, process_group, ranks, scored_alone,
+                                shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.results import (
@@ -198,8 +198,8 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
                if k != "skip_bad" and not (k == "benchmark" and v is None)}
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
                   if not (k == "template_date" and v is None)}
-    if data.items and all(item.task == "choice" for item in data.items):  # scored, not generated: no row depends on
-        del generation["max_new_tokens"]  # it, so raising it for the file's QA datasets leaves these finished
+    if scored_alone(data.items):  # no row depends on max_new_tokens: raising it for the file's QA datasets leaves
+        del generation["max_new_tokens"]  # these finished
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
            "generation": generation, "items": [item_record(i) for i in data.items],
            "few_shot": None if data.few_shot is None else [item_record(i) for i in data.few_shot],
