@@ -663,6 +663,65 @@ def test_hellaswag_is_cleaned_as_the_harness_cleans_it(monkeypatch, tmp_path):
         load_dataset(tmp_path / "test.jsonl")
 
 
+def _open_qa_frames() -> dict[str, pd.DataFrame]:
+    """A row of each open-domain QA set as the Hub holds it: TriviaQA's answer a struct of aliases (extra fields
+    dropped), NQ-open's a list, PopQA's a JSON list in a string beside its relation."""
+    return {"mandarjoshi/trivia_qa": pd.DataFrame({
+                "question": ["Which Lloyd Webber musical premiered in the US on 10th December 1993?"],
+                "question_id": ["tc_33"], "question_source": ["http://www.triviacountry.com/"],
+                "answer": [{"aliases": ["Sunset Blvd", "Sunset Boulevard"], "value": "Sunset Boulevard"}]}),
+            "google-research-datasets/nq_open": pd.DataFrame({"question": ["when was the last time anyone was on the "
+                                                                           "moon", "who wrote hamlet"],
+                                                              "answer": [["14 December 1972 UTC", "December 1972"],
+                                                                         ["William Shakespeare"]]}),
+            "akariasai/PopQA": pd.DataFrame({"id": [4222362], "subj": ["George Rankin"], "prop": ["occupation"],
+                                             "question": ["What is George Rankin's occupation?"],
+                                             "possible_answers": ['["politician", "political leader"]'],
+                                             "s_pop": [142]})}
+
+
+def test_open_qa_sets_keep_every_accepted_answer_from_the_hub_and_from_a_copy(monkeypatch, tmp_path):
+    """TriviaQA's aliases, NQ-open's answers and PopQA's possible answers are each item's answers in their order (the
+    first a few-shot example's); PopQA's property is its relation; NQ-open's rows have no id, so its ids come from the
+    question's text: the same from the Hub and from a copy. Evaluation reads validation (PopQA: test, its one split),
+    examples train (PopQA: the bundled QA examples); a local copy (JSON lines or parquet) is told by its fields."""
+    frames = _open_qa_frames()
+    calls = _fake_datasets(monkeypatch, frames)
+    (musical,), (moon, hamlet), (rankin,) = (load_dataset(name) for name in ("triviaqa", "nq_open", "popqa"))
+    assert (musical.id, musical.answers, musical.task) == ("tc_33", ["Sunset Blvd", "Sunset Boulevard"], "qa")
+    assert moon.answers == ["14 December 1972 UTC", "December 1972"] and moon.id.startswith("nq-")
+    assert (rankin.id, rankin.answers, rankin.relation) == ("popqa-4222362", ["politician", "political leader"],
+                                                            "occupation")
+    assert [item.id for item in load_fewshot("nq_open")] == [moon.id, hamlet.id]
+    assert load_fewshot("popqa") == load_fewshot("sample-qa")
+    assert calls == [("mandarjoshi/trivia_qa", "rc.nocontext", "validation"),
+                     ("google-research-datasets/nq_open", "validation"), ("akariasai/PopQA", "test"),
+                     ("google-research-datasets/nq_open", "train")]
+    for name, items in [("mandarjoshi/trivia_qa", [musical]), ("google-research-datasets/nq_open", [moon, hamlet]),
+                        ("akariasai/PopQA", [rankin])]:
+        copy = tmp_path / f"{name.split('/')[1]}.jsonl"
+        frames[name].to_json(copy, orient="records", lines=True)
+        frames[name].to_parquet(copy.with_suffix(".parquet"))
+        assert load_dataset(copy) == items == load_dataset(copy.with_suffix(".parquet"))
+
+
+@pytest.mark.parametrize("name, row, said", [
+    ("mandarjoshi/trivia_qa", {"answer": {"aliases": [], "value": ""}},
+     r"record 1: field 'answer' holds no answer \(the Hub's test split has none: use validation\)"),
+    ("google-research-datasets/nq_open", {"answer": []}, r"record 1: field 'answer' must list at least one answer"),
+    ("akariasai/PopQA", {"possible_answers": "[politician"},
+     r"record 1: field 'possible_answers' must be a JSON list of answers, got '\[politician'")])
+def test_open_qa_rows_without_an_answer_are_named(tmp_path, name, row, said):
+    """A row with no usable answer stops the load in one line naming it (TriviaQA's test split, which has none,
+    says to use validation), never an item no prediction can match."""
+    frame = _open_qa_frames()[name].head(1)
+    for field, value in row.items():
+        frame[field] = [value]
+    frame.to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=said):
+        load_dataset(tmp_path / "rows.jsonl")
+
+
 def test_choice_rows_with_null_values_are_errors(tmp_path):
     """A null question or option is an error naming the record, not the text 'None'."""
     for frame, message in [(_mmlu_frame().assign(question=[None, "Q?"]), "field 'question' must be a non-empty"),

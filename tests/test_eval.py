@@ -34,6 +34,7 @@ from minirun.errors import MinirunError
 from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
+from minirun.eval.prompts import build_prefix
 from minirun.eval.report import summarize
 from minirun.eval.results import ResultStore, recorded_source
 from minirun.layers.calibrate import device_name
@@ -1290,6 +1291,63 @@ def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, 
     assert shown.exit_code == 0, shown.output
     shot = "Question: What melts ice?\nAnswer: heat" if name != "openbookqa" else "What melts ice? heat"
     assert f"{shot}\n\n{asked}" in shown.stdout
+
+
+OPEN_QA_ROWS = {  # each set's Hub rows (the fields minirun reads), its test question then its train example
+    "triviaqa": [{"question_id": "tc_1", "question": "Which city hosted the 1992 Olympics?", "question_source": "x",
+                  "answer": {"aliases": ["Barcelona", "Barcelona, Spain"], "value": "Barcelona"}},
+                 {"question_id": "tc_2", "question": "Who wrote Hamlet?", "question_source": "x",
+                  "answer": {"aliases": ["William Shakespeare", "Shakespeare"], "value": "Shakespeare"}}],
+    "nq_open": [{"question": "where were the 1992 olympics held", "answer": ["Barcelona", "Barcelona, Spain"]},
+                {"question": "who wrote hamlet", "answer": ["William Shakespeare"]}],
+    "popqa": [{"id": 7, "question": "In what city were the 1992 Olympics held?", "prop": "location", "subj": "x",
+               "possible_answers": '["Barcelona", "Barna"]'}],
+}
+
+
+@pytest.mark.parametrize("name, repo, config, splits, head, asked", [
+    ("triviaqa", "mandarjoshi/trivia_qa", ("rc.nocontext",), ("validation", "train"),
+     "Question: Who wrote Hamlet??\nAnswer: William Shakespeare\n\n",
+     "Question: Which city hosted the 1992 Olympics??\nAnswer:"),
+    ("nq_open", "google-research-datasets/nq_open", (), ("validation", "train"),
+     "Answer these questions:\n\nQ: who wrote hamlet?\nA: William Shakespeare\n",
+     "Q: where were the 1992 olympics held?\nA:"),
+    ("popqa", "akariasai/PopQA", (), ("test",), None, "Q: In what city were the 1992 Olympics held?\nA:")])
+def test_open_qa_sets_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, name, repo, config, splits, head, asked):
+    """`eval --data triviaqa` (nq_open, popqa): the evaluated split's questions with every answer their rows accept,
+    TriviaQA and NQ-open in lm-evaluation-harness's words (`triviaqa`'s "?" after a question that has one, `nq_open`'s
+    heading and single new lines), their train split's examples in the head; PopQA, whose one split is its test, in
+    minirun's words with the bundled examples, scored per relation."""
+    import huggingface_hub
+
+    rows = OPEN_QA_ROWS[name]
+    frames = {"test": pd.DataFrame(rows), "validation": pd.DataFrame(rows[:1]), "train": pd.DataFrame(rows[1:])}
+    calls = []
+
+    def load_hub_dataset(repo_id, *configs, split, **pinned):
+        calls.append((repo_id, *configs, split))
+        return types.SimpleNamespace(to_pandas=lambda: frames[split].copy())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
+    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda repo_id, revision=None: types.SimpleNamespace(
+        sha="c" * 40))
+    out = tmp_path / "run"
+    base = ["eval", "--data", name, "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--no-chat"]
+    shown = CliRunner().invoke(_app(), [*base, "--few-shot-k", "1", "--show-prompts", "1"])
+    assert shown.exit_code == 0, shown.output
+    head = head or build_prefix("qa", load_fewshot("sample-qa"), 1)  # PopQA: minirun's head of the bundled examples
+    assert f"{head}{asked}" in shown.stdout
+    assert calls == [(repo, *config, split) for split in splits]
+    result = CliRunner().invoke(_app(), [*base, "--few-shot-k", "0", "--max-new-tokens", "2", "--no-progress",
+                                         "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert recorded_source(out, "data_source") == {"hub": repo, **({"config": config[0]} if config else {}),
+                                                   "revision": "main", "commit": "c" * 40}
+    assert json.loads((out / "run.json").read_text())["run_key"]["prompt_format"] == (
+        "minirun" if name == "popqa" else f"harness {name}")
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert (row["id"], row["relation"]) == {"triviaqa": ("tc_1", None), "popqa": ("popqa-7", "location")}.get(
+        name, (load_dataset(name)[0].id, None))
 
 
 def test_a_file_asked_as_a_benchmark_needs_its_hub_examples_only_where_it_asks_for_some(checkpoint_dirs, tmp_path,

@@ -95,7 +95,8 @@ def test_eval_flow(models_dir, tmp_path):
                     "--max-new-tokens", "16"]  # the method's own settings are asked as for generate
     assert ("prompts per question (the question and its paraphrases)", "5") in prompts
     assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
-    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
+    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, triviaqa, "
+                         "nq_open, popqa, mmlu, "
                          "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, truthfulqa_mc1, "
                          "truthfulqa_mc2 (a Hub "
                          "one pinned: NAME@REV) or the path of an existing file "

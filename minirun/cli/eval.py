@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_command(
-    data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, mmlu, "
+    data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, webqa, myriadlama, triviaqa, "
+                             "nq_open, popqa, mmlu, "
                              "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, truthfulqa_mc1, "
                              "truthfulqa_mc2 (a Hub dataset pinned: NAME@REV, a branch, tag or commit), or a dataset "
                              "file."),

@@ -109,6 +109,7 @@ def bench(
 
 def paraphrase(
     data: str = typer.Argument(..., help="A dataset name (sample-qa, sample-fill, sample-choice, webqa, myriadlama, "
+                               "triviaqa, nq_open, popqa, "
                                "mmlu, commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, truthfulqa_mc1, "
                                "truthfulqa_mc2; a Hub one pinned: NAME@REV) or a dataset file."),
     out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),

@@ -34,6 +34,7 @@ class PromptFormat:
     strip: bool = False  # questions without surrounding whitespace (the harness's `question.strip()`)
     header: str | None = None  # the head's first line ("{}": the MMLU subject); None: the task's instruction
     ordered: bool = False  # the first k few-shot examples in their order (TruthfulQA's primer), not k drawn
+    delimiter: str = "\n\n"  # after each few-shot example (the harness's `fewshot_delimiter`)
 
     def heading(self, task: str, subject: str | None) -> str:
         """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
@@ -74,6 +75,13 @@ HARNESS = {
     # "Q: {question}\nA:"
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)
        for name in ("truthfulqa_mc1", "truthfulqa_mc2")},
+    # Generated answers (keyed "cloze", the one format a run of them takes): triviaqa/default.yaml asks "Question:
+    # {{question}}?\nAnswer:" (a question mark after the question, whether it has one or not), its first alias after a
+    # space; nq_open.yaml heads the prompt "Answer these questions:", asks "Q: {{question}}?\nA:", its examples one new
+    # line apart
+    ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, ""),
+    ("nq_open", "cloze"): PromptFormat("harness nq_open", "Q: ", "?\nA:", False, "Answer these questions:",
+                                       delimiter="\n"),
 }
 FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right option is every question's first
 
@@ -123,8 +131,9 @@ def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = 
 
 def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze",
                  subject: str | None = None, fmt: PromptFormat = MINIRUN) -> str:
-    """The format's heading plus `k` examples drawn with `seed`; ends with a blank line so that
-    `prefix + question_block(p, fmt)` is the full prompt (an empty heading and k = 0: no prefix at all). An
+    """The format's heading plus `k` examples drawn with `seed`, each followed by the format's delimiter (a blank line,
+    NQ-open's one new line), so that `prefix + question_block(p, fmt)` is the full prompt (an empty heading and
+    k = 0: no prefix at all). An
     MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`), and so does
     an `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's prompt)."""
     if task not in INSTRUCTIONS:
@@ -132,5 +141,6 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
     if not 0 <= k <= len(examples):
         raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k (--few-shot-k)")
     shots = examples[:k] if subject is not None or fmt.ordered else random.Random(seed).sample(examples, k)
-    blocks = [fmt.heading(task, subject)] + [example_block(shot, choice_format, fmt) for shot in shots]
-    return "".join(f"{block}\n\n" for block in blocks if block)
+    heading = fmt.heading(task, subject)
+    return (f"{heading}\n\n" if heading else "") + "".join(f"{example_block(shot, choice_format, fmt)}{fmt.delimiter}"
+                                                          for shot in shots)

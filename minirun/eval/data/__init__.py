@@ -1,5 +1,5 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
-TruthfulQA, or your own JSONL/JSON file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA,
+ARC, OpenBookQA, HellaSwag, TruthfulQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -41,6 +41,15 @@ from minirun.eval.data.items import (
 )
 from minirun.eval.data.myriadlama import HF_NAME as MYRIADLAMA
 from minirun.eval.data.myriadlama import load_myriadlama
+from minirun.eval.data.openqa import (
+    NQ_OPEN,
+    POPQA,
+    TRIVIAQA,
+    TRIVIAQA_CONFIG,
+    load_nq_open,
+    load_popqa,
+    load_triviaqa,
+)
 from minirun.eval.data.webqa import HF_NAME as WEBQA
 from minirun.eval.data.webqa import QUESTION_KEYS, json_records, load_webqa
 
@@ -48,19 +57,24 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
-NAMES = (*SAMPLES, "webqa", "myriadlama", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag",
+OPEN_QA = ("triviaqa", "nq_open", "popqa")
+NAMES = (*SAMPLES, "webqa", "myriadlama", *OPEN_QA, "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag",
          *TRUTHFULQA_SETS)
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
-HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
+HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "triviaqa": TRIVIAQA, "nq_open": NQ_OPEN, "popqa": POPQA,
+                "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
                 **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG,
                 **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
-HUB_CONFIGS = {**ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG, **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
+HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
+               **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
-TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill",
+TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"),
            **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", *TRUTHFULQA_SETS),
                            "choice")}
-OWN_EXAMPLES = tuple(TRUTHFULQA_SETS)  # Hub datasets whose few-shot examples minirun holds (TruthfulQA's worked ones)
+# Hub datasets whose few-shot examples minirun holds: TruthfulQA's worked questions; the bundled QA examples for PopQA,
+# whose one split is its test
+OWN_EXAMPLES = (*TRUTHFULQA_SETS, "popqa")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 __all__ = [
@@ -85,7 +99,10 @@ __all__ = [
     "load_jsonl",
     "load_mmlu",
     "load_myriadlama",
+    "load_nq_open",
     "load_openbookqa",
+    "load_popqa",
+    "load_triviaqa",
     "load_truthfulqa",
     "load_webqa",
     "text_lines",
@@ -137,7 +154,8 @@ def _kind(keys: set[str]) -> str:
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
     MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`,
     `endings`), labelled options (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's
-    with a `question_concept`, else ARC's), MMLU (`question`, `subject`, `choices`, `answer`), plain items short of a
+    with a `question_concept`, else ARC's), MMLU (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id`
+    and `answer`), PopQA (`possible_answers`), NQ-open (`question` and `answer` alone), plain items short of a
     field (`task`/`relation`/`choices`, which WebQA's loader would drop or reject: the plain loader names what is
     missing), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
@@ -152,6 +170,12 @@ def _kind(keys: set[str]) -> str:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
         return "mmlu"
+    if {"question_id", "answer"} <= keys:
+        return "triviaqa"
+    if "possible_answers" in keys:
+        return "popqa"
+    if keys == {"question", "answer"}:
+        return "nq_open"
     if keys & {"task", "relation", "choices"}:
         return "plain"
     if keys & {"question", *WEBQA_KEYS} or any(k.startswith("paraphrase") for k in keys):
@@ -244,8 +268,8 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None, benchmark: str | None = None) -> list[Item]:
-    """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain
-    items (JSONL or a JSON array), or WebQA, MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag or
+    """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain items (JSONL or a
+    JSON array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag or
     TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
     and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
     `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows
@@ -279,6 +303,12 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_webqa(split=split, revision=revision)
     if name == "myriadlama":
         return load_myriadlama(split=split, revision=revision)
+    if name == "triviaqa":
+        return load_triviaqa(split="train" if split == "train" else "validation", revision=revision)
+    if name == "nq_open":
+        return load_nq_open(split="train" if split == "train" else "validation", revision=revision)
+    if name == "popqa":
+        return load_popqa(split=split, revision=revision)
     path = Path(name_or_path)
     if path.is_dir():
         raise MinirunError(f"dataset {name!r} is a directory: pass a .jsonl file in it, or one of {', '.join(NAMES)}")
@@ -296,9 +326,9 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"{path} holds no JSON record on any line: a dataset is JSON lines of items (see the "
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
-        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, MMLU, CommonsenseQA, ARC, OpenBookQA, "
-                           f"HellaSwag, TruthfulQA or WebQA rows, and its columns ({', '.join(sorted(keys))}) match "
-                           "none; save plain items as JSONL instead")
+        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, "
+                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, TruthfulQA or WebQA rows, and its columns "
+                           f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
     if kind == "mmlu":
@@ -314,6 +344,12 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     if kind == "truthfulqa":  # a copy of both sets' rows gives the MC1 options unless asked as truthfulqa_mc2
         mc2 = benchmark == "truthfulqa_mc2" or "mc1_targets" not in keys
         return load_truthfulqa("truthfulqa_mc2" if mc2 else "truthfulqa_mc1", split=split, path=path)
+    if kind == "triviaqa":
+        return load_triviaqa(split=split, path=path)
+    if kind == "nq_open":
+        return load_nq_open(split=split, path=path)
+    if kind == "popqa":
+        return load_popqa(split=split, path=path)
     if kind == "webqa":
         return load_webqa(path=path)
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
@@ -331,12 +367,12 @@ def load_examples(path: str | Path) -> list[Item]:
 
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
-    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, CommonsenseQA, ARC,
-    OpenBookQA and HellaSwag, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness does, or of all
-    subjects; at `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise the bundled
-    examples for `task`."""
+    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, TriviaQA, NQ-open,
+    CommonsenseQA, ARC, OpenBookQA and HellaSwag, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness
+    does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise
+    the bundled examples for `task` (PopQA's too)."""
     name = str(name_or_path)
-    if name in HUB_DATASETS:
+    if name in HUB_DATASETS and name != "popqa":  # PopQA's one split is its test: the bundled QA examples serve it
         return load_dataset(name, split="train", subset=subset, revision=revision)
     if subset is not None:
         raise _no_subset(name)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numbers
 import re
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hf_frame, read_frame, text_value
+from minirun.eval.data.items import Item, as_list, hub_rows, question_field, rows_to_items, text_value
 
 MMLU = "cais/mmlu"
 COMMONSENSE_QA = "tau/commonsense_qa"
@@ -35,45 +34,12 @@ TRUTHFULQA_PRIMER = (
 )
 
 
-def _frame(name: str, split: str, config: str | None, path: str | Path | None,
-           revision: str | None) -> tuple[pd.DataFrame, str]:
-    if path is None:
-        subset = name == MMLU and config != "all"  # a subject the user named
-        return hf_frame(name, split, config, revision, subset), f"{name}[{config + '/' if config else ''}{split}]"
-    path = Path(path)
-    if not path.is_file():
-        raise MinirunError(f"{path}: no such {name} file; pass an existing .parquet/.jsonl copy or path=None for the Hub")
-    return read_frame(path, name), str(path)
-
-
-def _question(record: dict, field: str = "question") -> str:
-    """The question text; ValueError naming the field when it is null, blank or not text."""
-    question = record[field]
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"field {field!r} must be a non-empty string, got {question!r}")
-    return question
-
-
 def _options(values: object, field: str) -> list[str]:
     """Every option as text: a null or non-text one is an error, not the option 'None'."""
     options = [text_value(v, field) for v in as_list(values)]
     if len(options) < 2 or any(o is None or not o.strip() for o in options):
         raise ValueError(f"field {field!r} needs at least 2 non-empty options, got {options!r}")
     return options
-
-
-def _items(records: list[dict], source: str, convert: Callable[[int, dict], Item]) -> list[Item]:
-    items = []
-    for n, record in enumerate(records, 1):
-        try:
-            items.append(convert(n, record))
-        except KeyError as e:
-            raise MinirunError(f"{source}: record {n}: missing field {e}; fix or remove that record") from None
-        except (ValueError, TypeError) as e:
-            raise MinirunError(f"{source}: record {n}: {e}; fix or remove that record") from None
-    if not items:
-        raise MinirunError(f"{source}: no questions found; check the file, subset or split name")
-    return items
 
 
 def _subject_rows(frame: pd.DataFrame, subset: str, source: str) -> pd.DataFrame:
@@ -93,7 +59,7 @@ def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path |
     """MMLU questions (`subset`: one subject, default all); the dev split holds the few-shot examples
     (5 per subject). A local copy's split is whatever the file holds; `subset` picks its rows. `revision`: the
     Hub's branch, tag or commit (default main)."""
-    frame, source = _frame(MMLU, split, subset or "all", path, revision)
+    frame, source = hub_rows(MMLU, split, subset or "all", path, revision, subset not in (None, "all"))
     if path is not None and subset is not None:
         frame = _subject_rows(frame, subset, source)
 
@@ -105,10 +71,10 @@ def load_mmlu(subset: str | None = None, split: str = "test", path: str | Path |
             raise ValueError(f"field 'answer' must be an index 0..{len(choices) - 1}, got {answer!r}")
         answer = int(answer)
         subject = r.get("subject") or subset or "all"
-        return Item(f"mmlu-{subject}-{split}-{n}", _question(r), [], [choices[answer]], "choice", subject,
+        return Item(f"mmlu-{subject}-{split}-{n}", question_field(r), [], [choices[answer]], "choice", subject,
                     choices, answer)
 
-    return _items(frame.to_dict("records"), source, convert)
+    return rows_to_items(frame.to_dict("records"), source, convert)
 
 
 def _labelled(records: list[dict], source: str, prefix: str, question: str = "question",
@@ -127,17 +93,17 @@ def _labelled(records: list[dict], source: str, prefix: str, question: str = "qu
             raise ValueError(f"field 'answerKey' {r['answerKey']!r} must be one of the labels {labels} of the "
                              f"{len(texts)} options")
         answer = labels.index(key)
-        return Item(str(r.get("id") or f"{prefix}-{n}"), _question(r, question), [], [texts[answer]], "choice",
+        return Item(str(r.get("id") or f"{prefix}-{n}"), question_field(r, question), [], [texts[answer]], "choice",
                     r.get(relation) if relation else None, texts, answer)
 
-    return _items(records, source, convert)
+    return rows_to_items(records, source, convert)
 
 
 def load_commonsense_qa(split: str = "validation", path: str | Path | None = None,
                         revision: str | None = None) -> list[Item]:
     """CommonsenseQA questions; the Hub's test split has no answers, so evaluation uses validation. Each item's
     relation is its question concept."""
-    frame, source = _frame(COMMONSENSE_QA, split, None, path, revision)
+    frame, source = hub_rows(COMMONSENSE_QA, split, None, path, revision)
     return _labelled(frame.to_dict("records"), source, f"csqa-{split}", relation="question_concept")
 
 
@@ -145,13 +111,13 @@ def load_arc(name: str = "arc_challenge", split: str = "test", path: str | Path 
              revision: str | None = None) -> list[Item]:
     """ARC's Challenge or Easy questions (`name`: arc_challenge or arc_easy), 3 to 5 options each; the train split
     holds the few-shot examples, as lm-evaluation-harness draws them."""
-    frame, source = _frame(ARC, split, ARC_SETS[name], path, revision)
+    frame, source = hub_rows(ARC, split, ARC_SETS[name], path, revision)
     return _labelled(frame.to_dict("records"), source, f"{name}-{split}")
 
 
 def load_openbookqa(split: str = "test", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
     """OpenBookQA's questions: each row's `question_stem`, four options; few-shot examples from train."""
-    frame, source = _frame(OPENBOOKQA, split, OPENBOOKQA_CONFIG, path, revision)
+    frame, source = hub_rows(OPENBOOKQA, split, OPENBOOKQA_CONFIG, path, revision)
     return _labelled(frame.to_dict("records"), source, f"openbookqa-{split}", question="question_stem")
 
 
@@ -167,7 +133,7 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
     """HellaSwag's contexts to complete, four endings each, asked as the harness asks them: the activity label, ": ",
     the context's first part and its second capitalised, each cleaned by `hellaswag_text`. The Hub's test split has
     no labels, so evaluation uses validation; train holds the few-shot examples."""
-    frame, source = _frame(HELLASWAG, split, None, path, revision)
+    frame, source = hub_rows(HELLASWAG, split, None, path, revision)
 
     def convert(n: int, r: dict) -> Item:
         for field in ("activity_label", "ctx_a", "ctx_b"):
@@ -185,7 +151,7 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
         return Item(f"hellaswag-{ind if ind is not None else f'{split}-{n}'}", query, [], [endings[answer]], "choice",
                     None, endings, answer)
 
-    return _items(frame.to_dict("records"), source, convert)
+    return rows_to_items(frame.to_dict("records"), source, convert)
 
 
 def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", path: str | Path | None = None,
@@ -199,7 +165,7 @@ def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", pat
     if split == "train" and path is None:
         return [Item(f"truthfulqa-primer-{n}", question, [], [answer], "choice", None, [answer], 0)
                 for n, (question, answer) in enumerate(TRUTHFULQA_PRIMER, 1)]
-    frame, source = _frame(TRUTHFULQA, split, TRUTHFULQA_CONFIG, path, revision)
+    frame, source = hub_rows(TRUTHFULQA, split, TRUTHFULQA_CONFIG, path, revision)
     field, as_set = TRUTHFULQA_SETS[name], name == "truthfulqa_mc2"
 
     def convert(n: int, r: dict) -> Item:
@@ -214,7 +180,7 @@ def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", pat
                 "one label 1 (the true option) and 0 for each other"
             raise ValueError(f"field {field!r} needs {need} of its {len(choices)} options, got labels {labels!r}")
         # one split: a local copy's ids are the Hub's whatever split it is read as
-        return Item(str(r.get("id") or f"{name}-{n}"), _question(r), [], [choices[i] for i in right], "choice", None,
-                    choices, right[0], right if as_set else None)
+        return Item(str(r.get("id") or f"{name}-{n}"), question_field(r), [], [choices[i] for i in right], "choice",
+                    None, choices, right[0], right if as_set else None)
 
-    return _items(frame.to_dict("records"), source, convert)
+    return rows_to_items(frame.to_dict("records"), source, convert)

@@ -1,13 +1,15 @@
-"""The `Item` every loader produces, and the plain JSONL form items are saved in."""
+"""The `Item` every loader produces, the plain JSONL form items are saved in, and the reading of rows (Hub or a
+local copy) every loader shares."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from minirun.errors import HubDataUnavailable, MinirunError
 
@@ -299,6 +301,64 @@ def hf_frame(name: str, split: str, config: str | None = None, revision: str | N
         check = f"({reason}): check the network (HF_TOKEN, HF_ENDPOINT){given}"
         raise HubDataUnavailable(f"cannot load {what} from the Hugging Face Hub {check}; or give the path of a local "
                                  "copy (`--data FILE`)", what, check) from None
+
+
+def text_list(values: object, field: str) -> list[str]:
+    """A field's strings (numbers as their string form), nulls and blanks left out."""
+    texts = (text_value(v, field) for v in as_list(values))
+    return [t for t in texts if t is not None and t.strip()]
+
+
+def content_id(prefix: str, question: str) -> str:
+    """An id from the question's text, for rows that carry none: the same question gets the same id from the Hub
+    and from a local copy, whatever its row number."""
+    return f"{prefix}-" + hashlib.sha1(question.strip().lower().encode("utf-8")).hexdigest()[:10]
+
+
+def number_repeats(items: list[Item]) -> list[Item]:
+    """`items` with the second and later of a repeated id numbered (`-2`, …): a run keeps one row per id."""
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.id] = seen.get(item.id, 0) + 1
+        if seen[item.id] > 1:
+            item.id = f"{item.id}-{seen[item.id]}"
+    return items
+
+
+def hub_rows(name: str, split: str, config: str | None, path: str | Path | None, revision: str | None,
+             subset: bool = False) -> tuple[pd.DataFrame, str]:
+    """A benchmark's rows, from the Hub (`hf_frame`; `subset` as there) or a local copy at `path`, and the source
+    its errors name."""
+    if path is None:
+        return hf_frame(name, split, config, revision, subset), f"{name}[{config + '/' if config else ''}{split}]"
+    path = Path(path)
+    if not path.is_file():
+        raise MinirunError(f"{path}: no such {name} file; pass an existing .parquet/.jsonl copy or path=None for the "
+                           "Hub")
+    return read_frame(path, name), str(path)
+
+
+def question_field(record: dict, field: str = "question") -> str:
+    """A row's question text; ValueError naming the field when it is null, blank or not text."""
+    question = record[field]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"field {field!r} must be a non-empty string, got {question!r}")
+    return question
+
+
+def rows_to_items(records: list[dict], source: str, convert: Callable[[int, dict], Item]) -> list[Item]:
+    """Each row (numbered from 1) as an item; the first bad one stops the load in one line naming it."""
+    items = []
+    for n, record in enumerate(records, 1):
+        try:
+            items.append(convert(n, record))
+        except KeyError as e:
+            raise MinirunError(f"{source}: record {n}: missing field {e}; fix or remove that record") from None
+        except (ValueError, TypeError) as e:
+            raise MinirunError(f"{source}: record {n}: {e}; fix or remove that record") from None
+    if not items:
+        raise MinirunError(f"{source}: no questions found; check the file, subset or split name")
+    return items
 
 
 def as_list(value: object) -> list:

@@ -1,14 +1,21 @@
 """WebQuestions (WebQA): from the Hugging Face Hub or a local JSON/JSONL/parquet copy, plain or paraphrased."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 from pathlib import Path
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hf_frame, read_frame, text_lines, text_value
+from minirun.eval.data.items import (
+    Item,
+    content_id,
+    hf_frame,
+    number_repeats,
+    read_frame,
+    text_lines,
+    text_list,
+)
 
 HF_NAME = "stanfordnlp/web_questions"
 QUESTION_KEYS = ("question", "qText", "utterance", "RawQuestion")
@@ -21,24 +28,13 @@ def parse_target_value(target: str) -> list[str]:
     return [(quoted.replace('\\"', '"') if quoted else bare) for quoted, bare in _DESCRIPTION.findall(target)]
 
 
-def _question_id(question: str) -> str:
-    """A content id, so the same question gets the same id from the Hub and from a local copy."""
-    return "wq-" + hashlib.sha1(question.strip().lower().encode("utf-8")).hexdigest()[:10]
-
-
-def _texts(values: object, field: str) -> list[str]:
-    """A field's strings (numbers as their string form), nulls and blanks left out."""
-    texts = (text_value(v, field) for v in as_list(values))
-    return [t for t in texts if t is not None and t.strip()]
-
-
 def _paraphrases(record: dict) -> list[str]:
     """`paraphrases` as a list, or numbered `paraphrase0..N` keys (0 is the original question);
     a null one (a table's row with fewer paraphrases) is left out."""
     if "paraphrases" in record:
-        return _texts(record["paraphrases"], "paraphrases")
+        return text_list(record["paraphrases"], "paraphrases")
     numbered = sorted((int(m.group(1)), k) for k in record if (m := _PARAPHRASE_KEY.match(k)))
-    return [p for _, k in numbered for p in _texts(record[k], k)]
+    return [p for _, k in numbered for p in text_list(record[k], k)]
 
 
 def _given(value: object) -> bool:
@@ -61,7 +57,7 @@ def record_to_item(record: object) -> Item:
     if not question:
         raise ValueError(f"no question field (expected one of {', '.join(QUESTION_KEYS)})")
     if "answers" in record:
-        answers = _texts(record["answers"], "answers")
+        answers = text_list(record["answers"], "answers")
     elif "targetValue" in record:
         if not isinstance(record["targetValue"], str):
             raise ValueError(f"field 'targetValue' must be a (list (description ...)) string, got {record['targetValue']!r}")
@@ -70,7 +66,7 @@ def record_to_item(record: object) -> Item:
         raise ValueError("no 'answers' or 'targetValue' field")
     if not answers:
         raise ValueError("no usable answers")
-    item_id = record.get("id") or record.get("uuid") or _question_id(question)
+    item_id = record.get("id") or record.get("uuid") or content_id("wq", question)
     return Item(id=str(item_id), question=question, paraphrases=paraphrases, answers=answers, task="qa")
 
 
@@ -125,16 +121,11 @@ def load_webqa(split: str = "test", path: str | Path | None = None, revision: st
         records = read_frame(path, "WebQA").to_dict("records") if path.suffix == ".parquet" else _read_records(path)
         source = str(path)
     items: list[Item] = []
-    seen: dict[str, int] = {}
     for n, record in enumerate(records, 1):
         try:
-            item = record_to_item(record)
+            items.append(record_to_item(record))
         except ValueError as e:
             raise MinirunError(f"{source}: record {n}: {e}; fix or remove that record") from None
-        seen[item.id] = seen.get(item.id, 0) + 1
-        if seen[item.id] > 1:  # repeated questions still need distinct ids for resuming
-            item.id = f"{item.id}-{seen[item.id]}"
-        items.append(item)
     if not items:
         raise MinirunError(f"{source}: no questions found; check the file or split name")
-    return items
+    return number_repeats(items)
