@@ -35,6 +35,7 @@ from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
 from minirun.eval.prompts import build_prefix
+from minirun.eval import report
 from minirun.eval.report import summarize
 from minirun.eval.results import ResultStore, recorded_source
 from minirun.layers.calibrate import device_name
@@ -808,6 +809,32 @@ def test_rows_store_both_matching_rules(tiny, tmp_path, monkeypatch, bidirection
     assert rows.loc["per_prompt", "per_prompt_accuracy"] == (1.0 if bidirectional else 0.5)
     assert rows.loc["origin", "per_prompt_correct"] is None
     assert sorted(lemmatised) == ["alexander graham bell", "bell"]  # one spaCy pass for both rules
+
+
+@pytest.mark.parametrize("dataset", ["triviaqa", "nq_open"])
+def test_rows_hold_the_harness_s_exact_match_which_report_scores_by(tiny, tmp_path, monkeypatch, dataset):
+    """Every generated row holds lm-evaluation-harness's verdict (`correct_harness`: the generation cut at "\n", ".",
+    ",", equal up to case and punctuation; nq_open's articles dropped) of the answer it shows, after the thinking;
+    `report --match harness` scores by it, the per-prompt figures left out as under any rule not the run's."""
+    generated = {"origin": "<think>x</think> Beatles", "per_prompt": " The Beatles, a band"}
+
+    def fake_run_method(llm, method, questions, options):
+        text = generated[method]
+        every = [text, " the Fab Four"] if method != "origin" else None
+        return [MethodResult(method, text, [1], "stop", 4, q.paraphrases, answers=every,
+                             answer_token_ids=[[1], [1]] if every else None) for q in questions]
+
+    monkeypatch.setattr(loop, "run_method", fake_run_method)
+    items = [Item("fab", "who were the fab four", ["name the fab four"], ["Beatles"])]
+    settings = {**SETTINGS, "dataset": dataset, "few_shot_k": 0, "chat": False}
+    rows = evaluate(tiny, items, ["origin", "per_prompt"], tmp_path, **settings).set_index("method")
+    assert rows["correct_lemma"].tolist() == [True, True]
+    assert rows["correct_harness"].tolist() == [True, dataset == "nq_open"]
+    scored = report.select_match(rows.reset_index(), "harness")
+    assert scored["correct"].tolist() == rows["correct_harness"].tolist() and "per_prompt_accuracy" not in scored
+    with pytest.raises(MinirunError, match=r"results lack 'correct_harness' \(rows written by a minirun before "
+                                           r"--match harness existed\)"):
+        report.select_match(rows.reset_index().drop(columns="correct_harness"), "harness")
 
 
 def test_shard_is_a_partition_of_whole_batches(items):

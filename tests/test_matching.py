@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from minirun.eval.matching import Matcher, MatchResult
+from minirun.eval.matching import Matcher, MatchResult, harness_exact
 from minirun.text import extract_answer, normalize
 
 
@@ -128,3 +128,25 @@ def test_length_mismatch(matcher):
 def test_the_pipeline_is_loaded_once_per_process():
     """Every evaluate call makes a Matcher; a sweep must not pay spaCy's load for each."""
     assert Matcher().nlp is Matcher().nlp
+
+
+NQ_ARTICLES = r"\b(?:The |the |An |A |The |a |an )"  # nq_open.yaml's regexes_to_ignore
+
+
+@pytest.mark.parametrize("generated, golds, ignored, right", [
+    (" Paris, France", ["Paris"], "", True),  # cut at the harness's stop strings: "\n", ".", ","
+    (" paris.\nQuestion: next", ["Paris"], "", True),
+    ("  Paris", ["Paris"], "", False),  # `remove_whitespace` takes one leading space, not two
+    (" St. Louis", ["St. Louis"], "", False),  # cut at its ".", as the harness cuts it
+    (" O'Neill!", ["ONeill"], "", True),  # case and ASCII punctuation dropped, from both sides
+    (" the city of Paris", ["Paris"], "", False),  # no containment
+    (" The Beatles", ["Beatles"], "", False),
+    (" The Beatles", ["Beatles"], NQ_ARTICLES, True),  # nq_open deletes an article starting a word, anywhere
+    (" Beatles", ["the Beatles", "Fab Four"], NQ_ARTICLES, True),
+    (" Tha Paris", ["Paris"], NQ_ARTICLES, False),
+    ("", ["Paris"], "", False),
+])
+def test_harness_exact_is_lm_evaluation_harness_s_exact_match(generated, golds, ignored, right):
+    """triviaqa/nq_open's verdict: until "\\n", "." or ","; one leading space gone; then exact_match with
+    ignore_case and ignore_punctuation (string.punctuation), nq_open's regexes deleted first; right if any gold is."""
+    assert harness_exact(generated, golds, ignored) is right

@@ -150,7 +150,9 @@ def report_command(
     csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
     latex: Optional[Path] = typer.Option(None, help="Write the per-method summary as a LaTeX (booktabs) table."),
     plot: Optional[Path] = typer.Option(None, help="Save an accuracy (95% bars)/throughput chart, e.g. run.png."),
-    match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching (default: the run's)."),
+    match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching, or harness "
+                                        "(lm-evaluation-harness's exact match of triviaqa and nq_open; default: the "
+                                        "run's rule)."),
     choice_score: Optional[str] = typer.Option(None, help="Re-pick multiple-choice answers by an option's log-likelihood "
                                                "per token (mean), summed (sum: acc) or per character (chars: acc_norm)."),
 ) -> None:

@@ -31,7 +31,7 @@ from minirun.engine.llm import LLM
 from minirun.engine.session import out_of_memory
 from minirun.errors import HubDataUnavailable, MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, TASK_OF, Item, ensemble_prompts, load_fewshot
-from minirun.eval.matching import Matcher, matcher_name
+from minirun.eval.matching import Matcher, harness_exact, matcher_name
 from minirun.eval.prompts import (
     CHOICE_FORMATS,
     LETTERS,
@@ -49,7 +49,7 @@ from minirun.methods.choice import ChoiceResult, asked_ids, score_choices, score
 from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
 from minirun.methods.runner import (PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
-from minirun.text import THINKING_TOKENS, extract_answer, normalize
+from minirun.text import THINK_END, THINKING_TOKENS, answer_start, extract_answer, normalize
 
 log = logging.getLogger("minirun")
 
@@ -441,10 +441,10 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     paraphrases only (`origin` still answers the question: it is the baseline).
 
     Rows hold id, method, prompts, generated, answer, exact, correct (under the run's rule: lemma
-    containment, or both directions with `bidirectional`), correct_lemma and correct_bidirectional
-    (both rules, so a report can show either without a rerun), tokens, seconds (the batch's wall
-    time, confidences included, split evenly over its items), relation, task, original, answers,
-    per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
+    containment, or both directions with `bidirectional`), correct_lemma, correct_bidirectional and correct_harness
+    (both rules and lm-evaluation-harness's exact match, `harness_exact`, so a report can show any without a rerun),
+    tokens, seconds (the batch's wall time, confidences included, split evenly over its items), relation, task,
+    original, answers, per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
     `answer` are those of the first prompt (the question unless original=False), so it stays
     comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
     and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts; vote rows hold the same
@@ -508,8 +508,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         def answer(run: Run, method: str, part: list[Item]) -> list[dict]:
             qs = [run.question(item) for item in part]
             with llm.tokenizer.pinned_clock(template_clock(run)):
-                return _run_batch(llm, method, part, qs, run.options, matcher, run.bidirectional, run.original,
-                                  bar, run.candidates, twins)
+                return _run_batch(llm, method, part, qs, run, matcher, bar, twins)
 
         for (i, method), batch in schedule(lanes):
             run = runs[i]
@@ -655,9 +654,8 @@ class Twins:
         return results
 
 
-def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
-               matcher: Matcher, bidirectional: bool, original: bool, bar: Progress,
-               candidates_of: Callable[[Item], list[str] | None], twins: Twins) -> list[dict]:
+def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Question], run: Run, matcher: Matcher,
+               bar: Progress, twins: Twins) -> list[dict]:
     """One batched generation (or scoring, for choice items) and one batched match for `batch`.
 
     `seconds` is the batch's wall time per item plus the prefill time it copied from the method before
@@ -665,7 +663,7 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     reads the same whether it ran alone or after another, less any kernel calibration or compiling that ran inside
     it (`seconds_set_aside`: once per machine or process and shape, not the method's cost)."""
     start, reused, aside = time.perf_counter(), _reused_seconds(llm), seconds_set_aside()
-    copied = twins.copied
+    copied, options, original = twins.copied, run.options, run.original
     if method in WEIGHTED:
         options = replace(options, confidences=_confidences(llm, batch, questions, options, matcher, bar))
     scored = [i for i, item in enumerate(batch) if item.choices is not None]
@@ -673,7 +671,7 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     rows = {}
     if scored:
         picked = [batch[i] for i in scored]
-        candidates = [candidates_of(item) for item in picked]
+        candidates = [run.candidates(item) for item in picked]
         pick_options = replace(options, confidences=[options.confidences[i] for i in scored]) \
             if options.confidences else options
         asked = [questions[i] for i in scored]
@@ -687,11 +685,17 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
             if options.confidences else options
         items = [batch[i] for i in generated]
         found = _generate_rows(llm, method, items, [questions[i] for i in generated], gen_options, matcher,
-                               bidirectional, original, twins)
+                               run.bidirectional, original, twins, run.prompt_format.ignored)
         rows |= dict(zip(generated, found))
     elapsed = time.perf_counter() - start - (seconds_set_aside() - aside)
     seconds = (elapsed + _reused_seconds(llm) - reused + twins.copied - copied) / len(batch)
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
+
+
+def _harness_verdict(text: str, golds: list[str], reasoning: bool, ignored: str) -> bool:
+    """`harness_exact` of a generation's answer part (none while its thinking goes on, as for `extract_answer`)."""
+    start = answer_start(text, reasoning or THINK_END in text)
+    return start is not None and harness_exact(text[start:], golds, ignored)
 
 
 @contextlib.contextmanager
@@ -718,8 +722,8 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
     return {
         "id": item.id, "method": method, "prompts": result.prompts, "generated": item.choices[result.choice],
         "answer": item.choices[result.choice], "exact": right, "correct": right, "correct_lemma": right,
-        "correct_bidirectional": right, "tokens": 0, "relation": item.relation, "task": item.task,
-        "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
+        "correct_bidirectional": right, "correct_harness": right, "tokens": 0, "relation": item.relation,
+        "task": item.task, "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
         "per_prompt_correct": [c in rights for c in picks] if picks else None,
         "per_prompt_accuracy": sum(c in rights for c in picks) / len(picks) if picks else None,
         "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": result.choice,
@@ -730,20 +734,20 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
 
 
 def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Question], options: EnsembleOptions,
-                   matcher: Matcher, bidirectional: bool, original: bool, twins: Twins) -> list[dict]:
+                   matcher: Matcher, bidirectional: bool, original: bool, twins: Twins, ignored: str) -> list[dict]:
     reasoning = llm.opens_reasoning(options.chat, options.thinking)  # answers come after thinking the prompt opened
     with _naming(batch):
         results = twins.run(method, "generate", (questions,), options,
                             lambda: run_method(llm, method, questions, options),
                             lambda r: answered_as(r, method, reasoning))
-    answers = [[extract_answer(a, STOP, reasoning) for a in (r.answers if r.answers is not None else [r.text])]
-               for r in results]
+    texts = [r.answers if r.answers is not None else [r.text] for r in results]
+    answers = [[extract_answer(a, STOP, reasoning) for a in mine] for mine in texts]
     predictions = [x for a in answers for x in a]
     golds = [item.answers for item, a in zip(batch, answers) for _ in a]
     # Both rules from one spaCy pass: the second call finds every lemma in the matcher's cache.
     matches = iter(zip(matcher.match(predictions, golds), matcher.match(predictions, golds, bidirectional=True)))
     rows = []
-    for item, result, mine in zip(batch, results, answers):
+    for item, result, mine, text in zip(batch, results, answers, texts):
         both = [next(matches) for _ in mine]
         found = [two_way if bidirectional else one_way for one_way, two_way in both]
         every = result.answers is not None  # per_prompt and vote: every prompt's answer
@@ -752,6 +756,7 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
             "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[shown],
             "exact": found[shown].exact, "correct": found[shown].lemma, "correct_lemma": both[shown][0].lemma,
             "correct_bidirectional": both[shown][1].lemma, "tokens": _generated_tokens(result),
+            "correct_harness": _harness_verdict(text[shown], item.answers, reasoning, ignored),
             "relation": item.relation, "task": item.task, "original": original,
             "answers": mine if every else None,
             "per_prompt_correct": [m.lemma for m in found] if every else None,

@@ -7,6 +7,8 @@ inside the prediction's: "the cats" matches "cat", "Paris, France" matches "Pari
 from __future__ import annotations
 
 import functools
+import re
+import string
 from dataclasses import dataclass
 
 from minirun.text import clean, drop_article, fold, normalize
@@ -19,6 +21,26 @@ MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fol
 # comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), a lone letter's trailing "-" is part of it ("A-" is no "A"),
 # and a word the lemmatiser turns into a lone letter keeps its text ("an" is no "A")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
+SCORING_RULES = (*MATCH_RULES, "harness")  # what `report --match` rescores by: those, or `harness_exact`'s verdicts
+HARNESS_STOPS = ("\n", ".", ",")  # lm-evaluation-harness's `until` for triviaqa and nq_open
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
+    """lm-evaluation-harness's `exact_match` of its triviaqa and nq_open tasks: the generation cut at its first new
+    line, full stop or comma (their stop strings), less one leading space (`remove_whitespace`), is right where it
+    equals some gold once both have lost what the regex `ignored` matches (nq_open's articles), their case and ASCII
+    punctuation. No lemmas, no containment: "Paris, France" is right for "Paris" by the cut, "the city of Paris" is
+    not."""
+    cut = min((i for stop in HARNESS_STOPS if (i := generated.find(stop)) >= 0), default=len(generated))
+
+    def plain(text: str) -> str:
+        return (re.sub(ignored, "", text) if ignored else text).lower().translate(_NO_PUNCTUATION)
+
+    prediction = plain(generated[:cut].removeprefix(" "))
+    return any(prediction == plain(gold) for gold in golds)
+
+
 @dataclass(frozen=True)
 class MatchResult:
     exact: bool  # normalised string equal to some gold

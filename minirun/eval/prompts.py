@@ -35,6 +35,7 @@ class PromptFormat:
     header: str | None = None  # the head's first line ("{}": the MMLU subject); None: the task's instruction
     ordered: bool = False  # the first k few-shot examples in their order (TruthfulQA's primer), not k drawn
     delimiter: str = "\n\n"  # after each few-shot example (the harness's `fewshot_delimiter`)
+    ignored: str = ""  # what the harness's exact_match deletes before comparing (its `regexes_to_ignore`)
 
     def heading(self, task: str, subject: str | None) -> str:
         """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
@@ -78,10 +79,10 @@ HARNESS = {
     # Generated answers (keyed "cloze", the one format a run of them takes): triviaqa/default.yaml asks "Question:
     # {{question}}?\nAnswer:" (a question mark after the question, whether it has one or not), its first alias after a
     # space; nq_open.yaml heads the prompt "Answer these questions:", asks "Q: {{question}}?\nA:", its examples one new
-    # line apart
+    # line apart, and its exact_match first deletes an article starting a word
     ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, ""),
     ("nq_open", "cloze"): PromptFormat("harness nq_open", "Q: ", "?\nA:", False, "Answer these questions:",
-                                       delimiter="\n"),
+                                       delimiter="\n", ignored=r"\b(?:The |the |An |A |The |a |an )"),
 }
 FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right option is every question's first
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.matching import MATCH_RULES
+from minirun.eval.matching import SCORING_RULES
 from minirun.eval.results import SOURCES, journal_paths, read_results
 from minirun.eval.stats import (
     brier_score,
@@ -71,20 +71,21 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
 
 
 def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
-    """The table scored under `match` (its `correct_<match>` column as `correct`); None keeps the
-    run's own rule. Per-prompt correctness is recorded under the run's rule only (`attrs["match"]`),
-    so unless `match` is that rule per_prompt_accuracy is dropped (the single-prompt figures become
-    NaN) rather than compared across two rules (`single_prompt_dropped` tells): equal first verdicts
-    do not make the other prompts' equal, and a table without a recorded rule proves nothing. A table
-    of multiple-choice rows only keeps them: an option's verdict is the same under either rule."""
+    """The table scored under `match` (its `correct_<match>` column as `correct`: a run's rule, or "harness",
+    lm-evaluation-harness's exact match of triviaqa and nq_open); None keeps the run's own rule. Per-prompt
+    correctness is recorded under the run's rule only (`attrs["match"]`), so unless `match` is that rule
+    per_prompt_accuracy is dropped (the single-prompt figures become NaN) rather than compared across two rules
+    (`single_prompt_dropped` tells): equal first verdicts do not make the other prompts' equal, and a table without a
+    recorded rule proves nothing. A table of multiple-choice rows only keeps them: an option's verdict is the same
+    under every rule."""
     if match is None:
         return df
-    if match not in MATCH_RULES:
-        raise MinirunError(f"--match must be one of {', '.join(MATCH_RULES)}, not {match!r}")
+    if match not in SCORING_RULES:
+        raise MinirunError(f"--match must be one of {', '.join(SCORING_RULES)}, not {match!r}")
     column = f"correct_{match}"
     if column not in df.columns or df[column].isna().any():
-        raise MinirunError(f"results lack '{column}' (written before --match existed); re-run `minirun eval` "
-                           "into a fresh output directory to add it, or drop --match")
+        raise MinirunError(f"results lack '{column}' (rows written by a minirun before --match {match} existed); "
+                           "re-run `minirun eval` into a fresh output directory to add it, or drop --match")
     scored = df.assign(correct=df[column])
     scored_only = "task" in df.columns and df["task"].eq("choice").all()
     if "per_prompt_accuracy" in df.columns and df.attrs.get("match") != match and not scored_only:
@@ -123,7 +124,7 @@ def select_choice_score(df: pd.DataFrame, mode: str | None) -> pd.DataFrame:
         options = list(row["choices"])
         df.at[i, "choice"], df.at[i, "choice_scores"] = choice, scores
         df.at[i, "answer"] = df.at[i, "generated"] = options[choice]
-        for column in ("exact", "correct", "correct_lemma", "correct_bidirectional"):
+        for column in ("exact", "correct", *(f"correct_{rule}" for rule in SCORING_RULES)):
             if column in df.columns:
                 df.at[i, column] = right
         if "per_prompt_accuracy" in df.columns and picks is not None:
