@@ -456,6 +456,64 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     assert refused.exit_code == 1 and "afile is a file, not a directory: give --output a directory" in refused.output
 
 
+@pytest.mark.parametrize("edit, said", [
+    (('label = "llama"\n', 'label = "llama"\ndtype = "bfloat16"\n'), "dtype: 'float32' -> 'bfloat16'"),
+    (('positions = "restart"\n', 'positions = "restart"\nflex_bias = "inv_n"\n'),
+     "flex's flex_bias: the default -> 'inv_n'"),
+    (("batch_size = 2\n", "batch_size = 2\nchat = false\n"), "chat: None -> False")])
+def test_a_dry_run_refuses_what_the_sweep_refuses(sweep_file, reference, tmp_path, edit, said):
+    """What the model decides of a run's key (its dtype, the chat its template makes of the file's), and flex's bias,
+    changed under finished runs: the dry run names the refusal the sweep stops on, not "run again"."""
+    out = shutil.copytree(reference[0], tmp_path / "run")
+    changed = _file(tmp_path, sweep_file.read_text().replace(*edit), "changed.toml")
+    plan = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--dry-run"], env={"COLUMNS": "250"})
+    assert plan.exit_code == 0 and f"refused: its rows were made otherwise ({said})" in plan.stdout, plan.output
+    assert "run again" not in plan.stdout
+    result = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1 and f"holds rows made otherwise ({said})" in result.output
+
+
+def test_a_batch_size_keys_no_finished_run_nor_did_one_of_an_earlier_minirun(sweep_file, reference, tmp_path):
+    """[generation]'s batch size changes no row: a finished sweep given another stays finished (its model not
+    loaded), and done.json markers an earlier minirun wrote, whose keys held it, still mark their runs finished."""
+    from minirun.eval import sweep as sweep_module
+
+    out = shutil.copytree(reference[0], tmp_path / "run")
+    wider = _file(tmp_path, sweep_file.read_text().replace("batch_size = 2", "batch_size = 3"), "wider.toml")
+    plan = CliRunner().invoke(app, ["sweep", str(wider), "--output", str(out), "--dry-run"])
+    assert plan.exit_code == 0 and "0 of 8 runs have work: the sweep is finished" in plan.stdout, plan.output
+    (out / "llama" / "sample-qa" / "origin" / "done.json").unlink()  # killed before its dataset's runs ended
+    plan = CliRunner().invoke(app, ["sweep", str(wider), "--output", str(out), "--dry-run"], env={"COLUMNS": "250"})
+    assert "mark it finished: every item is answered" in plan.stdout and "1 of 8 runs have work" in plan.stdout
+    sweep, markers = load_sweep_file(sweep_file), {}
+    for cell in sweep_module.cells(sweep, out):
+        data = sweep_module.Data(load_dataset(cell.dataset.name)[:2], None, None)
+        markers[cell.dir] = {"key": sweep_module.cell_key(cell, sweep, data, with_batch_size=True)}
+        assert markers[cell.dir]["key"] != sweep_module.cell_key(cell, sweep, data)
+        (cell.dir / "done.json").write_text(json.dumps(markers[cell.dir]) + "\n")
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert {d: json.loads((d / "done.json").read_text()) for d in markers} == markers  # no run ran to re-mark it
+
+
+def test_an_eval_into_a_sweep_run_is_refused_and_one_made_before_is_named(sweep_file, reference, checkpoint_dirs,
+                                                                          tmp_path):
+    """A sweep's run is one method's: `eval` adding another there is refused before the model loads, and rows of two
+    methods found in a run (written so before) stop `report` and the sweep's table in one line naming the folder."""
+    out = shutil.copytree(reference[0], tmp_path / "run")
+    run = out / "qwen2" / "sample-qa" / "origin"
+    result = CliRunner().invoke(app, ["eval", "--data", "sample-qa", "-m", "origin", "-m", "avg", "--model",
+                                      str(checkpoint_dirs["qwen2"]), "--output", str(run), "--no-progress"])
+    assert result.exit_code == 1 and f"{run} is a run of the sweep in {out}, which holds one method's rows: add the " \
+        "method to the sweep file" in " ".join(result.output.split()), result.output
+    journal = run / "results.rank0.jsonl"
+    row = json.loads(journal.read_text().splitlines()[0])
+    journal.write_text(journal.read_text() + json.dumps({**row, "method": "avg"}) + "\n")
+    shown = CliRunner().invoke(app, ["report", str(out)])
+    assert shown.exit_code == 1 and f"{run} holds rows of the methods avg, origin, and a sweep's run holds one " \
+        "method's" in " ".join(shown.output.split()), shown.output
+
+
 def test_a_model_takes_its_own_batch_size(sweep_file, reference, checkpoint_dirs, tmp_path, monkeypatch):
     """A 32B model's cache needs smaller batches than a 1B model's on one GPU: `batch_size` in a model's entry
     overrides [generation]'s for its runs only, and, as eval's batch size, keys no run: a finished sweep given one

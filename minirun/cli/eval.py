@@ -100,6 +100,7 @@ def eval_command(
     from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
     from minirun.eval.loop import check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.report import cut_thinking
+    from minirun.eval.sweep_results import sweep_of
 
     if match not in ("lemma", "bidirectional"):
         raise MinirunError(f"--match must be 'lemma' or 'bidirectional', not {match!r}")
@@ -119,6 +120,9 @@ def eval_command(
     shots = benchmark_source(benchmark, source) if benchmark is not None and few_shot is None and few_shot_k else None
     benchmark = named
     check_output_dir(output)
+    if output is not None and (sweep := sweep_of(output)) is not None:
+        raise MinirunError(f"{output} is a run of the sweep in {sweep}, which holds one method's rows: add the method "
+                           "to the sweep file and run `minirun sweep` again, or give --output another directory")
     llm = load_llm(model, device, dtype, compile)
     name = dataset_label(asked)
     output = output or Path("runs") / f"{name}-{llm.path.name}"

@@ -81,7 +81,8 @@ def show_plan(states: list[CellState], output: Path) -> None:
         now = "nothing (finished)" if s.finished else \
             f"refused: its rows were made otherwise ({'; '.join(s.refused)})" if s.refused else \
             "run again: its settings or data changed since it finished" if s.changed else \
-            f"run {s.items - s.answered} item{'' if s.items - s.answered == 1 else 's'}" + \
+            "mark it finished: every item is answered (its model loads to check the run)" if s.items == s.answered \
+            else f"run {s.items - s.answered} item{'' if s.items - s.answered == 1 else 's'}" + \
             (" (resumed)" if s.answered else "")
         table.add_row(s.cell.model.label, s.cell.dataset.label, s.cell.method.label, str(s.items), str(s.answered),
                       now)

@@ -306,9 +306,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "ending in \"Answer:\"), or leave flex out")
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  examples_commit(benchmark, fewshot_items, data_source, few_shot_source))
-    # a run begun with --chat or with the model's default resumes the other way where both render the template alike
-    made = recorded_run_key(output_dir).get("chat", chat)
-    chat_key = made if (made if made is not None else has_template) == templated else chat
+    chat_key = resumed_chat(recorded_run_key(output_dir).get("chat", chat), chat, has_template)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
@@ -390,6 +388,13 @@ def check_prompt_count(prompts: dict[str, list[str]], methods: list[str] | tuple
 
 
 _WARNED: set[tuple[str, str, int, int]] = set()  # (what, dataset, a count, items) told of in this process
+
+
+def resumed_chat(recorded: bool | None, chat: bool | None, has_template: bool) -> bool | None:
+    """The `chat` a run keys: the one its rows `recorded` where that renders the template as `chat` does (a run begun
+    with --chat, or with the model's default, resumes the other way), else `chat`."""
+    templated = chat if chat is not None else has_template
+    return recorded if (recorded if recorded is not None else has_template) == templated else chat
 
 
 def item_prompts(items: list[Item], fmt: PromptFormat, original: bool, num_prompts: int) -> dict[str, list[str]]:

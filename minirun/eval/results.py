@@ -122,6 +122,14 @@ def recorded_differences(output_dir: str | Path, run_key: dict, item_ids: list[s
     return key_differences(_run_info(Path(output_dir)), run_key, item_ids)
 
 
+def option_differences(method: str, recorded: dict, keyed: dict) -> list[str]:
+    """The options of `method` its rows were made with (`recorded`) that `keyed` changes, one phrase each (an option
+    only one side holds is no difference; None keys a method's default)."""
+    shown = lambda v: "the default" if v is None else repr(v)  # noqa: E731
+    return [f"{method}'s {k}: {shown(recorded[k])} -> {shown(v)}" for k, v in keyed.items()
+            if k in recorded and recorded[k] != v]
+
+
 class OtherRun(MinirunError):
     """A directory holds rows another run's settings made: `differences` says which, one phrase each."""
 
@@ -344,9 +352,8 @@ class ResultStore:
         diffs = key_differences(old, info["run_key"], info["item_ids"])
         recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
             m: {k: v for k, v in old_key.items() if m in OPTION_READERS.get(k, ())} for m in answered})
-        shown = lambda v: "the default" if v is None else repr(v)  # noqa: E731  (None keys a method's default)
-        diffs += [f"{m}'s {k}: {shown(recorded[m][k])} -> {shown(v)}" for m in sorted(answered & methods.keys() & recorded.keys())
-                  for k, v in methods[m].items() if k in recorded[m] and recorded[m][k] != v]
+        diffs += [d for m in sorted(answered & methods.keys() & recorded.keys())
+                  for d in option_differences(m, recorded[m], methods[m])]
         if answered and old is not None and diffs:
             raise OtherRun(self.output_dir, diffs)
         record = {**info, "methods": {**recorded, **methods}}

@@ -22,15 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from minirun.checkpoints.hub import resolve_model
-from minirun.checkpoints.loader import auto_device, checked_device
+from minirun.checkpoints.hub import is_complete, model_folder, resolve_model
+from minirun.checkpoints.loader import auto_device, checked_device, checkpoint_digest, resolve_dtype
+from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, benchmark_source, item_record, load_cited, load_examples
 from minirun.eval.loop import (Run, check_paraphrased, check_resumable, data_digests, evaluate_runs, examples_commit,
-                                few_shot_prefixes, item_prompts, prepare, process_group, ranks, scored_alone,
-                                shown_prompts, subject_heads, wait_for_ranks)
+                                few_shot_prefixes, item_prompts, prepare, process_group, ranks, resumed_chat,
+                                scored_alone, shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, prompt_format
 from minirun.eval.results import (
@@ -38,6 +39,7 @@ from minirun.eval.results import (
     journal_paths,
     merge,
     read_results,
+    option_differences,
     recorded_differences,
     recorded_methods,
     recorded_run_key,
@@ -45,6 +47,8 @@ from minirun.eval.results import (
 from minirun.eval.sweep_results import load_sweep
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
 from minirun.methods import EnsembleOptions
+from minirun.methods.runner import default_fusion_layer
+from minirun.models.config import ModelConfig, load_config
 from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
@@ -123,7 +127,7 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
     mine = _selected(cells(sweep, output), only)
     data = _load_data(sweep, {c.dataset.label for c in mine})
     made = {d.label: _data_settings(d, data[d.label]) for d in sweep.datasets if d.label in data}
-    return [_state(cell, cell_key(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items,
+    return [_state(cell, cell_keys(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items,
                    sweep.generation, made[cell.dataset.label]) for cell in mine]
 
 
@@ -151,10 +155,10 @@ def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
     return [c for c in plan if only.takes(c.model.label, c.dataset.label)]
 
 
-def _state(cell: Cell, key: str, items: list[Item], gen: Generation | None = None,
+def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation | None = None,
            made: tuple[dict, list[str]] = ({}, [])) -> CellState:
-    """Finished only where done.json names `key` and the journals still hold every item's row (a row deleted to
-    redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
+    """Finished only where done.json names one of `keys` and the journals still hold every item's row (a row deleted
+    to redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
     ids = {item.id for item in items}
     answered = set(read_results(cell.dir)["id"]) & ids if cell.dir.is_dir() else set()
@@ -162,31 +166,58 @@ def _state(cell: Cell, key: str, items: list[Item], gen: Generation | None = Non
         marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key")
     except (OSError, ValueError, AttributeError):
         marked = None
-    finished = marked == key and answered == ids
+    finished = marked in keys and answered == ids
     refused = _refused(cell, gen, *made) if answered and gen is not None and not finished else ()
-    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked != key, refused)
+    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused)
 
 
 def _refused(cell: Cell, gen: Generation, digests: dict, item_ids: list[str]) -> tuple[str, ...]:
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
-    refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items) and its
-    method's plain options (a layer or bias the loop resolves with the model is left to the run's own check)."""
-    settings = _run_settings(cell, gen)
-    if None in (settings["chat"], recorded_run_key(cell.dir).get("chat")):  # the model's default: its tokenizer's
-        del settings["chat"]  # to say, which the sweep reads before its first run (and refuses there if need be)
-    changed = recorded_differences(cell.dir, {**settings, **digests}, item_ids)
-    recorded = recorded_methods(cell.dir).get(cell.method.name, {})
-    default = EnsembleOptions()
-    changed += [f"{cell.method.name}'s {k}: {recorded[k]!r} -> {v!r}" for k in ("positions", "num_samples",
-                                                                                 "fusion_alpha")
-                if k in recorded and recorded[k] != (v := cell.method.options.get(k, getattr(default, k)))]
-    return tuple(changed)
+    refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items, what the
+    model decides: `_model_settings`) and its method's options (hidden_avg's layer where the model's depth is
+    known)."""
+    settings, recorded = _run_settings(cell, gen), recorded_run_key(cell.dir)
+    folder = model_folder(cell.model.path)
+    config = load_config(folder) if is_complete(folder) else None
+    model = _model_settings(cell.model, folder, config, recorded.get("chat", gen.chat), gen.chat)
+    if "chat" not in model and None in (settings["chat"], recorded.get("chat")):  # the model's default: its
+        del settings["chat"]  # tokenizer's to say, which the sweep reads before its first run (and refuses there)
+    changed = recorded_differences(cell.dir, {**settings, **model, **digests}, item_ids)
+    made = recorded_methods(cell.dir).get(cell.method.name, {})
+    options = {**dataclasses.asdict(EnsembleOptions()), **cell.method.options}
+    if config is not None and options["fusion_layer"] == default_fusion_layer(config.num_layers):
+        options["fusion_layer"] = None  # keyed as the default, however it is asked for
+    known = ("positions", "num_samples", "fusion_alpha", "flex_bias",
+             *(("fusion_layer",) if config is not None or options["fusion_layer"] is None else ()))
+    return tuple(changed + option_differences(cell.method.name, made, {k: options[k] for k in known}))
 
 
-def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
+def _model_settings(model: ModelSpec, folder: Path, config: ModelConfig | None, recorded_chat: bool | None,
+                    chat: bool | None) -> dict:
+    """What of a cell's run key its model decides, read without loading it: the device "auto" resolves to; where the
+    checkpoint is on this machine (`config`, read from `folder`), its path, weights' digest, dtype and the chat the
+    run keys (`resumed_chat` of the one its rows recorded, with its tokenizer's template or none); elsewhere an
+    explicit dtype alone."""
+    device = checked_device(auto_device(model.device), here=False)
+    if config is None:
+        return {"device": device.type, **({"dtype": model.dtype} if model.dtype is not None else {})}
+    has_template = Tokenizer(folder).chat_template is not None
+    return {"device": device.type, "model": str(folder.resolve()), "weights_sha256": checkpoint_digest(folder),
+            "dtype": str(resolve_dtype(model.dtype, config, device)).removeprefix("torch."),
+            "chat": resumed_chat(recorded_chat, chat, has_template)}
+
+
+def cell_keys(cell: Cell, sweep: Sweep, data: Data) -> tuple[str, str]:
+    """The cell's key (`cell_key`), then the one an earlier minirun wrote for it, which held `[generation]`'s batch
+    size: a done.json of either is finished, so cells finished before stay finished."""
+    return cell_key(cell, sweep, data), cell_key(cell, sweep, data, with_batch_size=True)
+
+
+def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False) -> str:
     """Everything a cell's rows depend on, the items' and few-shot examples' content included (an edited
     file changes no setting); `done.json` holds it, so a changed cell is rerun (the eval loop then
-    resumes it or refuses a conflicting change)."""
+    resumes it or refuses a conflicting change). No batch size, a model's or `[generation]`'s, is in it (as in
+    eval's key: no row depends on one) unless `with_batch_size` (`cell_keys`)."""
     model = dataclasses.asdict(cell.model)
     del model["batch_size"]  # a model's own batch size (its cache's fit), as eval's, changes no row's meaning
     model["device"] = str(auto_device(cell.model.device))  # "auto" keyed as what it ran on: cpu keys stay as they were
@@ -197,7 +228,7 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data) -> str:
     dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()
                if k != "skip_bad" and not (k == "benchmark" and v is None)}
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
-                  if not (k == "template_date" and v is None)}
+                  if not (k == "template_date" and v is None) and (with_batch_size or k != "batch_size")}
     if scored_alone(data.items):  # no row depends on max_new_tokens: raising it for the file's QA datasets leaves
         del generation["max_new_tokens"]  # these finished
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
@@ -240,7 +271,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                             "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
                             "series": series_key(c.dataset)} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
-    keys = {c.dir: cell_key(c, sweep, data[c.dataset.label]) for c in chosen}
+    keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
     todo = [c for c in chosen if not _state(c, keys[c.dir], data[c.dataset.label].items).finished]
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
@@ -271,7 +302,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                 if rank == 0:
                     for cell in group:
                         write_atomic(cell.dir / "done.json", lambda tmp, c=cell: tmp.write_text(
-                            json.dumps({"key": keys[c.dir]}) + "\n", encoding="utf-8"))
+                            json.dumps({"key": keys[c.dir][0]}) + "\n", encoding="utf-8"))
             # Freed before the next model loads, not after: compiling leaves reference cycles around a model
             # (Dynamo's tracing state holds its modules) that only a full collection frees, and none may come first.
             del llm

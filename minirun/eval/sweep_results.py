@@ -160,6 +160,20 @@ def is_sweep(path: str | Path) -> bool:
     return (Path(path) / "sweep.json").is_file()
 
 
+def sweep_of(run_dir: str | Path) -> Path | None:
+    """The sweep whose run `run_dir` is (`<sweep>/<model>/<dataset>/<label>`, as its index names it), else None: an
+    `eval` written into it would put another method's rows among the sweep's one method's."""
+    run_dir = Path(run_dir).resolve()
+    for root in list(run_dir.parents)[:3]:
+        try:
+            index = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
+            if any((root / cell["dir"]).resolve() == run_dir for cell in index["cells"]):
+                return root
+        except (OSError, ValueError, KeyError, TypeError):  # no index there, or one `load_sweep` names as damaged
+            continue
+    return None
+
+
 def load_sweep(output: str | Path) -> pd.DataFrame:
     """Every row the sweep's runs have journalled so far, with `model`, `dataset` and `label`
     (the method's label) first; runs in file order, rows in each run's order. `attrs["match"]` is
@@ -173,9 +187,15 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
     except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise MinirunError(f"{output / 'sweep.json'} is not the index `minirun sweep` writes ({type(e).__name__}): "
                            "rerun `minirun sweep` with the same file and --output to rewrite it") from None
-    parts = [read_results(output / folder).assign(model=model, dataset=dataset, label=label)
-             for folder, model, dataset, label in cells if (output / folder).is_dir()]
-    parts = [p for p in parts if len(p)]
+    found = {folder: read_results(output / folder).assign(model=model, dataset=dataset, label=label)
+             for folder, model, dataset, label in cells if (output / folder).is_dir()}
+    for folder, part in found.items():
+        if len(part) and part["method"].nunique() > 1:  # one method's run: another's rows came from an `eval` into it
+            methods = ", ".join(sorted(part["method"].unique()))
+            raise MinirunError(f"{output / folder} holds rows of the methods {methods}, and a sweep's run holds one "
+                               "method's: an `eval` wrote into it; move that run out (or delete the folder to run it "
+                               "afresh), and add the method to the sweep file instead")
+    parts = [p for p in found.values() if len(p)]
     if not parts:
         raise MinirunError(f"{output}: the sweep has no results yet; run `minirun sweep` first")
     rules = {part.attrs.get("match") for part in parts}
