@@ -48,7 +48,7 @@ from minirun.eval.sweep_results import load_sweep
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
 from minirun.methods import EnsembleOptions
 from minirun.methods.runner import default_fusion_layer
-from minirun.models.config import ModelConfig, load_config
+from minirun.models.config import load_config
 from minirun.paths import write_atomic
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,15 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
     mine = _selected(cells(sweep, output), only)
     data = _load_data(sweep, {c.dataset.label for c in mine})
     made = {d.label: _data_settings(d, data[d.label]) for d in sweep.datasets if d.label in data}
+    facts: dict[ModelSpec, ModelFacts] = {}  # each model's read once, where some run of it needs them
+
+    def read(model: ModelSpec) -> ModelFacts:
+        if model not in facts:
+            facts[model] = model_facts(model)
+        return facts[model]
+
     return [_state(cell, cell_keys(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items,
-                   sweep.generation, made[cell.dataset.label]) for cell in mine]
+                   sweep.generation, made[cell.dataset.label], read) for cell in mine]
 
 
 def _run_settings(cell: Cell, gen: Generation) -> dict:
@@ -156,7 +163,8 @@ def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
 
 
 def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation | None = None,
-           made: tuple[dict, list[str]] = ({}, [])) -> CellState:
+           made: tuple[dict, list[str]] = ({}, []),
+           facts: Callable[[ModelSpec], ModelFacts] | None = None) -> CellState:
     """Finished only where done.json names one of `keys` and the journals still hold every item's row (a row deleted
     to redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
@@ -167,44 +175,51 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     except (OSError, ValueError, AttributeError):
         marked = None
     finished = marked in keys and answered == ids
-    refused = _refused(cell, gen, *made) if answered and gen is not None and not finished else ()
+    refused = _refused(cell, gen, facts(cell.model), *made) if answered and gen and facts and not finished else ()
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused)
 
 
-def _refused(cell: Cell, gen: Generation, digests: dict, item_ids: list[str]) -> tuple[str, ...]:
+def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item_ids: list[str]) -> tuple[str, ...]:
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
     refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items, what the
-    model decides: `_model_settings`) and its method's options (hidden_avg's layer where the model's depth is
-    known)."""
-    settings, recorded = _run_settings(cell, gen), recorded_run_key(cell.dir)
-    folder = model_folder(cell.model.path)
-    config = load_config(folder) if is_complete(folder) else None
-    model = _model_settings(cell.model, folder, config, recorded.get("chat", gen.chat), gen.chat)
-    if "chat" not in model and None in (settings["chat"], recorded.get("chat")):  # the model's default: its
-        del settings["chat"]  # tokenizer's to say, which the sweep reads before its first run (and refuses there)
-    changed = recorded_differences(cell.dir, {**settings, **model, **digests}, item_ids)
+    model decides: `model_facts`) and its method's options (hidden_avg's layer where the model's depth is known)."""
+    settings, recorded = {**_run_settings(cell, gen), **model.settings}, recorded_run_key(cell.dir)
+    if model.templated is not None:  # the chat the run keys, as `loop.prepare` makes it
+        settings["chat"] = resumed_chat(recorded.get("chat", gen.chat), gen.chat, model.templated)
+    elif None in (settings["chat"], recorded.get("chat")):  # the model's default: its tokenizer's to say, which the
+        del settings["chat"]  # sweep reads once the model is here (and refuses there if need be)
+    changed = recorded_differences(cell.dir, {**settings, **digests}, item_ids)
     made = recorded_methods(cell.dir).get(cell.method.name, {})
     options = {**dataclasses.asdict(EnsembleOptions()), **cell.method.options}
-    if config is not None and options["fusion_layer"] == default_fusion_layer(config.num_layers):
+    if model.num_layers is not None and options["fusion_layer"] == default_fusion_layer(model.num_layers):
         options["fusion_layer"] = None  # keyed as the default, however it is asked for
     known = ("positions", "num_samples", "fusion_alpha", "flex_bias",
-             *(("fusion_layer",) if config is not None or options["fusion_layer"] is None else ()))
+             *(("fusion_layer",) if model.num_layers is not None or options["fusion_layer"] is None else ()))
     return tuple(changed + option_differences(cell.method.name, made, {k: options[k] for k in known}))
 
 
-def _model_settings(model: ModelSpec, folder: Path, config: ModelConfig | None, recorded_chat: bool | None,
-                    chat: bool | None) -> dict:
-    """What of a cell's run key its model decides, read without loading it: the device "auto" resolves to; where the
-    checkpoint is on this machine (`config`, read from `folder`), its path, weights' digest, dtype and the chat the
-    run keys (`resumed_chat` of the one its rows recorded, with its tokenizer's template or none); elsewhere an
-    explicit dtype alone."""
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What a dry run reads of a model without loading it (`model_facts`)."""
+    settings: dict  # the run-key entries it decides: the device; where it is here, its path, weights' digest, dtype
+    templated: bool | None  # whether its tokenizer has a chat template (None: not on this machine)
+    num_layers: int | None  # its depth, which hidden_avg's default layer follows (None: not on this machine)
+
+
+def model_facts(model: ModelSpec) -> ModelFacts:
+    """`model`'s run-key entries read from its folder where it is on this machine (`model_folder`): the device "auto"
+    resolves to, and there its path, weights' digest (cached on disk after a first read), dtype, template and depth;
+    elsewhere the device and an explicit dtype alone."""
     device = checked_device(auto_device(model.device), here=False)
-    if config is None:
-        return {"device": device.type, **({"dtype": model.dtype} if model.dtype is not None else {})}
-    has_template = Tokenizer(folder).chat_template is not None
-    return {"device": device.type, "model": str(folder.resolve()), "weights_sha256": checkpoint_digest(folder),
-            "dtype": str(resolve_dtype(model.dtype, config, device)).removeprefix("torch."),
-            "chat": resumed_chat(recorded_chat, chat, has_template)}
+    folder = model_folder(model.path)
+    if not is_complete(folder):
+        return ModelFacts({"device": device.type, **({"dtype": model.dtype} if model.dtype is not None else {})},
+                          None, None)
+    config = load_config(folder)
+    dtype = str(resolve_dtype(model.dtype, config, device)).removeprefix("torch.")
+    return ModelFacts({"device": device.type, "model": str(folder.resolve()),
+                       "weights_sha256": checkpoint_digest(folder), "dtype": dtype},
+                      Tokenizer(folder).chat_template is not None, config.num_layers)
 
 
 def cell_keys(cell: Cell, sweep: Sweep, data: Data) -> tuple[str, str]:
