@@ -57,6 +57,23 @@ app()
 """
 
 
+def _fake_hub(monkeypatch, frames: dict[str, pd.DataFrame]) -> list[tuple]:
+    """The Hub as `datasets` and `huggingface_hub` see it, offline: each split's rows from `frames`, every repo at
+    commit c…c; returns the (repo, config…, split) calls, in order."""
+    import huggingface_hub
+
+    calls = []
+
+    def load_hub_dataset(repo_id, *configs, split, **pinned):
+        calls.append((repo_id, *configs, split))
+        return types.SimpleNamespace(to_pandas=lambda: frames[split].copy())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
+    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda repo_id, revision=None: types.SimpleNamespace(
+        sha="c" * 40))
+    return calls
+
+
 def _app() -> typer.Typer:
     app = typer.Typer(pretty_exceptions_enable=False)
 
@@ -1284,8 +1301,6 @@ def test_report_shows_each_relation_the_macro_accuracy_and_every_pair(tiny, tmp_
 def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, name, config, repo, asked):
     """`eval --data arc_challenge` (or openbookqa): the set's test split scored in the harness's words, its train
     split's examples in the head, the config cited beside the commit."""
-    import huggingface_hub
-
     question = "question_stem" if name == "openbookqa" else "question"
     frames = {"test": pd.DataFrame({"id": ["t1"], question: ["Which gas do plants take in?"],
                                     "choices": [{"label": ["1", "2", "3"],
@@ -1293,15 +1308,7 @@ def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, 
                                     "answerKey": ["2"]}),
               "train": pd.DataFrame({"id": ["s1"], question: ["What melts ice?"],
                                      "choices": [{"label": ["A", "B"], "text": ["heat", "cold"]}], "answerKey": ["A"]})}
-    calls = []
-
-    def load_hub_dataset(repo_id, *configs, split, **pinned):
-        calls.append((repo_id, *configs, split))
-        return types.SimpleNamespace(to_pandas=lambda: frames[split].copy())
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
-    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda repo_id, revision=None: types.SimpleNamespace(
-        sha="c" * 40))
+    calls = _fake_hub(monkeypatch, frames)
     out = tmp_path / "run"
     result = CliRunner().invoke(_app(), ["eval", "--data", name, "--model", str(checkpoint_dirs["qwen2"]), "-m",
                                          "origin", "--few-shot-k", "1", "--no-chat", "--no-progress", "--output",
@@ -1345,19 +1352,9 @@ def test_open_qa_sets_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, name, 
     TriviaQA and NQ-open in lm-evaluation-harness's words (`triviaqa`'s "?" after a question that has one, `nq_open`'s
     heading and single new lines), their train split's examples in the head; PopQA, whose one split is its test, in
     minirun's words with the bundled examples, scored per relation."""
-    import huggingface_hub
-
     rows = OPEN_QA_ROWS[name]
     frames = {"test": pd.DataFrame(rows), "validation": pd.DataFrame(rows[:1]), "train": pd.DataFrame(rows[1:])}
-    calls = []
-
-    def load_hub_dataset(repo_id, *configs, split, **pinned):
-        calls.append((repo_id, *configs, split))
-        return types.SimpleNamespace(to_pandas=lambda: frames[split].copy())
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_hub_dataset))
-    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda repo_id, revision=None: types.SimpleNamespace(
-        sha="c" * 40))
+    calls = _fake_hub(monkeypatch, frames)
     out = tmp_path / "run"
     base = ["eval", "--data", name, "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--no-chat"]
     shown = CliRunner().invoke(_app(), [*base, "--few-shot-k", "1", "--show-prompts", "1"])

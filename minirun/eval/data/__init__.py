@@ -76,6 +76,9 @@ TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_
 # whose one split is its test
 OWN_EXAMPLES = (*TRUTHFULQA_SETS, "popqa")
 COMMIT = re.compile(r"[0-9a-f]{40}")
+# the loaders that read a local copy of a benchmark's rows as any split, by the kind `_kind` tells
+COPY_LOADERS = {"commonsense_qa": load_commonsense_qa, "arc": load_arc, "openbookqa": load_openbookqa,
+                "hellaswag": load_hellaswag, "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa}
 
 __all__ = [
     "HUB_DATASETS",
@@ -333,23 +336,11 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_myriadlama(path=path, split=split)
     if kind == "mmlu":
         return load_mmlu(subset, split=split, path=path)
-    if kind == "commonsense_qa":
-        return load_commonsense_qa(split=split, path=path)
-    if kind == "arc":
-        return load_arc(split=split, path=path)
-    if kind == "openbookqa":
-        return load_openbookqa(split=split, path=path)
-    if kind == "hellaswag":
-        return load_hellaswag(split=split, path=path)
+    if kind in COPY_LOADERS:
+        return COPY_LOADERS[kind](split=split, path=path)
     if kind == "truthfulqa":  # a copy of both sets' rows gives the MC1 options unless asked as truthfulqa_mc2
         mc2 = benchmark == "truthfulqa_mc2" or "mc1_targets" not in keys
         return load_truthfulqa("truthfulqa_mc2" if mc2 else "truthfulqa_mc1", split=split, path=path)
-    if kind == "triviaqa":
-        return load_triviaqa(split=split, path=path)
-    if kind == "nq_open":
-        return load_nq_open(split=split, path=path)
-    if kind == "popqa":
-        return load_popqa(split=split, path=path)
     if kind == "webqa":
         return load_webqa(path=path)
     return load_jsonl(path, skip_bad) if records is None else items_from_records(records, path, skip_bad)
