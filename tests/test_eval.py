@@ -831,11 +831,14 @@ def test_rows_store_both_matching_rules(tiny, tmp_path, monkeypatch, bidirection
 @pytest.mark.parametrize("dataset", ["triviaqa", "nq_open"])
 def test_rows_hold_the_harness_s_exact_match_which_report_scores_by(tiny, tmp_path, monkeypatch, dataset):
     """Every generated row holds lm-evaluation-harness's verdict (`correct_harness`: the generation cut at "\n", ".",
-    ",", equal up to case and punctuation; nq_open's articles dropped) of the answer it shows, after the thinking;
+    ",", equal up to case and punctuation; nq_open's articles dropped) of the answer it shows, after the thinking, of
+    a generation that ran on past a " Q:" (minirun's own stop, which the harness's tasks do not have);
     `report --match harness` scores by it, the per-prompt figures left out as under any rule not the run's."""
     generated = {"origin": "<think>x</think> Beatles", "per_prompt": " The Beatles, a band"}
+    stops = set()
 
     def fake_run_method(llm, method, questions, options):
+        stops.add(options.stop)
         text = generated[method]
         every = [text, " the Fab Four"] if method != "origin" else None
         return [MethodResult(method, text, [1], "stop", 4, q.paraphrases, answers=every,
@@ -847,6 +850,7 @@ def test_rows_hold_the_harness_s_exact_match_which_report_scores_by(tiny, tmp_pa
     rows = evaluate(tiny, items, ["origin", "per_prompt"], tmp_path, **settings).set_index("method")
     assert rows["correct_lemma"].tolist() == [True, True]
     assert rows["correct_harness"].tolist() == [True, dataset == "nq_open"]
+    assert stops == {("\n",)}  # as the harness, not at a next " Q:" on the line: its verdict reads on to a stop
     scored = report.select_match(rows.reset_index(), "harness")
     assert scored["correct"].tolist() == rows["correct_harness"].tolist() and "per_prompt_accuracy" not in scored
     with pytest.raises(MinirunError, match=r"results lack 'correct_harness' \(rows written by a minirun before "

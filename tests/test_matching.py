@@ -136,7 +136,10 @@ NQ_ARTICLES = r"\b(?:The |the |An |A |The |a |an )"  # nq_open.yaml's regexes_to
 @pytest.mark.parametrize("generated, golds, ignored, right", [
     (" Paris, France", ["Paris"], "", True),  # cut at the harness's stop strings: "\n", ".", ","
     (" paris.\nQuestion: next", ["Paris"], "", True),
-    ("  Paris", ["Paris"], "", False),  # `remove_whitespace` takes one leading space, not two
+    ("  Paris", ["Paris"], "", True),  # `remove_whitespace` strips the prediction (not the golds)
+    (" Paris .", ["Paris"], "", True),
+    ("\tParis", [" Paris"], "", False),
+    (" Paris\x00", ["Paris"], "", True),  # compared as numpy's string arrays compare: a trailing NUL is none
     (" St. Louis", ["St. Louis"], "", False),  # cut at its ".", as the harness cuts it
     (" O'Neill!", ["ONeill"], "", True),  # case and ASCII punctuation dropped, from both sides
     (" the city of Paris", ["Paris"], "", False),  # no containment
@@ -145,8 +148,10 @@ NQ_ARTICLES = r"\b(?:The |the |An |A |The |a |an )"  # nq_open.yaml's regexes_to
     (" Beatles", ["the Beatles", "Fab Four"], NQ_ARTICLES, True),
     (" Tha Paris", ["Paris"], NQ_ARTICLES, False),
     ("", ["Paris"], "", False),
+    (" the ", [""], NQ_ARTICLES, False),  # stripped before the articles go: "the" stays
 ])
 def test_harness_exact_is_lm_evaluation_harness_s_exact_match(generated, golds, ignored, right):
-    """triviaqa/nq_open's verdict: until "\\n", "." or ","; one leading space gone; then exact_match with
-    ignore_case and ignore_punctuation (string.punctuation), nq_open's regexes deleted first; right if any gold is."""
+    """triviaqa/nq_open's verdict: until "\\n", "." or ","; stripped (`remove_whitespace` since v0.4.9.2); then
+    exact_match_hf_evaluate with ignore_case and ignore_punctuation (string.punctuation) on numpy arrays, nq_open's
+    regexes deleted first; right if any gold is."""
     assert harness_exact(generated, golds, ignored) is right

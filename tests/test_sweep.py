@@ -504,14 +504,27 @@ def test_an_eval_into_a_sweep_run_is_refused_and_one_made_before_is_named(sweep_
     run = out / "qwen2" / "sample-qa" / "origin"
     result = CliRunner().invoke(app, ["eval", "--data", "sample-qa", "-m", "origin", "-m", "avg", "--model",
                                       str(checkpoint_dirs["qwen2"]), "--output", str(run), "--no-progress"])
-    assert result.exit_code == 1 and f"{run} is a run of the sweep in {out}, which holds one method's rows: add the " \
-        "method to the sweep file" in " ".join(result.output.split()), result.output
+    said = f"{run} is a run of the sweep in {out}, which `minirun sweep` writes (one method's rows): run the " \
+        "sweep, add another method to its file"
+    assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
     journal = run / "results.rank0.jsonl"
     row = json.loads(journal.read_text().splitlines()[0])
     journal.write_text(journal.read_text() + json.dumps({**row, "method": "avg"}) + "\n")
     shown = CliRunner().invoke(app, ["report", str(out)])
     assert shown.exit_code == 1 and f"{run} holds rows of the methods avg, origin, and a sweep's run holds one " \
         "method's" in " ".join(shown.output.split()), shown.output
+    other = out / "llama" / "sample-qa" / "origin" / "results.rank0.jsonl"  # another method's rows alone
+    other.write_text("".join(json.dumps({**json.loads(line), "method": "avg"}) + "\n"
+                             for line in other.read_text().splitlines()))
+    plan = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(out), "--dry-run"],
+                              env={"COLUMNS": "250"}).stdout
+    cells = {tuple(part.strip() for part in line.split("│")[1:4]): [part.strip() for part in line.split("│")[4:7]]
+             for line in plan.splitlines() if line.count("│") == 7}
+    for model, answered in (("qwen2", "2"), ("llama", "0")):  # its own method's rows: none are the sweep's there
+        assert cells[model, "sample-qa", "origin"] == ["2", answered, "refused: its rows were made otherwise (rows "
+                                                       "of avg as well, which an `eval` wrote there: move them out)"]
+    stopped = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(out), "--no-progress"])
+    assert stopped.exit_code == 1 and "holds rows of the methods avg, origin" in " ".join(stopped.output.split())
 
 
 def test_a_model_takes_its_own_batch_size(sweep_file, reference, checkpoint_dirs, tmp_path, monkeypatch):

@@ -121,8 +121,8 @@ def eval_command(
     benchmark = named
     check_output_dir(output)
     if output is not None and (sweep := sweep_of(output)) is not None:
-        raise MinirunError(f"{output} is a run of the sweep in {sweep}, which holds one method's rows: add the method "
-                           "to the sweep file and run `minirun sweep` again, or give --output another directory")
+        raise MinirunError(f"{output} is a run of the sweep in {sweep}, which `minirun sweep` writes (one method's "
+                           "rows): run the sweep, add another method to its file, or give --output another directory")
     llm = load_llm(model, device, dtype, compile)
     name = dataset_label(asked)
     output = output or Path("runs") / f"{name}-{llm.path.name}"

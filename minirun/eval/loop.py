@@ -35,6 +35,7 @@ from minirun.eval.matching import Matcher, harness_exact, matcher_name
 from minirun.eval.prompts import (
     CHOICE_FORMATS,
     LETTERS,
+    STOP,
     PromptFormat,
     build_prefix,
     check_choice_format,
@@ -53,7 +54,6 @@ from minirun.text import THINK_END, THINKING_TOKENS, answer_start, extract_answe
 
 log = logging.getLogger("minirun")
 
-STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this
 # lettered items that all have their right option at one letter: refused from this many on (four-option items
@@ -255,9 +255,10 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if choice_format not in CHOICE_FORMATS:
         raise MinirunError(f"unknown --choice-format {choice_format!r}: choose {', '.join(CHOICE_FORMATS)}")
     check_choice_format(source, choice_format)
+    fmt = prompt_format(source, choice_format)
     if thinking and chat is False:
         raise MinirunError("--thinking is a chat template's switch, and --no-chat uses none: drop one of them")
-    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=STOP,
+    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=fmt.stop,
                               share_prefix=share_prefix, positions=positions, num_samples=num_samples, flex_bias=flex_bias,
                               fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
     for method in methods:
@@ -290,7 +291,6 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                                                     None)):  # before a batch runs, not when its batch comes
         raise MinirunError(f"item {wide.id!r} has {len(wide.choices)} options, more than the {len(LETTERS)} letters: "
                            "use --choice-format cloze, or leave the item out")
-    fmt = prompt_format(source, choice_format)
     prompts = item_prompts(items, fmt, original, num_prompts)
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "

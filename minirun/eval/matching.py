@@ -28,17 +28,18 @@ _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
     """lm-evaluation-harness's `exact_match` of its triviaqa and nq_open tasks: the generation cut at its first new
-    line, full stop or comma (their stop strings), less one leading space (`remove_whitespace`), is right where it
-    equals some gold once both have lost what the regex `ignored` matches (nq_open's articles), their case and ASCII
-    punctuation. No lemmas, no containment: "Paris, France" is right for "Paris" by the cut, "the city of Paris" is
-    not."""
+    line, full stop or comma (their stop strings), stripped of surrounding whitespace (`remove_whitespace`), is right
+    where it equals some gold once both have lost what the regex `ignored` matches (nq_open's articles), their case
+    and ASCII punctuation, compared as the harness compares them (numpy's string arrays). No lemmas, no containment:
+    "Paris, France" is right for "Paris" by the cut, "the city of Paris" is not."""
+    import numpy as np
+
+    if not golds:
+        return False
     cut = min((i for stop in HARNESS_STOPS if (i := generated.find(stop)) >= 0), default=len(generated))
-
-    def plain(text: str) -> str:
-        return (re.sub(ignored, "", text) if ignored else text).lower().translate(_NO_PUNCTUATION)
-
-    prediction = plain(generated[:cut].removeprefix(" "))
-    return any(prediction == plain(gold) for gold in golds)
+    texts = np.array([re.sub(ignored, "", t) if ignored else t for t in (generated[:cut].strip(), *golds)])
+    texts = np.char.translate(np.char.lower(texts), _NO_PUNCTUATION)
+    return bool((texts[1:] == texts[0]).any())
 
 
 @dataclass(frozen=True)

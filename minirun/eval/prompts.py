@@ -19,6 +19,7 @@ INSTRUCTIONS = {
     "choice": "Answer the question from general world knowledge with the correct option.",
 }
 CHOICE_FORMATS = ("cloze", "letters")
+STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -36,6 +37,7 @@ class PromptFormat:
     ordered: bool = False  # the first k few-shot examples in their order (TruthfulQA's primer), not k drawn
     delimiter: str = "\n\n"  # after each few-shot example (the harness's `fewshot_delimiter`)
     ignored: str = ""  # what the harness's exact_match deletes before comparing (its `regexes_to_ignore`)
+    stop: tuple[str, ...] = STOP  # where generation stops (the harness's QA tasks read past a " Q:" to the line's end)
 
     def heading(self, task: str, subject: str | None) -> str:
         """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
@@ -80,9 +82,9 @@ HARNESS = {
     # {{question}}?\nAnswer:" (a question mark after the question, whether it has one or not), its first alias after a
     # space; nq_open.yaml heads the prompt "Answer these questions:", asks "Q: {{question}}?\nA:", its examples one new
     # line apart, and its exact_match first deletes an article starting a word
-    ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, ""),
+    ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, "", stop=("\n",)),
     ("nq_open", "cloze"): PromptFormat("harness nq_open", "Q: ", "?\nA:", False, "Answer these questions:",
-                                       delimiter="\n", ignored=r"\b(?:The |the |An |A |The |a |an )"),
+                                       delimiter="\n", ignored=r"\b(?:The |the |An |A |The |a |an )", stop=("\n",)),
 }
 FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right option is every question's first
 

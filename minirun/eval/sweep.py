@@ -38,13 +38,13 @@ from minirun.eval.results import (
     OtherRun,
     journal_paths,
     merge,
-    read_results,
     option_differences,
+    read_results,
     recorded_differences,
     recorded_methods,
     recorded_run_key,
 )
-from minirun.eval.sweep_results import load_sweep
+from minirun.eval.sweep_results import load_sweep, mixed_run
 from minirun.eval.sweep_spec import DatasetSpec, Generation, MethodSpec, ModelSpec, Selection, Sweep
 from minirun.methods import EnsembleOptions
 from minirun.methods.runner import default_fusion_layer
@@ -169,13 +169,17 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     to redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
     ids = {item.id for item in items}
-    answered = set(read_results(cell.dir)["id"]) & ids if cell.dir.is_dir() else set()
+    rows = read_results(cell.dir) if cell.dir.is_dir() else pd.DataFrame(columns=["id", "method"])
+    answered = set(rows.loc[rows["method"] == cell.method.name, "id"]) & ids  # its method's: an `eval` may have
+    others = set(rows["method"]) - {cell.method.name}  # put another's there, which `run_sweep` refuses
     try:
         marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key")
     except (OSError, ValueError, AttributeError):
         marked = None
-    finished = marked in keys and answered == ids
+    finished = marked in keys and answered == ids and not others
     refused = _refused(cell, gen, facts(cell.model), *made) if answered and gen and facts and not finished else ()
+    if others:
+        refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused)
 
 
@@ -286,6 +290,9 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                             "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
                             "series": series_key(c.dataset)} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
+    for cell in chosen:  # a run holding another method's rows, as an `eval` into it wrote them: before any model loads
+        if cell.dir.is_dir() and (methods := set(read_results(cell.dir)["method"])) - {cell.method.name}:
+            raise mixed_run(cell.dir, methods)
     keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
     todo = [c for c in chosen if not _state(c, keys[c.dir], data[c.dataset.label].items).finished]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -174,6 +175,13 @@ def sweep_of(run_dir: str | Path) -> Path | None:
     return None
 
 
+def mixed_run(run_dir: Path, methods: Iterable[str]) -> MinirunError:
+    """The error of a sweep's run holding the rows of several methods (`methods`, its rows'), where it holds one's."""
+    return MinirunError(f"{run_dir} holds rows of the methods {', '.join(sorted(set(methods)))}, and a sweep's run "
+                        "holds one method's: an `eval` wrote into it; move that run out (or delete the folder to run "
+                        "it afresh), and add the method to the sweep file instead")
+
+
 def load_sweep(output: str | Path) -> pd.DataFrame:
     """Every row the sweep's runs have journalled so far, with `model`, `dataset` and `label`
     (the method's label) first; runs in file order, rows in each run's order. `attrs["match"]` is
@@ -191,10 +199,7 @@ def load_sweep(output: str | Path) -> pd.DataFrame:
              for folder, model, dataset, label in cells if (output / folder).is_dir()}
     for folder, part in found.items():
         if len(part) and part["method"].nunique() > 1:  # one method's run: another's rows came from an `eval` into it
-            methods = ", ".join(sorted(part["method"].unique()))
-            raise MinirunError(f"{output / folder} holds rows of the methods {methods}, and a sweep's run holds one "
-                               "method's: an `eval` wrote into it; move that run out (or delete the folder to run it "
-                               "afresh), and add the method to the sweep file instead")
+            raise mixed_run(output / folder, part["method"])
     parts = [p for p in found.values() if len(p)]
     if not parts:
         raise MinirunError(f"{output}: the sweep has no results yet; run `minirun sweep` first")
