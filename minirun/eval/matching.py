@@ -37,9 +37,12 @@ def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
     if not golds:
         return False
     cut = min((i for stop in HARNESS_STOPS if (i := generated.find(stop)) >= 0), default=len(generated))
-    texts = np.array([re.sub(ignored, "", t) if ignored else t for t in (generated[:cut].strip(), *golds)])
-    texts = np.char.translate(np.char.lower(texts), _NO_PUNCTUATION)
-    return bool((texts[1:] == texts[0]).any())
+    prediction = generated[:cut].strip()
+    # two arrays, as there: each as wide as its longest text, which lowering can outgrow ("İ" is two letters lowered)
+    sides = [np.array([re.sub(ignored, "", t) if ignored else t for t in texts])
+             for texts in ([prediction] * len(golds), golds)]
+    predictions, references = (np.char.translate(np.char.lower(side), _NO_PUNCTUATION) for side in sides)
+    return bool((predictions == references).any())
 
 
 @dataclass(frozen=True)
