@@ -26,7 +26,7 @@ from minirun.eval.data import (
     load_webqa,
     write_jsonl,
 )
-from minirun.eval.data.items import ensemble_prompts, item_from_dict
+from minirun.eval.data.items import content_id, ensemble_prompts, item_from_dict
 from minirun.eval.data.myriadlama import template_prompt
 from minirun.eval.data.webqa import parse_target_value
 from minirun.text import normalize
@@ -703,6 +703,10 @@ def test_open_qa_sets_keep_every_accepted_answer_from_the_hub_and_from_a_copy(mo
         frames[name].to_json(copy, orient="records", lines=True)
         frames[name].to_parquet(copy.with_suffix(".parquet"))
         assert load_dataset(copy) == items == load_dataset(copy.with_suffix(".parquet"))
+    gap = pd.concat([frames["mandarjoshi/trivia_qa"]] * 2, ignore_index=True).assign(question_id=["tc_33", None])
+    gap.to_json(tmp_path / "gap.jsonl", orient="records", lines=True)  # read back, the missing id is NaN
+    assert [item.id for item in load_dataset(tmp_path / "gap.jsonl")] == ["tc_33", content_id("triviaqa",
+                                                                                             musical.question)]
 
 
 @pytest.mark.parametrize("name, row, said", [

@@ -27,8 +27,9 @@ def load_triviaqa(split: str = "validation", path: str | Path | None = None, rev
         answers = text_list(answer.get("aliases"), "answer.aliases") or text_list(answer.get("value"), "answer.value")
         if not answers:
             raise ValueError("field 'answer' holds no answer (the Hub's test split has none: use validation)")
-        question = question_field(r)
-        return Item(str(r.get("question_id") or content_id("triviaqa", question)), question, [], answers, "qa")
+        question, row_id = question_field(r), r.get("question_id")  # a copy missing some rows' id holds NaN there
+        return Item(row_id if isinstance(row_id, str) and row_id.strip() else content_id("triviaqa", question),
+                    question, [], answers, "qa")
 
     return number_repeats(rows_to_items(frame.to_dict("records"), source, convert))
 
