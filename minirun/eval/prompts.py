@@ -136,9 +136,9 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
                  subject: str | None = None, fmt: PromptFormat = MINIRUN) -> str:
     """The format's heading plus `k` examples drawn with `seed`, each followed by the format's delimiter (a blank line,
     NQ-open's one new line), so that `prefix + question_block(p, fmt)` is the full prompt (an empty heading and
-    k = 0: no prefix at all). An
-    MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`), and so does
-    an `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's prompt)."""
+    k = 0: no prefix at all). An MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does
+    (its `first_n`), and so does an `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's
+    prompt)."""
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
