@@ -11,6 +11,8 @@ import re
 import string
 from dataclasses import dataclass
 
+import numpy as np
+
 from minirun.text import clean, drop_article, fold, normalize
 
 # Bumped when a verdict can change: a run's rows come from one matcher (its run key holds `matcher_name()`)
@@ -32,8 +34,6 @@ def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
     where it equals some gold once both have lost what the regex `ignored` matches (nq_open's articles), their case
     and ASCII punctuation, compared as the harness compares them (numpy's string arrays). No lemmas, no containment:
     "Paris, France" is right for "Paris" by the cut, "the city of Paris" is not."""
-    import numpy as np
-
     if not golds:
         return False
     cut = min((i for stop in HARNESS_STOPS if (i := generated.find(stop)) >= 0), default=len(generated))

@@ -98,6 +98,7 @@ class CellState:
     finished: bool  # done.json names the file's settings for it and every item has its row: nothing to run
     changed: bool  # it finished under other settings or data (done.json names another key): it runs again
     refused: tuple[str, ...] = ()  # settings its rows were made with that the file changed: the sweep will refuse it
+    methods: frozenset[str] = frozenset()  # whose rows its directory holds: its method's alone, unless an `eval` wrote
 
 
 def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
@@ -171,7 +172,8 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     ids = {item.id for item in items}
     rows = read_results(cell.dir) if cell.dir.is_dir() else pd.DataFrame(columns=["id", "method"])
     answered = set(rows.loc[rows["method"] == cell.method.name, "id"]) & ids  # its method's: an `eval` may have
-    others = set(rows["method"]) - {cell.method.name}  # put another's there, which `run_sweep` refuses
+    methods = frozenset(rows["method"])  # put another's there, which `run_sweep` refuses
+    others = methods - {cell.method.name}
     try:
         marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key")
     except (OSError, ValueError, AttributeError):
@@ -180,7 +182,8 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     refused = _refused(cell, gen, facts(cell.model), *made) if answered and gen and facts and not finished else ()
     if others:
         refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
-    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused)
+    return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused,
+                     methods)
 
 
 def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item_ids: list[str]) -> tuple[str, ...]:
@@ -290,12 +293,13 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
                             "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
                             "series": series_key(c.dataset)} for c in plan]}
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
-    for cell in chosen:  # a run holding another method's rows, as an `eval` into it wrote them: before any model loads
-        if cell.dir.is_dir() and (methods := set(read_results(cell.dir)["method"])) - {cell.method.name}:
-            raise mixed_run(cell.dir, methods)
     keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
-    todo = [c for c in chosen if not _state(c, keys[c.dir], data[c.dataset.label].items).finished]
+    states = [_state(c, keys[c.dir], data[c.dataset.label].items) for c in chosen]
+    for state in states:  # a run holding another method's rows, as an `eval` into it wrote them: before any model loads
+        if state.methods - {state.cell.method.name}:
+            raise mixed_run(state.cell.dir, state.methods)
+    todo = [state.cell for state in states if not state.finished]
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)
