@@ -5,6 +5,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
 
 ARTICLES = frozenset({"a", "an", "the"})
 _SYMBOLS = "".join(ch for ch in string.punctuation if unicodedata.category(ch)[0] == "S")  # $ + < = > ^ ` | ~
@@ -29,6 +30,11 @@ THINK_START, THINK_END = "<think>", "</think>"  # a reasoning model's thinking (
 THINKING_TOKENS = 256  # fewer new tokens than this seldom see a reasoning model's thinking end: warned of
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
+# A number as a worked solution writes it: a sign, a dollar, thousands in groups of three ("1,250"), a decimal part;
+# "1,2,3" is three numbers, not 123; the "-" of "8-3" subtracts
+_NUMBER = re.compile(r"(?:(?<![\w)])[-\u2212])?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_FINAL_MARK = re.compile(r"####\s*")  # GSM8K's solutions end "#### 72"
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # a maths-tuned model's "\boxed{72}"
 
 
 def fold(text: str) -> str:
@@ -104,3 +110,37 @@ def extract_answer(text: str, stop: Iterable[str] = ("\n", " Q:"), reasoning: bo
     while m := _LABEL.match(text):
         text = text[m.end():].lstrip()
     return text.strip(_WRAP).rstrip(".,;:!").strip(_WRAP)
+
+
+def number_value(text: str) -> str | None:
+    """A number's canonical text, so that equal numbers compare equal whatever their form: "$1,250.00" -> "1250",
+    "3.50" -> "3.5", "−4" -> "-4", "-0" -> "0"; None where `text` is not one number."""
+    if not (m := _NUMBER.fullmatch(text.strip().rstrip("."))):
+        return None
+    try:
+        value = Decimal(re.sub(r"[$,\s]", "", m[0]).replace("\u2212", "-"))
+    except InvalidOperation:
+        return None
+    return format(value.normalize() + 0, "f")  # + 0: "-0" is "0"
+
+
+def number_values(text: str) -> set[str]:
+    """Every number `text` writes in digits, as `number_value`s ("$1,200 for 3.50 kg" -> {"1200", "3.5"})."""
+    return {value for found in _NUMBER.findall(text) if (value := number_value(found)) is not None}
+
+
+def final_number(text: str, reasoning: bool = False) -> str | None:
+    """A worked solution's final answer as `number_value`: the number after its first "####" (GSM8K's mark), else in
+    its last "\\boxed{…}", else its last number; looked for past any thinking (`answer_start`); None when there is
+    none. What maths answers are judged and voted on: "… so she has $18.\n#### 18" and "The answer is 18.00."
+    agree."""
+    start = answer_start(text, reasoning or THINK_END in text)
+    if start is None:
+        return None
+    text = text[start:]
+    marked = _FINAL_MARK.search(text)
+    if marked and (m := _NUMBER.match(text, marked.end())):
+        return number_value(m[0])
+    boxed = _BOXED.findall(text)
+    found = _NUMBER.findall(boxed[-1] if boxed and _NUMBER.search(boxed[-1]) else text)
+    return number_value(found[-1]) if found else None

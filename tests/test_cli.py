@@ -240,6 +240,23 @@ def test_a_fill_prompt_under_fill_examples_is_rewritten_into_fill_prompts(tiny, 
     assert asked == ["fill", "qa"] and "Which city is the capital of France?" in json.loads(question.stdout)["rewrites"]
 
 
+def test_a_word_problem_under_maths_examples_is_solved_past_its_lines(tiny, monkeypatch):
+    """Under `--few-shot` maths examples the answer is a worked solution: it stops at a next question, not at its
+    first line's end, and a vote counts the prompts' final numbers ("#### 18" and "$18.00" agree)."""
+    import minirun.methods
+    from minirun.eval.data import SAMPLE_DIR
+
+    seen = []
+    real = minirun.methods.run_method
+    monkeypatch.setattr(minirun.methods, "run_method",
+                        lambda llm, method, qs, options: seen.append(options) or real(llm, method, qs, options))
+    result = invoke("generate", "--model", tiny, "--method", "vote", "Janet has 9 eggs and sells them at $2. How "
+                    "much does she make?", "-p", "What does Janet earn selling 9 eggs at $2?", "--few-shot",
+                    str(SAMPLE_DIR / "fewshot_math.jsonl"), "--few-shot-k", "1", "--json", "--max-new-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert [(o.stop, o.worked) for o in seen] == [(("\nQ:",), True)]
+
+
 def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch):
     from minirun.eval import paraphrase
 

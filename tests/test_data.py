@@ -534,7 +534,7 @@ def test_every_named_dataset_has_a_task():
     """`--benchmark NAME` checks a file's items against the task NAME asks: every name must have one."""
     from minirun.eval.data import NAMES, TASK_OF
 
-    assert set(TASK_OF) == set(NAMES) and set(TASK_OF.values()) == {"qa", "fill", "choice"}
+    assert set(TASK_OF) == set(NAMES) and set(TASK_OF.values()) == {"qa", "fill", "choice", "math"}
 
 
 def test_arc_and_openbookqa_from_the_hub(monkeypatch):
@@ -724,6 +724,66 @@ def test_open_qa_rows_without_an_answer_are_named(tmp_path, name, row, said):
     frame.to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
     with pytest.raises(MinirunError, match=said):
         load_dataset(tmp_path / "rows.jsonl")
+
+
+GSM8K_ROWS = pd.DataFrame({
+    "question": ["Janet\u2019s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
+                 "for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per "
+                 "fresh duck egg. How much in dollars does she make every day at the farmers' market?",
+                 "A house is bought for $80,000 and $50,000 is put into repairs. How much is it worth after its "
+                 "value rises by 150%?"],
+    "answer": ["Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 every day "
+               "at the farmer\u2019s market.\n#### 18",
+               "The house costs 80,000 + 50,000 = $<<80000+50000=130000>>130,000.\nIt rises by 80,000 * 1.5 = "
+               "<<80000*1.5=120000>>120,000.\nSo it is worth 120,000 + 80,000 = $<<120000+80000=200000>>200,000.\n"
+               "#### 200,000"]})
+
+
+def test_gsm8k_items_hold_the_final_number_and_the_worked_solution(monkeypatch, tmp_path):
+    """GSM8K's rows (`openai/gsm8k`, `main`; test, and train for the examples) become maths items: the number after
+    "####" is the answer judged, the whole solution (calculator notes kept, as the harness's examples show them) is
+    what a few-shot example shows; ids come from the question's text, the same from the Hub and from a copy, which
+    is told from NQ-open's rows of the same two fields by its answer being one text, not a list."""
+    calls = _fake_datasets(monkeypatch, {"openai/gsm8k": GSM8K_ROWS})
+    ducks, house = load_dataset("gsm8k")
+    assert (ducks.answers, ducks.task, ducks.solution) == (["18"], "math", GSM8K_ROWS["answer"][0])
+    assert house.answers == ["200,000"] and ducks.id == content_id("gsm8k", ducks.question)
+    assert load_fewshot("gsm8k") == [ducks, house]
+    assert calls == [("openai/gsm8k", "main", "test"), ("openai/gsm8k", "main", "train")]
+    GSM8K_ROWS.to_json(tmp_path / "gsm8k.jsonl", orient="records", lines=True)
+    GSM8K_ROWS.to_parquet(tmp_path / "gsm8k.parquet")
+    _open_qa_frames()["google-research-datasets/nq_open"].to_parquet(tmp_path / "nq.parquet")
+    assert load_dataset(tmp_path / "gsm8k.jsonl") == [ducks, house] == load_dataset(tmp_path / "gsm8k.parquet")
+    assert load_dataset(tmp_path / "nq.parquet")[0].task == "qa"
+
+
+@pytest.mark.parametrize("answer, said", [
+    ("She makes 18 dollars.", r"record 1: field 'answer' must be a worked solution ending \"#### <number>\""),
+    ("She makes 18.\n#### eighteen", r"record 1: field 'answer' must end \"#### <number>\", got #### 'eighteen'")])
+def test_gsm8k_rows_without_a_final_number_are_named(tmp_path, answer, said):
+    GSM8K_ROWS.head(1).assign(answer=[answer]).to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=said):
+        load_dataset(tmp_path / "rows.jsonl")
+
+
+def test_maths_items_in_a_file_need_number_answers_and_keep_their_solutions(tmp_path):
+    """A plain maths item's answers are numbers and its optional `solution` a text (no other task has one), so a
+    run never judges a word against a number; an item saved without a solution keeps the form it had before
+    solutions existed (the sweep keys hashed from it)."""
+    record = {"id": "m1", "question": "2 + 2?", "paraphrases": [], "answers": ["4"], "task": "math",
+              "solution": "2 + 2 = 4.\n#### 4"}
+    assert item_from_dict(record).solution == "2 + 2 = 4.\n#### 4"
+    assert item_record(item_from_dict(record)) == {**record, "relation": None, "choices": None, "answer": None}
+    plain = {**record, "task": "qa"}
+    del plain["solution"]
+    assert "solution" not in item_record(item_from_dict(plain))
+    for bad, said in [({"answers": ["four"]}, "field 'answers' of a math item must be numbers"),
+                      ({"task": "qa"}, "field 'solution' is a math item's worked solution"),
+                      ({"solution": ""}, "field 'solution' is a math item's worked solution")]:
+        with pytest.raises(ValueError, match=said):
+            item_from_dict({**record, **bad})
+    assert [i.task for i in load_dataset("sample-math")] == ["math"] * 16
+    assert all(i.solution and i.solution.endswith(f"#### {i.answers[0]}") for i in load_fewshot("sample-math"))
 
 
 def test_choice_rows_with_null_values_are_errors(tmp_path):

@@ -95,8 +95,8 @@ def test_eval_flow(models_dir, tmp_path):
                     "--max-new-tokens", "16"]  # the method's own settings are asked as for generate
     assert ("prompts per question (the question and its paraphrases)", "5") in prompts
     assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
-    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, webqa, myriadlama, triviaqa, "
-                         "nq_open, popqa, mmlu, "
+    assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, sample-math, webqa, "
+                         "myriadlama, triviaqa, nq_open, popqa, gsm8k, mmlu, "
                          "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, truthfulqa_mc1, "
                          "truthfulqa_mc2 (a Hub "
                          "one pinned: NAME@REV) or the path of an existing file "
@@ -121,9 +121,9 @@ def test_eval_defaults_and_bench(models_dir):
     methods = [m for flag, m in zip(argv, argv[1:]) if flag == "--method"]
     assert methods == _default(eval_command, "method")  # eval's own five
     assert argv[2 * len(methods) + 1:] == ["--data", "sample-qa", "--positions", "right", "--num-prompts", "5",
-                                           "--few-shot-k", "5", "--max-new-tokens", "24"]
+                                           "--few-shot-k", "5"]
     assert [_default(eval_command, n) for n in ("positions", "num_prompts", "few_shot_k", "max_new_tokens")] == \
-        ["right", 5, 5, 24] and _default(eval_command, "max_samples") is None
+        ["right", 5, 5, None] and _default(eval_command, "max_samples") is None
     argv, _, _ = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
     assert argv[argv.index("--max-new-tokens") + 1] == str(_default(generate, "max_new_tokens"))
     argv, _, prompts = drive(["generate", "", "Q?", "", "", ""], models_dir)  # no method: the prompt alone

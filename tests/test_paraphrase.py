@@ -139,6 +139,45 @@ def llm(long_context):
     return minirun.load(long_context)
 
 
+WORD_PROBLEM = Item("m1", "Tom has 3 boxes of 12 pencils and gives away nine of them. How many pencils are left?", [],
+                    ["27"], "math")
+
+
+def test_word_problems_are_reworded_whole_and_keep_every_number():
+    """A word problem's rewrite (its own prompt, worked examples that keep their numbers) is dropped where its numbers
+    are not the original's — one changed, dropped or added is another problem, whose gold is no longer the item's —
+    with numbers spelt out up to twelve read as digits; the sample problems' own wordings all pass."""
+    prompt = rewrite_prompt(WORD_PROBLEM)
+    assert paraphrase.MATH_INSTRUCTION in prompt and prompt.endswith(f"Problem: {WORD_PROBLEM.question}\nRewrite:")
+    assert keep("After giving 9 pencils away from his three boxes holding 12 each, how many pencils does Tom have?",
+                WORD_PROBLEM, [])
+    for changed in ("Tom has 3 boxes of 10 pencils and gives away 9. How many pencils are left?",  # 12 -> 10
+                    "Tom has boxes of 12 pencils and gives away 9. How many pencils remain?",  # 3 dropped
+                    "Tom has 3 boxes of 12 pencils, gives away 9 and keeps 27. How many pencils are left?"):  # added
+        assert not keep(changed, WORD_PROBLEM, [])
+    assert paraphrase.quantities("It costs $1,200 for three and 0.50 more") == {"1200", "3", "0.5"}
+    for item in load_dataset("sample-math"):
+        assert all(keep(p, item, []) for p in item.paraphrases), item.id
+        assert not {paraphrase.normalize(q) for q, _ in paraphrase.MATH_DEMOS} & {paraphrase.normalize(item.question)}
+
+
+def test_word_problems_get_room_to_be_reworded_and_their_own_key(tmp_path, monkeypatch):
+    """A rewrite of a word problem gets 256 new tokens unless told otherwise (30 cut it off: a cut-off rewrite is
+    none), and its file's key holds the maths prompt; other files' keys stay as they were before it existed."""
+    asked = []
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, num, t, p, tokens, seed: asked.append(tokens)
+                        or [[""] * num for _ in batch])
+    fake = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
+                                "tokenizer": types.SimpleNamespace(rebuilt=False, reads_clock=False,
+                                                                   pinned_clock=lambda day: contextlib.nullcontext()),
+                                "opens_reasoning": lambda self, chat, thinking: False})()
+    paraphrase_file(fake, [WORD_PROBLEM], tmp_path / "m.jsonl", num=2)
+    paraphrase_file(fake, [ITEM], tmp_path / "q.jsonl", num=2)
+    assert asked == [256, 30]
+    keys = {paraphrase.settings_key(fake, "sample-math", 2, 1.5, 0.9, 256, 0, worked=worked) for worked in (0, 1)}
+    assert len(keys) == 2
+
+
 def test_a_rewrite_prompt_past_the_context_is_refused_and_leaves_no_file(checkpoint_dirs, tmp_path):
     short = minirun.load(checkpoint_dirs["llama3"])
     with pytest.raises(minirun.MinirunError, match="needs .* tokens \\(most of them the instruction and worked "

@@ -933,6 +933,22 @@ def test_a_cell_of_scored_choices_is_not_keyed_by_max_new_tokens():
     assert keys[0][0] == keys[1][0] and keys[0][1] != keys[1][1]
 
 
+def test_a_cell_is_keyed_by_the_new_tokens_it_runs_with():
+    """`[generation]` without max_new_tokens gives short answers 24 tokens and word problems 256: a QA cell keeps the
+    key it had when the file said 24 (finished before the default became per task, it stays finished), and a maths
+    cell is the cell the file would make saying 256."""
+    from minirun.eval import sweep as sweep_module
+
+    def keys(generation: dict) -> list[str]:
+        spec = parse_sweep({**BASE, "generation": generation, "datasets": [{"name": "sample-qa"},
+                                                                           {"name": "sample-math"}]})
+        return [sweep_module.cell_key(cell, spec, sweep_module.Data(load_dataset(name)[:2], None, None))
+                for cell, name in zip(sweep_module.cells(spec, "out"), ("sample-qa", "sample-math"))]
+
+    (qa, maths), said = keys({}), {tokens: keys({"max_new_tokens": tokens}) for tokens in (24, 256)}
+    assert qa == said[24][0] != said[256][0] and maths == said[256][1] != said[24][1]
+
+
 def test_an_mmlu_run_finished_under_one_head_for_all_subjects_is_not_finished(monkeypatch):
     """MMLU's per-subject heads change its rows: its cells' keys say so (a done.json of before is no longer theirs),
     while other datasets' keys stay as they were."""

@@ -247,8 +247,8 @@ def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: l
 
 
 def few_shot_task(path: Optional[Path]) -> str:
-    """The task a `--few-shot` file's worked examples are of (its first item's: "qa", "fill" or "choice"), which the
-    question is asked as; "qa" for no file or a verbatim text file."""
+    """The task a `--few-shot` file's worked examples are of (its first item's: "qa", "fill", "choice" or "math"),
+    which the question is asked as; "qa" for no file or a verbatim text file."""
     if path is None or path.suffix != ".jsonl":
         return "qa"
     from minirun.eval.data import load_jsonl

@@ -69,7 +69,8 @@ def eval_command(
     output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per batched generation (default: 32, fewer "
                                              "where their prompts would make more than 256 rows)."),
-    max_new_tokens: int = typer.Option(24, min=1),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="New tokens per answer (default: 24; 256 for "
+                                                 "maths items, solved step by step)."),
     match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts)."),
     num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),

@@ -120,9 +120,10 @@ def generate(
         _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json, thinking)
         return
     # Everything below is checked before the model loads, so a typo fails at once.
-    method = method or "origin"
+    method, task = method or "origin", few_shot_task(few_shot)
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None, thinking=bool(thinking),
-                              stop=tuple(stop) or (("\n",) if few_shot else ()), share_prefix=share_prefix,
+                              stop=tuple(stop) or (_few_shot_stop(task) if few_shot else ()),
+                              share_prefix=share_prefix, worked=task == "math",
                               positions=positions, flex_bias=parse_flex_bias(flex_bias), temperature=temperature,
                               seed=seed, num_samples=num_samples, fusion_layer=fusion_layer,
                               fusion_alpha=fusion_alpha)
@@ -139,7 +140,7 @@ def generate(
                            "--paraphrases-file, or --rewrites N (N of 1 or more)")
     prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # before the model loads
     llm = load_llm(model, device, dtype, compile)
-    written = _rewrites(llm, prompt, paraphrases, rewrites, seed, few_shot_task(few_shot))
+    written = _rewrites(llm, prompt, paraphrases, rewrites, seed, task)
     if written:  # the few-shot examples drawn again, none of them one of the model's rewordings
         prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases + written, suffix)
     _ensemble(llm, method, prompt, paraphrases + written, prefix, after, options, as_json,
@@ -174,6 +175,13 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
     else:
         end_stream()
         err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
+
+
+def _few_shot_stop(task: str) -> tuple[str, ...]:
+    """Where an answer under worked examples ends: its line, or a worked solution's next question."""
+    from minirun.eval.prompts import WORKED_STOP
+
+    return WORKED_STOP if task == "math" else ("\n",)
 
 
 def _rewrites(llm: LLM, question: str, given: list[str], num: int, seed: int, task: str) -> list[str]:

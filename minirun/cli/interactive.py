@@ -207,7 +207,8 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     output = ask("output directory (empty: runs/<dataset>-<model>)", "").strip()
     if output:
         argv += ["--output", output]
-    return argv + ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "24", _positive_int)]
+    tokens = _prompt(ask, echo, "max new tokens (empty: 24, 256 for maths items)", "", _optional_int)
+    return argv + (["--max-new-tokens", tokens] if tokens else [])
 
 
 def format_command(argv: list[str]) -> str:

@@ -108,8 +108,8 @@ def bench(
 
 
 def paraphrase(
-    data: str = typer.Argument(..., help="A dataset name (sample-qa, sample-fill, sample-choice, webqa, myriadlama, "
-                               "triviaqa, nq_open, popqa, "
+    data: str = typer.Argument(..., help="A dataset name (sample-qa, sample-fill, sample-choice, sample-math, webqa, "
+                               "myriadlama, triviaqa, nq_open, popqa, gsm8k, "
                                "mmlu, commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, truthfulqa_mc1, "
                                "truthfulqa_mc2; a Hub one pinned: NAME@REV) or a dataset file."),
     out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),
@@ -117,7 +117,8 @@ def paraphrase(
     model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),
     temperature: float = typer.Option(1.5, min=0),
     top_p: float = typer.Option(0.9, max=1, callback=top_p_above_zero, help="Nucleus sampling, 0 < p <= 1."),
-    max_new_tokens: int = typer.Option(30, min=1),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="New tokens per rewrite (default: 30; 256 for "
+                                                 "word problems, reworded whole)."),
     seed: int = typer.Option(0, help="Rewrite i of an item is sampled with a hash of (seed, item id, i)."),
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
     template_date: Optional[str] = typer.Option(None, help="The day (YYYY-MM-DD) a chat template that writes today's "
@@ -129,7 +130,8 @@ def paraphrase(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Have the model rewrite each question N ways (a fill prompt into fill prompts); duplicate, empty, cut-off and
-    answer-leaking rewrites, and fill rewrites that complete the prompt, are dropped. The output's paraphrases are
+    answer-leaking rewrites, fill rewrites that complete the prompt, and word problems' rewrites that change a number,
+    are dropped. The output's paraphrases are
     the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
     from rich.progress import Progress
 

@@ -31,7 +31,7 @@ from minirun.engine.llm import LLM
 from minirun.engine.session import out_of_memory
 from minirun.errors import HubDataUnavailable, MinirunError, PromptTooLong
 from minirun.eval.data import NAMES, TASK_OF, Item, ensemble_prompts, load_fewshot
-from minirun.eval.matching import Matcher, harness_exact, matcher_name
+from minirun.eval.matching import MatchResult, Matcher, harness_exact, harness_gsm8k, matcher_name, number_right
 from minirun.eval.prompts import (
     CHOICE_FORMATS,
     LETTERS,
@@ -39,6 +39,7 @@ from minirun.eval.prompts import (
     PromptFormat,
     build_prefix,
     check_choice_format,
+    new_tokens,
     one_right_letter,
     option_list,
     prompt_format,
@@ -50,7 +51,7 @@ from minirun.methods.choice import ChoiceResult, asked_ids, score_choices, score
 from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
 from minirun.methods.runner import (PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
-from minirun.text import THINK_END, THINKING_TOKENS, answer_start, extract_answer, normalize
+from minirun.text import THINK_END, THINKING_TOKENS, answer_start, extract_answer, final_number, normalize
 
 log = logging.getLogger("minirun")
 
@@ -231,9 +232,10 @@ class Run:
 def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
             dataset: str = "custom", num_prompts: int = 5, original: bool = True, max_samples: int | None = None,
             few_shot_k: int = 5, fewshot_items: list[Item] | None = None, task: str | None = None,
-            batch_size: int | None = None, max_new_tokens: int = 24, bidirectional: bool = False, num_samples: int = 100,
-            positions: str = "right", share_prefix: bool = True, chat: bool | None = None, thinking: bool = False,
-            flex_bias: float | str | None = None, fusion_layer: int | None = None, fusion_alpha: float = 1.0,
+            batch_size: int | None = None, max_new_tokens: int | None = None, bidirectional: bool = False,
+            num_samples: int = 100, positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
+            thinking: bool = False, flex_bias: float | str | None = None, fusion_layer: int | None = None,
+            fusion_alpha: float = 1.0,
             choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None,
             template_date: str | None = None, data_source: dict | None = None,
             few_shot_source: dict | None = None) -> Run:
@@ -265,13 +267,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     fmt = prompt_format(source, choice_format)
     if thinking and chat is False:
         raise MinirunError("--thinking is a chat template's switch, and --no-chat uses none: drop one of them")
+    items = list(items)[:max_samples] if max_samples is not None else list(items)
+    max_new_tokens = new_tokens(items, max_new_tokens)
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=fmt.stop,
                               share_prefix=share_prefix, positions=positions, num_samples=num_samples, flex_bias=flex_bias,
                               fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
     for method in methods:
         check_method(method, options)
     check_options_used(methods, options)
-    items = list(items)[:max_samples] if max_samples is not None else list(items)
     if not items:
         raise MinirunError("no items to evaluate: the dataset is empty")
     seen: set[str] = set()
@@ -303,6 +306,11 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
+    if (weighted := [m for m in methods if m in WEIGHTED]) and any(item.task == "math" for item in items):
+        raise MinirunError(f"{', '.join(weighted)} weigh each prompt by how its {options.confidence_tokens}-token "
+                           f"samples agree, and a worked solution reaches its final number far later: leave "
+                           f"{'them' if len(weighted) > 1 else 'it'} out for {dataset}'s word problems (vote is "
+                           "self-consistency over the wordings)")
     check_prompt_count(prompts, methods, dataset, num_prompts)
     has_template = llm.tokenizer.chat_template is not None
     templated = chat if chat is not None else has_template
@@ -470,7 +478,10 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     (TruthfulQA's MC2 sets; the pick is right when it is one of them; `report --choice-score` re-picks under another
     score from them),
     `answer` the picked option's text, and with `choice_format` "letters" the options are listed in the prompt
-    and their letters scored.
+    and their letters scored. Maths items (`task` "math") are solved step by step (`max_new_tokens` by default
+    `WORKED_TOKENS`, generation stopping at a next question): `answer` is the final number (`final_number`), judged as
+    a number under every rule, and `correct_harness` is lm-evaluation-harness's gsm8k "strict-match" verdict; a vote
+    counts final numbers.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are
     `prepare`'s keywords. Returns the merged table (world_size 1) or this rank's shard of it.
     """
@@ -693,9 +704,10 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
                                 lambda r: scored_as(r, method, pick_options.choice_score))
         rows |= {i: _choice_row(item, method, r, original) for i, item, r in zip(scored, picked, results)}
     if generated:
-        gen_options = replace(options, confidences=[options.confidences[i] for i in generated]) \
-            if options.confidences else options
         items = [batch[i] for i in generated]
+        worked = items[0].task == "math"  # a batch is one few-shot head's, so of one task
+        gen_options = replace(options, confidences=[options.confidences[i] for i in generated] if options.confidences
+                              else None, stop=run.prompt_format.stops(items[0].task), worked=worked)
         found = _generate_rows(llm, method, items, [questions[i] for i in generated], gen_options, matcher,
                                run.bidirectional, original, twins, run.prompt_format.ignored)
         rows |= dict(zip(generated, found))
@@ -704,10 +716,15 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
 
 
-def _harness_verdict(text: str, golds: list[str], reasoning: bool, ignored: str) -> bool:
-    """`harness_exact` of a generation's answer part (none while its thinking goes on, as for `extract_answer`)."""
+def _harness_verdict(text: str, golds: list[str], reasoning: bool, ignored: str, options: EnsembleOptions) -> bool:
+    """lm-evaluation-harness's verdict of a generation's answer part (none while its thinking goes on, as for
+    `extract_answer`): `harness_exact`, or for a worked solution `harness_gsm8k`."""
     start = answer_start(text, reasoning or THINK_END in text)
-    return start is not None and harness_exact(text[start:], golds, ignored)
+    if start is None:
+        return False
+    if options.worked:
+        return harness_gsm8k(text[start:], golds, options.stop)
+    return harness_exact(text[start:], golds, ignored)
 
 
 @contextlib.contextmanager
@@ -751,13 +768,20 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
     with _naming(batch):
         results = twins.run(method, "generate", (questions,), options,
                             lambda: run_method(llm, method, questions, options),
-                            lambda r: answered_as(r, method, reasoning))
+                            lambda r: answered_as(r, method, reasoning, options.worked))
     texts = [r.answers if r.answers is not None else [r.text] for r in results]
-    answers = [[extract_answer(a, STOP, reasoning) for a in mine] for mine in texts]
-    predictions = [x for a in answers for x in a]
-    golds = [item.answers for item, a in zip(batch, answers) for _ in a]
-    # Both rules from one spaCy pass: the second call finds every lemma in the matcher's cache.
-    matches = iter(zip(matcher.match(predictions, golds), matcher.match(predictions, golds, bidirectional=True)))
+    if options.worked:  # worked solutions, judged by their final numbers under every rule
+        numbers = [[final_number(a, reasoning) for a in mine] for mine in texts]
+        verdicts = [MatchResult(right, right) for item, mine in zip(batch, numbers)
+                    for right in (number_right(a, item.answers) for a in mine)]
+        matches = iter(zip(verdicts, verdicts))
+        answers = [[a or "" for a in mine] for mine in numbers]
+    else:
+        answers = [[extract_answer(a, STOP, reasoning) for a in mine] for mine in texts]
+        predictions = [x for a in answers for x in a]
+        golds = [item.answers for item, a in zip(batch, answers) for _ in a]
+        # Both rules from one spaCy pass: the second call finds every lemma in the matcher's cache.
+        matches = iter(zip(matcher.match(predictions, golds), matcher.match(predictions, golds, bidirectional=True)))
     rows = []
     for item, result, mine, text in zip(batch, results, answers, texts):
         both = [next(matches) for _ in mine]
@@ -768,7 +792,7 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
             "id": item.id, "method": method, "prompts": result.prompts, "generated": result.text, "answer": mine[shown],
             "exact": found[shown].exact, "correct": found[shown].lemma, "correct_lemma": both[shown][0].lemma,
             "correct_bidirectional": both[shown][1].lemma, "tokens": _generated_tokens(result),
-            "correct_harness": _harness_verdict(text[shown], item.answers, reasoning, ignored),
+            "correct_harness": _harness_verdict(text[shown], item.answers, reasoning, ignored, options),
             "relation": item.relation, "task": item.task, "original": original,
             "answers": mine if every else None,
             "per_prompt_correct": [m.lemma for m in found] if every else None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minirun.text import clean, drop_article, fold, normalize
+from minirun.text import clean, drop_article, fold, normalize, number_value
 
 # Bumped when a verdict can change: a run's rows come from one matcher (its run key holds `matcher_name()`)
 MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes;
@@ -26,6 +26,8 @@ MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.matc
 SCORING_RULES = (*MATCH_RULES, "harness")  # what `report --match` rescores by: those, or `harness_exact`'s verdicts
 HARNESS_STOPS = ("\n", ".", ",")  # lm-evaluation-harness's `until` for triviaqa and nq_open
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+GSM8K_FINAL = re.compile(r"#### (-?[0-9.,]+)")  # lm-evaluation-harness gsm8k's "strict-match" filter
+GSM8K_IGNORED = (",", r"\$", r"(?s).*#### ", r"\.$")  # its exact_match's regexes_to_ignore, applied in order
 
 
 def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
@@ -43,6 +45,31 @@ def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
              for texts in ([prediction] * len(golds), golds)]
     predictions, references = (np.char.translate(np.char.lower(side), _NO_PUNCTUATION) for side in sides)
     return bool((predictions == references).any())
+
+
+def harness_gsm8k(generated: str, golds: list[str], stops: tuple[str, ...] = ()) -> bool:
+    """lm-evaluation-harness's gsm8k verdict under its "strict-match" filter, the figure papers quote: the
+    generation cut at its stops, the number after its first "#### " (no such number: never right), equal to some gold
+    once both have lost their commas, dollar signs, anything up to a "#### " and one final full stop, case ignored.
+    "#### 1,250" is right for 1250; "#### 3.50" is not for 3.5, nor "The answer is 18" for 18 (see `number_right`)."""
+    for stop in stops:
+        generated = generated.split(stop)[0]
+    found = GSM8K_FINAL.search(generated)
+    if found is None:
+        return False
+
+    def bare(text: str) -> str:
+        for pattern in GSM8K_IGNORED:
+            text = re.sub(pattern, "", text)
+        return text.lower()
+
+    return bare(found[1].strip()) in {bare(gold) for gold in golds}
+
+
+def number_right(answer: str | None, golds: list[str]) -> bool:
+    """Whether a worked solution's final number (`final_number`'s canonical text) equals a gold number as a number:
+    "1250" is right for "1,250", "3.5" for "3.50"."""
+    return answer is not None and answer in {number_value(gold) for gold in golds}
 
 
 @dataclass(frozen=True)

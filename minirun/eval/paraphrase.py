@@ -28,7 +28,7 @@ from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict, item_record
 from minirun.eval.results import RECORDED_BEFORE, REBUILT, drop_torn_line, lock_exclusively
-from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize
+from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize, number_values
 
 log = logging.getLogger("minirun")
 
@@ -54,11 +54,26 @@ FILL_DEMOS = [  # written for minirun; facts not in sample-fill
     ("The largest planet in the solar system is", "Of all the planets in the solar system, the biggest one is"),
     ("Isaac Newton was born in the country of", "The country where Isaac Newton was born is"),
 ]
+# A word problem is reworded whole, every quantity kept: a rewrite that changes a number changes the answer
+MATH_INSTRUCTION = ("Rewrite the word problem so that it keeps exactly the same meaning and every number but uses "
+                    "different words and a different sentence structure. Do not solve it. Reply with the rewritten "
+                    "problem only, on one line.")
+MATH_DEMOS = [  # written for minirun; problems not in sample-math
+    ("A baker makes 24 muffins and sells 3 boxes of 6 muffins each. How many muffins are left?",
+     "After selling 3 boxes holding 6 muffins apiece, how many of the 24 muffins a baker made remain?"),
+    ("Lena walks 2 miles every day for 5 days and then 4 miles on Saturday. How far does she walk in total?",
+     "What total distance does Lena cover if she walks 4 miles on Saturday after walking 2 miles a day for 5 days?"),
+    ("A ticket costs $12 and a drink costs $3. How much do 4 tickets and 2 drinks cost?",
+     "What is the price of 2 drinks at $3 each together with 4 tickets at $12 each?"),
+]
 QUESTION_PROMPT = (INSTRUCTION, DEMOS, "Question")
 # task -> instruction, worked examples, label; a choice item's stem is asked as a question ("Q: ...")
 PROMPTS = {"qa": QUESTION_PROMPT, "choice": QUESTION_PROMPT, "fill": (FILL_INSTRUCTION, FILL_DEMOS, "Sentence")}
+MATH_PROMPT = (MATH_INSTRUCTION, MATH_DEMOS, "Problem")  # not in PROMPTS, which every file's settings key holds
 DEMO_TEXTS = {task: [normalize(text) for demo in demos for text in demo]  # a rewrite containing one copied an example
-              for task, (_, demos, _) in PROMPTS.items()}
+              for task, (_, demos, _) in {**PROMPTS, "math": MATH_PROMPT}.items()}
+REWRITE_TOKENS = 30  # new tokens a rewrite gets unless told otherwise
+WORKED_REWRITE_TOKENS = 256  # and a word problem's, as long as the problem (GSM8K's longest: 188 SmolLM2 tokens)
 CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, where its answer follows
 # In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
 # prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key;
@@ -76,7 +91,8 @@ def rewrite_kind(item: Item) -> str:
 
 
 def rewrite_prompt(item: Item) -> str:
-    instruction, demos, label = PROMPTS[rewrite_kind(item)]
+    kind = rewrite_kind(item)
+    instruction, demos, label = MATH_PROMPT if kind == "math" else PROMPTS[kind]
     shots = "\n\n".join(f"{label}: {q}\nRewrite: {r}" for q, r in demos)
     return f"{instruction}\n\n{shots}\n\n{label}: {item.question}\nRewrite:"
 
@@ -100,8 +116,10 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
     of the prompt's worked examples (a small model often repeats one), rewrites giving the answer away
     (naming it more often than the original does: "Which U.S. state is New York City in?" keeps rewrites
     that say "New York City"), rewrites sharing no content word with the original ("The answer to this question
-    is:", which a small model writes and which asks nothing), and fill rewrites (`rewrite_kind`: of a fill item, or of
-    a choice stem its options continue) that do not end in a word where the answer can follow ("... is Cairo.")."""
+    is:", which a small model writes and which asks nothing), fill rewrites (`rewrite_kind`: of a fill item, or of
+    a choice stem its options continue) that do not end in a word where the answer can follow ("... is Cairo."), and
+    word problems' rewrites whose numbers are not the original's (`quantities`: one changed, dropped or added is
+    another problem, with another answer)."""
     norm, original = normalize(rewrite), normalize(item.question)
     if not norm or norm in map(normalize, kept) or f"{norm} ".startswith(f"{original} "):
         return False
@@ -110,6 +128,8 @@ def keep(rewrite: str, item: Item, kept: list[str]) -> bool:
     if any(_mentions(norm, demo) for demo in DEMO_TEXTS[rewrite_kind(item)]):
         return False
     if (asked := content_stems(item.question)) and not asked & content_stems(rewrite):
+        return False
+    if item.task == "math" and quantities(rewrite) != quantities(item.question):
         return False
     return not any(_mentions(norm, answer) > _mentions(original, answer) for answer in map(normalize, item.answers))
 
@@ -126,6 +146,18 @@ def content_stems(text: str) -> set[str]:
 
     words = [NUMBER_WORDS.get(word, word) for word in normalize(text).split()]
     return {word[:5] for word in words if any(c.isdigit() for c in word) or len(word) > 2 and word not in STOP_WORDS}
+
+
+# Spelt quantities a word problem's rewrite may write in digits or words: not "one", a pronoun as often ("one of
+# them"), and 1 is no quantity compared ("$1" is "a dollar", "one third" "a third"); a dozen is 12
+QUANTITY_WORDS = {**{word: n for word, n in NUMBER_WORDS.items() if n != "1"}, "dozen": "12"}
+
+
+def quantities(text: str) -> set[str]:
+    """The numbers a text states, as values: written in digits ("$1,200" is 1200) or spelt out (`QUANTITY_WORDS`:
+    "three" is 3), so "She eats three" and "she has 3" state the same; never 1 (see `QUANTITY_WORDS`)."""
+    spelt = {QUANTITY_WORDS[word] for word in normalize(text).split() if word in QUANTITY_WORDS}
+    return (number_values(text) | spelt) - {"1"}
 
 
 def _mentions(text: str, phrase: str) -> int:
@@ -145,14 +177,16 @@ def settings_record(llm: LLM, dataset: str, num: int, temperature: float, top_p:
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, day: str | None = None) -> str:
+                 seed: int, day: str | None = None, worked: bool = False) -> str:
     """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
     `day` a dated chat template renders at where there is one, and a Llama-class tokenizer's pipeline as transformers 5
-    builds it (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys)."""
+    builds it (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys), and for word problems
+    (`worked`) their rewrite prompt (other files' keys stay as they were)."""
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
     settings = [str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
                 PROMPTS, str(llm.dtype), llm.device.type]
-    raw = json.dumps(settings + ([day] if day is not None else []) + ([REBUILT] if llm.tokenizer.rebuilt else []))
+    raw = json.dumps(settings + ([day] if day is not None else []) + ([REBUILT] if llm.tokenizer.rebuilt else [])
+                     + ([MATH_PROMPT] if worked else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -203,11 +237,13 @@ def kept_rewrites(rewrites: list[str], item: Item) -> list[str]:
 
 
 def rewrite_question(llm: LLM, question: str, num: int, temperature: float = 1.5, top_p: float = 0.9,
-                     max_new_tokens: int = 30, seed: int = 0, task: str = "qa") -> list[str]:
+                     max_new_tokens: int | None = None, seed: int = 0, task: str = "qa") -> list[str]:
     """One question's kept rewrites (of `num` sampled), under the rules and defaults `minirun paraphrase` uses for a
     dataset's item of `task` (a "fill" prompt into fill prompts); its answer is unknown, so none is dropped for
-    giving it away."""
+    giving it away; `max_new_tokens` as `paraphrase_file`'s."""
     check_sampling(num, temperature, top_p)
+    if max_new_tokens is None:
+        max_new_tokens = WORKED_REWRITE_TOKENS if task == "math" else REWRITE_TOKENS
     warn_thinking(llm, max_new_tokens)
     item = Item("question", question, [question], [], task)
     return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed)[0], item)
@@ -230,7 +266,7 @@ def check_sampling(num: int, temperature: float, top_p: float) -> None:
 
 
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
-                    max_new_tokens: int = 30, seed: int = 0, batch_size: int = 8,
+                    max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 8,
                     on_progress: Callable[[int], None] | None = None, dataset: str = "custom",
                     template_date: str | None = None, data_source: dict | None = None) -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
@@ -240,11 +276,15 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     The dataset's own paraphrases are not carried over. `dataset` names the items' source: a file holds
     one dataset's rewrites under one set of settings. `on_progress` hears how many items are done:
     first those finished before (resumed), then after each batch. A chat template that writes the date
-    renders at `template_date` (YYYY-MM-DD), by default the day the file's first rows recorded, else today.
+    renders at `template_date` (YYYY-MM-DD), by default the day the file's first rows recorded, else today. A rewrite
+    gets `max_new_tokens`, by default `REWRITE_TOKENS` (`WORKED_REWRITE_TOKENS` for word problems, reworded whole).
     Each row records `data_source`, where a Hub dataset's items were read (`data.load_cited`; read a resumed
     file's again with `paraphrased_from`), so a run on the file cites the data it rewrote.
     """
     out = Path(out)
+    worked = any(item.task == "math" for item in items)
+    if max_new_tokens is None:
+        max_new_tokens = WORKED_REWRITE_TOKENS if worked else REWRITE_TOKENS
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")
@@ -267,7 +307,7 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 recorded = {"template_date": day} if day is not None else {}
                 if data_source is not None:
                     recorded["data_source"] = data_source
-                key, setup = settings_key(*settings, day), settings_record(*settings, day)
+                key, setup = settings_key(*settings, day, worked), settings_record(*settings, day)
                 return _paraphrase_into(f, llm, items, out, key, setup, recorded, num, temperature, top_p,
                                         max_new_tokens, seed, batch_size, on_progress)
         except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)

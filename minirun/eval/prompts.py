@@ -17,9 +17,13 @@ INSTRUCTIONS = {
     "qa": "Answer the question from general world knowledge with a short, direct answer.",
     "fill": "Complete the sentence with the missing word or short phrase: give only the missing part.",
     "choice": "Answer the question from general world knowledge with the correct option.",
+    "math": "Solve the problem step by step, then give the final answer as a number after \"####\".",
 }
 CHOICE_FORMATS = ("cloze", "letters")
 STOP = ("\n", " Q:")  # a new line, or a next question on the same line ("HQ:" in an answer is no stop)
+WORKED_STOP = ("\nQ:",)  # a worked solution runs over lines: it ends where a next question starts
+ANSWER_TOKENS = 24  # new tokens a short answer gets unless told otherwise
+WORKED_TOKENS = 256  # and a worked solution (lm-evaluation-harness's gsm8k `max_gen_toks`)
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -38,6 +42,7 @@ class PromptFormat:
     delimiter: str = "\n\n"  # after each few-shot example (the harness's `fewshot_delimiter`)
     ignored: str = ""  # what the harness's exact_match deletes before comparing (its `regexes_to_ignore`)
     stop: tuple[str, ...] = STOP  # where generation stops (the harness's QA tasks read past a " Q:" to the line's end)
+    worked_stop: tuple[str, ...] = WORKED_STOP  # where a worked solution (a "math" item's) stops
 
     def heading(self, task: str, subject: str | None) -> str:
         """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
@@ -48,6 +53,10 @@ class PromptFormat:
     def question(self, text: str) -> str:
         """A question or paraphrase as the format writes it."""
         return text.strip() if self.strip else text
+
+    def stops(self, task: str) -> tuple[str, ...]:
+        """Where generation of a `task` answer stops: a short answer's line, a worked solution's next question."""
+        return self.worked_stop if task == "math" else self.stop
 
 
 MINIRUN = PromptFormat("minirun", "Q: ", "\nA:")
@@ -85,6 +94,10 @@ HARNESS = {
     ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, "", stop=("\n",)),
     ("nq_open", "cloze"): PromptFormat("harness nq_open", "Q: ", "?\nA:", False, "Answer these questions:",
                                        delimiter="\n", ignored=r"\b(?:The |the |An |A |The |a |an )", stop=("\n",)),
+    # gsm8k.yaml: "Question: {{question}}\nAnswer:", each example's whole solution after a space (calculator notes
+    # and "#### 72" kept), no head; generation stops at "Question:" (or an end-of-text marker)
+    ("gsm8k", "cloze"): PromptFormat("harness gsm8k", "Question: ", "\nAnswer:", False, "",
+                                     worked_stop=("Question:", "</s>", "<|im_end|>")),
 }
 FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right option is every question's first
 
@@ -92,6 +105,14 @@ FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right op
 def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
     """The format `dataset`'s prompts are written in: the harness's for its benchmarks, else minirun's."""
     return HARNESS.get((dataset, choice_format), MINIRUN)
+
+
+def new_tokens(items: list[Item], given: int | None) -> int:
+    """The new tokens each answer may take: as `given`, else a worked solution's budget where any item is maths,
+    else a short answer's."""
+    if given is not None:
+        return given
+    return WORKED_TOKENS if any(item.task == "math" for item in items) else ANSWER_TOKENS
 
 
 def one_right_letter(items: list[Item]) -> str | None:
@@ -126,9 +147,12 @@ def option_list(choices: list[str]) -> str:
 
 
 def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = MINIRUN) -> str:
-    """One worked example: the item's question and its first (canonical) answer (or its letter)."""
+    """One worked example: the item's question and its first (canonical) answer (or its letter; a math item's worked
+    solution, or where it has none its answer as a solution ends, "#### 72")."""
     if item.choices is not None and choice_format == "letters":
         return f"{fmt.lead}{fmt.question(item.question)}{option_list(item.choices)} {LETTERS[item.answer]}"
+    if item.task == "math":
+        return f"{question_block(item.question, fmt)} {item.solution or f'#### {item.answers[0]}'}"
     return f"{question_block(item.question, fmt)} {item.answers[0]}"
 
 

@@ -33,7 +33,7 @@ from minirun.eval.loop import (Run, check_paraphrased, check_resumable, data_dig
                                 few_shot_prefixes, item_prompts, prepare, process_group, ranks, resumed_chat,
                                 scored_alone, shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
-from minirun.eval.prompts import MINIRUN, prompt_format
+from minirun.eval.prompts import MINIRUN, new_tokens, prompt_format
 from minirun.eval.results import (
     OtherRun,
     journal_paths,
@@ -139,11 +139,12 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
                    sweep.generation, made[cell.dataset.label], read) for cell in mine]
 
 
-def _run_settings(cell: Cell, gen: Generation) -> dict:
+def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
     """What of a cell's run key (`loop.prepare`) its sweep file sets without a model: a dry run compares these with
     the key its rows were made under, and names the changes the sweep would refuse."""
     return {"num_prompts": cell.dataset.num_prompts, "original": cell.dataset.original,
-            "max_new_tokens": gen.max_new_tokens, "bidirectional": cell.dataset.match == "bidirectional",
+            "max_new_tokens": new_tokens(items, gen.max_new_tokens),
+            "bidirectional": cell.dataset.match == "bidirectional",
             "share_prefix": gen.share_prefix, "chat": gen.chat, "thinking": gen.thinking,
             "choice_format": cell.dataset.choice_format}
 
@@ -179,18 +180,20 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     except (OSError, ValueError, AttributeError):
         marked = None
     finished = marked in keys and answered == ids and not others
-    refused = _refused(cell, gen, facts(cell.model), *made) if answered and gen and facts and not finished else ()
+    refused = _refused(cell, gen, facts(cell.model), *made, items) if answered and gen and facts and not finished \
+        else ()
     if others:
         refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused,
                      methods)
 
 
-def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item_ids: list[str]) -> tuple[str, ...]:
+def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item_ids: list[str],
+             items: list[Item]) -> tuple[str, ...]:
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
     refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items, what the
     model decides: `model_facts`) and its method's options (hidden_avg's layer where the model's depth is known)."""
-    settings, recorded = {**_run_settings(cell, gen), **model.settings}, recorded_run_key(cell.dir)
+    settings, recorded = {**_run_settings(cell, gen, items), **model.settings}, recorded_run_key(cell.dir)
     if model.templated is not None:  # the chat the run keys, as `loop.prepare` makes it
         settings["chat"] = resumed_chat(recorded.get("chat", gen.chat), gen.chat, model.templated)
     elif None in (settings["chat"], recorded.get("chat")):  # the model's default: its tokenizer's to say, which the
@@ -253,6 +256,8 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
                   if not (k == "template_date" and v is None) and (with_batch_size or k != "batch_size")}
     if scored_alone(data.items):  # no row depends on max_new_tokens: raising it for the file's QA datasets leaves
         del generation["max_new_tokens"]  # these finished
+    else:  # keyed as the count it runs with: a file's 24 is the default's 24
+        generation["max_new_tokens"] = new_tokens(data.items, sweep.generation.max_new_tokens)
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
            "generation": generation, "items": [item_record(i) for i in data.items],
            "few_shot": None if data.few_shot is None else [item_record(i) for i in data.few_shot],

@@ -81,7 +81,7 @@ class MethodSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-    max_new_tokens: int = 24
+    max_new_tokens: int | None = None  # None: 24 for short answers, 256 for worked solutions (`prompts.new_tokens`)
     batch_size: int | None = None  # None: eval's default (32 questions, at most 256 rows a batch)
     share_prefix: bool = True
     chat: bool | None = None  # None: the chat template when the model has one

@@ -49,6 +49,7 @@ class EnsembleOptions:
     fusion_layer: int | None = None  # hidden_avg: first fused block, 1-based (None: round(0.75 x layers))
     fusion_alpha: float = 1.0  # hidden_avg: weight of the group mean in the fused state
     choice_score: str = "mean"  # multiple choice: CHOICE_SCORES' rule for an option's log-likelihood
+    worked: bool = False  # answers are worked solutions (maths): a vote compares their final numbers
 
     def __post_init__(self) -> None:
         """Refuse values that would crash deep inside a run or silently do something else, naming the field."""

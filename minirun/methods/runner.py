@@ -24,7 +24,7 @@ from minirun.methods.packing import (
     no_shared_tail,
     packed_row,
 )
-from minirun.methods.names import EVERY_ANSWER, METHODS, OPTION_READERS, WEIGHTED
+from minirun.methods.names import EVERY_ANSWER, METHODS, OPTION_READERS
 from minirun.methods.vote import answer_key, plurality
 
 FUSED_ROWS = (*RULES, "hidden_avg")  # one row per prompt, one fused token per question
@@ -275,7 +275,7 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
         results.append(_result(method, mine, p, prompt_tokens(encoded[qi], head), confidences[qi] if confidences else None,
-                               layer, reasoning))
+                               layer, reasoning, options.worked))
     return results
 
 
@@ -319,11 +319,13 @@ def prompt_tokens(enc: Encoded, head: list[int] | None) -> int:
 
 
 def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,
-            confidences: list[float] | None = None, layer: int | None = None, reasoning: bool = False) -> MethodResult:
+            confidences: list[float] | None = None, layer: int | None = None, reasoning: bool = False,
+            worked: bool = False) -> MethodResult:
     """A question's result: its one completion, per_prompt's first prompt's, or the vote's winner (answers compared
-    past the thinking a `reasoning` prompt left open), with every prompt's answer kept where each was decoded alone."""
+    past the thinking a `reasoning` prompt left open; `worked` solutions by their final numbers), with every prompt's
+    answer kept where each was decoded alone."""
     every = method in EVERY_ANSWER
-    chosen = plurality([answer_key(c.text, reasoning) for c in completions]) if method == "vote" else None
+    chosen = plurality([answer_key(c.text, reasoning, worked) for c in completions]) if method == "vote" else None
     shown = completions[chosen or 0]
     return MethodResult(method, shown.text, shown.token_ids, shown.finish_reason, prompt_tokens, prompts,
                         [c.text for c in completions] if every else None, confidences,
@@ -331,13 +333,13 @@ def _result(method: str, completions: list[Completion], prompts: list[str], prom
                         [c.finish_reason for c in completions] if every else None)
 
 
-def answered_as(result: MethodResult, method: str, reasoning: bool = False) -> MethodResult:
+def answered_as(result: MethodResult, method: str, reasoning: bool = False, worked: bool = False) -> MethodResult:
     """A per_prompt or vote result as the other method's: both decode every prompt alone, the same tokens, and
-    differ only in the answer they show (an evaluation running both decodes the prompts once; `reasoning` as for
-    `_result`)."""
+    differ only in the answer they show (an evaluation running both decodes the prompts once; `reasoning` and
+    `worked` as for `_result`)."""
     if result.method not in EVERY_ANSWER or method not in EVERY_ANSWER:
         raise ValueError(f"only per_prompt and vote results are each other's, not {result.method} as {method}")
     completions = [Completion(*c) for c in zip(result.answers, result.answer_token_ids, result.finish_reasons,
                                                strict=True)]
     return _result(method, completions, result.prompts, result.prompt_tokens, result.confidences, result.fusion_layer,
-                   reasoning)
+                   reasoning, worked)

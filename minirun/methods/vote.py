@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-from minirun.text import extract_answer, normalize
+from minirun.text import extract_answer, final_number, normalize
 
 
 def plurality(keys: Sequence[Hashable | None]) -> int:
@@ -22,10 +22,13 @@ def plurality(keys: Sequence[Hashable | None]) -> int:
     return next(i for i, k in enumerate(keys) if k is not None and counts[k] == most)
 
 
-def answer_key(text: str, reasoning: bool = False) -> str | None:
+def answer_key(text: str, reasoning: bool = False, worked: bool = False) -> str | None:
     """What two generations are compared on: the answer eval extracts (`extract_answer`: past any thinking, the first
     line, cut before any " Q:", without special tokens, an "A:" label, wrapping quotes or markdown and trailing
-    punctuation) under `normalize`, as report's consistency compares them; None when nothing is left."""
+    punctuation) under `normalize`, as report's consistency compares them; a `worked` solution's final number
+    (`final_number`: "#### 18" and "$18.00" agree); None when nothing is left."""
+    if worked:
+        return final_number(text, reasoning)
     return normalize(extract_answer(text, reasoning=reasoning)) or None
 
 

@@ -1,5 +1,5 @@
-"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA,
-ARC, OpenBookQA, HellaSwag, TruthfulQA, or your own JSONL/JSON file."""
+"""Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU,
+CommonsenseQA, ARC, OpenBookQA, HellaSwag, TruthfulQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -28,7 +28,9 @@ from minirun.eval.data.choice import (
     load_openbookqa,
     load_truthfulqa,
 )
+from minirun.eval.data.gsm8k import GSM8K, GSM8K_CONFIG, load_gsm8k
 from minirun.eval.data.items import (
+    TASKS,
     Item,
     LoadResult,
     ensemble_prompts,
@@ -56,20 +58,20 @@ from minirun.eval.data.webqa import QUESTION_KEYS, json_records, load_webqa
 log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
-SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice"}
+SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice", "sample-math": "math"}
 OPEN_QA = ("triviaqa", "nq_open", "popqa")
-NAMES = (*SAMPLES, "webqa", "myriadlama", *OPEN_QA, "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag",
-         *TRUTHFULQA_SETS)
+NAMES = (*SAMPLES, "webqa", "myriadlama", *OPEN_QA, "gsm8k", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa",
+         "hellaswag", *TRUTHFULQA_SETS)
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "triviaqa": TRIVIAQA, "nq_open": NQ_OPEN, "popqa": POPQA,
-                "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
+                "gsm8k": GSM8K, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
                 **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG,
                 **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
-HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
+HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, "gsm8k": GSM8K_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
-TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"),
+TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"), "gsm8k": "math",
            **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", *TRUTHFULQA_SETS),
                            "choice")}
 # Hub datasets whose few-shot examples minirun holds: TruthfulQA's worked questions; the bundled QA examples for PopQA,
@@ -78,7 +80,8 @@ OWN_EXAMPLES = (*TRUTHFULQA_SETS, "popqa")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 # the loaders that read a local copy of a benchmark's rows as any split, by the kind `_kind` tells
 COPY_LOADERS = {"commonsense_qa": load_commonsense_qa, "arc": load_arc, "openbookqa": load_openbookqa,
-                "hellaswag": load_hellaswag, "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa}
+                "hellaswag": load_hellaswag, "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa,
+                "gsm8k": load_gsm8k}
 
 __all__ = [
     "HUB_DATASETS",
@@ -98,6 +101,7 @@ __all__ = [
     "load_dataset",
     "load_examples",
     "load_fewshot",
+    "load_gsm8k",
     "load_hellaswag",
     "load_jsonl",
     "load_mmlu",
@@ -184,6 +188,19 @@ def _kind(keys: set[str]) -> str:
     if keys & {"question", *WEBQA_KEYS} or any(k.startswith("paraphrase") for k in keys):
         return "webqa"
     return "plain"
+
+
+def _solved(path: Path, records: list | None) -> bool:
+    """Whether rows of a `question` and an `answer` alone are GSM8K's, whose answer is a worked solution (text), rather
+    than NQ-open's, whose answer is a list of answers: told by the parquet column's type or the first row's value."""
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        kind = pq.read_schema(path).field("answer").type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    first = records[0] if records else _json_or_none(next((line for line in text_lines(path) if line.strip()), ""))
+    return isinstance(first, dict) and isinstance(first.get("answer"), str)
 
 
 def _no_subset(name: str) -> MinirunError:
@@ -312,6 +329,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_nq_open(split="train" if split == "train" else "validation", revision=revision)
     if name == "popqa":
         return load_popqa(split=split, revision=revision)
+    if name == "gsm8k":
+        return load_gsm8k(split=split, revision=revision)
     path = Path(name_or_path)
     if path.is_dir():
         raise MinirunError(f"dataset {name!r} is a directory: pass a .jsonl file in it, or one of {', '.join(NAMES)}")
@@ -319,6 +338,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or the path of an existing file")
     keys, records = _records_head(path)
     kind = _kind(keys)
+    if kind == "nq_open" and _solved(path, records):
+        kind = "gsm8k"
     if subset is not None and kind != "mmlu":
         raise MinirunError(f"--subset picks an MMLU subject; {path} reads as {kind} data, which has no subsets: "
                            "drop --subset")
@@ -329,7 +350,7 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"{path} holds no JSON record on any line: a dataset is JSON lines of items (see the "
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
-        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, "
+        raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU, "
                            "CommonsenseQA, ARC, OpenBookQA, HellaSwag, TruthfulQA or WebQA rows, and its columns "
                            f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
@@ -358,7 +379,7 @@ def load_examples(path: str | Path) -> list[Item]:
 
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
-    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, TriviaQA, NQ-open,
+    """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, TriviaQA, NQ-open, GSM8K,
     CommonsenseQA, ARC, OpenBookQA and HellaSwag, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness
     does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise
     the bundled examples for `task` (PopQA's too)."""
@@ -368,6 +389,6 @@ def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str 
     if subset is not None:
         raise _no_subset(name)
     task = task or SAMPLES.get(name, "qa")
-    if task not in ("qa", "fill", "choice"):
-        raise MinirunError(f"unknown task {task!r} for few-shot examples; use 'qa', 'fill' or 'choice'")
+    if task not in TASKS:
+        raise MinirunError(f"unknown task {task!r} for few-shot examples; use one of {', '.join(TASKS)}")
     return load_jsonl(SAMPLE_DIR / f"fewshot_{task}.jsonl")

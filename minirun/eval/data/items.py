@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from minirun.errors import HubDataUnavailable, MinirunError
+from minirun.text import number_value
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-TASKS = ("qa", "fill", "choice")
+TASKS = ("qa", "fill", "choice", "math")
 
 
 def _wording_key(text: str) -> str:
@@ -48,7 +49,8 @@ class Item:
     `task` "fill" marks prompts that stop where the answer goes ("The capital of France is");
     "choice" items carry `choices` and the index `answer` of the right one (`answers` is its text); an item that
     lists its right options as a set (TruthfulQA's MC2 sets, often of several) holds them all in `true_options`,
-    `answer` being the first.
+    `answer` being the first. "math" items are word problems solved step by step: `answers` are numbers, the final
+    answer, and `solution`, where known, is the worked solution a few-shot example shows (GSM8K's, ending "#### 72").
     """
 
     id: str
@@ -60,6 +62,7 @@ class Item:
     choices: list[str] | None = None
     answer: int | None = None
     true_options: list[int] | None = None
+    solution: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.relation, str) and not self.relation.strip():  # a blank relation is none, not one named ""
@@ -118,6 +121,12 @@ def item_from_dict(record: object) -> Item:
     relation = record.get("relation")
     if relation is not None and not isinstance(relation, str):
         raise ValueError("field 'relation' must be a string or null")
+    solution = record.get("solution")
+    if solution is not None and (task != "math" or not isinstance(solution, str) or not solution.strip()):
+        raise ValueError("field 'solution' is a math item's worked solution, a non-empty string: drop it elsewhere")
+    if task == "math" and (odd := next((a for a in answers if number_value(a) is None), None)) is not None:
+        raise ValueError(f"field 'answers' of a math item must be numbers (its final answer: \"72\", \"1,250\", "
+                         f"\"3.5\"), got {odd!r}")
     return Item(
         id=str(item_id),
         question=question,
@@ -128,16 +137,19 @@ def item_from_dict(record: object) -> Item:
         choices=choices,
         answer=right[0] if right else None,
         true_options=right if as_set else None,
+        solution=solution,
     )
 
 
 def item_record(item: Item) -> dict:
     """An item in the plain form `item_from_dict` reads: its fields, a set of right options as the list `answer` (an
     item with one right option and no set keeps the form, and the sweep keys hashed from it, it had before
-    `true_options`)."""
+    `true_options`; an item without a worked solution has no `solution`, as before it existed)."""
     record = asdict(item)
     if record.pop("true_options") is not None:
         record["answer"] = item.true_options
+    if record["solution"] is None:
+        del record["solution"]
     return record
 
 
