@@ -240,9 +240,12 @@ def test_a_fill_prompt_under_fill_examples_is_rewritten_into_fill_prompts(tiny, 
     assert asked == ["fill", "qa"] and "Which city is the capital of France?" in json.loads(question.stdout)["rewrites"]
 
 
-def test_a_word_problem_under_maths_examples_is_solved_past_its_lines(tiny, monkeypatch):
+def test_a_word_problem_under_maths_examples_is_solved_past_its_lines(tiny, monkeypatch, tmp_path):
     """Under `--few-shot` maths examples the answer is a worked solution: it stops at a next question, not at its
-    first line's end, and a vote counts the prompts' final numbers ("#### 18" and "$18.00" agree)."""
+    first line's end, and a vote counts the prompts' final numbers ("#### 18" and "$18.00" agree); a benchmark's
+    rows (GSM8K's train split saved as parquet) serve as examples as they do for `eval --few-shot`."""
+    import pandas as pd
+
     import minirun.methods
     from minirun.eval.data import SAMPLE_DIR
 
@@ -255,6 +258,12 @@ def test_a_word_problem_under_maths_examples_is_solved_past_its_lines(tiny, monk
                     str(SAMPLE_DIR / "fewshot_math.jsonl"), "--few-shot-k", "1", "--json", "--max-new-tokens", "2")
     assert result.exit_code == 0, result.output
     assert [(o.stop, o.worked) for o in seen] == [(("\nQ:",), True)]
+    pd.DataFrame({"question": ["A box holds 6 cans. How many cans are in 9 boxes?"],
+                  "answer": ["9 boxes hold 9 * 6 = <<9*6=54>>54 cans.\n#### 54"]}).to_parquet(tmp_path / "train.parquet")
+    rows = invoke("generate", "--model", tiny, "--method", "origin", "How many cans are in 4 boxes of 6?", "--few-shot",
+                  str(tmp_path / "train.parquet"), "--few-shot-k", "1", "--max-new-tokens", "2")
+    assert rows.exit_code == 0, rows.output
+    assert [(o.stop, o.worked) for o in seen[1:]] == [(("\nQ:",), True)]
 
 
 def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch):
@@ -651,6 +660,24 @@ def test_an_unwritable_output_is_refused(tmp_path, monkeypatch):
 def test_python_callers_get_the_same_checks(make, message):
     with pytest.raises(MinirunError, match=message):
         make()
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_ctrl_c_says_what_a_resumable_command_kept(capsys, resumable):
+    """Ctrl-C in eval, sweep or paraphrase keeps every finished batch, and a rerun goes on from there: said, as
+    "interrupted" alone reads as lost work; other commands say "interrupted"."""
+    import typer
+
+    from minirun.cli.common import friendly
+
+    def stopped() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as stop:
+        friendly(stopped, resumable=resumable)()
+    said = capsys.readouterr().err.strip()
+    assert stop.value.exit_code == 130 and said == ("interrupted: every finished batch is kept; run the same command "
+                                                    "again to go on from there" if resumable else "interrupted")
 
 
 def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):

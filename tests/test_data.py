@@ -755,6 +755,13 @@ def test_gsm8k_items_hold_the_final_number_and_the_worked_solution(monkeypatch, 
     _open_qa_frames()["google-research-datasets/nq_open"].to_parquet(tmp_path / "nq.parquet")
     assert load_dataset(tmp_path / "gsm8k.jsonl") == [ducks, house] == load_dataset(tmp_path / "gsm8k.parquet")
     assert load_dataset(tmp_path / "nq.parquet")[0].task == "qa"
+    trimmed = _open_qa_frames()["mandarjoshi/trivia_qa"][["question", "answer"]]  # an export without its ids
+    trimmed.to_json(tmp_path / "tqa.jsonl", orient="records", lines=True)
+    trimmed.to_parquet(tmp_path / "tqa.parquet")
+    for copy in ("tqa.jsonl", "tqa.parquet"):
+        (musical,) = load_dataset(tmp_path / copy)
+        assert (musical.id, musical.answers) == (content_id("triviaqa", musical.question), ["Sunset Blvd",
+                                                                                          "Sunset Boulevard"])
 
 
 @pytest.mark.parametrize("answer, said", [

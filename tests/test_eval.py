@@ -38,6 +38,7 @@ from minirun.eval.prompts import build_prefix
 from minirun.eval import report
 from minirun.eval.report import summarize
 from minirun.eval.results import ResultStore, recorded_source
+from minirun.eval.sweep_spec import parse_sweep
 from minirun.layers.calibrate import device_name
 from minirun.methods import MethodResult
 from minirun.models import Decoder
@@ -156,6 +157,32 @@ def test_a_checkpoint_overwritten_at_the_same_path_is_refused_not_mixed(checkpoi
     with pytest.raises(MinirunError, match=r"holds other weights or another tokenizer .*: restore them to resume\); "
                                            r"use a new output directory$"):
         evaluate(minirun.load(ckpt), items[:1], ["origin"], tmp_path / "run", **SETTINGS)
+
+
+def test_another_model_is_named_by_its_path_not_as_other_weights_at_the_path(checkpoint_dirs, items, tmp_path):
+    """Resumed with another --model, a run says its model changed and how to resume (the original arguments), not that
+    the checkpoint at its path holds other weights, which would send the user to restore files never touched."""
+    evaluate(minirun.load(checkpoint_dirs["qwen2"]), items[:1], ["origin"], tmp_path, **SETTINGS)
+    with pytest.raises(MinirunError) as e:
+        evaluate(minirun.load(checkpoint_dirs["llama3"]), items[:1], ["origin"], tmp_path, **SETTINGS)
+    assert "model: " in str(e.value) and "holds other weights" not in str(e.value)
+    assert str(e.value).endswith("use a new output directory, or the original arguments to resume")
+
+
+def test_settings_that_would_be_silently_ignored_are_refused(tiny, items, tmp_path):
+    """Worked examples given with --few-shot-k 0, and a template day with --no-chat (no template to date), would do
+    nothing the user asked for: refused in one line before any model time (a sweep's alike)."""
+    with pytest.raises(MinirunError, match="--few-shot gives worked examples and --few-shot-k 0 asks for none"):
+        evaluate(tiny, items[:1], ["origin"], tmp_path, fewshot_items=load_fewshot("sample-qa"),
+                 **{**SETTINGS, "few_shot_k": 0})
+    dated = CliRunner().invoke(_app(), ["eval", "--model", "no/such-model", "--no-chat", "--template-date",
+                                        "2024-07-26", "--output", str(tmp_path / "out")])
+    assert dated.exit_code == 1 and "--template-date is the day a chat template renders at, and --no-chat uses " \
+        "none" in dated.output
+    with pytest.raises(MinirunError, match="generation template_date is the day a chat template renders at, and "
+                                           "chat = false uses none"):
+        parse_sweep({"models": [{"path": "m"}], "datasets": [{"name": "sample-qa"}], "methods": [{"name": "origin"}],
+                     "generation": {"template_date": "2024-07-26", "chat": False}})
 
 
 def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):

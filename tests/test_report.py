@@ -541,6 +541,37 @@ def test_report_command(tmp_path):
     shown = runner.invoke(app, ["report", str(run), "--match", "bidirectional"])
     assert "single-prompt figures left out" in shown.output and "--match bidirectional" in shown.output
     assert "left out" not in runner.invoke(app, ["report", str(run), "--match", "lemma"]).output  # no verdict changes
+    alone = _run_dir(tmp_path / "alone", _with_rules(_hand()[lambda d: d["method"] != "per_prompt"]))
+    shown = runner.invoke(app, ["report", str(alone), "--match", "bidirectional"])
+    assert shown.exit_code == 0 and "left out" not in shown.output  # no single-prompt figures to leave out
+
+
+def test_harness_scores_say_when_they_are_not_the_harness_s_figure(tmp_path):
+    """`--match harness` on a run asked in minirun's words, in a chat template, or with answers cut by max_new_tokens
+    before a stop, says so (each a reason its figure is not lm-evaluation-harness's), in one run's report, runs
+    compared and a sweep alike; a run asked as the harness asks, whose answers all reached a stop, says nothing."""
+    from minirun.eval.report import harness_notes
+
+    rows = _hand().assign(correct_harness=False, task="qa")
+    rows.loc[rows["method"] == "avg", "tokens"] = 24
+    plain = {"prompt_format": "harness triviaqa", "chat": False, "max_new_tokens": 24}
+    assert harness_notes({**plain, "max_new_tokens": 32}, rows) == []
+    assert harness_notes({**plain, "max_new_tokens": 32}, rows.assign(task="choice")) == []
+    notes = harness_notes({"prompt_format": "minirun", "chat": True, "max_new_tokens": 24}, rows)
+    assert [n.split(" ", 3)[:3] for n in notes] == [["its", "answers", "were"], ["its", "answers", "were"],
+                                                   ["avg:", "10", "of"]]
+    assert "prompt format 'minirun'" in notes[0] and "--benchmark NAME" in notes[0] and "--no-chat" in notes[1]
+    assert "avg: 10 of 10 answers took all 24 new tokens before a stop" in notes[2]  # per_prompt's sum prompts'
+    run = _run_dir(tmp_path, _with_rules(rows), prompt_format="minirun", chat=False, max_new_tokens=32)
+    shown = CliRunner().invoke(app, ["report", str(run), "--match", "harness"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "asked in minirun's words" in shown.output
+    assert "minirun's words" not in CliRunner().invoke(app, ["report", str(run)]).output  # the run's own rule
+    runs = [_model_run(tmp_path / name, _with_rules(rows), name, prompt_format=fmt, max_new_tokens=32)
+            for name, fmt in (("a", "harness triviaqa"), ("b", "minirun"))]
+    compared = CliRunner().invoke(app, ["report", *map(str, runs), "--match", "harness"], env={"COLUMNS": "250"})
+    assert compared.exit_code == 0, compared.output
+    assert " ".join(compared.output.split()).count("asked in minirun's words") == 1 and "b · sample-qa · its" in \
+        " ".join(compared.output.split())
 
 
 def test_latex_table(tmp_path):

@@ -379,8 +379,10 @@ def test_a_dry_run_names_each_models_weights_and_whether_they_fit_here(checkpoin
         return [line for line in result.stdout.splitlines() if line.startswith("model ")]
 
     gb = f"{needed / 1e9:.2f} GB"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a plan made on a login node: said, not approved
     assert plan(needed) == [f"model qwen2: loads {path}, its weights: {gb} in float32 on cpu ({gb} free here)",
-                            f"model gpu: loads {path}, its weights: {needed / 2e9:.2f} GB in bfloat16 on cuda"]
+                            f"model gpu: loads {path}, its weights: {needed / 2e9:.2f} GB in bfloat16 on cuda; cuda "
+                            'is not on this machine: run the sweep where it is, or device = "cpu"']
     assert plan(needed - 1)[0].endswith(f"float32 on cpu ({(needed - 1) / 1e9:.2f} GB free here: it does not fit)")
 
 
@@ -432,7 +434,7 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     assert cells["llama", "sample-fill", "origin"] == ["2", "1", "run 1 item (resumed)"]
     # flex-restart's 4 runs: their rows were made with positions "restart", which the sweep would refuse to mix
     assert shown.count("refused: its rows were made otherwise (flex's positions: 'restart' -> 'sequential')") == 4
-    assert "4 runs would stop the sweep before any runs: restore the file's settings" in shown
+    assert "4 runs would stop the sweep before any runs: do as each says (restore the file's settings" in shown
     longer = plan(_file(tmp_path, sweep_file.read_text().replace("max_new_tokens = 4", "max_new_tokens = 5"),
                         "longer.toml"), out)
     assert longer.count("refused: its rows were made otherwise (max_new_tokens: 4 -> 5)") == 8

@@ -101,9 +101,9 @@ def _utf8(value: object) -> bool:
     return True
 
 
-def friendly(fn: Callable) -> Callable:
+def friendly(fn: Callable, resumable: bool = False) -> Callable:
     """Turn MinirunError, a refused path (OSError), running out of memory and Ctrl-C into a one-line message and a
-    non-zero exit."""
+    non-zero exit; a `resumable` command's Ctrl-C says that what it finished is kept and how to go on."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -132,7 +132,8 @@ def friendly(fn: Callable) -> Callable:
                         "smaller --max-new-tokens — or a smaller model or --dtype")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
+            err.print("interrupted: every finished batch is kept; run the same command again to go on from there"
+                      if resumable else "interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -223,10 +224,14 @@ def method_names(values: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+EXAMPLE_FILES = (".jsonl", ".parquet")  # a --few-shot file of worked examples (items, or a benchmark's rows)
+
+
 def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: list[str],
                      suffix: Optional[str]) -> tuple[str, str]:
-    """(prefix, suffix) around each paraphrase as `generate --few-shot` asks and `mask --few-shot` draws it: a JSONL
-    of worked examples becomes an instruction and k examples of its first item's task, as eval builds them (never
+    """(prefix, suffix) around each paraphrase as `generate --few-shot` asks and `mask --few-shot` draws it: a file of
+    worked examples (JSONL items, or a benchmark's rows in JSONL or parquet, as `eval --few-shot` takes them) becomes
+    an instruction and k examples of its first item's task, as eval builds them (never
     the question asked, which would hand the model its answer), any other file is used verbatim; then eval's blocks,
     the question's lead ("Q: ") and, unless `suffix` is given, its cue ("\\nA:"). No file: no prefix, and the suffix
     as given."""
@@ -234,12 +239,12 @@ def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: l
 
     if path is None:
         return "", suffix or ""
-    if path.suffix == ".jsonl":
-        from minirun.eval.data import Item, load_jsonl
+    if path.suffix in EXAMPLE_FILES:
+        from minirun.eval.data import Item, load_examples
         from minirun.eval.loop import few_shot_prefixes
 
-        examples = load_jsonl(path, examples=True)
-        task = few_shot_task(path)
+        examples = load_examples(path)
+        task = examples[0].task
         prefix = few_shot_prefixes([Item("asked", question, paraphrases, [], task)], examples, str(path), task, k)[task]
     else:
         prefix = read_text_file(path, "few-shot file")
@@ -249,11 +254,11 @@ def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: l
 def few_shot_task(path: Optional[Path]) -> str:
     """The task a `--few-shot` file's worked examples are of (its first item's: "qa", "fill", "choice" or "math"),
     which the question is asked as; "qa" for no file or a verbatim text file."""
-    if path is None or path.suffix != ".jsonl":
+    if path is None or path.suffix not in EXAMPLE_FILES:
         return "qa"
-    from minirun.eval.data import load_jsonl
+    from minirun.eval.data import load_examples
 
-    return load_jsonl(path, examples=True)[0].task
+    return load_examples(path)[0].task
 
 
 MC2_CAPTION = ("TruthfulQA's MC2: the mean probability a method puts on an item's right options (its options' summed "

@@ -39,7 +39,7 @@ DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
 
 def register(app: typer.Typer) -> None:
     """Add `eval` and `report` to `app`."""
-    app.command("eval")(friendly(eval_command))
+    app.command("eval")(friendly(eval_command, resumable=True))
     app.command("report")(friendly(report_command))
 
 
@@ -89,7 +89,8 @@ def eval_command(
                                       "(options listed as A. B. ..., their letters scored)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
-    compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels."),
+    compile: bool = typer.Option(False, help="Compile the decode step and FlexAttention kernels (a first compile of "
+                                 "tens of seconds; pays back on large GPU sweeps)."),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
     show_prompts: Optional[int] = typer.Option(None, min=1, help="Print the first N items' prompts token for token "
@@ -111,6 +112,9 @@ def eval_command(
     bias = parse_flex_bias(flex_bias)
     if template_date is not None:
         template_day(template_date)  # before a model is fetched
+        if chat is False:
+            raise MinirunError("--template-date is the day a chat template renders at, and --no-chat uses none: drop "
+                               "one of them")
     method = method_names(method)
     asked, data = data, hub_dataset(data)[0]
     named = hub_dataset(benchmark)[0] if benchmark is not None else None
@@ -198,6 +202,8 @@ def report_command(
     if unrelated := report.unrelated_note(table):
         warnings.append(unrelated)
     warnings += report.cut_thinking(raw)
+    if match == "harness":
+        warnings += report.harness_notes(recorded_run_key(run_dir), raw)
     if as_json:
         print(json.dumps(report.report_json(table)))
         warn(warnings, err)

@@ -58,8 +58,9 @@ def generate(
     rewrites: int = typer.Option(0, min=0, help="Have the model reword the question N times first (sampled at "
                                  "temperature 1.5 with --seed, as `minirun paraphrase` does; empty, copied and "
                                  "off-topic rewrites dropped), and fuse the kept ones with any given."),
-    few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file."),
-    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a .jsonl few-shot file."),
+    few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items, or a benchmark's rows in "
+                                            ".jsonl or .parquet) or a prefix text file."),
+    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a few-shot file of examples."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
     max_new_tokens: int = typer.Option(64, min=1, help="Most tokens to generate."),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
@@ -81,7 +82,8 @@ def generate(
     truncate: bool = typer.Option(False, help="Keep the end of a prompt that does not fit the context."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
-    compile: bool = typer.Option(False, help="Use compiled FlexAttention kernels (slow first call, fast after)."),
+    compile: bool = typer.Option(False, help="Compile the decode step and FlexAttention kernels (slow first call, "
+                                 "fast after)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Generate an answer, optionally fused across paraphrases with --method."""

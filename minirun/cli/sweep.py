@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quic
 
 def register(app: typer.Typer) -> None:
     """Add `sweep` to `app`."""
-    app.command("sweep")(friendly(sweep_command))
+    app.command("sweep")(friendly(sweep_command, resumable=True))
 
 
 def sweep_command(
@@ -71,6 +71,8 @@ def sweep_command(
 def show_plan(states: list[CellState], output: Path) -> None:
     """`sweep --dry-run`: a row per run (its items, those answered, what runs now) and a line per model with work
     saying where it loads from, or that it is pulled first."""
+    import torch
+
     from minirun.checkpoints.hub import is_complete, model_folder
 
     table = Table(title=f"sweep plan · {output}", title_justify="left")
@@ -92,11 +94,13 @@ def show_plan(states: list[CellState], output: Path) -> None:
         folder = model_folder(model.path)
         source = f"loads {folder}{weights_line(folder, model.dtype, model.device)}" if is_complete(folder) else \
             f"pulls {model.path} into {folder}, then loads it"
+        if model.device.startswith("cuda") and not torch.cuda.is_available():  # a plan made on a login node
+            source += f"; {model.device} is not on this machine: run the sweep where it is, or device = \"cpu\""
         out.print(f"model {model.label}: {source}", highlight=False)
     if refused := [s for s in states if s.refused]:
-        out.print(f"{len(refused)} run{'s' if len(refused) > 1 else ''} would stop the sweep before any runs: restore "
-                  "the file's settings for them, or give the method or dataset a new label (or the sweep a new "
-                  "--output) to run them afresh", highlight=False)
+        out.print(f"{len(refused)} run{'s' if len(refused) > 1 else ''} would stop the sweep before any runs: do as "
+                  "each says (restore the file's settings, move an eval's rows out), or give the method or dataset a "
+                  "new label (or the sweep a new --output) to run them afresh", highlight=False)
     todo = sum(1 for s in states if not s.finished)
     out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
               "; nothing was written (drop --dry-run to run it)", highlight=False)
@@ -121,8 +125,8 @@ def weights_line(folder: Path, dtype: str | None, device: str) -> str:
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
-    from minirun.eval.sweep_results import (load_sweep, mixed_scoring, prompt_series, sweep_provenance,
-                                            sweep_thinking_cut, unfinished_cells)
+    from minirun.eval.sweep_results import (load_sweep, mixed_scoring, prompt_series, sweep_harness_notes,
+                                            sweep_provenance, sweep_thinking_cut, unfinished_cells)
 
     raw, warnings = load_sweep(run_dir), []  # first: it names a damaged index in one line
     if cells := unfinished_cells(run_dir):
@@ -130,6 +134,8 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
                         f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
                         "rerun `minirun sweep` with the same file to finish them")
     warnings += sweep_thinking_cut(run_dir) + (mixed_scoring(run_dir) if choice_score is None else [])
+    if match == "harness":
+        warnings += sweep_harness_notes(run_dir)
     side_by_side(raw, lambda dataset: str(run_dir), run_dir.resolve().name,
                  lambda table, dataset: sweep_provenance(run_dir, table, dataset), warnings,
                  as_json, csv, plot, match, latex, choice_score, prompt_series(run_dir))
@@ -139,12 +145,13 @@ def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: 
                 match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report RUN RUN …`: eval runs side by side as a sweep's models, each compared with the first run given
     of its dataset."""
-    from minirun.eval.sweep_results import compared_provenance, compared_warnings, load_runs
+    from minirun.eval.sweep_results import compared_harness_notes, compared_provenance, compared_warnings, load_runs
 
     compared = load_runs(run_dirs)
+    warnings = compared_warnings(compared) + (compared_harness_notes(compared) if match == "harness" else [])
     side_by_side(compared.table, lambda dataset: " · ".join(str(run) for (name, _), run in compared.dirs.items()
                                                             if name == dataset), "compared runs",
-                 lambda table, dataset: compared_provenance(compared, table, dataset), compared_warnings(compared),
+                 lambda table, dataset: compared_provenance(compared, table, dataset), warnings,
                  as_json, csv, plot, match, latex, choice_score)
 
 

@@ -18,8 +18,9 @@ from minirun.errors import MinirunError
 
 def register(app: typer.Typer) -> None:
     """Add `mask`, `bench` and `paraphrase` to `app`."""
-    for command in (mask, bench, paraphrase):
+    for command in (mask, bench):
         app.command()(friendly(command))
+    app.command()(friendly(paraphrase, resumable=True))
 
 
 def mask(
@@ -29,9 +30,10 @@ def mask(
                                "names its layer)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint whose tokenizer lays out the tokens."),
     prefix_file: Optional[Path] = typer.Option(None, help="Shared prefix text file, used verbatim."),
-    few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items) or a prefix text file, laid "
-                                            "out as `generate --few-shot` asks (Q: ... A: blocks)."),
-    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a .jsonl few-shot file."),
+    few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items, or a benchmark's rows) or a "
+                                            "prefix text file, laid out as `generate --few-shot` asks (Q: ... A: "
+                                            "blocks)."),
+    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a few-shot file of examples."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
     positions: str = typer.Option("right", help="right, restart or sequential."),
     share_prefix: bool = typer.Option(True),

@@ -267,6 +267,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     fmt = prompt_format(source, choice_format)
     if thinking and chat is False:
         raise MinirunError("--thinking is a chat template's switch, and --no-chat uses none: drop one of them")
+    if fewshot_items is not None and few_shot_k == 0:
+        raise MinirunError("--few-shot gives worked examples and --few-shot-k 0 asks for none (a sweep dataset's "
+                           "few_shot and few_shot_k = 0): drop one of them")
     items = list(items)[:max_samples] if max_samples is not None else list(items)
     max_new_tokens = new_tokens(items, max_new_tokens)
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=fmt.stop,

@@ -142,8 +142,37 @@ def right_options(row: pd.Series) -> list[int]:
 
 
 def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
-    """Whether `select_match` dropped the single-prompt figures of `before`."""
-    return "per_prompt_accuracy" in before.columns and "per_prompt_accuracy" not in after.columns
+    """Whether `select_match` dropped single-prompt figures `before` had (per_prompt's or vote's: a run of neither
+    had none to drop)."""
+    return "per_prompt_accuracy" in before.columns and bool(before["per_prompt_accuracy"].notna().any()) \
+        and "per_prompt_accuracy" not in after.columns
+
+
+def harness_notes(run_key: dict, rows: pd.DataFrame) -> list[str]:
+    """What keeps a run's `--match harness` verdicts from being lm-evaluation-harness's figure of its dataset: prompts
+    in minirun's words (a file asked without --benchmark), the chat template, which the harness leaves off unless
+    told, and answers that took every new token before a stop, which the harness would have read on (one answer per
+    row: per_prompt's and vote's rows hold several). Empty for a run of multiple-choice rows alone."""
+    generated = rows[rows["task"].ne("choice")] if "task" in rows.columns else rows
+    if not len(generated):
+        return []
+    notes = []
+    if not (fmt := str(run_key.get("prompt_format", "minirun"))).startswith("harness "):
+        notes.append(f"its answers were asked in minirun's words (prompt format {fmt!r}), not lm-evaluation-harness's,"
+                     " so their harness verdicts are not its figure of the dataset: ask "
+                     "triviaqa, nq_open or gsm8k by name, or a copy of their rows with --benchmark NAME")
+    if run_key.get("chat"):
+        notes.append("its answers were asked inside the model's chat template, which lm-evaluation-harness leaves off "
+                     "unless told: --no-chat for its figure")
+    budget = run_key.get("max_new_tokens")
+    alone = generated[~generated["method"].isin(EVERY_ANSWER)]
+    if budget is not None and len(alone):
+        cut = alone["tokens"] >= budget
+        notes += [f"{method}: {int(n)} of {int(total)} answers took all {budget} new tokens before a stop, where "
+                  "lm-evaluation-harness reads on to its stops (up to 256 tokens) and may judge them otherwise: a "
+                  "larger --max-new-tokens" for method, (n, total) in cut.groupby(alone["method"]).agg(["sum", "count"])
+                  .iterrows() if n]
+    return notes
 
 
 def unfinished_notes(df: pd.DataFrame, who: str = "", of: str = "") -> list[str]:

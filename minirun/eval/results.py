@@ -111,6 +111,8 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
         changed.discard("dataset")  # the same items under another spelling of their file's path
     if "weights_sha256" in old_key.keys() & run_key.keys() and "weights_sha256" not in changed:
         changed.discard("model")  # the same weights and tokenizer at another path: the same model
+    elif "model" in changed:
+        changed.discard("weights_sha256")  # another model: its path says so, not "the weights at that path changed"
     diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {run_key[k]!r}") for k in sorted(changed)]
     if other_items:
         diffs.append("the dataset's items differ (another file, or another --max-samples / max_samples)")

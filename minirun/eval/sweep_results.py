@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, cut_thinking, load_results, method_label,
-                                 paired_difference, provenance, summarize, timed_on, unfinished_notes)
+from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, cut_thinking, harness_notes, load_results,
+                                 method_label, paired_difference, provenance, summarize, timed_on, unfinished_notes)
 from minirun.eval.results import integer_columns, read_results, recorded_methods, recorded_run_key, recorded_sources
 
 
@@ -110,6 +110,21 @@ def sweep_thinking_cut(output: str | Path) -> list[str]:
     return [f"{folder} · {line}" for folder in (c["dir"] for c in index["cells"]) if (output / folder).is_dir()
             and recorded_run_key(output / folder).get("answers") == "after thinking"
             for line in cut_thinking(read_results(output / folder))]
+
+
+def sweep_harness_notes(output: str | Path) -> list[str]:
+    """`report.harness_notes` for every run of a sweep's index, each named by its directory."""
+    output = Path(output)
+    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    return [f"{folder} · {line}" for folder in (c["dir"] for c in index["cells"])
+            if (output / folder / "run.json").is_file()
+            for line in harness_notes(recorded_run_key(output / folder), read_results(output / folder))]
+
+
+def compared_harness_notes(compared: Compared) -> list[str]:
+    """`report.harness_notes` for every run compared side by side, each named by its model and dataset."""
+    return [f"{model} · {dataset} · {line}" for (dataset, model), run_dir in compared.dirs.items()
+            for line in harness_notes(recorded_run_key(run_dir), load_results(run_dir))]
 
 
 def mixed_scoring(output: str | Path) -> list[str]:

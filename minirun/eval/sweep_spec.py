@@ -156,6 +156,9 @@ def parse_sweep(data: dict) -> Sweep:
             gen = dataclasses.replace(gen, template_date=day_text(gen.template_date))
         except MinirunError as e:
             raise MinirunError(f"generation template_date: {e}") from None
+        if gen.chat is False:
+            raise MinirunError("generation template_date is the day a chat template renders at, and chat = false uses "
+                               "none: drop one of them")
     for key in ("max_new_tokens", "batch_size"):
         if getattr(gen, key) is not None:
             _at_least(getattr(gen, key), 1, f"generation {key}")

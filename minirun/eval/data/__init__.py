@@ -190,17 +190,21 @@ def _kind(keys: set[str]) -> str:
     return "plain"
 
 
-def _solved(path: Path, records: list | None) -> bool:
-    """Whether rows of a `question` and an `answer` alone are GSM8K's, whose answer is a worked solution (text), rather
-    than NQ-open's, whose answer is a list of answers: told by the parquet column's type or the first row's value."""
+def _answer_kind(path: Path, records: list | None) -> str:
+    """Whose rows of a `question` and an `answer` alone are: GSM8K's, whose answer is a worked solution (text),
+    TriviaQA's without their ids, whose answer is an object of aliases, or NQ-open's, a list of answers; told by the
+    parquet column's type or the first row's value."""
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         kind = pq.read_schema(path).field("answer").type
-        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-    first = records[0] if records else _json_or_none(next((line for line in text_lines(path) if line.strip()), ""))
-    return isinstance(first, dict) and isinstance(first.get("answer"), str)
+        solved, aliased = pa.types.is_string(kind) or pa.types.is_large_string(kind), pa.types.is_struct(kind)
+    else:
+        first = records[0] if records else _json_or_none(next((line for line in text_lines(path) if line.strip()), ""))
+        answer = first.get("answer") if isinstance(first, dict) else None
+        solved, aliased = isinstance(answer, str), isinstance(answer, dict)
+    return "gsm8k" if solved else "triviaqa" if aliased else "nq_open"
 
 
 def _no_subset(name: str) -> MinirunError:
@@ -338,8 +342,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or the path of an existing file")
     keys, records = _records_head(path)
     kind = _kind(keys)
-    if kind == "nq_open" and _solved(path, records):
-        kind = "gsm8k"
+    if kind == "nq_open":  # a question and an answer alone: whose is told by the answer
+        kind = _answer_kind(path, records)
     if subset is not None and kind != "mmlu":
         raise MinirunError(f"--subset picks an MMLU subject; {path} reads as {kind} data, which has no subsets: "
                            "drop --subset")
