@@ -60,6 +60,17 @@ def test_harness_gsm8k_is_its_strict_match(generated, gold, right):
     assert harness_gsm8k(generated, [gold], HARNESS_STOPS) is right
 
 
+# and its flexible-extract verdicts, computed alike: the last run of digits, "$", "." and "," of two characters or more
+# (else a digit), then compared as the strict-match's
+@pytest.mark.parametrize("generated, gold, right", [
+    ("The answer is 18.", "18", True), ("It costs $18.", "18", True), ("#### 18\nShe keeps 4 eggs.", "18", False),
+    ("18 ...", "18", False), ("18...", "18", False), ("It is 3.50", "3.5", False), ("So 1,234", "1,234", True),
+    ("She has 7", "7", True), ("9 * 2 = 18\nQuestion: and 4?", "18", True), ("no number", "18", False),
+    ("COVID-19", "-19", True), ("#### \u221210", "-10", False)])
+def test_harness_gsm8k_flexible_is_its_flexible_extract(generated, gold, right):
+    assert harness_gsm8k(generated, [gold], HARNESS_STOPS, flexible=True) is right
+
+
 def test_numbers_are_judged_and_voted_as_numbers():
     """minirun's own maths rule compares numbers, not their text: "$18.00" is right for 18, where the harness's
     strict-match says no; a vote counts "#### 18" and "18.00" as one answer."""
@@ -95,7 +106,7 @@ def test_maths_rows_judge_final_numbers_and_a_vote_counts_them(tiny, tmp_path, m
     verdict the numbers' equality, `correct_harness` the harness's strict-match; vote picks the number most prompts
     reach, however they write it; the run is keyed with the 256 tokens it gave each answer; `report --match harness`
     scores by the strict-match verdicts."""
-    texts = ["#### 20", "6 * 3 = 18, so $18.00.", "She makes 9 * 2 = 18 dollars.\n#### 18"]
+    texts = ["#### 20", "6 * 3 = 18, so she makes $18.", "She makes 9 * 2 = 18 dollars.\n#### 18"]
     seen = []
 
     def fake_run_method(llm, method, questions, options):
@@ -112,8 +123,10 @@ def test_maths_rows_judge_final_numbers_and_a_vote_counts_them(tiny, tmp_path, m
                     num_prompts=3, few_shot_k=1, progress=False, chat=False).set_index("method")
     assert set(seen) == {(("\nQ:",), True, 256)}
     assert rows.loc["origin", ["answer", "correct", "correct_lemma", "correct_bidirectional", "exact",
-                               "correct_harness"]].tolist() == ["18", True, True, True, True, True]
-    assert rows.loc["avg", ["answer", "correct", "correct_harness"]].tolist() == ["18", True, False]
+                               "correct_harness", "correct_flexible"]].tolist() == ["18", True, True, True, True, True,
+                                                                                    True]
+    assert rows.loc["avg", ["answer", "correct", "correct_harness", "correct_flexible"]].tolist() == ["18", True,
+                                                                                                      False, True]
     assert list(rows.loc["per_prompt", "answers"]) == ["20", "18", "18"]
     assert list(rows.loc["vote", "per_prompt_correct"]) == [False, True, True]
     assert rows.loc["vote", "answer"] == "18" and rows.loc["vote", "generated"] == texts[1]  # the first of the two
@@ -121,6 +134,12 @@ def test_maths_rows_judge_final_numbers_and_a_vote_counts_them(tiny, tmp_path, m
     scored = report.select_match(rows.reset_index(), "harness")
     assert scored.set_index("method")["correct"].to_dict() == {"origin": True, "per_prompt": False, "vote": False,
                                                                "avg": False}
+    flexible = report.select_match(rows.reset_index(), "flexible")
+    assert flexible.set_index("method")["correct"].to_dict() == {"origin": True, "per_prompt": False, "vote": True,
+                                                                 "avg": True}
+    with pytest.raises(MinirunError, match="--match flexible is lm-evaluation-harness's gsm8k flexible-extract, a "
+                                           "verdict of word problems, and 4 rows are short answers"):
+        report.select_match(rows.reset_index().assign(task="qa"), "flexible")
 
 
 def test_weighted_methods_are_refused_for_word_problems(tiny, tmp_path):

@@ -159,9 +159,9 @@ def report_command(
     csv: Optional[Path] = typer.Option(None, help="Write the per-method summary as CSV."),
     latex: Optional[Path] = typer.Option(None, help="Write the per-method summary as a LaTeX (booktabs) table."),
     plot: Optional[Path] = typer.Option(None, help="Save an accuracy (95% bars)/throughput chart, e.g. run.png."),
-    match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching, or harness "
-                                        "(lm-evaluation-harness's exact match of triviaqa and nq_open; default: the "
-                                        "run's rule)."),
+    match: Optional[str] = typer.Option(None, help="Score with lemma or bidirectional matching, harness "
+                                        "(lm-evaluation-harness's exact match of triviaqa and nq_open, strict-match of "
+                                        "gsm8k) or flexible (its gsm8k flexible-extract); default: the run's rule."),
     choice_score: Optional[str] = typer.Option(None, help="Re-pick multiple-choice answers by an option's log-likelihood "
                                                "per token (mean), summed (sum: acc) or per character (chars: acc_norm)."),
 ) -> None:
@@ -202,7 +202,7 @@ def report_command(
     if unrelated := report.unrelated_note(table):
         warnings.append(unrelated)
     warnings += report.cut_thinking(raw)
-    if match == "harness":
+    if match in ("harness", "flexible"):
         warnings += report.harness_notes(recorded_run_key(run_dir), raw)
     if as_json:
         print(json.dumps(report.report_json(table)))

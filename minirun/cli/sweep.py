@@ -134,7 +134,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
                         f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
                         "rerun `minirun sweep` with the same file to finish them")
     warnings += sweep_thinking_cut(run_dir) + (mixed_scoring(run_dir) if choice_score is None else [])
-    if match == "harness":
+    if match in ("harness", "flexible"):
         warnings += sweep_harness_notes(run_dir)
     side_by_side(raw, lambda dataset: str(run_dir), run_dir.resolve().name,
                  lambda table, dataset: sweep_provenance(run_dir, table, dataset), warnings,
@@ -148,7 +148,8 @@ def report_runs(run_dirs: list[Path], as_json: bool, csv: Optional[Path], plot: 
     from minirun.eval.sweep_results import compared_harness_notes, compared_provenance, compared_warnings, load_runs
 
     compared = load_runs(run_dirs)
-    warnings = compared_warnings(compared) + (compared_harness_notes(compared) if match == "harness" else [])
+    warnings = compared_warnings(compared) + (compared_harness_notes(compared) if match in ("harness", "flexible")
+                                                else [])
     side_by_side(compared.table, lambda dataset: " · ".join(str(run) for (name, _), run in compared.dirs.items()
                                                             if name == dataset), "compared runs",
                  lambda table, dataset: compared_provenance(compared, table, dataset), warnings,

@@ -719,14 +719,15 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
     return [{**rows[i], "seconds": seconds} for i in range(len(batch))]
 
 
-def _harness_verdict(text: str, golds: list[str], reasoning: bool, ignored: str, options: EnsembleOptions) -> bool:
+def _harness_verdict(text: str, golds: list[str], reasoning: bool, ignored: str, options: EnsembleOptions,
+                     flexible: bool = False) -> bool:
     """lm-evaluation-harness's verdict of a generation's answer part (none while its thinking goes on, as for
-    `extract_answer`): `harness_exact`, or for a worked solution `harness_gsm8k`."""
+    `extract_answer`): `harness_exact`, or for a worked solution `harness_gsm8k` (its strict-match, or `flexible`)."""
     start = answer_start(text, reasoning or THINK_END in text)
     if start is None:
         return False
     if options.worked:
-        return harness_gsm8k(text[start:], golds, options.stop)
+        return harness_gsm8k(text[start:], golds, options.stop, flexible)
     return harness_exact(text[start:], golds, ignored)
 
 
@@ -754,8 +755,8 @@ def _choice_row(item: Item, method: str, result: ChoiceResult, original: bool) -
     return {
         "id": item.id, "method": method, "prompts": result.prompts, "generated": item.choices[result.choice],
         "answer": item.choices[result.choice], "exact": right, "correct": right, "correct_lemma": right,
-        "correct_bidirectional": right, "correct_harness": right, "tokens": 0, "relation": item.relation,
-        "task": item.task, "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
+        "correct_bidirectional": right, "correct_harness": right, "correct_flexible": right, "tokens": 0,
+        "relation": item.relation, "task": item.task, "original": original, "answers": [item.choices[c] for c in picks] if picks else None,
         "per_prompt_correct": [c in rights for c in picks] if picks else None,
         "per_prompt_accuracy": sum(c in rights for c in picks) / len(picks) if picks else None,
         "confidences": result.confidences, "fusion_layer": result.fusion_layer, "choice": result.choice,
@@ -796,6 +797,8 @@ def _generate_rows(llm: LLM, method: str, batch: list[Item], questions: list[Que
             "exact": found[shown].exact, "correct": found[shown].lemma, "correct_lemma": both[shown][0].lemma,
             "correct_bidirectional": both[shown][1].lemma, "tokens": _generated_tokens(result),
             "correct_harness": _harness_verdict(text[shown], item.answers, reasoning, ignored, options),
+            "correct_flexible": _harness_verdict(text[shown], item.answers, reasoning, ignored, options, True)
+            if options.worked else None,
             "relation": item.relation, "task": item.task, "original": original,
             "answers": mine if every else None,
             "per_prompt_correct": [m.lemma for m in found] if every else None,

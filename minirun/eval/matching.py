@@ -23,10 +23,13 @@ MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fol
 # comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), a lone letter's trailing "-" is part of it ("A-" is no "A"),
 # and a word the lemmatiser turns into a lone letter keeps its text ("an" is no "A")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
-SCORING_RULES = (*MATCH_RULES, "harness")  # what `report --match` rescores by: those, or `harness_exact`'s verdicts
+# what `report --match` rescores by: those, lm-evaluation-harness's verdicts (`harness_exact`, or a word problem's
+# `harness_gsm8k` strict-match), or a word problem's flexible-extract
+SCORING_RULES = (*MATCH_RULES, "harness", "flexible")
 HARNESS_STOPS = ("\n", ".", ",")  # lm-evaluation-harness's `until` for triviaqa and nq_open
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
-GSM8K_FINAL = re.compile(r"#### (-?[0-9.,]+)")  # lm-evaluation-harness gsm8k's "strict-match" filter
+GSM8K_FINAL = re.compile(r"#### (-?[0-9.,]+)")  # lm-evaluation-harness gsm8k's "strict-match" filter (the first)
+GSM8K_ANY = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # and its "flexible-extract" filter (the last)
 GSM8K_IGNORED = (",", r"\$", r"(?s).*#### ", r"\.$")  # its exact_match's regexes_to_ignore, applied in order
 
 
@@ -47,14 +50,20 @@ def harness_exact(generated: str, golds: list[str], ignored: str = "") -> bool:
     return bool((predictions == references).any())
 
 
-def harness_gsm8k(generated: str, golds: list[str], stops: tuple[str, ...] = ()) -> bool:
-    """lm-evaluation-harness's gsm8k verdict under its "strict-match" filter, the figure papers quote: the
-    generation cut at its stops, the number after its first "#### " (no such number: never right), equal to some gold
-    once both have lost their commas, dollar signs, anything up to a "#### " and one final full stop, case ignored.
-    "#### 1,250" is right for 1250; "#### 3.50" is not for 3.5, nor "The answer is 18" for 18 (see `number_right`)."""
+def harness_gsm8k(generated: str, golds: list[str], stops: tuple[str, ...] = (), flexible: bool = False) -> bool:
+    """lm-evaluation-harness's gsm8k verdict under its "strict-match" filter: the generation cut at its stops, the
+    number after its first "#### " (no such number: never right), equal to some gold once both have lost their
+    commas, dollar signs, anything up to a "#### " and one final full stop, case ignored. "#### 1,250" is right for
+    1250; "#### 3.50" is not for 3.5, nor "The answer is 18" for 18 (see `number_right`). `flexible`: its
+    "flexible-extract" filter instead, the last run of digits, "$", "." and "," (two characters or more) or digit
+    anywhere, so "The answer is 18." is right, and "18 ..." is not (its last run is "...")."""
     for stop in stops:
         generated = generated.split(stop)[0]
-    found = GSM8K_FINAL.search(generated)
+    if flexible:
+        runs = GSM8K_ANY.findall(generated)
+        found = [None, next(group for group in runs[-1] if group)] if runs else None
+    else:
+        found = GSM8K_FINAL.search(generated)
     if found is None:
         return False
 

@@ -72,7 +72,8 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
 
 def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     """The table scored under `match` (its `correct_<match>` column as `correct`: a run's rule, or "harness",
-    lm-evaluation-harness's exact match of triviaqa and nq_open); None keeps the run's own rule. Per-prompt
+    lm-evaluation-harness's exact match of triviaqa and nq_open and strict-match of gsm8k, or "flexible", its gsm8k
+    flexible-extract, for word problems only); None keeps the run's own rule. Per-prompt
     correctness is recorded under the run's rule only (`attrs["match"]`), so unless `match` is that rule
     per_prompt_accuracy is dropped (the single-prompt figures become NaN) rather than compared across two rules
     (`single_prompt_dropped` tells): equal first verdicts do not make the other prompts' equal, and a table without a
@@ -83,6 +84,9 @@ def select_match(df: pd.DataFrame, match: str | None) -> pd.DataFrame:
     if match not in SCORING_RULES:
         raise MinirunError(f"--match must be one of {', '.join(SCORING_RULES)}, not {match!r}")
     column = f"correct_{match}"
+    if match == "flexible" and "task" in df.columns and (other := df["task"].isin(("qa", "fill"))).any():
+        raise MinirunError(f"--match flexible is lm-evaluation-harness's gsm8k flexible-extract, a verdict of word "
+                           f"problems, and {int(other.sum())} rows are short answers: use --match harness for theirs")
     if column not in df.columns or df[column].isna().any():
         raise MinirunError(f"results lack '{column}' (rows written by a minirun before --match {match} existed); "
                            "re-run `minirun eval` into a fresh output directory to add it, or drop --match")
