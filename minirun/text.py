@@ -31,8 +31,8 @@ THINKING_TOKENS = 256  # fewer new tokens than this seldom see a reasoning model
 _LABEL = re.compile(r"^(?:(?:final\s+)?answer|a)\s*:\s*", re.IGNORECASE)
 _WRAP = "\"'`*“”‘’ \t"
 # A number as a worked solution writes it: a sign, a dollar, thousands in groups of three ("1,250"), a decimal part;
-# "1,2,3" is three numbers, not 123; the "-" of "8-3" and of "8 - 3" subtracts
-_NUMBER = re.compile(r"(?:(?<![\w)])[-\u2212])?(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+# "1,2,3" is three numbers, not 123; the "-" of "8-3" and of "8 - 3" subtracts; ".5" is a half
+_NUMBER = re.compile(r"(?:(?<![\w)])[-\u2212])?(?:\$\s?)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<!\d)\.\d+)")
 _FINAL_MARK = re.compile(r"####\s*")  # GSM8K's solutions end "#### 72"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # a maths-tuned model's "\boxed{72}"
 

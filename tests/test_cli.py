@@ -264,6 +264,21 @@ def test_a_word_problem_under_maths_examples_is_solved_past_its_lines(tiny, monk
                   str(tmp_path / "train.parquet"), "--few-shot-k", "1", "--max-new-tokens", "2")
     assert rows.exit_code == 0, rows.output
     assert [(o.stop, o.worked) for o in seen[1:]] == [(("\nQ:",), True)]
+    solved = invoke("generate", "--model", tiny, "--method", "origin", "How many cans are in 4 boxes of 6?",
+                    "--few-shot", str(SAMPLE_DIR / "fewshot_math.jsonl"), "--few-shot-k", "0", "--json")
+    assert solved.exit_code == 0, solved.output  # the instruction alone: room for 256 tokens in the tiny context
+    assert seen[-1].max_new_tokens == 256  # a worked solution's budget, not 64
+    one_line_error(invoke("generate", "--model", tiny, "--method", "weighted_avg", "How many cans?", "-p", "Cans?",
+                          "--few-shot", str(SAMPLE_DIR / "fewshot_math.jsonl")),
+                   "weighted_avg weighs each prompt by how its 16-token samples agree", "use vote")
+    from minirun.methods import MethodResult
+
+    texts = ["9 * 2 = 18, so\n#### 18", "It is 18 in all."]  # a first line is no final number
+    monkeypatch.setattr(minirun.methods, "run_method", lambda llm, method, qs, options: [MethodResult(
+        method, texts[0], [1], "stop", 4, qs[0].paraphrases, answers=texts, answer_token_ids=[[1], [1]], chosen=0)])
+    voted = invoke("generate", "--model", tiny, "--method", "vote", "How much?", "-p", "What is it?", "--few-shot",
+                   str(SAMPLE_DIR / "fewshot_math.jsonl"), "--few-shot-k", "0")
+    assert voted.exit_code == 0 and [line.split("] ")[1] for line in voted.stderr.splitlines()[:2]] == ["18", "18"]
 
 
 def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch):

@@ -114,7 +114,7 @@ def _default(command, name: str) -> object:
 def test_eval_defaults_and_bench(models_dir):
     """Accepting every default runs what the bare command runs."""
     from minirun.cli.eval import eval_command
-    from minirun.cli.generate import generate
+    from minirun.cli.generate import NEW_TOKENS, generate
     from minirun.cli.tools import bench
 
     argv, _, _ = drive(["eval"] + [""] * 10, models_dir)
@@ -125,7 +125,7 @@ def test_eval_defaults_and_bench(models_dir):
     assert [_default(eval_command, n) for n in ("positions", "num_prompts", "few_shot_k", "max_new_tokens")] == \
         ["right", 5, 5, None] and _default(eval_command, "max_samples") is None
     argv, _, _ = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
-    assert argv[argv.index("--max-new-tokens") + 1] == str(_default(generate, "max_new_tokens"))
+    assert argv[argv.index("--max-new-tokens") + 1] == str(NEW_TOKENS) and _default(generate, "max_new_tokens") is None
     argv, _, prompts = drive(["generate", "", "Q?", "", "", ""], models_dir)  # no method: the prompt alone
     assert argv == ["generate", "--max-new-tokens", "64", "--", "Q?"] and _default(generate, "method") is None
     assert not any(p.startswith("paraphrase") for p, _ in prompts)

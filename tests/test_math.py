@@ -27,7 +27,7 @@ def tiny(checkpoint_dirs):
 
 @pytest.mark.parametrize("text, value", [
     ("72", "72"), ("1,250", "1250"), ("$1,250.00", "1250"), ("3.50", "3.5"), ("18.", "18"), ("-0", "0"),
-    ("\u22124", "-4"), ("- 10", None), ("$ 5", "5"), ("1,00", None), ("12 apples", None), ("", None), ("1e5", None)])
+    ("\u22124", "-4"), ("- 10", None), ("$ 5", "5"), (".5", "0.5"), ("-.25", "-0.25"), ("1,00", None), ("12 apples", None), ("", None), ("1e5", None)])
 def test_number_value_is_one_number_in_canonical_form(text, value):
     assert number_value(text) == value
 
@@ -38,7 +38,7 @@ def test_number_value_is_one_number_in_canonical_form(text, value):
     ("#### 20\n#### 18", "20"),  # the first mark, as the harness's strict-match
     ("So the answer is \\boxed{42}. Check: 6 * 7 = 42, 1 left", "42"),  # the last box, not the last number
     ("The total is 8-3 = 5 apples.", "5"), ("So 12 - 4", "4"),  # "-" of "8-3" and "12 - 4" subtracts: no sign
-    ("It costs $3.50.", "3.5"), ("It is -3 degrees", "-3"), ("1,2,3", "3"),  # a list, not 123
+    ("#### .5", "0.5"), ("It costs $3.50.", "3.5"), ("It is -3 degrees", "-3"), ("1,2,3", "3"),  # a list, not 123
     ("<think>about 7</think> It is 12.", "12"),  # past the thinking
     ("<think>still 7 to go", None), ("no number here", None), ("", None)])
 def test_final_number_is_the_marked_boxed_or_last_number(text, final):

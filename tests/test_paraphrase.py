@@ -146,7 +146,8 @@ WORD_PROBLEM = Item("m1", "Tom has 3 boxes of 12 pencils and gives away nine of 
 def test_word_problems_are_reworded_whole_and_keep_every_number():
     """A word problem's rewrite (its own prompt, worked examples that keep their numbers) is dropped where its numbers
     are not the original's — one changed, dropped or added is another problem, whose gold is no longer the item's —
-    with numbers spelt out up to twelve read as digits; the sample problems' own wordings all pass."""
+    numbers in words read as digits, and ratios ("half", "twice") kept as stated; the sample problems' own wordings
+    all pass."""
     prompt = rewrite_prompt(WORD_PROBLEM)
     assert paraphrase.MATH_INSTRUCTION in prompt and prompt.endswith(f"Problem: {WORD_PROBLEM.question}\nRewrite:")
     assert keep("After giving 9 pencils away from his three boxes holding 12 each, how many pencils does Tom have?",
@@ -156,6 +157,13 @@ def test_word_problems_are_reworded_whole_and_keep_every_number():
                     "Tom has 3 boxes of 12 pencils, gives away 9 and keeps 27. How many pencils are left?"):  # added
         assert not keep(changed, WORD_PROBLEM, [])
     assert paraphrase.quantities("It costs $1,200 for three and 0.50 more") == {"1200", "3", "0.5"}
+    assert paraphrase.quantities("sixteen, twenty-five, two hundred, a dozen, one of them, half, twice") == {
+        "16", "25", "200", "12", "1/2", "x2"}
+    flips = Item("f", "Jen did sixteen flips. Tyler did half as many. How many flips did Tyler do?", [], ["8"], "math")
+    assert keep("Tyler did half as many flips as Jen, who did 16. How many flips did Tyler do?", flips, [])
+    for changed in ("Jen did seventeen flips. Tyler did half as many. How many flips did Tyler do?",  # 16 -> 17
+                    "Jen did sixteen flips. Tyler did twice as many. How many flips did Tyler do?"):  # 1/2 -> x2
+        assert not keep(changed, flips, [])
     for item in load_dataset("sample-math"):
         assert all(keep(p, item, []) for p in item.paraphrases), item.id
         assert not {paraphrase.normalize(q) for q, _ in paraphrase.MATH_DEMOS} & {paraphrase.normalize(item.question)}

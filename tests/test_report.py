@@ -562,6 +562,7 @@ def test_harness_scores_say_when_they_are_not_the_harness_s_figure(tmp_path):
                                                    ["avg:", "10", "of"]]
     assert "prompt format 'minirun'" in notes[0] and "--benchmark NAME" in notes[0] and "--no-chat" in notes[1]
     assert "avg: 10 of 10 answers took all 24 new tokens before a stop" in notes[2]  # per_prompt's sum prompts'
+    assert harness_notes({**plain, "max_new_tokens": 256}, rows.assign(tokens=256)) == []  # the harness's own budget
     run = _run_dir(tmp_path, _with_rules(rows), prompt_format="minirun", chat=False, max_new_tokens=32)
     shown = CliRunner().invoke(app, ["report", str(run), "--match", "harness"], env={"COLUMNS": "250"})
     assert shown.exit_code == 0 and "asked in minirun's words" in shown.output

@@ -27,7 +27,7 @@ import minirun
 from minirun.cli import app
 from minirun.errors import MinirunError
 from minirun.eval.data import load_dataset, write_jsonl
-from minirun.eval.sweep import run_sweep
+from minirun.eval.sweep import run_sweep, survey
 from minirun.eval.sweep_results import sweep_table
 from minirun.eval.sweep_spec import load_sweep_file, parse_sweep
 
@@ -1061,6 +1061,13 @@ def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_pat
                        "methods": [{"name": "origin"}, {"name": "vote"}]})
     with pytest.raises(MinirunError, match=r"dataset sample-qa: num_prompts 1 leaves each item its question alone"):
         run_sweep(one, tmp_path / "one", lambda _: pytest.fail("no model loads"), progress=False)
+    weighted = parse_sweep({**BASE, "datasets": [{"name": "sample-math"}],
+                            "methods": [{"name": "origin"}, {"name": "weighted_avg"}]})
+    for attempt in (lambda: run_sweep(weighted, tmp_path / "w", lambda _: pytest.fail("no model loads"), progress=False),
+                    lambda: survey(weighted, tmp_path / "w")):  # the dry run says it before the sweep would run
+        with pytest.raises(MinirunError, match=r"dataset sample-math: weighted_avg weigh each prompt by how its "
+                                               r"16-token samples agree"):
+            attempt()
 
 
 def test_a_model_is_freed_before_the_next_one_loads(checkpoint_dirs, tmp_path, monkeypatch):

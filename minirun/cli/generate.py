@@ -14,8 +14,10 @@ from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream
                                 few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream,
                                 top_p_above_zero, warn)
 from minirun.errors import MinirunError
-from minirun.methods.names import METHODS
-from minirun.text import extract_answer
+from minirun.methods.names import METHODS, WEIGHTED
+from minirun.text import extract_answer, final_number
+
+NEW_TOKENS = 64  # a plain generation's or a short answer's budget unless told otherwise
 
 if TYPE_CHECKING:  # torch's import waits for a command that runs a model: `minirun --help` stays quick
     from minirun.engine.llm import LLM
@@ -62,7 +64,8 @@ def generate(
                                             ".jsonl or .parquet) or a prefix text file."),
     few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a few-shot file of examples."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
-    max_new_tokens: int = typer.Option(64, min=1, help="Most tokens to generate."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help=f"Most tokens to generate (default: {NEW_TOKENS}; "
+                                                 "256 under maths --few-shot examples, solved step by step)."),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
     thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="A chat template's reasoning "
                                             "switch (Qwen3's enable_thinking); default: the template's own for a plain "
@@ -119,11 +122,19 @@ def generate(
                                "prompt: drop it, or add --method")
         generation_params(temperature, top_k, top_p, seed)  # a bad value fails before the model loads
         llm = load_llm(model, device, dtype, compile)
-        _plain(llm, prompt, max_new_tokens, raw, temperature, top_k, top_p, seed, stop, truncate, as_json, thinking)
+        _plain(llm, prompt, max_new_tokens or NEW_TOKENS, raw, temperature, top_k, top_p, seed, stop, truncate, as_json,
+               thinking)
         return
     # Everything below is checked before the model loads, so a typo fails at once.
+    from minirun.eval.prompts import WORKED_TOKENS
+
     method, task = method or "origin", few_shot_task(few_shot)
-    options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=False if raw else None, thinking=bool(thinking),
+    if task == "math" and method in WEIGHTED:
+        raise MinirunError(f"{method} weighs each prompt by how its 16-token samples agree, and a worked solution "
+                           "reaches its final number far later: use vote (self-consistency over the wordings) or "
+                           "another method for word problems")
+    options = EnsembleOptions(max_new_tokens=max_new_tokens or (WORKED_TOKENS if task == "math" else NEW_TOKENS),
+                              chat=False if raw else None, thinking=bool(thinking),
                               stop=tuple(stop) or (_few_shot_stop(task) if few_shot else ()),
                               share_prefix=share_prefix, worked=task == "math",
                               positions=positions, flex_bias=parse_flex_bias(flex_bias), temperature=temperature,
@@ -236,8 +247,9 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
         print(json.dumps(out))
         return
     if result.chosen is not None:  # the vote's answer, and who voted for what (the answers as compared) on stderr
-        for i, (prompt, answer) in enumerate(zip(result.prompts, result.answers)):
-            shown = extract_answer(answer, reasoning=llm.opens_reasoning(options.chat, options.thinking))
+        reasoning = llm.opens_reasoning(options.chat, options.thinking)
+        for i, (prompt, answer) in enumerate(zip(result.prompts, result.answers)):  # a worked one: its final number
+            shown = final_number(answer, reasoning) if options.worked else extract_answer(answer, reasoning=reasoning)
             mark, shown = "*" if i == result.chosen else " ", shown or "(no answer)"
             err.print(f"[dim]{mark} {escape(f'[{prompt}] {shown}')}[/dim]", highlight=False)
         print(result.text.strip())

@@ -309,11 +309,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
-    if (weighted := [m for m in methods if m in WEIGHTED]) and any(item.task == "math" for item in items):
-        raise MinirunError(f"{', '.join(weighted)} weigh each prompt by how its {options.confidence_tokens}-token "
-                           f"samples agree, and a worked solution reaches its final number far later: leave "
-                           f"{'them' if len(weighted) > 1 else 'it'} out for {dataset}'s word problems (vote is "
-                           "self-consistency over the wordings)")
+    check_worked(items, methods, dataset)
     check_prompt_count(prompts, methods, dataset, num_prompts)
     has_template = llm.tokenizer.chat_template is not None
     templated = chat if chat is not None else has_template
@@ -387,6 +383,17 @@ def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], d
         _WARNED.add(("single", dataset, len(single), len(items)))
         log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers "
                     "as origin does", len(single), len(items), single[0])
+
+
+def check_worked(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
+    """The weighted methods' confidences come from short samples of each prompt's answer (`confidence_tokens`, 16),
+    which never reach a worked solution's final number: refused for word problems, not run as weights that say
+    nothing."""
+    if (weighted := [m for m in methods if m in WEIGHTED]) and any(item.task == "math" for item in items):
+        raise MinirunError(f"{', '.join(weighted)} weigh each prompt by how its {EnsembleOptions().confidence_tokens}"
+                           f"-token samples agree, and a worked solution reaches its final number far later: leave "
+                           f"{'them' if len(weighted) > 1 else 'it'} out for {dataset}'s word problems (vote is "
+                           "self-consistency over the wordings)")
 
 
 def check_prompt_count(prompts: dict[str, list[str]], methods: list[str] | tuple[str, ...], dataset: str,

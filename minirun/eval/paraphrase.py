@@ -148,16 +148,45 @@ def content_stems(text: str) -> set[str]:
     return {word[:5] for word in words if any(c.isdigit() for c in word) or len(word) > 2 and word not in STOP_WORDS}
 
 
-# Spelt quantities a word problem's rewrite may write in digits or words: not "one", a pronoun as often ("one of
-# them"), and 1 is no quantity compared ("$1" is "a dollar", "one third" "a third"); a dozen is 12
-QUANTITY_WORDS = {**{word: n for word, n in NUMBER_WORDS.items() if n != "1"}, "dozen": "12"}
+# A word problem's spelt quantities: numbers in words ("sixteen", "twenty-five", "two hundred", "a dozen") and the
+# ratios words state ("half", "twice", "a third"), which a rewrite must keep as the digits it writes
+SPELT = {word: n for n, word in enumerate("zero one two three four five six seven eight nine ten eleven twelve "
+                                          "thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())} \
+    | {word: 10 * n for n, word in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10**6}
+RATIOS = {"half": "1/2", "halves": "1/2", "third": "1/3", "thirds": "1/3", "quarter": "1/4", "quarters": "1/4",
+          "twice": "x2", "double": "x2", "doubled": "x2", "triple": "x3", "tripled": "x3", "thrice": "x3"}
+
+
+def spelt_quantities(text: str) -> set[str]:
+    """The quantities `text` writes in words, as values ("twenty-five" 25, "two hundred" 200, "a dozen" 12, "half"
+    "1/2"); punctuation ends a number ("five, six" are two)."""
+    words = re.findall(r"[a-z]+|[^\sa-z]", re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text.lower()))
+    found: set[str] = set()
+    total, current, inside = 0, 0, False
+    for word in [*words, "."]:
+        if word in SPELT:
+            current, inside = current + SPELT[word], True
+        elif word in SCALES:
+            if SCALES[word] >= 1000:
+                total, current = total + (current or 1) * SCALES[word], 0
+            else:
+                current = (current or 1) * SCALES[word]
+            inside = True
+        else:
+            if inside:
+                found.add(str(total + current))
+            total, current, inside = 0, 0, False
+            if word in RATIOS:
+                found.add(RATIOS[word])
+    return found
 
 
 def quantities(text: str) -> set[str]:
-    """The numbers a text states, as values: written in digits ("$1,200" is 1200) or spelt out (`QUANTITY_WORDS`:
-    "three" is 3), so "She eats three" and "she has 3" state the same; never 1 (see `QUANTITY_WORDS`)."""
-    spelt = {QUANTITY_WORDS[word] for word in normalize(text).split() if word in QUANTITY_WORDS}
-    return (number_values(text) | spelt) - {"1"}
+    """The quantities a text states: numbers in digits ("$1,200" is 1200) or words, and ratios (`spelt_quantities`),
+    so "She eats three" and "she has 3" state the same; never 1, a pronoun as often ("one of them") and no quantity
+    compared ("$1" is "a dollar", "one third" "a third")."""
+    return (number_values(text) | spelt_quantities(text)) - {"1"}
 
 
 def _mentions(text: str, phrase: str) -> int:

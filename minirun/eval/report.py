@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 NEEDED = ("id", "method", "answer", "exact", "correct", "tokens", "seconds")
+HARNESS_TOKENS = 256  # the new tokens lm-evaluation-harness's generation tasks give an answer (its max_gen_toks)
 BOOTSTRAP_SEED = 0
 PAIRED = ("diff_vs_origin", "diff_vs_origin_ci95_low", "diff_vs_origin_ci95_high", "p_vs_origin", "p_vs_origin_holm",
           "n_vs_origin",
@@ -155,8 +156,9 @@ def single_prompt_dropped(before: pd.DataFrame, after: pd.DataFrame) -> bool:
 def harness_notes(run_key: dict, rows: pd.DataFrame) -> list[str]:
     """What keeps a run's `--match harness` verdicts from being lm-evaluation-harness's figure of its dataset: prompts
     in minirun's words (a file asked without --benchmark), the chat template, which the harness leaves off unless
-    told, and answers that took every new token before a stop, which the harness would have read on (one answer per
-    row: per_prompt's and vote's rows hold several). Empty for a run of multiple-choice rows alone."""
+    told, and answers that took every one of fewer new tokens than the harness gives (`HARNESS_TOKENS`) before a stop,
+    which it would have read on (one answer per row: per_prompt's and vote's rows hold several). Empty for a run of
+    multiple-choice rows alone."""
     generated = rows[rows["task"].ne("choice")] if "task" in rows.columns else rows
     if not len(generated):
         return []
@@ -170,11 +172,11 @@ def harness_notes(run_key: dict, rows: pd.DataFrame) -> list[str]:
                      "unless told: --no-chat for its figure")
     budget = run_key.get("max_new_tokens")
     alone = generated[~generated["method"].isin(EVERY_ANSWER)]
-    if budget is not None and len(alone):
+    if budget is not None and budget < HARNESS_TOKENS and len(alone):
         cut = alone["tokens"] >= budget
         notes += [f"{method}: {int(n)} of {int(total)} answers took all {budget} new tokens before a stop, where "
-                  "lm-evaluation-harness reads on to its stops (up to 256 tokens) and may judge them otherwise: a "
-                  "larger --max-new-tokens" for method, (n, total) in cut.groupby(alone["method"]).agg(["sum", "count"])
+                  f"lm-evaluation-harness reads on to its stops (up to {HARNESS_TOKENS} tokens) and may judge them "
+                  f"otherwise: --max-new-tokens {HARNESS_TOKENS}" for method, (n, total) in cut.groupby(alone["method"]).agg(["sum", "count"])
                   .iterrows() if n]
     return notes
 

@@ -29,9 +29,9 @@ from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, benchmark_source, item_record, load_cited, load_examples
-from minirun.eval.loop import (Run, check_paraphrased, check_resumable, data_digests, evaluate_runs, examples_commit,
-                                few_shot_prefixes, item_prompts, prepare, process_group, ranks, resumed_chat,
-                                scored_alone, shown_prompts, subject_heads, wait_for_ranks)
+from minirun.eval.loop import (Run, check_paraphrased, check_resumable, check_worked, data_digests, evaluate_runs,
+                                examples_commit, few_shot_prefixes, item_prompts, prepare, process_group, ranks,
+                                resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, new_tokens, prompt_format
 from minirun.eval.results import (
@@ -110,6 +110,7 @@ def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
         try:
             check_paraphrased(data[dataset.label].items, [m.name for m in sweep.methods], dataset.data,
                               dataset.num_prompts, dataset.original)
+            check_worked(data[dataset.label].items, [m.name for m in sweep.methods], dataset.data)
         except MinirunError as e:
             raise MinirunError(f"dataset {dataset.label}: {e}") from None
     return data
