@@ -27,7 +27,8 @@ def tiny(checkpoint_dirs):
 
 @pytest.mark.parametrize("text, value", [
     ("72", "72"), ("1,250", "1250"), ("$1,250.00", "1250"), ("3.50", "3.5"), ("18.", "18"), ("-0", "0"),
-    ("\u22124", "-4"), ("- 10", None), ("$ 5", "5"), (".5", "0.5"), ("-.25", "-0.25"), ("1,00", None), ("12 apples", None), ("", None), ("1e5", None)])
+    ("\u22124", "-4"), ("- 10", None), ("$ 5", "5"), (".5", "0.5"), ("-.25", "-0.25"), ("1,00", None),
+    ("12 apples", None), ("", None), ("1e5", None)])
 def test_number_value_is_one_number_in_canonical_form(text, value):
     assert number_value(text) == value
 

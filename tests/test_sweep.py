@@ -1063,7 +1063,7 @@ def test_data_without_paraphrases_is_refused_before_any_model_is_fetched(tmp_pat
         run_sweep(one, tmp_path / "one", lambda _: pytest.fail("no model loads"), progress=False)
     weighted = parse_sweep({**BASE, "datasets": [{"name": "sample-math"}],
                             "methods": [{"name": "origin"}, {"name": "weighted_avg"}]})
-    for attempt in (lambda: run_sweep(weighted, tmp_path / "w", lambda _: pytest.fail("no model loads"), progress=False),
+    for attempt in (lambda: run_sweep(weighted, tmp_path / "w", lambda _: pytest.fail("no model"), progress=False),
                     lambda: survey(weighted, tmp_path / "w")):  # the dry run says it before the sweep would run
         with pytest.raises(MinirunError, match=r"dataset sample-math: weighted_avg weigh each prompt by how its "
                                                r"16-token samples agree"):

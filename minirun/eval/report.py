@@ -173,11 +173,10 @@ def harness_notes(run_key: dict, rows: pd.DataFrame) -> list[str]:
     budget = run_key.get("max_new_tokens")
     alone = generated[~generated["method"].isin(EVERY_ANSWER)]
     if budget is not None and budget < HARNESS_TOKENS and len(alone):
-        cut = alone["tokens"] >= budget
+        counts = (alone["tokens"] >= budget).groupby(alone["method"]).agg(["sum", "count"])
         notes += [f"{method}: {int(n)} of {int(total)} answers took all {budget} new tokens before a stop, where "
                   f"lm-evaluation-harness reads on to its stops (up to {HARNESS_TOKENS} tokens) and may judge them "
-                  f"otherwise: --max-new-tokens {HARNESS_TOKENS}" for method, (n, total) in cut.groupby(alone["method"]).agg(["sum", "count"])
-                  .iterrows() if n]
+                  f"otherwise: --max-new-tokens {HARNESS_TOKENS}" for method, (n, total) in counts.iterrows() if n]
     return notes
 
 
