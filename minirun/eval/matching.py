@@ -60,11 +60,11 @@ def harness_gsm8k(generated: str, golds: list[str], stops: tuple[str, ...] = (),
     for stop in stops:
         generated = generated.split(stop)[0]
     if flexible:
-        runs = GSM8K_ANY.findall(generated)
-        found = [None, next(group for group in runs[-1] if group)] if runs else None
+        runs = GSM8K_ANY.findall(generated)  # (run, digits) pairs, one of them empty
+        extracted = next(group for group in runs[-1] if group) if runs else None
     else:
-        found = GSM8K_FINAL.search(generated)
-    if found is None:
+        extracted = found[1] if (found := GSM8K_FINAL.search(generated)) else None
+    if extracted is None:
         return False
 
     def bare(text: str) -> str:
@@ -72,7 +72,7 @@ def harness_gsm8k(generated: str, golds: list[str], stops: tuple[str, ...] = (),
             text = re.sub(pattern, "", text)
         return text.lower()
 
-    return bare(found[1].strip()) in {bare(gold) for gold in golds}
+    return bare(extracted.strip()) in {bare(gold) for gold in golds}
 
 
 def number_right(answer: str | None, golds: list[str]) -> bool:
