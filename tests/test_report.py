@@ -536,7 +536,10 @@ def test_report_command(tmp_path):
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout)["avg"]["accuracy"] == 0.9
     assert json.loads(as_json.stdout)["avg"]["diff_vs_mean_single"] is None  # another rule than per-prompt's
+    assert json.loads(as_json.stdout)["avg"]["rescored"] == {"match": "bidirectional"}  # said beside the scores
+    assert "rescored" not in json.loads(runner.invoke(app, ["report", str(run), "--json"]).stdout)["avg"]
     csv = pd.read_csv(tmp_path / "t.csv", index_col="method")
+    assert set(csv["rescored"]) == {'{"match": "bidirectional"}'}
     assert csv.loc["avg", "accuracy"] == 0.9 and csv.loc["avg", "p_vs_origin"] == pytest.approx(0.0703125)  # b=7, c=1
     shown = runner.invoke(app, ["report", str(run), "--match", "bidirectional"])
     assert "single-prompt figures left out" in shown.output and "--match bidirectional" in shown.output
@@ -573,6 +576,11 @@ def test_harness_scores_say_when_they_are_not_the_harness_s_figure(tmp_path):
     assert compared.exit_code == 0, compared.output
     assert " ".join(compared.output.split()).count("asked in minirun's words") == 1 and "b · sample-qa · its" in \
         " ".join(compared.output.split())
+    as_json = CliRunner().invoke(app, ["report", *map(str, runs), "--match", "harness", "--json", "--csv",
+                                       str(tmp_path / "c.csv")])
+    scores = json.loads(as_json.stdout)["sample-qa"]
+    assert {entry["rescored"]["match"] for methods in scores.values() for entry in methods.values()} == {"harness"}
+    assert set(pd.read_csv(tmp_path / "c.csv")["rescored"]) == {'{"match": "harness"}'}
 
 
 def test_latex_table(tmp_path):

@@ -181,8 +181,9 @@ def report_command(
     raw = report.load_results(run_dir)
     table = report.select_choice_score(report.select_match(raw, match), choice_score)
     comment, note = report.rescored(match, choice_score, raw)  # said in the LaTeX and the terminal's title
+    how = report.rescoring(match, choice_score, raw)  # and in --json and --csv beside the scores
     if csv is not None:
-        report.with_counts(report.summarize(table)).to_csv(csv)
+        report.with_counts(report.summarize(table)).assign(**({"rescored": json.dumps(how)} if how else {})).to_csv(csv)
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
@@ -204,7 +205,8 @@ def report_command(
     if match in ("harness", "flexible"):
         warnings += report.harness_notes(recorded_run_key(run_dir), raw)
     if as_json:
-        print(json.dumps(report.report_json(table)))
+        print(json.dumps({method: {**scores, **({"rescored": how} if how else {})}
+                          for method, scores in report.report_json(table).items()}))
         warn(warnings, err)
         return
     for t in _summary_tables(table, str(run_dir) + note):

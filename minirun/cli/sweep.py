@@ -166,7 +166,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     `series` (`sweep.prompt_series`) gives each dataset's prompts per item (`num_prompts` in the CSV and JSON), and
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import (mixed_timing, rescored, select_choice_score, select_match,
+    from minirun.eval.report import (mixed_timing, rescored, rescoring, select_choice_score, select_match,
                                      single_prompt_dropped, size_latex, timed_on, unrelated_note, with_counts)
     from minirun.eval.sweep_results import plot_sweep, repeated_sizes, size_rows, size_series, sweep_table
 
@@ -176,8 +176,12 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     machines = {key: " | ".join(timed_on(part)) or None  # each (dataset, method, model)'s, as one run's --json has
                 for key, part in table.groupby(["dataset", "label", "model"], sort=False)}
     curves = size_series(series, scores)
+    how = {dataset: rescoring(match, choice_score, part) for dataset, part in table.groupby("dataset", sort=False)}
     if csv is not None:
-        with_counts(scores_long(scores, prompts, machines)).to_csv(csv, index=False)
+        frame = with_counts(scores_long(scores, prompts, machines))
+        if any(how.values()):  # beside the scores, as the LaTeX comment says it
+            frame["rescored"] = frame["dataset"].map(lambda dataset: json.dumps(how[dataset]) if how[dataset] else None)
+        frame.to_csv(csv, index=False)
     if plot is not None:
         plot_sweep(table, plot, curves)
     # what report's options rescored of each table's rows: (a LaTeX comment, a note for its title and caption)
@@ -198,7 +202,11 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     warnings = [*warnings, *(note for dataset, part in table.groupby("dataset", sort=False)
                              if (note := unrelated_note(part, f" of {dataset}"))), *repeated_sizes(table, curves)]
     if as_json:
-        print(json.dumps(with_pairs(scores_json(scores, prompts, machines), table)))
+        result = with_pairs(scores_json(scores, prompts, machines), table)
+        for dataset, models in result.items():
+            for entry in (entry for methods in models.values() for entry in methods.values() if how.get(dataset)):
+                entry["rescored"] = how[dataset]
+        print(json.dumps(result))
         warn(warnings, err)
         return
     for t in score_tables(scores, lambda dataset: title(dataset) + changed[dataset][1]):  # as in LaTeX captions

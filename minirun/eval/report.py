@@ -668,15 +668,21 @@ def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], sou
     return "".join(f"{line}\n" for line in [f"% made by minirun report from {source} with", *lines])
 
 
-def rescored(match: str | None, choice_score: str | None, rows: pd.DataFrame | None = None) -> tuple[str, str]:
-    """What `report --match/--choice-score` changed of how the rows were scored, for a LaTeX table: a comment line
-    after its provenance, and a note for its caption (the run.json settings the provenance prints are the run's,
-    not the table's); both empty where neither option was given, or changed none of `rows` (a table's: --match
-    rescores generated answers, --choice-score multiple-choice picks)."""
+def rescoring(match: str | None, choice_score: str | None, rows: pd.DataFrame | None = None) -> dict[str, str]:
+    """The `report --match/--choice-score` options that changed how `rows` (a table's) were scored: --match rescores
+    generated answers, --choice-score multiple-choice picks; {} where neither was given or applies. `--json` and
+    `--csv` carry it (`rescored`) beside the scores, as the LaTeX table's comment and caption do (`rescored`)."""
     choice = rows["task"].eq("choice") if rows is not None and "task" in rows.columns else None
     applies = {"match": choice is None or not choice.all(), "choice_score": choice is None or choice.any()}
-    options = {name: value for name, value in (("match", match), ("choice_score", choice_score))
-               if value is not None and applies[name]}
+    return {name: value for name, value in (("match", match), ("choice_score", choice_score))
+            if value is not None and applies[name]}
+
+
+def rescored(match: str | None, choice_score: str | None, rows: pd.DataFrame | None = None) -> tuple[str, str]:
+    """What `report --match/--choice-score` changed of how the rows were scored (`rescoring`), for a LaTeX table: a
+    comment line after its provenance, and a note for its caption (the run.json settings the provenance prints are
+    the run's, not the table's); both empty where it changed nothing."""
+    options = rescoring(match, choice_score, rows)
     if not options:
         return "", ""
     flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
