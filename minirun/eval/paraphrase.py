@@ -27,6 +27,7 @@ from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict, item_record
+from minirun.eval.prompts import WORKED_TOKENS
 from minirun.eval.results import RECORDED_BEFORE, REBUILT, drop_torn_line, lock_exclusively
 from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize, number_values
 
@@ -72,8 +73,8 @@ PROMPTS = {"qa": QUESTION_PROMPT, "choice": QUESTION_PROMPT, "fill": (FILL_INSTR
 MATH_PROMPT = (MATH_INSTRUCTION, MATH_DEMOS, "Problem")  # not in PROMPTS, which every file's settings key holds
 DEMO_TEXTS = {task: [normalize(text) for demo in demos for text in demo]  # a rewrite containing one copied an example
               for task, (_, demos, _) in {**PROMPTS, "math": MATH_PROMPT}.items()}
-REWRITE_TOKENS = 30  # new tokens a rewrite gets unless told otherwise
-WORKED_REWRITE_TOKENS = 256  # and a word problem's, as long as the problem (GSM8K's longest: 188 SmolLM2 tokens)
+REWRITE_TOKENS = 30  # new tokens a rewrite gets unless told otherwise; a word problem's, reworded whole, as many as
+# its solution gets (`WORKED_TOKENS`: GSM8K's longest problem is 188 SmolLM2 tokens)
 CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, where its answer follows
 # In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
 # prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key;
@@ -272,7 +273,7 @@ def rewrite_question(llm: LLM, question: str, num: int, temperature: float = 1.5
     giving it away; `max_new_tokens` as `paraphrase_file`'s."""
     check_sampling(num, temperature, top_p)
     if max_new_tokens is None:
-        max_new_tokens = WORKED_REWRITE_TOKENS if task == "math" else REWRITE_TOKENS
+        max_new_tokens = WORKED_TOKENS if task == "math" else REWRITE_TOKENS
     warn_thinking(llm, max_new_tokens)
     item = Item("question", question, [question], [], task)
     return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed)[0], item)
@@ -306,14 +307,14 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     one dataset's rewrites under one set of settings. `on_progress` hears how many items are done:
     first those finished before (resumed), then after each batch. A chat template that writes the date
     renders at `template_date` (YYYY-MM-DD), by default the day the file's first rows recorded, else today. A rewrite
-    gets `max_new_tokens`, by default `REWRITE_TOKENS` (`WORKED_REWRITE_TOKENS` for word problems, reworded whole).
+    gets `max_new_tokens`, by default `REWRITE_TOKENS` (`WORKED_TOKENS` for word problems, reworded whole).
     Each row records `data_source`, where a Hub dataset's items were read (`data.load_cited`; read a resumed
     file's again with `paraphrased_from`), so a run on the file cites the data it rewrote.
     """
     out = Path(out)
     worked = any(item.task == "math" for item in items)
     if max_new_tokens is None:
-        max_new_tokens = WORKED_REWRITE_TOKENS if worked else REWRITE_TOKENS
+        max_new_tokens = WORKED_TOKENS if worked else REWRITE_TOKENS
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise MinirunError(f"{name} must be at least 1, got {value}: pass {name} >= 1")

@@ -150,15 +150,15 @@ def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
             "choice_format": cell.dataset.choice_format}
 
 
-def _data_settings(dataset: DatasetSpec, data: Data) -> tuple[dict, list[str]]:
+def _data_settings(dataset: DatasetSpec, data: Data) -> dict:
     """What of a dataset's cells' run key its items and few-shot examples decide (the few-shot heads' and the
-    items' hashes, as `loop.prepare` makes them, with no model) and the ids of the items they answer."""
+    items' hashes, as `loop.prepare` makes them, with no model)."""
     source = dataset.asked_as or dataset.data  # whose prompts these are
     fmt = prompt_format(source, dataset.choice_format)
     prompts = item_prompts(data.items, fmt, dataset.original, dataset.num_prompts)
     prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k, dataset.choice_format,
                                  examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source))
-    return data_digests(data.items, prompts, prefixes), [item.id for item in data.items]
+    return data_digests(data.items, prompts, prefixes)
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
@@ -166,8 +166,7 @@ def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
 
 
 def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation | None = None,
-           made: tuple[dict, list[str]] = ({}, []),
-           facts: Callable[[ModelSpec], ModelFacts] | None = None) -> CellState:
+           made: dict | None = None, facts: Callable[[ModelSpec], ModelFacts] | None = None) -> CellState:
     """Finished only where done.json names one of `keys` and the journals still hold every item's row (a row deleted
     to redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
@@ -181,16 +180,15 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     except (OSError, ValueError, AttributeError):
         marked = None
     finished = marked in keys and answered == ids and not others
-    refused = _refused(cell, gen, facts(cell.model), *made, items) if answered and gen and facts and not finished \
-        else ()
+    refused = _refused(cell, gen, facts(cell.model), made or {}, items) if answered and gen and facts \
+        and not finished else ()
     if others:
         refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused,
                      methods)
 
 
-def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item_ids: list[str],
-             items: list[Item]) -> tuple[str, ...]:
+def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, items: list[Item]) -> tuple[str, ...]:
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
     refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items, what the
     model decides: `model_facts`) and its method's options (hidden_avg's layer where the model's depth is known)."""
@@ -199,7 +197,7 @@ def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item
         settings["chat"] = resumed_chat(recorded.get("chat", gen.chat), gen.chat, model.templated)
     elif None in (settings["chat"], recorded.get("chat")):  # the model's default: its tokenizer's to say, which the
         del settings["chat"]  # sweep reads once the model is here (and refuses there if need be)
-    changed = recorded_differences(cell.dir, {**settings, **digests}, item_ids)
+    changed = recorded_differences(cell.dir, {**settings, **digests}, [item.id for item in items])
     made = recorded_methods(cell.dir).get(cell.method.name, {})
     options = {**dataclasses.asdict(EnsembleOptions()), **cell.method.options}
     if model.num_layers is not None and options["fusion_layer"] == default_fusion_layer(model.num_layers):

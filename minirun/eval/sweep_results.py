@@ -89,13 +89,17 @@ def repeated_sizes(table: pd.DataFrame, curves: list[dict[str, int]]) -> list[st
     return notes
 
 
+def _run_folders(output: Path) -> list[str]:
+    """The run directories a sweep's index (`sweep.json`) lists, in its order."""
+    return [cell["dir"] for cell in json.loads((output / "sweep.json").read_text(encoding="utf-8"))["cells"]]
+
+
 def unfinished_cells(output: str | Path) -> list[str]:
     """The runs of a sweep's index (`sweep.json`) without their done.json marker, or short of a row for an item
     their run.json lists: a report over the others must say so."""
     output = Path(output)
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
     out = []
-    for folder in (c["dir"] for c in index["cells"]):
+    for folder in _run_folders(output):
         rows = read_results(output / folder) if (output / folder).is_dir() else pd.DataFrame({"id": []})
         if not (output / folder / "done.json").is_file() or rows["id"].nunique() < rows.attrs.get("items", 0):
             out.append(folder)
@@ -106,8 +110,7 @@ def sweep_thinking_cut(output: str | Path) -> list[str]:
     """`report.cut_thinking`'s warnings for every reasoning run of a sweep's index, each named by its directory (the
     rows of the others are not read again)."""
     output = Path(output)
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
-    return [f"{folder} · {line}" for folder in (c["dir"] for c in index["cells"]) if (output / folder).is_dir()
+    return [f"{folder} · {line}" for folder in _run_folders(output) if (output / folder).is_dir()
             and recorded_run_key(output / folder).get("answers") == "after thinking"
             for line in cut_thinking(read_results(output / folder))]
 
@@ -115,9 +118,7 @@ def sweep_thinking_cut(output: str | Path) -> list[str]:
 def sweep_harness_notes(output: str | Path) -> list[str]:
     """`report.harness_notes` for every run of a sweep's index, each named by its directory."""
     output = Path(output)
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
-    return [f"{folder} · {line}" for folder in (c["dir"] for c in index["cells"])
-            if (output / folder / "run.json").is_file()
+    return [f"{folder} · {line}" for folder in _run_folders(output) if (output / folder / "run.json").is_file()
             for line in harness_notes(recorded_run_key(output / folder), read_results(output / folder))]
 
 
