@@ -440,8 +440,7 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     assert longer.count("refused: its rows were made otherwise (max_new_tokens: 4 -> 5)") == 8
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "longer.toml"), "--output", str(out), "--no-progress"])
     assert result.exit_code == 1 and "holds rows made otherwise (max_new_tokens: 4 -> 5)" in result.output
-    for change, said in [("few_shot_k = 1", "the few-shot prompt changed"), ("max_samples = 2", "the dataset's items "
-                                                                                          "differ")]:
+    for change, said in [("few_shot_k = 1", "few_shot_k: 1 -> 3"), ("max_samples = 2", "the dataset's items differ")]:
         edited = _file(tmp_path, sweep_file.read_text().replace(change, change[:-1] + "3"), "edited.toml")
         assert plan(edited, out).count(f"refused: its rows were made otherwise ({said}") == 8  # no "run again"
         result = CliRunner().invoke(app, ["sweep", str(edited), "--output", str(out), "--no-progress"])

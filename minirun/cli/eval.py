@@ -65,6 +65,9 @@ def eval_command(
     few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl), or a local copy of a benchmark's "
                                             "train/dev rows (.jsonl, .parquet); default: the dataset's own."),
+    few_shot_draw: str = typer.Option("shared", help="shared: one draw of examples for every question (encoded once "
+                                      "a batch); per-question: each its own, drawn as lm-evaluation-harness draws "
+                                      "them (random.Random(1234) in the questions' order), for its figure."),
     output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per batched generation (default: 32, fewer "
                                              "where their prompts would make more than 256 rows)."),
@@ -99,7 +102,7 @@ def eval_command(
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
-    from minirun.eval.loop import check_paraphrased, prepare, ranks, run_sharded, shown_prompts
+    from minirun.eval.loop import FEW_SHOT_DRAWS, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.report import cut_thinking
     from minirun.eval.sweep_results import sweep_of
 
@@ -108,6 +111,11 @@ def eval_command(
     if few_shot is not None and few_shot.suffix not in (".jsonl", ".parquet"):
         raise MinirunError(f"--few-shot takes a .jsonl file of items or a benchmark's rows (.jsonl, .parquet), not "
                            f"{few_shot}")
+    if few_shot_draw not in FEW_SHOT_DRAWS:
+        raise MinirunError(f"--few-shot-draw must be one of {', '.join(FEW_SHOT_DRAWS)}, not {few_shot_draw!r}")
+    if few_shot_draw != "shared" and not few_shot_k:
+        raise MinirunError(f"--few-shot-draw {few_shot_draw} draws each question's examples, and --few-shot-k 0 asks "
+                           "for none: drop one of them")
     bias = parse_flex_bias(flex_bias)
     if template_date is not None:
         template_day(template_date)  # before a model is fetched
@@ -131,7 +139,8 @@ def eval_command(
     name = dataset_label(asked)
     output = output or Path("runs") / f"{name}-{llm.path.name}"
     settings = dict(dataset=data, num_prompts=num_prompts, original=original, max_samples=max_samples,
-                    few_shot_k=few_shot_k, fewshot_items=fewshot_items, batch_size=batch_size,
+                    few_shot_k=few_shot_k, few_shot_draw=few_shot_draw, fewshot_items=fewshot_items,
+                    batch_size=batch_size,
                     max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional", num_samples=num_samples,
                     positions=positions, share_prefix=share_prefix, chat=chat, thinking=thinking,
                     template_date=template_date, flex_bias=bias, fusion_layer=fusion_layer, fusion_alpha=fusion_alpha,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,8 @@ from minirun.text import THINK_END, THINKING_TOKENS, answer_start, extract_answe
 
 log = logging.getLogger("minirun")
 
+FEW_SHOT_DRAWS = ("shared", "per-question")  # one head for a pool's questions (encoded once a batch), or one each
+HARNESS_SEED = 1234  # lm-evaluation-harness's fewshot_random_seed: the generator its per-question draws come from
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this
 # lettered items that all have their right option at one letter: refused from this many on (four-option items
@@ -102,10 +105,12 @@ def questions_per_batch(method: str, num_prompts: int, batch_size: int | None = 
     return max(1, min(BATCH_QUESTIONS, BATCH_ROWS // (1 if method in ("origin", "flex") else num_prompts)))
 
 
-def head_key(item: Item, task: str | None, per_subject: bool) -> str:
-    """Which few-shot head a question is asked under: its task's, or with `per_subject` (MMLU) its subject's."""
+def head_key(item: Item, task: str | None, per_subject: bool, per_question: bool = False) -> str:
+    """Which few-shot head a question is asked under: its task's, or with `per_subject` (MMLU) its subject's; with
+    `per_question` (`FEW_SHOT_DRAWS`) its own, drawn from that pool."""
     t = task or item.task
-    return f"{t}:{item.relation}" if per_subject and t == "choice" and item.relation else t
+    key = f"{t}:{item.relation}" if per_subject and t == "choice" and item.relation else t
+    return f"{key}#{item.id}" if per_question else key
 
 
 def subject_heads(dataset: str, fewshot_items: list[Item] | None) -> bool:
@@ -115,16 +120,29 @@ def subject_heads(dataset: str, fewshot_items: list[Item] | None) -> bool:
 
 
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
-                      k: int, choice_format: str = "cloze", revision: str | None = None) -> dict[str, str]:
+                      k: int, choice_format: str = "cloze", revision: str | None = None,
+                      draw: str = "shared") -> dict[str, str]:
     """Instruction + k examples per head (`head_key`): the dataset's own few-shot file unless given, drawn from
     that task's examples only and never from the questions under test: a demonstration that is a test
     question hands the model its gold answer (a multiple-choice one when its right option is the same too:
     MMLU's generic stems, "Which of the following is true?", recur across subjects with other answers). MMLU
     gets a head per subject from that subject's dev examples, as lm-evaluation-harness builds it, in its
-    format (`prompts.prompt_format`). A Hub dataset's examples are read at `revision`, its test items' commit."""
+    format (`prompts.prompt_format`). A Hub dataset's examples are read at `revision`, its test items' commit.
+    `draw` (`FEW_SHOT_DRAWS`) "per-question" gives each question its own k, drawn as lm-evaluation-harness draws
+    them: one `random.Random(1234)` per pool, sampled for the questions in their order, so the first N questions'
+    heads are the same whatever N (its --limit)."""
+    if draw not in FEW_SHOT_DRAWS:
+        raise MinirunError(f"unknown few-shot draw {draw!r}: choose {', '.join(FEW_SHOT_DRAWS)}")
     tested = {_asked(item, p) for item in items for p in (item.question, *item.paraphrases)}
     fmt = prompt_format(dataset, choice_format)
     per_subject = subject_heads(dataset, fewshot_items)
+    per_question = draw == "per-question"
+    if per_question and not k:
+        raise MinirunError("--few-shot-draw per-question draws each question's examples, and --few-shot-k 0 asks for "
+                           "none (a sweep dataset's few_shot_draw and few_shot_k = 0): drop one of them")
+    if per_question and (per_subject or fmt.ordered):
+        raise MinirunError(f"{dataset}'s prompts take the first {k} examples for every question, as "
+                           "lm-evaluation-harness does, so --few-shot-draw per-question would draw nothing: drop it")
     subjects = {item.relation for item in items} if per_subject else set()
     subset = next(iter(subjects)) if len(subjects) == 1 else None  # one subject: load its dev examples alone
     pools: dict[str, list[Item]] = {}
@@ -153,7 +171,19 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
             log.warning(f"{dataset}'s prompt takes its {len(examples)} worked questions in order, and --few-shot-k {k} "
                         f"asks the first {k}; lm-evaluation-harness asks all {len(examples)} (--few-shot-k "
                         f"{len(examples)}, few_shot_k in a sweep)")
-        out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None, fmt=fmt)
+        if not per_question:
+            out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None, fmt=fmt)
+            continue
+        if len(examples) < len(pool) and ("drawn", dataset, key, len(examples)) not in _WARNED:
+            _WARNED.add(("drawn", dataset, key, len(examples)))
+            log.warning(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {key} examples are questions under "
+                        "test and are never drawn, so the examples drawn differ from lm-evaluation-harness's, which "
+                        "draws from all of them")
+        rnd = random.Random(HARNESS_SEED)
+        for item in items:
+            if head_key(item, task, per_subject) == key:
+                out[head_key(item, task, per_subject, True)] = build_prefix(t, examples, k, choice_format=choice_format,
+                                                                            fmt=fmt, rnd=rnd)
     return out
 
 
@@ -203,6 +233,7 @@ class Run:
     original: bool
     choice_format: str
     per_subject: bool  # MMLU's head per subject (`subject_heads`)
+    per_question: bool  # each question its own head (`FEW_SHOT_DRAWS`)
     prompt_format: PromptFormat  # how its question blocks are written
     model_source: dict | None = None  # where the checkpoint came from (`checkpoint_source`), for run.json to cite
     data_source: dict | None = None  # where a Hub dataset's rows came from (`dataset_source`), likewise
@@ -214,6 +245,10 @@ class Run:
 
     def head(self, item: Item) -> str:
         """The key of the few-shot head `item` is asked under (`prefixes`)."""
+        return head_key(item, self.task, self.per_subject, self.per_question)
+
+    def pool(self, item: Item) -> str:
+        """The key of the examples `item`'s head is drawn from: its batch's (a batch shares one head, or one pool)."""
         return head_key(item, self.task, self.per_subject)
 
     def question(self, item: Item) -> Question:
@@ -235,7 +270,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
             batch_size: int | None = None, max_new_tokens: int | None = None, bidirectional: bool = False,
             num_samples: int = 100, positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
             thinking: bool = False, flex_bias: float | str | None = None, fusion_layer: int | None = None,
-            fusion_alpha: float = 1.0,
+            fusion_alpha: float = 1.0, few_shot_draw: str = "shared",
             choice_score: str = "mean", choice_format: str = "cloze", benchmark: str | None = None,
             template_date: str | None = None, data_source: dict | None = None,
             few_shot_source: dict | None = None) -> Run:
@@ -319,13 +354,13 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "wraps them: ask them in the chat template (--chat), or lettered (--choice-format letters, "
                            "ending in \"Answer:\"), or leave flex out")
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
-                                 examples_commit(benchmark, fewshot_items, data_source, few_shot_source))
+                                 examples_commit(benchmark, fewshot_items, data_source, few_shot_source), few_shot_draw)
     chat_key = resumed_chat(recorded_run_key(output_dir).get("chat", chat), chat, has_template)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
-        **data_digests(items, prompts, prefixes),
+        **data_digests(items, prompts, prefixes), "few_shot_k": few_shot_k, "few_shot_draw": few_shot_draw,
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix,
         "chat": chat_key, "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
@@ -356,7 +391,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
                num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(source, fewshot_items),
-               fmt, checkpoint_source(llm.path), data_source,
+               few_shot_draw == "per-question", fmt, checkpoint_source(llm.path), data_source,
                few_shot_source if benchmark is not None and fewshot_items is None else None)
 
 
@@ -523,10 +558,11 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             mine.append(set())
             for m in run.methods:
                 # batched by few-shot head: its questions share its keys and values (a batch mixing heads
-                # repeats each one in every row, ~7x the prefill of a 5-shot head); a resumed batch keeps its
-                # unfinished questions together, as the batch a fresh run would run
+                # repeats each one in every row, ~7x the prefill of a 5-shot head; heads drawn per question are
+                # batched by the pool they come from); a resumed batch keeps its unfinished questions together,
+                # as the batch a fresh run would run
                 batches = shard(_batches(run.items, questions_per_batch(m, run.num_prompts, run.batch_size),
-                                         run.head), rank, world_size)
+                                         run.pool), rank, world_size)
                 mine[i].update((m, item.id) for batch in batches for item in batch)
                 done = store.done(m)
                 lanes[(i, m)] = [todo for batch in batches if (todo := [item for item in batch if item.id not in done])]
@@ -628,11 +664,11 @@ def template_clock(run: Run) -> datetime | None:
     return None if day is None else template_day(day)
 
 
-def _batches(items: list[Item], size: int, head: Callable[[Item], str]) -> list[list[Item]]:
-    """Batches of `size` questions, each under one few-shot head."""
+def _batches(items: list[Item], size: int, pool: Callable[[Item], str]) -> list[list[Item]]:
+    """Batches of `size` questions, each under one few-shot head or heads drawn from one pool (`Run.pool`)."""
     groups: dict[str, list[Item]] = {}
     for item in items:
-        groups.setdefault(head(item), []).append(item)
+        groups.setdefault(pool(item), []).append(item)
     return [group[start:start + size] for _, group in sorted(groups.items()) for start in range(0, len(group), size)]
 
 

@@ -39,6 +39,9 @@ class PromptFormat:
     strip: bool = False  # questions without surrounding whitespace (the harness's `question.strip()`)
     header: str | None = None  # the head's first line ("{}": the MMLU subject); None: the task's instruction
     ordered: bool = False  # the first k few-shot examples in their order (TruthfulQA's primer), not k drawn
+    # the harness draws k + 1 examples a question and keeps the first k (a task of its without a test split, whose
+    # test document it takes out where drawn): what a draw per question (`build_prefix`'s rnd) takes
+    draws_one_more: bool = False
     delimiter: str = "\n\n"  # after each few-shot example (the harness's `fewshot_delimiter`)
     ignored: str = ""  # what the harness's exact_match deletes before comparing (its `regexes_to_ignore`)
     stop: tuple[str, ...] = STOP  # where generation stops (the harness's QA tasks read past a " Q:" to the line's end)
@@ -71,9 +74,10 @@ HARNESS = {
                                       "The following are multiple choice questions (with answers) about {}."),
     ("mmlu", "cloze"): PromptFormat("harness mmlu_continuation", "Question: ", "\nAnswer:", True,
                                     "The following are questions (with answers) about {}."),
-    ("commonsense_qa", "letters"): PromptFormat("harness commonsense_qa", "Question: ", "\nAnswer:", True, ""),
+    ("commonsense_qa", "letters"): PromptFormat("harness commonsense_qa", "Question: ", "\nAnswer:", True, "",
+                                                draws_one_more=True),
     ("commonsense_qa", "cloze"): PromptFormat("harness-style commonsense_qa cloze", "Question: ", "\nAnswer:", True,
-                                              ""),
+                                              "", draws_one_more=True),
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Question: ", "\nAnswer:", False, "")
        for name in ("arc_challenge", "arc_easy")},
     **{(name, "letters"): PromptFormat(f"harness-style {name} letters", "Question: ", "\nAnswer:", False, "")
@@ -81,8 +85,9 @@ HARNESS = {
     ("openbookqa", "cloze"): PromptFormat("harness openbookqa", "", "", False, ""),
     ("openbookqa", "letters"): PromptFormat("harness-style openbookqa letters", "", "\nAnswer:", False, ""),
     # hellaswag.yaml: the cleaned context ("{{query}}"), each ending its continuation after a space
-    ("hellaswag", "cloze"): PromptFormat("harness hellaswag", "", "", False, ""),
-    ("hellaswag", "letters"): PromptFormat("harness-style hellaswag letters", "", "\nAnswer:", False, ""),
+    ("hellaswag", "cloze"): PromptFormat("harness hellaswag", "", "", False, "", draws_one_more=True),
+    ("hellaswag", "letters"): PromptFormat("harness-style hellaswag letters", "", "\nAnswer:", False, "",
+                                           draws_one_more=True),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)
@@ -91,9 +96,11 @@ HARNESS = {
     # {{question}}?\nAnswer:" (a question mark after the question, whether it has one or not), its first alias after a
     # space; nq_open.yaml heads the prompt "Answer these questions:", asks "Q: {{question}}?\nA:", its examples one new
     # line apart, and its exact_match first deletes an article starting a word
-    ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, "", stop=("\n",)),
+    ("triviaqa", "cloze"): PromptFormat("harness triviaqa", "Question: ", "?\nAnswer:", False, "", stop=("\n",),
+                                        draws_one_more=True),
     ("nq_open", "cloze"): PromptFormat("harness nq_open", "Q: ", "?\nA:", False, "Answer these questions:",
-                                       delimiter="\n", ignored=r"\b(?:The |the |An |A |The |a |an )", stop=("\n",)),
+                                       delimiter="\n", ignored=r"\b(?:The |the |An |A |The |a |an )", stop=("\n",),
+                                       draws_one_more=True),
     # gsm8k.yaml: "Question: {{question}}\nAnswer:", each example's whole solution after a space (calculator notes
     # and "#### 72" kept), no head; generation stops at "Question:" (or an end-of-text marker)
     ("gsm8k", "cloze"): PromptFormat("harness gsm8k", "Question: ", "\nAnswer:", False, "",
@@ -157,17 +164,23 @@ def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = 
 
 
 def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze",
-                 subject: str | None = None, fmt: PromptFormat = MINIRUN) -> str:
-    """The format's heading plus `k` examples drawn with `seed`, each followed by the format's delimiter (a blank line,
-    NQ-open's one new line), so that `prefix + question_block(p, fmt)` is the full prompt (an empty heading and
-    k = 0: no prefix at all). An MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does
-    (its `first_n`), and so does an `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's
-    prompt)."""
+                 subject: str | None = None, fmt: PromptFormat = MINIRUN, rnd: random.Random | None = None) -> str:
+    """The format's heading plus `k` examples drawn with `seed` (or from `rnd`, a generator a run draws every
+    question's examples from in turn), each followed by the format's delimiter (a blank line, NQ-open's one new line),
+    so that `prefix + question_block(p, fmt)` is the full prompt (an empty heading and k = 0: no prefix at all). An
+    MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`), and so does an
+    `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's prompt). Drawn from `rnd`, a format
+    that `draws_one_more` takes the first k of k + 1, as the harness does (its draws for later questions move on)."""
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
         raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k (--few-shot-k)")
-    shots = examples[:k] if subject is not None or fmt.ordered else random.Random(seed).sample(examples, k)
+    if subject is not None or fmt.ordered:
+        shots = examples[:k]
+    elif rnd is None:
+        shots = random.Random(seed).sample(examples, k)
+    else:
+        shots = rnd.sample(examples, min(k + 1 if fmt.draws_one_more else k, len(examples)))[:k]
     heading = fmt.heading(task, subject)
     return (f"{heading}\n\n" if heading else "") + "".join(f"{example_block(shot, choice_format, fmt)}{fmt.delimiter}"
                                                           for shot in shots)

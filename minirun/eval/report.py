@@ -157,8 +157,9 @@ def harness_notes(run_key: dict, rows: pd.DataFrame) -> list[str]:
     """What keeps a run's `--match harness` verdicts from being lm-evaluation-harness's figure of its dataset: prompts
     in minirun's words (a file asked without --benchmark), the chat template, which the harness leaves off unless
     told, and answers that took every one of fewer new tokens than the harness gives (`HARNESS_TOKENS`) before a stop,
-    which it would have read on (one answer per row: per_prompt's and vote's rows hold several). Empty for a run of
-    multiple-choice rows alone."""
+    which it would have read on (one answer per row: per_prompt's and vote's rows hold several), and few-shot examples
+    drawn once for every question, where the harness draws each its own. Empty for a run of multiple-choice rows
+    alone."""
     generated = rows[rows["task"].ne("choice")] if "task" in rows.columns else rows
     if not len(generated):
         return []
@@ -167,6 +168,9 @@ def harness_notes(run_key: dict, rows: pd.DataFrame) -> list[str]:
         notes.append(f"its answers were asked in minirun's words (prompt format {fmt!r}), not lm-evaluation-harness's,"
                      " so their harness verdicts are not its figure of the dataset: ask "
                      "triviaqa, nq_open or gsm8k by name, or a copy of their rows with --benchmark NAME")
+    if fmt.startswith("harness ") and run_key.get("few_shot_k") and run_key.get("few_shot_draw") == "shared":
+        notes.append(f"its questions were all asked under one draw of {run_key['few_shot_k']} few-shot examples, where "
+                     "lm-evaluation-harness draws each question its own: --few-shot-draw per-question for its figure")
     if run_key.get("chat"):
         notes.append("its answers were asked inside the model's chat template, which lm-evaluation-harness leaves off "
                      "unless told: --no-chat for its figure")

@@ -33,8 +33,8 @@ REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Toke
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
-    "few_shot": "the few-shot prompt changed (another --few-shot-k, few-shot file or edited examples, or MMLU's "
-                "per-subject heads, which minirun before them did not build)",
+    "few_shot": "the few-shot prompt changed (another --few-shot-k, --few-shot-draw, few-shot file or edited examples, "
+                "or MMLU's per-subject heads, which minirun before them did not build)",
     "prompt_ids": "its rows were made before prompts were tokenized whole (another minirun)",
     "answers": "its rows took a reasoning model's answers from its thinking's first line (a minirun before answers "
                "were taken after </think>)",
@@ -100,6 +100,8 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
     same_items = "items" in old_key.keys() & run_key.keys() and "items" not in changed
     if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
         changed.discard("items")
+    if changed & {"few_shot_k", "few_shot_draw"}:  # and the few-shot heads because of these
+        changed.discard("few_shot")
     if changed & {"thinking", "chat"}:  # a reasoning model's answers are taken after its thinking because of these
         changed.discard("answers")
     if "scored" in old_key.keys() & run_key.keys() and "scored" not in changed:  # multiple choice alone: no token

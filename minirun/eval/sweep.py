@@ -152,13 +152,15 @@ def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
 
 def _data_settings(dataset: DatasetSpec, data: Data) -> dict:
     """What of a dataset's cells' run key its items and few-shot examples decide (the few-shot heads' and the
-    items' hashes, as `loop.prepare` makes them, with no model)."""
+    items' hashes, as `loop.prepare` makes them, with no model, and the few-shot settings behind them)."""
     source = dataset.asked_as or dataset.data  # whose prompts these are
     fmt = prompt_format(source, dataset.choice_format)
     prompts = item_prompts(data.items, fmt, dataset.original, dataset.num_prompts)
     prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k, dataset.choice_format,
-                                 examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source))
-    return data_digests(data.items, prompts, prefixes)
+                                 examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source),
+                                 dataset.few_shot_draw)
+    return {**data_digests(data.items, prompts, prefixes), "few_shot_k": dataset.few_shot_k,
+            "few_shot_draw": dataset.few_shot_draw}
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
@@ -249,8 +251,9 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
         model["path"] = str(Path(cell.model.path).resolve())
     # finished keys stay valid: skip_bad's effect is in the items, which the key holds, and keys written before
     # datasets had a benchmark hold none
-    dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()
-               if k != "skip_bad" and not (k == "benchmark" and v is None)}
+    dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()  # nor before few_shot_draw
+               if k != "skip_bad" and not (k == "benchmark" and v is None)
+               and not (k == "few_shot_draw" and v == "shared")}
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
                   if not (k == "template_date" and v is None) and (with_batch_size or k != "batch_size")}
     if scored_alone(data.items):  # no row depends on max_new_tokens: raising it for the file's QA datasets leaves
@@ -388,7 +391,8 @@ def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: s
     try:
         return prepare(llm, data.items, [cell.method.name], cell.dir, dataset=cell.dataset.data,
                        num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,
-                       few_shot_k=cell.dataset.few_shot_k, fewshot_items=data.few_shot, data_source=data.source,
+                       few_shot_k=cell.dataset.few_shot_k, few_shot_draw=cell.dataset.few_shot_draw,
+                       fewshot_items=data.few_shot, data_source=data.source,
                        few_shot_source=data.few_shot_source,
                        bidirectional=cell.dataset.match == "bidirectional", choice_format=cell.dataset.choice_format,
                        benchmark=cell.dataset.asked_as,
