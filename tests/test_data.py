@@ -354,6 +354,22 @@ def test_corrupt_parquet_is_one_line_error(tmp_path):
             load(path)
 
 
+def test_a_benchmark_copy_s_bad_json_line_is_named_by_its_line(tmp_path):
+    """A local copy of a benchmark's rows in JSON lines: the first line that is no JSON value is named, as an item
+    file's is (a JSON array's error names the file)."""
+    from minirun.eval.data.openqa import load_nq_open, load_triviaqa
+
+    path = tmp_path / "copy.jsonl"
+    path.write_text('{"question": "a?", "answer": ["x"]}\n\n{"question": "b?", "answer": ["y"\n')
+    for load in (load_nq_open, load_triviaqa):
+        with pytest.raises(MinirunError, match=r"copy\.jsonl:3: not a JSON line \(Expecting ',' delimiter\); fix or "
+                                               "remove that line"):
+            load(path=path)
+    path.write_text('[{"question": "a?", "answer": ["x"]},\n')
+    with pytest.raises(MinirunError, match=r"copy\.jsonl: not readable as .* rows"):
+        load_nq_open(path=path)
+
+
 def test_myriadlama_hub_uses_train_split(monkeypatch):
     calls = _fake_datasets(monkeypatch, {"iszhaoxin/MyriadLAMA": _lama_rows()})
     assert len(load_myriadlama(n_test=3)) == 3

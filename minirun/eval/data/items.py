@@ -256,6 +256,13 @@ def read_frame(path: Path, what: str) -> pd.DataFrame:
     try:
         return pd.read_json(path, lines=head != "[", dtype=False)  # "00123" stays text, "0.50" too
     except ValueError as e:
+        if head != "[":  # JSON lines: name the first line that is not one JSON value, as an item file's error does
+            for n, line in enumerate(text_lines(path), 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as bad:
+                    raise MinirunError(f"{path}:{n}: not a JSON line ({bad.msg}); fix or remove that line") from None
         raise MinirunError(f"{path}: not readable as {what} rows ({e}); pass them as JSON lines, a JSON array "
                            "or parquet") from None
 
