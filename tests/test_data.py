@@ -778,6 +778,13 @@ def test_gsm8k_items_hold_the_final_number_and_the_worked_solution(monkeypatch, 
         (musical,) = load_dataset(tmp_path / copy)
         assert (musical.id, musical.answers) == (content_id("triviaqa", musical.question), ["Sunset Blvd",
                                                                                           "Sunset Boulevard"])
+    nq = _open_qa_frames()["google-research-datasets/nq_open"]
+    for name, rows in (("nq", nq), ("gsm8k", GSM8K_ROWS)):  # a copy with ids a user added: still those rows
+        with_ids = rows.assign(id=[f"{name}-{i}" for i in range(len(rows))])
+        with_ids.to_json(tmp_path / f"{name}-ids.jsonl", orient="records", lines=True)
+        with_ids.to_parquet(tmp_path / f"{name}-ids.parquet")
+        assert load_dataset(tmp_path / f"{name}-ids.jsonl") == load_dataset(tmp_path / f"{name}-ids.parquet") == \
+            (load_dataset(tmp_path / "nq.parquet") if name == "nq" else [ducks, house])
 
 
 @pytest.mark.parametrize("answer, said", [

@@ -164,7 +164,8 @@ def _kind(keys: set[str]) -> str:
     with a `question_concept`, else ARC's), MMLU (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id`
     and `answer`), PopQA (`possible_answers`), NQ-open (`question` and `answer` alone), plain items short of a
     field (`task`/`relation`/`choices`, which WebQA's loader would drop or reject: the plain loader names what is
-    missing), WebQA (its question/answer fields)."""
+    missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows hold `answers` or
+    `targetValue`, never `answer`), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
@@ -185,6 +186,9 @@ def _kind(keys: set[str]) -> str:
         return "nq_open"
     if keys & {"task", "relation", "choices"}:
         return "plain"
+    if {"question", "answer"} <= keys and not keys & {"answers", "targetValue"} and \
+            not any(k.startswith("paraphrase") for k in keys):
+        return "nq_open"
     if keys & {"question", *WEBQA_KEYS} or any(k.startswith("paraphrase") for k in keys):
         return "webqa"
     return "plain"
