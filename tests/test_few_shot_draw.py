@@ -82,16 +82,29 @@ def test_shared_draw_is_one_head_per_pool_as_before():
     assert heads == few_shot_prefixes(items, None, "sample-qa", None, 2, draw="shared") and list(heads) == ["qa"]
 
 
-def test_examples_that_are_questions_under_test_are_never_drawn_and_the_difference_is_said(caplog):
-    items = load_dataset("sample-qa")[:3]
-    pool = _pool(10) + [Item("leak", items[1].question, [], ["x"], "qa")]
-    heads = few_shot_prefixes(items, pool, "sample-qa", None, 10, draw="per-question")
-    assert all(items[1].question not in head for head in heads.values())
-    assert "1 of the 11 few-shot qa examples are questions under test and are never drawn" in caplog.text
+def test_a_test_question_in_the_pool_is_drawn_as_the_harness_draws_it_whatever_questions_are_asked(caplog):
+    """The draws are the harness's calls on the whole pool: a pool example that is a question under test is drawn
+    where the harness draws it (said in a warning), so no question's examples depend on which others are asked; only
+    where the harness's task takes a document's own row out of its k + 1 (triviaqa's) is a question's own row left
+    out of its examples, and the next one drawn shown instead."""
+    pool = _pool(12)
+    items = [pool[i] for i in (7, 11, 0)]  # asked: rows of the pool (NQ-open's train and validation share some)
+    whole = few_shot_prefixes(items, pool, "nq_open", None, 5, draw="per-question")
+    assert "3 of the 12 few-shot qa examples are questions under test" in caplog.text
+    first = few_shot_prefixes(items[:1], pool, "nq_open", None, 5, draw="per-question")
+    assert first == {"qa#train-7": whole["qa#train-7"]}
+    # the harness's draws of 6 from 12 for three documents, without each document's own row
+    drawn = [[7, 1, 0, 10, 9, 5], [11, 1, 10, 5, 3, 0], [0, 11, 5, 7, 8, 1]]
+    for item, six in zip(items, drawn):
+        own = int(item.id.removeprefix("train-"))
+        assert _drawn(whole[f"qa#{item.id}"], pool) == [i for i in six if i != own][:5]
+    maths = _pool(12, "math")
+    heads = few_shot_prefixes([maths[7]], maths, "gsm8k", None, 5, draw="per-question")
+    assert _drawn(heads["math#train-7"], maths) == [7, 1, 0, 10, 9]  # gsm8k's harness task shows a question its row
 
 
 @pytest.mark.parametrize("dataset, k, items, message", [
-    ("sample-qa", 0, "sample-qa", "--few-shot-k 0 asks for none"),
+    ("sample-qa", 0, "sample-qa", "--few-shot-k 0 .few_shot_k = 0. asks for none"),
     ("mmlu", 1, "mmlu", "take the first 1 examples for every question"),
     ("truthfulqa_mc1", 6, "sample-choice", "take the first 6 examples for every question"),
 ])
@@ -104,7 +117,8 @@ def test_a_draw_per_question_where_nothing_is_drawn_is_refused(dataset, k, items
         asked, shots = [replace(i, relation="virology") for i in asked], [replace(s, relation="virology") for s in shots]
     with pytest.raises(MinirunError, match=message):
         few_shot_prefixes(asked, shots, dataset, None, k, draw="per-question")
-    with pytest.raises(MinirunError, match="unknown few-shot draw 'each': choose shared, per-question"):
+    with pytest.raises(MinirunError, match="unknown few-shot draw 'each' in --few-shot-draw .a sweep dataset's "
+                                           "few_shot_draw.: choose shared, per-question"):
         few_shot_prefixes(asked, shots, dataset, None, k, draw="each")
 
 
@@ -148,11 +162,18 @@ def test_eval_cli_shows_each_question_its_own_head_and_refuses_bad_draws(tiny, t
     items = load_dataset("sample-qa")[:2]
     heads = [p[:p.index(f"Q: {item.question}")] for p, item in zip(prompts, items)]
     assert heads[0] != heads[1] and all(h.count("\nA: ") == 2 for h in heads)
-    for args, message in ((["--few-shot-draw", "each"], "--few-shot-draw must be one of shared, per-question, not "
-                                                        "'each'"),
-                          (["--few-shot-draw", "per-question", "--few-shot-k", "0"], "--few-shot-k 0 asks for none")):
+    choice = tmp_path / "tqa.jsonl"
+    choice.write_text(json.dumps({"question": "Can pigs fly?", "mc1_targets": {"choices": ["No.", "Yes."],
+                                                                             "labels": [1, 0]}}) + "\n")
+    for args, message in ((["--few-shot-draw", "each"], "unknown few-shot draw 'each' in --few-shot-draw"),
+                          (["--few-shot-draw", "per-question", "--few-shot-k", "0"], "--few-shot-k 0 (few_shot_k = 0) "
+                                                                                     "asks for none"),
+                          (["--few-shot-draw", "per-question", "--model", str(tmp_path / "none"), "--data",
+                            str(choice), "--benchmark", "truthfulqa_mc1", "--few-shot-k", "6"],
+                           "truthfulqa_mc1's prompts take the first 6 examples")):  # before the model is looked for
         refused = CliRunner().invoke(app, [*base, *args])
-        assert refused.exit_code == 1 and message in refused.output and "Traceback" not in refused.output
+        assert refused.exit_code == 1 and message in " ".join(refused.output.split()), refused.output
+        assert "Traceback" not in refused.output
 
 
 def test_report_says_when_a_harness_format_run_drew_one_head_for_all():
@@ -185,9 +206,9 @@ def test_a_sweep_dataset_draws_per_question_in_cells_of_their_own():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dataclasses, "asdict", before)
         assert sweep_module.cell_key(sweep_module.cells(spec, "out")[0], spec, data) == shared
-    for table, message in (({"few_shot_draw": "each"}, "few_shot_draw: unknown draw 'each'; use one of shared, "
-                                                       "per-question"),
-                           ({"few_shot_draw": "per-question", "few_shot_k": 0}, "few_shot_k = 0 asks for none")):
+    for table, message in (({"few_shot_draw": "each"}, "few_shot_draw: unknown few-shot draw 'each'"),
+                           ({"few_shot_draw": "per-question", "few_shot_k": 0}, "few_shot_k = 0. asks for none"),
+                           ({"name": "mmlu", "few_shot_draw": "per-question"}, "mmlu's prompts take the first 5")):
         with pytest.raises(MinirunError, match=message):
             parse_sweep({**base, "datasets": [{"name": "sample-qa", **table}]})
 
@@ -202,3 +223,31 @@ def test_a_changed_draw_or_count_is_named_and_a_run_that_recorded_neither_says_i
     assert key_differences(before, {"few_shot": "b", "few_shot_k": 3, "few_shot_draw": "shared"}, ["q"]) == [
         OPAQUE["few_shot"]]
     assert key_differences(before, {"few_shot": "a", "few_shot_k": 1, "few_shot_draw": "shared"}, ["q"]) == []
+
+
+def test_runs_of_one_setting_compared_are_not_told_apart_by_keys_one_of_them_does_not_record(tiny, tmp_path):
+    """A run made before few_shot_k and few_shot_draw were recorded, beside one made after with the same settings:
+    no warning that their settings differ; settings that do differ are still named."""
+    import shutil
+
+    items = load_dataset("sample-qa")[:2]
+    evaluate(tiny, items, ["origin"], tmp_path / "new", **SETTINGS)
+    old = shutil.copytree(tmp_path / "new", tmp_path / "old")
+    info = json.loads((old / "run.json").read_text())
+    for name in ("few_shot_k", "few_shot_draw"):
+        del info["run_key"][name]
+    (old / "run.json").write_text(json.dumps(info))
+    shown = CliRunner().invoke(app, ["report", str(old), str(tmp_path / "new")], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "differ in" not in shown.output
+    evaluate(tiny, items, ["origin"], tmp_path / "three", **{**SETTINGS, "few_shot_k": 3})
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "new"), str(tmp_path / "three")], env={"COLUMNS": "250"})
+    assert "differ in few_shot, few_shot_k (run.json run_key)" in " ".join(shown.output.split())
+
+
+def test_a_per_question_run_resumed_over_other_items_says_only_that_the_items_differ(tiny, tmp_path):
+    items = load_dataset("sample-qa")[:3]
+    evaluate(tiny, items[:2], ["origin"], tmp_path, **SETTINGS, few_shot_draw="per-question")
+    with pytest.raises(MinirunError, match="holds results of a different run") as refused:
+        evaluate(tiny, items, ["origin"], tmp_path, **SETTINGS, few_shot_draw="per-question")
+    assert "the dataset's items differ" in str(refused.value) and "few-shot" not in str(refused.value)

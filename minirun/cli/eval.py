@@ -102,7 +102,7 @@ def eval_command(
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
-    from minirun.eval.loop import FEW_SHOT_DRAWS, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
+    from minirun.eval.loop import check_draw, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.report import cut_thinking
     from minirun.eval.sweep_results import sweep_of
 
@@ -111,11 +111,6 @@ def eval_command(
     if few_shot is not None and few_shot.suffix not in (".jsonl", ".parquet"):
         raise MinirunError(f"--few-shot takes a .jsonl file of items or a benchmark's rows (.jsonl, .parquet), not "
                            f"{few_shot}")
-    if few_shot_draw not in FEW_SHOT_DRAWS:
-        raise MinirunError(f"--few-shot-draw must be one of {', '.join(FEW_SHOT_DRAWS)}, not {few_shot_draw!r}")
-    if few_shot_draw != "shared" and not few_shot_k:
-        raise MinirunError(f"--few-shot-draw {few_shot_draw} draws each question's examples, and --few-shot-k 0 asks "
-                           "for none: drop one of them")
     bias = parse_flex_bias(flex_bias)
     if template_date is not None:
         template_day(template_date)  # before a model is fetched
@@ -128,6 +123,7 @@ def eval_command(
     items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_examples(few_shot) if few_shot is not None else None
+    check_draw(few_shot_draw, few_shot_k, named or data, choice_format, fewshot_items)  # before a model is fetched
     # a file asked as MMLU: its Hub examples read at one commit (its items' where they are MMLU's), and cited
     shots = benchmark_source(benchmark, source) if benchmark is not None and few_shot is None and few_shot_k else None
     benchmark = named

@@ -119,30 +119,40 @@ def subject_heads(dataset: str, fewshot_items: list[Item] | None) -> bool:
     return dataset == "mmlu" and (fewshot_items is None or any(e.relation for e in fewshot_items))
 
 
+def check_draw(draw: str, k: int, dataset: str, choice_format: str = "cloze",
+               fewshot_items: list[Item] | None = None) -> None:
+    """Refuse a few-shot draw (`FEW_SHOT_DRAWS`) that is unknown or would draw nothing, before any model time: none
+    asked for (k = 0), or a format whose examples are the first k for every question (MMLU's per subject,
+    TruthfulQA's worked questions)."""
+    said = "--few-shot-draw (a sweep dataset's few_shot_draw)"
+    if draw not in FEW_SHOT_DRAWS:
+        raise MinirunError(f"unknown few-shot draw {draw!r} in {said}: choose {', '.join(FEW_SHOT_DRAWS)}")
+    if draw == "per-question" and not k:
+        raise MinirunError(f"{said} per-question draws each question's examples, and --few-shot-k 0 (few_shot_k = 0) "
+                           "asks for none: drop one of them")
+    first_k = subject_heads(dataset, fewshot_items) or prompt_format(dataset, choice_format).ordered
+    if draw == "per-question" and first_k:
+        raise MinirunError(f"{dataset}'s prompts take the first {k} examples for every question, as "
+                           f"lm-evaluation-harness does, so {said} per-question would draw nothing: drop it")
+
+
 def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, dataset: str, task: str | None,
                       k: int, choice_format: str = "cloze", revision: str | None = None,
                       draw: str = "shared") -> dict[str, str]:
     """Instruction + k examples per head (`head_key`): the dataset's own few-shot file unless given, drawn from
-    that task's examples only and never from the questions under test: a demonstration that is a test
+    that task's examples only and (shared) never from the questions under test: a demonstration that is a test
     question hands the model its gold answer (a multiple-choice one when its right option is the same too:
     MMLU's generic stems, "Which of the following is true?", recur across subjects with other answers). MMLU
     gets a head per subject from that subject's dev examples, as lm-evaluation-harness builds it, in its
     format (`prompts.prompt_format`). A Hub dataset's examples are read at `revision`, its test items' commit.
     `draw` (`FEW_SHOT_DRAWS`) "per-question" gives each question its own k, drawn as lm-evaluation-harness draws
-    them: one `random.Random(1234)` per pool, sampled for the questions in their order, so the first N questions'
-    heads are the same whatever N (its --limit)."""
-    if draw not in FEW_SHOT_DRAWS:
-        raise MinirunError(f"unknown few-shot draw {draw!r}: choose {', '.join(FEW_SHOT_DRAWS)}")
+    them (`prompts.build_prefix`): one `random.Random(1234)` per pool, sampled for the questions in their order from
+    the whole pool, so the first N questions' heads are the same whatever N (its --limit)."""
+    check_draw(draw, k, dataset, choice_format, fewshot_items)
     tested = {_asked(item, p) for item in items for p in (item.question, *item.paraphrases)}
     fmt = prompt_format(dataset, choice_format)
     per_subject = subject_heads(dataset, fewshot_items)
     per_question = draw == "per-question"
-    if per_question and not k:
-        raise MinirunError("--few-shot-draw per-question draws each question's examples, and --few-shot-k 0 asks for "
-                           "none (a sweep dataset's few_shot_draw and few_shot_k = 0): drop one of them")
-    if per_question and (per_subject or fmt.ordered):
-        raise MinirunError(f"{dataset}'s prompts take the first {k} examples for every question, as "
-                           "lm-evaluation-harness does, so --few-shot-draw per-question would draw nothing: drop it")
     subjects = {item.relation for item in items} if per_subject else set()
     subset = next(iter(subjects)) if len(subjects) == 1 else None  # one subject: load its dev examples alone
     pools: dict[str, list[Item]] = {}
@@ -161,6 +171,19 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
             raise MinirunError(f"the few-shot examples are {tasks} items but the questions are {t}: their prompts "
                                f"would teach another format; give few-shot items of task {t} (--few-shot FILE), or "
                                "--few-shot-k 0")
+        if per_question:  # the harness's calls on the whole pool, so that every question's draw is its draw
+            rnd = random.Random(HARNESS_SEED)
+            for item in items:
+                if head_key(item, task, per_subject) == key:
+                    out[head_key(item, task, per_subject, True)] = build_prefix(
+                        t, pool, k, choice_format=choice_format, fmt=fmt, rnd=rnd, asked=item)
+            if (leaked := sum(_asked(e, e.question) in tested for e in pool)) and \
+                    ("drawn", dataset, key, leaked) not in _WARNED:
+                _WARNED.add(("drawn", dataset, key, leaked))
+                log.warning(f"{leaked} of the {len(pool)} few-shot {key} examples are questions under test, and drawn "
+                            "as lm-evaluation-harness draws them a question may be shown one, as there (its figure "
+                            "counts them too); --few-shot-draw shared never shows one")
+            continue
         examples = [e for e in pool if _asked(e, e.question) not in tested]
         if len(examples) < min(k, len(pool)):
             raise MinirunError(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {key} examples are questions "
@@ -171,19 +194,7 @@ def few_shot_prefixes(items: list[Item], fewshot_items: list[Item] | None, datas
             log.warning(f"{dataset}'s prompt takes its {len(examples)} worked questions in order, and --few-shot-k {k} "
                         f"asks the first {k}; lm-evaluation-harness asks all {len(examples)} (--few-shot-k "
                         f"{len(examples)}, few_shot_k in a sweep)")
-        if not per_question:
-            out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None, fmt=fmt)
-            continue
-        if len(examples) < len(pool) and ("drawn", dataset, key, len(examples)) not in _WARNED:
-            _WARNED.add(("drawn", dataset, key, len(examples)))
-            log.warning(f"{len(pool) - len(examples)} of the {len(pool)} few-shot {key} examples are questions under "
-                        "test and are never drawn, so the examples drawn differ from lm-evaluation-harness's, which "
-                        "draws from all of them")
-        rnd = random.Random(HARNESS_SEED)
-        for item in items:
-            if head_key(item, task, per_subject) == key:
-                out[head_key(item, task, per_subject, True)] = build_prefix(t, examples, k, choice_format=choice_format,
-                                                                            fmt=fmt, rnd=rnd)
+        out[key] = build_prefix(t, examples, k, choice_format=choice_format, subject=subject or None, fmt=fmt)
     return out
 
 

@@ -8,7 +8,7 @@ are the runtime's job, not ours.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
@@ -163,14 +163,22 @@ def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = 
     return f"{question_block(item.question, fmt)} {item.answers[0]}"
 
 
+def same_row(example: Item, asked: Item | None) -> bool:
+    """Whether a few-shot example is the row of the question `asked`, as lm-evaluation-harness compares a document
+    with its drawn examples (the whole row; a paraphrased file's paraphrases are no part of it)."""
+    return asked is not None and example == replace(asked, paraphrases=example.paraphrases)
+
+
 def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, choice_format: str = "cloze",
-                 subject: str | None = None, fmt: PromptFormat = MINIRUN, rnd: random.Random | None = None) -> str:
-    """The format's heading plus `k` examples drawn with `seed` (or from `rnd`, a generator a run draws every
-    question's examples from in turn), each followed by the format's delimiter (a blank line, NQ-open's one new line),
-    so that `prefix + question_block(p, fmt)` is the full prompt (an empty heading and k = 0: no prefix at all). An
-    MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does (its `first_n`), and so does an
-    `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's prompt). Drawn from `rnd`, a format
-    that `draws_one_more` takes the first k of k + 1, as the harness does (its draws for later questions move on)."""
+                 subject: str | None = None, fmt: PromptFormat = MINIRUN, rnd: random.Random | None = None,
+                 asked: Item | None = None) -> str:
+    """The format's heading plus `k` examples drawn with `seed`, each followed by the format's delimiter (a blank line,
+    NQ-open's one new line), so that `prefix + question_block(p, fmt)` is the full prompt (an empty heading and
+    k = 0: no prefix at all). An MMLU `subject` takes the first k examples in order, as lm-evaluation-harness does
+    (its `first_n`), and so does an `ordered` format (TruthfulQA's six worked questions: k = 6 is the harness's
+    prompt). With `rnd`, the examples are the question `asked`'s as the harness draws a test document's from the
+    generator it draws every question's from in turn: `rnd.sample` of k, or where the format `draws_one_more` of
+    k + 1, keeping the first k that are not `asked`'s own row (its `x != doc`)."""
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
@@ -179,8 +187,10 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
         shots = examples[:k]
     elif rnd is None:
         shots = random.Random(seed).sample(examples, k)
+    elif fmt.draws_one_more:
+        shots = [e for e in rnd.sample(examples, min(k + 1, len(examples))) if not same_row(e, asked)][:k]
     else:
-        shots = rnd.sample(examples, min(k + 1 if fmt.draws_one_more else k, len(examples)))[:k]
+        shots = rnd.sample(examples, k)
     heading = fmt.heading(task, subject)
     return (f"{heading}\n\n" if heading else "") + "".join(f"{example_block(shot, choice_format, fmt)}{fmt.delimiter}"
                                                           for shot in shots)

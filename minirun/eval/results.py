@@ -109,6 +109,8 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
     other_items = old.get("item_ids") != item_ids
     if other_items:  # then the items' hash differs too, and saying "edited" would mislead
         changed.discard("items")
+        if run_key.get("few_shot_draw") == "per-question":  # and the heads', one per item
+            changed.discard("few_shot")
     elif same_items:
         changed.discard("dataset")  # the same items under another spelling of their file's path
     if "weights_sha256" in old_key.keys() & run_key.keys() and "weights_sha256" not in changed:

@@ -16,7 +16,8 @@ import pandas as pd
 from minirun.errors import MinirunError
 from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, cut_thinking, harness_notes, load_results,
                                  method_label, paired_difference, provenance, summarize, timed_on, unfinished_notes)
-from minirun.eval.results import integer_columns, read_results, recorded_methods, recorded_run_key, recorded_sources
+from minirun.eval.results import (RECORDED_BEFORE, integer_columns, read_results, recorded_methods, recorded_run_key,
+                                  recorded_sources)
 
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *MACRO, *PAIRED, "diff_vs_first_model",
@@ -280,9 +281,12 @@ def compared_warnings(compared: Compared) -> list[str]:
     runs of one dataset (their differences are then not the model's alone), and methods short of their run's items."""
     warnings = []
     for dataset in dict.fromkeys(name for name, _ in compared.dirs):
-        keys = {model: recorded_run_key(run_dir) for (name, model), run_dir in compared.dirs.items() if name == dataset}
+        # a setting one run does not record (a minirun before it recorded it) is no difference, as on resuming
+        keys = {model: {**RECORDED_BEFORE, **recorded_run_key(run_dir)} for (name, model), run_dir in
+                compared.dirs.items() if name == dataset}
         differ = sorted({k for key in keys.values() for k in key if k not in MODEL_IDENTITY
-                         and len({json.dumps(other.get(k), sort_keys=True) for other in keys.values()}) > 1})
+                         and all(k in other for other in keys.values())
+                         and len({json.dumps(other[k], sort_keys=True) for other in keys.values()}) > 1})
         one_model = len({(key.get("model"), key.get("weights_sha256")) for key in keys.values()}) == 1
         if differ and one_model:
             warnings.append(f"the runs compared on {dataset} differ in {', '.join(differ)} (run.json run_key), with "

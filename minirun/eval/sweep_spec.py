@@ -19,7 +19,7 @@ from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES, dataset_label, hub_dataset, text_lines
-from minirun.eval.loop import FEW_SHOT_DRAWS, prepare
+from minirun.eval.loop import check_draw, prepare
 from minirun.eval.matching import MATCH_RULES
 from minirun.eval.prompts import CHOICE_FORMATS, check_choice_format
 from minirun.methods import METHODS, EnsembleOptions
@@ -266,12 +266,11 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     except MinirunError as e:
         raise MinirunError(f"{where} choice_format: {e}") from None
     _at_least(spec.few_shot_k, 0, f"{where} few_shot_k")
-    if spec.few_shot_draw not in FEW_SHOT_DRAWS:
-        raise MinirunError(f"{where} few_shot_draw: unknown draw {spec.few_shot_draw!r}; use one of "
-                           f"{', '.join(FEW_SHOT_DRAWS)}")
-    if spec.few_shot_draw != "shared" and not spec.few_shot_k:
-        raise MinirunError(f"{where} few_shot_draw: {spec.few_shot_draw!r} draws each question's examples, and "
-                           "few_shot_k = 0 asks for none: drop one of them")
+    try:  # a file of examples is read later: one that names MMLU's subjects is refused then
+        check_draw(spec.few_shot_draw, spec.few_shot_k, spec.asked_as or spec.data, spec.choice_format,
+                   None if spec.few_shot is None else [])
+    except MinirunError as e:
+        raise MinirunError(f"{where} few_shot_draw: {e}") from None
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
         _at_least(spec.max_samples, 1, f"{where} max_samples")
