@@ -204,8 +204,7 @@ def report_command(
                         f"match rule only, not under --match {match}")
     if mixed := report.mixed_timing(table):
         warnings.append(mixed)
-    if unrelated := report.unrelated_note(table):
-        warnings.append(unrelated)
+    warnings += [note for note in (report.unrelated_note(table), report.unrated_note(table)) if note]
     warnings += report.cut_thinking(raw)
     if match in ("harness", "flexible"):
         warnings += report.harness_notes(recorded_run_key(run_dir), raw)
@@ -228,6 +227,9 @@ def report_command(
                     f"{shown_interval(row, 'diff_macro_vs_origin', '+.3f')}, p {row['p_macro_vs_origin']:.3g}")
                 for index, row in macro.iterrows())
         out.print(relations)
+    if "popularity" in table.columns and table["popularity"].notna().any():
+        out.print(_scores_table(report.by_popularity(table), "per popularity of the question's subject (quartiles of "
+                                "the items'; Δ origin on each bin's items, Holm over every method and bin)"))
     out.print(_matrix(report.agreement(table)))
     if len(pairs := report.pairwise(table)) > 2:  # three methods or more: more than each against origin
         out.print(_pairwise_matrix(pairs, "per_prompt" in set(table["method"])))

@@ -167,7 +167,8 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
     from minirun.eval.report import (mixed_timing, rescored, rescoring, select_choice_score, select_match,
-                                     single_prompt_dropped, size_latex, timed_on, unrelated_note, with_counts)
+                                     single_prompt_dropped, size_latex, timed_on, unrated_note, unrelated_note,
+                                     with_counts)
     from minirun.eval.sweep_results import plot_sweep, repeated_sizes, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
@@ -200,7 +201,8 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     warnings = [*warnings, *(note for dataset, part in table.groupby("dataset", sort=False)
-                             if (note := unrelated_note(part, f" of {dataset}"))), *repeated_sizes(table, curves)]
+                             for note in (unrelated_note(part, f" of {dataset}"), unrated_note(part, f" of {dataset}"))
+                             if note), *repeated_sizes(table, curves)]
     if as_json:
         result = with_pairs(scores_json(scores, prompts, machines), table)
         for dataset, models in result.items():
@@ -219,16 +221,19 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
 def with_pairs(result: dict, table: pd.DataFrame) -> dict:
     """`scores_json`'s {dataset: {model: {method: scores}}} with what one run's --json adds to each method: `versus`,
     every two methods of a model on a dataset compared (`report.pairwise`, Holm over that model's pairs), and where
-    the rows carry relations `by_relation`, the method's scores per relation."""
-    from minirun.eval.report import by_relation, json_scores, pairwise
+    the rows carry relations `by_relation`, the method's scores per relation, or popularities `by_popularity`, per
+    popularity bin."""
+    from minirun.eval.report import by_popularity, by_relation, json_scores, pairwise
 
     for (dataset, model), rows in table.groupby(["dataset", "model"], sort=False):
         run = rows.drop(columns=["dataset", "model"]).assign(method=rows["label"])
         for (method, other), stats in pairwise(run).to_dict("index").items():
             result[dataset][model][method].setdefault("versus", {})[other] = json_scores(stats)
-        if "relation" in run.columns and run["relation"].notna().any():
-            for (method, relation), stats in by_relation(run).to_dict("index").items():
-                result[dataset][model][method].setdefault("by_relation", {})[str(relation)] = json_scores(stats)
+        for name, split, column in (("by_relation", by_relation, "relation"), ("by_popularity", by_popularity,
+                                                                             "popularity")):
+            if column in run.columns and run[column].notna().any():
+                for (method, part), stats in split(run).to_dict("index").items():
+                    result[dataset][model][method].setdefault(name, {})[str(part)] = json_scores(stats)
     return result
 
 

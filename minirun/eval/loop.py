@@ -595,7 +595,9 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             bar.update(overall, description=f"eval {method}")
             layout = (i, "rows" if method in PROMPT_ROWS else method)  # alike methods share a batch's memory
             rows = _within_memory(llm, functools.partial(answer, run, method), batch, method, fitting, layout)
-            rows = [{**row, "machine": machine} for row in rows]
+            views = {item.id: item.popularity for item in batch if item.popularity is not None}  # report's bins
+            rows = [{**row, "machine": machine, **({"popularity": views[row["id"]]} if row["id"] in views else {})}
+                    for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
             bar.advance(overall, len(rows))
             for row in rows if on_row is not None else ():

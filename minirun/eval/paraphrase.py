@@ -453,5 +453,6 @@ def _cut_row(line: bytes) -> bool:
 
 def _same_item(written: Item, item: Item) -> bool:
     """Whether a finished row still answers `item`: the rewrites depend on its question, a kept rewrite was
-    checked against its answers, and every other field (choices, relation, ...) is copied into the file."""
-    return replace(written, paraphrases=[]) == replace(item, paraphrases=[])
+    checked against its answers, and every other field (choices, relation, ...) is copied into the file; but its
+    popularity, which no rewrite reads (PopQA rows written before items held one resume)."""
+    return replace(written, paraphrases=[], popularity=None) == replace(item, paraphrases=[], popularity=None)

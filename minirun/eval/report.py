@@ -489,10 +489,22 @@ def _answer(text: object) -> str | None:
 def unrelated_note(df: pd.DataFrame, of: str = "") -> str | None:
     """A warning where some items carry a relation and others none (`of`: their dataset, in a sweep's): the
     per-relation tables and macro accuracy leave the latter out, which their figures do not show."""
-    if "relation" not in df.columns or df["relation"].isna().all() or df["relation"].notna().all():
+    return _partly_note(df, "relation", of, "the per-relation tables and the macro accuracy leave them out")
+
+
+def unrated_note(df: pd.DataFrame, of: str = "") -> str | None:
+    """A warning where some items carry a popularity and others none: `by_popularity` leaves the latter out."""
+    return _partly_note(df, "popularity", of, "the popularity bins leave them out (an item's rows made before minirun "
+                        "recorded PopQA's s_pop hold none: run those items again into a new directory for them)")
+
+
+def _partly_note(df: pd.DataFrame, column: str, of: str, effect: str) -> str | None:
+    if column not in df.columns or df[column].isna().all():
         return None
-    return (f"{df.loc[df['relation'].isna(), 'id'].nunique()} of the {df['id'].nunique()} items{of} carry no "
-            "relation: the per-relation tables and the macro accuracy leave them out")
+    known = set(df.loc[df[column].notna(), "id"])
+    if not (missing := df.loc[~df["id"].isin(known), "id"].nunique()):
+        return None
+    return f"{missing} of the {df['id'].nunique()} items{of} carry no {column}: {effect}"
 
 
 def by_relation(df: pd.DataFrame) -> pd.DataFrame:
@@ -503,6 +515,37 @@ def by_relation(df: pd.DataFrame) -> pd.DataFrame:
         raise MinirunError("results have no 'relation' column; per-relation scores need a fill-in dataset")
     rows = df[df["relation"].notna()].astype({"correct": float, "exact": float})
     return _scores(rows, [*_keys(rows), "relation"])
+
+
+POPULARITY_BINS = 4  # quartiles of the items' popularity
+
+
+def by_popularity(df: pd.DataFrame, bins: int = POPULARITY_BINS) -> pd.DataFrame:
+    """Accuracy (Wilson interval) per method (per model and method for a sweep) and bin of the items' subject
+    popularity (PopQA's `s_pop`, or a plain item's `popularity`): `bins` quantiles of the items' popularity, about as
+    many items each (fewer bins where ties merge them), labelled "1: low–high" upwards; against origin, the difference
+    on the bin's items (Newcombe interval, exact McNemar p, Holm over every method and bin of a model): where along the
+    long tail an ensemble gains, the question PopQA was made to ask. Rows without a popularity are left out."""
+    if "popularity" not in df.columns or df["popularity"].isna().all():
+        raise MinirunError("results have no 'popularity' column; popularity bins need PopQA's items (their s_pop) or "
+                           "items that give a popularity")
+    per_item = df[df["popularity"].notna()].groupby("id")["popularity"].first().astype(float)  # any row's: a resumed
+    rows = df[df["id"].isin(per_item.index)].astype({"correct": float, "exact": float})  # run's older ones hold none
+    codes, edges = pd.qcut(per_item, bins, labels=False, retbins=True, duplicates="drop")
+    names = {i: f"{i + 1}: {edges[i]:,.0f}–{edges[i + 1]:,.0f}" for i in range(len(edges) - 1)}
+    rows = rows.assign(popularity=rows["id"].map(codes).map(names))
+    keys = [*_keys(rows), "popularity"]
+    versus = {}
+    for group, part in rows.groupby([k for k in keys if k != "method"], sort=True):
+        *model, name = group
+        correct = part.pivot(index="id", columns="method", values="correct").astype(float)
+        for method in correct.columns:
+            versus[(*model, method, name)] = _versus_origin(correct, method)
+    paired = pd.DataFrame.from_dict(versus, orient="index").reindex(columns=list(PAIRED[:6])).astype(float)
+    paired.index = pd.MultiIndex.from_tuples(list(versus), names=keys)
+    for _, part in (paired.groupby(level="model") if "model" in keys else [(None, paired)]):
+        paired.loc[part.index, "p_vs_origin_holm"] = holm(part["p_vs_origin"].tolist())
+    return _scores(rows, keys).join(paired)
 
 
 MACRO = ("macro_accuracy", "relations", "diff_macro_vs_origin", "diff_macro_vs_origin_ci95_low",
@@ -593,21 +636,25 @@ def report_json(df: pd.DataFrame) -> dict:
     """`summarize` as a JSON-ready dict: {method: scores}, or {model: {method: scores}} for a
     sweep. Each X_low/X_high pair becomes one X: [low, high] (ci95, diff_vs_origin_ci95,
     diff_vs_mean_single_ci95); numpy values become Python ones, NaN None. Where rows carry relations, each
-    method's scores hold `by_relation`: {relation: that relation's scores}, as a per-relation table needs them;
+    method's scores hold `by_relation`: {relation: that relation's scores}, as a per-relation table needs them, and
+    where they carry a popularity `by_popularity`: {bin: its scores};
     and in one run's, each method's `versus`: {other method: `pairwise`'s diff, ci95, p, p_holm and n}."""
     out: dict = {}
     versus: dict[str, dict] = {}
     if "model" not in df.columns:
         for (method, other), stats in pairwise(df).to_dict("index").items():
             versus.setdefault(method, {})[other] = json_scores(stats)
-    nested: dict[tuple, dict] = {}  # (model, method) or (method,) -> {relation: scores}
-    if "relation" in df.columns and df["relation"].notna().any():
-        for (*key, relation), scores in by_relation(df).to_dict("index").items():
-            nested.setdefault(tuple(key), {})[str(relation)] = json_scores(scores)
+    nested: dict[str, dict[tuple, dict]] = {}  # by_relation/by_popularity -> (model, method) or (method,) -> {}
+    for name, split, column in (("by_relation", by_relation, "relation"), ("by_popularity", by_popularity,
+                                                                         "popularity")):
+        if column in df.columns and df[column].notna().any():
+            for (*key, part), scores in split(df).to_dict("index").items():
+                nested.setdefault(name, {}).setdefault(tuple(key), {})[str(part)] = json_scores(scores)
     for key, scores in summarize(df).to_dict("index").items():
         entry = json_scores(scores)
-        if (relations := nested.get(key if isinstance(key, tuple) else (key,))) is not None:
-            entry["by_relation"] = relations
+        for name, parts in nested.items():
+            if (found := parts.get(key if isinstance(key, tuple) else (key,))) is not None:
+                entry[name] = found
         if key in versus:
             entry["versus"] = versus[key]
         if isinstance(key, tuple):

@@ -261,7 +261,7 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
     else:  # keyed as the count it runs with: a file's 24 is the default's 24
         generation["max_new_tokens"] = new_tokens(data.items, sweep.generation.max_new_tokens)
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
-           "generation": generation, "items": [item_record(i) for i in data.items],
+           "generation": generation, "items": [_keyed(i) for i in data.items],
            "few_shot": None if data.few_shot is None else [item_record(i) for i in data.few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
     source = cell.dataset.asked_as or cell.dataset.data  # whose prompts these are
@@ -270,6 +270,12 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
     if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
         key["prompt_format"] = fmt.name
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _keyed(item: Item) -> dict:
+    """An item as its cells' keys hold it: without its popularity, which no row's answer depends on (PopQA cells
+    finished before items carried one stay finished)."""
+    return {k: v for k, v in item_record(item).items() if k != "popularity"}
 
 
 def series_key(dataset: DatasetSpec) -> str:

@@ -51,6 +51,8 @@ class Item:
     lists its right options as a set (TruthfulQA's MC2 sets, often of several) holds them all in `true_options`,
     `answer` being the first. "math" items are word problems solved step by step: `answers` are numbers, the final
     answer, and `solution`, where known, is the worked solution a few-shot example shows (GSM8K's, ending "#### 72").
+    `popularity`, where known, is how well known the question's subject is (PopQA's `s_pop`, its Wikipedia page's
+    monthly views): no part of any prompt, it lets `report` score methods along the long tail.
     """
 
     id: str
@@ -63,6 +65,7 @@ class Item:
     answer: int | None = None
     true_options: list[int] | None = None
     solution: str | None = None
+    popularity: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.relation, str) and not self.relation.strip():  # a blank relation is none, not one named ""
@@ -124,6 +127,10 @@ def item_from_dict(record: object) -> Item:
     solution = record.get("solution")
     if solution is not None and (task != "math" or not isinstance(solution, str) or not solution.strip()):
         raise ValueError("field 'solution' is a math item's worked solution, a non-empty string: drop it elsewhere")
+    popularity = record.get("popularity")
+    if popularity is not None and (isinstance(popularity, bool) or not isinstance(popularity, numbers.Real)
+                                   or not math.isfinite(popularity) or popularity < 0):
+        raise ValueError(f"field 'popularity' must be a number >= 0 (the subject's page views), got {popularity!r}")
     if task == "math" and (odd := next((a for a in answers if number_value(a) is None), None)) is not None:
         raise ValueError(f"field 'answers' of a math item must be numbers (its final answer: \"72\", \"1,250\", "
                          f"\"3.5\"), got {odd!r}")
@@ -138,18 +145,20 @@ def item_from_dict(record: object) -> Item:
         answer=right[0] if right else None,
         true_options=right if as_set else None,
         solution=solution,
+        popularity=None if popularity is None else float(popularity),
     )
 
 
 def item_record(item: Item) -> dict:
     """An item in the plain form `item_from_dict` reads: its fields, a set of right options as the list `answer` (an
     item with one right option and no set keeps the form, and the sweep keys hashed from it, it had before
-    `true_options`; an item without a worked solution has no `solution`, as before it existed)."""
+    `true_options`; an item without a worked solution or a popularity has none, as before they existed)."""
     record = asdict(item)
     if record.pop("true_options") is not None:
         record["answer"] = item.true_options
-    if record["solution"] is None:
-        del record["solution"]
+    for name in ("solution", "popularity"):
+        if record[name] is None:
+            del record[name]
     return record
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 from minirun.eval.data.items import Item, content_id, hub_rows, number_repeats, question_field, rows_to_items, text_list
@@ -52,8 +53,9 @@ def load_nq_open(split: str = "validation", path: str | Path | None = None, revi
 
 def load_popqa(split: str = "test", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
     """PopQA's questions about long-tail Wikidata facts with their possible answers (a JSON list in each row), each
-    item's relation its property (`prop`: occupation, capital of, …), so `report` scores them per relation. Its only
-    split is test; it has no few-shot examples of its own."""
+    item's relation its property (`prop`: occupation, capital of, …) and its popularity the subject's (`s_pop`,
+    monthly Wikipedia page views), so `report` scores them per relation and per popularity bin. Its only split is
+    test; it has no few-shot examples of its own."""
     frame, source = hub_rows(POPQA, split, None, path, revision)
 
     def convert(n: int, r: dict) -> Item:
@@ -66,10 +68,12 @@ def load_popqa(split: str = "test", path: str | Path | None = None, revision: st
         answers = text_list(possible, "possible_answers")
         if not answers:
             raise ValueError(f"field 'possible_answers' must list at least one answer, got {r['possible_answers']!r}")
-        relation, row_id = r.get("prop"), r.get("id")
+        relation, row_id, views = r.get("prop"), r.get("id"), r.get("s_pop")
         if isinstance(row_id, float):  # a copy missing some rows' id holds the others' as floats (24.0), NaN where none
             row_id = None if math.isnan(row_id) else int(row_id)
+        known = isinstance(views, numbers.Real) and not isinstance(views, bool) and math.isfinite(views) and views >= 0
         return Item(f"popqa-{row_id if row_id is not None else f'{split}-{n}'}", question_field(r), [], answers, "qa",
-                    relation if isinstance(relation, str) and relation.strip() else None)
+                    relation if isinstance(relation, str) and relation.strip() else None,
+                    popularity=float(views) if known else None)
 
     return rows_to_items(frame.to_dict("records"), source, convert)
