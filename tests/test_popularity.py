@@ -32,9 +32,14 @@ def test_popqa_items_carry_their_subject_s_popularity_and_a_plain_item_may_give_
                          "possible_answers": ['["x"]', '["y"]'], "s_pop": [142, None]})
     rows.to_parquet(tmp_path / "popqa.parquet")
     assert [item.popularity for item in load_popqa(path=tmp_path / "popqa.parquet")] == [142.0, None]
+    rows.assign(s_pop=["3,071", ""]).to_json(tmp_path / "text.jsonl", orient="records", lines=True)  # saved as text
+    assert [item.popularity for item in load_popqa(path=tmp_path / "text.jsonl")] == [3071.0, None]
+    rows.assign(s_pop=["many", "1"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"record 1: field 's_pop' must be a number >= 0 .*got 'many'"):
+        load_popqa(path=tmp_path / "bad.jsonl")
     plain = {"id": "q", "question": "Q?", "paraphrases": [], "answers": ["a"]}
     assert item_from_dict({**plain, "popularity": 3}).popularity == 3.0
-    for bad in (-1, "many", True, float("nan")):
+    for bad in (-1, "many", True, float("nan"), 10 ** 400):  # the last beyond any float
         with pytest.raises(ValueError, match="field 'popularity' must be a number >= 0"):
             item_from_dict({**plain, "popularity": bad})
     known = item_from_dict({**plain, "popularity": 3})
@@ -64,6 +69,8 @@ def test_rows_carry_the_popularity_and_it_keys_neither_a_run_nor_a_sweep_cell(ti
     cell = sweep_module.cells(spec, "out")[0]
     assert sweep_module.cell_key(cell, spec, sweep_module.Data(items, None, None)) == \
         sweep_module.cell_key(cell, spec, sweep_module.Data(rated, None, None))
+    assert sweep_module.cell_key(cell, spec, sweep_module.Data(items, items, None)) == \
+        sweep_module.cell_key(cell, spec, sweep_module.Data(items, rated, None))  # nor its few-shot examples'
 
 
 def _rows(popularity: list[float], origin: list[bool], avg: list[bool]) -> pd.DataFrame:
@@ -107,13 +114,48 @@ def test_report_prints_the_bins_and_names_items_without_a_popularity(tmp_path):
         store.add_batch([{k: v for k, v in row.items() if not (k == "popularity" and pd.isna(v))}
                          for row in rows.to_dict("records")])
         store.finalize()
-    assert unrated_note(rows) == ("1 of the 4 items carry no popularity: the popularity bins leave them out (an "
-                                  "item's rows made before minirun recorded PopQA's s_pop hold none: run those items "
-                                  "again into a new directory for them)")
+    assert unrated_note(rows) == ("1 of the 4 items carry no popularity: the popularity bins leave them out (rows or a "
+                                  "paraphrase file's lines made before minirun recorded PopQA's s_pop hold none: run "
+                                  "those items, or rewrite them, into a new directory or file for them)")
     shown = CliRunner().invoke(app, ["report", str(tmp_path / "run")], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
     assert "per popularity of the question's subject" in text and "1 of the 4 items carry no popularity" in text
     assert by_popularity(rows).loc[("origin", "1: 5–28"), "n"] == 1  # q0's origin row scored by its other row's
     as_json = json.loads(CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--json"]).stdout)
-    assert set(as_json["avg"]["by_popularity"]) == {"1: 5–28", "2: 28–50", "4: 275–500"}  # none in (50, 275]
+    assert set(as_json["avg"]["by_popularity"]) == {"1: 5–28", "2: 28–50", "3: 275–500"}  # none in (50, 275]
+
+
+def test_equal_popularities_make_one_bin_and_small_ones_keep_their_figures():
+    one = by_popularity(_rows([7, 7, 7], [False, True, True], [True, True, True]))
+    assert list(one.index.get_level_values("popularity").unique()) == ["1: 7–7"]
+    assert one.loc[("avg", "1: 7–7"), "n"] == 3
+    fractions = by_popularity(_rows([0.25, 0.5, 0.75, 1.0], [True] * 4, [True] * 4))
+    assert list(fractions.index.get_level_values("popularity").unique())[0] == "1: 0.25–0.438"
+
+
+def test_models_compared_share_one_set_of_bins_drawn_from_every_row(tmp_path):
+    """Runs of two models side by side: the bins are the dataset's, the same for both, and a model whose rows of
+    before hold no popularity has its items binned by the other's rows (the same items, the same subjects)."""
+    from minirun.eval.results import ResultStore
+
+    views = [5, 50, 500, 5000, 6, 60, 600, 6000]
+    rows = _rows(views, [True] * 8, [False] * 8).assign(relation=None, machine=None)
+    for name, held in (("a", rows), ("b", rows.drop(columns="popularity"))):
+        with ResultStore(tmp_path / name, {"model": f"/m/{name}", "dataset": "popqa"},
+                         item_ids=[f"q{i}" for i in range(8)]) as store:
+            store.add_batch(held.to_dict("records"))
+            store.finalize()
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "a"), str(tmp_path / "b"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    scores = json.loads(shown.stdout)["popqa"]
+    bins = {model: scores[model]["avg"]["by_popularity"] for model in ("a", "b")}
+    assert list(bins["a"]) == list(bins["b"]) and [b["n"] for b in bins["b"].values()] == [2, 2, 2, 2]
+    assert "carry no popularity" not in shown.stderr
+
+
+def test_a_popqa_run_with_no_popularity_says_why_it_has_no_bins(tmp_path):
+    rows = _rows([5, 50], [True, False], [True, True]).drop(columns="popularity")
+    assert unrated_note(rows, "", "popqa").startswith("none of the 2 PopQA items carry a popularity, so no popularity "
+                                                      "bins: rows or a paraphrase file's lines made before minirun")
+    assert unrated_note(rows, "", "sample-qa") is None

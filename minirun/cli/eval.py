@@ -204,7 +204,8 @@ def report_command(
                         f"match rule only, not under --match {match}")
     if mixed := report.mixed_timing(table):
         warnings.append(mixed)
-    warnings += [note for note in (report.unrelated_note(table), report.unrated_note(table)) if note]
+    warnings += [note for note in (report.unrelated_note(table), report.unrated_note(table, "", table.attrs.get(
+        "dataset"))) if note]
     warnings += report.cut_thinking(raw)
     if match in ("harness", "flexible"):
         warnings += report.harness_notes(recorded_run_key(run_dir), raw)

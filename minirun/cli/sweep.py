@@ -201,7 +201,8 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     warnings = [*warnings, *(note for dataset, part in table.groupby("dataset", sort=False)
-                             for note in (unrelated_note(part, f" of {dataset}"), unrated_note(part, f" of {dataset}"))
+                             for note in (unrelated_note(part, f" of {dataset}"),
+                                          unrated_note(part, f" of {dataset}", str(dataset)))
                              if note), *repeated_sizes(table, curves)]
     if as_json:
         result = with_pairs(scores_json(scores, prompts, machines), table)
@@ -229,11 +230,14 @@ def with_pairs(result: dict, table: pd.DataFrame) -> dict:
         run = rows.drop(columns=["dataset", "model"]).assign(method=rows["label"])
         for (method, other), stats in pairwise(run).to_dict("index").items():
             result[dataset][model][method].setdefault("versus", {})[other] = json_scores(stats)
-        for name, split, column in (("by_relation", by_relation, "relation"), ("by_popularity", by_popularity,
-                                                                             "popularity")):
-            if column in run.columns and run[column].notna().any():
-                for (method, part), stats in split(run).to_dict("index").items():
-                    result[dataset][model][method].setdefault(name, {})[str(part)] = json_scores(stats)
+        if "relation" in run.columns and run["relation"].notna().any():
+            for (method, relation), stats in by_relation(run).to_dict("index").items():
+                result[dataset][model][method].setdefault("by_relation", {})[str(relation)] = json_scores(stats)
+    for dataset, rows in table.groupby("dataset", sort=False):  # one set of bins for every model of a dataset
+        if "popularity" in rows.columns and rows["popularity"].notna().any():
+            models = rows.drop(columns="dataset").assign(method=rows["label"])
+            for (model, method, part), stats in by_popularity(models).to_dict("index").items():
+                result[dataset][model][method].setdefault("by_popularity", {})[str(part)] = json_scores(stats)
     return result
 
 

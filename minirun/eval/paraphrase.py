@@ -401,7 +401,7 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, se
         os.fsync(f.fileno())
         if on_progress is not None:
             on_progress(len(items) - len(todo) + start + len(batch))
-    return [finished[item.id] for item in items]
+    return [replace(finished[item.id], popularity=item.popularity) for item in items]  # a line of before holds none
 
 
 ROW_START = b'{"id": '  # how every row `paraphrase_file` writes begins (json.dumps of an Item)

@@ -492,10 +492,14 @@ def unrelated_note(df: pd.DataFrame, of: str = "") -> str | None:
     return _partly_note(df, "relation", of, "the per-relation tables and the macro accuracy leave them out")
 
 
-def unrated_note(df: pd.DataFrame, of: str = "") -> str | None:
-    """A warning where some items carry a popularity and others none: `by_popularity` leaves the latter out."""
-    return _partly_note(df, "popularity", of, "the popularity bins leave them out (an item's rows made before minirun "
-                        "recorded PopQA's s_pop hold none: run those items again into a new directory for them)")
+def unrated_note(df: pd.DataFrame, of: str = "", dataset: str | None = None) -> str | None:
+    """A warning where some items carry a popularity and others none (`by_popularity` leaves the latter out), or where
+    a run of PopQA (`dataset`) has none at all."""
+    why = ("rows or a paraphrase file's lines made before minirun recorded PopQA's s_pop hold none: run those items, "
+           "or rewrite them, into a new directory or file for them")
+    if dataset == "popqa" and ("popularity" not in df.columns or df["popularity"].isna().all()):
+        return f"none of the {df['id'].nunique()} PopQA items{of} carry a popularity, so no popularity bins: {why}"
+    return _partly_note(df, "popularity", of, f"the popularity bins leave them out ({why})")
 
 
 def _partly_note(df: pd.DataFrame, column: str, of: str, effect: str) -> str | None:
@@ -518,6 +522,8 @@ def by_relation(df: pd.DataFrame) -> pd.DataFrame:
 
 
 POPULARITY_BINS = 4  # quartiles of the items' popularity
+VERSUS_ORIGIN = ("diff_vs_origin", "diff_vs_origin_ci95_low", "diff_vs_origin_ci95_high", "p_vs_origin",
+                 "p_vs_origin_holm", "n_vs_origin")  # `paired_difference` against origin, Holm-adjusted
 
 
 def by_popularity(df: pd.DataFrame, bins: int = POPULARITY_BINS) -> pd.DataFrame:
@@ -529,10 +535,14 @@ def by_popularity(df: pd.DataFrame, bins: int = POPULARITY_BINS) -> pd.DataFrame
     if "popularity" not in df.columns or df["popularity"].isna().all():
         raise MinirunError("results have no 'popularity' column; popularity bins need PopQA's items (their s_pop) or "
                            "items that give a popularity")
-    per_item = df[df["popularity"].notna()].groupby("id")["popularity"].first().astype(float)  # any row's: a resumed
-    rows = df[df["id"].isin(per_item.index)].astype({"correct": float, "exact": float})  # run's older ones hold none
+    # any row's (a resumed run's older rows, or another model's, hold none), so that every model shares the bins
+    per_item = df[df["popularity"].notna()].groupby("id")["popularity"].first().astype(float)
+    rows = df[df["id"].isin(per_item.index)].astype({"correct": float, "exact": float})
     codes, edges = pd.qcut(per_item, bins, labels=False, retbins=True, duplicates="drop")
-    names = {i: f"{i + 1}: {edges[i]:,.0f}–{edges[i + 1]:,.0f}" for i in range(len(edges) - 1)}
+    if len(edges) < 2:  # every item equally popular: one bin
+        codes, edges = pd.Series(0, index=per_item.index), [per_item.min(), per_item.max()]
+    names = {code: f"{n}: {_amount(edges[code])}–{_amount(edges[code + 1])}"
+             for n, code in enumerate(sorted(set(codes.astype(int))), 1)}
     rows = rows.assign(popularity=rows["id"].map(codes).map(names))
     keys = [*_keys(rows), "popularity"]
     versus = {}
@@ -541,11 +551,16 @@ def by_popularity(df: pd.DataFrame, bins: int = POPULARITY_BINS) -> pd.DataFrame
         correct = part.pivot(index="id", columns="method", values="correct").astype(float)
         for method in correct.columns:
             versus[(*model, method, name)] = _versus_origin(correct, method)
-    paired = pd.DataFrame.from_dict(versus, orient="index").reindex(columns=list(PAIRED[:6])).astype(float)
+    paired = pd.DataFrame.from_dict(versus, orient="index").reindex(columns=list(VERSUS_ORIGIN)).astype(float)
     paired.index = pd.MultiIndex.from_tuples(list(versus), names=keys)
     for _, part in (paired.groupby(level="model") if "model" in keys else [(None, paired)]):
         paired.loc[part.index, "p_vs_origin_holm"] = holm(part["p_vs_origin"].tolist())
     return _scores(rows, keys).join(paired)
+
+
+def _amount(value: float) -> str:
+    """A bin edge as a label shows it: whole page views with thousands marked, a small fraction to 3 figures."""
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 MACRO = ("macro_accuracy", "relations", "diff_macro_vs_origin", "diff_macro_vs_origin_ci95_low",

@@ -262,7 +262,7 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
         generation["max_new_tokens"] = new_tokens(data.items, sweep.generation.max_new_tokens)
     key = {"model": model, "dataset": dataset, "method": dataclasses.asdict(cell.method),
            "generation": generation, "items": [_keyed(i) for i in data.items],
-           "few_shot": None if data.few_shot is None else [item_record(i) for i in data.few_shot],
+           "few_shot": None if data.few_shot is None else [_keyed(i) for i in data.few_shot],
            "matcher": matcher_name()}  # a cell finished under another answer matcher is not this one
     source = cell.dataset.asked_as or cell.dataset.data  # whose prompts these are
     if subject_heads(source, data.few_shot):  # MMLU's head per subject: not a cell finished under one for all
@@ -273,8 +273,8 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
 
 
 def _keyed(item: Item) -> dict:
-    """An item as its cells' keys hold it: without its popularity, which no row's answer depends on (PopQA cells
-    finished before items carried one stay finished)."""
+    """An item (or a few-shot example) as its cells' keys hold it: without its popularity, which no answer depends on
+    (PopQA cells finished before items carried one stay finished)."""
     return {k: v for k, v in item_record(item).items() if k != "popularity"}
 
 

@@ -128,9 +128,8 @@ def item_from_dict(record: object) -> Item:
     if solution is not None and (task != "math" or not isinstance(solution, str) or not solution.strip()):
         raise ValueError("field 'solution' is a math item's worked solution, a non-empty string: drop it elsewhere")
     popularity = record.get("popularity")
-    if popularity is not None and (isinstance(popularity, bool) or not isinstance(popularity, numbers.Real)
-                                   or not math.isfinite(popularity) or popularity < 0):
-        raise ValueError(f"field 'popularity' must be a number >= 0 (the subject's page views), got {popularity!r}")
+    if popularity is not None:
+        popularity = popularity_value(popularity, "popularity")
     if task == "math" and (odd := next((a for a in answers if number_value(a) is None), None)) is not None:
         raise ValueError(f"field 'answers' of a math item must be numbers (its final answer: \"72\", \"1,250\", "
                          f"\"3.5\"), got {odd!r}")
@@ -145,8 +144,25 @@ def item_from_dict(record: object) -> Item:
         answer=right[0] if right else None,
         true_options=right if as_set else None,
         solution=solution,
-        popularity=None if popularity is None else float(popularity),
+        popularity=popularity,
     )
+
+
+def popularity_value(value: object, field: str) -> float:
+    """A subject's popularity as a number >= 0 (a number, or its text in a copy saved as text); ValueError naming
+    `field` otherwise."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.replace(",", ""))
+        except ValueError:
+            pass
+    try:
+        if isinstance(number, numbers.Real) and not isinstance(number, bool) and math.isfinite(number) and number >= 0:
+            return float(number)
+    except OverflowError:  # an integer beyond any float
+        pass
+    raise ValueError(f"field {field!r} must be a number >= 0 (the subject's page views), got {value!r}")
 
 
 def item_record(item: Item) -> dict:

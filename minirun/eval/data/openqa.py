@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from pathlib import Path
 
-from minirun.eval.data.items import Item, content_id, hub_rows, number_repeats, question_field, rows_to_items, text_list
+from minirun.eval.data.items import (Item, content_id, hub_rows, number_repeats, popularity_value, question_field,
+                                     rows_to_items, text_list)
 
 TRIVIAQA = "mandarjoshi/trivia_qa"
 TRIVIAQA_CONFIG = "rc.nocontext"  # the questions alone ("rc" adds the evidence documents, gigabytes of them)
@@ -71,9 +71,9 @@ def load_popqa(split: str = "test", path: str | Path | None = None, revision: st
         relation, row_id, views = r.get("prop"), r.get("id"), r.get("s_pop")
         if isinstance(row_id, float):  # a copy missing some rows' id holds the others' as floats (24.0), NaN where none
             row_id = None if math.isnan(row_id) else int(row_id)
-        known = isinstance(views, numbers.Real) and not isinstance(views, bool) and math.isfinite(views) and views >= 0
+        missing = views is None or (isinstance(views, float) and math.isnan(views)) or views == ""  # a copy's gap
         return Item(f"popqa-{row_id if row_id is not None else f'{split}-{n}'}", question_field(r), [], answers, "qa",
                     relation if isinstance(relation, str) and relation.strip() else None,
-                    popularity=float(views) if known else None)
+                    popularity=None if missing else popularity_value(views, "s_pop"))
 
     return rows_to_items(frame.to_dict("records"), source, convert)
