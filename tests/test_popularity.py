@@ -34,9 +34,10 @@ def test_popqa_items_carry_their_subject_s_popularity_and_a_plain_item_may_give_
     assert [item.popularity for item in load_popqa(path=tmp_path / "popqa.parquet")] == [142.0, None]
     rows.assign(s_pop=["3,071", ""]).to_json(tmp_path / "text.jsonl", orient="records", lines=True)  # saved as text
     assert [item.popularity for item in load_popqa(path=tmp_path / "text.jsonl")] == [3071.0, None]
-    rows.assign(s_pop=["many", "1"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
-    with pytest.raises(MinirunError, match=r"record 1: field 's_pop' must be a number >= 0 .*got 'many'"):
-        load_popqa(path=tmp_path / "bad.jsonl")
+    for bad, said in ((["many", "1"], "'many'"), ([[1, 2], 3], r"\[1, 2\]")):
+        rows.assign(s_pop=bad).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+        with pytest.raises(MinirunError, match=rf"record 1: field 's_pop' must be a number >= 0 .*got {said}"):
+            load_popqa(path=tmp_path / "bad.jsonl")
     plain = {"id": "q", "question": "Q?", "paraphrases": [], "answers": ["a"]}
     assert item_from_dict({**plain, "popularity": 3}).popularity == 3.0
     for bad in (-1, "many", True, float("nan"), 10 ** 400):  # the last beyond any float

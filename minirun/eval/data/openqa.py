@@ -71,7 +71,8 @@ def load_popqa(split: str = "test", path: str | Path | None = None, revision: st
         relation, row_id, views = r.get("prop"), r.get("id"), r.get("s_pop")
         if isinstance(row_id, float):  # a copy missing some rows' id holds the others' as floats (24.0), NaN where none
             row_id = None if math.isnan(row_id) else int(row_id)
-        missing = views is None or (isinstance(views, float) and math.isnan(views)) or views == ""  # a copy's gap
+        missing = views is None or (isinstance(views, float) and math.isnan(views)) or (  # a copy's gap
+            isinstance(views, str) and not views.strip())
         return Item(f"popqa-{row_id if row_id is not None else f'{split}-{n}'}", question_field(r), [], answers, "qa",
                     relation if isinstance(relation, str) and relation.strip() else None,
                     popularity=None if missing else popularity_value(views, "s_pop"))
