@@ -371,7 +371,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
-        **data_digests(items, prompts, prefixes), "few_shot_k": few_shot_k, "few_shot_draw": few_shot_draw,
+        **data_digests(items, prompts, prefixes, few_shot_k, few_shot_draw),
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix,
         "chat": chat_key, "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
@@ -483,12 +483,14 @@ def examples_commit(benchmark: str | None, fewshot_items: list[Item] | None, dat
     return (shots or {}).get("commit") if fewshot_items is None else None
 
 
-def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str]) -> dict[str, str]:
+def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str], few_shot_k: int,
+                 few_shot_draw: str) -> dict[str, object]:
     """The run key's entries of what the data puts into the rows, which need no model (a sweep's dry run compares
-    them with a finished run's): the few-shot heads' text and the items' content hashed, and `scored` where every
-    item is multiple choice (no row generates, so a later run with another max_new_tokens resumes it:
-    `results.key_differences`)."""
+    them with a finished run's): the few-shot heads' text hashed with the count and draw behind them (named when
+    they change), the items' content hashed, and `scored` where every item is multiple choice (no row generates, so
+    a later run with another max_new_tokens resumes it: `results.key_differences`)."""
     return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
+            "few_shot_k": few_shot_k, "few_shot_draw": few_shot_draw,
             "items": items_digest(items, prompts),
             **({"scored": "choices alone"} if scored_alone(items) else {})}
 

@@ -152,15 +152,14 @@ def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
 
 def _data_settings(dataset: DatasetSpec, data: Data) -> dict:
     """What of a dataset's cells' run key its items and few-shot examples decide (the few-shot heads' and the
-    items' hashes, as `loop.prepare` makes them, with no model, and the few-shot settings behind them)."""
+    items' hashes, and the few-shot settings behind them, as `loop.prepare` makes them, with no model)."""
     source = dataset.asked_as or dataset.data  # whose prompts these are
     fmt = prompt_format(source, dataset.choice_format)
     prompts = item_prompts(data.items, fmt, dataset.original, dataset.num_prompts)
     prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k, dataset.choice_format,
                                  examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source),
                                  dataset.few_shot_draw)
-    return {**data_digests(data.items, prompts, prefixes), "few_shot_k": dataset.few_shot_k,
-            "few_shot_draw": dataset.few_shot_draw}
+    return data_digests(data.items, prompts, prefixes, dataset.few_shot_k, dataset.few_shot_draw)
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
