@@ -114,6 +114,31 @@ def test_questions_batched_equal_questions_alone(llm):
             assert b.choice == a.choice and max(abs(x - y) for x, y in zip(b.scores, a.scores, strict=True)) <= ATOL
 
 
+def test_questions_with_few_shot_examples_of_their_own_score_as_alone(llm, monkeypatch):
+    """Examples drawn per question (as lm-evaluation-harness draws them): each question's own head is encoded once
+    for its prompts' rows, and every method scores as the question alone, where its head is the batch's."""
+    from minirun.models import Decoder
+
+    shots = ["Q: Who painted the Mona Lisa?\nA: Leonardo da Vinci\n\n",
+             "Q: What is the largest planet?\nA: Jupiter\n\n"]
+    questions = [Question(QUESTION, PARAS, PREFIX + shots[0], "\nA:"),
+                 Question("Who wrote Hamlet?", ["Who wrote Hamlet?", "Hamlet's author?"], PREFIX + shots[1], "\nA:")]
+    choices = [CHOICES, ["Shakespeare", "Marlowe"]]
+    options = EnsembleOptions(chat=False, fusion_layer=1)
+    rows = []
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest, **kw: rows.append(tokens.shape[0]) or original(
+        self, tokens, *rest, **kw))
+    for method in ("origin", "per_prompt", "avg", "max", "hidden_avg"):
+        rows.clear()
+        batched = score_choices(llm, method, questions, choices, options)
+        encoded = [r for r in rows if r > 1][:2]  # after the shared head: the own heads, then the prompts' rows
+        assert encoded == ([2, 2] if method == "origin" else [2, 5])  # origin's one row a question holds its own
+        alone = [score_choices(llm, method, [q], [c], options)[0] for q, c in zip(questions, choices)]
+        for b, a in zip(batched, alone, strict=True):
+            assert b.choice == a.choice and max(abs(x - y) for x, y in zip(b.scores, a.scores, strict=True)) <= ATOL
+
+
 def test_per_prompt_scores_each_prompt_as_origin_would(llm):
     result = score(llm, "per_prompt")
     assert len(result.per_prompt_scores) == len(PARAS) and result.scores == result.per_prompt_scores[0]

@@ -459,3 +459,27 @@ def test_compiled_kernels_are_cached_under_minirun_s_cache_root(tmp_path):
     theirs = subprocess.run([sys.executable, "-c", show], env=env | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "t")},
                             capture_output=True, text=True, check=True)
     assert theirs.stdout.strip() == str(tmp_path / "t")  # a directory the user chose is kept
+
+
+def test_questions_own_heads_compiled_answer_as_eager(llm, monkeypatch):
+    """Heads of their own a prefill chunk long or more are encoded once per question when compiled too (padded
+    to whole chunks, in a cache with room for that third region): the same tokens as eager, for every row
+    method, per_prompt's every prompt included."""
+    shots = [FACT * 5, "Water boils at 100 degrees and ice melts at 0 degrees. " * 6]
+    questions = [Question("Which city?", ["Which city?", *PARAS], shots[0]),
+                 Question("Which degrees?", ["Which degrees?", "How hot?"], shots[1])]
+    options = replace(OPTIONS, confidences=None)
+    rows = []
+    original = minirun.models.Decoder.hidden
+    monkeypatch.setattr(minirun.models.Decoder, "hidden", lambda self, tokens, *rest, **kw: rows.append(
+        tuple(tokens.shape)) or original(self, tokens, *rest, **kw))
+    for method in ("per_prompt", "avg", "hidden_avg"):
+        eager = [r.answer_token_ids or [r.token_ids] for r in run_method(llm, method, questions, options)]
+        flex.set_compiled(True)
+        try:
+            rows.clear()
+            compiled = [r.answer_token_ids or [r.token_ids] for r in run_method(llm, method, questions, options)]
+        finally:
+            flex.set_compiled(False)
+        assert compiled == eager
+        assert (2, CHUNK) in rows  # the own heads' chunks, one row per question

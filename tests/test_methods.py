@@ -481,3 +481,98 @@ def test_flex_refuses_prompts_that_end_in_no_shared_token(llm):
                  lambda: view_from_encoded(Encoded([1], [[5], [6]], []), "flex", str, llm.pad_id)):
         with pytest.raises(MinirunError, match=needle):
             call()
+
+
+OWN = ["Q: Who painted the Mona Lisa?\nA: Leonardo da Vinci\n\n",
+       "Q: What is the largest planet?\nA: Jupiter, a gas giant\n\n"]
+
+
+def own_head_questions() -> list[Question]:
+    """Few-shot examples drawn per question after a common instruction: the first two questions have a head of
+    their own beyond the batch's, the third (the instruction alone) none."""
+    return [Question(QUESTION, PARAS[:2], PREFIX + OWN[0]), Question(PARAS[2], PARAS[1:4], PREFIX + OWN[1]),
+            Question(PARAS[3], PARAS[::-1], PREFIX)]
+
+
+def prefill_rows(monkeypatch) -> list[tuple[int, int]]:
+    """The [rows, tokens] of every call of the decoder with more than one token (prefill chunks), as they come
+    (a shared head is one row, and is not encoded where an earlier batch of the model encoded it)."""
+    calls = []
+    original = Decoder.hidden
+    monkeypatch.setattr(Decoder, "hidden", lambda self, tokens, *rest, **options: (
+        tokens.shape[1] > 1 and calls.append(tuple(tokens.shape))) or original(self, tokens, *rest, **options))
+    return calls
+
+
+@pytest.mark.parametrize("method, extra", [("per_prompt", {}), ("vote", {}), ("avg", {}), ("max", {}),
+                                           ("avg_logprob", {}), ("hidden_avg", {}),
+                                           ("hidden_avg", {"fusion_alpha": 0.5}),
+                                           ("weighted_avg", {"confidences": [[0.2, 0.5], [0.9, 0.1, 0.3],
+                                                                             [0.1, 0.2, 0.3, 0.4]]})])
+def test_questions_own_heads_are_encoded_once_and_answer_as_alone(llm, method, extra, monkeypatch):
+    """Each question's own head is prefilled once, one row per question, and copied into its prompts' rows:
+    every answer token-identical to the question asked alone (where its head is the batch's) and to the head
+    encoded in every row; the prompt tokens count it once."""
+    questions = own_head_questions()
+    options = opts(max_new_tokens=10, stop=STOPS, **extra)
+    prompts = runner.method_prompts(method, questions)
+    plan = runner.plan_rows(llm, method, runner.encode_batch(llm, method, questions, prompts, options), options)
+    assert [len(own) > 0 for own in plan.own] == [True, True, False]
+    calls = prefill_rows(monkeypatch)
+    apart = run_method(llm, method, questions, options)
+    rows = sum(len(q.paraphrases) for q in questions)
+    assert [c[0] for c in calls if c[0] > 1][:2] == [3, rows]  # after the shared head: the own heads, the prompts
+    assert calls[-2][1] >= runner.OWN_HEAD_MIN
+    monkeypatch.setattr(runner, "OWN_HEAD_MIN", 10 ** 6)  # every own head kept in its prompts' rows
+    calls.clear()
+    in_rows = run_method(llm, method, questions, options)
+    assert [c[0] for c in calls if c[0] > 1][:1] == [rows]
+    assert [(r.token_ids, r.answers) for r in apart] == [(r.token_ids, r.answers) for r in in_rows]
+    for q, (question, r) in enumerate(zip(questions, apart, strict=True)):
+        confidences = {"confidences": [extra["confidences"][q]]} if "confidences" in extra else {}
+        alone = run_method(llm, method, [question], opts(max_new_tokens=10, stop=STOPS, **{**extra, **confidences}))[0]
+        assert (r.token_ids, r.answers) == (alone.token_ids, alone.answers)
+    saved = [(len(p) - 1) * len(own) for p, own in zip(prompts, plan.own)]  # encoded once, not once a prompt
+    assert [b.prompt_tokens - a.prompt_tokens for a, b in zip(apart, in_rows)] == saved
+
+
+def test_origin_keeps_each_questions_own_head_in_its_one_row(llm):
+    """One prompt a question: encoding its head apart would save nothing and cost a prefill call."""
+    questions = own_head_questions()
+    options = opts()
+    encoded = runner.encode_batch(llm, "origin", questions, runner.method_prompts("origin", questions), options)
+    assert runner.plan_rows(llm, "origin", encoded, options).own is None
+    encoded = runner.encode_batch(llm, "avg", questions, runner.method_prompts("avg", questions), options)
+    assert runner.plan_rows(llm, "avg", encoded, options).own is not None
+
+
+@pytest.mark.parametrize("method", ["per_prompt", "avg", "hidden_avg"])
+def test_own_heads_read_no_cache_slot_the_generation_did_not_write(llm, method):
+    """The own heads' slots of every row are copied from the rows that encoded them, padding included: with the
+    cache's allocation poisoned by NaN, the same tokens."""
+    options = opts(max_new_tokens=10, stop=STOPS)
+    clean = run_method(llm, method, own_head_questions(), options)
+    with torch.inference_mode():
+        for layer in llm.model.layers:
+            for buffer in layer.attn.kv_cache.allocation:
+                buffer.fill_(float("nan"))
+    poisoned = run_method(llm, method, own_head_questions(), options)
+    assert [(r.token_ids, r.answers) for r in poisoned] == [(r.token_ids, r.answers) for r in clean]
+
+
+def test_methods_on_a_batch_with_own_heads_prefill_it_once(llm, monkeypatch):
+    """per_prompt then avg on questions with heads of their own: avg copies the own heads and the prompts
+    (no prefill call), answering as alone; other own heads are encoded again."""
+    questions = own_head_questions()
+    alone = run_method(llm, "avg", questions, opts())
+    calls = prefill_rows(monkeypatch)
+    with llm.reusing_prompts() as prompts:
+        run_method(llm, "per_prompt", questions, opts())
+        calls.clear()
+        together = run_method(llm, "avg", questions, opts())
+        assert not calls and prompts.reused_seconds > 0
+        assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+        swapped = [replace(questions[0], prefix=questions[1].prefix), replace(questions[1], prefix=questions[0].prefix),
+                   questions[2]]
+        run_method(llm, "avg", swapped, opts())
+        assert [c[0] for c in calls[:2]] == [3, 9]  # the head copied from the store of heads, the rest encoded

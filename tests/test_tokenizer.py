@@ -217,16 +217,19 @@ def test_spaces_before_punctuation_survive_a_bpe_decode(tmp_path, checkpoint_dir
 
 def test_a_batchs_questions_share_one_head_however_their_first_tokens_merge(smollm2_dir):
     """After "Q: " a word takes the space into its first token and a digit does not: the questions' own heads
-    differ by that token, and the batch is re-split at the head they share, each prompt's ids unchanged."""
+    differ by that token, which stays in the rows (too short to encode apart), after the head the batch
+    shares, each prompt's ids unchanged."""
     import minirun
-    from minirun.methods.packing import align_heads, encode_question
+    from minirun.methods.options import EnsembleOptions
+    from minirun.methods.packing import encode_question
+    from minirun.methods.runner import plan_rows
 
     llm = minirun.load(smollm2_dir)
     word, digit = (encode_question(llm, [q], "Answer.\n\nQ: ", "\nA:") for q in ("Which tower?", "1889: which tower?"))
     assert len(word.head) != len(digit.head)
-    aligned = align_heads([word, digit])
-    assert aligned[0].head == aligned[1].head == word.head[:len(aligned[0].head)]
-    assert [e.full(0) for e in aligned] == [word.full(0), digit.full(0)]
+    plan = plan_rows(llm, "origin", [word, digit], EnsembleOptions())
+    assert plan.own is None and plan.head == word.head[:len(plan.head)] == digit.head[:len(plan.head)]
+    assert [plan.head + r.tokens for r in plan.rows] == [word.full(0), digit.full(0)]
 
 
 def test_a_pinned_clock_renders_the_template_at_that_moment(checkpoint_dirs, tmp_path):

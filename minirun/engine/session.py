@@ -32,7 +32,7 @@ from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, retain_head_rows
 from minirun.layers.linear import packing_available, set_plan
 from minirun.layers.masks import PAD, SHARED, offset_queries, segment_bias, segment_mask
 from minirun.layers.ragged import real_tokens
-from minirun.models import Decoder
+from minirun.models import Decoder, Keep
 
 CHUNKS = (512, 256, 128, 64)  # prefill chunk sizes (tokens): few compiled shapes, big GEMMs for long prompts
 CHUNK = CHUNKS[-1]  # compiled, prompts are left-padded to a multiple of the smallest
@@ -228,6 +228,19 @@ class Prefix:
 
 
 @dataclass(frozen=True)
+class OwnHeads:
+    """Each question's own head, between the batch's shared head and its prompts' rows, encoded once for
+    the question instead of once per prompt: tokens, RoPE positions and segment ids [Q, G] (left-padded,
+    one row per question) and `owners`, each batch row's question. A question's prompts differ only
+    after its head, so its keys and values there are the same in every one of its rows."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    segments: torch.Tensor
+    owners: list[int]
+
+
+@dataclass(frozen=True)
 class Prompt:
     """Every row's prompt after a shared head, as a prefill left it: segment ids [B, L], every layer's
     keys and values [B, K, L, D], the rows' last final-norm states [B, E], and the seconds it took."""
@@ -310,9 +323,11 @@ class Session:
         return self._mask
 
     @torch.inference_mode()  # grad mode is part of a compiled graph's guards: keep it fixed
-    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                own: OwnHeads | None = None) -> torch.Tensor:
         """Encode tokens [b, T] (b = batch, or 1 for a chunk shared by every row); last logits [b, V]
-        (with `head_mix`, the whole batch's rows mixed per group: [Q, V]).
+        (with `head_mix`, the whole batch's rows mixed per group: [Q, V]). With `own`, the questions'
+        own heads go first, one row per question, then into each of its rows (`OwnHeads`).
 
         Left-padded to a multiple of `pad_unit()` (padding is a PAD segment, invisible); compiled,
         run in chunks of the sizes in CHUNKS, so compiled shapes never depend on the prompt's length. With
@@ -321,30 +336,50 @@ class Session:
         (`layers.ragged`); compiled, it keeps the padded shape, which is what its graphs are compiled for.
 
         With `prompts`, the batch's first prefill after its head is copied from an earlier session's where
-        that one laid out the same tokens after the same head in the same way, without fusion or an
+        that one laid out the same tokens (own heads too) after the same head in the same way, without fusion or an
         attention bias (which change the cache): the same keys, values and last states, bit for bit, so
         the same logits, whatever this session's `head_mix`; otherwise it is kept for a later session.
         """
-        key = self._prompt_key(tokens, positions, segments)
+        key = self._prompt_key(tokens, positions, segments, own)
         saved = None if key is None else self.prompts.get(key)
         if saved is not None and self.length + saved.segments.shape[1] <= self.max_slots:
             logits = self._restore_prompt(saved)
         else:
             start = time.perf_counter()
-            logits = self._encode(tokens, positions, segments, every_token=False)
+            if own is not None:
+                self._encode_own(own)
+            logits = self._encode(tokens, positions, segments, keep="last")
             if key is not None:
                 self._keep_prompt(key, start)
         if self.hooks.after_prefill is not None:
             self.hooks.after_prefill()
         return logits
 
-    def _prompt_key(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> tuple | None:
+    def _prompt_key(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
+                    own: OwnHeads | None) -> tuple | None:
         """What a batch's prompt prefill depends on, where it may be copied: None otherwise."""
         if self.prompts is None or self.fusion is not None or self.log_weights is not None or \
                 tokens.shape[0] != self.batch or self.length != (self._head[1] if self._head else 0):
             return None
-        layout = tuple(t.cpu().numpy().tobytes() for t in (tokens, positions, segments))  # at a batch's start: no stall
-        return ("prompt", self._head, pad_unit(), flex.is_compiled(), tuple(tokens.shape), layout)
+        parts = (tokens, positions, segments) if own is None else \
+            (tokens, positions, segments, own.tokens, own.positions, own.segments)
+        layout = tuple((tuple(t.shape), t.cpu().numpy().tobytes()) for t in parts)  # at a batch's start: no stall
+        owners = None if own is None else tuple(own.owners)
+        return ("prompt", self._head, pad_unit(), flex.is_compiled(), layout, owners)
+
+    def _encode_own(self, own: OwnHeads) -> None:
+        """The questions' own heads, one row each in the cache's first rows, then copied into every row of
+        their question (a single question's is written to every row at once)."""
+        if len(own.owners) != self.batch or max(own.owners) >= own.tokens.shape[0]:
+            raise ValueError(f"own heads for {own.tokens.shape[0]} questions, owners {own.owners} for "
+                             f"{self.batch} rows")
+        start = self.length
+        self._encode(own.tokens, own.positions, own.segments, keep="cache")
+        if own.tokens.shape[0] > 1 and own.owners != list(range(self.batch)):
+            sources = torch.tensor(own.owners, device=self.device)
+            self.model.copy_rows(sources, start, self.length)
+            self.segments[:, start:self.length] = self.segments[sources, start:self.length]
+            self._forget_mask()
 
     def _keep_prompt(self, key: tuple, start: float) -> None:
         first = self._head[1] if self._head else 0
@@ -386,7 +421,7 @@ class Session:
         if saved is None:
             tokens = torch.tensor([ids], device=self.device)
             positions = torch.arange(len(ids), device=self.device)[None]
-            self._encode(tokens, positions, torch.zeros_like(tokens, dtype=torch.int32), every_token=False)
+            self._encode(tokens, positions, torch.zeros_like(tokens, dtype=torch.int32), keep="last")
             if self.hooks.after_prefill is not None:
                 self.hooks.after_prefill()
             if self.prefixes is not None:
@@ -408,14 +443,17 @@ class Session:
         `fusion`, every token of the call is fused across its group (the rows must lay their tokens
         out alike within a group). `logits(states)` turns states into next-token logits.
         """
-        return self._encode(tokens, positions, segments, every_token=True)
+        return self._encode(tokens, positions, segments, keep="all")
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """Next-token logits [..., V] in float32 from final-norm states [..., E]."""
         return self.model.lm_head(states).float()
 
     def _encode(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor,
-                every_token: bool) -> torch.Tensor:
+                keep: Keep) -> torch.Tensor | None:
+        """Write tokens [rows, T] into the cache from the next slot: rows = batch, 1 (every row's), or fewer
+        (the first rows'); return every token's states ("all"), the last logits ("last") or nothing ("cache":
+        unfused, a question's own head before its rows)."""
         if tokens.shape[1] == 0:
             raise MinirunError("nothing to prefill: the prompt is empty")
         pad = -tokens.shape[1] % pad_unit()
@@ -425,11 +463,12 @@ class Session:
         if self.length + T > self.max_slots:
             raise MinirunError(f"prompt needs {self.length + T} cache slots but the cache holds {self.max_slots}: "
                                "shorten the prompt or lower max_new_tokens")
-        self.segments[:, self.length:self.length + T] = segments.to(self.segments)
+        written = self.segments if rows == 1 else self.segments[:rows]  # one row is every row's
+        written[:, self.length:self.length + T] = segments.to(self.segments)
         self._forget_mask()
         full_mask = self.full_mask()
         log_weights = None if self.log_weights is None else self.log_weights[:rows]
-        fusion, head_mix = (self.fusion, self.head_mix) if rows == self.batch else (None, None)
+        fusion, head_mix = (self.fusion, self.head_mix) if rows == self.batch and keep != "cache" else (None, None)
         done, states = 0, []
         for size in chunk_plan(self.length, T, aligned=flex.is_compiled()):
             start = torch.tensor(self.length, device=self.device)
@@ -440,11 +479,11 @@ class Session:
             score_mod = _score_mod(self.segments[:rows], log_weights, start)
             ragged = None if flex.is_compiled() else real_tokens(segments[:, chunk] != PAD)
             done += size
-            if every_token:
+            if keep == "all":
                 chunk_fusion = None if fusion is None else replace(fusion, span=size)
                 states.append(self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod,
                                                 chunk_fusion, ragged))
-            elif done < T:  # only the last chunk's last token needs logits
+            elif done < T or keep == "cache":  # only the last chunk's last token needs logits
                 self.model.hidden(tokens[:, chunk], positions[:, chunk], mask, slots, score_mod, ragged=ragged,
                                   keep="cache")
             else:
@@ -453,9 +492,9 @@ class Session:
                 self.last_states = chunk_states[:, -1].clone()  # [rows, E]: a view would hold the whole chunk's states
                 logits = self.model.last_logits(self.last_states, head_mix)
             self.length += size
-        if every_token:
+        if keep == "all":
             return torch.cat(states, dim=1)[:, pad:]
-        return logits.float()
+        return logits.float() if keep == "last" else None
 
     @property
     def resizable(self) -> bool:

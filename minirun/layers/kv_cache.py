@@ -55,16 +55,24 @@ class KVCache(nn.Module):
         they attend over.
 
         A batch-1 write into a larger cache broadcasts to every row: a shared prefix is computed
-        once and then visible to all rows.
+        once and then visible to all rows. A write of b > 1 rows fills the first b (questions' own heads,
+        one row each, before `copy_rows` hands them to every prompt of their question).
         """
-        if isinstance(slots, slice):
-            self.k[:, :, slots] = k
-            self.v[:, :, slots] = v
-        else:
-            self.k.index_copy_(2, slots, k.expand(self.k.shape[0], -1, -1, -1))
-            self.v.index_copy_(2, slots, v.expand(self.v.shape[0], -1, -1, -1))
         rows = k.shape[0]
+        keys, values = (self.k, self.v) if rows in (1, self.k.shape[0]) else (self.k[:rows], self.v[:rows])
+        if isinstance(slots, slice):
+            keys[:, :, slots] = k
+            values[:, :, slots] = v
+        else:
+            keys.index_copy_(2, slots, k.expand(keys.shape[0], -1, -1, -1))
+            values.index_copy_(2, slots, v.expand(values.shape[0], -1, -1, -1))
         return self.k[:rows], self.v[:rows]
+
+    def copy_rows(self, sources: torch.Tensor, start: int, end: int) -> None:
+        """Row r's slots [start, end) become row `sources[r]`'s, for every row (gathered first, so a row
+        may be another's source and its own target)."""
+        for buffer in (self.k, self.v):
+            buffer[:, :, start:end] = buffer[sources, :, start:end]
 
     def retain(self, rows: list[int], length: int) -> None:
         """Keep batch rows `rows` (ascending) as rows 0..b-1, their first `length` slots carried over.

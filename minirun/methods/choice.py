@@ -243,14 +243,14 @@ def _score_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], targets
         for r in g:
             reach[r] = per_question[q]
     session, _, first = open_session(llm, plan.rows, plan.head, longest, hooks, fusion=plan.fusion, extra_slots=slots,
-                                     reach=reach, owners=plan.owners)
+                                     reach=reach, owners=plan.owners, own=plan.own)
     states = _options_pass(llm, session, option_rows)  # [B, T, E]
     mode, results = options.choice_score, []
     for q, group in enumerate(plan.groups):
         rows = torch.tensor(group, device=llm.device)
         chunk = session.logits(states.index_select(0, rows))  # [R, T, V]
         predictors = _predictors(first.index_select(0, rows), chunk, targets[q])
-        tokens = sum(len(plan.rows[r].tokens) for r in group) + (len(plan.head) if plan.head else 0)
+        tokens = plan.prompt_tokens(q)
         if method in ("origin", *EVERY_ANSWER):
             each = [_option_logprobs([p[i:i + 1] for p in predictors], targets[q], None, None) for i in range(len(group))]
             shown = _shown_logprobs(method, each)

@@ -79,17 +79,6 @@ def no_shared_tail(reader: str) -> MinirunError:
                         "token) shares none: start it with a space or a newline")
 
 
-def align_heads(encoded: list[Encoded]) -> list[Encoded]:
-    """A batch's questions re-split at the head they all share, so it is prefilled once for all of them: a
-    question whose first token did not merge with the prefix's last one (a digit after "Q: ") keeps that token
-    with its paraphrases instead of splitting the batch's head. Exact for rows of one prompt each; not for
-    flex, where the moved tokens would be copied into every paraphrase's segment (flex prefills the batch's
-    `common_head` instead and keeps the rest of each head in its row: `packed_row`)."""
-    n = common_head(encoded)
-    return [e if len(e.head) == n else Encoded(e.head[:n], [e.head[n:] + p for p in e.paraphrases], e.tail)
-            for e in encoded]
-
-
 def common_head(encoded: list[Encoded]) -> int:
     """How many head tokens all of a batch's questions share."""
     return _common_prefix([e.head for e in encoded])

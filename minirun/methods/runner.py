@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 import torch
 
-from minirun.engine.generate import Completion, Layout, Row, Stopper, decode_loop, plain_row, stack_rows
+from minirun.engine.generate import Completion, Layout, Row, Stopper, decode_loop, left_padded, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
-from minirun.engine.session import NO_HOOKS, Hooks, Session
+from minirun.engine.session import NO_HOOKS, Hooks, OwnHeads, Session, pad_unit
 from minirun.errors import MinirunError, PromptTooLong
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion, group_fusion, head_mix
 from minirun.methods.fusion import ROW_WEIGHTS, RULES, confidence_weights
@@ -18,7 +18,6 @@ from minirun.methods.options import EnsembleOptions, MethodResult, Question
 from minirun.methods.packing import (
     POSITION_SCHEMES,
     Encoded,
-    align_heads,
     common_head,
     encode_question,
     no_shared_tail,
@@ -67,11 +66,10 @@ def method_prompts(method: str, questions: list[Question]) -> list[list[str]]:
 
 def encode_batch(llm: EnsembleModel, method: str, questions: list[Question], prompts: list[list[str]],
                  options: EnsembleOptions) -> list[Encoded]:
-    """Each question's `prompts` encoded (`encode_question`); for the row methods re-split at the head the
-    batch shares (`align_heads`), while flex keeps each question's own head (`flex_head`)."""
-    encoded = [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
-               for q, p in zip(questions, prompts)]
-    return encoded if method == "flex" else align_heads(encoded)
+    """Each question's `prompts` encoded (`encode_question`); how a batch shares their heads is the method's
+    layout (`plan_rows`, `flex_rows`)."""
+    return [encode_question(llm, p, q.prefix, q.suffix, options.chat, options.thinking)
+            for q, p in zip(questions, prompts)]
 
 
 def check_options_used(methods: list[str] | tuple[str, ...], options: EnsembleOptions) -> None:
@@ -134,12 +132,18 @@ def flex_rows(encoded: list[Encoded], options: EnsembleOptions) -> tuple[list[in
     return head, [packed_row(e, options.positions, options.share_prefix, prefilled=n) for e in encoded]
 
 
-def shared_head(encoded: list[Encoded], options: EnsembleOptions) -> list[int] | None:
-    """The head every prompt starts with, when sharing is on and all questions have the same one."""
-    first = encoded[0].head
-    if options.share_prefix and first and all(e.head == first for e in encoded):
-        return first
-    return None
+OWN_HEAD_MIN = 8  # tokens: a shorter own head costs about as much apart (one more prefill call) as in its rows
+
+
+def own_heads_apart(encoded: list[Encoded], shared: int) -> bool:
+    """Whether the questions' own heads (what each question's prompts share beyond the batch's `shared` head:
+    few-shot examples drawn per question, a passage to read) are prefilled once per question rather than in
+    each of its prompts' rows: where a question has several prompts (one prompt each, as origin asks, would
+    only pay a second prefill call, ~5 % of origin's time) and a head is long enough. Compiled, a head shorter
+    than a prefill chunk would be padded to one: it stays in the rows. Either way every row's keys and values
+    are the same in float32 (tests pin the answers token for token)."""
+    return any(len(e.paraphrases) > 1 for e in encoded) and \
+        max(len(e.head) for e in encoded) - shared >= max(OWN_HEAD_MIN, pad_unit())
 
 
 @dataclass
@@ -147,6 +151,7 @@ class RowPlan:
     """One row per prompt, grouped by question, as every row method (all but flex) lays them out."""
 
     head: list[int] | None  # a head shared by every row, prefilled once
+    own: list[list[int]] | None  # each question's own head after it, prefilled once for its rows; None: in the rows
     rows: list[Row]
     groups: list[list[int]]  # row indices of each question
     layer: int | None  # hidden_avg: the first fused block
@@ -157,19 +162,28 @@ class RowPlan:
         """Each row's question (`groups` take the rows in order)."""
         return [q for q, group in enumerate(self.groups) for _ in group]
 
+    def prompt_tokens(self, q: int) -> int:
+        """Tokens prefilled for question `q`: the shared head and its own head once, then each prompt's row."""
+        heads = len(self.head or []) + (len(self.own[q]) if self.own else 0)
+        return heads + sum(len(self.rows[r].tokens) for r in self.groups[q])
+
 
 def plan_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], options: EnsembleOptions) -> RowPlan:
-    head = shared_head(encoded, options)
+    """Each prompt a row after the head every question of the batch starts with (with sharing on), each
+    question's own head before its rows where it is long enough to encode apart (`own_heads_apart`)."""
+    n = common_head(encoded) if options.share_prefix else 0
+    head = encoded[0].head[:n] or None
+    apart = options.share_prefix and own_heads_apart(encoded, n)
     rows, groups = [], []
     for enc in encoded:
         start = len(rows)
         for i in range(len(enc.paraphrases)):
-            rows.append(plain_row(enc.body(i), len(head)) if head else plain_row(enc.full(i)))
+            rows.append(plain_row(enc.body(i), len(enc.head)) if apart else plain_row(enc.full(i)[n:], n))
         groups.append(list(range(start, len(rows))))
     layer = fusion_layer(options, llm.config.num_layers) if method == "hidden_avg" else None
     # alpha 0 is avg by definition: no fusion at all, rather than a mix that rounds back to the same states
     fusion = group_fusion(groups, options.fusion_alpha, layer, llm.device) if layer and options.fusion_alpha else None
-    return RowPlan(head, rows, groups, layer, fusion)
+    return RowPlan(head, [e.head[n:] for e in encoded] if apart else None, rows, groups, layer, fusion)
 
 
 class Opened(NamedTuple):
@@ -183,13 +197,13 @@ class Opened(NamedTuple):
 def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, max_new: int, hooks: Hooks,
                  log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
                  mixing: HeadMix | None = None, extra_slots: int = 0, reach: list[int] | None = None,
-                 owners: list[int] | None = None) -> Opened:
+                 owners: list[int] | None = None, own: list[list[int]] | None = None) -> Opened:
     """Allocate the cache, prefill a shared head once (batch 1; copied when an earlier batch encoded
-    it), then all rows. `max_new` tokens follow each row's prompt at the next positions (checked
-    against the context; `owners` names each row's question in the error, by default row i is question
-    i, as flex packs them); scoring passes `reach`, each row's own answer options' length (a long prompt
-    and another question's long option need not fit together); `extra_slots` are cache room without
-    positions (a later call's padding)."""
+    it), the questions' `own` heads once each (`RowPlan.own`, with `owners`), then all rows. `max_new`
+    tokens follow each row's prompt at the next positions (checked against the context; `owners` names
+    each row's question in the error, by default row i is question i, as flex packs them); scoring passes
+    `reach`, each row's own answer options' length (a long prompt and another question's long option need
+    not fit together); `extra_slots` are cache room without positions (a later call's padding)."""
     limit = llm.config.max_position_embeddings
     scoring = reach is not None
     furthest = [r.next_position + n for r, n in zip(rows, reach or [max_new] * len(rows), strict=True)]
@@ -201,11 +215,18 @@ def open_session(llm: EnsembleModel, rows: list[Row], head: list[int] | None, ma
                             f"give {fix}", owners[row] if owners is not None else row)
     layout = stack_rows(rows, llm.pad_id, llm.device)
     h = len(head) if head else 0
+    heads = None
+    if own is not None:
+        if owners is None:
+            raise ValueError("own heads need each row's question (owners)")
+        own_layout = left_padded(own, llm.pad_id, llm.device, start=h)
+        heads = OwnHeads(own_layout.tokens, own_layout.positions, own_layout.segments, owners)
+        extra_slots += own_layout.length + pad_unit() - 1  # a third region padded to whole chunks
     session = llm.session(len(rows), h + layout.length + max_new + extra_slots, hooks, reuse=True,  # methods may share it
                           log_weights=log_weights, fusion=fusion, head_mix=mixing)
     if head:
         session.prefill_head(head)
-    return Opened(session, layout, session.prefill(layout.tokens, layout.positions, layout.segments))
+    return Opened(session, layout, session.prefill(layout.tokens, layout.positions, layout.segments, heads))
 
 
 @dataclass
@@ -246,7 +267,7 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     if fused and name in ROW_WEIGHTS:
         mixing = head_mix(groups, [ROW_WEIGHTS[name](len(g), w) for g, w in zip(groups, weights)], llm.device)
     session, layout, logits = open_session(llm, plan.rows, head, options.max_new_tokens, hooks, fusion=plan.fusion,
-                                           mixing=mixing, owners=plan.owners)
+                                           mixing=mixing, owners=plan.owners, own=plan.own)
     params = SamplingParams(options.temperature, seed=options.seed)
     generator = params.generator(llm.device)
     layouts: dict[tuple[int, ...], tuple[GroupLayout, torch.Tensor | None]] = {}  # with the questions' weights [Q, N]
@@ -274,7 +295,7 @@ def _run_rows(llm: EnsembleModel, method: str, encoded: list[Encoded], prompts: 
     results, reasoning = [], llm.opens_reasoning(options.chat, options.thinking)
     for qi, (g, p) in enumerate(zip(groups, prompts)):
         mine = [completions[qi]] if fused else [completions[r] for r in g]
-        results.append(_result(method, mine, p, prompt_tokens(encoded[qi], head), confidences[qi] if confidences else None,
+        results.append(_result(method, mine, p, plan.prompt_tokens(qi), confidences[qi] if confidences else None,
                                layer, reasoning, options.worked))
     return results
 
@@ -312,10 +333,6 @@ def flex_log_weights(encoded: list[Encoded], bias: float | str | None, device: t
             raise MinirunError(f"flex bias must be positive (got {bias}): pass a weight > 0 or 'inv_n'")
         out[b, 1:n + 1] = math.log(w)
     return out
-
-
-def prompt_tokens(enc: Encoded, head: list[int] | None) -> int:
-    return len(head or []) + sum(len(p) + len(enc.tail) + (0 if head else len(enc.head)) for p in enc.paraphrases)
 
 
 def _result(method: str, completions: list[Completion], prompts: list[str], prompt_tokens: int,

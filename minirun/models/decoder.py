@@ -253,6 +253,11 @@ class Decoder(nn.Module):
         for layer, (k, v) in zip(self.layers, saved):
             layer.attn.kv_cache.update(slice(start, start + k.shape[2]), k, v)
 
+    def copy_rows(self, sources: torch.Tensor, start: int, end: int) -> None:
+        """Every layer's cache row r takes row `sources[r]`'s keys and values in slots [start, end)."""
+        for layer in self.layers:
+            layer.attn.kv_cache.copy_rows(sources, start, end)
+
     def retain_rows(self, rows: list[int], length: int) -> None:
         """Keep only batch rows `rows` (ascending) of every layer's cache, their first `length` slots."""
         for layer in self.layers:
