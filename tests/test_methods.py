@@ -576,3 +576,15 @@ def test_methods_on_a_batch_with_own_heads_prefill_it_once(llm, monkeypatch):
                    questions[2]]
         run_method(llm, "avg", swapped, opts())
         assert [c[0] for c in calls[:2]] == [3, 9]  # the head copied from the store of heads, the rest encoded
+
+
+def test_a_long_own_head_of_a_one_prompt_question_is_left_in_its_row(llm):
+    """Only a question of several prompts gains from its own head apart: a batch whose one long own head is a
+    single prompt's keeps every head in the rows."""
+    options = opts()
+    lone = [Question(QUESTION, [QUESTION], PREFIX + OWN[0]), Question(PARAS[2], PARAS[1:4], PREFIX)]
+    encoded = runner.encode_batch(llm, "avg", lone, runner.method_prompts("avg", lone), options)
+    assert runner.plan_rows(llm, "avg", encoded, options).own is None
+    several = [replace(lone[0], paraphrases=PARAS[:2]), lone[1]]
+    encoded = runner.encode_batch(llm, "avg", several, runner.method_prompts("avg", several), options)
+    assert runner.plan_rows(llm, "avg", encoded, options).own is not None

@@ -242,8 +242,9 @@ class OwnHeads:
 
 @dataclass(frozen=True)
 class Prompt:
-    """Every row's prompt after a shared head, as a prefill left it: segment ids [B, L], every layer's
-    keys and values [B, K, L, D], the rows' last final-norm states [B, E], and the seconds it took."""
+    """Every row's prompt after a shared head (its question's own head included), as a prefill left it: segment
+    ids [B, L], every layer's keys and values [B, K, L, D], the rows' last final-norm states [B, E], and the seconds
+    it took."""
 
     segments: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]

@@ -138,12 +138,12 @@ OWN_HEAD_MIN = 8  # tokens: a shorter own head costs about as much apart (one mo
 def own_heads_apart(encoded: list[Encoded], shared: int) -> bool:
     """Whether the questions' own heads (what each question's prompts share beyond the batch's `shared` head:
     few-shot examples drawn per question, a passage to read) are prefilled once per question rather than in
-    each of its prompts' rows: where a question has several prompts (one prompt each, as origin asks, would
-    only pay a second prefill call, ~5 % of origin's time) and a head is long enough. Compiled, a head shorter
-    than a prefill chunk would be padded to one: it stays in the rows. Either way every row's keys and values
-    are the same in float32 (tests pin the answers token for token)."""
-    return any(len(e.paraphrases) > 1 for e in encoded) and \
-        max(len(e.head) for e in encoded) - shared >= max(OWN_HEAD_MIN, pad_unit())
+    each of its prompts' rows: where a question of several prompts has a head long enough (one prompt each, as
+    origin asks, would only pay a second prefill call, ~5 % of origin's time). Compiled, a head shorter than a
+    prefill chunk would be padded to one: it stays in the rows. Either way every row's keys and values are the
+    same in float32 (tests pin the answers token for token)."""
+    least = max(OWN_HEAD_MIN, pad_unit())
+    return any(len(e.paraphrases) > 1 and len(e.head) - shared >= least for e in encoded)
 
 
 @dataclass
