@@ -16,7 +16,7 @@ from minirun.eval.data import item_record, load_dataset, write_jsonl
 from minirun.eval.data.items import item_from_dict
 from minirun.eval.data.openqa import load_popqa
 from minirun.eval.loop import evaluate, items_digest
-from minirun.eval.report import by_popularity, report_json, unrated_note
+from minirun.eval.report import by_popularity, figure, popularity_latex, report_json, unrated_note
 from minirun.eval.stats import mcnemar_exact
 
 SETTINGS = dict(dataset="sample-qa", num_prompts=2, few_shot_k=1, max_new_tokens=3, progress=False, chat=False)
@@ -160,3 +160,48 @@ def test_a_popqa_run_with_no_popularity_says_why_it_has_no_bins(tmp_path):
     assert unrated_note(rows, "", "popqa").startswith("none of the 2 PopQA items carry a popularity, so no popularity "
                                                       "bins: rows or a paraphrase file's lines made before minirun")
     assert unrated_note(rows, "", "sample-qa") is None
+
+
+def _long_tail() -> pd.DataFrame:
+    """40 items, 10 a quartile: avg right on all, origin wrong on the least popular ten only."""
+    return _rows(list(range(1, 41)), [False] * 10 + [True] * 30, [True] * 40)
+
+
+def test_latex_holds_the_long_tail_table_with_origin_first_and_significant_gains_marked():
+    tex = popularity_latex(_long_tail(), "popqa")
+    cells = {line.split(" & ")[0]: [c.removesuffix(r" \\") for c in line.split(" & ")[1:]]
+             for line in tex.splitlines() if " & " in line}
+    assert cells.pop("Popularity") == ["$n$", "origin", "avg"]
+    assert list(cells) == ["1--11", "11--20", "20--30", "30--40"]  # least popular first, as the terminal's 1: to 4:
+    # McNemar's exact p on the first bin, 2 x 0.5^10, times 4 (Holm over avg's 4 bins): marked; the others tie
+    assert cells["1--11"] == ["10", "0.000", r"1.000$^\dagger$"]
+    assert cells["11--20"] == ["10", "1.000", "1.000"]
+    assert popularity_latex(_long_tail().drop(columns="popularity"), "popqa") == ""
+
+
+def test_the_plot_of_a_rated_run_has_a_panel_of_accuracy_per_popularity_bin():
+    from matplotlib.container import ErrorbarContainer
+
+    fig = figure(_long_tail())
+    assert len(fig.axes) == 3
+    lines = [c for c in fig.axes[2].containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in lines] == ["origin", "avg"]
+    assert [list(c.lines[0].get_ydata()) for c in lines] == [[0.0, 1.0, 1.0, 1.0], [1.0] * 4]
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["1–11", "11–20", "20–30", "30–40"]
+    assert len(figure(_long_tail().drop(columns="popularity")).axes) == 2
+    assert len(figure(_long_tail().assign(model="m")).axes) == 2  # models side by side: the bars alone
+
+
+def test_report_writes_the_long_tail_table_and_chart(tmp_path):
+    from minirun.eval.results import ResultStore
+
+    rows = _long_tail().assign(relation=None, machine=None)
+    with ResultStore(tmp_path / "run", {"model": "m", "dataset": "popqa"}, item_ids=list(rows["id"].unique())) as store:
+        store.add_batch(rows.to_dict("records"))
+        store.finalize()
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--latex", str(tmp_path / "t.tex"), "--plot",
+                                     str(tmp_path / "t.png")])
+    assert shown.exit_code == 0, shown.output
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.count(r"\begin{table}") == 2 and "accuracy per popularity bin" in tex
+    assert (tmp_path / "t.png").stat().st_size > 0

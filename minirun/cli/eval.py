@@ -194,8 +194,8 @@ def report_command(
         caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
         provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
                                        sources=recorded_sources(run_dir)) + comment
-        latex.write_text(provenance + report.latex(report.summarize(table), caption)
-                         + report.relation_latex(table, caption), encoding="utf-8")
+        latex.write_text(provenance + report.latex(report.summarize(table), caption) + report.relation_latex(
+            table, caption) + report.popularity_latex(table, caption), encoding="utf-8")
     if plot is not None:
         report.plot(table, plot)
     warnings = report.unfinished_notes(table)

@@ -32,6 +32,7 @@ from minirun.methods.names import CHOICE_SCORES, EVERY_ANSWER
 from minirun.text import THINK_END, normalize
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 NEEDED = ("id", "method", "answer", "exact", "correct", "tokens", "seconds")
@@ -840,6 +841,48 @@ def relation_latex(df: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def popularity_latex(df: pd.DataFrame, caption: str) -> str:
+    """The long-tail table of a PopQA-style run: a row per popularity bin with its item count, a column per method
+    (origin first) holding its accuracy on the bin's items, a dagger where its difference from origin there is
+    significant (Holm-adjusted exact McNemar p < 0.05, over every method and bin); "" where no row carries a
+    popularity."""
+    if "popularity" not in df.columns or df["popularity"].isna().all():
+        return ""
+    scores = by_popularity(df)
+    methods = sorted(set(scores.index.get_level_values("method")), key=lambda m: (m != "origin", m))
+    bins = list(dict.fromkeys(sorted(scores.index.get_level_values("popularity"), key=_bin_number)))
+    counts = scores["n"].groupby(level="popularity").max()
+
+    def cell(method: str, name: str) -> str:
+        if (method, name) not in scores.index:
+            return "--"
+        row = scores.loc[(method, name)]
+        mark = r"$^\dagger$" if pd.notna(row["p_vs_origin_holm"]) and row["p_vs_origin_holm"] < 0.05 else ""
+        return _tex_figure(row["accuracy"]) + mark
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lr" + "r" * len(methods) + "}", r"\toprule",
+             " & ".join(["Popularity", "$n$", *(_tex(method_label(m)) for m in methods)]) + r" \\", r"\midrule"]
+    lines += [" & ".join([_tex(_bin_range(name)).replace("–", "--"), str(int(counts[name])),
+                          *(cell(m, name) for m in methods)])
+              + r" \\" for name in bins]
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{" + _tex(caption) + f": accuracy per popularity bin of the question's subject ({len(bins)} "
+              r"bins of about as many items, least popular first; $n$: its items); $^\dagger$: differs from "
+              r"origin's on the bin's items, exact McNemar $p < 0.05$, Holm-adjusted over every method and bin.}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _bin_number(name: str) -> int:
+    """A popularity bin's place, from its label ("3: 275–500" is third): labels do not sort as text past 9."""
+    return int(name.split(":", 1)[0])
+
+
+def _bin_range(name: str) -> str:
+    """A popularity bin's range, without its place ("275–500"): where the bins are shown in order."""
+    return name.split(": ", 1)[1]
+
+
 def size_latex(rows: pd.DataFrame, caption: str) -> str:
     """An ensemble-size series (`sweep.size_rows`: a row per method, a column per (model, prompts per item)) as a
     booktabs table, a column group per model."""
@@ -878,17 +921,23 @@ def _tex_p(p: float) -> str:
 
 def figure(df: pd.DataFrame) -> Figure:
     """Accuracy (bars with Wilson 95% error bars, exact match as ticks) and throughput (items/s) per method,
-    side by side; a sweep gets one bar colour per model, methods on the x axis."""
+    side by side; a sweep gets one bar colour per model, methods on the x axis. A single model's run whose rows
+    carry popularities gets a third panel: each method's accuracy per popularity bin (`popularity_panel`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     summary = summarize(df).reset_index()
     methods = sorted(summary["method"].unique(), key=lambda m: (m != "origin", m))  # the baseline first, as in LaTeX
     models = sorted(summary["model"].unique()) if "model" in summary.columns else [None]
+    rated = models == [None] and "popularity" in df.columns and bool(df["popularity"].notna().any())
     width = 0.8 / len(models)
-    fig = Figure(figsize=(max(6.0, len(methods) * (0.8 + 0.4 * len(models)) + 3), 3.5), layout="constrained")
+    fig = Figure(figsize=(max(6.0, len(methods) * (0.8 + 0.4 * len(models)) + 3) + (4.5 if rated else 0), 3.5),
+                 layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global backend, safe in servers and tests
-    acc, speed = fig.subplots(1, 2)
+    panels = fig.subplots(1, 3 if rated else 2)
+    acc, speed = panels[:2]
+    if rated:
+        popularity_panel(panels[2], by_popularity(df), methods)
     for i, model in enumerate(models):
         rows = (summary if model is None else summary[summary["model"] == model]).set_index("method").reindex(methods)
         x = np.arange(len(methods)) + (i - (len(models) - 1) / 2) * width
@@ -906,6 +955,22 @@ def figure(df: pd.DataFrame) -> Figure:
         ax.set_xticks(np.arange(len(methods)), list(map(method_label, methods)), rotation=30, ha="right",
                       rotation_mode="anchor")
     return fig
+
+
+def popularity_panel(ax: Axes, scores: pd.DataFrame, methods: list[str]) -> None:
+    """`by_popularity`'s accuracies as a line per method across the bins, least popular first, with Wilson 95%
+    error bars, each method nudged sideways so that bars do not hide each other: PopQA's long-tail figure."""
+    bins = list(dict.fromkeys(sorted(scores.index.get_level_values("popularity"), key=_bin_number)))
+    for i, method in enumerate(methods):
+        rows = scores.xs(method, level="method").reindex(bins)
+        x = np.arange(len(bins)) + (i - (len(methods) - 1) / 2) * 0.06
+        errors = [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
+        ax.errorbar(x, rows["accuracy"], yerr=errors, capsize=2, marker="o", markersize=3, color=f"C{i}",
+                    label=method_label(method))
+    ax.set(ylim=(0, 1), ylabel="accuracy", xlabel="subject popularity", title="Accuracy by popularity")
+    ax.set_xticks(np.arange(len(bins)), list(map(_bin_range, bins)), rotation=30, ha="right",
+                  rotation_mode="anchor", fontsize="small")
+    ax.legend(fontsize="small")
 
 
 def plot(df: pd.DataFrame, path: str | Path) -> None:
