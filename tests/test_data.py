@@ -957,3 +957,43 @@ def test_no_worked_example_gives_away_a_sample_questions_answer(kind):
         return {normalize(a) for a in item.answers}
 
     assert not [(s.id, t.id) for s in shots for t in tests if golds(s) & golds(t)]
+
+
+def _sciq_frame() -> pd.DataFrame:
+    """SciQ's rows as the Hub holds them: three distractors, the right answer, the passage (empty in some rows)."""
+    return pd.DataFrame({"question": ["What do bees make?", "What melts ice?"], "distractor1": ["wax", "cold"],
+                         "distractor2": ["milk", "salt"], "distractor3": ["silk", "wind"],
+                         "correct_answer": ["honey", "heat"], "support": [" Bees live in hives.", ""]})
+
+
+def test_sciq_items_list_the_right_option_last_and_carry_their_passage(monkeypatch, tmp_path):
+    """The options in the harness's order (distractors, then the right one), each question's support its context
+    (an empty one kept: the harness's prompt opens with a new line there); test split, train examples; a local copy
+    is told by its fields."""
+    calls = _fake_datasets(monkeypatch, {"allenai/sciq": _sciq_frame()})
+    bees, ice = load_dataset("sciq")
+    assert (bees.id, bees.choices, bees.answer, bees.answers, bees.task) == (
+        "sciq-test-1", ["wax", "milk", "silk", "honey"], 3, ["honey"], "choice")
+    assert (bees.context, ice.context) == (" Bees live in hives.", "")
+    assert len(load_fewshot("sciq")) == 2
+    assert calls == [("allenai/sciq", "test"), ("allenai/sciq", "train")]
+    _sciq_frame().to_json(tmp_path / "sciq.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "sciq.jsonl") == [bees, ice]
+    _sciq_frame().assign(correct_answer=[" ", "heat"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"bad\.jsonl: record 1: field 'distractor1-3 and correct_answer' needs at "
+                                           r"least 2 non-empty options"):
+        load_dataset(tmp_path / "bad.jsonl")
+
+
+def test_a_plain_items_context_round_trips_and_a_bad_one_is_named(tmp_path):
+    """`context` is read, written back (absent where an item has none, as before it existed) and must be text."""
+    record = {"id": "c", "question": "Who lives in hives?", "paraphrases": ["Hives house whom?"], "answers": ["bees"],
+              "context": "Bees live in hives."}
+    item = item_from_dict(record)
+    assert item.context == "Bees live in hives." and item_record(item)["context"] == item.context
+    assert "context" not in item_record(item_from_dict({**record, "context": None}))
+    write_jsonl([item], tmp_path / "items.jsonl")
+    assert load_jsonl(tmp_path / "items.jsonl") == [item]
+    with pytest.raises(ValueError, match=r"field 'context' must be a string \(the passage the question is asked "
+                                         r"about\) or null, got \['Bees'\]"):
+        item_from_dict({**record, "context": ["Bees"]})

@@ -34,7 +34,7 @@ from minirun.errors import MinirunError
 from minirun.eval import loop
 from minirun.eval.data import Item, load_dataset, load_fewshot, write_jsonl
 from minirun.eval.loop import evaluate, shard
-from minirun.eval.prompts import build_prefix
+from minirun.eval.prompts import INSTRUCTIONS, build_prefix
 from minirun.eval import report
 from minirun.eval.report import summarize
 from minirun.eval.results import ResultStore, recorded_source
@@ -191,6 +191,26 @@ def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):
     with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, gold answer"):
         evaluate(tiny, edited, ["origin", "avg"], tmp_path, **SETTINGS)  # avg alone would pair Italy with France
     assert set(pd.read_json(tmp_path / "results.rank0.jsonl", lines=True)["method"]) == {"origin"}
+
+
+def test_an_items_passage_is_written_before_each_of_its_prompts_and_keys_the_run(tiny, items, tmp_path, monkeypatch):
+    """A plain item's `context` opens each of its prompts (after the few-shot head, whose examples show theirs), the
+    same for origin and the ensembles; the run's key holds it, so a changed passage is an edited dataset."""
+    passages = [f"Passage {i}: the sky is blue and grass is green." for i in range(2)]
+    read = [dataclasses.replace(item, context=text) for item, text in zip(items[:2], passages)]
+    shot = dataclasses.replace(load_fewshot("sample-qa")[0], context="Shot passage.")
+    asked = []
+    real = loop.run_method
+    monkeypatch.setattr(loop, "run_method", lambda llm, method, qs, *a, **kw: asked.extend(qs) or real(
+        llm, method, qs, *a, **kw))
+    settings = {**SETTINGS, "chat": False}
+    evaluate(tiny, read, ["origin", "avg"], tmp_path, fewshot_items=[shot], **settings)
+    heads = {q.prefix for q in asked}
+    assert heads == {f"{INSTRUCTIONS['qa']}\n\nShot passage.\nQ: {shot.question}\nA: {shot.answers[0]}\n\n"
+                     f"{text}\nQ: " for text in passages}
+    changed = [dataclasses.replace(read[0], context="Another passage."), read[1]]
+    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, gold answer"):
+        evaluate(tiny, changed, ["origin"], tmp_path, fewshot_items=[shot], **settings)
 
 
 def test_rows_made_before_prompts_were_tokenized_whole_are_not_mixed_in(tiny, items, tmp_path):
@@ -1356,6 +1376,35 @@ def test_arc_and_openbookqa_run_by_name(checkpoint_dirs, tmp_path, monkeypatch, 
     assert shown.exit_code == 0, shown.output
     shot = "Question: What melts ice?\nAnswer: heat" if name != "openbookqa" else "What melts ice? heat"
     assert f"{shot}\n\n{asked}" in shown.stdout
+
+
+def _sciq_row(question: str, right: str, support: str) -> dict:
+    return {"question": question, "distractor1": "neon", "distractor2": "argon", "distractor3": "helium",
+            "correct_answer": right, "support": support}
+
+
+def test_sciq_runs_by_name_with_each_questions_passage_in_the_harness_words(checkpoint_dirs, tmp_path, monkeypatch):
+    """`eval --data sciq`: the test split, each question after its support passage (leading spaces dropped, an empty
+    one a new line alone) in lm-evaluation-harness's sciq words, the right option last; train's examples with theirs."""
+    frames = {"test": pd.DataFrame([_sciq_row("Which gas do plants take in?", "carbon dioxide", " Plants breathe."),
+                                    _sciq_row("What melts ice?", "heat", "")]),
+              "train": pd.DataFrame([_sciq_row("What do bees make?", "honey", "Bees live in hives.")])}
+    calls = _fake_hub(monkeypatch, frames)
+    out = tmp_path / "run"
+    args = ["eval", "--data", "sciq", "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--few-shot-k", "1",
+            "--no-chat", "--no-progress"]
+    result = CliRunner().invoke(_app(), [*args, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert calls == [("allenai/sciq", "test"), ("allenai/sciq", "train")]
+    assert json.loads((out / "run.json").read_text())["run_key"]["prompt_format"] == "harness sciq"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["id"], len(r["choice_scores"]), r["gold_choice"]) for r in rows] == [("sciq-test-1", 4, 3),
+                                                                                      ("sciq-test-2", 4, 3)]
+    shown = CliRunner().invoke(_app(), [*args, "--show-prompts", "2"])
+    assert shown.exit_code == 0, shown.output
+    shot = "Bees live in hives.\nQuestion: What do bees make?\nAnswer: honey\n\n"
+    assert f"{shot}Plants breathe.\nQuestion: Which gas do plants take in?\nAnswer:" in shown.stdout
+    assert f"{shot}\nQuestion: What melts ice?\nAnswer:" in shown.stdout
 
 
 OPEN_QA_ROWS = {  # each set's Hub rows (the fields minirun reads), its test question then its train example

@@ -40,6 +40,7 @@ from minirun.eval.prompts import (
     PromptFormat,
     build_prefix,
     check_choice_format,
+    context_block,
     new_tokens,
     one_right_letter,
     option_list,
@@ -263,9 +264,11 @@ class Run:
         return head_key(item, self.task, self.per_subject)
 
     def question(self, item: Item) -> Question:
-        """`item` as the methods are asked it: its question and prompts in the format's words, under its head."""
+        """`item` as the methods are asked it: its question and prompts in the format's words, under its head and its
+        passage (a head of its own, which the row methods encode once for all its prompts)."""
         fmt = self.prompt_format
-        return Question(fmt.question(item.question), self.prompts[item.id], self.prefixes[self.head(item)] + fmt.lead,
+        return Question(fmt.question(item.question), self.prompts[item.id],
+                        self.prefixes[self.head(item)] + context_block(item.context) + fmt.lead,
                         _suffix(item, self.choice_format, fmt))
 
     def candidates(self, item: Item) -> list[str] | None:
@@ -505,7 +508,8 @@ def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
     an edited dataset file resumed into an old run would otherwise pair new rows with stale ones."""
     # a set of right options hashed where an item lists one: the digests of runs before `true_options` stay as they were
     content = [[item.id, item.question, prompts[item.id], item.answers, item.task, item.relation, item.choices,
-                item.answer, *([item.true_options] if item.true_options else [])] for item in items]
+                item.answer, *([item.true_options] if item.true_options else []),
+                *([{"context": item.context}] if item.context is not None else [])] for item in items]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 

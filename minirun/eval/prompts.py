@@ -88,6 +88,10 @@ HARNESS = {
     ("hellaswag", "cloze"): PromptFormat("harness hellaswag", "", "", False, "", draws_one_more=True),
     ("hellaswag", "letters"): PromptFormat("harness-style hellaswag letters", "", "\nAnswer:", False, "",
                                            draws_one_more=True),
+    # sciq.yaml: the support passage (`context_block`) then "Question: {{question}}\nAnswer:", each option after a
+    # space; it has a test split, so a per-question draw takes k
+    ("sciq", "cloze"): PromptFormat("harness sciq", "Question: ", "\nAnswer:", False, ""),
+    ("sciq", "letters"): PromptFormat("harness-style sciq letters", "Question: ", "\nAnswer:", False, ""),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)
@@ -141,6 +145,13 @@ def check_choice_format(dataset: str | None, choice_format: str) -> None:
                            "(choice_format = \"cloze\" in a sweep)")
 
 
+def context_block(context: str | None) -> str:
+    """An item's passage as every format writes it before the question: its text, leading whitespace dropped, and a
+    new line (lm-evaluation-harness's sciq: "{{support.lstrip()}}\n", an empty support a new line alone); none
+    where the item has no passage."""
+    return "" if context is None else f"{context.lstrip()}\n"
+
+
 def question_block(paraphrase: str, fmt: PromptFormat = MINIRUN) -> str:
     """The per-paraphrase tail of a prompt; the model's answer follows the format's cue ('A:')."""
     return f"{fmt.lead}{fmt.question(paraphrase)}{fmt.cue}"
@@ -154,13 +165,14 @@ def option_list(choices: list[str]) -> str:
 
 
 def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = MINIRUN) -> str:
-    """One worked example: the item's question and its first (canonical) answer (or its letter; a math item's worked
-    solution, or where it has none its answer as a solution ends, "#### 72")."""
+    """One worked example: the item's passage if it has one, its question and its first (canonical) answer (or its
+    letter; a math item's worked solution, or where it has none its answer as a solution ends, "#### 72")."""
+    passage = context_block(item.context)
     if item.choices is not None and choice_format == "letters":
-        return f"{fmt.lead}{fmt.question(item.question)}{option_list(item.choices)} {LETTERS[item.answer]}"
+        return f"{passage}{fmt.lead}{fmt.question(item.question)}{option_list(item.choices)} {LETTERS[item.answer]}"
     if item.task == "math":
-        return f"{question_block(item.question, fmt)} {item.solution or f'#### {item.answers[0]}'}"
-    return f"{question_block(item.question, fmt)} {item.answers[0]}"
+        return f"{passage}{question_block(item.question, fmt)} {item.solution or f'#### {item.answers[0]}'}"
+    return f"{passage}{question_block(item.question, fmt)} {item.answers[0]}"
 
 
 def same_row(example: Item, asked: Item | None) -> bool:

@@ -1,5 +1,5 @@
 """Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU,
-CommonsenseQA, ARC, OpenBookQA, HellaSwag, TruthfulQA, or your own JSONL/JSON file."""
+CommonsenseQA, ARC, OpenBookQA, HellaSwag, SciQ, TruthfulQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -18,6 +18,7 @@ from minirun.eval.data.choice import (
     MMLU,
     OPENBOOKQA,
     OPENBOOKQA_CONFIG,
+    SCIQ,
     TRUTHFULQA,
     TRUTHFULQA_CONFIG,
     TRUTHFULQA_SETS,
@@ -26,6 +27,7 @@ from minirun.eval.data.choice import (
     load_hellaswag,
     load_mmlu,
     load_openbookqa,
+    load_sciq,
     load_truthfulqa,
 )
 from minirun.eval.data.gsm8k import GSM8K, GSM8K_CONFIG, load_gsm8k
@@ -61,18 +63,18 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice", "sample-math": "math"}
 OPEN_QA = ("triviaqa", "nq_open", "popqa")
 NAMES = (*SAMPLES, "webqa", "myriadlama", *OPEN_QA, "gsm8k", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa",
-         "hellaswag", *TRUTHFULQA_SETS)
+         "hellaswag", "sciq", *TRUTHFULQA_SETS)
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "triviaqa": TRIVIAQA, "nq_open": NQ_OPEN, "popqa": POPQA,
                 "gsm8k": GSM8K, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
-                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG,
+                **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG, "sciq": SCIQ,
                 **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
 HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, "gsm8k": GSM8K_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"), "gsm8k": "math",
-           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", *TRUTHFULQA_SETS),
+           **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", "sciq", *TRUTHFULQA_SETS),
                            "choice")}
 # Hub datasets whose few-shot examples minirun holds: TruthfulQA's worked questions; the bundled QA examples for PopQA,
 # whose one split is its test
@@ -80,8 +82,8 @@ OWN_EXAMPLES = (*TRUTHFULQA_SETS, "popqa")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 # the loaders that read a local copy of a benchmark's rows as any split, by the kind `_kind` tells
 COPY_LOADERS = {"commonsense_qa": load_commonsense_qa, "arc": load_arc, "openbookqa": load_openbookqa,
-                "hellaswag": load_hellaswag, "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa,
-                "gsm8k": load_gsm8k}
+                "hellaswag": load_hellaswag, "sciq": load_sciq, "triviaqa": load_triviaqa, "nq_open": load_nq_open,
+                "popqa": load_popqa, "gsm8k": load_gsm8k}
 
 __all__ = [
     "HUB_DATASETS",
@@ -109,6 +111,7 @@ __all__ = [
     "load_nq_open",
     "load_openbookqa",
     "load_popqa",
+    "load_sciq",
     "load_triviaqa",
     "load_truthfulqa",
     "load_webqa",
@@ -160,12 +163,13 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
     MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`,
-    `endings`), labelled options (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's
-    with a `question_concept`, else ARC's), MMLU (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id`
-    and `answer`), PopQA (`possible_answers`), NQ-open (`question` and `answer` alone), plain items short of a
-    field (`task`/`relation`/`choices`, which WebQA's loader would drop or reject: the plain loader names what is
-    missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows hold `answers` or
-    `targetValue`, never `answer`), WebQA (its question/answer fields)."""
+    `endings`), SciQ's (`support`, `distractor1`, `correct_answer`), labelled options (`choices` with `answerKey`:
+    OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`,
+    `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA (`possible_answers`), NQ-open
+    (`question` and `answer` alone), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
+    would drop or reject: the plain loader names what is missing), NQ-open again with fields of its own beside (an
+    `id` a user added: WebQA's rows hold `answers` or `targetValue`, never `answer`), WebQA (its question/answer
+    fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
@@ -174,6 +178,8 @@ def _kind(keys: set[str]) -> str:
         return "truthfulqa"
     if {"ctx_a", "ctx_b", "endings"} <= keys:
         return "hellaswag"
+    if {"support", "distractor1", "correct_answer"} <= keys:
+        return "sciq"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
@@ -297,8 +303,8 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None, benchmark: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain items (JSONL or a
-    JSON array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag or
-    TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
+    JSON array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag, SciQ
+    or TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
     and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
     `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows
     gives the options of the set it is asked as (`benchmark` "truthfulqa_mc2": MC2's), else those of the set it holds
@@ -325,6 +331,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(name, split=split, revision=revision)
     if name == "openbookqa":
         return load_openbookqa(split=split, revision=revision)
+    if name == "sciq":
+        return load_sciq(split=split, revision=revision)
     if name in TRUTHFULQA_SETS:
         return load_truthfulqa(name, split="train" if split == "train" else "validation", revision=revision)
     if name == "webqa":
@@ -359,7 +367,7 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
         raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU, "
-                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, TruthfulQA or WebQA rows, and its columns "
+                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, SciQ, TruthfulQA or WebQA rows, and its columns "
                            f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
@@ -388,9 +396,9 @@ def load_examples(path: str | Path) -> list[Item]:
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
     """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, TriviaQA, NQ-open, GSM8K,
-    CommonsenseQA, ARC, OpenBookQA and HellaSwag, MMLU's dev split (of `subset`'s subject, as lm-evaluation-harness
-    does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's six worked questions, otherwise
-    the bundled examples for `task` (PopQA's too)."""
+    CommonsenseQA, ARC, OpenBookQA, HellaSwag and SciQ, MMLU's dev split (of `subset`'s subject, as
+    lm-evaluation-harness does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's six worked
+    questions, otherwise the bundled examples for `task` (PopQA's too)."""
     name = str(name_or_path)
     if name in HUB_DATASETS and name != "popqa":  # PopQA's one split is its test: the bundled QA examples serve it
         return load_dataset(name, split="train", subset=subset, revision=revision)

@@ -1,5 +1,5 @@
-"""Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU, CommonsenseQA, ARC, OpenBookQA and
-TruthfulQA (MC1), from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON array)."""
+"""Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
+SciQ and TruthfulQA, from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON array)."""
 from __future__ import annotations
 
 import numbers
@@ -18,6 +18,8 @@ ARC_SETS = {"arc_challenge": "ARC-Challenge", "arc_easy": "ARC-Easy"}  # minirun
 OPENBOOKQA = "allenai/openbookqa"
 OPENBOOKQA_CONFIG = "main"  # the questions alone ("additional" adds the fact each was written from)
 HELLASWAG = "Rowan/hellaswag"
+SCIQ = "allenai/sciq"
+SCIQ_OPTIONS = ("distractor1", "distractor2", "distractor3", "correct_answer")  # the harness's order: right one last
 TRUTHFULQA = "truthfulqa/truthful_qa"
 TRUTHFULQA_CONFIG = "multiple_choice"
 TRUTHFULQA_SETS = {"truthfulqa_mc1": "mc1_targets", "truthfulqa_mc2": "mc2_targets"}  # each set's field of a row
@@ -150,6 +152,20 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
         ind = None if ind is None or pd.isna(ind) else int(ind) if isinstance(ind, numbers.Real) else ind
         return Item(f"hellaswag-{ind if ind is not None else f'{split}-{n}'}", query, [], [endings[answer]], "choice",
                     None, endings, answer)
+
+    return rows_to_items(frame.to_dict("records"), source, convert)
+
+
+def load_sciq(split: str = "test", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
+    """SciQ's science questions, each with the passage it was written from (`support`, the item's context: empty in
+    some rows, which the harness's prompt then opens with a new line alone) and four options, the three distractors
+    then the right answer, as lm-evaluation-harness orders them; train holds the few-shot examples."""
+    frame, source = hub_rows(SCIQ, split, None, path, revision)
+
+    def convert(n: int, r: dict) -> Item:
+        choices = _options([r[field] for field in SCIQ_OPTIONS], "distractor1-3 and correct_answer")
+        return Item(f"sciq-{split}-{n}", question_field(r), [], [choices[-1]], "choice", None, choices,
+                    len(choices) - 1, context=text_value(r["support"], "support") or "")
 
     return rows_to_items(frame.to_dict("records"), source, convert)
 

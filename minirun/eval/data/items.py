@@ -52,7 +52,9 @@ class Item:
     `answer` being the first. "math" items are word problems solved step by step: `answers` are numbers, the final
     answer, and `solution`, where known, is the worked solution a few-shot example shows (GSM8K's, ending "#### 72").
     `popularity`, where known, is how well known the question's subject is (PopQA's `s_pop`, its Wikipedia page's
-    monthly views): no part of any prompt, it lets `report` score methods along the long tail.
+    monthly views): no part of any prompt, it lets `report` score methods along the long tail. `context`, where
+    given, is a passage the question is asked about (SciQ's support, a reading-comprehension item's text): written
+    before each of its prompts and its own when it is a few-shot example, never paraphrased.
     """
 
     id: str
@@ -66,6 +68,7 @@ class Item:
     true_options: list[int] | None = None
     solution: str | None = None
     popularity: float | None = None
+    context: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.relation, str) and not self.relation.strip():  # a blank relation is none, not one named ""
@@ -130,6 +133,10 @@ def item_from_dict(record: object) -> Item:
     popularity = record.get("popularity")
     if popularity is not None:
         popularity = popularity_value(popularity, "popularity")
+    context = record.get("context")
+    if context is not None and not isinstance(context, str):
+        raise ValueError(f"field 'context' must be a string (the passage the question is asked about) or null, got "
+                         f"{context!r}")
     if task == "math" and (odd := next((a for a in answers if number_value(a) is None), None)) is not None:
         raise ValueError(f"field 'answers' of a math item must be numbers (its final answer: \"72\", \"1,250\", "
                          f"\"3.5\"), got {odd!r}")
@@ -145,6 +152,7 @@ def item_from_dict(record: object) -> Item:
         true_options=right if as_set else None,
         solution=solution,
         popularity=popularity,
+        context=context,
     )
 
 
@@ -168,11 +176,11 @@ def popularity_value(value: object, field: str) -> float:
 def item_record(item: Item) -> dict:
     """An item in the plain form `item_from_dict` reads: its fields, a set of right options as the list `answer` (an
     item with one right option and no set keeps the form, and the sweep keys hashed from it, it had before
-    `true_options`; an item without a worked solution or a popularity has none, as before they existed)."""
+    `true_options`; an item without a worked solution, a popularity or a context has none, as before they existed)."""
     record = asdict(item)
     if record.pop("true_options") is not None:
         record["answer"] = item.true_options
-    for name in ("solution", "popularity"):
+    for name in ("solution", "popularity", "context"):
         if record[name] is None:
             del record[name]
     return record
