@@ -983,6 +983,13 @@ def test_sciq_items_list_the_right_option_last_and_carry_their_passage(monkeypat
     with pytest.raises(MinirunError, match=r"bad\.jsonl: record 1: field 'distractor1-3 and correct_answer' needs at "
                                            r"least 2 non-empty options"):
         load_dataset(tmp_path / "bad.jsonl")
+    _sciq_frame().drop(columns="support").to_json(tmp_path / "short.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"short\.jsonl: record 1: missing field 'support'"):
+        load_dataset(tmp_path / "short.jsonl")  # told as SciQ's rows by the options' fields, not read as WebQA's
+    _sciq_frame().assign(support=[None, ""]).to_parquet(tmp_path / "null.parquet")
+    with pytest.raises(MinirunError, match=r"null\.parquet: record 1: field 'support' must be text \(the Hub's rows "
+                                           r"without a passage hold \"\"\), got null"):
+        load_dataset(tmp_path / "null.parquet")
 
 
 def test_a_plain_items_context_round_trips_and_a_bad_one_is_named(tmp_path):
@@ -997,3 +1004,7 @@ def test_a_plain_items_context_round_trips_and_a_bad_one_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"field 'context' must be a string \(the passage the question is asked "
                                          r"about\) or null, got \['Bees'\]"):
         item_from_dict({**record, "context": ["Bees"]})
+    del record["paraphrases"]  # a file to paraphrase: its passage names it a plain one, not WebQA's rows
+    (tmp_path / "short.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(MinirunError, match="missing field.s. paraphrases"):
+        load_dataset(tmp_path / "short.jsonl")

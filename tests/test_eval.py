@@ -188,7 +188,7 @@ def test_settings_that_would_be_silently_ignored_are_refused(tiny, items, tmp_pa
 def test_an_edited_dataset_is_refused_not_mixed(tiny, items, tmp_path):
     evaluate(tiny, items[:2], ["origin"], tmp_path, **SETTINGS)
     edited = [items[0], dataclasses.replace(items[1], question="What is the capital of Italy?", answers=["Rome"])]
-    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, gold answer"):
+    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, passage, gold answer"):
         evaluate(tiny, edited, ["origin", "avg"], tmp_path, **SETTINGS)  # avg alone would pair Italy with France
     assert set(pd.read_json(tmp_path / "results.rank0.jsonl", lines=True)["method"]) == {"origin"}
 
@@ -209,7 +209,7 @@ def test_an_items_passage_is_written_before_each_of_its_prompts_and_keys_the_run
     assert heads == {f"{INSTRUCTIONS['qa']}\n\nShot passage.\nQ: {shot.question}\nA: {shot.answers[0]}\n\n"
                      f"{text}\nQ: " for text in passages}
     changed = [dataclasses.replace(read[0], context="Another passage."), read[1]]
-    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, gold answer"):
+    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, passage, gold answer"):
         evaluate(tiny, changed, ["origin"], tmp_path, fewshot_items=[shot], **settings)
 
 
@@ -1400,6 +1400,9 @@ def test_sciq_runs_by_name_with_each_questions_passage_in_the_harness_words(chec
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["id"], len(r["choice_scores"]), r["gold_choice"]) for r in rows] == [("sciq-test-1", 4, 3),
                                                                                       ("sciq-test-2", 4, 3)]
+    letters = CliRunner().invoke(_app(), [*args, "--choice-format", "letters", "--output", str(tmp_path / "l")])
+    assert letters.exit_code == 1 and "sciq is asked cloze only" in letters.output
+    assert len(calls) == 2  # refused before the Hub is asked for anything
     shown = CliRunner().invoke(_app(), [*args, "--show-prompts", "2"])
     assert shown.exit_code == 0, shown.output
     shot = "Bees live in hives.\nQuestion: What do bees make?\nAnswer: honey\n\n"

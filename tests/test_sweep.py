@@ -132,6 +132,9 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-choice", "choice_format": "abc"}]}, "choice_format: unknown format 'abc'"),
     ({"datasets": [{"name": "truthfulqa_mc1", "choice_format": "letters"}]},
      "datasets #1 (truthfulqa_mc1) choice_format: truthfulqa_mc1 is asked cloze only, the harness's own form"),
+    ({"datasets": [{"name": "sciq", "choice_format": "letters"}]},
+     "datasets #1 (sciq) choice_format: sciq is asked cloze only, the harness's own form: its rows put a right option "
+     "last in every question, so lettered, D would be right every time"),
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),

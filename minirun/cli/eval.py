@@ -103,6 +103,7 @@ def eval_command(
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
     from minirun.eval.loop import check_draw, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
+    from minirun.eval.prompts import check_choice_format
     from minirun.eval.report import cut_thinking
     from minirun.eval.sweep_results import sweep_of
 
@@ -120,6 +121,7 @@ def eval_command(
     method = method_names(method)
     asked, data = data, hub_dataset(data)[0]
     named = hub_dataset(benchmark)[0] if benchmark is not None else None
+    check_choice_format(named or data, choice_format)  # before the data is read and a model is fetched
     items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
     check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_examples(few_shot) if few_shot is not None else None

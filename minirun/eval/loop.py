@@ -265,7 +265,8 @@ class Run:
 
     def question(self, item: Item) -> Question:
         """`item` as the methods are asked it: its question and prompts in the format's words, under its head and its
-        passage (a head of its own, which the row methods encode once for all its prompts)."""
+        passage (a head of its own, which the row methods encode once for all its prompts where it is long enough:
+        `runner.own_heads_apart`)."""
         fmt = self.prompt_format
         return Question(fmt.question(item.question), self.prompts[item.id],
                         self.prefixes[self.head(item)] + context_block(item.context) + fmt.lead,
@@ -504,7 +505,7 @@ def scored_alone(items: list[Item]) -> bool:
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
-    """A hash of what each item puts into its rows (question, the prompts run, gold answers, options):
+    """A hash of what each item puts into its rows (question, the prompts run, gold answers, options, passage):
     an edited dataset file resumed into an old run would otherwise pair new rows with stale ones."""
     # a set of right options hashed where an item lists one: the digests of runs before `true_options` stay as they were
     content = [[item.id, item.question, prompts[item.id], item.answers, item.task, item.relation, item.choices,

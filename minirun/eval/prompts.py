@@ -89,9 +89,8 @@ HARNESS = {
     ("hellaswag", "letters"): PromptFormat("harness-style hellaswag letters", "", "\nAnswer:", False, "",
                                            draws_one_more=True),
     # sciq.yaml: the support passage (`context_block`) then "Question: {{question}}\nAnswer:", each option after a
-    # space; it has a test split, so a per-question draw takes k
+    # space (cloze only: `FIXED_RIGHT`); it has a test split, so a per-question draw takes k
     ("sciq", "cloze"): PromptFormat("harness sciq", "Question: ", "\nAnswer:", False, ""),
-    ("sciq", "letters"): PromptFormat("harness-style sciq letters", "Question: ", "\nAnswer:", False, ""),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)
@@ -110,7 +109,8 @@ HARNESS = {
     ("gsm8k", "cloze"): PromptFormat("harness gsm8k", "Question: ", "\nAnswer:", False, "",
                                      worked_stop=("Question:", "</s>", "<|im_end|>")),
 }
-FIRST_IS_RIGHT = ("truthfulqa_mc1", "truthfulqa_mc2")  # datasets whose right option is every question's first
+# datasets whose rows put a right option at one place in every question: TruthfulQA's first, SciQ's last (of four)
+FIXED_RIGHT = {"truthfulqa_mc1": ("first", "A"), "truthfulqa_mc2": ("first", "A"), "sciq": ("last", "D")}
 
 
 def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
@@ -127,22 +127,23 @@ def new_tokens(items: list[Item], given: int | None) -> int:
 
 
 def one_right_letter(items: list[Item]) -> str | None:
-    """A letter right in every multiple-choice item where one is (TruthfulQA's rows put a right option first; an item
-    of several right options counts at each), else None: lettered, a model that always answers it would score every
-    item."""
+    """A letter right in every multiple-choice item where one is (TruthfulQA's rows put a right option first, SciQ's
+    last; an item of several right options counts at each), else None: lettered, a model that always answers it would
+    score every item."""
     rights = [set(item.right_options) for item in items if item.choices is not None]
     common = set.intersection(*rights) if rights else set()
     return LETTERS[min(common)] if common else None
 
 
 def check_choice_format(dataset: str | None, choice_format: str) -> None:
-    """Refuse letters for the benchmarks asked cloze only, whose rows put a right option first in every question
-    (TruthfulQA's): lettered, A would be right every time, which a model biased towards A would score on; a file
-    asked as one (`--benchmark`) is asked in its form too."""
-    if choice_format == "letters" and dataset in FIRST_IS_RIGHT:
-        raise MinirunError(f"{dataset} is asked cloze only, the harness's own form: its rows put a right option first "
-                           "in every question, so lettered, A would be right every time; use --choice-format cloze "
-                           "(choice_format = \"cloze\" in a sweep)")
+    """Refuse letters for the benchmarks asked cloze only, whose rows put a right option at one place in every question
+    (`FIXED_RIGHT`: TruthfulQA's first, SciQ's last): lettered, one letter would be right every time, which a model
+    biased towards it would score on; a file asked as one (`--benchmark`) is asked in its form too."""
+    if choice_format == "letters" and dataset in FIXED_RIGHT:
+        where, letter = FIXED_RIGHT[dataset]
+        raise MinirunError(f"{dataset} is asked cloze only, the harness's own form: its rows put a right option "
+                           f"{where} in every question, so lettered, {letter} would be right every time; use "
+                           "--choice-format cloze (choice_format = \"cloze\" in a sweep)")
 
 
 def context_block(context: str | None) -> str:

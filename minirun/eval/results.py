@@ -32,7 +32,7 @@ RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "min
 REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Tokenizer.rebuilt`
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
-    "items": "the items' content changed (a question, prompt, gold answer or option was edited)",
+    "items": "the items' content changed (a question, prompt, passage, gold answer or option was edited)",
     "few_shot": "the few-shot prompt changed (another --few-shot-k, --few-shot-draw, few-shot file or edited examples, "
                 "or MMLU's per-subject heads, which minirun before them did not build)",
     "prompt_ids": "its rows were made before prompts were tokenized whole (another minirun)",

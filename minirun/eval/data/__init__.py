@@ -163,13 +163,13 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` +
     `paraphrases`: an extra field such as a `template` note does not make it another dataset's rows), then
     MyriadLAMA rows (`template`), TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`,
-    `endings`), SciQ's (`support`, `distractor1`, `correct_answer`), labelled options (`choices` with `answerKey`:
+    `endings`), SciQ's (a `distractor1`-`3` or `correct_answer`), labelled options (`choices` with `answerKey`:
     OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`,
     `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA (`possible_answers`), NQ-open
-    (`question` and `answer` alone), plain items short of a field (`task`/`relation`/`choices`, which WebQA's loader
-    would drop or reject: the plain loader names what is missing), NQ-open again with fields of its own beside (an
-    `id` a user added: WebQA's rows hold `answers` or `targetValue`, never `answer`), WebQA (its question/answer
-    fields)."""
+    (`question` and `answer` alone), plain items short of a field (`task`/`relation`/`choices`/`context`, which
+    WebQA's loader would drop or reject: the plain loader names what is missing), NQ-open again with fields of its
+    own beside (an `id` a user added: WebQA's rows hold `answers` or `targetValue`, never `answer`), WebQA (its
+    question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
@@ -178,7 +178,7 @@ def _kind(keys: set[str]) -> str:
         return "truthfulqa"
     if {"ctx_a", "ctx_b", "endings"} <= keys:
         return "hellaswag"
-    if {"support", "distractor1", "correct_answer"} <= keys:
+    if keys & {"distractor1", "distractor2", "distractor3", "correct_answer"}:  # its loader names a missing one
         return "sciq"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
@@ -190,7 +190,7 @@ def _kind(keys: set[str]) -> str:
         return "popqa"
     if keys == {"question", "answer"}:
         return "nq_open"
-    if keys & {"task", "relation", "choices"}:
+    if keys & {"task", "relation", "choices", "context"}:
         return "plain"
     if {"question", "answer"} <= keys and not keys & {"answers", "targetValue"} and \
             not any(k.startswith("paraphrase") for k in keys):

@@ -164,8 +164,11 @@ def load_sciq(split: str = "test", path: str | Path | None = None, revision: str
 
     def convert(n: int, r: dict) -> Item:
         choices = _options([r[field] for field in SCIQ_OPTIONS], "distractor1-3 and correct_answer")
+        support = text_value(r["support"], "support")
+        if support is None:
+            raise ValueError("field 'support' must be text (the Hub's rows without a passage hold \"\"), got null")
         return Item(f"sciq-{split}-{n}", question_field(r), [], [choices[-1]], "choice", None, choices,
-                    len(choices) - 1, context=text_value(r["support"], "support") or "")
+                    len(choices) - 1, context=support)
 
     return rows_to_items(frame.to_dict("records"), source, convert)
 
