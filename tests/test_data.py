@@ -1,6 +1,7 @@
 """Loaders: plain JSONL, WebQA forms, MyriadLAMA grouping/sampling/splitting, dispatch, samples."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -1007,4 +1008,31 @@ def test_a_plain_items_context_round_trips_and_a_bad_one_is_named(tmp_path):
     del record["paraphrases"]  # a file to paraphrase: its passage names it a plain one, not WebQA's rows
     (tmp_path / "short.jsonl").write_text(json.dumps(record) + "\n")
     with pytest.raises(MinirunError, match="missing field.s. paraphrases"):
+        load_dataset(tmp_path / "short.jsonl")
+
+
+def _piqa_frame(label: object = 1) -> pd.DataFrame:
+    """A PIQA row as the harness's parquet copy holds it: a goal, two solutions, the right one's index."""
+    return pd.DataFrame({"goal": ["How do I keep basil fresh?"], "sol1": ["Freeze it dry."],
+                         "sol2": ["Keep it in water on the counter."], "label": [label]})
+
+
+def test_piqa_items_are_goals_with_two_solutions_from_validation(monkeypatch, tmp_path):
+    """The validation split (test has no labels: a row without one is named), examples from train; a local copy is
+    told by its fields, one missing a field named by its loader."""
+    calls = _fake_datasets(monkeypatch, {"baber/piqa": _piqa_frame()})
+    (basil,) = load_dataset("piqa")
+    assert (basil.id, basil.question, basil.choices, basil.answer, basil.answers) == (
+        "piqa-validation-1", "How do I keep basil fresh?", ["Freeze it dry.", "Keep it in water on the counter."], 1,
+        ["Keep it in water on the counter."])
+    assert len(load_fewshot("piqa")) == 1
+    assert calls == [("baber/piqa", "validation"), ("baber/piqa", "train")]
+    _piqa_frame().to_json(tmp_path / "piqa.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "piqa.jsonl") == [dataclasses.replace(basil, id="piqa-test-1")]
+    _piqa_frame(label=-1).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"record 1: field 'label' must be 0 or 1, got -1 \(the Hub's test split "
+                                           r"has no labels: use validation\)"):
+        load_dataset(tmp_path / "test.jsonl")
+    _piqa_frame().drop(columns="sol2").to_json(tmp_path / "short.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"short\.jsonl: record 1: missing field 'sol2'"):
         load_dataset(tmp_path / "short.jsonl")

@@ -235,13 +235,14 @@ def test_verdicts_of_another_matcher_are_not_mixed_in(tiny, items, tmp_path, rec
 
 
 @pytest.mark.parametrize("dataset,choice_format", [(d, f) for d in ("mmlu", "commonsense_qa", "arc_challenge",
-                                                                    "arc_easy", "openbookqa", "hellaswag")
+                                                                    "arc_easy", "openbookqa", "hellaswag", "piqa")
                                                     for f in ("letters", "cloze")] + [("truthfulqa_mc1", "cloze")])
 def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp_path, monkeypatch, dataset,
                                                                         choice_format):
-    """MMLU, CommonsenseQA, ARC, OpenBookQA and HellaSwag prompts are the text of lm-evaluation-harness's tasks (mmlu,
-    mmlu_continuation, commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag), questions stripped where its
-    templates strip them (not ARC's, OpenBookQA's and HellaSwag's), demonstrations included."""
+    """MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag and PIQA prompts are the text of lm-evaluation-harness's tasks
+    (mmlu, mmlu_continuation, commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, piqa; PIQA's letters
+    written as ARC's), questions stripped where its templates strip them (not ARC's, OpenBookQA's, HellaSwag's and
+    PIQA's), demonstrations included."""
     shot = dataclasses.replace(load_fewshot("sample-choice")[0], relation="astronomy")
     shot = dataclasses.replace(shot, question=f"  {shot.question}\n")
     test = Item("t1", " What is X?\n", [], ["b"], "choice", "astronomy", ["a", "b", "c", "d", "e"], 1)
@@ -260,7 +261,7 @@ def test_harness_benchmarks_are_asked_in_lm_evaluation_harness_s_words(tiny, tmp
                                f"Question: {asked_q}{letters}",
            ("arc", "cloze"): f"Question: {as_is}\nAnswer: {right}\n\nQuestion: {asked_q}\nAnswer:"}
     expected = {
-        **{(name, fmt): text for (_, fmt), text in arc.items() for name in ("arc_challenge", "arc_easy")},
+        **{(name, fmt): text for (_, fmt), text in arc.items() for name in ("arc_challenge", "arc_easy", "piqa")},
         ("openbookqa", "letters"): f"{as_is}{shot_letters} {'ABCD'[shot.answer]}\n\n{asked_q}{letters}",
         ("openbookqa", "cloze"): f"{as_is} {right}\n\n{asked_q}",
         ("hellaswag", "letters"): f"{as_is}{shot_letters} {'ABCD'[shot.answer]}\n\n{asked_q}{letters}",

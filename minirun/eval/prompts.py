@@ -88,6 +88,11 @@ HARNESS = {
     ("hellaswag", "cloze"): PromptFormat("harness hellaswag", "", "", False, "", draws_one_more=True),
     ("hellaswag", "letters"): PromptFormat("harness-style hellaswag letters", "", "\nAnswer:", False, "",
                                            draws_one_more=True),
+    # piqa.yaml: "Question: {{goal}}\nAnswer:", each solution after a space; no test split, so a per-question draw
+    # takes k + 1 and drops the question's own row
+    ("piqa", "cloze"): PromptFormat("harness piqa", "Question: ", "\nAnswer:", False, "", draws_one_more=True),
+    ("piqa", "letters"): PromptFormat("harness-style piqa letters", "Question: ", "\nAnswer:", False, "",
+                                      draws_one_more=True),
     # sciq.yaml: the support passage (`context_block`) then "Question: {{question}}\nAnswer:", each option after a
     # space (cloze only: `FIXED_RIGHT`); it has a test split, so a per-question draw takes k
     ("sciq", "cloze"): PromptFormat("harness sciq", "Question: ", "\nAnswer:", False, ""),

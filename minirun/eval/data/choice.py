@@ -1,5 +1,6 @@
 """Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
-SciQ and TruthfulQA, from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON array)."""
+PIQA, SciQ and TruthfulQA, from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON
+array)."""
 from __future__ import annotations
 
 import numbers
@@ -18,6 +19,7 @@ ARC_SETS = {"arc_challenge": "ARC-Challenge", "arc_easy": "ARC-Easy"}  # minirun
 OPENBOOKQA = "allenai/openbookqa"
 OPENBOOKQA_CONFIG = "main"  # the questions alone ("additional" adds the fact each was written from)
 HELLASWAG = "Rowan/hellaswag"
+PIQA = "baber/piqa"  # the harness's copy of PIQA's rows as parquet (the original repo loads through a script)
 SCIQ = "allenai/sciq"
 SCIQ_OPTIONS = ("distractor1", "distractor2", "distractor3", "correct_answer")  # the harness's order: right one last
 TRUTHFULQA = "truthfulqa/truthful_qa"
@@ -152,6 +154,24 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
         ind = None if ind is None or pd.isna(ind) else int(ind) if isinstance(ind, numbers.Real) else ind
         return Item(f"hellaswag-{ind if ind is not None else f'{split}-{n}'}", query, [], [endings[answer]], "choice",
                     None, endings, answer)
+
+    return rows_to_items(frame.to_dict("records"), source, convert)
+
+
+def load_piqa(split: str = "validation", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
+    """PIQA's physical goals, two solutions each (`sol1`, `sol2`; `label` the right one's index). The test split has no
+    labels, so evaluation uses validation, as lm-evaluation-harness does; train holds the few-shot examples."""
+    frame, source = hub_rows(PIQA, split, None, path, revision)
+
+    def convert(n: int, r: dict) -> Item:
+        choices = _options([r["sol1"], r["sol2"]], "sol1 and sol2")
+        label = str(r["label"]).strip()
+        if label not in ("0", "1"):
+            raise ValueError(f"field 'label' must be 0 or 1, got {r['label']!r} (the Hub's test split has no labels: "
+                             "use validation)")
+        answer = int(label)
+        return Item(f"piqa-{split}-{n}", question_field(r, "goal"), [], [choices[answer]], "choice", None, choices,
+                    answer)
 
     return rows_to_items(frame.to_dict("records"), source, convert)
 
