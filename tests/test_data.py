@@ -1036,3 +1036,27 @@ def test_piqa_items_are_goals_with_two_solutions_from_validation(monkeypatch, tm
     _piqa_frame().drop(columns="sol2").to_json(tmp_path / "short.jsonl", orient="records", lines=True)
     with pytest.raises(MinirunError, match=r"short\.jsonl: record 1: missing field 'sol2'"):
         load_dataset(tmp_path / "short.jsonl")
+
+
+def _boolq_frame(label: object = 1) -> pd.DataFrame:
+    """A BoolQ row as SuperGLUE's parquet holds it: its question without a question mark, its passage, index, label."""
+    return pd.DataFrame({"question": ["is basil an annual plant"], "passage": ["Basil is a tender annual plant."],
+                         "idx": [7], "label": [label]})
+
+
+def test_boolq_items_ask_yes_or_no_about_their_passage(monkeypatch, tmp_path):
+    """Options "no" and "yes" (label 1 for yes), the passage the item's context; validation (test has no labels:
+    named), examples from train, SuperGLUE's boolq config; a local copy is told by its passage."""
+    calls = _fake_datasets(monkeypatch, {"aps/super_glue": _boolq_frame()})
+    (basil,) = load_dataset("boolq")
+    assert (basil.id, basil.question, basil.choices, basil.answer, basil.answers, basil.context) == (
+        "boolq-validation-7", "is basil an annual plant", ["no", "yes"], 1, ["yes"], "Basil is a tender annual plant.")
+    assert len(load_fewshot("boolq")) == 1
+    assert calls == [("aps/super_glue", "boolq", "validation"), ("aps/super_glue", "boolq", "train")]
+    assert dataset_source("boolq", "f" * 40)["config"] == "boolq"
+    _boolq_frame().to_json(tmp_path / "boolq.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "boolq.jsonl") == [dataclasses.replace(basil, id="boolq-test-7")]
+    _boolq_frame(label=-1).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(MinirunError, match=r"record 1: field 'label' must be 0 \(no\) or 1 \(yes\), got -1 \(the "
+                                           r"Hub's test split has no labels: use validation\)"):
+        load_dataset(tmp_path / "test.jsonl")

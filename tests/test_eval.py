@@ -1411,6 +1411,22 @@ def test_sciq_runs_by_name_with_each_questions_passage_in_the_harness_words(chec
     assert f"{shot}\nQuestion: What melts ice?\nAnswer:" in shown.stdout
 
 
+def test_boolq_is_asked_in_the_harness_words_with_each_passage_as_it_is(checkpoint_dirs, tmp_path, monkeypatch):
+    """`eval --data boolq`: "{{passage}}\\nQuestion: {{question}}?\\nAnswer:" (the passage not stripped, unlike sciq's
+    support), " no" and " yes" scored after it, a train example before it in the same words."""
+    row = {"question": "is basil an annual plant", "passage": "  Basil is a tender annual.", "idx": 3, "label": 1}
+    shot = {"question": "do bees make honey", "passage": "Bees make honey.", "idx": 0, "label": 1}
+    calls = _fake_hub(monkeypatch, {"validation": pd.DataFrame([row]), "train": pd.DataFrame([shot])})
+    args = ["eval", "--data", "boolq", "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--few-shot-k", "1",
+            "--no-chat", "--no-progress", "--show-prompts", "1"]
+    shown = CliRunner().invoke(_app(), args)
+    assert shown.exit_code == 0, shown.output
+    assert calls == [("aps/super_glue", "boolq", "validation"), ("aps/super_glue", "boolq", "train")]
+    assert ("Bees make honey.\nQuestion: do bees make honey?\nAnswer: yes\n\n"
+            "  Basil is a tender annual.\nQuestion: is basil an annual plant?\nAnswer:") in shown.stdout
+    assert "options scored after each prompt: ' no' (" in shown.stdout and "), ' yes' (" in shown.stdout
+
+
 OPEN_QA_ROWS = {  # each set's Hub rows (the fields minirun reads), its test question then its train example
     "triviaqa": [{"question_id": "tc_1", "question": "Which city hosted the 1992 Olympics?", "question_source": "x",
                   "answer": {"aliases": ["Barcelona", "Barcelona, Spain"], "value": "Barcelona"}},

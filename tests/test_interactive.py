@@ -97,7 +97,8 @@ def test_eval_flow(models_dir, tmp_path):
     assert ("output directory (empty: runs/<dataset>-<model>)", "") in prompts
     assert echoed[0] == ("'nope.jsonl': use one of sample-qa, sample-fill, sample-choice, sample-math, webqa, "
                          "myriadlama, triviaqa, nq_open, popqa, gsm8k, mmlu, "
-                         "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, piqa, sciq, truthfulqa_mc1, "
+                         "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, piqa, sciq, boolq, "
+                         "truthfulqa_mc1, "
                          "truthfulqa_mc2 (a Hub "
                          "one pinned: NAME@REV) or the path of an existing file "
                          "(e.g. items.jsonl)")

@@ -40,7 +40,6 @@ from minirun.eval.prompts import (
     PromptFormat,
     build_prefix,
     check_choice_format,
-    context_block,
     new_tokens,
     one_right_letter,
     option_list,
@@ -269,7 +268,7 @@ class Run:
         `runner.own_heads_apart`)."""
         fmt = self.prompt_format
         return Question(fmt.question(item.question), self.prompts[item.id],
-                        self.prefixes[self.head(item)] + context_block(item.context) + fmt.lead,
+                        self.prefixes[self.head(item)] + fmt.passage(item.context) + fmt.lead,
                         _suffix(item, self.choice_format, fmt))
 
     def candidates(self, item: Item) -> list[str] | None:

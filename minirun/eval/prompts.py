@@ -46,6 +46,7 @@ class PromptFormat:
     ignored: str = ""  # what the harness's exact_match deletes before comparing (its `regexes_to_ignore`)
     stop: tuple[str, ...] = STOP  # where generation stops (the harness's QA tasks read past a " Q:" to the line's end)
     worked_stop: tuple[str, ...] = WORKED_STOP  # where a worked solution (a "math" item's) stops
+    passage_lstrip: bool = True  # an item's passage without its leading whitespace (sciq's "support.lstrip()")
 
     def heading(self, task: str, subject: str | None) -> str:
         """The head's first line: MMLU's description of `subject`, none, or the task's instruction."""
@@ -56,6 +57,14 @@ class PromptFormat:
     def question(self, text: str) -> str:
         """A question or paraphrase as the format writes it."""
         return text.strip() if self.strip else text
+
+    def passage(self, context: str | None) -> str:
+        """An item's passage as the format writes it before the question: its text (leading whitespace dropped unless
+        the format keeps it: boolq's "{{passage}}") and a new line (an empty passage, a new line alone); none where
+        the item has no passage."""
+        if context is None:
+            return ""
+        return f"{context.lstrip() if self.passage_lstrip else context}\n"
 
     def stops(self, task: str) -> tuple[str, ...]:
         """Where generation of a `task` answer stops: a short answer's line, a worked solution's next question."""
@@ -93,8 +102,14 @@ HARNESS = {
     ("piqa", "cloze"): PromptFormat("harness piqa", "Question: ", "\nAnswer:", False, "", draws_one_more=True),
     ("piqa", "letters"): PromptFormat("harness-style piqa letters", "Question: ", "\nAnswer:", False, "",
                                       draws_one_more=True),
-    # sciq.yaml: the support passage (`context_block`) then "Question: {{question}}\nAnswer:", each option after a
-    # space (cloze only: `FIXED_RIGHT`); it has a test split, so a per-question draw takes k
+    # boolq (super_glue/boolq/default.yaml): "{{passage}}\nQuestion: {{question}}?\nAnswer:", " no" or " yes"; no
+    # test split, so a per-question draw takes k + 1
+    ("boolq", "cloze"): PromptFormat("harness boolq", "Question: ", "?\nAnswer:", False, "", draws_one_more=True,
+                                     passage_lstrip=False),
+    ("boolq", "letters"): PromptFormat("harness-style boolq letters", "Question: ", "?\nAnswer:", False, "",
+                                       draws_one_more=True, passage_lstrip=False),
+    # sciq.yaml: the support passage (`PromptFormat.passage`) then "Question: {{question}}\nAnswer:", each option
+    # after a space (cloze only: `FIXED_RIGHT`); it has a test split, so a per-question draw takes k
     ("sciq", "cloze"): PromptFormat("harness sciq", "Question: ", "\nAnswer:", False, ""),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
@@ -151,13 +166,6 @@ def check_choice_format(dataset: str | None, choice_format: str) -> None:
                            "--choice-format cloze (choice_format = \"cloze\" in a sweep)")
 
 
-def context_block(context: str | None) -> str:
-    """An item's passage as every format writes it before the question: its text, leading whitespace dropped, and a
-    new line (lm-evaluation-harness's sciq: "{{support.lstrip()}}\n", an empty support a new line alone); none
-    where the item has no passage."""
-    return "" if context is None else f"{context.lstrip()}\n"
-
-
 def question_block(paraphrase: str, fmt: PromptFormat = MINIRUN) -> str:
     """The per-paraphrase tail of a prompt; the model's answer follows the format's cue ('A:')."""
     return f"{fmt.lead}{fmt.question(paraphrase)}{fmt.cue}"
@@ -173,7 +181,7 @@ def option_list(choices: list[str]) -> str:
 def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = MINIRUN) -> str:
     """One worked example: the item's passage if it has one, its question and its first (canonical) answer (or its
     letter; a math item's worked solution, or where it has none its answer as a solution ends, "#### 72")."""
-    passage = context_block(item.context)
+    passage = fmt.passage(item.context)
     if item.choices is not None and choice_format == "letters":
         return f"{passage}{fmt.lead}{fmt.question(item.question)}{option_list(item.choices)} {LETTERS[item.answer]}"
     if item.task == "math":

@@ -1,5 +1,5 @@
 """Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU,
-CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, TruthfulQA, or your own JSONL/JSON file."""
+CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -13,6 +13,7 @@ from minirun.errors import MinirunError, error_line
 from minirun.eval.data.choice import (
     ARC,
     ARC_SETS,
+    BOOLQ_CONFIG,
     COMMONSENSE_QA,
     HELLASWAG,
     MMLU,
@@ -20,10 +21,12 @@ from minirun.eval.data.choice import (
     OPENBOOKQA_CONFIG,
     PIQA,
     SCIQ,
+    SUPER_GLUE,
     TRUTHFULQA,
     TRUTHFULQA_CONFIG,
     TRUTHFULQA_SETS,
     load_arc,
+    load_boolq,
     load_commonsense_qa,
     load_hellaswag,
     load_mmlu,
@@ -65,20 +68,21 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice", "sample-math": "math"}
 OPEN_QA = ("triviaqa", "nq_open", "popqa")
 NAMES = (*SAMPLES, "webqa", "myriadlama", *OPEN_QA, "gsm8k", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa",
-         "hellaswag", "piqa", "sciq", *TRUTHFULQA_SETS)
+         "hellaswag", "piqa", "sciq", "boolq", *TRUTHFULQA_SETS)
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "triviaqa": TRIVIAQA, "nq_open": NQ_OPEN, "popqa": POPQA,
                 "gsm8k": GSM8K, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
                 **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG, "piqa": PIQA,
-                "sciq": SCIQ,
+                "sciq": SCIQ, "boolq": SUPER_GLUE,
                 **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
 HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, "gsm8k": GSM8K_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
+               "boolq": BOOLQ_CONFIG,
                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"), "gsm8k": "math",
            **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", "piqa", "sciq",
-                            *TRUTHFULQA_SETS),
+                            "boolq", *TRUTHFULQA_SETS),
                            "choice")}
 # Hub datasets whose few-shot examples minirun holds: TruthfulQA's worked questions; the bundled QA examples for PopQA,
 # whose one split is its test
@@ -86,8 +90,8 @@ OWN_EXAMPLES = (*TRUTHFULQA_SETS, "popqa")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 # the loaders that read a local copy of a benchmark's rows as any split, by the kind `_kind` tells
 COPY_LOADERS = {"commonsense_qa": load_commonsense_qa, "arc": load_arc, "openbookqa": load_openbookqa,
-                "hellaswag": load_hellaswag, "piqa": load_piqa, "sciq": load_sciq, "triviaqa": load_triviaqa,
-                "nq_open": load_nq_open, "popqa": load_popqa, "gsm8k": load_gsm8k}
+                "hellaswag": load_hellaswag, "piqa": load_piqa, "sciq": load_sciq, "boolq": load_boolq,
+                "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa, "gsm8k": load_gsm8k}
 
 __all__ = [
     "HUB_DATASETS",
@@ -102,6 +106,7 @@ __all__ = [
     "hub_dataset",
     "item_record",
     "load_arc",
+    "load_boolq",
     "load_cited",
     "load_commonsense_qa",
     "load_dataset",
@@ -168,13 +173,13 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` + `paraphrases`: an
     extra field such as a `template` note does not make it another dataset's rows), then MyriadLAMA rows (`template`),
     TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`, `endings`), PIQA's (a `goal`, `sol1`
-    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), labelled options (`choices` with `answerKey`:
-    OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU (`question`,
-    `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA (`possible_answers`), NQ-open
-    (`question` and `answer` alone), plain items short of a field (`task`/`relation`/`choices`/`context`, which WebQA's
-    loader would drop or reject: the plain loader names what is missing), NQ-open again with fields of its own beside
-    (an `id` a user added: WebQA's rows hold `answers` or `targetValue`, never `answer`), WebQA (its question/answer
-    fields)."""
+    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (a `passage`), labelled options (`choices`
+    with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU
+    (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA (`possible_answers`),
+    NQ-open (`question` and `answer` alone), plain items short of a field (`task`/`relation`/`choices`/`context`, which
+    WebQA's loader would drop or reject: the plain loader names what is missing), NQ-open again with fields of its own
+    beside (an `id` a user added: WebQA's rows hold `answers` or `targetValue`, never `answer`), WebQA (its
+    question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
@@ -185,6 +190,8 @@ def _kind(keys: set[str]) -> str:
         return "hellaswag"
     if keys & {"goal", "sol1", "sol2"}:  # its loader names a missing one
         return "piqa"
+    if "passage" in keys:
+        return "boolq"
     if keys & {"distractor1", "distractor2", "distractor3", "correct_answer"}:
         return "sciq"
     if {"choices", "answerKey"} <= keys:
@@ -310,12 +317,12 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None, benchmark: str | None = None) -> list[Item]:
     """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain items (JSONL or a JSON
-    array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ
-    or TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad` skips
-    and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at `revision`
-    (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows gives the options
-    of the set it is asked as (`benchmark` "truthfulqa_mc2": MC2's), else those of the set it holds (MC1's where it
-    holds both)."""
+    array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ,
+    BoolQ or TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad`
+    skips and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
+    `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows gives
+    the options of the set it is asked as (`benchmark` "truthfulqa_mc2": MC2's), else those of the set it holds (MC1's
+    where it holds both)."""
     name, pinned = hub_dataset(str(name_or_path))
     revision = revision or pinned
     if revision is not None and name not in HUB_DATASETS:
@@ -338,6 +345,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_arc(name, split=split, revision=revision)
     if name == "openbookqa":
         return load_openbookqa(split=split, revision=revision)
+    if name == "boolq":
+        return load_boolq(split="train" if split == "train" else "validation", revision=revision)
     if name == "piqa":
         return load_piqa(split="train" if split == "train" else "validation", revision=revision)
     if name == "sciq":
@@ -376,8 +385,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
         raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU, "
-                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, TruthfulQA or WebQA rows, and its "
-                           "columns "
+                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA or WebQA rows, "
+                           "and its columns "
                            f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
@@ -406,7 +415,7 @@ def load_examples(path: str | Path) -> list[Item]:
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
     """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, TriviaQA, NQ-open, GSM8K,
-    CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA and SciQ, MMLU's dev split (of `subset`'s subject, as
+    CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ and BoolQ, MMLU's dev split (of `subset`'s subject, as
     lm-evaluation-harness does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's six worked
     questions, otherwise the bundled examples for `task` (PopQA's too)."""
     name = str(name_or_path)

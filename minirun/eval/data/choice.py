@@ -1,5 +1,5 @@
 """Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
-PIQA, SciQ and TruthfulQA, from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON
+PIQA, SciQ, BoolQ and TruthfulQA, from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON
 array)."""
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ OPENBOOKQA_CONFIG = "main"  # the questions alone ("additional" adds the fact ea
 HELLASWAG = "Rowan/hellaswag"
 PIQA = "baber/piqa"  # the harness's copy of PIQA's rows as parquet (the original repo loads through a script)
 SCIQ = "allenai/sciq"
+SUPER_GLUE, BOOLQ_CONFIG = "aps/super_glue", "boolq"  # SuperGLUE's rows as parquet (`super_glue` loads by a script)
+BOOLQ_OPTIONS = ["no", "yes"]  # the harness's choices, `label` 1 the second
 SCIQ_OPTIONS = ("distractor1", "distractor2", "distractor3", "correct_answer")  # the harness's order: right one last
 TRUTHFULQA = "truthfulqa/truthful_qa"
 TRUTHFULQA_CONFIG = "multiple_choice"
@@ -189,6 +191,28 @@ def load_sciq(split: str = "test", path: str | Path | None = None, revision: str
             raise ValueError("field 'support' must be text (the Hub's rows without a passage hold \"\"), got null")
         return Item(f"sciq-{split}-{n}", question_field(r), [], [choices[-1]], "choice", None, choices,
                     len(choices) - 1, context=support)
+
+    return rows_to_items(frame.to_dict("records"), source, convert)
+
+
+def load_boolq(split: str = "validation", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
+    """BoolQ's yes/no questions, each about its passage (the item's context), options "no" and "yes" as the harness
+    words them, `label` 1 for yes. The test split has no labels, so evaluation uses validation; train holds the
+    few-shot examples."""
+    frame, source = hub_rows(SUPER_GLUE, split, BOOLQ_CONFIG, path, revision)
+
+    def convert(n: int, r: dict) -> Item:
+        passage = text_value(r["passage"], "passage")
+        if not passage or not passage.strip():
+            raise ValueError(f"field 'passage' must be non-empty text, got {r['passage']!r}")
+        label = str(r["label"]).strip()
+        if label not in ("0", "1"):
+            raise ValueError(f"field 'label' must be 0 (no) or 1 (yes), got {r['label']!r} (the Hub's test split "
+                             "has no labels: use validation)")
+        idx = r.get("idx")
+        ident = f"{split}-{int(idx)}" if isinstance(idx, numbers.Real) and not pd.isna(idx) else f"{split}-{n}"
+        return Item(f"boolq-{ident}", question_field(r), [], [BOOLQ_OPTIONS[int(label)]], "choice", None,
+                    list(BOOLQ_OPTIONS), int(label), context=passage)
 
     return rows_to_items(frame.to_dict("records"), source, convert)
 
