@@ -1056,6 +1056,16 @@ def test_boolq_items_ask_yes_or_no_about_their_passage(monkeypatch, tmp_path):
     assert dataset_source("boolq", "f" * 40)["config"] == "boolq"
     _boolq_frame().to_json(tmp_path / "boolq.jsonl", orient="records", lines=True)
     assert load_dataset(tmp_path / "boolq.jsonl") == [dataclasses.replace(basil, id="boolq-test-7")]
+    gap = pd.concat([_boolq_frame(), _boolq_frame(label=None).assign(idx=[8])], ignore_index=True)
+    gap.to_parquet(tmp_path / "gap.parquet")  # a null makes the column floats: 1.0 is read, the null named by its row
+    with pytest.raises(MinirunError, match=r"gap\.parquet: record 2: field 'label' must be 0 \(no\) or 1 \(yes\), "
+                                           r"got null"):
+        load_dataset(tmp_path / "gap.parquet")
+    gap.assign(label=[1.0, 0.0]).to_parquet(tmp_path / "floats.parquet")
+    assert [item.answer for item in load_dataset(tmp_path / "floats.parquet")] == [1, 0]
+    pd.DataFrame([{"question": "is basil green", "answers": ["yes"], "passage": "Basil is green."}]).to_json(
+        tmp_path / "qa.jsonl", orient="records", lines=True)  # a passage without a label: no BoolQ row
+    assert [item.answers for item in load_dataset(tmp_path / "qa.jsonl")] == [["yes"]]
     _boolq_frame(label=-1).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     with pytest.raises(MinirunError, match=r"record 1: field 'label' must be 0 \(no\) or 1 \(yes\), got -1 \(the "
                                            r"Hub's test split has no labels: use validation\)"):

@@ -110,6 +110,30 @@ def test_a_choice_stem_its_options_continue_is_rewritten_as_an_unfinished_senten
     assert not keep("How do you grow basil at home?", stem, [])  # a question its options no longer continue
 
 
+def test_a_yes_no_question_is_rewritten_as_a_question_without_the_mark_its_prompt_adds(tmp_path, monkeypatch):
+    """BoolQ's questions end in a word (its prompt adds the "?"), yet its options answer them, not continue them: they
+    are rewritten as questions, each kept rewrite without a question mark as its original, so the prompt asks "…?"
+    of every one; only files of such items key the rule (other files resume as before)."""
+    boolq = Item("b", "do iran and afghanistan speak the same language", [], ["yes"], "choice", None, ["no", "yes"], 1,
+                 context="Persian is spoken in both.")
+    prompt = rewrite_prompt(boolq)
+    assert paraphrase.INSTRUCTION in prompt and prompt.endswith(f"Question: {boolq.question}\nRewrite:")
+    rewrites = ["Do Iran and Afghanistan share a common language?", "Is the same language spoken in Iran and Afghanistan"]
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
+    undated = type("Tokenizer", (), {"reads_clock": False, "rebuilt": False,
+                                     "pinned_clock": lambda self, moment: contextlib.nullcontext()})
+    llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
+                               "tokenizer": undated(), "opens_reasoning": lambda self, chat, thinking: False})()
+    (done,) = paraphrase_file(llm, [boolq], tmp_path / "b.jsonl", num=2)
+    assert done.paraphrases == [boolq.question, "Do Iran and Afghanistan share a common language",
+                                "Is the same language spoken in Iran and Afghanistan"]
+    assert done.context == boolq.context and done.choices == ["no", "yes"]
+    marked = dataclasses.replace(boolq, question=f"{boolq.question}?")  # an original with a mark keeps theirs
+    assert paraphrase.kept_rewrites(rewrites[:1], marked) == rewrites[:1]
+    settings = (llm, "custom", 2, 1.5, 0.9, 30, 0)
+    assert paraphrase.settings_key(*settings) != paraphrase.settings_key(*settings, yes_no_questions=True)
+
+
 def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkeypatch):
     fills = load_dataset("sample-fill")[2:3]  # The capital of Egypt is
     assert fills[0].question == FILL.question

@@ -188,6 +188,10 @@ def test_the_plot_of_a_rated_run_has_a_panel_of_accuracy_per_popularity_bin():
     assert [c.get_label() for c in lines] == ["origin", "avg"]
     assert [list(c.lines[0].get_ydata()) for c in lines] == [[0.0, 1.0, 1.0, 1.0], [1.0] * 4]
     assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["1–11", "11–20", "20–30", "30–40"]
+    unrated = _long_tail().iloc[:4].assign(method="vote", popularity=np.nan, id=[f"u{i}" for i in range(4)])  # alone
+    lines = [c for c in figure(pd.concat([_long_tail(), unrated])).axes[2].containers
+             if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in lines] == ["origin", "avg"]
     assert len(figure(_long_tail().drop(columns="popularity")).axes) == 2
     assert len(figure(_long_tail().assign(model="m")).axes) == 2  # models side by side: the bars alone
 

@@ -135,6 +135,9 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sciq", "choice_format": "letters"}]},
      "datasets #1 (sciq) choice_format: sciq is asked cloze only, the harness's own form: its rows put a right option "
      "last in every question, so lettered, D would be right every time"),
+    ({"datasets": [{"name": "boolq", "choice_format": "letters"}]},
+     "datasets #1 (boolq) choice_format: boolq is asked cloze only, the harness's own form: its options are the "
+     "answers no and yes themselves, which letters would only rename"),
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),

@@ -81,14 +81,32 @@ CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, wh
 # 4: a rewrite sharing no content word with the original is dropped; 5: a choice item's unfinished stem is rewritten
 # as an unfinished sentence), so a file an older minirun wrote is refused, not resumed under mixed rules
 REWRITE_VERSION = 5
+# Files of yes/no questions (`yes_no`) key this rule too: since it, their rewrites are questions, never unfinished
+# sentences, without a question mark where the original has none (other files' keys stay as they were)
+YES_NO_RULE = "yes/no questions rewritten as questions, a question mark only where the original has one"
+
+
+def yes_no(item: Item) -> bool:
+    """Whether a choice item's options are the answers no and yes (BoolQ's): its question is answered by them, not
+    continued, however it ends (BoolQ's questions carry no question mark: the harness's prompt adds one)."""
+    return item.choices is not None and sorted(c.strip().lower() for c in item.choices) == ["no", "yes"]
 
 
 def rewrite_kind(item: Item) -> str:
     """How an item's wording is rewritten: as a question, or as an unfinished sentence ("fill") where it stops where
     its answer goes — a fill item's, and a choice item's stem that its options continue (HellaSwag's contexts,
-    OpenBookQA's "The sun is responsible for"), which reworded as a question would no longer lead into them."""
-    return "fill" if item.task == "fill" or item.task == "choice" and CLOZE_END.search(item.question.rstrip()) \
-        else item.task
+    OpenBookQA's "The sun is responsible for"), which reworded as a question would no longer lead into them; a yes/no
+    question is a question."""
+    continued = item.task == "choice" and not yes_no(item) and CLOZE_END.search(item.question.rstrip())
+    return "fill" if item.task == "fill" or continued else item.task
+
+
+def fitted(rewrite: str, item: Item) -> str:
+    """A rewrite ending as its yes/no question ends: without a question mark where the original has none, as a prompt
+    that adds one (BoolQ's "{{question}}?") would otherwise ask "…??" of the rewrites and "…?" of the original."""
+    if yes_no(item) and not item.question.rstrip().endswith("?"):
+        return rewrite.rstrip().rstrip("?").rstrip()
+    return rewrite
 
 
 def rewrite_prompt(item: Item) -> str:
@@ -207,16 +225,16 @@ def settings_record(llm: LLM, dataset: str, num: int, temperature: float, top_p:
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, day: str | None = None, worked: bool = False) -> str:
+                 seed: int, day: str | None = None, worked: bool = False, yes_no_questions: bool = False) -> str:
     """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
     `day` a dated chat template renders at where there is one, and a Llama-class tokenizer's pipeline as transformers 5
     builds it (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys), and for word problems
-    (`worked`) their rewrite prompt (other files' keys stay as they were)."""
+    (`worked`) their rewrite prompt, and for yes/no questions `YES_NO_RULE` (other files' keys stay as they were)."""
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
     settings = [str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
                 PROMPTS, str(llm.dtype), llm.device.type]
     raw = json.dumps(settings + ([day] if day is not None else []) + ([REBUILT] if llm.tokenizer.rebuilt else [])
-                     + ([MATH_PROMPT] if worked else []))
+                     + ([MATH_PROMPT] if worked else []) + ([YES_NO_RULE] if yes_no_questions else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -260,7 +278,7 @@ def _rewrite(completion: Completion, reasoning: bool) -> str:
 def kept_rewrites(rewrites: list[str], item: Item) -> list[str]:
     """The rewrites `keep` lets through, in order, each checked against those kept before it."""
     kept: list[str] = []
-    for rewrite in rewrites:
+    for rewrite in (fitted(r, item) for r in rewrites):
         if keep(rewrite, item, kept):
             kept.append(rewrite)
     return kept
@@ -337,7 +355,8 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 recorded = {"template_date": day} if day is not None else {}
                 if data_source is not None:
                     recorded["data_source"] = data_source
-                key, setup = settings_key(*settings, day, worked), settings_record(*settings, day)
+                key = settings_key(*settings, day, worked, any(map(yes_no, items)))
+                setup = settings_record(*settings, day)
                 return _paraphrase_into(f, llm, items, out, key, setup, recorded, num, temperature, top_p,
                                         max_new_tokens, seed, batch_size, on_progress)
         except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)

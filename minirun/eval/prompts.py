@@ -102,14 +102,12 @@ HARNESS = {
     ("piqa", "cloze"): PromptFormat("harness piqa", "Question: ", "\nAnswer:", False, "", draws_one_more=True),
     ("piqa", "letters"): PromptFormat("harness-style piqa letters", "Question: ", "\nAnswer:", False, "",
                                       draws_one_more=True),
-    # boolq (super_glue/boolq/default.yaml): "{{passage}}\nQuestion: {{question}}?\nAnswer:", " no" or " yes"; no
-    # test split, so a per-question draw takes k + 1
+    # boolq (super_glue/boolq/default.yaml): "{{passage}}\nQuestion: {{question}}?\nAnswer:", " no" or " yes" (cloze
+    # only: `CLOZE_ONLY`); no test split, so a per-question draw takes k + 1
     ("boolq", "cloze"): PromptFormat("harness boolq", "Question: ", "?\nAnswer:", False, "", draws_one_more=True,
                                      passage_lstrip=False),
-    ("boolq", "letters"): PromptFormat("harness-style boolq letters", "Question: ", "?\nAnswer:", False, "",
-                                       draws_one_more=True, passage_lstrip=False),
     # sciq.yaml: the support passage (`PromptFormat.passage`) then "Question: {{question}}\nAnswer:", each option
-    # after a space (cloze only: `FIXED_RIGHT`); it has a test split, so a per-question draw takes k
+    # after a space (cloze only: `CLOZE_ONLY`); it has a test split, so a per-question draw takes k
     ("sciq", "cloze"): PromptFormat("harness sciq", "Question: ", "\nAnswer:", False, ""),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
@@ -129,8 +127,12 @@ HARNESS = {
     ("gsm8k", "cloze"): PromptFormat("harness gsm8k", "Question: ", "\nAnswer:", False, "",
                                      worked_stop=("Question:", "</s>", "<|im_end|>")),
 }
-# datasets whose rows put a right option at one place in every question: TruthfulQA's first, SciQ's last (of four)
-FIXED_RIGHT = {"truthfulqa_mc1": ("first", "A"), "truthfulqa_mc2": ("first", "A"), "sciq": ("last", "D")}
+# benchmarks asked cloze only, and why letters would not do: rows putting a right option at one place in every question
+# (TruthfulQA's first, SciQ's last), or options that are the answers themselves (BoolQ's)
+_FIRST = "its rows put a right option first in every question, so lettered, A would be right every time"
+CLOZE_ONLY = {"truthfulqa_mc1": _FIRST, "truthfulqa_mc2": _FIRST,
+              "sciq": "its rows put a right option last in every question, so lettered, D would be right every time",
+              "boolq": "its options are the answers no and yes themselves, which letters would only rename"}
 
 
 def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
@@ -156,13 +158,11 @@ def one_right_letter(items: list[Item]) -> str | None:
 
 
 def check_choice_format(dataset: str | None, choice_format: str) -> None:
-    """Refuse letters for the benchmarks asked cloze only, whose rows put a right option at one place in every question
-    (`FIXED_RIGHT`: TruthfulQA's first, SciQ's last): lettered, one letter would be right every time, which a model
-    biased towards it would score on; a file asked as one (`--benchmark`) is asked in its form too."""
-    if choice_format == "letters" and dataset in FIXED_RIGHT:
-        where, letter = FIXED_RIGHT[dataset]
-        raise MinirunError(f"{dataset} is asked cloze only, the harness's own form: its rows put a right option "
-                           f"{where} in every question, so lettered, {letter} would be right every time; use "
+    """Refuse letters for the benchmarks asked cloze only (`CLOZE_ONLY`): TruthfulQA's and SciQ's rows put a right
+    option at one place in every question, so one letter would be right every time, which a model biased towards it
+    would score on; BoolQ's options are its answers. A file asked as one (`--benchmark`) is asked in its form too."""
+    if choice_format == "letters" and dataset in CLOZE_ONLY:
+        raise MinirunError(f"{dataset} is asked cloze only, the harness's own form: {CLOZE_ONLY[dataset]}; use "
                            "--choice-format cloze (choice_format = \"cloze\" in a sweep)")
 
 

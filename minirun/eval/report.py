@@ -959,12 +959,17 @@ def figure(df: pd.DataFrame) -> Figure:
 
 def popularity_panel(ax: Axes, scores: pd.DataFrame, methods: list[str]) -> None:
     """`by_popularity`'s accuracies as a line per method across the bins, least popular first, with Wilson 95%
-    error bars, each method nudged sideways so that bars do not hide each other: PopQA's long-tail figure."""
+    error bars, each method nudged sideways so that bars do not hide each other: PopQA's long-tail figure. A method
+    without a row on an item that has a popularity has no line (its colour stays its own, as in the other panels)."""
     bins = list(dict.fromkeys(sorted(scores.index.get_level_values("popularity"), key=_bin_number)))
+    rated = set(scores.index.get_level_values("method"))
     for i, method in enumerate(methods):
+        if method not in rated:
+            continue
         rows = scores.xs(method, level="method").reindex(bins)
         x = np.arange(len(bins)) + (i - (len(methods) - 1) / 2) * 0.06
-        errors = [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
+        errors = [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0),
+                  (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
         ax.errorbar(x, rows["accuracy"], yerr=errors, capsize=2, marker="o", markersize=3, color=f"C{i}",
                     label=method_label(method))
     ax.set(ylim=(0, 1), ylabel="accuracy", xlabel="subject popularity", title="Accuracy by popularity")

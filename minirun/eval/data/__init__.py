@@ -173,13 +173,13 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` + `paraphrases`: an
     extra field such as a `template` note does not make it another dataset's rows), then MyriadLAMA rows (`template`),
     TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`, `endings`), PIQA's (a `goal`, `sol1`
-    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (a `passage`), labelled options (`choices`
-    with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else ARC's), MMLU
-    (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA (`possible_answers`),
-    NQ-open (`question` and `answer` alone), plain items short of a field (`task`/`relation`/`choices`/`context`, which
-    WebQA's loader would drop or reject: the plain loader names what is missing), NQ-open again with fields of its own
-    beside (an `id` a user added: WebQA's rows hold `answers` or `targetValue`, never `answer`), WebQA (its
-    question/answer fields)."""
+    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`), labelled options
+    (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else
+    ARC's), MMLU (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA
+    (`possible_answers`), NQ-open (`question` and `answer` alone), plain items short of a field
+    (`task`/`relation`/`choices`/`context`, which WebQA's loader would drop or reject: the plain loader names what is
+    missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows hold `answers` or
+    `targetValue`, never `answer`), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
@@ -188,12 +188,12 @@ def _kind(keys: set[str]) -> str:
         return "truthfulqa"
     if {"ctx_a", "ctx_b", "endings"} <= keys:
         return "hellaswag"
-    if keys & {"goal", "sol1", "sol2"}:  # its loader names a missing one
+    if keys & {"goal", "sol1", "sol2"}:  # PIQA's or SciQ's by any field of theirs: the loader names a missing one
         return "piqa"
-    if "passage" in keys:
-        return "boolq"
     if keys & {"distractor1", "distractor2", "distractor3", "correct_answer"}:
         return "sciq"
+    if {"passage", "label"} <= keys:
+        return "boolq"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:

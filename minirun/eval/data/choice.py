@@ -160,6 +160,20 @@ def load_hellaswag(split: str = "validation", path: str | Path | None = None,
     return rows_to_items(frame.to_dict("records"), source, convert)
 
 
+def _binary_label(value: object, meaning: str) -> int:
+    """A two-option row's `label`, 0 or 1: an integer, its text ("1"), or a whole float (1.0: a copy whose column held
+    a null somewhere, which made every value a float); ValueError naming the field otherwise, a null included."""
+    text = str(value).strip()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not pd.isna(value) and \
+            float(value).is_integer():
+        text = str(int(value))
+    if text not in ("0", "1"):
+        got = "null" if value is None or isinstance(value, float) and pd.isna(value) else repr(value)
+        raise ValueError(f"field 'label' must be {meaning}, got {got} (the Hub's test split has no labels: use "
+                         "validation)")
+    return int(text)
+
+
 def load_piqa(split: str = "validation", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
     """PIQA's physical goals, two solutions each (`sol1`, `sol2`; `label` the right one's index). The test split has no
     labels, so evaluation uses validation, as lm-evaluation-harness does; train holds the few-shot examples."""
@@ -167,11 +181,7 @@ def load_piqa(split: str = "validation", path: str | Path | None = None, revisio
 
     def convert(n: int, r: dict) -> Item:
         choices = _options([r["sol1"], r["sol2"]], "sol1 and sol2")
-        label = str(r["label"]).strip()
-        if label not in ("0", "1"):
-            raise ValueError(f"field 'label' must be 0 or 1, got {r['label']!r} (the Hub's test split has no labels: "
-                             "use validation)")
-        answer = int(label)
+        answer = _binary_label(r["label"], "0 or 1")
         return Item(f"piqa-{split}-{n}", question_field(r, "goal"), [], [choices[answer]], "choice", None, choices,
                     answer)
 
@@ -205,14 +215,11 @@ def load_boolq(split: str = "validation", path: str | Path | None = None, revisi
         passage = text_value(r["passage"], "passage")
         if not passage or not passage.strip():
             raise ValueError(f"field 'passage' must be non-empty text, got {r['passage']!r}")
-        label = str(r["label"]).strip()
-        if label not in ("0", "1"):
-            raise ValueError(f"field 'label' must be 0 (no) or 1 (yes), got {r['label']!r} (the Hub's test split "
-                             "has no labels: use validation)")
+        label = _binary_label(r["label"], "0 (no) or 1 (yes)")
         idx = r.get("idx")
         ident = f"{split}-{int(idx)}" if isinstance(idx, numbers.Real) and not pd.isna(idx) else f"{split}-{n}"
-        return Item(f"boolq-{ident}", question_field(r), [], [BOOLQ_OPTIONS[int(label)]], "choice", None,
-                    list(BOOLQ_OPTIONS), int(label), context=passage)
+        return Item(f"boolq-{ident}", question_field(r), [], [BOOLQ_OPTIONS[label]], "choice", None,
+                    list(BOOLQ_OPTIONS), label, context=passage)
 
     return rows_to_items(frame.to_dict("records"), source, convert)
 
