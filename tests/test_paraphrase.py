@@ -118,7 +118,8 @@ def test_a_yes_no_question_is_rewritten_as_a_question_without_the_mark_its_promp
                  context="Persian is spoken in both.")
     prompt = rewrite_prompt(boolq)
     assert paraphrase.INSTRUCTION in prompt and prompt.endswith(f"Question: {boolq.question}\nRewrite:")
-    rewrites = ["Do Iran and Afghanistan share a common language?", "Is the same language spoken in Iran and Afghanistan"]
+    rewrites = ["Do Iran and Afghanistan share a common language?",
+                "Is the same language spoken in Iran and Afghanistan"]
     monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: [rewrites])
     undated = type("Tokenizer", (), {"reads_clock": False, "rebuilt": False,
                                      "pinned_clock": lambda self, moment: contextlib.nullcontext()})

@@ -88,6 +88,13 @@ TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_
 # whose one split is its test
 OWN_EXAMPLES = (*TRUTHFULQA_SETS, "popqa")
 COMMIT = re.compile(r"[0-9a-f]{40}")
+# each Hub dataset's loader by name; those whose test split has no answers are evaluated on validation
+NAMED_LOADERS = {"webqa": load_webqa, "myriadlama": load_myriadlama, "triviaqa": load_triviaqa, "nq_open": load_nq_open,
+                 "popqa": load_popqa, "gsm8k": load_gsm8k, "commonsense_qa": load_commonsense_qa,
+                 **dict.fromkeys(ARC_SETS, load_arc), "openbookqa": load_openbookqa, "hellaswag": load_hellaswag,
+                 "piqa": load_piqa, "sciq": load_sciq, "boolq": load_boolq,
+                 **dict.fromkeys(TRUTHFULQA_SETS, load_truthfulqa)}
+VALIDATION_ONLY = {"triviaqa", "nq_open", "commonsense_qa", "hellaswag", "piqa", "boolq", *TRUTHFULQA_SETS}
 # the loaders that read a local copy of a benchmark's rows as any split, by the kind `_kind` tells
 COPY_LOADERS = {"commonsense_qa": load_commonsense_qa, "arc": load_arc, "openbookqa": load_openbookqa,
                 "hellaswag": load_hellaswag, "piqa": load_piqa, "sciq": load_sciq, "boolq": load_boolq,
@@ -337,34 +344,11 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         return load_jsonl(SAMPLE_DIR / f"{SAMPLES[name]}.jsonl")
     if name == "mmlu":
         return load_mmlu(subset, split="dev" if split == "train" else split, revision=revision)
-    if name == "commonsense_qa":
-        return load_commonsense_qa(split="train" if split == "train" else "validation", revision=revision)
-    if name == "hellaswag":
-        return load_hellaswag(split="train" if split == "train" else "validation", revision=revision)
-    if name in ARC_SETS:
-        return load_arc(name, split=split, revision=revision)
-    if name == "openbookqa":
-        return load_openbookqa(split=split, revision=revision)
-    if name == "boolq":
-        return load_boolq(split="train" if split == "train" else "validation", revision=revision)
-    if name == "piqa":
-        return load_piqa(split="train" if split == "train" else "validation", revision=revision)
-    if name == "sciq":
-        return load_sciq(split=split, revision=revision)
-    if name in TRUTHFULQA_SETS:
-        return load_truthfulqa(name, split="train" if split == "train" else "validation", revision=revision)
-    if name == "webqa":
-        return load_webqa(split=split, revision=revision)
-    if name == "myriadlama":
-        return load_myriadlama(split=split, revision=revision)
-    if name == "triviaqa":
-        return load_triviaqa(split="train" if split == "train" else "validation", revision=revision)
-    if name == "nq_open":
-        return load_nq_open(split="train" if split == "train" else "validation", revision=revision)
-    if name == "popqa":
-        return load_popqa(split=split, revision=revision)
-    if name == "gsm8k":
-        return load_gsm8k(split=split, revision=revision)
+    if name in HUB_DATASETS:
+        asked = ("train" if split == "train" else "validation") if name in VALIDATION_ONLY else split
+        if name in ARC_SETS or name in TRUTHFULQA_SETS:  # one loader for each repo's sets, told which
+            return NAMED_LOADERS[name](name, split=asked, revision=revision)
+        return NAMED_LOADERS[name](split=asked, revision=revision)
     path = Path(name_or_path)
     if path.is_dir():
         raise MinirunError(f"dataset {name!r} is a directory: pass a .jsonl file in it, or one of {', '.join(NAMES)}")
