@@ -850,7 +850,7 @@ def popularity_latex(df: pd.DataFrame, caption: str) -> str:
         return ""
     scores = by_popularity(df)
     methods = sorted(set(scores.index.get_level_values("method")), key=lambda m: (m != "origin", m))
-    bins = list(dict.fromkeys(sorted(scores.index.get_level_values("popularity"), key=_bin_number)))
+    bins = popularity_bins(scores)
     counts = scores["n"].groupby(level="popularity").max()
 
     def cell(method: str, name: str) -> str:
@@ -873,9 +873,10 @@ def popularity_latex(df: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bin_number(name: str) -> int:
-    """A popularity bin's place, from its label ("3: 275–500" is third): labels do not sort as text past 9."""
-    return int(name.split(":", 1)[0])
+def popularity_bins(scores: pd.DataFrame) -> list[str]:
+    """`by_popularity`'s bin labels, least popular first, by their place ("3: 275–500" is third: labels do not sort
+    as text past 9)."""
+    return sorted(set(scores.index.get_level_values("popularity")), key=lambda name: int(name.split(":", 1)[0]))
 
 
 def _bin_range(name: str) -> str:
@@ -941,7 +942,7 @@ def figure(df: pd.DataFrame) -> Figure:
     for i, model in enumerate(models):
         rows = (summary if model is None else summary[summary["model"] == model]).set_index("method").reindex(methods)
         x = np.arange(len(methods)) + (i - (len(models) - 1) / 2) * width
-        errors = [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
+        errors = wilson_bars(rows)
         acc.bar(x, rows["accuracy"], width, yerr=errors, capsize=3, color=f"C{i}",
                 label="accuracy, Wilson 95%" if model is None else str(model))
         acc.scatter(x, rows["exact_accuracy"], color="black", marker="_", s=300 * width, zorder=3,
@@ -961,21 +962,26 @@ def popularity_panel(ax: Axes, scores: pd.DataFrame, methods: list[str]) -> None
     """`by_popularity`'s accuracies as a line per method across the bins, least popular first, with Wilson 95%
     error bars, each method nudged sideways so that bars do not hide each other: PopQA's long-tail figure. A method
     without a row on an item that has a popularity has no line (its colour stays its own, as in the other panels)."""
-    bins = list(dict.fromkeys(sorted(scores.index.get_level_values("popularity"), key=_bin_number)))
+    bins = popularity_bins(scores)
     rated = set(scores.index.get_level_values("method"))
     for i, method in enumerate(methods):
         if method not in rated:
             continue
         rows = scores.xs(method, level="method").reindex(bins)
         x = np.arange(len(bins)) + (i - (len(methods) - 1) / 2) * 0.06
-        errors = [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0),
-                  (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
+        errors = wilson_bars(rows)
         ax.errorbar(x, rows["accuracy"], yerr=errors, capsize=2, marker="o", markersize=3, color=f"C{i}",
                     label=method_label(method))
     ax.set(ylim=(0, 1), ylabel="accuracy", xlabel="subject popularity", title="Accuracy by popularity")
     ax.set_xticks(np.arange(len(bins)), list(map(_bin_range, bins)), rotation=30, ha="right",
                   rotation_mode="anchor", fontsize="small")
     ax.legend(fontsize="small")
+
+
+def wilson_bars(rows: pd.DataFrame) -> list[pd.Series]:
+    """Error bars [below, above] of `rows`' accuracies from their Wilson 95% intervals (never negative: an interval
+    ending at the accuracy itself)."""
+    return [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
 
 
 def plot(df: pd.DataFrame, path: str | Path) -> None:
