@@ -142,6 +142,43 @@ def test_resume_after_interruption(tiny, items, reference, tmp_path):
     assert not final.duplicated(["method", "id"]).any()
 
 
+def test_a_pilot_run_grows_to_more_items_keeping_its_rows(tiny, items, reference, tmp_path):
+    """A pilot over the first items (--max-samples 2) resumed over more keeps its rows and runs only the items
+    added, and the table is the run over all of them; fewer items than the run holds are refused, naming both
+    counts."""
+    evaluate(tiny, items[:2], METHODS, tmp_path, **SETTINGS)
+    redone = []
+    final = evaluate(tiny, items, METHODS, tmp_path, on_row=redone.append, **SETTINGS)
+    assert sorted({row["id"] for row in redone}) == [item.id for item in items[2:]] and len(redone) == 8
+    pd.testing.assert_frame_equal(_canon(final), _canon(reference))
+    assert json.loads((tmp_path / "run.json").read_text())["item_ids"] == [item.id for item in items]
+    with pytest.raises(MinirunError, match=r"it holds 6 items and this run asks 4 of them \(a smaller --max-samples"):
+        evaluate(tiny, items[:4], METHODS, tmp_path, **SETTINGS)
+
+
+def test_a_run_grows_only_where_its_items_are_asked_as_they_were(tiny, items, tmp_path):
+    """Growing keeps rows only while the items they answer are asked as then: an item of the pilot edited since is
+    refused as edited, and so is a shared few-shot head that the items added change (its examples leave out every
+    question under test); heads drawn per question grow, as the harness draws the first N questions' the same."""
+    evaluate(tiny, items[:2], ["origin"], tmp_path / "edited", **SETTINGS)
+    edited = [dataclasses.replace(items[0], answers=["another answer"]), *items[1:]]
+    with pytest.raises(MinirunError, match=r"the items it holds changed \(a question, prompt, passage, gold answer"):
+        evaluate(tiny, edited, ["origin"], tmp_path / "edited", **SETTINGS)
+    examples = [dataclasses.replace(items[5], id="e0"), *load_fewshot("sample-qa")[:2]]
+    shared = {**SETTINGS, "fewshot_items": examples, "few_shot_k": 2}
+    evaluate(tiny, items[:2], ["origin"], tmp_path / "shared", **shared)
+    with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(examples drawn leave "
+                                           r"out every question under test"):
+        evaluate(tiny, items, ["origin"], tmp_path / "shared", **shared)
+    drawn = {**SETTINGS, "few_shot_draw": "per-question"}
+    evaluate(tiny, items[:2], ["origin"], tmp_path / "drawn", **drawn)
+    redone = []
+    grown = evaluate(tiny, items, ["origin"], tmp_path / "drawn", on_row=redone.append, **drawn)
+    assert [row["id"] for row in redone] == [item.id for item in items[2:]]
+    fresh = evaluate(tiny, items, ["origin"], tmp_path / "fresh", **drawn)
+    pd.testing.assert_frame_equal(_canon(grown), _canon(fresh))
+
+
 def test_changed_settings_are_refused(tiny, items, tmp_path):
     evaluate(tiny, items[:1], ["origin"], tmp_path, **SETTINGS)
     with pytest.raises(MinirunError, match="max_new_tokens"):

@@ -115,11 +115,55 @@ def test_different_run_key_is_refused(tmp_path):
     _run(out, _all_rows()[:1])
     with pytest.raises(MinirunError, match=r"model: 'tiny' -> 'big'.*new output directory"):
         ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS)
-    with pytest.raises(MinirunError, match="items differ"):
+    with pytest.raises(MinirunError, match=r"it holds 6 items and this run asks 3 of them \(a smaller --max-samples"):
         ResultStore(out, KEY, item_ids=IDS[:3])
     with pytest.raises(MinirunError) as e:  # fewer items hash otherwise too: not an "edited" item
         ResultStore(out, {**KEY, "items": "other"}, item_ids=IDS[:3])
-    assert "edited" not in str(e.value) and "another --max-samples" in str(e.value)
+    assert "edited" not in str(e.value) and "smaller --max-samples" in str(e.value)
+    with pytest.raises(MinirunError, match=r"the dataset's items differ \(another file, or items of the file "
+                                           r"replaced\)"):
+        ResultStore(out, KEY, item_ids=[*IDS[:5], "q9"])
+
+
+def test_a_run_grows_over_more_items_keeping_its_rows(tmp_path, reference):
+    """A pilot of 3 items resumed over 6 (a larger --max-samples, a file with items appended) keeps its rows where
+    its items, asked as now, hash as recorded (`grown`), and records the larger run; without `grown`, or where an
+    item the run holds is asked otherwise now, or the few-shot heads of its items changed, it is refused, saying
+    which."""
+    out, first = tmp_path / "run", IDS[:3]
+    held, new = {"items": "first 3", "few_shot": "a"}, {**KEY, "items": "all 6", "few_shot": "b"}
+    with ResultStore(out, {**KEY, **held}, item_ids=first) as store:
+        for row in _all_rows():
+            if row["id"] in first:
+                store.add(row)
+    seen = []
+
+    def grown(recorded: list[str]) -> dict:
+        seen.append(recorded)
+        return held
+
+    with pytest.raises(MinirunError, match=r"the dataset's items differ"):  # no way to check the 3 held
+        ResultStore(out, new, item_ids=IDS)
+    with pytest.raises(MinirunError, match=r"the items it holds changed \(a question, prompt, passage, gold answer or "
+                                           r"option was edited, or an item moved\)"):
+        ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "items": "edited"})
+    with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(examples drawn "
+                                           r"leave out every question under test"):
+        ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "few_shot": "c"})
+    with pytest.raises(MinirunError, match=r"k: 5 -> 4"):  # any other setting changed is refused as ever
+        ResultStore(out, {**new, "k": 4}, item_ids=IDS, grown=grown)
+    with ResultStore(out, new, item_ids=IDS, grown=grown) as store:
+        assert store.done("single") == set(first)
+        for row in _all_rows():
+            if row["id"] not in store.done(row["method"]):
+                store.add(row)
+        table = store.finalize()
+    assert seen == [first]
+    pd.testing.assert_frame_equal(table, reference)
+    record = json.loads((out / "run.json").read_text())
+    assert record["item_ids"] == IDS and record["run_key"]["items"] == "all 6"
+    with ResultStore(out, new, item_ids=IDS, grown=grown) as store:  # the grown run resumes as any, unasked
+        assert store.done("ensemble") == set(IDS) and seen == [first]
 
 
 def test_rows_without_run_json_are_refused(tmp_path):

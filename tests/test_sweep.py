@@ -446,11 +446,22 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     assert longer.count("refused: its rows were made otherwise (max_new_tokens: 4 -> 5)") == 8
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "longer.toml"), "--output", str(out), "--no-progress"])
     assert result.exit_code == 1 and "holds rows made otherwise (max_new_tokens: 4 -> 5)" in result.output
-    for change, said in [("few_shot_k = 1", "few_shot_k: 1 -> 3"), ("max_samples = 2", "the dataset's items differ")]:
-        edited = _file(tmp_path, sweep_file.read_text().replace(change, change[:-1] + "3"), "edited.toml")
+    for was, now, said in [("few_shot_k = 1", "few_shot_k = 3", "few_shot_k: 1 -> 3"),
+                           ("max_samples = 2", "max_samples = 1", "it holds 2 items and this run asks 1 of them")]:
+        edited = _file(tmp_path, sweep_file.read_text().replace(was, now), "edited.toml")
         assert plan(edited, out).count(f"refused: its rows were made otherwise ({said}") == 8  # no "run again"
         result = CliRunner().invoke(app, ["sweep", str(edited), "--output", str(out), "--no-progress"])
         assert result.exit_code == 1 and f"holds rows made otherwise ({said}" in result.output  # as the plan says
+    # a pilot grown (max_samples 2 -> 3): every run resumes over the items added, its rows kept
+    grown = _file(tmp_path, sweep_file.read_text().replace("max_samples = 2", "max_samples = 3"), "grown.toml")
+    assert plan(grown, out).count("run 1 item (resumed: it finished over fewer items, all among these)") == 7
+    kept = {path: path.read_text() for path in out.rglob("results.rank0.jsonl")}
+    result = CliRunner().invoke(app, ["sweep", str(grown), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for path, before in kept.items():
+        lines = path.read_text().splitlines(keepends=True)
+        assert "".join(lines).startswith(before) and len(lines) == 3
+    assert plan(grown, out).count("nothing (finished)") == 8
     assert "model qwen2: loads" in shown and "model llama: loads" in shown and "5 of 8 runs have work" in shown
     monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
     hub_file = _file(tmp_path, "[[models]]\npath = \"owner/model@v1\"\n[[datasets]]\nname = \"sample-qa\"\n"

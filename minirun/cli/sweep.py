@@ -68,6 +68,10 @@ def sweep_command(
         out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def show_plan(states: list[CellState], output: Path) -> None:
     """`sweep --dry-run`: a row per run (its items, those answered, what runs now) and a line per model with work
     saying where it loads from, or that it is pulled first."""
@@ -82,10 +86,11 @@ def show_plan(states: list[CellState], output: Path) -> None:
     for s in states:
         now = "nothing (finished)" if s.finished else \
             f"refused: its rows were made otherwise ({'; '.join(s.refused)})" if s.refused else \
+            f"run {_count(s.items - s.answered, 'item')} (resumed: it finished over fewer items, all among these)" \
+            if s.changed and s.grown else \
             "run again: its settings or data changed since it finished" if s.changed else \
             "mark it finished: every item is answered (its model loads to check the run)" if s.items == s.answered \
-            else f"run {s.items - s.answered} item{'' if s.items - s.answered == 1 else 's'}" + \
-            (" (resumed)" if s.answered else "")
+            else f"run {_count(s.items - s.answered, 'item')}" + (" (resumed)" if s.answered else "")
         table.add_row(s.cell.model.label, s.cell.dataset.label, s.cell.method.label, str(s.items), str(s.answered),
                       now)
     out.print(table)

@@ -246,6 +246,7 @@ class Run:
     per_subject: bool  # MMLU's head per subject (`subject_heads`)
     per_question: bool  # each question its own head (`FEW_SHOT_DRAWS`)
     prompt_format: PromptFormat  # how its question blocks are written
+    data: DataKey  # what its data puts into its key, and into that of the fewer items a directory may hold
     model_source: dict | None = None  # where the checkpoint came from (`checkpoint_source`), for run.json to cite
     data_source: dict | None = None  # where a Hub dataset's rows came from (`dataset_source`), likewise
     few_shot_source: dict | None = None  # where a benchmark's Hub examples came from, for a file's items
@@ -369,12 +370,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                            "ending in \"Answer:\"), or leave flex out")
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  examples_commit(benchmark, fewshot_items, data_source, few_shot_source), few_shot_draw)
+    per_subject = subject_heads(source, fewshot_items)
+    data = DataKey.of(items, prompts, prefixes, task, per_subject, few_shot_k, few_shot_draw)
     chat_key = resumed_chat(recorded_run_key(output_dir).get("chat", chat), chat, has_template)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
         "weights_sha256": checkpoint_digest(llm.path),  # the path's content: other weights written there are another model
         "num_prompts": num_prompts, "original": original,
-        **data_digests(items, prompts, prefixes, few_shot_k, few_shot_draw),
+        **data.digests(),
         "max_new_tokens": max_new_tokens, "bidirectional": bidirectional, "share_prefix": share_prefix,
         "chat": chat_key, "thinking": thinking, "choice_score": choice_score, "choice_format": choice_format,
         "prompt_ids": "whole",  # each prompt encoded as the tokenizer encodes it alone (methods.packing)
@@ -404,8 +407,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                        else getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
     return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
-               num_prompts, batch_size, bidirectional, original, choice_format, subject_heads(source, fewshot_items),
-               few_shot_draw == "per-question", fmt, checkpoint_source(llm.path), data_source,
+               num_prompts, batch_size, bidirectional, original, choice_format, per_subject,
+               few_shot_draw == "per-question", fmt, data, checkpoint_source(llm.path), data_source,
                few_shot_source if benchmark is not None and fewshot_items is None else None)
 
 
@@ -486,16 +489,49 @@ def examples_commit(benchmark: str | None, fewshot_items: list[Item] | None, dat
     return (shots or {}).get("commit") if fewshot_items is None else None
 
 
-def data_digests(items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str], few_shot_k: int,
-                 few_shot_draw: str) -> dict[str, object]:
-    """The run key's entries of what the data puts into the rows, which need no model (a sweep's dry run compares
-    them with a finished run's): the few-shot heads' text hashed with the count and draw behind them (named when
-    they change), the items' content hashed, and `scored` where every item is multiple choice (no row generates, so
-    a later run with another max_new_tokens resumes it: `results.key_differences`)."""
-    return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
-            "few_shot_k": few_shot_k, "few_shot_draw": few_shot_draw,
-            "items": items_digest(items, prompts),
-            **({"scored": "choices alone"} if scored_alone(items) else {})}
+@dataclass(frozen=True)
+class DataKey:
+    """What the data puts into a run's rows, which needs no model (a sweep's dry run makes it too): the items, their
+    prompts, the few-shot heads (`heads`: each item's head key in `prefixes`) and the count and draw behind them."""
+    items: list[Item]
+    prompts: dict[str, list[str]]
+    prefixes: dict[str, str]
+    heads: dict[str, str]
+    few_shot_k: int
+    few_shot_draw: str
+
+    @classmethod
+    def of(cls, items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str], task: str | None,
+           per_subject: bool, few_shot_k: int, few_shot_draw: str) -> DataKey:
+        """The key of items asked under `prefixes` as `few_shot_prefixes` laid them out (`head_key`)."""
+        per_question = few_shot_draw == "per-question"
+        return cls(items, prompts, prefixes, {item.id: head_key(item, task, per_subject, per_question) for item in items},
+                   few_shot_k, few_shot_draw)
+
+    def digests(self, ids: list[str] | None = None) -> dict[str, object]:
+        """The run key's entries of the data (of the items `ids`, in that order; default all): the heads' text hashed
+        with the count and draw behind them (named when they change), the items' content hashed, and `scored` where
+        every item is multiple choice (no row generates, so a later run with another max_new_tokens resumes it:
+        `results.key_differences`)."""
+        items = self.items if ids is None else [self.by_id[i] for i in ids]
+        used = {self.heads[item.id] for item in items}
+        prefixes = {key: head for key, head in self.prefixes.items() if key in used}
+        return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
+                "few_shot_k": self.few_shot_k, "few_shot_draw": self.few_shot_draw,
+                "items": items_digest(items, self.prompts),
+                **({"scored": "choices alone"} if scored_alone(items) else {})}
+
+    def grown(self, recorded: list[str]) -> dict[str, object] | None:
+        """Where a run directory holds the rows of fewer items than asked now, each of them among these (a pilot of
+        the first 50 grown to 200, a file with items appended): those items' digests as this run asks them, which
+        must be the ones recorded for the run to grow, keeping its rows; None where the items are not a superset."""
+        if len(recorded) >= len(self.items) or not all(i in self.by_id for i in recorded):
+            return None
+        return self.digests(recorded)
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, Item]:
+        return {item.id: item for item in self.items}
 
 
 def scored_alone(items: list[Item]) -> bool:
@@ -555,7 +591,7 @@ def check_resumable(run: Run, rank: int = 0) -> None:
     """Refuse now what `evaluate_runs` would refuse when it reached `run`: rows in its directory that
     its settings would not make (another process writing there included)."""
     ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items], run.method_keys,
-                run.sources).close()
+                run.sources, run.data.grown).close()
 
 
 def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int = 1, progress: bool = True,
@@ -567,7 +603,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     machine = device_name(llm.device)  # each row's: a run resumed elsewhere holds seconds of two machines
     with contextlib.ExitStack() as stack:
         stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items],
-                                                  run.method_keys, run.sources)) for run in runs]
+                                                  run.method_keys, run.sources, run.data.grown)) for run in runs]
         bar = stack.enter_context(_progress(progress))
         lanes: dict[Lane, list[list[Item]]] = {}
         mine: list[set[tuple[str, str]]] = []  # this rank's (method, item id) of each run

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import pandas as pd
 
@@ -31,6 +31,11 @@ RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "min
                    "origin_question": "as given", "tokenizer": "as tokenizer.json is written"}
 REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Tokenizer.rebuilt`
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
+# what a hash that differs means where a run grows: the items it holds, asked as now, are not as they were
+GROWN = {"items": "the items it holds changed (a question, prompt, passage, gold answer or option was edited, or an "
+                  "item moved)",
+         "few_shot": "the few-shot prompt of the items it holds changed (examples drawn leave out every question "
+                     "under test, so the items added may take examples away, or the draws run in another order)"}
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, passage, gold answer or option was edited)",
     "few_shot": "the few-shot prompt changed (another --few-shot-k, --few-shot-draw, few-shot file or edited examples, "
@@ -89,13 +94,21 @@ def _canonical(value: object) -> object:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> list[str]:
+def key_differences(old: dict | None, run_key: dict, item_ids: list[str],
+                    grown: Callable[[list[str]], dict | None] | None = None) -> list[str]:
     """What differs between a run.json's record (`old`, None where there is none) and a run of `run_key` over
     `item_ids`, one phrase each: its settings (a key only one side holds is no difference, so `run_key` may hold a
-    part of a run's entries), its items' content, and which items. A resume is refused where any differs."""
+    part of a run's entries), its items' content, and which items. A resume is refused where any differs.
+    `grown(recorded ids)` gives the data's digests (`loop.DataKey.grown`) of a directory's fewer items as this run
+    asks them, where they are all among `item_ids`: the run grows, keeping their rows, where those digests are the
+    recorded ones and every other setting is the same."""
     if old is None:
         return []
     old_key = {**RECORDED_BEFORE, **old["run_key"]}
+    recorded = old.get("item_ids")
+    kept = grown(recorded) if grown is not None and recorded and item_ids and recorded != item_ids else None
+    if kept is not None:  # the recorded items' digests, as this run asks them, stand for this run's
+        run_key = {**run_key, **kept}
     changed = {k for k in old_key.keys() & run_key.keys() if old_key[k] != run_key[k]}
     same_items = "items" in old_key.keys() & run_key.keys() and "items" not in changed
     if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
@@ -106,7 +119,7 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
         changed.discard("answers")
     if "scored" in old_key.keys() & run_key.keys() and "scored" not in changed:  # multiple choice alone: no token
         changed.discard("max_new_tokens")  # is generated, so no row depends on how many may be
-    other_items = old.get("item_ids") != item_ids
+    other_items = recorded != item_ids and kept is None
     if other_items:  # then the items' hash differs too, and saying "edited" would mislead
         changed.discard("items")
         if run_key.get("few_shot_draw") == "per-question":  # and the heads', one per item
@@ -117,15 +130,20 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str]) -> lis
         changed.discard("model")  # the same weights and tokenizer at another path: the same model
     elif "model" in changed:
         changed.discard("weights_sha256")  # another model: its path says so, not "the weights at that path changed"
-    diffs = [OPAQUE.get(k, f"{k}: {old_key[k]!r} -> {run_key[k]!r}") for k in sorted(changed)]
-    if other_items:
-        diffs.append("the dataset's items differ (another file, or another --max-samples / max_samples)")
+    phrases = {**OPAQUE, **(GROWN if kept is not None else {})}
+    diffs = [phrases.get(k, f"{k}: {old_key[k]!r} -> {run_key[k]!r}") for k in sorted(changed)]
+    if other_items and recorded and item_ids and set(item_ids) < set(recorded):
+        diffs.append(f"it holds {len(recorded)} items and this run asks {len(item_ids)} of them (a smaller "
+                     "--max-samples / max_samples, or items taken out of the file)")
+    elif other_items:
+        diffs.append("the dataset's items differ (another file, or items of the file replaced)")
     return diffs
 
 
-def recorded_differences(output_dir: str | Path, run_key: dict, item_ids: list[str]) -> list[str]:
+def recorded_differences(output_dir: str | Path, run_key: dict, item_ids: list[str],
+                         grown: Callable[[list[str]], dict | None] | None = None) -> list[str]:
     """`key_differences` against the run.json a directory holds."""
-    return key_differences(_run_info(Path(output_dir)), run_key, item_ids)
+    return key_differences(_run_info(Path(output_dir)), run_key, item_ids, grown)
 
 
 def option_differences(method: str, recorded: dict, keyed: dict) -> list[str]:
@@ -212,6 +230,12 @@ def recorded_run_key(output_dir: str | Path) -> dict:
     """The run key a directory's run.json records ({} where none is): settings a resumed run keeps, not remakes."""
     info = _run_info(Path(output_dir))
     return {} if info is None else info["run_key"]
+
+
+def recorded_item_ids(output_dir: str | Path) -> list[str]:
+    """The items a directory's run.json lists, in order ([] where none is)."""
+    info = _run_info(Path(output_dir))
+    return [] if info is None else list(info.get("item_ids") or [])
 
 
 def recorded_methods(output_dir: str | Path) -> dict[str, dict]:
@@ -313,12 +337,16 @@ class ResultStore:
     `run_key` holds everything that changes every method's rows (model, dataset, generation
     arguments) and `method_keys` what changes one method's only (flex's positions, hidden_avg's
     layer); reopening a directory with a different key, another key for a method that has rows, or
-    a different list of `item_ids`, is refused rather than silently mixing two runs. A method without
-    rows may come with any settings. `item_ids` also fixes the row order of the table.
+    a different list of `item_ids`, is refused rather than silently mixing two runs, except a run that grows: one
+    over more items, every recorded one among them and asked as before (`grown`, see `key_differences`), keeps their
+    rows and records the larger run. A method without rows may come with any settings. `item_ids` also fixes the
+    row order of the table.
     """
 
     def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None,
-                 method_keys: dict[str, dict] | None = None, sources: dict[str, dict | None] | None = None) -> None:
+                 method_keys: dict[str, dict] | None = None, sources: dict[str, dict | None] | None = None,
+                 grown: Callable[[list[str]], dict | None] | None = None) -> None:
+        self._grown = grown
         self.output_dir = Path(output_dir)
         if (self.output_dir / "sweep.json").is_file():  # its combined table would be overwritten by this run's
             raise MinirunError(f"{self.output_dir} holds a `minirun sweep`: give this run another output directory")
@@ -355,7 +383,7 @@ class ResultStore:
             raise MinirunError(f"{self.output_dir} holds result rows but no run.json saying which settings made them: "
                                "give this run another output directory (or restore that run.json)")
         old_key = (old or {}).get("run_key", {})
-        diffs = key_differences(old, info["run_key"], info["item_ids"])
+        diffs = key_differences(old, info["run_key"], info["item_ids"], self._grown)
         recorded = dict((old or {}).get("methods") or {  # a run recorded before methods had keys: its run key
             m: {k: v for k, v in old_key.items() if m in OPTION_READERS.get(k, ())} for m in answered})
         diffs += [d for m in sorted(answered & methods.keys() & recorded.keys())

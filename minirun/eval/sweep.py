@@ -29,7 +29,7 @@ from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, benchmark_source, item_record, load_cited, load_examples
-from minirun.eval.loop import (Run, check_paraphrased, check_resumable, check_worked, data_digests, evaluate_runs,
+from minirun.eval.loop import (DataKey, Run, check_paraphrased, check_resumable, check_worked, evaluate_runs,
                                 examples_commit, few_shot_prefixes, item_prompts, prepare, process_group, ranks,
                                 resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
@@ -41,6 +41,7 @@ from minirun.eval.results import (
     option_differences,
     read_results,
     recorded_differences,
+    recorded_item_ids,
     recorded_methods,
     recorded_run_key,
 )
@@ -99,6 +100,7 @@ class CellState:
     changed: bool  # it finished under other settings or data (done.json names another key): it runs again
     refused: tuple[str, ...] = ()  # settings its rows were made with that the file changed: the sweep will refuse it
     methods: frozenset[str] = frozenset()  # whose rows its directory holds: its method's alone, unless an `eval` wrote
+    grown: bool = False  # it finished over fewer items, all among these (a larger max_samples): it resumes
 
 
 def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
@@ -150,7 +152,7 @@ def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
             "choice_format": cell.dataset.choice_format}
 
 
-def _data_settings(dataset: DatasetSpec, data: Data) -> dict:
+def _data_settings(dataset: DatasetSpec, data: Data) -> DataKey:
     """What of a dataset's cells' run key its items and few-shot examples decide (the few-shot heads' and the
     items' hashes, and the few-shot settings behind them, as `loop.prepare` makes them, with no model)."""
     source = dataset.asked_as or dataset.data  # whose prompts these are
@@ -159,7 +161,8 @@ def _data_settings(dataset: DatasetSpec, data: Data) -> dict:
     prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k, dataset.choice_format,
                                  examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source),
                                  dataset.few_shot_draw)
-    return data_digests(data.items, prompts, prefixes, dataset.few_shot_k, dataset.few_shot_draw)
+    return DataKey.of(data.items, prompts, prefixes, None, subject_heads(source, data.few_shot), dataset.few_shot_k,
+                      dataset.few_shot_draw)
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
@@ -167,7 +170,7 @@ def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
 
 
 def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation | None = None,
-           made: dict | None = None, facts: Callable[[ModelSpec], ModelFacts] | None = None) -> CellState:
+           made: DataKey | None = None, facts: Callable[[ModelSpec], ModelFacts] | None = None) -> CellState:
     """Finished only where done.json names one of `keys` and the journals still hold every item's row (a row deleted
     to redo it, as a corrupt-line error advises, makes it unfinished again); a marker no sweep wrote is no marker, and
     the eval loop resumes the cell from its rows."""
@@ -181,15 +184,17 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     except (OSError, ValueError, AttributeError):
         marked = None
     finished = marked in keys and answered == ids and not others
-    refused = _refused(cell, gen, facts(cell.model), made or {}, items) if answered and gen and facts \
+    refused = _refused(cell, gen, facts(cell.model), made, items) if answered and gen and facts and made \
         and not finished else ()
     if others:
         refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
+    recorded = recorded_item_ids(cell.dir)
+    grown = not finished and 0 < len(recorded) < len(ids) and set(recorded) <= ids
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused,
-                     methods)
+                     methods, grown)
 
 
-def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, items: list[Item]) -> tuple[str, ...]:
+def _refused(cell: Cell, gen: Generation, model: ModelFacts, data: DataKey, items: list[Item]) -> tuple[str, ...]:
     """The settings a cell's rows were made under that the file now changes, as the eval loop names them when it
     refuses to mix rows: the run's (`_run_settings`, the few-shot heads' and items' hashes, which items, what the
     model decides: `model_facts`) and its method's options (hidden_avg's layer where the model's depth is known)."""
@@ -198,7 +203,7 @@ def _refused(cell: Cell, gen: Generation, model: ModelFacts, digests: dict, item
         settings["chat"] = resumed_chat(recorded.get("chat", gen.chat), gen.chat, model.templated)
     elif None in (settings["chat"], recorded.get("chat")):  # the model's default: its tokenizer's to say, which the
         del settings["chat"]  # sweep reads once the model is here (and refuses there if need be)
-    changed = recorded_differences(cell.dir, {**settings, **digests}, [item.id for item in items])
+    changed = recorded_differences(cell.dir, {**settings, **data.digests()}, [item.id for item in items], data.grown)
     made = recorded_methods(cell.dir).get(cell.method.name, {})
     options = {**dataclasses.asdict(EnsembleOptions()), **cell.method.options}
     if model.num_layers is not None and options["fusion_layer"] == default_fusion_layer(model.num_layers):
