@@ -505,8 +505,8 @@ class DataKey:
            per_subject: bool, few_shot_k: int, few_shot_draw: str) -> DataKey:
         """The key of items asked under `prefixes` as `few_shot_prefixes` laid them out (`head_key`)."""
         per_question = few_shot_draw == "per-question"
-        return cls(items, prompts, prefixes, {item.id: head_key(item, task, per_subject, per_question) for item in items},
-                   few_shot_k, few_shot_draw)
+        heads = {item.id: head_key(item, task, per_subject, per_question) for item in items}
+        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw)
 
     def digests(self, ids: list[str] | None = None) -> dict[str, object]:
         """The run key's entries of the data (of the items `ids`, in that order; default all): the heads' text hashed
