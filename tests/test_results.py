@@ -152,6 +152,7 @@ def test_a_run_grows_over_more_items_keeping_its_rows(tmp_path, reference):
         ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "few_shot": "c"})
     with pytest.raises(MinirunError, match=r"k: 5 -> 4"):  # any other setting changed is refused as ever
         ResultStore(out, {**new, "k": 4}, item_ids=IDS, grown=grown)
+    seen.clear()
     with ResultStore(out, new, item_ids=IDS, grown=grown) as store:
         assert store.done("single") == set(first)
         for row in _all_rows():
