@@ -14,6 +14,7 @@ import minirun.eval.data
 from minirun.errors import MinirunError
 from minirun.eval.data import (
     Item,
+    asked_items,
     benchmark_source,
     dataset_source,
     hub_dataset,
@@ -1070,3 +1071,28 @@ def test_boolq_items_ask_yes_or_no_about_their_passage(monkeypatch, tmp_path):
     with pytest.raises(MinirunError, match=r"record 1: field 'label' must be 0 \(no\) or 1 \(yes\), got -1 \(the "
                                            r"Hub's test split has no labels: use validation\)"):
         load_dataset(tmp_path / "test.jsonl")
+
+
+def test_items_asked_are_the_first_n_or_n_at_random_that_a_larger_n_keeps(caplog):
+    """--max-samples N takes the first N; with --sample-seed, N of the items shuffled by that seed, so a pilot's items
+    are the first of any larger N's (it grows) and another seed asks others; a seed without N picks nothing and is
+    refused. The first N of a dataset laid out relation by relation (MMLU's subjects) that cover under half of its
+    relations, where N could cover them all, are warned of."""
+    items = load_dataset("sample-fill")
+    assert asked_items(items) == items and asked_items(items, 4) == items[:4]
+    pilot, grown = asked_items(items, 6, seed=0), asked_items(items, 12, seed=0)
+    assert grown[:6] == pilot and pilot != items[:6] and len({i.id for i in grown}) == 12
+    assert asked_items(items, 6, seed=1) != pilot and asked_items(items, 6, seed=0) == pilot
+    assert len({i.relation for i in pilot}) > 2  # at random, more relations than the first 6 items' 2
+    with pytest.raises(MinirunError, match="--sample-seed .* picks which --max-samples items run, and there is no "
+                                           "--max-samples"):
+        asked_items(items, seed=0)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        asked_items(items, 6, name="fill")
+        asked_items(items, 5, name="fill")  # too few to cover 6 relations: nothing to say
+        asked_items(items, 6, seed=0, name="fill")
+        asked_items(items, 20, name="fill")  # 4 of 6 relations: over half
+    assert [r.getMessage() for r in caplog.records] == [
+        "the first 6 of fill's 30 items cover 2 of its 6 relations (subjects): --sample-seed 0 (a sweep's sample_seed) "
+        "asks 6 at random"]

@@ -682,6 +682,26 @@ def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):
     assert re.search(r"│ +[+-]\d\.\d{3} │ +[\d.e-]+ │", row) and "│ origin" not in added.stdout, added.stdout
 
 
+def test_eval_asks_n_items_at_random_with_a_sample_seed_and_grows_them(checkpoint_dirs, tmp_path):
+    """`--max-samples N --sample-seed S` runs N items at random (the seed's shuffle, in its order), and a larger N
+    later keeps the pilot's rows."""
+    from minirun.eval.data import asked_items
+
+    settings = [s for s in CLI_SETTINGS if s not in ("--max-samples", "6")]
+    args = ["eval", *settings, "--model", str(checkpoint_dirs["qwen2"]), "--output", str(tmp_path / "run"), "-m",
+            "origin", "--sample-seed", "7"]
+    pilot = CliRunner().invoke(_app(), [*args, "--max-samples", "2"])
+    assert pilot.exit_code == 0, pilot.output
+    grown = CliRunner().invoke(_app(), [*args, "--max-samples", "4"])
+    assert grown.exit_code == 0, grown.output
+    chosen = [item.id for item in asked_items(load_dataset("sample-qa"), 4, 7)]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["item_ids"] == chosen != [
+        item.id for item in load_dataset("sample-qa")[:4]]
+    assert list(pd.read_parquet(tmp_path / "run" / "results.parquet")["id"]) == chosen
+    alone = CliRunner().invoke(_app(), [*args, "--output", str(tmp_path / "other")])
+    assert alone.exit_code == 1 and "--sample-seed (sample_seed) picks which --max-samples items run" in alone.output
+
+
 def test_eval_refuses_data_without_paraphrases_before_a_model_is_fetched(tmp_path, monkeypatch):
     """The Hub's WebQuestions, MMLU and CommonsenseQA have no paraphrases: the default methods are refused before
     minutes of model download, not after."""

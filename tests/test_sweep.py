@@ -141,6 +141,8 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "subset": "astronomy"}]}, "subset: only mmlu and local MMLU files have subsets"),
     ({"datasets": [{"name": "sample-qa", "few_shot_k": -1}]}, "few_shot_k: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),
+    ({"datasets": [{"name": "sample-qa", "sample_seed": 0}]},
+     "datasets #1 (sample-qa) sample_seed picks which max_samples items run, and there is no max_samples"),
     ({"datasets": [{"name": "sample-qa", "benchmark": "mmlu"}]}, "benchmark: 'mmlu' cannot be asked of it; drop the key"),
     ({"methods": [{"name": "origin"}, {"name": "majority"}]}, "methods #2 name: unknown method 'majority'"),
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),

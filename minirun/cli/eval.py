@@ -61,7 +61,10 @@ def eval_command(
                                     help="Prompts per item: the question, then its paraphrases (duplicates dropped)."),
     original: bool = typer.Option(True, "--original/--no-original",
                                   help="Include the question itself (--no-original: paraphrases only)."),
-    max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items (a later run with a larger N "
+                                              "keeps these rows: a pilot grows)."),
+    sample_seed: Optional[int] = typer.Option(None, help="With --max-samples: N items at random, the items shuffled "
+                                              "with this seed first (a larger N keeps a smaller one's items)."),
     few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl), or a local copy of a benchmark's "
                                             "train/dev rows (.jsonl, .parquet); default: the dataset's own."),
@@ -101,7 +104,7 @@ def eval_command(
 ) -> None:
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
+    from minirun.eval.data import asked_items, benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
     from minirun.eval.loop import check_draw, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.prompts import check_choice_format
     from minirun.eval.report import cut_thinking
@@ -123,7 +126,7 @@ def eval_command(
     named = hub_dataset(benchmark)[0] if benchmark is not None else None
     check_choice_format(named or data, choice_format)  # before the data is read and a model is fetched
     items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
-    check_paraphrased(items[:max_samples], method, data, num_prompts, original)  # before a model is fetched
+    check_paraphrased(asked_items(items, max_samples, sample_seed, data), method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_examples(few_shot) if few_shot is not None else None
     check_draw(few_shot_draw, few_shot_k, named or data, choice_format, fewshot_items)  # before a model is fetched
     # a file asked as MMLU: its Hub examples read at one commit (its items' where they are MMLU's), and cited
@@ -137,6 +140,7 @@ def eval_command(
     name = dataset_label(asked)
     output = output or Path("runs") / f"{name}-{llm.path.name}"
     settings = dict(dataset=data, num_prompts=num_prompts, original=original, max_samples=max_samples,
+                    sample_seed=sample_seed,
                     few_shot_k=few_shot_k, few_shot_draw=few_shot_draw, fewshot_items=fewshot_items,
                     batch_size=batch_size,
                     max_new_tokens=max_new_tokens, bidirectional=match == "bidirectional", num_samples=num_samples,

@@ -126,6 +126,8 @@ def paraphrase(
     template_date: Optional[str] = typer.Option(None, help="The day (YYYY-MM-DD) a chat template that writes today's "
                                                 "date (Llama 3.2's) renders at (default: the day the file began)."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
+    sample_seed: Optional[int] = typer.Option(None, help="With --max-samples: N items at random, the items shuffled "
+                                              "with this seed first (eval's --sample-seed)."),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
@@ -138,7 +140,7 @@ def paraphrase(
     from rich.progress import Progress
 
     from minirun.checkpoints.tokenizer import template_day
-    from minirun.eval.data import load_cited
+    from minirun.eval.data import asked_items, load_cited
     from minirun.eval.paraphrase import check_sampling, paraphrase_file, paraphrased_from
 
     check_sampling(num, temperature, top_p)  # a bad value fails before the model loads
@@ -146,7 +148,7 @@ def paraphrase(
         template_day(template_date)
     check_output_file(out, "output")
     items, source = load_cited(data, skip_bad=skip_bad, resumed=paraphrased_from(out))  # a resume: the same commit
-    items = items[:max_samples]
+    items = asked_items(items, max_samples, sample_seed, data)
     llm = load_llm(model, device, dtype, False)
     counts: list[int] = []  # items done: first those resumed, then after each batch
     with Progress(console=err, disable=not progress) as bar:

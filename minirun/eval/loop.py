@@ -31,7 +31,7 @@ from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.llm import LLM
 from minirun.engine.session import out_of_memory
 from minirun.errors import HubDataUnavailable, MinirunError, PromptTooLong
-from minirun.eval.data import NAMES, TASK_OF, Item, ensemble_prompts, load_fewshot
+from minirun.eval.data import NAMES, TASK_OF, Item, asked_items, ensemble_prompts, load_fewshot
 from minirun.eval.matching import MatchResult, Matcher, harness_exact, harness_gsm8k, matcher_name, number_right
 from minirun.eval.prompts import (
     CHOICE_FORMATS,
@@ -281,6 +281,7 @@ class Run:
 
 def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
             dataset: str = "custom", num_prompts: int = 5, original: bool = True, max_samples: int | None = None,
+            sample_seed: int | None = None,
             few_shot_k: int = 5, fewshot_items: list[Item] | None = None, task: str | None = None,
             batch_size: int | None = None, max_new_tokens: int | None = None, bidirectional: bool = False,
             num_samples: int = 100, positions: str = "right", share_prefix: bool = True, chat: bool | None = None,
@@ -320,7 +321,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if fewshot_items is not None and few_shot_k == 0:
         raise MinirunError("--few-shot gives worked examples and --few-shot-k 0 asks for none (a sweep dataset's "
                            "few_shot and few_shot_k = 0): drop one of them")
-    items = list(items)[:max_samples] if max_samples is not None else list(items)
+    items = asked_items(list(items), max_samples, sample_seed, dataset)
     max_new_tokens = new_tokens(items, max_new_tokens)
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=fmt.stop,
                               share_prefix=share_prefix, positions=positions, num_samples=num_samples, flex_bias=flex_bias,

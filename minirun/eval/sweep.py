@@ -28,7 +28,7 @@ from minirun.checkpoints.tokenizer import Tokenizer
 from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, benchmark_source, item_record, load_cited, load_examples
+from minirun.eval.data import Item, asked_items, benchmark_source, item_record, load_cited, load_examples
 from minirun.eval.loop import (DataKey, Run, check_paraphrased, check_resumable, check_worked, evaluate_runs,
                                 examples_commit, few_shot_prefixes, item_prompts, prepare, process_group, ranks,
                                 resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
@@ -74,7 +74,7 @@ def cells(sweep: Sweep, output: str | Path) -> list[Cell]:
 @dataclasses.dataclass(frozen=True)
 class Data:
     """A dataset as its cells run it."""
-    items: list[Item]  # the test items, the first max_samples
+    items: list[Item]  # the test items, the first max_samples (at random with a sample_seed)
     few_shot: list[Item] | None  # the few-shot items a file names (None: the dataset's own)
     source: dict | None  # a Hub dataset's repo, revision and commit (`dataset_source`), for run.json to cite
     few_shot_source: dict | None = None  # likewise for the Hub examples a benchmark asks a file's items with
@@ -83,7 +83,7 @@ class Data:
 def _load_items(dataset: DatasetSpec) -> Data:
     """A dataset's test items and few-shot items, a Hub one's read at the commit its revision is at now."""
     items, source = load_cited(dataset.name, dataset.subset, dataset.skip_bad, benchmark=dataset.asked_as)
-    items = items[:dataset.max_samples] if dataset.max_samples is not None else items
+    items = asked_items(items, dataset.max_samples, dataset.sample_seed, dataset.label)
     if dataset.few_shot is not None:
         return Data(items, load_examples(dataset.few_shot), source)
     shots = benchmark_source(dataset.benchmark, source) if dataset.benchmark and dataset.few_shot_k else None
@@ -254,10 +254,10 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
     if Path(cell.model.path).is_dir():
         model["path"] = str(Path(cell.model.path).resolve())
     # finished keys stay valid: skip_bad's effect is in the items, which the key holds, and keys written before
-    # datasets had a benchmark hold none
-    dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()  # nor before few_shot_draw
+    # datasets had a benchmark (a few_shot_draw, a sample_seed) hold none
+    dataset = {k: v for k, v in dataclasses.asdict(cell.dataset).items()
                if k != "skip_bad" and not (k == "benchmark" and v is None)
-               and not (k == "few_shot_draw" and v == "shared")}
+               and not (k == "few_shot_draw" and v == "shared") and not (k == "sample_seed" and v is None)}
     generation = {k: v for k, v in dataclasses.asdict(sweep.generation).items()  # nor before template_date
                   if not (k == "template_date" and v is None) and (with_batch_size or k != "batch_size")}
     if scored_alone(data.items):  # no row depends on max_new_tokens: raising it for the file's QA datasets leaves

@@ -56,6 +56,7 @@ class DatasetSpec:
     num_prompts: int = 5  # prompts per item: the question (unless original is false), then its paraphrases
     original: bool = True
     max_samples: int | None = None
+    sample_seed: int | None = None  # max_samples at random: the items shuffled with this seed first
     match: str = "lemma"
     subset: str | None = None  # mmlu: one subject
     choice_format: str = "cloze"  # multiple choice: cloze or letters
@@ -274,6 +275,9 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
         _at_least(spec.max_samples, 1, f"{where} max_samples")
+    elif spec.sample_seed is not None:
+        raise MinirunError(f"{where} sample_seed picks which max_samples items run, and there is no max_samples: "
+                           "give both, or drop the seed")
     return _labelled(spec, dataset_label(spec.name), where)
 
 

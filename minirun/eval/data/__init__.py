@@ -39,6 +39,7 @@ from minirun.eval.data.gsm8k import GSM8K, GSM8K_CONFIG, load_gsm8k
 from minirun.eval.data.items import (
     TASKS,
     Item,
+    asked_items,
     LoadResult,
     ensemble_prompts,
     item_record,
@@ -106,6 +107,7 @@ __all__ = [
     "TASK_OF",
     "Item",
     "LoadResult",
+    "asked_items",
     "benchmark_source",
     "dataset_label",
     "dataset_source",

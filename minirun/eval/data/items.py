@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import numbers
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -83,6 +84,32 @@ class Item:
     def prompts(self) -> list[str]:
         """The question, then its distinct paraphrases (see `ensemble_prompts`)."""
         return ensemble_prompts(self.question, self.paraphrases)
+
+
+def asked_items(items: list[Item], max_samples: int | None = None, seed: int | None = None,
+                name: str = "the dataset") -> list[Item]:
+    """The items a run asks: all, the first `max_samples`, or with `seed` that many at random (the items shuffled
+    with `random.Random(seed)` first, so a larger count keeps a smaller one's items in their order: a pilot grows).
+    The first N of a dataset laid out by subject (MMLU's 57, one after another) are a few subjects' items: where
+    they cover under half the relations the whole set has, and N could cover them all, that is warned of."""
+    if seed is not None and max_samples is None:
+        raise MinirunError("--sample-seed (sample_seed) picks which --max-samples items run, and there is no "
+                           "--max-samples (max_samples): give both, or drop the seed")
+    if seed is not None:
+        items = random.Random(seed).sample(items, len(items))
+    asked = items[:max_samples]
+    every = {item.relation for item in items} - {None}
+    covered = {item.relation for item in asked} - {None}
+    told = (name, len(asked), len(covered))
+    if seed is None and len(every) <= len(asked) < len(items) and 2 * len(covered) < len(every) \
+            and told not in _WARNED:
+        _WARNED.add(told)
+        log.warning(f"the first {len(asked)} of {name}'s {len(items)} items cover {len(covered)} of its {len(every)} "
+                    f"relations (subjects): --sample-seed 0 (a sweep's sample_seed) asks {len(asked)} at random")
+    return asked
+
+
+_WARNED: set[tuple[str, int, int]] = set()  # (dataset, items asked, relations covered) told of in this process
 
 
 class LoadResult(list):
