@@ -152,7 +152,7 @@ def test_a_pilot_run_grows_to_more_items_keeping_its_rows(tiny, items, reference
     assert sorted({row["id"] for row in redone}) == [item.id for item in items[2:]] and len(redone) == 8
     pd.testing.assert_frame_equal(_canon(final), _canon(reference))
     assert json.loads((tmp_path / "run.json").read_text())["item_ids"] == [item.id for item in items]
-    with pytest.raises(MinirunError, match=r"it holds 6 items and this run asks 4 of them \(a smaller --max-samples"):
+    with pytest.raises(MinirunError, match=r"it is a run of 6 items and this run asks 4 of them \(a smaller "):
         evaluate(tiny, items[:4], METHODS, tmp_path, **SETTINGS)
 
 
@@ -162,13 +162,14 @@ def test_a_run_grows_only_where_its_items_are_asked_as_they_were(tiny, items, tm
     question under test); heads drawn per question grow, as the harness draws the first N questions' the same."""
     evaluate(tiny, items[:2], ["origin"], tmp_path / "edited", **SETTINGS)
     edited = [dataclasses.replace(items[0], answers=["another answer"]), *items[1:]]
-    with pytest.raises(MinirunError, match=r"the items it holds changed \(a question, prompt, passage, gold answer"):
+    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, passage, gold answer"):
         evaluate(tiny, edited, ["origin"], tmp_path / "edited", **SETTINGS)
     examples = [dataclasses.replace(items[5], id="e0"), *load_fewshot("sample-qa")[:2]]
     shared = {**SETTINGS, "fewshot_items": examples, "few_shot_k": 2}
     evaluate(tiny, items[:2], ["origin"], tmp_path / "shared", **shared)
-    with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(examples drawn leave "
-                                           r"out every question under test"):
+    with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(another few-shot file "
+                                           r"or edited examples; or the items added changed their draw: a shared draw "
+                                           r"leaves out every question under test"):
         evaluate(tiny, items, ["origin"], tmp_path / "shared", **shared)
     drawn = {**SETTINGS, "few_shot_draw": "per-question"}
     evaluate(tiny, items[:2], ["origin"], tmp_path / "drawn", **drawn)
@@ -392,6 +393,21 @@ def test_origin_rows_that_asked_an_unstripped_question_are_not_mixed_with_its_st
                 evaluate(tiny, [item], ["origin", "avg"], out, fewshot_items=[shot], **settings)
         else:
             evaluate(tiny, [item], ["origin", "avg"], out, fewshot_items=[shot], **settings)
+
+
+def test_a_run_grows_by_an_item_whose_question_the_format_strips(tiny, tmp_path):
+    """An added item whose question the harness's format strips keys the grown run `origin_question`, which the
+    pilot's items never did: the pilot's rows are the same either way, so it grows (refused before, as rows of an
+    older minirun)."""
+    shot = dataclasses.replace(load_fewshot("sample-choice")[0], relation="astronomy")
+    plain = Item("t1", "What is X?", ["What's X?"], ["b"], "choice", "astronomy", ["a", "b", "c"], 1)
+    padded = dataclasses.replace(plain, id="t2", question=" What is Y?\n", paraphrases=["What's Y?"])
+    settings = {**SETTINGS, "dataset": "mmlu", "few_shot_k": 1, "choice_format": "letters", "chat": False}
+    evaluate(tiny, [plain], ["origin"], tmp_path, fewshot_items=[shot], **settings)
+    redone = []
+    evaluate(tiny, [plain, padded], ["origin"], tmp_path, fewshot_items=[shot], on_row=redone.append, **settings)
+    assert [row["id"] for row in redone] == ["t2"]
+    assert json.loads((tmp_path / "run.json").read_text())["run_key"]["origin_question"] == "as formatted"
 
 
 def test_runs_of_a_llama_class_tokenizer_made_before_its_rebuilt_pipeline_are_not_resumed(tiny, tmp_path):

@@ -115,7 +115,9 @@ def test_different_run_key_is_refused(tmp_path):
     _run(out, _all_rows()[:1])
     with pytest.raises(MinirunError, match=r"model: 'tiny' -> 'big'.*new output directory"):
         ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS)
-    with pytest.raises(MinirunError, match=r"it holds 6 items and this run asks 3 of them \(a smaller --max-samples"):
+    with pytest.raises(MinirunError, match=r"it is a run of 6 items and this run asks 3 of them \(a smaller "
+                                           r"--max-samples / max_samples, or items taken out of the file\): ask all 6 "
+                                           r"to resume it \(a larger run begun is that run now\), or report it"):
         ResultStore(out, KEY, item_ids=IDS[:3])
     with pytest.raises(MinirunError) as e:  # fewer items hash otherwise too: not an "edited" item
         ResultStore(out, {**KEY, "items": "other"}, item_ids=IDS[:3])
@@ -144,12 +146,19 @@ def test_a_run_grows_over_more_items_keeping_its_rows(tmp_path, reference):
 
     with pytest.raises(MinirunError, match=r"the dataset's items differ"):  # no way to check the 3 held
         ResultStore(out, new, item_ids=IDS)
-    with pytest.raises(MinirunError, match=r"the items it holds changed \(a question, prompt, passage, gold answer or "
-                                           r"option was edited, or an item moved\)"):
+    with pytest.raises(MinirunError, match=r"the items' content changed \(a question, prompt, passage, gold answer or "
+                                           r"option was edited\)"):
         ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "items": "edited"})
-    with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(examples drawn "
-                                           r"leave out every question under test"):
+    with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(another few-shot file "
+                                           r"or edited examples; or the items added changed their draw"):
         ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "few_shot": "c"})
+    # an entry the held items would not make (None) is dropped: an added item's alone does not refuse the run
+    ResultStore(out, {**new, "origin_question": "as formatted"}, item_ids=IDS,
+                grown=lambda ids: {**held, "origin_question": None}, record=False).close()
+    with pytest.raises(MinirunError, match=r"its origin rows asked the questions with the whitespace"):
+        ResultStore(out, {**new, "origin_question": "as formatted"}, item_ids=IDS,
+                    grown=lambda ids: {**held, "origin_question": "as formatted"})
+    assert json.loads((out / "run.json").read_text())["item_ids"] == first  # a check (record=False) writes nothing
     with pytest.raises(MinirunError, match=r"k: 5 -> 4"):  # any other setting changed is refused as ever
         ResultStore(out, {**new, "k": 4}, item_ids=IDS, grown=grown)
     seen.clear()

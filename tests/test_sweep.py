@@ -449,7 +449,7 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "longer.toml"), "--output", str(out), "--no-progress"])
     assert result.exit_code == 1 and "holds rows made otherwise (max_new_tokens: 4 -> 5)" in result.output
     for was, now, said in [("few_shot_k = 1", "few_shot_k = 3", "few_shot_k: 1 -> 3"),
-                           ("max_samples = 2", "max_samples = 1", "it holds 2 items and this run asks 1 of them")]:
+                           ("max_samples = 2", "max_samples = 1", "it is a run of 2 items and this run asks 1 of them")]:
         edited = _file(tmp_path, sweep_file.read_text().replace(was, now), "edited.toml")
         assert plan(edited, out).count(f"refused: its rows were made otherwise ({said}") == 8  # no "run again"
         result = CliRunner().invoke(app, ["sweep", str(edited), "--output", str(out), "--no-progress"])
@@ -457,6 +457,10 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     # a pilot grown (max_samples 2 -> 3): every run resumes over the items added, its rows kept
     grown = _file(tmp_path, sweep_file.read_text().replace("max_samples = 2", "max_samples = 3"), "grown.toml")
     assert plan(grown, out).count("run 1 item (resumed: it finished over fewer items, all among these)") == 7
+    both = _file(tmp_path, grown.read_text().replace('positions = "restart"', 'positions = "sequential"'), "both.toml")
+    result = CliRunner().invoke(app, ["sweep", str(both), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1 and "flex's positions" in result.output  # refused before any run: and the runs it
+    assert all(len(json.loads(p.read_text())["item_ids"]) == 2 for p in out.rglob("run.json"))  # checked kept theirs
     kept = {path: path.read_text() for path in out.rglob("results.rank0.jsonl")}
     result = CliRunner().invoke(app, ["sweep", str(grown), "--output", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -464,6 +468,13 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
         lines = path.read_text().splitlines(keepends=True)
         assert "".join(lines).startswith(before) and len(lines) == 3
     assert plan(grown, out).count("nothing (finished)") == 8
+    # a run grown further and stopped before its first new row lists 4 items: not finished at 3, and said why
+    record = out / "qwen2" / "sample-qa" / "origin" / "run.json"
+    info = json.loads(record.read_text())
+    record.write_text(json.dumps({**info, "item_ids": [*info["item_ids"], load_dataset("sample-qa")[3].id]}))
+    stopped = plan(grown, out)
+    assert stopped.count("nothing (finished)") == 7 and "refused: its rows were made otherwise (it is a run of 4 " \
+        "items and this run asks 3 of them" in stopped
     assert "model qwen2: loads" in shown and "model llama: loads" in shown and "5 of 8 runs have work" in shown
     monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
     hub_file = _file(tmp_path, "[[models]]\npath = \"owner/model@v1\"\n[[datasets]]\nname = \"sample-qa\"\n"

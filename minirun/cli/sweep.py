@@ -69,6 +69,7 @@ def sweep_command(
 
 
 def _count(n: int, noun: str) -> str:
+    """"1 item", "3 items"."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 

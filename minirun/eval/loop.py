@@ -229,14 +229,12 @@ Lane = tuple[int, str]  # (run, method): one method's batches of one run
 @dataclass(frozen=True)
 class Run:
     """One `evaluate` run laid out by `prepare`: what its batches need and where its rows go."""
-    items: list[Item]
+    data: DataKey  # its items, their prompts and few-shot heads, and what they put into its key
     methods: tuple[str, ...]
     output_dir: Path
     run_key: dict
     method_keys: dict[str, dict]  # method -> the settings only it reads (`OPTION_READERS`)
     options: EnsembleOptions
-    prompts: dict[str, list[str]]  # item id -> its prompts
-    prefixes: dict[str, str]  # head_key -> few-shot head
     task: str | None
     num_prompts: int
     batch_size: int | None
@@ -246,10 +244,23 @@ class Run:
     per_subject: bool  # MMLU's head per subject (`subject_heads`)
     per_question: bool  # each question its own head (`FEW_SHOT_DRAWS`)
     prompt_format: PromptFormat  # how its question blocks are written
-    data: DataKey  # what its data puts into its key, and into that of the fewer items a directory may hold
     model_source: dict | None = None  # where the checkpoint came from (`checkpoint_source`), for run.json to cite
     data_source: dict | None = None  # where a Hub dataset's rows came from (`dataset_source`), likewise
     few_shot_source: dict | None = None  # where a benchmark's Hub examples came from, for a file's items
+
+    @property
+    def items(self) -> list[Item]:
+        return self.data.items
+
+    @property
+    def prompts(self) -> dict[str, list[str]]:
+        """Item id -> its prompts."""
+        return self.data.prompts
+
+    @property
+    def prefixes(self) -> dict[str, str]:
+        """Head key -> few-shot head."""
+        return self.data.prefixes
 
     @property
     def sources(self) -> dict[str, dict | None]:
@@ -372,7 +383,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  examples_commit(benchmark, fewshot_items, data_source, few_shot_source), few_shot_draw)
     per_subject = subject_heads(source, fewshot_items)
-    data = DataKey.of(items, prompts, prefixes, task, per_subject, few_shot_k, few_shot_draw)
+    data = DataKey.of(items, prompts, prefixes, task, per_subject, few_shot_k, few_shot_draw, fmt)
     chat_key = resumed_chat(recorded_run_key(output_dir).get("chat", chat), chat, has_template)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
@@ -385,8 +396,6 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
-    if any(fmt.question(item.question) != item.question for item in items):  # origin's prompt, where it matters
-        run_key["origin_question"] = "as formatted"
     if llm.tokenizer.rebuilt:  # a Llama-class tokenizer's ids, which a minirun before took from tokenizer.json alone
         run_key["tokenizer"] = REBUILT
     if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
@@ -407,9 +416,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     method_keys = {m: {name: None if name == "fusion_layer" and getattr(options, name) == default_layer
                        else getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
-    return Run(items, tuple(methods), Path(output_dir), run_key, method_keys, options, prompts, prefixes, task,
+    return Run(data, tuple(methods), Path(output_dir), run_key, method_keys, options, task,
                num_prompts, batch_size, bidirectional, original, choice_format, per_subject,
-               few_shot_draw == "per-question", fmt, data, checkpoint_source(llm.path), data_source,
+               few_shot_draw == "per-question", fmt, checkpoint_source(llm.path), data_source,
                few_shot_source if benchmark is not None and fewshot_items is None else None)
 
 
@@ -493,45 +502,51 @@ def examples_commit(benchmark: str | None, fewshot_items: list[Item] | None, dat
 @dataclass(frozen=True)
 class DataKey:
     """What the data puts into a run's rows, which needs no model (a sweep's dry run makes it too): the items, their
-    prompts, the few-shot heads (`heads`: each item's head key in `prefixes`) and the count and draw behind them."""
+    prompts, the few-shot heads (`heads`: each item's head key in `prefixes`), the count and draw behind them, and
+    the items whose question the format rewrites (`reworded`: origin asks it as the other prompts are written)."""
     items: list[Item]
     prompts: dict[str, list[str]]
     prefixes: dict[str, str]
     heads: dict[str, str]
     few_shot_k: int
     few_shot_draw: str
+    reworded: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str], task: str | None,
-           per_subject: bool, few_shot_k: int, few_shot_draw: str) -> DataKey:
-        """The key of items asked under `prefixes` as `few_shot_prefixes` laid them out (`head_key`)."""
+           per_subject: bool, few_shot_k: int, few_shot_draw: str, fmt: PromptFormat) -> DataKey:
+        """The key of items asked in `fmt` under `prefixes` as `few_shot_prefixes` laid them out (`head_key`)."""
         per_question = few_shot_draw == "per-question"
         heads = {item.id: head_key(item, task, per_subject, per_question) for item in items}
-        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw)
+        reworded = frozenset(item.id for item in items if fmt.question(item.question) != item.question)
+        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw, reworded)
 
     def digests(self, ids: list[str] | None = None) -> dict[str, object]:
         """The run key's entries of the data (of the items `ids`, in that order; default all): the heads' text hashed
-        with the count and draw behind them (named when they change), the items' content hashed, and `scored` where
+        with the count and draw behind them (named when they change), the items' content hashed, `scored` where
         every item is multiple choice (no row generates, so a later run with another max_new_tokens resumes it:
-        `results.key_differences`)."""
+        `results.key_differences`), and `origin_question` where origin asks some item's question as formatted."""
         items = self.items if ids is None else [self.by_id[i] for i in ids]
         used = {self.heads[item.id] for item in items}
         prefixes = {key: head for key, head in self.prefixes.items() if key in used}
         return {"few_shot": hashlib.sha256(json.dumps(prefixes).encode()).hexdigest()[:16],
                 "few_shot_k": self.few_shot_k, "few_shot_draw": self.few_shot_draw,
                 "items": items_digest(items, self.prompts),
-                **({"scored": "choices alone"} if scored_alone(items) else {})}
+                **({"scored": "choices alone"} if scored_alone(items) else {}),
+                **({"origin_question": "as formatted"} if any(item.id in self.reworded for item in items) else {})}
 
-    def grown(self, recorded: list[str]) -> dict[str, object] | None:
-        """Where a run directory holds the rows of fewer items than asked now, each of them among these (a pilot of
-        the first 50 grown to 200, a file with items appended): those items' digests as this run asks them, which
-        must be the ones recorded for the run to grow, keeping its rows; None where the items are not a superset."""
-        if len(recorded) >= len(self.items) or not all(i in self.by_id for i in recorded):
+    def grown(self, recorded: list[str]) -> dict[str, object | None] | None:
+        """Where a run directory holds the rows of items that are all among these (a pilot of the first 50 grown to
+        200, a file with items appended): the run key's data entries as this run would make them for those items
+        alone, an entry they would not have as None, which must be the ones recorded for the run to grow, keeping
+        its rows; None where some recorded item is not asked now."""
+        if not all(i in self.by_id for i in recorded):
             return None
-        return self.digests(recorded)
+        return dict.fromkeys(("scored", "origin_question")) | self.digests(recorded)
 
     @functools.cached_property
     def by_id(self) -> dict[str, Item]:
+        """Each item by its id: what `digests` of a run's part looks up."""
         return {item.id: item for item in self.items}
 
 
@@ -590,9 +605,9 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
 
 def check_resumable(run: Run, rank: int = 0) -> None:
     """Refuse now what `evaluate_runs` would refuse when it reached `run`: rows in its directory that
-    its settings would not make (another process writing there included)."""
+    its settings would not make (another process writing there included); nothing is written."""
     ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items], run.method_keys,
-                run.sources, run.data.grown).close()
+                run.sources, run.data.grown, record=False).close()
 
 
 def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int = 1, progress: bool = True,

@@ -31,11 +31,10 @@ RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "min
                    "origin_question": "as given", "tokenizer": "as tokenizer.json is written"}
 REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Tokenizer.rebuilt`
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
-# what a hash that differs means where a run grows: the items it holds, asked as now, are not as they were
-GROWN = {"items": "the items it holds changed (a question, prompt, passage, gold answer or option was edited, or an "
-                  "item moved)",
-         "few_shot": "the few-shot prompt of the items it holds changed (examples drawn leave out every question "
-                     "under test, so the items added may take examples away, or the draws run in another order)"}
+# what the few-shot heads' hash differing means where a run grows: the heads of the items it holds, asked as now
+GROWN_FEW_SHOT = ("the few-shot prompt of the items it holds changed (another few-shot file or edited examples; or the "
+                  "items added changed their draw: a shared draw leaves out every question under test, and per-question "
+                  "draws are made in the questions' order)")
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, passage, gold answer or option was edited)",
     "few_shot": "the few-shot prompt changed (another --few-shot-k, --few-shot-draw, few-shot file or edited examples, "
@@ -99,16 +98,16 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str],
     """What differs between a run.json's record (`old`, None where there is none) and a run of `run_key` over
     `item_ids`, one phrase each: its settings (a key only one side holds is no difference, so `run_key` may hold a
     part of a run's entries), its items' content, and which items. A resume is refused where any differs.
-    `grown(recorded ids)` gives the data's digests (`loop.DataKey.grown`) of a directory's fewer items as this run
-    asks them, where they are all among `item_ids`: the run grows, keeping their rows, where those digests are the
-    recorded ones and every other setting is the same."""
+    `grown(recorded ids)` gives the run key's data entries (`loop.DataKey.grown`) of a directory's items as this run
+    asks them, where they are all among `item_ids` (None: an entry they lack): the run grows, keeping their rows,
+    where those are the recorded ones and every other setting is the same."""
     if old is None:
         return []
     old_key = {**RECORDED_BEFORE, **old["run_key"]}
     recorded = old.get("item_ids")
     kept = grown(recorded) if grown is not None and recorded and item_ids and recorded != item_ids else None
-    if kept is not None:  # the recorded items' digests, as this run asks them, stand for this run's
-        run_key = {**run_key, **kept}
+    if kept is not None:  # the recorded items' entries, as this run asks them, stand for this run's
+        run_key = {k: v for k, v in {**run_key, **kept}.items() if v is not None}
     changed = {k for k in old_key.keys() & run_key.keys() if old_key[k] != run_key[k]}
     same_items = "items" in old_key.keys() & run_key.keys() and "items" not in changed
     if changed & EXPLAIN_ITEMS:  # the items' prompts changed because of these: say only them
@@ -130,13 +129,15 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str],
         changed.discard("model")  # the same weights and tokenizer at another path: the same model
     elif "model" in changed:
         changed.discard("weights_sha256")  # another model: its path says so, not "the weights at that path changed"
-    phrases = {**OPAQUE, **(GROWN if kept is not None else {})}
+    phrases = {**OPAQUE, **({"few_shot": GROWN_FEW_SHOT} if kept is not None else {})}
     diffs = [phrases.get(k, f"{k}: {old_key[k]!r} -> {run_key[k]!r}") for k in sorted(changed)]
     if other_items and recorded and item_ids and set(item_ids) < set(recorded):
-        diffs.append(f"it holds {len(recorded)} items and this run asks {len(item_ids)} of them (a smaller "
-                     "--max-samples / max_samples, or items taken out of the file)")
+        diffs.append(f"it is a run of {len(recorded)} items and this run asks {len(item_ids)} of them (a smaller "
+                     f"--max-samples / max_samples, or items taken out of the file): ask all {len(recorded)} to "
+                     "resume it (a larger run begun is that run now), or report it as it stands")
     elif other_items:
-        diffs.append("the dataset's items differ (another file, or items of the file replaced)")
+        diffs.append("the dataset's items differ" + (" (another file, or items of the file replaced)" if recorded
+                                                     else ""))
     return diffs
 
 
@@ -340,13 +341,14 @@ class ResultStore:
     a different list of `item_ids`, is refused rather than silently mixing two runs, except a run that grows: one
     over more items, every recorded one among them and asked as before (`grown`, see `key_differences`), keeps their
     rows and records the larger run. A method without rows may come with any settings. `item_ids` also fixes the
-    row order of the table.
+    row order of the table. `record=False` checks only: run.json is left as it is (a sweep checks every run before
+    any runs, and a run that grows is recorded as the larger run once it starts).
     """
 
     def __init__(self, output_dir: str | Path, run_key: dict, rank: int = 0, item_ids: list[str] | None = None,
                  method_keys: dict[str, dict] | None = None, sources: dict[str, dict | None] | None = None,
-                 grown: Callable[[list[str]], dict | None] | None = None) -> None:
-        self._grown = grown
+                 grown: Callable[[list[str]], dict | None] | None = None, record: bool = True) -> None:
+        self._grown, self._record = grown, record
         self.output_dir = Path(output_dir)
         if (self.output_dir / "sweep.json").is_file():  # its combined table would be overwritten by this run's
             raise MinirunError(f"{self.output_dir} holds a `minirun sweep`: give this run another output directory")
@@ -394,7 +396,7 @@ class ResultStore:
         for kind in SOURCES:
             if source := (old or {}).get(kind) or sources.get(kind):
                 record[kind] = source
-        if old != record:
+        if old != record and self._record:
             write_atomic(self.output_dir / "run.json",
                           lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
 

@@ -100,7 +100,7 @@ class CellState:
     changed: bool  # it finished under other settings or data (done.json names another key): it runs again
     refused: tuple[str, ...] = ()  # settings its rows were made with that the file changed: the sweep will refuse it
     methods: frozenset[str] = frozenset()  # whose rows its directory holds: its method's alone, unless an `eval` wrote
-    grown: bool = False  # it finished over fewer items, all among these (a larger max_samples): it resumes
+    grown: bool = False  # its run.json lists fewer items, all among these (a larger max_samples): it resumes
 
 
 def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
@@ -162,7 +162,7 @@ def _data_settings(dataset: DatasetSpec, data: Data) -> DataKey:
                                  examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source),
                                  dataset.few_shot_draw)
     return DataKey.of(data.items, prompts, prefixes, None, subject_heads(source, data.few_shot), dataset.few_shot_k,
-                      dataset.few_shot_draw)
+                      dataset.few_shot_draw, fmt)
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
@@ -183,12 +183,12 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
         marked = json.loads((cell.dir / "done.json").read_text(encoding="utf-8")).get("key")
     except (OSError, ValueError, AttributeError):
         marked = None
-    finished = marked in keys and answered == ids and not others
+    recorded = recorded_item_ids(cell.dir)  # a run grown and stopped lists more items than its rows answer
+    finished = marked in keys and answered == ids and not others and set(recorded or ids) == ids
     refused = _refused(cell, gen, facts(cell.model), made, items) if answered and gen and facts and made \
         and not finished else ()
     if others:
         refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
-    recorded = recorded_item_ids(cell.dir)
     grown = not finished and 0 < len(recorded) < len(ids) and set(recorded) <= ids
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused,
                      methods, grown)
