@@ -1087,6 +1087,8 @@ def test_items_asked_are_the_first_n_or_n_at_random_that_a_larger_n_keeps(caplog
     with pytest.raises(MinirunError, match="--sample-seed .* picks which --max-samples items run, and there is no "
                                            "--max-samples"):
         asked_items(items, seed=0)
+    with pytest.raises(MinirunError, match=r"--sample-seed \(sample_seed\) must be at least 0, got -1"):
+        asked_items(items, 6, seed=-1)  # random.Random(-1) shuffles as random.Random(1)
     caplog.clear()
     with caplog.at_level("WARNING"):
         asked_items(items, 6, name="fill")

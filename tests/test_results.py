@@ -116,14 +116,15 @@ def test_different_run_key_is_refused(tmp_path):
     with pytest.raises(MinirunError, match=r"model: 'tiny' -> 'big'.*new output directory"):
         ResultStore(out, {**KEY, "model": "big"}, item_ids=IDS)
     with pytest.raises(MinirunError, match=r"it is a run of 6 items and this run asks 3 of them \(a smaller "
-                                           r"--max-samples / max_samples, or items taken out of the file\): ask all 6 "
-                                           r"to resume it \(a larger run begun is that run now\), or report it"):
+                                           r"--max-samples / max_samples, or items taken out of the file; a larger run "
+                                           r"begun is that run now\)\); use a new output directory, or the original "
+                                           r"arguments to resume"):
         ResultStore(out, KEY, item_ids=IDS[:3])
     with pytest.raises(MinirunError) as e:  # fewer items hash otherwise too: not an "edited" item
         ResultStore(out, {**KEY, "items": "other"}, item_ids=IDS[:3])
     assert "edited" not in str(e.value) and "smaller --max-samples" in str(e.value)
-    with pytest.raises(MinirunError, match=r"the dataset's items differ \(another file, or items of the file "
-                                           r"replaced\)"):
+    with pytest.raises(MinirunError, match=r"the dataset's items differ \(another file, --max-samples or "
+                                           r"--sample-seed, or items of the file replaced\)"):
         ResultStore(out, KEY, item_ids=[*IDS[:5], "q9"])
 
 
@@ -150,7 +151,8 @@ def test_a_run_grows_over_more_items_keeping_its_rows(tmp_path, reference):
                                            r"option was edited\)"):
         ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "items": "edited"})
     with pytest.raises(MinirunError, match=r"the few-shot prompt of the items it holds changed \(another few-shot file "
-                                           r"or edited examples; or the items added changed their draw"):
+                                           r"or edited examples, or MMLU's per-subject heads, .*; or the items added "
+                                           r"changed their draw"):
         ResultStore(out, new, item_ids=IDS, grown=lambda ids: {**held, "few_shot": "c"})
     # an entry the held items would not make (None) is dropped: an added item's alone does not refuse the run
     ResultStore(out, {**new, "origin_question": "as formatted"}, item_ids=IDS,

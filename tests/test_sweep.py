@@ -143,6 +143,7 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"datasets": [{"name": "sample-qa", "skip_bad": True}]}, "skip_bad: only a plain item file's bad records"),
     ({"datasets": [{"name": "sample-qa", "sample_seed": 0}]},
      "datasets #1 (sample-qa) sample_seed picks which max_samples items run, and there is no max_samples"),
+    ({"datasets": [{"name": "sample-qa", "max_samples": 3, "sample_seed": -1}]}, "sample_seed: -1 is below 0"),
     ({"datasets": [{"name": "sample-qa", "benchmark": "mmlu"}]}, "benchmark: 'mmlu' cannot be asked of it; drop the key"),
     ({"methods": [{"name": "origin"}, {"name": "majority"}]}, "methods #2 name: unknown method 'majority'"),
     ({"methods": [{"name": "flex", "positon": "restart"}]}, "(flex) positon: unknown key; use name, label, positions"),
@@ -448,8 +449,9 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     assert longer.count("refused: its rows were made otherwise (max_new_tokens: 4 -> 5)") == 8
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "longer.toml"), "--output", str(out), "--no-progress"])
     assert result.exit_code == 1 and "holds rows made otherwise (max_new_tokens: 4 -> 5)" in result.output
+    shrunk = "it is a run of 2 items and this run asks 1 of them"
     for was, now, said in [("few_shot_k = 1", "few_shot_k = 3", "few_shot_k: 1 -> 3"),
-                           ("max_samples = 2", "max_samples = 1", "it is a run of 2 items and this run asks 1 of them")]:
+                           ("max_samples = 2", "max_samples = 1", shrunk)]:
         edited = _file(tmp_path, sweep_file.read_text().replace(was, now), "edited.toml")
         assert plan(edited, out).count(f"refused: its rows were made otherwise ({said}") == 8  # no "run again"
         result = CliRunner().invoke(app, ["sweep", str(edited), "--output", str(out), "--no-progress"])
@@ -468,13 +470,21 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
         lines = path.read_text().splitlines(keepends=True)
         assert "".join(lines).startswith(before) and len(lines) == 3
     assert plan(grown, out).count("nothing (finished)") == 8
-    # a run grown further and stopped before its first new row lists 4 items: not finished at 3, and said why
-    record = out / "qwen2" / "sample-qa" / "origin" / "run.json"
-    info = json.loads(record.read_text())
-    record.write_text(json.dumps({**info, "item_ids": [*info["item_ids"], load_dataset("sample-qa")[3].id]}))
+    # a run grown further and stopped before its last row: run.json lists the larger run, done.json holds the smaller
+    # one's key, its rows answer the smaller one's items: it resumes (not "run again"), and is not finished at 3
+    cell = out / "qwen2" / "sample-qa" / "origin"
+    marker = (cell / "done.json").read_text()
+    four = _file(tmp_path, sweep_file.read_text().replace("max_samples = 2", "max_samples = 4"), "four.toml")
+    result = CliRunner().invoke(app, ["sweep", str(four), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (cell / "done.json").write_text(marker)
+    journal = cell / "results.rank0.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:3]))
+    resumed = plan(four, out)
+    assert resumed.count("nothing (finished)") == 7 and resumed.count("run 1 item (resumed)") == 1
     stopped = plan(grown, out)
-    assert stopped.count("nothing (finished)") == 7 and "refused: its rows were made otherwise (it is a run of 4 " \
-        "items and this run asks 3 of them" in stopped
+    assert "nothing (finished)" not in stopped and stopped.count(
+        "refused: its rows were made otherwise (it is a run of 4 items and this run asks 3 of them") == 8
     assert "model qwen2: loads" in shown and "model llama: loads" in shown and "5 of 8 runs have work" in shown
     monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
     hub_file = _file(tmp_path, "[[models]]\npath = \"owner/model@v1\"\n[[datasets]]\nname = \"sample-qa\"\n"
@@ -1293,3 +1303,20 @@ def test_a_bad_ensemble_size_list_is_one_line(sizes):
     with pytest.raises(MinirunError, match="num_prompts") as e:
         parse_sweep({**BASE, "datasets": [{"name": "sample-qa", "num_prompts": sizes}]})
     assert "\n" not in str(e.value)
+
+
+def test_a_sample_seed_keys_only_the_datasets_that_have_one():
+    """`sample_seed` asks other items, so it keys a dataset's cells and its ensemble-size series; a dataset without
+    one keeps the keys it had before the setting existed (pinned: these are a sweep's of 2026-12-07)."""
+    from minirun.eval import sweep as sweep_module
+    from minirun.eval.sweep_spec import DatasetSpec
+
+    assert sweep_module.series_key(DatasetSpec("sample-qa")) == "5709b691afa94cca"
+    assert sweep_module.series_key(DatasetSpec("sample-qa", max_samples=3)) == "07289a4b584361b1"
+    assert sweep_module.series_key(DatasetSpec("sample-qa", max_samples=3, sample_seed=0)) != "07289a4b584361b1"
+    spec = parse_sweep({**BASE, "datasets": [{"name": "sample-qa", "max_samples": 3},
+                                             {"name": "sample-qa", "label": "seeded", "max_samples": 3,
+                                              "sample_seed": 0}]})
+    plain, seeded = (sweep_module.cell_key(cell, spec, sweep_module.Data(load_dataset("sample-qa")[:3], None, None))
+                     for cell in sweep_module.cells(spec, "out"))
+    assert plain == "2e909fa50415a19b4ec40dea36912b1f5966532328fc385aae1a190b2f34768c" and seeded != plain

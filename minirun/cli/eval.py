@@ -63,8 +63,9 @@ def eval_command(
                                   help="Include the question itself (--no-original: paraphrases only)."),
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items (a later run with a larger N "
                                               "keeps these rows: a pilot grows)."),
-    sample_seed: Optional[int] = typer.Option(None, help="With --max-samples: N items at random, the items shuffled "
-                                              "with this seed first (a larger N keeps a smaller one's items)."),
+    sample_seed: Optional[int] = typer.Option(None, min=0, help="With --max-samples: N items at random, the items "
+                                              "shuffled with this seed first (a larger N keeps a smaller one's "
+                                              "items)."),
     few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl), or a local copy of a benchmark's "
                                             "train/dev rows (.jsonl, .parquet); default: the dataset's own."),
@@ -126,7 +127,8 @@ def eval_command(
     named = hub_dataset(benchmark)[0] if benchmark is not None else None
     check_choice_format(named or data, choice_format)  # before the data is read and a model is fetched
     items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
-    check_paraphrased(asked_items(items, max_samples, sample_seed, data), method, data, num_prompts, original)  # before a model is fetched
+    asked_now = asked_items(items, max_samples, sample_seed, data)
+    check_paraphrased(asked_now, method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_examples(few_shot) if few_shot is not None else None
     check_draw(few_shot_draw, few_shot_k, named or data, choice_format, fewshot_items)  # before a model is fetched
     # a file asked as MMLU: its Hub examples read at one commit (its items' where they are MMLU's), and cited

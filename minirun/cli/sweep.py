@@ -69,7 +69,7 @@ def sweep_command(
 
 
 def _count(n: int, noun: str) -> str:
-    """"1 item", "3 items"."""
+    """`n` of `noun` as a sentence says it: one without its plural s."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
@@ -89,6 +89,7 @@ def show_plan(states: list[CellState], output: Path) -> None:
             f"refused: its rows were made otherwise ({'; '.join(s.refused)})" if s.refused else \
             f"run {_count(s.items - s.answered, 'item')} (resumed: it finished over fewer items, all among these)" \
             if s.changed and s.grown else \
+            f"run {_count(s.items - s.answered, 'item')} (resumed)" if s.changed and s.answered < s.items else \
             "run again: its settings or data changed since it finished" if s.changed else \
             "mark it finished: every item is answered (its model loads to check the run)" if s.items == s.answered \
             else f"run {_count(s.items - s.answered, 'item')}" + (" (resumed)" if s.answered else "")

@@ -125,9 +125,11 @@ def paraphrase(
     batch_size: int = typer.Option(8, min=1, help="Questions per batched generation."),
     template_date: Optional[str] = typer.Option(None, help="The day (YYYY-MM-DD) a chat template that writes today's "
                                                 "date (Llama 3.2's) renders at (default: the day the file began)."),
-    max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items."),
-    sample_seed: Optional[int] = typer.Option(None, help="With --max-samples: N items at random, the items shuffled "
-                                              "with this seed first (eval's --sample-seed)."),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items (at random with "
+                                              "--sample-seed; the file written holds them in that order: evaluate it "
+                                              "without the seed)."),
+    sample_seed: Optional[int] = typer.Option(None, min=0, help="With --max-samples: N items at random, the items "
+                                              "shuffled with this seed first (eval's --sample-seed)."),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),

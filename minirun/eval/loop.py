@@ -250,6 +250,7 @@ class Run:
 
     @property
     def items(self) -> list[Item]:
+        """The items it asks, in its order."""
         return self.data.items
 
     @property

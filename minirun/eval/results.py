@@ -32,9 +32,10 @@ RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "min
 REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Tokenizer.rebuilt`
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 # what the few-shot heads' hash differing means where a run grows: the heads of the items it holds, asked as now
-GROWN_FEW_SHOT = ("the few-shot prompt of the items it holds changed (another few-shot file or edited examples; or the "
-                  "items added changed their draw: a shared draw leaves out every question under test, and per-question "
-                  "draws are made in the questions' order)")
+GROWN_FEW_SHOT = ("the few-shot prompt of the items it holds changed (another few-shot file or edited examples, or "
+                  "MMLU's per-subject heads, which minirun before them did not build; or the items added changed "
+                  "their draw: a shared draw leaves out every question under test, and per-question draws are made "
+                  "in the questions' order, which another --sample-seed changes)")
 OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "items": "the items' content changed (a question, prompt, passage, gold answer or option was edited)",
     "few_shot": "the few-shot prompt changed (another --few-shot-k, --few-shot-draw, few-shot file or edited examples, "
@@ -133,11 +134,11 @@ def key_differences(old: dict | None, run_key: dict, item_ids: list[str],
     diffs = [phrases.get(k, f"{k}: {old_key[k]!r} -> {run_key[k]!r}") for k in sorted(changed)]
     if other_items and recorded and item_ids and set(item_ids) < set(recorded):
         diffs.append(f"it is a run of {len(recorded)} items and this run asks {len(item_ids)} of them (a smaller "
-                     f"--max-samples / max_samples, or items taken out of the file): ask all {len(recorded)} to "
-                     "resume it (a larger run begun is that run now), or report it as it stands")
+                     "--max-samples / max_samples, or items taken out of the file; a larger run begun is that run "
+                     "now)")
     elif other_items:
-        diffs.append("the dataset's items differ" + (" (another file, or items of the file replaced)" if recorded
-                                                     else ""))
+        diffs.append("the dataset's items differ" + (" (another file, --max-samples or --sample-seed, or items of "
+                                                     "the file replaced)" if recorded else ""))
     return diffs
 
 

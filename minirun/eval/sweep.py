@@ -83,7 +83,7 @@ class Data:
 def _load_items(dataset: DatasetSpec) -> Data:
     """A dataset's test items and few-shot items, a Hub one's read at the commit its revision is at now."""
     items, source = load_cited(dataset.name, dataset.subset, dataset.skip_bad, benchmark=dataset.asked_as)
-    items = asked_items(items, dataset.max_samples, dataset.sample_seed, dataset.label)
+    items = asked_items(items, dataset.max_samples, dataset.sample_seed, dataset.name)  # warned once, not per label
     if dataset.few_shot is not None:
         return Data(items, load_examples(dataset.few_shot), source)
     shots = benchmark_source(dataset.benchmark, source) if dataset.benchmark and dataset.few_shot_k else None
@@ -285,7 +285,8 @@ def _keyed(item: Item) -> dict:
 def series_key(dataset: DatasetSpec) -> str:
     """What a dataset entry shares with the entries that differ from it in prompts per item alone (an ensemble-size
     curve, `num_prompts = [2, 3, 5]`, or entries written apart): a hash of its settings but label and num_prompts."""
-    settings = {k: v for k, v in dataclasses.asdict(dataset).items() if k not in ("label", "num_prompts")}
+    settings = {k: v for k, v in dataclasses.asdict(dataset).items() if k not in ("label", "num_prompts")
+                and not (k == "sample_seed" and v is None)}  # the hashes of files before sample_seed stay theirs
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

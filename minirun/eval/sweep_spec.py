@@ -275,7 +275,9 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
     _at_least(spec.num_prompts, 1, f"{where} num_prompts")
     if spec.max_samples is not None:
         _at_least(spec.max_samples, 1, f"{where} max_samples")
-    elif spec.sample_seed is not None:
+    if spec.sample_seed is not None:
+        _at_least(spec.sample_seed, 0, f"{where} sample_seed")
+    if spec.sample_seed is not None and spec.max_samples is None:
         raise MinirunError(f"{where} sample_seed picks which max_samples items run, and there is no max_samples: "
                            "give both, or drop the seed")
     return _labelled(spec, dataset_label(spec.name), where)

@@ -39,8 +39,8 @@ from minirun.eval.data.gsm8k import GSM8K, GSM8K_CONFIG, load_gsm8k
 from minirun.eval.data.items import (
     TASKS,
     Item,
-    asked_items,
     LoadResult,
+    asked_items,
     ensemble_prompts,
     item_record,
     items_from_records,

@@ -92,6 +92,8 @@ def asked_items(items: list[Item], max_samples: int | None = None, seed: int | N
     with `random.Random(seed)` first, so a larger count keeps a smaller one's items in their order: a pilot grows).
     The first N of a dataset laid out by subject (MMLU's 57, one after another) are a few subjects' items: where
     they cover under half the relations the whole set has, and N could cover them all, that is warned of."""
+    if seed is not None and seed < 0:  # random.Random(-s) shuffles as random.Random(s): one seed, two names
+        raise MinirunError(f"--sample-seed (sample_seed) must be at least 0, got {seed}")
     if seed is not None and max_samples is None:
         raise MinirunError("--sample-seed (sample_seed) picks which --max-samples items run, and there is no "
                            "--max-samples (max_samples): give both, or drop the seed")
