@@ -102,6 +102,19 @@ def test_eager_step_builds_its_dense_mask_once(llm, monkeypatch):
     assert prefill_builds == 1 and len(builds) == 4  # one chunk, then three steps
 
 
+def test_token_bytes_is_what_a_cache_allocates_a_row_and_slot(llm):
+    """`token_bytes` (what `sweep --dry-run` plans batch sizes with) is the cache a setup allocates per row and slot,
+    in the model's dtype and in bfloat16."""
+    from minirun.layers.kv_cache import token_bytes
+
+    c = llm.config
+    for dtype in (llm.model.embed.weight.dtype, torch.bfloat16):
+        model = Decoder(c).to(dtype)
+        model.setup_cache(3, 5)
+        held = sum(layer.attn.kv_cache.k.nbytes + layer.attn.kv_cache.v.nbytes for layer in model.layers)
+        assert held == 3 * 5 * token_bytes(c.num_layers, c.num_kv_heads, c.head_dim, dtype)
+
+
 def test_a_reused_compiled_cache_is_cleared(llm):
     """Compiled sessions of one shape share the cache buffers (CUDA graphs replay against them), but
     never an earlier generation's values (a NaN there would reach P @ V through masked slots of a

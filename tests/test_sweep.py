@@ -388,11 +388,20 @@ def test_a_dry_run_names_each_models_weights_and_whether_they_fit_here(checkpoin
         return [line for line in result.stdout.splitlines() if line.startswith("model ")]
 
     gb = f"{needed / 1e9:.2f} GB"
+    config = loader.load_config(path)
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
+    kv = f"keys and values: {per_token / 1e3:,.0f} KB a token in a row"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a plan made on a login node: said, not approved
-    assert plan(needed) == [f"model qwen2: loads {path}, its weights: {gb} in float32 on cpu ({gb} free here)",
-                            f"model gpu: loads {path}, its weights: {needed / 2e9:.2f} GB in bfloat16 on cuda; cuda "
-                            'is not on this machine: run the sweep where it is, or device = "cpu"']
-    assert plan(needed - 1)[0].endswith(f"float32 on cpu ({(needed - 1) / 1e9:.2f} GB free here: it does not fit)")
+    assert plan(needed) == [f"model qwen2: loads {path}, its weights: {gb} in float32 on cpu ({gb} free here); {kv}, "
+                            "so the 0.00 GB left hold about 0 tokens (0 in each of 256 rows, eval's largest batch)",
+                            f"model gpu: loads {path}, its weights: {needed / 2e9:.2f} GB in bfloat16 on cuda; "
+                            f"keys and values: {per_token / 2e3:,.0f} KB a token in a row; cuda is not on this "
+                            'machine: run the sweep where it is, or device = "cpu"']
+    assert plan(needed - 1)[0].endswith(f"float32 on cpu ({(needed - 1) / 1e9:.2f} GB free here: it does not fit); "
+                                        f"{kv}")
+    room = plan(needed + 1000 * per_token)[0]  # the memory left beside the weights, in tokens of a batch's rows
+    assert room.endswith(f"{kv}, so the {1000 * per_token / 1e9:.2f} GB left hold about 1,000 tokens (3 in each of "
+                         "256 rows, eval's largest batch)")
 
 
 def test_show_prompts_prints_each_models_datasets_prompts_as_eval_does_and_writes_nothing(checkpoint_dirs, tmp_path):

@@ -115,18 +115,30 @@ def show_plan(states: list[CellState], output: Path) -> None:
 
 def weights_line(folder: Path, dtype: str | None, device: str) -> str:
     """What loading a model's weights takes and, where the device is on this machine, what it has free now (a dry
-    run on a login node says what the GPU node loads): ", its weights: 16.06 GB in bfloat16 on cuda (70.12 GB free
-    here)"."""
-    from minirun.checkpoints.loader import available_memory, checked_device, weights_size
+    run on a login node says what the GPU node loads), then what its keys and values take a token and, where the
+    weights fit here, how many tokens the memory left holds across a batch's rows: a 32B model's cache beside its
+    weights decides its batch size. ", its weights: 65.52 GB in bfloat16 on cuda (79.10 GB free here); keys and
+    values: 262 KB a token in a row, so the 13.58 GB left hold about 51,800 tokens (202 in each of 256 rows, eval's
+    largest batch)"."""
+    from minirun.checkpoints.loader import available_memory, checked_device, load_config, weights_size
+    from minirun.eval.loop import BATCH_ROWS
+    from minirun.layers.kv_cache import token_bytes
 
     needed, dtype_, where = weights_size(folder, dtype, device)
+    config = load_config(folder)
+    per_token = token_bytes(config.num_layers, config.num_kv_heads, config.head_dim, dtype_)
     try:
         free = available_memory(checked_device(where))
     except MinirunError:  # a GPU this machine lacks
         free = None
     short = "" if free is None or needed <= free[0] else ": it does not fit"
     room = "" if free is None else f" ({free[0] / 1e9:.2f} GB free here{short})"
-    return f", its weights: {needed / 1e9:.2f} GB in {str(dtype_).removeprefix('torch.')} on {where}{room}"
+    cache = f"; keys and values: {per_token / 1e3:,.0f} KB a token in a row"
+    if free is not None and not short:
+        tokens = (free[0] - needed) // per_token
+        cache += (f", so the {(free[0] - needed) / 1e9:.2f} GB left hold about {tokens:,} tokens "
+                  f"({tokens // BATCH_ROWS:,} in each of {BATCH_ROWS} rows, eval's largest batch)")
+    return f", its weights: {needed / 1e9:.2f} GB in {str(dtype_).removeprefix('torch.')} on {where}{room}{cache}"
 
 
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],

@@ -5,6 +5,12 @@ import torch
 from torch import nn
 
 
+def token_bytes(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token of one row holds across all layers: a batch's cache is this times its rows
+    times its slots (each row holds every slot, a shared head's included), what a plan of batch sizes needs."""
+    return 2 * num_layers * kv_heads * head_dim * dtype.itemsize
+
+
 class KVCache(nn.Module):
     """Keys and values of one layer, [batch, kv_heads, max_seq_len, head_dim].
 
