@@ -799,3 +799,18 @@ def test_bench_refuses_an_unwritable_json_path_before_timing(tmp_path, monkeypat
     monkeypatch.setattr(run, "run_bench", lambda *a: pytest.fail("timed before the path was checked"))
     assert_clean_error(invoke("bench", "--json", tmp_path), "give a file name in an existing folder")
     assert_clean_error(invoke("bench", "--json", tmp_path / "no" / "b.json"), "give a file name in an existing folder")
+
+
+def test_bench_takes_evals_name_for_its_new_tokens(monkeypatch):
+    """`bench --max-new-tokens`, as eval and generate name it, is `--new-tokens`."""
+    from minirun.bench import run
+
+    seen = []
+
+    def timed(*args):
+        seen.append(args)
+        raise MinirunError("not timed: the arguments are what this test reads")
+
+    monkeypatch.setattr(run, "run_bench", timed)
+    assert_clean_error(invoke("bench", "--max-new-tokens", "7"), "not timed")
+    assert seen[0][4] == 7  # new_tokens, as `--new-tokens 7` gives it

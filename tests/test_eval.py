@@ -718,6 +718,22 @@ def test_eval_asks_n_items_at_random_with_a_sample_seed_and_grows_them(checkpoin
     assert alone.exit_code == 1 and "--sample-seed (sample_seed) picks which --max-samples items run" in alone.output
 
 
+def test_eval_and_report_warn_where_origin_and_the_first_prompt_answer_apart(checkpoint_dirs, tmp_path, monkeypatch):
+    """The count of items origin and per_prompt's first prompt answer apart (bfloat16's batch rounding) is warned of
+    by eval's closing table and by report; float32 answers alike, so a tiny float32 run has none to tell."""
+    from minirun.eval import report as report_module
+
+    args = ["eval", *CLI_SETTINGS, "--model", str(checkpoint_dirs["qwen2"]), "--output", str(tmp_path / "run"),
+            "-m", "origin,per_prompt"]
+    plain = CliRunner().invoke(_app(), args)
+    assert plain.exit_code == 0 and "the same prompt" not in plain.output, plain.output
+    assert report_module.first_prompt_note(report_module.load_results(tmp_path / "run")) is None
+    monkeypatch.setattr(report_module, "first_prompt_note", lambda table, of="": "origin and its twin differ")
+    for command in (args, ["report", str(tmp_path / "run")]):
+        told = CliRunner().invoke(cli_app, command)
+        assert told.exit_code == 0 and "origin and its twin differ" in told.output, told.output
+
+
 def test_eval_refuses_data_without_paraphrases_before_a_model_is_fetched(tmp_path, monkeypatch):
     """The Hub's WebQuestions, MMLU and CommonsenseQA have no paraphrases: the default methods are refused before
     minutes of model download, not after."""

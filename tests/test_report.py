@@ -198,11 +198,19 @@ def test_missing_columns():
         summarize(_frame().drop(columns=["correct"]))
 
 
-def test_plot(tmp_path):
+def test_plot(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
     plot(_frame(), tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot(_frame().assign(correct=True), tmp_path / "all.png")  # every interval ends at 1: no negative error bar
     plot(_frame().assign(correct=False), tmp_path / "none.png")
+    saved, original = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.append(fig) or original(fig, path, **kw))
+    plot(_frame(), tmp_path / "plain.png")
+    plot(_frame(), tmp_path / "rescored.png", " (rescored: --match bidirectional)")  # as its table's caption says
+    assert saved[0]._suptitle is None and saved[1]._suptitle.get_text() == "rescored: --match bidirectional"
+    assert [ax.get_title() for ax in saved[0].axes] == ["Accuracy", "Throughput"]
 
 
 def test_load_results(tmp_path):
@@ -1066,3 +1074,29 @@ def test_runs_side_by_side_show_each_models_mc2(tmp_path):
     assert f"qwen: per_prompt's each prompt alone {alone.loc['per_prompt', 'mean_single_mc2']:.3f}" in mc2
     scores = json.loads(runner.invoke(app, ["report", str(first), str(second), "--json"]).stdout)["truthfulqa_mc2"]
     assert scores["llama"]["origin"]["mc2"] == pytest.approx(alone.loc["origin", "mc2"])
+
+
+def test_origin_and_the_ensembles_first_prompt_answering_apart_is_told_as_rounding():
+    """origin and per_prompt's first prompt are one prompt: where they answer apart (bfloat16 rounds a row by its
+    batch) the count is told, of short answers and of picked options, per model and dataset in a sweep's table;
+    items whose origin asked another prompt (--no-original), and rows without each prompt's answers, are not
+    compared."""
+    from minirun.eval.report import first_prompt_note
+
+    def row(method, item, prompts, answer, answers=None, task="qa", choice=None, picks=None, **extra):
+        return {"method": method, "id": item, "prompts": prompts, "answer": answer, "answers": answers, "task": task,
+                "choice": choice, "per_prompt_choices": picks, **extra}
+
+    rows = [row("origin", "a", ["Q a"], "Paris"), row("per_prompt", "a", ["Q a", "P a"], "Paris", ["Paris", "Lyon"]),
+            row("origin", "b", ["Q b"], "Rome"), row("per_prompt", "b", ["Q b", "P b"], "Milan", ["Milan", "Rome"]),
+            row("origin", "c", ["Q c"], "x"), row("per_prompt", "c", ["P c"], "y", ["y"]),  # --no-original
+            row("origin", "d", ["Q d"], "B", task="choice", choice=1),
+            row("per_prompt", "d", ["Q d", "P d"], "A", task="choice", choice=0, picks=[0, 1]),
+            row("origin", "e", ["Q e"], "z"), row("per_prompt", "e", ["Q e"], "z", None)]  # no answers kept
+    said = first_prompt_note(pd.DataFrame(rows))
+    assert said.startswith("origin and per_prompt's first prompt, the same prompt, answer 2 of 3 items differently: "
+                           "bfloat16 rounds a row by the batch it runs in")
+    alike = pd.DataFrame([r for r in rows if r["id"] in ("a", "c", "e")])
+    assert first_prompt_note(alike) is None and first_prompt_note(alike[alike["method"] == "origin"]) is None
+    sweep = pd.DataFrame([{**r, "model": m, "dataset": "qa"} for m in ("m1", "m2") for r in rows[:4]])
+    assert "answer 2 of 4 items of qa differently" in first_prompt_note(sweep, " of qa")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -278,3 +280,25 @@ def test_a_dataset_spelling_is_forgiven_only_where_its_items_are_the_same():
     assert key_differences(old, {"dataset": "./qa.jsonl", "items": "a", "num_prompts": 2}, ["1"]) == []
     assert key_differences(old, {"dataset": "other.jsonl", "items": "b", "num_prompts": 3}, ["1"]) == [
         "dataset: 'qa.jsonl' -> 'other.jsonl'", "num_prompts: 2 -> 3"]
+
+
+def test_the_jsonl_mirror_is_standard_json(tmp_path):
+    """results.jsonl is read by tools other than Python's: a float column's gaps (NaN in pandas) and non-finite
+    numbers are written as null, numpy values as plain ones; the parquet keeps them as they are."""
+    from minirun.eval.results import strict_json
+
+    out = tmp_path / "run"
+    with ResultStore(out, KEY, item_ids=IDS[:2]) as store:
+        store.add({**_row("single", "q0"), "per_prompt_accuracy": 0.5, "choice_logprobs": [-1.0, float("-inf")]})
+        store.add(_row("single", "q1"))  # no per_prompt_accuracy: NaN in the table
+        table = store.finalize()
+    assert math.isnan(table.loc[1, "per_prompt_accuracy"])
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    lines = [json.loads(line, parse_constant=refuse) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["per_prompt_accuracy"] for r in lines] == [0.5, None]
+    assert lines[0]["choice_logprobs"] == [-1.0, None] and lines[1]["choice_logprobs"] is None
+    assert strict_json({"a": np.float32(1.5), "b": np.array([np.nan, 2.0]), "c": (pd.NA, np.int64(3))}) == {
+        "a": 1.5, "b": [None, 2.0], "c": [None, 3]}

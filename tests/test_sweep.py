@@ -288,7 +288,7 @@ def test_reference_table(reference):
     assert list(csv["id"]) == list(table["id"])
 
 
-def test_resume_after_kill_redoes_nothing(sweep_file, reference, tmp_path):
+def test_resume_after_kill_redoes_nothing(sweep_file, reference, tmp_path, caplog):
     """kill -9 in the second model's first run; the restart loads only that model, runs only
     the rows not journalled, and writes the uninterrupted table."""
     script = _file(tmp_path, KILL_SCRIPT, "kill.py")
@@ -311,8 +311,11 @@ def test_resume_after_kill_redoes_nothing(sweep_file, reference, tmp_path):
     pd.testing.assert_frame_equal(_canon(table), _canon(reference[1]))
     pd.testing.assert_frame_equal(_canon(pd.read_parquet(out / "results.parquet")), _canon(table))
 
-    again = run_sweep(sweep, out, load, progress=False, on_row=redone.append)
-    assert loads == ["llama"] and len(redone) == ROWS - kept  # all done: no model loaded
+    with caplog.at_level("INFO"):
+        again = run_sweep(sweep, out, load, progress=False, on_row=redone.append)
+    assert loads == ["llama"] and len(redone) == ROWS - kept  # all done: no model loaded, and said so
+    assert f"every one of the 8 runs is finished: nothing ran (its tables below, as `minirun report {out}`" in \
+        caplog.text
     pd.testing.assert_frame_equal(again, table)
 
 
@@ -805,7 +808,8 @@ def _two_models_one_short() -> pd.DataFrame:
 
 
 def test_a_sweep_plot_draws_no_bar_for_a_cell_never_run(tmp_path):
-    """big has no per_prompt run: a bar at 0 with its whisker would read as a measured accuracy of 0."""
+    """big has no per_prompt run: a bar at 0 with its whisker would read as a measured accuracy of 0. A plot of rows
+    `report` rescored is titled so."""
     from matplotlib.container import BarContainer
     from matplotlib.figure import Figure
 
@@ -816,8 +820,10 @@ def test_a_sweep_plot_draws_no_bar_for_a_cell_never_run(tmp_path):
     Figure.savefig = lambda fig, path, **kw: saved.append(fig) or original(fig, path, **kw)
     try:
         plot_sweep(_two_models_one_short(), tmp_path / "s.png")
+        plot_sweep(_two_models_one_short(), tmp_path / "r.png", note=" (rescored: --choice-score sum)")
     finally:
         Figure.savefig = original
+    assert saved[0]._suptitle is None and saved[1]._suptitle.get_text() == "rescored: --choice-score sum"
     (ax,) = saved[0].axes
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [len(b) for b in bars] == [2, 3]  # big: origin, avg; small: origin, avg, per_prompt

@@ -108,7 +108,7 @@ def eval_command(
     from minirun.eval.data import asked_items, benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
     from minirun.eval.loop import check_draw, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
     from minirun.eval.prompts import check_choice_format
-    from minirun.eval.report import cut_thinking
+    from minirun.eval.report import cut_thinking, first_prompt_note
     from minirun.eval.sweep_results import sweep_of
 
     if match not in ("lemma", "bidirectional"):
@@ -159,7 +159,7 @@ def eval_command(
         # the directory may hold other methods' rows: scored with them (origin's, for the comparisons), shown without
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):
             out.print(t)
-        warn(cut_thinking(table), out)  # the merged table: run.json's attrs with it
+        warn(cut_thinking(table) + [note for note in [first_prompt_note(table)] if note], out)  # the merged table
         out.print(f"[dim]results in {output}[/dim]", highlight=False)
 
 
@@ -205,15 +205,15 @@ def report_command(
         latex.write_text(provenance + report.latex(report.summarize(table), caption) + report.relation_latex(
             table, caption) + report.popularity_latex(table, caption), encoding="utf-8")
     if plot is not None:
-        report.plot(table, plot)
+        report.plot(table, plot, note)
     warnings = report.unfinished_notes(table)
     if report.single_prompt_dropped(raw, table):
         warnings.append("single-prompt figures left out: per-prompt correctness is recorded under the run's own "
                         f"match rule only, not under --match {match}")
     if mixed := report.mixed_timing(table):
         warnings.append(mixed)
-    warnings += [note for note in (report.unrelated_note(table), report.unrated_note(table, "", table.attrs.get(
-        "dataset"))) if note]
+    warnings += [note for note in (report.first_prompt_note(table), report.unrelated_note(table),
+                                   report.unrated_note(table, "", table.attrs.get("dataset"))) if note]
     warnings += report.cut_thinking(raw)
     if match in ("harness", "flexible"):
         warnings += report.harness_notes(recorded_run_key(run_dir), raw)

@@ -185,9 +185,9 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     `series` (`sweep.prompt_series`) gives each dataset's prompts per item (`num_prompts` in the CSV and JSON), and
     a series of several sizes its ensemble-size table."""
     from minirun.eval.report import latex as latex_table
-    from minirun.eval.report import (mixed_timing, rescored, rescoring, select_choice_score, select_match,
-                                     single_prompt_dropped, size_latex, timed_on, unrated_note, unrelated_note,
-                                     with_counts)
+    from minirun.eval.report import (first_prompt_note, mixed_timing, rescored, rescoring, select_choice_score,
+                                     select_match, single_prompt_dropped, size_latex, timed_on, unrated_note,
+                                     unrelated_note, with_counts)
     from minirun.eval.sweep_results import plot_sweep, repeated_sizes, size_rows, size_series, sweep_table
 
     table = select_choice_score(select_match(raw, match), choice_score)
@@ -202,10 +202,10 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         if any(how.values()):  # beside the scores, as the LaTeX comment says it
             frame["rescored"] = frame["dataset"].map(lambda dataset: json.dumps(how[dataset]) if how[dataset] else None)
         frame.to_csv(csv, index=False)
-    if plot is not None:
-        plot_sweep(table, plot, curves)
     # what report's options rescored of each table's rows: (a LaTeX comment, a note for its title and caption)
     changed = {dataset: rescored(match, choice_score, part) for dataset, part in table.groupby("dataset", sort=False)}
+    if plot is not None:
+        plot_sweep(table, plot, curves, next((note for _, note in changed.values() if note), ""))
     curve_notes = [rescored(match, choice_score, table[table["dataset"].isin(list(sizes))])[1] for sizes in curves]
     if latex is not None:
         rows = scores_long(scores)
@@ -220,7 +220,8 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     if mixed := mixed_timing(table):
         warnings = [*warnings, mixed]
     warnings = [*warnings, *(note for dataset, part in table.groupby("dataset", sort=False)
-                             for note in (unrelated_note(part, f" of {dataset}"),
+                             for note in (first_prompt_note(part, f" of {dataset}"),
+                                          unrelated_note(part, f" of {dataset}"),
                                           unrated_note(part, f" of {dataset}", str(dataset)))
                              if note), *repeated_sizes(table, curves)]
     if as_json:

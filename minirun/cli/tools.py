@@ -74,8 +74,8 @@ def bench(
                                                  "llama-3.2-1b, mistral-7b, qwen2.5-0.5b, qwen3-0.6b."),
     method: str = typer.Option("origin", "--method", "-m"),
     prompt_tokens: int = typer.Option(128, min=1),
-    new_tokens: int = typer.Option(64, min=2, help="Tokens generated per answer (decode speed needs a step after "
-                                   "the first)."),
+    new_tokens: int = typer.Option(64, "--new-tokens", "--max-new-tokens", min=2, help="Tokens generated per answer "
+                                   "(decode speed needs a step after the first; --max-new-tokens as eval names it)."),
     batch: int = typer.Option(1, min=1, help="Questions per batch."),
     num_paraphrases: Optional[int] = typer.Option(None, min=1, help="Paraphrases per question for an ensemble "
                                                   "method (default 5; origin asks the question alone)."),

@@ -503,6 +503,35 @@ def unrated_note(df: pd.DataFrame, of: str = "", dataset: str | None = None) -> 
     return _partly_note(df, "popularity", of, f"the popularity bins leave them out ({why})")
 
 
+def first_prompt_note(df: pd.DataFrame, of: str = "") -> str | None:
+    """A warning where origin and per_prompt's (else vote's) first prompt, the very same prompt, answer some items
+    differently (`of`: their dataset, in a sweep's): bfloat16 rounds a row by the batch it runs in (origin runs one
+    row a question, the ensembles one a prompt), so differences from origin of about that many items are rounding,
+    not the method; float32 answers alike, and a difference there is a defect to report."""
+    ensemble = next((m for m in EVERY_ANSWER if m in set(df["method"])), None)
+    if ensemble is None or "origin" not in set(df["method"]) or "answers" not in df.columns:
+        return None
+    keys = [c for c in ("model", "dataset") if c in df.columns]
+    origin = df[df["method"] == "origin"].set_index([*keys, "id"])
+    other = df[df["method"] == ensemble].set_index([*keys, "id"])
+    asked = differ = 0
+    for key in origin.index.intersection(other.index):
+        first, row = origin.loc[key], other.loc[key]
+        if list(first["prompts"])[:1] != list(row["prompts"])[:1]:
+            continue  # --no-original: origin asks the question, the ensembles the paraphrases
+        mine, theirs = ("choice", "per_prompt_choices") if first.get("task") == "choice" else ("answer", "answers")
+        if not isinstance(row.get(theirs), (list, np.ndarray)) or not len(row[theirs]):
+            continue  # a row of a minirun before it kept each prompt's
+        asked += 1
+        differ += first[mine] != row[theirs][0]
+    if not differ:
+        return None
+    return (f"origin and {ensemble}'s first prompt, the same prompt, answer {differ} of {asked} items{of} "
+            "differently: bfloat16 rounds a row by the batch it runs in (origin runs one row a question, the ensembles "
+            "one a prompt), so differences from origin of about that many items are rounding, not the method; float32 "
+            "answers alike (a difference there is a defect)")
+
+
 def _partly_note(df: pd.DataFrame, column: str, of: str, effect: str) -> str | None:
     if column not in df.columns or df[column].isna().all():
         return None
@@ -948,7 +977,7 @@ def figure(df: pd.DataFrame) -> Figure:
         acc.scatter(x, rows["exact_accuracy"], color="black", marker="_", s=300 * width, zorder=3,
                     label="exact" if i == 0 else None)
         speed.bar(x, rows["items_per_second"].fillna(0), width, color=f"C{i}")
-    acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy (95% Wilson interval)")
+    acc.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy")  # the legend names the bars (a longer title overran)
     acc.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the bars, not over them
     # items, not tokens: a multiple-choice item generates none, and per_prompt's tokens are its k answers' sum
     speed.set(ylabel="items / s", title="Throughput")
@@ -984,6 +1013,10 @@ def wilson_bars(rows: pd.DataFrame) -> list[pd.Series]:
     return [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
 
 
-def plot(df: pd.DataFrame, path: str | Path) -> None:
-    """`figure` saved to `path` (PNG, PDF, SVG...)."""
-    figure(df).savefig(path)
+def plot(df: pd.DataFrame, path: str | Path, note: str = "") -> None:
+    """`figure` saved to `path` (PNG, PDF, SVG...), titled with `note` where `report` rescored the rows (`rescored`'s
+    caption note): a chart copied into a paper says how its bars were scored, as the table's caption does."""
+    fig = figure(df)
+    if note:
+        fig.suptitle(note.strip(" ()"))
+    fig.savefig(path)

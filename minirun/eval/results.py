@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -327,10 +328,27 @@ def merge(output_dir: str | Path) -> pd.DataFrame:
     output_dir = Path(output_dir)
     df = read_results(output_dir)
     write_atomic(output_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
-    records = df.to_dict("records")
+    records = [strict_json(r) for r in df.to_dict("records")]
     write_atomic(output_dir / "results.jsonl", lambda tmp: tmp.write_text(
-        "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records), encoding="utf-8"))
+        "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records), encoding="utf-8"))
     return df
+
+
+def strict_json(value: object) -> object:
+    """`value` as standard JSON holds it: numpy values as plain ones, a missing or non-finite number as null (pandas
+    writes a float column's gaps as NaN, which Python reads but JSON parsers elsewhere refuse; the parquet keeps the
+    numbers as they are)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if value is pd.NA:
+        return None
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return strict_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class ResultStore:
