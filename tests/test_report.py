@@ -1100,3 +1100,19 @@ def test_origin_and_the_ensembles_first_prompt_answering_apart_is_told_as_roundi
     assert first_prompt_note(alike) is None and first_prompt_note(alike[alike["method"] == "origin"]) is None
     sweep = pd.DataFrame([{**r, "model": m, "dataset": "qa"} for m in ("m1", "m2") for r in rows[:4]])
     assert "answer 2 of 4 items of qa differently" in first_prompt_note(sweep, " of qa")
+
+
+def test_the_latex_provenance_says_where_ensembles_fused_fewer_prompts_than_asked():
+    """An item with fewer distinct wordings than num_prompts fuses the ones it has: the table's provenance says how
+    many its ensembles fused, not only the count asked; where every item had them all it says nothing more."""
+    from minirun.eval.report import provenance
+
+    rows = pd.DataFrame([{"method": "origin", "prompts": ["q"]}, {"method": "avg", "prompts": ["q", "p"]},
+                         {"method": "avg", "prompts": ["q", "p", "r"]}])
+    said = provenance({"num_prompts": 5}, {}, [], rows=rows).splitlines()
+    assert said[-1] == "% prompts an ensemble fused per item: 2-3 (fewer than num_prompts: the items hold fewer " \
+        "distinct wordings)"
+    assert "fused" not in provenance({"num_prompts": 3}, {}, [], rows=rows)
+    assert "fused" not in provenance({"num_prompts": 5}, {}, [], rows=rows[rows["method"] == "origin"])
+    one_size = provenance({"num_prompts": 5}, {}, [], rows=rows.iloc[:2]).splitlines()[-1]
+    assert one_size.startswith("% prompts an ensemble fused per item: 2 (fewer than num_prompts")

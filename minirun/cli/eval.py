@@ -201,7 +201,7 @@ def report_command(
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
         provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
-                                       sources=recorded_sources(run_dir)) + comment
+                                       sources=recorded_sources(run_dir), rows=table) + comment
         latex.write_text(provenance + report.latex(report.summarize(table), caption) + report.relation_latex(
             table, caption) + report.popularity_latex(table, caption), encoding="utf-8")
     if plot is not None:

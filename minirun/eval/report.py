@@ -750,18 +750,31 @@ def fewer_shared(row: pd.Series) -> int | None:
 
 
 def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], source: str = "a run",
-               sources: dict[str, dict] | None = None) -> str:
+               sources: dict[str, dict] | None = None, rows: pd.DataFrame | None = None) -> str:
     """LaTeX comment lines naming what made a table's rows: the run's settings as run.json records them (model
     path and weights hash, dtype, device, dataset, prompts, few-shot hash, generation settings, template date, each
     method's own), where the model and the data came from (`sources`, as run.json records them: hub repo and
-    commit, or GGUF and its hash; a Hub dataset's repo, revision and commit), and the machines its rows were timed
-    on, so a table in a paper's sources leads back to its run."""
+    commit, or GGUF and its hash; a Hub dataset's repo, revision and commit), the machines its rows were timed
+    on, and where the ensembles' `rows` fused fewer prompts than `num_prompts` asks (items with fewer distinct
+    wordings), how many, so a table in a paper's sources leads back to its run and says what it fused."""
     lines = [f"% {key}: {json.dumps(value)}" for key, value in sorted(run_key.items())]
+    if rows is not None and (fused := fused_prompts(rows)) and fused[1] < run_key.get("num_prompts", 0):
+        lines.append(f"% prompts an ensemble fused per item: {'-'.join(map(str, sorted(set(fused))))} (fewer than "
+                     "num_prompts: the items hold fewer distinct wordings)")
     lines += [f"% {kind.replace('_', ' ')}: {json.dumps(sources[kind], sort_keys=True)}"
               for kind in SOURCES if (sources or {}).get(kind)]
     lines += [f"% method {name}: {json.dumps(settings, sort_keys=True)}" for name, settings in sorted(methods.items())]
     lines += [f"% timed on: {machine}" for machine in machines]
     return "".join(f"{line}\n" for line in [f"% made by minirun report from {source} with", *lines])
+
+
+def fused_prompts(rows: pd.DataFrame) -> tuple[int, int] | None:
+    """The fewest and most prompts the ensembles' rows (every method's but origin's) asked an item; None without
+    such rows."""
+    if "prompts" not in rows.columns:
+        return None
+    counts = rows.loc[rows["method"] != "origin", "prompts"].map(len)
+    return (int(counts.min()), int(counts.max())) if len(counts) else None
 
 
 def rescoring(match: str | None, choice_score: str | None, rows: pd.DataFrame | None = None) -> dict[str, str]:

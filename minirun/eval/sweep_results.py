@@ -169,7 +169,7 @@ def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> s
                    for c in cells}
         rows = table[(table["model"] == model) & (table["dataset"] == dataset)]
         blocks.append(provenance(shared, methods, timed_on(rows),
-                                 f"model {model}'s runs", recorded_sources(output / cells[0]["dir"])))
+                                 f"model {model}'s runs", recorded_sources(output / cells[0]["dir"]), rows))
     return "".join(blocks)
 
 
@@ -271,8 +271,8 @@ def load_runs(run_dirs: list[Path]) -> Compared:
 def compared_provenance(compared: Compared, table: pd.DataFrame, dataset: str) -> str:
     """`report.provenance` of each run compared on `dataset`, in the order given."""
     return "".join(provenance(recorded_run_key(run_dir), recorded_methods(run_dir),
-                              timed_on(table[(table["model"] == model) & (table["dataset"] == dataset)]),
-                              f"run {run_dir}", recorded_sources(run_dir))
+                              timed_on(rows := table[(table["model"] == model) & (table["dataset"] == dataset)]),
+                              f"run {run_dir}", recorded_sources(run_dir), rows)
                    for (name, model), run_dir in compared.dirs.items() if name == dataset)
 
 
