@@ -1078,41 +1078,48 @@ def test_runs_side_by_side_show_each_models_mc2(tmp_path):
 
 def test_origin_and_the_ensembles_first_prompt_answering_apart_is_told_as_rounding():
     """origin and per_prompt's first prompt are one prompt: where they answer apart (bfloat16 rounds a row by its
-    batch) the count is told, of short answers and of picked options, per model and dataset in a sweep's table;
-    items whose origin asked another prompt (--no-original), and rows without each prompt's answers, are not
-    compared."""
+    batch) the count is told, of short answers and of picked options alike (each prompt's pick is in `answers`), per
+    model in a sweep's table or runs side by side, against the first per_prompt entry where a sweep has two; items
+    whose origin asked another prompt (--no-original), and rows without each prompt's answers, are not compared."""
     from minirun.eval.report import first_prompt_note
 
-    def row(method, item, prompts, answer, answers=None, task="qa", choice=None, picks=None, **extra):
-        return {"method": method, "id": item, "prompts": prompts, "answer": answer, "answers": answers, "task": task,
-                "choice": choice, "per_prompt_choices": picks, **extra}
+    def row(method, item, prompts, answer, answers=None, task="qa"):
+        return {"method": method, "id": item, "prompts": prompts, "answer": answer, "answers": answers, "task": task}
 
     rows = [row("origin", "a", ["Q a"], "Paris"), row("per_prompt", "a", ["Q a", "P a"], "Paris", ["Paris", "Lyon"]),
             row("origin", "b", ["Q b"], "Rome"), row("per_prompt", "b", ["Q b", "P b"], "Milan", ["Milan", "Rome"]),
             row("origin", "c", ["Q c"], "x"), row("per_prompt", "c", ["P c"], "y", ["y"]),  # --no-original
-            row("origin", "d", ["Q d"], "B", task="choice", choice=1),
-            row("per_prompt", "d", ["Q d", "P d"], "A", task="choice", choice=0, picks=[0, 1]),
+            row("origin", "d", ["Q d"], "B", task="choice"),
+            row("per_prompt", "d", ["Q d", "P d"], "A", ["A", "B"], task="choice"),
             row("origin", "e", ["Q e"], "z"), row("per_prompt", "e", ["Q e"], "z", None)]  # no answers kept
     said = first_prompt_note(pd.DataFrame(rows))
-    assert said.startswith("origin and per_prompt's first prompt, the same prompt, answer 2 of 3 items differently: "
-                           "bfloat16 rounds a row by the batch it runs in")
+    assert said.startswith("origin and per_prompt's first prompt, the same prompt, answer some items differently "
+                           "(2 of 3): bfloat16 rounds a row by the batch it runs in")
     alike = pd.DataFrame([r for r in rows if r["id"] in ("a", "c", "e")])
     assert first_prompt_note(alike) is None and first_prompt_note(alike[alike["method"] == "origin"]) is None
-    sweep = pd.DataFrame([{**r, "model": m, "dataset": "qa"} for m in ("m1", "m2") for r in rows[:4]])
-    assert "answer 2 of 4 items of qa differently" in first_prompt_note(sweep, " of qa")
-
+    vote = pd.DataFrame([{**r, "method": "vote"} if r["method"] == "per_prompt" else r for r in rows])
+    assert first_prompt_note(vote).startswith("origin and vote's first prompt, the same prompt, answer some items "
+                                              "differently (2 of 3)")
+    sweep = pd.DataFrame([{**r, "model": m, "dataset": "qa", "label": r["method"]} for m in ("m1", "m2")
+                          for r in rows[:4]] + [{**r, "model": "m1", "dataset": "qa", "label": "pp-sum",
+                                                 "answers": [{"a": "Paris", "b": "Rome"}[r["id"]]]}  # origin's
+                                                for r in rows[:4] if r["method"] == "per_prompt"])
+    assert "answer some items of qa differently (1 of 2 for m1; 1 of 2 for m2)" in first_prompt_note(sweep, " of qa")
 
 def test_the_latex_provenance_says_where_ensembles_fused_fewer_prompts_than_asked():
     """An item with fewer distinct wordings than num_prompts fuses the ones it has: the table's provenance says how
-    many its ensembles fused, not only the count asked; where every item had them all it says nothing more."""
+    many its ensembles fused, not only the count asked, where any item fused fewer; where every item had them all it
+    says nothing more."""
     from minirun.eval.report import provenance
 
     rows = pd.DataFrame([{"method": "origin", "prompts": ["q"]}, {"method": "avg", "prompts": ["q", "p"]},
                          {"method": "avg", "prompts": ["q", "p", "r"]}])
     said = provenance({"num_prompts": 5}, {}, [], rows=rows).splitlines()
-    assert said[-1] == "% prompts an ensemble fused per item: 2-3 (fewer than num_prompts: the items hold fewer " \
+    assert said[-1] == "% prompts an ensemble fused per item: 2-3 (num_prompts asks more: some items hold fewer " \
         "distinct wordings)"
-    assert "fused" not in provenance({"num_prompts": 3}, {}, [], rows=rows)
+    some_short = provenance({"num_prompts": 3}, {}, [], rows=rows).splitlines()[-1]  # one item of 2, one of 3
+    assert some_short.startswith("% prompts an ensemble fused per item: 2-3 (num_prompts asks more")
+    assert "fused" not in provenance({"num_prompts": 2}, {}, [], rows=rows.iloc[:2])
     assert "fused" not in provenance({"num_prompts": 5}, {}, [], rows=rows[rows["method"] == "origin"])
     one_size = provenance({"num_prompts": 5}, {}, [], rows=rows.iloc[:2]).splitlines()[-1]
-    assert one_size.startswith("% prompts an ensemble fused per item: 2 (fewer than num_prompts")
+    assert one_size.startswith("% prompts an ensemble fused per item: 2 (num_prompts asks more")

@@ -302,3 +302,10 @@ def test_the_jsonl_mirror_is_standard_json(tmp_path):
     assert lines[0]["choice_logprobs"] == [-1.0, None] and lines[1]["choice_logprobs"] is None
     assert strict_json({"a": np.float32(1.5), "b": np.array([np.nan, 2.0]), "c": (pd.NA, np.int64(3))}) == {
         "a": 1.5, "b": [None, 2.0], "c": [None, 3]}
+
+
+def test_the_jsonl_mirror_refuses_what_json_cannot_hold():
+    from minirun.eval.results import strict_json
+
+    with pytest.raises(TypeError, match="cannot store set in a result row"):
+        strict_json({"a": {1, 2}})

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 import minirun
 from minirun.cli import app
+from minirun.engine.session import cache_size
 from minirun.errors import MinirunError
 from minirun.eval.data import load_dataset, write_jsonl
 from minirun.eval.sweep import run_sweep, survey
@@ -395,16 +396,19 @@ def test_a_dry_run_names_each_models_weights_and_whether_they_fit_here(checkpoin
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4  # keys and values, float32
     kv = f"keys and values: {per_token / 1e3:,.0f} KB a token in a row"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a plan made on a login node: said, not approved
+    rows = "rows of 512 slots (a row of up to 384 tokens: few-shot head, prompt and answer; eval's batches run up to " \
+        "256 rows, a model's batch_size fewer)"
     assert plan(needed) == [f"model qwen2: loads {path}, its weights: {gb} in float32 on cpu ({gb} free here); {kv}, "
-                            "so the 0.00 GB left hold about 0 tokens (0 in each of 256 rows, eval's largest batch)",
+                            f"so the 0.00 GB left hold about 0 {rows}: no batch runs, give it a smaller dtype or a "
+                            "device with more memory",
                             f"model gpu: loads {path}, its weights: {needed / 2e9:.2f} GB in bfloat16 on cuda; "
                             f"keys and values: {per_token / 2e3:,.0f} KB a token in a row; cuda is not on this "
                             'machine: run the sweep where it is, or device = "cpu"']
     assert plan(needed - 1)[0].endswith(f"float32 on cpu ({(needed - 1) / 1e9:.2f} GB free here: it does not fit); "
                                         f"{kv}")
-    room = plan(needed + 1000 * per_token)[0]  # the memory left beside the weights, in tokens of a batch's rows
-    assert room.endswith(f"{kv}, so the {1000 * per_token / 1e9:.2f} GB left hold about 1,000 tokens (3 in each of "
-                         "256 rows, eval's largest batch)")
+    room = plan(needed + 3 * 512 * per_token + 1)[0]  # the memory left beside the weights, in rows the engine makes
+    assert room.endswith(f"{kv}, so the {3 * 512 * per_token / 1e9:.2f} GB left hold about 3 {rows}")
+    assert cache_size(384) == 512  # the engine's slots for a row of 384 tokens: chunk padding, whole mask blocks
 
 
 def test_show_prompts_prints_each_models_datasets_prompts_as_eval_does_and_writes_nothing(checkpoint_dirs, tmp_path):
@@ -820,7 +824,7 @@ def test_a_sweep_plot_draws_no_bar_for_a_cell_never_run(tmp_path):
     Figure.savefig = lambda fig, path, **kw: saved.append(fig) or original(fig, path, **kw)
     try:
         plot_sweep(_two_models_one_short(), tmp_path / "s.png")
-        plot_sweep(_two_models_one_short(), tmp_path / "r.png", note=" (rescored: --choice-score sum)")
+        plot_sweep(_two_models_one_short(), tmp_path / "r.png", title="rescored: --choice-score sum")
     finally:
         Figure.savefig = original
     assert saved[0]._suptitle is None and saved[1]._suptitle.get_text() == "rescored: --choice-score sum"
@@ -1335,3 +1339,17 @@ def test_a_sample_seed_keys_only_the_datasets_that_have_one():
     plain, seeded = (sweep_module.cell_key(cell, spec, sweep_module.Data(load_dataset("sample-qa")[:3], None, None))
                      for cell in sweep_module.cells(spec, "out"))
     assert plain == "2e909fa50415a19b4ec40dea36912b1f5966532328fc385aae1a190b2f34768c" and seeded != plain
+
+
+def test_a_sweep_plot_title_says_how_each_dataset_was_rescored():
+    """One figure holds every dataset's panel: its title names the rescoring once where all share it, else each
+    dataset's that has one (--choice-score re-picks the multiple-choice datasets only)."""
+    from minirun.cli.sweep import rescored_title
+
+    assert rescored_title({"qa": "", "mc": ""}) == ""
+    assert rescored_title({"qa": " (rescored: --match harness)", "mc": " (rescored: --match harness)"}) == \
+        "rescored: --match harness"
+    assert rescored_title({"qa": "", "mc": " (rescored: --choice-score sum)"}) == "rescored: mc --choice-score sum"
+    assert rescored_title({"qa": " (rescored: --match bidirectional)", "mc": " (rescored: --match bidirectional, "
+                           "--choice-score sum)"}) == "rescored: qa --match bidirectional; mc --match bidirectional, " \
+        "--choice-score sum"

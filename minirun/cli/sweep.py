@@ -113,14 +113,18 @@ def show_plan(states: list[CellState], output: Path) -> None:
               "; nothing was written (drop --dry-run to run it)", highlight=False)
 
 
+ROW_TOKENS = 384  # a 5-shot QA prompt with its answer, in SmolLM2's or Qwen's tokens: the dry run's example row
+
+
 def weights_line(folder: Path, dtype: str | None, device: str) -> str:
     """What loading a model's weights takes and, where the device is on this machine, what it has free now (a dry
     run on a login node says what the GPU node loads), then what its keys and values take a token and, where the
-    weights fit here, how many tokens the memory left holds across a batch's rows: a 32B model's cache beside its
-    weights decides its batch size. ", its weights: 65.52 GB in bfloat16 on cuda (79.10 GB free here); keys and
-    values: 262 KB a token in a row, so the 13.58 GB left hold about 51,800 tokens (202 in each of 256 rows, eval's
-    largest batch)"."""
+    weights fit here, how many cache rows of a typical few-shot prompt the memory left holds: a 32B model's cache
+    beside its weights decides its batch size (questions x prompts rows). ", its weights: 65.52 GB in bfloat16 on
+    cuda (79.10 GB free here); keys and values: 262 KB a token in a row, so the 13.58 GB left hold about 101 rows of
+    512 slots (…)"."""
     from minirun.checkpoints.loader import available_memory, checked_device, load_config, weights_size
+    from minirun.engine.session import cache_size
     from minirun.eval.loop import BATCH_ROWS
     from minirun.layers.kv_cache import token_bytes
 
@@ -135,10 +139,25 @@ def weights_line(folder: Path, dtype: str | None, device: str) -> str:
     room = "" if free is None else f" ({free[0] / 1e9:.2f} GB free here{short})"
     cache = f"; keys and values: {per_token / 1e3:,.0f} KB a token in a row"
     if free is not None and not short:
-        tokens = (free[0] - needed) // per_token
-        cache += (f", so the {(free[0] - needed) / 1e9:.2f} GB left hold about {tokens:,} tokens "
-                  f"({tokens // BATCH_ROWS:,} in each of {BATCH_ROWS} rows, eval's largest batch)")
+        slots = cache_size(ROW_TOKENS)  # what the engine allocates a row of that many tokens: chunk padding too
+        left = free[0] - needed
+        rows = left // (per_token * slots)
+        cache += (f", so the {left / 1e9:.2f} GB left hold about {rows:,} rows of {slots} slots (a row of up to "
+                  f"{ROW_TOKENS} tokens: few-shot head, prompt and answer; eval's batches run up to {BATCH_ROWS} rows, "
+                  "a model's batch_size fewer)" + ("" if rows else ": no batch runs, give it a smaller dtype or a "
+                                                   "device with more memory"))
     return f", its weights: {needed / 1e9:.2f} GB in {str(dtype_).removeprefix('torch.')} on {where}{room}{cache}"
+
+
+def rescored_title(notes: dict[str, str]) -> str:
+    """A sweep plot's title from each dataset's rescoring note (`report.rescored`'s, " (rescored: FLAGS)", or ""):
+    the flags alone where every dataset's are the same, else each dataset's that has some; "" where none has."""
+    flags = {dataset: note.strip(" ()").removeprefix("rescored: ") for dataset, note in notes.items() if note}
+    if not flags:
+        return ""
+    if len(flags) == len(notes) and len(set(flags.values())) == 1:
+        return f"rescored: {next(iter(flags.values()))}"
+    return "rescored: " + "; ".join(f"{dataset} {flag}" for dataset, flag in flags.items())
 
 
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
@@ -205,7 +224,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     # what report's options rescored of each table's rows: (a LaTeX comment, a note for its title and caption)
     changed = {dataset: rescored(match, choice_score, part) for dataset, part in table.groupby("dataset", sort=False)}
     if plot is not None:
-        plot_sweep(table, plot, curves, next((note for _, note in changed.values() if note), ""))
+        plot_sweep(table, plot, curves, rescored_title({d: note for d, (_, note) in changed.items()}))
     curve_notes = [rescored(match, choice_score, table[table["dataset"].isin(list(sizes))])[1] for sizes in curves]
     if latex is not None:
         rows = scores_long(scores)

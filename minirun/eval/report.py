@@ -505,31 +505,37 @@ def unrated_note(df: pd.DataFrame, of: str = "", dataset: str | None = None) -> 
 
 def first_prompt_note(df: pd.DataFrame, of: str = "") -> str | None:
     """A warning where origin and per_prompt's (else vote's) first prompt, the very same prompt, answer some items
-    differently (`of`: their dataset, in a sweep's): bfloat16 rounds a row by the batch it runs in (origin runs one
-    row a question, the ensembles one a prompt), so differences from origin of about that many items are rounding,
-    not the method; float32 answers alike, and a difference there is a defect to report."""
-    ensemble = next((m for m in EVERY_ANSWER if m in set(df["method"])), None)
-    if ensemble is None or "origin" not in set(df["method"]) or "answers" not in df.columns:
+    differently (`of`: their dataset, in a sweep's), counted per model (a sweep's, or runs side by side) and against
+    the first such entry (a sweep may run per_prompt twice, under two labels): bfloat16 rounds a row by the batch it
+    runs in (origin runs one row a question, the ensembles one a prompt), so accuracy differences from origin within
+    about that many items may be rounding, not the method; in float32 on a CPU they answer alike."""
+    if "answers" not in df.columns:
         return None
-    keys = [c for c in ("model", "dataset") if c in df.columns]
-    origin = df[df["method"] == "origin"].set_index([*keys, "id"])
-    other = df[df["method"] == ensemble].set_index([*keys, "id"])
-    asked = differ = 0
-    for key in origin.index.intersection(other.index):
-        first, row = origin.loc[key], other.loc[key]
-        if list(first["prompts"])[:1] != list(row["prompts"])[:1]:
-            continue  # --no-original: origin asks the question, the ensembles the paraphrases
-        mine, theirs = ("choice", "per_prompt_choices") if first.get("task") == "choice" else ("answer", "answers")
-        if not isinstance(row.get(theirs), (list, np.ndarray)) or not len(row[theirs]):
-            continue  # a row of a minirun before it kept each prompt's
-        asked += 1
-        differ += first[mine] != row[theirs][0]
-    if not differ:
+    entry = "label" if "label" in df.columns else "method"
+    counts, named = [], None
+    for model, part in (df.groupby("model", sort=False) if "model" in df.columns else [(None, df)]):
+        twins = next((part[part["method"] == m] for m in EVERY_ANSWER if (part["method"] == m).any()), None)
+        origin = part[part["method"] == "origin"]
+        if twins is None or origin.empty:
+            continue
+        twins = twins[twins[entry] == twins[entry].iloc[0]].drop_duplicates("id").set_index("id")
+        named = named or str(twins["method"].iloc[0])
+        asked = differ = 0
+        for item, prompts, answer in zip(origin["id"], origin["prompts"], origin["answer"]):
+            if item not in twins.index or not isinstance(twins.at[item, "answers"], (list, np.ndarray)):
+                continue  # not asked by the ensemble, or a row of a minirun before it kept each prompt's answer
+            if list(prompts)[:1] != list(twins.at[item, "prompts"])[:1]:
+                continue  # --no-original: origin asks the question, the ensembles the paraphrases
+            asked += 1
+            differ += answer != twins.at[item, "answers"][0]
+        if differ:
+            counts.append(f"{differ} of {asked}" + ("" if model is None else f" for {model}"))
+    if not counts:
         return None
-    return (f"origin and {ensemble}'s first prompt, the same prompt, answer {differ} of {asked} items{of} "
-            "differently: bfloat16 rounds a row by the batch it runs in (origin runs one row a question, the ensembles "
-            "one a prompt), so differences from origin of about that many items are rounding, not the method; float32 "
-            "answers alike (a difference there is a defect)")
+    return (f"origin and {named}'s first prompt, the same prompt, answer some items{of} differently "
+            f"({'; '.join(counts)}): bfloat16 rounds a row by the batch it runs in (origin runs one row a question, "
+            "the ensembles one a prompt), so accuracy differences from origin within about that many items may be "
+            "rounding, not the method; in float32 on a CPU they answer alike (a difference there is a defect)")
 
 
 def _partly_note(df: pd.DataFrame, column: str, of: str, effect: str) -> str | None:
@@ -755,12 +761,12 @@ def provenance(run_key: dict, methods: dict[str, dict], machines: list[str], sou
     path and weights hash, dtype, device, dataset, prompts, few-shot hash, generation settings, template date, each
     method's own), where the model and the data came from (`sources`, as run.json records them: hub repo and
     commit, or GGUF and its hash; a Hub dataset's repo, revision and commit), the machines its rows were timed
-    on, and where the ensembles' `rows` fused fewer prompts than `num_prompts` asks (items with fewer distinct
-    wordings), how many, so a table in a paper's sources leads back to its run and says what it fused."""
+    on, and where the ensembles' `rows` fused fewer prompts than `num_prompts` asks for some item (one with fewer
+    distinct wordings), how many, so a table in a paper's sources leads back to its run and says what it fused."""
     lines = [f"% {key}: {json.dumps(value)}" for key, value in sorted(run_key.items())]
-    if rows is not None and (fused := fused_prompts(rows)) and fused[1] < run_key.get("num_prompts", 0):
-        lines.append(f"% prompts an ensemble fused per item: {'-'.join(map(str, sorted(set(fused))))} (fewer than "
-                     "num_prompts: the items hold fewer distinct wordings)")
+    if rows is not None and (fused := fused_prompts(rows)) and fused[0] < run_key.get("num_prompts", 0):
+        lines.append(f"% prompts an ensemble fused per item: {'-'.join(map(str, sorted(set(fused))))} (num_prompts "
+                     "asks more: some items hold fewer distinct wordings)")
     lines += [f"% {kind.replace('_', ' ')}: {json.dumps(sources[kind], sort_keys=True)}"
               for kind in SOURCES if (sources or {}).get(kind)]
     lines += [f"% method {name}: {json.dumps(settings, sort_keys=True)}" for name, settings in sorted(methods.items())]

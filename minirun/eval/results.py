@@ -348,7 +348,9 @@ def strict_json(value: object) -> object:
         return strict_json(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a result row")
 
 
 class ResultStore:

@@ -319,8 +319,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             raise mixed_run(state.cell.dir, state.methods)
     todo = [state.cell for state in states if not state.finished]
     if not todo and rank == 0:
-        log.info(f"every one of the {len(chosen)} runs is finished: nothing ran (its tables below, as `minirun report "
-                 f"{output}` shows them)")
+        log.info(f"{'the run is' if len(chosen) == 1 else f'every one of the {len(chosen)} runs is'} finished: "
+                 f"nothing ran (its tables below, as `minirun report {output}` shows them)")
     for model in {id(c.model): c.model for c in todo}.values():  # a later model's missing GPU: before hours of work
         try:
             checked_device(model.device)

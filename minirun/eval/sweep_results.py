@@ -329,11 +329,11 @@ def _verdicts(rows: pd.DataFrame) -> pd.Series:
     return rows.set_index("id")["correct"].astype(float)
 
 
-def plot_sweep(df: pd.DataFrame, path: str | Path, curves: list[dict[str, int]] = (), note: str = "") -> None:
+def plot_sweep(df: pd.DataFrame, path: str | Path, curves: list[dict[str, int]] = (), title: str = "") -> None:
     """Accuracy per method with its 95% interval, one bar per model, one panel per dataset, saved to `path`; then a
     panel per ensemble-size series of `curves` (`size_series`), accuracy against prompts per item, a line per
-    model and method, its intervals as a band, and the mean single-prompt accuracy dashed. `note`, where `report`
-    rescored the rows, titles the figure."""
+    model and method, its intervals as a band, and the mean single-prompt accuracy dashed. `title`, where `report`
+    rescored the rows, says how, per dataset where they differ."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -362,8 +362,8 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, curves: list[dict[str, int]] 
                       rotation_mode="anchor")
         ax.set(ylim=(0, 1), ylabel="accuracy", title=dataset)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    if note:
-        fig.suptitle(note.strip(" ()"))
+    if title:
+        fig.suptitle(title)
     fig.savefig(path)
 
 
