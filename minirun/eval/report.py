@@ -515,7 +515,7 @@ def first_prompt_note(df: pd.DataFrame, of: str = "") -> str | None:
     counts, named = [], None
     for model, part in (df.groupby("model", sort=False) if "model" in df.columns else [(None, df)]):
         twins = next((part[part["method"] == m] for m in EVERY_ANSWER if (part["method"] == m).any()), None)
-        origin = part[part["method"] == "origin"]
+        origin = part[part[entry] == "origin"]  # the baseline entry: a sweep's other origin entries have other labels
         if twins is None or origin.empty:
             continue
         twins = twins[twins[entry] == twins[entry].iloc[0]].drop_duplicates("id").set_index("id")
