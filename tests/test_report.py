@@ -1104,8 +1104,8 @@ def test_origin_and_the_ensembles_first_prompt_answering_apart_is_told_as_roundi
                           for r in rows[:4]] + [{**r, "model": "m1", "dataset": "qa", "label": "pp-sum",
                                                  "answers": [{"a": "Paris", "b": "Rome"}[r["id"]]]}  # origin's
                                                 for r in rows[:4] if r["method"] == "per_prompt"]
-                         + [{**r, "model": "m2", "dataset": "qa", "label": "origin-2", "answer": "?"}  # not the baseline
-                            for r in rows[:4] if r["method"] == "origin"])
+                         + [{**r, "model": "m2", "dataset": "qa", "label": "origin-2", "answer": "?"}
+                            for r in rows[:4] if r["method"] == "origin"])  # another origin entry: not the baseline
     assert "answer some items of qa differently (1 of 2 for m1; 1 of 2 for m2)" in first_prompt_note(sweep, " of qa")
 
 def test_the_latex_provenance_says_where_ensembles_fused_fewer_prompts_than_asked():
