@@ -518,16 +518,18 @@ def first_prompt_note(df: pd.DataFrame, of: str = "") -> str | None:
         origin = part[part[entry] == "origin"]  # the baseline entry: a sweep's other origin entries have other labels
         if twins is None or origin.empty:
             continue
-        twins = twins[twins[entry] == twins[entry].iloc[0]].drop_duplicates("id").set_index("id")
+        twins = twins[twins[entry] == twins[entry].iloc[0]].drop_duplicates("id")
         named = named or str(twins["method"].iloc[0])
+        theirs = dict(zip(twins["id"], zip(twins["prompts"], twins["answers"])))  # one lookup an item, not three
         asked = differ = 0
         for item, prompts, answer in zip(origin["id"], origin["prompts"], origin["answer"]):
-            if item not in twins.index or not isinstance(twins.at[item, "answers"], (list, np.ndarray)):
+            their_prompts, answers = theirs.get(item, (None, None))
+            if not isinstance(answers, (list, np.ndarray)):
                 continue  # not asked by the ensemble, or a row of a minirun before it kept each prompt's answer
-            if list(prompts)[:1] != list(twins.at[item, "prompts"])[:1]:
+            if list(prompts)[:1] != list(their_prompts)[:1]:
                 continue  # --no-original: origin asks the question, the ensembles the paraphrases
             asked += 1
-            differ += answer != twins.at[item, "answers"][0]
+            differ += answer != answers[0]
         if differ:
             counts.append(f"{differ} of {asked}" + ("" if model is None else f" for {model}"))
     if not counts:
