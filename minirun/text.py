@@ -1,4 +1,5 @@
-"""Answer extraction and text normalisation, shared by the methods (self-consistency, votes) and evaluation."""
+"""Answer extraction and text normalisation, shared by the methods (self-consistency, votes, gap items) and
+evaluation."""
 from __future__ import annotations
 
 import re
@@ -144,3 +145,14 @@ def final_number(text: str, reasoning: bool = False) -> str | None:
     boxed = _BOXED.findall(text)
     found = _NUMBER.findall(boxed[-1] if boxed and _NUMBER.search(boxed[-1]) else text)
     return number_value(found[-1]) if found else None
+
+
+def blank_parts(text: str, blank: str) -> tuple[str, str]:
+    """A sentence with one gap split around it: (the text before the gap, the text after it); ValueError where the gap
+    is not there exactly once or nothing follows it (an option scored by what follows has nothing to be scored by)."""
+    if text.count(blank) != 1:
+        raise ValueError(f"{text!r} must hold the blank {blank!r} once, got {text.count(blank)}")
+    before, after = text.split(blank)
+    if not after.strip():
+        raise ValueError(f"{text!r} must go on after its blank {blank!r}: the words after it are what is scored")
+    return before, after

@@ -1098,3 +1098,58 @@ def test_items_asked_are_the_first_n_or_n_at_random_that_a_larger_n_keeps(caplog
     assert [r.getMessage() for r in caplog.records] == [
         "the first 6 of fill's 30 items cover 2 of its 6 relations (subjects): --sample-seed 0 (a sweep's sample_seed) "
         "asks 6 at random"]
+
+
+def _winogrande_frame(answer: object = "2", sentence: str = "The ball broke the window because _ was fragile."
+                      ) -> pd.DataFrame:
+    """A Winogrande row as the Hub's parquet holds it: a sentence with a gap, two options, the right one "1" or "2"."""
+    return pd.DataFrame({"sentence": [sentence], "option1": ["the ball"], "option2": ["the window"],
+                         "answer": [answer]})
+
+
+def test_winogrande_items_are_sentences_with_a_gap_from_validation(monkeypatch, tmp_path):
+    """The XL configuration's validation split (test has no answers: named), examples from train; each item marks its
+    gap ("_"); a local copy is told by its option fields; a sentence without one gap, or ending at it, is named."""
+    calls = _fake_datasets(monkeypatch, {"allenai/winogrande": _winogrande_frame()})
+    (window,) = load_dataset("winogrande")
+    assert (window.id, window.question, window.choices, window.answer, window.answers, window.blank) == (
+        "winogrande-validation-1", "The ball broke the window because _ was fragile.", ["the ball", "the window"], 1,
+        ["the window"], "_")
+    assert len(load_fewshot("winogrande")) == 1
+    assert calls == [("allenai/winogrande", "winogrande_xl", "validation"),
+                     ("allenai/winogrande", "winogrande_xl", "train")]
+    assert dataset_source("winogrande", "f" * 40)["config"] == "winogrande_xl"
+    _winogrande_frame().to_json(tmp_path / "wino.jsonl", orient="records", lines=True)
+    assert load_dataset(tmp_path / "wino.jsonl") == [dataclasses.replace(window, id="winogrande-test-1")]
+    for answer, sentence, problem in [
+            ("", "The ball broke the window because _ was fragile.",
+             r"field 'answer' must be \"1\" or \"2\" \(the option filling the gap\), got '' \(the Hub's test split has "
+             r"no answers: use validation\)"),
+            ("1", "The ball broke the window.", r"must hold the blank '_' once, got 0"),
+            ("1", "The ball broke _ because _ was fragile.", r"must hold the blank '_' once, got 2"),
+            ("1", "The ball broke the window, said _", r"must go on after its blank '_'")]:
+        _winogrande_frame(answer, sentence).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+        with pytest.raises(MinirunError, match=rf"bad\.jsonl: record 1: .*{problem}"):
+            load_dataset(tmp_path / "bad.jsonl")
+
+
+def test_a_gap_item_keeps_its_gap_in_every_wording_and_its_record(tmp_path):
+    """`blank` on a choice item: found once in the question and each paraphrase, which go on after it as the question
+    does; saved only where set, so other items' records (and the keys hashed from them) are as before."""
+    record = {"id": "g1", "question": "Anna thanked Maria because _ had helped.", "choices": ["Anna", "Maria"],
+              "answer": 1, "blank": "_",
+              "paraphrases": ["Anna was grateful to Maria since _ had helped.", "Maria got Anna's thanks as _ had helped."]}
+    item = item_from_dict(record)
+    assert item.blank == "_" and item_record(item)["blank"] == "_"
+    write_jsonl([item], tmp_path / "items.jsonl")
+    assert load_jsonl(tmp_path / "items.jsonl") == [item]
+    plain = {k: v for k, v in record.items() if k != "blank"}
+    assert "blank" not in item_record(item_from_dict(plain))
+    for change, problem in [({"blank": ""}, "field 'blank' marks the gap"),
+                            ({"task": "qa", "answers": ["Maria"]}, "field 'blank' marks the gap .* on a qa item"),
+                            ({"paraphrases": ["Anna thanked Maria."]}, "must hold the blank '_' once, got 0"),
+                            ({"paraphrases": ["Anna thanked Maria because _ had been kind."]},
+                             "paraphrase 0 .* must go on after the blank as the question does"),
+                            ({"question": "Anna thanked _ "}, "must go on after its blank")]:
+        with pytest.raises(ValueError, match=problem):
+            item_from_dict({**record, **change})

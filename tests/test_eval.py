@@ -1756,3 +1756,116 @@ def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items,
         evaluate(thinking, items, ["origin"], tmp_path / "thinking", **settings)
     with pytest.raises(MinirunError, match="the weighted methods measure each prompt's confidence on 16-token"):
         evaluate(thinking, items[:1], ["weighted_avg"], tmp_path / "weighted", **settings)
+
+
+WINO_ROWS = [{"sentence": "The ball broke the window because _ was fragile.", "option1": "the ball",
+              "option2": "the window", "answer": "2"},
+             {"sentence": "Anna thanked Maria because _ had helped her.", "option1": "Anna", "option2": "Maria",
+              "answer": "2"}]
+WINO_SHOT = {"sentence": "The cup fell off the table because _ was tilted.", "option1": "the cup",
+             "option2": "the table", "answer": "2"}
+
+
+def test_winogrande_is_asked_in_the_harness_words_each_option_in_the_gap(checkpoint_dirs, tmp_path, monkeypatch):
+    """`eval --data winogrande`: each option written into the sentence's gap, the words after it scored after a
+    space; a train example before it with its right option in the gap; origin's pick the harness's (the option under
+    which those words are likeliest), recorded with the options and the right one."""
+    calls = _fake_hub(monkeypatch, {"validation": pd.DataFrame(WINO_ROWS), "train": pd.DataFrame([WINO_SHOT])})
+    base = ["eval", "--data", "winogrande", "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--few-shot-k",
+            "1", "--no-chat", "--no-progress"]
+    shown = CliRunner().invoke(_app(), [*base, "--show-prompts", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert calls == [("allenai/winogrande", "winogrande_xl", "validation"),
+                     ("allenai/winogrande", "winogrande_xl", "train")]
+    head = "The cup fell off the table because the table was tilted.\n\n"
+    for option in ("the ball", "the window"):
+        assert f"{head}The ball broke the window because {option}\n--- " in shown.stdout
+    assert "--- scored after it: ' was fragile.' (" in shown.stdout
+    out = tmp_path / "run"
+    result = CliRunner().invoke(_app(), [*base, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_json(out / "results.jsonl", lines=True)
+    assert list(rows["choices"]) == [["the ball", "the window"], ["Anna", "Maria"]] and list(rows["gold_choice"]) == [1, 1]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint_dirs["qwen2"])
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint_dirs["qwen2"], dtype=torch.float32).eval()
+    for row, sentence in zip(rows.itertuples(), [r["sentence"] for r in WINO_ROWS]):
+        gap = sentence.index("_")
+        sums = []
+        for option in row.choices:  # the harness's context and target, through transformers
+            context = head + sentence[:gap] + option
+            start, whole = len(tok(context).input_ids), tok(f"{context} {sentence[gap + 1:].strip()}").input_ids
+            with torch.no_grad():
+                logp = reference(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+            sums.append(sum(logp[j - 1, whole[j]].item() for j in range(start, len(whole))))
+        assert row.choice_logprobs == pytest.approx(sums, abs=1e-4) and row.choice == max(range(2), key=sums.__getitem__)
+    assert json.loads((out / "run.json").read_text())["run_key"]["prompt_format"] == "harness winogrande"
+
+
+def test_gap_items_are_refused_where_they_cannot_be_asked_as_scored(checkpoint_dirs, tmp_path):
+    """A file of gap items is asked as Winogrande (--benchmark); one run asks gap items or others, one gap mark;
+    few-shot examples of gap questions fill a gap too; the weighted methods have no answer to sample; winogrande
+    asks gap items only; letters are refused (cloze only). Each refused in one line before any model time."""
+    gap = {"id": "g1", "question": "The ball broke the window because _ was fragile.", "choices": ["the ball",
+           "the window"], "answer": 1, "blank": "_",
+           "paraphrases": ["The window was broken by the ball because _ was fragile."]}
+    plain = {"id": "p1", "question": "What is the capital of France?", "choices": ["Paris", "Rome"], "answer": 0,
+             "paraphrases": ["Which city is France's capital?"]}
+
+    def write(name: str, *records: dict) -> str:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+        return str(tmp_path / name)
+
+    base = ["eval", "--model", str(checkpoint_dirs["qwen2"]), "--no-chat", "--few-shot-k", "0", "--output",
+            str(tmp_path / "run")]
+    for extra, problem in [
+            (["--data", write("g.jsonl", gap), "-m", "avg"], "fill a gap .*: pass --benchmark winogrande"),
+            (["--data", write("m.jsonl", gap, plain), "-m", "avg", "--benchmark", "winogrande"],
+             "some items fill a gap .* and others do not"),
+            (["--data", write("two.jsonl", gap, {**gap, "id": "g2", "blank": "___",
+                                                 "question": gap["question"].replace("_", "___"),
+                                                 "paraphrases": []}), "-m", "avg", "--benchmark", "winogrande"],
+             "the items mark their gaps '_' and '___'"),
+            (["--data", write("p.jsonl", plain), "-m", "avg", "--benchmark", "winogrande"],
+             "winogrande asks sentences with a gap"),
+            (["--data", write("g.jsonl", gap), "-m", "weighted_avg", "--benchmark", "winogrande"],
+             "weighted_avg weighs each prompt .* use avg or max for gap items"),
+            (["--data", write("g.jsonl", gap), "-m", "avg", "--benchmark", "winogrande", "--choice-format",
+              "letters"], "winogrande is asked cloze only"),
+            (["--data", write("g.jsonl", gap), "-m", "avg", "--benchmark", "winogrande", "--few-shot",
+              write("shots.jsonl", {**plain, "id": "s1"}), "--few-shot-k", "1"],
+             "the few-shot examples have no gap")]:
+        result = CliRunner().invoke(_app(), [*base, *extra])
+        assert result.exit_code == 1 and re.search(problem, result.output), (extra, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_a_paraphrased_gap_file_runs_every_method_and_resumes(checkpoint_dirs, tmp_path):
+    """Gap items with paraphrases, asked as winogrande without a chat template: flex fuses the paraphrases in the
+    option each prompt ends with; identical paraphrases fuse to origin's scores; a second run resumes every row."""
+    sentence = "The ball broke the window because _ was fragile."
+    items = [{"id": "g1", "question": sentence, "choices": ["the ball", "the window"], "answer": 1, "blank": "_",
+              "paraphrases": [sentence, "The window was broken by the ball because _ was fragile."]},
+             {"id": "g2", "question": "Anna thanked Maria because _ had helped her.", "choices": ["Anna", "Maria"],
+              "answer": 1, "blank": "_", "paraphrases": ["Anna thanked Maria because _ had helped her."] * 2}]
+    data = tmp_path / "gaps.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in items))
+    args = ["eval", "--data", str(data), "--benchmark", "winogrande", "--model", str(checkpoint_dirs["qwen2"]),
+            "--no-chat", "--few-shot-k", "0", "--no-progress", "--choice-score", "sum", "--output", str(tmp_path / "r"),
+            *[x for m in ("origin", "per_prompt", "vote", "avg", "max", "hidden_avg", "flex") for x in ("-m", m)]]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_json(tmp_path / "r" / "results.jsonl", lines=True).set_index(["id", "method"])
+    assert len(rows) == 14
+    origin = rows.loc[("g2", "origin"), "choice_logprobs"]
+    for method in ("avg", "max", "hidden_avg"):  # one distinct wording: the ensembles are origin
+        assert rows.loc[("g2", method), "choice_logprobs"] == pytest.approx(origin, abs=1e-4)
+    assert rows.loc[("g1", "flex"), "choice_logprobs"] != pytest.approx(rows.loc[("g1", "origin"), "choice_logprobs"],
+                                                                        abs=1e-3)
+    assert rows.loc[("g1", "per_prompt"), "per_prompt_logprobs"][0] == pytest.approx(
+        rows.loc[("g1", "origin"), "choice_logprobs"], abs=1e-4)
+    written = (tmp_path / "r" / "results.jsonl").read_bytes()
+    again = CliRunner().invoke(_app(), args)
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "r" / "results.jsonl").read_bytes() == written  # every row resumed, none run again

@@ -99,7 +99,7 @@ def test_eval_flow(models_dir, tmp_path):
                          "myriadlama, triviaqa, nq_open, popqa, gsm8k, mmlu, "
                          "commonsense_qa, arc_challenge, arc_easy, openbookqa, hellaswag, piqa, sciq, boolq, "
                          "truthfulqa_mc1, "
-                         "truthfulqa_mc2 (a Hub "
+                         "truthfulqa_mc2, winogrande (a Hub "
                          "one pinned: NAME@REV) or the path of an existing file "
                          "(e.g. items.jsonl)")
     assert echoed[1] == "'mmlu@': 'mmlu@' names no revision after '@': give a branch, tag or commit, or drop the '@'"

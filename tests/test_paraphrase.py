@@ -135,6 +135,34 @@ def test_a_yes_no_question_is_rewritten_as_a_question_without_the_mark_its_promp
     assert paraphrase.settings_key(*settings) != paraphrase.settings_key(*settings, yes_no_questions=True)
 
 
+def test_a_gap_item_has_the_words_before_its_gap_rewritten_and_the_rest_kept(tmp_path, monkeypatch):
+    """Winogrande's sentences: the words before the gap are rewritten as an unfinished sentence (a fill prompt's rules:
+    a rewrite completing it, or naming the right option more often, is dropped), then the gap and the words after it
+    as the sentence has them, so every wording is scored by the same words; a gap opening its sentence leaves nothing
+    to rewrite; only files of gap items key the rule, and the file reads back as gap items."""
+    gap = Item("w", "The ball broke the window because _ was fragile.", [], ["the window"], "choice", None,
+               ["the ball", "the window"], 1, blank="_")
+    opening = Item("o", "_ broke the window, said the ball.", [], ["the ball"], "choice", None,
+                   ["the ball", "the window"], 0, blank="_")
+    asked = []
+    rewrites = ["The window broke when the ball hit it since", "The window was broken by the ball because the window",
+                "The ball broke the window because it was fragile.", "As the ball smashed the window,"]
+    monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: asked.extend(batch) or [rewrites])
+    undated = type("Tokenizer", (), {"reads_clock": False, "rebuilt": False,
+                                     "pinned_clock": lambda self, moment: contextlib.nullcontext()})
+    llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
+                               "tokenizer": undated(), "opens_reasoning": lambda self, chat, thinking: False})()
+    done, alone = paraphrase_file(llm, [gap, opening], tmp_path / "g.jsonl", num=4)
+    (part,) = asked
+    assert (part.question, part.task, part.blank) == ("The ball broke the window because", "fill", None)
+    assert paraphrase.FILL_INSTRUCTION in rewrite_prompt(part)
+    assert done.paraphrases == [gap.question, "The window broke when the ball hit it since _ was fragile."]
+    assert done.blank == "_" and alone.paraphrases == [opening.question]
+    assert load_dataset(tmp_path / "g.jsonl") == [done, alone]
+    settings = (llm, "custom", 2, 1.5, 0.9, 30, 0)
+    assert paraphrase.settings_key(*settings) != paraphrase.settings_key(*settings, gaps=True)
+
+
 def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkeypatch):
     fills = load_dataset("sample-fill")[2:3]  # The capital of Egypt is
     assert fills[0].question == FILL.question

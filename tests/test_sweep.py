@@ -27,7 +27,7 @@ import minirun
 from minirun.cli import app
 from minirun.engine.session import cache_size
 from minirun.errors import MinirunError
-from minirun.eval.data import load_dataset, write_jsonl
+from minirun.eval.data import Item, load_dataset, write_jsonl
 from minirun.eval.sweep import run_sweep, survey
 from minirun.eval.sweep_results import sweep_table
 from minirun.eval.sweep_spec import load_sweep_file, parse_sweep
@@ -1353,3 +1353,23 @@ def test_a_sweep_plot_title_says_how_each_dataset_was_rescored():
     assert rescored_title({"qa": " (rescored: --match bidirectional)", "mc": " (rescored: --match bidirectional, "
                            "--choice-score sum)"}) == "rescored: qa --match bidirectional; mc --match bidirectional, " \
         "--choice-score sum"
+
+
+def test_a_sweep_asks_a_gap_file_as_winogrande_and_refuses_it_otherwise(checkpoint_dirs, tmp_path):
+    """A dataset of gap items (Winogrande's) with `benchmark = "winogrande"` runs every method of the sweep, flex too
+    without a chat template (the option ends every prompt); the same file without it is refused naming the fix, before
+    any run."""
+    gaps = [Item(f"g{i}", f"{who} thanked Maria because _ had helped.", [f"Maria got thanks from {who} as _ had helped."],
+                 ["Maria"], "choice", None, [who, "Maria"], 1, blank="_") for i, who in enumerate(["Anna", "Lena"])]
+    write_jsonl(gaps, tmp_path / "gaps.jsonl")
+    text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, []).replace("[generation]", "[generation]\nchat = false")
+    entry = f'\n[[datasets]]\nname = "{tmp_path / "gaps.jsonl"}"\nlabel = "gaps"\nnum_prompts = 2\nfew_shot_k = 0\n'
+    rows: list[dict] = []
+    with pytest.raises(MinirunError, match="pass --benchmark winogrande .a sweep dataset's benchmark"):
+        run_sweep(load_sweep_file(_file(tmp_path, text + entry, "plain.toml")), tmp_path / "plain",
+                  lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
+    assert rows == []
+    table = run_sweep(load_sweep_file(_file(tmp_path, text + entry + 'benchmark = "winogrande"\n', "wino.toml")),
+                      tmp_path / "wino", lambda m: minirun.load(m.path), progress=False)
+    assert sorted(table["label"].unique()) == ["flex-restart", "origin"] and len(table) == 4
+    assert set(table["choices"].map(tuple)) == {("Anna", "Maria"), ("Lena", "Maria")}

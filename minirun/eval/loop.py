@@ -48,7 +48,7 @@ from minirun.eval.prompts import (
 from minirun.eval.results import REBUILT, SOURCES, ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import device_name, seconds_set_aside
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
-from minirun.methods.choice import ChoiceResult, asked_ids, score_choices, scored_as
+from minirun.methods.choice import ChoiceResult, asked_ids, gap_filled, score_blanks, score_choices, scored_as
 from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
 from minirun.methods.runner import (PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
@@ -376,7 +376,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     check_prompt_count(prompts, methods, dataset, num_prompts)
     has_template = llm.tokenizer.chat_template is not None
     templated = chat if chat is not None else has_template
-    if "flex" in methods and not templated and any(not _suffix(item, choice_format, fmt) for item in items):
+    check_gaps(items, methods, source, fewshot_items)
+    if "flex" in methods and not templated and any(not _suffix(item, choice_format, fmt) and item.blank is None
+                                                   for item in items):  # a gap's option is its prompts' shared end
         raise MinirunError(f"flex fuses the paraphrases in the tokens all prompts end with, and {source}'s prompts "
                            f"({fmt.name}) end with the question itself, no cue after it, where no chat template "
                            "wraps them: ask them in the chat template (--chat), or lettered (--choice-format letters, "
@@ -446,6 +448,35 @@ def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], d
         _WARNED.add(("single", dataset, len(single), len(items)))
         log.warning("%d of %d items (first %r) have no paraphrase besides the question: there every method answers "
                     "as origin does", len(single), len(items), single[0])
+
+
+def check_gaps(items: list[Item], methods: list[str] | tuple[str, ...], source: str,
+               fewshot_items: list[Item] | None) -> None:
+    """Refuse gap items (`Item.blank`: options that fill a gap, Winogrande's) where they cannot be asked as they are
+    scored: beside items without a gap in one run, in a format other than Winogrande's (a file of them is asked as
+    winogrande: --benchmark), under one of several gap marks, with few-shot examples of the other kind, or with a
+    weighted method, whose confidences sample each prompt's answer, which a sentence with a gap has none of."""
+    gaps = {item.blank for item in items}
+    if None not in gaps and len(gaps) > 1:
+        raise MinirunError(f"the items mark their gaps {' and '.join(map(repr, sorted(gaps)))}: one run asks one mark; "
+                           "write every gap alike")
+    if None in gaps and len(gaps) > 1:
+        raise MinirunError("some items fill a gap (a 'blank' field) and others do not: one run asks either kind; "
+                           "split the file")
+    if None in gaps:
+        if source == "winogrande":
+            raise MinirunError("winogrande asks sentences with a gap its options fill, and these items have none (a "
+                               "'blank' field, \"_\"): drop the benchmark, or give the items their gap")
+        return
+    if source != "winogrande":
+        raise MinirunError(f"{source}'s items fill a gap (a 'blank' field), which is asked and scored as Winogrande "
+                           "is: pass --benchmark winogrande (a sweep dataset's benchmark = \"winogrande\")")
+    if fewshot_items is not None and any(e.blank is None for e in fewshot_items):
+        raise MinirunError("the few-shot examples have no gap (a 'blank' field) and the questions do: give "
+                           "examples of gap items (a file of them, or winogrande's own train split)")
+    if weighted := [m for m in methods if m in WEIGHTED]:
+        raise MinirunError(f"{weighted[0]} weighs each prompt by how often sampled answers repeat its own, and a "
+                           "sentence with a gap has no answer to sample: use avg or max for gap items")
 
 
 def check_worked(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str) -> None:
@@ -557,12 +588,13 @@ def scored_alone(items: list[Item]) -> bool:
 
 
 def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
-    """A hash of what each item puts into its rows (question, the prompts run, gold answers, options, passage):
+    """A hash of what each item puts into its rows (question, the prompts run, gold answers, options, passage, gap):
     an edited dataset file resumed into an old run would otherwise pair new rows with stale ones."""
     # a set of right options hashed where an item lists one: the digests of runs before `true_options` stay as they were
     content = [[item.id, item.question, prompts[item.id], item.answers, item.task, item.relation, item.choices,
                 item.answer, *([item.true_options] if item.true_options else []),
-                *([{"context": item.context}] if item.context is not None else [])] for item in items]
+                *([{"context": item.context}] if item.context is not None else []),
+                *([{"blank": item.blank}] if item.blank is not None else [])] for item in items]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -710,6 +742,9 @@ def shown_prompts(llm: LLM, run: Run, count: int) -> list[str]:
     with tok.pinned_clock(template_clock(run)):
         for item in run.items[:count]:
             question, choices = run.question(item), run.candidates(item)
+            if item.blank is not None:
+                blocks.append(_shown_gaps(llm, run, item, question, choices))
+                continue
             origin = asked_ids(llm, "origin", question, run.options, choices) if "origin" in run.methods else None
             prompts = asked_ids(llm, ensembles[0], question, run.options, choices) if ensembles else None
             shown = prompts or origin
@@ -728,6 +763,22 @@ def shown_prompts(llm: LLM, run: Run, count: int) -> list[str]:
                     f"{tok.decode(ids)!r} ({len(ids)} token{'s' if len(ids) > 1 else ''})" for ids in shown[1]))
             blocks.append("\n".join(lines))
     return blocks
+
+
+def _shown_gaps(llm: LLM, run: Run, item: Item, question: Question, choices: list[str]) -> str:
+    """`shown_prompts`' block of a gap item: each option written into the gap of the prompts the run's first method
+    asks, and the words after the gap scored after each."""
+    tok = llm.tokenizer
+    method = run.methods[0]
+    filled, tail = gap_filled(question, choices, item.blank)
+    lines = [f"=== item {item.id} ({method}'s prompts, each option in the gap)"]
+    for option, each in zip(choices, filled):
+        prompts, (target,) = asked_ids(llm, method, each, run.options, [tail])
+        for i, ids in enumerate(prompts):
+            lines += [f"--- option {option!r} · prompt {i + 1} · {len(ids)} tokens", tok.decode(ids)]
+        plural = "s" if len(target) > 1 else ""
+        lines.append(f"--- scored after it: {tok.decode(target)!r} ({len(target)} token{plural})")
+    return "\n".join(lines)
 
 
 def template_clock(run: Run) -> datetime | None:
@@ -816,9 +867,15 @@ def _run_batch(llm: LLM, method: str, batch: list[Item], questions: list[Questio
         pick_options = replace(options, confidences=[options.confidences[i] for i in scored]) \
             if options.confidences else options
         asked = [questions[i] for i in scored]
+        blank = picked[0].blank  # a run's items all fill a gap, or none does (`check_gaps`)
+
+        def score() -> list[ChoiceResult]:
+            if blank is None:
+                return score_choices(llm, method, asked, candidates, pick_options)
+            return score_blanks(llm, method, asked, candidates, blank, pick_options)
+
         with _naming(picked):
-            results = twins.run(method, "score", (asked, candidates), pick_options,
-                                lambda: score_choices(llm, method, asked, candidates, pick_options),
+            results = twins.run(method, "score", (asked, candidates), pick_options, score,
                                 lambda r: scored_as(r, method, pick_options.choice_score))
         rows |= {i: _choice_row(item, method, r, original) for i, item, r in zip(scored, picked, results)}
     if generated:

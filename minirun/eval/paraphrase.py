@@ -29,7 +29,7 @@ from minirun.eval.data import Item
 from minirun.eval.data.items import item_from_dict, item_record
 from minirun.eval.prompts import WORKED_TOKENS
 from minirun.eval.results import RECORDED_BEFORE, REBUILT, drop_torn_line, lock_exclusively
-from minirun.text import THINKING_TOKENS, answer_start, first_line, normalize, number_values
+from minirun.text import THINKING_TOKENS, answer_start, blank_parts, first_line, normalize, number_values
 
 log = logging.getLogger("minirun")
 
@@ -84,6 +84,9 @@ REWRITE_VERSION = 5
 # Files of yes/no questions (`yes_no`) key this rule too: since it, their rewrites are questions, never unfinished
 # sentences, without a question mark where the original has none (other files' keys stay as they were)
 YES_NO_RULE = "yes/no questions rewritten as questions, a question mark only where the original has one"
+# Files of gap items (`Item.blank`, Winogrande's) key this rule: the words before the gap are rewritten as an unfinished
+# sentence, the gap and the words after it kept as they are (the options are scored by those words, in every wording)
+GAP_RULE = "gap items: the words before the gap rewritten as an unfinished sentence, the gap and what follows kept"
 
 
 def yes_no(item: Item) -> bool:
@@ -107,6 +110,28 @@ def fitted(rewrite: str, item: Item) -> str:
     if yes_no(item) and not item.question.rstrip().endswith("?"):
         return rewrite.rstrip().rstrip("?").rstrip()
     return rewrite
+
+
+def rewritten_part(item: Item) -> Item | None:
+    """What of an item is rewritten, as an item: itself, or for a gap item the words before its gap as an unfinished
+    sentence (a fill item's rules: it must stop where the option goes, naming the right option no more often), None
+    where the gap opens the sentence (nothing before it to rewrite)."""
+    if item.blank is None:
+        return item
+    before = blank_parts(item.question, item.blank)[0].rstrip()
+    if not before.strip():
+        return None
+    return replace(item, question=before, paraphrases=[], task="fill", choices=None, answer=None, true_options=None,
+                   blank=None)
+
+
+def with_gap(item: Item, rewrite: str) -> str:
+    """A kept rewrite as the item's wording: itself, or a gap item's rewritten start followed by the gap and the
+    words after it as the sentence has them."""
+    if item.blank is None:
+        return rewrite
+    before, after = blank_parts(item.question, item.blank)
+    return f"{rewrite.rstrip()}{before[len(before.rstrip()):] or ' '}{item.blank}{after}"
 
 
 def rewrite_prompt(item: Item) -> str:
@@ -225,16 +250,19 @@ def settings_record(llm: LLM, dataset: str, num: int, temperature: float, top_p:
 
 
 def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int, day: str | None = None, worked: bool = False, yes_no_questions: bool = False) -> str:
+                 seed: int, day: str | None = None, worked: bool = False, yes_no_questions: bool = False,
+                 gaps: bool = False) -> str:
     """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
     `day` a dated chat template renders at where there is one, and a Llama-class tokenizer's pipeline as transformers 5
     builds it (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys), and for word problems
-    (`worked`) their rewrite prompt, and for yes/no questions `YES_NO_RULE` (other files' keys stay as they were)."""
+    (`worked`) their rewrite prompt, and for yes/no questions `YES_NO_RULE`, for gap items `GAP_RULE` (other files'
+    keys stay as they were)."""
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
     settings = [str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
                 PROMPTS, str(llm.dtype), llm.device.type]
     raw = json.dumps(settings + ([day] if day is not None else []) + ([REBUILT] if llm.tokenizer.rebuilt else [])
-                     + ([MATH_PROMPT] if worked else []) + ([YES_NO_RULE] if yes_no_questions else []))
+                     + ([MATH_PROMPT] if worked else []) + ([YES_NO_RULE] if yes_no_questions else [])
+                     + ([GAP_RULE] if gaps else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -355,7 +383,8 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 recorded = {"template_date": day} if day is not None else {}
                 if data_source is not None:
                     recorded["data_source"] = data_source
-                key = settings_key(*settings, day, worked, any(map(yes_no, items)))
+                key = settings_key(*settings, day, worked, any(map(yes_no, items)),
+                                   any(item.blank is not None for item in items))
                 setup = settings_record(*settings, day)
                 return _paraphrase_into(f, llm, items, out, key, setup, recorded, num, temperature, top_p,
                                         max_new_tokens, seed, batch_size, on_progress)
@@ -411,8 +440,12 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, se
         on_progress(len(items) - len(todo))
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        for item, rewrites in zip(batch, rewrite_batch(llm, batch, num, temperature, top_p, max_new_tokens, seed)):
-            done = replace(item, paraphrases=[item.question, *kept_rewrites(rewrites, item)])
+        parts = {item.id: part for item in batch if (part := rewritten_part(item)) is not None}
+        rewritten = dict(zip(parts, rewrite_batch(llm, list(parts.values()), num, temperature, top_p, max_new_tokens,
+                                                  seed))) if parts else {}
+        for item in batch:
+            kept = kept_rewrites(rewritten[item.id], parts[item.id]) if item.id in parts else []
+            done = replace(item, paraphrases=[item.question, *(with_gap(item, r) for r in kept)])
             row = {**item_record(done), "paraphrase_settings": key, "paraphrase_setup": setup, **recorded}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             finished[item.id] = done

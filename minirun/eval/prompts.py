@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from minirun.errors import MinirunError
 from minirun.eval.data import Item
+from minirun.text import blank_parts
 
 INSTRUCTIONS = {
     "qa": "Answer the question from general world knowledge with a short, direct answer.",
@@ -109,6 +110,10 @@ HARNESS = {
     # sciq.yaml: the support passage (`PromptFormat.passage`) then "Question: {{question}}\nAnswer:", each option
     # after a space (cloze only: `CLOZE_ONLY`); it has a test split, so a per-question draw takes k
     ("sciq", "cloze"): PromptFormat("harness sciq", "Question: ", "\nAnswer:", False, ""),
+    # winogrande/default.yaml: partial scoring, each option written into the sentence's gap ("{{sentence[:gap]}}" and
+    # the option, no lead or cue) and the words after the gap scored after a space (`Item.blank`); a few-shot example
+    # is its sentence with the right option in the gap; no test split, so a per-question draw takes k + 1
+    ("winogrande", "cloze"): PromptFormat("harness winogrande", "", "", False, "", draws_one_more=True),
     # truthfulqa_mc1.yaml (which truthfulqa_mc2.yaml includes): the paper's six worked questions ("Q: …\nA: …"), then
     # "Q: {question}\nA:"
     **{(name, "cloze"): PromptFormat(f"harness {name}", "Q: ", "\nA:", False, "", True)
@@ -132,7 +137,8 @@ HARNESS = {
 _FIRST = "its rows put a right option first in every question, so lettered, A would be right every time"
 CLOZE_ONLY = {"truthfulqa_mc1": _FIRST, "truthfulqa_mc2": _FIRST,
               "sciq": "its rows put a right option last in every question, so lettered, D would be right every time",
-              "boolq": "its options are the answers no and yes themselves, which letters would only rename"}
+              "boolq": "its options are the answers no and yes themselves, which letters would only rename",
+              "winogrande": "its options fill a gap in the sentence, and the words after the gap are what is scored"}
 
 
 def prompt_format(dataset: str, choice_format: str = "cloze") -> PromptFormat:
@@ -180,8 +186,12 @@ def option_list(choices: list[str]) -> str:
 
 def example_block(item: Item, choice_format: str = "cloze", fmt: PromptFormat = MINIRUN) -> str:
     """One worked example: the item's passage if it has one, its question and its first (canonical) answer (or its
-    letter; a math item's worked solution, or where it has none its answer as a solution ends, "#### 72")."""
+    letter; a gap item's sentence with its right option in the gap; a math item's worked solution, or where it has
+    none its answer as a solution ends, "#### 72")."""
     passage = fmt.passage(item.context)
+    if item.blank is not None:  # the sentence with its right option in the gap, as the harness writes the example
+        before, after = blank_parts(item.question, item.blank)
+        return f"{passage}{fmt.lead}{before}{item.choices[item.answer]} {after.strip()}"
     if item.choices is not None and choice_format == "letters":
         return f"{passage}{fmt.lead}{fmt.question(item.question)}{option_list(item.choices)} {LETTERS[item.answer]}"
     if item.task == "math":

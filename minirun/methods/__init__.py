@@ -10,13 +10,14 @@ hidden_avg  rows as for avg; the newest token's hidden state fused across them f
 
 `llm` is anything that satisfies `EnsembleModel` (`minirun.LLM` does); `run_encoded` takes
 questions already tokenised, with session hooks for callers that time them. `score_choices`
-scores multiple-choice options with the same methods.
+scores multiple-choice options with the same methods, `score_blanks` options that fill a gap.
 """
 import importlib
 
 from minirun.methods.names import METHODS
 
-_HOMES = {"ChoiceResult": "choice", "score_choices": "choice", "EnsembleModel": "model", "EnsembleOptions": "options",
+_HOMES = {"ChoiceResult": "choice", "score_choices": "choice", "score_blanks": "choice",
+          "EnsembleModel": "model", "EnsembleOptions": "options",
           "MethodResult": "options", "Question": "options", "run_encoded": "runner", "run_method": "runner"}
 
 __all__ = ["METHODS", *_HOMES]

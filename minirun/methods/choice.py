@@ -7,7 +7,8 @@ scores are fused across the question's rows at every option token with the metho
 (hidden_avg fuses the states instead), and its log-probabilities are read from the fused
 distribution. flex lays its options after the packed prompt the same way, as branch segments:
 each option attends to every paraphrase and to itself, never to another option. The prompt is
-never re-run per option.
+never re-run per option. A gap item (Winogrande's) is the other way round: each option fills the gap and what
+follows the gap, the same in every wording, is scored after it (`score_blanks`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from minirun.methods.runner import (
     open_session,
     plan_rows,
 )
+from minirun.text import blank_parts
 
 
 @dataclass
@@ -134,6 +136,62 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
         if method == "flex":
             return _score_flex(llm, encoded, targets, texts, prompts, options, hooks)
         return _score_rows(llm, method, encoded, targets, texts, prompts, options, hooks)
+
+
+def score_blanks(llm: EnsembleModel, method: str, questions: list[Question], choices: list[list[str]], blank: str,
+                 options: EnsembleOptions | None = None, hooks: Hooks = NO_HOOKS) -> list[ChoiceResult]:
+    """Score gap items as lm-evaluation-harness scores Winogrande (partial scoring): every prompt holds `blank` once;
+    each option is written into the gap and the words after it, the same in every prompt, are scored after it; the
+    option under which they are likeliest is picked. Each question and option becomes one question of
+    `score_choices` whose one option is those words, the option its prompts' shared suffix (so flex fuses the
+    paraphrases in it), and every method fuses as it does there: its pick and every option's score are then read
+    from the options' scores of those words. `options.confidences` (the weighted methods'), one list per question,
+    serve each of its options."""
+    options = checked_call(questions, options)
+    check_method(method, options)
+    if len(questions) != len(choices) or isinstance(choices, str) or any(isinstance(c, str) or len(c) < 2
+                                                                         for c in choices):
+        raise MinirunError("every gap question needs its list of at least 2 options, e.g. [['the trophy', 'the case']]")
+    if bad := next((q for q in questions if q.suffix), None):
+        raise MinirunError(f"a gap question is scored by the words after its gap, so it takes no suffix: got "
+                           f"{bad.suffix!r}")
+    filled, tails = [], []
+    for q, texts in zip(questions, choices):
+        written, tail = gap_filled(q, texts, blank)
+        filled += written
+        tails.append(tail)
+    counts = [len(c) for c in choices]
+    confidences = None if options.confidences is None else \
+        [c for c, n in zip(options.confidences, counts) for _ in range(n)]
+    each = score_choices(llm, method, filled, [[tail] for tail, n in zip(tails, counts) for _ in range(n)],
+                         replace(options, confidences=confidences), hooks)
+    results, start = [], 0
+    for q, n in zip(questions, counts):
+        part, start = each[start:start + n], start + n
+        per_prompt = None if part[0].per_prompt_logprobs is None else \
+            [[r.per_prompt_logprobs[p][0] for r in part] for p in range(len(part[0].per_prompt_logprobs))]
+        results.append(_scored(method, [r.logprobs[0] for r in part], [r.option_tokens[0] for r in part],
+                               [r.option_chars[0] for r in part], options.choice_score,
+                               method_prompts(method, [q])[0], sum(r.prompt_tokens for r in part), per_prompt,
+                               fusion_layer=part[0].fusion_layer, confidences=part[0].confidences))
+    return results
+
+
+def gap_filled(question: Question, choices: list[str], blank: str) -> tuple[list[Question], str]:
+    """A gap question as `score_choices` asks it of each of its `choices` (`score_blanks`): the option written into
+    every prompt's gap, ending it as the prompts' shared suffix (written into the text where the gap opens a prompt,
+    there being none before it), and the words after the gap, the one text scored after each."""
+    try:
+        (before, after), *others = [blank_parts(text, blank) for text in (question.question, *question.paraphrases)]
+    except ValueError as e:
+        raise MinirunError(f"{e}: every prompt of a gap question holds its gap once") from None
+    if changed := next((b + blank + a for b, a in others if a.strip() != after.strip()), None):
+        raise MinirunError(f"{changed!r} goes on after the gap {blank!r} otherwise than {question.question!r}: every "
+                           "prompt is scored by the same words after it")
+    whole = not all(b.strip() for b in [before, *(b for b, _ in others)])
+    filled = [Question(before + option, [b + option for b, _ in others], question.prefix) if whole else
+              Question(before, [b for b, _ in others], question.prefix, option) for option in option_texts(choices)]
+    return filled, after.strip()
 
 
 def option_row(targets: list[list[int]], start: int, segment: Callable[[int], int]) -> Row:

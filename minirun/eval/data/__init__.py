@@ -1,5 +1,5 @@
 """Datasets as lists of `Item`: bundled samples, WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU,
-CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, or your own JSONL/JSON file."""
+CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, Winogrande, or your own JSONL/JSON file."""
 from __future__ import annotations
 
 import itertools
@@ -25,6 +25,8 @@ from minirun.eval.data.choice import (
     TRUTHFULQA,
     TRUTHFULQA_CONFIG,
     TRUTHFULQA_SETS,
+    WINOGRANDE,
+    WINOGRANDE_CONFIG,
     load_arc,
     load_boolq,
     load_commonsense_qa,
@@ -34,6 +36,7 @@ from minirun.eval.data.choice import (
     load_piqa,
     load_sciq,
     load_truthfulqa,
+    load_winogrande,
 )
 from minirun.eval.data.gsm8k import GSM8K, GSM8K_CONFIG, load_gsm8k
 from minirun.eval.data.items import (
@@ -41,6 +44,7 @@ from minirun.eval.data.items import (
     Item,
     LoadResult,
     asked_items,
+    blank_parts,
     ensemble_prompts,
     item_record,
     items_from_records,
@@ -69,21 +73,21 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLES = {"sample-qa": "qa", "sample-fill": "fill", "sample-choice": "choice", "sample-math": "math"}
 OPEN_QA = ("triviaqa", "nq_open", "popqa")
 NAMES = (*SAMPLES, "webqa", "myriadlama", *OPEN_QA, "gsm8k", "mmlu", "commonsense_qa", *ARC_SETS, "openbookqa",
-         "hellaswag", "piqa", "sciq", "boolq", *TRUTHFULQA_SETS)
+         "hellaswag", "piqa", "sciq", "boolq", *TRUTHFULQA_SETS, "winogrande")
 WEBQA_KEYS = (*QUESTION_KEYS, "targetValue")
 HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "triviaqa": TRIVIAQA, "nq_open": NQ_OPEN, "popqa": POPQA,
                 "gsm8k": GSM8K, "mmlu": MMLU, "commonsense_qa": COMMONSENSE_QA,
                 **dict.fromkeys(ARC_SETS, ARC), "openbookqa": OPENBOOKQA, "hellaswag": HELLASWAG, "piqa": PIQA,
                 "sciq": SCIQ, "boolq": SUPER_GLUE,
-                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA)}
+                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA), "winogrande": WINOGRANDE}
 # the Hub config each is read from, where a repo holds several (ARC's two sets)
 HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, "gsm8k": GSM8K_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
                "boolq": BOOLQ_CONFIG,
-               **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG)}
+               **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG), "winogrande": WINOGRANDE_CONFIG}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"), "gsm8k": "math",
            **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", "piqa", "sciq",
-                            "boolq", *TRUTHFULQA_SETS),
+                            "boolq", *TRUTHFULQA_SETS, "winogrande"),
                            "choice")}
 # Hub datasets whose few-shot examples minirun holds: TruthfulQA's worked questions; the bundled QA examples for PopQA,
 # whose one split is its test
@@ -94,12 +98,14 @@ NAMED_LOADERS = {"webqa": load_webqa, "myriadlama": load_myriadlama, "triviaqa":
                  "popqa": load_popqa, "gsm8k": load_gsm8k, "commonsense_qa": load_commonsense_qa,
                  **dict.fromkeys(ARC_SETS, load_arc), "openbookqa": load_openbookqa, "hellaswag": load_hellaswag,
                  "piqa": load_piqa, "sciq": load_sciq, "boolq": load_boolq,
-                 **dict.fromkeys(TRUTHFULQA_SETS, load_truthfulqa)}
-VALIDATION_ONLY = {"triviaqa", "nq_open", "commonsense_qa", "hellaswag", "piqa", "boolq", *TRUTHFULQA_SETS}
+                 **dict.fromkeys(TRUTHFULQA_SETS, load_truthfulqa), "winogrande": load_winogrande}
+VALIDATION_ONLY = {"triviaqa", "nq_open", "commonsense_qa", "hellaswag", "piqa", "boolq", *TRUTHFULQA_SETS,
+                   "winogrande"}
 # the loaders that read a local copy of a benchmark's rows as any split, by the kind `_kind` tells
 COPY_LOADERS = {"commonsense_qa": load_commonsense_qa, "arc": load_arc, "openbookqa": load_openbookqa,
                 "hellaswag": load_hellaswag, "piqa": load_piqa, "sciq": load_sciq, "boolq": load_boolq,
-                "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa, "gsm8k": load_gsm8k}
+                "triviaqa": load_triviaqa, "nq_open": load_nq_open, "popqa": load_popqa, "gsm8k": load_gsm8k,
+                "winogrande": load_winogrande}
 
 __all__ = [
     "HUB_DATASETS",
@@ -109,6 +115,7 @@ __all__ = [
     "LoadResult",
     "asked_items",
     "benchmark_source",
+    "blank_parts",
     "dataset_label",
     "dataset_source",
     "ensemble_prompts",
@@ -134,6 +141,7 @@ __all__ = [
     "load_triviaqa",
     "load_truthfulqa",
     "load_webqa",
+    "load_winogrande",
     "text_lines",
     "write_jsonl",
 ]
@@ -182,7 +190,8 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` + `paraphrases`: an
     extra field such as a `template` note does not make it another dataset's rows), then MyriadLAMA rows (`template`),
     TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`, `endings`), PIQA's (a `goal`, `sol1`
-    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`), labelled options
+    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`), Winogrande's (an
+    `option1` or `option2`), labelled options
     (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else
     ARC's), MMLU (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA
     (`possible_answers`), NQ-open (`question` and `answer` alone), plain items short of a field
@@ -203,6 +212,8 @@ def _kind(keys: set[str]) -> str:
         return "sciq"
     if {"passage", "label"} <= keys:
         return "boolq"
+    if keys & {"option1", "option2"}:  # Winogrande's by any option field: the loader names a missing one
+        return "winogrande"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
     if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
@@ -325,13 +336,13 @@ def _same_upload(source: dict | None, name: str, revision: str | None) -> bool:
 
 def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | None = None,
                  skip_bad: bool = False, revision: str | None = None, benchmark: str | None = None) -> list[Item]:
-    """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain items (JSONL or a JSON
-    array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ,
-    BoolQ or TruthfulQA rows (parquet, JSONL or JSON). `subset` picks an MMLU subject (default all of them); `skip_bad`
-    skips and counts bad records of a plain item file (other loaders stop at the first). A Hub dataset is read at
-    `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A local copy of TruthfulQA's rows gives
-    the options of the set it is asked as (`benchmark` "truthfulqa_mc2": MC2's), else those of the set it holds (MC1's
-    where it holds both)."""
+    """Items for a dataset name (see NAMES) or a local file, its format told by its fields: plain items (JSONL or a
+    JSON array), or WebQA, MyriadLAMA, TriviaQA, NQ-open, PopQA, MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
+    PIQA, SciQ, BoolQ, TruthfulQA or Winogrande rows (parquet, JSONL or JSON). `subset` picks an MMLU subject
+    (default all of them); `skip_bad` skips and counts bad records of a plain item file (other loaders stop at the
+    first). A Hub dataset is read at `revision` (or the one its name pins, `mmlu@REV`; default the main branch). A
+    local copy of TruthfulQA's rows gives the options of the set it is asked as (`benchmark` "truthfulqa_mc2":
+    MC2's), else those of the set it holds (MC1's where it holds both)."""
     name, pinned = hub_dataset(str(name_or_path))
     revision = revision or pinned
     if revision is not None and name not in HUB_DATASETS:
@@ -371,7 +382,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
                            "README's data format), a JSON array of them, or parquet rows")
     if kind == "plain" and path.suffix == ".parquet":
         raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU, "
-                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA or WebQA rows, "
+                           "CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, Winogrande or "
+                           "WebQA rows, "
                            "and its columns "
                            f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
@@ -401,9 +413,9 @@ def load_examples(path: str | Path) -> list[Item]:
 def load_fewshot(name_or_path: str | Path, task: str | None = None, subset: str | None = None,
                  revision: str | None = None) -> list[Item]:
     """Worked examples disjoint from the test items: the train split of WebQA, MyriadLAMA, TriviaQA, NQ-open, GSM8K,
-    CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ and BoolQ, MMLU's dev split (of `subset`'s subject, as
-    lm-evaluation-harness does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's six worked
-    questions, otherwise the bundled examples for `task` (PopQA's too)."""
+    CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ and Winogrande, MMLU's dev split (of `subset`'s
+    subject, as lm-evaluation-harness does, or of all subjects; at `revision`, the test items' upload), TruthfulQA's
+    six worked questions, otherwise the bundled examples for `task` (PopQA's too)."""
     name = str(name_or_path)
     if name in HUB_DATASETS and name != "popqa":  # PopQA's one split is its test: the bundled QA examples serve it
         return load_dataset(name, split="train", subset=subset, revision=revision)

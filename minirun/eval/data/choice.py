@@ -1,6 +1,6 @@
 """Multiple-choice benchmarks as `Item`s with `choices` and `answer`: MMLU, CommonsenseQA, ARC, OpenBookQA, HellaSwag,
-PIQA, SciQ, BoolQ and TruthfulQA, from the Hugging Face Hub or a local copy of their rows (parquet, JSON lines or a JSON
-array)."""
+PIQA, SciQ, BoolQ, TruthfulQA and Winogrande, from the Hugging Face Hub or a local copy of their rows (parquet, JSON
+lines or a JSON array)."""
 from __future__ import annotations
 
 import numbers
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hub_rows, question_field, rows_to_items, text_value
+from minirun.eval.data.items import Item, as_list, blank_parts, hub_rows, question_field, rows_to_items, text_value
 
 MMLU = "cais/mmlu"
 COMMONSENSE_QA = "tau/commonsense_qa"
@@ -24,6 +24,8 @@ SCIQ = "allenai/sciq"
 SUPER_GLUE, BOOLQ_CONFIG = "aps/super_glue", "boolq"  # SuperGLUE's rows as parquet (`super_glue` loads by a script)
 BOOLQ_OPTIONS = ["no", "yes"]  # the harness's choices, `label` 1 the second
 SCIQ_OPTIONS = ("distractor1", "distractor2", "distractor3", "correct_answer")  # the harness's order: right one last
+WINOGRANDE, WINOGRANDE_CONFIG = "allenai/winogrande", "winogrande_xl"  # the harness's set: the largest training one
+WINOGRANDE_BLANK = "_"  # where each option goes in a Winogrande sentence
 TRUTHFULQA = "truthfulqa/truthful_qa"
 TRUTHFULQA_CONFIG = "multiple_choice"
 TRUTHFULQA_SETS = {"truthfulqa_mc1": "mc1_targets", "truthfulqa_mc2": "mc2_targets"}  # each set's field of a row
@@ -252,5 +254,29 @@ def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", pat
         # one split: a local copy's ids are the Hub's whatever split it is read as
         return Item(str(r.get("id") or f"{name}-{n}"), question_field(r), [], [choices[i] for i in right], "choice",
                     None, choices, right[0], right if as_set else None)
+
+    return rows_to_items(frame.to_dict("records"), source, convert)
+
+
+def load_winogrande(split: str = "validation", path: str | Path | None = None,
+                    revision: str | None = None) -> list[Item]:
+    """Winogrande's sentences with a gap ("_") and the two names or phrases that may fill it (`option1`, `option2`;
+    `answer` "1" or "2"), read from its XL configuration as lm-evaluation-harness reads them. Each item is asked as
+    the harness asks it (partial scoring): each option written into the gap, and what follows the gap scored after
+    it (`Item.blank`). The Hub's test split has no answers, so evaluation uses validation; train holds the few-shot
+    examples."""
+    frame, source = hub_rows(WINOGRANDE, split, WINOGRANDE_CONFIG, path, revision)
+
+    def convert(n: int, r: dict) -> Item:
+        sentence = question_field(r, "sentence")
+        blank_parts(sentence, WINOGRANDE_BLANK)
+        choices = _options([r["option1"], r["option2"]], "option1 and option2")
+        answer = str(r["answer"]).strip()
+        if answer not in ("1", "2"):
+            raise ValueError(f"field 'answer' must be \"1\" or \"2\" (the option filling the gap), got "
+                             f"{r['answer']!r} (the Hub's test split has no answers: use validation)")
+        index = int(answer) - 1
+        return Item(f"winogrande-{split}-{n}", sentence, [], [choices[index]], "choice", None, choices, index,
+                    blank=WINOGRANDE_BLANK)
 
     return rows_to_items(frame.to_dict("records"), source, convert)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from minirun.errors import HubDataUnavailable, MinirunError
-from minirun.text import number_value
+from minirun.text import blank_parts, number_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +55,9 @@ class Item:
     `popularity`, where known, is how well known the question's subject is (PopQA's `s_pop`, its Wikipedia page's
     monthly views): no part of any prompt, it lets `report` score methods along the long tail. `context`, where
     given, is a passage the question is asked about (SciQ's support, a reading-comprehension item's text): written
-    before each of its prompts and its own when it is a few-shot example, never paraphrased.
+    before each of its prompts and its own when it is a few-shot example, never paraphrased. `blank`, where given,
+    marks a choice item whose options fill a gap in its sentence (Winogrande's "_"): each option is written into the
+    gap and what follows the gap, the same in every wording, is scored after it (`blank_parts`).
     """
 
     id: str
@@ -70,6 +72,7 @@ class Item:
     solution: str | None = None
     popularity: float | None = None
     context: str | None = None
+    blank: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.relation, str) and not self.relation.strip():  # a blank relation is none, not one named ""
@@ -166,6 +169,9 @@ def item_from_dict(record: object) -> Item:
     if context is not None and not isinstance(context, str):
         raise ValueError(f"field 'context' must be a string (the passage the question is asked about) or null, got "
                          f"{context!r}")
+    blank = record.get("blank")
+    if blank is not None:
+        _check_blank(blank, task, question, record["paraphrases"])
     if task == "math" and (odd := next((a for a in answers if number_value(a) is None), None)) is not None:
         raise ValueError(f"field 'answers' of a math item must be numbers (its final answer: \"72\", \"1,250\", "
                          f"\"3.5\"), got {odd!r}")
@@ -182,7 +188,21 @@ def item_from_dict(record: object) -> Item:
         solution=solution,
         popularity=popularity,
         context=context,
+        blank=blank,
     )
+
+
+def _check_blank(blank: object, task: str, question: str, paraphrases: object) -> None:
+    """A fill-the-gap choice item's `blank`: a non-blank marker found once in its question and in each paraphrase,
+    each going on after it with the question's very words (the shared text every option is scored by)."""
+    if task != "choice" or not isinstance(blank, str) or not blank.strip():
+        raise ValueError(f"field 'blank' marks the gap a choice item's options fill (\"_\"), a non-empty string on "
+                         f"a choice item: got {blank!r}{'' if task == 'choice' else f' on a {task} item'}")
+    tail = blank_parts(question, blank)[1].strip()
+    for n, text in enumerate(_str_list(paraphrases, "paraphrases")):
+        if blank_parts(text, blank)[1].strip() != tail:
+            raise ValueError(f"paraphrase {n} {text!r} must go on after the blank as the question does ({tail!r}): "
+                             "the options are scored by those words, the same in every wording")
 
 
 def popularity_value(value: object, field: str) -> float:
@@ -205,11 +225,12 @@ def popularity_value(value: object, field: str) -> float:
 def item_record(item: Item) -> dict:
     """An item in the plain form `item_from_dict` reads: its fields, a set of right options as the list `answer` (an
     item with one right option and no set keeps the form, and the sweep keys hashed from it, it had before
-    `true_options`; an item without a worked solution, a popularity or a context has none, as before they existed)."""
+    `true_options`; an item without a worked solution, a popularity, a context or a blank has none, as before they
+    existed)."""
     record = asdict(item)
     if record.pop("true_options") is not None:
         record["answer"] = item.true_options
-    for name in ("solution", "popularity", "context"):
+    for name in ("solution", "popularity", "context", "blank"):
         if record[name] is None:
             del record[name]
     return record
