@@ -1138,7 +1138,8 @@ def test_a_gap_item_keeps_its_gap_in_every_wording_and_its_record(tmp_path):
     does; saved only where set, so other items' records (and the keys hashed from them) are as before."""
     record = {"id": "g1", "question": "Anna thanked Maria because _ had helped.", "choices": ["Anna", "Maria"],
               "answer": 1, "blank": "_",
-              "paraphrases": ["Anna was grateful to Maria since _ had helped.", "Maria got Anna's thanks as _ had helped."]}
+              "paraphrases": ["Anna was grateful to Maria since _ had helped.",
+                              "Maria got Anna's thanks as _ had helped."]}
     item = item_from_dict(record)
     assert item.blank == "_" and item_record(item)["blank"] == "_"
     write_jsonl([item], tmp_path / "items.jsonl")
