@@ -1360,7 +1360,8 @@ def test_a_sweep_asks_a_gap_file_as_winogrande_and_refuses_it_otherwise(checkpoi
     without a chat template (the option ends every prompt); the same file without it is refused naming the fix, before
     any run."""
     gaps = [Item(f"g{i}", f"{who} thanked Maria because _ had helped.",
-                 [f"Maria got thanks from {who} as _ had helped."], ["Maria"], "choice", None, [who, "Maria"], 1, blank="_") for i, who in enumerate(["Anna", "Lena"])]
+                 [f"Maria got thanks from {who} as _ had helped."], ["Maria"], "choice", None, [who, "Maria"], 1,
+                 blank="_") for i, who in enumerate(["Anna", "Lena"])]
     write_jsonl(gaps, tmp_path / "gaps.jsonl")
     text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, []).replace("[generation]", "[generation]\nchat = false")
     entry = f'\n[[datasets]]\nname = "{tmp_path / "gaps.jsonl"}"\nlabel = "gaps"\nnum_prompts = 2\nfew_shot_k = 0\n'
