@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import minirun
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions, Question
-from minirun.methods.choice import score_blanks
+from minirun.methods.choice import gap_filled, score_blanks
 
 PREFIX = "The cat sat on the mat because it was warm.\n\n"
 SENTENCE = "The trophy does not fit into the brown suitcase because _ is too big."
@@ -125,3 +125,54 @@ def test_the_chat_template_scores_the_words_after_the_gap_as_the_answer(checkpoi
                            EnsembleOptions(chat=True, choice_score="sum"))[0]
         assert all(lp < 0 for lp in got.logprobs) and got.option_tokens[0] == got.option_tokens[1]
     assert json.dumps(got.logprobs)  # plain floats
+
+
+NAMES = ["Rachel", "Megan"]
+LENT = ["Megan lent her umbrella to Rachel because _ was going out into the rain.",
+        "Rachel borrowed the umbrella of Megan because _ was going out into the rain.",
+        "Megan gave Rachel her umbrella since _ was going out into the rain."]
+
+
+def test_flex_fuses_single_names_in_the_word_each_prompt_ends_with(smollm2_f32_dir):
+    """SmolLM2's byte-level tokenizer splits "Rachel" alone otherwise than " Rachel" inside a sentence: the space before
+    the gap goes with the option into the shared suffix, so flex, without a chat template, fuses in the whole word."""
+    from minirun.methods.packing import encode_question
+
+    llm = minirun.load(smollm2_f32_dir)
+    (filled, _), tail = gap_filled(Question(LENT[0], LENT), NAMES, "_")
+    enc = encode_question(llm, filled.paraphrases, filled.prefix, filled.suffix, chat=False)
+    assert llm.tokenizer.decode(enc.tail) == " Rachel"
+    options = EnsembleOptions(chat=False, choice_score="sum")
+    flex = score_blanks(llm, "flex", [Question(LENT[0], LENT)], [NAMES], "_", options)[0]
+    origin = score_blanks(llm, "origin", [Question(LENT[0], LENT)], [NAMES], "_", options)[0]
+    assert max(abs(a - b) for a, b in zip(flex.logprobs, origin.logprobs)) > 1e-3  # the other wordings count
+    same = score_blanks(llm, "flex", [Question(LENT[0], [LENT[0]] * 2)], [NAMES], "_",
+                        EnsembleOptions(chat=False, choice_score="sum", flex_bias="inv_n"))[0]
+    assert max(abs(a - b) for a, b in zip(same.logprobs, origin.logprobs)) <= ATOL
+
+
+def test_a_gap_opening_the_sentence_is_origin_for_flex_alone_and_refused_among_wordings(llm):
+    """A gap opening every prompt leaves flex no shared tokens before the scored words: of one wording, flex is
+    origin's score; of several, one of them opening with the gap, it is refused before anything is scored, naming the
+    chat template as the fix."""
+    opening = "_ was too big for the brown suitcase, said the trophy."
+    options = EnsembleOptions(chat=False, choice_score="sum")
+    origin = score_blanks(llm, "origin", [Question(opening, [opening])], [OPTIONS], "_", options)[0]
+    flex = score_blanks(llm, "flex", [Question(opening, [opening, opening])], [OPTIONS], "_", options)[0]
+    assert flex.method == "flex" and flex.logprobs == pytest.approx(origin.logprobs, abs=ATOL)
+    with pytest.raises(MinirunError, match="flex fuses a gap question's wordings .* with 'the trophy' in the gap end "
+                                           "in none .* ask it with the chat template"):
+        score_blanks(llm, "flex", [Question(opening, [opening, f"Everyone knew that {opening}"])], [OPTIONS], "_",
+                     options)
+
+
+def test_an_option_keeps_its_own_spacing_and_the_text_before_the_gap_its_own(llm):
+    """Options are written into the gap as given (the harness's `sentence[:gap] + option`); where the prompts end in
+    other whitespace before the gap, each keeps its own and the option alone is shared."""
+    (first, _), tail = gap_filled(Question(SENTENCE, [SENTENCE, SENTENCE.replace("because _", "because  _")]),
+                                  OPTIONS, "_")
+    assert [first.question, *first.paraphrases] == ["The trophy does not fit into the brown suitcase because "] + [
+        "The trophy does not fit into the brown suitcase because ", "The trophy does not fit into the brown suitcase "
+        "because  "] and first.suffix == "the trophy" and tail == "is too big."
+    (spaced, _), _ = gap_filled(Question(SENTENCE, [SENTENCE]), [" the trophy", "the suitcase"], "_")
+    assert spaced.question + spaced.suffix == "The trophy does not fit into the brown suitcase because  the trophy"

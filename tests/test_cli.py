@@ -814,3 +814,13 @@ def test_bench_takes_evals_name_for_its_new_tokens(monkeypatch):
     monkeypatch.setattr(run, "run_bench", timed)
     assert_clean_error(invoke("bench", "--max-new-tokens", "7"), "not timed")
     assert seen[0][4] == 7  # new_tokens, as `--new-tokens 7` gives it
+
+
+@pytest.mark.parametrize("command", ["eval", "paraphrase"])
+def test_the_data_help_names_every_dataset(command):
+    """`--data` (eval) and the DATA argument (paraphrase) list every named dataset the loaders take."""
+    from minirun.eval.data import NAMES
+
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    listed = " ".join(params["data"].help.split())
+    assert [name for name in NAMES if name not in listed] == []

@@ -1837,10 +1837,14 @@ def test_gap_items_are_refused_where_they_cannot_be_asked_as_scored(checkpoint_d
               "letters"], "winogrande is asked cloze only"),
             (["--data", write("g.jsonl", gap), "-m", "avg", "--benchmark", "winogrande", "--few-shot",
               write("shots.jsonl", {**plain, "id": "s1"}), "--few-shot-k", "1"],
-             "the few-shot examples have no gap")]:
+             "the few-shot examples have no gap"),
+            (["--data", write("open.jsonl", gap, {**gap, "id": "g2", "question": "_ was fragile, said the ball.",
+                                                  "paraphrases": ["Said the ball: _ was fragile, said the ball."]}),
+              "-m", "origin", "-m", "flex", "--benchmark", "winogrande"],  # refused before origin writes a row
+             "flex fuses a gap question's wordings .* ask it with the chat template")]:
         result = CliRunner().invoke(_app(), [*base, *extra])
         assert result.exit_code == 1 and re.search(problem, result.output), (extra, result.output)
-        assert "Traceback" not in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "run" / "results.jsonl").exists()
 
 
 def test_a_paraphrased_gap_file_runs_every_method_and_resumes(checkpoint_dirs, tmp_path):

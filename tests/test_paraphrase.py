@@ -145,22 +145,33 @@ def test_a_gap_item_has_the_words_before_its_gap_rewritten_and_the_rest_kept(tmp
     opening = Item("o", "_ broke the window, said the ball.", [], ["the ball"], "choice", None,
                    ["the ball", "the window"], 0, blank="_")
     asked = []
-    rewrites = ["The window broke when the ball hit it since", "The window was broken by the ball because the window",
-                "The ball broke the window because it was fragile.", "As the ball smashed the window,"]
+    rewrites = ["The window broke when the ball hit it since",
+                "The window was broken by the ball because the window",  # names an option more often
+                "The ball broke the window because it was fragile.",  # completes the sentence
+                "As the ball smashed the window,",  # stops on no word
+                "Since the ball hit _ hard, the window",  # a second gap
+                "The window was broken because the ball"]  # an option written before the gap
     monkeypatch.setattr(paraphrase, "rewrite_batch", lambda llm, batch, *a: asked.extend(batch) or [rewrites])
     undated = type("Tokenizer", (), {"reads_clock": False, "rebuilt": False,
                                      "pinned_clock": lambda self, moment: contextlib.nullcontext()})
     llm = type("FakeLLM", (), {"path": tmp_path, "dtype": torch.float32, "device": torch.device("cpu"),
                                "tokenizer": undated(), "opens_reasoning": lambda self, chat, thinking: False})()
-    done, alone = paraphrase_file(llm, [gap, opening], tmp_path / "g.jsonl", num=4)
+    done, alone = paraphrase_file(llm, [gap, opening], tmp_path / "g.jsonl", num=6)
     (part,) = asked
-    assert (part.question, part.task, part.blank) == ("The ball broke the window because", "fill", None)
+    assert (part.question, part.task, part.blank, part.answers) == (
+        "The ball broke the window because", "fill", None, ["the ball", "the window"])
     assert paraphrase.FILL_INSTRUCTION in rewrite_prompt(part)
     assert done.paraphrases == [gap.question, "The window broke when the ball hit it since _ was fragile."]
     assert done.blank == "_" and alone.paraphrases == [opening.question]
     assert load_dataset(tmp_path / "g.jsonl") == [done, alone]
     settings = (llm, "custom", 2, 1.5, 0.9, 30, 0)
     assert paraphrase.settings_key(*settings) != paraphrase.settings_key(*settings, gaps=True)
+    comma = Item("c", "Since Joe had more money than Bob, _ paid for dinner.", [], ["Joe"], "choice", None,
+                 ["Joe", "Bob"], 0, blank="_")  # the punctuation before the gap is kept, the rewrite ends in a word
+    assert paraphrase.rewritten_part(comma).question == "Since Joe had more money than Bob"
+    assert paraphrase.gap_kept(comma, "Because Joe had more cash than Bob")  # as the original, it ends in an option
+    assert paraphrase.with_gap(comma, "Because Joe had more cash than Bob") == \
+        "Because Joe had more cash than Bob, _ paid for dinner."
 
 
 def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkeypatch):

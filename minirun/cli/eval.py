@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
 def eval_command(
     data: str = typer.Option("sample-qa", help="sample-qa, sample-fill, sample-choice, sample-math, webqa, myriadlama, "
                              "triviaqa, nq_open, popqa, gsm8k, mmlu, commonsense_qa, arc_challenge, arc_easy, "
-                             "openbookqa, hellaswag, piqa, sciq, boolq, truthfulqa_mc1, truthfulqa_mc2 (a Hub dataset "
-                             "pinned: NAME@REV, a branch, tag or commit), or a dataset file."),
+                             "openbookqa, hellaswag, piqa, sciq, boolq, truthfulqa_mc1, truthfulqa_mc2, winogrande (a "
+                             "Hub dataset pinned: NAME@REV, a branch, tag or commit), or a dataset file."),
     subset: Optional[str] = typer.Option(None, help="mmlu: one subject (default: all)."),
     benchmark: Optional[str] = typer.Option(None, help="A dataset file's items asked as this named dataset asks its "
                                             "own: its prompt format and few-shot examples (e.g. MMLU paraphrased by "

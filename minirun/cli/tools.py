@@ -112,8 +112,8 @@ def bench(
 def paraphrase(
     data: str = typer.Argument(..., help="A dataset name (sample-qa, sample-fill, sample-choice, sample-math, webqa, "
                                "myriadlama, triviaqa, nq_open, popqa, gsm8k, mmlu, commonsense_qa, arc_challenge, "
-                               "arc_easy, openbookqa, hellaswag, piqa, sciq, boolq, truthfulqa_mc1, truthfulqa_mc2; a "
-                               "Hub one pinned: NAME@REV) or a dataset file."),
+                               "arc_easy, openbookqa, hellaswag, piqa, sciq, boolq, truthfulqa_mc1, truthfulqa_mc2, "
+                               "winogrande; a Hub one pinned: NAME@REV) or a dataset file."),
     out: Path = typer.Argument(..., help="Output JSONL (also the cache: finished items are not redone)."),
     num: int = typer.Option(5, "--num", min=1, help="Rewrites per question."),
     model: Optional[str] = typer.Option(None, help="The model that rewrites (default: the default model)."),

@@ -48,7 +48,15 @@ from minirun.eval.prompts import (
 from minirun.eval.results import REBUILT, SOURCES, ResultStore, merge, read_results, recorded_run_key
 from minirun.layers.calibrate import device_name, seconds_set_aside
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
-from minirun.methods.choice import ChoiceResult, asked_ids, gap_filled, score_blanks, score_choices, scored_as
+from minirun.methods.choice import (
+    ChoiceResult,
+    asked_ids,
+    check_gap_flex,
+    gap_filled,
+    score_blanks,
+    score_choices,
+    scored_as,
+)
 from minirun.methods.names import EVERY_ANSWER, OPTION_READERS, WEIGHTED
 from minirun.methods.runner import (PROMPT_ROWS, answered_as, check_method,
                                     check_options_used, default_fusion_layer)
@@ -419,10 +427,15 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     method_keys = {m: {name: None if name == "fusion_layer" and getattr(options, name) == default_layer
                        else getattr(options, name) for name, readers in OPTION_READERS.items() if m in readers}
                    for m in methods}
-    return Run(data, tuple(methods), Path(output_dir), run_key, method_keys, options, task,
-               num_prompts, batch_size, bidirectional, original, choice_format, per_subject,
-               few_shot_draw == "per-question", fmt, checkpoint_source(llm.path), data_source,
-               few_shot_source if benchmark is not None and fewshot_items is None else None)
+    run = Run(data, tuple(methods), Path(output_dir), run_key, method_keys, options, task,
+              num_prompts, batch_size, bidirectional, original, choice_format, per_subject,
+              few_shot_draw == "per-question", fmt, checkpoint_source(llm.path), data_source,
+              few_shot_source if benchmark is not None and fewshot_items is None else None)
+    if "flex" in methods and items[0].blank is not None:  # a gap question flex cannot fuse: refused before any row
+        with llm.tokenizer.pinned_clock(template_clock(run)):
+            check_gap_flex(llm, [run.question(item) for item in items], [run.candidates(item) for item in items],
+                           items[0].blank, options)
+    return run
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,

@@ -112,26 +112,49 @@ def fitted(rewrite: str, item: Item) -> str:
     return rewrite
 
 
+def gap_joint(item: Item) -> tuple[str, str]:
+    """A gap item's words before its gap split into (what is rewritten, the joint kept before the gap): the joint is
+    the punctuation and spacing between the last word and the gap ("Bob, " in "…than Bob, _ paid"), which a fill
+    prompt's rewrite, ending in a word, would otherwise drop."""
+    before = blank_parts(item.question, item.blank)[0]
+    core = re.sub(r"[\W_]*$", "", before)
+    return core, before[len(core):]
+
+
 def rewritten_part(item: Item) -> Item | None:
-    """What of an item is rewritten, as an item: itself, or for a gap item the words before its gap as an unfinished
-    sentence (a fill item's rules: it must stop where the option goes, naming the right option no more often), None
+    """What of an item is rewritten, as an item: itself, or for a gap item the words before its gap (`gap_joint`) as
+    an unfinished sentence (a fill item's rules: it must stop where the option goes), each of its options as an
+    answer none of its rewrites may name more often (the right one alone would choose wordings by the answer); None
     where the gap opens the sentence (nothing before it to rewrite)."""
     if item.blank is None:
         return item
-    before = blank_parts(item.question, item.blank)[0].rstrip()
-    if not before.strip():
+    core = gap_joint(item)[0]
+    if not core.strip():
         return None
-    return replace(item, question=before, paraphrases=[], task="fill", choices=None, answer=None, true_options=None,
-                   blank=None)
+    return replace(item, question=core, paraphrases=[], answers=list(item.choices), task="fill", choices=None,
+                   answer=None, true_options=None, blank=None)
+
+
+def gap_kept(item: Item, rewrite: str) -> bool:
+    """Whether a rewrite the fill rules kept may stand before a gap item's gap: not holding the gap mark itself (the
+    wording would hold two gaps), not ending in one of the options where the original does not (one written before
+    the gap garbles the sentence: "…because the ball _ was fragile.")."""
+    if item.blank is None:
+        return True
+
+    def option_last(text: str) -> bool:
+        return any(f" {normalize(text)}".endswith(f" {normalize(option)}") for option in item.choices)
+
+    return item.blank not in rewrite and (not option_last(rewrite) or option_last(gap_joint(item)[0]))
 
 
 def with_gap(item: Item, rewrite: str) -> str:
-    """A kept rewrite as the item's wording: itself, or a gap item's rewritten start followed by the gap and the
-    words after it as the sentence has them."""
+    """A kept rewrite as the item's wording: itself, or a gap item's rewritten start followed by the joint, the gap and
+    the words after it as the sentence has them."""
     if item.blank is None:
         return rewrite
-    before, after = blank_parts(item.question, item.blank)
-    return f"{rewrite.rstrip()}{before[len(before.rstrip()):] or ' '}{item.blank}{after}"
+    after = blank_parts(item.question, item.blank)[1]
+    return f"{rewrite.rstrip()}{gap_joint(item)[1] or ' '}{item.blank}{after}"
 
 
 def rewrite_prompt(item: Item) -> str:
@@ -444,7 +467,8 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, se
         rewritten = dict(zip(parts, rewrite_batch(llm, list(parts.values()), num, temperature, top_p, max_new_tokens,
                                                   seed))) if parts else {}
         for item in batch:
-            kept = kept_rewrites(rewritten[item.id], parts[item.id]) if item.id in parts else []
+            kept = [r for r in kept_rewrites(rewritten[item.id], parts[item.id]) if gap_kept(item, r)] \
+                if item.id in parts else []
             done = replace(item, paraphrases=[item.question, *(with_gap(item, r) for r in kept)])
             row = {**item_record(done), "paraphrase_settings": key, "paraphrase_setup": setup, **recorded}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

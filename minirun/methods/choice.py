@@ -145,8 +145,10 @@ def score_blanks(llm: EnsembleModel, method: str, questions: list[Question], cho
     option under which they are likeliest is picked. Each question and option becomes one question of
     `score_choices` whose one option is those words, the option its prompts' shared suffix (so flex fuses the
     paraphrases in it), and every method fuses as it does there: its pick and every option's score are then read
-    from the options' scores of those words. `options.confidences` (the weighted methods'), one list per question,
-    serve each of its options."""
+    from the options' scores of those words; flex over a filled question of one wording without a suffix (its gap
+    opening every prompt) is origin's score (`lone_wording`), any other it cannot fuse is refused first
+    (`check_gap_flex`). `options.confidences` (the weighted methods'), one list per question, serve each of its
+    options."""
     options = checked_call(questions, options)
     check_method(method, options)
     if len(questions) != len(choices) or isinstance(choices, str) or any(isinstance(c, str) or len(c) < 2
@@ -155,16 +157,25 @@ def score_blanks(llm: EnsembleModel, method: str, questions: list[Question], cho
     if bad := next((q for q in questions if q.suffix), None):
         raise MinirunError(f"a gap question is scored by the words after its gap, so it takes no suffix: got "
                            f"{bad.suffix!r}")
+    if method == "flex":
+        check_gap_flex(llm, questions, choices, blank, options)
     filled, tails = [], []
     for q, texts in zip(questions, choices):
         written, tail = gap_filled(q, texts, blank)
         filled += written
-        tails.append(tail)
+        tails += [tail] * len(written)
     counts = [len(c) for c in choices]
     confidences = None if options.confidences is None else \
         [c for c, n in zip(options.confidences, counts) for _ in range(n)]
-    each = score_choices(llm, method, filled, [[tail] for tail, n in zip(tails, counts) for _ in range(n)],
-                         replace(options, confidences=confidences), hooks)
+    lone = {i for i, q in enumerate(filled) if method == "flex" and lone_wording(q)}
+    each: list[ChoiceResult | None] = [None] * len(filled)
+    for method_of, picked in (("origin", sorted(lone)), (method, [i for i in range(len(filled)) if i not in lone])):
+        if picked:
+            asked = [replace(filled[i], question=filled[i].paraphrases[0]) if method_of != method else filled[i]
+                     for i in picked]
+            told = replace(options, confidences=None if confidences is None else [confidences[i] for i in picked])
+            for i, r in zip(picked, score_choices(llm, method_of, asked, [[tails[i]] for i in picked], told, hooks)):
+                each[i] = replace(r, method=method)
     results, start = [], 0
     for q, n in zip(questions, counts):
         part, start = each[start:start + n], start + n
@@ -178,20 +189,48 @@ def score_blanks(llm: EnsembleModel, method: str, questions: list[Question], cho
 
 
 def gap_filled(question: Question, choices: list[str], blank: str) -> tuple[list[Question], str]:
-    """A gap question as `score_choices` asks it of each of its `choices` (`score_blanks`): the option written into
-    every prompt's gap, ending it as the prompts' shared suffix (written into the text where the gap opens a prompt,
-    there being none before it), and the words after the gap, the one text scored after each."""
+    """A gap question as `score_choices` asks it of each of its `choices` (`score_blanks`): the option, as given,
+    written into every prompt's gap and ending it as the prompts' shared suffix, with the whitespace before the gap
+    where every prompt has the same (" Rachel" is the tokenizer's word inside a sentence, "Rachel" alone is not), or
+    in the text where the gap opens a prompt (none before it); and the words after the gap, the one text scored."""
+    option_texts(choices)  # each option some text
     try:
-        (before, after), *others = [blank_parts(text, blank) for text in (question.question, *question.paraphrases)]
+        wordings = [blank_parts(text, blank) for text in (question.question, *question.paraphrases)]
     except ValueError as e:
         raise MinirunError(f"{e}: every prompt of a gap question holds its gap once") from None
-    if changed := next((b + blank + a for b, a in others if a.strip() != after.strip()), None):
+    after = wordings[0][1].strip()
+    if changed := next((b + blank + a for b, a in wordings if a.strip() != after), None):
         raise MinirunError(f"{changed!r} goes on after the gap {blank!r} otherwise than {question.question!r}: every "
                            "prompt is scored by the same words after it")
-    whole = not all(b.strip() for b in [before, *(b for b, _ in others)])
-    filled = [Question(before + option, [b + option for b, _ in others], question.prefix) if whole else
-              Question(before, [b for b, _ in others], question.prefix, option) for option in option_texts(choices)]
-    return filled, after.strip()
+    befores = [b for b, _ in wordings]
+    if not all(b.strip() for b in befores):
+        return [Question(befores[0] + option, [b + option for b in befores[1:]], question.prefix)
+                for option in choices], after
+    spaces = {b[len(b.rstrip()):] for b in befores}
+    joint = spaces.pop() if len(spaces) == 1 else ""
+    kept = [b[:len(b) - len(joint)] for b in befores]
+    return [Question(kept[0], kept[1:], question.prefix, joint + option) for option in choices], after
+
+
+def lone_wording(question: Question) -> bool:
+    """Whether a filled gap question (`gap_filled`) has no suffix and one wording: a gap opening its prompts leaves no
+    shared tokens for flex to fuse in, and flex over one wording is origin, which scores it."""
+    return not question.suffix and len(set(question.paraphrases)) == 1
+
+
+def check_gap_flex(llm: EnsembleModel, questions: list[Question], choices: list[list[str]], blank: str,
+                   options: EnsembleOptions) -> None:
+    """Refuse, before any scoring, a gap question whose filled prompts flex cannot fuse: of several wordings and
+    ending in no token they share (a gap opening some prompt, or an option the tokenizer joins to the words before
+    the gap), without a chat template to end them alike."""
+    for q, texts in zip(questions, choices):
+        for option, filled in zip(texts, gap_filled(q, texts, blank)[0]):
+            if not lone_wording(filled) and \
+                    not encode_batch(llm, "flex", [filled], [filled.paraphrases], options)[0].tail:
+                raise MinirunError(f"flex fuses a gap question's wordings in the tokens all its prompts end with, and "
+                                   f"those of {q.question!r} with {option!r} in the gap end in none (a gap opening a "
+                                   "prompt, or an option the tokenizer joins to the words before it): ask it with the "
+                                   "chat template (--chat), or leave flex out")
 
 
 def option_row(targets: list[list[int]], start: int, segment: Callable[[int], int]) -> Row:
