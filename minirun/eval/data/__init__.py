@@ -44,7 +44,6 @@ from minirun.eval.data.items import (
     Item,
     LoadResult,
     asked_items,
-    blank_parts,
     ensemble_prompts,
     item_record,
     items_from_records,
@@ -115,7 +114,6 @@ __all__ = [
     "LoadResult",
     "asked_items",
     "benchmark_source",
-    "blank_parts",
     "dataset_label",
     "dataset_source",
     "ensemble_prompts",
@@ -383,8 +381,7 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     if kind == "plain" and path.suffix == ".parquet":
         raise MinirunError(f"{path}: a parquet file must hold MyriadLAMA, TriviaQA, NQ-open, PopQA, GSM8K, MMLU, "
                            "CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, Winogrande or "
-                           "WebQA rows, "
-                           "and its columns "
+                           "WebQA rows, and its columns "
                            f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)

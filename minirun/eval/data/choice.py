@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, blank_parts, hub_rows, question_field, rows_to_items, text_value
+from minirun.eval.data.items import Item, as_list, hub_rows, question_field, rows_to_items, text_value
+from minirun.text import blank_parts
 
 MMLU = "cais/mmlu"
 COMMONSENSE_QA = "tau/commonsense_qa"
