@@ -151,6 +151,17 @@ def test_flex_fuses_single_names_in_the_word_each_prompt_ends_with(smollm2_f32_d
     assert max(abs(a - b) for a, b in zip(same.logprobs, origin.logprobs)) <= ATOL
 
 
+def test_flex_fuses_options_with_their_own_spacing_and_wordings_spaced_otherwise(smollm2_f32_dir):
+    """The spacing every wording ends with before the gap goes with the option; an option's trailing space is taken off
+    as it is scored (minirun's rule for a prompt ending in whitespace): the up-front check encodes the prompts as
+    scoring does, so what it passes is scored, never refused halfway through a run."""
+    llm = minirun.load(smollm2_f32_dir)
+    wordings = [LENT[0].replace("because _", "because  _"), LENT[2]]
+    options = EnsembleOptions(chat=False, choice_score="sum")
+    flex = score_blanks(llm, "flex", [Question(wordings[0], wordings)], [["Megan ", "Rachel "]], "_", options)[0]
+    assert len(flex.logprobs) == 2 and all(lp < 0 for lp in flex.logprobs)
+
+
 def test_a_gap_opening_the_sentence_is_origin_for_flex_alone_and_refused_among_wordings(llm):
     """A gap opening every prompt leaves flex no shared tokens before the scored words: of one wording, flex is
     origin's score; of several, one of them opening with the gap, it is refused before anything is scored, naming the
@@ -161,18 +172,18 @@ def test_a_gap_opening_the_sentence_is_origin_for_flex_alone_and_refused_among_w
     flex = score_blanks(llm, "flex", [Question(opening, [opening, opening])], [OPTIONS], "_", options)[0]
     assert flex.method == "flex" and flex.logprobs == pytest.approx(origin.logprobs, abs=ATOL)
     with pytest.raises(MinirunError, match="flex fuses a gap question's wordings .* with 'the trophy' in the gap end "
-                                           "in none .* ask it with the chat template"):
+                                           "in none .* ask it in a chat template"):
         score_blanks(llm, "flex", [Question(opening, [opening, f"Everyone knew that {opening}"])], [OPTIONS], "_",
                      options)
 
 
-def test_an_option_keeps_its_own_spacing_and_the_text_before_the_gap_its_own(llm):
-    """Options are written into the gap as given (the harness's `sentence[:gap] + option`); where the prompts end in
-    other whitespace before the gap, each keeps its own and the option alone is shared."""
+def test_an_option_takes_the_spacing_every_wording_ends_with_before_the_gap():
+    """Options are written into the gap as given (the harness's `sentence[:gap] + option`); the spacing every prompt
+    ends with before the gap goes with the option into the shared suffix, the rest stays in each prompt's text."""
     (first, _), tail = gap_filled(Question(SENTENCE, [SENTENCE, SENTENCE.replace("because _", "because  _")]),
                                   OPTIONS, "_")
-    assert [first.question, *first.paraphrases] == ["The trophy does not fit into the brown suitcase because "] + [
-        "The trophy does not fit into the brown suitcase because ", "The trophy does not fit into the brown suitcase "
-        "because  "] and first.suffix == "the trophy" and tail == "is too big."
+    stem = "The trophy does not fit into the brown suitcase because"
+    assert [first.question, *first.paraphrases] == [stem, stem, f"{stem} "] and first.suffix == " the trophy"
+    assert tail == "is too big."
     (spaced, _), _ = gap_filled(Question(SENTENCE, [SENTENCE]), [" the trophy", "the suitcase"], "_")
-    assert spaced.question + spaced.suffix == "The trophy does not fit into the brown suitcase because  the trophy"
+    assert spaced.question + spaced.suffix == f"{stem}  the trophy"

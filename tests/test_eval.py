@@ -1841,7 +1841,7 @@ def test_gap_items_are_refused_where_they_cannot_be_asked_as_scored(checkpoint_d
             (["--data", write("open.jsonl", gap, {**gap, "id": "g2", "question": "_ was fragile, said the ball.",
                                                   "paraphrases": ["Said the ball: _ was fragile, said the ball."]}),
               "-m", "origin", "-m", "flex", "--benchmark", "winogrande"],  # refused before origin writes a row
-             "flex fuses a gap question's wordings .* ask it with the chat template")]:
+             "flex fuses a gap question's wordings .* ask it in a chat template")]:
         result = CliRunner().invoke(_app(), [*base, *extra])
         assert result.exit_code == 1 and re.search(problem, result.output), (extra, result.output)
         assert "Traceback" not in result.output and not (tmp_path / "run" / "results.jsonl").exists()

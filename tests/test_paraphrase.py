@@ -172,6 +172,14 @@ def test_a_gap_item_has_the_words_before_its_gap_rewritten_and_the_rest_kept(tmp
     assert paraphrase.gap_kept(comma, "Because Joe had more cash than Bob")  # as the original, it ends in an option
     assert paraphrase.with_gap(comma, "Because Joe had more cash than Bob") == \
         "Because Joe had more cash than Bob, _ paid for dinner."
+    assert not paraphrase.gap_kept(comma, "Joe was richer than Bob, so")  # "so, _" would not read
+    title = Item("m", "The letter was addressed to Mr. _ and not his wife.", [], ["Smith"], "choice", None,
+                 ["Smith", "Jones"], 0, blank="_")
+    assert paraphrase.gap_kept(title, "The letter was meant for Mr")
+    assert not paraphrase.gap_kept(title, "The letter was meant for")  # "for. _"
+    chase = Item("k", "The cat chased the mouse until _ got tired.", [], ["the cat"], "choice", None,
+                 ["the cat", "the mouse"], 0, blank="_")
+    assert not paraphrase.gap_kept(chase, "The chase of the mouse went on until the cat's")  # an option's possessive
 
 
 def test_fill_rewrites_that_complete_the_prompt_are_not_written(tmp_path, monkeypatch):

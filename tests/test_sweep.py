@@ -1366,10 +1366,12 @@ def test_a_sweep_asks_a_gap_file_as_winogrande_and_refuses_it_otherwise(checkpoi
     text = _sweep_text(checkpoint_dirs, {"llama3": "llama"}, []).replace("[generation]", "[generation]\nchat = false")
     entry = f'\n[[datasets]]\nname = "{tmp_path / "gaps.jsonl"}"\nlabel = "gaps"\nnum_prompts = 2\nfew_shot_k = 0\n'
     rows: list[dict] = []
+    plain = load_sweep_file(_file(tmp_path, text + entry, "plain.toml"))
     with pytest.raises(MinirunError, match="pass --benchmark winogrande .a sweep dataset's benchmark"):
-        run_sweep(load_sweep_file(_file(tmp_path, text + entry, "plain.toml")), tmp_path / "plain",
-                  lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
+        run_sweep(plain, tmp_path / "plain", lambda m: minirun.load(m.path), progress=False, on_row=rows.append)
     assert rows == []
+    with pytest.raises(MinirunError, match="dataset gaps: .* pass --benchmark winogrande"):  # the dry run's survey too
+        survey(plain, tmp_path / "plain")
     table = run_sweep(load_sweep_file(_file(tmp_path, text + entry + 'benchmark = "winogrande"\n', "wino.toml")),
                       tmp_path / "wino", lambda m: minirun.load(m.path), progress=False)
     assert sorted(table["label"].unique()) == ["flex-restart", "origin"] and len(table) == 4

@@ -85,8 +85,10 @@ REWRITE_VERSION = 5
 # sentences, without a question mark where the original has none (other files' keys stay as they were)
 YES_NO_RULE = "yes/no questions rewritten as questions, a question mark only where the original has one"
 # Files of gap items (`Item.blank`, Winogrande's) key this rule: the words before the gap are rewritten as an unfinished
-# sentence, the gap and the words after it kept as they are (the options are scored by those words, in every wording)
-GAP_RULE = "gap items: the words before the gap rewritten as an unfinished sentence, the gap and what follows kept"
+# sentence, the gap and the words after it kept as they are (the options are scored by those words, in every wording;
+# `rewritten_part`, `gap_kept`, `with_gap`)
+GAP_RULE = ("gap items: the words before the gap rewritten as an unfinished sentence, the punctuation before the gap, "
+            "the gap and what follows kept; no rewrite naming an option more often, ending in one, or holding the gap")
 
 
 def yes_no(item: Item) -> bool:
@@ -137,15 +139,23 @@ def rewritten_part(item: Item) -> Item | None:
 
 def gap_kept(item: Item, rewrite: str) -> bool:
     """Whether a rewrite the fill rules kept may stand before a gap item's gap: not holding the gap mark itself (the
-    wording would hold two gaps), not ending in one of the options where the original does not (one written before
-    the gap garbles the sentence: "…because the ball _ was fragile.")."""
+    wording would hold two gaps), not ending in one of the options, or its possessive, where the original does not (one
+    written before the gap garbles the sentence: "…because the ball _ was fragile."), and where punctuation joins the
+    last word to the gap (`gap_joint`: "than Bob, _", "Mr. _") ending in the original's last word, which the
+    punctuation belongs to ("…richer than Bob, so, _" would not read)."""
     if item.blank is None:
         return True
+    core, joint = gap_joint(item)
 
     def option_last(text: str) -> bool:
-        return any(f" {normalize(text)}".endswith(f" {normalize(option)}") for option in item.choices)
+        words = " " + normalize(re.sub(r"['’]s$", "", text.rstrip()))
+        return any(words.endswith(f" {normalize(option)}") for option in item.choices)
 
-    return item.blank not in rewrite and (not option_last(rewrite) or option_last(gap_joint(item)[0]))
+    def last_word(text: str) -> str:
+        return (re.findall(r"[^\W_]+", text.casefold()) or [""])[-1]
+
+    return item.blank not in rewrite and (not option_last(rewrite) or option_last(core)) and \
+        (not joint.strip() or last_word(rewrite) == last_word(core))
 
 
 def with_gap(item: Item, rewrite: str) -> str:

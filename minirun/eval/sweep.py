@@ -29,7 +29,7 @@ from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, asked_items, benchmark_source, item_record, load_cited, load_examples
-from minirun.eval.loop import (DataKey, Run, check_paraphrased, check_resumable, check_worked, evaluate_runs,
+from minirun.eval.loop import (DataKey, Run, check_gaps, check_paraphrased, check_resumable, check_worked, evaluate_runs,
                                 examples_commit, few_shot_prefixes, item_prompts, prepare, process_group, ranks,
                                 resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
@@ -113,6 +113,8 @@ def _load_data(sweep: Sweep, labels: set[str]) -> dict[str, Data]:
             check_paraphrased(data[dataset.label].items, [m.name for m in sweep.methods], dataset.data,
                               dataset.num_prompts, dataset.original)
             check_worked(data[dataset.label].items, [m.name for m in sweep.methods], dataset.data)
+            check_gaps(data[dataset.label].items, [m.name for m in sweep.methods], dataset.asked_as or dataset.data,
+                       data[dataset.label].few_shot)
         except MinirunError as e:
             raise MinirunError(f"dataset {dataset.label}: {e}") from None
     return data

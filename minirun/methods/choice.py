@@ -12,6 +12,7 @@ follows the gap, the same in every wording, is scored after it (`score_blanks`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -191,8 +192,8 @@ def score_blanks(llm: EnsembleModel, method: str, questions: list[Question], cho
 def gap_filled(question: Question, choices: list[str], blank: str) -> tuple[list[Question], str]:
     """A gap question as `score_choices` asks it of each of its `choices` (`score_blanks`): the option, as given,
     written into every prompt's gap and ending it as the prompts' shared suffix, with the whitespace before the gap
-    where every prompt has the same (" Rachel" is the tokenizer's word inside a sentence, "Rachel" alone is not), or
-    in the text where the gap opens a prompt (none before it); and the words after the gap, the one text scored."""
+    that every prompt ends with (" Rachel" is the tokenizer's word inside a sentence, "Rachel" alone is not), or in
+    the text where the gap opens a prompt (none before it); and the words after the gap, the one text scored."""
     option_texts(choices)  # each option some text
     try:
         wordings = [blank_parts(text, blank) for text in (question.question, *question.paraphrases)]
@@ -206,8 +207,7 @@ def gap_filled(question: Question, choices: list[str], blank: str) -> tuple[list
     if not all(b.strip() for b in befores):
         return [Question(befores[0] + option, [b + option for b in befores[1:]], question.prefix)
                 for option in choices], after
-    spaces = {b[len(b.rstrip()):] for b in befores}
-    joint = spaces.pop() if len(spaces) == 1 else ""
+    joint = os.path.commonprefix([b[len(b.rstrip()):][::-1] for b in befores])[::-1]  # the spacing all end with
     kept = [b[:len(b) - len(joint)] for b in befores]
     return [Question(kept[0], kept[1:], question.prefix, joint + option) for option in choices], after
 
@@ -220,17 +220,18 @@ def lone_wording(question: Question) -> bool:
 
 def check_gap_flex(llm: EnsembleModel, questions: list[Question], choices: list[list[str]], blank: str,
                    options: EnsembleOptions) -> None:
-    """Refuse, before any scoring, a gap question whose filled prompts flex cannot fuse: of several wordings and
-    ending in no token they share (a gap opening some prompt, or an option the tokenizer joins to the words before
-    the gap), without a chat template to end them alike."""
+    """Refuse, before any scoring, a gap question whose filled prompts flex cannot fuse: of several wordings, encoded
+    as flex scores them (`laid_out`), and ending in no token they share (a gap opening some prompt, an option the
+    tokenizer joins to the words before the gap, spacing before the gap the prompts do not share)."""
     for q, texts in zip(questions, choices):
-        for option, filled in zip(texts, gap_filled(q, texts, blank)[0]):
-            if not lone_wording(filled) and \
-                    not encode_batch(llm, "flex", [filled], [filled.paraphrases], options)[0].tail:
+        filled, tail = gap_filled(q, texts, blank)
+        for option, each in zip(texts, filled):
+            if not lone_wording(each) and not laid_out(llm, "flex", [each], options, [[tail]])[1][0].tail:
                 raise MinirunError(f"flex fuses a gap question's wordings in the tokens all its prompts end with, and "
                                    f"those of {q.question!r} with {option!r} in the gap end in none (a gap opening a "
-                                   "prompt, or an option the tokenizer joins to the words before it): ask it with the "
-                                   "chat template (--chat), or leave flex out")
+                                   "prompt, an option the tokenizer joins to the words before it, or spacing before "
+                                   "the gap they do not share): ask it in a chat template (--chat, a model that has "
+                                   "one), give its wordings the same spacing before the gap, or leave flex out")
 
 
 def option_row(targets: list[list[int]], start: int, segment: Callable[[int], int]) -> Row:
