@@ -30,8 +30,8 @@ from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, asked_items, benchmark_source, item_record, load_cited, load_examples
 from minirun.eval.loop import (DataKey, Run, check_gaps, check_paraphrased, check_resumable, check_worked,
-                                evaluate_runs, examples_commit, few_shot_prefixes, item_prompts, prepare, process_group, ranks,
-                                resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
+                                evaluate_runs, examples_commit, few_shot_prefixes, item_prompts, prepare, process_group,
+                                ranks, resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, new_tokens, prompt_format
 from minirun.eval.results import (
