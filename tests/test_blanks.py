@@ -33,18 +33,21 @@ def scored(llm, method, paraphrases=PARAS, question=SENTENCE, prefix=PREFIX, **k
     return score_blanks(llm, method, [Question(question, paraphrases, prefix)], [OPTIONS], "_", options)[0]
 
 
-def partial_log_likelihoods(path, prefix: str, sentence: str) -> list[float]:
+def partial_log_likelihoods(path, prefix: str, sentence: str, options: list[str] = OPTIONS) -> list[float]:
     """lm-evaluation-harness's Winogrande with transformers' own tokenizer and model: per option, the context is the
-    sentence up to the gap with the option in it, and the target the words after the gap, stripped, after a space;
-    the target's ids are those of `context + " " + target` after the context's."""
+    sentence up to the gap with the option in it, and the target the words after the gap, stripped, after a space
+    (the context's trailing whitespace moved before that space, as its `_encode_pair` does); the target's ids are
+    those of the whole after the context's."""
     tok = AutoTokenizer.from_pretrained(path)
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     gap = sentence.index("_")
     target = sentence[gap + 1:].strip()
     out = []
-    for option in OPTIONS:
+    for option in options:
         context = prefix + sentence[:gap] + option
-        prompt, whole = tok(context).input_ids, tok(context + " " + target).input_ids
+        spaces = context[len(context.rstrip()):]
+        context = context.rstrip()
+        prompt, whole = tok(context).input_ids, tok(f"{context}{spaces} {target}").input_ids
         with torch.no_grad():
             logp = reference(torch.tensor([whole])).logits[0].float().log_softmax(-1)
         out.append(sum(logp[j - 1, whole[j]].item() for j in range(len(prompt), len(whole))))
@@ -187,3 +190,17 @@ def test_an_option_takes_the_spacing_every_wording_ends_with_before_the_gap():
     assert tail == "is too big."
     (spaced, _), _ = gap_filled(Question(SENTENCE, [SENTENCE]), [" the trophy", "the suitcase"], "_")
     assert spaced.question + spaced.suffix == f"{stem}  the trophy"
+
+
+def test_options_ending_in_whitespace_are_scored_as_the_harness_spaces_them(llm):
+    """With the harness's spacing (the winogrande format's), an option's trailing whitespace goes before the space
+    the scored words follow, as the harness moves a context's; minirun's own rule puts it in place of that space."""
+    options = ["the trophy ", "the suitcase"]
+    expected = partial_log_likelihoods(llm.path, PREFIX, SENTENCE, options)
+    got = score_blanks(llm, "origin", [Question(SENTENCE, [SENTENCE], PREFIX)], [options], "_",
+                       EnsembleOptions(chat=False, choice_score="sum", harness_spacing=True))[0]
+    assert max(abs(a - b) for a, b in zip(got.logprobs, expected)) <= ATOL
+    own = score_blanks(llm, "origin", [Question(SENTENCE, [SENTENCE], PREFIX)], [options], "_",
+                       EnsembleOptions(chat=False, choice_score="sum"))[0]
+    assert own.logprobs[0] != pytest.approx(got.logprobs[0], abs=1e-3)
+    assert own.logprobs[1] == pytest.approx(got.logprobs[1], abs=ATOL)

@@ -284,3 +284,37 @@ def test_the_prompts_shown_are_the_tokenizers_own_of_each_whole_prompt(llm):
         assert shown == [tok.encode(tok.apply_chat_template([{"role": "user", "content": PREFIX + p + "\nA:"}],
                                                             add_generation_prompt=True), add_special_tokens=False)
                          for p in PARAS]
+
+
+def harness_encode_pair_log_likelihoods(path, context: str, choices: list[str]) -> list[float]:
+    """lm-evaluation-harness's loglikelihood of each `" " + choice` (its target delimiter and the choice as given)
+    after `context`, its `_encode_pair` moving the context's trailing whitespace to the continuation's start."""
+    tok = AutoTokenizer.from_pretrained(path)
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    out = []
+    for choice in choices:
+        spaces = len(context) - len(context.rstrip())
+        head = context[:len(context) - spaces]
+        continuation = context[len(head):] + " " + choice
+        prompt, whole = tok(head).input_ids, tok(head + continuation).input_ids
+        with torch.no_grad():
+            logp = reference(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+        out.append(sum(logp[j - 1, whole[j]].item() for j in range(len(prompt), len(whole))))
+    return out
+
+
+@pytest.mark.parametrize("suffix", ["\nA:", "\nA: "])
+def test_the_harness_spacing_scores_options_as_given_after_its_space(llm, suffix):
+    """`harness_spacing` (a harness format's): each option as given (HellaSwag's cleaned "[step] Water" ending starts
+    with a space, and the harness scores both), after the harness's space, the prompt's trailing whitespace before it;
+    the options' lengths in characters (acc_norm's) count that space; a chat template keeps minirun's rule."""
+    choices = [" Paris", "Lyon ", "Berlin"]
+    expected = harness_encode_pair_log_likelihoods(llm.path, PREFIX + QUESTION + suffix, choices)
+    got = score_choices(llm, "origin", [Question(QUESTION, PARAS, PREFIX, suffix)], [choices],
+                        EnsembleOptions(chat=False, choice_score="sum", harness_spacing=True))[0]
+    assert max(abs(a - b) for a, b in zip(got.logprobs, expected)) <= ATOL and got.option_chars == [6, 5, 6]
+    stripped = score_choices(llm, "origin", [Question(QUESTION, PARAS, PREFIX, suffix)], [choices],
+                             EnsembleOptions(chat=False, choice_score="sum"))[0]
+    same = abs(stripped.logprobs[2] - got.logprobs[2]) <= ATOL  # "Berlin": spaced alike unless the prompt ends in one
+    assert same == (suffix == "\nA:")
+    assert stripped.logprobs[0] != pytest.approx(got.logprobs[0], abs=1e-3) and stripped.option_chars == [5, 4, 6]

@@ -1875,3 +1875,43 @@ def test_a_paraphrased_gap_file_runs_every_method_and_resumes(checkpoint_dirs, t
     again = CliRunner().invoke(_app(), args)
     assert again.exit_code == 0, again.output
     assert (tmp_path / "r" / "results.jsonl").read_bytes() == written  # every row resumed, none run again
+
+
+def test_hellaswag_endings_are_scored_with_the_harness_spacing(checkpoint_dirs, tmp_path, monkeypatch):
+    """HellaSwag's WikiHow endings open with a "[step]" mark, which cleaning leaves as a leading space: the harness
+    scores it, after its own space ("  Water…"), and divides acc_norm by its length with it; so does a run in its
+    format without a chat template, which its key records (`options_spaced`), so that a run scored the old way
+    (options stripped) is refused on resume, not mixed."""
+    row = {"ind": 4, "activity_label": "Health", "ctx_a": "[header] How to freeze water [title] Fill a cup.",
+           "ctx_b": "", "endings": ["[step] Water turns to ice in the freezer.", "[substeps] Boil it first.",
+                                    "Pour the cup on the floor.", "Sing to the water [title] Wait."], "label": "0"}
+    _fake_hub(monkeypatch, {"validation": pd.DataFrame([row]), "train": pd.DataFrame([row])})
+    out = tmp_path / "run"
+    args = ["eval", "--data", "hellaswag", "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--no-chat",
+            "--few-shot-k", "0", "--no-progress", "--choice-score", "sum", "--output", str(out)]
+    shown = CliRunner().invoke(_app(), [*args, "--show-prompts", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert "options scored after each prompt: '  Water turns to ice in the freezer.' (" in shown.stdout
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    (scored,) = pd.read_json(out / "results.jsonl", lines=True).itertuples()
+    endings = [" Water turns to ice in the freezer.", " Boil it first.", "Pour the cup on the floor.",
+               "Sing to the water. Wait."]
+    assert scored.choices == endings and scored.choice_chars == [len(e) for e in endings]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint_dirs["qwen2"])
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint_dirs["qwen2"], dtype=torch.float32).eval()
+    context, sums = "Health: How to freeze water. Fill a cup.", []
+    for ending in endings:  # the harness's request: the context, then " " and the ending as cleaned
+        start, whole = len(tok(context).input_ids), tok(f"{context} {ending}").input_ids
+        with torch.no_grad():
+            logp = reference(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+        sums.append(sum(logp[j - 1, whole[j]].item() for j in range(start, len(whole))))
+    assert scored.choice_logprobs == pytest.approx(sums, abs=1e-4)
+    info = json.loads((out / "run.json").read_text())
+    assert info["run_key"]["options_spaced"] == "as lm-evaluation-harness"
+    del info["run_key"]["options_spaced"]  # as a minirun before the harness's spacing recorded it
+    (out / "run.json").write_text(json.dumps(info))
+    again = CliRunner().invoke(_app(), args)
+    assert again.exit_code == 1 and "its options were scored with their edge whitespace dropped" in again.output

@@ -1376,3 +1376,26 @@ def test_a_sweep_asks_a_gap_file_as_winogrande_and_refuses_it_otherwise(checkpoi
                       tmp_path / "wino", lambda m: minirun.load(m.path), progress=False)
     assert sorted(table["label"].unique()) == ["flex-restart", "origin"] and len(table) == 4
     assert set(table["choices"].map(tuple)) == {("Anna", "Maria"), ("Lena", "Maria")}
+
+
+def test_a_cell_whose_options_the_harness_spaces_otherwise_is_not_one_finished_before(monkeypatch):
+    """HellaSwag's cleaned endings that open with a space are scored as the harness spaces them: the cell's key says
+    so (a done.json of before, options stripped, is no longer its), while cells whose options have no edge
+    whitespace, or that are asked in minirun's words, keep the key they had."""
+    import dataclasses
+
+    from minirun.eval import sweep as sweep_module
+
+    spec = parse_sweep({**BASE, "datasets": [{"name": "hellaswag"}, {"name": "sample-choice"}]})
+    hellaswag, choice = sweep_module.cells(spec, "out")
+    plain = load_dataset("sample-choice")[:2]
+    spaced = [dataclasses.replace(plain[0], choices=[f" {c}" for c in plain[0].choices]), plain[1]]
+
+    def keys() -> list[str]:
+        return [sweep_module.cell_key(cell, spec, sweep_module.Data(items, None, None))
+                for cell in (hellaswag, choice) for items in (spaced, plain)]
+
+    now = keys()
+    monkeypatch.setattr(sweep_module, "harness_spaced", lambda item, fmt: False)  # as before the harness's spacing
+    before = keys()
+    assert now[0] != before[0] and now[1:] == before[1:]

@@ -36,6 +36,7 @@ from minirun.eval.matching import MatchResult, Matcher, harness_exact, harness_g
 from minirun.eval.prompts import (
     CHOICE_FORMATS,
     LETTERS,
+    MINIRUN,
     STOP,
     PromptFormat,
     build_prefix,
@@ -345,7 +346,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     max_new_tokens = new_tokens(items, max_new_tokens)
     options = EnsembleOptions(max_new_tokens=max_new_tokens, chat=chat, thinking=thinking, stop=fmt.stop,
                               share_prefix=share_prefix, positions=positions, num_samples=num_samples, flex_bias=flex_bias,
-                              fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score)
+                              fusion_layer=fusion_layer, fusion_alpha=fusion_alpha, choice_score=choice_score,
+                              harness_spacing=fmt != MINIRUN)
     for method in methods:
         check_method(method, options)
     check_options_used(methods, options)
@@ -556,6 +558,7 @@ class DataKey:
     few_shot_k: int
     few_shot_draw: str
     reworded: frozenset[str] = frozenset()
+    spaced: frozenset[str] = frozenset()  # the items the harness's spacing scores otherwise (`harness_spaced`)
 
     @classmethod
     def of(cls, items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str], task: str | None,
@@ -564,7 +567,8 @@ class DataKey:
         per_question = few_shot_draw == "per-question"
         heads = {item.id: head_key(item, task, per_subject, per_question) for item in items}
         reworded = frozenset(item.id for item in items if fmt.question(item.question) != item.question)
-        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw, reworded)
+        spaced = frozenset(item.id for item in items if harness_spaced(item, fmt))
+        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw, reworded, spaced)
 
     def digests(self, ids: list[str] | None = None) -> dict[str, object]:
         """The run key's entries of the data (of the items `ids`, in that order; default all): the heads' text hashed
@@ -578,7 +582,8 @@ class DataKey:
                 "few_shot_k": self.few_shot_k, "few_shot_draw": self.few_shot_draw,
                 "items": items_digest(items, self.prompts),
                 **({"scored": "choices alone"} if scored_alone(items) else {}),
-                **({"origin_question": "as formatted"} if any(item.id in self.reworded for item in items) else {})}
+                **({"origin_question": "as formatted"} if any(item.id in self.reworded for item in items) else {}),
+                **({"options_spaced": HARNESS_SPACING} if any(item.id in self.spaced for item in items) else {})}
 
     def grown(self, recorded: list[str]) -> dict[str, object | None] | None:
         """Where a run directory holds the rows of items that are all among these (a pilot of the first 50 grown to
@@ -587,12 +592,25 @@ class DataKey:
         its rows; None where some recorded item is not asked now."""
         if not all(i in self.by_id for i in recorded):
             return None
-        return dict.fromkeys(("scored", "origin_question")) | self.digests(recorded)
+        return dict.fromkeys(("scored", "origin_question", "options_spaced")) | self.digests(recorded)
 
     @functools.cached_property
     def by_id(self) -> dict[str, Item]:
         """Each item by its id: what `digests` of a run's part looks up."""
         return {item.id: item for item in self.items}
+
+
+HARNESS_SPACING = "as lm-evaluation-harness"  # the run key's `options_spaced`, where that rule scores an item otherwise
+
+
+def harness_spaced(item: Item, fmt: PromptFormat) -> bool:
+    """Whether lm-evaluation-harness's spacing (`EnsembleOptions.harness_spacing`, a harness format's) scores a choice
+    item otherwise than minirun's rule did before it: an option with whitespace at an edge (HellaSwag's "[step] Water"
+    ending, cleaned to " Water"), or, in a format with no cue after the question, a wording ending in whitespace."""
+    if fmt == MINIRUN or item.choices is None:
+        return False
+    ends = [fmt.question(text) for text in (item.question, *item.paraphrases)] if not fmt.cue else []
+    return any(c != c.strip() for c in item.choices) or any(text != text.rstrip() for text in ends)
 
 
 def scored_alone(items: list[Item]) -> bool:

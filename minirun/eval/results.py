@@ -29,7 +29,8 @@ _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
 # Run-key entries recorded since a version of minirun whose earlier runs made rows another way: a key that
 # lacks one holds rows made that way (entries not listed here, missing, are simply not compared).
 RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "minirun", "answers": "first line",
-                   "origin_question": "as given", "tokenizer": "as tokenizer.json is written"}
+                   "origin_question": "as given", "tokenizer": "as tokenizer.json is written",
+                   "options_spaced": "minirun's"}
 REBUILT = "as transformers 5 builds it"  # the run key's `tokenizer` where `Tokenizer.rebuilt`
 EXPLAIN_ITEMS = {"num_prompts", "original"}  # settings that change which prompts the items' hash covers
 # what the few-shot heads' hash differing means where a run grows: the heads of the items it holds, asked as now
@@ -47,6 +48,9 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "origin_question": "its origin rows asked the questions with the whitespace the benchmark's format strips (a "
                        "minirun before origin's question was written as the other prompts are)",
     "matcher": "its verdicts came from another answer matcher (another minirun or spaCy pipeline)",
+    "options_spaced": "its options were scored with their edge whitespace dropped, where lm-evaluation-harness's "
+                      "spacing keeps it (HellaSwag's endings cleaned of a \"[step]\" mark start with a space): a "
+                      "minirun before the harness's spacing",
     "tokenizer": "its prompts were tokenized as tokenizer.json is written, where transformers 5 (and minirun since) "
                  "builds this Llama-class tokenizer's pipeline itself, so their ids differ (a minirun before that)",
     "weights_sha256": "the checkpoint at that path holds other weights or another tokenizer than when its rows were made: "

@@ -29,9 +29,10 @@ from minirun.engine.allocator import return_freed_memory
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import Item, asked_items, benchmark_source, item_record, load_cited, load_examples
-from minirun.eval.loop import (DataKey, Run, check_gaps, check_paraphrased, check_resumable, check_worked,
-                                evaluate_runs, examples_commit, few_shot_prefixes, item_prompts, prepare, process_group,
-                                ranks, resumed_chat, scored_alone, shown_prompts, subject_heads, wait_for_ranks)
+from minirun.eval.loop import (HARNESS_SPACING, DataKey, Run, check_gaps, check_paraphrased, check_resumable,
+                                check_worked, evaluate_runs, examples_commit, few_shot_prefixes, harness_spaced,
+                                item_prompts, prepare, process_group, ranks, resumed_chat, scored_alone, shown_prompts,
+                                subject_heads, wait_for_ranks)
 from minirun.eval.matching import matcher_name
 from minirun.eval.prompts import MINIRUN, new_tokens, prompt_format
 from minirun.eval.results import (
@@ -275,6 +276,8 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
         key["subject_heads"] = True  # (other cells' keys stay as they were, so their finished runs stay finished)
     if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
         key["prompt_format"] = fmt.name
+    if any(harness_spaced(item, fmt) for item in data.items):  # nor one whose options were spaced otherwise
+        key["options_spaced"] = HARNESS_SPACING
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

@@ -59,25 +59,38 @@ class ChoiceResult:
     confidences: list[float] | None = None  # the weighted methods' per-paraphrase confidences
 
 
-def option_texts(choices: list[str]) -> list[str]:
-    """The options as scored (surrounding whitespace dropped); refused in one line when one is not text or empty."""
+def option_texts(choices: list[str], as_given: bool = False) -> list[str]:
+    """The options as scored: surrounding whitespace dropped, or `as_given` (lm-evaluation-harness's spacing,
+    `EnsembleOptions.harness_spacing`); refused in one line when one is not text or empty."""
     if bad := [i for i, c in enumerate(choices) if not isinstance(c, str) or not c.strip()]:
-        raise MinirunError(f"answer option {bad[0]} of {choices!r} is {'empty' if isinstance(choices[bad[0]], str) else 'not text'}: "
-                           "every option needs some text")
-    return [c.strip() for c in choices]
+        kind = "empty" if isinstance(choices[bad[0]], str) else "not text"
+        raise MinirunError(f"answer option {bad[0]} of {choices!r} is {kind}: every option needs some text")
+    return list(choices) if as_given else [c.strip() for c in choices]
 
 
-def plain_context(question: Question) -> tuple[Question, str]:
+def plain_context(question: Question, harness: bool = False) -> tuple[Question, str]:
     """The prompt/option split without a chat template: every option starts with a space, as
     lm-evaluation-harness's delimiter does, unless whitespace already ends the prompt ("A: "), which then
-    starts the option instead, as the text would be written (" Paris"; the harness would add its space as
-    well, "  Paris"); it is taken off the prompt and returned."""
+    starts the option instead, as the text would be written (" Paris"); with `harness` (its spacing) that whitespace
+    goes before the space, as the harness moves it ("  Paris"). It is taken off the prompt and returned with the
+    space: what comes between the prompt and each option."""
+    text = question.suffix or question.question
+    kept = text.rstrip()
+    lead = text[len(kept):] + " " if harness else text[len(kept):] or " "
     if question.suffix:
-        kept = question.suffix.rstrip()
-        return replace(question, suffix=kept), question.suffix[len(kept):] or " "
-    kept = question.question.rstrip()
-    return (replace(question, question=kept, paraphrases=[p.rstrip() for p in question.paraphrases]),
-            question.question[len(kept):] or " ")
+        return replace(question, suffix=kept), lead
+    return replace(question, question=kept, paraphrases=[p.rstrip() for p in question.paraphrases]), lead
+
+
+def templated(llm: EnsembleModel, options: EnsembleOptions) -> bool:
+    """Whether prompts are written in the chat template: as `options.chat` says, by default where the model has one."""
+    return options.chat if options.chat is not None else llm.tokenizer.chat_template is not None
+
+
+def asked_options(llm: EnsembleModel, choices: list[str], options: EnsembleOptions) -> list[str]:
+    """A question's options as `options` scores them (`option_texts`): as given where the harness's spacing applies
+    (without a chat template), else stripped."""
+    return option_texts(choices, options.harness_spacing and not templated(llm, options))
 
 
 def option_ids(llm: EnsembleModel, enc: Encoded, choices: list[str], lead: str | None) -> list[list[int]]:
@@ -100,11 +113,11 @@ def laid_out(llm: EnsembleModel, method: str, questions: list[Question], options
              texts: list[list[str]] | None = None
              ) -> tuple[list[list[str]], list[Encoded], list[list[list[int]]] | None]:
     """Each question's prompts as `method` asks them (without a chat template, an option's leading whitespace taken
-    off the prompt: `plain_context`), their encoding and, with the options' `texts`, each option's ids."""
-    chat = options.chat if options.chat is not None else llm.tokenizer.chat_template is not None
+    off the prompt: `plain_context`), their encoding and, with the options' `texts` (`asked_options`), each option's
+    ids."""
     leads: list[str | None] = [None] * len(questions)  # the option is the answer after the generation prompt
-    if texts is not None and not chat:
-        questions, leads = map(list, zip(*[plain_context(q) for q in questions]))
+    if texts is not None and not templated(llm, options):
+        questions, leads = map(list, zip(*[plain_context(q, options.harness_spacing) for q in questions]))
     prompts = method_prompts(method, questions)
     encoded = encode_batch(llm, method, questions, prompts, options)
     if texts is None:
@@ -117,7 +130,7 @@ def asked_ids(llm: EnsembleModel, method: str, question: Question, options: Ense
     """The token ids of each prompt `method` asks `question` with, exactly as it encodes them (template, head, the
     prompt, tail; flex packs them into one sequence, each seeing the head, itself and the tail), and each of
     `choices`' ids scored after them (None without choices): what `eval --show-prompts` shows."""
-    texts = None if choices is None else [option_texts(choices)]
+    texts = None if choices is None else [asked_options(llm, choices, options)]
     _, (enc,), targets = laid_out(llm, method, [question], options, texts)
     return [enc.head + p + enc.tail for p in enc.paraphrases], None if targets is None else targets[0]
 
@@ -131,7 +144,7 @@ def score_choices(llm: EnsembleModel, method: str, questions: list[Question], ch
         raise MinirunError("choices must be one list of option strings per question, e.g. [['Paris', 'Lyon']]")
     if len(questions) != len(choices) or not all(choices):
         raise MinirunError("every question needs its list of answer options")
-    texts = [option_texts(c) for c in choices]
+    texts = [asked_options(llm, c, options) for c in choices]
     prompts, encoded, targets = laid_out(llm, method, questions, options, texts)
     with torch.inference_mode():
         if method == "flex":

@@ -49,6 +49,10 @@ class EnsembleOptions:
     fusion_layer: int | None = None  # hidden_avg: first fused block, 1-based (None: round(0.75 x layers))
     fusion_alpha: float = 1.0  # hidden_avg: weight of the group mean in the fused state
     choice_score: str = "mean"  # multiple choice: CHOICE_SCORES' rule for an option's log-likelihood
+    # Multiple choice without a chat template: options spaced as lm-evaluation-harness scores them (as given, after
+    # its space, a prompt's trailing whitespace moved before that space: "  Water" for HellaSwag's "[step] Water"
+    # ending) instead of minirun's rule (options stripped, a prompt's trailing whitespace in place of the space)
+    harness_spacing: bool = False
     worked: bool = False  # answers are worked solutions (maths): a vote compares their final numbers
 
     def __post_init__(self) -> None:
