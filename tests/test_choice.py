@@ -318,3 +318,18 @@ def test_the_harness_spacing_scores_options_as_given_after_its_space(llm, suffix
     same = abs(stripped.logprobs[2] - got.logprobs[2]) <= ATOL  # "Berlin": spaced alike unless the prompt ends in one
     assert same == (suffix == "\nA:")
     assert stripped.logprobs[0] != pytest.approx(got.logprobs[0], abs=1e-3) and stripped.option_chars == [5, 4, 6]
+
+
+def test_cue_less_prompts_share_only_the_whitespace_they_all_end_with(llm):
+    """Without a cue after the question (OpenBookQA's stems, HellaSwag's contexts), whitespace ending the question
+    alone is not lent to the paraphrases: origin is spaced as the harness spaces its one prompt, and per_prompt scores
+    a paraphrase without that whitespace as the harness would score it alone."""
+    stem, other = "The sun is responsible for ", "What is the sun responsible for"
+    choices = ["puppies learning new tricks", "plants sprouting"]
+    options = EnsembleOptions(chat=False, choice_score="sum", harness_spacing=True)
+    origin = score_choices(llm, "origin", [Question(stem, [stem, other], PREFIX)], [choices], options)[0]
+    each = score_choices(llm, "per_prompt", [Question(stem, [other], PREFIX)], [choices], options)[0]
+    assert origin.logprobs == pytest.approx(harness_encode_pair_log_likelihoods(llm.path, PREFIX + stem, choices),
+                                            abs=ATOL)
+    assert each.per_prompt_logprobs[0] == pytest.approx(
+        harness_encode_pair_log_likelihoods(llm.path, PREFIX + other, choices), abs=ATOL)

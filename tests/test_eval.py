@@ -1911,7 +1911,11 @@ def test_hellaswag_endings_are_scored_with_the_harness_spacing(checkpoint_dirs, 
     assert scored.choice_logprobs == pytest.approx(sums, abs=1e-4)
     info = json.loads((out / "run.json").read_text())
     assert info["run_key"]["options_spaced"] == "as lm-evaluation-harness"
+    for other, extra in (("chat", ["--chat"]), ("letters", ["--choice-format", "letters"])):  # spaced as before
+        done = CliRunner().invoke(_app(), [*args[:-1], str(tmp_path / other), *extra])
+        assert done.exit_code == 0, done.output
+        assert "options_spaced" not in json.loads((tmp_path / other / "run.json").read_text())["run_key"]
     del info["run_key"]["options_spaced"]  # as a minirun before the harness's spacing recorded it
     (out / "run.json").write_text(json.dumps(info))
     again = CliRunner().invoke(_app(), args)
-    assert again.exit_code == 1 and "its options were scored with their edge whitespace dropped" in again.output
+    assert again.exit_code == 1 and "its options were scored stripped, after a prompt" in again.output

@@ -1396,6 +1396,11 @@ def test_a_cell_whose_options_the_harness_spaces_otherwise_is_not_one_finished_b
                 for cell in (hellaswag, choice) for items in (spaced, plain)]
 
     now = keys()
-    monkeypatch.setattr(sweep_module, "harness_spaced", lambda item, fmt: False)  # as before the harness's spacing
+    monkeypatch.setattr(sweep_module, "harness_spaced", lambda *a: False)  # as before the harness's spacing
     before = keys()
     assert now[0] != before[0] and now[1:] == before[1:]
+    chat = parse_sweep({**BASE, "generation": {"chat": True}, "datasets": [{"name": "hellaswag"}]})
+    cell = sweep_module.cells(chat, "out")[0]
+    patched = sweep_module.cell_key(cell, chat, sweep_module.Data(spaced, None, None))
+    monkeypatch.undo()  # under a chat template the options are spaced as before: the key stays
+    assert sweep_module.cell_key(cell, chat, sweep_module.Data(spaced, None, None)) == patched

@@ -396,7 +396,8 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     prefixes = few_shot_prefixes(items, fewshot_items, source, task, few_shot_k, choice_format,
                                  examples_commit(benchmark, fewshot_items, data_source, few_shot_source), few_shot_draw)
     per_subject = subject_heads(source, fewshot_items)
-    data = DataKey.of(items, prompts, prefixes, task, per_subject, few_shot_k, few_shot_draw, fmt)
+    data = DataKey.of(items, prompts, prefixes, task, per_subject, few_shot_k, few_shot_draw, fmt, choice_format,
+                      not templated)
     chat_key = resumed_chat(recorded_run_key(output_dir).get("chat", chat), chat, has_template)
     run_key = {  # what changes every method's rows; methods are not in it because their rows are independent
         "model": str(Path(llm.path).resolve()), "dtype": str(llm.dtype).removeprefix("torch."), "device": llm.device.type, "dataset": dataset,
@@ -559,16 +560,19 @@ class DataKey:
     few_shot_draw: str
     reworded: frozenset[str] = frozenset()
     spaced: frozenset[str] = frozenset()  # the items the harness's spacing scores otherwise (`harness_spaced`)
+    spacing: bool = True  # whether that spacing is in effect: not under a chat template
 
     @classmethod
     def of(cls, items: list[Item], prompts: dict[str, list[str]], prefixes: dict[str, str], task: str | None,
-           per_subject: bool, few_shot_k: int, few_shot_draw: str, fmt: PromptFormat) -> DataKey:
-        """The key of items asked in `fmt` under `prefixes` as `few_shot_prefixes` laid them out (`head_key`)."""
+           per_subject: bool, few_shot_k: int, few_shot_draw: str, fmt: PromptFormat, choice_format: str = "cloze",
+           spacing: bool = True) -> DataKey:
+        """The key of items asked in `fmt` under `prefixes` as `few_shot_prefixes` laid them out (`head_key`);
+        `spacing` False under a chat template, where the harness's spacing is not in effect."""
         per_question = few_shot_draw == "per-question"
         heads = {item.id: head_key(item, task, per_subject, per_question) for item in items}
         reworded = frozenset(item.id for item in items if fmt.question(item.question) != item.question)
-        spaced = frozenset(item.id for item in items if harness_spaced(item, fmt))
-        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw, reworded, spaced)
+        spaced = frozenset(item.id for item in items if harness_spaced(item, fmt, choice_format))
+        return cls(items, prompts, prefixes, heads, few_shot_k, few_shot_draw, reworded, spaced, spacing)
 
     def digests(self, ids: list[str] | None = None) -> dict[str, object]:
         """The run key's entries of the data (of the items `ids`, in that order; default all): the heads' text hashed
@@ -583,7 +587,8 @@ class DataKey:
                 "items": items_digest(items, self.prompts),
                 **({"scored": "choices alone"} if scored_alone(items) else {}),
                 **({"origin_question": "as formatted"} if any(item.id in self.reworded for item in items) else {}),
-                **({"options_spaced": HARNESS_SPACING} if any(item.id in self.spaced for item in items) else {})}
+                **({"options_spaced": HARNESS_SPACING} if self.spacing and any(item.id in self.spaced for item in items)
+                   else {})}
 
     def grown(self, recorded: list[str]) -> dict[str, object | None] | None:
         """Where a run directory holds the rows of items that are all among these (a pilot of the first 50 grown to
@@ -603,12 +608,15 @@ class DataKey:
 HARNESS_SPACING = "as lm-evaluation-harness"  # the run key's `options_spaced`, where that rule scores an item otherwise
 
 
-def harness_spaced(item: Item, fmt: PromptFormat) -> bool:
-    """Whether lm-evaluation-harness's spacing (`EnsembleOptions.harness_spacing`, a harness format's) scores a choice
-    item otherwise than minirun's rule did before it: an option with whitespace at an edge (HellaSwag's "[step] Water"
-    ending, cleaned to " Water"), or, in a format with no cue after the question, a wording ending in whitespace."""
-    if fmt == MINIRUN or item.choices is None:
+def harness_spaced(item: Item, fmt: PromptFormat, choice_format: str = "cloze") -> bool:
+    """Whether lm-evaluation-harness's spacing (`EnsembleOptions.harness_spacing`, a harness format's without a chat
+    template) scores a choice item otherwise than minirun's rule did before it: an option with whitespace at an edge
+    (HellaSwag's "[step] Water" ending, cleaned to " Water"; a gap item's option ending in it), or, in a format with no
+    cue after the question, a wording ending in whitespace. Lettered options are scored as letters: never."""
+    if fmt == MINIRUN or item.choices is None or choice_format == "letters":
         return False
+    if item.blank is not None:  # written into the gap as given before too; the words after it are stripped
+        return any(c != c.rstrip() for c in item.choices)
     ends = [fmt.question(text) for text in (item.question, *item.paraphrases)] if not fmt.cue else []
     return any(c != c.strip() for c in item.choices) or any(text != text.rstrip() for text in ends)
 

@@ -48,9 +48,10 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
     "origin_question": "its origin rows asked the questions with the whitespace the benchmark's format strips (a "
                        "minirun before origin's question was written as the other prompts are)",
     "matcher": "its verdicts came from another answer matcher (another minirun or spaCy pipeline)",
-    "options_spaced": "its options were scored with their edge whitespace dropped, where lm-evaluation-harness's "
-                      "spacing keeps it (HellaSwag's endings cleaned of a \"[step]\" mark start with a space): a "
-                      "minirun before the harness's spacing",
+    "options_spaced": "its options were scored stripped, after a prompt's trailing whitespace in place of the space, "
+                      "where lm-evaluation-harness scores them as given, after its space, that whitespace before it "
+                      "(HellaSwag's endings cleaned of a \"[step]\" mark start with a space; a question asked with "
+                      "no cue may end in one): a minirun before the harness's spacing",
     "tokenizer": "its prompts were tokenized as tokenizer.json is written, where transformers 5 (and minirun since) "
                  "builds this Llama-class tokenizer's pipeline itself, so their ids differ (a minirun before that)",
     "weights_sha256": "the checkpoint at that path holds other weights or another tokenizer than when its rows were made: "

@@ -165,7 +165,7 @@ def _data_settings(dataset: DatasetSpec, data: Data) -> DataKey:
                                  examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source),
                                  dataset.few_shot_draw)
     return DataKey.of(data.items, prompts, prefixes, None, subject_heads(source, data.few_shot), dataset.few_shot_k,
-                      dataset.few_shot_draw, fmt)
+                      dataset.few_shot_draw, fmt, dataset.choice_format)
 
 
 def _selected(plan: list[Cell], only: Selection) -> list[Cell]:
@@ -206,6 +206,8 @@ def _refused(cell: Cell, gen: Generation, model: ModelFacts, data: DataKey, item
         settings["chat"] = resumed_chat(recorded.get("chat", gen.chat), gen.chat, model.templated)
     elif None in (settings["chat"], recorded.get("chat")):  # the model's default: its tokenizer's to say, which the
         del settings["chat"]  # sweep reads once the model is here (and refuses there if need be)
+    templated = gen.chat if gen.chat is not None else model.templated  # None: not known here, nor the spacing
+    data = dataclasses.replace(data, spacing=templated is False)
     changed = recorded_differences(cell.dir, {**settings, **data.digests()}, [item.id for item in items], data.grown)
     made = recorded_methods(cell.dir).get(cell.method.name, {})
     options = {**dataclasses.asdict(EnsembleOptions()), **cell.method.options}
@@ -276,8 +278,9 @@ def cell_key(cell: Cell, sweep: Sweep, data: Data, with_batch_size: bool = False
         key["subject_heads"] = True  # (other cells' keys stay as they were, so their finished runs stay finished)
     if (fmt := prompt_format(source, cell.dataset.choice_format)) != MINIRUN:  # nor one finished in minirun's words
         key["prompt_format"] = fmt.name
-    if any(harness_spaced(item, fmt) for item in data.items):  # nor one whose options were spaced otherwise
-        key["options_spaced"] = HARNESS_SPACING
+    if sweep.generation.chat is not True and any(harness_spaced(item, fmt, cell.dataset.choice_format)
+                                                 for item in data.items):  # nor one whose options were spaced otherwise
+        key["options_spaced"] = HARNESS_SPACING  # (a chat run's rows the same: rerun, it resumes them all)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

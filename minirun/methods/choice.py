@@ -68,18 +68,22 @@ def option_texts(choices: list[str], as_given: bool = False) -> list[str]:
     return list(choices) if as_given else [c.strip() for c in choices]
 
 
-def plain_context(question: Question, harness: bool = False) -> tuple[Question, str]:
+def plain_context(question: Question, asked: list[str], harness: bool = False) -> tuple[Question, str]:
     """The prompt/option split without a chat template: every option starts with a space, as
-    lm-evaluation-harness's delimiter does, unless whitespace already ends the prompt ("A: "), which then
-    starts the option instead, as the text would be written (" Paris"); with `harness` (its spacing) that whitespace
-    goes before the space, as the harness moves it ("  Paris"). It is taken off the prompt and returned with the
-    space: what comes between the prompt and each option."""
-    text = question.suffix or question.question
-    kept = text.rstrip()
-    lead = text[len(kept):] + " " if harness else text[len(kept):] or " "
+    lm-evaluation-harness's delimiter does, unless whitespace already ends the prompts (`asked`, those the method
+    asks: "A: "), which then starts the option instead, as the text would be written (" Paris"); with `harness` (its
+    spacing) that whitespace goes before the space, as the harness moves it ("  Paris"). Taken off the prompts (each
+    prompt's own, where they end otherwise, whose options then follow the whitespace they share) and returned with
+    the space: what comes between the prompts and each option."""
     if question.suffix:
-        return replace(question, suffix=kept), lead
-    return replace(question, question=kept, paraphrases=[p.rstrip() for p in question.paraphrases]), lead
+        kept = question.suffix.rstrip()
+        spacing = question.suffix[len(kept):]
+        question = replace(question, suffix=kept)
+    else:
+        spacing = os.path.commonprefix([p[len(p.rstrip()):][::-1] for p in asked])[::-1]
+        question = replace(question, question=question.question.rstrip(),
+                           paraphrases=[p.rstrip() for p in question.paraphrases])
+    return question, spacing + " " if harness else spacing or " "
 
 
 def templated(llm: EnsembleModel, options: EnsembleOptions) -> bool:
@@ -117,7 +121,8 @@ def laid_out(llm: EnsembleModel, method: str, questions: list[Question], options
     ids."""
     leads: list[str | None] = [None] * len(questions)  # the option is the answer after the generation prompt
     if texts is not None and not templated(llm, options):
-        questions, leads = map(list, zip(*[plain_context(q, options.harness_spacing) for q in questions]))
+        questions, leads = map(list, zip(*[plain_context(q, asked, options.harness_spacing)
+                                           for q, asked in zip(questions, method_prompts(method, questions))]))
     prompts = method_prompts(method, questions)
     encoded = encode_batch(llm, method, questions, prompts, options)
     if texts is None:
