@@ -173,3 +173,18 @@ def test_the_default_model_offered_is_the_one_the_command_runs(models_dir, monke
     assert "--model" not in argv  # the command runs $MINIRUN_MODEL without it
     argv, _, _ = drive(["generate", "origin", "Q?", "", "smollm2-135m-instruct", "", ""], models_dir)
     assert argv[argv.index("--model") + 1] == "smollm2-135m-instruct"  # not $MINIRUN_MODEL
+
+
+def test_eval_of_a_file_asks_which_benchmark_it_is_asked_as(models_dir, tmp_path):
+    """A dataset file may need a benchmark's words (MMLU paraphrased; gap items, which only Winogrande's words ask):
+    the flow asks for one, checks it names a dataset, and leaves it out when empty."""
+    data = tmp_path / "gaps.jsonl"
+    data.write_text("{}\n")
+    rest = ["", "", "", "", "", ""]  # model, prompts, samples, few-shot, output, new tokens: the defaults
+    argv, echoed, prompts = drive(["eval", "origin", str(data), "nope", "winogrande", *rest], models_dir)
+    assert argv[argv.index("--data"):argv.index("--data") + 4] == ["--data", str(data), "--benchmark", "winogrande"]
+    assert echoed[0].startswith("'nope': use one of sample-qa") and echoed[0].endswith("or leave it empty")
+    argv, _, _ = drive(["eval", "origin", str(data), "", *rest], models_dir)
+    assert "--benchmark" not in argv
+    argv, _, prompts = drive(["eval", "origin", "sample-qa", *rest], models_dir)  # a named dataset is asked as itself
+    assert "--benchmark" not in argv and not any(p.startswith("asked as benchmark") for p, _ in prompts)

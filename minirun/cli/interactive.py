@@ -94,6 +94,18 @@ def _dataset(answer: str) -> str | None:
             "(e.g. items.jsonl)")
 
 
+def _benchmark(answer: str) -> str | None:
+    """A file's benchmark: none, or a named dataset (a Hub one pinned: NAME@REV) whose words and examples ask it."""
+    if not answer:
+        return None
+    try:
+        if hub_dataset(answer)[0] in DATASETS:
+            return None
+    except MinirunError as e:
+        return str(e)
+    return f"use one of {', '.join(DATASETS)} (a Hub one pinned: NAME@REV), or leave it empty"
+
+
 def _optional_file(answer: str) -> str | None:
     return None if not answer or Path(answer).is_file() else "no such file (leave empty for none)"
 
@@ -192,7 +204,12 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
             argv += ["--paraphrase", p]
         return [*argv, "--", question]  # a question may start with "-" ("-5 plus 7 is?")
     if task == "eval":
-        argv += ["--data", _prompt(ask, echo, f"dataset ({', '.join(DATASETS)} or a .jsonl path)", "sample-qa", _dataset)]
+        data = _prompt(ask, echo, f"dataset ({', '.join(DATASETS)} or a .jsonl path)", "sample-qa", _dataset)
+        argv += ["--data", data]
+        if hub_dataset(data)[0] not in DATASETS:  # a file: asked in minirun's words, or as a benchmark asks its own
+            benchmark = _prompt(ask, echo, "asked as benchmark (its words and few-shot examples, e.g. mmlu for MMLU "
+                                "paraphrased, winogrande for items with a gap; empty: minirun's words)", "", _benchmark)
+            argv += ["--benchmark", benchmark] if benchmark else []
     argv += _ask_model(ask, echo, models_dir)
     if task == "bench":
         if methods != ["origin"]:  # origin asks the question alone
