@@ -204,3 +204,10 @@ def test_options_ending_in_whitespace_are_scored_as_the_harness_spaces_them(llm)
                        EnsembleOptions(chat=False, choice_score="sum"))[0]
     assert own.logprobs[0] != pytest.approx(got.logprobs[0], abs=1e-3)
     assert own.logprobs[1] == pytest.approx(got.logprobs[1], abs=ATOL)
+
+
+def test_the_spacing_shared_is_the_whitespace_every_text_ends_with():
+    from minirun.methods.choice import shared_spacing
+
+    assert shared_spacing(["for ", "for  ", "as\t "]) == " " and shared_spacing(["for ", "for"]) == ""
+    assert shared_spacing(["a \n", "b\n"]) == "\n" and shared_spacing(["x"]) == ""

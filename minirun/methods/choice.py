@@ -68,6 +68,12 @@ def option_texts(choices: list[str], as_given: bool = False) -> list[str]:
     return list(choices) if as_given else [c.strip() for c in choices]
 
 
+def shared_spacing(texts: list[str]) -> str:
+    """The trailing whitespace every one of `texts` ends with (" " of "for " and "for  "; none where one ends in a
+    word): what prompts that end otherwise can share before what follows them."""
+    return os.path.commonprefix([text[len(text.rstrip()):][::-1] for text in texts])[::-1]
+
+
 def plain_context(question: Question, asked: list[str], harness: bool = False) -> tuple[Question, str]:
     """The prompt/option split without a chat template: every option starts with a space, as
     lm-evaluation-harness's delimiter does, unless whitespace already ends the prompts (`asked`, those the method
@@ -80,7 +86,7 @@ def plain_context(question: Question, asked: list[str], harness: bool = False) -
         spacing = question.suffix[len(kept):]
         question = replace(question, suffix=kept)
     else:
-        spacing = os.path.commonprefix([p[len(p.rstrip()):][::-1] for p in asked])[::-1]
+        spacing = shared_spacing(asked)
         question = replace(question, question=question.question.rstrip(),
                            paraphrases=[p.rstrip() for p in question.paraphrases])
     return question, spacing + " " if harness else spacing or " "
@@ -225,7 +231,7 @@ def gap_filled(question: Question, choices: list[str], blank: str) -> tuple[list
     if not all(b.strip() for b in befores):
         return [Question(befores[0] + option, [b + option for b in befores[1:]], question.prefix)
                 for option in choices], after
-    joint = os.path.commonprefix([b[len(b.rstrip()):][::-1] for b in befores])[::-1]  # the spacing all end with
+    joint = shared_spacing(befores)
     kept = [b[:len(b) - len(joint)] for b in befores]
     return [Question(kept[0], kept[1:], question.prefix, joint + option) for option in choices], after
 
