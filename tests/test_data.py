@@ -92,6 +92,15 @@ def test_a_text_file_given_as_data_is_named_so(tmp_path):
         load_dataset(tmp_path / "one_bad.jsonl")
 
 
+def test_a_broken_json_array_is_named_with_its_flaw(tmp_path):
+    """A JSON array with a flaw was called a file with no JSON record on any line, which points away from the fix."""
+    (tmp_path / "arr.json").write_text(f"[{_record(1)},\n {{\"id\": \"q2\"\n")
+    with pytest.raises(MinirunError, match=r"arr.json opens a JSON array but is not valid JSON \(.* at line 3, col"):
+        load_dataset(tmp_path / "arr.json")
+    (tmp_path / "ok.json").write_text(f"[{_record(1)}]")
+    assert [it.id for it in load_dataset(tmp_path / "ok.json")] == ["q1"]
+
+
 def test_jsonl_empty_and_missing(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(MinirunError, match="no usable items"):

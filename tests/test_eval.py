@@ -429,7 +429,7 @@ def test_runs_of_a_llama_class_tokenizer_made_before_its_rebuilt_pipeline_are_no
     assert "tokenizer" not in json.loads((tmp_path / "qwen" / "run.json").read_text())["run_key"]
 
 
-def test_a_paraphrased_mmlu_file_is_asked_as_mmlu_asks_with_benchmark(tiny, tmp_path):
+def test_a_paraphrased_mmlu_file_is_asked_as_mmlu_asks_with_benchmark(tiny, tmp_path, monkeypatch):
     """`minirun paraphrase mmlu` writes a plain item file; `--benchmark mmlu` asks it in MMLU's words, a head per
     subject (ensembles over its paraphrases, which the Hub's MMLU lacks), through the command line too."""
     subjects = ["astronomy", "virology"]
@@ -457,9 +457,11 @@ def test_a_paraphrased_mmlu_file_is_asked_as_mmlu_asks_with_benchmark(tiny, tmp_
         (tmp_path / "as-mmlu" / "run.json").read_text())["run_key"]["few_shot"]
     for benchmark, message in [("mmlu2", "unknown benchmark 'mmlu2': choose from"),
                                ("mmlu", "sample-choice is a named dataset, asked as itself: drop the benchmark")]:
-        named = ["--data", "sample-choice"] if benchmark == "mmlu" else []
-        bad = CliRunner().invoke(_app(), [*args, *named, "--benchmark", benchmark, "--output", str(tmp_path / "x")])
-        assert bad.exit_code == 1 and message in bad.stderr
+        asked = args if benchmark != "mmlu" else ["eval", "--data", "sample-choice", "--model", str(tiny.path)]
+        with monkeypatch.context() as m:  # refused before MMLU's examples are looked up on the Hub
+            m.setattr("huggingface_hub.dataset_info", lambda *a, **k: pytest.fail("the Hub was asked"))
+            bad = CliRunner().invoke(_app(), [*asked, "--benchmark", benchmark, "--output", str(tmp_path / "x")])
+        assert bad.exit_code == 1 and message in bad.stderr and "Hugging Face Hub" not in bad.stderr
 
 
 def test_an_mmlu_demonstration_may_share_a_generic_stem_but_never_a_test_question_s_answer():
@@ -1845,6 +1847,7 @@ def test_gap_items_are_refused_where_they_cannot_be_asked_as_scored(checkpoint_d
         result = CliRunner().invoke(_app(), [*base, *extra])
         assert result.exit_code == 1 and re.search(problem, result.output), (extra, result.output)
         assert "Traceback" not in result.output and not (tmp_path / "run" / "results.jsonl").exists()
+        assert "distinct prompts" not in result.output, extra  # no warning on prompts a refused run never asks
 
 
 def test_a_paraphrased_gap_file_runs_every_method_and_resumes(checkpoint_dirs, tmp_path):

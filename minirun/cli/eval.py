@@ -64,8 +64,8 @@ def eval_command(
     max_samples: Optional[int] = typer.Option(None, min=1, help="Only the first N items (a later run with a larger N "
                                               "keeps these rows: a pilot grows)."),
     sample_seed: Optional[int] = typer.Option(None, min=0, help="With --max-samples: N items at random, the items "
-                                              "shuffled with this seed first (a larger N keeps a smaller one's "
-                                              "items)."),
+                                              "in random.Random(seed).sample's order first (a larger N keeps a "
+                                              "smaller one's items)."),
     few_shot_k: int = typer.Option(5, min=0, help="Worked examples in the prompt."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl), or a local copy of a benchmark's "
                                             "train/dev rows (.jsonl, .parquet); default: the dataset's own."),
@@ -106,7 +106,8 @@ def eval_command(
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import asked_items, benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
-    from minirun.eval.loop import check_draw, check_paraphrased, prepare, ranks, run_sharded, shown_prompts
+    from minirun.eval.loop import (check_benchmark, check_draw, check_paraphrased, prepare, ranks, run_sharded,
+                                   shown_prompts)
     from minirun.eval.prompts import check_choice_format
     from minirun.eval.report import cut_thinking, first_prompt_note
     from minirun.eval.sweep_results import sweep_of
@@ -125,6 +126,7 @@ def eval_command(
     method = method_names(method)
     asked, data = data, hub_dataset(data)[0]
     named = hub_dataset(benchmark)[0] if benchmark is not None else None
+    check_benchmark(data, named)  # before the data or its examples are looked up on the Hub
     check_choice_format(named or data, choice_format)  # before the data is read and a model is fetched
     items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
     asked_now = asked_items(items, max_samples, sample_seed, data)

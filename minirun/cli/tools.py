@@ -129,7 +129,7 @@ def paraphrase(
                                               "--sample-seed; the file written holds them in that order: evaluate it "
                                               "without the seed)."),
     sample_seed: Optional[int] = typer.Option(None, min=0, help="With --max-samples: N items at random, the items "
-                                              "shuffled with this seed first (eval's --sample-seed)."),
+                                              "in random.Random(seed).sample's order first (eval's --sample-seed)."),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),

@@ -319,13 +319,9 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     `output_dir` recorded, else today (a sweep gives its cells of one model and dataset one day). `data_source` is
     where a Hub dataset's items came from (`dataset_source`): its few-shot examples are read at the same commit,
     and run.json cites it; `few_shot_source` likewise for the Hub examples a `benchmark` asks a file's items with."""
-    if benchmark is not None and benchmark not in NAMES:
-        raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
+    check_benchmark(dataset, benchmark)
     if template_date is not None:
         template_date = day_text(template_date)
-    if benchmark is not None and dataset in NAMES:
-        raise MinirunError(f"a benchmark asks a file's items as that dataset asks its own; {dataset} is a named "
-                           "dataset, asked as itself: drop the benchmark")
     source = benchmark or dataset  # whose prompts these are
     if not methods:
         raise MinirunError(f"no method given: choose from {', '.join(METHODS)}")
@@ -377,16 +373,15 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
                                                     None)):  # before a batch runs, not when its batch comes
         raise MinirunError(f"item {wide.id!r} has {len(wide.choices)} options, more than the {len(LETTERS)} letters: "
                            "use --choice-format cloze, or leave the item out")
+    check_gaps(items, methods, source, fewshot_items)  # before any warning on prompts a refused run never asks
     prompts = item_prompts(items, fmt, original, num_prompts)
     if bare := [item_id for item_id, p in prompts.items() if not p]:
         raise MinirunError(f"{len(bare)} item(s), first {bare[0]!r}, have no paraphrase besides the question: "
                            "drop --no-original (original=False) or give them paraphrases")
     check_paraphrased(items, methods, dataset, num_prompts, original)
     check_worked(items, methods, dataset)
-    check_prompt_count(prompts, methods, dataset, num_prompts)
     has_template = llm.tokenizer.chat_template is not None
     templated = chat if chat is not None else has_template
-    check_gaps(items, methods, source, fewshot_items)
     if "flex" in methods and not templated and any(not _suffix(item, choice_format, fmt) and item.blank is None
                                                    for item in items):  # a gap's option is its prompts' shared end
         raise MinirunError(f"flex fuses the paraphrases in the tokens all prompts end with, and {source}'s prompts "
@@ -438,7 +433,18 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         with llm.tokenizer.pinned_clock(template_clock(run)):
             check_gap_flex(llm, [run.question(item) for item in items], [run.candidates(item) for item in items],
                            items[0].blank, options)
+    check_prompt_count(prompts, methods, dataset, num_prompts)  # a warning for a run that passed every check
     return run
+
+
+def check_benchmark(dataset: str, benchmark: str | None) -> None:
+    """A benchmark names how a file's items are asked: a known dataset's name, and given for a file only (a named
+    dataset is asked as itself), checked before its data or examples are looked up on the Hub."""
+    if benchmark is not None and benchmark not in NAMES:
+        raise MinirunError(f"unknown benchmark {benchmark!r}: choose from {', '.join(NAMES)}")
+    if benchmark is not None and dataset in NAMES:
+        raise MinirunError(f"a benchmark asks a file's items as that dataset asks its own; {dataset} is a named "
+                           "dataset, asked as itself: drop the benchmark")
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,

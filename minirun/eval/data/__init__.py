@@ -159,9 +159,13 @@ def _records_head(path: Path) -> tuple[set[str], list | None]:
         head = None
     if isinstance(head, dict) and json_records(head) == [head]:  # JSON lines: a bad one is its loader's to name
         return set().union(*(r for line in text_lines(path) if isinstance(r := _json_or_none(line), dict))), None
+    text = "".join(text_lines(path))
     try:
-        records = json_records(json.loads("".join(text_lines(path))))
-    except json.JSONDecodeError:  # not one JSON document: JSON lines, whose loader names a bad line
+        records = json_records(json.loads(text))
+    except json.JSONDecodeError as e:  # not one JSON document: JSON lines, whose loader names a bad line
+        if text.lstrip().startswith("["):  # meant as one array, whose flaw no line of it shows
+            raise MinirunError(f"{path} opens a JSON array but is not valid JSON ({e.msg} at line {e.lineno}, "
+                               f"column {e.colno}): fix it there, or write one item per line (JSON lines)") from None
         return set(), None
     if records is None:
         return set(), None

@@ -91,8 +91,9 @@ class Item:
 
 def asked_items(items: list[Item], max_samples: int | None = None, seed: int | None = None,
                 name: str = "the dataset") -> list[Item]:
-    """The items a run asks: all, the first `max_samples`, or with `seed` that many at random (the items shuffled
-    with `random.Random(seed)` first, so a larger count keeps a smaller one's items in their order: a pilot grows).
+    """The items a run asks: all, the first `max_samples`, or with `seed` that many at random (the items in the
+    order `random.Random(seed).sample(items, len(items))` gives first, so a larger count keeps a smaller one's items
+    in their order: a pilot grows).
     The first N of a dataset laid out by subject (MMLU's 57, one after another) are a few subjects' items: where
     they cover under half the relations the whole set has, and N could cover them all, that is warned of."""
     if seed is not None and seed < 0:  # random.Random(-s) shuffles as random.Random(s): one seed, two names
