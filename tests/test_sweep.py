@@ -1088,6 +1088,64 @@ def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp
     assert sweep_module.cell_key(cell, sweep, data) == sweep_module.cell_key(same, plain, data)
 
 
+def test_finished_cells_of_another_model_than_the_path_now_holds_are_refused_before_any_model_loads(
+        checkpoint_dirs, tmp_path, monkeypatch):
+    """A cell key holds the file's settings, not the weights at a model's path nor the dtype a machine picks by
+    default: cells finished before the checkpoint there was replaced were taken as finished, and a method added ran
+    on the new weights, one table comparing two models. Refused before any model loads, naming the fix (as eval
+    refuses resuming such rows), and the dry run says so; a new label runs the new weights beside them."""
+    from safetensors.torch import load_file, save_file
+
+    from minirun.layers import calibrate
+
+    model = shutil.copytree(checkpoint_dirs["llama3"], tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
+    text = (GENERATION + f'\n[[models]]\npath = "{model}"\nlabel = "m"\n\n[[datasets]]\nname = "sample-qa"\n'
+            'few_shot_k = 1\nnum_prompts = 2\nmax_samples = 2\n\n[[methods]]\nname = "origin"\n')
+    file, added = _file(tmp_path, text), _file(tmp_path, text + '\n[[methods]]\nname = "avg"\n', "added.toml")
+    loads: list[str] = []
+
+    def load(spec):
+        loads.append(spec.label)
+        return minirun.load(spec.path)
+
+    def refused(sweep_file: Path, change: str) -> None:
+        for run in (file, sweep_file):  # the finished cell alone, and beside a method added
+            with pytest.raises(MinirunError, match=r"sweep run m/sample-qa/origin holds rows made otherwise "
+                                                   rf"\({change}[^)]*\), by another model than m's entry gives now: "
+                                                   "give the model a new label"):
+                run_sweep(load_sweep_file(run), tmp_path / "out", load, progress=False)
+        assert loads == []
+        dry = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(tmp_path / "out"), "--dry-run"],
+                                 env={"COLUMNS": "250"})
+        assert dry.exit_code == 0 and re.search(rf"refused: its rows were made otherwise \({change}[^)]*\)", dry.stdout)
+
+    monkeypatch.setattr(calibrate, "native_bfloat16", lambda: True)
+    run_sweep(load_sweep_file(file), tmp_path / "out", load, progress=False)
+    assert loads == ["m"]
+    loads.clear()
+    monkeypatch.setattr(calibrate, "native_bfloat16", lambda: False)  # the same file on a CPU without bfloat16
+    refused(added, "dtype: 'bfloat16' -> 'float32'")
+    monkeypatch.setattr(calibrate, "native_bfloat16", lambda: True)
+    tensors = load_file(model / "model.safetensors")
+    name = sorted(tensors)[0]
+    save_file({**tensors, name: tensors[name] + 1.0}, model / "model.safetensors", metadata={"format": "pt"})
+    refused(added, "the checkpoint at that path holds other weights")
+    relabelled = _file(tmp_path, added.read_text().replace('label = "m"', 'label = "m2"'), "relabelled.toml")
+    table = run_sweep(load_sweep_file(relabelled), tmp_path / "out", load, progress=False)
+    assert loads == ["m2"] and len(table[table["model"] == "m2"]) == 4
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    assert report.exit_code == 0 and "different weights" not in report.output
+    run_json = tmp_path / "out" / "m2" / "sample-qa" / "avg" / "run.json"  # as a minirun before the refusal left it
+    record = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**record, "run_key": {**record["run_key"], "weights_sha256": "0123abcd"}}))
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    assert report.exit_code == 0 and re.search(r"model m2's runs were made with 2 different weights or dtypes \(.*"
+                                               r"weights 0123abcd, bfloat16: m2/sample-qa/avg\): its figures compare "
+                                               "different models", " ".join(report.output.split())), report.output
+
+
 def test_a_cell_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypatch):
     """A file without a device (auto) keeps the key a cpu cell had, so runs finished before auto stay finished;
     on a GPU machine it is the cuda cell's key."""

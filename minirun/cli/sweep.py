@@ -163,15 +163,17 @@ def rescored_title(notes: dict[str, str]) -> str:
 def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Optional[Path],
                  match: Optional[str], latex: Optional[Path] = None, choice_score: Optional[str] = None) -> None:
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
-    from minirun.eval.sweep_results import (load_sweep, mixed_scoring, prompt_series, sweep_harness_notes,
-                                            sweep_provenance, sweep_thinking_cut, unfinished_cells)
+    from minirun.eval.sweep_results import (load_sweep, mixed_models, mixed_scoring, prompt_series,
+                                            sweep_harness_notes, sweep_provenance, sweep_thinking_cut,
+                                            unfinished_cells)
 
     raw, warnings = load_sweep(run_dir), []  # first: it names a damaged index in one line
     if cells := unfinished_cells(run_dir):
         warnings.append(f"{len(cells)} of the sweep's runs have not finished ({', '.join(cells[:5])}"
                         f"{' …' if len(cells) > 5 else ''}): the tables cover their rows so far, or leave them out; "
                         "rerun `minirun sweep` with the same file to finish them")
-    warnings += sweep_thinking_cut(run_dir) + (mixed_scoring(run_dir) if choice_score is None else [])
+    warnings += mixed_models(run_dir) + sweep_thinking_cut(run_dir) + (mixed_scoring(run_dir) if choice_score is None
+                                                                       else [])
     if match in ("harness", "flexible"):
         warnings += sweep_harness_notes(run_dir)
     side_by_side(raw, lambda dataset: str(run_dir), run_dir.resolve().name,

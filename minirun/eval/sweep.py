@@ -12,6 +12,7 @@ is rebuilt from the runs' journals, so it is the same however often the sweep wa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -134,15 +135,10 @@ def survey(sweep: Sweep, output: str | Path, only: Selection = Selection()) -> l
     mine = _selected(cells(sweep, output), only)
     data = _load_data(sweep, {c.dataset.label for c in mine})
     made = {d.label: _data_settings(d, data[d.label]) for d in sweep.datasets if d.label in data}
-    facts: dict[ModelSpec, ModelFacts] = {}  # each model's read once, where some run of it needs them
-
-    def read(model: ModelSpec) -> ModelFacts:
-        if model not in facts:
-            facts[model] = model_facts(model)
-        return facts[model]
+    facts = functools.cache(model_facts)  # each model's read once, where some run of it needs them
 
     return [_state(cell, cell_keys(cell, sweep, data[cell.dataset.label]), data[cell.dataset.label].items,
-                   sweep.generation, made[cell.dataset.label], read) for cell in mine]
+                   sweep.generation, made[cell.dataset.label], facts) for cell in mine]
 
 
 def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
@@ -187,7 +183,8 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     except (OSError, ValueError, AttributeError):
         marked = None
     recorded = recorded_item_ids(cell.dir)  # a run grown and stopped lists more items than its rows answer
-    finished = marked in keys and answered == ids and not others and set(recorded or ids) == ids
+    finished = marked in keys and answered == ids and not others and set(recorded or ids) == ids \
+        and not (facts is not None and _model_changes(cell, facts(cell.model).settings))
     refused = _refused(cell, gen, facts(cell.model), made, items) if answered and gen and facts and made \
         and not finished else ()
     if others:
@@ -195,6 +192,18 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     grown = not finished and 0 < len(recorded) < len(ids) and set(recorded) <= ids
     return CellState(cell, len(ids), len(answered), finished, marked is not None and marked not in keys, refused,
                      methods, grown)
+
+
+MODEL_ENTRIES = ("model", "weights_sha256", "dtype")  # what a sweep's model decides of a run key, its cell key not
+
+
+def _model_changes(cell: Cell, settings: dict) -> list[str]:
+    """What of the model a cell's rows were made with differs from the model its entry gives now (`settings`: run-key
+    entries, `MODEL_ENTRIES` compared): the weights at its path replaced, or another dtype picked by default on
+    this machine. A cell key holds the file's settings, not these, so a finished cell is checked against them too:
+    its rows would otherwise stand in one table beside rows of another model."""
+    entries, recorded = {k: v for k, v in settings.items() if k in MODEL_ENTRIES}, recorded_item_ids(cell.dir)
+    return recorded_differences(cell.dir, entries, recorded) if entries and recorded else []
 
 
 def _refused(cell: Cell, gen: Generation, model: ModelFacts, data: DataKey, items: list[Item]) -> tuple[str, ...]:
@@ -321,10 +330,14 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
-    states = [_state(c, keys[c.dir], data[c.dataset.label].items) for c in chosen]
+    facts = functools.cache(model_facts)  # a finished cell's model checked against what its rows were made with
+    states = [_state(c, keys[c.dir], data[c.dataset.label].items, facts=facts) for c in chosen]
     for state in states:  # a run holding another method's rows, as an `eval` into it wrote them: before any model loads
         if state.methods - {state.cell.method.name}:
             raise mixed_run(state.cell.dir, state.methods)
+    for state in states:  # rows of other weights or another dtype than the model's now: before any model loads
+        if state.answered and (changes := _model_changes(state.cell, facts(state.cell.model).settings)):
+            raise _other_model(state.cell, changes)
     todo = [state.cell for state in states if not state.finished]
     if not todo and rank == 0:
         log.info(f"{'the run is' if len(chosen) == 1 else f'every one of the {len(chosen)} runs is'} finished: "
@@ -431,9 +444,18 @@ def _check(cell: Cell, run: Run, rank: int) -> None:
     try:
         check_resumable(run, rank)
     except OtherRun as e:
+        if _model_changes(cell, run.run_key):
+            raise _other_model(cell, e.differences) from None
         raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label} holds rows made "
                            f"otherwise ({'; '.join(e.differences)}): restore the file's settings for it, or give the "
                            "method or dataset a new label (or the sweep a new --output) to run it afresh") from None
+
+
+def _other_model(cell: Cell, differences: list[str]) -> MinirunError:
+    return MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label} holds rows made "
+                        f"otherwise ({'; '.join(differences)}), by another model than {cell.model.label}'s entry gives "
+                        "now: give the model a new label to run it afresh beside them, or restore its checkpoint (or "
+                        "set its dtype to the one its rows were made in)")
 
 
 def _run_cells(llm: LLM, group: list[Cell], runs: list[Run], rank: int, world_size: int, progress: bool,

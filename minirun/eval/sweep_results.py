@@ -151,6 +151,28 @@ def mixed_scoring(output: str | Path) -> list[str]:
     return out
 
 
+def mixed_models(output: str | Path) -> list[str]:
+    """Per model label of a sweep's index whose runs were made with other weights or in other dtypes (a checkpoint
+    replaced at its path, a default dtype another machine picked, under a minirun before `sweep` refused them): its
+    column would compare two models, which a reader of the tables must be told."""
+    output = Path(output)
+    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    made: dict[str, dict[tuple, list[str]]] = {}  # model label -> (weights digest, dtype) -> its runs
+    for cell in index["cells"]:
+        if (output / cell["dir"] / "run.json").is_file():
+            key = recorded_run_key(output / cell["dir"])
+            made.setdefault(cell["model"], {}).setdefault((key.get("weights_sha256"), key.get("dtype")), []).append(
+                cell["dir"])
+    out = []
+    for model, kinds in made.items():
+        if len(kinds) > 1:
+            said = "; ".join(f"weights {digest or '?'}, {dtype}: {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}"
+                             for (digest, dtype), dirs in kinds.items())
+            out.append(f"model {model}'s runs were made with {len(kinds)} different weights or dtypes ({said}): its "
+                       "figures compare different models; rerun one kind under another model label")
+    return out
+
+
 def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> str:
     """`report.provenance` of one dataset's table in a sweep: per model, the run key of its first cell (the others
     differ in their method's settings, and where a method sets one of the key's, its `choice_score`, in that), each
