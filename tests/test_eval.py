@@ -192,7 +192,8 @@ def test_a_checkpoint_overwritten_at_the_same_path_is_refused_not_mixed(checkpoi
     evaluate(minirun.load(ckpt), items[:1], ["origin"], tmp_path / "run", **SETTINGS)
     shutil.copy(checkpoint_dirs["llama3"] / "model.safetensors", ckpt / "model.safetensors")
     shutil.copy(checkpoint_dirs["llama3"] / "config.json", ckpt / "config.json")
-    with pytest.raises(MinirunError, match=r"holds other weights or another tokenizer .*: restore them to resume\); "
+    with pytest.raises(MinirunError, match=r"holds other weights, another tokenizer or another config .*: restore them "
+                                           r"to resume\); "
                                            r"use a new output directory$"):
         evaluate(minirun.load(ckpt), items[:1], ["origin"], tmp_path / "run", **SETTINGS)
 

@@ -1088,6 +1088,19 @@ def test_a_sweep_skips_a_plain_files_bad_records_when_asked(checkpoint_dirs, tmp
     assert sweep_module.cell_key(cell, sweep, data) == sweep_module.cell_key(same, plain, data)
 
 
+def _bfloat16_model(checkpoint_dirs, out: Path) -> Path:
+    """A copy of the llama3 checkpoint whose config names bfloat16: its default dtype depends on the CPU."""
+    model = shutil.copytree(checkpoint_dirs["llama3"], out)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
+    return model
+
+
+def _one_model_sweep(path: Path | str) -> str:
+    return (GENERATION + f'\n[[models]]\npath = "{path}"\nlabel = "m"\n\n[[datasets]]\nname = "sample-qa"\n'
+            'few_shot_k = 1\nnum_prompts = 2\nmax_samples = 2\n\n[[methods]]\nname = "origin"\n')
+
+
 def test_finished_cells_of_another_model_than_the_path_now_holds_are_refused_before_any_model_loads(
         checkpoint_dirs, tmp_path, monkeypatch):
     """A cell key holds the file's settings, not the weights at a model's path nor the dtype a machine picks by
@@ -1098,11 +1111,8 @@ def test_finished_cells_of_another_model_than_the_path_now_holds_are_refused_bef
 
     from minirun.layers import calibrate
 
-    model = shutil.copytree(checkpoint_dirs["llama3"], tmp_path / "model")
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
-    text = (GENERATION + f'\n[[models]]\npath = "{model}"\nlabel = "m"\n\n[[datasets]]\nname = "sample-qa"\n'
-            'few_shot_k = 1\nnum_prompts = 2\nmax_samples = 2\n\n[[methods]]\nname = "origin"\n')
+    model = _bfloat16_model(checkpoint_dirs, tmp_path / "model")
+    text = _one_model_sweep(model)
     file, added = _file(tmp_path, text), _file(tmp_path, text + '\n[[methods]]\nname = "avg"\n', "added.toml")
     loads: list[str] = []
 
@@ -1120,6 +1130,7 @@ def test_finished_cells_of_another_model_than_the_path_now_holds_are_refused_bef
         dry = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(tmp_path / "out"), "--dry-run"],
                                  env={"COLUMNS": "250"})
         assert dry.exit_code == 0 and re.search(rf"refused: its rows were made otherwise \({change}[^)]*\)", dry.stdout)
+        assert "(the model, where its weights or dtype changed) a new label" in " ".join(dry.stdout.split())
 
     monkeypatch.setattr(calibrate, "native_bfloat16", lambda: True)
     run_sweep(load_sweep_file(file), tmp_path / "out", load, progress=False)
@@ -1135,15 +1146,51 @@ def test_finished_cells_of_another_model_than_the_path_now_holds_are_refused_bef
     relabelled = _file(tmp_path, added.read_text().replace('label = "m"', 'label = "m2"'), "relabelled.toml")
     table = run_sweep(load_sweep_file(relabelled), tmp_path / "out", load, progress=False)
     assert loads == ["m2"] and len(table[table["model"] == "m2"]) == 4
+    run_json = tmp_path / "out" / "m2" / "sample-qa" / "avg" / "run.json"
+    record = json.loads(run_json.read_text())
+    unhashed = {k: v for k, v in record["run_key"].items() if k != "weights_sha256"}  # a run before digests: any
+    run_json.write_text(json.dumps({**record, "run_key": unhashed}))
     report = CliRunner().invoke(app, ["report", str(tmp_path / "out")], env={"COLUMNS": "250"})
     assert report.exit_code == 0 and "different weights" not in report.output
-    run_json = tmp_path / "out" / "m2" / "sample-qa" / "avg" / "run.json"  # as a minirun before the refusal left it
-    record = json.loads(run_json.read_text())
+    # as a minirun before the refusal left it
     run_json.write_text(json.dumps({**record, "run_key": {**record["run_key"], "weights_sha256": "0123abcd"}}))
     report = CliRunner().invoke(app, ["report", str(tmp_path / "out")], env={"COLUMNS": "250"})
     assert report.exit_code == 0 and re.search(r"model m2's runs were made with 2 different weights or dtypes \(.*"
                                                r"weights 0123abcd, bfloat16: m2/sample-qa/avg\): its figures compare "
                                                "different models", " ".join(report.output.split())), report.output
+
+
+def test_runs_finished_where_the_model_was_are_checked_once_another_machine_pulls_it(checkpoint_dirs, tmp_path,
+                                                                                      monkeypatch):
+    """Finished runs carried to a machine where the sweep pulls the model first (and picks float32 by default, having
+    no bfloat16 arithmetic): checked once the pull ends, before any model loads, not taken as finished while a method
+    added ran in the other dtype."""
+    from minirun.checkpoints.hub import model_folder
+    from minirun.eval import sweep as sweep_module
+    from minirun.layers import calibrate
+
+    source = _bfloat16_model(checkpoint_dirs, tmp_path / "source")
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "here"))
+    shutil.copytree(source, model_folder("owner/model"))
+    text = _one_model_sweep("owner/model")
+    file, added = _file(tmp_path, text), _file(tmp_path, text + '\n[[methods]]\nname = "avg"\n', "added.toml")
+    loads: list[str] = []
+
+    def load(spec):
+        loads.append(spec.label)
+        return minirun.load(model_folder(spec.path))
+
+    monkeypatch.setattr(calibrate, "native_bfloat16", lambda: True)
+    run_sweep(load_sweep_file(file), tmp_path / "out", load, progress=False)
+    assert loads == ["m"]
+    loads.clear()
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "there"))  # not pulled there yet
+    monkeypatch.setattr(calibrate, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(sweep_module, "resolve_model", lambda path: shutil.copytree(source, model_folder(path)))
+    with pytest.raises(MinirunError, match=r"sweep run m/sample-qa/origin holds rows made otherwise \(dtype: "
+                                           r"'bfloat16' -> 'float32'\), by another model than m's entry gives now"):
+        run_sweep(load_sweep_file(added), tmp_path / "out", load, progress=False)
+    assert loads == [] and model_folder("owner/model").is_relative_to(tmp_path / "there")
 
 
 def test_a_cell_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypatch):

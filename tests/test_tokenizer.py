@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from minirun.checkpoints.tokenizer import Tokenizer
+from minirun.checkpoints.tokenizer import SPECIAL_KEYS, Tokenizer
 
 TEXTS = ["The capital of France is Paris.", "  leading and   runs of spaces\n\n\ttabs", "Ünïcödé — 東京 🙂 café",
          "digits 1234567890 and 3.14159", "<|im_start|>user\nhi<|im_end|>", "", "def f(x):\n    return x ** 2"]
@@ -206,6 +206,46 @@ def test_special_tokens_named_only_in_special_tokens_map(tmp_path, checkpoint_di
     (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
     ref, ours = AutoTokenizer.from_pretrained(path), Tokenizer(path)
     assert (ours.eos_token_id, ours.pad_token_id) == (ref.eos_token_id, ref.pad_token_id) != (None, None)
+
+
+@pytest.mark.parametrize("arch, sentencepiece, tokenizer_class", [("llama_bias", True, "LlamaTokenizer"),
+                                                                   ("qwen2", False, "Qwen2Tokenizer")])
+def test_special_tokens_a_tokenizer_class_gives_where_the_files_name_none(tmp_path, arch, sentencepiece,
+                                                                         tokenizer_class):
+    """transformers 5's tokenizer classes take their own special tokens where the files name none (Llama's <s>, </s>,
+    <unk>; Qwen2's <|endoftext|>): a template's `bos_token` was undefined and the eos id None."""
+    import json
+
+    from checkpoints import write_checkpoint
+
+    path = write_checkpoint(arch, tmp_path / arch, sentencepiece=sentencepiece)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    (path / "special_tokens_map.json").unlink(missing_ok=True)
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {**{k: v for k, v in config.items() if not k.endswith("_token")}, "tokenizer_class": tokenizer_class,
+         "chat_template": "{{ bos_token }}[INST] {{ messages[0]['content'] }} [/INST]{{ eos_token }}"}))
+    ref, ours = AutoTokenizer.from_pretrained(path), Tokenizer(path)
+    assert {k: ours.special_tokens.get(k) for k in SPECIAL_KEYS} == {k: getattr(ref, k) for k in SPECIAL_KEYS}
+    assert ours.eos_token_id == ref.eos_token_id is not None
+    assert ours.apply_chat_template(CHATS[0]) == ref.apply_chat_template(CHATS[0], tokenize=False,
+                                                                         add_generation_prompt=True)
+
+
+def test_named_chat_templates_without_a_default_are_refused_when_used(tmp_path, checkpoint_dirs):
+    """transformers refuses to pick among named templates none of which is "default"; minirun took the model for
+    one without a template and asked every question raw, silently."""
+    import minirun
+
+    named = [{"name": "tool_use", "template": "{{ 'tools' }}"}, {"name": "rag", "template": "{{ 'rag' }}"}]
+    ours = Tokenizer(_variant(tmp_path, checkpoint_dirs, {"chat_template": named}))
+    assert ours.encode("hi") == AutoTokenizer.from_pretrained(checkpoint_dirs["qwen2"]).encode("hi")  # --raw runs
+    with pytest.raises(minirun.MinirunError, match=r"names chat templates \(tool_use, rag\) and none \"default\".* "
+                                                   "write the one to use to chat_template.jinja; pass --raw"):
+        ours.apply_chat_template(CHATS[0])
+    with_default = Tokenizer(_variant(tmp_path / "d", checkpoint_dirs,
+                                      {"chat_template": [*named, {"name": "default", "template": "{{ 'chat' }}"}]}))
+    assert with_default.apply_chat_template(CHATS[0]) == "chat"
 
 
 def test_spaces_before_punctuation_survive_a_bpe_decode(tmp_path, checkpoint_dirs):

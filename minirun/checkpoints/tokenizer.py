@@ -20,6 +20,11 @@ from minirun.text import THINK_END, THINK_START
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")  # what Llama 2's, TinyLlama's and Mistral 7B's files name
 CODE_LLAMA_CLASSES = ("CodeLlamaTokenizer", "CodeLlamaTokenizerFast")  # Code Llama's: no `legacy` switch
+_LLAMA_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+_QWEN2_TOKENS = {"eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+# the special tokens transformers 5's tokenizer classes take where the files name none (their __init__ defaults)
+CLASS_TOKENS = {**{name: _LLAMA_TOKENS for name in (*LLAMA_CLASSES, *CODE_LLAMA_CLASSES)},
+                "Qwen2Tokenizer": _QWEN2_TOKENS, "Qwen2TokenizerFast": _QWEN2_TOKENS}
 
 
 def rebuilt_as_llama(checkpoint: Path, config: dict) -> bool:
@@ -121,6 +126,9 @@ class Tokenizer:
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
+        defaults = CLASS_TOKENS.get(config.get("tokenizer_class"), {})
+        self.special_tokens.update({k: text for k, text in defaults.items() if k not in config and k not in legacy
+                                    and self._tok.token_to_id(text) is not None})
         # transformers skips this clean-up for BPE models (it strips real spaces before punctuation) unless forced
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and (
             type(self._tok.model).__name__ != "BPE"
@@ -173,8 +181,12 @@ class Tokenizer:
         if jinja_file.is_file():
             return jinja_file.read_text()
         template = config.get("chat_template")
-        if isinstance(template, list):  # named templates: transformers uses "default"
-            template = {t["name"]: t["template"] for t in template}.get("default")
+        if isinstance(template, list):  # named templates: transformers uses "default", and refuses to guess without
+            named = {t["name"]: t["template"] for t in template}
+            # one the methods cannot render, so a chat run is refused when it renders, and --raw runs as before
+            why = (f"tokenizer_config.json names chat templates ({', '.join(named)}) and none \"default\", the one "
+                   "transformers applies: write the one to use to chat_template.jinja")
+            template = named.get("default", "{{ raise_exception(" + json.dumps(why) + ") }}")
         return template
 
     @property

@@ -106,8 +106,9 @@ def show_plan(states: list[CellState], output: Path) -> None:
         out.print(f"model {model.label}: {source}", highlight=False)
     if refused := [s for s in states if s.refused]:
         out.print(f"{len(refused)} run{'s' if len(refused) > 1 else ''} would stop the sweep before any runs: do as "
-                  "each says (restore the file's settings, move an eval's rows out), or give the method or dataset a "
-                  "new label (or the sweep a new --output) to run them afresh", highlight=False)
+                  "each says (restore the file's settings, move an eval's rows out), or give the method or dataset "
+                  "(the model, where its weights or dtype changed) a new label (or the sweep a new --output) to run "
+                  "them afresh", highlight=False)
     todo = sum(1 for s in states if not s.finished)
     out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
               "; nothing was written (drop --dry-run to run it)", highlight=False)

@@ -54,8 +54,8 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
                       "no cue may end in one): a minirun before the harness's spacing",
     "tokenizer": "its prompts were tokenized as tokenizer.json is written, where transformers 5 (and minirun since) "
                  "builds this Llama-class tokenizer's pipeline itself, so their ids differ (a minirun before that)",
-    "weights_sha256": "the checkpoint at that path holds other weights or another tokenizer than when its rows were made: "
-               "restore them to resume",
+    "weights_sha256": "the checkpoint at that path holds other weights, another tokenizer or another config than "
+                      "when its rows were made: restore them to resume",
 }
 
 

@@ -335,9 +335,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     for state in states:  # a run holding another method's rows, as an `eval` into it wrote them: before any model loads
         if state.methods - {state.cell.method.name}:
             raise mixed_run(state.cell.dir, state.methods)
-    for state in states:  # rows of other weights or another dtype than the model's now: before any model loads
-        if state.answered and (changes := _model_changes(state.cell, facts(state.cell.model).settings)):
-            raise _other_model(state.cell, changes)
+    _check_models(states, facts)  # rows of other weights or another dtype than the model's: before any download
     todo = [state.cell for state in states if not state.finished]
     if not todo and rank == 0:
         log.info(f"{'the run is' if len(chosen) == 1 else f'every one of the {len(chosen)} runs is'} finished: "
@@ -348,6 +346,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             resolve_model(model.path)  # a mistyped or unreachable hub id too: every download before the first run
         except MinirunError as e:
             raise MinirunError(f"model {model.label}: {e}") from None
+    facts.cache_clear()  # a model pulled just now: its weights and dtype are known only here
+    _check_models(states, facts)
     with process_group(world_size):
         for model in sweep.models:
             mine = [c for c in todo if c.model is model]
@@ -449,6 +449,14 @@ def _check(cell: Cell, run: Run, rank: int) -> None:
         raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label} holds rows made "
                            f"otherwise ({'; '.join(e.differences)}): restore the file's settings for it, or give the "
                            "method or dataset a new label (or the sweep a new --output) to run it afresh") from None
+
+
+def _check_models(states: list[CellState], facts: Callable[[ModelSpec], ModelFacts]) -> None:
+    """Refuse a run whose rows were made by another model than its entry gives now (`_model_changes`), finished
+    or not, where the model is on this machine."""
+    for state in states:
+        if state.answered and (changes := _model_changes(state.cell, facts(state.cell.model).settings)):
+            raise _other_model(state.cell, changes)
 
 
 def _other_model(cell: Cell, differences: list[str]) -> MinirunError:
