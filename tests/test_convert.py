@@ -125,30 +125,71 @@ def test_round_trip(tmp_path, arch, qtype):
 def test_bos_and_stop_ids_follow_llama_cpp(tmp_path):
     """A llama-bpe GGUF without add_bos_token gets a bos, as llama.cpp gives it (and Llama 3 was trained with);
     end-of-turn and end-of-message ids stop generation beside eos."""
-    import gguf as gguf_lib
-
     path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
     out = convert_gguf(path, tmp_path / "hf", dtype="float32")
     assert AutoTokenizer.from_pretrained(out).encode(" the")[0] == 1  # the tiny vocab's bos
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
-    reader = gguf_lib.GGUFReader(path)
-    writer = gguf_lib.GGUFWriter(str(tmp_path / "turns.gguf"), "llama")
+    turns = _rewritten(path, tmp_path / "turns.gguf", lambda w: (w.add_eot_token_id(0), w.add_add_bos_token(False)))
+    out = convert_gguf(turns, tmp_path / "hf2", dtype="float32")
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 0]
+    assert minirun.load(out).eos_ids == {2, 0}
+    assert AutoTokenizer.from_pretrained(out).encode(" the")[0] != 1  # the file's own add_bos_token: False
+
+
+def _rewritten(path, out, add=lambda writer: None, drop: tuple[str, ...] = ()):
+    """A copy of the GGUF at `path` without the metadata keys `drop`, with what `add(writer)` writes."""
+    reader = gguf.GGUFReader(path)
+    writer = gguf.GGUFWriter(str(out), str(reader.fields["general.architecture"].contents()))
     for field in reader.fields.values():
-        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture", *drop):
             writer.add_key_value(field.name, field.contents(), field.types[0],
-                                 field.types[-1] if field.types[0] == gguf_lib.GGUFValueType.ARRAY else None)
-    writer.add_eot_token_id(0)
-    writer.add_add_bos_token(False)
+                                 field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    add(writer)
     for t in reader.tensors:
         writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    out = convert_gguf(tmp_path / "turns.gguf", tmp_path / "hf2", dtype="float32")
-    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 0]
-    assert minirun.load(out).eos_ids == {2, 0}
-    assert AutoTokenizer.from_pretrained(out).encode(" the")[0] != 1  # the file's own add_bos_token: False
+    return out
+
+
+def test_a_tokenizer_the_file_cannot_give_is_refused_not_converted(tmp_path):
+    """Without merges a byte-level vocabulary split every text into bytes (converted without a word); merges its
+    vocabulary lacks, or not two tokens, were a traceback; an end-of-text id past the vocabulary stopped nothing."""
+    path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("qwen2"))
+    merges = "tokenizer.ggml.merges"
+    for name, add, drop, message in [
+            ("none", lambda w: None, (merges,), "GGUF has no tokenizer.ggml.merges, which a byte-level BPE vocabulary "
+                                                "needs: the file is incomplete"),
+            ("unknown", lambda w: w.add_token_merges(["Ġzz zz"]), (merges,),
+             "GGUF tokenizer merges do not fit its vocabulary .*Ġzz.*: the file is corrupt"),
+            ("one", lambda w: w.add_token_merges(["nospace"]), (merges,),
+             "GGUF tokenizer merge 'nospace' is not two tokens apart by a space: the file is corrupt"),
+            ("eos", lambda w: w.add_eos_token_id(99999), ("tokenizer.ggml.eos_token_id",),
+             r"GGUF tokenizer.ggml.eos_token_id 99999 is outside its \d+-token vocabulary: the file is corrupt")]:
+        bad = _rewritten(path, tmp_path / f"{name}.gguf", add, drop)
+        with pytest.raises(MinirunError, match=message):
+            convert_gguf(bad, tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
+def test_weights_that_are_not_finite_or_past_the_dtype_are_refused(tmp_path):
+    """A corrupt scale dequantizes to NaN, and a large weight narrowed to float16 became inf: both were written."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.norm.weight[0] = 1e5
+    large = write_tiny_gguf(tmp_path / "large.gguf", model)
+    with pytest.raises(MinirunError, match="GGUF tensor output_norm.weight holds values past float16's range: convert "
+                                           "with --dtype bfloat16 or float32"):
+        convert_gguf(large, tmp_path / "half", dtype="float16")
+    assert convert_gguf(large, tmp_path / "bf16", dtype="bfloat16").is_dir()
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    with pytest.raises(MinirunError, match="GGUF tensor output_norm.weight holds non-finite values: the file is "
+                                           "corrupt"):
+        convert_gguf(write_tiny_gguf(tmp_path / "nan.gguf", model), tmp_path / "nan", dtype="float32")
+    assert not (tmp_path / "half").exists() and not (tmp_path / "nan").exists()
 
 
 def test_converted_dir_is_not_reused_silently(tmp_path):

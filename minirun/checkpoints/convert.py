@@ -126,6 +126,11 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         return value
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
+    for key in ("bos", "eos"):  # an id past the vocabulary would never stop a generation
+        index = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if index is not None and not 0 <= index < vocab_size:
+            raise MinirunError(f"GGUF tokenizer.ggml.{key}_token_id {index} is outside its {vocab_size}-token "
+                               "vocabulary: the file is corrupt; download it again")
     config = {
         "architectures": [ARCHITECTURES[arch]],
         "model_type": arch,
@@ -173,7 +178,9 @@ def _dequantize(data: np.ndarray, tensor: Any) -> np.ndarray:
         return dequantize(data, tensor.tensor_type)
     except NotImplementedError:
         kind = tensor.tensor_type.name
-        raise MinirunError(f"GGUF tensor type {kind} cannot be dequantized by the gguf package: upgrade gguf") from None
+        raise MinirunError(f"GGUF tensor {tensor.name} has type {kind}, which the gguf package cannot dequantize: "
+                           "upgrade gguf where it is a newer quantization; else it is no weight type llama.cpp "
+                           "writes, and the file is corrupt") from None
 
 
 def _float32_chunks(tensor: Any, config: dict[str, Any]) -> Iterator[np.ndarray]:
@@ -207,7 +214,14 @@ def write_safetensors(path: Path, reader: GGUFReader, config: dict[str, Any], dt
         for _, tensor in entries:
             for chunk in _float32_chunks(tensor, config):
                 floats = torch.from_numpy(np.require(chunk, np.float32, ["C", "W"]))
-                f.write(floats.to(torch_dtype).view(torch.uint8).numpy())
+                if not floats.isfinite().all():
+                    raise MinirunError(f"GGUF tensor {tensor.name} holds non-finite values: the file is corrupt; "
+                                       "download it again")
+                narrowed = floats.to(torch_dtype)
+                if not narrowed.isfinite().all():
+                    raise MinirunError(f"GGUF tensor {tensor.name} holds values past {dtype}'s range: convert with "
+                                       "--dtype bfloat16 or float32")
+                f.write(narrowed.view(torch.uint8).numpy())
 
 
 def _partial_prefix(final: Path) -> str:

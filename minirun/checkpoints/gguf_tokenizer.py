@@ -84,9 +84,19 @@ def build_tokenizer(meta: dict[str, Any]) -> tuple[Tokenizer, dict[str, Any]]:
         )
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    if not meta.get("tokenizer.ggml.merges"):  # without them every text would split into single bytes
+        raise MinirunError("GGUF has no tokenizer.ggml.merges, which a byte-level BPE vocabulary needs: the file is "
+                           "incomplete; download it again or pull the original HF checkpoint")
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    if bad := next((m for m in merges if len(m) != 2), None):
+        raise MinirunError(f"GGUF tokenizer merge {' '.join(bad)!r} is not two tokens apart by a space: the file is "
+                           "corrupt; download it again")
     vocab = {token: i for i, token in enumerate(tokens)}
-    bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=PRE_TOKENIZERS[pre][2])
+    try:
+        bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=PRE_TOKENIZERS[pre][2])
+    except Exception as e:  # the tokenizers library raises a bare Exception for merges its vocabulary lacks
+        raise MinirunError(f"GGUF tokenizer merges do not fit its vocabulary ({str(e).splitlines()[0]}): the file is "
+                           "corrupt; download it again") from None
     tokenizer = Tokenizer(bpe)
     _pipeline(tokenizer, pre)
     # Added tokens already sit in the vocab, so `tokenizers` keeps their GGUF ids.
