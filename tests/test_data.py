@@ -1082,6 +1082,44 @@ def test_boolq_items_ask_yes_or_no_about_their_passage(monkeypatch, tmp_path):
         load_dataset(tmp_path / "test.jsonl")
 
 
+def test_copies_in_the_other_layouts_the_hub_serves_are_read_as_their_benchmark(tmp_path):
+    """google/boolq's rows (`answer` true/false, no `label`) were read as NQ-open and refused, or as open QA with the
+    passage dropped; hendrycks_test's MMLU rows (no `subject`) as plain items; TruthfulQA's generation config as
+    WebQA; TriviaQA's test rows were scored against "<unk>"; CommonsenseQA's test rows refused without the reason."""
+    def save(name: str, rows: list[dict], parquet: bool = False) -> Path:
+        frame, path = pd.DataFrame(rows), tmp_path / f"{name}.{'parquet' if parquet else 'jsonl'}"
+        frame.to_parquet(path) if parquet else frame.to_json(path, orient="records", lines=True)
+        return path
+
+    google = [{"question": "is basil an annual plant", "answer": True, "passage": "Basil is a tender annual plant."},
+              {"question": "is basil a tree", "answer": False, "passage": "Basil is a herb."}]
+    for parquet in (False, True):
+        basil, tree = load_dataset(save("google", google, parquet))
+        assert (basil.choices, basil.answer, basil.answers, basil.context, tree.answer) == (
+            ["no", "yes"], 1, ["yes"], "Basil is a tender annual plant.", 0)
+    named = save("named", [{"question": "is basil green", "passage": "Basil is green.", "label": "True", "idx": 0}])
+    assert load_dataset(named)[0].answer == 1  # the class names a copy may hold
+    hendrycks = [{"question": "2 + 2 =", "choices": ["3", "4"], "answer": 1}]
+    for parquet in (False, True):
+        (item,) = load_dataset(save("hendrycks", hendrycks, parquet))
+        assert (item.question, item.choices, item.answer, item.relation) == ("2 + 2 =", ["3", "4"], 1, "all")
+    generation = save("generation", [{"type": "Adversarial", "category": "Misconceptions", "question": "Q?",
+                                      "best_answer": "A.", "correct_answers": ["A."], "incorrect_answers": ["B."],
+                                      "source": "x"}])
+    with pytest.raises(MinirunError, match="generation.jsonl holds rows of TruthfulQA's generation config .* ask them "
+                                           "as truthfulqa_mc1 or truthfulqa_mc2"):
+        load_dataset(generation)
+    unk = save("trivia", [{"question": "Q?", "question_id": "tc_1", "answer": {
+        "aliases": [], "normalized_aliases": [], "value": "<unk>", "normalized_value": "<unk>"}}])
+    with pytest.raises(MinirunError, match="record 1: field 'answer' holds no answer .the Hub's test split has none"):
+        load_dataset(unk)
+    csqa = save("csqa", [{"id": "c1", "question": "Q?", "question_concept": "q", "answerKey": "",
+                          "choices": {"label": ["A", "B"], "text": ["a", "b"]}}])
+    with pytest.raises(MinirunError, match=r"field 'answerKey' '' must be one of .* \(the Hub's test split has no "
+                                           r"answers: use validation\)"):
+        load_dataset(csqa)
+
+
 def test_items_asked_are_the_first_n_or_n_at_random_that_a_larger_n_keeps(caplog):
     """--max-samples N takes the first N; with --sample-seed, N of the items shuffled by that seed, so a pilot's items
     are the first of any larger N's (it grows) and another seed asks others; a seed without N picks nothing and is

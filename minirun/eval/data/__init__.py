@@ -192,13 +192,14 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` + `paraphrases`: an
     extra field such as a `template` note does not make it another dataset's rows), then MyriadLAMA rows (`template`),
     TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`, `endings`), PIQA's (a `goal`, `sol1`
-    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`), Winogrande's (an
+    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`, or google/boolq's
+    `question`, `passage` and `answer`), TruthfulQA's generation config (refused: judged answers), Winogrande's (an
     `option1` or `option2`), labelled options
     (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else
-    ARC's), MMLU (`question`, `subject`, `choices`, `answer`), TriviaQA (`question_id` and `answer`), PopQA
-    (`possible_answers`), NQ-open (`question` and `answer` alone), plain items short of a field
-    (`task`/`relation`/`choices`/`context`, which WebQA's loader would drop or reject: the plain loader names what is
-    missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows hold `answers` or
+    ARC's), MMLU (`question`, `subject`, `choices`, `answer`; hendrycks_test's without `subject`), TriviaQA
+    (`question_id` and `answer`), PopQA (`possible_answers`), NQ-open (`question` and `answer` alone), plain items
+    short of a field (`task`/`relation`/`choices`/`context`, which WebQA's loader would drop or reject: the plain
+    loader names what is missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows hold `answers` or
     `targetValue`, never `answer`), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
@@ -212,13 +213,16 @@ def _kind(keys: set[str]) -> str:
         return "piqa"
     if keys & {"distractor1", "distractor2", "distractor3", "correct_answer"}:
         return "sciq"
-    if {"passage", "label"} <= keys:
+    if {"passage", "label"} <= keys or {"question", "passage", "answer"} == keys:  # super_glue's, google/boolq's
         return "boolq"
+    if {"best_answer", "correct_answers", "incorrect_answers"} <= keys:
+        return "truthfulqa_generation"
     if keys & {"option1", "option2"}:  # Winogrande's by any option field: the loader names a missing one
         return "winogrande"
     if {"choices", "answerKey"} <= keys:
         return "openbookqa" if "question_stem" in keys else "commonsense_qa" if "question_concept" in keys else "arc"
-    if {"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys:
+    if ({"question", "subject", "choices", "answer"} <= keys and "paraphrases" not in keys
+            or keys == {"question", "choices", "answer"}):  # cais/mmlu's, or hendrycks_test's without subjects
         return "mmlu"
     if {"question_id", "answer"} <= keys:
         return "triviaqa"
@@ -387,6 +391,10 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
                            "CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, Winogrande or "
                            "WebQA rows, and its columns "
                            f"({', '.join(sorted(keys))}) match none; save plain items as JSONL instead")
+    if kind == "truthfulqa_generation":
+        raise MinirunError(f"{path} holds rows of TruthfulQA's generation config (best_answer, correct_answers), "
+                           "whose answers a judge model scores: save its multiple_choice config's rows (mc1_targets, "
+                           "mc2_targets) and ask them as truthfulqa_mc1 or truthfulqa_mc2")
     if kind == "myriadlama":
         return load_myriadlama(path=path, split=split)
     if kind == "mmlu":

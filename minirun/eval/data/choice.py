@@ -99,8 +99,9 @@ def _labelled(records: list[dict], source: str, prefix: str, question: str = "qu
         labels, texts = [str(x).strip() for x in as_list(options["label"])], _options(options["text"], "choices.text")
         key = str(r["answerKey"]).strip()
         if len(labels) != len(texts) or key not in labels:
+            unlabelled = " (the Hub's test split has no answers: use validation)" if not key else ""
             raise ValueError(f"field 'answerKey' {r['answerKey']!r} must be one of the labels {labels} of the "
-                             f"{len(texts)} options")
+                             f"{len(texts)} options{unlabelled}")
         answer = labels.index(key)
         return Item(str(r.get("id") or f"{prefix}-{n}"), question_field(r, question), [], [texts[answer]], "choice",
                     r.get(relation) if relation else None, texts, answer)
@@ -170,6 +171,7 @@ def _binary_label(value: object, meaning: str) -> int:
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and not pd.isna(value) and \
             float(value).is_integer():
         text = str(int(value))
+    text = {"False": "0", "True": "1"}.get(text, text)  # a bool, or the class names a copy wrote (BoolQ's)
     if text not in ("0", "1"):
         got = "null" if value is None or isinstance(value, float) and pd.isna(value) else repr(value)
         raise ValueError(f"field 'label' must be {meaning}, got {got} (the Hub's test split has no labels: use "
@@ -210,15 +212,15 @@ def load_sciq(split: str = "test", path: str | Path | None = None, revision: str
 
 def load_boolq(split: str = "validation", path: str | Path | None = None, revision: str | None = None) -> list[Item]:
     """BoolQ's yes/no questions, each about its passage (the item's context), options "no" and "yes" as the harness
-    words them, `label` 1 for yes. The test split has no labels, so evaluation uses validation; train holds the
-    few-shot examples."""
+    words them, `label` 1 for yes (a copy of google/boolq's rows: `answer`, true for yes). The test split has no
+    labels, so evaluation uses validation; train holds the few-shot examples."""
     frame, source = hub_rows(SUPER_GLUE, split, BOOLQ_CONFIG, path, revision)
 
     def convert(n: int, r: dict) -> Item:
         passage = text_value(r["passage"], "passage")
         if not passage or not passage.strip():
             raise ValueError(f"field 'passage' must be non-empty text, got {r['passage']!r}")
-        label = _binary_label(r["label"], "0 (no) or 1 (yes)")
+        label = _binary_label(r["label"] if "label" in r else r["answer"], "0 (no) or 1 (yes)")
         idx = r.get("idx")
         ident = f"{split}-{int(idx)}" if isinstance(idx, numbers.Real) and not pd.isna(idx) else f"{split}-{n}"
         return Item(f"boolq-{ident}", question_field(r), [], [BOOLQ_OPTIONS[label]], "choice", None,
