@@ -199,8 +199,8 @@ def _kind(keys: set[str]) -> str:
     ARC's), MMLU (`question`, `subject`, `choices`, `answer`; hendrycks_test's without `subject`), TriviaQA
     (`question_id` and `answer`), PopQA (`possible_answers`), NQ-open (`question` and `answer` alone), plain items
     short of a field (`task`/`relation`/`choices`/`context`, which WebQA's loader would drop or reject: the plain
-    loader names what is missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows hold `answers` or
-    `targetValue`, never `answer`), WebQA (its question/answer fields)."""
+    loader names what is missing), NQ-open again with fields of its own beside (an `id` a user added: WebQA's rows
+    hold `answers` or `targetValue`, never `answer`), WebQA (its question/answer fields)."""
     if {"id", "paraphrases"} <= keys:
         return "plain"
     if "template" in keys:
