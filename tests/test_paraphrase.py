@@ -16,7 +16,7 @@ import minirun
 from minirun.cli import app
 from minirun.engine.generate import Completion
 from minirun.eval import paraphrase
-from minirun.eval.data import Item, load_dataset, load_jsonl
+from minirun.eval.data import Item, load_dataset, load_jsonl, write_jsonl
 from minirun.eval.paraphrase import (clean_rewrite, content_stems, keep, paraphrase_file, rewrite_batch, rewrite_prompt,
                                      rewrite_seed)
 from minirun.eval.results import lock_exclusively
@@ -340,6 +340,9 @@ def test_rerun_does_nothing_new_and_a_torn_line_is_redone(llm, tmp_path, monkeyp
     out.write_text(text[: len(text) - 20])  # a kill -9 in the middle of the last line
     assert paraphrase_file(llm, items(), out, num=2, max_new_tokens=6) == first and calls == [1]
     assert len(out.read_text().splitlines()) == 3
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + "\n" + lines[2])  # a row deleted in an editor, to redo it, leaving its line blank
+    assert paraphrase_file(llm, items(), out, num=2, max_new_tokens=6) == first and calls == [1, 1]
 
 
 def test_a_torn_line_after_windows_line_ends_costs_only_itself(llm, tmp_path):
@@ -502,6 +505,23 @@ def test_cli(long_context, tmp_path):
     for bad, message in [(tmp_path, "is a directory"), (tmp_path / "file" / "p.jsonl", "is a file, not a folder")]:
         refused = CliRunner().invoke(app, ["paraphrase", "sample-qa", str(bad), "--model", "no/such-model-loaded"])
         assert refused.exit_code == 1 and message in refused.stderr  # before the (here unloadable) model
+
+
+def test_a_pilot_of_a_mixed_file_grows_whatever_kinds_its_first_items_hold(long_context, tmp_path):
+    """The file's key (and default rewrite length) followed the kinds of the items asked: a pilot of a file's first
+    item, a plain question, was keyed without the word problem and yes/no question after it, so growing it was
+    refused as written "with other settings" though none changed."""
+    yes_no = Item("y1", "is the sky blue", [], ["yes"], "choice", None, ["no", "yes"], 1)
+    data = tmp_path / "mixed.jsonl"
+    write_jsonl([ITEM, WORD_PROBLEM, yes_no], data)
+    out, args = tmp_path / "p.jsonl", ["--num", "2", "--max-new-tokens", "6", "--model", str(long_context),
+                                       "--no-progress"]
+    pilot = CliRunner().invoke(app, ["paraphrase", str(data), str(out), *args, "--max-samples", "1"])
+    assert pilot.exit_code == 0 and "wrote" in pilot.stderr, pilot.output
+    grown = CliRunner().invoke(app, ["paraphrase", str(data), str(out), *args])
+    assert grown.exit_code == 0 and "3 items (1 of them already there)" in grown.stderr, grown.output
+    again = CliRunner().invoke(app, ["paraphrase", str(data), str(out), *args, "--max-samples", "1"])
+    assert again.exit_code == 0 and "nothing to do" in again.stderr, again.output
 
 
 def test_choice_items_keep_their_options(llm, tmp_path):

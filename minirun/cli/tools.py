@@ -149,8 +149,8 @@ def paraphrase(
     if template_date is not None:
         template_day(template_date)
     check_output_file(out, "output")
-    items, source = load_cited(data, skip_bad=skip_bad, resumed=paraphrased_from(out))  # a resume: the same commit
-    items = asked_items(items, max_samples, sample_seed, data)
+    every, source = load_cited(data, skip_bad=skip_bad, resumed=paraphrased_from(out))  # a resume: the same commit
+    items = asked_items(every, max_samples, sample_seed, data)
     llm = load_llm(model, device, dtype, False)
     counts: list[int] = []  # items done: first those resumed, then after each batch
     with Progress(console=err, disable=not progress) as bar:
@@ -161,7 +161,8 @@ def paraphrase(
             bar.update(task, completed=done)
 
         done = paraphrase_file(llm, items, out, num, temperature, top_p, max_new_tokens, seed, batch_size,
-                               on_progress=advance, dataset=data, template_date=template_date, data_source=source)
+                               on_progress=advance, dataset=data, template_date=template_date, data_source=source,
+                               of=every)
     kept = sum(len(item.paraphrases) - 1 for item in done)
     resumed = f" ({counts[0]} of them already there)" if counts[0] else ""
     if counts[0] == len(done):

@@ -377,7 +377,8 @@ def check_sampling(num: int, temperature: float, top_p: float) -> None:
 def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temperature: float = 1.5, top_p: float = 0.9,
                     max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 8,
                     on_progress: Callable[[int], None] | None = None, dataset: str = "custom",
-                    template_date: str | None = None, data_source: dict | None = None) -> list[Item]:
+                    template_date: str | None = None, data_source: dict | None = None,
+                    of: list[Item] | None = None) -> list[Item]:
     """Write items with paraphrases = [original, kept rewrites...] to `out`, skipping finished ones.
 
     The original stays paraphrase 0 so the file reads the same with or without the question
@@ -388,10 +389,13 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
     renders at `template_date` (YYYY-MM-DD), by default the day the file's first rows recorded, else today. A rewrite
     gets `max_new_tokens`, by default `REWRITE_TOKENS` (`WORKED_TOKENS` for word problems, reworded whole).
     Each row records `data_source`, where a Hub dataset's items were read (`data.load_cited`; read a resumed
-    file's again with `paraphrased_from`), so a run on the file cites the data it rewrote.
+    file's again with `paraphrased_from`), so a run on the file cites the data it rewrote. `of` is the whole dataset
+    `items` were asked from (default `items`): its kinds of item (word problems, yes/no questions, gaps) decide the
+    file's key and default rewrite length, so a pilot of its first N grows, whatever kinds those N hold.
     """
     out = Path(out)
-    worked = any(item.task == "math" for item in items)
+    of = items if of is None else of
+    worked = any(item.task == "math" for item in of)
     if max_new_tokens is None:
         max_new_tokens = WORKED_TOKENS if worked else REWRITE_TOKENS
     for name, value in (("num", num), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
@@ -416,8 +420,8 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 recorded = {"template_date": day} if day is not None else {}
                 if data_source is not None:
                     recorded["data_source"] = data_source
-                key = settings_key(*settings, day, worked, any(map(yes_no, items)),
-                                   any(item.blank is not None for item in items))
+                key = settings_key(*settings, day, worked, any(map(yes_no, of)),
+                                   any(item.blank is not None for item in of))
                 setup = settings_record(*settings, day)
                 return _paraphrase_into(f, llm, items, out, key, setup, recorded, num, temperature, top_p,
                                         max_new_tokens, seed, batch_size, on_progress)
@@ -502,9 +506,11 @@ def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
         return found
     foreign = f"{out} is not a paraphrase file minirun wrote: choose another output file"
     complete, newline, torn = out.read_bytes().rpartition(b"\n")
-    lines = complete.split(b"\n") if newline else []  # a blank line is a line, and no row
+    lines = complete.split(b"\n") if newline else []
     unended = [torn] if torn and not _cut_row(torn) else []  # a whole line without its newline: checked, then redone
     for lineno, line in enumerate(lines + unended, 1):
+        if not line.strip():  # left where a row was deleted to redo it, as the refusals advise: eval reads past it
+            continue
         try:
             row = json.loads(line.decode("utf-8"))
             item = item_from_dict(row)
@@ -523,6 +529,8 @@ def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
                                "delete this one")
         if lineno <= len(lines):
             found[item.id] = item
+    if not found and lines:  # blank lines alone: no file minirun wrote
+        raise MinirunError(f"{out}:1: {foreign}")
     drop_torn_line(out)
     return found
 
