@@ -1099,6 +1099,10 @@ def test_copies_in_the_other_layouts_the_hub_serves_are_read_as_their_benchmark(
             ["no", "yes"], 1, ["yes"], "Basil is a tender annual plant.", 0)
     named = save("named", [{"question": "is basil green", "passage": "Basil is green.", "label": "True", "idx": 0}])
     assert load_dataset(named)[0].answer == 1  # the class names a copy may hold
+    for parquet in (False, True):  # an NQ-open copy with a passage beside: its answers are a list, not true or false
+        (nq,) = load_dataset(save("nq", [{"question": "who wrote hamlet", "passage": "Hamlet is a play.",
+                                          "answer": ["William Shakespeare"]}], parquet))
+        assert (nq.task, nq.answers) == ("qa", ["William Shakespeare"])
     hendrycks = [{"question": "2 + 2 =", "choices": ["3", "4"], "answer": 1}]
     for parquet in (False, True):
         (item,) = load_dataset(save("hendrycks", hendrycks, parquet))

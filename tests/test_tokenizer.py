@@ -241,7 +241,9 @@ def test_named_chat_templates_without_a_default_are_refused_when_used(tmp_path, 
     ours = Tokenizer(_variant(tmp_path, checkpoint_dirs, {"chat_template": named}))
     assert ours.encode("hi") == AutoTokenizer.from_pretrained(checkpoint_dirs["qwen2"]).encode("hi")  # --raw runs
     with pytest.raises(minirun.MinirunError, match=r"names chat templates \(tool_use, rag\) and none \"default\".* "
-                                                   "write the one to use to chat_template.jinja; pass --raw"):
+                                                   "write the one to use to chat_template.jinja, or ask without a "
+                                                   "template .generate --raw, eval --no-chat, a sweep's chat = "
+                                                   "false.; pass --raw"):
         ours.apply_chat_template(CHATS[0])
     with_default = Tokenizer(_variant(tmp_path / "d", checkpoint_dirs,
                                       {"chat_template": [*named, {"name": "default", "template": "{{ 'chat' }}"}]}))

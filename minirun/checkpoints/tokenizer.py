@@ -185,7 +185,8 @@ class Tokenizer:
             named = {t["name"]: t["template"] for t in template}
             # one the methods cannot render, so a chat run is refused when it renders, and --raw runs as before
             why = (f"tokenizer_config.json names chat templates ({', '.join(named)}) and none \"default\", the one "
-                   "transformers applies: write the one to use to chat_template.jinja")
+                   "transformers applies: write the one to use to chat_template.jinja, or ask without a template "
+                   "(generate --raw, eval --no-chat, a sweep's chat = false)")
             template = named.get("default", "{{ raise_exception(" + json.dumps(why) + ") }}")
         return template
 

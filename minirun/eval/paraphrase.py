@@ -529,7 +529,7 @@ def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
                                "delete this one")
         if lineno <= len(lines):
             found[item.id] = item
-    if not found and lines:  # blank lines alone: no file minirun wrote
+    if not found and lines and not unended:  # blank lines alone: no file minirun wrote
         raise MinirunError(f"{out}:1: {foreign}")
     drop_torn_line(out)
     return found

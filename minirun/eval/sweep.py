@@ -184,7 +184,7 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
         marked = None
     recorded = recorded_item_ids(cell.dir)  # a run grown and stopped lists more items than its rows answer
     finished = marked in keys and answered == ids and not others and set(recorded or ids) == ids \
-        and not (facts is not None and _model_changes(cell, facts(cell.model).settings))
+        and not (facts is not None and model_changes(cell, facts(cell.model).settings))
     refused = _refused(cell, gen, facts(cell.model), made, items) if answered and gen and facts and made \
         and not finished else ()
     if others:
@@ -194,16 +194,22 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
                      methods, grown)
 
 
-MODEL_ENTRIES = ("model", "weights_sha256", "dtype")  # what a sweep's model decides of a run key, its cell key not
+# What a sweep's model decides of a run key and its cell key does not hold; not the folder's path: where a run recorded
+# no weights digest (a minirun before 2026-12-05), the path alone cannot say another model made it (a hub id pulled
+# into another models folder is the same model)
+MODEL_ENTRIES = ("weights_sha256", "dtype")
 
 
-def _model_changes(cell: Cell, settings: dict) -> list[str]:
+def model_changes(cell: Cell, settings: dict) -> list[str]:
     """What of the model a cell's rows were made with differs from the model its entry gives now (`settings`: run-key
     entries, `MODEL_ENTRIES` compared): the weights at its path replaced, or another dtype picked by default on
     this machine. A cell key holds the file's settings, not these, so a finished cell is checked against them too:
-    its rows would otherwise stand in one table beside rows of another model."""
-    entries, recorded = {k: v for k, v in settings.items() if k in MODEL_ENTRIES}, recorded_item_ids(cell.dir)
-    return recorded_differences(cell.dir, entries, recorded) if entries and recorded else []
+    its rows would otherwise stand in one table beside rows of another model. Rows made on another device are
+    not this check's: the cell key holds the device, and the eval loop's refusal names it with the dtype."""
+    recorded, made = recorded_item_ids(cell.dir), recorded_run_key(cell.dir)
+    if not recorded or settings.get("device", made.get("device")) != made.get("device"):
+        return []
+    return recorded_differences(cell.dir, {k: v for k, v in settings.items() if k in MODEL_ENTRIES}, recorded)
 
 
 def _refused(cell: Cell, gen: Generation, model: ModelFacts, data: DataKey, items: list[Item]) -> tuple[str, ...]:
@@ -444,7 +450,7 @@ def _check(cell: Cell, run: Run, rank: int) -> None:
     try:
         check_resumable(run, rank)
     except OtherRun as e:
-        if _model_changes(cell, run.run_key):
+        if model_changes(cell, run.run_key):
             raise _other_model(cell, e.differences) from None
         raise MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label} holds rows made "
                            f"otherwise ({'; '.join(e.differences)}): restore the file's settings for it, or give the "
@@ -452,14 +458,15 @@ def _check(cell: Cell, run: Run, rank: int) -> None:
 
 
 def _check_models(states: list[CellState], facts: Callable[[ModelSpec], ModelFacts]) -> None:
-    """Refuse a run whose rows were made by another model than its entry gives now (`_model_changes`), finished
+    """Refuse a run whose rows were made by another model than its entry gives now (`model_changes`), finished
     or not, where the model is on this machine."""
     for state in states:
-        if state.answered and (changes := _model_changes(state.cell, facts(state.cell.model).settings)):
+        if state.answered and (changes := model_changes(state.cell, facts(state.cell.model).settings)):
             raise _other_model(state.cell, changes)
 
 
 def _other_model(cell: Cell, differences: list[str]) -> MinirunError:
+    """The refusal of a run whose rows another model made (`model_changes`), naming the way out a sweep has."""
     return MinirunError(f"sweep run {cell.model.label}/{cell.dataset.label}/{cell.method.label} holds rows made "
                         f"otherwise ({'; '.join(differences)}), by another model than {cell.model.label}'s entry gives "
                         "now: give the model a new label to run it afresh beside them, or restore its checkpoint (or "

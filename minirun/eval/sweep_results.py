@@ -164,12 +164,12 @@ def mixed_models(output: str | Path) -> list[str]:
             made.setdefault(cell["model"], {}).setdefault((key.get("weights_sha256"), key.get("dtype")), []).append(
                 cell["dir"])
     out = []
-    for model, kinds in made.items():  # a run recorded no digest before 2026-11 (`weights_sha256`): it matches any
+    for model, kinds in made.items():  # a run recorded no digest before 2026-12-05 (`weights_sha256`): it matches any
         if len({digest for digest, _ in kinds} - {None}) > 1 or len({dtype for _, dtype in kinds} - {None}) > 1:
             said = "; ".join(f"weights {digest or '?'}, {dtype}: {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}"
                              for (digest, dtype), dirs in kinds.items())
-            out.append(f"model {model}'s runs were made with {len(kinds)} different weights or dtypes ({said}): its "
-                       "figures compare different models; rerun one kind under another model label")
+            out.append(f"model {model}'s runs were made with different weights or dtypes ({said}): its figures "
+                       "compare different models; rerun one kind under another model label")
     return out
 
 

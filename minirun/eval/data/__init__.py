@@ -192,8 +192,8 @@ def _kind(keys: set[str]) -> str:
     """Which loader records with these fields need: the plain item form first when it is whole (`id` + `paraphrases`: an
     extra field such as a `template` note does not make it another dataset's rows), then MyriadLAMA rows (`template`),
     TruthfulQA's (`mc1_targets` or `mc2_targets`), HellaSwag's (`ctx_a`, `ctx_b`, `endings`), PIQA's (a `goal`, `sol1`
-    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`, or google/boolq's
-    `question`, `passage` and `answer`), TruthfulQA's generation config (refused: judged answers), Winogrande's (an
+    or `sol2`), SciQ's (a `distractor1`-`3` or `correct_answer`), BoolQ's (`passage` and `label`), TruthfulQA's
+    generation config (refused: judged answers), Winogrande's (an
     `option1` or `option2`), labelled options
     (`choices` with `answerKey`: OpenBookQA's with a `question_stem`, CommonsenseQA's with a `question_concept`, else
     ARC's), MMLU (`question`, `subject`, `choices`, `answer`; hendrycks_test's without `subject`), TriviaQA
@@ -213,7 +213,7 @@ def _kind(keys: set[str]) -> str:
         return "piqa"
     if keys & {"distractor1", "distractor2", "distractor3", "correct_answer"}:
         return "sciq"
-    if {"passage", "label"} <= keys or {"question", "passage", "answer"} == keys:  # super_glue's, google/boolq's
+    if {"passage", "label"} <= keys:
         return "boolq"
     if {"best_answer", "correct_answers", "incorrect_answers"} <= keys:
         return "truthfulqa_generation"
@@ -240,20 +240,23 @@ def _kind(keys: set[str]) -> str:
     return "plain"
 
 
-def _answer_kind(path: Path, records: list | None) -> str:
-    """Whose rows of a `question` and an `answer` alone are: GSM8K's, whose answer is a worked solution (text),
-    TriviaQA's without their ids, whose answer is an object of aliases, or NQ-open's, a list of answers; told by the
-    parquet column's type or the first row's value."""
+def _answer_kind(path: Path, records: list | None, keys: set[str]) -> str:
+    """Whose rows of a `question` and an `answer` are: GSM8K's, whose answer is a worked solution (text), TriviaQA's
+    without their ids, whose answer is an object of aliases, google/boolq's, a true or false one about a `passage`,
+    or NQ-open's, a list of answers; told by the parquet column's type or the first row's value."""
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         kind = pq.read_schema(path).field("answer").type
         solved, aliased = pa.types.is_string(kind) or pa.types.is_large_string(kind), pa.types.is_struct(kind)
+        yes_no = pa.types.is_boolean(kind)
     else:
         first = records[0] if records else _json_or_none(next((line for line in text_lines(path) if line.strip()), ""))
         answer = first.get("answer") if isinstance(first, dict) else None
-        solved, aliased = isinstance(answer, str), isinstance(answer, dict)
+        solved, aliased, yes_no = isinstance(answer, str), isinstance(answer, dict), isinstance(answer, bool)
+    if yes_no and "passage" in keys:
+        return "boolq"
     return "gsm8k" if solved else "triviaqa" if aliased else "nq_open"
 
 
@@ -376,7 +379,7 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     keys, records = _records_head(path)
     kind = _kind(keys)
     if kind == "nq_open":  # a question and an answer alone: whose is told by the answer
-        kind = _answer_kind(path, records)
+        kind = _answer_kind(path, records, keys)
     if subset is not None and kind != "mmlu":
         raise MinirunError(f"--subset picks an MMLU subject; {path} reads as {kind} data, which has no subsets: "
                            "drop --subset")

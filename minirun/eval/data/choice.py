@@ -171,7 +171,6 @@ def _binary_label(value: object, meaning: str) -> int:
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and not pd.isna(value) and \
             float(value).is_integer():
         text = str(int(value))
-    text = {"False": "0", "True": "1"}.get(text, text)  # a bool, or the class names a copy wrote (BoolQ's)
     if text not in ("0", "1"):
         got = "null" if value is None or isinstance(value, float) and pd.isna(value) else repr(value)
         raise ValueError(f"field 'label' must be {meaning}, got {got} (the Hub's test split has no labels: use "
@@ -220,7 +219,13 @@ def load_boolq(split: str = "validation", path: str | Path | None = None, revisi
         passage = text_value(r["passage"], "passage")
         if not passage or not passage.strip():
             raise ValueError(f"field 'passage' must be non-empty text, got {r['passage']!r}")
-        label = _binary_label(r["label"] if "label" in r else r["answer"], "0 (no) or 1 (yes)")
+        if "label" in r:  # a bool, or the class names a copy wrote, read as BoolQ's ClassLabel ids
+            label = _binary_label({False: 0, True: 1, "False": 0, "True": 1}.get(r["label"], r["label"]),
+                                  "0 (no) or 1 (yes)")
+        elif isinstance(r["answer"], bool):  # google/boolq's rows: true for yes
+            label = int(r["answer"])
+        else:
+            raise ValueError(f"field 'answer' must be true or false, got {r['answer']!r}")
         idx = r.get("idx")
         ident = f"{split}-{int(idx)}" if isinstance(idx, numbers.Real) and not pd.isna(idx) else f"{split}-{n}"
         return Item(f"boolq-{ident}", question_field(r), [], [BOOLQ_OPTIONS[label]], "choice", None,
