@@ -220,8 +220,10 @@ def load_boolq(split: str = "validation", path: str | Path | None = None, revisi
         if not passage or not passage.strip():
             raise ValueError(f"field 'passage' must be non-empty text, got {r['passage']!r}")
         if "label" in r:  # a bool, or the class names a copy wrote, read as BoolQ's ClassLabel ids
-            label = _binary_label({False: 0, True: 1, "False": 0, "True": 1}.get(r["label"], r["label"]),
-                                  "0 (no) or 1 (yes)")
+            value = r["label"]
+            if isinstance(value, str) and value.strip() in ("False", "True"):
+                value = value.strip() == "True"
+            label = _binary_label(int(value) if isinstance(value, bool) else value, "0 (no) or 1 (yes)")
         elif isinstance(r["answer"], bool):  # google/boolq's rows: true for yes
             label = int(r["answer"])
         else:
