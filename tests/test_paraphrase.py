@@ -490,6 +490,9 @@ def test_cli(long_context, tmp_path):
     assert again.exit_code == 0 and "already holds all 2 items: nothing to do" in again.stderr
     more = CliRunner().invoke(app, [*args, "--max-samples", "3"])  # with the bar: it counts the resumed two
     assert more.exit_code == 0 and "wrote" in more.stderr and "3 items (2 of them already there)" in more.stderr
+    bare = [row["id"] for row in map(json.loads, out.read_text().splitlines()) if len(row["paraphrases"]) < 2]
+    said = f"warning: {len(bare)} of 3 items (first {bare[0]!r}) kept no rewrite" if bare else "kept no rewrite"
+    assert (said in " ".join(more.stderr.split())) == bool(bare), more.stderr
     plain = tmp_path / "plain.jsonl"
     plain.write_text(out.read_text().splitlines()[0] + "\nnot json\n")
     skipped = CliRunner().invoke(app, ["paraphrase", str(plain), str(tmp_path / "s.jsonl"), "--num", "2",

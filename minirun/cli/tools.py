@@ -169,3 +169,7 @@ def paraphrase(
         err.print(f"{out} already holds all {len(done)} items: nothing to do")
     else:
         err.print(f"wrote {out}: {len(done)} items{resumed}, {kept} rewrites kept of {num * len(done)}")
+    if bare := [item.id for item in done if len(item.paraphrases) < 2]:  # `eval` would refuse or warn of them later
+        err.print(f"warning: {len(bare)} of {len(done)} items (first {bare[0]!r}) kept no rewrite, so every ensemble "
+                  "repeats origin on them: rewrite into another file with a larger --num, another --seed or a "
+                  "stronger --model", highlight=False)
