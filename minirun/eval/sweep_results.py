@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -29,9 +29,8 @@ def prompt_series(output: str | Path) -> list[dict[str, int]]:
     """A sweep's datasets grouped by what they share but prompts per item, each series as {label: num_prompts} in
     order of size (a series of several sizes is an ensemble-size curve); datasets of an index written before sweeps
     recorded them are left out."""
-    index = json.loads((Path(output) / "sweep.json").read_text(encoding="utf-8"))
     series: dict[str, dict[str, int]] = {}
-    for cell in index["cells"]:
+    for cell in _index_cells(Path(output)):
         if isinstance(cell.get("series"), str) and isinstance(cell.get("num_prompts"), int):
             series.setdefault(cell["series"], {})[cell["dataset"]] = cell["num_prompts"]
     return [dict(sorted(sizes.items(), key=lambda size: size[1])) for sizes in series.values()]
@@ -92,7 +91,19 @@ def repeated_sizes(table: pd.DataFrame, curves: list[dict[str, int]]) -> list[st
 
 def _run_folders(output: Path) -> list[str]:
     """The run directories a sweep's index (`sweep.json`) lists, in its order."""
-    return [cell["dir"] for cell in json.loads((output / "sweep.json").read_text(encoding="utf-8"))["cells"]]
+    return [cell["dir"] for cell in _index_cells(output)]
+
+
+def _index_cells(output: Path) -> list[dict]:
+    """The runs a sweep's index (`sweep.json`) lists, in its order: model, dataset, label, directory, series."""
+    return json.loads((output / "sweep.json").read_text(encoding="utf-8"))["cells"]
+
+
+def _made_cells(output: Path) -> Iterator[tuple[dict, dict]]:
+    """Each run of the index that has begun, with the run key its run.json records."""
+    for cell in _index_cells(output):
+        if (output / cell["dir"] / "run.json").is_file():
+            yield cell, recorded_run_key(output / cell["dir"])
 
 
 def unfinished_cells(output: str | Path) -> list[str]:
@@ -133,13 +144,9 @@ def mixed_scoring(output: str | Path) -> list[str]:
     """Per dataset and model of a sweep's index whose runs pick their options by other choice scores than origin's (a
     method's own `choice_score` in the sweep file): their differences from origin mix the scoring with the method,
     which a reader of the table must be told (`report --choice-score` re-picks every run alike)."""
-    output = Path(output)
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
     runs: dict[tuple[str, str], dict[str, str]] = {}
-    for cell in index["cells"]:
-        if (output / cell["dir"] / "run.json").is_file():
-            score = recorded_run_key(output / cell["dir"]).get("choice_score")
-            runs.setdefault((cell["dataset"], cell["model"]), {})[cell["label"]] = score
+    for cell, key in _made_cells(Path(output)):
+        runs.setdefault((cell["dataset"], cell["model"]), {})[cell["label"]] = key.get("choice_score")
     out = []
     for (dataset, model), scores in runs.items():
         origin = scores.get("origin")
@@ -155,14 +162,10 @@ def mixed_models(output: str | Path) -> list[str]:
     """Per model label of a sweep's index whose runs were made with other weights or in other dtypes (a checkpoint
     replaced at its path, a default dtype another machine picked, under a minirun before `sweep` refused them): its
     column would compare two models, which a reader of the tables must be told."""
-    output = Path(output)
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
     made: dict[str, dict[tuple, list[str]]] = {}  # model label -> (weights digest, dtype) -> its runs
-    for cell in index["cells"]:
-        if (output / cell["dir"] / "run.json").is_file():
-            key = recorded_run_key(output / cell["dir"])
-            made.setdefault(cell["model"], {}).setdefault((key.get("weights_sha256"), key.get("dtype")), []).append(
-                cell["dir"])
+    for cell, key in _made_cells(Path(output)):
+        made.setdefault(cell["model"], {}).setdefault((key.get("weights_sha256"), key.get("dtype")), []).append(
+            cell["dir"])
     out = []
     for model, kinds in made.items():  # a run recorded no digest before 2026-12-05 (`weights_sha256`): it matches any
         if len({digest for digest, _ in kinds} - {None}) > 1 or len({dtype for _, dtype in kinds} - {None}) > 1:
@@ -178,10 +181,10 @@ def sweep_provenance(output: str | Path, table: pd.DataFrame, dataset: str) -> s
     differ in their method's settings, and where a method sets one of the key's, its `choice_score`, in that), each
     cell's method settings under its label with the key's entries it differs in, and the machines that timed it."""
     output = Path(output)
-    index = json.loads((output / "sweep.json").read_text(encoding="utf-8"))
+    index = _index_cells(output)
     blocks = []
-    for model in dict.fromkeys(c["model"] for c in index["cells"] if c["dataset"] == dataset):
-        cells = [c for c in index["cells"] if c["dataset"] == dataset and c["model"] == model
+    for model in dict.fromkeys(c["model"] for c in index if c["dataset"] == dataset):
+        cells = [c for c in index if c["dataset"] == dataset and c["model"] == model
                  and (output / c["dir"] / "run.json").is_file()]
         if not cells:
             continue
