@@ -336,11 +336,11 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
         write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
     keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
-    facts = functools.cache(model_facts)  # a finished cell's model checked against what its rows were made with
-    states = [_state(c, keys[c.dir], data[c.dataset.label].items, facts=facts) for c in chosen]
+    states = [_state(c, keys[c.dir], data[c.dataset.label].items) for c in chosen]
     for state in states:  # a run holding another method's rows, as an `eval` into it wrote them: before any model loads
         if state.methods - {state.cell.method.name}:
             raise mixed_run(state.cell.dir, state.methods)
+    facts = functools.cache(model_facts)  # each model's read once; its runs, finished too, checked against it
     _check_models(states, facts)  # rows of other weights or another dtype than the model's: before any download
     todo = [state.cell for state in states if not state.finished]
     if not todo and rank == 0:
