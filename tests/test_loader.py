@@ -149,14 +149,31 @@ def test_rope_settings_that_two_transformers_versions_read_differently_are_refus
     default = {"rope_type": "default", "rope_theta": 1e4}
     with pytest.raises(MinirunError, match="sets rope_parameters .* and rope_scaling .* which scale positions"):
         ModelConfig.from_dict({**base, "rope_parameters": default, "rope_scaling": {"type": "linear", "factor": 2.0}})
-    same = ModelConfig.from_dict({**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5},
-                                  "rope_scaling": {"type": "linear", "factor": 2.0}})
+    linear = {"rope_type": "linear", "factor": 2.0}
+    same = ModelConfig.from_dict({**base, "rope_parameters": {**linear, "rope_theta": 5e5},
+                                  "rope_scaling": {"type": "linear", "factor": 2.0}, "rope_theta": 5e5})
     assert same.rope_scaling["factor"] == 2.0 and same.rope_theta == 5e5
+    # transformers takes rope_scaling's base (its own, the top-level one, or 1e4): another base is refused
+    for other in ({"rope_theta": 1e6}, {}, {"rope_scaling": {**linear, "rope_theta": 1e6}, "rope_theta": 5e5}):
+        raw = {**base, "rope_parameters": {**linear, "rope_theta": 5e5}, "rope_scaling": linear, **other}
+        with pytest.raises(MinirunError, match="rope_parameters give rope_theta 500000.0 but its rope_scaling"):
+            ModelConfig.from_dict(raw)
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 64}
     with pytest.raises(MinirunError, match="original_max_position_embeddings 32 disagrees with its rope settings' 64"):
         ModelConfig.from_dict({**base, "rope_parameters": llama3, "original_max_position_embeddings": 32})
     assert ModelConfig.from_dict({**base, "rope_parameters": llama3, "original_max_position_embeddings": 64}).rope_scaling
+
+
+def test_a_rotation_of_part_of_each_head_is_refused():
+    """partial_rotary_factor (another architecture's key) would rotate part of a head; minirun rotates all of it."""
+    base = {"model_type": "llama", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 8}
+    for raw in ({**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}},
+                {**base, "partial_rotary_factor": 0.5}):
+        with pytest.raises(MinirunError, match="partial_rotary_factor 0.5: minirun rotates every dimension"):
+            ModelConfig.from_dict(raw)
+    assert ModelConfig.from_dict({**base, "partial_rotary_factor": 1.0}).head_dim == 8
 
 
 BASE = {"vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}

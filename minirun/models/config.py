@@ -14,23 +14,34 @@ ROPE_KEYS = {"default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn
              "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
 # What transformers' config classes assume for a key config.json leaves out, where the families differ.
 CONTEXT_DEFAULT = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768}
+DEFAULT_THETA = 10000.0  # every family's rope base where config.json names none
 
 
 def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
-    """The rope dict of a config: `rope_parameters` (transformers 5) or `rope_scaling` (4). Where both are set and
-    scale differently, or a top-level `original_max_position_embeddings` disagrees with the dict's, the two
-    transformers versions would build different frequencies, so neither is guessed."""
+    """The rope dict of a config: `rope_parameters` (transformers 5) or `rope_scaling` (4). Where both are set,
+    transformers reads `rope_scaling` with the top-level `rope_theta` and drops `rope_parameters`; where the two
+    differ in scaling or base, which one the model was trained with cannot be told, so neither is guessed. A
+    top-level `original_max_position_embeddings` that disagrees with the dict's is refused alike."""
     given = [dict(raw[key]) for key in ("rope_parameters", "rope_scaling") if raw.get(key)]
 
     def scaling(rope: dict) -> dict:
         rope = {("rope_type" if k == "type" else k): v for k, v in rope.items() if k != "rope_theta"}
         return {"rope_type": "default", **rope}
 
-    if len(given) == 2 and scaling(given[0]) != scaling(given[1]):
-        raise MinirunError(f"config.json sets rope_parameters {given[0]} and rope_scaling {given[1]}, which scale "
-                           "positions differently (transformers 4 reads one, 5 the other): keep the one the model was "
-                           "trained with and delete the other")
+    if len(given) == 2:
+        if scaling(given[0]) != scaling(given[1]):
+            raise MinirunError(f"config.json sets rope_parameters {given[0]} and rope_scaling {given[1]}, which scale "
+                               "positions differently (transformers reads rope_scaling and drops the other): keep the "
+                               "one the model was trained with and delete the other")
+        thetas = [rope.get("rope_theta", raw.get("rope_theta", DEFAULT_THETA)) for rope in given]
+        if thetas[0] != thetas[1]:
+            raise MinirunError(f"config.json's rope_parameters give rope_theta {thetas[0]} but its rope_scaling (with "
+                               f"the top-level rope_theta) {thetas[1]}, which transformers reads: keep the one the "
+                               "model was trained with and delete the other")
     rope = given[0] if given else {}
+    if (part := rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise MinirunError(f"config.json sets partial_rotary_factor {part}: minirun rotates every dimension of a head, "
+                           "as Llama and Qwen do; this checkpoint is another architecture")
     top = raw.get("original_max_position_embeddings")
     if top is not None and rope.get("original_max_position_embeddings", top) != top:
         raise MinirunError(f"config.json's original_max_position_embeddings {top} disagrees with its rope settings' "
@@ -90,7 +101,7 @@ class ModelConfig:
                                "and Qwen's are; this checkpoint is another architecture")
         heads = raw["num_attention_heads"]
         rope = rope_settings(raw)
-        theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+        theta = float(rope.pop("rope_theta", raw.get("rope_theta", DEFAULT_THETA)))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_KEYS:
             raise MinirunError(f"unsupported rope type {rope_type!r}: minirun supports {', '.join(ROPE_KEYS)}")
