@@ -43,6 +43,9 @@ class LLM:
 
     @property
     def eos_ids(self) -> set[int]:
+        """Every id a checkpoint's files call an end (config, generation config, tokenizer). transformers stops at the
+        generation config's alone; the released Llama and Qwen checkpoints list the others there too, and where a
+        file does not, an answer that ends its turn with the tokenizer's eos should still end."""
         ids = set(self.config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
