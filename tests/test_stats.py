@@ -102,6 +102,8 @@ def test_sign_flip_ties_survive_float_noise():
     noisy = [1 - 1.0, 1 - 2 / 3, 0 - 1 / 3, *[1 - 1 / 3] * 5, 1 - 0.0, 0 - 0.0]
     assert 1 - 1 / 3 != 2 / 3
     assert sign_flip_p(noisy) == pytest.approx(6 / 256)
+    # a mean of 0 that the sum leaves as float noise (-1/3 - 1 + 1 + 1/3 = 5.6e-17): every pattern is as far
+    assert sum([-1 / 3, -1.0, 1.0, 1 / 3]) != 0 and sign_flip_p([-1 / 3, -1.0, 1.0, 1 / 3]) == 1.0
 
 
 def test_sign_flip_tests_the_mean_not_the_median():
