@@ -736,7 +736,9 @@ def _append(journal, line: bytes) -> None:
      "results.rank0.jsonl:31: corrupt result line (id of the wrong type)"),
     (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "method": None, "seconds": "1s"}).encode(),
      "results.rank0.jsonl:31: corrupt result line (method, seconds of the wrong type)"),
-], ids=["not UTF-8", "no correct", "correct yes", "tokens text", "id list", "method null"])
+    (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "popularity": "high"}).encode(),
+     "results.rank0.jsonl:31: corrupt result line (popularity of the wrong type)"),  # bins of text, a traceback
+], ids=["not UTF-8", "no correct", "correct yes", "tokens text", "id list", "method null", "popularity text"])
 def test_bad_journal_rows_are_one_line_errors(tmp_path, line, message):
     run = _run_dir(tmp_path, _hand())
     _append(run / "results.rank0.jsonl", line)
@@ -898,6 +900,8 @@ def test_a_table_is_said_rescored_only_by_the_options_that_change_its_rows():
     assert rescored(None, "sum", qa) == ("", "") and rescored("lemma", None, choice) == ("", "")
     both = pd.concat([qa, choice])
     assert rescored("bidirectional", "sum", both)[1] == " (rescored: --match bidirectional, --choice-score sum)"
+    qa.attrs["match"] = "lemma"  # the rule the rows were scored under: naming it changes nothing
+    assert rescored("lemma", None, qa) == ("", "") and rescored("bidirectional", None, qa)[1] != ""
 
 
 def test_report_on_a_path_that_is_not_there_or_a_sweep_file_that_is_a_folder_says_so(tmp_path):

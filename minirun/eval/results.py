@@ -73,7 +73,8 @@ def _number_or_none(value: object) -> bool:
 # what a row's columns hold (a hand-edited or damaged line can be JSON and still not a row)
 COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str),
                 "tokens": lambda v: _number_or_none(v) and not isinstance(v, float), "seconds": _number_or_none,
-                "machine": lambda v: v is None or isinstance(v, str)}
+                "machine": lambda v: v is None or isinstance(v, str), "popularity": _number_or_none,
+                "per_prompt_accuracy": _number_or_none}
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
