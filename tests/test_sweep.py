@@ -789,6 +789,31 @@ def test_a_sweeps_scores_carry_the_single_prompt_comparisons():
     assert table.loc[("d", "avg"), ("m", "diff_vs_mean_single")] == pytest.approx(2 / 3 - 0.5)
 
 
+
+def test_a_sweeps_figures_follow_each_entrys_method_not_its_label():
+    """Two vote entries need two labels: a vote under another one keeps vote's figures (its scores are the shares of
+    the prompts' picks, it has no MC2, its rows hold each prompt's answer), and a max entry labelled "vote" is max."""
+    from minirun.cli.sweep import scores_json
+
+    shares, logprobs = [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]], [[-1.0, -2.0, -3.0], [-2.0, -1.0, -3.0]]
+    rows = []
+    for i, single in enumerate([0.5, 1.0]):
+        base = {"model": "m", "dataset": "d", "id": str(i), "answer": "", "exact": False, "tokens": 0, "seconds": 1.0,
+                "task": "choice", "choices": ["A", "B", "C"], "gold_choice": 1, "true_options": [1],
+                "choice_logprobs": logprobs[i], "correct": i == 1}
+        rows += [{**base, "label": "origin", "method": "origin", "choice": i, "choice_scores": logprobs[i]},
+                 {**base, "label": "majority", "method": "vote", "choice": i, "choice_scores": shares[i],
+                  "per_prompt_accuracy": single, "answers": ["A", "B"] if i == 0 else ["B", "B"],
+                  "per_prompt_logprobs": [logprobs[i], logprobs[i]]},
+                 {**base, "label": "vote", "method": "max", "choice": i, "choice_scores": logprobs[i]}]
+    scores = scores_json(sweep_table(pd.DataFrame(rows)))["d"]["m"]
+    majority, labelled = scores["majority"], scores["vote"]
+    assert majority["confidence"] == pytest.approx(0.75) and majority["mc2"] is None  # the picks' shares: 0.5, 1
+    assert majority["mean_single_accuracy"] == pytest.approx(0.75) and majority["consistency"] == pytest.approx(0.5)
+    assert labelled["confidence"] == pytest.approx(scores["origin"]["confidence"])  # a softmax of its likelihoods
+    assert labelled["mc2"] == pytest.approx(scores["origin"]["mc2"])
+    assert labelled["diff_vs_mean_single"] == pytest.approx(-0.25)
+
 def test_every_model_is_compared_with_the_files_first_on_the_same_items():
     rows = [{"model": model, "dataset": "d", "label": "avg", "method": "avg", "id": str(i), "answer": "",
              "correct": right, "exact": False, "tokens": 2, "seconds": 1.0}
@@ -1405,9 +1430,9 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     assert [line.get_label() for line in curve_axes.get_lines()] == ["origin", "avg", "mean single prompt"]
     assert list(curve_axes.get_lines()[1].get_ydata()) == list(curve.loc["avg", "qwen2"])
     CliRunner().invoke(app, ["report", str(out), "--latex", str(tmp_path / "s.tex"), "--match", "lemma"])
-    tex = (tmp_path / "s.tex").read_text()  # a table per dataset, then the series', each saying it was rescored
+    tex = (tmp_path / "s.tex").read_text()  # a table per dataset, then the series'; lemma is the runs' own rule
     assert tex.count("\\begin{table}") == 5 and "Method & $k=2$ & $k=3$ & $k=4$ \\\\" in tex
-    assert tex.count('% rescored by minirun report: {"match": "lemma"}') == 4 and tex.count("(rescored: --match") == 5
+    assert "rescored" not in tex
     assert f"mean single prompt & {list(table.columns[1].cells)[2]} & {single:.3f} & " in tex
     csv = pd.read_csv(tmp_path / "s.csv")
     assert dict(zip(csv["dataset"], csv["num_prompts"])) == {"qa-k3": 3, "qa-k2": 2, "qa-four": 4, "qa-0shot": 2}

@@ -266,10 +266,10 @@ def with_pairs(result: dict, table: pd.DataFrame) -> dict:
     every two methods of a model on a dataset compared (`report.pairwise`, Holm over that model's pairs), and where
     the rows carry relations `by_relation`, the method's scores per relation, or popularities `by_popularity`, per
     popularity bin."""
-    from minirun.eval.report import by_popularity, by_relation, json_scores, pairwise
+    from minirun.eval.report import by_label, by_popularity, by_relation, json_scores, pairwise
 
     for (dataset, model), rows in table.groupby(["dataset", "model"], sort=False):
-        run = rows.drop(columns=["dataset", "model"]).assign(method=rows["label"])
+        run = by_label(rows.drop(columns=["dataset", "model"]))
         for (method, other), stats in pairwise(run).to_dict("index").items():
             result[dataset][model][method].setdefault("versus", {})[other] = json_scores(stats)
         if "relation" in run.columns and run["relation"].notna().any():
@@ -277,7 +277,7 @@ def with_pairs(result: dict, table: pd.DataFrame) -> dict:
                 result[dataset][model][method].setdefault("by_relation", {})[str(relation)] = json_scores(stats)
     for dataset, rows in table.groupby("dataset", sort=False):  # one set of bins for every model of a dataset
         if "popularity" in rows.columns and rows["popularity"].notna().any():
-            models = rows.drop(columns="dataset").assign(method=rows["label"])
+            models = by_label(rows.drop(columns="dataset"))
             for (model, method, part), stats in by_popularity(models).to_dict("index").items():
                 result[dataset][model][method].setdefault("by_popularity", {})[str(part)] = json_scores(stats)
     return result

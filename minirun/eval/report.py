@@ -259,6 +259,25 @@ def _keys(df: pd.DataFrame) -> list[str]:
     return ["model", "method"] if "model" in df.columns else ["method"]
 
 
+def by_label(rows: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's rows keyed by entry, as its tables show them: `method` its label (two entries of one method stay
+    apart), `name` the method it ran, which the figures' rules ask for (vote's shares are no likelihoods; per_prompt
+    or vote holds each prompt's answer) whatever the entry is called."""
+    return rows.assign(name=rows["method"], method=rows["label"])
+
+
+def _names(df: pd.DataFrame) -> dict[str, str]:
+    """Each entry of a table (`method`) with the method it ran: itself, or its name under `by_label`."""
+    return dict(zip(df["method"], df["name"] if "name" in df.columns else df["method"]))
+
+
+def _every_answer(entries: list[str], names: dict[str, str]) -> str | None:
+    """The entry whose rows hold every prompt's answer: per_prompt (the one under its own name where a sweep has
+    several), else vote; None where neither ran."""
+    return next((entry for kind in EVERY_ANSWER for entry in sorted(entries, key=lambda e: e != kind)
+                 if names.get(entry) == kind), None)
+
+
 def _scores(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     # choice rows generate no token: their seconds would slow tokens/s down on a mixed table
     generating = df["seconds"].where(df["task"].ne("choice"), 0.0) if "task" in df.columns else df["seconds"]
@@ -332,9 +351,10 @@ def calibration(df: pd.DataFrame) -> pd.DataFrame:
     rows = df[df["task"].eq("choice") & df["correct"].notna() & df["choice_scores"].notna() & df["gold_choice"].notna()]
     if rows.empty:
         return empty
-    out = {}
+    out, names = {}, _names(rows)
     for key, part in rows.groupby(keys, sort=True):
-        probabilities = [option_probabilities(m, list(s)) for m, s in zip(part["method"], part["choice_scores"])]
+        probabilities = [option_probabilities(names[m], list(s))
+                         for m, s in zip(part["method"], part["choice_scores"])]
         picked = [p[int(c)] for p, c in zip(probabilities, part["choice"])]
         one = [(p, rights[0]) for p, (_, row) in zip(probabilities, part.iterrows())
                if len(rights := right_options(row)) == 1]
@@ -373,12 +393,13 @@ def mc2(df: pd.DataFrame) -> pd.DataFrame:
         return empty
     rows = df[df["task"].eq("choice") & df["choice_logprobs"].notna()]
     # vote has no likelihoods of its own (its rows' are the prompts' mean): no MC2, only each prompt's below
-    rows = rows.assign(mc2=[math.nan if r["method"] == "vote" else
+    names = _names(rows)
+    rows = rows.assign(mc2=[math.nan if names[r["method"]] == "vote" else
                             true_mass(list(r["choice_logprobs"]), right_options(r)) for _, r in rows.iterrows()])
     out = {}
     for model, part in rows.groupby("model", sort=True) if "model" in rows.columns else [(None, rows)]:
         values = part.pivot(index="id", columns="method", values="mc2")
-        source = next((m for m in EVERY_ANSWER if m in values.columns), None)
+        source = _every_answer(list(values.columns), names)
         for method in values.columns:
             mine = values[method].dropna()
             low, high = paired_bootstrap_interval(mine.to_numpy(), seed=BOOTSTRAP_SEED)
@@ -423,7 +444,7 @@ def paired_stats(df: pd.DataFrame) -> pd.DataFrame:
       (some prompt right) and consistency (all prompts' answers equal after `normalize`).
     """
     correct = df.pivot(index="id", columns="method", values="correct").astype(float)
-    source = next((m for m in EVERY_ANSWER if m in correct.columns), None)
+    source = _every_answer(list(correct.columns), _names(df))
     prompts = df[df["method"] == source].set_index("id")
     single = prompts.get("per_prompt_accuracy", pd.Series(dtype=float)).astype(float).dropna()
     rows = {}
@@ -787,10 +808,13 @@ def fused_prompts(rows: pd.DataFrame) -> tuple[int, int] | None:
 
 def rescoring(match: str | None, choice_score: str | None, rows: pd.DataFrame | None = None) -> dict[str, str]:
     """The `report --match/--choice-score` options that changed how `rows` (a table's) were scored: --match rescores
-    generated answers, --choice-score multiple-choice picks; {} where neither was given or applies. `--json` and
-    `--csv` carry it (`rescored`) beside the scores, as the LaTeX table's comment and caption do (`rescored`)."""
+    generated answers, --choice-score multiple-choice picks; {} where neither was given or applies (--match naming
+    the rule the rows were scored under, `attrs["match"]`, changes nothing). `--json` and `--csv` carry it
+    (`rescored`) beside the scores, as the LaTeX table's comment and caption do (`rescored`)."""
     choice = rows["task"].eq("choice") if rows is not None and "task" in rows.columns else None
-    applies = {"match": choice is None or not choice.all(), "choice_score": choice is None or choice.any()}
+    own = rows.attrs.get("match") if rows is not None else None
+    applies = {"match": (choice is None or not choice.all()) and match != own,
+               "choice_score": choice is None or choice.any()}
     return {name: value for name, value in (("match", match), ("choice_score", choice_score))
             if value is not None and applies[name]}
 

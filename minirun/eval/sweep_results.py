@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, cut_thinking, harness_notes, load_results,
-                                 method_label, paired_difference, provenance, summarize, timed_on, unfinished_notes)
+from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, by_label, cut_thinking, harness_notes,
+                                 load_results, method_label, paired_difference, provenance, summarize, timed_on,
+                                 unfinished_notes)
 from minirun.eval.results import (RECORDED_BEFORE, integer_columns, read_results, recorded_methods, recorded_run_key,
                                   recorded_sources)
 
@@ -333,7 +334,7 @@ def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
     scores = {}
     for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
         first = df.loc[df["dataset"] == dataset, "model"].iloc[0]
-        summary = summarize(group.drop(columns=["model", "dataset"]).assign(method=group["label"]))
+        summary = summarize(by_label(group.drop(columns=["model", "dataset"])))
         reference = df[(df["dataset"] == dataset) & (df["model"] == first)]
         for label, row in summary.iterrows():
             versus = {} if model == first else paired_difference(
