@@ -880,6 +880,35 @@ def test_a_sweeps_json_counts_are_integers_and_its_table_names_fewer_shared_item
     assert avg_line(sweep_table(unfinished)).count(", n=2)") == 1  # small's avg: 3 items, 2 shared with origin
 
 
+
+def test_a_sweeps_table_compares_each_model_with_the_first_beside_origin():
+    """The terminal shows what --json's diff_vs_first_model holds: small against big under each method label, on the
+    items both answered (big, the reference, has no such column)."""
+    from rich.console import Console
+
+    from minirun.cli.sweep import score_tables
+
+    rows = pd.DataFrame([{"model": model, "dataset": "d", "label": method, "method": method, "id": str(i),
+                          "answer": "", "correct": right(i), "exact": False, "tokens": 2, "seconds": 1.0}
+                         for model, right in (("big", lambda i: i < 3), ("small", lambda i: i < 1))
+                         for method in ("origin", "avg") for i in range(4 if model == "big" or method == "avg" else 2)])
+    console = Console(width=250, record=True)
+    for table in score_tables(sweep_table(rows), str):
+        console.print(table)
+    text = console.export_text()
+    assert re.search(r"Δ origin \(p\) ┃ +Δ big \(p\) ┃ tokens/s ┃ items/s ┃$", text, re.M)
+    assert text.count("Δ big (p)") == 1  # big is the reference
+    assert re.search(r"^│ avg .*│ \+0\.000 \(1, n=2\) │ -0\.500 \(0\.5\) │ +2\.0 │", text, re.M)  # 1 of 4: 3
+    assert re.search(r"^│ origin .*│ +– │ +-0\.500 \(1\) │ +2\.0 │", text, re.M)  # big: both right
+    assert "Δ big: the same method label of big on the items both answered" in text
+    from minirun.cli.sweep import scores_long
+    from minirun.eval.report import latex
+
+    tex = latex(scores_long(sweep_table(rows)).set_index(["model", "method"]), "d")  # as a paper's table has them
+    lines = {tuple(line.split(" & ")[:2]): line.split(" & ")[7:] for line in tex.splitlines() if " & " in line}
+    assert lines[("Model", "Method")] == [r"$\Delta$ big", r"$p$ \\"] and lines[("big", "avg")] == ["--", r"-- \\"]
+    assert lines[("small", "avg")] == ["$-0.500$", r"0.5 \\"] and "$\\Delta$ big: accuracy minus big's" in tex
+
 def test_a_sweeps_table_names_per_prompt_as_its_first_prompt_with_its_single_prompt_figures():
     """As one run's table does: per_prompt's accuracy is its first prompt's, not an ensemble's."""
     from rich.console import Console

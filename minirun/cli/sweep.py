@@ -286,32 +286,43 @@ def with_pairs(result: dict, table: pd.DataFrame) -> dict:
 def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Table]:
     """One rich table per dataset of a `sweep_table`: a row per method, a column group per model
     (accuracy with its Wilson interval, exact, n, the difference from origin with its exact
-    McNemar p, tokens and items per second); per_prompt's row is named as its first prompt's, and its single-prompt
-    figures per model go in the caption, as in one run's table."""
+    McNemar p, tokens and items per second; each model after the dataset's first, the difference from that one under
+    the same method label); per_prompt's row is named as its first prompt's, and its single-prompt figures per model
+    go in the caption, as in one run's table."""
     from minirun.eval.report import fewer_shared, method_label
 
     models = list(dict.fromkeys(scores.columns.get_level_values("model")))
     tables = []
     for dataset in dict.fromkeys(scores.index.get_level_values("dataset")):
+        ran = scores.loc[dataset].xs("n", axis=1, level="metric").notna().any()
+        first = next(model for model in models if ran[model])  # the model the others are compared with
+        others = [model for model in models if model != first and ran[model]]
         t = Table(title=f"{dataset} · {title(dataset)}", caption="\n".join([
                   *_single_prompt_lines(scores, dataset, models),
                   "95% CI: Wilson; Δ origin: on the items both answered, p: exact McNemar, unadjusted (Holm-adjusted "
-                  "over a model's methods in --json, --csv and --latex)"]))
+                  "over a model's methods in --json, --csv and --latex)",
+                  *([f"Δ {first}: the same method label of {first} on the items both answered, p: exact McNemar, "
+                     "unadjusted"] if others else [])]))
         t.add_column("method")
         for model in models:
-            for i, header in enumerate(("accuracy [95% CI]", "exact", "n", "Δ origin (p)", "tokens/s", "items/s")):
+            headers = ("accuracy [95% CI]", "exact", "n", "Δ origin (p)", *([f"Δ {first} (p)"] * (model in others)),
+                       "tokens/s", "items/s")
+            for i, header in enumerate(headers):
                 t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
         for method, row in scores.loc[dataset].iterrows():
             cells = []
             for model in models:
                 s = row[model]
-                fewer = fewer_shared(s)
-                versus = "–" if math.isnan(s["diff_vs_origin"]) else \
-                    f"{s['diff_vs_origin']:+.3f} ({s['p_vs_origin']:.3g}{f', n={fewer}' if fewer is not None else ''})"
-                cells += ["–"] * 6 if math.isnan(s["n"]) else [
-                    f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]", f"{s['exact_accuracy']:.3f}",
-                    str(int(s["n"])), versus, shown_number(s["tokens_per_second"], ".1f"),
-                    shown_number(s["items_per_second"], ".2f")]
+                if math.isnan(s["n"]):
+                    cells += ["–"] * (7 if model in others else 6)
+                    continue
+                versus = [_difference(s, "origin", fewer_shared(s))]
+                if model in others:
+                    shared = s["n_vs_first_model"]
+                    versus.append(_difference(s, "first_model", int(shared) if shared < s["n"] else None))
+                cells += [f"{s['accuracy']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]",
+                          f"{s['exact_accuracy']:.3f}", str(int(s["n"])), *versus,
+                          shown_number(s["tokens_per_second"], ".1f"), shown_number(s["items_per_second"], ".2f")]
             t.add_row(method_label(str(method)), *cells)
         tables.append(t)
         if scores.loc[dataset].xs("ece", axis=1, level="metric").notna().any(axis=None):
@@ -321,6 +332,13 @@ def score_tables(scores: pd.DataFrame, title: Callable[[str], str]) -> list[Tabl
             tables.append(_mc2_table(scores.loc[dataset], f"{dataset} · MC2 (probability of the right options)",
                                      models))
     return tables
+
+
+def _difference(row: pd.Series, side: str, fewer: int | None) -> str:
+    """A difference in accuracy from `side` with its p (and the items it rests on where fewer than n), or "–"."""
+    if math.isnan(row[f"diff_vs_{side}"]):
+        return "–"
+    return f"{row[f'diff_vs_{side}']:+.3f} ({row[f'p_vs_{side}']:.3g}{f', n={fewer}' if fewer is not None else ''})"
 
 
 def _mc2_table(scores: pd.DataFrame, title: str, models: list[str]) -> Table:

@@ -834,23 +834,26 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of scores as `summarize` names them, a row per index entry (method, or
     model and method, models in their order in `scores`: a sweep's first is the one the others are
     compared with): accuracy with its Wilson 95% interval, the difference from origin on the items
-    both answered with its Holm-adjusted exact McNemar p, and n; the macro accuracy over relations where rows
-    carry them (LAMA-style probes); confidence, ECE and Brier where some row has them (multiple choice); MC2, its
-    difference from origin's and that difference's Holm-adjusted p where items list their right options
-    (TruthfulQA's MC2 sets). The caption says which tests, that per_prompt's row is its first prompt's, and the mean
-    single-prompt accuracy (and MC2) where per_prompt's or vote's row carries it."""
+    both answered with its Holm-adjusted exact McNemar p, and n; the difference from the first model under the same
+    method with its exact McNemar p, where models are compared (a sweep's, or runs side by side); the macro accuracy
+    over relations where rows carry them (LAMA-style probes); confidence, ECE and Brier where some row has them
+    (multiple choice); MC2, its difference from origin's and that difference's Holm-adjusted p where items list
+    their right options (TruthfulQA's MC2 sets). The caption says which tests, that per_prompt's row is its first
+    prompt's, and the mean single-prompt accuracy (and MC2) where per_prompt's or vote's row carries it."""
     keys = [str(name).capitalize() for name in scores.index.names]
     calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
     macro = "macro_accuracy" in scores.columns and bool(scores["macro_accuracy"].notna().any())
     listed = "mc2" in scores.columns and bool(scores[["mc2", "mean_single_mc2"]].notna().any(axis=None))
-    extra = (["Macro acc."] if macro else []) + (["Conf.", "ECE", "Brier"] if calibrated else []) \
-        + (["MC2", r"$\Delta$ MC2", r"$p$ (MC2)"] if listed else [])
+    index = [i if isinstance(i, tuple) else (i,) for i in scores.index]
+    models = list(dict.fromkeys(i[:-1] for i in index))
+    compared = "diff_vs_first_model" in scores.columns and bool(scores["diff_vs_first_model"].notna().any())
+    first = _tex(str(models[0][0])) if compared else ""
+    extra = ([rf"$\Delta$ {first}", "$p$"] if compared else []) + (["Macro acc."] if macro else []) \
+        + (["Conf.", "ECE", "Brier"] if calibrated else []) + (["MC2", r"$\Delta$ MC2", r"$p$ (MC2)"] if listed else [])
     lines = [r"\begin{table}[t]", r"\centering",
              r"\begin{tabular}{" + "l" * len(keys) + "rcrrr" + "r" * len(extra) + "}", r"\toprule",
              " & ".join([*keys, "Accuracy", r"95\% CI", r"$\Delta$ origin", r"$p$", "$n$", *extra]) + r" \\",
              r"\midrule"]
-    index = [i if isinstance(i, tuple) else (i,) for i in scores.index]
-    models = list(dict.fromkeys(i[:-1] for i in index))
     # origin first within each model: the baseline the other rows are compared with
     order = sorted(range(len(index)), key=lambda n: (models.index(index[n][:-1]), index[n][-1] != "origin"))
     for n in order:
@@ -862,7 +865,11 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
         interval = "--" if pd.isna(row["ci95_low"]) else f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         columns = (["macro_accuracy"] if macro else []) + (list(CALIBRATION) if calibrated else [])
         mc2_versus = "--" if pd.isna(row["diff_mc2_vs_origin"]) else f"${row['diff_mc2_vs_origin']:+.3f}$"
-        extras = [_tex_figure(row[c]) for c in columns] + (
+        shared = row.get("n_vs_first_model", math.nan)
+        first_versus = ["--", "--"] if pd.isna(row.get("diff_vs_first_model", math.nan)) else [
+            f"${row['diff_vs_first_model']:+.3f}$" + (f" ($n={int(shared)}$)" if shared < row["n"] else ""),
+            _tex_p(row["p_vs_first_model"])]
+        extras = (first_versus if compared else []) + [_tex_figure(row[c]) for c in columns] + (
             [_tex_figure(row["mc2"]), mc2_versus, _tex_p(row["p_mc2_vs_origin_holm"])] if listed else [])
         lines.append(" & ".join([*labels, _tex_figure(row["accuracy"]), interval,
                                  *versus, str(int(row["n"])), *extras]) + r" \\")
@@ -879,6 +886,8 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
               r"\caption{" + _tex(caption) + r". 95\% CI: Wilson score interval. $\Delta$ origin: accuracy minus "
               r"origin's on the items both answered (their number where fewer than the row's $n$); $p$: exact "
               r"McNemar test, Holm-adjusted over the methods compared with origin." + note
+              + (rf" $\Delta$ {first}: accuracy minus {first}'s under the same method on the items both answered; "
+                 r"$p$: exact McNemar test, unadjusted." if compared else "")
               + (f" Macro acc.: the mean of the per-relation accuracies ({int(scores['relations'].max())} "
                  "relations)." if macro else "")
               + (r" Over the multiple-choice items, Conf.: mean probability of the option picked (softmax of the "
