@@ -62,6 +62,39 @@ def test_answers_timed_on_a_busy_machine_serve_this_process_only(calibrating, mo
     assert entry["value"] == 3 and entry["load_per_core"] == 1.0  # the load it was timed under, for a reader
 
 
+
+def test_pinned_choices_come_before_the_machines_and_every_choice_is_kept(calibrating):
+    """A run pins the choices its rows were made with: they win over the cache and over calibration being off,
+    and `chosen` holds every choice taken since, for the run to record."""
+    calibrate.measured("dense_attention", {"n": 1}, lambda: {"value": "folded"}, default="sdpa")  # cached: folded
+    calibrate.pin({"dense_attention | n=1": "grouped", "dense_attention | n=2": "split", "newer | n=1": "x"})
+    assert calibrate.chosen() == {}  # a new record
+    assert calibrate.measured("dense_attention", {"n": 1}, lambda: pytest.fail("timed"), default="sdpa") == "grouped"
+    assert calibrate.measured("dense_attention", {"n": 3}, lambda: {"value": "folded"}, default="sdpa") == "folded"
+    assert calibrate.chosen() == {"dense_attention | n=1": "grouped", "dense_attention | n=3": "folded"}
+    calibrate.pin({})
+    assert calibrate.measured("dense_attention", {"n": 1}, lambda: pytest.fail("timed"), default="sdpa") == "folded"
+    for bad in ({"dense_attention | n=1": "fast"}, {"product_plan | n=1": [[1, "turbo"]]}):
+        with pytest.raises(ValueError, match="is no kernel's answer"):
+            calibrate.pin(bad)
+    calibrate.pin({"product_plan | n=1": [[1, "packed"], [64, "library"]], "prefill_attention | n=1": "flex"})
+    assert calibrate.measured("product_plan", {"n": 1}, lambda: pytest.fail("timed"), None) == [[1, "packed"],
+                                                                                             [64, "library"]]
+    calibrate.pin({})
+
+
+def test_a_rank_of_a_sharded_run_times_nothing_new(calibrating):
+    """Ranks timing side by side would time a busy machine and choose apart: they take the cache, else defaults."""
+    calibrate.measured("probe", {"n": 1}, lambda: {"value": 1}, default=-1)
+    calibrate.forget()
+    calibrate.time_new(False)
+    try:
+        assert calibrate.measured("probe", {"n": 1}, lambda: pytest.fail("timed"), default=-1) == 1  # cached
+        assert calibrate.measured("probe", {"n": 2}, lambda: pytest.fail("timed"), default=-1) == -1
+    finally:
+        calibrate.time_new(True)
+    assert len(json.loads(calibrating.read_text())) == 1  # the default is not saved as an answer
+
 def test_load_per_core_is_the_load_average_over_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(calibrate.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
     monkeypatch.setattr(calibrate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)

@@ -142,6 +142,36 @@ def test_resume_after_interruption(tiny, items, reference, tmp_path):
     assert not final.duplicated(["method", "id"]).any()
 
 
+
+def test_a_resumed_run_takes_the_kernels_its_rows_were_made_with(tiny, items, tmp_path, monkeypatch):
+    """bfloat16 rows round by the CPU kernels: a resumed process (another thread count, a busy calibration not
+    kept, calibration turned on) takes the kernels the run recorded, not the ones this machine would time now."""
+    from minirun.layers import calibrate
+
+    def stop_after_3(row: dict, seen: list = []) -> None:
+        seen.append(row)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny, items, METHODS, tmp_path, on_row=stop_after_3, **SETTINGS)  # calibration off: defaults
+    recorded = json.loads((tmp_path / "kernels.rank0.json").read_text())
+    assert any(key.startswith("product_plan | ") for key in recorded)
+    assert {v for k, v in recorded.items() if k.startswith("dense_attention | ")} == {"sdpa"}
+    monkeypatch.setenv("MINIRUN_CALIBRATE", "1")  # this process would now choose otherwise
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(calibrate, "race", lambda candidates, repeats=7: {
+        name: 0.0 if name in ("grouped", "library") else 1.0 for name in candidates})
+    taken = {}
+    monkeypatch.setattr(loop.ResultStore, "record_kernels", lambda store, choices: taken.update(choices))
+    evaluate(tiny, items, METHODS, tmp_path, **SETTINGS)
+    assert taken and all(taken[key] == recorded[key] for key in taken.keys() & recorded.keys())
+    assert {v for k, v in taken.items() if k not in recorded} <= {"grouped"}  # shapes the first process never met
+    (tmp_path / "kernels.rank0.json").write_text('{"dense_attention | rows=1": "fast"}')
+    with pytest.raises(MinirunError, match=r"kernels.rank\*.json of .* records dense_attention \| rows=1: 'fast' is "
+                                           "no kernel's answer: delete that file"):
+        evaluate(tiny, items, METHODS, tmp_path, **SETTINGS)
+
 def test_a_pilot_run_grows_to_more_items_keeping_its_rows(tiny, items, reference, tmp_path):
     """A pilot over the first items (--max-samples 2) resumed over more keeps its rows and runs only the items
     added, and the table is the run over all of them; fewer items than the run holds are refused, naming both
@@ -1013,9 +1043,11 @@ def test_ranks_run_the_very_batches_one_process_runs(tiny, items, tmp_path, monk
         (method, tuple(q.question for q in qs))) or real(llm, method, qs, options))
     evaluate(tiny, items[:5], ["origin", "avg"], tmp_path / "one", **SETTINGS)  # batches of 2
     alone, seen[:] = sorted(seen), []
+    timing = []  # ranks side by side time no kernel anew (they would choose apart), and the process times again after
+    monkeypatch.setattr(loop.calibrate, "time_new", timing.append)
     tables = [evaluate(tiny, items[:5], ["origin", "avg"], tmp_path / "two", rank=rank, world_size=2, **SETTINGS)
               for rank in range(2)]
-    assert sorted(seen) == alone and len(alone) == 6
+    assert sorted(seen) == alone and len(alone) == 6 and timing == [False, True] * 2
     assert sorted(len(t) for t in tables) == [4, 6]  # each rank's own rows: 1 and 2 batches of each method
     idle = evaluate(tiny, items[:2], ["origin"], tmp_path / "idle", rank=1, world_size=2, **SETTINGS)  # one batch
     assert idle.empty and "correct" in idle.columns  # a rank with no batch returns its (empty) table's columns

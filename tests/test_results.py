@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from minirun.errors import MinirunError
-from minirun.eval.results import COLUMNS, ResultStore, integer_columns, key_differences, merge, read_results
+from minirun.eval.results import (COLUMNS, ResultStore, integer_columns, key_differences, merge, read_results,
+                                  run_kernels)
 
 KEY = {"model": "tiny", "dataset": "sample-qa", "k": 5}
 IDS = [f"q{i}" for i in range(6)]
@@ -309,3 +310,21 @@ def test_the_jsonl_mirror_refuses_what_json_cannot_hold():
 
     with pytest.raises(TypeError, match="cannot store set in a result row"):
         strict_json({"a": {1, 2}})
+
+
+def test_a_runs_kernel_choices_are_recorded_per_rank_and_read_lowest_rank_first(tmp_path):
+    """What `eval` pins on resuming: every rank's record, rank 0's where two differ; a damaged record is refused."""
+    with ResultStore(tmp_path, {"model": "m"}, rank=1) as store:
+        store.record_kernels({"dense_attention | n=1": "grouped", "dense_attention | n=2": "folded"})
+        written = (tmp_path / "kernels.rank1.json").stat().st_mtime_ns
+        store.record_kernels({"dense_attention | n=1": "grouped"})  # nothing new: not written again
+        assert (tmp_path / "kernels.rank1.json").stat().st_mtime_ns == written
+    with ResultStore(tmp_path, {"model": "m"}, rank=0) as store:
+        store.record_kernels({"dense_attention | n=1": "sdpa"})
+    assert run_kernels(tmp_path) == {"dense_attention | n=1": "sdpa", "dense_attention | n=2": "folded"}
+    (tmp_path / "kernels.rank1.json").write_text('{"dense_attention | n=1": 3}')
+    with pytest.raises(MinirunError, match=r"kernels.rank1.json is not the record of kernel choices minirun writes: "
+                                           "delete it"):
+        run_kernels(tmp_path)
+    with pytest.raises(MinirunError, match="kernels.rank1.json is not the record"):
+        ResultStore(tmp_path, {"model": "m"}, rank=1)  # its own record, read to add to it

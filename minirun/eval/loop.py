@@ -46,7 +46,8 @@ from minirun.eval.prompts import (
     option_list,
     prompt_format,
 )
-from minirun.eval.results import REBUILT, SOURCES, ResultStore, merge, read_results, recorded_run_key
+from minirun.eval.results import REBUILT, SOURCES, ResultStore, merge, read_results, recorded_run_key, run_kernels
+from minirun.layers import calibrate
 from minirun.layers.calibrate import device_name, seconds_set_aside
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import (
@@ -698,6 +699,10 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
     with contextlib.ExitStack() as stack:
         stores = [stack.enter_context(ResultStore(run.output_dir, run.run_key, rank, [item.id for item in run.items],
                                                   run.method_keys, run.sources, run.data.grown)) for run in runs]
+        _pin_kernels(runs)
+        stack.callback(calibrate.pin, {})  # the runs' choices, not a later generate's
+        calibrate.time_new(world_size == 1)  # ranks timing side by side would choose apart (`time_new`)
+        stack.callback(calibrate.time_new, True)
         bar = stack.enter_context(_progress(progress))
         lanes: dict[Lane, list[list[Item]]] = {}
         mine: list[set[tuple[str, str]]] = []  # this rank's (method, item id) of each run
@@ -735,6 +740,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             rows = [{**row, "machine": machine, **({"popularity": views[row["id"]]} if row["id"] in views else {})}
                     for row in rows]
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
+            stores[i].record_kernels(calibrate.chosen())
             bar.advance(overall, len(rows))
             for row in rows if on_row is not None else ():
                 on_row(row)
@@ -746,6 +752,20 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         mine_rows = pd.Series([pair in pairs for pair in zip(table["method"], table["id"])], index=table.index, dtype=bool)
         tables.append(table[mine_rows].reset_index(drop=True))  # a Series: an empty list would pick no columns
     return tables
+
+
+def _pin_kernels(runs: list[Run]) -> None:
+    """Pin the CPU kernel choices the runs' earlier processes made their rows with (the first run's where two
+    differ): bfloat16 rows round by the kernels, so a resumed run (or a rank) choosing anew would mix two
+    roundings in one table."""
+    pins: dict[str, Any] = {}
+    for run in runs:
+        pins = {**run_kernels(run.output_dir), **pins}
+    try:
+        calibrate.pin(pins)
+    except ValueError as e:
+        raise MinirunError(f"a kernels.rank*.json of {', '.join(str(run.output_dir) for run in runs)} records {e}: "
+                           "delete that file (the run's next process records its own)") from None
 
 
 def _within_memory(llm: LLM, answer: Callable[[list[Item]], list[dict]], batch: list[Item], method: str,

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
+_KERNELS = re.compile(r"kernels\.rank(\d+)\.json$")  # each rank's kernel choices (`ResultStore.record_kernels`)
 # Run-key entries recorded since a version of minirun whose earlier runs made rows another way: a key that
 # lacks one holds rows made that way (entries not listed here, missing, are simply not compared).
 RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "minirun", "answers": "first line",
@@ -359,6 +360,26 @@ def strict_json(value: object) -> object:
     raise TypeError(f"cannot store {type(value).__name__} in a result row")
 
 
+def run_kernels(output_dir: Path, files: list[Path] | None = None) -> dict[str, object]:
+    """The kernel choices a run's processes recorded ({choice key: value}, every rank's file, the lowest rank's
+    where two differ): what the run's rows were made with on a CPU, for a later process to pin. A file that is not
+    such a record is refused in one line: pinned, a damaged choice would fail deep in a kernel."""
+    if files is None:
+        found = [(int(m.group(1)), p) for p in output_dir.glob("kernels.rank*.json") if (m := _KERNELS.match(p.name))]
+        files = [p for _, p in sorted(found)]
+    choices: dict[str, object] = {}
+    for path in files:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        if not isinstance(record, dict) or not all(isinstance(v, (str, list)) for v in record.values()):
+            raise MinirunError(f"{path} is not the record of kernel choices minirun writes: delete it (the run's "
+                               "next process records its own)")
+        choices = {**record, **choices}
+    return choices
+
+
 class ResultStore:
     """Appends result rows for one rank of a run and remembers what is already done.
 
@@ -393,6 +414,8 @@ class ResultStore:
             rows = list(journal_rows(self.output_dir, {item_id: i for i, item_id in enumerate(recorded)}).values())
             self._check_run(_canonical({"run_key": run_key, "item_ids": item_ids}), _canonical(method_keys or {}),
                             {row["method"] for row in rows}, _canonical(sources or {}))
+            self._kernels_file = self.output_dir / f"kernels.rank{rank}.json"
+            self._recorded = run_kernels(self.output_dir, [self._kernels_file]) if self._kernels_file.is_file() else {}
         except BaseException:
             self._lock.close()
             raise
@@ -452,6 +475,15 @@ class ResultStore:
         os.fsync(self._file.fileno())
         for row in new:
             self._done.setdefault(row["method"], set()).add(row["id"])
+
+    def record_kernels(self, choices: dict[str, object]) -> None:
+        """Add the kernel choices this process has taken (`layers.calibrate.chosen`) to this rank's record, once they
+        made rows: a later process of the run pins them (`run_kernels`), so its rows round as these did."""
+        merged = {**self._recorded, **choices}
+        if merged != self._recorded:
+            write_atomic(self._kernels_file, lambda tmp: tmp.write_text(json.dumps(merged, indent=1, sort_keys=True)
+                                                                        + "\n", encoding="utf-8"))
+            self._recorded = merged
 
     def finalize(self) -> pd.DataFrame:
         """Write the merged table of all ranks' rows (call once every rank has finished)."""

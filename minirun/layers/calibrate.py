@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from minirun.layers import flex
 from minirun.layers.compiled import seconds_compiling
-from minirun.layers.linear import STREAM_MAX_ROWS, Plan, packed_linear, stream_product
+from minirun.layers.linear import KERNELS, STREAM_MAX_ROWS, Plan, packed_linear, stream_product
 from minirun.layers.masks import additive
 from minirun.paths import cache_root, read_cache, write_atomic
 
@@ -41,6 +41,11 @@ DEFAULT_PREFILL = "sdpa"  # measured on AMD EPYC (Zen 4): SDPA over the written 
 DEFAULT_DENSE = "sdpa"  # uncalibrated dense attention: the kernel torch itself picks
 
 _memo: dict[str, Any] = {}  # this process's reads of the cache file, by key
+# A run's rows round by the kernels that made them (bfloat16 most): what an evaluation pins (`pin`) is taken over
+# whatever this machine would time now, and every choice taken since is kept (`chosen`) for the run to record.
+_pinned: dict[str, Any] = {}
+_chosen: dict[str, Any] = {}
+_timing = {"allowed": True}  # `time_new`: whether a choice not yet cached may be timed
 
 
 def parse_cpuinfo(text: str) -> tuple[str, str | None, dict[str, bool]]:
@@ -109,11 +114,45 @@ def native_bfloat16() -> bool:
     return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
 
 
+ANSWERS = {"prefill_attention": ("sdpa", "flex"), "dense_attention": ("sdpa", "folded", "grouped", "split")}
+
+
+def pin(choices: dict[str, Any]) -> None:
+    """Take `choices` (as `chosen` gave them to an earlier process of a run) over this machine's own answers from
+    now on, and start a new record of the choices taken: a resumed evaluation then rounds its rows as the process
+    that began it did, whether that one timed the kernels on a busy machine, with another thread count or with
+    calibration off. {} unpins. A choice this minirun does not make is passed over (a newer one's); one it makes
+    with an answer no kernel gives raises ValueError naming it."""
+    for choice, value in choices.items():
+        name = choice.partition(" | ")[0]
+        plan = name == "product_plan" and isinstance(value, list) and bool(value) and all(
+            isinstance(e, list) and len(e) == 2 and type(e[0]) is int and e[1] in KERNELS for e in value)
+        if name in (*ANSWERS, "product_plan") and not plan and value not in ANSWERS.get(name, ()):
+            raise ValueError(f"{choice}: {value!r} is no kernel's answer")
+    _pinned.clear()
+    _pinned.update({c: v for c, v in choices.items() if c.partition(" | ")[0] in (*ANSWERS, "product_plan")})
+    _chosen.clear()
+
+
+def chosen() -> dict[str, Any]:
+    """Every kernel choice taken since the last `pin`, by `choice_key`: what a run records to pin them later."""
+    return dict(_chosen)
+
+
+def time_new(allowed: bool) -> None:
+    """Whether a choice the cache does not hold may be timed (else it takes the default). Ranks of a sharded run
+    timing side by side would each time a busy machine and choose apart, so their table would not be one
+    process's: they take what the cache holds, the same for all, and the defaults beyond it."""
+    _timing["allowed"] = allowed
+
+
 def forget() -> None:
-    """Drop what this process has read of the calibration cache, as a new process starts: the next
+    """Drop what this process has read of the calibration cache and any pins, as a new process starts: the next
     `measured` reads the file again (and warns again of a busy machine)."""
     global _told_busy
     _memo.clear()
+    _pinned.clear()
+    _chosen.clear()
     _told_busy = False
 
 
@@ -180,21 +219,35 @@ def seconds_set_aside() -> float:
 
 
 def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, Any]], default: Any) -> Any:
-    """The cached `value` of measurement `name` at `shape` on this machine, measuring it once if new.
+    """The cached `value` of measurement `name` at `shape` on this machine, measuring it once if new; a value
+    pinned for it (`pin`) instead, and each one taken kept for `chosen`.
 
     `measure()` returns {"value": ..., plus the timings behind it}; all of it is written to the cache
     file so a reader can see why a kernel was chosen. An answer timed while other processes loaded the machine
     (`load_per_core` above BUSY) is used by this process only: kept on disk, it would choose for every later one
     (a bfloat16 one-row product timed at 312 ms beside a test suite, 3.5 ms alone, picked the slower kernel).
     """
-    if not enabled():
-        return default
-    key = f"{machine_key()} | {name} | " + ", ".join(f"{k}={v}" for k, v in sorted(shape.items()))
+    choice = f"{name} | " + ", ".join(f"{k}={v}" for k, v in sorted(shape.items()))
+    if choice in _pinned:
+        value = _pinned[choice]
+    elif not enabled():
+        value = default
+    else:
+        value = _cached(f"{machine_key()} | {choice}", measure, default)
+    _chosen[choice] = value
+    return value
+
+
+def _cached(key: str, measure: Callable[[], dict[str, Any]], default: Any) -> Any:
+    """`measured`'s answer from this process's memo or the cache file, else timed now (or `default` where
+    `time_new` forbids it)."""
     if key in _memo:
         return _memo[key]
     path = cache_file()
     entry = _read_entries(path).get(key)
-    if not (isinstance(entry, dict) and "value" in entry):
+    if not (isinstance(entry, dict) and "value" in entry) and not _timing["allowed"]:
+        entry = {"value": default}
+    elif not (isinstance(entry, dict) and "value" in entry):
         global _measuring
         start = time.perf_counter()
         entry = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
