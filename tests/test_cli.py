@@ -695,6 +695,37 @@ def test_ctrl_c_says_what_a_resumable_command_kept(capsys, resumable):
                                                     "again to go on from there" if resumable else "interrupted")
 
 
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_and_says_so(capsys):
+    """A scheduler's time limit (or torchrun stopping the other ranks) sends SIGTERM, which ended the process
+    without a word: it now stops as Ctrl-C does, says what was kept, exits 143, and the handler before is restored."""
+    import os
+    import signal
+    import time
+
+    import typer
+
+    from minirun.cli.common import friendly
+
+    def killed() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs between Python steps: here, not after the call returns
+
+    def before(signum: int, frame: object) -> None:  # what the process had: noted, so a failure ends no test run
+        caught.append(signum)
+
+    caught: list[int] = []
+    default = signal.signal(signal.SIGTERM, before)
+    try:
+        with pytest.raises(typer.Exit) as stop:
+            friendly(killed, resumable=True)()
+        assert signal.getsignal(signal.SIGTERM) is before and not caught
+    finally:
+        signal.signal(signal.SIGTERM, default)
+    said = capsys.readouterr().err.strip()
+    assert stop.value.exit_code == 143 and said == ("terminated: every finished batch is kept; run the same command "
+                                                    "again to go on from there")
+
 def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
     """The console script imports torch through the commands (seconds): a Ctrl-C then is `interrupted`, 130."""
     import sys

@@ -5,7 +5,9 @@ import functools
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -101,9 +103,19 @@ def _utf8(value: object) -> bool:
     return True
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, torchrun stopping the other ranks) taken as Ctrl-C is: the command stops
+    between Python steps, its files closed, and says so."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def friendly(fn: Callable, resumable: bool = False) -> Callable:
-    """Turn MinirunError, a refused path (OSError), running out of memory and Ctrl-C into a one-line message and a
-    non-zero exit; a `resumable` command's Ctrl-C says that what it finished is kept and how to go on."""
+    """Turn MinirunError, a refused path (OSError), running out of memory, Ctrl-C and SIGTERM into a one-line message
+    and a non-zero exit (130, or 143 for SIGTERM); a `resumable` command's interrupt says that what it finished is
+    kept and how to go on."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -112,6 +124,8 @@ def friendly(fn: Callable, resumable: bool = False) -> Callable:
             print_error(f"an argument is not UTF-8 text ({str(bad).encode('utf-8', 'replace').decode()!r}): give it "
                         "in UTF-8 (set the terminal's and the locale's encoding to UTF-8)")
             raise typer.Exit(1)
+        main = threading.current_thread() is threading.main_thread()  # where a signal handler may be set
+        before = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             return fn(*args, **kwargs)
         except MinirunError as e:
@@ -131,10 +145,14 @@ def friendly(fn: Callable, resumable: bool = False) -> Callable:
                         "resumes from the batches finished; eval halves its batches itself), fewer paraphrases, a "
                         "smaller --max-new-tokens — or a smaller model or --dtype")
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: every finished batch is kept; run the same command again to go on from there"
-                      if resumable else "interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            how = "terminated" if isinstance(e, Terminated) else "interrupted"
+            err.print(f"{how}: every finished batch is kept; run the same command again to go on from there"
+                      if resumable else how)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, before)
 
     return wrapper
 
