@@ -328,3 +328,26 @@ def test_a_runs_kernel_choices_are_recorded_per_rank_and_read_lowest_rank_first(
         run_kernels(tmp_path)
     with pytest.raises(MinirunError, match="kernels.rank1.json is not the record"):
         ResultStore(tmp_path, {"model": "m"}, rank=1)  # its own record, read to add to it
+
+
+def test_a_batch_cut_off_part_way_leaves_no_line_of_it(tmp_path, monkeypatch):
+    """A full disk wrote part of a batch: its whole lines were kept and a resume redid the rest as a smaller batch
+    (other rounding in bfloat16). The journal is cut back to the batch before, and the error goes on."""
+    import errno
+
+    from minirun.eval import results
+
+    rows = [{c: None for c in COLUMNS} | {"id": f"q{i}", "method": "avg", "tokens": 1, "seconds": 0.1}
+            for i in range(4)]
+    with ResultStore(tmp_path, {"model": "m"}) as store:
+        store.add_batch(rows[:2])
+        kept = (tmp_path / "results.rank0.jsonl").read_bytes()
+        real = results.os.write
+        monkeypatch.setattr(results.os, "write", lambda fd, data: real(fd, data[:len(data) * 3 // 4]) if len(data)
+                            > 200 else (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        with pytest.raises(OSError, match="No space left"):
+            store.add_batch(rows[2:])
+        monkeypatch.undo()
+        assert (tmp_path / "results.rank0.jsonl").read_bytes() == kept
+    with ResultStore(tmp_path, {"model": "m"}) as store:
+        assert store.done("avg") == {"q0", "q1"}

@@ -422,7 +422,7 @@ class ResultStore:
         self._done: dict[str, set[str]] = {}
         for row in rows:
             self._done.setdefault(row["method"], set()).add(row["id"])
-        self._file = self.journal.open("a", encoding="utf-8")
+        self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _check_run(self, info: dict, methods: dict[str, dict], answered: set[str], sources: dict) -> None:
         """Refuse rows of another run. A setting only one side records (one a newer minirun added, or
@@ -463,16 +463,24 @@ class ResultStore:
 
         One write, not one per row: an interrupt between rows kept part of a batch, and its rest was redone as a
         smaller batch, whose float results differ in the last bits (bfloat16: up to ~1e-2) from the batch a
-        fresh run makes."""
+        fresh run makes. A write that fails or is interrupted part way (a full disk) is cut off again, so the
+        journal never holds part of a batch in whole lines."""
         for row in rows:
             if missing := [c for c in COLUMNS if c not in row]:
                 raise ValueError(f"result row lacks column(s) {', '.join(missing)}")
         new = [row for row in rows if row["id"] not in self._done.get(row["method"], ())]
         if not new:
             return
-        self._file.write("".join(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in new))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        data = memoryview("".join(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
+                                  for row in new).encode("utf-8"))
+        start = os.fstat(self._fd).st_size
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
+        except BaseException:
+            os.ftruncate(self._fd, start)
+            raise
         for row in new:
             self._done.setdefault(row["method"], set()).add(row["id"])
 
@@ -487,11 +495,12 @@ class ResultStore:
 
     def finalize(self) -> pd.DataFrame:
         """Write the merged table of all ranks' rows (call once every rank has finished)."""
-        self._file.flush()
         return merge(self.output_dir)
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:  # closed once, however often asked
+            os.close(self._fd)
+            self._fd = -1
         self._lock.close()
 
     def __enter__(self) -> ResultStore:
