@@ -78,6 +78,8 @@ def test_missing_verdicts_are_not_counted():
     s = summarize(df)
     assert s.loc["vote", "n"] == 2 and s.loc["vote", "accuracy"] == 1.0
     assert s.loc["vote", "ci95_high"] == 1.0  # Wilson for 2 of 2, not 2 of 4
+    df.loc[df["method"] == "single", "correct"] = [True, None, None, None]  # its exact is True on q0 only
+    assert summarize(df).loc["single", "exact_accuracy"] == 1.0  # over the one row n counts, not 1 of 4
 
 
 def test_by_relation():

@@ -325,6 +325,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     `paired_stats`, NaN where they do not apply."""
     _check(df)
     df = df.astype({"correct": float, "exact": float})
+    df["exact"] = df["exact"].where(df["correct"].notna())  # over the rows n counts, not those without a verdict
     scores = _scores(df, _keys(df)).join(calibration(df)).join(macro_accuracy(df)).join(mc2(df))
     if "model" in df.columns:
         paired = pd.concat({model: paired_stats(part) for model, part in df.groupby("model", sort=True)},
