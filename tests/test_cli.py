@@ -151,6 +151,8 @@ def test_generate_methods_json(tiny, method):
     question = Question("What is the capital of France?", ["What is the capital of France?", *paras])
     expected = run_method(minirun.load(tiny), method, [question], EnsembleOptions(max_new_tokens=6))[0]
     assert out["token_ids"] == expected.token_ids
+    # origin's run beside the others (a loop over methods) is kept, and told that it used no paraphrase
+    assert ("origin asks the question alone: the 2 paraphrase(s) are not used" in result.stderr) == (method == "origin")
     if method == "per_prompt":
         assert out["answers"] == expected.answers and len(out["answers"]) == 3
 
@@ -305,8 +307,9 @@ def test_paraphrases_that_repeat_the_question_are_named_and_few_shot_k_needs_few
     reworded = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "-p", "France's capital?",
                       "--max-new-tokens", "2")
     assert reworded.exit_code == 0 and "answers as origin" not in reworded.stderr
-    one_line_error(invoke("generate", "--model", "no/such-model-loaded", "Capital?", "--few-shot-k", "3"),
-                   "--few-shot-k counts the examples drawn from --few-shot", "add --few-shot FILE")
+    for command in ("generate", "mask"):  # mask drew no example and said nothing
+        one_line_error(invoke(command, "--model", "no/such-model-loaded", "Capital?", "--few-shot-k", "3"),
+                       "--few-shot-k counts the examples drawn from --few-shot", "add --few-shot FILE")
 
 
 def test_fusion_without_paraphrases_is_one_line_error(tiny):
@@ -480,6 +483,8 @@ def test_options_no_method_reads_are_refused(tiny, tmp_path):
     run = ["eval", "--model", tiny, "--max-samples", "1", "--no-progress", "--output", tmp_path / "run"]
     for args, needle in [
         (["generate", "--model", tiny, "hi", "-p", "x"], "paraphrases were given without --method"),
+        (["generate", "--model", tiny, "-m", "", "hi", "-p", "x"], "unknown method ''"),  # not origin's answer
+        (["generate", "--model", tiny, "hi", "--seed", "5"], "--seed seeds the sampling draws, and greedy decoding"),
         ([*ask, "--positions", "restart"], "--positions only applies to flex, not to avg"),
         ([*ask, "--flex-bias", "2"], "--flex-bias only applies to flex"),
         ([*ask, "--fusion-layer", "1"], "--fusion-layer only applies to hidden_avg"),

@@ -62,11 +62,13 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
     shots = tmp_path / "shots.jsonl"
     shots.write_text("{}\n")
     answers = ["generate", "avg,max", "weighted_max", "Capital of France?", "",  # a paraphrase is required
-               "France's capital?", "", "tiny-llama", "0", "8", str(tmp_path / "missing.jsonl"), str(shots), "3", ""]
-    argv, echoed, _ = drive(answers, models_dir)
+               "France's capital?", "", "tiny-llama", "0", "8", str(tmp_path / "missing.jsonl"), str(shots), "0", ""]
+    argv, echoed, prompts = drive(answers, models_dir)
     assert argv == ["generate", "--method", "weighted_max", "--model", str(models_dir / "tiny-llama"),
-                    "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "3",
-                    "--max-new-tokens", "64", "--paraphrase", "France's capital?", "--", "Capital of France?"]
+                    "--num-samples", "8", "--few-shot", str(shots), "--few-shot-k", "0",  # as the command allows
+                    "--paraphrase", "France's capital?", "--", "Capital of France?"]
+    # no --max-new-tokens: the command's own default, 256 for worked maths examples (a fixed 64 cut them short)
+    assert ("max new tokens (empty: 64, 256 with worked maths examples)", "") in prompts
     assert echoed == ["'avg,max': this task runs one method: give a single name",
                       "this method answers over paraphrases: give at least one",
                       f"models in {models_dir}: smollm2-135m-instruct, tiny-llama",
@@ -125,10 +127,11 @@ def test_eval_defaults_and_bench(models_dir):
                                            "--few-shot-k", "5"]
     assert [_default(eval_command, n) for n in ("positions", "num_prompts", "few_shot_k", "max_new_tokens")] == \
         ["right", 5, 5, None] and _default(eval_command, "max_samples") is None
-    argv, _, _ = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
-    assert argv[argv.index("--max-new-tokens") + 1] == str(NEW_TOKENS) and _default(generate, "max_new_tokens") is None
+    argv, _, prompts = drive(["generate", "origin", "Q?", "", "", ""], models_dir)  # origin asks no paraphrase
+    assert argv == ["generate", "--method", "origin", "--", "Q?"] and _default(generate, "max_new_tokens") is None
+    assert not any(p.startswith("paraphrase") for p, _ in prompts) and NEW_TOKENS == 64
     argv, _, prompts = drive(["generate", "", "Q?", "", "", ""], models_dir)  # no method: the prompt alone
-    assert argv == ["generate", "--max-new-tokens", "64", "--", "Q?"] and _default(generate, "method") is None
+    assert argv == ["generate", "--", "Q?"] and _default(generate, "method") is None
     assert not any(p.startswith("paraphrase") for p, _ in prompts)
     argv, echoed, _ = drive(["bench", "origin,flex", "flex", str(models_dir / "not-a-model"),
                              str(models_dir / "tiny-llama"), "4", "1", "8"], models_dir)
@@ -162,16 +165,16 @@ def test_local_models_are_finished_checkpoints(models_dir):
             (models_dir / folder / "model.safetensors").write_bytes(b"")
     assert local_models(models_dir) == ["Org/pulled", "smollm2-135m-instruct", "tiny-llama"]
     assert local_models(models_dir / "absent") == []
-    argv, _, _ = drive(["generate", "origin", "Q?", "", "Org/pulled", "", ""], models_dir)
+    argv, _, _ = drive(["generate", "origin", "Q?", "Org/pulled", "", ""], models_dir)
     assert argv[argv.index("--model") + 1] == str(models_dir / "Org" / "pulled")
 
 
 def test_the_default_model_offered_is_the_one_the_command_runs(models_dir, monkeypatch):
     monkeypatch.setenv("MINIRUN_MODEL", str(models_dir / "tiny-llama"))
-    argv, _, prompts = drive(["generate", "origin", "Q?", "", "", "", ""], models_dir)
+    argv, _, prompts = drive(["generate", "origin", "Q?", "", "", ""], models_dir)
     assert ("model (listed name, checkpoint dir or HF repo id)", str(models_dir / "tiny-llama")) in prompts
     assert "--model" not in argv  # the command runs $MINIRUN_MODEL without it
-    argv, _, _ = drive(["generate", "origin", "Q?", "", "smollm2-135m-instruct", "", ""], models_dir)
+    argv, _, _ = drive(["generate", "origin", "Q?", "smollm2-135m-instruct", "", ""], models_dir)
     assert argv[argv.index("--model") + 1] == "smollm2-135m-instruct"  # not $MINIRUN_MODEL
 
 

@@ -322,6 +322,11 @@ def test_pull_unknown_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MinirunError, match="out_f32 is a local folder: pull only downloads; give it to --model"):
         hub.pull("./out_f32", tmp_path / "models")
+    (tmp_path / "local" / "copy").mkdir(parents=True)  # named like a hub id: --model takes the folder
+    with pytest.raises(MinirunError, match="local/copy is a local folder"):  # not a download of repo local/copy
+        hub.pull("local/copy", tmp_path / "models")
+    with pytest.raises(MinirunError, match=r"unknown model ''"):  # not "this folder is a local folder"
+        hub.pull("", tmp_path / "models")
 
 
 def test_default_paths(monkeypatch, tmp_path):

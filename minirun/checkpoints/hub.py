@@ -165,10 +165,13 @@ def pull(name_or_repo: str, models_dir: str | Path | None = None, progress: bool
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     if revision is not None:
         name_or_repo = _pinned(name_or_repo, revision)
-    if name_or_repo != DEFAULT_MODEL and not is_hub_id(name_or_repo):
-        local = f"{name_or_repo} is a local folder: pull only downloads; give it to --model as it is" \
-            if Path(name_or_repo).is_dir() else f"unknown model {name_or_repo!r}"
-        raise MinirunError(f"{local} (pull takes {DEFAULT_MODEL!r} or an HF repo id like 'Qwen/Qwen2.5-0.5B-Instruct', "
+    # a folder here is what --model takes (`model_folder`), even one named like a hub id; "" would be this folder
+    local = bool(name_or_repo.strip()) and Path(name_or_repo).is_dir() \
+        and Path(name_or_repo).resolve() != pull_target(name_or_repo, models_dir).resolve()
+    if name_or_repo != DEFAULT_MODEL and (local or not is_hub_id(name_or_repo)):
+        what = f"{name_or_repo} is a local folder: pull only downloads; give it to --model as it is" \
+            if local else f"unknown model {name_or_repo!r}"
+        raise MinirunError(f"{what} (pull takes {DEFAULT_MODEL!r} or an HF repo id like 'Qwen/Qwen2.5-0.5B-Instruct', "
                            "optionally pinned to a branch, tag or commit as 'Qwen/Qwen2.5-0.5B-Instruct@<revision>')")
     target = pull_target(name_or_repo, models_dir)
     if is_complete(target):

@@ -245,6 +245,13 @@ def method_names(values: list[str]) -> list[str]:
 EXAMPLE_FILES = (".jsonl", ".parquet")  # a --few-shot file of worked examples (items, or a benchmark's rows)
 
 
+def check_few_shot_k(path: Optional[Path], k: int) -> None:
+    """--few-shot-k counts examples drawn from --few-shot: given alone it would be silently ignored."""
+    if path is None and k != 5:
+        raise MinirunError("--few-shot-k counts the examples drawn from --few-shot, and none was given: add "
+                           "--few-shot FILE, or drop --few-shot-k")
+
+
 def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: list[str],
                      suffix: Optional[str]) -> tuple[str, str]:
     """(prefix, suffix) around each paraphrase as `generate --few-shot` asks and `mask --few-shot` draws it: a file of

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.markup import escape
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_texts, end_stream, err, few_shot_context,
-                                few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file, stream,
-                                top_p_above_zero, warn)
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_few_shot_k, check_texts, end_stream, err,
+                                few_shot_context, few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file,
+                                stream, top_p_above_zero, warn)
 from minirun.errors import MinirunError
 from minirun.methods.names import METHODS, WEIGHTED
 from minirun.text import extract_answer, final_number
@@ -104,14 +104,15 @@ def generate(
     if method is None and paraphrases:
         raise MinirunError("paraphrases were given without --method, which would answer the question alone: "
                            "add --method (e.g. avg or flex) to fuse them, or drop the paraphrases")
+    if method == "origin" and paraphrases:  # kept, as a loop over methods passes every one the same paraphrases
+        warn([f"origin asks the question alone: the {len(paraphrases)} paraphrase(s) are not used (a method such as "
+              "avg, vote or flex answers over them)"], err)
     if rewrites and method in (None, "origin"):
         raise MinirunError("--rewrites only applies to an ensemble method (origin asks the question alone): add "
                            "--method (e.g. avg or flex), or drop --rewrites")
     if thinking is not None and raw:
         raise MinirunError("--thinking/--no-thinking is a chat template's switch, and --raw uses none: drop one of them")
-    if few_shot is None and few_shot_k != 5:  # silently ignored otherwise
-        raise MinirunError("--few-shot-k counts the examples drawn from --few-shot, and none was given: add "
-                           "--few-shot FILE, or drop --few-shot-k")
+    check_few_shot_k(few_shot, few_shot_k)
     if method is None and not paraphrases and few_shot is None:
         ensemble_only = {"--suffix": suffix is not None, "--positions": positions != "right",
                          "--no-share-prefix": not share_prefix, "--flex-bias": flex_bias is not None,
@@ -121,6 +122,9 @@ def generate(
             raise MinirunError(f"{given[0]} only applies with --method, --paraphrase or --few-shot, and this is a plain "
                                "prompt: drop it, or add --method")
         generation_params(temperature, top_k, top_p, seed)  # a bad value fails before the model loads
+        if seed != 0 and temperature == 0:  # silently ignored otherwise, as --top-k and --top-p are refused
+            raise MinirunError("--seed seeds the sampling draws, and greedy decoding (temperature 0) draws none: add "
+                               "--temperature, or drop --seed")
         llm = load_llm(model, device, dtype, compile)
         _plain(llm, prompt, max_new_tokens or NEW_TOKENS, raw, temperature, top_k, top_p, seed, stop, truncate, as_json,
                thinking)
@@ -128,7 +132,7 @@ def generate(
     # Everything below is checked before the model loads, so a typo fails at once.
     from minirun.eval.prompts import WORKED_TOKENS
 
-    method, task = method or "origin", few_shot_task(few_shot)
+    method, task = "origin" if method is None else method, few_shot_task(few_shot)
     if task == "math" and method in WEIGHTED:
         raise MinirunError(f"{method} weighs each prompt by how its 16-token samples agree, and a worked solution "
                            "reaches its final number far later: use vote (self-consistency over the wordings) or "

@@ -13,9 +13,11 @@ from typing import Callable
 
 from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete, is_hub_id
 from minirun.cli.eval import DEFAULT_METHODS
+from minirun.cli.generate import NEW_TOKENS
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES as DATASETS
 from minirun.eval.data import hub_dataset
+from minirun.eval.prompts import WORKED_TOKENS
 from minirun.methods import METHODS
 from minirun.methods.names import WEIGHTED
 from minirun.methods.packing import POSITION_SCHEMES
@@ -191,15 +193,18 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
         argv += ["--method", method]
     if task == "generate":
         question = _prompt(ask, echo, "question", "", lambda a: None if a else "a question is needed")
-        paraphrases = _ask_paraphrases(ask, echo, methods != ["origin"]) if methods else []
+        # origin asks the question alone: paraphrases would go unused
+        paraphrases = _ask_paraphrases(ask, echo, True) if methods and methods != ["origin"] else []
         argv += _ask_model(ask, echo, models_dir)
         argv += _ask_method_options(ask, echo, methods)
         few_shot = _prompt(ask, echo, "few-shot file (.jsonl examples or a prefix text; empty for none)", "",
                            _optional_file)
         if few_shot:
             argv += ["--few-shot", few_shot, "--few-shot-k",
-                     _prompt(ask, echo, "few-shot examples to use", "5", _positive_int)]
-        argv += ["--max-new-tokens", _prompt(ask, echo, "max new tokens", "64", _positive_int)]
+                     _prompt(ask, echo, "few-shot examples to use (0 for none)", "5", _count)]
+        tokens = _prompt(ask, echo, f"max new tokens (empty: {NEW_TOKENS}, {WORKED_TOKENS} with worked maths "
+                         "examples)", "", _optional_int)
+        argv += ["--max-new-tokens", tokens] if tokens else []
         for p in paraphrases:
             argv += ["--paraphrase", p]
         return [*argv, "--", question]  # a question may start with "-" ("-5 plus 7 is?")

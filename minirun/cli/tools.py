@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
-                                check_texts, err, few_shot_context, friendly, load_llm, read_text_file,
+                                check_few_shot_k, check_texts, err, few_shot_context, friendly, load_llm,
+                                read_text_file,
                                 top_p_above_zero)
 from minirun.cli.common import out as tables
 from minirun.errors import MinirunError
@@ -53,6 +54,7 @@ def mask(
         check_figure_path(out)
     if prefix_file is not None and few_shot is not None:
         raise MinirunError("--prefix-file and --few-shot both give the prefix: drop one of them")
+    check_few_shot_k(few_shot, few_shot_k)
     prefix, suffix = few_shot_context(few_shot, few_shot_k, question, list(paraphrase), suffix)
     if prefix_file is not None:
         prefix = read_text_file(prefix_file, "prefix file")
