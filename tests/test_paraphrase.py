@@ -262,12 +262,17 @@ def test_a_rewrite_prompt_past_the_context_is_refused_and_leaves_no_file(checkpo
     short = minirun.load(checkpoint_dirs["llama3"])
     with pytest.raises(minirun.MinirunError, match="needs .* tokens \\(most of them the instruction and worked "
                                                    "examples\\) \\+ 6 new ones, beyond the model's context of 512: "
-                                                   "paraphrase with a model of a longer context"):
+                                                   "rewrite with a model of a longer context, or lower "
+                                                   "--max-new-tokens"):
         paraphrase_file(short, items()[:1], tmp_path / "p.jsonl", max_new_tokens=6)
     assert not (tmp_path / "p.jsonl").exists()  # an empty file read as a finished run of no item
     (tmp_path / "kept.jsonl").write_text("")  # a file that was there stays, empty or not
     with pytest.raises(minirun.MinirunError, match="context of 512"):
         paraphrase_file(short, items()[:1], tmp_path / "kept.jsonl", max_new_tokens=6)
+    long_question = " ".join(["word"] * 600)  # generate --rewrites: its budget is no option, its item no dataset's
+    with pytest.raises(minirun.MinirunError, match=r"^the question's rewrite prompt needs .* longer context \(or give "
+                                                   r"--paraphrase\)$"):
+        paraphrase.rewrite_question(short, long_question, 2)
     assert (tmp_path / "kept.jsonl").exists()
 
 

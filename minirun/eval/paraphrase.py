@@ -301,16 +301,18 @@ def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: fl
 
 @torch.inference_mode()
 def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top_p: float, max_new_tokens: int,
-                  seed: int) -> list[list[str]]:
+                  seed: int, budget: str | None = "--max-new-tokens") -> list[list[str]]:
     """`num` sampled rewrites per item, all items' rewrites in one batched generation. A rewrite cut off
-    at `max_new_tokens` comes back empty: it is unfinished (a cut-off sentence even looks like a fill prompt)."""
+    at `max_new_tokens` comes back empty: it is unfinished (a cut-off sentence even looks like a fill prompt).
+    `budget`: the option that sets `max_new_tokens`, which a prompt past the context names (None: none does)."""
     ids = [llm.prompt_ids(rewrite_prompt(item), thinking=False) for item in items]  # a rewrite, not reasoning
     limit = llm.config.max_position_embeddings
     if long := [(item, len(p)) for item, p in zip(items, ids) if len(p) + max_new_tokens > limit]:
         item, n = long[0]
-        raise MinirunError(f"the rewrite prompt of item {item.id!r} needs {n} tokens (most of them the instruction "
-                           f"and worked examples) + {max_new_tokens} new ones, beyond the model's context of {limit}: "
-                           "paraphrase with a model of a longer context, or lower --max-new-tokens")
+        whose = "the question's rewrite prompt" if budget is None else f"the rewrite prompt of item {item.id!r}"
+        raise MinirunError(f"{whose} needs {n} tokens (most of them the instruction and worked examples) + "
+                           f"{max_new_tokens} new ones, beyond the model's context of {limit}: rewrite with a model "
+                           "of a longer context" + (f", or lower {budget}" if budget else " (or give --paraphrase)"))
     rows = [plain_row(p) for p in ids for _ in range(num)]
     layout = stack_rows(rows, llm.pad_id, llm.device)
     session = llm.session(len(rows), layout.length + max_new_tokens)
@@ -355,7 +357,7 @@ def rewrite_question(llm: LLM, question: str, num: int, temperature: float = 1.5
         max_new_tokens = WORKED_TOKENS if task == "math" else REWRITE_TOKENS
     warn_thinking(llm, max_new_tokens)
     item = Item("question", question, [question], [], task)
-    return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed)[0], item)
+    return kept_rewrites(rewrite_batch(llm, [item], num, temperature, top_p, max_new_tokens, seed, None)[0], item)
 
 
 def warn_thinking(llm: LLM, max_new_tokens: int) -> None:
