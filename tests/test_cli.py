@@ -197,7 +197,7 @@ def test_rewrites_are_the_models_kept_rewordings_fused_like_given_ones(tiny, mon
 
     asked = []
 
-    def rewrite_batch(llm, items, num, temperature, top_p, max_new_tokens, seed):
+    def rewrite_batch(llm, items, num, temperature, top_p, max_new_tokens, seed, budget):
         asked.append((items[0].question, num, temperature, seed))
         return [["Which city is the capital of France?", "", "Capital?", "Name France's capital."]]
 
@@ -226,7 +226,7 @@ def test_a_fill_prompt_under_fill_examples_is_rewritten_into_fill_prompts(tiny, 
 
     asked = []
 
-    def rewrite_batch(llm, items, num, temperature, top_p, max_new_tokens, seed):
+    def rewrite_batch(llm, items, num, temperature, top_p, max_new_tokens, seed, budget):
         asked.append(items[0].task)
         assert paraphrase.FILL_INSTRUCTION in paraphrase.rewrite_prompt(items[0]) or items[0].task != "fill"
         return [["France's capital city is", "Which city is the capital of France?", "The capital of France is Paris"]]
