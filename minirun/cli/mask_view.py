@@ -222,16 +222,19 @@ def render_png(view: MaskView, path: str | Path) -> list[Panel]:
     return panels
 
 
+SEGMENT_CHARS = "123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # paraphrases 1 to 61; "+" beyond
+
+
 def segment_char(kind: str | int) -> str:
     if kind in ("shared", "gen"):
         return {"shared": "P", "gen": "G"}[kind]
-    return "123456789abcdefghijklmnopqrstuvwxyz"[(int(kind) - 1) % 35]
+    return SEGMENT_CHARS[int(kind) - 1] if int(kind) <= len(SEGMENT_CHARS) else "+"  # never another's symbol
 
 
 def render_text(view: MaskView, width: int = 8) -> str:
     """One line per query slot: token, position, one char per key slot (' ' padding, '.' hidden)."""
     lines = ["# a row per query token (its text, its position), a column per key it may see: P shared prompt, "
-             "1-9 a-z the paraphrase it belongs to, G generated, . hidden, blank padding"]
+             "1-9 a-z A-Z the paraphrase it belongs to (+ past the 61st), G generated, . hidden, blank padding"]
     for b, r in enumerate(view.rows):
         lines.append(f"# {view.name} row {b}")
         for q in range(view.length):
