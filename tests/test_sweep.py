@@ -368,6 +368,29 @@ def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path)
     pd.testing.assert_frame_equal(_canon(table), _canon(expected))
 
 
+
+def test_a_model_folder_that_holds_no_checkpoint_is_refused_with_the_file(checkpoint_dirs, tmp_path):
+    """A folder without weights (a pull cut short, a tokenizer copied alone) passed every check: the sweep ran the
+    other models' runs first and stopped at it hours later."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((Path(checkpoint_dirs["qwen2"]) / "config.json").read_text())
+    for folder in (partial, tmp_path / "empty"):
+        folder.mkdir(exist_ok=True)
+        text = f"""
+            [[models]]
+            path = "{checkpoint_dirs["llama3"]}"
+            [[models]]
+            path = "{folder}"
+            [[datasets]]
+            name = "sample-qa"
+            [[methods]]
+            name = "origin"
+        """
+        with pytest.raises(MinirunError, match=rf"models #2 \({folder}\) path: the folder holds no checkpoint \(a "
+                                               "config.json and \\*.safetensors weights\\); point it at a checkpoint"):
+            load_sweep_file(_file(tmp_path, text))
+
 def _files(folder: Path) -> dict[str, int]:
     return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
 

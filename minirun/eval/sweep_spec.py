@@ -212,6 +212,9 @@ def _model(table: dict, where: str) -> ModelSpec:
     if not (Path(spec.path).is_dir() or spec.path == DEFAULT_MODEL or hub):
         raise MinirunError(f"{where} path: no checkpoint directory there; give a directory or a hub id (owner/name, "
                            "or owner/name@revision)")
+    if Path(spec.path).is_dir() and not is_complete(Path(spec.path)):  # else found after other models ran for hours
+        raise MinirunError(f"{where} path: the folder holds no checkpoint (a config.json and *.safetensors weights); "
+                           "point it at a checkpoint directory (`minirun convert` or `pull` makes one)")
     if spec.batch_size is not None:
         _at_least(spec.batch_size, 1, f"{where} batch_size")
     if spec.dtype is not None and spec.dtype not in DTYPES:
