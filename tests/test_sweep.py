@@ -488,6 +488,10 @@ def test_a_dry_run_says_what_a_sweep_would_run_and_writes_nothing(sweep_file, ch
     assert longer.count("refused: its rows were made otherwise (max_new_tokens: 4 -> 5)") == 8
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "longer.toml"), "--output", str(out), "--no-progress"])
     assert result.exit_code == 1 and "holds rows made otherwise (max_new_tokens: 4 -> 5)" in result.output
+    index = (out / "sweep.json").read_bytes()  # a refused sweep leaves it: report still finds flex-restart's runs
+    relabelled = _file(tmp_path, (tmp_path / "longer.toml").read_text().replace('"flex-restart"', '"flex-r"'), "r.toml")
+    result = CliRunner().invoke(app, ["sweep", str(relabelled), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1 and (out / "sweep.json").read_bytes() == index
     shrunk = "it is a run of 2 items and this run asks 1 of them"
     for was, now, said in [("few_shot_k = 1", "few_shot_k = 3", "few_shot_k: 1 -> 3"),
                            ("max_samples = 2", "max_samples = 1", shrunk)]:

@@ -329,11 +329,17 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     plan = cells(sweep, output)
     chosen = _selected(plan, only)
     data = _load_data(sweep, {c.dataset.label for c in chosen})
-    if rank == 0:
-        index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
-                            "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
-                            "series": series_key(c.dataset)} for c in plan]}
-        write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8"))
+    index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
+                        "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
+                        "series": series_key(c.dataset)} for c in plan]}
+
+    def record_index() -> None:
+        """The file's runs as `report` reads them, once they are checked: a refused sweep leaves the index of the
+        runs made as it was (it listed the file's new labels, and `report` hid the finished runs under the old)."""
+        if rank == 0:  # once, not once per process of a torchrun
+            write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n",
+                                                                          encoding="utf-8"))
+
     keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
     states = [_state(c, keys[c.dir], data[c.dataset.label].items) for c in chosen]
@@ -354,6 +360,8 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             raise MinirunError(f"model {model.label}: {e}") from None
     facts.cache_clear()  # a model pulled just now: its weights and dtype are known only here
     _check_models(states, facts)
+    if not todo:
+        record_index()
     with process_group(world_size):
         for model in sweep.models:
             mine = [c for c in todo if c.model is model]
@@ -367,6 +375,7 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
             for label, runs in prepared.items():  # every cell of the model checked before any of them runs
                 for cell, run in zip(groups[label], runs):
                     _check(cell, run, rank)
+            record_index()
             for label, runs in prepared.items():
                 group = groups[label]
                 if rank == 0:  # once, not once per process of a torchrun
