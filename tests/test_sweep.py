@@ -391,6 +391,27 @@ def test_a_model_folder_that_holds_no_checkpoint_is_refused_with_the_file(checkp
                                                "config.json and \\*.safetensors weights\\); point it at a checkpoint"):
             load_sweep_file(_file(tmp_path, text))
 
+
+def test_a_prompt_past_a_models_context_names_the_sweep_run(checkpoint_dirs, tmp_path):
+    """Found only as that model runs (a model of a shorter context than the others): named by model and dataset,
+    not as an eval item alone."""
+    text = f"""
+        [[models]]
+        path = "{checkpoint_dirs["llama3"]}"
+        label = "short"
+        [[datasets]]
+        name = "sample-qa"
+        max_samples = 1
+        [[methods]]
+        name = "origin"
+        [generation]
+        max_new_tokens = 600
+    """
+    with pytest.raises(MinirunError, match=r"^sweep short · sample-qa: item 'qa-001' .* beyond the model's context of "
+                                           "512"):
+        run_sweep(load_sweep_file(_file(tmp_path, text)), tmp_path / "out", lambda m: minirun.load(m.path),
+                  progress=False)
+
 def _files(folder: Path) -> dict[str, int]:
     return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
 

@@ -486,8 +486,12 @@ def _run_cells(llm: LLM, group: list[Cell], runs: list[Run], rank: int, world_si
                on_row: Callable[[dict], None] | None) -> None:
     """One dataset's prepared cells on this rank's shard, as one `evaluate_runs`: each cell keeps its own
     run directory, and the methods that prefill alike prefill each batch once for all the cells (what eval
-    gives the methods of one run). With several ranks, rank 0 merges each cell once all are done."""
-    evaluate_runs(llm, runs, rank=rank, world_size=world_size, progress=progress, on_row=on_row)
+    gives the methods of one run). With several ranks, rank 0 merges each cell once all are done. An error names
+    the model and dataset: a prompt past a later model's context is found only as that model runs."""
+    try:
+        evaluate_runs(llm, runs, rank=rank, world_size=world_size, progress=progress, on_row=on_row)
+    except MinirunError as e:
+        raise MinirunError(f"sweep {group[0].model.label} · {group[0].dataset.label}: {e}") from None
     if world_size > 1:
         wait_for_ranks()
         if rank == 0:
