@@ -412,6 +412,25 @@ def test_a_prompt_past_a_models_context_names_the_sweep_run(checkpoint_dirs, tmp
         run_sweep(load_sweep_file(_file(tmp_path, text)), tmp_path / "out", lambda m: minirun.load(m.path),
                   progress=False)
 
+
+def test_a_dataset_with_too_few_examples_for_its_few_shot_k_is_named_before_any_model_loads(checkpoint_dirs, tmp_path):
+    text = f"""
+        [[models]]
+        path = "{checkpoint_dirs["llama3"]}"
+        [[datasets]]
+        name = "sample-qa"
+        label = "qa-many-shots"
+        few_shot_k = 1000
+        [[methods]]
+        name = "origin"
+    """
+    sweep = load_sweep_file(_file(tmp_path, text))
+    message = r"^dataset qa-many-shots: asked for k=1000 few-shot examples but \d+ are available: .* few_shot_k\)$"
+    with pytest.raises(MinirunError, match=message):
+        survey(sweep, tmp_path / "out")  # the dry run
+    with pytest.raises(MinirunError, match=message):
+        run_sweep(sweep, tmp_path / "out", lambda m: pytest.fail("a model loaded"), progress=False)
+
 def _files(folder: Path) -> dict[str, int]:
     return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
 

@@ -157,9 +157,13 @@ def _data_settings(dataset: DatasetSpec, data: Data) -> DataKey:
     source = dataset.asked_as or dataset.data  # whose prompts these are
     fmt = prompt_format(source, dataset.choice_format)
     prompts = item_prompts(data.items, fmt, dataset.original, dataset.num_prompts)
-    prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k, dataset.choice_format,
-                                 examples_commit(dataset.asked_as, data.few_shot, data.source, data.few_shot_source),
-                                 dataset.few_shot_draw)
+    try:
+        prefixes = few_shot_prefixes(data.items, data.few_shot, source, None, dataset.few_shot_k,
+                                     dataset.choice_format, examples_commit(dataset.asked_as, data.few_shot,
+                                                                            data.source, data.few_shot_source),
+                                     dataset.few_shot_draw)
+    except MinirunError as e:  # too few examples for its few_shot_k: named with the entry, before any model loads
+        raise MinirunError(f"dataset {dataset.label}: {e}") from None
     return DataKey.of(data.items, prompts, prefixes, None, subject_heads(source, data.few_shot), dataset.few_shot_k,
                       dataset.few_shot_draw, fmt, dataset.choice_format)
 
@@ -329,6 +333,9 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     plan = cells(sweep, output)
     chosen = _selected(plan, only)
     data = _load_data(sweep, {c.dataset.label for c in chosen})
+    for dataset in sweep.datasets:  # its few-shot heads can be made (enough examples): before any model loads
+        if dataset.label in data:
+            _data_settings(dataset, data[dataset.label])
     index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                         "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
                         "series": series_key(c.dataset)} for c in plan]}
