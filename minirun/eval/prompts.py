@@ -218,7 +218,8 @@ def build_prefix(task: str, examples: list[Item], k: int = 5, seed: int = 0, cho
     if task not in INSTRUCTIONS:
         raise MinirunError(f"unknown task {task!r}; use one of {', '.join(INSTRUCTIONS)}")
     if not 0 <= k <= len(examples):
-        raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k (--few-shot-k; a sweep dataset's few_shot_k)")
+        raise MinirunError(f"asked for k={k} few-shot examples but {len(examples)} are available: lower k "
+                           "(--few-shot-k; a sweep dataset's few_shot_k)")
     if subject is not None or fmt.ordered:
         shots = examples[:k]
     elif rnd is None:
