@@ -117,7 +117,8 @@ def _default(command, name: str) -> object:
 def test_eval_defaults_and_bench(models_dir):
     """Accepting every default runs what the bare command runs."""
     from minirun.cli.eval import eval_command
-    from minirun.cli.generate import NEW_TOKENS, generate
+    from minirun.cli.common import NEW_TOKENS
+    from minirun.cli.generate import generate
     from minirun.cli.tools import bench
 
     argv, _, _ = drive(["eval"] + [""] * 10, models_dir)

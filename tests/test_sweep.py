@@ -431,6 +431,23 @@ def test_a_dataset_with_too_few_examples_for_its_few_shot_k_is_named_before_any_
     with pytest.raises(MinirunError, match=message):
         run_sweep(sweep, tmp_path / "out", lambda m: pytest.fail("a model loaded"), progress=False)
 
+
+def test_run_folders_of_entries_removed_or_relabelled_are_named_not_dropped_silently(sweep_file, reference, tmp_path):
+    """A relabelled entry runs afresh and a removed one's runs leave the tables: the dry run and report say which
+    folders that leaves out, and a `--models` part names none of the other models' runs."""
+    out = shutil.copytree(reference[0], tmp_path / "run")
+    relabelled = _file(tmp_path, sweep_file.read_text().replace('"flex-restart"', '"flex-r"'))
+    shown = CliRunner().invoke(app, ["sweep", str(relabelled), "--output", str(out), "--dry-run"]).output
+    assert "4 run folders under" in " ".join(shown.split()) and "llama/sample-fill/flex-restart" in shown
+    part = CliRunner().invoke(app, ["sweep", str(sweep_file), "--output", str(out), "--dry-run", "--models", "llama"])
+    assert "belong" not in part.output and part.exit_code == 0  # qwen2's runs are the file's, only not asked now
+    index = json.loads((out / "sweep.json").read_text())  # as a sweep of the file without flex-restart leaves it
+    index["cells"] = [cell for cell in index["cells"] if cell["label"] != "flex-restart"]
+    (out / "sweep.json").write_text(json.dumps(index))
+    report = CliRunner().invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and "4 run folders under" in " ".join(report.output.split())
+    assert "flex-restart" not in report.output.split("run folders")[0]  # no table row of them
+
 def _files(folder: Path) -> dict[str, int]:
     return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
 

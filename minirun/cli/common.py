@@ -103,6 +103,9 @@ def _utf8(value: object) -> bool:
     return True
 
 
+NEW_TOKENS = 64  # generate's budget for a plain generation or a short answer unless told otherwise
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit, torchrun stopping the other ranks) taken as Ctrl-C is: the command stops
     between Python steps, its files closed, and says so."""

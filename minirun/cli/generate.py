@@ -10,14 +10,12 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.markup import escape
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, check_few_shot_k, check_texts, end_stream, err,
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, NEW_TOKENS, check_few_shot_k, check_texts, end_stream, err,
                                 few_shot_context, few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file,
                                 stream, top_p_above_zero, warn)
 from minirun.errors import MinirunError
 from minirun.methods.names import METHODS, WEIGHTED
 from minirun.text import extract_answer, final_number
-
-NEW_TOKENS = 64  # a plain generation's or a short answer's budget unless told otherwise
 
 if TYPE_CHECKING:  # torch's import waits for a command that runs a model: `minirun --help` stays quick
     from minirun.engine.llm import LLM

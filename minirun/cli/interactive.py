@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete, is_hub_id
+from minirun.cli.common import NEW_TOKENS
 from minirun.cli.eval import DEFAULT_METHODS
-from minirun.cli.generate import NEW_TOKENS
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES as DATASETS
 from minirun.eval.data import hub_dataset

@@ -42,7 +42,7 @@ def sweep_command(
 ) -> None:
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
-    from minirun.eval.sweep import run_sweep, survey, sweep_prompts
+    from minirun.eval.sweep import cells, run_sweep, survey, sweep_prompts
     from minirun.eval.sweep_results import sweep_table
     from minirun.eval.sweep_spec import load_sweep_file, selection
 
@@ -53,7 +53,7 @@ def sweep_command(
     if dry_run and show_prompts is not None:
         raise MinirunError("--dry-run loads no model and --show-prompts loads each one: give one of them")
     if dry_run:
-        show_plan(survey(sweep, output, only), output)
+        show_plan(survey(sweep, output, only), output, {str(c.dir.relative_to(output)) for c in cells(sweep, output)})
         return
     load = lambda m: load_llm(m.path, m.device, m.dtype, m.compile)  # noqa: E731
     if show_prompts is not None:  # plain text: prompts hold brackets and markup that rich would read
@@ -73,12 +73,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def show_plan(states: list[CellState], output: Path) -> None:
-    """`sweep --dry-run`: a row per run (its items, those answered, what runs now) and a line per model with work
-    saying where it loads from, or that it is pulled first."""
+def show_plan(states: list[CellState], output: Path, planned: set[str] = frozenset()) -> None:
+    """`sweep --dry-run`: a row per run (its items, those answered, what runs now), a line per model with work
+    saying where it loads from, or that it is pulled first, and one naming run folders of no run `planned` (the
+    file's, `--models`/`--datasets` aside)."""
     import torch
 
     from minirun.checkpoints.hub import is_complete, model_folder
+    from minirun.eval.sweep_results import unlisted_note, unlisted_runs
 
     table = Table(title=f"sweep plan · {output}", title_justify="left")
     for name, justify in (("model", "left"), ("dataset", "left"), ("method", "left"), ("items", "right"),
@@ -109,6 +111,8 @@ def show_plan(states: list[CellState], output: Path) -> None:
                   "each says (restore the file's settings, move an eval's rows out), or give the method or dataset "
                   "(the model, where its weights or dtype changed) a new label (or the sweep a new --output) to run "
                   "them afresh", highlight=False)
+    if unlisted := unlisted_runs(output, set(planned) | {str(s.cell.dir.relative_to(output)) for s in states}):
+        out.print(unlisted_note(unlisted, output), highlight=False)
     todo = sum(1 for s in states if not s.finished)
     out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
               "; nothing was written (drop --dry-run to run it)", highlight=False)
@@ -166,7 +170,7 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
     """`minirun report` on a sweep directory: one table per dataset, models as column groups."""
     from minirun.eval.sweep_results import (load_sweep, mixed_models, mixed_scoring, prompt_series,
                                             sweep_harness_notes, sweep_provenance, sweep_thinking_cut,
-                                            unfinished_cells)
+                                            unfinished_cells, unlisted_note, unlisted_runs)
 
     raw, warnings = load_sweep(run_dir), []  # first: it names a damaged index in one line
     if cells := unfinished_cells(run_dir):
@@ -175,6 +179,8 @@ def report_sweep(run_dir: Path, as_json: bool, csv: Optional[Path], plot: Option
                         "rerun `minirun sweep` with the same file to finish them")
     warnings += mixed_models(run_dir) + sweep_thinking_cut(run_dir) + (mixed_scoring(run_dir) if choice_score is None
                                                                        else [])
+    if unlisted := unlisted_runs(run_dir):
+        warnings.append(unlisted_note(unlisted, run_dir))
     if match in ("harness", "flexible"):
         warnings += sweep_harness_notes(run_dir)
     side_by_side(raw, lambda dataset: str(run_dir), run_dir.resolve().name,

@@ -107,6 +107,23 @@ def _made_cells(output: Path) -> Iterator[tuple[dict, dict]]:
             yield cell, recorded_run_key(output / cell["dir"])
 
 
+def unlisted_runs(output: str | Path, listed: set[str] | None = None) -> list[str]:
+    """Run folders (`<model>/<dataset>/<label>` with a run.json) under a sweep's output that `listed` (by default
+    its index's runs) does not hold: entries removed from the file or relabelled since, whose rows no table shows
+    (and whose work a relabelled entry does again)."""
+    output = Path(output)
+    listed = set(_run_folders(output)) if listed is None else listed
+    found = (str(path.parent.relative_to(output)) for path in output.glob("*/*/*/run.json"))
+    return sorted(folder for folder in found if folder not in listed)
+
+
+def unlisted_note(runs: list[str], output: Path) -> str:
+    """`unlisted_runs` as one warning line."""
+    return (f"{len(runs)} run folder{'s' if len(runs) > 1 else ''} under {output} belong{'' if len(runs) > 1 else 's'}"
+            f" to no entry of the file ({', '.join(runs[:5])}{' …' if len(runs) > 5 else ''}): entries removed or "
+            "relabelled since, left out of the tables (a relabelled entry runs afresh: restore its label to keep them)")
+
+
 def unfinished_cells(output: str | Path) -> list[str]:
     """The runs of a sweep's index (`sweep.json`) without their done.json marker, or short of a row for an item
     their run.json lists: a report over the others must say so."""
