@@ -62,7 +62,6 @@ def test_answers_timed_on_a_busy_machine_serve_this_process_only(calibrating, mo
     assert entry["value"] == 3 and entry["load_per_core"] == 1.0  # the load it was timed under, for a reader
 
 
-
 def test_pinned_choices_come_before_the_machines_and_every_choice_is_kept(calibrating):
     """A run pins the choices its rows were made with: they win over the cache and over calibration being off,
     and `chosen` holds every choice taken since, for the run to record."""
@@ -94,6 +93,8 @@ def test_a_rank_of_a_sharded_run_times_nothing_new(calibrating):
     finally:
         calibrate.time_new(True)
     assert len(json.loads(calibrating.read_text())) == 1  # the default is not saved as an answer
+    assert calibrate.measured("probe", {"n": 2}, lambda: {"value": 2}, default=-1) == 2  # nor remembered: timed now
+
 
 def test_load_per_core_is_the_load_average_over_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(calibrate.os, "getloadavg", lambda: (3.0, 0.0, 0.0))

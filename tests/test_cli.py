@@ -700,7 +700,6 @@ def test_ctrl_c_says_what_a_resumable_command_kept(capsys, resumable):
                                                     "again to go on from there" if resumable else "interrupted")
 
 
-
 def test_sigterm_stops_a_command_as_ctrl_c_does_and_says_so(capsys):
     """A scheduler's time limit (or torchrun stopping the other ranks) sends SIGTERM, which ended the process
     without a word: it now stops as Ctrl-C does, says what was kept, exits 143, and the handler before is restored."""
@@ -730,6 +729,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_says_so(capsys):
     said = capsys.readouterr().err.strip()
     assert stop.value.exit_code == 143 and said == ("terminated: every finished batch is kept; run the same command "
                                                     "again to go on from there")
+
 
 def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
     """The console script imports torch through the commands (seconds): a Ctrl-C then is `interrupted`, 130."""

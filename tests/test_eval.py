@@ -142,7 +142,6 @@ def test_resume_after_interruption(tiny, items, reference, tmp_path):
     assert not final.duplicated(["method", "id"]).any()
 
 
-
 def test_a_resumed_run_takes_the_kernels_its_rows_were_made_with(tiny, items, tmp_path, monkeypatch):
     """bfloat16 rows round by the CPU kernels: a resumed process (another thread count, a busy calibration not
     kept, calibration turned on) takes the kernels the run recorded, not the ones this machine would time now."""
@@ -153,6 +152,17 @@ def test_a_resumed_run_takes_the_kernels_its_rows_were_made_with(tiny, items, tm
         if len(seen) == 3:
             raise KeyboardInterrupt
 
+    real = loop.ResultStore.add_batch
+
+    def killed_after_rows(store, rows):  # stopped once the rows are kept: their kernels must be recorded already
+        real(store, rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.ResultStore, "add_batch", killed_after_rows)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny, items, METHODS, tmp_path / "killed", **SETTINGS)
+    assert (tmp_path / "killed" / "kernels.rank0.json").is_file()
+    monkeypatch.undo()
     with pytest.raises(KeyboardInterrupt):
         evaluate(tiny, items, METHODS, tmp_path, on_row=stop_after_3, **SETTINGS)  # calibration off: defaults
     recorded = json.loads((tmp_path / "kernels.rank0.json").read_text())
@@ -171,6 +181,20 @@ def test_a_resumed_run_takes_the_kernels_its_rows_were_made_with(tiny, items, tm
     with pytest.raises(MinirunError, match=r"kernels.rank\*.json of .* records dense_attention \| rows=1: 'fast' is "
                                            "no kernel's answer: delete that file"):
         evaluate(tiny, items, METHODS, tmp_path, **SETTINGS)
+
+
+def test_runs_evaluated_together_with_other_kernels_are_warned_of(tiny, items, tmp_path, caplog):
+    """A sweep's cells of one dataset run in one process: a cell made elsewhere with other kernels takes the first
+    cell's, said in a warning, not silently."""
+    runs = [loop.prepare(tiny, items[:2], ["origin"], tmp_path / name, **{k: v for k, v in SETTINGS.items()
+                                                                          if k != "progress"}) for name in "ab"]
+    for run, kernel in zip(runs, ("sdpa", "grouped")):
+        run.output_dir.mkdir()
+        (run.output_dir / "kernels.rank0.json").write_text(json.dumps({"dense_attention | rows=1": kernel}))
+    with caplog.at_level("WARNING", logger="minirun"):
+        loop.evaluate_runs(tiny, runs, progress=False)
+    assert f"{runs[1].output_dir} made its rows with other kernels than a run beside it" in caplog.text
+
 
 def test_a_pilot_run_grows_to_more_items_keeping_its_rows(tiny, items, reference, tmp_path):
     """A pilot over the first items (--max-samples 2) resumed over more keeps its rows and runs only the items
@@ -1301,7 +1325,6 @@ def test_the_progress_rate_is_this_process_s_rows_over_its_time():
     assert column.render(Task(completed=10, fields={"resumed": 4}, elapsed=2.0)).plain == "3.00 items/s"
     assert column.render(Task(completed=4, fields={"resumed": 4}, elapsed=2.0)).plain == "? items/s"
     assert column.render(Task(completed=6, fields={}, elapsed=0.0)).plain == "? items/s"
-
 
 
 def test_a_template_that_writes_the_date_keeps_the_day_the_run_began(checkpoint_dirs, items, tmp_path, monkeypatch):

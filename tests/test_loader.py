@@ -174,6 +174,7 @@ def test_a_rotation_of_part_of_each_head_is_refused():
         with pytest.raises(MinirunError, match="partial_rotary_factor 0.5: minirun rotates every dimension"):
             ModelConfig.from_dict(raw)
     assert ModelConfig.from_dict({**base, "partial_rotary_factor": 1.0}).head_dim == 8
+    assert ModelConfig.from_dict({**base, "partial_rotary_factor": None}).head_dim == 8  # null: none, as transformers
 
 
 BASE = {"vocab_size": 10, "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 8}

@@ -170,10 +170,10 @@ def test_a_view_past_the_models_context_is_refused_as_generating_would_be(llm):
                        decode_steps=513 - last)
 
 
-def test_each_paraphrase_has_its_own_symbol_up_to_61_and_none_reuses_another():
+def test_each_paraphrase_has_its_own_symbol_up_to_59_and_none_reuses_another():
     """Past 35 the text view drew paraphrase 36 as paraphrase 1's symbol: a reader saw two segments as one."""
     from minirun.cli.mask_view import segment_char
 
-    symbols = [segment_char(k) for k in range(1, 62)]
-    assert len(set(symbols)) == 61 and symbols[35] == "A" and segment_char(62) == segment_char(100) == "+"
-    assert "+" not in symbols and not {"P", "G", ".", " "} & set(symbols[:35])
+    symbols = [segment_char(k) for k in range(1, 60)]
+    assert len(set(symbols)) == 59 and symbols[35] == "A" and segment_char(60) == segment_char(100) == "+"
+    assert not {segment_char("shared"), segment_char("gen"), ".", " ", "+"} & set(symbols)

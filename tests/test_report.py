@@ -1114,6 +1114,7 @@ def test_origin_and_the_ensembles_first_prompt_answering_apart_is_told_as_roundi
                             for r in rows[:4] if r["method"] == "origin"])  # another origin entry: not the baseline
     assert "answer some items of qa differently (1 of 2 for m1; 1 of 2 for m2)" in first_prompt_note(sweep, " of qa")
 
+
 def test_the_latex_provenance_says_where_ensembles_fused_fewer_prompts_than_asked():
     """An item with fewer distinct wordings than num_prompts fuses the ones it has: the table's provenance says how
     many its ensembles fused, not only the count asked, where any item fused fewer; where every item had them all it

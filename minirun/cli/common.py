@@ -154,7 +154,7 @@ def friendly(fn: Callable, resumable: bool = False) -> Callable:
                       if resumable else how)
             raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
         finally:
-            if main:
+            if main and before is not None:  # None: a handler set outside Python, which cannot be put back
                 signal.signal(signal.SIGTERM, before)
 
     return wrapper

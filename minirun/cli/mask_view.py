@@ -222,7 +222,8 @@ def render_png(view: MaskView, path: str | Path) -> list[Panel]:
     return panels
 
 
-SEGMENT_CHARS = "123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # paraphrases 1 to 61; "+" beyond
+# paraphrases 1 to 59 ("P" and "G" are the shared prompt and generated tokens); "+" beyond
+SEGMENT_CHARS = "123456789abcdefghijklmnopqrstuvwxyzABCDEFHIJKLMNOQRSTUVWXYZ"
 
 
 def segment_char(kind: str | int) -> str:
@@ -234,7 +235,8 @@ def segment_char(kind: str | int) -> str:
 def render_text(view: MaskView, width: int = 8) -> str:
     """One line per query slot: token, position, one char per key slot (' ' padding, '.' hidden)."""
     lines = ["# a row per query token (its text, its position), a column per key it may see: P shared prompt, "
-             "1-9 a-z A-Z the paraphrase it belongs to (+ past the 61st), G generated, . hidden, blank padding"]
+             "1-9 a-z A-Z but G, P the paraphrase it belongs to (+ past the 59th), G generated, . hidden, blank "
+             "padding"]
     for b, r in enumerate(view.rows):
         lines.append(f"# {view.name} row {b}")
         for q in range(view.length):

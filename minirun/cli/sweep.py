@@ -73,7 +73,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def show_plan(states: list[CellState], output: Path, planned: set[str] = frozenset()) -> None:
+def show_plan(states: list[CellState], output: Path, planned: set[str]) -> None:
     """`sweep --dry-run`: a row per run (its items, those answered, what runs now), a line per model with work
     saying where it loads from, or that it is pulled first, and one naming run folders of no run `planned` (the
     file's, `--models`/`--datasets` aside)."""
@@ -111,7 +111,7 @@ def show_plan(states: list[CellState], output: Path, planned: set[str] = frozens
                   "each says (restore the file's settings, move an eval's rows out), or give the method or dataset "
                   "(the model, where its weights or dtype changed) a new label (or the sweep a new --output) to run "
                   "them afresh", highlight=False)
-    if unlisted := unlisted_runs(output, set(planned) | {str(s.cell.dir.relative_to(output)) for s in states}):
+    if unlisted := unlisted_runs(output, planned):
         out.print(unlisted_note(unlisted, output), highlight=False)
     todo = sum(1 for s in states if not s.finished)
     out.print(f"{todo} of {len(states)} runs have work" + ("" if todo else ": the sweep is finished") +
@@ -397,12 +397,9 @@ def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> T
 
 def _single_prompt_lines(scores: pd.DataFrame, dataset: str, models: list[str]) -> list[str]:
     """Per model that ran per_prompt (or vote, whose rows hold the same answers) on `dataset`: its mean
-    single-prompt accuracy, oracle and consistency."""
-    from minirun.methods.names import EVERY_ANSWER
-
-    rows = [(method, scores.loc[(dataset, method)]) for method in EVERY_ANSWER if (dataset, method) in scores.index]
-    return [f"{model}: {method}'s {single_prompt_line(row[model])}" for method, row in rows for model in models
-            if not math.isnan(row[model]["mean_single_accuracy"])]
+    single-prompt accuracy, oracle and consistency, on the one entry `sweep_table` gives them, whatever its label."""
+    return [f"{model}: {method}'s {single_prompt_line(row[model])}" for method, row in scores.loc[dataset].iterrows()
+            for model in models if not math.isnan(row[model]["mean_single_accuracy"])]
 
 
 def scores_long(scores: pd.DataFrame, prompts: dict[str, int] | None = None,

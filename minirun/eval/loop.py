@@ -739,8 +739,8 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
             views = {item.id: item.popularity for item in batch if item.popularity is not None}  # report's bins
             rows = [{**row, "machine": machine, **({"popularity": views[row["id"]]} if row["id"] in views else {})}
                     for row in rows]
+            stores[i].record_kernels(calibrate.chosen())  # first: rows kept without their kernels would be retimed
             stores[i].add_batch(rows)  # whole: a resumed run redoes whole batches, as a fresh run makes them
-            stores[i].record_kernels(calibrate.chosen())
             bar.advance(overall, len(rows))
             for row in rows if on_row is not None else ():
                 on_row(row)
@@ -760,7 +760,12 @@ def _pin_kernels(runs: list[Run]) -> None:
     roundings in one table."""
     pins: dict[str, Any] = {}
     for run in runs:
-        pins = {**run_kernels(run.output_dir), **pins}
+        recorded = run_kernels(run.output_dir)
+        if apart := [choice for choice in recorded.keys() & pins.keys() if recorded[choice] != pins[choice]]:
+            log.warning(f"{run.output_dir} made its rows with other kernels than a run beside it ({apart[0]}): its "
+                        "new rows take the first run's, and may round otherwise in bfloat16 (run it alone to keep "
+                        "its own)")
+        pins = {**recorded, **pins}
     try:
         calibrate.pin(pins)
     except ValueError as e:

@@ -7,6 +7,7 @@ journals. `merge` turns all journals into one deduplicated, deterministically or
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -422,7 +423,7 @@ class ResultStore:
         self._done: dict[str, set[str]] = {}
         for row in rows:
             self._done.setdefault(row["method"], set()).add(row["id"])
-        self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as open() does: umask
 
     def _check_run(self, info: dict, methods: dict[str, dict], answered: set[str], sources: dict) -> None:
         """Refuse rows of another run. A setting only one side records (one a newer minirun added, or
@@ -479,7 +480,8 @@ class ResultStore:
                 data = data[os.write(self._fd, data):]
             os.fsync(self._fd)
         except BaseException:
-            os.ftruncate(self._fd, start)
+            with contextlib.suppress(OSError):  # the write's own error is the one to tell
+                os.ftruncate(self._fd, start)
             raise
         for row in new:
             self._done.setdefault(row["method"], set()).add(row["id"])

@@ -333,20 +333,20 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     plan = cells(sweep, output)
     chosen = _selected(plan, only)
     data = _load_data(sweep, {c.dataset.label for c in chosen})
-    for dataset in sweep.datasets:  # its few-shot heads can be made (enough examples): before any model loads
-        if dataset.label in data:
-            _data_settings(dataset, data[dataset.label])
     index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
                         "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
                         "series": series_key(c.dataset)} for c in plan]}
 
     def record_index() -> None:
-        """The file's runs as `report` reads them, once they are checked: a refused sweep leaves the index of the
-        runs made as it was (it listed the file's new labels, and `report` hid the finished runs under the old)."""
+        """The file's runs as `report` reads them: a new sweep's at once, an earlier one's rewritten only once the
+        runs about to start are checked, so a sweep refused before it runs leaves the index of the runs made as it
+        was (it listed the file's new labels, and `report` hid the finished runs under the old)."""
         if rank == 0:  # once, not once per process of a torchrun
             write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n",
                                                                           encoding="utf-8"))
 
+    if not (output / "sweep.json").is_file():
+        record_index()
     keys = {c.dir: cell_keys(c, sweep, data[c.dataset.label]) for c in chosen}
     # before a rank writes
     states = [_state(c, keys[c.dir], data[c.dataset.label].items) for c in chosen]

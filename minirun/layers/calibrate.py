@@ -7,7 +7,8 @@ against SDPA moves with the dtype and the prompt length. So a model times the ca
 shapes the first time it meets a new (CPU model, torch version, dtype, shape) and keeps the answer in
 `$MINIRUN_CACHE/calibration.json` (default `~/.cache/minirun`), keyed by the CPU model: a machine of
 another kind measures again instead of inheriting a wrong answer. `MINIRUN_CALIBRATE=0` skips the
-measuring and uses the defaults (the AMD EPYC figures in bench/README.md).
+measuring and uses the defaults (the AMD EPYC figures in bench/README.md). An evaluation pins the choices its
+rows were made with (`pin`), over both: a resumed run rounds as it began.
 """
 from __future__ import annotations
 
@@ -153,6 +154,7 @@ def forget() -> None:
     _memo.clear()
     _pinned.clear()
     _chosen.clear()
+    _timing["allowed"] = True
     _told_busy = False
 
 
@@ -246,8 +248,8 @@ def _cached(key: str, measure: Callable[[], dict[str, Any]], default: Any) -> An
     path = cache_file()
     entry = _read_entries(path).get(key)
     if not (isinstance(entry, dict) and "value" in entry) and not _timing["allowed"]:
-        entry = {"value": default}
-    elif not (isinstance(entry, dict) and "value" in entry):
+        return default  # not remembered: once timing is allowed again, this shape is timed
+    if not (isinstance(entry, dict) and "value" in entry):
         global _measuring
         start = time.perf_counter()
         entry = {**measure(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}

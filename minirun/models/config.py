@@ -39,7 +39,8 @@ def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
                                f"the top-level rope_theta) {thetas[1]}, which transformers reads: keep the one the "
                                "model was trained with and delete the other")
     rope = given[0] if given else {}
-    if (part := rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))) != 1.0:
+    part = rope.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
+    if part is not None and part != 1.0:  # null is no factor, as transformers reads it
         raise MinirunError(f"config.json sets partial_rotary_factor {part}: minirun rotates every dimension of a head, "
                            "as Llama and Qwen do; this checkpoint is another architecture")
     top = raw.get("original_max_position_embeddings")
