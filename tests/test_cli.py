@@ -485,6 +485,7 @@ def test_options_no_method_reads_are_refused(tiny, tmp_path):
         (["generate", "--model", tiny, "hi", "-p", "x"], "paraphrases were given without --method"),
         (["generate", "--model", tiny, "-m", "", "hi", "-p", "x"], "unknown method ''"),  # not origin's answer
         (["generate", "--model", tiny, "hi", "--seed", "5"], "--seed seeds the sampling draws, and greedy decoding"),
+        ([*ask, "--seed", "5"], "--seed seeds sampling, and avg draws nothing here"),
         ([*ask, "--positions", "restart"], "--positions only applies to flex, not to avg"),
         ([*ask, "--flex-bias", "2"], "--flex-bias only applies to flex"),
         ([*ask, "--fusion-layer", "1"], "--fusion-layer only applies to hidden_avg"),

@@ -150,6 +150,9 @@ def generate(
     if truncate:
         raise MinirunError("--truncate only applies to plain generation: an ensemble's prompts would lose different "
                            "parts; shorten the prompts or the few-shot examples instead")
+    if seed != 0 and temperature == 0 and not rewrites and method not in WEIGHTED:  # silently ignored otherwise
+        raise MinirunError(f"--seed seeds sampling, and {method} draws nothing here (temperature 0, no --rewrites): "
+                           "add --temperature or --rewrites, or drop --seed")
     if method != "origin" and not paraphrases and not rewrites:
         raise MinirunError(f"method {method} answers over paraphrases but none were given: add --paraphrase, lines to "
                            "--paraphrases-file, or --rewrites N (N of 1 or more)")
