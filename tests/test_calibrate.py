@@ -73,7 +73,8 @@ def test_pinned_choices_come_before_the_machines_and_every_choice_is_kept(calibr
     assert calibrate.chosen() == {"dense_attention | n=1": "grouped", "dense_attention | n=3": "folded"}
     calibrate.pin({})
     assert calibrate.measured("dense_attention", {"n": 1}, lambda: pytest.fail("timed"), default="sdpa") == "folded"
-    for bad in ({"dense_attention | n=1": "fast"}, {"product_plan | n=1": [[1, "turbo"]]}):
+    for bad in ({"dense_attention | n=1": "fast"}, {"product_plan | n=1": [[1, "turbo"]]},
+                {"product_plan | compiled=False": [[1, "stream"]]}, {"product_plan | n=1": [[0, "library"]]}):
         with pytest.raises(ValueError, match="is no kernel's answer"):
             calibrate.pin(bad)
     calibrate.pin({"product_plan | n=1": [[1, "packed"], [64, "library"]], "prefill_attention | n=1": "flex"})
