@@ -1132,3 +1132,15 @@ def test_the_latex_provenance_says_where_ensembles_fused_fewer_prompts_than_aske
     assert "fused" not in provenance({"num_prompts": 5}, {}, [], rows=rows[rows["method"] == "origin"])
     one_size = provenance({"num_prompts": 5}, {}, [], rows=rows.iloc[:2]).splitlines()[-1]
     assert one_size.startswith("% prompts an ensemble fused per item: 2 (num_prompts asks more")
+
+
+
+def test_a_report_written_over_a_file_of_its_run_is_refused(tmp_path):
+    """`report R --csv R/run.json` wrote the CSV over the run's record: it could be neither reported nor resumed."""
+    run = _run_dir(tmp_path, _hand())
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for option, name in (("--csv", "run.json"), ("--latex", "results.jsonl"), ("--csv", "results.rank0.jsonl")):
+        shown = CliRunner().invoke(app, ["report", str(run), option, str(run / name)])
+        assert shown.exit_code == 1 and f"{option} {run / name} is a file of the run reported" in shown.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept
+    assert CliRunner().invoke(app, ["report", str(run), "--csv", str(run / "table.csv")]).exit_code == 0

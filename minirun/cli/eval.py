@@ -19,6 +19,7 @@ from minirun.cli.common import (
     MC2_CAPTION,
     SKIP_BAD_HELP,
     check_figure_path,
+    check_not_run_file,
     check_output_dir,
     err,
     friendly,
@@ -186,6 +187,8 @@ def report_command(
     from minirun.eval.results import recorded_methods, recorded_run_key, recorded_sources
     from minirun.eval.sweep_results import is_sweep
 
+    for path, what in ((csv, "--csv"), (latex, "--latex"), (plot, "--plot")):
+        check_not_run_file(path, what, run_dirs)
     if plot is not None:
         check_figure_path(plot)
     if len(run_dirs) > 1:  # eval runs (of other models, maybe on other machines) as a sweep's models
