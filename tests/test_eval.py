@@ -1673,6 +1673,20 @@ def test_flex_on_prompts_that_end_with_the_question_is_refused_before_any_method
     loop.prepare(tiny, items, ["origin", "flex"], tmp_path / "c", **{**settings, "choice_format": "letters"})
 
 
+def test_a_file_of_another_task_than_its_benchmark_is_refused_before_the_hub_is_asked(checkpoint_dirs, tmp_path,
+                                                                                     monkeypatch):
+    """`--benchmark mmlu` on a file of short answers: refused from the file, not after (or hidden behind) a lookup
+    of MMLU's examples on the Hub, which offline failed first."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "dataset_info", lambda *a, **k: pytest.fail("the Hub was asked"))
+    write_jsonl(load_dataset("sample-qa")[:2], tmp_path / "qa.jsonl")
+    result = CliRunner().invoke(_app(), ["eval", "--data", str(tmp_path / "qa.jsonl"), "--benchmark", "mmlu",
+                                         "--model", str(checkpoint_dirs["qwen2"]), "-m", "origin", "--no-progress"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "mmlu asks choice questions, and " in result.output
+
+
 def test_a_benchmark_of_another_task_and_one_right_letter_are_refused(tiny, tmp_path, caplog):
     """A file's items asked in a benchmark's words must be that benchmark's task (a QA file asked as TruthfulQA
     would record a multiple-choice format for generated answers); lettered items whose right option is always at

@@ -107,8 +107,8 @@ def eval_command(
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import asked_items, benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
-    from minirun.eval.loop import (check_benchmark, check_draw, check_paraphrased, prepare, ranks, run_sharded,
-                                   shown_prompts)
+    from minirun.eval.loop import (check_benchmark, check_benchmark_task, check_draw, check_paraphrased, prepare,
+                                   ranks, run_sharded, shown_prompts)
     from minirun.eval.prompts import check_choice_format
     from minirun.eval.report import cut_thinking, first_prompt_note
     from minirun.eval.sweep_results import sweep_of
@@ -130,6 +130,7 @@ def eval_command(
     check_benchmark(data, named)  # before the data or its examples are looked up on the Hub
     check_choice_format(named or data, choice_format)  # before the data is read and a model is fetched
     items, source = load_cited(asked, subset, skip_bad, benchmark=named)  # at one commit: items, examples, citation
+    check_benchmark_task(items, named, data)  # before the benchmark's examples are looked up on the Hub
     asked_now = asked_items(items, max_samples, sample_seed, data)
     check_paraphrased(asked_now, method, data, num_prompts, original)  # before a model is fetched
     fewshot_items = load_examples(few_shot) if few_shot is not None else None

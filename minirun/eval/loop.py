@@ -361,9 +361,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if all(choice) and bidirectional:
         raise MinirunError(f"--match bidirectional compares generated answers; {dataset}'s items are multiple choice, "
                            "scored by their options: drop it")
-    if benchmark is not None and (others := sorted({item.task for item in items} - {TASK_OF[benchmark]})):
-        raise MinirunError(f"{benchmark} asks {TASK_OF[benchmark]} questions, and {dataset}'s items are "
-                           f"{', '.join(others)}: drop the benchmark, or name one of their task")
+    check_benchmark_task(items, benchmark, dataset)
     if choice_format == "letters" and (letter := one_right_letter(items)) and sum(choice) > 1:
         said = (f"every one of the {sum(choice)} multiple-choice items asked has its right option at {letter}, so "
                 f"lettered, a model that always answers {letter} scores them all")
@@ -446,6 +444,14 @@ def check_benchmark(dataset: str, benchmark: str | None) -> None:
     if benchmark is not None and dataset in NAMES:
         raise MinirunError(f"a benchmark asks a file's items as that dataset asks its own; {dataset} is a named "
                            "dataset, asked as itself: drop the benchmark")
+
+
+def check_benchmark_task(items: list[Item], benchmark: str | None, dataset: str) -> None:
+    """A benchmark asks its own task's questions: items of another (a file of short answers asked as MMLU) are
+    refused, from their file, before the benchmark's examples are looked up on the Hub."""
+    if benchmark is not None and (others := sorted({item.task for item in items} - {TASK_OF[benchmark]})):
+        raise MinirunError(f"{benchmark} asks {TASK_OF[benchmark]} questions, and {dataset}'s items are "
+                           f"{', '.join(others)}: drop the benchmark, or name one of their task")
 
 
 def check_paraphrased(items: list[Item], methods: list[str] | tuple[str, ...], dataset: str, num_prompts: int,
