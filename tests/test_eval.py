@@ -1792,6 +1792,11 @@ def test_thinking_asked_of_a_template_without_the_switch_is_said_to_change_nothi
     assert "thinks before it answers" not in caplog.text
     shown = CliRunner().invoke(_app(), ["report", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
+    qa = tmp_path / "qa"  # generated answers that reach max_new_tokens were reported "none, as their thinking did
+    evaluate(tiny, load_dataset("sample-qa")[:2], ["origin"], qa, **SETTINGS, thinking=True)  # not end": none began
+    assert "answers" not in json.loads((qa / "run.json").read_text())["run_key"]  # taken as without --thinking
+    shown = CliRunner().invoke(_app(), ["report", str(qa)])
+    assert shown.exit_code == 0 and "their thinking did not end" not in shown.output
 
 
 def test_a_template_that_opens_thinking_answers_after_it(checkpoint_dirs, items, tmp_path, caplog):
