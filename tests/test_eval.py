@@ -429,6 +429,11 @@ def test_show_prompts_prints_what_the_methods_ask_and_runs_nothing(tiny, tmp_pat
     assert choice.stdout.startswith(f"=== item {first.id} (origin's prompt)\n--- prompt 1 · ")
     assert choice.stdout.count("=== item") == 2 and choice.stdout.count("--- options scored after each prompt: ") == 2
     assert f"{' ' + first.choices[0]!r} (" in choice.stdout and not out.exists()
+    ran = CliRunner().invoke(_app(), [*base[:-1], "--data", "sample-qa", "-m", "origin", "--max-samples", "1",
+                                      "--max-new-tokens", "2", "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    other = CliRunner().invoke(_app(), [*base, "1", "--data", "sample-qa", "-m", "origin", "--max-samples", "1"])
+    assert other.exit_code == 1 and "max_new_tokens" in other.output  # refused now, as running it would be
 
 
 def test_origin_rows_that_asked_an_unstripped_question_are_not_mixed_with_its_stripped_rows(tiny, tmp_path):

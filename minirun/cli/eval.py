@@ -107,8 +107,8 @@ def eval_command(
     """Run methods over a dataset (resumable; shard with `torchrun --nproc_per_node N -m minirun.cli eval`)."""
     from minirun.checkpoints.tokenizer import template_day
     from minirun.eval.data import asked_items, benchmark_source, dataset_label, hub_dataset, load_cited, load_examples
-    from minirun.eval.loop import (check_benchmark, check_benchmark_task, check_draw, check_paraphrased, prepare,
-                                   ranks, run_sharded, shown_prompts)
+    from minirun.eval.loop import (check_benchmark, check_benchmark_task, check_draw, check_paraphrased,
+                                   check_resumable, prepare, ranks, run_sharded, shown_prompts)
     from minirun.eval.prompts import check_choice_format
     from minirun.eval.report import cut_thinking, first_prompt_note
     from minirun.eval.sweep_results import sweep_of
@@ -155,7 +155,10 @@ def eval_command(
                     choice_score=choice_score, choice_format=choice_format, benchmark=benchmark, data_source=source,
                     few_shot_source=shots)
     if show_prompts is not None:  # plain text: prompts hold brackets and markup that rich would read
-        print("\n\n".join(shown_prompts(llm, prepare(llm, items, method, output, **settings), show_prompts)))
+        run = prepare(llm, items, method, output, **settings)
+        if output.is_dir():  # the prompts of a run the directory's rows would refuse: said now, not when it runs
+            check_resumable(run)
+        print("\n\n".join(shown_prompts(llm, run, show_prompts)))
         err.print("[dim]nothing was run or written (drop --show-prompts to run)[/dim]")
         return
     table = run_sharded(llm, items, method, output, progress=progress, **settings)
