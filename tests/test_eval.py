@@ -1799,7 +1799,11 @@ def test_thinking_asked_of_a_template_without_the_switch_is_said_to_change_nothi
     assert shown.exit_code == 0, shown.output
     qa = tmp_path / "qa"  # generated answers that reach max_new_tokens were reported "none, as their thinking did
     evaluate(tiny, load_dataset("sample-qa")[:2], ["origin"], qa, **SETTINGS, thinking=True)  # not end": none began
-    assert "answers" not in json.loads((qa / "run.json").read_text())["run_key"]  # taken as without --thinking
+    assert json.loads((qa / "run.json").read_text())["run_key"]["thinks"] is False  # answers as without --thinking
+    record = json.loads((qa / "run.json").read_text())
+    del record["run_key"]["thinks"]  # a run begun before the key: resumed, not refused
+    (qa / "run.json").write_text(json.dumps(record))
+    evaluate(tiny, load_dataset("sample-qa")[:3], ["origin"], qa, **SETTINGS, thinking=True)
     shown = CliRunner().invoke(_app(), ["report", str(qa)])
     assert shown.exit_code == 0 and "their thinking did not end" not in shown.output
 

@@ -406,13 +406,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     }
     if llm.tokenizer.rebuilt:  # a Llama-class tokenizer's ids, which a minirun before took from tokenizer.json alone
         run_key["tokenizer"] = REBUILT
-    opens = llm.opens_reasoning(chat, thinking)
-    if thinking and not opens and not llm.tokenizer.thinking_switch:  # nothing thinks: answers as without it
-        log.warning(f"{llm.path.name}'s chat template has no reasoning switch (Qwen3's enable_thinking): asking it "
-                    "to think (--thinking, a sweep's thinking = true) changes none of its prompts")
-    elif thinking or opens:  # answers after the thinking: not rows of minirun before it
-        run_key["answers"] = "after thinking"  # and `report` counts answers cut off inside it
-        if max_new_tokens < THINKING_TOKENS and any(item.choices is None for item in items):  # choices: scored
+    if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
+        run_key["answers"] = "after thinking"
+        if thinking and not llm.opens_reasoning(chat, thinking) and not llm.tokenizer.thinking_switch:
+            # nothing thinks: `report` counts no answer cut off inside a thinking (a key earlier runs lack: resumed)
+            run_key["thinks"] = False
+            log.warning(f"{llm.path.name}'s chat template has no reasoning switch (Qwen3's enable_thinking): asking it "
+                        "to think (--thinking, a sweep's thinking = true) changes none of its prompts")
+        elif max_new_tokens < THINKING_TOKENS and any(item.choices is None for item in items):  # choices: scored
             log.warning(f"{llm.path.name} thinks before it answers, and {max_new_tokens} new tokens seldom reach the "
                         f"answer (none where the thinking does not end): give --max-new-tokens {THINKING_TOKENS} or "
                         "more")

@@ -326,8 +326,9 @@ def read_results(output_dir: str | Path) -> pd.DataFrame:
         df.attrs["match"] = "bidirectional" if info["run_key"]["bidirectional"] else "lemma"
     if "dataset" in info.get("run_key", {}):
         df.attrs["dataset"] = Path(info["run_key"]["dataset"]).name  # a named dataset, or the file's name
-    if info.get("run_key", {}).get("answers") == "after thinking":  # what `report.cut_thinking` counts against
-        df.attrs["thinking_budget"] = info["run_key"].get("max_new_tokens")
+    key = info.get("run_key", {})
+    if key.get("answers") == "after thinking" and key.get("thinks", True):  # what `report.cut_thinking` counts against
+        df.attrs["thinking_budget"] = key.get("max_new_tokens")
     return df
 
 
