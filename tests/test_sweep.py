@@ -312,9 +312,11 @@ def test_resume_after_kill_redoes_nothing(sweep_file, reference, tmp_path, caplo
     pd.testing.assert_frame_equal(_canon(table), _canon(reference[1]))
     pd.testing.assert_frame_equal(_canon(pd.read_parquet(out / "results.parquet")), _canon(table))
 
+    written = (out / "sweep.json").stat().st_mtime_ns
     with caplog.at_level("INFO"):
         again = run_sweep(sweep, out, load, progress=False, on_row=redone.append)
     assert loads == ["llama"] and len(redone) == ROWS - kept  # all done: no model loaded, and said so
+    assert (out / "sweep.json").stat().st_mtime_ns == written  # an index that already says so is not written again
     assert f"every one of the 8 runs is finished: nothing ran (its tables below, as `minirun report {out}`" in \
         caplog.text
     pd.testing.assert_frame_equal(again, table)

@@ -162,7 +162,7 @@ def _data_settings(dataset: DatasetSpec, data: Data) -> DataKey:
                                      dataset.choice_format, examples_commit(dataset.asked_as, data.few_shot,
                                                                             data.source, data.few_shot_source),
                                      dataset.few_shot_draw)
-    except MinirunError as e:  # too few examples for its few_shot_k: named with the entry, before any model loads
+    except MinirunError as e:  # too few examples for its few_shot_k: named with the entry in the dry run
         raise MinirunError(f"dataset {dataset.label}: {e}") from None
     return DataKey.of(data.items, prompts, prefixes, None, subject_heads(source, data.few_shot), dataset.few_shot_k,
                       dataset.few_shot_draw, fmt, dataset.choice_format)
@@ -333,17 +333,18 @@ def run_sweep(sweep: Sweep, output: str | Path, load: Callable[[ModelSpec], LLM]
     plan = cells(sweep, output)
     chosen = _selected(plan, only)
     data = _load_data(sweep, {c.dataset.label for c in chosen})
-    index = {"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
-                        "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
-                        "series": series_key(c.dataset)} for c in plan]}
+    index = json.dumps({"cells": [{"model": c.model.label, "dataset": c.dataset.label, "label": c.method.label,
+                                   "dir": str(c.dir.relative_to(output)), "num_prompts": c.dataset.num_prompts,
+                                   "series": series_key(c.dataset)} for c in plan]}, indent=1) + "\n"
 
     def record_index() -> None:
         """The file's runs as `report` reads them: a new sweep's at once, an earlier one's rewritten only once the
         runs about to start are checked, so a sweep refused before it runs leaves the index of the runs made as it
-        was (it listed the file's new labels, and `report` hid the finished runs under the old)."""
-        if rank == 0:  # once, not once per process of a torchrun
-            write_atomic(output / "sweep.json", lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n",
-                                                                          encoding="utf-8"))
+        was (it listed the file's new labels, and `report` hid the finished runs under the old); an index that
+        already says so is left as it is."""
+        path = output / "sweep.json"
+        if rank == 0 and not (path.is_file() and path.read_text(encoding="utf-8") == index):  # rank 0 alone
+            write_atomic(path, lambda tmp: tmp.write_text(index, encoding="utf-8"))
 
     if not (output / "sweep.json").is_file():
         record_index()
