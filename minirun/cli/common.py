@@ -5,7 +5,6 @@ import functools
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -195,15 +194,12 @@ def check_figure_path(path: Path) -> None:
         raise MinirunError(f"folder {path.parent} does not exist: create it or choose another path for {path.name}")
 
 
-# the files a run or sweep keeps (`eval.results`, `eval.sweep`): a report written over one breaks the run
-RUN_FILES = re.compile(r"(run|sweep|done)\.json|results\.(jsonl|parquet|csv)|results\.rank\d+\.jsonl"
-                       r"|kernels\.rank\d+\.json|\.lock\.rank\d+")
-
-
 def check_not_run_file(path: Optional[Path], what: str, run_dirs: list[Path]) -> None:
-    """Refuse a report's output path that is a file a reported run keeps: written over, the run could be neither
-    reported nor resumed again."""
-    if path is None or not RUN_FILES.fullmatch(path.name):
+    """Refuse a report's output path that is a file a reported run keeps (`results.KEPT_FILES`): written over, the
+    run could be neither reported nor resumed again."""
+    from minirun.eval.results import KEPT_FILES  # pandas: not for every command's start
+
+    if path is None or not KEPT_FILES.fullmatch(path.name):
         return
     for run in run_dirs:
         if path.resolve().is_relative_to(run.resolve()):

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 COLUMNS = ("id", "method", "prompts", "generated", "answer", "exact", "correct", "tokens", "seconds")
 _JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl$")
 _KERNELS = re.compile(r"kernels\.rank(\d+)\.json$")  # each rank's kernel choices (`ResultStore.record_kernels`)
+# every file a run keeps (and a sweep: its index, done markers and combined table), which nothing else may write over
+KEPT_FILES = re.compile(r"(run|sweep|done)\.json|results\.(jsonl|parquet|csv)|\.lock\.rank\d+|"
+                        + "|".join(pattern.pattern.removesuffix("$") for pattern in (_JOURNAL, _KERNELS)))
 # Run-key entries recorded since a version of minirun whose earlier runs made rows another way: a key that
 # lacks one holds rows made that way (entries not listed here, missing, are simply not compared).
 RECORDED_BEFORE = {"prompt_ids": "parts", "matcher": "v1", "prompt_format": "minirun", "answers": "first line",
