@@ -116,6 +116,7 @@ def native_bfloat16() -> bool:
 
 
 ANSWERS = {"prefill_attention": ("sdpa", "flex"), "dense_attention": ("sdpa", "folded", "grouped", "split")}
+CHOICES = (*ANSWERS, "product_plan")  # the measurements a run pins
 
 
 def pin(choices: dict[str, Any]) -> None:
@@ -130,15 +131,15 @@ def pin(choices: dict[str, Any]) -> None:
         plan = name == "product_plan" and isinstance(value, list) and bool(value) and all(
             isinstance(e, list) and len(e) == 2 and type(e[0]) is int and e[0] > 0 and e[1] in KERNELS
             and not (eager and e[1] == "stream") for e in value)
-        if name in (*ANSWERS, "product_plan") and not plan and value not in ANSWERS.get(name, ()):
+        if name in CHOICES and not plan and value not in ANSWERS.get(name, ()):
             raise ValueError(f"{choice}: {value!r} is no kernel's answer")
     _pinned.clear()
-    _pinned.update({c: v for c, v in choices.items() if c.partition(" | ")[0] in (*ANSWERS, "product_plan")})
+    _pinned.update({c: v for c, v in choices.items() if c.partition(" | ")[0] in CHOICES})
     _chosen.clear()
 
 
 def chosen() -> dict[str, Any]:
-    """Every kernel choice taken since the last `pin`, by `choice_key`: what a run records to pin them later."""
+    """Every kernel choice taken since the last `pin`, by "name | shape": what a run records to pin them later."""
     return dict(_chosen)
 
 
