@@ -26,7 +26,7 @@ def child(model: str) -> None:
     """One process: load, then two questions, stamping the first streamed text of each."""
     start = time.perf_counter()
     import minirun
-    from minirun.bench.compare import device_name
+    from minirun.layers.calibrate import device_name
     from minirun.layers import flex
 
     llm = minirun.load(model)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minirun.bench.compare import device_name
+from minirun.layers.calibrate import device_name
 from minirun.bench.run import write_json
 from minirun.layers.calibrate import median_seconds
 from minirun.layers.linear import Linear, set_plan

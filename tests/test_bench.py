@@ -322,14 +322,16 @@ def test_the_cpu_sweep_script_names_an_unknown_method_before_loading_anything():
 
 
 def test_a_cpu_is_named_with_its_family_and_model_numbers(monkeypatch):
-    """Results files from a Zen 3 and a Zen 4 VM both said "AMD EPYC (2 cores, …)"."""
-    from minirun.bench import compare
+    """Results files from a Zen 3 and a Zen 4 VM both said "AMD EPYC (2 cores, …)"; benchmarks and eval rows name a
+    machine alike."""
+    from minirun.layers import calibrate
 
-    facts = {"cpu": "AMD EPYC", "cores": 2, "torch_threads": 2}
-    monkeypatch.setattr(compare, "cpu_facts", lambda: {**facts, "cpu_id": "family 25 model 17 stepping 1"})
-    assert compare.device_name(torch.device("cpu")) == "AMD EPYC (family 25 model 17 stepping 1, 2 cores, 2 torch threads)"
-    monkeypatch.setattr(compare, "cpu_facts", lambda: facts)
-    assert compare.device_name(torch.device("cpu")) == "AMD EPYC (2 cores, 2 torch threads)"
+    facts = {"cpu": "AMD EPYC", "cores": 2, "torch_threads": 2, "flags": {"avx512f": True, "amx": False}}
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: {**facts, "cpu_id": "family 25 model 17 stepping 1"})
+    assert calibrate.device_name(torch.device("cpu")) == (
+        f"AMD EPYC (family 25 model 17 stepping 1) [avx512f] x2 torch {torch.__version__}")
+    monkeypatch.setattr(calibrate, "cpu_facts", lambda: facts)
+    assert calibrate.device_name(torch.device("cpu")) == f"AMD EPYC [avx512f] x2 torch {torch.__version__}"
 
 
 def test_the_cpu_sweep_hand_loop_asks_for_last_logits_only_and_answers_alike(checkpoint_dirs):

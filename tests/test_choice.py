@@ -15,7 +15,7 @@ import minirun
 from minirun.errors import MinirunError
 from minirun.methods import EnsembleOptions, Question
 from minirun.methods.choice import asked_ids, option_ids, score_choices
-from minirun.methods.choice_rules import option_probabilities
+from minirun.methods.choice_rules import option_probabilities, option_scores
 from minirun.methods.packing import encode_question
 
 PREFIX = "Q: Water boils at\nA: 100 degrees\n\n"
@@ -141,8 +141,8 @@ def test_questions_with_few_shot_examples_of_their_own_score_as_alone(llm, monke
 
 def test_per_prompt_scores_each_prompt_as_origin_would(llm):
     result = score(llm, "per_prompt")
-    assert len(result.per_prompt_scores) == len(PARAS) and result.scores == result.per_prompt_scores[0]
-    for paraphrase, scores, pick in zip(PARAS, result.per_prompt_scores, result.per_prompt_choices):
+    assert len(result.per_prompt_logprobs) == len(PARAS) and result.scores == result.per_prompt_logprobs[0]
+    for paraphrase, scores, pick in zip(PARAS, result.per_prompt_logprobs, result.per_prompt_choices):
         alone = score_choices(llm, "origin", [Question(paraphrase, [], PREFIX, "\nA:")], [CHOICES],
                               EnsembleOptions(chat=False, choice_score="sum"))[0]
         assert max(abs(a - b) for a, b in zip(scores, alone.scores)) <= ATOL and pick == alone.choice
@@ -161,8 +161,9 @@ def test_mean_and_chars_are_the_sum_over_tokens_and_characters(llm, method):
         assert result.logprobs == summed.logprobs == summed.scores and result.option_tokens == lengths
         assert result.choice == max(range(len(CHOICES)), key=result.scores.__getitem__)
         if method == "per_prompt":
-            assert [max(range(len(CHOICES)), key=s.__getitem__) for s in result.per_prompt_scores] == \
-                result.per_prompt_choices
+            per_prompt = [option_scores(lp, result.option_tokens, result.option_chars, mode)
+                          for lp in result.per_prompt_logprobs]
+            assert [max(range(len(CHOICES)), key=s.__getitem__) for s in per_prompt] == result.per_prompt_choices
     assert len(set(lengths)) > 1 and len({len(c) / n for c, n in zip(CHOICES, lengths)}) > 1
 
 

@@ -16,7 +16,6 @@ from typing import Any, Callable
 import torch
 
 from minirun.errors import MinirunError
-from minirun.layers.calibrate import cpu_facts
 
 
 def sync(device: torch.device) -> None:
@@ -167,14 +166,6 @@ def transformers_version() -> str | None:
         return version("transformers")
     except PackageNotFoundError:
         return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    facts = cpu_facts()
-    ident = f"{facts['cpu_id']}, " if "cpu_id" in facts else ""
-    return f"{facts['cpu']} ({ident}{facts['cores']} cores, {facts['torch_threads']} torch threads)"
 
 
 def error_text(e: Exception) -> str:

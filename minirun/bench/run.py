@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from minirun.bench.compare import ReadProbe, Trial, bandwidth, device_name, sync, transformers_version
+from minirun.bench.compare import ReadProbe, Trial, bandwidth, sync, transformers_version
 from minirun.checkpoints.loader import auto_device, load_model
 from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.engine.session import Hooks, set_step_graphs, step_graphs
 from minirun.errors import MinirunError
 from minirun.layers import flex
-from minirun.layers.calibrate import cpu_facts
+from minirun.layers.calibrate import cpu_facts, device_name
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 from minirun.methods.names import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row

@@ -47,10 +47,11 @@ def default_models_dir() -> Path:
     return Path(os.environ.get("MINIRUN_MODELS_DIR") or "models")
 
 
-def default_model_path() -> Path:
-    """The model used when none is given: `$MINIRUN_MODEL`, else the default SmolLM2 in the models dir."""
+def default_model_path(models_dir: Path | None = None) -> Path:
+    """What a command runs without --model: `$MINIRUN_MODEL`, else the default SmolLM2 in the models dir (where
+    `resolve_model` pulls it on first use)."""
     env = os.environ.get("MINIRUN_MODEL")
-    return Path(env) if env else default_models_dir() / DEFAULT_MODEL
+    return Path(env) if env else (models_dir or default_models_dir()) / DEFAULT_MODEL
 
 
 def is_complete(path: Path) -> bool:

@@ -18,6 +18,8 @@ from rich.markup import escape
 from minirun.errors import MinirunError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from minirun.engine.llm import LLM
 
 err = Console(stderr=True, soft_wrap=True)  # an error stays one line in a log or a pipe, not wrapped at 80 columns
@@ -308,13 +310,13 @@ MC2_CAPTION = ("TruthfulQA's MC2: the mean probability a method puts on an item'
                "--latex)")
 
 
-def shown_interval(scores, name: str, spec: str) -> str:
+def shown_interval(scores: pd.Series, name: str, spec: str) -> str:
     """` [low, high]` of `name`'s 95% interval, or nothing where it has none (a bootstrap over one unit)."""
     low, high = scores[f"{name}_ci95_low"], scores[f"{name}_ci95_high"]
     return "" if math.isnan(low) else f" [{low:{spec}}, {high:{spec}}]"
 
 
-def mc2_cells(scores) -> list[str]:
+def mc2_cells(scores: pd.Series) -> list[str]:
     """A method's MC2 with its interval, and its difference from origin's with interval and p: two cells."""
     if math.isnan(scores["mc2"]):
         return ["–", "–"]
@@ -324,12 +326,11 @@ def mc2_cells(scores) -> list[str]:
     return [f"{scores['mc2']:.3f}{shown_interval(scores, 'mc2', '.3f')}", versus]
 
 
-def single_prompt_line(scores) -> str:
+def single_prompt_line(scores: pd.Series) -> str:
     """The single-prompt figures (per_prompt's or vote's) as one run's and a sweep's tables caption them
     (consistency may not apply: a dash)."""
-    consistency = "–" if math.isnan(scores["consistency"]) else f"{scores['consistency']:.3f}"
     return (f"mean single-prompt accuracy {scores['mean_single_accuracy']:.3f}, oracle {scores['oracle_accuracy']:.3f}, "
-            f"consistency {consistency}")
+            f"consistency {shown_number(scores['consistency'], '.3f')}")
 
 
 def parse_flex_bias(value: Optional[str]) -> float | str | None:

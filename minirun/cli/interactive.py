@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from minirun.checkpoints.hub import DEFAULT_MODEL, is_complete, is_hub_id
+from minirun.checkpoints.hub import DEFAULT_MODEL, default_model_path, is_complete, is_hub_id
 from minirun.cli.common import NEW_TOKENS
 from minirun.cli.eval import DEFAULT_METHODS
 from minirun.errors import MinirunError
@@ -136,8 +136,8 @@ def _model(models_dir: Path, default: str) -> Check:
 
 def _ask_model(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
     """`--model X`, or nothing for the default model (the CLI then pulls it on first use)."""
-    chosen = os.environ.get("MINIRUN_MODEL")  # what the command runs without --model
-    default = chosen or str(models_dir / DEFAULT_MODEL)
+    chosen = os.environ.get("MINIRUN_MODEL")
+    default = str(default_model_path(models_dir))
     found = local_models(models_dir)
     echo(f"models in {models_dir}: {', '.join(found)}" if found else f"no models in {models_dir} yet")
     answer = _prompt(ask, echo, "model (listed name, checkpoint dir or HF repo id)", default, _model(models_dir, default))

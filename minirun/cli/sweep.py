@@ -376,7 +376,7 @@ def size_table(scores: pd.DataFrame, sizes: dict[str, int], note: str = "") -> T
     for model, size in rows.columns:
         t.add_column(f"{model if size == rows.columns[0][1] else ''}\nk={size}", justify="right")
     for name, values in rows.iterrows():
-        t.add_row(name, *("–" if math.isnan(v) else f"{v:.3f}" for v in values))
+        t.add_row(name, *(shown_number(v, ".3f") for v in values))
     return t
 
 
@@ -390,7 +390,7 @@ def _calibration_table(scores: pd.DataFrame, title: str, models: list[str]) -> T
         for i, header in enumerate(("confidence", "ECE", "Brier")):
             t.add_column(f"{model if i == 0 else ''}\n{header}", justify="right")
     for method, row in scores.iterrows():
-        t.add_row(method_label(str(method)), *("–" if math.isnan(row[model][c]) else f"{row[model][c]:.3f}"
+        t.add_row(method_label(str(method)), *(shown_number(row[model][c], ".3f")
                                                for model in models for c in ("confidence", "ece", "brier")))
     return t
 

@@ -664,10 +664,11 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     Rows hold id, method, prompts, generated, answer, exact, correct (under the run's rule: lemma
     containment, or both directions with `bidirectional`), correct_lemma, correct_bidirectional and correct_harness
     (both rules and lm-evaluation-harness's exact match, `harness_exact`, so a report can show any without a rerun),
-    tokens, seconds (the batch's wall time, confidences included, split evenly over its items), relation, task,
-    original, answers, per_prompt_correct, per_prompt_accuracy and confidences. For per_prompt, `correct`/`exact`/
-    `answer` are those of the first prompt (the question unless original=False), so it stays
-    comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
+    tokens, seconds (the batch's wall time, confidences included, split evenly over its items), machine (the device
+    the seconds were timed on, `device_name`), relation, task, original, answers, per_prompt_correct,
+    per_prompt_accuracy and confidences, and an item's popularity where its data gives one (report's bins). For
+    per_prompt, `correct`/`exact`/`answer` are those of the first prompt (the question unless original=False), so
+    it stays comparable with `origin`, while `answers` and `per_prompt_correct` hold every prompt's answer
     and verdict, `per_prompt_accuracy` their mean, and `tokens` sums all prompts; vote rows hold the same
     lists, with `answer` and the verdicts those of the answer most prompts gave. hidden_avg rows
     record the `fusion_layer` used. Multiple-choice items (`task` "choice") are scored, not
@@ -681,8 +682,9 @@ def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], 
     `answer` the picked option's text, and with `choice_format` "letters" the options are listed in the prompt
     and their letters scored. Maths items (`task` "math") are solved step by step (`max_new_tokens` by default
     `WORKED_TOKENS`, generation stopping at a next question): `answer` is the final number (`final_number`), judged as
-    a number under every rule, and `correct_harness` is lm-evaluation-harness's gsm8k "strict-match" verdict; a vote
-    counts final numbers.
+    a number under every rule, `correct_harness` is lm-evaluation-harness's gsm8k "strict-match" verdict and
+    `correct_flexible` its "flexible-extract" one (None on open answers; a choice row's pick); a vote counts final
+    numbers.
     `dataset` names the data in the run key and picks the default few-shot file; `settings` are
     `prepare`'s keywords. Returns the merged table (world_size 1) or this rank's shard of it.
     """

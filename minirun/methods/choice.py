@@ -22,7 +22,7 @@ from minirun.engine.generate import Row, stack_rows
 from minirun.engine.session import CHUNK, NO_HOOKS, Hooks, Session
 from minirun.errors import MinirunError
 from minirun.layers.masks import branch
-from minirun.methods.choice_rules import method_pick, option_scores
+from minirun.methods.choice_rules import method_pick
 from minirun.methods.fusion import RULES, confidence_weights
 from minirun.methods.model import EnsembleModel
 from minirun.methods.names import EVERY_ANSWER
@@ -50,7 +50,6 @@ class ChoiceResult:
     prompts: list[str]
     prompt_tokens: int
     per_prompt_choices: list[int] | None = None  # per_prompt and vote: each prompt's pick
-    per_prompt_scores: list[list[float]] | None = None
     per_prompt_logprobs: list[list[float]] | None = None  # per_prompt and vote: each prompt's summed log-likelihoods
     fusion_layer: int | None = None
     logprobs: list[float] | None = None  # every option's summed log-likelihood (vote: the prompts' mean)
@@ -327,8 +326,7 @@ def _scored(method: str, logprobs: list[float], tokens: list[int], chars: list[i
     and lengths: the pick under `mode`, and what any other mode's pick is recomputed from."""
     choice, scores, picks = method_pick(method, logprobs, tokens, chars, mode, per_prompt)
     if per_prompt is not None:
-        extra |= {"per_prompt_choices": picks, "per_prompt_logprobs": per_prompt,
-                  "per_prompt_scores": [option_scores(lp, tokens, chars, mode) for lp in per_prompt]}
+        extra |= {"per_prompt_choices": picks, "per_prompt_logprobs": per_prompt}
     return ChoiceResult(method, choice, scores, prompts, prompt_tokens, logprobs=logprobs, option_tokens=tokens,
                         option_chars=chars, **extra)
 
