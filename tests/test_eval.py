@@ -21,7 +21,6 @@ import torch
 
 import pytest
 import typer
-from smollm2_fixture import smollm2_dir, smollm2_gguf  # noqa: F401  (session fixtures)
 from typer.testing import CliRunner
 
 import minirun
@@ -1156,7 +1155,7 @@ def test_report_tables_and_errors(reference, tmp_path):
     assert unreadable.exit_code == 1 and "results.parquet is not a readable Parquet table" in unreadable.stderr
 
 
-def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):
     """Every method end to end on SmolLM2 through the CLI, then `report --json`."""
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
     methods = ["origin", "per_prompt", "avg", "max", "hidden_avg", "flex", "weighted_avg", "weighted_max"]

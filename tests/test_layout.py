@@ -35,8 +35,20 @@ def scan(package: Path) -> dict[str, Path]:
     return {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
 
 
-def imports(path: Path, name: str, modules: dict[str, Path]) -> list[tuple[str, list[str]]]:
-    """(imported module, names taken from it) for every import in the file, function-level ones too."""
+def lazy_homes(path: Path, name: str) -> dict[str, str]:
+    """A package's lazily loaded names and the submodule each comes from (`minirun.methods` reads them from a
+    `_HOMES` dict through `importlib`, which no import statement shows)."""
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["_HOMES"]:
+            return {key: f"{name}.{home}" for key, home in ast.literal_eval(node.value).items()}
+    return {}
+
+
+def imports(path: Path, name: str, modules: dict[str, Path],
+            homes: dict[str, dict[str, str]] | None = None) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for every import in the file, function-level ones too; a name a
+    package loads lazily counts as taken from its submodule (`homes`, by package)."""
+    homes = homes or {}
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
@@ -50,7 +62,9 @@ def imports(path: Path, name: str, modules: dict[str, Path]) -> list[tuple[str, 
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                found.append((sub, []) if sub in modules else (base, [alias.name]))
+                home = homes.get(base, {}).get(alias.name)
+                found.append((sub, []) if sub in modules else (home or base, [alias.name]))
+    found += [(home, []) for home in homes.get(name, {}).values()] if path.name == "__init__.py" else []
     root = next(iter(modules)).split(".")[0]
     return [(m, names) for m, names in found if m == root or m.startswith(root + ".")]
 
@@ -71,10 +85,11 @@ def layer_of(module: str, layers: list[tuple[str, tuple[str, ...]]]) -> int:
 def graph(package: Path) -> tuple[dict[str, set[str]], list[str]]:
     """Module import graph, and every private name taken from another module."""
     modules = scan(package)
+    homes = {name: lazy_homes(path, name) for name, path in modules.items() if path.name == "__init__.py"}
     edges: dict[str, set[str]] = {m: set() for m in modules}
     private = []
     for name, path in modules.items():
-        for target, names in imports(path, name, modules):
+        for target, names in imports(path, name, modules, homes):
             if target != name:
                 edges[name].add(target)
             private += [f"{name} imports {target}.{n}" for n in names if n.startswith("_") and target != name]
@@ -197,6 +212,19 @@ def test_checker_catches_a_planted_cycle(tmp_path):
     })
     edges, _ = graph(package)
     assert find_cycle(edges) == ["pkg.low.a", "pkg.low.b", "pkg.low.a"]
+
+
+def test_checker_catches_a_cycle_through_a_lazily_loaded_name(tmp_path):
+    """`from pkg.low import thing`, where pkg.low loads `thing` from pkg.low.b on first use, is an import of b."""
+    package = _plant(tmp_path, {
+        "__init__.py": "",
+        "low/__init__.py": "import importlib\n_HOMES = {'thing': 'b'}\n",
+        "low/a.py": "from pkg.low import thing\n",
+        "low/b.py": "def thing():\n    from pkg.low.a import other\n",
+    })
+    edges, _ = graph(package)
+    assert edges["pkg.low.a"] == {"pkg.low.b"} and edges["pkg.low"] == {"pkg.low.b"}
+    assert find_cycle(edges) == ["pkg.low.b", "pkg.low.a", "pkg.low.b"]
 
 
 def test_checker_catches_an_upward_import_and_a_private_name(tmp_path):

@@ -89,7 +89,8 @@ def test_maths_prompts_show_worked_solutions_in_the_harness_s_words():
     shots = load_fewshot("sample-math")[:2]
     fmt = prompt_format("gsm8k")
     head = build_prefix("math", shots, k=2, fmt=fmt)
-    drawn = [s for s in shots if head.index(s.question) >= 0]
+    drawn = [s for s in shots if s.question in head]
+    assert len(drawn) == 2
     assert head == "".join(f"Question: {s.question}\nAnswer: {s.solution}\n\n" for s in
                            sorted(drawn, key=lambda s: head.index(s.question)))
     assert question_block("How many?", fmt) == "Question: How many?\nAnswer:"

@@ -1024,7 +1024,11 @@ def test_several_right_options_count_any_of_them_and_leave_brier_to_single_ones(
     assert brier == pytest.approx((1 / 3) ** 2 + (2 / 3) ** 2 + (1 / 3) ** 2)  # t2 alone: a third on each option
     several = rows[rows["id"] != "t2"]
     assert math.isnan(calibration(several).loc["origin", "brier"])
-    assert calibration(several).loc["origin", "ece"] >= 0  # the picks' confidence still measured
+    # the picks' confidence still measured: C on t0 (wrong) and t1 (right), in bins of their own
+    wrong, right = (math.exp(-0.5) / sum(map(math.exp, (-1.0, -2.0, -0.5))),
+                    math.exp(-1.0) / sum(map(math.exp, (-3.0, -2.0, -1.0))))
+    assert int(wrong * 15) != int(right * 15)
+    assert calibration(several).loc["origin", "ece"] == pytest.approx((wrong + (1 - right)) / 2)
 
 
 def test_report_shows_mc2_in_each_form(tmp_path):

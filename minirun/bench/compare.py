@@ -11,11 +11,14 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from minirun.errors import MinirunError
+
+if TYPE_CHECKING:  # the reference, imported only where a comparison runs
+    from transformers import PreTrainedModel
 
 
 def sync(device: torch.device) -> None:
@@ -175,7 +178,8 @@ def error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0]}" + (f" | {detail}" if detail else "")
 
 
-def hf_run(model, ids: torch.Tensor, new_tokens: int, generate_kwargs: dict[str, Any]) -> dict[str, float]:
+def hf_run(model: PreTrainedModel, ids: torch.Tensor, new_tokens: int,
+           generate_kwargs: dict[str, Any]) -> dict[str, float]:
     """Prefill = one forward over the prompt; ttft and decode steps from a clock stamped as each token's
     logits reach the logits processors, so one generate call gives both (no subtraction of noisy runs)."""
     from transformers import LogitsProcessor, LogitsProcessorList

@@ -28,7 +28,7 @@ from minirun.layers.calibrate import cpu_facts, device_name
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
 from minirun.methods.names import WEIGHTED
 from minirun.methods.packing import Encoded, packed_row
-from minirun.paths import cache_root
+from minirun.paths import cache_root, write_atomic
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -277,9 +277,9 @@ def _measured(result: dict, *keys: str) -> bool:
 
 
 def write_json(result: dict, path: str | Path) -> Path:
+    """A results file, whole or not at all: a benchmark stopped while writing keeps the file it had."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     return path
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 from minirun.checkpoints.loader import checkpoint_digest, checkpoint_source
@@ -84,7 +85,7 @@ class RateColumn(ProgressColumn):
         super().__init__()
         self.unit = unit
 
-    def render(self, task) -> Text:
+    def render(self, task: Task) -> Text:
         done = task.completed - task.fields.get("resumed", 0)
         rate = done / task.elapsed if done > 0 and task.elapsed else None
         return Text(f"{rate:.2f} {self.unit}/s" if rate else f"? {self.unit}/s", style="cyan")
@@ -654,7 +655,7 @@ def items_digest(items: list[Item], prompts: dict[str, list[str]]) -> str:
 
 def evaluate(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path, *,
              rank: int = 0, world_size: int = 1, progress: bool = True,
-             on_row: Callable[[dict], None] | None = None, **settings) -> pd.DataFrame:
+             on_row: Callable[[dict], None] | None = None, **settings: Any) -> pd.DataFrame:
     """Answer `items` with each method and journal one row per (item, method) in `output_dir`.
 
     An item's prompts are its question, then its distinct paraphrases (`Item.prompts`), the first
@@ -1147,7 +1148,7 @@ def process_group(world_size: int) -> Iterator[None]:
 
 
 def run_sharded(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], output_dir: str | Path,
-                **kwargs) -> pd.DataFrame:
+                **kwargs: Any) -> pd.DataFrame:
     """`evaluate`, sharded over the `torchrun` processes when WORLD_SIZE > 1: each rank journals its
     shard; after a barrier rank 0 merges them and returns the full table (other ranks their shard)."""
     _, world_size = ranks()

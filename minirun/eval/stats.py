@@ -16,26 +16,19 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binomtest, norm
+from scipy.stats import binomtest
 
 Interval = tuple[float, float]
 _NAN: Interval = (math.nan, math.nan)
 
 
-def _z(confidence: float) -> float:
-    return float(norm.ppf(1 - (1 - confidence) / 2))
-
-
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
-    """Wilson score interval for a proportion successes/n; (nan, nan) when n is 0."""
+    """Wilson score interval for a proportion successes/n (scipy's, exactly 0 or 1 at the ends); (nan, nan) when n
+    is 0."""
     if n == 0:
         return _NAN
-    z, p = _z(confidence), successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at 0 or n successes the bound is the estimate itself; rounding would leave 3e-17 or 1 - 1e-16
-    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
+    interval = binomtest(successes, n).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:
