@@ -38,14 +38,20 @@ _FINAL_MARK = re.compile(r"####\s*")  # GSM8K's solutions end "#### 72"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # a maths-tuned model's "\boxed{72}"
 
 
+# Latin letters that Unicode does not decompose into a base letter and an accent, spelt as English text spells them
+# ("Søren" is written "Soren", "Łódź" "Lodz", "Encyclopædia" "Encyclopaedia")
+_UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ŧ": "t", "ı": "i", "ŀ": "l", "æ": "ae",
+                               "œ": "oe", "ß": "ss", "þ": "th", "ð": "d"})
+
+
 def fold(text: str) -> str:
-    """Compatibility-normalised, lowercased, accents dropped ("São" -> "sao": gold names carry accents that
-    answers often lack), the Unicode minus as "-", a typographic apostrophe as "'", and a lone letter's
+    """Compatibility-normalised, lowercased, accents dropped ("São" -> "sao", "Søren" -> "soren": gold names carry
+    accents that answers often lack), the Unicode minus as "-", a typographic apostrophe as "'", and a lone letter's
     "++"/"+"/"#" (or "♯")/trailing "-" spelt out as one word ("c++", "c plus plus" -> "cplusplus"; "c#", "C sharp" -> "csharp"),
     so that no later pass drops them as punctuation or splits them."""
     decomposed = unicodedata.normalize("NFKD", text.replace("\u2212", "-"))
     folded = unicodedata.normalize("NFKC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
-    folded = folded.lower().translate(_APOSTROPHE).replace("\u266f", "#")  # the music sharp sign: "C♯" is "C#"
+    folded = folded.lower().translate(_APOSTROPHE).translate(_UNDECOMPOSED).replace("\u266f", "#")  # the music sharp sign: "C♯" is "C#"
     folded = _SPELT_SIGN.sub(lambda m: m[1] + re.sub(r"[\s-]", "", m[2]), folded)
     return _SIGN_NAME.sub(lambda m: m[1] + _SIGN_WORDS[m[2]], folded)
 

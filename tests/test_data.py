@@ -31,6 +31,7 @@ from minirun.eval.data import (
 from minirun.eval.data.items import content_id, ensemble_prompts, item_from_dict
 from minirun.eval.data.myriadlama import template_prompt
 from minirun.eval.data.webqa import parse_target_value
+from minirun.eval.matching import Matcher
 from minirun.text import normalize
 
 
@@ -336,6 +337,33 @@ def test_myriadlama_warns_once_about_dropped_templates(tmp_path, caplog):
         load_myriadlama(tmp_path / "ml.parquet")
     (record,) = caplog.records
     assert "1 of 11 templates dropped" in record.getMessage() and "[X] after it" in record.getMessage()
+
+
+def test_myriadlama_reads_a_year_column_with_nulls_as_years_and_names_the_facts_it_leaves_out(tmp_path, caplog):
+    """A number column with a null somewhere is read as floats: 1969 was the gold "1969.0", and "1969" scored wrong;
+    a fact with no answer left the run without a word."""
+    rows = [{"uuid": u, "sub_ent": s, "template": "[X] happened in the year [Y].", "is_manual": True, "obj_label": a}
+            for u, s, a in [("g1", "Apollo 11", 1969), ("g2", "Mystery", None), ("g3", "WW2 end", 1945.5)]]
+    path = tmp_path / "years.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        items = load_myriadlama(path)
+    assert [(it.id, it.answers) for it in items] == [("g1", ["1969"]), ("g3", ["1945.5"])]
+    assert Matcher().match(["1969"], [items[0].answers])[0].exact
+    (record,) = caplog.records
+    assert "1 of 3 facts left out (g2)" in record.getMessage()
+
+
+def test_a_local_copy_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """An editor's UTF-8 with a BOM: the rows read, where pandas failed at position 0 and the error asked for the JSON
+    lines the file already held."""
+    plain, marked = tmp_path / "arc.jsonl", tmp_path / "arc_bom.jsonl"
+    _arc_frame().to_json(plain, orient="records", lines=True)
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_dataset(marked) == load_dataset(plain)
+    array = tmp_path / "arc_bom.json"
+    array.write_bytes(b"\xef\xbb\xbf" + _arc_frame().to_json(orient="records").encode())
+    assert load_dataset(array) == load_dataset(plain)
 
 
 def test_myriadlama_rows_are_checked(tmp_path):
@@ -659,6 +687,11 @@ def test_a_set_of_right_options_in_the_plain_form_round_trips(tmp_path):
         with pytest.raises(ValueError, match=r"field 'answer' must be an index 0\.\.2 or one of the choices \(or a "
                                              r"list of distinct ones, the set of right options, not all\)"):
             item_from_dict({**record, "answer": answer})
+    # an `answers` beside `answer` (as written files carry) must name the same options: which one was meant is unknown
+    assert item_from_dict({**record, "answers": ["No.", "Never."]}) == several
+    with pytest.raises(ValueError, match=r"field 'answers' \['Maybe\.'\] disagrees with field 'answer' \['No\.', 1\], "
+                                         r"which makes the right option\(s\) \['No\.', 'Never\.'\]"):
+        item_from_dict({**record, "answers": ["Maybe."]})
 
 
 def _hellaswag_frame(label: str = "2"):

@@ -64,6 +64,8 @@ def _one(matcher, pred, golds, **kw) -> MatchResult:
     ("It is Alexander Graham Bell", ["Bell", "Graham Bell"]),          # aliases
     ("an apple", ["the apple"]),
     ("Sao Paulo", ["São Paulo"]), ("Beyoncé", ["Beyonce"]),            # accents fold both ways
+    ("Soren Kierkegaard", ["Søren Kierkegaard"]), ("Łódź", ["Lodz"]),  # letters Unicode does not decompose too
+    ("the Oresund Bridge", ["Øresund"]), ("Strasse", ["Straße"]), ("Encyclopaedia", ["Encyclopædia"]),
     ("It was \u221240 degrees", ["-40"]), ("A", ["A"]), ("Plan B", ["plan b"]),
     ("It was Schindler\u2019s List.", ["Schindler's List"]), ("Grey\u2019s Anatomy (TV)", ["Grey's Anatomy"]),
     ("Jean\u2011Paul Sartre", ["Jean-Paul Sartre"]), ("Coca\u2010Cola", ["Coca-Cola"]),  # typographic marks

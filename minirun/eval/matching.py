@@ -16,12 +16,13 @@ import numpy as np
 from minirun.text import clean, drop_article, fold, normalize, number_value
 
 # Bumped when a verdict can change: a run's rows come from one matcher (its run key holds `matcher_name()`)
-MATCHER_VERSION = 4  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes;
+MATCHER_VERSION = 5  # 2: numbers keep their sign and decimal point, accents fold, only a leading article goes;
 # 3: "’" is an apostrophe, "C++"/"C#" are not "C", every script's dashes and punctuation count, and a prediction
 # of stopwords alone ("and") is not found inside a gold by the bidirectional rule, and an answer ends at " Q:", not
 # at "Q:" inside a word ("NATO HQ: Brussels"); 4: a comma between digits that groups no thousands is a decimal
 # comma ("2,5" is 2.5, not "25"; "1,000" stays 1000), a lone letter's trailing "-" is part of it ("A-" is no "A"),
-# and a word the lemmatiser turns into a lone letter keeps its text ("an" is no "A")
+# and a word the lemmatiser turns into a lone letter keeps its text ("an" is no "A"); 5: letters Unicode does not
+# decompose fold too ("Søren" is "Soren", "Łódź" "Lodz", "Straße" "Strasse")
 MATCH_RULES = ("lemma", "bidirectional")  # a run's headline rule: `Matcher.match` one way, or both ways
 # what `report --match` rescores by: those, lm-evaluation-harness's verdicts (`harness_exact`, or a word problem's
 # `harness_gsm8k` strict-match), or a word problem's flexible-extract

@@ -152,6 +152,9 @@ def item_from_dict(record: object) -> Item:
     choices, right = (_choice_fields(record) if task == "choice" else (None, []))
     as_set = task == "choice" and isinstance(record["answer"], list)  # a set of right options, even of one
     answers = [choices[i] for i in right] if choices else _str_list(record["answers"], "answers")
+    if choices and record.get("answers") is not None and _str_list(record["answers"], "answers") != answers:
+        raise ValueError(f"field 'answers' {record['answers']!r} disagrees with field 'answer' {record['answer']!r}, "
+                         f"which makes the right option(s) {answers!r}: fix one, or leave 'answers' out")
     if not answers or not all(a.strip() for a in answers):  # a blank first answer became an empty worked example
         raise ValueError("field 'answers' needs non-empty answers (drop the blank ones)")
     item_id = record["id"]
@@ -338,7 +341,8 @@ def read_frame(path: Path, what: str) -> pd.DataFrame:
     if not head:
         raise MinirunError(f"{path}: the file is empty; pass a copy of the {what} rows (.parquet, .jsonl or .json)")
     try:
-        return pd.read_json(path, lines=head != "[", dtype=False)  # "00123" stays text, "0.50" too
+        # "00123" stays text, "0.50" too; a byte-order mark (an editor's UTF-8) is read past, as item files' is
+        return pd.read_json(path, lines=head != "[", dtype=False, encoding="utf-8-sig")
     except ValueError as e:
         if head != "[":  # JSON lines: name the first line that is not one JSON value, as an item file's error does
             for n, line in enumerate(text_lines(path), 1):
@@ -362,14 +366,15 @@ def parquet_columns(path: Path) -> list[str]:
 
 
 def text_value(value: object, field: str) -> str | None:
-    """A data file's string as is, a number as its string form ("1969"), None for null; any other
-    value (a list, an object, true/false) raises ValueError naming the field."""
+    """A data file's string as is, a number as its string form ("1969", also from 1969.0: a column with a null
+    somewhere is read as floats), None for null; any other value (a list, an object, true/false) raises ValueError
+    naming the field."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return str(value)
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     raise ValueError(f"field {field!r} holds {value!r}, which is not text; give it as a string")
 
 

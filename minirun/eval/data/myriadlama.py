@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hf_frame, read_frame
+from minirun.eval.data.items import Item, as_list, hf_frame, read_frame, text_list
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,10 @@ def _fact_item(uuid: str, rows: pd.DataFrame, cols: dict[str, str], answer_cols:
         auto = rng.sample(auto, min(n_auto, len(auto)))
     prompts = manual + auto
     first = rows.iloc[0]
-    answers = [str(a) for c in answer_cols for group in as_list(first[c]) for a in as_list(group)]
-    answers = list(dict.fromkeys(a for a in answers if a.strip()))
+    try:
+        answers = list(dict.fromkeys(a for c in answer_cols for group in as_list(first[c]) for a in text_list(group, c)))
+    except ValueError as e:
+        raise MinirunError(f"fact {uuid}: {e}") from None
     if not prompts or not answers:
         return None
     relation = str(first[cols["relation"]]) if cols["relation"] else None
@@ -163,6 +165,9 @@ def load_myriadlama(path: str | Path | None = None, n_test: int | None = None, n
                     "[Y] or put the subject [X] after it", source, dropped, len(templates))
     groups = {str(k): g for k, g in df.groupby(df[cols["uuid"]].astype(str), sort=False)}
     items = [_fact_item(u, groups[u], cols, answer_cols, n_manual, n_auto, seed) for u in chosen]
+    if missing := [u for u, it in zip(chosen, items) if it is None]:
+        log.warning("%s: %d of %d facts left out (%s%s): each has no answer or no template ending in [Y] after [X]",
+                    source, len(missing), len(chosen), ", ".join(missing[:3]), ", …" if len(missing) > 3 else "")
     items = [it for it in items if it is not None]
     if not items:
         raise MinirunError(f"{source}: no fact has both answers and a template ending in [Y] after [X]; "
