@@ -88,6 +88,33 @@ def test_empty_prompt_is_a_clear_error(llm):
                         torch.zeros((1, 0), dtype=torch.int32))
 
 
+def test_truncating_a_prompt_keeps_its_bos_and_its_chat_template(llm, tmp_path):
+    """--truncate cut the prompt's ids from the front: Llama 2's <s> went first, a chat prompt's header with it; the
+    prompt's text loses its start instead, inside what the model always sees."""
+    from checkpoints import write_checkpoint
+
+    llama2 = minirun.load(write_checkpoint("llama_bias", tmp_path / "sp", sentencepiece=True,
+                                           max_position_embeddings=64))
+    bos = llama2.tokenizer.encode("x")[0]
+    long = "The capital of France is Paris. " * 30
+    ids = llama2.fit(long, 8, truncate=True, chat=False)
+    assert len(ids) <= 56 and ids[0] == bos and ids.count(bos) == 1
+    assert ids == llama2.tokenizer.encode(llama2.tokenizer.decode(ids[1:]))  # the text's end, encoded as itself
+    assert llama2.tokenizer.decode(ids).endswith("is Paris. ")
+    assert llama2.generate(long, 8, chat=False, truncate=True).prompt_tokens == len(ids)
+    short = "Who wrote Hamlet?"
+    assert llama2.fit(short, 8, truncate=True, chat=False) == llama2.prompt_ids(short, chat=False)  # fits: as is
+    limit = llm.config.max_position_embeddings
+    wrapped = llm.fit("word " * 600, 4, truncate=True, chat=True)
+    whole = llm.prompt_ids("word word", chat=True)
+    start, end = whole[:whole.index(llm.tokenizer.encode("word", add_special_tokens=False)[0])], whole[-5:]
+    assert limit - 4 - 2 <= len(wrapped) <= limit - 4 and wrapped[:len(start)] == start and wrapped[-5:] == end
+    with pytest.raises(MinirunError, match=r"leaves 4 of the model's context of 64 tokens, and the prompt's template "
+                                           r"takes \d+: lower --max-new-tokens"):
+        qwen2 = minirun.load(write_checkpoint("qwen2", tmp_path / "chat", max_position_embeddings=64))
+        qwen2.fit(long, 60, truncate=True, chat=True)
+
+
 def test_eager_step_builds_its_dense_mask_once(llm, monkeypatch):
     """Uncompiled, every layer reuses the step's dense mask: one build per decode step, not one per layer."""
     builds = []

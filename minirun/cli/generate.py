@@ -80,7 +80,8 @@ def generate(
     num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block, 1-based (default: round(0.75 x layers))."),
     fusion_alpha: float = typer.Option(1.0, min=0, max=1, help="hidden_avg: weight of the rows' mean in the fused state."),
-    truncate: bool = typer.Option(False, help="Keep the end of a prompt that does not fit the context."),
+    truncate: bool = typer.Option(False, help="Keep the end of a prompt's text that does not fit the context (its "
+                                  "chat template and BOS stay)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     compile: bool = typer.Option(False, help="Compile the decode step and FlexAttention kernels (slow first call, "

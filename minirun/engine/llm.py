@@ -74,16 +74,31 @@ class LLM:
             raise MinirunError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                                f"context of {limit}: shorten the prompt, lower --max-new-tokens or pass --truncate")
 
-    def fit(self, ids: list[int], max_new_tokens: int, truncate: bool) -> list[int]:
-        """Keep the prompt's end when `truncate`, else refuse a prompt that does not fit."""
+    def fit(self, prompt: str, max_new_tokens: int, truncate: bool, chat: bool | None = None,
+            thinking: bool | None = None) -> list[int]:
+        """`prompt_ids` of a prompt that fits the context with `max_new_tokens`, else a refusal, or with `truncate`
+        of the prompt's text's end: the chat template around it and the tokenizer's BOS stay (a model sees them at
+        the start of every prompt it was trained on; cutting the ids would drop them first)."""
+        ids = self.prompt_ids(prompt, chat, thinking)
         room = self.config.max_position_embeddings - max_new_tokens
-        if truncate and room <= 0:
+        if not truncate or len(ids) <= room:
+            self.check_context(len(ids), max_new_tokens)
+            return ids
+        if room <= 0:
             raise MinirunError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context "
                                f"of {self.config.max_position_embeddings}: lower --max-new-tokens")
-        if truncate and len(ids) > room:
-            return ids[-room:]
-        self.check_context(len(ids), max_new_tokens)
-        return ids
+        text = self.tokenizer.encode(prompt, add_special_tokens=False)
+        keep = len(text) - (len(ids) - room)
+        while keep > 0:  # tokens merge across the cut now and then: one more round, a token or two shorter
+            tail = self.tokenizer.decode(text[-keep:]).lstrip("\ufffd")  # not half a character's bytes
+            ids = self.prompt_ids(tail, chat, thinking) if tail.strip() else []
+            if ids and len(ids) <= room:
+                return ids
+            keep -= max(1, len(ids) - room)
+        wrapper = len(self.prompt_ids(".", chat, thinking)) - 1
+        raise MinirunError(f"max_new_tokens ({max_new_tokens}) leaves {room} of the model's context of "
+                           f"{self.config.max_position_embeddings} tokens, and the prompt's template takes {wrapper}: "
+                           "lower --max-new-tokens")
 
     def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False, *,
                 log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
@@ -145,7 +160,7 @@ class LLM:
         if bad := [i for i, p in enumerate(batch) if not isinstance(p, str) or not p.strip()]:
             raise MinirunError(f"prompt {bad[0]} is {'empty' if isinstance(batch[bad[0]], str) else 'not text'}: "
                                "every prompt needs some text")
-        ids = [self.fit(self.prompt_ids(p, chat, thinking), max_new_tokens, truncate) for p in batch]
+        ids = [self.fit(p, max_new_tokens, truncate, chat, thinking) for p in batch]
         results = self.generate_ids(ids, max_new_tokens, params, stop, on_text, self.opens_reasoning(chat, thinking))
         return results[0] if single else results
 
