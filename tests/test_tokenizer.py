@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer as FileTokenizer
 from transformers import AutoTokenizer
 
 from minirun.checkpoints.tokenizer import SPECIAL_KEYS, Tokenizer
@@ -74,11 +75,36 @@ def _class_named(path: Path, model_type: str | None, settings: dict):
     return AutoTokenizer.from_pretrained(path)
 
 
+def test_a_file_naming_qwen2tokenizer_encodes_with_qwens_pipeline_whatever_it_holds(tmp_path):
+    """transformers 5's Qwen2Tokenizer takes a file's vocabulary and merges and builds Qwen's own pipeline around them
+    (NFC, Qwen's split, byte level): a file with GPT-2's split ("a\\n\\nb" one "\\n" token each) was read as written.
+    Qwen's own files hold that pipeline already: their ids, and their runs' keys (`rebuilt`), stay."""
+    import json
+
+    qwens = tmp_path / "qwen"
+    _class_named(qwens, "qwen2", {"tokenizer_class": "Qwen2Tokenizer", "byte_level": True})
+    assert not Tokenizer(qwens).rebuilt
+    other = tmp_path / "other"
+    _class_named(other, "qwen2", {"byte_level": True})
+    written = json.loads((other / "tokenizer.json").read_text())
+    written |= {"normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                                                      "trim_offsets": True, "use_regex": True}}
+    (other / "tokenizer.json").write_text(json.dumps(written))
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "Qwen2Tokenizer"}))
+    ref, ours = AutoTokenizer.from_pretrained(other), Tokenizer(other)
+    texts = [*LLAMA_TEXTS, "a\n\nb", "  two  spaces  \n\n\n", "x 12345", "e\u0301t\u00e9"]
+    assert ours.rebuilt and any(ours.encode(t) != FileTokenizer.from_file(str(other / "tokenizer.json")).encode(t).ids
+                                for t in texts)
+    for text in texts:
+        ids = ref.encode(text)
+        assert ours.encode(text) == ids and ours.decode(ids) == ref.decode(ids), text
+
+
 def test_a_byte_level_file_naming_llamatokenizerfast_is_read_as_written(tmp_path):
     """Llama 3 fine-tunes often name LlamaTokenizerFast over a byte-level tokenizer.json: rebuilt as Llama 2's
     Metaspace pipeline its ids would be nonsense. transformers 5.17 did rebuild it; later 5.x read it as written,
     as minirun does (checked against them where the transformers installed has that rule)."""
-    from tokenizers import Tokenizer as FileTokenizer
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     ref = _class_named(tmp_path, "llama", {"tokenizer_class": "LlamaTokenizerFast", "byte_level": True})

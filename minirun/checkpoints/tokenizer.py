@@ -11,7 +11,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, pre_tokenizers
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 
 from minirun.errors import MinirunError
 from minirun.models.config import checkpoint_json
@@ -54,6 +54,31 @@ def llama_pipeline(tok: HFTokenizer, config: dict) -> None:
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      *([decoders.Strip(" ", 1, 0)] if prefix or code else [])])
     tok.model.fuse_unk, tok.model.byte_fallback = True, True
+
+
+QWEN2_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")  # Qwen2/2.5's, Qwen3's and QwQ's files name these
+# transformers 5's Qwen2Tokenizer splits text by this pattern before its byte-level step (Qwen's own files say the same)
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+               r"\s+(?!\S)|\s+")
+
+
+# texts on which two pipelines' splits, normalisation or byte handling part ways
+PIPELINE_PROBES = ("a\n\nb", "  two  spaces  \t\r\n", "x 12345 3.14", "It's I'LL don't", "ﬁne Ünïcödé 你好，世界 🙂",
+                   "caf\u0065\u0301 (an accent apart)")
+
+
+def qwen2_pipeline(tok: HFTokenizer, config: dict) -> None:
+    """The pipeline transformers 5's Qwen2Tokenizer builds whatever tokenizer.json says: the file's vocabulary, merges,
+    special tokens and post-processor, under NFC, Qwen's split pattern and a byte-level step, with a plain BPE (no
+    unknown token, no byte fallback). Qwen's own files already read so; a fine-tune's other file does not."""
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")), use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    model = tok.model
+    model.dropout, model.unk_token, model.fuse_unk, model.byte_fallback = None, None, False, False
+    model.continuing_subword_prefix, model.end_of_word_suffix, model.ignore_merges = "", "", False
 
 
 def _token_text(value: Any) -> str | None:
@@ -120,9 +145,14 @@ class Tokenizer:
         self.checkpoint = checkpoint
         config = checkpoint_json(checkpoint / "tokenizer_config.json")
         # the ids transformers 5 encodes, not the file's alone; runs record it, as minirun once read the file
-        self.rebuilt = type(self._tok.model).__name__ == "BPE" and rebuilt_as_llama(checkpoint, config)
+        bpe = type(self._tok.model).__name__ == "BPE"
+        self.rebuilt = bpe and rebuilt_as_llama(checkpoint, config)
         if self.rebuilt:
             llama_pipeline(self._tok, config)
+        elif bpe and config.get("tokenizer_class") in QWEN2_CLASSES:
+            written = [self._tok.encode(text).ids for text in PIPELINE_PROBES]
+            qwen2_pipeline(self._tok, config)  # Qwen's own files encode alike: their runs keep their keys
+            self.rebuilt = written != [self._tok.encode(text).ids for text in PIPELINE_PROBES]
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
