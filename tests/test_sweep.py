@@ -1602,7 +1602,8 @@ def test_a_bad_ensemble_size_list_is_one_line(sizes):
 
 def test_a_sample_seed_keys_only_the_datasets_that_have_one():
     """`sample_seed` asks other items, so it keys a dataset's cells and its ensemble-size series; a dataset without
-    one keeps the keys it had before the setting existed (pinned: these are a sweep's of 2026-12-07)."""
+    one keeps the keys it had before the setting existed (pinned: these are a sweep's of 2026-12-07; a cell's key
+    holds the answer matcher's version too, 5 since that evening)."""
     from minirun.eval import sweep as sweep_module
     from minirun.eval.sweep_spec import DatasetSpec
 
@@ -1614,7 +1615,7 @@ def test_a_sample_seed_keys_only_the_datasets_that_have_one():
                                               "sample_seed": 0}]})
     plain, seeded = (sweep_module.cell_key(cell, spec, sweep_module.Data(load_dataset("sample-qa")[:3], None, None))
                      for cell in sweep_module.cells(spec, "out"))
-    assert plain == "2e909fa50415a19b4ec40dea36912b1f5966532328fc385aae1a190b2f34768c" and seeded != plain
+    assert plain == "f5e52716f0a81cdb0b3d3a9ddeb382aab65bdfa2fe9c7684e1b0503af24dab96" and seeded != plain
 
 
 def test_a_sweep_plot_title_says_how_each_dataset_was_rescored():

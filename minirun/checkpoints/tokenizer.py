@@ -90,7 +90,8 @@ def _raise(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
     # Jinja's own tojson escapes HTML characters; chat templates expect plain JSON.
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -249,7 +250,8 @@ class Tokenizer:
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
         return _clean_up(text) if self.clean_up_spaces else text
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            **kwargs: Any) -> str:
         if self.chat_template is None:
             raise MinirunError("this tokenizer has no chat template: pass --raw (or chat=False) to use plain prompts")
         try:
