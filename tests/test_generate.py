@@ -134,6 +134,23 @@ def test_confidences_cached_per_dtype(checkpoint_dirs, tmp_path, monkeypatch):
     assert len(calls) == 2  # one per dtype; the second float32 run reads its own
 
 
+def test_confidences_of_other_weights_saved_at_the_same_path_are_not_reused(tmp_path, monkeypatch):
+    """A notebook re-saves a fine-tune into its folder: the cache keyed by the path alone answered the old weights'
+    confidences; the same weights written again (a re-pull) keep theirs."""
+    from checkpoints import write_checkpoint
+
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = confidence.paraphrase_confidence
+    monkeypatch.setattr(confidence, "paraphrase_confidence", lambda *a: calls.append(1) or real(*a))
+    question = Question(PROMPT, [PROMPT])
+    options = EnsembleOptions(max_new_tokens=2, num_samples=2, chat=False, confidence_tokens=2)
+    for seed in (0, 7, 7):
+        write_checkpoint("qwen2", tmp_path / "model", seed=seed)
+        run_method(minirun.load(tmp_path / "model"), "weighted_avg", [question], options)
+    assert len(calls) == 2  # seed 7's weights sampled afresh, then read back when written again
+
+
 def test_confidence_samples_share_one_prefill(llm, monkeypatch):
     """The S samples prefill the prompt once (batch 1), then decode S rows."""
     from minirun.engine.session import Session

@@ -126,6 +126,24 @@ def file_sha256(f: Path) -> str:
     return digest.hexdigest()
 
 
+def content_files(checkpoint: str | Path) -> list[Path]:
+    """The files loading a checkpoint (a folder, or one file) reads, in a fixed order."""
+    root = Path(checkpoint)
+    return [root] if root.is_file() else sorted({f for pattern in CONTENT_FILES for f in root.glob(pattern)
+                                                 if f.is_file() and not f.name.startswith(".")})
+
+
+def quick_digest(checkpoint: str | Path) -> str:
+    """A short hash of a checkpoint's files' names, sizes and quick signatures (`_signature`: every tensor's ends),
+    read in milliseconds, for keys asked of many times where `checkpoint_digest`'s first whole read would cost
+    seconds: other weights written at the same path change it with near certainty, a re-pull of the same files not."""
+    digest = hashlib.sha256()
+    for f in content_files(checkpoint):
+        size = f.stat().st_size
+        digest.update(f"{f.name}\0{size}\0".encode() + _signature(f, size))
+    return digest.hexdigest()[:16]
+
+
 def checkpoint_digest(checkpoint: str | Path) -> str:
     """A short hash of every byte a checkpoint's loading reads, to tell other weights at the same path apart (a
     run directory resumed after the checkpoint was overwritten, or edited in place, mixed two models' rows).
@@ -133,9 +151,7 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
     its path, size, modification time and a quick signature of its content (`_signature`), once the file is
     `SETTLED_NS` old: a later run re-reads only files that changed. Timestamps do not enter the digest: a
     re-pull of the same files keeps it."""
-    root = Path(checkpoint)
-    files = [root] if root.is_file() else sorted({f for pattern in CONTENT_FILES for f in root.glob(pattern)
-                                                  if f.is_file() and not f.name.startswith(".")})
+    files = content_files(checkpoint)
     cache_file = cache_root() / "file-digests.json"
     cached = read_cache(cache_file, "checkpoint file digests")
     cached = cached if isinstance(cached, dict) else {}

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from minirun.checkpoints.loader import quick_digest
 from minirun.engine.generate import decode_loop, plain_row, stack_rows
 from minirun.engine.sampling import SamplingParams, sample
 from minirun.errors import MinirunError, PromptTooLong
@@ -43,9 +44,11 @@ def cache_dir() -> Path:
     return cache_root() / "confidence"
 
 
-def _key(llm: EnsembleModel, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> str:
-    settings = [str(llm.path.resolve()), str(llm.dtype), llm.device.type, ids, options.num_samples, options.confidence_temperature,
-                options.confidence_tokens, options.seed,
+def _key(llm: EnsembleModel, weights: str, ids: list[int], options: EnsembleOptions, same: SameAnswer) -> str:
+    """The cache's name for one prompt's confidence: the model (its path and `weights`, so other weights saved there
+    are another model), dtype, device, the prompt's ids and the sampling settings."""
+    settings = [str(llm.path.resolve()), weights, str(llm.dtype), llm.device.type, ids, options.num_samples,
+                options.confidence_temperature, options.confidence_tokens, options.seed,
                 getattr(same, "cache_name", getattr(same, "__qualname__", repr(same)))]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
@@ -98,13 +101,13 @@ def confidences_for(llm: EnsembleModel, encoded: list[Encoded], options: Ensembl
                             f"measure its confidence, and a prompt of {longest[worst]} tokens leaves no room for them "
                             f"in the model's context of {limit}: shorten the prompts (fewer few-shot examples), or "
                             "from Python give EnsembleOptions.confidences or a smaller confidence_tokens", worst)
-    directory = cache_dir()
+    directory, weights = cache_dir(), quick_digest(llm.path)
     out = []
     for enc in encoded:
         row = []
         for i in range(len(enc.paraphrases)):
             ids = enc.full(i)
-            path = directory / f"{_key(llm, ids, options, same)}.json"
+            path = directory / f"{_key(llm, weights, ids, options, same)}.json"
             value = _cached(path)
             if value is None:
                 value = paraphrase_confidence(llm, ids, options, same)
