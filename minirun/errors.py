@@ -1,5 +1,19 @@
+import operator
+
+
 class MinirunError(Exception):
     """A user-facing error: its message names the problem and the fix."""
+
+
+def whole_number(value: object, name: str) -> int:
+    """`value` as an int where it is a whole number of any integer type (numpy's and torch's included: a notebook's
+    counts come from arrays), else a one-line error naming `name`; True and 4.0 are not counts."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise MinirunError(f"{name} must be a whole number, got {value!r}")
 
 
 def error_line(error: BaseException, limit: int = 200) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +19,7 @@ from minirun.cli.eval import eval_command
 from minirun.engine.sampling import SamplingParams
 from minirun.engine.session import compiled_decode_step
 from minirun.errors import MinirunError
-from minirun.eval.data import Item, write_jsonl
+from minirun.eval.data import Item, ensemble_prompts, write_jsonl
 from minirun.methods import METHODS, EnsembleOptions, Question, run_method
 from minirun.methods.choice import score_choices
 
@@ -660,8 +661,8 @@ def test_an_unwritable_output_is_refused(tmp_path, monkeypatch):
     (lambda: SamplingParams(1.0, top_p=0.0), r"top_p must be in \(0, 1\]"),
     (lambda: SamplingParams(1.0, top_p=1.01), r"top_p must be in \(0, 1\]"),
     (lambda: SamplingParams("0.7"), "temperature must be a number, got '0.7'"),
-    (lambda: SamplingParams(1.0, top_k=1.5), r"top_k must be a number \(whole\), got 1.5"),
-    (lambda: SamplingParams(1.0, seed="1"), r"seed must be a number \(whole\)"),
+    (lambda: SamplingParams(1.0, top_k=1.5), r"top_k must be a whole number, got 1.5"),
+    (lambda: SamplingParams(1.0, seed="1"), r"seed must be a whole number"),
     (lambda: SamplingParams(1.0, seed=2**70), r"seed must be in \[-2\*\*63, 2\*\*64\)"),
     (lambda: EnsembleOptions(max_new_tokens=0), "max_new_tokens must be at least 1"),
     (lambda: EnsembleOptions(num_samples=0), "num_samples must be at least 1"),
@@ -677,10 +678,39 @@ def test_an_unwritable_output_is_refused(tmp_path, monkeypatch):
     (lambda: Question("Capital?", "France's capital?"), "paraphrases must be a list of strings"),  # not 17 characters
     (lambda: Question("Q?", ["Q?", " "]), "paraphrase 1 of 'Q\\?' is empty"),
     (lambda: Question(""), "the question must be non-empty text"),
+    (lambda: Question("Q?", None), "paraphrases must be a list of strings, got None"),
+    (lambda: Question("Q?", [], prefix=None), r"the question's prefix must be text \('' for none\), got None"),
+    (lambda: Question("Q?", [], suffix=3), "the question's suffix must be text"),
+    (lambda: EnsembleOptions(seed=1.5), "seed must be a whole number, got 1.5"),
+    (lambda: EnsembleOptions(max_new_tokens=True), "max_new_tokens must be a whole number, got True"),
+    (lambda: ensemble_prompts("Capital?", "France's capital?"), "paraphrases must be a list of texts, got the text"),
 ])
 def test_python_callers_get_the_same_checks(make, message):
     with pytest.raises(MinirunError, match=message):
         make()
+
+
+def test_python_callers_may_count_with_numpy_and_torch_integers(checkpoint_dirs):
+    """A notebook's counts come from arrays: np.int64(3) is a whole number (it was refused as "not a number (whole)"
+    for top_k and seed, and EnsembleOptions took a seed it refused later); each lands as a Python int."""
+    import numpy as np
+
+    params = SamplingParams(1.0, top_k=np.int64(3), seed=torch.tensor(4))
+    options = EnsembleOptions(max_new_tokens=np.int32(4), num_samples=np.int64(2), seed=np.uint8(7),
+                              fusion_layer=np.int16(1))
+    assert (params.top_k, params.seed) == (3, 4) and all(type(v) is int for v in (params.top_k, params.seed))
+    assert (options.max_new_tokens, options.num_samples, options.seed, options.fusion_layer) == (4, 2, 7, 1)
+    assert type(options.seed) is int
+    llm = minirun.load(checkpoint_dirs["qwen2"])
+    assert llm.generate("Hi", np.int64(3), chat=False).token_ids == llm.generate("Hi", 3, chat=False).token_ids
+    for bad, message in ((4.0, "max_new_tokens must be a whole number, got 4.0"),
+                         ("4", "max_new_tokens must be a whole number, got '4'"),
+                         (True, "max_new_tokens must be a whole number, got True")):
+        with pytest.raises(MinirunError, match=message):
+            llm.generate("Hi", bad)
+    for prompts, kind in ((None, "NoneType"), (Path("p.txt"), "PosixPath")):
+        with pytest.raises(MinirunError, match=f"prompts must be a text or a list of texts, got {kind}"):
+            llm.generate(prompts)
 
 
 @pytest.mark.parametrize("resumable", [False, True])

@@ -124,6 +124,17 @@ def test_reference_rows(reference, items):
     assert (reference["machine"] == device_name(torch.device("cpu"))).all()  # where the seconds were timed
 
 
+def test_a_lone_method_name_and_numpy_counts_run_as_their_list_and_ints(tiny, items, reference, tmp_path):
+    """evaluate(llm, items, "origin", …) ran the methods 'o', 'r', … ("unknown method 'o'"), and num_prompts=2.5
+    failed in a slice deep inside; a numpy count is a count."""
+    import numpy as np
+
+    alone = evaluate(tiny, items, METHODS[0], tmp_path / "one", **{**SETTINGS, "num_prompts": np.int64(2)})
+    assert _canon(alone).equals(_canon(reference[reference["method"] == METHODS[0]]))
+    with pytest.raises(minirun.MinirunError, match="num_prompts must be a whole number, got 2.5"):
+        evaluate(tiny, items, METHODS, tmp_path / "half", **{**SETTINGS, "num_prompts": 2.5})
+
+
 def test_resume_after_interruption(tiny, items, reference, tmp_path):
     seen = []
 

@@ -16,7 +16,7 @@ from minirun.engine.allocator import keep_large_allocations
 from minirun.engine.generate import Completion, Stopper, decode_loop, left_padded, stop_strings
 from minirun.engine.sampling import SamplingParams, generation_params, sample
 from minirun.engine.session import NO_HOOKS, Hooks, Prefixes, Session, cache_size
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, whole_number
 from minirun.layers import flex
 from minirun.layers.hidden_fusion import HeadMix, HiddenFusion
 from minirun.models import Decoder
@@ -97,8 +97,9 @@ class LLM:
             keep -= max(1, len(ids) - room)
         wrapper = len(self.prompt_ids(".", chat, thinking)) - 1
         raise MinirunError(f"max_new_tokens ({max_new_tokens}) leaves {room} of the model's context of "
-                           f"{self.config.max_position_embeddings} tokens, and the prompt's template takes {wrapper}: "
-                           "lower --max-new-tokens")
+                           f"{self.config.max_position_embeddings} tokens, the prompt's template takes {wrapper} of "
+                           "them, and no end of the prompt's text but blank space fits in the rest: lower "
+                           "--max-new-tokens")
 
     def session(self, batch: int, slots: int, hooks: Hooks = NO_HOOKS, reuse: bool = False, *,
                 log_weights: torch.Tensor | None = None, fusion: HiddenFusion | None = None,
@@ -150,10 +151,14 @@ class LLM:
                  seed: int | None = None, stop: tuple[str, ...] | list[str] = (), truncate: bool = False,
                  on_text: Callable[[str], None] | None = None, thinking: bool | None = None) -> Completion | list[Completion]:
         """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
+        max_new_tokens = whole_number(max_new_tokens, "max_new_tokens")
         if max_new_tokens < 1:
             raise MinirunError(f"max_new_tokens must be at least 1, got {max_new_tokens}: ask for one token or more")
         params = generation_params(temperature, top_k, top_p, seed)
         single = isinstance(prompts, str)
+        if not single and not isinstance(prompts, (list, tuple)):
+            raise MinirunError(f"prompts must be a text or a list of texts, got {type(prompts).__name__}: e.g. "
+                               "generate('Who wrote Hamlet?') or generate(['Who wrote Hamlet?', 'Capital of France?'])")
         batch = [prompts] if single else list(prompts)
         if not batch:
             raise MinirunError("no prompts given: pass at least one prompt")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, whole_number
 
 
 MIN_TEMPERATURE = 1e-30  # float32 logits (|x| up to ~1e4) divided by less can overflow to inf, and softmax to NaN
@@ -22,10 +22,13 @@ class SamplingParams:
     def __post_init__(self) -> None:
         """Refuse values that would crash mid-generation (top-k 0) or silently mean something else
         (a negative temperature decoding greedily, a top-p above 1 keeping everything)."""
-        for name, kinds in (("temperature", (int, float)), ("top_k", int), ("top_p", (int, float)), ("seed", int)):
+        for name in ("temperature", "top_p"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, kinds) or (value is None and name != "temperature")):
-                raise MinirunError(f"{name} must be a number{' (whole)' if kinds is int else ''}, got {value!r}")
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) or (value is None and name == "top_p")):
+                raise MinirunError(f"{name} must be a number, got {value!r}")
+        for name in ("top_k", "seed"):  # numpy's and torch's integers as Python's
+            if getattr(self, name) is not None:
+                setattr(self, name, whole_number(getattr(self, name), name))
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch's generators take
             raise MinirunError(f"seed must be in [-2**63, 2**64), got {self.seed}: pass a smaller seed")
         if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < float("inf")):

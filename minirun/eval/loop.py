@@ -31,7 +31,7 @@ from minirun.checkpoints.loader import checkpoint_digest, checkpoint_source
 from minirun.checkpoints.tokenizer import day_text, template_day
 from minirun.engine.llm import LLM
 from minirun.engine.session import out_of_memory
-from minirun.errors import HubDataUnavailable, MinirunError, PromptTooLong
+from minirun.errors import HubDataUnavailable, MinirunError, PromptTooLong, whole_number
 from minirun.eval.data import NAMES, TASK_OF, Item, asked_items, ensemble_prompts, load_fewshot
 from minirun.eval.matching import MatchResult, Matcher, harness_exact, harness_gsm8k, matcher_name, number_right
 from minirun.eval.prompts import (
@@ -325,8 +325,14 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
     if template_date is not None:
         template_date = day_text(template_date)
     source = benchmark or dataset  # whose prompts these are
+    if isinstance(methods, str):  # one method's name, not its letters
+        methods = [methods]
     if not methods:
         raise MinirunError(f"no method given: choose from {', '.join(METHODS)}")
+    batch_size, num_prompts, few_shot_k, max_samples = (
+        None if value is None else whole_number(value, name)  # numpy's and torch's integers as Python's
+        for name, value in (("batch_size", batch_size), ("num_prompts", num_prompts), ("few_shot_k", few_shot_k),
+                            ("max_samples", max_samples)))
     for name, value, least in (("batch_size", batch_size, 1), ("num_prompts", num_prompts, 1),
                                ("few_shot_k", few_shot_k, 0), ("max_samples", max_samples, 1)):
         if value is not None and value < least:

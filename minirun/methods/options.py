@@ -5,9 +5,8 @@ import math
 from dataclasses import dataclass, field
 
 from minirun.engine.generate import stop_strings
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, whole_number
 from minirun.methods.names import CHOICE_SCORES
-
 
 
 @dataclass
@@ -21,7 +20,10 @@ class Question:
         """A str of paraphrases would run one paraphrase per character, an empty one a bare template."""
         if not isinstance(self.question, str) or not self.question.strip():
             raise MinirunError(f"the question must be non-empty text, got {self.question!r}")
-        if isinstance(self.paraphrases, str) or not all(isinstance(p, str) for p in self.paraphrases):
+        for name in ("prefix", "suffix"):
+            if not isinstance(getattr(self, name), str):
+                raise MinirunError(f"the question's {name} must be text ('' for none), got {getattr(self, name)!r}")
+        if not isinstance(self.paraphrases, (list, tuple)) or not all(isinstance(p, str) for p in self.paraphrases):
             raise MinirunError(f"paraphrases must be a list of strings, got {self.paraphrases!r}: e.g. "
                                "Question(q, [q, 'a rewording'])")
         if empty := [i for i, p in enumerate(self.paraphrases) if not p.strip()]:
@@ -58,10 +60,9 @@ class EnsembleOptions:
     def __post_init__(self) -> None:
         """Refuse values that would crash deep inside a run or silently do something else, naming the field."""
         self.stop = stop_strings(self.stop)
-        for name in ("max_new_tokens", "num_samples", "confidence_tokens", "fusion_layer"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "fusion_layer" and value is None):
-                raise MinirunError(f"{name} must be a whole number, got {value!r}")
+        for name in ("max_new_tokens", "num_samples", "confidence_tokens", "fusion_layer", "seed"):
+            if not (name == "fusion_layer" and self.fusion_layer is None):  # numpy's and torch's integers as Python's
+                setattr(self, name, whole_number(getattr(self, name), name))
         for name, least in (("max_new_tokens", 1), ("num_samples", 1), ("confidence_tokens", 1)):
             if getattr(self, name) < least:
                 raise MinirunError(f"{name} must be at least {least}, got {getattr(self, name)}: pass {name} >= {least}")

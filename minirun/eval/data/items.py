@@ -33,6 +33,9 @@ def ensemble_prompts(question: str, paraphrases: list[str], original: bool = Tru
     there (compared up to case and spacing, so data that repeats the question as paraphrase 0
     gives the same prompts as data that does not); blank ones dropped. `original=False` leaves
     the question out (paraphrases only), which may leave nothing."""
+    if isinstance(paraphrases, str):  # it would give one prompt per character
+        raise MinirunError(f"paraphrases must be a list of texts, got the text {paraphrases!r}: e.g. "
+                           "ensemble_prompts(q, ['a rewording'])")
     unique: dict[str, str] = {}
     for text in [question, *paraphrases]:
         if key := _wording_key(text):
