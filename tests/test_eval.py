@@ -1432,6 +1432,41 @@ def test_one_question_out_of_memory_ends_in_one_line_and_keeps_what_finished(che
     assert list(table["id"]) == [item.id for item in items[:4]]
 
 
+def test_a_batch_out_of_memory_while_sampling_confidences_leaves_no_bar_behind(tiny, items, tmp_path, monkeypatch):
+    """The weighted methods' confidence bar of a batch that ran out of memory stayed on screen, stuck, for the rest of
+    the run, beside its halves' bars: every bar added is removed, and the rows are a whole batch's."""
+    from rich.progress import Progress
+
+    from minirun.methods import confidence
+
+    monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
+    shown, calls, real = set(), [], confidence.paraphrase_confidence
+
+    def add(self, what, *args, add=Progress.add_task, **kwargs):
+        task = add(self, what, *args, **kwargs)
+        if what.strip() == "confidence":
+            shown.add((id(self), task))
+        return task
+
+    def remove(self, task, remove=Progress.remove_task):
+        shown.discard((id(self), task))
+        remove(self, task)
+
+    def sample(*args):
+        calls.append(1)
+        return _no_memory() if len(calls) == 3 else real(*args)  # the third prompt's samples do not fit
+
+    monkeypatch.setattr(Progress, "add_task", add)
+    monkeypatch.setattr(Progress, "remove_task", remove)
+    monkeypatch.setattr(confidence, "paraphrase_confidence", sample)
+    settings = {**SETTINGS, "num_samples": 2, "batch_size": 4}
+    split = evaluate(tiny, items[:4], ["weighted_avg"], tmp_path / "split", **settings)
+    assert len(calls) > 4 and not shown  # the batch was split and retried; no bar left
+    monkeypatch.setattr(confidence, "paraphrase_confidence", real)
+    whole = evaluate(tiny, items[:4], ["weighted_avg"], tmp_path / "whole", **{**settings, "batch_size": 2})
+    assert _canon(split).equals(_canon(whole))
+
+
 def test_out_of_memory_elsewhere_is_one_line_too(checkpoint_dirs, monkeypatch):
     """`generate` (or bench, paraphrase) out of memory: the fix in one line, no traceback; other errors still rise."""
     monkeypatch.setattr(minirun.engine.llm.LLM, "session", _no_memory)

@@ -1091,12 +1091,14 @@ def _confidences(llm: LLM, items: list[Item], questions: list[Question], options
 
     task = bar.add_task("  confidence", total=sum(len(q.paraphrases) for q in questions))
     out = []
-    for item, q in zip(items, questions):
-        encoded = encode_question(llm, q.paraphrases, q.prefix, q.suffix, options.chat, options.thinking)
-        with _naming([item]):
-            out += confidences_for(llm, [encoded], options, same=same)
-        bar.advance(task, len(q.paraphrases))
-    bar.remove_task(task)
+    try:  # a batch that runs out of memory here is split and retried: its bar goes with it
+        for item, q in zip(items, questions):
+            encoded = encode_question(llm, q.paraphrases, q.prefix, q.suffix, options.chat, options.thinking)
+            with _naming([item]):
+                out += confidences_for(llm, [encoded], options, same=same)
+            bar.advance(task, len(q.paraphrases))
+    finally:
+        bar.remove_task(task)
     return out
 
 
