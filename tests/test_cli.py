@@ -711,6 +711,10 @@ def test_python_callers_may_count_with_numpy_and_torch_integers(checkpoint_dirs)
     for prompts, kind in ((None, "NoneType"), (Path("p.txt"), "PosixPath")):
         with pytest.raises(MinirunError, match=f"prompts must be a text or a list of texts, got {kind}"):
             llm.generate(prompts)
+    with pytest.raises(MinirunError, match="chat must be True, False or None, got 'no'"):
+        llm.generate("Hi", chat="no")
+    with pytest.raises(MinirunError, match="thinking is a chat template's switch, and chat=False uses none"):
+        llm.generate("Hi", chat=False, thinking=True)
 
 
 @pytest.mark.parametrize("resumable", [False, True])

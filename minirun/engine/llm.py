@@ -149,9 +149,16 @@ class LLM:
     def generate(self, prompts: str | list[str], max_new_tokens: int = 64, *, chat: bool | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, stop: tuple[str, ...] | list[str] = (), truncate: bool = False,
-                 on_text: Callable[[str], None] | None = None, thinking: bool | None = None) -> Completion | list[Completion]:
-        """Generate for one prompt (returns a Completion) or a batch (returns a list)."""
+                 on_text: Callable[[str], None] | None = None,
+                 thinking: bool | None = None) -> Completion | list[Completion]:
+        """Generate for one prompt (returns a Completion) or a batch (returns a list). `on_text` is handed the first
+        prompt's text as it grows (a stream shows one answer; a batch's others are in their Completions)."""
         max_new_tokens = whole_number(max_new_tokens, "max_new_tokens")
+        for name, value in (("chat", chat), ("thinking", thinking)):
+            if value is not None and not isinstance(value, bool):  # "no" would be true
+                raise MinirunError(f"{name} must be True, False or None, got {value!r}")
+        if thinking and chat is False:
+            raise MinirunError("thinking is a chat template's switch, and chat=False uses none: drop one of them")
         if max_new_tokens < 1:
             raise MinirunError(f"max_new_tokens must be at least 1, got {max_new_tokens}: ask for one token or more")
         params = generation_params(temperature, top_k, top_p, seed)
