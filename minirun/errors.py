@@ -1,3 +1,5 @@
+"""User-facing errors, one line naming the problem and the fix, and the checks shared by every layer that raises
+them."""
 import operator
 
 
