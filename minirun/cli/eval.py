@@ -71,7 +71,7 @@ def eval_command(
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot items (.jsonl), or a local copy of a benchmark's "
                                             "train/dev rows (.jsonl, .parquet); default: the dataset's own."),
     few_shot_draw: str = typer.Option("shared", help="shared: one draw of examples for every question (encoded once "
-                                      "a batch); per-question: each its own, drawn as lm-evaluation-harness draws "
+                                      "a run); per-question: each its own, drawn as lm-evaluation-harness draws "
                                       "them (random.Random(1234) in the questions' order), for its figure."),
     output: Optional[Path] = typer.Option(None, help="Run directory (default runs/<dataset>-<model>)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per batched generation (default: 32, fewer "
@@ -81,7 +81,8 @@ def eval_command(
     match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts)."),
     num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
-    share_prefix: bool = typer.Option(True, help="Encode the few-shot prefix once per batch."),
+    share_prefix: bool = typer.Option(True, help="Encode the few-shot prefix once per run (--no-share-prefix "
+                                      "repeats it per paraphrase)."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
     thinking: bool = typer.Option(False, help="Let a chat template with a reasoning switch (Qwen3's enable_thinking) have the model reason "
                                   "before answering (default: off, the answer starts at once)."),

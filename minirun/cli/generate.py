@@ -56,8 +56,8 @@ def generate(
     paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A rewording of the question (repeatable)."),
     paraphrases_file: Optional[Path] = typer.Option(None, help="File with one paraphrase per line."),
     rewrites: int = typer.Option(0, min=0, help="Have the model reword the question N times first (sampled at "
-                                 "temperature 1.5 with --seed, as `minirun paraphrase` does; empty, copied and "
-                                 "off-topic rewrites dropped), and fuse the kept ones with any given."),
+                                 "temperature 1.5 with --seed, as `minirun paraphrase` does; empty, cut-off, "
+                                 "copied and off-topic rewrites dropped), and fuse the kept ones with any given."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items, or a benchmark's rows in "
                                             ".jsonl or .parquet) or a prefix text file."),
     few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a few-shot file of examples."),

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
 def sweep_command(
     file: Path = typer.Argument(..., help="The sweep's TOML file (example: docs/sweep.toml)."),
-    output: Optional[Path] = typer.Option(None, help="Output directory (default runs/<file name>)."),
+    output: Optional[Path] = typer.Option(None, help="Output directory (default runs/<file name without .toml>)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what a sweep started now would run (each run's items "
                                  "done and to do, the models it would load or pull), then stop: nothing is written."),

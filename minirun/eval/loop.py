@@ -67,7 +67,7 @@ from minirun.text import THINK_END, THINKING_TOKENS, answer_start, extract_answe
 
 log = logging.getLogger("minirun")
 
-FEW_SHOT_DRAWS = ("shared", "per-question")  # one head for a pool's questions (encoded once a batch), or one each
+FEW_SHOT_DRAWS = ("shared", "per-question")  # one head for a pool's questions (encoded once a run), or one each
 HARNESS_SEED = 1234  # lm-evaluation-harness's fewshot_random_seed: the generator its per-question draws come from
 BATCH_QUESTIONS = 32  # the default batch: this many questions (bench/README.md, eval's defaults) ...
 BATCH_ROWS = 256  # ... unless their prompts make more rows than this
