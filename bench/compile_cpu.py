@@ -26,8 +26,8 @@ def child(model: str) -> None:
     """One process: load, then two questions, stamping the first streamed text of each."""
     start = time.perf_counter()
     import minirun
-    from minirun.layers.calibrate import device_name
     from minirun.layers import flex
+    from minirun.layers.calibrate import device_name
 
     llm = minirun.load(model)
     flex.set_compiled(True)

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minirun.layers.calibrate import device_name
 from minirun.bench.run import write_json
-from minirun.layers.calibrate import median_seconds
+from minirun.layers.calibrate import device_name, median_seconds
 from minirun.layers.linear import Linear, set_plan
 
 # (out_features, in_features, matrices per step) for SmolLM2-135M

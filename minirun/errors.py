@@ -10,7 +10,7 @@ class MinirunError(Exception):
 def whole_number(value: object, name: str) -> int:
     """`value` as an int where it is a whole number of any integer type (numpy's and torch's included: a notebook's
     counts come from arrays), else a one-line error naming `name`; True and 4.0 are not counts."""
-    if not isinstance(value, bool):
+    if not isinstance(value, bool) and "bool" not in str(getattr(value, "dtype", "")):  # numpy's and torch's too
         try:
             return operator.index(value)  # type: ignore[arg-type]
         except TypeError:

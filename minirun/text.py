@@ -40,8 +40,8 @@ _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # a maths-tuned model's "\boxed{72}
 
 # Latin letters that Unicode does not decompose into a base letter and an accent, spelt as English text spells them
 # ("Søren" is written "Soren", "Łódź" "Lodz", "Encyclopædia" "Encyclopaedia")
-_UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ŧ": "t", "ı": "i", "ŀ": "l", "æ": "ae",
-                               "œ": "oe", "ß": "ss", "þ": "th", "ð": "d"})
+_UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ŧ": "t", "ı": "i", "æ": "ae", "œ": "oe",
+                               "ß": "ss", "þ": "th", "ð": "d"})
 
 
 def fold(text: str) -> str:
@@ -51,7 +51,8 @@ def fold(text: str) -> str:
     so that no later pass drops them as punctuation or splits them."""
     decomposed = unicodedata.normalize("NFKD", text.replace("\u2212", "-"))
     folded = unicodedata.normalize("NFKC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
-    folded = folded.lower().translate(_APOSTROPHE).translate(_UNDECOMPOSED).replace("\u266f", "#")  # the music sharp sign: "C♯" is "C#"
+    # the music sharp sign: "C♯" is "C#"
+    folded = folded.lower().translate(_APOSTROPHE).translate(_UNDECOMPOSED).replace("\u266f", "#")
     folded = _SPELT_SIGN.sub(lambda m: m[1] + re.sub(r"[\s-]", "", m[2]), folded)
     return _SIGN_NAME.sub(lambda m: m[1] + _SIGN_WORDS[m[2]], folded)
 

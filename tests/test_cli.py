@@ -700,7 +700,11 @@ def test_python_callers_may_count_with_numpy_and_torch_integers(checkpoint_dirs)
                               fusion_layer=np.int16(1))
     assert (params.top_k, params.seed) == (3, 4) and all(type(v) is int for v in (params.top_k, params.seed))
     assert (options.max_new_tokens, options.num_samples, options.seed, options.fusion_layer) == (4, 2, 7, 1)
-    assert type(options.seed) is int
+    assert type(options.seed) is int and EnsembleOptions(seed=None).seed is None  # unseeded draws
+    assert Question("Q?", np.array(["Q?", "A rewording?"])).paraphrases == ["Q?", "A rewording?"]  # a column
+    with pytest.raises(MinirunError, match=r"top_k must be a whole number, got tensor\(True\)"):
+        SamplingParams(1.0, top_k=torch.tensor(True))
+    assert SamplingParams(np.float32(0.5), top_p=np.float64(0.9)).temperature == 0.5
     llm = minirun.load(checkpoint_dirs["qwen2"])
     assert llm.generate("Hi", np.int64(3), chat=False).token_ids == llm.generate("Hi", 3, chat=False).token_ids
     for bad, message in ((4.0, "max_new_tokens must be a whole number, got 4.0"),

@@ -129,8 +129,12 @@ def test_a_lone_method_name_and_numpy_counts_run_as_their_list_and_ints(tiny, it
     failed in a slice deep inside; a numpy count is a count."""
     import numpy as np
 
-    alone = evaluate(tiny, items, METHODS[0], tmp_path / "one", **{**SETTINGS, "num_prompts": np.int64(2)})
+    counts = {"num_prompts": np.int64(2), "max_new_tokens": np.int32(4), "batch_size": np.int64(2)}
+    alone = evaluate(tiny, items, METHODS[0], tmp_path / "one", **{**SETTINGS, **counts})
     assert _canon(alone).equals(_canon(reference[reference["method"] == METHODS[0]]))
+    key = json.loads((tmp_path / "one" / "run.json").read_text())["run_key"]
+    assert key["max_new_tokens"] == 4 and key["num_prompts"] == 2  # numbers, not the text '4' a resume would refuse
+    evaluate(tiny, items, METHODS[0], tmp_path / "one", **SETTINGS)  # the same run, its counts as plain ints
     with pytest.raises(minirun.MinirunError, match="num_prompts must be a whole number, got 2.5"):
         evaluate(tiny, items, METHODS, tmp_path / "half", **{**SETTINGS, "num_prompts": 2.5})
 
@@ -1440,12 +1444,13 @@ def test_a_batch_out_of_memory_while_sampling_confidences_leaves_no_bar_behind(t
     from minirun.methods import confidence
 
     monkeypatch.setenv("MINIRUN_CACHE", str(tmp_path / "cache"))
-    shown, calls, real = set(), [], confidence.paraphrase_confidence
+    shown, added, calls, real = set(), [], [], confidence.paraphrase_confidence
 
     def add(self, what, *args, add=Progress.add_task, **kwargs):
         task = add(self, what, *args, **kwargs)
         if what.strip() == "confidence":
             shown.add((id(self), task))
+            added.append(task)
         return task
 
     def remove(self, task, remove=Progress.remove_task):
@@ -1461,7 +1466,7 @@ def test_a_batch_out_of_memory_while_sampling_confidences_leaves_no_bar_behind(t
     monkeypatch.setattr(confidence, "paraphrase_confidence", sample)
     settings = {**SETTINGS, "num_samples": 2, "batch_size": 4}
     split = evaluate(tiny, items[:4], ["weighted_avg"], tmp_path / "split", **settings)
-    assert len(calls) > 4 and not shown  # the batch was split and retried; no bar left
+    assert len(calls) > 4 and len(added) > 1 and not shown  # the batch was split and retried; no bar left
     monkeypatch.setattr(confidence, "paraphrase_confidence", real)
     whole = evaluate(tiny, items[:4], ["weighted_avg"], tmp_path / "whole", **{**settings, "batch_size": 2})
     assert _canon(split).equals(_canon(whole))

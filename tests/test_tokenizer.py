@@ -75,27 +75,32 @@ def _class_named(path: Path, model_type: str | None, settings: dict):
     return AutoTokenizer.from_pretrained(path)
 
 
-def test_a_file_naming_qwen2tokenizer_encodes_with_qwens_pipeline_whatever_it_holds(tmp_path):
+@pytest.mark.parametrize("model_type, named, rebuilt", [
+    ("qwen2", "Qwen2Tokenizer", True), ("llama", "Qwen2TokenizerFast", True),
+    ("qwen2", "LlamaTokenizerFast", True),  # DeepSeek-R1's Qwen distills: transformers holds a qwen2 file's name wrong
+    ("qwen2", "PreTrainedTokenizerFast", True), ("qwen3", None, True),  # a Qwen model naming no class
+    ("qwen3", "PreTrainedTokenizerFast", False), ("llama", None, False),  # read as written
+])
+def test_a_qwen2tokenizer_encodes_with_qwens_pipeline_whatever_the_file_holds(tmp_path, model_type, named, rebuilt):
     """transformers 5's Qwen2Tokenizer takes a file's vocabulary and merges and builds Qwen's own pipeline around them
-    (NFC, Qwen's split, byte level): a file with GPT-2's split ("a\\n\\nb" one "\\n" token each) was read as written.
-    Qwen's own files hold that pipeline already: their ids, and their runs' keys (`rebuilt`), stay."""
+    (NFC, Qwen's split, byte level) — for a file naming it, for any qwen2 model's and for a Qwen model's naming no
+    class: a file with GPT-2's split and no NFC was read as written. Qwen's own files hold that pipeline already:
+    their ids, and their runs' keys (`rebuilt`), stay."""
     import json
 
     qwens = tmp_path / "qwen"
-    _class_named(qwens, "qwen2", {"tokenizer_class": "Qwen2Tokenizer", "byte_level": True})
+    _class_named(qwens, model_type, {"byte_level": True, "tokenizer_class": named})
     assert not Tokenizer(qwens).rebuilt
     other = tmp_path / "other"
-    _class_named(other, "qwen2", {"byte_level": True})
+    _class_named(other, model_type, {"byte_level": True, "tokenizer_class": named})
     written = json.loads((other / "tokenizer.json").read_text())
     written |= {"normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
                                                       "trim_offsets": True, "use_regex": True}}
     (other / "tokenizer.json").write_text(json.dumps(written))
-    config = json.loads((other / "tokenizer_config.json").read_text())
-    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "Qwen2Tokenizer"}))
-    ref, ours = AutoTokenizer.from_pretrained(other), Tokenizer(other)
+    ref, ours, as_written = (AutoTokenizer.from_pretrained(other), Tokenizer(other),
+                             FileTokenizer.from_file(str(other / "tokenizer.json")))
     texts = [*LLAMA_TEXTS, "a\n\nb", "  two  spaces  \n\n\n", "x 12345", "e\u0301t\u00e9"]
-    assert ours.rebuilt and any(ours.encode(t) != FileTokenizer.from_file(str(other / "tokenizer.json")).encode(t).ids
-                                for t in texts)
+    assert ours.rebuilt == rebuilt == any(ours.encode(t) != as_written.encode(t).ids for t in texts)
     for text in texts:
         ids = ref.encode(text)
         assert ours.encode(text) == ids and ours.decode(ids) == ref.decode(ids), text

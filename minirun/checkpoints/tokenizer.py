@@ -20,6 +20,8 @@ from minirun.text import THINK_END, THINK_START
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")  # what Llama 2's, TinyLlama's and Mistral 7B's files name
 CODE_LLAMA_CLASSES = ("CodeLlamaTokenizer", "CodeLlamaTokenizerFast")  # Code Llama's: no `legacy` switch
+QWEN2_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")  # Qwen2/2.5's, Qwen3's and QwQ's files name these
+QWEN2_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")  # the Qwen model types transformers 5 gives Qwen2Tokenizer
 _LLAMA_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 _QWEN2_TOKENS = {"eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
 # the special tokens transformers 5's tokenizer classes take where the files name none (their __init__ defaults)
@@ -27,16 +29,21 @@ CLASS_TOKENS = {**{name: _LLAMA_TOKENS for name in (*LLAMA_CLASSES, *CODE_LLAMA_
                 "Qwen2Tokenizer": _QWEN2_TOKENS, "Qwen2TokenizerFast": _QWEN2_TOKENS}
 
 
-def rebuilt_as_llama(checkpoint: Path, config: dict) -> bool:
-    """Whether transformers 5's AutoTokenizer loads this checkpoint's tokenizer as its LlamaTokenizer, which rebuilds
-    the pipeline (`llama_pipeline`), rather than as tokenizer.json is written: where tokenizer_config.json names a
-    Llama class, unless config.json's model type is mistral (loaded as written) or the file is byte-level (Llama 3's
-    fine-tunes that name LlamaTokenizerFast; transformers tests the text for "ByteLevel" alike)."""
-    if config.get("tokenizer_class") not in (*LLAMA_CLASSES, *CODE_LLAMA_CLASSES):
-        return False
-    if checkpoint_json(checkpoint / "config.json").get("model_type") == "mistral":
-        return False
-    return '"ByteLevel"' not in (checkpoint / "tokenizer.json").read_text(encoding="utf-8")
+def loaded_class(checkpoint: Path, config: dict) -> str | None:
+    """The class transformers 5's AutoTokenizer loads this checkpoint's tokenizer as where that class builds the
+    pipeline itself (`llama_pipeline`, `qwen2_pipeline`) rather than reading tokenizer.json as written (None).
+    Qwen2Tokenizer for a file naming it, for a qwen2 model whatever class its file names (transformers holds the
+    names on that type's files wrong: DeepSeek-R1's Qwen distills name LlamaTokenizerFast), and for a Qwen model
+    naming none; a Llama class as named, unless config.json's model type is mistral (loaded as written) or the file
+    is byte-level (Llama 3's fine-tunes that name LlamaTokenizerFast; transformers tests the text for "ByteLevel"
+    alike)."""
+    model_type = checkpoint_json(checkpoint / "config.json").get("model_type")
+    named = config.get("tokenizer_class")
+    if named in QWEN2_CLASSES or model_type == "qwen2" or (named is None and model_type in QWEN2_TYPES):
+        return "Qwen2Tokenizer"
+    if named not in (*LLAMA_CLASSES, *CODE_LLAMA_CLASSES) or model_type == "mistral":
+        return None
+    return None if '"ByteLevel"' in (checkpoint / "tokenizer.json").read_text(encoding="utf-8") else named
 
 
 def llama_pipeline(tok: HFTokenizer, config: dict) -> None:
@@ -56,7 +63,6 @@ def llama_pipeline(tok: HFTokenizer, config: dict) -> None:
     tok.model.fuse_unk, tok.model.byte_fallback = True, True
 
 
-QWEN2_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")  # Qwen2/2.5's, Qwen3's and QwQ's files name these
 # transformers 5's Qwen2Tokenizer splits text by this pattern before its byte-level step (Qwen's own files say the same)
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
                r"\s+(?!\S)|\s+")
@@ -146,18 +152,18 @@ class Tokenizer:
         self.checkpoint = checkpoint
         config = checkpoint_json(checkpoint / "tokenizer_config.json")
         # the ids transformers 5 encodes, not the file's alone; runs record it, as minirun once read the file
-        bpe = type(self._tok.model).__name__ == "BPE"
-        self.rebuilt = bpe and rebuilt_as_llama(checkpoint, config)
+        loaded = loaded_class(checkpoint, config) if type(self._tok.model).__name__ == "BPE" else None
+        self.rebuilt = loaded is not None and loaded not in QWEN2_CLASSES
         if self.rebuilt:
             llama_pipeline(self._tok, config)
-        elif bpe and config.get("tokenizer_class") in QWEN2_CLASSES:
+        elif loaded is not None:
             written = [self._tok.encode(text).ids for text in PIPELINE_PROBES]
             qwen2_pipeline(self._tok, config)  # Qwen's own files encode alike: their runs keep their keys
             self.rebuilt = written != [self._tok.encode(text).ids for text in PIPELINE_PROBES]
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
-        defaults = CLASS_TOKENS.get(config.get("tokenizer_class"), {})
+        defaults = CLASS_TOKENS.get(loaded or config.get("tokenizer_class"), {})
         self.special_tokens.update({k: text for k, text in defaults.items() if k not in config and k not in legacy
                                     and self._tok.token_to_id(text) is not None})
         # transformers skips this clean-up for BPE models (it strips real spaces before punctuation) unless forced

@@ -1,6 +1,7 @@
 """Next-token choice: greedy or temperature / top-k / top-p sampling, without host syncs."""
 from __future__ import annotations
 
+import numbers
 import secrets
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ class SamplingParams:
         (a negative temperature decoding greedily, a top-p above 1 keeping everything)."""
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) or (value is None and name == "top_p")):
+            if isinstance(value, bool) or not (isinstance(value, numbers.Real) or (value is None and name == "top_p")):
                 raise MinirunError(f"{name} must be a number, got {value!r}")
         for name in ("top_k", "seed"):  # numpy's and torch's integers as Python's
             if getattr(self, name) is not None:

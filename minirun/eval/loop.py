@@ -329,10 +329,13 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         methods = [methods]
     if not methods:
         raise MinirunError(f"no method given: choose from {', '.join(METHODS)}")
-    batch_size, num_prompts, few_shot_k, max_samples = (
-        None if value is None else whole_number(value, name)  # numpy's and torch's integers as Python's
+    # numpy's and torch's integers as Python's (a run key records them: np.int64(3) was the text '3')
+    batch_size, num_prompts, few_shot_k, max_samples, sample_seed, max_new_tokens, num_samples, fusion_layer = (
+        None if value is None else whole_number(value, name)
         for name, value in (("batch_size", batch_size), ("num_prompts", num_prompts), ("few_shot_k", few_shot_k),
-                            ("max_samples", max_samples)))
+                            ("max_samples", max_samples), ("sample_seed", sample_seed),
+                            ("max_new_tokens", max_new_tokens), ("num_samples", num_samples),
+                            ("fusion_layer", fusion_layer)))
     for name, value, least in (("batch_size", batch_size, 1), ("num_prompts", num_prompts, 1),
                                ("few_shot_k", few_shot_k, 0), ("max_samples", max_samples, 1)):
         if value is not None and value < least:
@@ -411,7 +414,7 @@ def prepare(llm: LLM, items: list[Item], methods: list[str] | tuple[str, ...], o
         "prompt_format": fmt.name,  # the question blocks' text around each prompt
         "matcher": matcher_name(),  # the verdicts' rules: rows of two matchers never share a table
     }
-    if llm.tokenizer.rebuilt:  # a Llama-class tokenizer's ids, which a minirun before took from tokenizer.json alone
+    if llm.tokenizer.rebuilt:  # ids of a pipeline transformers 5 builds, which a minirun before took from the file
         run_key["tokenizer"] = REBUILT
     if thinking or llm.opens_reasoning(chat, thinking):  # answers after the thinking: not rows of minirun before it
         run_key["answers"] = "after thinking"

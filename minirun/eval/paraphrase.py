@@ -79,8 +79,9 @@ CLOZE_END = re.compile(r"[^\W_]$")  # a fill prompt ends in a word or number, wh
 # In the settings key: bump when the same settings give other rewrites (2: seeds hashed from the item id, fill
 # prompts, stricter filters; 3: an answer the original names does not drop a rewrite, dtype and device in the key;
 # 4: a rewrite sharing no content word with the original is dropped; 5: a choice item's unfinished stem is rewritten
-# as an unfinished sentence), so a file an older minirun wrote is refused, not resumed under mixed rules
-REWRITE_VERSION = 5
+# as an unfinished sentence; 6: letters Unicode does not decompose fold in the copy and off-topic filters, "Søren" as
+# "Soren"), so a file an older minirun wrote is refused, not resumed under mixed rules
+REWRITE_VERSION = 6
 # Files of yes/no questions (`yes_no`) key this rule too: since it, their rewrites are questions, never unfinished
 # sentences, without a question mark where the original has none (other files' keys stay as they were)
 YES_NO_RULE = "yes/no questions rewritten as questions, a question mark only where the original has one"
@@ -286,10 +287,10 @@ def settings_key(llm: LLM, dataset: str, num: int, temperature: float, top_p: fl
                  seed: int, day: str | None = None, worked: bool = False, yes_no_questions: bool = False,
                  gaps: bool = False) -> str:
     """What the rewrites depend on; a dataset file counts by its resolved path (however it is spelt), and the
-    `day` a dated chat template renders at where there is one, and a Llama-class tokenizer's pipeline as transformers 5
-    builds it (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys), and for word problems
-    (`worked`) their rewrite prompt, and for yes/no questions `YES_NO_RULE`, for gap items `GAP_RULE` (other files'
-    keys stay as they were)."""
+    `day` a dated chat template renders at where there is one, and a tokenizer pipeline transformers 5 builds where
+    its ids differ from the file's (`Tokenizer.rebuilt`; files of other templates and tokenizers keep their keys),
+    and for word problems (`worked`) their rewrite prompt, and for yes/no questions `YES_NO_RULE`, for gap items
+    `GAP_RULE` (other files' keys stay as they were)."""
     source = str(Path(dataset).resolve()) if Path(dataset).is_file() else dataset
     settings = [str(llm.path.resolve()), source, num, temperature, top_p, max_new_tokens, seed, REWRITE_VERSION,
                 PROMPTS, str(llm.dtype), llm.device.type]

@@ -36,8 +36,8 @@ def normalised_equal(a: str, b: str) -> bool:
 
 # What a comparator's verdicts are keyed by in the cache: a comparator may carry its own (`cache_name`, e.g. the
 # matcher's version), so confidences counted under other rules are not reused
-normalised_equal.cache_name = "normalised_equal v3"  # type: ignore[attr-defined]  (2: numbers keep sign and point;
-# 3: "’" is an apostrophe, "C++" is not "C", every script's dashes and punctuation)
+normalised_equal.cache_name = "normalised_equal v4"  # type: ignore[attr-defined]  (2: numbers keep sign and point;
+# 3: "’" is an apostrophe, "C++" is not "C", every script's dashes and punctuation; 4: "ø", "ł", "ß"… fold)
 
 
 def cache_dir() -> Path:

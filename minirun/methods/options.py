@@ -23,8 +23,12 @@ class Question:
         for name in ("prefix", "suffix"):
             if not isinstance(getattr(self, name), str):
                 raise MinirunError(f"the question's {name} must be text ('' for none), got {getattr(self, name)!r}")
-        if not isinstance(self.paraphrases, (list, tuple)) or not all(isinstance(p, str) for p in self.paraphrases):
-            raise MinirunError(f"paraphrases must be a list of strings, got {self.paraphrases!r}: e.g. "
+        given = self.paraphrases  # a list, or a column or an array of texts, taken as a list
+        if not isinstance(given, str) and hasattr(given, "__iter__"):
+            self.paraphrases = list(given)
+        if isinstance(given, str) or not isinstance(self.paraphrases, list) or not all(
+                isinstance(p, str) for p in self.paraphrases):
+            raise MinirunError(f"paraphrases must be a list of strings, got {given!r}: e.g. "
                                "Question(q, [q, 'a rewording'])")
         if empty := [i for i, p in enumerate(self.paraphrases) if not p.strip()]:
             raise MinirunError(f"paraphrase {empty[0]} of {self.question!r} is empty: give its text or drop it")
@@ -42,7 +46,7 @@ class EnsembleOptions:
     positions: str = "right"  # flex position scheme: right, restart, sequential
     flex_bias: float | str | None = None  # flex: log(w) added to suffix/answer->paraphrase scores; "inv_n" = 1/N
     temperature: float = 0.0
-    seed: int = 0
+    seed: int | None = 0  # the sampling draws (temperature, confidences); None: unseeded
     num_samples: int = 100  # self-consistency samples per paraphrase (weighted methods)
     confidence_temperature: float = 0.7
     confidence_tokens: int = 16
@@ -61,7 +65,7 @@ class EnsembleOptions:
         """Refuse values that would crash deep inside a run or silently do something else, naming the field."""
         self.stop = stop_strings(self.stop)
         for name in ("max_new_tokens", "num_samples", "confidence_tokens", "fusion_layer", "seed"):
-            if not (name == "fusion_layer" and self.fusion_layer is None):  # numpy's and torch's integers as Python's
+            if getattr(self, name) is not None or name not in ("fusion_layer", "seed"):  # numpy's integers as Python's
                 setattr(self, name, whole_number(getattr(self, name), name))
         for name, least in (("max_new_tokens", 1), ("num_samples", 1), ("confidence_tokens", 1)):
             if getattr(self, name) < least:

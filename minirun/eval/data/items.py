@@ -155,7 +155,7 @@ def item_from_dict(record: object) -> Item:
     choices, right = (_choice_fields(record) if task == "choice" else (None, []))
     as_set = task == "choice" and isinstance(record["answer"], list)  # a set of right options, even of one
     answers = [choices[i] for i in right] if choices else _str_list(record["answers"], "answers")
-    if choices and record.get("answers") is not None and _str_list(record["answers"], "answers") != answers:
+    if choices and record.get("answers") and _str_list(record["answers"], "answers") != answers:
         raise ValueError(f"field 'answers' {record['answers']!r} disagrees with field 'answer' {record['answer']!r}, "
                          f"which makes the right option(s) {answers!r}: fix one, or leave 'answers' out")
     if not answers or not all(a.strip() for a in answers):  # a blank first answer became an empty worked example

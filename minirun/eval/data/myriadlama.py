@@ -121,7 +121,8 @@ def _fact_item(uuid: str, rows: pd.DataFrame, cols: dict[str, str], answer_cols:
     prompts = manual + auto
     first = rows.iloc[0]
     try:
-        answers = list(dict.fromkeys(a for c in answer_cols for group in as_list(first[c]) for a in text_list(group, c)))
+        answers = list(dict.fromkeys(a for c in answer_cols for group in as_list(first[c])
+                                     for a in text_list(group, c)))
     except ValueError as e:
         raise MinirunError(f"fact {uuid}: {e}") from None
     if not prompts or not answers:
