@@ -259,19 +259,32 @@ def test_word_problems_get_room_to_be_reworded_and_their_own_key(tmp_path, monke
 
 
 def test_a_rewrite_prompt_past_the_context_is_refused_and_leaves_no_file(checkpoint_dirs, tmp_path):
+    """The refusal names the fixes that can work: fewer new tokens only where the prompt alone fits, and the part of
+    the prompt that takes its tokens (a long question's own text, not the worked examples)."""
+    from checkpoints import write_checkpoint
+
     short = minirun.load(checkpoint_dirs["llama3"])
     with pytest.raises(minirun.MinirunError, match="needs .* tokens \\(most of them the instruction and worked "
                                                    "examples\\) \\+ 6 new ones, beyond the model's context of 512: "
-                                                   "rewrite with a model of a longer context, or lower "
-                                                   "--max-new-tokens"):
+                                                   "rewrite with a model of a longer context, or shorten or drop "
+                                                   "that item$"):
         paraphrase_file(short, items()[:1], tmp_path / "p.jsonl", max_new_tokens=6)
+    wider = minirun.load(write_checkpoint("llama3", tmp_path / "wider", max_position_embeddings=1024))
+    with pytest.raises(minirun.MinirunError, match="\\+ 600 new ones, beyond the model's context of 1024: rewrite "
+                                                   "with a model of a longer context, or lower --max-new-tokens, or "
+                                                   "shorten or drop that item$"):
+        paraphrase_file(wider, items()[:1], tmp_path / "w.jsonl", max_new_tokens=600)
+    long = Item("long", " ".join(["word"] * 2000) + "?", [], ["x"])
+    with pytest.raises(minirun.MinirunError, match="item 'long' needs .* tokens \\(most of them the item's own "
+                                                   "text\\)"):
+        paraphrase_file(wider, [long], tmp_path / "l.jsonl", max_new_tokens=6)
     assert not (tmp_path / "p.jsonl").exists()  # an empty file read as a finished run of no item
     (tmp_path / "kept.jsonl").write_text("")  # a file that was there stays, empty or not
     with pytest.raises(minirun.MinirunError, match="context of 512"):
         paraphrase_file(short, items()[:1], tmp_path / "kept.jsonl", max_new_tokens=6)
     long_question = " ".join(["word"] * 600)  # generate --rewrites: its budget is no option, its item no dataset's
-    with pytest.raises(minirun.MinirunError, match=r"^the question's rewrite prompt needs .* longer context \(or give "
-                                                   r"--paraphrase\)$"):
+    with pytest.raises(minirun.MinirunError, match=r"^the question's rewrite prompt needs .* longer context, or give "
+                                                   r"--paraphrase$"):
         paraphrase.rewrite_question(short, long_question, 2)
     assert (tmp_path / "kept.jsonl").exists()
 
@@ -357,6 +370,22 @@ def test_a_torn_line_after_windows_line_ends_costs_only_itself(llm, tmp_path):
     out.write_bytes(("\r\n".join(rows[:2]) + "\r\n" + rows[2][:-15]).encode())  # edited on Windows, then a kill
     assert paraphrase_file(llm, items(), out, num=2, max_new_tokens=6) == first
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [x.id for x in first]
+
+
+def test_a_first_row_torn_by_a_kill_is_redone_and_a_half_typed_item_of_ones_own_is_kept(llm, tmp_path):
+    """A file holding only a torn line: a kill in the first row (cut anywhere, even before its question) is redone;
+    a user's own half-typed item beginning as rows do was cut away and overwritten, and is refused untouched."""
+    out = tmp_path / "p.jsonl"
+    first = paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
+    row = out.read_bytes()
+    for cut in (5, 30, len(row) - 20):
+        out.write_bytes(row[:cut])
+        assert paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6) == first and out.read_bytes() == row
+    draft = b'{"id": "mine", "question": "My own draft item, half typed'
+    out.write_bytes(draft)
+    with pytest.raises(minirun.MinirunError, match="is not a paraphrase file minirun wrote: choose another output"):
+        paraphrase_file(llm, items()[:1], out, num=2, max_new_tokens=6)
+    assert out.read_bytes() == draft
 
 
 def test_other_settings_refused(llm, tmp_path):

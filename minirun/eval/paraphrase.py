@@ -311,9 +311,14 @@ def rewrite_batch(llm: LLM, items: list[Item], num: int, temperature: float, top
     if long := [(item, len(p)) for item, p in zip(items, ids) if len(p) + max_new_tokens > limit]:
         item, n = long[0]
         whose = "the question's rewrite prompt" if budget is None else f"the rewrite prompt of item {item.id!r}"
-        raise MinirunError(f"{whose} needs {n} tokens (most of them the instruction and worked examples) + "
-                           f"{max_new_tokens} new ones, beyond the model's context of {limit}: rewrite with a model "
-                           "of a longer context" + (f", or lower {budget}" if budget else " (or give --paraphrase)"))
+        own = len(llm.tokenizer.encode(item.question, add_special_tokens=False))
+        most = "the item's own text" if 2 * own > n else "the instruction and worked examples"
+        fixes = ["rewrite with a model of a longer context"]
+        if n < limit and budget:  # fewer new tokens fit only beside a prompt that fits
+            fixes.append(f"lower {budget}")
+        fixes.append("shorten or drop that item" if budget else "give --paraphrase")
+        raise MinirunError(f"{whose} needs {n} tokens (most of them {most}) + {max_new_tokens} new ones, beyond the "
+                           f"model's context of {limit}: {', or '.join(fixes)}")
     rows = [plain_row(p) for p in ids for _ in range(num)]
     layout = stack_rows(rows, llm.pad_id, llm.device)
     session = llm.session(len(rows), layout.length + max_new_tokens)
@@ -470,7 +475,7 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, se
                      on_progress: Callable[[int], None] | None) -> list[Item]:
     """`paraphrase_file`'s work, appending to `f`, the locked `out`; each row carries its settings key and `setup`
     (`settings_record`), then `recorded` (its template day, its data source)."""
-    finished = _read_finished(out, key, setup)
+    finished = _read_finished(out, key, setup, items)
     if changed := [item.id for item in items if item.id in finished and not _same_item(finished[item.id], item)]:
         raise MinirunError(f"{out} holds rewrites of item {changed[0]!r} as it read before an edit (a field other "
                            "than its paraphrases differs now): write to another file, or delete that item's line "
@@ -500,17 +505,21 @@ def _paraphrase_into(f: IO, llm: LLM, items: list[Item], out: Path, key: str, se
 ROW_START = b'{"id": '  # how every row `paraphrase_file` writes begins (json.dumps of an Item)
 
 
-def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
+def _read_finished(out: Path, key: str, setup: dict, items: list[Item]) -> dict[str, Item]:
     """Items already in `out`, every line checked before anything is written; a torn last row (a
     killed run, cut anywhere, even inside a character) is then cut off so appending stays valid. A
-    file minirun did not write is refused untouched, a last line without its newline included."""
+    file minirun did not write is refused untouched, a last line without its newline included (alone in the file,
+    it is a torn row only where it begins as this run's row of one of `items` would: a user's half-typed item is no
+    row of ours)."""
     found: dict[str, Item] = {}
     if not out.is_file():
         return found
     foreign = f"{out} is not a paraphrase file minirun wrote: choose another output file"
     complete, newline, torn = out.read_bytes().rpartition(b"\n")
     lines = complete.split(b"\n") if newline else []
-    unended = [torn] if torn and not _cut_row(torn) else []  # a whole line without its newline: checked, then redone
+    heads = [] if lines else [_row_head(item) for item in items]
+    cut = _cut_row(torn) and (lines or any(h.startswith(torn) or torn.startswith(h) for h in heads))
+    unended = [torn] if torn and not cut else []  # a whole line without its newline: checked, then redone
     for lineno, line in enumerate(lines + unended, 1):
         if not line.strip():  # left where a row was deleted to redo it, as the refusals advise: eval reads past it
             continue
@@ -536,6 +545,13 @@ def _read_finished(out: Path, key: str, setup: dict) -> dict[str, Item]:
         raise MinirunError(f"{out}:1: {foreign}")
     drop_torn_line(out)
     return found
+
+
+def _row_head(item: Item) -> bytes:
+    """How `paraphrase_file`'s row of `item` begins, to its paraphrases: its id and question, as json.dumps writes
+    an Item's first fields."""
+    return json.dumps({"id": item.id, "question": item.question}, ensure_ascii=False)[:-1].encode() + \
+        b', "paraphrases": ['
 
 
 def _cut_row(line: bytes) -> bool:
