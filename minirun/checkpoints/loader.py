@@ -133,15 +133,27 @@ def content_files(checkpoint: str | Path) -> list[Path]:
                                                  if f.is_file() and not f.name.startswith(".")})
 
 
+_quick: dict[tuple, str] = {}  # quick_digest's answers by its files' stats
+
+
 def quick_digest(checkpoint: str | Path) -> str:
     """A short hash of a checkpoint's files' names, sizes and quick signatures (`_signature`: every tensor's ends),
-    read in milliseconds, for keys asked of many times where `checkpoint_digest`'s first whole read would cost
-    seconds: other weights written at the same path change it with near certainty, a re-pull of the same files not."""
+    for keys asked of many times where `checkpoint_digest`'s first whole read would cost seconds: other weights
+    written at the same path change it with near certainty, a re-pull of the same files not. Kept per process while
+    the files' sizes, modification times and inodes stay (settled files only, as `checkpoint_digest` caches), so an
+    evaluation asking once per item stats its files instead of reading every tensor's ends again."""
+    files = content_files(checkpoint)
+    stats = [f.stat() for f in files]
+    key = tuple((str(f.resolve()), s.st_size, s.st_mtime_ns, s.st_ino) for f, s in zip(files, stats))
+    if (known := _quick.get(key)) is not None:
+        return known
     digest = hashlib.sha256()
-    for f in content_files(checkpoint):
-        size = f.stat().st_size
-        digest.update(f"{f.name}\0{size}\0".encode() + _signature(f, size))
-    return digest.hexdigest()[:16]
+    for f, stat in zip(files, stats):
+        digest.update(f"{f.name}\0{stat.st_size}\0".encode() + _signature(f, stat.st_size))
+    short = digest.hexdigest()[:16]
+    if all(time.time_ns() - s.st_mtime_ns > SETTLED_NS for s in stats):
+        _quick[key] = short
+    return short
 
 
 def checkpoint_digest(checkpoint: str | Path) -> str:
