@@ -133,7 +133,7 @@ def llama_cpp_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
 def write_tiny_gguf(path: Path, model, qtype: str = "F32", arch: str | None = None,
                     metadata: dict[str, str | float] | None = None) -> Path:
     """Write `model` as llama.cpp would: 2-D weights in `qtype` (F32 or Q8_0), norms and biases in F32;
-    `metadata` adds keys (text or float32 values)."""
+    `metadata` adds keys (text, uint32 or float32 values)."""
     import gguf
 
     c = model.config
@@ -156,7 +156,8 @@ def write_tiny_gguf(path: Path, model, qtype: str = "F32", arch: str | None = No
     if rope["rope_type"] == "yarn":
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     for key, value in (metadata or {}).items():
-        (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
+        add = w.add_string if isinstance(value, str) else w.add_uint32 if isinstance(value, int) else w.add_float32
+        add(key, value)
     if rope["rope_type"] == "llama3":
         w.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(rope, head_dim))
     w.add_layer_norm_rms_eps(c.rms_norm_eps)

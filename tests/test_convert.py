@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import gguf
 import pytest
@@ -231,6 +232,39 @@ def test_yarn_gguf_converts_to_transformers_yarn(tmp_path):
     tuned = write_tiny_gguf(tmp_path / "t.gguf", model, metadata={"qwen3.rope.scaling.yarn_beta_fast": 16.0})
     with pytest.raises(MinirunError, match="GGUF yarn rope scaling sets yarn_beta_fast, which minirun does not map"):
         convert_gguf(tuned, tmp_path / "out2")
+
+
+@pytest.mark.parametrize("arch, metadata, message", [
+    ("qwen2", {"qwen2.rope.dimension_count": 8}, "GGUF qwen2.rope.dimension_count 8 rotates part of each 16-wide head"),
+    ("llama", {"llama.attention.scale": 0.5}, "GGUF llama.attention.scale 0.5 changes the attention's scale"),
+    ("qwen3", {"qwen3.rope.scaling.attn_factor": 2.0}, "GGUF qwen3.rope.scaling.attn_factor 2 changes the attention's"),
+])
+def test_gguf_metadata_llama_cpp_computes_with_but_a_config_cannot_say_is_refused(tmp_path, arch, metadata, message):
+    """These converted silently, and the checkpoint computed otherwise than llama.cpp runs the file; the values
+    llama.cpp writes for a plain model (the head's width, 1/sqrt of it) convert."""
+    with pytest.raises(MinirunError, match=re.escape(message)):
+        convert_gguf(write_tiny_gguf(tmp_path / "m.gguf", tiny_model(arch), metadata=metadata), tmp_path / "out")
+    model = tiny_model(arch)
+    width = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    plain = {f"{arch}.rope.dimension_count": width, f"{arch}.attention.scale": width ** -0.5,
+             f"{arch}.rope.scaling.attn_factor": 1.0}
+    assert convert_gguf(write_tiny_gguf(tmp_path / "p.gguf", model, metadata=plain), tmp_path / "ok").is_dir()
+    assert not (tmp_path / "out").exists()
+
+
+def test_gguf_bias_tensors_an_architecture_does_not_hold_are_refused_before_converting(tmp_path):
+    """A llama GGUF with attention biases converted whole and then failed to load, asking whether it was a llama
+    checkpoint; qwen2's own q/k/v biases convert."""
+    path = write_tiny_gguf(tmp_path / "b.gguf", tiny_model("llama", attention_bias=True))
+    with pytest.raises(MinirunError, match=r"GGUF tensor blk\.0\.attn_k\.bias \(8 bias tensors in all\) has no "
+                                           "place in a llama model as transformers builds it"):
+        convert_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    model = tiny_model("qwen2")
+    out = convert_gguf(write_tiny_gguf(tmp_path / "q.gguf", model), tmp_path / "q", dtype="float32")
+    tokens = torch.arange(3, 20)[None]
+    with torch.no_grad():
+        assert (minirun.load(out).model(tokens) - model(tokens).logits).abs().max().item() <= 1e-4
 
 
 def test_truncated_gguf(tmp_path):

@@ -100,6 +100,33 @@ def test_missing_shard_named(copy):
         minirun.load(copy)
 
 
+def test_an_index_naming_the_wrong_shard_blames_the_index(copy):
+    _shard(copy)
+    index = json.loads((copy / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "model-00002-of-00002.safetensors"
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(MinirunError, match=r"^model-00002-of-00002\.safetensors holds no tensor model\.norm\.weight, "
+                                           "though model.safetensors.index.json names it there") as caught:
+        minirun.load(copy)
+    assert "corrupt" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.float8_e4m3fn])
+def test_weights_stored_as_integers_or_float8_are_refused(copy, dtype):
+    """Quantized values without their scales were cast to float and ran as other weights, silently (or failed in
+    torch.cat where one of q/k/v was float8)."""
+    state = load_file(copy / "model.safetensors")
+    state["model.layers.0.self_attn.k_proj.weight"] = state["model.layers.0.self_attn.k_proj.weight"].to(dtype)
+    save_file(state, copy / "model.safetensors", metadata={"format": "pt"})
+    kind = str(dtype).removeprefix("torch.")
+    with pytest.raises(MinirunError, match=f"tensor model.layers.0.self_attn.k_proj.weight in model.safetensors is "
+                                           f"stored as {kind}: minirun reads float weights"):
+        minirun.load(copy)
+    state["model.layers.0.self_attn.k_proj.weight"] = state["model.layers.0.self_attn.k_proj.weight"].double()
+    save_file(state, copy / "model.safetensors", metadata={"format": "pt"})
+    assert minirun.load(copy, dtype="float32").model.embed.weight.dtype == torch.float32
+
+
 def test_truncated_file_named(copy):
     data = (copy / "model.safetensors").read_bytes()
     (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -215,6 +242,35 @@ def test_config_problems_are_one_line(change, message):
     with pytest.raises(MinirunError, match=re.escape(message)):
         ModelConfig.from_dict(raw)
     assert ModelConfig.from_dict({"model_type": "llama", **BASE, "hidden_act": "swish"}).num_heads == 8
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rms_norm_eps": None}, "config.json has rms_norm_eps null: it must be a positive number"),
+    ({"max_position_embeddings": None}, "config.json has max_position_embeddings null: it must be a positive integer"),
+    ({"hidden_size": None}, "config.json has hidden_size null: it must be a positive integer"),
+    ({"rope_theta": None}, "config.json has rope_theta null: it must be a positive number"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}}, "config.json has rope_theta 0: it must be a"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": "1",
+                          "high_freq_factor": 4.0}}, "llama3 rope scaling has low_freq_factor '1': it must be a"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": "32"}}, "yarn rope scaling has beta_fast '32'"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": -1}},
+     "yarn rope scaling has mscale -1: it must be a number, 0 or more"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "truncate": "no"}}, "has truncate 'no': it must be true or"),
+    ({"rope_parameters": ["linear", 2.0]}, "config.json has rope_parameters ['linear', 2.0]: it must be an object"),
+    ({"rope_scaling": "linear"}, "config.json has rope_scaling 'linear': it must be an object of rope settings"),
+    ({"num_key_value_heads": 3}, "config.json has 3 key/value heads for 8 attention heads: the query heads must share"),
+    ({"layer_types": ["full_attention", "sliding_attention"]},
+     "config.json's layer_types give layers 'sliding_attention', which minirun does not run"),
+])
+def test_null_and_malformed_config_values_are_one_line(change, message):
+    """A key present but null, or a rope setting that is not a number, loaded and then failed at the first forward
+    (or gave NaN logits: a base of 0 inside rope_parameters); a layer_types' sliding layer ran full attention."""
+    with pytest.raises(MinirunError, match=re.escape(message)):
+        ModelConfig.from_dict({"model_type": "qwen2", **BASE, **change})
+    nullable = ModelConfig.from_dict({"model_type": "qwen2", **BASE, "num_key_value_heads": None, "head_dim": None,
+                                      "layer_types": ["full_attention"], "rope_scaling": None,
+                                      "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "mscale_all_dim": 0}})
+    assert (nullable.num_kv_heads, nullable.head_dim, nullable.rope_scaling["mscale_all_dim"]) == (8, 8, 0)
 
 
 def test_unknown_dtype(copy):

@@ -68,8 +68,9 @@ def test_scaled_cos_sin_match_transformers_rotary_embedding(dtype):
     from minirun.layers.rope import attention_scale
     from minirun.models.config import ModelConfig
 
-    config = AutoConfig.for_model("qwen3", hidden_size=64, num_attention_heads=4, head_dim=32, vocab_size=320,
-                                  max_position_embeddings=512, rope_parameters={**YARN, "rope_theta": 1000000.0})
+    config = AutoConfig.for_model("qwen3", hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                  vocab_size=320, max_position_embeddings=512,
+                                  rope_parameters={**YARN, "rope_theta": 1000000.0})
     positions = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(0))
     cos_ref, sin_ref = Qwen3RotaryEmbedding(config)(torch.zeros(1, dtype=dtype), positions)
     ours = ModelConfig.from_dict(config.to_dict())

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import re
 import shutil
 import struct
@@ -40,6 +41,7 @@ _LAYER = {
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+GGUF_BIASES = {"qwen2": ("attn_q", "attn_k", "attn_v")}  # the only bias tensors these architectures' files hold
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 CHUNK_ELEMENTS = 1 << 22  # dequantized a piece at a time: 16 MB of float32
 ROPE_FREQS = "rope_freqs.weight"  # llama3 rope scaling as per-frequency divisors: read into config.json, not a weight
@@ -150,6 +152,7 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "torch_dtype": dtype,
     }
+    _check_attention(meta, arch, config["head_dim"], tensor_names)
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", "linear", "yarn"):
         raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none, linear, yarn and "
@@ -171,6 +174,26 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
     else:
         config.update(use_sliding_window=False, attention_bias=arch == "qwen2")
     return config
+
+
+def _check_attention(meta: dict[str, Any], arch: str, head_dim: int, tensor_names: set[str]) -> None:
+    """Refuse what llama.cpp would compute and a transformers config cannot say: a rotation of part of each head, a
+    YaRN attention factor or an attention scale of its own, and biases the architecture's HF classes do not hold."""
+    rotated = meta.get(f"{arch}.rope.dimension_count", head_dim)
+    if rotated != head_dim:
+        raise MinirunError(f"GGUF {arch}.rope.dimension_count {rotated} rotates part of each {head_dim}-wide head, "
+                           "which minirun does not: this model variant is not supported")
+    factor = meta.get(f"{arch}.rope.scaling.attn_factor", 1.0)
+    scale = meta.get(f"{arch}.attention.scale", 0.0)  # llama.cpp: 0 is 1/sqrt(head_dim)
+    if factor != 1.0 or (scale and not math.isclose(scale, head_dim ** -0.5, rel_tol=1e-6)):
+        key, value = ("rope.scaling.attn_factor", factor) if factor != 1.0 else ("attention.scale", scale)
+        raise MinirunError(f"GGUF {arch}.{key} {value:g} changes the attention's scale, which minirun does not map "
+                           "onto a transformers config: pull the original HF checkpoint instead")
+    allowed = GGUF_BIASES.get(arch, ())
+    if biases := sorted(name for name in tensor_names if name.endswith(".bias")
+                        and name.split(".")[-2] not in allowed):
+        raise MinirunError(f"GGUF tensor {biases[0]} ({len(biases)} bias tensors in all) has no place in a {arch} "
+                           "model as transformers builds it: this model variant is not supported")
 
 
 def _dequantize(data: np.ndarray, tensor: Any) -> np.ndarray:

@@ -366,7 +366,18 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
 
 
 def _read(handle, name: str, path: Path) -> torch.Tensor:
+    """One stored tensor, refused unless it holds float weights: integer or float8 values are a quantization whose
+    scales config.json does not name, and cast to float they would run as other weights, silently."""
     try:
-        return handle.get_tensor(name)
+        tensor = handle.get_tensor(name)
     except (SafetensorError, OSError) as e:
+        if name not in handle.keys():
+            raise MinirunError(f"{path.name} holds no tensor {name}, though model.safetensors.index.json names it "
+                               "there: the index and shards come from different downloads; download them again") \
+                from None
         raise MinirunError(f"cannot read tensor {name} from {path} ({e}): the file is truncated or corrupt") from None
+    if not tensor.dtype.is_floating_point or tensor.dtype.itemsize < 2:
+        raise MinirunError(f"tensor {name} in {path.name} is stored as {str(tensor.dtype).removeprefix('torch.')}: "
+                           "minirun reads float weights (float32, float16, bfloat16), and this quantization is not "
+                           "named in config.json; use the unquantized checkpoint, or a GGUF through `minirun convert`")
+    return tensor

@@ -15,6 +15,10 @@ ROPE_KEYS = {"default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn
 # What transformers' config classes assume for a key config.json leaves out, where the families differ.
 CONTEXT_DEFAULT = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768}
 DEFAULT_THETA = 10000.0  # every family's rope base where config.json names none
+# The rope settings that are numbers: True where only a positive one works, False where 0 is meaningful.
+ROPE_NUMBERS = {"rope_theta": True, "factor": True, "low_freq_factor": True, "high_freq_factor": True,
+                "original_max_position_embeddings": True, "beta_fast": True, "beta_slow": True, "mscale": False,
+                "mscale_all_dim": False, "attention_factor": False, "truncate": None}
 
 
 def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
@@ -22,6 +26,10 @@ def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
     transformers reads `rope_scaling` with the top-level `rope_theta` and drops `rope_parameters`; where the two
     differ in scaling or base, which one the model was trained with cannot be told, so neither is guessed. A
     top-level `original_max_position_embeddings` that disagrees with the dict's is refused alike."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if raw.get(key) and not isinstance(raw[key], dict):
+            raise MinirunError(f"config.json has {key} {raw[key]!r}: it must be an object of rope settings or null; "
+                               "restore the checkpoint's own config.json")
     given = [dict(raw[key]) for key in ("rope_parameters", "rope_scaling") if raw.get(key)]
 
     def scaling(rope: dict) -> dict:
@@ -94,6 +102,10 @@ class ModelConfig:
                                "the unquantized (bfloat16/float16) checkpoint, or a GGUF through `minirun convert`")
         if raw.get("use_sliding_window"):
             raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json")
+        if kinds := sorted(set(raw.get("layer_types") or ()) - {"full_attention"}):
+            raise MinirunError(f"config.json's layer_types give layers {', '.join(map(repr, kinds))}, which minirun "
+                               "does not run (every layer attends to the whole sequence): this checkpoint needs "
+                               "another runtime")
         if missing := [key for key in REQUIRED if key not in raw]:
             raise MinirunError(f"config.json lacks {', '.join(map(repr, missing))}: restore the checkpoint's own config.json")
         _check_numbers(raw)
@@ -102,10 +114,11 @@ class ModelConfig:
                                "and Qwen's are; this checkpoint is another architecture")
         heads = raw["num_attention_heads"]
         rope = rope_settings(raw)
-        theta = float(rope.pop("rope_theta", raw.get("rope_theta", DEFAULT_THETA)))
+        theta = rope.pop("rope_theta", raw.get("rope_theta", DEFAULT_THETA))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_KEYS:
             raise MinirunError(f"unsupported rope type {rope_type!r}: minirun supports {', '.join(ROPE_KEYS)}")
+        _check_rope_numbers({**rope, "rope_theta": theta}, rope_type)
         context = raw.get("max_position_embeddings", CONTEXT_DEFAULT[model_type])
         if rope_type in ("llama3", "yarn"):  # transformers 5 takes the top-level value, else the context
             rope["original_max_position_embeddings"] = raw.get("original_max_position_embeddings",
@@ -117,10 +130,6 @@ class ModelConfig:
         if missing := [key for key in ROPE_KEYS[rope_type] if rope.get(key) is None]:
             raise MinirunError(f"config.json's {rope_type} rope scaling lacks {', '.join(map(repr, missing))}: "
                                "restore the checkpoint's own config.json")
-        for key in ("factor", "original_max_position_embeddings"):
-            if key in rope and not (isinstance(rope[key], (int, float)) and rope[key] > 0):
-                raise MinirunError(f"config.json's {rope_type} rope scaling has {key} {rope[key]!r}: it must be a "
-                                   "positive number; restore the checkpoint's own config.json")
         window = raw.get("sliding_window") if model_type == "mistral" else None  # Mistral 7B v0.1: 4096
         if window is not None and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
             raise MinirunError(f"config.json's sliding_window {window!r} must be a positive integer or null: restore "
@@ -138,7 +147,7 @@ class ModelConfig:
             num_kv_heads=raw.get("num_key_value_heads") or heads,
             head_dim=raw.get("head_dim") or (128 if model_type == "qwen3" else raw["hidden_size"] // heads),
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-            rope_theta=theta,
+            rope_theta=float(theta),
             rope_scaling={**rope, "rope_type": rope_type} if rope_type != "default" else None,
             max_position_embeddings=min(context, window or context),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -174,19 +183,49 @@ def _eos_ids(value: object, where: str) -> list[int]:
     return ids
 
 
+def _shown(value: object) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_numbers(raw: dict) -> None:
-    """The sizes a checkpoint's config.json gives are positive integers and its epsilon and base positive numbers:
-    a string or a float there would fail deep inside the model (or a context of -5 be blamed on the prompt)."""
+    """The sizes a checkpoint's config.json gives are positive integers and its epsilon positive: a string, a float
+    or a null there would fail deep inside the model (or a context of -5 be blamed on the prompt). Only the two
+    sizes transformers derives from the heads where they are null may be null."""
     for key in (*REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings"):
-        value = raw.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise MinirunError(f"config.json has {key} {value!r}: it must be a positive integer; restore the "
+        if key not in raw or (raw[key] is None and key in ("num_key_value_heads", "head_dim")):
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MinirunError(f"config.json has {key} {_shown(value)}: it must be a positive integer; restore the "
                                "checkpoint's own config.json")
-    for key in ("rms_norm_eps", "rope_theta"):
-        value = raw.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise MinirunError(f"config.json has {key} {value!r}: it must be a positive number; restore the "
-                               "checkpoint's own config.json")
+    if "rms_norm_eps" in raw and not (_is_number(raw["rms_norm_eps"]) and raw["rms_norm_eps"] > 0):
+        raise MinirunError(f"config.json has rms_norm_eps {_shown(raw['rms_norm_eps'])}: it must be a positive number; "
+                           "restore the checkpoint's own config.json")
+    heads, kv_heads = raw["num_attention_heads"], raw.get("num_key_value_heads") or raw["num_attention_heads"]
+    if heads % kv_heads:
+        raise MinirunError(f"config.json has {kv_heads} key/value heads for {heads} attention heads: the query heads "
+                           "must share them evenly (a divisor); restore the checkpoint's own config.json")
+
+
+def _check_rope_numbers(rope: dict, rope_type: str) -> None:
+    """The rope settings' base, factors and lengths are positive numbers (a base of 0 gives NaN logits, a text
+    fails deep inside), YaRN's temperature weights numbers and `truncate` a boolean, wherever they are spelled."""
+    where = f"config.json's {rope_type} rope scaling" if rope_type != "default" else "config.json"
+    for key, value in rope.items():
+        if key not in ROPE_NUMBERS or (value is None and key != "rope_theta"):
+            continue
+        if key == "truncate":
+            ok = isinstance(value, bool)
+        else:
+            ok = _is_number(value) and (value > 0 if ROPE_NUMBERS[key] else value >= 0)
+        if not ok:
+            need = {None: "true or false", True: "a positive number", False: "a number, 0 or more"}[ROPE_NUMBERS[key]]
+            raise MinirunError(f"{where} has {key} {_shown(value)}: it must be {need}; restore the checkpoint's own "
+                               "config.json")
 
 
 def load_config(checkpoint_dir: str | Path) -> ModelConfig:
