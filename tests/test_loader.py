@@ -48,6 +48,16 @@ def test_wrong_shape_names_tensor(copy):
         minirun.load(copy)
 
 
+def test_a_config_off_in_its_heads_shows_each_of_q_k_and_v(copy):
+    """A config.json that left out num_key_value_heads blamed q_proj, the one tensor whose shape was right."""
+    config = {k: v for k, v in _config(copy).items() if k != "num_key_value_heads"}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MinirunError, match=re.escape("tensors model.layers.0.self_attn.* have shapes q_proj (64, 64), "
+                                                     "k_proj (32, 64), v_proj (32, 64), but config.json's heads, "
+                                                     "key/value heads and head size need (192, 64) in all")):
+        minirun.load(copy)
+
+
 def test_missing_tensor_named(copy):
     state = load_file(copy / "model.safetensors")
     del state["model.norm.weight"]
