@@ -63,7 +63,8 @@ def test_origin_equals_the_harness_partial_scoring_with_transformers(llm, senten
     assert got.prompts == [sentence] and len(set(got.option_chars)) == 1  # one scored text, by either option
 
 
-@pytest.mark.parametrize("method, extra", [("avg", {}), ("avg_logprob", {}), ("max", {}), ("hidden_avg", {}),
+@pytest.mark.parametrize("method, extra", [("avg", {}), ("avg_logprob", {}), ("avg_prob", {}), ("max", {}),
+                                           ("hidden_avg", {}),
                                            ("hidden_avg", {"fusion_layer": 1}), ("flex", {"flex_bias": "inv_n"})])
 def test_identical_paraphrases_score_as_origin(llm, method, extra):
     origin = scored(llm, "origin").logprobs

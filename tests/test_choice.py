@@ -84,7 +84,8 @@ def test_an_empty_or_non_text_option_is_refused_with_or_without_a_template(llm, 
                           EnsembleOptions(chat=chat))
 
 
-@pytest.mark.parametrize("method, extra", [("avg", {}), ("avg_logprob", {}), ("max", {}), ("hidden_avg", {}),
+@pytest.mark.parametrize("method, extra", [("avg", {}), ("avg_logprob", {}), ("avg_prob", {}), ("max", {}),
+                                           ("hidden_avg", {}),
                                            ("hidden_avg", {"fusion_layer": 1}), ("flex", {"flex_bias": "inv_n"})])
 def test_identical_paraphrases_score_as_origin(llm, method, extra):
     origin = score(llm, "origin").scores

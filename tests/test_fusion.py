@@ -1,6 +1,8 @@
 """Fusion rules as pure functions on hand-made logits."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -20,6 +22,21 @@ def test_avg_logprob_is_the_mean_log_probability_and_avg_once_normalised():
     assert torch.allclose(RULES["avg_logprob"](scaled, None), scaled.log_softmax(-1).mean(0))
     assert not torch.allclose(RULES["avg_logprob"](scaled, None), RULES["avg"](scaled, None))
     assert torch.allclose(RULES["avg_logprob"](scaled, None).softmax(-1), RULES["avg"](scaled, None).softmax(-1))
+
+
+def test_avg_prob_is_the_mixture_of_the_rows_distributions():
+    """The mean of probabilities, the one mean rule that is not avg's distribution: one sure row is outvoted by two
+    leaning the other way, where a mean of logits follows the sure row; in float32 a token every row finds
+    unlikely keeps its log-probability (a softmax's own exp would underflow to a log of -inf)."""
+    rows = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    fused = RULES["avg_prob"](rows, None)
+    assert torch.allclose(fused.exp(), rows.softmax(-1).mean(0))
+    assert torch.allclose(fused.exp().sum(), torch.tensor(1.0))
+    assert fused.argmax() == 1 and RULES["avg"](rows, None).argmax() == 0 == RULES["avg_logprob"](rows, None).argmax()
+    far = RULES["avg_prob"](torch.tensor([[0.0, -200.0], [0.0, -300.0]]), None)
+    assert torch.allclose(far, torch.tensor([0.0, -200.0 - math.log(2)]))
+    same = torch.tensor([[0.5, 2.0, -1.0]] * 4)
+    assert torch.allclose(RULES["avg_prob"](same, None), same[0].log_softmax(-1), atol=1e-6)
 
 
 def test_max_takes_elementwise_max_probability():

@@ -102,7 +102,19 @@ def test_packed_prefill_segments_equal_encoding_alone(llm, scheme):
             assert (packed[:, idx] - from_zero).abs().max().item() <= ATOL
 
 
-@pytest.mark.parametrize("method", ["avg", "avg_logprob", "max", "weighted_avg", "weighted_max"])
+def test_avg_prob_follows_the_mean_probability_of_rows_recomputed_whole(llm):
+    """avg_prob's greedy tokens are the argmax of the rows' mean probability, each row's prompt and answer so far
+    prefilled from scratch at every step: the cache, the shared head and the fused decode change nothing."""
+    enc = encode_question(llm, PARAS[:3], PREFIX, chat=True)
+    fused = run(llm, "avg_prob", PARAS[:3], max_new_tokens=8, ignore_eos=True).token_ids
+    answer: list[int] = []
+    for _ in range(8):
+        rows = torch.cat([last_logits(llm, plain_row(enc.full(i) + answer)) for i in range(3)])  # [3, V]
+        answer.append(int(rows.double().softmax(-1).mean(0).argmax()))
+    assert fused == answer
+
+
+@pytest.mark.parametrize("method", ["avg", "avg_logprob", "avg_prob", "max", "weighted_avg", "weighted_max"])
 def test_logit_fusion_of_identical_paraphrases_equals_origin(llm, method):
     origin = run(llm, "origin", [])
     confidences = [[0.2, 0.5, 0.3]]
@@ -255,7 +267,7 @@ def test_a_batch_of_equal_questions_is_fused_in_one_call():
     assert runner.group_layout(groups[:2], (0, 1, 2, 3), cpu).questions == [0, 1]
 
 
-@pytest.mark.parametrize("method, extra", [("avg", {}), ("max", {}), ("avg_logprob", {}),
+@pytest.mark.parametrize("method, extra", [("avg", {}), ("max", {}), ("avg_logprob", {}), ("avg_prob", {}),
                                            ("weighted_avg", {"confidences": [[0.2, 0.5], [0.9, 0.1]]}),
                                            ("weighted_max", {"confidences": [[0.2, 0.5], [0.9, 0.1]]})])
 def test_fusing_every_question_at_once_gives_the_same_tokens(llm, method, extra, monkeypatch):

@@ -23,6 +23,12 @@ def fuse_avg_logprob(logits: torch.Tensor, weights: torch.Tensor | None = None) 
     return logits.log_softmax(-1).mean(-2)
 
 
+def fuse_avg_prob(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the rows' probabilities (a mixture: the classic prompt ensemble, where one confident row can carry a
+    token the others doubt), as log-probabilities; a log-sum-exp, so no row's small probabilities underflow."""
+    return logits.log_softmax(-1).logsumexp(-2) - math.log(logits.shape[-2])
+
+
 def fuse_max(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Element-wise maximum of the rows' probabilities (returned as log-probabilities)."""
     return logits.softmax(-1).amax(-2).log()
@@ -60,6 +66,7 @@ def confidence_weights(method: str, confidences: list[float]) -> list[float]:
 RULES: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
     "avg": fuse_avg,
     "avg_logprob": fuse_avg_logprob,
+    "avg_prob": fuse_avg_prob,
     "max": fuse_max,
     "weighted_avg": fuse_weighted_avg,
     "weighted_max": fuse_weighted_max,

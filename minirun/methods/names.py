@@ -1,7 +1,8 @@
 """The methods by name, apart from their code: the command line lists and checks them without importing torch,
 so `minirun --help` and `report` start in a fraction of the time a model-running command needs."""
 
-RULE_NAMES = ("avg", "avg_logprob", "max", "weighted_avg", "weighted_max")  # next-token score fusion (`fusion.RULES`)
+# next-token score fusion (`fusion.RULES`)
+RULE_NAMES = ("avg", "avg_logprob", "avg_prob", "max", "weighted_avg", "weighted_max")
 METHODS = ("origin", "per_prompt", "vote", *RULE_NAMES, "hidden_avg", "flex")
 EVERY_ANSWER = ("per_prompt", "vote")  # every prompt answered on its own, each answer kept in the result
 # An option's log-likelihood per token ("mean"), summed ("sum": lm-evaluation-harness's acc), or per character of
