@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import types
@@ -286,6 +287,26 @@ def test_a_mistyped_local_path_that_the_hub_lacks_is_named_as_a_path(tmp_path, m
                                            r"checkpoint directory there, though models is a folder here"):
         hub.resolve_model("models/smollm2-135m-instrct")
     assert hub.resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == tmp_path / "pulled" / "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_a_models_folder_path_given_from_elsewhere_names_where_that_model_is(tmp_path, monkeypatch):
+    """README's `--model models/smollm2-135m-instruct` run from a folder without models/, with $MINIRUN_MODELS_DIR
+    elsewhere: the hub's refusal alone sent the user to their network."""
+    (tmp_path / "store" / "smollm2-135m-instruct").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "store"))
+
+    def pull(name):
+        raise MinirunError(f"cannot download {name} from the HF hub (ConnectError): check your network")
+
+    monkeypatch.setattr(hub, "pull", pull)
+    with pytest.raises(MinirunError, match=re.escape(f"(ConnectError): check your network (or, if models/smollm2-135m-"
+                                                     "instruct was meant as a path: there is no such folder here, but "
+                                                     f"the models folder holds {tmp_path}/store/smollm2-135m-instruct")):
+        hub.resolve_model("models/smollm2-135m-instruct")
+    with pytest.raises(MinirunError, match=r"\(ConnectError\): check your network$"):
+        hub.resolve_model("Qwen/Qwen2.5-0.5B-Instruct")
 
 
 def test_pulls_of_one_model_at_once_convert_it_once(tmp_path, fake_pip, monkeypatch):

@@ -1521,8 +1521,10 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     assert [(d.label, d.num_prompts) for d in sweep.datasets] == [("qa-k3", 3), ("qa-k2", 2), ("qa-four", 4),
                                                                    ("qa-0shot", 2)]
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--output", str(out), "--no-progress"])
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--output", str(out), "--no-progress"],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    assert "accuracy by prompts per item" in " ".join(result.stdout.split())  # the sweep ends on report's tables
     assert prompt_series(out) == [{"qa-k2": 2, "qa-k3": 3, "qa-four": 4}, {"qa-0shot": 2}]
     scores = sweep_table(load_sweep(out))
     curve = size_curve(scores, prompt_series(out)[0])

@@ -244,6 +244,10 @@ def resolve_model(path_or_name: str | Path | None = None) -> Path:
             if name != DEFAULT_MODEL and Path(name).parent.is_dir():  # "models/smollm2-135m-instrct": a typo?
                 raise MinirunError(f"{e} (or, if {name} was meant as a path: no checkpoint directory there, though "
                                    f"{Path(name).parent} is a folder here; check the path)") from None
+            pulled = default_models_dir() / Path(name).name  # "models/x" run from elsewhere than the models' parent
+            if name != DEFAULT_MODEL and pulled.is_dir():
+                raise MinirunError(f"{e} (or, if {name} was meant as a path: there is no such folder here, but the "
+                                   f"models folder holds {pulled}; give that path)") from None
             raise
     raise MinirunError(f"no model directory at {name}: give a checkpoint dir, {DEFAULT_MODEL!r} or an HF repo id "
                        "(org/name, or org/name@revision)")

@@ -43,7 +43,6 @@ def sweep_command(
     """Run every method on every dataset with every model (resumable; shard with
     `torchrun --nproc_per_node N -m minirun.cli sweep`)."""
     from minirun.eval.sweep import cells, run_sweep, survey, sweep_prompts
-    from minirun.eval.sweep_results import sweep_table
     from minirun.eval.sweep_spec import load_sweep_file, selection
 
     sweep = load_sweep_file(file)  # the whole file checked before any model loads
@@ -61,10 +60,8 @@ def sweep_command(
             print(f"##### {model} · {dataset}\n\n" + "\n\n".join(blocks) + "\n")
         err.print("[dim]nothing was run or written (drop --show-prompts to run the sweep)[/dim]")
         return
-    table = run_sweep(sweep, output, load, progress=progress, only=only)
-    if table is not None:  # rank 0's (other ranks get None)
-        for t in score_tables(sweep_table(table), lambda dataset: str(output)):
-            out.print(t)
+    if run_sweep(sweep, output, load, progress=progress, only=only) is not None:  # rank 0's (other ranks get None)
+        report_sweep(output, False, None, None, None)  # what `minirun report` shows: the series tables, the warnings
         out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)
 
 
