@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -425,6 +426,9 @@ def test_load_dataset_dispatch(tmp_path):
     assert load_dataset(str(lama))[0].task == "fill"
     with pytest.raises(MinirunError, match="unknown dataset 'nope'"):
         load_dataset("nope")
+    for missing in ("missing.jsonl", str(tmp_path / "gone" / "qa")):  # a file named: not called an unknown dataset
+        with pytest.raises(MinirunError, match=rf"^no file {re.escape(missing)} \(in .*\): check the path, or give"):
+            load_dataset(missing)
     with pytest.raises(MinirunError, match="is a directory: pass a .jsonl file in it"):
         load_dataset(str(tmp_path))  # it exists: "unknown dataset" would say otherwise
 
@@ -938,6 +942,11 @@ def test_a_hub_dataset_is_read_at_one_commit_and_says_which(monkeypatch, tmp_pat
                                            r"\(RevisionNotFoundError: 404 Client Error\.\): check the revision"):
         dataset_source("mmlu", "v9")
     _fake_hub(monkeypatch, {})  # offline: the main branch as `datasets` finds it, said and recorded without a commit
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: loading says so; no "loads its main branch"
+    with caplog.at_level("WARNING", logger="minirun"):
+        assert dataset_source("myriadlama") == {"hub": "iszhaoxin/MyriadLAMA", "revision": "main"}
+    assert caplog.text == ""
+    _fake_datasets(monkeypatch, {})
     with caplog.at_level("WARNING", logger="minirun"):
         assert dataset_source("myriadlama") == {"hub": "iszhaoxin/MyriadLAMA", "revision": "main"}
     assert "cannot ask the Hugging Face Hub which commit iszhaoxin/MyriadLAMA is at" in caplog.text

@@ -2,6 +2,7 @@
 CommonsenseQA, ARC, OpenBookQA, HellaSwag, PIQA, SciQ, BoolQ, TruthfulQA, Winogrande, or your own JSONL/JSON file."""
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import logging
@@ -303,6 +304,10 @@ def dataset_source(name: str, revision: str | None = None) -> dict | None:
         if revision is not None:
             raise MinirunError(f"cannot find revision {revision!r} of {repo} on the Hugging Face Hub ({reason}): check "
                                "the revision, your network and HF_TOKEN, or give a full commit") from None
+        try:
+            importlib.import_module("datasets")
+        except ImportError:  # loading it says what is missing; the warning's "loads its main branch" would not happen
+            return {"hub": repo, **config, "revision": "main"}
         log.warning(f"cannot ask the Hugging Face Hub which commit {repo} is at ({reason}): the run loads its main "
                     "branch as `datasets` finds it and records no commit; name one to pin it (NAME@COMMIT: eval's "
                     "`--data`, a sweep's dataset `name`)")
@@ -374,6 +379,9 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
     path = Path(name_or_path)
     if path.is_dir():
         raise MinirunError(f"dataset {name!r} is a directory: pass a .jsonl file in it, or one of {', '.join(NAMES)}")
+    if not path.is_file() and (path.suffix or len(path.parts) > 1):  # a file's name or path, not a dataset's name
+        raise MinirunError(f"no file {path} (in {Path.cwd()}): check the path, or give a dataset by name, one of "
+                           f"{', '.join(NAMES)}")
     if not path.is_file():
         raise MinirunError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or the path of an existing file")
     keys, records = _records_head(path)

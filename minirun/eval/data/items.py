@@ -401,7 +401,8 @@ def hf_frame(name: str, split: str, config: str | None = None, revision: str | N
     except ImportError:
         raise HubDataUnavailable(
             f"loading {name} from the Hugging Face Hub needs the `datasets` package: "
-            "run `pip install datasets`, or give the path of a local copy (a .jsonl file) in place of the name",
+            "run `pip install datasets`, or give the path of a local copy (JSON lines, a JSON array or parquet) in "
+            "place of the name",
             what, "reading it needs the `datasets` package: run `pip install datasets`") from None
     try:
         pinned = {"revision": revision} if revision is not None else {}
