@@ -317,6 +317,20 @@ def test_a_vote_run_without_per_prompt_gives_the_single_prompt_figures(hand, tmp
     assert "mean single-prompt accuracy 0.367" in tex and "not compared with origin" not in tex
 
 
+def test_every_table_lists_origin_first_then_the_methods_by_name(tmp_path):
+    """The terminal's score table and its agreement and pairwise matrices listed methods by name, origin (the
+    baseline) after avg, as LaTeX and the figure did not."""
+    df = pd.concat([_hand(), _hand().query("method == 'avg'").assign(method="flex")])
+    assert list(agreement(df).columns) == ["origin", "avg", "flex", "per_prompt"]
+    assert list(dict.fromkeys(pairwise(df).index.get_level_values("method"))) == ["avg", "flex", "origin"]
+    shown = CliRunner().invoke(app, ["report", str(_run_dir(tmp_path, df))], env={"COLUMNS": "200"}).stdout
+    rows = [[cell.strip() for cell in line[1:-1].split(line[0])] for line in shown.splitlines()
+            if line.startswith(("│", "┃"))]
+    assert [row[0].split(" (")[0] for row in rows[1:5]] == ["origin", "avg", "flex", "per_prompt"]  # the scores
+    headers = [row[1:] for row in rows if row[0] == ""]
+    assert headers == [["origin", "avg", "flex", "per_prompt"], ["origin", "avg", "flex"]]  # agreement, pairwise
+
+
 def test_paired_test_against_mean_single(hand):
     # avg right minus the item's single-prompt accuracy, by hand
     diffs = [0, 1 / 3, -1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1, 0]

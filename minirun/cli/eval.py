@@ -258,10 +258,10 @@ def _summary_tables(table: pd.DataFrame, title: str, shown: list[str] | None = N
     """Per-method scores (of the `shown` methods only, compared with every method's rows), with the single-prompt
     figures (per_prompt's, or vote's without it) as the caption; then their calibration where multiple-choice rows
     have it."""
-    from minirun.eval.report import summarize
+    from minirun.eval.report import in_method_order, summarize
     from minirun.methods.names import EVERY_ANSWER
 
-    scores = summarize(table)
+    scores = in_method_order(summarize(table))
     if shown is not None:
         scores = scores[scores.index.get_level_values("method").isin(shown)]
     t = _scores_table(scores, title)
@@ -345,7 +345,9 @@ def _label(index: object) -> str:
 def _pairwise_matrix(pairs: pd.DataFrame, per_prompt: bool) -> Table:
     """Row method minus column method, on the items both answered, with the exact McNemar p Holm-adjusted over
     every pair: which fusion beats which, not only which beats origin. `per_prompt`: it ran, and is left out."""
-    methods = sorted(set(pairs.index.get_level_values("method")))
+    from minirun.eval.report import method_order
+
+    methods = method_order(pairs.index.get_level_values("method"))
     t = Table(title="pairwise: accuracy of the row minus the column (Holm-adjusted exact McNemar p)",
               caption="on the items both answered" + ("; per_prompt (its first prompt) is left out" if per_prompt
                                                         else ""))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -661,6 +662,20 @@ def macro_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def method_order(methods: Iterable[str]) -> list[str]:
+    """Methods as every table and figure lists them: origin, the baseline the others are compared with, first, then
+    the rest by name."""
+    return sorted(set(methods), key=lambda m: (m != "origin", m))
+
+
+def in_method_order(scores: pd.DataFrame) -> pd.DataFrame:
+    """Rows indexed by method (the last level, after a model's) in `method_order` within each model."""
+    methods = list(scores.index.get_level_values("method"))
+    rank = {m: n for n, m in enumerate(method_order(methods))}
+    outer = [index[:-1] if isinstance(index, tuple) else () for index in scores.index]
+    return scores.iloc[sorted(range(len(scores)), key=lambda n: (outer[n], rank[methods[n]]))]
+
+
 def agreement(df: pd.DataFrame) -> pd.DataFrame:
     """Method x method: the fraction of shared items whose extracted answers are equal after
     `normalize` (items of a sweep count once per model). High agreement with low accuracy means
@@ -671,7 +686,7 @@ def agreement(df: pd.DataFrame) -> pd.DataFrame:
     # row for yet is not shared
     answers = df.assign(answer=df["answer"].map(_answer)).pivot(index=index, columns="method", values="answer")
     answered = df.assign(row=True).pivot(index=index, columns="method", values="row").notna()
-    methods = sorted(answers.columns)
+    methods = method_order(answers.columns)
     return pd.DataFrame([[_agree(answers[a], answers[b], answered[a] & answered[b]) for b in methods]
                          for a in methods], index=methods, columns=methods)
 
@@ -686,7 +701,7 @@ def pairwise(df: pd.DataFrame) -> pd.DataFrame:
     per_prompt, no ensemble (its verdict is its first prompt's), is left out, as from the tests against origin."""
     _check(df)
     correct = df.pivot(index="id", columns="method", values="correct").astype(float)
-    methods = sorted(m for m in correct.columns if m != "per_prompt")
+    methods = method_order(m for m in correct.columns if m != "per_prompt")
     pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
     found = {pair: paired_difference(correct[pair[0]], correct[pair[1]], "versus") for pair in pairs}
     adjusted = dict(zip(pairs, holm([found[pair].get("p_vs_versus", math.nan) for pair in pairs])))
@@ -910,7 +925,7 @@ def relation_latex(df: pd.DataFrame, caption: str) -> str:
     if "relation" not in df.columns or df["relation"].isna().all():
         return ""
     scores = by_relation(df)
-    methods = sorted(set(scores.index.get_level_values("method")), key=lambda m: (m != "origin", m))
+    methods = method_order(scores.index.get_level_values("method"))
     accuracy = scores["accuracy"].unstack("method").reindex(columns=methods)
     counts = df[df["relation"].notna()].groupby("relation")["id"].nunique()
     macro = accuracy.mean()  # each method's mean over the relations it answered: `macro_accuracy`'s figure
@@ -933,7 +948,7 @@ def popularity_latex(df: pd.DataFrame, caption: str) -> str:
     if "popularity" not in df.columns or df["popularity"].isna().all():
         return ""
     scores = by_popularity(df)
-    methods = sorted(set(scores.index.get_level_values("method")), key=lambda m: (m != "origin", m))
+    methods = method_order(scores.index.get_level_values("method"))
     bins = popularity_bins(scores)
     counts = scores["n"].groupby(level="popularity").max()
 
@@ -1012,7 +1027,7 @@ def figure(df: pd.DataFrame) -> Figure:
     from matplotlib.figure import Figure
 
     summary = summarize(df).reset_index()
-    methods = sorted(summary["method"].unique(), key=lambda m: (m != "origin", m))  # the baseline first, as in LaTeX
+    methods = method_order(summary["method"])
     models = sorted(summary["model"].unique()) if "model" in summary.columns else [None]
     rated = models == [None] and "popularity" in df.columns and bool(df["popularity"].notna().any())
     width = 0.8 / len(models)
