@@ -774,6 +774,17 @@ def test_eval_shows_the_methods_it_was_asked_for(checkpoint_dirs, tmp_path):
     assert re.search(r"│ +[+-]\d\.\d{3} │ +[\d.e-]+ │", row) and "│ origin" not in added.stdout, added.stdout
 
 
+def test_the_progress_bar_of_several_methods_says_it_counts_each_methods_items(checkpoint_dirs, tmp_path):
+    """"eval origin 0/12" read as origin's twelve items, where the count was 6 items × 2 methods."""
+    settings = [s for s in CLI_SETTINGS if s != "--no-progress"]
+    args = ["eval", *settings, "--model", str(checkpoint_dirs["qwen2"]), "--output", str(tmp_path / "run")]
+    both = CliRunner().invoke(_app(), [*args, "-m", "origin", "-m", "avg"])
+    assert both.exit_code == 0, both.output
+    assert re.search(r"eval 2 methods, now avg .* 12/12", both.stderr), both.stderr
+    one = CliRunner().invoke(_app(), [*args[:-1], str(tmp_path / "one"), "-m", "origin"])
+    assert re.search(r"eval origin .* 6/6", one.stderr), one.stderr
+
+
 def test_eval_asks_n_items_at_random_with_a_sample_seed_and_grows_them(checkpoint_dirs, tmp_path):
     """`--max-samples N --sample-seed S` runs N items at random (the seed's shuffle, in its order), and a larger N
     later keeps the pilot's rows."""
