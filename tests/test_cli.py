@@ -308,8 +308,9 @@ def test_paraphrases_that_repeat_the_question_are_named_and_few_shot_k_needs_few
     reworded = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "-p", "France's capital?",
                       "--max-new-tokens", "2")
     assert reworded.exit_code == 0 and "answers as origin" not in reworded.stderr
-    for command in ("generate", "mask"):  # mask drew no example and said nothing
-        one_line_error(invoke(command, "--model", "no/such-model-loaded", "Capital?", "--few-shot-k", "3"),
+    for command, k in (("generate", "3"), ("mask", "3"), ("generate", "5"), ("mask", "5")):  # mask drew no example
+        # and said nothing; the default's count given was ignored silently
+        one_line_error(invoke(command, "--model", "no/such-model-loaded", "Capital?", "--few-shot-k", k),
                        "--few-shot-k counts the examples drawn from --few-shot", "add --few-shot FILE")
 
 
@@ -899,3 +900,12 @@ def test_the_data_help_names_every_dataset(command):
     params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
     listed = " ".join(params["data"].help.split())
     assert [name for name in NAMES if name not in listed] == []
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`mask --share-prefix` showed in `--help` with no word of what it shares."""
+    import click
+
+    bare = [f"{name} {param.opts[0]}" for name, command in typer.main.get_command(app).commands.items()
+            for param in command.params if isinstance(param, click.Option) and param.name != "help" and not param.help]
+    assert bare == []

@@ -1000,7 +1000,8 @@ def test_a_sweeps_table_compares_each_model_with_the_first_beside_origin():
     tex = latex(scores_long(sweep_table(rows)).set_index(["model", "method"]), "d")  # as a paper's table has them
     lines = {tuple(line.split(" & ")[:2]): line.split(" & ")[7:] for line in tex.splitlines() if " & " in line}
     assert lines[("Model", "Method")] == [r"$\Delta$ big", r"$p$ \\"] and lines[("big", "avg")] == ["--", r"-- \\"]
-    assert lines[("small", "avg")] == ["$-0.500$", r"0.5 \\"] and "$\\Delta$ big: accuracy minus big's" in tex
+    assert lines[("small", "avg")] == ["$-0.500$", r"0.500 \\"]  # Holm's p to 3 significant digits, zeros kept
+    assert "$\\Delta$ big: accuracy minus big's" in tex
 
 
 def test_a_sweeps_table_names_per_prompt_as_its_first_prompt_with_its_single_prompt_figures():
@@ -1554,6 +1555,7 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
                                                         "qa-k2, qa-k3, qa-four"]
     assert [line.get_label() for line in curve_axes.get_lines()] == ["origin", "avg", "mean single prompt"]
     assert list(curve_axes.get_lines()[1].get_ydata()) == list(curve.loc["avg", "qwen2"])
+    assert curve_axes.get_ylim() == (-0.03, 1.03)  # a curve at 1.0 (or 0) keeps its markers whole
     CliRunner().invoke(app, ["report", str(out), "--latex", str(tmp_path / "s.tex"), "--match", "lemma"])
     tex = (tmp_path / "s.tex").read_text()  # a table per dataset, then the series'; lemma is the runs' own rule
     assert tex.count("\\begin{table}") == 5 and "Method & $k=2$ & $k=3$ & $k=4$ \\\\" in tex

@@ -262,11 +262,16 @@ def method_names(values: list[str]) -> list[str]:
 EXAMPLE_FILES = (".jsonl", ".parquet")  # a --few-shot file of worked examples (items, or a benchmark's rows)
 
 
-def check_few_shot_k(path: Optional[Path], k: int) -> None:
-    """--few-shot-k counts examples drawn from --few-shot: given alone it would be silently ignored."""
-    if path is None and k != 5:
+FEW_SHOT_K = 5  # generate's and mask's examples drawn from a --few-shot file when --few-shot-k names no count
+
+
+def few_shot_count(path: Optional[Path], k: Optional[int]) -> int:
+    """The examples to draw from --few-shot: --few-shot-k's count, which given alone (even as the default's 5)
+    would be silently ignored, so is refused."""
+    if path is None and k is not None:
         raise MinirunError("--few-shot-k counts the examples drawn from --few-shot, and none was given: add "
                            "--few-shot FILE, or drop --few-shot-k")
+    return FEW_SHOT_K if k is None else k
 
 
 def few_shot_context(path: Optional[Path], k: int, question: str, paraphrases: list[str],

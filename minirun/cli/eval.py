@@ -78,7 +78,8 @@ def eval_command(
                                              "where their prompts would make more than 256 rows)."),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="New tokens per answer (default: 24; 256 for "
                                                  "maths items, solved step by step)."),
-    match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts)."),
+    match: str = typer.Option("lemma", help="lemma, or bidirectional (a prediction inside a gold also counts); "
+                                            "harness and flexible rescore a finished run: `report --match`."),
     num_samples: int = typer.Option(100, min=1, help="Samples per paraphrase for the weighted methods' confidence."),
     positions: str = typer.Option("right", help="flex position scheme: right, restart, sequential."),
     share_prefix: bool = typer.Option(True, help="Encode the few-shot prefix once per run (--no-share-prefix "

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.markup import escape
 
-from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, NEW_TOKENS, check_few_shot_k, check_texts, end_stream, err,
-                                few_shot_context, few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file,
+from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, NEW_TOKENS, check_texts, end_stream, err,
+                                few_shot_context, few_shot_count, few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file,
                                 stream, top_p_above_zero, warn)
 from minirun.errors import MinirunError
 from minirun.methods.names import METHODS, WEIGHTED
@@ -60,7 +60,8 @@ def generate(
                                  "copied and off-topic rewrites dropped), and fuse the kept ones with any given."),
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items, or a benchmark's rows in "
                                             ".jsonl or .parquet) or a prefix text file."),
-    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a few-shot file of examples."),
+    few_shot_k: Optional[int] = typer.Option(None, min=0, show_default=False,
+                                             help="Examples drawn from a few-shot file of examples [default: 5]."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help=f"Most tokens to generate (default: {NEW_TOKENS}; "
                                                  "256 under maths --few-shot examples, solved step by step)."),
@@ -111,7 +112,7 @@ def generate(
                            "--method (e.g. avg or flex), or drop --rewrites")
     if thinking is not None and raw:
         raise MinirunError("--thinking/--no-thinking is a chat template's switch, and --raw uses none: drop one of them")
-    check_few_shot_k(few_shot, few_shot_k)
+    few_shot_k = few_shot_count(few_shot, few_shot_k)
     if method is None and not paraphrases and few_shot is None:
         ensemble_only = {"--suffix": suffix is not None, "--positions": positions != "right",
                          "--no-share-prefix": not share_prefix, "--flex-bias": flex_bias is not None,

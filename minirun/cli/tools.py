@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, SKIP_BAD_HELP, check_figure_path, check_output_file,
-                                check_few_shot_k, check_texts, err, few_shot_context, friendly, load_llm,
+                                check_texts, err, few_shot_context, few_shot_count, friendly, load_llm,
                                 read_text_file,
                                 top_p_above_zero)
 from minirun.cli.common import out as tables
@@ -34,10 +34,13 @@ def mask(
     few_shot: Optional[Path] = typer.Option(None, help="Few-shot examples (.jsonl items, or a benchmark's rows) or a "
                                             "prefix text file, laid out as `generate --few-shot` asks (Q: ... A: "
                                             "blocks)."),
-    few_shot_k: int = typer.Option(5, min=0, help="Examples drawn from a few-shot file of examples."),
+    few_shot_k: Optional[int] = typer.Option(None, min=0, show_default=False,
+                                             help="Examples drawn from a few-shot file of examples [default: 5]."),
     suffix: Optional[str] = typer.Option(None, help="Text after each paraphrase (default '\\nA:' with --few-shot)."),
     positions: str = typer.Option("right", help="right, restart or sequential."),
-    share_prefix: bool = typer.Option(True),
+    share_prefix: bool = typer.Option(True, help="The prompts' common head (few-shot examples, chat header) once, "
+                                      "shared, as generate and eval lay it out; --no-share-prefix repeats it in "
+                                      "every prompt's row or segment."),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
     decode_steps: int = typer.Option(3, min=0, help="Generated tokens to show."),
     fusion_layer: Optional[int] = typer.Option(None, min=1, help="hidden_avg: first fused block (default 3/4 depth)."),
@@ -54,7 +57,7 @@ def mask(
         check_figure_path(out)
     if prefix_file is not None and few_shot is not None:
         raise MinirunError("--prefix-file and --few-shot both give the prefix: drop one of them")
-    check_few_shot_k(few_shot, few_shot_k)
+    few_shot_k = few_shot_count(few_shot, few_shot_k)
     prefix, suffix = few_shot_context(few_shot, few_shot_k, question, list(paraphrase), suffix)
     if prefix_file is not None:
         prefix = read_text_file(prefix_file, "prefix file")
@@ -138,8 +141,8 @@ def paraphrase(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Have the model rewrite each question N ways (a fill prompt into fill prompts); duplicate, empty, cut-off and
-    answer-leaking rewrites, fill rewrites that complete the prompt, and word problems' rewrites that change a number,
-    are dropped. The output's paraphrases are
+    answer-leaking rewrites, rewrites starting with the original or sharing no content word with it (off topic),
+    fill rewrites that complete the prompt, and word problems' rewrites that change a number, are dropped. The output's paraphrases are
     the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
     from rich.progress import Progress
 
@@ -170,7 +173,8 @@ def paraphrase(
     if counts[0] == len(done):
         err.print(f"{out} already holds all {len(done)} items: nothing to do")
     else:
-        err.print(f"wrote {out}: {len(done)} items{resumed}, {kept} rewrites kept of {num * len(done)}")
+        err.print(f"wrote {out}: {len(done)} items{resumed}, {kept} {'rewrite' if kept == 1 else 'rewrites'} kept of "
+                  f"{num * len(done)}")
     if bare := [item.id for item in done if len(item.paraphrases) < 2]:  # `eval` would refuse or warn of them later
         err.print(f"warning: {len(bare)} of {len(done)} items (first {bare[0]!r}) kept no rewrite, so every ensemble "
                   "repeats origin on them: rewrite into another file with a larger --num, another --seed or a "

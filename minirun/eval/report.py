@@ -1016,7 +1016,10 @@ def _tex_figure(value: float) -> str:
 
 
 def _tex_p(p: float) -> str:
-    return "--" if pd.isna(p) else ("$<0.001$" if p < 0.001 else f"{p:.3g}")  # 3 digits, as the terminal shows
+    return "--" if pd.isna(p) else ("$<0.001$" if p < 0.001 else f"{p:#.3g}")  # 3 digits, trailing zeros too: 0.500
+
+
+CURVE_LIMITS = (-0.03, 1.03)  # an accuracy axis for markers: one at 0 or 1 drawn whole, not cut in half by the frame
 
 
 def figure(df: pd.DataFrame) -> Figure:
@@ -1071,7 +1074,7 @@ def popularity_panel(ax: Axes, scores: pd.DataFrame, methods: list[str]) -> None
         errors = wilson_bars(rows)
         ax.errorbar(x, rows["accuracy"], yerr=errors, capsize=2, marker="o", markersize=3, color=f"C{i}",
                     label=method_label(method))
-    ax.set(ylim=(0, 1), ylabel="accuracy", xlabel="subject popularity", title="Accuracy by popularity")
+    ax.set(ylim=CURVE_LIMITS, ylabel="accuracy", xlabel="subject popularity", title="Accuracy by popularity")
     ax.set_xticks(np.arange(len(bins)), list(map(_bin_range, bins)), rotation=30, ha="right",
                   rotation_mode="anchor", fontsize="small")
     ax.legend(fontsize="small")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.report import (CALIBRATION, MACRO, MC2, PAIRED, by_label, cut_thinking, harness_notes,
-                                 load_results, method_label, paired_difference, provenance, summarize, timed_on,
+from minirun.eval.report import (CALIBRATION, CURVE_LIMITS, MACRO, MC2, PAIRED, by_label, cut_thinking,
+                                 harness_notes, load_results, method_label, paired_difference, provenance, summarize, timed_on,
                                  unfinished_notes)
 from minirun.eval.results import (RECORDED_BEFORE, integer_columns, read_results, recorded_methods, recorded_run_key,
                                   recorded_sources)
@@ -428,5 +428,5 @@ def _plot_curve(ax, table: pd.DataFrame, sizes: dict[str, int]) -> None:
             ax.plot(single[model].index, single[model].to_numpy(), linestyle="--", color="grey",
                     label=f"{model} · mean single prompt" if several else "mean single prompt")
     ax.set_xticks(list(sizes.values()))
-    ax.set(ylim=(0, 1), xlabel="prompts per item", ylabel="accuracy", title=", ".join(sizes))
+    ax.set(ylim=CURVE_LIMITS, xlabel="prompts per item", ylabel="accuracy", title=", ".join(sizes))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
