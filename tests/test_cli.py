@@ -813,7 +813,7 @@ def test_the_command_lines_help_and_refusals_never_import_torch():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "300"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "One of origin, per_prompt, vote, avg, avg_logprob, avg_prob, max, weighted_avg, weighted_max, hidden_avg, flex." in \
+    assert f"One of {', '.join(METHODS)}." in \
         done.stdout  # generate's --method help
 
 

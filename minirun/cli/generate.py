@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, NEW_TOKENS, check_texts, end_stream, err,
-                                few_shot_context, few_shot_count, few_shot_task, friendly, load_llm, parse_flex_bias, read_text_file,
-                                stream, top_p_above_zero, warn)
+                                few_shot_context, few_shot_count, few_shot_task, friendly, load_llm, parse_flex_bias,
+                                read_text_file, stream, top_p_above_zero, warn)
 from minirun.errors import MinirunError
 from minirun.methods.names import METHODS, WEIGHTED
 from minirun.text import extract_answer, final_number

@@ -142,8 +142,8 @@ def paraphrase(
 ) -> None:
     """Have the model rewrite each question N ways (a fill prompt into fill prompts); duplicate, empty, cut-off and
     answer-leaking rewrites, rewrites starting with the original or sharing no content word with it (off topic),
-    fill rewrites that complete the prompt, and word problems' rewrites that change a number, are dropped. The output's paraphrases are
-    the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
+    fill rewrites that complete the prompt, and word problems' rewrites that change a number, are dropped. The
+    output's paraphrases are the question and its kept rewrites (a dataset's own paraphrases are not carried over)."""
     from rich.progress import Progress
 
     from minirun.checkpoints.tokenizer import template_day

@@ -15,8 +15,8 @@ import pandas as pd
 
 from minirun.errors import MinirunError
 from minirun.eval.report import (CALIBRATION, CURVE_LIMITS, MACRO, MC2, PAIRED, by_label, cut_thinking,
-                                 harness_notes, load_results, method_label, paired_difference, provenance, summarize, timed_on,
-                                 unfinished_notes)
+                                 harness_notes, load_results, method_label, paired_difference, provenance, summarize,
+                                 timed_on, unfinished_notes)
 from minirun.eval.results import (RECORDED_BEFORE, integer_columns, read_results, recorded_methods, recorded_run_key,
                                   recorded_sources)
 
