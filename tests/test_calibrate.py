@@ -115,6 +115,21 @@ def test_an_unreadable_cache_file_is_measured_over_not_a_crash(calibrating, cont
     assert calibrate.measured("probe", {}, lambda: pytest.fail("measured twice"), default=-1) == 7
 
 
+@pytest.mark.parametrize("name, shape, bad, good", [
+    ("product_plan", {"compiled": False}, [[1, "bogus"]], [[1, "library"]]),
+    ("product_plan", {"compiled": False}, [[1, "stream"]], [[1, "packed"]]),  # eager products cannot stream
+    ("product_plan", {"compiled": True}, "library", [[1, "stream"]]),
+    ("dense_attention", {"rows": 4}, "fast", "split"),
+])
+def test_a_cached_answer_no_kernel_gives_is_measured_over_not_a_crash(calibrating, name, shape, bad, good):
+    """A plan edited by hand (or written by another minirun) reached `linear.set_plan`, which raised, in every run;
+    a bogus attention kernel ran silently as SDPA and was recorded, for a resume to refuse."""
+    calibrate.measured(name, shape, lambda: {"value": bad}, default=None)  # no check on a fresh measurement
+    calibrate.forget()
+    assert calibrate.measured(name, shape, lambda: {"value": good}, default=None) == good
+    assert [entry["value"] for entry in json.loads(calibrating.read_text()).values()] == [good]  # rewritten
+
+
 def test_an_unwritable_cache_keeps_the_answer_in_the_process(tmp_path, monkeypatch, caplog):
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("MINIRUN_CALIBRATE", "1")

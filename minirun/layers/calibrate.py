@@ -126,16 +126,24 @@ def pin(choices: dict[str, Any]) -> None:
     calibration off. {} unpins. A choice this minirun does not make is passed over (a newer one's); one it makes
     with an answer no kernel gives raises ValueError naming it."""
     for choice, value in choices.items():
-        name = choice.partition(" | ")[0]
-        eager = "compiled=False" in choice  # streaming runs inside compiled graphs only (`linear.set_plan`)
-        plan = name == "product_plan" and isinstance(value, list) and bool(value) and all(
-            isinstance(e, list) and len(e) == 2 and type(e[0]) is int and e[0] > 0 and e[1] in KERNELS
-            and not (eager and e[1] == "stream") for e in value)
-        if name in CHOICES and not plan and value not in ANSWERS.get(name, ()):
+        if not is_answer(choice, value):
             raise ValueError(f"{choice}: {value!r} is no kernel's answer")
     _pinned.clear()
     _pinned.update({c: v for c, v in choices.items() if c.partition(" | ")[0] in CHOICES})
     _chosen.clear()
+
+
+def is_answer(choice: str, value: Any) -> bool:
+    """Whether `value` is an answer a kernel gives to `choice` ("name | shape"): a product plan's rows and kernels
+    (streaming in compiled graphs only, as `linear.set_plan` runs them), an attention kernel's name. A choice this
+    minirun does not make takes anything (a newer one's)."""
+    name = choice.partition(" | ")[0]
+    if name == "product_plan":
+        eager = "compiled=False" in choice
+        return isinstance(value, list) and bool(value) and all(
+            isinstance(e, list) and len(e) == 2 and type(e[0]) is int and e[0] > 0 and e[1] in KERNELS
+            and not (eager and e[1] == "stream") for e in value)
+    return name not in ANSWERS or value in ANSWERS[name]
 
 
 def chosen() -> dict[str, Any]:
@@ -238,18 +246,21 @@ def measured(name: str, shape: dict[str, Any], measure: Callable[[], dict[str, A
     elif not enabled():
         value = default
     else:
-        value = _cached(f"{machine_key()} | {choice}", measure, default)
+        value = _cached(f"{machine_key()} | {choice}", measure, default, lambda found: is_answer(choice, found))
     _chosen[choice] = value
     return value
 
 
-def _cached(key: str, measure: Callable[[], dict[str, Any]], default: Any) -> Any:
+def _cached(key: str, measure: Callable[[], dict[str, Any]], default: Any, valid: Callable[[Any], bool]) -> Any:
     """`measured`'s answer from this process's memo or the cache file, else timed now (or `default` where
-    `time_new` forbids it)."""
+    `time_new` forbids it). A cached answer that is no kernel's (a file edited by hand, or written by another
+    minirun) is not remembered: a bad file never stops a run."""
     if key in _memo:
         return _memo[key]
     path = cache_file()
     entry = _read_entries(path).get(key)
+    if isinstance(entry, dict) and "value" in entry and not valid(entry["value"]):
+        entry = None
     if not (isinstance(entry, dict) and "value" in entry) and not _timing["allowed"]:
         return default  # not remembered: once timing is allowed again, this shape is timed
     if not (isinstance(entry, dict) and "value" in entry):
