@@ -745,7 +745,7 @@ def _append(journal, line: bytes) -> None:
     (json.dumps({k: v for k, v in _hand().iloc[0].to_dict().items() if k != "correct"} | {"id": "q10"}).encode(),
      "results.rank0.jsonl:31: corrupt result line (no correct)"),
     (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "correct": "yes"}).encode(),
-     "origin's row q10 has correct 'yes', not true, false or null"),
+     "results.rank0.jsonl:31: corrupt result line (correct of the wrong type)"),  # by file and line, as others
     (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "tokens": "abc"}).encode(),
      "results.rank0.jsonl:31: corrupt result line (tokens of the wrong type)"),  # a sum of text, a traceback
     (json.dumps({**_hand().iloc[0].to_dict(), "id": ["q10"]}).encode(),
@@ -754,7 +754,13 @@ def _append(journal, line: bytes) -> None:
      "results.rank0.jsonl:31: corrupt result line (method, seconds of the wrong type)"),
     (json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", "popularity": "high"}).encode(),
      "results.rank0.jsonl:31: corrupt result line (popularity of the wrong type)"),  # bins of text, a traceback
-], ids=["not UTF-8", "no correct", "correct yes", "tokens text", "id list", "method null", "popularity text"])
+    *[(json.dumps({**_hand().iloc[0].to_dict(), "id": "q10", column: value}).encode(),
+       f"results.rank0.jsonl:31: corrupt result line ({column} of the wrong type)")  # parquet's traceback after a
+      for column, value in [("correct", 2), ("prompts", 5), ("answers", 5), ("answer", 5), ("task", 7),  # resume's
+                            ("per_prompt_correct", ["x"]), ("tokens", -3), ("choice_scores", "high")]],  # work
+], ids=["not UTF-8", "no correct", "correct yes", "tokens text", "id list", "method null", "popularity text",
+        "correct 2", "prompts int", "answers int", "answer int", "task int", "verdicts text", "tokens negative",
+        "scores text"])
 def test_bad_journal_rows_are_one_line_errors(tmp_path, line, message):
     run = _run_dir(tmp_path, _hand())
     _append(run / "results.rank0.jsonl", line)

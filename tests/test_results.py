@@ -337,7 +337,8 @@ def test_a_batch_cut_off_part_way_leaves_no_line_of_it(tmp_path, monkeypatch):
 
     from minirun.eval import results
 
-    rows = [{c: None for c in COLUMNS} | {"id": f"q{i}", "method": "avg", "tokens": 1, "seconds": 0.1}
+    rows = [{c: None for c in COLUMNS} | {"id": f"q{i}", "method": "avg", "prompts": [], "tokens": 1,
+                                               "seconds": 0.1}
             for i in range(4)]
     with ResultStore(tmp_path, {"model": "m"}) as store:
         store.add_batch(rows[:2])

@@ -75,11 +75,42 @@ def _number_or_none(value: object) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-# what a row's columns hold (a hand-edited or damaged line can be JSON and still not a row)
-COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str),
-                "tokens": lambda v: _number_or_none(v) and not isinstance(v, float), "seconds": _number_or_none,
-                "machine": lambda v: v is None or isinstance(v, str), "popularity": _number_or_none,
-                "per_prompt_accuracy": _number_or_none}
+def _none(value: object) -> bool:
+    """Nothing: null, or the NaN a table (pandas) writes for it."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _whole_or_none(value: object) -> bool:  # 2.0 too: a table's integer column with gaps holds floats
+    return _none(value) or (isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer())
+
+
+def _list_or_none(each: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: _none(value) or (isinstance(value, list) and all(map(each, value)))
+
+
+def _text_or_none(value: object) -> bool:
+    return _none(value) or isinstance(value, str)
+
+
+def _flag_or_none(value: object) -> bool:  # 1.0 and 0 too, as a table of verdicts averaged as numbers holds them
+    return _none(value) or value in (True, False)
+
+
+# what a row's columns hold (a hand-edited or damaged line can be JSON and still not a row: one that parquet, the
+# report or a resume would fail on, or read as something else, long after the line was written)
+COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str), "prompts": _strings,
+                "generated": _text_or_none, "answer": _text_or_none, "relation": _text_or_none, "task": _text_or_none,
+                **{c: _flag_or_none for c in ("exact", "correct", "correct_lemma", "correct_bidirectional",
+                                              "correct_harness", "correct_flexible", "original")},
+                "tokens": lambda v: _whole_or_none(v) and (_none(v) or v >= 0), "seconds": _number_or_none,
+                "machine": _text_or_none, "popularity": _number_or_none, "per_prompt_accuracy": _number_or_none,
+                "answers": _list_or_none(_text_or_none), "per_prompt_correct": _list_or_none(_flag_or_none),
+                "confidences": _list_or_none(_number_or_none), "fusion_layer": _whole_or_none,
+                "choice": _whole_or_none, "gold_choice": _whole_or_none, "choices": _list_or_none(_text_or_none),
+                "choice_scores": _list_or_none(_number_or_none), "choice_logprobs": _list_or_none(_number_or_none),
+                "choice_tokens": _list_or_none(_whole_or_none), "choice_chars": _list_or_none(_whole_or_none),
+                "per_prompt_logprobs": _list_or_none(_list_or_none(_number_or_none)),
+                "true_options": _list_or_none(_whole_or_none)}
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
