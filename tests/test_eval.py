@@ -1179,6 +1179,10 @@ def test_report_tables_and_errors(reference, tmp_path):
     (garbage / "results.parquet").write_bytes(b"not parquet")
     unreadable = CliRunner().invoke(_app(), ["report", str(garbage)])
     assert unreadable.exit_code == 1 and "results.parquet is not a readable Parquet table" in unreadable.stderr
+    pd.DataFrame({"id": ["q1"], "method": ["origin"], "answer": ["x"]}).to_parquet(garbage / "results.parquet")
+    lacking = CliRunner().invoke(_app(), ["report", str(garbage)])  # a KeyError's traceback
+    assert lacking.exit_code == 1 and "results.parquet lacks the column(s) exact, correct, tokens, seconds a run's " \
+        "table holds" in " ".join(lacking.stderr.split()), lacking.output
 
 
 def test_real_model_all_methods(smollm2_dir, tmp_path, monkeypatch):

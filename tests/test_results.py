@@ -240,9 +240,10 @@ def test_a_directory_with_results_files_of_no_run_is_refused_untouched(tmp_path)
         ResultStore(tmp_path, {"model": "m"})
     assert (tmp_path / "results.jsonl").read_text() == "my own dataset\n"
     (tmp_path / "results.jsonl").unlink()
-    (tmp_path / "run.json").write_text('{"settings": 1}')  # valid JSON, not a run record
-    with pytest.raises(MinirunError, match="run.json is not a run record minirun wrote"):
-        ResultStore(tmp_path, {"model": "m"})
+    for record in ('{"settings": 1}', '{"run_key": {"dataset": 5}}'):  # valid JSON, not a run record (a dataset
+        (tmp_path / "run.json").write_text(record)  # of 5 was a traceback, in `report` too)
+        with pytest.raises(MinirunError, match="run.json is not a run record minirun wrote"):
+            ResultStore(tmp_path, {"model": "m"})
 
 
 def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):

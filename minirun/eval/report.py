@@ -59,8 +59,10 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
         except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise MinirunError(f"{table} is not a readable Parquet table ({type(e).__name__}): restore it, or "
                                "rerun `minirun eval` into the same directory to rewrite it from the journals") from None
-        if {"method", "id"} <= set(df.columns):
-            df = df.drop_duplicates([*_keys(df), "id"])
+        if missing := [column for column in NEEDED if column not in df.columns]:
+            raise MinirunError(f"{table} lacks the column(s) {', '.join(missing)} a run's table holds: restore it, or "
+                               "rerun `minirun eval` into the same directory to rewrite it from the journals")
+        df = df.drop_duplicates([*_keys(df), "id"])
         df.attrs = read_results(output_dir).attrs  # no journals, no rows: only what run.json records
     elif not output_dir.exists():
         raise MinirunError(f"{output_dir}: no such directory; pass the output directory of an `eval` or `sweep` run")

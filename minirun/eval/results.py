@@ -266,7 +266,8 @@ def _run_info(output_dir: Path) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         info = None
     if not isinstance(info, dict) or not isinstance(info.get("run_key"), dict) or \
-            not _strings(info.get("item_ids") or []) or not isinstance(info.get("methods") or {}, dict):
+            not _strings(info.get("item_ids") or []) or not isinstance(info.get("methods") or {}, dict) or \
+            not all(_text_or_none(info["run_key"].get(name)) for name in ("dataset", "model")):
         raise MinirunError(f"{path} is not a run record minirun wrote: restore it, or start a new output directory")
     return info
 
