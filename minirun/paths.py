@@ -3,9 +3,11 @@ random test checkpoints. One root, `$MINIRUN_CACHE` or ~/.cache/minirun, so one 
 clears them all."""
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +22,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """`write` fills a temp file beside `path`, then one rename puts it in place: a reader or a kill never
     sees half a file, and concurrent writers (pid-named temps) never take each other's temp away."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
@@ -27,6 +30,25 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:  # an interrupt mid-write leaves the old file and no temp behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+STALE_TEMP_SECONDS = 600  # far longer than any one write of a run's files takes
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temps of `path` that writers killed outright left (SIGKILL skips `write_atomic`'s clean-up; a
+    results table's temp is as large as the table): those of a process that no longer runs here, untouched for
+    STALE_TEMP_SECONDS, so a live writer's (another machine's, on a shared folder) is never taken."""
+    prefix = f".{path.name}."
+    for temp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = temp.name[len(prefix):-len(".tmp")]
+        try:
+            if pid.isdigit() and time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                os.kill(int(pid), 0)  # raises ProcessLookupError where no such process runs
+        except ProcessLookupError:
+            temp.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or a process of another user's: kept
+            continue
 
 
 def read_cache(path: Path, what: str) -> Any | None:

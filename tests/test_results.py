@@ -246,6 +246,25 @@ def test_a_directory_with_results_files_of_no_run_is_refused_untouched(tmp_path)
             ResultStore(tmp_path, {"model": "m"})
 
 
+def test_temps_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write left `.results.parquet.<pid>.tmp` (a whole table's size) in the run folder for good; a live
+    process's temp, or one written lately (a writer on another machine), is kept."""
+    import os
+    import time
+
+    from minirun.paths import STALE_TEMP_SECONDS, write_atomic
+
+    old = time.time() - STALE_TEMP_SECONDS - 5
+    dead, recent, alive, other = (tmp_path / f".results.parquet.{pid}.tmp" for pid in (2**31 - 5, 2**31 - 7,
+                                                                                       os.getppid(), "x"))
+    for temp in (dead, recent, alive, other):
+        temp.write_text("half a table")
+    for temp in (dead, alive, other):
+        os.utime(temp, (old, old))
+    write_atomic(tmp_path / "results.parquet", lambda tmp: tmp.write_text("table"))
+    assert not dead.exists() and recent.exists() and alive.exists() and other.exists()
+
+
 def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):
     from minirun.paths import write_atomic
 
