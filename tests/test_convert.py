@@ -267,6 +267,34 @@ def test_gguf_bias_tensors_an_architecture_does_not_hold_are_refused_before_conv
         assert (minirun.load(out).model(tokens) - model(tokens).logits).abs().max().item() <= 1e-4
 
 
+def test_a_killed_conversions_hidden_folder_is_removed_and_a_racing_one_named(tmp_path):
+    """SIGKILL left `.out.partial-*` (the checkpoint's size) for good; a live conversion's, written lately, is kept.
+    Two conversions into one new folder: the second to finish said "directory not empty; check the path and the
+    disk" after its whole conversion."""
+    import os
+    import time
+
+    from minirun.checkpoints.convert import partial_dirs, staged_dir
+    from minirun.paths import STALE_TEMP_SECONDS
+
+    stale, live = tmp_path / ".out.partial-dead", tmp_path / ".out.partial-live"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 100)
+    old = time.time() - STALE_TEMP_SECONDS - 5
+    for path in (stale, stale / "model.safetensors", live):
+        os.utime(path, (old, old))
+    convert_gguf(write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama")), tmp_path / "out", dtype="float32")
+    assert partial_dirs(tmp_path / "out") == [live] and (tmp_path / "out" / "config.json").is_file()
+    with pytest.raises(MinirunError, match=r"other was written by another process while this one worked: it holds "
+                                           "that one's result; remove it"):
+        with staged_dir(tmp_path / "other") as tmp:
+            (tmp / "config.json").write_text("{}")
+            (tmp_path / "other").mkdir()
+            (tmp_path / "other" / "config.json").write_text("theirs")
+    assert (tmp_path / "other" / "config.json").read_text() == "theirs" and partial_dirs(tmp_path / "other") == []
+
+
 def test_truncated_gguf(tmp_path):
     path = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
     data = path.read_bytes()

@@ -29,6 +29,7 @@ from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.checkpoints.loader import file_sha256, write_source
 from minirun.errors import MinirunError
 from minirun.layers.rope import inv_frequencies
+from minirun.paths import STALE_TEMP_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,15 @@ def partial_dirs(final: Path) -> list[Path]:
     return sorted(final.parent.glob(_partial_prefix(final) + "*"))
 
 
+def remove_stale_partials(final: Path) -> None:
+    """Delete the hidden folders a killed writer of `final` left (a whole checkpoint's size each, kept for good): those
+    in which nothing was written for STALE_TEMP_SECONDS, so a live conversion's (its file grows) is never taken."""
+    for folder in partial_dirs(final):
+        with contextlib.suppress(OSError):  # gone meanwhile: its writer finished or removed it
+            if time.time() - max(p.stat().st_mtime for p in [folder, *folder.iterdir()]) > STALE_TEMP_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield an empty sibling temp dir that becomes `final` only if the block finishes.
@@ -279,7 +289,12 @@ def staged_dir(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         if final.exists():
-            final.rmdir()
+            try:
+                final.rmdir()
+            except OSError:  # not empty: a process writing the same folder finished first
+                raise MinirunError(f"{final} was written by another process while this one worked: it holds that "
+                                   "one's result; remove it and run again, or choose another output directory") \
+                    from None
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -323,6 +338,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
         generation["eos_token_id"] = stops if len(stops) > 1 else stops[0]
     if meta.get("tokenizer.ggml.padding_token_id") is not None:
         generation["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]
+    remove_stale_partials(Path(out_dir))
     with staged_dir(Path(out_dir)) as tmp:
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", generation)
