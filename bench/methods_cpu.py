@@ -16,6 +16,8 @@ from minirun.eval.data import load_dataset, load_fewshot
 from minirun.eval.prompts import MINIRUN, build_prefix
 from minirun.methods.packing import encode_question, packed_row
 
+ROOT = Path(__file__).resolve().parent.parent  # the model and results folders, wherever the script is run from
+
 METHODS = ["origin", "per_prompt", "avg", "max", "weighted_avg", "weighted_max", "flex"]
 
 
@@ -36,7 +38,7 @@ def flex_cache_bytes(model: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="models/smollm2-135m-instruct")
+    parser.add_argument("--model", default=str(ROOT / "models" / "smollm2-135m-instruct"))
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=48)
@@ -51,7 +53,7 @@ def main() -> None:
     origin = out["methods"]["origin"]["decode_tokens_per_s"]
     out["ratio_to_origin"] = {m: v["decode_tokens_per_s"] / origin for m, v in out["methods"].items()}
     out["flex_cache"] = flex_cache_bytes(args.model)
-    path = Path("bench/results") / f"methods-cpu-{datetime.date.today()}.json"
+    path = ROOT / "bench" / "results" / f"methods-cpu-{datetime.date.today()}.json"
     write_json(out, path)
     print(json.dumps(out["ratio_to_origin"], indent=2), json.dumps(out["flex_cache"], indent=2))
 

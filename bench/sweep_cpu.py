@@ -29,6 +29,7 @@ import inspect
 import statistics
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -53,10 +54,11 @@ PROMPTS, NEW_TOKENS = 5, 24
 
 
 @torch.inference_mode()
-def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: set[int],
+def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, stops: Callable[[list[int]], bool],
               fusion_layer: int, head: str = "last") -> list[list[int]]:
-    """One question: its prompts as one left-padded batch with a KV cache, fused greedy decoding.
-    `head="last"` runs the vocabulary head on the last position only (the prompt's others are never read)."""
+    """One question: its prompts as one left-padded batch with a KV cache, fused greedy decoding, a row done once
+    `stops(its answer's ids)`. `head="last"` runs the vocabulary head on the last position only (the prompt's
+    others are never read)."""
     width = max(map(len, rows))
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
@@ -86,7 +88,7 @@ def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: s
             for r, t in enumerate(tokens.tolist()):
                 if not done[r]:
                     out[r].append(t)
-                    done[r] = t in newline
+                    done[r] = stops(out[r])
             if all(done):
                 break
             ids = tokens[:, None]
@@ -100,7 +102,9 @@ def hand_loop(model, rows: list[list[int]], method: str, pad_id: int, newline: s
 
 def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str,
              head: str = "last") -> tuple[float, list[str]]:
-    newline = {i for i in range(llm.config.vocab_size) if "\n" in llm.tokenizer.decode([i])}
+    def stops(ids: list[int]) -> bool:  # where eval's rows stop: an end token, or a text of STOP ("\n", " Q:")
+        return ids[-1] in llm.eos_ids or any(stop in llm.tokenizer.decode(ids) for stop in STOP)
+
     layer = default_fusion_layer(llm.config.num_layers)
     answers = []
     start = time.perf_counter()
@@ -108,8 +112,7 @@ def hand_run(llm: LLM, model, items, prefixes: dict[str, str], method: str,
         prompts = [item.question] if method == "origin" else item.prompts[:PROMPTS]
         enc = encode_question(llm, prompts, prefixes[item.task] + MINIRUN.lead, MINIRUN.cue)
         rows = [enc.full(i) for i in range(len(prompts))]
-        out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, newline | llm.eos_ids, layer,
-                        head)
+        out = hand_loop(model, rows, "avg" if method == "flex" else method, llm.pad_id, stops, layer, head)
         texts = [llm.tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
         shown = plurality([answer_key(t) for t in texts]) if method == "vote" else 0  # the majority, or the first
         answers.append(extract_answer(texts[shown], STOP))

@@ -350,16 +350,21 @@ def test_the_cpu_sweep_hand_loop_asks_for_last_logits_only_and_answers_alike(che
     model.register_forward_pre_hook(lambda module, args, kwargs: kept.append(kwargs.get("logits_to_keep")),
                                     with_kwargs=True)
     rows = [[5, 9, 17, 33, 41, 7], [5, 9, 20, 33], [5, 12, 17, 60, 41]]
+
+    def stop_at_3(ids: list[int]) -> bool:  # a row's stop rule (the script's: eval's end tokens and stop texts)
+        return ids[-1] == 3
+
     for method in ("per_prompt", "avg", "max", "hidden_avg"):
         kept.clear()
-        last = sweep_cpu.hand_loop(model, rows, method, 0, {3}, 1, head="last")
+        last = sweep_cpu.hand_loop(model, rows, method, 0, stop_at_3, 1, head="last")
         assert kept and set(kept) == {1}
         kept.clear()
-        full = sweep_cpu.hand_loop(model, rows, method, 0, {3}, 1, head="all")
+        full = sweep_cpu.hand_loop(model, rows, method, 0, stop_at_3, 1, head="all")
         assert set(kept) == {None}
         assert last == full and all(len(tokens) == sweep_cpu.NEW_TOKENS or tokens[-1] == 3 for tokens in last)
     # vote's loop decodes every prompt on its own, as per_prompt's: the majority is taken from those answers
-    assert sweep_cpu.hand_loop(model, rows, "vote", 0, {3}, 1) == sweep_cpu.hand_loop(model, rows, "per_prompt", 0, {3}, 1)
+    assert sweep_cpu.hand_loop(model, rows, "vote", 0, stop_at_3, 1) == sweep_cpu.hand_loop(model, rows, "per_prompt", 0,
+                                                                                            stop_at_3, 1)
 
 
 def test_a_random_checkpoint_written_by_two_processes_at_once_or_interrupted_leaves_one_and_no_leftovers(

@@ -116,6 +116,8 @@ def test_a_section_whose_shapes_ran_uncompiled_fails(tmp_path, monkeypatch, caps
     gpu.main(["--device", "cpu", "--quick", "--sections", "parity", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "gpu-parity.json").read_text())
     assert result["uncompiled"] == {"twice": 1} and result["failed_checks"] == ["uncompiled"]
+    assert (result["device"], result["dtype"]) == ("cpu", "float32 and bfloat16")  # a dry run's file says so; parity
+    # checks both dtypes
     assert "parity: FAILED uncompiled" in capsys.readouterr().out
 
 
@@ -167,6 +169,7 @@ def test_a_section_cut_off_mid_way_keeps_the_entries_that_finished(tmp_path, mon
         gpu.main(["--device", "cpu", "--quick", "--sections", "speed", "--out", str(tmp_path)])
     partial = json.loads((tmp_path / "gpu-speed.json").read_text())
     assert partial["partial"] is True and partial["ok"] is None and partial["dtype"] == "bfloat16"
+    assert partial["device"] == "cpu" and sorted(p.name for p in tmp_path.iterdir()) == ["gpu-speed.json"]  # no temp
     assert partial["result"] == {"llama-3.2-1b-origin-batch1": {"decode_tokens_per_s": 1.0}}
 
 

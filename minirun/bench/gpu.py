@@ -35,18 +35,23 @@ from minirun.layers.calibrate import cpu_facts
 from minirun.layers.compiled import refused_shapes
 from minirun.layers.linear import device_stream_rows, set_device_stream_rows
 from minirun.methods import METHODS, EnsembleOptions, run_encoded
+from minirun.paths import write_atomic
 
 PARITY = {"llama": "llama-3.2-1b", "mistral": "mistral-7b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b"}
 SMALL = dict(num_hidden_layers=2)  # the families' real widths, two blocks: parity is per block
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=256)
 TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}  # bf16: relative to the logit scale, as transformers' tests allow
+SECTION_DTYPES = {"parity": "float32 and bfloat16", "compiled": "float32"}  # the others' are bfloat16
 TARGETED = ("avg", "max", "hidden_avg", "flex")  # the methods the issue sets answer-rate targets for
 SECTIONS = ("parity", "recompiles", "host_syncs", "launches", "compiled", "speed", "sweep")  # the order they run in: quick checks first
 
 
 def machine(device: torch.device, dtype: str) -> dict[str, Any]:
-    facts = {"torch": torch.__version__, "transformers": transformers_version(), "dtype": dtype, "host": cpu_facts()}
+    """What a results file names: the device it ran on (a CPU dry run says so), torch, transformers and the dtype,
+    the host CPU, and on CUDA the GPU, CUDA and driver versions."""
+    facts = {"device": str(device), "torch": torch.__version__, "transformers": transformers_version(),
+             "dtype": dtype, "host": cpu_facts()}
     if device.type == "cuda":
         facts |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
                   "driver": _driver()}
@@ -76,7 +81,7 @@ class Progress(dict):
         super().__setitem__(key, value)
         if self.path is not None:
             partial = {"ok": None, "partial": True, "result": dict(self), **self.facts}
-            self.path.write_text(json.dumps(partial, indent=2, default=str) + "\n")
+            write_atomic(self.path, lambda temp: temp.write_text(json.dumps(partial, indent=2, default=str) + "\n"))
 
 
 def attempt(run: Callable[[], Any]) -> Any:
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine(device, "bfloat16") | {"step_graphs": args.step_graphs, "stream_rows": args.stream_rows}
     try:
         for name in chosen:
-            facts["dtype"] = "float32" if name == "compiled" else "bfloat16"
+            facts["dtype"] = SECTION_DTYPES.get(name, "bfloat16")
             start, refused = time.perf_counter(), refused_shapes()
             try:
                 checked = sections[name](Progress(args.out / f"gpu-{name}.json", facts))
@@ -467,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["uncompiled"] = uncompiled  # shapes past MINIRUN_RECOMPILE_LIMIT ran eagerly: not what was asked
                 result.setdefault("failed_checks", []).append("uncompiled")
             result |= {"seconds": time.perf_counter() - start, **facts}
-            (args.out / f"gpu-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            write_atomic(args.out / f"gpu-{name}.json",
+                         lambda temp: temp.write_text(json.dumps(result, indent=2, default=str) + "\n"))
             if not result["ok"]:
                 verdict = result["error"]
             else:
