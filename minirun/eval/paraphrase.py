@@ -7,6 +7,7 @@ cache: items already written with the same settings are not redone.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -434,7 +435,8 @@ def paraphrase_file(llm: LLM, items: list[Item], out: Path, num: int = 5, temper
                 return _paraphrase_into(f, llm, items, out, key, setup, recorded, num, temperature, top_p,
                                         max_new_tokens, seed, batch_size, on_progress)
         except BaseException:  # failed or stopped before its first item: no empty file left behind (lock held)
-            f.flush()  # rows written but still buffered count: they are not lost to the removal
+            with contextlib.suppress(OSError):  # a full disk refuses this too: the error to tell is the first one
+                f.flush()  # rows written but still buffered count: they are not lost to the removal
             if made and os.fstat(f.fileno()).st_size == 0:
                 out.unlink()
             raise
