@@ -3,7 +3,7 @@ random test checkpoints. One root, `$MINIRUN_CACHE` or ~/.cache/minirun, so one 
 clears them all."""
 from __future__ import annotations
 
-import glob
+import contextlib
 import json
 import logging
 import os
@@ -33,22 +33,33 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 
 
 STALE_TEMP_SECONDS = 600  # far longer than any one write of a run's files takes
+_swept: set[Path] = set()  # the folders `remove_stale_temps` looked through in this process
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Delete the temps of `path` that writers killed outright left (SIGKILL skips `write_atomic`'s clean-up; a
+    """Delete the temps beside `path` that writers killed outright left (SIGKILL skips `write_atomic`'s clean-up; a
     results table's temp is as large as the table): those of a process that no longer runs here, untouched for
     STALE_TEMP_SECONDS, so a live writer's (another machine's, on a shared folder) is never taken."""
-    prefix = f".{path.name}."
-    for temp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = temp.name[len(prefix):-len(".tmp")]
-        try:
-            if pid.isdigit() and time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
-                os.kill(int(pid), 0)  # raises ProcessLookupError where no such process runs
-        except ProcessLookupError:
-            temp.unlink(missing_ok=True)
-        except OSError:  # gone meanwhile, or a process of another user's: kept
-            continue
+    if path.parent in _swept:  # once a process: a folder of many small cache files is not listed per write
+        return
+    _swept.add(path.parent)
+    for temp in path.parent.glob(".*.tmp"):  # `write_atomic`'s: .<name>.<pid>.tmp
+        pid = temp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not alive(int(pid)):
+            with contextlib.suppress(OSError):  # gone meanwhile, or another user's in a shared folder: kept
+                if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def read_cache(path: Path, what: str) -> Any | None:

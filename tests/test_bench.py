@@ -363,8 +363,8 @@ def test_the_cpu_sweep_hand_loop_asks_for_last_logits_only_and_answers_alike(che
         assert set(kept) == {None}
         assert last == full and all(len(tokens) == sweep_cpu.NEW_TOKENS or tokens[-1] == 3 for tokens in last)
     # vote's loop decodes every prompt on its own, as per_prompt's: the majority is taken from those answers
-    assert sweep_cpu.hand_loop(model, rows, "vote", 0, stop_at_3, 1) == sweep_cpu.hand_loop(model, rows, "per_prompt", 0,
-                                                                                            stop_at_3, 1)
+    voted = sweep_cpu.hand_loop(model, rows, "vote", 0, stop_at_3, 1)
+    assert voted == sweep_cpu.hand_loop(model, rows, "per_prompt", 0, stop_at_3, 1)
 
 
 def test_a_random_checkpoint_written_by_two_processes_at_once_or_interrupted_leaves_one_and_no_leftovers(

@@ -300,7 +300,7 @@ def test_rewrites_none_kept_or_with_origin_is_a_one_line_error(tiny, monkeypatch
                    "--rewrites only applies")
 
 
-def test_paraphrases_that_repeat_the_question_are_named_and_few_shot_k_needs_few_shot(tiny):
+def test_paraphrases_that_repeat_the_question_are_named_and_few_shot_k_needs_few_shot(tiny, tmp_path):
     """An ensemble whose paraphrases all repeat the question (up to case and spacing) answers as origin: said, not
     silent; --few-shot-k without --few-shot would be ignored: refused before the model loads."""
     same = invoke("generate", "--model", tiny, "--method", "avg", "Capital?", "-p", "capital? ", "--max-new-tokens", "2")
@@ -312,6 +312,10 @@ def test_paraphrases_that_repeat_the_question_are_named_and_few_shot_k_needs_few
         # and said nothing; the default's count given was ignored silently
         one_line_error(invoke(command, "--model", "no/such-model-loaded", "Capital?", "--few-shot-k", k),
                        "--few-shot-k counts the examples drawn from --few-shot", "add --few-shot FILE")
+    prefix = tmp_path / "prefix.txt"
+    prefix.write_text("Q: 2+2?\nA: 4\n\n")
+    one_line_error(invoke("generate", "--model", "no/such-model-loaded", "Capital?", "--few-shot", str(prefix),
+                          "--few-shot-k", "3"), "prefix.txt is read as the prompt's text itself: drop --few-shot-k")
 
 
 def test_fusion_without_paraphrases_is_one_line_error(tiny):
@@ -363,7 +367,7 @@ def test_mask_draws_the_few_shot_prompt_generate_runs(tiny, tmp_path, monkeypatc
     monkeypatch.setattr(minirun.cli.mask_view, "build_view",
                         lambda llm, question, paraphrases, **kw: record("mask", kw["prefix"], kw["suffix"]))
     asked = ["Capital?", "-p", "France capital?", "--method", "avg", "--model", tiny, "--few-shot", path,
-             "--few-shot-k", "2"]
+             *(["--few-shot-k", "2"] if shots.endswith(".jsonl") else [])]  # a prefix file's text draws nothing
     invoke("generate", *asked)
     invoke("mask", *asked)
     assert seen["mask"] == seen["generate"]

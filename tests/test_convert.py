@@ -256,8 +256,8 @@ def test_gguf_bias_tensors_an_architecture_does_not_hold_are_refused_before_conv
     """A llama GGUF with attention biases converted whole and then failed to load, asking whether it was a llama
     checkpoint; qwen2's own q/k/v biases convert."""
     path = write_tiny_gguf(tmp_path / "b.gguf", tiny_model("llama", attention_bias=True))
-    with pytest.raises(MinirunError, match=r"GGUF tensor blk\.0\.attn_k\.bias \(8 bias tensors in all\) has no "
-                                           "place in a llama model as transformers builds it"):
+    with pytest.raises(MinirunError, match=r"GGUF tensor blk\.0\.attn_k\.bias \(8 bias tensors in all\): minirun "
+                                           "converts llama files without such biases"):
         convert_gguf(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     model = tiny_model("qwen2")
@@ -277,15 +277,15 @@ def test_a_killed_conversions_hidden_folder_is_removed_and_a_racing_one_named(tm
     from minirun.checkpoints.convert import partial_dirs, staged_dir
     from minirun.paths import STALE_TEMP_SECONDS
 
-    stale, live = tmp_path / ".out.partial-dead", tmp_path / ".out.partial-live"
-    for folder in (stale, live):
+    stale, live, recent = (tmp_path / f".out.partial-{pid}-x1b2" for pid in (2**31 - 5, os.getppid(), 2**31 - 7))
+    for folder in (stale, live, recent):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x" * 100)
     old = time.time() - STALE_TEMP_SECONDS - 5
-    for path in (stale, stale / "model.safetensors", live):
+    for path in (stale, live):
         os.utime(path, (old, old))
     convert_gguf(write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama")), tmp_path / "out", dtype="float32")
-    assert partial_dirs(tmp_path / "out") == [live] and (tmp_path / "out" / "config.json").is_file()
+    assert partial_dirs(tmp_path / "out") == sorted([live, recent]) and (tmp_path / "out" / "config.json").is_file()
     with pytest.raises(MinirunError, match=r"other was written by another process while this one worked: it holds "
                                            "that one's result; remove it"):
         with staged_dir(tmp_path / "other") as tmp:

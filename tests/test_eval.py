@@ -780,7 +780,7 @@ def test_the_progress_bar_of_several_methods_says_it_counts_each_methods_items(c
     args = ["eval", *settings, "--model", str(checkpoint_dirs["qwen2"]), "--output", str(tmp_path / "run")]
     both = CliRunner().invoke(_app(), [*args, "-m", "origin", "-m", "avg"])
     assert both.exit_code == 0, both.output
-    assert re.search(r"eval 2 methods, now avg .* 12/12", both.stderr), both.stderr
+    assert re.search(r"eval 2 runs, now avg .* 12/12", both.stderr), both.stderr
     one = CliRunner().invoke(_app(), [*args[:-1], str(tmp_path / "one"), "-m", "origin"])
     assert re.search(r"eval origin .* 6/6", one.stderr), one.stderr
 

@@ -56,6 +56,11 @@ def test_a_config_off_in_its_heads_shows_each_of_q_k_and_v(copy):
                                                      "k_proj (32, 64), v_proj (32, 64), but config.json's heads, "
                                                      "key/value heads and head size need (192, 64) in all")):
         minirun.load(copy)
+    (copy / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 2, "intermediate_size": 100}))
+    with pytest.raises(MinirunError, match=re.escape("tensors model.layers.0.mlp.* have shapes gate_proj (128, 64), "
+                                                     "up_proj (128, 64), but config.json's intermediate_size needs "
+                                                     "(200, 64) in all")):
+        minirun.load(copy)
 
 
 def test_missing_tensor_named(copy):
@@ -271,6 +276,9 @@ def test_config_problems_are_one_line(change, message):
     ({"num_key_value_heads": 3}, "config.json has 3 key/value heads for 8 attention heads: the query heads must share"),
     ({"layer_types": ["full_attention", "sliding_attention"]},
      "config.json's layer_types give layers 'sliding_attention', which minirun does not run"),
+    ({"layer_types": "full_attention"}, "config.json has layer_types 'full_attention': it must be a list"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "attention_factor": 0}},
+     "yarn rope scaling has attention_factor 0: it must be a positive number"),
 ])
 def test_null_and_malformed_config_values_are_one_line(change, message):
     """A key present but null, or a rope setting that is not a number, loaded and then failed at the first forward
@@ -281,6 +289,8 @@ def test_null_and_malformed_config_values_are_one_line(change, message):
                                       "layer_types": ["full_attention"], "rope_scaling": None,
                                       "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "mscale_all_dim": 0}})
     assert (nullable.num_kv_heads, nullable.head_dim, nullable.rope_scaling["mscale_all_dim"]) == (8, 8, 0)
+    mistral = {"model_type": "mistral", **BASE, "sliding_window": 64, "layer_types": ["sliding_attention"]}
+    assert ModelConfig.from_dict(mistral).max_position_embeddings == 64  # its window caps the context instead
 
 
 def test_unknown_dtype(copy):

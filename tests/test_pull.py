@@ -303,7 +303,8 @@ def test_a_models_folder_path_given_from_elsewhere_names_where_that_model_is(tmp
     monkeypatch.setattr(hub, "pull", pull)
     with pytest.raises(MinirunError, match=re.escape(f"(ConnectError): check your network (or, if models/smollm2-135m-"
                                                      "instruct was meant as a path: there is no such folder here, but "
-                                                     f"the models folder holds {tmp_path}/store/smollm2-135m-instruct")):
+                                                     f"the models folder holds {tmp_path}/store/smollm2-135m-"
+                                                     "instruct")):
         hub.resolve_model("models/smollm2-135m-instruct")
     with pytest.raises(MinirunError, match=r"\(ConnectError\): check your network$"):
         hub.resolve_model("Qwen/Qwen2.5-0.5B-Instruct")

@@ -18,6 +18,7 @@ from minirun.eval.report import (
     calibration,
     by_relation,
     figure,
+    in_method_order,
     latex,
     load_results,
     pairwise,
@@ -329,6 +330,8 @@ def test_every_table_lists_origin_first_then_the_methods_by_name(tmp_path):
     assert [row[0].split(" (")[0] for row in rows[1:5]] == ["origin", "avg", "flex", "per_prompt"]  # the scores
     headers = [row[1:] for row in rows if row[0] == ""]
     assert headers == [["origin", "avg", "flex", "per_prompt"], ["origin", "avg", "flex"]]  # agreement, pairwise
+    related = in_method_order(by_relation(df.assign(relation=df["id"].map(lambda i: "r" + str(int(i[1:]) % 2)))))
+    assert list(related.index) == [(m, r) for m in ("origin", "avg", "flex", "per_prompt") for r in ("r0", "r1")]
 
 
 def test_paired_test_against_mean_single(hand):

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import struct
@@ -29,7 +30,7 @@ from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.checkpoints.loader import file_sha256, write_source
 from minirun.errors import MinirunError
 from minirun.layers.rope import inv_frequencies
-from minirun.paths import STALE_TEMP_SECONDS
+from minirun.paths import STALE_TEMP_SECONDS, alive
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,9 @@ def _check_attention(meta: dict[str, Any], arch: str, head_dim: int, tensor_name
     allowed = GGUF_BIASES.get(arch, ())
     if biases := sorted(name for name in tensor_names if name.endswith(".bias")
                         and name.split(".")[-2] not in allowed):
-        raise MinirunError(f"GGUF tensor {biases[0]} ({len(biases)} bias tensors in all) has no place in a {arch} "
-                           "model as transformers builds it: this model variant is not supported")
+        raise MinirunError(f"GGUF tensor {biases[0]} ({len(biases)} bias tensors in all): minirun converts {arch} "
+                           "files without such biases (llama.cpp's layout of them is not mapped): this model variant "
+                           "is not supported; convert the original checkpoint instead")
 
 
 def _dequantize(data: np.ndarray, tensor: Any) -> np.ndarray:
@@ -258,12 +260,15 @@ def partial_dirs(final: Path) -> list[Path]:
 
 
 def remove_stale_partials(final: Path) -> None:
-    """Delete the hidden folders a killed writer of `final` left (a whole checkpoint's size each, kept for good): those
-    in which nothing was written for STALE_TEMP_SECONDS, so a live conversion's (its file grows) is never taken."""
+    """Delete the hidden folders killed writers of `final` left (a whole checkpoint's size each, kept for good): those
+    of a process that no longer runs here (its pid follows the prefix), untouched for STALE_TEMP_SECONDS, so a live
+    writer's, another machine's on a shared folder too, is never taken."""
     for folder in partial_dirs(final):
-        with contextlib.suppress(OSError):  # gone meanwhile: its writer finished or removed it
-            if time.time() - max(p.stat().st_mtime for p in [folder, *folder.iterdir()]) > STALE_TEMP_SECONDS:
-                shutil.rmtree(folder, ignore_errors=True)
+        pid = folder.name[len(_partial_prefix(final)):].partition("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            with contextlib.suppress(OSError):  # gone meanwhile: its writer finished or removed it
+                if time.time() - folder.stat().st_mtime > STALE_TEMP_SECONDS:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -280,7 +285,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     created = list(itertools.takewhile(lambda folder: not folder.exists(), [final.parent, *final.parent.parents]))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(final), dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(final)}{os.getpid()}-", dir=final.parent))
     except OSError as e:  # named as the folder asked for, not the hidden one staged beside it
         _remove_empty(created)
         raise MinirunError(f"cannot write {final} ({e.strerror}): choose an output directory you can write to") \

@@ -347,9 +347,9 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", dtype
         tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
         if tensor.shape != expected[ours] and len(parts) > 1:  # q, k and v are read as one: show each one's shape
             shapes = ", ".join(f"{name.split('.')[-2]} {tuple(part.shape)}" for name, part in zip(group, parts))
-            raise MinirunError(f"tensors {group[0].rsplit('.', 2)[0]}.* have shapes {shapes}, but config.json's heads, "
-                               f"key/value heads and head size need {tuple(expected[ours])} in all: config.json does "
-                               "not match the weights")
+            sizes = "heads, key/value heads and head size need" if "q_proj" in group[0] else "intermediate_size needs"
+            raise MinirunError(f"tensors {group[0].rsplit('.', 2)[0]}.* have shapes {shapes}, but config.json's "
+                               f"{sizes} {tuple(expected[ours])} in all: config.json does not match the weights")
         if tensor.shape != expected[ours]:
             raise MinirunError(f"tensor {group[0]} has shape {tuple(parts[0].shape)}, expected a shape giving "
                                f"{tuple(expected[ours])} for {ours}: config.json does not match the weights")

@@ -271,6 +271,9 @@ def few_shot_count(path: Optional[Path], k: Optional[int]) -> int:
     if path is None and k is not None:
         raise MinirunError("--few-shot-k counts the examples drawn from --few-shot, and none was given: add "
                            "--few-shot FILE, or drop --few-shot-k")
+    if path is not None and k is not None and path.suffix not in EXAMPLE_FILES:
+        raise MinirunError(f"--few-shot-k counts the examples drawn from a file of them ({', '.join(EXAMPLE_FILES)}), "
+                           f"and {path.name} is read as the prompt's text itself: drop --few-shot-k")
     return FEW_SHOT_K if k is None else k
 
 

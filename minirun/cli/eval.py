@@ -237,8 +237,8 @@ def report_command(
         out.print(t)
     warn(warnings, out)
     if "relation" in table.columns and table["relation"].notna().any():
-        relations = _scores_table(report.by_relation(table), "per relation")
-        macro = report.macro_accuracy(table).dropna(subset=["macro_accuracy"])
+        relations = _scores_table(report.in_method_order(report.by_relation(table)), "per relation")
+        macro = report.in_method_order(report.macro_accuracy(table).dropna(subset=["macro_accuracy"]))
         relations.caption = "macro accuracy (the mean of a method's per-relation accuracies; Δ origin: the mean of " \
             "the per-relation differences, bootstrap 95% CI and sign-flip p over relations):\n" + "\n".join(
                 f"{_label(index)} {row['macro_accuracy']:.3f} ({int(row['relations'])} relations)" + (
@@ -248,8 +248,9 @@ def report_command(
                 for index, row in macro.iterrows())
         out.print(relations)
     if "popularity" in table.columns and table["popularity"].notna().any():
-        out.print(_scores_table(report.by_popularity(table), "per popularity of the question's subject (quartiles of "
-                                "the items'; Δ origin on each bin's items, Holm over every method and bin)"))
+        out.print(_scores_table(report.in_method_order(report.by_popularity(table)), "per popularity of the "
+                                "question's subject (quartiles of the items'; Δ origin on each bin's items, Holm over "
+                                "every method and bin)"))
     out.print(_matrix(report.agreement(table)))
     if len(pairs := report.pairwise(table)) > 2:  # three methods or more: more than each against origin
         out.print(_pairwise_matrix(pairs, "per_prompt" in set(table["method"])))

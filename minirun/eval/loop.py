@@ -741,7 +741,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         total = sum(map(len, mine))
         left = sum(len(batch) for batches in lanes.values() for batch in batches)
         overall = bar.add_task("eval", total=total, completed=total - left, resumed=total - left)
-        kinds = len({m for _, m in lanes})
+        kinds = len(lanes)  # a method's runs (a sweep's cells of it under two labels) each count
         if sum(m in PROMPT_ROWS for _, m in lanes) > 1:  # methods that can share a batch's prefill
             stack.enter_context(llm.reusing_prompts())
         twins = Twins(lambda: _reused_seconds(llm))
@@ -755,7 +755,7 @@ def evaluate_runs(llm: LLM, runs: list[Run], *, rank: int = 0, world_size: int =
         for (i, method), batch in schedule(lanes):
             run = runs[i]
             # the count is of items × methods: with several, the bar says so, lest 150 read as origin's items
-            bar.update(overall, description=f"eval {kinds} methods, now {method}" if kinds > 1 else f"eval {method}")
+            bar.update(overall, description=f"eval {kinds} runs, now {method}" if kinds > 1 else f"eval {method}")
             layout = (i, "rows" if method in PROMPT_ROWS else method)  # alike methods share a batch's memory
             rows = _within_memory(llm, functools.partial(answer, run, method), batch, method, fitting, layout)
             views = {item.id: item.popularity for item in batch if item.popularity is not None}  # report's bins

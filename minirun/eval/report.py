@@ -60,8 +60,8 @@ def load_results(output_dir: str | Path) -> pd.DataFrame:
             raise MinirunError(f"{table} is not a readable Parquet table ({type(e).__name__}): restore it, or "
                                "rerun `minirun eval` into the same directory to rewrite it from the journals") from None
         if missing := [column for column in NEEDED if column not in df.columns]:
-            raise MinirunError(f"{table} lacks the column(s) {', '.join(missing)} a run's table holds: restore it, or "
-                               "rerun `minirun eval` into the same directory to rewrite it from the journals")
+            raise MinirunError(f"{table} lacks the column(s) {', '.join(missing)} a run's table holds, and its "
+                               "journals (results.rank*.jsonl) are gone: restore them or it")
         df = df.drop_duplicates([*_keys(df), "id"])
         df.attrs = read_results(output_dir).attrs  # no journals, no rows: only what run.json records
     elif not output_dir.exists():
@@ -671,11 +671,18 @@ def method_order(methods: Iterable[str]) -> list[str]:
 
 
 def in_method_order(scores: pd.DataFrame) -> pd.DataFrame:
-    """Rows indexed by method (the last level, after a model's) in `method_order` within each model."""
-    methods = list(scores.index.get_level_values("method"))
-    rank = {m: n for n, m in enumerate(method_order(methods))}
-    outer = [index[:-1] if isinstance(index, tuple) else () for index in scores.index]
-    return scores.iloc[sorted(range(len(scores)), key=lambda n: (outer[n], rank[methods[n]]))]
+    """Rows indexed by method (alone, or a level beside a model's, a relation's or a bin's) with the methods in
+    `method_order`, the other levels' order kept."""
+    rank = {m: n for n, m in enumerate(method_order(scores.index.get_level_values("method")))}
+    names = scores.index.names
+
+    def key(n: int) -> tuple:
+        index = scores.index[n] if len(names) > 1 else (scores.index[n],)
+        return tuple(rank[v] if name == "method" else order[name][v] for name, v in zip(names, index))
+
+    order = {name: {v: n for n, v in enumerate(dict.fromkeys(scores.index.get_level_values(name)))}
+             for name in names if name != "method"}  # as the table had them: a popularity bin's order is no name's
+    return scores.iloc[sorted(range(len(scores)), key=key)]
 
 
 def agreement(df: pd.DataFrame) -> pd.DataFrame:

@@ -81,7 +81,8 @@ def _none(value: object) -> bool:
 
 
 def _whole_or_none(value: object) -> bool:  # 2.0 too: a table's integer column with gaps holds floats
-    return _none(value) or (isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer())
+    return _none(value) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                            and float(value).is_integer())
 
 
 def _list_or_none(each: Callable[[object], bool]) -> Callable[[object], bool]:

@@ -3,7 +3,7 @@
 origin      the original question only
 per_prompt  every paraphrase answered on its own (one batch)
 vote        as per_prompt, then the answer most paraphrases give (majority vote)
-avg, avg_logprob, max, weighted_avg, weighted_max
+avg, avg_logprob, avg_prob, max, weighted_avg, weighted_max
             paraphrases decoded as one batch, next-token scores fused every step
 flex        paraphrases packed into one sequence; isolated in prefill, fused by attention
 hidden_avg  rows as for avg; the newest token's hidden state fused across them from a block on

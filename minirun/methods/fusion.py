@@ -80,7 +80,7 @@ RULES: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = 
 
 # Rules that are a weighted sum Σ_r w_r·logits_r of a question's n rows: (n, confidences [n]) -> w [n].
 # Logits are a linear function of the final states, so these equal the vocabulary head applied once to
-# Σ_r w_r·state_r (`layers.hidden_fusion.HeadMix`); max and avg_logprob take a softmax first.
+# Σ_r w_r·state_r (`layers.hidden_fusion.HeadMix`); max, avg_logprob and avg_prob take a softmax first.
 ROW_WEIGHTS: dict[str, Callable[[int, torch.Tensor | None], torch.Tensor]] = {
     "avg": lambda n, confidences: torch.full((n,), 1.0 / n),
     "weighted_avg": lambda n, confidences: normalised(confidences.float()),

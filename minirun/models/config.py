@@ -18,7 +18,7 @@ DEFAULT_THETA = 10000.0  # every family's rope base where config.json names none
 # The rope settings that are numbers: True where only a positive one works, False where 0 is meaningful.
 ROPE_NUMBERS = {"rope_theta": True, "factor": True, "low_freq_factor": True, "high_freq_factor": True,
                 "original_max_position_embeddings": True, "beta_fast": True, "beta_slow": True, "mscale": False,
-                "mscale_all_dim": False, "attention_factor": False, "truncate": None}
+                "mscale_all_dim": False, "attention_factor": True, "truncate": None}
 
 
 def rope_settings(raw: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +101,16 @@ class ModelConfig:
             raise MinirunError(f"this checkpoint's weights are quantized ({method}), which minirun does not read: use "
                                "the unquantized (bfloat16/float16) checkpoint, or a GGUF through `minirun convert`")
         if raw.get("use_sliding_window"):
-            raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json")
-        if kinds := sorted(set(raw.get("layer_types") or ()) - {"full_attention"}):
-            raise MinirunError(f"config.json's layer_types give layers {', '.join(map(repr, kinds))}, which minirun "
-                               "does not run (every layer attends to the whole sequence): this checkpoint needs "
-                               "another runtime")
+            raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json (and any "
+                               "layer_types entry to full_attention) where the model attends to its whole context")
+        kinds = raw.get("layer_types") if model_type != "mistral" else None  # Mistral's window caps the context
+        if kinds is not None and not _strings(kinds):
+            raise MinirunError(f"config.json has layer_types {kinds!r}: it must be a list of layer kinds; restore the "
+                               "checkpoint's own config.json")
+        if sliding := sorted(set(kinds or ()) - {"full_attention"}):  # transformers runs none without a window
+            raise MinirunError(f"config.json's layer_types give layers {', '.join(map(repr, sliding))}, which minirun "
+                               "does not run (every layer attends to the whole sequence): set them to full_attention "
+                               "where the model attends to its whole context, else it needs another runtime")
         if missing := [key for key in REQUIRED if key not in raw]:
             raise MinirunError(f"config.json lacks {', '.join(map(repr, missing))}: restore the checkpoint's own config.json")
         _check_numbers(raw)
@@ -181,6 +186,10 @@ def _eos_ids(value: object, where: str) -> list[int]:
         raise MinirunError(f"{where} has eos_token_id {value!r}: it must be a token id or a list of them; restore the "
                            "checkpoint's own file")
     return ids
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _shown(value: object) -> str:
