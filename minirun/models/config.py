@@ -15,7 +15,8 @@ ROPE_KEYS = {"default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn
 # What transformers' config classes assume for a key config.json leaves out, where the families differ.
 CONTEXT_DEFAULT = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768}
 DEFAULT_THETA = 10000.0  # every family's rope base where config.json names none
-# The rope settings that are numbers: True where only a positive one works, False where 0 is meaningful.
+# The rope settings that are numbers: True where only a positive one works, False where 0 is meaningful (None: a
+# boolean).
 ROPE_NUMBERS = {"rope_theta": True, "factor": True, "low_freq_factor": True, "high_freq_factor": True,
                 "original_max_position_embeddings": True, "beta_fast": True, "beta_slow": True, "mscale": False,
                 "mscale_all_dim": False, "attention_factor": True, "truncate": None}
