@@ -18,6 +18,16 @@ def whole_number(value: object, name: str) -> int:
     raise MinirunError(f"{name} must be a whole number, got {value!r}")
 
 
+def is_texts(value: object) -> bool:
+    """Whether a value read from JSON is a list of texts (a config's layer kinds, a run's prompts or item ids)."""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def is_number(value: object) -> bool:
+    """Whether a value read from JSON is a number: an int or a float, not a boolean (JSON's true is no 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def error_line(error: BaseException, limit: int = 200) -> str:
     """An exception as one line of a user-facing message: its type and its first line (the Hub's errors run to
     several), at most `limit` characters of it."""

@@ -44,22 +44,27 @@ def remove_stale_temps(path: Path) -> None:
         return
     _swept.add(path.parent)
     for temp in path.parent.glob(".*.tmp"):  # `write_atomic`'s: .<name>.<pid>.tmp
-        pid = temp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not alive(int(pid)):
+        if left_by_dead_writer(temp, temp.name.rsplit(".", 2)[-2]):
             with contextlib.suppress(OSError):  # gone meanwhile, or another user's in a shared folder: kept
-                if time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS:
-                    temp.unlink()
+                temp.unlink()
 
 
-def alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def left_by_dead_writer(path: Path, pid: str) -> bool:
+    """Whether `path`, written by process `pid` (as its name gives it), was left by one killed outright: no such
+    process runs here and nothing touched it for STALE_TEMP_SECONDS (a live writer on another machine sharing the
+    folder never looks so)."""
+    if not pid.isdigit():
         return False
-    except OSError:
-        return True
-    return True
+    try:
+        os.kill(int(pid), 0)
+        return False  # it runs
+    except ProcessLookupError:
+        try:
+            return time.time() - path.stat().st_mtime > STALE_TEMP_SECONDS
+        except OSError:  # gone meanwhile
+            return False
+    except OSError:  # another user's process: it runs
+        return False
 
 
 def read_cache(path: Path, what: str) -> Any | None:

@@ -30,7 +30,7 @@ from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.checkpoints.loader import file_sha256, write_source
 from minirun.errors import MinirunError
 from minirun.layers.rope import inv_frequencies
-from minirun.paths import STALE_TEMP_SECONDS, alive
+from minirun.paths import left_by_dead_writer
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +264,8 @@ def remove_stale_partials(final: Path) -> None:
     of a process that no longer runs here (its pid follows the prefix), untouched for STALE_TEMP_SECONDS, so a live
     writer's, another machine's on a shared folder too, is never taken."""
     for folder in partial_dirs(final):
-        pid = folder.name[len(_partial_prefix(final)):].partition("-")[0]
-        if pid.isdigit() and not alive(int(pid)):
-            with contextlib.suppress(OSError):  # gone meanwhile: its writer finished or removed it
-                if time.time() - folder.stat().st_mtime > STALE_TEMP_SECONDS:
-                    shutil.rmtree(folder, ignore_errors=True)
+        if left_by_dead_writer(folder, folder.name[len(_partial_prefix(final)):].partition("-")[0]):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import IO, Callable
 
 import pandas as pd
 
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, is_number, is_texts
 from minirun.methods.names import OPTION_READERS
 from minirun.paths import write_atomic
 
@@ -67,12 +67,8 @@ OPAQUE = {  # run-key entries that are hashes: what a change of each means
 INTEGER_COLUMNS = ("choice", "gold_choice", "fusion_layer", "tokens")  # ints, or nothing where a row has none
 
 
-def _strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
 def _number_or_none(value: object) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return value is None or is_number(value)
 
 
 def _none(value: object) -> bool:
@@ -81,8 +77,7 @@ def _none(value: object) -> bool:
 
 
 def _whole_or_none(value: object) -> bool:  # 2.0 too: a table's integer column with gaps holds floats
-    return _none(value) or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                            and float(value).is_integer())
+    return _none(value) or (is_number(value) and float(value).is_integer())
 
 
 def _list_or_none(each: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -99,7 +94,7 @@ def _flag_or_none(value: object) -> bool:  # 1.0 and 0 too, as a table of verdic
 
 # what a row's columns hold (a hand-edited or damaged line can be JSON and still not a row: one that parquet, the
 # report or a resume would fail on, or read as something else, long after the line was written)
-COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str), "prompts": _strings,
+COLUMN_TYPES = {"id": lambda v: isinstance(v, str), "method": lambda v: isinstance(v, str), "prompts": is_texts,
                 "generated": _text_or_none, "answer": _text_or_none, "relation": _text_or_none, "task": _text_or_none,
                 **{c: _flag_or_none for c in ("exact", "correct", "correct_lemma", "correct_bidirectional",
                                               "correct_harness", "correct_flexible", "original")},
@@ -267,7 +262,7 @@ def _run_info(output_dir: Path) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         info = None
     if not isinstance(info, dict) or not isinstance(info.get("run_key"), dict) or \
-            not _strings(info.get("item_ids") or []) or not isinstance(info.get("methods") or {}, dict) or \
+            not is_texts(info.get("item_ids") or []) or not isinstance(info.get("methods") or {}, dict) or \
             not all(_text_or_none(info["run_key"].get(name)) for name in ("dataset", "model")):
         raise MinirunError(f"{path} is not a run record minirun wrote: restore it, or start a new output directory")
     return info

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, is_number, is_texts
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -105,7 +105,7 @@ class ModelConfig:
             raise MinirunError("use_sliding_window=true is not supported: set it to false in config.json (and any "
                                "layer_types entry to full_attention) where the model attends to its whole context")
         kinds = raw.get("layer_types") if model_type != "mistral" else None  # Mistral's window caps the context
-        if kinds is not None and not _strings(kinds):
+        if kinds is not None and not is_texts(kinds):
             raise MinirunError(f"config.json has layer_types {kinds!r}: it must be a list of layer kinds; restore the "
                                "checkpoint's own config.json")
         if sliding := sorted(set(kinds or ()) - {"full_attention"}):  # transformers runs none without a window
@@ -189,16 +189,8 @@ def _eos_ids(value: object, where: str) -> list[int]:
     return ids
 
 
-def _strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
 def _shown(value: object) -> str:
     return "null" if value is None else repr(value)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_numbers(raw: dict) -> None:
@@ -212,7 +204,7 @@ def _check_numbers(raw: dict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MinirunError(f"config.json has {key} {_shown(value)}: it must be a positive integer; restore the "
                                "checkpoint's own config.json")
-    if "rms_norm_eps" in raw and not (_is_number(raw["rms_norm_eps"]) and raw["rms_norm_eps"] > 0):
+    if "rms_norm_eps" in raw and not (is_number(raw["rms_norm_eps"]) and raw["rms_norm_eps"] > 0):
         raise MinirunError(f"config.json has rms_norm_eps {_shown(raw['rms_norm_eps'])}: it must be a positive number; "
                            "restore the checkpoint's own config.json")
     heads, kv_heads = raw["num_attention_heads"], raw.get("num_key_value_heads") or raw["num_attention_heads"]
@@ -231,7 +223,7 @@ def _check_rope_numbers(rope: dict, rope_type: str) -> None:
         if key == "truncate":
             ok = isinstance(value, bool)
         else:
-            ok = _is_number(value) and (value > 0 if ROPE_NUMBERS[key] else value >= 0)
+            ok = is_number(value) and (value > 0 if ROPE_NUMBERS[key] else value >= 0)
         if not ok:
             need = {None: "true or false", True: "a positive number", False: "a number, 0 or more"}[ROPE_NUMBERS[key]]
             raise MinirunError(f"{where} has {key} {_shown(value)}: it must be {need}; restore the checkpoint's own "
