@@ -12,7 +12,7 @@ PACKAGE = ROOT / "minirun"
 
 # Lowest first. A module may import from its own layer and the layers before it, never after.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("minirun.errors", "minirun.paths", "minirun.text")),
+    ("base", ("minirun.errors", "minirun.figures", "minirun.paths", "minirun.text")),
     ("layers", ("minirun.layers",)),
     ("models", ("minirun.models",)),
     ("checkpoints", ("minirun.checkpoints",)),

@@ -88,6 +88,15 @@ def test_logit_view_one_panel_per_row_with_padding(llm, tmp_path):
     _check_pixels(view, tmp_path, samples=150)
 
 
+def test_token_texts_are_drawn_as_written(llm, tmp_path):
+    """A token that reads as mathtext ("$$", LaTeX's display maths, is one in many vocabularies) is a label like any
+    other: matplotlib would fail to parse it and stop `minirun mask --out` with a traceback."""
+    view = build_view(llm, "Who wrote $x$?", ["Hamlet author?"], method="flex", decode_steps=1)
+    view.rows[0].tokens[:2] = ["$$", "a$b_$"]
+    assert len(render_png(view, tmp_path / "dollars.png")) == 1
+    assert imread(tmp_path / "dollars.png").shape[-1] in (3, 4)
+
+
 def test_hidden_avg_draws_like_avg_with_its_fusion_layer(llm):
     avg = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="avg", decode_steps=2)
     hidden = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="hidden_avg", decode_steps=2)

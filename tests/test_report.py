@@ -118,6 +118,22 @@ def test_macro_accuracy_weighs_each_relation_alike():
     assert "Macro" not in latex(summarize(plain), "qa")
 
 
+def test_latex_names_a_macro_accuracy_over_fewer_relations():
+    """A method that answered fewer relations (an unfinished run) says how many beside its macro accuracy, as the
+    terminal does, not under the caption's count of the others'."""
+    df = _frame()
+    df = df[~((df["method"] == "vote") & (df["relation"] == "birthplace"))]  # vote: capital only
+    rows = {line.split(" & ")[0]: line for line in latex(summarize(df), "fill").splitlines() if " & " in line}
+    assert rows["vote"].endswith("& 2 & 0.500 ($r=1$) \\\\") and rows["single"].endswith("& 4 & 0.750 \\\\")
+    assert "(2 relations; $r$: the number a method answered, where fewer)" in latex(summarize(df), "fill")
+
+
+def test_latex_sets_text_as_written():
+    """Flags keep both hyphens (LaTeX makes "--" an en dash) and <, >, | stay themselves (OT1 sets other glyphs)."""
+    table = latex(summarize(_hand()), "qa (rescored: --match harness) <a>|b")
+    assert "rescored: -{}-match harness) \\textless{}a\\textgreater{}\\textbar{}b" in table
+
+
 def test_relation_latex_is_the_appendix_table_of_a_probe():
     """A row per relation (its items), a column per method (origin first), the macro mean last; nothing without
     relations."""
@@ -214,6 +230,33 @@ def test_plot(tmp_path, monkeypatch):
     plot(_frame(), tmp_path / "rescored.png", " (rescored: --match bidirectional)")  # as its table's caption says
     assert saved[0]._suptitle is None and saved[1]._suptitle.get_text() == "rescored: --match bidirectional"
     assert [ax.get_title() for ax in saved[0].axes] == ["Accuracy", "Throughput"]
+
+
+def test_an_interrupted_chart_leaves_the_one_before(tmp_path, monkeypatch):
+    """Charts are written through a temp file: a save stopped half way leaves the chart that was there, and no
+    temp; a CSV keeps the compression its name asks for."""
+    from matplotlib.figure import Figure
+
+    chart = tmp_path / "report.png"
+    plot(_frame(), chart)
+    before = chart.read_bytes()
+
+    def torn(fig, path, **options):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", torn)
+    with pytest.raises(KeyboardInterrupt):
+        plot(_frame(), chart)
+    assert chart.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["report.png"]
+    monkeypatch.undo()
+    pdf = tmp_path / "report.pdf"
+    plot(_frame(), pdf)  # the format its name says, not the temp's
+    assert pdf.read_bytes()[:4] == b"%PDF"
+    run = _run_dir(tmp_path / "run", _hand())
+    assert CliRunner().invoke(app, ["report", str(run), "--csv", str(tmp_path / "t.csv.gz")]).exit_code == 0
+    assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
+    assert pd.read_csv(tmp_path / "t.csv.gz", index_col="method").loc["avg", "accuracy"] == 0.8
 
 
 def test_load_results(tmp_path):
@@ -516,6 +559,36 @@ def test_eval_runs_of_several_models_side_by_side(tmp_path):
     assert "llama · avg has scored 9 of the 10 items of sample-qa (an unfinished run)" in warned
     twice = runner.invoke(app, ["report", str(first), str(first)])
     assert twice.exit_code == 1 and f"{first} is given twice: give each run once" in " ".join(twice.output.split())
+    again = first.parent / ".." / first.parent.name / first.name  # the same run spelt otherwise
+    twice = runner.invoke(app, ["report", str(first), str(again)])
+    assert twice.exit_code == 1 and f"{first} is given twice (again as {again})" in " ".join(twice.output.split())
+
+
+def test_names_are_shown_as_written(tmp_path):
+    """A run's folder, dataset, model or relation is the user's text: "[bold]" in it is no rich markup in the
+    terminal and "$5_$" no mathtext in a chart (which failed to parse it and stopped with a traceback)."""
+    rows = _hand().assign(relation=lambda d: d["id"].map(lambda i: "[red]born" if i < "q5" else "[/x]lives"))
+    run = _run_dir(tmp_path / "[bold]v2", rows)
+    shown = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert f"{run}" in shown.output and "[red]born" in shown.output and "[/x]lives" in shown.output
+    runs = [_model_run(tmp_path / name, _hand(), model, dataset="/data/cost_$5_$x.jsonl")
+            for name, model in (("a", "$q$"), ("b", "$$"))]
+    compared = CliRunner().invoke(app, ["report", *map(str, runs), "--plot", str(tmp_path / "c.png")])
+    assert compared.exit_code == 0, compared.output
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_methods_neither_origin_are_compared_in_the_terminal(tmp_path):
+    """Without origin, the pair of two methods is in no Δ origin column: the terminal shows their pairwise matrix,
+    as it does from three methods on; beside origin the one pair is the summary's Δ origin, and no matrix."""
+    rows = _hand().replace({"method": {"origin": "max"}})
+    two = _run_dir(tmp_path / "two", rows[rows["method"] != "per_prompt"])
+    shown = CliRunner().invoke(app, ["report", str(two)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "pairwise: accuracy of the row minus the column" in " ".join(shown.output.split())
+    assert "+0.500 (p 0.12)" in shown.output
+    plain = _run_dir(tmp_path / "plain", _hand()[lambda d: d["method"] != "per_prompt"])
+    assert "pairwise" not in CliRunner().invoke(app, ["report", str(plain)]).output
 
 
 def test_runs_side_by_side_compare_each_dataset_with_its_first_run(tmp_path):
@@ -908,7 +981,7 @@ def test_a_table_rescored_at_report_time_says_so(tmp_path):
     assert result.exit_code == 0, result.output
     tex = (tmp_path / "r.tex").read_text()
     assert '% rescored by minirun report: {"choice_score": "sum", "match": "bidirectional"}' in tex.splitlines()
-    assert "(rescored: --match bidirectional, --choice-score sum)" in tex
+    assert "(rescored: -{}-match bidirectional, -{}-choice-score sum)" in tex
     assert "(rescored: --match bidirectional, --choice-score sum)" in " ".join(result.output.split())  # the title too
     plain = CliRunner().invoke(app, ["report", str(run), "--latex", str(tmp_path / "plain.tex")])
     assert "rescored" not in (tmp_path / "plain.tex").read_text() and "(rescored:" not in plain.output

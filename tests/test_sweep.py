@@ -1548,8 +1548,10 @@ def test_an_ensemble_size_curve_runs_a_dataset_per_size_and_reports_them_side_by
     from matplotlib.figure import Figure
 
     saved = []  # the figure `--plot` draws: a bar panel per dataset, then the series' curve
-    monkeypatch.setattr(Figure, "savefig", lambda fig, path: saved.append(fig))
-    CliRunner().invoke(app, ["report", str(out), "--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "s.png")])
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **options: saved.append(fig) or open(path, "wb").close())
+    shown = CliRunner().invoke(app, ["report", str(out), "--csv", str(tmp_path / "s.csv"), "--plot",
+                                     str(tmp_path / "s.png")])
+    assert shown.exit_code == 0, shown.output
     curve_axes = saved[0].axes[-1]
     assert [ax.get_title() for ax in saved[0].axes] == ["qa-k3", "qa-k2", "qa-four", "qa-0shot",
                                                         "qa-k2, qa-k3, qa-four"]

@@ -13,19 +13,22 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from minirun.errors import MinirunError
+from minirun.paths import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from minirun.engine.llm import LLM
 
-err = Console(stderr=True, soft_wrap=True)  # an error stays one line in a log or a pipe, not wrapped at 80 columns
+# No rich markup in either: what they print holds the user's texts (a path, a run's title, a relation, a model's
+# name), where "[x]" is text; colours are styles given beside the text.
+err = Console(stderr=True, soft_wrap=True, markup=False)  # an error stays one line in a log or a pipe, not wrapped
 # Results on stdout: piped into a file or a log, rich would squeeze a table into 80 columns and cut its figures to
 # "0.000…"; there a table takes the width it needs.
-out = Console(width=None if sys.stdout.isatty() else 1000)
+out = Console(width=None if sys.stdout.isatty() else 1000, markup=False)
 SKIP_BAD_HELP = "Skip (and count) bad records of a plain item file (JSONL or JSON array)."
 DEVICE_HELP = "auto (a CUDA GPU where one is visible, else the CPU), cpu, cuda or cuda:N."
 DTYPE_HELP = ("float32, bfloat16 or float16 (default: the checkpoint's on GPU; on CPU bfloat16 where the CPU has "
@@ -55,8 +58,8 @@ class _ConsoleLog(logging.Handler):
         if _streaming["mid_line"]:  # the decode step compiles after the first token is shown
             err.print()
             _streaming["mid_line"] = False
-        err.print(f"[yellow]warning:[/yellow] {text}" if record.levelno >= logging.WARNING else f"[dim]{text}[/dim]",
-                  highlight=False)
+        err.print(Text.assemble(("warning:", "yellow"), " ", text) if record.levelno >= logging.WARNING
+                  else Text(text, "dim"), highlight=False)
 
 
 def _show_logs() -> None:
@@ -67,13 +70,13 @@ def _show_logs() -> None:
 
 
 def print_error(message: str) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[x]" in a message is text, not markup
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False)
 
 
 def warn(warnings: list[str], console: Console) -> None:
     """A report's caveats: after its tables, or on stderr under --json so that stdout stays one JSON object."""
     for warning in warnings:
-        console.print(f"[yellow]{escape(warning)}[/yellow]", highlight=False)
+        console.print(warning, style="yellow", highlight=False)
 
 
 _PATH_FIXES = {  # what to do when the system refuses a path the user gave
@@ -180,6 +183,16 @@ def check_texts(prompt: str, paraphrases: list[str]) -> None:
         raise MinirunError("the prompt is empty: give the question as the first argument")
     if empty := [i for i, text in enumerate(paraphrases, 1) if not text.strip()]:
         raise MinirunError(f"--paraphrase {empty[0]} is empty: give its text or drop it")
+
+
+# what pandas makes of a --csv name's last suffix (its own inference would read the temp file's name, ending .tmp)
+CSV_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd", ".tar": "tar"}
+
+
+def write_csv(frame: pd.DataFrame, path: Path, **options) -> None:
+    """`frame` as CSV at `path`, replaced whole (`write_atomic`), compressed as its suffix says (`out.csv.gz`)."""
+    how = CSV_COMPRESSION.get(path.suffix.lower())
+    write_atomic(path, lambda temp: frame.to_csv(temp, compression=how, **options))
 
 
 def check_figure_path(path: Path) -> None:

@@ -32,8 +32,10 @@ from minirun.cli.common import (
     shown_number,
     single_prompt_line,
     warn,
+    write_csv,
 )
 from minirun.errors import MinirunError
+from minirun.paths import write_atomic
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
 
@@ -161,7 +163,7 @@ def eval_command(
         if output.is_dir():  # the prompts of a run the directory's rows would refuse: said now, not when it runs
             check_resumable(run)
         print("\n\n".join(shown_prompts(llm, run, show_prompts)))
-        err.print("[dim]nothing was run or written (drop --show-prompts to run)[/dim]")
+        err.print("nothing was run or written (drop --show-prompts to run)", style="dim")
         return
     table = run_sharded(llm, items, method, output, progress=progress, **settings)
     if ranks()[0] == 0:
@@ -169,7 +171,7 @@ def eval_command(
         for t in _summary_tables(table, f"{name} · {llm.path.name}", method):
             out.print(t)
         warn(cut_thinking(table) + [note for note in [first_prompt_note(table)] if note], out)  # the merged table
-        out.print(f"[dim]results in {output}[/dim]", highlight=False)
+        out.print(f"results in {output}", style="dim", highlight=False)
 
 
 def report_command(
@@ -207,14 +209,16 @@ def report_command(
     comment, note = report.rescored(match, choice_score, raw)  # said in the LaTeX and the terminal's title
     how = report.rescoring(match, choice_score, raw)  # and in --json and --csv beside the scores
     if csv is not None:
-        report.with_counts(report.summarize(table)).assign(**({"rescored": json.dumps(how)} if how else {})).to_csv(csv)
+        scores = report.with_counts(report.summarize(table)).assign(**({"rescored": json.dumps(how)} if how else {}))
+        write_csv(scores, csv)
     if latex is not None:
         name = run_dir.resolve().name  # the dataset first, as a sweep's tables name it
         caption = (f"{table.attrs['dataset']} ({name})" if table.attrs.get("dataset") else name) + note
         provenance = report.provenance(recorded_run_key(run_dir), recorded_methods(run_dir), report.timed_on(table),
                                        sources=recorded_sources(run_dir), rows=table) + comment
-        latex.write_text(provenance + report.latex(report.summarize(table), caption) + report.relation_latex(
-            table, caption) + report.popularity_latex(table, caption), encoding="utf-8")
+        text = provenance + report.latex(report.summarize(table), caption) + report.relation_latex(
+            table, caption) + report.popularity_latex(table, caption)
+        write_atomic(latex, lambda temp: temp.write_text(text, encoding="utf-8"))
     if plot is not None:
         report.plot(table, plot, note)
     warnings = report.unfinished_notes(table)
@@ -252,7 +256,9 @@ def report_command(
                                 "question's subject (quartiles of the items'; Δ origin on each bin's items, Holm over "
                                 "every method and bin)"))
     out.print(_matrix(report.agreement(table)))
-    if len(pairs := report.pairwise(table)) > 2:  # three methods or more: more than each against origin
+    pairs = report.pairwise(table)
+    compared = set(pairs.index.get_level_values("method"))
+    if len(compared) > 2 or (len(compared) == 2 and "origin" not in compared):  # more than Δ origin shows
         out.print(_pairwise_matrix(pairs, "per_prompt" in set(table["method"])))
 
 

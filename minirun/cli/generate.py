@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.markup import escape
 
 from minirun.cli.common import (DEVICE_HELP, DTYPE_HELP, NEW_TOKENS, check_texts, end_stream, err,
                                 few_shot_context, few_shot_count, few_shot_task, friendly, load_llm, parse_flex_bias,
@@ -194,7 +193,7 @@ def _plain(llm: LLM, prompt, max_new_tokens, raw, temperature, top_k, top_p, see
                           "tokens_per_second": speed, "finish_reason": out.finish_reason, "method": "plain"}))
     else:
         end_stream()
-        err.print(f"[dim]{len(out.token_ids)} tokens, {speed:.1f} tokens/s[/dim]")
+        err.print(f"{len(out.token_ids)} tokens, {speed:.1f} tokens/s", style="dim")
 
 
 def _few_shot_stop(task: str) -> tuple[str, ...]:
@@ -229,7 +228,7 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
 
     if not as_json:  # what the model wrote, before the answer it leads to
         for rewrite in rewrites or []:
-            err.print(f"[dim]{escape(f'rewrite: {rewrite}')}[/dim]", highlight=False)
+            err.print(f"rewrite: {rewrite}", style="dim", highlight=False)
     prompts = ensemble_prompts(question, paraphrases)
     if method != "origin" and len(prompts) == 1:  # every paraphrase repeats the question (up to case and spacing)
         warn([f"the paraphrases repeat the question, so {method} runs over one prompt and answers as origin does: "
@@ -258,14 +257,14 @@ def _ensemble(llm: LLM, method: str, question: str, paraphrases: list[str], pref
         for i, (prompt, answer) in enumerate(zip(result.prompts, result.answers)):  # a worked one: its final number
             shown = final_number(answer, reasoning) if options.worked else extract_answer(answer, reasoning=reasoning)
             mark, shown = "*" if i == result.chosen else " ", shown or "(no answer)"
-            err.print(f"[dim]{mark} {escape(f'[{prompt}] {shown}')}[/dim]", highlight=False)
+            err.print(f"{mark} [{prompt}] {shown}", style="dim", highlight=False)
         print(result.text.strip())
     elif result.answers is not None:
         for prompt, answer in zip(result.prompts, result.answers):
             print(f"[{prompt}] {answer.strip()}")
     else:
         print(result.text.strip())
-    err.print(f"[dim]{method}: {len(result.prompts)} prompt(s), {speed:.1f} tokens/s[/dim]")
+    err.print(f"{method}: {len(result.prompts)} prompt(s), {speed:.1f} tokens/s", style="dim")
 
 
 def convert(

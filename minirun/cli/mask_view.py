@@ -17,6 +17,7 @@ from minirun.engine.generate import plain_row, stack_rows
 from minirun.engine.llm import LLM
 from minirun.errors import MinirunError
 from minirun.eval.data import ensemble_prompts
+from minirun.figures import literal_text, save_figure
 from minirun.layers.masks import PAD, SHARED, materialize, segment_mask
 from minirun.methods import METHODS, EnsembleOptions
 from minirun.methods.packing import POSITION_SCHEMES, Encoded, encode_question, no_shared_tail, packed_row
@@ -165,6 +166,7 @@ def _label(text: str, width: int = 10) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
+@literal_text
 def render_png(view: MaskView, path: str | Path) -> list[Panel]:
     """Write the mask panels (query down, key across) with position bars and a legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -218,7 +220,7 @@ def render_png(view: MaskView, path: str | Path) -> list[Panel]:
     for ax in mask_axes:
         box = ax.get_window_extent()
         panels.append(Panel(float(box.x0), float(height - box.y1), float(box.width), float(box.height)))
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     return panels
 
 

@@ -14,8 +14,9 @@ import typer
 from rich.table import Table
 
 from minirun.cli.common import (CALIBRATION_CAPTION, MC2_CAPTION, check_output_dir, err, friendly, load_llm, mc2_cells,
-                                out, shown_number, single_prompt_line, warn)
+                                out, shown_number, single_prompt_line, warn, write_csv)
 from minirun.errors import MinirunError
+from minirun.paths import write_atomic
 
 if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
     from minirun.eval.sweep import CellState
@@ -58,11 +59,11 @@ def sweep_command(
     if show_prompts is not None:  # plain text: prompts hold brackets and markup that rich would read
         for model, dataset, blocks in sweep_prompts(sweep, output, load, show_prompts, only):
             print(f"##### {model} · {dataset}\n\n" + "\n\n".join(blocks) + "\n")
-        err.print("[dim]nothing was run or written (drop --show-prompts to run the sweep)[/dim]")
+        err.print("nothing was run or written (drop --show-prompts to run the sweep)", style="dim")
         return
     if run_sweep(sweep, output, load, progress=progress, only=only) is not None:  # rank 0's (other ranks get None)
         report_sweep(output, False, None, None, None)  # what `minirun report` shows: the series tables, the warnings
-        out.print(f"[dim]results in {output / 'results.parquet'}[/dim]", highlight=False)
+        out.print(f"results in {output / 'results.parquet'}", style="dim", highlight=False)
 
 
 def _count(n: int, noun: str) -> str:
@@ -226,7 +227,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
         frame = with_counts(scores_long(scores, prompts, machines))
         if any(how.values()):  # beside the scores, as the LaTeX comment says it
             frame["rescored"] = frame["dataset"].map(lambda dataset: json.dumps(how[dataset]) if how[dataset] else None)
-        frame.to_csv(csv, index=False)
+        write_csv(frame, csv, index=False)
     # what report's options rescored of each table's rows: (a LaTeX comment, a note for its title and caption)
     changed = {dataset: rescored(match, choice_score, part) for dataset, part in table.groupby("dataset", sort=False)}
     if plot is not None:
@@ -234,11 +235,12 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
     curve_notes = [rescored(match, choice_score, table[table["dataset"].isin(list(sizes))])[1] for sizes in curves]
     if latex is not None:
         rows = scores_long(scores)
-        latex.write_text("\n".join([*(provenance(table, dataset) + changed[dataset][0] + latex_table(
+        text = "\n".join([*(provenance(table, dataset) + changed[dataset][0] + latex_table(
             part.set_index(["model", "method"]), f"{dataset} ({caption}){changed[dataset][1]}")
             for dataset, part in rows.groupby("dataset", sort=False)),
             *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){note}")
-              for sizes, note in zip(curves, curve_notes))]), encoding="utf-8")
+              for sizes, note in zip(curves, curve_notes))])
+        write_atomic(latex, lambda temp: temp.write_text(text, encoding="utf-8"))
     if single_prompt_dropped(raw, table):
         warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "
                     f"run's own match rule only, not under --match {match}"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from minirun.eval.stats import (
     sign_flip_p,
     wilson_interval,
 )
+from minirun.figures import literal_text, save_figure
 from minirun.methods.choice_rules import method_pick, option_probabilities, true_mass
 from minirun.methods.names import CHOICE_SCORES, EVERY_ANSWER
 from minirun.text import THINK_END, normalize
@@ -869,6 +871,7 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
     calibrated = "ece" in scores.columns and bool(scores["ece"].notna().any())
     macro = "macro_accuracy" in scores.columns and bool(scores["macro_accuracy"].notna().any())
     listed = "mc2" in scores.columns and bool(scores[["mc2", "mean_single_mc2"]].notna().any(axis=None))
+    relations = int(scores["relations"].max()) if macro else 0
     index = [i if isinstance(i, tuple) else (i,) for i in scores.index]
     models = list(dict.fromkeys(i[:-1] for i in index))
     compared = "diff_vs_first_model" in scores.columns and bool(scores["diff_vs_first_model"].notna().any())
@@ -894,7 +897,9 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
         first_versus = ["--", "--"] if pd.isna(row.get("diff_vs_first_model", math.nan)) else [
             f"${row['diff_vs_first_model']:+.3f}$" + (f" ($n={int(shared)}$)" if shared < row["n"] else ""),
             _tex_p(row["p_vs_first_model"])]
-        extras = (first_versus if compared else []) + [_tex_figure(row[c]) for c in columns] + (
+        cells = [_tex_figure(row[c]) + (f" ($r={int(row['relations'])}$)" if c == "macro_accuracy" and
+                                        row["relations"] < relations else "") for c in columns]
+        extras = (first_versus if compared else []) + cells + (
             [_tex_figure(row["mc2"]), mc2_versus, _tex_p(row["p_mc2_vs_origin_holm"])] if listed else [])
         lines.append(" & ".join([*labels, _tex_figure(row["accuracy"]), interval,
                                  *versus, str(int(row["n"])), *extras]) + r" \\")
@@ -913,8 +918,9 @@ def latex(scores: pd.DataFrame, caption: str) -> str:
               r"McNemar test, Holm-adjusted over the methods compared with origin." + note
               + (rf" $\Delta$ {first}: accuracy minus {first}'s under the same method on the items both answered; "
                  r"$p$: exact McNemar test, unadjusted." if compared else "")
-              + (f" Macro acc.: the mean of the per-relation accuracies ({int(scores['relations'].max())} "
-                 "relations)." if macro else "")
+              + (f" Macro acc.: the mean of the per-relation accuracies ({relations} relations"
+                 + ("; $r$: the number a method answered, where fewer" if (scores["relations"] < relations).any()
+                    else "") + ")." if macro else "")
               + (r" Over the multiple-choice items, Conf.: mean probability of the option picked (softmax of the "
                  r"scores it was picked by; vote: its share of the prompts' picks); ECE: expected calibration error, "
                  r"15 equal-width bins; Brier: multi-class Brier score"
@@ -1013,11 +1019,13 @@ def size_latex(rows: pd.DataFrame, caption: str) -> str:
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                "[": "{[}", "]": "{]}",  # a row starting with "[" would be read as the previous \\'s spacing argument
+               "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",  # other glyphs in LaTeX's OT1 font
                **{c: "\\" + c for c in "_%&#${}"}}
 
 
 def _tex(text: str) -> str:
-    return "".join(TEX_ESCAPES.get(c, c) for c in text)
+    """`text` as LaTeX sets it, character for character: "--" stays two hyphens (a flag such as --match), not a dash."""
+    return re.sub("-(?=-)", "-{}", "".join(TEX_ESCAPES.get(c, c) for c in text))
 
 
 def _tex_figure(value: float) -> str:
@@ -1095,10 +1103,11 @@ def wilson_bars(rows: pd.DataFrame) -> list[pd.Series]:
     return [(rows["accuracy"] - rows["ci95_low"]).clip(lower=0), (rows["ci95_high"] - rows["accuracy"]).clip(lower=0)]
 
 
+@literal_text
 def plot(df: pd.DataFrame, path: str | Path, note: str = "") -> None:
     """`figure` saved to `path` (PNG, PDF, SVG...), titled with `note` where `report` rescored the rows (`rescored`'s
     caption note): a chart copied into a paper says how its bars were scored, as the table's caption does."""
     fig = figure(df)
     if note:
         fig.suptitle(note.strip(" ()"))
-    fig.savefig(path)
+    save_figure(fig, path)

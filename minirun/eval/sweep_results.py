@@ -19,6 +19,7 @@ from minirun.eval.report import (CALIBRATION, CURVE_LIMITS, MACRO, MC2, PAIRED, 
                                  timed_on, unfinished_notes)
 from minirun.eval.results import (RECORDED_BEFORE, integer_columns, read_results, recorded_methods, recorded_run_key,
                                   recorded_sources)
+from minirun.figures import literal_text, save_figure
 
 
 METRICS = ("accuracy", "ci95_low", "ci95_high", "exact_accuracy", "n", *MACRO, *PAIRED, "diff_vs_first_model",
@@ -287,8 +288,11 @@ def load_runs(run_dirs: list[Path]) -> Compared:
     or its run directory's where two runs of one dataset share one), `dataset` (as its run.json names it) and
     `label` (the method); models in the order given, so the first run's model is the one the others are compared
     with, item by item, on each dataset."""
-    runs = []
+    runs, seen = [], {}
     for run_dir in run_dirs:
+        if (first := seen.setdefault(run_dir.resolve(), run_dir)) is not run_dir:  # also in two spellings, a link
+            again = "" if str(first) == str(run_dir) else f" (again as {run_dir})"
+            raise MinirunError(f"{first} is given twice{again}: give each run once")
         if is_sweep(run_dir):
             raise MinirunError(f"{run_dir} is a sweep: report it alone (its tables put its models side by side), "
                                "or give its runs' directories (<model>/<dataset>/<label>) among the eval runs")
@@ -296,11 +300,9 @@ def load_runs(run_dirs: list[Path]) -> Compared:
         dataset = str(key.get("dataset") or rows.attrs.get("dataset") or "data")
         runs.append((run_dir, rows, dataset, Path(str(key.get("model") or run_dir.resolve())).name))
     for pick in (lambda run: run[3], lambda run: run[0].resolve().name, lambda run: str(run[0])):
-        labels = [pick(run) for run in runs]
+        labels = [pick(run) for run in runs]  # the last, their paths, always differ: no run is given twice
         if len(set(zip((run[2] for run in runs), labels))) == len(runs):
             break
-    else:
-        raise MinirunError(f"{runs[0][0]} is given twice: give each run once")
     parts = [rows.assign(model=label, dataset=dataset, label=rows["method"])
              for (_, rows, dataset, _), label in zip(runs, labels)]
     rules = {part.attrs.get("match") for part in parts}
@@ -372,6 +374,7 @@ def _verdicts(rows: pd.DataFrame) -> pd.Series:
     return rows.set_index("id")["correct"].astype(float)
 
 
+@literal_text
 def plot_sweep(df: pd.DataFrame, path: str | Path, curves: list[dict[str, int]] = (), title: str = "") -> None:
     """Accuracy per method with its 95% interval, one bar per model, one panel per dataset, saved to `path`; then a
     panel per ensemble-size series of `curves` (`size_series`), accuracy against prompts per item, a line per
@@ -407,7 +410,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, curves: list[dict[str, int]] 
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     if title:
         fig.suptitle(title)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _plot_curve(ax, table: pd.DataFrame, sizes: dict[str, int]) -> None:
