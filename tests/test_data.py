@@ -183,6 +183,15 @@ def test_webqa_paraphrased_jsonl_and_duplicate_ids(tmp_path):
     assert second.id == first.id + "-2"
 
 
+def test_numbering_repeated_ids_makes_no_repeat_of_its_own(tmp_path):
+    """Ids q, q, q-2: the second q was numbered q-2, the third item's own id, and the run then refused the data for
+    a repeat the loader made; an id of 0 is an id (a test of truth read it as none, and took the question's hash)."""
+    rows = [{"id": i, "question": f"where is {n}?", "answers": ["A"]} for n, i in enumerate(["q", "q", "q-2", "q"])]
+    rows.append({"id": 0, "question": "where is y?", "answers": ["B"]})
+    path = _write_lines(tmp_path / "wq.jsonl", [json.dumps(r) for r in rows])
+    assert [item.id for item in load_webqa(path=path)] == ["q", "q-3", "q-2", "q-4", "0"]
+
+
 def test_webqa_bad_record(tmp_path):
     (tmp_path / "wq.json").write_text(json.dumps([{"question": "q?"}]))
     with pytest.raises(MinirunError, match="record 1: no 'answers'"):
@@ -585,6 +594,15 @@ def test_arc_and_openbookqa_from_local_copies(tmp_path):
         load_dataset(tmp_path / "o.jsonl")  # no stem: read as ARC's rows, which name what they lack
     with pytest.raises(MinirunError, match="arc.jsonl reads as arc data, which has no subsets"):
         load_dataset(tmp_path / "arc.jsonl", subset="physics")
+
+
+def test_a_records_id_of_0_is_an_id_and_a_gap_is_none():
+    """Every loader's id: 0 is one (a test of truth took it for none), NaN (a column's gap) and blanks are none."""
+    from minirun.eval.data.items import given_id
+
+    assert given_id({"id": 0, "uuid": "u"}, "id", "uuid") == "0"
+    assert given_id({"id": float("nan"), "uuid": "u"}, "id", "uuid") == "u"
+    assert given_id({"id": " ", "uuid": None}, "id", "uuid") is None and given_id({}, "id") is None
 
 
 def test_every_named_dataset_has_a_task():

@@ -351,3 +351,86 @@ def test_a_template_that_leaves_thinking_open_is_told_apart(checkpoint_dirs, tmp
     switched = Tokenizer(ckpt)
     template.write_text(plain)
     assert switched.thinking_switch and not Tokenizer(ckpt).thinking_switch  # the switch read, or no switch
+
+
+def test_truncation_and_padding_a_file_was_saved_with_are_off(tmp_path, checkpoint_dirs):
+    """A tokenizer.json saved after a call with truncation or padding keeps them; transformers turns both off for
+    every encode, and minirun cut prompts to the saved length (past the context check) or padded them silently."""
+    path = _variant(tmp_path, checkpoint_dirs, {})
+    saved = FileTokenizer.from_file(str(path / "tokenizer.json"))
+    saved.enable_truncation(4)
+    saved.enable_padding(length=64, pad_token="<|endoftext|>", pad_id=saved.token_to_id("<|endoftext|>"))
+    saved.save(str(path / "tokenizer.json"))
+    text = TEXTS[0] + " " + TEXTS[3]
+    ids = AutoTokenizer.from_pretrained(path).encode(text)
+    assert Tokenizer(path).encode(text) == ids and 4 < len(ids) < 64
+
+
+@pytest.mark.parametrize("arch, flag", [("llama3", "rstrip"), ("llama3", "lstrip"), ("qwen2", "rstrip")])
+def test_added_token_flags_of_tokenizer_config_apply_as_in_transformers(tmp_path, checkpoint_dirs, arch, flag):
+    """tokenizer_config.json's `added_tokens_decoder` marks a token rstrip or lstrip (Phi-3's style) where
+    tokenizer.json does not: transformers 5 lets the spaces beside it go (a file read as written, Llama 3's), and so
+    must the ids; its Qwen2Tokenizer keeps tokenizer.json's flags."""
+    import json
+    import shutil
+
+    path = tmp_path / arch
+    shutil.copytree(checkpoint_dirs[arch], path, ignore=shutil.ignore_patterns("*.safetensors"))
+    held = FileTokenizer.from_file(str(path / "tokenizer.json")).get_added_tokens_decoder()
+    entries = {str(i): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip, "normalized": t.normalized,
+                        "single_word": t.single_word, "special": t.special} for i, t in held.items()}
+    key = next(k for k, v in entries.items() if v["content"] == "<|im_end|>")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {**entries, key: {**entries[key], flag: True}}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    ref, ours = AutoTokenizer.from_pretrained(path), Tokenizer(path)
+    text = "hi <|im_end|>\n there"
+    assert ours.encode(text) == ref.encode(text)
+    assert (ref.encode(text) != Tokenizer(checkpoint_dirs[arch]).encode(text)) == (arch == "llama3")
+    ids = ref.encode(text)
+    assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"chat_template": [{"template": "{{ 1 }}"}]}, "chat_template list needs a \"name\" and a \"template\" text"),
+    ({"chat_template": 5}, "chat_template is int, not a template's text"),
+    ({}, "chat_template.jinja is not UTF-8 text: save it as UTF-8")])
+def test_a_malformed_template_is_refused_when_used(tmp_path, checkpoint_dirs, change, message):
+    """A template entry without its name, a template that is no text, a chat_template.jinja in another encoding:
+    one line naming the fix when a chat prompt renders (KeyError, TypeError, UnicodeDecodeError before), while a run
+    without the template goes on."""
+    import minirun
+
+    path = _variant(tmp_path, checkpoint_dirs, change)
+    if not change:
+        (path / "chat_template.jinja").write_bytes("{{ 'café' }}".encode("latin-1"))
+    ours = Tokenizer(path)
+    assert ours.encode("hi") == AutoTokenizer.from_pretrained(checkpoint_dirs["qwen2"]).encode("hi")
+    with pytest.raises(minirun.MinirunError, match=message + ".*or ask without a template") as e:
+        ours.apply_chat_template(CHATS[0])
+    assert "\n" not in str(e.value)
+
+
+def test_a_token_past_the_models_vocabulary_is_named(tmp_path, checkpoint_dirs):
+    """A tokenizer holding an id past the model's embedding rows (another model's files): the prompt that holds it is
+    refused naming the token and the fix, where the model failed with an index error or a row of wrong ids."""
+    import json
+    import shutil
+
+    import minirun
+
+    path = tmp_path / "other"
+    shutil.copytree(checkpoint_dirs["qwen2"], path)
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    files = json.loads((path / "tokenizer.json").read_text())
+    held = FileTokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size()
+    files["added_tokens"] += [{"id": i, "content": "<extra>" if i == vocab else f"<unused{i}>", "single_word": False,
+                               "lstrip": False, "rstrip": False, "normalized": False, "special": False}
+                              for i in range(held, vocab + 1)]  # ids are dealt in turn: fill up to the rows' end
+    (path / "tokenizer.json").write_text(json.dumps(files))
+    llm = minirun.load(path)
+    assert llm.generate("say hi", max_new_tokens=1).token_ids  # the rest of the vocabulary runs
+    with pytest.raises(minirun.MinirunError, match=f"gives '<extra>' the id {vocab}, past the model's {vocab} "
+                                                   "embedding rows .config.json's vocab_size.: its tokenizer files "
+                                                   "are another model's"):
+        llm.generate("say <extra> now", max_new_tokens=1)

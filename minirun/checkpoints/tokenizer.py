@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 
 from minirun.errors import MinirunError
 from minirun.models.config import checkpoint_json
@@ -115,6 +115,31 @@ def day_text(text: str) -> str:
     return template_day(text).date().isoformat()
 
 
+STRIP_FLAGS = ("lstrip", "rstrip", "single_word")  # how an added token takes the spaces around it
+
+
+def added_token_flags(tok: HFTokenizer, config: dict) -> None:
+    """tokenizer_config.json's `added_tokens_decoder` flags over tokenizer.json's, as transformers 5's tokenizers
+    read as written (and its Llama class) apply them: a token there marked rstrip (Phi-3's <|end|> style) eats the
+    spaces after it in the text, whatever tokenizer.json says. Only the flags of tokens both files hold, under one id
+    and text. (Its Qwen2Tokenizer keeps tokenizer.json's: not called for it.)"""
+    entries = config.get("added_tokens_decoder")
+    held = tok.get_added_tokens_decoder()
+    for key, entry in (entries.items() if isinstance(entries, dict) else ()):
+        token = held.get(int(key)) if str(key).isdigit() else None
+        if token is None or not isinstance(entry, dict) or entry.get("content") != token.content:
+            continue
+        flags = {name: entry.get(name, getattr(token, name)) for name in STRIP_FLAGS}
+        if all(isinstance(v, bool) for v in flags.values()) and any(flags[n] != getattr(token, n) for n in flags):
+            tok.add_tokens([AddedToken(token.content, **flags, normalized=token.normalized, special=token.special)])
+
+
+def refusing_template(why: str) -> str:
+    """A chat template that stops with `why` when rendered: a chat run is refused then, with the fix, while a run
+    without the template (--raw, --no-chat) goes on as if the checkpoint had none."""
+    return "{{ raise_exception(" + json.dumps(why) + ") }}"
+
+
 class GenerationTag(jinja2.ext.Extension):
     """transformers' `{% generation %}...{% endgeneration %}`, which marks an assistant's text for training
     masks: rendered as its body, as transformers renders it when no mask is asked for."""
@@ -139,7 +164,9 @@ def compile_template(source: str) -> jinja2.Template:
 class Tokenizer:
     """Encode/decode with exactly the ids and text transformers' fast tokenizer gives."""
 
-    def __init__(self, checkpoint: str | Path):
+    def __init__(self, checkpoint: str | Path, vocab_limit: int | None = None):
+        """`vocab_limit`: the model's embedding rows, where a model will take the ids (an id past them is refused
+        when encoded, naming the token, instead of failing in the model)."""
         checkpoint = Path(checkpoint)
         path = checkpoint / "tokenizer.json"
         if not path.is_file():
@@ -149,7 +176,11 @@ class Tokenizer:
         except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
             raise MinirunError(f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
                                "re-download the checkpoint or restore the file") from None
-        self.checkpoint = checkpoint
+        # a file saved after a call with truncation or padding keeps them; transformers turns both off for every
+        # encode, or a prompt would be cut (past the context check) or padded without a word
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.checkpoint, self.vocab_limit = checkpoint, vocab_limit
         config = checkpoint_json(checkpoint / "tokenizer_config.json")
         # the ids transformers 5 encodes, not the file's alone; runs record it, as minirun once read the file
         loaded = loaded_class(checkpoint, config) if type(self._tok.model).__name__ == "BPE" else None
@@ -160,6 +191,8 @@ class Tokenizer:
             written = [self._tok.encode(text).ids for text in PIPELINE_PROBES]
             qwen2_pipeline(self._tok, config)  # Qwen's own files encode alike: their runs keep their keys
             self.rebuilt = written != [self._tok.encode(text).ids for text in PIPELINE_PROBES]
+        if loaded not in QWEN2_CLASSES:
+            added_token_flags(self._tok, config)
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
@@ -215,16 +248,25 @@ class Tokenizer:
     @staticmethod
     def _find_template(checkpoint: Path, config: dict) -> str | None:
         jinja_file = checkpoint / "chat_template.jinja"
+        without = "or ask without a template (generate --raw, eval --no-chat, a sweep's chat = false)"
         if jinja_file.is_file():
-            return jinja_file.read_text()
+            try:
+                return jinja_file.read_text(encoding="utf-8")  # as transformers reads it, whatever the locale
+            except UnicodeDecodeError:
+                return refusing_template(f"{jinja_file} is not UTF-8 text: save it as UTF-8, {without}")
         template = config.get("chat_template")
         if isinstance(template, list):  # named templates: transformers uses "default", and refuses to guess without
+            if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+                       for t in template):
+                return refusing_template("tokenizer_config.json's chat_template list needs a \"name\" and a "
+                                         f"\"template\" text in each entry: restore the file, {without}")
             named = {t["name"]: t["template"] for t in template}
-            # one the methods cannot render, so a chat run is refused when it renders, and --raw runs as before
             why = (f"tokenizer_config.json names chat templates ({', '.join(named)}) and none \"default\", the one "
-                   "transformers applies: write the one to use to chat_template.jinja, or ask without a template "
-                   "(generate --raw, eval --no-chat, a sweep's chat = false)")
-            template = named.get("default", "{{ raise_exception(" + json.dumps(why) + ") }}")
+                   f"transformers applies: write the one to use to chat_template.jinja, {without}")
+            template = named.get("default", refusing_template(why))
+        elif template is not None and not isinstance(template, str):
+            return refusing_template(f"tokenizer_config.json's chat_template is {type(template).__name__}, not a "
+                                     f"template's text: restore the file, {without}")
         return template
 
     @property
@@ -250,7 +292,13 @@ class Tokenizer:
                     None)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if self.vocab_limit is not None and ids and max(ids) >= self.vocab_limit:
+            past = next(i for i in ids if i >= self.vocab_limit)
+            raise MinirunError(f"the tokenizer of {self.checkpoint} gives {self._tok.id_to_token(past)!r} the id "
+                               f"{past}, past the model's {self.vocab_limit} embedding rows (config.json's "
+                               "vocab_size): its tokenizer files are another model's, restore the checkpoint's own")
+        return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -222,7 +222,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compil
     placed = rank_device(device, os.environ, visible)
     if placed != device:
         torch.cuda.set_device(placed)  # kernels, graphs and caches made later in this process go there too
-    return LLM(load_model(checkpoint, placed, dtype), Tokenizer(checkpoint), checkpoint)
+    model = load_model(checkpoint, placed, dtype)
+    return LLM(model, Tokenizer(checkpoint, model.config.vocab_size), checkpoint)
 
 
 def rank_device(device: str, environ: Mapping[str, str], visible_gpus: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from minirun.errors import MinirunError
-from minirun.eval.data.items import Item, as_list, hub_rows, question_field, rows_to_items, text_value
+from minirun.eval.data.items import Item, as_list, given_id, hub_rows, question_field, rows_to_items, text_value
 from minirun.text import blank_parts
 
 MMLU = "cais/mmlu"
@@ -103,7 +103,7 @@ def _labelled(records: list[dict], source: str, prefix: str, question: str = "qu
             raise ValueError(f"field 'answerKey' {r['answerKey']!r} must be one of the labels {labels} of the "
                              f"{len(texts)} options{unlabelled}")
         answer = labels.index(key)
-        return Item(str(r.get("id") or f"{prefix}-{n}"), question_field(r, question), [], [texts[answer]], "choice",
+        return Item(given_id(r, "id") or f"{prefix}-{n}", question_field(r, question), [], [texts[answer]], "choice",
                     r.get(relation) if relation else None, texts, answer)
 
     return rows_to_items(records, source, convert)
@@ -262,7 +262,7 @@ def load_truthfulqa(name: str = "truthfulqa_mc1", split: str = "validation", pat
                 "one label 1 (the true option) and 0 for each other"
             raise ValueError(f"field {field!r} needs {need} of its {len(choices)} options, got labels {labels!r}")
         # one split: a local copy's ids are the Hub's whatever split it is read as
-        return Item(str(r.get("id") or f"{name}-{n}"), question_field(r), [], [choices[i] for i in right], "choice",
+        return Item(given_id(r, "id") or f"{name}-{n}", question_field(r), [], [choices[i] for i in right], "choice",
                     None, choices, right[0], right if as_set else None)
 
     return rows_to_items(frame.to_dict("records"), source, convert)

@@ -427,13 +427,33 @@ def content_id(prefix: str, question: str) -> str:
     return f"{prefix}-" + hashlib.sha1(question.strip().lower().encode("utf-8")).hexdigest()[:10]
 
 
+def given_id(record: dict, *keys: str) -> str | None:
+    """The record's id under the first of `keys` it holds one, as text; None where it holds none (null, NaN: a
+    column's gap, blank). An id of 0 is an id, where a test of truth took it for none."""
+    for key in keys:
+        value = record.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value).strip():
+            return str(value)
+    return None
+
+
 def number_repeats(items: list[Item]) -> list[Item]:
-    """`items` with the second and later of a repeated id numbered (`-2`, …): a run keeps one row per id."""
-    seen: dict[str, int] = {}
+    """`items` with the second and later of a repeated id numbered (`-2`, …): a run keeps one row per id. A number
+    another item's id already is goes on to the next ("q", "q", "q-2": "q", "q-3", "q-2"), so numbering never makes a
+    repeat of its own."""
+    taken = {item.id for item in items}
+    first: set[str] = set()
+    last: dict[str, int] = {}  # the number each repeated id was last given
     for item in items:
-        seen[item.id] = seen.get(item.id, 0) + 1
-        if seen[item.id] > 1:
-            item.id = f"{item.id}-{seen[item.id]}"
+        if item.id not in first:
+            first.add(item.id)
+            continue
+        n = last.get(item.id, 1) + 1
+        while f"{item.id}-{n}" in taken:
+            n += 1
+        last[item.id] = n
+        item.id = f"{item.id}-{n}"
+        taken.add(item.id)
     return items
 
 

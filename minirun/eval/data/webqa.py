@@ -10,6 +10,7 @@ from minirun.errors import MinirunError
 from minirun.eval.data.items import (
     Item,
     content_id,
+    given_id,
     hf_frame,
     number_repeats,
     read_frame,
@@ -66,8 +67,8 @@ def record_to_item(record: object) -> Item:
         raise ValueError("no 'answers' or 'targetValue' field")
     if not answers:
         raise ValueError("no usable answers")
-    item_id = record.get("id") or record.get("uuid") or content_id("wq", question)
-    return Item(id=str(item_id), question=question, paraphrases=paraphrases, answers=answers, task="qa")
+    item_id = given_id(record, "id", "uuid") or content_id("wq", question)
+    return Item(id=item_id, question=question, paraphrases=paraphrases, answers=answers, task="qa")
 
 
 def json_records(data: object) -> list | None:
