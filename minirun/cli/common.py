@@ -195,6 +195,11 @@ def write_csv(frame: pd.DataFrame, path: Path, **options) -> None:
     write_atomic(path, lambda temp: frame.to_csv(temp, compression=how, **options))
 
 
+def write_text(path: Path, text: str) -> None:
+    """`text` at `path` as UTF-8 (a LaTeX table), replaced whole (`write_atomic`)."""
+    write_atomic(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
 def check_figure_path(path: Path) -> None:
     """Refuse a chart path matplotlib would not write as named (a directory, a missing or unknown extension,
     a folder that does not exist) before any work is done."""

@@ -33,9 +33,9 @@ from minirun.cli.common import (
     single_prompt_line,
     warn,
     write_csv,
+    write_text,
 )
 from minirun.errors import MinirunError
-from minirun.paths import write_atomic
 
 DEFAULT_METHODS = ["origin", "per_prompt", "avg", "max", "flex"]
 
@@ -218,7 +218,7 @@ def report_command(
                                        sources=recorded_sources(run_dir), rows=table) + comment
         text = provenance + report.latex(report.summarize(table), caption) + report.relation_latex(
             table, caption) + report.popularity_latex(table, caption)
-        write_atomic(latex, lambda temp: temp.write_text(text, encoding="utf-8"))
+        write_text(latex, text)
     if plot is not None:
         report.plot(table, plot, note)
     warnings = report.unfinished_notes(table)

@@ -14,9 +14,8 @@ import typer
 from rich.table import Table
 
 from minirun.cli.common import (CALIBRATION_CAPTION, MC2_CAPTION, check_output_dir, err, friendly, load_llm, mc2_cells,
-                                out, shown_number, single_prompt_line, warn, write_csv)
+                                out, shown_number, single_prompt_line, warn, write_csv, write_text)
 from minirun.errors import MinirunError
-from minirun.paths import write_atomic
 
 if TYPE_CHECKING:  # imported when the command runs: `minirun --help` stays quick
     from minirun.eval.sweep import CellState
@@ -240,7 +239,7 @@ def side_by_side(raw: pd.DataFrame, title: Callable[[str], str], caption: str,
             for dataset, part in rows.groupby("dataset", sort=False)),
             *(size_latex(size_rows(scores, sizes), f"{', '.join(sizes)} ({caption}){note}")
               for sizes, note in zip(curves, curve_notes))])
-        write_atomic(latex, lambda temp: temp.write_text(text, encoding="utf-8"))
+        write_text(latex, text)
     if single_prompt_dropped(raw, table):
         warnings = [*warnings, "single-prompt figures left out: per-prompt correctness is recorded under each "
                     f"run's own match rule only, not under --match {match}"]
