@@ -27,9 +27,17 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:  # an interrupt mid-write leaves the old file and no temp behind
+    except BaseException as e:  # an interrupt mid-write leaves the old file and no temp behind
         tmp.unlink(missing_ok=True)
+        name_the_file(e, path, tmp)
         raise
+
+
+def name_the_file(error: BaseException, path: Path, temp: Path | None = None) -> None:
+    """Give an OSError that names no file (a full disk's, raised by a write) or names `temp` the file it was writing,
+    `path`: its one-line error then says which file and so which disk."""
+    if isinstance(error, OSError) and error.filename in (None, str(temp) if temp is not None else None):
+        error.filename = str(path)
 
 
 STALE_TEMP_SECONDS = 600  # far longer than any one write of a run's files takes

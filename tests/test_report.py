@@ -259,6 +259,23 @@ def test_an_interrupted_chart_leaves_the_one_before(tmp_path, monkeypatch):
     assert pd.read_csv(tmp_path / "t.csv.gz", index_col="method").loc["avg", "accuracy"] == 0.8
 
 
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    """A full disk's error names no file (a write raises it): the one line said "no space left on device" and not
+    where; it names the file being written (not its temp) and the fix."""
+    import errno
+
+    run = _run_dir(tmp_path / "run", _hand())
+
+    def full(frame, path, **options):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    shown = CliRunner().invoke(app, ["report", str(run), "--csv", str(tmp_path / "t.csv")])
+    assert shown.exit_code == 1 and not list(tmp_path.glob(".t.csv.*"))
+    assert f"error: {tmp_path / 't.csv'}: no space left on device; free space on that disk (or write elsewhere)" \
+        in " ".join(shown.output.split())
+
+
 def test_load_results(tmp_path):
     with ResultStore(tmp_path / "run", {"model": "m"}) as store:
         for row in _frame().to_dict("records"):

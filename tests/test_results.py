@@ -366,8 +366,9 @@ def test_a_batch_cut_off_part_way_leaves_no_line_of_it(tmp_path, monkeypatch):
         real = results.os.write
         monkeypatch.setattr(results.os, "write", lambda fd, data: real(fd, data[:len(data) * 3 // 4]) if len(data)
                             > 200 else (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(OSError, match="No space left") as full:
             store.add_batch(rows[2:])
+        assert full.value.filename == str(tmp_path / "results.rank0.jsonl")  # a write's error names no file itself
         monkeypatch.undo()
         assert (tmp_path / "results.rank0.jsonl").read_bytes() == kept
     with ResultStore(tmp_path, {"model": "m"}) as store:

@@ -1,6 +1,7 @@
 """What every command shares: one-line errors instead of tracebacks, log lines on stderr, model loading."""
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -88,9 +89,13 @@ _PATH_FIXES = {  # what to do when the system refuses a path the user gave
 }
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
 def path_error(e: OSError) -> str:
     """An OSError as one line: the path, the system's reason, and the fix."""
-    fix = next((text for kind, text in _PATH_FIXES.items() if isinstance(e, kind)), "check the path and the disk")
+    fix = "free space on that disk (or write elsewhere)" if e.errno in FULL_DISK else next(
+        (text for kind, text in _PATH_FIXES.items() if isinstance(e, kind)), "check the path and the disk")
     where = f"{e.filename}: " if e.filename is not None else ""
     return f"{where}{(e.strerror or str(e)).lower()}; {fix}"
 

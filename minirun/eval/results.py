@@ -21,7 +21,7 @@ import pandas as pd
 
 from minirun.errors import MinirunError, is_number, is_texts
 from minirun.methods.names import OPTION_READERS
-from minirun.paths import write_atomic
+from minirun.paths import name_the_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -511,9 +511,10 @@ class ResultStore:
             while data:
                 data = data[os.write(self._fd, data):]
             os.fsync(self._fd)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):  # the write's own error is the one to tell
                 os.ftruncate(self._fd, start)
+            name_the_file(e, self.journal)
             raise
         for row in new:
             self._done.setdefault(row["method"], set()).add(row["id"])
