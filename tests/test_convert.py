@@ -217,6 +217,18 @@ def test_unsupported_rope_scaling_names_the_ones_converted(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("keys, expected", [
+    ({"llama.rope.scaling.factor": 2.0}, {"rope_type": "linear", "factor": 2.0}),  # no type: llama.cpp's linear
+    ({"llama.rope.scale_linear": 2.0}, {"rope_type": "linear", "factor": 2.0}),  # the key before November 2023
+    ({"llama.rope.scaling.factor": 1.0}, None), ({}, None)])
+def test_linear_rope_scaling_is_read_as_llama_cpp_reads_it(tmp_path, keys, expected):
+    """A file with a scaling factor and no type, or the older rope.scale_linear key, scales positions linearly in
+    llama.cpp: converted without scaling, its positions were wrong, silently."""
+    plain = tiny_model("llama", rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    out = convert_gguf(write_tiny_gguf(tmp_path / "l.gguf", plain, metadata=keys), tmp_path / "out")
+    assert json.loads((out / "config.json").read_text()).get("rope_scaling") == expected
+
+
 def test_yarn_gguf_converts_to_transformers_yarn(tmp_path):
     """llama.cpp writes a yarn config.json as its type, factor and original context: converted back, the
     logits are transformers' own on the original model; yarn tuning keys llama.cpp defines in its own terms
@@ -333,12 +345,54 @@ def test_what_is_not_a_gguf_file_or_a_writable_output_is_named(tmp_path):
     with pytest.raises(MinirunError, match="is not a GGUF file .*a safetensors checkpoint folder loads as it is"):
         convert_gguf(tmp_path / "model.safetensors", tmp_path / "out")
     (tmp_path / "notes").write_text("x")
-    for out, message in [(tmp_path / "notes" / "out", r"cannot write .*notes/out \(.*\): choose an output directory"),
+    for out, message in [(tmp_path / "notes" / "out", r"notes is a file, so .*notes/out cannot be made: choose an "
+                                                      "output directory in a folder"),
                          (tmp_path / "notes", "is a file: give an output directory")]:
         with pytest.raises(MinirunError, match=message) as caught:
             convert_gguf(gguf_file, out)
         assert ".partial" not in str(caught.value) and ".tmp" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_in_the_folder_the_command_runs_in(tmp_path, monkeypatch):
+    """`convert m.gguf .` staged its folder inside the output (the parent of "." is "."), converted it all, then
+    blamed another process; replaced, the folder would leave the user's shell in a deleted directory: refused first,
+    naming a new folder. A relative path into a new folder converts."""
+    gguf_file = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"))
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(MinirunError, match=r"^\. is the folder this command runs in: give a new folder for the "
+                                           r"output, such as model$"):
+        convert_gguf(gguf_file, ".")
+    assert list((tmp_path / "here").iterdir()) == []
+    assert (convert_gguf(gguf_file, "./model") / "config.json").is_file()
+
+
+def test_a_tokenizer_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """The tokenizers library fails a write (a full disk) with a bare Exception: a traceback, where every other file
+    gave one line."""
+    import minirun.checkpoints.convert as convert
+
+    real = convert.build_tokenizer
+
+    class Full:
+        def save(self, path: str) -> None:
+            raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(convert, "build_tokenizer", lambda meta: (Full(), real(meta)[1]))
+    with pytest.raises(MinirunError, match=r"cannot write .*out/tokenizer.json \(Exception: No space left on device "
+                                           r"\(os error 28\)\): free space on that disk, or choose another output"):
+        convert_gguf(write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama")), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_end_of_turn_id_past_the_vocabulary_is_refused(tmp_path):
+    """eot/eom/padding ids go into generation_config.json's stops as bos and eos do: one past the vocabulary is a
+    corrupt file, named as those are."""
+    stop = {"tokenizer.ggml.eot_token_id": 10**6}
+    gguf_file = write_tiny_gguf(tmp_path / "m.gguf", tiny_model("llama"), metadata=stop)
+    with pytest.raises(MinirunError, match="GGUF tokenizer.ggml.eot_token_id 1000000 is outside its"):
+        convert_gguf(gguf_file, tmp_path / "out")
 
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,

@@ -108,6 +108,24 @@ def test_sharded_checkpoint_loads_identically(copy, checkpoint_dirs):
     assert torch.equal(a, b)
 
 
+def test_a_folder_with_one_file_and_shards_loads_the_one_file_as_transformers_does(copy, checkpoint_dirs):
+    """Both model.safetensors and an index of shards (other weights): transformers loads the one file, minirun read
+    the shards, and the two gave other logits for one folder."""
+    from transformers import AutoModelForCausalLM
+
+    single = load_file(copy / "model.safetensors")
+    _shard(copy)
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        save_file({k: v + 1 for k, v in load_file(copy / shard).items()}, copy / shard, metadata={"format": "pt"})
+    save_file(single, copy / "model.safetensors", metadata={"format": "pt"})
+    tokens = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        ours = minirun.load(copy).model(tokens)
+        reference = AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)(tokens).logits
+    assert (ours - reference).abs().max().item() < 1e-4
+    assert torch.equal(ours, minirun.load(checkpoint_dirs["llama3"]).model(tokens))
+
+
 def test_missing_shard_named(copy):
     _shard(copy)
     (copy / "model-00002-of-00002.safetensors").unlink()
@@ -400,6 +418,8 @@ def test_the_digest_cache_forgets_files_gone_and_versions_replaced(checkpoint_di
 def test_a_damaged_checkpoint_file_is_one_line_naming_it(copy, name, text, message):
     """A checkpoint file cut short or edited by hand fails naming the file, not with a traceback from deep inside
     the tokenizer or the model."""
+    if name == "model.safetensors.index.json":
+        _shard(copy)  # an index is read where no model.safetensors is (`transformers` takes the one file first)
     (copy / name).write_text(text)
     with pytest.raises(MinirunError, match=re.escape(message)) as e:
         minirun.load(copy)

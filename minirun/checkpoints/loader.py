@@ -37,9 +37,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, config: ModelConfig, device: 
 
 
 def _weight_files(checkpoint: Path) -> dict[str, Path]:
-    """Map every tensor name to the file holding it (single file or sharded index)."""
-    index = checkpoint / "model.safetensors.index.json"
-    if index.is_file():
+    """Map every tensor name to the file holding it: model.safetensors where the folder holds one, as transformers
+    chooses it, else the shards of model.safetensors.index.json."""
+    index, single = checkpoint / "model.safetensors.index.json", checkpoint / "model.safetensors"
+    if index.is_file() and not single.is_file():
         weight_map = checkpoint_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise MinirunError(f"{index} has no weight_map of tensor names to shard files: re-download the checkpoint "
@@ -48,7 +49,6 @@ def _weight_files(checkpoint: Path) -> dict[str, Path]:
             if not (checkpoint / shard).is_file():
                 raise MinirunError(f"missing shard {shard} listed in {index}: download it again")
         return {name: checkpoint / shard for name, shard in weight_map.items()}
-    single = checkpoint / "model.safetensors"
     if not single.is_file():
         raise MinirunError(f"no model.safetensors or model.safetensors.index.json in {checkpoint}")
     return {name: single for name in _open(single).keys()}
