@@ -462,9 +462,9 @@ def test_skip_bad_applies_to_plain_item_files_only(tmp_path):
     and with --skip-bad is refused in one line rather than read as plain items."""
     webqa = _write_lines(tmp_path / "wq.jsonl", [json.dumps({"qText": "q?", "answers": ["a"]})])
     assert load_dataset(webqa)[0].answers == ["a"]
-    with pytest.raises(MinirunError, match=r"wq\.jsonl reads as webqa data.*drop --skip-bad"):
+    with pytest.raises(MinirunError, match=r"wq\.jsonl reads as webqa data.*drop it"):
         load_dataset(webqa, skip_bad=True)
-    with pytest.raises(MinirunError, match="'sample-qa' is a named dataset: drop --skip-bad"):
+    with pytest.raises(MinirunError, match="'sample-qa' is a named dataset: drop it"):
         load_dataset("sample-qa", skip_bad=True)
     plain = _write_lines(tmp_path / "plain.jsonl", [_record(1), "not json"])
     assert load_dataset(plain, skip_bad=True).skipped == 1

@@ -165,6 +165,9 @@ BASE = {"models": [{"path": "owner/model"}], "datasets": [{"name": "sample-qa"}]
     ({"models": [{"path": "owner/model"}, {"path": "owner/model", "label": "again", "batch_size": 4}]},
      "models #2 (again): the settings of #1 under another label"),
     ({"models": [{"path": "owner/model", "batch_size": 0}]}, "models #1 (owner/model) batch_size: 0 is below 1"),
+    ({"datasets": [{"name": "sample-qa", "choice_format": "letters"}]},
+     "datasets #1 (sample-qa) choice_format: sample-qa's items are not multiple choice, which a format lays out"),
+    ({"datasets": [{"name": "sample-qa", "num_prompts": [2, 3], "label": 7}]}, "datasets #1 label: expected str, got 7"),
     ({"generation": {"max_new_tokens": 4.5}}, "generation max_new_tokens: expected int, got 4.5"),
     ({"generation": {"batch_size": 0}}, "generation batch_size: 0 is below 1"),
     ({"generation": {"temperature": 0.5}}, "generation: unknown key 'temperature'"),
@@ -175,6 +178,16 @@ def test_bad_sweep_is_one_line_naming_the_key(change, message):
     with pytest.raises(MinirunError) as e:
         parse_sweep({**BASE, **change})
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_checkpoint_spelt_two_ways_is_the_same_work(checkpoint_dirs, tmp_path, monkeypatch):
+    """A folder given with and without its trailing slash, or relative and absolute, under two labels ran the same
+    work twice."""
+    folder = checkpoint_dirs["llama3"]
+    monkeypatch.chdir(folder.parent)
+    for other in (f"{folder}/", folder.name):
+        with pytest.raises(MinirunError, match="models #2 .b.: the settings of #1 under another label"):
+            parse_sweep({**BASE, "models": [{"path": str(folder), "label": "a"}, {"path": other, "label": "b"}]})
 
 
 def test_a_model_pinned_to_a_revision_is_labelled_by_it(tmp_path, checkpoint_dirs):
@@ -614,6 +627,24 @@ def test_a_dry_run_refuses_what_the_sweep_refuses(sweep_file, reference, tmp_pat
     assert "run again" not in plan.stdout
     result = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--no-progress"])
     assert result.exit_code == 1 and f"holds rows made otherwise ({said})" in result.output
+
+
+@pytest.mark.parametrize("dataset, edit, said", [
+    ("sample-choice", ('name = "avg"\n', 'name = "avg"\nchoice_score = "sum"\n'), "choice_score: 'mean' -> 'sum'"),
+    ("sample-qa", ("max_samples = 4\n", "max_samples = 4\nsample_seed = 1\n"), "the dataset's items differ")])
+def test_a_dry_run_refuses_a_changed_choice_score_and_other_items(checkpoint_dirs, tmp_path, dataset, edit, said):
+    """A method's choice_score, and items drawn otherwise (none of them among the rows'), changed under finished runs:
+    the plan said "run again" or "(resumed)" where the sweep stops, refusing to mix the rows."""
+    text = (f'[generation]\nmax_new_tokens = 2\n[[models]]\npath = "{checkpoint_dirs["llama3"]}"\nlabel = "tiny"\n'
+            f'[[datasets]]\nname = "{dataset}"\nmax_samples = 4\nfew_shot_k = 1\n[[methods]]\nname = "avg"\n')
+    out = tmp_path / "out"
+    first = CliRunner().invoke(app, ["sweep", str(_file(tmp_path, text)), "--output", str(out), "--no-progress"])
+    assert first.exit_code == 0, first.output
+    changed = _file(tmp_path, text.replace(*edit), "changed.toml")
+    plan = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--dry-run"], env={"COLUMNS": "250"})
+    assert plan.exit_code == 0 and f"refused: its rows were made otherwise ({said}" in plan.stdout, plan.output
+    result = CliRunner().invoke(app, ["sweep", str(changed), "--output", str(out), "--no-progress"])
+    assert result.exit_code == 1 and f"holds rows made otherwise ({said}" in result.output
 
 
 def test_a_batch_size_keys_no_finished_run_nor_did_one_of_an_earlier_minirun(sweep_file, reference, tmp_path):

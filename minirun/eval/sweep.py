@@ -148,7 +148,15 @@ def _run_settings(cell: Cell, gen: Generation, items: list[Item]) -> dict:
             "max_new_tokens": new_tokens(items, gen.max_new_tokens),
             "bidirectional": cell.dataset.match == "bidirectional",
             "share_prefix": gen.share_prefix, "chat": gen.chat, "thinking": gen.thinking,
-            "choice_format": cell.dataset.choice_format}
+            "choice_format": cell.dataset.choice_format,
+            "choice_score": method_options(cell, items).get("choice_score", EnsembleOptions().choice_score)}
+
+
+def method_options(cell: Cell, items: list[Item]) -> dict:
+    """The options a cell's method runs with: a `choice_score` picks among options, so a dataset without any leaves
+    it out (its run keys eval's default)."""
+    scored = any(item.task == "choice" for item in items)
+    return {k: v for k, v in cell.method.options.items() if scored or k != "choice_score"}
 
 
 def _data_settings(dataset: DatasetSpec, data: Data) -> DataKey:
@@ -189,7 +197,8 @@ def _state(cell: Cell, keys: tuple[str, ...], items: list[Item], gen: Generation
     recorded = recorded_item_ids(cell.dir)  # a run grown and stopped lists more items than its rows answer
     finished = marked in keys and answered == ids and not others and set(recorded or ids) == ids \
         and not (facts is not None and model_changes(cell, facts(cell.model).settings))
-    refused = _refused(cell, gen, facts(cell.model), made, items) if answered and gen and facts and made \
+    # rows of other items than these too (another seed or file): the sweep refuses them, so the plan must say it
+    refused = _refused(cell, gen, facts(cell.model), made, items) if not rows.empty and gen and facts and made \
         and not finished else ()
     if others:
         refused += (f"rows of {', '.join(sorted(others))} as well, which an `eval` wrote there: move them out",)
@@ -443,9 +452,8 @@ def _template_day(sweep: Sweep, plan: list[Cell], model: ModelSpec, dataset: Dat
 def _prepare(llm: LLM, cell: Cell, data: Data, gen: Generation, template_date: str) -> Run:
     """The cell as an `eval` run of its one method; a setting that does not fit its dataset is named with it
     (the first model's cells are all prepared before any runs, and every model's cells are the same product). A
-    method's `choice_score` picks among options, so a dataset without any leaves it out, as eval's default."""
-    scored = any(item.task == "choice" for item in data.items)
-    options = {k: v for k, v in cell.method.options.items() if scored or k != "choice_score"}
+    method's options as `method_options` gives them."""
+    options = method_options(cell, data.items)
     try:
         return prepare(llm, data.items, [cell.method.name], cell.dir, dataset=cell.dataset.data,
                        num_prompts=cell.dataset.num_prompts, original=cell.dataset.original,

@@ -18,7 +18,7 @@ from minirun.checkpoints.loader import DTYPES, checked_device
 from minirun.checkpoints.tokenizer import day_text
 from minirun.models.config import load_config
 from minirun.errors import MinirunError
-from minirun.eval.data import NAMES, dataset_label, hub_dataset, text_lines
+from minirun.eval.data import NAMES, TASK_OF, dataset_label, hub_dataset, text_lines
 from minirun.eval.loop import check_draw, prepare
 from minirun.eval.matching import MATCH_RULES
 from minirun.eval.prompts import CHOICE_FORMATS, check_choice_format
@@ -236,6 +236,7 @@ def _datasets(table: dict, where: str) -> list[DatasetSpec]:
     if not sizes or len(set(map(repr, sizes))) < len(sizes):
         raise MinirunError(f"{where} num_prompts: give one number or a list of distinct ones (an ensemble-size "
                            f"curve: [2, 3, 5]), not {sizes!r}")
+    _checked(DatasetSpec, table | {"num_prompts": sizes[0]}, where)  # its label too, which each size's extends
     specs = [_dataset({k: v for k, v in table.items() if k != "label"} | {"num_prompts": size}, where)
              for size in sizes]
     return [_labelled(dataclasses.replace(spec, label=""), f"{table.get('label') or spec.label}-k{spec.num_prompts}",
@@ -265,6 +266,9 @@ def _dataset(table: dict, where: str) -> DatasetSpec:
         fix = "drop the key: a named dataset is asked as itself" if spec.data in NAMES else \
             f"use one of {', '.join(NAMES)}"
         raise MinirunError(f"{where} benchmark: {spec.benchmark!r} cannot be asked of it; {fix}")
+    if spec.choice_format != "cloze" and TASK_OF.get(spec.asked_as or spec.data, "choice") != "choice":
+        raise MinirunError(f"{where} choice_format: {spec.asked_as or spec.data}'s items are not multiple choice, "
+                           "which a format lays out: drop the key")
     try:
         check_choice_format(spec.asked_as or spec.data, spec.choice_format)
     except MinirunError as e:
@@ -379,6 +383,12 @@ def _check_report_labels(methods: tuple[MethodSpec, ...]) -> None:
                                f"finds the {name} run by that label; drop the label of one of them")
 
 
+def _one_spelling(path: str) -> str:
+    """A local folder's or file's path as one text however it is written (relative, with a trailing slash, through a
+    link); a named dataset or a hub id as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def _unique_labels(section: str, specs: tuple) -> None:
     """Labels name directories, so they must differ; and two entries that differ only in their label would run
     the same cells twice (a method's options compared with their defaults filled in)."""
@@ -390,7 +400,8 @@ def _unique_labels(section: str, specs: tuple) -> None:
                                "give one of them a distinct label")
         seen[spec.label] = i
         same = (spec.name, EnsembleOptions(**spec.options)) if isinstance(spec, MethodSpec) else \
-            dataclasses.replace(spec, label="", **({"batch_size": None} if isinstance(spec, ModelSpec) else {}))
+            dataclasses.replace(spec, label="", **({"batch_size": None, "path": _one_spelling(spec.path)}
+                                                   if isinstance(spec, ModelSpec) else {"name": _one_spelling(spec.name)}))
         if same in settings:
             raise MinirunError(f"{section} #{i} ({spec.label}): the settings of #{settings.index(same) + 1} under "
                                "another label, which would run the same work twice; drop one or change a setting")

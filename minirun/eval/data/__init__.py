@@ -85,6 +85,7 @@ HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, "gsm8k": GSM8K_CONFIG, **ARC_SETS, "
                "boolq": BOOLQ_CONFIG,
                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG), "winogrande": WINOGRANDE_CONFIG}
 # the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
+SKIP_BAD = "--skip-bad (a sweep dataset's skip_bad)"  # what both commands call skipping bad records
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"), "gsm8k": "math",
            **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", "piqa", "sciq",
                             "boolq", *TRUTHFULQA_SETS, "winogrande"),
@@ -363,8 +364,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"a revision picks an upload of a Hugging Face Hub dataset ({', '.join(HUB_DATASETS)}); "
                            f"{name!r} is none: drop the revision")
     if name in NAMES and skip_bad:
-        raise MinirunError(f"--skip-bad skips bad records of a plain item file; {name!r} is a named dataset: "
-                           "drop --skip-bad")
+        raise MinirunError(f"{SKIP_BAD} skips bad records of a plain item file; {name!r} is a named dataset: "
+                           "drop it")
     if name in NAMES and subset is not None and name != "mmlu":
         raise _no_subset(name)
     if name in SAMPLES:
@@ -392,8 +393,8 @@ def load_dataset(name_or_path: str | Path, split: str = "test", subset: str | No
         raise MinirunError(f"--subset picks an MMLU subject; {path} reads as {kind} data, which has no subsets: "
                            "drop --subset")
     if skip_bad and kind != "plain":
-        raise MinirunError(f"--skip-bad skips bad records of a plain item file; {path} reads as {kind} data, whose "
-                           "loader stops at the first bad record: fix that record and drop --skip-bad")
+        raise MinirunError(f"{SKIP_BAD} skips bad records of a plain item file; {path} reads as {kind} data, whose "
+                           "loader stops at the first bad record: fix that record and drop it")
     if kind == "plain" and records is None and path.suffix != ".parquet" and _no_json_records(path):
         raise MinirunError(f"{path} holds no JSON record on any line: a dataset is JSON lines of items (see the "
                            "README's data format), a JSON array of them, or parquet rows")
