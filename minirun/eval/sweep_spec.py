@@ -399,9 +399,10 @@ def _unique_labels(section: str, specs: tuple) -> None:
             raise MinirunError(f"{section} #{i}: label {spec.label!r} is also that of #{seen[spec.label]}; "
                                "give one of them a distinct label")
         seen[spec.label] = i
+        where = {"batch_size": None, "path": _one_spelling(spec.path)} if isinstance(spec, ModelSpec) else \
+            {"name": _one_spelling(spec.name)}
         same = (spec.name, EnsembleOptions(**spec.options)) if isinstance(spec, MethodSpec) else \
-            dataclasses.replace(spec, label="", **({"batch_size": None, "path": _one_spelling(spec.path)}
-                                                   if isinstance(spec, ModelSpec) else {"name": _one_spelling(spec.name)}))
+            dataclasses.replace(spec, label="", **where)
         if same in settings:
             raise MinirunError(f"{section} #{i} ({spec.label}): the settings of #{settings.index(same) + 1} under "
                                "another label, which would run the same work twice; drop one or change a setting")
