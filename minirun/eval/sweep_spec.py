@@ -399,10 +399,12 @@ def _unique_labels(section: str, specs: tuple) -> None:
             raise MinirunError(f"{section} #{i}: label {spec.label!r} is also that of #{seen[spec.label]}; "
                                "give one of them a distinct label")
         seen[spec.label] = i
-        where = {"batch_size": None, "path": _one_spelling(spec.path)} if isinstance(spec, ModelSpec) else \
-            {"name": _one_spelling(spec.name)}
-        same = (spec.name, EnsembleOptions(**spec.options)) if isinstance(spec, MethodSpec) else \
-            dataclasses.replace(spec, label="", **where)
+        if isinstance(spec, MethodSpec):
+            same = (spec.name, EnsembleOptions(**spec.options))
+        else:  # a folder or file however it is spelt; a model's batch size changes no row
+            model = isinstance(spec, ModelSpec)
+            same = dataclasses.replace(spec, label="", **({"batch_size": None, "path": _one_spelling(spec.path)}
+                                                          if model else {"name": _one_spelling(spec.name)}))
         if same in settings:
             raise MinirunError(f"{section} #{i} ({spec.label}): the settings of #{settings.index(same) + 1} under "
                                "another label, which would run the same work twice; drop one or change a setting")
