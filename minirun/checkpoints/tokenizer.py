@@ -119,10 +119,9 @@ STRIP_FLAGS = ("lstrip", "rstrip", "single_word")  # how an added token takes th
 
 
 def added_token_flags(tok: HFTokenizer, config: dict) -> None:
-    """tokenizer_config.json's `added_tokens_decoder` flags over tokenizer.json's, as transformers 5's tokenizers
-    read as written (and its Llama class) apply them: a token there marked rstrip (Phi-3's <|end|> style) eats the
-    spaces after it in the text, whatever tokenizer.json says. Only the flags of tokens both files hold, under one id
-    and text. (Its Qwen2Tokenizer keeps tokenizer.json's: not called for it.)"""
+    """tokenizer_config.json's `added_tokens_decoder` flags over tokenizer.json's, as transformers 5 applies them: a
+    token there marked rstrip (Phi-3's <|end|> style) eats the spaces after it in the text, whatever tokenizer.json
+    says, and one marked plain there does not. Only the flags of tokens both files hold, under one id and text."""
     entries = config.get("added_tokens_decoder")
     held = tok.get_added_tokens_decoder()
     for key, entry in (entries.items() if isinstance(entries, dict) else ()):
@@ -132,6 +131,15 @@ def added_token_flags(tok: HFTokenizer, config: dict) -> None:
         flags = {name: entry.get(name, getattr(token, name)) for name in STRIP_FLAGS}
         if all(isinstance(v, bool) for v in flags.values()) and any(flags[n] != getattr(token, n) for n in flags):
             tok.add_tokens([AddedToken(token.content, **flags, normalized=token.normalized, special=token.special)])
+
+
+def unstripped(tok: HFTokenizer, texts: set[str]) -> None:
+    """The added tokens written `texts` with no strip flags: transformers' Qwen2Tokenizer re-adds the special tokens
+    it names (bos, eos, pad, unk, its additional ones) so, whatever either file says of them."""
+    for token in tok.get_added_tokens_decoder().values():
+        if token.content in texts and any(getattr(token, name) for name in STRIP_FLAGS):
+            tok.add_tokens([AddedToken(token.content, lstrip=False, rstrip=False, single_word=False,
+                                       normalized=token.normalized, special=token.special)])
 
 
 def refusing_template(why: str) -> str:
@@ -191,14 +199,17 @@ class Tokenizer:
             written = [self._tok.encode(text).ids for text in PIPELINE_PROBES]
             qwen2_pipeline(self._tok, config)  # Qwen's own files encode alike: their runs keep their keys
             self.rebuilt = written != [self._tok.encode(text).ids for text in PIPELINE_PROBES]
-        if loaded not in QWEN2_CLASSES:
-            added_token_flags(self._tok, config)
+        added_token_flags(self._tok, config)
         legacy = checkpoint_json(checkpoint / "special_tokens_map.json")  # older checkpoints name special tokens here
         self.special_tokens = {k: _token_text(config.get(k) if config.get(k) is not None else legacy.get(k))
                                for k in SPECIAL_KEYS if config.get(k) is not None or legacy.get(k) is not None}
         defaults = CLASS_TOKENS.get(loaded or config.get("tokenizer_class"), {})
         self.special_tokens.update({k: text for k, text in defaults.items() if k not in config and k not in legacy
                                     and self._tok.token_to_id(text) is not None})
+        if loaded in QWEN2_CLASSES:
+            extra = [config.get(k) for k in ("additional_special_tokens", "extra_special_tokens")]
+            unstripped(self._tok, {*self.special_tokens.values(),
+                                   *(_token_text(t) for texts in extra if isinstance(texts, list) for t in texts)})
         # transformers skips this clean-up for BPE models (it strips real spaces before punctuation) unless forced
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and (
             type(self._tok.model).__name__ != "BPE"
