@@ -29,10 +29,6 @@ def literal_text(draw: Callable[P, R]) -> Callable[P, R]:
 
 
 def save_figure(fig: Figure, path: str | Path, **options) -> None:
-    """`fig` written to `path` through a temp file (`write_atomic`: an interrupted save leaves the chart that was
-    there), in the format `path`'s suffix names, which the temp's own name (ending .tmp) would not."""
-    import matplotlib
-
-    path = Path(path)
-    kind = path.suffix.lstrip(".").lower() or matplotlib.rcParams["savefig.format"]
-    write_atomic(path, lambda temp: fig.savefig(temp, format=kind, **options))
+    """`fig` written to `path` whole (`write_atomic`: an interrupted save leaves the chart that was there), in the
+    format its name's suffix says."""
+    write_atomic(Path(path), lambda staged: fig.savefig(staged, **options))

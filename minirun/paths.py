@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,18 +20,32 @@ def cache_root() -> Path:
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write` fills a temp file beside `path`, then one rename puts it in place: a reader or a kill never
-    sees half a file, and concurrent writers (pid-named temps) never take each other's temp away."""
+    """`write` fills a file named as `path` in a hidden folder beside it, then one rename puts it in place: a reader or
+    a kill never sees half a file, concurrent writers (pid-named folders) never take each other's away, and what
+    reads the name (pandas' compression and an archive's member, a chart's format, gzip's header) reads the real one.
+    An existing file's mode is kept; a link's target is replaced, the link kept; a device or a pipe (/dev/stdout) is
+    written into as it is, never replaced."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_char_device() or path.is_block_device() or path.is_fifo():
+        write(path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.mkdir(exist_ok=True)
+    staged = staging / path.name
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:  # an interrupt mid-write leaves the old file and no temp behind
-        tmp.unlink(missing_ok=True)
-        name_the_file(e, path, tmp)
+        write(staged)
+        if path.is_file():
+            shutil.copymode(path, staged)
+        os.replace(staged, path)
+    except BaseException as e:  # an interrupt mid-write leaves the old file and nothing beside it
+        name_the_file(e, path, staged)
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def name_the_file(error: BaseException, path: Path, temp: Path | None = None) -> None:
@@ -51,10 +66,10 @@ def remove_stale_temps(path: Path) -> None:
     if path.parent in _swept:  # once a process: a folder of many small cache files is not listed per write
         return
     _swept.add(path.parent)
-    for temp in path.parent.glob(".*.tmp"):  # `write_atomic`'s: .<name>.<pid>.tmp
+    for temp in path.parent.glob(".*.tmp"):  # `write_atomic`'s folders: .<name>.<pid>.tmp (files, before)
         if left_by_dead_writer(temp, temp.name.rsplit(".", 2)[-2]):
             with contextlib.suppress(OSError):  # gone meanwhile, or another user's in a shared folder: kept
-                temp.unlink()
+                shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
 
 
 def left_by_dead_writer(path: Path, pid: str) -> bool:

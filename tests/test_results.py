@@ -282,6 +282,48 @@ def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):
     assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["run.json"]
 
 
+def test_write_atomic_follows_links_writes_into_pipes_and_keeps_modes(tmp_path):
+    """`--csv`/`--latex` through `write_atomic` renamed a temp over whatever the path was: a link (into a synced paper
+    folder) became a file and its target kept the old table, a pipe or a device (/dev/stdout) became a regular file,
+    a private file's mode became the umask's."""
+    import os
+    import stat
+
+    from minirun.paths import write_atomic
+
+    target, link = tmp_path / "real.tex", tmp_path / "link.tex"
+    target.write_text("old")
+    link.symlink_to(target)
+    write_atomic(link, lambda staged: staged.write_text("new"))
+    assert link.is_symlink() and target.read_text() == "new"
+    target.chmod(0o600)
+    write_atomic(target, lambda staged: staged.write_text("newer"))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # a reader waiting, as a shell's `>(...)` is
+    try:
+        write_atomic(pipe, lambda staged: staged.write_text("through"))
+        assert os.read(reader, 100) == b"through" and stat.S_ISFIFO(os.stat(pipe).st_mode)
+    finally:
+        os.close(reader)
+
+
+@pytest.mark.parametrize("name", ["t.csv.zip", "t.csv.tar.gz", "t.csv.gz"])
+def test_a_table_written_whole_is_compressed_as_its_name_says(tmp_path, name):
+    """pandas reads the compression, and names an archive's member, from the file's name: the temp's name gave a zip
+    member ".t.csv.zip.<pid>.tmp", a .tar.gz plain gzip that pandas could not read back."""
+    import zipfile
+
+    from minirun.cli.common import write_csv
+
+    frame = pd.DataFrame({"method": ["avg"], "accuracy": [0.8]})
+    write_csv(frame, tmp_path / name, index=False)
+    assert pd.read_csv(tmp_path / name).equals(frame)
+    if name.endswith(".zip"):
+        assert zipfile.ZipFile(tmp_path / name).namelist() == ["t.csv"]
+
+
 def test_integer_columns_with_gaps_stay_integers_and_others_are_left_alone():
     """pandas turned a fusion layer or a choice with gaps into 2.0 and 1.0; a sweep's concat did it again."""
     parts = [pd.DataFrame({"fusion_layer": [2, 2], "choice": [None, None], "seconds": [1.0, 2.0]}),

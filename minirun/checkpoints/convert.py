@@ -30,7 +30,7 @@ from minirun.checkpoints.gguf_tokenizer import build_tokenizer
 from minirun.checkpoints.loader import file_sha256, write_source
 from minirun.errors import MinirunError, error_line
 from minirun.layers.rope import inv_frequencies
-from minirun.paths import left_by_dead_writer
+from minirun.paths import left_by_dead_writer, name_the_file
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def build_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         return value
 
     hidden, heads = get("embedding_length"), get("attention.head_count")
-    for key in ("bos", "eos", "eot", "eom", "padding"):  # an id past the vocabulary would never stop a generation
+    for key in ("bos", "eos", "eot", "eom", "padding"):  # an id past the vocabulary: no token of it, a corrupt file
         index = meta.get(f"tokenizer.ggml.{key}_token_id")
         if index is not None and not 0 <= index < vocab_size:
             raise MinirunError(f"GGUF tokenizer.ggml.{key}_token_id {index} is outside its {vocab_size}-token "
@@ -309,9 +309,10 @@ def staged_dir(final: Path) -> Iterator[Path]:
                                    "one's result; remove it and run again, or choose another output directory") \
                     from None
         tmp.rename(final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
+        name_the_file(e, shown)  # a full disk's error names no file: the folder being written
         raise
 
 

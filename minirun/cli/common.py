@@ -190,14 +190,9 @@ def check_texts(prompt: str, paraphrases: list[str]) -> None:
         raise MinirunError(f"--paraphrase {empty[0]} is empty: give its text or drop it")
 
 
-# what pandas makes of a --csv name's last suffix (its own inference would read the temp file's name, ending .tmp)
-CSV_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd", ".tar": "tar"}
-
-
 def write_csv(frame: pd.DataFrame, path: Path, **options) -> None:
-    """`frame` as CSV at `path`, replaced whole (`write_atomic`), compressed as its suffix says (`out.csv.gz`)."""
-    how = CSV_COMPRESSION.get(path.suffix.lower())
-    write_atomic(path, lambda temp: frame.to_csv(temp, compression=how, **options))
+    """`frame` as CSV at `path`, replaced whole (`write_atomic`), compressed as its name says (`out.csv.gz`)."""
+    write_atomic(path, lambda staged: frame.to_csv(staged, **options))
 
 
 def write_text(path: Path, text: str) -> None:

@@ -84,8 +84,8 @@ HUB_DATASETS = {"webqa": WEBQA, "myriadlama": MYRIADLAMA, "triviaqa": TRIVIAQA, 
 HUB_CONFIGS = {"triviaqa": TRIVIAQA_CONFIG, "gsm8k": GSM8K_CONFIG, **ARC_SETS, "openbookqa": OPENBOOKQA_CONFIG,
                "boolq": BOOLQ_CONFIG,
                **dict.fromkeys(TRUTHFULQA_SETS, TRUTHFULQA_CONFIG), "winogrande": WINOGRANDE_CONFIG}
-# the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 SKIP_BAD = "--skip-bad (a sweep dataset's skip_bad)"  # what both commands call skipping bad records
+# the task each named dataset's items are, so the format it asks in (`--benchmark`) fits a file's items
 TASK_OF = {**SAMPLES, "webqa": "qa", "myriadlama": "fill", **dict.fromkeys(OPEN_QA, "qa"), "gsm8k": "math",
            **dict.fromkeys(("mmlu", "commonsense_qa", *ARC_SETS, "openbookqa", "hellaswag", "piqa", "sciq",
                             "boolq", *TRUTHFULQA_SETS, "winogrande"),
