@@ -67,9 +67,13 @@ def remove_stale_temps(path: Path) -> None:
         return
     _swept.add(path.parent)
     for temp in path.parent.glob(".*.tmp"):  # `write_atomic`'s folders: .<name>.<pid>.tmp (files, before)
-        if left_by_dead_writer(temp, temp.name.rsplit(".", 2)[-2]):
+        name, pid = temp.name[1:].rsplit(".", 2)[:2]
+        if left_by_dead_writer(temp, pid):
             with contextlib.suppress(OSError):  # gone meanwhile, or another user's in a shared folder: kept
-                shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
+                if not temp.is_dir():
+                    temp.unlink()
+                elif set(os.listdir(temp)) <= {name}:  # its shape, or another program's folder that only looks so
+                    shutil.rmtree(temp)
 
 
 def left_by_dead_writer(path: Path, pid: str) -> bool:

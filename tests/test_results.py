@@ -261,8 +261,14 @@ def test_temps_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
         temp.write_text("half a table")
     for temp in (dead, alive, other):
         os.utime(temp, (old, old))
+    staged, foreign = tmp_path / f".results.parquet.{2**31 - 9}.tmp", tmp_path / f".notes.{2**31 - 9}.tmp"
+    for folder, inside in ((staged, "results.parquet"), (foreign, "draft.txt")):  # a killed writer's staging folder,
+        folder.mkdir()  # and another program's folder of that look, which holds other files
+        (folder / inside).write_text("half")
+        os.utime(folder, (old, old))
     write_atomic(tmp_path / "results.parquet", lambda tmp: tmp.write_text("table"))
     assert not dead.exists() and recent.exists() and alive.exists() and other.exists()
+    assert not staged.exists() and (foreign / "draft.txt").exists()
 
 
 def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):
