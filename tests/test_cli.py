@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +98,24 @@ def test_generate_json_matches_api(tiny):
     expected = minirun.load(tiny).generate("The capital of France is", max_new_tokens=8, chat=False)
     assert out["token_ids"] == expected.token_ids and out["text"] == expected.text
     assert out["prompt_tokens"] == expected.prompt_tokens and out["tokens_per_second"] > 0
+
+
+def test_thinking_asked_of_a_template_without_its_switch_is_said(tiny, checkpoint_dirs, tmp_path):
+    """--thinking where the chat template has no reasoning switch (no enable_thinking) changes no prompt: generate took
+    it silently, as eval warns of it; Qwen3's template takes it without a word."""
+    for args in ([], ["--method", "avg", "--paraphrase", "Hello there"]):
+        result = invoke("generate", "--model", tiny, "Hi", "--thinking", "--max-new-tokens", "1", *args)
+        assert result.exit_code == 0 and "chat template has no reasoning switch" in result.stderr, result.output
+    switched = tmp_path / "q3"
+    shutil.copytree(checkpoint_dirs["qwen3"], switched)
+    (switched / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((switched / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking "
+                               "is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+    (switched / "tokenizer_config.json").write_text(json.dumps(config))
+    result = invoke("generate", "--model", switched, "Hi", "--thinking", "--max-new-tokens", "1")
+    assert result.exit_code == 0 and "reasoning switch" not in result.stderr, result.output
 
 
 def test_generate_streams_text(tiny):

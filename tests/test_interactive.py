@@ -76,6 +76,18 @@ def test_generate_weighted_with_model_and_few_shot(models_dir, tmp_path):
                       f"{str(tmp_path / 'missing.jsonl')!r}: no such file (leave empty for none)"]
 
 
+def test_a_prefix_text_is_not_asked_for_a_count(models_dir, tmp_path):
+    """A few-shot prefix text is the prompt's text itself: the flow asked for --few-shot-k and printed a command
+    generate refuses beside it; "²" (a digit to str.isdigit, no number to int) stopped it with a traceback."""
+    from minirun.cli.common import few_shot_count
+
+    prefix = tmp_path / "prefix.txt"
+    prefix.write_text("Q: What is 1+1?\nA: 2\n\n")
+    argv, echoed, _ = drive(["generate", "", "What is 2+2?", "", str(prefix), "²", "8"], models_dir)
+    assert argv == ["generate", "--few-shot", str(prefix), "--max-new-tokens", "8", "--", "What is 2+2?"]
+    assert echoed[-1] == "'²': give a whole number above 0" and few_shot_count(prefix, None) == 5
+
+
 def test_generate_hidden_avg_asks_layer_and_alpha(models_dir):
     answers = ["generate", "hidden_avg", "Capital of France?", "France's capital?", "", "", "0", "12", "1.5", "0.5",
                "", "8"]

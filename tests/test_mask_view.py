@@ -97,6 +97,19 @@ def test_token_texts_are_drawn_as_written(llm, tmp_path):
     assert imread(tmp_path / "dollars.png").shape[-1] in (3, 4)
 
 
+def test_a_picture_too_large_to_draw_is_refused(llm, tmp_path, monkeypatch):
+    """A PNG's memory grows with the square of its slots (8000 decode steps were killed for memory, silently): past
+    PNG_LIMIT it is refused in one line, naming the text rendering."""
+    from minirun.cli import mask_view
+
+    view = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="flex", decode_steps=2)
+    monkeypatch.setattr(mask_view, "PNG_LIMIT", view.length - 1)
+    with pytest.raises(MinirunError, match=f"the mask spans {view.length} slots, and a picture draws at most "
+                                           f"{view.length - 1} .*or the text rendering .drop --out."):
+        render_png(view, tmp_path / "big.png")
+    assert not (tmp_path / "big.png").exists()
+
+
 def test_hidden_avg_draws_like_avg_with_its_fusion_layer(llm):
     avg = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="avg", decode_steps=2)
     hidden = build_view(llm, "Who wrote Hamlet?", ["Hamlet author?"], method="hidden_avg", decode_steps=2)

@@ -125,6 +125,7 @@ def generate(
             raise MinirunError("--seed seeds the sampling draws, and greedy decoding (temperature 0) draws none: add "
                                "--temperature, or drop --seed")
         llm = load_llm(model, device, dtype, compile)
+        _check_thinking(llm, thinking)
         _plain(llm, prompt, max_new_tokens or NEW_TOKENS, raw, temperature, top_k, top_p, seed, stop, truncate, as_json,
                thinking)
         return
@@ -159,11 +160,20 @@ def generate(
                            "--paraphrases-file, or --rewrites N (N of 1 or more)")
     prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases, suffix)  # before the model loads
     llm = load_llm(model, device, dtype, compile)
+    _check_thinking(llm, thinking)
     written = _rewrites(llm, prompt, paraphrases, rewrites, seed, task)
     if written:  # the few-shot examples drawn again, none of them one of the model's rewordings
         prefix, after = few_shot_context(few_shot, few_shot_k, prompt, paraphrases + written, suffix)
     _ensemble(llm, method, prompt, paraphrases + written, prefix, after, options, as_json,
               written if rewrites else None)
+
+
+def _check_thinking(llm: LLM, thinking: bool | None) -> None:
+    """--thinking for a model whose chat template has no reasoning switch changes no prompt: said, as eval says it,
+    not taken silently."""
+    if thinking and not llm.opens_reasoning(None, True) and not llm.tokenizer.thinking_switch:
+        warn([f"{llm.path.name}'s chat template has no reasoning switch (Qwen3's enable_thinking): --thinking changes "
+              "none of its prompts"], err)
 
 
 class _Clock:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from minirun.checkpoints.hub import DEFAULT_MODEL, default_model_path, is_complete, is_hub_id
-from minirun.cli.common import NEW_TOKENS
+from minirun.cli.common import EXAMPLE_FILES, NEW_TOKENS
 from minirun.cli.eval import DEFAULT_METHODS
 from minirun.errors import MinirunError
 from minirun.eval.data import NAMES as DATASETS
@@ -46,15 +46,15 @@ def _one_of(choices: tuple[str, ...]) -> Check:
 
 
 def _positive_int(answer: str) -> str | None:
-    return None if answer.isdigit() and int(answer) > 0 else "give a whole number above 0"
+    return None if answer.isdecimal() and int(answer) > 0 else "give a whole number above 0"  # "²" is a digit
 
 
 def _at_least_two(answer: str) -> str | None:
-    return None if answer.isdigit() and int(answer) > 1 else "give a whole number above 1 (a decode step is timed)"
+    return None if answer.isdecimal() and int(answer) > 1 else "give a whole number above 1 (a decode step is timed)"
 
 
 def _count(answer: str) -> str | None:
-    return None if answer.isdigit() else "give a whole number (0 or more)"
+    return None if answer.isdecimal() else "give a whole number (0 or more)"
 
 
 def _optional_int(answer: str) -> str | None:
@@ -199,9 +199,9 @@ def run_interactive(ask: Ask, echo: Echo, models_dir: Path) -> list[str]:
         argv += _ask_method_options(ask, echo, methods)
         few_shot = _prompt(ask, echo, "few-shot file (.jsonl examples or a prefix text; empty for none)", "",
                            _optional_file)
-        if few_shot:
-            argv += ["--few-shot", few_shot, "--few-shot-k",
-                     _prompt(ask, echo, "few-shot examples to use (0 for none)", "5", _count)]
+        argv += ["--few-shot", few_shot] if few_shot else []
+        if Path(few_shot).suffix in EXAMPLE_FILES:  # a prefix text is the prompt's text itself: nothing to draw
+            argv += ["--few-shot-k", _prompt(ask, echo, "few-shot examples to use (0 for none)", "5", _count)]
         tokens = _prompt(ask, echo, f"max new tokens (empty: {NEW_TOKENS}, {WORKED_TOKENS} with worked maths "
                          "examples)", "", _optional_int)
         argv += ["--max-new-tokens", tokens] if tokens else []

@@ -25,6 +25,8 @@ from minirun.methods.runner import fusion_layer as resolve_fusion_layer
 
 GEN, PAD_TEXT = "<gen>", "<pad>"
 LABEL_LIMIT = 80  # beyond this many slots token text no longer fits on the axes
+# the most slots a PNG draws: its memory grows with their square (3000 slots took 8.3 GB, 1000 1.5 GB)
+PNG_LIMIT = 1024
 DPI = 100
 SHARED_RGB = (0.6, 0.6, 0.6)
 GEN_RGB = (1.0, 0.8, 0.0)
@@ -169,6 +171,10 @@ def _label(text: str, width: int = 10) -> str:
 @literal_text
 def render_png(view: MaskView, path: str | Path) -> list[Panel]:
     """Write the mask panels (query down, key across) with position bars and a legend."""
+    if view.length > PNG_LIMIT:
+        raise MinirunError(f"the mask spans {view.length} slots, and a picture draws at most {PNG_LIMIT} (its memory "
+                           "grows with their square): fewer --decode-steps or a shorter prompt, or the text rendering "
+                           "(drop --out)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
