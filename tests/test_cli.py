@@ -112,7 +112,8 @@ def test_thinking_asked_of_a_template_without_its_switch_is_said(tiny, checkpoin
     config = json.loads((switched / "tokenizer_config.json").read_text())
     config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking "
-                               "is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+                               "is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+                               "{% endif %}")
     (switched / "tokenizer_config.json").write_text(json.dumps(config))
     result = invoke("generate", "--model", switched, "Hi", "--thinking", "--max-new-tokens", "1")
     assert result.exit_code == 0 and "reasoning switch" not in result.stderr, result.output
