@@ -134,6 +134,23 @@ def with_dated_template(checkpoint: Path, out: Path) -> Path:
     return out
 
 
+def with_thinking_switch(checkpoint: Path, out: Path) -> Path:
+    """A copy of `checkpoint` whose chat template reads Qwen3's reasoning switch: enable_thinking false renders an
+    empty think block after the generation prompt."""
+    import json
+    import shutil
+
+    out = shutil.copytree(checkpoint, out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking "
+                               "is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+                               "{% endif %}")
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
 class Clock(datetime.datetime):
     """What `date.today()` and `datetime.now()` say to minirun's templates and runs: a day of December 2026 that a
     test moves with `monkeypatch.setattr(Clock, "day", d)` (the rest of datetime as it is)."""

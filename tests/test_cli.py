@@ -4,7 +4,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -106,15 +105,9 @@ def test_thinking_asked_of_a_template_without_its_switch_is_said(tiny, checkpoin
     for args in ([], ["--method", "avg", "--paraphrase", "Hello there"]):
         result = invoke("generate", "--model", tiny, "Hi", "--thinking", "--max-new-tokens", "1", *args)
         assert result.exit_code == 0 and "chat template has no reasoning switch" in result.stderr, result.output
-    switched = tmp_path / "q3"
-    shutil.copytree(checkpoint_dirs["qwen3"], switched)
-    (switched / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((switched / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking "
-                               "is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
-                               "{% endif %}")
-    (switched / "tokenizer_config.json").write_text(json.dumps(config))
+    from checkpoints import with_thinking_switch
+
+    switched = with_thinking_switch(checkpoint_dirs["qwen3"], tmp_path / "q3")
     result = invoke("generate", "--model", switched, "Hi", "--thinking", "--max-new-tokens", "1")
     assert result.exit_code == 0 and "reasoning switch" not in result.stderr, result.output
 

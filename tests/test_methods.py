@@ -340,18 +340,9 @@ def test_bfloat16_logits_of_mixed_states_stay_as_close_to_float32_as_the_rows_me
 def test_a_templates_reasoning_switch_is_off_for_ensembles_unless_asked(tmp_path, checkpoint_dirs):
     """Qwen3's template renders an empty think block when enable_thinking is false: a short answer then starts
     at once. Ensembles and eval ask for that; plain prompts keep the template's own default."""
-    import json
-    import shutil
+    from checkpoints import with_thinking_switch
 
-    path = tmp_path / "q3"
-    shutil.copytree(checkpoint_dirs["qwen3"], path)
-    (path / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is "
-                               "defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    llm = minirun.load(path)
+    llm = minirun.load(with_thinking_switch(checkpoint_dirs["qwen3"], tmp_path / "q3"))
     think = llm.tokenizer.encode("<think>\n\n</think>\n\n", add_special_tokens=False)
     off = encode_question(llm, ["Capital of France?"], "Q: ", "\nA:")
     on = encode_question(llm, ["Capital of France?"], "Q: ", "\nA:", thinking=True)
