@@ -182,13 +182,15 @@ def test_bad_sweep_is_one_line_naming_the_key(change, message):
 
 
 def test_one_checkpoint_spelt_two_ways_is_the_same_work(checkpoint_dirs, tmp_path, monkeypatch):
-    """A folder given with and without its trailing slash, or relative and absolute, under two labels ran the same
-    work twice."""
+    """A folder given with and without its trailing slash, or relative and absolute, and a hub id beside the folder it
+    is pulled into, under two labels ran the same work twice."""
     folder = checkpoint_dirs["llama3"]
     monkeypatch.chdir(folder.parent)
-    for other in (f"{folder}/", folder.name):
+    pulled = shutil.copytree(folder, tmp_path / "models" / "owner" / "model")
+    monkeypatch.setenv("MINIRUN_MODELS_DIR", str(tmp_path / "models"))
+    for first, other in ((str(folder), f"{folder}/"), (str(folder), folder.name), ("owner/model", str(pulled))):
         with pytest.raises(MinirunError, match="models #2 .b.: the settings of #1 under another label"):
-            parse_sweep({**BASE, "models": [{"path": str(folder), "label": "a"}, {"path": other, "label": "b"}]})
+            parse_sweep({**BASE, "models": [{"path": first, "label": "a"}, {"path": other, "label": "b"}]})
 
 
 def test_a_model_pinned_to_a_revision_is_labelled_by_it(tmp_path, checkpoint_dirs):

@@ -383,10 +383,9 @@ def _check_report_labels(methods: tuple[MethodSpec, ...]) -> None:
                                f"finds the {name} run by that label; drop the label of one of them")
 
 
-def _one_spelling(path: str) -> str:
-    """A local folder's or file's path as one text however it is written (relative, with a trailing slash, through a
-    link); a named dataset or a hub id as it is."""
-    return str(Path(path).resolve()) if Path(path).exists() else path
+def _one_spelling(name: str) -> str:
+    """A dataset file's path as one text however it is written (relative, through a link); a named dataset as it is."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def _unique_labels(section: str, specs: tuple) -> None:
@@ -403,7 +402,8 @@ def _unique_labels(section: str, specs: tuple) -> None:
             same = (spec.name, EnsembleOptions(**spec.options))
         else:  # a folder or file however it is spelt; a model's batch size changes no row
             model = isinstance(spec, ModelSpec)
-            same = dataclasses.replace(spec, label="", **({"batch_size": None, "path": _one_spelling(spec.path)}
+            same = dataclasses.replace(spec, label="", **({"batch_size": None,  # where `resolve_model` loads it from
+                                                           "path": str(model_folder(spec.path).resolve())}
                                                           if model else {"name": _one_spelling(spec.name)}))
         if same in settings:
             raise MinirunError(f"{section} #{i} ({spec.label}): the settings of #{settings.index(same) + 1} under "

@@ -429,7 +429,8 @@ def content_id(prefix: str, question: str) -> str:
 
 def given_id(record: dict, *keys: str) -> str | None:
     """The record's id under the first of `keys` it holds one, as text; None where it holds none (null, NaN: a
-    column's gap, blank). An id of 0 is an id, where a test of truth took it for none."""
+    column's gap, blank). An id of 0 is an id, where a test of truth took it for none. `str` of it, not `text_value`'s
+    whole-number form: an id 1.0 stays "1.0", as runs before keyed it."""
     for key in keys:
         value = record.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value).strip():
